@@ -1,0 +1,83 @@
+"""Pure value types of spoolbox: addresses, flags, states, messages, results.
+
+Imports nothing else of the package.
+"""
+
+from .address import Address, AddressError
+from .flags import (
+    SPI_VERSION,
+    EndFlags,
+    FlushFlags,
+    LogoffFlags,
+    LogonCaps,
+    LogonFlags,
+    Priority,
+    ResourceMethods,
+    ResourceType,
+    SpoolerNotifyFlags,
+    StatusCode,
+    SubmitFlags,
+    TransportNotifyFlags,
+    ValidateFlags,
+)
+from .message import (
+    MAX_RECIPIENTS,
+    MessageError,
+    MessageInfo,
+    MessageSummary,
+    NewMessage,
+    Notify,
+    RecipientRecord,
+    new_message_id,
+    subject_of,
+)
+from .progress import Progress
+from .results import Outcome, RecipientResult, ResultError
+from .states import (
+    TERMINAL,
+    TRANSITIONS,
+    IllegalTransition,
+    MessageState,
+    RecipientState,
+    check_transition,
+    message_state,
+)
+
+__all__ = [
+    "MAX_RECIPIENTS",
+    "SPI_VERSION",
+    "TERMINAL",
+    "TRANSITIONS",
+    "Address",
+    "AddressError",
+    "EndFlags",
+    "FlushFlags",
+    "IllegalTransition",
+    "LogoffFlags",
+    "LogonCaps",
+    "LogonFlags",
+    "MessageError",
+    "MessageInfo",
+    "MessageState",
+    "MessageSummary",
+    "NewMessage",
+    "Notify",
+    "Outcome",
+    "Priority",
+    "Progress",
+    "RecipientRecord",
+    "RecipientResult",
+    "RecipientState",
+    "ResourceMethods",
+    "ResourceType",
+    "ResultError",
+    "SpoolerNotifyFlags",
+    "StatusCode",
+    "SubmitFlags",
+    "TransportNotifyFlags",
+    "ValidateFlags",
+    "check_transition",
+    "message_state",
+    "new_message_id",
+    "subject_of",
+]

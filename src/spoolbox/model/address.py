@@ -1,0 +1,82 @@
+"""Addresses in the form ``TYPE:value`` (MAPI's PR_ADDRTYPE + PR_EMAIL_ADDRESS).
+
+A recipient is routed to a transport by its *address type* alone, so the type is
+part of the address: ``SMTP:bob@example.org``, ``MAILDIR:/var/mail/bob``,
+``FAX:+15551234``.  Types are case-insensitive and kept upper-case.  Values are
+opaque to the spooler except that they may never contain control characters
+(CR, LF, NUL and the rest): an address ends up in headers and protocol lines,
+and a line break inside one is header injection.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["Address", "AddressError"]
+
+_TYPE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.+-]{0,31}$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_VALUE = 998  # RFC 5322 line limit; no address value is ever longer
+
+
+class AddressError(ValueError):
+    """An address string is malformed; the message says what and where."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Address:
+    """A typed address. Build with :meth:`parse` or :meth:`of`; ``str()`` gives it back."""
+
+    type: str
+    value: str
+
+    def __post_init__(self) -> None:
+        if not _TYPE_RE.match(self.type):
+            raise AddressError(
+                f"invalid address type {self.type!r}: expected a letter followed by up to 31 "
+                "letters, digits or '_.+-'"
+            )
+        if self.type != self.type.upper():
+            object.__setattr__(self, "type", self.type.upper())
+        if not self.value:
+            raise AddressError(f"empty address value for type {self.type}")
+        if len(self.value) > _MAX_VALUE:
+            raise AddressError(
+                f"address value for type {self.type} is {len(self.value)} characters long; "
+                f"the limit is {_MAX_VALUE}"
+            )
+        bad = _CONTROL_RE.search(self.value)
+        if bad is not None:
+            raise AddressError(
+                f"address {self.type}:{self.value[: bad.start()]!s}… contains the control "
+                f"character {bad.group()!r} at position {bad.start()} (header injection?)"
+            )
+        if self.value != self.value.strip():
+            raise AddressError(f"address value {self.value!r} has leading or trailing spaces")
+
+    @classmethod
+    def parse(cls, text: str, *, default_type: str | None = None) -> Address:
+        """Parse ``TYPE:value``.
+
+        With ``default_type`` a bare value without a type prefix is accepted
+        (``bob@example.org`` with ``default_type="SMTP"``).  A colon inside the
+        value is fine once a type is present (``MAILDIR:/a:b``).
+        """
+        if not isinstance(text, str):
+            raise AddressError(f"address must be a str, not {type(text).__name__}")
+        head, sep, tail = text.partition(":")
+        if sep and _TYPE_RE.match(head):
+            return cls(head, tail)
+        if default_type is not None:
+            return cls(default_type, text)
+        raise AddressError(
+            f"address {text!r} has no type: write it as TYPE:value, e.g. SMTP:{text}"
+        )
+
+    @classmethod
+    def of(cls, type_: str, value: str) -> Address:
+        return cls(type_, value)
+
+    def __str__(self) -> str:
+        return f"{self.type}:{self.value}"

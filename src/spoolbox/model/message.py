@@ -1,0 +1,240 @@
+"""Messages as the spooler sees them: what a client submits, and what the store keeps.
+
+* :class:`NewMessage` is a submission: envelope (sender, typed recipients), RFC 5322
+  content as bytes, and the client's requests (priority, send-at time, which reports
+  it wants).  It validates itself on construction, so bad input fails at the door
+  with a message that says what was wrong, before anything is written.
+* :class:`MessageInfo` and :class:`RecipientRecord` are the store's view of a queued
+  message and of each recipient; built by the store backends with ``from_row`` style
+  constructors, never shaped by a database schema.
+
+Content is opaque bytes here; it is parsed lazily (and only when a transport or a
+report needs it) with the standard :mod:`email` package.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesHeaderParser
+from email.utils import getaddresses
+
+from .address import Address, AddressError
+from .flags import Priority
+from .states import MessageState, RecipientState
+
+__all__ = [
+    "MAX_RECIPIENTS",
+    "MessageError",
+    "MessageInfo",
+    "MessageSummary",
+    "NewMessage",
+    "Notify",
+    "RecipientRecord",
+    "new_message_id",
+    "subject_of",
+]
+
+#: A submission with more recipients than this is refused (Postfix's default is 1000
+#: per SMTP transaction; a message in the store may carry many more).
+MAX_RECIPIENTS = 100_000
+
+
+class MessageError(ValueError):
+    """A submission is malformed; the text says which part and why."""
+
+
+class Notify(enum.IntFlag):
+    """Which reports the sender asked for (RFC 3461 NOTIFY). ``NEVER`` is 0."""
+
+    NEVER = 0
+    SUCCESS = 1
+    FAILURE = 2
+    DELAY = 4
+
+
+def new_message_id() -> str:
+    """A unique, time-ordered id: 13 hex digits of microseconds, then 10 random ones."""
+    return f"{time.time_ns() // 1000:013x}{os.urandom(5).hex()}"
+
+
+def _check_id(value: str) -> None:
+    if not (1 <= len(value) <= 64) or not all(c.isalnum() or c in "-_." for c in value):
+        raise MessageError(f"message id {value!r} is invalid: use 1 to 64 letters, digits or '-_.'")
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message to submit. Construction validates it; nothing invalid reaches a store."""
+
+    sender: Address | None
+    recipients: tuple[Address, ...]
+    content: bytes
+    priority: Priority = Priority.NORMAL
+    send_at: float | None = None  # PR_DEFERRED_DELIVERY_TIME, epoch seconds
+    notify: Notify = Notify.FAILURE
+    lifetime: float | None = None  # seconds in the queue before giving up; None = policy
+    is_report: bool = False  # a delivery report: never reported on itself
+    envelope_id: str | None = None  # RFC 3461 ENVID, echoed in reports
+    id: str = field(default_factory=new_message_id)
+
+    def __post_init__(self) -> None:
+        _check_id(self.id)
+        if self.sender is not None and not isinstance(self.sender, Address):
+            raise MessageError(f"sender must be an Address or None, not {self.sender!r}")
+        rcpts = tuple(self.recipients)
+        if not rcpts:
+            raise MessageError("a message needs at least one recipient")
+        for i, r in enumerate(rcpts):
+            if not isinstance(r, Address):
+                raise MessageError(f"recipient #{i} is {r!r}, not an Address")
+        if len(rcpts) > MAX_RECIPIENTS:
+            raise MessageError(
+                f"{len(rcpts)} recipients; a message may have at most {MAX_RECIPIENTS}"
+            )
+        # Duplicates are dropped, keeping the first (MAPI's ExpandRecips does the same).
+        unique = tuple(dict.fromkeys(rcpts))
+        object.__setattr__(self, "recipients", unique)
+        if not isinstance(self.content, bytes | bytearray | memoryview):
+            raise MessageError(f"content must be bytes, not {type(self.content).__name__}")
+        content = bytes(self.content)
+        object.__setattr__(self, "content", content)
+        if not content.strip():
+            raise MessageError("content is empty: a message needs at least a header")
+        if b"\x00" in content:
+            nul = content.index(b"\x00")
+            raise MessageError(f"content has a NUL byte at offset {nul}")
+        object.__setattr__(self, "priority", Priority(self.priority))
+        object.__setattr__(self, "notify", Notify(self.notify))
+        if self.lifetime is not None and self.lifetime <= 0:
+            raise MessageError(f"lifetime must be positive, not {self.lifetime}")
+        if self.envelope_id is not None and (
+            len(self.envelope_id) > 100
+            or any(ord(c) < 33 or ord(c) > 126 for c in self.envelope_id)
+        ):
+            raise MessageError(f"envelope id {self.envelope_id!r} must be 1-100 printable ASCII")
+
+    @property
+    def size(self) -> int:
+        return len(self.content)
+
+    @classmethod
+    def from_bytes(
+        cls,
+        content: bytes,
+        *,
+        sender: Address | str | None = None,
+        recipients: Iterable[Address | str] | None = None,
+        default_type: str = "SMTP",
+        **kwargs: object,
+    ) -> NewMessage:
+        """Build from RFC 5322 bytes.
+
+        Without ``recipients`` the To, Cc and Bcc headers are used (as ``sendmail -t``
+        does); without ``sender`` the From header.  Bare addresses get
+        ``default_type``.  Bcc stays in the content as given: strip it before
+        calling if it must not be transmitted.
+        """
+        headers = BytesHeaderParser(policy=policy.compat32).parsebytes(content)
+        try:
+            if recipients is None:
+                found = getaddresses(
+                    [str(v) for h in ("to", "cc", "bcc") for v in headers.get_all(h, [])]
+                )
+                rcpts = [Address.parse(a, default_type=default_type) for _, a in found if a]
+            else:
+                rcpts = [
+                    r if isinstance(r, Address) else Address.parse(r, default_type=default_type)
+                    for r in recipients
+                ]
+            snd: Address | None
+            if sender is None:
+                froms = getaddresses([str(v) for v in headers.get_all("from", [])])
+                snd = (
+                    Address.parse(froms[0][1], default_type=default_type)
+                    if froms and froms[0][1]
+                    else None
+                )
+            elif isinstance(sender, str):
+                snd = Address.parse(sender, default_type=default_type) if sender else None
+            else:
+                snd = sender
+        except AddressError as exc:
+            raise MessageError(f"bad address in message: {exc}") from exc
+        return cls(sender=snd, recipients=tuple(rcpts), content=content, **kwargs)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_email(
+        cls,
+        message: EmailMessage,
+        *,
+        sender: Address | str | None = None,
+        recipients: Iterable[Address | str] | None = None,
+        **kwargs: object,
+    ) -> NewMessage:
+        """Build from an :class:`email.message.EmailMessage` (serialised with SMTP policy)."""
+        data = message.as_bytes(policy=policy.SMTP)
+        return cls.from_bytes(data, sender=sender, recipients=recipients, **kwargs)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    """A queued message's envelope, as a store keeps it."""
+
+    id: str
+    sender: Address | None
+    priority: Priority
+    submitted_at: float
+    send_at: float | None
+    expires_at: float
+    notify: Notify
+    is_report: bool
+    envelope_id: str | None
+    size: int
+    subject: str
+    held: bool = False
+
+    def describe(self) -> str:
+        return f"message {self.id} ({self.size} bytes, {self.subject!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientRecord:
+    """One recipient of a queued message and where it stands."""
+
+    message_id: str
+    index: int
+    address: Address
+    state: RecipientState
+    route: str | None = None  # the transport responsible for it now (PR_RESPONSIBILITY)
+    refused_by: tuple[str, ...] = ()  # transports that answered not-me
+    attempts: int = 0
+    retry_at: float = 0.0  # not before this time (backoff); 0 = at once
+    status: str | None = None  # last enhanced status code (RFC 3463), e.g. "4.4.1"
+    diagnostic: str | None = None  # last diagnostic text from the transport
+    updated_at: float = 0.0
+    first_failed_at: float | None = None  # first temporary failure (for delay reports)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSummary:
+    """One line of a queue listing."""
+
+    info: MessageInfo
+    state: MessageState
+    recipients: Sequence[RecipientRecord]
+
+
+def subject_of(content: bytes) -> str:
+    """The decoded Subject header, or '' (used for listings; never raises)."""
+    try:
+        headers = BytesHeaderParser(policy=policy.default).parsebytes(content)
+        value = headers.get("subject", "")
+        return str(value)[:200]
+    except Exception:
+        return ""

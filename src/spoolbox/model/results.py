@@ -1,0 +1,109 @@
+"""Per-recipient delivery results, as a transport reports them (MAPI's StatusRecips rows).
+
+A transport says, for each recipient it handled, one of three things: delivered,
+failed for good, or deferred (try again later).  Each result carries an enhanced
+status code (RFC 3463: ``class.subject.detail``) whose class must agree with the
+outcome (2 delivered, 4 deferred, 5 failed) and the transport's diagnostic text,
+which ends up verbatim in the delivery status notification.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["Outcome", "RecipientResult", "ResultError"]
+
+_STATUS_RE = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})$")
+_MAX_DIAGNOSTIC = 1000
+
+
+class ResultError(ValueError):
+    """A transport built an inconsistent result."""
+
+
+class Outcome(enum.StrEnum):
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    DEFERRED = "deferred"
+
+
+_CLASS = {Outcome.DELIVERED: "2", Outcome.DEFERRED: "4", Outcome.FAILED: "5"}
+
+
+class _HasIndex(Protocol):
+    @property
+    def index(self) -> int: ...
+
+
+def _index(recipient: int | _HasIndex) -> int:
+    return recipient if isinstance(recipient, int) else recipient.index
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientResult:
+    """The outcome for one recipient, by its index in the message."""
+
+    index: int
+    outcome: Outcome
+    status: str
+    diagnostic: str = ""
+    retry_after: float | None = None  # deferred only: the transport's own delay hint, seconds
+    remote_mta: str | None = None  # e.g. "dns; mx.example.org"
+
+    def __post_init__(self) -> None:
+        m = _STATUS_RE.match(self.status)
+        if m is None:
+            raise ResultError(
+                f"status {self.status!r} is not an RFC 3463 code like 2.0.0, 4.4.1 or 5.1.1"
+            )
+        if m.group(1) != _CLASS[self.outcome]:
+            raise ResultError(
+                f"status {self.status} has class {m.group(1)}, but a {self.outcome} result "
+                f"needs class {_CLASS[self.outcome]}"
+            )
+        if self.retry_after is not None and (
+            self.outcome is not Outcome.DEFERRED or self.retry_after < 0
+        ):
+            raise ResultError("retry_after is only for deferred results and must be >= 0")
+        # Diagnostic text goes into reports and status rows: one line, bounded.
+        text = " ".join(self.diagnostic.split())
+        if len(text) > _MAX_DIAGNOSTIC:
+            text = text[: _MAX_DIAGNOSTIC - 1] + "…"
+        object.__setattr__(self, "diagnostic", text)
+
+    @classmethod
+    def delivered(
+        cls,
+        recipient: int | _HasIndex,
+        diagnostic: str = "",
+        *,
+        status: str = "2.0.0",
+        remote_mta: str | None = None,
+    ) -> RecipientResult:
+        return cls(_index(recipient), Outcome.DELIVERED, status, diagnostic, None, remote_mta)
+
+    @classmethod
+    def failed(
+        cls,
+        recipient: int | _HasIndex,
+        diagnostic: str,
+        *,
+        status: str = "5.0.0",
+        remote_mta: str | None = None,
+    ) -> RecipientResult:
+        return cls(_index(recipient), Outcome.FAILED, status, diagnostic, None, remote_mta)
+
+    @classmethod
+    def deferred(
+        cls,
+        recipient: int | _HasIndex,
+        diagnostic: str,
+        *,
+        status: str = "4.0.0",
+        retry_after: float | None = None,
+        remote_mta: str | None = None,
+    ) -> RecipientResult:
+        return cls(_index(recipient), Outcome.DEFERRED, status, diagnostic, retry_after, remote_mta)

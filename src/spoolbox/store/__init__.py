@@ -1,0 +1,25 @@
+"""Durable storage: the Store protocol and its backends."""
+
+from .base import (
+    ClaimedJob,
+    InboundMessage,
+    InboxEntry,
+    LeaseLost,
+    RecipientUpdate,
+    Store,
+    StoreError,
+    UnknownMessage,
+)
+from .memory import MemoryStore
+
+__all__ = [
+    "ClaimedJob",
+    "InboundMessage",
+    "InboxEntry",
+    "LeaseLost",
+    "MemoryStore",
+    "RecipientUpdate",
+    "Store",
+    "StoreError",
+    "UnknownMessage",
+]

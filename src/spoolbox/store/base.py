@@ -1,0 +1,275 @@
+"""The Store protocol: what the spooler needs from durable storage.
+
+One protocol, one conformance suite (:func:`spoolbox.testing.check_store`), several
+backends: :mod:`.memory` (a real fake, for tests and demos), :mod:`.sqlite` (the
+embedded default).  The spooler never sees a schema; it sees these operations.
+
+Rules every backend keeps:
+
+* ``submit`` returns only when the message and all its recipients are durably
+  committed; before that the message is invisible to ``claim``.  It is idempotent on
+  the message id: the same submission twice stores one message.
+* A recipient moves only along :data:`spoolbox.model.TRANSITIONS`.
+* ``claim`` never scans the queue: its cost does not grow with the queue length.
+  Claimed recipients are ACTIVE under a lease (owner + expiry); ``release_expired``
+  and ``release_owner`` return lapsed or orphaned claims to QUEUED.
+* ``settle`` writes the outcome of each recipient as it becomes known, together with
+  any reports generated for it, in one transaction; only the lease owner may settle
+  an ACTIVE recipient.
+* ``deliver_inbound`` commits an inbound message and the provider's state updates
+  (its profile section) in one transaction: a crash keeps both or neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from ..model import (
+    MessageInfo,
+    MessageState,
+    MessageSummary,
+    NewMessage,
+    RecipientRecord,
+    RecipientState,
+)
+
+__all__ = [
+    "ClaimedJob",
+    "InboundMessage",
+    "InboxEntry",
+    "LeaseLost",
+    "RecipientUpdate",
+    "Store",
+    "StoreError",
+    "UnknownMessage",
+]
+
+JSONValue = Any  # JSON-serialisable: None, bool, int, float, str, list, dict
+
+
+class StoreError(RuntimeError):
+    """The store cannot do what was asked; the text says what and why."""
+
+
+class UnknownMessage(StoreError, KeyError):
+    """No message with that id in this store."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown message"
+
+
+class LeaseLost(StoreError):
+    """A settle came from a spooler whose lease on the recipient expired or moved."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """Recipients of one message claimed for one transport, under a lease."""
+
+    message: MessageInfo
+    recipients: tuple[RecipientRecord, ...]  # all ACTIVE, route == transport
+    transport: str
+    owner: str
+    lease_until: float
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientUpdate:
+    """A new state for one recipient, with what the transport said.
+
+    ``route`` replaces the responsible transport (``None`` = needs routing again);
+    ``refused_by`` is *added* to the recipient's not-me list; ``count_attempt``
+    increments the attempt counter.
+    """
+
+    index: int
+    state: RecipientState
+    status: str | None = None
+    diagnostic: str | None = None
+    retry_at: float | None = None  # for QUEUED: not before this time
+    route: str | None = None
+    keep_route: bool = True  # False: set route to ``route`` (possibly None)
+    refused_by: tuple[str, ...] = ()
+    count_attempt: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """A message received by a transport, ready to commit to the inbox."""
+
+    transport: str
+    content: bytes
+    sender: str | None = None  # as the transport saw it (envelope or From)
+    recipients: tuple[str, ...] = ()
+    received_at: float = 0.0
+    remote_id: str | None = None  # e.g. "uidvalidity:uid" or a POP3 UIDL
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    id: str
+    transport: str
+    sender: str | None
+    recipients: tuple[str, ...]
+    received_at: float
+    size: int
+    subject: str
+    remote_id: str | None = None
+    meta: Mapping[str, JSONValue] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Durable queues: outbox (queued, active, deferred, hold), sent, failed, inbox."""
+
+    # -- lifecycle -----------------------------------------------------------------
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    # -- submission ----------------------------------------------------------------
+    async def submit(self, message: NewMessage, *, now: float, lifetime: float) -> MessageInfo:
+        """Commit durably; idempotent on ``message.id``."""
+        ...
+
+    # -- routing -------------------------------------------------------------------
+    async def unrouted(self, *, limit: int) -> list[RecipientRecord]:
+        """QUEUED recipients whose ``route`` is None (new, or declined by a transport)."""
+        ...
+
+    async def assign_routes(self, assignments: Sequence[tuple[str, int, str]]) -> None:
+        """Set ``route`` of QUEUED recipients: ``(message_id, index, transport)``."""
+        ...
+
+    async def reroute_missing(self, known: Sequence[str]) -> int:
+        """Unroute QUEUED/PARKED recipients whose route is not in ``known`` (a
+        transport removed from the profile); returns how many."""
+        ...
+
+    # -- claims --------------------------------------------------------------------
+    async def claim(
+        self,
+        transport: str,
+        *,
+        owner: str,
+        now: float,
+        lease: float,
+        limit: int = 1,
+        ignore_retry: bool = False,
+    ) -> list[ClaimedJob]:
+        """Claim up to ``limit`` messages' recipients routed to ``transport`` and ready
+        at ``now`` (retry time and send-at time passed; ``ignore_retry`` skips the retry
+        time but never send-at, for flushes).  Highest priority first, then oldest
+        ready.  One job per message, holding all its ready recipients for the transport."""
+        ...
+
+    async def renew(self, job: ClaimedJob, *, now: float, lease: float) -> ClaimedJob:
+        """Extend the lease; raises :class:`LeaseLost` if it is no longer ours."""
+        ...
+
+    async def settle(
+        self,
+        message_id: str,
+        updates: Sequence[RecipientUpdate],
+        *,
+        owner: str | None,
+        now: float,
+        reports: Sequence[NewMessage] = (),
+        inbox_reports: Sequence[InboundMessage] = (),
+    ) -> MessageInfo:
+        """Apply updates (checked against the transition table) and enqueue
+        ``reports`` / deliver ``inbox_reports`` in the same transaction.  ACTIVE
+        recipients may only be settled by their lease owner (``owner``);
+        ``owner=None`` is for non-ACTIVE recipients (user actions, expiry)."""
+        ...
+
+    async def release_expired(self, *, now: float) -> int:
+        """Return ACTIVE recipients whose lease expired to QUEUED."""
+        ...
+
+    async def release_owner(self, owner: str) -> int:
+        """Return every ACTIVE recipient leased by ``owner`` to QUEUED."""
+        ...
+
+    async def count_claimable(self, transport: str, *, now: float, ignore_retry: bool) -> int:
+        """How many messages ``claim`` could return for ``transport`` (flush totals)."""
+        ...
+
+    async def next_ready_at(self, transport: str) -> float | None:
+        """Earliest time a QUEUED recipient routed to ``transport`` becomes ready."""
+        ...
+
+    async def expired(self, *, now: float, limit: int) -> list[RecipientRecord]:
+        """Non-terminal, non-ACTIVE recipients of messages past their expiry time."""
+        ...
+
+    # -- deferral (END_DONT_RESEND / NOTIFY_SENTDEFERRED) -----------------------
+    async def unpark(self, transport: str, message_id: str | None, *, now: float) -> int:
+        """PARKED recipients of ``transport`` (one message, or all) back to QUEUED."""
+        ...
+
+    # -- user operations -------------------------------------------------------
+    async def hold(self, message_id: str) -> MessageInfo: ...
+
+    async def release(self, message_id: str, *, now: float) -> MessageInfo: ...
+
+    async def cancel(self, message_id: str) -> list[RecipientRecord]:
+        """Cancel every non-terminal, non-ACTIVE recipient; returns the ACTIVE ones
+        (the spooler cancels those through the transport holding them)."""
+        ...
+
+    async def retry_now(self, message_id: str, *, now: float) -> int:
+        """Make QUEUED recipients ready at ``now`` (clear their retry time)."""
+        ...
+
+    # -- reading ---------------------------------------------------------------
+    async def get_message(self, message_id: str) -> MessageInfo: ...
+
+    async def recipients(self, message_id: str) -> list[RecipientRecord]: ...
+
+    async def read_content(self, message_id: str) -> bytes: ...
+
+    def iter_content(self, message_id: str, *, chunk_size: int = 65536) -> AsyncIterator[bytes]:
+        """Stream the content; large messages are never loaded whole."""
+        ...
+
+    async def state_of(self, message_id: str, *, now: float) -> MessageState: ...
+
+    async def list_messages(
+        self,
+        *,
+        state: MessageState | None = None,
+        limit: int = 100,
+        after: str | None = None,
+        now: float,
+    ) -> list[MessageSummary]:
+        """Messages by id order (after ``after``), optionally of one queue."""
+        ...
+
+    async def counts(self) -> dict[RecipientState, int]:
+        """Recipients per state, from maintained counters (no scan)."""
+        ...
+
+    # -- inbox and provider state ----------------------------------------------
+    async def deliver_inbound(
+        self,
+        message: InboundMessage,
+        *,
+        profile_updates: Mapping[str, Mapping[str, JSONValue]] | None = None,
+    ) -> InboxEntry:
+        """Commit to the inbox with the provider state updates, atomically."""
+        ...
+
+    async def list_inbox(
+        self, *, limit: int = 100, after: str | None = None
+    ) -> list[InboxEntry]: ...
+
+    async def read_inbox(self, entry_id: str) -> bytes: ...
+
+    async def profile_get(self, section: str) -> dict[str, JSONValue]: ...
+
+    async def profile_update(self, section: str, values: Mapping[str, JSONValue]) -> None:
+        """Merge ``values`` into the section (a value of None deletes the key)."""
+        ...

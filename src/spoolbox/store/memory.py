@@ -1,0 +1,540 @@
+"""The in-memory store: a real fake of :class:`~spoolbox.store.base.Store`.
+
+It keeps every rule of the protocol (transition table, leases, idempotent submit,
+atomic settle with reports, atomic inbound commit with provider state) and passes
+the same conformance suite as the SQLite store; it just forgets everything when the
+process ends.  Claims use one heap per (transport, priority) keyed by ready time,
+with lazy invalidation, so picking the next job does not scan the queue.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import itertools
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
+
+from ..model import (
+    TERMINAL,
+    MessageInfo,
+    MessageState,
+    MessageSummary,
+    NewMessage,
+    Priority,
+    RecipientRecord,
+    RecipientState,
+    check_transition,
+    message_state,
+    new_message_id,
+    subject_of,
+)
+from .base import (
+    ClaimedJob,
+    InboundMessage,
+    InboxEntry,
+    JSONValue,
+    LeaseLost,
+    RecipientUpdate,
+    StoreError,
+    UnknownMessage,
+)
+
+__all__ = ["MemoryStore"]
+
+_R = RecipientState
+_Key = tuple[str, int]
+
+
+class MemoryStore:
+    """All queues in dictionaries. Safe for one event loop (not thread-safe)."""
+
+    def __init__(self) -> None:
+        self._messages: dict[str, MessageInfo] = {}
+        self._submitted: dict[str, NewMessage] = {}
+        self._content: dict[str, bytes] = {}
+        self._rcpts: dict[str, list[RecipientRecord]] = {}
+        self._leases: dict[_Key, tuple[str, float]] = {}
+        self._version: dict[_Key, int] = {}
+        self._heaps: dict[tuple[str, int], list[tuple[float, int, str, int, int]]] = {}
+        self._seq = itertools.count()
+        self._counts: Counter[RecipientState] = Counter()
+        self._inbox: dict[str, tuple[InboxEntry, bytes]] = {}
+        self._profiles: dict[str, dict[str, JSONValue]] = {}
+        self._open = False
+
+    def __repr__(self) -> str:
+        return f"<MemoryStore messages={len(self._messages)} inbox={len(self._inbox)}>"
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            "messages": len(self._messages),
+            "inbox": len(self._inbox),
+            "recipients": dict(self._counts),
+            "leases": len(self._leases),
+        }
+
+    async def open(self) -> None:
+        self._open = True
+
+    async def close(self) -> None:
+        self._open = False
+
+    # -- internals -----------------------------------------------------------------
+    def _msg(self, message_id: str) -> MessageInfo:
+        try:
+            return self._messages[message_id]
+        except KeyError:
+            raise UnknownMessage(f"no message with id {message_id!r}") from None
+
+    def _ready_at(self, info: MessageInfo, r: RecipientRecord) -> float:
+        return max(float(info.send_at or 0.0), r.retry_at)
+
+    def _index(self, r: RecipientRecord) -> None:
+        """(Re)insert a QUEUED, routed recipient into its claim heap."""
+        key = (r.message_id, r.index)
+        ver = self._version.get(key, 0) + 1
+        self._version[key] = ver
+        if r.state is _R.QUEUED and r.route is not None:
+            info = self._messages[r.message_id]
+            heap = self._heaps.setdefault((r.route, int(info.priority)), [])
+            heapq.heappush(
+                heap, (self._ready_at(info, r), next(self._seq), r.message_id, r.index, ver)
+            )
+
+    def _set(self, r: RecipientRecord) -> None:
+        rows = self._rcpts[r.message_id]
+        old = rows[r.index]
+        if old.state is not r.state:
+            self._counts[old.state] -= 1
+            self._counts[r.state] += 1
+        rows[r.index] = r
+        self._index(r)
+
+    def _valid(self, entry: tuple[float, int, str, int, int], route: str) -> bool:
+        _, _, mid, idx, ver = entry
+        if self._version.get((mid, idx)) != ver:
+            return False
+        r = self._rcpts[mid][idx]
+        return r.state is _R.QUEUED and r.route == route
+
+    # -- submission ----------------------------------------------------------------
+    async def submit(self, message: NewMessage, *, now: float, lifetime: float) -> MessageInfo:
+        existing = self._messages.get(message.id)
+        if existing is not None:
+            if self._submitted[message.id] != message:
+                raise StoreError(
+                    f"message id {message.id!r} is already used by a different message"
+                )
+            return existing
+        info = MessageInfo(
+            id=message.id,
+            sender=message.sender,
+            priority=message.priority,
+            submitted_at=now,
+            send_at=message.send_at,
+            expires_at=now + (message.lifetime if message.lifetime is not None else lifetime),
+            notify=message.notify,
+            is_report=message.is_report,
+            envelope_id=message.envelope_id,
+            size=message.size,
+            subject=subject_of(message.content),
+        )
+        self._messages[message.id] = info
+        self._submitted[message.id] = message
+        self._content[message.id] = message.content
+        self._rcpts[message.id] = [
+            RecipientRecord(message.id, i, a, _R.QUEUED, updated_at=now)
+            for i, a in enumerate(message.recipients)
+        ]
+        self._counts[_R.QUEUED] += len(message.recipients)
+        return info
+
+    # -- routing -------------------------------------------------------------------
+    async def unrouted(self, *, limit: int) -> list[RecipientRecord]:
+        out: list[RecipientRecord] = []
+        for rows in self._rcpts.values():
+            for r in rows:
+                if r.state is _R.QUEUED and r.route is None:
+                    out.append(r)
+                    if len(out) >= limit:
+                        return out
+        return out
+
+    async def assign_routes(self, assignments: Sequence[tuple[str, int, str]]) -> None:
+        for mid, idx, transport in assignments:
+            r = self._rcpts[mid][idx]
+            if r.state is not _R.QUEUED:
+                continue
+            self._set(replace(r, route=transport))
+
+    async def reroute_missing(self, known: Sequence[str]) -> int:
+        names = set(known)
+        n = 0
+        for rows in self._rcpts.values():
+            for r in rows:
+                if (
+                    r.state in (_R.QUEUED, _R.PARKED)
+                    and r.route is not None
+                    and r.route not in names
+                ):
+                    self._set(replace(r, state=_R.QUEUED, route=None))
+                    n += 1
+        return n
+
+    # -- claims --------------------------------------------------------------------
+    async def claim(
+        self,
+        transport: str,
+        *,
+        owner: str,
+        now: float,
+        lease: float,
+        limit: int = 1,
+        ignore_retry: bool = False,
+    ) -> list[ClaimedJob]:
+        picked: list[str] = []
+        if ignore_retry:
+            candidates = sorted(
+                (
+                    (-int(self._messages[r.message_id].priority), r.message_id)
+                    for rows in self._rcpts.values()
+                    for r in rows
+                    if r.state is _R.QUEUED
+                    and r.route == transport
+                    and (self._messages[r.message_id].send_at or 0.0) <= now
+                ),
+            )
+            for _, mid in candidates:
+                if mid not in picked:
+                    picked.append(mid)
+                if len(picked) >= limit:
+                    break
+        else:
+            for prio in (Priority.HIGH, Priority.NORMAL, Priority.LOW):
+                heap = self._heaps.get((transport, int(prio)))
+                while heap and len(picked) < limit:
+                    entry = heap[0]
+                    if not self._valid(entry, transport):
+                        heapq.heappop(heap)
+                        continue
+                    if entry[0] > now:
+                        break
+                    heapq.heappop(heap)
+                    if entry[2] not in picked:
+                        picked.append(entry[2])
+                if len(picked) >= limit:
+                    break
+        jobs: list[ClaimedJob] = []
+        until = now + lease
+        for mid in picked:
+            info = self._messages[mid]
+            claimed: list[RecipientRecord] = []
+            for r in self._rcpts[mid]:
+                if (
+                    r.state is _R.QUEUED
+                    and r.route == transport
+                    and (ignore_retry or self._ready_at(info, r) <= now)
+                    and (info.send_at or 0.0) <= now
+                ):
+                    check_transition(r.state, _R.ACTIVE, what="claim")
+                    nr = replace(r, state=_R.ACTIVE, updated_at=now)
+                    self._set(nr)
+                    self._leases[(mid, r.index)] = (owner, until)
+                    claimed.append(nr)
+            if claimed:
+                jobs.append(ClaimedJob(info, tuple(claimed), transport, owner, until))
+        return jobs
+
+    async def renew(self, job: ClaimedJob, *, now: float, lease: float) -> ClaimedJob:
+        until = now + lease
+        for r in job.recipients:
+            key = (r.message_id, r.index)
+            held = self._leases.get(key)
+            if held is None or held[0] != job.owner:
+                cur = self._rcpts[r.message_id][r.index]
+                if cur.state in TERMINAL:
+                    continue
+                raise LeaseLost(
+                    f"lease on {r.message_id}#{r.index} is no longer held by {job.owner}"
+                )
+        for r in job.recipients:
+            key = (r.message_id, r.index)
+            if key in self._leases:
+                self._leases[key] = (job.owner, until)
+        return replace(job, lease_until=until)
+
+    async def settle(
+        self,
+        message_id: str,
+        updates: Sequence[RecipientUpdate],
+        *,
+        owner: str | None,
+        now: float,
+        reports: Sequence[NewMessage] = (),
+        inbox_reports: Sequence[InboundMessage] = (),
+    ) -> MessageInfo:
+        info = self._msg(message_id)
+        rows = self._rcpts[message_id]
+        # Validate everything first: a settle applies whole or not at all.
+        for u in updates:
+            if not 0 <= u.index < len(rows):
+                raise StoreError(f"{message_id} has no recipient #{u.index}")
+            r = rows[u.index]
+            check_transition(r.state, u.state, what=f"{message_id}#{u.index}")
+            if r.state is _R.ACTIVE:
+                held = self._leases.get((message_id, u.index))
+                if owner is None or held is None or held[0] != owner:
+                    raise LeaseLost(
+                        f"{message_id}#{u.index} is leased by "
+                        f"{held[0] if held else 'nobody'}, not {owner}"
+                    )
+        for u in updates:
+            r = rows[u.index]
+            route = r.route if u.keep_route else u.route
+            refused = r.refused_by + tuple(t for t in u.refused_by if t not in r.refused_by)
+            first_failed = r.first_failed_at
+            if u.status is not None and u.status.startswith("4") and first_failed is None:
+                first_failed = now
+            nr = replace(
+                r,
+                state=u.state,
+                route=route,
+                refused_by=refused,
+                attempts=r.attempts + (1 if u.count_attempt else 0),
+                retry_at=u.retry_at
+                if u.retry_at is not None
+                else (r.retry_at if u.state is _R.QUEUED else 0.0),
+                status=u.status if u.status is not None else r.status,
+                diagnostic=u.diagnostic if u.diagnostic is not None else r.diagnostic,
+                updated_at=now,
+                first_failed_at=first_failed,
+            )
+            if nr.state is _R.QUEUED and info.held:
+                nr = replace(nr, state=_R.HELD)
+            self._leases.pop((message_id, u.index), None)
+            self._set(nr)
+        for rep in reports:
+            await self.submit(rep, now=now, lifetime=info.expires_at - info.submitted_at)
+        for inbound in inbox_reports:
+            await self.deliver_inbound(inbound)
+        return info
+
+    async def release_expired(self, *, now: float) -> int:
+        n = 0
+        for key, (_, until) in list(self._leases.items()):
+            if until < now:
+                n += self._unlease(key, now)
+        return n
+
+    async def release_owner(self, owner: str) -> int:
+        n = 0
+        for key, (who, _) in list(self._leases.items()):
+            if who == owner:
+                n += self._unlease(key, None)
+        return n
+
+    def _unlease(self, key: _Key, now: float | None) -> int:
+        del self._leases[key]
+        r = self._rcpts[key[0]][key[1]]
+        if r.state is not _R.ACTIVE:
+            return 0
+        held = self._messages[key[0]].held
+        self._set(replace(r, state=_R.HELD if held else _R.QUEUED, updated_at=now or r.updated_at))
+        return 1
+
+    async def count_claimable(self, transport: str, *, now: float, ignore_retry: bool) -> int:
+        mids = set()
+        for mid, rows in self._rcpts.items():
+            info = self._messages[mid]
+            for r in rows:
+                if (
+                    r.state is _R.QUEUED
+                    and r.route == transport
+                    and (info.send_at or 0.0) <= now
+                    and (ignore_retry or r.retry_at <= now)
+                ):
+                    mids.add(mid)
+                    break
+        return len(mids)
+
+    async def next_ready_at(self, transport: str) -> float | None:
+        best: float | None = None
+        for prio in (Priority.HIGH, Priority.NORMAL, Priority.LOW):
+            heap = self._heaps.get((transport, int(prio)))
+            while heap and not self._valid(heap[0], transport):
+                heapq.heappop(heap)
+            if heap and (best is None or heap[0][0] < best):
+                best = heap[0][0]
+        return best
+
+    async def expired(self, *, now: float, limit: int) -> list[RecipientRecord]:
+        out: list[RecipientRecord] = []
+        for mid, info in self._messages.items():
+            if info.expires_at > now:
+                continue
+            for r in self._rcpts[mid]:
+                if r.state in (_R.QUEUED, _R.PARKED):
+                    out.append(r)
+                    if len(out) >= limit:
+                        return out
+        return out
+
+    async def unpark(self, transport: str, message_id: str | None, *, now: float) -> int:
+        mids = [message_id] if message_id is not None else list(self._rcpts)
+        n = 0
+        for mid in mids:
+            self._msg(mid)
+            for r in self._rcpts[mid]:
+                if r.state is _R.PARKED and r.route == transport:
+                    self._set(replace(r, state=_R.QUEUED, retry_at=0.0, updated_at=now))
+                    n += 1
+        return n
+
+    # -- user operations -------------------------------------------------------
+    async def hold(self, message_id: str) -> MessageInfo:
+        info = replace(self._msg(message_id), held=True)
+        self._messages[message_id] = info
+        for r in self._rcpts[message_id]:
+            if r.state in (_R.QUEUED, _R.PARKED):
+                self._set(replace(r, state=_R.HELD))
+        return info
+
+    async def release(self, message_id: str, *, now: float) -> MessageInfo:
+        info = replace(self._msg(message_id), held=False)
+        self._messages[message_id] = info
+        for r in self._rcpts[message_id]:
+            if r.state is _R.HELD:
+                self._set(replace(r, state=_R.QUEUED, retry_at=0.0, updated_at=now))
+        return info
+
+    async def cancel(self, message_id: str) -> list[RecipientRecord]:
+        self._msg(message_id)
+        active: list[RecipientRecord] = []
+        for r in self._rcpts[message_id]:
+            if r.state is _R.ACTIVE:
+                active.append(r)
+            elif r.state not in TERMINAL:
+                self._set(
+                    replace(r, state=_R.CANCELLED, status=None, diagnostic="cancelled by user")
+                )
+        return active
+
+    async def retry_now(self, message_id: str, *, now: float) -> int:
+        self._msg(message_id)
+        n = 0
+        for r in self._rcpts[message_id]:
+            if r.state is _R.QUEUED and r.retry_at > now:
+                self._set(replace(r, retry_at=0.0))
+                n += 1
+        return n
+
+    # -- reading ---------------------------------------------------------------
+    async def get_message(self, message_id: str) -> MessageInfo:
+        return self._msg(message_id)
+
+    async def recipients(self, message_id: str) -> list[RecipientRecord]:
+        self._msg(message_id)
+        return list(self._rcpts[message_id])
+
+    async def read_content(self, message_id: str) -> bytes:
+        self._msg(message_id)
+        return self._content[message_id]
+
+    async def iter_content(
+        self, message_id: str, *, chunk_size: int = 65536
+    ) -> AsyncIterator[bytes]:
+        data = await self.read_content(message_id)
+        for i in range(0, len(data), chunk_size):
+            yield data[i : i + chunk_size]
+
+    def _state(self, mid: str, now: float) -> MessageState:
+        rows = self._rcpts[mid]
+        info = self._messages[mid]
+        queued = [r for r in rows if r.state is _R.QUEUED]
+        waiting = bool(queued) and all(self._ready_at(info, r) > now for r in queued)
+        return message_state((r.state for r in rows), waiting_on_retry=waiting)
+
+    async def state_of(self, message_id: str, *, now: float) -> MessageState:
+        self._msg(message_id)
+        return self._state(message_id, now)
+
+    async def list_messages(
+        self,
+        *,
+        state: MessageState | None = None,
+        limit: int = 100,
+        after: str | None = None,
+        now: float,
+    ) -> list[MessageSummary]:
+        out: list[MessageSummary] = []
+        for mid in sorted(self._messages):
+            if after is not None and mid <= after:
+                continue
+            st = self._state(mid, now)
+            if state is not None and st is not state:
+                continue
+            out.append(MessageSummary(self._messages[mid], st, tuple(self._rcpts[mid])))
+            if len(out) >= limit:
+                break
+        return out
+
+    async def counts(self) -> dict[RecipientState, int]:
+        return {s: self._counts.get(s, 0) for s in RecipientState}
+
+    # -- inbox and provider state ----------------------------------------------
+    async def deliver_inbound(
+        self,
+        message: InboundMessage,
+        *,
+        profile_updates: Mapping[str, Mapping[str, JSONValue]] | None = None,
+    ) -> InboxEntry:
+        if not message.content:
+            raise StoreError("an inbound message needs content")
+        entry = InboxEntry(
+            id=new_message_id(),
+            transport=message.transport,
+            sender=message.sender,
+            recipients=tuple(message.recipients),
+            received_at=message.received_at,
+            size=len(message.content),
+            subject=subject_of(message.content),
+            remote_id=message.remote_id,
+        )
+        staged = copy.deepcopy(self._profiles)
+        for section, values in (profile_updates or {}).items():
+            _merge(staged.setdefault(section, {}), values)
+        self._profiles = staged
+        self._inbox[entry.id] = (entry, bytes(message.content))
+        return entry
+
+    async def list_inbox(self, *, limit: int = 100, after: str | None = None) -> list[InboxEntry]:
+        ids = sorted(i for i in self._inbox if after is None or i > after)[:limit]
+        return [self._inbox[i][0] for i in ids]
+
+    async def read_inbox(self, entry_id: str) -> bytes:
+        try:
+            return self._inbox[entry_id][1]
+        except KeyError:
+            raise UnknownMessage(f"no inbox message with id {entry_id!r}") from None
+
+    async def profile_get(self, section: str) -> dict[str, JSONValue]:
+        return copy.deepcopy(self._profiles.get(section, {}))
+
+    async def profile_update(self, section: str, values: Mapping[str, JSONValue]) -> None:
+        _merge(self._profiles.setdefault(section, {}), values)
+
+
+def _merge(target: dict[str, JSONValue], values: Mapping[str, JSONValue]) -> None:
+    for k, v in values.items():
+        if v is None:
+            target.pop(k, None)
+        else:
+            target[k] = copy.deepcopy(v)
+
+
+def _retry_at(u: RecipientUpdate, r: RecipientRecord) -> float:
+    if u.retry_at is not None:
+        return u.retry_at
+    return r.retry_at if u.state is _R.QUEUED else 0.0
