@@ -15,7 +15,7 @@ good citizen without a single explicit ``spooler_yield``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage, Message
 from typing import Any, Protocol
@@ -110,6 +110,11 @@ class InboundWriter(Protocol):
     def set_state(self, key: str, value: Any) -> None:
         """A profile-section value committed in the same transaction as the message
         (an IMAP UID watermark, say), so a crash keeps both or neither."""
+        ...
+
+    def after_commit(self, callback: Callable[[], Awaitable[None] | None]) -> None:
+        """Run ``callback`` once the message is durably in the inbox (and only then):
+        the place to delete or move the source item (MAPI: delete only after save)."""
         ...
 
     @property

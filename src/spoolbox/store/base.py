@@ -193,6 +193,11 @@ class Store(Protocol):
         """Return every ACTIVE recipient leased by ``owner`` to QUEUED."""
         ...
 
+    async def retry_transport(self, transport: str, *, now: float) -> int:
+        """Make every QUEUED recipient routed to ``transport`` ready at ``now`` (clear
+        its retry time; send-at times stay): what a flush does first."""
+        ...
+
     async def count_claimable(self, transport: str, *, now: float, ignore_retry: bool) -> int:
         """How many messages ``claim`` could return for ``transport`` (flush totals)."""
         ...

@@ -344,6 +344,15 @@ class MemoryStore:
         self._set(replace(r, state=_R.HELD if held else _R.QUEUED, updated_at=now or r.updated_at))
         return 1
 
+    async def retry_transport(self, transport: str, *, now: float) -> int:
+        n = 0
+        for rows in self._rcpts.values():
+            for r in rows:
+                if r.state is _R.QUEUED and r.route == transport and r.retry_at > now:
+                    self._set(replace(r, retry_at=0.0))
+                    n += 1
+        return n
+
     async def count_claimable(self, transport: str, *, now: float, ignore_retry: bool) -> int:
         mids = set()
         for mid, rows in self._rcpts.items():

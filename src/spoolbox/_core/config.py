@@ -1,0 +1,88 @@
+"""The spooler's configuration as frozen values (the TOML profile is parsed into these).
+
+A :class:`TransportConfig` names one transport session in *transport order*: the
+provider (a class, or the name of an entry point in the ``spoolbox.transports``
+group, or ``module:Class``), its options, and whether it sends and receives.
+"""
+
+from __future__ import annotations
+
+import importlib
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+from ..model import Address, LogonFlags
+from .policy import Policy
+
+__all__ = ["ENTRY_POINT_GROUP", "SpoolerConfig", "TransportConfig", "load_provider_class"]
+
+ENTRY_POINT_GROUP = "spoolbox.transports"
+
+
+def load_provider_class(spec: str | type) -> type:
+    """A provider class from a class, an entry-point name, or ``module:Class``."""
+    if isinstance(spec, type):
+        return spec
+    if ":" in spec:
+        module, _, attr = spec.partition(":")
+        try:
+            obj = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise LookupError(f"cannot load transport provider {spec!r}: {exc}") from exc
+        if not isinstance(obj, type):
+            raise LookupError(f"{spec!r} is not a class")
+        return obj
+    found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == spec]
+    if not found:
+        known = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+        raise LookupError(
+            f"no transport provider named {spec!r} in entry-point group {ENTRY_POINT_GROUP} "
+            f"(installed: {', '.join(known) or 'none'})"
+        )
+    obj = found[0].load()
+    if not isinstance(obj, type):
+        raise LookupError(f"entry point {spec!r} does not name a class")
+    return obj
+
+
+@dataclass(frozen=True, slots=True)
+class TransportConfig:
+    name: str
+    provider: str | type
+    options: Mapping[str, Any] = field(default_factory=dict)
+    outbound: bool = True
+    inbound: bool = True
+    #: The address types this transport serves, declared in the profile.  Routing uses
+    #: them while the transport is not logged on, so its messages wait for it instead
+    #: of failing; once it is logged on, its own ``address_types()`` answer wins.
+    address_types: tuple[str, ...] | None = None
+    logon_flags: LogonFlags = LogonFlags.NO_DIALOG
+
+    def __post_init__(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
+            raise ValueError(
+                f"transport name {self.name!r} is invalid: use letters, digits and '-_.'"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolerConfig:
+    transports: tuple[TransportConfig, ...] = ()
+    policy: Policy = field(default_factory=Policy)
+    #: This spooler's name in leases.  Two spoolers sharing one store need distinct
+    #: names; on start-up a spooler releases every lease held under its own name (a
+    #: previous run of it died).
+    node: str = field(default_factory=socket.gethostname)
+    #: Local identities (the profile's senders): reports for them go to the inbox.
+    identities: tuple[Address, ...] = ()
+    #: Reporting-MTA in delivery reports.
+    reporting_mta: str = field(default_factory=socket.getfqdn)
+
+    def __post_init__(self) -> None:
+        names = [t.name for t in self.transports]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"transport names must be unique; repeated: {dupes}")

@@ -1,0 +1,254 @@
+"""Flush: send and receive now, one transport at a time, in transport order.
+
+The user's Send/Receive (reference §7).  For each transport in order: call its
+``flush_queues``, then for the upload phase set STATUS_OUTBOUND_FLUSH, make its
+deferred mail ready (as ``postqueue -f`` does), let its lane run without idle
+gating or slice budget until nothing is left that it can take now, and clear the
+bit; then the download phase likewise with STATUS_INBOUND_FLUSH and
+``start_message`` until a call delivers nothing.  Progress (done/total, bytes, a
+line of text) is written to the transport's status row at least every
+``policy.progress_interval`` seconds (0.2 by default: 5 times a second).
+
+A flush can be cancelled as a whole (cancel the task awaiting it, or
+:meth:`FlushHandle.cancel`) or for one transport (:meth:`FlushHandle.cancel` with a
+name): that transport gets its END_*_FLUSH notification, its bits are cleared, and
+the flush moves on to the next one.  Nothing queued is touched by a cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..model import FlushFlags, LogonCaps, Progress, StatusCode, TransportNotifyFlags
+from .clock import wait_event
+
+if TYPE_CHECKING:
+    from .host import TransportHost
+    from .spooler import Spooler
+
+__all__ = ["FlushHandle", "FlushReport", "TransportFlushResult"]
+
+S = StatusCode
+N = TransportNotifyFlags
+
+
+@dataclass(slots=True)
+class TransportFlushResult:
+    transport: str
+    uploaded: int = 0
+    downloaded: int = 0
+    bytes: int = 0
+    cancelled: bool = False
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class FlushReport:
+    results: list[TransportFlushResult] = field(default_factory=list)
+    cancelled: bool = False
+
+    def for_transport(self, name: str) -> TransportFlushResult:
+        for r in self.results:
+            if r.transport == name:
+                return r
+        raise KeyError(name)
+
+
+class FlushHandle:
+    """A running flush. Await it (or :meth:`wait`) for the :class:`FlushReport`."""
+
+    def __init__(self, spooler: Spooler, hosts: Sequence[TransportHost], flags: FlushFlags) -> None:
+        self._spooler = spooler
+        self._hosts = list(hosts)
+        self.flags = flags
+        self.report = FlushReport()
+        self.current: str | None = None
+        self._one: asyncio.Task[TransportFlushResult] | None = None
+        self._skip: set[str] = set()
+        self._task = spooler.spawn(self._run(), name="flush")
+
+    def __repr__(self) -> str:
+        return f"<FlushHandle {self.flags!r} current={self.current} done={self._task.done()}>"
+
+    @property
+    def transports(self) -> list[str]:
+        return [h.name for h in self._hosts]
+
+    def done(self) -> bool:
+        return self._task.done()
+
+    def cancel(self, transport: str | None = None) -> None:
+        """Cancel the whole flush, or only ``transport``'s part of it."""
+        if transport is None:
+            self.report.cancelled = True
+            self._task.cancel()
+            return
+        self._skip.add(transport)
+        if self.current == transport and self._one is not None:
+            self._one.cancel()
+
+    async def wait(self) -> FlushReport:
+        try:
+            return await asyncio.shield(self._task)
+        except asyncio.CancelledError:
+            if self._task.done() and not self._task.cancelled():
+                raise
+            if self._task.cancelled():
+                return self.report
+            self.cancel()  # the waiter was cancelled: cancel the flush with it
+            await asyncio.gather(self._task, return_exceptions=True)
+            raise
+
+    def __await__(self) -> Generator[Any, None, FlushReport]:
+        return self.wait().__await__()
+
+    async def _run(self) -> FlushReport:
+        try:
+            for host in self._hosts:
+                if host.name in self._skip:
+                    self.report.results.append(TransportFlushResult(host.name, cancelled=True))
+                    continue
+                self.current = host.name
+                self._one = asyncio.create_task(_flush_one(self._spooler, host, self.flags))
+                try:
+                    result = await self._one
+                except asyncio.CancelledError:
+                    if host.name in self._skip and not self.report.cancelled:
+                        result = TransportFlushResult(host.name, cancelled=True)
+                    else:
+                        self.report.cancelled = True
+                        self.report.results.append(TransportFlushResult(host.name, cancelled=True))
+                        raise
+                if host.name in self._skip:
+                    result.cancelled = True
+                self.report.results.append(result)
+            return self.report
+        finally:
+            self.current = None
+
+
+async def _flush_one(
+    sp: Spooler, host: TransportHost, requested: FlushFlags
+) -> TransportFlushResult:
+    started = time.perf_counter()
+    result = TransportFlushResult(host.name)
+    if host.session is None or not host.lifecycle.running:
+        result.error = host.last_error or "transport is not logged on"
+        return result
+    flags = requested & ~(FlushFlags.UPLOAD | FlushFlags.DOWNLOAD)
+    if requested & FlushFlags.UPLOAD and host.entry.outbound:
+        flags |= FlushFlags.UPLOAD
+    if requested & FlushFlags.DOWNLOAD and host.entry.inbound:
+        flags |= FlushFlags.DOWNLOAD
+    if not await host.flush_queues(flags):
+        result.error = host.last_error
+    phase: dict[str, Any] = {"text": "", "done": 0, "total": None, "bytes": 0}
+
+    async def ticker() -> None:
+        while True:
+            elapsed = time.perf_counter() - started
+            total = phase["total"]
+            done = int(phase["done"] or 0)
+            text = f"{phase['text']} {done}" + (f" of {total}" if total is not None else "")
+            host.set_bits(
+                progress=Progress(
+                    done=done,
+                    total=total if isinstance(total, int) else None,
+                    bytes_done=int(phase["bytes"] or 0),
+                    text=f"{text} ({elapsed:.1f} s)",
+                )
+            )
+            await asyncio.sleep(sp.policy.progress_interval)
+
+    tick = asyncio.create_task(ticker(), name=f"{host.name}-flush-progress")
+    try:
+        if flags & FlushFlags.UPLOAD:
+            await _upload(sp, host, result, phase)
+        if flags & FlushFlags.DOWNLOAD:
+            await _download(sp, host, result, phase)
+    finally:
+        tick.cancel()
+        await asyncio.gather(tick, return_exceptions=True)
+        if host.flushing & FlushFlags.UPLOAD:
+            host.flushing &= ~FlushFlags.UPLOAD
+            await host.notify(N.END_OUTBOUND_FLUSH)
+        if host.flushing & FlushFlags.DOWNLOAD:
+            host.flushing &= ~FlushFlags.DOWNLOAD
+            await host.notify(N.END_INBOUND_FLUSH)
+        if host.name in sp.status:
+            host.set_bits(off=S.OUTBOUND_FLUSH | S.INBOUND_FLUSH, progress=None)
+        result.seconds = time.perf_counter() - started
+    return result
+
+
+def _bit(host: TransportHost, bit: StatusCode) -> bool:
+    row = host.spooler.status.get(host.name)
+    return row is not None and bool(row.status_code & bit)
+
+
+async def _upload(
+    sp: Spooler, host: TransportHost, result: TransportFlushResult, phase: dict[str, Any]
+) -> None:
+    now = sp.clock.now()
+    await sp.store.retry_transport(host.name, now=now)
+    host.flush_done = 0
+    host.flush_bytes = 0
+    host.flushing |= FlushFlags.UPLOAD
+    host.set_bits(on=S.OUTBOUND_FLUSH)
+    await host.notify(N.BEGIN_OUTBOUND_FLUSH)
+    phase.update(text="Uploading", done=0, bytes=0)
+    phase["total"] = await sp.store.count_claimable(host.name, now=now, ignore_retry=False)
+    host.wake.set()
+    while not host.stopping and host.session is not None:
+        host.job_done.clear()
+        remaining = await sp.store.count_claimable(
+            host.name, now=sp.clock.now(), ignore_retry=False
+        )
+        phase["done"] = host.flush_done
+        phase["bytes"] = host.flush_bytes
+        phase["total"] = max(int(phase["total"] or 0), host.flush_done + remaining + host.inflight)
+        if remaining == 0 and host.inflight == 0:
+            break
+        if not _bit(host, S.OUTBOUND_FLUSH):
+            break  # the transport ended the flush by clearing its bit
+        host.wake.set()
+        await wait_event(sp.clock, host.job_done, sp.policy.progress_interval)
+    result.uploaded = host.flush_done
+    result.bytes += host.flush_bytes
+    phase["done"] = host.flush_done
+    host.flushing &= ~FlushFlags.UPLOAD
+    await host.notify(N.END_OUTBOUND_FLUSH)
+    host.set_bits(off=S.OUTBOUND_FLUSH)
+
+
+async def _download(
+    sp: Spooler, host: TransportHost, result: TransportFlushResult, phase: dict[str, Any]
+) -> None:
+    host.flush_done = 0
+    host.flush_bytes = 0
+    host.flushing |= FlushFlags.DOWNLOAD
+    host.set_bits(on=S.INBOUND_FLUSH)
+    await host.notify(N.BEGIN_INBOUND_FLUSH)
+    phase.update(text="Downloading", done=0, bytes=0, total=None)
+    if host.caps & LogonCaps.SP_POLL:
+        phase["total"] = await host.poll()
+    while not host.stopping and host.session is not None and _bit(host, S.INBOUND_FLUSH):
+        if sp.critsec.active and sp.critsec.holder is not host:
+            await sp.critsec.changed()
+            continue
+        if not await host.receive_one():
+            break
+        phase["done"] = host.flush_done
+        phase["bytes"] = host.flush_bytes
+        if phase["total"] is not None and host.flush_done > int(phase["total"]):
+            phase["total"] = host.flush_done
+    result.downloaded = host.flush_done
+    result.bytes += host.flush_bytes
+    host.flushing &= ~FlushFlags.DOWNLOAD
+    await host.notify(N.END_INBOUND_FLUSH)
+    host.set_bits(off=S.INBOUND_FLUSH)

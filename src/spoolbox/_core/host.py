@@ -1,0 +1,930 @@
+"""The spooler's side of one transport session.
+
+A :class:`TransportHost` logs its session on (and on again after a failure), keeps
+the session's status row, runs its *lanes* (outbound workers, the inbound lane, the
+idle lane) under a TaskGroup it owns, measures and gates every provider call through
+the slice meter, and turns what the provider does into store updates.  It also
+implements the session's support object (:class:`SupportImpl`): the provider's only
+door into the spooler.
+
+Failure policy: an exception from a provider call is the provider's failure, never
+the spooler's.  It is counted; its recipients are retried with backoff; after
+``failure_threshold`` consecutive failures the row shows STATUS_FAILURE and the
+session pauses (doubling up to a cap) before it is given work again.  Other
+sessions are not affected.  A failed logon is retried the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..contract.errors import (
+    ContractViolation,
+    InvalidObject,
+    MessageCancelled,
+    NotMe,
+    SubmitCancelled,
+    TransportBusy,
+    Unconfigured,
+    WaitRetry,
+)
+from ..contract.objects import OutboundMessage
+from ..contract.provider import TransportSession
+from ..model import (
+    EndFlags,
+    FlushFlags,
+    LogoffFlags,
+    LogonCaps,
+    LogonFlags,
+    Outcome,
+    Progress,
+    RecipientResult,
+    ResourceType,
+    SpoolerNotifyFlags,
+    StatusCode,
+    SubmitFlags,
+    TransportNotifyFlags,
+    ValidateFlags,
+    new_message_id,
+)
+from ..status import StatusRow
+from ..store import ClaimedJob, InboundMessage, LeaseLost
+from .clock import wait_event
+from .config import TransportConfig
+from .lifecycle import SessionLifecycle
+from .objects import InboundWriterImpl, OutboundMessageImpl, ProfileSectionImpl
+from .policy import SubmitOutcome, plan_after_submit, plan_result
+
+if TYPE_CHECKING:
+    from .spooler import Spooler
+
+__all__ = ["SupportImpl", "TransportHost"]
+
+T = TypeVar("T")
+log = logging.getLogger("spoolbox.transport")
+S = StatusCode
+N = TransportNotifyFlags
+
+#: The message (outbound or inbound) the current task is working on, for cancellation.
+_CURRENT: contextvars.ContextVar[OutboundMessageImpl | InboundWriterImpl | None] = (
+    contextvars.ContextVar("spoolbox_current_message", default=None)
+)
+
+
+class TransportHost:
+    def __init__(self, spooler: Spooler, entry: TransportConfig, provider: Any) -> None:
+        self.spooler = spooler
+        self.entry = entry
+        self.name = entry.name
+        self.provider = provider
+        self.session: TransportSession | None = None
+        self.lifecycle = SessionLifecycle(entry.name)
+        self.support = SupportImpl(self)
+        self.caps = LogonCaps.NONE
+        self.types: frozenset[str] | None = None
+        self.concurrency = 1
+        self.profile: ProfileSectionImpl | None = None
+        self.flushing = FlushFlags.NONE
+        self.wake = asyncio.Event()
+        self.newmail = asyncio.Event()
+        self.recovered = asyncio.Event()
+        self.lane_idle = asyncio.Event()
+        self.job_done = asyncio.Event()
+        self.inbound_lock = asyncio.Lock()
+        self.active: dict[str, OutboundMessageImpl | InboundWriterImpl] = {}
+        self.unparked: set[str] = set()
+        self.inflight = 0
+        self.critical_error = False
+        self.stopping = False
+        self._stop = asyncio.Event()
+        self._cooldown_until = 0.0
+        self._last_overrun_log = 0.0
+        self.counters: dict[str, int] = {
+            "submitted": 0,
+            "delivered": 0,
+            "failed": 0,
+            "deferred": 0,
+            "received": 0,
+            "errors": 0,
+            "slices": 0,
+            "slow_slices": 0,
+        }
+        self.consecutive_failures = 0
+        self.longest_slice = 0.0
+        self.last_error: str | None = None
+        self.logons = 0
+        self.flush_done = 0  # messages finished while an upload flush is on
+        self.flush_bytes = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<TransportHost {self.name} {self.lifecycle.phase} inflight={self.inflight} "
+            f"failures={self.consecutive_failures}>"
+        )
+
+    # -- SliceOwner -------------------------------------------------------------------
+    @property
+    def exempt_from_budget(self) -> bool:
+        return bool(self.flushing)
+
+    def record_slice(self, seconds: float, overran: bool) -> None:
+        self.counters["slices"] += 1
+        if seconds > self.longest_slice:
+            self.longest_slice = seconds
+        if not overran:
+            return
+        self.counters["slow_slices"] += 1
+        budget = self.spooler.meter.budget
+        detail = (
+            f"slow: a slice ran {seconds * 1000:.1f} ms, over the {budget * 1000:.1f} ms "
+            f"budget ({self.counters['slow_slices']} so far); see docs/providers.md#slices"
+        )
+        if self.name in self.spooler.status:
+            self.spooler.status.update(self.name, detail=detail, counters=dict(self.counters))
+        now = time.monotonic()
+        if now - self._last_overrun_log >= 1.0:
+            self._last_overrun_log = now
+            log.warning(
+                "transport %r overran its slice: %.1f ms without yielding (budget %.1f ms)",
+                self.name,
+                seconds * 1000,
+                budget * 1000,
+            )
+
+    # -- calling the provider ---------------------------------------------------------
+    async def call(self, name: str, coro: Coroutine[Any, Any, T]) -> T:
+        try:
+            self.lifecycle.check(name)
+        except ContractViolation:
+            coro.close()
+            raise
+        result = await self.spooler.meter.run(self, coro)
+        self.lifecycle.done(name)
+        return result
+
+    def call_sync(self, name: str, fn: Callable[[], T]) -> T:
+        self.lifecycle.check(name)
+        start = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            took = time.perf_counter() - start
+            self.record_slice(took, took > self.spooler.meter.budget and not self.flushing)
+            self.lifecycle.done(name)
+
+    def _require_session(self) -> TransportSession:
+        if self.session is None:
+            raise ContractViolation(f"transport {self.name!r} is not logged on")
+        return self.session
+
+    # -- status row ---------------------------------------------------------------------
+    def _row(self) -> StatusRow:
+        row = self.spooler.status.get(self.name)
+        if row is None:
+            row = self.spooler.status.put(
+                StatusRow(
+                    name=self.name,
+                    resource_type=ResourceType.TRANSPORT_PROVIDER,
+                    provider_display=self._display(),
+                )
+            )
+        return row
+
+    def _display(self) -> str:
+        cls = type(self.provider) if self.provider is not None else None
+        return str(getattr(cls, "display_name", getattr(cls, "__name__", "transport")))
+
+    def set_bits(self, on: StatusCode = S.NONE, off: StatusCode = S.NONE, **cols: Any) -> None:
+        row = self._row()
+        code = (row.status_code | on) & ~off
+        self.spooler.status.update(
+            self.name, status_code=code, counters=dict(self.counters), **cols
+        )
+
+    def bump(self, counter: str, by: int = 1) -> None:
+        self.counters[counter] = self.counters.get(counter, 0) + by
+        if self.name in self.spooler.status:
+            self.spooler.status.update(self.name, counters=dict(self.counters))
+
+    # -- failures -------------------------------------------------------------------------
+    def call_failed(self, call: str, exc: BaseException) -> None:
+        self.consecutive_failures += 1
+        self.counters["errors"] += 1
+        text = f"{call} raised {type(exc).__name__}: {exc}"
+        if isinstance(exc, ContractViolation):
+            text = f"contract violation in {call}: {exc}"
+        self.last_error = text
+        log.warning("transport %r: %s", self.name, text, exc_info=not isinstance(exc, WaitRetry))
+        policy = self.spooler.policy
+        if self.consecutive_failures >= policy.failure_threshold:
+            over = self.consecutive_failures - policy.failure_threshold
+            pause = min(policy.failure_backoff_cap, policy.failure_backoff * 2**over)
+            self._cooldown_until = self.spooler.clock.now() + pause
+            self.recovered.clear()
+            self.set_bits(on=S.FAILURE, detail=f"{text} (paused {pause:.0f} s)")
+        else:
+            self.set_bits(detail=text)
+
+    def call_ok(self) -> None:
+        if self.consecutive_failures or (self._row().status_code & S.FAILURE):
+            self.consecutive_failures = 0
+            self._cooldown_until = 0.0
+            if not self.critical_error:
+                self.set_bits(off=S.FAILURE)
+
+    # -- gates ------------------------------------------------------------------------
+    async def background_gate(self, *, flushing: bool = False) -> None:
+        """Wait until this session may start background work."""
+        sp = self.spooler
+        cs = sp.critsec
+        while not self.stopping:
+            if cs.active and cs.holder is not self:
+                await cs.changed()
+                continue
+            now = sp.clock.now()
+            if self._cooldown_until > now and not flushing:
+                await wait_event(sp.clock, self.recovered, self._cooldown_until - now)
+                self.recovered.clear()
+                continue
+            if flushing or cs.holder is self:
+                return
+            if not sp.idle.is_idle():
+                await sp.idle.wait_idle()
+                continue
+            return
+
+    async def implicit_yield(self) -> None:
+        sp = self.spooler
+        if sp.critsec.holder is not self and sp.meter.slice_spent():
+            await asyncio.sleep(0)
+        self.check_cancelled()
+
+    def check_cancelled(self) -> None:
+        cur = _CURRENT.get()
+        if cur is not None and cur.cancelled:
+            raise MessageCancelled(cur.ref)
+
+    # -- logon ----------------------------------------------------------------------------
+    async def logon(self) -> None:
+        sp = self.spooler
+        self.lifecycle = SessionLifecycle(self.name)
+        self.critical_error = False
+        flags = self.entry.logon_flags | LogonFlags.NO_INBOUND | LogonFlags.NO_OUTBOUND
+        section = f"transport:{self.name}"
+        self.profile = ProfileSectionImpl(sp.store, section, await sp.store.profile_get(section))
+        session = await self.call(
+            "logon", self.provider.logon(self.support, self.entry.options, flags)
+        )
+        for method in ("address_types", "submit_message", "end_message", "transport_notify"):
+            if not callable(getattr(session, method, None)):
+                raise ContractViolation(
+                    f"logon() of {self._display()} returned {session!r}, which has no "
+                    f"{method}(): not a TransportSession"
+                )
+        self.session = session
+        self.logons += 1
+        caps = self.call_sync("capabilities", session.capabilities)
+        if not isinstance(caps, int):
+            raise ContractViolation(f"capabilities() returned {caps!r}, not LogonCaps")
+        self.caps = LogonCaps(caps)
+        types = self.call_sync("address_types", session.address_types)
+        if isinstance(types, str) or not all(isinstance(t, str) for t in types):
+            raise ContractViolation(
+                f"address_types() must return a collection of strings, not {types!r}"
+            )
+        self.types = frozenset(t.upper() for t in types)
+        self.call_sync("register_options", session.register_options)
+        self.concurrency = max(1, int(getattr(session, "concurrency", 1)))
+        if self.name not in sp.status:
+            self._row()
+            self.set_bits(detail="provider did not create its status row in logon()")
+        begin = N.NONE
+        if self.entry.inbound:
+            begin |= N.BEGIN_INBOUND
+        if self.entry.outbound:
+            begin |= N.BEGIN_OUTBOUND
+        if begin:
+            await self.call("transport_notify", session.transport_notify(begin, None))
+        self.lifecycle.begin()
+        on = S.AVAILABLE
+        if self.entry.inbound:
+            on |= S.INBOUND_ENABLED
+        if self.entry.outbound:
+            on |= S.OUTBOUND_ENABLED
+        self.set_bits(on=on, off=S.FAILURE | S.OFFLINE, detail=None)
+        self.consecutive_failures = 0
+
+    async def end_and_logoff(self, *, hurry: bool = False) -> None:
+        session = self.session
+        if session is None:
+            return
+        try:
+            if self.lifecycle.running:
+                end = N.NONE
+                if self.entry.inbound:
+                    end |= N.END_INBOUND
+                if self.entry.outbound:
+                    end |= N.END_OUTBOUND
+                if end:
+                    await self.call("transport_notify", session.transport_notify(end, None))
+                self.lifecycle.end()
+            await self.call(
+                "logoff", session.logoff(LogoffFlags.HURRY if hurry else LogoffFlags.NORMAL)
+            )
+        except Exception as exc:
+            log.warning("transport %r: logoff failed: %s", self.name, exc)
+        finally:
+            self.lifecycle.logged_off()
+            self.session = None
+            self.types = None
+            if self.name in self.spooler.status:
+                self.set_bits(
+                    off=S.AVAILABLE
+                    | S.INBOUND_ENABLED
+                    | S.OUTBOUND_ENABLED
+                    | S.INBOUND_ACTIVE
+                    | S.OUTBOUND_ACTIVE,
+                    on=S.OFFLINE,
+                )
+
+    # -- the supervisor -----------------------------------------------------------------------
+    async def run(self) -> None:
+        """Log on, run the lanes, and log on again after a failure, until stopped."""
+        sp = self.spooler
+        delay = sp.policy.relogon_delay
+        while not self.stopping:
+            try:
+                await self.logon()
+            except Exception as exc:
+                self.lifecycle.fail()
+                self.session = None
+                self.types = None
+                if isinstance(exc, Unconfigured):
+                    text = f"not configured: {exc}"
+                else:
+                    text = f"logon failed: {type(exc).__name__}: {exc}"
+                self.last_error = text
+                self.counters["errors"] += 1
+                log.warning("transport %r: %s (retrying in %.0f s)", self.name, text, delay)
+                self._row()
+                self.set_bits(on=S.FAILURE | S.OFFLINE, off=S.AVAILABLE, detail=text)
+                await wait_event(sp.clock, self._stop, delay)
+                delay = min(delay * 2, sp.policy.failure_backoff_cap)
+                continue
+            delay = sp.policy.relogon_delay
+            sp.routing_changed()
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    if self.entry.outbound:
+                        for i in range(self.concurrency):
+                            tg.create_task(self._outbound_worker(), name=f"{self.name}-out-{i}")
+                    if self.entry.inbound:
+                        tg.create_task(self._inbound_lane(), name=f"{self.name}-in")
+                    if self.caps & LogonCaps.SP_IDLE:
+                        tg.create_task(self._idle_lane(), name=f"{self.name}-idle")
+                    await self._stop.wait()
+                    raise _StopLanes()
+            except* _StopLanes:
+                pass
+            except* Exception as group:  # a spooler bug, not the provider's fault
+                for lane_exc in group.exceptions:
+                    log.error("transport %r lane crashed", self.name, exc_info=lane_exc)
+                self.set_bits(on=S.FAILURE, detail=f"internal error: {group.exceptions[0]!r}")
+            await self.end_and_logoff()
+            sp.routing_changed()
+            if not self.stopping:
+                self._stop.clear()
+                await asyncio.sleep(0)
+                await wait_event(sp.clock, self._stop, delay)
+
+    async def stop(self) -> None:
+        """Ask the lanes to finish (in-flight work ends normally), then log off."""
+        self.stopping = True
+        self._stop.set()
+        self.wake.set()
+        self.newmail.set()
+        self.recovered.set()
+
+    def fail_critically(self, text: str) -> None:
+        self.critical_error = True
+        self.lifecycle.fail()
+        self.last_error = text
+        self.set_bits(on=S.FAILURE, detail=text)
+        self._stop.set()
+        self.wake.set()
+        self.newmail.set()
+
+    # -- outbound --------------------------------------------------------------------------------
+    async def _outbound_worker(self) -> None:
+        sp = self.spooler
+        while not (self.stopping or self.critical_error):
+            await self.background_gate(flushing=bool(self.flushing & FlushFlags.UPLOAD))
+            if self.stopping or self.critical_error:
+                return
+            self.wake.clear()
+            now = sp.clock.now()
+            try:
+                jobs = await sp.store.claim(
+                    self.name,
+                    owner=sp.owner,
+                    now=now,
+                    lease=sp.policy.lease,
+                    limit=sp.policy.claim_batch,
+                    ignore_retry=bool(self.flushing & FlushFlags.UPLOAD),
+                )
+            except Exception as exc:
+                log.error("transport %r: claim failed: %s", self.name, exc)
+                await wait_event(sp.clock, self._stop, sp.policy.failure_backoff)
+                continue
+            if not jobs:
+                if self.inflight == 0:
+                    self.lane_idle.set()
+                try:
+                    nxt = await sp.store.next_ready_at(self.name)
+                except Exception:
+                    nxt = None
+                timeout = sp.policy.router_interval * 5
+                if nxt is not None:
+                    timeout = min(timeout, max(0.0, nxt - sp.clock.now()))
+                await wait_event(sp.clock, self.wake, timeout)
+                continue
+            self.lane_idle.clear()
+            for job in jobs:
+                await self._process(job)
+
+    async def _process(self, job: ClaimedJob) -> None:
+        sp = self.spooler
+        session = self._require_session()
+        mid = job.message.id
+        flags = SubmitFlags.BEGIN_DEFERRED if mid in self.unparked else SubmitFlags.NONE
+        self.unparked.discard(mid)
+        msg = OutboundMessageImpl(job, sp.store, self.implicit_yield, flags)
+        self.active[mid] = msg
+        self.inflight += 1
+        self.counters["submitted"] += 1
+        self.set_bits(on=S.OUTBOUND_ACTIVE)
+        token = _CURRENT.set(msg)
+        outcome = SubmitOutcome.END_SENT
+        delay: float | None = None
+        reason = ""
+        renewer = asyncio.create_task(self._renew(job), name=f"{self.name}-lease-{mid}")
+        try:
+            try:
+                await self.call("submit_message", session.submit_message(msg, flags))
+            except TransportBusy:
+                outcome = SubmitOutcome.BUSY
+            except NotMe:
+                outcome = SubmitOutcome.NOT_ME
+            except WaitRetry as exc:
+                outcome, delay, reason = SubmitOutcome.WAIT, exc.delay, str(exc)
+                self.call_failed("submit_message", exc)
+            except SubmitCancelled:
+                outcome = SubmitOutcome.CANCEL
+            except MessageCancelled:
+                outcome = SubmitOutcome.USER_CANCELLED
+            except Exception as exc:
+                outcome, reason = SubmitOutcome.ERROR, f"{type(exc).__name__}: {exc}"
+                self.call_failed("submit_message", exc)
+            else:
+                self.lifecycle.submitted(mid)
+                if self.critical_error:
+                    outcome, reason = SubmitOutcome.ERROR, "transport reported a critical error"
+                else:
+                    try:
+                        self.lifecycle.check_end(mid)
+                        end = await self.call("end_message", session.end_message(msg))
+                        if not isinstance(end, int):
+                            raise ContractViolation(f"end_message() returned {end!r}, not EndFlags")
+                        outcome = SubmitOutcome.from_end_flags(EndFlags(end))
+                        self.call_ok()
+                    except MessageCancelled:
+                        outcome = SubmitOutcome.USER_CANCELLED
+                    except Exception as exc:
+                        outcome, reason = SubmitOutcome.ERROR, f"{type(exc).__name__}: {exc}"
+                        self.call_failed("end_message", exc)
+            if msg.cancelled:
+                outcome = SubmitOutcome.USER_CANCELLED
+        finally:
+            _CURRENT.reset(token)
+            msg.valid = False
+            renewer.cancel()
+            self.active.pop(mid, None)
+            self.inflight -= 1
+            if self.inflight == 0:
+                self.set_bits(off=S.OUTBOUND_ACTIVE)
+        updates = plan_after_submit(
+            outcome,
+            pending=msg.pending(),
+            transport=self.name,
+            policy=sp.policy,
+            now=sp.clock.now(),
+            expires_at=job.message.expires_at,
+            delay=delay,
+            reason=reason,
+            begin_deferred=bool(flags & SubmitFlags.BEGIN_DEFERRED),
+            rng=sp.rng,
+        )
+        if updates:
+            await sp.settle(job, updates)
+            if outcome in (SubmitOutcome.END_SENT, SubmitOutcome.NOT_ME):
+                sp.routing_changed()
+            if outcome is SubmitOutcome.END_RESEND_NOW:
+                self.wake.set()
+        if self.flushing & FlushFlags.UPLOAD:
+            self.flush_done += 1
+            self.flush_bytes += job.message.size
+        self.job_done.set()
+
+    async def _renew(self, job: ClaimedJob) -> None:
+        sp = self.spooler
+        period = sp.policy.lease / 3
+        while True:
+            await sp.clock.sleep(period)
+            try:
+                job = await sp.store.renew(job, now=sp.clock.now(), lease=sp.policy.lease)
+            except LeaseLost as exc:
+                log.error("transport %r lost its lease: %s", self.name, exc)
+                return
+            except Exception as exc:
+                log.warning("transport %r: lease renewal failed: %s", self.name, exc)
+
+    async def status_recips(
+        self, message: OutboundMessage, results: Sequence[RecipientResult]
+    ) -> None:
+        if not isinstance(message, OutboundMessageImpl) or message.job.transport != self.name:
+            raise ContractViolation(
+                f"status_recips() got {message!r}, which is not a message of {self.name!r}"
+            )
+        if not message.valid:
+            raise InvalidObject(f"status_recips() on {message.ref} after its call ended")
+        mine = {r.index: r for r in message.recipients}
+        seen: set[int] = set()
+        for res in results:
+            if not isinstance(res, RecipientResult):
+                raise ContractViolation(f"status_recips() takes RecipientResult, not {res!r}")
+            if res.index not in mine:
+                raise ContractViolation(
+                    f"recipient #{res.index} of {message.ref} is not one of {self.name!r}'s "
+                    f"(its recipients: {sorted(mine)})"
+                )
+            if res.index in message.reported or res.index in seen:
+                raise ContractViolation(
+                    f"recipient #{res.index} of {message.ref} was already reported"
+                )
+            seen.add(res.index)
+        sp = self.spooler
+        now = sp.clock.now()
+        updates = [
+            plan_result(
+                r,
+                attempts=mine[r.index].attempts,
+                policy=sp.policy,
+                now=now,
+                expires_at=message.info.expires_at,
+                rng=sp.rng,
+            )
+            for r in results
+        ]
+        await sp.settle(message.job, updates, results=results)
+        message.reported |= seen
+        for r in results:
+            key = {Outcome.DELIVERED: "delivered", Outcome.FAILED: "failed"}.get(
+                r.outcome, "deferred"
+            )
+            self.counters[key] += 1
+        self.bump("submitted", 0)
+
+    def cancel(self, ref: str) -> bool:
+        """NOTIFY_CANCEL_MESSAGE for a message this session is working on."""
+        msg = self.active.get(ref)
+        if msg is None or self.session is None:
+            return False
+        msg.cancelled = True
+        session = self.session
+
+        async def notify() -> None:
+            try:
+                await self.call("transport_notify", session.transport_notify(N.CANCEL_MESSAGE, ref))
+            except Exception as exc:
+                self.call_failed("transport_notify", exc)
+
+        self.spooler.spawn(notify(), name=f"{self.name}-cancel-{ref}")
+        return True
+
+    # -- inbound -----------------------------------------------------------------------------
+    async def _inbound_lane(self) -> None:
+        sp = self.spooler
+        poll = bool(self.caps & LogonCaps.SP_POLL)
+        next_poll = sp.clock.now()
+        while not (self.stopping or self.critical_error):
+            timeout = max(0.0, next_poll - sp.clock.now()) if poll else None
+            notified = await wait_event(sp.clock, self.newmail, timeout)
+            self.newmail.clear()
+            if self.stopping or self.critical_error:
+                return
+            await self.background_gate()
+            if self.stopping or self.critical_error:
+                return
+            count = 1 if notified else 0
+            if poll and not notified:
+                next_poll = sp.clock.now() + sp.policy.poll_interval
+                count = await self.poll()
+            for _ in range(max(0, count)):
+                if not await self.receive_one():
+                    break
+                await self.background_gate()
+
+    async def poll(self) -> int:
+        session = self._require_session()
+        try:
+            n = await self.call("poll", session.poll())
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise ContractViolation(f"poll() returned {n!r}, not an int >= 0")
+            self.call_ok()
+            return n
+        except Exception as exc:
+            self.call_failed("poll", exc)
+            return 0
+
+    async def receive_one(self) -> bool:
+        """StartMessage once; True if a message was committed to the inbox."""
+        sp = self.spooler
+        session = self._require_session()
+        async with self.inbound_lock:
+            writer = InboundWriterImpl(new_message_id(), self.implicit_yield)
+            self.active[writer.ref] = writer
+            self.set_bits(on=S.INBOUND_ACTIVE)
+            token = _CURRENT.set(writer)
+            try:
+                result: object = await self.call(
+                    "start_message",
+                    session.start_message(writer),
+                )
+                if result is not None:
+                    raise ContractViolation(
+                        f"start_message() returned {result!r}; it must return None "
+                        "(write the message through the writer)"
+                    )
+                if writer.cancelled:
+                    raise MessageCancelled(writer.ref)
+                self.call_ok()
+            except MessageCancelled:
+                return False
+            except Exception as exc:
+                self.call_failed("start_message", exc)
+                return False
+            finally:
+                _CURRENT.reset(token)
+                writer.valid = False
+                self.active.pop(writer.ref, None)
+                self.set_bits(off=S.INBOUND_ACTIVE)
+            if writer.size == 0:
+                return False
+            section = self.profile.section if self.profile else f"transport:{self.name}"
+            entry = await sp.store.deliver_inbound(
+                InboundMessage(
+                    transport=self.name,
+                    content=writer.content(),
+                    sender=writer.sender,
+                    recipients=writer.recipients,
+                    received_at=sp.clock.now(),
+                    remote_id=writer.remote_id,
+                ),
+                profile_updates={section: writer.state} if writer.state else None,
+            )
+            if self.profile is not None and writer.state:
+                self.profile._merged(writer.state)
+            self.bump("received")
+            if self.flushing & FlushFlags.DOWNLOAD:
+                self.flush_done += 1
+                self.flush_bytes += entry.size
+            sp.received(entry)
+        for cb in writer.commit_callbacks:
+            try:
+                res = cb()
+                if asyncio.iscoroutine(res):
+                    await self.spooler.meter.run(self, res)
+            except Exception as exc:
+                self.call_failed("after_commit callback", exc)
+        return True
+
+    # -- idle ------------------------------------------------------------------------------------
+    async def _idle_lane(self) -> None:
+        sp = self.spooler
+        session = self._require_session()
+        while not (self.stopping or self.critical_error):
+            await wait_event(sp.clock, self._stop, sp.policy.idle_interval)
+            if self.stopping or self.critical_error:
+                return
+            await self.background_gate()
+            if sp.critsec.active or self.stopping or self.critical_error:
+                continue
+            try:
+                await self.call("idle", session.idle())
+                self.call_ok()
+            except Exception as exc:
+                self.call_failed("idle", exc)
+
+    # -- flush and validate ----------------------------------------------------------------
+    async def flush_queues(self, flags: FlushFlags) -> bool:
+        session = self._require_session()
+        try:
+            await self.call("flush_queues", session.flush_queues(flags))
+            return True
+        except Exception as exc:
+            self.call_failed("flush_queues", exc)
+            return False
+
+    async def notify(self, flags: TransportNotifyFlags, ref: str | None = None) -> None:
+        session = self._require_session()
+        try:
+            await self.call("transport_notify", session.transport_notify(flags, ref))
+        except Exception as exc:
+            self.call_failed("transport_notify", exc)
+
+    async def validate_state(self, flags: ValidateFlags) -> str:
+        if self.spooler.critsec.holder is self:
+            return "busy"
+        session = self.session
+        if session is None or not self.lifecycle.running:
+            return "offline"
+        try:
+            await self.call("validate_state", session.validate_state(flags))
+        except TransportBusy:
+            return "busy"
+        except Exception as exc:
+            self.call_failed("validate_state", exc)
+            return "error"
+        if flags & ValidateFlags.CONFIG_CHANGED:
+            self.requery_types()
+        return "ok"
+
+    def requery_types(self) -> None:
+        session = self.session
+        if session is None:
+            return
+        types = self.call_sync("address_types", session.address_types)
+        self.types = frozenset(t.upper() for t in types)
+        self.spooler.routing_changed()
+
+    def status_object(self) -> Mapping[str, Any]:
+        session = self._require_session()
+        obj = self.call_sync("status_object", session.status_object)
+        row = self._row().to_dict()
+        row.update(dict(obj))
+        return row
+
+
+class _StopLanes(Exception):
+    pass
+
+
+class SupportImpl:
+    """IMAPISupport for one session; see :class:`spoolbox.contract.Support`."""
+
+    def __init__(self, host: TransportHost) -> None:
+        self._host = host
+
+    def __repr__(self) -> str:
+        return f"<Support for {self._host.name}>"
+
+    @property
+    def transport_name(self) -> str:
+        return self._host.name
+
+    @property
+    def logger(self) -> logging.Logger:
+        return logging.getLogger(f"spoolbox.transport.{self._host.name}")
+
+    def now(self) -> float:
+        return self._host.spooler.clock.now()
+
+    def _alive(self, what: str) -> None:
+        from .lifecycle import Phase
+
+        if self._host.lifecycle.phase is Phase.LOGGED_OFF:
+            raise InvalidObject(
+                f"{what}() called by {self._host.name!r} after logoff: the support object is dead"
+            )
+
+    async def spooler_yield(self) -> None:
+        self._alive("spooler_yield")
+        host = self._host
+        cs = host.spooler.critsec
+        if cs.holder is host:
+            await cs.explicit_yield(host)
+        else:
+            await asyncio.sleep(0)
+        host.check_cancelled()
+
+    def slice_spent(self) -> bool:
+        return self._host.spooler.meter.slice_spent()
+
+    def spooler_notify(self, flags: SpoolerNotifyFlags, ref: str | None = None) -> None:
+        self._alive("spooler_notify")
+        host = self._host
+        sp = host.spooler
+        f = SpoolerNotifyFlags(flags)
+        if f & (SpoolerNotifyFlags.CRITSEC | SpoolerNotifyFlags.NONCRIT):
+            raise ContractViolation(
+                "use `async with support.critical_section():` for NOTIFY_CRITSEC/NONCRIT"
+            )
+        if f & SpoolerNotifyFlags.CRITICAL_ERROR and f & SpoolerNotifyFlags.SENTDEFERRED:
+            raise ContractViolation("CRITICAL_ERROR and SENTDEFERRED are mutually exclusive")
+        if f & SpoolerNotifyFlags.NEWMAIL:
+            if host.lifecycle.running and host.entry.inbound:
+                host.newmail.set()
+            else:
+                log.info("transport %r: NEWMAIL ignored (inbound not enabled)", host.name)
+        if f & SpoolerNotifyFlags.READYTOSEND:
+            host.consecutive_failures = 0
+            host._cooldown_until = 0.0
+            host.recovered.set()
+            host.wake.set()
+            if not host.critical_error and host.name in sp.status:
+                host.set_bits(off=S.FAILURE)
+        if f & SpoolerNotifyFlags.SENTDEFERRED:
+            sp.spawn(sp.unpark(host, ref), name=f"{host.name}-unpark")
+        if f & SpoolerNotifyFlags.CONFIG_CHANGE:
+            host.requery_types()
+        if f & SpoolerNotifyFlags.CRITICAL_ERROR:
+            host.fail_critically(f"transport reported a critical error{': ' + ref if ref else ''}")
+
+    @contextlib.asynccontextmanager
+    async def critical_section(self) -> AsyncIterator[None]:
+        self._alive("critical_section")
+        host = self._host
+        await host.spooler.critsec.enter(host)
+        try:
+            yield
+        finally:
+            host.spooler.critsec.leave(host)
+
+    def modify_status_row(
+        self,
+        *,
+        status_code: StatusCode | None = None,
+        set_bits: StatusCode = StatusCode.NONE,
+        clear_bits: StatusCode = StatusCode.NONE,
+        status_string: str | None = None,
+        progress: Progress | None = None,
+        clear_progress: bool = False,
+        identity: str | None = None,
+        update: bool = True,
+    ) -> None:
+        self._alive("modify_status_row")
+        host = self._host
+        table = host.spooler.status
+        if not update or host.name not in table:
+            table.put(
+                StatusRow(
+                    name=host.name,
+                    resource_type=ResourceType.TRANSPORT_PROVIDER,
+                    provider_display=host._display(),
+                    status_code=StatusCode(status_code or 0),
+                    status_string=status_string,
+                    progress=progress,
+                    identity=identity,
+                    counters=dict(host.counters),
+                )
+            )
+            old_code = StatusCode.NONE
+            row = table[host.name]
+        else:
+            row = table[host.name]
+            old_code = row.status_code
+        code = row.status_code if status_code is None else StatusCode(status_code)
+        code = (code | set_bits) & ~clear_bits
+        changes: dict[str, Any] = {"status_code": code}
+        if status_string is not None:
+            changes["status_string"] = status_string
+        if progress is not None:
+            changes["progress"] = progress
+        elif clear_progress:
+            changes["progress"] = None
+        if identity is not None:
+            changes["identity"] = identity
+        table.update(host.name, **changes)
+        host.spooler.flush_bits_changed(host, old_code, code)
+
+    async def status_recips(
+        self, message: OutboundMessage, results: Sequence[RecipientResult]
+    ) -> None:
+        self._alive("status_recips")
+        await self._host.status_recips(message, results)
+
+    def profile_section(self) -> ProfileSectionImpl:
+        self._alive("profile_section")
+        if self._host.profile is None:
+            raise ContractViolation("profile_section() before logon")
+        return self._host.profile
+
+    async def run_blocking(self, fn: Callable[..., T], /, *args: object) -> T:
+        self._alive("run_blocking")
+        return await asyncio.to_thread(fn, *args)

@@ -1,0 +1,153 @@
+"""Idle gating: background work runs when the foreground is idle.
+
+An :class:`IdlePolicy` answers "is the foreground idle?" and lets background work
+wait for it.  Flushes and critical-section holders bypass it.
+
+* :class:`LoopLagIdle` (the embedded default) watches the host's event loop: a
+  ticker measures how late it wakes up; lateness not explained by the spooler's own
+  slices means the host is busy.  The host may also say so itself with
+  ``foreground_busy()``.
+* :class:`AlwaysIdle` is for the daemon, which instead runs at a lowered OS priority
+  so the operating system gives the foreground the CPU.
+* :class:`ManualIdle` is for tests and hosts that know better.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+__all__ = ["AlwaysIdle", "IdlePolicy", "LoopLagIdle", "ManualIdle"]
+
+
+class IdlePolicy(Protocol):
+    def is_idle(self) -> bool: ...
+
+    async def wait_idle(self) -> None: ...
+
+    def foreground_busy(self) -> contextlib.AbstractContextManager[None]: ...
+
+    async def run(self) -> None:
+        """The policy's own background task (a ticker), run by the spooler."""
+        ...
+
+    def statistics(self) -> dict[str, float | int | bool]: ...
+
+
+class _Marks:
+    def __init__(self) -> None:
+        self.busy_marks = 0
+        self._changed = asyncio.Event()
+
+    @contextlib.contextmanager
+    def foreground_busy(self) -> Iterator[None]:
+        self.busy_marks += 1
+        self._changed.clear()
+        try:
+            yield
+        finally:
+            self.busy_marks -= 1
+            self._changed.set()
+
+
+class AlwaysIdle(_Marks):
+    """Never holds background work back, except while the host marks itself busy."""
+
+    def is_idle(self) -> bool:
+        return self.busy_marks == 0
+
+    async def wait_idle(self) -> None:
+        while self.busy_marks:
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def run(self) -> None:
+        return None
+
+    def statistics(self) -> dict[str, float | int | bool]:
+        return {"idle": self.is_idle(), "busy_marks": self.busy_marks}
+
+
+class ManualIdle(AlwaysIdle):
+    """Idle unless told otherwise with :meth:`set_busy`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._busy = False
+
+    def set_busy(self, busy: bool) -> None:
+        self._busy = busy
+        if not busy:
+            self._changed.set()
+        else:
+            self._changed.clear()
+
+    def is_idle(self) -> bool:
+        return not self._busy and self.busy_marks == 0
+
+    async def wait_idle(self) -> None:
+        while not self.is_idle():
+            self._changed.clear()
+            await self._changed.wait()
+
+
+class LoopLagIdle(_Marks):
+    """Idle when the host loop has woken on time for ``quiet`` seconds.
+
+    Every ``interval`` seconds a ticker sleeps and measures how late it woke.  The
+    spooler's own slice time during the interval (``own_busy()``) is subtracted, so
+    the spooler's work does not make it think the host is busy.
+    """
+
+    def __init__(
+        self,
+        *,
+        interval: float = 0.01,
+        lag_threshold: float = 0.004,
+        quiet: float = 0.05,
+        own_busy: Callable[[], float] = lambda: 0.0,
+    ) -> None:
+        super().__init__()
+        self.interval = interval
+        self.lag_threshold = lag_threshold
+        self.quiet = quiet
+        self._own_busy = own_busy
+        self._last_busy = -1e9
+        self.ticks = 0
+        self.busy_ticks = 0
+        self.max_lag = 0.0
+
+    def set_own_busy(self, own_busy: Callable[[], float]) -> None:
+        self._own_busy = own_busy
+
+    def is_idle(self) -> bool:
+        return self.busy_marks == 0 and time.perf_counter() - self._last_busy >= self.quiet
+
+    async def wait_idle(self) -> None:
+        while not self.is_idle():  # noqa: ASYNC110 - lag is sampled, there is no event
+            await asyncio.sleep(self.interval)
+
+    async def run(self) -> None:
+        while True:
+            t0 = time.perf_counter()
+            own0 = self._own_busy()
+            await asyncio.sleep(self.interval)
+            lag = time.perf_counter() - t0 - self.interval
+            foreign = lag - (self._own_busy() - own0)
+            self.ticks += 1
+            self.max_lag = max(self.max_lag, foreign)
+            if foreign > self.lag_threshold:
+                self.busy_ticks += 1
+                self._last_busy = time.perf_counter()
+
+    def statistics(self) -> dict[str, float | int | bool]:
+        return {
+            "idle": self.is_idle(),
+            "busy_marks": self.busy_marks,
+            "ticks": self.ticks,
+            "busy_ticks": self.busy_ticks,
+            "max_foreign_lag": self.max_lag,
+        }

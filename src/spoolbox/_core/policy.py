@@ -1,0 +1,210 @@
+"""Policies and the pure decisions of outbound delivery.
+
+Nothing here does I/O.  :func:`plan_after_submit` turns what a transport did with a
+message (a submit error, or an end flag) into recipient updates; :func:`backoff`
+and :func:`plan_result` turn a transport's per-recipient result into the next state.
+The scheduler then applies the plan to the store.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ..model import EndFlags, Outcome, RecipientResult, RecipientState
+from ..store import RecipientUpdate
+
+__all__ = [
+    "Policy",
+    "SubmitOutcome",
+    "backoff",
+    "plan_after_submit",
+    "plan_result",
+]
+
+_R = RecipientState
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Every tunable of the scheduler, with the defaults a library host wants."""
+
+    slice_budget: float = 0.005  # seconds a provider may run between yields
+    watchdog_stall: float = 0.5  # log a provider that holds the loop this long, live
+    lease: float = 120.0  # claim lease; renewed while a transport works
+    lifetime: float = 5 * 86400.0  # queue lifetime (Postfix maximal_queue_lifetime)
+    retry_base: float = 60.0  # first retry delay after a temporary failure
+    retry_factor: float = 2.0
+    retry_cap: float = 4 * 3600.0  # longest delay between retries
+    retry_jitter: float = 0.2  # +-20 % so retries after an outage do not come in a herd
+    busy_delay: float = 2.0  # TransportBusy: offer again after this
+    resend_later_delay: float = 60.0  # END_RESEND_LATER
+    poll_interval: float = 60.0  # LOGON_SP_POLL sessions
+    idle_interval: float = 5.0  # LOGON_SP_IDLE sessions: at most this often
+    failure_threshold: int = 3  # consecutive failures before STATUS_FAILURE
+    failure_backoff: float = 5.0  # pause after a failing call, doubled up to the cap
+    failure_backoff_cap: float = 300.0
+    relogon_delay: float = 10.0  # first retry of a failed logon, doubled up to the cap
+    critsec_max: float = 2.0  # a critical section held longer is reported
+    progress_interval: float = 0.2  # flush progress published at least this often
+    router_interval: float = 1.0  # look for new submissions from other processes
+    housekeeping_interval: float = 5.0  # leases, expiry
+    shutdown_grace: float = 10.0  # finish in-flight work this long on shutdown
+    claim_batch: int = 1  # messages claimed per store round trip per lane
+
+    def __post_init__(self) -> None:
+        for name in ("slice_budget", "lease", "lifetime", "retry_base", "retry_cap"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"policy.{name} must be positive, not {getattr(self, name)}")
+        if self.retry_factor < 1:
+            raise ValueError("policy.retry_factor must be >= 1")
+        if not 0 <= self.retry_jitter < 1:
+            raise ValueError("policy.retry_jitter must be in [0, 1)")
+        if self.failure_threshold < 1:
+            raise ValueError("policy.failure_threshold must be >= 1")
+
+
+def backoff(policy: Policy, attempts: int, rng: random.Random | None = None) -> float:
+    """Delay before retry number ``attempts`` (1 = first retry): capped, with jitter."""
+    n = max(1, attempts)
+    delay = min(policy.retry_cap, policy.retry_base * policy.retry_factor ** (n - 1))
+    j = policy.retry_jitter
+    if j:
+        delay *= (rng or random).uniform(1 - j, 1 + j)
+    return min(delay, policy.retry_cap * (1 + j))
+
+
+class SubmitOutcome(enum.Enum):
+    """What happened to a message in a transport, other than per-recipient results."""
+
+    END_SENT = "end-sent"
+    END_RESEND_NOW = "end-resend-now"
+    END_RESEND_LATER = "end-resend-later"
+    END_DONT_RESEND = "end-dont-resend"
+    BUSY = "busy"
+    NOT_ME = "not-me"
+    WAIT = "wait"  # WaitRetry / NetworkError with a delay
+    CANCEL = "cancel"  # SubmitCancelled (MAPI_E_CANCEL)
+    USER_CANCELLED = "user-cancelled"  # MessageCancelled propagated
+    ERROR = "error"  # any other exception
+    LOST = "lost"  # the spooler is shutting down / lease lost mid-flight
+
+    @classmethod
+    def from_end_flags(cls, flags: EndFlags) -> SubmitOutcome:
+        if flags & EndFlags.DONT_RESEND:
+            return cls.END_DONT_RESEND
+        if flags & EndFlags.RESEND_LATER:
+            return cls.END_RESEND_LATER
+        if flags & EndFlags.RESEND_NOW:
+            return cls.END_RESEND_NOW
+        return cls.END_SENT
+
+
+def plan_after_submit(
+    outcome: SubmitOutcome,
+    *,
+    pending: Iterable[tuple[int, int]],
+    transport: str,
+    policy: Policy,
+    now: float,
+    expires_at: float,
+    delay: float | None = None,
+    reason: str = "",
+    begin_deferred: bool = False,
+    rng: random.Random | None = None,
+) -> list[RecipientUpdate]:
+    """Updates for the recipients a transport left without a result.
+
+    ``pending`` holds ``(index, attempts)`` of those recipients.
+    """
+    out: list[RecipientUpdate] = []
+    o = SubmitOutcome
+    for index, attempts in pending:
+        if outcome is o.END_SENT or outcome is o.NOT_ME:
+            # Not handled by this transport: offer it to the next one (reference §8.3).
+            out.append(
+                RecipientUpdate(
+                    index,
+                    _R.QUEUED,
+                    route=None,
+                    keep_route=False,
+                    refused_by=(transport,),
+                    retry_at=0.0,
+                )
+            )
+        elif outcome is o.END_RESEND_NOW or outcome is o.LOST:
+            out.append(RecipientUpdate(index, _R.QUEUED, retry_at=now))
+        elif outcome is o.END_RESEND_LATER or outcome is o.BUSY:
+            wait = policy.resend_later_delay if outcome is o.END_RESEND_LATER else policy.busy_delay
+            out.append(RecipientUpdate(index, _R.QUEUED, retry_at=now + wait))
+        elif outcome is o.END_DONT_RESEND:
+            out.append(RecipientUpdate(index, _R.PARKED))
+        elif outcome is o.CANCEL:
+            if begin_deferred:
+                out.append(RecipientUpdate(index, _R.PARKED))
+            else:
+                out.append(
+                    RecipientUpdate(index, _R.QUEUED, retry_at=now + policy.resend_later_delay)
+                )
+        elif outcome is o.USER_CANCELLED:
+            out.append(
+                RecipientUpdate(index, _R.CANCELLED, diagnostic="cancelled by user", status=None)
+            )
+        elif outcome is o.WAIT or outcome is o.ERROR:
+            wait = delay if delay is not None else backoff(policy, attempts + 1, rng)
+            status = "4.4.1" if outcome is o.WAIT else "4.3.0"
+            text = reason or ("transport asked to wait" if outcome is o.WAIT else "transport error")
+            out.append(_temporary(index, now + wait, expires_at, status, text))
+        else:  # pragma: no cover - exhaustive
+            raise AssertionError(outcome)
+    return out
+
+
+def _temporary(
+    index: int, retry_at: float, expires_at: float, status: str, text: str
+) -> RecipientUpdate:
+    if retry_at >= expires_at:
+        return RecipientUpdate(
+            index,
+            _R.FAILED,
+            status="5.4.7",
+            diagnostic=f"delivery time expired; last error: {status} {text}",
+            count_attempt=True,
+        )
+    return RecipientUpdate(
+        index, _R.QUEUED, status=status, diagnostic=text, retry_at=retry_at, count_attempt=True
+    )
+
+
+def plan_result(
+    result: RecipientResult,
+    *,
+    attempts: int,
+    policy: Policy,
+    now: float,
+    expires_at: float,
+    rng: random.Random | None = None,
+) -> RecipientUpdate:
+    """The update for one per-recipient result reported with status_recips."""
+    if result.outcome is Outcome.DELIVERED:
+        return RecipientUpdate(
+            result.index,
+            _R.DELIVERED,
+            status=result.status,
+            diagnostic=result.diagnostic,
+            count_attempt=True,
+        )
+    if result.outcome is Outcome.FAILED:
+        return RecipientUpdate(
+            result.index,
+            _R.FAILED,
+            status=result.status,
+            diagnostic=result.diagnostic,
+            count_attempt=True,
+        )
+    wait = (
+        result.retry_after if result.retry_after is not None else backoff(policy, attempts + 1, rng)
+    )
+    return _temporary(result.index, now + wait, expires_at, result.status, result.diagnostic)

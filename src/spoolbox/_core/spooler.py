@@ -1,0 +1,629 @@
+"""The Spooler: owns the store connection, the status table, the scheduler and the
+transport hosts, and is what a host application (or the daemon) opens.
+
+::
+
+    async with Spooler.open(config) as spooler:
+        info = await spooler.submit(NewMessage(...))
+        report = await spooler.flush()
+
+Structured concurrency: every task the spooler starts lives in its TaskGroup (the
+router, housekeeping, the idle policy's ticker, one supervisor per transport, flushes
+and short notifications); leaving the ``async with`` stops them all, lets in-flight
+work finish for ``policy.shutdown_grace`` seconds, logs every session off, shuts the
+providers down and returns unfinished claims to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from ..model import (
+    Address,
+    FlushFlags,
+    MessageInfo,
+    MessageState,
+    NewMessage,
+    Outcome,
+    RecipientResult,
+    RecipientState,
+    ResourceType,
+    StatusCode,
+    ValidateFlags,
+)
+from ..reports import ReportItem, ReportKind, report_message
+from ..routing import NoRoute, Route, RouteEntry, RoutingTable
+from ..status import StatusRow, StatusTable, Subscriber
+from ..store import (
+    ClaimedJob,
+    InboundMessage,
+    InboxEntry,
+    LeaseLost,
+    MemoryStore,
+    RecipientUpdate,
+    Store,
+)
+from .clock import Clock, SystemClock, wait_event
+from .config import SpoolerConfig, load_provider_class
+from .critsec import CriticalSections
+from .flush import FlushHandle, FlushReport
+from .host import TransportHost
+from .idle import IdlePolicy, LoopLagIdle
+from .policy import Policy
+from .slices import SliceMeter
+
+__all__ = ["Spooler"]
+
+T = TypeVar("T")
+log = logging.getLogger("spoolbox.spooler")
+SPOOLER_ROW = "spooler"
+_R = RecipientState
+
+
+class Spooler:
+    """The MAPI spooler, in an asyncio event loop. Open it with :meth:`open`."""
+
+    def __init__(
+        self,
+        config: SpoolerConfig | None = None,
+        *,
+        store: Store | None = None,
+        clock: Clock | None = None,
+        idle: IdlePolicy | None = None,
+        close_store: bool | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config or SpoolerConfig()
+        self.policy: Policy = self.config.policy
+        self.store: Store = store if store is not None else MemoryStore()
+        self._close_store = close_store if close_store is not None else store is None
+        self.clock: Clock = clock or SystemClock()
+        self.status = StatusTable(self.clock.now)
+        self.critsec = CriticalSections(self.policy.critsec_max, self._critsec_overrun)
+        self.meter = SliceMeter(
+            self.policy.slice_budget,
+            self.critsec,
+            stall_after=self.policy.watchdog_stall,
+            on_stall=self._stalled,
+        )
+        if idle is None:
+            lag = LoopLagIdle()
+            lag.set_own_busy(lambda: self.meter.busy_time)
+            idle = lag
+        self.idle: IdlePolicy = idle
+        self.owner = self.config.node
+        self.rng = rng or random.Random()
+        self.hosts: list[TransportHost] = []
+        self._providers: dict[type, Any] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self._route_event = asyncio.Event()
+        self._settled = asyncio.Event()
+        self._inbox_waiters: list[asyncio.Future[InboxEntry]] = []
+        self._started = False
+        self._closing = False
+        self._started_at = 0.0
+        self.counters: dict[str, int] = defaultdict(int)
+        self._stalls: list[tuple[str, float]] = []
+        self._spawned: list[asyncio.Task[Any]] = []
+
+    def __repr__(self) -> str:
+        return (
+            f"<Spooler node={self.owner!r} transports={[h.name for h in self.hosts]} "
+            f"started={self._started}>"
+        )
+
+    @classmethod
+    def open(
+        cls,
+        config: SpoolerConfig | None = None,
+        *,
+        store: Store | None = None,
+        clock: Clock | None = None,
+        idle: IdlePolicy | None = None,
+        close_store: bool | None = None,
+        rng: random.Random | None = None,
+    ) -> Spooler:
+        """A spooler to use as ``async with Spooler.open(config) as spooler:``."""
+        return cls(config, store=store, clock=clock, idle=idle, close_store=close_store, rng=rng)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def __aenter__(self) -> Spooler:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        if self._started:
+            raise RuntimeError("spooler already started")
+        self._started = True
+        self._started_at = self.clock.now()
+        await self.store.open()
+        try:
+            released = await self.store.release_owner(self.owner)
+            if released:
+                log.info("returned %d recipients left active by an earlier run", released)
+            self.status.put(
+                StatusRow(
+                    name=SPOOLER_ROW,
+                    resource_type=ResourceType.SPOOLER,
+                    provider_display="spoolbox spooler",
+                    status_code=StatusCode.AVAILABLE,
+                )
+            )
+            for entry in self.config.transports:
+                cls = load_provider_class(entry.provider)
+                if cls not in self._providers:
+                    self._providers[cls] = cls()  # XPProviderInit: one provider object per class
+                self.hosts.append(TransportHost(self, entry, self._providers[cls]))
+            known = [h.name for h in self.hosts]
+            moved = await self.store.reroute_missing(known)
+            if moved:
+                log.info("%d recipients were routed to transports no longer configured", moved)
+        except BaseException:
+            await self._close_store_now()
+            raise
+        self._tg = asyncio.TaskGroup()
+        await self._tg.__aenter__()
+        self.meter.start_watchdog()
+        self.spawn(self.idle.run(), name="idle-policy")
+        self.spawn(self._router(), name="router")
+        self.spawn(self._housekeeping(), name="housekeeping")
+        for host in self.hosts:
+            self.spawn(host.run(), name=f"transport-{host.name}")
+
+    async def aclose(self) -> None:
+        if not self._started or self._closing:
+            return
+        self._closing = True
+        tg = self._tg
+        try:
+            for host in self.hosts:
+                await host.stop()
+            deadline = time.monotonic() + self.policy.shutdown_grace
+            while any(h.session is not None for h in self.hosts):
+                if time.monotonic() >= deadline:
+                    log.warning("shutdown grace over; cancelling transports still busy")
+                    break
+                await asyncio.sleep(0.01)
+            if tg is not None:
+                for task in list(self._tasks()):
+                    task.cancel()
+                with contextlib.suppress(BaseException):
+                    await tg.__aexit__(None, None, None)
+            for provider in self._providers.values():
+                try:
+                    await provider.shutdown()
+                except Exception as exc:
+                    log.warning("provider %r: shutdown failed: %s", provider, exc)
+            with contextlib.suppress(Exception):
+                await self.store.release_owner(self.owner)
+        finally:
+            self.meter.stop_watchdog()
+            await self._close_store_now()
+
+    async def _close_store_now(self) -> None:
+        if self._close_store:
+            with contextlib.suppress(Exception):
+                await self.store.close()
+
+    def _tasks(self) -> list[asyncio.Task[Any]]:
+        return [t for t in self._spawned if not t.done()]
+
+    def spawn(self, coro: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
+        """Start a task owned by the spooler's TaskGroup."""
+        if self._tg is None:
+            coro.close()
+            raise RuntimeError("the spooler is not running")
+        task = self._tg.create_task(self._guard(coro, name), name=name)
+        self._spawned = [t for t in self._spawned if not t.done()]
+        self._spawned.append(task)
+        return task
+
+    async def _guard(self, coro: Coroutine[Any, Any, T], name: str) -> T:
+        """A spooler task never takes the others down with it: log, and end it."""
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("spooler task %s failed", name)
+            raise asyncio.CancelledError() from None
+
+    # -- the client side ------------------------------------------------------------------
+    async def submit(self, message: NewMessage) -> MessageInfo:
+        """Commit ``message`` durably and queue it; returns once it is committed."""
+        info = await self.store.submit(message, now=self.clock.now(), lifetime=self.policy.lifetime)
+        self.counters["submitted"] += 1
+        self.routing_changed()
+        return info
+
+    def start_flush(
+        self,
+        *,
+        upload: bool = True,
+        download: bool = True,
+        transport: str | None = None,
+        force: bool = True,
+    ) -> FlushHandle:
+        """Start a flush and return its handle (await it for the report)."""
+        flags = FlushFlags.NONE
+        if upload:
+            flags |= FlushFlags.UPLOAD
+        if download:
+            flags |= FlushFlags.DOWNLOAD
+        if force:
+            flags |= FlushFlags.FORCE
+        hosts = self.hosts if transport is None else [self.host(transport)]
+        return FlushHandle(self, hosts, flags)
+
+    async def flush(
+        self, *, upload: bool = True, download: bool = True, transport: str | None = None
+    ) -> FlushReport:
+        """Flush and wait.  Cancelling the caller cancels the flush."""
+        return await self.start_flush(upload=upload, download=download, transport=transport)
+
+    def host(self, name: str) -> TransportHost:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise KeyError(f"no transport named {name!r} (configured: {[h.name for h in self.hosts]})")
+
+    async def cancel(self, message_id: str) -> MessageState:
+        """Cancel every unfinished recipient; ones in a transport's hands are cancelled
+        through it (NOTIFY_CANCEL_MESSAGE and MessageCancelled at its next yield)."""
+        active = await self.store.cancel(message_id)
+        for host in {r.route for r in active}:
+            if host is not None:
+                with contextlib.suppress(KeyError):
+                    self.host(host).cancel(message_id)
+        self._settled.set()
+        return await self.store.state_of(message_id, now=self.clock.now())
+
+    async def hold(self, message_id: str) -> MessageInfo:
+        return await self.store.hold(message_id)
+
+    async def release(self, message_id: str) -> MessageInfo:
+        info = await self.store.release(message_id, now=self.clock.now())
+        self._wake_all()
+        return info
+
+    async def retry(self, message_id: str) -> int:
+        n = await self.store.retry_now(message_id, now=self.clock.now())
+        self._wake_all()
+        return n
+
+    async def validate_state(
+        self, flags: ValidateFlags = ValidateFlags.NONE, transport: str | None = None
+    ) -> dict[str, str]:
+        """ValidateState on every transport (or one); ``busy`` for a critical-section holder."""
+        hosts = self.hosts if transport is None else [self.host(transport)]
+        return {h.name: await h.validate_state(flags) for h in hosts}
+
+    def foreground_busy(self) -> contextlib.AbstractContextManager[None]:
+        """``with spooler.foreground_busy():`` holds background work back meanwhile."""
+        return self.idle.foreground_busy()
+
+    def subscribe(self, *, maxsize: int = 1000, name: str = "subscriber") -> Subscriber:
+        return self.status.subscribe(maxsize=maxsize, name=name)
+
+    async def wait_for(
+        self,
+        message_id: str,
+        states: Sequence[MessageState] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> MessageState:
+        """Wait until the message is in one of ``states`` (default: finished)."""
+        wanted = set(states or (MessageState.SENT, MessageState.FAILED, MessageState.CANCELLED))
+        async with asyncio.timeout(timeout):
+            while True:
+                self._settled.clear()
+                st = await self.store.state_of(message_id, now=self.clock.now())
+                if st in wanted:
+                    return st
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.25):
+                        await self._settled.wait()
+
+    async def next_inbound(
+        self,
+        *,
+        timeout: float | None = None,
+    ) -> InboxEntry:
+        """Wait for the next message committed to the inbox."""
+        fut: asyncio.Future[InboxEntry] = asyncio.get_running_loop().create_future()
+        self._inbox_waiters.append(fut)
+        try:
+            async with asyncio.timeout(timeout):
+                return await fut
+        finally:
+            if fut in self._inbox_waiters:
+                self._inbox_waiters.remove(fut)
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "node": self.owner,
+            "counters": dict(self.counters),
+            "scheduler": self.meter.statistics(),
+            "critical_sections": self.critsec.statistics(),
+            "idle": self.idle.statistics(),
+            "status": self.status.statistics(),
+            "transports": {
+                h.name: {
+                    "phase": str(h.lifecycle.phase),
+                    "counters": dict(h.counters),
+                    "longest_slice": h.longest_slice,
+                    "consecutive_failures": h.consecutive_failures,
+                    "inflight": h.inflight,
+                    "logons": h.logons,
+                    "last_error": h.last_error,
+                }
+                for h in self.hosts
+            },
+            "stalls": list(self._stalls),
+        }
+
+    # -- internal: routing --------------------------------------------------------------
+    def routing_table(self) -> RoutingTable:
+        entries = []
+        for h in self.hosts:
+            if not h.entry.outbound:
+                continue
+            types = h.types
+            if types is None and h.entry.address_types is not None:
+                types = frozenset(t.upper() for t in h.entry.address_types)
+            entries.append(RouteEntry(h.name, types))
+        return RoutingTable.build(entries)
+
+    def routing_changed(self) -> None:
+        self._route_event.set()
+
+    def _wake_all(self) -> None:
+        for h in self.hosts:
+            h.wake.set()
+        self.routing_changed()
+
+    async def _router(self) -> None:
+        while True:
+            self._route_event.clear()
+            try:
+                await self._route_once()
+            except Exception:
+                log.exception("routing failed; retrying")
+            await wait_event(self.clock, self._route_event, self.policy.router_interval)
+
+    async def _route_once(self) -> None:
+        table = self.routing_table()
+        while True:
+            records = await self.store.unrouted(limit=1000)
+            if not records:
+                return
+            assign: list[tuple[str, int, str]] = []
+            failed: dict[str, list[RecipientUpdate]] = defaultdict(list)
+            for r in records:
+                d = table.decide(r.address.type, r.refused_by)
+                if isinstance(d, Route):
+                    assign.append((r.message_id, r.index, d.transport))
+                elif isinstance(d, NoRoute):
+                    failed[r.message_id].append(
+                        RecipientUpdate(r.index, _R.FAILED, status="5.4.4", diagnostic=d.reason)
+                    )
+            if assign:
+                await self.store.assign_routes(assign)
+                for name in {a[2] for a in assign}:
+                    self.host(name).wake.set()
+            for mid, updates in failed.items():
+                await self._settle_unowned(mid, updates)
+            if not assign and not failed:
+                return  # everything left waits for a transport to log on
+
+    # -- internal: settling and reports -----------------------------------------------
+    async def settle(
+        self,
+        job: ClaimedJob,
+        updates: Sequence[RecipientUpdate],
+        *,
+        results: Sequence[RecipientResult] = (),
+    ) -> None:
+        reports, inbox = await self._reports(job.message, job.recipients, updates, results)
+        try:
+            await self.store.settle(
+                job.message.id,
+                updates,
+                owner=self.owner,
+                now=self.clock.now(),
+                reports=reports,
+                inbox_reports=inbox,
+            )
+        except LeaseLost as exc:
+            log.error("settling %s: %s (another spooler took it over)", job.message.id, exc)
+            return
+        self._after_settle(updates, len(reports) + len(inbox))
+
+    async def _settle_unowned(self, message_id: str, updates: Sequence[RecipientUpdate]) -> None:
+        info = await self.store.get_message(message_id)
+        recs = await self.store.recipients(message_id)
+        reports, inbox = await self._reports(info, recs, updates, ())
+        await self.store.settle(
+            message_id,
+            updates,
+            owner=None,
+            now=self.clock.now(),
+            reports=reports,
+            inbox_reports=inbox,
+        )
+        self._after_settle(updates, len(reports) + len(inbox))
+
+    def _after_settle(self, updates: Sequence[RecipientUpdate], reports: int) -> None:
+        for u in updates:
+            if u.state in (_R.DELIVERED, _R.FAILED, _R.CANCELLED):
+                self.counters[str(u.state)] += 1
+        self.counters["reports"] += reports
+        self._settled.set()
+        if reports:
+            self.routing_changed()
+
+    async def _reports(
+        self,
+        info: MessageInfo,
+        recipients: Sequence[Any],
+        updates: Sequence[RecipientUpdate],
+        results: Sequence[RecipientResult],
+    ) -> tuple[list[NewMessage], list[InboundMessage]]:
+        by_index = {r.index: r for r in recipients}
+        remote = {r.index: r.remote_mta for r in results}
+        kinds: dict[ReportKind, list[ReportItem]] = defaultdict(list)
+        now = self.clock.now()
+        for u in updates:
+            rec = by_index.get(u.index)
+            if rec is None:
+                continue
+            if u.state is _R.FAILED:
+                kind = ReportKind.FAILURE
+            elif u.state is _R.DELIVERED:
+                kind = ReportKind.SUCCESS
+            else:
+                continue
+            kinds[kind].append(
+                ReportItem(
+                    address=rec.address,
+                    status=u.status or ("5.0.0" if kind is ReportKind.FAILURE else "2.0.0"),
+                    diagnostic=u.diagnostic or "",
+                    remote_mta=remote.get(u.index),
+                    last_attempt=now,
+                )
+            )
+        if not kinds:
+            return [], []
+        original: bytes | None = None
+        out: list[NewMessage] = []
+        inbox: list[InboundMessage] = []
+        for kind, items in kinds.items():
+            if original is None:
+                original = await self.store.read_content(info.id)
+            msg = report_message(
+                info=info,
+                original=original,
+                items=items,
+                kind=kind,
+                reporting_mta=self.config.reporting_mta,
+                now=now,
+            )
+            if msg is None:
+                continue
+            if info.sender is not None and self._is_local(info.sender):
+                inbox.append(
+                    InboundMessage(
+                        transport=SPOOLER_ROW,
+                        content=msg.content,
+                        sender=None,
+                        recipients=(str(info.sender),),
+                        received_at=now,
+                    )
+                )
+            else:
+                out.append(msg)
+        return out, inbox
+
+    def _is_local(self, address: Address) -> bool:
+        return any(
+            a.type == address.type and a.value.lower() == address.value.lower()
+            for a in self.config.identities
+        )
+
+    # -- internal: events from hosts -------------------------------------------------------
+    def received(self, entry: InboxEntry) -> None:
+        self.counters["received"] += 1
+        for fut in self._inbox_waiters:
+            if not fut.done():
+                fut.set_result(entry)
+        self._inbox_waiters.clear()
+
+    async def unpark(self, host: TransportHost, ref: str | None) -> None:
+        n = await self.store.unpark(host.name, ref, now=self.clock.now())
+        if n:
+            host.wake.set()
+
+    def flush_bits_changed(self, host: TransportHost, old: StatusCode, new: StatusCode) -> None:
+        """A provider set a *_FLUSH bit itself: it asks for a flush of its own."""
+        started = new & ~old
+        flags = FlushFlags.NONE
+        if started & StatusCode.OUTBOUND_FLUSH and not host.flushing & FlushFlags.UPLOAD:
+            flags |= FlushFlags.UPLOAD
+        if started & StatusCode.INBOUND_FLUSH and not host.flushing & FlushFlags.DOWNLOAD:
+            flags |= FlushFlags.DOWNLOAD
+        if flags and not self._closing and host.lifecycle.running:
+            log.info("transport %r asked for a flush (%s)", host.name, flags)
+            FlushHandle(self, [host], flags | FlushFlags.NO_UI)
+
+    def _critsec_overrun(self, owner: Any, held: float) -> None:
+        name = getattr(owner, "name", "?")
+        text = (
+            f"held a critical section for {held:.2f} s, over the {self.policy.critsec_max:.2f} s "
+            "maximum: other transports are stopped meanwhile"
+        )
+        log.warning("transport %r %s", name, text)
+        if name in self.status:
+            self.status.update(name, detail=text)
+        self.counters["critsec_overruns"] += 1
+
+    def _stalled(self, name: str, held: float) -> None:
+        # Called from the watchdog thread: only record; the loop picks it up.
+        self._stalls.append((name, held))
+
+    # -- internal: housekeeping ---------------------------------------------------------
+    async def _housekeeping(self) -> None:
+        while True:
+            try:
+                await self._housekeep_once()
+            except Exception:
+                log.exception("housekeeping failed; retrying")
+            await self.clock.sleep(self.policy.housekeeping_interval)
+
+    async def _housekeep_once(self) -> None:
+        now = self.clock.now()
+        if await self.store.release_expired(now=now):
+            self._wake_all()
+        expired = await self.store.expired(now=now, limit=500)
+        by_msg: dict[str, list[RecipientUpdate]] = defaultdict(list)
+        for r in expired:
+            last = f"; last error: {r.status} {r.diagnostic}" if r.status else ""
+            by_msg[r.message_id].append(
+                RecipientUpdate(
+                    r.index,
+                    _R.FAILED,
+                    status="5.4.7",
+                    diagnostic=f"delivery time expired after {r.attempts} attempts{last}",
+                )
+            )
+        for mid, updates in by_msg.items():
+            await self._settle_unowned(mid, updates)
+        row = self.status.get(SPOOLER_ROW)
+        if row is not None:
+            counts = await self.store.counts()
+            self.status.update(
+                SPOOLER_ROW,
+                counters={**{str(k): v for k, v in counts.items()}, **dict(self.counters)},
+            )
+
+    async def inbox(self, *, limit: int = 100) -> AsyncIterator[InboxEntry]:
+        for entry in await self.store.list_inbox(limit=limit):
+            yield entry
+
+
+_ = Outcome  # re-exported names used in type positions only
