@@ -59,7 +59,7 @@ from .clock import wait_event
 from .config import TransportConfig
 from .lifecycle import SessionLifecycle
 from .objects import InboundWriterImpl, OutboundMessageImpl, ProfileSectionImpl
-from .policy import SubmitOutcome, plan_after_submit, plan_result
+from .policy import PARKED_NOTE, SubmitOutcome, plan_after_submit, plan_result
 
 if TYPE_CHECKING:
     from .spooler import Spooler
@@ -96,9 +96,9 @@ class TransportHost:
         self.recovered = asyncio.Event()
         self.lane_idle = asyncio.Event()
         self.job_done = asyncio.Event()
+        self.tried_logon = asyncio.Event()  # set after each logon attempt, good or bad
         self.inbound_lock = asyncio.Lock()
         self.active: dict[str, OutboundMessageImpl | InboundWriterImpl] = {}
-        self.unparked: set[str] = set()
         self.inflight = 0
         self.critical_error = False
         self.stopping = False
@@ -164,7 +164,15 @@ class TransportHost:
         except ContractViolation:
             coro.close()
             raise
-        result = await self.spooler.meter.run(self, coro)
+        limit = self.spooler.policy.call_timeout
+        try:
+            async with asyncio.timeout(limit):
+                result = await self.spooler.meter.run(self, coro)
+        except TimeoutError:
+            raise TimeoutError(
+                f"{name}() of transport {self.name!r} ran longer than {limit:g} s and was "
+                "cancelled (policy.call_timeout)"
+            ) from None
         self.lifecycle.done(name)
         return result
 
@@ -361,7 +369,9 @@ class TransportHost:
         while not self.stopping:
             try:
                 await self.logon()
+                self.tried_logon.set()
             except Exception as exc:
+                self.tried_logon.set()
                 self.lifecycle.fail()
                 self.session = None
                 self.types = None
@@ -462,8 +472,8 @@ class TransportHost:
         sp = self.spooler
         session = self._require_session()
         mid = job.message.id
-        flags = SubmitFlags.BEGIN_DEFERRED if mid in self.unparked else SubmitFlags.NONE
-        self.unparked.discard(mid)
+        deferred = any(r.diagnostic == PARKED_NOTE for r in job.recipients)
+        flags = SubmitFlags.BEGIN_DEFERRED if deferred else SubmitFlags.NONE
         msg = OutboundMessageImpl(job, sp.store, self.implicit_yield, flags)
         self.active[mid] = msg
         self.inflight += 1

@@ -127,7 +127,7 @@ class LoopLagIdle(_Marks):
         return self.busy_marks == 0 and time.perf_counter() - self._last_busy >= self.quiet
 
     async def wait_idle(self) -> None:
-        while not self.is_idle():  # noqa: ASYNC110 - lag is sampled, there is no event
+        while not self.is_idle():
             await asyncio.sleep(self.interval)
 
     async def run(self) -> None:

@@ -17,6 +17,7 @@ from ..model import EndFlags, Outcome, RecipientResult, RecipientState
 from ..store import RecipientUpdate
 
 __all__ = [
+    "PARKED_NOTE",
     "Policy",
     "SubmitOutcome",
     "backoff",
@@ -25,6 +26,11 @@ __all__ = [
 ]
 
 _R = RecipientState
+
+#: The diagnostic of a recipient parked by END_DONT_RESEND.  When it comes back
+#: after NOTIFY_SENTDEFERRED, this note is how the spooler knows to pass
+#: BEGIN_DEFERRED (it survives a restart, being in the store).
+PARKED_NOTE = "deferred by the transport until it asks for it again (SENTDEFERRED)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +59,7 @@ class Policy:
     housekeeping_interval: float = 5.0  # leases, expiry
     shutdown_grace: float = 10.0  # finish in-flight work this long on shutdown
     claim_batch: int = 1  # messages claimed per store round trip per lane
+    call_timeout: float = 600.0  # a provider call running longer is cancelled and failed
 
     def __post_init__(self) -> None:
         for name in ("slice_budget", "lease", "lifetime", "retry_base", "retry_cap"):
@@ -140,10 +147,10 @@ def plan_after_submit(
             wait = policy.resend_later_delay if outcome is o.END_RESEND_LATER else policy.busy_delay
             out.append(RecipientUpdate(index, _R.QUEUED, retry_at=now + wait))
         elif outcome is o.END_DONT_RESEND:
-            out.append(RecipientUpdate(index, _R.PARKED))
+            out.append(RecipientUpdate(index, _R.PARKED, diagnostic=PARKED_NOTE))
         elif outcome is o.CANCEL:
             if begin_deferred:
-                out.append(RecipientUpdate(index, _R.PARKED))
+                out.append(RecipientUpdate(index, _R.PARKED, diagnostic=PARKED_NOTE))
             else:
                 out.append(
                     RecipientUpdate(index, _R.QUEUED, retry_at=now + policy.resend_later_delay)

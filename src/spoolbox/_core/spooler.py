@@ -106,6 +106,7 @@ class Spooler:
         self._tg: asyncio.TaskGroup | None = None
         self._route_event = asyncio.Event()
         self._settled = asyncio.Event()
+        self._received_event = asyncio.Event()
         self._inbox_waiters: list[asyncio.Future[InboxEntry]] = []
         self._started = False
         self._closing = False
@@ -230,6 +231,8 @@ class Spooler:
             coro.close()
             raise RuntimeError("the spooler is not running")
         task = self._tg.create_task(self._guard(coro, name), name=name)
+        # A task cancelled before its first step never awaits ``coro``: close it then.
+        task.add_done_callback(lambda _t: coro.close())
         self._spawned = [t for t in self._spawned if not t.done()]
         self._spawned.append(task)
         return task
@@ -339,6 +342,25 @@ class Spooler:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.25):
                         await self._settled.wait()
+
+    async def wait_ready(self, *, timeout: float | None = None) -> dict[str, bool]:
+        """Wait until every transport has tried to log on; name -> logged on."""
+        async with asyncio.timeout(timeout):
+            for h in self.hosts:
+                await h.tried_logon.wait()
+        return {h.name: h.session is not None for h in self.hosts}
+
+    async def wait_inbox(self, count: int, *, timeout: float | None = None) -> list[InboxEntry]:
+        """Wait until the inbox holds at least ``count`` messages; returns the first ones."""
+        async with asyncio.timeout(timeout):
+            while True:
+                self._received_event.clear()
+                entries = await self.store.list_inbox(limit=count)
+                if len(entries) >= count:
+                    return entries
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.25):
+                        await self._received_event.wait()
 
     async def next_inbound(
         self,
@@ -549,6 +571,7 @@ class Spooler:
     # -- internal: events from hosts -------------------------------------------------------
     def received(self, entry: InboxEntry) -> None:
         self.counters["received"] += 1
+        self._received_event.set()
         for fut in self._inbox_waiters:
             if not fut.done():
                 fut.set_result(entry)

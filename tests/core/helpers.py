@@ -1,0 +1,56 @@
+"""Builders shared by the core tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spoolbox import (
+    Address,
+    AlwaysIdle,
+    IdlePolicy,
+    NewMessage,
+    Policy,
+    Spooler,
+    SpoolerConfig,
+    TransportConfig,
+)
+from spoolbox.testing import Clock, Script, ScriptedProvider
+
+FAST = Policy(
+    retry_base=10.0,
+    retry_jitter=0.0,
+    busy_delay=1.0,
+    resend_later_delay=5.0,
+    router_interval=0.02,
+    housekeeping_interval=0.05,
+    failure_backoff=0.05,
+    failure_backoff_cap=0.2,
+    relogon_delay=0.05,
+    poll_interval=0.05,
+    idle_interval=0.02,
+    shutdown_grace=2.0,
+)
+
+
+def transport(name: str, script: Script, **kw: Any) -> TransportConfig:
+    return TransportConfig(name, ScriptedProvider, options={"script": script}, **kw)
+
+
+def spooler(
+    *transports: TransportConfig,
+    policy: Policy = FAST,
+    clock: Clock | None = None,
+    idle: IdlePolicy | None = None,
+    **kw: Any,
+) -> Spooler:
+    cfg = SpoolerConfig(transports=transports, policy=policy, node="test-node", **kw)
+    return Spooler.open(cfg, clock=clock, idle=idle or AlwaysIdle())
+
+
+def message(*rcpts: str, sender: str | None = "SMTP:alice@example.org", **kw: Any) -> NewMessage:
+    return NewMessage(
+        sender=Address.parse(sender) if sender else None,
+        recipients=tuple(Address.parse(r) for r in rcpts),
+        content=b"From: alice@example.org\r\nSubject: test\r\n\r\nhello\r\n",
+        **kw,
+    )
