@@ -107,7 +107,8 @@ def message_id_of(headers: bytes) -> str | None:
 def _headers_only(data: bytes, note: str, message_id: str | None) -> ReturnedOriginal:
     section = _header_section(data)
     if not section.strip():
-        return ReturnedOriginal("none", b"", "7bit", None, note + " It has no headers.", message_id)
+        note = "Your message has no header section, so nothing of it is attached."
+        return ReturnedOriginal("none", b"", "7bit", None, note, message_id)
     if len(section) > MAX_HEADER_SECTION:
         cut = section[:MAX_HEADER_SECTION]
         last = cut.rfind(b"\r\n")
@@ -134,16 +135,20 @@ def returned_original(original: bytes, *, full: bool, size_limit: int) -> Return
     headers when larger than ``size_limit`` bytes or when it cannot be valid
     message/rfc822 content.
     """
-    data = _normalise(bytes(original))
-    if not data.strip():
+    raw = bytes(original)
+    if not raw or raw.isspace():
         return ReturnedOriginal("none", b"", "7bit", None, "The original message was empty.", None)
+    too_large = len(raw) > size_limit
+    # Only the header section is needed unless the whole message is returned, and
+    # it is cut at MAX_HEADER_SECTION: don't copy megabytes to find it.
+    data = _normalise(raw if full and not too_large else raw[: 2 * MAX_HEADER_SECTION])
     message_id = message_id_of(_header_section(data)[:MAX_HEADER_SECTION])
     if not full:
         return _headers_only(data, "The header section of your message is attached.", message_id)
-    if len(data) > size_limit:
+    if too_large:
         return _headers_only(
             data,
-            f"Your message was too large ({len(data)} bytes) to return in full; "
+            f"Your message was too large ({len(raw)} bytes) to return in full; "
             "only its header section is attached.",
             message_id,
         )

@@ -80,6 +80,7 @@ code, a status class that contradicts the report kind, no items, a malformed
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import re
 import textwrap
@@ -88,6 +89,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import headerregistry, policy
+from email.generator import BytesGenerator
 from email.message import EmailMessage, Message, MIMEPart
 from email.utils import format_datetime
 
@@ -303,6 +305,22 @@ def _block(fields: Sequence[tuple[str, str | None]]) -> Message:
     return block
 
 
+class _BytesGenerator(BytesGenerator):
+    """The stock generator, except that a verbatim message/rfc822 payload keeps its
+    8-bit bytes: the payload is a str decoded with surrogateescape, which the stock
+    ``_encode`` turns back into bytes as strict ASCII (every other path of
+    :class:`BytesGenerator` already uses surrogateescape)."""
+
+    def _encode(self, s: str) -> bytes:
+        return s.encode("ascii", "surrogateescape")
+
+
+def _serialise(message: EmailMessage) -> bytes:
+    out = io.BytesIO()
+    _BytesGenerator(out, mangle_from_=False, policy=_POLICY).flatten(message)
+    return out.getvalue()
+
+
 # --- the parts --------------------------------------------------------------------
 
 
@@ -339,8 +357,7 @@ def _explanation(
     reporting_mta: str,
     returned: ReturnedOriginal,
 ) -> str:
-    """The human-readable first part."""
-    wrap = textwrap.TextWrapper(width=76, break_long_words=False, break_on_hyphens=False)
+    """The human-readable first part, wrapped to 76 columns where words allow."""
     if kind is ReportKind.FAILURE:
         lead = (
             "Your message could not be delivered to the recipients listed below. "
@@ -356,7 +373,7 @@ def _explanation(
         lead = "Your message was delivered to the recipients listed below."
     paragraphs = [
         f"This is the mail delivery system at {reporting_mta}.",
-        wrap.fill(f"{lead} {returned.note}"),
+        _wrap(f"{lead} {returned.note}"),
     ]
     about = [f"Queue ID: {_one_line(info.id)}", f"Submitted: {_date(info.submitted_at)}"]
     subject = _one_line(info.subject)
@@ -364,14 +381,7 @@ def _explanation(
         about.insert(0, f"Subject: {subject}")
     if returned.message_id:
         about.insert(0, f"Message-ID: {returned.message_id}")
-    paragraphs.append("\n".join("  " + line for line in about))
-    entry = textwrap.TextWrapper(
-        width=76,
-        initial_indent="    ",
-        subsequent_indent="    ",
-        break_long_words=False,
-        break_on_hyphens=False,
-    )
+    paragraphs.append("\n".join(_wrap(line, "  ", "      ") for line in about))
     for item in items:
         if kind is ReportKind.FAILURE:
             what = "failed permanently"
@@ -381,15 +391,26 @@ def _explanation(
                 what += f" until {_date(item.will_retry_until)}"
         else:
             what = "delivered"
-        lines = [f"<{_display(item.address)}>: {what} (status {item.status})"]
+        lines = [_wrap(f"<{_display(item.address)}>: {what} (status {item.status})", "", "    ")]
         diagnostic = _one_line(item.diagnostic)
         if diagnostic:
-            lines.append(entry.fill(diagnostic))
+            lines.append(_wrap(diagnostic, "    ", "    "))
         remote = _one_line(item.remote_mta)
         if remote:
-            lines.append(entry.fill(f"remote server: {remote}"))
+            lines.append(_wrap(f"remote server: {remote}", "    ", "    "))
         paragraphs.append("\n".join(lines))
     return "\n\n".join(paragraphs) + "\n"
+
+
+def _wrap(text: str, first: str = "", rest: str = "") -> str:
+    return textwrap.fill(
+        text,
+        width=76,
+        initial_indent=first,
+        subsequent_indent=rest,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
 
 
 def _text_part(text: str) -> MIMEPart:
@@ -531,7 +552,7 @@ def build_report(
         parts.append(attached)
     message.set_payload(parts)
 
-    data = message.as_bytes(policy=_POLICY)
+    data = _serialise(message)
     # The email package checks its random boundary against the parts with a regex
     # that misses CRLF lines; make sure no verbatim original can contain it.
     for _ in range(8):
@@ -539,7 +560,7 @@ def build_report(
         if boundary is None or boundary.encode("ascii") not in returned.data:
             break
         message.del_param("boundary")
-        data = message.as_bytes(policy=_POLICY)
+        data = _serialise(message)
     return data
 
 

@@ -179,7 +179,8 @@ class MemoryStore:
                     and r.route is not None
                     and r.route not in names
                 ):
-                    self._set(replace(r, state=_R.QUEUED, route=None))
+                    back = _R.HELD if self._messages[r.message_id].held else _R.QUEUED
+                    self._set(replace(r, state=back, route=None))
                     n += 1
         return n
 
@@ -282,14 +283,17 @@ class MemoryStore:
             if not 0 <= u.index < len(rows):
                 raise StoreError(f"{message_id} has no recipient #{u.index}")
             r = rows[u.index]
-            check_transition(r.state, u.state, what=f"{message_id}#{u.index}")
-            if r.state is _R.ACTIVE:
+            # A settle with an owner is a lease holder's; once its lease expired or
+            # moved, the recipient is no longer its to settle, whatever state it is in.
+            if r.state is _R.ACTIVE or owner is not None:
                 held = self._leases.get((message_id, u.index))
                 if owner is None or held is None or held[0] != owner:
                     raise LeaseLost(
                         f"{message_id}#{u.index} is leased by "
                         f"{held[0] if held else 'nobody'}, not {owner}"
                     )
+            check_transition(r.state, u.state, what=f"{message_id}#{u.index}")
+        self._check_reports(reports, inbox_reports)
         for u in updates:
             r = rows[u.index]
             route = r.route if u.keep_route else u.route
@@ -320,6 +324,19 @@ class MemoryStore:
         for inbound in inbox_reports:
             await self.deliver_inbound(inbound)
         return info
+
+    def _check_reports(
+        self, reports: Sequence[NewMessage], inbox_reports: Sequence[InboundMessage]
+    ) -> None:
+        """Refuse, before anything changes, the reports that submit would refuse."""
+        seen: dict[str, NewMessage] = {}
+        for rep in reports:
+            prior = seen.setdefault(rep.id, self._submitted.get(rep.id, rep))
+            if prior != rep:
+                raise StoreError(f"message id {rep.id!r} is already used by a different message")
+        for inbound in inbox_reports:
+            if not inbound.content:
+                raise StoreError("an inbound message needs content")
 
     async def release_expired(self, *, now: float) -> int:
         n = 0
@@ -384,7 +401,7 @@ class MemoryStore:
             if info.expires_at > now:
                 continue
             for r in self._rcpts[mid]:
-                if r.state in (_R.QUEUED, _R.PARKED):
+                if r.state in (_R.QUEUED, _R.PARKED, _R.HELD):
                     out.append(r)
                     if len(out) >= limit:
                         return out
@@ -394,10 +411,10 @@ class MemoryStore:
         mids = [message_id] if message_id is not None else list(self._rcpts)
         n = 0
         for mid in mids:
-            self._msg(mid)
+            back = _R.HELD if self._msg(mid).held else _R.QUEUED
             for r in self._rcpts[mid]:
                 if r.state is _R.PARKED and r.route == transport:
-                    self._set(replace(r, state=_R.QUEUED, retry_at=0.0, updated_at=now))
+                    self._set(replace(r, state=back, retry_at=0.0, updated_at=now))
                     n += 1
         return n
 
