@@ -28,7 +28,7 @@ from .model import (
     RecipientState,
 )
 from .status import StatusChange, StatusRow, StatusTable, SubscriberDropped
-from .store import InboxEntry, MemoryStore, Store, StoreError, UnknownMessage
+from .store import InboxEntry, MemoryStore, SQLiteStore, Store, StoreError, UnknownMessage
 
 __version__ = "0.1.0.dev0"
 
@@ -54,6 +54,7 @@ __all__ = [
     "Priority",
     "RecipientRecord",
     "RecipientState",
+    "SQLiteStore",
     "Spooler",
     "SpoolerConfig",
     "StatusChange",

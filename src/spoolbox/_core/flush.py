@@ -145,6 +145,9 @@ async def _flush_one(
         flags |= FlushFlags.UPLOAD
     if requested & FlushFlags.DOWNLOAD and host.entry.inbound:
         flags |= FlushFlags.DOWNLOAD
+    # Mark the phases first: a provider that sets its *_FLUSH bits inside
+    # flush_queues (as MAPI asks) must not look like one starting a flush of its own.
+    host.flushing |= flags & (FlushFlags.UPLOAD | FlushFlags.DOWNLOAD)
     if not await host.flush_queues(flags):
         result.error = host.last_error
     phase: dict[str, Any] = {"text": "", "done": 0, "total": None, "bytes": 0}
@@ -186,6 +189,20 @@ async def _flush_one(
     return result
 
 
+def _publish(host: TransportHost, phase: dict[str, Any], verb: str) -> None:
+    """The final count of a phase, so watchers see where it ended."""
+    total = phase["total"]
+    done = int(phase["done"] or 0)
+    host.set_bits(
+        progress=Progress(
+            done=done,
+            total=max(done, int(total)) if isinstance(total, int) else done,
+            bytes_done=int(phase["bytes"] or 0),
+            text=f"{verb} {done}",
+        )
+    )
+
+
 def _bit(host: TransportHost, bit: StatusCode) -> bool:
     row = host.spooler.status.get(host.name)
     return row is not None and bool(row.status_code & bit)
@@ -194,6 +211,7 @@ def _bit(host: TransportHost, bit: StatusCode) -> bool:
 async def _upload(
     sp: Spooler, host: TransportHost, result: TransportFlushResult, phase: dict[str, Any]
 ) -> None:
+    await sp.route_now()  # what was just submitted belongs in this flush
     now = sp.clock.now()
     await sp.store.retry_transport(host.name, now=now)
     host.flush_done = 0
@@ -221,6 +239,7 @@ async def _upload(
     result.uploaded = host.flush_done
     result.bytes += host.flush_bytes
     phase["done"] = host.flush_done
+    _publish(host, phase, "Uploaded")
     host.flushing &= ~FlushFlags.UPLOAD
     await host.notify(N.END_OUTBOUND_FLUSH)
     host.set_bits(off=S.OUTBOUND_FLUSH)
@@ -249,6 +268,8 @@ async def _download(
             phase["total"] = host.flush_done
     result.downloaded = host.flush_done
     result.bytes += host.flush_bytes
+    phase["done"] = host.flush_done
+    _publish(host, phase, "Downloaded")
     host.flushing &= ~FlushFlags.DOWNLOAD
     await host.notify(N.END_INBOUND_FLUSH)
     host.set_bits(off=S.INBOUND_FLUSH)

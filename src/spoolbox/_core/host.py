@@ -232,7 +232,7 @@ class TransportHost:
         policy = self.spooler.policy
         if self.consecutive_failures >= policy.failure_threshold:
             over = self.consecutive_failures - policy.failure_threshold
-            pause = min(policy.failure_backoff_cap, policy.failure_backoff * 2**over)
+            pause = min(policy.failure_backoff_cap, policy.failure_backoff * 2 ** min(over, 30))
             self._cooldown_until = self.spooler.clock.now() + pause
             self.recovered.clear()
             self.set_bits(on=S.FAILURE, detail=f"{text} (paused {pause:.0f} s)")
@@ -247,12 +247,14 @@ class TransportHost:
                 self.set_bits(off=S.FAILURE)
 
     # -- gates ------------------------------------------------------------------------
-    async def background_gate(self, *, flushing: bool = False) -> None:
-        """Wait until this session may start background work."""
+    async def background_gate(self, direction: FlushFlags = FlushFlags.NONE) -> None:
+        """Wait until this session may start background work (a flush of
+        ``direction`` lets it through at once)."""
         sp = self.spooler
         cs = sp.critsec
         while not self.stopping:
-            if cs.active and cs.holder is not self:
+            flushing = bool(self.flushing & direction)
+            if cs.active and not flushing:
                 await cs.changed()
                 continue
             now = sp.clock.now()
@@ -260,10 +262,13 @@ class TransportHost:
                 await wait_event(sp.clock, self.recovered, self._cooldown_until - now)
                 self.recovered.clear()
                 continue
-            if flushing or cs.holder is self:
+            if flushing:
                 return
             if not sp.idle.is_idle():
-                await sp.idle.wait_idle()
+                # Re-check now and then: a flush may start meanwhile.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.05):
+                        await sp.idle.wait_idle()
                 continue
             return
 
@@ -391,17 +396,23 @@ class TransportHost:
             sp.routing_changed()
             try:
                 async with asyncio.TaskGroup() as tg:
+                    lanes: list[asyncio.Task[None]] = []
                     if self.entry.outbound:
                         for i in range(self.concurrency):
-                            tg.create_task(self._outbound_worker(), name=f"{self.name}-out-{i}")
+                            lanes.append(
+                                tg.create_task(self._outbound_worker(), name=f"{self.name}-out-{i}")
+                            )
                     if self.entry.inbound:
-                        tg.create_task(self._inbound_lane(), name=f"{self.name}-in")
+                        lanes.append(tg.create_task(self._inbound_lane(), name=f"{self.name}-in"))
                     if self.caps & LogonCaps.SP_IDLE:
-                        tg.create_task(self._idle_lane(), name=f"{self.name}-idle")
+                        lanes.append(tg.create_task(self._idle_lane(), name=f"{self.name}-idle"))
                     await self._stop.wait()
-                    raise _StopLanes()
-            except* _StopLanes:
-                pass
+                    # Lanes see the stop flag and finish the message in hand; after the
+                    # grace period whatever is left is cancelled (its claims go back to
+                    # the queue when the spooler releases its leases).
+                    _, pending = await asyncio.wait(lanes, timeout=sp.policy.shutdown_grace)
+                    for task in pending:
+                        task.cancel()
             except* Exception as group:  # a spooler bug, not the provider's fault
                 for lane_exc in group.exceptions:
                     log.error("transport %r lane crashed", self.name, exc_info=lane_exc)
@@ -434,7 +445,7 @@ class TransportHost:
     async def _outbound_worker(self) -> None:
         sp = self.spooler
         while not (self.stopping or self.critical_error):
-            await self.background_gate(flushing=bool(self.flushing & FlushFlags.UPLOAD))
+            await self.background_gate(FlushFlags.UPLOAD)
             if self.stopping or self.critical_error:
                 return
             self.wake.clear()
@@ -446,7 +457,9 @@ class TransportHost:
                     now=now,
                     lease=sp.policy.lease,
                     limit=sp.policy.claim_batch,
-                    ignore_retry=bool(self.flushing & FlushFlags.UPLOAD),
+                    # A flush makes deferred mail ready once (retry_transport) instead
+                    # of ignoring retry times, so a failure during it is not retried hot.
+                    ignore_retry=False,
                 )
             except Exception as exc:
                 log.error("transport %r: claim failed: %s", self.name, exc)
@@ -715,13 +728,15 @@ class TransportHost:
                 self.flush_done += 1
                 self.flush_bytes += entry.size
             sp.received(entry)
-        for cb in writer.commit_callbacks:
-            try:
-                res = cb()
-                if asyncio.iscoroutine(res):
-                    await self.spooler.meter.run(self, res)
-            except Exception as exc:
-                self.call_failed("after_commit callback", exc)
+            # Still under the inbound lock, so no start_message can hand out the
+            # source item again before the callback has removed it.
+            for cb in writer.commit_callbacks:
+                try:
+                    res = cb()
+                    if asyncio.iscoroutine(res):
+                        await self.spooler.meter.run(self, res)
+                except Exception as exc:
+                    self.call_failed("after_commit callback", exc)
         return True
 
     # -- idle ------------------------------------------------------------------------------------
@@ -789,10 +804,6 @@ class TransportHost:
         row = self._row().to_dict()
         row.update(dict(obj))
         return row
-
-
-class _StopLanes(Exception):
-    pass
 
 
 class SupportImpl:

@@ -76,7 +76,8 @@ class Policy:
 def backoff(policy: Policy, attempts: int, rng: random.Random | None = None) -> float:
     """Delay before retry number ``attempts`` (1 = first retry): capped, with jitter."""
     n = max(1, attempts)
-    delay = min(policy.retry_cap, policy.retry_base * policy.retry_factor ** (n - 1))
+    exponent = min(n - 1, 64)  # past this the cap rules anyway; avoids float overflow
+    delay = min(policy.retry_cap, policy.retry_base * policy.retry_factor**exponent)
     j = policy.retry_jitter
     if j:
         delay *= (rng or random).uniform(1 - j, 1 + j)

@@ -429,6 +429,10 @@ class Spooler:
                 log.exception("routing failed; retrying")
             await wait_event(self.clock, self._route_event, self.policy.router_interval)
 
+    async def route_now(self) -> None:
+        """Route whatever waits for routing, now (a flush does this first)."""
+        await self._route_once()
+
     async def _route_once(self) -> None:
         table = self.routing_table()
         while True:

@@ -11,6 +11,7 @@ from .base import (
     UnknownMessage,
 )
 from .memory import MemoryStore
+from .sqlite import SQLiteStore
 
 __all__ = [
     "ClaimedJob",
@@ -19,6 +20,7 @@ __all__ = [
     "LeaseLost",
     "MemoryStore",
     "RecipientUpdate",
+    "SQLiteStore",
     "Store",
     "StoreError",
     "UnknownMessage",

@@ -5,8 +5,10 @@ from .._core.clock import Clock
 from .clock import FakeClock
 from .conformance import ProviderCheckReport, check_provider
 from .scripted import Act, Script, ScriptedError, ScriptedProvider, ScriptedSession
+from .store_conformance import STORE_CHECKS, check_store
 
 __all__ = [
+    "STORE_CHECKS",
     "Act",
     "Clock",
     "FakeClock",
@@ -16,4 +18,5 @@ __all__ = [
     "ScriptedProvider",
     "ScriptedSession",
     "check_provider",
+    "check_store",
 ]

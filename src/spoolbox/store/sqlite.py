@@ -1,0 +1,1181 @@
+"""The SQLite store: the embedded default backend of :class:`~spoolbox.store.base.Store`.
+
+Same semantics as :class:`~spoolbox.store.memory.MemoryStore` (both pass
+:func:`spoolbox.testing.store_conformance.check_store`), on a file that survives
+crashes.  How it is built:
+
+* **Off the event loop.**  One dedicated thread owns the only connection (sqlite
+  connections are bound to their thread).  Every operation is a job on that thread's
+  queue; the caller awaits a future.  Reads run on the same thread, each in its own
+  read transaction, so they see a consistent snapshot.
+* **Durable and atomic.**  WAL journal, ``synchronous=FULL`` by default, foreign keys
+  on.  Every write is one ``BEGIN IMMEDIATE`` transaction, so a claim is atomic across
+  processes: two spoolers on one file never claim the same recipient.  ``settle``
+  (with its reports) and ``deliver_inbound`` (with the provider's profile updates)
+  are one transaction each.
+* **Group commit.**  ``submit`` calls are collected: all submits made in one turn of
+  the event loop, and all those that arrive while the thread is busy committing, go
+  into the next transaction together, one fsync for the batch.  Each submitter
+  resumes only after its batch committed.  ``statistics()`` counts commits and
+  submits.
+* **No queue scans.**  Recipient rows carry their route, state, priority and ready
+  time (``max(send_at, retry_at)``); picking the next job is a range scan of a partial
+  index per priority.  Recipients per state live in a counters table kept by triggers.
+  See :mod:`._sqlite_schema` for the schema, its migrations and every query.
+* **Careful opening.**  Before it writes anything, ``open`` checks that the file is a
+  SQLite database, a spoolbox store (or empty) and not from a newer schema; if not it
+  raises :class:`~spoolbox.store.base.StoreError` naming the file and leaves it as it
+  was.  Then it switches to WAL and runs the pending migrations, each in one
+  transaction.
+
+Content is stored once, in chunks, and streamed chunk by chunk by ``iter_content``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import enum
+import functools
+import hashlib
+import json
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, TypeVar
+
+from ..model import (
+    TERMINAL,
+    Address,
+    MessageInfo,
+    MessageState,
+    MessageSummary,
+    NewMessage,
+    Notify,
+    Priority,
+    RecipientRecord,
+    RecipientState,
+    check_transition,
+    message_state,
+    new_message_id,
+    subject_of,
+)
+from . import _sqlite_schema as _sql
+from .base import (
+    ClaimedJob,
+    InboundMessage,
+    InboxEntry,
+    JSONValue,
+    LeaseLost,
+    RecipientUpdate,
+    StoreError,
+    UnknownMessage,
+)
+
+__all__ = ["SQLiteStore"]
+
+_R = RecipientState
+_T = TypeVar("_T")
+
+_SYNCHRONOUS_MODES: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
+_BUSY_TIMEOUT: Final = 30.0  # seconds a writer waits for another process's transaction
+_PRIORITIES: Final = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
+_PAGE: Final = 200  # messages read per query while filtering a listing by state
+
+
+class _Mode(enum.Enum):
+    READ = "read"  # one read transaction (a consistent snapshot)
+    WRITE = "write"  # one BEGIN IMMEDIATE transaction, committed
+
+
+@dataclass(slots=True)
+class _Job:
+    what: str
+    fn: Callable[[sqlite3.Connection], Any]
+    future: concurrent.futures.Future[Any]
+    mode: _Mode
+    stop: bool = False
+
+
+@dataclass(slots=True)
+class _Submission:
+    message: NewMessage
+    now: float
+    lifetime: float
+    future: concurrent.futures.Future[MessageInfo]
+
+
+def _stop_job() -> _Job:
+    return _Job("close", lambda conn: None, concurrent.futures.Future(), _Mode.READ, stop=True)
+
+
+class _Signal(enum.Enum):
+    SUBMIT_BATCH = "submit-batch"  # commit the submissions collected so far
+
+
+@dataclass(slots=True)
+class _Stats:
+    commits: int = 0
+    rollbacks: int = 0
+    reads: int = 0
+    submits: int = 0
+    submit_batches: int = 0
+    largest_batch: int = 0
+    pragmas: dict[str, object] = field(default_factory=dict)
+
+
+class SQLiteStore:
+    """A :class:`~spoolbox.store.base.Store` in one SQLite file.
+
+    ``SQLiteStore(path, synchronous="FULL")``; then ``await store.open()`` (or
+    ``async with store:``) and ``await store.close()``.  ``synchronous`` is the
+    ``PRAGMA synchronous`` level: ``FULL`` (the default) makes every commit durable
+    against power loss; ``NORMAL`` may lose the last commits on power loss (never
+    on a process crash) and is for tests.  One store object serves one event loop;
+    several store objects (several processes) may share one file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL") -> None:
+        mode = synchronous.upper()
+        if mode not in _SYNCHRONOUS_MODES:
+            raise ValueError(
+                f"synchronous must be one of {', '.join(_SYNCHRONOUS_MODES)}, not {synchronous!r}"
+            )
+        self._path = os.fspath(path)
+        self._synchronous = mode
+        self._jobs: queue.SimpleQueue[_Job | _Signal] = queue.SimpleQueue()
+        self._pending: list[_Submission] = []
+        self._pending_lock = threading.Lock()
+        self._kick_scheduled = False
+        self._thread: threading.Thread | None = None
+        self._open = False
+        self._stats = _Stats()
+
+    def __repr__(self) -> str:
+        state = "open" if self._open else "closed"
+        return f"<SQLiteStore {self._path!r} {state}>"
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    def statistics(self) -> dict[str, object]:
+        """Counters since ``open``: commits (write transactions), submits, batches, ..."""
+        s = self._stats
+        return {
+            "path": self._path,
+            "open": self._open,
+            "schema_version": _sql.SCHEMA_VERSION,
+            "commits": s.commits,
+            "rollbacks": s.rollbacks,
+            "reads": s.reads,
+            "submits": s.submits,
+            "submit_batches": s.submit_batches,
+            "largest_batch": s.largest_batch,
+            "pending_jobs": self._jobs.qsize(),
+            "pragmas": dict(s.pragmas),
+        }
+
+    # -- lifecycle -----------------------------------------------------------------
+    async def open(self) -> None:
+        """Start the store's thread, check the file, migrate it; raises StoreError."""
+        if self._thread is not None:
+            raise StoreError(f"{self!r} is already open")
+        # A fresh queue per opening: jobs left from an earlier one can never leak in.
+        self._jobs = queue.SimpleQueue()
+        self._stats = _Stats()
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        thread = threading.Thread(
+            target=self._run,
+            args=(self._jobs, ready),
+            name=f"spoolbox-sqlite {self._path}",
+            daemon=True,
+        )
+        self._thread = thread
+        thread.start()
+        try:
+            await asyncio.wrap_future(ready)
+        except BaseException:
+            # After a failed connect the thread has ended by itself; after a cancelled
+            # open it finds this stop job once it has connected, and closes.
+            self._jobs.put(_stop_job())
+            self._thread = None
+            raise
+        self._open = True
+
+    async def close(self) -> None:
+        """Finish the queued work, commit what was submitted, close the file."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._open = False
+        stop = _stop_job()
+        self._jobs.put(stop)
+        await asyncio.shield(asyncio.wrap_future(stop.future))
+        # The thread's last step was to resolve ``stop``: this join returns at once.
+        thread.join()
+        self._thread = None
+
+    async def __aenter__(self) -> SQLiteStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- the store's thread ----------------------------------------------------------
+    def _run(
+        self, jobs: queue.SimpleQueue[_Job | _Signal], ready: concurrent.futures.Future[None]
+    ) -> None:
+        if not ready.set_running_or_notify_cancel():
+            return
+        try:
+            conn = self._connect()
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        stop: _Job | None = None
+        try:
+            while stop is None:
+                item = jobs.get()
+                if item is _Signal.SUBMIT_BATCH:
+                    self._commit_submissions(conn)
+                elif item.stop:
+                    stop = item
+                else:
+                    self._execute(conn, item)
+            # Whatever was submitted before close is committed, not dropped.
+            self._commit_submissions(conn)
+        finally:
+            conn.close()
+            if stop is not None and stop.future.set_running_or_notify_cancel():
+                stop.future.set_result(None)
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self._path, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=True
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the store {self._path}: {exc}") from exc
+        try:
+            self._prepare(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        path = self._path
+        # 1. Read-only checks: nothing is written to a file we would refuse.
+        try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
+            objects = int(conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0])
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"{path} is not a SQLite database or is corrupt ({exc}); it was left untouched"
+            ) from exc
+        if version > _sql.SCHEMA_VERSION:
+            raise StoreError(
+                f"{path} has store schema version {version}, but this spoolbox supports "
+                f"versions up to {_sql.SCHEMA_VERSION}: it was written by a newer spoolbox; "
+                "upgrade spoolbox to open it (the file was left untouched)"
+            )
+        if (version == 0 and objects > 0) or (version > 0 and app_id != _sql.APPLICATION_ID):
+            raise StoreError(
+                f"{path} is a SQLite database but not a spoolbox store "
+                f"(application id {app_id:#x}, user version {version}); "
+                "it was left untouched"
+            )
+        # 2. Settings, then migrations (each one transaction).
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate(conn)
+            conn.row_factory = sqlite3.Row
+            self._stats.pragmas = {
+                "journal_mode": str(mode),
+                "synchronous": int(conn.execute("PRAGMA synchronous").fetchone()[0]),
+                "foreign_keys": int(conn.execute("PRAGMA foreign_keys").fetchone()[0]),
+                "user_version": int(conn.execute("PRAGMA user_version").fetchone()[0]),
+            }
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot prepare the store {path}: {exc}") from exc
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        while True:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Read again under the write lock: another process may have migrated.
+                version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                if version >= _sql.SCHEMA_VERSION:
+                    conn.execute("COMMIT")
+                    return
+                for statement in _sql.split_statements(_sql.MIGRATIONS[version]):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {version + 1}")
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+
+    def _execute(self, conn: sqlite3.Connection, job: _Job) -> None:
+        if not job.future.set_running_or_notify_cancel():
+            return  # the caller gave up before the job started
+        try:
+            if job.mode is _Mode.WRITE:
+                conn.execute("BEGIN IMMEDIATE")
+            else:
+                conn.execute("BEGIN")
+            try:
+                result = job.fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                if job.mode is _Mode.WRITE:
+                    self._stats.rollbacks += 1
+                raise
+        except sqlite3.Error as exc:
+            job.future.set_exception(self._database_error(job.what, exc))
+        except BaseException as exc:
+            job.future.set_exception(exc)
+        else:
+            if job.mode is _Mode.WRITE:
+                self._stats.commits += 1
+            else:
+                self._stats.reads += 1
+            job.future.set_result(result)
+
+    def _commit_submissions(self, conn: sqlite3.Connection) -> None:
+        """Commit every submission collected so far in one transaction."""
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
+        batch = [s for s in batch if s.future.set_running_or_notify_cancel()]
+        if not batch:
+            return
+        outcomes: list[MessageInfo | StoreError] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for sub in batch:
+                    conn.execute("SAVEPOINT submission")
+                    try:
+                        info = self._insert_message(
+                            conn, sub.message, now=sub.now, lifetime=sub.lifetime
+                        )
+                    except StoreError as exc:
+                        # This submission is refused; the rest of the batch goes on.
+                        conn.execute("ROLLBACK TO submission")
+                        conn.execute("RELEASE submission")
+                        outcomes.append(exc)
+                    else:
+                        conn.execute("RELEASE submission")
+                        outcomes.append(info)
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                self._stats.rollbacks += 1
+                raise
+        except BaseException as exc:
+            for sub in batch:
+                err = (
+                    self._database_error("submit", exc)
+                    if isinstance(exc, sqlite3.Error)
+                    else StoreError(f"{self._path}: submit failed: {exc!r}")
+                )
+                err.__cause__ = exc
+                sub.future.set_exception(err)
+            return
+        stats = self._stats
+        stats.commits += 1
+        stats.submit_batches += 1
+        stats.submits += len(batch)
+        stats.largest_batch = max(stats.largest_batch, len(batch))
+        for sub, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, StoreError):
+                sub.future.set_exception(outcome)
+            else:
+                sub.future.set_result(outcome)
+
+    def _database_error(self, what: str, exc: BaseException) -> StoreError:
+        err = StoreError(f"{self._path}: {what} failed: {exc}")
+        err.__cause__ = exc
+        return err
+
+    # -- calling the thread ----------------------------------------------------------
+    def _check_open(self) -> None:
+        if not self._open:
+            raise StoreError(f"{self!r} is not open: call open() first")
+
+    async def _call(self, what: str, fn: Callable[[sqlite3.Connection], _T], mode: _Mode) -> _T:
+        self._check_open()
+        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+        self._jobs.put(_Job(what, fn, future, mode))
+        return await asyncio.wrap_future(future)
+
+    async def _read(self, what: str, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        return await self._call(what, fn, _Mode.READ)
+
+    async def _write(self, what: str, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        return await self._call(what, fn, _Mode.WRITE)
+
+    def _kick(self) -> None:
+        self._kick_scheduled = False
+        self._jobs.put(_Signal.SUBMIT_BATCH)
+
+    # -- submission ----------------------------------------------------------------
+    async def submit(self, message: NewMessage, *, now: float, lifetime: float) -> MessageInfo:
+        self._check_open()
+        future: concurrent.futures.Future[MessageInfo] = concurrent.futures.Future()
+        with self._pending_lock:
+            self._pending.append(_Submission(message, float(now), float(lifetime), future))
+        if not self._kick_scheduled:
+            # One signal per turn of the loop: every submit of this turn joins the batch.
+            self._kick_scheduled = True
+            asyncio.get_running_loop().call_soon(self._kick)
+        return await asyncio.wrap_future(future)
+
+    def _insert_message(
+        self, conn: sqlite3.Connection, message: NewMessage, *, now: float, lifetime: float
+    ) -> MessageInfo:
+        """Insert a message (or recognise it again); used by submit and by settle."""
+        fingerprint = _fingerprint(message)
+        row = conn.execute(_sql.SELECT_MESSAGE, (message.id,)).fetchone()
+        if row is not None:
+            if row["fingerprint"] != fingerprint:
+                raise StoreError(
+                    f"message id {message.id!r} is already used by a different message"
+                )
+            return _message_from_row(row)
+        info = MessageInfo(
+            id=message.id,
+            sender=message.sender,
+            priority=message.priority,
+            submitted_at=now,
+            send_at=None if message.send_at is None else float(message.send_at),
+            expires_at=now + (message.lifetime if message.lifetime is not None else lifetime),
+            notify=message.notify,
+            is_report=message.is_report,
+            envelope_id=message.envelope_id,
+            size=message.size,
+            subject=subject_of(message.content),
+        )
+        conn.execute(
+            _sql.INSERT_MESSAGE,
+            {
+                "id": info.id,
+                "fingerprint": fingerprint,
+                "sender": None if info.sender is None else str(info.sender),
+                "priority": int(info.priority),
+                "submitted_at": info.submitted_at,
+                "send_at": info.send_at,
+                "expires_at": info.expires_at,
+                "notify": int(info.notify),
+                "is_report": int(info.is_report),
+                "envelope_id": info.envelope_id,
+                "size": info.size,
+                "subject": info.subject,
+                "blob_id": _insert_blob(conn, message.content),
+            },
+        )
+        send_at = float(info.send_at or 0.0)
+        conn.executemany(
+            _sql.INSERT_RECIPIENT,
+            (
+                (info.id, i, str(a), now, int(info.priority), send_at, send_at, info.expires_at)
+                for i, a in enumerate(message.recipients)
+            ),
+        )
+        return info
+
+    # -- routing -------------------------------------------------------------------
+    async def unrouted(self, *, limit: int) -> list[RecipientRecord]:
+        def run(conn: sqlite3.Connection) -> list[RecipientRecord]:
+            rows = conn.execute(_sql.SELECT_UNROUTED, (max(0, limit),))
+            return [_recipient_from_row(r) for r in rows]
+
+        return await self._read("unrouted", run)
+
+    async def assign_routes(self, assignments: Sequence[tuple[str, int, str]]) -> None:
+        items = [(transport, mid, idx) for mid, idx, transport in assignments]
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.executemany(_sql.ASSIGN_ROUTE, items)
+
+        await self._write("assign_routes", run)
+
+    async def reroute_missing(self, known: Sequence[str]) -> int:
+        names = set(known)
+
+        def run(conn: sqlite3.Connection) -> int:
+            rows = [
+                _recipient_from_row(r)
+                for sql in (_sql.SELECT_ROUTED_QUEUED, _sql.SELECT_ROUTED_PARKED)
+                for r in conn.execute(sql)
+            ]
+            held = _HeldCache(conn)
+            n = 0
+            for r in rows:
+                if r.route in names:
+                    continue
+                back = _R.HELD if held(r.message_id) else _R.QUEUED
+                _move(conn, r, replace(r, state=back, route=None))
+                n += 1
+            return n
+
+        return await self._write("reroute_missing", run)
+
+    # -- claims --------------------------------------------------------------------
+    async def claim(
+        self,
+        transport: str,
+        *,
+        owner: str,
+        now: float,
+        lease: float,
+        limit: int = 1,
+        ignore_retry: bool = False,
+    ) -> list[ClaimedJob]:
+        pick_sql = _sql.CLAIM_FLUSH if ignore_retry else _sql.CLAIM_READY
+        rows_sql = _sql.CLAIMABLE_OF_MESSAGE_FLUSH if ignore_retry else _sql.CLAIMABLE_OF_MESSAGE
+        until = now + lease
+
+        def run(conn: sqlite3.Connection) -> list[ClaimedJob]:
+            picked: list[str] = []
+            for prio in _PRIORITIES:
+                if len(picked) >= limit:
+                    break
+                cursor = conn.execute(pick_sql, (transport, int(prio), now))
+                try:
+                    for (mid,) in cursor:
+                        if mid not in picked:
+                            picked.append(mid)
+                            if len(picked) >= limit:
+                                break
+                finally:
+                    cursor.close()
+            jobs: list[ClaimedJob] = []
+            for mid in picked:
+                info = _load_message(conn, mid)
+                claimed: list[RecipientRecord] = []
+                for row in conn.execute(rows_sql, (mid, transport, now)).fetchall():
+                    r = _recipient_from_row(row)
+                    nr = replace(r, state=_R.ACTIVE, updated_at=now)
+                    _move(conn, r, nr, owner=owner, lease_until=until)
+                    claimed.append(nr)
+                if claimed:
+                    jobs.append(ClaimedJob(info, tuple(claimed), transport, owner, until))
+            return jobs
+
+        return await self._write("claim", run)
+
+    async def renew(self, job: ClaimedJob, *, now: float, lease: float) -> ClaimedJob:
+        until = now + lease
+
+        def run(conn: sqlite3.Connection) -> None:
+            for r in job.recipients:
+                row = conn.execute(_sql.SELECT_RECIPIENT, (r.message_id, r.index)).fetchone()
+                if row is None:
+                    raise UnknownMessage(f"no recipient {r.message_id}#{r.index}")
+                state = _R(row["state"])
+                if state is not _R.ACTIVE or row["owner"] != job.owner:
+                    if state in TERMINAL:
+                        continue
+                    raise LeaseLost(
+                        f"lease on {r.message_id}#{r.index} is no longer held by {job.owner}"
+                    )
+            conn.executemany(
+                _sql.RENEW_LEASE,
+                ((until, r.message_id, r.index, job.owner) for r in job.recipients),
+            )
+
+        await self._write("renew", run)
+        return replace(job, lease_until=until)
+
+    async def settle(
+        self,
+        message_id: str,
+        updates: Sequence[RecipientUpdate],
+        *,
+        owner: str | None,
+        now: float,
+        reports: Sequence[NewMessage] = (),
+        inbox_reports: Sequence[InboundMessage] = (),
+    ) -> MessageInfo:
+        updates = list(updates)
+        reports = list(reports)
+        inbox_reports = list(inbox_reports)
+
+        def run(conn: sqlite3.Connection) -> MessageInfo:
+            info = _load_message(conn, message_id)
+            # Check everything first; an error anywhere rolls the whole transaction back.
+            for u in updates:
+                row = conn.execute(_sql.SELECT_RECIPIENT, (message_id, u.index)).fetchone()
+                if row is None:
+                    raise StoreError(f"{message_id} has no recipient #{u.index}")
+                state = _R(row["state"])
+                if state is _R.ACTIVE or owner is not None:
+                    holder = row["owner"] if state is _R.ACTIVE else None
+                    if owner is None or holder != owner:
+                        raise LeaseLost(
+                            f"{message_id}#{u.index} is leased by {holder or 'nobody'}, not {owner}"
+                        )
+                check_transition(state, u.state, what=f"{message_id}#{u.index}")
+            for u in updates:
+                row = conn.execute(_sql.SELECT_RECIPIENT, (message_id, u.index)).fetchone()
+                r = _recipient_from_row(row)
+                _move(conn, r, _updated(r, u, now=now, held=info.held), check=False)
+            for rep in reports:
+                self._insert_message(
+                    conn, rep, now=now, lifetime=info.expires_at - info.submitted_at
+                )
+            for inbound in inbox_reports:
+                _insert_inbound(conn, inbound, None)
+            return info
+
+        return await self._write("settle", run)
+
+    async def release_expired(self, *, now: float) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            rows = conn.execute(_sql.SELECT_LEASE_EXPIRED, (now,)).fetchall()
+            return _unlease(conn, rows, now)
+
+        return await self._write("release_expired", run)
+
+    async def release_owner(self, owner: str) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            rows = conn.execute(_sql.SELECT_LEASED_BY, (owner,)).fetchall()
+            return _unlease(conn, rows, None)
+
+        return await self._write("release_owner", run)
+
+    async def retry_transport(self, transport: str, *, now: float) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            rows = conn.execute(_sql.SELECT_RETRYING, (transport, now)).fetchall()
+            for row in rows:
+                r = _recipient_from_row(row)
+                _move(conn, r, replace(r, retry_at=0.0))
+            return len(rows)
+
+        return await self._write("retry_transport", run)
+
+    async def count_claimable(self, transport: str, *, now: float, ignore_retry: bool) -> int:
+        sql = _sql.COUNT_FLUSH if ignore_retry else _sql.COUNT_READY
+
+        def run(conn: sqlite3.Connection) -> int:
+            # A message has one priority, so the per-priority counts add up.
+            return sum(
+                int(conn.execute(sql, (transport, int(p), now)).fetchone()[0]) for p in _PRIORITIES
+            )
+
+        return await self._read("count_claimable", run)
+
+    async def next_ready_at(self, transport: str) -> float | None:
+        def run(conn: sqlite3.Connection) -> float | None:
+            found = [
+                float(v)
+                for p in _PRIORITIES
+                if (v := conn.execute(_sql.NEXT_READY, (transport, int(p))).fetchone()[0])
+                is not None
+            ]
+            return min(found) if found else None
+
+        return await self._read("next_ready_at", run)
+
+    async def expired(self, *, now: float, limit: int) -> list[RecipientRecord]:
+        def run(conn: sqlite3.Connection) -> list[RecipientRecord]:
+            rows = conn.execute(_sql.SELECT_EXPIRED, (now, max(0, limit)))
+            return [_recipient_from_row(r) for r in rows]
+
+        return await self._read("expired", run)
+
+    # -- deferral --------------------------------------------------------------------
+    async def unpark(self, transport: str, message_id: str | None, *, now: float) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            if message_id is None:
+                rows = conn.execute(_sql.SELECT_PARKED, (transport,)).fetchall()
+            else:
+                _load_message(conn, message_id)
+                rows = conn.execute(
+                    _sql.SELECT_PARKED_OF_MESSAGE, (message_id, transport)
+                ).fetchall()
+            held = _HeldCache(conn)
+            for row in rows:
+                r = _recipient_from_row(row)
+                back = _R.HELD if held(r.message_id) else _R.QUEUED
+                _move(conn, r, replace(r, state=back, retry_at=0.0, updated_at=now))
+            return len(rows)
+
+        return await self._write("unpark", run)
+
+    # -- user operations -------------------------------------------------------
+    async def hold(self, message_id: str) -> MessageInfo:
+        def run(conn: sqlite3.Connection) -> MessageInfo:
+            info = replace(_load_message(conn, message_id), held=True)
+            conn.execute(_sql.SET_HELD, (1, message_id))
+            for r in _recipients_of(conn, message_id):
+                if r.state in (_R.QUEUED, _R.PARKED):
+                    _move(conn, r, replace(r, state=_R.HELD))
+            return info
+
+        return await self._write("hold", run)
+
+    async def release(self, message_id: str, *, now: float) -> MessageInfo:
+        def run(conn: sqlite3.Connection) -> MessageInfo:
+            info = replace(_load_message(conn, message_id), held=False)
+            conn.execute(_sql.SET_HELD, (0, message_id))
+            for r in _recipients_of(conn, message_id):
+                if r.state is _R.HELD:
+                    _move(conn, r, replace(r, state=_R.QUEUED, retry_at=0.0, updated_at=now))
+            return info
+
+        return await self._write("release", run)
+
+    async def cancel(self, message_id: str) -> list[RecipientRecord]:
+        def run(conn: sqlite3.Connection) -> list[RecipientRecord]:
+            _load_message(conn, message_id)
+            active: list[RecipientRecord] = []
+            for r in _recipients_of(conn, message_id):
+                if r.state is _R.ACTIVE:
+                    active.append(r)
+                elif r.state not in TERMINAL:
+                    cancelled = replace(
+                        r, state=_R.CANCELLED, status=None, diagnostic="cancelled by user"
+                    )
+                    _move(conn, r, cancelled)
+            return active
+
+        return await self._write("cancel", run)
+
+    async def retry_now(self, message_id: str, *, now: float) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            _load_message(conn, message_id)
+            n = 0
+            for r in _recipients_of(conn, message_id):
+                if r.state is _R.QUEUED and r.retry_at > now:
+                    _move(conn, r, replace(r, retry_at=0.0))
+                    n += 1
+            return n
+
+        return await self._write("retry_now", run)
+
+    # -- reading ---------------------------------------------------------------
+    async def get_message(self, message_id: str) -> MessageInfo:
+        return await self._read("get_message", lambda conn: _load_message(conn, message_id))
+
+    async def recipients(self, message_id: str) -> list[RecipientRecord]:
+        def run(conn: sqlite3.Connection) -> list[RecipientRecord]:
+            _load_message(conn, message_id)
+            return _recipients_of(conn, message_id)
+
+        return await self._read("recipients", run)
+
+    async def read_content(self, message_id: str) -> bytes:
+        def run(conn: sqlite3.Connection) -> bytes:
+            row = conn.execute(_sql.SELECT_MESSAGE, (message_id,)).fetchone()
+            if row is None:
+                raise UnknownMessage(f"no message with id {message_id!r}")
+            return _read_blob(conn, int(row["blob_id"]))
+
+        return await self._read("read_content", run)
+
+    async def iter_content(
+        self, message_id: str, *, chunk_size: int = 65536
+    ) -> AsyncIterator[bytes]:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive, not {chunk_size}")
+
+        def locate(conn: sqlite3.Connection) -> tuple[int, int]:
+            row = conn.execute(_sql.SELECT_MESSAGE, (message_id,)).fetchone()
+            if row is None:
+                raise UnknownMessage(f"no message with id {message_id!r}")
+            blob_id = int(row["blob_id"])
+            return blob_id, int(conn.execute(_sql.SELECT_BLOB, (blob_id,)).fetchone()["chunks"])
+
+        blob_id, chunks = await self._read("iter_content", locate)
+        buffer = bytearray()
+        for seq in range(chunks):
+            buffer += await self._read(
+                "iter_content", functools.partial(_read_chunk, blob_id=blob_id, seq=seq)
+            )
+            while len(buffer) >= chunk_size:
+                yield bytes(buffer[:chunk_size])
+                del buffer[:chunk_size]
+        if buffer:
+            yield bytes(buffer)
+
+    async def state_of(self, message_id: str, *, now: float) -> MessageState:
+        def run(conn: sqlite3.Connection) -> MessageState:
+            _load_message(conn, message_id)
+            return _state_of(conn, message_id, now)
+
+        return await self._read("state_of", run)
+
+    async def list_messages(
+        self,
+        *,
+        state: MessageState | None = None,
+        limit: int = 100,
+        after: str | None = None,
+        now: float,
+    ) -> list[MessageSummary]:
+        def run(conn: sqlite3.Connection) -> list[MessageSummary]:
+            out: list[MessageSummary] = []
+            cursor = after if after is not None else ""
+            while len(out) < limit:
+                page = min(_PAGE, limit) if state is None else _PAGE
+                rows = conn.execute(_sql.SELECT_MESSAGES_AFTER, (cursor, page)).fetchall()
+                for row in rows:
+                    info = _message_from_row(row)
+                    rcpts = _recipients_of(conn, info.id)
+                    st = _derive_state(
+                        ((r.state, max(float(info.send_at or 0.0), r.retry_at)) for r in rcpts),
+                        now,
+                    )
+                    if state is None or st is state:
+                        out.append(MessageSummary(info, st, tuple(rcpts)))
+                        if len(out) >= limit:
+                            break
+                if len(rows) < page:
+                    break
+                cursor = rows[-1]["id"]
+            return out
+
+        return await self._read("list_messages", run)
+
+    async def counts(self) -> dict[RecipientState, int]:
+        def run(conn: sqlite3.Connection) -> dict[RecipientState, int]:
+            found = {row["state"]: int(row["n"]) for row in conn.execute(_sql.SELECT_COUNTS)}
+            return {s: found.get(s.value, 0) for s in RecipientState}
+
+        return await self._read("counts", run)
+
+    # -- inbox and provider state ----------------------------------------------
+    async def deliver_inbound(
+        self,
+        message: InboundMessage,
+        *,
+        profile_updates: Mapping[str, Mapping[str, JSONValue]] | None = None,
+    ) -> InboxEntry:
+        encoded = {
+            section: _encode_values(section, values)
+            for section, values in (profile_updates or {}).items()
+        }
+
+        def run(conn: sqlite3.Connection) -> InboxEntry:
+            entry = _insert_inbound(conn, message, None)
+            for section, values in encoded.items():
+                _write_profile(conn, section, values)
+            return entry
+
+        return await self._write("deliver_inbound", run)
+
+    async def list_inbox(self, *, limit: int = 100, after: str | None = None) -> list[InboxEntry]:
+        def run(conn: sqlite3.Connection) -> list[InboxEntry]:
+            rows = conn.execute(
+                _sql.SELECT_INBOX_AFTER, (after if after is not None else "", max(0, limit))
+            )
+            return [_inbox_from_row(r) for r in rows]
+
+        return await self._read("list_inbox", run)
+
+    async def read_inbox(self, entry_id: str) -> bytes:
+        def run(conn: sqlite3.Connection) -> bytes:
+            row = conn.execute(_sql.SELECT_INBOX_ENTRY, (entry_id,)).fetchone()
+            if row is None:
+                raise UnknownMessage(f"no inbox message with id {entry_id!r}")
+            return _read_blob(conn, int(row["blob_id"]))
+
+        return await self._read("read_inbox", run)
+
+    async def profile_get(self, section: str) -> dict[str, JSONValue]:
+        def run(conn: sqlite3.Connection) -> dict[str, JSONValue]:
+            rows = conn.execute(_sql.SELECT_PROFILE, (section,))
+            return {str(r["key"]): json.loads(r["value"]) for r in rows}
+
+        return await self._read("profile_get", run)
+
+    async def profile_update(self, section: str, values: Mapping[str, JSONValue]) -> None:
+        encoded = _encode_values(section, values)
+        await self._write("profile_update", lambda conn: _write_profile(conn, section, encoded))
+
+
+# -- rows <-> domain objects ----------------------------------------------------------
+
+
+def _address_or_none(text: str | None) -> Address | None:
+    return None if text is None else Address.parse(text)
+
+
+def _message_from_row(row: sqlite3.Row) -> MessageInfo:
+    return MessageInfo(
+        id=row["id"],
+        sender=_address_or_none(row["sender"]),
+        priority=Priority(row["priority"]),
+        submitted_at=row["submitted_at"],
+        send_at=row["send_at"],
+        expires_at=row["expires_at"],
+        notify=Notify(row["notify"]),
+        is_report=bool(row["is_report"]),
+        envelope_id=row["envelope_id"],
+        size=row["size"],
+        subject=row["subject"],
+        held=bool(row["held"]),
+    )
+
+
+def _recipient_from_row(row: sqlite3.Row) -> RecipientRecord:
+    return RecipientRecord(
+        message_id=row["message_id"],
+        index=row["idx"],
+        address=Address.parse(row["address"]),
+        state=RecipientState(row["state"]),
+        route=row["route"],
+        refused_by=tuple(json.loads(row["refused_by"])),
+        attempts=row["attempts"],
+        retry_at=row["retry_at"],
+        status=row["status"],
+        diagnostic=row["diagnostic"],
+        updated_at=row["updated_at"],
+        first_failed_at=row["first_failed_at"],
+    )
+
+
+def _inbox_from_row(row: sqlite3.Row) -> InboxEntry:
+    return InboxEntry(
+        id=row["id"],
+        transport=row["transport"],
+        sender=row["sender"],
+        recipients=tuple(json.loads(row["recipients"])),
+        received_at=row["received_at"],
+        size=row["size"],
+        subject=row["subject"],
+        remote_id=row["remote_id"],
+        meta=json.loads(row["meta"]),
+    )
+
+
+def _fingerprint(message: NewMessage) -> bytes:
+    """A digest of the whole submission: equal digests mean equal NewMessages."""
+    envelope = json.dumps(
+        [
+            message.id,
+            None if message.sender is None else str(message.sender),
+            [str(a) for a in message.recipients],
+            int(message.priority),
+            None if message.send_at is None else float(message.send_at),
+            int(message.notify),
+            None if message.lifetime is None else float(message.lifetime),
+            bool(message.is_report),
+            message.envelope_id,
+        ]
+    )
+    digest = hashlib.sha256(envelope.encode())
+    digest.update(b"\n")
+    digest.update(message.content)
+    return digest.digest()
+
+
+# -- statements used by several operations ---------------------------------------
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+def _load_message(conn: sqlite3.Connection, message_id: str) -> MessageInfo:
+    row = conn.execute(_sql.SELECT_MESSAGE, (message_id,)).fetchone()
+    if row is None:
+        raise UnknownMessage(f"no message with id {message_id!r}")
+    return _message_from_row(row)
+
+
+def _recipients_of(conn: sqlite3.Connection, message_id: str) -> list[RecipientRecord]:
+    return [_recipient_from_row(r) for r in conn.execute(_sql.SELECT_RECIPIENTS, (message_id,))]
+
+
+class _HeldCache:
+    """Whether a message is held, read once per message within one transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._held: dict[str, bool] = {}
+
+    def __call__(self, message_id: str) -> bool:
+        if message_id not in self._held:
+            self._held[message_id] = _load_message(self._conn, message_id).held
+        return self._held[message_id]
+
+
+def _move(
+    conn: sqlite3.Connection,
+    old: RecipientRecord,
+    new: RecipientRecord,
+    *,
+    owner: str | None = None,
+    lease_until: float | None = None,
+    check: bool = True,
+) -> None:
+    """Write ``new`` over ``old`` (checked against the transition table)."""
+    if check and new.state is not old.state:
+        check_transition(old.state, new.state, what=f"{old.message_id}#{old.index}")
+    conn.execute(
+        _sql.UPDATE_RECIPIENT,
+        {
+            "message_id": new.message_id,
+            "idx": new.index,
+            "state": new.state.value,
+            "route": new.route,
+            "refused_by": json.dumps(list(new.refused_by)),
+            "attempts": new.attempts,
+            "retry_at": new.retry_at,
+            "status": new.status,
+            "diagnostic": new.diagnostic,
+            "updated_at": new.updated_at,
+            "first_failed_at": new.first_failed_at,
+            "owner": owner if new.state is _R.ACTIVE else None,
+            "lease_until": lease_until if new.state is _R.ACTIVE else None,
+        },
+    )
+
+
+def _updated(r: RecipientRecord, u: RecipientUpdate, *, now: float, held: bool) -> RecipientRecord:
+    """The recipient after a settle update (the same rules as the memory store)."""
+    first_failed = r.first_failed_at
+    if u.status is not None and u.status.startswith("4") and first_failed is None:
+        first_failed = now
+    retry_at = u.retry_at
+    if retry_at is None:
+        retry_at = r.retry_at if u.state is _R.QUEUED else 0.0
+    state = _R.HELD if u.state is _R.QUEUED and held else u.state
+    return replace(
+        r,
+        state=state,
+        route=r.route if u.keep_route else u.route,
+        refused_by=r.refused_by + tuple(t for t in u.refused_by if t not in r.refused_by),
+        attempts=r.attempts + (1 if u.count_attempt else 0),
+        retry_at=retry_at,
+        status=u.status if u.status is not None else r.status,
+        diagnostic=u.diagnostic if u.diagnostic is not None else r.diagnostic,
+        updated_at=now,
+        first_failed_at=first_failed,
+    )
+
+
+def _unlease(conn: sqlite3.Connection, rows: Iterable[sqlite3.Row], now: float | None) -> int:
+    """Return leased recipients to QUEUED (HELD if their message is held)."""
+    held = _HeldCache(conn)
+    n = 0
+    for row in rows:
+        r = _recipient_from_row(row)
+        back = _R.HELD if held(r.message_id) else _R.QUEUED
+        _move(conn, r, replace(r, state=back, updated_at=r.updated_at if now is None else now))
+        n += 1
+    return n
+
+
+def _derive_state(readiness: Iterable[tuple[RecipientState, float]], now: float) -> MessageState:
+    states: list[RecipientState] = []
+    queued_ready: list[float] = []
+    for state, ready_at in readiness:
+        states.append(state)
+        if state is _R.QUEUED:
+            queued_ready.append(ready_at)
+    waiting = bool(queued_ready) and all(t > now for t in queued_ready)
+    return message_state(states, waiting_on_retry=waiting)
+
+
+def _state_of(conn: sqlite3.Connection, message_id: str, now: float) -> MessageState:
+    rows = conn.execute(_sql.SELECT_READINESS, (message_id,))
+    return _derive_state(((_R(r["state"]), float(r["ready_at"])) for r in rows), now)
+
+
+def _insert_blob(conn: sqlite3.Connection, data: bytes) -> int:
+    size = _sql.CHUNK_SIZE
+    chunks = max(1, -(-len(data) // size))
+    blob_id = conn.execute(_sql.INSERT_BLOB, (len(data), chunks)).lastrowid
+    if blob_id is None:  # pragma: no cover - sqlite always reports the rowid of an INSERT
+        raise StoreError("sqlite did not report the id of a new content row")
+    conn.executemany(
+        _sql.INSERT_CHUNK, ((blob_id, i, data[i * size : (i + 1) * size]) for i in range(chunks))
+    )
+    return blob_id
+
+
+def _read_chunk(conn: sqlite3.Connection, blob_id: int, seq: int) -> bytes:
+    row = conn.execute(_sql.SELECT_CHUNK, (blob_id, seq)).fetchone()
+    if row is None:
+        raise StoreError(f"content {blob_id} lacks chunk {seq}: the store is damaged")
+    return bytes(row["data"])
+
+
+def _read_blob(conn: sqlite3.Connection, blob_id: int) -> bytes:
+    return b"".join(bytes(r["data"]) for r in conn.execute(_sql.SELECT_CHUNKS, (blob_id,)))
+
+
+def _insert_inbound(
+    conn: sqlite3.Connection, message: InboundMessage, meta: Mapping[str, JSONValue] | None
+) -> InboxEntry:
+    if not message.content:
+        raise StoreError("an inbound message needs content")
+    content = bytes(message.content)
+    entry = InboxEntry(
+        id=new_message_id(),
+        transport=message.transport,
+        sender=message.sender,
+        recipients=tuple(message.recipients),
+        received_at=message.received_at,
+        size=len(content),
+        subject=subject_of(content),
+        remote_id=message.remote_id,
+        meta=dict(meta or {}),
+    )
+    conn.execute(
+        _sql.INSERT_INBOX,
+        {
+            "id": entry.id,
+            "transport": entry.transport,
+            "sender": entry.sender,
+            "recipients": json.dumps(list(entry.recipients)),
+            "received_at": entry.received_at,
+            "size": entry.size,
+            "subject": entry.subject,
+            "remote_id": entry.remote_id,
+            "meta": json.dumps(entry.meta),
+            "blob_id": _insert_blob(conn, content),
+        },
+    )
+    return entry
+
+
+def _encode_values(section: str, values: Mapping[str, JSONValue]) -> dict[str, str | None]:
+    """JSON text per key (None deletes the key); refuses what JSON cannot hold."""
+    out: dict[str, str | None] = {}
+    for key, value in values.items():
+        if value is None:
+            out[key] = None
+            continue
+        try:
+            out[key] = json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(
+                f"profile value {section}.{key} = {value!r} cannot be stored as JSON: {exc}"
+            ) from exc
+    return out
+
+
+def _write_profile(
+    conn: sqlite3.Connection, section: str, values: Mapping[str, str | None]
+) -> None:
+    for key, text in values.items():
+        if text is None:
+            conn.execute(_sql.DELETE_PROFILE, (section, key))
+        else:
+            conn.execute(_sql.UPSERT_PROFILE, (section, key, text))

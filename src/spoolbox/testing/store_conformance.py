@@ -1,0 +1,1382 @@
+"""The store conformance suite: every rule of :class:`~spoolbox.store.base.Store`, as checks.
+
+A backend conforms when :func:`check_store` passes::
+
+    from spoolbox.testing.store_conformance import check_store
+
+    async def test_my_store_conforms(tmp_path):
+        paths = iter(tmp_path / f"{i}.db" for i in itertools.count())
+        await check_store(lambda: MyStore(next(paths)))
+
+``factory`` returns a fresh, *unopened* store (or an awaitable of one) each time it is
+called; every check gets its own store, opens it, and closes it afterwards.
+:data:`STORE_CHECKS` maps each check's name to its coroutine function, so a test
+suite can run one test per check::
+
+    @pytest.mark.parametrize("name", STORE_CHECKS)
+    async def test_store(name, tmp_path):
+        await run_store_check(name, lambda: MyStore(tmp_path / "store.db"))
+
+Checks never read the clock: every time is a float they pass in (``1000.0`` ...),
+as the spooler does with its own clock.  They use the address types ``X`` and ``Y``
+routed to the transports ``"x"`` and ``"y"``.  Failures are ``AssertionError`` with
+a sentence saying what the store did and what the protocol asks; the checks do not
+use ``assert`` statements, so they also run under ``python -O``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ..model import (
+    Address,
+    IllegalTransition,
+    MessageInfo,
+    MessageState,
+    NewMessage,
+    Notify,
+    Priority,
+    RecipientRecord,
+    RecipientState,
+)
+from ..store.base import (
+    ClaimedJob,
+    InboundMessage,
+    LeaseLost,
+    RecipientUpdate,
+    Store,
+    StoreError,
+    UnknownMessage,
+)
+
+__all__ = [
+    "STORE_CHECKS",
+    "StoreCheck",
+    "StoreFactory",
+    "check_store",
+    "run_store_check",
+]
+
+#: A check: receives an opened, empty store; raises AssertionError when a rule is broken.
+StoreCheck = Callable[[Store], Awaitable[None]]
+#: Makes a fresh, unopened store (an ``async def`` or a plain callable).
+StoreFactory = Callable[[], Store | Awaitable[Store]]
+
+#: Every check, by name, in a stable order.
+STORE_CHECKS: dict[str, StoreCheck] = {}
+
+_F = TypeVar("_F", bound=StoreCheck)
+_R = RecipientState
+
+_T0 = 1000.0  # the "now" the checks start from
+_LIFETIME = 3600.0  # the queue lifetime policy the checks submit with
+_LEASE = 30.0
+
+
+def _check(fn: _F) -> _F:
+    STORE_CHECKS[fn.__name__.lstrip("_")] = fn
+    return fn
+
+
+async def run_store_check(name: str, factory: StoreFactory) -> None:
+    """Run one check (by name) on a fresh store from ``factory``, then close it."""
+    check = STORE_CHECKS[name]
+    made = factory()
+    store = await made if inspect.isawaitable(made) else made
+    await store.open()
+    try:
+        await check(store)
+    finally:
+        await store.close()
+
+
+async def check_store(factory: StoreFactory) -> None:
+    """Run every check, each on a fresh store.
+
+    Raises AssertionError naming every failing check (with the first failure as its
+    cause); an unexpected exception inside a check counts as a failure of that check.
+    """
+    failures: list[tuple[str, BaseException]] = []
+    for name in STORE_CHECKS:
+        try:
+            await run_store_check(name, factory)
+        except Exception as exc:
+            failures.append((name, exc))
+    if failures:
+        lines = "\n".join(f"  {name}: {type(e).__name__}: {e}" for name, e in failures)
+        names = ", ".join(name for name, _ in failures)
+        raise AssertionError(
+            f"store failed {len(failures)} conformance check(s): {names}\n{lines}"
+        ) from failures[0][1]
+
+
+# -- helpers --------------------------------------------------------------------------
+
+
+def _expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise AssertionError(message)
+
+
+def _equal(actual: object, expected: object, what: str) -> None:
+    if actual != expected:
+        raise AssertionError(f"{what}: expected {expected!r}, got {actual!r}")
+
+
+async def _raises(
+    exc_type: type[BaseException] | tuple[type[BaseException], ...],
+    awaitable: Awaitable[Any],
+    what: str,
+) -> BaseException:
+    try:
+        await awaitable
+    except exc_type as exc:
+        return exc
+    except Exception as exc:
+        raise AssertionError(f"{what}: expected {exc_type}, got {exc!r}") from exc
+    raise AssertionError(f"{what}: expected {exc_type}, but nothing was raised")
+
+
+def _content(subject: str, body: bytes = b"Hello.\r\n") -> bytes:
+    return b"From: alice@example.org\r\nSubject: " + subject.encode() + b"\r\n\r\n" + body
+
+
+def _new(
+    *recipients: str,
+    id: str | None = None,
+    subject: str = "test",
+    content: bytes | None = None,
+    **kwargs: Any,
+) -> NewMessage:
+    kwargs.setdefault("sender", Address.parse("SMTP:alice@example.org"))
+    if id is not None:
+        kwargs["id"] = id
+    return NewMessage(
+        recipients=tuple(Address.parse(r) for r in recipients),
+        content=content if content is not None else _content(subject),
+        **kwargs,
+    )
+
+
+async def _submit(
+    store: Store,
+    *recipients: str,
+    now: float = _T0,
+    route: bool = True,
+    **kwargs: Any,
+) -> MessageInfo:
+    """Submit, then route every recipient to the transport named by its address type."""
+    message = _new(*recipients, **kwargs)
+    info = await store.submit(message, now=now, lifetime=_LIFETIME)
+    if route:
+        await store.assign_routes(
+            [(info.id, i, a.type.lower()) for i, a in enumerate(message.recipients)]
+        )
+    return info
+
+
+async def _states(store: Store, message_id: str) -> list[RecipientState]:
+    return [r.state for r in await store.recipients(message_id)]
+
+
+async def _claim_one(
+    store: Store, transport: str = "x", *, owner: str = "o1", now: float = _T0, **kwargs: Any
+) -> ClaimedJob:
+    jobs = await store.claim(transport, owner=owner, now=now, lease=_LEASE, limit=1, **kwargs)
+    _equal(len(jobs), 1, f"claim({transport!r}) at {now}: number of jobs")
+    return jobs[0]
+
+
+async def _settle_all(
+    store: Store, job: ClaimedJob, state: RecipientState, *, now: float, **kwargs: Any
+) -> MessageInfo:
+    return await store.settle(
+        job.message.id,
+        [RecipientUpdate(r.index, state, **kwargs) for r in job.recipients],
+        owner=job.owner,
+        now=now,
+    )
+
+
+def _ids(jobs: Iterable[ClaimedJob]) -> list[str]:
+    return [j.message.id for j in jobs]
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    recipients: dict[str, list[RecipientRecord]]
+    counts: dict[RecipientState, int]
+    inbox: int
+
+
+async def _snapshot(store: Store, *message_ids: str) -> _Snapshot:
+    return _Snapshot(
+        {m: await store.recipients(m) for m in message_ids},
+        await store.counts(),
+        len(await store.list_inbox(limit=1000)),
+    )
+
+
+# -- submission -------------------------------------------------------------------------
+
+
+@_check
+async def _protocol_implemented(store: Store) -> None:
+    _expect(isinstance(store, Store), f"{type(store).__name__} lacks methods of Store")
+
+
+@_check
+async def _submit_returns_info(store: Store) -> None:
+    message = _new(
+        "X:bob",
+        "Y:carol",
+        id="m-info",
+        subject="hello",
+        priority=Priority.HIGH,
+        notify=Notify.SUCCESS | Notify.FAILURE,
+        envelope_id="env-1",
+    )
+    info = await store.submit(message, now=_T0, lifetime=_LIFETIME)
+    expected = MessageInfo(
+        id="m-info",
+        sender=Address.parse("SMTP:alice@example.org"),
+        priority=Priority.HIGH,
+        submitted_at=_T0,
+        send_at=None,
+        expires_at=_T0 + _LIFETIME,
+        notify=Notify.SUCCESS | Notify.FAILURE,
+        is_report=False,
+        envelope_id="env-1",
+        size=len(message.content),
+        subject="hello",
+    )
+    _equal(info, expected, "submit() result")
+    _equal(await store.get_message("m-info"), expected, "get_message() after submit")
+    _equal(
+        await store.recipients("m-info"),
+        [
+            RecipientRecord("m-info", 0, Address.parse("X:bob"), _R.QUEUED, updated_at=_T0),
+            RecipientRecord("m-info", 1, Address.parse("Y:carol"), _R.QUEUED, updated_at=_T0),
+        ],
+        "recipients() after submit",
+    )
+    # The message's own lifetime wins over the policy; send-at and report flag are kept.
+    report = _new(
+        "X:alice", id="m-report", sender=None, lifetime=60.0, send_at=_T0 + 10, is_report=True
+    )
+    info2 = await store.submit(report, now=_T0 + 1, lifetime=_LIFETIME)
+    _equal(
+        (info2.sender, info2.expires_at, info2.send_at, info2.is_report),
+        (None, _T0 + 61, _T0 + 10, True),
+        "sender, expiry, send-at and report flag of a report with its own lifetime",
+    )
+
+
+@_check
+async def _submit_is_idempotent(store: Store) -> None:
+    message = _new("X:a", "X:b", id="m-dup")
+    first = await store.submit(message, now=_T0, lifetime=_LIFETIME)
+    again = await store.submit(message, now=_T0 + 50, lifetime=10.0)
+    _equal(again, first, "second submit of the same message returns the first one's info")
+    _equal(len(await store.recipients("m-dup")), 2, "recipients after a double submit")
+    _equal((await store.counts())[_R.QUEUED], 2, "QUEUED count after a double submit")
+    _equal(
+        [s.info.id for s in await store.list_messages(now=_T0)],
+        ["m-dup"],
+        "messages listed after a double submit",
+    )
+
+
+@_check
+async def _submit_refuses_a_reused_id(store: Store) -> None:
+    original = _new("X:a", id="m-same", subject="original")
+    await store.submit(original, now=_T0, lifetime=_LIFETIME)
+    for variant, what in (
+        (_new("X:a", id="m-same", subject="other content"), "content"),
+        (_new("X:a", "X:b", id="m-same", subject="original"), "recipients"),
+        (_new("X:a", id="m-same", subject="original", priority=Priority.HIGH), "priority"),
+    ):
+        exc = await _raises(
+            StoreError,
+            store.submit(variant, now=_T0, lifetime=_LIFETIME),
+            f"submit with a used id and different {what}",
+        )
+        _expect(
+            not isinstance(exc, UnknownMessage), "a reused id is StoreError, not UnknownMessage"
+        )
+    _equal(await store.read_content("m-same"), original.content, "content after refused reuse")
+    _equal(await _states(store, "m-same"), [_R.QUEUED], "recipients after refused reuse")
+    _equal((await store.counts())[_R.QUEUED], 1, "QUEUED count after refused reuse")
+
+
+@_check
+async def _unknown_ids_raise_unknown_message(store: Store) -> None:
+    await _submit(store, "X:a", id="m-known")
+    missing = "m-missing"
+
+    async def consume() -> None:
+        async for _ in store.iter_content(missing):
+            pass
+
+    calls: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+        ("get_message", lambda: store.get_message(missing)),
+        ("recipients", lambda: store.recipients(missing)),
+        ("read_content", lambda: store.read_content(missing)),
+        ("iter_content", consume),
+        ("state_of", lambda: store.state_of(missing, now=_T0)),
+        ("hold", lambda: store.hold(missing)),
+        ("release", lambda: store.release(missing, now=_T0)),
+        ("cancel", lambda: store.cancel(missing)),
+        ("retry_now", lambda: store.retry_now(missing, now=_T0)),
+        ("settle", lambda: store.settle(missing, [], owner=None, now=_T0)),
+        ("unpark", lambda: store.unpark("x", missing, now=_T0)),
+        ("read_inbox", lambda: store.read_inbox(missing)),
+    ]
+    for name, call in calls:
+        exc = await _raises(UnknownMessage, call(), f"{name}() of an unknown id")
+        _expect(
+            isinstance(exc, StoreError) and isinstance(exc, KeyError),
+            f"{name}(): UnknownMessage is both a StoreError and a KeyError",
+        )
+
+
+# -- routing ----------------------------------------------------------------------------
+
+
+@_check
+async def _unrouted_and_assign_routes(store: Store) -> None:
+    m1 = await _submit(store, "X:a", "Y:b", id="m1", route=False)
+    unrouted = await store.unrouted(limit=10)
+    _equal(
+        sorted((r.message_id, r.index) for r in unrouted),
+        [("m1", 0), ("m1", 1)],
+        "unrouted() after submit",
+    )
+    _expect(all(r.route is None for r in unrouted), "unrouted recipients have no route")
+    _equal(len(await store.unrouted(limit=1)), 1, "unrouted(limit=1) length")
+    await store.assign_routes([(m1.id, 0, "x")])
+    _equal(
+        [(r.message_id, r.index) for r in await store.unrouted(limit=10)],
+        [("m1", 1)],
+        "unrouted() after routing #0",
+    )
+    _equal([r.route for r in await store.recipients("m1")], ["x", None], "routes after assign")
+    # Only QUEUED recipients are routed; a held one stays as it is.
+    await _submit(store, "X:c", id="m2", route=False)
+    await store.hold("m2")
+    await store.assign_routes([("m2", 0, "x")])
+    rec = (await store.recipients("m2"))[0]
+    _equal((rec.state, rec.route), (_R.HELD, None), "assign_routes() on a HELD recipient")
+    _expect(
+        ("m2", 0) not in {(r.message_id, r.index) for r in await store.unrouted(limit=10)},
+        "unrouted() lists only QUEUED recipients",
+    )
+
+
+@_check
+async def _reroute_missing(store: Store) -> None:
+    parked = await _submit(store, "X:p", id="m-parked")
+    job = await _claim_one(store)
+    await _settle_all(store, job, _R.PARKED, now=_T0)
+    await _submit(store, "X:a", id="m-active")
+    await _claim_one(store)
+    await _submit(store, "X:q", id="m-queued")
+    await _submit(store, "Y:y", id="m-other")
+    n = await store.reroute_missing(["y"])
+    _equal(n, 2, "reroute_missing(['y']) count (one QUEUED, one PARKED routed to x)")
+    for mid in (parked.id, "m-queued"):
+        rec = (await store.recipients(mid))[0]
+        _equal((rec.state, rec.route), (_R.QUEUED, None), f"{mid} after reroute_missing")
+    rec = (await store.recipients("m-active"))[0]
+    _equal((rec.state, rec.route), (_R.ACTIVE, "x"), "an ACTIVE recipient keeps its route")
+    rec = (await store.recipients("m-other"))[0]
+    _equal((rec.state, rec.route), (_R.QUEUED, "y"), "a recipient of a known transport")
+    _equal(
+        sorted(r.message_id for r in await store.unrouted(limit=10)),
+        ["m-parked", "m-queued"],
+        "unrouted() after reroute_missing",
+    )
+    _equal(await store.reroute_missing(["y"]), 0, "reroute_missing() a second time")
+
+
+# -- claims -----------------------------------------------------------------------------
+
+
+@_check
+async def _claim_one_job_per_message(store: Store) -> None:
+    info = await _submit(store, "X:a", "Y:b", "X:c", id="m1")
+    jobs = await store.claim("x", owner="o1", now=_T0 + 1, lease=_LEASE, limit=5)
+    _equal(len(jobs), 1, "jobs for one message with two recipients for x")
+    job = jobs[0]
+    _equal((job.transport, job.owner, job.lease_until), ("x", "o1", _T0 + 1 + _LEASE), "job lease")
+    _equal(job.message, info, "job.message")
+    _equal([r.index for r in job.recipients], [0, 2], "recipients of the x job")
+    _expect(
+        all(r.state is _R.ACTIVE and r.route == "x" for r in job.recipients),
+        f"claimed recipients are ACTIVE and routed to x: {job.recipients}",
+    )
+    _equal([r.updated_at for r in job.recipients], [_T0 + 1, _T0 + 1], "updated_at of a claim")
+    _equal(await _states(store, "m1"), [_R.ACTIVE, _R.QUEUED, _R.ACTIVE], "states after claim")
+    _equal(
+        await store.claim("x", owner="o2", now=_T0 + 1, lease=_LEASE, limit=5),
+        [],
+        "a second claim of x finds nothing",
+    )
+    job_y = await _claim_one(store, "y", owner="o2", now=_T0 + 1)
+    _equal([r.index for r in job_y.recipients], [1], "recipients of the y job")
+
+
+@_check
+async def _claim_respects_limit(store: Store) -> None:
+    for i in range(5):
+        await _submit(store, "X:a", "X:b", id=f"m{i}")
+    seen: list[str] = []
+    for expected in (2, 2, 1, 0):
+        jobs = await store.claim("x", owner="o1", now=_T0, lease=_LEASE, limit=2)
+        _equal(len(jobs), expected, "jobs returned by claim(limit=2)")
+        _expect(all(len(j.recipients) == 2 for j in jobs), "each job holds both recipients")
+        seen += _ids(jobs)
+    _equal(sorted(seen), [f"m{i}" for i in range(5)], "messages claimed, each once")
+    _equal(
+        await store.claim("x", owner="o1", now=_T0, lease=_LEASE, limit=0),
+        [],
+        "claim(limit=0)",
+    )
+
+
+@_check
+async def _claim_priority_order(store: Store) -> None:
+    await _submit(store, "X:a", id="low", priority=Priority.LOW, now=_T0)
+    await _submit(store, "X:a", id="normal", priority=Priority.NORMAL, now=_T0 + 1)
+    await _submit(store, "X:a", id="high", priority=Priority.HIGH, now=_T0 + 2)
+    order = [(await _claim_one(store, now=_T0 + 10)).message.id for _ in range(3)]
+    _equal(order, ["high", "normal", "low"], "claim order by priority")
+    # The same order within one claim, and for a flush (ignore_retry) of retried work.
+    await store.release_owner("o1")
+    jobs = await store.claim("x", owner="o1", now=_T0 + 10, lease=_LEASE, limit=3)
+    _equal(_ids(jobs), ["high", "normal", "low"], "job order within claim(limit=3)")
+    for job in jobs:
+        await _settle_all(store, job, _R.QUEUED, now=_T0 + 11, retry_at=_T0 + 5000)
+    _equal(
+        await store.claim("x", owner="o1", now=_T0 + 12, lease=_LEASE, limit=3),
+        [],
+        "nothing is ready while every message waits for its retry time",
+    )
+    order = [
+        (await _claim_one(store, now=_T0 + 12, ignore_retry=True)).message.id for _ in range(3)
+    ]
+    _equal(order, ["high", "normal", "low"], "flush claim order by priority")
+
+
+@_check
+async def _claim_oldest_ready_first(store: Store) -> None:
+    await _submit(store, "X:a", id="a", send_at=_T0 + 50, now=_T0)
+    await _submit(store, "X:b", id="b", send_at=_T0 + 20, now=_T0 + 1)
+    await _submit(store, "X:c", id="c", now=_T0 + 2)
+    order = [(await _claim_one(store, now=_T0 + 100)).message.id for _ in range(3)]
+    _equal(order, ["c", "b", "a"], "claim order by ready time (send-at)")
+    for mid, retry in (("d", _T0 + 300), ("e", _T0 + 200)):
+        await _submit(store, "X:a", id=mid, now=_T0 + 100)
+        job = await _claim_one(store, now=_T0 + 100)
+        await _settle_all(store, job, _R.QUEUED, now=_T0 + 100, retry_at=retry)
+    order = [(await _claim_one(store, now=_T0 + 400)).message.id for _ in range(2)]
+    _equal(order, ["e", "d"], "claim order by ready time (retry time)")
+
+
+@_check
+async def _claim_waits_for_send_at(store: Store) -> None:
+    await _submit(store, "X:a", id="later", send_at=_T0 + 100)
+    for ignore_retry in (False, True):
+        _equal(
+            await store.claim(
+                "x", owner="o1", now=_T0 + 50, lease=_LEASE, ignore_retry=ignore_retry
+            ),
+            [],
+            f"claim before send-at (ignore_retry={ignore_retry})",
+        )
+        _equal(
+            await store.count_claimable("x", now=_T0 + 50, ignore_retry=ignore_retry),
+            0,
+            f"count_claimable before send-at (ignore_retry={ignore_retry})",
+        )
+    _equal(await store.next_ready_at("x"), _T0 + 100, "next_ready_at() of a scheduled message")
+    _equal(
+        await store.state_of("later", now=_T0 + 50), MessageState.DEFERRED, "state before send-at"
+    )
+    job = await _claim_one(store, now=_T0 + 100)
+    _equal(job.message.id, "later", "claim at the send-at time")
+
+
+@_check
+async def _claim_honours_retry_at(store: Store) -> None:
+    await _submit(store, "X:a", "X:b", id="m1")
+    job = await _claim_one(store)
+    await store.settle(
+        "m1",
+        [
+            RecipientUpdate(0, _R.QUEUED, status="4.4.1", retry_at=_T0 + 100, count_attempt=True),
+            RecipientUpdate(1, _R.QUEUED, status="4.4.1", retry_at=_T0 + 200, count_attempt=True),
+        ],
+        owner=job.owner,
+        now=_T0 + 1,
+    )
+    _equal(
+        await store.claim("x", owner="o1", now=_T0 + 50, lease=_LEASE),
+        [],
+        "claim before the retry time",
+    )
+    _equal(
+        await store.count_claimable("x", now=_T0 + 50, ignore_retry=False),
+        0,
+        "count_claimable before the retry time",
+    )
+    _equal(
+        await store.count_claimable("x", now=_T0 + 50, ignore_retry=True),
+        1,
+        "count_claimable(ignore_retry=True) before the retry time",
+    )
+    _equal(await store.next_ready_at("x"), _T0 + 100, "next_ready_at() of retried recipients")
+    job = await _claim_one(store, now=_T0 + 150)
+    _equal([r.index for r in job.recipients], [0], "claim takes only the ready recipients")
+    job = await _claim_one(store, now=_T0 + 150, owner="o2", ignore_retry=True)
+    _equal([r.index for r in job.recipients], [1], "a flush claim ignores the retry time")
+    _equal([r.attempts for r in await store.recipients("m1")], [1, 1], "attempts after one try")
+
+
+@_check
+async def _claim_only_queued_routed(store: Store) -> None:
+    await _submit(store, "X:a", id="unrouted", route=False)
+    await _submit(store, "X:a", id="held")
+    await store.hold("held")
+    await _submit(store, "X:a", id="parked")
+    await _settle_all(store, await _claim_one(store), _R.PARKED, now=_T0)
+    await _submit(store, "X:a", id="done")
+    await _settle_all(store, await _claim_one(store), _R.DELIVERED, now=_T0)
+    await _submit(store, "Y:a", id="other")
+    for ignore_retry in (False, True):
+        _equal(
+            await store.claim(
+                "x", owner="o1", now=_T0 + 10, lease=_LEASE, limit=10, ignore_retry=ignore_retry
+            ),
+            [],
+            f"claim of x with nothing QUEUED for x (ignore_retry={ignore_retry})",
+        )
+    _equal(await store.next_ready_at("x"), None, "next_ready_at() with nothing QUEUED for x")
+
+
+# -- leases -----------------------------------------------------------------------------
+
+
+@_check
+async def _release_expired_leases(store: Store) -> None:
+    await _submit(store, "X:a", id="m1")
+    job = await _claim_one(store, now=_T0)
+    _equal(await store.release_expired(now=_T0 + 10), 0, "release_expired() before expiry")
+    _equal(await _states(store, "m1"), [_R.ACTIVE], "state while the lease runs")
+    _equal(await store.release_expired(now=_T0 + 100), 1, "release_expired() after expiry")
+    _equal(await _states(store, "m1"), [_R.QUEUED], "state after the lease expired")
+    job2 = await _claim_one(store, owner="o2", now=_T0 + 100)
+    _equal(job2.message.id, "m1", "an expired claim is claimable again")
+    await _raises(
+        LeaseLost,
+        _settle_all(store, job, _R.DELIVERED, now=_T0 + 101),
+        "settle by the owner whose lease expired and moved",
+    )
+    # A held message's expired claim goes back to HELD, not to the queue.
+    await _submit(store, "X:b", id="m2", now=_T0 + 100)
+    await _claim_one(store, now=_T0 + 100)
+    await store.hold("m2")
+    _equal(await store.release_expired(now=_T0 + 1000), 2, "release_expired() of two leases")
+    _equal(await _states(store, "m2"), [_R.HELD], "an expired claim of a held message")
+
+
+@_check
+async def _release_owner(store: Store) -> None:
+    await _submit(store, "X:a", id="m1")
+    await _claim_one(store, owner="o1")
+    await _submit(store, "X:b", id="m2")
+    await _claim_one(store, owner="o2")
+    _equal(await store.release_owner("o1"), 1, "release_owner('o1')")
+    _equal(
+        {m: await _states(store, m) for m in ("m1", "m2")},
+        {"m1": [_R.QUEUED], "m2": [_R.ACTIVE]},
+        "states after release_owner('o1')",
+    )
+    _equal(await store.release_owner("o1"), 0, "release_owner('o1') a second time")
+    _equal(await store.release_owner("nobody"), 0, "release_owner() of an unknown owner")
+
+
+@_check
+async def _renew_leases(store: Store) -> None:
+    await _submit(store, "X:a", "X:b", id="m1")
+    job = await _claim_one(store, now=_T0)
+    renewed = await store.renew(job, now=_T0 + 20, lease=_LEASE)
+    _equal(renewed.lease_until, _T0 + 20 + _LEASE, "lease_until after renew")
+    _equal(
+        (renewed.owner, renewed.recipients, renewed.message),
+        (job.owner, job.recipients, job.message),
+        "renew keeps the job",
+    )
+    _equal(await store.release_expired(now=_T0 + 40), 0, "release_expired() after renew")
+    # Recipients settled for good do not make the renewal of the rest fail.
+    await store.settle("m1", [RecipientUpdate(0, _R.DELIVERED)], owner="o1", now=_T0 + 41)
+    renewed = await store.renew(renewed, now=_T0 + 45, lease=_LEASE)
+    _equal(await store.release_expired(now=_T0 + 60), 0, "release_expired() after renew #2")
+    _equal(await store.release_expired(now=_T0 + 100), 1, "release_expired() after expiry")
+    await _raises(
+        LeaseLost,
+        store.renew(renewed, now=_T0 + 100, lease=_LEASE),
+        "renew after the lease expired",
+    )
+    await _claim_one(store, owner="o2", now=_T0 + 100)
+    await _raises(
+        LeaseLost,
+        store.renew(renewed, now=_T0 + 100, lease=_LEASE),
+        "renew after the lease moved to another owner",
+    )
+
+
+# -- settle -----------------------------------------------------------------------------
+
+
+@_check
+async def _settle_outcomes(store: Store) -> None:
+    info = await _submit(store, "X:a", "X:b", "X:c", "X:d", id="m1")
+    await _claim_one(store, now=_T0)
+    now = _T0 + 5
+    result = await store.settle(
+        "m1",
+        [
+            RecipientUpdate(0, _R.DELIVERED, "2.0.0", "250 ok", count_attempt=True),
+            RecipientUpdate(1, _R.FAILED, "5.1.1", "550 no such user", count_attempt=True),
+            RecipientUpdate(
+                2, _R.QUEUED, "4.4.1", "421 try later", retry_at=_T0 + 60, count_attempt=True
+            ),
+            RecipientUpdate(3, _R.QUEUED, keep_route=False, route=None, refused_by=("x",)),
+        ],
+        owner="o1",
+        now=now,
+    )
+    _equal(result, info, "settle() returns the message's info")
+    a, b, c, d = await store.recipients("m1")
+    _equal(
+        (a.state, a.route, a.attempts, a.status, a.diagnostic, a.updated_at, a.first_failed_at),
+        (_R.DELIVERED, "x", 1, "2.0.0", "250 ok", now, None),
+        "a delivered recipient",
+    )
+    _equal(
+        (b.state, b.attempts, b.status, b.diagnostic, b.first_failed_at),
+        (_R.FAILED, 1, "5.1.1", "550 no such user", None),
+        "a failed recipient",
+    )
+    _equal(
+        (c.state, c.route, c.retry_at, c.attempts, c.status, c.first_failed_at),
+        (_R.QUEUED, "x", _T0 + 60, 1, "4.4.1", now),
+        "a recipient to retry after a temporary failure",
+    )
+    _equal(
+        (d.state, d.route, d.refused_by, d.attempts, d.status),
+        (_R.QUEUED, None, ("x",), 0, None),
+        "a recipient refused by its transport (not me)",
+    )
+    _equal(
+        [(r.message_id, r.index) for r in await store.unrouted(limit=10)],
+        [("m1", 3)],
+        "a refused recipient needs routing again",
+    )
+    await store.assign_routes([("m1", 3, "y")])
+    job = await _claim_one(store, "y", now=now)
+    await store.settle(
+        "m1",
+        [RecipientUpdate(3, _R.QUEUED, keep_route=False, refused_by=("x", "y"))],
+        owner=job.owner,
+        now=now,
+    )
+    _equal(
+        (await store.recipients("m1"))[3].refused_by,
+        ("x", "y"),
+        "refused_by is added to, without duplicates",
+    )
+    # A second temporary failure keeps the time of the first.
+    job = await _claim_one(store, now=_T0 + 60)
+    await store.settle(
+        "m1",
+        [RecipientUpdate(2, _R.QUEUED, "4.4.2", retry_at=_T0 + 500, count_attempt=True)],
+        owner=job.owner,
+        now=_T0 + 61,
+    )
+    c = (await store.recipients("m1"))[2]
+    _equal(
+        (c.attempts, c.status, c.diagnostic, c.first_failed_at, c.retry_at),
+        (2, "4.4.2", "421 try later", now, _T0 + 500),
+        "a recipient after its second temporary failure",
+    )
+
+
+@_check
+async def _settle_checks_transitions(store: Store) -> None:
+    await _submit(store, "X:a", "X:b", id="m1")
+    for state in (_R.DELIVERED, _R.PARKED):
+        await _raises(
+            IllegalTransition,
+            store.settle("m1", [RecipientUpdate(0, state)], owner=None, now=_T0),
+            f"settle QUEUED -> {state}",
+        )
+    job = await _claim_one(store)
+    await _raises(
+        IllegalTransition,
+        store.settle("m1", [RecipientUpdate(0, _R.ACTIVE)], owner="o1", now=_T0),
+        "settle ACTIVE -> ACTIVE",
+    )
+    await _settle_all(store, job, _R.DELIVERED, now=_T0 + 1)
+    for state in (_R.QUEUED, _R.FAILED, _R.CANCELLED):
+        await _raises(
+            IllegalTransition,
+            store.settle("m1", [RecipientUpdate(0, state)], owner=None, now=_T0 + 2),
+            f"settle DELIVERED -> {state}",
+        )
+    _equal(await _states(store, "m1"), [_R.DELIVERED, _R.DELIVERED], "states after refusals")
+    # A legal move of a recipient that is not ACTIVE needs no owner (expiry, user).
+    await _submit(store, "X:c", id="m2")
+    await store.settle("m2", [RecipientUpdate(0, _R.FAILED, "4.4.7")], owner=None, now=_T0 + 3)
+    _equal(await _states(store, "m2"), [_R.FAILED], "QUEUED -> FAILED without an owner")
+
+
+@_check
+async def _settle_checks_the_owner(store: Store) -> None:
+    await _submit(store, "X:a", id="m1")
+    await _claim_one(store, owner="o1")
+    for owner in ("o2", None):
+        await _raises(
+            LeaseLost,
+            store.settle("m1", [RecipientUpdate(0, _R.DELIVERED)], owner=owner, now=_T0 + 1),
+            f"settle of o1's recipient by {owner!r}",
+        )
+    _equal(await _states(store, "m1"), [_R.ACTIVE], "state after refused settles")
+    # Once the lease expired, its former owner may settle nothing, not even a legal move.
+    await store.release_expired(now=_T0 + 100)
+    for state in (_R.DELIVERED, _R.FAILED, _R.QUEUED):
+        await _raises(
+            LeaseLost,
+            store.settle("m1", [RecipientUpdate(0, state)], owner="o1", now=_T0 + 101),
+            f"settle ({state}) by an owner whose lease expired",
+        )
+    _equal(await _states(store, "m1"), [_R.QUEUED], "state after settles of a lost lease")
+
+
+@_check
+async def _settle_is_all_or_nothing(store: Store) -> None:
+    await _submit(store, "X:a", "X:b", id="m1")
+    await _claim_one(store, owner="o1")
+    await _submit(store, "X:c", "Y:d", id="m2")
+    await _claim_one(store, owner="o1")
+    await _claim_one(store, "y", owner="o2")
+    await _submit(store, "X:e", id="taken")
+    before = await _snapshot(store, "m1", "m2", "taken")
+    report = _new("SMTP:alice@example.org", id="taken", subject="a different message")
+    good = RecipientUpdate(0, _R.DELIVERED)
+    attempts: list[tuple[str, type[BaseException], str, list[RecipientUpdate], Any]] = [
+        ("m1", IllegalTransition, "an illegal update", [good, RecipientUpdate(1, _R.ACTIVE)], {}),
+        ("m1", StoreError, "an unknown recipient", [good, RecipientUpdate(7, _R.FAILED)], {}),
+        ("m2", LeaseLost, "another owner's recipient", [good, RecipientUpdate(1, _R.FAILED)], {}),
+        ("m1", StoreError, "a report with a used id", [good], {"reports": [report]}),
+        (
+            "m1",
+            StoreError,
+            "an empty inbound report",
+            [good],
+            {"inbox_reports": [InboundMessage("spooler", b"")]},
+        ),
+    ]
+    for mid, exc_type, what, updates, extra in attempts:
+        await _raises(
+            exc_type,
+            store.settle(mid, updates, owner="o1", now=_T0 + 1, **extra),
+            f"settle with {what}",
+        )
+        _equal(await _snapshot(store, "m1", "m2", "taken"), before, f"store after {what}")
+
+
+@_check
+async def _settle_enqueues_reports(store: Store) -> None:
+    await _submit(store, "X:a", id="m1", now=_T0)
+    job = await _claim_one(store, now=_T0)
+    report = _new(
+        "SMTP:alice@example.org", id="r1", sender=None, is_report=True, subject="Undelivered"
+    )
+    inbound = InboundMessage("spooler", _content("Delivery report"), received_at=_T0 + 5)
+    await store.settle(
+        "m1",
+        [RecipientUpdate(0, _R.FAILED, "5.1.1", "550 unknown")],
+        owner=job.owner,
+        now=_T0 + 5,
+        reports=[report],
+        inbox_reports=[inbound],
+    )
+    info = await store.get_message("r1")
+    _equal(
+        (info.submitted_at, info.expires_at, info.is_report, info.subject),
+        (_T0 + 5, _T0 + 5 + _LIFETIME, True, "Undelivered"),
+        "a report submitted by settle (it inherits the message's queue lifetime)",
+    )
+    _equal(await _states(store, "r1"), [_R.QUEUED], "the report's recipient")
+    _equal(await store.read_content("r1"), report.content, "the report's content")
+    inbox = await store.list_inbox()
+    _equal([e.subject for e in inbox], ["Delivery report"], "inbox after settle")
+    _equal(await store.read_inbox(inbox[0].id), inbound.content, "inbox report content")
+    counts = await store.counts()
+    _equal((counts[_R.FAILED], counts[_R.QUEUED]), (1, 1), "counts after settle with a report")
+
+
+@_check
+async def _settle_of_a_held_message(store: Store) -> None:
+    await _submit(store, "X:a", id="m1")
+    job = await _claim_one(store)
+    info = await store.hold("m1")
+    _expect(info.held, "hold() returns the info with held=True")
+    _equal(await _states(store, "m1"), [_R.ACTIVE], "hold leaves an ACTIVE recipient")
+    await _settle_all(store, job, _R.QUEUED, now=_T0 + 1)
+    _equal(await _states(store, "m1"), [_R.HELD], "settle QUEUED of a held message")
+    _equal(await store.state_of("m1", now=_T0 + 1), MessageState.HOLD, "state of a held message")
+    released = await store.release("m1", now=_T0 + 2)
+    _expect(not released.held, "release() returns the info with held=False")
+    _equal(await _states(store, "m1"), [_R.QUEUED], "state after release")
+    _equal((await _claim_one(store, now=_T0 + 2)).message.id, "m1", "claim after release")
+
+
+@_check
+async def _a_held_message_stays_held(store: Store) -> None:
+    # Recipients parked while their message is held do not escape the hold.
+    await _submit(store, "X:a", "Y:b", id="m1")
+    job_x = await _claim_one(store, "x", owner="o1")
+    job_y = await _claim_one(store, "y", owner="o2")
+    await store.hold("m1")
+    await _settle_all(store, job_x, _R.PARKED, now=_T0 + 1)
+    await _settle_all(store, job_y, _R.PARKED, now=_T0 + 1)
+    _equal(await _states(store, "m1"), [_R.PARKED, _R.PARKED], "parked while held")
+    _equal(await store.unpark("x", None, now=_T0 + 2), 1, "unpark('x') of a held message")
+    _equal(await _states(store, "m1"), [_R.HELD, _R.PARKED], "unparked while held")
+    _equal(await store.reroute_missing(["x"]), 1, "reroute_missing(['x']) of a held message")
+    recs = await store.recipients("m1")
+    _equal(
+        [(r.state, r.route) for r in recs],
+        [(_R.HELD, "x"), (_R.HELD, None)],
+        "rerouted while held",
+    )
+    for transport in ("x", "y"):
+        _equal(
+            await store.claim(
+                transport, owner="o3", now=_T0 + 3, lease=_LEASE, limit=5, ignore_retry=True
+            ),
+            [],
+            f"claim of {transport} while the message is held",
+        )
+    await store.release("m1", now=_T0 + 4)
+    _equal(await _states(store, "m1"), [_R.QUEUED, _R.QUEUED], "after release")
+    _equal(
+        [(r.message_id, r.index) for r in await store.unrouted(limit=5)],
+        [("m1", 1)],
+        "the rerouted recipient needs routing after release",
+    )
+
+
+# -- user operations --------------------------------------------------------------------
+
+
+@_check
+async def _hold_and_release(store: Store) -> None:
+    await _submit(store, "X:a", "X:b", "X:c", "X:d", id="m1")
+    job = await _claim_one(store)
+    await store.settle(
+        "m1",
+        [
+            RecipientUpdate(0, _R.DELIVERED),
+            RecipientUpdate(1, _R.PARKED),
+            RecipientUpdate(2, _R.QUEUED, retry_at=_T0 + 500),
+        ],
+        owner=job.owner,
+        now=_T0 + 1,
+    )
+    info = await store.hold("m1")
+    _expect(info.held and (await store.get_message("m1")).held, "held flag after hold()")
+    _equal(
+        await _states(store, "m1"),
+        [_R.DELIVERED, _R.HELD, _R.HELD, _R.ACTIVE],
+        "hold: PARKED and QUEUED become HELD; DELIVERED and ACTIVE stay",
+    )
+    _equal(await store.unpark("x", "m1", now=_T0 + 2), 0, "unpark() of a held message")
+    _equal(
+        await store.claim("x", owner="o2", now=_T0 + 600, lease=_LEASE, ignore_retry=True),
+        [],
+        "claim of a held message",
+    )
+    info = await store.release("m1", now=_T0 + 10)
+    _expect(not info.held and not (await store.get_message("m1")).held, "held flag after release()")
+    _equal(
+        await _states(store, "m1"),
+        [_R.DELIVERED, _R.QUEUED, _R.QUEUED, _R.ACTIVE],
+        "release: HELD become QUEUED",
+    )
+    job = await _claim_one(store, owner="o2", now=_T0 + 10)
+    _equal([r.index for r in job.recipients], [1, 2], "released recipients are ready at once")
+
+
+@_check
+async def _cancel(store: Store) -> None:
+    await _submit(store, "X:a", "X:b", "X:c", "X:d", id="m1")
+    job = await _claim_one(store)
+    await store.settle(
+        "m1",
+        [
+            RecipientUpdate(0, _R.DELIVERED),
+            RecipientUpdate(2, _R.PARKED),
+            RecipientUpdate(3, _R.QUEUED, retry_at=_T0 + 100),
+        ],
+        owner=job.owner,
+        now=_T0 + 1,
+    )
+    active = await store.cancel("m1")
+    _equal(
+        [(r.message_id, r.index, r.state) for r in active],
+        [("m1", 1, _R.ACTIVE)],
+        "cancel() returns the ACTIVE recipients",
+    )
+    _equal(
+        await _states(store, "m1"),
+        [_R.DELIVERED, _R.ACTIVE, _R.CANCELLED, _R.CANCELLED],
+        "cancel: the rest that is not done is CANCELLED",
+    )
+    await store.settle("m1", [RecipientUpdate(1, _R.CANCELLED)], owner="o1", now=_T0 + 2)
+    _equal(await store.state_of("m1", now=_T0 + 2), MessageState.SENT, "state after cancel")
+    _equal(await store.cancel("m1"), [], "cancel() a second time")
+    await _submit(store, "X:a", "Y:b", id="m2")
+    await store.hold("m2")
+    _equal(await store.cancel("m2"), [], "cancel() of a held message")
+    _equal(await _states(store, "m2"), [_R.CANCELLED] * 2, "a held message after cancel")
+    _equal(await store.state_of("m2", now=_T0), MessageState.CANCELLED, "its state")
+
+
+@_check
+async def _retry_now(store: Store) -> None:
+    await _submit(store, "X:a", "X:b", id="m1")
+    job = await _claim_one(store)
+    await store.settle(
+        "m1",
+        [
+            RecipientUpdate(0, _R.QUEUED, retry_at=_T0 + 100),
+            RecipientUpdate(1, _R.QUEUED, retry_at=_T0 + 200),
+        ],
+        owner=job.owner,
+        now=_T0 + 1,
+    )
+    _equal(await store.retry_now("m1", now=_T0 + 5), 2, "retry_now() count")
+    job = await _claim_one(store, now=_T0 + 5)
+    _equal([r.index for r in job.recipients], [0, 1], "claim right after retry_now()")
+    _equal(await store.retry_now("m1", now=_T0 + 5), 0, "retry_now() with nothing waiting")
+
+
+@_check
+async def _retry_transport(store: Store) -> None:
+    await _submit(store, "X:a", "X:b", "X:c", id="m1")
+    job = await _claim_one(store)
+    await store.settle(
+        "m1",
+        [
+            RecipientUpdate(0, _R.QUEUED, retry_at=_T0 + 100),
+            RecipientUpdate(1, _R.QUEUED, retry_at=_T0 + 200),
+            RecipientUpdate(2, _R.PARKED),
+        ],
+        owner=job.owner,
+        now=_T0 + 1,
+    )
+    await _submit(store, "Y:c", id="m2")
+    await _settle_all(store, await _claim_one(store, "y"), _R.QUEUED, now=_T0, retry_at=_T0 + 100)
+    await _submit(store, "X:d", id="m3", send_at=_T0 + 500)
+    _equal(await store.retry_transport("x", now=_T0 + 5), 2, "retry_transport('x') count")
+    jobs = await store.claim("x", owner="o1", now=_T0 + 5, lease=_LEASE, limit=10)
+    _equal(
+        [(j.message.id, [r.index for r in j.recipients]) for j in jobs],
+        [("m1", [0, 1])],
+        "claim after retry_transport: retried recipients only, send-at times stay",
+    )
+    _equal(await _states(store, "m1"), [_R.ACTIVE, _R.ACTIVE, _R.PARKED], "parked stays parked")
+    _equal(
+        await store.claim("y", owner="o1", now=_T0 + 5, lease=_LEASE),
+        [],
+        "retry_transport('x') leaves other transports waiting",
+    )
+    _equal(await store.retry_transport("x", now=_T0 + 5), 0, "retry_transport() again")
+
+
+@_check
+async def _unpark_one_and_all(store: Store) -> None:
+    await _submit(store, "X:a", "Y:b", id="m1")
+    await _submit(store, "X:c", id="m2")
+    for transport in ("x", "y"):
+        for job in await store.claim(transport, owner="o1", now=_T0, lease=_LEASE, limit=5):
+            await _settle_all(store, job, _R.PARKED, now=_T0 + 1)
+    _equal(
+        (await _states(store, "m1"), await _states(store, "m2")),
+        ([_R.PARKED, _R.PARKED], [_R.PARKED]),
+        "states after parking",
+    )
+    _equal(await store.state_of("m1", now=_T0 + 1), MessageState.DEFERRED, "a parked message")
+    _equal(await store.count_claimable("x", now=_T0 + 1, ignore_retry=True), 0, "parked count")
+    _equal(await store.unpark("x", "m1", now=_T0 + 2), 1, "unpark('x', 'm1')")
+    _equal(await _states(store, "m1"), [_R.QUEUED, _R.PARKED], "m1 after unpark('x', 'm1')")
+    _equal(await _states(store, "m2"), [_R.PARKED], "m2 after unpark('x', 'm1')")
+    _equal(await store.unpark("x", None, now=_T0 + 3), 1, "unpark('x', None)")
+    _equal(await _states(store, "m2"), [_R.QUEUED], "m2 after unpark('x', None)")
+    _equal(await store.unpark("y", None, now=_T0 + 3), 1, "unpark('y', None)")
+    _equal(await store.unpark("y", None, now=_T0 + 3), 0, "unpark('y', None) a second time")
+    rec = (await store.recipients("m1"))[1]
+    _equal((rec.state, rec.retry_at, rec.route), (_R.QUEUED, 0.0, "y"), "an unparked recipient")
+    _equal(await store.count_claimable("x", now=_T0 + 3, ignore_retry=False), 2, "ready for x")
+
+
+@_check
+async def _expired_recipients(store: Store) -> None:
+    await _submit(store, "X:a", "X:b", "X:c", "X:d", id="short", lifetime=100.0)
+    job = await _claim_one(store)
+    await store.settle(  # index 0 stays ACTIVE
+        "short",
+        [
+            RecipientUpdate(1, _R.PARKED),
+            RecipientUpdate(2, _R.DELIVERED),
+            RecipientUpdate(3, _R.QUEUED),
+        ],
+        owner=job.owner,
+        now=_T0 + 1,
+    )
+    await _submit(store, "X:e", id="held", lifetime=100.0)
+    await store.hold("held")
+    await _submit(store, "X:f", id="long")
+    _equal(await store.expired(now=_T0 + 50, limit=10), [], "expired() before any expiry")
+    found = await store.expired(now=_T0 + 200, limit=10)
+    _equal(
+        sorted((r.message_id, r.index, r.state) for r in found),
+        [("held", 0, _R.HELD), ("short", 1, _R.PARKED), ("short", 3, _R.QUEUED)],
+        "expired(): the non-terminal, non-ACTIVE recipients of expired messages",
+    )
+    _equal(len(await store.expired(now=_T0 + 200, limit=1)), 1, "expired(limit=1)")
+    for r in found:
+        await store.settle(
+            r.message_id, [RecipientUpdate(r.index, _R.FAILED, "4.4.7")], owner=None, now=_T0 + 200
+        )
+    _equal(await store.expired(now=_T0 + 200, limit=10), [], "expired() after failing them")
+
+
+# -- reading ----------------------------------------------------------------------------
+
+
+@_check
+async def _counts_are_maintained(store: Store) -> None:
+    zero = dict.fromkeys(RecipientState, 0)
+    _equal(await store.counts(), zero, "counts() of an empty store")
+    await _submit(store, "X:a", "X:b", "X:c", id="m1")
+    job = await _claim_one(store)
+    await store.settle(
+        "m1",
+        [
+            RecipientUpdate(0, _R.DELIVERED),
+            RecipientUpdate(1, _R.FAILED),
+            RecipientUpdate(2, _R.PARKED),
+        ],
+        owner=job.owner,
+        now=_T0 + 1,
+    )
+    await _submit(store, "X:d", "Y:e", id="m2")
+    await _claim_one(store, now=_T0 + 1)  # m2, index 0
+    await store.hold("m2")  # index 1 HELD
+    expected = zero | {_R.DELIVERED: 1, _R.FAILED: 1, _R.PARKED: 1, _R.ACTIVE: 1, _R.HELD: 1}
+    _equal(await store.counts(), expected, "counts() after claims, settles and hold")
+    await store.cancel("m2")
+    await store.unpark("x", None, now=_T0 + 2)
+    expected |= {_R.HELD: 0, _R.CANCELLED: 1, _R.PARKED: 0, _R.QUEUED: 1}
+    _equal(await store.counts(), expected, "counts() after cancel and unpark")
+
+
+@_check
+async def _list_messages(store: Store) -> None:
+    # Submitted out of id order; m2, m4 and m5 go to their own transports.
+    for mid, rcpt in (("m3", "X:a"), ("m1", "X:a"), ("m5", "Z:a"), ("m2", "Y:a"), ("m4", "X:a")):
+        await _submit(store, rcpt, id=mid)
+    listed = await store.list_messages(now=_T0)
+    _equal([s.info.id for s in listed], ["m1", "m2", "m3", "m4", "m5"], "list_messages() order")
+    for s in listed:
+        _equal(s.info, await store.get_message(s.info.id), "summary info")
+        _equal(list(s.recipients), await store.recipients(s.info.id), "summary recipients")
+        _equal(s.state, MessageState.QUEUED, "summary state")
+    pages: list[list[str]] = []
+    after: str | None = None
+    while page := await store.list_messages(now=_T0, limit=2, after=after):
+        pages.append([s.info.id for s in page])
+        after = page[-1].info.id
+    _equal(pages, [["m1", "m2"], ["m3", "m4"], ["m5"]], "pages of list_messages(limit=2)")
+    await _claim_one(store, "y")  # m2 ACTIVE
+    await store.hold("m4")
+    await _settle_all(store, await _claim_one(store, "z"), _R.DELIVERED, now=_T0)  # m5 SENT
+    expected = {
+        MessageState.QUEUED: ["m1", "m3"],
+        MessageState.ACTIVE: ["m2"],
+        MessageState.HOLD: ["m4"],
+        MessageState.SENT: ["m5"],
+        MessageState.DEFERRED: [],
+        MessageState.FAILED: [],
+        MessageState.CANCELLED: [],
+    }
+    for st, ids in expected.items():
+        _equal(
+            [s.info.id for s in await store.list_messages(state=st, now=_T0)],
+            ids,
+            f"list_messages(state={st})",
+        )
+    _equal(
+        [s.info.id for s in await store.list_messages(state=MessageState.QUEUED, limit=1, now=_T0)],
+        ["m1"],
+        "list_messages(state=QUEUED, limit=1)",
+    )
+    _equal(
+        [
+            s.info.id
+            for s in await store.list_messages(state=MessageState.QUEUED, after="m1", now=_T0)
+        ],
+        ["m3"],
+        "list_messages(state=QUEUED, after='m1')",
+    )
+    _equal(
+        [s.state for s in await store.list_messages(after="m3", now=_T0)],
+        [MessageState.HOLD, MessageState.SENT],
+        "states in a listing",
+    )
+
+
+@_check
+async def _state_of_derivations(store: Store) -> None:
+    async def state(mid: str, now: float = _T0 + 10) -> MessageState:
+        return await store.state_of(mid, now=now)
+
+    await _submit(store, "X:a", id="queued")
+    _equal(await state("queued"), MessageState.QUEUED, "a new message")
+    await _submit(store, "X:a", id="scheduled", send_at=_T0 + 100)
+    _equal(await state("scheduled"), MessageState.DEFERRED, "a message before its send-at")
+    _equal(await state("scheduled", _T0 + 100), MessageState.QUEUED, "the same at its send-at")
+    await store.hold("queued")
+    _equal(await state("queued"), MessageState.HOLD, "a held message")
+    await store.cancel("queued")
+    _equal(await state("queued"), MessageState.CANCELLED, "a cancelled message")
+
+    await _submit(store, "Y:a", "Y:b", id="mixed")
+    job = await _claim_one(store, "y")
+    _equal(await state("mixed"), MessageState.ACTIVE, "a message in a transport's hands")
+    await store.settle(
+        "mixed",
+        [RecipientUpdate(0, _R.DELIVERED), RecipientUpdate(1, _R.QUEUED, retry_at=_T0 + 60)],
+        owner=job.owner,
+        now=_T0 + 1,
+    )
+    _equal(await state("mixed"), MessageState.DEFERRED, "waiting on a retry time")
+    _equal(await state("mixed", _T0 + 60), MessageState.QUEUED, "the retry time has come")
+    job = await _claim_one(store, "y", now=_T0 + 60)
+    await _settle_all(store, job, _R.PARKED, now=_T0 + 61)
+    _equal(await state("mixed", _T0 + 61), MessageState.DEFERRED, "waiting on a parked recipient")
+    await store.unpark("y", "mixed", now=_T0 + 62)
+    job = await _claim_one(store, "y", now=_T0 + 62)
+    await _settle_all(store, job, _R.FAILED, now=_T0 + 63)
+    _equal(await state("mixed", _T0 + 63), MessageState.SENT, "one delivered, one failed")
+
+    await _submit(store, "Z:a", "Z:b", id="failed")
+    job = await _claim_one(store, "z")
+    await store.settle(
+        "failed",
+        [RecipientUpdate(0, _R.FAILED), RecipientUpdate(1, _R.CANCELLED)],
+        owner=job.owner,
+        now=_T0 + 1,
+    )
+    _equal(await state("failed"), MessageState.FAILED, "one failed, one cancelled")
+
+
+# -- content ----------------------------------------------------------------------------
+
+
+async def _chunks(store: Store, message_id: str, chunk_size: int) -> list[bytes]:
+    return [c async for c in store.iter_content(message_id, chunk_size=chunk_size)]
+
+
+def _check_chunks(chunks: list[bytes], content: bytes, chunk_size: int, what: str) -> None:
+    _equal(b"".join(chunks) == content, True, f"{what}: the chunks join into the content")
+    _expect(
+        all(0 < len(c) <= chunk_size for c in chunks),
+        f"{what}: chunks are non-empty and at most {chunk_size} bytes: "
+        f"{sorted({len(c) for c in chunks})}",
+    )
+    _expect(
+        len(chunks) >= -(-len(content) // chunk_size),
+        f"{what}: {len(chunks)} chunks cannot hold {len(content)} bytes",
+    )
+
+
+@_check
+async def _content_round_trip(store: Store) -> None:
+    # Every byte value but NUL, CRLF and bare LF, 8-bit text: stored as given.
+    body = bytes(range(1, 256)) * 3 + b"\r\nline\nend\r\n"
+    small = _new("X:a", id="small", content=_content("bytes", body))
+    await store.submit(small, now=_T0, lifetime=_LIFETIME)
+    _equal(await store.read_content("small"), small.content, "read_content() of small content")
+    for size in (1, 7, 65536):
+        chunks = await _chunks(store, "small", size)
+        _check_chunks(chunks, small.content, size, f"iter_content(chunk_size={size})")
+
+
+@_check
+async def _large_content_round_trip(store: Store) -> None:
+    rng = random.Random(5)
+    body = rng.randbytes(5 * 1024 * 1024).replace(b"\x00", b"\x01")
+    big = _new("X:a", id="big", content=_content("big", body))
+    info = await store.submit(big, now=_T0, lifetime=_LIFETIME)
+    _equal(info.size, len(big.content), "size of a 5 MB message")
+    _expect(await store.read_content("big") == big.content, "read_content() of 5 MB differs")
+    for size in (65536, 1_000_003, 10 * 1024 * 1024):
+        _check_chunks(await _chunks(store, "big", size), big.content, size, f"iter_content({size})")
+
+
+# -- inbox and provider state -----------------------------------------------------------
+
+
+@_check
+async def _deliver_inbound_with_profile_updates(store: Store) -> None:
+    await store.profile_update("imap", {"old": 1, "uid": 41})
+    content = _content("inbound", b"8-bit \xe9\r\n")
+    message = InboundMessage(
+        transport="imap",
+        content=content,
+        sender="bob@example.org",
+        recipients=("me@example.org", "you@example.org"),
+        received_at=_T0,
+        remote_id="7:42",
+    )
+    entry = await store.deliver_inbound(
+        message, profile_updates={"imap": {"uid": 42, "old": None}, "pop": {"seen": ["a", "b"]}}
+    )
+    _expect(isinstance(entry.id, str) and bool(entry.id), f"inbox entry id {entry.id!r}")
+    _equal(
+        (
+            entry.transport,
+            entry.sender,
+            entry.recipients,
+            entry.received_at,
+            entry.size,
+            entry.subject,
+            entry.remote_id,
+        ),
+        (
+            "imap",
+            "bob@example.org",
+            ("me@example.org", "you@example.org"),
+            _T0,
+            len(content),
+            "inbound",
+            "7:42",
+        ),
+        "inbox entry fields",
+    )
+    _equal(await store.read_inbox(entry.id), content, "read_inbox()")
+    _equal(await store.list_inbox(), [entry], "list_inbox()")
+    _equal(await store.profile_get("imap"), {"uid": 42}, "profile section after delivery")
+    _equal(await store.profile_get("pop"), {"seen": ["a", "b"]}, "a second section")
+    # A delivery that fails commits neither the message nor the state updates.
+    await _raises(
+        StoreError,
+        store.deliver_inbound(InboundMessage("imap", b""), profile_updates={"imap": {"uid": 43}}),
+        "deliver_inbound() of an empty message",
+    )
+    _equal(await store.profile_get("imap"), {"uid": 42}, "profile after a failed delivery")
+    _equal(await store.list_inbox(), [entry], "inbox after a failed delivery")
+
+
+@_check
+async def _inbox_listing(store: Store) -> None:
+    entries = [
+        await store.deliver_inbound(InboundMessage("pop", _content(f"n{i}"), received_at=_T0 + i))
+        for i in range(5)
+    ]
+    ids = sorted(e.id for e in entries)
+    _equal(len(set(ids)), 5, "inbox ids are unique")
+    _equal([e.id for e in await store.list_inbox()], ids, "list_inbox() is in id order")
+    pages: list[list[str]] = []
+    after: str | None = None
+    while page := await store.list_inbox(limit=2, after=after):
+        pages.append([e.id for e in page])
+        after = page[-1].id
+    _equal(pages, [ids[0:2], ids[2:4], ids[4:]], "pages of list_inbox(limit=2)")
+    for e in entries:
+        _equal(await store.read_inbox(e.id), _content(e.subject), f"content of {e.subject}")
+
+
+@_check
+async def _profile_update_merges(store: Store) -> None:
+    _equal(await store.profile_get("none"), {}, "an unknown section")
+    await store.profile_update("s", {"a": 1, "b": {"c": [1, 2]}, "t": "text"})
+    await store.profile_update("s", {"a": None, "d": True, "missing": None})
+    await store.profile_update("other", {"a": 2})
+    section = await store.profile_get("s")
+    _equal(section, {"b": {"c": [1, 2]}, "t": "text", "d": True}, "a merged section")
+    section["b"]["c"].append(3)
+    section["new"] = 1
+    _equal(
+        await store.profile_get("s"),
+        {"b": {"c": [1, 2]}, "t": "text", "d": True},
+        "profile_get() returns a copy",
+    )
+    _equal(await store.profile_get("other"), {"a": 2}, "sections are independent")
+
+
+# -- scheduling helpers -----------------------------------------------------------------
+
+
+@_check
+async def _next_ready_at(store: Store) -> None:
+    _equal(await store.next_ready_at("x"), None, "next_ready_at() of an empty store")
+    await _submit(store, "X:a", id="low", priority=Priority.LOW, send_at=_T0 + 500)
+    await _submit(store, "X:b", id="high", priority=Priority.HIGH)
+    job = await _claim_one(store)
+    _equal(job.message.id, "high", "the ready message is claimed first")
+    _equal(await store.next_ready_at("x"), _T0 + 500, "an ACTIVE recipient is not waiting")
+    await _settle_all(store, job, _R.QUEUED, now=_T0 + 1, retry_at=_T0 + 300)
+    _equal(await store.next_ready_at("x"), _T0 + 300, "the earliest over priorities")
+    await store.hold("high")
+    _equal(await store.next_ready_at("x"), _T0 + 500, "a held recipient is not waiting")
+    await _submit(store, "Y:a", id="now")
+    ready = await store.next_ready_at("y")
+    _expect(ready is not None and ready <= _T0, f"a recipient ready now: next_ready_at={ready}")
+    _equal(await store.next_ready_at("z"), None, "a transport with nothing queued")
+
+
+@_check
+async def _count_claimable(store: Store) -> None:
+    await _submit(store, "X:d", id="retry")
+    await _settle_all(store, await _claim_one(store), _R.QUEUED, now=_T0, retry_at=_T0 + 200)
+    await _submit(store, "X:a", "X:b", id="ready")  # two recipients, one message
+    await _submit(store, "X:c", id="scheduled", send_at=_T0 + 100)
+    await _submit(store, "X:e", id="held")
+    await store.hold("held")
+    await _submit(store, "Y:f", id="other")
+    cases = [
+        (_T0, False, 1),
+        (_T0, True, 2),
+        (_T0 + 100, False, 2),
+        (_T0 + 100, True, 3),
+        (_T0 + 200, False, 3),
+    ]
+    for now, ignore_retry, expected in cases:
+        _equal(
+            await store.count_claimable("x", now=now, ignore_retry=ignore_retry),
+            expected,
+            f"count_claimable(now={now}, ignore_retry={ignore_retry})",
+        )
+    jobs = await store.claim("x", owner="o1", now=_T0 + 100, lease=_LEASE, limit=10)
+    _equal(len(jobs), 2, "claim returns as many jobs as count_claimable said")

@@ -1,0 +1,1 @@
+"""Transport providers that ship with spoolbox (SMTP, IMAP, POP3, Maildir, ...)."""

@@ -1,0 +1,386 @@
+"""The cooperative scheduler: watchdog, failure isolation, critical sections, flush,
+idle gating and status subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from dataclasses import replace
+from typing import ClassVar
+
+import pytest
+from helpers import FAST, message, spooler, transport
+
+from spoolbox import ManualIdle, MessageState, RecipientState, SubscriberDropped
+from spoolbox.contract import BaseTransportSession, RecipientResult
+from spoolbox.model import LogonCaps, StatusCode, TransportNotifyFlags, ValidateFlags
+from spoolbox.testing import Act, Script
+
+S = StatusCode
+N = TransportNotifyFlags
+
+
+async def test_watchdog_names_a_provider_that_hogs_the_cpu(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hog = Script(submit=[Act.HOG], hog_seconds=0.03)
+    caplog.set_level(logging.WARNING, "spoolbox")
+    async with spooler(transport("hog", hog), policy=replace(FAST, slice_budget=0.005)) as sp:
+        info = await sp.submit(message("SMTP:bob@example.org"))
+        assert await sp.wait_for(info.id, timeout=5) is MessageState.SENT
+        row = sp.status["hog"]
+        stats = sp.statistics()
+    assert row.counters["slow_slices"] >= 1
+    assert row.detail is not None and "over the 5.0 ms budget" in row.detail
+    assert stats["transports"]["hog"]["longest_slice"] >= 0.03
+    assert stats["scheduler"]["overruns"] >= 1
+    assert any("'hog' overran its slice" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_provider_that_yields_is_not_named() -> None:
+    polite = Script(submit=[Act.HOG_YIELDING], hog_seconds=0.05)
+    async with spooler(transport("polite", polite), policy=replace(FAST, slice_budget=0.005)) as sp:
+        info = await sp.submit(message("SMTP:bob@example.org"))
+        assert await sp.wait_for(info.id, timeout=5) is MessageState.SENT
+        row = sp.status["polite"]
+    assert row.counters["slow_slices"] == 0
+
+
+async def test_watchdog_thread_names_a_provider_while_it_blocks_the_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    blocker = Script(submit=[Act.HOG], hog_seconds=0.4)
+    caplog.set_level(logging.WARNING, "spoolbox.watchdog")
+    pol = replace(FAST, watchdog_stall=0.1)
+    async with spooler(transport("blocker", blocker), policy=pol) as sp:
+        info = await sp.submit(message("SMTP:bob@example.org"))
+        assert await sp.wait_for(info.id, timeout=5) is MessageState.SENT
+        assert sp.meter.stalls >= 1
+    assert any("'blocker' has held the event loop" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_provider_raising_everywhere_is_isolated_and_loses_nothing() -> None:
+    broken = Script(
+        ("SMTP",),
+        submit=[Act.RAISE],
+        raise_in={"poll", "idle", "start_message", "flush_queues", "validate_state"},
+        capabilities=LogonCaps.SP_POLL | LogonCaps.SP_IDLE,
+        inbound=[b"Subject: x\r\n\r\n"],
+    )
+    good = Script(("FAX",))
+    async with spooler(transport("broken", broken), transport("good", good)) as sp:
+        bad = await sp.submit(message("SMTP:bob@example.org"))
+        fine = [await sp.submit(message(f"FAX:+1555{i}")) for i in range(5)]
+        for f in fine:
+            assert await sp.wait_for(f.id, timeout=5) is MessageState.SENT
+        for _ in range(300):
+            if sp.status["broken"].status_code & S.FAILURE:
+                break
+            await asyncio.sleep(0.01)
+        row = sp.status["broken"]
+        (rec,) = await sp.store.recipients(bad.id)
+        assert row.status_code & S.FAILURE
+        assert "ScriptedError" in (row.detail or "")
+        # Its message is kept for a later retry, never lost or failed.
+        assert rec.state is RecipientState.QUEUED
+        assert rec.attempts >= 1
+        assert rec.status == "4.3.0"
+        # Flushing it does not hang and reports the failure.
+        report = await sp.flush(transport="broken")
+        assert report.results[0].transport == "broken"
+        assert await sp.validate_state() == {"broken": "error", "good": "ok"}
+        # The good transport kept delivering throughout.
+        assert len(good.sent) == 5
+
+
+async def test_failed_logon_is_retried_and_its_messages_wait() -> None:
+    script = Script(raise_in={"logon"})
+    async with spooler(transport("flaky", script, address_types=("SMTP",))) as sp:
+        info = await sp.submit(message("SMTP:bob@example.org"))
+        await sp.wait_ready(timeout=5)
+        row = sp.status["flaky"]
+        assert row.status_code & S.FAILURE
+        assert "logon failed" in (row.detail or "")
+        script.raise_in.clear()
+        assert await sp.wait_for(info.id, timeout=5) is MessageState.SENT
+    assert script.names().count("logon") >= 2
+
+
+async def test_critical_section_stops_others_except_at_explicit_yields() -> None:
+    class Modem(BaseTransportSession):
+        ADDRESS_TYPES = ("FAX",)
+        progress: ClassVar[list[str]] = []
+
+        async def submit_message(self, message, flags):  # type: ignore[no-untyped-def]
+            async with self.support.critical_section():
+                for i in range(5):
+                    self.progress.append(f"modem-{i}")
+                    await asyncio.sleep(0.01)  # an await, but not a yield to the spooler
+                self.progress.append("modem-yield")
+                await self.support.spooler_yield()
+                self.progress.append("modem-after-yield")
+                await asyncio.sleep(0.01)
+                self.progress.append("modem-leave")
+            await self.support.status_recips(
+                message, [RecipientResult.delivered(r) for r in message.recipients]
+            )
+
+    class ModemProvider:
+        display_name = "modem"
+
+        async def logon(self, support, config, flags):  # type: ignore[no-untyped-def]
+            support.modify_status_row(update=False, status_code=S.AVAILABLE)
+            return Modem(support)
+
+        async def shutdown(self) -> None:
+            pass
+
+    class Chatty(BaseTransportSession):
+        ADDRESS_TYPES = ("SMTP",)
+
+        async def submit_message(self, message, flags):  # type: ignore[no-untyped-def]
+            for i in range(200):
+                Modem.progress.append(f"other-{i}")
+                await asyncio.sleep(0.002)
+            await self.support.status_recips(
+                message, [RecipientResult.delivered(r) for r in message.recipients]
+            )
+
+    class ChattyProvider(ModemProvider):
+        async def logon(self, support, config, flags):  # type: ignore[no-untyped-def]
+            support.modify_status_row(update=False, status_code=S.AVAILABLE)
+            return Chatty(support)
+
+    from spoolbox import TransportConfig
+
+    poller = Script(("X",), capabilities=LogonCaps.SP_POLL)
+    Modem.progress = []
+    async with spooler(
+        TransportConfig("modem", ModemProvider),
+        TransportConfig("chatty", ChattyProvider),
+        transport("poller", poller),
+    ) as sp:
+        await sp.wait_ready(timeout=5)
+        other = await sp.submit(message("SMTP:bob@example.org"))
+        while not any(p.startswith("other") for p in Modem.progress):
+            await asyncio.sleep(0.001)
+        fax = await sp.submit(message("FAX:+15551234"))
+        while "modem-0" not in Modem.progress:
+            await asyncio.sleep(0.001)
+        assert sp.critsec.holder is sp.host("modem")
+        assert (await sp.validate_state(ValidateFlags.NONE, transport="modem")) == {"modem": "busy"}
+        await sp.wait_for(fax.id, timeout=10)
+        await sp.wait_for(other.id, timeout=10)
+    seq = Modem.progress
+    start, yielded = seq.index("modem-0"), seq.index("modem-yield")
+    after, leave = seq.index("modem-after-yield"), seq.index("modem-leave")
+    # Inside the section, before the explicit yield: nobody else ran.
+    assert all(p.startswith("modem") for p in seq[start:yielded])
+    # At the explicit yield the others got a turn (at most one step each).
+    between = seq[yielded + 1 : after]
+    assert 1 <= len(between) <= 2
+    assert all(p.startswith("other") for p in between)
+    # After it, until the holder left, nobody else again.
+    assert all(p.startswith("modem") for p in seq[after : leave + 1])
+    assert sp.critsec.entries == 1
+
+
+async def test_no_polls_or_idles_while_a_critical_section_is_held() -> None:
+    poller = Script(("X",), capabilities=LogonCaps.SP_POLL | LogonCaps.SP_IDLE)
+    holder = Script(("FAX",))
+    async with spooler(transport("poller", poller), transport("holder", holder)) as sp:
+        await sp.wait_ready(timeout=5)
+        host = sp.host("holder")
+        await sp.critsec.enter(host)
+        await asyncio.sleep(0.03)
+        before = [c for c in poller.names() if c in ("poll", "idle")]
+        await asyncio.sleep(0.2)  # several poll and idle intervals
+        during = [c for c in poller.names() if c in ("poll", "idle")]
+        sp.critsec.leave(host)
+        await asyncio.sleep(0.2)
+        after = [c for c in poller.names() if c in ("poll", "idle")]
+    assert during == before
+    assert len(after) > len(during)
+
+
+async def test_critical_section_overrun_is_reported() -> None:
+    holder = Script(("FAX",))
+    async with spooler(transport("holder", holder), policy=replace(FAST, critsec_max=0.05)) as sp:
+        await sp.wait_ready(timeout=5)
+        host = sp.host("holder")
+        async with host.support.critical_section():
+            await asyncio.sleep(0.12)
+        row = sp.status["holder"]
+    assert sp.critsec.overruns == 1
+    assert "critical section" in (row.detail or "")
+
+
+async def test_flush_sets_and_clears_bits_reports_progress_and_finishes() -> None:
+    clock_script = Script(("SMTP",), submit=[Act.FAIL_TEMP] * 10 + [Act.SUCCEED])
+    async with spooler(transport("smtp", clock_script)) as sp:
+        ids = [(await sp.submit(message(f"SMTP:u{i}@x.org"))).id for i in range(10)]
+        for i in ids:
+            await sp.wait_for(i, [MessageState.DEFERRED], timeout=5)
+        changes = []
+        sub = sp.subscribe(name="test")
+
+        async def watch() -> None:
+            async for ch in sub:
+                if ch.name == "smtp":
+                    changes.append(ch)
+
+        watcher = asyncio.create_task(watch())
+        report = await sp.flush(download=False)
+        sub.close()
+        await watcher
+        for i in ids:
+            assert await sp.store.state_of(i, now=sp.clock.now()) is MessageState.SENT
+    result = report.for_transport("smtp")
+    assert result.uploaded == 10 and not result.cancelled
+    set_at = [i for i, c in enumerate(changes) if c.bits_set & S.OUTBOUND_FLUSH]
+    cleared_at = [i for i, c in enumerate(changes) if c.bits_cleared & S.OUTBOUND_FLUSH]
+    assert set_at and cleared_at and set_at[0] < cleared_at[-1]
+    assert changes[-1].new is not None and not changes[-1].new.status_code & S.OUTBOUND_FLUSH
+    progress = [c.new.progress for c in changes if c.new is not None and c.new.progress]
+    assert progress and progress[-1].total == 10
+    assert any(p.done == 10 for p in progress)
+    flush_calls = [d for c, d in clock_script.calls if c == "flush_queues"]
+    notes = [d for c, d in clock_script.calls if c == "transport_notify"]
+    assert len(flush_calls) == 1
+    assert N.BEGIN_OUTBOUND_FLUSH in notes and N.END_OUTBOUND_FLUSH in notes
+
+
+async def test_flush_progress_is_published_at_least_four_times_a_second() -> None:
+    slow = Script(("SMTP",), submit=[Act.HOG_YIELDING], hog_seconds=0.1)
+    async with spooler(transport("slow", slow)) as sp:
+        for i in range(6):
+            await sp.submit(message(f"SMTP:u{i}@x.org"))
+        await asyncio.sleep(0.05)
+        stamps: list[float] = []
+        remove = sp.status.add_observer(
+            lambda ch: (
+                stamps.append(time.perf_counter())
+                if ch.name == "slow" and ch.new is not None and ch.new.progress
+                else None
+            )
+        )
+        t0 = time.perf_counter()
+        await sp.flush(download=False)
+        took = time.perf_counter() - t0
+        remove()
+    assert took > 0.3
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    assert len(stamps) >= 4 * took * 0.8
+    assert max(gaps) < 0.25 + 0.15  # policy.progress_interval 0.2 s, plus scheduling slack
+
+
+async def test_flush_can_be_cancelled_per_transport_and_as_a_whole() -> None:
+    a = Script(("SMTP",), submit=[Act.HANG])
+    b = Script(("FAX",))
+    async with spooler(transport("a", a), transport("b", b)) as sp:
+        with sp.foreground_busy():
+            hang = await sp.submit(message("SMTP:bob@example.org"))
+            fax = await sp.submit(message("FAX:+1555"))
+            handle = sp.start_flush(download=False)
+            while "submit_message" not in a.names():
+                await asyncio.sleep(0.005)
+            handle.cancel("a")
+            report = await handle
+        assert [r.transport for r in report.results] == ["a", "b"]
+        assert report.for_transport("a").cancelled
+        assert report.for_transport("b").uploaded == 1
+        assert await sp.wait_for(fax.id, timeout=5) is MessageState.SENT
+        assert not sp.status["a"].status_code & S.OUTBOUND_FLUSH
+        # The hung message was not touched by the cancel: still in a's hands.
+        assert await sp.store.state_of(hang.id, now=sp.clock.now()) is MessageState.ACTIVE
+        # Cancelling the caller of flush() cancels the whole flush.
+        task = asyncio.create_task(sp.flush(download=False))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not sp.status["a"].status_code & S.OUTBOUND_FLUSH
+        await sp.cancel(hang.id)
+
+
+async def test_provider_can_start_its_own_flush_by_setting_a_bit() -> None:
+    script = Script(("SMTP",), submit=[Act.DEFER, Act.SUCCEED])
+    async with spooler(transport("smtp", script), idle=ManualIdle()) as sp:
+        await sp.wait_ready(timeout=5)
+        info = await sp.submit(message("SMTP:bob@example.org"))
+        await sp.wait_for(info.id, [MessageState.DEFERRED], timeout=5)
+        from spoolbox.model import SpoolerNotifyFlags
+
+        assert isinstance(sp.idle, ManualIdle)
+        sp.idle.set_busy(True)  # background work held back...
+        support = sp.host("smtp").support
+        support.spooler_notify(SpoolerNotifyFlags.SENTDEFERRED, None)
+        support.modify_status_row(set_bits=S.OUTBOUND_FLUSH)  # ...but a flush is not
+        assert await sp.wait_for(info.id, timeout=5) is MessageState.SENT
+        assert "flush_queues" in script.names()
+
+
+async def test_background_work_waits_for_the_foreground() -> None:
+    script = Script(("SMTP",))
+    async with spooler(transport("smtp", script)) as sp:
+        await sp.wait_ready(timeout=5)
+        with sp.foreground_busy():
+            info = await sp.submit(message("SMTP:bob@example.org"))
+            await asyncio.sleep(0.1)
+            assert "submit_message" not in script.names()
+        assert await sp.wait_for(info.id, timeout=5) is MessageState.SENT
+
+
+async def test_a_slow_subscriber_is_dropped_and_delivery_goes_on() -> None:
+    async with spooler(transport("smtp", Script())) as sp:
+        sub = sp.subscribe(maxsize=3, name="slow")
+        ids = [(await sp.submit(message(f"SMTP:u{i}@x.org"))).id for i in range(20)]
+        for i in ids:
+            assert await sp.wait_for(i, timeout=5) is MessageState.SENT
+        assert sub.dropped
+        with pytest.raises(SubscriberDropped):
+            async for _ in sub:
+                pass
+        assert sp.status.statistics()["subscribers_dropped"] == 1
+
+
+async def test_a_raising_observer_is_removed_and_delivery_goes_on() -> None:
+    async with spooler(transport("smtp", Script())) as sp:
+
+        def bad(_change: object) -> None:
+            raise ValueError("observer bug")
+
+        sp.status.add_observer(bad)
+        info = await sp.submit(message("SMTP:bob@example.org"))
+        assert await sp.wait_for(info.id, timeout=5) is MessageState.SENT
+        assert sp.status.statistics()["subscribers_dropped"] == 1
+
+
+async def test_blocking_code_runs_in_a_thread() -> None:
+    async with spooler(transport("smtp", Script())) as sp:
+        await sp.wait_ready(timeout=5)
+        support = sp.host("smtp").support
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.005)
+
+        t = asyncio.create_task(ticker())
+        await support.run_blocking(time.sleep, 0.2)
+        t.cancel()
+    assert ticks >= 10  # the loop kept running while the blocking call slept
+
+
+async def test_support_object_is_dead_after_logoff() -> None:
+    from spoolbox.contract import InvalidObject
+
+    async with spooler(transport("smtp", Script())) as sp:
+        await sp.wait_ready(timeout=5)
+        support = sp.host("smtp").support
+    with pytest.raises(InvalidObject):
+        await support.spooler_yield()

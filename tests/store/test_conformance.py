@@ -1,0 +1,147 @@
+"""Every store backend passes every conformance check, and the suite catches broken stores."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from spoolbox.model import MessageInfo, NewMessage, RecipientState
+from spoolbox.store.base import ClaimedJob, InboundMessage, RecipientUpdate, Store
+from spoolbox.store.memory import MemoryStore
+from spoolbox.store.sqlite import SQLiteStore
+from spoolbox.testing import store_conformance
+from spoolbox.testing.store_conformance import STORE_CHECKS, check_store, run_store_check
+
+BACKENDS = ("memory", "sqlite")
+
+
+def _factory(backend: str, tmp_path: Path) -> Callable[[], Store]:
+    counter = itertools.count()
+    if backend == "memory":
+        return MemoryStore
+    # NORMAL keeps the suite fast; durability has its own tests in test_sqlite.py.
+    return lambda: SQLiteStore(tmp_path / f"store-{next(counter)}.db", synchronous="NORMAL")
+
+
+@pytest.mark.parametrize("check", list(STORE_CHECKS))
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_store_check(backend: str, check: str, tmp_path: Path) -> None:
+    await run_store_check(check, _factory(backend, tmp_path))
+
+
+def test_the_suite_covers_every_store_method() -> None:
+    methods = {
+        name for name in dir(Store) if not name.startswith("_") and callable(getattr(Store, name))
+    } - {"open", "close"}
+    source = inspect.getsource(store_conformance)
+    missing = sorted(m for m in methods if f".{m}(" not in source)
+    assert missing == []
+    assert len(STORE_CHECKS) >= 30
+
+
+async def test_check_store_passes_for_the_memory_store() -> None:
+    await check_store(MemoryStore)
+
+
+async def test_check_store_accepts_an_async_factory(tmp_path: Path) -> None:
+    opened: list[MemoryStore] = []
+
+    async def factory() -> MemoryStore:
+        store = MemoryStore()
+        opened.append(store)
+        return store
+
+    await check_store(factory)
+    assert len(opened) == len(STORE_CHECKS)  # a fresh store per check
+
+
+# -- the suite has teeth: broken stores fail the checks that cover what they break ------
+
+
+class _IgnoresPriority(MemoryStore):
+    async def claim(
+        self,
+        transport: str,
+        *,
+        owner: str,
+        now: float,
+        lease: float,
+        limit: int = 1,
+        ignore_retry: bool = False,
+    ) -> list[ClaimedJob]:
+        # Takes everything, then hands back the lowest priority first.
+        jobs = await super().claim(
+            transport, owner=owner, now=now, lease=lease, limit=1000, ignore_retry=ignore_retry
+        )
+        jobs.sort(key=lambda j: int(j.message.priority))
+        for extra in jobs[limit:]:
+            await self.settle(
+                extra.message.id,
+                [RecipientUpdate(r.index, RecipientState.QUEUED) for r in extra.recipients],
+                owner=owner,
+                now=now,
+            )
+        return jobs[:limit]
+
+
+class _SubmitsTwice(MemoryStore):
+    async def submit(self, message: NewMessage, *, now: float, lifetime: float) -> MessageInfo:
+        if message.id in self._messages:
+            fresh = NewMessage(
+                sender=message.sender,
+                recipients=message.recipients,
+                content=message.content,
+                id=message.id + "-again",
+            )
+            return await super().submit(fresh, now=now, lifetime=lifetime)
+        return await super().submit(message, now=now, lifetime=lifetime)
+
+
+class _SettlesHalfway(MemoryStore):
+    async def settle(
+        self,
+        message_id: str,
+        updates: Sequence[RecipientUpdate],
+        *,
+        owner: str | None,
+        now: float,
+        reports: Sequence[NewMessage] = (),
+        inbox_reports: Sequence[InboundMessage] = (),
+    ) -> MessageInfo:
+        # Applies the updates one by one: an illegal one leaves the earlier ones done.
+        for u in updates:
+            await super().settle(message_id, [u], owner=owner, now=now)
+        return await super().settle(
+            message_id, [], owner=owner, now=now, reports=reports, inbox_reports=inbox_reports
+        )
+
+
+class _ForgetfulCounts(MemoryStore):
+    async def counts(self) -> dict[RecipientState, int]:
+        counts = await super().counts()
+        counts[RecipientState.HELD] = 0
+        return counts
+
+
+@pytest.mark.parametrize(
+    ("broken", "failing_check"),
+    [
+        (_IgnoresPriority, "claim_priority_order"),
+        (_SubmitsTwice, "submit_is_idempotent"),
+        (_SettlesHalfway, "settle_is_all_or_nothing"),
+        (_ForgetfulCounts, "counts_are_maintained"),
+    ],
+    ids=["ignores-priority", "submits-twice", "settles-halfway", "forgetful-counts"],
+)
+async def test_check_store_names_the_failing_check(
+    broken: Callable[[], Store], failing_check: str
+) -> None:
+    with pytest.raises(AssertionError) as info:
+        await check_store(broken)
+    assert failing_check in str(info.value)
+    with pytest.raises(AssertionError):
+        await run_store_check(failing_check, broken)

@@ -1,0 +1,425 @@
+"""What the SQLite store promises beyond the protocol: durability, group commit, one
+thread off the event loop, safe claims across processes, careful opening, indexes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from spoolbox.model import Address, NewMessage, RecipientState
+from spoolbox.store import _sqlite_schema as schema
+from spoolbox.store.base import InboundMessage, RecipientUpdate, StoreError
+from spoolbox.store.sqlite import SQLiteStore
+
+T0 = 1000.0
+
+
+def _message(i: int, *recipients: str, size: int = 0) -> NewMessage:
+    body = b"x" * size if size else b"body\r\n"
+    return NewMessage(
+        sender=Address.parse("SMTP:alice@example.org"),
+        recipients=tuple(Address.parse(r) for r in (recipients or ("X:bob",))),
+        content=b"Subject: message %d\r\n\r\n" % i + body,
+        id=f"m{i:04d}",
+    )
+
+
+@contextlib.contextmanager
+def _raw(path: Path) -> Iterator[sqlite3.Connection]:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _snapshot_dir(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> object:
+    s = SQLiteStore(tmp_path / "spool.db")
+    await s.open()
+    yield s
+    await s.close()
+
+
+# -- group commit and durability ---------------------------------------------------------
+
+
+async def test_concurrent_submits_share_commits(store: SQLiteStore) -> None:
+    before = store.statistics()
+    infos = await asyncio.gather(
+        *(store.submit(_message(i), now=T0, lifetime=3600) for i in range(50))
+    )
+    after = store.statistics()
+    assert sorted(i.id for i in infos) == [f"m{i:04d}" for i in range(50)]
+    assert after["submits"] == before["submits"] + 50  # type: ignore[operator]
+    commits = after["commits"] - before["commits"]  # type: ignore[operator]
+    assert 1 <= commits <= 5
+    assert (await store.counts())[RecipientState.QUEUED] == 50
+
+
+async def test_submits_arriving_during_a_commit_join_the_next_batch(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    async with SQLiteStore(path) as store:
+        with _raw(path) as other:
+            other.execute("BEGIN IMMEDIATE")  # the first batch waits for this lock
+            tasks = []
+            for i in range(4):  # one submit per turn of the loop
+                tasks.append(
+                    asyncio.ensure_future(store.submit(_message(i), now=T0, lifetime=3600))
+                )
+                await asyncio.sleep(0)  # a single yield to the loop, not a wait
+            assert not any(t.done() for t in tasks)
+            other.execute("ROLLBACK")
+        await asyncio.gather(*tasks)
+        stats = store.statistics()
+        assert stats["submits"] == 4
+        # Without group commit across turns this would be 4 commits.
+        assert stats["commits"] == stats["submit_batches"]
+        assert 1 <= stats["submit_batches"] <= 2  # type: ignore[operator]
+
+
+async def test_a_submit_returns_after_its_batch_committed(tmp_path: Path) -> None:
+    # Another connection sees only committed data: each submit is visible to it as soon
+    # as that submit returns.
+    path = tmp_path / "spool.db"
+    async with SQLiteStore(path) as writer, SQLiteStore(path) as reader:
+        pending = [writer.submit(_message(i), now=T0, lifetime=3600) for i in range(20)]
+        for done in asyncio.as_completed(pending):
+            info = await done
+            assert (await reader.get_message(info.id)).id == info.id
+
+
+async def test_a_refused_submit_does_not_spoil_its_batch(store: SQLiteStore) -> None:
+    good, other = _message(1), _message(2)
+    clash = NewMessage(
+        sender=None, recipients=good.recipients, content=b"Subject: other\r\n\r\n", id=good.id
+    )
+    results = await asyncio.gather(
+        store.submit(good, now=T0, lifetime=3600),
+        store.submit(clash, now=T0, lifetime=3600),
+        store.submit(other, now=T0, lifetime=3600),
+        return_exceptions=True,
+    )
+    assert [type(r).__name__ for r in results] == ["MessageInfo", "StoreError", "MessageInfo"]
+    assert "already used" in str(results[1])
+    assert await store.read_content(good.id) == good.content
+    assert store.statistics()["submit_batches"] == 1
+
+
+async def test_close_commits_pending_submits(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    store = SQLiteStore(path)
+    await store.open()
+    tasks = [
+        asyncio.ensure_future(store.submit(_message(i), now=T0, lifetime=3600)) for i in range(5)
+    ]
+    await asyncio.sleep(0)  # one yield: the submits are queued, not yet committed
+    await store.close()
+    assert [(await t).id for t in tasks] == [f"m{i:04d}" for i in range(5)]
+    async with SQLiteStore(path) as again:
+        assert len(await again.list_messages(now=T0)) == 5
+
+
+async def test_everything_survives_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    big = _message(1, "X:a", "Y:b", size=700_000)
+    async with SQLiteStore(path) as store:
+        await store.submit(big, now=T0, lifetime=3600)
+        await store.assign_routes([(big.id, 0, "x"), (big.id, 1, "y")])
+        [job] = await store.claim("x", owner="o1", now=T0, lease=30)
+        await store.settle(
+            big.id,
+            [RecipientUpdate(0, RecipientState.QUEUED, "4.4.1", "later", retry_at=T0 + 60)],
+            owner="o1",
+            now=T0 + 1,
+        )
+        await store.hold(big.id)
+        entry = await store.deliver_inbound(
+            InboundMessage("imap", b"Subject: in\r\n\r\nhi\r\n", remote_id="1:2"),
+            profile_updates={"imap": {"uid": 2}},
+        )
+        before = (
+            await store.list_messages(now=T0 + 2),
+            await store.counts(),
+            await store.list_inbox(),
+        )
+    async with SQLiteStore(path) as store:
+        after = (
+            await store.list_messages(now=T0 + 2),
+            await store.counts(),
+            await store.list_inbox(),
+        )
+        assert after == before
+        assert await store.read_content(big.id) == big.content
+        assert await store.read_inbox(entry.id) == b"Subject: in\r\n\r\nhi\r\n"
+        assert await store.profile_get("imap") == {"uid": 2}
+        assert (await store.recipients(big.id))[0].retry_at == T0 + 60
+        assert job.recipients[0].index == 0
+
+
+# -- threads and the event loop ---------------------------------------------------------
+
+
+async def test_the_event_loop_runs_while_the_database_is_busy(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    async with SQLiteStore(path) as store:
+        await store.submit(_message(1), now=T0, lifetime=3600)
+        await store.assign_routes([("m0001", 0, "x")])
+        with _raw(path) as other:
+            other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+            claim = asyncio.ensure_future(store.claim("x", owner="o1", now=T0, lease=30))
+            turns = 0
+            for _ in range(100):
+                await asyncio.sleep(0)
+                turns += 1
+            assert turns == 100
+            assert not claim.done()  # waiting on the lock, in the store's thread
+            other.execute("ROLLBACK")
+        [job] = await claim
+        assert job.message.id == "m0001"
+
+
+async def test_the_thread_ends_with_close(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "spool.db")
+    await store.open()
+    name = f"spoolbox-sqlite {tmp_path / 'spool.db'}"
+    assert [t.name for t in threading.enumerate()].count(name) == 1
+    await store.close()
+    assert name not in [t.name for t in threading.enumerate()]
+
+
+async def test_lifecycle_errors(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "spool.db")
+    with pytest.raises(StoreError, match="not open"):
+        await store.counts()
+    with pytest.raises(StoreError, match="not open"):
+        await store.submit(_message(1), now=T0, lifetime=3600)
+    await store.open()
+    with pytest.raises(StoreError, match="already open"):
+        await store.open()
+    await store.submit(_message(1), now=T0, lifetime=3600)
+    await store.close()
+    await store.close()  # twice is fine
+    with pytest.raises(StoreError, match="not open"):
+        await store.get_message("m0001")
+    await store.open()  # and it opens again
+    assert (await store.get_message("m0001")).id == "m0001"
+    await store.close()
+
+
+def test_synchronous_mode_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="synchronous must be one of"):
+        SQLiteStore(tmp_path / "x.db", synchronous="SOMETIMES")
+
+
+async def test_pragmas(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "full.db") as store:
+        assert store.statistics()["pragmas"] == {
+            "journal_mode": "wal",
+            "synchronous": 2,
+            "foreign_keys": 1,
+            "user_version": schema.SCHEMA_VERSION,
+        }
+    async with SQLiteStore(tmp_path / "normal.db", synchronous="normal") as store:
+        assert store.statistics()["pragmas"]["synchronous"] == 1  # type: ignore[index]
+    with _raw(tmp_path / "full.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA application_id").fetchone()[0] == schema.APPLICATION_ID
+
+
+# -- two spoolers on one file -----------------------------------------------------------
+
+
+async def test_two_stores_on_one_file_never_claim_the_same_recipient(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    async with SQLiteStore(path) as a, SQLiteStore(path) as b:
+        for i in range(40):
+            await a.submit(_message(i, "X:one", "X:two"), now=T0, lifetime=3600)
+        await a.assign_routes([(f"m{i:04d}", k, "x") for i in range(40) for k in (0, 1)])
+
+        async def drain(store: SQLiteStore, owner: str) -> list[tuple[str, int]]:
+            got: list[tuple[str, int]] = []
+            while jobs := await store.claim("x", owner=owner, now=T0, lease=30, limit=3):
+                got += [(r.message_id, r.index) for j in jobs for r in j.recipients]
+            return got
+
+        got_a, got_b = await asyncio.gather(drain(a, "a"), drain(b, "b"))
+        claimed = got_a + got_b
+        assert len(claimed) == len(set(claimed)) == 80
+        assert (await b.counts())[RecipientState.ACTIVE] == 80
+        assert await a.release_owner("b") == len(got_b)
+
+
+# -- opening files that are not ours, or not for us --------------------------------------
+
+
+async def test_a_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    async with SQLiteStore(path) as store:
+        await store.submit(_message(1), now=T0, lifetime=3600)
+    newer = schema.SCHEMA_VERSION + 5
+    with _raw(path) as conn:
+        conn.execute(f"PRAGMA user_version = {newer}")
+    before = _snapshot_dir(tmp_path)
+    store = SQLiteStore(path)
+    with pytest.raises(StoreError) as info:
+        await store.open()
+    message = str(info.value)
+    assert str(path) in message
+    assert f"version {newer}" in message
+    assert f"up to {schema.SCHEMA_VERSION}" in message
+    assert _snapshot_dir(tmp_path) == before
+    await store.close()  # nothing to close: a no-op
+
+
+async def test_random_bytes_are_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    path.write_bytes(random.Random(1).randbytes(3 * 4096))
+    before = _snapshot_dir(tmp_path)
+    with pytest.raises(StoreError, match="not a SQLite database") as info:
+        await SQLiteStore(path).open()
+    assert str(path) in str(info.value)
+    assert _snapshot_dir(tmp_path) == before
+
+
+async def test_a_corrupt_database_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    async with SQLiteStore(path) as store:
+        await store.submit(_message(1), now=T0, lifetime=3600)
+    data = bytearray(path.read_bytes())
+    data[100:4096] = random.Random(2).randbytes(4096 - 100)  # the schema page, after the header
+    path.write_bytes(bytes(data))
+    before = _snapshot_dir(tmp_path)
+    with pytest.raises(StoreError) as info:
+        await SQLiteStore(path).open()
+    assert str(path) in str(info.value)
+    assert _snapshot_dir(tmp_path) == before
+
+
+async def test_another_programs_database_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with _raw(path) as conn:
+        conn.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY)")
+    before = _snapshot_dir(tmp_path)
+    with pytest.raises(StoreError, match="not a spoolbox store") as info:
+        await SQLiteStore(path).open()
+    assert str(path) in str(info.value)
+    assert _snapshot_dir(tmp_path) == before
+
+
+# -- schema, migrations, indexes --------------------------------------------------------
+
+
+def test_every_migration_splits_into_complete_statements() -> None:
+    assert len(schema.MIGRATIONS) == schema.SCHEMA_VERSION
+    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+        for script in schema.MIGRATIONS:
+            statements = schema.split_statements(script)
+            assert statements
+            for statement in statements:
+                assert sqlite3.complete_statement(statement)
+                conn.execute(statement)
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    assert {"messages", "recipients", "blobs", "blob_chunks", "inbox", "profile"} <= tables
+    with pytest.raises(ValueError, match="incomplete"):
+        schema.split_statements("CREATE TABLE t (x);\nCREATE TABLE u (y)\n")
+
+
+async def test_pending_migrations_run_on_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "spool.db"
+    async with SQLiteStore(path) as store:
+        await store.submit(_message(1), now=T0, lifetime=3600)
+    extra = "CREATE TABLE extra (x INTEGER);\nINSERT INTO extra (x) VALUES (7);\n"
+    monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, extra))
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", len(schema.MIGRATIONS))
+    async with SQLiteStore(path) as store:
+        assert (await store.get_message("m0001")).id == "m0001"
+        assert store.statistics()["pragmas"]["user_version"] == schema.SCHEMA_VERSION  # type: ignore[index]
+    with _raw(path) as conn:
+        assert conn.execute("SELECT x FROM extra").fetchall() == [(7,)]
+
+
+def _plan(conn: sqlite3.Connection, sql: str) -> list[str]:
+    params = (None,) * sql.count("?")
+    return [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "CLAIM_READY",
+        "CLAIM_FLUSH",
+        "COUNT_READY",
+        "COUNT_FLUSH",
+        "NEXT_READY",
+        "SELECT_RETRYING",
+        "SELECT_UNROUTED",
+        "SELECT_LEASE_EXPIRED",
+        "SELECT_LEASED_BY",
+        "SELECT_EXPIRED",
+        "SELECT_PARKED",
+        "CLAIMABLE_OF_MESSAGE",
+        "SELECT_RECIPIENTS",
+    ],
+)
+async def test_hot_queries_do_not_scan_the_queue(tmp_path: Path, query: str) -> None:
+    path = tmp_path / "spool.db"
+    async with SQLiteStore(path):
+        pass
+    with _raw(path) as conn:
+        plan = _plan(conn, getattr(schema, query))
+    assert plan
+    assert all("USING" in step for step in plan if "recipients" in step), plan
+    # Rows come in index order: no sort of the ready rows before the first is taken.
+    assert not any("TEMP B-TREE FOR ORDER BY" in step for step in plan), plan
+
+
+async def test_counts_read_the_counters_not_the_queue(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    async with SQLiteStore(path):
+        pass
+    with _raw(path) as conn:
+        plan = _plan(conn, schema.SELECT_COUNTS)
+    assert plan
+    assert not any("recipients " in step for step in plan), plan
+
+
+async def test_content_is_stored_once_in_chunks(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    message = _message(1, size=3 * schema.CHUNK_SIZE + 10)
+    async with SQLiteStore(path) as store:
+        await store.submit(message, now=T0, lifetime=3600)
+        await store.submit(message, now=T0, lifetime=3600)
+        chunks = [c async for c in store.iter_content(message.id, chunk_size=100_000)]
+    assert b"".join(chunks) == message.content
+    with _raw(path) as conn:
+        assert conn.execute("SELECT count(*) FROM blobs").fetchone()[0] == 1
+        rows = conn.execute("SELECT length(data) FROM blob_chunks ORDER BY seq").fetchall()
+    assert [n for (n,) in rows] == [schema.CHUNK_SIZE] * 3 + [
+        len(message.content) - 3 * schema.CHUNK_SIZE
+    ]
+
+
+async def test_profile_values_must_be_json(store: SQLiteStore) -> None:
+    with pytest.raises(StoreError, match=r"s\.k"):
+        await store.profile_update("s", {"ok": 1, "k": object()})
+    assert await store.profile_get("s") == {}
+    with pytest.raises(StoreError, match="JSON"):
+        await store.deliver_inbound(
+            InboundMessage("imap", b"Subject: x\r\n\r\n"),
+            profile_updates={"s": {"n": float("nan")}},
+        )
+    assert await store.list_inbox() == []
