@@ -45,7 +45,10 @@ async def test_a_provider_that_yields_is_not_named() -> None:
         info = await sp.submit(message("SMTP:bob@example.org"))
         assert await sp.wait_for(info.id, timeout=5) is MessageState.SENT
         row = sp.status["polite"]
-    assert row.counters["slow_slices"] == 0
+    # It cut its 50 ms of work into slices (at least ten of at most 5 ms); on a noisy
+    # machine the OS may stretch a few of them, but not most.
+    assert row.counters["slices"] >= 10
+    assert row.counters["slow_slices"] <= row.counters["slices"] // 3
 
 
 async def test_watchdog_thread_names_a_provider_while_it_blocks_the_loop(
