@@ -105,6 +105,7 @@ class Spooler:
         self._providers: dict[type, Any] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._route_event = asyncio.Event()
+        self._route_lock = asyncio.Lock()  # one routing pass at a time (router, flush)
         self._settled = asyncio.Event()
         self._received_event = asyncio.Event()
         self._inbox_waiters: list[asyncio.Future[InboxEntry]] = []
@@ -434,6 +435,10 @@ class Spooler:
         await self._route_once()
 
     async def _route_once(self) -> None:
+        async with self._route_lock:
+            await self._route_pass()
+
+    async def _route_pass(self) -> None:
         table = self.routing_table()
         while True:
             records = await self.store.unrouted(limit=1000)
@@ -500,6 +505,8 @@ class Spooler:
             if u.state in (_R.DELIVERED, _R.FAILED, _R.CANCELLED):
                 self.counters[str(u.state)] += 1
         self.counters["reports"] += reports
+        if SPOOLER_ROW in self.status:
+            self.status.update(SPOOLER_ROW, counters=dict(self.counters))
         self._settled.set()
         if reports:
             self.routing_changed()
@@ -575,6 +582,8 @@ class Spooler:
     # -- internal: events from hosts -------------------------------------------------------
     def received(self, entry: InboxEntry) -> None:
         self.counters["received"] += 1
+        if SPOOLER_ROW in self.status:
+            self.status.update(SPOOLER_ROW, counters=dict(self.counters))
         self._received_event.set()
         for fut in self._inbox_waiters:
             if not fut.done():
