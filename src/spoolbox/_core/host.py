@@ -22,6 +22,7 @@ import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..contract.errors import (
@@ -45,6 +46,7 @@ from ..model import (
     Outcome,
     Progress,
     RecipientResult,
+    RecipientState,
     ResourceType,
     SpoolerNotifyFlags,
     StatusCode,
@@ -485,6 +487,27 @@ class TransportHost:
         sp = self.spooler
         session = self._require_session()
         mid = job.message.id
+        # Recipients whose destination is in back-off wait for it without an attempt.
+        waiting = [
+            (r, until)
+            for r in job.recipients
+            if (until := sp.destination_wait(self.name, r.address)) is not None
+        ]
+        if waiting:
+            from ..store import RecipientUpdate
+
+            await sp.settle(
+                replace(job, recipients=tuple(r for r, _ in waiting)),
+                [
+                    RecipientUpdate(r.index, RecipientState.QUEUED, retry_at=until)
+                    for r, until in waiting
+                ],
+            )
+            held = {r.index for r, _ in waiting}
+            job = replace(job, recipients=tuple(r for r in job.recipients if r.index not in held))
+            if not job.recipients:
+                self.job_done.set()
+                return
         deferred = any(r.diagnostic == PARKED_NOTE for r in job.recipients)
         flags = SubmitFlags.BEGIN_DEFERRED if deferred else SubmitFlags.NONE
         msg = OutboundMessageImpl(job, sp.store, self.implicit_yield, flags)

@@ -60,6 +60,14 @@ class Policy:
     shutdown_grace: float = 10.0  # finish in-flight work this long on shutdown
     claim_batch: int = 1  # messages claimed per store round trip per lane
     call_timeout: float = 600.0  # a provider call running longer is cancelled and failed
+    #: Send one delay report (RFC 3464 Action: delayed) for a recipient still deferred
+    #: this long after its first temporary failure, when its sender asked for delay
+    #: reports (NOTIFY=DELAY).  None: never.
+    delay_warning_after: float | None = 4 * 3600.0
+    #: Per-destination back-off: after a temporary failure to a destination (the part
+    #: after "@", or the whole address), other recipients for it wait too instead of
+    #: hammering it; it doubles with each failure up to ``retry_cap``.
+    destination_backoff: bool = True
 
     def __post_init__(self) -> None:
         for name in ("slice_budget", "lease", "lifetime", "retry_base", "retry_cap"):

@@ -23,6 +23,7 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Coroutine, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -32,6 +33,7 @@ from ..model import (
     MessageInfo,
     MessageState,
     NewMessage,
+    Notify,
     Outcome,
     RecipientResult,
     RecipientState,
@@ -57,7 +59,7 @@ from .critsec import CriticalSections
 from .flush import FlushHandle, FlushReport
 from .host import TransportHost
 from .idle import IdlePolicy, LoopLagIdle
-from .policy import Policy
+from .policy import Policy, backoff
 from .slices import SliceMeter
 
 __all__ = ["Spooler"]
@@ -114,6 +116,7 @@ class Spooler:
         self._started_at = 0.0
         self.counters: dict[str, int] = defaultdict(int)
         self._stalls: list[tuple[str, float]] = []
+        self._destinations: dict[tuple[str, str], tuple[int, float]] = {}
         self._spawned: list[asyncio.Task[Any]] = []
 
     def __repr__(self) -> str:
@@ -471,6 +474,8 @@ class Spooler:
         *,
         results: Sequence[RecipientResult] = (),
     ) -> None:
+        self._destinations_learn(job, updates)
+        updates = self._mark_delays(job.message, job.recipients, updates)
         reports, inbox = await self._reports(job.message, job.recipients, updates, results)
         try:
             await self.store.settle(
@@ -489,6 +494,7 @@ class Spooler:
     async def _settle_unowned(self, message_id: str, updates: Sequence[RecipientUpdate]) -> None:
         info = await self.store.get_message(message_id)
         recs = await self.store.recipients(message_id)
+        updates = self._mark_delays(info, recs, updates)
         reports, inbox = await self._reports(info, recs, updates, ())
         await self.store.settle(
             message_id,
@@ -526,19 +532,27 @@ class Spooler:
             rec = by_index.get(u.index)
             if rec is None:
                 continue
+            until: float | None = None
             if u.state is _R.FAILED:
                 kind = ReportKind.FAILURE
+                status = u.status if u.status and u.status[0] in "45" else "5.0.0"
             elif u.state is _R.DELIVERED:
                 kind = ReportKind.SUCCESS
+                status = u.status if u.status and u.status[0] == "2" else "2.0.0"
+            elif u.delay_warned and not rec.delay_warned:
+                kind = ReportKind.DELAY
+                status = u.status if u.status and u.status[0] == "4" else "4.0.0"
+                until = info.expires_at
             else:
                 continue
             kinds[kind].append(
                 ReportItem(
                     address=rec.address,
-                    status=u.status or ("5.0.0" if kind is ReportKind.FAILURE else "2.0.0"),
+                    status=status,
                     diagnostic=u.diagnostic or "",
                     remote_mta=remote.get(u.index),
                     last_attempt=now,
+                    will_retry_until=until,
                 )
             )
         if not kinds:
@@ -572,6 +586,64 @@ class Spooler:
             else:
                 out.append(msg)
         return out, inbox
+
+    def _mark_delays(
+        self, info: MessageInfo, recipients: Sequence[Any], updates: Sequence[RecipientUpdate]
+    ) -> list[RecipientUpdate]:
+        """Flag the deferrals that call for the (single) delay report of a recipient."""
+        after = self.policy.delay_warning_after
+        out = list(updates)
+        if after is None or not info.notify & Notify.DELAY or info.is_report:
+            return out
+        by_index = {r.index: r for r in recipients}
+        now = self.clock.now()
+        for i, u in enumerate(out):
+            rec = by_index.get(u.index)
+            if rec is None or rec.delay_warned or u.state is not _R.QUEUED:
+                continue
+            if not (u.status or "").startswith("4"):
+                continue
+            first = rec.first_failed_at if rec.first_failed_at is not None else now
+            if now - first >= after:
+                out[i] = replace(u, delay_warned=True)
+        return out
+
+    # -- per-destination back-off ---------------------------------------------------
+    @staticmethod
+    def destination_of(transport: str, address: Address) -> tuple[str, str]:
+        value = address.value
+        dest = value.rpartition("@")[2].lower() if "@" in value else value
+        return (transport, dest)
+
+    def destination_wait(self, transport: str, address: Address) -> float | None:
+        """The time a destination in back-off may be tried again, or None."""
+        if not self.policy.destination_backoff:
+            return None
+        entry = self._destinations.get(self.destination_of(transport, address))
+        if entry is None or entry[1] <= self.clock.now():
+            return None
+        return entry[1]
+
+    def forget_destinations(self, transport: str) -> None:
+        for key in [k for k in self._destinations if k[0] == transport]:
+            del self._destinations[key]
+
+    def _destinations_learn(self, job: ClaimedJob, updates: Sequence[RecipientUpdate]) -> None:
+        if not self.policy.destination_backoff:
+            return
+        by_index = {r.index: r for r in job.recipients}
+        now = self.clock.now()
+        for u in updates:
+            rec = by_index.get(u.index)
+            if rec is None or not u.count_attempt:
+                continue  # only real attempts teach us about a destination
+            key = self.destination_of(job.transport, rec.address)
+            if u.state is _R.DELIVERED:
+                self._destinations.pop(key, None)
+            elif u.state is _R.QUEUED and (u.status or "").startswith("4"):
+                failures = self._destinations.get(key, (0, 0.0))[0] + 1
+                wait = backoff(self.policy, failures, self.rng)
+                self._destinations[key] = (failures, now + wait)
 
     def _is_local(self, address: Address) -> bool:
         return any(

@@ -219,6 +219,7 @@ class RecipientRecord:
     diagnostic: str | None = None  # last diagnostic text from the transport
     updated_at: float = 0.0
     first_failed_at: float | None = None  # first temporary failure (for delay reports)
+    delay_warned: bool = False  # a delay report went out for it (at most one)
 
 
 @dataclass(frozen=True, slots=True)

@@ -158,7 +158,11 @@ PRAGMA application_id = 1397768792;
 """
 
 #: ``MIGRATIONS[n]`` upgrades a database at schema version ``n`` to ``n + 1``.
-MIGRATIONS: tuple[str, ...] = (_V1,)
+_V2 = """
+ALTER TABLE recipients ADD COLUMN delay_warned INTEGER NOT NULL DEFAULT 0;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 
 #: The newest schema version this code reads and writes.
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -191,7 +195,7 @@ MESSAGE_COLUMNS = (
 
 RECIPIENT_COLUMNS = (
     "message_id, idx, address, state, route, refused_by, attempts, retry_at, status, "
-    "diagnostic, updated_at, first_failed_at, owner, lease_until"
+    "diagnostic, updated_at, first_failed_at, owner, lease_until, delay_warned"
 )
 
 INBOX_COLUMNS = (
@@ -230,7 +234,8 @@ UPDATE_RECIPIENT = (
     "UPDATE recipients SET state = :state, route = :route, refused_by = :refused_by, "
     "attempts = :attempts, retry_at = :retry_at, ready_at = max(send_at, :retry_at), "
     "status = :status, diagnostic = :diagnostic, updated_at = :updated_at, "
-    "first_failed_at = :first_failed_at, owner = :owner, lease_until = :lease_until "
+    "first_failed_at = :first_failed_at, owner = :owner, lease_until = :lease_until, "
+    "delay_warned = :delay_warned "
     "WHERE message_id = :message_id AND idx = :idx"
 )
 RENEW_LEASE = (

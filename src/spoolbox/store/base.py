@@ -93,6 +93,7 @@ class RecipientUpdate:
     keep_route: bool = True  # False: set route to ``route`` (possibly None)
     refused_by: tuple[str, ...] = ()
     count_attempt: bool = False
+    delay_warned: bool | None = None  # None keeps the recipient's flag
 
 
 @dataclass(frozen=True, slots=True)

@@ -314,6 +314,7 @@ class MemoryStore:
                 diagnostic=u.diagnostic if u.diagnostic is not None else r.diagnostic,
                 updated_at=now,
                 first_failed_at=first_failed,
+                delay_warned=r.delay_warned if u.delay_warned is None else u.delay_warned,
             )
             if nr.state is _R.QUEUED and info.held:
                 nr = replace(nr, state=_R.HELD)

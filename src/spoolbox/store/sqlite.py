@@ -944,6 +944,7 @@ def _recipient_from_row(row: sqlite3.Row) -> RecipientRecord:
         diagnostic=row["diagnostic"],
         updated_at=row["updated_at"],
         first_failed_at=row["first_failed_at"],
+        delay_warned=bool(row["delay_warned"]),
     )
 
 
@@ -1040,6 +1041,7 @@ def _move(
             "diagnostic": new.diagnostic,
             "updated_at": new.updated_at,
             "first_failed_at": new.first_failed_at,
+            "delay_warned": int(new.delay_warned),
             "owner": owner if new.state is _R.ACTIVE else None,
             "lease_until": lease_until if new.state is _R.ACTIVE else None,
         },
@@ -1066,6 +1068,7 @@ def _updated(r: RecipientRecord, u: RecipientUpdate, *, now: float, held: bool) 
         diagnostic=u.diagnostic if u.diagnostic is not None else r.diagnostic,
         updated_at=now,
         first_failed_at=first_failed,
+        delay_warned=r.delay_warned if u.delay_warned is None else u.delay_warned,
     )
 
 
