@@ -39,6 +39,7 @@ from ..model import (
     RecipientState,
     ResourceType,
     StatusCode,
+    TransportNotifyFlags,
     ValidateFlags,
 )
 from ..reports import ReportItem, ReportKind, report_message
@@ -293,7 +294,18 @@ class Spooler:
     async def cancel(self, message_id: str) -> MessageState:
         """Cancel every unfinished recipient; ones in a transport's hands are cancelled
         through it (NOTIFY_CANCEL_MESSAGE and MessageCancelled at its next yield)."""
+        before = await self.store.recipients(message_id)
+        parked = {r.route for r in before if r.state is _R.PARKED and r.route is not None}
         active = await self.store.cancel(message_id)
+        for name in parked:
+            # The transport accepted and deferred it: withdraw it (reference §8.5).
+            with contextlib.suppress(KeyError):
+                host = self.host(name)
+                if host.session is not None and host.lifecycle.running:
+                    await host.notify(
+                        TransportNotifyFlags.ABORT_DEFERRED | TransportNotifyFlags.CANCEL_MESSAGE,
+                        message_id,
+                    )
         for host in {r.route for r in active}:
             if host is not None:
                 with contextlib.suppress(KeyError):
