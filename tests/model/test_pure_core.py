@@ -23,7 +23,9 @@ from spoolbox.routing import NoRoute, Route, RouteEntry, RoutingTable, Wait
 
 types = st.sampled_from(["SMTP", "FAX", "MAILDIR", "X400", "SMS"])
 values = st.text(
-    st.characters(min_codepoint=33, max_codepoint=0x2FFF, exclude_categories=("Cs", "Cc", "Zl", "Zp", "Zs")),
+    st.characters(
+        min_codepoint=33, max_codepoint=0x2FFF, exclude_categories=("Cs", "Cc", "Zl", "Zp", "Zs")
+    ),
     min_size=1,
     max_size=60,
 )
@@ -37,7 +39,16 @@ def test_address_round_trips(t: str, v: str) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["bob@example.org", "SMTP:", "SMTP:bob\r\nBcc: evil@x", "SMTP:a\x00b", "1X:y", "SMTP: bob@x", "SMTP:a\u2028b", "SMTP:a\x85b"],
+    [
+        "bob@example.org",
+        "SMTP:",
+        "SMTP:bob\r\nBcc: evil@x",
+        "SMTP:a\x00b",
+        "1X:y",
+        "SMTP: bob@x",
+        "SMTP:a\u2028b",
+        "SMTP:a\x85b",
+    ],
 )
 def test_bad_addresses_are_refused_with_a_reason(bad: str) -> None:
     with pytest.raises(AddressError) as err:

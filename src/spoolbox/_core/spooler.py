@@ -306,10 +306,10 @@ class Spooler:
                         TransportNotifyFlags.ABORT_DEFERRED | TransportNotifyFlags.CANCEL_MESSAGE,
                         message_id,
                     )
-        for host in {r.route for r in active}:
-            if host is not None:
+        for route in {r.route for r in active}:
+            if route is not None:
                 with contextlib.suppress(KeyError):
-                    self.host(host).cancel(message_id)
+                    self.host(route).cancel(message_id)
         self._settled.set()
         return await self.store.state_of(message_id, now=self.clock.now())
 
