@@ -295,3 +295,17 @@ async def test_status_rows_one_per_transport_plus_the_spooler() -> None:
         assert code & StatusCode.AVAILABLE and code & StatusCode.OUTBOUND_ENABLED
         assert rows[name].display_string == "scripted"  # the provider's own string
     assert rows["spooler"].status_code & StatusCode.AVAILABLE
+
+
+async def test_recipients_waiting_for_an_unknown_transport_do_not_block_routing() -> None:
+    # "fax" never logs on and declares no types: FAX recipients must wait (store and
+    # forward) -- and the 1,200 of them must not hide a later SMTP message.
+    down = Script(("FAX",), raise_in={"logon"})
+    async with spooler(transport("smtp", Script(("SMTP",))), transport("fax", down)) as sp:
+        with sp.foreground_busy():
+            for i in range(12):
+                await sp.submit(message(*[f"FAX:+1555{i:02d}{j:03d}" for j in range(100)]))
+        later = await sp.submit(message("SMTP:bob@example.org"))
+        assert await sp.wait_for(later.id, timeout=10) is MessageState.SENT
+        waiting = await sp.store.unrouted(limit=2000)
+    assert len(waiting) == 1200

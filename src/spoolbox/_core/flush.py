@@ -18,6 +18,7 @@ the flush moves on to the next one.  Nothing queued is touched by a cancel.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ __all__ = ["FlushHandle", "FlushReport", "TransportFlushResult"]
 
 S = StatusCode
 N = TransportNotifyFlags
+log = logging.getLogger("spoolbox.flush")
 
 
 @dataclass(slots=True)
@@ -117,6 +119,11 @@ class FlushHandle:
                 self._one = asyncio.create_task(_flush_one(self._spooler, host, self.flags))
                 try:
                     result = await self._one
+                except Exception as exc:  # a spooler or store error: report it, go on
+                    log.exception("flush of %r failed", host.name)
+                    result = TransportFlushResult(host.name, error=f"{type(exc).__name__}: {exc}")
+                    if host.name in self._spooler.status:
+                        host.set_bits(detail=f"flush failed: {result.error}")
                 except asyncio.CancelledError:
                     if host.name in self._skip and not self.report.cancelled:
                         result = TransportFlushResult(host.name, cancelled=True)

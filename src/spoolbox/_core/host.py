@@ -733,17 +733,24 @@ class TransportHost:
             if writer.size == 0:
                 return False
             section = self.profile.section if self.profile else f"transport:{self.name}"
-            entry = await sp.store.deliver_inbound(
-                InboundMessage(
-                    transport=self.name,
-                    content=writer.content(),
-                    sender=writer.sender,
-                    recipients=writer.recipients,
-                    received_at=sp.clock.now(),
-                    remote_id=writer.remote_id,
-                ),
-                profile_updates={section: writer.state} if writer.state else None,
-            )
+            try:
+                entry = await sp.store.deliver_inbound(
+                    InboundMessage(
+                        transport=self.name,
+                        content=writer.content(),
+                        sender=writer.sender,
+                        recipients=writer.recipients,
+                        received_at=sp.clock.now(),
+                        remote_id=writer.remote_id,
+                    ),
+                    profile_updates={section: writer.state} if writer.state else None,
+                )
+            except Exception as exc:
+                # Not committed: the provider keeps its source item (no after_commit).
+                log.error("transport %r: committing an inbound message failed: %s", self.name, exc)
+                self.set_bits(detail=f"inbox commit failed: {exc}")
+                self.counters["errors"] += 1
+                return False
             if self.profile is not None and writer.state:
                 self.profile._merged(writer.state)
             self.bump("received")

@@ -455,10 +455,12 @@ class Spooler:
 
     async def _route_pass(self) -> None:
         table = self.routing_table()
+        cursor: tuple[str, int] | None = None
         while True:
-            records = await self.store.unrouted(limit=1000)
+            records = await self.store.unrouted(limit=1000, after=cursor)
             if not records:
                 return
+            cursor = (records[-1].message_id, records[-1].index)
             assign: list[tuple[str, int, str]] = []
             failed: dict[str, list[RecipientUpdate]] = defaultdict(list)
             for r in records:
@@ -475,8 +477,6 @@ class Spooler:
                     self.host(name).wake.set()
             for mid, updates in failed.items():
                 await self._settle_unowned(mid, updates)
-            if not assign and not failed:
-                return  # everything left waits for a transport to log on
 
     # -- internal: settling and reports -----------------------------------------------
     async def settle(

@@ -160,6 +160,8 @@ PRAGMA application_id = 1397768792;
 #: ``MIGRATIONS[n]`` upgrades a database at schema version ``n`` to ``n + 1``.
 _V2 = """
 ALTER TABLE recipients ADD COLUMN delay_warned INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX recipients_unrouted ON recipients (message_id, idx)
+    WHERE state = 'queued' AND route IS NULL;
 """
 
 MIGRATIONS: tuple[str, ...] = (_V1, _V2)
@@ -246,7 +248,9 @@ RENEW_LEASE = (
 # -- routing ------------------------------------------------------------------------
 
 SELECT_UNROUTED = (
-    f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE state = 'queued' AND route IS NULL LIMIT ?"
+    f"SELECT {RECIPIENT_COLUMNS} FROM recipients INDEXED BY recipients_unrouted "
+    "WHERE state = 'queued' AND route IS NULL "
+    "AND (message_id, idx) > (?, ?) ORDER BY message_id, idx LIMIT ?"
 )
 SELECT_ROUTED_QUEUED = (
     f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE state = 'queued' AND route IS NOT NULL"

@@ -136,8 +136,12 @@ class Store(Protocol):
         ...
 
     # -- routing -------------------------------------------------------------------
-    async def unrouted(self, *, limit: int) -> list[RecipientRecord]:
-        """QUEUED recipients whose ``route`` is None (new, or declined by a transport)."""
+    async def unrouted(
+        self, *, limit: int, after: tuple[str, int] | None = None
+    ) -> list[RecipientRecord]:
+        """QUEUED recipients whose ``route`` is None (new, or declined by a transport),
+        in (message id, index) order, after the ``after`` key when given (a cursor, so
+        recipients that must wait never hide the ones behind them)."""
         ...
 
     async def assign_routes(self, assignments: Sequence[tuple[str, int, str]]) -> None:

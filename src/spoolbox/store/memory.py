@@ -152,10 +152,18 @@ class MemoryStore:
         return info
 
     # -- routing -------------------------------------------------------------------
-    async def unrouted(self, *, limit: int) -> list[RecipientRecord]:
+    async def unrouted(
+        self, *, limit: int, after: tuple[str, int] | None = None
+    ) -> list[RecipientRecord]:
         out: list[RecipientRecord] = []
-        for rows in self._rcpts.values():
-            for r in rows:
+        if limit <= 0:
+            return out
+        for mid in sorted(self._rcpts):
+            if after is not None and mid < after[0]:
+                continue
+            for r in self._rcpts[mid]:
+                if after is not None and (mid, r.index) <= after:
+                    continue
                 if r.state is _R.QUEUED and r.route is None:
                     out.append(r)
                     if len(out) >= limit:

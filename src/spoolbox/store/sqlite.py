@@ -495,9 +495,13 @@ class SQLiteStore:
         return info
 
     # -- routing -------------------------------------------------------------------
-    async def unrouted(self, *, limit: int) -> list[RecipientRecord]:
+    async def unrouted(
+        self, *, limit: int, after: tuple[str, int] | None = None
+    ) -> list[RecipientRecord]:
+        mid, idx = after if after is not None else ("", -1)
+
         def run(conn: sqlite3.Connection) -> list[RecipientRecord]:
-            rows = conn.execute(_sql.SELECT_UNROUTED, (max(0, limit),))
+            rows = conn.execute(_sql.SELECT_UNROUTED, (mid, idx, max(0, limit)))
             return [_recipient_from_row(r) for r in rows]
 
         return await self._read("unrouted", run)

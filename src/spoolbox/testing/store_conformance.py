@@ -348,6 +348,17 @@ async def _unknown_ids_raise_unknown_message(store: Store) -> None:
 
 
 @_check
+async def _unrouted_pages_with_a_cursor(store: Store) -> None:
+    await _submit(store, "X:a", "X:b", "X:c", id="p1", route=False)
+    await _submit(store, "X:d", id="p2", route=False)
+    first = await store.unrouted(limit=2)
+    _equal([(r.message_id, r.index) for r in first], [("p1", 0), ("p1", 1)], "first page")
+    rest = await store.unrouted(limit=10, after=("p1", 1))
+    _equal([(r.message_id, r.index) for r in rest], [("p1", 2), ("p2", 0)], "page after p1#1")
+    _equal(await store.unrouted(limit=10, after=("p2", 0)), [], "page after the last")
+
+
+@_check
 async def _unrouted_and_assign_routes(store: Store) -> None:
     m1 = await _submit(store, "X:a", "Y:b", id="m1", route=False)
     unrouted = await store.unrouted(limit=10)
