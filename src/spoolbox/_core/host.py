@@ -29,6 +29,7 @@ from ..contract.errors import (
     ContractViolation,
     InvalidObject,
     MessageCancelled,
+    NetworkError,
     NotMe,
     SubmitCancelled,
     TransportBusy,
@@ -289,6 +290,7 @@ class TransportHost:
     async def logon(self) -> None:
         sp = self.spooler
         self.lifecycle = SessionLifecycle(self.name)
+        self.support = SupportImpl(self)  # a dead session's support object stays dead
         self.critical_error = False
         flags = self.entry.logon_flags | LogonFlags.NO_INBOUND | LogonFlags.NO_OUTBOUND
         section = f"transport:{self.name}"
@@ -529,7 +531,8 @@ class TransportHost:
                 outcome = SubmitOutcome.NOT_ME
             except WaitRetry as exc:
                 outcome, delay, reason = SubmitOutcome.WAIT, exc.delay, str(exc)
-                self.call_failed("submit_message", exc)
+                if isinstance(exc, NetworkError):  # the network is down: count it
+                    self.call_failed("submit_message", exc)
             except SubmitCancelled:
                 outcome = SubmitOutcome.CANCEL
             except MessageCancelled:
@@ -825,6 +828,12 @@ class TransportHost:
         if session is None:
             return
         types = self.call_sync("address_types", session.address_types)
+        if isinstance(types, str) or not all(isinstance(t, str) for t in types):
+            self.call_failed(
+                "address_types",
+                ContractViolation(f"address_types() must return strings, not {types!r}"),
+            )
+            return
         self.types = frozenset(t.upper() for t in types)
         self.spooler.routing_changed()
 
@@ -841,6 +850,7 @@ class SupportImpl:
 
     def __init__(self, host: TransportHost) -> None:
         self._host = host
+        self._lifecycle = host.lifecycle  # the session this object belongs to
 
     def __repr__(self) -> str:
         return f"<Support for {self._host.name}>"
@@ -859,7 +869,7 @@ class SupportImpl:
     def _alive(self, what: str) -> None:
         from .lifecycle import Phase
 
-        if self._host.lifecycle.phase is Phase.LOGGED_OFF:
+        if self._lifecycle.phase is Phase.LOGGED_OFF or self._lifecycle is not self._host.lifecycle:
             raise InvalidObject(
                 f"{what}() called by {self._host.name!r} after logoff: the support object is dead"
             )

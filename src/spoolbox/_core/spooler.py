@@ -172,7 +172,13 @@ class Spooler:
                 )
             )
             for entry in self.config.transports:
-                cls = load_provider_class(entry.provider)
+                try:
+                    cls = load_provider_class(entry.provider)
+                except Exception as exc:
+                    # One unloadable provider must not stop the others: its logon fails
+                    # (and is retried) with the reason in its status row.
+                    log.error("transport %r: %s", entry.name, exc)
+                    cls = _unloadable(str(exc))
                 if cls not in self._providers:
                     self._providers[cls] = cls()  # XPProviderInit: one provider object per class
                 self.hosts.append(TransportHost(self, entry, self._providers[cls]))
@@ -705,6 +711,7 @@ class Spooler:
     def _stalled(self, name: str, held: float) -> None:
         # Called from the watchdog thread: only record; the loop picks it up.
         self._stalls.append((name, held))
+        del self._stalls[:-100]
 
     # -- internal: housekeeping ---------------------------------------------------------
     async def _housekeeping(self) -> None:
@@ -747,3 +754,19 @@ class Spooler:
 
 
 _ = Outcome  # re-exported names used in type positions only
+
+
+def _unloadable(reason: str) -> type:
+    """A stand-in provider class for one that cannot be loaded."""
+    from ..contract.errors import FailOneProvider
+
+    class UnloadableProvider:
+        display_name = "unloadable provider"
+
+        async def logon(self, *args: object) -> object:
+            raise FailOneProvider(reason)
+
+        async def shutdown(self) -> None:
+            return None
+
+    return UnloadableProvider

@@ -459,7 +459,9 @@ class SQLiteStore:
             priority=message.priority,
             submitted_at=now,
             send_at=None if message.send_at is None else float(message.send_at),
-            expires_at=now + (message.lifetime if message.lifetime is not None else lifetime),
+            # The lifetime starts when the message may first be sent (its send-at time).
+            expires_at=max(now, message.send_at or now)
+            + (message.lifetime if message.lifetime is not None else lifetime),
             notify=message.notify,
             is_report=message.is_report,
             envelope_id=message.envelope_id,

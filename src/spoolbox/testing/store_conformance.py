@@ -264,14 +264,15 @@ async def _submit_returns_info(store: Store) -> None:
         ],
         "recipients() after submit",
     )
-    # The message's own lifetime wins over the policy; send-at and report flag are kept.
+    # The message's own lifetime wins over the policy and starts at its send-at time
+    # (a message scheduled far ahead does not expire unsent); report flag is kept.
     report = _new(
         "X:alice", id="m-report", sender=None, lifetime=60.0, send_at=_T0 + 10, is_report=True
     )
     info2 = await store.submit(report, now=_T0 + 1, lifetime=_LIFETIME)
     _equal(
         (info2.sender, info2.expires_at, info2.send_at, info2.is_report),
-        (None, _T0 + 61, _T0 + 10, True),
+        (None, _T0 + 10 + 60, _T0 + 10, True),
         "sender, expiry, send-at and report flag of a report with its own lifetime",
     )
 

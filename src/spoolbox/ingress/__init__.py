@@ -1,0 +1,38 @@
+"""Ingress: the ways messages enter the spooler from outside the Python API.
+
+* :class:`SubmissionListener` is an SMTP submission listener (RFC 5321, on aiosmtpd)
+  so any program that speaks SMTP to localhost can queue mail; it answers ``250`` to
+  DATA only after the message is durably committed.
+* :func:`run_sendmail` is a ``sendmail``-compatible entry point: the message on
+  stdin, the recipients as arguments or (``-t``) from the headers, sysexits exit codes.
+
+Both take a ``submit`` callable (``spooler.submit``, or a store's submit bound to a
+clock) so they depend on :mod:`spoolbox.model` only.
+"""
+
+from .listener import ListenerConfig, SubmissionListener
+from .sendmail import (
+    EX_DATAERR,
+    EX_NOINPUT,
+    EX_NOPERM,
+    EX_OK,
+    EX_SOFTWARE,
+    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    EX_USAGE,
+    run_sendmail,
+)
+
+__all__ = [
+    "EX_DATAERR",
+    "EX_NOINPUT",
+    "EX_NOPERM",
+    "EX_OK",
+    "EX_SOFTWARE",
+    "EX_TEMPFAIL",
+    "EX_UNAVAILABLE",
+    "EX_USAGE",
+    "ListenerConfig",
+    "SubmissionListener",
+    "run_sendmail",
+]

@@ -1,0 +1,619 @@
+"""The IMAP transport (inbound only): fetch new mail from one IMAP folder.
+
+The session polls (``LogonCaps.SP_POLL``) and serves no address type (``()``): the
+spooler dispatches nothing to it.  It keeps one connection (aioimaplib) for
+``poll`` / ``start_message`` / removals, opened at logon (so a wrong password fails
+the logon, and the status row says so) and opened again after a failure.  With
+``idle`` (the default) and a server that announces IDLE, a second connection sits
+in IDLE and raises ``spooler_notify(NEWMAIL)`` when the folder grows; otherwise new
+mail is found by the spooler's polls.
+
+Configuration (the transport's ``options``):
+
+``host``, ``username``, ``password``
+    Required (missing ones fail the logon with :class:`~spoolbox.contract.Unconfigured`).
+``port``
+    Default 993 with ``tls = "implicit"``, else 143.
+``tls``
+    ``"implicit"`` (default: TLS from the first byte), ``"starttls"`` (plain, then
+    STARTTLS before the login; refused if the server does not offer it) or
+    ``"none"``.
+``verify``
+    Default true: check the server certificate and name.  ``false`` must be given
+    explicitly and is logged as a warning at every connection.
+``ca_file``
+    A PEM file of CA certificates to trust instead of the system ones.
+``folder``
+    The folder to fetch from, default ``INBOX``.
+``after_fetch``
+    ``"keep"`` (default), ``"delete"``, or ``"move:<folder>"``.
+``idle``
+    Default true: use IDLE when the server has it.
+``timeout``
+    Seconds for each network step (connect, login, each command; a FETCH may take
+    longer as long as data keeps arriving), default 60.
+
+An unknown key or a value of the wrong type fails the logon with a
+:class:`ValueError` that names the key.
+
+Exactly once, across crashes:
+
+* The profile section holds ``{"uidvalidity": V, "last_uid": N}``: every message
+  of the folder with a UID <= N (under UIDVALIDITY V) is in the inbox.
+  ``start_message`` fetches the lowest UID > N (``UID FETCH ... BODY.PEEK[]``, so
+  the ``\\Seen`` flag is not touched), writes it, and sets ``last_uid`` (and
+  ``uidvalidity``) through ``writer.set_state``: the watermark commits in the same
+  transaction as the inbox message.  A crash leaves both or neither, so a message is
+  never fetched twice and never skipped.  ``remote_id`` is ``"V:UID"``.
+* Deleting or moving happens only in ``writer.after_commit``, i.e. once the message
+  is durably in the inbox.  After a crash between the commit and the removal, the
+  message is still on the server with a UID <= N: the next logon and every poll
+  remove such messages (``UID SEARCH UID 1:N``) without fetching them again.
+  Without UIDPLUS a delete uses plain EXPUNGE, which also expunges other messages
+  that some other client had flagged ``\\Deleted``; without MOVE a move is COPY,
+  ``\\Deleted`` and EXPUNGE.
+* A changed UIDVALIDITY (the folder was recreated, or the server rebuilt its
+  index) makes every stored UID meaningless.  The session logs a warning, says so
+  in its status row, and starts again from UID 0: **messages still in the folder
+  are then fetched again**.  That is IMAP's contract (RFC 3501 section 2.3.1.1):
+  no client can tell old messages from new ones after such a change.
+
+Every network step runs under ``timeout``; a failure closes the connection and
+raises :class:`~spoolbox.contract.NetworkError` (the spooler counts it, pauses the
+session after repeated failures, and calls again later).  When ``start_message``
+delivers a message and more are waiting, it raises NEWMAIL again so the spooler
+comes back for the next without waiting for its next poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import aioimaplib
+
+from spoolbox.contract import (
+    BaseTransportSession,
+    FailOneProvider,
+    InboundWriter,
+    LogoffFlags,
+    LogonCaps,
+    LogonFlags,
+    NetworkError,
+    Progress,
+    SpoolerNotifyFlags,
+    StatusCode,
+    Support,
+    TransportNotifyFlags,
+)
+
+from ._mailbox import MailboxSettings
+
+__all__ = ["IMAPProvider", "IMAPSession"]
+
+_CHUNK = 65536
+_RETRY = 30.0  # NetworkError delay: the spooler's own back-off decides in practice
+_IDLE_RENEW = 300.0  # re-issue IDLE this often (RFC 2177: at most 29 minutes)
+_IDLE_BACKOFF_CAP = 300.0
+_UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
+_LITERAL = re.compile(rb"BODY\[\] \{(\d+)\}$")
+_UID = re.compile(rb"\bUID (\d+)")
+_EXISTS = re.compile(rb"^\d+ EXISTS$")
+
+
+class _ProtocolError(Exception):
+    """The server answered a command with NO or BAD (or something unparsable)."""
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _lines(resp: Any) -> list[Any]:
+    return list(getattr(resp, "lines", []) or [])
+
+
+def _check(resp: Any, what: str) -> Any:
+    if getattr(resp, "result", None) != "OK":
+        text = b" ".join(x for x in _lines(resp) if isinstance(x, bytes)).decode(errors="replace")
+        raise _ProtocolError(f"{what} failed: {getattr(resp, 'result', '?')} {text}".strip())
+    return resp
+
+
+def _uid_set(uids: Sequence[int]) -> str:
+    """``1,3:5,9`` for [1, 3, 4, 5, 9]."""
+    out: list[str] = []
+    start = prev = None
+    for u in sorted(set(uids)):
+        if start is None:
+            start = prev = u
+        elif prev is not None and u == prev + 1:
+            prev = u
+        else:
+            out.append(f"{start}" if start == prev else f"{start}:{prev}")
+            start = prev = u
+    if start is not None:
+        out.append(f"{start}" if start == prev else f"{start}:{prev}")
+    return ",".join(out)
+
+
+class _Connection:
+    """One logged-in IMAP connection with the folder selected."""
+
+    def __init__(self, settings: MailboxSettings, support: Support) -> None:
+        self.settings = settings
+        self.support = support
+        self.imap: aioimaplib.IMAP4 | None = None
+        self.uidvalidity = 0
+        self.capabilities: frozenset[str] = frozenset()
+
+    async def open(self) -> None:
+        s = self.settings
+        ctx = s.ssl_context(self.support.logger)
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(s.timeout):
+            if s.tls == "implicit":
+                imap: aioimaplib.IMAP4 = aioimaplib.IMAP4_SSL(
+                    s.host, s.port, timeout=s.timeout, ssl_context=ctx
+                )
+            else:
+                imap = aioimaplib.IMAP4(s.host, s.port, timeout=s.timeout)
+            self.imap = imap
+            await imap.wait_hello_from_server()
+            proto = imap.protocol
+            if s.tls == "starttls":
+                assert ctx is not None
+                if "STARTTLS" not in proto.capabilities:
+                    raise FailOneProvider(
+                        f"imap {s.where}: the server does not offer STARTTLS (tls = 'starttls')"
+                    )
+                cmd = aioimaplib.Command("STARTTLS", proto.new_tag(), loop=proto.loop)
+                _check(await proto.execute(cmd), "STARTTLS")
+                proto.transport = await loop.start_tls(
+                    proto.transport, proto, ctx, server_hostname=s.host
+                )
+                await proto.capability()
+            resp = await imap.login(s.username, s.password)
+        if resp.result != "OK":
+            text = b" ".join(x for x in _lines(resp) if isinstance(x, bytes))
+            raise FailOneProvider(
+                f"imap login to {s.host}:{s.port} as {s.username!r} refused: "
+                f"{text.decode(errors='replace')}"
+            )
+        async with asyncio.timeout(s.timeout):
+            await proto.capability()  # the list after login is the one that counts
+            self.capabilities = frozenset(c.upper() for c in proto.capabilities)
+            resp = await imap.select(_quote(s.folder))
+        if resp.result != "OK":
+            raise FailOneProvider(f"imap {s.where}: cannot select folder {s.folder!r}")
+        for line in _lines(resp):
+            if isinstance(line, bytes) and (m := _UIDVALIDITY.search(line)):
+                self.uidvalidity = int(m.group(1))
+        if not self.uidvalidity:
+            raise _ProtocolError(f"imap {s.where}: SELECT gave no UIDVALIDITY")
+
+    @property
+    def alive(self) -> bool:
+        imap = self.imap
+        if imap is None:
+            return False
+        proto = imap.protocol
+        transport = proto.transport
+        return (
+            transport is not None
+            and not transport.is_closing()
+            and proto.state == aioimaplib.SELECTED
+        )
+
+    def abort(self) -> None:
+        """Drop the connection at once (no LOGOUT)."""
+        imap, self.imap = self.imap, None
+        if imap is None:
+            return
+        for task in list(imap.tasks) + list(imap.protocol.tasks):
+            task.cancel()
+        if imap.protocol.transport is not None:
+            imap.protocol.transport.close()
+        else:
+            imap._client_task.cancel()
+
+    async def close(self) -> None:
+        """LOGOUT (best effort, bounded), then close."""
+        imap = self.imap
+        if imap is not None and self.alive:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(min(5.0, self.settings.timeout)):
+                    await imap.logout()
+        self.abort()
+
+    def _imap(self) -> aioimaplib.IMAP4:
+        if self.imap is None:
+            raise _ProtocolError("not connected")
+        return self.imap
+
+    async def search_uids(self, lo: int, hi: int | None) -> list[int]:
+        """UIDs in ``lo:hi`` (``hi`` None = ``*``), really in that range, ascending."""
+        rng = f"{lo}:{'*' if hi is None else hi}"
+        async with asyncio.timeout(self.settings.timeout):
+            resp = _check(await self._imap().uid_search("UID", rng, charset=None), "UID SEARCH")
+        uids: list[int] = []
+        for line in _lines(resp):
+            if isinstance(line, bytes) and line.startswith(b"SEARCH"):
+                uids += [int(x) for x in line.split()[1:] if x.isdigit()]
+        # "n:*" includes the highest UID even when it is below n (RFC 3501 6.4.8).
+        return sorted(u for u in set(uids) if u >= lo and (hi is None or u <= hi))
+
+    async def fetch(self, uid: int) -> bytes | None:
+        """The message with ``uid`` (None if it is gone)."""
+        # aioimaplib times a FETCH out after ``timeout`` seconds without data.
+        resp = _check(await self._imap().uid("fetch", str(uid), "(UID BODY.PEEK[])"), "UID FETCH")
+        lines = _lines(resp)
+        for i, line in enumerate(lines):
+            if not isinstance(line, bytes):
+                continue
+            m = _LITERAL.search(line)
+            if m is None or i + 1 >= len(lines):
+                continue
+            got = _UID.search(line)
+            if got is None and i + 2 < len(lines) and isinstance(lines[i + 2], bytes):
+                got = _UID.search(lines[i + 2])
+            if got is not None and int(got.group(1)) != uid:
+                continue
+            data = bytes(lines[i + 1])
+            if len(data) != int(m.group(1)):
+                raise _ProtocolError(f"UID FETCH {uid}: {len(data)} bytes, {m.group(1)} announced")
+            return data
+        return None
+
+    async def remove(self, uids: Sequence[int]) -> None:
+        """Delete or move ``uids`` as ``after_fetch`` says."""
+        s = self.settings
+        if not uids or s.after_fetch == "keep":
+            return
+        imap = self._imap()
+        uid_set = _uid_set(uids)
+        async with asyncio.timeout(s.timeout):
+            if s.after_fetch == "move":
+                assert s.move_to is not None
+                if "MOVE" in self.capabilities:
+                    _check(await imap.uid("move", uid_set, _quote(s.move_to)), "UID MOVE")
+                    return
+                _check(await imap.uid("copy", uid_set, _quote(s.move_to)), "UID COPY")
+            _check(await imap.uid("store", uid_set, "+FLAGS.SILENT", r"(\Deleted)"), "UID STORE")
+            if "UIDPLUS" in self.capabilities:
+                _check(await imap.uid("expunge", uid_set), "UID EXPUNGE")
+            else:
+                _check(await imap.expunge(), "EXPUNGE")
+
+
+class IMAPSession(BaseTransportSession):
+    """One logon of the IMAP transport; see the module docstring."""
+
+    CAPABILITIES: ClassVar[LogonCaps] = LogonCaps.SP_POLL
+
+    def __init__(self, support: Support, settings: MailboxSettings) -> None:
+        super().__init__(support)
+        self.settings = settings
+        self._conn: _Connection | None = None
+        self._lock = asyncio.Lock()  # one command sequence at a time on the connection
+        self._queue: list[int] = []  # UIDs > watermark seen by the last search
+        self._idle_task: asyncio.Task[None] | None = None
+        self._warned_validity: int | None = None
+        self.fetched = 0
+        self.bytes = 0
+        self.last = ""
+        self.last_error = ""
+        self.idle_state = "off"
+        self._flushing = False
+        self._flush_total: int | None = None
+        self._flush_done = 0
+        self._flush_bytes = 0
+
+    def __repr__(self) -> str:
+        return f"<IMAPSession {self.settings.where}>"
+
+    # -- status ------------------------------------------------------------------------
+    def status_object(self) -> Mapping[str, Any]:
+        section = self.support.profile_section()
+        return {
+            "server": self.settings.where,
+            "tls": self.settings.tls,
+            "after_fetch": self.settings.after_fetch,
+            "uidvalidity": section.get("uidvalidity"),
+            "last_uid": section.get("last_uid"),
+            "fetched": self.fetched,
+            "bytes": self.bytes,
+            "idle": self.idle_state,
+            "last_error": self.last_error or None,
+        }
+
+    def _status(self) -> None:
+        text = f"{self.fetched} fetched"
+        if self.last:
+            text += f", last: {self.last}"
+        if self.last_error:
+            text += f"; last error: {self.last_error}"
+        self.support.modify_status_row(status_string=text)
+
+    def _error(self, text: str) -> None:
+        self.last_error = text
+        self.support.logger.warning("imap %s: %s", self.settings.where, text)
+        self._status()
+
+    # -- the watermark -------------------------------------------------------------------
+    def _watermark(self, uidvalidity: int) -> int:
+        """The committed ``last_uid`` if it belongs to ``uidvalidity``, else 0."""
+        section = self.support.profile_section()
+        stored = section.get("uidvalidity")
+        last = section.get("last_uid", 0)
+        if stored is None:
+            return 0
+        if stored != uidvalidity:
+            if self._warned_validity != uidvalidity:
+                self._warned_validity = uidvalidity
+                self._error(
+                    f"UIDVALIDITY of {self.settings.folder} changed from {stored} to "
+                    f"{uidvalidity}: starting again from UID 0 (messages still in the folder "
+                    "are fetched again)"
+                )
+            return 0
+        return int(last) if isinstance(last, int) else 0
+
+    # -- the connection -------------------------------------------------------------------
+    async def _connection(self) -> _Connection:
+        conn = self._conn
+        if conn is not None and conn.alive:
+            return conn
+        if conn is not None:
+            conn.abort()
+            self._conn = None
+        conn = _Connection(self.settings, self.support)
+        try:
+            await conn.open()
+        except BaseException:
+            conn.abort()
+            raise
+        self._conn = conn
+        return conn
+
+    def _network_error(self, what: str, exc: BaseException) -> NetworkError:
+        if self._conn is not None:
+            self._conn.abort()
+            self._conn = None
+        text = f"{what}: {type(exc).__name__}: {exc}" if str(exc) else f"{what}: {exc!r}"
+        self._error(text)
+        return NetworkError(_RETRY, f"imap {self.settings.where}: {text}")
+
+    async def _start(self) -> None:
+        """Logon: connect (checks the credentials) and finish removals a crash cut off."""
+        try:
+            conn = await self._connection()
+        except FailOneProvider:
+            raise
+        except (OSError, TimeoutError, aioimaplib.AioImapException, _ProtocolError) as exc:
+            raise self._network_error("connect", exc) from exc
+        section = self.support.profile_section()
+        stored = section.get("uidvalidity")
+        if stored is not None and stored != conn.uidvalidity:
+            self._watermark(conn.uidvalidity)  # warns
+            await section.update({"uidvalidity": conn.uidvalidity, "last_uid": 0})
+        async with self._lock:
+            await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        """Remove messages at or below the watermark still in the folder (after a crash
+        between a commit and its removal, or a removal that failed)."""
+        if self.settings.after_fetch == "keep":
+            return
+        try:
+            conn = await self._connection()
+            w = self._watermark(conn.uidvalidity)
+            if w <= 0:
+                return
+            left = await conn.search_uids(1, w)
+            if left:
+                await conn.remove(left)
+                self.support.logger.info(
+                    "imap %s: removed %d fetched messages left on the server",
+                    self.settings.where,
+                    len(left),
+                )
+        except FailOneProvider:
+            raise
+        except (OSError, TimeoutError, aioimaplib.AioImapException, _ProtocolError) as exc:
+            raise self._network_error("removing fetched messages", exc) from exc
+
+    # -- inbound ---------------------------------------------------------------------------
+    async def poll(self) -> int:
+        async with self._lock:
+            await self._cleanup()
+            try:
+                conn = await self._connection()
+                w = self._watermark(conn.uidvalidity)
+                self._queue = await conn.search_uids(w + 1, None)
+            except FailOneProvider:
+                raise
+            except (OSError, TimeoutError, aioimaplib.AioImapException, _ProtocolError) as exc:
+                raise self._network_error("poll", exc) from exc
+            return len(self._queue)
+
+    async def start_message(self, message: InboundWriter) -> None:
+        async with self._lock:
+            try:
+                conn = await self._connection()
+                v = conn.uidvalidity
+                w = self._watermark(v)
+                queue = [u for u in self._queue if u > w]
+                if not queue:
+                    queue = await conn.search_uids(w + 1, None)
+                data: bytes | None = None
+                while queue:
+                    uid = queue.pop(0)
+                    data = await conn.fetch(uid)
+                    if data:
+                        break
+                self._queue = queue
+            except FailOneProvider:
+                raise
+            except (OSError, TimeoutError, aioimaplib.AioImapException, _ProtocolError) as exc:
+                raise self._network_error("fetch", exc) from exc
+        if not data:
+            return
+        view = memoryview(data)
+        for i in range(0, len(view), _CHUNK):
+            await message.write(bytes(view[i : i + _CHUNK]))
+        message.set_remote_id(f"{v}:{uid}")
+        message.set_state("uidvalidity", v)
+        message.set_state("last_uid", uid)
+        size = len(data)
+        more = bool(queue)
+
+        async def committed() -> None:
+            await self._committed(uid, size, more)
+
+        message.after_commit(committed)
+
+    async def _committed(self, uid: int, size: int, more: bool) -> None:
+        """after_commit: the message is in the inbox; remove it from the server."""
+        self.fetched += 1
+        self.bytes += size
+        self.last = f"UID {uid} ({size} bytes)"
+        if self._flushing:
+            self._flush_done += 1
+            self._flush_bytes += size
+            self.support.modify_status_row(
+                progress=Progress(
+                    self._flush_done,
+                    self._flush_total,
+                    self._flush_bytes,
+                    None,
+                    f"fetched {self._flush_done} from {self.settings.where}",
+                )
+            )
+        if self.settings.after_fetch != "keep":
+            async with self._lock:
+                try:
+                    conn = await self._connection()
+                    await conn.remove([uid])
+                except Exception as exc:
+                    # Left on the server: the next poll removes it (it is <= last_uid).
+                    self._network_error(f"removing UID {uid} (retried at the next poll)", exc)
+                    self._status()
+                    return
+        self._status()
+        if more and not self._flushing:
+            self.support.spooler_notify(SpoolerNotifyFlags.NEWMAIL)
+
+    # -- notifications, IDLE ---------------------------------------------------------------
+    async def transport_notify(self, flags: TransportNotifyFlags, ref: str | None = None) -> None:
+        await super().transport_notify(flags, ref)
+        f = TransportNotifyFlags
+        if flags & f.BEGIN_INBOUND_FLUSH:
+            self._flushing = True
+            self._flush_done = self._flush_bytes = 0
+            self._flush_total = len(self._queue) or None
+        if flags & f.END_INBOUND_FLUSH:
+            self._flushing = False
+        if flags & f.BEGIN_INBOUND and self.settings.idle and self._idle_task is None:
+            conn = self._conn
+            if conn is not None and "IDLE" in conn.capabilities:
+                self._idle_task = asyncio.create_task(
+                    self._idle_loop(), name=f"{self.support.transport_name}-imap-idle"
+                )
+            else:
+                self.idle_state = "not offered by the server: polling"
+        if flags & f.END_INBOUND:
+            await self._stop_idle()
+
+    async def _stop_idle(self) -> None:
+        task, self._idle_task = self._idle_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _idle_loop(self) -> None:
+        """Own connection in IDLE; NEWMAIL when the folder grows.  Runs until cancelled
+        (END_INBOUND or logoff); failures are logged and retried with back-off."""
+        delay = 1.0
+        while True:
+            conn = _Connection(self.settings, self.support)
+            try:
+                await conn.open()
+                self.idle_state = "idling"
+                delay = 1.0
+                # Mail that came while no IDLE was running.
+                self.support.spooler_notify(SpoolerNotifyFlags.NEWMAIL)
+                while True:
+                    await self._idle_once(conn)
+            except asyncio.CancelledError:
+                await conn.close()
+                raise
+            except Exception as exc:
+                conn.abort()
+                self.idle_state = f"failed ({type(exc).__name__}: {exc}); polling meanwhile"
+                self.support.logger.warning(
+                    "imap %s: IDLE connection failed (retrying in %.0f s): %s",
+                    self.settings.where,
+                    delay,
+                    exc,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _IDLE_BACKOFF_CAP)
+
+    async def _idle_once(self, conn: _Connection) -> None:
+        imap = conn._imap()
+        renew = min(_IDLE_RENEW, 29 * 60.0)
+        idle = await imap.idle_start(timeout=renew)
+        try:
+            while imap.has_pending_idle():
+                push = await imap.wait_server_push(timeout=renew + self.settings.timeout)
+                if push == aioimaplib.STOP_WAIT_SERVER_PUSH:
+                    break
+                lines = push if isinstance(push, list) else [push]
+                if any(isinstance(x, bytes) and _EXISTS.match(x) for x in lines):
+                    self.support.spooler_notify(SpoolerNotifyFlags.NEWMAIL)
+        finally:
+            if imap.has_pending_idle():
+                imap.idle_done()
+        async with asyncio.timeout(self.settings.timeout):
+            _check(await idle, "IDLE")
+
+    # -- logoff ---------------------------------------------------------------------------
+    async def logoff(self, flags: LogoffFlags) -> None:
+        await self._stop_idle()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            if flags & LogoffFlags.HURRY:
+                conn.abort()
+            else:
+                await conn.close()
+
+
+class IMAPProvider:
+    """The IMAP transport provider (entry point ``imap``)."""
+
+    display_name: ClassVar[str] = "IMAP"
+
+    async def logon(
+        self, support: Support, config: Mapping[str, Any], flags: LogonFlags
+    ) -> IMAPSession:
+        settings = MailboxSettings.from_config("imap", config)
+        session = IMAPSession(support, settings)
+        support.modify_status_row(
+            update=False, status_code=StatusCode.AVAILABLE, status_string=settings.describe()
+        )
+        try:
+            await session._start()
+        except BaseException:
+            await session.logoff(LogoffFlags.HURRY)
+            raise
+        session._status()
+        return session
+
+    async def shutdown(self) -> None:
+        return None
+
