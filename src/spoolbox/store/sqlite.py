@@ -43,8 +43,10 @@ import os
 import queue
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from ..model import (
@@ -256,9 +258,19 @@ class SQLiteStore:
                 stop.future.set_result(None)
 
     def _connect(self) -> sqlite3.Connection:
+        read_only = _read_only_reason(Path(self._path))
+        if read_only is not None:
+            raise StoreError(f"cannot open the store {self._path} for writing: {read_only}")
         try:
+            # mode=rwc: never fall back silently to a read-only connection, which
+            # would refuse every write for the life of the store.
+            uri = "file:" + urllib.parse.quote(os.fspath(self._path)) + "?mode=rwc"
             conn = sqlite3.connect(
-                self._path, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=True
+                uri,
+                timeout=_BUSY_TIMEOUT,
+                isolation_level=None,
+                check_same_thread=True,
+                uri=True,
             )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the store {self._path}: {exc}") from exc
@@ -934,6 +946,21 @@ def _message_from_row(row: sqlite3.Row) -> MessageInfo:
         subject=row["subject"],
         held=bool(row["held"]),
     )
+
+
+def _read_only_reason(path: Path) -> str | None:
+    """Why the store at ``path`` could not be written, if we can tell up front."""
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return f"the file system holding {directory} is mounted read-only"
+    except OSError:
+        return None
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"{path} is not writable by this user"
+    if not os.access(directory, os.W_OK):
+        return f"the directory {directory} is not writable (SQLite needs its -wal/-shm files)"
+    return None
 
 
 def _recipient_from_row(row: sqlite3.Row) -> RecipientRecord:

@@ -1,0 +1,235 @@
+"""A real spooler process for the crash tests (``tests/crash/test_crash.py``).
+
+Run as ``python tests/crash/worker.py --db DB --root MAILDIR_ROOT --count N [...]``.
+It opens ``SQLiteStore(DB)`` and a :class:`~spoolbox.Spooler` with one Maildir
+transport (``MAILDIR:box`` is delivered into ``MAILDIR_ROOT/box``), always under the
+node name ``crash-worker``, so that every run releases at once the leases an earlier
+run left behind when it was killed.
+
+Modes:
+
+``submit``
+    submit messages ``--start`` .. ``--count - 1`` straight into the store, no spooler;
+``run``
+    deliver until nothing is left to do, then exit 0;
+``both``
+    submit while delivering, then deliver until nothing is left, then exit 0.
+
+Every message whose submit returned is printed as ``accepted <id>`` on stdout and
+flushed right away, so the parent knows exactly what was acknowledged when it sends
+SIGKILL.  Submitting is idempotent on the id: a run may resubmit ids an earlier run
+committed but was killed before acknowledging.
+
+``--crash-at POINT:N`` kills the process itself (SIGKILL) at the N-th time it reaches
+POINT, to hit the narrow windows on cue:
+
+``submit-txn``
+    inside a submit transaction, after some rows of the batch were written;
+``claim-txn``
+    inside a claim transaction, after the recipient row was moved to ACTIVE;
+``after-publish``
+    after the Maildir transport put the message into ``new/`` and before it reported
+    the delivery to the spooler (the duplicate window);
+``settle-txn``
+    inside the settle transaction, after the recipient row was moved to DELIVERED.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from spoolbox import (
+    Address,
+    AlwaysIdle,
+    NewMessage,
+    Policy,
+    RecipientState,
+    Spooler,
+    SpoolerConfig,
+    SQLiteStore,
+    TransportConfig,
+)
+
+NODE = "crash-worker"
+BOX = "box"
+SENDER = "MAILDIR:postmaster"
+POLICY = Policy(retry_base=0.2, retry_jitter=0, router_interval=0.05, lease=5)
+CRASH_POINTS = ("submit-txn", "claim-txn", "after-publish", "settle-txn")
+_PENDING = (
+    RecipientState.QUEUED,
+    RecipientState.ACTIVE,
+    RecipientState.PARKED,
+    RecipientState.HELD,
+)
+
+
+def message_id(i: int) -> str:
+    return f"crash-{i:06d}"
+
+
+def header_id(mid: str) -> str:
+    """The Message-ID header value of message ``mid``."""
+    return f"<{mid}@crash.spoolbox.test>"
+
+
+def content(i: int) -> bytes:
+    """The content of message ``i``: deterministic, of varying length."""
+    mid = message_id(i)
+    lines = [
+        f"Message-ID: {header_id(mid)}",
+        "From: postmaster",
+        "To: box",
+        f"Subject: crash test message {i}",
+        "",
+        *(f"line {n} of {mid}" for n in range(1 + i % 23)),
+        "",
+    ]
+    return "\r\n".join(lines).encode()
+
+
+def new_message(i: int) -> NewMessage:
+    return NewMessage(
+        sender=Address.parse(SENDER),
+        recipients=(Address.parse(f"MAILDIR:{BOX}"),),
+        content=content(i),
+        id=message_id(i),
+    )
+
+
+def _die(point: str, mid: str) -> None:
+    """SIGKILL this process, first telling the parent (on stderr) where and on what."""
+    sys.stdout.flush()
+    sys.stderr.write(f"crash-point {point} {mid}\n")
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _countdown(n: int) -> Callable[[], bool]:
+    left = [n]
+
+    def hit() -> bool:
+        left[0] -= 1
+        return left[0] == 0
+
+    return hit
+
+
+def install_crash_point(point: str, n: int) -> None:
+    """Patch the code so that the process SIGKILLs itself at the n-th ``point``."""
+    hit = _countdown(n)
+    if point == "submit-txn":
+        original_insert = SQLiteStore._insert_message
+
+        def insert(self: SQLiteStore, conn: Any, message: NewMessage, **kw: Any) -> Any:
+            info = original_insert(self, conn, message, **kw)
+            if hit():
+                _die(point, message.id)  # rows written, the transaction not committed
+            return info
+
+        SQLiteStore._insert_message = insert  # type: ignore[method-assign]
+    elif point in ("claim-txn", "settle-txn"):
+        from spoolbox.store import sqlite as sqlite_module
+
+        original_move = sqlite_module._move
+        wanted = RecipientState.ACTIVE if point == "claim-txn" else RecipientState.DELIVERED
+
+        def move(conn: Any, old: Any, new: Any, **kw: Any) -> None:
+            original_move(conn, old, new, **kw)
+            if new.state is wanted and hit():
+                _die(point, new.message_id)
+
+        sqlite_module._move = move
+    elif point == "after-publish":
+        from spoolbox.transports.maildir import MaildirSession
+
+        original_report = MaildirSession._report
+
+        async def report(self: MaildirSession, message: Any, results: Any) -> None:
+            if hit():
+                _die(point, message.info.id)  # in new/ already, not reported yet
+            await original_report(self, message, results)
+
+        MaildirSession._report = report  # type: ignore[method-assign]
+    else:
+        raise SystemExit(f"unknown crash point {point!r}; known: {', '.join(CRASH_POINTS)}")
+
+
+def _accepted(mid: str) -> None:
+    # One write per line: a kill never leaves half an id behind.
+    sys.stdout.write(f"accepted {mid}\n")
+    sys.stdout.flush()
+
+
+async def _submit_all(submit: Callable[[NewMessage], Any], ids: range, concurrency: int) -> None:
+    """Submit ``ids`` with up to ``concurrency`` submits waiting at once (group commit)."""
+    queue = iter(ids)
+
+    async def submitter() -> None:
+        for i in queue:
+            info = await submit(new_message(i))
+            _accepted(info.id)
+
+    await asyncio.gather(*(submitter() for _ in range(concurrency)))
+
+
+async def _pending(store: SQLiteStore) -> int:
+    counts = await store.counts()
+    return sum(counts[s] for s in _PENDING)
+
+
+async def main(args: argparse.Namespace) -> int:
+    ids = range(args.start, args.count)
+    store = SQLiteStore(args.db, synchronous=args.synchronous)
+    if args.mode == "submit":
+        async with store:
+
+            async def submit(m: NewMessage) -> Any:
+                return await store.submit(m, now=time.time(), lifetime=POLICY.lifetime)
+
+            await _submit_all(submit, ids, args.concurrency)
+        return 0
+    config = SpoolerConfig(
+        transports=(TransportConfig("local", "maildir", options={"root": args.root}),),
+        policy=POLICY,
+        node=NODE,
+    )
+    # The spooler opens the store, and closes it as it stops (close_store).
+    spooler = Spooler.open(config, store=store, idle=AlwaysIdle(), close_store=True)
+    async with spooler:
+        if args.mode == "both":
+            await _submit_all(spooler.submit, ids, args.concurrency)
+        while await _pending(store):
+            await asyncio.sleep(0.05)
+        sys.stdout.write(f"done {spooler.statistics()['counters']}\n")
+        sys.stdout.flush()
+    return 0
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--db", required=True)
+    p.add_argument("--root", required=True, help="the Maildir transport's root")
+    p.add_argument("--mode", choices=("submit", "run", "both"), default="both")
+    p.add_argument("--count", type=int, default=0, help="submit ids below this")
+    p.add_argument("--start", type=int, default=0, help="submit ids from this one")
+    p.add_argument("--concurrency", type=int, default=16, help="submits waiting at once")
+    p.add_argument("--synchronous", default="FULL")
+    p.add_argument("--crash-at", default=None, metavar="POINT:N")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    arguments = parse()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if arguments.crash_at:
+        point, _, count = arguments.crash_at.partition(":")
+        install_crash_point(point, int(count or 1))
+    sys.exit(asyncio.run(main(arguments)))
