@@ -57,7 +57,7 @@ from ..model import (
     new_message_id,
 )
 from ..status import StatusRow
-from ..store import ClaimedJob, InboundMessage, LeaseLost
+from ..store import ClaimedJob, InboundMessage, LeaseLost, RecipientUpdate
 from .clock import wait_event
 from .config import TransportConfig
 from .lifecycle import SessionLifecycle
@@ -482,8 +482,32 @@ class TransportHost:
                 await wait_event(sp.clock, self.wake, timeout)
                 continue
             self.lane_idle.clear()
-            for job in jobs:
-                await self._process(job)
+            pending = list(jobs)
+            # One renewer keeps the leases of the whole batch, including the jobs
+            # still waiting their turn in this lane.
+            renewer = asyncio.create_task(self._renew(pending), name=f"{self.name}-leases")
+            try:
+                while pending:
+                    job = pending[0]
+                    await self._process(job)
+                    pending.pop(0)
+                    if self.stopping or self.critical_error:
+                        break
+            finally:
+                renewer.cancel()
+                if pending:
+                    # Not started (shutting down): give them back to the queue now.
+                    with contextlib.suppress(Exception):
+                        for job in pending:
+                            await sp.store.settle(
+                                job.message.id,
+                                [
+                                    RecipientUpdate(r.index, RecipientState.QUEUED)
+                                    for r in job.recipients
+                                ],
+                                owner=sp.owner,
+                                now=sp.clock.now(),
+                            )
 
     async def _process(self, job: ClaimedJob) -> None:
         sp = self.spooler
@@ -496,8 +520,6 @@ class TransportHost:
             if (until := sp.destination_wait(self.name, r.address)) is not None
         ]
         if waiting:
-            from ..store import RecipientUpdate
-
             await sp.settle(
                 replace(job, recipients=tuple(r for r, _ in waiting)),
                 [
@@ -521,7 +543,6 @@ class TransportHost:
         outcome = SubmitOutcome.END_SENT
         delay: float | None = None
         reason = ""
-        renewer = asyncio.create_task(self._renew(job), name=f"{self.name}-lease-{mid}")
         try:
             try:
                 await self.call("submit_message", session.submit_message(msg, flags))
@@ -562,7 +583,6 @@ class TransportHost:
         finally:
             _CURRENT.reset(token)
             msg.valid = False
-            renewer.cancel()
             self.active.pop(mid, None)
             self.inflight -= 1
             if self.inflight == 0:
@@ -590,18 +610,23 @@ class TransportHost:
             self.flush_bytes += job.message.size
         self.job_done.set()
 
-    async def _renew(self, job: ClaimedJob) -> None:
+    async def _renew(self, jobs: list[ClaimedJob]) -> None:
+        """Renew the leases of ``jobs`` (a list the lane shrinks as it goes)."""
         sp = self.spooler
         period = sp.policy.lease / 3
         while True:
             await sp.clock.sleep(period)
-            try:
-                job = await sp.store.renew(job, now=sp.clock.now(), lease=sp.policy.lease)
-            except LeaseLost as exc:
-                log.error("transport %r lost its lease: %s", self.name, exc)
-                return
-            except Exception as exc:
-                log.warning("transport %r: lease renewal failed: %s", self.name, exc)
+            for i, job in enumerate(list(jobs)):
+                try:
+                    renewed = await sp.store.renew(job, now=sp.clock.now(), lease=sp.policy.lease)
+                except LeaseLost as exc:
+                    log.error("transport %r lost its lease: %s", self.name, exc)
+                    continue
+                except Exception as exc:
+                    log.warning("transport %r: lease renewal failed: %s", self.name, exc)
+                    continue
+                if i < len(jobs) and jobs[i].message.id == job.message.id:
+                    jobs[i] = renewed
 
     async def status_recips(
         self, message: OutboundMessage, results: Sequence[RecipientResult]

@@ -58,7 +58,7 @@ class Policy:
     router_interval: float = 1.0  # look for new submissions from other processes
     housekeeping_interval: float = 5.0  # leases, expiry
     shutdown_grace: float = 10.0  # finish in-flight work this long on shutdown
-    claim_batch: int = 1  # messages claimed per store round trip per lane
+    claim_batch: int = 8  # messages claimed per store round trip per lane
     call_timeout: float = 600.0  # a provider call running longer is cancelled and failed
     #: Send one delay report (RFC 3464 Action: delayed) for a recipient still deferred
     #: this long after its first temporary failure, when its sender asked for delay

@@ -42,7 +42,7 @@ from ..model import (
     TransportNotifyFlags,
     ValidateFlags,
 )
-from ..reports import ReportItem, ReportKind, report_message
+from ..reports import ReportItem, ReportKind, report_message, wants_report
 from ..routing import NoRoute, Route, RouteEntry, RoutingTable
 from ..status import StatusRow, StatusTable, Subscriber
 from ..store import (
@@ -573,6 +573,9 @@ class Spooler:
                     will_retry_until=until,
                 )
             )
+        # Only what the sender asked for (and never about a report): checked before the
+        # original content is read, which most deliveries never need.
+        kinds = {k: v for k, v in kinds.items() if wants_report(info, k)}
         if not kinds:
             return [], []
         original: bytes | None = None
