@@ -153,7 +153,9 @@ def parse_duration(value: object) -> float:
         if m:
             unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
             return float(m.group(1)) * unit
-    raise ValueError(f'expected a duration (seconds, or a string like "30s", "4h", "5d"), not {value!r}')
+    raise ValueError(
+        f'expected a duration (seconds, or a string like "30s", "4h", "5d"), not {value!r}'
+    )
 
 
 def _kind(value: object) -> str:
@@ -184,7 +186,9 @@ class _Table:
         self.taken: set[str] = set()
 
     def key(self, name: str) -> str:
-        return f"{self.where} {name}" if self.where else name
+        if not self.where:
+            return name
+        return f"{self.where} {name}" if self.where.endswith("]") else f"{self.where}.{name}"
 
     def error(self, name: str, message: str) -> ProfileError:
         return ProfileError(self.path, message, self.key(name))
@@ -196,7 +200,7 @@ class _Table:
         self.taken.add(name)
         return self.data.get(name)
 
-    def str(self, name: str, default: str | None = None) -> str | None:
+    def text(self, name: str, default: str | None = None) -> str | None:
         v = self.raw(name)
         if v is None:
             return default
@@ -204,7 +208,7 @@ class _Table:
             raise self.error(name, f"expected a string, got {_kind(v)} {v!r}")
         return v
 
-    def bool(self, name: str, default: bool) -> bool:
+    def flag(self, name: str, default: bool) -> bool:
         v = self.raw(name)
         if v is None:
             return default
@@ -212,7 +216,7 @@ class _Table:
             raise self.error(name, f"expected true or false, got {_kind(v)} {v!r}")
         return v
 
-    def int(self, name: str, default: int) -> int:
+    def integer(self, name: str, default: int) -> int:
         v = self.raw(name)
         if v is None:
             return default
@@ -230,7 +234,8 @@ class _Table:
 
     def table(self, name: str) -> _Table:
         v = self.raw(name)
-        return _Table(self.path, self.key(name), {} if v is None else v)
+        where = f"[{name}]" if not self.where else self.key(name)
+        return _Table(self.path, where, {} if v is None else v)
 
     def done(self, allowed_hint: str = "") -> None:
         unknown = sorted(set(self.data) - self.taken)
@@ -290,36 +295,38 @@ def _build(
 ) -> Profile:
     top = _Table(path, "", data)
     base = path.resolve().parent
-    data_dir = base / (top.str("data_dir", ".") or ".")
+    data_dir = base / (top.text("data_dir", ".") or ".")
     data_dir = Path(os.path.normpath(data_dir.expanduser()))
-    node = top.str("node") or socket.gethostname()
-    reporting_mta = top.str("reporting_mta") or socket.getfqdn()
+    node = top.text("node") or socket.gethostname()
+    reporting_mta = top.text("reporting_mta") or socket.getfqdn()
 
     def under_data(value: str) -> Path:
         return Path(os.path.normpath(data_dir / Path(value).expanduser()))
 
     # [store]
     st = top.table("store")
-    backend = st.str("backend", "sqlite") or "sqlite"
+    backend = st.text("backend", "sqlite") or "sqlite"
     if backend != "sqlite":
         raise st.error("backend", f'expected "sqlite" (the only backend so far), got {backend!r}')
-    sync = (st.str("synchronous", "FULL") or "FULL").upper()
+    sync = (st.text("synchronous", "FULL") or "FULL").upper()
     if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise st.error("synchronous", f'expected "FULL", "NORMAL", "EXTRA" or "OFF", got {sync!r}')
-    store = StoreSettings(backend, under_data(st.str("path", "spool.sqlite3") or ""), sync)
+    store = StoreSettings(backend, under_data(st.text("path", "spool.sqlite3") or ""), sync)
     st.done()
 
     # [daemon]
     dm = top.table("daemon")
-    level = (dm.str("log_level", "info") or "info").upper()
+    level = (dm.text("log_level", "info") or "info").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise dm.error("log_level", f'expected "debug", "info", "warning" or "error", got {level!r}')
-    nice = dm.int("nice", 10)
+        raise dm.error(
+            "log_level", f'expected "debug", "info", "warning" or "error", got {level!r}'
+        )
+    nice = dm.integer("nice", 10)
     if not 0 <= nice <= 19:
         raise dm.error("nice", f"expected an integer from 0 to 19, got {nice}")
     daemon = DaemonSettings(
-        socket=under_data(dm.str("socket", "spoolbox.sock") or ""),
-        pid_file=under_data(dm.str("pid_file", "spoolbox.pid") or ""),
+        socket=under_data(dm.text("socket", "spoolbox.sock") or ""),
+        pid_file=under_data(dm.text("pid_file", "spoolbox.pid") or ""),
         nice=nice,
         log_level=level,
     )
@@ -331,7 +338,7 @@ def _build(
 
     # [policy]
     pol = top.table("policy")
-    idle = pol.str("idle", "always") or "always"
+    idle = pol.text("idle", "always") or "always"
     if idle not in ("always", "loop-lag"):
         raise pol.error("idle", f'expected "always" or "loop-lag", got {idle!r}')
     policy = _policy(pol)
@@ -360,14 +367,14 @@ def _build(
     seen: set[str] = set()
     for i, t in enumerate(raw_ts):
         tt = _Table(path, f"[[transports]] #{i + 1}", t)
-        name = tt.str("name")
+        name = tt.text("name")
         if not name:
             raise tt.error("name", "expected a transport name (letters, digits, '-_.')")
         tt.where = f"[transports.{name}]"
         if name in seen:
             raise tt.error("name", f"the transport name {name!r} is used twice")
         seen.add(name)
-        provider = tt.str("provider")
+        provider = tt.text("provider")
         if not provider:
             raise tt.error(
                 "provider", 'expected a provider: an entry-point name ("maildir") or "module:Class"'
@@ -377,10 +384,10 @@ def _build(
         options, miss, found = _options(opts_t, name, base, environ, extra)
         missing.extend(miss)
         secrets |= found
-        dialog[name] = tt.bool("logon_dialog", True)
+        dialog[name] = tt.flag("logon_dialog", True)
         kwargs: dict[str, Any] = {
-            "outbound": tt.bool("outbound", True),
-            "inbound": tt.bool("inbound", True),
+            "outbound": tt.flag("outbound", True),
+            "inbound": tt.flag("inbound", True),
             "address_types": tuple(t.upper() for t in types) if types is not None else None,
             "logon_flags": LogonFlags.NO_DIALOG,
         }
@@ -399,12 +406,19 @@ def _build(
     for lname in list(ls.data):
         lt = ls.table(lname)
         lt.where = f"[listeners.{lname}]"
-        kind = lt.str("kind", "smtp") or "smtp"
+        kind = lt.text("kind", "smtp") or "smtp"
         if kind != "smtp":
             raise lt.error("kind", f'expected "smtp" (the submission listener), got {kind!r}')
-        enabled = lt.bool("enabled", True)
+        enabled = lt.flag("enabled", True)
         opts = {k: lt.raw(k) for k in list(lt.data) if k not in ("kind", "enabled")}
-        _check_listener_keys(lt, opts)
+        users = opts.get("users")
+        if isinstance(users, dict):
+            for user, pw in users.items():
+                if not isinstance(pw, str):
+                    raise lt.error(f"users.{user}", f"expected a password string, got {_kind(pw)}")
+                secrets.add(pw)
+            opts["users"] = {u: Secret(pw) for u, pw in users.items()}
+        _check_listener(lt, opts)
         listeners.append(ListenerSettings(lname, kind, enabled, opts))
     ls.done()
     top.done()
@@ -515,10 +529,10 @@ def _secret_if_named(key: str, value: Any, secrets: set[str]) -> Any:
     return value
 
 
-def _check_listener_keys(lt: _Table, opts: Mapping[str, Any]) -> None:
-    """Check listener keys against ListenerConfig's fields when the module is there."""
+def _check_listener(lt: _Table, opts: Mapping[str, Any]) -> None:
+    """Check listener keys and values with ListenerConfig, when the module is there."""
     try:
-        from .ingress.listener import ListenerConfig  # noqa: PLC0415
+        from .ingress.listener import ListenerConfig
     except ImportError:
         return
     if not dataclasses.is_dataclass(ListenerConfig):
@@ -529,6 +543,10 @@ def _check_listener_keys(lt: _Table, opts: Mapping[str, Any]) -> None:
             raise lt.error(
                 key, f"unknown key; expected one of: enabled, kind, {', '.join(sorted(names))}"
             )
+    try:
+        ListenerConfig(**dict(opts))
+    except (TypeError, ValueError) as exc:
+        raise ProfileError(lt.path, str(exc), lt.where) from None
 
 
 class _MissingSecretProvider:
@@ -552,9 +570,7 @@ def _unconfigured_provider(name: str, missing: list[MissingSecret]) -> type:
     return type(cls_name, (_MissingSecretProvider,), {"missing": tuple(missing)})
 
 
-def ask_missing_secrets(
-    profile: Profile, ask: Callable[[str], str]
-) -> dict[tuple[str, str], str]:
+def ask_missing_secrets(profile: Profile, ask: Callable[[str], str]) -> dict[tuple[str, str], str]:
     """The logon dialog: ask for each missing secret of a transport that allows it.
 
     Returns ``(transport, option) -> value`` to pass to :func:`load_profile` as
@@ -571,7 +587,7 @@ def ask_missing_secrets(
 
 
 # -- the profile `spoolbox init` writes ------------------------------------------------------
-def default_profile_text(data_dir: Path, *, smtp_port: int = 8025) -> str:
+def default_profile_text(data_dir: Path, *, smtp_port: int = 2525) -> str:
     """A commented profile that works at once: SQLite store in ``data_dir``, a Maildir
     transport delivering under ``data_dir/mail``, the SMTP listener on loopback."""
     mail = (data_dir / "mail").resolve()

@@ -1,0 +1,96 @@
+"""``spoolbox init`` (write a working profile) and ``spoolbox run`` (the daemon)."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from pathlib import Path
+
+import click
+
+from ..client import EXIT_ERROR
+from ..profile import DEFAULT_PROFILE_NAME, ask_missing_secrets, default_profile_text, load_profile
+from ._common import Ctx, emit_json, fail, json_option, pass_ctx
+
+
+@click.command("init")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="The data directory; the profile is written there as spoolbox.toml.",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing profile.")
+@click.option(
+    "--smtp-port",
+    type=click.IntRange(0, 65535),
+    default=2525,
+    show_default=True,
+    help="Port of the SMTP submission listener on loopback (0: any free port).",
+)
+@json_option
+@pass_ctx
+def init_cmd(obj: Ctx, directory: Path, force: bool, smtp_port: int, as_json: bool) -> None:
+    """Write a commented profile that works at once (SQLite store, Maildir transport,
+    SMTP listener on loopback)."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    target = directory / DEFAULT_PROFILE_NAME
+    if target.exists() and not force:
+        fail(f"{target} exists; use --force to overwrite it", EXIT_ERROR, kind="exists")
+    (directory / "mail").mkdir(exist_ok=True, mode=0o700)
+    target.write_text(default_profile_text(directory, smtp_port=smtp_port), encoding="utf-8")
+    profile = load_profile(target)  # what we wrote must load
+    if as_json:
+        emit_json(
+            {
+                "profile": str(target.resolve()),
+                "data_dir": str(profile.data_dir),
+                "store": str(profile.store.path),
+                "socket": str(profile.daemon.socket),
+            }
+        )
+    else:
+        click.echo(f"wrote {target}")
+        click.echo(f"start the spooler with: spoolbox --profile {target} run")
+
+
+@click.command("run")
+@click.option("--no-nice", is_flag=True, help="Do not lower the CPU priority.")
+@click.option(
+    "--no-dialog",
+    is_flag=True,
+    help="Never ask for missing credentials (the default when stdin is not a terminal).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default=None,
+    help="Override [daemon] log_level.",
+)
+@pass_ctx
+def run_cmd(obj: Ctx, no_nice: bool, no_dialog: bool, log_level: str | None) -> None:
+    """Run the spooler daemon in the foreground (SIGTERM/SIGINT stop it, SIGHUP reloads
+    the profile)."""
+    from ..daemon import DaemonError, run_daemon
+
+    profile = obj.profile()
+    interactive = not no_dialog and sys.stdin.isatty()
+    extra: dict[tuple[str, str], str] = {}
+    if interactive and profile.missing:
+        # The logon dialog (LogonFlags.NO_DIALOG is clear): ask for what is missing.
+        extra = ask_missing_secrets(profile, getpass.getpass)
+        if extra:
+            profile = load_profile(profile.path, extra_secrets=extra)
+    try:
+        code = run_daemon(
+            profile,
+            interactive=interactive,
+            renice=not no_nice,
+            extra_secrets=extra,
+            log_level=log_level.upper() if log_level else None,
+        )
+    except DaemonError as exc:
+        fail(str(exc), EXIT_ERROR, kind="daemon")
+    sys.exit(code)

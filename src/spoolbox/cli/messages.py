@@ -1,0 +1,158 @@
+"""``spoolbox submit`` (a message file or stdin) and ``spoolbox send`` (build one)."""
+
+from __future__ import annotations
+
+import dataclasses
+import mimetypes
+import sys
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+from typing import BinaryIO
+
+import click
+
+from ..client import EXIT_ERROR
+from ..model import Address, AddressError, MessageError, NewMessage, Priority
+from ._common import Ctx, emit_json, fail, json_option, pass_ctx
+
+_PRIORITIES = [p.name.lower() for p in Priority]
+
+
+def _addresses(values: tuple[str, ...], default_type: str) -> list[Address]:
+    out = []
+    for v in values:
+        try:
+            out.append(Address.parse(v, default_type=default_type))
+        except AddressError as exc:
+            fail(f"bad address {v!r}: {exc}", EXIT_ERROR, kind="bad_request")
+    return out
+
+
+def _sender(obj: Ctx, value: str | None, default_type: str) -> Address | None:
+    if value is not None:
+        if value in ("", "<>"):
+            return None
+        return _addresses((value,), default_type)[0]
+    return obj.profile().default_sender
+
+
+def _submit(obj: Ctx, message: NewMessage, as_json: bool) -> None:
+    result = obj.client().submit(message)
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(result["id"])
+        if result.get("via") == "store":
+            click.echo(
+                "spoolbox: the daemon is not running: queued in the store; it is sent when "
+                "the daemon starts",
+                err=True,
+            )
+
+
+@click.command("submit")
+@click.argument("file", type=click.File("rb"), default="-")
+@click.option("--to", "to", multiple=True, metavar="ADDR", help="Recipient (default: To/Cc/Bcc).")
+@click.option("--from", "sender", metavar="ADDR", help="Envelope sender ('' for none).")
+@click.option("--default-type", default="SMTP", show_default=True, help="Type of bare addresses.")
+@click.option("--priority", type=click.Choice(_PRIORITIES), default="normal", show_default=True)
+@json_option
+@pass_ctx
+def submit_cmd(
+    obj: Ctx,
+    file: BinaryIO,
+    to: tuple[str, ...],
+    sender: str | None,
+    default_type: str,
+    priority: str,
+    as_json: bool,
+) -> None:
+    """Submit an RFC 5322 message from FILE (or stdin); prints its id."""
+    content = file.read()
+    rcpts = _addresses(to, default_type) if to else None
+    snd: Address | str | None = None
+    if sender in ("", "<>"):
+        snd = ""  # the null sender
+    elif sender is not None:
+        snd = _addresses((sender,), default_type)[0]
+    try:
+        message = NewMessage.from_bytes(
+            content,
+            sender=snd,
+            recipients=rcpts,
+            default_type=default_type,
+            priority=Priority[priority.upper()],
+        )
+        default = obj.profile().default_sender
+        if sender is None and message.sender is None and default is not None:
+            message = dataclasses.replace(message, sender=default)
+    except MessageError as exc:
+        fail(f"cannot submit: {exc}", EXIT_ERROR, kind="bad_request")
+    _submit(obj, message, as_json)
+
+
+@click.command("send")
+@click.option("--to", "to", multiple=True, required=True, metavar="ADDR", help="Recipient.")
+@click.option("--cc", "cc", multiple=True, metavar="ADDR", help="Copy recipient.")
+@click.option("--from", "sender", metavar="ADDR", help="Sender (default: first identity).")
+@click.option("--subject", default="", help="Subject.")
+@click.option("--body", default=None, help="Body text ('-': read stdin; default: empty).")
+@click.option(
+    "--attach",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Attach a file.",
+)
+@click.option("--default-type", default="SMTP", show_default=True, help="Type of bare addresses.")
+@click.option("--priority", type=click.Choice(_PRIORITIES), default="normal", show_default=True)
+@json_option
+@pass_ctx
+def send_cmd(
+    obj: Ctx,
+    to: tuple[str, ...],
+    cc: tuple[str, ...],
+    sender: str | None,
+    subject: str,
+    body: str | None,
+    attach: tuple[Path, ...],
+    default_type: str,
+    priority: str,
+    as_json: bool,
+) -> None:
+    """Build a MIME message and submit it; prints its id."""
+    rcpts = _addresses(to, default_type)
+    ccs = _addresses(cc, default_type)
+    snd = _sender(obj, sender, default_type)
+    msg = EmailMessage()
+
+    def header(addrs: list[Address]) -> str:
+        # Only SMTP addresses are RFC 5322 addresses; others stay in the envelope.
+        shown = [a.value for a in addrs if a.type == "SMTP"]
+        return ", ".join(shown)
+
+    if snd is not None:
+        msg["From"] = snd.value if snd.type == "SMTP" else f"{snd.value}@localhost"
+    msg["To"] = header(rcpts) or "undisclosed-recipients:;"
+    if header(ccs):
+        msg["Cc"] = header(ccs)
+    msg["Subject"] = subject
+    msg["Date"] = formatdate(localtime=True)
+    msg["Message-ID"] = make_msgid(domain="spoolbox.localhost")
+    text = sys.stdin.read() if body == "-" else (body or "")
+    msg.set_content(text)
+    for path in attach:
+        ctype, encoding = mimetypes.guess_type(path.name)
+        if ctype is None or encoding is not None:
+            ctype = "application/octet-stream"
+        maintype, _, subtype = ctype.partition("/")
+        msg.add_attachment(
+            path.read_bytes(), maintype=maintype, subtype=subtype, filename=path.name
+        )
+    try:
+        message = NewMessage.from_email(
+            msg, sender=snd, recipients=[*rcpts, *ccs], priority=Priority[priority.upper()]
+        )
+    except MessageError as exc:
+        fail(f"cannot send: {exc}", EXIT_ERROR, kind="bad_request")
+    _submit(obj, message, as_json)

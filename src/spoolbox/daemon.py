@@ -1,0 +1,802 @@
+"""``spoolbox run``: the spooler as its own process, and the local API it serves.
+
+:class:`Daemon` runs in the foreground (systemd ``Type=exec``, or a terminal):
+
+* it takes an exclusive lock on the profile's pid file (one daemon per data
+  directory), lowers its CPU priority (``os.nice``, ``[daemon] nice``), opens the
+  SQLite store and a :class:`~spoolbox.Spooler` on it;
+* it serves the local API on a Unix socket (mode 0600) in the data directory: JSON
+  lines, one request object per line, answers one per line (docs/operations.md,
+  "Local API");
+* it starts the SMTP submission listeners of the profile, if any (their state is a
+  row of the status table);
+* SIGTERM and SIGINT shut it down cleanly: the listeners and the API stop taking
+  work, the spooler lets in-flight work finish for ``policy.shutdown_grace`` seconds
+  and returns what is left to the queue; nothing accepted is lost;
+* SIGHUP re-reads the profile: an invalid profile is logged and the running one
+  kept; a valid one replaces the spooler (the old one shuts down as above, the new
+  one starts on the same store) and restarts the listeners.
+
+Logs go through :mod:`logging` to stderr, with every known secret value replaced
+by ``***``.  Submissions made while no daemon runs sit in the store; the router
+finds them within ``policy.router_interval`` of the start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import dataclasses
+import fcntl
+import inspect
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import IO, Any
+
+from . import (
+    AddressError,
+    AlwaysIdle,
+    MessageError,
+    MessageInfo,
+    NewMessage,
+    Spooler,
+    SQLiteStore,
+    StatusRow,
+    StoreError,
+    UnknownMessage,
+    __version__,
+    load_provider_class,
+)
+from .client import (
+    PROTOCOL_VERSION,
+    flush_report_to_dict,
+    inbox_to_dict,
+    message_to_dict,
+    summary_of,
+)
+from .model import (
+    Address,
+    IllegalTransition,
+    LogonFlags,
+    MessageState,
+    Notify,
+    Priority,
+    ResourceMethods,
+    ResourceType,
+    StatusCode,
+)
+from .profile import ListenerSettings, Profile, ProfileError, load_profile
+
+__all__ = ["Daemon", "DaemonError", "RedactingFilter"]
+
+log = logging.getLogger("spoolbox.daemon")
+_LINE_LIMIT = 256 * 1024 * 1024  # the longest request line (a base64 message)
+
+
+class DaemonError(Exception):
+    """The daemon cannot start; the text says why."""
+
+
+class _ApiError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RedactingFilter(logging.Filter):
+    """Replaces every secret value of the profile in log records by ``***``."""
+
+    def __init__(self, secrets: Callable[[], frozenset[str]]) -> None:
+        super().__init__()
+        self._secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        secrets = self._secrets()
+        if not secrets:
+            return True
+        text = record.getMessage()
+        exc_text = ""
+        if record.exc_info:
+            exc_text = logging.Formatter().formatException(record.exc_info)
+        if any(s in text or s in exc_text for s in secrets if s):
+            for s in secrets:
+                if s:
+                    text = text.replace(s, "***")
+                    exc_text = exc_text.replace(s, "***")
+            record.msg, record.args = text, None
+            if record.exc_info:
+                record.exc_info = None
+                record.exc_text = exc_text
+        return True
+
+
+def _redact(value: Any, profile: Profile) -> Any:
+    if isinstance(value, str):
+        return profile.redact(value)
+    if isinstance(value, dict):
+        return {k: _redact(v, profile) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v, profile) for v in value]
+    return value
+
+
+class _Listener:
+    def __init__(self, settings: ListenerSettings, obj: Any) -> None:
+        self.settings = settings
+        self.obj = obj
+
+
+async def _maybe_await(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+class Daemon:
+    """The spooler process: ``await Daemon(profile).run()``."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        *,
+        interactive: bool = False,
+        renice: bool = True,
+        extra_secrets: Mapping[tuple[str, str], str] | None = None,
+    ) -> None:
+        self.profile = profile
+        self.interactive = interactive
+        self.renice = renice
+        self.extra_secrets = dict(extra_secrets or {})
+        self.spooler: Spooler | None = None
+        self._ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[asyncio.Task[Any]] = set()
+        self._subscribers: set[Any] = set()
+        self._listeners: list[_Listener] = []
+        self._lock_file: IO[str] | None = None
+        self._socket_path = profile.daemon.socket
+        self.started_at = time.time()
+        self.reloads = 0
+
+    # -- the process ------------------------------------------------------------------
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT (or :meth:`request_stop`); returns an exit status."""
+        loop = asyncio.get_running_loop()
+        self._lock()
+        try:
+            if self.renice and self.profile.daemon.nice:
+                try:
+                    os.nice(self.profile.daemon.nice)
+                except OSError as exc:  # pragma: no cover - platform dependent
+                    log.warning("cannot lower the CPU priority: %s", exc)
+            self.spooler = await self._start_spooler(self.profile)
+            self._ready.set()
+            await self._start_server()
+            await self._start_listeners()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+            log.info(
+                "spoolbox %s running (pid %d, profile %s, API on %s)",
+                __version__,
+                os.getpid(),
+                self.profile.path,
+                self._socket_path,
+            )
+            while not self._stop.is_set():
+                stop = asyncio.ensure_future(self._stop.wait())
+                reload = asyncio.ensure_future(self._reload.wait())
+                try:
+                    await asyncio.wait({stop, reload}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stop.cancel()
+                    reload.cancel()
+                if self._reload.is_set() and not self._stop.is_set():
+                    self._reload.clear()
+                    await self.reload()
+            log.info("shutting down")
+            return 0
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(sig)
+            await self._shutdown()
+            self._unlock()
+            log.info("stopped")
+
+    def request_stop(self) -> None:
+        log.info("stop requested")
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        log.info("reload requested")
+        self._reload.set()
+
+    def _lock(self) -> None:
+        data_dir = self.profile.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        pid_file = self.profile.daemon.pid_file
+        pid_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        f = open(pid_file, "a+")  # noqa: SIM115 - held open for the daemon's life
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            other = f.read().strip()
+            f.close()
+            raise DaemonError(
+                f"another spoolbox daemon runs on this data directory (pid {other or '?'}, "
+                f"lock {pid_file})"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._lock_file = f
+
+    def _unlock(self) -> None:
+        f = self._lock_file
+        if f is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.profile.daemon.pid_file)
+        with contextlib.suppress(OSError):
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        f.close()
+        self._lock_file = None
+
+    async def _shutdown(self) -> None:
+        await self._stop_listeners()
+        if self._server is not None:
+            self._server.close()
+            for task in list(self._connections):
+                task.cancel()
+            if self._connections:
+                await asyncio.gather(*self._connections, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+            self._server = None
+            with contextlib.suppress(OSError):
+                os.unlink(self._socket_path)
+        sp, self.spooler = self.spooler, None
+        self._ready.clear()
+        if sp is not None:
+            await sp.aclose()
+
+    # -- the spooler ----------------------------------------------------------------------
+    def _config(self, profile: Profile) -> Any:
+        cfg = profile.spooler
+        for t in cfg.transports:
+            if isinstance(t.provider, str):
+                try:
+                    load_provider_class(t.provider)
+                except LookupError as exc:
+                    raise ProfileError(
+                        profile.path, str(exc), f"[transports.{t.name}] provider"
+                    ) from None
+        if self.interactive:
+            # The logon dialog may be shown: clear NO_DIALOG where the profile allows it.
+            ts = tuple(
+                dataclasses.replace(t, logon_flags=LogonFlags.NONE)
+                if profile.logon_dialog.get(t.name, True)
+                else t
+                for t in cfg.transports
+            )
+            cfg = dataclasses.replace(cfg, transports=ts)
+        return cfg
+
+    async def _start_spooler(self, profile: Profile) -> Spooler:
+        config = self._config(profile)
+        profile.store.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        store = SQLiteStore(profile.store.path, synchronous=profile.store.synchronous)
+        idle = AlwaysIdle() if profile.idle == "always" else None
+        spooler = Spooler.open(config, store=store, close_store=True, idle=idle)
+        await spooler.start()
+        for m in profile.missing:
+            log.warning(
+                "transport %r: %s is not configured (%s is not set); it stays off-line",
+                m.transport,
+                m.option,
+                m.source,
+            )
+        return spooler
+
+    async def current(self) -> Spooler:
+        """The running spooler (waits while a reload swaps it)."""
+        while True:
+            sp = self.spooler
+            if sp is not None and self._ready.is_set():
+                return sp
+            if self._stop.is_set():
+                raise _ApiError("not_running", "the daemon is shutting down")
+            await self._ready.wait()
+
+    async def reload(self) -> bool:
+        """Re-read the profile and restart the spooler on it; False if it is invalid."""
+        try:
+            new = load_profile(self.profile.path, extra_secrets=self.extra_secrets)
+            self._config(new)
+        except ProfileError as exc:
+            log.error("reload refused, keeping the running profile: %s", exc)
+            return False
+        if new.daemon.socket != self.profile.daemon.socket:
+            log.warning("[daemon] socket changed: it takes effect at the next start")
+        old_profile = self.profile
+        self._ready.clear()
+        for sub in list(self._subscribers):
+            sub.close()
+        await self._stop_listeners()
+        old, self.spooler = self.spooler, None
+        if old is not None:
+            await old.aclose()
+        try:
+            self.spooler = await self._start_spooler(new)
+            self.profile = new
+        except Exception as exc:
+            log.error("reload failed (%s); starting again on the previous profile", exc)
+            self.spooler = await self._start_spooler(old_profile)
+            self._ready.set()
+            await self._start_listeners()
+            return False
+        self._ready.set()
+        await self._start_listeners()
+        self.reloads += 1
+        log.info("profile reloaded: transports %s", [t.name for t in new.spooler.transports])
+        return True
+
+    async def submit(self, message: NewMessage) -> MessageInfo:
+        """What the listeners call: commit durably through the running spooler."""
+        return await (await self.current()).submit(message)
+
+    # -- listeners --------------------------------------------------------------------
+    async def _start_listeners(self) -> None:
+        for settings in self.profile.listeners:
+            if not settings.enabled:
+                continue
+            row = f"listener:{settings.name}"
+            try:
+                from .ingress.listener import ListenerConfig, SubmissionListener
+
+                config = ListenerConfig(**dict(settings.options))
+                listener = SubmissionListener(self.submit, config)
+                await _maybe_await(listener.start())
+                port = getattr(listener, "port", None)
+                host = settings.options.get("host", getattr(config, "host", "?"))
+                self._listeners.append(_Listener(settings, listener))
+                text = f"listening on {host}:{port}"
+                code = StatusCode.AVAILABLE | StatusCode.INBOUND_ENABLED
+                detail = None
+                log.info("listener %r %s", settings.name, text)
+            except Exception as exc:
+                text = "not listening"
+                code = StatusCode.FAILURE | StatusCode.OFFLINE
+                detail = f"{type(exc).__name__}: {exc}"
+                log.error("listener %r cannot start: %s", settings.name, detail)
+            sp = self.spooler
+            if sp is not None:
+                sp.status.put(
+                    StatusRow(
+                        name=row,
+                        resource_type=ResourceType.SUBSYSTEM,
+                        provider_display="SMTP submission listener",
+                        status_code=code,
+                        status_string=text,
+                        resource_methods=ResourceMethods.NONE,
+                        detail=detail,
+                    )
+                )
+
+    async def _stop_listeners(self) -> None:
+        listeners, self._listeners = self._listeners, []
+        for lst in listeners:
+            try:
+                await _maybe_await(lst.obj.stop())
+            except Exception as exc:
+                log.warning("listener %r: stop failed: %s", lst.settings.name, exc)
+
+    # -- the local API ------------------------------------------------------------------
+    async def _start_server(self) -> None:
+        path = self._socket_path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # we hold the lock: a socket left here is stale
+        old = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._serve, path=str(path), limit=_LINE_LIMIT
+            )
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return
+                if not line.strip():
+                    continue
+                rid: Any = None
+                try:
+                    req = json.loads(line)
+                    if not isinstance(req, dict) or not isinstance(req.get("op"), str):
+                        raise _ApiError("bad_request", "a request is an object with an 'op'")
+                    rid = req.get("id")
+                    args = req.get("args") or {}
+                    if not isinstance(args, dict):
+                        raise _ApiError("bad_request", "'args' must be an object")
+                    op = req["op"]
+                    if op in ("flush", "watch"):
+                        # A streaming request takes the connection to its end.
+                        await self._stream(op, rid, args, reader, writer)
+                        return
+                    result = await self._dispatch(op, args)
+                    answer: dict[str, Any] = {"id": rid, "ok": True, "result": result}
+                except _ApiError as exc:
+                    answer = {
+                        "id": rid,
+                        "ok": False,
+                        "error": {"code": exc.code, "message": str(exc)},
+                    }
+                except json.JSONDecodeError as exc:
+                    answer = {
+                        "id": rid,
+                        "ok": False,
+                        "error": {"code": "bad_request", "message": f"not JSON: {exc}"},
+                    }
+                except (ConnectionError, asyncio.IncompleteReadError):
+                    return
+                except Exception as exc:
+                    log.exception("API request failed")
+                    answer = {
+                        "id": rid,
+                        "ok": False,
+                        "error": {"code": "internal", "message": f"{type(exc).__name__}: {exc}"},
+                    }
+                await self._send(writer, answer)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        except Exception:
+            log.exception("API connection failed")
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _send(self, writer: asyncio.StreamWriter, msg: dict[str, Any]) -> None:
+        writer.write(json.dumps(_redact(msg, self.profile)).encode() + b"\n")
+        await writer.drain()
+
+    async def _dispatch(self, op: str, args: dict[str, Any]) -> Any:
+        handler = _OPS.get(op)
+        if handler is None:
+            raise _ApiError("bad_request", f"unknown op {op!r}; known: {', '.join(sorted(_OPS))}")
+        try:
+            return await handler(self, args)
+        except UnknownMessage as exc:
+            raise _ApiError("not_found", str(exc)) from None
+        except IllegalTransition as exc:
+            raise _ApiError("conflict", str(exc)) from None
+        except (MessageError, AddressError) as exc:
+            raise _ApiError("bad_request", str(exc)) from None
+        except StoreError as exc:
+            raise _ApiError("store", str(exc)) from None
+
+    # -- ops ----------------------------------------------------------------------------
+    async def op_ping(self, args: dict[str, Any]) -> dict[str, Any]:
+        sp = await self.current()
+        return {
+            "pid": os.getpid(),
+            "node": sp.owner,
+            "profile": str(self.profile.path),
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "started_at": self.started_at,
+            "reloads": self.reloads,
+        }
+
+    async def op_submit(self, args: dict[str, Any]) -> dict[str, Any]:
+        sp = await self.current()
+        try:
+            content = base64.b64decode(_arg(args, "content", str), validate=True)
+        except binascii.Error as exc:
+            raise _ApiError("bad_request", f"content is not base64: {exc}") from None
+        sender = args.get("sender")
+        recipients = _arg(args, "recipients", list)
+        prio = str(args.get("priority") or "normal").upper()
+        if prio not in Priority.__members__:
+            raise _ApiError("bad_request", f"unknown priority {prio.lower()!r}")
+        kwargs: dict[str, Any] = {}
+        if args.get("id"):
+            kwargs["id"] = str(args["id"])
+        message = NewMessage(
+            sender=Address.parse(sender) if sender else None,
+            recipients=tuple(Address.parse(str(r)) for r in recipients),
+            content=content,
+            priority=Priority[prio],
+            notify=Notify(int(args.get("notify", Notify.FAILURE))),
+            send_at=float(args["send_at"]) if args.get("send_at") is not None else None,
+            **kwargs,
+        )
+        info = await sp.submit(message)
+        return {"id": info.id, "state": str(MessageState.QUEUED), "via": "daemon"}
+
+    async def op_status(self, args: dict[str, Any]) -> dict[str, Any]:
+        sp = await self.current()
+        return {"rows": [row.to_dict() for row in sp.status]}
+
+    async def op_statistics(self, args: dict[str, Any]) -> dict[str, Any]:
+        sp = await self.current()
+        stats: dict[str, Any] = json.loads(json.dumps(sp.statistics(), default=str))
+        return stats
+
+    async def op_queue_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        sp = await self.current()
+        state = args.get("state")
+        try:
+            st = MessageState(state) if state else None
+        except ValueError:
+            raise _ApiError("bad_request", f"unknown queue {state!r}") from None
+        limit = int(args.get("limit") or 100)
+        found = await sp.store.list_messages(state=st, limit=limit, now=sp.clock.now())
+        return {"messages": [message_to_dict(s) for s in found]}
+
+    async def op_queue_show(self, args: dict[str, Any]) -> dict[str, Any]:
+        sp = await self.current()
+        return message_to_dict(await summary_of(sp.store, _arg(args, "id", str), sp.clock.now()))
+
+    async def _after(self, sp: Spooler, mid: str, **extra: Any) -> dict[str, Any]:
+        state = await sp.store.state_of(mid, now=sp.clock.now())
+        return {"id": mid, "state": str(state), **extra}
+
+    async def op_queue_hold(self, args: dict[str, Any]) -> dict[str, Any]:
+        sp = await self.current()
+        mid = _arg(args, "id", str)
+        await sp.hold(mid)
+        return await self._after(sp, mid)
+
+    async def op_queue_release(self, args: dict[str, Any]) -> dict[str, Any]:
+        sp = await self.current()
+        mid = _arg(args, "id", str)
+        await sp.release(mid)
+        return await self._after(sp, mid)
+
+    async def op_queue_cancel(self, args: dict[str, Any]) -> dict[str, Any]:
+        sp = await self.current()
+        mid = _arg(args, "id", str)
+        state = await sp.cancel(mid)
+        return {"id": mid, "state": str(state)}
+
+    async def op_queue_retry(self, args: dict[str, Any]) -> dict[str, Any]:
+        sp = await self.current()
+        mid = _arg(args, "id", str)
+        n = await sp.retry(mid)
+        return await self._after(sp, mid, retried=n)
+
+    async def op_inbox_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        sp = await self.current()
+        limit = int(args.get("limit") or 100)
+        return {"messages": [inbox_to_dict(e) for e in await sp.store.list_inbox(limit=limit)]}
+
+    async def op_inbox_read(self, args: dict[str, Any]) -> dict[str, Any]:
+        sp = await self.current()
+        data = await sp.store.read_inbox(_arg(args, "id", str))
+        return {"content": base64.b64encode(data).decode("ascii")}
+
+    async def op_transports(self, args: dict[str, Any]) -> dict[str, Any]:
+        sp = await self.current()
+        out = []
+        specs = {str(t.get("name")): t.get("provider") for t in self.profile.raw_transports}
+        for h in sp.hosts:
+            declared = h.entry.address_types
+            types = sorted(h.types) if h.types is not None else list(declared or ())
+            out.append(
+                {
+                    "name": h.name,
+                    "provider": specs.get(h.name, str(h.entry.provider)),
+                    "class": f"{type(h.provider).__module__}:{type(h.provider).__qualname__}",
+                    "logged_on": h.session is not None,
+                    "address_types": types,
+                    "address_types_source": "session" if h.types is not None else "profile",
+                    "outbound": h.entry.outbound,
+                    "inbound": h.entry.inbound,
+                }
+            )
+        return {"transports": out}
+
+    async def op_reload(self, args: dict[str, Any]) -> dict[str, Any]:
+        ok = await self.reload()
+        if not ok:
+            raise _ApiError("profile", "the profile is invalid or failed to start; see the log")
+        return {"reloads": self.reloads}
+
+    # -- streaming ops --------------------------------------------------------------------
+    async def _stream(
+        self,
+        op: str,
+        rid: Any,
+        args: dict[str, Any],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        if op == "watch":
+            await self._watch(rid, reader, writer)
+        else:
+            await self._flush(rid, args, reader, writer)
+
+    async def _watch(
+        self, rid: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        eof = asyncio.ensure_future(reader.read())  # the client closes to stop watching
+        try:
+            while not eof.done():
+                sp = await self.current()
+                sub = sp.subscribe(maxsize=1000, name="api-watch")
+                self._subscribers.add(sub)
+                try:
+                    async with sub:
+                        while True:
+                            nxt = asyncio.ensure_future(anext(sub))
+                            await asyncio.wait({nxt, eof}, return_when=asyncio.FIRST_COMPLETED)
+                            if eof.done():
+                                nxt.cancel()
+                                return
+                            try:
+                                change = nxt.result()
+                            except StopAsyncIteration:
+                                break  # the spooler was replaced (reload): subscribe again
+                            if change.new is None:
+                                msg = {"id": rid, "event": "removed", "name": change.name}
+                            else:
+                                msg = {"id": rid, "event": "status", "row": change.new.to_dict()}
+                            await self._send(writer, msg)
+                finally:
+                    self._subscribers.discard(sub)
+        finally:
+            eof.cancel()
+
+    async def _flush(
+        self,
+        rid: Any,
+        args: dict[str, Any],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        sp = await self.current()
+        transport = args.get("transport")
+        try:
+            handle = sp.start_flush(
+                upload=bool(args.get("upload", True)),
+                download=bool(args.get("download", True)),
+                transport=str(transport) if transport else None,
+            )
+        except KeyError as exc:
+            await self._send(
+                writer,
+                {"id": rid, "ok": False, "error": {"code": "not_found", "message": exc.args[0]}},
+            )
+            return
+        names = set(handle.transports)
+        await self._send(writer, {"id": rid, "event": "started", "transports": handle.transports})
+
+        async def commands() -> None:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    handle.cancel()  # the client went away: cancel the flush
+                    return
+                with contextlib.suppress(ValueError):
+                    req = json.loads(line)
+                    if isinstance(req, dict) and req.get("op") == "cancel":
+                        handle.cancel(req.get("transport") or None)
+
+        cmd = asyncio.ensure_future(commands())
+        done = asyncio.ensure_future(handle.wait())
+        try:
+            async with sp.subscribe(maxsize=10000, name="api-flush") as sub:
+                while not done.done():
+                    nxt = asyncio.ensure_future(anext(sub))
+                    await asyncio.wait({nxt, done}, return_when=asyncio.FIRST_COMPLETED)
+                    if not nxt.done():
+                        nxt.cancel()
+                        break
+                    try:
+                        change = nxt.result()
+                    except (StopAsyncIteration, Exception):
+                        break
+                    if change.new is not None and change.name in names:
+                        await self._send(
+                            writer,
+                            {
+                                "id": rid,
+                                "event": "progress",
+                                "current": handle.current,
+                                "row": change.new.to_dict(),
+                            },
+                        )
+            report = await done
+            await self._send(
+                writer, {"id": rid, "ok": True, "result": flush_report_to_dict(report)}
+            )
+        finally:
+            cmd.cancel()
+            await asyncio.gather(cmd, return_exceptions=True)
+            if not done.done():
+                handle.cancel()
+                done.cancel()
+
+
+def _arg(args: dict[str, Any], name: str, kind: type) -> Any:
+    value = args.get(name)
+    if not isinstance(value, kind) or (kind is str and not value):
+        raise _ApiError("bad_request", f"argument {name!r} must be a {kind.__name__}")
+    return value
+
+
+_Handler = Callable[[Daemon, dict[str, Any]], Awaitable[Any]]
+_OPS: dict[str, _Handler] = {
+    "ping": Daemon.op_ping,
+    "submit": Daemon.op_submit,
+    "status": Daemon.op_status,
+    "statistics": Daemon.op_statistics,
+    "queue.list": Daemon.op_queue_list,
+    "queue.show": Daemon.op_queue_show,
+    "queue.hold": Daemon.op_queue_hold,
+    "queue.release": Daemon.op_queue_release,
+    "queue.cancel": Daemon.op_queue_cancel,
+    "queue.retry": Daemon.op_queue_retry,
+    "inbox.list": Daemon.op_inbox_list,
+    "inbox.read": Daemon.op_inbox_read,
+    "transports": Daemon.op_transports,
+    "reload": Daemon.op_reload,
+}
+
+
+def configure_logging(level: str, profile_getter: Callable[[], Profile]) -> None:
+    """Log to stderr with secrets redacted."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter(lambda: profile_getter().secret_values))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def run_daemon(
+    profile: Profile,
+    *,
+    interactive: bool,
+    renice: bool = True,
+    extra_secrets: Mapping[tuple[str, str], str] | None = None,
+    log_level: str | None = None,
+) -> int:
+    """Run the daemon in this process until it is told to stop; the exit status."""
+    holder: dict[str, Daemon] = {}
+
+    def current_profile() -> Profile:
+        d = holder.get("d")
+        return d.profile if d is not None else profile
+
+    configure_logging(log_level or profile.daemon.log_level, current_profile)
+
+    async def main() -> int:
+        d = Daemon(profile, interactive=interactive, renice=renice, extra_secrets=extra_secrets)
+        holder["d"] = d
+        return await d.run()
+
+    return asyncio.run(main())

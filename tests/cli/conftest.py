@@ -1,0 +1,142 @@
+"""Helpers for driving the ``spoolbox`` command as a user would: subprocesses in tmp dirs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CLI = [sys.executable, "-m", "spoolbox.cli"]
+DEADLINE = 60.0
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "SPOOLBOX_PROFILE"}
+    env["PYTHONWARNINGS"] = "error"
+    env["COLUMNS"] = "200"
+    env.update(extra or {})
+    return env
+
+
+class Home:
+    """A data directory made with ``spoolbox init --dir``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.profile = path / "spoolbox.toml"
+        self.mail = path / "mail"
+
+    def run(
+        self,
+        *args: str,
+        input: bytes | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = DEADLINE,
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [*CLI, "--profile", str(self.profile), *args],
+            input=input,
+            capture_output=True,
+            env=_env(env),
+            timeout=timeout,
+            cwd=self.path,
+        )
+        return subprocess.CompletedProcess(
+            proc.args,
+            proc.returncode,
+            proc.stdout.decode("utf-8", "replace"),
+            proc.stderr.decode("utf-8", "replace"),
+        )
+
+    def json(self, *args: str, expect: int = 0) -> Any:
+        r = self.run(*args, "--json")
+        assert r.returncode == expect, (r.returncode, r.stdout, r.stderr)
+        return json.loads(r.stdout)
+
+    def delivered(self) -> dict[str, list[Path]]:
+        """Subject -> the maildir files holding a message with it."""
+        out: dict[str, list[Path]] = {}
+        for f in sorted(self.mail.glob("*/new/*")):
+            for line in f.read_text(errors="replace").splitlines():
+                if line.lower().startswith("subject:"):
+                    out.setdefault(line.split(":", 1)[1].strip(), []).append(f)
+                    break
+        return out
+
+
+def wait_until(what: str, predicate: Callable[[], bool], deadline: float = DEADLINE) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Daemons:
+    """Starts ``spoolbox run`` subprocesses and kills any left at the end."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, home: Home, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log_path = home.path / f"daemon-{len(self.procs)}.log"
+        log = open(log_path, "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [*CLI, "--profile", str(home.profile), "run", "--no-nice"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=_env(env),
+            cwd=home.path,
+        )
+        log.close()
+        self.procs.append(proc)
+
+        def ready() -> bool:
+            assert proc.poll() is None, log_path.read_text()
+            return home.run("status").returncode == 0
+
+        wait_until("the daemon to answer", ready)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
+        proc.send_signal(sig)
+        return proc.wait(timeout=DEADLINE)
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Home:
+    target = tmp_path / "sbx"
+    r = subprocess.run(
+        [*CLI, "init", "--dir", str(target), "--smtp-port", "0"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=DEADLINE,
+    )
+    assert r.returncode == 0, r.stderr
+    return Home(target)
+
+
+@pytest.fixture
+def daemons() -> Iterator[Daemons]:
+    d = Daemons()
+    try:
+        yield d
+    finally:
+        d.close()

@@ -1,0 +1,155 @@
+"""The spoolbox command without a daemon: init, errors and exit codes, submit/send into
+the store, queue and inbox on the store, transports, and the --json schemas."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import Home
+
+MESSAGE_KEYS = {
+    "id",
+    "state",
+    "sender",
+    "subject",
+    "size",
+    "priority",
+    "submitted_at",
+    "send_at",
+    "expires_at",
+    "held",
+    "is_report",
+    "recipients",
+}
+RECIPIENT_KEYS = {
+    "index",
+    "address",
+    "state",
+    "route",
+    "attempts",
+    "retry_at",
+    "status",
+    "diagnostic",
+}
+
+
+def test_init_writes_a_profile_that_loads_and_refuses_to_overwrite(home: Home) -> None:
+    text = home.profile.read_text()
+    assert 'provider = "maildir"' in text
+    assert "[listeners.submission]" in text
+    r = home.run("init", "--dir", str(home.path))
+    assert r.returncode == 1
+    assert "exists" in r.stderr
+
+
+def test_missing_profile_exits_5_naming_the_file(home: Home) -> None:
+    r = home.run("--profile", str(home.path / "nope.toml"), "status")
+    assert r.returncode == 5
+    assert "nope.toml" in r.stderr
+
+
+def test_unknown_key_exits_5_naming_file_and_key(home: Home) -> None:
+    home.profile.write_text(home.profile.read_text().replace("[store]", "[store]\nbakend = 1"))
+    r = home.run("queue", "list")
+    assert r.returncode == 5
+    assert "spoolbox.toml" in r.stderr
+    assert "[store] bakend" in r.stderr
+    assert "unknown key" in r.stderr
+
+
+def test_bad_value_names_the_key_and_what_was_expected(home: Home) -> None:
+    home.profile.write_text(
+        home.profile.read_text().replace('lifetime = "5d"', 'lifetime = "forever"')
+    )
+    r = home.run("status", "--json")
+    assert r.returncode == 5
+    assert "[policy] lifetime" in r.stderr
+    assert "expected a duration" in r.stderr
+    assert json.loads(r.stdout)["error"]["code"] == "profile"
+
+
+def test_invalid_toml_exits_5(home: Home) -> None:
+    home.profile.write_text("[store\n")
+    r = home.run("status")
+    assert r.returncode == 5
+    assert "invalid TOML" in r.stderr
+
+
+def test_daemon_commands_exit_3_when_it_is_not_running(home: Home) -> None:
+    r = home.run("status", "--json")
+    assert r.returncode == 3
+    assert json.loads(r.stdout)["error"]["exit_code"] == 3
+    assert "not running" in r.stderr
+    assert home.run("flush").returncode == 3
+
+
+def test_send_without_daemon_queues_in_the_store(home: Home) -> None:
+    r = home.run("send", "--to", "MAILDIR:bob", "--subject", "offline", "--body", "hi")
+    assert r.returncode == 0, r.stderr
+    mid = r.stdout.strip()
+    assert "not running" in r.stderr
+    listing = home.json("queue", "list")
+    assert [m["id"] for m in listing["messages"]] == [mid]
+    m = listing["messages"][0]
+    assert set(m) == MESSAGE_KEYS
+    assert m["state"] == "queued"
+    assert m["subject"] == "offline"
+    assert m["sender"] == "MAILDIR:postmaster"
+    assert set(m["recipients"][0]) == RECIPIENT_KEYS
+    assert m["recipients"][0]["address"] == "MAILDIR:bob"
+    shown = home.json("queue", "show", mid)
+    assert shown["id"] == mid
+
+
+def test_submit_from_stdin_takes_recipients_from_headers(home: Home) -> None:
+    content = b"From: a@example.org\r\nTo: b@example.org, c@example.org\r\nSubject: s\r\n\r\nx\r\n"
+    r = home.run("submit", "--json", input=content)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert set(out) == {"id", "state", "via"}
+    assert out["via"] == "store"
+    shown = home.json("queue", "show", out["id"])
+    assert [x["address"] for x in shown["recipients"]] == [
+        "SMTP:b@example.org",
+        "SMTP:c@example.org",
+    ]
+    assert shown["sender"] == "SMTP:a@example.org"
+
+
+def test_submit_rejects_a_message_without_recipients(home: Home) -> None:
+    r = home.run("submit", input=b"Subject: none\r\n\r\nx\r\n")
+    assert r.returncode == 1
+    assert "recipient" in r.stderr
+
+
+def test_unknown_message_id_exits_4(home: Home) -> None:
+    for args in (("queue", "show", "nosuchid"), ("queue", "hold", "nosuchid")):
+        r = home.run(*args)
+        assert r.returncode == 4, (args, r.stderr)
+    r = home.run("inbox", "show", "nosuchid")
+    assert r.returncode == 4
+
+
+def test_hold_release_cancel_on_the_store(home: Home) -> None:
+    mid = home.run("send", "--to", "MAILDIR:bob", "--body", "x").stdout.strip()
+    assert home.json("queue", "hold", mid)["results"] == [{"id": mid, "state": "hold"}]
+    assert home.json("queue", "list", "--state", "hold")["messages"][0]["id"] == mid
+    assert home.json("queue", "release", mid)["results"][0]["state"] == "queued"
+    assert home.json("queue", "cancel", mid)["results"][0]["state"] == "cancelled"
+
+
+def test_inbox_is_empty_and_transports_lists_providers(home: Home) -> None:
+    assert home.json("inbox", "list") == {"messages": []}
+    t = home.json("transports")
+    assert set(t) == {"providers", "configured", "source"}
+    assert t["source"] == "profile"
+    assert {"name": "maildir", "class": "spoolbox.transports.maildir:MaildirProvider"} in t[
+        "providers"
+    ]
+    assert t["configured"][0]["name"] == "local"
+    assert t["configured"][0]["address_types"] == ["MAILDIR"]
+
+
+def test_usage_error_exits_2(home: Home) -> None:
+    r = home.run("queue", "frobnicate")
+    assert r.returncode == 2

@@ -1,0 +1,225 @@
+"""``spoolbox run`` as a subprocess: the local API, status and flush through it,
+SIGTERM with messages in flight and nothing lost, SIGHUP reload, missing credentials."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+from conftest import CLI, Daemons, Home, wait_until
+from spoolbox.client import Client
+
+ROW_KEYS = {
+    "name",
+    "resource_type",
+    "provider",
+    "status_code",
+    "status_bits",
+    "status",
+    "progress",
+    "identity",
+    "counters",
+    "detail",
+    "updated_at",
+}
+
+
+def test_daemon_serves_status_send_queue_flush_and_transports(home: Home, daemons: Daemons) -> None:
+    daemons.start(home)
+    sock = home.path / "spoolbox.sock"
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+    status = home.json("status")
+    rows = {r["name"]: r for r in status["rows"]}
+    assert set(rows["local"]) == ROW_KEYS
+    assert "AVAILABLE" in rows["local"]["status_bits"]
+    assert "spooler" in rows
+
+    r = home.run("send", "--to", "MAILDIR:bob", "--subject", "via daemon", "--body", "hello")
+    assert r.returncode == 0, r.stderr
+    mid = r.stdout.strip()
+    assert "not running" not in r.stderr
+    wait_until("delivery", lambda: home.json("queue", "show", mid)["state"] == "sent")
+    assert list(home.delivered()) == ["via daemon"]
+
+    report = home.json("flush", "--upload")
+    assert set(report) == {"cancelled", "results"}
+    assert report["cancelled"] is False
+    assert [x["transport"] for x in report["results"]] == ["local"]
+    assert set(report["results"][0]) == {
+        "transport",
+        "uploaded",
+        "downloaded",
+        "bytes",
+        "cancelled",
+        "error",
+        "seconds",
+    }
+    r = home.run("flush", "--transport", "nosuch")
+    assert r.returncode == 4, r.stderr
+    assert home.run("queue", "show", "nosuchid").returncode == 4
+
+    t = home.json("transports")
+    assert t["source"] == "daemon"
+    assert t["configured"][0]["logged_on"] is True
+    assert t["configured"][0]["address_types"] == ["MAILDIR"]
+
+    ping = Client(home.profile).ping()
+    assert ping["protocol"] == 1
+    assert (home.path / "spoolbox.pid").read_text().strip() == str(ping["pid"])
+    # A second daemon on the same data directory refuses to start.
+    second = home.run("run", "--no-nice", timeout=60)
+    assert second.returncode == 1
+    assert "another spoolbox daemon" in second.stderr
+
+
+def _send(home: Home, i: int) -> tuple[int, str, str]:
+    r = home.run("send", "--to", f"MAILDIR:user{i % 5}", "--subject", f"msg-{i:02d}", "--body", "x")
+    return r.returncode, r.stdout.strip(), r.stderr
+
+
+def test_sigterm_with_messages_in_flight_loses_nothing(home: Home, daemons: Daemons) -> None:
+    proc = daemons.start(home)
+    results: list[tuple[int, str, str]] = []
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(_send, home, i) for i in range(50)]
+        for n, fut in enumerate(futures):
+            results.append(fut.result())
+            if n == 20:
+                proc.send_signal(signal.SIGTERM)  # while the rest are submitted and delivered
+    assert proc.wait(timeout=60) == 0
+    assert [r[0] for r in results] == [0] * 50, [r[2] for r in results if r[0]]
+    ids = [r[1] for r in results]
+    assert len(set(ids)) == 50
+
+    # Nothing vanished: every message is delivered (once) or still in the queue.
+    delivered = home.delivered()
+    assert all(len(files) == 1 for files in delivered.values()), delivered
+    queued = {m["id"]: m for m in home.json("queue", "list", "--limit", "1000")["messages"]}
+    assert set(ids) <= set(queued)
+    for mid in ids:
+        m = queued[mid]
+        if m["state"] != "sent":
+            assert m["subject"] not in delivered
+            assert m["state"] in ("queued", "deferred", "active"), m
+
+    daemons.start(home)
+
+    def all_sent() -> bool:
+        msgs = home.json("queue", "list", "--limit", "1000")["messages"]
+        return sum(m["state"] == "sent" for m in msgs) == 50
+
+    wait_until("every message to be delivered after the restart", all_sent)
+    delivered = home.delivered()
+    assert sorted(delivered) == [f"msg-{i:02d}" for i in range(50)]
+    assert all(len(files) == 1 for files in delivered.values())
+
+
+def test_sighup_reloads_a_changed_transport_option(home: Home, daemons: Daemons) -> None:
+    proc = daemons.start(home)
+    client = Client(home.profile)
+    assert client.ping()["reloads"] == 0
+    new_root = home.path / "mail2"
+    old_root = str(home.mail.resolve())
+    text = home.profile.read_text()
+    assert old_root in text
+
+    # An invalid profile is refused and the daemon keeps running on the old one.
+    home.profile.write_text(text + "\nbogus = 1\n")
+    proc.send_signal(signal.SIGHUP)
+    wait_until("the refusal in the log", lambda: "reload refused" in _log(home))
+    assert client.ping()["reloads"] == 0
+
+    home.profile.write_text(text.replace(old_root, str(new_root)))
+    proc.send_signal(signal.SIGHUP)
+    wait_until("the reload", lambda: Client(home.profile).ping()["reloads"] == 1)
+    mid = home.run("send", "--to", "MAILDIR:bob", "--subject", "after reload").stdout.strip()
+    wait_until("delivery", lambda: home.json("queue", "show", mid)["state"] == "sent")
+    assert list((new_root / "bob" / "new").iterdir())
+    assert not (home.mail / "bob").exists()
+    assert daemons.stop(proc) == 0
+
+
+def _log(home: Home) -> str:
+    return "".join(p.read_text(errors="replace") for p in home.path.glob("daemon-*.log"))
+
+
+def test_missing_credential_shows_in_the_row_and_secrets_never_leak(
+    home: Home, daemons: Daemons
+) -> None:
+    extra = f"""
+[[transports]]
+name = "relay"
+provider = "maildir"
+address_types = ["RELAY"]
+[transports.options]
+root = "{home.path / "relay"}"
+password_env = "SPOOLBOX_TEST_UNSET_PASSWORD"
+
+[[transports]]
+name = "vault"
+provider = "maildir"
+address_types = ["VAULT"]
+[transports.options]
+root = "{home.path / "vault"}"
+token_file = "token.txt"
+"""
+    text = home.profile.read_text()
+    cut = text.index("[listeners.submission]")
+    home.profile.write_text(text[:cut] + extra + "\n" + text[cut:])
+    (home.path / "token.txt").write_text("s3cr3t-t0ken-value\n")
+    env = {"SPOOLBOX_TEST_UNSET_PASSWORD": ""}
+    daemons.start(home, env=env)
+
+    def rows() -> dict[str, dict[str, object]]:
+        return {r["name"]: r for r in home.json("status")["rows"]}
+
+    wait_until("the relay row", lambda: "relay" in rows() and "vault" in rows())
+    relay = rows()["relay"]
+    assert "FAILURE" in relay["status_bits"]  # type: ignore[operator]
+    assert "not configured" in str(relay["detail"])
+    assert "password" in str(relay["detail"])
+    assert "SPOOLBOX_TEST_UNSET_PASSWORD" in str(relay["detail"])
+    # The other transports run.
+    assert "AVAILABLE" in rows()["local"]["status_bits"]  # type: ignore[operator]
+    mid = home.run("send", "--to", "MAILDIR:bob", "--body", "x").stdout.strip()
+    wait_until("delivery", lambda: home.json("queue", "show", mid)["state"] == "sent")
+    # A message for the unconfigured transport waits for it instead of failing.
+    rid = home.run("send", "--to", "RELAY:x", "--body", "x").stdout.strip()
+    assert home.json("queue", "show", rid)["state"] in ("queued", "deferred")
+
+    out = home.run("status").stdout + home.run("status", "--json").stdout
+    out += home.run("transports", "--json").stdout
+    assert "s3cr3t-t0ken-value" not in out
+    assert "s3cr3t-t0ken-value" not in _log(home)
+
+
+def test_submit_while_down_is_delivered_when_the_daemon_starts(
+    home: Home, daemons: Daemons
+) -> None:
+    mid = home.run("send", "--to", "MAILDIR:carol", "--subject", "early").stdout.strip()
+    assert home.json("queue", "show", mid)["state"] == "queued"
+    daemons.start(home)
+    wait_until("delivery", lambda: home.json("queue", "show", mid)["state"] == "sent")
+    assert list(home.delivered()) == ["early"]
+
+
+def test_status_watch_json_streams_rows(home: Home, daemons: Daemons) -> None:
+    daemons.start(home)
+    env = {k: v for k, v in os.environ.items() if k != "SPOOLBOX_PROFILE"}
+    with subprocess.Popen(
+        [*CLI, "--profile", str(home.profile), "status", "--watch", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            first = json.loads(proc.stdout.readline())
+            assert first["event"] == "status"
+            assert set(first["row"]) == ROW_KEYS
+        finally:
+            proc.kill()

@@ -1,0 +1,130 @@
+"""The TOML profile: defaults, validation errors naming file and key, secrets."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from spoolbox import MemoryStore, Spooler
+from spoolbox.daemon import RedactingFilter
+from spoolbox.model import StatusCode
+from spoolbox.profile import (
+    ProfileError,
+    Secret,
+    ask_missing_secrets,
+    default_profile_text,
+    load_profile,
+    parse_duration,
+)
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "spoolbox.toml"
+    p.write_text(text)
+    return p
+
+
+def test_default_profile_loads_with_maildir_and_listener(tmp_path: Path) -> None:
+    p = _write(tmp_path, default_profile_text(tmp_path, smtp_port=0))
+    prof = load_profile(p)
+    (t,) = prof.spooler.transports
+    assert (t.name, t.provider, t.address_types) == ("local", "maildir", ("MAILDIR",))
+    assert t.options["root"] == str((tmp_path / "mail").resolve())
+    assert prof.store.path == tmp_path.resolve() / "spool.sqlite3"
+    assert prof.daemon.socket == tmp_path.resolve() / "spoolbox.sock"
+    assert prof.spooler.policy.lifetime == 5 * 86400
+    assert [lst.name for lst in prof.listeners] == ["submission"]
+    assert str(prof.default_sender) == "MAILDIR:postmaster"
+
+
+@pytest.mark.parametrize(
+    ("snippet", "key", "expected"),
+    [
+        ("colour = 1\n", "colour", "unknown key"),
+        ('[policy]\nretry_cap = "soon"\n', "[policy] retry_cap", "expected a duration"),
+        ("[policy]\nclaim_batch = 1.5\n", "[policy] claim_batch", "expected an integer"),
+        ("[daemon]\nnice = 40\n", "[daemon] nice", "from 0 to 19"),
+        ('[identities]\nsenders = ["nobody"]\n', "[identities] senders[0]", "TYPE:value"),
+        (
+            '[[transports]]\nname = "a"\nprovider = "maildir"\nfoo = 1\n',
+            "[transports.a] foo",
+            "unknown",
+        ),
+        ('[[transports]]\nname = "a"\n', "[transports.a] provider", "expected a provider"),
+        ('[listeners.x]\nport = "high"\n', "[listeners.x]", "port"),
+        ("[listeners.x]\nportt = 1\n", "[listeners.x] portt", "unknown key"),
+    ],
+)
+def test_errors_name_the_file_the_key_and_what_was_expected(
+    tmp_path: Path, snippet: str, key: str, expected: str
+) -> None:
+    p = _write(tmp_path, snippet)
+    with pytest.raises(ProfileError) as info:
+        load_profile(p)
+    text = str(info.value)
+    assert str(p) in text
+    assert key in text
+    assert expected in text
+
+
+def test_durations() -> None:
+    assert parse_duration("250ms") == 0.25
+    assert parse_duration("4h") == 4 * 3600
+    assert parse_duration(3) == 3.0
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(True)
+
+
+TRANSPORT = """
+[[transports]]
+name = "relay"
+provider = "maildir"
+[transports.options]
+root = "/tmp"
+password_env = "SBX_PW"
+"""
+
+
+def test_secret_from_environment_and_file(tmp_path: Path) -> None:
+    p = _write(tmp_path, TRANSPORT)
+    prof = load_profile(p, environ={"SBX_PW": "hunter2"})
+    pw = prof.spooler.transports[0].options["password"]
+    assert isinstance(pw, Secret)
+    assert pw == "hunter2"
+    assert "hunter2" not in repr(prof.spooler.transports[0])
+    assert prof.redact("x hunter2 y") == "x *** y"
+    (tmp_path / "pw").write_text("from-file\n")
+    p.write_text(TRANSPORT.replace('password_env = "SBX_PW"', 'password_file = "pw"'))
+    assert load_profile(p, environ={}).spooler.transports[0].options["password"] == "from-file"
+
+
+def test_inline_and_env_secret_together_is_an_error(tmp_path: Path) -> None:
+    p = _write(tmp_path, TRANSPORT.replace("root =", 'password = "x"\nroot ='))
+    with pytest.raises(ProfileError, match="given twice"):
+        load_profile(p, environ={"SBX_PW": "y"})
+
+
+async def test_missing_secret_fails_only_its_transport_row(tmp_path: Path) -> None:
+    p = _write(tmp_path, TRANSPORT)
+    prof = load_profile(p, environ={})
+    assert [(m.transport, m.option) for m in prof.missing] == [("relay", "password")]
+    async with Spooler.open(prof.spooler, store=MemoryStore()) as sp:
+        assert await sp.wait_ready(timeout=10) == {"relay": False}
+        row = sp.status["relay"]
+        assert row.status_code & StatusCode.FAILURE
+        assert "not configured" in (row.detail or "")
+        assert "SBX_PW" in (row.detail or "")
+    # The logon dialog fills it in.
+    answers = ask_missing_secrets(prof, lambda prompt: "typed")
+    assert answers == {("relay", "password"): "typed"}
+    again = load_profile(p, environ={}, extra_secrets=answers)
+    assert not again.missing
+    assert again.spooler.transports[0].options["password"] == "typed"
+
+
+def test_log_filter_redacts_secrets() -> None:
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "pw is %s", ("hunter2",), None)
+    assert RedactingFilter(lambda: frozenset({"hunter2"})).filter(record)
+    assert record.getMessage() == "pw is ***"
