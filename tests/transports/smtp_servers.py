@@ -1,0 +1,248 @@
+"""SMTP servers for the SMTP transport tests, all on free loopback ports in the test's loop.
+
+* :class:`Recorder` + :func:`aiosmtpd_server`: a real aiosmtpd server whose handler
+  records every envelope and can be told to answer a given RCPT or DATA with a
+  reply, to stall at DATA, or to drop the connection there.
+* :func:`scripted_server`: a raw asyncio server running a coroutine per connection,
+  for replies no real server sends (garbage, endless multi-line replies, ...).
+
+Both count the TCP connections they accepted and close every one of them on exit,
+so a test leaves no transport, task or socket behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.smtp import SMTP as AiosmtpdSMTP
+from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
+
+HOST = "127.0.0.1"
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    content: bytes
+    mail_options: list[str]
+
+
+@dataclass
+class Recorder:
+    """An aiosmtpd handler: records envelopes; scripted answers by recipient or at DATA."""
+
+    received: list[Received] = field(default_factory=list)
+    rcpt_replies: dict[str, str] = field(default_factory=dict)  # address -> reply
+    data_reply: str | None = None  # answer the final dot with this instead of 250
+    stall_data: bool = False  # never answer the final dot
+    drop_at_data: bool = False  # close the connection instead of answering the final dot
+    peers: list[Any] = field(default_factory=list)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+    data_started: asyncio.Event = field(default_factory=asyncio.Event)  # a stall began
+
+    async def handle_RCPT(
+        self,
+        server: AiosmtpdSMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        reply = self.rcpt_replies.get(address)
+        if reply is not None:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: AiosmtpdSMTP, session: Session, envelope: Envelope) -> str:
+        if self.stall_data:
+            self.data_started.set()
+            await self.released.wait()  # until the test ends (the client gives up first)
+            return "451 4.3.0 stalled"
+        if self.drop_at_data:
+            assert server.transport is not None
+            server.transport.close()
+            return "250 never seen"
+        if self.data_reply is not None:
+            return self.data_reply
+        content = envelope.original_content or b""
+        self.received.append(
+            Received(
+                str(envelope.mail_from),
+                list(envelope.rcpt_tos),
+                bytes(content),
+                list(envelope.mail_options),
+            )
+        )
+        return "250 2.0.0 Ok: queued as TEST"
+
+
+@dataclass
+class ServerInfo:
+    port: int
+    connections: int = 0
+    protocols: list[asyncio.BaseProtocol] = field(default_factory=list)
+
+
+def _authenticator(users: dict[str, str]) -> Callable[..., AuthResult]:
+    def check(
+        server: AiosmtpdSMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        if isinstance(data, LoginPassword):
+            user, password = data.login.decode(), data.password.decode()
+            return AuthResult(success=users.get(user) == password, handled=False)
+        return AuthResult(success=False, handled=False)
+
+    return check
+
+
+@contextlib.asynccontextmanager
+async def aiosmtpd_server(
+    handler: Recorder,
+    *,
+    starttls: ssl.SSLContext | None = None,
+    implicit: ssl.SSLContext | None = None,
+    users: dict[str, str] | None = None,
+    auth_require_tls: bool = True,
+    data_size_limit: int | None = 33554432,
+) -> AsyncIterator[ServerInfo]:
+    """A real aiosmtpd server in this loop; yields its port and connection counter."""
+    loop = asyncio.get_running_loop()
+    info = ServerInfo(0)
+
+    def factory() -> AiosmtpdSMTP:
+        info.connections += 1
+        proto = AiosmtpdSMTP(
+            handler,
+            hostname="test.invalid",
+            tls_context=starttls,
+            require_starttls=False,
+            authenticator=_authenticator(users) if users else None,
+            auth_require_tls=auth_require_tls,
+            data_size_limit=data_size_limit,
+            enable_SMTPUTF8=True,
+            loop=loop,
+        )
+        info.protocols.append(proto)
+        return proto
+
+    server = await loop.create_server(factory, HOST, 0, ssl=implicit)
+    info.port = server.sockets[0].getsockname()[1]
+    try:
+        yield info
+    finally:
+        handler.released.set()
+        server.close()
+        for proto in info.protocols:
+            transport = getattr(proto, "transport", None)
+            if transport is not None:
+                transport.close()
+        await server.wait_closed()
+        for proto in info.protocols:
+            task = getattr(proto, "_handler_coroutine", None)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        await asyncio.sleep(0)
+
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def scripted_server(script: Script) -> AsyncIterator[ServerInfo]:
+    """A raw server running ``script(reader, writer)`` for every connection."""
+    info = ServerInfo(0)
+    tasks: set[asyncio.Task[None]] = set()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        info.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)  # type: ignore[arg-type]
+        writers.append(writer)
+        try:
+            await script(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+                await writer.wait_closed()
+
+    server = await asyncio.start_server(handle, HOST, 0)
+    info.port = server.sockets[0].getsockname()[1]
+    try:
+        yield info
+    finally:
+        server.close()
+        for w in writers:
+            w.close()
+        for t in list(tasks):
+            t.cancel()
+        for t in list(tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await server.wait_closed()
+
+
+# -- script pieces ------------------------------------------------------------------------------
+EHLO = b"250-test.invalid\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+
+
+async def line(reader: asyncio.StreamReader) -> bytes:
+    data = await reader.readline()
+    if not data:
+        raise ConnectionError("client went away")
+    return data
+
+
+async def smtp_dialogue(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    *,
+    greeting: bytes = b"220 test.invalid ESMTP\r\n",
+    ehlo: bytes = EHLO,
+    rcpt: bytes = b"250 2.1.5 Ok\r\n",
+    after_354: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+    | None = None,
+    received: list[bytes] | None = None,
+) -> None:
+    """A minimal SMTP server dialogue with replaceable replies."""
+    writer.write(greeting)
+    await writer.drain()
+    while True:
+        cmd = (await line(reader)).upper()
+        if cmd.startswith((b"EHLO", b"HELO")):
+            writer.write(ehlo)
+        elif cmd.startswith(b"MAIL") or cmd.startswith(b"RSET"):
+            writer.write(b"250 2.0.0 Ok\r\n")
+        elif cmd.startswith(b"RCPT"):
+            writer.write(rcpt)
+        elif cmd.startswith(b"DATA"):
+            writer.write(b"354 go ahead\r\n")
+            await writer.drain()
+            if after_354 is not None:
+                await after_354(reader, writer)
+                return
+            body = b""
+            while (chunk := await line(reader)) != b".\r\n":
+                body += chunk
+            if received is not None:
+                received.append(body)
+            writer.write(b"250 2.0.0 Ok: queued\r\n")
+        elif cmd.startswith(b"QUIT"):
+            writer.write(b"221 bye\r\n")
+            await writer.drain()
+            return
+        else:
+            writer.write(b"502 5.5.2 what?\r\n")
+        await writer.drain()
