@@ -18,6 +18,7 @@ the flush moves on to the next one.  Nothing queued is touched by a cancel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Generator, Sequence
@@ -144,6 +145,11 @@ async def _flush_one(
 ) -> TransportFlushResult:
     started = time.perf_counter()
     result = TransportFlushResult(host.name)
+    if not host.tried_logon.is_set():
+        # A flush right after the spooler opened waits for the first logon attempt.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(sp.policy.call_timeout):
+                await host.tried_logon.wait()
     if host.session is None or not host.lifecycle.running:
         result.error = host.last_error or "transport is not logged on"
         return result

@@ -705,14 +705,19 @@ class TransportHost:
             await self.background_gate()
             if self.stopping or self.critical_error:
                 return
-            count = 1 if notified else 0
             if poll and not notified:
                 next_poll = sp.clock.now() + sp.policy.poll_interval
                 count = await self.poll()
+            else:
+                # NEWMAIL says "something is waiting", not how much: take messages
+                # until a start_message delivers nothing (bounded per wake-up).
+                count = sp.policy.inbound_batch
             for _ in range(max(0, count)):
                 if not await self.receive_one():
                     break
                 await self.background_gate()
+                if self.stopping or self.critical_error:
+                    return
 
     async def poll(self) -> int:
         session = self._require_session()

@@ -59,6 +59,7 @@ class Policy:
     housekeeping_interval: float = 5.0  # leases, expiry
     shutdown_grace: float = 10.0  # finish in-flight work this long on shutdown
     claim_batch: int = 8  # messages claimed per store round trip per lane
+    inbound_batch: int = 100  # start_message calls per NEWMAIL wake-up, at most
     call_timeout: float = 600.0  # a provider call running longer is cancelled and failed
     #: Send one delay report (RFC 3464 Action: delayed) for a recipient still deferred
     #: this long after its first temporary failure, when its sender asked for delay

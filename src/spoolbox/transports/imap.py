@@ -73,7 +73,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-import aioimaplib
+import aioimaplib  # type: ignore[import-untyped]  # no py.typed in 2.0
 
 from spoolbox.contract import (
     BaseTransportSession,
@@ -238,11 +238,20 @@ class _Connection:
         """UIDs in ``lo:hi`` (``hi`` None = ``*``), really in that range, ascending."""
         rng = f"{lo}:{'*' if hi is None else hi}"
         async with asyncio.timeout(self.settings.timeout):
+            # A session sees new mail only at a command boundary (Dovecot evaluates a
+            # SEARCH on the view before it and reports EXISTS after it): sync first.
+            _check(await self._imap().noop(), "NOOP")
             resp = _check(await self._imap().uid_search("UID", rng, charset=None), "UID SEARCH")
         uids: list[int] = []
-        for line in _lines(resp):
-            if isinstance(line, bytes) and line.startswith(b"SEARCH"):
-                uids += [int(x) for x in line.split()[1:] if x.isdigit()]
+        # aioimaplib strips "* SEARCH"; the last line is the tagged completion text,
+        # and other untagged data ("3 EXISTS") may come along: take all-digit lines.
+        for line in _lines(resp)[:-1]:
+            if isinstance(line, bytes):
+                words = line.split()
+                if words[:1] == [b"SEARCH"]:
+                    words = words[1:]
+                if words and all(w.isdigit() for w in words):
+                    uids += [int(w) for w in words]
         # "n:*" includes the highest UID even when it is below n (RFC 3501 6.4.8).
         return sorted(u for u in set(uids) if u >= lo and (hi is None or u <= hi))
 
@@ -264,7 +273,8 @@ class _Connection:
                 continue
             data = bytes(lines[i + 1])
             if len(data) != int(m.group(1)):
-                raise _ProtocolError(f"UID FETCH {uid}: {len(data)} bytes, {m.group(1)} announced")
+                announced = int(m.group(1))
+                raise _ProtocolError(f"UID FETCH {uid}: {len(data)} bytes, {announced} announced")
             return data
         return None
 
@@ -616,4 +626,3 @@ class IMAPProvider:
 
     async def shutdown(self) -> None:
         return None
-

@@ -1,0 +1,416 @@
+"""A ``sendmail``-compatible entry point: ``spoolbox sendmail [options] [recipients...]``.
+
+The message is read from stdin in full, checked, completed (``Date``, ``Message-ID``
+and ``From`` when missing; ``Bcc`` removed) and submitted once: a message is never
+queued in part.  Exit codes follow ``sysexits.h``; every error is one line on stderr
+naming what was wrong.
+
+Options (as sendmail and Postfix's sendmail take them)::
+
+    -t            recipients from To, Cc and Bcc (Resent-* when present), added to
+                  those on the command line; Bcc headers are removed (always)
+    -f SENDER     envelope sender (also -fSENDER, -r SENDER); "<>" is the null sender
+    -F NAME       full name for the From header if one is added
+    -i, -oi       a line with a single "." does not end the message (read to EOF)
+    -N DSN        never, or a comma list of success, failure, delay
+    -V ENVID      envelope id (RFC 3461), echoed in delivery reports
+    -B TYPE, -v, -m, -n, -G, -U, -L TAG, -h N, -bm   accepted, no effect
+    -oX..., -O OPT=VALUE, -C FILE, -R RET, -X FILE   ignored with a warning
+    --            end of options
+
+Line endings are normalised to CRLF; a leading mbox ``From `` line is dropped.  The
+envelope sender without ``-f`` is the From header's address, else ``user@domain``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import re
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from email.utils import formataddr, formatdate, getaddresses, make_msgid
+from typing import BinaryIO, TextIO
+
+from ..model import Address, AddressError, MessageError, NewMessage, Notify
+
+__all__ = [
+    "EX_DATAERR",
+    "EX_NOINPUT",
+    "EX_NOPERM",
+    "EX_OK",
+    "EX_SOFTWARE",
+    "EX_TEMPFAIL",
+    "EX_UNAVAILABLE",
+    "EX_USAGE",
+    "run_sendmail",
+]
+
+EX_OK = 0
+EX_USAGE = 64  # bad arguments, no recipients
+EX_DATAERR = 65  # malformed message or bad address
+EX_NOINPUT = 66  # stdin cannot be read
+EX_UNAVAILABLE = 69  # the spool is not there
+EX_SOFTWARE = 70  # internal error
+EX_TEMPFAIL = 75  # the spool is busy or unavailable for now: try again
+EX_NOPERM = 77  # not allowed to write to the spool
+
+MAX_LINE = 998  # RFC 5322 section 2.1.1, octets without CRLF
+
+_HEADER_RE = re.compile(rb"^[!-9;-~]+[ \t]*:")
+_NEWLINE_RE = re.compile(rb"\r\n|\r|\n")
+_EMPTY_GROUP_RE = re.compile(r'[^,:;"<>]*:\s*;')
+_STRAY_COMMA_RE = re.compile(r"^\s*,|,\s*(?=,|$)")
+
+Submit = Callable[[NewMessage], Awaitable[object]]
+
+
+class _Exit(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class _Options:
+    extract: bool = False
+    sender: str | None = None
+    full_name: str | None = None
+    ignore_dots: bool = False
+    notify: Notify | None = None
+    envelope_id: str | None = None
+    recipients: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+# option letter -> takes an argument
+_IGNORED_QUIET = {"v": False, "m": False, "n": False, "G": False, "U": False, "B": True}
+_IGNORED_QUIET.update({"L": True, "h": True})
+_IGNORED_WARN = {"O": True, "C": True, "R": True, "X": True}
+
+
+def _parse_args(argv: Sequence[str]) -> _Options:
+    opts = _Options()
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg == "--":
+            opts.recipients.extend(args[i:])
+            break
+        if not arg.startswith("-") or arg == "-":
+            opts.recipients.append(arg)
+            continue
+        letter, rest = arg[1], arg[2:]
+
+        def value(letter: str = letter, rest: str = rest) -> str:
+            nonlocal i
+            if rest:
+                return rest
+            if i >= len(args):
+                raise _Exit(EX_USAGE, f"option -{letter} needs an argument")
+            i += 1
+            return args[i - 1]
+
+        if letter == "t" and not rest:
+            opts.extract = True
+        elif letter == "i" and not rest:
+            opts.ignore_dots = True
+        elif letter in ("f", "r"):
+            opts.sender = value()
+        elif letter == "F":
+            opts.full_name = value()
+        elif letter == "o":
+            if rest == "i":
+                opts.ignore_dots = True
+            elif not rest:
+                raise _Exit(EX_USAGE, "option -o needs a letter (e.g. -oi)")
+            else:
+                opts.warnings.append(f"ignoring option {arg}")
+        elif letter == "b":
+            if rest != "m":
+                raise _Exit(EX_USAGE, f"mode {arg} is not supported: only -bm (deliver mail) is")
+        elif letter == "N":
+            opts.notify = _parse_notify(value())
+        elif letter == "V":
+            envid = value()
+            if not (1 <= len(envid) <= 100) or any(not "!" <= c <= "~" for c in envid):
+                raise _Exit(
+                    EX_USAGE, f"-V {envid!r}: the envelope id must be 1-100 printable ASCII"
+                )
+            opts.envelope_id = envid
+        elif letter == "q":
+            raise _Exit(EX_USAGE, f"{arg}: queue runs are not supported (use `spoolbox flush`)")
+        elif letter in _IGNORED_QUIET:
+            if _IGNORED_QUIET[letter]:
+                value()
+            elif rest:
+                raise _Exit(EX_USAGE, f"unknown option {arg}")
+        elif letter in _IGNORED_WARN:
+            if _IGNORED_WARN[letter]:
+                value()
+            opts.warnings.append(f"ignoring option -{letter}")
+        else:
+            raise _Exit(EX_USAGE, f"unknown option {arg}")
+    return opts
+
+
+def _parse_notify(text: str) -> Notify:
+    words = [w.strip().lower() for w in text.split(",") if w.strip()]
+    if words == ["never"]:
+        return Notify.NEVER
+    names = {"success": Notify.SUCCESS, "failure": Notify.FAILURE, "delay": Notify.DELAY}
+    result = Notify.NEVER
+    for w in words:
+        if w not in names:
+            raise _Exit(
+                EX_USAGE, f"-N {text!r}: expected never, or a list of success, failure, delay"
+            )
+        result |= names[w]
+    if not words:
+        raise _Exit(EX_USAGE, "-N needs never, or a list of success, failure, delay")
+    return result
+
+
+def _read_message(stdin: BinaryIO, ignore_dots: bool, limit: int) -> bytes:
+    """All of stdin (or up to a lone "." line without -i), line endings as CRLF."""
+    lines: list[bytes] = []
+    size = 0
+    try:
+        while True:
+            line = stdin.readline()
+            if not line:
+                break
+            if not ignore_dots and line.rstrip(b"\r\n") == b".":
+                break
+            size += len(line)
+            if size > limit:
+                raise _Exit(EX_DATAERR, f"the message is larger than the limit of {limit} bytes")
+            lines.append(line)
+    except (OSError, ValueError) as exc:
+        raise _Exit(EX_NOINPUT, f"cannot read the message from stdin: {exc}") from exc
+    data = b"".join(lines)
+    return _NEWLINE_RE.sub(b"\r\n", data)
+
+
+def _split(data: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
+    """Headers as (lower-case name, raw bytes with CRLF and continuations), and the body.
+
+    The header section ends at the first empty line, or at the first line that is not
+    a header (the body then starts there: a blank line is put in between).
+    """
+    if data.startswith(b"From ") and not _HEADER_RE.match(data):
+        data = data.partition(b"\r\n")[2]  # mbox "From " line
+    headers: list[tuple[str, bytes]] = []
+    pos = 0
+    while pos < len(data):
+        end = data.find(b"\r\n", pos)
+        line_end = len(data) if end < 0 else end + 2
+        line = data[pos:line_end]
+        if line in (b"\r\n", b""):
+            return headers, data[line_end:]
+        if line[:1] in (b" ", b"\t") and headers:
+            name, raw = headers[-1]
+            headers[-1] = (name, raw + line)
+        elif _HEADER_RE.match(line):
+            name = line.split(b":", 1)[0].strip().decode("ascii").lower()
+            headers.append((name, line if line.endswith(b"\r\n") else line + b"\r\n"))
+        else:
+            return headers, data[pos:]
+        pos = line_end
+    return headers, b""
+
+
+def _check(data: bytes) -> None:
+    for number, line in enumerate(data.split(b"\r\n"), start=1):
+        if b"\x00" in line:
+            raise _Exit(EX_DATAERR, f"line {number} of the message contains a NUL byte")
+        if len(line) > MAX_LINE:
+            raise _Exit(
+                EX_DATAERR,
+                f"line {number} of the message is {len(line)} octets long; the limit is "
+                f"{MAX_LINE} (RFC 5322 section 2.1.1)",
+            )
+
+
+def _header_value(raw: bytes, name: str) -> str:
+    name = raw.split(b":", 1)[0].strip().decode("ascii")  # as written, for messages
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Exit(EX_DATAERR, f"the {name} header is not valid UTF-8") from None
+    value = text.split(":", 1)[1]
+    return re.sub(r"\r\n(?=[ \t])", "", value).strip()
+
+
+def _smtp_address(value: str, where: str) -> Address:
+    try:
+        addr = Address("SMTP", value)
+    except AddressError as exc:
+        raise _Exit(EX_DATAERR, f"bad address in {where}: {exc}") from None
+    local, at, domain = value.rpartition("@")
+    if not (local and at and domain) or " " in domain:
+        raise _Exit(EX_DATAERR, f"bad address in {where}: {value!r} is not user@domain")
+    return addr
+
+
+def _header_addresses(headers: list[tuple[str, bytes]], names: Sequence[str]) -> list[Address]:
+    found: list[Address] = []
+    for name, raw in headers:
+        if name not in names:
+            continue
+        value = _header_value(raw, name)
+        name = raw.split(b":", 1)[0].strip().decode("ascii")
+        if not value:
+            continue
+        # An empty group ("undisclosed-recipients:;") and stray commas name nobody.
+        tidy = _EMPTY_GROUP_RE.sub("", value)
+        tidy = _STRAY_COMMA_RE.sub("", tidy).strip()
+        if not tidy:
+            continue
+        pairs = getaddresses([tidy])
+        if not pairs or any(not addr for _, addr in pairs):
+            raise _Exit(EX_DATAERR, f"cannot parse the addresses in the {name} header: {value!r}")
+        found.extend(_smtp_address(addr, f"the {name} header") for _, addr in pairs)
+    return found
+
+
+def _argument_addresses(args: Sequence[str]) -> list[Address]:
+    found: list[Address] = []
+    for arg in args:
+        text = arg.strip()
+        if not text:
+            raise _Exit(EX_USAGE, "an empty recipient argument")
+        if "<" in text or "," in text:
+            pairs = getaddresses([text])
+            if not pairs or any(not a for _, a in pairs):
+                raise _Exit(EX_DATAERR, f"cannot parse the recipient argument {arg!r}")
+            found.extend(_smtp_address(a, f"the recipient argument {arg!r}") for _, a in pairs)
+            continue
+        try:
+            addr = Address.parse(text, default_type="SMTP")
+        except AddressError as exc:
+            raise _Exit(EX_DATAERR, f"bad recipient {arg!r}: {exc}") from None
+        if addr.type == "SMTP":
+            addr = _smtp_address(addr.value, f"the recipient argument {arg!r}")
+        found.append(addr)
+    return found
+
+
+def _exit_for(exc: BaseException) -> tuple[int, str]:
+    """The exit code for an exception from submit."""
+    if isinstance(exc, MessageError | AddressError):
+        return EX_DATAERR, f"message refused: {exc}"
+    if isinstance(exc, PermissionError):
+        return EX_NOPERM, f"not allowed to queue: {exc}"
+    if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
+        return EX_UNAVAILABLE, f"the spool is unavailable: {exc}"
+    temporary = getattr(exc, "temporary", None)
+    names = {c.__name__ for c in type(exc).__mro__}
+    if temporary is True or "StoreError" in names or isinstance(exc, OSError | TimeoutError):
+        return EX_TEMPFAIL, f"the spool is busy or unavailable, try again later: {exc}"
+    return EX_SOFTWARE, f"internal error: {type(exc).__name__}: {exc}"
+
+
+async def run_sendmail(
+    argv: Sequence[str],
+    stdin: BinaryIO,
+    submit: Submit,
+    *,
+    stderr: TextIO,
+    user: str | None = None,
+    domain: str | None = None,
+    max_message_size: int = 25 * 1024 * 1024,
+) -> int:
+    """Run ``sendmail`` with ``argv`` (the arguments, without the program name).
+
+    ``user`` and ``domain`` make the address for an added From header and the default
+    envelope sender (default: the login name at the host name).  Returns an exit code
+    from ``sysexits.h``; messages go to ``stderr``, one line each.
+    """
+    try:
+        opts = _parse_args(argv)
+        for w in opts.warnings:
+            print(f"sendmail: warning: {w}", file=stderr)
+        message = _build(opts, stdin, user, domain, max_message_size)
+    except _Exit as exc:
+        print(f"sendmail: {exc}", file=stderr)
+        return exc.code
+    try:
+        await submit(message)
+    except Exception as exc:
+        code, text = _exit_for(exc)
+        print(f"sendmail: {text}".replace("\n", " "), file=stderr)
+        return code
+    return EX_OK
+
+
+def _build(
+    opts: _Options, stdin: BinaryIO, user: str | None, domain: str | None, limit: int
+) -> NewMessage:
+    explicit = _argument_addresses(opts.recipients)
+    if not explicit and not opts.extract:
+        raise _Exit(EX_USAGE, "no recipients: give addresses as arguments, or use -t")
+
+    data = _read_message(stdin, opts.ignore_dots, limit)
+    _check(data)
+    headers, body = _split(data)
+
+    recipients = list(explicit)
+    if opts.extract:
+        present = {name for name, _ in headers}
+        resent = {"resent-to", "resent-cc", "resent-bcc"} & present
+        names = ("resent-to", "resent-cc", "resent-bcc") if resent else ("to", "cc", "bcc")
+        recipients.extend(_header_addresses(headers, names))
+        if not recipients:
+            raise _Exit(EX_USAGE, "no recipients: none in the To, Cc or Bcc headers (-t)")
+
+    local_user = user or _login()
+    local_domain = domain or socket.gethostname() or "localhost"
+    default_addr = f"{local_user}@{local_domain}"
+
+    sender: Address | None
+    if opts.sender is not None:
+        text = opts.sender.strip()
+        if text in ("", "<>"):
+            sender = None
+        else:
+            text = text.removeprefix("<").removesuffix(">")
+            try:
+                sender = Address.parse(text, default_type="SMTP")
+            except AddressError as exc:
+                raise _Exit(EX_DATAERR, f"bad sender -f {opts.sender!r}: {exc}") from None
+    else:
+        froms = _header_addresses(headers, ("from",))
+        sender = froms[0] if froms else _smtp_address(default_addr, "the default sender")
+
+    kept = [(n, raw) for n, raw in headers if n not in ("bcc", "resent-bcc")]
+    present = {n for n, _ in kept}
+    added: list[str] = []
+    if "from" not in present:
+        addr = sender.value if sender is not None and sender.type == "SMTP" else default_addr
+        added.append(f"From: {formataddr((opts.full_name or '', addr))}")
+    if "date" not in present:
+        added.append(f"Date: {formatdate(localtime=True)}")
+    if "message-id" not in present:
+        added.append(f"Message-ID: {make_msgid(domain=local_domain)}")
+    head = "".join(f"{h}\r\n" for h in added).encode("utf-8")
+    content = head + b"".join(raw for _, raw in kept) + b"\r\n" + body
+    try:
+        return NewMessage(
+            sender=sender,
+            recipients=tuple(recipients),
+            content=content,
+            notify=opts.notify if opts.notify is not None else Notify.FAILURE,
+            envelope_id=opts.envelope_id,
+        )
+    except MessageError as exc:
+        raise _Exit(EX_DATAERR, f"message refused: {exc}") from None
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "nobody"

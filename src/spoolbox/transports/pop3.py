@@ -1,0 +1,300 @@
+"""The POP3 transport (inbound only): fetch new mail from a POP3 maildrop.
+
+The session polls (``LogonCaps.SP_POLL``) and serves no address type.  It uses the
+standard library's :mod:`poplib`, which blocks, so every step runs in a worker
+thread through ``support.run_blocking``; each step is bounded by ``timeout`` (the
+socket timeout).
+
+Configuration: ``host``, ``username``, ``password`` (required), ``port`` (995 with
+``tls = "implicit"``, else 110), ``tls`` (``"implicit"`` default, ``"starttls"``
+i.e. STLS, ``"none"``), ``verify`` (default true; false is logged), ``ca_file``,
+``after_fetch`` (``"keep"`` default, or ``"delete"``), ``timeout`` (seconds per
+network step, default 60).  An unknown key or a value of the wrong type fails the
+logon with a :class:`ValueError` naming it.  The logon opens a session to check the
+credentials: a wrong password fails the logon and the status row says why.
+
+Exactly once, across crashes: POP3 has no watermark, only unique ids (UIDL, which
+the server must support).  The profile section keeps ``fetched_uidls``, the UIDLs of
+the messages already in the inbox.  ``start_message`` takes the first message whose
+UIDL is not in it and sets the new list (the old one pruned to the UIDLs still on
+the server, plus the new one) with ``writer.set_state``: it commits in the same
+transaction as the inbox message, so a crash keeps both or neither.
+
+Sessions: POP3 applies DELE only at QUIT, and a session sees the maildrop as it was
+at login.  So each ``poll`` and each ``start_message`` opens its own session:
+``poll`` lists the UIDLs and QUITs; ``start_message`` RETRs one message and, with
+``keep``, QUITs at once.  With ``delete`` the session stays open until the message
+is committed: its ``after_commit`` callback sends DELE and QUIT (one message per
+session, so a deletion never waits for a batch).  If the commit does not happen,
+the session is dropped without QUIT and nothing is deleted.  After a crash between
+the commit and the QUIT the message is still on the server but its UIDL is in
+``fetched_uidls``: the next ``poll`` deletes it without fetching it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import poplib
+import ssl
+from collections.abc import Mapping
+from typing import Any, ClassVar, TypeVar
+
+from spoolbox.contract import (
+    BaseTransportSession,
+    FailOneProvider,
+    InboundWriter,
+    LogoffFlags,
+    LogonCaps,
+    LogonFlags,
+    NetworkError,
+    StatusCode,
+    Support,
+)
+
+from ._mailbox import MailboxSettings
+
+__all__ = ["POP3Provider", "POP3Session"]
+
+_CHUNK = 65536
+_RETRY = 30.0
+_STATE = "fetched_uidls"
+T = TypeVar("T")
+
+
+class _LoginRefused(Exception):
+    pass
+
+
+# -- blocking helpers (worker threads) -------------------------------------------------------
+def _open(s: MailboxSettings, ctx: ssl.SSLContext | None) -> poplib.POP3:
+    conn: poplib.POP3
+    if s.tls == "implicit":
+        conn = poplib.POP3_SSL(s.host, s.port, timeout=s.timeout, context=ctx)
+    else:
+        conn = poplib.POP3(s.host, s.port, timeout=s.timeout)
+    try:
+        if s.tls == "starttls":
+            conn.stls(ctx)
+        try:
+            conn.user(s.username)
+            conn.pass_(s.password)
+        except poplib.error_proto as exc:
+            why = exc.args[0] if exc.args else b""
+            text = why.decode("utf-8", "replace") if isinstance(why, bytes) else str(why)
+            raise _LoginRefused(text) from None
+    except BaseException:
+        _close(conn)
+        raise
+    return conn
+
+
+def _close(conn: poplib.POP3) -> None:
+    """Drop the connection without QUIT (nothing marked for deletion is deleted)."""
+    with contextlib.suppress(OSError):
+        conn.close()
+
+
+def _quit(conn: poplib.POP3) -> None:
+    try:
+        conn.quit()
+    finally:
+        _close(conn)
+
+
+def _decode(b: bytes) -> str:
+    return b.decode("ascii", "replace")
+
+
+def _uidl(conn: poplib.POP3) -> list[tuple[int, str]]:
+    """(message number, UIDL) in maildrop order."""
+    _resp, lines, _octets = conn.uidl()
+    out: list[tuple[int, str]] = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].isdigit():
+            out.append((int(parts[0]), _decode(parts[1])))
+    return out
+
+
+def _retr(conn: poplib.POP3, n: int) -> bytes:
+    _resp, lines, _octets = conn.retr(n)  # dot-unstuffed, without line ends
+    return b"".join(line + b"\r\n" for line in lines)
+
+
+def _dele(conn: poplib.POP3, numbers: list[int]) -> None:
+    for n in numbers:
+        conn.dele(n)
+
+
+class POP3Session(BaseTransportSession):
+    """One logon of the POP3 transport; see the module docstring."""
+
+    CAPABILITIES: ClassVar[LogonCaps] = LogonCaps.SP_POLL
+
+    def __init__(self, support: Support, settings: MailboxSettings) -> None:
+        super().__init__(support)
+        self.settings = settings
+        self._held: poplib.POP3 | None = None  # a delete session waiting for its commit
+        self.fetched = 0
+        self.bytes = 0
+        self.last = ""
+        self.last_error = ""
+
+    def __repr__(self) -> str:
+        return f"<POP3Session {self.settings.where}>"
+
+    # -- status -------------------------------------------------------------------------
+    def _fetched(self) -> list[str]:
+        value = self.support.profile_section().get(_STATE, [])
+        return [str(u) for u in value] if isinstance(value, list) else []
+
+    def status_object(self) -> Mapping[str, Any]:
+        return {
+            "server": self.settings.where,
+            "tls": self.settings.tls,
+            "after_fetch": self.settings.after_fetch,
+            "fetched_uidls": len(self._fetched()),
+            "fetched": self.fetched,
+            "bytes": self.bytes,
+            "last_error": self.last_error or None,
+        }
+
+    def _status(self) -> None:
+        text = f"{self.fetched} fetched"
+        if self.last:
+            text += f", last: {self.last}"
+        if self.last_error:
+            text += f"; last error: {self.last_error}"
+        self.support.modify_status_row(status_string=text)
+
+    def _network_error(self, what: str, exc: BaseException) -> NetworkError:
+        self.last_error = f"{what}: {type(exc).__name__}: {exc}"
+        self.support.logger.warning("pop3 %s: %s", self.settings.where, self.last_error)
+        self._status()
+        return NetworkError(_RETRY, f"pop3 {self.settings.where}: {self.last_error}")
+
+    # -- sessions ---------------------------------------------------------------------------
+    async def _run(self, conn: poplib.POP3, fn: Any, *args: object) -> Any:
+        """``fn(conn, *args)`` in a worker; on any failure the connection is dropped."""
+        try:
+            return await self.support.run_blocking(fn, conn, *args)
+        except BaseException:
+            _close(conn)
+            raise
+
+    async def _connect(self) -> poplib.POP3:
+        self._drop_held()
+        s = self.settings
+        ctx = s.ssl_context(self.support.logger)
+        try:
+            conn: poplib.POP3 = await self.support.run_blocking(_open, s, ctx)
+        except _LoginRefused as exc:
+            raise FailOneProvider(
+                f"pop3 login to {s.host}:{s.port} as {s.username!r} refused: {exc}"
+            ) from None
+        return conn
+
+    def _drop_held(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            _close(held)  # its message was not committed: no QUIT, nothing deleted
+
+    # -- inbound ------------------------------------------------------------------------------
+    async def _start(self) -> None:
+        try:
+            conn = await self._connect()
+            await self._run(conn, _quit)
+        except (OSError, poplib.error_proto) as exc:
+            raise self._network_error("connect", exc) from exc
+
+    async def poll(self) -> int:
+        try:
+            conn = await self._connect()
+            listing = await self._run(conn, _uidl)
+            fetched = set(self._fetched())
+            left = [n for n, u in listing if u in fetched]
+            if left and self.settings.after_fetch == "delete":
+                await self._run(conn, _dele, left)
+            await self._run(conn, _quit)
+        except (OSError, poplib.error_proto) as exc:
+            raise self._network_error("poll", exc) from exc
+        if left and self.settings.after_fetch == "delete":
+            self.support.logger.info(
+                "pop3 %s: deleted %d fetched messages left on the server",
+                self.settings.where,
+                len(left),
+            )
+        return sum(1 for _n, u in listing if u not in fetched)
+
+    async def start_message(self, message: InboundWriter) -> None:
+        try:
+            conn = await self._connect()
+            listing: list[tuple[int, str]] = await self._run(conn, _uidl)
+            fetched = self._fetched()
+            done = set(fetched)
+            todo = [(n, u) for n, u in listing if u not in done]
+            if not todo:
+                await self._run(conn, _quit)
+                return
+            number, uidl = todo[0]
+            data: bytes = await self._run(conn, _retr, number)
+            if self.settings.after_fetch == "keep":
+                await self._run(conn, _quit)
+            else:
+                self._held = conn
+        except (OSError, poplib.error_proto) as exc:
+            raise self._network_error("fetch", exc) from exc
+        view = memoryview(data)
+        for i in range(0, len(view), _CHUNK):
+            await message.write(bytes(view[i : i + _CHUNK]))
+        if not data:
+            self._drop_held()
+            return
+        on_server = {u for _n, u in listing}
+        message.set_remote_id(uidl)
+        message.set_state(_STATE, [u for u in fetched if u in on_server] + [uidl])
+        size = len(data)
+
+        async def committed() -> None:
+            await self._committed(conn, number, uidl, size)
+
+        message.after_commit(committed)
+
+    async def _committed(self, conn: poplib.POP3, number: int, uidl: str, size: int) -> None:
+        self.fetched += 1
+        self.bytes += size
+        self.last = f"UIDL {uidl} ({size} bytes)"
+        if self._held is conn:
+            self._held = None
+            try:
+                await self._run(conn, _dele, [number])
+                await self._run(conn, _quit)
+            except (OSError, poplib.error_proto) as exc:
+                # Still on the server, and its UIDL is recorded: the next poll deletes it.
+                self._network_error(f"deleting {uidl} (retried at the next poll)", exc)
+                return
+        self._status()
+
+    async def logoff(self, flags: LogoffFlags) -> None:
+        self._drop_held()
+
+
+class POP3Provider:
+    """The POP3 transport provider (entry point ``pop3``)."""
+
+    display_name: ClassVar[str] = "POP3"
+
+    async def logon(
+        self, support: Support, config: Mapping[str, Any], flags: LogonFlags
+    ) -> POP3Session:
+        settings = MailboxSettings.from_config("pop3", config)
+        session = POP3Session(support, settings)
+        support.modify_status_row(
+            update=False, status_code=StatusCode.AVAILABLE, status_string=settings.describe()
+        )
+        await session._start()
+        session._status()
+        return session
+
+    async def shutdown(self) -> None:
+        return None

@@ -1,0 +1,445 @@
+"""The SMTP submission listener against a real Spooler (memory store, no transports)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import pytest
+
+from spoolbox import Address, AlwaysIdle, NewMessage, Spooler, SpoolerConfig, StoreError
+from spoolbox.ingress import ListenerConfig, SubmissionListener
+
+MESSAGE = b"From: alice@example.org\r\nTo: bob@example.org\r\nSubject: hi\r\n\r\nHello Bob.\r\n"
+
+
+@pytest.fixture
+async def spooler() -> AsyncIterator[Spooler]:
+    async with Spooler.open(SpoolerConfig(), idle=AlwaysIdle()) as sp:
+        yield sp
+
+
+@asynccontextmanager
+async def serving(
+    submit: Callable[[NewMessage], Awaitable[object]], **options: Any
+) -> AsyncIterator[SubmissionListener]:
+    options.setdefault("port", 0)
+    options.setdefault("hostname", "mx.test")
+    listener = SubmissionListener(submit, ListenerConfig(**options))
+    await listener.start()
+    try:
+        yield listener
+    finally:
+        await listener.stop(grace=1.0)
+
+
+class Client:
+    """A raw SMTP client on asyncio streams."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, port: int) -> Client:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        client = cls(reader, writer)
+        greeting = await client.reply()
+        assert greeting.startswith("220 ")
+        return client
+
+    async def reply(self) -> str:
+        lines = []
+        while True:
+            line = await self.reader.readline()
+            if not line:
+                raise ConnectionError("closed: " + " | ".join(lines))
+            text = line.decode("ascii", "replace").rstrip("\r\n")
+            lines.append(text)
+            if text[3:4] != "-":
+                return "\n".join(lines)
+
+    async def cmd(self, line: str | bytes) -> str:
+        data = line.encode() if isinstance(line, str) else line
+        self.writer.write(data + b"\r\n")
+        await self.writer.drain()
+        return await self.reply()
+
+    async def data(self, content: bytes) -> str:
+        reply = await self.cmd("DATA")
+        assert reply.startswith("354"), reply
+        self.writer.write(content + b".\r\n")
+        await self.writer.drain()
+        return await self.reply()
+
+    async def close(self) -> None:
+        self.writer.close()
+        with suppress(ConnectionError, OSError):
+            await self.writer.wait_closed()
+
+
+@asynccontextmanager
+async def client(port: int) -> AsyncIterator[Client]:
+    c = await Client.connect(port)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+async def queued(sp: Spooler) -> list[tuple[Any, bytes]]:
+    """The submitted messages (not the spooler's own reports: with no transports every
+    recipient fails at once and the sender gets a non-delivery report)."""
+    out = []
+    for summary in await sp.store.list_messages(now=0):
+        if summary.info.is_report:
+            continue
+        out.append((summary, await sp.store.read_content(summary.info.id)))
+    return out
+
+
+async def test_a_message_is_queued_with_a_received_line(spooler: Spooler) -> None:
+    async with serving(spooler.submit) as listener:
+        errors, reply = await aiosmtplib.send(
+            MESSAGE,
+            sender="alice@example.org",
+            recipients=["bob@example.org", "carol@example.org"],
+            hostname="127.0.0.1",
+            port=listener.port,
+        )
+        assert errors == {}
+        assert "queued as" in reply
+    [(summary, content)] = await queued(spooler)
+    assert reply.split()[-1] == summary.info.id
+    assert summary.info.sender == Address("SMTP", "alice@example.org")
+    assert [r.address for r in summary.recipients] == [
+        Address("SMTP", "bob@example.org"),
+        Address("SMTP", "carol@example.org"),
+    ]
+    assert content.startswith(b"Received: from ")
+    assert b"by mx.test (spoolbox) with ESMTP id " + summary.info.id.encode() in content
+    assert b"\tfor <" not in content  # two recipients: none is named in the trace
+    assert content.endswith(MESSAGE)
+    assert listener.statistics()["accepted"] == 1
+    assert listener.statistics()["connections"] == 1
+
+
+async def test_250_comes_only_after_submit_returned(spooler: Spooler) -> None:
+    entered = asyncio.Event()
+    release = asyncio.Event()
+    events: list[str] = []
+
+    async def slow_submit(message: NewMessage) -> object:
+        entered.set()
+        await release.wait()
+        info = await spooler.submit(message)
+        events.append("committed")
+        return info
+
+    async with serving(slow_submit) as listener, client(listener.port) as c:
+        await c.cmd("EHLO client.test")
+        assert (await c.cmd("MAIL FROM:<alice@example.org>")).startswith("250")
+        assert (await c.cmd("RCPT TO:<bob@example.org>")).startswith("250")
+        assert (await c.cmd("DATA")).startswith("354")
+        c.writer.write(MESSAGE + b".\r\n")
+        await c.writer.drain()
+
+        async def read_final() -> str:
+            reply = await c.reply()
+            events.append("client got " + reply[:3])
+            return reply
+
+        final = asyncio.create_task(read_final())
+        await entered.wait()
+        for _ in range(20):  # give a wrong server every chance to answer early
+            await asyncio.sleep(0.005)
+        assert not final.done()
+        assert await queued(spooler) == []
+        release.set()
+        reply = await final
+        assert reply.startswith("250 2.0.0")
+    assert events == ["committed", "client got 250"]
+    assert len(await queued(spooler)) == 1
+
+
+async def test_submit_failure_answers_451_and_queues_nothing(spooler: Spooler) -> None:
+    calls = 0
+
+    async def failing(message: NewMessage) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise StoreError("/var/spool/x.sqlite3: database is locked")
+        return await spooler.submit(message)
+
+    async with serving(failing) as listener, client(listener.port) as c:
+        await c.cmd("EHLO client.test")
+        await c.cmd("MAIL FROM:<alice@example.org>")
+        await c.cmd("RCPT TO:<bob@example.org>")
+        reply = await c.data(MESSAGE)
+        assert reply.startswith("451 4.3.0")
+        assert "/var/spool" not in reply  # no internals leak to the client
+        assert await queued(spooler) == []
+        # The session goes on: the client retries and succeeds.
+        await c.cmd("MAIL FROM:<alice@example.org>")
+        await c.cmd("RCPT TO:<bob@example.org>")
+        assert (await c.data(MESSAGE)).startswith("250")
+    assert len(await queued(spooler)) == 1
+    stats = listener.statistics()
+    assert stats["rejected_submit_failed"] == 1
+    assert stats["accepted"] == 1
+
+
+async def test_size_limit(spooler: Spooler) -> None:
+    async with serving(spooler.submit, max_message_size=1000) as listener:
+        async with client(listener.port) as c:
+            ehlo = await c.cmd("EHLO client.test")
+            assert "250-SIZE 1000" in ehlo
+            reply = await c.cmd("MAIL FROM:<alice@example.org> SIZE=5000")
+            assert reply.startswith("552 5.3.4")
+            assert (await c.cmd("MAIL FROM:<alice@example.org> SIZE=500")).startswith("250")
+            await c.cmd("RCPT TO:<bob@example.org>")
+            big = MESSAGE + b"x" * 80 + b"\r\n"
+            reply = await c.data(big * 20)
+            assert reply.startswith("552 5.3.4")
+            assert "1000" in reply
+            # A message within the limit still goes through on the same connection.
+            await c.cmd("MAIL FROM:<alice@example.org>")
+            await c.cmd("RCPT TO:<bob@example.org>")
+            assert (await c.data(MESSAGE)).startswith("250")
+        assert listener.statistics()["rejected_size"] == 2
+    assert len(await queued(spooler)) == 1
+
+
+async def test_recipient_limit(spooler: Spooler) -> None:
+    async with serving(spooler.submit, max_recipients=3) as listener, client(listener.port) as c:
+        await c.cmd("EHLO client.test")
+        await c.cmd("MAIL FROM:<alice@example.org>")
+        replies = [await c.cmd(f"RCPT TO:<r{i}@example.org>") for i in range(5)]
+        assert [r[:3] for r in replies] == ["250", "250", "250", "452", "452"]
+        assert "4.5.3" in replies[3]
+        assert "too many recipients" in replies[3].lower()
+        assert (await c.data(MESSAGE)).startswith("250")
+    [(summary, _)] = await queued(spooler)
+    assert [r.address.value for r in summary.recipients] == [f"r{i}@example.org" for i in range(3)]
+
+
+async def test_line_length_limit(spooler: Spooler) -> None:
+    async with serving(spooler.submit) as listener, client(listener.port) as c:
+        await c.cmd("EHLO client.test")
+        for length in (999, 5000):
+            await c.cmd("MAIL FROM:<alice@example.org>")
+            await c.cmd("RCPT TO:<bob@example.org>")
+            reply = await c.data(MESSAGE + b"y" * length + b"\r\n")
+            assert reply.startswith("554 5.6.0"), reply
+            assert "Line 6" in reply
+            assert "998" in reply
+        assert await queued(spooler) == []
+        # 998 octets is fine, and so is 998 after a stuffed dot (999 on the wire).
+        await c.cmd("MAIL FROM:<alice@example.org>")
+        await c.cmd("RCPT TO:<bob@example.org>")
+        body = b"z" * 998 + b"\r\n" + b".." + b"d" * 997 + b"\r\n"
+        assert (await c.data(MESSAGE + body)).startswith("250")
+    [(_, content)] = await queued(spooler)
+    assert content.endswith(MESSAGE + b"z" * 998 + b"\r\n." + b"d" * 997 + b"\r\n")
+    assert listener.statistics()["rejected_line_length"] == 2
+
+
+async def test_relay_denied_outside_relay_networks(spooler: Spooler) -> None:
+    async with (
+        serving(spooler.submit, relay_networks=(), local_domains=("example.org",)) as listener,
+        client(listener.port) as c,
+    ):
+        await c.cmd("EHLO client.test")
+        await c.cmd("MAIL FROM:<alice@elsewhere.net>")
+        assert (await c.cmd("RCPT TO:<bob@Example.ORG>")).startswith("250")
+        denied = await c.cmd("RCPT TO:<victim@elsewhere.net>")
+        assert denied.startswith("554 5.7.1")
+        assert "relay" in denied.lower()
+        assert (await c.data(MESSAGE)).startswith("250")
+    [(summary, _)] = await queued(spooler)
+    assert [r.address.value for r in summary.recipients] == ["bob@Example.ORG"]
+    assert listener.statistics()["rejected_relay"] == 1
+
+
+async def test_relay_allowed_from_relay_networks(spooler: Spooler) -> None:
+    async with serving(spooler.submit) as listener, client(listener.port) as c:
+        await c.cmd("EHLO client.test")
+        await c.cmd("MAIL FROM:<alice@example.org>")
+        assert (await c.cmd("RCPT TO:<someone@elsewhere.net>")).startswith("250")
+
+
+async def test_all_recipients_refused_queues_nothing(spooler: Spooler) -> None:
+    async with (
+        serving(spooler.submit, relay_networks=(), local_domains=("example.org",)) as listener,
+        client(listener.port) as c,
+    ):
+        await c.cmd("EHLO client.test")
+        await c.cmd("MAIL FROM:<alice@example.org>")
+        assert (await c.cmd("RCPT TO:<x@elsewhere.net>")).startswith("554")
+        assert (await c.cmd("RCPT TO:<no-domain>")).startswith("553")
+        reply = await c.cmd("DATA")
+        assert reply.startswith("554 5.5.1")
+        # Without any RCPT at all it is a sequence error, not a refusal.
+        await c.cmd("RSET")
+        await c.cmd("MAIL FROM:<alice@example.org>")
+        assert (await c.cmd("DATA")).startswith("503")
+    assert await queued(spooler) == []
+    assert listener.statistics()["rejected_no_recipients"] == 1
+
+
+async def test_null_sender(spooler: Spooler) -> None:
+    async with serving(spooler.submit) as listener, client(listener.port) as c:
+        await c.cmd("EHLO client.test")
+        assert (await c.cmd("MAIL FROM:<>")).startswith("250")
+        assert (await c.cmd("RCPT TO:<bob@example.org>")).startswith("250")
+        assert (await c.data(MESSAGE)).startswith("250")
+    [(summary, content)] = await queued(spooler)
+    assert summary.info.sender is None
+    assert b"\tfor <bob@example.org>;" in content
+
+
+def _plain(user: str, password: str) -> str:
+    return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+
+
+async def test_auth_is_refused_without_tls(spooler: Spooler) -> None:
+    async with (
+        serving(spooler.submit, users={"ann": "secret"}) as listener,
+        client(listener.port) as c,
+    ):
+        ehlo = await c.cmd("EHLO client.test")
+        assert "AUTH" not in ehlo
+        reply = await c.cmd("AUTH PLAIN " + _plain("ann", "secret"))
+        assert reply.startswith("538")
+
+
+def test_require_auth_without_tls_needs_allow_plain_auth() -> None:
+    with pytest.raises(ValueError, match="allow_plain_auth"):
+        ListenerConfig(require_auth=True, users={"ann": "secret"})
+    with pytest.raises(ValueError, match="users"):
+        ListenerConfig(require_auth=True, allow_plain_auth=True)
+    with pytest.raises(ValueError, match="relay_networks"):
+        ListenerConfig(relay_networks=("not-a-net",))
+
+
+async def test_auth_required_when_allowed_in_plain(spooler: Spooler) -> None:
+    async with (
+        serving(
+            spooler.submit,
+            require_auth=True,
+            allow_plain_auth=True,
+            users={"ann": "secret"},
+            relay_networks=(),
+        ) as listener,
+        client(listener.port) as c,
+    ):
+        ehlo = await c.cmd("EHLO client.test")
+        assert "AUTH LOGIN PLAIN" in ehlo
+        assert (await c.cmd("MAIL FROM:<ann@example.org>")).startswith("530 5.7.0")
+        assert (await c.cmd("AUTH PLAIN " + _plain("ann", "wrong"))).startswith("535")
+        assert (await c.cmd("AUTH PLAIN " + _plain("bob", "secret"))).startswith("535")
+        assert (await c.cmd("AUTH PLAIN " + _plain("ann", "secret"))).startswith("235")
+        assert (await c.cmd("MAIL FROM:<ann@example.org>")).startswith("250")
+        # Authenticated: may relay although relay_networks is empty.
+        assert (await c.cmd("RCPT TO:<far@elsewhere.net>")).startswith("250")
+        assert (await c.data(MESSAGE)).startswith("250")
+    [(_, content)] = await queued(spooler)
+    assert b" with ESMTPA id " in content
+    assert listener.statistics()["rejected_auth_failed"] == 2
+    assert listener.statistics()["rejected_auth_required"] == 1
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> Path:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    pem = tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=localhost", "-keyout", str(pem), "-out", str(pem),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return pem
+
+
+async def test_starttls_then_auth(spooler: Spooler, certificate: Path) -> None:
+    async with serving(
+        spooler.submit,
+        require_auth=True,
+        users={"ann": "secret"},
+        relay_networks=(),
+        tls_cert=str(certificate),
+    ) as listener:
+        smtp = aiosmtplib.SMTP(
+            hostname="127.0.0.1", port=listener.port, start_tls=True, validate_certs=False
+        )
+        async with smtp:
+            await smtp.login("ann", "secret")
+            errors, _ = await smtp.sendmail("ann@example.org", ["far@elsewhere.net"], MESSAGE)
+            assert errors == {}
+    [(_, content)] = await queued(spooler)
+    assert b" with ESMTPSA id " in content
+
+
+async def test_stop_lets_a_transaction_in_progress_finish(spooler: Spooler) -> None:
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_submit(message: NewMessage) -> object:
+        entered.set()
+        await release.wait()
+        return await spooler.submit(message)
+
+    listener = SubmissionListener(slow_submit, ListenerConfig(port=0, shutdown_grace=30))
+    await listener.start()
+    port = listener.port
+    c = await Client.connect(port)
+    try:
+        await c.cmd("EHLO client.test")
+        await c.cmd("MAIL FROM:<alice@example.org>")
+        await c.cmd("RCPT TO:<bob@example.org>")
+        await c.cmd("DATA")
+        c.writer.write(MESSAGE + b".\r\n")
+        await c.writer.drain()
+        await entered.wait()
+        stopping = asyncio.create_task(listener.stop())
+        await asyncio.sleep(0.01)
+        assert not stopping.done()
+        with pytest.raises(ConnectionRefusedError):  # no longer accepting
+            await asyncio.open_connection("127.0.0.1", port)
+        release.set()
+        assert (await c.reply()).startswith("250")
+        await stopping
+        assert (await c.reply()).startswith("421")
+    finally:
+        await c.close()
+    assert len(await queued(spooler)) == 1
+
+
+async def test_start_on_a_taken_port_says_so(spooler: Spooler) -> None:
+    async with serving(spooler.submit) as first:
+        second = SubmissionListener(spooler.submit, ListenerConfig(port=first.port))
+        with pytest.raises(OSError, match=f"cannot listen for SMTP on 127.0.0.1:{first.port}"):
+            await second.start()
+        await second.stop()  # not started: harmless
+
+
+async def test_invalid_addresses_are_refused(spooler: Spooler) -> None:
+    async with serving(spooler.submit) as listener, client(listener.port) as c:
+        await c.cmd("EHLO client.test")
+        assert (await c.cmd("MAIL FROM:<alice>")).startswith("553 5.1.7")
+        assert (await c.cmd("MAIL FROM:<alice@example.org>")).startswith("250")
+        assert (await c.cmd("RCPT TO:<@example.org>")).startswith("5")
+        assert (await c.cmd("RCPT TO:<" + "a" * 300 + "@example.org>")).startswith("5")
+    assert listener.statistics()["rejected"] >= 2

@@ -1,0 +1,278 @@
+"""The sendmail-compatible entry point: argv variants, stdin, exit codes, stored content."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+
+from spoolbox import (
+    Address,
+    AlwaysIdle,
+    MessageError,
+    NewMessage,
+    Notify,
+    Spooler,
+    SpoolerConfig,
+    StoreError,
+)
+from spoolbox.ingress import (
+    EX_DATAERR,
+    EX_NOINPUT,
+    EX_NOPERM,
+    EX_OK,
+    EX_SOFTWARE,
+    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    EX_USAGE,
+    run_sendmail,
+)
+
+
+@pytest.fixture
+async def spooler() -> AsyncIterator[Spooler]:
+    async with Spooler.open(SpoolerConfig(), idle=AlwaysIdle()) as sp:
+        yield sp
+
+
+async def queued(sp: Spooler) -> list[tuple[Any, bytes]]:
+    out = []
+    for summary in await sp.store.list_messages(now=0):
+        if not summary.info.is_report:
+            out.append((summary, await sp.store.read_content(summary.info.id)))
+    return out
+
+
+async def sendmail(sp: Spooler, argv: Sequence[str], stdin: bytes, **kw: Any) -> tuple[int, str]:
+    err = io.StringIO()
+    code = await run_sendmail(
+        argv, io.BytesIO(stdin), sp.submit, stderr=err, user="ann", domain="host.test", **kw
+    )
+    return code, err.getvalue()
+
+
+def headers_of(content: bytes) -> bytes:
+    return content.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+
+
+async def test_plain_recipients_and_missing_headers_added(spooler: Spooler) -> None:
+    code, err = await sendmail(spooler, ["bob@example.org"], b"Subject: hi\n\nHello\n.. two\n")
+    assert (code, err) == (EX_OK, "")
+    [(summary, content)] = await queued(spooler)
+    assert [r.address for r in summary.recipients] == [Address("SMTP", "bob@example.org")]
+    assert summary.info.sender == Address("SMTP", "ann@host.test")
+    head = headers_of(content)
+    assert b"From: ann@host.test\r\n" in head
+    assert b"\r\nDate: " in b"\r\n" + head
+    assert b"Message-ID: <" in head and b"@host.test>" in head
+    assert b"Subject: hi\r\n" in head
+    assert content.endswith(b"\r\n\r\nHello\r\n.. two\r\n")  # CRLF, dots untouched
+    assert b"\n" not in content.replace(b"\r\n", b"")
+
+
+async def test_existing_headers_are_kept(spooler: Spooler) -> None:
+    msg = (
+        b"From: Carol <carol@example.org>\nDate: Mon, 1 Jan 2024 00:00:00 +0000\n"
+        b"Message-ID: <x@y>\nSubject: s\n\nb\n"
+    )
+    assert (await sendmail(spooler, ["bob@example.org"], msg))[0] == EX_OK
+    [(summary, content)] = await queued(spooler)
+    assert content == msg.replace(b"\n", b"\r\n")
+    assert summary.info.sender == Address("SMTP", "carol@example.org")
+
+
+async def test_dash_t_takes_recipients_from_headers_and_removes_bcc(spooler: Spooler) -> None:
+    msg = (
+        b"From: ann@example.org\nTo: Bob <bob@example.org>, carol@example.org\n"
+        b"Cc: dave@example.org\nBcc: secret@example.org,\n  hidden@example.org\n"
+        b"Subject: t\n\nbody\n"
+    )
+    code, err = await sendmail(spooler, ["-t", "extra@example.org"], msg)
+    assert (code, err) == (EX_OK, "")
+    [(summary, content)] = await queued(spooler)
+    assert {r.address.value for r in summary.recipients} == {
+        "extra@example.org",
+        "bob@example.org",
+        "carol@example.org",
+        "dave@example.org",
+        "secret@example.org",
+        "hidden@example.org",
+    }
+    assert b"Bcc" not in content
+    assert b"secret@" not in content
+    assert b"hidden@" not in content
+    assert b"To: Bob <bob@example.org>, carol@example.org\r\n" in content
+
+
+async def test_dash_t_uses_resent_headers_when_present(spooler: Spooler) -> None:
+    msg = b"To: old@example.org\nResent-To: new@example.org\nSubject: r\n\nb\n"
+    assert (await sendmail(spooler, ["-t"], msg))[0] == EX_OK
+    [(summary, _)] = await queued(spooler)
+    assert [r.address.value for r in summary.recipients] == ["new@example.org"]
+
+
+async def test_sender_options(spooler: Spooler) -> None:
+    code, _ = await sendmail(
+        spooler,
+        ["-f", "bounce@example.org", "-F", "Ann Example", "bob@example.org"],
+        b"S: x\n\nb\n",
+    )
+    assert code == EX_OK
+    code, _ = await sendmail(spooler, ["-f<>", "bob@example.org"], b"Subject: null\n\nb\n")
+    assert code == EX_OK
+    (first, c1), (second, _) = await queued(spooler)
+    assert first.info.sender == Address("SMTP", "bounce@example.org")
+    assert b"From: Ann Example <bounce@example.org>\r\n" in c1
+    assert second.info.sender is None
+
+
+async def test_lone_dot_ends_the_message_unless_i(spooler: Spooler) -> None:
+    msg = b"Subject: d\n\nbefore\n.\nafter\n"
+    assert (await sendmail(spooler, ["bob@example.org"], msg))[0] == EX_OK
+    assert (await sendmail(spooler, ["-i", "bob@example.org"], msg))[0] == EX_OK
+    assert (await sendmail(spooler, ["-oi", "bob@example.org"], msg))[0] == EX_OK
+    (_, cut), (_, full1), (_, full2) = await queued(spooler)
+    assert cut.endswith(b"\r\n\r\nbefore\r\n")
+    assert full1.endswith(b"\r\n\r\nbefore\r\n.\r\nafter\r\n")
+    assert full2.endswith(b"\r\n\r\nbefore\r\n.\r\nafter\r\n")
+
+
+async def test_notify_and_envelope_id(spooler: Spooler) -> None:
+    argv = ["-N", "success,delay", "-V", "env-1", "bob@example.org"]
+    assert (await sendmail(spooler, argv, b"Subject: n\n\nb\n"))[0] == EX_OK
+    assert (await sendmail(spooler, ["-Nnever", "bob@example.org"], b"Subject: n\n\nb\n"))[0] == 0
+    (a, _), (b, _) = await queued(spooler)
+    assert a.info.notify == Notify.SUCCESS | Notify.DELAY
+    assert a.info.envelope_id == "env-1"
+    assert b.info.notify == Notify.NEVER
+
+
+async def test_ignored_and_unknown_options(spooler: Spooler) -> None:
+    code, err = await sendmail(spooler, ["-oem", "-v", "-B", "8BITMIME", "bob@example.org"], b"S\n")
+    assert code == EX_OK
+    assert err == "sendmail: warning: ignoring option -oem\n"
+    code, err = await sendmail(spooler, ["-Z", "bob@example.org"], b"Subject: x\n\nb\n")
+    assert code == EX_USAGE
+    assert "unknown option -Z" in err
+    assert len(await queued(spooler)) == 1
+
+
+async def test_double_dash_ends_options(spooler: Spooler) -> None:
+    assert (await sendmail(spooler, ["--", "-odd@example.org"], b"Subject: x\n\nb\n"))[0] == 0
+    [(summary, _)] = await queued(spooler)
+    assert summary.recipients[0].address.value == "-odd@example.org"
+
+
+async def test_typed_recipient_argument(spooler: Spooler) -> None:
+    assert (await sendmail(spooler, ["MAILDIR:bob"], b"Subject: x\n\nb\n"))[0] == EX_OK
+    [(summary, _)] = await queued(spooler)
+    assert summary.recipients[0].address == Address("MAILDIR", "bob")
+
+
+@pytest.mark.parametrize(
+    ("argv", "stdin", "code", "text"),
+    [
+        ([], b"Subject: x\n\nb\n", EX_USAGE, "no recipients"),
+        (["-t"], b"Subject: x\n\nb\n", EX_USAGE, "no recipients"),
+        (["-t"], b"To: undisclosed-recipients:;\n\nb\n", EX_USAGE, "no recipients"),
+        (["-f"], b"", EX_USAGE, "-f needs an argument"),
+        (["-bp"], b"", EX_USAGE, "-bp is not supported"),
+        (["-q"], b"", EX_USAGE, "queue runs"),
+        (["-N", "sometimes", "b@example.org"], b"x\n", EX_USAGE, "-N"),
+        (["bob"], b"Subject: x\n\nb\n", EX_DATAERR, "not user@domain"),
+        (["b@example.org\r\nX: y"], b"Subject: x\n\nb\n", EX_DATAERR, "control character"),
+        (["-t"], b"To: a@@b, ,,<\n\nb\n", EX_DATAERR, "To header"),
+        (["-t"], b"To: \xff@example.org\n\nb\n", EX_DATAERR, "not valid UTF-8"),
+        (["b@example.org"], b"Subject: x\n\nnul\x00here\n", EX_DATAERR, "line 3"),
+        (["b@example.org"], b"Subject: x\n\n" + b"y" * 999 + b"\n", EX_DATAERR, "999 octets"),
+        (["-f", "a\x00@example.org", "b@example.org"], b"S: x\n\nb\n", EX_DATAERR, "sender"),
+    ],
+)
+async def test_error_paths_queue_nothing(
+    spooler: Spooler, argv: list[str], stdin: bytes, code: int, text: str
+) -> None:
+    got, err = await sendmail(spooler, argv, stdin)
+    assert got == code
+    assert err.startswith("sendmail: ")
+    assert text in err
+    assert err.count("\n") == 1  # one line
+    assert await queued(spooler) == []
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (StoreError("store.sqlite3: database is locked"), EX_TEMPFAIL),
+        (TimeoutError("commit timed out"), EX_TEMPFAIL),
+        (ConnectionResetError("daemon went away"), EX_TEMPFAIL),
+        (PermissionError("store.sqlite3: read-only"), EX_NOPERM),
+        (FileNotFoundError("no store at /nowhere"), EX_UNAVAILABLE),
+        (MessageError("content too odd"), EX_DATAERR),
+        (RuntimeError("bug"), EX_SOFTWARE),
+    ],
+)
+async def test_submit_failures_map_to_sysexits(exc: Exception, code: int) -> None:
+    calls: list[NewMessage] = []
+
+    async def failing(message: NewMessage) -> object:
+        calls.append(message)
+        raise exc
+
+    err = io.StringIO()
+    got = await run_sendmail(
+        ["bob@example.org"], io.BytesIO(b"Subject: x\n\nb\n"), failing, stderr=err
+    )
+    assert got == code
+    assert len(calls) == 1  # submitted exactly once, never retried in part
+    assert str(exc) in err.getvalue()
+    assert err.getvalue().count("\n") == 1
+
+
+async def test_unreadable_stdin_is_noinput(spooler: Spooler) -> None:
+    class Broken(io.BytesIO):
+        def readline(self, size: int | None = -1) -> bytes:
+            raise OSError(5, "Input/output error")
+
+    err = io.StringIO()
+    code = await run_sendmail(["bob@example.org"], Broken(), spooler.submit, stderr=err)
+    assert code == EX_NOINPUT
+    assert "cannot read the message from stdin" in err.getvalue()
+    assert await queued(spooler) == []
+
+
+async def test_size_limit_and_mbox_from_line(spooler: Spooler) -> None:
+    code, err = await sendmail(
+        spooler, ["bob@example.org"], b"Subject: x\n\n" + b"z\n" * 100, max_message_size=50
+    )
+    assert code == EX_DATAERR
+    assert "limit of 50 bytes" in err
+    msg = b"From ann Mon Jan  1 00:00:00 2024\nSubject: mbox\n\nb\n"
+    assert (await sendmail(spooler, ["bob@example.org"], msg))[0] == EX_OK
+    [(_, content)] = await queued(spooler)
+    assert b"From ann" not in content
+    assert b"Subject: mbox\r\n" in content
+
+
+async def test_body_without_header_section_gets_one(spooler: Spooler) -> None:
+    assert (await sendmail(spooler, ["bob@example.org"], b"just a line of text\n"))[0] == EX_OK
+    [(_, content)] = await queued(spooler)
+    head, body = content.split(b"\r\n\r\n", 1)
+    assert b"From: ann@host.test" in head
+    assert body == b"just a line of text\r\n"
+
+
+def test_ingress_imports_only_model_and_stdlib() -> None:
+    import ast
+    from pathlib import Path
+
+    import spoolbox.ingress
+
+    root = Path(spoolbox.ingress.__file__).parent
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert node.level == 1 or (node.module or "").startswith("model"), path
+                if node.level == 2:
+                    assert (node.module or "").split(".")[0] == "model", path

@@ -1,0 +1,490 @@
+"""The IMAP and POP3 transports against a real Dovecot, through the real spooler.
+
+One private Dovecot serves the whole module (:mod:`dovecot_server`); every test
+has a mailbox user of its own.  Messages are seeded as files in the user's
+``Maildir/new`` with CRLF line endings, so the bytes the servers hand out are the
+bytes written, and the inbox must hold exactly those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import dovecot_server as dc
+import pytest
+
+from spoolbox import (
+    AlwaysIdle,
+    Policy,
+    Spooler,
+    SpoolerConfig,
+    SQLiteStore,
+    TransportConfig,
+)
+from spoolbox.contract import LogonFlags, StatusCode, Unconfigured
+from spoolbox.transports.imap import IMAPProvider
+from spoolbox.transports.pop3 import POP3Provider
+
+pytestmark = pytest.mark.skipif(not dc.available(), reason=dc.SKIP_REASON)
+
+FAST = Policy(
+    poll_interval=0.2,
+    router_interval=0.02,
+    housekeeping_interval=0.05,
+    relogon_delay=0.05,
+    failure_backoff=0.05,
+    failure_backoff_cap=0.2,
+    retry_jitter=0.0,
+    shutdown_grace=2.0,
+)
+#: Polls so rare that only IDLE (NEWMAIL) can bring in what arrives later.
+NO_POLL = Policy(
+    poll_interval=3600.0,
+    router_interval=0.02,
+    housekeeping_interval=0.05,
+    relogon_delay=0.05,
+    failure_backoff=0.05,
+    failure_backoff_cap=0.2,
+    shutdown_grace=2.0,
+)
+WAIT = 30.0
+WORKER = Path(__file__).with_name("imap_crash_worker.py")
+
+
+def message(i: int, *, size: int = 0, tag: str = "t") -> bytes:
+    """A CRLF message with ``Message-ID: <tag-i@spoolbox.test>`` (``size`` pads the body)."""
+    body = f"Message number {i}.\r\n".encode()
+    if size:
+        line = b"x" * 76 + b"\r\n"
+        body += line * (size // len(line))
+    head = (
+        f"From: sender{i}@example.org\r\nTo: bob@example.org\r\n"
+        f"Subject: message {i}\r\nMessage-ID: <{tag}-{i}@spoolbox.test>\r\n\r\n"
+    ).encode()
+    return head + body
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dovecot() -> Iterator[dc.Dovecot]:
+    server = dc.start_dovecot()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def user(dovecot: dc.Dovecot) -> str:
+    return dovecot.add_user()
+
+
+def imap_options(server: dc.Dovecot, user: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "host": server.host,
+        "port": server.imap_port,
+        "tls": "none",
+        "username": user,
+        "password": dc.PASSWORD,
+        "timeout": 20,
+        **extra,
+    }
+
+
+def pop3_options(server: dc.Dovecot, user: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "host": server.host,
+        "port": server.pop3_port,
+        "tls": "none",
+        "username": user,
+        "password": dc.PASSWORD,
+        "timeout": 20,
+        **extra,
+    }
+
+
+def spooler(
+    db: Path, name: str, options: dict[str, Any], policy: Policy = FAST, provider: str = ""
+) -> Spooler:
+    cfg = SpoolerConfig(
+        transports=(TransportConfig(name, provider or name, options=options),), policy=policy
+    )
+    return Spooler.open(cfg, store=SQLiteStore(db), idle=AlwaysIdle(), close_store=True)
+
+
+async def inbox(sp: Spooler) -> list[bytes]:
+    return [await sp.store.read_inbox(e.id) for e in await sp.store.list_inbox(limit=10_000)]
+
+
+async def eventually(pred: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    async with asyncio.timeout(timeout):
+        while not pred():
+            await asyncio.sleep(0.05)
+    assert pred(), what
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "s.db"
+
+
+# -- options ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("provider", [IMAPProvider, POP3Provider])
+async def test_options_are_validated(provider: Any) -> None:
+    good = {"host": "h", "username": "u", "password": "p"}
+    with pytest.raises(ValueError, match="'colour'"):
+        await provider().logon(None, {**good, "colour": "blue"}, LogonFlags.NONE)
+    with pytest.raises(Unconfigured) as info:
+        await provider().logon(None, {"username": "u"}, LogonFlags.NONE)
+    assert info.value.missing == ("host", "password")
+    with pytest.raises(ValueError, match="'tls'"):
+        await provider().logon(None, {**good, "tls": "maybe"}, LogonFlags.NONE)
+    with pytest.raises(ValueError, match="'after_fetch'"):
+        await provider().logon(None, {**good, "after_fetch": "shred"}, LogonFlags.NONE)
+    with pytest.raises(ValueError, match="'timeout'"):
+        await provider().logon(None, {**good, "timeout": 0}, LogonFlags.NONE)
+    with pytest.raises(ValueError, match="'verify'"):
+        await provider().logon(None, {**good, "verify": "no"}, LogonFlags.NONE)
+
+
+async def test_pop3_has_no_imap_options() -> None:
+    good = {"host": "h", "username": "u", "password": "p"}
+    with pytest.raises(ValueError, match="'folder'"):
+        await POP3Provider().logon(None, {**good, "folder": "INBOX"}, LogonFlags.NONE)
+    with pytest.raises(ValueError, match="'after_fetch'"):
+        await POP3Provider().logon(None, {**good, "after_fetch": "move:X"}, LogonFlags.NONE)
+    with pytest.raises(ValueError, match="'after_fetch'"):
+        await IMAPProvider().logon(None, {**good, "after_fetch": "move:INBOX"}, LogonFlags.NONE)
+
+
+# -- IMAP -----------------------------------------------------------------------------------------
+async def test_imap_fetches_everything_exactly_once(
+    dovecot: dc.Dovecot, user: str, db: Path
+) -> None:
+    sent = [message(i, size=100_000 if i == 3 else 0) for i in range(6)]
+    for m in sent:
+        dovecot.deliver(user, m)
+    async with spooler(db, "imap", imap_options(dovecot, user)) as sp:
+        await sp.wait_inbox(6, timeout=WAIT)
+        assert sorted(await inbox(sp)) == sorted(sent)
+        state = await sp.store.profile_get("transport:imap")
+        assert state["last_uid"] == 6
+        assert isinstance(state["uidvalidity"], int)
+        entries = await sp.store.list_inbox()
+        assert sorted(e.remote_id or "" for e in entries) == sorted(
+            f"{state['uidvalidity']}:{u}" for u in range(1, 7)
+        )
+        row = sp.status["imap"]
+        assert row.status_string is not None and "6 fetched, last: UID" in row.status_string
+        assert row.status_code & StatusCode.AVAILABLE
+    # keep: everything is still on the server, and \Seen was not set (BODY.PEEK)
+    assert len(dovecot.files(user)) == 6
+    assert not any(":2," in p.name and "S" in p.name.split(":2,")[1] for p in dovecot.files(user))
+
+    # A second run on the same store fetches nothing again...
+    async with spooler(db, "imap", imap_options(dovecot, user)) as sp:
+        assert (await sp.wait_ready(timeout=WAIT)) == {"imap": True}
+        report = await sp.flush(upload=False)
+        assert report.for_transport("imap").downloaded == 0
+        assert len(await sp.store.list_inbox()) == 6
+        # ...but what arrives now.
+        late = message(99)
+        dovecot.deliver(user, late)
+        report = await sp.flush(upload=False)
+        assert report.for_transport("imap").downloaded == 1
+        assert sorted(await inbox(sp)) == sorted([*sent, late])
+        assert (await sp.store.profile_get("transport:imap"))["last_uid"] == 7
+
+
+async def test_imap_idle_brings_new_mail(dovecot: dc.Dovecot, user: str, db: Path) -> None:
+    async with spooler(db, "imap", imap_options(dovecot, user), policy=NO_POLL) as sp:
+        assert (await sp.wait_ready(timeout=WAIT)) == {"imap": True}
+        await eventually(lambda: sp.host("imap").status_object()["idle"] == "idling", "idling")
+        await sp.flush(upload=False)  # the one poll at start is over
+        late = [message(i, tag="idle") for i in range(3)]
+        for m in late:
+            dovecot.deliver(user, m)
+        # Polls are an hour apart: only IDLE's NEWMAIL can bring these in.
+        await sp.wait_inbox(3, timeout=WAIT)
+        assert sorted(await inbox(sp)) == sorted(late)
+
+
+async def test_imap_without_idle_polls(dovecot: dc.Dovecot, user: str, db: Path) -> None:
+    async with spooler(db, "imap", imap_options(dovecot, user, idle=False)) as sp:
+        assert (await sp.wait_ready(timeout=WAIT)) == {"imap": True}
+        assert sp.host("imap").status_object()["idle"] == "off"
+        dovecot.deliver(user, message(1, tag="poll"))
+        await sp.wait_inbox(1, timeout=WAIT)
+        assert await inbox(sp) == [message(1, tag="poll")]
+
+
+async def test_imap_after_fetch_delete(dovecot: dc.Dovecot, user: str, db: Path) -> None:
+    sent = [message(i, tag="del") for i in range(4)]
+    for m in sent:
+        dovecot.deliver(user, m)
+    async with spooler(db, "imap", imap_options(dovecot, user, after_fetch="delete")) as sp:
+        await sp.wait_inbox(4, timeout=WAIT)
+        await eventually(lambda: not dovecot.files(user), "all deleted on the server")
+        assert sorted(await inbox(sp)) == sorted(sent)
+
+
+async def test_imap_after_fetch_move(dovecot: dc.Dovecot, user: str, db: Path) -> None:
+    archive = dovecot.maildir(user, "Archive")
+    for sub in ("tmp", "new", "cur"):
+        (archive / sub).mkdir(parents=True)
+    dovecot._chown_tree(archive)
+    sent = [message(i, tag="mv") for i in range(3)]
+    for m in sent:
+        dovecot.deliver(user, m)
+    opts = imap_options(dovecot, user, after_fetch="move:Archive")
+    async with spooler(db, "imap", opts) as sp:
+        await sp.wait_inbox(3, timeout=WAIT)
+        await eventually(lambda: not dovecot.files(user), "INBOX emptied")
+        await eventually(lambda: len(dovecot.files(user, "Archive")) == 3, "moved to Archive")
+        moved = sorted(p.read_bytes() for p in dovecot.files(user, "Archive"))
+        assert moved == sorted(sent)
+        assert sorted(await inbox(sp)) == sorted(sent)
+
+
+async def test_imap_removes_what_a_crash_left_without_fetching_it_again(
+    dovecot: dc.Dovecot, user: str, db: Path
+) -> None:
+    """Committed but not deleted (the crash window): the next logon deletes them."""
+    sent = [message(i, tag="left") for i in range(3)]
+    for m in sent:
+        dovecot.deliver(user, m)
+    async with spooler(db, "imap", imap_options(dovecot, user)) as sp:  # keep
+        await sp.wait_inbox(3, timeout=WAIT)
+    assert len(dovecot.files(user)) == 3  # as if the process died before deleting
+    dovecot.deliver(user, message(3, tag="left"))
+    async with spooler(db, "imap", imap_options(dovecot, user, after_fetch="delete")) as sp:
+        await sp.wait_inbox(4, timeout=WAIT)
+        await eventually(lambda: not dovecot.files(user), "leftovers deleted")
+        assert sorted(await inbox(sp)) == sorted([*sent, message(3, tag="left")])
+
+
+async def test_imap_uidvalidity_change_starts_again(
+    dovecot: dc.Dovecot, user: str, db: Path
+) -> None:
+    sent = [message(i, tag="uv") for i in range(2)]
+    for m in sent:
+        dovecot.deliver(user, m)
+    async with spooler(db, "imap", imap_options(dovecot, user)) as sp:
+        await sp.wait_inbox(2, timeout=WAIT)
+        before = (await sp.store.profile_get("transport:imap"))["uidvalidity"]
+    dovecot.reset_uidvalidity(user)
+    await asyncio.sleep(1.1)  # Dovecot takes UIDVALIDITY from the clock (seconds)
+    async with spooler(db, "imap", imap_options(dovecot, user)) as sp:
+        await sp.wait_inbox(4, timeout=WAIT)
+        state = await sp.store.profile_get("transport:imap")
+        assert state["uidvalidity"] != before
+        assert state["last_uid"] == 2
+        # IMAP's contract: after a UIDVALIDITY change the folder is new to us.
+        assert sorted(await inbox(sp)) == sorted(sent * 2)
+        row = sp.status["imap"]
+        assert row.status_string is not None and "UIDVALIDITY" in row.status_string
+
+
+async def test_imap_wrong_password_fails_the_session_not_the_spooler(
+    dovecot: dc.Dovecot, user: str, db: Path
+) -> None:
+    dovecot.deliver(user, message(1, tag="pw"))
+    async with spooler(db, "imap", imap_options(dovecot, user, password="wrong")) as sp:
+        assert (await sp.wait_ready(timeout=WAIT)) == {"imap": False}
+        row = sp.status["imap"]
+        assert row.status_code & StatusCode.FAILURE
+        assert row.detail is not None
+        assert "logon failed" in row.detail and "refused" in row.detail, row.detail
+        report = await sp.flush(upload=False)  # the spooler still works
+        assert report.for_transport("imap").downloaded == 0
+        assert await sp.store.list_inbox() == []
+
+
+@pytest.mark.parametrize("tls", ["implicit", "starttls"])
+async def test_imap_tls(dovecot: dc.Dovecot, user: str, db: Path, tls: str) -> None:
+    port = dovecot.imaps_port if tls == "implicit" else dovecot.imap_port
+    opts = imap_options(dovecot, user, tls=tls, port=port, ca_file=dovecot.ca_file)
+    dovecot.deliver(user, message(1, tag=tls))
+    async with spooler(db, "imap", opts) as sp:
+        await sp.wait_inbox(1, timeout=WAIT)
+        assert await inbox(sp) == [message(1, tag=tls)]
+        row = sp.status["imap"]
+        assert row.status_code & StatusCode.AVAILABLE
+
+
+async def test_imap_tls_verifies_the_server(dovecot: dc.Dovecot, user: str, db: Path) -> None:
+    """Without our CA the certificate is not trusted: the logon fails, loudly."""
+    opts = imap_options(dovecot, user, tls="implicit", port=dovecot.imaps_port)
+    async with spooler(db, "imap", opts) as sp:
+        assert (await sp.wait_ready(timeout=WAIT)) == {"imap": False}
+        row = sp.status["imap"]
+        assert row.status_code & StatusCode.FAILURE
+        assert row.detail is not None and "CERTIFICATE_VERIFY_FAILED" in row.detail, row.detail
+
+
+async def test_imap_verify_false_is_explicit_and_logged(
+    dovecot: dc.Dovecot, user: str, db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    opts = imap_options(dovecot, user, tls="implicit", port=dovecot.imaps_port, verify=False)
+    dovecot.deliver(user, message(1, tag="noverify"))
+    async with spooler(db, "imap", opts) as sp:
+        await sp.wait_inbox(1, timeout=WAIT)
+        assert await inbox(sp) == [message(1, tag="noverify")]
+    assert any("verification is OFF" in r.getMessage() for r in caplog.records)
+
+
+# -- POP3 ---------------------------------------------------------------------------------------
+async def test_pop3_fetches_everything_exactly_once(
+    dovecot: dc.Dovecot, user: str, db: Path
+) -> None:
+    sent = [message(i, size=50_000 if i == 2 else 0, tag="pop") for i in range(5)]
+    sent.append(b"Subject: dots\r\n\r\n.\r\n..leading dots\r\n.\r\nend\r\n")
+    for m in sent:
+        dovecot.deliver(user, m)
+    async with spooler(db, "pop3", pop3_options(dovecot, user)) as sp:
+        await sp.wait_inbox(6, timeout=WAIT)
+        assert sorted(await inbox(sp)) == sorted(sent)
+        state = await sp.store.profile_get("transport:pop3")
+        assert isinstance(state["fetched_uidls"], list) and len(state["fetched_uidls"]) == 6
+        row = sp.status["pop3"]
+        assert row.status_string is not None and "6 fetched, last: " in row.status_string
+    assert len(dovecot.files(user)) == 6  # keep
+
+    async with spooler(db, "pop3", pop3_options(dovecot, user)) as sp:
+        assert (await sp.wait_ready(timeout=WAIT)) == {"pop3": True}
+        report = await sp.flush(upload=False)
+        assert report.for_transport("pop3").downloaded == 0
+        late = message(77, tag="pop")
+        dovecot.deliver(user, late)
+        await sp.wait_inbox(7, timeout=WAIT)  # found by a poll
+        assert sorted(await inbox(sp)) == sorted([*sent, late])
+
+
+async def test_pop3_after_fetch_delete_and_leftovers(
+    dovecot: dc.Dovecot, user: str, db: Path
+) -> None:
+    sent = [message(i, tag="pdel") for i in range(3)]
+    for m in sent:
+        dovecot.deliver(user, m)
+    async with spooler(db, "pop3", pop3_options(dovecot, user)) as sp:  # keep first
+        await sp.wait_inbox(3, timeout=WAIT)
+    assert len(dovecot.files(user)) == 3  # committed, not deleted: the crash window
+    more = message(3, tag="pdel")
+    dovecot.deliver(user, more)
+    async with spooler(db, "pop3", pop3_options(dovecot, user, after_fetch="delete")) as sp:
+        await sp.wait_inbox(4, timeout=WAIT)
+        await eventually(lambda: not dovecot.files(user), "all deleted")
+        assert sorted(await inbox(sp)) == sorted([*sent, more])
+        # Pruned to what was on the server when the last one was fetched: itself.
+        assert sp.host("pop3").status_object()["fetched_uidls"] == 1
+
+
+async def test_pop3_wrong_password_fails_the_session_not_the_spooler(
+    dovecot: dc.Dovecot, user: str, db: Path
+) -> None:
+    async with spooler(db, "pop3", pop3_options(dovecot, user, password="nope")) as sp:
+        assert (await sp.wait_ready(timeout=WAIT)) == {"pop3": False}
+        row = sp.status["pop3"]
+        assert row.status_code & StatusCode.FAILURE
+        assert row.detail is not None
+        assert "logon failed" in row.detail and "refused" in row.detail, row.detail
+        report = await sp.flush(upload=False)
+        assert report.for_transport("pop3").downloaded == 0
+
+
+@pytest.mark.parametrize("tls", ["implicit", "starttls"])
+async def test_pop3_tls(dovecot: dc.Dovecot, user: str, db: Path, tls: str) -> None:
+    port = dovecot.pop3s_port if tls == "implicit" else dovecot.pop3_port
+    opts = pop3_options(
+        dovecot, user, tls=tls, port=port, ca_file=dovecot.ca_file, after_fetch="delete"
+    )
+    dovecot.deliver(user, message(1, tag=tls))
+    async with spooler(db, "pop3", opts) as sp:
+        await sp.wait_inbox(1, timeout=WAIT)
+        assert await inbox(sp) == [message(1, tag=tls)]
+        await eventually(lambda: not dovecot.files(user), "deleted")
+
+
+# -- crash -----------------------------------------------------------------------------------------
+def _message_ids(contents: list[bytes]) -> list[str]:
+    out = []
+    for c in contents:
+        for line in c.split(b"\r\n"):
+            if line.lower().startswith(b"message-id:"):
+                out.append(line.split(b":", 1)[1].strip().decode())
+    return out
+
+
+def test_imap_survives_sigkill(dovecot: dc.Dovecot, user: str, tmp_path: Path) -> None:
+    """A spooler process fetching 300 messages is killed (SIGKILL) at random moments,
+    restarted, and finishes: every message is in the inbox exactly once."""
+    n = 300
+    for i in range(n):
+        dovecot.deliver(user, message(i, tag="crash"))
+    db = tmp_path / "crash.db"
+    cmd = [
+        sys.executable,
+        str(WORKER),
+        "--db",
+        str(db),
+        "--host",
+        dovecot.host,
+        "--port",
+        str(dovecot.imap_port),
+        "--user",
+        user,
+        "--password",
+        dc.PASSWORD,
+        "--count",
+        str(n),
+        "--after-fetch",
+        "delete",
+    ]
+    rng = random.Random(int.from_bytes(os.urandom(4), "big"))
+    kills = 0
+    at_kill: list[int] = []  # messages in the inbox after each kill
+    for _ in range(4):
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == b"started\n"
+            time.sleep(rng.uniform(0.05, 0.6))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.wait(timeout=WAIT)
+            proc.stdout.read()
+        at_kill.append(len(asyncio.run(_read_all(db))))
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        out, err = proc.communicate(timeout=120)
+        assert out.decode().splitlines()[-1] == f"done {n}"
+        assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
+    assert kills >= 1
+    contents = asyncio.run(_read_all(db))
+    ids = _message_ids(contents)
+    expected = [f"<crash-{i}@spoolbox.test>" for i in range(n)]
+    assert len(ids) == len(set(ids)), "a message was fetched twice"
+    assert sorted(ids) == sorted(expected), "a message was lost"
+    assert sorted(contents) == sorted(message(i, tag="crash") for i in range(n))
+    assert dovecot.files(user) == [], "fetched messages left on the server"
+    print(
+        f"crash test: {n} messages, {kills} kills (inbox after each: {at_kill}), "
+        f"{len(ids)} at the end"
+    )
+
+
+async def _read_all(db: Path) -> list[bytes]:
+    store = SQLiteStore(db)
+    await store.open()
+    try:
+        return [await store.read_inbox(e.id) for e in await store.list_inbox(limit=10_000)]
+    finally:
+        await store.close()
