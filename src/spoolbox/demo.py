@@ -3,15 +3,19 @@
 It runs the spooler end to end on the embedded default, a SQLite store, with no
 server to install:
 
-1. opens a profile with two transports: ``local`` (Maildir delivery, and pickup of
-   inbound mail dropped into a directory) and ``fax`` (a simulated fax line that is
-   busy on the first try and holds a critical section while it "transmits");
-2. submits a batch of messages through the Python API, to Maildir recipients, fax
-   numbers, and one address type no transport serves;
-3. drops three messages into the pickup directory;
-4. flushes the send and receive queues with a live progress line per transport,
+1. opens the spooler with three transports: ``local`` (Maildir delivery, and pickup
+   of inbound mail dropped into a directory), ``relay`` (the SMTP transport, relaying
+   to a small SMTP server the demo runs on loopback in place of "the internet") and
+   ``fax`` (a simulated fax line that is busy on the first try and holds a critical
+   section while it "transmits");
+2. starts the SMTP submission listener on a free loopback port;
+3. submits messages three ways: through the Python API (to Maildir recipients, fax
+   numbers, and one address type no transport serves), through the SMTP listener,
+   and through the ``sendmail`` entry point;
+4. drops three messages into the pickup directory;
+5. flushes the send and receive queues with a live progress bar per transport,
    driven by the status table;
-5. prints the status table, the queues, the inbox (with the non-delivery report
+6. prints the status table, the queues, the inbox (with the non-delivery report
    the spooler wrote for the undeliverable recipient) and where the mail landed.
 
 Everything lands in ``./spoolbox-demo`` (or the directory given as argument).
@@ -20,12 +24,18 @@ Everything lands in ``./spoolbox-demo`` (or the directory given as argument).
 from __future__ import annotations
 
 import asyncio
+import io
 import shutil
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import aiosmtplib
+from aiosmtpd.smtp import SMTP
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+from rich.table import Table
 
 from . import (
     Address,
@@ -36,9 +46,9 @@ from . import (
     Spooler,
     SpoolerConfig,
     SQLiteStore,
-    StatusRow,
     TransportConfig,
 )
+from ._core.flush import FlushReport
 from .contract import (
     BaseTransportSession,
     LogonFlags,
@@ -48,6 +58,7 @@ from .contract import (
     SubmitFlags,
     Support,
 )
+from .ingress import ListenerConfig, SubmissionListener, run_sendmail
 
 FAXES: list[str] = []
 
@@ -108,13 +119,18 @@ class DemoFaxProvider:
         return None
 
 
-def _bar(row: StatusRow, width: int = 24) -> str:
-    p = row.progress
-    if p is None:
-        return f"{row.name:<8} {row.display_string}"
-    total = p.total or max(p.done, 1)
-    filled = int(width * min(p.done, total) / total)
-    return f"{row.name:<8} [{'#' * filled}{'.' * (width - filled)}] {p.text}"
+class _Sink:
+    """The demo's stand-in for the internet: an SMTP server that files what it gets."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.count = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.count += 1
+        data = envelope.original_content or b""
+        await asyncio.to_thread((self.directory / f"{self.count:03d}.eml").write_bytes, data)
+        return "250 2.0.0 filed"
 
 
 def _prepare(base: Path) -> None:
@@ -123,9 +139,80 @@ def _prepare(base: Path) -> None:
     (base / "pickup" / "new").mkdir(parents=True)
     for d in ("tmp", "cur"):
         (base / "pickup" / d).mkdir()
+    (base / "internet").mkdir()
+
+
+def _status_table(sp: Spooler) -> Table:
+    table = Table(title="status table (code: PR_STATUS_CODE bits)", title_justify="left")
+    for col in ("row", "status", "code", "sent", "failed", "recv", "slices", "slow"):
+        table.add_column(col)
+    for row in sp.status:
+        c = row.counters
+        counts = ("delivered", "failed", "received", "slices", "slow_slices")
+        table.add_row(
+            row.name,
+            row.display_string[:26],
+            f"{int(row.status_code):#08x}",
+            *(str(c.get(k, 0)) for k in counts),
+        )
+    return table
+
+
+async def _flush_with_bars(sp: Spooler, console: Console, **kw: Any) -> FlushReport:
+    """Flush, with a progress bar per transport driven by the status rows."""
+    progress = Progress(
+        TextColumn("{task.fields[name]:<6}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[text]}"),
+        console=console,
+    )
+    tasks: dict[str, TaskID] = {}
+    watcher = sp.subscribe(name="demo-progress")
+
+    async def follow() -> None:
+        async for change in watcher:
+            row = change.new
+            if row is None or change.name not in tasks:
+                continue
+            p = row.progress
+            if p is not None:
+                progress.update(
+                    tasks[change.name],
+                    completed=p.done,
+                    total=p.total or max(p.done, 1),
+                    text=p.text,
+                )
+
+    names = [kw["transport"]] if kw.get("transport") else [h.name for h in sp.hosts]
+    with progress:
+        for name in names:
+            tasks[name] = progress.add_task("", name=name, total=None, text="waiting")
+        follower = asyncio.create_task(follow())
+        try:
+            report = await sp.flush(**kw)
+        finally:
+            watcher.close()
+            await follower
+        for r in report.results:
+            done = r.uploaded + r.downloaded
+            progress.update(
+                tasks[r.transport],
+                completed=done,
+                total=max(done, 1),
+                text=f"up {r.uploaded}, down {r.downloaded} in {r.seconds:.2f} s"
+                + (f" ({r.error})" if r.error else ""),
+            )
+    return report
 
 
 async def main(base: Path) -> int:
+    console = Console()
+    sink = _Sink(base / "internet")
+    internet = await asyncio.get_running_loop().create_server(
+        lambda: SMTP(sink, hostname="internet.example"), "127.0.0.1", 0
+    )
+    sink_port = internet.sockets[0].getsockname()[1]
     me = Address("MAILDIR", "alice")
     config = SpoolerConfig(
         transports=(
@@ -134,6 +221,9 @@ async def main(base: Path) -> int:
                 "maildir",
                 options={"root": str(base / "mail"), "pickup": str(base / "pickup")},
             ),
+            TransportConfig(
+                "relay", "smtp", options={"host": "127.0.0.1", "port": sink_port, "tls": "none"}
+            ),
             TransportConfig("fax", DemoFaxProvider, options={"log": str(base / "faxes.txt")}),
         ),
         policy=Policy(poll_interval=0.5),
@@ -141,101 +231,122 @@ async def main(base: Path) -> int:
         node="demo",
     )
     store = SQLiteStore(base / "spool.sqlite3")
-    print(f"spoolbox demo: store {store.path}, output under {base}/\n")
-    async with Spooler.open(config, store=store, idle=AlwaysIdle(), close_store=True) as sp:
-        ready = await sp.wait_ready(timeout=10)
-        print(
-            "transports logged on:",
-            ", ".join(f"{n} ({'ok' if ok else 'failed'})" for n, ok in ready.items()),
-        )
-        with sp.foreground_busy():  # queue everything first, then flush it in one go
-            ids = []
-            for i in range(12):
-                rcpts = [Address("MAILDIR", "bob"), Address("MAILDIR", "carol")]
-                if i % 4 == 0:
-                    rcpts.append(Address("FAX", f"+1555010{i:02d}"))
-                content = (
-                    f"From: alice@example.org\r\nTo: bob, carol\r\nSubject: report #{i}\r\n"
-                    f"Message-ID: <demo-{i}@spoolbox>\r\n\r\nThis is demo message {i}.\r\n"
-                ).encode()
-                ids.append((await sp.submit(NewMessage(me, tuple(rcpts), content))).id)
-            bad = await sp.submit(
-                NewMessage(
-                    me,
-                    (Address("X400", "c=us;a=demo;s=nobody"),),
-                    b"Subject: to nowhere\r\n\r\nNo transport serves X400.\r\n",
+    console.print(f"[bold]spoolbox demo[/]: store {store.path}, output under {base}/\n")
+    try:
+        async with Spooler.open(config, store=store, idle=AlwaysIdle(), close_store=True) as sp:
+            ready = await sp.wait_ready(timeout=10)
+            console.print(
+                "transports logged on: "
+                + ", ".join(f"{n} ({'ok' if ok else 'failed'})" for n, ok in ready.items())
+            )
+            listener = SubmissionListener(sp.submit, ListenerConfig(port=0))
+            await listener.start()
+            console.print(f"SMTP submission listener on 127.0.0.1:{listener.port}")
+            # Hold background work back while we queue everything, then flush it all
+            # in one go (a flush is not held back by the foreground).
+            with sp.foreground_busy():
+                ids = await _submit_all(sp, me, base, listener.port, console)
+                console.print("\n[bold]flush[/] (send and receive, one transport at a time):")
+                await _flush_with_bars(sp, console)
+            console.print(
+                "the fax line was busy on its first try; its messages wait for their "
+                "retry (in an hour).\n[bold]flush[/] the fax line again (a flush makes "
+                "its deferred mail due now):"
+            )
+            await _flush_with_bars(sp, console, download=False, transport="fax")
+            for mid in ids:
+                await sp.wait_for(mid, timeout=20)
+            await sp.wait_inbox(4, timeout=10)
+            await listener.stop()
+            console.print()
+            console.print(_status_table(sp))
+            counts: dict[MessageState, int] = {}
+            for m in await sp.store.list_messages(limit=1000, now=sp.clock.now()):
+                counts[m.state] = counts.get(m.state, 0) + 1
+            console.print("queues: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+            console.print("\n[bold]inbox[/]:")
+            for e in await sp.store.list_inbox():
+                console.print(
+                    f"  ({e.transport}) {e.subject!r} from {e.sender or '<>'}", markup=False
                 )
+            stats = sp.statistics()["scheduler"]
+            console.print(
+                f"\nscheduler: {stats['slices']} provider slices, longest "
+                f"{stats['longest'] * 1000:.1f} ms, {stats['overruns']} over the "
+                f"{stats['budget'] * 1000:.0f} ms budget; critical sections: "
+                f"{sp.critsec.entries}"
             )
-            for i in range(3):
-                (base / "pickup" / "new" / f"dropped-{i}").write_bytes(
-                    f"From: someone@example.net\r\nSubject: dropped #{i}\r\n\r\nhello\r\n".encode()
-                )
-            print(f"submitted {len(ids) + 1} messages, dropped 3 into {base}/pickup/new\n")
-
-            print("flushing (send and receive), one transport at a time:")
-            watcher = sp.subscribe(name="demo")
-            lines: dict[str, str] = {}
-
-            async def show() -> None:
-                async for change in watcher:
-                    if change.new is not None and change.name != "spooler":
-                        line = _bar(change.new)
-                        if lines.get(change.name) != line:
-                            lines[change.name] = line
-                            print("  " + line)
-
-            shower = asyncio.create_task(show())
-            t0 = time.perf_counter()
-            report = await sp.flush()
-            watcher.close()
-            await shower
-        for r in report.results:
-            print(
-                f"  {r.transport}: uploaded {r.uploaded}, downloaded {r.downloaded} "
-                f"in {r.seconds:.2f} s{' (cancelled)' if r.cancelled else ''}"
-            )
-        print(
-            f"flush took {time.perf_counter() - t0:.2f} s; the fax line was busy on its first "
-            "try, so its messages wait for their retry (in an hour)."
-        )
-        print("\nflushing the fax line again (a flush makes its deferred mail due now):")
-        again = await sp.flush(download=False, transport="fax")
-        print(f"  fax: uploaded {again.results[0].uploaded}; faxes sent: {len(FAXES)}")
-        for mid in ids:
-            await sp.wait_for(mid, timeout=10)
-        await sp.wait_for(bad.id, timeout=10)
-        await sp.wait_inbox(4, timeout=10)
-
-        print("\nstatus table:")
-        for row in sp.status:
-            bits = "|".join(b.name or "" for b in StatusCode if b and b in row.status_code)
-            c = row.counters
-            print(f"  {row.name:<8} {row.display_string:<12} {bits}")
-            print(
-                f"           delivered={c.get('delivered', 0)} failed={c.get('failed', 0)} "
-                f"received={c.get('received', 0)} slices={c.get('slices', 0)} "
-                f"slow={c.get('slow_slices', 0)}"
-            )
-        counts: dict[MessageState, int] = {}
-        for s in await sp.store.list_messages(limit=1000, now=sp.clock.now()):
-            counts[s.state] = counts.get(s.state, 0) + 1
-        print("\nqueues:", ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
-        print("\ninbox:")
-        for e in await sp.store.list_inbox():
-            print(f"  [{e.transport}] {e.subject!r} from {e.sender or '<>'}")
-        stats = sp.statistics()["scheduler"]
-        print(
-            f"\nscheduler: {stats['slices']} provider slices, longest "
-            f"{stats['longest'] * 1000:.1f} ms, {stats['overruns']} over the "
-            f"{stats['budget'] * 1000:.0f} ms budget; critical sections: "
-            f"{sp.critsec.entries}"
-        )
-    print("\nwhere the mail landed:")
+    finally:
+        internet.close()
+        await internet.wait_closed()
+    console.print("\n[bold]where the mail landed[/]:")
     for box in sorted((base / "mail").iterdir()):
-        print(f"  {box}/new: {len(list((box / 'new').iterdir()))} messages")
-    print(f"  {base / 'faxes.txt'}: {len(FAXES)} faxes")
-    print(f"  {base / 'pickup' / 'new'}: {len(list((base / 'pickup' / 'new').iterdir()))} left")
+        console.print(f"  {box}/new: {len(list((box / 'new').iterdir()))} messages")
+    console.print(f"  {base / 'internet'}: {sink.count} messages relayed over SMTP")
+    console.print(f"  {base / 'faxes.txt'}: {len(FAXES)} faxes")
+    left = len(list((base / "pickup" / "new").iterdir()))
+    console.print(f"  {base / 'pickup' / 'new'}: {left} left to pick up")
     return 0
+
+
+async def _submit_all(
+    sp: Spooler, me: Address, base: Path, port: int, console: Console
+) -> list[str]:
+    ids = []
+    for i in range(12):
+        rcpts = [Address("MAILDIR", "bob"), Address("MAILDIR", "carol")]
+        if i % 4 == 0:
+            rcpts.append(Address("FAX", f"+1555010{i:02d}"))
+        content = (
+            f"From: alice@example.org\r\nTo: bob, carol\r\nSubject: report #{i}\r\n"
+            f"Message-ID: <demo-{i}@spoolbox>\r\n\r\nThis is demo message {i}.\r\n"
+        ).encode()
+        ids.append((await sp.submit(NewMessage(me, tuple(rcpts), content))).id)
+    bad = await sp.submit(
+        NewMessage(
+            me,
+            (Address("X400", "c=us;a=demo;s=nobody"),),
+            b"Subject: to nowhere\r\n\r\nNo transport serves X400.\r\n",
+        )
+    )
+    ids.append(bad.id)
+    console.print(f"submitted {len(ids)} messages through the Python API")
+    before = {m.info.id for m in await sp.store.list_messages(limit=1000, now=0)}
+    for i in range(5):
+        await aiosmtplib.send(
+            f"From: app@example.org\r\nTo: user{i}@example.net\r\n"
+            f"Subject: via SMTP #{i}\r\n\r\nhello from an SMTP client\r\n".encode(),
+            sender="app@example.org",
+            recipients=[f"user{i}@example.net"],
+            hostname="127.0.0.1",
+            port=port,
+        )
+    console.print("submitted 5 messages through the SMTP listener (250 after each commit)")
+    err = io.StringIO()
+    rc = await run_sendmail(
+        ["-t", "-f", "cron@example.org"],
+        io.BytesIO(b"To: ops@example.net\nSubject: nightly job done\n\nall good\n"),
+        sp.submit,
+        stderr=err,
+    )
+    console.print(f"submitted 1 message through sendmail -t (exit code {rc})")
+    if err.getvalue():
+        console.print(err.getvalue(), markup=False)
+    ids += [
+        m.info.id
+        for m in await sp.store.list_messages(limit=1000, now=0)
+        if m.info.id not in before
+    ]
+    await asyncio.to_thread(_drop_pickup, base)
+    console.print(f"dropped 3 messages into {base}/pickup/new")
+    return ids
+
+
+def _drop_pickup(base: Path) -> None:
+    for i in range(3):
+        (base / "pickup" / "new" / f"dropped-{i}").write_bytes(
+            f"From: someone@example.net\r\nSubject: dropped #{i}\r\n\r\nhello\r\n".encode()
+        )
 
 
 if __name__ == "__main__":
