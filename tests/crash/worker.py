@@ -6,6 +6,12 @@ transport (``MAILDIR:box`` is delivered into ``MAILDIR_ROOT/box``), always under
 node name ``crash-worker``, so that every run releases at once the leases an earlier
 run left behind when it was killed.
 
+With ``--transport smtp --smtp-port N`` (``tests/crash/test_crash_smtp.py``) the one
+transport is the SMTP transport instead, relaying to ``127.0.0.1:N`` without TLS and
+with short timeouts: every message goes from ``SMTP:postmaster@crash.spoolbox.test``
+to ``SMTP:box@crash.spoolbox.test`` (the content is the same either way), and
+``--root`` is not needed.
+
 Modes:
 
 ``submit``
@@ -28,8 +34,9 @@ POINT, to hit the narrow windows on cue:
 ``claim-txn``
     inside a claim transaction, after the recipient row was moved to ACTIVE;
 ``after-publish``
-    after the Maildir transport put the message into ``new/`` and before it reported
-    the delivery to the spooler (the duplicate window);
+    after the Maildir transport put the message into ``new/`` (the SMTP transport:
+    after the server answered the final dot) and before it reported the delivery to
+    the spooler (the duplicate window);
 ``settle-txn``
     inside the settle transaction, after the recipient row was moved to DELIVERED.
 """
@@ -61,6 +68,21 @@ from spoolbox import (
 NODE = "crash-worker"
 BOX = "box"
 SENDER = "MAILDIR:postmaster"
+SMTP_DOMAIN = "crash.spoolbox.test"
+SMTP_SENDER = f"SMTP:postmaster@{SMTP_DOMAIN}"
+SMTP_RECIPIENT = f"SMTP:{BOX}@{SMTP_DOMAIN}"
+TRANSPORTS = ("maildir", "smtp")
+#: Short, so that a stalled connection costs a retry, not the test (seconds).
+SMTP_TIMEOUTS = {
+    "connect": 2.0,
+    "greeting": 5.0,
+    "mail": 5.0,
+    "rcpt": 5.0,
+    "data_init": 5.0,
+    "data_block": 5.0,
+    "data_term": 5.0,
+}
+SMTP_CONNECTIONS = 4  # the transport's max_connections, unless --smtp-connections
 POLICY = Policy(retry_base=0.2, retry_jitter=0, router_interval=0.05, lease=5)
 CRASH_POINTS = ("submit-txn", "claim-txn", "after-publish", "settle-txn")
 _PENDING = (
@@ -95,13 +117,29 @@ def content(i: int) -> bytes:
     return "\r\n".join(lines).encode()
 
 
-def new_message(i: int) -> NewMessage:
+def new_message(i: int, transport: str = "maildir") -> NewMessage:
+    smtp = transport == "smtp"
     return NewMessage(
-        sender=Address.parse(SENDER),
-        recipients=(Address.parse(f"MAILDIR:{BOX}"),),
+        sender=Address.parse(SMTP_SENDER if smtp else SENDER),
+        recipients=(Address.parse(SMTP_RECIPIENT if smtp else f"MAILDIR:{BOX}"),),
         content=content(i),
         id=message_id(i),
     )
+
+
+def transport_config(args: argparse.Namespace) -> TransportConfig:
+    """The one transport of the worker's spooler, as ``--transport`` asks."""
+    if args.transport == "smtp":
+        options = {
+            "host": "127.0.0.1",
+            "port": args.smtp_port,
+            "tls": "none",
+            "helo_name": "crash-worker.spoolbox.test",
+            "max_connections": args.smtp_connections,
+            "timeouts": dict(SMTP_TIMEOUTS),
+        }
+        return TransportConfig("relay", "smtp", options=options)
+    return TransportConfig("local", "maildir", options={"root": args.root})
 
 
 def _die(point: str, mid: str) -> None:
@@ -122,7 +160,7 @@ def _countdown(n: int) -> Callable[[], bool]:
     return hit
 
 
-def install_crash_point(point: str, n: int) -> None:
+def install_crash_point(point: str, n: int, transport: str = "maildir") -> None:
     """Patch the code so that the process SIGKILLs itself at the n-th ``point``."""
     hit = _countdown(n)
     if point == "submit-txn":
@@ -147,6 +185,18 @@ def install_crash_point(point: str, n: int) -> None:
                 _die(point, new.message_id)
 
         sqlite_module._move = move
+    elif point == "after-publish" and transport == "smtp":
+        from spoolbox.transports.smtp import SMTPSession
+
+        original_transaction = SMTPSession._transaction
+
+        async def transaction(self: SMTPSession, conn: Any, message: Any, *a: Any) -> bool:
+            reusable = await original_transaction(self, conn, message, *a)
+            if hit():
+                _die(point, message.info.id)  # the server said 250, not reported yet
+            return reusable
+
+        SMTPSession._transaction = transaction  # type: ignore[method-assign]
     elif point == "after-publish":
         from spoolbox.transports.maildir import MaildirSession
 
@@ -168,13 +218,15 @@ def _accepted(mid: str) -> None:
     sys.stdout.flush()
 
 
-async def _submit_all(submit: Callable[[NewMessage], Any], ids: range, concurrency: int) -> None:
+async def _submit_all(
+    submit: Callable[[NewMessage], Any], ids: range, concurrency: int, transport: str
+) -> None:
     """Submit ``ids`` with up to ``concurrency`` submits waiting at once (group commit)."""
     queue = iter(ids)
 
     async def submitter() -> None:
         for i in queue:
-            info = await submit(new_message(i))
+            info = await submit(new_message(i, transport))
             _accepted(info.id)
 
     await asyncio.gather(*(submitter() for _ in range(concurrency)))
@@ -194,10 +246,10 @@ async def main(args: argparse.Namespace) -> int:
             async def submit(m: NewMessage) -> Any:
                 return await store.submit(m, now=time.time(), lifetime=POLICY.lifetime)
 
-            await _submit_all(submit, ids, args.concurrency)
+            await _submit_all(submit, ids, args.concurrency, args.transport)
         return 0
     config = SpoolerConfig(
-        transports=(TransportConfig("local", "maildir", options={"root": args.root}),),
+        transports=(transport_config(args),),
         policy=POLICY,
         node=NODE,
     )
@@ -205,7 +257,7 @@ async def main(args: argparse.Namespace) -> int:
     spooler = Spooler.open(config, store=store, idle=AlwaysIdle(), close_store=True)
     async with spooler:
         if args.mode == "both":
-            await _submit_all(spooler.submit, ids, args.concurrency)
+            await _submit_all(spooler.submit, ids, args.concurrency, args.transport)
         while await _pending(store):
             await asyncio.sleep(0.05)
         sys.stdout.write(f"done {spooler.statistics()['counters']}\n")
@@ -216,14 +268,22 @@ async def main(args: argparse.Namespace) -> int:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--db", required=True)
-    p.add_argument("--root", required=True, help="the Maildir transport's root")
+    p.add_argument("--root", default=None, help="the Maildir transport's root")
+    p.add_argument("--transport", choices=TRANSPORTS, default="maildir")
+    p.add_argument("--smtp-port", type=int, default=None, help="the SMTP sink's port")
+    p.add_argument("--smtp-connections", type=int, default=SMTP_CONNECTIONS)
     p.add_argument("--mode", choices=("submit", "run", "both"), default="both")
     p.add_argument("--count", type=int, default=0, help="submit ids below this")
     p.add_argument("--start", type=int, default=0, help="submit ids from this one")
     p.add_argument("--concurrency", type=int, default=16, help="submits waiting at once")
     p.add_argument("--synchronous", default="FULL")
     p.add_argument("--crash-at", default=None, metavar="POINT:N")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.transport == "maildir" and args.root is None:
+        p.error("--transport maildir needs --root")
+    if args.transport == "smtp" and args.smtp_port is None:
+        p.error("--transport smtp needs --smtp-port")
+    return args
 
 
 if __name__ == "__main__":
@@ -231,5 +291,5 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if arguments.crash_at:
         point, _, count = arguments.crash_at.partition(":")
-        install_crash_point(point, int(count or 1))
+        install_crash_point(point, int(count or 1), arguments.transport)
     sys.exit(asyncio.run(main(arguments)))
