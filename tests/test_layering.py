@@ -18,6 +18,7 @@ ALLOWED: dict[str, set[str]] = {
     "store": {"model"},
     "reports": {"model"},
     "transports": {"contract", "model"},
+    "ingress": {"model"},
 }
 
 
