@@ -488,13 +488,15 @@ def _options(
     secrets: set[str] = set()
     for key in list(t.data):
         value = t.raw(key)
-        if key.endswith("_env") and len(key) > 4:
+        # Only secret-named options come from the environment or a file: ``ca_file``
+        # or ``pickup_file`` are plain options that happen to end the same way.
+        if key.endswith("_env") and len(key) > 4 and _SECRET_NAMES.search(key[:-4]):
             target = key[:-4]
             if not isinstance(value, str) or not value:
                 raise t.error(key, f"expected the name of an environment variable, got {value!r}")
             got: str | None = environ.get(value)
             source = f"environment variable {value}"
-        elif key.endswith("_file") and len(key) > 5:
+        elif key.endswith("_file") and len(key) > 5 and _SECRET_NAMES.search(key[:-5]):
             target = key[:-5]
             if not isinstance(value, str) or not value:
                 raise t.error(key, f"expected the path of a file holding the secret, got {value!r}")

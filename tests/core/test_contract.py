@@ -309,3 +309,22 @@ async def test_recipients_waiting_for_an_unknown_transport_do_not_block_routing(
         assert await sp.wait_for(later.id, timeout=10) is MessageState.SENT
         waiting = await sp.store.unrouted(limit=2000)
     assert len(waiting) == 1200
+
+
+async def test_cancel_reaches_a_message_waiting_in_a_claimed_batch() -> None:
+    script = Script(submit=[Act.HANG, Act.SUCCEED])
+    async with spooler(transport("smtp", script)) as sp:
+        with sp.foreground_busy():
+            first = await sp.submit(message("SMTP:a@x.org"))
+            second = await sp.submit(message("SMTP:b@y.org"))
+            await sp.route_now()
+        # The lane claims both in one batch and hangs on the first.
+        while "submit_message" not in script.names():
+            await asyncio.sleep(0.005)
+        assert await sp.store.state_of(second.id, now=sp.clock.now()) is MessageState.ACTIVE
+        await sp.cancel(second.id)
+        await sp.cancel(first.id)
+        assert await sp.wait_for(first.id, timeout=5) is MessageState.CANCELLED
+        assert await sp.wait_for(second.id, timeout=5) is MessageState.CANCELLED
+    submitted = [d[0] for c, d in script.calls if c == "submit_message"]
+    assert submitted == [first.id]  # the second never reached the transport

@@ -433,3 +433,18 @@ async def test_one_delay_report_when_the_sender_asked_for_it() -> None:
     assert b"Action: delayed" in body
     assert b"Will-Retry-Until" in body
     _ = silent
+
+
+async def test_destination_backoff_counts_an_attempt_once_and_keeps_the_transports_delay() -> None:
+    from spoolbox.testing import FakeClock
+
+    clock = FakeClock()
+    script = Script(("SMTP",), submit=[Act.WAIT, Act.SUCCEED], wait_delay=5.0)
+    async with spooler(transport("smtp", script), clock=clock) as sp:
+        info = await sp.submit(message(*[f"SMTP:u{i}@same.example" for i in range(6)]))
+        await sp.wait_for(info.id, [MessageState.DEFERRED], timeout=5)
+        failures, until = sp._destinations[("smtp", "same.example")]
+        assert failures == 1  # one attempt, six recipients: one failure
+        assert until == pytest.approx(clock.now() + 5.0)  # the transport's own delay
+        await clock.advance(5.5)
+        assert await sp.wait_for(info.id, timeout=5) is MessageState.SENT

@@ -63,6 +63,7 @@ from .config import TransportConfig
 from .lifecycle import SessionLifecycle
 from .objects import InboundWriterImpl, OutboundMessageImpl, ProfileSectionImpl
 from .policy import PARKED_NOTE, SubmitOutcome, plan_after_submit, plan_result
+from .slices import checkpoint
 
 if TYPE_CHECKING:
     from .spooler import Spooler
@@ -102,6 +103,7 @@ class TransportHost:
         self.tried_logon = asyncio.Event()  # set after each logon attempt, good or bad
         self.inbound_lock = asyncio.Lock()
         self.active: dict[str, OutboundMessageImpl | InboundWriterImpl] = {}
+        self.cancelled_refs: set[str] = set()  # cancelled while claimed, not started
         self.inflight = 0
         self.critical_error = False
         self.stopping = False
@@ -278,7 +280,7 @@ class TransportHost:
     async def implicit_yield(self) -> None:
         sp = self.spooler
         if sp.critsec.holder is not self and sp.meter.slice_spent():
-            await asyncio.sleep(0)
+            await checkpoint()
         self.check_cancelled()
 
     def check_cancelled(self) -> None:
@@ -491,28 +493,44 @@ class TransportHost:
                     job = pending[0]
                     await self._process(job)
                     pending.pop(0)
+                    # Between messages the foreground always gets its turn, however
+                    # short each message was (one slice per message at most).
+                    await checkpoint()
                     if self.stopping or self.critical_error:
                         break
             finally:
                 renewer.cancel()
-                if pending:
+                for job in pending:
                     # Not started (shutting down): give them back to the queue now.
                     with contextlib.suppress(Exception):
-                        for job in pending:
-                            await sp.store.settle(
-                                job.message.id,
-                                [
-                                    RecipientUpdate(r.index, RecipientState.QUEUED)
-                                    for r in job.recipients
-                                ],
-                                owner=sp.owner,
-                                now=sp.clock.now(),
-                            )
+                        await sp.store.settle(
+                            job.message.id,
+                            [
+                                RecipientUpdate(r.index, RecipientState.QUEUED)
+                                for r in job.recipients
+                            ],
+                            owner=sp.owner,
+                            now=sp.clock.now(),
+                        )
 
     async def _process(self, job: ClaimedJob) -> None:
         sp = self.spooler
         session = self._require_session()
         mid = job.message.id
+        if mid in self.cancelled_refs:
+            # Cancelled by the user while it waited in this lane's batch.
+            self.cancelled_refs.discard(mid)
+            await sp.settle(
+                job,
+                [
+                    RecipientUpdate(
+                        r.index, RecipientState.CANCELLED, diagnostic="cancelled by user"
+                    )
+                    for r in job.recipients
+                ],
+            )
+            self.job_done.set()
+            return
         # Recipients whose destination is in back-off wait for it without an attempt.
         waiting = [
             (r, until)
@@ -675,9 +693,11 @@ class TransportHost:
         self.bump("submitted", 0)
 
     def cancel(self, ref: str) -> bool:
-        """NOTIFY_CANCEL_MESSAGE for a message this session is working on."""
+        """NOTIFY_CANCEL_MESSAGE for a message this session is working on; a message
+        claimed but not started yet is remembered and cancelled when its turn comes."""
         msg = self.active.get(ref)
         if msg is None or self.session is None:
+            self.cancelled_refs.add(ref)
             return False
         msg.cancelled = True
         session = self.session
@@ -715,6 +735,7 @@ class TransportHost:
             for _ in range(max(0, count)):
                 if not await self.receive_one():
                     break
+                await checkpoint()
                 await self.background_gate()
                 if self.stopping or self.critical_error:
                     return
@@ -911,7 +932,7 @@ class SupportImpl:
         if cs.holder is host:
             await cs.explicit_yield(host)
         else:
-            await asyncio.sleep(0)
+            await checkpoint()
         host.check_cancelled()
 
     def slice_spent(self) -> bool:

@@ -20,6 +20,7 @@ thread the scheduler owns; it reads two attributes and writes a log line.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -28,10 +29,30 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from .critsec import CriticalSections
 
-__all__ = ["SliceMeter", "SliceOwner"]
+__all__ = ["SliceMeter", "SliceOwner", "checkpoint"]
 
 T = TypeVar("T")
 log = logging.getLogger("spoolbox.watchdog")
+
+
+async def checkpoint() -> None:
+    """Give the loop back so that *everything already waiting runs first*.
+
+    ``asyncio.sleep(0)`` puts the caller back at the end of the ready queue, but a task
+    whose timer fired is only made ready by a callback that runs after it, so it would
+    wait two or three more of the caller's steps.  This resumes the caller one turn
+    later (a callback that schedules the wake-up), so a task woken by a timer in the
+    meantime (the host's own work) runs before the spooler's next step.
+    """
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    loop.call_soon(loop.call_soon, _wake, fut)
+    await fut
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class SliceOwner(Protocol):

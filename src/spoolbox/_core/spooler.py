@@ -60,7 +60,7 @@ from .critsec import CriticalSections
 from .flush import FlushHandle, FlushReport
 from .host import TransportHost
 from .idle import IdlePolicy, LoopLagIdle
-from .policy import Policy, backoff
+from .policy import Policy
 from .slices import SliceMeter
 
 __all__ = ["Spooler"]
@@ -650,10 +650,13 @@ class Spooler:
             del self._destinations[key]
 
     def _destinations_learn(self, job: ClaimedJob, updates: Sequence[RecipientUpdate]) -> None:
+        """A real attempt that deferred puts its destination in back-off until the retry
+        time it planned (the transport's own delay, or the computed back-off): once per
+        destination and settle, however many recipients it had there."""
         if not self.policy.destination_backoff:
             return
         by_index = {r.index: r for r in job.recipients}
-        now = self.clock.now()
+        deferred: dict[tuple[str, str], float] = {}
         for u in updates:
             rec = by_index.get(u.index)
             if rec is None or not u.count_attempt:
@@ -661,10 +664,12 @@ class Spooler:
             key = self.destination_of(job.transport, rec.address)
             if u.state is _R.DELIVERED:
                 self._destinations.pop(key, None)
-            elif u.state is _R.QUEUED and (u.status or "").startswith("4"):
-                failures = self._destinations.get(key, (0, 0.0))[0] + 1
-                wait = backoff(self.policy, failures, self.rng)
-                self._destinations[key] = (failures, now + wait)
+                deferred.pop(key, None)
+            elif u.state is _R.QUEUED and (u.status or "").startswith("4") and u.retry_at:
+                deferred[key] = max(deferred.get(key, 0.0), u.retry_at)
+        for key, until in deferred.items():
+            failures = self._destinations.get(key, (0, 0.0))[0] + 1
+            self._destinations[key] = (failures, until)
 
     def _is_local(self, address: Address) -> bool:
         return any(

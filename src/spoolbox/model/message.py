@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from email import policy
+from email.header import decode_header, make_header
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses
@@ -232,10 +233,28 @@ class MessageSummary:
 
 
 def subject_of(content: bytes) -> str:
-    """The decoded Subject header, or '' (used for listings; never raises)."""
+    """The decoded Subject header, or '' (used for listings; never raises).
+
+    A cheap scan of the header block, not a parse of the message: it runs for every
+    submission.
+    """
     try:
-        headers = BytesHeaderParser(policy=policy.default).parsebytes(content)
-        value = headers.get("subject", "")
-        return str(value)[:200]
+        end = content.find(b"\r\n\r\n")
+        end2 = content.find(b"\n\n")
+        cut = min(e for e in (end, end2, len(content)) if e >= 0)
+        lines = content[:cut].splitlines()
+        value: bytes | None = None
+        for line in lines:
+            if value is not None:
+                if line[:1] in (b" ", b"\t"):
+                    value += b" " + line.strip()
+                    continue
+                break
+            if line[:8].lower() == b"subject:":
+                value = line[8:].strip()
+        if not value:
+            return ""
+        text = str(make_header(decode_header(value.decode("utf-8", "replace"))))
+        return " ".join(text.split())[:200]
     except Exception:
         return ""

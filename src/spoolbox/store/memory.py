@@ -60,6 +60,7 @@ class MemoryStore:
         self._heaps: dict[tuple[str, int], list[tuple[float, int, str, int, int]]] = {}
         self._seq = itertools.count()
         self._counts: Counter[RecipientState] = Counter()
+        self._unrouted: set[_Key] = set()  # QUEUED with no route: the router's work
         self._inbox: dict[str, tuple[InboxEntry, bytes]] = {}
         self._profiles: dict[str, dict[str, JSONValue]] = {}
         self._open = False
@@ -104,6 +105,7 @@ class MemoryStore:
             )
 
     def _set(self, r: RecipientRecord) -> None:
+        self._track_unrouted(r)
         rows = self._rcpts[r.message_id]
         old = rows[r.index]
         if old.state is not r.state:
@@ -111,6 +113,13 @@ class MemoryStore:
             self._counts[r.state] += 1
         rows[r.index] = r
         self._index(r)
+
+    def _track_unrouted(self, r: RecipientRecord) -> None:
+        key = (r.message_id, r.index)
+        if r.state is _R.QUEUED and r.route is None:
+            self._unrouted.add(key)
+        else:
+            self._unrouted.discard(key)
 
     def _valid(self, entry: tuple[float, int, str, int, int], route: str) -> bool:
         _, _, mid, idx, ver = entry
@@ -151,26 +160,17 @@ class MemoryStore:
             for i, a in enumerate(message.recipients)
         ]
         self._counts[_R.QUEUED] += len(message.recipients)
+        self._unrouted.update((message.id, i) for i in range(len(message.recipients)))
         return info
 
     # -- routing -------------------------------------------------------------------
     async def unrouted(
         self, *, limit: int, after: tuple[str, int] | None = None
     ) -> list[RecipientRecord]:
-        out: list[RecipientRecord] = []
         if limit <= 0:
-            return out
-        for mid in sorted(self._rcpts):
-            if after is not None and mid < after[0]:
-                continue
-            for r in self._rcpts[mid]:
-                if after is not None and (mid, r.index) <= after:
-                    continue
-                if r.state is _R.QUEUED and r.route is None:
-                    out.append(r)
-                    if len(out) >= limit:
-                        return out
-        return out
+            return []
+        keys = sorted(k for k in self._unrouted if after is None or k > after)[:limit]
+        return [self._rcpts[mid][idx] for mid, idx in keys]
 
     async def assign_routes(self, assignments: Sequence[tuple[str, int, str]]) -> None:
         for mid, idx, transport in assignments:
