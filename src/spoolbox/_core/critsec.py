@@ -5,8 +5,9 @@ While a session holds the section:
 * other sessions' provider code does not run: the slice meter stops each of their
   coroutines at its next step boundary, until the holder yields *explicitly*
   (``spooler_yield`` opens a window in which each waiting step runs once) or leaves;
-* no new background work starts for anyone (no polls, idle calls, new submissions);
-* the holder's implicit yields are suppressed, and the idle gate does not hold it back;
+* no new background work starts for anyone, the holder's own lanes included (no
+  polls, idle calls, new submissions); a flush is not held back;
+* the holder's implicit yields are suppressed (only its explicit yields let others in);
 * ``validate_state`` on the holder answers busy.
 
 A maximum duration is a setting; holding longer is reported (log, status row,
