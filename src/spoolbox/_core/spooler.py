@@ -261,9 +261,22 @@ class Spooler:
     # -- the client side ------------------------------------------------------------------
     async def submit(self, message: NewMessage) -> MessageInfo:
         """Commit ``message`` durably and queue it; returns once it is committed."""
-        info = await self.store.submit(message, now=self.clock.now(), lifetime=self.policy.lifetime)
+        # Route in the same transaction where the decision is already clear; what must
+        # wait or fail (no route) is left to the router.
+        table = self.routing_table()
+        routes: list[str | None] = []
+        for a in message.recipients:
+            d = table.decide(a.type)
+            routes.append(d.transport if isinstance(d, Route) else None)
+        info = await self.store.submit(
+            message, now=self.clock.now(), lifetime=self.policy.lifetime, routes=routes
+        )
         self.counters["submitted"] += 1
-        self.routing_changed()
+        if any(r is None for r in routes):
+            self.routing_changed()
+        for name in {r for r in routes if r is not None}:
+            with contextlib.suppress(KeyError):
+                self.host(name).wake.set()
         return info
 
     def start_flush(

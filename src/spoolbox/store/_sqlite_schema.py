@@ -225,8 +225,8 @@ INSERT_MESSAGE = (
 SET_HELD = "UPDATE messages SET held = ? WHERE id = ?"
 
 INSERT_RECIPIENT = (
-    "INSERT INTO recipients (message_id, idx, address, state, updated_at, priority, "
-    "send_at, ready_at, expires_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)"
+    "INSERT INTO recipients (message_id, idx, address, state, route, updated_at, priority, "
+    "send_at, ready_at, expires_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)"
 )
 SELECT_RECIPIENTS = f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id = ? ORDER BY idx"
 SELECT_RECIPIENT = f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id = ? AND idx = ?"

@@ -131,8 +131,16 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     # -- submission ----------------------------------------------------------------
-    async def submit(self, message: NewMessage, *, now: float, lifetime: float) -> MessageInfo:
-        """Commit durably; idempotent on ``message.id``."""
+    async def submit(
+        self,
+        message: NewMessage,
+        *,
+        now: float,
+        lifetime: float,
+        routes: Sequence[str | None] | None = None,
+    ) -> MessageInfo:
+        """Commit durably; idempotent on ``message.id``.  ``routes`` (one per
+        recipient, None = unrouted) routes recipients in the same transaction."""
         ...
 
     # -- routing -------------------------------------------------------------------

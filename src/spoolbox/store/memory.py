@@ -129,7 +129,14 @@ class MemoryStore:
         return r.state is _R.QUEUED and r.route == route
 
     # -- submission ----------------------------------------------------------------
-    async def submit(self, message: NewMessage, *, now: float, lifetime: float) -> MessageInfo:
+    async def submit(
+        self,
+        message: NewMessage,
+        *,
+        now: float,
+        lifetime: float,
+        routes: Sequence[str | None] | None = None,
+    ) -> MessageInfo:
         existing = self._messages.get(message.id)
         if existing is not None:
             if self._submitted[message.id] != message:
@@ -155,12 +162,22 @@ class MemoryStore:
         self._messages[message.id] = info
         self._submitted[message.id] = message
         self._content[message.id] = message.content
+        if routes is not None and len(routes) != len(message.recipients):
+            raise StoreError(
+                f"{len(routes)} routes for {len(message.recipients)} recipients of {message.id}"
+            )
         self._rcpts[message.id] = [
             RecipientRecord(message.id, i, a, _R.QUEUED, updated_at=now)
             for i, a in enumerate(message.recipients)
         ]
         self._counts[_R.QUEUED] += len(message.recipients)
-        self._unrouted.update((message.id, i) for i in range(len(message.recipients)))
+        for i in range(len(message.recipients)):
+            route = routes[i] if routes is not None else None
+            r = self._rcpts[message.id][i]
+            if route is not None:
+                self._rcpts[message.id][i] = r = replace(r, route=route)
+            self._track_unrouted(r)
+            self._index(r)
         return info
 
     # -- routing -------------------------------------------------------------------

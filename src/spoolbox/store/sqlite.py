@@ -108,6 +108,7 @@ class _Submission:
     now: float
     lifetime: float
     future: concurrent.futures.Future[MessageInfo]
+    routes: Sequence[str | None] | None = None
 
 
 def _stop_job() -> _Job:
@@ -379,7 +380,11 @@ class SQLiteStore:
                     conn.execute("SAVEPOINT submission")
                     try:
                         info = self._insert_message(
-                            conn, sub.message, now=sub.now, lifetime=sub.lifetime
+                            conn,
+                            sub.message,
+                            now=sub.now,
+                            lifetime=sub.lifetime,
+                            routes=sub.routes,
                         )
                     except StoreError as exc:
                         # This submission is refused; the rest of the batch goes on.
@@ -442,11 +447,22 @@ class SQLiteStore:
         self._jobs.put(_Signal.SUBMIT_BATCH)
 
     # -- submission ----------------------------------------------------------------
-    async def submit(self, message: NewMessage, *, now: float, lifetime: float) -> MessageInfo:
+    async def submit(
+        self,
+        message: NewMessage,
+        *,
+        now: float,
+        lifetime: float,
+        routes: Sequence[str | None] | None = None,
+    ) -> MessageInfo:
         self._check_open()
+        if routes is not None and len(routes) != len(message.recipients):
+            raise StoreError(
+                f"{len(routes)} routes for {len(message.recipients)} recipients of {message.id}"
+            )
         future: concurrent.futures.Future[MessageInfo] = concurrent.futures.Future()
         with self._pending_lock:
-            self._pending.append(_Submission(message, float(now), float(lifetime), future))
+            self._pending.append(_Submission(message, float(now), float(lifetime), future, routes))
         if not self._kick_scheduled:
             # One signal per turn of the loop: every submit of this turn joins the batch.
             self._kick_scheduled = True
@@ -454,7 +470,13 @@ class SQLiteStore:
         return await asyncio.wrap_future(future)
 
     def _insert_message(
-        self, conn: sqlite3.Connection, message: NewMessage, *, now: float, lifetime: float
+        self,
+        conn: sqlite3.Connection,
+        message: NewMessage,
+        *,
+        now: float,
+        lifetime: float,
+        routes: Sequence[str | None] | None = None,
     ) -> MessageInfo:
         """Insert a message (or recognise it again); used by submit and by settle."""
         fingerprint = _fingerprint(message)
@@ -502,7 +524,17 @@ class SQLiteStore:
         conn.executemany(
             _sql.INSERT_RECIPIENT,
             (
-                (info.id, i, str(a), now, int(info.priority), send_at, send_at, info.expires_at)
+                (
+                    info.id,
+                    i,
+                    str(a),
+                    routes[i] if routes is not None else None,
+                    now,
+                    int(info.priority),
+                    send_at,
+                    send_at,
+                    info.expires_at,
+                )
                 for i, a in enumerate(message.recipients)
             ),
         )

@@ -349,6 +349,26 @@ async def _unknown_ids_raise_unknown_message(store: Store) -> None:
 
 
 @_check
+async def _submit_can_route_in_the_same_transaction(store: Store) -> None:
+    info = await store.submit(
+        _new("X:a", "Y:b", id="r1"), now=_T0, lifetime=_LIFETIME, routes=["x", None]
+    )
+    recs = await store.recipients(info.id)
+    _equal([r.route for r in recs], ["x", None], "routes given at submit")
+    _equal(
+        [(r.message_id, r.index) for r in await store.unrouted(limit=10)],
+        [("r1", 1)],
+        "only the recipient without a route waits for routing",
+    )
+    jobs = await store.claim("x", owner="o", now=_T0, lease=60.0, limit=5)
+    _equal(
+        [(j.message.id, [r.index for r in j.recipients]) for j in jobs],
+        [("r1", [0])],
+        "a recipient routed at submit is claimable at once",
+    )
+
+
+@_check
 async def _unrouted_pages_with_a_cursor(store: Store) -> None:
     await _submit(store, "X:a", "X:b", "X:c", id="p1", route=False)
     await _submit(store, "X:d", id="p2", route=False)

@@ -1,0 +1,406 @@
+"""Shared helpers of the relay and latency benchmarks: the sink and the systems under test.
+
+* :class:`Sink`: Postfix's ``smtp-sink`` on a free loopback port, started with ``-c``
+  (running counters).  smtp-sink writes ``sess=N quit=N mesg=N`` followed by a carriage
+  return each time it receives the final dot of a message (and when a session ends); a
+  reader thread parses that stream from a pipe and records when each count was first
+  seen (``time.perf_counter``), so "the sink has everything" and "this message is on
+  the wire" are read from smtp-sink itself.
+* :class:`SpoolboxDaemon`: ``spoolbox run`` with a generated profile in a fresh data
+  directory: SQLite store (``synchronous = "FULL"``), the SMTP submission listener on a
+  free port, the ``smtp`` transport to the sink (``tls = "none"``), ``nice = 0``,
+  ``[policy] idle = "always"``.
+* :class:`PostfixRelay`: a private Postfix instance (its own ``config_directory``,
+  ``queue_directory`` and ``data_directory`` in a fresh directory, started with
+  ``postfix -c DIR start``): smtpd on a free loopback port, ``relayhost`` the sink, no
+  local delivery, no TLS, no chroot.  Postfix's cleanup(8) fsyncs every queue file
+  before smtpd answers 250 to the final dot (Postfix's default; there is no setting).
+* :func:`ensure_peers`: installs the ``postfix`` package (smtp-sink, smtp-source,
+  postfix) with apt-get when one of the programs is missing.
+
+Every process these classes start is stopped by ``close()`` (use them as context
+managers); nothing is killed by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+PEER_PROGRAMS = ("smtp-sink", "smtp-source", "postfix", "postconf")
+SPOOLBOX = Path(sys.executable).with_name("spoolbox")
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def ensure_peers() -> None:
+    """Install Postfix (smtp-sink, smtp-source and the MTA) if a program is missing."""
+    missing = [p for p in PEER_PROGRAMS if shutil.which(p, path=_sbin_path()) is None]
+    if not missing:
+        return
+    log(f"bench: {', '.join(missing)} not found: installing the 'postfix' package with apt-get")
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise SystemExit(
+            "bench: needs Postfix's smtp-sink, smtp-source and postfix; install them "
+            "as root with: apt-get install -y postfix"
+        )
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    selections = "postfix postfix/main_mailer_type select No configuration\n"
+    subprocess.run(["debconf-set-selections"], input=selections.encode(), check=False, env=env)
+    subprocess.run(["apt-get", "update", "-q"], check=False, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-q", "postfix"], check=True, env=env)
+    still = [p for p in PEER_PROGRAMS if shutil.which(p, path=_sbin_path()) is None]
+    if still:
+        raise SystemExit(f"bench: still missing after installing postfix: {', '.join(still)}")
+
+
+def _sbin_path() -> str:
+    return os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+
+
+def program(name: str) -> str:
+    found = shutil.which(name, path=_sbin_path())
+    if found is None:
+        raise SystemExit(f"bench: {name} not found (apt-get install -y postfix)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until something accepts connections on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"nothing listens on 127.0.0.1:{port} after {timeout} s"
+                ) from None
+            time.sleep(0.02)
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
+    """SIGTERM the process we started, then SIGKILL it after ``grace`` seconds."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+
+
+class _Closing:
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class Sink(_Closing):
+    """``smtp-sink -c`` on a free loopback port; counts the messages it received."""
+
+    _RECORD = re.compile(rb"mesg=(\d+)")
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        cmd = [program("smtp-sink"), "-c"]
+        if os.geteuid() == 0:
+            cmd += ["-u", "nobody"]  # smtp-sink refuses to run as root without -u
+        cmd += [f"127.0.0.1:{self.port}", "256"]
+        self.command = cmd
+        self.count = 0
+        self.seen: list[float] = [0.0]  # seen[k]: when mesg=k was first read
+        self._cond = threading.Condition()
+        self._proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        self._reader = threading.Thread(target=self._read, name="smtp-sink reader", daemon=True)
+        self._reader.start()
+        try:
+            wait_port(self.port, 10, self._proc)
+        except BaseException:
+            self.close()
+            raise
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        pending = b""
+        while True:
+            chunk = os.read(fd, 65536)
+            now = time.perf_counter()
+            if not chunk:
+                return
+            pending += chunk
+            *records, pending = pending.split(b"\r")
+            top = self.count
+            for rec in records:
+                m = self._RECORD.search(rec)
+                if m:
+                    top = max(top, int(m.group(1)))
+            if top > self.count:
+                with self._cond:
+                    self.seen.extend([now] * (top - self.count))
+                    self.count = top
+                    self._cond.notify_all()
+
+    def wait_for(self, n: int, timeout: float) -> float:
+        """The time (perf_counter) the sink had received ``n`` messages in all."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.count >= n, timeout):
+                raise TimeoutError(f"smtp-sink has {self.count} of {n} messages after {timeout} s")
+            return self.seen[n]
+
+    def close(self) -> None:
+        stop_process(self._proc, 5)
+        self._reader.join(5)
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+
+
+class SpoolboxDaemon(_Closing):
+    """``spoolbox run`` on a fresh data directory, relaying SMTP: to ``sink_port``."""
+
+    name = "spoolbox"
+
+    def __init__(
+        self, workdir: Path, sink_port: int, max_connections: int = 10, synchronous: str = "FULL"
+    ) -> None:
+        self.dir = workdir
+        self.dir.mkdir(parents=True)
+        self.port = free_port()
+        self.profile = self.dir / "spoolbox.toml"
+        self.profile.write_text(
+            f"""\
+data_dir = "."
+node = "bench"
+
+[store]
+backend = "sqlite"
+path = "spool.sqlite3"
+synchronous = "{synchronous}"
+
+[daemon]
+nice = 0
+log_level = "warning"
+
+[policy]
+idle = "always"
+
+[[transports]]
+name = "relay"
+provider = "smtp"
+address_types = ["SMTP"]
+inbound = false
+
+[transports.options]
+host = "127.0.0.1"
+port = {sink_port}
+tls = "none"
+max_connections = {max_connections}
+
+[listeners.submission]
+kind = "smtp"
+host = "127.0.0.1"
+port = {self.port}
+"""
+        )
+        self.log_path = self.dir / "daemon.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [str(SPOOLBOX), "-p", str(self.profile), "run", "--no-dialog"],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.pid = self.proc.pid
+        try:
+            wait_port(self.port, 60, self.proc)
+        except BaseException:
+            self.close()
+            log(self.log_path.read_text(errors="replace")[-2000:])
+            raise
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the daemon has used so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def close(self) -> None:
+        try:
+            stop_process(self.proc, 30)
+        finally:
+            self._log.close()
+
+
+_MASTER_CF = """\
+127.0.0.1:{port} inet n - n - - smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+
+
+class PostfixRelay(_Closing):
+    """A private Postfix instance in ``workdir`` relaying everything to ``sink_port``."""
+
+    name = "postfix"
+
+    def __init__(self, workdir: Path, sink_port: int, concurrency: int = 10) -> None:
+        if os.geteuid() != 0:
+            raise SystemExit("bench: a private Postfix instance must be started as root")
+        self.dir = workdir
+        self.etc = workdir / "etc"
+        self.spool = workdir / "spool"
+        self.maillog = workdir / "maillog"
+        self.port = free_port()
+        self.etc.mkdir(parents=True)
+        self.spool.mkdir()
+        (workdir / "data").mkdir()
+        shutil.chown(workdir / "data", "postfix")
+        for d in (workdir, *workdir.parents):  # the postfix user must reach its queue
+            if not d.stat().st_mode & 0o001:
+                raise SystemExit(f"bench: {d} is not searchable by others; postfix cannot use it")
+        (self.etc / "main.cf").write_text(
+            f"""\
+compatibility_level = 3.6
+queue_directory = {self.spool}
+data_directory = {workdir / "data"}
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = bench.localdomain
+mydomain = localdomain
+mydestination =
+local_recipient_maps =
+local_transport = error:local delivery is disabled
+alias_maps =
+alias_database =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks reject
+relayhost = [127.0.0.1]:{sink_port}
+smtp_destination_concurrency_limit = {concurrency}
+smtp_tls_security_level = none
+smtpd_tls_security_level = none
+biff = no
+maillog_file = {self.maillog}
+maillog_file_prefixes = {workdir}
+"""
+        )
+        (self.etc / "master.cf").write_text(_MASTER_CF.format(port=self.port))
+        self._started = False
+        try:
+            self._postfix("start")
+            self._started = True
+            wait_port(self.port, 30)
+        except BaseException:
+            self.close()
+            raise
+
+    def _postfix(self, command: str) -> None:
+        done = subprocess.run(
+            [program("postfix"), "-c", str(self.etc), command],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        if done.returncode != 0:
+            tail = self.maillog.read_text(errors="replace")[-1500:] if self.maillog.exists() else ""
+            raise RuntimeError(f"postfix -c {self.etc} {command} failed:\n{tail}")
+
+    def master_pid(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError):
+            return int((self.spool / "pid" / "master.pid").read_text().strip())
+        return None
+
+    def close(self) -> None:
+        pid = self.master_pid()
+        if self._started:
+            try:
+                self._postfix("stop")
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                log(f"bench: {exc}")
+        if pid is None:
+            return
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:  # master waits for its children, then exits
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # the master of our own instance, by its pid
+
+
+def smtp_source(port: int, messages: int, sessions: int, size: int) -> subprocess.Popen[bytes]:
+    """Start smtp-source: ``sessions`` parallel sessions, one message per connection."""
+    cmd = [
+        program("smtp-source"),
+        "-c",
+        "-s",
+        str(sessions),
+        "-l",
+        str(size),
+        "-m",
+        str(messages),
+        "-f",
+        "from@example.org",
+        "-t",
+        "to@example.org",
+        f"127.0.0.1:{port}",
+    ]
+    return subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )

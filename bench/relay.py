@@ -1,0 +1,278 @@
+"""Relay throughput: smtp-source -> system under test -> smtp-sink, against Postfix.
+
+What it measures
+----------------
+``smtp-source`` (Postfix's load generator: ``-s 10`` parallel sessions, ``-l 2048``
+bytes of body per message, ``-m N`` messages, one message per connection) submits to
+the system under test, which relays every message to ``smtp-sink`` on another loopback
+port.  The figure is the time from starting smtp-source until smtp-sink has received
+the N-th message (the sink's own ``-c`` counter, read from its output), and N divided
+by it.  Also reported: when smtp-source finished (every message answered ``250``).
+
+Systems, each with a fresh sink, a fresh data directory and a fresh process in every
+run (the order rotates from run to run):
+
+* ``wire``: smtp-source straight to smtp-sink, the limit of the load generator, the
+  sink and loopback on this machine;
+* ``spoolbox``: the ``spoolbox run`` daemon with a generated profile: SQLite store with
+  ``synchronous = "FULL"`` (a message is committed and fsynced before the listener
+  answers 250 to its final dot), the SMTP submission listener, the ``smtp`` transport
+  to the sink (``tls = "none"``, ``max_connections = 10``), ``[policy] idle =
+  "always"``, ``[daemon] nice = 0``;
+* ``postfix``: a private Postfix instance (own config, queue and data directories in
+  the temporary directory, ``postfix -c DIR start``) with ``relayhost`` the sink and
+  ``smtp_destination_concurrency_limit = 10``; cleanup(8) fsyncs each queue file
+  before smtpd answers 250 (Postfix's default).
+
+Before the timed batch every system relays a warm-up batch (default 100 messages),
+so process start-up, imports and connection set-up are not timed.  The table shows
+medians over runs; ratios are medians of the per-run ratios (each system against the
+peer measured in the same run).
+
+``--py-spy DIR`` adds one untimed spoolbox run under ``py-spy record`` (install it with
+``.venv/bin/pip install py-spy``) and prints the functions with the most samples, by
+self time and inclusive, from the collapsed stacks it writes to ``DIR/relay.txt``.
+
+Run it (as root, for the private Postfix instance; installs Postfix if missing)::
+
+    .venv/bin/python bench/relay.py [--messages 5000] [--runs 5] [--dir /path/on/the/disk]
+        [--json out.json] [--py-spy DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from _mta import (
+    PostfixRelay,
+    Sink,
+    SpoolboxDaemon,
+    ensure_peers,
+    log,
+    smtp_source,
+    stop_process,
+)
+
+SYSTEMS = ("wire", "spoolbox", "postfix")
+OURS = re.compile(r"[(/](spoolbox|aiosmtpd|aiosmtplib)/")  # frames worth showing
+
+
+@contextmanager
+def system_under_test(
+    name: str, workdir: Path, sink: Sink, args: argparse.Namespace
+) -> Iterator[tuple[int, SpoolboxDaemon | None]]:
+    """The port smtp-source submits to, and the spoolbox daemon if it is one."""
+    if name == "wire":
+        yield sink.port, None
+    elif name == "spoolbox":
+        with SpoolboxDaemon(workdir, sink.port, args.max_connections, args.synchronous) as sb:
+            yield sb.port, sb
+    else:
+        with PostfixRelay(workdir, sink.port, args.max_connections) as pf:
+            yield pf.port, None
+
+
+def batch(port: int, sink: Sink, n: int, args: argparse.Namespace) -> tuple[float, float, float]:
+    """Submit n messages; (start, smtp-source finished, sink has them all)."""
+    base = sink.count
+    t0 = time.perf_counter()
+    proc = smtp_source(port, n, args.sessions, args.size)
+    try:
+        _, err = proc.communicate(timeout=args.timeout)
+    finally:
+        stop_process(proc, 1)
+    t_accept = time.perf_counter()
+    if proc.returncode != 0:
+        raise RuntimeError(f"smtp-source exited {proc.returncode}: {err.decode(errors='replace')}")
+    t_done = sink.wait_for(base + n, args.timeout)
+    return t0, t_accept, t_done
+
+
+def one(name: str, workdir: Path, args: argparse.Namespace) -> dict[str, float]:
+    with Sink() as sink, system_under_test(name, workdir, sink, args) as (port, sb):
+        batch(port, sink, args.warmup, args)
+        time.sleep(0.5)
+        base = sink.count
+        cpu0 = sb.cpu_seconds() if sb else 0.0
+        t0, t_accept, t_done = batch(port, sink, args.messages, args)
+        cpu1 = sb.cpu_seconds() if sb else 0.0
+        time.sleep(0.3)
+        extra = sink.count - base - args.messages
+        if extra:
+            log(f"bench: {name}: the sink received {extra} messages more than were sent")
+    wall = t_done - t0
+    res = {"wall": wall, "rate": args.messages / wall, "accept": t_accept - t0}
+    if sb is not None:
+        res["cpu"] = (cpu1 - cpu0) / wall
+    return res
+
+
+def profile_spoolbox(root: Path, args: argparse.Namespace) -> None:
+    out_dir: Path = args.py_spy
+    out_dir.mkdir(parents=True, exist_ok=True)
+    py_spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    if py_spy is None:
+        raise SystemExit("bench: --py-spy needs py-spy: .venv/bin/pip install py-spy")
+    raw = out_dir / "relay.txt"
+    with (
+        Sink() as sink,
+        SpoolboxDaemon(root / "profile", sink.port, args.max_connections, args.synchronous) as sb,
+    ):
+        batch(sb.port, sink, args.warmup, args)
+        time.sleep(0.5)
+        cmd = [py_spy, "record", "--pid", str(sb.pid), "--rate", "200", "--format", "raw"]
+        cmd += ["--threads", "--idle"]
+        spy = subprocess.Popen(
+            [*cmd, "--output", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        try:
+            time.sleep(1.0)  # py-spy attaches
+            t0, _, t_done = batch(sb.port, sink, args.messages, args)
+        finally:
+            if spy.poll() is None:
+                spy.send_signal(signal.SIGINT)
+            _, err = spy.communicate(timeout=60)
+        log(f"profiled run: {args.messages / (t_done - t0):,.0f} msg/s under py-spy")
+        if not raw.exists():
+            raise RuntimeError(f"py-spy wrote nothing: {err.decode(errors='replace')}")
+    print_profile(raw, args.top)
+
+
+def print_profile(raw: Path, top: int) -> None:
+    """Per thread, where its wall-clock time went, from py-spy's collapsed stacks.
+
+    Recorded with ``--threads --idle``: every thread is sampled whether it runs or
+    waits, so a thread's samples are its wall-clock time; a leaf frame is where the
+    thread was (``function:line``: the line tells a COMMIT from a query), an inclusive
+    frame what it was inside of.
+    """
+    threads: collections.Counter[str] = collections.Counter()
+    leaf: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    incl: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        first, *frames = stack.split(";")
+        thread = re.sub(r"^thread \(\d+\): ", "", first).split(" ")[0]
+        threads[thread] += n
+        if frames:
+            leaf[thread][_frame(frames[-1], line_number=True)] += n
+        for f in {_frame(f) for f in frames if OURS.search(f)}:
+            incl[thread][f] += n
+    for thread, total in threads.most_common():
+        if len(leaf[thread]) < 2:
+            continue  # a thread that only waited (watchdog, idle executor)
+        print(f"\nthread {thread}: {total} samples (wall clock, 200/s)")
+        print("| share of wall time | where the thread was (leaf frame) |\n|---:|---|")
+        for f, n in leaf[thread].most_common(top):
+            print(f"| {100 * n / total:.1f}% | `{f}` |")
+        print("| inclusive | inside (spoolbox, aiosmtpd, aiosmtplib frames) |\n|---:|---|")
+        for f, n in incl[thread].most_common(top):
+            print(f"| {100 * n / total:.1f}% | `{f}` |")
+
+
+def _frame(frame: str, line_number: bool = False) -> str:
+    """``func (path/to/file.py:123)`` -> ``func (to/file.py)`` (``:123`` if asked)."""
+    name, _, where = frame.partition(" (")
+    path, _, line = where.rstrip(")").rpartition(":")
+    parts = Path(path).parts
+    short = "/".join(parts[-2:]) if len(parts) > 1 else path
+    return f"{name} ({short}:{line})" if line_number else f"{name} ({short})"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="relay throughput against Postfix")
+    p.add_argument("--messages", type=int, default=5000)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--sessions", type=int, default=10, help="smtp-source -s")
+    p.add_argument("--size", type=int, default=2048, help="smtp-source -l (body bytes)")
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--max-connections", type=int, default=10, help="towards the sink")
+    p.add_argument("--systems", default=",".join(SYSTEMS))
+    p.add_argument(
+        "--synchronous",
+        default="FULL",
+        help="spoolbox's [store] synchronous; anything but FULL is a diagnostic, not durable",
+    )
+    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--dir", type=Path, default=None, help="directory on the disk to test")
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--py-spy", type=Path, default=None, help="profile one extra spoolbox run")
+    p.add_argument("--top", type=int, default=20)
+    args = p.parse_args(argv)
+    systems = [s for s in args.systems.split(",") if s]
+    if unknown := set(systems) - set(SYSTEMS):
+        p.error(f"unknown systems: {', '.join(sorted(unknown))}")
+    ensure_peers()
+    runs: list[dict[str, dict[str, float]]] = []
+    with tempfile.TemporaryDirectory(prefix="spoolbox-relay-", dir=args.dir) as tmp:
+        root = Path(tmp)
+        root.chmod(0o755)  # the postfix user must reach its queue directory
+        for r in range(args.runs):
+            order = systems[r % len(systems) :] + systems[: r % len(systems)]
+            res: dict[str, dict[str, float]] = {}
+            for name in order:
+                res[name] = one(name, root / f"run{r}-{name}", args)
+            runs.append(res)
+            log(
+                f"run {r + 1}: "
+                + ", ".join(
+                    f"{k} {v['rate']:,.0f} msg/s ({v['wall']:.2f} s)"
+                    for k, v in sorted(res.items())
+                )
+            )
+        if args.py_spy is not None:
+            profile_spoolbox(root, args)
+    print_table(runs, systems, args)
+    if args.json is not None:
+        args.json.write_text(json.dumps({"args": vars(args), "runs": runs}, default=str, indent=1))
+    return 0
+
+
+def print_table(
+    runs: list[dict[str, dict[str, float]]], systems: list[str], args: argparse.Namespace
+) -> None:
+    def med(name: str, key: str) -> float:
+        return statistics.median(r[name][key] for r in runs)
+
+    def ratio(a: str, b: str) -> str:
+        if b not in systems:
+            return "-"
+        return f"{statistics.median(r[a]['rate'] / r[b]['rate'] for r in runs):.2f}"
+
+    print(
+        f"\n{args.messages} messages of {args.size} body bytes, smtp-source -s {args.sessions}, "
+        f"{len(runs)} runs (medians)"
+    )
+    print(
+        "| system | relay time s | msg/s | smtp-source done s | ratio to postfix "
+        "| ratio to wire | daemon CPU |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name in systems:
+        cpu = f"{med(name, 'cpu'):.0%}" if "cpu" in runs[0][name] else "-"
+        print(
+            f"| {name} | {med(name, 'wall'):.2f} | {med(name, 'rate'):,.0f} "
+            f"| {med(name, 'accept'):.2f} | {ratio(name, 'postfix')} | {ratio(name, 'wire')} "
+            f"| {cpu} |"
+        )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
