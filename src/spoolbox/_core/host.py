@@ -725,6 +725,8 @@ class TransportHost:
             await self.background_gate()
             if self.stopping or self.critical_error:
                 return
+            if self.flushing & FlushFlags.DOWNLOAD:
+                continue  # a download flush is taking everything already
             if poll and not notified:
                 next_poll = sp.clock.now() + sp.policy.poll_interval
                 count = await self.poll()

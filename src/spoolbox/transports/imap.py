@@ -68,6 +68,7 @@ comes back for the next without waiting for its next poll.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import re
 from collections.abc import Mapping, Sequence
@@ -309,7 +310,7 @@ class IMAPSession(BaseTransportSession):
         self.settings = settings
         self._conn: _Connection | None = None
         self._lock = asyncio.Lock()  # one command sequence at a time on the connection
-        self._queue: list[int] = []  # UIDs > watermark seen by the last search
+        self._queue: collections.deque[int] = collections.deque()  # UIDs from the last search
         self._idle_task: asyncio.Task[None] | None = None
         self._warned_validity: int | None = None
         self.fetched = 0
@@ -443,7 +444,7 @@ class IMAPSession(BaseTransportSession):
             try:
                 conn = await self._connection()
                 w = self._watermark(conn.uidvalidity)
-                self._queue = await conn.search_uids(w + 1, None)
+                self._queue = collections.deque(sorted(await conn.search_uids(w + 1, None)))
             except FailOneProvider:
                 raise
             except (OSError, TimeoutError, aioimaplib.AioImapException, _ProtocolError) as exc:
@@ -456,12 +457,16 @@ class IMAPSession(BaseTransportSession):
                 conn = await self._connection()
                 v = conn.uidvalidity
                 w = self._watermark(v)
-                queue = [u for u in self._queue if u > w]
+                # The queue is sorted: drop what the watermark passed from the front
+                # (constant time per message, not a pass over the whole list).
+                queue = self._queue
+                while queue and queue[0] <= w:
+                    queue.popleft()
                 if not queue:
-                    queue = await conn.search_uids(w + 1, None)
+                    queue = collections.deque(sorted(await conn.search_uids(w + 1, None)))
                 data: bytes | None = None
                 while queue:
-                    uid = queue.pop(0)
+                    uid = queue.popleft()
                     data = await conn.fetch(uid)
                     if data:
                         break
