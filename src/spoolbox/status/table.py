@@ -241,9 +241,9 @@ class StatusTable:
     def update(self, name: str, **changes: Any) -> StatusRow:
         """Merge columns into an existing row (STATUSROW_UPDATE)."""
         old = self._rows[name]
+        if all(getattr(old, k) == v for k, v in changes.items()):
+            return old  # nothing changes: no new row, no event
         new = replace(old, **changes, updated_at=self._clock(), version=old.version + 1)
-        if _same(old, new):
-            return old
         self._rows[name] = new
         self._publish(StatusChange(name, old, new))
         return new
@@ -303,7 +303,3 @@ class StatusTable:
                 self._callbacks.remove(cb)
                 self.subscribers_dropped += 1
                 log.exception("status observer %r raised and was removed", cb)
-
-
-def _same(a: StatusRow, b: StatusRow) -> bool:
-    return replace(a, updated_at=0.0, version=0) == replace(b, updated_at=0.0, version=0)
