@@ -423,3 +423,48 @@ async def test_profile_values_must_be_json(store: SQLiteStore) -> None:
             profile_updates={"s": {"n": float("nan")}},
         )
     assert await store.list_inbox() == []
+
+
+async def test_concurrent_writes_share_a_commit(tmp_path: Path) -> None:
+    """Group commit for every write, not only submits: settles from concurrent lanes
+    that wait for the store thread go into one transaction, each in its own savepoint
+    (one that fails is undone alone)."""
+    from spoolbox import Address, NewMessage, RecipientState
+    from spoolbox.store import RecipientUpdate
+
+    async with SQLiteStore(tmp_path / "g.db") as store:
+        for i in range(40):
+            await store.submit(
+                NewMessage(None, (Address("X", f"r{i}"),), b"Subject: x\r\n\r\nx\r\n", id=f"g{i}"),
+                now=1000.0,
+                lifetime=3600.0,
+                routes=["t"],
+            )
+        jobs = await store.claim("t", owner="o", now=1000.0, lease=60.0, limit=40)
+        assert len(jobs) == 40
+        before = store.statistics()["commits"]
+        updates = [
+            store.settle(
+                j.message.id, [RecipientUpdate(0, RecipientState.DELIVERED)], owner="o", now=1001.0
+            )
+            for j in jobs[:39]
+        ]
+        bad = store.settle(  # recipient #0 is fine, #5 does not exist: the whole settle fails
+            jobs[39].message.id,
+            [
+                RecipientUpdate(0, RecipientState.DELIVERED),
+                RecipientUpdate(5, RecipientState.FAILED),
+            ],
+            owner="o",
+            now=1001.0,
+        )
+        results = await asyncio.gather(*updates, bad, return_exceptions=True)
+        assert all(not isinstance(r, BaseException) for r in results[:39])
+        assert isinstance(results[39], StoreError)
+        commits = store.statistics()["commits"] - before
+        assert commits < 20  # 40 writes, far fewer commits
+        assert store.statistics()["grouped_writes"] > 0
+        counts = await store.counts()
+        assert counts[RecipientState.DELIVERED] == 39
+        (last,) = await store.recipients("g39")
+        assert last.state is RecipientState.ACTIVE  # its failed write left no trace

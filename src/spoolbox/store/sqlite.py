@@ -34,6 +34,7 @@ Content is stored once, in chunks, and streamed chunk by chunk by ``iter_content
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import enum
 import functools
@@ -84,6 +85,7 @@ _T = TypeVar("_T")
 
 _SYNCHRONOUS_MODES: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
 _BUSY_TIMEOUT: Final = 30.0  # seconds a writer waits for another process's transaction
+_WRITE_BATCH: Final = 64  # writes sharing one transaction at most (group commit)
 _PRIORITIES: Final = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
 _PAGE: Final = 200  # messages read per query while filtering a listing by state
 
@@ -122,6 +124,7 @@ class _Signal(enum.Enum):
 @dataclass(slots=True)
 class _Stats:
     commits: int = 0
+    grouped_writes: int = 0  # writes that shared a transaction with others
     rollbacks: int = 0
     reads: int = 0
     submits: int = 0
@@ -173,6 +176,7 @@ class SQLiteStore:
             "open": self._open,
             "schema_version": _sql.SCHEMA_VERSION,
             "commits": s.commits,
+            "grouped_writes": s.grouped_writes,
             "rollbacks": s.rollbacks,
             "reads": s.reads,
             "submits": s.submits,
@@ -242,13 +246,30 @@ class SQLiteStore:
             return
         ready.set_result(None)
         stop: _Job | None = None
+        backlog: collections.deque[_Job | _Signal] = collections.deque()
         try:
             while stop is None:
-                item = jobs.get()
+                item = backlog.popleft() if backlog else jobs.get()
                 if item is _Signal.SUBMIT_BATCH:
                     self._commit_submissions(conn)
                 elif item.stop:
                     stop = item
+                elif item.mode is _Mode.WRITE:
+                    # Group commit: every write already waiting joins this transaction.
+                    batch = [item]
+                    while len(batch) < _WRITE_BATCH:
+                        try:
+                            nxt = jobs.get_nowait()
+                        except queue.Empty:
+                            break
+                        if isinstance(nxt, _Job) and nxt.mode is _Mode.WRITE and not nxt.stop:
+                            batch.append(nxt)
+                        else:
+                            backlog.append(nxt)
+                    if len(batch) == 1:
+                        self._execute(conn, item)
+                    else:
+                        self._execute_batch(conn, batch)
                 else:
                     self._execute(conn, item)
             # Whatever was submitted before close is committed, not dropped.
@@ -364,6 +385,51 @@ class SQLiteStore:
             else:
                 self._stats.reads += 1
             job.future.set_result(result)
+
+    def _execute_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        """Several writes in one transaction (one fsync), each in its own savepoint so
+        one that fails is undone alone; results are given out only after COMMIT."""
+        started = [job for job in batch if job.future.set_running_or_notify_cancel()]
+        if not started:
+            return
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for job in started:
+                    conn.execute("SAVEPOINT write")
+                    try:
+                        result = job.fn(conn)
+                    except BaseException as exc:
+                        conn.execute("ROLLBACK TO write")
+                        conn.execute("RELEASE write")
+                        err: BaseException = exc
+                        if isinstance(exc, sqlite3.Error):
+                            err = self._database_error(job.what, exc)
+                        outcomes.append((False, err))
+                    else:
+                        conn.execute("RELEASE write")
+                        outcomes.append((True, result))
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                self._stats.rollbacks += 1
+                raise
+        except sqlite3.Error as exc:
+            for job in started:
+                job.future.set_exception(self._database_error(job.what, exc))
+            return
+        except BaseException as exc:
+            for job in started:
+                job.future.set_exception(exc)
+            return
+        self._stats.commits += 1
+        self._stats.grouped_writes += len(started)
+        for job, (ok, value) in zip(started, outcomes, strict=True):
+            if ok:
+                job.future.set_result(value)
+            else:
+                job.future.set_exception(value)
 
     def _commit_submissions(self, conn: sqlite3.Connection) -> None:
         """Commit every submission collected so far in one transaction."""
