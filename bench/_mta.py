@@ -25,6 +25,7 @@ managers); nothing is killed by name.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -40,6 +41,28 @@ from typing import Self
 
 PEER_PROGRAMS = ("smtp-sink", "smtp-source", "postfix", "postconf")
 SPOOLBOX = Path(sys.executable).with_name("spoolbox")
+
+
+def source_digest() -> str:
+    """The first 12 hex digits of a SHA-256 over the spoolbox sources being measured."""
+    import spoolbox
+
+    root = Path(spoolbox.__file__).parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def machine() -> str:
+    """nproc, kernel, Python and Postfix versions, for the table's caption."""
+    pf = subprocess.run(
+        [program("postconf"), "-h", "mail_version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return (
+        f"{os.cpu_count()} CPUs, Linux {os.uname().release}, Python {sys.version.split()[0]}, "
+        f"Postfix {pf}, spoolbox sources {source_digest()}"
+    )
 
 
 def log(text: str) -> None:

@@ -29,14 +29,17 @@ so process start-up, imports and connection set-up are not timed.  The table sho
 medians over runs; ratios are medians of the per-run ratios (each system against the
 peer measured in the same run).
 
-``--py-spy DIR`` adds one untimed spoolbox run under ``py-spy record`` (install it with
-``.venv/bin/pip install py-spy``) and prints the functions with the most samples, by
-self time and inclusive, from the collapsed stacks it writes to ``DIR/relay.txt``.
+``--py-spy DIR`` adds one untimed spoolbox run under ``py-spy record --threads --idle``
+(install it with ``.venv/bin/pip install py-spy``) and prints, for each busy thread of
+the daemon, where its wall-clock time went (leaf frames with line numbers) and what it
+was inside of, from the collapsed stacks it writes to ``DIR/relay.txt``.
+``--synchronous NORMAL|OFF`` runs spoolbox's store without fsync at commit: a
+diagnostic of what the fsyncs cost, not a durable configuration.
 
 Run it (as root, for the private Postfix instance; installs Postfix if missing)::
 
     .venv/bin/python bench/relay.py [--messages 5000] [--runs 5] [--dir /path/on/the/disk]
-        [--json out.json] [--py-spy DIR]
+        [--systems wire,spoolbox,postfix] [--json out.json] [--py-spy DIR]
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ from _mta import (
     SpoolboxDaemon,
     ensure_peers,
     log,
+    machine,
     smtp_source,
     stop_process,
 )
@@ -258,7 +262,7 @@ def print_table(
 
     print(
         f"\n{args.messages} messages of {args.size} body bytes, smtp-source -s {args.sessions}, "
-        f"{len(runs)} runs (medians)"
+        f"{len(runs)} runs (medians); spoolbox synchronous={args.synchronous}; {machine()}"
     )
     print(
         "| system | relay time s | msg/s | smtp-source done s | ratio to postfix "

@@ -102,6 +102,7 @@ class TransportHost:
         self.job_done = asyncio.Event()
         self.tried_logon = asyncio.Event()  # set after each logon attempt, good or bad
         self.inbound_lock = asyncio.Lock()
+        self._claim_lock = asyncio.Lock()  # one outbound lane waits for work at a time
         self.active: dict[str, OutboundMessageImpl | InboundWriterImpl] = {}
         self.cancelled_refs: set[str] = set()  # cancelled while claimed, not started
         self.inflight = 0
@@ -450,39 +451,16 @@ class TransportHost:
     # -- outbound --------------------------------------------------------------------------------
     async def _outbound_worker(self) -> None:
         sp = self.spooler
+        # One lane claims a whole batch; several lanes take one message each, so the
+        # work spreads over them.
+        limit = sp.policy.claim_batch if self.concurrency == 1 else 1
         while not (self.stopping or self.critical_error):
-            await self.background_gate(FlushFlags.UPLOAD)
-            if self.stopping or self.critical_error:
-                return
-            self.wake.clear()
-            now = sp.clock.now()
-            try:
-                jobs = await sp.store.claim(
-                    self.name,
-                    owner=sp.owner,
-                    now=now,
-                    lease=sp.policy.lease,
-                    limit=sp.policy.claim_batch,
-                    # A flush makes deferred mail ready once (retry_transport) instead
-                    # of ignoring retry times, so a failure during it is not retried hot.
-                    ignore_retry=False,
-                )
-            except Exception as exc:
-                log.error("transport %r: claim failed: %s", self.name, exc)
-                await wait_event(sp.clock, self._stop, sp.policy.failure_backoff)
-                continue
+            # Only one lane at a time waits for work and claims: an idle session with
+            # ten lanes makes one claim per wake-up, not ten.
+            async with self._claim_lock:
+                jobs = await self._wait_for_jobs(limit)
             if not jobs:
-                if self.inflight == 0:
-                    self.lane_idle.set()
-                try:
-                    nxt = await sp.store.next_ready_at(self.name)
-                except Exception:
-                    nxt = None
-                timeout = sp.policy.router_interval * 5
-                if nxt is not None:
-                    timeout = min(timeout, max(0.0, nxt - sp.clock.now()))
-                await wait_event(sp.clock, self.wake, timeout)
-                continue
+                return
             self.lane_idle.clear()
             pending = list(jobs)
             # One renewer keeps the leases of the whole batch, including the jobs
@@ -512,6 +490,44 @@ class TransportHost:
                             owner=sp.owner,
                             now=sp.clock.now(),
                         )
+
+    async def _wait_for_jobs(self, limit: int) -> list[ClaimedJob]:
+        """Claim work, waiting for it (woken by routing, a retry time, a flush); an
+        empty list means the session is stopping."""
+        sp = self.spooler
+        while not (self.stopping or self.critical_error):
+            await self.background_gate(FlushFlags.UPLOAD)
+            if self.stopping or self.critical_error:
+                break
+            self.wake.clear()
+            try:
+                jobs = await sp.store.claim(
+                    self.name,
+                    owner=sp.owner,
+                    now=sp.clock.now(),
+                    lease=sp.policy.lease,
+                    limit=limit,
+                    # A flush makes deferred mail ready once (retry_transport) instead
+                    # of ignoring retry times, so a failure during it is not retried hot.
+                    ignore_retry=False,
+                )
+            except Exception as exc:
+                log.error("transport %r: claim failed: %s", self.name, exc)
+                await wait_event(sp.clock, self._stop, sp.policy.failure_backoff)
+                continue
+            if jobs:
+                return jobs
+            if self.inflight == 0:
+                self.lane_idle.set()
+            try:
+                nxt = await sp.store.next_ready_at(self.name)
+            except Exception:
+                nxt = None
+            timeout = sp.policy.router_interval * 5
+            if nxt is not None:
+                timeout = min(timeout, max(0.0, nxt - sp.clock.now()))
+            await wait_event(sp.clock, self.wake, timeout)
+        return []
 
     async def _process(self, job: ClaimedJob) -> None:
         sp = self.spooler
@@ -726,7 +742,13 @@ class TransportHost:
             if self.stopping or self.critical_error:
                 return
             if self.flushing & FlushFlags.DOWNLOAD:
-                continue  # a download flush is taking everything already
+                # A download flush is taking everything already: look again after it
+                # (at the next poll time), without spinning.
+                next_poll = sp.clock.now() + sp.policy.poll_interval
+                if not poll:
+                    self.newmail.set()  # the notification is not lost: retried then
+                    await wait_event(sp.clock, self._stop, sp.policy.progress_interval)
+                continue
             if poll and not notified:
                 next_poll = sp.clock.now() + sp.policy.poll_interval
                 count = await self.poll()

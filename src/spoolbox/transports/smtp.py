@@ -91,6 +91,7 @@ import contextlib
 import re
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -379,6 +380,10 @@ class DataEncoder:
 
 
 # -- connections --------------------------------------------------------------------------------
+#: A connection idle for less than this is reused without an RSET probe.
+_FRESH = 2.0
+
+
 class _Conn:
     """One connected client of the pool."""
 
@@ -386,6 +391,8 @@ class _Conn:
         self.client = client
         self.number = number
         self.messages = 0
+        self.clean = False  # the last transaction ended with 250 after the data
+        self.idle_since = 0.0
 
     @property
     def alive(self) -> bool:
@@ -512,6 +519,7 @@ class SMTPSession(BaseTransportSession):
     def _release(self, ref: str, conn: _Conn, reusable: bool) -> None:
         self._busy.pop(ref, None)
         if reusable and conn.alive and not self._closed:
+            conn.idle_since = time.monotonic()
             self._idle.append(conn)
         else:
             conn.close()
@@ -524,6 +532,11 @@ class SMTPSession(BaseTransportSession):
             if not conn.alive:
                 conn.close()
                 continue
+            if conn.clean and time.monotonic() - conn.idle_since < _FRESH:
+                # A transaction that just ended with 250 leaves the session clean
+                # (RFC 5321 4.1.4): no RSET round trip for a connection this fresh.
+                conn.clean = False
+                return conn
             try:
                 resp = await conn.client.execute_command(b"RSET", timeout=self.t["mail"])
             except (aiosmtplib.SMTPException, OSError):
@@ -858,6 +871,7 @@ class SMTPSession(BaseTransportSession):
         if resp.code != 250:
             raise self._unexpected(conn, resp, "end of data")
         conn.messages += 1
+        conn.clean = True
         status = enhanced_status(resp, "2")
         text = f"smtp; {reply_text(resp)}"
         for r in accepted:
