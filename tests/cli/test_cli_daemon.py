@@ -223,3 +223,51 @@ def test_status_watch_json_streams_rows(home: Home, daemons: Daemons) -> None:
             assert set(first["row"]) == ROW_KEYS
         finally:
             proc.kill()
+
+
+def test_ctrl_c_cancels_a_flush_cleanly(home: Home, daemons: Daemons) -> None:
+    """A flush stuck on a silent SMTP server: Ctrl-C (SIGINT) ends the command with
+    130, the daemon clears the flush bit, and the message stays queued."""
+    import socket
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts connections, never says a word
+    port = silent.getsockname()[1]
+    try:
+        with home.profile.open("a") as f:
+            f.write(
+                '\n[[transports]]\nname = "relay"\nprovider = "smtp"\n'
+                'address_types = ["SMTP"]\n[transports.options]\n'
+                f'host = "127.0.0.1"\nport = {port}\ntls = "none"\n'
+            )
+        daemons.start(home)
+        r = home.run("send", "--to", "SMTP:bob@example.org", "--subject", "stuck", "--body", "x")
+        assert r.returncode == 0, r.stderr
+        mid = r.stdout.strip()
+        flush = subprocess.Popen(
+            [*CLI, "--profile", str(home.profile), "flush", "--upload", "-t", "relay"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=home.path,
+        )
+        try:
+
+            def flushing() -> bool:
+                rows = {row["name"]: row for row in home.json("status")["rows"]}
+                return "OUTBOUND_FLUSH" in rows["relay"]["status_bits"]
+
+            wait_until("the relay flush to start", flushing)
+            time.sleep(0.3)
+            flush.send_signal(signal.SIGINT)
+            out, err = flush.communicate(timeout=30)
+        finally:
+            if flush.poll() is None:
+                flush.kill()
+                flush.communicate()
+        assert flush.returncode == 130, (out, err)
+        wait_until("the flush bit to clear", lambda: not flushing())
+        assert home.json("queue", "show", mid)["state"] in ("queued", "active", "deferred")
+    finally:
+        silent.close()
