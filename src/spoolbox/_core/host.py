@@ -105,7 +105,8 @@ class TransportHost:
         self._claim_lock = asyncio.Lock()  # one outbound lane waits for work at a time
         self.active: dict[str, OutboundMessageImpl | InboundWriterImpl] = {}
         self.cancelled_refs: set[str] = set()  # cancelled while claimed, not started
-        self.inflight = 0
+        self.inflight = 0  # claimed messages not finished yet (settled), batch included
+        self.sending = 0  # messages inside submit_message / end_message right now
         self.critical_error = False
         self.stopping = False
         self._stop = asyncio.Event()
@@ -462,6 +463,9 @@ class TransportHost:
             if not jobs:
                 return
             self.lane_idle.clear()
+            # In flight from the claim until settled, so a flush does not see "nothing
+            # left" while this lane still holds the rest of its batch.
+            self.inflight += len(jobs)
             pending = list(jobs)
             # One renewer keeps the leases of the whole batch, including the jobs
             # still waiting their turn in this lane.
@@ -469,8 +473,11 @@ class TransportHost:
             try:
                 while pending:
                     job = pending[0]
-                    await self._process(job)
-                    pending.pop(0)
+                    try:
+                        await self._process(job)
+                    finally:
+                        pending.pop(0)
+                        self.inflight -= 1
                     # Between messages the foreground always gets its turn, however
                     # short each message was (one slice per message at most).
                     await checkpoint()
@@ -478,6 +485,7 @@ class TransportHost:
                         break
             finally:
                 renewer.cancel()
+                self.inflight -= len(pending)
                 for job in pending:
                     # Not started (shutting down): give them back to the queue now.
                     with contextlib.suppress(Exception):
@@ -570,7 +578,7 @@ class TransportHost:
         flags = SubmitFlags.BEGIN_DEFERRED if deferred else SubmitFlags.NONE
         msg = OutboundMessageImpl(job, sp.store, self.implicit_yield, flags)
         self.active[mid] = msg
-        self.inflight += 1
+        self.sending += 1
         self.counters["submitted"] += 1
         self.set_bits(on=S.OUTBOUND_ACTIVE)
         token = _CURRENT.set(msg)
@@ -618,8 +626,8 @@ class TransportHost:
             _CURRENT.reset(token)
             msg.valid = False
             self.active.pop(mid, None)
-            self.inflight -= 1
-            if self.inflight == 0:
+            self.sending -= 1
+            if self.sending == 0:
                 self.set_bits(off=S.OUTBOUND_ACTIVE)
         updates = plan_after_submit(
             outcome,
