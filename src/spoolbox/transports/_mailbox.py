@@ -13,7 +13,7 @@ from typing import Any
 
 from spoolbox.contract import Unconfigured
 
-__all__ = ["MailboxSettings"]
+__all__ = ["MailboxSettings", "fetch_status"]
 
 _COMMON = (
     "after_fetch",
@@ -29,6 +29,16 @@ _COMMON = (
 _IMAP_ONLY = ("folder", "idle")
 _TLS = ("implicit", "starttls", "none")
 _PORTS = {("imap", True): 993, ("imap", False): 143, ("pop3", True): 995, ("pop3", False): 110}
+
+
+def fetch_status(fetched: int, last: str | None, last_error: str | None) -> str:
+    """The status string both inbound sessions show: count, last item, last error."""
+    text = f"{fetched} fetched"
+    if last:
+        text += f", last: {last}"
+    if last_error:
+        text += f"; last error: {last_error}"
+    return text
 
 
 def _str(config: Mapping[str, Any], proto: str, key: str, default: str | None) -> str | None:

@@ -91,7 +91,7 @@ from spoolbox.contract import (
     TransportNotifyFlags,
 )
 
-from ._mailbox import MailboxSettings
+from ._mailbox import MailboxSettings, fetch_status
 
 __all__ = ["IMAPProvider", "IMAPSession"]
 
@@ -342,11 +342,7 @@ class IMAPSession(BaseTransportSession):
         }
 
     def _status(self) -> None:
-        text = f"{self.fetched} fetched"
-        if self.last:
-            text += f", last: {self.last}"
-        if self.last_error:
-            text += f"; last error: {self.last_error}"
+        text = fetch_status(self.fetched, self.last, self.last_error)
         self.support.modify_status_row(status_string=text)
 
     def _error(self, text: str) -> None:

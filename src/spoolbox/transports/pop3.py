@@ -51,7 +51,7 @@ from spoolbox.contract import (
     Support,
 )
 
-from ._mailbox import MailboxSettings
+from ._mailbox import MailboxSettings, fetch_status
 
 __all__ = ["POP3Provider", "POP3Session"]
 
@@ -160,11 +160,7 @@ class POP3Session(BaseTransportSession):
         }
 
     def _status(self) -> None:
-        text = f"{self.fetched} fetched"
-        if self.last:
-            text += f", last: {self.last}"
-        if self.last_error:
-            text += f"; last error: {self.last_error}"
+        text = fetch_status(self.fetched, self.last, self.last_error)
         self.support.modify_status_row(status_string=text)
 
     def _network_error(self, what: str, exc: BaseException) -> NetworkError:
