@@ -91,14 +91,13 @@ class TransportHost:
         self.lifecycle = SessionLifecycle(entry.name)
         self.support = SupportImpl(self)
         self.caps = LogonCaps.NONE
-        self.types: frozenset[str] | None = None
+        self._types: frozenset[str] | None = None
         self.concurrency = 1
         self.profile: ProfileSectionImpl | None = None
         self.flushing = FlushFlags.NONE
         self.wake = asyncio.Event()
         self.newmail = asyncio.Event()
         self.recovered = asyncio.Event()
-        self.lane_idle = asyncio.Event()
         self.job_done = asyncio.Event()
         self.tried_logon = asyncio.Event()  # set after each logon attempt, good or bad
         self.inbound_lock = asyncio.Lock()
@@ -128,6 +127,17 @@ class TransportHost:
         self.logons = 0
         self.flush_done = 0  # messages finished while an upload flush is on
         self.flush_bytes = 0
+
+    @property
+    def types(self) -> frozenset[str] | None:
+        """The address types the session serves; None while it is not logged on."""
+        return self._types
+
+    @types.setter
+    def types(self, value: frozenset[str] | None) -> None:
+        if value != self._types:
+            self._types = value
+            self.spooler._table = None  # the routing table changes with it
 
     def __repr__(self) -> str:
         return (
@@ -359,7 +369,8 @@ class TransportHost:
                 "logoff", session.logoff(LogoffFlags.HURRY if hurry else LogoffFlags.NORMAL)
             )
         except Exception as exc:
-            log.warning("transport %r: logoff failed: %s", self.name, exc)
+            self.last_error = f"logoff failed: {type(exc).__name__}: {exc}"
+            log.warning("transport %r: %s", self.name, self.last_error)
         finally:
             self.lifecycle.logged_off()
             self.session = None
@@ -462,7 +473,6 @@ class TransportHost:
                 jobs = await self._wait_for_jobs(limit)
             if not jobs:
                 return
-            self.lane_idle.clear()
             # In flight from the claim until settled, so a flush does not see "nothing
             # left" while this lane still holds the rest of its batch.
             self.inflight += len(jobs)
@@ -525,8 +535,6 @@ class TransportHost:
                 continue
             if jobs:
                 return jobs
-            if self.inflight == 0:
-                self.lane_idle.set()
             try:
                 nxt = await sp.store.next_ready_at(self.name)
             except Exception:
@@ -714,7 +722,8 @@ class TransportHost:
                 r.outcome, "deferred"
             )
             self.counters[key] += 1
-        self.bump("submitted", 0)
+        if self.name in self.spooler.status:
+            self.spooler.status.update(self.name, counters=dict(self.counters))
 
     def cancel(self, ref: str) -> bool:
         """NOTIFY_CANCEL_MESSAGE for a message this session is working on; a message

@@ -78,8 +78,6 @@ class SessionLifecycle:
         self.name = name
         self.phase = Phase.LOADED
         self._submitted: set[str] = set()
-        self.calls: list[str] = []  # the trace, for tests and for `statistics()`
-        self.trace_limit = 10_000
 
     def __repr__(self) -> str:
         return f"<SessionLifecycle {self.name} {self.phase}>"
@@ -90,8 +88,6 @@ class SessionLifecycle:
                 f"spooler bug: {call}() is not allowed on session {self.name!r} in phase "
                 f"{self.phase} (allowed: {', '.join(sorted(ALLOWED[self.phase])) or 'nothing'})"
             )
-        if len(self.calls) < self.trace_limit:
-            self.calls.append(call)
 
     def done(self, call: str) -> None:
         nxt = _NEXT.get((self.phase, call))

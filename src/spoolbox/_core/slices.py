@@ -164,10 +164,6 @@ class SliceMeter:
     def run(self, owner: SliceOwner, coro: Coroutine[Any, Any, T]) -> _Measured[T]:
         return _Measured(coro, owner, self)
 
-    def current_owner(self) -> SliceOwner | None:
-        cur = self._current
-        return cur[0] if cur is not None else None
-
     def slice_elapsed(self) -> float:
         cur = self._current
         return 0.0 if cur is None else time.perf_counter() - cur[1]

@@ -22,7 +22,7 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import Any, TypeVar
@@ -34,7 +34,6 @@ from ..model import (
     MessageState,
     NewMessage,
     Notify,
-    Outcome,
     RecipientResult,
     RecipientState,
     ResourceType,
@@ -111,7 +110,7 @@ class Spooler:
         self._route_lock = asyncio.Lock()  # one routing pass at a time (router, flush)
         self._settled = asyncio.Event()
         self._received_event = asyncio.Event()
-        self._inbox_waiters: list[asyncio.Future[InboxEntry]] = []
+        self._table: RoutingTable | None = None  # cached; see routing_table()
         self._started = False
         self._closing = False
         self._started_at = 0.0
@@ -397,21 +396,6 @@ class Spooler:
                     async with asyncio.timeout(0.25):
                         await self._received_event.wait()
 
-    async def next_inbound(
-        self,
-        *,
-        timeout: float | None = None,
-    ) -> InboxEntry:
-        """Wait for the next message committed to the inbox."""
-        fut: asyncio.Future[InboxEntry] = asyncio.get_running_loop().create_future()
-        self._inbox_waiters.append(fut)
-        try:
-            async with asyncio.timeout(timeout):
-                return await fut
-        finally:
-            if fut in self._inbox_waiters:
-                self._inbox_waiters.remove(fut)
-
     def statistics(self) -> dict[str, Any]:
         return {
             "node": self.owner,
@@ -437,6 +421,10 @@ class Spooler:
 
     # -- internal: routing --------------------------------------------------------------
     def routing_table(self) -> RoutingTable:
+        """The transports in order with the types they serve (cached: a host drops the
+        cache whenever its address types change, see ``TransportHost.types``)."""
+        if self._table is not None:
+            return self._table
         entries = []
         for h in self.hosts:
             if not h.entry.outbound:
@@ -445,7 +433,8 @@ class Spooler:
             if types is None and h.entry.address_types is not None:
                 types = frozenset(t.upper() for t in h.entry.address_types)
             entries.append(RouteEntry(h.name, types))
-        return RoutingTable.build(entries)
+        self._table = RoutingTable.build(entries)
+        return self._table
 
     def routing_changed(self) -> None:
         self._route_event.set()
@@ -696,10 +685,6 @@ class Spooler:
         if SPOOLER_ROW in self.status:
             self.status.update(SPOOLER_ROW, counters=dict(self.counters))
         self._received_event.set()
-        for fut in self._inbox_waiters:
-            if not fut.done():
-                fut.set_result(entry)
-        self._inbox_waiters.clear()
 
     async def unpark(self, host: TransportHost, ref: str | None) -> None:
         n = await self.store.unpark(host.name, ref, now=self.clock.now())
@@ -768,13 +753,6 @@ class Spooler:
                 SPOOLER_ROW,
                 counters={**{str(k): v for k, v in counts.items()}, **dict(self.counters)},
             )
-
-    async def inbox(self, *, limit: int = 100) -> AsyncIterator[InboxEntry]:
-        for entry in await self.store.list_inbox(limit=limit):
-            yield entry
-
-
-_ = Outcome  # re-exported names used in type positions only
 
 
 def _unloadable(reason: str) -> type:

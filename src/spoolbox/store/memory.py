@@ -586,9 +586,3 @@ def _merge(target: dict[str, JSONValue], values: Mapping[str, JSONValue]) -> Non
             target.pop(k, None)
         else:
             target[k] = copy.deepcopy(v)
-
-
-def _retry_at(u: RecipientUpdate, r: RecipientRecord) -> float:
-    if u.retry_at is not None:
-        return u.retry_at
-    return r.retry_at if u.state is _R.QUEUED else 0.0
