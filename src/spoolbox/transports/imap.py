@@ -221,6 +221,19 @@ class _Connection:
         else:
             imap._client_task.cancel()
 
+    async def discard(self) -> None:
+        """After a failed or cancelled ``open``: let a connect still in progress end
+        (bounded), then close what it made.  Cancelling asyncio's ``create_connection``
+        in the middle of a TLS handshake leaks its transport and socket (CPython 3.11),
+        which is what a shutdown during a failing logon would otherwise do."""
+        imap = self.imap
+        task = getattr(imap, "_client_task", None)
+        if task is not None and not task.done():
+            with contextlib.suppress(BaseException):
+                async with asyncio.timeout(min(5.0, self.settings.timeout)):
+                    await asyncio.shield(task)
+        self.abort()
+
     async def close(self) -> None:
         """LOGOUT (best effort, bounded), then close."""
         imap = self.imap
@@ -228,7 +241,7 @@ class _Connection:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(min(5.0, self.settings.timeout)):
                     await imap.logout()
-        self.abort()
+        await self.discard()
 
     def _imap(self) -> aioimaplib.IMAP4:
         if self.imap is None:
@@ -381,7 +394,7 @@ class IMAPSession(BaseTransportSession):
         try:
             await conn.open()
         except BaseException:
-            conn.abort()
+            await conn.discard()
             raise
         self._conn = conn
         return conn
@@ -564,7 +577,7 @@ class IMAPSession(BaseTransportSession):
                 await conn.close()
                 raise
             except Exception as exc:
-                conn.abort()
+                await conn.discard()
                 self.idle_state = f"failed ({type(exc).__name__}: {exc}); polling meanwhile"
                 self.support.logger.warning(
                     "imap %s: IDLE connection failed (retrying in %.0f s): %s",
