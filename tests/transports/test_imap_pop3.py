@@ -126,9 +126,16 @@ async def inbox(sp: Spooler) -> list[bytes]:
 
 
 async def eventually(pred: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    """Wait until ``pred`` holds on two polls 0.2 s apart: Dovecot renames maildir
+    files (flags, new/ to cur/), so one directory listing can miss a file."""
     async with asyncio.timeout(timeout):
-        while not pred():
-            await asyncio.sleep(0.05)
+        while True:
+            if pred():
+                await asyncio.sleep(0.2)
+                if pred():
+                    break
+            else:
+                await asyncio.sleep(0.05)
     assert pred(), what
 
 
