@@ -246,3 +246,165 @@ async def smtp_dialogue(
         else:
             writer.write(b"502 5.5.2 what?\r\n")
         await writer.drain()
+
+
+# -- PIPELINING (RFC 2920) ------------------------------------------------------------------------
+NO_PIPELINING_EHLO = b"250-test.invalid\r\n250 8BITMIME\r\n"
+
+
+async def greet(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ehlo: bytes = EHLO
+) -> None:
+    """The greeting and the reply to EHLO (``EHLO`` advertises PIPELINING)."""
+    writer.write(b"220 test.invalid ESMTP\r\n")
+    await writer.drain()
+    cmd = await line(reader)
+    assert cmd.upper().startswith(b"EHLO"), cmd
+    writer.write(ehlo)
+    await writer.drain()
+
+
+async def read_commands(reader: asyncio.StreamReader, n: int) -> tuple[list[bytes], int]:
+    """``n`` command lines, read before anything is answered, and how many reads it took.
+
+    One read holds everything a client wrote in one ``send`` (loopback, a few hundred
+    bytes), so ``reads == 1`` shows the commands came in one write.
+    """
+    data = b""
+    reads = 0
+    while data.count(b"\r\n") < n:
+        chunk = await reader.read(65536)
+        if not chunk:
+            raise ConnectionError("client went away")
+        data += chunk
+        reads += 1
+    lines = data.split(b"\r\n")
+    assert lines[n:] == [b""], f"more than {n} commands: {data!r}"
+    return [ln + b"\r\n" for ln in lines[:n]], reads
+
+
+async def read_data(reader: asyncio.StreamReader) -> tuple[bytes, int]:
+    """The DATA stream after 354 up to and with the final dot, and how many reads it took."""
+    data = b""
+    reads = 0
+    while not (data == b".\r\n" or data.endswith(b"\r\n.\r\n")):
+        chunk = await reader.read(65536)
+        if not chunk:
+            raise ConnectionError("client went away")
+        data += chunk
+        reads += 1
+    return data, reads
+
+
+async def serve_rest(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+) -> None:
+    """After a transaction: RSET and NOOP answered 250 until QUIT; every line in ``seen``."""
+    while True:
+        cmd = await line(reader)
+        seen.append(cmd)
+        if cmd.upper().startswith(b"QUIT"):
+            writer.write(b"221 bye\r\n")
+            await writer.drain()
+            return
+        ok = cmd.upper()[:4] in (b"RSET", b"NOOP")
+        writer.write(b"250 2.0.0 Ok\r\n" if ok else b"502 5.5.2 what?\r\n")
+        await writer.drain()
+
+
+@dataclass
+class Lockstep:
+    """What a :func:`lockstep_server` saw: every command, and those that came early."""
+
+    ehlo: bytes
+    delay: float
+    port: int = 0
+    commands: list[bytes] = field(default_factory=list)
+    early: list[bytes] = field(default_factory=list)  # arrived while a reply was owed
+    messages: list[bytes] = field(default_factory=list)
+
+
+class _LockstepProtocol(asyncio.Protocol):
+    """A minimal SMTP server that answers each command ``delay`` seconds after it came.
+
+    A command arriving while the reply to an earlier one is still owed is recorded in
+    ``early``: a client that waits for every reply never causes one.
+    """
+
+    def __init__(self, log: Lockstep) -> None:
+        self.log = log
+        self.buffer = b""
+        self.owed = 0
+        self.in_data = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(b"220 test.invalid ESMTP\r\n")
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            if self.in_data:
+                end = self.buffer.find(b"\r\n.\r\n")
+                if end == -1:
+                    return
+                self.log.messages.append(self.buffer[: end + 2])
+                self.buffer = self.buffer[end + 5 :]
+                self.in_data = False
+                self._reply(b"250 2.0.0 Ok: queued\r\n")
+                continue
+            cmd, sep, rest = self.buffer.partition(b"\r\n")
+            if not sep:
+                return
+            self.buffer = rest
+            self.log.commands.append(cmd)
+            if self.owed:
+                self.log.early.append(cmd)
+            verb = cmd[:4].upper()
+            if verb in (b"EHLO", b"HELO"):
+                self._reply(self.log.ehlo)
+            elif verb == b"DATA":
+                self._reply(b"354 go ahead\r\n", then_data=True)
+            elif verb == b"QUIT":
+                self._reply(b"221 bye\r\n")
+            else:
+                self._reply(b"250 2.0.0 Ok\r\n")
+
+    def _reply(self, reply: bytes, then_data: bool = False) -> None:
+        self.owed += 1
+        if then_data:
+            self.in_data = True  # a client may only send the content after the 354
+
+        def send() -> None:
+            self.owed -= 1
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(reply)
+
+        asyncio.get_running_loop().call_later(self.log.delay, send)
+
+
+@contextlib.asynccontextmanager
+async def lockstep_server(ehlo: bytes, delay: float = 0.05) -> AsyncIterator[Lockstep]:
+    """A :class:`_LockstepProtocol` server; yields its log (``.port`` set)."""
+    loop = asyncio.get_running_loop()
+    log = Lockstep(ehlo, delay)
+    protocols: list[_LockstepProtocol] = []
+
+    def factory() -> _LockstepProtocol:
+        proto = _LockstepProtocol(log)
+        protocols.append(proto)
+        return proto
+
+    server = await loop.create_server(factory, HOST, 0)
+    log.port = server.sockets[0].getsockname()[1]
+    try:
+        yield log
+    finally:
+        server.close()
+        for proto in protocols:
+            if proto.transport is not None:
+                proto.transport.close()
+        await server.wait_closed()
+        await asyncio.sleep(delay * 2)  # let pending replies fire (they see the closed transport)

@@ -71,6 +71,18 @@ Results (one ``status_recips`` call per message):
 * Addresses that cannot go into a command line (spaces, ``<`` or ``>``) fail with
   5.1.3; non-ASCII addresses need the server's SMTPUTF8 (else 5.6.7).
 
+PIPELINING (RFC 2920): when the server's EHLO reply lists it, ``MAIL FROM``, every
+``RCPT TO`` and ``DATA`` go out in one write and their replies are read in order,
+then (after ``354``) the content and the final dot in one write (content over
+``_WHOLE_LIMIT`` is streamed in chunks, the final dot with the last one): two round
+trips per message.  The results are those of the dialogue command by command; after
+a refused ``MAIL`` the replies to the RCPTs and DATA sent with it are read (and the
+connection kept if they are errors, as they should be); when every recipient was
+refused but ``DATA`` got ``354`` only the final dot is sent (RFC 2920 section 3.1).
+aiosmtplib reads one reply per command written, so the replies to a batch are read
+by ``_Replies``, our own (see there why).  Without PIPELINING each command waits for
+the reply to the one before.
+
 Connections are pooled: a connection is reused for the next message (after an
 ``RSET`` that also proves it still alive; a dead one is replaced silently), dropped
 after any error, and closed (``QUIT``) at logoff.  ``transport_notify(CANCEL_MESSAGE,
@@ -87,6 +99,7 @@ into a diagnostic or the status row.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import re
 import socket
@@ -98,6 +111,7 @@ from typing import Any, ClassVar
 
 import aiosmtplib
 from aiosmtplib import SMTPResponse
+from aiosmtplib.protocol import SMTPProtocol
 
 from spoolbox.contract import (
     BaseTransportSession,
@@ -428,6 +442,118 @@ async def _tcp_connect(host: str, port: int, timeout: float) -> socket.socket:
     if errors:
         raise errors[0]
     raise OSError(f"no address found for {host}")
+
+
+#: aiosmtplib's limits for one reply line and one whole (multi-line) reply.
+_MAX_LINE = 8192
+_MAX_REPLY = _MAX_LINE * 4
+
+
+class _Replies(asyncio.Protocol):
+    """The replies to pipelined commands (RFC 2920), read in order, none lost.
+
+    Our own because aiosmtplib's reader does not serve here: ``read_response`` takes
+    one reply per command written, so of several replies in one TCP segment it returns
+    the first and leaves the rest unparsed until more data arrives, and data arriving
+    while a parsed reply waits to be picked up is dropped.  For one pipelined
+    transaction this reader stands in as the transport's protocol (asyncio's
+    ``set_protocol``), handing flow control and the loss of the connection on to the
+    client's protocol; :meth:`detach` puts the client's protocol back.  Replies are
+    parsed by aiosmtplib's rules (the same limits, the same errors).
+    """
+
+    def __init__(self, inner: SMTPProtocol, transport: asyncio.BaseTransport) -> None:
+        self._inner = inner
+        self._transport = transport
+        self._buffer = bytearray()
+        self._replies: collections.deque[SMTPResponse] = collections.deque()
+        self._error: aiosmtplib.SMTPException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        transport.set_protocol(self)
+
+    def detach(self) -> bool:
+        """Give the transport back to the client; False if replies were left unread."""
+        if self._transport.get_protocol() is self:
+            self._transport.set_protocol(self._inner)
+        return not self._replies and not self._buffer and self._error is None
+
+    async def read(self, timeout: float) -> SMTPResponse:
+        """The next reply; TimeoutError after ``timeout`` seconds without one."""
+        async with asyncio.timeout(timeout):
+            while not self._replies:
+                if self._error is not None:
+                    raise self._error
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+        return self._replies.popleft()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _fail(self, exc: aiosmtplib.SMTPException) -> None:
+        if self._error is None:
+            self._error = exc
+        self._wake()
+
+    def data_received(self, data: bytes) -> None:
+        if self._error is not None:
+            return
+        self._buffer += data
+        try:
+            while (resp := self._parse()) is not None:
+                self._replies.append(resp)
+        except aiosmtplib.SMTPResponseException as exc:
+            del self._buffer[:]
+            self._fail(exc)
+            return
+        if len(self._buffer) > _MAX_REPLY:
+            del self._buffer[:]
+            self._fail(aiosmtplib.SMTPResponseException(-1, "Response too long"))
+            return
+        self._wake()
+
+    def _parse(self) -> SMTPResponse | None:
+        """One complete reply off the front of the buffer, or None."""
+        buf = self._buffer
+        lines: list[bytes] = []
+        offset = 0
+        while (end := buf.find(b"\n", offset)) != -1:
+            line = bytes(buf[offset : end + 1])
+            if len(line) > _MAX_LINE:
+                raise aiosmtplib.SMTPResponseException(-1, "Response too long")
+            if not line[:3].isdigit():
+                text = line.decode("utf-8", errors="ignore")
+                raise aiosmtplib.SMTPResponseException(-1, f"Malformed SMTP response line: {text}")
+            offset = end + 1
+            if offset > _MAX_REPLY:
+                raise aiosmtplib.SMTPResponseException(-1, "Response too long")
+            lines.append(line[4:].strip(b" \t\r\n"))
+            if line[3:4] != b"-":
+                del buf[:offset]
+                return SMTPResponse(
+                    int(line[:3]), b"\n".join(lines).decode("utf-8", "surrogateescape")
+                )
+        return None
+
+    def eof_received(self) -> bool:
+        self._fail(aiosmtplib.SMTPServerDisconnected("Unexpected EOF received"))
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        lost = aiosmtplib.SMTPServerDisconnected("Connection lost")
+        lost.__cause__ = exc
+        self._fail(lost)
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
 
 
 # -- the session ---------------------------------------------------------------------------------
@@ -830,9 +956,13 @@ class SMTPSession(BaseTransportSession):
         enc = "utf-8" if need_utf8 else "ascii"
 
         step = f"MAIL FROM:<{mail_from}>"
-        resp = await self._command(
-            conn, step, "mail", b"MAIL", b"FROM:<" + mail_from.encode(enc) + b">", *options
-        )
+        mail = [b"MAIL", b"FROM:<" + mail_from.encode(enc) + b">", *options]
+        if "pipelining" in ext:
+            commands = [b" ".join(mail) + b"\r\n"]
+            commands += [b"RCPT TO:<" + r.value.encode(enc) + b">\r\n" for r in rcpts]
+            return await self._pipelined(conn, message, content, step, commands, rcpts, results)
+
+        resp = await self._command(conn, step, "mail", *mail)
         if resp.code != 250:
             raise self._unexpected(conn, resp, step)
 
@@ -842,41 +972,59 @@ class SMTPSession(BaseTransportSession):
             resp = await self._command(
                 conn, step, "rcpt", b"RCPT", b"TO:<" + r.value.encode(enc) + b">"
             )
-            if resp.code in (250, 251):
-                accepted.append(r)
-            elif 400 <= resp.code <= 499:
-                results[r.index] = RecipientResult.deferred(
-                    r,
-                    f"smtp; {reply_text(resp)}",
-                    status=enhanced_status(resp, "4"),
-                    remote_mta=mta,
-                )
-            elif 500 <= resp.code <= 599:
-                results[r.index] = RecipientResult.failed(
-                    r,
-                    f"smtp; {reply_text(resp)}",
-                    status=enhanced_status(resp, "5"),
-                    remote_mta=mta,
-                )
-            else:
-                conn.close()
-                raise _protocol_failure(resp, step, where)
+            self._rcpt_result(conn, r, resp, results, accepted)
         if not accepted:
             return True  # RSET before the next transaction (in _reuse)
 
         resp = await self._command(conn, "DATA", "data_init", b"DATA")
         if resp.code != 354:
             raise self._unexpected(conn, resp, "DATA")
-        resp = await self._data(conn, message, content)
+        async with self._exclusive(conn, "DATA") as (protocol, replies):
+            resp = await self._data(conn, message, content, protocol, replies)
+        self._delivered(conn, resp, accepted, results)
+        return True
+
+    def _rcpt_result(
+        self,
+        conn: _Conn,
+        r: OutboundRecipient,
+        resp: SMTPResponse,
+        results: dict[int, RecipientResult],
+        accepted: list[OutboundRecipient],
+    ) -> None:
+        """The reply to ``RCPT TO`` as the recipient's result (or accepted, for now)."""
+        mta = f"dns; {self.settings.host}"
+        if resp.code in (250, 251):
+            accepted.append(r)
+        elif 400 <= resp.code <= 499:
+            results[r.index] = RecipientResult.deferred(
+                r, f"smtp; {reply_text(resp)}", status=enhanced_status(resp, "4"), remote_mta=mta
+            )
+        elif 500 <= resp.code <= 599:
+            results[r.index] = RecipientResult.failed(
+                r, f"smtp; {reply_text(resp)}", status=enhanced_status(resp, "5"), remote_mta=mta
+            )
+        else:
+            conn.close()
+            raise _protocol_failure(resp, f"RCPT TO:<{r.value}>", self.settings.where)
+
+    def _delivered(
+        self,
+        conn: _Conn,
+        resp: SMTPResponse,
+        accepted: Sequence[OutboundRecipient],
+        results: dict[int, RecipientResult],
+    ) -> None:
+        """The reply to the final dot: every accepted recipient delivered, or a failure."""
         if resp.code != 250:
             raise self._unexpected(conn, resp, "end of data")
         conn.messages += 1
         conn.clean = True
         status = enhanced_status(resp, "2")
         text = f"smtp; {reply_text(resp)}"
+        mta = f"dns; {self.settings.host}"
         for r in accepted:
             results[r.index] = RecipientResult.delivered(r, text, status=status, remote_mta=mta)
-        return True
 
     def _unexpected(self, conn: _Conn, resp: SMTPResponse, step: str) -> _Failure:
         if 400 <= resp.code <= 599:
@@ -884,33 +1032,186 @@ class SMTPSession(BaseTransportSession):
         conn.close()  # a reply we do not understand: the dialogue is out of step
         return _protocol_failure(resp, step, self.settings.where)
 
-    async def _data(
-        self, conn: _Conn, message: OutboundMessage, content: bytes | None
-    ) -> SMTPResponse:
-        """Send the content after 354 and read the reply to the final dot."""
+    # -- PIPELINING (RFC 2920) --------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _exclusive(
+        self, conn: _Conn, step: str
+    ) -> AsyncIterator[tuple[SMTPProtocol, _Replies]]:
+        """The connection to ourselves (aiosmtplib's command lock), replies through ``_Replies``.
+
+        On the way out the connection is closed if the dialogue may be out of step:
+        replies left unread, or an exception other than a result (``_Failure``).
+        """
         protocol = conn.client.protocol
-        if protocol is None:
-            raise _Failure("4.4.2", f"x-spoolbox; connection to {self.settings.where} lost (DATA)")
+        transport = protocol.transport if protocol is not None else None
+        lock = protocol._command_lock if protocol is not None else None
+        if protocol is None or transport is None or lock is None:
+            conn.close()
+            raise _Failure(
+                "4.4.2", f"x-spoolbox; connection to {self.settings.where} lost ({step})"
+            )
+        async with lock:  # as execute_command takes it: no other command interleaves
+            replies = _Replies(protocol, transport)
+            try:
+                yield protocol, replies
+            except _Failure:
+                if not replies.detach():
+                    conn.close()
+                raise
+            except BaseException:
+                replies.detach()
+                conn.close()  # cancelled, or an error we did not expect
+                raise
+            if not replies.detach():
+                conn.close()
+
+    async def _pipelined(
+        self,
+        conn: _Conn,
+        message: OutboundMessage,
+        content: bytes | None,
+        mail_step: str,
+        commands: list[bytes],
+        rcpts: list[OutboundRecipient],
+        results: dict[int, RecipientResult],
+    ) -> bool:
+        """MAIL, every RCPT and DATA in one write, then their replies in order.
+
+        The same results as the dialogue command by command (see ``_transaction``);
+        True when the connection may be reused.
+        """
+        async with self._exclusive(conn, mail_step) as (protocol, replies):
+            try:
+                protocol.write(b"".join(commands) + b"DATA\r\n")
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                conn.close()
+                raise self._failure(exc, mail_step, self.t["mail"]) from None
+            return await self._pipelined_replies(
+                conn, protocol, replies, message, content, mail_step, rcpts, results
+            )
+
+    async def _pipelined_replies(
+        self,
+        conn: _Conn,
+        protocol: SMTPProtocol,
+        replies: _Replies,
+        message: OutboundMessage,
+        content: bytes | None,
+        mail_step: str,
+        rcpts: list[OutboundRecipient],
+        results: dict[int, RecipientResult],
+    ) -> bool:
+        resp = await self._reply(conn, replies, mail_step, "mail")
+        if resp.code != 250:
+            refused = self._unexpected(conn, resp, mail_step)
+            if conn.alive:
+                # The RCPTs and the DATA were sent all the same: read their replies
+                # (errors such as 503) to stay in step, or close if we are not.  In
+                # step, the connection serves the next message (after an RSET).
+                for r in rcpts:
+                    step = f"RCPT TO:<{r.value}>"
+                    if not await self._refused_reply(conn, replies, step, "rcpt"):
+                        break
+                else:
+                    await self._refused_reply(conn, replies, "DATA", "data_init")
+            self._settle(rcpts, results, refused)
+            return True
+
+        accepted: list[OutboundRecipient] = []
+        for r in rcpts:
+            resp = await self._reply(conn, replies, f"RCPT TO:<{r.value}>", "rcpt")
+            self._rcpt_result(conn, r, resp, results, accepted)
+
+        if not accepted:  # every recipient has its result; DATA should be refused
+            try:
+                resp = await self._reply(conn, replies, "DATA", "data_init")
+                if resp.code == 354:  # RFC 2920 section 3.1: end the empty message at once
+                    protocol.write(b".\r\n")
+                    await self._reply(conn, replies, "end of data", "data_term")
+                elif not 400 <= resp.code <= 599:
+                    conn.close()
+            except (_Failure, aiosmtplib.SMTPException, OSError):
+                conn.close()
+            return True  # kept only if still open (_release), with an RSET before reuse
+
+        resp = await self._reply(conn, replies, "DATA", "data_init")
+        if resp.code != 354:
+            raise self._unexpected(conn, resp, "DATA")
+        resp = await self._data(conn, message, content, protocol, replies)
+        self._delivered(conn, resp, accepted, results)
+        return True
+
+    async def _reply(
+        self, conn: _Conn, replies: _Replies, step: str, timeout_key: str
+    ) -> SMTPResponse:
+        """The next pipelined reply, as ``_command`` reads one."""
+        timeout = self.t[timeout_key]
+        try:
+            resp = await replies.read(timeout)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            conn.close()
+            raise self._failure(exc, step, timeout) from None
+        if resp.code == 421:  # the server is closing the connection: everything open waits
+            conn.close()
+            raise _reply_failure(resp, step)
+        return resp
+
+    async def _refused_reply(
+        self, conn: _Conn, replies: _Replies, step: str, timeout_key: str
+    ) -> bool:
+        """Read a reply after MAIL was refused; False (and closed) if out of step."""
+        try:
+            resp = await self._reply(conn, replies, step, timeout_key)
+        except _Failure:
+            return False  # closed; MAIL's refusal is the result all the same
+        if 400 <= resp.code <= 599:
+            return True
+        conn.close()  # accepted without a MAIL, or not understood
+        return False
+
+    async def _data(
+        self,
+        conn: _Conn,
+        message: OutboundMessage,
+        content: bytes | None,
+        protocol: SMTPProtocol,
+        replies: _Replies,
+    ) -> SMTPResponse:
+        """Send the content after 354 and read the reply to the final dot.
+
+        Content held whole goes out in one write with the final dot; streamed content
+        chunk by chunk (with flow control), the final dot with the last chunk.
+        """
         encoder = DataEncoder()
         step, timeout = "sending data", self.t["data_block"]
         try:
+            pending: list[bytes] = []  # encoded, not yet written
             async for chunk in _chunks(message, content):
                 data = encoder.feed(chunk)
-                if data:
-                    protocol.write(data)
-                    async with asyncio.timeout(timeout):
-                        await protocol._drain_helper()  # flow control, as StreamWriter.drain
-                if content is not None and self.support.slice_spent():
-                    await self.support.spooler_yield()
-            protocol.write(encoder.finish())
+                if content is not None:  # held whole: one write at the end
+                    pending.append(data)
+                    if self.support.slice_spent():
+                        await self.support.spooler_yield()
+                elif data:  # streamed: write the chunk before, keep this one back
+                    if pending:
+                        await self._write(protocol, pending.pop(), timeout)
+                    pending.append(data)
+            pending.append(encoder.finish())
+            await self._write(protocol, b"".join(pending), timeout)
             step, timeout = "after end of data", self.t["data_term"]
-            return await protocol.read_response(timeout=timeout)
+            return await replies.read(timeout)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             conn.close()
             raise self._failure(exc, step, timeout) from None
         except BaseException:
             conn.close()  # cancelled mid-DATA: the stream is unusable
             raise
+
+    @staticmethod
+    async def _write(protocol: SMTPProtocol, data: bytes, timeout: float) -> None:
+        protocol.write(data)
+        async with asyncio.timeout(timeout):
+            await protocol._drain_helper()  # flow control, as StreamWriter.drain
 
     # -- logoff ---------------------------------------------------------------------------------
     async def logoff(self, flags: LogoffFlags) -> None:
