@@ -233,7 +233,7 @@ async def test_header_injection_in_envelope(
     [(summary, content)] = await queued(spooler)
     assert [r.address.value for r in summary.recipients] == ["b@example.org"]
     assert b"X-Injected" not in content
-    # Some are refused by aiosmtpd's parser (501/553) before reaching our address check.
+    # Some are refused by the command parser (501/553) before reaching our address check.
     assert listener.statistics()["rejected_bad_address"] >= 3
 
 
@@ -258,7 +258,7 @@ async def test_garbage_then_disconnect_leaves_the_listener_up(
     await r.reply()
     await r.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(256)) + b"\r\n" * 3)
     await r.send(b"".join(b"BOGUS%d\r\n" % i for i in range(10)))
-    # aiosmtpd hangs up after too many unknown commands; reading until EOF must end.
+    # The listener hangs up after too many unknown commands; reading until EOF must end.
     rest = await reader.read()
     assert b"502 5.5.1 Too many unrecognized commands" in rest
     await r.close()

@@ -1,0 +1,277 @@
+"""Hostile input for the listener's own SMTP parser (beyond test_hostile_clients.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import shutil
+import ssl
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spoolbox import NewMessage
+from spoolbox.ingress import ListenerConfig, SubmissionListener
+
+MESSAGE = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: t\r\n\r\nbody\r\n"
+
+
+class Recorder:
+    """A submit that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.messages: list[NewMessage] = []
+
+    async def __call__(self, message: NewMessage) -> object:
+        self.messages.append(message)
+        return message
+
+
+@contextlib.asynccontextmanager
+async def serving(submit: Any, **options: Any) -> AsyncIterator[SubmissionListener]:
+    listener = SubmissionListener(submit, ListenerConfig(port=0, hostname="mx.test", **options))
+    await listener.start()
+    try:
+        yield listener
+    finally:
+        await listener.stop(grace=1.0)
+
+
+class Raw:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, port: int, *, greeting: bool = True) -> Raw:
+        raw = cls(*await asyncio.open_connection("127.0.0.1", port))
+        if greeting:
+            assert (await raw.reply()).startswith("220 mx.test ")
+        return raw
+
+    async def reply(self) -> str:
+        lines: list[str] = []
+        while True:
+            line = await asyncio.wait_for(self.reader.readline(), 5)
+            if not line:
+                raise ConnectionError("closed after: " + " | ".join(lines))
+            text = line.decode("ascii", "replace").rstrip("\r\n")
+            lines.append(text)
+            if text[3:4] != "-":
+                return "\n".join(lines)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def cmd(self, line: bytes) -> str:
+        await self.send(line + b"\r\n")
+        return await self.reply()
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.writer.wait_closed()
+
+
+async def test_command_line_over_512_octets() -> None:
+    async with serving(Recorder()) as listener:
+        raw = await Raw.connect(listener.port)
+        await raw.cmd(b"EHLO x.test")
+        assert (await raw.cmd(b"NOOP " + b"x" * 505)).startswith("250")  # 512 with CRLF
+        assert (await raw.cmd(b"NOOP " + b"x" * 506)).startswith("500 5.5.2")
+        assert (await raw.cmd(b"RCPT TO:<" + b"b" * 600 + b"@example.org>")).startswith("500")
+        assert (await raw.cmd(b"NOOP")).startswith("250")
+        await raw.close()
+
+
+async def test_smuggling_with_lf_dot_lf_is_refused_and_not_run_as_commands() -> None:
+    submit = Recorder()
+    async with serving(submit) as listener:
+        raw = await Raw.connect(listener.port)
+        await raw.cmd(b"EHLO smuggle.test")
+        await raw.cmd(b"MAIL FROM:<a@example.org>")
+        await raw.cmd(b"RCPT TO:<b@example.org>")
+        assert (await raw.cmd(b"DATA")).startswith("354")
+        for end in (b"\n.\n", b"\r\n.\n", b"\n.\r\n", b"\r.\r\n"):
+            await raw.send(b"Subject: x\r\n\r\nhello" + end)
+        await raw.send(b"MAIL FROM:<ceo@example.org>\r\nRCPT TO:<victim@example.org>\r\n")
+        await raw.send(b"DATA\r\nSubject: smuggled\r\n\r\nhi\r\n.\r\nNOOP\r\n")
+        reply = await raw.reply()  # exactly one answer for the whole of the data
+        assert reply.startswith("554 5.6.0 Line 3 of the message contains a bare CR or LF")
+        assert await raw.reply() == "250 2.0.0 OK"  # the NOOP after the real end
+        await raw.close()
+    assert submit.messages == []
+    assert listener.statistics()["rejected_bad_data"] == 1
+
+
+async def test_nul_in_commands() -> None:
+    submit = Recorder()
+    async with serving(submit) as listener:
+        raw = await Raw.connect(listener.port)
+        assert (await raw.cmd(b"EH\x00LO x")).startswith("500")
+        await raw.cmd(b"EHLO nul\x00.test")
+        assert (await raw.cmd(b"MAIL FROM:<a\x00@example.org>")).startswith("553")
+        assert (await raw.cmd(b"MAIL FROM:<a@example.org>")).startswith("250")
+        assert (await raw.cmd(b"RCPT TO:<b@example.org\x00>")).startswith("553")
+        assert (await raw.cmd(b"RCPT TO:<b@example.org>")).startswith("250")
+        assert (await raw.cmd(b"DATA")).startswith("354")
+        assert (await raw.cmd(MESSAGE + b".")).startswith("250")
+        await raw.close()
+    [message] = submit.messages
+    assert b"\x00" not in message.content
+    assert message.content.startswith(b"Received: from nul.test ([127.0.0.1])")
+    assert listener.statistics()["rejected_bad_address"] == 2
+
+
+async def test_pipelined_transaction_in_one_segment_is_answered_in_order() -> None:
+    entered = asyncio.Event()
+    release = asyncio.Event()
+    submit = Recorder()
+
+    async def slow(message: NewMessage) -> object:
+        entered.set()
+        await release.wait()
+        return await submit(message)
+
+    async with serving(slow) as listener:
+        raw = await Raw.connect(listener.port)
+        await raw.send(
+            b"EHLO pipe.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n"
+            b"RCPT TO:<c@example.org>\r\nDATA\r\n" + MESSAGE + b".\r\nNOOP\r\nQUIT\r\n"
+        )
+        got = [await raw.reply() for _ in range(5)]
+        assert [r[:3] for r in got] == ["250", "250", "250", "250", "354"]
+        await entered.wait()
+        # The NOOP after the data waits for the decision on the data.
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(raw.reader.readline(), 0.1)
+        release.set()
+        assert (await raw.reply()).startswith("250 2.0.0 OK queued as ")
+        assert await raw.reply() == "250 2.0.0 OK"
+        assert await raw.reply() == "221 2.0.0 Bye"
+        assert await raw.reader.read() == b""
+        await raw.close()
+    assert len(submit.messages) == 1
+
+
+async def test_a_client_that_half_closes_after_quit_gets_its_answers() -> None:
+    release = asyncio.Event()
+    submit = Recorder()
+
+    async def slow(message: NewMessage) -> object:
+        await release.wait()
+        return await submit(message)
+
+    async with serving(slow) as listener:
+        raw = await Raw.connect(listener.port)
+        await raw.send(
+            b"EHLO nc.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n"
+            b"DATA\r\n" + MESSAGE + b".\r\nQUIT\r\n"
+        )
+        raw.writer.write_eof()  # as `nc` does at the end of its input
+        got = [await raw.reply() for _ in range(4)]
+        assert got[-1].startswith("354")
+        release.set()
+        assert (await raw.reply()).startswith("250 2.0.0 OK queued as ")
+        assert await raw.reply() == "221 2.0.0 Bye"
+        await raw.close()
+    assert len(submit.messages) == 1
+
+
+async def test_commands_sent_before_the_greeting() -> None:
+    async with serving(Recorder()) as listener:
+        raw = await Raw.connect(listener.port, greeting=False)
+        await raw.send(b"EHLO early.test\r\nNOOP\r\n")
+        assert (await raw.reply()).startswith("220 mx.test ")
+        assert (await raw.reply()).startswith("250-mx.test")
+        assert (await raw.reply()) == "250 2.0.0 OK"
+        await raw.close()
+
+
+@pytest.mark.parametrize("tail", [b"", b"half a line", b".", b".\r", b"\r\n.\r"])
+async def test_a_client_vanishing_mid_data_queues_nothing(tail: bytes) -> None:
+    submit = Recorder()
+    async with serving(submit) as listener:
+        raw = await Raw.connect(listener.port)
+        await raw.cmd(b"EHLO gone.test")
+        await raw.cmd(b"MAIL FROM:<a@example.org>")
+        await raw.cmd(b"RCPT TO:<b@example.org>")
+        await raw.cmd(b"DATA")
+        await raw.send(MESSAGE + b"x" * 50_000 + b"\r\n" + tail)
+        await raw.close()
+        for _ in range(50):
+            if listener.statistics()["active"] == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert listener.statistics()["active"] == 0
+    assert submit.messages == []
+
+
+async def test_auth_with_bad_base64() -> None:
+    async with serving(Recorder(), users={"ann": "pw"}, allow_plain_auth=True) as listener:
+        raw = await Raw.connect(listener.port)
+        await raw.cmd(b"EHLO auth.test")
+        assert (await raw.cmd(b"AUTH PLAIN not*base64")).startswith("501 5.5.2")
+        assert (await raw.cmd(b"AUTH LOGIN")).startswith("334 ")
+        assert (await raw.cmd(b"%%%")).startswith("501 5.5.2")
+        assert (await raw.cmd(b"AUTH PLAIN")).startswith("334 ")
+        assert (await raw.cmd(b"*")).startswith("501 5.7.0")
+        assert (await raw.cmd(b"AUTH PLAIN " + base64.b64encode(b"ann\x00pw"))).startswith("501")
+        good = base64.b64encode(b"\x00ann\x00pw")
+        assert (await raw.cmd(b"AUTH PLAIN " + good)).startswith("235")
+        await raw.close()
+    assert listener.statistics()["rejected_auth_failed"] == 0
+
+
+async def test_idle_client_gets_421() -> None:
+    async with serving(Recorder(), idle_timeout=0.2) as listener:
+        raw = await Raw.connect(listener.port)
+        await raw.cmd(b"EHLO slow.test")
+        assert (await raw.reply()).startswith("421 4.4.2")
+        assert await raw.reader.read() == b""
+        await raw.close()
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> Path:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    pem = tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=localhost", "-keyout", str(pem), "-out", str(pem),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return pem
+
+
+async def test_commands_pipelined_after_starttls_are_dropped(certificate: Path) -> None:
+    submit = Recorder()
+    async with serving(submit, tls_cert=str(certificate)) as listener:
+        raw = await Raw.connect(listener.port)
+        await raw.cmd(b"EHLO tls.test")
+        await raw.send(b"STARTTLS\r\nMAIL FROM:<injected@example.org>\r\n")
+        assert (await raw.reply()).startswith("220 2.0.0")
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        await raw.writer.start_tls(ctx)
+        # The session starts over: the injected MAIL was not run, EHLO is needed again.
+        assert (await raw.cmd(b"RCPT TO:<b@example.org>")).startswith("503")
+        ehlo = await raw.cmd(b"EHLO tls.test")
+        assert "STARTTLS" not in ehlo
+        assert (await raw.cmd(b"MAIL FROM:<a@example.org>")).startswith("250")
+        assert (await raw.cmd(b"RCPT TO:<b@example.org>")).startswith("250")
+        await raw.cmd(b"DATA")
+        assert (await raw.cmd(MESSAGE + b".")).startswith("250")
+        await raw.close()
+    [message] = submit.messages
+    assert b" with ESMTPS id " in message.content
