@@ -274,7 +274,8 @@ async def _download(
         if sp.critsec.active and sp.critsec.holder is not host:
             await sp.critsec.changed()
             continue
-        if not await host.receive_one():
+        got, more = await host.receive_batch(flush=True)
+        if not got or not more:
             break
         phase["done"] = host.flush_done
         phase["bytes"] = host.flush_bytes

@@ -17,11 +17,12 @@ sessions are not affected.  A failed logon is retried the same way.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -72,6 +73,10 @@ __all__ = ["SupportImpl", "TransportHost"]
 
 T = TypeVar("T")
 log = logging.getLogger("spoolbox.transport")
+
+#: A batch of inbound messages is committed once it holds this many bytes (they are
+#: in memory until their commit), whatever ``policy.inbound_commit_batch`` says.
+INBOUND_COMMIT_BYTES = 8 * 1024 * 1024
 S = StatusCode
 N = TransportNotifyFlags
 
@@ -773,8 +778,11 @@ class TransportHost:
                 # NEWMAIL says "something is waiting", not how much: take messages
                 # until a start_message delivers nothing (bounded per wake-up).
                 count = sp.policy.inbound_batch
-            for _ in range(max(0, count)):
-                if not await self.receive_one():
+            left = max(0, count)
+            while left > 0:
+                got, more = await self.receive_batch(left)
+                left -= got
+                if not got or not more:
                     break
                 await checkpoint()
                 await self.background_gate()
@@ -795,74 +803,169 @@ class TransportHost:
 
     async def receive_one(self) -> bool:
         """StartMessage once; True if a message was committed to the inbox."""
+        committed, _more = await self.receive_batch(1)
+        return committed > 0
+
+    def inbound_may_continue(self, *, flush: bool) -> bool:
+        """Whether a batch being collected may take one more message: not when the
+        session stops, when another session holds the critical section, and for the
+        background lane not when a download flush wants the session or the
+        foreground is busy (the batch is committed and the lane waits at its gate)."""
         sp = self.spooler
-        session = self._require_session()
+        if self.stopping or self.critical_error or self.session is None:
+            return False
+        if sp.critsec.active and sp.critsec.holder is not self:
+            return False
+        if flush:
+            row = sp.status.get(self.name)
+            return row is not None and bool(row.status_code & S.INBOUND_FLUSH)
+        return not (self.flushing & FlushFlags.DOWNLOAD) and sp.idle.is_idle()
+
+    async def receive_batch(
+        self, limit: int | None = None, *, flush: bool = False
+    ) -> tuple[int, bool]:
+        """StartMessage up to ``limit`` times (at most ``policy.inbound_commit_batch``
+        for an ``SP_INBOUND_BATCH`` session, else once), then commit what was
+        delivered in one store transaction.
+
+        Collecting stops early when a call delivers nothing, at
+        :data:`INBOUND_COMMIT_BYTES` held in memory, or when
+        :meth:`inbound_may_continue` says so.  Returns ``(committed, more)``:
+        the messages now in the inbox, and False when a call delivered nothing (or
+        failed), i.e. there is no point calling again now."""
+        sp = self.spooler
+        self._require_session()
+        cap = sp.policy.inbound_commit_batch if self.caps & LogonCaps.SP_INBOUND_BATCH else 1
+        n = cap if limit is None else max(1, min(limit, cap))
         async with self.inbound_lock:
-            writer = InboundWriterImpl(new_message_id(), self.implicit_yield)
-            self.active[writer.ref] = writer
+            batch: list[tuple[InboundWriterImpl, float]] = []
+            held = 0
+            more = True
+            # INBOUND_ACTIVE while the batch is collected (one status update per batch).
             self.set_bits(on=S.INBOUND_ACTIVE)
-            token = _CURRENT.set(writer)
             try:
-                result: object = await self.call(
-                    "start_message",
-                    session.start_message(writer),
-                )
-                if result is not None:
-                    raise ContractViolation(
-                        f"start_message() returned {result!r}; it must return None "
-                        "(write the message through the writer)"
-                    )
-                if writer.cancelled:
-                    raise MessageCancelled(writer.ref)
-                self.call_ok()
-            except MessageCancelled:
-                return False
-            except Exception as exc:
-                self.call_failed("start_message", exc)
-                return False
+                while True:
+                    writer = await self._start_inbound()
+                    if writer is None:
+                        more = False
+                        break
+                    batch.append((writer, sp.clock.now()))
+                    held += writer.size
+                    if len(batch) >= n or held >= INBOUND_COMMIT_BYTES:
+                        break
+                    if not self.inbound_may_continue(flush=flush):
+                        break
+                    await checkpoint()  # the loop's other work runs between provider calls
+                    if not self.inbound_may_continue(flush=flush):
+                        break
             finally:
-                _CURRENT.reset(token)
-                writer.valid = False
-                self.active.pop(writer.ref, None)
                 self.set_bits(off=S.INBOUND_ACTIVE)
-            if writer.size == 0:
-                return False
-            section = self.profile.section if self.profile else f"transport:{self.name}"
-            try:
-                entry = await sp.store.deliver_inbound(
-                    InboundMessage(
-                        transport=self.name,
-                        content=writer.content(),
-                        sender=writer.sender,
-                        recipients=writer.recipients,
-                        received_at=sp.clock.now(),
-                        remote_id=writer.remote_id,
-                    ),
-                    profile_updates={section: writer.state} if writer.state else None,
+            if not batch:
+                return 0, more
+            committed = await self._commit_inbound(batch)
+            return committed, more and committed > 0
+
+    async def _start_inbound(self) -> InboundWriterImpl | None:
+        """One start_message; the writer if it delivered a message (not committed yet)."""
+        session = self._require_session()
+        writer = InboundWriterImpl(new_message_id(), self.implicit_yield)
+        self.active[writer.ref] = writer
+        token = _CURRENT.set(writer)
+        ok = False
+        try:
+            result: object = await self.call(
+                "start_message",
+                session.start_message(writer),
+            )
+            if result is not None:
+                raise ContractViolation(
+                    f"start_message() returned {result!r}; it must return None "
+                    "(write the message through the writer)"
                 )
+            if writer.cancelled:
+                raise MessageCancelled(writer.ref)
+            self.call_ok()
+            ok = True
+        except MessageCancelled:
+            pass
+        except Exception as exc:
+            self.call_failed("start_message", exc)
+        finally:
+            _CURRENT.reset(token)
+            writer.valid = False
+            self.active.pop(writer.ref, None)
+        if ok and writer.size > 0:
+            return writer
+        # Nothing of it is delivered: the provider may offer its source item again.
+        await self._run_callbacks(writer.rollback_callbacks, "after_rollback callback")
+        return None
+
+    async def _run_callbacks(
+        self, callbacks: Sequence[Callable[[], Awaitable[None] | None]], what: str
+    ) -> None:
+        for cb in callbacks:
+            try:
+                res = cb()
+                if asyncio.iscoroutine(res):
+                    await self.spooler.meter.run(self, res)
             except Exception as exc:
-                # Not committed: the provider keeps its source item (no after_commit).
-                log.error("transport %r: committing an inbound message failed: %s", self.name, exc)
-                self.set_bits(detail=f"inbox commit failed: {exc}")
-                self.counters["errors"] += 1
-                return False
-            if self.profile is not None and writer.state:
-                self.profile._merged(writer.state)
-            self.bump("received")
-            if self.flushing & FlushFlags.DOWNLOAD:
-                self.flush_done += 1
-                self.flush_bytes += entry.size
+                self.call_failed(what, exc)
+
+    async def _commit_inbound(self, batch: Sequence[tuple[InboundWriterImpl, float]]) -> int:
+        """Commit the delivered messages in one transaction (all or nothing), then
+        counters, progress and the after_commit callbacks in message order; on a
+        failure, the after_rollback callbacks in message order."""
+        sp = self.spooler
+        section = self.profile.section if self.profile else f"transport:{self.name}"
+        items = [
+            (
+                InboundMessage(
+                    transport=self.name,
+                    content=writer.content(),
+                    sender=writer.sender,
+                    recipients=writer.recipients,
+                    received_at=received_at,
+                    remote_id=writer.remote_id,
+                ),
+                {section: writer.state} if writer.state else None,
+            )
+            for writer, received_at in batch
+        ]
+        try:
+            if len(items) == 1:
+                message, updates = items[0]
+                entries = [await sp.store.deliver_inbound(message, profile_updates=updates)]
+            else:
+                entries = await sp.store.deliver_inbound_many(items)
+        except Exception as exc:
+            # Not committed: the provider keeps its source items (no after_commit) and
+            # hears so through after_rollback, so it offers them again.
+            log.error(
+                "transport %r: committing %d inbound message(s) failed: %s",
+                self.name,
+                len(items),
+                exc,
+            )
+            self.set_bits(detail=f"inbox commit failed: {exc}")
+            self.counters["errors"] += 1
+            for writer, _received_at in batch:
+                await self._run_callbacks(writer.rollback_callbacks, "after_rollback callback")
+            return 0
+        if self.profile is not None:
+            for writer, _received_at in batch:
+                if writer.state:
+                    self.profile._merged(writer.state)
+        self.bump("received", len(entries))
+        if self.flushing & FlushFlags.DOWNLOAD:
+            self.flush_done += len(entries)
+            self.flush_bytes += sum(entry.size for entry in entries)
+        for entry in entries:
             sp.received(entry)
-            # Still under the inbound lock, so no start_message can hand out the
-            # source item again before the callback has removed it.
-            for cb in writer.commit_callbacks:
-                try:
-                    res = cb()
-                    if asyncio.iscoroutine(res):
-                        await self.spooler.meter.run(self, res)
-                except Exception as exc:
-                    self.call_failed("after_commit callback", exc)
-        return True
+        # Still under the inbound lock, so no start_message can hand out the
+        # source items again before the callbacks have removed them.
+        for writer, _received_at in batch:
+            await self._run_callbacks(writer.commit_callbacks, "after_commit callback")
+        return len(entries)
 
     # -- idle ------------------------------------------------------------------------------------
     async def _idle_lane(self) -> None:

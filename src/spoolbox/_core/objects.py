@@ -142,6 +142,7 @@ class InboundWriterImpl:
         self.remote_id: str | None = None
         self.state: dict[str, Any] = {}
         self.commit_callbacks: list[Callable[[], Awaitable[None] | None]] = []
+        self.rollback_callbacks: list[Callable[[], Awaitable[None] | None]] = []
         self.cancelled = False
         self.valid = True
 
@@ -190,6 +191,10 @@ class InboundWriterImpl:
     def after_commit(self, callback: Callable[[], Awaitable[None] | None]) -> None:
         self._check()
         self.commit_callbacks.append(callback)
+
+    def after_rollback(self, callback: Callable[[], Awaitable[None] | None]) -> None:
+        self._check()
+        self.rollback_callbacks.append(callback)
 
     def content(self) -> bytes:
         return b"".join(self._chunks)

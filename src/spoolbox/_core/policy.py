@@ -58,8 +58,11 @@ class Policy:
     router_interval: float = 1.0  # look for new submissions from other processes
     housekeeping_interval: float = 5.0  # leases, expiry
     shutdown_grace: float = 10.0  # finish in-flight work this long on shutdown
-    claim_batch: int = 8  # messages claimed per store round trip per lane
+    claim_batch: int = 8  # messages claimed per store round trip (shared by the lanes)
     inbound_batch: int = 100  # start_message calls per NEWMAIL wake-up, at most
+    #: Inbound messages committed together in one store transaction (one fsync), at
+    #: most, for sessions with ``LogonCaps.SP_INBOUND_BATCH``; 1 = one by one.
+    inbound_commit_batch: int = 64
     call_timeout: float = 600.0  # a provider call running longer is cancelled and failed
     #: Send one delay report (RFC 3464 Action: delayed) for a recipient still deferred
     #: this long after its first temporary failure, when its sender asked for delay
@@ -80,6 +83,10 @@ class Policy:
             raise ValueError("policy.retry_jitter must be in [0, 1)")
         if self.failure_threshold < 1:
             raise ValueError("policy.failure_threshold must be >= 1")
+        if self.inbound_commit_batch < 1:
+            raise ValueError(
+                f"policy.inbound_commit_batch must be >= 1, not {self.inbound_commit_batch}"
+            )
 
 
 def backoff(policy: Policy, attempts: int, rng: random.Random | None = None) -> float:

@@ -117,6 +117,14 @@ class InboundWriter(Protocol):
         the place to delete or move the source item (MAPI: delete only after save)."""
         ...
 
+    def after_rollback(self, callback: Callable[[], Awaitable[None] | None]) -> None:
+        """Run ``callback`` if this message will not be in the inbox after all: its
+        commit failed, or ``start_message`` raised, was cancelled or wrote nothing
+        after registering it.  The place to offer the source item again (an IMAP
+        session puts the UID back in its queue).  Callbacks of one batch run in
+        message order."""
+        ...
+
     @property
     def size(self) -> int: ...
 

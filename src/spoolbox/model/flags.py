@@ -49,6 +49,9 @@ class LogonCaps(enum.IntFlag):
     SP_IDLE = 0x00010000  # LOGON_SP_IDLE: call idle() when the foreground is idle
     SP_POLL = 0x00020000  # LOGON_SP_POLL: call poll() regularly
     SP_RESOLVE = 0x00040000  # LOGON_SP_RESOLVE: resolve foreign recipients (kept for parity)
+    #: spoolbox: start_message may be called again before the messages it delivered
+    #: are committed (they commit together, up to ``policy.inbound_commit_batch``).
+    SP_INBOUND_BATCH = 0x00100000
 
 
 class TransportNotifyFlags(enum.IntFlag):

@@ -17,7 +17,8 @@ Rules every backend keeps:
   any reports generated for it, in one transaction; only the lease owner may settle
   an ACTIVE recipient.
 * ``deliver_inbound`` commits an inbound message and the provider's state updates
-  (its profile section) in one transaction: a crash keeps both or neither.
+  (its profile section) in one transaction: a crash keeps both or neither;
+  ``deliver_inbound_many`` does the same for several messages, all or nothing.
 """
 
 from __future__ import annotations
@@ -278,6 +279,15 @@ class Store(Protocol):
         profile_updates: Mapping[str, Mapping[str, JSONValue]] | None = None,
     ) -> InboxEntry:
         """Commit to the inbox with the provider state updates, atomically."""
+        ...
+
+    async def deliver_inbound_many(
+        self,
+        items: Sequence[tuple[InboundMessage, Mapping[str, Mapping[str, JSONValue]] | None]],
+    ) -> list[InboxEntry]:
+        """Commit several ``(message, profile_updates)`` in one transaction: all or
+        nothing.  The updates are merged in order (the last value of a key wins); the
+        entries come back in the order of ``items``."""
         ...
 
     async def list_inbox(

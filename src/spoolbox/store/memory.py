@@ -563,6 +563,34 @@ class MemoryStore:
         self._inbox[entry.id] = (entry, bytes(message.content))
         return entry
 
+    async def deliver_inbound_many(
+        self,
+        items: Sequence[tuple[InboundMessage, Mapping[str, Mapping[str, JSONValue]] | None]],
+    ) -> list[InboxEntry]:
+        staged = copy.deepcopy(self._profiles)
+        out: list[tuple[InboxEntry, bytes]] = []
+        for message, profile_updates in items:
+            if not message.content:
+                raise StoreError("an inbound message needs content")
+            content = bytes(message.content)
+            entry = InboxEntry(
+                id=new_message_id(),
+                transport=message.transport,
+                sender=message.sender,
+                recipients=tuple(message.recipients),
+                received_at=message.received_at,
+                size=len(content),
+                subject=subject_of(content),
+                remote_id=message.remote_id,
+            )
+            for section, values in (profile_updates or {}).items():
+                _merge(staged.setdefault(section, {}), values)
+            out.append((entry, content))
+        self._profiles = staged
+        for entry, content in out:
+            self._inbox[entry.id] = (entry, content)
+        return [entry for entry, _content in out]
+
     async def list_inbox(self, *, limit: int = 100, after: str | None = None) -> list[InboxEntry]:
         ids = sorted(i for i in self._inbox if after is None or i > after)[:limit]
         return [self._inbox[i][0] for i in ids]

@@ -992,6 +992,35 @@ class SQLiteStore:
 
         return await self._write("deliver_inbound", run)
 
+    async def deliver_inbound_many(
+        self,
+        items: Sequence[tuple[InboundMessage, Mapping[str, Mapping[str, JSONValue]] | None]],
+    ) -> list[InboxEntry]:
+        # Encoded up front (on the loop): a value JSON cannot hold fails before the job.
+        staged = [
+            (
+                message,
+                [
+                    (section, _encode_values(section, values))
+                    for section, values in (profile_updates or {}).items()
+                ],
+            )
+            for message, profile_updates in items
+        ]
+
+        def run(conn: sqlite3.Connection) -> list[InboxEntry]:
+            # One write job = one transaction (a savepoint when grouped): all or nothing.
+            out: list[InboxEntry] = []
+            for message, updates in staged:
+                out.append(_insert_inbound(conn, message, None))
+                for section, values in updates:
+                    _write_profile(conn, section, values)
+            return out
+
+        if not staged:
+            return []
+        return await self._write("deliver_inbound_many", run)
+
     async def list_inbox(self, *, limit: int = 100, after: str | None = None) -> list[InboxEntry]:
         def run(conn: sqlite3.Connection) -> list[InboxEntry]:
             rows = conn.execute(

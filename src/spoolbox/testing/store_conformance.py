@@ -1331,6 +1331,52 @@ async def _deliver_inbound_with_profile_updates(store: Store) -> None:
 
 
 @_check
+async def _deliver_inbound_many_is_all_or_nothing(store: Store) -> None:
+    _equal(await store.deliver_inbound_many([]), [], "deliver_inbound_many([])")
+    await store.profile_update("imap", {"last_uid": 1, "keep": "k"})
+    items: list[tuple[InboundMessage, dict[str, dict[str, Any]] | None]] = [
+        (
+            InboundMessage("imap", _content(f"m{i}"), received_at=_T0 + i, remote_id=f"7:{i}"),
+            {"imap": {"last_uid": i, "uidvalidity": 7}},
+        )
+        for i in (2, 3, 4)
+    ]
+    items.append((InboundMessage("imap", _content("m5"), received_at=_T0 + 5), None))
+    entries = await store.deliver_inbound_many(items)
+    _equal(
+        [(e.subject, e.remote_id, e.size) for e in entries],
+        [(f"m{i}", f"7:{i}" if i < 5 else None, len(_content(f"m{i}"))) for i in (2, 3, 4, 5)],
+        "deliver_inbound_many() entries, in the order of the items",
+    )
+    _equal(len({e.id for e in entries}), 4, "deliver_inbound_many() gives distinct ids")
+    _equal(
+        sorted(e.id for e in await store.list_inbox()),
+        sorted(e.id for e in entries),
+        "list_inbox() after deliver_inbound_many()",
+    )
+    for e in entries:
+        _equal(await store.read_inbox(e.id), _content(e.subject), f"content of {e.subject}")
+    _equal(
+        await store.profile_get("imap"),
+        {"last_uid": 4, "uidvalidity": 7, "keep": "k"},
+        "profile updates merged in order (the last one wins)",
+    )
+    # One bad item (no content) fails the whole batch: nothing of it is committed.
+    bad = [
+        (InboundMessage("imap", _content("m6")), {"imap": {"last_uid": 6}}),
+        (InboundMessage("imap", b""), {"imap": {"last_uid": 7}}),
+        (InboundMessage("imap", _content("m8")), {"imap": {"last_uid": 8}}),
+    ]
+    await _raises(StoreError, store.deliver_inbound_many(bad), "a batch with an empty message")
+    _equal(len(await store.list_inbox()), 4, "inbox after a failed deliver_inbound_many()")
+    _equal(
+        (await store.profile_get("imap"))["last_uid"],
+        4,
+        "profile after a failed deliver_inbound_many()",
+    )
+
+
+@_check
 async def _inbox_listing(store: Store) -> None:
     entries = [
         await store.deliver_inbound(InboundMessage("pop", _content(f"n{i}"), received_at=_T0 + i))

@@ -40,13 +40,22 @@ Exactly once, across crashes:
 
 * The profile section holds ``{"uidvalidity": V, "last_uid": N}``: every message
   of the folder with a UID <= N (under UIDVALIDITY V) is in the inbox.
-  ``start_message`` fetches the lowest UID > N (``UID FETCH ... BODY.PEEK[]``, so
-  the ``\\Seen`` flag is not touched), writes it, and sets ``last_uid`` (and
-  ``uidvalidity``) through ``writer.set_state``: the watermark commits in the same
-  transaction as the inbox message.  A crash leaves both or neither, so a message is
-  never fetched twice and never skipped.  ``remote_id`` is ``"V:UID"``.
-* Deleting or moving happens only in ``writer.after_commit``, i.e. once the message
-  is durably in the inbox.  After a crash between the commit and the removal, the
+  ``start_message`` hands out the lowest UID > N not handed out yet, writes it, and
+  sets ``last_uid`` (and ``uidvalidity``) through ``writer.set_state``: the
+  watermark commits in the same transaction as the inbox message.  A crash leaves
+  both or neither, so a message is never fetched twice and never skipped.
+  ``remote_id`` is ``"V:UID"``.
+* Messages are fetched ahead, up to 64 (and 8 MiB, by ``RFC822.SIZE``; a larger
+  message comes alone) per ``UID FETCH <set> (UID BODY.PEEK[])`` (``PEEK``: the
+  ``\\Seen`` flag is not touched), and handed out one per ``start_message``.  The
+  session announces ``SP_INBOUND_BATCH``: the spooler may commit several messages
+  in one transaction, so the session remembers the UIDs it handed out until their
+  ``after_commit`` or ``after_rollback``.  A message whose commit failed goes back
+  to the front of the queue (``after_rollback``), before anything fetched after it.
+* Deleting or moving happens only after ``writer.after_commit``, i.e. once the
+  message is durably in the inbox, for the committed UIDs of a group at once (when
+  64 are collected, when nothing more is waiting, at the next fetch, poll or
+  logoff).  After a crash between the commit and the removal, the
   message is still on the server with a UID <= N: the next logon and every poll
   remove such messages (``UID SEARCH UID 1:N``) without fetching them again.
   Without UIDPLUS a delete uses plain EXPUNGE, which also expunges other messages
@@ -102,6 +111,14 @@ _IDLE_BACKOFF_CAP = 300.0
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _LITERAL = re.compile(rb"BODY\[\] \{(\d+)\}$")
 _UID = re.compile(rb"\bUID (\d+)")
+_FETCH = re.compile(rb"^\d+ FETCH \(")
+_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
+_GONE = re.compile(rb"BODY\[\] NIL\b")
+#: Messages fetched per ``UID FETCH`` command, at most, and their bytes (a message
+#: larger than this comes alone).
+_FETCH_BATCH = 64
+_FETCH_BYTES = 8 * 1024 * 1024
+_RECV_SIZE = 16 * 1024  # bytes per socket read (see _Connection.open)
 _EXISTS = re.compile(rb"^\d+ EXISTS$")
 
 
@@ -165,6 +182,12 @@ class _Connection:
             self.imap = imap
             await imap.wait_hello_from_server()
             proto = imap.protocol
+            if isinstance(getattr(proto.transport, "max_size", None), int):
+                # aioimaplib parses each chunk it receives by copying the rest of the
+                # chunk after every line: quadratic in the chunk size.  asyncio reads
+                # up to 256 KiB at a time; smaller reads make a ranged FETCH of many
+                # small messages about a third faster (plain sockets only).
+                proto.transport.max_size = _RECV_SIZE
             if s.tls == "starttls":
                 assert ctx is not None
                 if "STARTTLS" not in proto.capabilities:
@@ -269,28 +292,80 @@ class _Connection:
         # "n:*" includes the highest UID even when it is below n (RFC 3501 6.4.8).
         return sorted(u for u in set(uids) if u >= lo and (hi is None or u <= hi))
 
-    async def fetch(self, uid: int) -> bytes | None:
-        """The message with ``uid`` (None if it is gone)."""
-        # aioimaplib times a FETCH out after ``timeout`` seconds without data.
-        resp = _check(await self._imap().uid("fetch", str(uid), "(UID BODY.PEEK[])"), "UID FETCH")
-        lines = _lines(resp)
-        for i, line in enumerate(lines):
+    async def sizes(self, uids: Sequence[int]) -> dict[int, int]:
+        """``RFC822.SIZE`` of each of ``uids`` still in the folder (one command)."""
+        if not uids:
+            return {}
+        async with asyncio.timeout(self.settings.timeout):
+            resp = _check(
+                await self._imap().uid("fetch", _uid_set(uids), "(UID RFC822.SIZE)"),
+                "UID FETCH RFC822.SIZE",
+            )
+        wanted = set(uids)
+        out: dict[int, int] = {}
+        for line in _lines(resp)[:-1]:
             if not isinstance(line, bytes):
-                continue
-            m = _LITERAL.search(line)
-            if m is None or i + 1 >= len(lines):
-                continue
+                raise _ProtocolError("UID FETCH RFC822.SIZE: an unexpected literal")
+            if not _FETCH.match(line):
+                continue  # untagged EXISTS, EXPUNGE, ...
+            size = _SIZE.search(line)
+            if size is None:
+                continue  # an unsolicited FETCH (flags changed by another client)
             got = _UID.search(line)
-            if got is None and i + 2 < len(lines) and isinstance(lines[i + 2], bytes):
-                got = _UID.search(lines[i + 2])
-            if got is not None and int(got.group(1)) != uid:
+            if got is None:
+                raise _ProtocolError(f"UID FETCH RFC822.SIZE: no UID in {line!r}")
+            uid = int(got.group(1))
+            if uid in wanted:
+                out[uid] = int(size.group(1))
+        return out
+
+    async def fetch_many(self, uids: Sequence[int]) -> dict[int, bytes]:
+        """The messages with ``uids`` (one ``UID FETCH``); those gone are absent.
+
+        Strict: a ``BODY[]`` this cannot pair with its UID and its announced length,
+        or a UID that was not asked for, is a :class:`_ProtocolError`."""
+        if not uids:
+            return {}
+        what = f"UID FETCH {_uid_set(uids)}"
+        # aioimaplib times a FETCH out after ``timeout`` seconds without data.
+        resp = _check(await self._imap().uid("fetch", _uid_set(uids), "(UID BODY.PEEK[])"), what)
+        lines = _lines(resp)[:-1]  # the last one is the tagged completion text
+        wanted = set(uids)
+        out: dict[int, bytes] = {}
+        i = 0
+        while i < len(lines):
+            line = lines[i]
+            if not isinstance(line, bytes):
+                raise _ProtocolError(f"{what}: a literal without its FETCH line")
+            m = _LITERAL.search(line)
+            if m is None:
+                if _FETCH.match(line) and _GONE.search(line):
+                    i += 1  # expunged by another client: Dovecot sends ``BODY[] NIL``
+                    continue
+                if b"BODY[" in line.upper():
+                    raise _ProtocolError(f"{what}: cannot parse {line[:200]!r}")
+                i += 1  # untagged EXISTS, EXPUNGE, an unsolicited FETCH of flags ...
                 continue
-            data = bytes(lines[i + 1])
-            if len(data) != int(m.group(1)):
-                announced = int(m.group(1))
-                raise _ProtocolError(f"UID FETCH {uid}: {len(data)} bytes, {announced} announced")
-            return data
-        return None
+            if not _FETCH.match(line):
+                raise _ProtocolError(f"{what}: cannot parse {line[:200]!r}")
+            data = lines[i + 1] if i + 1 < len(lines) else None
+            if not isinstance(data, bytes | bytearray):
+                raise _ProtocolError(f"{what}: the literal of {line[:200]!r} is missing")
+            announced = int(m.group(1))
+            if len(data) != announced:
+                raise _ProtocolError(f"{what}: {len(data)} bytes, {announced} announced")
+            tail = lines[i + 2] if i + 2 < len(lines) else None
+            if not isinstance(tail, bytes) or not tail.rstrip().endswith(b")"):
+                raise _ProtocolError(f"{what}: the FETCH of {line[:200]!r} is not closed")
+            got = _UID.search(line) or _UID.search(tail)
+            if got is None:
+                raise _ProtocolError(f"{what}: no UID with {line[:200]!r}")
+            uid = int(got.group(1))
+            if uid not in wanted or uid in out:
+                raise _ProtocolError(f"{what}: UID {uid} was not asked for (or came twice)")
+            out[uid] = bytes(data)
+            i += 3
+        return out
 
     async def remove(self, uids: Sequence[int]) -> None:
         """Delete or move ``uids`` as ``after_fetch`` says."""
@@ -316,7 +391,9 @@ class _Connection:
 class IMAPSession(BaseTransportSession):
     """One logon of the IMAP transport; see the module docstring."""
 
-    CAPABILITIES: ClassVar[LogonCaps] = LogonCaps.SP_POLL
+    # SP_INBOUND_BATCH: start_message keeps track of what it handed out (_inflight)
+    # until after_commit / after_rollback, so it may be called again before a commit.
+    CAPABILITIES: ClassVar[LogonCaps] = LogonCaps.SP_POLL | LogonCaps.SP_INBOUND_BATCH
 
     def __init__(self, support: Support, settings: MailboxSettings) -> None:
         super().__init__(support)
@@ -324,6 +401,10 @@ class IMAPSession(BaseTransportSession):
         self._conn: _Connection | None = None
         self._lock = asyncio.Lock()  # one command sequence at a time on the connection
         self._queue: collections.deque[int] = collections.deque()  # UIDs from the last search
+        # Fetched, not handed out yet: (uidvalidity, uid, content), ascending.
+        self._buffer: collections.deque[tuple[int, int, bytes]] = collections.deque()
+        self._inflight: list[int] = []  # handed out, neither committed nor rolled back
+        self._removing: list[int] = []  # committed, to delete or move
         self._idle_task: asyncio.Task[None] | None = None
         self._warned_validity: int | None = None
         self.fetched = 0
@@ -447,45 +528,98 @@ class IMAPSession(BaseTransportSession):
             raise self._network_error("removing fetched messages", exc) from exc
 
     # -- inbound ---------------------------------------------------------------------------
+    def _handed_out(self, watermark: int) -> int:
+        """The highest UID that is committed or on its way to the inbox: the spooler
+        may call ``start_message`` again before it committed the earlier messages."""
+        return max(watermark, self._inflight[-1]) if self._inflight else watermark
+
     async def poll(self) -> int:
         async with self._lock:
             await self._cleanup()
             try:
                 conn = await self._connection()
-                w = self._watermark(conn.uidvalidity)
-                self._queue = collections.deque(sorted(await conn.search_uids(w + 1, None)))
+                w = self._handed_out(self._watermark(conn.uidvalidity))
+                buffered = {uid for _v, uid, _data in self._buffer}
+                found = await conn.search_uids(w + 1, None)
+                self._queue = collections.deque(u for u in found if u not in buffered)
             except FailOneProvider:
                 raise
             except (OSError, TimeoutError, aioimaplib.AioImapException, _ProtocolError) as exc:
                 raise self._network_error("poll", exc) from exc
-            return len(self._queue)
+            self._removing.clear()  # the cleanup removed them (all are <= last_uid)
+            return len(self._queue) + len(self._buffer)
+
+    async def _fill(self, conn: _Connection) -> None:
+        """Fetch the next UIDs of the queue into the buffer: at most _FETCH_BATCH
+        messages and _FETCH_BYTES (a larger message comes alone), one UID FETCH."""
+        queue = self._queue
+        while queue and not self._buffer:
+            head = [queue[i] for i in range(min(_FETCH_BATCH, len(queue)))]
+            sizes = await conn.sizes(head) if len(head) > 1 else {head[0]: 0}
+            take: list[int] = []
+            total = 0
+            for uid in head:
+                size = sizes.get(uid)
+                if size is None:
+                    continue  # gone from the folder meanwhile
+                if take and total + size > _FETCH_BYTES:
+                    break
+                take.append(uid)
+                total += size
+            got = await conn.fetch_many(take) if take else {}
+            # Everything up to the last UID asked for is done with: fetched now, or gone.
+            last = take[-1] if take else head[-1]
+            while queue and queue[0] <= last:
+                queue.popleft()
+            v = conn.uidvalidity
+            self._buffer.extend((v, uid, got[uid]) for uid in take if got.get(uid))
+
+    async def _remove_committed(self, conn: _Connection) -> None:
+        """Delete or move the committed messages collected so far, in one go."""
+        uids, self._removing = sorted(self._removing), []
+        if not uids:
+            return
+        try:
+            await conn.remove(uids)
+        except (OSError, TimeoutError, aioimaplib.AioImapException, _ProtocolError) as exc:
+            # Left on the server: the next poll removes them (they are <= last_uid).
+            self._network_error(f"removing {len(uids)} fetched messages (retried at poll)", exc)
 
     async def start_message(self, message: InboundWriter) -> None:
         async with self._lock:
             try:
                 conn = await self._connection()
+                if self._removing and (not self._buffer or len(self._removing) >= _FETCH_BATCH):
+                    await self._remove_committed(conn)
+                    conn = await self._connection()
                 v = conn.uidvalidity
-                w = self._watermark(v)
+                w = self._handed_out(self._watermark(v))
+                if self._buffer and self._buffer[0][0] != v:
+                    self._buffer.clear()  # fetched under another UIDVALIDITY
                 # The queue is sorted: drop what the watermark passed from the front
                 # (constant time per message, not a pass over the whole list).
                 queue = self._queue
                 while queue and queue[0] <= w:
                     queue.popleft()
-                if not queue:
-                    queue = collections.deque(sorted(await conn.search_uids(w + 1, None)))
-                data: bytes | None = None
-                while queue:
-                    uid = queue.popleft()
-                    data = await conn.fetch(uid)
-                    if data:
-                        break
-                self._queue = queue
+                if not queue and not self._buffer:
+                    self._queue = queue = collections.deque(await conn.search_uids(w + 1, None))
+                await self._fill(conn)
             except FailOneProvider:
                 raise
             except (OSError, TimeoutError, aioimaplib.AioImapException, _ProtocolError) as exc:
                 raise self._network_error("fetch", exc) from exc
-        if not data:
-            return
+            if not self._buffer:
+                return
+            v, uid, data = self._buffer.popleft()
+            self._inflight.append(uid)
+            more = bool(self._buffer or self._queue)
+
+        def rolled_back() -> None:
+            self._rolled_back(uid)
+
+        # Registered before anything can fail: if the message does not end in the
+        # inbox, its UID goes back to the queue (else a later commit would pass it).
+        message.after_rollback(rolled_back)
         view = memoryview(data)
         for i in range(0, len(view), _CHUNK):
             await message.write(bytes(view[i : i + _CHUNK]))
@@ -493,21 +627,36 @@ class IMAPSession(BaseTransportSession):
         message.set_state("uidvalidity", v)
         message.set_state("last_uid", uid)
         size = len(data)
-        more = bool(queue)
 
         async def committed() -> None:
             await self._committed(uid, size, more)
 
         message.after_commit(committed)
 
+    def _rolled_back(self, uid: int) -> None:
+        """after_rollback: not in the inbox after all; offer it again, before anything
+        fetched after it (the buffer goes back to the queue too)."""
+        with contextlib.suppress(ValueError):
+            self._inflight.remove(uid)
+        again = {uid} | {u for _v, u, _data in self._buffer} | set(self._queue)
+        self._buffer.clear()
+        self._queue = collections.deque(sorted(again))
+
     async def _committed(self, uid: int, size: int, more: bool) -> None:
-        """after_commit: the message is in the inbox; remove it from the server."""
+        """after_commit: the message is in the inbox; remove it from the server (with
+        the others of its batch, at the next fetch or poll)."""
+        with contextlib.suppress(ValueError):
+            self._inflight.remove(uid)
         self.fetched += 1
         self.bytes += size
         self.last = f"UID {uid} ({size} bytes)"
+        # The status row once per committed batch (or when nothing more is waiting),
+        # not once per message.
+        show = not self._inflight or not more
         if self._flushing:
             self._flush_done += 1
             self._flush_bytes += size
+        if self._flushing and show:
             self.support.modify_status_row(
                 progress=Progress(
                     self._flush_done,
@@ -518,17 +667,20 @@ class IMAPSession(BaseTransportSession):
                 )
             )
         if self.settings.after_fetch != "keep":
-            async with self._lock:
-                try:
-                    conn = await self._connection()
-                    await conn.remove([uid])
-                except Exception as exc:
-                    # Left on the server: the next poll removes it (it is <= last_uid).
-                    self._network_error(f"removing UID {uid} (retried at the next poll)", exc)
-                    self._status()
-                    return
-        self._status()
-        if more and not self._flushing:
+            self._removing.append(uid)
+            # Removed in groups: here when nothing more was waiting (the end of a
+            # download) or a group is full, else at the next fetch or poll.
+            if not more or len(self._removing) >= _FETCH_BATCH:
+                async with self._lock:
+                    try:
+                        conn = await self._connection()
+                    except Exception as exc:
+                        self._network_error("reconnecting to remove fetched messages", exc)
+                    else:
+                        await self._remove_committed(conn)
+        if show:
+            self._status()
+        if more and not self._flushing and not self._inflight:
             self.support.spooler_notify(SpoolerNotifyFlags.NEWMAIL)
 
     # -- notifications, IDLE ---------------------------------------------------------------
@@ -538,7 +690,7 @@ class IMAPSession(BaseTransportSession):
         if flags & f.BEGIN_INBOUND_FLUSH:
             self._flushing = True
             self._flush_done = self._flush_bytes = 0
-            self._flush_total = len(self._queue) or None
+            self._flush_total = len(self._queue) + len(self._buffer) or None
         if flags & f.END_INBOUND_FLUSH:
             self._flushing = False
         if flags & f.BEGIN_INBOUND and self.settings.idle and self._idle_task is None:
@@ -614,6 +766,11 @@ class IMAPSession(BaseTransportSession):
             if flags & LogoffFlags.HURRY:
                 conn.abort()
             else:
+                if self._removing and conn.alive:
+                    async with self._lock:
+                        self._conn = conn
+                        await self._remove_committed(conn)
+                        self._conn = None
                 await conn.close()
 
 
