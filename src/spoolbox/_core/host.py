@@ -107,6 +107,8 @@ class TransportHost:
         self.tried_logon = asyncio.Event()  # set after each logon attempt, good or bad
         self.inbound_lock = asyncio.Lock()
         self._claim_lock = asyncio.Lock()  # one outbound lane waits for work at a time
+        self._ready: collections.deque[ClaimedJob] = collections.deque()  # claimed, not started
+        self._held: dict[str, ClaimedJob] = {}  # claimed, not settled (leases renewed)
         self.active: dict[str, OutboundMessageImpl | InboundWriterImpl] = {}
         self.cancelled_refs: set[str] = set()  # cancelled while claimed, not started
         self.inflight = 0  # claimed messages not finished yet (settled), batch included
@@ -418,10 +420,12 @@ class TransportHost:
                 continue
             delay = sp.policy.relogon_delay
             sp.routing_changed()
+            renewer: asyncio.Task[None] | None = None
             try:
                 async with asyncio.TaskGroup() as tg:
                     lanes: list[asyncio.Task[None]] = []
                     if self.entry.outbound:
+                        renewer = tg.create_task(self._renew(), name=f"{self.name}-leases")
                         for i in range(self.concurrency):
                             lanes.append(
                                 tg.create_task(self._outbound_worker(), name=f"{self.name}-out-{i}")
@@ -437,10 +441,18 @@ class TransportHost:
                     _, pending = await asyncio.wait(lanes, timeout=sp.policy.shutdown_grace)
                     for task in pending:
                         task.cancel()
+                    if pending:
+                        await asyncio.wait(pending)
+                    if renewer is not None:
+                        renewer.cancel()
             except* Exception as group:  # a spooler bug, not the provider's fault
                 for lane_exc in group.exceptions:
                     log.error("transport %r lane crashed", self.name, exc_info=lane_exc)
                 self.set_bits(on=S.FAILURE, detail=f"internal error: {group.exceptions[0]!r}")
+            await self._give_back_ready()
+            # Jobs of lanes cancelled after the grace period: the spooler releases
+            # their leases; this session no longer renews them.
+            self._held.clear()
             await self.end_and_logoff()
             sp.routing_changed()
             if not self.stopping:
@@ -468,51 +480,47 @@ class TransportHost:
     # -- outbound --------------------------------------------------------------------------------
     async def _outbound_worker(self) -> None:
         sp = self.spooler
-        # One lane claims a whole batch; several lanes take one message each, so the
-        # work spreads over them.
-        limit = sp.policy.claim_batch if self.concurrency == 1 else 1
         while not (self.stopping or self.critical_error):
             # Only one lane at a time waits for work and claims: an idle session with
-            # ten lanes makes one claim per wake-up, not ten.
+            # ten lanes makes one claim per wake-up, not ten.  A claim takes a batch;
+            # what the claiming lane does not start itself waits in ``_ready`` for the
+            # next free lane, so one store round trip feeds several lanes.
             async with self._claim_lock:
-                jobs = await self._wait_for_jobs(limit)
-            if not jobs:
-                return
-            # In flight from the claim until settled, so a flush does not see "nothing
-            # left" while this lane still holds the rest of its batch.
-            self.inflight += len(jobs)
-            pending = list(jobs)
-            # One renewer keeps the leases of the whole batch, including the jobs
-            # still waiting their turn in this lane.
-            renewer = asyncio.create_task(self._renew(pending), name=f"{self.name}-leases")
+                if not self._ready:
+                    jobs = await self._wait_for_jobs(sp.policy.claim_batch)
+                    if not jobs:
+                        return
+                    # In flight from the claim until settled, so a flush does not see
+                    # "nothing left" while jobs still wait for a lane.
+                    self.inflight += len(jobs)
+                    for claimed in jobs:
+                        self._held[claimed.message.id] = claimed
+                    self._ready.extend(jobs)
+                job = self._ready.popleft()
             try:
-                while pending:
-                    job = pending[0]
-                    try:
-                        await self._process(job)
-                    finally:
-                        pending.pop(0)
-                        self.inflight -= 1
-                    # Between messages the foreground always gets its turn, however
-                    # short each message was (one slice per message at most).
-                    await checkpoint()
-                    if self.stopping or self.critical_error:
-                        break
+                await self._process(job)
             finally:
-                renewer.cancel()
-                self.inflight -= len(pending)
-                for job in pending:
-                    # Not started (shutting down): give them back to the queue now.
-                    with contextlib.suppress(Exception):
-                        await sp.store.settle(
-                            job.message.id,
-                            [
-                                RecipientUpdate(r.index, RecipientState.QUEUED)
-                                for r in job.recipients
-                            ],
-                            owner=sp.owner,
-                            now=sp.clock.now(),
-                        )
+                self._held.pop(job.message.id, None)
+                self.inflight -= 1
+            # Between messages the foreground always gets its turn, however short each
+            # message was (one slice per message at most).
+            await checkpoint()
+
+    async def _give_back_ready(self) -> None:
+        """Jobs claimed but not started (the session is ending): back to the queue now,
+        instead of when their leases run out."""
+        sp = self.spooler
+        while self._ready:
+            job = self._ready.popleft()
+            self._held.pop(job.message.id, None)
+            self.inflight -= 1
+            with contextlib.suppress(Exception):
+                await sp.store.settle(
+                    job.message.id,
+                    [RecipientUpdate(r.index, RecipientState.QUEUED) for r in job.recipients],
+                    owner=sp.owner,
+                    now=sp.clock.now(),
+                )
 
     async def _wait_for_jobs(self, limit: int) -> list[ClaimedJob]:
         """Claim work, waiting for it (woken by routing, a retry time, a flush); an
@@ -665,13 +673,13 @@ class TransportHost:
             self.flush_bytes += job.message.size
         self.job_done.set()
 
-    async def _renew(self, jobs: list[ClaimedJob]) -> None:
-        """Renew the leases of ``jobs`` (a list the lane shrinks as it goes)."""
+    async def _renew(self) -> None:
+        """Renew the leases of every job this session holds (claimed, not settled)."""
         sp = self.spooler
         period = sp.policy.lease / 3
         while True:
             await sp.clock.sleep(period)
-            for i, job in enumerate(list(jobs)):
+            for mid, job in list(self._held.items()):
                 try:
                     renewed = await sp.store.renew(job, now=sp.clock.now(), lease=sp.policy.lease)
                 except LeaseLost as exc:
@@ -680,8 +688,8 @@ class TransportHost:
                 except Exception as exc:
                     log.warning("transport %r: lease renewal failed: %s", self.name, exc)
                     continue
-                if i < len(jobs) and jobs[i].message.id == job.message.id:
-                    jobs[i] = renewed
+                if mid in self._held:
+                    self._held[mid] = renewed
 
     async def status_recips(
         self, message: OutboundMessage, results: Sequence[RecipientResult]

@@ -39,7 +39,7 @@ class OutboundMessageImpl:
         self._store = store
         self._yield = implicit_yield
         self._flags = flags
-        self._content: bytes | None = None
+        self._content: bytes | None = job.content  # prefetched by the claim, if small
         self._email: EmailMessage | None = None
         self._recipients = tuple(
             OutboundRecipient(r.index, r.address, r.attempts) for r in job.recipients

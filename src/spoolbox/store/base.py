@@ -74,6 +74,9 @@ class ClaimedJob:
     transport: str
     owner: str
     lease_until: float
+    #: The content, read in the claim's transaction when the message is small (a store
+    #: may leave it None: the transport then reads it with ``read_content``).
+    content: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

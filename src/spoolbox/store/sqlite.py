@@ -86,6 +86,8 @@ _T = TypeVar("_T")
 _SYNCHRONOUS_MODES: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
 _BUSY_TIMEOUT: Final = 30.0  # seconds a writer waits for another process's transaction
 _WRITE_BATCH: Final = 64  # writes sharing one transaction at most (group commit)
+#: Messages up to this size are read in the claim's transaction (ClaimedJob.content).
+PREFETCH_LIMIT: Final = 256 * 1024
 _PRIORITIES: Final = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
 _PAGE: Final = 200  # messages read per query while filtering a listing by state
 
@@ -250,13 +252,12 @@ class SQLiteStore:
         try:
             while stop is None:
                 item = backlog.popleft() if backlog else jobs.get()
-                if item is _Signal.SUBMIT_BATCH:
-                    self._commit_submissions(conn)
-                elif item.stop:
+                if item is not _Signal.SUBMIT_BATCH and item.stop:
                     stop = item
-                elif item.mode is _Mode.WRITE:
-                    # Group commit: every write already waiting joins this transaction.
-                    batch = [item]
+                elif item is _Signal.SUBMIT_BATCH or item.mode is _Mode.WRITE:
+                    # Group commit: every write already waiting, and every submission
+                    # collected so far, join this transaction (one fsync for all).
+                    batch = [] if item is _Signal.SUBMIT_BATCH else [item]
                     while len(batch) < _WRITE_BATCH:
                         try:
                             nxt = jobs.get_nowait()
@@ -266,14 +267,14 @@ class SQLiteStore:
                             batch.append(nxt)
                         else:
                             backlog.append(nxt)
-                    if len(batch) == 1:
-                        self._execute(conn, item)
+                    if len(batch) == 1 and not self._pending:
+                        self._execute(conn, batch[0])
                     else:
-                        self._execute_batch(conn, batch)
+                        self._commit_group(conn, batch)
                 else:
                     self._execute(conn, item)
             # Whatever was submitted before close is committed, not dropped.
-            self._commit_submissions(conn)
+            self._commit_group(conn, [])
         finally:
             conn.close()
             if stop is not None and stop.future.set_running_or_notify_cancel():
@@ -386,16 +387,37 @@ class SQLiteStore:
                 self._stats.reads += 1
             job.future.set_result(result)
 
-    def _execute_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        """Several writes in one transaction (one fsync), each in its own savepoint so
-        one that fails is undone alone; results are given out only after COMMIT."""
-        started = [job for job in batch if job.future.set_running_or_notify_cancel()]
-        if not started:
+    def _commit_group(self, conn: sqlite3.Connection, writes: list[_Job]) -> None:
+        """The submissions collected so far and ``writes`` in one transaction (one
+        fsync), each in its own savepoint so one that fails is undone alone; results
+        are given out only after COMMIT."""
+        with self._pending_lock:
+            subs, self._pending = self._pending, []
+        subs = [sub for sub in subs if sub.future.set_running_or_notify_cancel()]
+        started = [job for job in writes if job.future.set_running_or_notify_cancel()]
+        if not subs and not started:
             return
+        sub_outcomes: list[MessageInfo | StoreError] = []
         outcomes: list[tuple[bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                for sub in subs:
+                    # No savepoint: _insert_message refuses (StoreError) before it
+                    # writes anything, and any other error undoes the whole group.
+                    try:
+                        info = self._insert_message(
+                            conn,
+                            sub.message,
+                            now=sub.now,
+                            lifetime=sub.lifetime,
+                            routes=sub.routes,
+                        )
+                    except StoreError as exc:
+                        # This submission is refused; the rest of the group goes on.
+                        sub_outcomes.append(exc)
+                    else:
+                        sub_outcomes.append(info)
                 for job in started:
                     conn.execute("SAVEPOINT write")
                     try:
@@ -415,76 +437,38 @@ class SQLiteStore:
                 _rollback(conn)
                 self._stats.rollbacks += 1
                 raise
-        except sqlite3.Error as exc:
-            for job in started:
-                job.future.set_exception(self._database_error(job.what, exc))
-            return
         except BaseException as exc:
+            for sub in subs:
+                serr = (
+                    self._database_error("submit", exc)
+                    if isinstance(exc, sqlite3.Error)
+                    else StoreError(f"{self._path}: submit failed: {exc!r}")
+                )
+                serr.__cause__ = exc
+                sub.future.set_exception(serr)
             for job in started:
-                job.future.set_exception(exc)
+                job.future.set_exception(
+                    self._database_error(job.what, exc) if isinstance(exc, sqlite3.Error) else exc
+                )
             return
-        self._stats.commits += 1
-        self._stats.grouped_writes += len(started)
+        stats = self._stats
+        stats.commits += 1
+        if started:
+            stats.grouped_writes += len(started)
+        if subs:
+            stats.submit_batches += 1
+            stats.submits += len(subs)
+            stats.largest_batch = max(stats.largest_batch, len(subs))
+        for sub, outcome in zip(subs, sub_outcomes, strict=True):
+            if isinstance(outcome, StoreError):
+                sub.future.set_exception(outcome)
+            else:
+                sub.future.set_result(outcome)
         for job, (ok, value) in zip(started, outcomes, strict=True):
             if ok:
                 job.future.set_result(value)
             else:
                 job.future.set_exception(value)
-
-    def _commit_submissions(self, conn: sqlite3.Connection) -> None:
-        """Commit every submission collected so far in one transaction."""
-        with self._pending_lock:
-            batch, self._pending = self._pending, []
-        batch = [s for s in batch if s.future.set_running_or_notify_cancel()]
-        if not batch:
-            return
-        outcomes: list[MessageInfo | StoreError] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for sub in batch:
-                    conn.execute("SAVEPOINT submission")
-                    try:
-                        info = self._insert_message(
-                            conn,
-                            sub.message,
-                            now=sub.now,
-                            lifetime=sub.lifetime,
-                            routes=sub.routes,
-                        )
-                    except StoreError as exc:
-                        # This submission is refused; the rest of the batch goes on.
-                        conn.execute("ROLLBACK TO submission")
-                        conn.execute("RELEASE submission")
-                        outcomes.append(exc)
-                    else:
-                        conn.execute("RELEASE submission")
-                        outcomes.append(info)
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                self._stats.rollbacks += 1
-                raise
-        except BaseException as exc:
-            for sub in batch:
-                err = (
-                    self._database_error("submit", exc)
-                    if isinstance(exc, sqlite3.Error)
-                    else StoreError(f"{self._path}: submit failed: {exc!r}")
-                )
-                err.__cause__ = exc
-                sub.future.set_exception(err)
-            return
-        stats = self._stats
-        stats.commits += 1
-        stats.submit_batches += 1
-        stats.submits += len(batch)
-        stats.largest_batch = max(stats.largest_batch, len(batch))
-        for sub, outcome in zip(batch, outcomes, strict=True):
-            if isinstance(outcome, StoreError):
-                sub.future.set_exception(outcome)
-            else:
-                sub.future.set_result(outcome)
 
     def _database_error(self, what: str, exc: BaseException) -> StoreError:
         err = StoreError(f"{self._path}: {what} failed: {exc}")
@@ -544,7 +528,10 @@ class SQLiteStore:
         lifetime: float,
         routes: Sequence[str | None] | None = None,
     ) -> MessageInfo:
-        """Insert a message (or recognise it again); used by submit and by settle."""
+        """Insert a message (or recognise it again); used by submit and by settle.
+
+        Refuses (StoreError) before writing anything: callers rely on that.
+        """
         fingerprint = _fingerprint(message)
         row = conn.execute(_sql.SELECT_MESSAGE, (message.id,)).fetchone()
         if row is not None:
@@ -678,7 +665,10 @@ class SQLiteStore:
                     cursor.close()
             jobs: list[ClaimedJob] = []
             for mid in picked:
-                info = _load_message(conn, mid)
+                mrow = conn.execute(_sql.SELECT_MESSAGE, (mid,)).fetchone()
+                if mrow is None:
+                    raise UnknownMessage(f"no message with id {mid!r}")
+                info = _message_from_row(mrow)
                 claimed: list[RecipientRecord] = []
                 for row in conn.execute(rows_sql, (mid, transport, now)).fetchall():
                     r = _recipient_from_row(row)
@@ -686,7 +676,14 @@ class SQLiteStore:
                     _move(conn, r, nr, owner=owner, lease_until=until)
                     claimed.append(nr)
                 if claimed:
-                    jobs.append(ClaimedJob(info, tuple(claimed), transport, owner, until))
+                    # A small message's content comes with the claim: the transport
+                    # needs it next, and this saves a store round trip per message.
+                    content = (
+                        _read_blob(conn, int(mrow["blob_id"]))
+                        if info.size <= PREFETCH_LIMIT
+                        else None
+                    )
+                    jobs.append(ClaimedJob(info, tuple(claimed), transport, owner, until, content))
             return jobs
 
         return await self._write("claim", run)
