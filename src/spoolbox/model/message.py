@@ -254,6 +254,8 @@ def subject_of(content: bytes) -> str:
                 value = line[8:].strip()
         if not value:
             return ""
+        if b"=?" not in value:  # no encoded words (RFC 2047): nothing to decode
+            return " ".join(value.decode("utf-8", "replace").split())[:200]
         text = str(make_header(decode_header(value.decode("utf-8", "replace"))))
         return " ".join(text.split())[:200]
     except Exception:
