@@ -11,8 +11,10 @@ Systems, each run against the same mailbox restored from the same snapshot:
 * ``spoolbox``: ``Spooler`` in this process on a ``SQLiteStore`` (WAL,
   ``synchronous=FULL``) with the ``imap`` transport (``tls = "none"``,
   ``after_fetch = "keep"``, ``idle = false``); ``await spooler.flush(upload=False)``,
-  then ``wait_inbox(N)`` confirms all N are in the inbox.  Each message is committed
-  with its UID watermark in one transaction (one fsync) before the next is fetched.
+  then ``wait_inbox(N)`` confirms all N are in the inbox.  The IMAP transport fetches
+  up to 64 messages per ``UID FETCH`` and the spooler commits them, with the UID
+  watermark of the last one, in one transaction (one fsync; group commit, see
+  ``Policy.inbound_commit_batch``): nothing is reported received before its commit.
   The clock starts before ``Spooler.open`` (logon included).
 * ``mbsync``: isync's ``mbsync`` with a temporary ``.mbsyncrc``: the IMAP INBOX
   pulled into a fresh local Maildir (``Sync Pull``, ``Create Near``, ``Expunge
