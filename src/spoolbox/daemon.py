@@ -36,7 +36,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import IO, Any
 
 from . import (
@@ -327,8 +327,9 @@ class Daemon:
         except ProfileError as exc:
             log.error("reload refused, keeping the running profile: %s", exc)
             return False
-        if new.daemon.socket != self.profile.daemon.socket:
-            log.warning("[daemon] socket changed: it takes effect at the next start")
+        for key in ("socket", "event_loop"):
+            if getattr(new.daemon, key) != getattr(self.profile.daemon, key):
+                log.warning("[daemon] %s changed: it takes effect at the next start", key)
         old_profile = self.profile
         self._ready.clear()
         for sub in list(self._subscribers):
@@ -506,6 +507,7 @@ class Daemon:
             "protocol": PROTOCOL_VERSION,
             "started_at": self.started_at,
             "reloads": self.reloads,
+            "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
         }
 
     async def op_submit(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -799,4 +801,29 @@ def run_daemon(
         holder["d"] = d
         return await d.run()
 
-    return asyncio.run(main())
+    try:
+        runner = event_loop_runner(profile.daemon.event_loop)
+    except ImportError as exc:
+        raise ProfileError(profile.path, str(exc), "[daemon] event_loop") from None
+    return runner(main())
+
+
+def event_loop_runner(choice: str) -> Callable[[Coroutine[Any, Any, int]], int]:
+    """``asyncio.run`` or ``uvloop.run`` for ``[daemon] event_loop``.
+
+    ``auto`` takes uvloop when it is installed: libuv's event loop and transports cut
+    the per-message cost of the daemon's network I/O (see docs/benchmarks.md, relay).
+    ``uvloop`` insists on it; ``asyncio`` is the standard library's loop.
+    """
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise ImportError(
+                    '"uvloop" is asked for, but uvloop is not installed '
+                    "(pip install uvloop; it is a dependency of spoolbox on Linux and macOS)"
+                ) from None
+        else:
+            return uvloop.run
+    return asyncio.run

@@ -95,12 +95,17 @@ class StoreSettings:
     synchronous: str = "FULL"
 
 
+#: ``[daemon] event_loop`` values.
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+
+
 @dataclass(frozen=True, slots=True)
 class DaemonSettings:
     socket: Path
     pid_file: Path
     nice: int = 10
     log_level: str = "INFO"
+    event_loop: str = "auto"  # "auto" (uvloop if installed), "uvloop" or "asyncio"
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,11 +329,15 @@ def _build(
     nice = dm.integer("nice", 10)
     if not 0 <= nice <= 19:
         raise dm.error("nice", f"expected an integer from 0 to 19, got {nice}")
+    event_loop = dm.text("event_loop", "auto") or "auto"
+    if event_loop not in EVENT_LOOPS:
+        raise dm.error("event_loop", f'expected "auto", "uvloop" or "asyncio", got {event_loop!r}')
     daemon = DaemonSettings(
         socket=under_data(dm.text("socket", "spoolbox.sock") or ""),
         pid_file=under_data(dm.text("pid_file", "spoolbox.pid") or ""),
         nice=nice,
         log_level=level,
+        event_loop=event_loop,
     )
     if len(os.fsencode(daemon.socket)) > 100:
         raise dm.error(
@@ -612,6 +621,7 @@ socket = "spoolbox.sock"    # the local API (a Unix socket, mode 0600)
 pid_file = "spoolbox.pid"
 nice = 10                   # CPU priority is lowered by this much (0: not at all)
 log_level = "info"
+event_loop = "auto"         # "auto": uvloop if installed (faster), else asyncio's own
 
 [policy]
 idle = "always"             # "always" (the daemon runs at a lowered priority) or "loop-lag"

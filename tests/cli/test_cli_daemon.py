@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import smtplib
 import stat
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
+
+import pytest
 
 from conftest import CLI, Daemons, Home, wait_until
 from spoolbox.client import Client
@@ -271,3 +274,41 @@ def test_ctrl_c_cancels_a_flush_cleanly(home: Home, daemons: Daemons) -> None:
         assert home.json("queue", "show", mid)["state"] in ("queued", "active", "deferred")
     finally:
         silent.close()
+
+
+@pytest.mark.parametrize("loop", ["auto", "asyncio", "uvloop"])
+def test_event_loop_choice_serves_the_smtp_listener_and_delivers(
+    home: Home, daemons: Daemons, loop: str
+) -> None:
+    """``[daemon] event_loop``: the daemon runs on the loop asked for (``auto`` is uvloop,
+    a dependency on Linux), and the listener, the store and delivery work on it."""
+    text = home.profile.read_text()
+    assert 'event_loop = "auto"' in text  # the default profile says it
+    text = text.replace('event_loop = "auto"', f'event_loop = "{loop}"', 1)
+    # What comes in over SMTP goes to the Maildir transport of the default profile.
+    text = text.replace(
+        "[listeners.submission]\n",
+        '[listeners.submission]\ndefault_address_type = "MAILDIR"\n',
+        1,
+    )
+    home.profile.write_text(text)
+    daemons.start(home)
+    ping = Client(home.profile).ping()
+    assert ping["event_loop"] == ("asyncio" if loop == "asyncio" else "uvloop")
+
+    def listening() -> str:
+        rows = {r["name"]: r for r in home.json("status")["rows"]}
+        return str(rows.get("listener:submission", {}).get("status", ""))
+
+    wait_until("the listener", lambda: listening().startswith("listening on"))
+    port = int(listening().rsplit(":", 1)[1])
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        code, _ = client.ehlo()
+        assert code == 250
+        refused = client.sendmail(
+            "alice@example.org",
+            ["bob@example.org"],
+            b"Subject: over SMTP on " + loop.encode() + b"\r\n\r\nhello\r\n",
+        )
+        assert refused == {}
+    wait_until("delivery", lambda: list(home.delivered()) == [f"over SMTP on {loop}"])

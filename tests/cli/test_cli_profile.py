@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,7 @@ def test_default_profile_loads_with_maildir_and_listener(tmp_path: Path) -> None
         ('[policy]\nretry_cap = "soon"\n', "[policy] retry_cap", "expected a duration"),
         ("[policy]\nclaim_batch = 1.5\n", "[policy] claim_batch", "expected an integer"),
         ("[daemon]\nnice = 40\n", "[daemon] nice", "from 0 to 19"),
+        ('[daemon]\nevent_loop = "trio"\n', "[daemon] event_loop", '"uvloop" or "asyncio"'),
         ('[identities]\nsenders = ["nobody"]\n', "[identities] senders[0]", "TYPE:value"),
         (
             '[[transports]]\nname = "a"\nprovider = "maildir"\nfoo = 1\n',
@@ -128,3 +130,19 @@ def test_log_filter_redacts_secrets() -> None:
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "pw is %s", ("hunter2",), None)
     assert RedactingFilter(lambda: frozenset({"hunter2"})).filter(record)
     assert record.getMessage() == "pw is ***"
+
+
+def test_event_loop_runner_without_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    import uvloop
+
+    from spoolbox.daemon import event_loop_runner
+
+    assert event_loop_runner("auto") is uvloop.run
+    assert event_loop_runner("uvloop") is uvloop.run
+    assert event_loop_runner("asyncio") is asyncio.run
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed
+    assert event_loop_runner("auto") is asyncio.run
+    with pytest.raises(ImportError, match="uvloop is not installed"):
+        event_loop_runner("uvloop")

@@ -45,7 +45,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import Any
+from typing import Any, cast
 
 from ..model import Address, AddressError, MessageError, NewMessage, new_message_id
 from ._smtp_server import (
@@ -170,15 +170,15 @@ class _Connection(asyncio.Protocol):
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A duck-typed transport: uvloop's are not asyncio.Transport subclasses.
+        self.transport = cast(asyncio.Transport, transport)
         self.peer = transport.get_extra_info("peername")
         listener = self._listener
         listener._connections.add(self)
         listener._count("connections")
         self._last = self._loop.time()
         self._timer = self._loop.call_later(listener.config.idle_timeout, self._on_idle)
-        transport.write(self.machine.data_to_send())
+        self.transport.write(self.machine.data_to_send())
 
     def data_received(self, data: bytes) -> None:
         self.machine.receive_data(data)
@@ -355,8 +355,7 @@ class _Connection(asyncio.Protocol):
             return
         if tls is None or self.transport is None:
             return
-        assert isinstance(tls, asyncio.Transport)
-        self.transport = tls
+        self.transport = tls  # (uvloop: not an asyncio.Transport subclass; do not assert)
         self.machine.tls_started()
         self._last = self._loop.time()
         self._run()
