@@ -219,7 +219,12 @@ class SpoolboxDaemon(_Closing):
     name = "spoolbox"
 
     def __init__(
-        self, workdir: Path, sink_port: int, max_connections: int = 10, synchronous: str = "FULL"
+        self,
+        workdir: Path,
+        sink_port: int,
+        max_connections: int = 10,
+        synchronous: str = "FULL",
+        event_loop: str = "auto",
     ) -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True)
@@ -238,6 +243,7 @@ synchronous = "{synchronous}"
 [daemon]
 nice = 0
 log_level = "warning"
+event_loop = "{event_loop}"
 
 [policy]
 idle = "always"

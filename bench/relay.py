@@ -18,7 +18,8 @@ run (the order rotates from run to run):
   ``synchronous = "FULL"`` (a message is committed and fsynced before the listener
   answers 250 to its final dot), the SMTP submission listener, the ``smtp`` transport
   to the sink (``tls = "none"``, ``max_connections = 10``), ``[policy] idle =
-  "always"``, ``[daemon] nice = 0``;
+  "always"``, ``[daemon] nice = 0`` and ``event_loop`` from ``--event-loop`` (default
+  ``auto``: uvloop);
 * ``postfix``: a private Postfix instance (own config, queue and data directories in
   the temporary directory, ``postfix -c DIR start``) with ``relayhost`` the sink and
   ``smtp_destination_concurrency_limit = 10``; cleanup(8) fsyncs each queue file
@@ -33,6 +34,7 @@ peer measured in the same run).
 (install it with ``.venv/bin/pip install py-spy``) and prints, for each busy thread of
 the daemon, where its wall-clock time went (leaf frames with line numbers) and what it
 was inside of, from the collapsed stacks it writes to ``DIR/relay.txt``.
+``--event-loop asyncio`` runs the daemon on the standard library's loop instead.
 ``--synchronous NORMAL|OFF`` runs spoolbox's store without fsync at commit: a
 diagnostic of what the fsyncs cost, not a durable configuration.
 
@@ -83,7 +85,9 @@ def system_under_test(
     if name == "wire":
         yield sink.port, None
     elif name == "spoolbox":
-        with SpoolboxDaemon(workdir, sink.port, args.max_connections, args.synchronous) as sb:
+        with SpoolboxDaemon(
+            workdir, sink.port, args.max_connections, args.synchronous, args.event_loop
+        ) as sb:
             yield sb.port, sb
     else:
         with PostfixRelay(workdir, sink.port, args.max_connections) as pf:
@@ -134,7 +138,9 @@ def profile_spoolbox(root: Path, args: argparse.Namespace) -> None:
     raw = out_dir / "relay.txt"
     with (
         Sink() as sink,
-        SpoolboxDaemon(root / "profile", sink.port, args.max_connections, args.synchronous) as sb,
+        SpoolboxDaemon(
+            root / "profile", sink.port, args.max_connections, args.synchronous, args.event_loop
+        ) as sb,
     ):
         batch(sb.port, sink, args.warmup, args)
         time.sleep(0.5)
@@ -214,6 +220,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="FULL",
         help="spoolbox's [store] synchronous; anything but FULL is a diagnostic, not durable",
     )
+    p.add_argument(
+        "--event-loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
+        help="spoolbox's [daemon] event_loop (auto: uvloop, installed with spoolbox)",
+    )
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--dir", type=Path, default=None, help="directory on the disk to test")
     p.add_argument("--json", type=Path, default=None)
@@ -262,7 +274,8 @@ def print_table(
 
     print(
         f"\n{args.messages} messages of {args.size} body bytes, smtp-source -s {args.sessions}, "
-        f"{len(runs)} runs (medians); spoolbox synchronous={args.synchronous}; {machine()}"
+        f"{len(runs)} runs (medians); spoolbox synchronous={args.synchronous}, "
+        f"event_loop={args.event_loop}; {machine()}"
     )
     print(
         "| system | relay time s | msg/s | smtp-source done s | ratio to postfix "
