@@ -47,6 +47,7 @@ runs, and ratios of spoolbox to the faster peer, each a median of per-run ratios
 Run it::
 
     .venv/bin/python bench/drain_vs_django.py --runs 5 [--messages 2000] [--json out.json]
+        [--event-loop asyncio|uvloop]   # spoolbox's process loop; asyncio by default
 """
 
 from __future__ import annotations
@@ -545,6 +546,12 @@ def report(runs: list[dict[str, dict[str, Any]]], args: argparse.Namespace) -> d
     return {"medians": med, "ratios": ratios}
 
 
+def uvloop_run() -> Any:
+    import uvloop  # a dependency of spoolbox on Linux
+
+    return uvloop.run
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="drain from the API: spoolbox vs Django mailers")
     p.add_argument("--runs", type=int, default=5)
@@ -554,6 +561,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--peers-venv", type=Path, default=DEFAULT_VENV)
     p.add_argument("--only", choices=SYSTEMS, action="append", help="run only these systems")
     p.add_argument("--profile", type=Path, default=None, help="pyinstrument the spoolbox drain")
+    p.add_argument(
+        "--event-loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the loop spoolbox's process runs on (the application's choice when embedded)",
+    )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     if not os.path.exists(SMTP_SINK):
@@ -562,7 +575,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     systems = tuple(args.only or SYSTEMS)
     python = peers_python(args.peers_venv) if set(systems) & set(PEERS) else None
     versions = peer_versions(python) if python is not None else {}
-    print(f"python {platform.python_version()}, {platform.platform()}, peers {versions}")
+    print(
+        f"python {platform.python_version()}, {platform.platform()}, peers {versions}, "
+        f"spoolbox on {args.event_loop}"
+    )
     runs: list[dict[str, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="drain-bench-") as tmp:
         root = Path(tmp)
@@ -576,7 +592,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 res: dict[str, dict[str, Any]] = {}
                 for system in order:
                     if system == "spoolbox":
-                        res[system] = asyncio.run(
+                        runner = asyncio.run if args.event_loop == "asyncio" else uvloop_run()
+                        res[system] = runner(
                             spoolbox_run(
                                 root,
                                 sink,
