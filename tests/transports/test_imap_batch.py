@@ -10,6 +10,7 @@ import imaplib
 import logging
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -129,9 +130,10 @@ async def test_batches_exactly_once(
     fetches: list[int] = []
     original = imap_module._Connection.fetch_many
 
-    async def counting(self: Any, uids: Sequence[int]) -> dict[int, bytes]:
+    async def counting(self: Any, uids: Sequence[int], size: int = 0) -> dict[int, bytes]:
         fetches.append(len(uids))
-        return await original(self, uids)
+        assert size > 0 or len(uids) == 1  # the time limit knows how much is coming
+        return await original(self, uids, size)
 
     mp = pytest.MonkeyPatch()
     mp.setattr(imap_module._Connection, "fetch_many", counting)
@@ -230,11 +232,11 @@ async def test_message_expunged_between_search_and_fetch(
     original = imap_module._Connection.fetch_many
     done: list[int] = []
 
-    async def expunge_first(self: Any, uids: Sequence[int]) -> dict[int, bytes]:
+    async def expunge_first(self: Any, uids: Sequence[int], size: int = 0) -> dict[int, bytes]:
         if not done:
             done.append(4)
             await asyncio.to_thread(expunge, dovecot, user, 4)
-        return await original(self, uids)
+        return await original(self, uids, size)
 
     mp = pytest.MonkeyPatch()
     mp.setattr(imap_module._Connection, "fetch_many", expunge_first)
@@ -334,3 +336,24 @@ async def test_fetch_many_parses_literals_and_uids() -> None:
 async def test_fetch_many_is_strict(lines: list[Any]) -> None:
     with pytest.raises(imap_module._ProtocolError):
         await _conn(lines).fetch_many([5])
+
+
+async def test_a_ranged_fetch_has_one_time_limit_for_its_size() -> None:
+    """With the batch's size known, the fetch runs without aioimaplib's per-line timer
+    (``timeout=None``) under one limit: the timeout plus the size at 64 KiB/s."""
+    conn = _conn([])
+    conn.settings = replace(conn.settings, timeout=0.05)
+    seen: list[Any] = []
+
+    async def hang(*args: Any, timeout: Any = "unset") -> _Resp:
+        seen.append(timeout)
+        await asyncio.sleep(60)
+        raise AssertionError("not reached")
+
+    conn.imap = types.SimpleNamespace(protocol=types.SimpleNamespace(uid=hang))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        await conn.fetch_many([5, 6], size=64 * 1024 // 10)  # limit 0.05 + 0.1 s
+    assert seen == [None]
+    assert loop.time() - started >= 0.15

@@ -925,6 +925,13 @@ class TransportHost:
         failure, the after_rollback callbacks in message order."""
         sp = self.spooler
         section = self.profile.section if self.profile else f"transport:{self.name}"
+        # The provider's state of the whole batch, merged in message order (the last
+        # value of a key wins, None deletes): written once, with the last message, in
+        # the same transaction as all of them.
+        state: dict[str, Any] = {}
+        for writer, _received_at in batch:
+            state.update(writer.state)
+        last = len(batch) - 1
         items = [
             (
                 InboundMessage(
@@ -935,9 +942,9 @@ class TransportHost:
                     received_at=received_at,
                     remote_id=writer.remote_id,
                 ),
-                {section: writer.state} if writer.state else None,
+                {section: state} if state and i == last else None,
             )
-            for writer, received_at in batch
+            for i, (writer, received_at) in enumerate(batch)
         ]
         try:
             if len(items) == 1:
@@ -959,16 +966,13 @@ class TransportHost:
             for writer, _received_at in batch:
                 await self._run_callbacks(writer.rollback_callbacks, "after_rollback callback")
             return 0
-        if self.profile is not None:
-            for writer, _received_at in batch:
-                if writer.state:
-                    self.profile._merged(writer.state)
+        if self.profile is not None and state:
+            self.profile._merged(state)
         self.bump("received", len(entries))
         if self.flushing & FlushFlags.DOWNLOAD:
             self.flush_done += len(entries)
             self.flush_bytes += sum(entry.size for entry in entries)
-        for entry in entries:
-            sp.received(entry)
+        sp.received(entries)
         # Still under the inbound lock, so no start_message can hand out the
         # source items again before the callbacks have removed them.
         for writer, _received_at in batch:

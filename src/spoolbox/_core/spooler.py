@@ -680,8 +680,9 @@ class Spooler:
         )
 
     # -- internal: events from hosts -------------------------------------------------------
-    def received(self, entry: InboxEntry) -> None:
-        self.counters["received"] += 1
+    def received(self, entries: Sequence[InboxEntry]) -> None:
+        """Inbound messages were committed (one status update per batch)."""
+        self.counters["received"] += len(entries)
         if SPOOLER_ROW in self.status:
             self.status.update(SPOOLER_ROW, counters=dict(self.counters))
         self._received_event.set()
