@@ -423,6 +423,8 @@ class IMAPSession(BaseTransportSession):
         self._buffer: collections.deque[tuple[int, int, bytes]] = collections.deque()
         self._inflight: list[int] = []  # handed out, neither committed nor rolled back
         self._removing: list[int] = []  # committed, to delete or move
+        self._prefetch: asyncio.Task[None] | None = None  # the next range, while we commit
+        self._generation = 0  # bumped by a rollback: a fetch in flight is then stale
         self._idle_task: asyncio.Task[None] | None = None
         self._warned_validity: int | None = None
         self.fetched = 0
@@ -584,13 +586,41 @@ class IMAPSession(BaseTransportSession):
                     break
                 take.append(uid)
                 total += size
+            generation = self._generation
             got = await conn.fetch_many(take, total) if take else {}
+            if generation != self._generation or queue is not self._queue:
+                return  # a rollback rebuilt the queue meanwhile: these UIDs are in it again
             # Everything up to the last UID asked for is done with: fetched now, or gone.
             last = take[-1] if take else head[-1]
             while queue and queue[0] <= last:
                 queue.popleft()
             v = conn.uidvalidity
             self._buffer.extend((v, uid, got[uid]) for uid in take if got.get(uid))
+
+    async def _prefetch_next(self) -> None:
+        """The next range into the buffer, in the background (under the connection's
+        lock, so start_message waits for it).  A failure here is only logged: the
+        next start_message fetches again and reports it."""
+        try:
+            async with self._lock:
+                if self._buffer or not self._queue:
+                    return
+                conn = await self._connection()
+                await self._fill(conn)
+        except (OSError, TimeoutError, aioimaplib.AioImapException, _ProtocolError) as exc:
+            self._network_error("fetching ahead (retried)", exc)
+        finally:
+            self._prefetch = None
+
+    async def _stop_prefetch(self) -> None:
+        task, self._prefetch = self._prefetch, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if self._conn is not None:
+                self._conn.abort()  # cut mid-response: the session is out of step
+                self._conn = None
 
     async def _remove_committed(self, conn: _Connection) -> None:
         """Delete or move the committed messages collected so far, in one go."""
@@ -631,6 +661,12 @@ class IMAPSession(BaseTransportSession):
             v, uid, data = self._buffer.popleft()
             self._inflight.append(uid)
             more = bool(self._buffer or self._queue)
+            if not self._buffer and self._queue and self._prefetch is None:
+                # The last message fetched is handed out: fetch the next range now, so
+                # that Dovecot's answer comes while the spooler commits this batch.
+                self._prefetch = asyncio.create_task(
+                    self._prefetch_next(), name=f"{self.support.transport_name}-imap-prefetch"
+                )
 
         def rolled_back() -> None:
             self._rolled_back(uid)
@@ -656,6 +692,7 @@ class IMAPSession(BaseTransportSession):
         fetched after it (the buffer goes back to the queue too)."""
         with contextlib.suppress(ValueError):
             self._inflight.remove(uid)
+        self._generation += 1
         again = {uid} | {u for _v, u, _data in self._buffer} | set(self._queue)
         self._buffer.clear()
         self._queue = collections.deque(sorted(again))
@@ -779,6 +816,7 @@ class IMAPSession(BaseTransportSession):
     # -- logoff ---------------------------------------------------------------------------
     async def logoff(self, flags: LogoffFlags) -> None:
         await self._stop_idle()
+        await self._stop_prefetch()
         conn, self._conn = self._conn, None
         if conn is not None:
             if flags & LogoffFlags.HURRY:
