@@ -264,12 +264,19 @@ def test_ctrl_c_cancels_a_flush_cleanly(home: Home, daemons: Daemons) -> None:
             wait_until("the relay flush to start", flushing)
             time.sleep(0.3)
             flush.send_signal(signal.SIGINT)
-            out, err = flush.communicate(timeout=30)
+            try:
+                # The client waits up to 30 s for the daemon's last answer after it
+                # asked to cancel; give it more than that, so a slow daemon shows.
+                out, err = flush.communicate(timeout=45)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(
+                    "the flush command did not end after SIGINT; daemon log:\n" + _log(home)
+                ) from None
         finally:
             if flush.poll() is None:
                 flush.kill()
                 flush.communicate()
-        assert flush.returncode == 130, (out, err)
+        assert flush.returncode == 130, (out, err, _log(home))
         wait_until("the flush bit to clear", lambda: not flushing())
         assert home.json("queue", "show", mid)["state"] in ("queued", "active", "deferred")
     finally:
