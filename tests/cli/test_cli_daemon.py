@@ -146,6 +146,10 @@ def test_sighup_reloads_a_changed_transport_option(home: Home, daemons: Daemons)
     assert daemons.stop(proc) == 0
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _log(home: Home) -> str:
     return "".join(p.read_text(errors="replace") for p in home.path.glob("daemon-*.log"))
 
@@ -254,6 +258,9 @@ def test_ctrl_c_cancels_a_flush_cleanly(home: Home, daemons: Daemons) -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=home.path,
+            # As at a terminal: a test run started in the background (`make test &`,
+            # nohup) inherits SIGINT ignored, and the command would never see Ctrl-C.
+            preexec_fn=_default_sigint,
         )
         try:
 
