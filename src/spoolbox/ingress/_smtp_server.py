@@ -26,7 +26,8 @@ What it decides on its own:
   CRLF, RFC 5321 section 4.5.3.1.4; MAIL and AUTH get the room their extensions add;
   longer is ``500 5.5.2``);
 * NOOP, RSET, QUIT, HELP, VRFY (``252``), HELO/EHLO and the EHLO keywords;
-* the paths of MAIL and RCPT: angle brackets required, ``<>`` is the null sender,
+* the paths of MAIL and RCPT: angle brackets (may be left out: the first word is then
+  the address), ``<>`` is the null sender,
   source routes are refused, ``SIZE=`` and ``BODY=`` checked, any other parameter
   ``555``; the SIZE limit (``552 5.3.4``) and the recipient limit (``452 4.5.3``);
 * the DATA rules: size limit (``552 5.3.4``), text lines longer than
