@@ -9,13 +9,14 @@ import asyncio
 import imaplib
 import logging
 import types
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import dovecot_server as dc
 import pytest
+from mailbox_kit import FAST, NO_POLL, WAIT, eventually, imap_options, inbox, message
 
 from spoolbox import AlwaysIdle, Policy, Spooler, SpoolerConfig, SQLiteStore, TransportConfig
 from spoolbox._core import host as host_module
@@ -25,87 +26,14 @@ from spoolbox.transports._mailbox import MailboxSettings
 
 pytestmark = pytest.mark.skipif(not dc.available(), reason=dc.SKIP_REASON)
 
-FAST = Policy(
-    poll_interval=0.2,
-    router_interval=0.02,
-    housekeeping_interval=0.05,
-    relogon_delay=0.05,
-    failure_backoff=0.05,
-    failure_backoff_cap=0.2,
-    retry_jitter=0.0,
-    shutdown_grace=2.0,
-)
-#: No polls: only the flushes of the test fetch (so the test knows what runs when).
-NO_POLL = Policy(
-    poll_interval=3600.0,
-    router_interval=0.02,
-    housekeeping_interval=0.05,
-    relogon_delay=0.05,
-    failure_backoff=0.05,
-    failure_backoff_cap=0.2,
-    shutdown_grace=2.0,
-)
-WAIT = 30.0
-
-
-def message(i: int, *, size: int = 0, tag: str = "b") -> bytes:
-    body = f"Message number {i}.\r\n".encode()
-    line = b"y" * 76 + b"\r\n"
-    body += line * (size // len(line))
-    head = (
-        f"From: sender{i}@example.org\r\nTo: bob@example.org\r\n"
-        f"Subject: message {i}\r\nMessage-ID: <{tag}-{i}@spoolbox.test>\r\n\r\n"
-    ).encode()
-    return head + body
-
-
-@pytest.fixture(scope="module")
-def dovecot() -> Iterator[dc.Dovecot]:
-    server = dc.start_dovecot()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def user(dovecot: dc.Dovecot) -> str:
-    return dovecot.add_user()
-
 
 def options(server: dc.Dovecot, user: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "host": server.host,
-        "port": server.imap_port,
-        "tls": "none",
-        "username": user,
-        "password": dc.PASSWORD,
-        "timeout": 20,
-        "idle": False,
-        **extra,
-    }
+    return imap_options(server, user, idle=False, **extra)
 
 
 def spooler(store: SQLiteStore, opts: dict[str, Any], policy: Policy = NO_POLL) -> Spooler:
     cfg = SpoolerConfig(transports=(TransportConfig("imap", "imap", options=opts),), policy=policy)
     return Spooler.open(cfg, store=store, idle=AlwaysIdle(), close_store=True)
-
-
-async def inbox(sp: Spooler) -> list[bytes]:
-    return [await sp.store.read_inbox(e.id) for e in await sp.store.list_inbox(limit=100_000)]
-
-
-async def eventually(pred: Callable[[], bool], what: str) -> None:
-    """``pred`` holds on two looks 0.2 s apart (Dovecot renames maildir files)."""
-    async with asyncio.timeout(WAIT):
-        while True:
-            if pred():
-                await asyncio.sleep(0.2)
-                if pred():
-                    break
-            else:
-                await asyncio.sleep(0.05)
-    assert pred(), what
 
 
 def expunge(server: dc.Dovecot, user: str, uid: int) -> None:

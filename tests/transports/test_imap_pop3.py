@@ -15,12 +15,21 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import dovecot_server as dc
 import pytest
+from mailbox_kit import (
+    FAST,
+    NO_POLL,
+    WAIT,
+    eventually,
+    imap_options,
+    inbox,
+    message,
+    pop3_options,
+)
 
 from spoolbox import (
     AlwaysIdle,
@@ -36,80 +45,7 @@ from spoolbox.transports.pop3 import POP3Provider
 
 pytestmark = pytest.mark.skipif(not dc.available(), reason=dc.SKIP_REASON)
 
-FAST = Policy(
-    poll_interval=0.2,
-    router_interval=0.02,
-    housekeeping_interval=0.05,
-    relogon_delay=0.05,
-    failure_backoff=0.05,
-    failure_backoff_cap=0.2,
-    retry_jitter=0.0,
-    shutdown_grace=2.0,
-)
-#: Polls so rare that only IDLE (NEWMAIL) can bring in what arrives later.
-NO_POLL = Policy(
-    poll_interval=3600.0,
-    router_interval=0.02,
-    housekeeping_interval=0.05,
-    relogon_delay=0.05,
-    failure_backoff=0.05,
-    failure_backoff_cap=0.2,
-    shutdown_grace=2.0,
-)
-WAIT = 30.0
 WORKER = Path(__file__).with_name("imap_crash_worker.py")
-
-
-def message(i: int, *, size: int = 0, tag: str = "t") -> bytes:
-    """A CRLF message with ``Message-ID: <tag-i@spoolbox.test>`` (``size`` pads the body)."""
-    body = f"Message number {i}.\r\n".encode()
-    if size:
-        line = b"x" * 76 + b"\r\n"
-        body += line * (size // len(line))
-    head = (
-        f"From: sender{i}@example.org\r\nTo: bob@example.org\r\n"
-        f"Subject: message {i}\r\nMessage-ID: <{tag}-{i}@spoolbox.test>\r\n\r\n"
-    ).encode()
-    return head + body
-
-
-# -- fixtures ---------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def dovecot() -> Iterator[dc.Dovecot]:
-    server = dc.start_dovecot()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def user(dovecot: dc.Dovecot) -> str:
-    return dovecot.add_user()
-
-
-def imap_options(server: dc.Dovecot, user: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "host": server.host,
-        "port": server.imap_port,
-        "tls": "none",
-        "username": user,
-        "password": dc.PASSWORD,
-        "timeout": 20,
-        **extra,
-    }
-
-
-def pop3_options(server: dc.Dovecot, user: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "host": server.host,
-        "port": server.pop3_port,
-        "tls": "none",
-        "username": user,
-        "password": dc.PASSWORD,
-        "timeout": 20,
-        **extra,
-    }
 
 
 def spooler(
@@ -119,24 +55,6 @@ def spooler(
         transports=(TransportConfig(name, provider or name, options=options),), policy=policy
     )
     return Spooler.open(cfg, store=SQLiteStore(db), idle=AlwaysIdle(), close_store=True)
-
-
-async def inbox(sp: Spooler) -> list[bytes]:
-    return [await sp.store.read_inbox(e.id) for e in await sp.store.list_inbox(limit=10_000)]
-
-
-async def eventually(pred: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    """Wait until ``pred`` holds on two polls 0.2 s apart: Dovecot renames maildir
-    files (flags, new/ to cur/), so one directory listing can miss a file."""
-    async with asyncio.timeout(timeout):
-        while True:
-            if pred():
-                await asyncio.sleep(0.2)
-                if pred():
-                    break
-            else:
-                await asyncio.sleep(0.05)
-    assert pred(), what
 
 
 @pytest.fixture
