@@ -8,19 +8,42 @@
 
 Both count the TCP connections they accepted and close every one of them on exit,
 so a test leaves no transport, task or socket behind.
+
+* :func:`smtp_sink`: Postfix's ``smtp-sink`` in its own process, for volume.
+* The spooler side of a test: :data:`FAST`, :func:`options`, :func:`open_spooler`,
+  :func:`send`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
+import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import pytest
 from aiosmtpd.smtp import SMTP as AiosmtpdSMTP
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
+
+from spoolbox import (
+    AlwaysIdle,
+    MessageState,
+    NewMessage,
+    Policy,
+    Spooler,
+    SpoolerConfig,
+    TransportConfig,
+)
+from spoolbox.model import RecipientRecord
 
 HOST = "127.0.0.1"
 
@@ -408,3 +431,93 @@ async def lockstep_server(ehlo: bytes, delay: float = 0.05) -> AsyncIterator[Loc
                 proto.transport.close()
         await server.wait_closed()
         await asyncio.sleep(delay * 2)  # let pending replies fire (they see the closed transport)
+
+
+# -- Postfix smtp-sink ----------------------------------------------------------------------------
+SMTP_SINK = "/usr/sbin/smtp-sink"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+@dataclass
+class Sink:
+    port: int
+    dump: Path  # smtp-sink -d: one file per accepted transaction
+    out: Path  # its -c output (counters)
+
+    def output(self) -> str:
+        return self.out.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def smtp_sink(out: Path, *extra: str) -> Iterator[Sink]:
+    """Postfix's ``smtp-sink -c -d DIR`` on a free loopback port (``extra``: more
+    options, such as ``-p`` not to announce PIPELINING).  Skips the test when it is
+    not installed (CI installs postfix)."""
+    if not os.path.exists(SMTP_SINK):
+        pytest.skip("smtp-sink not installed: apt-get install postfix")
+    # smtp-sink drops to "nobody" when run as root: the dump directory must be reachable
+    # for it, which pytest's private tmp_path is not.
+    dump = Path(tempfile.mkdtemp(prefix="spoolbox-smtp-sink-"))
+    dump.chmod(0o777)
+    port = free_port()
+    args = [SMTP_SINK, "-c", "-d", f"{dump}/m.", *extra]
+    if os.geteuid() == 0:
+        args += ["-u", "nobody"]
+    with open(out, "wb") as fh:
+        proc = subprocess.Popen([*args, f"{HOST}:{port}", "100"], stdout=fh, stderr=fh)
+    try:
+        for _ in range(200):
+            with contextlib.suppress(OSError), socket.create_connection((HOST, port), 0.2):
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"smtp-sink exited: {out.read_text()}")
+            time.sleep(0.02)
+        yield Sink(port, dump, out)
+    finally:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(dump, ignore_errors=True)
+
+
+# -- the spooler side -----------------------------------------------------------------------------
+FAST = Policy(
+    router_interval=0.02,
+    housekeeping_interval=0.05,
+    relogon_delay=0.05,
+    failure_backoff=0.05,
+    failure_backoff_cap=0.2,
+    retry_base=3600.0,  # a deferred recipient stays deferred for the test's lifetime
+    retry_jitter=0.0,
+    shutdown_grace=2.0,
+)
+WAIT = 20.0
+SHORT = {"greeting": 2.0, "mail": 2.0, "rcpt": 2.0, "data_init": 2.0, "data_term": 2.0}
+FINISHED = (MessageState.SENT, MessageState.FAILED, MessageState.DEFERRED, MessageState.CANCELLED)
+
+
+def options(port: int, **extra: Any) -> dict[str, Any]:
+    """The smtp transport's options for a server on ``port`` (short timeouts, no TLS)."""
+    return {"host": HOST, "port": port, "tls": "none", "timeouts": dict(SHORT), **extra}
+
+
+def open_spooler(opts: Mapping[str, Any]) -> Spooler:
+    cfg = SpoolerConfig(
+        transports=(TransportConfig("smtp", "smtp", options=dict(opts)),),
+        policy=FAST,
+        node="test-node",
+    )
+    return Spooler.open(cfg, idle=AlwaysIdle())
+
+
+async def send(
+    sp: Spooler, msg: NewMessage, states: tuple[MessageState, ...] = FINISHED
+) -> tuple[MessageState, list[RecipientRecord]]:
+    info = await sp.submit(msg)
+    state = await sp.wait_for(info.id, states, timeout=WAIT)
+    return state, list(await sp.store.recipients(info.id))

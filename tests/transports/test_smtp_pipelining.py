@@ -10,14 +10,7 @@ dialogue against a real implementation.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import re
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,60 +19,37 @@ import pytest
 from smtp_servers import (
     HOST,
     NO_PIPELINING_EHLO,
+    SHORT,
+    WAIT,
+    Sink,
     greet,
     line,
     lockstep_server,
+    open_spooler,
+    options,
     read_commands,
     read_data,
     scripted_server,
+    send,
     serve_rest,
+    smtp_sink,
 )
 
 from spoolbox import (
     Address,
-    AlwaysIdle,
     MessageState,
     NewMessage,
-    Policy,
     RecipientState,
-    Spooler,
-    SpoolerConfig,
-    TransportConfig,
 )
 from spoolbox.model import RecipientRecord
 
-FAST = Policy(
-    router_interval=0.02,
-    housekeeping_interval=0.05,
-    relogon_delay=0.05,
-    failure_backoff=0.05,
-    failure_backoff_cap=0.2,
-    retry_base=3600.0,  # a deferred recipient stays deferred for the test's lifetime
-    retry_jitter=0.0,
-    shutdown_grace=2.0,
-)
 CONTENT = (
     b"From: alice@example.org\r\nTo: bob@example.org\r\nSubject: hello\r\n"
     b"Message-ID: <hello@test>\r\n\r\nHello, Bob.\r\n.leading dot\r\n"
 )
 STUFFED = CONTENT.replace(b"\r\n.", b"\r\n..") + b".\r\n"
-WAIT = 20.0
-SHORT = {"greeting": 2.0, "mail": 2.0, "rcpt": 2.0, "data_init": 2.0, "data_term": 2.0}
 MAIL = b"MAIL FROM:<alice@example.org>"
 OK = b"250 2.0.0 Ok\r\n"
-
-
-def options(port: int, **extra: Any) -> dict[str, Any]:
-    return {"host": HOST, "port": port, "tls": "none", "timeouts": dict(SHORT), **extra}
-
-
-def open_spooler(opts: Mapping[str, Any]) -> Spooler:
-    cfg = SpoolerConfig(
-        transports=(TransportConfig("smtp", "smtp", options=dict(opts)),),
-        policy=FAST,
-        node="test-node",
-    )
-    return Spooler.open(cfg, idle=AlwaysIdle())
 
 
 def message(*names: str, content: bytes = CONTENT, null_sender: bool = False) -> NewMessage:
@@ -89,15 +59,6 @@ def message(*names: str, content: bytes = CONTENT, null_sender: bool = False) ->
         recipients=tuple(Address.parse(f"SMTP:{n}@example.org") for n in names),
         content=content,
     )
-
-
-FINISHED = (MessageState.SENT, MessageState.FAILED, MessageState.DEFERRED, MessageState.CANCELLED)
-
-
-async def send(sp: Spooler, msg: NewMessage) -> tuple[MessageState, list[RecipientRecord]]:
-    info = await sp.submit(msg)
-    state = await sp.wait_for(info.id, FINISHED, timeout=WAIT)
-    return state, list(await sp.store.recipients(info.id))
 
 
 async def send_with(
@@ -388,52 +349,17 @@ async def test_commands_wait_for_replies_only_without_pipelining(pipelining: boo
 
 
 # -- Postfix smtp-sink ------------------------------------------------------------------------
-SMTP_SINK = "/usr/sbin/smtp-sink"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 @pytest.fixture(params=["pipelining", "no-pipelining"])
-def smtp_sink(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[tuple[int, Path, Path, bool]]:
-    if not os.path.exists(SMTP_SINK):
-        pytest.skip("smtp-sink not installed: apt-get install postfix")
-    dump = Path(tempfile.mkdtemp(prefix="spoolbox-smtp-sink-"))  # reachable for "nobody"
-    dump.chmod(0o777)
-    out = tmp_path / "sink.out"
-    port = free_port()
-    args = [SMTP_SINK, "-c", "-d", f"{dump}/m."]
+def sink(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Sink, bool]]:
     pipelining = request.param == "pipelining"
-    if not pipelining:
-        args.append("-p")  # do not announce PIPELINING
-    if os.geteuid() == 0:
-        args += ["-u", "nobody"]
-    with open(out, "wb") as fh:
-        proc = subprocess.Popen([*args, f"{HOST}:{port}", "100"], stdout=fh, stderr=fh)
-    try:
-        for _ in range(200):
-            with contextlib.suppress(OSError), socket.create_connection((HOST, port), 0.2):
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"smtp-sink exited: {out.read_text()}")
-            time.sleep(0.02)
-        yield port, dump, out, pipelining
-    finally:
-        proc.kill()
-        proc.wait()
-        shutil.rmtree(dump, ignore_errors=True)
+    extra = () if pipelining else ("-p",)  # -p: do not announce PIPELINING
+    with smtp_sink(tmp_path / "sink.out", *extra) as running:
+        yield running, pipelining
 
 
-async def test_messages_through_postfix_smtp_sink(
-    smtp_sink: tuple[int, Path, Path, bool],
-) -> None:
-    port, dump, out, pipelining = smtp_sink
+async def test_messages_through_postfix_smtp_sink(sink: tuple[Sink, bool]) -> None:
+    running, pipelining = sink
+    port, dump = running.port, running.dump
     n = 60
     big = b"Message-ID: <big@test>\r\n\r\n" + (b"y" * 98 + b"\r\n") * 15_000  # streamed
     contents = [
@@ -459,5 +385,5 @@ async def test_messages_through_postfix_smtp_sink(
                     ids.add(m.group(1).decode())
             await asyncio.sleep(0.05)
     assert ids == {f"m{i}@test" for i in range(n)} | {"big@test"}
-    counts = re.findall(r"mesg=(\d+)", out.read_text(errors="replace"))
+    counts = re.findall(r"mesg=(\d+)", running.output())
     assert counts and int(counts[-1]) == n + 1

@@ -9,15 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
-import shutil
-import socket
 import ssl
-import subprocess
-import tempfile
-import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,25 +20,29 @@ from hypothesis import given
 from hypothesis import strategies as st
 from smtp_servers import (
     EHLO,
+    FINISHED,
     HOST,
+    SHORT,
+    WAIT,
     Recorder,
     ServerInfo,
+    Sink,
     aiosmtpd_server,
+    free_port,
     line,
+    open_spooler,
+    options,
     scripted_server,
+    send,
     smtp_dialogue,
+    smtp_sink,
 )
 
 from spoolbox import (
     Address,
-    AlwaysIdle,
     MessageState,
     NewMessage,
-    Policy,
     RecipientState,
-    Spooler,
-    SpoolerConfig,
-    TransportConfig,
 )
 from spoolbox.contract import Unconfigured
 from spoolbox.model import RecipientRecord
@@ -57,38 +55,13 @@ from spoolbox.transports.smtp import (
     clean_text,
 )
 
-FAST = Policy(
-    router_interval=0.02,
-    housekeeping_interval=0.05,
-    relogon_delay=0.05,
-    failure_backoff=0.05,
-    failure_backoff_cap=0.2,
-    retry_base=3600.0,  # a deferred recipient stays deferred for the test's lifetime
-    retry_jitter=0.0,
-    shutdown_grace=2.0,
-)
 CONTENT = (
     b"From: alice@example.org\r\nTo: bob@example.org\r\nSubject: hello\r\n"
     b"Message-ID: <hello@test>\r\n\r\nHello, Bob.\r\n"
 )
-WAIT = 20.0
-SHORT = {"greeting": 2.0, "mail": 2.0, "rcpt": 2.0, "data_init": 2.0, "data_term": 2.0}
 
 
 # -- helpers -------------------------------------------------------------------------------
-def options(port: int, **extra: Any) -> dict[str, Any]:
-    return {"host": HOST, "port": port, "tls": "none", "timeouts": dict(SHORT), **extra}
-
-
-def open_spooler(opts: Mapping[str, Any]) -> Spooler:
-    cfg = SpoolerConfig(
-        transports=(TransportConfig("smtp", "smtp", options=dict(opts)),),
-        policy=FAST,
-        node="test-node",
-    )
-    return Spooler.open(cfg, idle=AlwaysIdle())
-
-
 def message(
     *rcpts: str, content: bytes = CONTENT, sender: str | None = "SMTP:alice@example.org"
 ) -> NewMessage:
@@ -99,17 +72,6 @@ def message(
     )
 
 
-FINISHED = (MessageState.SENT, MessageState.FAILED, MessageState.DEFERRED, MessageState.CANCELLED)
-
-
-async def send(
-    sp: Spooler, msg: NewMessage, states: tuple[MessageState, ...] = FINISHED
-) -> tuple[MessageState, list[RecipientRecord]]:
-    info = await sp.submit(msg)
-    state = await sp.wait_for(info.id, states, timeout=WAIT)
-    return state, list(await sp.store.recipients(info.id))
-
-
 async def send_with(
     opts: Mapping[str, Any], msg: NewMessage
 ) -> tuple[MessageState, list[RecipientRecord], str]:
@@ -117,13 +79,6 @@ async def send_with(
         state, recs = await send(sp, msg)
         row = sp.status["smtp"]
     return state, recs, row.status_string or ""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 # -- options ----------------------------------------------------------------------------------
@@ -659,42 +614,14 @@ async def test_auth_over_plaintext_when_allowed() -> None:
 
 
 # -- Postfix smtp-sink ------------------------------------------------------------------------
-SMTP_SINK = "/usr/sbin/smtp-sink"
-
-
 @pytest.fixture
-def smtp_sink(tmp_path: Path) -> Iterator[tuple[int, Path, Callable[[], str]]]:
-    if not os.path.exists(SMTP_SINK):
-        pytest.skip("smtp-sink not installed: apt-get install postfix")
-    # smtp-sink drops to "nobody" when run as root: the dump directory must be reachable
-    # for it, which pytest's private tmp_path is not.
-    dump = Path(tempfile.mkdtemp(prefix="spoolbox-smtp-sink-"))
-    dump.chmod(0o777)
-    out = tmp_path / "sink.out"
-    port = free_port()
-    args = [SMTP_SINK, "-c", "-d", f"{dump}/m."]
-    if os.geteuid() == 0:
-        args += ["-u", "nobody"]
-    with open(out, "wb") as fh:
-        proc = subprocess.Popen([*args, f"{HOST}:{port}", "100"], stdout=fh, stderr=fh)
-    try:
-        for _ in range(200):
-            with contextlib.suppress(OSError), socket.create_connection((HOST, port), 0.2):
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"smtp-sink exited: {out.read_text()}")
-            time.sleep(0.02)
-        yield port, dump, lambda: out.read_text(errors="replace")
-    finally:
-        proc.kill()
-        proc.wait()
-        shutil.rmtree(dump, ignore_errors=True)
+def sink(tmp_path: Path) -> Iterator[Sink]:
+    with smtp_sink(tmp_path / "sink.out") as running:
+        yield running
 
 
-async def test_200_messages_through_postfix_smtp_sink(
-    smtp_sink: tuple[int, Path, Callable[[], str]],
-) -> None:
-    port, dump, output = smtp_sink
+async def test_200_messages_through_postfix_smtp_sink(sink: Sink) -> None:
+    port, dump, output = sink.port, sink.dump, sink.output
     ids = [f"<m{i}.spoolbox@test>" for i in range(200)]
     async with open_spooler(options(port, max_connections=4)) as sp:
         infos = [
