@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from smtp_client import Raw
 
 from spoolbox import AlwaysIdle, Spooler, SpoolerConfig
 from spoolbox.ingress import ListenerConfig, SubmissionListener
@@ -27,39 +27,6 @@ async def listener(spooler: Spooler) -> AsyncIterator[SubmissionListener]:
     await lst.start()
     yield lst
     await lst.stop(grace=1.0)
-
-
-class Raw:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    async def reply(self) -> str:
-        lines = []
-        while True:
-            line = await self.reader.readline()
-            if not line:
-                raise ConnectionError("closed after: " + " | ".join(lines))
-            text = line.decode("ascii", "replace").rstrip("\r\n")
-            lines.append(text)
-            if text[3:4] != "-":
-                return "\n".join(lines)
-
-    async def replies(self, n: int) -> list[str]:
-        return [await self.reply() for _ in range(n)]
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def cmd(self, line: bytes) -> str:
-        await self.send(line + b"\r\n")
-        return await self.reply()
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self.writer.wait_closed()
 
 
 @pytest.fixture

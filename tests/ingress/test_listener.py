@@ -6,13 +6,14 @@ import asyncio
 import base64
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiosmtplib
 import pytest
+from smtp_client import Raw, serving
 
 from spoolbox import Address, AlwaysIdle, NewMessage, Spooler, SpoolerConfig, StoreError
 from spoolbox.ingress import ListenerConfig, SubmissionListener
@@ -27,67 +28,8 @@ async def spooler() -> AsyncIterator[Spooler]:
 
 
 @asynccontextmanager
-async def serving(
-    submit: Callable[[NewMessage], Awaitable[object]], **options: Any
-) -> AsyncIterator[SubmissionListener]:
-    options.setdefault("port", 0)
-    options.setdefault("hostname", "mx.test")
-    listener = SubmissionListener(submit, ListenerConfig(**options))
-    await listener.start()
-    try:
-        yield listener
-    finally:
-        await listener.stop(grace=1.0)
-
-
-class Client:
-    """A raw SMTP client on asyncio streams."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def connect(cls, port: int) -> Client:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        client = cls(reader, writer)
-        greeting = await client.reply()
-        assert greeting.startswith("220 ")
-        return client
-
-    async def reply(self) -> str:
-        lines = []
-        while True:
-            line = await self.reader.readline()
-            if not line:
-                raise ConnectionError("closed: " + " | ".join(lines))
-            text = line.decode("ascii", "replace").rstrip("\r\n")
-            lines.append(text)
-            if text[3:4] != "-":
-                return "\n".join(lines)
-
-    async def cmd(self, line: str | bytes) -> str:
-        data = line.encode() if isinstance(line, str) else line
-        self.writer.write(data + b"\r\n")
-        await self.writer.drain()
-        return await self.reply()
-
-    async def data(self, content: bytes) -> str:
-        reply = await self.cmd("DATA")
-        assert reply.startswith("354"), reply
-        self.writer.write(content + b".\r\n")
-        await self.writer.drain()
-        return await self.reply()
-
-    async def close(self) -> None:
-        self.writer.close()
-        with suppress(ConnectionError, OSError):
-            await self.writer.wait_closed()
-
-
-@asynccontextmanager
-async def client(port: int) -> AsyncIterator[Client]:
-    c = await Client.connect(port)
+async def client(port: int) -> AsyncIterator[Raw]:
+    c = await Raw.connect(port)
     try:
         yield c
     finally:
@@ -404,7 +346,7 @@ async def test_stop_lets_a_transaction_in_progress_finish(spooler: Spooler) -> N
     listener = SubmissionListener(slow_submit, ListenerConfig(port=0, shutdown_grace=30))
     await listener.start()
     port = listener.port
-    c = await Client.connect(port)
+    c = await Raw.connect(port)
     try:
         await c.cmd("EHLO client.test")
         await c.cmd("MAIL FROM:<alice@example.org>")

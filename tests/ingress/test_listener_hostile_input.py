@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import shutil
 import ssl
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from smtp_client import Raw, serving
 
 from spoolbox import NewMessage
-from spoolbox.ingress import ListenerConfig, SubmissionListener
 
+GREETING = "220 mx.test "
 MESSAGE = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: t\r\n\r\nbody\r\n"
 
 
@@ -31,56 +29,9 @@ class Recorder:
         return message
 
 
-@contextlib.asynccontextmanager
-async def serving(submit: Any, **options: Any) -> AsyncIterator[SubmissionListener]:
-    listener = SubmissionListener(submit, ListenerConfig(port=0, hostname="mx.test", **options))
-    await listener.start()
-    try:
-        yield listener
-    finally:
-        await listener.stop(grace=1.0)
-
-
-class Raw:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def connect(cls, port: int, *, greeting: bool = True) -> Raw:
-        raw = cls(*await asyncio.open_connection("127.0.0.1", port))
-        if greeting:
-            assert (await raw.reply()).startswith("220 mx.test ")
-        return raw
-
-    async def reply(self) -> str:
-        lines: list[str] = []
-        while True:
-            line = await asyncio.wait_for(self.reader.readline(), 5)
-            if not line:
-                raise ConnectionError("closed after: " + " | ".join(lines))
-            text = line.decode("ascii", "replace").rstrip("\r\n")
-            lines.append(text)
-            if text[3:4] != "-":
-                return "\n".join(lines)
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def cmd(self, line: bytes) -> str:
-        await self.send(line + b"\r\n")
-        return await self.reply()
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self.writer.wait_closed()
-
-
 async def test_command_line_over_512_octets() -> None:
     async with serving(Recorder()) as listener:
-        raw = await Raw.connect(listener.port)
+        raw = await Raw.connect(listener.port, greeting=GREETING)
         await raw.cmd(b"EHLO x.test")
         assert (await raw.cmd(b"NOOP " + b"x" * 505)).startswith("250")  # 512 with CRLF
         assert (await raw.cmd(b"NOOP " + b"x" * 506)).startswith("500 5.5.2")
@@ -92,7 +43,7 @@ async def test_command_line_over_512_octets() -> None:
 async def test_smuggling_with_lf_dot_lf_is_refused_and_not_run_as_commands() -> None:
     submit = Recorder()
     async with serving(submit) as listener:
-        raw = await Raw.connect(listener.port)
+        raw = await Raw.connect(listener.port, greeting=GREETING)
         await raw.cmd(b"EHLO smuggle.test")
         await raw.cmd(b"MAIL FROM:<a@example.org>")
         await raw.cmd(b"RCPT TO:<b@example.org>")
@@ -112,7 +63,7 @@ async def test_smuggling_with_lf_dot_lf_is_refused_and_not_run_as_commands() -> 
 async def test_nul_in_commands() -> None:
     submit = Recorder()
     async with serving(submit) as listener:
-        raw = await Raw.connect(listener.port)
+        raw = await Raw.connect(listener.port, greeting=GREETING)
         assert (await raw.cmd(b"EH\x00LO x")).startswith("500")
         await raw.cmd(b"EHLO nul\x00.test")
         assert (await raw.cmd(b"MAIL FROM:<a\x00@example.org>")).startswith("553")
@@ -139,7 +90,7 @@ async def test_pipelined_transaction_in_one_segment_is_answered_in_order() -> No
         return await submit(message)
 
     async with serving(slow) as listener:
-        raw = await Raw.connect(listener.port)
+        raw = await Raw.connect(listener.port, greeting=GREETING)
         await raw.send(
             b"EHLO pipe.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n"
             b"RCPT TO:<c@example.org>\r\nDATA\r\n" + MESSAGE + b".\r\nNOOP\r\nQUIT\r\n"
@@ -168,7 +119,7 @@ async def test_a_client_that_half_closes_after_quit_gets_its_answers() -> None:
         return await submit(message)
 
     async with serving(slow) as listener:
-        raw = await Raw.connect(listener.port)
+        raw = await Raw.connect(listener.port, greeting=GREETING)
         await raw.send(
             b"EHLO nc.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n"
             b"DATA\r\n" + MESSAGE + b".\r\nQUIT\r\n"
@@ -185,7 +136,7 @@ async def test_a_client_that_half_closes_after_quit_gets_its_answers() -> None:
 
 async def test_commands_sent_before_the_greeting() -> None:
     async with serving(Recorder()) as listener:
-        raw = await Raw.connect(listener.port, greeting=False)
+        raw = await Raw.connect(listener.port, greeting=None)
         await raw.send(b"EHLO early.test\r\nNOOP\r\n")
         assert (await raw.reply()).startswith("220 mx.test ")
         assert (await raw.reply()).startswith("250-mx.test")
@@ -197,7 +148,7 @@ async def test_commands_sent_before_the_greeting() -> None:
 async def test_a_client_vanishing_mid_data_queues_nothing(tail: bytes) -> None:
     submit = Recorder()
     async with serving(submit) as listener:
-        raw = await Raw.connect(listener.port)
+        raw = await Raw.connect(listener.port, greeting=GREETING)
         await raw.cmd(b"EHLO gone.test")
         await raw.cmd(b"MAIL FROM:<a@example.org>")
         await raw.cmd(b"RCPT TO:<b@example.org>")
@@ -214,7 +165,7 @@ async def test_a_client_vanishing_mid_data_queues_nothing(tail: bytes) -> None:
 
 async def test_auth_with_bad_base64() -> None:
     async with serving(Recorder(), users={"ann": "pw"}, allow_plain_auth=True) as listener:
-        raw = await Raw.connect(listener.port)
+        raw = await Raw.connect(listener.port, greeting=GREETING)
         await raw.cmd(b"EHLO auth.test")
         assert (await raw.cmd(b"AUTH PLAIN not*base64")).startswith("501 5.5.2")
         assert (await raw.cmd(b"AUTH LOGIN")).startswith("334 ")
@@ -230,7 +181,7 @@ async def test_auth_with_bad_base64() -> None:
 
 async def test_idle_client_gets_421() -> None:
     async with serving(Recorder(), idle_timeout=0.2) as listener:
-        raw = await Raw.connect(listener.port)
+        raw = await Raw.connect(listener.port, greeting=GREETING)
         await raw.cmd(b"EHLO slow.test")
         assert (await raw.reply()).startswith("421 4.4.2")
         assert await raw.reader.read() == b""
@@ -256,7 +207,7 @@ def certificate(tmp_path: Path) -> Path:
 async def test_commands_pipelined_after_starttls_are_dropped(certificate: Path) -> None:
     submit = Recorder()
     async with serving(submit, tls_cert=str(certificate)) as listener:
-        raw = await Raw.connect(listener.port)
+        raw = await Raw.connect(listener.port, greeting=GREETING)
         await raw.cmd(b"EHLO tls.test")
         await raw.send(b"STARTTLS\r\nMAIL FROM:<injected@example.org>\r\n")
         assert (await raw.reply()).startswith("220 2.0.0")
