@@ -111,7 +111,6 @@ class TransportHost:
         self._held: dict[str, ClaimedJob] = {}  # claimed, not settled (leases renewed)
         self.active: dict[str, OutboundMessageImpl | InboundWriterImpl] = {}
         self.cancelled_refs: set[str] = set()  # cancelled while claimed, not started
-        self.inflight = 0  # claimed messages not finished yet (settled), batch included
         self.sending = 0  # messages inside submit_message / end_message right now
         self.critical_error = False
         self.stopping = False
@@ -145,6 +144,11 @@ class TransportHost:
         if value != self._types:
             self._types = value
             self.spooler._table = None  # the routing table changes with it
+
+    @property
+    def inflight(self) -> int:
+        """Messages claimed and not settled yet, those waiting for a lane included."""
+        return len(self._held)
 
     def __repr__(self) -> str:
         return (
@@ -490,9 +494,8 @@ class TransportHost:
                     jobs = await self._wait_for_jobs(sp.policy.claim_batch)
                     if not jobs:
                         return
-                    # In flight from the claim until settled, so a flush does not see
-                    # "nothing left" while jobs still wait for a lane.
-                    self.inflight += len(jobs)
+                    # Held (in flight) from the claim until settled, so a flush does
+                    # not see "nothing left" while jobs still wait for a lane.
                     for claimed in jobs:
                         self._held[claimed.message.id] = claimed
                     self._ready.extend(jobs)
@@ -501,7 +504,6 @@ class TransportHost:
                 await self._process(job)
             finally:
                 self._held.pop(job.message.id, None)
-                self.inflight -= 1
             # Between messages the foreground always gets its turn, however short each
             # message was (one slice per message at most).
             await checkpoint()
@@ -513,7 +515,6 @@ class TransportHost:
         while self._ready:
             job = self._ready.popleft()
             self._held.pop(job.message.id, None)
-            self.inflight -= 1
             with contextlib.suppress(Exception):
                 await sp.store.settle(
                     job.message.id,
