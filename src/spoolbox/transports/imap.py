@@ -424,7 +424,6 @@ class IMAPSession(BaseTransportSession):
         self._inflight: list[int] = []  # handed out, neither committed nor rolled back
         self._removing: list[int] = []  # committed, to delete or move
         self._prefetch: asyncio.Task[None] | None = None  # the next range, while we commit
-        self._generation = 0  # bumped by a rollback: a fetch in flight is then stale
         self._idle_task: asyncio.Task[None] | None = None
         self._warned_validity: int | None = None
         self.fetched = 0
@@ -586,9 +585,8 @@ class IMAPSession(BaseTransportSession):
                     break
                 take.append(uid)
                 total += size
-            generation = self._generation
             got = await conn.fetch_many(take, total) if take else {}
-            if generation != self._generation or queue is not self._queue:
+            if queue is not self._queue:
                 return  # a rollback rebuilt the queue meanwhile: these UIDs are in it again
             # Everything up to the last UID asked for is done with: fetched now, or gone.
             last = take[-1] if take else head[-1]
@@ -692,9 +690,10 @@ class IMAPSession(BaseTransportSession):
         fetched after it (the buffer goes back to the queue too)."""
         with contextlib.suppress(ValueError):
             self._inflight.remove(uid)
-        self._generation += 1
         again = {uid} | {u for _v, u, _data in self._buffer} | set(self._queue)
         self._buffer.clear()
+        # A new deque, not the old one refilled: a fetch in flight (_fill) sees that
+        # the queue it took its UIDs from is gone, and drops what it fetched.
         self._queue = collections.deque(sorted(again))
 
     async def _committed(self, uid: int, size: int, more: bool) -> None:
