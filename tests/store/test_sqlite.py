@@ -190,6 +190,49 @@ async def test_the_event_loop_runs_while_the_database_is_busy(tmp_path: Path) ->
         assert job.message.id == "m0001"
 
 
+async def test_a_write_waits_for_another_process_lock_in_short_pauses(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    async with SQLiteStore(path) as store:
+        with _raw(path) as other:
+            other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+            submit = asyncio.ensure_future(store.submit(_message(1), now=T0, lifetime=3600))
+            await asyncio.sleep(0.2)
+            assert not submit.done()
+            other.execute("COMMIT")
+            released = asyncio.get_running_loop().time()
+            info = await submit
+            waited_after_release = asyncio.get_running_loop().time() - released
+        assert info.id == "m0001"
+        stats = store.statistics()
+        assert stats["lock_waits"] == 1
+        assert 0.15 < float(stats["lock_wait_seconds"]) < 5  # type: ignore[arg-type]
+        # SQLite's own busy handler would sleep up to 100 ms between tries by now;
+        # ours polls at most every millisecond (generous bound for a noisy machine).
+        assert waited_after_release < 0.1
+        assert float(stats["write_seconds"]) > 0  # type: ignore[arg-type]
+    async with SQLiteStore(path) as again:
+        assert [s.info.id for s in await again.list_messages(state=None, limit=10, now=T0)] == [
+            "m0001"
+        ]
+
+
+async def test_a_lock_held_beyond_busy_timeout_fails_the_write_and_keeps_the_rest(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "spool.db"
+    async with SQLiteStore(path, busy_timeout=0.3) as store:
+        await store.submit(_message(1), now=T0, lifetime=3600)
+        with _raw(path) as other:
+            other.execute("BEGIN IMMEDIATE")
+            with pytest.raises(StoreError, match=r"submit failed.*locked"):
+                await store.submit(_message(2), now=T0, lifetime=3600)
+            other.execute("ROLLBACK")
+        await store.submit(_message(3), now=T0, lifetime=3600)
+        ids = [s.info.id for s in await store.list_messages(state=None, limit=10, now=T0)]
+        assert sorted(ids) == ["m0001", "m0003"]
+        assert store.statistics()["lock_waits"] == 1
+
+
 async def test_the_thread_ends_with_close(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "spool.db")
     await store.open()

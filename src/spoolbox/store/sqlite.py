@@ -44,6 +44,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -85,6 +86,10 @@ _T = TypeVar("_T")
 
 _SYNCHRONOUS_MODES: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
 _BUSY_TIMEOUT: Final = 30.0  # seconds a writer waits for another process's transaction
+#: Waiting for another process's write lock: first pause, then doubled up to the last.
+#: SQLite's own busy handler sleeps 1, 2, 5, 10 ... ms, far longer than our commits take.
+_LOCK_POLL_FIRST: Final = 50e-6
+_LOCK_POLL_MAX: Final = 1e-3
 _WRITE_BATCH: Final = 64  # writes sharing one transaction at most (group commit)
 #: Messages up to this size are read in the claim's transaction (ClaimedJob.content).
 PREFETCH_LIMIT: Final = 256 * 1024
@@ -132,6 +137,9 @@ class _Stats:
     submits: int = 0
     submit_batches: int = 0
     largest_batch: int = 0
+    lock_waits: int = 0  # transactions that found another process holding the lock
+    lock_wait_seconds: float = 0.0
+    write_seconds: float = 0.0  # holding the write lock (statements and COMMIT)
     pragmas: dict[str, object] = field(default_factory=dict)
 
 
@@ -143,10 +151,20 @@ class SQLiteStore:
     ``PRAGMA synchronous`` level: ``FULL`` (the default) makes every commit durable
     against power loss; ``NORMAL`` may lose the last commits on power loss (never
     on a process crash) and is for tests.  One store object serves one event loop;
-    several store objects (several processes) may share one file.
+    several store objects (several processes) may share one file: a write that finds
+    another one's transaction waits for it in short pauses, up to ``busy_timeout``
+    seconds (30), then fails with :class:`~spoolbox.store.base.StoreError`.
+    ``statistics()`` counts these waits (``lock_waits``, ``lock_wait_seconds``) and the
+    time this store held the write lock (``write_seconds``).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL") -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "FULL",
+        busy_timeout: float = _BUSY_TIMEOUT,
+    ) -> None:
         mode = synchronous.upper()
         if mode not in _SYNCHRONOUS_MODES:
             raise ValueError(
@@ -154,6 +172,7 @@ class SQLiteStore:
             )
         self._path = os.fspath(path)
         self._synchronous = mode
+        self._busy_timeout = float(busy_timeout)
         self._jobs: queue.SimpleQueue[_Job | _Signal] = queue.SimpleQueue()
         self._pending: list[_Submission] = []
         self._pending_lock = threading.Lock()
@@ -184,6 +203,9 @@ class SQLiteStore:
             "submits": s.submits,
             "submit_batches": s.submit_batches,
             "largest_batch": s.largest_batch,
+            "lock_waits": s.lock_waits,
+            "lock_wait_seconds": s.lock_wait_seconds,
+            "write_seconds": s.write_seconds,
             "pending_jobs": self._jobs.qsize(),
             "pragmas": dict(s.pragmas),
         }
@@ -290,7 +312,7 @@ class SQLiteStore:
             uri = "file:" + urllib.parse.quote(os.fspath(self._path)) + "?mode=rwc"
             conn = sqlite3.connect(
                 uri,
-                timeout=_BUSY_TIMEOUT,
+                timeout=self._busy_timeout,
                 isolation_level=None,
                 check_same_thread=True,
                 uri=True,
@@ -333,6 +355,8 @@ class SQLiteStore:
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute("PRAGMA foreign_keys = ON")
             self._migrate(conn)
+            # From here on, waits for another process's lock are ours (_lock_wait).
+            conn.execute("PRAGMA busy_timeout = 0")
             conn.row_factory = sqlite3.Row
             self._stats.pragmas = {
                 "journal_mode": str(mode),
@@ -365,17 +389,18 @@ class SQLiteStore:
             return  # the caller gave up before the job started
         try:
             if job.mode is _Mode.WRITE:
-                conn.execute("BEGIN IMMEDIATE")
-            else:
-                conn.execute("BEGIN")
-            try:
-                result = job.fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                if job.mode is _Mode.WRITE:
+                self._begin_immediate(conn)
+                began = time.monotonic()
+                try:
+                    result = job.fn(conn)
+                    conn.execute("COMMIT")
+                    self._stats.write_seconds += time.monotonic() - began
+                except BaseException:
+                    _rollback(conn)
                     self._stats.rollbacks += 1
-                raise
+                    raise
+            else:
+                result = self._read_retrying(conn, job.fn)
         except sqlite3.Error as exc:
             job.future.set_exception(self._database_error(job.what, exc))
         except BaseException as exc:
@@ -400,7 +425,8 @@ class SQLiteStore:
         sub_outcomes: list[MessageInfo | StoreError] = []
         outcomes: list[tuple[bool, Any]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin_immediate(conn)
+            began = time.monotonic()
             try:
                 for sub in subs:
                     # No savepoint: _insert_message refuses (StoreError) before it
@@ -433,6 +459,7 @@ class SQLiteStore:
                         conn.execute("RELEASE write")
                         outcomes.append((True, result))
                 conn.execute("COMMIT")
+                self._stats.write_seconds += time.monotonic() - began
             except BaseException:
                 _rollback(conn)
                 self._stats.rollbacks += 1
@@ -469,6 +496,56 @@ class SQLiteStore:
                 job.future.set_result(value)
             else:
                 job.future.set_exception(value)
+
+    def _begin_immediate(self, conn: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE``, waiting for another process's write lock in short
+        pauses (the connection's own busy timeout is 0), for up to ``busy_timeout``."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+        self._lock_wait(lambda: conn.execute("BEGIN IMMEDIATE"))
+
+    def _read_retrying(
+        self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T]
+    ) -> _T:
+        """``fn`` in a read transaction; again after a pause if the database was busy
+        (in WAL mode only while another process recovers or closes the file)."""
+
+        def attempt() -> _T:
+            conn.execute("BEGIN")
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+            return result
+
+        try:
+            return attempt()
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+        return self._lock_wait(attempt)
+
+    def _lock_wait(self, attempt: Callable[[], _T]) -> _T:
+        self._stats.lock_waits += 1
+        start = time.monotonic()
+        delay = _LOCK_POLL_FIRST
+        while True:
+            time.sleep(delay)
+            try:
+                result = attempt()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() - start > self._busy_timeout:
+                    raise
+                delay = min(delay * 2, _LOCK_POLL_MAX)
+            else:
+                self._stats.lock_wait_seconds += time.monotonic() - start
+                return result
 
     def _database_error(self, what: str, exc: BaseException) -> StoreError:
         err = StoreError(f"{self._path}: {what} failed: {exc}")
@@ -1141,6 +1218,14 @@ def _fingerprint(message: NewMessage) -> bytes:
 
 
 # -- statements used by several operations ---------------------------------------
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED (with any extended code): another connection has it."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:  # pragma: no cover - Python < 3.11 has no error codes
+        return "locked" in str(exc) or "busy" in str(exc)
+    return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
