@@ -362,38 +362,84 @@ class Daemon:
         for settings in self.profile.listeners:
             if not settings.enabled:
                 continue
-            row = f"listener:{settings.name}"
             try:
                 from .ingress.listener import ListenerConfig, SubmissionListener
 
                 config = ListenerConfig(**dict(settings.options))
-                listener = SubmissionListener(self.submit, config)
+                listener: Any
+                if settings.processes:
+                    listener = self._listener_processes(settings)
+                else:
+                    listener = SubmissionListener(self.submit, config)
                 await _maybe_await(listener.start())
                 port = getattr(listener, "port", None)
                 host = settings.options.get("host", getattr(config, "host", "?"))
                 self._listeners.append(_Listener(settings, listener))
                 text = f"listening on {host}:{port}"
                 code = StatusCode.AVAILABLE | StatusCode.INBOUND_ENABLED
-                detail = None
+                detail = f"{settings.processes} processes" if settings.processes else None
                 log.info("listener %r %s", settings.name, text)
             except Exception as exc:
                 text = "not listening"
                 code = StatusCode.FAILURE | StatusCode.OFFLINE
                 detail = f"{type(exc).__name__}: {exc}"
                 log.error("listener %r cannot start: %s", settings.name, detail)
-            sp = self.spooler
-            if sp is not None:
-                sp.status.put(
-                    StatusRow(
-                        name=row,
-                        resource_type=ResourceType.SUBSYSTEM,
-                        provider_display="SMTP submission listener",
-                        status_code=code,
-                        status_string=text,
-                        resource_methods=ResourceMethods.NONE,
-                        detail=detail,
-                    )
+            self._listener_row(settings.name, code, text, detail)
+
+    def _listener_row(self, name: str, code: StatusCode, text: str, detail: str | None) -> None:
+        sp = self.spooler
+        if sp is not None:
+            sp.status.put(
+                StatusRow(
+                    name=f"listener:{name}",
+                    resource_type=ResourceType.SUBSYSTEM,
+                    provider_display="SMTP submission listener",
+                    status_code=code,
+                    status_string=text,
+                    resource_methods=ResourceMethods.NONE,
+                    detail=detail,
                 )
+            )
+
+    def _listener_processes(self, settings: ListenerSettings) -> Any:
+        """The listener in processes of its own (``processes = N``): they commit to the
+        store themselves and tell this daemon which transports to wake."""
+        from .listener_processes import ListenerProcesses
+        from .routing import RoutingTable
+
+        def routes() -> RoutingTable:
+            sp = self.spooler
+            return sp.routing_table() if sp is not None else RoutingTable(())
+
+        def submitted(count: int, transports: frozenset[str], unrouted: bool) -> None:
+            sp = self.spooler
+            if sp is not None:  # else a spooler starts soon and looks at the queue
+                sp.submitted_elsewhere(count, transports, unrouted=unrouted)
+
+        def trouble(text: str) -> None:
+            for lst in self._listeners:
+                if lst.settings is settings:
+                    self._listener_row(
+                        settings.name,
+                        StatusCode.AVAILABLE | StatusCode.INBOUND_ENABLED,
+                        f"listening on {lst.obj.config.host}:{lst.obj.port}",
+                        f"{settings.processes} processes; {text}",
+                    )
+
+        profile = self.profile
+        return ListenerProcesses(
+            settings.name,
+            settings.options,
+            processes=settings.processes,
+            store=str(profile.store.path),
+            synchronous=profile.store.synchronous,
+            lifetime=profile.spooler.policy.lifetime,
+            event_loop=profile.daemon.event_loop,
+            log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+            routes=routes,
+            submitted=submitted,
+            on_trouble=trouble,
+        )
 
     async def _stop_listeners(self) -> None:
         listeners, self._listeners = self._listeners, []
@@ -542,7 +588,16 @@ class Daemon:
 
     async def op_statistics(self, args: dict[str, Any]) -> dict[str, Any]:
         sp = await self.current()
-        stats: dict[str, Any] = json.loads(json.dumps(sp.statistics(), default=str))
+        raw = dict(sp.statistics())
+        store_stats = getattr(sp.store, "statistics", None)
+        if callable(store_stats):
+            raw["store"] = store_stats()
+        raw["listeners"] = {
+            lst.settings.name: lst.obj.statistics()
+            for lst in self._listeners
+            if callable(getattr(lst.obj, "statistics", None))
+        }
+        stats: dict[str, Any] = json.loads(json.dumps(raw, default=str))
         return stats
 
     async def op_queue_list(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -97,6 +97,8 @@ class StoreSettings:
 
 #: ``[daemon] event_loop`` values.
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+#: ``[listeners.NAME] processes``: at most this many listener processes
+MAX_LISTENER_PROCESSES = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,8 @@ class ListenerSettings:
     kind: str
     enabled: bool
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: 0: the listener runs on the daemon's event loop; N: in N processes of its own
+    processes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,7 +423,14 @@ def _build(
         if kind != "smtp":
             raise lt.error("kind", f'expected "smtp" (the submission listener), got {kind!r}')
         enabled = lt.flag("enabled", True)
-        opts = {k: lt.raw(k) for k in list(lt.data) if k not in ("kind", "enabled")}
+        processes = lt.integer("processes", 0)
+        if not 0 <= processes <= MAX_LISTENER_PROCESSES:
+            raise lt.error(
+                "processes",
+                f"expected 0 (on the daemon's own loop) to {MAX_LISTENER_PROCESSES}, "
+                f"got {processes}",
+            )
+        opts = {k: lt.raw(k) for k in list(lt.data) if k not in ("kind", "enabled", "processes")}
         users = opts.get("users")
         if isinstance(users, dict):
             for user, pw in users.items():
@@ -428,7 +439,7 @@ def _build(
                 secrets.add(pw)
             opts["users"] = {u: Secret(pw) for u, pw in users.items()}
         _check_listener(lt, opts)
-        listeners.append(ListenerSettings(lname, kind, enabled, opts))
+        listeners.append(ListenerSettings(lname, kind, enabled, opts, processes))
     ls.done()
     top.done()
     try:
@@ -552,7 +563,9 @@ def _check_listener(lt: _Table, opts: Mapping[str, Any]) -> None:
     for key in opts:
         if key not in names:
             raise lt.error(
-                key, f"unknown key; expected one of: enabled, kind, {', '.join(sorted(names))}"
+                key,
+                "unknown key; expected one of: enabled, kind, processes, "
+                + ", ".join(sorted(names)),
             )
     try:
         ListenerConfig(**dict(opts))

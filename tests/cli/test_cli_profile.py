@@ -37,6 +37,8 @@ def test_default_profile_loads_with_maildir_and_listener(tmp_path: Path) -> None
     assert prof.daemon.socket == tmp_path.resolve() / "spoolbox.sock"
     assert prof.spooler.policy.lifetime == 5 * 86400
     assert [lst.name for lst in prof.listeners] == ["submission"]
+    assert prof.listeners[0].processes == 0  # on the daemon's own loop unless asked
+    assert "processes" not in prof.listeners[0].options
     assert str(prof.default_sender) == "MAILDIR:postmaster"
 
 
@@ -57,6 +59,9 @@ def test_default_profile_loads_with_maildir_and_listener(tmp_path: Path) -> None
         ('[[transports]]\nname = "a"\n', "[transports.a] provider", "expected a provider"),
         ('[listeners.x]\nport = "high"\n', "[listeners.x]", "port"),
         ("[listeners.x]\nportt = 1\n", "[listeners.x] portt", "unknown key"),
+        ("[listeners.x]\nprocesses = -1\n", "[listeners.x] processes", "expected 0"),
+        ("[listeners.x]\nprocesses = 65\n", "[listeners.x] processes", "to 64, got 65"),
+        ('[listeners.x]\nprocesses = "2"\n', "[listeners.x] processes", "expected an integer"),
     ],
 )
 def test_errors_name_the_file_the_key_and_what_was_expected(

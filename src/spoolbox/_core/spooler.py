@@ -22,7 +22,7 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import Any, TypeVar
@@ -270,13 +270,21 @@ class Spooler:
         info = await self.store.submit(
             message, now=self.clock.now(), lifetime=self.policy.lifetime, routes=routes
         )
-        self.counters["submitted"] += 1
-        if any(r is None for r in routes):
+        self.submitted_elsewhere(
+            1, {r for r in routes if r is not None}, unrouted=any(r is None for r in routes)
+        )
+        return info
+
+    def submitted_elsewhere(self, count: int, transports: Iterable[str], *, unrouted: bool) -> None:
+        """``count`` messages were committed to this spooler's store by someone else (a
+        listener process), routed to ``transports``; ``unrouted``: some recipients wait
+        for the router.  Wakes what has new work, as :meth:`submit` does."""
+        self.counters["submitted"] += count
+        if unrouted:
             self.routing_changed()
-        for name in {r for r in routes if r is not None}:
+        for name in transports:
             with contextlib.suppress(KeyError):
                 self.host(name).wake.set()
-        return info
 
     def start_flush(
         self,

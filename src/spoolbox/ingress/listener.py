@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import functools
 import hmac
 import ipaddress
@@ -61,7 +62,7 @@ from ._smtp_server import (
     StartTLS,
 )
 
-__all__ = ["ListenerConfig", "SubmissionListener"]
+__all__ = ["ListenerConfig", "SubmissionListener", "listen_socket"]
 
 log = logging.getLogger("spoolbox.ingress")
 
@@ -147,6 +148,34 @@ class ListenerConfig:
             raise ValueError("tls_key is set but tls_cert is not")
         if self.idle_timeout <= 0 or self.shutdown_grace < 0:
             raise ValueError("idle_timeout must be positive and shutdown_grace not negative")
+
+
+def listen_socket(host: str, port: int, *, backlog: int = 100) -> socket.socket:
+    """A TCP socket listening on ``host:port`` (the first address ``host`` resolves
+    to), for listener processes to share; raises :class:`OSError` naming the address."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(addr)
+            sock.listen(backlog)
+        except BaseException:
+            sock.close()
+            raise
+    except OSError as exc:
+        raise _listen_error(host, port, exc) from exc
+    return sock
+
+
+def _listen_error(host: str, port: int, exc: OSError) -> OSError:
+    return OSError(
+        exc.errno,
+        f"cannot listen for SMTP on {host}:{port}: {exc.strerror or exc}"
+        + (" (is another server using the port?)" if exc.errno == errno.EADDRINUSE else ""),
+    )
 
 
 _SHUTDOWN = "421 4.3.2 Service shutting down, closing the connection"
@@ -402,8 +431,12 @@ class SubmissionListener:
         )
 
     # -- lifecycle --------------------------------------------------------------------
-    async def start(self) -> None:
-        """Bind and start serving; raises :class:`OSError` naming the address on failure."""
+    async def start(self, *, sock: socket.socket | None = None) -> None:
+        """Bind and start serving; raises :class:`OSError` naming the address on failure.
+
+        With ``sock`` (a listening socket from :func:`listen_socket`), serve on it
+        instead of binding: the listener processes of one listener share one socket.
+        """
         if self._server is not None:
             raise RuntimeError(f"{self!r} is already started")
         cfg = self.config
@@ -417,15 +450,14 @@ class SubmissionListener:
             self._settings = self._server_settings()
         loop = asyncio.get_running_loop()
         try:
-            self._server = await loop.create_server(
-                self._protocol, host=cfg.host, port=cfg.port, reuse_address=True
-            )
+            if sock is not None:
+                self._server = await loop.create_server(self._protocol, sock=sock)
+            else:
+                self._server = await loop.create_server(
+                    self._protocol, host=cfg.host, port=cfg.port, reuse_address=True
+                )
         except OSError as exc:
-            raise OSError(
-                exc.errno,
-                f"cannot listen for SMTP on {cfg.host}:{cfg.port}: {exc.strerror or exc}"
-                + (" (is another server using the port?)" if exc.errno == 98 else ""),
-            ) from exc
+            raise _listen_error(cfg.host, cfg.port, exc) from exc
         log.info("SMTP submission listener on %s:%d", cfg.host, self.port)
 
     @property

@@ -1,0 +1,171 @@
+"""``[listeners.NAME] processes = N``: the SMTP listener in processes of its own, with
+a real ``spoolbox run`` daemon, real worker processes, SIGKILL and a restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from conftest import Daemons, Home, wait_until
+from spoolbox.client import Client
+
+WORKER = b"spoolbox.listener_processes"
+
+
+def _configure(home: Home, processes: int) -> None:
+    """The default profile, its listener in ``processes`` processes, delivering what
+    comes in over SMTP to the Maildir transport."""
+    text = home.profile.read_text()
+    text = text.replace(
+        "[listeners.submission]\n",
+        f'[listeners.submission]\nprocesses = {processes}\ndefault_address_type = "MAILDIR"\n',
+        1,
+    )
+    home.profile.write_text(text)
+
+
+def _workers(daemon_pid: int) -> list[int]:
+    """The listener worker processes whose parent is ``daemon_pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == daemon_pid and WORKER in cmdline:
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _row(home: Home) -> dict[str, Any]:
+    rows = {r["name"]: r for r in home.json("status")["rows"]}
+    row: dict[str, Any] = rows.get("listener:submission", {})
+    return row
+
+
+def _port(home: Home) -> int:
+    wait_until("the listener", lambda: str(_row(home).get("status", "")).startswith("listening"))
+    return int(str(_row(home)["status"]).rsplit(":", 1)[1])
+
+
+def _send(port: int, subject: str) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        refused = client.sendmail(
+            "alice@example.org",
+            ["bob@example.org"],
+            f"Subject: {subject}\r\n\r\nhello\r\n".encode(),
+        )
+        assert refused == {}
+
+
+def _listener_stats(home: Home) -> dict[str, int]:
+    stats: dict[str, int] = Client(home.profile).statistics()["listeners"]["submission"]
+    return stats
+
+
+def test_listener_processes_accept_and_the_daemon_delivers(home: Home, daemons: Daemons) -> None:
+    _configure(home, 2)
+    proc = daemons.start(home)
+    port = _port(home)
+    assert _row(home)["detail"] == "2 processes"
+    workers = _workers(proc.pid)
+    assert len(workers) == 2, workers
+    assert proc.pid not in workers
+
+    subjects = [f"lp-{i:02d}" for i in range(20)]
+    for s in subjects:
+        _send(port, s)
+    wait_until("delivery", lambda: sorted(home.delivered()) == subjects)
+    assert all(len(files) == 1 for files in home.delivered().values())
+    # The workers told the daemon about every submission (that is what wakes the
+    # transport at once), and report their listener's statistics.
+    stats = Client(home.profile).statistics()
+    assert stats["counters"]["submitted"] == 20
+    wait_until("the workers' statistics", lambda: _listener_stats(home)["accepted"] == 20)
+    ls = _listener_stats(home)
+    assert ls["processes"] == 2
+    assert ls["restarts"] == 0
+    assert ls["store_commits"] >= 1
+    assert _workers(proc.pid) == workers
+    # SIGTERM: the daemon stops its workers in order and exits cleanly.
+    assert daemons.stop(proc) == 0
+    assert not any(_alive(w) for w in workers)
+
+
+def test_a_killed_listener_process_is_replaced(home: Home, daemons: Daemons) -> None:
+    _configure(home, 1)
+    proc = daemons.start(home)
+    port = _port(home)
+    (first,) = _workers(proc.pid)
+    _send(port, "before")
+    os.kill(first, signal.SIGKILL)
+    wait_until(
+        "a new worker", lambda: len(_workers(proc.pid)) == 1 and first not in _workers(proc.pid)
+    )
+    assert "exited with status -9" in str(_row(home)["detail"])
+    wait_until("the restart to be counted", lambda: _listener_stats(home)["restarts"] == 1)
+    # The listening socket stayed open in the daemon: the same port serves again.
+    assert _port(home) == port
+    _send(port, "after")
+    wait_until("delivery", lambda: sorted(home.delivered()) == ["after", "before"])
+
+
+def test_sigkill_of_the_daemon_ends_its_workers_and_loses_nothing_accepted(
+    home: Home, daemons: Daemons
+) -> None:
+    _configure(home, 2)
+    proc = daemons.start(home)
+    port = _port(home)
+    workers = _workers(proc.pid)
+    accepted: list[str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        i = 0
+        while not stop.is_set():
+            subject = f"k-{i:04d}"
+            i += 1
+            try:
+                _send(port, subject)
+            except (OSError, smtplib.SMTPException):
+                time.sleep(0.01)  # refused or cut off: it was not accepted
+                continue
+            accepted.append(subject)
+
+    t = threading.Thread(target=client)
+    t.start()
+    try:
+        wait_until("some accepted messages", lambda: len(accepted) >= 30)
+        proc.kill()  # SIGKILL: the workers see the end of their stdin
+        proc.wait()
+        wait_until("the workers to exit", lambda: not any(_alive(w) for w in workers), 30)
+    finally:
+        stop.set()
+        t.join(60)
+    assert not t.is_alive()
+    got = list(accepted)
+    assert len(got) >= 30
+
+    daemons.start(home)
+    # Every message answered 250 was in the store and is delivered after the restart
+    # (a message relayed just before the kill may be delivered twice: at least once).
+    wait_until("every accepted message delivered", lambda: set(got) <= set(home.delivered()))
+    delivered = home.delivered()
+    unacknowledged = set(delivered) - set(got)
+    # At most the transactions in progress at the kill were committed without the
+    # client seeing the 250 (one per connection: the test's client has one).
+    assert len(unacknowledged) <= 1, unacknowledged
