@@ -225,6 +225,7 @@ class SpoolboxDaemon(_Closing):
         max_connections: int = 10,
         synchronous: str = "FULL",
         event_loop: str = "auto",
+        listener_processes: int = 0,
     ) -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True)
@@ -264,6 +265,7 @@ max_connections = {max_connections}
 kind = "smtp"
 host = "127.0.0.1"
 port = {self.port}
+processes = {listener_processes}
 """
         )
         self.log_path = self.dir / "daemon.log"
@@ -283,9 +285,17 @@ port = {self.port}
             raise
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time the daemon has used so far."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU time the daemon and its running children (listener
+        processes) have used so far."""
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # the process ended meanwhile
+            if stat.parent.name == str(self.pid) or fields[1] == str(self.pid):
+                total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def close(self) -> None:
         try:

@@ -20,6 +20,9 @@ run (the order rotates from run to run):
   to the sink (``tls = "none"``, ``max_connections = 10``), ``[policy] idle =
   "always"``, ``[daemon] nice = 0`` and ``event_loop`` from ``--event-loop`` (default
   ``auto``: uvloop);
+* ``spoolbox-procs``: the same with ``[listeners.submission] processes = 1``
+  (``--listener-processes``): the listener runs in a process of its own and commits
+  to the store itself, the daemon relays;
 * ``postfix``: a private Postfix instance (own config, queue and data directories in
   the temporary directory, ``postfix -c DIR start``) with ``relayhost`` the sink and
   ``smtp_destination_concurrency_limit = 10``; cleanup(8) fsyncs each queue file
@@ -41,7 +44,7 @@ diagnostic of what the fsyncs cost, not a durable configuration.
 Run it (as root, for the private Postfix instance; installs Postfix if missing)::
 
     .venv/bin/python bench/relay.py [--messages 5000] [--runs 5] [--dir /path/on/the/disk]
-        [--systems wire,spoolbox,postfix] [--json out.json] [--py-spy DIR]
+        [--systems wire,spoolbox,spoolbox-procs,postfix] [--json out.json] [--py-spy DIR]
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ from _mta import (
     stop_process,
 )
 
-SYSTEMS = ("wire", "spoolbox", "postfix")
+SYSTEMS = ("wire", "spoolbox", "spoolbox-procs", "postfix")
 OURS = re.compile(r"[(/](spoolbox|aiosmtpd|aiosmtplib)/")  # frames worth showing
 
 
@@ -84,9 +87,14 @@ def system_under_test(
     """The port smtp-source submits to, and the spoolbox daemon if it is one."""
     if name == "wire":
         yield sink.port, None
-    elif name == "spoolbox":
+    elif name in ("spoolbox", "spoolbox-procs"):
         with SpoolboxDaemon(
-            workdir, sink.port, args.max_connections, args.synchronous, args.event_loop
+            workdir,
+            sink.port,
+            args.max_connections,
+            args.synchronous,
+            args.event_loop,
+            args.listener_processes if name == "spoolbox-procs" else 0,
         ) as sb:
             yield sb.port, sb
     else:
@@ -139,7 +147,12 @@ def profile_spoolbox(root: Path, args: argparse.Namespace) -> None:
     with (
         Sink() as sink,
         SpoolboxDaemon(
-            root / "profile", sink.port, args.max_connections, args.synchronous, args.event_loop
+            root / "profile",
+            sink.port,
+            args.max_connections,
+            args.synchronous,
+            args.event_loop,
+            args.listener_processes,
         ) as sb,
     ):
         batch(sb.port, sink, args.warmup, args)
@@ -226,6 +239,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="auto",
         help="spoolbox's [daemon] event_loop (auto: uvloop, installed with spoolbox)",
     )
+    p.add_argument(
+        "--listener-processes",
+        type=int,
+        default=1,
+        help="[listeners.submission] processes of the spoolbox-procs system "
+        "(and of --py-spy's run); the spoolbox system has 0 (the daemon's own loop)",
+    )
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--dir", type=Path, default=None, help="directory on the disk to test")
     p.add_argument("--json", type=Path, default=None)
@@ -275,7 +295,8 @@ def print_table(
     print(
         f"\n{args.messages} messages of {args.size} body bytes, smtp-source -s {args.sessions}, "
         f"{len(runs)} runs (medians); spoolbox synchronous={args.synchronous}, "
-        f"event_loop={args.event_loop}; {machine()}"
+        f"event_loop={args.event_loop}, spoolbox-procs: listener processes "
+        f"{args.listener_processes}; {machine()}"
     )
     print(
         "| system | relay time s | msg/s | smtp-source done s | ratio to postfix "
