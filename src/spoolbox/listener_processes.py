@@ -188,6 +188,8 @@ class ListenerProcesses:
         self._tasks: set[asyncio.Task[None]] = set()
         self._sent_table: RoutingTable | None = None
         self._stopping = False
+        #: the counters of workers that ended (so the sums never go back)
+        self._carried: dict[str, int] = {}
 
     def __repr__(self) -> str:
         where = f"{self.config.host}:{self.port}" if self._sock else "not started"
@@ -208,7 +210,7 @@ class ListenerProcesses:
     def statistics(self) -> dict[str, int]:
         """The listener's statistics summed over the workers (as last reported), with
         ``processes`` and ``restarts``."""
-        out: dict[str, int] = {}
+        out = dict(self._carried)
         for w in self._workers:
             for k, v in w.stats.items():
                 out[k] = out.get(k, 0) + v
@@ -293,6 +295,9 @@ class ListenerProcesses:
             stdout=asyncio.subprocess.PIPE,
             pass_fds=(fd,),
         )
+        for k, v in w.stats.items():
+            if k != "active":  # connections open now: the dead worker has none
+                self._carried[k] = self._carried.get(k, 0) + v
         w.proc, w.started_at, w.stats = proc, time.monotonic(), {}
         self._sent_table = table
         assert proc.stdin is not None and proc.stdout is not None

@@ -112,6 +112,7 @@ def test_a_killed_listener_process_is_replaced(home: Home, daemons: Daemons) -> 
     port = _port(home)
     (first,) = _workers(proc.pid)
     _send(port, "before")
+    wait_until("the first worker's statistics", lambda: _listener_stats(home)["accepted"] == 1)
     os.kill(first, signal.SIGKILL)
     wait_until(
         "a new worker", lambda: len(_workers(proc.pid)) == 1 and first not in _workers(proc.pid)
@@ -122,6 +123,8 @@ def test_a_killed_listener_process_is_replaced(home: Home, daemons: Daemons) -> 
     assert _port(home) == port
     _send(port, "after")
     wait_until("delivery", lambda: sorted(home.delivered()) == ["after", "before"])
+    # The dead worker's counters are kept: the sums never go back.
+    wait_until("both counted", lambda: _listener_stats(home)["accepted"] == 2)
 
 
 def test_sigkill_of_the_daemon_ends_its_workers_and_loses_nothing_accepted(
