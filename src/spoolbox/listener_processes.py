@@ -21,8 +21,8 @@ How:
   never on a command line), then the routing table whenever it changes.  Worker to
   daemon: ``ready`` with the port, then, once per loop turn with submissions, which
   transports have new work (the daemon wakes them:
-  :meth:`~spoolbox.Spooler.submitted_elsewhere`), and the listener's statistics at
-  most once a second.
+  :meth:`~spoolbox.Spooler.submitted_elsewhere`), and the listener's statistics
+  when they changed, checked every second.
 * The end of its stdin tells a worker to stop.  On a clean stop the daemon closes it;
   when the daemon dies, even by SIGKILL, the kernel does.  The worker then stops
   accepting, lets transactions in progress finish (``shutdown_grace``), commits what
@@ -104,7 +104,7 @@ class WorkerSpec:
         return json.dumps(
             {
                 "name": self.name,
-                "options": {k: _plain(v) for k, v in self.options.items()},
+                "options": dict(self.options),  # a Secret is a str: JSON writes its value
                 "store": self.store,
                 "synchronous": self.synchronous,
                 "lifetime": self.lifetime,
@@ -121,24 +121,12 @@ class WorkerSpec:
         return cls(**d)
 
 
-def _plain(value: Any) -> Any:
-    """Profile values as JSON can carry them (``Secret`` is a ``str``; tuples become lists)."""
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
 # -- the daemon's side --------------------------------------------------------------------
 Submitted = Callable[[int, frozenset[str], bool], None]
 
 
 class _WorkerHandle:
-    def __init__(self, index: int) -> None:
-        self.index = index
+    def __init__(self) -> None:
         self.proc: asyncio.subprocess.Process | None = None
         self.started_at = 0.0
         self.stats: dict[str, int] = {}
@@ -184,7 +172,7 @@ class ListenerProcesses:
         self._submitted = submitted
         self._on_trouble = on_trouble
         self._sock: socket.socket | None = None
-        self._workers = [_WorkerHandle(i) for i in range(processes)]
+        self._workers = [_WorkerHandle() for _ in range(processes)]
         self._tasks: set[asyncio.Task[None]] = set()
         self._sent_table: RoutingTable | None = None
         self._stopping = False
@@ -389,7 +377,6 @@ class _WorkerProcess:
         self._unrouted = False
         self._flush_scheduled = False
         self._stats_sent: dict[str, int] = {}
-        self._stats_at = 0.0
         self.listener: SubmissionListener | None = None
         self.store = SQLiteStore(spec.store, synchronous=spec.synchronous)
 
@@ -423,12 +410,10 @@ class _WorkerProcess:
         self._flush_scheduled = False
         msg: dict[str, Any] = {"n": self._count, "to": sorted(self._to), "unrouted": self._unrouted}
         self._count, self._to, self._unrouted = 0, set(), False
-        now = time.monotonic()
-        if now - self._stats_at >= STATS_INTERVAL:
-            self._add_stats(msg)
         self._write(msg)
 
-    def _add_stats(self, msg: dict[str, Any]) -> None:
+    def _send_stats(self) -> None:
+        """The listener's and the store's counters, if they changed since last sent."""
         if self.listener is None:
             return
         stats = self.listener.statistics()
@@ -438,9 +423,8 @@ class _WorkerProcess:
         stats["store_lock_wait_ms"] = round(cast(float, st["lock_wait_seconds"]) * 1000)
         stats["store_write_ms"] = round(cast(float, st["write_seconds"]) * 1000)
         if stats != self._stats_sent:
-            msg["stats"] = stats
+            self._write({"stats": stats})
             self._stats_sent = stats
-        self._stats_at = time.monotonic()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -461,6 +445,7 @@ class _WorkerProcess:
                 return 1
             self.listener = listener
             self._write({"ready": True, "pid": os.getpid()})
+            self._send_stats()  # the counters, all 0: the daemon knows every key from now
             reader = asyncio.StreamReader(limit=16 * 1024 * 1024)
             await loop.connect_read_pipe(
                 lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0)
@@ -482,20 +467,13 @@ class _WorkerProcess:
                         if not line:
                             break  # the daemon closed our stdin, or died
                         self._control(line)
-                    update: dict[str, Any] = {}
-                    self._add_stats(update)
-                    if update:
-                        self._write(update)
+                    self._send_stats()  # when they changed: each second, or after a line
             finally:
                 stopped.cancel()
                 if line_task is not None:
                     line_task.cancel()
             await listener.stop()
-            msg: dict[str, Any] = {}
-            self._stats_at = 0.0
-            self._add_stats(msg)
-            if msg:
-                self._write(msg)
+            self._send_stats()
             return 0
         finally:
             await self.store.close()
