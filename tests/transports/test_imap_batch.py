@@ -285,3 +285,26 @@ async def test_a_ranged_fetch_has_one_time_limit_for_its_size() -> None:
         await conn.fetch_many([5, 6], size=64 * 1024 // 10)  # limit 0.05 + 0.1 s
     assert seen == [None]
     assert loop.time() - started >= 0.15
+
+
+async def test_a_connection_cancelled_during_logout_is_closed(
+    dovecot: dc.Dovecot, user: str
+) -> None:
+    """A session cancelled while its connection says LOGOUT must not leave the socket
+    to the garbage collector (an "unclosed transport" ResourceWarning, an error in
+    this suite, and a file descriptor held until then)."""
+    settings = MailboxSettings.from_config("imap", imap_options(dovecot, user))
+    support = types.SimpleNamespace(logger=logging.getLogger("test"))
+    conn = imap_module._Connection(settings, support)  # type: ignore[arg-type]
+    await conn.open()
+    assert conn.imap is not None and conn.alive
+    transport = conn.imap.protocol.transport
+    closing = asyncio.ensure_future(conn.close())
+    for _ in range(3):  # LOGOUT is written, its answer not yet read
+        await asyncio.sleep(0)
+    assert not closing.done()
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert conn.imap is None
+    assert transport.is_closing()

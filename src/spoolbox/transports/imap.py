@@ -260,13 +260,19 @@ class _Connection:
         self.abort()
 
     async def close(self) -> None:
-        """LOGOUT (best effort, bounded), then close."""
+        """LOGOUT (best effort, bounded), then close; closed even when cancelled during
+        the LOGOUT (the transport would otherwise be left to the garbage collector)."""
         imap = self.imap
-        if imap is not None and self.alive:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(min(5.0, self.settings.timeout)):
-                    await imap.logout()
-        await self.discard()
+        try:
+            if imap is not None and self.alive:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(min(5.0, self.settings.timeout)):
+                        await imap.logout()
+        finally:
+            try:
+                await self.discard()
+            finally:
+                self.abort()
 
     def _imap(self) -> aioimaplib.IMAP4:
         if self.imap is None:
@@ -614,11 +620,13 @@ class IMAPSession(BaseTransportSession):
         task, self._prefetch = self._prefetch, None
         if task is not None and not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            if self._conn is not None:
-                self._conn.abort()  # cut mid-response: the session is out of step
-                self._conn = None
+            try:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            finally:
+                if self._conn is not None:
+                    self._conn.abort()  # cut mid-response: the session is out of step
+                    self._conn = None
 
     async def _remove_committed(self, conn: _Connection) -> None:
         """Delete or move the committed messages collected so far, in one go."""
