@@ -307,7 +307,11 @@ class Client:
             path.parent.mkdir(parents=True, exist_ok=True)
 
         async def run() -> T:
-            store = SQLiteStore(path, synchronous=self.profile.store.synchronous)
+            store = SQLiteStore(
+                path,
+                synchronous=self.profile.store.synchronous,
+                progress_synchronous=self.profile.store.progress_synchronous,
+            )
             await store.open()
             try:
                 return await fn(store)

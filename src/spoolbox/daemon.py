@@ -296,7 +296,11 @@ class Daemon:
     async def _start_spooler(self, profile: Profile) -> Spooler:
         config = self._config(profile)
         profile.store.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        store = SQLiteStore(profile.store.path, synchronous=profile.store.synchronous)
+        store = SQLiteStore(
+            profile.store.path,
+            synchronous=profile.store.synchronous,
+            progress_synchronous=profile.store.progress_synchronous,
+        )
         idle = AlwaysIdle() if profile.idle == "always" else None
         spooler = Spooler.open(config, store=store, close_store=True, idle=idle)
         await spooler.start()

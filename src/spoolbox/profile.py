@@ -93,6 +93,7 @@ class StoreSettings:
     backend: str
     path: Path
     synchronous: str = "FULL"
+    progress_synchronous: str = "NORMAL"
 
 
 #: ``[daemon] event_loop`` values.
@@ -320,7 +321,15 @@ def _build(
     sync = (st.text("synchronous", "FULL") or "FULL").upper()
     if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise st.error("synchronous", f'expected "FULL", "NORMAL", "EXTRA" or "OFF", got {sync!r}')
-    store = StoreSettings(backend, under_data(st.text("path", "spool.sqlite3") or ""), sync)
+    progress = (st.text("progress_synchronous", "NORMAL") or "NORMAL").upper()
+    if progress not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise st.error(
+            "progress_synchronous",
+            f'expected "NORMAL", "FULL", "EXTRA" or "OFF", got {progress!r}',
+        )
+    store = StoreSettings(
+        backend, under_data(st.text("path", "spool.sqlite3") or ""), sync, progress
+    )
     st.done()
 
     # [daemon]
@@ -627,7 +636,8 @@ data_dir = "."
 [store]
 backend = "sqlite"          # the embedded default
 path = "spool.sqlite3"
-synchronous = "FULL"        # FULL: every commit survives power loss
+synchronous = "FULL"        # FULL: every message taken on survives power loss
+progress_synchronous = "NORMAL"  # claims and settles: a power cut may redo them (FULL: no)
 
 [daemon]
 socket = "spoolbox.sock"    # the local API (a Unix socket, mode 0600)

@@ -34,6 +34,7 @@ def test_default_profile_loads_with_maildir_and_listener(tmp_path: Path) -> None
     assert (t.name, t.provider, t.address_types) == ("local", "maildir", ("MAILDIR",))
     assert t.options["root"] == str((tmp_path / "mail").resolve())
     assert prof.store.path == tmp_path.resolve() / "spool.sqlite3"
+    assert (prof.store.synchronous, prof.store.progress_synchronous) == ("FULL", "NORMAL")
     assert prof.daemon.socket == tmp_path.resolve() / "spoolbox.sock"
     assert prof.spooler.policy.lifetime == 5 * 86400
     assert [lst.name for lst in prof.listeners] == ["submission"]
@@ -49,6 +50,11 @@ def test_default_profile_loads_with_maildir_and_listener(tmp_path: Path) -> None
         ('[policy]\nretry_cap = "soon"\n', "[policy] retry_cap", "expected a duration"),
         ("[policy]\nclaim_batch = 1.5\n", "[policy] claim_batch", "expected an integer"),
         ("[daemon]\nnice = 40\n", "[daemon] nice", "from 0 to 19"),
+        (
+            '[store]\nprogress_synchronous = "lazy"\n',
+            "[store] progress_synchronous",
+            "got 'LAZY'",
+        ),
         ('[daemon]\nevent_loop = "trio"\n', "[daemon] event_loop", '"uvloop" or "asyncio"'),
         ('[identities]\nsenders = ["nobody"]\n', "[identities] senders[0]", "TYPE:value"),
         (

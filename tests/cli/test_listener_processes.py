@@ -95,6 +95,11 @@ def test_listener_processes_accept_and_the_daemon_delivers(home: Home, daemons: 
     # transport at once), and report their listener's statistics.
     stats = Client(home.profile).statistics()
     assert stats["counters"]["submitted"] == 20
+    # The daemon's claims and settles are progress (not fsynced), from the profile's
+    # default progress_synchronous; the workers' submissions are not.
+    assert stats["store"]["pragmas"]["progress_synchronous"] == 1
+    assert stats["store"]["progress_commits"] >= 1
+    assert stats["store"]["submits"] == 0
     wait_until("the workers' statistics", lambda: _listener_stats(home).get("accepted") == 20)
     ls = _listener_stats(home)
     assert ls["processes"] == 2

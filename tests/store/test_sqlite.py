@@ -261,6 +261,71 @@ async def test_lifecycle_errors(tmp_path: Path) -> None:
 def test_synchronous_mode_is_checked(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="synchronous must be one of"):
         SQLiteStore(tmp_path / "x.db", synchronous="SOMETIMES")
+    with pytest.raises(ValueError, match="progress_synchronous must be one of"):
+        SQLiteStore(tmp_path / "x.db", progress_synchronous="LATER")
+
+
+async def test_progress_is_never_committed_more_strongly_than_acceptance(
+    tmp_path: Path,
+) -> None:
+    async with SQLiteStore(
+        tmp_path / "off.db", synchronous="OFF", progress_synchronous="FULL"
+    ) as store:
+        assert store.statistics()["pragmas"]["progress_synchronous"] == 0  # type: ignore[index]
+    async with SQLiteStore(tmp_path / "full.db", progress_synchronous="extra") as store:
+        assert store.statistics()["pragmas"]["progress_synchronous"] == 2  # type: ignore[index]
+
+
+async def test_progress_commits_are_told_apart_from_acceptance(tmp_path: Path) -> None:
+    """Claims, renewals, settles and lease releases commit at progress_synchronous;
+    submits, holds and cancels at synchronous; a group holding both kinds commits at
+    the stronger level (which fsyncs is checked with strace in test_sqlite_fsync.py)."""
+    path = tmp_path / "spool.db"
+    async with SQLiteStore(path) as store:
+
+        def progress() -> int:
+            return int(store.statistics()["progress_commits"])  # type: ignore[call-overload]
+
+        for i in (1, 2, 3):
+            await store.submit(_message(i), now=T0, lifetime=3600, routes=["t"])
+        assert progress() == 0
+        [job] = await store.claim("t", owner="o", now=T0, lease=60.0)
+        job = await store.renew(job, now=T0 + 1, lease=60.0)
+        await store.settle(
+            job.message.id, [RecipientUpdate(0, RecipientState.DELIVERED)], owner="o", now=T0 + 2
+        )
+        assert progress() == 3
+        await store.hold("m0002")
+        await store.cancel("m0002")
+        assert progress() == 3
+        [job3] = await store.claim("t", owner="o", now=T0 + 3, lease=60.0)
+        assert job3.message.id == "m0003" and progress() == 4
+        assert await store.release_owner("o") == 1
+        assert progress() == 5
+        # A settle that shares its transaction with a submission is fsynced with it.
+        [job3] = await store.claim("t", owner="o", now=T0 + 4, lease=60.0)
+        commits, progress_before = store.statistics()["commits"], progress()
+        await asyncio.gather(
+            store.submit(_message(4), now=T0 + 5, lifetime=3600, routes=["t"]),
+            store.settle(
+                "m0003", [RecipientUpdate(0, RecipientState.DELIVERED)], owner="o", now=T0 + 5
+            ),
+        )
+        # (The submission is pending before the settle's job is queued, so the store's
+        # thread always takes both into one transaction.)
+        assert store.statistics()["commits"] == commits + 1  # type: ignore[operator]
+        assert progress() == progress_before
+    # All of it is there after a reopen (a clean close loses nothing at NORMAL).
+    async with SQLiteStore(path) as again:
+        states = {
+            s.info.id: s.state for s in await again.list_messages(state=None, limit=10, now=T0 + 9)
+        }
+        assert {k: str(v) for k, v in states.items()} == {
+            "m0001": "sent",
+            "m0002": "cancelled",
+            "m0003": "sent",
+            "m0004": "queued",
+        }
 
 
 async def test_pragmas(tmp_path: Path) -> None:
@@ -268,6 +333,7 @@ async def test_pragmas(tmp_path: Path) -> None:
         assert store.statistics()["pragmas"] == {
             "journal_mode": "wal",
             "synchronous": 2,
+            "progress_synchronous": 1,
             "foreign_keys": 1,
             "user_version": schema.SCHEMA_VERSION,
         }

@@ -12,7 +12,11 @@ crashes.  How it is built:
   on.  Every write is one ``BEGIN IMMEDIATE`` transaction, so a claim is atomic across
   processes: two spoolers on one file never claim the same recipient.  ``settle``
   (with its reports) and ``deliver_inbound`` (with the provider's profile updates)
-  are one transaction each.
+  are one transaction each.  The spooler's progress (claims, lease renewals and
+  releases, settles) commits at ``progress_synchronous``, ``NORMAL`` by default:
+  not fsynced, yet ordered in the WAL before every later fsynced commit, and never
+  lost by a process crash.  A power cut can undo only such progress, never an
+  acceptance; the work is then done again (delivered twice at worst).
 * **Group commit.**  ``submit`` calls are collected: all submits made in one turn of
   the event loop, and all those that arrive while the thread is busy committing, go
   into the next transaction together, one fsync for the batch.  Each submitter
@@ -109,6 +113,9 @@ class _Job:
     future: concurrent.futures.Future[Any]
     mode: _Mode
     stop: bool = False
+    #: False for progress (claims, renewals, settles, lease releases): committed at
+    #: ``progress_synchronous``; True for everything that takes on or changes a message.
+    durable: bool = True
 
 
 @dataclass(slots=True)
@@ -140,6 +147,7 @@ class _Stats:
     lock_waits: int = 0  # transactions that found another process holding the lock
     lock_wait_seconds: float = 0.0
     write_seconds: float = 0.0  # holding the write lock (statements and COMMIT)
+    progress_commits: int = 0  # commits made at progress_synchronous (no fsync by default)
     pragmas: dict[str, object] = field(default_factory=dict)
 
 
@@ -148,9 +156,15 @@ class SQLiteStore:
 
     ``SQLiteStore(path, synchronous="FULL")``; then ``await store.open()`` (or
     ``async with store:``) and ``await store.close()``.  ``synchronous`` is the
-    ``PRAGMA synchronous`` level: ``FULL`` (the default) makes every commit durable
-    against power loss; ``NORMAL`` may lose the last commits on power loss (never
-    on a process crash) and is for tests.  One store object serves one event loop;
+    ``PRAGMA synchronous`` level of every commit that takes on or changes a message
+    (a submit, an inbound message, a hold, a cancel ...): ``FULL`` (the default) makes
+    it durable against power loss; ``NORMAL`` may lose the last commits on power loss
+    (never on a process crash) and is for tests.  ``progress_synchronous`` (default
+    ``NORMAL``, never stronger than ``synchronous``) is the level of the spooler's
+    progress: claims, lease renewals and releases, settles.  Losing one of those in
+    a power cut only makes work be done again (a delivery made twice, at least once
+    as always); a process crash loses nothing at either level.  ``FULL`` fsyncs
+    them too, for fewer duplicates after a power cut.  One store object serves one event loop;
     several store objects (several processes) may share one file: a write that finds
     another one's transaction waits for it in short pauses, up to ``busy_timeout``
     seconds (30), then fails with :class:`~spoolbox.store.base.StoreError`.
@@ -163,15 +177,16 @@ class SQLiteStore:
         path: str | os.PathLike[str],
         *,
         synchronous: str = "FULL",
+        progress_synchronous: str = "NORMAL",
         busy_timeout: float = _BUSY_TIMEOUT,
     ) -> None:
-        mode = synchronous.upper()
-        if mode not in _SYNCHRONOUS_MODES:
-            raise ValueError(
-                f"synchronous must be one of {', '.join(_SYNCHRONOUS_MODES)}, not {synchronous!r}"
-            )
+        mode = _sync_level("synchronous", synchronous)
+        progress = _sync_level("progress_synchronous", progress_synchronous)
         self._path = os.fspath(path)
         self._synchronous = mode
+        # Progress is never committed more strongly than acceptance.
+        self._progress_sync = min(progress, mode, key=_SYNCHRONOUS_MODES.index)
+        self._conn_sync = mode  # the level the connection is at now
         self._busy_timeout = float(busy_timeout)
         self._jobs: queue.SimpleQueue[_Job | _Signal] = queue.SimpleQueue()
         self._pending: list[_Submission] = []
@@ -206,6 +221,7 @@ class SQLiteStore:
             "lock_waits": s.lock_waits,
             "lock_wait_seconds": s.lock_wait_seconds,
             "write_seconds": s.write_seconds,
+            "progress_commits": s.progress_commits,
             "pending_jobs": self._jobs.qsize(),
             "pragmas": dict(s.pragmas),
         }
@@ -353,6 +369,7 @@ class SQLiteStore:
         try:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            self._conn_sync = self._synchronous
             conn.execute("PRAGMA foreign_keys = ON")
             self._migrate(conn)
             # From here on, waits for another process's lock are ours (_lock_wait).
@@ -361,6 +378,7 @@ class SQLiteStore:
             self._stats.pragmas = {
                 "journal_mode": str(mode),
                 "synchronous": int(conn.execute("PRAGMA synchronous").fetchone()[0]),
+                "progress_synchronous": _SYNCHRONOUS_MODES.index(self._progress_sync),
                 "foreign_keys": int(conn.execute("PRAGMA foreign_keys").fetchone()[0]),
                 "user_version": int(conn.execute("PRAGMA user_version").fetchone()[0]),
             }
@@ -389,6 +407,7 @@ class SQLiteStore:
             return  # the caller gave up before the job started
         try:
             if job.mode is _Mode.WRITE:
+                self._set_sync(conn, job.durable)
                 self._begin_immediate(conn)
                 began = time.monotonic()
                 try:
@@ -408,6 +427,8 @@ class SQLiteStore:
         else:
             if job.mode is _Mode.WRITE:
                 self._stats.commits += 1
+                if not job.durable:
+                    self._stats.progress_commits += 1
             else:
                 self._stats.reads += 1
             job.future.set_result(result)
@@ -424,7 +445,9 @@ class SQLiteStore:
             return
         sub_outcomes: list[MessageInfo | StoreError] = []
         outcomes: list[tuple[bool, Any]] = []
+        durable = bool(subs) or any(job.durable for job in started)
         try:
+            self._set_sync(conn, durable)
             self._begin_immediate(conn)
             began = time.monotonic()
             try:
@@ -480,6 +503,8 @@ class SQLiteStore:
             return
         stats = self._stats
         stats.commits += 1
+        if not durable:
+            stats.progress_commits += 1
         if started:
             stats.grouped_writes += len(started)
         if subs:
@@ -496,6 +521,17 @@ class SQLiteStore:
                 job.future.set_result(value)
             else:
                 job.future.set_exception(value)
+
+    def _set_sync(self, conn: sqlite3.Connection, durable: bool) -> None:
+        """Put the connection at the level the next commit needs (outside a transaction).
+
+        One WAL file takes both kinds of commit in order, and a commit's fsync covers
+        every frame before it: a progress commit lost to a power cut takes with it
+        only later commits that were not synced either, never an acceptance."""
+        level = self._synchronous if durable else self._progress_sync
+        if level != self._conn_sync:
+            conn.execute(f"PRAGMA synchronous = {level}")
+            self._conn_sync = level
 
     def _begin_immediate(self, conn: sqlite3.Connection) -> None:
         """``BEGIN IMMEDIATE``, waiting for another process's write lock in short
@@ -557,10 +593,17 @@ class SQLiteStore:
         if not self._open:
             raise StoreError(f"{self!r} is not open: call open() first")
 
-    async def _call(self, what: str, fn: Callable[[sqlite3.Connection], _T], mode: _Mode) -> _T:
+    async def _call(
+        self,
+        what: str,
+        fn: Callable[[sqlite3.Connection], _T],
+        mode: _Mode,
+        *,
+        durable: bool = True,
+    ) -> _T:
         self._check_open()
         future: concurrent.futures.Future[_T] = concurrent.futures.Future()
-        self._jobs.put(_Job(what, fn, future, mode))
+        self._jobs.put(_Job(what, fn, future, mode, durable=durable))
         return await asyncio.wrap_future(future)
 
     async def _read(self, what: str, fn: Callable[[sqlite3.Connection], _T]) -> _T:
@@ -568,6 +611,11 @@ class SQLiteStore:
 
     async def _write(self, what: str, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         return await self._call(what, fn, _Mode.WRITE)
+
+    async def _progress(self, what: str, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """A write whose loss in a power cut only makes work be done again (a claim, a
+        settle): committed at ``progress_synchronous``."""
+        return await self._call(what, fn, _Mode.WRITE, durable=False)
 
     def _kick(self) -> None:
         self._kick_scheduled = False
@@ -763,7 +811,7 @@ class SQLiteStore:
                     jobs.append(ClaimedJob(info, tuple(claimed), transport, owner, until, content))
             return jobs
 
-        return await self._write("claim", run)
+        return await self._progress("claim", run)
 
     async def renew(self, job: ClaimedJob, *, now: float, lease: float) -> ClaimedJob:
         until = now + lease
@@ -785,7 +833,7 @@ class SQLiteStore:
                 ((until, r.message_id, r.index, job.owner) for r in job.recipients),
             )
 
-        await self._write("renew", run)
+        await self._progress("renew", run)
         return replace(job, lease_until=until)
 
     async def settle(
@@ -829,21 +877,21 @@ class SQLiteStore:
                 _insert_inbound(conn, inbound, None)
             return info
 
-        return await self._write("settle", run)
+        return await self._progress("settle", run)
 
     async def release_expired(self, *, now: float) -> int:
         def run(conn: sqlite3.Connection) -> int:
             rows = conn.execute(_sql.SELECT_LEASE_EXPIRED, (now,)).fetchall()
             return _unlease(conn, rows, now)
 
-        return await self._write("release_expired", run)
+        return await self._progress("release_expired", run)
 
     async def release_owner(self, owner: str) -> int:
         def run(conn: sqlite3.Connection) -> int:
             rows = conn.execute(_sql.SELECT_LEASED_BY, (owner,)).fetchall()
             return _unlease(conn, rows, None)
 
-        return await self._write("release_owner", run)
+        return await self._progress("release_owner", run)
 
     async def retry_transport(self, transport: str, *, now: float) -> int:
         def run(conn: sqlite3.Connection) -> int:
@@ -1218,6 +1266,13 @@ def _fingerprint(message: NewMessage) -> bytes:
 
 
 # -- statements used by several operations ---------------------------------------
+
+
+def _sync_level(name: str, value: str) -> str:
+    level = value.upper()
+    if level not in _SYNCHRONOUS_MODES:
+        raise ValueError(f"{name} must be one of {', '.join(_SYNCHRONOUS_MODES)}, not {value!r}")
+    return level
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
