@@ -853,10 +853,14 @@ class SQLiteStore:
         def run(conn: sqlite3.Connection) -> MessageInfo:
             info = _load_message(conn, message_id)
             # Check everything first; an error anywhere rolls the whole transaction back.
+            rows: dict[int, sqlite3.Row] = {}
             for u in updates:
-                row = conn.execute(_sql.SELECT_RECIPIENT, (message_id, u.index)).fetchone()
+                row = rows.get(u.index)
                 if row is None:
-                    raise StoreError(f"{message_id} has no recipient #{u.index}")
+                    row = conn.execute(_sql.SELECT_RECIPIENT, (message_id, u.index)).fetchone()
+                    if row is None:
+                        raise StoreError(f"{message_id} has no recipient #{u.index}")
+                    rows[u.index] = row
                 state = _R(row["state"])
                 if state is _R.ACTIVE or owner is not None:
                     holder = row["owner"] if state is _R.ACTIVE else None
@@ -865,10 +869,13 @@ class SQLiteStore:
                             f"{message_id}#{u.index} is leased by {holder or 'nobody'}, not {owner}"
                         )
                 check_transition(state, u.state, what=f"{message_id}#{u.index}")
+            # Then write each from the row read above (a second update of the same
+            # recipient starts from what the first one wrote).
+            recs: dict[int, RecipientRecord] = {}
             for u in updates:
-                row = conn.execute(_sql.SELECT_RECIPIENT, (message_id, u.index)).fetchone()
-                r = _recipient_from_row(row)
-                _move(conn, r, _updated(r, u, now=now, held=info.held), check=False)
+                r = recs.get(u.index) or _recipient_from_row(rows[u.index])
+                recs[u.index] = _updated(r, u, now=now, held=info.held)
+                _move(conn, r, recs[u.index], check=False)
             for rep in reports:
                 self._insert_message(
                     conn, rep, now=now, lifetime=info.expires_at - info.submitted_at
