@@ -16,7 +16,9 @@ run (the order rotates from run to run):
   sink and loopback on this machine;
 * ``spoolbox``: the ``spoolbox run`` daemon with a generated profile: SQLite store with
   ``synchronous = "FULL"`` (a message is committed and fsynced before the listener
-  answers 250 to its final dot), the SMTP submission listener, the ``smtp`` transport
+  answers 250 to its final dot; claims and settles at the default
+  ``progress_synchronous = "NORMAL"``, as Postfix crosses off delivered recipients
+  without an fsync), the SMTP submission listener, the ``smtp`` transport
   to the sink (``tls = "none"``, ``max_connections = 10``), ``[policy] idle =
   "always"``, ``[daemon] nice = 0`` and ``event_loop`` from ``--event-loop`` (default
   ``auto``: uvloop);

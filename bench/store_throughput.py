@@ -11,7 +11,8 @@ What it measures, in one process, on the same disk, in every run:
 * ``submit x10``: ten concurrent submitters; group commit puts the submits that arrive
   while a commit runs into the next one;
 * ``drain``: N queued messages delivered through a null transport (it reports every
-  recipient delivered), from the moment the transport is let go to the last settle.
+  recipient delivered), from the moment the transport is let go to the last settle
+  (claims and settles at the store's default ``progress_synchronous="NORMAL"``).
 
 Reported as medians over runs, and as ratios to the fsync rate measured in the same
 run.  Run it::
