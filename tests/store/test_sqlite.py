@@ -213,6 +213,67 @@ async def test_a_write_waits_for_another_process_lock_in_short_pauses(tmp_path: 
         ]
 
 
+async def _until_waiting_for_the_lock(store: SQLiteStore) -> None:
+    for _ in range(1000):
+        if store.statistics()["lock_waits"] == 1:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the store never waited for the lock")
+
+
+async def test_what_arrives_while_a_commit_waits_for_the_lock_joins_it(tmp_path: Path) -> None:
+    """Under contention transactions grow instead of queueing up: submissions made
+    while the store waits for another process's lock share the waiting transaction."""
+    path = tmp_path / "spool.db"
+    async with SQLiteStore(path) as store:
+        with _raw(path) as other:
+            other.execute("BEGIN IMMEDIATE")
+            first = asyncio.ensure_future(store.submit(_message(1), now=T0, lifetime=3600))
+            await _until_waiting_for_the_lock(store)
+            later = [
+                asyncio.ensure_future(store.submit(_message(i), now=T0, lifetime=3600))
+                for i in (2, 3, 4)
+            ]
+            await asyncio.sleep(0.05)  # their batch signal reaches the store's thread
+            other.execute("COMMIT")
+            infos = await asyncio.gather(first, *later)
+        assert [i.id for i in infos] == ["m0001", "m0002", "m0003", "m0004"]
+        stats = store.statistics()
+        assert (stats["commits"], stats["submit_batches"], stats["largest_batch"]) == (1, 1, 4)
+
+
+async def test_a_waiting_progress_commit_takes_in_progress_only(tmp_path: Path) -> None:
+    """A claim waiting for the lock takes in a settle that arrives meanwhile (neither
+    is fsynced), but not a submission: that one is fsynced in a transaction of its own."""
+    path = tmp_path / "spool.db"
+    async with SQLiteStore(path) as store:
+        for i in (1, 2):
+            await store.submit(_message(i), now=T0, lifetime=3600, routes=["t"])
+        [job] = await store.claim("t", owner="o", now=T0, lease=60.0)
+        before = store.statistics()
+        with _raw(path) as other:
+            other.execute("BEGIN IMMEDIATE")
+            claim = asyncio.ensure_future(store.claim("t", owner="o", now=T0, lease=60.0))
+            await _until_waiting_for_the_lock(store)
+            settle = asyncio.ensure_future(
+                store.settle(
+                    job.message.id,
+                    [RecipientUpdate(0, RecipientState.DELIVERED)],
+                    owner="o",
+                    now=T0 + 1,
+                )
+            )
+            submit = asyncio.ensure_future(store.submit(_message(3), now=T0, lifetime=3600))
+            await asyncio.sleep(0.05)
+            other.execute("COMMIT")
+            [job2], _info, info3 = await asyncio.gather(claim, settle, submit)
+        assert (job.message.id, job2.message.id, info3.id) == ("m0001", "m0002", "m0003")
+        after = store.statistics()
+        delta = {k: after[k] - before[k] for k in ("commits", "progress_commits", "submits")}  # type: ignore[operator]
+        assert delta == {"commits": 2, "progress_commits": 1, "submits": 1}
+        assert after["grouped_writes"] - before["grouped_writes"] == 2  # type: ignore[operator]
+
+
 async def test_a_lock_held_beyond_busy_timeout_fails_the_write_and_keeps_the_rest(
     tmp_path: Path,
 ) -> None:

@@ -20,7 +20,8 @@ crashes.  How it is built:
 * **Group commit.**  ``submit`` calls are collected: all submits made in one turn of
   the event loop, and all those that arrive while the thread is busy committing, go
   into the next transaction together, one fsync for the batch.  Each submitter
-  resumes only after its batch committed.  ``statistics()`` counts commits and
+  resumes only after its batch committed.  A transaction that has to wait for
+  another process's write lock takes in what arrives meanwhile.  ``statistics()`` counts commits and
   submits.
 * **No queue scans.**  Recipient rows carry their route, state, priority and ready
   time (``max(send_at, retry_at)``); picking the next job is a range scan of a partial
@@ -116,6 +117,10 @@ class _Job:
     #: False for progress (claims, renewals, settles, lease releases): committed at
     #: ``progress_synchronous``; True for everything that takes on or changes a message.
     durable: bool = True
+
+
+#: ``more(limit, progress_only)``: write jobs waiting in the store's queue, started.
+_MoreWrites = Callable[[int, bool], list[_Job]]
 
 
 @dataclass(slots=True)
@@ -287,6 +292,28 @@ class SQLiteStore:
         ready.set_result(None)
         stop: _Job | None = None
         backlog: collections.deque[_Job | _Signal] = collections.deque()
+
+        def more_writes(limit: int, progress_only: bool) -> list[_Job]:
+            """Write jobs waiting in the queue, started, up to ``limit`` (the rest of
+            the queue keeps its order in ``backlog``)."""
+            out: list[_Job] = []
+            while len(out) < limit:
+                try:
+                    nxt = jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if (
+                    isinstance(nxt, _Job)
+                    and nxt.mode is _Mode.WRITE
+                    and not nxt.stop
+                    and not (progress_only and nxt.durable)
+                ):
+                    if nxt.future.set_running_or_notify_cancel():
+                        out.append(nxt)
+                else:
+                    backlog.append(nxt)
+            return out
+
         try:
             while stop is None:
                 item = backlog.popleft() if backlog else jobs.get()
@@ -295,24 +322,21 @@ class SQLiteStore:
                 elif item is _Signal.SUBMIT_BATCH or item.mode is _Mode.WRITE:
                     # Group commit: every write already waiting, and every submission
                     # collected so far, join this transaction (one fsync for all).
-                    batch = [] if item is _Signal.SUBMIT_BATCH else [item]
-                    while len(batch) < _WRITE_BATCH:
-                        try:
-                            nxt = jobs.get_nowait()
-                        except queue.Empty:
-                            break
-                        if isinstance(nxt, _Job) and nxt.mode is _Mode.WRITE and not nxt.stop:
-                            batch.append(nxt)
-                        else:
-                            backlog.append(nxt)
+                    batch: list[_Job] = []
+                    if item is not _Signal.SUBMIT_BATCH:
+                        if not item.future.set_running_or_notify_cancel():
+                            continue  # the caller gave up before the job started
+                        batch.append(item)
+                    batch += more_writes(_WRITE_BATCH - len(batch), progress_only=False)
                     if len(batch) == 1 and not self._pending:
-                        self._execute(conn, batch[0])
+                        self._execute(conn, batch[0], more_writes)
                     else:
-                        self._commit_group(conn, batch)
+                        self._commit_group(conn, batch, more_writes)
                 else:
-                    self._execute(conn, item)
+                    if item.future.set_running_or_notify_cancel():
+                        self._execute(conn, item, more_writes)
             # Whatever was submitted before close is committed, not dropped.
-            self._commit_group(conn, [])
+            self._commit_group(conn, [], more_writes)
         finally:
             conn.close()
             if stop is not None and stop.future.set_running_or_notify_cancel():
@@ -402,13 +426,15 @@ class SQLiteStore:
                 _rollback(conn)
                 raise
 
-    def _execute(self, conn: sqlite3.Connection, job: _Job) -> None:
-        if not job.future.set_running_or_notify_cancel():
-            return  # the caller gave up before the job started
+    def _execute(self, conn: sqlite3.Connection, job: _Job, more: _MoreWrites) -> None:
+        """One started job in a transaction of its own (unless it must wait for the
+        write lock: then it waits as a group, see ``_commit_group``)."""
         try:
             if job.mode is _Mode.WRITE:
                 self._set_sync(conn, job.durable)
-                self._begin_immediate(conn)
+                if not self._try_begin(conn):
+                    self._commit_group(conn, [job], more)
+                    return
                 began = time.monotonic()
                 try:
                     result = job.fn(conn)
@@ -433,14 +459,23 @@ class SQLiteStore:
                 self._stats.reads += 1
             job.future.set_result(result)
 
-    def _commit_group(self, conn: sqlite3.Connection, writes: list[_Job]) -> None:
-        """The submissions collected so far and ``writes`` in one transaction (one
-        fsync), each in its own savepoint so one that fails is undone alone; results
-        are given out only after COMMIT."""
+    def _take_pending(self) -> list[_Submission]:
         with self._pending_lock:
             subs, self._pending = self._pending, []
-        subs = [sub for sub in subs if sub.future.set_running_or_notify_cancel()]
-        started = [job for job in writes if job.future.set_running_or_notify_cancel()]
+        return [sub for sub in subs if sub.future.set_running_or_notify_cancel()]
+
+    def _commit_group(
+        self, conn: sqlite3.Connection, started: list[_Job], more: _MoreWrites
+    ) -> None:
+        """The submissions collected so far and the ``started`` writes in one
+        transaction (one fsync), each write in its own savepoint so one that fails is
+        undone alone; results are given out only after COMMIT.
+
+        When another process holds the write lock, everything that arrives while this
+        group waits for it joins the group: under contention, transactions grow
+        instead of queueing up one behind the other (a progress group takes only
+        progress writes: it is not fsynced)."""
+        subs = self._take_pending()
         if not subs and not started:
             return
         sub_outcomes: list[MessageInfo | StoreError] = []
@@ -448,7 +483,10 @@ class SQLiteStore:
         durable = bool(subs) or any(job.durable for job in started)
         try:
             self._set_sync(conn, durable)
-            self._begin_immediate(conn)
+            if self._begin_immediate(conn):
+                if durable:
+                    subs += self._take_pending()
+                started += more(_WRITE_BATCH - len(started), not durable)
             began = time.monotonic()
             try:
                 for sub in subs:
@@ -533,16 +571,24 @@ class SQLiteStore:
             conn.execute(f"PRAGMA synchronous = {level}")
             self._conn_sync = level
 
-    def _begin_immediate(self, conn: sqlite3.Connection) -> None:
-        """``BEGIN IMMEDIATE``, waiting for another process's write lock in short
-        pauses (the connection's own busy timeout is 0), for up to ``busy_timeout``."""
+    def _try_begin(self, conn: sqlite3.Connection) -> bool:
+        """``BEGIN IMMEDIATE`` if the write lock is free (True), else nothing (False)."""
         try:
             conn.execute("BEGIN IMMEDIATE")
-            return
         except sqlite3.OperationalError as exc:
             if not _is_busy(exc):
                 raise
+            return False
+        return True
+
+    def _begin_immediate(self, conn: sqlite3.Connection) -> bool:
+        """``BEGIN IMMEDIATE``, waiting for another process's write lock in short
+        pauses (the connection's own busy timeout is 0), for up to ``busy_timeout``;
+        True if it had to wait."""
+        if self._try_begin(conn):
+            return False
         self._lock_wait(lambda: conn.execute("BEGIN IMMEDIATE"))
+        return True
 
     def _read_retrying(
         self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T]
