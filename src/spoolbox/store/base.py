@@ -54,6 +54,24 @@ class StoreError(RuntimeError):
     """The store cannot do what was asked; the text says what and why."""
 
 
+def submission_plan(
+    messages: Sequence[NewMessage],
+    routes: Sequence[Sequence[str | None] | None] | None,
+) -> list[tuple[NewMessage, Sequence[str | None] | None]]:
+    """``submit_many``'s arguments checked and paired: each message with its routes.
+
+    Raises StoreError when ``routes`` has not one entry per message, or an entry not
+    one route per recipient (for backends; the check writes nothing)."""
+    if routes is None:
+        return [(m, None) for m in messages]
+    if len(routes) != len(messages):
+        raise StoreError(f"{len(routes)} route lists for {len(messages)} messages")
+    for m, r in zip(messages, routes, strict=True):
+        if r is not None and len(r) != len(m.recipients):
+            raise StoreError(f"{len(r)} routes for {len(m.recipients)} recipients of {m.id}")
+    return list(zip(messages, routes, strict=True))
+
+
 class UnknownMessage(StoreError, KeyError):
     """No message with that id in this store."""
 
@@ -145,6 +163,21 @@ class Store(Protocol):
     ) -> MessageInfo:
         """Commit durably; idempotent on ``message.id``.  ``routes`` (one per
         recipient, None = unrouted) routes recipients in the same transaction."""
+        ...
+
+    async def submit_many(
+        self,
+        messages: Sequence[NewMessage],
+        *,
+        now: float,
+        lifetime: float,
+        routes: Sequence[Sequence[str | None] | None] | None = None,
+    ) -> list[MessageInfo]:
+        """Commit all of ``messages`` in one durable transaction, or none of them: one
+        that cannot be stored (its id is used by a different message, in the store or
+        earlier in ``messages``) fails the call with StoreError naming it.  Idempotent
+        per message, as :meth:`submit`; the infos come back in order.  ``routes``:
+        one entry per message, as :meth:`submit`'s."""
         ...
 
     # -- routing -------------------------------------------------------------------

@@ -39,6 +39,7 @@ from .base import (
     RecipientUpdate,
     StoreError,
     UnknownMessage,
+    submission_plan,
 )
 
 __all__ = ["MemoryStore"]
@@ -179,6 +180,29 @@ class MemoryStore:
             self._track_unrouted(r)
             self._index(r)
         return info
+
+    async def submit_many(
+        self,
+        messages: Sequence[NewMessage],
+        *,
+        now: float,
+        lifetime: float,
+        routes: Sequence[Sequence[str | None] | None] | None = None,
+    ) -> list[MessageInfo]:
+        messages = list(messages)
+        plan = submission_plan(messages, routes)
+        # Everything is checked before anything is stored: all or nothing.
+        seen: dict[str, NewMessage] = {}
+        for message in messages:
+            prior = seen.get(message.id) or self._submitted.get(message.id)
+            if prior is not None and prior != message:
+                raise StoreError(
+                    f"message id {message.id!r} is already used by a different message"
+                )
+            seen[message.id] = message
+        return [
+            await self.submit(message, now=now, lifetime=lifetime, routes=r) for message, r in plan
+        ]
 
     # -- routing -------------------------------------------------------------------
     async def unrouted(

@@ -82,6 +82,7 @@ from .base import (
     RecipientUpdate,
     StoreError,
     UnknownMessage,
+    submission_plan,
 )
 
 __all__ = ["SQLiteStore"]
@@ -689,6 +690,28 @@ class SQLiteStore:
             self._kick_scheduled = True
             asyncio.get_running_loop().call_soon(self._kick)
         return await asyncio.wrap_future(future)
+
+    async def submit_many(
+        self,
+        messages: Sequence[NewMessage],
+        *,
+        now: float,
+        lifetime: float,
+        routes: Sequence[Sequence[str | None] | None] | None = None,
+    ) -> list[MessageInfo]:
+        plan = submission_plan(list(messages), routes)
+        if not plan:
+            return []
+
+        def run(conn: sqlite3.Connection) -> list[MessageInfo]:
+            # One transaction (a savepoint when grouped): a message refused part way
+            # undoes the ones inserted before it.
+            return [
+                self._insert_message(conn, m, now=float(now), lifetime=float(lifetime), routes=r)
+                for m, r in plan
+            ]
+
+        return await self._write("submit_many", run)
 
     def _insert_message(
         self,

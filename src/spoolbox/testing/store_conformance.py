@@ -315,6 +315,64 @@ async def _submit_refuses_a_reused_id(store: Store) -> None:
 
 
 @_check
+async def _submit_many_stores_all_in_order(store: Store) -> None:
+    _equal(await store.submit_many([], now=_T0, lifetime=_LIFETIME), [], "submit_many([])")
+    batch = [_new("X:a", id="b1"), _new("X:b", "Y:c", id="b2"), _new("Y:d", id="b3")]
+    infos = await store.submit_many(
+        batch, now=_T0, lifetime=_LIFETIME, routes=[["x"], ["x", None], None]
+    )
+    _equal([i.id for i in infos], ["b1", "b2", "b3"], "submit_many() infos, in order")
+    for message, info in zip(batch, infos, strict=True):
+        _equal(await store.get_message(message.id), info, f"get_message({message.id!r})")
+        _equal(await store.read_content(message.id), message.content, "content")
+    _equal([r.route for r in await store.recipients("b2")], ["x", None], "routes given per message")
+    _equal(
+        [(r.message_id, r.index) for r in await store.unrouted(limit=10)],
+        [("b2", 1), ("b3", 0)],
+        "recipients without a route wait for routing",
+    )
+    # Idempotent, as submit: the same lot again (say after a crash) stores nothing new.
+    again = await store.submit_many(batch, now=_T0 + 5, lifetime=_LIFETIME)
+    _equal(again, infos, "submit_many() of the same messages again")
+    _equal((await store.counts())[_R.QUEUED], 4, "QUEUED count after the same lot twice")
+
+
+@_check
+async def _submit_many_is_all_or_nothing(store: Store) -> None:
+    await store.submit(_new("X:a", id="used", subject="first"), now=_T0, lifetime=_LIFETIME)
+    lots = [
+        (
+            "an id used by a different stored message",
+            [_new("X:a", id="n1"), _new("X:a", id="used")],
+        ),
+        (
+            "one id twice with different content",
+            [_new("X:a", id="n1"), _new("X:a", id="twice"), _new("X:a", id="twice", subject="2")],
+        ),
+    ]
+    for what, lot in lots:
+        exc = await _raises(
+            StoreError,
+            store.submit_many(lot, now=_T0, lifetime=_LIFETIME),
+            f"submit_many() with {what}",
+        )
+        _expect(not isinstance(exc, UnknownMessage), "a refused lot is StoreError")
+        await _raises(UnknownMessage, store.get_message("n1"), f"n1 after a lot with {what}")
+    await _raises(
+        StoreError,
+        store.submit_many([_new("X:a", id="n2")], now=_T0, lifetime=_LIFETIME, routes=[["x", "y"]]),
+        "submit_many() with two routes for one recipient",
+    )
+    await _raises(UnknownMessage, store.get_message("n2"), "n2 after a refused lot")
+    _equal((await store.counts())[_R.QUEUED], 1, "QUEUED count after refused lots")
+    # The same id twice with the same content is one message.
+    same = _new("X:a", id="same")
+    infos = await store.submit_many([same, same], now=_T0, lifetime=_LIFETIME)
+    _equal(infos[0], infos[1], "one message submitted twice in one lot")
+    _equal((await store.counts())[_R.QUEUED], 2, "QUEUED count after a lot with a repeat")
+
+
+@_check
 async def _unknown_ids_raise_unknown_message(store: Store) -> None:
     await _submit(store, "X:a", id="m-known")
     missing = "m-missing"
