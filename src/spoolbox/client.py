@@ -34,7 +34,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -339,17 +339,8 @@ class Client:
 
     def submit(self, message: NewMessage, *, fallback: bool = True) -> dict[str, Any]:
         """Submit; returns ``{"id", "state", "via"}`` (via: "daemon" or "store")."""
-        args = {
-            "id": message.id,
-            "sender": str(message.sender) if message.sender is not None else None,
-            "recipients": [str(r) for r in message.recipients],
-            "content": base64.b64encode(message.content).decode("ascii"),
-            "priority": message.priority.name.lower(),
-            "notify": int(message.notify),
-            "send_at": message.send_at,
-        }
         try:
-            result: dict[str, Any] = self.call("submit", **args)
+            result: dict[str, Any] = self.call("submit", **_message_args(message))
             return result
         except DaemonNotRunning:
             if not fallback:
@@ -359,6 +350,30 @@ class Client:
         async def put(store: SQLiteStore) -> dict[str, Any]:
             info = await store.submit(message, now=time.time(), lifetime=lifetime)
             return {"id": info.id, "state": str(MessageState.QUEUED), "via": "store"}
+
+        return self._offline(put)
+
+    def submit_many(
+        self, messages: Sequence[NewMessage], *, fallback: bool = True
+    ) -> dict[str, Any]:
+        """Submit all of ``messages`` in one durable transaction, or none (see
+        :meth:`spoolbox.Spooler.submit_many`); returns ``{"ids", "state", "via"}``.
+        At most ``MAX_SUBMIT_MANY`` (10,000) messages a call."""
+        try:
+            result: dict[str, Any] = self.call(
+                "submit_many", messages=[_message_args(m) for m in messages]
+            )
+            return result
+        except DaemonNotRunning:
+            if not fallback:
+                raise
+        lifetime = self.profile.spooler.policy.lifetime
+
+        async def put(store: SQLiteStore) -> dict[str, Any]:
+            # Without the daemon's router: recipients are routed when it starts.
+            infos = await store.submit_many(list(messages), now=time.time(), lifetime=lifetime)
+            ids = [i.id for i in infos]
+            return {"ids": ids, "state": str(MessageState.QUEUED), "via": "store"}
 
         return self._offline(put)
 
@@ -493,3 +508,16 @@ class Client:
         """Ask the daemon to re-read its profile (as SIGHUP does)."""
         result: dict[str, Any] = self.call("reload")
         return result
+
+
+def _message_args(message: NewMessage) -> dict[str, Any]:
+    """A message as the local API's ``submit`` takes it."""
+    return {
+        "id": message.id,
+        "sender": str(message.sender) if message.sender is not None else None,
+        "recipients": [str(r) for r in message.recipients],
+        "content": base64.b64encode(message.content).decode("ascii"),
+        "priority": message.priority.name.lower(),
+        "notify": int(message.notify),
+        "send_at": message.send_at,
+    }

@@ -77,6 +77,8 @@ __all__ = ["Daemon", "DaemonError", "RedactingFilter"]
 
 log = logging.getLogger("spoolbox.daemon")
 _LINE_LIMIT = 256 * 1024 * 1024  # the longest request line (a base64 message)
+#: ``submit_many``: messages in one request at most (one store transaction).
+MAX_SUBMIT_MANY = 10_000
 
 
 class DaemonError(Exception):
@@ -562,29 +564,30 @@ class Daemon:
 
     async def op_submit(self, args: dict[str, Any]) -> dict[str, Any]:
         sp = await self.current()
-        try:
-            content = base64.b64decode(_arg(args, "content", str), validate=True)
-        except binascii.Error as exc:
-            raise _ApiError("bad_request", f"content is not base64: {exc}") from None
-        sender = args.get("sender")
-        recipients = _arg(args, "recipients", list)
-        prio = str(args.get("priority") or "normal").upper()
-        if prio not in Priority.__members__:
-            raise _ApiError("bad_request", f"unknown priority {prio.lower()!r}")
-        kwargs: dict[str, Any] = {}
-        if args.get("id"):
-            kwargs["id"] = str(args["id"])
-        message = NewMessage(
-            sender=Address.parse(sender) if sender else None,
-            recipients=tuple(Address.parse(str(r)) for r in recipients),
-            content=content,
-            priority=Priority[prio],
-            notify=Notify(int(args.get("notify", Notify.FAILURE))),
-            send_at=float(args["send_at"]) if args.get("send_at") is not None else None,
-            **kwargs,
-        )
-        info = await sp.submit(message)
+        info = await sp.submit(_message_from_args(args))
         return {"id": info.id, "state": str(MessageState.QUEUED), "via": "daemon"}
+
+    async def op_submit_many(self, args: dict[str, Any]) -> dict[str, Any]:
+        sp = await self.current()
+        items = _arg(args, "messages", list)
+        if len(items) > MAX_SUBMIT_MANY:
+            raise _ApiError(
+                "bad_request",
+                f"{len(items)} messages in one submit_many; at most {MAX_SUBMIT_MANY}",
+            )
+        messages: list[NewMessage] = []
+        for i, item in enumerate(items):
+            where = f"messages[{i}]"
+            if not isinstance(item, dict):
+                raise _ApiError("bad_request", f"{where} must be an object")
+            try:
+                messages.append(_message_from_args(item))
+            except _ApiError as exc:
+                raise _ApiError(exc.code, f"{where}: {exc}") from None
+            except (MessageError, AddressError, ValueError) as exc:
+                raise _ApiError("bad_request", f"{where}: {exc}") from None
+        infos = await sp.submit_many(messages)
+        return {"ids": [i.id for i in infos], "state": str(MessageState.QUEUED), "via": "daemon"}
 
     async def op_status(self, args: dict[str, Any]) -> dict[str, Any]:
         sp = await self.current()
@@ -800,6 +803,31 @@ class Daemon:
                 done.cancel()
 
 
+def _message_from_args(args: dict[str, Any]) -> NewMessage:
+    """A ``submit`` request's message (also each item of ``submit_many``)."""
+    try:
+        content = base64.b64decode(_arg(args, "content", str), validate=True)
+    except binascii.Error as exc:
+        raise _ApiError("bad_request", f"content is not base64: {exc}") from None
+    sender = args.get("sender")
+    recipients = _arg(args, "recipients", list)
+    prio = str(args.get("priority") or "normal").upper()
+    if prio not in Priority.__members__:
+        raise _ApiError("bad_request", f"unknown priority {prio.lower()!r}")
+    kwargs: dict[str, Any] = {}
+    if args.get("id"):
+        kwargs["id"] = str(args["id"])
+    return NewMessage(
+        sender=Address.parse(sender) if sender else None,
+        recipients=tuple(Address.parse(str(r)) for r in recipients),
+        content=content,
+        priority=Priority[prio],
+        notify=Notify(int(args.get("notify", Notify.FAILURE))),
+        send_at=float(args["send_at"]) if args.get("send_at") is not None else None,
+        **kwargs,
+    )
+
+
 def _arg(args: dict[str, Any], name: str, kind: type) -> Any:
     value = args.get(name)
     if not isinstance(value, kind) or (kind is str and not value):
@@ -811,6 +839,7 @@ _Handler = Callable[[Daemon, dict[str, Any]], Awaitable[Any]]
 _OPS: dict[str, _Handler] = {
     "ping": Daemon.op_ping,
     "submit": Daemon.op_submit,
+    "submit_many": Daemon.op_submit_many,
     "status": Daemon.op_status,
     "statistics": Daemon.op_statistics,
     "queue.list": Daemon.op_queue_list,

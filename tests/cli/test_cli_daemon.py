@@ -3,6 +3,7 @@ SIGTERM with messages in flight and nothing lost, SIGHUP reload, missing credent
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -14,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import CLI, Daemons, Home, wait_until
-from spoolbox.client import Client
+from spoolbox import Address, NewMessage
+from spoolbox.client import Client, ClientError
 
 ROW_KEYS = {
     "name",
@@ -326,3 +328,55 @@ def test_event_loop_choice_serves_the_smtp_listener_and_delivers(
         )
         assert refused == {}
     wait_until("delivery", lambda: list(home.delivered()) == [f"over SMTP on {loop}"])
+
+
+def _lot(*subjects: str) -> list[NewMessage]:
+    return [
+        NewMessage(
+            sender=Address.parse("MAILDIR:alice"),
+            recipients=(Address.parse("MAILDIR:bob"),),
+            content=f"Subject: {s}\r\n\r\nbody\r\n".encode(),
+        )
+        for s in subjects
+    ]
+
+
+def test_submit_many_through_the_daemon_and_while_it_is_down(home: Home, daemons: Daemons) -> None:
+    client = Client(home.profile)
+    early = _lot("early-1", "early-2")
+    down = client.submit_many(early)  # no daemon yet: into the store, in one transaction
+    assert (down["via"], down["ids"]) == ("store", [m.id for m in early])
+    daemons.start(home)
+    lot = _lot("lot-1", "lot-2", "lot-3")
+    up = client.submit_many(lot)
+    assert (up["via"], up["ids"], up["state"]) == ("daemon", [m.id for m in lot], "queued")
+    names = ["early-1", "early-2", "lot-1", "lot-2", "lot-3"]
+    wait_until("delivery", lambda: sorted(home.delivered()) == names)
+    # Again (a retry after a lost answer): idempotent, nothing is delivered twice.
+    assert client.submit_many(lot)["ids"] == up["ids"]
+    assert Client(home.profile).statistics()["counters"]["submitted"] == 6
+    assert all(len(files) == 1 for files in home.delivered().values())
+
+
+def test_submit_many_names_the_bad_message_and_stores_none(home: Home, daemons: Daemons) -> None:
+    daemons.start(home)
+    good = _lot("fine")[0]
+    bad = {"content": "not base64!", "recipients": ["MAILDIR:bob"]}
+    item = {"content": base64.b64encode(good.content).decode(), "recipients": ["MAILDIR:bob"]}
+    with pytest.raises(ClientError, match=r"messages\[1\]: content is not base64"):
+        Client(home.profile).call("submit_many", messages=[item, bad])
+    with pytest.raises(ClientError, match=r"messages\[0\].*(address|type)"):
+        Client(home.profile).call(
+            "submit_many", messages=[{**item, "recipients": ["no type here"]}]
+        )
+    assert home.json("queue", "list")["messages"] == []
+    # A lot the store refuses part way (an id used by a different message) leaves
+    # nothing of itself behind either.
+    client = Client(home.profile)
+    client.call("submit", **{**item, "id": "taken"})
+    with pytest.raises(ClientError, match="'taken' is already used by a different message"):
+        client.call(
+            "submit_many",
+            messages=[{**item, "id": "n1"}, {**item, "id": "taken", "priority": "high"}],
+        )
+    assert [m["id"] for m in home.json("queue", "list")["messages"]] == ["taken"]
