@@ -143,6 +143,34 @@ class _StoreMachine(RuleBasedStateMachine):
         self._run(self.store.assign_routes([(mid, i, "x") for i in range(n)]))
         self.msgs[mid] = _Msg(message, send_at or 0.0, rcpts=[_Rcpt() for _ in range(n)])
 
+    @rule(count=st.integers(min_value=1, max_value=3), again=st.booleans(), pick=PICK)
+    def submit_many(self, count: int, again: bool, pick: int) -> None:
+        """New messages routed in one transaction, with an old one again (idempotent)."""
+        new: list[NewMessage] = []
+        for _ in range(count):
+            mid = f"m{self.seq:03d}"
+            self.seq += 1
+            new.append(
+                NewMessage(
+                    sender=None,
+                    recipients=(Address("X", "r0@example.org"),),
+                    content=b"Subject: " + mid.encode() + b"\r\n\r\nbody\r\n",
+                    id=mid,
+                )
+            )
+        old = self.msgs[self._pick(pick)] if again and self.msgs else None
+        lot = new + ([old.message] if old is not None else [])
+        infos = self._run(
+            self.store.submit_many(
+                lot, now=self.now, lifetime=1e9, routes=[["x"] * len(m.recipients) for m in lot]
+            )
+        )
+        assert [i.id for i in infos] == [m.id for m in lot]
+        if old is not None:
+            assert infos[-1].held == old.held
+        for m in new:
+            self.msgs[m.id] = _Msg(m, 0.0, rcpts=[_Rcpt()])
+
     @precondition(lambda self: self.msgs)
     @rule(pick=PICK)
     def resubmit(self, pick: int) -> None:
