@@ -21,8 +21,8 @@ crashes.  How it is built:
   the event loop, and all those that arrive while the thread is busy committing, go
   into the next transaction together, one fsync for the batch.  Each submitter
   resumes only after its batch committed.  A transaction that has to wait for
-  another process's write lock takes in what arrives meanwhile.  ``statistics()`` counts commits and
-  submits.
+  another process's write lock takes in what arrives meanwhile.  ``statistics()``
+  counts commits and submits.
 * **No queue scans.**  Recipient rows carry their route, state, priority and ready
   time (``max(send_at, retry_at)``); picking the next job is a range scan of a partial
   index per priority.  Recipients per state live in a counters table kept by triggers.
@@ -170,12 +170,13 @@ class SQLiteStore:
     progress: claims, lease renewals and releases, settles.  Losing one of those in
     a power cut only makes work be done again (a delivery made twice, at least once
     as always); a process crash loses nothing at either level.  ``FULL`` fsyncs
-    them too, for fewer duplicates after a power cut.  One store object serves one event loop;
-    several store objects (several processes) may share one file: a write that finds
-    another one's transaction waits for it in short pauses, up to ``busy_timeout``
-    seconds (30), then fails with :class:`~spoolbox.store.base.StoreError`.
-    ``statistics()`` counts these waits (``lock_waits``, ``lock_wait_seconds``) and the
-    time this store held the write lock (``write_seconds``).
+    them too, for fewer duplicates after a power cut.  One store object serves one
+    event loop; several store objects (several processes) may share one file: a
+    write that finds another one's transaction waits for it in short pauses, up to
+    ``busy_timeout`` seconds (30), then fails with
+    :class:`~spoolbox.store.base.StoreError`.  ``statistics()`` counts these waits
+    (``lock_waits``, ``lock_wait_seconds``), the time this store held the write lock
+    (``write_seconds``) and the ``progress_commits``.
     """
 
     def __init__(
