@@ -379,12 +379,34 @@ class _WorkerProcess:
         self._stats_sent: dict[str, int] = {}
         self.listener: SubmissionListener | None = None
         self.store = SQLiteStore(spec.store, synchronous=spec.synchronous)
+        # Lines the daemon has not read yet.  The pipe is non-blocking: a daemon that
+        # stops reading (stopped, or busy) must not stop this process's loop, which
+        # goes on accepting mail; what it commits meanwhile is counted, then told in
+        # one line when the pipe drains.
+        self._unsent = bytearray()
+        self._waiting_to_write = False
+        os.set_blocking(out, False)
 
     def _write(self, obj: Mapping[str, Any]) -> None:
-        data = json.dumps(obj).encode() + b"\n"
-        with contextlib.suppress(BrokenPipeError):
-            while data:
-                data = data[os.write(self._out, data) :]
+        self._unsent += json.dumps(obj).encode() + b"\n"
+        self._drain()
+
+    def _drain(self) -> None:
+        try:
+            while self._unsent:
+                del self._unsent[: os.write(self._out, self._unsent)]
+        except BlockingIOError:
+            if not self._waiting_to_write:
+                asyncio.get_running_loop().add_writer(self._out, self._drain)
+                self._waiting_to_write = True
+            return
+        except OSError:  # the daemon is gone (EPIPE): nobody to tell
+            self._unsent.clear()
+        if self._waiting_to_write:
+            asyncio.get_running_loop().remove_writer(self._out)
+            self._waiting_to_write = False
+        if self._count:
+            self._flush()  # what was committed while the pipe was full, in one line
 
     async def submit(self, message: NewMessage) -> object:
         routes: list[str | None] = []
@@ -408,13 +430,16 @@ class _WorkerProcess:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._unsent or not self._count:
+            return  # the pipe is full: keep counting (_drain tells it all later)
         msg: dict[str, Any] = {"n": self._count, "to": sorted(self._to), "unrouted": self._unrouted}
         self._count, self._to, self._unrouted = 0, set(), False
         self._write(msg)
 
     def _send_stats(self) -> None:
-        """The listener's and the store's counters, if they changed since last sent."""
-        if self.listener is None:
+        """The listener's and the store's counters, if they changed since last sent
+        (not while the daemon is not reading: they are sent again when they change)."""
+        if self.listener is None or self._unsent:
             return
         stats = self.listener.statistics()
         st = self.store.statistics()
