@@ -445,6 +445,7 @@ class Daemon:
             routes=routes,
             submitted=submitted,
             on_trouble=trouble,
+            secrets=profile.secret_values,
         )
 
     async def _stop_listeners(self) -> None:

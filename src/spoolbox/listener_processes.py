@@ -48,7 +48,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from .ingress.listener import ListenerConfig, SubmissionListener, listen_socket
@@ -99,6 +99,7 @@ class WorkerSpec:
     log_level: str
     fd: int  # the inherited listening socket
     routes: list[list[Any]]  # table_to_json of the daemon's routing table
+    secrets: list[str] = field(default_factory=list)  # redacted from the worker's log
 
     def to_json(self) -> str:
         return json.dumps(
@@ -112,6 +113,7 @@ class WorkerSpec:
                 "log_level": self.log_level,
                 "fd": self.fd,
                 "routes": self.routes,
+                "secrets": self.secrets,
             }
         )
 
@@ -156,6 +158,7 @@ class ListenerProcesses:
         routes: Callable[[], RoutingTable],
         submitted: Submitted,
         on_trouble: Callable[[str], None] = lambda text: None,
+        secrets: Iterable[str] = (),
     ) -> None:
         if processes < 1:
             raise ValueError(f"processes must be at least 1, not {processes}")
@@ -171,6 +174,7 @@ class ListenerProcesses:
         self._routes = routes
         self._submitted = submitted
         self._on_trouble = on_trouble
+        self._secrets = sorted(set(secrets))
         self._sock: socket.socket | None = None
         self._workers = [_WorkerHandle() for _ in range(processes)]
         self._tasks: set[asyncio.Task[None]] = set()
@@ -274,6 +278,7 @@ class ListenerProcesses:
             log_level=self._log_level,
             fd=fd,
             routes=table_to_json(table),
+            secrets=self._secrets,
         )
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -526,10 +531,14 @@ def _worker_main() -> int:
         format=f"%(asctime)s %(levelname)s %(name)s [listener {spec.name} pid %(process)d]: "
         "%(message)s",
     )
+    from .daemon import RedactingFilter, event_loop_runner
+
+    secrets = frozenset(spec.secrets)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter(lambda: secrets))
     out = os.dup(1)
     # Stray prints must not corrupt the line protocol: stdout becomes stderr.
     os.dup2(2, 1)
-    from .daemon import event_loop_runner
 
     worker = _WorkerProcess(spec, out)
     return event_loop_runner(spec.event_loop)(worker.run())

@@ -1,9 +1,10 @@
-"""A listener process whose daemon stops reading its pipe keeps accepting mail.
+"""The listener worker process on its own: its pipe to the daemon, its log.
 
 The worker tells the daemon about every commit over a pipe.  A daemon that stops
 reading it (stopped with SIGSTOP, or stuck) must not stop the worker: it would stop
 answering SMTP clients.  Here the pipe is a real one shrunk to one page, the store
-a real SQLite file, and nobody reads until 400 submissions have returned.
+a real SQLite file, and nobody reads until 400 submissions have returned.  And the
+worker's log, like the daemon's, never shows a secret of the profile.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import asyncio
 import fcntl
 import json
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 from spoolbox import Address, NewMessage
@@ -75,3 +79,39 @@ async def test_a_full_pipe_does_not_stop_the_worker_and_nothing_is_untold(
         await worker.store.close()
         os.close(r)
         os.close(w)
+
+
+def test_the_worker_log_never_shows_a_secret(tmp_path: Path) -> None:
+    secret = "hunter2-s3cr3t"
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        spec = _spec(tmp_path / "spool.db")
+        spec = WorkerSpec(
+            **{
+                **json.loads(spec.to_json()),
+                "fd": sock.fileno(),
+                "options": {"host": "127.0.0.1", "port": 0, "users": {"alice": secret}},
+                "secrets": [secret],
+            }
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "spoolbox.listener_processes"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=(sock.fileno(),),
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(spec.to_json().encode() + b"\n")
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline())["ready"] is True
+        # A control line it cannot read is logged with its text, which holds the secret.
+        proc.stdin.write(b'{"routes": "' + secret.encode() + b'"}\n')
+        proc.stdin.close()  # then EOF: the worker stops
+        assert proc.wait(timeout=30) == 0
+        assert proc.stderr is not None
+        log = proc.stderr.read().decode()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert "unreadable control line" in log
+    assert "***" in log
+    assert secret not in log
