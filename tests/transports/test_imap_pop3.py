@@ -79,6 +79,9 @@ async def test_options_are_validated(provider: Any) -> None:
         await provider().logon(None, {**good, "timeout": 0}, LogonFlags.NONE)
     with pytest.raises(ValueError, match="'verify'"):
         await provider().logon(None, {**good, "verify": "no"}, LogonFlags.NONE)
+    for bad in (0, 256 * 1024 * 1024 + 1, "1MB", True):
+        with pytest.raises(ValueError, match="'max_size' must be a number of bytes from 1"):
+            await provider().logon(None, {**good, "max_size": bad}, LogonFlags.NONE)
 
 
 async def test_pop3_has_no_imap_options() -> None:
@@ -128,6 +131,39 @@ async def test_imap_fetches_everything_exactly_once(
         assert report.for_transport("imap").downloaded == 1
         assert sorted(await inbox(sp)) == sorted([*sent, late])
         assert (await sp.store.profile_get("transport:imap"))["last_uid"] == 7
+
+
+async def test_imap_skips_a_message_over_max_size_and_never_removes_it(
+    dovecot: dc.Dovecot, user: str, db: Path
+) -> None:
+    """One message too big: the others before and after it arrive, it stays on the
+    server through after_fetch = delete (also after a restart, whose clean-up removes
+    what lies below the watermark), and it is reported, not fetched again and again."""
+    small = [message(i, tag="max") for i in range(4)]
+    big = message(9, size=20_000, tag="max")
+    for m in (small[0], small[1], big, small[2], small[3]):
+        dovecot.deliver(user, m)
+    options = imap_options(dovecot, user, max_size=10_000, after_fetch="delete")
+    async with spooler(db, "imap", options) as sp:
+        await sp.wait_inbox(4, timeout=WAIT)
+        assert sorted(await inbox(sp)) == sorted(small)
+        await eventually(lambda: len(dovecot.files(user)) == 1, "the others deleted")
+        status = sp.host("imap").status_object()
+        assert status["skipped"] == 1
+        assert "UID 3" in str(status["last_error"]) and "max_size (10000)" in str(
+            status["last_error"]
+        )
+        state = await sp.store.profile_get("transport:imap")
+        assert (state["last_uid"], state["skipped_uids"]) == (5, [3])
+        report = await sp.flush(upload=False)
+        assert report.for_transport("imap").downloaded == 0
+    [left] = dovecot.files(user)
+    assert left.read_bytes() == big
+    async with spooler(db, "imap", options) as sp:  # the clean-up at logon spares it
+        assert (await sp.wait_ready(timeout=WAIT)) == {"imap": True}
+        await sp.flush(upload=False)
+        assert len(await sp.store.list_inbox()) == 4
+    assert [p.read_bytes() for p in dovecot.files(user)] == [big]
 
 
 async def test_imap_idle_brings_new_mail(dovecot: dc.Dovecot, user: str, db: Path) -> None:
@@ -311,6 +347,25 @@ async def test_pop3_after_fetch_delete_and_leftovers(
         assert sorted(await inbox(sp)) == sorted([*sent, more])
         # Pruned to what was on the server when the last one was fetched: itself.
         assert sp.host("pop3").status_object()["fetched_uidls"] == 1
+
+
+async def test_pop3_skips_a_message_over_max_size_and_never_deletes_it(
+    dovecot: dc.Dovecot, user: str, db: Path
+) -> None:
+    small = [message(i, tag="pmax") for i in range(3)]
+    big = message(9, size=20_000, tag="pmax")
+    for m in (small[0], big, small[1], small[2]):
+        dovecot.deliver(user, m)
+    options = pop3_options(dovecot, user, max_size=10_000, after_fetch="delete")
+    async with spooler(db, "pop3", options) as sp:
+        await sp.wait_inbox(3, timeout=WAIT)
+        assert sorted(await inbox(sp)) == sorted(small)
+        await eventually(lambda: len(dovecot.files(user)) == 1, "the others deleted")
+        status = sp.host("pop3").status_object()
+        assert status["skipped"] == 1 and "max_size (10000)" in str(status["last_error"])
+        report = await sp.flush(upload=False)
+        assert report.for_transport("pop3").downloaded == 0
+    assert [p.read_bytes() for p in dovecot.files(user)] == [big]
 
 
 async def test_pop3_wrong_password_fails_the_session_not_the_spooler(

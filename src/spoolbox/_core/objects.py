@@ -19,16 +19,13 @@ from email.parser import BytesParser
 from typing import Any
 
 from ..contract.errors import ContractViolation, InvalidObject
-from ..contract.objects import OutboundRecipient
+from ..contract.objects import MAX_INBOUND_SIZE, OutboundRecipient
 from ..model import Address, MessageInfo, SubmitFlags
 from ..store import ClaimedJob, Store
 
 __all__ = ["InboundWriterImpl", "OutboundMessageImpl", "ProfileSectionImpl"]
 
 YieldFn = Callable[[], Awaitable[None]]
-
-#: An inbound message larger than this is refused (the provider gets an error).
-MAX_INBOUND_SIZE = 256 * 1024 * 1024
 
 
 class OutboundMessageImpl:

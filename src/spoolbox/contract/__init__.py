@@ -33,11 +33,18 @@ from .errors import (
     Unconfigured,
     WaitRetry,
 )
-from .objects import InboundWriter, OutboundMessage, OutboundRecipient, ProfileSection
+from .objects import (
+    MAX_INBOUND_SIZE,
+    InboundWriter,
+    OutboundMessage,
+    OutboundRecipient,
+    ProfileSection,
+)
 from .provider import BaseTransportSession, OptionSpec, TransportProvider, TransportSession
 from .support import Support
 
 __all__ = [
+    "MAX_INBOUND_SIZE",
     "SPI_VERSION",
     "BaseTransportSession",
     "ContractViolation",

@@ -87,6 +87,12 @@ class OutboundMessage(Protocol):
     def iter_attachments(self) -> AsyncIterator[Message]: ...
 
 
+#: The largest inbound message the spooler takes (bytes): ``InboundWriter.write``
+#: past it raises ContractViolation.  An inbound transport that can learn a message's
+#: size first should skip larger ones rather than fail on them again and again.
+MAX_INBOUND_SIZE = 256 * 1024 * 1024
+
+
 class InboundWriter(Protocol):
     """The inbox message being filled in ``start_message``.
 

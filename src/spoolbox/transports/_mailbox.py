@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from spoolbox.contract import Unconfigured
+from spoolbox.contract import MAX_INBOUND_SIZE, Unconfigured
 
 __all__ = ["MailboxSettings", "fetch_status"]
 
@@ -19,6 +19,7 @@ _COMMON = (
     "after_fetch",
     "ca_file",
     "host",
+    "max_size",
     "password",
     "port",
     "timeout",
@@ -74,6 +75,8 @@ class MailboxSettings:
     move_to: str | None
     idle: bool
     timeout: float
+    #: Larger messages are left on the server, skipped with an error (bytes).
+    max_size: int = MAX_INBOUND_SIZE
 
     @classmethod
     def from_config(cls, protocol: str, config: Mapping[str, Any]) -> MailboxSettings:
@@ -119,6 +122,16 @@ class MailboxSettings:
         timeout = config.get("timeout", 60.0)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
             raise ValueError(f"{p} option 'timeout' must be a positive number, not {timeout!r}")
+        max_size = config.get("max_size", MAX_INBOUND_SIZE)
+        if (
+            isinstance(max_size, bool)
+            or not isinstance(max_size, int)
+            or not 0 < max_size <= MAX_INBOUND_SIZE
+        ):
+            raise ValueError(
+                f"{p} option 'max_size' must be a number of bytes from 1 to "
+                f"{MAX_INBOUND_SIZE} (the spooler's limit), not {max_size!r}"
+            )
         return cls(
             protocol=p,
             host=host,
@@ -133,6 +146,7 @@ class MailboxSettings:
             move_to=move_to,
             idle=idle and p == "imap",
             timeout=float(timeout),
+            max_size=max_size,
         )
 
     @property

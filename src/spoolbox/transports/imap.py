@@ -32,6 +32,14 @@ Configuration (the transport's ``options``):
 ``timeout``
     Seconds for each network step (connect, login, each command; a FETCH may take
     longer as long as data keeps arriving), default 60.
+``max_size``
+    Bytes, default and at most 256 MiB (the spooler's limit for one inbound
+    message).  A larger message (by ``RFC822.SIZE``, read before fetching) is left
+    on the server, not fetched, and reported once per logon: an error in the log,
+    ``last_error`` in the status row, ``skipped`` in the status object.  It never
+    blocks the messages after it.  Its UID is kept in the profile section
+    (``skipped_uids``) before anything after it is fetched, so ``after_fetch``
+    never deletes or moves it; raising ``max_size`` later does not fetch it either.
 
 An unknown key or a value of the wrong type fails the logon with a
 :class:`ValueError` that names the key.
@@ -434,6 +442,7 @@ class IMAPSession(BaseTransportSession):
         self._warned_validity: int | None = None
         self.fetched = 0
         self.bytes = 0
+        self.skipped: set[tuple[int, int]] = set()  # (uidvalidity, uid) over max_size
         self.last = ""
         self.last_error = ""
         self.idle_state = "off"
@@ -456,6 +465,7 @@ class IMAPSession(BaseTransportSession):
             "last_uid": section.get("last_uid"),
             "fetched": self.fetched,
             "bytes": self.bytes,
+            "skipped": len(self.skipped),
             "idle": self.idle_state,
             "last_error": self.last_error or None,
         }
@@ -463,6 +473,35 @@ class IMAPSession(BaseTransportSession):
     def _status(self) -> None:
         text = fetch_status(self.fetched, self.last, self.last_error)
         self.support.modify_status_row(status_string=text)
+
+    async def _skip(self, uidvalidity: int, uid: int, size: int) -> None:
+        """A message over ``max_size``: left on the server, never fetched, said once
+        per logon.  Its UID is recorded durably before anything after it is handed
+        out, because the watermark passes it then, and the removal of what lies at
+        or below the watermark (``_cleanup``) must leave it alone."""
+        if (uidvalidity, uid) in self.skipped:
+            return
+        section = self.support.profile_section()
+        recorded = self._skipped_uids(uidvalidity)
+        if uid not in recorded:
+            await section.update(
+                {"uidvalidity": uidvalidity, "skipped_uids": sorted({*recorded, uid})}
+            )
+        self.skipped.add((uidvalidity, uid))
+        self.last_error = (
+            f"UID {uid} ({size} bytes) is larger than max_size ({self.settings.max_size}): "
+            "left on the server, not fetched"
+        )
+        self.support.logger.error("imap %s: %s", self.settings.where, self.last_error)
+        self._status()
+
+    def _skipped_uids(self, uidvalidity: int) -> set[int]:
+        """The UIDs recorded as skipped under ``uidvalidity`` (none under another)."""
+        section = self.support.profile_section()
+        if section.get("uidvalidity") not in (None, uidvalidity):
+            return set()
+        value = section.get("skipped_uids", [])
+        return {int(u) for u in value} if isinstance(value, list) else set()
 
     def _error(self, text: str) -> None:
         self.last_error = text
@@ -525,7 +564,9 @@ class IMAPSession(BaseTransportSession):
         stored = section.get("uidvalidity")
         if stored is not None and stored != conn.uidvalidity:
             self._watermark(conn.uidvalidity)  # warns
-            await section.update({"uidvalidity": conn.uidvalidity, "last_uid": 0})
+            await section.update(
+                {"uidvalidity": conn.uidvalidity, "last_uid": 0, "skipped_uids": None}
+            )
         async with self._lock:
             await self._cleanup()
 
@@ -539,7 +580,8 @@ class IMAPSession(BaseTransportSession):
             w = self._watermark(conn.uidvalidity)
             if w <= 0:
                 return
-            left = await conn.search_uids(1, w)
+            skipped = self._skipped_uids(conn.uidvalidity)
+            left = [u for u in await conn.search_uids(1, w) if u not in skipped]
             if left:
                 await conn.remove(left)
                 self.support.logger.info(
@@ -580,13 +622,16 @@ class IMAPSession(BaseTransportSession):
         queue = self._queue
         while queue and not self._buffer:
             head = [queue[i] for i in range(min(_FETCH_BATCH, len(queue)))]
-            sizes = await conn.sizes(head) if len(head) > 1 else {head[0]: 0}
+            sizes = await conn.sizes(head)
             take: list[int] = []
             total = 0
             for uid in head:
                 size = sizes.get(uid)
                 if size is None:
                     continue  # gone from the folder meanwhile
+                if size > self.settings.max_size:
+                    await self._skip(conn.uidvalidity, uid, size)
+                    continue
                 if take and total + size > _FETCH_BYTES:
                     break
                 take.append(uid)

@@ -9,7 +9,9 @@ Configuration: ``host``, ``username``, ``password`` (required), ``port`` (995 wi
 ``tls = "implicit"``, else 110), ``tls`` (``"implicit"`` default, ``"starttls"``
 i.e. STLS, ``"none"``), ``verify`` (default true; false is logged), ``ca_file``,
 ``after_fetch`` (``"keep"`` default, or ``"delete"``), ``timeout`` (seconds per
-network step, default 60).  An unknown key or a value of the wrong type fails the
+network step, default 60), ``max_size`` (bytes, default and at most 256 MiB: a
+larger message, by its LIST size, is left on the server, never deleted, not
+fetched, and reported once per logon; it does not block the others).  An unknown key or a value of the wrong type fails the
 logon with a :class:`ValueError` naming it.  The logon opens a session to check the
 credentials: a wrong password fails the logon and the status row says why.
 
@@ -116,6 +118,17 @@ def _uidl(conn: poplib.POP3) -> list[tuple[int, str]]:
     return out
 
 
+def _sizes(conn: poplib.POP3) -> dict[int, int]:
+    """Message number -> size in octets (LIST)."""
+    _resp, lines, _octets = conn.list()
+    out: dict[int, int] = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+            out[int(parts[0])] = int(parts[1])
+    return out
+
+
 def _retr(conn: poplib.POP3, n: int) -> bytes:
     _resp, lines, _octets = conn.retr(n)  # dot-unstuffed, without line ends
     return b"".join(line + b"\r\n" for line in lines)
@@ -139,6 +152,7 @@ class POP3Session(BaseTransportSession):
         self.bytes = 0
         self.last = ""
         self.last_error = ""
+        self.skipped: set[str] = set()  # UIDLs over max_size, this logon
 
     def __repr__(self) -> str:
         return f"<POP3Session {self.settings.where}>"
@@ -156,12 +170,24 @@ class POP3Session(BaseTransportSession):
             "fetched_uidls": len(self._fetched()),
             "fetched": self.fetched,
             "bytes": self.bytes,
+            "skipped": len(self.skipped),
             "last_error": self.last_error or None,
         }
 
     def _status(self) -> None:
         text = fetch_status(self.fetched, self.last, self.last_error)
         self.support.modify_status_row(status_string=text)
+
+    def _skip(self, uidl: str, size: int) -> None:
+        """A message over ``max_size``: left on the server (never deleted: it is not
+        in ``fetched_uidls``) and not fetched; said once per logon."""
+        self.skipped.add(uidl)
+        self.last_error = (
+            f"UIDL {uidl} ({size} bytes) is larger than max_size ({self.settings.max_size}): "
+            "left on the server, not fetched"
+        )
+        self.support.logger.error("pop3 %s: %s", self.settings.where, self.last_error)
+        self._status()
 
     def _network_error(self, what: str, exc: BaseException) -> NetworkError:
         self.last_error = f"{what}: {type(exc).__name__}: {exc}"
@@ -220,7 +246,7 @@ class POP3Session(BaseTransportSession):
                 self.settings.where,
                 len(left),
             )
-        return sum(1 for _n, u in listing if u not in fetched)
+        return sum(1 for _n, u in listing if u not in fetched and u not in self.skipped)
 
     async def start_message(self, message: InboundWriter) -> None:
         try:
@@ -228,7 +254,13 @@ class POP3Session(BaseTransportSession):
             listing: list[tuple[int, str]] = await self._run(conn, _uidl)
             fetched = self._fetched()
             done = set(fetched)
-            todo = [(n, u) for n, u in listing if u not in done]
+            todo = [(n, u) for n, u in listing if u not in done and u not in self.skipped]
+            if todo:
+                sizes: dict[int, int] = await self._run(conn, _sizes)
+                for n, u in todo:
+                    if sizes.get(n, 0) > self.settings.max_size:
+                        self._skip(u, sizes[n])
+                todo = [(n, u) for n, u in todo if u not in self.skipped]
             if not todo:
                 await self._run(conn, _quit)
                 return
