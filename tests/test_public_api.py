@@ -46,6 +46,7 @@ EXPECTED_TOP = {
 }
 
 EXPECTED_CONTRACT = {
+    "MAX_INBOUND_SIZE",
     "SPI_VERSION",
     "BaseTransportSession",
     "ContractViolation",
