@@ -19,6 +19,7 @@ import re
 import resource
 import signal
 import stat
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,23 @@ async def test_one_message_is_delivered_into_two_maildirs(tmp_path: Path) -> Non
         assert stat.S_IMODE(d.stat().st_mode) == 0o700
     assert row.status_string is not None
     assert row.status_string.startswith(f"delivered 2, last: {b / 'new'}/")
+
+
+async def test_tmp_files_left_by_a_crash_go_after_36_hours(tmp_path: Path) -> None:
+    """The first delivery of a session to a maildir removes tmp/ files untouched for
+    36 hours (a delivery a crash cut off); newer ones may be in use: they stay."""
+    md = make_maildir(tmp_path / "md")
+    old, fresh = md / "tmp" / "1.M1P1Q1.host", md / "tmp" / "2.M2P2Q2.host"
+    old.write_bytes(b"half a message")
+    fresh.write_bytes(b"being written")
+    long_ago = time.time() - 37 * 3600
+    os.utime(old, (long_ago, long_ago))
+    async with open_spooler({}) as sp:
+        for _ in range(2):
+            [rec] = await sent(sp, message(f"MAILDIR:{md}"))
+            assert rec.state is RecipientState.DELIVERED
+    assert listing(md, "tmp") == [fresh.name]
+    assert len(listing(md, "new")) == 2
 
 
 async def test_relative_value_under_root_null_sender_and_lf_content(tmp_path: Path) -> None:

@@ -35,7 +35,9 @@ Guarantees:
 
 * Nothing partial is ever visible in ``new/``: content reaches ``new/`` only after
   it was completely written and fsynced, and any failure or cancellation on the
-  way removes the ``tmp/`` file.  An existing file is never overwritten.
+  way removes the ``tmp/`` file.  An existing file is never overwritten.  A ``tmp/``
+  file left by a crash is removed by the first delivery of a later session to that
+  maildir, once untouched for 36 hours (as the specification allows).
 * The loop never blocks on the disk: every blocking step runs through
   ``support.run_blocking``, and content is streamed one chunk at a time.
 * Each recipient gets exactly one result, reported in one ``status_recips`` call
@@ -239,6 +241,33 @@ def _ensure_maildir(path: str, create: bool) -> None:
     st = os.stat(path)  # FileNotFoundError -> 5.1.1
     if not stat.S_ISDIR(st.st_mode):
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+
+
+#: A ``tmp/`` file not touched for this long is left over from a crash (the Maildir
+#: specification's 36 hours): the first delivery of a session to a maildir removes it.
+STALE_TMP_SECONDS = 36 * 3600
+
+
+def _remove_stale_tmp(path: str, now: float) -> list[str]:
+    """Remove the regular files in ``path/tmp`` not accessed or modified for
+    STALE_TMP_SECONDS (left by a delivery cut off by a crash); returns their names."""
+    removed: list[str] = []
+    tmp = os.path.join(path, "tmp")
+    try:
+        entries = list(os.scandir(tmp))
+    except OSError:
+        return removed
+    for entry in entries:
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and now - max(st.st_atime, st.st_mtime) > (
+                STALE_TMP_SECONDS
+            ):
+                os.unlink(entry.path)
+                removed.append(entry.name)
+        except OSError:
+            continue  # gone meanwhile, or not ours to remove: leave it
+    return removed
 
 
 class _TmpFile:
@@ -471,6 +500,7 @@ class MaildirSession(BaseTransportSession):
         self._pending: dict[str, _PickupFile] = {}  # handed out, commit not seen yet
         self._committed: dict[str, _PickupFile] = {}  # committed, removal not durable yet
         self._bad: dict[str, str] = {}  # unreadable this session -> why
+        self._swept: set[str] = set()  # maildirs whose stale tmp/ files are gone
         self.counts = {"delivered": 0, "failed": 0, "deferred": 0, "received": 0}
 
     def __repr__(self) -> str:
@@ -579,6 +609,16 @@ class MaildirSession(BaseTransportSession):
     async def _write(self, message: OutboundMessage, r: OutboundRecipient, path: str) -> str:
         run = self.support.run_blocking
         await run(_ensure_maildir, path, self.settings.create)
+        if path not in self._swept:
+            self._swept.add(path)
+            removed = await run(_remove_stale_tmp, path, time.time())
+            if removed:
+                self.support.logger.info(
+                    "maildir %s: removed %d tmp/ files left over from an interrupted "
+                    "delivery (untouched for 36 hours)",
+                    path,
+                    len(removed),
+                )
         tmp = await run(_TmpFile.create, path, self._host)
         try:
             first = True
