@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email.utils
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -68,6 +70,11 @@ async def test_a_message_is_queued_with_a_received_line(spooler: Spooler) -> Non
     assert content.startswith(b"Received: from ")
     assert b"by mx.test (spoolbox) with ESMTP id " + summary.info.id.encode() in content
     assert b"\tfor <" not in content  # two recipients: none is named in the trace
+    # The trace ends with the date and time it was received (RFC 5322).
+    stamp = content.split(b"\r\n", 3)[2]
+    assert stamp.startswith(b"\t")
+    when = email.utils.parsedate_to_datetime(stamp.decode().strip())
+    assert abs(when.timestamp() - time.time()) < 60
     assert content.endswith(MESSAGE)
     assert listener.statistics()["accepted"] == 1
     assert listener.statistics()["connections"] == 1
