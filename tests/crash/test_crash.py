@@ -50,6 +50,35 @@ def test_sigkill_soak_quick(tmp_path: Path, record_property: Callable[[str, obje
     _soak(tmp_path, record_property, name="crash quick", count=2000, kills=8, seed=20240601)
 
 
+def test_sigkill_soak_with_lots(
+    tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    """The same with submit_many: lots of 25 messages, one transaction each."""
+    h = Harness(tmp_path, 1500, worker_args=["--lot=25"])
+    soak(h, record_property, name="crash lots", kills=6, seed=20261121)
+
+
+def test_a_lot_killed_in_its_transaction_leaves_no_trace(
+    tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    """SIGKILL inside a submit_many transaction, part of a lot written: every lot is
+    in the store whole or not at all, and none of an unacknowledged lot is there."""
+    h = Harness(tmp_path, 80, worker_args=["--lot=10"])
+    run, mid = h.run_to_crash_point("submit-txn", 15)
+    assert not h.problems, "\n".join(h.problems)
+    stored = snapshot(h.db).states.keys()
+    lots = [{f"crash-{i:06d}" for i in range(s, s + 10)} for s in range(0, 80, 10)]
+    for lot in lots:
+        assert lot <= stored or not lot & stored, sorted(lot & stored)
+        assert lot <= run.acks or not lot & run.acks, sorted(lot & run.acks)
+    assert mid not in stored and mid not in run.acks
+    h.run_to_end()
+    v = verdict(h)
+    report("kill inside a lot", v, record_property)
+    assert not v.problems, "\n".join(v.problems)
+    assert v.figures["lost"] == 0 and v.figures["accepted"] == 80
+
+
 @pytest.mark.slow
 def test_sigkill_soak_long(tmp_path: Path, record_property: Callable[[str, object], None]) -> None:
     _soak(tmp_path, record_property, name="crash long", count=5000, kills=40, seed=1971)

@@ -21,6 +21,9 @@ Modes:
 ``both``
     submit while delivering, then deliver until nothing is left, then exit 0.
 
+With ``--lot N`` messages are submitted in lots of N with ``submit_many`` (one
+transaction each, all or nothing) instead of one ``submit`` at a time.
+
 Every message whose submit returned is printed as ``accepted <id>`` on stdout and
 flushed right away, so the parent knows exactly what was acknowledged when it sends
 SIGKILL.  Submitting is idempotent on the id: a run may resubmit ids an earlier run
@@ -219,17 +222,27 @@ def _accepted(mid: str) -> None:
 
 
 async def _submit_all(
-    submit: Callable[[NewMessage], Any], ids: range, concurrency: int, transport: str
+    submit: Callable[[NewMessage], Any],
+    submit_many: Callable[[list[NewMessage]], Any],
+    ids: range,
+    args: argparse.Namespace,
 ) -> None:
-    """Submit ``ids`` with up to ``concurrency`` submits waiting at once (group commit)."""
-    queue = iter(ids)
+    """Submit ``ids`` with up to ``concurrency`` submits waiting at once (group commit),
+    one at a time or in lots of ``--lot``."""
+    lot = args.lot
+    queue = iter(ids if lot <= 0 else range(ids.start, ids.stop, lot))
 
     async def submitter() -> None:
         for i in queue:
-            info = await submit(new_message(i, transport))
-            _accepted(info.id)
+            if lot <= 0:
+                info = await submit(new_message(i, args.transport))
+                _accepted(info.id)
+                continue
+            batch = [new_message(j, args.transport) for j in range(i, min(i + lot, ids.stop))]
+            for info in await submit_many(batch):
+                _accepted(info.id)
 
-    await asyncio.gather(*(submitter() for _ in range(concurrency)))
+    await asyncio.gather(*(submitter() for _ in range(args.concurrency)))
 
 
 async def _pending(store: SQLiteStore) -> int:
@@ -246,7 +259,10 @@ async def main(args: argparse.Namespace) -> int:
             async def submit(m: NewMessage) -> Any:
                 return await store.submit(m, now=time.time(), lifetime=POLICY.lifetime)
 
-            await _submit_all(submit, ids, args.concurrency, args.transport)
+            async def submit_many(ms: list[NewMessage]) -> Any:
+                return await store.submit_many(ms, now=time.time(), lifetime=POLICY.lifetime)
+
+            await _submit_all(submit, submit_many, ids, args)
         return 0
     config = SpoolerConfig(
         transports=(transport_config(args),),
@@ -257,7 +273,7 @@ async def main(args: argparse.Namespace) -> int:
     spooler = Spooler.open(config, store=store, idle=AlwaysIdle(), close_store=True)
     async with spooler:
         if args.mode == "both":
-            await _submit_all(spooler.submit, ids, args.concurrency, args.transport)
+            await _submit_all(spooler.submit, spooler.submit_many, ids, args)
         while await _pending(store):
             await asyncio.sleep(0.05)
         sys.stdout.write(f"done {spooler.statistics()['counters']}\n")
@@ -276,6 +292,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--count", type=int, default=0, help="submit ids below this")
     p.add_argument("--start", type=int, default=0, help="submit ids from this one")
     p.add_argument("--concurrency", type=int, default=16, help="submits waiting at once")
+    p.add_argument("--lot", type=int, default=0, help="submit_many lots of this size")
     p.add_argument("--synchronous", default="FULL")
     p.add_argument("--crash-at", default=None, metavar="POINT:N")
     args = p.parse_args(argv)
