@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from helpers import FAST, message, transport
 
 from spoolbox import (
@@ -16,7 +17,7 @@ from spoolbox import (
     SpoolerConfig,
 )
 from spoolbox.store import ClaimedJob, MemoryStore
-from spoolbox.testing import Act, Script
+from spoolbox.testing import Act, FakeClock, Script
 
 
 class CountingStore(MemoryStore):
@@ -74,3 +75,43 @@ async def test_claimed_but_unstarted_jobs_go_back_to_the_queue_when_the_session_
     assert states[1:] == [[RecipientState.QUEUED]] * 4
     assert states[0][0] in (RecipientState.ACTIVE, RecipientState.QUEUED)
     await store.close()
+
+
+async def test_a_lease_taken_over_stops_the_transport_and_writes_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The spooler stalled past its lease and another one claimed the message: at the
+    next renewal the transport is told to cancel it (it stops working on something
+    that is no longer its), nothing is written over the other spooler's claim, and
+    the loss is logged once, not at every renewal."""
+    store = MemoryStore()
+    clock = FakeClock()
+    script = Script(submit=[Act.HANG])
+    cfg = SpoolerConfig(
+        transports=(transport("smtp", script),),
+        policy=replace(FAST, lease=30.0, housekeeping_interval=3600.0),
+        node="stalled",
+    )
+    async with Spooler.open(
+        cfg, store=store, clock=clock, idle=AlwaysIdle(), close_store=False
+    ) as sp:
+        info = await sp.submit(message("SMTP:bob@example.org"))
+        for _ in range(500):
+            if "submit_message" in script.names():
+                break
+            await asyncio.sleep(0.01)
+        assert "submit_message" in script.names()
+        # Another spooler takes the message over (as after this one's lease ran out).
+        assert await store.release_owner("stalled") == 1
+        [stolen] = await store.claim("smtp", owner="thief", now=clock.now(), lease=300.0)
+        assert stolen.message.id == info.id
+        for _ in range(3):  # three renewal periods (lease / 3 each)
+            await clock.advance(10.0)
+            await asyncio.sleep(0.05)
+        assert script.cancelled == [info.id]
+        [rec] = await store.recipients(info.id)
+        assert rec.state is RecipientState.ACTIVE
+        # Still the thief's: nothing was settled or renewed over its claim.
+        assert await store.release_owner("thief") == 1
+    lost = [r for r in caplog.records if "lost its lease" in r.getMessage()]
+    assert len(lost) == 1

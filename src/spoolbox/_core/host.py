@@ -111,6 +111,7 @@ class TransportHost:
         self._held: dict[str, ClaimedJob] = {}  # claimed, not settled (leases renewed)
         self.active: dict[str, OutboundMessageImpl | InboundWriterImpl] = {}
         self.cancelled_refs: set[str] = set()  # cancelled while claimed, not started
+        self.lease_lost: set[str] = set()  # another spooler holds them now: hands off
         self.sending = 0  # messages inside submit_message / end_message right now
         self.critical_error = False
         self.stopping = False
@@ -563,6 +564,12 @@ class TransportHost:
         sp = self.spooler
         session = self._require_session()
         mid = job.message.id
+        if mid in self.lease_lost:
+            # Its lease ran out while it waited here, and another spooler has it now.
+            self.lease_lost.discard(mid)
+            self.cancelled_refs.discard(mid)
+            self.job_done.set()
+            return
         if mid in self.cancelled_refs:
             # Cancelled by the user while it waited in this lane's batch.
             self.cancelled_refs.discard(mid)
@@ -663,6 +670,11 @@ class TransportHost:
             begin_deferred=bool(flags & SubmitFlags.BEGIN_DEFERRED),
             rng=sp.rng,
         )
+        if mid in self.lease_lost:
+            # Cancelled because another spooler took it over: its results are not ours
+            # to write (the store would refuse them); the other spooler finishes it.
+            self.lease_lost.discard(mid)
+            updates = []
         if updates:
             await sp.settle(job, updates)
             if outcome in (SubmitOutcome.END_SENT, SubmitOutcome.NOT_ME):
@@ -684,7 +696,19 @@ class TransportHost:
                 try:
                     renewed = await sp.store.renew(job, now=sp.clock.now(), lease=sp.policy.lease)
                 except LeaseLost as exc:
-                    log.error("transport %r lost its lease: %s", self.name, exc)
+                    # Another spooler has the message now (this one stalled past the
+                    # lease): stop working on it, say so once, stop renewing it.
+                    if self._held.pop(mid, None) is None:
+                        continue  # finished meanwhile: nothing left to stop
+                    self.lease_lost.add(mid)
+                    log.error(
+                        "transport %r lost its lease on %s (%s): another spooler took it "
+                        "over; the transport is told to cancel it",
+                        self.name,
+                        mid,
+                        exc,
+                    )
+                    self.cancel(mid)
                     continue
                 except Exception as exc:
                     log.warning("transport %r: lease renewal failed: %s", self.name, exc)
