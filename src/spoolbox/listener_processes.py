@@ -53,7 +53,7 @@ from typing import Any, cast
 
 from .ingress.listener import ListenerConfig, SubmissionListener, listen_socket
 from .model import NewMessage
-from .routing import Route, RouteEntry, RoutingTable
+from .routing import RouteEntry, RoutingTable
 from .store.sqlite import SQLiteStore
 
 __all__ = ["ListenerProcesses", "WorkerSpec"]
@@ -414,10 +414,7 @@ class _WorkerProcess:
             self._flush()  # what was committed while the pipe was full, in one line
 
     async def submit(self, message: NewMessage) -> object:
-        routes: list[str | None] = []
-        for a in message.recipients:
-            d = self.table.decide(a.type)
-            routes.append(d.transport if isinstance(d, Route) else None)
+        routes = self.table.routes_at_submit(a.type for a in message.recipients)
         info = await self.store.submit(
             message, now=time.time(), lifetime=self.spec.lifetime, routes=routes
         )

@@ -262,7 +262,7 @@ class Spooler:
         """Commit ``message`` durably and queue it; returns once it is committed."""
         # Route in the same transaction where the decision is already clear; what must
         # wait or fail (no route) is left to the router.
-        routes = _routes_of(self.routing_table(), message)
+        routes = self.routing_table().routes_at_submit(a.type for a in message.recipients)
         info = await self.store.submit(
             message, now=self.clock.now(), lifetime=self.policy.lifetime, routes=routes
         )
@@ -286,7 +286,7 @@ class Spooler:
         if not batch:
             return []
         table = self.routing_table()
-        routes = [_routes_of(table, m) for m in batch]
+        routes = [table.routes_at_submit(a.type for a in m.recipients) for m in batch]
         infos = await self.store.submit_many(
             batch, now=self.clock.now(), lifetime=self.policy.lifetime, routes=routes
         )
@@ -799,13 +799,3 @@ def _unloadable(reason: str) -> type:
             return None
 
     return UnloadableProvider
-
-
-def _routes_of(table: RoutingTable, message: NewMessage) -> list[str | None]:
-    """The transport of each recipient where the decision is already clear at submit
-    time; None leaves the recipient to the router (it must wait, or has no route)."""
-    routes: list[str | None] = []
-    for a in message.recipients:
-        d = table.decide(a.type)
-        routes.append(d.transport if isinstance(d, Route) else None)
-    return routes

@@ -105,5 +105,15 @@ class RoutingTable:
             f"no transport provider was available for address type {address_type.upper()}"
         )
 
+    def routes_at_submit(self, address_types: Iterable[str]) -> list[str | None]:
+        """The transport of each recipient whose route is already clear when it is
+        submitted (stored in the same transaction); None leaves it to the router (it
+        must wait for a transport, or has no route and fails there)."""
+        routes: list[str | None] = []
+        for t in address_types:
+            d = self.decide(t)
+            routes.append(d.transport if isinstance(d, Route) else None)
+        return routes
+
     def serves_any(self, address_type: str) -> bool:
         return any(e.serves(address_type) for e in self.entries)
