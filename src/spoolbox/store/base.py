@@ -34,6 +34,8 @@ from ..model import (
     NewMessage,
     RecipientRecord,
     RecipientState,
+    new_message_id,
+    subject_of,
 )
 
 __all__ = [
@@ -52,6 +54,28 @@ JSONValue = Any  # JSON-serialisable: None, bool, int, float, str, list, dict
 
 class StoreError(RuntimeError):
     """The store cannot do what was asked; the text says what and why."""
+
+
+def new_inbox_entry(
+    message: InboundMessage, meta: Mapping[str, JSONValue] | None = None
+) -> tuple[InboxEntry, bytes]:
+    """The inbox entry (a new id) of an inbound message, and its content as bytes;
+    StoreError for a message without content (for backends; writes nothing)."""
+    if not message.content:
+        raise StoreError("an inbound message needs content")
+    content = bytes(message.content)
+    entry = InboxEntry(
+        id=new_message_id(),
+        transport=message.transport,
+        sender=message.sender,
+        recipients=tuple(message.recipients),
+        received_at=message.received_at,
+        size=len(content),
+        subject=subject_of(content),
+        remote_id=message.remote_id,
+        meta=dict(meta or {}),
+    )
+    return entry, content
 
 
 def submission_plan(

@@ -27,7 +27,6 @@ from ..model import (
     RecipientState,
     check_transition,
     message_state,
-    new_message_id,
     subject_of,
 )
 from .base import (
@@ -39,6 +38,7 @@ from .base import (
     RecipientUpdate,
     StoreError,
     UnknownMessage,
+    new_inbox_entry,
     submission_plan,
 )
 
@@ -568,23 +568,7 @@ class MemoryStore:
         *,
         profile_updates: Mapping[str, Mapping[str, JSONValue]] | None = None,
     ) -> InboxEntry:
-        if not message.content:
-            raise StoreError("an inbound message needs content")
-        entry = InboxEntry(
-            id=new_message_id(),
-            transport=message.transport,
-            sender=message.sender,
-            recipients=tuple(message.recipients),
-            received_at=message.received_at,
-            size=len(message.content),
-            subject=subject_of(message.content),
-            remote_id=message.remote_id,
-        )
-        staged = copy.deepcopy(self._profiles)
-        for section, values in (profile_updates or {}).items():
-            _merge(staged.setdefault(section, {}), values)
-        self._profiles = staged
-        self._inbox[entry.id] = (entry, bytes(message.content))
+        [entry] = await self.deliver_inbound_many([(message, profile_updates)])
         return entry
 
     async def deliver_inbound_many(
@@ -594,19 +578,7 @@ class MemoryStore:
         staged = copy.deepcopy(self._profiles)
         out: list[tuple[InboxEntry, bytes]] = []
         for message, profile_updates in items:
-            if not message.content:
-                raise StoreError("an inbound message needs content")
-            content = bytes(message.content)
-            entry = InboxEntry(
-                id=new_message_id(),
-                transport=message.transport,
-                sender=message.sender,
-                recipients=tuple(message.recipients),
-                received_at=message.received_at,
-                size=len(content),
-                subject=subject_of(content),
-                remote_id=message.remote_id,
-            )
+            entry, content = new_inbox_entry(message)
             for section, values in (profile_updates or {}).items():
                 _merge(staged.setdefault(section, {}), values)
             out.append((entry, content))

@@ -69,7 +69,6 @@ from ..model import (
     RecipientState,
     check_transition,
     message_state,
-    new_message_id,
     subject_of,
 )
 from . import _sqlite_schema as _sql
@@ -82,6 +81,7 @@ from .base import (
     RecipientUpdate,
     StoreError,
     UnknownMessage,
+    new_inbox_entry,
     submission_plan,
 )
 
@@ -1500,20 +1500,7 @@ def _read_blob(conn: sqlite3.Connection, blob_id: int) -> bytes:
 def _insert_inbound(
     conn: sqlite3.Connection, message: InboundMessage, meta: Mapping[str, JSONValue] | None
 ) -> InboxEntry:
-    if not message.content:
-        raise StoreError("an inbound message needs content")
-    content = bytes(message.content)
-    entry = InboxEntry(
-        id=new_message_id(),
-        transport=message.transport,
-        sender=message.sender,
-        recipients=tuple(message.recipients),
-        received_at=message.received_at,
-        size=len(content),
-        subject=subject_of(content),
-        remote_id=message.remote_id,
-        meta=dict(meta or {}),
-    )
+    entry, content = new_inbox_entry(message, meta)
     conn.execute(
         _sql.INSERT_INBOX,
         {
