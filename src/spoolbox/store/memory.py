@@ -568,13 +568,20 @@ class MemoryStore:
         *,
         profile_updates: Mapping[str, Mapping[str, JSONValue]] | None = None,
     ) -> InboxEntry:
-        [entry] = await self.deliver_inbound_many([(message, profile_updates)])
+        [entry] = self._deliver([(message, profile_updates)])
         return entry
 
     async def deliver_inbound_many(
         self,
         items: Sequence[tuple[InboundMessage, Mapping[str, Mapping[str, JSONValue]] | None]],
     ) -> list[InboxEntry]:
+        return self._deliver(items)
+
+    def _deliver(
+        self,
+        items: Sequence[tuple[InboundMessage, Mapping[str, Mapping[str, JSONValue]] | None]],
+    ) -> list[InboxEntry]:
+        """Both inbound commits: all of ``items`` or, on an error, none of them."""
         staged = copy.deepcopy(self._profiles)
         out: list[tuple[InboxEntry, bytes]] = []
         for message, profile_updates in items:
