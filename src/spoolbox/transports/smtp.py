@@ -105,7 +105,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -811,12 +811,21 @@ class SMTPSession(BaseTransportSession):
         self, conn: _Conn, step: str, timeout_key: str, *args: bytes
     ) -> SMTPResponse:
         timeout = self.t[timeout_key]
+        return await self._checked(
+            conn, step, timeout, conn.client.execute_command(*args, timeout=timeout)
+        )
+
+    async def _checked(
+        self, conn: _Conn, step: str, timeout: float, reply: Awaitable[SMTPResponse]
+    ) -> SMTPResponse:
+        """``reply``, or the failure of ``step`` with the connection closed: a network
+        error, a timeout, or 421 (the server is closing: everything open waits)."""
         try:
-            resp = await conn.client.execute_command(*args, timeout=timeout)
-        except (aiosmtplib.SMTPException, OSError) as exc:
+            resp = await reply
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             conn.close()
             raise self._failure(exc, step, timeout) from None
-        if resp.code == 421:  # the server is closing the connection: everything open waits
+        if resp.code == 421:
             conn.close()
             raise _reply_failure(resp, step)
         return resp
@@ -1144,17 +1153,9 @@ class SMTPSession(BaseTransportSession):
     async def _reply(
         self, conn: _Conn, replies: _Replies, step: str, timeout_key: str
     ) -> SMTPResponse:
-        """The next pipelined reply, as ``_command`` reads one."""
+        """The next pipelined reply, checked as ``_command`` checks one."""
         timeout = self.t[timeout_key]
-        try:
-            resp = await replies.read(timeout)
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            conn.close()
-            raise self._failure(exc, step, timeout) from None
-        if resp.code == 421:  # the server is closing the connection: everything open waits
-            conn.close()
-            raise _reply_failure(resp, step)
-        return resp
+        return await self._checked(conn, step, timeout, replies.read(timeout))
 
     async def _refused_reply(
         self, conn: _Conn, replies: _Replies, step: str, timeout_key: str
