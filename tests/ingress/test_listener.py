@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
-import shutil
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -304,22 +302,6 @@ async def test_auth_required_when_allowed_in_plain(spooler: Spooler) -> None:
     assert b" with ESMTPA id " in content
     assert listener.statistics()["rejected_auth_failed"] == 2
     assert listener.statistics()["rejected_auth_required"] == 1
-
-
-@pytest.fixture
-def certificate(tmp_path: Path) -> Path:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    pem = tmp_path / "cert.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-subj", "/CN=localhost", "-keyout", str(pem), "-out", str(pem),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return pem
 
 
 async def test_starttls_then_auth(spooler: Spooler, certificate: Path) -> None:

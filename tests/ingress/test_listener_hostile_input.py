@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import shutil
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -186,22 +184,6 @@ async def test_idle_client_gets_421() -> None:
         assert (await raw.reply()).startswith("421 4.4.2")
         assert await raw.reader.read() == b""
         await raw.close()
-
-
-@pytest.fixture
-def certificate(tmp_path: Path) -> Path:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    pem = tmp_path / "cert.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-subj", "/CN=localhost", "-keyout", str(pem), "-out", str(pem),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return pem
 
 
 async def test_commands_pipelined_after_starttls_are_dropped(certificate: Path) -> None:

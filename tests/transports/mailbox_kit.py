@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import dovecot_server as dc
@@ -23,16 +24,7 @@ FAST = Policy(
     shutdown_grace=2.0,
 )
 #: Polls so rare that only IDLE (NEWMAIL) or a flush brings in what arrives.
-NO_POLL = Policy(
-    poll_interval=3600.0,
-    router_interval=0.02,
-    housekeeping_interval=0.05,
-    relogon_delay=0.05,
-    failure_backoff=0.05,
-    failure_backoff_cap=0.2,
-    retry_jitter=0.0,
-    shutdown_grace=2.0,
-)
+NO_POLL = replace(FAST, poll_interval=3600.0)
 WAIT = 30.0
 
 
