@@ -266,9 +266,7 @@ class Spooler:
         info = await self.store.submit(
             message, now=self.clock.now(), lifetime=self.policy.lifetime, routes=routes
         )
-        self.submitted_elsewhere(
-            1, {r for r in routes if r is not None}, unrouted=any(r is None for r in routes)
-        )
+        self._queued(1, routes)
         return info
 
     async def submit_many(self, messages: Iterable[NewMessage]) -> list[MessageInfo]:
@@ -290,11 +288,14 @@ class Spooler:
         infos = await self.store.submit_many(
             batch, now=self.clock.now(), lifetime=self.policy.lifetime, routes=routes
         )
-        flat = [r for rs in routes for r in rs]
-        self.submitted_elsewhere(
-            len(batch), {r for r in flat if r is not None}, unrouted=any(r is None for r in flat)
-        )
+        self._queued(len(batch), [r for rs in routes for r in rs])
         return infos
+
+    def _queued(self, count: int, routes: Sequence[str | None]) -> None:
+        """``count`` messages committed here, their recipients' submit-time routes."""
+        self.submitted_elsewhere(
+            count, {r for r in routes if r is not None}, unrouted=None in routes
+        )
 
     def submitted_elsewhere(self, count: int, transports: Iterable[str], *, unrouted: bool) -> None:
         """``count`` messages were committed to this spooler's store by someone else (a
