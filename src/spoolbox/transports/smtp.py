@@ -479,6 +479,8 @@ class _Replies(asyncio.Protocol):
 
     async def read(self, timeout: float) -> SMTPResponse:
         """The next reply; TimeoutError after ``timeout`` seconds without one."""
+        if self._replies:  # pipelined replies mostly arrive together: no timer for them
+            return self._replies.popleft()
         async with asyncio.timeout(timeout):
             while not self._replies:
                 if self._error is not None:
@@ -1211,6 +1213,10 @@ class SMTPSession(BaseTransportSession):
     @staticmethod
     async def _write(protocol: SMTPProtocol, data: bytes, timeout: float) -> None:
         protocol.write(data)
+        transport = protocol.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            if not transport.get_write_buffer_size():
+                return  # all handed to the kernel: nothing to wait for, no timer
         async with asyncio.timeout(timeout):
             await protocol._drain_helper()  # flow control, as StreamWriter.drain
 
