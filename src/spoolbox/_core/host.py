@@ -61,7 +61,7 @@ from ..status import StatusRow
 from ..store import ClaimedJob, InboundMessage, LeaseLost, RecipientUpdate
 from .clock import wait_event
 from .config import TransportConfig
-from .lifecycle import SessionLifecycle
+from .lifecycle import Phase, SessionLifecycle
 from .objects import InboundWriterImpl, OutboundMessageImpl, ProfileSectionImpl
 from .policy import PARKED_NOTE, SubmitOutcome, plan_after_submit, plan_result
 from .slices import checkpoint
@@ -1099,8 +1099,6 @@ class SupportImpl:
         return self._host.spooler.clock.now()
 
     def _alive(self, what: str) -> None:
-        from .lifecycle import Phase
-
         if self._lifecycle.phase is Phase.LOGGED_OFF or self._lifecycle is not self._host.lifecycle:
             raise InvalidObject(
                 f"{what}() called by {self._host.name!r} after logoff: the support object is dead"

@@ -1214,9 +1214,12 @@ class SMTPSession(BaseTransportSession):
     async def _write(protocol: SMTPProtocol, data: bytes, timeout: float) -> None:
         protocol.write(data)
         transport = protocol.transport
-        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-            if not transport.get_write_buffer_size():
-                return  # all handed to the kernel: nothing to wait for, no timer
+        if (
+            isinstance(transport, asyncio.WriteTransport)
+            and not transport.is_closing()
+            and not transport.get_write_buffer_size()
+        ):
+            return  # all handed to the kernel: nothing to wait for, no timer
         async with asyncio.timeout(timeout):
             await protocol._drain_helper()  # flow control, as StreamWriter.drain
 
