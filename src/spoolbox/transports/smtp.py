@@ -377,7 +377,9 @@ class DataEncoder:
             data = data[:-1]
         if not data:
             return b""
-        data = _EOL_RE.sub(b"\r\n", data)
+        crlf = data.count(b"\r\n")
+        if crlf != data.count(b"\n") or crlf != data.count(b"\r"):  # not all CRLF already
+            data = _EOL_RE.sub(b"\r\n", data)
         if self._bol and data.startswith(b"."):
             data = b"." + data
         data = data.replace(b"\r\n.", b"\r\n..")
