@@ -68,6 +68,66 @@ async def test_concurrent_submits_share_commits(store: SQLiteStore) -> None:
     assert (await store.counts())[RecipientState.QUEUED] == 50
 
 
+async def test_callers_cancelled_while_their_batch_runs_do_not_spoil_the_others(
+    store: SQLiteStore,
+) -> None:
+    # The outcomes of one group reach the loop together; those of callers that gave
+    # up meanwhile are dropped there, and every other caller still gets its own.
+    tasks = [
+        asyncio.create_task(store.submit(_message(i), now=T0, lifetime=3600)) for i in range(40)
+    ]
+    await asyncio.sleep(0)  # the submissions are queued
+    for t in tasks[::2]:
+        t.cancel()
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results[::2])
+    assert [r.id for r in results[1::2]] == [f"m{i:04d}" for i in range(1, 40, 2)]  # type: ignore[union-attr]
+    # A cancelled submission may have been committed or not; the store goes on.
+    queued = (await store.counts())[RecipientState.QUEUED]
+    assert 20 <= queued <= 40
+    assert (await store.submit(_message(99), now=T0, lifetime=3600)).id == "m0099"
+
+
+async def test_a_job_whose_caller_gave_up_while_it_ran_is_dropped_quietly(
+    store: SQLiteStore,
+) -> None:
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    entered, gate = threading.Event(), threading.Event()
+
+    def held(conn: sqlite3.Connection) -> int:
+        entered.set()
+        gate.wait(5)
+        return 1
+
+    job = asyncio.create_task(store._write("held", held))
+    await asyncio.to_thread(entered.wait, 5)  # the job is running on the store's thread
+    job.cancel()
+    after = asyncio.create_task(store.counts())  # queued behind it
+    await asyncio.sleep(0)
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    assert (await asyncio.wait_for(after, 5))[RecipientState.QUEUED] == 0
+    await asyncio.sleep(0.05)
+    assert errors == []
+
+
+def test_one_store_object_serves_one_event_loop_after_another(tmp_path: Path) -> None:
+    s = SQLiteStore(tmp_path / "spool.db")
+
+    async def use(i: int) -> int:
+        async with s:
+            await asyncio.gather(
+                *(s.submit(_message(10 * i + k), now=T0, lifetime=3600) for k in range(5))
+            )
+            return (await s.counts())[RecipientState.QUEUED]
+
+    assert asyncio.run(use(0)) == 5
+    assert asyncio.run(use(1)) == 10  # answered on the second loop, not the closed first
+
+
 async def test_submits_arriving_during_a_commit_join_the_next_batch(tmp_path: Path) -> None:
     path = tmp_path / "spool.db"
     async with SQLiteStore(path) as store:

@@ -7,7 +7,9 @@ crashes.  How it is built:
 * **Off the event loop.**  One dedicated thread owns the only connection (sqlite
   connections are bound to their thread).  Every operation is a job on that thread's
   queue; the caller awaits a future.  Reads run on the same thread, each in its own
-  read transaction, so they see a consistent snapshot.
+  read transaction, so they see a consistent snapshot.  Outcomes go back to the
+  event loop through one outbox: the outcomes that arrive before the loop gets
+  round to them (a group commit's, say) wake it once, not once each.
 * **Durable and atomic.**  WAL journal, ``synchronous=FULL`` by default, foreign keys
   on.  Every write is one ``BEGIN IMMEDIATE`` transaction, so a claim is atomic across
   processes: two spoolers on one file never claim the same recipient.  ``settle``
@@ -41,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import enum
 import functools
 import hashlib
@@ -54,7 +57,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from ..model import (
     TERMINAL,
@@ -108,11 +111,78 @@ class _Mode(enum.Enum):
     WRITE = "write"  # one BEGIN IMMEDIATE transaction, committed
 
 
+class _Completion(Protocol):
+    """What the store's thread needs of a job's future (``concurrent.futures.Future``
+    has it; so has :class:`_Reply`)."""
+
+    def set_running_or_notify_cancel(self) -> bool: ...
+    def set_result(self, result: Any, /) -> None: ...
+    def set_exception(self, exception: BaseException | None, /) -> None: ...
+
+
+class _Outbox:
+    """Outcomes from the store's thread to one event loop.
+
+    ``call_soon_threadsafe`` wakes the loop (a write to its self-pipe) each time it
+    is called, and ``asyncio.wrap_future`` calls it once per future.  Here only the
+    first outcome of a batch calls it; the outcomes that arrive before the loop runs
+    that callback (those of one group commit, say) are set in the same turn.
+    """
+
+    __slots__ = ("_items", "_lock", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._items: list[tuple[asyncio.Future[Any], BaseException | None, Any]] = []
+
+    def put(self, fut: asyncio.Future[Any], exc: BaseException | None, value: Any) -> None:
+        with self._lock:
+            self._items.append((fut, exc, value))
+            if len(self._items) > 1:
+                return  # a delivery is already on its way
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        for fut, exc, value in items:
+            if fut.done():  # the caller was cancelled meanwhile
+                continue
+            if exc is None:
+                fut.set_result(value)
+            else:
+                fut.set_exception(exc)
+
+
+class _Reply:
+    """A job's future as the store's thread sees it: the outcome goes to the
+    caller's asyncio future through its loop's outbox."""
+
+    __slots__ = ("fut", "outbox")
+
+    def __init__(self, fut: asyncio.Future[Any], outbox: _Outbox) -> None:
+        self.fut = fut
+        self.outbox = outbox
+
+    def set_running_or_notify_cancel(self) -> bool:
+        # A caller that gave up before the job started: the job is skipped.  (Once it
+        # runs, a cancelled caller no longer stops it, as with concurrent futures.)
+        return not self.fut.cancelled()
+
+    def set_result(self, result: Any, /) -> None:
+        self.outbox.put(self.fut, None, result)
+
+    def set_exception(self, exception: BaseException | None, /) -> None:
+        self.outbox.put(self.fut, exception, None)
+
+
 @dataclass(slots=True)
 class _Job:
     what: str
     fn: Callable[[sqlite3.Connection], Any]
-    future: concurrent.futures.Future[Any]
+    future: _Completion
     mode: _Mode
     stop: bool = False
     #: False for progress (claims, renewals, settles, lease releases): committed at
@@ -129,12 +199,13 @@ class _Submission:
     message: NewMessage
     now: float
     lifetime: float
-    future: concurrent.futures.Future[MessageInfo]
+    future: _Completion
     routes: Sequence[str | None] | None = None
 
 
-def _stop_job() -> _Job:
-    return _Job("close", lambda conn: None, concurrent.futures.Future(), _Mode.READ, stop=True)
+def _stop_job(done: _Completion | None = None) -> _Job:
+    future = concurrent.futures.Future[None]() if done is None else done
+    return _Job("close", lambda conn: None, future, _Mode.READ, stop=True)
 
 
 class _Signal(enum.Enum):
@@ -199,6 +270,7 @@ class SQLiteStore:
         self._pending: list[_Submission] = []
         self._pending_lock = threading.Lock()
         self._kick_scheduled = False
+        self._outbox: _Outbox | None = None
         self._thread: threading.Thread | None = None
         self._open = False
         self._stats = _Stats()
@@ -266,9 +338,9 @@ class SQLiteStore:
         if thread is None:
             return
         self._open = False
-        stop = _stop_job()
-        self._jobs.put(stop)
-        await asyncio.shield(asyncio.wrap_future(stop.future))
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._jobs.put(_stop_job(done))
+        await asyncio.shield(asyncio.wrap_future(done))
         # The thread's last step was to resolve ``stop``: this join returns at once.
         thread.join()
         self._thread = None
@@ -650,9 +722,18 @@ class SQLiteStore:
         durable: bool = True,
     ) -> _T:
         self._check_open()
-        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
-        self._jobs.put(_Job(what, fn, future, mode, durable=durable))
-        return await asyncio.wrap_future(future)
+        reply = self._reply()
+        self._jobs.put(_Job(what, fn, reply, mode, durable=durable))
+        result: _T = await reply.fut
+        return result
+
+    def _reply(self) -> _Reply:
+        """A future on the running loop, answered through that loop's outbox."""
+        loop = asyncio.get_running_loop()
+        outbox = self._outbox
+        if outbox is None or outbox.loop is not loop:
+            outbox = self._outbox = _Outbox(loop)
+        return _Reply(loop.create_future(), outbox)
 
     async def _read(self, what: str, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         return await self._call(what, fn, _Mode.READ)
@@ -683,14 +764,15 @@ class SQLiteStore:
             raise StoreError(
                 f"{len(routes)} routes for {len(message.recipients)} recipients of {message.id}"
             )
-        future: concurrent.futures.Future[MessageInfo] = concurrent.futures.Future()
+        reply = self._reply()
         with self._pending_lock:
-            self._pending.append(_Submission(message, float(now), float(lifetime), future, routes))
+            self._pending.append(_Submission(message, float(now), float(lifetime), reply, routes))
         if not self._kick_scheduled:
             # One signal per turn of the loop: every submit of this turn joins the batch.
             self._kick_scheduled = True
-            asyncio.get_running_loop().call_soon(self._kick)
-        return await asyncio.wrap_future(future)
+            reply.outbox.loop.call_soon(self._kick)
+        info: MessageInfo = await reply.fut
+        return info
 
     async def submit_many(
         self,
