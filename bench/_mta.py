@@ -297,6 +297,18 @@ processes = {listener_processes}
                 total += int(fields[11]) + int(fields[12])
         return total / os.sysconf("SC_CLK_TCK")
 
+    def lock_seconds(self) -> float:
+        """Seconds the daemon's store and its listener processes' stores have spent in
+        write transactions, i.e. holding SQLite's write lock, as last reported (a
+        listener process reports its counters once a second)."""
+        from spoolbox.client import Client
+
+        st = Client(self.profile).statistics()
+        total = float(st["store"]["write_seconds"])
+        for listener in (st.get("listeners") or {}).values():
+            total += float(listener.get("store_write_ms", 0)) / 1000
+        return total
+
     def close(self) -> None:
         try:
             stop_process(self.proc, 30)

@@ -33,7 +33,13 @@ run (the order rotates from run to run):
 Before the timed batch every system relays a warm-up batch (default 100 messages),
 so process start-up, imports and connection set-up are not timed.  The table shows
 medians over runs; ratios are medians of the per-run ratios (each system against the
-peer measured in the same run).
+peer measured in the same run).  For spoolbox the table also shows the CPU its
+daemon and the daemon's children used during the batch (``daemon CPU``, in cores) and
+``store lock held``: the time the daemon's store and its listener processes' stores
+spent in write transactions during the batch (their own counters, read through the
+local API before and about a second after it), as a share of the batch's time.
+SQLite lets one writer at a time hold the write lock, so near 100% the lock is the
+limit.
 
 ``--py-spy DIR`` adds one untimed spoolbox run under ``py-spy record --threads --idle``
 (install it with ``.venv/bin/pip install py-spy``) and prints, for each busy thread of
@@ -123,12 +129,14 @@ def batch(port: int, sink: Sink, n: int, args: argparse.Namespace) -> tuple[floa
 def one(name: str, workdir: Path, args: argparse.Namespace) -> dict[str, float]:
     with Sink() as sink, system_under_test(name, workdir, sink, args) as (port, sb):
         batch(port, sink, args.warmup, args)
-        time.sleep(0.5)
+        time.sleep(0.5 if sb is None else _REPORTED)
         base = sink.count
+        lock0 = sb.lock_seconds() if sb else 0.0
         cpu0 = sb.cpu_seconds() if sb else 0.0
         t0, t_accept, t_done = batch(port, sink, args.messages, args)
         cpu1 = sb.cpu_seconds() if sb else 0.0
-        time.sleep(0.3)
+        time.sleep(0.3 if sb is None else _REPORTED)
+        lock1 = sb.lock_seconds() if sb else 0.0
         extra = sink.count - base - args.messages
         if extra:
             log(f"bench: {name}: the sink received {extra} messages more than were sent")
@@ -136,7 +144,15 @@ def one(name: str, workdir: Path, args: argparse.Namespace) -> dict[str, float]:
     res = {"wall": wall, "rate": args.messages / wall, "accept": t_accept - t0}
     if sb is not None:
         res["cpu"] = (cpu1 - cpu0) / wall
+        # Write transactions of the daemon and its listener processes during the batch
+        # (and the last settles just after it), as a share of the batch's time: SQLite
+        # lets one of them hold the write lock at a time.
+        res["lock"] = (lock1 - lock0) / wall
     return res
+
+
+#: Long enough for a listener process to have reported its store's counters.
+_REPORTED = 1.3
 
 
 def profile_spoolbox(root: Path, args: argparse.Namespace) -> None:
@@ -302,15 +318,16 @@ def print_table(
     )
     print(
         "| system | relay time s | msg/s | smtp-source done s | ratio to postfix "
-        "| ratio to wire | daemon CPU |"
+        "| ratio to wire | daemon CPU | store lock held |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in systems:
         cpu = f"{med(name, 'cpu'):.0%}" if "cpu" in runs[0][name] else "-"
+        lock = f"{med(name, 'lock'):.0%}" if "lock" in runs[0][name] else "-"
         print(
             f"| {name} | {med(name, 'wall'):.2f} | {med(name, 'rate'):,.0f} "
             f"| {med(name, 'accept'):.2f} | {ratio(name, 'postfix')} | {ratio(name, 'wire')} "
-            f"| {cpu} |"
+            f"| {cpu} | {lock} |"
         )
 
 
