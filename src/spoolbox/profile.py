@@ -690,4 +690,6 @@ kind = "smtp"               # the SMTP submission listener
 enabled = true
 host = "127.0.0.1"          # loopback only
 port = {smtp_port}
+# processes = 1             # a busy relay: the listener in a process of its own
+#                           # (1.3-1.4x the messages a second here; docs/operations.md)
 '''

@@ -43,6 +43,13 @@ def test_default_profile_loads_with_maildir_and_listener(tmp_path: Path) -> None
     assert str(prof.default_sender) == "MAILDIR:postmaster"
 
 
+def test_the_default_profiles_processes_hint_works_when_uncommented(tmp_path: Path) -> None:
+    text = default_profile_text(tmp_path, smtp_port=0)
+    assert "\n# processes = 1 " in text
+    prof = load_profile(_write(tmp_path, text.replace("\n# processes = 1 ", "\nprocesses = 1 ")))
+    assert prof.listeners[0].processes == 1
+
+
 @pytest.mark.parametrize(
     ("snippet", "key", "expected"),
     [
