@@ -470,14 +470,13 @@ def _thread_cpu() -> dict[str, float]:
     tick = os.sysconf("SC_CLK_TCK")
     out = {"loop": 0.0, "store": 0.0}
     for t in threading.enumerate():
-        kind = (
-            "loop"
-            if t is threading.main_thread()
-            else "store"
-            if t.name.startswith("spoolbox-sqlite")
-            else None
-        )
-        if kind is None or t.native_id is None:
+        if t is threading.main_thread():
+            kind = "loop"
+        elif t.name.startswith("spoolbox-sqlite"):
+            kind = "store"
+        else:
+            continue
+        if t.native_id is None:
             continue
         with contextlib.suppress(OSError):
             stat = Path(f"/proc/self/task/{t.native_id}/stat").read_text()

@@ -107,7 +107,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import aiosmtplib
 from aiosmtplib import SMTPResponse
@@ -1215,9 +1215,11 @@ class SMTPSession(BaseTransportSession):
     @staticmethod
     async def _write(protocol: SMTPProtocol, data: bytes, timeout: float) -> None:
         protocol.write(data)
-        transport = protocol.transport
+        # A stream transport: asyncio's, or uvloop's, which is no asyncio.WriteTransport
+        # subclass but has the same methods.
+        transport = cast("asyncio.WriteTransport | None", protocol.transport)
         if (
-            isinstance(transport, asyncio.WriteTransport)
+            transport is not None
             and not transport.is_closing()
             and not transport.get_write_buffer_size()
         ):
