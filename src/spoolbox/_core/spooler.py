@@ -746,7 +746,7 @@ class Spooler:
         self.counters["critsec_overruns"] += 1
 
     def _stalled(self, name: str, held: float) -> None:
-        # Called from the watchdog thread: only record; the loop picks it up.
+        # Called by the slice meter when the stall ends, with its whole length.
         self._stalls.append((name, held))
         del self._stalls[:-100]
 
