@@ -111,4 +111,3 @@ def test_p99_is_the_nearest_rank() -> None:
     assert _p99([0.5]) == 0.5
     assert _p99([i / 1000 for i in range(100)]) == 0.098
     assert _p99([i / 1000 for i in range(1000)]) == 0.989
-

@@ -59,6 +59,7 @@ from .critsec import CriticalSections
 from .flush import FlushHandle, FlushReport
 from .host import TransportHost
 from .idle import IdlePolicy, LoopLagIdle
+from .isolated import IsolatedProvider
 from .policy import Policy
 from .slices import SliceMeter
 
@@ -171,6 +172,11 @@ class Spooler:
                 )
             )
             for entry in self.config.transports:
+                if entry.isolate:
+                    # Its own child process per session, which loads the provider:
+                    # none of the provider's code runs here.
+                    self.hosts.append(TransportHost(self, entry, IsolatedProvider(entry.provider)))
+                    continue
                 try:
                     cls = load_provider_class(entry.provider)
                 except Exception as exc:
