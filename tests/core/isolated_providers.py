@@ -137,3 +137,12 @@ class PickupSession(BaseTransportSession):
 
 class Pickup(_Provider):
     session_class = PickupSession
+
+
+class DiesInLogon(_Provider):
+    """Its child exits with status 3 in the middle of logon."""
+
+    async def logon(
+        self, support: Support, config: Mapping[str, Any], flags: LogonFlags
+    ) -> BaseTransportSession:
+        os._exit(3)

@@ -169,3 +169,15 @@ def test_the_profile_says_isolate_true(tmp_path: Path) -> None:
         ProfileError, match=r"\[transports\.local\] isolate: expected true or false"
     ):
         load_profile(_profile(tmp_path, 'isolate = "yes"'))
+
+
+async def test_a_child_that_dies_in_logon_fails_the_logon_with_its_exit_status() -> None:
+    async with spooler(isolated("dies", "DiesInLogon")) as sp:
+        assert await sp.wait_ready(timeout=20) == {"dies": False}
+        row = sp.status["dies"]
+        host = sp.host("dies")
+    assert row.status_code & S.FAILURE and row.status_code & S.OFFLINE
+    assert row.detail is not None
+    assert "logon failed: ChildDied" in row.detail
+    assert "exited with status 3" in row.detail
+    assert not host.critical_error  # a failed logon, not a session that died

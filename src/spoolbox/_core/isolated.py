@@ -162,6 +162,7 @@ class IsolatedProvider:
                 ) from None
             raise
         session.learn(facts)
+        session.logged_on = True
         return session
 
     async def shutdown(self) -> None:
@@ -186,6 +187,7 @@ class IsolatedSession:
         self._writers: dict[str, InboundWriter] = {}
         self._critsecs: list[AbstractAsyncContextManager[None]] = []
         self._logging_off = False
+        self.logged_on = False  # set once the child's logon has answered
         self.channel = Channel(
             reader,
             writer,
@@ -229,11 +231,11 @@ class IsolatedSession:
 
     async def _read(self) -> None:
         await self.channel.run()
-        if self._logging_off:
-            return
         with contextlib.suppress(TimeoutError, ProcessLookupError):
             async with asyncio.timeout(1.0):
                 await self.proc.wait()
+        if self._logging_off or not self.logged_on:
+            return  # an expected end, or a failed logon (which says so itself)
         reason = f"isolated transport {self.exit_reason()}"
         log.error("transport %r: %s", self._support.transport_name, reason)
         self._release_critsecs()
@@ -354,12 +356,17 @@ class IsolatedSession:
         self.learn(await self._call("validate_state", int(flags)))
 
     async def logoff(self, flags: LogoffFlags) -> None:
+        self._logging_off = True
+        clean = False
         try:
             if not self.channel.closed.done():
                 with contextlib.suppress(ChildDied):
                     await self._call("logoff", int(flags))
+                    clean = True
         finally:
-            await self.end()
+            # A child that did not log off (it died, or the call was cancelled at the
+            # end of the shutdown grace) is killed rather than waited for.
+            await self.end(kill=not clean)
 
     # -- the child's calls on its support object ----------------------------------------
     async def _status_recips(self, ref: str, results: Sequence[RecipientResult]) -> None:
