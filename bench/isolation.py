@@ -17,7 +17,8 @@ What it measures
    itself busy, then drained by a transport that reports every recipient delivered
    at once, in process and isolated.  Reported: messages/s of the drain and the CPU
    per message (the spooler's process, plus the child's from /proc for the isolated
-   run).
+   run), and the ratio of the two rates and the extra CPU per message, paired
+   within each run.
 
 Every figure is the median over ``--runs`` runs (3), the systems alternating.
 
@@ -214,6 +215,10 @@ async def rate_run(isolated: bool, n: int) -> RateRun:
     return RateRun(isolated, n, seconds, cpu / n * 1e6, child / n * 1e6)
 
 
+def _of(pair: list[RateRun], isolated: bool) -> RateRun:
+    return next(r for r in pair if r.isolated is isolated)
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -278,6 +283,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             f"| {str(isolated).lower()} | {row['rate']:.0f} | {row['parent_cpu_us']:.0f} "
             f"| {row['child_cpu_us']:.0f} |"
         )
+    # Paired within a run (each run has one of each), then the median.
+    pairs = [rates[i : i + 2] for i in range(0, len(rates), 2)]
+    ratio = _median([_of(p, True).rate / _of(p, False).rate for p in pairs])
+    extra = _median(
+        [
+            _of(p, True).parent_cpu_us + _of(p, True).child_cpu_us - _of(p, False).parent_cpu_us
+            for p in pairs
+        ]
+    )
+    result["rate"]["isolated_over_in_process"] = ratio
+    result["rate"]["extra_cpu_us_per_message"] = extra
+    print(f"isolated / in process: {ratio:.2f}x the messages/s; {extra:.0f} us more CPU a message")
     print(f"\nall runs: {[vars(h) for h in hogs + floors]}")
     print(f"{[vars(r) | {'rate': r.rate} for r in rates]}")
     return result
