@@ -124,6 +124,19 @@ class HogRun:
     spooler_max_loop_lag_ms: float
     spooler_stall_ms: float
 
+    @classmethod
+    def of(cls, isolated: bool, fg: Foreground, stats: Mapping[str, Any]) -> HogRun:
+        """The foreground's lags and the spooler's own figures of one run."""
+        stalls = [seconds for _name, seconds in stats["stalls"]]
+        return cls(
+            isolated=isolated,
+            lag_p50_ms=percentile(fg.lags, 50) * 1000,
+            lag_p99_ms=percentile(fg.lags, 99) * 1000,
+            lag_max_ms=max(fg.lags) * 1000,
+            spooler_max_loop_lag_ms=stats["idle"]["max_loop_lag"] * 1000,
+            spooler_stall_ms=max(stalls, default=0.0) * 1000,
+        )
+
 
 @dataclass
 class RateRun:
@@ -166,15 +179,7 @@ async def hog_run(isolated: bool, hog_seconds: float) -> HogRun:
         await _delivered(sp, 1)
         await fg.stop()
         stats = sp.statistics()
-    stalls = [s for _name, s in stats["stalls"]]
-    return HogRun(
-        isolated=isolated,
-        lag_p50_ms=percentile(fg.lags, 50) * 1000,
-        lag_p99_ms=percentile(fg.lags, 99) * 1000,
-        lag_max_ms=max(fg.lags) * 1000,
-        spooler_max_loop_lag_ms=stats["idle"]["max_loop_lag"] * 1000,
-        spooler_stall_ms=max(stalls, default=0.0) * 1000,
-    )
+    return HogRun.of(isolated, fg, stats)
 
 
 async def floor_run(seconds: float) -> HogRun:
@@ -186,14 +191,7 @@ async def floor_run(seconds: float) -> HogRun:
         await asyncio.sleep(seconds)
         await fg.stop()
         stats = sp.statistics()
-    return HogRun(
-        isolated=True,
-        lag_p50_ms=percentile(fg.lags, 50) * 1000,
-        lag_p99_ms=percentile(fg.lags, 99) * 1000,
-        lag_max_ms=max(fg.lags) * 1000,
-        spooler_max_loop_lag_ms=stats["idle"]["max_loop_lag"] * 1000,
-        spooler_stall_ms=0.0,
-    )
+    return HogRun.of(True, fg, stats)
 
 
 async def rate_run(isolated: bool, n: int) -> RateRun:

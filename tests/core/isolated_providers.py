@@ -32,6 +32,8 @@ class _Provider:
         support.modify_status_row(
             update=False, status_code=StatusCode.AVAILABLE, status_string=f"pid {os.getpid()}"
         )
+        profile = support.profile_section()  # counts logons across children
+        await profile.update({"logons": profile.get("logons", 0) + 1})
         session = self.session_class(support)
         session.options = dict(config)  # type: ignore[attr-defined]
         return session

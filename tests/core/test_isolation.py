@@ -91,6 +91,8 @@ async def test_a_child_killed_mid_submit_loses_nothing_and_is_restarted(tmp_path
         assert counters["child_restarts"] == 1
         assert counters["child_rss_kb"] > 0
         assert sp.statistics()["transports"]["flaky"]["counters"]["child_restarts"] == 1
+        # The second child saw what the first wrote to the profile section.
+        assert await sp.store.profile_get("transport:flaky") == {"logons": 2}
     # Logged off: no child is left behind.
     assert second.proc.returncode is not None
 
@@ -136,7 +138,7 @@ async def test_inbound_from_the_child_is_committed_then_its_source_removed(
         await until(lambda: not list(pickup.iterdir()))
         state = await sp.store.profile_get("transport:in")
     assert contents == [b"Subject: in 0\r\n\r\nbody 0\r\n", b"Subject: in 1\r\n\r\nbody 1\r\n"]
-    assert state == {"last": "m1"}
+    assert state == {"last": "m1", "logons": 1}
 
 
 async def test_an_isolated_maildir_passes_the_conformance_suite(tmp_path: Path) -> None:

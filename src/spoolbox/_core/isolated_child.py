@@ -19,26 +19,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import copy
 import logging
 import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from email import policy as email_policy
-from email.message import EmailMessage, Message
-from email.parser import BytesParser
 from typing import Any, TypeVar
 
 from ..contract.errors import ContractViolation, InvalidObject, MessageCancelled
-from ..contract.objects import MAX_INBOUND_SIZE, OutboundMessage, OutboundRecipient
+from ..contract.objects import OutboundMessage
 from ..model import (
-    Address,
     EndFlags,
     FlushFlags,
     LogoffFlags,
     LogonFlags,
-    MessageInfo,
     Progress,
     RecipientResult,
     SpoolerNotifyFlags,
@@ -48,6 +42,7 @@ from ..model import (
     ValidateFlags,
 )
 from .config import load_provider_class
+from .objects import ContentMessage, InboundWriterImpl, ProfileSectionImpl
 from .wire import (
     WIRE_VERSION,
     Channel,
@@ -80,183 +75,29 @@ class _Cancels:
         self.check()
 
 
-class _ChildMessage:
-    """The OutboundMessage of the contract, from what the parent shipped."""
-
-    def __init__(self, snap: OutboundSnapshot, cancels: _Cancels) -> None:
-        self._snap = snap
-        self._yield = cancels.implicit_yield
-        self._email: EmailMessage | None = None
-        self.valid = True
-
-    def __repr__(self) -> str:
-        return f"<OutboundMessage {self.ref} to {len(self.recipients)} (isolated)>"
-
-    def _check(self) -> None:
-        if not self.valid:
-            raise InvalidObject(
-                f"message {self.ref} was used after end_message returned (or after its call "
-                "failed); a transport must not keep message objects"
-            )
-
-    @property
-    def ref(self) -> str:
-        return self._snap.ref
-
-    @property
-    def info(self) -> MessageInfo:
-        return self._snap.info
-
-    @property
-    def sender(self) -> Address | None:
-        return self._snap.info.sender
-
-    @property
-    def recipients(self) -> tuple[OutboundRecipient, ...]:
-        return self._snap.recipients
-
-    @property
-    def flags(self) -> SubmitFlags:
-        return self._snap.flags
-
-    @property
-    def size(self) -> int:
-        return self._snap.info.size
-
-    async def content(self) -> bytes:
-        self._check()
-        await self._yield()
-        return self._snap.content
-
-    async def iter_content(self, chunk_size: int = 65536) -> AsyncIterator[bytes]:
-        self._check()
-        data = self._snap.content
-        for start in range(0, len(data), chunk_size):
-            self._check()
-            yield data[start : start + chunk_size]
-            await self._yield()
-
-    async def email(self) -> EmailMessage:
-        if self._email is None:
-            parsed = BytesParser(policy=email_policy.default).parsebytes(await self.content())
-            assert isinstance(parsed, EmailMessage)
-            self._email = parsed
-        return self._email
-
-    async def iter_recipients(self) -> AsyncIterator[OutboundRecipient]:
-        self._check()
-        for r in self._snap.recipients:
-            yield r
-            await self._yield()
-
-    async def iter_attachments(self) -> AsyncIterator[Message]:
-        msg = await self.email()
-        for part in msg.iter_attachments():
-            self._check()
-            yield part
-            await self._yield()
-
-
 Callback = Callable[[], Awaitable[None] | None]
 
 
-class _ChildWriter:
-    """The InboundWriter of the contract; what it holds goes to the parent at the end."""
-
-    def __init__(self, ref: str, cancels: _Cancels) -> None:
-        self._ref = ref
-        self._yield = cancels.implicit_yield
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self.sender: str | None = None
-        self.recipients: tuple[str, ...] = ()
-        self.remote_id: str | None = None
-        self.state: dict[str, Any] = {}
-        self.on_commit: list[Callback] = []
-        self.on_rollback: list[Callback] = []
-        self.valid = True
-
-    def _check(self) -> None:
-        if not self.valid:
-            raise InvalidObject(
-                f"inbound message {self._ref} was used after start_message returned"
-            )
-
-    @property
-    def ref(self) -> str:
-        return self._ref
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    async def write(self, data: bytes) -> None:
-        self._check()
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise ContractViolation(f"write() takes bytes, not {type(data).__name__}")
-        if self._size + len(data) > MAX_INBOUND_SIZE:
-            raise ContractViolation(
-                f"inbound message {self._ref} exceeds the size limit of {MAX_INBOUND_SIZE} bytes"
-            )
-        self._chunks.append(bytes(data))
-        self._size += len(data)
-        await self._yield()
-
-    def set_envelope(self, *, sender: str | None = None, recipients: tuple[str, ...] = ()) -> None:
-        self._check()
-        self.sender = sender
-        self.recipients = tuple(recipients)
-
-    def set_remote_id(self, remote_id: str) -> None:
-        self._check()
-        self.remote_id = remote_id
-
-    def set_state(self, key: str, value: Any) -> None:
-        self._check()
-        self.state[key] = copy.deepcopy(value)
-
-    def after_commit(self, callback: Callback) -> None:
-        self._check()
-        self.on_commit.append(callback)
-
-    def after_rollback(self, callback: Callback) -> None:
-        self._check()
-        self.on_rollback.append(callback)
-
-    def result(self) -> InboundResult:
-        return InboundResult(
-            content=b"".join(self._chunks),
-            sender=self.sender,
-            recipients=self.recipients,
-            remote_id=self.remote_id,
-            state=dict(self.state),
-            callbacks=bool(self.on_commit or self.on_rollback),
-        )
+def _inbound_result(writer: InboundWriterImpl) -> InboundResult:
+    """What the parent writes into its own writer for the message ``writer`` holds."""
+    return InboundResult(
+        content=writer.content(),
+        sender=writer.sender,
+        recipients=writer.recipients,
+        remote_id=writer.remote_id,
+        state=dict(writer.state),
+        callbacks=bool(writer.commit_callbacks or writer.rollback_callbacks),
+    )
 
 
-class _ChildProfile:
-    """The provider's profile section: a copy, written through the parent."""
+class _ProfileOverPipe:
+    """Writes the provider's profile section through the spooler (a ProfileWriter)."""
 
-    def __init__(self, channel: Channel, values: Mapping[str, Any]) -> None:
+    def __init__(self, channel: Channel) -> None:
         self._channel = channel
-        self._values = dict(values)
 
-    def get(self, key: str, default: Any = None) -> Any:
-        return copy.deepcopy(self._values.get(key, default))
-
-    def snapshot(self) -> Mapping[str, Any]:
-        return copy.deepcopy(self._values)
-
-    async def update(self, values: Mapping[str, Any]) -> None:
+    async def profile_update(self, section: str, values: Mapping[str, Any]) -> None:
         await self._channel.call("profile_update", dict(values))
-        self.merged(values)
-
-    def merged(self, values: Mapping[str, Any]) -> None:
-        for k, v in values.items():
-            if v is None:
-                self._values.pop(k, None)
-            else:
-                self._values[k] = copy.deepcopy(v)
 
 
 class _ChildSupport:
@@ -336,7 +177,7 @@ class _ChildSupport:
     async def status_recips(
         self, message: OutboundMessage, results: Sequence[RecipientResult]
     ) -> None:
-        if not isinstance(message, _ChildMessage):
+        if not isinstance(message, ContentMessage):
             raise ContractViolation(
                 f"status_recips() got {message!r}, not a message of this session"
             )
@@ -344,7 +185,7 @@ class _ChildSupport:
             raise InvalidObject(f"status_recips() on {message.ref} after its call ended")
         await self._child.channel.call("status_recips", message.ref, tuple(results))
 
-    def profile_section(self) -> _ChildProfile:
+    def profile_section(self) -> ProfileSectionImpl:
         return self._child.profile
 
     async def run_blocking(self, fn: Callable[..., T], /, *args: object) -> T:
@@ -373,8 +214,8 @@ class _Child:
         self.cancels = _Cancels()
         self.provider: Any = None  # loaded by logon, so that a failure is its answer
         self.session: Any = None
-        self.messages: dict[str, _ChildMessage] = {}
-        self.writers: dict[str, _ChildWriter] = {}
+        self.messages: dict[str, ContentMessage] = {}
+        self.writers: dict[str, InboundWriterImpl] = {}
         self.done = asyncio.Event()
         self.channel = Channel(
             reader,
@@ -396,7 +237,11 @@ class _Child:
             name=f"isolated transport {start.transport!r} (child)",
         )
         self.support = _ChildSupport(self, start.transport)
-        self.profile = _ChildProfile(self.channel, {})
+        self.profile = self._profile({})
+
+    def _profile(self, values: Mapping[str, Any]) -> ProfileSectionImpl:
+        section = f"transport:{self.start.transport}"
+        return ProfileSectionImpl(_ProfileOverPipe(self.channel), section, values)
 
     def log_to_parent(self, record: logging.LogRecord, text: str) -> None:
         with contextlib.suppress(Exception):
@@ -420,14 +265,16 @@ class _Child:
     async def logon(
         self, options: Mapping[str, Any], flags: int, profile: Mapping[str, Any]
     ) -> SessionFacts:
-        self.profile = _ChildProfile(self.channel, profile)
+        self.profile = self._profile(profile)
         if self.provider is None:
             self.provider = load_provider_class(self.start.provider)()
         self.session = await self.provider.logon(self.support, options, LogonFlags(flags))
         return self.facts()
 
     async def submit_message(self, snap: OutboundSnapshot, flags: int) -> None:
-        msg = _ChildMessage(snap, self.cancels)
+        msg = ContentMessage(
+            snap.info, snap.recipients, snap.flags, snap.content, self.cancels.implicit_yield
+        )
         self.messages[snap.ref] = msg
         token = _CURRENT.set(snap.ref)
         try:
@@ -456,7 +303,7 @@ class _Child:
         self.cancels.refs.discard(ref)
 
     async def start_message(self, ref: str) -> InboundResult:
-        writer = _ChildWriter(ref, self.cancels)
+        writer = InboundWriterImpl(ref, self.cancels.implicit_yield)
         token = _CURRENT.set(ref)
         try:
             result = await self._session().start_message(writer)
@@ -467,15 +314,15 @@ class _Child:
                 )
             self.cancels.check()
         except BaseException:
-            await _run(writer.on_rollback)
+            await _run(writer.rollback_callbacks)
             raise
         finally:
             _CURRENT.reset(token)
             writer.valid = False
             self.cancels.refs.discard(ref)
-        out = writer.result()
+        out = _inbound_result(writer)
         if not out.content:
-            await _run(writer.on_rollback)
+            await _run(writer.rollback_callbacks)
         elif out.callbacks or out.state:
             self.writers[ref] = writer
         return out
@@ -485,8 +332,8 @@ class _Child:
         if writer is None:
             return
         if committed:
-            self.profile.merged(writer.state)
-        await _run(writer.on_commit if committed else writer.on_rollback)
+            self.profile._merged(writer.state)
+        await _run(writer.commit_callbacks if committed else writer.rollback_callbacks)
 
     async def transport_notify(self, flags: int, ref: str | None) -> None:
         f = TransportNotifyFlags(flags)
