@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from spoolbox.contract import (
     BaseTransportSession,
+    FlushFlags,
     InboundWriter,
     LogonCaps,
     LogonFlags,
@@ -19,6 +20,7 @@ from spoolbox.contract import (
     StatusCode,
     SubmitFlags,
     Support,
+    TransportNotifyFlags,
 )
 
 
@@ -71,6 +73,33 @@ class CheapSession(_Deliver):
 
 class Cheap(_Provider):
     session_class = CheapSession
+
+
+class FlushingSession(CheapSession):
+    """Asks for a flush (its OUTBOUND_FLUSH bit) after each message; says in its row
+    which flush calls it got."""
+
+    def _saw(self, what: str) -> None:
+        seen = [*getattr(self, "seen", []), what]
+        self.seen = seen
+        self.support.modify_status_row(status_string=", ".join(seen))
+
+    async def submit_message(self, message: OutboundMessage, flags: SubmitFlags) -> None:
+        await super().submit_message(message, flags)
+        self.support.modify_status_row(set_bits=StatusCode.OUTBOUND_FLUSH)
+
+    async def flush_queues(self, flags: FlushFlags) -> None:
+        self._saw(f"flush_queues upload={bool(flags & FlushFlags.UPLOAD)}")
+
+    async def transport_notify(self, flags: TransportNotifyFlags, ref: str | None = None) -> None:
+        await super().transport_notify(flags, ref)
+        for name in ("BEGIN_OUTBOUND_FLUSH", "END_OUTBOUND_FLUSH"):
+            if flags & TransportNotifyFlags[name]:
+                self._saw(name)
+
+
+class Flushing(_Provider):
+    session_class = FlushingSession
 
 
 class HogSession(_Deliver):

@@ -183,3 +183,15 @@ async def test_a_child_that_dies_in_logon_fails_the_logon_with_its_exit_status()
     assert "logon failed: ChildDied" in row.detail
     assert "exited with status 3" in row.detail
     assert not host.critical_error  # a failed logon, not a session that died
+
+
+async def test_a_flush_bit_set_in_the_child_flushes_the_transport() -> None:
+    async with spooler(isolated("iso", "Flushing")) as sp:
+        info = await sp.submit(message("SMTP:bob@example.org"))
+        assert await sp.wait_for(info.id, timeout=20) is MessageState.SENT
+        await until(lambda: "END_OUTBOUND_FLUSH" in row_text(sp, "iso"))
+        row = sp.status["iso"]
+    assert row.status_string == (
+        "flush_queues upload=True, BEGIN_OUTBOUND_FLUSH, END_OUTBOUND_FLUSH"
+    )
+    assert not row.status_code & S.OUTBOUND_FLUSH
