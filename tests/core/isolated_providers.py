@@ -177,3 +177,17 @@ class DiesInLogon(_Provider):
         self, support: Support, config: Mapping[str, Any], flags: LogonFlags
     ) -> BaseTransportSession:
         os._exit(3)
+
+
+class PatientSession(_Deliver):
+    """Waits in submit_message, yielding, until the spooler cancels the message."""
+
+    async def submit_message(self, message: OutboundMessage, flags: SubmitFlags) -> None:
+        self.support.modify_status_row(status_string=f"waiting {message.ref}")
+        while True:
+            await asyncio.sleep(0.01)
+            await self.support.spooler_yield()  # raises MessageCancelled once cancelled
+
+
+class Patient(_Provider):
+    session_class = PatientSession

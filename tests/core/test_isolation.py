@@ -195,3 +195,13 @@ async def test_a_flush_bit_set_in_the_child_flushes_the_transport() -> None:
         "flush_queues upload=True, BEGIN_OUTBOUND_FLUSH, END_OUTBOUND_FLUSH"
     )
     assert not row.status_code & S.OUTBOUND_FLUSH
+
+
+async def test_a_message_cancelled_in_the_spooler_is_cancelled_in_the_child() -> None:
+    async with spooler(isolated("iso", "Patient")) as sp:
+        info = await sp.submit(message("SMTP:bob@example.org"))
+        await until(lambda: row_text(sp, "iso") == f"waiting {info.id}")
+        await sp.cancel(info.id)  # it is in the child's hands: cancelled at its next yield
+        assert await sp.wait_for(info.id, timeout=20) is MessageState.CANCELLED
+        [rec] = await sp.store.recipients(info.id)
+    assert rec.state is RecipientState.CANCELLED
