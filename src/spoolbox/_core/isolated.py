@@ -48,7 +48,6 @@ from ..model import (
 from .wire import (
     WIRE_VERSION,
     Channel,
-    ChannelClosed,
     InboundResult,
     OutboundSnapshot,
     SessionFacts,
@@ -155,7 +154,7 @@ class IsolatedProvider:
             )
         except BaseException as exc:
             await session.end(kill=True)
-            if isinstance(exc, ChannelClosed):
+            if isinstance(exc, ConnectionError):
                 raise ChildDied(
                     f"the child process of {support.transport_name!r} ended during logon: "
                     f"{session.exit_reason()}"
@@ -245,7 +244,7 @@ class IsolatedSession:
     async def _call(self, method: str, *args: Any) -> Any:
         try:
             return await self.channel.call(method, *args)
-        except ChannelClosed:
+        except ConnectionError:  # ChannelClosed, or the socket reset under a write
             with contextlib.suppress(TimeoutError, ProcessLookupError):
                 async with asyncio.timeout(1.0):
                     await self.proc.wait()
