@@ -54,6 +54,8 @@ async def test_an_isolated_hog_does_not_stall_the_spooler(tmp_path: Path) -> Non
         for info in infos:
             assert await sp.wait_for(info.id, timeout=20) is MessageState.SENT
         assert row_text(sp, "hog").startswith("hogging")  # still at it
+        # The child's CPU time shows in its row (the hog burns it as we watch).
+        await until(lambda: sp.status["hog"].counters.get("child_cpu_ms", 0) >= 300)
         assert await sp.store.state_of(stuck.id, now=sp.clock.now()) is not MessageState.SENT
         release.touch()
         assert await sp.wait_for(stuck.id, timeout=20) is MessageState.SENT
