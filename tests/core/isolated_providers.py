@@ -11,12 +11,15 @@ from typing import Any, ClassVar
 
 from spoolbox.contract import (
     BaseTransportSession,
+    EndFlags,
     FlushFlags,
     InboundWriter,
     LogonCaps,
     LogonFlags,
+    NetworkError,
     OutboundMessage,
     RecipientResult,
+    SpoolerNotifyFlags,
     StatusCode,
     SubmitFlags,
     Support,
@@ -191,3 +194,37 @@ class PatientSession(_Deliver):
 
 class Patient(_Provider):
     session_class = PatientSession
+
+
+class EndFailsSession(BaseTransportSession):
+    """Takes every message, then fails in end_message with a network error."""
+
+    ADDRESS_TYPES = ("SMTP",)
+
+    async def submit_message(self, message: OutboundMessage, flags: SubmitFlags) -> None:
+        return None
+
+    async def end_message(self, message: OutboundMessage) -> EndFlags:
+        raise NetworkError(30.0, f"link down after {message.ref}")
+
+
+class EndFails(_Provider):
+    session_class = EndFailsSession
+
+
+class CriticalSession(BaseTransportSession):
+    """Reports a critical error in submit_message and returns normally; says so in its
+    row if end_message is ever called (the spooler must not call it then)."""
+
+    ADDRESS_TYPES = ("SMTP",)
+
+    async def submit_message(self, message: OutboundMessage, flags: SubmitFlags) -> None:
+        self.support.spooler_notify(SpoolerNotifyFlags.CRITICAL_ERROR, "broken")
+
+    async def end_message(self, message: OutboundMessage) -> EndFlags:
+        self.support.modify_status_row(status_string="end_message called")
+        return EndFlags.SENT
+
+
+class Critical(_Provider):
+    session_class = CriticalSession

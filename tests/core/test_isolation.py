@@ -207,3 +207,27 @@ async def test_a_message_cancelled_in_the_spooler_is_cancelled_in_the_child() ->
         assert await sp.wait_for(info.id, timeout=20) is MessageState.CANCELLED
         [rec] = await sp.store.recipients(info.id)
     assert rec.state is RecipientState.CANCELLED
+
+
+async def test_an_error_from_end_message_in_the_child_reaches_the_spooler() -> None:
+    async with spooler(isolated("iso", "EndFails")) as sp:
+        info = await sp.submit(message("SMTP:bob@example.org"))
+        # Settled as a temporary failure: deferred to its retry time.
+        assert await sp.wait_for(info.id, (MessageState.DEFERRED,), timeout=20)
+        [rec] = await sp.store.recipients(info.id)
+        stats = sp.statistics()["transports"]["iso"]
+    assert rec.state is RecipientState.QUEUED  # retried later, not lost
+    assert rec.diagnostic is not None and f"link down after {info.id}" in rec.diagnostic
+    assert stats["last_error"] == f"end_message raised NetworkError: link down after {info.id}"
+
+
+async def test_no_end_message_after_the_child_reported_a_critical_error() -> None:
+    async with spooler(isolated("iso", "Critical")) as sp:
+        info = await sp.submit(message("SMTP:bob@example.org"))
+        # Settled after submit_message's answer, which follows anything the child
+        # said before it (in order, on one pipe).
+        assert await sp.wait_for(info.id, (MessageState.DEFERRED,), timeout=20)
+        text = row_text(sp, "iso")
+        [rec] = await sp.store.recipients(info.id)
+    assert text != "end_message called"
+    assert rec.diagnostic == "transport reported a critical error"

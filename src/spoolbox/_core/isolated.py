@@ -48,6 +48,7 @@ from ..model import (
 from .wire import (
     WIRE_VERSION,
     Channel,
+    Ended,
     InboundResult,
     OutboundSnapshot,
     SessionFacts,
@@ -183,6 +184,7 @@ class IsolatedSession:
         self.pid = proc.pid
         self._facts = SessionFacts(0, (), (), 1)
         self._messages: dict[str, OutboundMessage] = {}
+        self._ended: dict[str, Ended] = {}  # end_message already run in the child
         self._writers: dict[str, InboundWriter] = {}
         self._critsecs: list[AbstractAsyncContextManager[None]] = []
         self._logging_off = False
@@ -305,14 +307,21 @@ class IsolatedSession:
         )
         self._messages[message.ref] = message
         try:
-            await self._call("submit_message", snap, int(flags))
+            ended = await self._call("submit_message", snap, int(flags))
         except BaseException:
             self._messages.pop(message.ref, None)
             raise
+        if isinstance(ended, Ended):
+            self._ended[message.ref] = ended
 
     async def end_message(self, message: OutboundMessage) -> EndFlags:
         try:
-            return EndFlags(await self._call("end_message", message.ref))
+            ended = self._ended.pop(message.ref, None)
+            if ended is None:
+                return EndFlags(await self._call("end_message", message.ref))
+            if ended.error is not None:
+                raise ended.error.exception()
+            return EndFlags(ended.flags or 0)
         finally:
             self._messages.pop(message.ref, None)
 

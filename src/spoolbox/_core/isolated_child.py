@@ -46,8 +46,10 @@ from .objects import ContentMessage, InboundWriterImpl, ProfileSectionImpl
 from .wire import (
     WIRE_VERSION,
     Channel,
+    Ended,
     InboundResult,
     OutboundSnapshot,
+    RemoteError,
     SessionFacts,
     Start,
     read_frame,
@@ -107,6 +109,7 @@ class _ChildSupport:
         self._child = child
         self._name = name
         self.in_critsec = 0
+        self.critical = False  # the session reported CRITICAL_ERROR
 
     @property
     def transport_name(self) -> str:
@@ -135,6 +138,8 @@ class _ChildSupport:
             raise ContractViolation(
                 "use `async with support.critical_section():` for NOTIFY_CRITSEC/NONCRIT"
             )
+        if f & SpoolerNotifyFlags.CRITICAL_ERROR:
+            self.critical = True
         facts = self._child.facts() if f & SpoolerNotifyFlags.CONFIG_CHANGE else None
         self._child.channel.tell("spooler_notify", int(f), ref, facts)
 
@@ -271,7 +276,10 @@ class _Child:
         self.session = await self.provider.logon(self.support, options, LogonFlags(flags))
         return self.facts()
 
-    async def submit_message(self, snap: OutboundSnapshot, flags: int) -> None:
+    async def submit_message(self, snap: OutboundSnapshot, flags: int) -> Ended | None:
+        """submit_message, and (as the spooler calls it after every submit_message that
+        returned normally, unless the session reported a critical error) end_message
+        at once: one round trip a message less.  None: end_message was not called."""
         msg = ContentMessage(
             snap.info, snap.recipients, snap.flags, snap.content, self.cancels.implicit_yield
         )
@@ -284,6 +292,12 @@ class _Child:
             raise
         finally:
             _CURRENT.reset(token)
+        if self.support.critical:
+            return None
+        try:
+            return Ended(await self.end_message(snap.ref), None)
+        except Exception as exc:
+            return Ended(None, RemoteError.of(exc))
 
     async def end_message(self, ref: str) -> int:
         msg = self.messages.get(ref)

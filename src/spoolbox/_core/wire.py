@@ -54,6 +54,7 @@ __all__ = [
     "Cancel",
     "Channel",
     "ChannelClosed",
+    "Ended",
     "Failed",
     "InboundResult",
     "OutboundSnapshot",
@@ -145,6 +146,14 @@ class InboundResult:
     remote_id: str | None
     state: Mapping[str, Any]
     callbacks: bool  # after_commit/after_rollback callbacks wait in the child
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """What end_message answered, run in the child right after submit_message."""
+
+    flags: int | None
+    error: RemoteError | None
 
 
 class RemoteFailure(SpoolboxError):
