@@ -412,11 +412,13 @@ def _build(
             "inbound": tt.flag("inbound", True),
             "address_types": tuple(t.upper() for t in types) if types is not None else None,
             "logon_flags": LogonFlags.NO_DIALOG,
+            "isolate": tt.flag("isolate", False),
         }
         tt.done()
         spec: str | type = provider
         if miss:
             spec = _unconfigured_provider(name, miss)
+            kwargs["isolate"] = False  # its stand-in (which only fails logon) runs here
         try:
             transports.append(TransportConfig(name, spec, options=options, **kwargs))
         except ValueError as exc:

@@ -61,6 +61,7 @@ from ..status import StatusRow
 from ..store import ClaimedJob, InboundMessage, LeaseLost, RecipientUpdate
 from .clock import wait_event
 from .config import TransportConfig
+from .isolated import IsolatedProvider, IsolatedSession
 from .lifecycle import Phase, SessionLifecycle
 from .objects import InboundWriterImpl, OutboundMessageImpl, ProfileSectionImpl
 from .policy import PARKED_NOTE, SubmitOutcome, plan_after_submit, plan_result
@@ -234,6 +235,8 @@ class TransportHost:
         return row
 
     def _display(self) -> str:
+        if isinstance(self.provider, IsolatedProvider):
+            return self.provider.display
         cls = type(self.provider) if self.provider is not None else None
         return str(getattr(cls, "display_name", getattr(cls, "__name__", "transport")))
 
@@ -423,9 +426,10 @@ class TransportHost:
                 await wait_event(sp.clock, self._stop, delay)
                 delay = min(delay * 2, sp.policy.failure_backoff_cap)
                 continue
-            delay = sp.policy.relogon_delay
+            began = sp.clock.now()
             sp.routing_changed()
             renewer: asyncio.Task[None] | None = None
+            usage: asyncio.Task[None] | None = None
             try:
                 async with asyncio.TaskGroup() as tg:
                     lanes: list[asyncio.Task[None]] = []
@@ -439,6 +443,10 @@ class TransportHost:
                         lanes.append(tg.create_task(self._inbound_lane(), name=f"{self.name}-in"))
                     if self.caps & LogonCaps.SP_IDLE:
                         lanes.append(tg.create_task(self._idle_lane(), name=f"{self.name}-idle"))
+                    if isinstance(self.session, IsolatedSession):
+                        usage = tg.create_task(
+                            self._child_usage(self.session), name=f"{self.name}-usage"
+                        )
                     await self._stop.wait()
                     # Lanes see the stop flag and finish the message in hand; after the
                     # grace period whatever is left is cancelled (its claims go back to
@@ -450,6 +458,8 @@ class TransportHost:
                         await asyncio.wait(pending)
                     if renewer is not None:
                         renewer.cancel()
+                    if usage is not None:
+                        usage.cancel()
             except* Exception as group:  # a spooler bug, not the provider's fault
                 for lane_exc in group.exceptions:
                     log.error("transport %r lane crashed", self.name, exc_info=lane_exc)
@@ -460,10 +470,31 @@ class TransportHost:
             self._held.clear()
             await self.end_and_logoff()
             sp.routing_changed()
+            if not self.critical_error or sp.clock.now() - began >= sp.policy.failure_backoff_cap:
+                delay = sp.policy.relogon_delay
             if not self.stopping:
                 self._stop.clear()
                 await asyncio.sleep(0)
                 await wait_event(sp.clock, self._stop, delay)
+                if self.critical_error:
+                    # A session that dies soon after each logon (an isolated transport
+                    # whose child crashes): each restart waits twice as long.
+                    delay = min(delay * 2, sp.policy.failure_backoff_cap)
+
+    async def _child_usage(self, session: IsolatedSession) -> None:
+        """An isolated session's child process: its pid, CPU time and resident set in
+        the row's counters, refreshed every ``policy.progress_interval`` seconds."""
+        sp = self.spooler
+        started = self.provider.started if isinstance(self.provider, IsolatedProvider) else 1
+        while not self._stop.is_set():
+            use = session.usage()  # two small reads of /proc
+            self.counters["child_pid"] = use.pid
+            self.counters["child_cpu_ms"] = round(use.cpu_seconds * 1000)
+            self.counters["child_rss_kb"] = use.rss_bytes // 1024
+            self.counters["child_restarts"] = max(0, started - 1)
+            if self.name in sp.status:
+                sp.status.update(self.name, counters=dict(self.counters))
+            await wait_event(sp.clock, self._stop, max(sp.policy.progress_interval, 0.5))
 
     async def stop(self) -> None:
         """Ask the lanes to finish (in-flight work ends normally), then log off."""

@@ -59,6 +59,7 @@ from .critsec import CriticalSections
 from .flush import FlushHandle, FlushReport
 from .host import TransportHost
 from .idle import IdlePolicy, LoopLagIdle
+from .isolated import IsolatedProvider
 from .policy import Policy
 from .slices import SliceMeter
 
@@ -171,6 +172,11 @@ class Spooler:
                 )
             )
             for entry in self.config.transports:
+                if entry.isolate:
+                    # Its own child process per session, which loads the provider:
+                    # none of the provider's code runs here.
+                    self.hosts.append(TransportHost(self, entry, IsolatedProvider(entry.provider)))
+                    continue
                 try:
                     cls = load_provider_class(entry.provider)
                 except Exception as exc:
@@ -746,7 +752,7 @@ class Spooler:
         self.counters["critsec_overruns"] += 1
 
     def _stalled(self, name: str, held: float) -> None:
-        # Called from the watchdog thread: only record; the loop picks it up.
+        # Called by the slice meter when the stall ends, with its whole length.
         self._stalls.append((name, held))
         del self._stalls[:-100]
 
