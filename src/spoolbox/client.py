@@ -47,6 +47,7 @@ from . import (
     SQLiteStore,
     UnknownMessage,
 )
+from ._private import private_dir
 from .model import IllegalTransition, MessageSummary
 from .profile import Profile, load_profile
 
@@ -324,8 +325,8 @@ class Client:
     # -- offline access to the store ----------------------------------------------------
     def _offline(self, fn: Callable[[SQLiteStore], Coroutine[Any, Any, T]]) -> T:
         path = self.profile.store.path
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():  # before the daemon ever ran: the data directory too
+            private_dir(path.parent)
 
         async def run() -> T:
             store = SQLiteStore(

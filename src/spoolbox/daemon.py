@@ -53,6 +53,7 @@ from . import (
     __version__,
     load_provider_class,
 )
+from ._private import openness, private_dir
 from .client import (
     MAX_REQUEST_LINE,
     PROTOCOL_VERSION,
@@ -229,9 +230,17 @@ class Daemon:
 
     def _lock(self) -> None:
         data_dir = self.profile.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(data_dir)
+        why = openness(data_dir)
+        if why is not None:
+            log.warning(
+                "the data directory %s is %s: the queue should be private (chmod 700 %s)",
+                data_dir,
+                why,
+                data_dir,
+            )
         pid_file = self.profile.daemon.pid_file
-        pid_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(pid_file.parent)
         f = open(pid_file, "a+")  # noqa: SIM115 - held open for the daemon's life
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -302,7 +311,7 @@ class Daemon:
 
     async def _start_spooler(self, profile: Profile) -> Spooler:
         config = self._config(profile)
-        profile.store.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(profile.store.path.parent)
         store = SQLiteStore(
             profile.store.path,
             synchronous=profile.store.synchronous,
@@ -469,7 +478,7 @@ class Daemon:
     # -- the local API ------------------------------------------------------------------
     async def _start_server(self) -> None:
         path = self._socket_path
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(path.parent)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # we hold the lock: a socket left here is stale
         old = os.umask(0o177)

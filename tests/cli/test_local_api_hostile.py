@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -188,3 +189,14 @@ async def test_a_listener_with_a_missing_user_password_does_not_start(data_dir: 
     assert row.status_string == "not listening"
     assert "users.ann" in (row.detail or "")
     assert "SBX_TEST_UNSET_ANN" in (row.detail or "")
+
+
+async def test_the_daemon_warns_of_a_data_directory_others_can_read(
+    data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    profile = _profile(data_dir)
+    os.chmod(data_dir, 0o755)
+    async with running(profile):
+        pass
+    assert f"the data directory {data_dir} is readable by other users (mode 0755)" in caplog.text
+    assert f"chmod 700 {data_dir}" in caplog.text
