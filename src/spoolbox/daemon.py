@@ -320,6 +320,7 @@ class Daemon:
         idle = AlwaysIdle() if profile.idle == "always" else None
         spooler = Spooler.open(config, store=store, close_store=True, idle=idle)
         await spooler.start()
+        log.debug("store %s open: %s", store.path, store.statistics()["pragmas"])
         for m in profile.missing:
             log.warning(
                 "transport %r: %s is not configured (%s is not set); it stays off-line",
@@ -523,6 +524,7 @@ class Daemon:
                     result = await self._dispatch(op, args)
                     answer: dict[str, Any] = {"id": rid, "ok": True, "result": result}
                 except _ApiError as exc:
+                    log.debug("local API: refused (%s): %s", exc.code, exc)
                     answer = {
                         "id": rid,
                         "ok": False,
@@ -575,6 +577,7 @@ class Daemon:
         handler = _OPS.get(op)
         if handler is None:
             raise _ApiError("bad_request", f"unknown op {op!r}; known: {', '.join(sorted(_OPS))}")
+        log.debug("local API: %s %s", op, sorted(args))
         try:
             return await handler(self, args)
         except UnknownMessage as exc:

@@ -239,6 +239,7 @@ class _Connection(asyncio.Protocol):
         listener = self._listener
         listener._connections.add(self)
         listener._count("connections")
+        log.debug("SMTP connection from %s", self.peer)
         self._last = self._loop.time()
         self._timer = self._loop.call_later(listener.config.idle_timeout, self._on_idle)
         self.transport.write(self.machine.data_to_send())
@@ -389,6 +390,7 @@ class _Connection(asyncio.Protocol):
         else:
             listener._count("accepted")
             queued = getattr(task.result(), "id", None)
+            log.debug("SMTP message from %s queued as %s", self.peer, queued or message_id)
             reply = f"250 2.0.0 OK queued as {_clean(str(queued or message_id), 64)}"
         if isinstance(self.machine.pending, MessageData):
             self.machine.respond(reply)
@@ -551,6 +553,7 @@ class SubmissionListener:
         self._stats[key] += 1
 
     def _reject(self, reason: str) -> None:
+        log.debug("SMTP refused: %s", reason)
         self._stats["rejected"] += 1
         self._stats[f"rejected_{reason}"] += 1
 
