@@ -917,19 +917,19 @@ def _limit(args: dict[str, Any]) -> int:
     return int(limit)
 
 
+#: What a value from ``json.loads`` is, in words.
+_JSON_KINDS = {
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "an object",
+}
+
+
 def _json_kind(value: object) -> str:
-    """What a JSON value is, in words."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return "null"
+    return _JSON_KINDS.get(type(value), "null")
 
 
 def _check_version(req: dict[str, Any]) -> None:
