@@ -20,6 +20,10 @@ the file is missing) does not fail the load: it is listed in
 (MAPI_E_UNCONFIGURED), which leaves that one transport's status row failed while
 the rest of the spooler runs.  :func:`ask_missing_secrets` is the logon dialog:
 run interactively, the daemon asks for them (unless ``logon_dialog = false``).
+A listener user's password may come from ``password_env`` or ``password_file`` too
+(``users = { ann = { password_env = "ANN_PW" } }``); one that cannot be resolved is
+listed in :attr:`ListenerSettings.missing`, and the daemon does not start that
+listener.  Every listener key is checked for its type, named in the error.
 
 See docs/operations.md for the reference of every key.
 """
