@@ -458,7 +458,7 @@ class SQLiteStore:
         process links its own first, that one is used."""
         if os.path.lexists(path):
             return
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.new")
         try:
             os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
             try:
