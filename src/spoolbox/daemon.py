@@ -79,6 +79,8 @@ from .profile import ListenerSettings, Profile, ProfileError, load_profile
 __all__ = ["Daemon", "DaemonError", "RedactingFilter"]
 
 log = logging.getLogger("spoolbox.daemon")
+#: After a request line over the limit: how long to wait for more of it to drop.
+_DROP_WAIT = 5.0
 #: ``submit_many``: messages in one request at most (one store transaction).
 MAX_SUBMIT_MANY = 10_000
 
@@ -500,7 +502,7 @@ class Daemon:
                 try:
                     line = await reader.readline()
                 except ValueError:  # longer than MAX_REQUEST_LINE: the rest is not read
-                    await self._refuse_long_line(writer)
+                    await self._refuse_long_line(reader, writer)
                     return
                 if not line:
                     return
@@ -556,18 +558,28 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _refuse_long_line(self, writer: asyncio.StreamWriter) -> None:
-        """Answer a request line over the limit, then close: the rest of it is unread."""
+    async def _refuse_long_line(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Answer a request line over the limit; then read and drop the rest of it, up
+        to as much again and while it keeps coming, so that a client that writes its
+        whole request before it reads gets to read the answer; then close."""
         log.warning("local API: a request line over %d bytes was refused", MAX_REQUEST_LINE)
         message = (
             f"request line longer than {MAX_REQUEST_LINE} bytes, the local API's limit "
             "(Client.submit puts a larger message into the store directly)"
         )
-        with contextlib.suppress(ConnectionError):
+        with contextlib.suppress(ConnectionError, TimeoutError):
             await self._send(
                 writer,
                 {"id": None, "ok": False, "error": {"code": "too_large", "message": message}},
             )
+            dropped = 0
+            while dropped < MAX_REQUEST_LINE:
+                chunk = await asyncio.wait_for(reader.read(1 << 16), _DROP_WAIT)
+                if not chunk or b"\n" in chunk:
+                    break
+                dropped += len(chunk)
 
     async def _send(self, writer: asyncio.StreamWriter, msg: dict[str, Any]) -> None:
         writer.write(json.dumps(_redact(msg, self.profile)).encode() + b"\n")
