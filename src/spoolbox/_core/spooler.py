@@ -272,6 +272,13 @@ class Spooler:
         info = await self.store.submit(
             message, now=self.clock.now(), lifetime=self.policy.lifetime, routes=routes
         )
+        log.debug(
+            "message %s queued: %d bytes, recipients %s, routes %s",
+            info.id,
+            info.size,
+            [str(a) for a in message.recipients],
+            routes,
+        )
         self._queued(1, routes)
         return info
 
@@ -294,6 +301,7 @@ class Spooler:
         infos = await self.store.submit_many(
             batch, now=self.clock.now(), lifetime=self.policy.lifetime, routes=routes
         )
+        log.debug("%d messages queued in one transaction: %s ...", len(infos), infos[0].id)
         self._queued(len(batch), [r for rs in routes for r in rs])
         return infos
 
@@ -515,6 +523,7 @@ class Spooler:
                     failed[r.message_id].append(
                         RecipientUpdate(r.index, _R.FAILED, status="5.4.4", diagnostic=d.reason)
                     )
+            log.debug("router: %d recipients routed, %d without a route", len(assign), len(failed))
             if assign:
                 await self.store.assign_routes(assign)
                 for name in {a[2] for a in assign}:
@@ -545,6 +554,7 @@ class Spooler:
         except LeaseLost as exc:
             log.error("settling %s: %s (another spooler took it over)", job.message.id, exc)
             return
+        _log_settle(job.message.id, job.transport, updates, len(reports) + len(inbox))
         self._after_settle(updates, len(reports) + len(inbox))
 
     async def _settle_unowned(self, message_id: str, updates: Sequence[RecipientUpdate]) -> None:
@@ -560,6 +570,7 @@ class Spooler:
             reports=reports,
             inbox_reports=inbox,
         )
+        _log_settle(message_id, None, updates, len(reports) + len(inbox))
         self._after_settle(updates, len(reports) + len(inbox))
 
     def _after_settle(self, updates: Sequence[RecipientUpdate], reports: int) -> None:
@@ -790,6 +801,22 @@ class Spooler:
                 SPOOLER_ROW,
                 counters={**{str(k): v for k, v in counts.items()}, **dict(self.counters)},
             )
+
+
+def _log_settle(
+    message_id: str, transport: str | None, updates: Sequence[RecipientUpdate], reports: int
+) -> None:
+    """DEBUG: what became of each recipient of a message, and the reports made."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    outcomes = ", ".join(
+        f"#{u.index} {u.state}"
+        + (f" {u.status}" if u.status else "")
+        + (f" ({u.diagnostic})" if u.diagnostic else "")
+        for u in updates
+    )
+    via = f"via {transport}" if transport else "by the router"
+    log.debug("message %s settled %s: %s; %d reports", message_id, via, outcomes, reports)
 
 
 def _unloadable(reason: str) -> type:
