@@ -127,6 +127,29 @@ async def test_a_second_session_waits_until_the_first_leaves() -> None:
     assert cs.holder is None and not cs.blocks(B)
 
 
+@dataclass(frozen=True)
+class _Session:
+    name: str
+
+
+async def test_statistics_and_repr_name_the_holder() -> None:
+    ft, calls = FakeTime(), Calls()
+    cs = _sections(ft, calls)
+    fax = _Session("fax")
+    assert repr(cs) == "<CriticalSections holder=None depth=0 window=False>"
+    entry = await cs.enter(fax)
+    await cs.enter(fax)
+    assert cs.statistics()["holder"] == "fax"
+    assert cs.statistics()["depth"] == 2
+    assert repr(cs) == "<CriticalSections holder='fax' depth=2 window=False>"
+    cs.window_open = True
+    assert repr(cs) == "<CriticalSections holder='fax' depth=2 window=True>"
+    cs.window_open = False
+    cs.release(fax)
+    assert not cs.leave(entry)
+    assert cs.statistics()["holder"] is None
+
+
 async def test_three_sessions_take_turns_one_at_a_time() -> None:
     ft, calls = FakeTime(), Calls()
     cs = _sections(ft, calls)
@@ -246,7 +269,8 @@ async def test_an_overrun_is_reported_with_the_held_time_then_the_section_is_tak
     assert (cs.holder, cs.depth) == (B, 1)
     ft.advance(5)
     assert calls.overruns == [(A, 2.0), (B, 2.0)]
-    assert len(calls.expired) == 2
+    assert calls.expired[1] == (B, 3.0, [None])
+    assert (cs.overruns, cs.expired) == (2, 2)
     assert not cs.leave(nxt)
 
 
@@ -343,6 +367,7 @@ async def test_an_explicit_yield_opens_a_window_for_the_waiters() -> None:
     assert ran == [True]
     assert task.done()
     assert not cs.window_open and cs.blocks(B)
+    assert repr(cs).endswith("window=False>")
     assert cs.holder == A
     cs.leave(entry)
 

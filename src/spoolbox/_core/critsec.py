@@ -61,7 +61,7 @@ class CriticalSections:
         max_duration: float,
         on_overrun: Callable[[Any, float], None],
         *,
-        grace: float = 1.0,
+        grace: float,
         on_expired: Callable[[Any, float, Sequence[Any]], None] | None = None,
         now: Callable[[], float] = time.perf_counter,
         call_later: Callable[[float, Callable[[], None]], _Timer] = _loop_call_later,
