@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 from helpers import FAST, message, spooler, transport
 
-from spoolbox import MessageState, TransportConfig
+from spoolbox import MessageState, Policy, TransportConfig
 from spoolbox._core import deadline
 from spoolbox._core.critsec import CriticalSections, Entry
 from spoolbox.contract import BaseTransportSession, OutboundMessage, RecipientResult, Support
@@ -620,20 +622,28 @@ async def test_no_polls_or_idles_while_a_critical_section_is_held() -> None:
     assert "poll" in after[len(during) :] and "idle" in after[len(during) :]
 
 
-async def test_cancelling_one_waiter_does_not_stop_the_others() -> None:
+@pytest.mark.parametrize("kind", ["line", "maildir"])
+async def test_cancelling_one_waiter_does_not_stop_the_others(kind: str, tmp_path: Path) -> None:
     """Issue 13: a download flush cancelled while it waits at the gate stopped every
-    other waiting transport for good."""
+    other waiting transport for good (in the soak, a maildir transport)."""
     sessions: list[Line] = []
     entered, leave = asyncio.Event(), asyncio.Event()
+    box = tmp_path / "box"
+    if kind == "maildir":
+        sender = TransportConfig("sender", "maildir", inbound=False)
+        rcpts = [f"MAILDIR:{box}"] * 5
+    else:
+        sender = line("sender", "SMTP", inbound=False)
+        rcpts = [f"SMTP:u{i}@example.org" for i in range(5)]
     async with spooler(
         line("holder", "FAX", sessions=sessions, outbound=False),
         line("downloader", "X400", outbound=False),
-        line("sender", "SMTP", inbound=False),
+        sender,
     ) as sp:
         await sp.wait_ready(timeout=5)
         holder = asyncio.create_task(sessions[0].hold(entered, leave))
         await entered.wait()
-        ids = [(await sp.submit(message(f"SMTP:u{i}@example.org"))).id for i in range(5)]
+        ids = [(await sp.submit(message(r))).id for r in rcpts]
         flush = sp.start_flush(upload=False, download=True, transport="downloader")
         # Two waiters: the flush's flush_queues step and the sender's outbound lane.
         await _until(lambda: sp.critsec.waiting == 2)
@@ -646,6 +656,8 @@ async def test_cancelling_one_waiter_does_not_stop_the_others() -> None:
         counters = sp.host("sender").counters
     assert states == [MessageState.SENT] * 5
     assert counters["submitted"] == 5
+    if kind == "maildir":
+        assert len(os.listdir(box / "new")) == 5
 
 
 async def test_waiting_at_the_gate_does_not_count_against_call_timeout() -> None:
@@ -946,3 +958,10 @@ async def test_a_nested_section_is_held_until_the_outermost_leave() -> None:
     # ...and none between the inner leave and the outer one.
     assert all(not p.startswith("other") for p in seq[inner_out:outer_out])
     assert entries == 1
+
+
+@pytest.mark.parametrize(("field_name", "value"), [("critsec_max", 0.0), ("critsec_grace", -1.0)])
+def test_policy_refuses_a_critsec_limit_out_of_range(field_name: str, value: float) -> None:
+    with pytest.raises(ValueError, match=r"policy\.critsec_max must be positive and critsec_grace"):
+        Policy(**{field_name: value})
+    assert Policy(critsec_grace=0.0).critsec_grace == 0.0
