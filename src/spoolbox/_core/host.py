@@ -59,6 +59,7 @@ from ..model import (
 )
 from ..status import StatusRow
 from ..store import ClaimedJob, InboundMessage, LeaseLost, RecipientUpdate
+from . import deadline
 from .clock import wait_event
 from .config import TransportConfig
 from .isolated import IsolatedProvider, IsolatedSession
@@ -195,14 +196,26 @@ class TransportHost:
             coro.close()
             raise
         limit = self.spooler.policy.call_timeout
+        tracked: deadline.CallDeadline | None = None
         try:
-            async with asyncio.timeout(limit):
-                result = await self.spooler.meter.run(self, coro)
+            async with asyncio.timeout(limit) as timeout:
+                with deadline.tracking(name, timeout) as tracked:
+                    result = await self.spooler.meter.run(self, coro)
         except TimeoutError:
+            if tracked is not None and tracked.cut_reason is not None:
+                raise TimeoutError(
+                    f"{name}() of transport {self.name!r} was cancelled: {tracked.cut_reason}"
+                ) from None
             raise TimeoutError(
                 f"{name}() of transport {self.name!r} ran longer than {limit:g} s and was "
-                "cancelled (policy.call_timeout)"
+                "cancelled (policy.call_timeout; time waiting for another session's "
+                "critical section not counted)"
             ) from None
+        finally:
+            if tracked is not None and self.spooler.critsec.abandon(self, tracked):
+                self._critsec_left_open(
+                    name, f"{name}() returned without leaving the critical section it entered"
+                )
         self.lifecycle.done(name)
         return result
 
@@ -271,6 +284,36 @@ class TransportHost:
         else:
             self.set_bits(detail=text)
 
+    def _critsec_left_open(self, call: str, what: str) -> None:
+        """The spooler released a section this session did not leave: a contract
+        violation, recorded like the others (log, row, ``errors``, statistics)."""
+        self.spooler.counters["critsec_left_open"] += 1
+        self.call_failed(
+            call,
+            ContractViolation(
+                f"{what}; the spooler released it (leave it before the call returns: "
+                "async with support.critical_section())"
+            ),
+        )
+
+    def critsec_expired(self, held: float, calls: Sequence[object]) -> None:
+        """The section was taken away after ``critsec_max`` plus ``critsec_grace``:
+        cancel the calls that entered it, show the failure on the row."""
+        policy = self.spooler.policy
+        cut = [c for c in calls if isinstance(c, deadline.CallDeadline) and c.open]
+        text = (
+            f"held the critical section {held:.2f} s, over policy.critsec_max "
+            f"({policy.critsec_max:g} s) plus critsec_grace ({policy.critsec_grace:g} s): "
+            "the spooler took it away"
+        )
+        if cut:
+            text += " and cancelled " + ", ".join(f"{c.call}()" for c in cut)
+        for c in cut:
+            c.cut(text)
+        self.last_error = text
+        log.error("transport %r %s", self.name, text)
+        self.set_bits(on=S.FAILURE, detail=text)
+
     def call_ok(self) -> None:
         if self.consecutive_failures or (self._row().status_code & S.FAILURE):
             self.consecutive_failures = 0
@@ -284,10 +327,10 @@ class TransportHost:
         ``direction`` lets it through at once)."""
         sp = self.spooler
         cs = sp.critsec
-        while not self.stopping:
+        while not (self.stopping or self.critical_error):
             flushing = bool(self.flushing & direction)
             if cs.active and not flushing:
-                await cs.changed()
+                await self._critsec_changed_or_stop()
                 continue
             now = sp.clock.now()
             if self._cooldown_until > now and not flushing:
@@ -303,6 +346,16 @@ class TransportHost:
                         await sp.idle.wait_idle()
                 continue
             return
+
+    async def _critsec_changed_or_stop(self) -> None:
+        """Wait until the critical section changes or this session is told to stop."""
+        changed = self.spooler.critsec.changed()
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait((changed, stop), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()  # its own future: no other waiter is touched
+            stop.cancel()
 
     async def implicit_yield(self) -> None:
         sp = self.spooler
@@ -390,6 +443,7 @@ class TransportHost:
             self.lifecycle.logged_off()
             self.session = None
             self.types = None
+            self._release_critsec_at_logoff()
             if self.name in self.spooler.status:
                 self.set_bits(
                     off=S.AVAILABLE
@@ -399,6 +453,12 @@ class TransportHost:
                     | S.OUTBOUND_ACTIVE,
                     on=S.OFFLINE,
                 )
+
+    def _release_critsec_at_logoff(self) -> None:
+        if self.spooler.critsec.release(self):
+            self._critsec_left_open(
+                "logoff", "the session ended while it held the critical section"
+            )
 
     # -- the supervisor -----------------------------------------------------------------------
     async def run(self) -> None:
@@ -414,6 +474,7 @@ class TransportHost:
                 self.lifecycle.fail()
                 self.session = None
                 self.types = None
+                self._release_critsec_at_logoff()
                 if isinstance(exc, Unconfigured):
                     text = f"not configured: {exc}"
                 else:
@@ -1182,11 +1243,14 @@ class SupportImpl:
     async def critical_section(self) -> AsyncIterator[None]:
         self._alive("critical_section")
         host = self._host
-        await host.spooler.critsec.enter(host)
+        cs = host.spooler.critsec
+        # Waiting for another session's section is not charged to the call's timeout.
+        with deadline.paused():
+            entry = await cs.enter(host, deadline.current())
         try:
             yield
         finally:
-            host.spooler.critsec.leave(host)
+            cs.leave(entry)
 
     def modify_status_row(
         self,

@@ -9,7 +9,8 @@ awaitable that drives it step by step (``send``/``throw``), so it can
   a log line with the provider's name and the slice length);
 * hold a step back while another session is in a critical section
   (:mod:`.critsec`), which is how "others make no progress except at the holder's
-  explicit yields" is enforced rather than hoped for;
+  explicit yields" is enforced rather than hoped for; the time a step is held there
+  is not charged to its call's timeout (:mod:`.deadline`);
 * tell the implicit-yield points how long the current slice has run.
 
 A step that never ends (a provider that blocks the loop) cannot be measured after
@@ -32,6 +33,7 @@ from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Generic, Protocol, TypeVar
 
 from .critsec import CriticalSections
+from .deadline import paused
 
 __all__ = ["SliceMeter", "SliceOwner", "checkpoint"]
 
@@ -88,16 +90,18 @@ class _Measured(Generic[T]):
         send: Any = None
         throw: BaseException | None = None
         while True:
-            if throw is None:
-                while meter.critsec.blocks(owner):
-                    try:
-                        yield from meter.critsec.changed().__await__()
-                    except GeneratorExit:
-                        self._coro.close()
-                        raise
-                    except BaseException as gate_exc:
-                        throw = gate_exc
-                        break
+            if throw is None and meter.critsec.blocks(owner):
+                # Held at the gate: the call's own timeout does not run meanwhile.
+                with paused():
+                    while meter.critsec.blocks(owner):
+                        try:
+                            yield from meter.critsec.changed().__await__()
+                        except GeneratorExit:
+                            self._coro.close()
+                            raise
+                        except BaseException as gate_exc:
+                            throw = gate_exc
+                            break
             start = time.perf_counter()
             prev = meter._current
             meter._current = (owner, start)

@@ -90,7 +90,12 @@ class Spooler:
         self._close_store = close_store if close_store is not None else store is None
         self.clock: Clock = clock or SystemClock()
         self.status = StatusTable(self.clock.now)
-        self.critsec = CriticalSections(self.policy.critsec_max, self._critsec_overrun)
+        self.critsec = CriticalSections(
+            self.policy.critsec_max,
+            self._critsec_overrun,
+            grace=self.policy.critsec_grace,
+            on_expired=self._critsec_expired,
+        )
         self.meter = SliceMeter(
             self.policy.slice_budget,
             self.critsec,
@@ -755,12 +760,18 @@ class Spooler:
         name = getattr(owner, "name", "?")
         text = (
             f"held a critical section for {held:.2f} s, over the {self.policy.critsec_max:.2f} s "
-            "maximum: other transports are stopped meanwhile"
+            "maximum: other transports are stopped meanwhile; it is taken away after "
+            f"{self.policy.critsec_grace:g} s more"
         )
         log.warning("transport %r %s", name, text)
         if name in self.status:
             self.status.update(name, detail=text)
         self.counters["critsec_overruns"] += 1
+
+    def _critsec_expired(self, owner: Any, held: float, calls: Sequence[Any]) -> None:
+        self.counters["critsec_expired"] += 1
+        if isinstance(owner, TransportHost):
+            owner.critsec_expired(held, calls)
 
     def _stalled(self, name: str, held: float) -> None:
         # Called by the slice meter when the stall ends, with its whole length.
