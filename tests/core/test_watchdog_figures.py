@@ -62,7 +62,9 @@ def test_the_meter_reports_a_stall_once_in_the_loops_thread_with_its_length() ->
             pass
 
     async def main() -> None:
-        meter = SliceMeter(0.005, CriticalSections(1.0, lambda o, h: None), stall_after=0.05)
+        meter = SliceMeter(
+            0.005, CriticalSections(1.0, lambda o, h: None, grace=1.0), stall_after=0.05
+        )
         meter._on_stall = on_stall
         meter.start_watchdog(interval=0.01)
         try:
@@ -97,7 +99,9 @@ def test_a_flushing_session_does_not_stall() -> None:
             pass
 
     async def main() -> SliceMeter:
-        meter = SliceMeter(0.005, CriticalSections(1.0, lambda o, h: None), stall_after=0.05)
+        meter = SliceMeter(
+            0.005, CriticalSections(1.0, lambda o, h: None, grace=1.0), stall_after=0.05
+        )
         await meter.run(Flushing(), spin())
         return meter
 
