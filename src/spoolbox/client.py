@@ -224,13 +224,22 @@ class Client:
             raise
         return sock
 
-    def _request(self, op: str, args: dict[str, Any]) -> tuple[socket.socket, Any, int]:
+    def _request(
+        self, op: str, args: dict[str, Any], content: bytes | None = None
+    ) -> tuple[socket.socket, Any, int]:
+        """Send a request; ``content`` (a message) goes as it is after the line, its
+        length in ``args["content_length"]`` (not base64 in the line: a large
+        message would be held several times over, on both sides)."""
         sock = self._connect()
         self._next_id += 1
         rid = self._next_id
+        if content is not None:
+            args = {**args, "content_length": len(content)}
         line = json.dumps({"v": PROTOCOL_VERSION, "id": rid, "op": op, "args": args})
         try:
             sock.sendall(line.encode() + b"\n")
+            if content is not None:
+                sock.sendall(content)
         except OSError as exc:
             sock.close()
             raise DaemonNotRunning(f"the spooler daemon went away: {exc}") from None
@@ -255,7 +264,10 @@ class Client:
 
     def call(self, op: str, **args: Any) -> Any:
         """One request, one answer; raises a :class:`ClientError` subclass."""
-        sock, reader, _ = self._request(op, args)
+        return self._call(op, args)
+
+    def _call(self, op: str, args: dict[str, Any], content: bytes | None = None) -> Any:
+        sock, reader, _ = self._request(op, args, content)
         with contextlib.closing(sock), reader:
             return self._result(self._read(reader))
 
@@ -340,7 +352,9 @@ class Client:
     def submit(self, message: NewMessage, *, fallback: bool = True) -> dict[str, Any]:
         """Submit; returns ``{"id", "state", "via"}`` (via: "daemon" or "store")."""
         try:
-            result: dict[str, Any] = self.call("submit", **_message_args(message))
+            result: dict[str, Any] = self._call(
+                "submit", _message_args(message, content=False), message.content
+            )
             return result
         except DaemonNotRunning:
             if not fallback:
@@ -510,14 +524,17 @@ class Client:
         return result
 
 
-def _message_args(message: NewMessage) -> dict[str, Any]:
-    """A message as the local API's ``submit`` takes it."""
-    return {
+def _message_args(message: NewMessage, *, content: bool = True) -> dict[str, Any]:
+    """A message as the local API's ``submit`` takes it (without ``content``: the
+    request carries it after its line)."""
+    args: dict[str, Any] = {
         "id": message.id,
         "sender": str(message.sender) if message.sender is not None else None,
         "recipients": [str(r) for r in message.recipients],
-        "content": base64.b64encode(message.content).decode("ascii"),
         "priority": message.priority.name.lower(),
         "notify": int(message.notify),
         "send_at": message.send_at,
     }
+    if content:
+        args["content"] = base64.b64encode(message.content).decode("ascii")
+    return args

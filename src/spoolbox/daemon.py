@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import fcntl
 import inspect
+import io
 import json
 import logging
 import os
@@ -77,6 +78,7 @@ __all__ = ["Daemon", "DaemonError", "RedactingFilter"]
 
 log = logging.getLogger("spoolbox.daemon")
 _LINE_LIMIT = 256 * 1024 * 1024  # the longest request line (a base64 message)
+_CONTENT_BLOCK = 64 * 1024  # a submit's content is read in blocks of this size
 #: ``submit_many``: messages in one request at most (one store transaction).
 MAX_SUBMIT_MANY = 10_000
 
@@ -483,6 +485,7 @@ class Daemon:
                 if not line.strip():
                     continue
                 rid: Any = None
+                in_sync = True  # False: a content of unknown length follows the line
                 try:
                     req = json.loads(line)
                     if not isinstance(req, dict) or not isinstance(req.get("op"), str):
@@ -491,6 +494,10 @@ class Daemon:
                     args = req.get("args") or {}
                     if not isinstance(args, dict):
                         raise _ApiError("bad_request", "'args' must be an object")
+                    if "content_length" in args:
+                        in_sync = False
+                        args["content"] = await _read_content(reader, args.pop("content_length"))
+                        in_sync = True
                     op = req["op"]
                     if op in ("flush", "watch"):
                         # A streaming request takes the connection to its end.
@@ -520,6 +527,8 @@ class Daemon:
                         "error": {"code": "internal", "message": f"{type(exc).__name__}: {exc}"},
                     }
                 await self._send(writer, answer)
+                if not in_sync:
+                    return
         except (ConnectionError, asyncio.CancelledError):
             pass
         except Exception:
@@ -804,10 +813,30 @@ class Daemon:
                 done.cancel()
 
 
+async def _read_content(reader: asyncio.StreamReader, length: Any) -> bytes:
+    """The ``content_length`` bytes that follow a request's line (a ``submit``'s
+    message), held once: read a block at a time into one buffer."""
+    if not isinstance(length, int) or isinstance(length, bool) or not 0 <= length <= _LINE_LIMIT:
+        raise _ApiError("bad_request", f"content_length must be an integer from 0 to {_LINE_LIMIT}")
+    buffer = io.BytesIO()
+    while (left := length - buffer.tell()) > 0:
+        block = await reader.read(min(left, _CONTENT_BLOCK))
+        if not block:
+            raise asyncio.IncompleteReadError(b"", length)
+        buffer.write(block)
+    return buffer.getvalue()
+
+
 def _message_from_args(args: dict[str, Any]) -> NewMessage:
-    """A ``submit`` request's message (also each item of ``submit_many``)."""
+    """A ``submit`` request's message (also each item of ``submit_many``): ``content``
+    is the bytes that followed the request's line, or base64 in the line."""
+    raw = args.get("content")
     try:
-        content = base64.b64decode(_arg(args, "content", str), validate=True)
+        content = (
+            raw
+            if isinstance(raw, bytes)  # JSON has no bytes: only _read_content makes them
+            else base64.b64decode(_arg(args, "content", str), validate=True)
+        )
     except binascii.Error as exc:
         raise _ApiError("bad_request", f"content is not base64: {exc}") from None
     sender = args.get("sender")
