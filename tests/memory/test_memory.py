@@ -7,7 +7,7 @@ the message over as bytes, its own copy counts once.  Most steps hold the messag
 once (bound 1.5x); the SMTP listener twice (the DATA it read, and the message with
 its Received line on top: 2.5x); the steps that stream it (a store read chunk by
 chunk, a relay, a Maildir delivery) a few blocks (0.25x).  Before the fixes these
-steps held 2 (a Python-API submit, a store read), 3 (the SMTP listener), 3.7 (a
+steps held 2 (a Python-API submit, a store read, an inbound message), 3 (the SMTP listener), 3.7 (a
 submit into the store through the client), 5 (the daemon taking a submit over its
 local API) and 7 to 9 times the message (``spoolbox submit FILE``, ``spoolbox
 sendmail``).
@@ -68,6 +68,7 @@ def assert_bounded(growth: int, what: str, bound: float) -> None:
         ("listener", TWICE),  # SMTP client process -> listener -> store
         ("relay", STREAMED),  # store -> SMTP transport -> smtp-sink
         ("maildir", STREAMED),  # store -> Maildir transport -> file
+        ("inbound", ONCE),  # Maildir pickup -> inbox
         ("client", ONCE),  # spoolbox submit FILE's path: from_bytes, Client.submit into the store
         ("sendmail", ONCE),  # spoolbox sendmail < FILE, no daemon
     ],

@@ -25,6 +25,7 @@ Steps:
 ``relay``        the SMTP transport relays a stored message to Postfix's
                  ``smtp-sink`` on a loopback port;
 ``maildir``      the Maildir transport delivers a stored message;
+``inbound``      the Maildir transport picks a message up into the inbox;
 ``client``       ``Client.submit`` with no daemon running (into the store);
 ``daemon``       ``Client.submit`` through a running ``spoolbox run`` daemon (its
                  local API); ``daemon_growth`` is the daemon's;
@@ -78,11 +79,14 @@ STEPS = (
     "listener",
     "relay",
     "maildir",
+    "inbound",
     "client",
     "daemon",
     "sendmail",
 )
-POLICY = Policy(router_interval=0.02, housekeeping_interval=0.05, retry_base=3600.0)
+POLICY = Policy(
+    router_interval=0.02, housekeeping_interval=0.05, poll_interval=0.05, retry_base=3600.0
+)
 CLI = [sys.executable, "-m", "spoolbox.cli"]
 DEADLINE = 120.0
 
@@ -393,6 +397,33 @@ async def _deliver(db: Path, transport: TransportConfig, run: Run) -> int:
     async def go() -> None:
         async with sp:
             await wait_state(sp, mid)
+
+    return await run(go)
+
+
+async def step_inbound(size: int, work: Path, run: Run) -> int:
+    pickup = work / "pickup"
+    for sub in ("tmp", "new", "cur"):
+        (pickup / sub).mkdir(parents=True)
+    options = {"pickup": str(pickup)}
+    transport = TransportConfig("local", "maildir", options=options, outbound=False)
+    sp = Spooler.open(
+        SpoolerConfig(transports=(transport,), policy=POLICY, node="memory"),
+        store=SQLiteStore(work / "store.db"),
+        idle=AlwaysIdle(),
+        close_store=True,
+    )
+
+    async def go() -> None:
+        (work / MESSAGE).rename(pickup / "new" / "1.memory")
+        async with sp:
+            end = time.monotonic() + DEADLINE
+            while not await sp.store.list_inbox():
+                if time.monotonic() > end:
+                    raise RuntimeError("the message did not reach the inbox")
+                await asyncio.sleep(0.02)
+            (entry,) = await sp.store.list_inbox()
+            assert entry.size == size, entry
 
     return await run(go)
 
