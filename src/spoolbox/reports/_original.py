@@ -36,6 +36,7 @@ __all__ = ["MAX_HEADER_SECTION", "ReturnedOriginal", "message_id_of", "returned_
 MAX_HEADER_SECTION = 256 * 1024
 _MAX_LINE = 998  # RFC 5322 §2.1.1, without the CRLF
 _EOL_RE = re.compile(rb"\r\n|\r|\n")
+_LONG_LINE_RE = re.compile(rb"^[^\r\n]{%d}" % (_MAX_LINE + 1), re.MULTILINE)
 _MSGID_RE = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]{1,250}>")
 
 
@@ -58,6 +59,9 @@ class ReturnedOriginal:
 
 
 def _normalise(data: bytes) -> bytes:
+    crlf = data.count(b"\r\n")
+    if crlf == data.count(b"\n") == data.count(b"\r"):
+        return data  # CRLF already: no copy of a large original
     return _EOL_RE.sub(b"\r\n", data)
 
 
@@ -71,14 +75,16 @@ def _header_section(data: bytes) -> bytes:
     return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 
-def _longest_line(data: bytes) -> int:
-    return max((len(line) for line in data.split(b"\r\n")), default=0)
+def _has_long_line(data: bytes) -> bool:
+    """A line of CRLF-normalised ``data`` is over 998 octets (found without splitting
+    ``data`` into a list of lines)."""
+    return _LONG_LINE_RE.search(data) is not None
 
 
 def _why_not_embeddable(data: bytes) -> str | None:
     if b"\x00" in data:
         return "it contains NUL bytes"
-    if _longest_line(data) > _MAX_LINE:
+    if _has_long_line(data):
         return f"it has lines longer than {_MAX_LINE} octets"
     return None
 
@@ -114,7 +120,7 @@ def _headers_only(data: bytes, note: str, message_id: str | None) -> ReturnedOri
         last = cut.rfind(b"\r\n")
         section = cut[: last + 2] if last > 0 else cut + b"\r\n"
         note += f" The header section was cut to {len(section)} bytes."
-    if section.isascii() and b"\x00" not in section and _longest_line(section) <= _MAX_LINE:
+    if section.isascii() and b"\x00" not in section and not _has_long_line(section):
         return ReturnedOriginal("headers", section, "7bit", None, note, message_id)
     charset: str | None = None
     if not section.isascii():

@@ -83,6 +83,7 @@ import hashlib
 import io
 import math
 import re
+import secrets
 import textwrap
 import unicodedata
 from collections.abc import Sequence
@@ -108,6 +109,8 @@ __all__ = [
 
 #: An original larger than this (bytes) is returned as its header section only.
 RETURN_SIZE_LIMIT = 10 * 1024 * 1024
+#: The stand-in for a returned message's bytes while the report is serialised.
+_ORIGINAL_HERE = f"spoolbox-returned-message-{secrets.token_hex(16)}".encode("ascii")
 
 _POLICY = policy.SMTP  # serialisation: CRLF, folding at 78
 _TEXT_POLICY = policy.SMTP.clone(cte_type="7bit")  # human text: 7bit or quoted-printable
@@ -476,8 +479,12 @@ def _original_part(returned: ReturnedOriginal) -> MIMEPart | None:
             part.set_param("charset", returned.charset)
         part["Content-Description"] = "Returned message headers"
     part["Content-Transfer-Encoding"] = returned.cte
-    # A str payload is written out byte for byte (surrogateescape keeps 8-bit bytes).
-    part.set_payload(returned.data.decode("ascii", "surrogateescape"))
+    if returned.form == "message":
+        # A stand-in: the original goes in after serialisation (see build_report).
+        part.set_payload(_ORIGINAL_HERE.decode("ascii"))
+    else:
+        # A str payload is written out byte for byte (surrogateescape keeps 8-bit bytes).
+        part.set_payload(returned.data.decode("ascii", "surrogateescape"))
     return part
 
 
@@ -561,6 +568,12 @@ def build_report(
             break
         message.del_param("boundary")
         data = _serialise(message)
+    if returned.form == "message":
+        # The returned message, byte for byte, where its stand-in was written (the
+        # last part): copied once, not decoded to text, split into lines and
+        # encoded again by the email package, which held it several times over.
+        head, _, tail = data.rpartition(_ORIGINAL_HERE)
+        data = b"".join((head, returned.data, tail))
     return data
 
 
