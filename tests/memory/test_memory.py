@@ -10,7 +10,8 @@ chunk, a relay, a Maildir delivery) a few blocks (0.25x).  Before the fixes thes
 steps held 2 (a Python-API submit, a store read, an inbound message), 3 (the SMTP listener), 3.7 (a
 submit into the store through the client), 5 (the daemon taking a submit over its
 local API) and 7 to 9 times the message (``spoolbox submit FILE``, ``spoolbox
-sendmail``).
+sendmail``); a failure report that returns the message in full (up to 10 MiB) held
+it 7 times over.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from spoolbox.reports.dsn import RETURN_SIZE_LIMIT
+
 WORKER = Path(__file__).with_name("worker.py")
 SIZE = 24 * 1024 * 1024  # under sendmail's and the listener's default limit of 25 MiB
 SKIP = 3
@@ -32,11 +35,11 @@ TWICE = 2.5
 STREAMED = 0.25
 
 
-def measure(step: str, tmp_path: Path) -> dict[str, Any]:
+def measure(step: str, tmp_path: Path, size: int = SIZE) -> dict[str, Any]:
     if not os.access("/proc/self/clear_refs", os.W_OK):
         pytest.skip("cannot reset the peak RSS: /proc/self/clear_refs is not writable (Linux)")
     proc = subprocess.run(
-        [sys.executable, str(WORKER), step, str(SIZE), str(tmp_path)],
+        [sys.executable, str(WORKER), step, str(size), str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -45,15 +48,15 @@ def measure(step: str, tmp_path: Path) -> dict[str, Any]:
         pytest.skip(proc.stderr.strip())
     assert proc.returncode == 0, proc.stderr
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["step"] == step and result["size"] == SIZE
+    assert result["step"] == step and result["size"] == size
     return result
 
 
-def assert_bounded(growth: int, what: str, bound: float) -> None:
-    ratio = growth / SIZE
-    assert growth <= bound * SIZE, (
+def assert_bounded(growth: int, what: str, bound: float, size: int = SIZE) -> None:
+    ratio = growth / size
+    assert growth <= bound * size, (
         f"{what}: the peak RSS grew by {growth / 2**20:.1f} MiB for a message of "
-        f"{SIZE / 2**20:.0f} MiB ({ratio:.2f}x; the bound is {bound}x)"
+        f"{size / 2**20:.1f} MiB ({ratio:.2f}x; the bound is {bound}x)"
     )
 
 
@@ -84,3 +87,12 @@ def test_a_submit_through_the_daemon_holds_the_message_once_on_each_side(
     result = measure("daemon", tmp_path)
     assert_bounded(result["growth"], "the client", ONCE)
     assert_bounded(result["daemon_growth"], "the daemon", ONCE)
+
+
+def test_a_failure_report_returning_the_message_in_full_holds_it_twice(tmp_path: Path) -> None:
+    # Just under RETURN_SIZE_LIMIT: the report carries the whole original.  The
+    # spooler reads it (once) and the report holds it (once); the email package
+    # held it seven times over before.
+    size = RETURN_SIZE_LIMIT - 64 * 1024
+    result = measure("report", tmp_path, size)
+    assert_bounded(result["growth"], "report", TWICE, size)

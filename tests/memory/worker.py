@@ -26,6 +26,8 @@ Steps:
                  ``smtp-sink`` on a loopback port;
 ``maildir``      the Maildir transport delivers a stored message;
 ``inbound``      the Maildir transport picks a message up into the inbox;
+``report``       a stored message fails at once (its Maildir is outside the root):
+                 the spooler builds and queues the delivery report to its sender;
 ``client``       ``Client.submit`` with no daemon running (into the store);
 ``daemon``       ``Client.submit`` through a running ``spoolbox run`` daemon (its
                  local API); ``daemon_growth`` is the daemon's;
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import resource
@@ -67,6 +70,7 @@ from spoolbox import (
 HOST = "127.0.0.1"
 SMTP_SINK = "/usr/sbin/smtp-sink"
 SENDER = "SMTP:sender@example.org"
+BAD_MAILDIR = "MAILDIR:../outside"  # outside the Maildir root: fails with 5.1.3
 LINE = b"x" * 76 + b"\r\n"
 SKIP = 3
 MESSAGE = "message.eml"  # the message of the step, in its directory
@@ -80,6 +84,7 @@ STEPS = (
     "relay",
     "maildir",
     "inbound",
+    "report",
     "client",
     "daemon",
     "sendmail",
@@ -166,10 +171,11 @@ def prepare(work: Path, recipient: str) -> Path:
 
 
 async def _prepare(work: Path, recipient: str) -> None:
+    msg = message(content_of(work / MESSAGE), recipient)
+    if recipient == BAD_MAILDIR:  # fails at once: a report to the sender
+        msg = dataclasses.replace(msg, sender=Address.parse(SENDER), notify=Notify.FAILURE)
     async with SQLiteStore(work / "store.db") as store:
-        await store.submit(
-            message(content_of(work / MESSAGE), recipient), now=time.time(), lifetime=3600.0
-        )
+        await store.submit(msg, now=time.time(), lifetime=3600.0)
 
 
 def free_port() -> int:
@@ -424,6 +430,31 @@ async def step_inbound(size: int, work: Path, run: Run) -> int:
                 await asyncio.sleep(0.02)
             (entry,) = await sp.store.list_inbox()
             assert entry.size == size, entry
+
+    return await run(go)
+
+
+async def step_report(size: int, work: Path, run: Run) -> int:
+    db = prepare(work, BAD_MAILDIR)
+    root = work / "mail"
+    root.mkdir()
+    transport = TransportConfig("local", "maildir", options={"root": str(root)})
+    async with SQLiteStore(db) as store:
+        mid = await only_message(store)
+    sp = Spooler.open(
+        SpoolerConfig(transports=(transport,), policy=POLICY, node="memory"),
+        store=SQLiteStore(db),
+        idle=AlwaysIdle(),
+        close_store=True,
+    )
+
+    async def go() -> None:
+        async with sp:
+            state = await sp.wait_for(mid, (MessageState.FAILED,), timeout=DEADLINE)
+            assert state is MessageState.FAILED
+            listed = await sp.store.list_messages(limit=10, now=time.time())
+            reports = [s.info for s in listed if s.info.is_report]
+            assert len(reports) == 1, listed
 
     return await run(go)
 
