@@ -8,12 +8,12 @@ through the Python API, the SQLite store's write, read and streamed read, the me
 store, the SMTP listener taking the message from a client process on a loopback
 port, the SMTP transport relaying it to Postfix's ``smtp-sink``, the Maildir
 transport delivering it and picking it up into the inbox, the failure report that
-returns it (in full up to 10 MiB), ``Client.submit`` into the store (as ``spoolbox submit FILE`` does), a submit through a running daemon's
-local API (client and daemon) and ``spoolbox sendmail`` reading it from stdin.  The
-figure is the growth of the process's peak RSS (the kernel's high-water mark, reset
-just before the step) over its RSS before the step, in MiB and as a multiple of the
-message size.  Where the caller hands the message over as bytes its own copy is
-counted (1x).
+returns it (in full up to 10 MiB), ``Client.submit`` into the store (as ``spoolbox
+submit FILE`` does), a submit through a running daemon's local API (client and
+daemon) and ``spoolbox sendmail`` reading it from stdin.  The figure is the growth
+of the process's peak RSS (the kernel's high-water mark, reset just before the
+step) over its RSS before the step, in MiB and as a multiple of the message size.
+Where the caller hands the message over as bytes its own copy is counted (1x).
 
 Run it::
 
