@@ -24,6 +24,7 @@ Run it::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -33,21 +34,19 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "memory" / "worker.py"
-STEPS = (
-    "api",
-    "store-write",
-    "memory-store",
-    "store-read",
-    "store-stream",
-    "listener",
-    "relay",
-    "maildir",
-    "inbound",
-    "report",
-    "client",
-    "daemon",
-    "sendmail",
-)
+
+
+def _worker_steps() -> tuple[str, ...]:
+    # The worker's own list, imported by path (tests/ is not a package).
+    spec = importlib.util.spec_from_file_location("spoolbox_memory_worker", WORKER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    steps: tuple[str, ...] = module.STEPS
+    return steps
+
+
+STEPS = _worker_steps()
 MIB = 1024 * 1024
 
 

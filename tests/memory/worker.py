@@ -66,6 +66,7 @@ from spoolbox import (
     SQLiteStore,
     TransportConfig,
 )
+from spoolbox.reports.dsn import RETURN_SIZE_LIMIT
 
 HOST = "127.0.0.1"
 SMTP_SINK = "/usr/sbin/smtp-sink"
@@ -215,14 +216,23 @@ def smtp_sink() -> Iterator[int]:
         proc.wait()
 
 
-async def wait_state(sp: Spooler, mid: str) -> MessageState:
+def spooler(db: Path, *transports: TransportConfig) -> Spooler:
+    """A spooler on the SQLite store ``db``, which it opens and closes."""
+    return Spooler.open(
+        SpoolerConfig(transports=transports, policy=POLICY, node="memory"),
+        store=SQLiteStore(db),
+        idle=AlwaysIdle(),
+        close_store=True,
+    )
+
+
+async def wait_state(sp: Spooler, mid: str, expect: MessageState) -> None:
     state = await sp.wait_for(
         mid, (MessageState.SENT, MessageState.FAILED, MessageState.DEFERRED), timeout=DEADLINE
     )
-    if state is not MessageState.SENT:
+    if state is not expect:
         records = await sp.store.recipients(mid)
-        raise RuntimeError(f"message {mid} ended {state}: {records}")
-    return state
+        raise RuntimeError(f"message {mid} ended {state}, not {expect}: {records}")
 
 
 async def only_message(store: SQLiteStore) -> str:
@@ -238,12 +248,7 @@ Run = Callable[[Measure], Awaitable[int]]  # runs a step; the peak RSS growth in
 
 
 async def step_api(size: int, work: Path, run: Run) -> int:
-    async with Spooler.open(
-        SpoolerConfig(policy=POLICY, node="memory"),
-        store=SQLiteStore(work / "store.db"),
-        idle=AlwaysIdle(),
-        close_store=True,
-    ) as sp:
+    async with spooler(work / "store.db") as sp:
 
         async def go() -> None:
             await sp.submit(message(content_of(work / MESSAGE), "SMTP:rcpt@example.net"))
@@ -310,12 +315,7 @@ async def step_listener(size: int, work: Path, run: Run) -> int:
     from spoolbox.ingress import ListenerConfig, SubmissionListener
 
     data = work / MESSAGE
-    async with Spooler.open(
-        SpoolerConfig(policy=POLICY, node="memory"),
-        store=SQLiteStore(work / "store.db"),
-        idle=AlwaysIdle(),
-        close_store=True,
-    ) as sp:
+    async with spooler(work / "store.db") as sp:
         listener = SubmissionListener(
             sp.submit, ListenerConfig(port=0, max_message_size=size + 4096)
         )
@@ -388,21 +388,18 @@ async def step_maildir(size: int, work: Path, run: Run) -> int:
     return growth
 
 
-async def _deliver(db: Path, transport: TransportConfig, run: Run) -> int:
+async def _deliver(
+    db: Path, transport: TransportConfig, run: Run, expect: MessageState = MessageState.SENT
+) -> int:
     """Deliver the one message of ``db`` through ``transport``, measured from the
-    spooler's start (the claim) to the message's settle."""
+    spooler's start (the claim) to the message's settle (with its reports)."""
     async with SQLiteStore(db) as store:
         mid = await only_message(store)
-    sp = Spooler.open(
-        SpoolerConfig(transports=(transport,), policy=POLICY, node="memory"),
-        store=SQLiteStore(db),
-        idle=AlwaysIdle(),
-        close_store=True,
-    )
+    sp = spooler(db, transport)
 
     async def go() -> None:
         async with sp:
-            await wait_state(sp, mid)
+            await wait_state(sp, mid, expect)
 
     return await run(go)
 
@@ -412,12 +409,8 @@ async def step_inbound(size: int, work: Path, run: Run) -> int:
     for sub in ("tmp", "new", "cur"):
         (pickup / sub).mkdir(parents=True)
     options = {"pickup": str(pickup)}
-    transport = TransportConfig("local", "maildir", options=options, outbound=False)
-    sp = Spooler.open(
-        SpoolerConfig(transports=(transport,), policy=POLICY, node="memory"),
-        store=SQLiteStore(work / "store.db"),
-        idle=AlwaysIdle(),
-        close_store=True,
+    sp = spooler(
+        work / "store.db", TransportConfig("local", "maildir", options=options, outbound=False)
     )
 
     async def go() -> None:
@@ -439,24 +432,14 @@ async def step_report(size: int, work: Path, run: Run) -> int:
     root = work / "mail"
     root.mkdir()
     transport = TransportConfig("local", "maildir", options={"root": str(root)})
+    growth = await _deliver(db, transport, run, MessageState.FAILED)
     async with SQLiteStore(db) as store:
-        mid = await only_message(store)
-    sp = Spooler.open(
-        SpoolerConfig(transports=(transport,), policy=POLICY, node="memory"),
-        store=SQLiteStore(db),
-        idle=AlwaysIdle(),
-        close_store=True,
-    )
-
-    async def go() -> None:
-        async with sp:
-            state = await sp.wait_for(mid, (MessageState.FAILED,), timeout=DEADLINE)
-            assert state is MessageState.FAILED
-            listed = await sp.store.list_messages(limit=10, now=time.time())
-            reports = [s.info for s in listed if s.info.is_report]
-            assert len(reports) == 1, listed
-
-    return await run(go)
+        listed = await store.list_messages(limit=10, now=time.time())
+    reports = [m.info for m in listed if m.info.is_report]
+    # The whole message returned up to the limit, its header section above it.
+    assert len(reports) == 1, listed
+    assert (reports[0].size > size) == (size <= RETURN_SIZE_LIMIT), reports
+    return growth
 
 
 def _home(work: Path) -> Path:
