@@ -32,7 +32,8 @@ Steps:
 ``daemon``       ``Client.submit`` through a running ``spoolbox run`` daemon (its
                  local API); ``daemon_growth`` is the daemon's;
 ``sendmail``     ``spoolbox sendmail`` reading the message from a file as stdin,
-                 no daemon running.
+                 no daemon running;
+``send``         ``spoolbox send --attach FILE`` (SIZE is the file's), no daemon.
 
 Exit status 3 with a line on stderr means a program the step needs is missing.
 """
@@ -89,6 +90,7 @@ STEPS = (
     "client",
     "daemon",
     "sendmail",
+    "send",
 )
 POLICY = Policy(
     router_interval=0.02, housekeeping_interval=0.05, poll_interval=0.05, retry_base=3600.0
@@ -508,6 +510,25 @@ def start_daemon(work: Path, profile: Path) -> subprocess.Popen[bytes]:
             raise RuntimeError(f"the daemon did not start: {(work / 'daemon.log').read_text()}")
         time.sleep(0.05)
     return daemon
+
+
+async def step_send(size: int, work: Path, run: Run) -> int:
+    from spoolbox.cli import cli
+
+    attachment = work / "attachment.bin"
+    (work / MESSAGE).rename(attachment)
+    profile = _home(work)
+    args = ["--profile", str(profile), "send", "--to", "SMTP:rcpt@example.net"]
+    args += ["--subject", "memory", "--body", "see the attachment", "--attach", str(attachment)]
+
+    async def go() -> None:
+        await asyncio.to_thread(cli.main, args, standalone_mode=False)
+
+    growth = await run(go)
+    async with SQLiteStore(profile.parent / "spool.sqlite3") as store:
+        info = await store.get_message(await only_message(store))
+    assert info.size > size * 4 // 3, info  # the attachment, in base64
+    return growth
 
 
 async def step_daemon(size: int, work: Path, run: Run) -> tuple[int, int]:
