@@ -30,7 +30,13 @@ from email import policy
 from email.parser import BytesHeaderParser
 from typing import Literal
 
-__all__ = ["MAX_HEADER_SECTION", "ReturnedOriginal", "message_id_of", "returned_original"]
+__all__ = [
+    "MAX_HEADER_SECTION",
+    "ReturnedOriginal",
+    "message_id_of",
+    "needed_bytes",
+    "returned_original",
+]
 
 #: The header section of an original is cut to this many bytes in a report.
 MAX_HEADER_SECTION = 256 * 1024
@@ -134,17 +140,28 @@ def _headers_only(data: bytes, note: str, message_id: str | None) -> ReturnedOri
     )
 
 
-def returned_original(original: bytes, *, full: bool, size_limit: int) -> ReturnedOriginal:
+def needed_bytes(size: int, size_limit: int) -> int | None:
+    """How much of an original of ``size`` bytes a report can use: all of it (None),
+    or, when it is too large to return, the beginning that holds what is returned of
+    it (its header section, cut at :data:`MAX_HEADER_SECTION`)."""
+    return None if size <= size_limit else 2 * MAX_HEADER_SECTION
+
+
+def returned_original(
+    original: bytes, *, full: bool, size_limit: int, size: int | None = None
+) -> ReturnedOriginal:
     """Decide what of ``original`` a report returns; never raises on its content.
 
     ``full`` asks for the whole message (RFC 3461 RET=FULL); it is still cut to its
     headers when larger than ``size_limit`` bytes or when it cannot be valid
-    message/rfc822 content.
+    message/rfc822 content.  ``size`` is the original's size when ``original`` is
+    only its beginning (see :func:`needed_bytes`).
     """
     raw = bytes(original)
     if not raw or raw.isspace():
         return ReturnedOriginal("none", b"", "7bit", None, "The original message was empty.", None)
-    too_large = len(raw) > size_limit
+    total = len(raw) if size is None else size
+    too_large = total > size_limit
     # Only the header section is needed unless the whole message is returned, and
     # it is cut at MAX_HEADER_SECTION: don't copy megabytes to find it.
     data = _normalise(raw if full and not too_large else raw[: 2 * MAX_HEADER_SECTION])
@@ -154,7 +171,7 @@ def returned_original(original: bytes, *, full: bool, size_limit: int) -> Return
     if too_large:
         return _headers_only(
             data,
-            f"Your message was too large ({len(raw)} bytes) to return in full; "
+            f"Your message was too large ({total} bytes) to return in full; "
             "only its header section is attached.",
             message_id,
         )

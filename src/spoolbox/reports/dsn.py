@@ -19,8 +19,11 @@ API
 ``wants_report(info, kind) -> bool``
     Never for a null sender, never for a report, else as ``info.notify`` asks.
 ``build_report(*, info, original, items, kind, reporting_mta, now,``
-``postmaster="MAILER-DAEMON", include_content=None, size_limit=RETURN_SIZE_LIMIT) -> bytes``
-    The report as RFC 5322 bytes (CRLF line ends).
+``postmaster="MAILER-DAEMON", include_content=None, size_limit=RETURN_SIZE_LIMIT,``
+``original_size=None) -> bytes``
+    The report as RFC 5322 bytes (CRLF line ends).  ``original`` may be only the
+    beginning of the message when ``original_size`` gives its size: as much as
+    ``needed_bytes(original_size, size_limit)`` says (all of it up to the limit).
 ``report_message(...same arguments...) -> NewMessage | None``
     The report ready to submit (null sender, to ``info.sender``, ``is_report=True``,
     ``notify=Notify.NEVER``), or None when :func:`wants_report` says no.
@@ -95,7 +98,7 @@ from email.message import EmailMessage, Message, MIMEPart
 from email.utils import format_datetime
 
 from ..model import Address, MessageInfo, NewMessage, Notify, RecipientResult
-from ._original import ReturnedOriginal, returned_original
+from ._original import ReturnedOriginal, needed_bytes, returned_original
 from ._policy import ReportKind, wants_report
 
 __all__ = [
@@ -103,6 +106,7 @@ __all__ = [
     "ReportItem",
     "ReportKind",
     "build_report",
+    "needed_bytes",
     "report_message",
     "wants_report",
 ]
@@ -523,6 +527,7 @@ def build_report(
     postmaster: str = "MAILER-DAEMON",
     include_content: bool | None = None,
     size_limit: int = RETURN_SIZE_LIMIT,
+    original_size: int | None = None,
 ) -> bytes:
     """The RFC 3464 report about ``items`` of the message ``info``, as RFC 5322 bytes.
 
@@ -533,7 +538,7 @@ def build_report(
     items = tuple(items)
     from_address = _check_arguments(items, kind, reporting_mta, postmaster)
     full = kind is ReportKind.FAILURE if include_content is None else include_content
-    returned = returned_original(original, full=full, size_limit=size_limit)
+    returned = returned_original(original, full=full, size_limit=size_limit, size=original_size)
 
     message = EmailMessage(policy=_POLICY)
     message["From"] = headerregistry.Address(
@@ -588,6 +593,7 @@ def report_message(
     postmaster: str = "MAILER-DAEMON",
     include_content: bool | None = None,
     size_limit: int = RETURN_SIZE_LIMIT,
+    original_size: int | None = None,
 ) -> NewMessage | None:
     """The report to submit for ``items`` of ``info``, or None when none is wanted.
 
@@ -606,6 +612,7 @@ def report_message(
         postmaster=postmaster,
         include_content=include_content,
         size_limit=size_limit,
+        original_size=original_size,
     )
     return NewMessage(
         sender=None,
