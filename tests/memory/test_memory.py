@@ -34,8 +34,8 @@ ONCE = 1.5  # the message held once, and what a process's RSS wanders by
 TWICE = 2.5
 STREAMED = 0.5
 #: The streamed steps take a larger message: what they hold does not grow with it
-#: (up to 10 MiB under pytest here, whatever the size: the store's page cache, the
-#: allocator's freed blocks), so their bound is measured against more of it.
+#: (a few MiB whatever the size: the store's page cache, buffers, the allocator's
+#: freed blocks), so their bound is measured against more of it.
 STREAM_SIZE = 48 * 1024 * 1024
 
 

@@ -4,9 +4,9 @@ Run as ``python tests/memory/worker.py STEP SIZE DIR`` (``tests/memory/test_memo
 and ``bench/memory.py`` do).  The process sets up what the step needs (imports, the
 store, a spooler, a peer), then measures: it resets the kernel's high-water mark of
 its resident set (``/proc/self/clear_refs``, value 5) and takes its RSS as the
-baseline, runs the step on a message of SIZE bytes, and reads the peak back with
-``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (which the reset also resets).  It
-prints one JSON object: ``{"step", "size", "growth"}``, growth being the peak minus
+baseline, runs the step on a message of SIZE bytes, and reads the peak back
+(``VmHWM`` in ``/proc/self/status``; see :func:`peak` for why not ``ru_maxrss``).
+It prints one JSON object: ``{"step", "size", "growth"}``, growth being the peak minus
 the baseline in bytes.  Where a step takes the message from the caller as bytes
 (``api``, ``store-write``, ``client``), the caller's copy is made after the baseline
 and counts (1x); where it comes from a file or a socket, only what spoolbox holds
@@ -45,7 +45,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -118,9 +117,14 @@ def reset_peak(pid: int | str = "self") -> int:
 
 
 def peak(pid: int | str = "self") -> int:
-    """The high-water mark (KiB) since the last reset."""
-    if pid == "self":
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """The high-water mark (KiB) since the last reset: ``VmHWM``.
+
+    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: that is the larger of ``VmHWM`` and
+    a figure the kernel keeps per process, which ``exec`` sets to the high-water
+    mark of the memory it replaces, i.e. the parent's when the parent forked with
+    ``vfork`` (as ``subprocess`` does): a child of a pytest process that had grown
+    to 100 MiB reported at least that, whatever it did.  The reset does not touch
+    that figure."""
     return _kb("VmHWM", pid)
 
 
