@@ -79,9 +79,10 @@ T = TypeVar("T")
 PROTOCOL_VERSION = 1
 #: The protocol versions the daemon answers (a request's ``"v"``; none means 1).
 SUPPORTED_VERSIONS = (1,)
-#: The longest request line the daemon reads, newline included: 64 MiB, a message of
-#: about 48 MiB in base64.  A longer line is answered ``too_large`` and the connection
-#: closed; :meth:`Client.submit` puts a larger message into the store directly.
+#: The longest request line the daemon reads, newline included.  A longer line is
+#: answered ``too_large`` and the connection closed.  A ``submit``'s message follows
+#: its line as raw bytes; :meth:`Client.submit_many` puts a batch too large for one
+#: line into the store directly.
 MAX_REQUEST_LINE = 64 * 1024 * 1024
 
 # Exit codes of the spoolbox command (docs/operations.md, "Exit codes").
@@ -241,9 +242,16 @@ class Client:
             raise
         return sock
 
-    def _request(self, op: str, args: dict[str, Any]) -> tuple[socket.socket, Any, int]:
+    def _request(
+        self, op: str, args: dict[str, Any], content: bytes | None = None
+    ) -> tuple[socket.socket, Any, int]:
+        """Send a request; ``content`` (a message) goes as it is after the line, its
+        length in ``args["content_length"]`` (not base64 in the line: a large
+        message would be held several times over, on both sides)."""
         self._next_id += 1
         rid = self._next_id
+        if content is not None:
+            args = {**args, "content_length": len(content)}
         line = json.dumps({"v": PROTOCOL_VERSION, "id": rid, "op": op, "args": args}).encode()
         if len(line) + 1 > MAX_REQUEST_LINE:
             raise RequestTooLarge(
@@ -253,6 +261,8 @@ class Client:
         sock = self._connect()
         try:
             sock.sendall(line + b"\n")
+            if content is not None:
+                sock.sendall(content)
         except OSError as exc:
             sock.close()
             raise DaemonNotRunning(f"the spooler daemon went away: {exc}") from None
@@ -277,7 +287,10 @@ class Client:
 
     def call(self, op: str, **args: Any) -> Any:
         """One request, one answer; raises a :class:`ClientError` subclass."""
-        sock, reader, _ = self._request(op, args)
+        return self._call(op, args)
+
+    def _call(self, op: str, args: dict[str, Any], content: bytes | None = None) -> Any:
+        sock, reader, _ = self._request(op, args, content)
         with contextlib.closing(sock), reader:
             return self._result(self._read(reader))
 
@@ -367,7 +380,8 @@ class Client:
             info = await store.submit(message, now=time.time(), lifetime=lifetime)
             return {"id": info.id, "state": str(MessageState.QUEUED)}
 
-        return self._submit_via("submit", _message_args(message), fallback, put)
+        args = _message_args(message, content=False)
+        return self._submit_via("submit", args, fallback, put, content=message.content)
 
     def _submit_via(
         self,
@@ -375,12 +389,13 @@ class Client:
         args: dict[str, Any],
         fallback: bool,
         put: Callable[[SQLiteStore], Coroutine[Any, Any, dict[str, Any]]],
+        content: bytes | None = None,
     ) -> dict[str, Any]:
         """``op`` through the daemon; else, with ``fallback``, ``put`` on the store: when
         no daemon runs, or when the request is too large for one line (the daemon's
         router finds what is in the store within policy.router_interval)."""
         try:
-            result: dict[str, Any] = self.call(op, **args)
+            result: dict[str, Any] = self._call(op, args, content)
             return result
         except DaemonNotRunning:
             if not fallback:
@@ -541,14 +556,17 @@ class Client:
         return result
 
 
-def _message_args(message: NewMessage) -> dict[str, Any]:
-    """A message as the local API's ``submit`` takes it."""
-    return {
+def _message_args(message: NewMessage, *, content: bool = True) -> dict[str, Any]:
+    """A message as the local API's ``submit`` takes it (without ``content``: the
+    request carries it after its line)."""
+    args: dict[str, Any] = {
         "id": message.id,
         "sender": str(message.sender) if message.sender is not None else None,
         "recipients": [str(r) for r in message.recipients],
-        "content": base64.b64encode(message.content).decode("ascii"),
         "priority": message.priority.name.lower(),
         "notify": int(message.notify),
         "send_at": message.send_at,
     }
+    if content:
+        args["content"] = base64.b64encode(message.content).decode("ascii")
+    return args

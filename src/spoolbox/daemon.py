@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import fcntl
 import inspect
+import io
 import json
 import logging
 import os
@@ -81,6 +82,8 @@ __all__ = ["Daemon", "DaemonError", "RedactingFilter"]
 log = logging.getLogger("spoolbox.daemon")
 #: After a request line over the limit: how long to wait for more of it to drop.
 _DROP_WAIT = 5.0
+_CONTENT_LIMIT = 256 * 1024 * 1024  # the largest message one submit may carry
+_CONTENT_BLOCK = 64 * 1024  # a submit's content is read in blocks of this size
 #: ``submit_many``: messages in one request at most (one store transaction).
 MAX_SUBMIT_MANY = 10_000
 
@@ -509,15 +512,22 @@ class Daemon:
                 if not line.strip():
                     continue
                 rid: Any = None
+                in_sync = True  # False: a content of unknown length follows the line
                 try:
                     req = json.loads(line)
                     if not isinstance(req, dict) or not isinstance(req.get("op"), str):
                         raise _ApiError("bad_request", "a request is an object with an 'op'")
                     rid = req.get("id")
-                    _check_version(req)
                     args = req.get("args") or {}
+                    # Raw content follows the line: a refusal before it is read leaves
+                    # the connection out of step, so it is closed after the answer.
+                    in_sync = not (isinstance(args, dict) and "content_length" in args)
+                    _check_version(req)
                     if not isinstance(args, dict):
                         raise _ApiError("bad_request", "'args' must be an object")
+                    if "content_length" in args:
+                        args["content"] = await _read_content(reader, args.pop("content_length"))
+                        in_sync = True
                     op = req["op"]
                     if op in ("flush", "watch"):
                         # A streaming request takes the connection to its end.
@@ -548,6 +558,8 @@ class Daemon:
                         "error": {"code": "internal", "message": f"{type(exc).__name__}: {exc}"},
                     }
                 await self._send(writer, answer)
+                if not in_sync:
+                    return
         except (ConnectionError, asyncio.CancelledError):
             pass
         except Exception:
@@ -857,10 +869,32 @@ class Daemon:
                 done.cancel()
 
 
+async def _read_content(reader: asyncio.StreamReader, length: Any) -> bytes:
+    """The ``content_length`` bytes that follow a request's line (a ``submit``'s
+    message), held once: read a block at a time into one buffer."""
+    if not isinstance(length, int) or isinstance(length, bool) or not 0 <= length <= _CONTENT_LIMIT:
+        raise _ApiError(
+            "bad_request", f"content_length must be an integer from 0 to {_CONTENT_LIMIT}"
+        )
+    buffer = io.BytesIO()
+    while (left := length - buffer.tell()) > 0:
+        block = await reader.read(min(left, _CONTENT_BLOCK))
+        if not block:
+            raise asyncio.IncompleteReadError(b"", length)
+        buffer.write(block)
+    return buffer.getvalue()
+
+
 def _message_from_args(args: dict[str, Any]) -> NewMessage:
-    """A ``submit`` request's message (also each item of ``submit_many``)."""
+    """A ``submit`` request's message (also each item of ``submit_many``): ``content``
+    is the bytes that followed the request's line, or base64 in the line."""
+    raw = args.get("content")
     try:
-        content = base64.b64decode(_arg(args, "content", str), validate=True)
+        content = (
+            raw
+            if isinstance(raw, bytes)  # JSON has no bytes: only _read_content makes them
+            else base64.b64decode(_arg(args, "content", str), validate=True)
+        )
     except binascii.Error as exc:
         raise _ApiError("bad_request", f"content is not base64: {exc}") from None
     sender = _opt(args, "sender", str)

@@ -3,9 +3,15 @@ the store, queue and inbox on the store, transports, and the --json schemas."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
 
 from conftest import Home
+from spoolbox import SQLiteStore
 
 MESSAGE_KEYS = {
     "id",
@@ -81,6 +87,48 @@ def test_daemon_commands_exit_3_when_it_is_not_running(home: Home) -> None:
     assert json.loads(r.stdout)["error"]["exit_code"] == 3
     assert "not running" in r.stderr
     assert home.run("flush").returncode == 3
+
+
+def test_send_attaches_files_byte_for_byte(home: Home) -> None:
+    # Sizes around the 57 bytes of a base64 line and the 57 KiB blocks they are read in.
+    files = {
+        "empty.bin": b"",
+        "one.bin": b"\x00",
+        "line.bin": bytes(range(57)),
+        "blocks.bin": os.urandom(57 * 1024 * 2 + 1),
+        "notes.txt": "caf\u00e9 \u2603\n".encode() * 5000,
+    }
+    args = ["send", "--to", "MAILDIR:bob", "--subject", "files", "--body", "see attached"]
+    for name, data in files.items():
+        (home.path / name).write_bytes(data)
+        args += ["--attach", str(home.path / name)]
+    r = home.run(*args)
+    assert r.returncode == 0, r.stderr
+
+    async def content() -> bytes:
+        async with SQLiteStore(home.path / "spool.sqlite3") as store:
+            return await store.read_content(r.stdout.strip())
+
+    raw = asyncio.run(content())
+    # As the email package writes a message: CRLF lines, base64 in lines of 76.
+    lines = raw.split(b"\r\n")
+    assert not any(b"\r" in line or b"\n" in line for line in lines)
+    assert max(map(len, lines)) <= 78
+    message = BytesParser(policy=policy.default).parsebytes(raw)
+    assert isinstance(message, EmailMessage)
+    attached = {
+        part.get_filename(): (part.get_content_type(), part.get_payload(decode=True))
+        for part in message.iter_attachments()
+    }
+    assert attached == {
+        "empty.bin": ("application/octet-stream", b""),
+        "one.bin": ("application/octet-stream", b"\x00"),
+        "line.bin": ("application/octet-stream", bytes(range(57))),
+        "blocks.bin": ("application/octet-stream", files["blocks.bin"]),
+        "notes.txt": ("text/plain", files["notes.txt"]),
+    }
+    body = message.get_body(("plain",))
+    assert body is not None and body.get_content() == "see attached\r\n"
 
 
 def test_send_without_daemon_queues_in_the_store(home: Home) -> None:

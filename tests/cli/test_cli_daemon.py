@@ -8,9 +8,11 @@ import json
 import os
 import signal
 import smtplib
+import socket
 import stat
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -356,6 +358,44 @@ def test_submit_many_through_the_daemon_and_while_it_is_down(home: Home, daemons
     assert client.submit_many(lot)["ids"] == up["ids"]
     assert Client(home.profile).statistics()["counters"]["submitted"] == 6
     assert all(len(files) == 1 for files in home.delivered().values())
+
+
+def _api(sock_path: object) -> tuple[socket.socket, Any]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(20)
+    sock.connect(str(sock_path))
+    return sock, sock.makefile("rb")
+
+
+def test_a_submit_carries_its_content_as_raw_bytes_after_the_line(
+    home: Home, daemons: Daemons
+) -> None:
+    daemons.start(home)
+    # Every byte value but NUL and bare CR or LF, lines that start with dots: as sent.
+    body = bytes(b for b in range(1, 256) if b not in b"\r\n") + b"\r\n.\r\n..x\r\n"
+    content = b"Subject: raw\r\n\r\n" + body * 3
+    args = {"recipients": ["MAILDIR:bob"], "sender": None, "content_length": len(content)}
+    sock, replies = _api(home.path / "spoolbox.sock")
+    with sock, replies:
+        # The content, then a second request on the same connection: still in step.
+        sock.sendall(json.dumps({"v": 1, "id": 1, "op": "submit", "args": args}).encode())
+        sock.sendall(b"\n" + content + b'{"v": 1, "id": 2, "op": "ping"}\n')
+        first, second = json.loads(replies.readline()), json.loads(replies.readline())
+    assert first["ok"] and first["result"]["via"] == "daemon", first
+    assert second["ok"] and second["id"] == 2, second
+    wait_until("delivery", lambda: list(home.delivered()) == ["raw"])
+    (path,) = home.delivered()["raw"]
+    assert path.read_bytes().endswith(b"\r\n" + content)  # under the trace lines
+
+    sock, replies = _api(home.path / "spoolbox.sock")
+    with sock, replies:
+        bad = {**args, "content_length": -1}
+        sock.sendall(json.dumps({"v": 1, "id": 3, "op": "submit", "args": bad}).encode() + b"\n")
+        answer = json.loads(replies.readline())
+        # What follows cannot be told from the content: the daemon hangs up.
+        assert replies.readline() == b""
+    assert answer["error"]["code"] == "bad_request", answer
+    assert "content_length" in answer["error"]["message"]
 
 
 def test_submit_many_names_the_bad_message_and_stores_none(home: Home, daemons: Daemons) -> None:

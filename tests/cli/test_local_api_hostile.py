@@ -154,22 +154,45 @@ async def test_protocol_versions(data_dir: Path) -> None:
         assert (await _exchange(profile, {"op": "ping"}))["ok"] is True  # no "v": 1
 
 
-async def test_a_message_too_large_for_one_line_goes_through_the_store(
+async def test_a_message_larger_than_the_line_limit_goes_to_the_daemon_as_raw_content(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A submit's content follows the request line as raw bytes: the line limit does
+    # not bound the size of a message.
     monkeypatch.setattr("spoolbox.client.MAX_REQUEST_LINE", 64 * 1024)
     profile = _profile(data_dir)
     content = b"Subject: big\r\n\r\n" + b"x" * 100 * 1024 + b"\r\n"
     message = NewMessage(sender=None, recipients=(Address.parse("MAILDIR:bob"),), content=content)
     async with running(profile) as daemon:
         result = await asyncio.to_thread(Client(profile).submit, message)
-        assert result["via"] == "store"
-        assert "too large for the local API" in result["note"]
+        assert result["via"] == "daemon"
         assert daemon.spooler is not None
         state = await daemon.spooler.wait_for(result["id"], timeout=WAIT)
         assert state is MessageState.SENT
     (delivered,) = (data_dir / "mail" / "bob" / "new").iterdir()
     assert delivered.read_bytes().endswith(content)
+
+
+async def test_a_batch_too_large_for_one_line_goes_through_the_store(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("spoolbox.client.MAX_REQUEST_LINE", 64 * 1024)
+    profile = _profile(data_dir)
+    contents = [b"Subject: big %d\r\n\r\n" % i + b"x" * 40 * 1024 + b"\r\n" for i in range(2)]
+    messages = [
+        NewMessage(sender=None, recipients=(Address.parse("MAILDIR:bob"),), content=c)
+        for c in contents
+    ]
+    async with running(profile) as daemon:
+        result = await asyncio.to_thread(Client(profile).submit_many, messages)
+        assert result["via"] == "store"
+        assert "too large for the local API" in result["note"]
+        assert daemon.spooler is not None
+        for mid in result["ids"]:
+            state = await daemon.spooler.wait_for(mid, timeout=WAIT)
+            assert state is MessageState.SENT
+    delivered = sorted(p.read_bytes() for p in (data_dir / "mail" / "bob" / "new").iterdir())
+    assert [d[-len(contents[0]) :] for d in delivered] == sorted(contents)
 
 
 async def test_a_listener_with_a_missing_user_password_does_not_start(data_dir: Path) -> None:

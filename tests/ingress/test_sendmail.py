@@ -263,6 +263,29 @@ async def test_body_without_header_section_gets_one(spooler: Spooler) -> None:
     assert body == b"just a line of text\r\n"
 
 
+@pytest.mark.parametrize(
+    ("stdin", "limit", "text"),
+    [
+        # The input's own problems come first, as when it was read whole and checked
+        # before its headers were looked at; line numbers count CRLF lines after bare
+        # CRs and LFs became line ends.
+        (b"To: a@@b\n\nnul\x00here\n", None, "line 3 of the message contains a NUL"),
+        (b"To: a@@b\n\n" + b"z\n" * 100, 50, "limit of 50 bytes"),
+        (b"To: a@@b\r\rmore\n\nnul\x00\n", None, "line 5 of the message contains a NUL"),
+        (b"To: a@@b\n\nnul\x00\n" + b"z\n" * 100, 50, "limit of 50 bytes"),
+        (b"To: a@@b\n\nfine\n", None, "cannot parse the addresses in the To header"),
+    ],
+)
+async def test_problems_of_the_input_are_named_before_those_of_its_headers(
+    spooler: Spooler, stdin: bytes, limit: int | None, text: str
+) -> None:
+    kw = {} if limit is None else {"max_message_size": limit}
+    code, err = await sendmail(spooler, ["-t"], stdin, **kw)
+    assert code == EX_DATAERR
+    assert text in err
+    assert await queued(spooler) == []
+
+
 def test_ingress_imports_only_model_and_stdlib() -> None:
     import ast
     from pathlib import Path

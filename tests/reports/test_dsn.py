@@ -32,6 +32,7 @@ from spoolbox.reports import (
     ReportItem,
     ReportKind,
     build_report,
+    needed_bytes,
     report_message,
     wants_report,
 )
@@ -683,6 +684,20 @@ def test_huge_original_is_cut_to_headers() -> None:
         _parts(_parse(_build(original=original, size_limit=len(original))))[2].get_content_type()
         == "message/rfc822"
     )
+
+
+def test_the_beginning_of_an_original_too_large_to_return_is_enough() -> None:
+    # What the spooler reads of a large original: needed_bytes of it, and its size.
+    size = RETURN_SIZE_LIMIT * 5
+    need = needed_bytes(size, RETURN_SIZE_LIMIT)
+    assert need is not None and need < RETURN_SIZE_LIMIT
+    assert needed_bytes(RETURN_SIZE_LIMIT, RETURN_SIZE_LIMIT) is None  # all of it
+    beginning = (ORIGINAL + (b"x" * 76 + b"\r\n") * (need // 78 + 1))[:need]
+    message = _parse(_build(original=beginning, original_size=size))
+    returned = _parts(message)[2]
+    assert returned.get_content_type() == "text/rfc822-headers"
+    assert returned.get_payload(decode=True) == ORIGINAL.split(b"\r\n\r\n")[0] + b"\r\n"
+    assert f"too large ({size} bytes)" in _text(message)
 
 
 def test_default_size_limit_is_10_mib() -> None:

@@ -13,6 +13,7 @@ call ends (MAPI's MakeInvalid): using one afterwards raises
 from __future__ import annotations
 
 import copy
+import io
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from email import policy as email_policy
 from email.message import EmailMessage, Message
@@ -194,7 +195,7 @@ class InboundWriterImpl:
     def __init__(self, ref: str, implicit_yield: YieldFn, max_size: int = MAX_INBOUND_SIZE):
         self._ref = ref
         self._yield = implicit_yield
-        self._chunks: list[bytes] = []
+        self._data = io.BytesIO()  # one buffer: content() hands it over without a copy
         self._size = 0
         self._max = max_size
         self.sender: str | None = None
@@ -231,8 +232,7 @@ class InboundWriterImpl:
             raise ContractViolation(
                 f"inbound message {self._ref} exceeds the size limit of {self._max} bytes"
             )
-        self._chunks.append(bytes(data))
-        self._size += len(data)
+        self._size += self._data.write(data)
         await self._yield()
 
     def set_envelope(self, *, sender: str | None = None, recipients: tuple[str, ...] = ()) -> None:
@@ -257,7 +257,7 @@ class InboundWriterImpl:
         self.rollback_callbacks.append(callback)
 
     def content(self) -> bytes:
-        return b"".join(self._chunks)
+        return self._data.getvalue()
 
 
 class ProfileWriter(Protocol):

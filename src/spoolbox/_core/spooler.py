@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import random
 import time
@@ -41,7 +42,14 @@ from ..model import (
     TransportNotifyFlags,
     ValidateFlags,
 )
-from ..reports import ReportItem, ReportKind, report_message, wants_report
+from ..reports import (
+    RETURN_SIZE_LIMIT,
+    ReportItem,
+    ReportKind,
+    needed_bytes,
+    report_message,
+    wants_report,
+)
 from ..routing import NoRoute, Route, RouteEntry, RoutingTable
 from ..status import StatusRow, StatusTable, Subscriber
 from ..store import (
@@ -637,10 +645,11 @@ class Spooler:
         inbox: list[InboundMessage] = []
         for kind, items in kinds.items():
             if original is None:
-                original = await self.store.read_content(info.id)
+                original = await self._original(info)
             msg = report_message(
                 info=info,
                 original=original,
+                original_size=info.size,
                 items=items,
                 kind=kind,
                 reporting_mta=self.config.reporting_mta,
@@ -661,6 +670,19 @@ class Spooler:
             else:
                 out.append(msg)
         return out, inbox
+
+    async def _original(self, info: MessageInfo) -> bytes:
+        """The original for a report: whole, or only the beginning that holds what a
+        report returns of a message too large to return (not 50 MB for its headers)."""
+        need = needed_bytes(info.size, RETURN_SIZE_LIMIT)
+        if need is None:
+            return await self.store.read_content(info.id)
+        buffer = io.BytesIO()
+        async for chunk in self.store.iter_content(info.id):
+            buffer.write(chunk)
+            if buffer.tell() >= need:
+                break
+        return buffer.getvalue()
 
     def _mark_delays(
         self, info: MessageInfo, recipients: Sequence[Any], updates: Sequence[RecipientUpdate]

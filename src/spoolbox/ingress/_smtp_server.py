@@ -52,6 +52,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -213,7 +214,7 @@ class ServerMachine:
         self._recipients: list[str] = []
         self._refused = 0
         # DATA
-        self._chunks: list[bytes] = []
+        self._content = io.BytesIO()  # the message so far, checked and unstuffed
         self._size = 0
         self._lineno = 0
         self._midline = False
@@ -322,13 +323,13 @@ class ServerMachine:
     def _set_closed(self) -> None:
         self.state = State.CLOSED
         self._buf.clear()
-        self._chunks.clear()
+        self._content = io.BytesIO()
 
     def _reset_transaction(self) -> None:
         self._sender = ""
         self._recipients = []
         self._refused = 0
-        self._chunks = []
+        self._content = io.BytesIO()
         self._problem = None
         if self.state in (State.MAIL, State.RCPT, State.DATA):
             self.state = State.READY
@@ -528,7 +529,7 @@ class ServerMachine:
             self._reply("501 5.5.4 Syntax: DATA")
             return None
         self.state = State.DATA
-        self._chunks = []
+        self._content = io.BytesIO()
         self._size = 0
         self._lineno = 0
         self._midline = False
@@ -712,7 +713,7 @@ class ServerMachine:
     def _fail(self, reason: str, reply: str) -> None:
         if self._problem is None:
             self._problem = (reason, reply)
-            self._chunks = []  # discarded at once: no memory held for a refused message
+            self._content = io.BytesIO()  # discarded at once: no memory held for a refused message
 
     def _take(self, block: bytes) -> None:
         """Check and keep a run of whole lines (CRLF-terminated, starting a line)."""
@@ -734,7 +735,7 @@ class ServerMachine:
             if len(text) <= s.max_line_length + 2 or (
                 max(map(len, text.split(b"\r\n"))) <= s.max_line_length
             ):
-                self._chunks.append(text)
+                self._content.write(text)
                 return
         self._take_slowly(block, first, size_before)
 
@@ -768,7 +769,7 @@ class ServerMachine:
             kept.append(text)
             lineno += 1
         kept.append(b"")
-        self._chunks.append(b"\r\n".join(kept))
+        self._content.write(b"\r\n".join(kept))
 
     def _end_of_data(self) -> Event:
         if self._problem is not None:
@@ -776,8 +777,10 @@ class ServerMachine:
             self._reset_transaction()
             self._reply(reply)
             return Refused(reason)
-        content = b"".join(self._chunks)
-        self._chunks = []
+        # One buffer, handed over without a copy: the message is held once (a list of
+        # chunks joined here would be held twice).
+        content = self._content.getvalue()
+        self._content = io.BytesIO()
         event = MessageData(content, self._sender, tuple(self._recipients))
         self._pending = event
         return event

@@ -2,8 +2,10 @@
 
 The message is read from stdin in full, checked, completed (``Date``, ``Message-ID``
 and ``From`` when missing; ``Bcc`` removed) and submitted once: a message is never
-queued in part.  Exit codes follow ``sysexits.h``; every error is one line on stderr
-naming what was wrong.
+queued in part.  It is held once: the header section is read first, then the body is
+written after the completed headers line by line as it is read, and never copied
+again.  Exit codes follow ``sysexits.h``; every error is one line on stderr naming
+what was wrong.
 
 Options (as sendmail and Postfix's sendmail take them)::
 
@@ -25,9 +27,11 @@ envelope sender without ``-f`` is the From header's address, else ``user@domain`
 from __future__ import annotations
 
 import getpass
+import io
+import itertools
 import re
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email.utils import formataddr, formatdate, getaddresses, make_msgid
 from typing import BinaryIO, TextIO
@@ -173,43 +177,76 @@ def _parse_notify(text: str) -> Notify:
     return result
 
 
-def _read_message(stdin: BinaryIO, ignore_dots: bool, limit: int) -> bytes:
-    """All of stdin (or up to a lone "." line without -i), line endings as CRLF."""
-    lines: list[bytes] = []
-    size = 0
-    try:
-        while True:
-            line = stdin.readline()
-            if not line:
-                break
-            if not ignore_dots and line.rstrip(b"\r\n") == b".":
-                break
-            size += len(line)
-            if size > limit:
-                raise _Exit(EX_DATAERR, f"the message is larger than the limit of {limit} bytes")
-            lines.append(line)
-    except (OSError, ValueError) as exc:
-        raise _Exit(EX_NOINPUT, f"cannot read the message from stdin: {exc}") from exc
-    data = b"".join(lines)
-    return _NEWLINE_RE.sub(b"\r\n", data)
+class _Input:
+    """stdin, one line at a time (or up to a lone "." line without -i), line endings as
+    CRLF; the size limit is checked as it is read.  The first line that breaks the
+    rules (a NUL byte, longer than :data:`MAX_LINE`) is kept in :attr:`problem`:
+    reading goes on, so that a message over the size limit is refused as such.
+
+    Nothing is held here: the lines go to the caller one by one (a list of them, or
+    the message joined and split again, held a large message several times over)."""
+
+    def __init__(self, stdin: BinaryIO, ignore_dots: bool, limit: int) -> None:
+        self._stdin = stdin
+        self._ignore_dots = ignore_dots
+        self._limit = limit
+        self._number = 0
+        self.problem: _Exit | None = None
+
+    def lines(self) -> Iterator[bytes]:
+        """The lines, each with its CRLF (the last one may lack it)."""
+        size = 0
+        try:
+            while True:
+                raw = self._stdin.readline()
+                if not raw:
+                    return
+                if not self._ignore_dots and raw.rstrip(b"\r\n") == b".":
+                    return
+                size += len(raw)
+                if size > self._limit:
+                    raise _Exit(
+                        EX_DATAERR, f"the message is larger than the limit of {self._limit} bytes"
+                    )
+                line = _NEWLINE_RE.sub(b"\r\n", raw)
+                for piece in line.splitlines(keepends=True) if line.count(b"\r") > 1 else (line,):
+                    self._check(piece)
+                    yield piece
+        except (OSError, ValueError) as exc:
+            raise _Exit(EX_NOINPUT, f"cannot read the message from stdin: {exc}") from exc
+
+    def _check(self, piece: bytes) -> None:
+        self._number += 1
+        if self.problem is not None:
+            return
+        text = piece[:-2] if piece.endswith(b"\r\n") else piece
+        if b"\x00" in text:
+            self.problem = _Exit(
+                EX_DATAERR, f"line {self._number} of the message contains a NUL byte"
+            )
+        elif len(text) > MAX_LINE:
+            self.problem = _Exit(
+                EX_DATAERR,
+                f"line {self._number} of the message is {len(text)} octets long; the limit "
+                f"is {MAX_LINE} (RFC 5322 section 2.1.1)",
+            )
 
 
-def _split(data: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
-    """Headers as (lower-case name, raw bytes with CRLF and continuations), and the body.
+def _headers(lines: Iterator[bytes]) -> tuple[list[tuple[str, bytes]], bytes | None]:
+    """Headers as (lower-case name, raw bytes with CRLF and continuations), read from
+    ``lines`` up to the end of the header section; and the body's first line if it
+    was read already.
 
     The header section ends at the first empty line, or at the first line that is not
-    a header (the body then starts there: a blank line is put in between).
+    a header (the body then starts there: a blank line is put in between).  A leading
+    mbox ``From`` line is dropped.
     """
-    if data.startswith(b"From ") and not _HEADER_RE.match(data):
-        data = data.partition(b"\r\n")[2]  # mbox "From " line
     headers: list[tuple[str, bytes]] = []
-    pos = 0
-    while pos < len(data):
-        end = data.find(b"\r\n", pos)
-        line_end = len(data) if end < 0 else end + 2
-        line = data[pos:line_end]
-        if line in (b"\r\n", b""):
-            return headers, data[line_end:]
+    for number, line in enumerate(lines):
+        if number == 0 and line.startswith(b"From ") and not _HEADER_RE.match(line):
+            continue  # mbox "From " line
+        if line == b"\r\n":
+            return headers, None
         if line[:1] in (b" ", b"\t") and headers:
             name, raw = headers[-1]
             headers[-1] = (name, raw + line)
@@ -217,21 +254,8 @@ def _split(data: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
             name = line.split(b":", 1)[0].strip().decode("ascii").lower()
             headers.append((name, line if line.endswith(b"\r\n") else line + b"\r\n"))
         else:
-            return headers, data[pos:]
-        pos = line_end
-    return headers, b""
-
-
-def _check(data: bytes) -> None:
-    for number, line in enumerate(data.split(b"\r\n"), start=1):
-        if b"\x00" in line:
-            raise _Exit(EX_DATAERR, f"line {number} of the message contains a NUL byte")
-        if len(line) > MAX_LINE:
-            raise _Exit(
-                EX_DATAERR,
-                f"line {number} of the message is {len(line)} octets long; the limit is "
-                f"{MAX_LINE} (RFC 5322 section 2.1.1)",
-            )
+            return headers, line
+    return headers, None
 
 
 def _header_value(raw: bytes, name: str) -> str:
@@ -353,10 +377,48 @@ def _build(
     if not explicit and not opts.extract:
         raise _Exit(EX_USAGE, "no recipients: give addresses as arguments, or use -t")
 
-    data = _read_message(stdin, opts.ignore_dots, limit)
-    _check(data)
-    headers, body = _split(data)
+    source = _Input(stdin, opts.ignore_dots, limit)
+    lines = source.lines()
+    headers, first = _headers(lines)
+    # The message is written once, as it is read: the completed header section, then
+    # the body line by line.  What is wrong with the headers is said after what is
+    # wrong with the input (its size, its lines), as when it was read whole first.
+    refused: _Exit | None = None
+    try:
+        sender, recipients, head = _envelope(opts, headers, explicit, user, domain)
+    except _Exit as exc:
+        refused = exc
+    out = io.BytesIO()
+    if refused is None:
+        out.write(head)
+    for line in itertools.chain((first,) if first is not None else (), lines):
+        if refused is None:
+            out.write(line)
+    if source.problem is not None:
+        raise source.problem
+    if refused is not None:
+        raise refused
+    try:
+        return NewMessage(
+            sender=sender,
+            recipients=tuple(recipients),
+            content=out.getvalue(),
+            notify=opts.notify if opts.notify is not None else Notify.FAILURE,
+            envelope_id=opts.envelope_id,
+        )
+    except MessageError as exc:
+        raise _Exit(EX_DATAERR, f"message refused: {exc}") from None
 
+
+def _envelope(
+    opts: _Options,
+    headers: list[tuple[str, bytes]],
+    explicit: list[Address],
+    user: str | None,
+    domain: str | None,
+) -> tuple[Address | None, list[Address], bytes]:
+    """The sender, the recipients and the header section as it is queued (with the
+    blank line that ends it)."""
     recipients = list(explicit)
     if opts.extract:
         present = {name for name, _ in headers}
@@ -396,17 +458,7 @@ def _build(
     if "message-id" not in present:
         added.append(f"Message-ID: {make_msgid(domain=local_domain)}")
     head = "".join(f"{h}\r\n" for h in added).encode("utf-8")
-    content = head + b"".join(raw for _, raw in kept) + b"\r\n" + body
-    try:
-        return NewMessage(
-            sender=sender,
-            recipients=tuple(recipients),
-            content=content,
-            notify=opts.notify if opts.notify is not None else Notify.FAILURE,
-            envelope_id=opts.envelope_id,
-        )
-    except MessageError as exc:
-        raise _Exit(EX_DATAERR, f"message refused: {exc}") from None
+    return sender, recipients, head + b"".join(raw for _, raw in kept) + b"\r\n"
 
 
 def _login() -> str:

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email import policy
 from email.header import decode_header, make_header
@@ -44,6 +45,8 @@ __all__ = [
 #: A submission with more recipients than this is refused (Postfix's default is 1000
 #: per SMTP transaction; a message in the store may carry many more).
 MAX_RECIPIENTS = 100_000
+#: A byte that ``bytes.strip`` keeps: content without one is blank.
+_NOT_BLANK = re.compile(rb"[^ \t\n\r\x0b\x0c]")
 
 
 class MessageError(ValueError):
@@ -105,7 +108,7 @@ class NewMessage:
             raise MessageError(f"content must be bytes, not {type(self.content).__name__}")
         content = bytes(self.content)
         object.__setattr__(self, "content", content)
-        if not content.strip():
+        if _NOT_BLANK.search(content) is None:  # (content.strip() would copy it)
             raise MessageError("content is empty: a message needs at least a header")
         if b"\x00" in content:
             nul = content.index(b"\x00")
@@ -141,7 +144,10 @@ class NewMessage:
         ``default_type``.  Bcc stays in the content as given: strip it before
         calling if it must not be transmitted.
         """
-        headers = BytesHeaderParser(policy=policy.compat32).parsebytes(content)
+        # The header section alone: the parser decodes and copies all it is given.
+        headers = BytesHeaderParser(policy=policy.compat32).parsebytes(
+            content[: _header_end(content)]
+        )
         try:
             if recipients is None:
                 found = getaddresses(
@@ -239,12 +245,8 @@ def subject_of(content: bytes) -> str:
     submission.
     """
     try:
-        end = content.find(b"\r\n\r\n")
-        end2 = content.find(b"\n\n")
-        cut = min(e for e in (end, end2, len(content)) if e >= 0)
-        lines = content[:cut].splitlines()
         value: bytes | None = None
-        for line in lines:
+        for line in _header_lines(content):
             if value is not None:
                 if line[:1] in (b" ", b"\t"):
                     value += b" " + line.strip()
@@ -260,3 +262,24 @@ def subject_of(content: bytes) -> str:
         return " ".join(text.split())[:200]
     except Exception:
         return ""
+
+
+def _header_lines(content: bytes) -> Iterator[bytes]:
+    """The lines of the header block, without their line ends, one slice at a time
+    (a message without a body has no blank line: its lines are not copied at once)."""
+    pos, size = 0, len(content)
+    while pos < size:
+        end = content.find(b"\n", pos)
+        if end < 0:
+            end = size
+        line = content[pos:end].rstrip(b"\r")
+        if not line:
+            return
+        yield line
+        pos = end + 1
+
+
+def _header_end(content: bytes) -> int:
+    """Where the header block ends: after its blank line (CRLF or LF), else the end."""
+    ends = [i + len(sep) for sep in (b"\r\n\r\n", b"\n\n") if (i := content.find(sep)) >= 0]
+    return min(ends, default=len(content))

@@ -9,6 +9,7 @@ from .dsn import (
     ReportItem,
     ReportKind,
     build_report,
+    needed_bytes,
     report_message,
     wants_report,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "ReportItem",
     "ReportKind",
     "build_report",
+    "needed_bytes",
     "report_message",
     "wants_report",
 ]

@@ -30,12 +30,19 @@ from email import policy
 from email.parser import BytesHeaderParser
 from typing import Literal
 
-__all__ = ["MAX_HEADER_SECTION", "ReturnedOriginal", "message_id_of", "returned_original"]
+__all__ = [
+    "MAX_HEADER_SECTION",
+    "ReturnedOriginal",
+    "message_id_of",
+    "needed_bytes",
+    "returned_original",
+]
 
 #: The header section of an original is cut to this many bytes in a report.
 MAX_HEADER_SECTION = 256 * 1024
 _MAX_LINE = 998  # RFC 5322 §2.1.1, without the CRLF
 _EOL_RE = re.compile(rb"\r\n|\r|\n")
+_LONG_LINE_RE = re.compile(rb"^[^\r\n]{%d}" % (_MAX_LINE + 1), re.MULTILINE)
 _MSGID_RE = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]{1,250}>")
 
 
@@ -58,6 +65,9 @@ class ReturnedOriginal:
 
 
 def _normalise(data: bytes) -> bytes:
+    crlf = data.count(b"\r\n")
+    if crlf == data.count(b"\n") == data.count(b"\r"):
+        return data  # CRLF already: no copy of a large original
     return _EOL_RE.sub(b"\r\n", data)
 
 
@@ -71,14 +81,16 @@ def _header_section(data: bytes) -> bytes:
     return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 
-def _longest_line(data: bytes) -> int:
-    return max((len(line) for line in data.split(b"\r\n")), default=0)
+def _has_long_line(data: bytes) -> bool:
+    """A line of CRLF-normalised ``data`` is over 998 octets (found without splitting
+    ``data`` into a list of lines)."""
+    return _LONG_LINE_RE.search(data) is not None
 
 
 def _why_not_embeddable(data: bytes) -> str | None:
     if b"\x00" in data:
         return "it contains NUL bytes"
-    if _longest_line(data) > _MAX_LINE:
+    if _has_long_line(data):
         return f"it has lines longer than {_MAX_LINE} octets"
     return None
 
@@ -114,7 +126,7 @@ def _headers_only(data: bytes, note: str, message_id: str | None) -> ReturnedOri
         last = cut.rfind(b"\r\n")
         section = cut[: last + 2] if last > 0 else cut + b"\r\n"
         note += f" The header section was cut to {len(section)} bytes."
-    if section.isascii() and b"\x00" not in section and _longest_line(section) <= _MAX_LINE:
+    if section.isascii() and b"\x00" not in section and not _has_long_line(section):
         return ReturnedOriginal("headers", section, "7bit", None, note, message_id)
     charset: str | None = None
     if not section.isascii():
@@ -128,17 +140,28 @@ def _headers_only(data: bytes, note: str, message_id: str | None) -> ReturnedOri
     )
 
 
-def returned_original(original: bytes, *, full: bool, size_limit: int) -> ReturnedOriginal:
+def needed_bytes(size: int, size_limit: int) -> int | None:
+    """How much of an original of ``size`` bytes a report can use: all of it (None),
+    or, when it is too large to return, the beginning that holds what is returned of
+    it (its header section, cut at :data:`MAX_HEADER_SECTION`)."""
+    return None if size <= size_limit else 2 * MAX_HEADER_SECTION
+
+
+def returned_original(
+    original: bytes, *, full: bool, size_limit: int, size: int | None = None
+) -> ReturnedOriginal:
     """Decide what of ``original`` a report returns; never raises on its content.
 
     ``full`` asks for the whole message (RFC 3461 RET=FULL); it is still cut to its
     headers when larger than ``size_limit`` bytes or when it cannot be valid
-    message/rfc822 content.
+    message/rfc822 content.  ``size`` is the original's size when ``original`` is
+    only its beginning (see :func:`needed_bytes`).
     """
     raw = bytes(original)
     if not raw or raw.isspace():
         return ReturnedOriginal("none", b"", "7bit", None, "The original message was empty.", None)
-    too_large = len(raw) > size_limit
+    total = len(raw) if size is None else size
+    too_large = total > size_limit
     # Only the header section is needed unless the whole message is returned, and
     # it is cut at MAX_HEADER_SECTION: don't copy megabytes to find it.
     data = _normalise(raw if full and not too_large else raw[: 2 * MAX_HEADER_SECTION])
@@ -148,7 +171,7 @@ def returned_original(original: bytes, *, full: bool, size_limit: int) -> Return
     if too_large:
         return _headers_only(
             data,
-            f"Your message was too large ({len(raw)} bytes) to return in full; "
+            f"Your message was too large ({total} bytes) to return in full; "
             "only its header section is attached.",
             message_id,
         )

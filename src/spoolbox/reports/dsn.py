@@ -19,8 +19,11 @@ API
 ``wants_report(info, kind) -> bool``
     Never for a null sender, never for a report, else as ``info.notify`` asks.
 ``build_report(*, info, original, items, kind, reporting_mta, now,``
-``postmaster="MAILER-DAEMON", include_content=None, size_limit=RETURN_SIZE_LIMIT) -> bytes``
-    The report as RFC 5322 bytes (CRLF line ends).
+``postmaster="MAILER-DAEMON", include_content=None, size_limit=RETURN_SIZE_LIMIT,``
+``original_size=None) -> bytes``
+    The report as RFC 5322 bytes (CRLF line ends).  ``original`` may be only the
+    beginning of the message when ``original_size`` gives its size: as much as
+    ``needed_bytes(original_size, size_limit)`` says (all of it up to the limit).
 ``report_message(...same arguments...) -> NewMessage | None``
     The report ready to submit (null sender, to ``info.sender``, ``is_report=True``,
     ``notify=Notify.NEVER``), or None when :func:`wants_report` says no.
@@ -83,6 +86,7 @@ import hashlib
 import io
 import math
 import re
+import secrets
 import textwrap
 import unicodedata
 from collections.abc import Sequence
@@ -94,7 +98,7 @@ from email.message import EmailMessage, Message, MIMEPart
 from email.utils import format_datetime
 
 from ..model import Address, MessageInfo, NewMessage, Notify, RecipientResult
-from ._original import ReturnedOriginal, returned_original
+from ._original import ReturnedOriginal, needed_bytes, returned_original
 from ._policy import ReportKind, wants_report
 
 __all__ = [
@@ -102,12 +106,15 @@ __all__ = [
     "ReportItem",
     "ReportKind",
     "build_report",
+    "needed_bytes",
     "report_message",
     "wants_report",
 ]
 
 #: An original larger than this (bytes) is returned as its header section only.
 RETURN_SIZE_LIMIT = 10 * 1024 * 1024
+#: The stand-in for a returned message's bytes while the report is serialised.
+_ORIGINAL_HERE = f"spoolbox-returned-message-{secrets.token_hex(16)}".encode("ascii")
 
 _POLICY = policy.SMTP  # serialisation: CRLF, folding at 78
 _TEXT_POLICY = policy.SMTP.clone(cte_type="7bit")  # human text: 7bit or quoted-printable
@@ -476,8 +483,12 @@ def _original_part(returned: ReturnedOriginal) -> MIMEPart | None:
             part.set_param("charset", returned.charset)
         part["Content-Description"] = "Returned message headers"
     part["Content-Transfer-Encoding"] = returned.cte
-    # A str payload is written out byte for byte (surrogateescape keeps 8-bit bytes).
-    part.set_payload(returned.data.decode("ascii", "surrogateescape"))
+    if returned.form == "message":
+        # A stand-in: the original goes in after serialisation (see build_report).
+        part.set_payload(_ORIGINAL_HERE.decode("ascii"))
+    else:
+        # A str payload is written out byte for byte (surrogateescape keeps 8-bit bytes).
+        part.set_payload(returned.data.decode("ascii", "surrogateescape"))
     return part
 
 
@@ -516,6 +527,7 @@ def build_report(
     postmaster: str = "MAILER-DAEMON",
     include_content: bool | None = None,
     size_limit: int = RETURN_SIZE_LIMIT,
+    original_size: int | None = None,
 ) -> bytes:
     """The RFC 3464 report about ``items`` of the message ``info``, as RFC 5322 bytes.
 
@@ -526,7 +538,7 @@ def build_report(
     items = tuple(items)
     from_address = _check_arguments(items, kind, reporting_mta, postmaster)
     full = kind is ReportKind.FAILURE if include_content is None else include_content
-    returned = returned_original(original, full=full, size_limit=size_limit)
+    returned = returned_original(original, full=full, size_limit=size_limit, size=original_size)
 
     message = EmailMessage(policy=_POLICY)
     message["From"] = headerregistry.Address(
@@ -561,6 +573,12 @@ def build_report(
             break
         message.del_param("boundary")
         data = _serialise(message)
+    if returned.form == "message":
+        # The returned message, byte for byte, where its stand-in was written (the
+        # last part): copied once, not decoded to text, split into lines and
+        # encoded again by the email package, which held it several times over.
+        head, _, tail = data.rpartition(_ORIGINAL_HERE)
+        data = b"".join((head, returned.data, tail))
     return data
 
 
@@ -575,6 +593,7 @@ def report_message(
     postmaster: str = "MAILER-DAEMON",
     include_content: bool | None = None,
     size_limit: int = RETURN_SIZE_LIMIT,
+    original_size: int | None = None,
 ) -> NewMessage | None:
     """The report to submit for ``items`` of ``info``, or None when none is wanted.
 
@@ -593,6 +612,7 @@ def report_message(
         postmaster=postmaster,
         include_content=include_content,
         size_limit=size_limit,
+        original_size=original_size,
     )
     return NewMessage(
         sender=None,

@@ -53,6 +53,7 @@ import contextlib
 import enum
 import functools
 import hashlib
+import io
 import json
 import logging
 import os
@@ -1652,7 +1653,13 @@ def _read_chunk(conn: sqlite3.Connection, blob_id: int, seq: int) -> bytes:
 
 
 def _read_blob(conn: sqlite3.Connection, blob_id: int) -> bytes:
-    return b"".join(bytes(r["data"]) for r in conn.execute(_sql.SELECT_CHUNKS, (blob_id,)))
+    """The whole content, held once: the chunks go into one growing buffer whose bytes
+    ``getvalue`` hands over without a copy (``b"".join`` would hold every chunk and
+    the joined copy at once: twice the message)."""
+    buffer = io.BytesIO()
+    for row in conn.execute(_sql.SELECT_CHUNKS, (blob_id,)):
+        buffer.write(row["data"])
+    return buffer.getvalue()
 
 
 def _insert_inbound(
