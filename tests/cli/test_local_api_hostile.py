@@ -154,6 +154,24 @@ async def test_protocol_versions(data_dir: Path) -> None:
         assert (await _exchange(profile, {"op": "ping"}))["ok"] is True  # no "v": 1
 
 
+async def test_a_refused_request_with_raw_content_closes_the_connection(data_dir: Path) -> None:
+    # The raw content after a refused line was never read: the connection is out of
+    # step, so the daemon answers and closes instead of reading the content as lines.
+    profile = _profile(data_dir)
+    content = b'{"v": 1, "id": 2, "op": "ping"}\n'  # would be answered if read as a line
+    async with running(profile):
+        reader, writer = await asyncio.open_unix_connection(str(profile.daemon.socket))
+        args = {"content_length": len(content), "recipients": ["MAILDIR:bob"]}
+        request = {"v": 99, "id": 1, "op": "submit", "args": args}
+        writer.write(json.dumps(request).encode() + b"\n" + content)
+        await writer.drain()
+        answer = json.loads(await asyncio.wait_for(reader.readline(), WAIT))
+        assert answer["id"] == 1
+        assert answer["error"]["code"] == "unsupported_version"
+        assert await asyncio.wait_for(reader.read(), WAIT) == b""  # closed, not a 2nd answer
+        writer.close()
+
+
 async def test_a_message_larger_than_the_line_limit_goes_to_the_daemon_as_raw_content(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
