@@ -484,10 +484,10 @@ class Daemon:
                     continue
                 rid: Any = None
                 try:
-                    req = json.loads(line)
+                    req = _decode_request(line)
+                    rid = req.get("id") if isinstance(req, dict) else None
                     if not isinstance(req, dict) or not isinstance(req.get("op"), str):
                         raise _ApiError("bad_request", "a request is an object with an 'op'")
-                    rid = req.get("id")
                     args = req.get("args") or {}
                     if not isinstance(args, dict):
                         raise _ApiError("bad_request", "'args' must be an object")
@@ -503,12 +503,6 @@ class Daemon:
                         "id": rid,
                         "ok": False,
                         "error": {"code": exc.code, "message": str(exc)},
-                    }
-                except json.JSONDecodeError as exc:
-                    answer = {
-                        "id": rid,
-                        "ok": False,
-                        "error": {"code": "bad_request", "message": f"not JSON: {exc}"},
                     }
                 except (ConnectionError, asyncio.IncompleteReadError):
                     return
@@ -804,6 +798,14 @@ class Daemon:
                 done.cancel()
 
 
+def _decode_request(line: bytes) -> Any:
+    """A request line's JSON value; a line that is not JSON is a ``bad_request``."""
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError) as exc:  # also: not UTF-8, deep nesting, huge ints
+        raise _ApiError("bad_request", f"not JSON: {exc}") from None
+
+
 def _message_from_args(args: dict[str, Any]) -> NewMessage:
     """A ``submit`` request's message (also each item of ``submit_many``)."""
     try:
@@ -818,13 +820,24 @@ def _message_from_args(args: dict[str, Any]) -> NewMessage:
     kwargs: dict[str, Any] = {}
     if args.get("id"):
         kwargs["id"] = str(args["id"])
+    try:
+        notify = Notify(int(args.get("notify", Notify.FAILURE)))
+    except (TypeError, ValueError, OverflowError):
+        raise _ApiError(
+            "bad_request", f"notify must be an integer, not {args['notify']!r}"
+        ) from None
+    send_at = args.get("send_at")
+    try:
+        send_at = float(send_at) if send_at is not None else None
+    except (TypeError, ValueError):
+        raise _ApiError("bad_request", f"send_at must be a number, not {send_at!r}") from None
     return NewMessage(
         sender=Address.parse(sender) if sender else None,
         recipients=tuple(Address.parse(str(r)) for r in recipients),
         content=content,
         priority=Priority[prio],
-        notify=Notify(int(args.get("notify", Notify.FAILURE))),
-        send_at=float(args["send_at"]) if args.get("send_at") is not None else None,
+        notify=notify,
+        send_at=send_at,
         **kwargs,
     )
 
