@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import dataclasses
 import fcntl
@@ -810,7 +809,7 @@ def _message_from_args(args: dict[str, Any]) -> NewMessage:
     """A ``submit`` request's message (also each item of ``submit_many``)."""
     try:
         content = base64.b64decode(_arg(args, "content", str), validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or a str that is not ASCII
         raise _ApiError("bad_request", f"content is not base64: {exc}") from None
     sender = args.get("sender")
     recipients = _arg(args, "recipients", list)

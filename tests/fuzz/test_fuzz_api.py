@@ -99,6 +99,9 @@ _SUBMIT_ARGS = st.fixed_dictionaries(
 @example(args={"content": "YQ==", "recipients": ["MAILDIR:bob"], "send_at": "soon"}).via(
     "send_at not a number: ValueError"
 )
+@example(args={"content": "\x80", "recipients": ["MAILDIR:bob"]}).via(
+    "content not ASCII: ValueError from b64decode (found by the long run)"
+)
 def test_submit_arguments_decode_or_are_a_bad_request(args: dict[str, Any]) -> None:
     message: NewMessage | None = None
     refusal = ""

@@ -187,6 +187,7 @@ def _raw(block: Message, name: str) -> str:
 
 
 def _check(data: bytes, original: bytes, items: list[ReportItem], kind: ReportKind) -> None:
+    assert b"\x00" not in data  # no MIME type or encoding of a report may carry NUL
     assert b"\r" not in data.replace(b"\r\n", b"") and b"\n" not in data.replace(b"\r\n", b"")
     assert max(len(line) for line in data.split(b"\r\n")) <= 998
     message = email.message_from_bytes(data, policy=email.policy.default)

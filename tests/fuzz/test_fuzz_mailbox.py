@@ -20,8 +20,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pytest
 from fuzz_settings import budget
-from hypothesis import example, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from spoolbox.transports.imap import (
@@ -147,6 +148,18 @@ def test_imap_well_formed_fetch_is_read_exactly(
 ) -> None:
     lines, messages, asked = answer
     assert _fetch_result(lines, asked, "UID FETCH") == messages
+
+
+@budget(200)
+@given(answer=_fetch_answer(), pick=st.integers(0, 100))
+def test_imap_fetch_of_a_uid_not_asked_for_is_a_protocol_error(
+    answer: tuple[list[Any], dict[int, bytes], list[int]], pick: int
+) -> None:
+    lines, messages, asked = answer
+    assume(messages)
+    unasked = list(messages)[pick % len(messages)]
+    with pytest.raises(_ProtocolError, match=f"UID {unasked} was not asked for"):
+        _fetch_result(lines, [u for u in asked if u != unasked], "UID FETCH")
 
 
 @budget(300)

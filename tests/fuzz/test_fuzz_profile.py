@@ -212,6 +212,13 @@ _TEXT = st.one_of(
 
 
 def _check_loaded(profile: Profile) -> None:
+    for path in (
+        profile.data_dir,
+        profile.store.path,
+        profile.daemon.socket,
+        profile.daemon.pid_file,
+    ):
+        assert "\x00" not in str(path), f"a path no system call can take: {path!r}"
     assert profile.store.backend == "sqlite"
     assert 0 <= profile.daemon.nice <= 19
     for field in dataclasses.fields(Policy):
@@ -225,7 +232,8 @@ def _check_loaded(profile: Profile) -> None:
 @budget(200)
 @given(text=_TEXT)
 @example(text="a = " + "[" * 2000 + "]" * 2000 + "\n").via("deep nesting: RecursionError")
-@example(text='data_dir = "~\\u0000"\n').via("a NUL after ~: ValueError from expanduser")
+@example(text='[store]\npath = "~\\u0000"\n').via("a NUL after ~: ValueError from expanduser")
+@example(text='data_dir = "a\\u0000b"\n').via("a NUL in the data directory")
 @example(
     text='[[transports]]\nname = "r"\nprovider = "smtp"\n[transports.options]\n'
     'password_file = "a\\u0000b"\n'
