@@ -44,7 +44,7 @@ _TEXT = st.one_of(
 )
 
 
-@budget(1000)
+@budget(500)
 @given(text=_TEXT, default_type=st.one_of(st.none(), _TYPES))
 @example(text="SMTP\n:bob@example.org", default_type=None).via("a type ending in a newline")
 @example(text="bob@example.org", default_type="SMTP\n").via("a default type ending in a newline")

@@ -85,7 +85,7 @@ _SUBMIT_ARGS = st.fixed_dictionaries(
 )
 
 
-@budget(300)
+@budget(150)
 @given(args=_SUBMIT_ARGS)
 @example(args={"content": "YQ==", "recipients": ["MAILDIR:bob"], "notify": "x"}).via(
     "notify not a number: ValueError"
@@ -204,7 +204,7 @@ _LINE = st.one_of(
 )
 
 
-@budget(150)
+@budget(75)
 @given(line=_LINE)
 @example(line=b"\xff\xfe\n").via("not UTF-8: UnicodeDecodeError")
 @example(line=b"[" * 100_000 + b"\n").via("deep nesting: RecursionError")

@@ -220,7 +220,7 @@ def _check(data: bytes, original: bytes, items: list[ReportItem], kind: ReportKi
             assert re.sub(rb"\r\n|\r|\n", b"\r\n", original) in data
 
 
-@budget(100)
+@budget(50)
 @given(
     kind_items=st.sampled_from(list(ReportKind)).flatmap(
         lambda k: st.tuples(st.just(k), _items(k))

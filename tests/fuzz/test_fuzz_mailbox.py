@@ -89,7 +89,7 @@ def _numbers(lines: list[Any]) -> set[int]:
     return found
 
 
-@budget(400)
+@budget(200)
 @given(
     lines=_LINES,
     uids=_UIDS,
@@ -141,7 +141,7 @@ def _fetch_answer(draw: st.DrawFn) -> tuple[list[Any], dict[int, bytes], list[in
     return lines, messages, [*messages, *gone]
 
 
-@budget(300)
+@budget(150)
 @given(answer=_fetch_answer())
 def test_imap_well_formed_fetch_is_read_exactly(
     answer: tuple[list[Any], dict[int, bytes], list[int]],
@@ -150,7 +150,7 @@ def test_imap_well_formed_fetch_is_read_exactly(
     assert _fetch_result(lines, asked, "UID FETCH") == messages
 
 
-@budget(200)
+@budget(100)
 @given(answer=_fetch_answer(), pick=st.integers(0, 100))
 def test_imap_fetch_of_a_uid_not_asked_for_is_a_protocol_error(
     answer: tuple[list[Any], dict[int, bytes], list[int]], pick: int
@@ -162,7 +162,7 @@ def test_imap_fetch_of_a_uid_not_asked_for_is_a_protocol_error(
         _fetch_result(lines, [u for u in asked if u != unasked], "UID FETCH")
 
 
-@budget(300)
+@budget(150)
 @given(
     sizes=st.dictionaries(st.integers(1, 2**32 - 1), st.integers(0, 2**32 - 1), max_size=8),
     extra=st.lists(st.integers(1, 2**32 - 1), max_size=3),
@@ -180,7 +180,7 @@ def test_imap_well_formed_sizes_and_search_are_read_exactly(
     assert _search_result([*noise, *search], 1, None) == sorted({*sizes, *extra})
 
 
-@budget(300)
+@budget(150)
 @given(uids=_UIDS)
 def test_uid_set_names_exactly_the_uids(uids: list[int]) -> None:
     text = _uid_set(uids)
@@ -195,7 +195,7 @@ def test_uid_set_names_exactly_the_uids(uids: list[int]) -> None:
 _UIDL = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=70)
 
 
-@budget(300)
+@budget(150)
 @given(
     listing=st.lists(st.tuples(st.integers(1, 10**6), _UIDL, st.integers(0, 2**40)), max_size=8),
     junk=st.lists(st.binary(max_size=30), max_size=4),

@@ -229,7 +229,7 @@ def _check_loaded(profile: Profile) -> None:
         assert 0 <= listener.processes <= MAX_LISTENER_PROCESSES
 
 
-@budget(200)
+@budget(100)
 @given(text=_TEXT)
 @example(text="a = " + "[" * 2000 + "]" * 2000 + "\n").via("deep nesting: RecursionError")
 @example(text='[store]\npath = "~\\u0000"\n').via("a NUL after ~: ValueError from expanduser")

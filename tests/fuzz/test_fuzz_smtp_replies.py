@@ -115,7 +115,7 @@ def _expected(code: int, texts: list[str]) -> tuple[int, str]:
     return code, b"\n".join(lines).decode("utf-8", "surrogateescape")
 
 
-@budget(300)
+@budget(150)
 @given(replies=st.lists(_reply(), max_size=8), cuts=st.lists(st.integers(0, 600), max_size=6))
 def test_well_formed_replies_come_out_whole_in_order(
     replies: list[tuple[int, list[str], bytes]], cuts: list[int]
@@ -126,7 +126,7 @@ def test_well_formed_replies_come_out_whole_in_order(
     assert [(r.code, r.message) for r in got] == [_expected(c, t) for c, t, _ in replies]
 
 
-@budget(300)
+@budget(150)
 @given(
     replies=st.lists(_reply(), max_size=4),
     junk=st.one_of(
@@ -170,7 +170,7 @@ _REPLY_TEXT = st.one_of(
 )
 
 
-@budget(300)
+@budget(150)
 @given(code=st.integers(0, 999), text=_REPLY_TEXT, cls=st.sampled_from("2345"))
 @example(code=550, text="5.\u0661.\u0661 no such user", cls="5").via("Arabic-Indic digits")
 def test_reply_text_is_one_line_and_enhanced_status_is_ascii(

@@ -301,7 +301,7 @@ def _check_replies(sent: bytes) -> None:
     assert code_of_block is None, "a multi-line reply without its last line"
 
 
-@budget(200)
+@budget(100)
 @given(
     s=_SETTINGS,
     tls_active=st.booleans(),
