@@ -249,6 +249,15 @@ def _check(data: bytes, original: bytes, items: list[ReportItem], kind: ReportKi
     include_content=None,
     size_limit=10 * 1024 * 1024,
 ).via("CR LF in every text field")
+@example(
+    kind_items=(ReportKind.FAILURE, [ReportItem(Address("SMTP", "b@c.d"), "5.1.1")]),
+    info=MessageInfo(
+        "id", None, Priority.NORMAL, 0.0, None, 0.0, Notify.FAILURE, False, None, 0, ""
+    ),
+    original=b"Subject: a\x00b\r\n\r\nbo\x00dy\r\n",
+    include_content=True,
+    size_limit=10 * 1024 * 1024,
+).via("NUL in the original: never embedded as message/rfc822")
 def test_report_is_well_formed_whatever_the_input(
     kind_items: tuple[ReportKind, list[ReportItem]],
     info: MessageInfo,

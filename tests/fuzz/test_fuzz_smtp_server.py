@@ -316,6 +316,13 @@ def _check_replies(sent: bytes) -> None:
     cuts=[63, 64],
     answers=[],
 )
+@example(  # a NUL in the data: refused, never handed over (the bulk path checks it too)
+    s=ServerSettings("mx.test", 10_000),
+    tls_active=False,
+    wire=b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\na\x00b\r\n.\r\n",
+    cuts=[],
+    answers=[],
+)
 def test_server_machine_replies_and_transactions(
     s: ServerSettings, tls_active: bool, wire: bytes, cuts: list[int], answers: list[bool]
 ) -> None:
