@@ -47,6 +47,7 @@ from . import (
     SQLiteStore,
     UnknownMessage,
 )
+from ._private import private_dir
 from .model import IllegalTransition, MessageSummary
 from .profile import Profile, load_profile
 
@@ -59,12 +60,15 @@ __all__ = [
     "EXIT_OK",
     "EXIT_PROFILE",
     "EXIT_USAGE",
+    "MAX_REQUEST_LINE",
     "PROTOCOL_VERSION",
+    "SUPPORTED_VERSIONS",
     "Client",
     "ClientError",
     "Conflict",
     "DaemonNotRunning",
     "NotFound",
+    "RequestTooLarge",
     "flush_report_to_dict",
     "inbox_to_dict",
     "message_to_dict",
@@ -73,6 +77,12 @@ __all__ = [
 
 T = TypeVar("T")
 PROTOCOL_VERSION = 1
+#: The protocol versions the daemon answers (a request's ``"v"``; none means 1).
+SUPPORTED_VERSIONS = (1,)
+#: The longest request line the daemon reads, newline included: 64 MiB, a message of
+#: about 48 MiB in base64.  A longer line is answered ``too_large`` and the connection
+#: closed; :meth:`Client.submit` puts a larger message into the store directly.
+MAX_REQUEST_LINE = 64 * 1024 * 1024
 
 # Exit codes of the spoolbox command (docs/operations.md, "Exit codes").
 EXIT_OK = 0
@@ -112,7 +122,14 @@ class Conflict(ClientError):
     exit_code = EXIT_CONFLICT
 
 
+class RequestTooLarge(ClientError):
+    """The request would be longer than :data:`MAX_REQUEST_LINE` (nothing was sent)."""
+
+    code = "too_large"
+
+
 _ERRORS: dict[str, type[ClientError]] = {
+    "too_large": RequestTooLarge,
     "not_found": NotFound,
     "conflict": Conflict,
     "not_running": DaemonNotRunning,
@@ -225,12 +242,17 @@ class Client:
         return sock
 
     def _request(self, op: str, args: dict[str, Any]) -> tuple[socket.socket, Any, int]:
-        sock = self._connect()
         self._next_id += 1
         rid = self._next_id
-        line = json.dumps({"v": PROTOCOL_VERSION, "id": rid, "op": op, "args": args})
+        line = json.dumps({"v": PROTOCOL_VERSION, "id": rid, "op": op, "args": args}).encode()
+        if len(line) + 1 > MAX_REQUEST_LINE:
+            raise RequestTooLarge(
+                f"the {op} request is {len(line) + 1} bytes, over the local API's limit of "
+                f"{MAX_REQUEST_LINE}"
+            )
+        sock = self._connect()
         try:
-            sock.sendall(line.encode() + b"\n")
+            sock.sendall(line + b"\n")
         except OSError as exc:
             sock.close()
             raise DaemonNotRunning(f"the spooler daemon went away: {exc}") from None
@@ -303,8 +325,8 @@ class Client:
     # -- offline access to the store ----------------------------------------------------
     def _offline(self, fn: Callable[[SQLiteStore], Coroutine[Any, Any, T]]) -> T:
         path = self.profile.store.path
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():  # before the daemon ever ran: the data directory too
+            private_dir(path.parent)
 
         async def run() -> T:
             store = SQLiteStore(
@@ -339,19 +361,36 @@ class Client:
 
     def submit(self, message: NewMessage, *, fallback: bool = True) -> dict[str, Any]:
         """Submit; returns ``{"id", "state", "via"}`` (via: "daemon" or "store")."""
-        try:
-            result: dict[str, Any] = self.call("submit", **_message_args(message))
-            return result
-        except DaemonNotRunning:
-            if not fallback:
-                raise
         lifetime = message.lifetime or self.profile.spooler.policy.lifetime
 
         async def put(store: SQLiteStore) -> dict[str, Any]:
             info = await store.submit(message, now=time.time(), lifetime=lifetime)
-            return {"id": info.id, "state": str(MessageState.QUEUED), "via": "store"}
+            return {"id": info.id, "state": str(MessageState.QUEUED)}
 
-        return self._offline(put)
+        return self._submit_via("submit", _message_args(message), fallback, put)
+
+    def _submit_via(
+        self,
+        op: str,
+        args: dict[str, Any],
+        fallback: bool,
+        put: Callable[[SQLiteStore], Coroutine[Any, Any, dict[str, Any]]],
+    ) -> dict[str, Any]:
+        """``op`` through the daemon; else, with ``fallback``, ``put`` on the store: when
+        no daemon runs, or when the request is too large for one line (the daemon's
+        router finds what is in the store within policy.router_interval)."""
+        try:
+            result: dict[str, Any] = self.call(op, **args)
+            return result
+        except DaemonNotRunning:
+            if not fallback:
+                raise
+            note = "the daemon is not running: queued in the store; it is sent when it starts"
+        except RequestTooLarge:
+            if not fallback:
+                raise
+            note = "too large for the local API: queued in the store; the daemon sends it"
+        return {**self._offline(put), "via": "store", "note": note}
 
     def submit_many(
         self, messages: Sequence[NewMessage], *, fallback: bool = True
@@ -359,23 +398,15 @@ class Client:
         """Submit all of ``messages`` in one durable transaction, or none (see
         :meth:`spoolbox.Spooler.submit_many`); returns ``{"ids", "state", "via"}``.
         At most ``MAX_SUBMIT_MANY`` (10,000) messages a call."""
-        try:
-            result: dict[str, Any] = self.call(
-                "submit_many", messages=[_message_args(m) for m in messages]
-            )
-            return result
-        except DaemonNotRunning:
-            if not fallback:
-                raise
         lifetime = self.profile.spooler.policy.lifetime
 
         async def put(store: SQLiteStore) -> dict[str, Any]:
             # Without the daemon's router: recipients are routed when it starts.
             infos = await store.submit_many(list(messages), now=time.time(), lifetime=lifetime)
-            ids = [i.id for i in infos]
-            return {"ids": ids, "state": str(MessageState.QUEUED), "via": "store"}
+            return {"ids": [i.id for i in infos], "state": str(MessageState.QUEUED)}
 
-        return self._offline(put)
+        args = {"messages": [_message_args(m) for m in messages]}
+        return self._submit_via("submit_many", args, fallback, put)
 
     def status(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self.call("status")["rows"]

@@ -52,8 +52,11 @@ from . import (
     __version__,
     load_provider_class,
 )
+from ._private import openness, private_dir
 from .client import (
+    MAX_REQUEST_LINE,
     PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
     flush_report_to_dict,
     inbox_to_dict,
     message_to_dict,
@@ -75,13 +78,18 @@ from .profile import ListenerSettings, Profile, ProfileError, load_profile
 __all__ = ["Daemon", "DaemonError", "RedactingFilter"]
 
 log = logging.getLogger("spoolbox.daemon")
-_LINE_LIMIT = 256 * 1024 * 1024  # the longest request line (a base64 message)
+#: After a request line over the limit: how long to wait for more of it to drop.
+_DROP_WAIT = 5.0
 #: ``submit_many``: messages in one request at most (one store transaction).
 MAX_SUBMIT_MANY = 10_000
 
 
 class DaemonError(Exception):
     """The daemon cannot start; the text says why."""
+
+
+class _ListenerUnconfigured(Exception):
+    """A listener user's password could not be resolved: the listener does not start."""
 
 
 class _ApiError(Exception):
@@ -223,9 +231,17 @@ class Daemon:
 
     def _lock(self) -> None:
         data_dir = self.profile.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(data_dir)
+        why = openness(data_dir)
+        if why is not None:
+            log.warning(
+                "the data directory %s is %s: the queue should be private (chmod 700 %s)",
+                data_dir,
+                why,
+                data_dir,
+            )
         pid_file = self.profile.daemon.pid_file
-        pid_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(pid_file.parent)
         f = open(pid_file, "a+")  # noqa: SIM115 - held open for the daemon's life
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -296,7 +312,7 @@ class Daemon:
 
     async def _start_spooler(self, profile: Profile) -> Spooler:
         config = self._config(profile)
-        profile.store.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(profile.store.path.parent)
         store = SQLiteStore(
             profile.store.path,
             synchronous=profile.store.synchronous,
@@ -305,6 +321,7 @@ class Daemon:
         idle = AlwaysIdle() if profile.idle == "always" else None
         spooler = Spooler.open(config, store=store, close_store=True, idle=idle)
         await spooler.start()
+        log.debug("store %s open: %s", store.path, store.statistics()["pragmas"])
         for m in profile.missing:
             log.warning(
                 "transport %r: %s is not configured (%s is not set); it stays off-line",
@@ -370,6 +387,11 @@ class Daemon:
             try:
                 from .ingress.listener import ListenerConfig, SubmissionListener
 
+                if settings.missing:
+                    raise _ListenerUnconfigured(
+                        "not configured: "
+                        + "; ".join(f"{m.option}: set {m.source}" for m in settings.missing)
+                    )
                 config = ListenerConfig(**dict(settings.options))
                 listener: Any
                 if settings.processes:
@@ -458,13 +480,13 @@ class Daemon:
     # -- the local API ------------------------------------------------------------------
     async def _start_server(self) -> None:
         path = self._socket_path
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(path.parent)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # we hold the lock: a socket left here is stale
         old = os.umask(0o177)
         try:
             self._server = await asyncio.start_unix_server(
-                self._serve, path=str(path), limit=_LINE_LIMIT
+                self._serve, path=str(path), limit=MAX_REQUEST_LINE
             )
         finally:
             os.umask(old)
@@ -476,7 +498,11 @@ class Daemon:
         self._connections.add(task)
         try:
             while True:
-                line = await reader.readline()
+                try:
+                    line = await reader.readline()
+                except ValueError:  # longer than MAX_REQUEST_LINE: the rest is not read
+                    await self._refuse_long_line(reader, writer)
+                    return
                 if not line:
                     return
                 if not line.strip():
@@ -487,6 +513,7 @@ class Daemon:
                     rid = req.get("id") if isinstance(req, dict) else None
                     if not isinstance(req, dict) or not isinstance(req.get("op"), str):
                         raise _ApiError("bad_request", "a request is an object with an 'op'")
+                    _check_version(req)
                     args = req.get("args") or {}
                     if not isinstance(args, dict):
                         raise _ApiError("bad_request", "'args' must be an object")
@@ -498,6 +525,7 @@ class Daemon:
                     result = await self._dispatch(op, args)
                     answer: dict[str, Any] = {"id": rid, "ok": True, "result": result}
                 except _ApiError as exc:
+                    log.debug("local API: refused (%s): %s", exc.code, exc)
                     answer = {
                         "id": rid,
                         "ok": False,
@@ -523,6 +551,29 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
+    async def _refuse_long_line(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Answer a request line over the limit; then read and drop the rest of it, up
+        to as much again and while it keeps coming, so that a client that writes its
+        whole request before it reads gets to read the answer; then close."""
+        log.warning("local API: a request line over %d bytes was refused", MAX_REQUEST_LINE)
+        message = (
+            f"request line longer than {MAX_REQUEST_LINE} bytes, the local API's limit "
+            "(Client.submit puts a larger message into the store directly)"
+        )
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            await self._send(
+                writer,
+                {"id": None, "ok": False, "error": {"code": "too_large", "message": message}},
+            )
+            dropped = 0
+            while dropped < MAX_REQUEST_LINE:
+                chunk = await asyncio.wait_for(reader.read(1 << 16), _DROP_WAIT)
+                if not chunk or b"\n" in chunk:
+                    break
+                dropped += len(chunk)
+
     async def _send(self, writer: asyncio.StreamWriter, msg: dict[str, Any]) -> None:
         writer.write(json.dumps(_redact(msg, self.profile)).encode() + b"\n")
         await writer.drain()
@@ -531,6 +582,7 @@ class Daemon:
         handler = _OPS.get(op)
         if handler is None:
             raise _ApiError("bad_request", f"unknown op {op!r}; known: {', '.join(sorted(_OPS))}")
+        log.debug("local API: %s %s", op, sorted(args))
         try:
             return await handler(self, args)
         except UnknownMessage as exc:
@@ -603,12 +655,12 @@ class Daemon:
 
     async def op_queue_list(self, args: dict[str, Any]) -> dict[str, Any]:
         sp = await self.current()
-        state = args.get("state")
+        state = _opt(args, "state", str)
         try:
             st = MessageState(state) if state else None
         except ValueError:
             raise _ApiError("bad_request", f"unknown queue {state!r}") from None
-        limit = int(args.get("limit") or 100)
+        limit = _limit(args)
         found = await sp.store.list_messages(state=st, limit=limit, now=sp.clock.now())
         return {"messages": [message_to_dict(s) for s in found]}
 
@@ -646,7 +698,7 @@ class Daemon:
 
     async def op_inbox_list(self, args: dict[str, Any]) -> dict[str, Any]:
         sp = await self.current()
-        limit = int(args.get("limit") or 100)
+        limit = _limit(args)
         return {"messages": [inbox_to_dict(e) for e in await sp.store.list_inbox(limit=limit)]}
 
     async def op_inbox_read(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -734,12 +786,13 @@ class Daemon:
         writer: asyncio.StreamWriter,
     ) -> None:
         sp = await self.current()
-        transport = args.get("transport")
+        transport = _opt(args, "transport", str)
+        upload, download = _opt(args, "upload", bool), _opt(args, "download", bool)
         try:
             handle = sp.start_flush(
-                upload=bool(args.get("upload", True)),
-                download=bool(args.get("download", True)),
-                transport=str(transport) if transport else None,
+                upload=True if upload is None else upload,
+                download=True if download is None else download,
+                transport=transport or None,
             )
         except KeyError as exc:
             await self._send(
@@ -811,41 +864,96 @@ def _message_from_args(args: dict[str, Any]) -> NewMessage:
         content = base64.b64decode(_arg(args, "content", str), validate=True)
     except ValueError as exc:  # binascii.Error, or a str that is not ASCII
         raise _ApiError("bad_request", f"content is not base64: {exc}") from None
-    sender = args.get("sender")
+    sender = _opt(args, "sender", str)
     recipients = _arg(args, "recipients", list)
-    prio = str(args.get("priority") or "normal").upper()
+    for i, r in enumerate(recipients):
+        if not isinstance(r, str):
+            raise _ApiError("bad_request", f"argument 'recipients[{i}]' must be a string")
+    prio = (_opt(args, "priority", str) or "normal").upper()
     if prio not in Priority.__members__:
         raise _ApiError("bad_request", f"unknown priority {prio.lower()!r}")
+    notify = _opt(args, "notify", int)
+    try:
+        flags = Notify(Notify.FAILURE if notify is None else notify)
+    except ValueError as exc:
+        raise _ApiError("bad_request", f"argument 'notify': {exc}") from None
+    send_at = _opt(args, "send_at", float)
     kwargs: dict[str, Any] = {}
-    if args.get("id"):
-        kwargs["id"] = str(args["id"])
-    try:
-        notify = Notify(int(args.get("notify", Notify.FAILURE)))
-    except (TypeError, ValueError, OverflowError):
-        raise _ApiError(
-            "bad_request", f"notify must be an integer, not {args['notify']!r}"
-        ) from None
-    send_at = args.get("send_at")
-    try:
-        send_at = float(send_at) if send_at is not None else None
-    except (TypeError, ValueError):
-        raise _ApiError("bad_request", f"send_at must be a number, not {send_at!r}") from None
+    mid = _opt(args, "id", str)
+    if mid:
+        kwargs["id"] = mid
     return NewMessage(
         sender=Address.parse(sender) if sender else None,
-        recipients=tuple(Address.parse(str(r)) for r in recipients),
+        recipients=tuple(Address.parse(r) for r in recipients),
         content=content,
         priority=Priority[prio],
-        notify=notify,
-        send_at=send_at,
+        notify=flags,
+        send_at=None if send_at is None else float(send_at),
         **kwargs,
     )
 
 
-def _arg(args: dict[str, Any], name: str, kind: type) -> Any:
+_KINDS: dict[type, tuple[tuple[type, ...], str]] = {
+    str: ((str,), "a string"),
+    int: ((int,), "an integer"),
+    float: ((int, float), "a number"),
+    bool: ((bool,), "true or false"),
+    list: ((list,), "a list"),
+}
+
+
+def _opt(args: dict[str, Any], name: str, kind: type) -> Any:
+    """Argument ``name`` if given (not null), checked to be of ``kind``; else None."""
     value = args.get(name)
-    if not isinstance(value, kind) or (kind is str and not value):
-        raise _ApiError("bad_request", f"argument {name!r} must be a {kind.__name__}")
+    if value is None:
+        return None
+    types, what = _KINDS[kind]
+    if not isinstance(value, types) or (isinstance(value, bool) and kind is not bool):
+        raise _ApiError("bad_request", f"argument {name!r} must be {what}, not {_json_kind(value)}")
     return value
+
+
+def _arg(args: dict[str, Any], name: str, kind: type) -> Any:
+    """A required argument: given, of ``kind``, and not an empty string."""
+    value = _opt(args, name, kind)
+    if value is None or (kind is str and not value):
+        raise _ApiError("bad_request", f"argument {name!r} is required ({_KINDS[kind][1]})")
+    return value
+
+
+def _limit(args: dict[str, Any]) -> int:
+    limit = _opt(args, "limit", int)
+    if limit is None:
+        return 100
+    if limit < 1:
+        raise _ApiError("bad_request", f"argument 'limit' must be at least 1, not {limit}")
+    return int(limit)
+
+
+#: What a value from ``json.loads`` is, in words.
+_JSON_KINDS = {
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "an object",
+}
+
+
+def _json_kind(value: object) -> str:
+    return _JSON_KINDS.get(type(value), "null")
+
+
+def _check_version(req: dict[str, Any]) -> None:
+    """A request without ``v`` is version 1; another version is refused by name."""
+    v = req.get("v", 1)
+    if isinstance(v, bool) or not isinstance(v, int) or v not in SUPPORTED_VERSIONS:
+        known = ", ".join(str(x) for x in SUPPORTED_VERSIONS)
+        raise _ApiError(
+            "unsupported_version",
+            f"protocol version {v!r} is not supported; this daemon speaks version {known}",
+        )
 
 
 _Handler = Callable[[Daemon, dict[str, Any]], Awaitable[Any]]

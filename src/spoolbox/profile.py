@@ -20,6 +20,10 @@ the file is missing) does not fail the load: it is listed in
 (MAPI_E_UNCONFIGURED), which leaves that one transport's status row failed while
 the rest of the spooler runs.  :func:`ask_missing_secrets` is the logon dialog:
 run interactively, the daemon asks for them (unless ``logon_dialog = false``).
+A listener user's password may come from ``password_env`` or ``password_file`` too
+(``users = { ann = { password_env = "ANN_PW" } }``); one that cannot be resolved is
+listed in :attr:`ListenerSettings.missing`, and the daemon does not start that
+listener.  Every listener key is checked for its type, named in the error.
 
 See docs/operations.md for the reference of every key.
 """
@@ -32,6 +36,7 @@ import os
 import re
 import socket
 import tomllib
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +125,9 @@ class ListenerSettings:
     options: Mapping[str, Any] = field(default_factory=dict)
     #: 0: the listener runs on the daemon's event loop; N: in N processes of its own
     processes: int = 0
+    #: user passwords that could not be resolved (``users.NAME``): the listener does
+    #: not start while any is missing (its status row names them)
+    missing: tuple[MissingSecret, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,11 +436,13 @@ def _build(
             "inbound": tt.flag("inbound", True),
             "address_types": tuple(t.upper() for t in types) if types is not None else None,
             "logon_flags": LogonFlags.NO_DIALOG,
+            "isolate": tt.flag("isolate", False),
         }
         tt.done()
         spec: str | type = provider
         if miss:
             spec = _unconfigured_provider(name, miss)
+            kwargs["isolate"] = False  # its stand-in (which only fails logon) runs here
         try:
             transports.append(TransportConfig(name, spec, options=options, **kwargs))
         except ValueError as exc:
@@ -456,15 +466,15 @@ def _build(
                 f"got {processes}",
             )
         opts = {k: lt.raw(k) for k in list(lt.data) if k not in ("kind", "enabled", "processes")}
-        users = opts.get("users")
-        if isinstance(users, dict):
-            for user, pw in users.items():
-                if not isinstance(pw, str):
-                    raise lt.error(f"users.{user}", f"expected a password string, got {_kind(pw)}")
-                secrets.add(pw)
-            opts["users"] = {u: Secret(pw) for u, pw in users.items()}
-        _check_listener(lt, opts)
-        listeners.append(ListenerSettings(lname, kind, enabled, opts, processes))
+        lmissing: list[MissingSecret] = []
+        if "users" in opts:
+            users, lmissing, found = _listener_users(lt, lname, base, environ)
+            opts["users"] = users
+            secrets |= found
+        _check_listener(lt, opts, lmissing)
+        listeners.append(
+            ListenerSettings(lname, kind, enabled, opts, processes, missing=tuple(lmissing))
+        )
     ls.done()
     top.done()
     try:
@@ -535,24 +545,9 @@ def _options(
         value = t.raw(key)
         # Only secret-named options come from the environment or a file: ``ca_file``
         # or ``pickup_file`` are plain options that happen to end the same way.
-        if key.endswith("_env") and len(key) > 4 and _SECRET_NAMES.search(key[:-4]):
-            target = key[:-4]
-            if not isinstance(value, str) or not value:
-                raise t.error(key, f"expected the name of an environment variable, got {value!r}")
-            got: str | None = environ.get(value)
-            source = f"environment variable {value}"
-        elif key.endswith("_file") and len(key) > 5 and _SECRET_NAMES.search(key[:-5]):
-            target = key[:-5]
-            if not isinstance(value, str) or not value or "\x00" in value:
-                raise t.error(key, f"expected the path of a file holding the secret, got {value!r}")
-            fpath = base / Path(value).expanduser()
-            source = f"file {fpath}"
-            try:
-                got = fpath.read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError:
-                got = None
-            except UnicodeDecodeError:
-                raise t.error(key, f"the file {fpath} is not UTF-8 text") from None
+        if key.endswith(("_env", "_file")) and _SECRET_NAMES.search(key.rpartition("_")[0]):
+            target = key.rpartition("_")[0]
+            got, source = _secret_source(t, key, value, base, environ)
         else:
             if key in options:
                 raise t.error(key, "given twice (inline and from the environment or a file)")
@@ -571,6 +566,82 @@ def _options(
     return options, missing, secrets
 
 
+def _secret_source(
+    t: _Table, key: str, value: object, base: Path, environ: Mapping[str, str]
+) -> tuple[str | None, str]:
+    """The secret named by ``key`` (``X_env`` or ``X_file``) and ``value``, or None when
+    the variable is unset or the file cannot be read; and where it was looked for."""
+    if key.endswith("_env"):
+        if not isinstance(value, str) or not value:
+            raise t.error(key, f"expected the name of an environment variable, got {value!r}")
+        return environ.get(value), f"environment variable {value}"
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise t.error(key, f"expected the path of a file holding the secret, got {value!r}")
+    fpath = base / Path(value).expanduser()
+    try:
+        got: str | None = fpath.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError:
+        got = None
+    except UnicodeDecodeError:
+        raise t.error(key, f"the file {fpath} is not UTF-8 text") from None
+    return got, f"file {fpath}"
+
+
+#: ``[listeners.NAME] users``: how one user's password may be given
+_USER_KEYS = ("password", "password_env", "password_file")
+
+
+def _listener_users(
+    lt: _Table, listener: str, base: Path, environ: Mapping[str, str]
+) -> tuple[dict[str, Secret], list[MissingSecret], set[str]]:
+    """``users = { ann = "pw", bob = { password_env = "BOB_PW" } }``: each user's
+    password inline, or from the environment or a file as a transport's secrets are.
+    A password that cannot be resolved leaves that user out and is listed as missing
+    (the listener then does not start: see :attr:`ListenerSettings.missing`)."""
+    raw = lt.data["users"]
+    if not isinstance(raw, dict):
+        raise lt.error("users", f"expected a table of user = password, got {_kind(raw)}")
+    users: dict[str, Secret] = {}
+    missing: list[MissingSecret] = []
+    secrets: set[str] = set()
+    for user, spec in raw.items():
+        where = lt.key(f"users.{user}")
+        if isinstance(spec, str):
+            if not spec:
+                raise ProfileError(lt.path, "expected a password, got an empty string", where)
+            got: str | None = spec
+        elif isinstance(spec, dict):
+            ut = _Table(lt.path, where, spec)
+            for key in spec:
+                if key not in _USER_KEYS:
+                    raise ut.error(key, "unknown key; expected one of: " + ", ".join(_USER_KEYS))
+            given = [k for k in _USER_KEYS if k in spec]
+            if len(given) != 1:
+                raise ut.error(
+                    given[1] if given else "password",
+                    "expected exactly one of: " + ", ".join(_USER_KEYS),
+                )
+            (key,) = given
+            if key == "password":
+                got = ut.text(key)
+            else:
+                got, source = _secret_source(ut, key, ut.raw(key), base, environ)
+                if not got:
+                    missing.append(MissingSecret(f"listener:{listener}", f"users.{user}", source))
+            ut.done()
+        else:
+            raise ProfileError(
+                lt.path,
+                f"expected a password string or a table with password_env or password_file, "
+                f"got {_kind(spec)}",
+                where,
+            )
+        if got:
+            users[user] = Secret(got)
+            secrets.add(got)
+    return users, missing, secrets
+
+
 def _secret_if_named(key: str, value: Any, secrets: set[str]) -> Any:
     if isinstance(value, str) and _SECRET_NAMES.search(key):
         secrets.add(value)
@@ -578,26 +649,55 @@ def _secret_if_named(key: str, value: Any, secrets: set[str]) -> Any:
     return value
 
 
-def _check_listener(lt: _Table, opts: Mapping[str, Any]) -> None:
-    """Check listener keys and values with ListenerConfig, when the module is there."""
+def _check_listener(lt: _Table, opts: Mapping[str, Any], missing: list[MissingSecret]) -> None:
+    """Check listener keys, the type of each value, then the values with ListenerConfig,
+    when the module is there."""
     try:
         from .ingress.listener import ListenerConfig
     except ImportError:
         return
     if not dataclasses.is_dataclass(ListenerConfig):
         return
+    hints = typing.get_type_hints(ListenerConfig)
     names = {f.name for f in dataclasses.fields(ListenerConfig)}
-    for key in opts:
+    for key, value in opts.items():
         if key not in names:
             raise lt.error(
                 key,
                 "unknown key; expected one of: enabled, kind, processes, "
                 + ", ".join(sorted(names)),
             )
+        expected = _expected_kind(hints[key], value)
+        if expected is not None:
+            raise lt.error(key, f"expected {expected}, got {_kind(value)} {value!r}")
+    checked = dict(opts)
+    if missing:  # validate as if they were there: the listener reports them at start
+        checked["users"] = {**checked.get("users", {}), **{m.option: "?" for m in missing}}
     try:
-        ListenerConfig(**dict(opts))
+        ListenerConfig(**checked)
     except (TypeError, ValueError) as exc:
         raise ProfileError(lt.path, str(exc), lt.where) from None
+
+
+def _expected_kind(hint: Any, value: object) -> str | None:
+    """None when ``value`` (from TOML) fits the type ``hint``; else what was expected."""
+    args = set(typing.get_args(hint))
+    if type(None) in args and len(args) == 2:  # X | None: TOML has no null
+        (hint,) = args - {type(None)}
+    if hint is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return None if ok else "a number"
+    if hint is str:
+        return None if isinstance(value, str) else "a string"
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        ok = isinstance(value, list) and all(isinstance(x, str) for x in value)
+        return None if ok else "an array of strings"
+    return None  # users: checked by _listener_users
 
 
 class _MissingSecretProvider:

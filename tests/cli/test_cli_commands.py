@@ -106,8 +106,9 @@ def test_submit_from_stdin_takes_recipients_from_headers(home: Home) -> None:
     r = home.run("submit", "--json", input=content)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert set(out) == {"id", "state", "via"}
+    assert set(out) == {"id", "state", "via", "note"}
     assert out["via"] == "store"
+    assert "not running" in out["note"]
     shown = home.json("queue", "show", out["id"])
     assert [x["address"] for x in shown["recipients"]] == [
         "SMTP:b@example.org",

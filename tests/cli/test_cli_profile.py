@@ -70,7 +70,7 @@ def test_the_default_profiles_processes_hint_works_when_uncommented(tmp_path: Pa
             "unknown",
         ),
         ('[[transports]]\nname = "a"\n', "[transports.a] provider", "expected a provider"),
-        ('[listeners.x]\nport = "high"\n', "[listeners.x]", "port"),
+        ('[listeners.x]\nport = "25"\n', "[listeners.x] port", "expected an integer"),
         ("[listeners.x]\nportt = 1\n", "[listeners.x] portt", "unknown key"),
         ("[listeners.x]\nprocesses = -1\n", "[listeners.x] processes", "expected 0"),
         ("[listeners.x]\nprocesses = 65\n", "[listeners.x] processes", "to 64, got 65"),
@@ -164,3 +164,104 @@ def test_event_loop_runner_without_uvloop(monkeypatch: pytest.MonkeyPatch) -> No
     assert event_loop_runner("auto") is asyncio.run
     with pytest.raises(ImportError, match="uvloop is not installed"):
         event_loop_runner("uvloop")
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('port = "25"', "expected an integer, got a string '25'"),
+        ("port = 25.0", "expected an integer, got a number 25.0"),
+        ("host = 127", "expected a string, got an integer 127"),
+        ('max_message_size = "10M"', "expected an integer"),
+        ("max_recipients = true", "expected an integer, got a boolean"),
+        ('max_line_length = "998"', "expected an integer"),
+        ('require_auth = "yes"', "expected true or false"),
+        ("allow_plain_auth = 1", "expected true or false"),
+        ('relay_networks = "127.0.0.0/8"', "expected an array of strings"),
+        ("local_domains = [1]", "expected an array of strings"),
+        ("hostname = false", "expected a string"),
+        ("default_address_type = []", "expected a string"),
+        ("tls_cert = 1", "expected a string"),
+        ("tls_key = 1", "expected a string"),
+        ('idle_timeout = "5m"', "expected a number, got a string '5m'"),
+        ("shutdown_grace = true", "expected a number, got a boolean"),
+        ('users = "ann:pw"', "expected a table of user = password"),
+    ],
+)
+def test_every_listener_key_names_itself_and_its_type(
+    tmp_path: Path, line: str, expected: str
+) -> None:
+    p = _write(tmp_path, f"[listeners.x]\n{line}\n")
+    with pytest.raises(ProfileError) as info:
+        load_profile(p)
+    key = line.split(" ", 1)[0]
+    assert str(info.value) == f"{p}: [listeners.x] {key}: " + str(info.value).split(": ", 2)[2]
+    assert expected in str(info.value)
+
+
+LISTENER_USERS = """
+[listeners.x]
+port = 0
+[listeners.x.users]
+ann = "inline-pw"
+bob = { password_env = "SBX_BOB_PW" }
+cat = { password_file = "cat.pw" }
+"""
+
+
+def test_listener_user_passwords_from_the_environment_and_a_file(tmp_path: Path) -> None:
+    p = _write(tmp_path, LISTENER_USERS)
+    (tmp_path / "cat.pw").write_text("cat-from-file\n")
+    prof = load_profile(p, environ={"SBX_BOB_PW": "bob-from-env"})
+    (lst,) = prof.listeners
+    assert lst.options["users"] == {
+        "ann": "inline-pw",
+        "bob": "bob-from-env",
+        "cat": "cat-from-file",
+    }
+    assert all(isinstance(v, Secret) for v in lst.options["users"].values())
+    assert lst.missing == ()
+    assert {"inline-pw", "bob-from-env", "cat-from-file"} <= prof.secret_values
+    assert prof.redact("bob-from-env cat-from-file") == "*** ***"
+
+
+def test_a_listener_user_password_that_is_not_there_is_missing_not_fatal(
+    tmp_path: Path,
+) -> None:
+    p = _write(tmp_path, LISTENER_USERS)
+    prof = load_profile(p, environ={})  # no SBX_BOB_PW, no cat.pw
+    (lst,) = prof.listeners
+    assert lst.options["users"] == {"ann": "inline-pw"}
+    assert [(m.transport, m.option) for m in lst.missing] == [
+        ("listener:x", "users.bob"),
+        ("listener:x", "users.cat"),
+    ]
+    assert "SBX_BOB_PW" in lst.missing[0].source
+    assert str(tmp_path / "cat.pw") in lst.missing[1].source
+    # require_auth with every user missing still loads: the listener reports them.
+    p.write_text(
+        "[listeners.x]\nrequire_auth = true\nallow_plain_auth = true\n"
+        '[listeners.x.users]\nbob = { password_env = "SBX_BOB_PW" }\n'
+    )
+    assert load_profile(p, environ={}).listeners[0].missing[0].option == "users.bob"
+
+
+@pytest.mark.parametrize(
+    ("users", "key", "expected"),
+    [
+        ('bob = { password_env = "A", password = "b" }', "users.bob.password_env", "exactly one"),
+        ("bob = {}", "users.bob.password", "exactly one"),
+        ('bob = { passwd_env = "A" }', "users.bob.passwd_env", "unknown key"),
+        ('bob = { password_env = "" }', "users.bob.password_env", "environment variable"),
+        ("bob = 1", "users.bob", "expected a password string"),
+        ('bob = ""', "users.bob", "expected a password"),
+    ],
+)
+def test_bad_listener_users_name_the_user(
+    tmp_path: Path, users: str, key: str, expected: str
+) -> None:
+    p = _write(tmp_path, f"[listeners.x.users]\n{users}\n")
+    with pytest.raises(ProfileError) as info:
+        load_profile(p, environ={})
+    assert f"[listeners.x] {key}: " in str(info.value)
+    assert expected in str(info.value)

@@ -8,14 +8,12 @@ import itertools
 import logging
 import time
 from dataclasses import replace
-from typing import ClassVar
 
 import pytest
 from helpers import FAST, message, spooler, transport
 
 from spoolbox import ManualIdle, MessageState, RecipientState, SubscriberDropped
-from spoolbox.contract import BaseTransportSession, RecipientResult
-from spoolbox.model import LogonCaps, StatusCode, TransportNotifyFlags, ValidateFlags
+from spoolbox.model import LogonCaps, StatusCode, TransportNotifyFlags
 from spoolbox.testing import Act, Script
 
 S = StatusCode
@@ -109,115 +107,6 @@ async def test_failed_logon_is_retried_and_its_messages_wait() -> None:
         script.raise_in.clear()
         assert await sp.wait_for(info.id, timeout=5) is MessageState.SENT
     assert script.names().count("logon") >= 2
-
-
-async def test_critical_section_stops_others_except_at_explicit_yields() -> None:
-    class Modem(BaseTransportSession):
-        ADDRESS_TYPES = ("FAX",)
-        progress: ClassVar[list[str]] = []
-
-        async def submit_message(self, message, flags):  # type: ignore[no-untyped-def]
-            async with self.support.critical_section():
-                for i in range(5):
-                    self.progress.append(f"modem-{i}")
-                    await asyncio.sleep(0.01)  # an await, but not a yield to the spooler
-                self.progress.append("modem-yield")
-                await self.support.spooler_yield()
-                self.progress.append("modem-after-yield")
-                await asyncio.sleep(0.01)
-                self.progress.append("modem-leave")
-            await self.support.status_recips(
-                message, [RecipientResult.delivered(r) for r in message.recipients]
-            )
-
-    class ModemProvider:
-        display_name = "modem"
-
-        async def logon(self, support, config, flags):  # type: ignore[no-untyped-def]
-            support.modify_status_row(update=False, status_code=S.AVAILABLE)
-            return Modem(support)
-
-        async def shutdown(self) -> None:
-            pass
-
-    class Chatty(BaseTransportSession):
-        ADDRESS_TYPES = ("SMTP",)
-
-        async def submit_message(self, message, flags):  # type: ignore[no-untyped-def]
-            for i in range(200):
-                Modem.progress.append(f"other-{i}")
-                await asyncio.sleep(0.002)
-            await self.support.status_recips(
-                message, [RecipientResult.delivered(r) for r in message.recipients]
-            )
-
-    class ChattyProvider(ModemProvider):
-        async def logon(self, support, config, flags):  # type: ignore[no-untyped-def]
-            support.modify_status_row(update=False, status_code=S.AVAILABLE)
-            return Chatty(support)
-
-    from spoolbox import TransportConfig
-
-    poller = Script(("X",), capabilities=LogonCaps.SP_POLL)
-    Modem.progress = []
-    async with spooler(
-        TransportConfig("modem", ModemProvider),
-        TransportConfig("chatty", ChattyProvider),
-        transport("poller", poller),
-    ) as sp:
-        await sp.wait_ready(timeout=5)
-        other = await sp.submit(message("SMTP:bob@example.org"))
-        while not any(p.startswith("other") for p in Modem.progress):
-            await asyncio.sleep(0.001)
-        fax = await sp.submit(message("FAX:+15551234"))
-        while "modem-0" not in Modem.progress:
-            await asyncio.sleep(0.001)
-        assert sp.critsec.holder is sp.host("modem")
-        assert (await sp.validate_state(ValidateFlags.NONE, transport="modem")) == {"modem": "busy"}
-        await sp.wait_for(fax.id, timeout=10)
-        await sp.wait_for(other.id, timeout=10)
-    seq = Modem.progress
-    start, yielded = seq.index("modem-0"), seq.index("modem-yield")
-    after, leave = seq.index("modem-after-yield"), seq.index("modem-leave")
-    # Inside the section, before the explicit yield: nobody else ran.
-    assert all(p.startswith("modem") for p in seq[start:yielded])
-    # At the explicit yield the others got a turn (at most one step each).
-    between = seq[yielded + 1 : after]
-    assert 1 <= len(between) <= 2
-    assert all(p.startswith("other") for p in between)
-    # After it, until the holder left, nobody else again.
-    assert all(p.startswith("modem") for p in seq[after : leave + 1])
-    assert sp.critsec.entries == 1
-
-
-async def test_no_polls_or_idles_while_a_critical_section_is_held() -> None:
-    poller = Script(("X",), capabilities=LogonCaps.SP_POLL | LogonCaps.SP_IDLE)
-    holder = Script(("FAX",))
-    async with spooler(transport("poller", poller), transport("holder", holder)) as sp:
-        await sp.wait_ready(timeout=5)
-        host = sp.host("holder")
-        await sp.critsec.enter(host)
-        await asyncio.sleep(0.03)
-        before = [c for c in poller.names() if c in ("poll", "idle")]
-        await asyncio.sleep(0.2)  # several poll and idle intervals
-        during = [c for c in poller.names() if c in ("poll", "idle")]
-        sp.critsec.leave(host)
-        await asyncio.sleep(0.2)
-        after = [c for c in poller.names() if c in ("poll", "idle")]
-    assert during == before
-    assert len(after) > len(during)
-
-
-async def test_critical_section_overrun_is_reported() -> None:
-    holder = Script(("FAX",))
-    async with spooler(transport("holder", holder), policy=replace(FAST, critsec_max=0.05)) as sp:
-        await sp.wait_ready(timeout=5)
-        host = sp.host("holder")
-        async with host.support.critical_section():
-            await asyncio.sleep(0.12)
-        row = sp.status["holder"]
-    assert sp.critsec.overruns == 1
-    assert "critical section" in (row.detail or "")
 
 
 async def test_flush_sets_and_clears_bits_reports_progress_and_finishes() -> None:

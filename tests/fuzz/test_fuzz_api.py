@@ -52,7 +52,16 @@ _OPS = [
     "inbox.read",
     "transports",
 ]
-_CODES = {"bad_request", "not_found", "conflict", "store", "not_running", "profile"}
+_CODES = {
+    "bad_request",
+    "not_found",
+    "conflict",
+    "store",
+    "not_running",
+    "profile",
+    "unsupported_version",
+    "too_large",
+}
 
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),

@@ -216,6 +216,72 @@ async def test_relay_denied_outside_relay_networks(spooler: Spooler) -> None:
     assert listener.statistics()["rejected_relay"] == 1
 
 
+ROUTED = (
+    "victim%foreign.example@local.test",
+    "victim@foreign.example@local.test",
+    '"victim@foreign.example"@local.test',
+    '"victim%foreign.example"@local.test',
+    "foreign.example!victim@local.test",
+    '"foreign.example!victim"@local.test',
+    "victim\\@foreign.example@local.test",
+)
+
+
+async def test_sender_specified_routing_is_refused_for_untrusted_clients(
+    spooler: Spooler,
+) -> None:
+    """A local domain does not make ``victim%far@local`` local: the next hop may route
+    by the local part (Postfix: allow_untrusted_routing = no, 554 5.7.1)."""
+    async with (
+        serving(spooler.submit, relay_networks=(), local_domains=("local.test",)) as listener,
+        client(listener.port) as c,
+    ):
+        await c.cmd("EHLO client.test")
+        await c.cmd("MAIL FROM:<alice@elsewhere.net>")
+        for address in ROUTED:
+            reply = await c.cmd(f"RCPT TO:<{address}>")
+            assert reply.startswith("554 5.7.1"), (address, reply)
+            assert "Relay access denied" in reply
+        # Quoting without a routing character is an ordinary local part.
+        assert (await c.cmd('RCPT TO:<"bob smith"@local.test>')).startswith("250")
+        assert (await c.cmd("RCPT TO:<bob.smith+tag@local.test>")).startswith("250")
+        assert (await c.data(MESSAGE)).startswith("250")
+    [(summary, _)] = await queued(spooler)
+    assert [r.address.value for r in summary.recipients] == [
+        '"bob smith"@local.test',
+        "bob.smith+tag@local.test",
+    ]
+    assert listener.statistics()["rejected_relay"] == len(ROUTED)
+
+
+async def test_sender_specified_routing_is_allowed_for_trusted_clients(
+    spooler: Spooler,
+) -> None:
+    """From relay_networks, or authenticated, the same addresses are taken as given."""
+    async with (
+        serving(spooler.submit, local_domains=("local.test",)) as listener,
+        client(listener.port) as c,
+    ):
+        await c.cmd("EHLO client.test")
+        await c.cmd("MAIL FROM:<alice@example.org>")
+        for address in ROUTED:
+            assert (await c.cmd(f"RCPT TO:<{address}>")).startswith("250"), address
+    async with (
+        serving(
+            spooler.submit,
+            relay_networks=(),
+            allow_plain_auth=True,
+            users={"ann": "secret"},
+        ) as listener,
+        client(listener.port) as c,
+    ):
+        await c.cmd("EHLO client.test")
+        assert (await c.cmd("AUTH PLAIN " + _plain("ann", "secret"))).startswith("235")
+        await c.cmd("MAIL FROM:<ann@example.org>")
+        for address in ROUTED:
+            assert (await c.cmd(f"RCPT TO:<{address}>")).startswith("250"), address
+
+
 async def test_relay_allowed_from_relay_networks(spooler: Spooler) -> None:
     async with serving(spooler.submit) as listener, client(listener.port) as c:
         await c.cmd("EHLO client.test")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import sqlite3
 import threading
@@ -543,6 +544,73 @@ async def test_another_programs_database_is_refused_untouched(tmp_path: Path) ->
         await SQLiteStore(path).open()
     assert str(path) in str(info.value)
     assert _snapshot_dir(tmp_path) == before
+
+
+@pytest.mark.parametrize("kind", ["zero bytes", "empty database"])
+async def test_a_file_without_the_spoolbox_schema_is_refused_untouched(
+    tmp_path: Path, kind: str
+) -> None:
+    """Only a store spoolbox made is opened: a file someone else left at the path,
+    even an empty one, could be the wrong path or a trap, not a new store."""
+    path = tmp_path / "spool.db"
+    if kind == "zero bytes":
+        path.write_bytes(b"")
+    else:
+        with _raw(path) as conn:
+            conn.execute("VACUUM")  # a valid, empty SQLite database (its header page)
+        assert path.stat().st_size > 0
+    before = _snapshot_dir(tmp_path)
+    with pytest.raises(StoreError, match="holds no spoolbox store") as info:
+        await SQLiteStore(path).open()
+    assert str(path) in str(info.value)
+    assert ("an empty file" in str(info.value)) == (kind == "zero bytes")
+    assert _snapshot_dir(tmp_path) == before
+
+
+def _modes(directory: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mode & 0o777 for p in directory.iterdir()}
+
+
+async def test_a_new_store_and_its_wal_and_shm_are_private(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "spool.db"
+    old = os.umask(0o022)  # the usual umask: files would be 0644
+    try:
+        async with SQLiteStore(path) as store:
+            await store.submit(_message(1), now=T0, lifetime=3600)
+            modes = _modes(tmp_path)
+    finally:
+        os.umask(old)
+    assert modes == {"spool.db": 0o600, "spool.db-wal": 0o600, "spool.db-shm": 0o600}
+    assert "0600" not in caplog.text  # created so, not tightened afterwards
+
+
+async def test_an_existing_store_readable_by_others_is_made_private(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "spool.db"
+    async with SQLiteStore(path) as store:
+        await store.submit(_message(1), now=T0, lifetime=3600)
+    path.chmod(0o644)  # as an older spoolbox left it
+    async with SQLiteStore(path) as store:
+        assert len(await store.list_messages(now=T0)) == 1
+        modes = _modes(tmp_path)
+    assert modes == {"spool.db": 0o600, "spool.db-wal": 0o600, "spool.db-shm": 0o600}
+    assert f"{path} was mode 0644" in caplog.text
+
+
+async def test_two_stores_creating_one_file_at_once_both_open_it(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    for _ in range(5):
+        stores = [SQLiteStore(path), SQLiteStore(path)]
+        await asyncio.gather(*(s.open() for s in stores))
+        await stores[0].submit(_message(1), now=T0, lifetime=3600)
+        assert len(await stores[1].list_messages(now=T0)) == 1
+        for s in stores:
+            await s.close()
+        assert list(_modes(tmp_path)) == ["spool.db"]  # no temp files left
+        path.unlink()
 
 
 # -- schema, migrations, indexes --------------------------------------------------------

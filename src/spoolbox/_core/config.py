@@ -60,6 +60,10 @@ class TransportConfig:
     #: of failing; once it is logged on, its own ``address_types()`` answer wins.
     address_types: tuple[str, ...] | None = None
     logon_flags: LogonFlags = LogonFlags.NO_DIALOG
+    #: Run the sessions in a child process (see docs/design.md, "Isolated
+    #: transports"): a provider that blocks, crashes or leaks takes down its child,
+    #: not the spooler.  The provider must be importable (entry point or module:Class).
+    isolate: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):

@@ -59,8 +59,10 @@ from ..model import (
 )
 from ..status import StatusRow
 from ..store import ClaimedJob, InboundMessage, LeaseLost, RecipientUpdate
+from . import deadline
 from .clock import wait_event
 from .config import TransportConfig
+from .isolated import IsolatedProvider, IsolatedSession
 from .lifecycle import Phase, SessionLifecycle
 from .objects import InboundWriterImpl, OutboundMessageImpl, ProfileSectionImpl
 from .policy import PARKED_NOTE, SubmitOutcome, plan_after_submit, plan_result
@@ -194,14 +196,26 @@ class TransportHost:
             coro.close()
             raise
         limit = self.spooler.policy.call_timeout
+        tracked: deadline.CallDeadline | None = None
         try:
-            async with asyncio.timeout(limit):
-                result = await self.spooler.meter.run(self, coro)
+            async with asyncio.timeout(limit) as timeout:
+                with deadline.tracking(name, timeout) as tracked:
+                    result = await self.spooler.meter.run(self, coro)
         except TimeoutError:
+            if tracked is not None and tracked.cut_reason is not None:
+                raise TimeoutError(
+                    f"{name}() of transport {self.name!r} was cancelled: {tracked.cut_reason}"
+                ) from None
             raise TimeoutError(
                 f"{name}() of transport {self.name!r} ran longer than {limit:g} s and was "
-                "cancelled (policy.call_timeout)"
+                "cancelled (policy.call_timeout; time waiting for another session's "
+                "critical section not counted)"
             ) from None
+        finally:
+            if tracked is not None and self.spooler.critsec.abandon(self, tracked):
+                self._critsec_left_open(
+                    name, f"{name}() returned without leaving the critical section it entered"
+                )
         self.lifecycle.done(name)
         return result
 
@@ -234,6 +248,8 @@ class TransportHost:
         return row
 
     def _display(self) -> str:
+        if isinstance(self.provider, IsolatedProvider):
+            return self.provider.display
         cls = type(self.provider) if self.provider is not None else None
         return str(getattr(cls, "display_name", getattr(cls, "__name__", "transport")))
 
@@ -268,6 +284,36 @@ class TransportHost:
         else:
             self.set_bits(detail=text)
 
+    def _critsec_left_open(self, call: str, what: str) -> None:
+        """The spooler released a section this session did not leave: a contract
+        violation, recorded like the others (log, row, ``errors``, statistics)."""
+        self.spooler.counters["critsec_left_open"] += 1
+        self.call_failed(
+            call,
+            ContractViolation(
+                f"{what}; the spooler released it (leave it before the call returns: "
+                "async with support.critical_section())"
+            ),
+        )
+
+    def critsec_expired(self, held: float, calls: Sequence[object]) -> None:
+        """The section was taken away after ``critsec_max`` plus ``critsec_grace``:
+        cancel the calls that entered it, show the failure on the row."""
+        policy = self.spooler.policy
+        cut = [c for c in calls if isinstance(c, deadline.CallDeadline) and c.open]
+        text = (
+            f"held the critical section {held:.2f} s, over policy.critsec_max "
+            f"({policy.critsec_max:g} s) plus critsec_grace ({policy.critsec_grace:g} s): "
+            "the spooler took it away"
+        )
+        if cut:
+            text += " and cancelled " + ", ".join(f"{c.call}()" for c in cut)
+        for c in cut:
+            c.cut(text)
+        self.last_error = text
+        log.error("transport %r %s", self.name, text)
+        self.set_bits(on=S.FAILURE, detail=text)
+
     def call_ok(self) -> None:
         if self.consecutive_failures or (self._row().status_code & S.FAILURE):
             self.consecutive_failures = 0
@@ -281,10 +327,10 @@ class TransportHost:
         ``direction`` lets it through at once)."""
         sp = self.spooler
         cs = sp.critsec
-        while not self.stopping:
+        while not (self.stopping or self.critical_error):
             flushing = bool(self.flushing & direction)
             if cs.active and not flushing:
-                await cs.changed()
+                await self._critsec_changed_or_stop()
                 continue
             now = sp.clock.now()
             if self._cooldown_until > now and not flushing:
@@ -300,6 +346,16 @@ class TransportHost:
                         await sp.idle.wait_idle()
                 continue
             return
+
+    async def _critsec_changed_or_stop(self) -> None:
+        """Wait until the critical section changes or this session is told to stop."""
+        changed = self.spooler.critsec.changed()
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait((changed, stop), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()  # its own future: no other waiter is touched
+            stop.cancel()
 
     async def implicit_yield(self) -> None:
         sp = self.spooler
@@ -387,6 +443,7 @@ class TransportHost:
             self.lifecycle.logged_off()
             self.session = None
             self.types = None
+            self._release_critsec_at_logoff()
             if self.name in self.spooler.status:
                 self.set_bits(
                     off=S.AVAILABLE
@@ -396,6 +453,12 @@ class TransportHost:
                     | S.OUTBOUND_ACTIVE,
                     on=S.OFFLINE,
                 )
+
+    def _release_critsec_at_logoff(self) -> None:
+        if self.spooler.critsec.release(self):
+            self._critsec_left_open(
+                "logoff", "the session ended while it held the critical section"
+            )
 
     # -- the supervisor -----------------------------------------------------------------------
     async def run(self) -> None:
@@ -411,6 +474,7 @@ class TransportHost:
                 self.lifecycle.fail()
                 self.session = None
                 self.types = None
+                self._release_critsec_at_logoff()
                 if isinstance(exc, Unconfigured):
                     text = f"not configured: {exc}"
                 else:
@@ -423,9 +487,10 @@ class TransportHost:
                 await wait_event(sp.clock, self._stop, delay)
                 delay = min(delay * 2, sp.policy.failure_backoff_cap)
                 continue
-            delay = sp.policy.relogon_delay
+            began = sp.clock.now()
             sp.routing_changed()
             renewer: asyncio.Task[None] | None = None
+            usage: asyncio.Task[None] | None = None
             try:
                 async with asyncio.TaskGroup() as tg:
                     lanes: list[asyncio.Task[None]] = []
@@ -439,6 +504,10 @@ class TransportHost:
                         lanes.append(tg.create_task(self._inbound_lane(), name=f"{self.name}-in"))
                     if self.caps & LogonCaps.SP_IDLE:
                         lanes.append(tg.create_task(self._idle_lane(), name=f"{self.name}-idle"))
+                    if isinstance(self.session, IsolatedSession):
+                        usage = tg.create_task(
+                            self._child_usage(self.session), name=f"{self.name}-usage"
+                        )
                     await self._stop.wait()
                     # Lanes see the stop flag and finish the message in hand; after the
                     # grace period whatever is left is cancelled (its claims go back to
@@ -450,6 +519,8 @@ class TransportHost:
                         await asyncio.wait(pending)
                     if renewer is not None:
                         renewer.cancel()
+                    if usage is not None:
+                        usage.cancel()
             except* Exception as group:  # a spooler bug, not the provider's fault
                 for lane_exc in group.exceptions:
                     log.error("transport %r lane crashed", self.name, exc_info=lane_exc)
@@ -460,10 +531,31 @@ class TransportHost:
             self._held.clear()
             await self.end_and_logoff()
             sp.routing_changed()
+            if not self.critical_error or sp.clock.now() - began >= sp.policy.failure_backoff_cap:
+                delay = sp.policy.relogon_delay
             if not self.stopping:
                 self._stop.clear()
                 await asyncio.sleep(0)
                 await wait_event(sp.clock, self._stop, delay)
+                if self.critical_error:
+                    # A session that dies soon after each logon (an isolated transport
+                    # whose child crashes): each restart waits twice as long.
+                    delay = min(delay * 2, sp.policy.failure_backoff_cap)
+
+    async def _child_usage(self, session: IsolatedSession) -> None:
+        """An isolated session's child process: its pid, CPU time and resident set in
+        the row's counters, refreshed every ``policy.progress_interval`` seconds."""
+        sp = self.spooler
+        started = self.provider.started if isinstance(self.provider, IsolatedProvider) else 1
+        while not self._stop.is_set():
+            use = session.usage()  # two small reads of /proc
+            self.counters["child_pid"] = use.pid
+            self.counters["child_cpu_ms"] = round(use.cpu_seconds * 1000)
+            self.counters["child_rss_kb"] = use.rss_bytes // 1024
+            self.counters["child_restarts"] = max(0, started - 1)
+            if self.name in sp.status:
+                sp.status.update(self.name, counters=dict(self.counters))
+            await wait_event(sp.clock, self._stop, max(sp.policy.progress_interval, 0.5))
 
     async def stop(self) -> None:
         """Ask the lanes to finish (in-flight work ends normally), then log off."""
@@ -1151,11 +1243,14 @@ class SupportImpl:
     async def critical_section(self) -> AsyncIterator[None]:
         self._alive("critical_section")
         host = self._host
-        await host.spooler.critsec.enter(host)
+        cs = host.spooler.critsec
+        # Waiting for another session's section is not charged to the call's timeout.
+        with deadline.paused():
+            entry = await cs.enter(host, deadline.current())
         try:
             yield
         finally:
-            host.spooler.critsec.leave(host)
+            cs.leave(entry)
 
     def modify_status_row(
         self,

@@ -15,12 +15,18 @@ wait for it.  Flushes and critical-section holders bypass it.
 from __future__ import annotations
 
 import asyncio
+import collections
+import collections.abc
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-__all__ = ["AlwaysIdle", "IdlePolicy", "LoopLagIdle", "ManualIdle"]
+__all__ = ["LAG_WINDOW", "AlwaysIdle", "IdlePolicy", "LoopLagIdle", "ManualIdle"]
+
+#: How many recent ticks ``loop_lag_p99`` is taken over.
+LAG_WINDOW = 1000
 
 
 class IdlePolicy(Protocol):
@@ -99,7 +105,10 @@ class LoopLagIdle(_Marks):
 
     Every ``interval`` seconds a ticker sleeps and measures how late it woke.  The
     spooler's own slice time during the interval (``own_busy()``) is subtracted, so
-    the spooler's work does not make it think the host is busy.
+    the spooler's work does not make it think the host is busy: that is the
+    *foreign* lag, which decides idleness.  The lag as measured (what every other
+    task on the loop saw, the spooler's providers included) is reported beside it:
+    ``max_loop_lag`` and ``loop_lag_p99`` over the last :data:`LAG_WINDOW` ticks.
     """
 
     def __init__(
@@ -118,7 +127,9 @@ class LoopLagIdle(_Marks):
         self._last_busy = -1e9
         self.ticks = 0
         self.busy_ticks = 0
-        self.max_lag = 0.0
+        self.max_lag = 0.0  # foreign lag: the spooler's own slices subtracted
+        self.max_loop_lag = 0.0  # as measured
+        self._recent: collections.deque[float] = collections.deque(maxlen=LAG_WINDOW)
 
     def set_own_busy(self, own_busy: Callable[[], float]) -> None:
         self._own_busy = own_busy
@@ -139,6 +150,8 @@ class LoopLagIdle(_Marks):
             foreign = lag - (self._own_busy() - own0)
             self.ticks += 1
             self.max_lag = max(self.max_lag, foreign)
+            self.max_loop_lag = max(self.max_loop_lag, lag)
+            self._recent.append(lag)
             if foreign > self.lag_threshold:
                 self.busy_ticks += 1
                 self._last_busy = time.perf_counter()
@@ -150,4 +163,14 @@ class LoopLagIdle(_Marks):
             "ticks": self.ticks,
             "busy_ticks": self.busy_ticks,
             "max_foreign_lag": self.max_lag,
+            "max_loop_lag": self.max_loop_lag,
+            "loop_lag_p99": _p99(self._recent),
         }
+
+
+def _p99(values: collections.abc.Iterable[float]) -> float:
+    """The 99th percentile (nearest rank) of ``values``; 0.0 for none."""
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    return ordered[max(0, math.ceil(len(ordered) * 0.99) - 1)]

@@ -1,7 +1,8 @@
 """The objects handed to providers, with their implicit yields.
 
-:class:`OutboundMessageImpl` (inside submit/end), :class:`InboundWriterImpl` (inside
-start_message) and :class:`ProfileSectionImpl`.  Every async method ends in the
+:class:`OutboundMessageImpl` (inside submit/end; :class:`ContentMessage` in an
+isolated transport's child), :class:`InboundWriterImpl` (inside start_message) and
+:class:`ProfileSectionImpl`.  Every async method ends in the
 session's *implicit yield*: if the current slice has spent its budget, control goes
 back to the loop (unless the session holds a critical section), and a cancelled
 message raises :class:`~spoolbox.contract.MessageCancelled`.  Objects die when their
@@ -16,40 +17,41 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from email import policy as email_policy
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
-from typing import Any
+from typing import Any, Protocol
 
 from ..contract.errors import ContractViolation, InvalidObject
 from ..contract.objects import MAX_INBOUND_SIZE, OutboundRecipient
 from ..model import Address, MessageInfo, SubmitFlags
 from ..store import ClaimedJob, Store
 
-__all__ = ["InboundWriterImpl", "OutboundMessageImpl", "ProfileSectionImpl"]
+__all__ = [
+    "ContentMessage",
+    "InboundWriterImpl",
+    "OutboundMessageImpl",
+    "ProfileSectionImpl",
+    "ProfileWriter",
+]
 
 YieldFn = Callable[[], Awaitable[None]]
 
 
-class OutboundMessageImpl:
-    def __init__(
-        self, job: ClaimedJob, store: Store, implicit_yield: YieldFn, flags: SubmitFlags
-    ) -> None:
-        self._job = job
-        self._store = store
-        self._yield = implicit_yield
-        self._flags = flags
-        self._content: bytes | None = job.content  # prefetched by the claim, if small
-        self._email: EmailMessage | None = None
-        self._recipients = tuple(
-            OutboundRecipient(r.index, r.address, r.attempts) for r in job.recipients
-        )
-        self.reported: set[int] = set()
-        self.cancelled = False
-        self.valid = True
+class _OutboundView:
+    """What an outbound message answers from its info, recipients and content; a
+    subclass says where the content comes from (:meth:`content`, :meth:`iter_content`)."""
 
-    def __repr__(self) -> str:
-        return (
-            f"<OutboundMessage {self.ref} to {len(self._recipients)} via {self._job.transport}"
-            f"{' cancelled' if self.cancelled else ''}{'' if self.valid else ' (invalid)'}>"
-        )
+    def __init__(
+        self,
+        info: MessageInfo,
+        recipients: tuple[OutboundRecipient, ...],
+        flags: SubmitFlags,
+        implicit_yield: YieldFn,
+    ) -> None:
+        self._info = info
+        self._recipients = recipients
+        self._flags = flags
+        self._yield = implicit_yield
+        self._email: EmailMessage | None = None
+        self.valid = True
 
     def _check(self) -> None:
         if not self.valid:
@@ -59,20 +61,16 @@ class OutboundMessageImpl:
             )
 
     @property
-    def job(self) -> ClaimedJob:
-        return self._job
-
-    @property
     def ref(self) -> str:
-        return self._job.message.id
+        return self._info.id
 
     @property
     def info(self) -> MessageInfo:
-        return self._job.message
+        return self._info
 
     @property
     def sender(self) -> Address | None:
-        return self._job.message.sender
+        return self._info.sender
 
     @property
     def recipients(self) -> tuple[OutboundRecipient, ...]:
@@ -84,25 +82,13 @@ class OutboundMessageImpl:
 
     @property
     def size(self) -> int:
-        return self._job.message.size
-
-    def pending(self) -> list[tuple[int, int]]:
-        """(index, attempts) of recipients without a result yet."""
-        return [(r.index, r.attempts) for r in self._recipients if r.index not in self.reported]
+        return self._info.size
 
     async def content(self) -> bytes:
-        self._check()
-        if self._content is None:
-            self._content = await self._store.read_content(self.ref)
-        await self._yield()
-        return self._content
+        raise NotImplementedError
 
-    async def iter_content(self, chunk_size: int = 65536) -> AsyncIterator[bytes]:
-        self._check()
-        async for chunk in self._store.iter_content(self.ref, chunk_size=chunk_size):
-            self._check()
-            yield chunk
-            await self._yield()
+    def iter_content(self, chunk_size: int = 65536) -> AsyncIterator[bytes]:
+        raise NotImplementedError
 
     async def email(self) -> EmailMessage:
         if self._email is None:
@@ -124,6 +110,83 @@ class OutboundMessageImpl:
         for part in msg.iter_attachments():
             self._check()
             yield part
+            await self._yield()
+
+
+class OutboundMessageImpl(_OutboundView):
+    """The message of a claimed job; its content is read from the store."""
+
+    def __init__(
+        self, job: ClaimedJob, store: Store, implicit_yield: YieldFn, flags: SubmitFlags
+    ) -> None:
+        super().__init__(
+            job.message,
+            tuple(OutboundRecipient(r.index, r.address, r.attempts) for r in job.recipients),
+            flags,
+            implicit_yield,
+        )
+        self._job = job
+        self._store = store
+        self._content: bytes | None = job.content  # prefetched by the claim, if small
+        self.reported: set[int] = set()
+        self.cancelled = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<OutboundMessage {self.ref} to {len(self._recipients)} via {self._job.transport}"
+            f"{' cancelled' if self.cancelled else ''}{'' if self.valid else ' (invalid)'}>"
+        )
+
+    @property
+    def job(self) -> ClaimedJob:
+        return self._job
+
+    def pending(self) -> list[tuple[int, int]]:
+        """(index, attempts) of recipients without a result yet."""
+        return [(r.index, r.attempts) for r in self._recipients if r.index not in self.reported]
+
+    async def content(self) -> bytes:
+        self._check()
+        if self._content is None:
+            self._content = await self._store.read_content(self.ref)
+        await self._yield()
+        return self._content
+
+    async def iter_content(self, chunk_size: int = 65536) -> AsyncIterator[bytes]:
+        self._check()
+        async for chunk in self._store.iter_content(self.ref, chunk_size=chunk_size):
+            self._check()
+            yield chunk
+            await self._yield()
+
+
+class ContentMessage(_OutboundView):
+    """A message whose whole content is at hand (an isolated transport's child)."""
+
+    def __init__(
+        self,
+        info: MessageInfo,
+        recipients: tuple[OutboundRecipient, ...],
+        flags: SubmitFlags,
+        content: bytes,
+        implicit_yield: YieldFn,
+    ) -> None:
+        super().__init__(info, recipients, flags, implicit_yield)
+        self._data = content
+
+    def __repr__(self) -> str:
+        return f"<OutboundMessage {self.ref} to {len(self._recipients)} (isolated)>"
+
+    async def content(self) -> bytes:
+        self._check()
+        await self._yield()
+        return self._data
+
+    async def iter_content(self, chunk_size: int = 65536) -> AsyncIterator[bytes]:
+        self._check()
+        for start in range(0, len(self._data), chunk_size):
+            self._check()
+            yield self._data[start : start + chunk_size]
             await self._yield()
 
 
@@ -197,10 +260,17 @@ class InboundWriterImpl:
         return b"".join(self._chunks)
 
 
+class ProfileWriter(Protocol):
+    """Where a profile section is written through to: the store, or (in an isolated
+    transport's child) the pipe to the spooler."""
+
+    async def profile_update(self, section: str, values: Mapping[str, Any]) -> None: ...
+
+
 class ProfileSectionImpl:
     """A provider's durable key/value section, cached in memory, written through."""
 
-    def __init__(self, store: Store, section: str, values: Mapping[str, Any]) -> None:
+    def __init__(self, store: ProfileWriter, section: str, values: Mapping[str, Any]) -> None:
         self._store = store
         self._section = section
         self._values = dict(values)

@@ -54,6 +54,9 @@ class Policy:
     failure_backoff_cap: float = 300.0
     relogon_delay: float = 10.0  # first retry of a failed logon, doubled up to the cap
     critsec_max: float = 2.0  # a critical section held longer is reported
+    #: Held this much longer still, the section is taken away: the call that entered
+    #: it is cancelled and counted as failed, and the other sessions run again.
+    critsec_grace: float = 1.0
     progress_interval: float = 0.2  # flush progress published at least this often
     router_interval: float = 1.0  # look for new submissions from other processes
     housekeeping_interval: float = 5.0  # leases, expiry
@@ -77,6 +80,11 @@ class Policy:
         for name in ("slice_budget", "lease", "lifetime", "retry_base", "retry_cap"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"policy.{name} must be positive, not {getattr(self, name)}")
+        if self.critsec_max <= 0 or self.critsec_grace < 0:
+            raise ValueError(
+                f"policy.critsec_max must be positive and critsec_grace >= 0, not "
+                f"{self.critsec_max} and {self.critsec_grace}"
+            )
         if self.retry_factor < 1:
             raise ValueError("policy.retry_factor must be >= 1")
         if not 0 <= self.retry_jitter < 1:

@@ -9,13 +9,18 @@ awaitable that drives it step by step (``send``/``throw``), so it can
   a log line with the provider's name and the slice length);
 * hold a step back while another session is in a critical section
   (:mod:`.critsec`), which is how "others make no progress except at the holder's
-  explicit yields" is enforced rather than hoped for;
+  explicit yields" is enforced rather than hoped for; the time a step is held there
+  is not charged to its call's timeout (:mod:`.deadline`);
 * tell the implicit-yield points how long the current slice has run.
 
 A step that never ends (a provider that blocks the loop) cannot be measured after
 the fact, so a watchdog *thread* looks at the step in progress and logs, while it is
 still blocking, which provider holds the loop and for how long.  This is the only
 thread the scheduler owns; it reads two attributes and writes a log line.
+
+A *stall* (a step of ``stall_after`` seconds or more) is counted and handed to
+``on_stall`` when the step ends, with its whole length: the watchdog sees a stall
+while it happens, but only its end says how long it was.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Generic, Protocol, TypeVar
 
 from .critsec import CriticalSections
+from .deadline import paused
 
 __all__ = ["SliceMeter", "SliceOwner", "checkpoint"]
 
@@ -84,16 +90,18 @@ class _Measured(Generic[T]):
         send: Any = None
         throw: BaseException | None = None
         while True:
-            if throw is None:
-                while meter.critsec.blocks(owner):
-                    try:
-                        yield from meter.critsec.changed().__await__()
-                    except GeneratorExit:
-                        self._coro.close()
-                        raise
-                    except BaseException as gate_exc:
-                        throw = gate_exc
-                        break
+            if throw is None and meter.critsec.blocks(owner):
+                # Held at the gate: the call's own timeout does not run meanwhile.
+                with paused():
+                    while meter.critsec.blocks(owner):
+                        try:
+                            yield from meter.critsec.changed().__await__()
+                        except GeneratorExit:
+                            self._coro.close()
+                            raise
+                        except BaseException as gate_exc:
+                            throw = gate_exc
+                            break
             start = time.perf_counter()
             prev = meter._current
             meter._current = (owner, start)
@@ -141,7 +149,8 @@ class SliceMeter:
         self.overruns = 0
         self.busy_time = 0.0  # total seconds spent in provider steps
         self.longest = 0.0
-        self.stalls = 0
+        self.stalls = 0  # steps that ran stall_after or longer, counted when they end
+        self.longest_stall = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -159,6 +168,7 @@ class SliceMeter:
             "longest": self.longest,
             "busy_time": self.busy_time,
             "stalls": self.stalls,
+            "longest_stall": self.longest_stall,
         }
 
     def run(self, owner: SliceOwner, coro: Coroutine[Any, Any, T]) -> _Measured[T]:
@@ -185,10 +195,20 @@ class SliceMeter:
         self.busy_time += took
         if took > self.longest:
             self.longest = took
-        overran = took > self.budget and not owner.exempt_from_budget
+        exempt = owner.exempt_from_budget
+        overran = took > self.budget and not exempt
         if overran:
             self.overruns += 1
+        if took >= self.stall_after and not exempt:
+            self._stalled(owner, took)
         owner.record_slice(took, overran)
+
+    def _stalled(self, owner: SliceOwner, took: float) -> None:
+        """A stall ended: count it and report its whole length (in the loop's thread)."""
+        self.stalls += 1
+        self.longest_stall = max(self.longest_stall, took)
+        if self._on_stall is not None:
+            self._on_stall(owner.name, took)
 
     # -- the watchdog thread ------------------------------------------------------------
     def start_watchdog(self, interval: float | None = None) -> None:
@@ -217,7 +237,6 @@ class SliceMeter:
             held = time.perf_counter() - start
             if held >= self.stall_after and not owner.exempt_from_budget:
                 reported = cur
-                self.stalls += 1
                 log.warning(
                     "transport %r has held the event loop for %.0f ms without yielding "
                     "(slice budget %.1f ms): it is blocking every other transport and "
@@ -227,8 +246,3 @@ class SliceMeter:
                     held * 1000,
                     self.budget * 1000,
                 )
-                if self._on_stall is not None:
-                    try:
-                        self._on_stall(owner.name, held)
-                    except Exception:  # pragma: no cover - never kill the watchdog
-                        log.exception("stall callback failed")

@@ -59,6 +59,7 @@ from .critsec import CriticalSections
 from .flush import FlushHandle, FlushReport
 from .host import TransportHost
 from .idle import IdlePolicy, LoopLagIdle
+from .isolated import IsolatedProvider
 from .policy import Policy
 from .slices import SliceMeter
 
@@ -89,7 +90,12 @@ class Spooler:
         self._close_store = close_store if close_store is not None else store is None
         self.clock: Clock = clock or SystemClock()
         self.status = StatusTable(self.clock.now)
-        self.critsec = CriticalSections(self.policy.critsec_max, self._critsec_overrun)
+        self.critsec = CriticalSections(
+            self.policy.critsec_max,
+            self._critsec_overrun,
+            grace=self.policy.critsec_grace,
+            on_expired=self._critsec_expired,
+        )
         self.meter = SliceMeter(
             self.policy.slice_budget,
             self.critsec,
@@ -171,6 +177,11 @@ class Spooler:
                 )
             )
             for entry in self.config.transports:
+                if entry.isolate:
+                    # Its own child process per session, which loads the provider:
+                    # none of the provider's code runs here.
+                    self.hosts.append(TransportHost(self, entry, IsolatedProvider(entry.provider)))
+                    continue
                 try:
                     cls = load_provider_class(entry.provider)
                 except Exception as exc:
@@ -266,6 +277,13 @@ class Spooler:
         info = await self.store.submit(
             message, now=self.clock.now(), lifetime=self.policy.lifetime, routes=routes
         )
+        log.debug(
+            "message %s queued: %d bytes, recipients %s, routes %s",
+            info.id,
+            info.size,
+            [str(a) for a in message.recipients],
+            routes,
+        )
         self._queued(1, routes)
         return info
 
@@ -288,6 +306,7 @@ class Spooler:
         infos = await self.store.submit_many(
             batch, now=self.clock.now(), lifetime=self.policy.lifetime, routes=routes
         )
+        log.debug("%d messages queued in one transaction: %s ...", len(infos), infos[0].id)
         self._queued(len(batch), [r for rs in routes for r in rs])
         return infos
 
@@ -509,6 +528,7 @@ class Spooler:
                     failed[r.message_id].append(
                         RecipientUpdate(r.index, _R.FAILED, status="5.4.4", diagnostic=d.reason)
                     )
+            log.debug("router: %d recipients routed, %d without a route", len(assign), len(failed))
             if assign:
                 await self.store.assign_routes(assign)
                 for name in {a[2] for a in assign}:
@@ -539,6 +559,7 @@ class Spooler:
         except LeaseLost as exc:
             log.error("settling %s: %s (another spooler took it over)", job.message.id, exc)
             return
+        _log_settle(job.message.id, job.transport, updates, len(reports) + len(inbox))
         self._after_settle(updates, len(reports) + len(inbox))
 
     async def _settle_unowned(self, message_id: str, updates: Sequence[RecipientUpdate]) -> None:
@@ -554,6 +575,7 @@ class Spooler:
             reports=reports,
             inbox_reports=inbox,
         )
+        _log_settle(message_id, None, updates, len(reports) + len(inbox))
         self._after_settle(updates, len(reports) + len(inbox))
 
     def _after_settle(self, updates: Sequence[RecipientUpdate], reports: int) -> None:
@@ -738,15 +760,21 @@ class Spooler:
         name = getattr(owner, "name", "?")
         text = (
             f"held a critical section for {held:.2f} s, over the {self.policy.critsec_max:.2f} s "
-            "maximum: other transports are stopped meanwhile"
+            "maximum: other transports are stopped meanwhile; it is taken away after "
+            f"{self.policy.critsec_grace:g} s more"
         )
         log.warning("transport %r %s", name, text)
         if name in self.status:
             self.status.update(name, detail=text)
         self.counters["critsec_overruns"] += 1
 
+    def _critsec_expired(self, owner: Any, held: float, calls: Sequence[Any]) -> None:
+        self.counters["critsec_expired"] += 1
+        if isinstance(owner, TransportHost):
+            owner.critsec_expired(held, calls)
+
     def _stalled(self, name: str, held: float) -> None:
-        # Called from the watchdog thread: only record; the loop picks it up.
+        # Called by the slice meter when the stall ends, with its whole length.
         self._stalls.append((name, held))
         del self._stalls[:-100]
 
@@ -784,6 +812,22 @@ class Spooler:
                 SPOOLER_ROW,
                 counters={**{str(k): v for k, v in counts.items()}, **dict(self.counters)},
             )
+
+
+def _log_settle(
+    message_id: str, transport: str | None, updates: Sequence[RecipientUpdate], reports: int
+) -> None:
+    """DEBUG: what became of each recipient of a message, and the reports made."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    outcomes = ", ".join(
+        f"#{u.index} {u.state}"
+        + (f" {u.status}" if u.status else "")
+        + (f" ({u.diagnostic})" if u.diagnostic else "")
+        for u in updates
+    )
+    via = f"via {transport}" if transport else "by the router"
+    log.debug("message %s settled %s: %s; %d reports", message_id, via, outcomes, reports)
 
 
 def _unloadable(reason: str) -> type:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import getpass
+import os
 import sys
 from pathlib import Path
 
 import click
 
+from .._private import openness, private_dir, write_private
 from ..client import EXIT_ERROR
 from ..profile import DEFAULT_PROFILE_NAME, ask_missing_secrets, default_profile_text, load_profile
 from ._common import Ctx, emit_json, fail, json_option, pass_ctx
@@ -35,12 +37,13 @@ from ._common import Ctx, emit_json, fail, json_option, pass_ctx
 def init_cmd(obj: Ctx, directory: Path, force: bool, smtp_port: int, as_json: bool) -> None:
     """Write a commented profile that works at once (SQLite store, Maildir transport,
     SMTP listener on loopback)."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     target = directory / DEFAULT_PROFILE_NAME
     if target.exists() and not force:
         fail(f"{target} exists; use --force to overwrite it", EXIT_ERROR, kind="exists")
-    (directory / "mail").mkdir(exist_ok=True, mode=0o700)
-    target.write_text(default_profile_text(directory, smtp_port=smtp_port), encoding="utf-8")
+    _make_data_dir(directory)
+    private_dir(directory / "mail")
+    # 0600: the profile is where secrets go (inline, or the names of their files).
+    write_private(target, default_profile_text(directory, smtp_port=smtp_port))
     profile = load_profile(target)  # what we wrote must load
     if as_json:
         emit_json(
@@ -54,6 +57,36 @@ def init_cmd(obj: Ctx, directory: Path, force: bool, smtp_port: int, as_json: bo
     else:
         click.echo(f"wrote {target}")
         click.echo(f"start the spooler with: spoolbox --profile {target} run")
+
+
+def _make_data_dir(directory: Path) -> None:
+    """The data directory, private: created 0700; an existing one that other users can
+    read is made 0700 (said on stderr); one they can write, or that belongs to another
+    user, is refused: it cannot be made safe after the fact (they may have put files
+    in it already), which is why Postfix refuses a group- or world-writable queue."""
+    if not directory.exists():
+        private_dir(directory)
+        return
+    why = openness(directory)
+    if why is None:
+        return
+    owner = directory.stat().st_uid
+    if why.startswith("writable") or owner != os.geteuid():
+        whose = f", owned by uid {owner}" if owner != os.geteuid() else ""
+        fail(
+            f"{directory} is {why}{whose}: other users could read or replace the queued "
+            "mail, the profile or the socket; use a directory only you can write "
+            "(spoolbox init --dir NEW creates it mode 0700)",
+            EXIT_ERROR,
+            kind="permissions",
+        )
+    mode = directory.stat().st_mode & 0o7777
+    os.chmod(directory, mode & 0o7700)
+    click.echo(
+        f"spoolbox: {directory} was {why}: made it {mode & 0o7700:04o}, as queued mail is kept "
+        "there",
+        err=True,
+    )
 
 
 @click.command("run")

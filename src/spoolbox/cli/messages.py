@@ -44,11 +44,7 @@ def _submit(obj: Ctx, message: NewMessage, as_json: bool) -> None:
     else:
         click.echo(result["id"])
         if result.get("via") == "store":
-            click.echo(
-                "spoolbox: the daemon is not running: queued in the store; it is sent when "
-                "the daemon starts",
-                err=True,
-            )
+            click.echo(f"spoolbox: {result.get('note')}", err=True)
 
 
 @click.command("submit")

@@ -22,7 +22,9 @@ The rules, from DESIGN.md section 4:
   bare CR or bare LF in DATA (``554 5.6.0``; a bare line break is how SMTP smuggling
   hides a second message from the next hop).
 * Relay control: a client that is neither authenticated nor in ``relay_networks`` may
-  only name recipients in ``local_domains`` (``554 5.7.1 relay access denied``).
+  only name recipients in ``local_domains`` (``554 5.7.1 relay access denied``), and
+  none whose local part routes elsewhere (``%``, ``@`` or ``!``, quoted or not: see
+  :func:`_routed_local_part`).
 * Addresses are checked as :class:`~spoolbox.model.Address` values (no control
   characters: a CR, LF or NUL in MAIL FROM or RCPT TO is refused with ``553``).
 * A ``Received:`` trace line (RFC 5321 section 4.4) goes on top of the content.
@@ -85,6 +87,24 @@ REJECT_REASONS = (
     "invalid_message",  # NewMessage refused the submission
     "submit_failed",  # submit raised: 451
 )
+
+
+#: Routing operators in a local part: ``user%host``, ``user@host`` (also quoted:
+#: ``"user@host"@local``) and the bang path ``host!user``.
+_ROUTING = frozenset("@%!")
+
+
+def _routed_local_part(address: str) -> bool:
+    """Whether ``address`` (``local@domain`` as given in RCPT TO) routes through its
+    local part: ``victim%far.example@local.test``, ``victim@far.example@local.test``,
+    ``"victim@far.example"@local.test`` or ``far.example!victim@local.test``.  A next hop
+    that honours the percent hack, a bang path or a quoted address would forward such
+    mail to the host in the local part; Postfix refuses them from untrusted clients
+    (``allow_untrusted_routing = no``) for that reason.  Quoting hides nothing: the
+    characters are looked for in the local part as written, quotes and backslashes
+    included."""
+    local = address.rpartition("@")[0]
+    return not _ROUTING.isdisjoint(local)
 
 
 def _clean(text: str, limit: int = 160) -> str:
@@ -221,6 +241,7 @@ class _Connection(asyncio.Protocol):
         listener = self._listener
         listener._connections.add(self)
         listener._count("connections")
+        log.debug("SMTP connection from %s", self.peer)
         self._last = self._loop.time()
         self._timer = self._loop.call_later(listener.config.idle_timeout, self._on_idle)
         self.transport.write(self.machine.data_to_send())
@@ -371,6 +392,7 @@ class _Connection(asyncio.Protocol):
         else:
             listener._count("accepted")
             queued = getattr(task.result(), "id", None)
+            log.debug("SMTP message from %s queued as %s", self.peer, queued or message_id)
             reply = f"250 2.0.0 OK queued as {_clean(str(queued or message_id), 64)}"
         if isinstance(self.machine.pending, MessageData):
             self.machine.respond(reply)
@@ -533,6 +555,7 @@ class SubmissionListener:
         self._stats[key] += 1
 
     def _reject(self, reason: str) -> None:
+        log.debug("SMTP refused: %s", reason)
         self._stats["rejected"] += 1
         self._stats[f"rejected_{reason}"] += 1
 
@@ -558,7 +581,9 @@ class SubmissionListener:
         except AddressError as exc:
             self._reject("bad_address")
             return f"553 5.1.3 Bad recipient address: {_clean(str(exc))}"
-        if not self._may_relay(conn) and not self._is_local(addr.value):
+        if not self._may_relay(conn) and (
+            _routed_local_part(addr.value) or not self._is_local(addr.value)
+        ):
             self._reject("relay")
             return f"554 5.7.1 <{_clean(addr.value, 300)}>: Relay access denied"
         return "250 2.1.5 OK"

@@ -30,10 +30,16 @@ crashes.  How it is built:
   index per priority.  Recipients per state live in a counters table kept by triggers.
   See :mod:`._sqlite_schema` for the schema, its migrations and every query.
 * **Careful opening.**  Before it writes anything, ``open`` checks that the file is a
-  SQLite database, a spoolbox store (or empty) and not from a newer schema; if not it
-  raises :class:`~spoolbox.store.base.StoreError` naming the file and leaves it as it
-  was.  Then it switches to WAL and runs the pending migrations, each in one
+  SQLite database, a spoolbox store and not from a newer schema; if not it raises
+  :class:`~spoolbox.store.base.StoreError` naming the file and leaves it as it was.
+  A file that exists but holds no spoolbox schema (an empty file, an empty database)
+  is refused too: a new store is made whole under a temporary name, schema included,
+  and linked into place, so a store file without its schema was never made by
+  spoolbox.  Then it switches to WAL and runs the pending migrations, each in one
   transaction.
+* **Private.**  A new store file is created mode 0600, and SQLite gives its ``-wal``
+  and ``-shm`` files the mode of the database; an existing store that other users
+  could read is made 0600 (the three files) when it is opened, with a warning.
 
 Content is stored once, in chunks, and streamed chunk by chunk by ``iter_content``.
 """
@@ -48,6 +54,7 @@ import enum
 import functools
 import hashlib
 import json
+import logging
 import os
 import queue
 import sqlite3
@@ -89,6 +96,8 @@ from .base import (
 )
 
 __all__ = ["SQLiteStore"]
+
+log = logging.getLogger("spoolbox.store")
 
 _R = RecipientState
 _T = TypeVar("_T")
@@ -420,10 +429,12 @@ class SQLiteStore:
         read_only = _read_only_reason(Path(self._path))
         if read_only is not None:
             raise StoreError(f"cannot open the store {self._path} for writing: {read_only}")
+        self._create_if_missing(Path(self._path))
         try:
-            # mode=rwc: never fall back silently to a read-only connection, which
-            # would refuse every write for the life of the store.
-            uri = "file:" + urllib.parse.quote(os.fspath(self._path)) + "?mode=rwc"
+            # mode=rw: never fall back silently to a read-only connection, which
+            # would refuse every write for the life of the store; and never create
+            # the file (_create_if_missing made it, schema included).
+            uri = "file:" + urllib.parse.quote(os.fspath(self._path)) + "?mode=rw"
             conn = sqlite3.connect(
                 uri,
                 timeout=self._busy_timeout,
@@ -439,6 +450,33 @@ class SQLiteStore:
             conn.close()
             raise
         return conn
+
+    def _create_if_missing(self, path: Path) -> None:
+        """A new store at ``path``, if there is none: built whole under a temporary
+        name (mode 0600, every migration run) and linked into place, so that no
+        process ever sees a store file of ours without its schema.  If another
+        process links its own first, that one is used."""
+        if os.path.lexists(path):
+            return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.new")
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            try:
+                conn = sqlite3.connect(os.fspath(tmp), isolation_level=None)
+                try:
+                    self._migrate(conn)
+                finally:
+                    conn.close()
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    return  # another process created it meanwhile: open theirs
+                _fsync_directory(path.parent)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot create the store {path}: {exc}") from exc
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
         path = self._path
@@ -463,6 +501,14 @@ class SQLiteStore:
                 f"(application id {app_id:#x}, user version {version}); "
                 "it was left untouched"
             )
+        if version == 0:
+            what = "an empty file" if os.path.getsize(path) == 0 else "an empty SQLite database"
+            raise StoreError(
+                f"{path} exists but holds no spoolbox store ({what}, not made by spoolbox); "
+                "it was left untouched: remove it, or set [store] path to another file, "
+                "for spoolbox to create a new store"
+            )
+        _make_private(Path(path))
         # 2. Settings, then migrations (each one transaction).
         try:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -1354,6 +1400,36 @@ def _message_from_row(row: sqlite3.Row) -> MessageInfo:
         subject=row["subject"],
         held=bool(row["held"]),
     )
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a new name in ``directory`` durable."""
+    fd = os.open(directory if str(directory) else ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_private(path: Path) -> None:
+    """Mode 0600 for the store and its -wal and -shm files, if other users could read
+    or write them (a store made by an older spoolbox): queued mail is in them."""
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            continue
+        if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+            try:
+                os.chmod(p, 0o600)
+            except OSError as exc:
+                log.warning("%s is mode %04o; cannot make it 0600: %s", p, st.st_mode & 0o7777, exc)
+                continue
+            log.warning(
+                "%s was mode %04o (other users could read queued mail): made it 0600",
+                p,
+                st.st_mode & 0o7777,
+            )
 
 
 def _read_only_reason(path: Path) -> str | None:

@@ -70,13 +70,20 @@ async def check_provider(
     options: Mapping[str, Any] | None = None,
     timeout: float = 30.0,
     policy: Policy | None = None,
+    isolate: bool = False,
 ) -> ProviderCheckReport:
-    """Run the conformance checks; returns the report (``report.ok``)."""
+    """Run the conformance checks; returns the report (``report.ok``).
+
+    ``isolate=True`` runs the provider in a child process, as ``isolate = true`` in
+    a profile does (the provider must then be importable: an entry-point name or a
+    module-level class)."""
     report = ProviderCheckReport()
     target = Address.parse(address)
     pol = policy or Policy(retry_base=3600.0, router_interval=0.05, relogon_delay=3600.0)
     cfg = SpoolerConfig(
-        transports=(TransportConfig("under-test", provider, options=dict(options or {})),),
+        transports=(
+            TransportConfig("under-test", provider, options=dict(options or {}), isolate=isolate),
+        ),
         policy=pol,
         node="conformance",
     )
