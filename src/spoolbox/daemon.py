@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import dataclasses
 import fcntl
@@ -514,14 +513,14 @@ class Daemon:
                 rid: Any = None
                 in_sync = True  # False: a content of unknown length follows the line
                 try:
-                    req = json.loads(line)
-                    if not isinstance(req, dict) or not isinstance(req.get("op"), str):
-                        raise _ApiError("bad_request", "a request is an object with an 'op'")
-                    rid = req.get("id")
-                    args = req.get("args") or {}
+                    req = _decode_request(line)
+                    rid = req.get("id") if isinstance(req, dict) else None
+                    args = (req.get("args") or {}) if isinstance(req, dict) else {}
                     # Raw content follows the line: a refusal before it is read leaves
                     # the connection out of step, so it is closed after the answer.
                     in_sync = not (isinstance(args, dict) and "content_length" in args)
+                    if not isinstance(req, dict) or not isinstance(req.get("op"), str):
+                        raise _ApiError("bad_request", "a request is an object with an 'op'")
                     _check_version(req)
                     if not isinstance(args, dict):
                         raise _ApiError("bad_request", "'args' must be an object")
@@ -541,12 +540,6 @@ class Daemon:
                         "id": rid,
                         "ok": False,
                         "error": {"code": exc.code, "message": str(exc)},
-                    }
-                except json.JSONDecodeError as exc:
-                    answer = {
-                        "id": rid,
-                        "ok": False,
-                        "error": {"code": "bad_request", "message": f"not JSON: {exc}"},
                     }
                 except (ConnectionError, asyncio.IncompleteReadError):
                     return
@@ -885,6 +878,14 @@ async def _read_content(reader: asyncio.StreamReader, length: Any) -> bytes:
     return buffer.getvalue()
 
 
+def _decode_request(line: bytes) -> Any:
+    """A request line's JSON value; a line that is not JSON is a ``bad_request``."""
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError) as exc:  # also: not UTF-8, deep nesting, huge ints
+        raise _ApiError("bad_request", f"not JSON: {exc}") from None
+
+
 def _message_from_args(args: dict[str, Any]) -> NewMessage:
     """A ``submit`` request's message (also each item of ``submit_many``): ``content``
     is the bytes that followed the request's line, or base64 in the line."""
@@ -895,7 +896,7 @@ def _message_from_args(args: dict[str, Any]) -> NewMessage:
             if isinstance(raw, bytes)  # JSON has no bytes: only _read_content makes them
             else base64.b64decode(_arg(args, "content", str), validate=True)
         )
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or a str that is not ASCII
         raise _ApiError("bad_request", f"content is not base64: {exc}") from None
     sender = _opt(args, "sender", str)
     recipients = _arg(args, "recipients", list)

@@ -31,6 +31,7 @@ See docs/operations.md for the reference of every key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import socket
@@ -164,13 +165,21 @@ def parse_duration(value: object) -> float:
     ``"5d"``; raises ValueError."""
     if isinstance(value, bool):
         raise ValueError("expected a duration, not a boolean")
+    seconds: float | None = None
     if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer too large for a float
+            seconds = math.inf
+    elif isinstance(value, str):
         m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*(ms|s|m|h|d)?\s*", value)
         if m:
             unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
-            return float(m.group(1)) * unit
+            seconds = float(m.group(1)) * unit
+    if seconds is not None and math.isfinite(seconds):
+        return seconds
+    if seconds is not None:
+        raise ValueError(f"expected a finite duration, not {value!r}")
     raise ValueError(
         f'expected a duration (seconds, or a string like "30s", "4h", "5d"), not {value!r}'
     )
@@ -224,6 +233,13 @@ class _Table:
             return default
         if not isinstance(v, str):
             raise self.error(name, f"expected a string, got {_kind(v)} {v!r}")
+        return v
+
+    def pathname(self, name: str, default: str) -> str:
+        """A string that names a file: a NUL in it could never be opened."""
+        v = self.text(name, default) or default
+        if "\x00" in v:
+            raise self.error(name, f"expected a path, got a string with a NUL character {v!r}")
         return v
 
     def flag(self, name: str, default: bool) -> bool:
@@ -302,6 +318,8 @@ def load_profile(
         raise ProfileError(p, f"not UTF-8 text: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(p, f"invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise ProfileError(p, "invalid TOML: arrays or tables nested too deeply") from None
     return _build(p, data, os.environ if environ is None else environ, extra_secrets or {})
 
 
@@ -313,7 +331,7 @@ def _build(
 ) -> Profile:
     top = _Table(path, "", data)
     base = path.resolve().parent
-    data_dir = base / (top.text("data_dir", ".") or ".")
+    data_dir = base / top.pathname("data_dir", ".")
     data_dir = Path(os.path.normpath(data_dir.expanduser()))
     node = top.text("node") or socket.gethostname()
     reporting_mta = top.text("reporting_mta") or socket.getfqdn()
@@ -335,9 +353,7 @@ def _build(
             "progress_synchronous",
             f'expected "NORMAL", "FULL", "EXTRA" or "OFF", got {progress!r}',
         )
-    store = StoreSettings(
-        backend, under_data(st.text("path", "spool.sqlite3") or ""), sync, progress
-    )
+    store = StoreSettings(backend, under_data(st.pathname("path", "spool.sqlite3")), sync, progress)
     st.done()
 
     # [daemon]
@@ -354,8 +370,8 @@ def _build(
     if event_loop not in EVENT_LOOPS:
         raise dm.error("event_loop", f'expected "auto", "uvloop" or "asyncio", got {event_loop!r}')
     daemon = DaemonSettings(
-        socket=under_data(dm.text("socket", "spoolbox.sock") or ""),
-        pid_file=under_data(dm.text("pid_file", "spoolbox.pid") or ""),
+        socket=under_data(dm.pathname("socket", "spoolbox.sock")),
+        pid_file=under_data(dm.pathname("pid_file", "spoolbox.pid")),
         nice=nice,
         log_level=level,
         event_loop=event_loop,
@@ -559,13 +575,15 @@ def _secret_source(
         if not isinstance(value, str) or not value:
             raise t.error(key, f"expected the name of an environment variable, got {value!r}")
         return environ.get(value), f"environment variable {value}"
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str) or not value or "\x00" in value:
         raise t.error(key, f"expected the path of a file holding the secret, got {value!r}")
     fpath = base / Path(value).expanduser()
     try:
         got: str | None = fpath.read_text(encoding="utf-8").rstrip("\r\n")
     except OSError:
         got = None
+    except UnicodeDecodeError:
+        raise t.error(key, f"the file {fpath} is not UTF-8 text") from None
     return got, f"file {fpath}"
 
 

@@ -140,6 +140,8 @@ class ListenerConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "relay_networks", tuple(self.relay_networks))
+        if not all(isinstance(d, str) for d in self.local_domains):
+            raise ValueError(f"local_domains must be strings, not {self.local_domains!r}")
         object.__setattr__(
             self, "local_domains", tuple(d.lower().rstrip(".") for d in self.local_domains)
         )

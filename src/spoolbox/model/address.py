@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 __all__ = ["Address", "AddressError"]
 
-_TYPE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.+-]{0,31}$")
+_TYPE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.+-]{0,31}\Z")  # \Z: "$" would allow a final \n
 _CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _MAX_VALUE = 998  # RFC 5322 line limit; no address value is ever longer
 

@@ -16,7 +16,7 @@ from typing import Protocol
 
 __all__ = ["Outcome", "RecipientResult", "ResultError"]
 
-_STATUS_RE = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})$")
+_STATUS_RE = re.compile(r"^([245])\.([0-9]{1,3})\.([0-9]{1,3})\Z")  # ASCII, no final \n
 _MAX_DIAGNOSTIC = 1000
 
 

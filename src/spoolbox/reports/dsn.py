@@ -118,7 +118,7 @@ _ORIGINAL_HERE = f"spoolbox-returned-message-{secrets.token_hex(16)}".encode("as
 
 _POLICY = policy.SMTP  # serialisation: CRLF, folding at 78
 _TEXT_POLICY = policy.SMTP.clone(cte_type="7bit")  # human text: 7bit or quoted-printable
-_STATUS_RE = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
+_STATUS_RE = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")  # ASCII digits only (\d is Unicode)
 _TYPED_RE = re.compile(r"([A-Za-z][A-Za-z0-9-]{0,63})[ \t]*;[ \t]*(.*)", re.DOTALL)
 _HOST_RE = re.compile(r"[A-Za-z0-9._:\[\]-]{1,253}")
 _LOCAL_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}")

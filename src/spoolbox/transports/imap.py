@@ -168,6 +168,103 @@ def _uid_set(uids: Sequence[int]) -> str:
     return ",".join(out)
 
 
+# -- what the server's answers say (pure functions of aioimaplib's response lines) ------
+def _number(digits: bytes, what: str) -> int:
+    """A number of the server's (UIDs, UIDVALIDITY and sizes are 32-bit, RFC 3501 section
+    9); one too long for ``int`` (4300 digits) is a protocol error, not a ValueError."""
+    if len(digits) > 20:
+        raise _ProtocolError(f"{what}: a number of {len(digits)} digits")
+    return int(digits)
+
+
+def _uidvalidity(lines: Sequence[Any]) -> int:
+    """The UIDVALIDITY a SELECT reported (its last), or 0."""
+    value = 0
+    for line in lines:
+        if isinstance(line, bytes) and (m := _UIDVALIDITY.search(line)):
+            value = _number(m.group(1), "SELECT UIDVALIDITY")
+    return value
+
+
+def _search_result(lines: Sequence[Any], lo: int, hi: int | None) -> list[int]:
+    """The UIDs of a ``UID SEARCH UID lo:hi`` answer, really in that range, ascending.
+    Other untagged data ("3 EXISTS") may come along: all-digit lines are taken."""
+    uids: list[int] = []
+    for line in lines:
+        if isinstance(line, bytes):
+            words = line.split()
+            if words[:1] == [b"SEARCH"]:
+                words = words[1:]
+            if words and all(w.isdigit() for w in words):
+                uids += [_number(w, "UID SEARCH") for w in words]
+    # "n:*" includes the highest UID even when it is below n (RFC 3501 6.4.8).
+    return sorted(u for u in set(uids) if u >= lo and (hi is None or u <= hi))
+
+
+def _sizes_result(lines: Sequence[Any], uids: Sequence[int]) -> dict[int, int]:
+    """``RFC822.SIZE`` of each of ``uids`` a ``UID FETCH (UID RFC822.SIZE)`` answered."""
+    wanted = set(uids)
+    out: dict[int, int] = {}
+    for line in lines:
+        if not isinstance(line, bytes):
+            raise _ProtocolError("UID FETCH RFC822.SIZE: an unexpected literal")
+        if not _FETCH.match(line):
+            continue  # untagged EXISTS, EXPUNGE, ...
+        size = _SIZE.search(line)
+        if size is None:
+            continue  # an unsolicited FETCH (flags changed by another client)
+        got = _UID.search(line)
+        if got is None:
+            raise _ProtocolError(f"UID FETCH RFC822.SIZE: no UID in {line!r}")
+        uid = _number(got.group(1), "UID FETCH RFC822.SIZE")
+        if uid in wanted:
+            out[uid] = _number(size.group(1), "UID FETCH RFC822.SIZE")
+    return out
+
+
+def _fetch_result(lines: Sequence[Any], uids: Sequence[int], what: str) -> dict[int, bytes]:
+    """The messages a ``UID FETCH (UID BODY.PEEK[])`` answered; those gone are absent.
+
+    Strict: a ``BODY[]`` this cannot pair with its UID and its announced length, or a
+    UID that was not asked for, is a :class:`_ProtocolError`."""
+    wanted = set(uids)
+    out: dict[int, bytes] = {}
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if not isinstance(line, bytes):
+            raise _ProtocolError(f"{what}: a literal without its FETCH line")
+        m = _LITERAL.search(line)
+        if m is None:
+            if _FETCH.match(line) and _GONE.search(line):
+                i += 1  # expunged by another client: Dovecot sends ``BODY[] NIL``
+                continue
+            if b"BODY[" in line.upper():
+                raise _ProtocolError(f"{what}: cannot parse {line[:200]!r}")
+            i += 1  # untagged EXISTS, EXPUNGE, an unsolicited FETCH of flags ...
+            continue
+        if not _FETCH.match(line):
+            raise _ProtocolError(f"{what}: cannot parse {line[:200]!r}")
+        data = lines[i + 1] if i + 1 < len(lines) else None
+        if not isinstance(data, bytes | bytearray):
+            raise _ProtocolError(f"{what}: the literal of {line[:200]!r} is missing")
+        announced = _number(m.group(1), what)
+        if len(data) != announced:
+            raise _ProtocolError(f"{what}: {len(data)} bytes, {announced} announced")
+        tail = lines[i + 2] if i + 2 < len(lines) else None
+        if not isinstance(tail, bytes) or not tail.rstrip().endswith(b")"):
+            raise _ProtocolError(f"{what}: the FETCH of {line[:200]!r} is not closed")
+        got = _UID.search(line) or _UID.search(tail)
+        if got is None:
+            raise _ProtocolError(f"{what}: no UID with {line[:200]!r}")
+        uid = _number(got.group(1), what)
+        if uid not in wanted or uid in out:
+            raise _ProtocolError(f"{what}: UID {uid} was not asked for (or came twice)")
+        out[uid] = bytes(data)
+        i += 3
+    return out
+
+
 class _Connection:
     """One logged-in IMAP connection with the folder selected."""
 
@@ -223,9 +320,7 @@ class _Connection:
             resp = await imap.select(_quote(s.folder))
         if resp.result != "OK":
             raise FailOneProvider(f"imap {s.where}: cannot select folder {s.folder!r}")
-        for line in _lines(resp):
-            if isinstance(line, bytes) and (m := _UIDVALIDITY.search(line)):
-                self.uidvalidity = int(m.group(1))
+        self.uidvalidity = _uidvalidity(_lines(resp))
         if not self.uidvalidity:
             raise _ProtocolError(f"imap {s.where}: SELECT gave no UIDVALIDITY")
 
@@ -295,18 +390,8 @@ class _Connection:
             # SEARCH on the view before it and reports EXISTS after it): sync first.
             _check(await self._imap().noop(), "NOOP")
             resp = _check(await self._imap().uid_search("UID", rng, charset=None), "UID SEARCH")
-        uids: list[int] = []
-        # aioimaplib strips "* SEARCH"; the last line is the tagged completion text,
-        # and other untagged data ("3 EXISTS") may come along: take all-digit lines.
-        for line in _lines(resp)[:-1]:
-            if isinstance(line, bytes):
-                words = line.split()
-                if words[:1] == [b"SEARCH"]:
-                    words = words[1:]
-                if words and all(w.isdigit() for w in words):
-                    uids += [int(w) for w in words]
-        # "n:*" includes the highest UID even when it is below n (RFC 3501 6.4.8).
-        return sorted(u for u in set(uids) if u >= lo and (hi is None or u <= hi))
+        # aioimaplib strips "* SEARCH"; the last line is the tagged completion text.
+        return _search_result(_lines(resp)[:-1], lo, hi)
 
     async def sizes(self, uids: Sequence[int]) -> dict[int, int]:
         """``RFC822.SIZE`` of each of ``uids`` still in the folder (one command)."""
@@ -317,23 +402,7 @@ class _Connection:
                 await self._imap().uid("fetch", _uid_set(uids), "(UID RFC822.SIZE)"),
                 "UID FETCH RFC822.SIZE",
             )
-        wanted = set(uids)
-        out: dict[int, int] = {}
-        for line in _lines(resp)[:-1]:
-            if not isinstance(line, bytes):
-                raise _ProtocolError("UID FETCH RFC822.SIZE: an unexpected literal")
-            if not _FETCH.match(line):
-                continue  # untagged EXISTS, EXPUNGE, ...
-            size = _SIZE.search(line)
-            if size is None:
-                continue  # an unsolicited FETCH (flags changed by another client)
-            got = _UID.search(line)
-            if got is None:
-                raise _ProtocolError(f"UID FETCH RFC822.SIZE: no UID in {line!r}")
-            uid = int(got.group(1))
-            if uid in wanted:
-                out[uid] = int(size.group(1))
-        return out
+        return _sizes_result(_lines(resp)[:-1], uids)
 
     async def fetch_many(self, uids: Sequence[int], size: int = 0) -> dict[int, bytes]:
         """The messages with ``uids`` (one ``UID FETCH``); those gone are absent.
@@ -361,43 +430,7 @@ class _Connection:
             resp = _check(
                 await self._imap().uid("fetch", _uid_set(uids), "(UID BODY.PEEK[])"), what
             )
-        lines = _lines(resp)[:-1]  # the last one is the tagged completion text
-        wanted = set(uids)
-        out: dict[int, bytes] = {}
-        i = 0
-        while i < len(lines):
-            line = lines[i]
-            if not isinstance(line, bytes):
-                raise _ProtocolError(f"{what}: a literal without its FETCH line")
-            m = _LITERAL.search(line)
-            if m is None:
-                if _FETCH.match(line) and _GONE.search(line):
-                    i += 1  # expunged by another client: Dovecot sends ``BODY[] NIL``
-                    continue
-                if b"BODY[" in line.upper():
-                    raise _ProtocolError(f"{what}: cannot parse {line[:200]!r}")
-                i += 1  # untagged EXISTS, EXPUNGE, an unsolicited FETCH of flags ...
-                continue
-            if not _FETCH.match(line):
-                raise _ProtocolError(f"{what}: cannot parse {line[:200]!r}")
-            data = lines[i + 1] if i + 1 < len(lines) else None
-            if not isinstance(data, bytes | bytearray):
-                raise _ProtocolError(f"{what}: the literal of {line[:200]!r} is missing")
-            announced = int(m.group(1))
-            if len(data) != announced:
-                raise _ProtocolError(f"{what}: {len(data)} bytes, {announced} announced")
-            tail = lines[i + 2] if i + 2 < len(lines) else None
-            if not isinstance(tail, bytes) or not tail.rstrip().endswith(b")"):
-                raise _ProtocolError(f"{what}: the FETCH of {line[:200]!r} is not closed")
-            got = _UID.search(line) or _UID.search(tail)
-            if got is None:
-                raise _ProtocolError(f"{what}: no UID with {line[:200]!r}")
-            uid = int(got.group(1))
-            if uid not in wanted or uid in out:
-                raise _ProtocolError(f"{what}: UID {uid} was not asked for (or came twice)")
-            out[uid] = bytes(data)
-            i += 3
-        return out
+        return _fetch_result(_lines(resp)[:-1], uids, what)  # [-1]: the tagged completion
 
     async def remove(self, uids: Sequence[int]) -> None:
         """Delete or move ``uids`` as ``after_fetch`` says."""

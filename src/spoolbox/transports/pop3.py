@@ -111,6 +111,11 @@ def _decode(b: bytes) -> str:
 def _uidl(conn: poplib.POP3) -> list[tuple[int, str]]:
     """(message number, UIDL) in maildrop order."""
     _resp, lines, _octets = conn.uidl()
+    return _uidl_result(lines)
+
+
+def _uidl_result(lines: list[bytes]) -> list[tuple[int, str]]:
+    """The lines of a UIDL answer as (message number, UIDL); malformed lines are skipped."""
     out: list[tuple[int, str]] = []
     for line in lines:
         parts = line.split()
@@ -122,6 +127,11 @@ def _uidl(conn: poplib.POP3) -> list[tuple[int, str]]:
 def _sizes(conn: poplib.POP3) -> dict[int, int]:
     """Message number -> size in octets (LIST)."""
     _resp, lines, _octets = conn.list()
+    return _list_result(lines)
+
+
+def _list_result(lines: list[bytes]) -> dict[int, int]:
+    """The lines of a LIST answer as message number -> size; malformed lines are skipped."""
     out: dict[int, int] = {}
     for line in lines:
         parts = line.split()

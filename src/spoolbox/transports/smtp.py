@@ -168,7 +168,7 @@ _QUIT_TIMEOUT = 5.0
 _AUTH_TLS = ("plain", "login", "cram-md5")
 _AUTH_PLAIN = ("cram-md5", "plain", "login")
 
-_ENHANCED_RE = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+_ENHANCED_RE = re.compile(r"^([245])\.([0-9]{1,3})\.([0-9]{1,3})(?![\d.])")  # ASCII digits only
 _EOL_RE = re.compile(rb"\r\n|\n|\r(?!\n)")
 _CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]+")
 _BAD_ADDRESS_RE = re.compile(r"[\s<>]")
