@@ -111,9 +111,14 @@ def _mutmut(work: Path, *args: str, capture: bool = False) -> str:
     return done.stdout or ""
 
 
-def _report(key: str, work: Path, show: bool) -> None:
+def _statuses(work: Path) -> dict[str, str]:
+    """mutant name -> mutmut's verdict (killed, survived, no tests, timeout...)."""
     lines = _mutmut(work, "results", "--all", "true", capture=True).splitlines()
-    status = dict(line.strip().rsplit(": ", 1) for line in lines if ": " in line)
+    return dict(line.strip().rsplit(": ", 1) for line in lines if ": " in line)
+
+
+def _report(key: str, work: Path, show: bool) -> None:
+    status = _statuses(work)
     counts = collections.Counter(status.values())
     killed = counts.get("killed", 0)
     total = sum(counts.values())
@@ -148,6 +153,11 @@ def main(argv: list[str] | None = None) -> None:
         if not args.report:
             extra = ["--max-children", str(args.max_children)] if args.max_children else []
             _mutmut(work, "run", *extra)
+            # mutmut keeps a verdict until the mutated function changes; a survivor
+            # may have been killed by a test written since, so test survivors again.
+            survivors = [n for n, s in _statuses(work).items() if s != "killed"]
+            if survivors:
+                _mutmut(work, "run", *extra, *survivors)
         _report(key, work, args.show)
 
 
