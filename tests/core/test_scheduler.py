@@ -373,21 +373,27 @@ async def test_a_raising_observer_is_removed_and_delivery_goes_on() -> None:
 
 
 async def test_blocking_code_runs_in_a_thread() -> None:
+    import threading
+
     async with spooler(transport("smtp", Script())) as sp:
         await sp.wait_ready(timeout=5)
         support = sp.host("smtp").support
-        ticks = 0
+        from_loop = threading.Event()
 
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0.005)
+        async def set_from_the_loop() -> None:
+            await asyncio.sleep(0)
+            from_loop.set()
 
-        t = asyncio.create_task(ticker())
-        await support.run_blocking(time.sleep, 0.2)
-        t.cancel()
-    assert ticks >= 10  # the loop kept running while the blocking call slept
+        def blocking() -> tuple[bool, int]:
+            # Blocks until the loop sets the event: run on the loop's thread it could
+            # not, and would return False after the timeout.
+            return from_loop.wait(10), threading.get_ident()
+
+        setter = asyncio.create_task(set_from_the_loop())
+        was_set, thread = await support.run_blocking(blocking)
+        await setter
+    assert was_set
+    assert thread != threading.get_ident()
 
 
 async def test_support_object_is_dead_after_logoff() -> None:
