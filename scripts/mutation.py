@@ -49,11 +49,11 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "slices": (
         "src/spoolbox/_core/slices.py",
-        ("tests/core/test_slices.py", "tests/core/test_scheduler.py"),
+        ("tests/core/test_scheduler.py",),
     ),
     "flush": (
         "src/spoolbox/_core/flush.py",
-        ("tests/core/test_scheduler.py", "tests/core/test_flush.py"),
+        ("tests/core/test_scheduler.py",),
     ),
     "smtp_server": (
         "src/spoolbox/ingress/_smtp_server.py",
@@ -152,12 +152,14 @@ def main(argv: list[str] | None = None) -> None:
         work = _scratch(key)
         if not args.report:
             extra = ["--max-children", str(args.max_children)] if args.max_children else []
+            before = _statuses(work) if (work / "mutants").exists() else {}
             _mutmut(work, "run", *extra)
-            # mutmut keeps a verdict until the mutated function changes; a survivor
-            # may have been killed by a test written since, so test survivors again.
-            survivors = [n for n, s in _statuses(work).items() if s != "killed"]
-            if survivors:
-                _mutmut(work, "run", *extra, *survivors)
+            # mutmut keeps a verdict until the mutated function changes; a survivor of
+            # an earlier run may be killed by a test written since: test it again.
+            after = _statuses(work)
+            again = [n for n, s in before.items() if s != "killed" and after.get(n) == s]
+            if again:
+                _mutmut(work, "run", *extra, *again)
         _report(key, work, args.show)
 
 
