@@ -57,7 +57,10 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "smtp_server": (
         "src/spoolbox/ingress/_smtp_server.py",
-        ("tests/ingress/test_smtp_server_machine.py",),
+        (
+            "tests/ingress/test_smtp_server_machine.py",
+            "tests/ingress/test_smtp_server_transcripts.py",
+        ),
     ),
 }
 
