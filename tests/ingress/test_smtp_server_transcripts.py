@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from test_smtp_server_machine import machine, run
 
-from spoolbox.ingress._smtp_server import MailFrom, RcptTo, Refused
+from spoolbox.ingress._smtp_server import MailFrom, MessageData, RcptTo, Refused
 
 EHLO = "250-mx.test\n250-SIZE 10000\n250-PIPELINING\n250-8BITMIME\n250 ENHANCEDSTATUSCODES"
 HELP = "214 2.0.0 Supported commands: DATA EHLO HELO HELP MAIL NOOP QUIT RCPT RSET VRFY"
@@ -167,3 +167,70 @@ def test_respond_without_a_pending_decision_says_so() -> None:
     with pytest.raises(RuntimeError, match="no decision is pending") as err:
         m.respond("250 2.0.0 OK")
     assert str(err.value).startswith("no decision is pending (")
+
+
+# -- DATA limits, however the bytes arrive -----------------------------------------------
+CHUNKS = [None, 1, 2, 7, 4096]  # None: all at once
+
+
+def send_data(content: bytes, chunk: int | None) -> tuple[list[object], list[str]]:
+    m = machine()
+    run(m, b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n")
+    data = content + b".\r\n"
+    pieces = [data] if chunk is None else [data[i : i + chunk] for i in range(0, len(data), chunk)]
+    events: list[object] = []
+    out: list[str] = []
+    for piece in pieces:
+        e, o = run(m, piece)
+        events += e
+        out += o
+    return events, out
+
+
+def lines_of(total: int) -> bytes:
+    """A message of exactly ``total`` octets, lines of 50 and CRLF (the last shorter)."""
+    body = b"".join(b"x" * 50 + b"\r\n" for _ in range(total // 52))
+    rest = total - len(body)
+    if rest == 1:  # no room for a line of its own: lengthen the last one
+        body = body[:-2] + b"z\r\n"
+    elif rest:
+        body += b"y" * (rest - 2) + b"\r\n"
+    assert len(body) == total
+    return body
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+@pytest.mark.parametrize("total", [9_999, 10_000])
+def test_a_message_of_the_size_limit_is_taken(chunk: int | None, total: int) -> None:
+    content = lines_of(total)
+    events, out = send_data(content, chunk)
+    assert [type(e) for e in events] == [MessageData]
+    assert events[0].content == content  # type: ignore[attr-defined]
+    assert out == ["250 2.0.0 OK"]
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+@pytest.mark.parametrize("total", [10_001, 10_002, 20_000])
+def test_a_message_over_the_size_limit_is_refused(chunk: int | None, total: int) -> None:
+    events, out = send_data(lines_of(total), chunk)
+    assert [type(e) for e in events] == [Refused]
+    assert out == ["552 5.3.4 Message too big: the limit is 10000 octets"]
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_a_line_of_the_line_limit_is_taken(chunk: int | None) -> None:
+    content = b"one\r\n..two\r\n" + b"a" * 100 + b"\r\n\r\n"
+    events, out = send_data(content, chunk)
+    assert [type(e) for e in events] == [MessageData]
+    assert events[0].content == b"one\r\n.two\r\n" + b"a" * 100 + b"\r\n\r\n"  # type: ignore[attr-defined]
+    assert out == ["250 2.0.0 OK"]
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_a_line_over_the_line_limit_is_refused_naming_it(chunk: int | None) -> None:
+    events, out = send_data(b"one\r\ntwo\r\n" + b"a" * 101 + b"\r\nfour\r\n", chunk)
+    assert [type(e) for e in events] == [Refused]
+    assert out == [
+        "554 5.6.0 Line 3 of the message is longer than 100 octets (RFC 5322 section 2.1.1);"
+        " message not queued"
+    ]
