@@ -49,7 +49,7 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "slices": (
         "src/spoolbox/_core/slices.py",
-        ("tests/core/test_scheduler.py",),
+        ("tests/core/test_slices.py", "tests/core/test_scheduler.py"),
     ),
     "flush": (
         "src/spoolbox/_core/flush.py",
