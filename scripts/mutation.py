@@ -85,7 +85,9 @@ def _pyproject_for(module: str, tests: tuple[str, ...]) -> str:
     return f"{stripped.rstrip()}\n\n[tool.mutmut]\n{body}"
 
 
-def _scratch(key: str) -> Path:
+def _scratch(key: str) -> tuple[Path, bool]:
+    """The module's scratch directory, and whether its configuration changed (mutmut
+    then tests every mutant again)."""
     module, tests = MODULES[key]
     work = ROOT / "mutants" / key
     work.mkdir(parents=True, exist_ok=True)
@@ -93,8 +95,11 @@ def _scratch(key: str) -> Path:
         link = work / name
         if not link.is_symlink():
             link.symlink_to(ROOT / name, target_is_directory=True)
-    (work / "pyproject.toml").write_text(_pyproject_for(module, tests), "utf-8")
-    return work
+    config = work / "pyproject.toml"
+    text = _pyproject_for(module, tests)
+    changed = not config.exists() or config.read_text("utf-8") != text
+    config.write_text(text, "utf-8")
+    return work, changed
 
 
 def _mutmut(work: Path, *args: str, capture: bool = False) -> str:
@@ -152,10 +157,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{key:12} {module}\n{'':12} tests: {' '.join(tests)}")
         return
     for key in args.modules:
-        work = _scratch(key)
+        work, changed = _scratch(key)
         if not args.report:
             extra = ["--max-children", str(args.max_children)] if args.max_children else []
-            before = _statuses(work) if (work / "mutants").exists() else {}
+            earlier = (work / "mutants").exists() and not changed
+            before = _statuses(work) if earlier else {}
             _mutmut(work, "run", *extra)
             # mutmut keeps a verdict until the mutated function changes; a survivor of
             # an earlier run may be killed by a test written since: test it again.
