@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from spoolbox import (
@@ -54,3 +57,27 @@ def message(*rcpts: str, sender: str | None = "SMTP:alice@example.org", **kw: An
         content=b"From: alice@example.org\r\nSubject: test\r\n\r\nhello\r\n",
         **kw,
     )
+
+
+#: For tests on a fake clock: timers far apart, so that ``clock.advance`` (which wakes
+#: every sleeper due in between, one at a time) has few to wake.
+SLOW_TIMERS = replace(
+    FAST, router_interval=1.0, housekeeping_interval=5.0, poll_interval=5.0, idle_interval=1.0
+)
+
+
+async def until(
+    predicate: Callable[[], bool | Awaitable[bool]], *, what: str, timeout: float = 5.0
+) -> None:
+    """Let the loop run until ``predicate()`` holds; fail naming ``what`` otherwise."""
+
+    async def holds() -> bool:
+        got = predicate()
+        return got if isinstance(got, bool) else await got
+
+    try:
+        async with asyncio.timeout(timeout):
+            while not await holds():
+                await asyncio.sleep(0.002)
+    except TimeoutError:
+        raise AssertionError(f"not within {timeout} s: {what}") from None

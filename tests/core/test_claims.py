@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from helpers import FAST, message, transport
+from helpers import FAST, message, transport, until
 
 from spoolbox import (
     AlwaysIdle,
@@ -96,19 +96,14 @@ async def test_a_lease_taken_over_stops_the_transport_and_writes_nothing(
         cfg, store=store, clock=clock, idle=AlwaysIdle(), close_store=False
     ) as sp:
         info = await sp.submit(message("SMTP:bob@example.org"))
-        for _ in range(500):
-            if "submit_message" in script.names():
-                break
-            await asyncio.sleep(0.01)
-        assert "submit_message" in script.names()
+        await until(lambda: "submit_message" in script.names(), what="the transport has it")
         # Another spooler takes the message over (as after this one's lease ran out).
         assert await store.release_owner("stalled") == 1
         [stolen] = await store.claim("smtp", owner="thief", now=clock.now(), lease=300.0)
         assert stolen.message.id == info.id
         for _ in range(3):  # three renewal periods (lease / 3 each)
             await clock.advance(10.0)
-            await asyncio.sleep(0.05)
-        assert script.cancelled == [info.id]
+        await until(lambda: script.cancelled == [info.id], what="the transport is told")
         [rec] = await store.recipients(info.id)
         assert rec.state is RecipientState.ACTIVE
         # Still the thief's: nothing was settled or renewed over its claim.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from helpers import FAST, message, spooler, transport
+from helpers import FAST, SLOW_TIMERS, message, spooler, transport, until
 
 from spoolbox import MessageState, RecipientState
 from spoolbox.model import (
@@ -176,36 +176,62 @@ async def test_resend_now_offers_the_message_again_at_once() -> None:
 async def test_deferral_until_sentdeferred_then_begin_deferred() -> None:
     from spoolbox.model import SpoolerNotifyFlags
 
+    clock = FakeClock()
     script = Script(submit=[Act.DEFER, Act.SUCCEED])
-    async with spooler(transport("smtp", script)) as sp:
+    async with spooler(transport("smtp", script), clock=clock, policy=SLOW_TIMERS) as sp:
         info = await sp.submit(message("SMTP:bob@example.org"))
         assert await sp.wait_for(info.id, [MessageState.DEFERRED], timeout=5)
         (rec,) = await sp.store.recipients(info.id)
         assert rec.state is R.PARKED
-        await asyncio.sleep(0.1)
-        assert script.names().count("submit_message") == 1  # parked: not offered again
+        # Time passes beyond every retry delay, and a later message goes through the
+        # same transport: a claim made after that would have taken the parked
+        # recipient too, had it been claimable.
+        await clock.advance(FAST.retry_base * 3)
+        witness = await sp.submit(message("SMTP:carol@example.org"))
+        assert await sp.wait_for(witness.id, timeout=5) is MessageState.SENT
+        assert [i for i, _ in script.sent] == [witness.id]
+        assert script.names().count("submit_message") == 2  # parked: not offered again
         sp.host("smtp").support.spooler_notify(SpoolerNotifyFlags.SENTDEFERRED, info.id)
         assert await sp.wait_for(info.id, timeout=5) is MessageState.SENT
     submits = [d for c, d in script.calls if c == "submit_message"]
-    assert submits[0][1] == SubmitFlags.NONE
-    assert submits[1][1] == SubmitFlags.BEGIN_DEFERRED
+    assert [flags for _, flags in submits] == [
+        SubmitFlags.NONE,
+        SubmitFlags.NONE,
+        SubmitFlags.BEGIN_DEFERRED,
+    ]
 
 
 async def test_submit_cancelled_returns_a_deferred_message_to_parked() -> None:
+    from spoolbox._core.policy import PARKED_NOTE
     from spoolbox.model import SpoolerNotifyFlags
 
-    script = Script(submit=[Act.DEFER, Act.CANCEL])
+    script = Script(submit=[Act.DEFER, Act.CANCEL, Act.SUCCEED])
     async with spooler(transport("smtp", script)) as sp:
         info = await sp.submit(message("SMTP:bob@example.org"))
         await sp.wait_for(info.id, [MessageState.DEFERRED], timeout=5)
-        sp.host("smtp").support.spooler_notify(SpoolerNotifyFlags.SENTDEFERRED, None)
-        for _ in range(200):
-            if script.names().count("submit_message") == 2:
-                break
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)
-        (rec,) = await sp.store.recipients(info.id)
-    assert rec.state is R.PARKED
+        support = sp.host("smtp").support
+        support.spooler_notify(SpoolerNotifyFlags.SENTDEFERRED, None)
+        await until(
+            lambda: script.names().count("submit_message") == 2,
+            what="the deferred message is offered again after SENTDEFERRED",
+        )
+
+        async def parked_again() -> bool:
+            (rec,) = await sp.store.recipients(info.id)
+            return rec.state is R.PARKED and rec.diagnostic == PARKED_NOTE
+
+        # It was in the transport's hands (ACTIVE) for the second submit: parked again
+        # means the cancelled submit put it back, not that nothing happened.
+        await until(parked_again, what="a cancelled BEGIN_DEFERRED submit parks it again")
+        # Parked, it comes back with the next SENTDEFERRED, still as a deferred message.
+        support.spooler_notify(SpoolerNotifyFlags.SENTDEFERRED, None)
+        assert await sp.wait_for(info.id, timeout=5) is MessageState.SENT
+    submits = [d for c, d in script.calls if c == "submit_message"]
+    assert [flags for _, flags in submits] == [
+        SubmitFlags.NONE,
+        SubmitFlags.BEGIN_DEFERRED,
+        SubmitFlags.BEGIN_DEFERRED,
+    ]
 
 
 async def test_cancel_reaches_the_sending_transport_and_cancels_the_rest() -> None:

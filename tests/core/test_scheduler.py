@@ -10,7 +10,7 @@ import time
 from dataclasses import replace
 
 import pytest
-from helpers import FAST, message, spooler, transport
+from helpers import FAST, SLOW_TIMERS, message, spooler, transport
 
 from spoolbox import ManualIdle, MessageState, RecipientState, SubscriberDropped
 from spoolbox.model import LogonCaps, StatusCode, TransportNotifyFlags
@@ -216,13 +216,23 @@ async def test_provider_can_start_its_own_flush_by_setting_a_bit() -> None:
 
 
 async def test_background_work_waits_for_the_foreground() -> None:
+    from spoolbox.testing import FakeClock
+
+    clock = FakeClock()
     script = Script(("SMTP",))
-    async with spooler(transport("smtp", script)) as sp:
+    async with spooler(transport("smtp", script), clock=clock, policy=SLOW_TIMERS) as sp:
         await sp.wait_ready(timeout=5)
+        # The control: with the foreground idle, this much clock time (and the loop
+        # turns the fake clock runs with it) sends a message...
+        first = await sp.submit(message("SMTP:bob@example.org"))
+        await clock.advance(5)
+        assert await sp.store.state_of(first.id, now=clock.now()) is MessageState.SENT
+        # ...and with the foreground busy, the same sends nothing.
         with sp.foreground_busy():
-            info = await sp.submit(message("SMTP:bob@example.org"))
-            await asyncio.sleep(0.1)
-            assert "submit_message" not in script.names()
+            info = await sp.submit(message("SMTP:carol@example.org"))
+            await clock.advance(5)
+            assert await sp.store.state_of(info.id, now=clock.now()) is MessageState.QUEUED
+            assert script.names().count("submit_message") == 1
         assert await sp.wait_for(info.id, timeout=5) is MessageState.SENT
 
 
@@ -252,21 +262,27 @@ async def test_a_raising_observer_is_removed_and_delivery_goes_on() -> None:
 
 
 async def test_blocking_code_runs_in_a_thread() -> None:
+    import threading
+
     async with spooler(transport("smtp", Script())) as sp:
         await sp.wait_ready(timeout=5)
         support = sp.host("smtp").support
-        ticks = 0
+        from_loop = threading.Event()
 
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0.005)
+        async def set_from_the_loop() -> None:
+            await asyncio.sleep(0)
+            from_loop.set()
 
-        t = asyncio.create_task(ticker())
-        await support.run_blocking(time.sleep, 0.2)
-        t.cancel()
-    assert ticks >= 10  # the loop kept running while the blocking call slept
+        def blocking() -> tuple[bool, int]:
+            # Blocks until the loop sets the event: run on the loop's thread it could
+            # not, and would return False after the timeout.
+            return from_loop.wait(10), threading.get_ident()
+
+        setter = asyncio.create_task(set_from_the_loop())
+        was_set, thread = await support.run_blocking(blocking)
+        await setter
+    assert was_set
+    assert thread != threading.get_ident()
 
 
 async def test_support_object_is_dead_after_logoff() -> None:
@@ -306,7 +322,8 @@ async def test_one_delay_report_when_the_sender_asked_for_it() -> None:
     from spoolbox.testing import FakeClock
 
     clock = FakeClock()
-    pol = replace(FAST, delay_warning_after=25.0, destination_backoff=False)
+    # Timers far apart: advancing the fake clock wakes every sleeper due on the way.
+    pol = replace(SLOW_TIMERS, delay_warning_after=25.0, destination_backoff=False)
     script = Script(("SMTP",), submit=[Act.FAIL_TEMP])
     async with spooler(transport("smtp", script), clock=clock, policy=pol) as sp:
         asked = await sp.submit(message("SMTP:a@x.org", notify=Notify.DELAY | Notify.FAILURE))
@@ -332,8 +349,18 @@ async def test_destination_backoff_counts_an_attempt_once_and_keeps_the_transpor
     async with spooler(transport("smtp", script), clock=clock) as sp:
         info = await sp.submit(message(*[f"SMTP:u{i}@same.example" for i in range(6)]))
         await sp.wait_for(info.id, [MessageState.DEFERRED], timeout=5)
-        failures, until = sp._destinations[("smtp", "same.example")]
-        assert failures == 1  # one attempt, six recipients: one failure
-        assert until == pytest.approx(clock.now() + 5.0)  # the transport's own delay
+        recs = await sp.store.recipients(info.id)
+        # One attempt for the six recipients, each due again after the transport's delay.
+        assert [r.attempts for r in recs] == [1] * 6
+        assert [r.retry_at for r in recs] == pytest.approx([clock.now() + 5.0] * 6)
+        # The destination waits that long too (the transport's delay, not the computed
+        # back-off of retry_base = 10 s): a new message for it is held until then.
+        later = await sp.submit(message("SMTP:v@same.example"))
+        await sp.wait_for(later.id, [MessageState.DEFERRED], timeout=5)
+        (held,) = await sp.store.recipients(later.id)
+        assert held.attempts == 0
+        assert held.retry_at == pytest.approx(clock.now() + 5.0)
+        assert script.names().count("submit_message") == 1
         await clock.advance(5.5)
         assert await sp.wait_for(info.id, timeout=5) is MessageState.SENT
+        assert await sp.wait_for(later.id, timeout=5) is MessageState.SENT

@@ -51,9 +51,15 @@ async def test_submits_and_settles_waiting_together_share_one_commit(tmp_path: P
             await store.submit(_message(f"old{i}", b"x\r\n"), now=T0, lifetime=3600, routes=["x"])
         jobs = await store.claim("x", owner="n", now=T0, lease=60, limit=10)
         # Hold the store thread in a write until everything below is waiting for it.
-        gate = threading.Event()
-        blocker = asyncio.ensure_future(store._write("test gate", lambda conn: gate.wait(10)))
-        await asyncio.sleep(0.05)
+        # (No public call holds the store's thread still: the test uses _write.)
+        gate, entered = threading.Event(), threading.Event()
+
+        def hold(conn: object) -> bool:
+            entered.set()
+            return gate.wait(10)
+
+        blocker = asyncio.ensure_future(store._write("test gate", hold))
+        assert await asyncio.to_thread(entered.wait, 10)
         before = store.statistics()
         settles = [
             asyncio.ensure_future(
@@ -69,7 +75,10 @@ async def test_submits_and_settles_waiting_together_share_one_commit(tmp_path: P
             )
             for i in range(10)
         ]
-        await asyncio.sleep(0.05)
+        for _ in range(5):  # each call's first step queues its work (no clock involved)
+            await asyncio.sleep(0)
+        # Everything is queued behind the gate: ten settles and the submissions' signal.
+        assert store.statistics()["pending_jobs"] == 11
         gate.set()
         await asyncio.gather(blocker, *settles, *submits)
         after = store.statistics()

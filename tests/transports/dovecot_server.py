@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import trustme
+import pytest
 
 DOVECOT = "/usr/sbin/dovecot"
 SKIP_REASON = "dovecot not installed: apt-get install dovecot-imapd dovecot-pop3d"
@@ -229,6 +229,8 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], deadline: float, root: 
 
 def start_dovecot() -> Dovecot:
     """Start a private Dovecot; the caller must call :meth:`Dovecot.stop`."""
+    # Imported here: without trustme only the tests that start Dovecot skip.
+    trustme = pytest.importorskip("trustme", reason="trustme (test extra) makes Dovecot's cert")
     mail = _user("nobody")
     group = grp.getgrgid(mail.pw_gid)
     internal = _user("dovecot")

@@ -500,11 +500,10 @@ async def test_421_at_rcpt_defers_the_rest() -> None:
 
 
 # -- TLS and AUTH -----------------------------------------------------------------------------
-trustme = pytest.importorskip("trustme")
-
-
 @pytest.fixture(scope="module")
 def ca() -> Any:
+    # Only the tests that need a certificate skip without trustme, not the whole module.
+    trustme = pytest.importorskip("trustme", reason="trustme (test extra) makes the TLS certs")
     return trustme.CA()
 
 

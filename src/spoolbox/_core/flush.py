@@ -227,6 +227,7 @@ async def _upload(
     await sp.route_now()  # what was just submitted belongs in this flush
     now = sp.clock.now()
     await sp.store.retry_transport(host.name, now=now)
+    sp.messages_changed()
     sp.forget_destinations(host.name)  # the user says "now": back-off is lifted too
     host.flush_done = 0
     host.flush_bytes = 0

@@ -615,6 +615,7 @@ class TransportHost:
                     owner=sp.owner,
                     now=sp.clock.now(),
                 )
+                sp.messages_changed()
 
     async def _wait_for_jobs(self, limit: int) -> list[ClaimedJob]:
         """Claim work, waiting for it (woken by routing, a retry time, a flush); an
@@ -641,6 +642,7 @@ class TransportHost:
                 await wait_event(sp.clock, self._stop, sp.policy.failure_backoff)
                 continue
             if jobs:
+                sp.messages_changed()
                 return jobs
             try:
                 nxt = await sp.store.next_ready_at(self.name)

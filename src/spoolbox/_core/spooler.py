@@ -77,6 +77,11 @@ T = TypeVar("T")
 log = logging.getLogger("spoolbox.spooler")
 SPOOLER_ROW = "spooler"
 _R = RecipientState
+#: :meth:`Spooler.wait_for` reads the state again at least this often, in clock
+#: seconds, besides whenever this spooler changed a message: a state also changes
+#: with time alone (a retry time passing turns *deferred* into *queued*) and with
+#: the work of other processes on a shared store, neither of which raises an event.
+_RECHECK = 0.25
 
 
 class Spooler:
@@ -122,7 +127,7 @@ class Spooler:
         self._tg: asyncio.TaskGroup | None = None
         self._route_event = asyncio.Event()
         self._route_lock = asyncio.Lock()  # one routing pass at a time (router, flush)
-        self._settled = asyncio.Event()
+        self._changed = asyncio.Event()  # some message's recipients changed state
         self._received_event = asyncio.Event()
         self._table: RoutingTable | None = None  # cached; see routing_table()
         self._started = False
@@ -385,19 +390,23 @@ class Spooler:
             if route is not None:
                 with contextlib.suppress(KeyError):
                     self.host(route).cancel(message_id)
-        self._settled.set()
+        self.messages_changed()
         return await self.store.state_of(message_id, now=self.clock.now())
 
     async def hold(self, message_id: str) -> MessageInfo:
-        return await self.store.hold(message_id)
+        info = await self.store.hold(message_id)
+        self.messages_changed()
+        return info
 
     async def release(self, message_id: str) -> MessageInfo:
         info = await self.store.release(message_id, now=self.clock.now())
+        self.messages_changed()
         self._wake_all()
         return info
 
     async def retry(self, message_id: str) -> int:
         n = await self.store.retry_now(message_id, now=self.clock.now())
+        self.messages_changed()
         self._wake_all()
         return n
 
@@ -422,17 +431,20 @@ class Spooler:
         *,
         timeout: float | None = None,
     ) -> MessageState:
-        """Wait until the message is in one of ``states`` (default: finished)."""
+        """Wait until the message is in one of ``states`` (default: finished).
+
+        Wakes when this spooler changes a message (a claim, a result, a cancel, a
+        hold...), and otherwise reads the state again every quarter second of the
+        spooler's clock (time alone and other processes change states too); under a
+        fake clock, only when the test moves time on."""
         wanted = set(states or (MessageState.SENT, MessageState.FAILED, MessageState.CANCELLED))
         async with asyncio.timeout(timeout):
             while True:
-                self._settled.clear()
+                self._changed.clear()
                 st = await self.store.state_of(message_id, now=self.clock.now())
                 if st in wanted:
                     return st
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(0.25):
-                        await self._settled.wait()
+                await wait_event(self.clock, self._changed, _RECHECK)
 
     async def wait_ready(self, *, timeout: float | None = None) -> dict[str, bool]:
         """Wait until every transport has tried to log on; name -> logged on."""
@@ -449,9 +461,7 @@ class Spooler:
                 entries = await self.store.list_inbox(limit=count)
                 if len(entries) >= count:
                     return entries
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(0.25):
-                        await self._received_event.wait()
+                await wait_event(self.clock, self._received_event, _RECHECK)
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -496,6 +506,10 @@ class Spooler:
     def routing_changed(self) -> None:
         self._route_event.set()
 
+    def messages_changed(self) -> None:
+        """Some recipients changed state (in this process): wakes :meth:`wait_for`."""
+        self._changed.set()
+
     def _wake_all(self) -> None:
         for h in self.hosts:
             h.wake.set()
@@ -539,6 +553,7 @@ class Spooler:
             log.debug("router: %d recipients routed, %d without a route", len(assign), len(failed))
             if assign:
                 await self.store.assign_routes(assign)
+                self.messages_changed()
                 for name in {a[2] for a in assign}:
                     self.host(name).wake.set()
             for mid, updates in failed.items():
@@ -593,7 +608,7 @@ class Spooler:
         self.counters["reports"] += reports
         if SPOOLER_ROW in self.status:
             self.status.update(SPOOLER_ROW, counters=dict(self.counters))
-        self._settled.set()
+        self.messages_changed()
         if reports:
             self.routing_changed()
 
@@ -764,6 +779,7 @@ class Spooler:
     async def unpark(self, host: TransportHost, ref: str | None) -> None:
         n = await self.store.unpark(host.name, ref, now=self.clock.now())
         if n:
+            self.messages_changed()
             host.wake.set()
 
     def flush_bits_changed(self, host: TransportHost, old: StatusCode, new: StatusCode) -> None:
@@ -812,6 +828,7 @@ class Spooler:
     async def _housekeep_once(self) -> None:
         now = self.clock.now()
         if await self.store.release_expired(now=now):
+            self.messages_changed()
             self._wake_all()
         expired = await self.store.expired(now=now, limit=500)
         by_msg: dict[str, list[RecipientUpdate]] = defaultdict(list)
