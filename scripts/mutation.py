@@ -47,9 +47,17 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
         "src/spoolbox/routing/__init__.py",
         ("tests/model/test_pure_core.py", "tests/routing/test_routing_examples.py"),
     ),
+    "critsec": (
+        "src/spoolbox/_core/critsec.py",
+        ("tests/core/test_critsec.py",),
+    ),
     "slices": (
         "src/spoolbox/_core/slices.py",
-        ("tests/core/test_slices.py", "tests/core/test_scheduler.py"),
+        (
+            "tests/core/test_slices.py",
+            "tests/core/test_scheduler.py",
+            "tests/core/test_watchdog_figures.py",
+        ),
     ),
     "flush": (
         "src/spoolbox/_core/flush.py",
