@@ -187,6 +187,9 @@ class IsolatedSession:
         self._ended: dict[str, Ended] = {}  # end_message already run in the child
         self._writers: dict[str, InboundWriter] = {}
         self._critsecs: list[AbstractAsyncContextManager[None]] = []
+        # Leaving runs as a task (a tell has no await); the loop keeps only a weak
+        # reference to a task, so these are held until they end.
+        self._leaving: set[asyncio.Task[None]] = set()
         self._logging_off = False
         self.logged_on = False  # set once the child's logon has answered
         self.channel = Channel(
@@ -394,7 +397,9 @@ class IsolatedSession:
     def _critsec_leave(self) -> None:
         if self._critsecs:
             cm = self._critsecs.pop()
-            asyncio.get_running_loop().create_task(_leave(cm))
+            task = asyncio.get_running_loop().create_task(_leave(cm))
+            self._leaving.add(task)
+            task.add_done_callback(self._leaving.discard)
 
     def _release_critsecs(self) -> None:
         while self._critsecs:
