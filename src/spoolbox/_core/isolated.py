@@ -154,6 +154,13 @@ class IsolatedProvider:
                 "logon", dict(config), int(flags), dict(support.profile_section().snapshot())
             )
         except BaseException as exc:
+            if isinstance(exc, ConnectionError):
+                # The child closed its end: it is exiting. Let asyncio reap it first:
+                # a kill now would reap it inside Popen.send_signal (its poll()), and
+                # asyncio's watcher would then report status 255, not the real one.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await proc.wait()
             await session.end(kill=True)
             if isinstance(exc, ConnectionError):
                 raise ChildDied(
