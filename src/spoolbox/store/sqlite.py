@@ -465,6 +465,10 @@ class SQLiteStore:
             try:
                 conn = sqlite3.connect(os.fspath(tmp), isolation_level=None)
                 try:
+                    # WAL from the start (it is kept in the file): switching a linked
+                    # store to WAL would need a lock that a second process opening
+                    # it at the same moment can refuse at once ("database is locked").
+                    conn.execute("PRAGMA journal_mode = WAL")
                     self._migrate(conn)
                 finally:
                     conn.close()
