@@ -31,7 +31,7 @@ class Owner:
 
 
 def meter(budget: float, **kw: object) -> SliceMeter:
-    return SliceMeter(budget, CriticalSections(60.0, lambda owner, held: None), **kw)  # type: ignore[arg-type]
+    return SliceMeter(budget, CriticalSections(60.0, lambda owner, held: None, grace=60.0), **kw)  # type: ignore[arg-type]
 
 
 async def steps(n: int, result: str = "done") -> str:
