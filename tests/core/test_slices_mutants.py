@@ -66,8 +66,10 @@ async def work(clock: Clock, *seconds: float) -> str:
 
 
 def test_repr_names_the_budget_and_counts_in_milliseconds() -> None:
-    m = meter(0.0125)
-    m.slices, m.overruns, m.longest = 7, 2, 0.0456
+    m = meter(2.0)
+    m.slices, m.overruns, m.longest = 7, 2, 0.5
+    assert repr(m) == "<SliceMeter budget=2000.0ms slices=7 overruns=2 longest=500.0ms>"
+    m.budget, m.longest = 0.0125, 0.0456
     assert repr(m) == "<SliceMeter budget=12.5ms slices=7 overruns=2 longest=45.6ms>"
 
 
