@@ -9,7 +9,8 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+import types
+from collections.abc import Callable, Generator, Iterator
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
@@ -253,8 +254,8 @@ async def test_a_step_held_at_the_critical_section_runs_once_it_reopens(clock: C
 
     entry = await crit.enter(holder)
     task = asyncio.ensure_future(m.run(other, others_work()))
-    while crit.waiting == 0:  # the next turn: it reaches the gate
-        await asyncio.sleep(0)
+    await asyncio.sleep(0)  # queued after the task's first turn: it reached the gate
+    assert crit.waiting == 1
     assert ran == []  # held at the gate before its first step
     crit.leave(entry)
     assert await task == "other done"
@@ -280,13 +281,147 @@ async def test_a_step_held_at_the_gate_can_be_cancelled(clock: Clock) -> None:
     task = asyncio.ensure_future(m.run(other, others_work()))
     await asyncio.sleep(0)  # first step ran; the coroutine is suspended at its sleep
     entry = await crit.enter(holder)
-    while crit.waiting == 0:  # its next step is held at the gate
-        await asyncio.sleep(0)
+    await asyncio.sleep(0)  # queued after the task's next turn: held at the gate
+    assert crit.waiting == 1
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert seen == ["started", "cancelled"]  # the cancel was thrown into the provider
     assert crit.leave(entry)
+
+
+async def test_a_raising_nested_call_restarts_the_outer_slice_clock(clock: Clock) -> None:
+    m, outer, inner = meter(10.0), Owner("outer"), Owner("inner")
+    elapsed: list[float] = []
+
+    async def inner_call() -> None:
+        clock.t += 2.0
+        raise ValueError("inner failed")
+
+    async def outer_call() -> str:
+        clock.t += 1.0
+        try:
+            await m.run(inner, inner_call())
+        except ValueError:
+            clock.t += 0.5
+            elapsed.append(m.slice_elapsed())
+        return "handled"
+
+    assert await m.run(outer, outer_call()) == "handled"
+    assert elapsed == [0.5]
+    assert inner.slices == [(2.0, False)]
+    assert outer.slices == [(3.5, False)]
+
+
+async def test_a_cancel_between_steps_reaches_the_provider(clock: Clock) -> None:
+    """Cancelled while its task waits for its next turn (after a bare yield, no future
+    to cancel): the CancelledError the task throws in reaches the provider."""
+    m, owner = meter(10.0), Owner()
+    seen: list[str] = []
+
+    async def provider() -> None:
+        try:
+            await asyncio.sleep(0)
+            seen.append("resumed")
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    task = asyncio.ensure_future(m.run(owner, provider()))
+    await asyncio.sleep(0)  # its first step ran: it is at its sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert seen == ["cancelled"]
+    assert len(owner.slices) == 2
+
+
+async def test_a_cancel_is_not_held_at_a_closed_gate(clock: Clock) -> None:
+    """A call waiting on a future is cancelled while another session holds the
+    critical section: the cancel is thrown into the provider at once (it is no step
+    of new work), it is not held until the section is left."""
+    crit = CriticalSections(60.0, lambda owner, held: None, grace=60.0)
+    m = SliceMeter(10.0, crit)
+    holder, other = Owner("holder"), Owner("other")
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    seen: list[tuple[str, bool]] = []
+
+    async def provider() -> None:
+        try:
+            await fut
+        except asyncio.CancelledError:
+            seen.append(("cancelled", crit.holder is holder))
+            raise
+
+    task = asyncio.ensure_future(m.run(other, provider()))
+    await asyncio.sleep(0)  # its first step ran: it waits on fut
+    entry = await crit.enter(holder)
+    task.cancel()
+    await asyncio.sleep(0)  # queued after the task's wake-up with the CancelledError
+    assert task.done() and task.cancelled()
+    assert seen == [("cancelled", True)]
+    assert crit.leave(entry)
+
+
+async def test_the_holders_own_steps_are_not_held(clock: Clock) -> None:
+    crit = CriticalSections(60.0, lambda owner, held: None, grace=60.0)
+    m = SliceMeter(10.0, crit)
+    holder = Owner("holder")
+    entry = await crit.enter(holder)
+    task = asyncio.ensure_future(m.run(holder, work(clock, 0.25)))
+    await asyncio.sleep(0)  # queued after the task's first (and only) step
+    assert task.done() and task.result() == "done"
+    assert holder.slices == [(0.25, False)]
+    assert crit.leave(entry)
+
+
+async def test_a_held_step_runs_once_its_own_session_holds_the_section(clock: Clock) -> None:
+    """A session's call held at the gate while another session holds the section goes
+    on when the section passes to its own session (another of its calls entered it)."""
+    crit = CriticalSections(60.0, lambda owner, held: None, grace=60.0)
+    m = SliceMeter(10.0, crit)
+    other, session = Owner("other"), Owner("session")
+    held = await crit.enter(other)
+    task = asyncio.ensure_future(m.run(session, work(clock, 0.25)))
+    await asyncio.sleep(0)  # queued after the task's first turn: it reached the gate
+    assert crit.waiting == 1
+    assert crit.leave(held)  # wakes the held step (a call_soon) ...
+    own = await crit.enter(session)  # ... after its own session took the section
+    await asyncio.sleep(0)  # queued after the held step's wake-up
+    assert task.done() and task.result() == "done"
+    assert session.slices == [(0.25, False)]
+    assert crit.leave(own)
+
+
+def test_values_and_exceptions_sent_in_reach_the_provider_unchanged() -> None:
+    """Driven directly as a generator (what any event loop does with an awaitable):
+    each value sent in, and each exception thrown in, is the provider's."""
+
+    @types.coroutine
+    def suspend(tag: str) -> Generator[str, Any, Any]:
+        return (yield tag)
+
+    got: list[Any] = []
+
+    async def provider() -> str:
+        got.append(await suspend("first"))
+        try:
+            await suspend("second")
+        except KeyError as exc:
+            got.append(exc.args[0])
+        got.append(await suspend("third"))
+        return "finished"
+
+    m, owner = meter(10.0), Owner()
+    gen = m.run(owner, provider()).__await__()
+    assert gen.send(None) == "first"
+    assert gen.send("value 1") == "second"
+    assert gen.throw(KeyError("thrown")) == "third"
+    with pytest.raises(StopIteration) as stop:
+        gen.send("value 3")
+    assert stop.value.value == "finished"
+    assert got == ["value 1", "thrown", "value 3"]
+    assert len(owner.slices) == 4
 
 
 # -- checkpoint -----------------------------------------------------------------------------
