@@ -89,6 +89,12 @@ def test_a_new_meter_has_counted_nothing() -> None:
     assert repr(m) == "<SliceMeter budget=10.0ms slices=0 overruns=0 longest=0.0ms>"
 
 
+@pytest.mark.parametrize("budget", [0.0, -0.001])
+def test_a_budget_that_is_not_positive_is_refused_by_name(budget: float) -> None:
+    with pytest.raises(ValueError, match=r"^slice budget must be positive$"):
+        meter(budget)
+
+
 async def test_each_step_is_charged_its_exact_length(clock: Clock) -> None:
     m, owner = meter(0.5), Owner()
     assert await m.run(owner, work(clock, 0.25, 0.125, 0.5)) == "done"
