@@ -57,6 +57,7 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
             "tests/core/test_slices.py",
             "tests/core/test_scheduler.py",
             "tests/core/test_watchdog_figures.py",
+            "tests/core/test_slices_mutants.py",
         ),
     ),
     "flush": (

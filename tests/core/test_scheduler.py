@@ -4,17 +4,17 @@ idle gating and status subscribers."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import time
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 from helpers import FAST, SLOW_TIMERS, message, spooler, transport
 
 from spoolbox import ManualIdle, MessageState, RecipientState, SubscriberDropped
+from spoolbox._core import flush, slices
 from spoolbox.model import LogonCaps, StatusCode, TransportNotifyFlags
-from spoolbox.testing import Act, Script
+from spoolbox.testing import Act, Script, scripted
 
 S = StatusCode
 N = TransportNotifyFlags
@@ -37,16 +37,33 @@ async def test_watchdog_names_a_provider_that_hogs_the_cpu(
     assert any("'hog' overran its slice" in r.getMessage() for r in caplog.records)
 
 
-async def test_a_provider_that_yields_is_not_named() -> None:
-    polite = Script(submit=[Act.HOG_YIELDING], hog_seconds=0.05)
-    async with spooler(transport("polite", polite), policy=replace(FAST, slice_budget=0.005)) as sp:
+async def test_a_provider_that_yields_is_not_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fake clock shared by the provider's work loop and the slice meter: each look at
+    # the time in the work loop is one tick of work (2**-10 s, so every sum is exact),
+    # and nothing else moves it; the slice lengths are then known, not hoped for.
+    tick = 2.0**-10
+    now = [0.0]
+
+    def work_clock() -> float:
+        now[0] += tick
+        return now[0]
+
+    monkeypatch.setattr(scripted, "time", SimpleNamespace(perf_counter=work_clock))
+    monkeypatch.setattr(slices, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    polite = Script(submit=[Act.HOG_YIELDING], hog_seconds=48 * tick)
+    pol = replace(FAST, slice_budget=5 * tick)  # slice_spent() from 4 ticks on
+    async with spooler(transport("polite", polite), policy=pol) as sp:
         info = await sp.submit(message("SMTP:bob@example.org"))
         assert await sp.wait_for(info.id, timeout=5) is MessageState.SENT
         row = sp.status["polite"]
-    # It cut its 50 ms of work into slices (at least ten of at most 5 ms); on a noisy
-    # machine the OS may stretch a few of them, but not most.
-    assert row.counters["slices"] >= 8
-    assert row.counters["slow_slices"] <= row.counters["slices"] // 2
+        busy = sp.meter.busy_time
+        longest = sp.meter.longest
+    # Its 48 ticks of work (49 looks at the clock) were cut into slices of 4 ticks,
+    # each inside the 5-tick budget: none is slow, and there are at least 12 of them.
+    assert longest == 4 * tick
+    assert busy == 49 * tick
+    assert row.counters["slow_slices"] == 0
+    assert row.counters["slices"] >= 13
 
 
 async def test_watchdog_thread_names_a_provider_while_it_blocks_the_loop(
@@ -145,28 +162,53 @@ async def test_flush_sets_and_clears_bits_reports_progress_and_finishes() -> Non
     assert N.BEGIN_OUTBOUND_FLUSH in notes and N.END_OUTBOUND_FLUSH in notes
 
 
-async def test_flush_progress_is_published_at_least_four_times_a_second() -> None:
-    slow = Script(("SMTP",), submit=[Act.HOG_YIELDING], hog_seconds=0.1)
+async def test_flush_progress_is_published_at_least_four_times_a_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The flush's progress ticker on a fake clock: its sleep (the only one in flush.py)
+    # moves the flush's clock on by what it asked for and gives the loop one turn, so
+    # each tick publishes a row whose elapsed time differs from the last one's.
+    now = [1000.0]
+    asked: list[float] = []
+
+    async def fake_sleep(delay: float) -> None:
+        asked.append(delay)
+        now[0] += delay
+        await asyncio.sleep(0)
+
+    class FlushAsyncio:
+        """asyncio for flush.py, but with the fake sleep."""
+
+        sleep = staticmethod(fake_sleep)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(asyncio, name)
+
+    monkeypatch.setattr(flush, "asyncio", FlushAsyncio())
+    monkeypatch.setattr(flush, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    slow = Script(("SMTP",), submit=[Act.HOG_YIELDING], hog_seconds=0.02)
     async with spooler(transport("slow", slow)) as sp:
-        for i in range(6):
+        for i in range(3):
             await sp.submit(message(f"SMTP:u{i}@x.org"))
-        await asyncio.sleep(0.05)
-        stamps: list[float] = []
+        texts: list[str] = []
         remove = sp.status.add_observer(
             lambda ch: (
-                stamps.append(time.perf_counter())
+                texts.append(ch.new.progress.text)
                 if ch.name == "slow" and ch.new is not None and ch.new.progress
                 else None
             )
         )
-        t0 = time.perf_counter()
         await sp.flush(download=False)
-        took = time.perf_counter() - t0
         remove()
-    assert took > 0.3
-    gaps = [b - a for a, b in itertools.pairwise(stamps)]
-    assert len(stamps) >= 4 * took * 0.8
-    assert max(gaps) < 0.25 + 0.15  # policy.progress_interval 0.2 s, plus scheduling slack
+        interval = sp.policy.progress_interval
+    assert interval <= 0.25  # at least four times a second
+    assert len(asked) >= 2 and set(asked) == {interval}  # the ticker sleeps exactly that
+    # A row for every tick, each one interval (of the flush's clock) after the last:
+    # the rows say 0.0 s, 0.2 s, 0.4 s ... with none missing.
+    ticked = [t.rsplit(" (", 1)[1] for t in texts if t.endswith(" s)")]
+    assert sorted(set(ticked), key=lambda e: float(e.removesuffix(" s)"))) == [
+        f"{i * interval:.1f} s)" for i in range(len(asked))
+    ]
 
 
 async def test_flush_can_be_cancelled_per_transport_and_as_a_whole() -> None:

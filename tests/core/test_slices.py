@@ -31,7 +31,7 @@ class Owner:
 
 
 def meter(budget: float, **kw: object) -> SliceMeter:
-    return SliceMeter(budget, CriticalSections(60.0, lambda owner, held: None, grace=1.0), **kw)  # type: ignore[arg-type]
+    return SliceMeter(budget, CriticalSections(60.0, lambda owner, held: None, grace=60.0), **kw)  # type: ignore[arg-type]
 
 
 async def steps(n: int, result: str = "done") -> str:
@@ -165,15 +165,22 @@ async def test_the_watchdog_names_a_step_that_holds_the_loop(
         seen.wait(10)
 
     def on_stall(name: str, held: float) -> None:
+        # Called when the step ends (in the loop's thread), so it cannot end the wait.
         stalls.append((name, held))
-        seen.set()
 
+    class Reported(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.set()  # the watchdog thread's report, while the step still blocks
+
+    handler = Reported(logging.WARNING)
+    logging.getLogger("spoolbox.watchdog").addHandler(handler)
     m = meter(0.001, stall_after=0.01, on_stall=on_stall)
     m.start_watchdog(interval=0.005)
     try:
         await m.run(Owner("blocker"), blocks())
     finally:
         m.stop_watchdog()
+        logging.getLogger("spoolbox.watchdog").removeHandler(handler)
     assert seen.is_set()
     assert [name for name, _ in stalls] == ["blocker"]  # once per stuck step
     assert stalls[0][1] >= 0.01
