@@ -11,16 +11,18 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
 from helpers import FAST, message, spooler, transport, until
 
-from spoolbox import MessageState, Policy, Spooler
+from spoolbox import MessageState, Policy, Spooler, TransportConfig
+from spoolbox.contract import InboundWriter, LogonFlags, Support
 from spoolbox.model import FlushFlags, LogonCaps, Progress, StatusCode, TransportNotifyFlags
 from spoolbox.status import StatusChange
-from spoolbox.testing import Act, Script
+from spoolbox.testing import Act, Script, ScriptedProvider, ScriptedSession
 
 S = StatusCode
 N = TransportNotifyFlags
@@ -331,7 +333,7 @@ async def test_cancelling_the_whole_flush_returns_the_report_so_far() -> None:
         await sp.wait_ready(timeout=5)
         with sp.foreground_busy():
             hang = await sp.submit(message("SMTP:bob@example.org"))
-            handle = sp.start_flush(download=False)
+            handle = sp.start_flush()
             await until(lambda: "submit_message" in a.names(), what="a's message hangs")
             handle.cancel()
             report = await handle  # the report, not CancelledError
@@ -341,7 +343,9 @@ async def test_cancelling_the_whole_flush_returns_the_report_so_far() -> None:
     assert report.cancelled is True
     assert [(r.transport, r.cancelled) for r in report.results] == [("a", True)]
     assert flush_calls(b) == []
-    assert flush_notes(a) == [N.BEGIN_OUTBOUND_FLUSH, N.END_OUTBOUND_FLUSH]
+    # flush_queues was told of both phases, so both end (the download never began).
+    assert flush_calls(a) == [F.UPLOAD | F.DOWNLOAD | F.FORCE]
+    assert flush_notes(a) == [N.BEGIN_OUTBOUND_FLUSH, N.END_OUTBOUND_FLUSH, N.END_INBOUND_FLUSH]
     assert not row.status_code & S.OUTBOUND_FLUSH and row.progress is None
     assert host_a.flushing == F.NONE
 
@@ -356,28 +360,28 @@ async def test_progress_repeats_while_a_message_hangs_and_counts_what_was_added(
     """Counted, not timed: with progress_interval 0.05 s the ticker publishes again
     and again while the one message hangs; its text says what the phase is at."""
     assert Policy().progress_interval <= 0.25  # at least four times a second by default
-    a = Script(("SMTP",), submit=[Act.HANG, Act.SUCCEED], flush_sets_bits=False)
+    a = Script(("SMTP",), submit=[Act.SUCCEED, Act.HANG, Act.SUCCEED], flush_sets_bits=False)
     pol = replace(FAST, progress_interval=0.05)
     async with spooler(transport("a", a), policy=pol) as sp:
         await sp.wait_ready(timeout=5)
         with sp.foreground_busy():
-            hang = await sp.submit(message("SMTP:bob@x1.org"))
             await sp.submit(message("SMTP:carol@x2.org"))
+            hang = await sp.submit(message("SMTP:bob@x1.org"))
             rec = Recorder(sp)
             t0 = time.perf_counter()
             handle = sp.start_flush(download=False)
-            await until(lambda: "submit_message" in a.names(), what="a's message hangs")
+            await until(lambda: a.names().count("submit_message") == 2, what="a message hangs")
 
             def ticks(prefix: str) -> list[Progress]:
                 return [p for p in rec.progress("a") if p.text.startswith(prefix)]
 
-            await until(lambda: len(ticks("Uploading 0 of 2 (")) >= 3, what="three ticks")
+            await until(lambda: len(ticks("Uploading 1 of 2 (")) >= 3, what="three ticks")
             # A message submitted during the flush joins its total.
             await sp.submit(message("SMTP:dave@x3.org"))
-            await until(lambda: len(ticks("Uploading 0 of 3 (")) >= 2, what="total 3")
+            await until(lambda: len(ticks("Uploading 1 of 3 (")) >= 2, what="total 3")
             took = time.perf_counter() - t0
-            for p in ticks("Uploading 0 of"):
-                assert p.done == 0 and p.bytes_done == 0
+            for p in ticks("Uploading 1 of"):
+                assert p.done == 1 and p.bytes_done == len(CONTENT)
                 assert p.total in (2, 3)
                 assert 0 <= _elapsed(p.text) <= took + 0.05
             # The transport ends the flush by clearing its bit: the phase ends with
@@ -387,8 +391,8 @@ async def test_progress_repeats_while_a_message_hangs_and_counts_what_was_added(
             final = rec.progress("a")[-1]
             row = sp.status["a"]
             await sp.cancel(hang.id)
-    assert final == Progress(done=0, total=3, bytes_done=0, text="Uploaded 0")
-    assert report.for_transport("a").uploaded == 0
+    assert final == Progress(done=1, total=3, bytes_done=len(CONTENT), text="Uploaded 1")
+    assert report.for_transport("a").uploaded == 1
     assert not report.for_transport("a").cancelled
     assert flush_notes(a) == [N.BEGIN_OUTBOUND_FLUSH, N.END_OUTBOUND_FLUSH]
     assert row.progress is None
@@ -410,3 +414,199 @@ async def test_a_provider_starts_a_download_flush_by_setting_its_bit() -> None:
     assert flush_calls(script) == [F.DOWNLOAD | F.NO_UI]
     assert flush_notes(script) == [N.BEGIN_INBOUND_FLUSH, N.END_INBOUND_FLUSH]
     assert not row.status_code & S.INBOUND_FLUSH
+
+
+@dataclass
+class GatedScript(Script):
+    """Each start_message waits for one ``passes.release()``; ``entered`` counts the
+    calls that reached the gate."""
+
+    passes: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(0))
+    entered: int = 0
+
+
+class GatedSession(ScriptedSession):
+    async def start_message(self, message: InboundWriter) -> None:
+        script = self.script
+        assert isinstance(script, GatedScript)
+        script.entered += 1
+        await script.passes.acquire()
+        await super().start_message(message)
+
+
+class GatedProvider(ScriptedProvider):
+    async def logon(
+        self, support: Support, config: Mapping[str, Any], flags: LogonFlags
+    ) -> ScriptedSession:
+        plain = await super().logon(support, config, flags)
+        gated = GatedSession(support, plain.script)
+        self.sessions[-1] = gated
+        return gated
+
+
+async def test_a_download_cancelled_for_its_transport_ends_its_phase_once() -> None:
+    script = GatedScript(("SMTP",), capabilities=LogonCaps.SP_POLL, inbound=list(INBOUND))
+    cfg = TransportConfig("in", GatedProvider, options={"script": script})
+    async with spooler(cfg) as sp:
+        await sp.wait_ready(timeout=5)
+        with sp.foreground_busy():
+            rec = Recorder(sp)
+            handle = sp.start_flush()
+            await until(lambda: script.entered == 1, what="start_message at the gate")
+            assert sp.status["in"].status_code & S.INBOUND_FLUSH
+            handle.cancel("in")
+            report = await handle
+            row = sp.status["in"]
+            host = sp.host("in")
+    assert not report.cancelled
+    assert [(r.transport, r.cancelled, r.downloaded) for r in report.results] == [("in", True, 0)]
+    assert flush_notes(script) == [
+        N.BEGIN_OUTBOUND_FLUSH,
+        N.END_OUTBOUND_FLUSH,
+        N.BEGIN_INBOUND_FLUSH,
+        N.END_INBOUND_FLUSH,
+    ]
+    assert not row.status_code & (S.INBOUND_FLUSH | S.OUTBOUND_FLUSH)
+    assert row.progress is None
+    assert host.flushing == F.NONE
+    assert len(script.inbound) == 2  # nothing taken, nothing lost
+    # The upload phase had nothing to do, and said so.
+    assert Progress(done=0, total=0, bytes_done=0, text="Uploaded 0") in rec.progress("in")
+
+
+async def test_download_progress_counts_each_message_and_a_total_that_grows() -> None:
+    script = GatedScript(("SMTP",), capabilities=LogonCaps.SP_POLL, inbound=list(INBOUND))
+    third = b"Subject: three\r\n\r\nthird message\r\n"
+    cfg = TransportConfig("in", GatedProvider, options={"script": script})
+    pol = replace(FAST, progress_interval=0.05)
+    async with spooler(cfg, policy=pol) as sp:
+        await sp.wait_ready(timeout=5)
+        with sp.foreground_busy():
+            await sp.submit(message("SMTP:bob@example.org"))  # the upload phase counts 1
+            rec = Recorder(sp)
+            handle = sp.start_flush()
+
+            async def tick(n: int, text: str, bytes_done: int, total: int) -> None:
+                await until(lambda: script.entered == n, what=f"start_message {n} waits")
+
+                def seen() -> bool:
+                    return any(
+                        p.text.startswith(text + " (")
+                        and (p.done, p.total, p.bytes_done) == (n - 1, total, bytes_done)
+                        for p in rec.progress("in")
+                    )
+
+                await until(seen, what=text)
+
+            await tick(1, "Downloading 0 of 2", 0, 2)
+            script.passes.release()
+            await tick(2, "Downloading 1 of 2", len(INBOUND[0]), 2)
+            script.inbound.append(third)  # one more than the poll counted
+            script.passes.release()
+            await tick(3, "Downloading 2 of 2", len(INBOUND[0]) + len(INBOUND[1]), 2)
+            script.passes.release()
+            everything = sum(len(m) for m in INBOUND) + len(third)
+            await tick(4, "Downloading 3 of 3", everything, 3)
+            script.passes.release()  # the fourth call finds nothing: the phase ends
+            report = await handle
+    result = report.for_transport("in")
+    assert (result.uploaded, result.downloaded) == (1, 3)
+    assert result.bytes == len(CONTENT) + everything
+    assert rec.progress("in")[-1] == Progress(
+        done=3, total=3, bytes_done=everything, text="Downloaded 3"
+    )
+
+
+async def test_a_provider_ends_a_download_by_clearing_its_bit() -> None:
+    script = GatedScript(("SMTP",), inbound=[*INBOUND, INBOUND[0]])
+    cfg = TransportConfig("in", GatedProvider, options={"script": script})
+    pol = replace(FAST, progress_interval=0.05)
+    async with spooler(cfg, policy=pol) as sp:
+        await sp.wait_ready(timeout=5)
+        with sp.foreground_busy():
+            await sp.submit(message("SMTP:bob@example.org"))
+            rec = Recorder(sp)
+            handle = sp.start_flush()
+
+            def tick(text: str, done: int, bytes_done: int) -> bool:
+                return any(
+                    p.text.startswith(text + " (")
+                    and (p.done, p.total, p.bytes_done) == (done, None, bytes_done)
+                    for p in rec.progress("in")
+                )
+
+            # Without SP_POLL the download's total is unknown: "Downloading n".
+            await until(lambda: script.entered == 1, what="start_message 1 waits")
+            await until(lambda: tick("Downloading 0", 0, 0), what="tick 0")
+            script.passes.release()
+            await until(lambda: script.entered == 2, what="start_message 2 waits")
+            await until(lambda: tick("Downloading 1", 1, len(INBOUND[0])), what="tick 1")
+            sp.host("in").support.modify_status_row(clear_bits=S.INBOUND_FLUSH)
+            script.passes.release()  # the message under way is taken, then it stops
+            report = await handle
+            entered = script.entered
+    assert entered == 2
+    assert len(script.inbound) == 1
+    assert report.for_transport("in").downloaded == 2
+    assert "poll" not in script.names()
+    assert rec.progress("in")[-1] == Progress(
+        done=2, total=2, bytes_done=sum(len(m) for m in INBOUND), text="Downloaded 2"
+    )
+
+
+async def test_a_batching_session_downloads_in_one_batch_and_publishes_its_count() -> None:
+    script = Script(
+        ("SMTP",),
+        capabilities=LogonCaps.SP_POLL | LogonCaps.SP_INBOUND_BATCH,
+        inbound=list(INBOUND),
+    )
+    async with spooler(transport("in", script)) as sp:
+        await sp.wait_ready(timeout=5)
+        with sp.foreground_busy():
+            rec = Recorder(sp)
+            report = await sp.flush(upload=False)
+    assert report.for_transport("in").downloaded == 2
+    # One batch: two messages and the call that found nothing, committed together.
+    assert script.names().count("start_message") == 3
+    assert rec.bits(S.INBOUND_ACTIVE) == [
+        ("in", "on", S.INBOUND_ACTIVE),
+        ("in", "off", S.INBOUND_ACTIVE),
+    ]
+    assert rec.progress("in")[-1] == Progress(
+        done=2, total=2, bytes_done=sum(len(m) for m in INBOUND), text="Downloaded 2"
+    )
+
+
+async def test_a_flush_cancelled_before_it_starts_reports_cancelled() -> None:
+    script = Script(("SMTP",))
+    async with spooler(transport("smtp", script)) as sp:
+        await sp.wait_ready(timeout=5)
+        handle = sp.start_flush()
+        handle.cancel()
+        report = await handle
+    assert report.cancelled is True
+    assert report.results == []
+    assert flush_calls(script) == []
+
+
+async def test_closing_the_spooler_ends_a_running_flush_with_what_it_did() -> None:
+    a = Script(("SMTP",), submit=[Act.HANG])
+    b = Script(("FAX",))
+    async with spooler(transport("a", a), transport("b", b)) as sp:
+        await sp.wait_ready(timeout=5)
+        with sp.foreground_busy():
+            await sp.submit(message("SMTP:bob@example.org"))
+            await sp.submit(message("FAX:+1555"))
+            handle = sp.start_flush(download=False)
+            await until(lambda: "submit_message" in a.names(), what="a's message hangs")
+    assert handle.done()
+    report = await handle
+    # The sessions stop: a's phase ends with nothing sent, b is no longer logged on.
+    assert not report.cancelled
+    assert [(r.transport, r.cancelled, r.uploaded) for r in report.results] == [
+        ("a", False, 0),
+        ("b", False, 0),
+    ]
+    assert report.for_transport("a").error is None
+    assert report.for_transport("b").error == "transport is not logged on"
+    assert flush_calls(b) == []
