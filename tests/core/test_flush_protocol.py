@@ -287,8 +287,11 @@ async def test_cancels_per_transport_skip_or_stop_one_and_leave_the_others() -> 
             names = {t.get_name() for t in asyncio.all_tasks()}
             assert "flush" in names and "a-flush-progress" in names
             handle.cancel("b")  # not its turn yet: skipped, a goes on
+            version = sp.status["a"].version
+            await until(lambda: sp.status["a"].version > version + 1, what="a's row moves on")
             handle.cancel("c")
             assert handle.current == "a" and not handle.done()
+            assert sp.status["a"].status_code & S.OUTBOUND_FLUSH
             handle.cancel("a")
             report = await handle
             host_a = sp.host("a")
