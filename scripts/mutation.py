@@ -62,7 +62,7 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "flush": (
         "src/spoolbox/_core/flush.py",
-        ("tests/core/test_scheduler.py",),
+        ("tests/core/test_scheduler.py", "tests/core/test_flush_protocol.py"),
     ),
     "smtp_server": (
         "src/spoolbox/ingress/_smtp_server.py",

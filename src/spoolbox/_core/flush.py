@@ -254,6 +254,7 @@ async def _upload(
     result.uploaded = host.flush_done
     result.bytes += host.flush_bytes
     phase["done"] = host.flush_done
+    phase["bytes"] = host.flush_bytes
     _publish(host, phase, "Uploaded")
     host.flushing &= ~FlushFlags.UPLOAD
     await host.notify(N.END_OUTBOUND_FLUSH)
@@ -284,7 +285,9 @@ async def _download(
             phase["total"] = host.flush_done
     result.downloaded = host.flush_done
     result.bytes += host.flush_bytes
+    # The last batch may end the loop before it records its count: record it here.
     phase["done"] = host.flush_done
+    phase["bytes"] = host.flush_bytes
     _publish(host, phase, "Downloaded")
     host.flushing &= ~FlushFlags.DOWNLOAD
     await host.notify(N.END_INBOUND_FLUSH)
