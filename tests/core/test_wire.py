@@ -62,4 +62,10 @@ def test_the_unpickler_refuses_anything_else() -> None:
         decode(evil)
     with pytest.raises(pickle.UnpicklingError, match="not a frame"):
         decode(pickle.dumps((1, 2)))
+    # A function of an allowed module is refused too: the frame could call it.
+    from spoolbox.model import states
+
+    function = pickle.dumps(Call(1, "x", (states.check_transition,)))
+    with pytest.raises(pickle.UnpicklingError, match=r"states\.check_transition.*refused"):
+        decode(function)
     assert struct.unpack(">I", encode(Reply(1))[:4])[0] == len(encode(Reply(1))) - 4

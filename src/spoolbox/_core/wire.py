@@ -243,7 +243,9 @@ class _Unpickler(pickle.Unpickler):
         if module == "copyreg" and name == "_reconstructor":
             return super().find_class(module, name)
         if any(module == m or module.startswith(m + ".") for m in _ALLOWED_MODULES):
-            return super().find_class(module, name)
+            found = super().find_class(module, name)
+            if isinstance(found, type):  # a class, never a function to call
+                return found
         raise pickle.UnpicklingError(
             f"a frame from the other process names {module}.{name}, which is not a "
             "spoolbox model or contract type: refused"
