@@ -17,6 +17,8 @@ from spoolbox import (
     SpoolerConfig,
     TransportConfig,
 )
+from spoolbox._core.critsec import CriticalSections
+from spoolbox._core.slices import SliceMeter
 from spoolbox.testing import Clock, Script, ScriptedProvider
 
 FAST = Policy(
@@ -81,3 +83,20 @@ async def until(
                 await asyncio.sleep(0.002)
     except TimeoutError:
         raise AssertionError(f"not within {timeout} s: {what}") from None
+
+
+# -- the slice meter alone (tests/core/test_slices*.py) ---------------------------------
+class Owner:
+    """A slice owner that records what it was charged."""
+
+    def __init__(self, name: str = "t", *, exempt: bool = False) -> None:
+        self.name = name
+        self.exempt_from_budget = exempt
+        self.slices: list[tuple[float, bool]] = []
+
+    def record_slice(self, seconds: float, overran: bool) -> None:
+        self.slices.append((seconds, overran))
+
+
+def meter(budget: float, **kw: Any) -> SliceMeter:
+    return SliceMeter(budget, CriticalSections(60.0, lambda owner, held: None, grace=60.0), **kw)

@@ -10,28 +10,12 @@ import logging
 import threading
 
 import pytest
+from helpers import Owner, meter
 
-from spoolbox._core.critsec import CriticalSections
 from spoolbox._core.slices import SliceMeter, checkpoint
 
 HOUR = 3600.0
 NANO = 1e-9
-
-
-class Owner:
-    """A slice owner that records what it was charged."""
-
-    def __init__(self, name: str = "t", *, exempt: bool = False) -> None:
-        self.name = name
-        self.exempt_from_budget = exempt
-        self.slices: list[tuple[float, bool]] = []
-
-    def record_slice(self, seconds: float, overran: bool) -> None:
-        self.slices.append((seconds, overran))
-
-
-def meter(budget: float, **kw: object) -> SliceMeter:
-    return SliceMeter(budget, CriticalSections(60.0, lambda owner, held: None, grace=60.0), **kw)  # type: ignore[arg-type]
 
 
 async def steps(n: int, result: str = "done") -> str:

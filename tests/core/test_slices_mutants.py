@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import pytest
+from helpers import Owner, meter
 
 from spoolbox._core import slices
 from spoolbox._core.critsec import CriticalSections
@@ -36,22 +37,6 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
     monkeypatch.setattr(slices, "time", SimpleNamespace(perf_counter=fake.perf_counter))
     return fake
-
-
-class Owner:
-    """A slice owner that records what it was charged."""
-
-    def __init__(self, name: str = "t", *, exempt: bool = False) -> None:
-        self.name = name
-        self.exempt_from_budget = exempt
-        self.slices: list[tuple[float, bool]] = []
-
-    def record_slice(self, seconds: float, overran: bool) -> None:
-        self.slices.append((seconds, overran))
-
-
-def meter(budget: float, **kw: Any) -> SliceMeter:
-    return SliceMeter(budget, CriticalSections(60.0, lambda owner, held: None, grace=60.0), **kw)
 
 
 async def work(clock: Clock, *seconds: float) -> str:
