@@ -65,10 +65,10 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
         ("tests/core/test_scheduler.py", "tests/core/test_flush_protocol.py"),
     ),
     "smtp_server": (
-        "src/spoolbox/ingress/_smtp_server.py",
+        "src/spoolbox/smtp/server.py",
         (
-            "tests/ingress/test_smtp_server_machine.py",
-            "tests/ingress/test_smtp_server_transcripts.py",
+            "tests/smtp/test_smtp_server_machine.py",
+            "tests/smtp/test_smtp_server_transcripts.py",
         ),
     ),
 }

@@ -18,7 +18,8 @@ ALLOWED: dict[str, set[str]] = {
     "store": {"model"},
     "reports": {"model"},
     "transports": {"contract", "model"},
-    "ingress": {"model"},
+    "ingress": {"model", "smtp"},
+    "smtp": set(),
 }
 
 
