@@ -1,4 +1,5 @@
-"""The SMTP transport's options: read and checked once at logon (``SMTPSettings``)."""
+"""The SMTP transport's options: read and checked once at logon (``SMTPSettings``), with
+the contract's typed options reader (:mod:`spoolbox.contract.options`)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from spoolbox.contract import Unconfigured
+from spoolbox.contract.options import OptionError, option, read_options
 
-__all__ = ["DEFAULT_TIMEOUTS", "SMTPSettings", "tls_context", "usable_helo"]
+__all__ = ["DEFAULT_TIMEOUTS", "SMTPOptions", "SMTPSettings", "tls_context", "usable_helo"]
 
 #: RFC 5321 section 4.5.3.2 minimums (seconds); ``connect`` is ours, not the RFC's.
 DEFAULT_TIMEOUTS: Mapping[str, float] = {
@@ -22,63 +24,69 @@ DEFAULT_TIMEOUTS: Mapping[str, float] = {
     "data_block": 180.0,
     "data_term": 600.0,
 }
-_TIMEOUT_KEYS = tuple(f"{k}_timeout" for k in DEFAULT_TIMEOUTS)
-_OPTIONS = (
-    "allow_plain_auth",
-    "ca_file",
-    "helo_name",
-    "host",
-    "max_connections",
-    "max_message_size",
-    "password",
-    "port",
-    "timeouts",
-    "tls",
-    "username",
-    "verify",
-    *_TIMEOUT_KEYS,
-)
-_TLS_MODES = ("none", "starttls", "implicit")
 _DEFAULT_PORT = {"none": 25, "starttls": 587, "implicit": 465}
 _CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]+")
+_SECONDS = "a positive number of seconds"
 
 
-def _bool(config: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = config.get(key, default)
-    if not isinstance(value, bool):
-        raise ValueError(f"smtp option {key!r} must be true or false, not {value!r}")
-    return value
+def _seconds() -> Any:
+    return option(None, positive=True, what=_SECONDS)
 
 
-def _str(config: Mapping[str, Any], key: str) -> str | None:
-    value = config.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"smtp option {key!r} must be a non-empty string, not {value!r}")
-    return value
+@dataclass(frozen=True, slots=True)
+class SMTPOptions:
+    """The options as written in the profile (see :mod:`spoolbox.transports.smtp`)."""
 
+    host: str = option(help="the smart host to relay through")
+    port: int | None = option(None, low=1, high=65535)
+    tls: Literal["none", "starttls", "implicit"] = "starttls"
+    verify: bool = True
+    ca_file: str | None = None
+    username: str | None = None
+    password: str | None = option(None, secret=True, empty=True)
+    allow_plain_auth: bool = False
+    helo_name: str | None = None
+    max_connections: int | None = option(None, low=1, high=1000)
+    max_message_size: int | None = option(None, low=1, high=1 << 62)
+    timeouts: dict[str, float] | None = option(
+        None,
+        positive=True,
+        keys=tuple(DEFAULT_TIMEOUTS),
+        what="a mapping of step (" + ", ".join(DEFAULT_TIMEOUTS) + ") to seconds",
+    )
+    connect_timeout: float | None = _seconds()
+    greeting_timeout: float | None = _seconds()
+    mail_timeout: float | None = _seconds()
+    rcpt_timeout: float | None = _seconds()
+    data_init_timeout: float | None = _seconds()
+    data_block_timeout: float | None = _seconds()
+    data_term_timeout: float | None = _seconds()
 
-def _int(config: Mapping[str, Any], key: str, low: int, high: int) -> int | None:
-    value = config.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(
-            f"smtp option {key!r} must be a whole number from {low} to {high}, not {value!r}"
-        )
-    return value
+    def __post_init__(self) -> None:
+        if _CONTROL_RE.search(self.host) or self.host != self.host.strip():
+            raise OptionError("host", f"must be a host name or address, not {self.host!r}")
+        if self.helo_name is not None and not usable_helo(self.helo_name):
+            raise OptionError("helo_name", f"must be an ASCII host name, not {self.helo_name!r}")
 
-
-def _seconds(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"smtp option {key!r} must be a positive number of seconds, not {value!r}")
-    return float(value)
+    def timeout_table(self) -> dict[str, float]:
+        """The timeouts: the defaults, ``timeouts`` and the ``<step>_timeout`` keys."""
+        table = dict(DEFAULT_TIMEOUTS)
+        given = self.timeouts or {}
+        table.update(given)
+        for step in DEFAULT_TIMEOUTS:
+            key = f"{step}_timeout"
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if step in given:
+                raise ValueError(f"smtp timeout {step!r} is given twice: 'timeouts' and {key!r}")
+            table[step] = value
+        return table
 
 
 @dataclass(frozen=True, slots=True)
 class SMTPSettings:
-    """The validated options of one SMTP transport."""
+    """The validated options of one SMTP transport, defaults filled in."""
 
     host: str
     port: int
@@ -100,76 +108,30 @@ class SMTPSettings:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> SMTPSettings:
-        unknown = sorted(str(k) for k in config if k not in _OPTIONS)
-        if unknown:
-            raise ValueError(
-                f"unknown smtp option {unknown[0]!r}"
-                + (f" (and {', '.join(map(repr, unknown[1:]))})" if len(unknown) > 1 else "")
-                + f"; the options are: {', '.join(_OPTIONS)}"
-            )
-        host = config.get("host")
-        if host is None or host == "":
-            raise Unconfigured(["host"], "the smart host to relay through")
-        if not isinstance(host, str) or _CONTROL_RE.search(host) or host != host.strip():
-            raise ValueError(f"smtp option 'host' must be a host name or address, not {host!r}")
-        tls = config.get("tls", "starttls")
-        if tls not in _TLS_MODES:
-            raise ValueError(
-                f"smtp option 'tls' must be one of {', '.join(_TLS_MODES)}, not {tls!r}"
-            )
-        port = _int(config, "port", 1, 65535) or _DEFAULT_PORT[tls]
-        verify = _bool(config, "verify", True)
-        allow_plain = _bool(config, "allow_plain_auth", False)
-        username = _str(config, "username")
-        password = config.get("password")
-        if password is not None and not isinstance(password, str):
-            raise ValueError("smtp option 'password' must be a string")
-        if username is not None and password is None:
-            raise Unconfigured(["password"], f"AUTH as {username!r} needs a password")
-        if password is not None and username is None:
+        o = read_options(SMTPOptions, config, kind="smtp")
+        if o.username is not None and o.password is None:
+            raise Unconfigured(["password"], f"AUTH as {o.username!r} needs a password")
+        if o.password is not None and o.username is None:
             raise Unconfigured(["username"], "a password was given without a username")
-        if username is not None and tls == "none" and not allow_plain:
+        if o.username is not None and o.tls == "none" and not o.allow_plain_auth:
             raise ValueError(
                 "smtp: refusing AUTH over a plaintext connection (tls='none'): the password "
                 "would cross the network in clear. Use tls='starttls' or tls='implicit', or "
                 "set allow_plain_auth=true if the path to the server is trusted"
             )
-        helo = _str(config, "helo_name")
-        if helo is not None and not usable_helo(helo):
-            raise ValueError(f"smtp option 'helo_name' must be an ASCII host name, not {helo!r}")
-        timeouts = dict(DEFAULT_TIMEOUTS)
-        given = config.get("timeouts")
-        if given is not None:
-            if not isinstance(given, Mapping):
-                raise ValueError("smtp option 'timeouts' must be a mapping of step to seconds")
-            for step, value in given.items():
-                if step not in DEFAULT_TIMEOUTS:
-                    raise ValueError(
-                        f"unknown smtp timeout {step!r} in 'timeouts'; the steps are: "
-                        + ", ".join(DEFAULT_TIMEOUTS)
-                    )
-                timeouts[step] = _seconds(f"timeouts.{step}", value)
-        for key in _TIMEOUT_KEYS:
-            if key in config:
-                step = key.removesuffix("_timeout")
-                if given is not None and step in given:
-                    raise ValueError(
-                        f"smtp timeout {step!r} is given twice: 'timeouts' and {key!r}"
-                    )
-                timeouts[step] = _seconds(key, config[key])
         return cls(
-            host=host,
-            port=port,
-            tls=tls,
-            verify=verify,
-            ca_file=_str(config, "ca_file"),
-            username=username,
-            password=password,
-            allow_plain_auth=allow_plain,
-            helo_name=helo,
-            max_connections=_int(config, "max_connections", 1, 1000) or 2,
-            max_message_size=_int(config, "max_message_size", 1, 1 << 62),
-            timeouts=timeouts,
+            host=o.host,
+            port=o.port or _DEFAULT_PORT[o.tls],
+            tls=o.tls,
+            verify=o.verify,
+            ca_file=o.ca_file,
+            username=o.username,
+            password=o.password,
+            allow_plain_auth=o.allow_plain_auth,
+            helo_name=o.helo_name,
+            max_connections=o.max_connections or 2,
+            max_message_size=o.max_message_size,
+            timeouts=o.timeout_table(),
         )
 
 
