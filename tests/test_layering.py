@@ -17,7 +17,7 @@ ALLOWED: dict[str, set[str]] = {
     "status": {"model"},
     "store": {"model"},
     "reports": {"model"},
-    "transports": {"contract", "model"},
+    "transports": {"contract", "model", "smtp"},
     "ingress": {"model", "smtp"},
     "smtp": set(),
 }

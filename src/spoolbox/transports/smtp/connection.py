@@ -88,8 +88,12 @@ class Connection:
         if event is NEED_DATA:  # replies to pipelined commands mostly come together: no timer
             try:
                 async with asyncio.timeout(timeout):
-                    while (event := self.machine.next_event()) is NEED_DATA:
+                    while event is NEED_DATA:
+                        answer = self.machine.data_to_send()  # to an AUTH challenge
+                        if answer:
+                            self.writer.write(answer)
                         self.machine.receive_data(await self.reader.read(_READ))
+                        event = self.machine.next_event()
             except OSError as exc:  # TimeoutError included
                 self.close()
                 raise exception_failure(exc, step, timeout, self.where) from None
