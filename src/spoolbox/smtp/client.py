@@ -82,16 +82,15 @@ class Step(enum.Enum):
     QUIT = "QUIT"
 
 
-class _Sentinel:
-    def __init__(self, name: str) -> None:
-        self._name = name
+class _Need(enum.Enum):
+    NEED_DATA = "NEED_DATA"
 
     def __repr__(self) -> str:
-        return self._name
+        return self.value
 
 
 #: :meth:`ClientMachine.next_event`: no event until more bytes are received.
-NEED_DATA = _Sentinel("NEED_DATA")
+NEED_DATA = _Need.NEED_DATA
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +243,7 @@ class ClientMachine:
         elif self._error is None:  # octets after 220 to STARTTLS, before the handshake
             self._error = ProtocolError("data from the server before the TLS handshake")
 
-    def next_event(self) -> Event | _Sentinel:
+    def next_event(self) -> Event | _Need:
         if self._error is not None:
             return self._error
         if self._upgrading:
@@ -267,7 +266,7 @@ class ClientMachine:
         self._error = ProtocolError(text)
         return self._error
 
-    def _answered(self, step: Step, index: int, reply: Reply) -> Event | _Sentinel:
+    def _answered(self, step: Step, index: int, reply: Reply) -> Event | _Need:
         ok = 200 <= reply.code <= 299
         if step is Step.EHLO and reply.code == 250:
             self._parse_ehlo(reply)
