@@ -43,6 +43,10 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
         "src/spoolbox/model/states.py",
         ("tests/model/test_pure_core.py", "tests/model/test_states_examples.py"),
     ),
+    "smtp_client": (
+        "src/spoolbox/smtp/client.py",
+        ("tests/smtp/test_client_machine.py",),
+    ),
     "routing": (
         "src/spoolbox/routing/__init__.py",
         ("tests/model/test_pure_core.py", "tests/routing/test_routing_examples.py"),

@@ -8,6 +8,7 @@ break the rules.
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -496,3 +497,120 @@ def test_8bit_reply_text_is_kept_whole() -> None:
     [event] = feed(m, b"220 caf\xc3\xa9 \xff\r\n")
     assert isinstance(event, Replied)
     assert event.reply.text.encode("utf-8", "surrogateescape") == b"caf\xc3\xa9 \xff"
+
+
+# -- details the transcripts above do not reach ------------------------------------------
+def test_a_new_machine_knows_nothing_yet() -> None:
+    m = ClientMachine()
+    assert (m.extensions, m.auth_mechanisms, m.pipelining, m.tls) == ({}, (), False, False)
+    assert m.size_limit is None and m.awaiting == 1  # the greeting
+    assert m.next_event() is NEED_DATA and not m.in_step
+
+
+def test_a_refused_ehlo_forgets_what_an_earlier_one_said() -> None:
+    m = greeted()
+    m.hello("me")
+    assert feed(m, b"502 5.5.1 not now\r\n") == [replied(Step.EHLO, 502, "5.5.1 not now")]
+    assert m.extensions == {} and m.auth_mechanisms == () and not m.pipelining
+
+
+def test_an_empty_ehlo_line_is_skipped() -> None:
+    m = greeted(b"250-mx\r\n250-\r\n250-  \r\n250 PIPELINING\r\n")
+    assert m.extensions == {"pipelining": ""}
+
+
+def test_only_250_accepts_mail() -> None:
+    m = greeted(EHLO_PLAIN)
+    m.transaction([b"a@x"], [b"b@x"])
+    m.data_to_send()
+    assert feed(m, b"251 odd\r\n") == [replied(Step.MAIL, 251, "odd")]
+    assert m.data_to_send() == b""  # no RCPT: the transport takes it as not understood
+
+
+@pytest.mark.parametrize("mechanism", ["login", "cram-md5"])
+def test_auth_refused_at_once_sends_nothing_more(mechanism: str) -> None:
+    m = greeted()
+    m.auth(mechanism, "u", "p")
+    m.data_to_send()
+    assert feed(m, b"504 5.5.4 not that one\r\n") == [replied(Step.AUTH, 504, "5.5.4 not that one")]
+    assert m.data_to_send() == b"" and m.in_step
+
+
+def test_auth_login_a_third_challenge_is_the_reply() -> None:
+    m = greeted()
+    m.auth("login", "u", "p")
+    m.data_to_send()
+    feed(m, b"334 UGFzc3dvcmQ6\r\n")
+    assert m.data_to_send() == base64.b64encode(b"p") + b"\r\n"
+    assert feed(m, b"334 again?\r\n") == [replied(Step.AUTH, 334, "again?")]
+    assert m.data_to_send() == b""
+
+
+@pytest.mark.parametrize(
+    "challenge", ["dGVzdA==!!", "dGVz dA==", "x" * 100 + "!"]
+)  # base64 with junk that a lenient decoder would skip
+def test_auth_cram_md5_challenge_must_be_strict_base64(challenge: str) -> None:
+    m = greeted()
+    m.auth("cram-md5", "u", "p")
+    m.data_to_send()
+    [error] = feed(m, b"334 " + challenge.encode() + b"\r\n")
+    assert error == ProtocolError(f"CRAM-MD5 challenge is not base64: {challenge[:80]}")
+    assert m.data_to_send() == b""
+
+
+def _tls_on(m: ClientMachine) -> None:
+    m.starttls()
+    feed(m, b"220 go\r\n")
+    m.tls_started()
+
+
+_BUSY = ": the previous commands are not all answered"
+
+
+@pytest.mark.parametrize(
+    ("setup", "call", "message"),
+    [
+        (None, lambda m: m.hello("me"), "EHLO" + _BUSY),
+        (None, lambda m: m.helo("me"), "HELO" + _BUSY),
+        (None, lambda m: m.starttls(), "STARTTLS" + _BUSY),
+        (None, lambda m: m.auth("plain", "u", "p"), "AUTH" + _BUSY),
+        (None, lambda m: m.transaction([b"a"], [b"b"]), "MAIL" + _BUSY),
+        (None, lambda m: m.rset(), "RSET" + _BUSY),
+        (None, lambda m: m.noop(), "NOOP" + _BUSY),
+        (None, lambda m: m.quit(), "QUIT" + _BUSY),
+        (greeted, lambda m: m.send_data(b"x"), "content before 354 to DATA"),
+        (greeted, lambda m: m.end_data(), "end of data before 354 to DATA"),
+        (greeted, lambda m: m.transaction([b"a"], []),
+         "a transaction needs at least one recipient"),
+        (greeted, lambda m: m.auth("gssapi", "u", "p"), "AUTH gssapi: not a mechanism we know"),
+        (greeted, lambda m: m.tls_started(), "TLS started without a 220 to STARTTLS"),
+        (lambda: greeted(EHLO_PLAIN), lambda m: m.starttls(),
+         "STARTTLS is not offered (or TLS is already on)"),
+    ],
+)  # fmt: skip
+def test_what_the_machine_refuses_to_do_says_why(setup: Any, call: Any, message: str) -> None:
+    m = setup() if setup is not None else ClientMachine()
+    with pytest.raises(LocalProtocolError) as err:
+        call(m)
+    assert str(err.value) == message
+
+
+def test_starttls_twice_is_refused() -> None:
+    m = greeted()
+    _tls_on(m)
+    m.hello("me")
+    feed(m, b"250-mx\r\n250 STARTTLS\r\n")  # offered again (it should not be)
+    with pytest.raises(LocalProtocolError, match=r"^STARTTLS is not offered \(or TLS"):
+        m.starttls()
+
+
+def test_the_starttls_protocol_errors_say_what_happened() -> None:
+    m = greeted()
+    m.starttls()
+    assert feed(m, b"220 go\r\n250 early\r\n") == [
+        ProtocolError("data from the server after 220 to STARTTLS")
+    ]
+    m = greeted()
+    m.starttls()
+    feed(m, b"220 go\r\n")
+    assert feed(m, b"x") == [ProtocolError("data from the server before the TLS handshake")]

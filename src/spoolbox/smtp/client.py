@@ -170,8 +170,8 @@ class ClientMachine:
         self._extensions: dict[str, str] = {}
         self._auth_mechanisms: tuple[str, ...] = ()
         self._auth: _Auth | None = None
-        self._accepted = 0  # RCPTs accepted in the current transaction
-        self._mail_accepted = False
+        self._any_accepted = False  # a RCPT of the current transaction was accepted
+        self._mail_accepted = False  # the current transaction's MAIL was
         self._encoder: DataEncoder | None = None  # between 354 and the final dot
         self._upgrading = False
         self._tls = tls
@@ -267,11 +267,10 @@ class ClientMachine:
         return self._error
 
     def _answered(self, step: Step, index: int, reply: Reply) -> Event | _Need:
-        ok = 200 <= reply.code <= 299
         if step is Step.EHLO and reply.code == 250:
             self._parse_ehlo(reply)
-        elif step is Step.HELO and reply.code == 250:
-            self._extensions, self._auth_mechanisms = {}, ()
+        elif step is Step.EHLO or step is Step.HELO:  # a refused EHLO forgets, as HELO does
+            self._forget()
         elif step is Step.STARTTLS and reply.code == 220:
             if self._reader.pending or self._reader.next_reply() is not None:
                 raise ReplyError("data from the server after 220 to STARTTLS")
@@ -284,19 +283,17 @@ class ClientMachine:
                 return self.next_event()
             self._auth = None
         elif step is Step.MAIL:
-            self._mail_accepted = ok
-            if not ok:
+            self._mail_accepted = reply.code == 250
+            if not self._mail_accepted:
                 self._held.clear()  # no RCPT after a refused MAIL
             self._release()
         elif step is Step.RCPT:
-            self._accepted += reply.code in (250, 251)
+            self._any_accepted = self._any_accepted or reply.code in (250, 251)
             self._release()
         elif step is Step.DATA and reply.code == 354:
             self._encoder = DataEncoder()
-            if self._mail_accepted and not self._accepted:  # RFC 2920 section 3.1
+            if self._mail_accepted and not self._any_accepted:  # RFC 2920 section 3.1
                 self.end_data()
-        elif step in (Step.END_OF_DATA, Step.RSET):
-            self._mail_accepted = False
         return Replied(step, reply, index)
 
     def _parse_ehlo(self, reply: Reply) -> None:
@@ -307,19 +304,25 @@ class ClientMachine:
             if not line:
                 continue
             old = _OLDSTYLE_AUTH_RE.fullmatch(line)  # AUTH=LOGIN PLAIN, from older servers
-            keyword, _, params = ("auth", "", old["auth"]) if old else line.partition(" ")
-            keyword = keyword.lower()
+            if old:
+                keyword, params = "auth", old["auth"]
+            else:
+                keyword, _, params = line.partition(" ")
+                keyword = keyword.lower()
             extensions[keyword] = params
             if keyword == "auth":
                 mechanisms += [m.lower() for m in params.split() if m.lower() not in mechanisms]
         self._extensions, self._auth_mechanisms = extensions, tuple(mechanisms)
+
+    def _forget(self) -> None:
+        self._extensions, self._auth_mechanisms = {}, ()
 
     def _release(self) -> None:
         """Send the next held command of the transaction, if its turn has come."""
         if not self._held or self._waiting:
             return
         step, index, line = self._held.popleft()
-        if step is Step.DATA and not self._accepted:
+        if step is Step.DATA and not self._any_accepted:
             return  # every RCPT refused: no DATA (the transaction is over)
         self._waiting.append((step, index))
         self._out += line
@@ -360,7 +363,7 @@ class ClientMachine:
         if not self._upgrading:
             raise LocalProtocolError("TLS started without a 220 to STARTTLS")
         self._upgrading, self._tls = False, True
-        self._extensions, self._auth_mechanisms = {}, ()
+        self._forget()
 
     def auth(self, mechanism: str, username: str, password: str) -> None:
         """AUTH with one of :data:`AUTH_MECHANISMS`; the final reply comes as ``Step.AUTH``."""
@@ -390,7 +393,7 @@ class ClientMachine:
             (Step.RCPT, i, self._command(b"RCPT", b"TO:<" + r + b">")) for i, r in enumerate(rcpts)
         ]
         lines.append((Step.DATA, -1, self._command(b"DATA")))
-        self._accepted, self._mail_accepted = 0, False
+        self._any_accepted = False
         if self.pipelining:
             for step, index, line in lines:
                 self._out += line
