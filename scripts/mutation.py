@@ -43,6 +43,10 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
         "src/spoolbox/model/states.py",
         ("tests/model/test_pure_core.py", "tests/model/test_states_examples.py"),
     ),
+    "smtp_client": (
+        "src/spoolbox/smtp/client.py",
+        ("tests/smtp/test_client_machine.py",),
+    ),
     "routing": (
         "src/spoolbox/routing/__init__.py",
         ("tests/model/test_pure_core.py", "tests/routing/test_routing_examples.py"),
@@ -65,10 +69,10 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
         ("tests/core/test_scheduler.py", "tests/core/test_flush_protocol.py"),
     ),
     "smtp_server": (
-        "src/spoolbox/ingress/_smtp_server.py",
+        "src/spoolbox/smtp/server.py",
         (
-            "tests/ingress/test_smtp_server_machine.py",
-            "tests/ingress/test_smtp_server_transcripts.py",
+            "tests/smtp/test_smtp_server_machine.py",
+            "tests/smtp/test_smtp_server_transcripts.py",
         ),
     ),
 }

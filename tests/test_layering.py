@@ -17,8 +17,9 @@ ALLOWED: dict[str, set[str]] = {
     "status": {"model"},
     "store": {"model"},
     "reports": {"model"},
-    "transports": {"contract", "model"},
-    "ingress": {"model"},
+    "transports": {"contract", "model", "smtp"},
+    "ingress": {"model", "smtp"},
+    "smtp": set(),
 }
 
 

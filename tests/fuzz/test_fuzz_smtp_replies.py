@@ -1,13 +1,12 @@
 """Fuzz target: the SMTP client's reply reader and what reads its replies.
 
-:class:`spoolbox.transports.smtp._Replies` is fed bytes as the transport would
-(``data_received``, cut anywhere) through a stand-in transport; its replies are read
-with its own ``read``.  What must hold:
+:class:`spoolbox.smtp.replies.ReplyReader` is fed bytes as the connection would (cut
+anywhere); its replies are taken with ``next_reply``.  What must hold:
 
 * well-formed replies (one or several lines, CRLF or LF, pipelined several to a
   segment) come out one each, in order, with their code and text, however cut;
-* any input at all: ``data_received`` never raises; a bad reply fails the reader with
-  aiosmtplib's ``SMTPResponseException`` (what the session handles), nothing else;
+* any input at all: ``feed`` never raises; a bad reply fails the reader with
+  ``ReplyError`` (what the client machine turns into a protocol error), nothing else;
   replies before the bad one are still delivered, in order;
 * ``reply_text`` is one printable line; ``enhanced_status`` is always an ASCII RFC 3463
   code of the class asked for (it ends up as a DSN's ``Status`` field).
@@ -15,55 +14,41 @@ with its own ``read``.  What must hold:
 
 from __future__ import annotations
 
-import asyncio
 import re
 
-import aiosmtplib
-from aiosmtplib import SMTPResponse
 from fuzz_settings import budget
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from spoolbox.transports.smtp import _MAX_REPLY, _Replies, enhanced_status, reply_text
+from spoolbox.smtp.replies import (
+    MAX_REPLY,
+    Reply,
+    ReplyError,
+    ReplyReader,
+    enhanced_status,
+    reply_text,
+)
 
 _STATUS = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}", re.ASCII)
 
 
-class _Transport(asyncio.BaseTransport):
-    """Stands in for the connection's transport: only the protocol switch is used."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._protocol: asyncio.BaseProtocol | None = None
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._protocol = protocol
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        assert self._protocol is not None
-        return self._protocol
-
-
-def _feed(data: bytes, cuts: list[int]) -> tuple[list[SMTPResponse], Exception | None]:
-    """Feed ``data`` cut at ``cuts``; every reply read, then what ``read`` raised."""
-
-    async def main() -> tuple[list[SMTPResponse], Exception | None]:
-        replies = _Replies(None, _Transport())  # type: ignore[arg-type]  # inner: unused here
-        start = 0
-        for cut in [*sorted(c for c in cuts if c < len(data)), len(data)]:
-            replies.data_received(data[start:cut])
-            start = max(start, cut)
-            assert len(replies._buffer) <= _MAX_REPLY
-        got: list[SMTPResponse] = []
-        while True:
-            try:
-                got.append(await replies.read(0))
-            except TimeoutError:
-                return got, None
-            except aiosmtplib.SMTPResponseException as exc:
-                return got, exc
-
-    return asyncio.run(main())
+def _feed(data: bytes, cuts: list[int]) -> tuple[list[Reply], Exception | None]:
+    """Feed ``data`` cut at ``cuts``; every reply read, then what ``next_reply`` raised."""
+    reader = ReplyReader()
+    start = 0
+    for cut in [*sorted(c for c in cuts if c < len(data)), len(data)]:
+        reader.feed(data[start:cut])
+        start = max(start, cut)
+        assert reader.pending <= MAX_REPLY
+    got: list[Reply] = []
+    while True:
+        try:
+            reply = reader.next_reply()
+        except ReplyError as exc:
+            return got, exc
+        if reply is None:
+            return got, None
+        got.append(reply)
 
 
 _TEXT = st.text(
@@ -91,7 +76,7 @@ def _reply(draw: st.DrawFn) -> tuple[int, list[str], bytes]:
 
 def _model(wire: bytes) -> tuple[list[tuple[int, str]], bool]:
     """The replies in ``wire`` and whether it holds an error, by the rules the reader
-    documents (aiosmtplib's): a line over 8192 octets, a line not starting with three
+    documents: a line over 8192 octets, a line not starting with three
     digits, a reply (or an unfinished rest) over 32768 octets are errors."""
     replies: list[tuple[int, str]] = []
     start = 0  # where the current reply starts
@@ -100,14 +85,14 @@ def _model(wire: bytes) -> tuple[list[tuple[int, str]], bool]:
     while (end := wire.find(b"\n", pos)) != -1:
         line = wire[pos : end + 1]
         pos = end + 1
-        if len(line) > 8192 or not line[:3].isdigit() or pos - start > _MAX_REPLY:
+        if len(line) > 8192 or not line[:3].isdigit() or pos - start > MAX_REPLY:
             return replies, True
         texts.append(line[4:].strip(b" \t\r\n"))
         if line[3:4] != b"-":
             replies.append((int(line[:3]), b"\n".join(texts).decode("utf-8", "surrogateescape")))
             texts = []
             start = pos
-    return replies, len(wire) - start > _MAX_REPLY
+    return replies, len(wire) - start > MAX_REPLY
 
 
 def _expected(code: int, texts: list[str]) -> tuple[int, str]:
@@ -123,7 +108,7 @@ def test_well_formed_replies_come_out_whole_in_order(
     wire = b"".join(r[2] for r in replies)
     got, error = _feed(wire, cuts)
     assert error is None
-    assert [(r.code, r.message) for r in got] == [_expected(c, t) for c, t, _ in replies]
+    assert [(r.code, r.text) for r in got] == [_expected(c, t) for c, t, _ in replies]
 
 
 @budget(150)
@@ -141,18 +126,18 @@ def test_well_formed_replies_come_out_whole_in_order(
 @example(replies=[], junk=b"250-" + b"y" * 8000 + b"\r\n", cuts=[]).via(
     "a reply of 8000+ octet lines"
 )
-def test_any_bytes_fail_only_with_smtp_response_exception(
+def test_any_bytes_fail_only_with_reply_error(
     replies: list[tuple[int, list[str], bytes]], junk: bytes, cuts: list[int]
 ) -> None:
     wire = b"".join(r[2] for r in replies) + junk
     got, error = _feed(wire, cuts)
-    assert error is None or isinstance(error, aiosmtplib.SMTPResponseException)
+    assert error is None or isinstance(error, ReplyError)
     expected = [_expected(c, t) for c, t, _ in replies]
-    assert [(r.code, r.message) for r in got][: len(expected)] == expected
+    assert [(r.code, r.text) for r in got][: len(expected)] == expected
     for r in got:
         assert 0 <= r.code <= 999
     replies, failed = _model(wire)
-    assert [(r.code, r.message) for r in got] == replies
+    assert [(r.code, r.text) for r in got] == replies
     assert (error is not None) == failed
 
 
@@ -176,7 +161,7 @@ _REPLY_TEXT = st.one_of(
 def test_reply_text_is_one_line_and_enhanced_status_is_ascii(
     code: int, text: str, cls: str
 ) -> None:
-    resp = SMTPResponse(code, text)
+    resp = Reply(code, text)
     line = reply_text(resp)
     assert line.isprintable()
     assert line.startswith(str(code))

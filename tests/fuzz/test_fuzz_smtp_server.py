@@ -1,4 +1,4 @@
-"""Fuzz target: the SMTP server machine (:mod:`spoolbox.ingress._smtp_server`).
+"""Fuzz target: the SMTP server machine (:mod:`spoolbox.smtp.server`).
 
 Hypothesis writes sessions from a grammar of commands, near-commands and raw bytes,
 cuts them at random points, and answers every decision the machine asks for.  What
@@ -27,7 +27,7 @@ from fuzz_settings import budget
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from spoolbox.ingress._smtp_server import (
+from spoolbox.smtp.server import (
     AuthCredentials,
     Event,
     MailFrom,

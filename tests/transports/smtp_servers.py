@@ -134,6 +134,7 @@ async def aiosmtpd_server(
     users: dict[str, str] | None = None,
     auth_require_tls: bool = True,
     data_size_limit: int | None = 33554432,
+    auth_exclude: tuple[str, ...] = (),
 ) -> AsyncIterator[ServerInfo]:
     """A real aiosmtpd server in this loop; yields its port and connection counter."""
     loop = asyncio.get_running_loop()
@@ -148,6 +149,7 @@ async def aiosmtpd_server(
             require_starttls=False,
             authenticator=_authenticator(users) if users else None,
             auth_require_tls=auth_require_tls,
+            auth_exclude_mechanism=auth_exclude,
             data_size_limit=data_size_limit,
             enable_SMTPUTF8=True,
             loop=loop,

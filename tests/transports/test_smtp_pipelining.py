@@ -372,7 +372,8 @@ async def test_messages_through_postfix_smtp_sink(sink: tuple[Sink, bool]) -> No
         ]
         infos.append(await sp.submit(message("big", content=big)))
         states = [await sp.wait_for(info.id, timeout=60) for info in infos]
-        ext = [c.extensions for c in sp.host("smtp").session._idle]  # type: ignore[union-attr]
+        session = sp.host("smtp").session
+        ext = [c.machine.extensions for c in session.pool.idle]  # type: ignore[union-attr]
     assert states == [MessageState.SENT] * (n + 1)
     assert ext and all(("pipelining" in e) is pipelining for e in ext)
     ids: set[str] = set()

@@ -612,6 +612,22 @@ async def test_auth_over_plaintext_when_allowed() -> None:
     assert state is MessageState.SENT and len(rec.received) == 1
 
 
+@pytest.mark.parametrize(("password", "ok"), [("secret", True), ("wrong", False)])
+async def test_auth_login_when_plain_is_not_offered(password: str, ok: bool) -> None:
+    rec = Recorder()
+    async with aiosmtpd_server(
+        rec, users={"alice": "secret"}, auth_require_tls=False, auth_exclude=("PLAIN",)
+    ) as srv:
+        opts = options(srv.port, username="alice", password=password, allow_plain_auth=True)
+        state, recs, _ = await send_with(opts, message("SMTP:bob@example.org"))
+    if ok:
+        assert state is MessageState.SENT and len(rec.received) == 1
+    else:
+        assert (recs[0].state, recs[0].status) == (RecipientState.QUEUED, "4.7.8")
+        assert "535" in (recs[0].diagnostic or "")
+        assert rec.received == []
+
+
 # -- Postfix smtp-sink ------------------------------------------------------------------------
 @pytest.fixture
 def sink(tmp_path: Path) -> Iterator[Sink]:

@@ -1,7 +1,7 @@
 """Ingress: the ways messages enter the spooler from outside the Python API.
 
 * :class:`SubmissionListener` is an SMTP submission listener (RFC 5321, on our own
-  state machine in ``_smtp_server``) so any program that speaks SMTP to localhost can
+  state machine in ``spoolbox.smtp.server``) so any program that speaks SMTP to localhost can
   queue mail; it answers ``250`` to DATA only after the message is durably committed.
 * :func:`run_sendmail` is a ``sendmail``-compatible entry point: the message on
   stdin, the recipients as arguments or (``-t``) from the headers, sysexits exit codes.

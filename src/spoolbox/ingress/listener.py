@@ -52,7 +52,7 @@ from email.utils import formatdate
 from typing import Any, cast
 
 from ..model import Address, AddressError, MessageError, NewMessage, new_message_id
-from ._smtp_server import (
+from ..smtp.server import (
     NEED_DATA,
     PAUSED,
     AuthCredentials,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from test_smtp_server_machine import machine, run
 
-from spoolbox.ingress._smtp_server import MailFrom, MessageData, RcptTo, Refused
+from spoolbox.smtp.server import MailFrom, MessageData, RcptTo, Refused
 
 EHLO = "250-mx.test\n250-SIZE 10000\n250-PIPELINING\n250-8BITMIME\n250 ENHANCEDSTATUSCODES"
 HELP = "214 2.0.0 Supported commands: DATA EHLO HELO HELP MAIL NOOP QUIT RCPT RSET VRFY"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spoolbox.ingress._smtp_server import (
+from spoolbox.smtp.server import (
     NEED_DATA,
     PAUSED,
     AuthCredentials,

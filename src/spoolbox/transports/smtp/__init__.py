@@ -1,0 +1,123 @@
+"""The SMTP transport (address type ``SMTP``): outbound relay through a smart host.
+
+Every recipient ``SMTP:bob@example.org`` is relayed to one configured smart host
+(no MX lookup): ``MAIL FROM`` is the message's sender (``<>`` when it has none, or
+when the sender is not an ``SMTP:`` address), one ``RCPT TO`` per recipient this
+transport is responsible for, then ``DATA`` with the content byte for byte (dot
+stuffed, bare CR and LF written as CRLF, as RFC 5321 asks).
+
+Configuration (the transport's ``options`` in the profile):
+
+``host``
+    The smart host (name or IP address).  Required: without it the logon fails with
+    :class:`~spoolbox.contract.Unconfigured`.
+``port``
+    Default 25; 587 for ``tls="starttls"``, 465 for ``tls="implicit"``.
+``tls``
+    ``"starttls"`` (the default: the server must offer STARTTLS, or every recipient
+    is deferred with 4.7.10), ``"implicit"`` (TLS from the first byte, RFC 8314) or
+    ``"none"``.
+``verify``
+    Bool, default true: check the server's certificate and host name.  ``false``
+    must be written out, and is logged at WARNING once at logon.
+``ca_file``
+    A PEM bundle of the certificate authorities to trust instead of the system's.
+``username``, ``password``
+    AUTH credentials (both or neither).  Only over TLS, unless
+    ``allow_plain_auth`` is true: with ``tls="none"`` the logon is refused with a
+    :class:`ValueError` saying so.
+``helo_name``
+    The name sent in EHLO/HELO (default: this host's fully qualified name).
+``max_connections``
+    Default 2: the size of the connection pool, which is also the number of
+    messages the spooler may hand this session at once (``concurrency``), i.e. the
+    concurrency limit towards the smart host.
+``timeouts``
+    A mapping of step to seconds, or the individual keys ``connect_timeout``,
+    ``greeting_timeout``, ``mail_timeout``, ``rcpt_timeout``,
+    ``data_init_timeout``, ``data_block_timeout`` and ``data_term_timeout``.
+    The defaults are the minimums of RFC 5321 section 4.5.3.2: greeting 300 s,
+    MAIL 300 s, RCPT 300 s, DATA initiation 120 s, each data block 180 s, the reply
+    to the final dot 600 s.  ``connect`` (30 s) is not in the RFC: it bounds name
+    resolution plus the TCP connection.  EHLO, STARTTLS, AUTH, RSET and QUIT use the
+    MAIL timeout.
+``max_message_size``
+    Optional byte limit of our own: larger messages fail with 5.3.4 before any
+    connection is made.  A server's ``SIZE`` announcement is honoured the same way
+    (5.3.4 before ``MAIL FROM``).
+
+An unknown key or a value of the wrong type fails the logon with a
+:class:`ValueError` that names the key.
+
+Results (one ``status_recips`` call per message):
+
+* ``250``/``251`` to RCPT and ``250`` after the final dot: delivered, diagnostic
+  ``smtp; 250 2.0.0 ...``, status from the reply's enhanced code (else 2.0.0),
+  ``remote_mta`` ``dns; <host>``.
+* ``4xx`` to RCPT: that recipient deferred with the reply's enhanced code (else
+  4.0.0); ``5xx``: failed (enhanced code, else 5.0.0).
+* ``4xx``/``5xx`` to MAIL, DATA or the final dot: every recipient still open
+  deferred or failed accordingly.
+* A timeout (4.4.1, "no answer") or a dropped connection (4.4.2) at any point after
+  the connection was made defers every recipient not yet delivered; a connection
+  that cannot be made defers them with 4.4.1; a certificate that does not verify
+  with 4.7.5, another TLS failure with 4.7.0; a malformed or oversized reply with
+  4.5.0; a refused AUTH (one mechanism is tried: PLAIN, LOGIN or CRAM-MD5) with the
+  reply's code made class 4 (a credentials problem is fixed by an administrator,
+  not by bouncing the mail), e.g. 4.7.8.  A ``421`` reply at any step defers what is
+  left with the server's text.
+  Nothing is reported delivered before the server answered ``250`` to the final
+  dot, so a connection lost in the middle of DATA leaves the message queued.
+* Addresses that cannot go into a command line (spaces, control characters, ``<``
+  or ``>``) fail with 5.1.3; non-ASCII addresses need the server's SMTPUTF8 (else 5.6.7).
+
+PIPELINING (RFC 2920): when the server's EHLO reply lists it, ``MAIL FROM``, every
+``RCPT TO`` and ``DATA`` go out in one write and their replies are read in order,
+then (after ``354``) the content and the final dot in one write (content over
+``_WHOLE_LIMIT`` is streamed in chunks, the final dot with the last one): two round
+trips per message.  The results are those of the dialogue command by command; after
+a refused ``MAIL`` the replies to the RCPTs and DATA sent with it are read (and the
+connection kept if they are errors, as they should be); when every recipient was
+refused but ``DATA`` got ``354`` only the final dot is sent (RFC 2920 section 3.1).
+The dialogue is :class:`spoolbox.smtp.client.ClientMachine` (pure, tested by feeding it
+bytes); this package is its I/O on asyncio streams.  Without PIPELINING each command
+waits for the reply to the one before.
+
+Connections are pooled: a connection is reused for the next message (after an
+``RSET`` that also proves it still alive; a dead one is replaced silently), dropped
+after any error, and closed (``QUIT``) at logoff.  ``transport_notify(CANCEL_MESSAGE,
+ref)`` closes the connection of the message being sent, so the send stops at once
+and the message ends cancelled (unless the server had already accepted it).
+
+Hostile servers: every network step has its timeout; a reply longer than 32 KiB (a
+line longer than 8 KiB; so an endless ``250-`` reply ends quickly), a line that is not
+a reply, a reply nobody asked for or octets after ``220`` to STARTTLS are a protocol
+error (4.5.0); reply text is cleaned (8-bit junk decoded with replacement characters,
+control characters removed) before it goes into a diagnostic or the status row.
+
+The package: ``settings`` (the options), ``failures`` (replies and network errors as
+results), ``connection`` (one connection: the machine over asyncio streams, with its
+timeouts, and the opening dialogue), ``pool`` (the connection pool), ``session`` (a
+message's transaction and its results), ``provider`` (logon).
+"""
+
+from __future__ import annotations
+
+from spoolbox.smtp.data import DataEncoder
+from spoolbox.smtp.replies import clean_text, enhanced_status, reply_text
+
+from .provider import SMTPProvider
+from .session import ADDRESS_TYPE, SMTPSession
+from .settings import DEFAULT_TIMEOUTS, SMTPSettings
+
+__all__ = [
+    "ADDRESS_TYPE",
+    "DEFAULT_TIMEOUTS",
+    "DataEncoder",
+    "SMTPProvider",
+    "SMTPSession",
+    "SMTPSettings",
+    "clean_text",
+    "enhanced_status",
+    "reply_text",
+]

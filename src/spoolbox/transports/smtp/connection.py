@@ -1,0 +1,253 @@
+"""One connection to the smart host: the client machine (:mod:`spoolbox.smtp.client`) over
+asyncio streams, every network step within its timeout, and the opening dialogue
+(connect, implicit TLS or STARTTLS, the greeting, EHLO/HELO, AUTH).
+
+Every failure comes out as a :class:`~.failures.Failure` with the connection closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+
+from spoolbox.smtp.client import (
+    NEED_DATA,
+    ClientMachine,
+    ConnectionClosed,
+    ProtocolError,
+    Replied,
+    UpgradeTLS,
+)
+from spoolbox.smtp.replies import Reply, enhanced_status, reply_text
+
+from .failures import Failure, exception_failure, refusal
+from .settings import SMTPSettings
+
+__all__ = ["Connection", "connect"]
+
+_READ = 65536
+#: AUTH mechanisms in order of preference, over TLS and (allow_plain_auth) without it.
+_AUTH_TLS = ("plain", "login", "cram-md5")
+_AUTH_PLAIN = ("cram-md5", "plain", "login")
+
+
+class Connection:
+    """One open connection of the pool: the streams, the machine, and what the pool notes."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        machine: ClientMachine,
+        where: str,
+        number: int,
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.machine = machine
+        self.where = where
+        self.number = number
+        self.messages = 0
+        self.clean = False  # the last transaction ended with 250 after the data
+        self.idle_since = 0.0
+        self._closed = False
+
+    @property
+    def alive(self) -> bool:
+        return not self._closed and not self.writer.is_closing() and not self.reader.at_eof()
+
+    def close(self) -> None:
+        """Drop the connection at once (a send waiting on it fails at its next await)."""
+        self._closed = True
+        self.writer.transport.abort()
+
+    async def write(self, data: bytes, step: str, timeout: float) -> None:
+        """Write ``data``; wait (within ``timeout``) only if the kernel did not take it all."""
+        try:
+            self.writer.write(data)
+            transport = self.writer.transport
+            if transport.is_closing() or transport.get_write_buffer_size():
+                async with asyncio.timeout(timeout):
+                    await self.writer.drain()  # flow control
+        except OSError as exc:  # TimeoutError included
+            self.close()
+            raise exception_failure(exc, step, timeout, self.where) from None
+
+    async def flush(self, step: str, timeout: float) -> None:
+        """Write what the machine has to send, if anything."""
+        data = self.machine.data_to_send()
+        if data:
+            await self.write(data, step, timeout)
+
+    async def event(self, step: str, timeout: float) -> Replied | UpgradeTLS:
+        """The machine's next event (after writing what it has to send), reading within
+        ``timeout`` if it needs more; the server's breaking the dialogue as a Failure."""
+        await self.flush(step, timeout)
+        event = self.machine.next_event()
+        if event is NEED_DATA:  # replies to pipelined commands mostly come together: no timer
+            try:
+                async with asyncio.timeout(timeout):
+                    while event is NEED_DATA:
+                        answer = self.machine.data_to_send()  # to an AUTH challenge
+                        if answer:
+                            self.writer.write(answer)
+                        self.machine.receive_data(await self.reader.read(_READ))
+                        event = self.machine.next_event()
+            except OSError as exc:  # TimeoutError included
+                self.close()
+                raise exception_failure(exc, step, timeout, self.where) from None
+        if isinstance(event, ProtocolError):
+            self.close()
+            raise Failure(
+                "4.5.0", f"x-spoolbox; bad reply from {self.where} ({step}): {event.text}"
+            )
+        if isinstance(event, ConnectionClosed):
+            self.close()
+            raise Failure(
+                "4.4.2",
+                f"x-spoolbox; connection to {self.where} lost ({step}): "
+                "the server closed the connection",
+            )
+        assert isinstance(event, Replied | UpgradeTLS)  # NEED_DATA ends the loop above
+        return event
+
+    async def reply(self, step: str, timeout: float) -> Reply:
+        """The reply to the command ``step`` (it is the next event but for STARTTLS)."""
+        event = await self.event(step, timeout)
+        return event.reply
+
+
+async def _tcp_connect(host: str, port: int, timeout: float) -> socket.socket:
+    """A connected non-blocking socket: name resolution plus connect within ``timeout``."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout):
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        errors: list[OSError] = []
+        for family, type_, proto, _, addr in infos:
+            sock = socket.socket(family, type_, proto)
+            try:
+                sock.setblocking(False)
+                await loop.sock_connect(sock, addr)
+            except OSError as exc:
+                sock.close()
+                errors.append(exc)
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+    if errors:
+        raise errors[0]
+    raise OSError(f"no address found for {host}")
+
+
+async def connect(
+    settings: SMTPSettings, tls_context: ssl.SSLContext | None, helo: str, number: int
+) -> Connection:
+    """A connection greeted, EHLO'd, in TLS as configured and authenticated if configured."""
+    s, t, where = settings, settings.timeouts, settings.where
+    try:
+        sock = await _tcp_connect(s.host, s.port, t["connect"])
+    except TimeoutError:
+        raise Failure(
+            "4.4.1",
+            f"x-spoolbox; cannot connect to {where}: no connection within "
+            f"{t['connect']:g} s (connect timeout)",
+        ) from None
+    except OSError as exc:
+        raise Failure(
+            "4.4.1", f"x-spoolbox; cannot connect to {where}: {exc.strerror or exc}"
+        ) from None
+    implicit = s.tls == "implicit"
+    try:
+        async with asyncio.timeout(t["greeting"]):  # the TLS handshake (implicit TLS)
+            reader, writer = await asyncio.open_connection(
+                sock=sock,
+                ssl=tls_context if implicit else None,
+                server_hostname=s.host if implicit else None,
+            )
+    except OSError as exc:
+        sock.close()
+        raise exception_failure(exc, "the greeting", t["greeting"], where) from None
+    except BaseException:
+        sock.close()
+        raise
+    conn = Connection(reader, writer, ClientMachine(tls=implicit), where, number)
+    try:
+        await _open(conn, settings, tls_context, helo)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+async def _open(
+    conn: Connection, settings: SMTPSettings, tls_context: ssl.SSLContext | None, helo: str
+) -> None:
+    s, t, where = settings, settings.timeouts, settings.where
+    reply = await conn.reply("the greeting", t["greeting"])
+    if reply.code != 220:
+        raise refusal(reply, "the greeting", where)
+    await _hello(conn, helo, "EHLO", t["mail"])
+    if s.tls == "starttls":
+        if "starttls" not in conn.machine.extensions:
+            raise Failure(
+                "4.7.10",
+                f"x-spoolbox; {where} does not offer STARTTLS, which tls='starttls' requires",
+            )
+        conn.machine.starttls()
+        event = await conn.event("STARTTLS", t["mail"])
+        if not isinstance(event, UpgradeTLS):
+            raise refusal(event.reply, "STARTTLS", where)
+        assert tls_context is not None  # made for every tls but "none"
+        try:
+            async with asyncio.timeout(t["mail"]):
+                await conn.writer.start_tls(tls_context, server_hostname=s.host)
+        except OSError as exc:
+            raise exception_failure(exc, "STARTTLS", t["mail"], where) from None
+        conn.machine.tls_started()
+        await _hello(conn, helo, "EHLO after STARTTLS", t["mail"])
+    if s.username is not None:
+        await _auth(conn, settings)
+
+
+async def _hello(conn: Connection, helo: str, step: str, timeout: float) -> None:
+    """EHLO, and HELO if EHLO is refused (but not when the server is closing: 421)."""
+    conn.machine.hello(helo)
+    reply = await conn.reply(step, timeout)
+    if reply.code == 250:
+        return
+    if reply.code != 421:
+        conn.machine.helo(helo)
+        reply = await conn.reply(step, timeout)
+        if reply.code == 250:
+            return
+    raise refusal(reply, step, conn.where)
+
+
+async def _auth(conn: Connection, settings: SMTPSettings) -> None:
+    s, where = settings, settings.where
+    assert s.username is not None and s.password is not None
+    machine = conn.machine
+    if "auth" not in machine.extensions:
+        raise Failure("4.7.0", f"x-spoolbox; {where} does not offer AUTH, but a username is set")
+    offered = machine.auth_mechanisms
+    order = _AUTH_TLS if machine.tls else _AUTH_PLAIN
+    mechanism = next((m for m in order if m in offered), None)
+    if mechanism is None:
+        raise Failure(
+            "4.7.0",
+            f"x-spoolbox; {where} offers no AUTH mechanism we know "
+            f"({', '.join(offered) or 'none'}; we know {', '.join(order)})",
+        )
+    # One mechanism only: trying the next after a refusal just repeats wrong
+    # credentials (and some servers lose track of the dialogue doing so).
+    machine.auth(mechanism, s.username, s.password)
+    reply = await conn.reply("AUTH", s.timeouts["mail"])
+    if reply.code != 235:
+        status = enhanced_status(reply, "4" if reply.code < 500 else "5")
+        raise Failure(
+            "4." + status.split(".", 1)[1],  # a configuration problem: keep retrying
+            f"smtp; {reply_text(reply)} (authentication as {s.username} failed)",
+        )

@@ -1,0 +1,111 @@
+"""The SMTP transport's connection pool: at most ``max_connections`` open connections,
+reused message after message (an ``RSET`` proves an idle one still alive; a dead one is
+replaced silently), dropped after any error, closed with ``QUIT`` at logoff."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+
+from .connection import Connection, connect
+from .failures import Failure
+from .settings import SMTPSettings
+
+__all__ = ["Pool"]
+
+#: A connection idle for less than this is reused without an RSET probe.
+_FRESH = 2.0
+_QUIT_TIMEOUT = 5.0
+
+
+class Pool:
+    """The connections of one logon: idle ones, and busy ones by message ref."""
+
+    def __init__(
+        self, settings: SMTPSettings, tls_context: ssl.SSLContext | None, helo: str
+    ) -> None:
+        self.settings = settings
+        self._tls_context = tls_context
+        self._helo = helo
+        self._slots = asyncio.Semaphore(settings.max_connections)
+        self.idle: list[Connection] = []
+        self.busy: dict[str, Connection] = {}  # message ref -> its connection
+        self.opened = 0
+        self.closed = False
+
+    @property
+    def open_count(self) -> int:
+        return len(self.idle) + len(self.busy)
+
+    @property
+    def alive_count(self) -> int:
+        return sum(c.alive for c in self.idle) + len(self.busy)
+
+    async def acquire(self, ref: str) -> Connection:
+        """A connection for message ``ref``: an idle one that still answers, or a new one."""
+        await self._slots.acquire()
+        try:
+            conn = await self._reuse()
+            if conn is None:
+                self.opened += 1
+                conn = await connect(self.settings, self._tls_context, self._helo, self.opened)
+        except BaseException:
+            self._slots.release()
+            raise
+        self.busy[ref] = conn
+        return conn
+
+    def release(self, ref: str, conn: Connection, reusable: bool) -> None:
+        """Back to the pool if ``reusable`` and in step with the server, else closed."""
+        self.busy.pop(ref, None)
+        if reusable and conn.alive and conn.machine.in_step and not self.closed:
+            conn.idle_since = time.monotonic()
+            self.idle.append(conn)
+        else:
+            conn.close()
+        self._slots.release()
+
+    def drop(self, ref: str) -> bool:
+        """Close the connection message ``ref`` is being sent on; False if there is none."""
+        conn = self.busy.get(ref)
+        if conn is None:
+            return False
+        conn.close()
+        return True
+
+    async def _reuse(self) -> Connection | None:
+        """An idle connection that answers RSET, or None (dead ones are dropped)."""
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.alive or not conn.machine.in_step:
+                conn.close()
+                continue
+            if conn.clean and time.monotonic() - conn.idle_since < _FRESH:
+                # A transaction that just ended with 250 leaves the session clean
+                # (RFC 5321 4.1.4): no RSET round trip for a connection this fresh.
+                conn.clean = False
+                return conn
+            conn.machine.rset()
+            try:
+                reply = await conn.reply("RSET", self.settings.timeouts["mail"])
+            except Failure:
+                continue  # closed
+            if reply.code == 250:
+                return conn
+            conn.close()
+        return None
+
+    async def close(self, hurry: bool) -> None:
+        """Close every connection; the idle ones with QUIT unless ``hurry``."""
+        self.closed = True
+        idle, self.idle = self.idle, []
+        for conn in list(self.busy.values()):
+            conn.close()
+        for conn in idle:
+            if conn.alive and conn.machine.in_step and not hurry:
+                conn.machine.quit()
+                with contextlib.suppress(Failure):
+                    await conn.reply("QUIT", min(_QUIT_TIMEOUT, self.settings.timeouts["mail"]))
+            conn.close()

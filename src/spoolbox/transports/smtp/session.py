@@ -1,0 +1,403 @@
+"""One logon of the SMTP transport: a message's MAIL/RCPT/DATA transaction over a pooled
+connection, the replies mapped to recipient results, the status row and counters."""
+
+from __future__ import annotations
+
+import re
+import ssl
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from typing import Any, ClassVar
+
+from spoolbox.contract import (
+    BaseTransportSession,
+    LogoffFlags,
+    MessageCancelled,
+    OutboundMessage,
+    OutboundRecipient,
+    RecipientResult,
+    SubmitFlags,
+    Support,
+    TransportNotifyFlags,
+)
+from spoolbox.smtp.replies import Reply, enhanced_status, reply_text
+
+from .connection import Connection
+from .failures import Failure, exception_failure, protocol_failure, reply_failure
+from .pool import Pool
+from .settings import SMTPSettings
+
+__all__ = ["ADDRESS_TYPE", "SMTPSession"]
+
+ADDRESS_TYPE = "SMTP"
+_CHUNK = 65536
+#: Messages up to this size are read whole (``content()``); larger ones are streamed.
+_WHOLE_LIMIT = 1 << 20
+#: What cannot go into ``MAIL FROM:<...>`` or ``RCPT TO:<...>``.
+_BAD_ADDRESS_RE = re.compile(r"[\s<>\x00-\x1f\x7f]")
+
+
+class SMTPSession(BaseTransportSession):
+    """One logon of the SMTP transport; see :mod:`spoolbox.transports.smtp`."""
+
+    ADDRESS_TYPES: ClassVar[Collection[str]] = (ADDRESS_TYPE,)
+
+    def __init__(
+        self,
+        support: Support,
+        settings: SMTPSettings,
+        tls_context: ssl.SSLContext | None,
+        helo_name: str,
+    ) -> None:
+        super().__init__(support)
+        self.settings = settings
+        self.concurrency = settings.max_connections
+        self.pool = Pool(settings, tls_context, helo_name)
+        self._cancelled: set[str] = set()
+        self.counts = {"delivered": 0, "failed": 0, "deferred": 0, "messages": 0}
+        self.last_error = ""
+
+    def __repr__(self) -> str:
+        return f"<SMTPSession {self.settings.where} tls={self.settings.tls}>"
+
+    @property
+    def t(self) -> Mapping[str, float]:
+        return self.settings.timeouts
+
+    @property
+    def connections_opened(self) -> int:
+        return self.pool.opened
+
+    def describe(self) -> str:
+        s = self.settings
+        auth = f", AUTH as {s.username}" if s.username else ""
+        return f"relaying via {s.where} (tls={s.tls}{auth})"
+
+    def status_object(self) -> Mapping[str, Any]:
+        s = self.settings
+        return {
+            "host": s.host,
+            "port": s.port,
+            "tls": s.tls,
+            "verify": s.verify,
+            "max_connections": s.max_connections,
+            "connections_open": self.pool.open_count,
+            "connections_opened": self.pool.opened,
+            **self.counts,
+            "last_error": self.last_error,
+        }
+
+    def _update_status(self) -> None:
+        where = self.settings.where
+        text = f"connected to {where}" if self.pool.alive_count else f"idle, relaying via {where}"
+        text += f", {self.counts['delivered']} sent"
+        if self.counts["deferred"] or self.counts["failed"]:
+            text += f", {self.counts['deferred']} deferred, {self.counts['failed']} failed"
+        if self.last_error:
+            text += f"; last error: {self.last_error}"
+        self.support.modify_status_row(status_string=text)
+
+    # -- notifications ------------------------------------------------------------------------
+    async def transport_notify(self, flags: TransportNotifyFlags, ref: str | None = None) -> None:
+        await super().transport_notify(flags, ref)
+        if flags & TransportNotifyFlags.CANCEL_MESSAGE and ref is not None and self.pool.drop(ref):
+            self._cancelled.add(ref)  # the send in progress fails at its next network await
+
+    # -- outbound -------------------------------------------------------------------------------
+    async def submit_message(self, message: OutboundMessage, flags: SubmitFlags) -> None:
+        recipients = message.recipients
+        if not recipients:
+            return
+        ref = message.ref
+        results: dict[int, RecipientResult] = {}
+        try:
+            await self._send(message, recipients, results)
+        except Failure as f:
+            self._settle(recipients, results, f)
+        finally:
+            cancelled = ref in self._cancelled
+            self._cancelled.discard(ref)
+        if cancelled and not any(r.status.startswith("2") for r in results.values()):
+            raise MessageCancelled(ref)
+        ordered = [results[r.index] for r in recipients if r.index in results]
+        await self.support.status_recips(message, ordered)
+        self._count(ordered)
+
+    def _settle(
+        self,
+        recipients: Sequence[OutboundRecipient],
+        results: dict[int, RecipientResult],
+        f: Failure,
+    ) -> None:
+        """Every recipient without a result yet gets the failure's."""
+        mta = f"dns; {self.settings.host}"
+        for r in recipients:
+            if r.index in results:
+                continue
+            if f.status.startswith("5"):
+                results[r.index] = RecipientResult.failed(
+                    r, f.text, status=f.status, remote_mta=mta
+                )
+            else:
+                results[r.index] = RecipientResult.deferred(
+                    r, f.text, status=f.status, remote_mta=mta
+                )
+
+    def _count(self, results: Sequence[RecipientResult]) -> None:
+        self.counts["messages"] += 1
+        for res in results:
+            self.counts[str(res.outcome)] += 1
+            if not res.status.startswith("2"):
+                self.last_error = res.diagnostic
+        self._update_status()
+
+    async def _send(
+        self,
+        message: OutboundMessage,
+        recipients: Sequence[OutboundRecipient],
+        results: dict[int, RecipientResult],
+    ) -> None:
+        s = self.settings
+        size = message.size
+        if s.max_message_size is not None and size > s.max_message_size:
+            raise Failure(
+                "5.3.4",
+                f"x-spoolbox; message of {size} bytes is over this transport's "
+                f"max_message_size of {s.max_message_size} bytes",
+            )
+        sender = message.sender
+        mail_from = sender.value if sender is not None and sender.type == ADDRESS_TYPE else ""
+        if _BAD_ADDRESS_RE.search(mail_from):
+            raise Failure("5.1.7", f"x-spoolbox; sender {mail_from!r} cannot be used in MAIL FROM")
+        todo: list[OutboundRecipient] = []
+        for r in recipients:
+            if _BAD_ADDRESS_RE.search(r.value):
+                results[r.index] = RecipientResult.failed(
+                    r, f"x-spoolbox; {r.value!r} cannot be used in RCPT TO", status="5.1.3"
+                )
+            else:
+                todo.append(r)
+        if not todo:
+            return
+        await self.support.spooler_yield()  # a cancel before we connect: MessageCancelled
+        conn = await self.pool.acquire(message.ref)
+        reusable = False
+        try:
+            reusable = await self._transaction(conn, message, mail_from, todo, results)
+        finally:
+            self.pool.release(message.ref, conn, reusable)
+
+    async def _transaction(
+        self,
+        conn: Connection,
+        message: OutboundMessage,
+        mail_from: str,
+        todo: list[OutboundRecipient],
+        results: dict[int, RecipientResult],
+    ) -> bool:
+        """One MAIL/RCPT/DATA transaction; True when the connection may be reused.
+
+        With PIPELINING the machine sends MAIL, every RCPT and DATA at once; the replies
+        are read here in the same order either way, so the results are the same.
+        """
+        where = self.settings.where
+        mta = f"dns; {self.settings.host}"
+        machine = conn.machine
+        size = message.size
+        limit = machine.size_limit
+        if limit is not None and size > limit:
+            raise Failure(
+                "5.3.4",
+                f"x-spoolbox; message of {size} bytes is over the limit of {limit} bytes "
+                f"that {where} announces (SIZE)",
+            )
+        utf8 = "smtputf8" in machine.extensions
+        if not mail_from.isascii() and not utf8:
+            raise Failure(
+                "5.6.7", f"x-spoolbox; sender {mail_from} is not ASCII and {where} lacks SMTPUTF8"
+            )
+        rcpts: list[OutboundRecipient] = []
+        for r in todo:
+            if r.value.isascii() or utf8:
+                rcpts.append(r)
+            else:
+                results[r.index] = RecipientResult.failed(
+                    r,
+                    f"x-spoolbox; {r.value} is not ASCII and {where} lacks SMTPUTF8",
+                    status="5.6.7",
+                    remote_mta=mta,
+                )
+        if not rcpts:
+            return True
+        content: bytes | None = None
+        if size <= _WHOLE_LIMIT:
+            content = await message.content()
+        options: list[bytes] = []
+        if "size" in machine.extensions:
+            options.append(f"SIZE={size}".encode())
+        if "8bitmime" in machine.extensions and (content is None or not content.isascii()):
+            options.append(b"BODY=8BITMIME")
+        need_utf8 = not mail_from.isascii() or any(not r.value.isascii() for r in rcpts)
+        if need_utf8:
+            options.append(b"SMTPUTF8")
+        enc = "utf-8" if need_utf8 else "ascii"
+
+        mail_step = f"MAIL FROM:<{mail_from}>"
+        machine.transaction([mail_from.encode(enc), *options], [r.value.encode(enc) for r in rcpts])
+        reply = await self._checked(conn, mail_step, "mail")
+        if reply.code != 250:
+            refused = self._unexpected(conn, reply, mail_step)
+            await self._after_refused_mail(conn, rcpts)
+            self._settle(rcpts, results, refused)
+            return True
+
+        accepted: list[OutboundRecipient] = []
+        for r in rcpts:
+            reply = await self._checked(conn, f"RCPT TO:<{r.value}>", "rcpt")
+            self._rcpt_result(conn, r, reply, results, accepted)
+
+        if not accepted:  # every recipient has its result
+            await self._after_no_recipient(conn)
+            return True  # kept only if still open and in step, with an RSET before reuse
+
+        reply = await self._checked(conn, "DATA", "data_init")
+        if reply.code != 354:
+            raise self._unexpected(conn, reply, "DATA")
+        reply = await self._data(conn, message, content)
+        self._delivered(conn, reply, accepted, results)
+        return True
+
+    async def _after_refused_mail(self, conn: Connection, rcpts: list[OutboundRecipient]) -> None:
+        """MAIL was refused: read the replies to what was pipelined with it (errors such as
+        503) to stay in step, or close if we are not.  MAIL's refusal is the result."""
+        steps = [(f"RCPT TO:<{r.value}>", "rcpt") for r in rcpts] + [("DATA", "data_init")]
+        for step, timeout_key in steps:
+            if not conn.alive or not conn.machine.awaiting:
+                return
+            try:
+                reply = await self._checked(conn, step, timeout_key)
+            except Failure:
+                return  # closed
+            if not 400 <= reply.code <= 599:
+                conn.close()  # accepted without a MAIL, or not understood
+                return
+
+    async def _after_no_recipient(self, conn: Connection) -> None:
+        """Every RCPT was refused; with PIPELINING, DATA was sent all the same: read its
+        reply (after 354 the machine ends the empty message, RFC 2920 section 3.1)."""
+        if not conn.machine.awaiting:
+            return  # DATA was never sent
+        try:
+            reply = await self._checked(conn, "DATA", "data_init")
+            if reply.code == 354:
+                await self._checked(conn, "end of data", "data_term")
+            elif not 400 <= reply.code <= 599:
+                conn.close()
+        except Failure:
+            conn.close()
+
+    def _rcpt_result(
+        self,
+        conn: Connection,
+        r: OutboundRecipient,
+        reply: Reply,
+        results: dict[int, RecipientResult],
+        accepted: list[OutboundRecipient],
+    ) -> None:
+        """The reply to ``RCPT TO`` as the recipient's result (or accepted, for now)."""
+        mta = f"dns; {self.settings.host}"
+        if reply.code in (250, 251):
+            accepted.append(r)
+        elif 400 <= reply.code <= 499:
+            results[r.index] = RecipientResult.deferred(
+                r, f"smtp; {reply_text(reply)}", status=enhanced_status(reply, "4"), remote_mta=mta
+            )
+        elif 500 <= reply.code <= 599:
+            results[r.index] = RecipientResult.failed(
+                r, f"smtp; {reply_text(reply)}", status=enhanced_status(reply, "5"), remote_mta=mta
+            )
+        else:
+            conn.close()
+            raise protocol_failure(reply, f"RCPT TO:<{r.value}>", self.settings.where)
+
+    def _delivered(
+        self,
+        conn: Connection,
+        reply: Reply,
+        accepted: Sequence[OutboundRecipient],
+        results: dict[int, RecipientResult],
+    ) -> None:
+        """The reply to the final dot: every accepted recipient delivered, or a failure."""
+        if reply.code != 250:
+            raise self._unexpected(conn, reply, "end of data")
+        conn.messages += 1
+        conn.clean = True
+        status = enhanced_status(reply, "2")
+        text = f"smtp; {reply_text(reply)}"
+        mta = f"dns; {self.settings.host}"
+        for r in accepted:
+            results[r.index] = RecipientResult.delivered(r, text, status=status, remote_mta=mta)
+
+    def _unexpected(self, conn: Connection, reply: Reply, step: str) -> Failure:
+        if 400 <= reply.code <= 599:
+            if reply.code == 421:
+                conn.close()  # the server is closing the connection
+            return reply_failure(reply, step)
+        conn.close()  # a reply we do not understand: the dialogue is out of step
+        return protocol_failure(reply, step, self.settings.where)
+
+    async def _checked(self, conn: Connection, step: str, timeout_key: str) -> Reply:
+        """The next reply, or the failure of ``step`` with the connection closed: a network
+        error, a timeout, or 421 (the server is closing: everything open waits)."""
+        reply = await conn.reply(step, self.t[timeout_key])
+        if reply.code == 421:
+            conn.close()
+            raise reply_failure(reply, step)
+        return reply
+
+    async def _data(
+        self, conn: Connection, message: OutboundMessage, content: bytes | None
+    ) -> Reply:
+        """Send the content after 354 and read the reply to the final dot.
+
+        Content held whole goes out in one write with the final dot; streamed content
+        chunk by chunk (with flow control), the final dot with the last chunk.
+        """
+        machine = conn.machine
+        step, timeout = "sending data", self.t["data_block"]
+        try:
+            held = b""  # streamed: encoded, not yet written
+            async for chunk in _chunks(message, content):
+                machine.send_data(chunk)
+                if content is not None:  # held whole (by the machine): one write at the end
+                    if self.support.slice_spent():
+                        await self.support.spooler_yield()
+                    continue
+                data = machine.data_to_send()
+                if data:  # write the chunk before, keep this one back
+                    if held:
+                        await conn.write(held, step, timeout)
+                    held = data
+            machine.end_data()
+            await conn.write(held + machine.data_to_send(), step, timeout)
+        except OSError as exc:  # reading the content
+            conn.close()
+            raise exception_failure(exc, step, timeout, self.settings.where) from None
+        except BaseException:
+            conn.close()  # cancelled or failed mid-DATA: the stream is unusable
+            raise
+        return await conn.reply("after end of data", self.t["data_term"])
+
+    # -- logoff ---------------------------------------------------------------------------------
+    async def logoff(self, flags: LogoffFlags) -> None:
+        await self.pool.close(hurry=bool(flags & LogoffFlags.HURRY))
+        self.support.modify_status_row(status_string=f"logged off from {self.settings.where}")
+
+
+async def _chunks(message: OutboundMessage, content: bytes | None) -> AsyncIterator[bytes]:
+    if content is None:
+        async for chunk in message.iter_content(_CHUNK):
+            yield chunk
+        return
+    view = memoryview(content)
+    for i in range(0, len(view), _CHUNK):
+        yield bytes(view[i : i + _CHUNK])
