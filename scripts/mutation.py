@@ -69,6 +69,7 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
         (
             "tests/ingress/test_smtp_server_machine.py",
             "tests/ingress/test_smtp_server_transcripts.py",
+            "tests/ingress/test_smtp_server_mutants.py",
         ),
     ),
 }
