@@ -149,6 +149,7 @@ def test_a_non_ascii_hostname_is_sent_with_question_marks() -> None:
         (b"MAIL FROM <a@b.c>", None, MAIL_SYNTAX),  # no colon
         (b"MAIL FROM:\t<a@b.c>", None, MAIL_SYNTAX),  # only spaces may follow the colon
         (b"MAIL FROM:Name<a@b.c>", None, MAIL_SYNTAX),
+        (b"MAIL FROM:Name<a@b.c", None, MAIL_SYNTAX),  # half a bracket pair
         (b"MAIL FROM:Xavier@b.c", MailFrom("Xavier@b.c"), OK),
         (b"MAIL FROM:a@b.c", MailFrom("a@b.c"), OK),
         (
