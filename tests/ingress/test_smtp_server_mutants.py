@@ -12,6 +12,7 @@ import itertools
 
 import pytest
 from test_smtp_server_machine import machine, ready, run
+from test_smtp_server_transcripts import feed
 
 from spoolbox.ingress._smtp_server import (
     NEED_DATA,
@@ -320,17 +321,6 @@ def test_auth_continuation_lines_may_be_12288_octets() -> None:
 # -- DATA -----------------------------------------------------------------------------
 
 
-def data(m: ServerMachine, *pieces: bytes) -> tuple[list[object], list[str]]:
-    """Feed DATA's content in ``pieces`` (one read each); the events and the replies."""
-    events: list[object] = []
-    out: list[str] = []
-    for piece in pieces:
-        e, o = run(m, piece)
-        events += e
-        out += o
-    return events, out
-
-
 def in_data(**changes: object) -> ServerMachine:
     m = ready(**changes)
     run(m, b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n")
@@ -346,7 +336,7 @@ def line_too_long(n: int) -> str:
 
 def test_what_follows_the_end_of_data_is_commands() -> None:
     m = in_data()
-    events, out = data(m, b"hello\r\n.\r\nNOOP\r\n.\r\n")
+    events, out = feed(m, b"hello\r\n.\r\nNOOP\r\n.\r\n")
     assert events == [MessageData(b"hello\r\n", "a@b.c", ("d@e.f",))]
     assert out == [OK, OK, '500 5.5.1 Error: command "." not recognized']
 
@@ -354,11 +344,11 @@ def test_what_follows_the_end_of_data_is_commands() -> None:
 def test_a_line_of_the_limit_cut_after_its_cr_is_taken() -> None:
     # RFC 5322 2.1.1: 998 here 100 octets without the CRLF; a stuffed dot is not text.
     m = in_data()
-    events, out = data(m, b"\r\n" + b"a" * 100 + b"\r", b"\n.\r\n")
+    events, out = feed(m, b"\r\n" + b"a" * 100 + b"\r", b"\n.\r\n")
     assert events == [MessageData(b"\r\n" + b"a" * 100 + b"\r\n", "a@b.c", ("d@e.f",))]
     assert out == [OK]
     m = in_data()
-    events, out = data(m, b".." + b"a" * 99 + b"\r", b"\n.\r\n")
+    events, out = feed(m, b".." + b"a" * 99 + b"\r", b"\n.\r\n")
     assert events == [MessageData(b"." + b"a" * 99 + b"\r\n", "a@b.c", ("d@e.f",))]
 
 
@@ -375,14 +365,14 @@ def test_an_overlong_line_is_read_to_its_end_however_it_is_cut(
     pieces: tuple[bytes, ...],
 ) -> None:
     m = in_data()
-    events, out = data(m, *pieces)
+    events, out = feed(m, *pieces)
     assert events == [Refused("line_length")]
     assert out == [line_too_long(1), OK]
 
 
 def test_a_long_line_with_spaces_is_still_too_long() -> None:
     m = in_data()
-    events, out = data(m, b"a" * 60 + b" " + b"a" * 60 + b"\r\n.\r\n")
+    events, out = feed(m, b"a" * 60 + b" " + b"a" * 60 + b"\r\n.\r\n")
     assert events == [Refused("line_length")]
     assert out == [line_too_long(1)]
 
@@ -400,7 +390,7 @@ def test_a_long_line_with_spaces_is_still_too_long() -> None:
 )
 def test_data_problems_at_the_size_limit(body: bytes, reply: str) -> None:
     m = in_data(max_message_size=20)
-    events, out = data(m, body + b".\r\n")
+    events, out = feed(m, body + b".\r\n")
     assert [type(e) for e in events] == [Refused]
     assert out == [reply]
 
@@ -411,6 +401,6 @@ def test_data_problems_at_the_size_limit(body: bytes, reply: str) -> None:
 )
 def test_a_line_of_the_limit_before_a_bad_line_is_not_the_problem(first: bytes) -> None:
     m = in_data()
-    events, out = data(m, first + b"\r\nx\x00\r\n.\r\n")
+    events, out = feed(m, first + b"\r\nx\x00\r\n.\r\n")
     assert events == [Refused("bad_data")]
     assert out == ["554 5.6.0 Line 2 of the message contains a NUL byte"]
