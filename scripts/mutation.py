@@ -73,6 +73,7 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
         (
             "tests/smtp/test_smtp_server_machine.py",
             "tests/smtp/test_smtp_server_transcripts.py",
+            "tests/smtp/test_smtp_server_mutants.py",
         ),
     ),
 }

@@ -10,7 +10,13 @@ from __future__ import annotations
 import pytest
 from test_smtp_server_machine import machine, run
 
-from spoolbox.smtp.server import MailFrom, MessageData, RcptTo, Refused
+from spoolbox.smtp.server import (
+    MailFrom,
+    MessageData,
+    RcptTo,
+    Refused,
+    ServerMachine,
+)
 
 EHLO = "250-mx.test\n250-SIZE 10000\n250-PIPELINING\n250-8BITMIME\n250 ENHANCEDSTATUSCODES"
 HELP = "214 2.0.0 Supported commands: DATA EHLO HELO HELP MAIL NOOP QUIT RCPT RSET VRFY"
@@ -178,6 +184,11 @@ def send_data(content: bytes, chunk: int | None) -> tuple[list[object], list[str
     run(m, b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n")
     data = content + b".\r\n"
     pieces = [data] if chunk is None else [data[i : i + chunk] for i in range(0, len(data), chunk)]
+    return feed(m, *pieces)
+
+
+def feed(m: ServerMachine, *pieces: bytes) -> tuple[list[object], list[str]]:
+    """Feed ``pieces`` (one read each); the events and the replies."""
     events: list[object] = []
     out: list[str] = []
     for piece in pieces:

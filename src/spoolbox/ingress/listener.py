@@ -1,7 +1,7 @@
 """The SMTP submission listener: any program that speaks SMTP can queue mail.
 
 An :class:`asyncio.Protocol` served with ``loop.create_server`` on the running loop,
-around the pure SMTP state machine of :mod:`spoolbox.ingress._smtp_server`.  That module
+around the pure SMTP state machine of :mod:`spoolbox.smtp.server`.  That module
 says why we do not use aiosmtpd's protocol class here (in the relay benchmark's profile
 its per-connection introspection, one ``send`` per reply line, address parsing through
 ``email._header_value_parser`` and per-line reads of DATA took 28.8% of the event-loop
