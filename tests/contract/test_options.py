@@ -232,6 +232,7 @@ def test_a_secret_mapping_item_is_never_shown() -> None:
     with pytest.raises(OptionError) as info:
         read_options(Keys, {"tokens": {"a": "s3cret", "b": 4242}}, kind="x")
     assert str(info.value) == "x option 'tokens.b' must be a non-empty string, not an integer"
+    assert "s3cret" not in repr(read_options(Keys, {"tokens": {"a": "s3cret"}}, kind="x"))
 
 
 def test_a_secret_is_not_in_the_repr() -> None:
@@ -279,6 +280,14 @@ def test_check_words_for_ranges() -> None:
     assert Check.of(float, low=0.5, high=2).expected == "a number from 0.5 to 2"
     assert Check.of(int, what="an integer").expected == "an integer"
     assert Check.of(tuple[str, ...], empty=True).expected == "a list of strings"
+
+
+def test_check_float_is_finite() -> None:
+    c = Check.of(float)
+    assert c(-3) == -3.0 and c(0) == 0.0
+    for bad in (10**400, float("inf"), float("-inf"), float("nan")):
+        with pytest.raises(WrongValue):
+            c(bad)
 
 
 def test_check_says_whether_only_the_range_was_wrong() -> None:
