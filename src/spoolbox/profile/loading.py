@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import Address, AddressError, Policy, SpoolerConfig, TransportConfig
-from .contract import LogonFlags, Support, Unconfigured
+from .. import Address, AddressError, Policy, SpoolerConfig, TransportConfig
+from ..contract import LogonFlags, Support, Unconfigured
 
 __all__ = [
     "DEFAULT_PROFILE_NAME",
@@ -653,7 +653,7 @@ def _check_listener(lt: _Table, opts: Mapping[str, Any], missing: list[MissingSe
     """Check listener keys, the type of each value, then the values with ListenerConfig,
     when the module is there."""
     try:
-        from .ingress.listener import ListenerConfig
+        from ..ingress.listener import ListenerConfig
     except ImportError:
         return
     if not dataclasses.is_dataclass(ListenerConfig):
