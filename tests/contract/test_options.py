@@ -111,7 +111,6 @@ def test_range_bounds_are_inclusive() -> None:
         ({"timeout": True}, "timeout", "must be a positive number, not True"),
         ({"timeout": "5s"}, "timeout", "must be a positive number, not '5s'"),
         ({"timeout": float("nan")}, "timeout", "must be a positive number, not nan"),
-        ({"timeout": float("inf")}, "timeout", "must be a positive number, not inf"),
         ({"timeout": 10**400}, "timeout", "must be a positive number, not 1000"),
         ({"names": "ab"}, "names", "must be a list of non-empty strings, not 'ab'"),
         ({"names": ["a", 1]}, "names[1]", "must be a non-empty string, not 1"),
@@ -282,10 +281,11 @@ def test_check_words_for_ranges() -> None:
     assert Check.of(tuple[str, ...], empty=True).expected == "a list of strings"
 
 
-def test_check_float_is_finite() -> None:
+def test_check_float_is_never_nan() -> None:
     c = Check.of(float)
     assert c(-3) == -3.0 and c(0) == 0.0
-    for bad in (10**400, float("inf"), float("-inf"), float("nan")):
+    assert c(float("inf")) == float("inf") and c(-float("inf")) == -float("inf")
+    for bad in (10**400, -(10**400), float("nan")):
         with pytest.raises(WrongValue):
             c(bad)
 
