@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import socket
 import sys
+import tomllib
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -43,6 +46,20 @@ def test_default_profile_loads_with_maildir_and_listener(tmp_path: Path) -> None
     assert str(prof.default_sender) == "MAILDIR:postmaster"
 
 
+def test_the_default_profile_is_package_data_filled_in(tmp_path: Path) -> None:
+    template = resources.files("spoolbox.profile").joinpath("default.toml").read_text("utf-8")
+    assert {"${hostname}", "${mail}", "${smtp_port}"} <= set(template.replace('"', " ").split())
+    text = default_profile_text(tmp_path / "d", smtp_port=2600)
+    assert "${" not in text
+    doc = tomllib.loads(text)
+    assert doc["listeners"]["submission"]["port"] == 2600
+    assert doc["transports"][0]["options"]["root"] == str((tmp_path / "d" / "mail").resolve())
+    assert f'# node = "{socket.gethostname()}"' in text
+    # what the file says, apart from the filled-in values, is what `spoolbox init` writes
+    assert text.splitlines()[:5] == template.splitlines()[:5]
+    assert len(text.splitlines()) == len(template.splitlines())
+
+
 def test_the_default_profiles_processes_hint_works_when_uncommented(tmp_path: Path) -> None:
     text = default_profile_text(tmp_path, smtp_port=0)
     assert "\n# processes = 1 " in text
@@ -75,6 +92,18 @@ def test_the_default_profiles_processes_hint_works_when_uncommented(tmp_path: Pa
         ("[listeners.x]\nprocesses = -1\n", "[listeners.x] processes", "expected 0"),
         ("[listeners.x]\nprocesses = 65\n", "[listeners.x] processes", "to 64, got 65"),
         ('[listeners.x]\nprocesses = "2"\n', "[listeners.x] processes", "expected an integer"),
+        ("[listeners.x]\nidle_timeout = nan\n", "[listeners.x] idle_timeout", "a number nan"),
+        ('[identities]\nsenders = "a"\n', "[identities] senders", "strings, got a string 'a'"),
+        ("[identities]\nsenders = [1]\n", "[identities] senders", "strings, got an array [1]"),
+        ("[daemon]\nnice = -1\n", "[daemon] nice", "from 0 to 19, got -1"),
+        ('[daemon]\nnice = "1"\n', "[daemon] nice", "expected an integer, got a string '1'"),
+        ("[policy]\ndestination_backoff = 1\n", "[policy] destination_backoff", "true or false"),
+        (
+            '[[transports]]\nname = "a"\nprovider = "maildir"\n'
+            '[[transports]]\nname = "a"\nprovider = "maildir"\n',
+            "[transports.a] name",
+            "the transport name 'a' is used twice",
+        ),
     ],
 )
 def test_errors_name_the_file_the_key_and_what_was_expected(
@@ -87,6 +116,13 @@ def test_errors_name_the_file_the_key_and_what_was_expected(
     assert str(p) in text
     assert key in text
     assert expected in text
+
+
+def test_empty_strings_are_values_the_profile_takes(tmp_path: Path) -> None:
+    p = _write(tmp_path, 'node = ""\n[listeners.x]\nlocal_domains = [""]\nhostname = ""\n')
+    prof = load_profile(p)
+    assert prof.spooler.node == socket.gethostname()  # "" is the default
+    assert prof.listeners[0].options["local_domains"] == [""]
 
 
 def test_durations() -> None:

@@ -1,0 +1,357 @@
+"""Finding and loading the TOML profile: the file read, every table checked, the
+settings built into a :class:`~spoolbox.profile.Profile` (whose ``spooler`` is a
+:class:`~spoolbox.SpoolerConfig`).
+
+``load_profile(path)`` reads the file with :mod:`tomllib` and validates every key:
+an unknown key, a value of the wrong type or a bad value raises
+:class:`~spoolbox.profile.ProfileError`, whose text names the file, the key
+(``[transports.local] options.root``) and what was expected.  Relative paths in
+``data_dir`` are taken relative to the profile's directory; the store and daemon
+paths relative to the data directory.  Secrets are resolved as
+:mod:`spoolbox.profile.secrets` says; a listener's keys are checked against the
+types of :class:`~spoolbox.ingress.listener.ListenerConfig`.
+
+See docs/operations.md for the reference of every key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import socket
+import tomllib
+import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .. import Address, AddressError, Policy, SpoolerConfig, TransportConfig
+from ..contract import LogonFlags
+from ..contract.options import Check
+from ..ingress.listener import ListenerConfig
+from .schema import (
+    EVENT_LOOPS,
+    MAX_LISTENER_PROCESSES,
+    DaemonSettings,
+    ListenerSettings,
+    Profile,
+    StoreSettings,
+)
+from .secrets import MissingSecret, listener_users, transport_options, unconfigured_provider
+from .tables import FLAG, INTEGER, STRINGS, ProfileError, Table, parse_duration
+
+__all__ = ["DEFAULT_PROFILE_NAME", "PROFILE_ENV", "find_profile", "load_profile"]
+
+DEFAULT_PROFILE_NAME = "spoolbox.toml"
+PROFILE_ENV = "SPOOLBOX_PROFILE"
+
+_NICE = Check.of(int, low=0, high=19, what="an integer from 0 to 19")
+_PROCESSES = Check.of(
+    int,
+    low=0,
+    high=MAX_LISTENER_PROCESSES,
+    what=f"0 (on the daemon's own loop) to {MAX_LISTENER_PROCESSES}",
+)
+
+
+def find_profile(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The profile to use: ``explicit``, else $SPOOLBOX_PROFILE, else ./spoolbox.toml."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(PROFILE_ENV)
+    if env:
+        return Path(env)
+    return Path(DEFAULT_PROFILE_NAME)
+
+
+def load_profile(
+    path: str | os.PathLike[str],
+    *,
+    environ: Mapping[str, str] | None = None,
+    extra_secrets: Mapping[tuple[str, str], str] | None = None,
+) -> Profile:
+    """Read and validate a profile; raises :class:`~spoolbox.profile.ProfileError`.
+
+    ``extra_secrets`` maps ``(transport, option)`` to values typed into the logon
+    dialog; they fill secrets the profile could not resolve.
+    """
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ProfileError(
+            p, "no such profile (create one with `spoolbox init`, or pass --profile)"
+        ) from None
+    except OSError as exc:
+        raise ProfileError(p, f"cannot read the profile: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ProfileError(p, f"not UTF-8 text: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(p, f"invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise ProfileError(p, "invalid TOML: arrays or tables nested too deeply") from None
+    return _build(p, data, os.environ if environ is None else environ, extra_secrets or {})
+
+
+def _build(
+    path: Path,
+    data: dict[str, Any],
+    environ: Mapping[str, str],
+    extra: Mapping[tuple[str, str], str],
+) -> Profile:
+    top = Table(path, "", data)
+    base = path.resolve().parent
+    data_dir = base / top.pathname("data_dir", ".")
+    data_dir = Path(os.path.normpath(data_dir.expanduser()))
+    node = top.text("node") or socket.gethostname()
+    reporting_mta = top.text("reporting_mta") or socket.getfqdn()
+    under_data = functools.partial(_under, data_dir)
+    store = _store(top.table("store"), under_data)
+    daemon = _daemon(top.table("daemon"), under_data)
+    pol = top.table("policy")
+    idle = pol.text("idle", "always") or "always"
+    if idle not in ("always", "loop-lag"):
+        raise pol.error("idle", f'expected "always" or "loop-lag", got {idle!r}')
+    policy = _policy(pol)
+    pol.done()
+    identities = _identities(top.table("identities"))
+    raw_ts = top.raw("transports")
+    if raw_ts is None:
+        raw_ts = []
+    if not isinstance(raw_ts, list):
+        raise top.error("transports", "expected an array of tables ([[transports]])")
+    transports = _Transports(path, base, environ, extra)
+    for i, t in enumerate(raw_ts):
+        transports.add(Table(path, f"[[transports]] #{i + 1}", t))
+    listeners, listener_secrets = _listeners(top.table("listeners"), base, environ)
+    top.done()
+    try:
+        config = SpoolerConfig(
+            transports=tuple(transports.configs),
+            policy=policy,
+            node=node,
+            identities=tuple(identities),
+            reporting_mta=reporting_mta,
+        )
+    except ValueError as exc:
+        raise ProfileError(path, str(exc), "transports") from None
+    return Profile(
+        path=path,
+        data_dir=data_dir,
+        store=store,
+        daemon=daemon,
+        spooler=config,
+        idle=idle,
+        listeners=tuple(listeners),
+        missing=tuple(transports.missing),
+        secret_values=frozenset(transports.secrets | listener_secrets),
+        logon_dialog=transports.dialog,
+        raw_transports=tuple(raw_ts),
+    )
+
+
+def _under(data_dir: Path, value: str) -> Path:
+    return Path(os.path.normpath(data_dir / Path(value).expanduser()))
+
+
+def _store(st: Table, under_data: Callable[[str], Path]) -> StoreSettings:
+    """``[store]``."""
+    backend = st.text("backend", "sqlite") or "sqlite"
+    if backend != "sqlite":
+        raise st.error("backend", f'expected "sqlite" (the only backend so far), got {backend!r}')
+    sync = (st.text("synchronous", "FULL") or "FULL").upper()
+    if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise st.error("synchronous", f'expected "FULL", "NORMAL", "EXTRA" or "OFF", got {sync!r}')
+    progress = (st.text("progress_synchronous", "NORMAL") or "NORMAL").upper()
+    if progress not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise st.error(
+            "progress_synchronous",
+            f'expected "NORMAL", "FULL", "EXTRA" or "OFF", got {progress!r}',
+        )
+    store = StoreSettings(backend, under_data(st.pathname("path", "spool.sqlite3")), sync, progress)
+    st.done()
+    return store
+
+
+def _daemon(dm: Table, under_data: Callable[[str], Path]) -> DaemonSettings:
+    """``[daemon]``."""
+    level = (dm.text("log_level", "info") or "info").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise dm.error(
+            "log_level", f'expected "debug", "info", "warning" or "error", got {level!r}'
+        )
+    nice = dm.integer("nice", 10, _NICE)
+    event_loop = dm.text("event_loop", "auto") or "auto"
+    if event_loop not in EVENT_LOOPS:
+        raise dm.error("event_loop", f'expected "auto", "uvloop" or "asyncio", got {event_loop!r}')
+    daemon = DaemonSettings(
+        socket=under_data(dm.pathname("socket", "spoolbox.sock")),
+        pid_file=under_data(dm.pathname("pid_file", "spoolbox.pid")),
+        nice=nice,
+        log_level=level,
+        event_loop=event_loop,
+    )
+    if len(os.fsencode(daemon.socket)) > 100:
+        raise dm.error(
+            "socket", f"the socket path {str(daemon.socket)!r} is too long for a Unix socket"
+        )
+    dm.done()
+    return daemon
+
+
+def _policy(pol: Table) -> Policy:
+    """``[policy]``: each :class:`~spoolbox.Policy` field, a duration unless its type
+    says otherwise (``false`` turns off an optional one)."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Policy):
+        if not pol.has(f.name):
+            pol.taken.add(f.name)
+            continue
+        ftype = str(f.type)
+        if ftype == "bool":
+            values[f.name] = pol.read(f.name, FLAG)
+            continue
+        if ftype == "int":
+            values[f.name] = pol.read(f.name, INTEGER)
+            continue
+        v = pol.raw(f.name)
+        try:
+            values[f.name] = None if v is False and ftype == "float | None" else parse_duration(v)
+        except ValueError as exc:
+            raise pol.error(f.name, str(exc)) from None
+    try:
+        return Policy(**values)
+    except ValueError as exc:
+        raise ProfileError(pol.path, str(exc), "[policy]") from None
+
+
+def _identities(ids: Table) -> list[Address]:
+    """``[identities]``: the local senders."""
+    identities: list[Address] = []
+    for i, text in enumerate(ids.str_list("senders") or []):
+        try:
+            identities.append(Address.parse(text))
+        except AddressError as exc:
+            raise ids.error(f"senders[{i}]", f"expected a TYPE:value address: {exc}") from None
+    ids.done()
+    return identities
+
+
+class _Transports:
+    """``[[transports]]``, one table at a time, in transport order."""
+
+    def __init__(
+        self,
+        path: Path,
+        base: Path,
+        environ: Mapping[str, str],
+        extra: Mapping[tuple[str, str], str],
+    ) -> None:
+        self.path, self.base, self.environ, self.extra = path, base, environ, extra
+        self.configs: list[TransportConfig] = []
+        self.missing: list[MissingSecret] = []
+        self.secrets: set[str] = set()
+        self.dialog: dict[str, bool] = {}
+        self.names: set[str] = set()
+
+    def add(self, tt: Table) -> None:
+        name = tt.text("name")
+        if not name:
+            raise tt.error("name", "expected a transport name (letters, digits, '-_.')")
+        tt.where = f"[transports.{name}]"
+        if name in self.names:
+            raise tt.error("name", f"the transport name {name!r} is used twice")
+        self.names.add(name)
+        provider = tt.text("provider")
+        if not provider:
+            raise tt.error(
+                "provider", 'expected a provider: an entry-point name ("maildir") or "module:Class"'
+            )
+        types = tt.str_list("address_types")
+        options, miss, found = transport_options(
+            tt.table("options"), name, self.base, self.environ, self.extra
+        )
+        self.missing.extend(miss)
+        self.secrets |= found
+        self.dialog[name] = tt.flag("logon_dialog", True)
+        kwargs: dict[str, Any] = {
+            "outbound": tt.flag("outbound", True),
+            "inbound": tt.flag("inbound", True),
+            "address_types": tuple(t.upper() for t in types) if types is not None else None,
+            "logon_flags": LogonFlags.NO_DIALOG,
+            "isolate": tt.flag("isolate", False),
+        }
+        tt.done()
+        spec: str | type = provider
+        if miss:
+            spec = unconfigured_provider(name, miss)
+            kwargs["isolate"] = False  # its stand-in (which only fails logon) runs here
+        try:
+            self.configs.append(TransportConfig(name, spec, options=options, **kwargs))
+        except ValueError as exc:
+            raise tt.error("name", str(exc)) from None
+
+
+def _listeners(
+    ls: Table, base: Path, environ: Mapping[str, str]
+) -> tuple[list[ListenerSettings], set[str]]:
+    """``[listeners.NAME]``: the listeners, and the values of their users' passwords."""
+    listeners: list[ListenerSettings] = []
+    secrets: set[str] = set()
+    for lname in list(ls.data):
+        lt = ls.table(lname)
+        lt.where = f"[listeners.{lname}]"
+        kind = lt.text("kind", "smtp") or "smtp"
+        if kind != "smtp":
+            raise lt.error("kind", f'expected "smtp" (the submission listener), got {kind!r}')
+        enabled = lt.flag("enabled", True)
+        processes = lt.integer("processes", 0, _PROCESSES)
+        opts = {k: lt.raw(k) for k in list(lt.data) if k not in ("kind", "enabled", "processes")}
+        missing: list[MissingSecret] = []
+        if "users" in opts:
+            users, missing, found = listener_users(lt, lname, base, environ)
+            opts["users"] = users
+            secrets |= found
+        _check_listener(lt, opts, missing)
+        listeners.append(
+            ListenerSettings(lname, kind, enabled, opts, processes, missing=tuple(missing))
+        )
+    ls.done()
+    return listeners, secrets
+
+
+def _check_listener(lt: Table, opts: Mapping[str, Any], missing: list[MissingSecret]) -> None:
+    """Check listener keys, the type of each value, then the values with ListenerConfig."""
+    checks = _listener_checks()
+    for key, value in opts.items():
+        if key not in checks:
+            raise lt.error(
+                key,
+                "unknown key; expected one of: enabled, kind, processes, "
+                + ", ".join(sorted(checks)),
+            )
+        check = checks[key]
+        if check is not None:
+            lt.check(key, check, value)
+    checked = dict(opts)
+    if missing:  # validate as if they were there: the listener reports them at start
+        checked["users"] = {**checked.get("users", {}), **{m.option: "?" for m in missing}}
+    try:
+        ListenerConfig(**checked)
+    except (TypeError, ValueError) as exc:
+        raise ProfileError(lt.path, str(exc), lt.where) from None
+
+
+@functools.cache
+def _listener_checks() -> dict[str, Check | None]:
+    """Each ListenerConfig field's check, worded as the profile's own (None: ``users``,
+    read by :func:`~spoolbox.profile.secrets.listener_users`)."""
+    hints = typing.get_type_hints(ListenerConfig)
+    checks: dict[str, Check | None] = {}
+    for f in dataclasses.fields(ListenerConfig):
+        check = Check.of(hints[f.name], empty=True)
+        checks[f.name] = {"int": INTEGER, "strs": STRINGS, "map": None}.get(check.kind, check)
+    return checks

@@ -1,0 +1,86 @@
+"""What a loaded profile is: frozen settings of the store, the daemon, the listeners,
+and the spooler's :class:`~spoolbox.SpoolerConfig`.
+
+See docs/operations.md for the reference of every key they come from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import Address, SpoolerConfig
+from .secrets import MissingSecret, redact
+
+__all__ = [
+    "EVENT_LOOPS",
+    "MAX_LISTENER_PROCESSES",
+    "DaemonSettings",
+    "ListenerSettings",
+    "Profile",
+    "StoreSettings",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    backend: str
+    path: Path
+    synchronous: str = "FULL"
+    progress_synchronous: str = "NORMAL"
+
+
+#: ``[daemon] event_loop`` values.
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+#: ``[listeners.NAME] processes``: at most this many listener processes
+MAX_LISTENER_PROCESSES = 64
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonSettings:
+    socket: Path
+    pid_file: Path
+    nice: int = 10
+    log_level: str = "INFO"
+    event_loop: str = "auto"  # "auto" (uvloop if installed), "uvloop" or "asyncio"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSettings:
+    name: str
+    kind: str
+    enabled: bool
+    options: Mapping[str, Any] = field(default_factory=dict)
+    #: 0: the listener runs on the daemon's event loop; N: in N processes of its own
+    processes: int = 0
+    #: user passwords that could not be resolved (``users.NAME``): the listener does
+    #: not start while any is missing (its status row names them)
+    missing: tuple[MissingSecret, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    path: Path
+    data_dir: Path
+    store: StoreSettings
+    daemon: DaemonSettings
+    spooler: SpoolerConfig
+    idle: str = "always"
+    listeners: tuple[ListenerSettings, ...] = ()
+    missing: tuple[MissingSecret, ...] = ()
+    secret_values: frozenset[str] = frozenset()
+    #: transport name -> whether it may ask for missing credentials interactively
+    logon_dialog: Mapping[str, bool] = field(default_factory=dict)
+    #: The raw option tables (before secret resolution), to re-resolve after a dialog.
+    raw_transports: tuple[Mapping[str, Any], ...] = ()
+
+    @property
+    def default_sender(self) -> Address | None:
+        ids = self.spooler.identities
+        return ids[0] if ids else None
+
+    def redact(self, text: str) -> str:
+        """``text`` with every known secret value replaced by ``***``."""
+        return redact(text, self.secret_values)
