@@ -54,7 +54,7 @@ from spoolbox.contract import (
     Support,
 )
 
-from ._mailbox import MailboxSettings, fetch_status
+from .._mailbox import MailboxSettings, fetch_status
 
 __all__ = ["POP3Provider", "POP3Session"]
 

@@ -108,7 +108,7 @@ from spoolbox.contract import (
     TransportNotifyFlags,
 )
 
-from ._mailbox import MailboxSettings, fetch_status
+from .._mailbox import MailboxSettings, fetch_status
 
 __all__ = ["IMAPProvider", "IMAPSession"]
 
