@@ -1,6 +1,6 @@
 """Fuzz target: how the IMAP and POP3 transports read their servers' answers.
 
-The pure functions of :mod:`spoolbox.transports.imap` (``_uidvalidity``,
+The pure functions of :mod:`spoolbox.transports.imap.wire` (``_uidvalidity``,
 ``_search_result``, ``_sizes_result``, ``_fetch_result``, ``_uid_set``) and of
 :mod:`spoolbox.transports.pop3` (``_uidl_result``, ``_list_result``) get the lines
 aioimaplib and poplib hand over: well-formed answers mixed with unsolicited data, and
@@ -25,7 +25,7 @@ from fuzz_settings import budget
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from spoolbox.transports.imap import (
+from spoolbox.transports.imap.wire import (
     _fetch_result,
     _ProtocolError,
     _search_result,
