@@ -61,6 +61,7 @@ EXPECTED_CONTRACT = {
     "MessageCancelled",
     "NetworkError",
     "NotMe",
+    "OptionError",
     "OptionSpec",
     "OutboundMessage",
     "OutboundRecipient",
@@ -82,6 +83,8 @@ EXPECTED_CONTRACT = {
     "Unconfigured",
     "ValidateFlags",
     "WaitRetry",
+    "option",
+    "read_options",
 }
 
 

@@ -40,6 +40,7 @@ from .objects import (
     OutboundRecipient,
     ProfileSection,
 )
+from .options import OptionError, option, read_options
 from .provider import BaseTransportSession, OptionSpec, TransportProvider, TransportSession
 from .support import Support
 
@@ -59,6 +60,7 @@ __all__ = [
     "MessageCancelled",
     "NetworkError",
     "NotMe",
+    "OptionError",
     "OptionSpec",
     "OutboundMessage",
     "OutboundRecipient",
@@ -80,4 +82,6 @@ __all__ = [
     "Unconfigured",
     "ValidateFlags",
     "WaitRetry",
+    "option",
+    "read_options",
 ]
