@@ -41,8 +41,10 @@ Configuration (the transport's ``options``):
     (``skipped_uids``) before anything after it is fetched, so ``after_fetch``
     never deletes or moves it; raising ``max_size`` later does not fetch it either.
 
-An unknown key or a value of the wrong type fails the logon with a
-:class:`ValueError` that names the key.
+The options are read by :func:`~spoolbox.contract.read_options` (into
+``IMAPOptions``, in :mod:`spoolbox.transports._mailbox`): an unknown key or a value
+of the wrong type fails the logon with an :class:`~spoolbox.contract.OptionError`
+(a :class:`ValueError`) that names the key; the password never appears in it.
 
 Exactly once, across crashes:
 

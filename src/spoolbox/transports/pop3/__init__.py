@@ -12,9 +12,11 @@ i.e. STLS, ``"none"``), ``verify`` (default true; false is logged), ``ca_file``,
 network step, default 60), ``max_size`` (bytes, default and at most 256 MiB: a
 larger message, by its LIST size, is left on the server, never deleted, not
 fetched, and reported once per logon; it does not block the others).  An unknown
-key or a value of the wrong type fails the logon with a :class:`ValueError` naming
-it.  The logon opens a session to check the credentials: a wrong password fails the
-logon and the status row says why.
+key or a value of the wrong type fails the logon with an
+:class:`~spoolbox.contract.OptionError` (a :class:`ValueError`, from
+:func:`~spoolbox.contract.read_options`) naming it.  The logon opens a session to
+check the credentials: a wrong password fails the logon and the status row says
+why.
 
 Exactly once, across crashes: POP3 has no watermark, only unique ids (UIDL, which
 the server must support).  The profile section keeps ``fetched_uidls``, the UIDLs of
