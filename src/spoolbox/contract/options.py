@@ -21,11 +21,11 @@ value must be, and reads the ``config`` mapping its ``logon`` gets with
 
 The types understood: ``str`` (non-empty unless ``option(empty=True)``), ``int``
 (a bool is not one), ``float`` (an int is accepted and made a float; not a bool,
-never NaN or infinite), ``bool`` (strictly ``True`` or ``False``), ``Literal[...]``
-(one of the choices), ``tuple[str, ...]`` / ``list[str]``, ``Mapping`` / ``dict``
-of ``str`` to one of the scalars above, and any of these ``| None``.  ``low``,
-``high`` (inclusive) and ``positive`` bound a number, or every number in a
-mapping.
+nor NaN, nor an int too large for a float), ``bool`` (strictly ``True`` or
+``False``), ``Literal[...]`` (one of the choices), ``tuple[str, ...]`` /
+``list[str]``, ``Mapping`` / ``dict`` of ``str`` to one of the scalars above, and
+any of these ``| None``.  ``low``, ``high`` (inclusive) and ``positive`` bound a
+number, or every number in a mapping.
 
 What goes wrong, and what is raised:
 
@@ -57,7 +57,7 @@ from typing import Any, Literal, TypeVar
 
 from .errors import Unconfigured
 
-__all__ = ["Check", "OptionError", "WrongValue", "option", "read_options"]
+__all__ = ["Check", "OptionError", "WrongValue", "option", "read_options", "type_words"]
 
 _T = TypeVar("_T")
 
@@ -212,8 +212,8 @@ class Check:
             try:
                 number = float(value)
             except OverflowError:  # an int too large for a float
-                number = math.inf
-            if not math.isfinite(number):
+                raise WrongValue(self.expected, value) from None
+            if math.isnan(number):
                 raise WrongValue(self.expected, value)
         if (
             (self.positive and not number > 0)
@@ -343,7 +343,9 @@ def read_options(cls: type[_T], config: Mapping[str, Any], *, kind: str) -> _T:
         try:
             values[f.name] = f.check(value)
         except WrongValue as exc:
-            shown = _kind(exc.value) if f.secret else repr(exc.value)
+            shown = repr(exc.value)
+            if f.secret:
+                shown = "an empty string" if exc.value == "" else type_words(exc.value)
             raise OptionError(
                 f.name + exc.where, f"must be {exc.expected}, not {shown}", kind=kind
             ) from None
@@ -355,8 +357,9 @@ def read_options(cls: type[_T], config: Mapping[str, Any], *, kind: str) -> _T:
         raise OptionError(exc.key, exc.text, kind=kind) from None
 
 
-def _kind(value: object) -> str:
-    """A value's type in words, for where the value itself may not be shown."""
+def type_words(value: object, *, array: str = "a list", table: str = "a mapping") -> str:
+    """A value's type in words (``"an integer"``), for where the value itself may not
+    be shown; ``array`` and ``table`` name a list and a mapping."""
     if value is None:
         return "None"
     if isinstance(value, bool):
@@ -366,9 +369,9 @@ def _kind(value: object) -> str:
     if isinstance(value, float):
         return "a number"
     if isinstance(value, str):
-        return "a string" if value else "an empty string"
+        return "a string"
     if isinstance(value, list | tuple):
-        return "a list"
+        return array
     if isinstance(value, Mapping):
-        return "a mapping"
+        return table
     return type(value).__name__
