@@ -96,11 +96,10 @@ async def test_pop3_has_no_imap_options() -> None:
 
 
 @pytest.mark.parametrize("provider", [IMAPProvider, POP3Provider])
-async def test_options_refuse_endless_timeouts_and_hide_the_password(provider: Any) -> None:
+async def test_options_refuse_a_nan_timeout_and_hide_the_password(provider: Any) -> None:
     good = {"host": "h", "username": "u", "password": "hunter2"}
-    for timeout in (float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="'timeout' must be a positive number"):
-            await provider().logon(None, {**good, "timeout": timeout}, LogonFlags.NONE)
+    with pytest.raises(ValueError, match="'timeout' must be a positive number"):
+        await provider().logon(None, {**good, "timeout": float("nan")}, LogonFlags.NONE)
     with pytest.raises(ValueError, match="'password'") as info:
         await provider().logon(None, {**good, "password": ["hunter2"]}, LogonFlags.NONE)
     assert "hunter2" not in str(info.value)

@@ -32,9 +32,17 @@ from spoolbox.contract import (
 )
 
 from .._mailbox import MailboxSettings, fetch_status
-from . import state
 from .connection import _Connection
 from .idle import _IdleWatch
+from .state import (
+    LAST_UID,
+    UIDVALIDITY,
+    changed_from,
+    restart_update,
+    skip_update,
+    skipped_uids,
+    watermark,
+)
 from .wire import _ProtocolError
 
 __all__ = ["IMAPProvider", "IMAPSession"]
@@ -92,8 +100,8 @@ class IMAPSession(BaseTransportSession):
             "server": self.settings.where,
             "tls": self.settings.tls,
             "after_fetch": self.settings.after_fetch,
-            "uidvalidity": section.get(state.UIDVALIDITY),
-            "last_uid": section.get(state.LAST_UID),
+            "uidvalidity": section.get(UIDVALIDITY),
+            "last_uid": section.get(LAST_UID),
             "fetched": self.fetched,
             "bytes": self.bytes,
             "skipped": len(self.skipped),
@@ -113,7 +121,7 @@ class IMAPSession(BaseTransportSession):
         if (uidvalidity, uid) in self.skipped:
             return
         section = self.support.profile_section()
-        update = state.skip(section, uidvalidity, uid)
+        update = skip_update(section, uidvalidity, uid)
         if update is not None:
             await section.update(update)
         self.skipped.add((uidvalidity, uid))
@@ -133,7 +141,7 @@ class IMAPSession(BaseTransportSession):
     def _watermark(self, uidvalidity: int) -> int:
         """The committed ``last_uid`` if it belongs to ``uidvalidity``, else 0."""
         section = self.support.profile_section()
-        stored = state.changed_from(section, uidvalidity)
+        stored = changed_from(section, uidvalidity)
         if stored is not None and self._warned_validity != uidvalidity:
             self._warned_validity = uidvalidity
             self._error(
@@ -141,7 +149,7 @@ class IMAPSession(BaseTransportSession):
                 f"{uidvalidity}: starting again from UID 0 (messages still in the folder "
                 "are fetched again)"
             )
-        return state.watermark(section, uidvalidity)
+        return watermark(section, uidvalidity)
 
     # -- the connection -------------------------------------------------------------------
     async def _connection(self) -> _Connection:
@@ -177,9 +185,9 @@ class IMAPSession(BaseTransportSession):
         except (OSError, TimeoutError, aioimaplib.AioImapException, _ProtocolError) as exc:
             raise self._network_error("connect", exc) from exc
         section = self.support.profile_section()
-        if state.changed_from(section, conn.uidvalidity) is not None:
+        if changed_from(section, conn.uidvalidity) is not None:
             self._watermark(conn.uidvalidity)  # warns
-            await section.update(state.start_again(conn.uidvalidity))
+            await section.update(restart_update(conn.uidvalidity))
         async with self._lock:
             await self._cleanup()
 
@@ -193,7 +201,7 @@ class IMAPSession(BaseTransportSession):
             w = self._watermark(conn.uidvalidity)
             if w <= 0:
                 return
-            skipped = state.skipped_uids(self.support.profile_section(), conn.uidvalidity)
+            skipped = skipped_uids(self.support.profile_section(), conn.uidvalidity)
             left = [u for u in await conn.search_uids(1, w) if u not in skipped]
             if left:
                 await conn.remove(left)
@@ -342,8 +350,8 @@ class IMAPSession(BaseTransportSession):
         for i in range(0, len(view), _CHUNK):
             await message.write(bytes(view[i : i + _CHUNK]))
         message.set_remote_id(f"{v}:{uid}")
-        message.set_state(state.UIDVALIDITY, v)
-        message.set_state(state.LAST_UID, uid)
+        message.set_state(UIDVALIDITY, v)
+        message.set_state(LAST_UID, uid)
         size = len(data)
 
         async def committed() -> None:

@@ -43,7 +43,7 @@ def skipped_uids(section: ProfileSection, uidvalidity: int) -> set[int]:
     return {int(u) for u in value} if isinstance(value, list) else set()
 
 
-def skip(section: ProfileSection, uidvalidity: int, uid: int) -> dict[str, Any] | None:
+def skip_update(section: ProfileSection, uidvalidity: int, uid: int) -> dict[str, Any] | None:
     """The update that records ``uid`` as skipped (None if it is recorded already)."""
     recorded = skipped_uids(section, uidvalidity)
     if uid in recorded:
@@ -51,6 +51,6 @@ def skip(section: ProfileSection, uidvalidity: int, uid: int) -> dict[str, Any] 
     return {UIDVALIDITY: uidvalidity, SKIPPED_UIDS: sorted({*recorded, uid})}
 
 
-def start_again(uidvalidity: int) -> dict[str, Any]:
+def restart_update(uidvalidity: int) -> dict[str, Any]:
     """The update after a UIDVALIDITY change: from UID 0, nothing skipped."""
     return {UIDVALIDITY: uidvalidity, LAST_UID: 0, SKIPPED_UIDS: None}
