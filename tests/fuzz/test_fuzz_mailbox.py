@@ -1,8 +1,8 @@
 """Fuzz target: how the IMAP and POP3 transports read their servers' answers.
 
-The pure functions of :mod:`spoolbox.transports.imap` (``_uidvalidity``,
+The pure functions of :mod:`spoolbox.transports.imap.wire` (``_uidvalidity``,
 ``_search_result``, ``_sizes_result``, ``_fetch_result``, ``_uid_set``) and of
-:mod:`spoolbox.transports.pop3` (``_uidl_result``, ``_list_result``) get the lines
+:mod:`spoolbox.transports.pop3.wire` (``_uidl_result``, ``_list_result``) get the lines
 aioimaplib and poplib hand over: well-formed answers mixed with unsolicited data, and
 arbitrary lines.  What must hold:
 
@@ -25,7 +25,7 @@ from fuzz_settings import budget
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from spoolbox.transports.imap import (
+from spoolbox.transports.imap.wire import (
     _fetch_result,
     _ProtocolError,
     _search_result,
@@ -33,7 +33,7 @@ from spoolbox.transports.imap import (
     _uid_set,
     _uidvalidity,
 )
-from spoolbox.transports.pop3 import _list_result, _uidl_result
+from spoolbox.transports.pop3.wire import _list_result, _uidl_result
 
 _UIDS = st.lists(st.integers(1, 2**32 - 1), max_size=12)
 _NOISE = st.sampled_from(

@@ -21,8 +21,10 @@ from mailbox_kit import FAST, NO_POLL, WAIT, eventually, imap_options, inbox, me
 from spoolbox import AlwaysIdle, Policy, Spooler, SpoolerConfig, SQLiteStore, TransportConfig
 from spoolbox._core import host as host_module
 from spoolbox.store import InboundMessage, InboxEntry, StoreError
-from spoolbox.transports import imap as imap_module
 from spoolbox.transports._mailbox import MailboxSettings
+from spoolbox.transports.imap import connection as imap_connection
+from spoolbox.transports.imap import session as imap_session
+from spoolbox.transports.imap import wire as imap_wire
 
 pytestmark = pytest.mark.skipif(not dc.available(), reason=dc.SKIP_REASON)
 
@@ -56,7 +58,7 @@ async def test_batches_exactly_once(
     for m in sent:
         dovecot.deliver(user, m)
     fetches: list[int] = []
-    original = imap_module._Connection.fetch_many
+    original = imap_connection._Connection.fetch_many
 
     async def counting(self: Any, uids: Sequence[int], size: int = 0) -> dict[int, bytes]:
         fetches.append(len(uids))
@@ -64,7 +66,7 @@ async def test_batches_exactly_once(
         return await original(self, uids, size)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(imap_module._Connection, "fetch_many", counting)
+    mp.setattr(imap_connection._Connection, "fetch_many", counting)
     try:
         store = SQLiteStore(tmp_path / "s.db", synchronous="NORMAL")
         async with spooler(store, options(dovecot, user, after_fetch=after_fetch)) as sp:
@@ -157,7 +159,7 @@ async def test_message_expunged_between_search_and_fetch(
     sent = [message(i, tag="gone") for i in range(10)]
     for m in sent:
         dovecot.deliver(user, m)
-    original = imap_module._Connection.fetch_many
+    original = imap_connection._Connection.fetch_many
     done: list[int] = []
 
     async def expunge_first(self: Any, uids: Sequence[int], size: int = 0) -> dict[int, bytes]:
@@ -167,7 +169,7 @@ async def test_message_expunged_between_search_and_fetch(
         return await original(self, uids, size)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(imap_module._Connection, "fetch_many", expunge_first)
+    mp.setattr(imap_connection._Connection, "fetch_many", expunge_first)
     try:
         store = SQLiteStore(tmp_path / "s.db", synchronous="NORMAL")
         async with spooler(store, options(dovecot, user)) as sp:
@@ -184,7 +186,7 @@ async def test_message_expunged_between_search_and_fetch(
 async def test_messages_larger_than_the_byte_caps(
     dovecot: dc.Dovecot, user: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(imap_module, "_FETCH_BYTES", 50_000)
+    monkeypatch.setattr(imap_session, "_FETCH_BYTES", 50_000)
     monkeypatch.setattr(host_module, "INBOUND_COMMIT_BYTES", 100_000)
     sizes = [1000, 120_000, 1000, 1000, 300_000, 40_000, 40_000, 1000]
     sent = [message(i, size=s, tag="big") for i, s in enumerate(sizes)]
@@ -217,12 +219,12 @@ class _Resp:
         self.lines = [*lines, b"Fetch completed."]
 
 
-def _conn(lines: list[Any]) -> imap_module._Connection:
+def _conn(lines: list[Any]) -> imap_connection._Connection:
     settings = MailboxSettings.from_config(
         "imap", {"host": "h", "username": "u", "password": "p", "tls": "none"}
     )
     support = types.SimpleNamespace(logger=logging.getLogger("test"))
-    conn = imap_module._Connection(settings, support)
+    conn = imap_connection._Connection(settings, support)
 
     async def uid(*args: Any) -> _Resp:
         return _Resp(lines)
@@ -262,7 +264,7 @@ async def test_fetch_many_parses_literals_and_uids() -> None:
     ],
 )
 async def test_fetch_many_is_strict(lines: list[Any]) -> None:
-    with pytest.raises(imap_module._ProtocolError):
+    with pytest.raises(imap_wire._ProtocolError):
         await _conn(lines).fetch_many([5])
 
 
@@ -295,7 +297,7 @@ async def test_a_connection_cancelled_during_logout_is_closed(
     this suite, and a file descriptor held until then)."""
     settings = MailboxSettings.from_config("imap", imap_options(dovecot, user))
     support = types.SimpleNamespace(logger=logging.getLogger("test"))
-    conn = imap_module._Connection(settings, support)  # type: ignore[arg-type]
+    conn = imap_connection._Connection(settings, support)  # type: ignore[arg-type]
     await conn.open()
     assert conn.imap is not None and conn.alive
     transport = conn.imap.protocol.transport

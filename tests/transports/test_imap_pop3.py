@@ -40,6 +40,7 @@ from spoolbox import (
     TransportConfig,
 )
 from spoolbox.contract import LogonFlags, StatusCode, Unconfigured
+from spoolbox.transports._mailbox import MailboxSettings
 from spoolbox.transports.imap import IMAPProvider
 from spoolbox.transports.pop3 import POP3Provider
 
@@ -92,6 +93,18 @@ async def test_pop3_has_no_imap_options() -> None:
         await POP3Provider().logon(None, {**good, "after_fetch": "move:X"}, LogonFlags.NONE)
     with pytest.raises(ValueError, match="'after_fetch'"):
         await IMAPProvider().logon(None, {**good, "after_fetch": "move:INBOX"}, LogonFlags.NONE)
+
+
+@pytest.mark.parametrize("provider", [IMAPProvider, POP3Provider])
+async def test_options_refuse_a_nan_timeout_and_hide_the_password(provider: Any) -> None:
+    good = {"host": "h", "username": "u", "password": "hunter2"}
+    with pytest.raises(ValueError, match="'timeout' must be a positive number"):
+        await provider().logon(None, {**good, "timeout": float("nan")}, LogonFlags.NONE)
+    with pytest.raises(ValueError, match="'password'") as info:
+        await provider().logon(None, {**good, "password": ["hunter2"]}, LogonFlags.NONE)
+    assert "hunter2" not in str(info.value)
+    settings = MailboxSettings.from_config(provider.__name__[:4].lower(), good)
+    assert settings.password == "hunter2" and "hunter2" not in repr(settings)
 
 
 # -- IMAP -----------------------------------------------------------------------------------------

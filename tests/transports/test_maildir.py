@@ -631,6 +631,15 @@ async def test_bad_configuration_is_refused(
     assert not (tmp_path / "missing").exists()
 
 
+async def test_paths_may_be_path_objects_and_are_normalised(tmp_path: Path) -> None:
+    session = await logon(
+        FakeSupport(), {"root": tmp_path / "x" / ".." / "root", "pickup": tmp_path / "in"}
+    )
+    assert session.settings.root == str(tmp_path / "root")
+    assert session.settings.pickup == str(tmp_path / "in")
+    assert (tmp_path / "in" / "new").is_dir()
+
+
 async def test_cancel_between_recipients_reports_the_delivered_one(tmp_path: Path) -> None:
     a = make_maildir(tmp_path / "a")
     b = tmp_path / "b"

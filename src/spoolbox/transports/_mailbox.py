@@ -1,5 +1,10 @@
 """What the IMAP and POP3 transports share: their options and TLS set-up.
 
+The options are read by :func:`spoolbox.contract.read_options` into
+:class:`IMAPOptions` or :class:`POP3Options`, then resolved into the
+:class:`MailboxSettings` a session uses (the port by ``tls``, ``move:<folder>``
+split).
+
 Private to :mod:`spoolbox.transports.imap` and :mod:`spoolbox.transports.pop3`.
 """
 
@@ -8,28 +13,15 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from spoolbox.contract import MAX_INBOUND_SIZE, Unconfigured
+from spoolbox.contract import MAX_INBOUND_SIZE, OptionError, option, read_options
 
-__all__ = ["MailboxSettings", "fetch_status"]
+__all__ = ["IMAPOptions", "MailboxSettings", "POP3Options", "fetch_status"]
 
-_COMMON = (
-    "after_fetch",
-    "ca_file",
-    "host",
-    "max_size",
-    "password",
-    "port",
-    "timeout",
-    "tls",
-    "username",
-    "verify",
-)
-_IMAP_ONLY = ("folder", "idle")
-_TLS = ("implicit", "starttls", "none")
 _PORTS = {("imap", True): 993, ("imap", False): 143, ("pop3", True): 995, ("pop3", False): 110}
+_MAX_SIZE_WORDS = f"a number of bytes from 1 to {MAX_INBOUND_SIZE} (the spooler's limit)"
 
 
 def fetch_status(fetched: int, last: str | None, last_error: str | None) -> str:
@@ -42,20 +34,49 @@ def fetch_status(fetched: int, last: str | None, last_error: str | None) -> str:
     return text
 
 
-def _str(config: Mapping[str, Any], proto: str, key: str, default: str | None) -> str | None:
-    value = config.get(key, default)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ValueError(f"{proto} option {key!r} must be a string, not {type(value).__name__}")
-    return value
+# -- the options, as the profile gives them (read by spoolbox.contract.read_options) ---------
+@dataclass(frozen=True, slots=True)
+class _ServerOptions:
+    """The options IMAP and POP3 share (see the modules' docstrings for each)."""
+
+    host: str
+    username: str
+    password: str = option(secret=True)
+    tls: Literal["implicit", "starttls", "none"] = "implicit"
+    #: None: 993 / 995 with implicit TLS, else 143 / 110.
+    port: int | None = option(None, low=1, high=65535)
+    verify: bool = True
+    ca_file: str | None = option(None, empty=True)  # "": the system's CAs, as if unset
+    timeout: float = option(60.0, positive=True)
+    max_size: int = option(MAX_INBOUND_SIZE, low=1, high=MAX_INBOUND_SIZE, what=_MAX_SIZE_WORDS)
 
 
-def _bool(config: Mapping[str, Any], proto: str, key: str, default: bool) -> bool:
-    value = config.get(key, default)
-    if not isinstance(value, bool):
-        raise ValueError(f"{proto} option {key!r} must be true or false, not {value!r}")
-    return value
+@dataclass(frozen=True, slots=True)
+class POP3Options(_ServerOptions):
+    """The POP3 transport's options."""
+
+    after_fetch: Literal["keep", "delete"] = option("keep", what="'keep' or 'delete'")
+
+
+@dataclass(frozen=True, slots=True)
+class IMAPOptions(_ServerOptions):
+    """The IMAP transport's options: POP3's, a folder, ``move:<folder>`` and IDLE."""
+
+    folder: str = "INBOX"
+    after_fetch: str = option("keep", what="'keep', 'delete' or 'move:<folder>'")
+    idle: bool = True
+
+    def __post_init__(self) -> None:
+        after = self.after_fetch
+        if after.startswith("move:"):
+            if after[5:] in ("", self.folder):
+                raise OptionError(
+                    "after_fetch", f"{after!r} must name a folder other than {self.folder!r}"
+                )
+        elif after not in ("keep", "delete"):
+            raise OptionError(
+                "after_fetch", f"must be 'keep', 'delete' or 'move:<folder>', not {after!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +90,7 @@ class MailboxSettings:
     verify: bool
     ca_file: str | None
     username: str
-    password: str
+    password: str = field(repr=False)
     folder: str
     after_fetch: str  # "keep", "delete" or "move"
     move_to: str | None
@@ -80,73 +101,34 @@ class MailboxSettings:
 
     @classmethod
     def from_config(cls, protocol: str, config: Mapping[str, Any]) -> MailboxSettings:
-        p = protocol
-        known = _COMMON + (_IMAP_ONLY if p == "imap" else ())
-        unknown = sorted(str(k) for k in config if k not in known)
-        if unknown:
-            raise ValueError(
-                f"unknown {p} option {unknown[0]!r}"
-                + (f" (and {', '.join(map(repr, unknown[1:]))})" if len(unknown) > 1 else "")
-                + f"; the options are: {', '.join(sorted(known))}"
-            )
-        missing = [k for k in ("host", "username", "password") if not config.get(k)]
-        if missing:
-            raise Unconfigured(missing, f"the {p} transport needs them")
-        host = _str(config, p, "host", None) or ""
-        username = _str(config, p, "username", None) or ""
-        password = _str(config, p, "password", None) or ""
-        tls = _str(config, p, "tls", "implicit") or ""
-        if tls not in _TLS:
-            raise ValueError(f"{p} option 'tls' must be one of {', '.join(_TLS)}, not {tls!r}")
-        port = config.get("port", _PORTS[(p, tls == "implicit")])
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise ValueError(f"{p} option 'port' must be an integer in 1..65535, not {port!r}")
-        verify = _bool(config, p, "verify", True)
-        ca_file = _str(config, p, "ca_file", None)
-        folder = _str(config, p, "folder", "INBOX") or ""
-        if not folder:
-            raise ValueError(f"{p} option 'folder' must not be empty")
-        after = _str(config, p, "after_fetch", "keep") or ""
-        move_to: str | None = None
-        if after.startswith("move:") and p == "imap":
-            move_to = after[5:]
-            if not move_to or move_to == folder:
-                raise ValueError(
-                    f"{p} option 'after_fetch' {after!r} must name a folder other than {folder!r}"
-                )
-            after = "move"
-        elif after not in ("keep", "delete"):
-            choices = "'keep', 'delete' or 'move:<folder>'" if p == "imap" else "'keep' or 'delete'"
-            raise ValueError(f"{p} option 'after_fetch' must be {choices}, not {after!r}")
-        idle = _bool(config, p, "idle", True)
-        timeout = config.get("timeout", 60.0)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise ValueError(f"{p} option 'timeout' must be a positive number, not {timeout!r}")
-        max_size = config.get("max_size", MAX_INBOUND_SIZE)
-        if (
-            isinstance(max_size, bool)
-            or not isinstance(max_size, int)
-            or not 0 < max_size <= MAX_INBOUND_SIZE
-        ):
-            raise ValueError(
-                f"{p} option 'max_size' must be a number of bytes from 1 to "
-                f"{MAX_INBOUND_SIZE} (the spooler's limit), not {max_size!r}"
-            )
+        """``config`` read as ``protocol``'s options (:class:`IMAPOptions` or
+        :class:`POP3Options`); raises :class:`~spoolbox.contract.OptionError` or
+        :class:`~spoolbox.contract.Unconfigured`."""
+        o: IMAPOptions | POP3Options
+        if protocol == "imap":
+            o = read_options(IMAPOptions, config, kind="imap")
+            folder, idle = o.folder, o.idle
+        else:
+            o = read_options(POP3Options, config, kind=protocol)
+            folder, idle = "INBOX", False
+        after, move_to = o.after_fetch, None
+        if after.startswith("move:"):
+            after, move_to = "move", after[5:]
         return cls(
-            protocol=p,
-            host=host,
-            port=port,
-            tls=tls,
-            verify=verify,
-            ca_file=ca_file,
-            username=username,
-            password=password,
+            protocol=protocol,
+            host=o.host,
+            port=o.port if o.port is not None else _PORTS[(protocol, o.tls == "implicit")],
+            tls=o.tls,
+            verify=o.verify,
+            ca_file=o.ca_file,
+            username=o.username,
+            password=o.password,
             folder=folder,
             after_fetch=after,
             move_to=move_to,
-            idle=idle and p == "imap",
-            timeout=float(timeout),
-            max_size=max_size,
+            idle=idle,
+            timeout=o.timeout,
+            max_size=o.max_size,
         )
 
     @property

@@ -1,46 +1,15 @@
-"""The POP3 transport (inbound only): fetch new mail from a POP3 maildrop.
+"""The POP3 session (logon, poll, fetch one message per session, DELE after the
+commit) and the provider that logs it on.
 
-The session polls (``LogonCaps.SP_POLL``) and serves no address type.  It uses the
-standard library's :mod:`poplib`, which blocks, so every step runs in a worker
-thread through ``support.run_blocking``; each step is bounded by ``timeout`` (the
-socket timeout).
-
-Configuration: ``host``, ``username``, ``password`` (required), ``port`` (995 with
-``tls = "implicit"``, else 110), ``tls`` (``"implicit"`` default, ``"starttls"``
-i.e. STLS, ``"none"``), ``verify`` (default true; false is logged), ``ca_file``,
-``after_fetch`` (``"keep"`` default, or ``"delete"``), ``timeout`` (seconds per
-network step, default 60), ``max_size`` (bytes, default and at most 256 MiB: a
-larger message, by its LIST size, is left on the server, never deleted, not
-fetched, and reported once per logon; it does not block the others).  An unknown
-key or a value of the wrong type fails the logon with a :class:`ValueError` naming
-it.  The logon opens a session to check the credentials: a wrong password fails the
-logon and the status row says why.
-
-Exactly once, across crashes: POP3 has no watermark, only unique ids (UIDL, which
-the server must support).  The profile section keeps ``fetched_uidls``, the UIDLs of
-the messages already in the inbox.  ``start_message`` takes the first message whose
-UIDL is not in it and sets the new list (the old one pruned to the UIDLs still on
-the server, plus the new one) with ``writer.set_state``: it commits in the same
-transaction as the inbox message, so a crash keeps both or neither.
-
-Sessions: POP3 applies DELE only at QUIT, and a session sees the maildrop as it was
-at login.  So each ``poll`` and each ``start_message`` opens its own session:
-``poll`` lists the UIDLs and QUITs; ``start_message`` RETRs one message and, with
-``keep``, QUITs at once.  With ``delete`` the session stays open until the message
-is committed: its ``after_commit`` callback sends DELE and QUIT (one message per
-session, so a deletion never waits for a batch).  If the commit does not happen,
-the session is dropped without QUIT and nothing is deleted.  After a crash between
-the commit and the QUIT the message is still on the server but its UIDL is in
-``fetched_uidls``: the next ``poll`` deletes it without fetching it again.
+The module docstring of :mod:`spoolbox.transports.pop3` says what it guarantees;
+the blocking poplib steps live in :mod:`.wire`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import poplib
-import ssl
 from collections.abc import Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from spoolbox.contract import (
     BaseTransportSession,
@@ -54,100 +23,23 @@ from spoolbox.contract import (
     Support,
 )
 
-from ._mailbox import MailboxSettings, fetch_status
+from .._mailbox import MailboxSettings, fetch_status
+from .wire import (
+    _close,
+    _dele,
+    _LoginRefused,
+    _open,
+    _quit,
+    _retr,
+    _sizes,
+    _uidl,
+)
 
 __all__ = ["POP3Provider", "POP3Session"]
 
 _CHUNK = 65536
 _RETRY = 30.0
 _STATE = "fetched_uidls"
-T = TypeVar("T")
-
-
-class _LoginRefused(Exception):
-    pass
-
-
-# -- blocking helpers (worker threads) -------------------------------------------------------
-def _open(s: MailboxSettings, ctx: ssl.SSLContext | None) -> poplib.POP3:
-    conn: poplib.POP3
-    if s.tls == "implicit":
-        conn = poplib.POP3_SSL(s.host, s.port, timeout=s.timeout, context=ctx)
-    else:
-        conn = poplib.POP3(s.host, s.port, timeout=s.timeout)
-    try:
-        if s.tls == "starttls":
-            conn.stls(ctx)
-        try:
-            conn.user(s.username)
-            conn.pass_(s.password)
-        except poplib.error_proto as exc:
-            why = exc.args[0] if exc.args else b""
-            text = why.decode("utf-8", "replace") if isinstance(why, bytes) else str(why)
-            raise _LoginRefused(text) from None
-    except BaseException:
-        _close(conn)
-        raise
-    return conn
-
-
-def _close(conn: poplib.POP3) -> None:
-    """Drop the connection without QUIT (nothing marked for deletion is deleted)."""
-    with contextlib.suppress(OSError):
-        conn.close()
-
-
-def _quit(conn: poplib.POP3) -> None:
-    try:
-        conn.quit()
-    finally:
-        _close(conn)
-
-
-def _decode(b: bytes) -> str:
-    return b.decode("ascii", "replace")
-
-
-def _uidl(conn: poplib.POP3) -> list[tuple[int, str]]:
-    """(message number, UIDL) in maildrop order."""
-    _resp, lines, _octets = conn.uidl()
-    return _uidl_result(lines)
-
-
-def _uidl_result(lines: list[bytes]) -> list[tuple[int, str]]:
-    """The lines of a UIDL answer as (message number, UIDL); malformed lines are skipped."""
-    out: list[tuple[int, str]] = []
-    for line in lines:
-        parts = line.split()
-        if len(parts) >= 2 and parts[0].isdigit():
-            out.append((int(parts[0]), _decode(parts[1])))
-    return out
-
-
-def _sizes(conn: poplib.POP3) -> dict[int, int]:
-    """Message number -> size in octets (LIST)."""
-    _resp, lines, _octets = conn.list()
-    return _list_result(lines)
-
-
-def _list_result(lines: list[bytes]) -> dict[int, int]:
-    """The lines of a LIST answer as message number -> size; malformed lines are skipped."""
-    out: dict[int, int] = {}
-    for line in lines:
-        parts = line.split()
-        if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
-            out[int(parts[0])] = int(parts[1])
-    return out
-
-
-def _retr(conn: poplib.POP3, n: int) -> bytes:
-    _resp, lines, _octets = conn.retr(n)  # dot-unstuffed, without line ends
-    return b"".join(line + b"\r\n" for line in lines)
-
-
-def _dele(conn: poplib.POP3, numbers: list[int]) -> None:
-    for n in numbers:
-        conn.dele(n)
 
 
 class POP3Session(BaseTransportSession):
