@@ -177,7 +177,7 @@ def install_crash_point(point: str, n: int, transport: str = "maildir") -> None:
 
         SQLiteStore._insert_message = insert  # type: ignore[method-assign]
     elif point in ("claim-txn", "settle-txn"):
-        from spoolbox.store import sqlite as sqlite_module
+        from spoolbox.store.sqlite import store as sqlite_module
 
         original_move = sqlite_module._move
         wanted = RecipientState.ACTIVE if point == "claim-txn" else RecipientState.DELIVERED

@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from spoolbox.model import Address, NewMessage, RecipientState
-from spoolbox.store import _sqlite_schema as schema
 from spoolbox.store.base import InboundMessage, RecipientUpdate, StoreError
-from spoolbox.store.sqlite import SQLiteStore
+from spoolbox.store.sqlite import SQLiteStore, schema
 
 T0 = 1000.0
 

@@ -67,7 +67,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
 
-from ..model import (
+from ...model import (
     TERMINAL,
     Address,
     MessageInfo,
@@ -82,8 +82,7 @@ from ..model import (
     message_state,
     subject_of,
 )
-from . import _sqlite_schema as _sql
-from .base import (
+from ..base import (
     ClaimedJob,
     InboundMessage,
     InboxEntry,
@@ -95,6 +94,7 @@ from .base import (
     new_inbox_entry,
     submission_plan,
 )
+from . import schema as _sql
 
 __all__ = ["SQLiteStore"]
 
