@@ -1,4 +1,15 @@
-"""The SQLite store's schema: its migrations and the SQL of every query it runs.
+"""The SQLite store's schema: its tables, their versions, and opening a store file.
+
+:func:`connect` opens a store file with care.  Before it writes anything it checks
+that the file is a SQLite database, a spoolbox store and not from a newer schema; if
+not it raises :class:`~spoolbox.store.base.StoreError` naming the file and leaves it
+as it was.  A file that exists but holds no spoolbox schema (an empty file, an empty
+database) is refused too: a new store is made whole under a temporary name, schema
+included, and linked into place, so a store file without its schema was never made
+by spoolbox.  Then it switches to WAL and runs the pending migrations, each in one
+transaction.  A new store file is created mode 0600, and SQLite gives its ``-wal``
+and ``-shm`` files the mode of the database; an existing store that other users
+could read is made 0600 (the three files) when it is opened, with a warning.
 
 The schema version lives in ``PRAGMA user_version``.  ``MIGRATIONS[n]`` is the SQL
 script that upgrades a database at version ``n`` to version ``n + 1``, so a new file
@@ -23,21 +34,30 @@ Shape of the data (the domain classes in :mod:`spoolbox.model` do not follow it)
   transaction as every change, so ``counts()`` reads seven rows.
 * ``inbox`` and ``profile`` (provider state, JSON values keyed by section and key).
 
-The queries below keep the literal ``state = '...'`` terms the partial indexes are
-declared with: SQLite uses a partial index only when the query repeats its condition.
+The queries are in :mod:`.queries`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import sqlite3
+import urllib.parse
+from pathlib import Path
+
+from ..base import StoreError
 
 __all__ = [
     "APPLICATION_ID",
     "CHUNK_SIZE",
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "connect",
     "split_statements",
 ]
+
+log = logging.getLogger("spoolbox.store")
 
 #: ``PRAGMA application_id`` of a spoolbox store ("SPBX"): tells our files from others.
 APPLICATION_ID = 0x53504258
@@ -188,165 +208,180 @@ def split_statements(script: str) -> list[str]:
     return out
 
 
-# -- columns ------------------------------------------------------------------------
+# -- opening a store file -------------------------------------------------------------
 
-MESSAGE_COLUMNS = (
-    "id, fingerprint, sender, priority, submitted_at, send_at, expires_at, notify, "
-    "is_report, envelope_id, size, subject, held, blob_id"
-)
 
-RECIPIENT_COLUMNS = (
-    "message_id, idx, address, state, route, refused_by, attempts, retry_at, status, "
-    "diagnostic, updated_at, first_failed_at, owner, lease_until, delay_warned"
-)
+def connect(path: str, *, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
+    """The store at ``path`` opened for writing (created if missing), checked, in WAL
+    mode at ``synchronous``, migrated; rows come as :class:`sqlite3.Row`.  Its busy
+    timeout is 0: the caller waits for another process's lock itself.  Raises
+    StoreError naming the file."""
+    read_only = _read_only_reason(Path(path))
+    if read_only is not None:
+        raise StoreError(f"cannot open the store {path} for writing: {read_only}")
+    _create_if_missing(Path(path))
+    try:
+        # mode=rw: never fall back silently to a read-only connection, which would
+        # refuse every write for the life of the store; and never create the file
+        # (_create_if_missing made it, schema included).
+        uri = "file:" + urllib.parse.quote(os.fspath(path)) + "?mode=rw"
+        conn = sqlite3.connect(
+            uri, timeout=busy_timeout, isolation_level=None, check_same_thread=True, uri=True
+        )
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the store {path}: {exc}") from exc
+    try:
+        _prepare(conn, path, synchronous)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
-INBOX_COLUMNS = (
-    "id, transport, sender, recipients, received_at, size, subject, remote_id, meta, blob_id"
-)
 
-# -- content ------------------------------------------------------------------------
+def pragmas(conn: sqlite3.Connection) -> dict[str, object]:
+    """The settings an open store runs with (for ``statistics()``)."""
+    return {
+        "journal_mode": str(conn.execute("PRAGMA journal_mode").fetchone()[0]),
+        "synchronous": int(conn.execute("PRAGMA synchronous").fetchone()[0]),
+        "foreign_keys": int(conn.execute("PRAGMA foreign_keys").fetchone()[0]),
+        "user_version": int(conn.execute("PRAGMA user_version").fetchone()[0]),
+    }
 
-INSERT_BLOB = "INSERT INTO blobs (size, chunks) VALUES (?, ?)"
-INSERT_CHUNK = "INSERT INTO blob_chunks (blob_id, seq, data) VALUES (?, ?, ?)"
-SELECT_BLOB = "SELECT size, chunks FROM blobs WHERE id = ?"
-SELECT_CHUNK = "SELECT data FROM blob_chunks WHERE blob_id = ? AND seq = ?"
-SELECT_CHUNKS = "SELECT data FROM blob_chunks WHERE blob_id = ? ORDER BY seq"
 
-# -- messages and recipients --------------------------------------------------------
+def _create_if_missing(path: Path) -> None:
+    """A new store at ``path``, if there is none: built whole under a temporary name
+    (mode 0600, every migration run) and linked into place, so that no process ever
+    sees a store file of ours without its schema.  If another process links its own
+    first, that one is used."""
+    if os.path.lexists(path):
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.new")
+    try:
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        try:
+            conn = sqlite3.connect(os.fspath(tmp), isolation_level=None)
+            try:
+                # WAL from the start (it is kept in the file): switching a linked
+                # store to WAL would need a lock that a second process opening it
+                # at the same moment can refuse at once ("database is locked").
+                conn.execute("PRAGMA journal_mode = WAL")
+                _migrate(conn)
+            finally:
+                conn.close()
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return  # another process created it meanwhile: open theirs
+            _fsync_directory(path.parent)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreError(f"cannot create the store {path}: {exc}") from exc
 
-SELECT_MESSAGE = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?"
-SELECT_MESSAGES_AFTER = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id > ? ORDER BY id LIMIT ?"
-INSERT_MESSAGE = (
-    "INSERT INTO messages (id, fingerprint, sender, priority, submitted_at, send_at, "
-    "expires_at, notify, is_report, envelope_id, size, subject, held, blob_id) "
-    "VALUES (:id, :fingerprint, :sender, :priority, :submitted_at, :send_at, :expires_at, "
-    ":notify, :is_report, :envelope_id, :size, :subject, 0, :blob_id)"
-)
-SET_HELD = "UPDATE messages SET held = ? WHERE id = ?"
 
-INSERT_RECIPIENT = (
-    "INSERT INTO recipients (message_id, idx, address, state, route, updated_at, priority, "
-    "send_at, ready_at, expires_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)"
-)
-SELECT_RECIPIENTS = f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id = ? ORDER BY idx"
-SELECT_RECIPIENT = f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id = ? AND idx = ?"
-SELECT_READINESS = "SELECT state, ready_at FROM recipients WHERE message_id = ?"
-#: Writes every mutable field of one recipient; ``ready_at`` follows ``retry_at``.
-UPDATE_RECIPIENT = (
-    "UPDATE recipients SET state = :state, route = :route, refused_by = :refused_by, "
-    "attempts = :attempts, retry_at = :retry_at, ready_at = max(send_at, :retry_at), "
-    "status = :status, diagnostic = :diagnostic, updated_at = :updated_at, "
-    "first_failed_at = :first_failed_at, owner = :owner, lease_until = :lease_until, "
-    "delay_warned = :delay_warned "
-    "WHERE message_id = :message_id AND idx = :idx"
-)
-RENEW_LEASE = (
-    "UPDATE recipients SET lease_until = ? "
-    "WHERE message_id = ? AND idx = ? AND state = 'active' AND owner = ?"
-)
+def _prepare(conn: sqlite3.Connection, path: str, synchronous: str) -> None:
+    # 1. Read-only checks: nothing is written to a file we would refuse.
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
+        objects = int(conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0])
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(
+            f"{path} is not a SQLite database or is corrupt ({exc}); it was left untouched"
+        ) from exc
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} has store schema version {version}, but this spoolbox supports "
+            f"versions up to {SCHEMA_VERSION}: it was written by a newer spoolbox; "
+            "upgrade spoolbox to open it (the file was left untouched)"
+        )
+    if (version == 0 and objects > 0) or (version > 0 and app_id != APPLICATION_ID):
+        raise StoreError(
+            f"{path} is a SQLite database but not a spoolbox store "
+            f"(application id {app_id:#x}, user version {version}); "
+            "it was left untouched"
+        )
+    if version == 0:
+        what = "an empty file" if os.path.getsize(path) == 0 else "an empty SQLite database"
+        raise StoreError(
+            f"{path} exists but holds no spoolbox store ({what}, not made by spoolbox); "
+            "it was left untouched: remove it, or set [store] path to another file, "
+            "for spoolbox to create a new store"
+        )
+    _make_private(Path(path))
+    # 2. Settings, then migrations (each one transaction).
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        _migrate(conn)
+        # From here on, waits for another process's lock are the caller's.
+        conn.execute("PRAGMA busy_timeout = 0")
+        conn.row_factory = sqlite3.Row
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot prepare the store {path}: {exc}") from exc
 
-# -- routing ------------------------------------------------------------------------
 
-SELECT_UNROUTED = (
-    f"SELECT {RECIPIENT_COLUMNS} FROM recipients INDEXED BY recipients_unrouted "
-    "WHERE state = 'queued' AND route IS NULL "
-    "AND (message_id, idx) > (?, ?) ORDER BY message_id, idx LIMIT ?"
-)
-SELECT_ROUTED_QUEUED = (
-    f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE state = 'queued' AND route IS NOT NULL"
-)
-SELECT_ROUTED_PARKED = (
-    f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE state = 'parked' AND route IS NOT NULL"
-)
-ASSIGN_ROUTE = (
-    "UPDATE recipients SET route = ? WHERE message_id = ? AND idx = ? AND state = 'queued'"
-)
+def _migrate(conn: sqlite3.Connection) -> None:
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Read again under the write lock: another process may have migrated.
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version >= SCHEMA_VERSION:
+                conn.execute("COMMIT")
+                return
+            for statement in split_statements(MIGRATIONS[version]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
-# -- claims (one query per priority: an equality on priority keeps ready_at a range) --
 
-#: Ready recipients of one transport and priority, oldest ready first.
-CLAIM_READY = (
-    "SELECT message_id FROM recipients INDEXED BY recipients_ready "
-    "WHERE state = 'queued' AND route = ? AND priority = ? AND ready_at <= ? "
-    "ORDER BY ready_at"
-)
-#: The same for a flush: the retry time is ignored, the send-at time never.
-CLAIM_FLUSH = (
-    "SELECT message_id FROM recipients INDEXED BY recipients_ready "
-    "WHERE state = 'queued' AND route = ? AND priority = ? AND send_at <= ? "
-    "ORDER BY ready_at"
-)
-CLAIMABLE_OF_MESSAGE = (
-    f"SELECT {RECIPIENT_COLUMNS} FROM recipients "
-    "WHERE message_id = ? AND state = 'queued' AND route = ? AND ready_at <= ? ORDER BY idx"
-)
-CLAIMABLE_OF_MESSAGE_FLUSH = (
-    f"SELECT {RECIPIENT_COLUMNS} FROM recipients "
-    "WHERE message_id = ? AND state = 'queued' AND route = ? AND send_at <= ? ORDER BY idx"
-)
-COUNT_READY = (
-    "SELECT count(DISTINCT message_id) FROM recipients INDEXED BY recipients_ready "
-    "WHERE state = 'queued' AND route = ? AND priority = ? AND ready_at <= ?"
-)
-COUNT_FLUSH = (
-    "SELECT count(DISTINCT message_id) FROM recipients INDEXED BY recipients_ready "
-    "WHERE state = 'queued' AND route = ? AND priority = ? AND send_at <= ?"
-)
-#: The smallest ready time of one transport and priority (an index seek).
-NEXT_READY = (
-    "SELECT min(ready_at) FROM recipients INDEXED BY recipients_ready "
-    "WHERE state = 'queued' AND route = ? AND priority = ?"
-)
+def _fsync_directory(directory: Path) -> None:
+    """Make a new name in ``directory`` durable."""
+    fd = os.open(directory if str(directory) else ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
-#: QUEUED recipients of one transport still waiting for their retry time (a flush).
-SELECT_RETRYING = (
-    f"SELECT {RECIPIENT_COLUMNS} FROM recipients INDEXED BY recipients_ready "
-    "WHERE state = 'queued' AND route = ? AND retry_at > ?"
-)
 
-# -- leases -------------------------------------------------------------------------
+def _make_private(path: Path) -> None:
+    """Mode 0600 for the store and its -wal and -shm files, if other users could read
+    or write them (a store made by an older spoolbox): queued mail is in them."""
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            continue
+        if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+            try:
+                os.chmod(p, 0o600)
+            except OSError as exc:
+                log.warning("%s is mode %04o; cannot make it 0600: %s", p, st.st_mode & 0o7777, exc)
+                continue
+            log.warning(
+                "%s was mode %04o (other users could read queued mail): made it 0600",
+                p,
+                st.st_mode & 0o7777,
+            )
 
-SELECT_LEASE_EXPIRED = (
-    f"SELECT {RECIPIENT_COLUMNS} FROM recipients INDEXED BY recipients_lease "
-    "WHERE state = 'active' AND lease_until < ?"
-)
-SELECT_LEASED_BY = (
-    f"SELECT {RECIPIENT_COLUMNS} FROM recipients INDEXED BY recipients_owner "
-    "WHERE state = 'active' AND owner = ?"
-)
 
-# -- expiry and deferral ------------------------------------------------------------
-
-SELECT_EXPIRED = (
-    f"SELECT {RECIPIENT_COLUMNS} FROM recipients INDEXED BY recipients_expiry "
-    "WHERE state IN ('queued', 'parked', 'held') AND expires_at <= ? "
-    "ORDER BY expires_at LIMIT ?"
-)
-SELECT_PARKED = (
-    f"SELECT {RECIPIENT_COLUMNS} FROM recipients INDEXED BY recipients_parked "
-    "WHERE state = 'parked' AND route = ?"
-)
-SELECT_PARKED_OF_MESSAGE = (
-    f"SELECT {RECIPIENT_COLUMNS} FROM recipients "
-    "WHERE message_id = ? AND state = 'parked' AND route = ?"
-)
-
-# -- counters -----------------------------------------------------------------------
-
-SELECT_COUNTS = "SELECT state, n FROM recipient_counts"
-
-# -- inbox and profile --------------------------------------------------------------
-
-INSERT_INBOX = (
-    "INSERT INTO inbox (id, transport, sender, recipients, received_at, size, subject, "
-    "remote_id, meta, blob_id) VALUES (:id, :transport, :sender, :recipients, :received_at, "
-    ":size, :subject, :remote_id, :meta, :blob_id)"
-)
-SELECT_INBOX_ENTRY = f"SELECT {INBOX_COLUMNS} FROM inbox WHERE id = ?"
-SELECT_INBOX_AFTER = f"SELECT {INBOX_COLUMNS} FROM inbox WHERE id > ? ORDER BY id LIMIT ?"
-SELECT_PROFILE = "SELECT key, value FROM profile WHERE section = ?"
-UPSERT_PROFILE = (
-    "INSERT INTO profile (section, key, value) VALUES (?, ?, ?) "
-    "ON CONFLICT (section, key) DO UPDATE SET value = excluded.value"
-)
-DELETE_PROFILE = "DELETE FROM profile WHERE section = ? AND key = ?"
+def _read_only_reason(path: Path) -> str | None:
+    """Why the store at ``path`` could not be written, if we can tell up front."""
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return f"the file system holding {directory} is mounted read-only"
+    except OSError:
+        return None
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"{path} is not writable by this user"
+    if not os.access(directory, os.W_OK):
+        return f"the directory {directory} is not writable (SQLite needs its -wal/-shm files)"
+    return None

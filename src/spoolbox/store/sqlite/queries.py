@@ -1,0 +1,172 @@
+"""The SQL of every query the SQLite store runs (the tables are in :mod:`.schema`).
+
+The queries keep the literal ``state = '...'`` terms the partial indexes are declared
+with: SQLite uses a partial index only when the query repeats its condition.  The
+hot ones (claims, counts, lease and expiry scans) name their index, and a test
+(``test_hot_queries_do_not_scan_the_queue``) reads each one's query plan.
+"""
+
+from __future__ import annotations
+
+# -- columns ------------------------------------------------------------------------
+
+MESSAGE_COLUMNS = (
+    "id, fingerprint, sender, priority, submitted_at, send_at, expires_at, notify, "
+    "is_report, envelope_id, size, subject, held, blob_id"
+)
+
+RECIPIENT_COLUMNS = (
+    "message_id, idx, address, state, route, refused_by, attempts, retry_at, status, "
+    "diagnostic, updated_at, first_failed_at, owner, lease_until, delay_warned"
+)
+
+INBOX_COLUMNS = (
+    "id, transport, sender, recipients, received_at, size, subject, remote_id, meta, blob_id"
+)
+
+# -- content ------------------------------------------------------------------------
+
+INSERT_BLOB = "INSERT INTO blobs (size, chunks) VALUES (?, ?)"
+INSERT_CHUNK = "INSERT INTO blob_chunks (blob_id, seq, data) VALUES (?, ?, ?)"
+SELECT_BLOB = "SELECT size, chunks FROM blobs WHERE id = ?"
+SELECT_CHUNK = "SELECT data FROM blob_chunks WHERE blob_id = ? AND seq = ?"
+SELECT_CHUNKS = "SELECT data FROM blob_chunks WHERE blob_id = ? ORDER BY seq"
+
+# -- messages and recipients --------------------------------------------------------
+
+SELECT_MESSAGE = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?"
+SELECT_MESSAGES_AFTER = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id > ? ORDER BY id LIMIT ?"
+INSERT_MESSAGE = (
+    "INSERT INTO messages (id, fingerprint, sender, priority, submitted_at, send_at, "
+    "expires_at, notify, is_report, envelope_id, size, subject, held, blob_id) "
+    "VALUES (:id, :fingerprint, :sender, :priority, :submitted_at, :send_at, :expires_at, "
+    ":notify, :is_report, :envelope_id, :size, :subject, 0, :blob_id)"
+)
+SET_HELD = "UPDATE messages SET held = ? WHERE id = ?"
+
+INSERT_RECIPIENT = (
+    "INSERT INTO recipients (message_id, idx, address, state, route, updated_at, priority, "
+    "send_at, ready_at, expires_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)"
+)
+SELECT_RECIPIENTS = f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id = ? ORDER BY idx"
+SELECT_RECIPIENT = f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id = ? AND idx = ?"
+SELECT_READINESS = "SELECT state, ready_at FROM recipients WHERE message_id = ?"
+#: Writes every mutable field of one recipient; ``ready_at`` follows ``retry_at``.
+UPDATE_RECIPIENT = (
+    "UPDATE recipients SET state = :state, route = :route, refused_by = :refused_by, "
+    "attempts = :attempts, retry_at = :retry_at, ready_at = max(send_at, :retry_at), "
+    "status = :status, diagnostic = :diagnostic, updated_at = :updated_at, "
+    "first_failed_at = :first_failed_at, owner = :owner, lease_until = :lease_until, "
+    "delay_warned = :delay_warned "
+    "WHERE message_id = :message_id AND idx = :idx"
+)
+RENEW_LEASE = (
+    "UPDATE recipients SET lease_until = ? "
+    "WHERE message_id = ? AND idx = ? AND state = 'active' AND owner = ?"
+)
+
+# -- routing ------------------------------------------------------------------------
+
+SELECT_UNROUTED = (
+    f"SELECT {RECIPIENT_COLUMNS} FROM recipients INDEXED BY recipients_unrouted "
+    "WHERE state = 'queued' AND route IS NULL "
+    "AND (message_id, idx) > (?, ?) ORDER BY message_id, idx LIMIT ?"
+)
+SELECT_ROUTED_QUEUED = (
+    f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE state = 'queued' AND route IS NOT NULL"
+)
+SELECT_ROUTED_PARKED = (
+    f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE state = 'parked' AND route IS NOT NULL"
+)
+ASSIGN_ROUTE = (
+    "UPDATE recipients SET route = ? WHERE message_id = ? AND idx = ? AND state = 'queued'"
+)
+
+# -- claims (one query per priority: an equality on priority keeps ready_at a range) --
+
+#: Ready recipients of one transport and priority, oldest ready first.
+CLAIM_READY = (
+    "SELECT message_id FROM recipients INDEXED BY recipients_ready "
+    "WHERE state = 'queued' AND route = ? AND priority = ? AND ready_at <= ? "
+    "ORDER BY ready_at"
+)
+#: The same for a flush: the retry time is ignored, the send-at time never.
+CLAIM_FLUSH = (
+    "SELECT message_id FROM recipients INDEXED BY recipients_ready "
+    "WHERE state = 'queued' AND route = ? AND priority = ? AND send_at <= ? "
+    "ORDER BY ready_at"
+)
+CLAIMABLE_OF_MESSAGE = (
+    f"SELECT {RECIPIENT_COLUMNS} FROM recipients "
+    "WHERE message_id = ? AND state = 'queued' AND route = ? AND ready_at <= ? ORDER BY idx"
+)
+CLAIMABLE_OF_MESSAGE_FLUSH = (
+    f"SELECT {RECIPIENT_COLUMNS} FROM recipients "
+    "WHERE message_id = ? AND state = 'queued' AND route = ? AND send_at <= ? ORDER BY idx"
+)
+COUNT_READY = (
+    "SELECT count(DISTINCT message_id) FROM recipients INDEXED BY recipients_ready "
+    "WHERE state = 'queued' AND route = ? AND priority = ? AND ready_at <= ?"
+)
+COUNT_FLUSH = (
+    "SELECT count(DISTINCT message_id) FROM recipients INDEXED BY recipients_ready "
+    "WHERE state = 'queued' AND route = ? AND priority = ? AND send_at <= ?"
+)
+#: The smallest ready time of one transport and priority (an index seek).
+NEXT_READY = (
+    "SELECT min(ready_at) FROM recipients INDEXED BY recipients_ready "
+    "WHERE state = 'queued' AND route = ? AND priority = ?"
+)
+
+#: QUEUED recipients of one transport still waiting for their retry time (a flush).
+SELECT_RETRYING = (
+    f"SELECT {RECIPIENT_COLUMNS} FROM recipients INDEXED BY recipients_ready "
+    "WHERE state = 'queued' AND route = ? AND retry_at > ?"
+)
+
+# -- leases -------------------------------------------------------------------------
+
+SELECT_LEASE_EXPIRED = (
+    f"SELECT {RECIPIENT_COLUMNS} FROM recipients INDEXED BY recipients_lease "
+    "WHERE state = 'active' AND lease_until < ?"
+)
+SELECT_LEASED_BY = (
+    f"SELECT {RECIPIENT_COLUMNS} FROM recipients INDEXED BY recipients_owner "
+    "WHERE state = 'active' AND owner = ?"
+)
+
+# -- expiry and deferral ------------------------------------------------------------
+
+SELECT_EXPIRED = (
+    f"SELECT {RECIPIENT_COLUMNS} FROM recipients INDEXED BY recipients_expiry "
+    "WHERE state IN ('queued', 'parked', 'held') AND expires_at <= ? "
+    "ORDER BY expires_at LIMIT ?"
+)
+SELECT_PARKED = (
+    f"SELECT {RECIPIENT_COLUMNS} FROM recipients INDEXED BY recipients_parked "
+    "WHERE state = 'parked' AND route = ?"
+)
+SELECT_PARKED_OF_MESSAGE = (
+    f"SELECT {RECIPIENT_COLUMNS} FROM recipients "
+    "WHERE message_id = ? AND state = 'parked' AND route = ?"
+)
+
+# -- counters -----------------------------------------------------------------------
+
+SELECT_COUNTS = "SELECT state, n FROM recipient_counts"
+
+# -- inbox and profile --------------------------------------------------------------
+
+INSERT_INBOX = (
+    "INSERT INTO inbox (id, transport, sender, recipients, received_at, size, subject, "
+    "remote_id, meta, blob_id) VALUES (:id, :transport, :sender, :recipients, :received_at, "
+    ":size, :subject, :remote_id, :meta, :blob_id)"
+)
+SELECT_INBOX_ENTRY = f"SELECT {INBOX_COLUMNS} FROM inbox WHERE id = ?"
+SELECT_INBOX_AFTER = f"SELECT {INBOX_COLUMNS} FROM inbox WHERE id > ? ORDER BY id LIMIT ?"
+SELECT_PROFILE = "SELECT key, value FROM profile WHERE section = ?"
+UPSERT_PROFILE = (
+    "INSERT INTO profile (section, key, value) VALUES (?, ?, ?) "
+    "ON CONFLICT (section, key) DO UPDATE SET value = excluded.value"
+)
+DELETE_PROFILE = "DELETE FROM profile WHERE section = ? AND key = ?"
