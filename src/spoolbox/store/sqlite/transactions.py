@@ -187,9 +187,7 @@ def claim(
             cursor.close()
     jobs: list[ClaimedJob] = []
     for mid in picked:
-        mrow = conn.execute(_q.SELECT_MESSAGE, (mid,)).fetchone()
-        if mrow is None:
-            raise UnknownMessage(f"no message with id {mid!r}")
+        mrow = _message_row(conn, mid)
         info = message_from_row(mrow)
         claimed: list[RecipientRecord] = []
         for row in conn.execute(rows_sql, (mid, transport, now)).fetchall():
@@ -365,10 +363,7 @@ def retry_now(conn: sqlite3.Connection, message_id: str, *, now: float) -> int:
 
 
 def get_message(conn: sqlite3.Connection, message_id: str) -> MessageInfo:
-    row = conn.execute(_q.SELECT_MESSAGE, (message_id,)).fetchone()
-    if row is None:
-        raise UnknownMessage(f"no message with id {message_id!r}")
-    return message_from_row(row)
+    return message_from_row(_message_row(conn, message_id))
 
 
 def recipients(conn: sqlite3.Connection, message_id: str) -> list[RecipientRecord]:
@@ -529,11 +524,15 @@ def _unlease(conn: sqlite3.Connection, rows: Iterable[sqlite3.Row], now: float |
     return n
 
 
-def _content_id(conn: sqlite3.Connection, message_id: str) -> int:
-    row = conn.execute(_q.SELECT_MESSAGE, (message_id,)).fetchone()
+def _message_row(conn: sqlite3.Connection, message_id: str) -> sqlite3.Row:
+    row: sqlite3.Row | None = conn.execute(_q.SELECT_MESSAGE, (message_id,)).fetchone()
     if row is None:
         raise UnknownMessage(f"no message with id {message_id!r}")
-    return int(row["blob_id"])
+    return row
+
+
+def _content_id(conn: sqlite3.Connection, message_id: str) -> int:
+    return int(_message_row(conn, message_id)["blob_id"])
 
 
 def _insert_blob(conn: sqlite3.Connection, data: bytes) -> int:
