@@ -33,6 +33,7 @@ import contextlib
 import json
 import os
 import socket
+import sqlite3
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
@@ -50,6 +51,7 @@ from . import (
 from ._private import private_dir
 from .model import IllegalTransition, MessageSummary
 from .profile import Profile, load_profile
+from .store.sqlite import StoreFile, transactions
 
 __all__ = [
     "EXIT_CONFLICT",
@@ -336,10 +338,26 @@ class Client:
                     return
 
     # -- offline access to the store ----------------------------------------------------
-    def _offline(self, fn: Callable[[SQLiteStore], Coroutine[Any, Any, T]]) -> T:
+    def _store_path(self) -> Path:
         path = self.profile.store.path
         if not path.exists():  # before the daemon ever ran: the data directory too
             private_dir(path.parent)
+        return path
+
+    def _offline_run(self, op: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """The store operation ``op`` without an event loop: ``fn`` (one of
+        :mod:`spoolbox.store.sqlite.transactions`) in the transaction ``op`` needs,
+        committed as the daemon's store commits it."""
+        store = self.profile.store
+        with StoreFile.open(
+            self._store_path(),
+            synchronous=store.synchronous,
+            progress_synchronous=store.progress_synchronous,
+        ) as db:
+            return db.run(op, fn)
+
+    def _offline(self, fn: Callable[[SQLiteStore], Coroutine[Any, Any, T]]) -> T:
+        path = self._store_path()
 
         async def run() -> T:
             store = SQLiteStore(
@@ -376,8 +394,8 @@ class Client:
         """Submit; returns ``{"id", "state", "via"}`` (via: "daemon" or "store")."""
         lifetime = message.lifetime or self.profile.spooler.policy.lifetime
 
-        async def put(store: SQLiteStore) -> dict[str, Any]:
-            info = await store.submit(message, now=time.time(), lifetime=lifetime)
+        def put(conn: sqlite3.Connection) -> dict[str, Any]:
+            info = transactions.submit(conn, message, now=time.time(), lifetime=lifetime)
             return {"id": info.id, "state": str(MessageState.QUEUED)}
 
         args = _message_args(message, content=False)
@@ -388,7 +406,7 @@ class Client:
         op: str,
         args: dict[str, Any],
         fallback: bool,
-        put: Callable[[SQLiteStore], Coroutine[Any, Any, dict[str, Any]]],
+        put: Callable[[sqlite3.Connection], dict[str, Any]],
         content: bytes | None = None,
     ) -> dict[str, Any]:
         """``op`` through the daemon; else, with ``fallback``, ``put`` on the store: when
@@ -405,7 +423,7 @@ class Client:
             if not fallback:
                 raise
             note = "too large for the local API: queued in the store; the daemon sends it"
-        return {**self._offline(put), "via": "store", "note": note}
+        return {**self._offline_run(op, put), "via": "store", "note": note}
 
     def submit_many(
         self, messages: Sequence[NewMessage], *, fallback: bool = True
@@ -415,9 +433,9 @@ class Client:
         At most ``MAX_SUBMIT_MANY`` (10,000) messages a call."""
         lifetime = self.profile.spooler.policy.lifetime
 
-        async def put(store: SQLiteStore) -> dict[str, Any]:
+        def put(conn: sqlite3.Connection) -> dict[str, Any]:
             # Without the daemon's router: recipients are routed when it starts.
-            infos = await store.submit_many(list(messages), now=time.time(), lifetime=lifetime)
+            infos = transactions.submit_many(conn, messages, now=time.time(), lifetime=lifetime)
             return {"ids": [i.id for i in infos], "state": str(MessageState.QUEUED)}
 
         args = {"messages": [_message_args(m) for m in messages]}

@@ -67,6 +67,7 @@ from spoolbox import (
     SQLiteStore,
     TransportConfig,
 )
+from spoolbox.store.sqlite import transactions
 
 NODE = "crash-worker"
 BOX = "box"
@@ -167,19 +168,17 @@ def install_crash_point(point: str, n: int, transport: str = "maildir") -> None:
     """Patch the code so that the process SIGKILLs itself at the n-th ``point``."""
     hit = _countdown(n)
     if point == "submit-txn":
-        original_insert = SQLiteStore._insert_message
+        original_submit = transactions.submit
 
-        def insert(self: SQLiteStore, conn: Any, message: NewMessage, **kw: Any) -> Any:
-            info = original_insert(self, conn, message, **kw)
+        def submit(conn: Any, message: NewMessage, **kw: Any) -> Any:
+            info = original_submit(conn, message, **kw)
             if hit():
                 _die(point, message.id)  # rows written, the transaction not committed
             return info
 
-        SQLiteStore._insert_message = insert  # type: ignore[method-assign]
+        transactions.submit = submit
     elif point in ("claim-txn", "settle-txn"):
-        from spoolbox.store import sqlite as sqlite_module
-
-        original_move = sqlite_module._move
+        original_move = transactions._move
         wanted = RecipientState.ACTIVE if point == "claim-txn" else RecipientState.DELIVERED
 
         def move(conn: Any, old: Any, new: Any, **kw: Any) -> None:
@@ -187,7 +186,7 @@ def install_crash_point(point: str, n: int, transport: str = "maildir") -> None:
             if new.state is wanted and hit():
                 _die(point, new.message_id)
 
-        sqlite_module._move = move
+        transactions._move = move
     elif point == "after-publish" and transport == "smtp":
         from spoolbox.transports.smtp import SMTPSession
 

@@ -1,48 +1,21 @@
 """What the SQLite store promises beyond the protocol: durability, group commit, one
-thread off the event loop, safe claims across processes, careful opening, indexes."""
+thread off the event loop, safe claims across processes (the file itself: see
+test_sqlite_opening.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import random
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlite_helpers import T0, new_message, raw
 
-from spoolbox.model import Address, NewMessage, RecipientState
-from spoolbox.store import _sqlite_schema as schema
+from spoolbox.model import NewMessage, RecipientState
 from spoolbox.store.base import InboundMessage, RecipientUpdate, StoreError
-from spoolbox.store.sqlite import SQLiteStore
-
-T0 = 1000.0
-
-
-def _message(i: int, *recipients: str, size: int = 0) -> NewMessage:
-    body = b"x" * size if size else b"body\r\n"
-    return NewMessage(
-        sender=Address.parse("SMTP:alice@example.org"),
-        recipients=tuple(Address.parse(r) for r in (recipients or ("X:bob",))),
-        content=b"Subject: message %d\r\n\r\n" % i + body,
-        id=f"m{i:04d}",
-    )
-
-
-@contextlib.contextmanager
-def _raw(path: Path) -> Iterator[sqlite3.Connection]:
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
-def _snapshot_dir(directory: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+from spoolbox.store.operations import Kind
+from spoolbox.store.sqlite import SQLiteStore, schema
 
 
 @pytest.fixture
@@ -59,7 +32,7 @@ async def store(tmp_path: Path) -> object:
 async def test_concurrent_submits_share_commits(store: SQLiteStore) -> None:
     before = store.statistics()
     infos = await asyncio.gather(
-        *(store.submit(_message(i), now=T0, lifetime=3600) for i in range(50))
+        *(store.submit(new_message(i), now=T0, lifetime=3600) for i in range(50))
     )
     after = store.statistics()
     assert sorted(i.id for i in infos) == [f"m{i:04d}" for i in range(50)]
@@ -75,7 +48,7 @@ async def test_callers_cancelled_while_their_batch_runs_do_not_spoil_the_others(
     # The outcomes of one group reach the loop together; those of callers that gave
     # up meanwhile are dropped there, and every other caller still gets its own.
     tasks = [
-        asyncio.create_task(store.submit(_message(i), now=T0, lifetime=3600)) for i in range(40)
+        asyncio.create_task(store.submit(new_message(i), now=T0, lifetime=3600)) for i in range(40)
     ]
     await asyncio.sleep(0)  # the submissions are queued
     for t in tasks[::2]:
@@ -86,7 +59,7 @@ async def test_callers_cancelled_while_their_batch_runs_do_not_spoil_the_others(
     # A cancelled submission may have been committed or not; the store goes on.
     queued = (await store.counts())[RecipientState.QUEUED]
     assert 20 <= queued <= 40
-    assert (await store.submit(_message(99), now=T0, lifetime=3600)).id == "m0099"
+    assert (await store.submit(new_message(99), now=T0, lifetime=3600)).id == "m0099"
 
 
 async def test_a_job_whose_caller_gave_up_while_it_ran_is_dropped_quietly(
@@ -102,7 +75,7 @@ async def test_a_job_whose_caller_gave_up_while_it_ran_is_dropped_quietly(
         gate.wait(5)
         return 1
 
-    job = asyncio.create_task(store._write("held", held))
+    job = asyncio.create_task(store._send("held", held, Kind.WRITE))
     await asyncio.to_thread(entered.wait, 5)  # the job is running on the store's thread
     job.cancel()
     after = asyncio.create_task(store.counts())  # queued behind it
@@ -121,7 +94,7 @@ def test_one_store_object_serves_one_event_loop_after_another(tmp_path: Path) ->
     async def use(i: int) -> int:
         async with s:
             await asyncio.gather(
-                *(s.submit(_message(10 * i + k), now=T0, lifetime=3600) for k in range(5))
+                *(s.submit(new_message(10 * i + k), now=T0, lifetime=3600) for k in range(5))
             )
             return (await s.counts())[RecipientState.QUEUED]
 
@@ -132,12 +105,12 @@ def test_one_store_object_serves_one_event_loop_after_another(tmp_path: Path) ->
 async def test_submits_arriving_during_a_commit_join_the_next_batch(tmp_path: Path) -> None:
     path = tmp_path / "spool.db"
     async with SQLiteStore(path) as store:
-        with _raw(path) as other:
+        with raw(path) as other:
             other.execute("BEGIN IMMEDIATE")  # the first batch waits for this lock
             tasks = []
             for i in range(4):  # one submit per turn of the loop
                 tasks.append(
-                    asyncio.ensure_future(store.submit(_message(i), now=T0, lifetime=3600))
+                    asyncio.ensure_future(store.submit(new_message(i), now=T0, lifetime=3600))
                 )
                 await asyncio.sleep(0)  # a single yield to the loop, not a wait
             assert not any(t.done() for t in tasks)
@@ -155,14 +128,14 @@ async def test_a_submit_returns_after_its_batch_committed(tmp_path: Path) -> Non
     # as that submit returns.
     path = tmp_path / "spool.db"
     async with SQLiteStore(path) as writer, SQLiteStore(path) as reader:
-        pending = [writer.submit(_message(i), now=T0, lifetime=3600) for i in range(20)]
+        pending = [writer.submit(new_message(i), now=T0, lifetime=3600) for i in range(20)]
         for done in asyncio.as_completed(pending):
             info = await done
             assert (await reader.get_message(info.id)).id == info.id
 
 
 async def test_a_refused_submit_does_not_spoil_its_batch(store: SQLiteStore) -> None:
-    good, other = _message(1), _message(2)
+    good, other = new_message(1), new_message(2)
     clash = NewMessage(
         sender=None, recipients=good.recipients, content=b"Subject: other\r\n\r\n", id=good.id
     )
@@ -183,7 +156,7 @@ async def test_close_commits_pending_submits(tmp_path: Path) -> None:
     store = SQLiteStore(path)
     await store.open()
     tasks = [
-        asyncio.ensure_future(store.submit(_message(i), now=T0, lifetime=3600)) for i in range(5)
+        asyncio.ensure_future(store.submit(new_message(i), now=T0, lifetime=3600)) for i in range(5)
     ]
     await asyncio.sleep(0)  # one yield: the submits are queued, not yet committed
     await store.close()
@@ -194,7 +167,7 @@ async def test_close_commits_pending_submits(tmp_path: Path) -> None:
 
 async def test_everything_survives_a_reopen(tmp_path: Path) -> None:
     path = tmp_path / "spool.db"
-    big = _message(1, "X:a", "Y:b", size=700_000)
+    big = new_message(1, "X:a", "Y:b", size=700_000)
     async with SQLiteStore(path) as store:
         await store.submit(big, now=T0, lifetime=3600)
         await store.assign_routes([(big.id, 0, "x"), (big.id, 1, "y")])
@@ -235,9 +208,9 @@ async def test_everything_survives_a_reopen(tmp_path: Path) -> None:
 async def test_the_event_loop_runs_while_the_database_is_busy(tmp_path: Path) -> None:
     path = tmp_path / "spool.db"
     async with SQLiteStore(path) as store:
-        await store.submit(_message(1), now=T0, lifetime=3600)
+        await store.submit(new_message(1), now=T0, lifetime=3600)
         await store.assign_routes([("m0001", 0, "x")])
-        with _raw(path) as other:
+        with raw(path) as other:
             other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
             claim = asyncio.ensure_future(store.claim("x", owner="o1", now=T0, lease=30))
             turns = 0
@@ -254,9 +227,9 @@ async def test_the_event_loop_runs_while_the_database_is_busy(tmp_path: Path) ->
 async def test_a_write_waits_for_another_process_lock_in_short_pauses(tmp_path: Path) -> None:
     path = tmp_path / "spool.db"
     async with SQLiteStore(path) as store:
-        with _raw(path) as other:
+        with raw(path) as other:
             other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
-            submit = asyncio.ensure_future(store.submit(_message(1), now=T0, lifetime=3600))
+            submit = asyncio.ensure_future(store.submit(new_message(1), now=T0, lifetime=3600))
             await asyncio.sleep(0.2)
             assert not submit.done()
             other.execute("COMMIT")
@@ -287,12 +260,12 @@ async def test_what_arrives_while_a_commit_waits_for_the_lock_joins_it(tmp_path:
     while the store waits for another process's lock share the waiting transaction."""
     path = tmp_path / "spool.db"
     async with SQLiteStore(path) as store:
-        with _raw(path) as other:
+        with raw(path) as other:
             other.execute("BEGIN IMMEDIATE")
-            first = asyncio.ensure_future(store.submit(_message(1), now=T0, lifetime=3600))
+            first = asyncio.ensure_future(store.submit(new_message(1), now=T0, lifetime=3600))
             await _until_waiting_for_the_lock(store)
             later = [
-                asyncio.ensure_future(store.submit(_message(i), now=T0, lifetime=3600))
+                asyncio.ensure_future(store.submit(new_message(i), now=T0, lifetime=3600))
                 for i in (2, 3, 4)
             ]
             await asyncio.sleep(0.05)  # their batch signal reaches the store's thread
@@ -309,10 +282,10 @@ async def test_a_waiting_progress_commit_takes_in_progress_only(tmp_path: Path) 
     path = tmp_path / "spool.db"
     async with SQLiteStore(path) as store:
         for i in (1, 2):
-            await store.submit(_message(i), now=T0, lifetime=3600, routes=["t"])
+            await store.submit(new_message(i), now=T0, lifetime=3600, routes=["t"])
         [job] = await store.claim("t", owner="o", now=T0, lease=60.0)
         before = store.statistics()
-        with _raw(path) as other:
+        with raw(path) as other:
             other.execute("BEGIN IMMEDIATE")
             claim = asyncio.ensure_future(store.claim("t", owner="o", now=T0, lease=60.0))
             await _until_waiting_for_the_lock(store)
@@ -324,7 +297,7 @@ async def test_a_waiting_progress_commit_takes_in_progress_only(tmp_path: Path) 
                     now=T0 + 1,
                 )
             )
-            submit = asyncio.ensure_future(store.submit(_message(3), now=T0, lifetime=3600))
+            submit = asyncio.ensure_future(store.submit(new_message(3), now=T0, lifetime=3600))
             await asyncio.sleep(0.05)
             other.execute("COMMIT")
             [job2], _info, info3 = await asyncio.gather(claim, settle, submit)
@@ -340,13 +313,13 @@ async def test_a_lock_held_beyond_busy_timeout_fails_the_write_and_keeps_the_res
 ) -> None:
     path = tmp_path / "spool.db"
     async with SQLiteStore(path, busy_timeout=0.3) as store:
-        await store.submit(_message(1), now=T0, lifetime=3600)
-        with _raw(path) as other:
+        await store.submit(new_message(1), now=T0, lifetime=3600)
+        with raw(path) as other:
             other.execute("BEGIN IMMEDIATE")
             with pytest.raises(StoreError, match=r"submit failed.*locked"):
-                await store.submit(_message(2), now=T0, lifetime=3600)
+                await store.submit(new_message(2), now=T0, lifetime=3600)
             other.execute("ROLLBACK")
-        await store.submit(_message(3), now=T0, lifetime=3600)
+        await store.submit(new_message(3), now=T0, lifetime=3600)
         ids = [s.info.id for s in await store.list_messages(state=None, limit=10, now=T0)]
         assert sorted(ids) == ["m0001", "m0003"]
         assert store.statistics()["lock_waits"] == 1
@@ -366,11 +339,11 @@ async def test_lifecycle_errors(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="not open"):
         await store.counts()
     with pytest.raises(StoreError, match="not open"):
-        await store.submit(_message(1), now=T0, lifetime=3600)
+        await store.submit(new_message(1), now=T0, lifetime=3600)
     await store.open()
     with pytest.raises(StoreError, match="already open"):
         await store.open()
-    await store.submit(_message(1), now=T0, lifetime=3600)
+    await store.submit(new_message(1), now=T0, lifetime=3600)
     await store.close()
     await store.close()  # twice is fine
     with pytest.raises(StoreError, match="not open"):
@@ -409,7 +382,7 @@ async def test_progress_commits_are_told_apart_from_acceptance(tmp_path: Path) -
             return int(store.statistics()["progress_commits"])  # type: ignore[call-overload]
 
         for i in (1, 2, 3):
-            await store.submit(_message(i), now=T0, lifetime=3600, routes=["t"])
+            await store.submit(new_message(i), now=T0, lifetime=3600, routes=["t"])
         assert progress() == 0
         [job] = await store.claim("t", owner="o", now=T0, lease=60.0)
         job = await store.renew(job, now=T0 + 1, lease=60.0)
@@ -428,7 +401,7 @@ async def test_progress_commits_are_told_apart_from_acceptance(tmp_path: Path) -
         [job3] = await store.claim("t", owner="o", now=T0 + 4, lease=60.0)
         commits, progress_before = store.statistics()["commits"], progress()
         await asyncio.gather(
-            store.submit(_message(4), now=T0 + 5, lifetime=3600, routes=["t"]),
+            store.submit(new_message(4), now=T0 + 5, lifetime=3600, routes=["t"]),
             store.settle(
                 "m0003", [RecipientUpdate(0, RecipientState.DELIVERED)], owner="o", now=T0 + 5
             ),
@@ -461,7 +434,7 @@ async def test_pragmas(tmp_path: Path) -> None:
         }
     async with SQLiteStore(tmp_path / "normal.db", synchronous="normal") as store:
         assert store.statistics()["pragmas"]["synchronous"] == 1  # type: ignore[index]
-    with _raw(tmp_path / "full.db") as conn:
+    with raw(tmp_path / "full.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA application_id").fetchone()[0] == schema.APPLICATION_ID
 
@@ -473,7 +446,7 @@ async def test_two_stores_on_one_file_never_claim_the_same_recipient(tmp_path: P
     path = tmp_path / "spool.db"
     async with SQLiteStore(path) as a, SQLiteStore(path) as b:
         for i in range(40):
-            await a.submit(_message(i, "X:one", "X:two"), now=T0, lifetime=3600)
+            await a.submit(new_message(i, "X:one", "X:two"), now=T0, lifetime=3600)
         await a.assign_routes([(f"m{i:04d}", k, "x") for i in range(40) for k in (0, 1)])
 
         async def drain(store: SQLiteStore, owner: str) -> list[tuple[str, int]]:
@@ -487,225 +460,6 @@ async def test_two_stores_on_one_file_never_claim_the_same_recipient(tmp_path: P
         assert len(claimed) == len(set(claimed)) == 80
         assert (await b.counts())[RecipientState.ACTIVE] == 80
         assert await a.release_owner("b") == len(got_b)
-
-
-# -- opening files that are not ours, or not for us --------------------------------------
-
-
-async def test_a_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
-    path = tmp_path / "spool.db"
-    async with SQLiteStore(path) as store:
-        await store.submit(_message(1), now=T0, lifetime=3600)
-    newer = schema.SCHEMA_VERSION + 5
-    with _raw(path) as conn:
-        conn.execute(f"PRAGMA user_version = {newer}")
-    before = _snapshot_dir(tmp_path)
-    store = SQLiteStore(path)
-    with pytest.raises(StoreError) as info:
-        await store.open()
-    message = str(info.value)
-    assert str(path) in message
-    assert f"version {newer}" in message
-    assert f"up to {schema.SCHEMA_VERSION}" in message
-    assert _snapshot_dir(tmp_path) == before
-    await store.close()  # nothing to close: a no-op
-
-
-async def test_random_bytes_are_refused_untouched(tmp_path: Path) -> None:
-    path = tmp_path / "spool.db"
-    path.write_bytes(random.Random(1).randbytes(3 * 4096))
-    before = _snapshot_dir(tmp_path)
-    with pytest.raises(StoreError, match="not a SQLite database") as info:
-        await SQLiteStore(path).open()
-    assert str(path) in str(info.value)
-    assert _snapshot_dir(tmp_path) == before
-
-
-async def test_a_corrupt_database_is_refused_untouched(tmp_path: Path) -> None:
-    path = tmp_path / "spool.db"
-    async with SQLiteStore(path) as store:
-        await store.submit(_message(1), now=T0, lifetime=3600)
-    data = bytearray(path.read_bytes())
-    data[100:4096] = random.Random(2).randbytes(4096 - 100)  # the schema page, after the header
-    path.write_bytes(bytes(data))
-    before = _snapshot_dir(tmp_path)
-    with pytest.raises(StoreError) as info:
-        await SQLiteStore(path).open()
-    assert str(path) in str(info.value)
-    assert _snapshot_dir(tmp_path) == before
-
-
-async def test_another_programs_database_is_refused_untouched(tmp_path: Path) -> None:
-    path = tmp_path / "other.db"
-    with _raw(path) as conn:
-        conn.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY)")
-    before = _snapshot_dir(tmp_path)
-    with pytest.raises(StoreError, match="not a spoolbox store") as info:
-        await SQLiteStore(path).open()
-    assert str(path) in str(info.value)
-    assert _snapshot_dir(tmp_path) == before
-
-
-@pytest.mark.parametrize("kind", ["zero bytes", "empty database"])
-async def test_a_file_without_the_spoolbox_schema_is_refused_untouched(
-    tmp_path: Path, kind: str
-) -> None:
-    """Only a store spoolbox made is opened: a file someone else left at the path,
-    even an empty one, could be the wrong path or a trap, not a new store."""
-    path = tmp_path / "spool.db"
-    if kind == "zero bytes":
-        path.write_bytes(b"")
-    else:
-        with _raw(path) as conn:
-            conn.execute("VACUUM")  # a valid, empty SQLite database (its header page)
-        assert path.stat().st_size > 0
-    before = _snapshot_dir(tmp_path)
-    with pytest.raises(StoreError, match="holds no spoolbox store") as info:
-        await SQLiteStore(path).open()
-    assert str(path) in str(info.value)
-    assert ("an empty file" in str(info.value)) == (kind == "zero bytes")
-    assert _snapshot_dir(tmp_path) == before
-
-
-def _modes(directory: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_mode & 0o777 for p in directory.iterdir()}
-
-
-async def test_a_new_store_and_its_wal_and_shm_are_private(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    path = tmp_path / "spool.db"
-    old = os.umask(0o022)  # the usual umask: files would be 0644
-    try:
-        async with SQLiteStore(path) as store:
-            await store.submit(_message(1), now=T0, lifetime=3600)
-            modes = _modes(tmp_path)
-    finally:
-        os.umask(old)
-    assert modes == {"spool.db": 0o600, "spool.db-wal": 0o600, "spool.db-shm": 0o600}
-    assert "0600" not in caplog.text  # created so, not tightened afterwards
-
-
-async def test_an_existing_store_readable_by_others_is_made_private(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    path = tmp_path / "spool.db"
-    async with SQLiteStore(path) as store:
-        await store.submit(_message(1), now=T0, lifetime=3600)
-    path.chmod(0o644)  # as an older spoolbox left it
-    async with SQLiteStore(path) as store:
-        assert len(await store.list_messages(now=T0)) == 1
-        modes = _modes(tmp_path)
-    assert modes == {"spool.db": 0o600, "spool.db-wal": 0o600, "spool.db-shm": 0o600}
-    assert f"{path} was mode 0644" in caplog.text
-
-
-async def test_two_stores_creating_one_file_at_once_both_open_it(tmp_path: Path) -> None:
-    path = tmp_path / "spool.db"
-    for _ in range(5):
-        stores = [SQLiteStore(path), SQLiteStore(path)]
-        await asyncio.gather(*(s.open() for s in stores))
-        await stores[0].submit(_message(1), now=T0, lifetime=3600)
-        assert len(await stores[1].list_messages(now=T0)) == 1
-        for s in stores:
-            await s.close()
-        assert list(_modes(tmp_path)) == ["spool.db"]  # no temp files left
-        path.unlink()
-
-
-# -- schema, migrations, indexes --------------------------------------------------------
-
-
-def test_every_migration_splits_into_complete_statements() -> None:
-    assert len(schema.MIGRATIONS) == schema.SCHEMA_VERSION
-    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
-        for script in schema.MIGRATIONS:
-            statements = schema.split_statements(script)
-            assert statements
-            for statement in statements:
-                assert sqlite3.complete_statement(statement)
-                conn.execute(statement)
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-    assert {"messages", "recipients", "blobs", "blob_chunks", "inbox", "profile"} <= tables
-    with pytest.raises(ValueError, match="incomplete"):
-        schema.split_statements("CREATE TABLE t (x);\nCREATE TABLE u (y)\n")
-
-
-async def test_pending_migrations_run_on_open(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "spool.db"
-    async with SQLiteStore(path) as store:
-        await store.submit(_message(1), now=T0, lifetime=3600)
-    extra = "CREATE TABLE extra (x INTEGER);\nINSERT INTO extra (x) VALUES (7);\n"
-    monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, extra))
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", len(schema.MIGRATIONS))
-    async with SQLiteStore(path) as store:
-        assert (await store.get_message("m0001")).id == "m0001"
-        assert store.statistics()["pragmas"]["user_version"] == schema.SCHEMA_VERSION  # type: ignore[index]
-    with _raw(path) as conn:
-        assert conn.execute("SELECT x FROM extra").fetchall() == [(7,)]
-
-
-def _plan(conn: sqlite3.Connection, sql: str) -> list[str]:
-    params = (None,) * sql.count("?")
-    return [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
-
-
-@pytest.mark.parametrize(
-    "query",
-    [
-        "CLAIM_READY",
-        "CLAIM_FLUSH",
-        "COUNT_READY",
-        "COUNT_FLUSH",
-        "NEXT_READY",
-        "SELECT_RETRYING",
-        "SELECT_UNROUTED",
-        "SELECT_LEASE_EXPIRED",
-        "SELECT_LEASED_BY",
-        "SELECT_EXPIRED",
-        "SELECT_PARKED",
-        "CLAIMABLE_OF_MESSAGE",
-        "SELECT_RECIPIENTS",
-    ],
-)
-async def test_hot_queries_do_not_scan_the_queue(tmp_path: Path, query: str) -> None:
-    path = tmp_path / "spool.db"
-    async with SQLiteStore(path):
-        pass
-    with _raw(path) as conn:
-        plan = _plan(conn, getattr(schema, query))
-    assert plan
-    assert all("USING" in step for step in plan if "recipients" in step), plan
-    # Rows come in index order: no sort of the ready rows before the first is taken.
-    assert not any("TEMP B-TREE FOR ORDER BY" in step for step in plan), plan
-
-
-async def test_counts_read_the_counters_not_the_queue(tmp_path: Path) -> None:
-    path = tmp_path / "spool.db"
-    async with SQLiteStore(path):
-        pass
-    with _raw(path) as conn:
-        plan = _plan(conn, schema.SELECT_COUNTS)
-    assert plan
-    assert not any("recipients " in step for step in plan), plan
-
-
-async def test_content_is_stored_once_in_chunks(tmp_path: Path) -> None:
-    path = tmp_path / "spool.db"
-    message = _message(1, size=3 * schema.CHUNK_SIZE + 10)
-    async with SQLiteStore(path) as store:
-        await store.submit(message, now=T0, lifetime=3600)
-        await store.submit(message, now=T0, lifetime=3600)
-        chunks = [c async for c in store.iter_content(message.id, chunk_size=100_000)]
-    assert b"".join(chunks) == message.content
-    with _raw(path) as conn:
-        assert conn.execute("SELECT count(*) FROM blobs").fetchone()[0] == 1
-        rows = conn.execute("SELECT length(data) FROM blob_chunks ORDER BY seq").fetchall()
-    assert [n for (n,) in rows] == [schema.CHUNK_SIZE] * 3 + [
-        len(message.content) - 3 * schema.CHUNK_SIZE
-    ]
 
 
 async def test_profile_values_must_be_json(store: SQLiteStore) -> None:

@@ -52,17 +52,50 @@ async def main(path, progress):
 asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
 
+#: The same steps without an event loop, as the client's offline path runs them.
+_OFFLINE_CHILD = r"""
+import os, sys
+from spoolbox.model import Address, NewMessage, RecipientState
+from spoolbox.store.base import RecipientUpdate
+from spoolbox.store.sqlite import StoreFile, transactions as tx
+
+def mark(name):
+    os.write(2, b"@@" + name.encode() + b"\n")
+
+with StoreFile.open(sys.argv[1], progress_synchronous=sys.argv[2]) as db:
+    for i in range(3):
+        mark(f"submit{i}")
+        message = NewMessage(
+            sender=Address.parse("SMTP:a@example.org"),
+            recipients=(Address.parse("X:b"),),
+            content=b"Subject: x\r\n\r\nbody\r\n",
+            id=f"m{i}",
+        )
+        db.run("submit", lambda c: tx.submit(c, message, now=1000.0, lifetime=3600.0, routes=["t"]))
+    for i in range(3):
+        mark(f"claim{i}")
+        [job] = db.run("claim", lambda c: tx.claim(c, "t", owner="o", now=1000.0, lease=60.0))
+        mark(f"settle{i}")
+        db.run("settle", lambda c: tx.settle(
+            c, job.message.id, [RecipientUpdate(0, RecipientState.DELIVERED)],
+            owner="o", now=1001.0,
+        ))
+    mark("close")
+"""
+
 _MARK = re.compile(r'write\(2, "@@(\w+)\\n"')
 _SYNC = re.compile(r"\b(?:fsync|fdatasync)\(")
 
 
-def _syncs_per_step(tmp_path: Path, progress: str) -> dict[str, int]:
+def _syncs_per_step(
+    tmp_path: Path, progress: str, child: str = _CHILD, tag: str = "store"
+) -> dict[str, int]:
     strace = shutil.which("strace")
     if strace is None:
         pytest.skip(
             "SKIPPED LOUDLY: strace is not installed (apt-get install strace; .ci/run does)"
         )
-    trace = tmp_path / f"trace-{progress}.txt"
+    trace = tmp_path / f"trace-{tag}-{progress}.txt"
     subprocess.run(
         [
             strace,
@@ -74,8 +107,8 @@ def _syncs_per_step(tmp_path: Path, progress: str) -> dict[str, int]:
             str(trace),
             sys.executable,
             "-c",
-            _CHILD,
-            str(tmp_path / f"{progress}.db"),
+            child,
+            str(tmp_path / f"{tag}-{progress}.db"),
             progress,
         ],
         check=True,
@@ -103,6 +136,12 @@ def test_acceptance_is_synced_and_progress_is_not_by_default(tmp_path: Path) -> 
         assert counts[f"submit{i}"] >= 1, counts
         assert counts[f"claim{i}"] == 0, counts
         assert counts[f"settle{i}"] == 0, counts
+
+
+@pytest.mark.parametrize("progress", ["NORMAL", "FULL"])
+def test_the_offline_path_syncs_as_the_store_does(tmp_path: Path, progress: str) -> None:
+    offline = _syncs_per_step(tmp_path, progress, _OFFLINE_CHILD, "offline")
+    assert offline == _syncs_per_step(tmp_path, progress), offline
 
 
 def test_progress_full_syncs_claims_and_settles(tmp_path: Path) -> None:

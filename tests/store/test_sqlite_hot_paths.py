@@ -10,7 +10,9 @@ from pathlib import Path
 
 from spoolbox.model import Address, NewMessage, RecipientState
 from spoolbox.store import RecipientUpdate
-from spoolbox.store.sqlite import PREFETCH_LIMIT, SQLiteStore
+from spoolbox.store.operations import Kind
+from spoolbox.store.sqlite import SQLiteStore
+from spoolbox.store.sqlite.transactions import PREFETCH_LIMIT
 
 T0 = 1000.0
 
@@ -51,14 +53,14 @@ async def test_submits_and_settles_waiting_together_share_one_commit(tmp_path: P
             await store.submit(_message(f"old{i}", b"x\r\n"), now=T0, lifetime=3600, routes=["x"])
         jobs = await store.claim("x", owner="n", now=T0, lease=60, limit=10)
         # Hold the store thread in a write until everything below is waiting for it.
-        # (No public call holds the store's thread still: the test uses _write.)
+        # (No public call holds the store's thread still: the test uses _send.)
         gate, entered = threading.Event(), threading.Event()
 
         def hold(conn: object) -> bool:
             entered.set()
             return gate.wait(10)
 
-        blocker = asyncio.ensure_future(store._write("test gate", hold))
+        blocker = asyncio.ensure_future(store._send("test gate", hold, Kind.WRITE))
         assert await asyncio.to_thread(entered.wait, 10)
         before = store.statistics()
         settles = [

@@ -26,9 +26,8 @@ from ..model import (
     RecipientRecord,
     RecipientState,
     check_transition,
-    message_state,
-    subject_of,
 )
+from . import rules
 from .base import (
     ClaimedJob,
     InboundMessage,
@@ -145,21 +144,7 @@ class MemoryStore:
                     f"message id {message.id!r} is already used by a different message"
                 )
             return existing
-        info = MessageInfo(
-            id=message.id,
-            sender=message.sender,
-            priority=message.priority,
-            submitted_at=now,
-            send_at=message.send_at,
-            # The lifetime starts when the message may first be sent (its send-at time).
-            expires_at=max(now, message.send_at or now)
-            + (message.lifetime if message.lifetime is not None else lifetime),
-            notify=message.notify,
-            is_report=message.is_report,
-            envelope_id=message.envelope_id,
-            size=message.size,
-            subject=subject_of(message.content),
-        )
+        info = rules.accepted(message, now=now, lifetime=lifetime)
         self._messages[message.id] = info
         self._submitted[message.id] = message
         self._content[message.id] = message.content
@@ -346,29 +331,7 @@ class MemoryStore:
             check_transition(r.state, u.state, what=f"{message_id}#{u.index}")
         self._check_reports(reports, inbox_reports)
         for u in updates:
-            r = rows[u.index]
-            route = r.route if u.keep_route else u.route
-            refused = r.refused_by + tuple(t for t in u.refused_by if t not in r.refused_by)
-            first_failed = r.first_failed_at
-            if u.status is not None and u.status.startswith("4") and first_failed is None:
-                first_failed = now
-            nr = replace(
-                r,
-                state=u.state,
-                route=route,
-                refused_by=refused,
-                attempts=r.attempts + (1 if u.count_attempt else 0),
-                retry_at=u.retry_at
-                if u.retry_at is not None
-                else (r.retry_at if u.state is _R.QUEUED else 0.0),
-                status=u.status if u.status is not None else r.status,
-                diagnostic=u.diagnostic if u.diagnostic is not None else r.diagnostic,
-                updated_at=now,
-                first_failed_at=first_failed,
-                delay_warned=r.delay_warned if u.delay_warned is None else u.delay_warned,
-            )
-            if nr.state is _R.QUEUED and info.held:
-                nr = replace(nr, state=_R.HELD)
+            nr = rules.settled(rows[u.index], u, now=now, held=info.held)
             self._leases.pop((message_id, u.index), None)
             self._set(nr)
         for rep in reports:
@@ -528,11 +491,8 @@ class MemoryStore:
             yield data[i : i + chunk_size]
 
     def _state(self, mid: str, now: float) -> MessageState:
-        rows = self._rcpts[mid]
         info = self._messages[mid]
-        queued = [r for r in rows if r.state is _R.QUEUED]
-        waiting = bool(queued) and all(self._ready_at(info, r) > now for r in queued)
-        return message_state((r.state for r in rows), waiting_on_retry=waiting)
+        return rules.queue_of(((r.state, self._ready_at(info, r)) for r in self._rcpts[mid]), now)
 
     async def state_of(self, message_id: str, *, now: float) -> MessageState:
         self._msg(message_id)

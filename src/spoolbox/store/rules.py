@@ -1,0 +1,107 @@
+"""The store's pure rules, the same for every backend: what a submission becomes,
+what a settle update makes of a recipient, which queue a message is in.
+
+No I/O here: each backend reads its rows, applies these, and writes the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import replace
+
+from ..model import (
+    MessageInfo,
+    MessageState,
+    NewMessage,
+    RecipientRecord,
+    RecipientState,
+    message_state,
+    subject_of,
+)
+from .base import RecipientUpdate
+
+__all__ = ["accepted", "fingerprint", "queue_of", "settled"]
+
+_R = RecipientState
+
+
+def accepted(message: NewMessage, *, now: float, lifetime: float) -> MessageInfo:
+    """The envelope a new submission is stored with, at ``now``; ``lifetime`` applies
+    when the message brings none of its own."""
+    return MessageInfo(
+        id=message.id,
+        sender=message.sender,
+        priority=message.priority,
+        submitted_at=now,
+        send_at=None if message.send_at is None else float(message.send_at),
+        # The lifetime starts when the message may first be sent (its send-at time).
+        expires_at=max(now, message.send_at or now)
+        + (message.lifetime if message.lifetime is not None else lifetime),
+        notify=message.notify,
+        is_report=message.is_report,
+        envelope_id=message.envelope_id,
+        size=message.size,
+        subject=subject_of(message.content),
+    )
+
+
+def settled(r: RecipientRecord, u: RecipientUpdate, *, now: float, held: bool) -> RecipientRecord:
+    """The recipient after a settle update at ``now`` (``held``: its message is held,
+    so a recipient sent back to the queue waits in HELD)."""
+    first_failed = r.first_failed_at
+    if u.status is not None and u.status.startswith("4") and first_failed is None:
+        first_failed = now
+    retry_at = u.retry_at
+    if retry_at is None:
+        retry_at = r.retry_at if u.state is _R.QUEUED else 0.0
+    state = _R.HELD if u.state is _R.QUEUED and held else u.state
+    return replace(
+        r,
+        state=state,
+        route=r.route if u.keep_route else u.route,
+        refused_by=r.refused_by + tuple(t for t in u.refused_by if t not in r.refused_by),
+        attempts=r.attempts + (1 if u.count_attempt else 0),
+        retry_at=retry_at,
+        status=u.status if u.status is not None else r.status,
+        diagnostic=u.diagnostic if u.diagnostic is not None else r.diagnostic,
+        updated_at=now,
+        first_failed_at=first_failed,
+        delay_warned=r.delay_warned if u.delay_warned is None else u.delay_warned,
+    )
+
+
+def queue_of(readiness: Iterable[tuple[RecipientState, float]], now: float) -> MessageState:
+    """A message's queue from its recipients' ``(state, ready time)``: it waits on a
+    retry when every QUEUED recipient's ready time is still ahead of ``now``."""
+    states: list[RecipientState] = []
+    queued_ready: list[float] = []
+    for state, ready_at in readiness:
+        states.append(state)
+        if state is _R.QUEUED:
+            queued_ready.append(ready_at)
+    waiting = bool(queued_ready) and all(t > now for t in queued_ready)
+    return message_state(states, waiting_on_retry=waiting)
+
+
+def fingerprint(message: NewMessage) -> bytes:
+    """A digest of the whole submission: equal digests mean equal NewMessages (a
+    backend that keeps the digest, not the submission, tells a resubmission with it)."""
+    envelope = json.dumps(
+        [
+            message.id,
+            None if message.sender is None else str(message.sender),
+            [str(a) for a in message.recipients],
+            int(message.priority),
+            None if message.send_at is None else float(message.send_at),
+            int(message.notify),
+            None if message.lifetime is None else float(message.lifetime),
+            bool(message.is_report),
+            message.envelope_id,
+        ]
+    )
+    digest = hashlib.sha256(envelope.encode())
+    digest.update(b"\n")
+    digest.update(message.content)
+    return digest.digest()

@@ -1,0 +1,250 @@
+"""One open store file on one thread: its commit levels, its read and write
+transactions, the waits for another process's write lock, and their counters.
+
+The store's thread (:mod:`.worker`) builds its group commits on these steps; a
+process without an event loop runs an operation of :mod:`.transactions` through
+:meth:`StoreFile.run`, with the same checks on opening, the same commit levels and
+the same lock waits as the store's own commits::
+
+    with StoreFile.open(path) as db:
+        info = db.run("submit", lambda conn: transactions.submit(conn, message, ...))
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Final, TypeVar
+
+from ..base import StoreError
+from ..operations import OPERATIONS, Kind
+from . import schema
+
+__all__ = ["BUSY_TIMEOUT", "Stats", "StoreFile", "sync_level"]
+
+_T = TypeVar("_T")
+
+SYNCHRONOUS_MODES: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
+BUSY_TIMEOUT: Final = 30.0  # seconds a writer waits for another process's transaction
+#: Waiting for another process's write lock: first pause, then doubled up to the last.
+#: SQLite's own busy handler sleeps 1, 2, 5, 10 ... ms, far longer than our commits take.
+_LOCK_POLL_FIRST: Final = 50e-6
+_LOCK_POLL_MAX: Final = 1e-3
+
+
+def sync_level(name: str, value: str) -> str:
+    """``value`` as a ``PRAGMA synchronous`` level; ValueError naming ``name`` if it is none."""
+    level = value.upper()
+    if level not in SYNCHRONOUS_MODES:
+        raise ValueError(f"{name} must be one of {', '.join(SYNCHRONOUS_MODES)}, not {value!r}")
+    return level
+
+
+def commit_levels(synchronous: str, progress_synchronous: str) -> tuple[str, str]:
+    """The levels of durable and of progress commits, checked; progress is never
+    committed more strongly than acceptance."""
+    mode = sync_level("synchronous", synchronous)
+    progress = sync_level("progress_synchronous", progress_synchronous)
+    return mode, min(progress, mode, key=SYNCHRONOUS_MODES.index)
+
+
+@dataclass(slots=True)
+class Stats:
+    commits: int = 0
+    grouped_writes: int = 0  # writes that shared a transaction with others
+    rollbacks: int = 0
+    reads: int = 0
+    submits: int = 0
+    submit_batches: int = 0
+    largest_batch: int = 0
+    lock_waits: int = 0  # transactions that found another process holding the lock
+    lock_wait_seconds: float = 0.0
+    write_seconds: float = 0.0  # holding the write lock (statements and COMMIT)
+    progress_commits: int = 0  # commits made at progress_synchronous (no fsync by default)
+    pragmas: dict[str, object] = field(default_factory=dict)
+
+
+class StoreFile:
+    """An open store file: ``StoreFile.open(path, ...)``, then :meth:`run` (or the
+    steps the store's thread uses), then :meth:`close`.  ``synchronous`` and
+    ``progress_synchronous`` are those of :class:`~.store.SQLiteStore`."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: str,
+        *,
+        levels: tuple[str, str],
+        busy_timeout: float,
+        stats: Stats,
+    ) -> None:
+        self.conn = conn
+        self.path = path
+        self.stats = stats
+        self._synchronous, self._progress_sync = levels
+        self._conn_sync = self._synchronous  # the level the connection is at now
+        self._busy_timeout = busy_timeout
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "FULL",
+        progress_synchronous: str = "NORMAL",
+        busy_timeout: float = BUSY_TIMEOUT,
+        stats: Stats | None = None,
+    ) -> StoreFile:
+        """Open (create, check, migrate) the store at ``path``; raises StoreError."""
+        levels = commit_levels(synchronous, progress_synchronous)
+        path = os.fspath(path)
+        conn = schema.connect(path, synchronous=levels[0], busy_timeout=busy_timeout)
+        stats = Stats() if stats is None else stats
+        try:
+            found = schema.pragmas(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot prepare the store {path}: {exc}") from exc
+        stats.pragmas = {
+            "journal_mode": found["journal_mode"],
+            "synchronous": found["synchronous"],
+            "progress_synchronous": SYNCHRONOUS_MODES.index(levels[1]),
+            "foreign_keys": found["foreign_keys"],
+            "user_version": found["user_version"],
+        }
+        return cls(conn, path, levels=levels, busy_timeout=float(busy_timeout), stats=stats)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> StoreFile:
+        return self
+
+    def __exit__(
+        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- whole operations --------------------------------------------------------------
+    def run(self, what: str, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """``fn`` in the transaction the operation ``what`` needs (a snapshot, a
+        durable commit or a progress commit); sqlite's errors as StoreError."""
+        kind = OPERATIONS[what]
+        try:
+            if kind is Kind.READ:
+                return self.read(fn)
+            durable = kind is Kind.WRITE
+            self.set_sync(durable)
+            self.begin_immediate()
+            return self.commit_started(fn, durable)
+        except sqlite3.Error as exc:
+            raise self.error(what, exc) from exc
+
+    # -- the steps ---------------------------------------------------------------------
+    def set_sync(self, durable: bool) -> None:
+        """Put the connection at the level the next commit needs (outside a transaction).
+
+        One WAL file takes both kinds of commit in order, and a commit's fsync covers
+        every frame before it: a progress commit lost to a power cut takes with it
+        only later commits that were not synced either, never an acceptance."""
+        level = self._synchronous if durable else self._progress_sync
+        if level != self._conn_sync:
+            self.conn.execute(f"PRAGMA synchronous = {level}")
+            self._conn_sync = level
+
+    def try_begin(self) -> bool:
+        """``BEGIN IMMEDIATE`` if the write lock is free (True), else nothing (False)."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+            return False
+        return True
+
+    def begin_immediate(self) -> bool:
+        """``BEGIN IMMEDIATE``, waiting for another process's write lock in short
+        pauses (the connection's own busy timeout is 0), for up to ``busy_timeout``;
+        True if it had to wait."""
+        if self.try_begin():
+            return False
+        self._lock_wait(lambda: self.conn.execute("BEGIN IMMEDIATE"))
+        return True
+
+    def commit_started(self, fn: Callable[[sqlite3.Connection], _T], durable: bool) -> _T:
+        """``fn`` in the write transaction begun, then COMMIT (counted); on an error
+        the transaction is rolled back and the error raised."""
+        began = time.monotonic()
+        try:
+            result = fn(self.conn)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.rollback()
+            self.stats.rollbacks += 1
+            raise
+        self.stats.write_seconds += time.monotonic() - began
+        self.stats.commits += 1
+        if not durable:
+            self.stats.progress_commits += 1
+        return result
+
+    def read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """``fn`` in a read transaction; again after a pause if the database was busy
+        (in WAL mode only while another process recovers or closes the file)."""
+
+        def attempt() -> _T:
+            self.conn.execute("BEGIN")
+            try:
+                result = fn(self.conn)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.rollback()
+                raise
+            return result
+
+        try:
+            result = attempt()
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+            result = self._lock_wait(attempt)
+        self.stats.reads += 1
+        return result
+
+    def rollback(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    def error(self, what: str, exc: BaseException) -> StoreError:
+        """A StoreError for a failed ``what`` on this file, caused by ``exc``."""
+        err = StoreError(f"{self.path}: {what} failed: {exc}")
+        err.__cause__ = exc
+        return err
+
+    def _lock_wait(self, attempt: Callable[[], _T]) -> _T:
+        self.stats.lock_waits += 1
+        start = time.monotonic()
+        delay = _LOCK_POLL_FIRST
+        while True:
+            time.sleep(delay)
+            try:
+                result = attempt()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() - start > self._busy_timeout:
+                    raise
+                delay = min(delay * 2, _LOCK_POLL_MAX)
+            else:
+                self.stats.lock_wait_seconds += time.monotonic() - start
+                return result
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED (with any extended code): another connection has it."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:  # pragma: no cover - Python < 3.11 has no error codes
+        return "locked" in str(exc) or "busy" in str(exc)
+    return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)

@@ -1,0 +1,158 @@
+"""Rows of the SQLite store <-> the frozen domain values (:mod:`spoolbox.model`).
+
+``*_from_row`` builds a value from a row read with one of the ``*_COLUMNS`` lists of
+:mod:`.queries`; ``*_params`` gives the named parameters that write one.  The
+encodings live here and nowhere else: addresses as text, lists and maps as JSON
+text, flags as 0/1.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from ...model import Address, MessageInfo, Notify, Priority, RecipientRecord, RecipientState
+from ..base import InboxEntry, JSONValue, StoreError
+
+__all__ = [
+    "Row",
+    "encode_profile",
+    "inbox_from_row",
+    "inbox_params",
+    "message_from_row",
+    "message_params",
+    "recipient_from_row",
+    "recipient_params",
+]
+
+
+class Row(Protocol):
+    """A row with its columns by name (:class:`sqlite3.Row` is one)."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def message_from_row(row: Row) -> MessageInfo:
+    return MessageInfo(
+        id=row["id"],
+        sender=None if row["sender"] is None else Address.parse(row["sender"]),
+        priority=Priority(row["priority"]),
+        submitted_at=row["submitted_at"],
+        send_at=row["send_at"],
+        expires_at=row["expires_at"],
+        notify=Notify(row["notify"]),
+        is_report=bool(row["is_report"]),
+        envelope_id=row["envelope_id"],
+        size=row["size"],
+        subject=row["subject"],
+        held=bool(row["held"]),
+    )
+
+
+def message_params(info: MessageInfo, *, fingerprint: bytes, blob_id: int) -> dict[str, object]:
+    """A new message's row (not held): ``INSERT_MESSAGE``'s parameters."""
+    return {
+        "id": info.id,
+        "fingerprint": fingerprint,
+        "sender": None if info.sender is None else str(info.sender),
+        "priority": int(info.priority),
+        "submitted_at": info.submitted_at,
+        "send_at": info.send_at,
+        "expires_at": info.expires_at,
+        "notify": int(info.notify),
+        "is_report": int(info.is_report),
+        "envelope_id": info.envelope_id,
+        "size": info.size,
+        "subject": info.subject,
+        "blob_id": blob_id,
+    }
+
+
+def recipient_from_row(row: Row) -> RecipientRecord:
+    return RecipientRecord(
+        message_id=row["message_id"],
+        index=row["idx"],
+        address=Address.parse(row["address"]),
+        state=RecipientState(row["state"]),
+        route=row["route"],
+        refused_by=tuple(json.loads(row["refused_by"])),
+        attempts=row["attempts"],
+        retry_at=row["retry_at"],
+        status=row["status"],
+        diagnostic=row["diagnostic"],
+        updated_at=row["updated_at"],
+        first_failed_at=row["first_failed_at"],
+        delay_warned=bool(row["delay_warned"]),
+    )
+
+
+def recipient_params(
+    r: RecipientRecord, *, owner: str | None, lease_until: float | None
+) -> dict[str, object]:
+    """Every mutable column of one recipient: ``UPDATE_RECIPIENT``'s parameters.  The
+    lease (``owner``, ``lease_until``) is kept only while the recipient is ACTIVE."""
+    active = r.state is RecipientState.ACTIVE
+    return {
+        "message_id": r.message_id,
+        "idx": r.index,
+        "state": r.state.value,
+        "route": r.route,
+        "refused_by": json.dumps(list(r.refused_by)),
+        "attempts": r.attempts,
+        "retry_at": r.retry_at,
+        "status": r.status,
+        "diagnostic": r.diagnostic,
+        "updated_at": r.updated_at,
+        "first_failed_at": r.first_failed_at,
+        "delay_warned": int(r.delay_warned),
+        "owner": owner if active else None,
+        "lease_until": lease_until if active else None,
+    }
+
+
+def inbox_from_row(row: Row) -> InboxEntry:
+    return InboxEntry(
+        id=row["id"],
+        transport=row["transport"],
+        sender=row["sender"],
+        recipients=tuple(json.loads(row["recipients"])),
+        received_at=row["received_at"],
+        size=row["size"],
+        subject=row["subject"],
+        remote_id=row["remote_id"],
+        meta=json.loads(row["meta"]),
+    )
+
+
+def inbox_params(entry: InboxEntry, *, blob_id: int) -> dict[str, object]:
+    """An inbox entry's row: ``INSERT_INBOX``'s parameters."""
+    return {
+        "id": entry.id,
+        "transport": entry.transport,
+        "sender": entry.sender,
+        "recipients": json.dumps(list(entry.recipients)),
+        "received_at": entry.received_at,
+        "size": entry.size,
+        "subject": entry.subject,
+        "remote_id": entry.remote_id,
+        "meta": json.dumps(entry.meta),
+        "blob_id": blob_id,
+    }
+
+
+def encode_profile(section: str, values: Mapping[str, JSONValue]) -> dict[str, str | None]:
+    """Profile values as the JSON text of their rows, per key (None deletes the key);
+    refuses what JSON cannot hold, naming the section and key."""
+    out: dict[str, str | None] = {}
+    for key, value in values.items():
+        if value is None:
+            out[key] = None
+            continue
+        try:
+            out[key] = json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(
+                f"profile value {section}.{key} = {value!r} cannot be stored as JSON: {exc}"
+            ) from exc
+    return out

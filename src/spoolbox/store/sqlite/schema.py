@@ -1,0 +1,387 @@
+"""The SQLite store's schema: its tables, their versions, and opening a store file.
+
+:func:`connect` opens a store file with care.  Before it writes anything it checks
+that the file is a SQLite database, a spoolbox store and not from a newer schema; if
+not it raises :class:`~spoolbox.store.base.StoreError` naming the file and leaves it
+as it was.  A file that exists but holds no spoolbox schema (an empty file, an empty
+database) is refused too: a new store is made whole under a temporary name, schema
+included, and linked into place, so a store file without its schema was never made
+by spoolbox.  Then it switches to WAL and runs the pending migrations, each in one
+transaction.  A new store file is created mode 0600, and SQLite gives its ``-wal``
+and ``-shm`` files the mode of the database; an existing store that other users
+could read is made 0600 (the three files) when it is opened, with a warning.
+
+The schema version lives in ``PRAGMA user_version``.  ``MIGRATIONS[n]`` is the SQL
+script that upgrades a database at version ``n`` to version ``n + 1``, so a new file
+(version 0) runs them all and :data:`SCHEMA_VERSION` is ``len(MIGRATIONS)``.  A
+released migration is never edited: a change to the schema is a new script appended
+to the list.  Each script is split into statements with :func:`split_statements` and
+run in one transaction together with the version bump.
+
+Shape of the data (the domain classes in :mod:`spoolbox.model` do not follow it):
+
+* ``blobs`` / ``blob_chunks``: message and inbox content, stored once, in rows of at
+  most :data:`CHUNK_SIZE` bytes so it can be streamed without loading it whole.
+* ``messages``: one envelope per message; ``fingerprint`` is a digest of the whole
+  submission, so a resubmission with the same id is recognised (or refused) without
+  reading the content back.
+* ``recipients``: one row per recipient, the unit of work.  Priority, send-at time
+  and expiry are copied from the message, and ``ready_at = max(send_at, retry_at)``
+  is kept with every write, so the claim is a range scan of the partial index
+  ``recipients_ready (route, priority, ready_at) WHERE state = 'queued'``.
+  ``owner`` / ``lease_until`` are set exactly while the recipient is ACTIVE.
+* ``recipient_counts``: recipients per state, kept by triggers in the same
+  transaction as every change, so ``counts()`` reads seven rows.
+* ``inbox`` and ``profile`` (provider state, JSON values keyed by section and key).
+
+The queries are in :mod:`.queries`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import urllib.parse
+from pathlib import Path
+
+from ..base import StoreError
+
+__all__ = [
+    "APPLICATION_ID",
+    "CHUNK_SIZE",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "connect",
+    "split_statements",
+]
+
+log = logging.getLogger("spoolbox.store")
+
+#: ``PRAGMA application_id`` of a spoolbox store ("SPBX"): tells our files from others.
+APPLICATION_ID = 0x53504258
+
+#: Content is stored in rows of this many bytes (the last row of a blob may be shorter).
+CHUNK_SIZE = 256 * 1024
+
+_V1 = """
+CREATE TABLE blobs (
+    id INTEGER PRIMARY KEY,
+    size INTEGER NOT NULL,
+    chunks INTEGER NOT NULL
+);
+
+CREATE TABLE blob_chunks (
+    blob_id INTEGER NOT NULL REFERENCES blobs (id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (blob_id, seq)
+);
+
+CREATE TABLE messages (
+    id TEXT PRIMARY KEY,
+    fingerprint BLOB NOT NULL,
+    sender TEXT,
+    priority INTEGER NOT NULL,
+    submitted_at REAL NOT NULL,
+    send_at REAL,
+    expires_at REAL NOT NULL,
+    notify INTEGER NOT NULL,
+    is_report INTEGER NOT NULL,
+    envelope_id TEXT,
+    size INTEGER NOT NULL,
+    subject TEXT NOT NULL,
+    held INTEGER NOT NULL DEFAULT 0,
+    blob_id INTEGER NOT NULL REFERENCES blobs (id)
+);
+
+CREATE TABLE recipients (
+    message_id TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    address TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (
+        state IN ('queued', 'active', 'parked', 'held', 'delivered', 'failed', 'cancelled')
+    ),
+    route TEXT,
+    refused_by TEXT NOT NULL DEFAULT '[]',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    retry_at REAL NOT NULL DEFAULT 0,
+    status TEXT,
+    diagnostic TEXT,
+    updated_at REAL NOT NULL,
+    first_failed_at REAL,
+    priority INTEGER NOT NULL,
+    send_at REAL NOT NULL,
+    ready_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    owner TEXT,
+    lease_until REAL,
+    PRIMARY KEY (message_id, idx)
+);
+
+CREATE INDEX recipients_ready ON recipients (route, priority, ready_at)
+    WHERE state = 'queued';
+CREATE INDEX recipients_lease ON recipients (lease_until) WHERE state = 'active';
+CREATE INDEX recipients_owner ON recipients (owner) WHERE state = 'active';
+CREATE INDEX recipients_parked ON recipients (route) WHERE state = 'parked';
+CREATE INDEX recipients_expiry ON recipients (expires_at)
+    WHERE state IN ('queued', 'parked', 'held');
+
+CREATE TABLE recipient_counts (
+    state TEXT PRIMARY KEY,
+    n INTEGER NOT NULL
+) WITHOUT ROWID;
+
+INSERT INTO recipient_counts (state, n) VALUES
+    ('queued', 0), ('active', 0), ('parked', 0), ('held', 0),
+    ('delivered', 0), ('failed', 0), ('cancelled', 0);
+
+CREATE TRIGGER recipients_count_insert AFTER INSERT ON recipients
+BEGIN
+    UPDATE recipient_counts SET n = n + 1 WHERE state = NEW.state;
+END;
+
+CREATE TRIGGER recipients_count_update AFTER UPDATE OF state ON recipients
+WHEN OLD.state IS NOT NEW.state
+BEGIN
+    UPDATE recipient_counts SET n = n - 1 WHERE state = OLD.state;
+    UPDATE recipient_counts SET n = n + 1 WHERE state = NEW.state;
+END;
+
+CREATE TRIGGER recipients_count_delete AFTER DELETE ON recipients
+BEGIN
+    UPDATE recipient_counts SET n = n - 1 WHERE state = OLD.state;
+END;
+
+CREATE TABLE inbox (
+    id TEXT PRIMARY KEY,
+    transport TEXT NOT NULL,
+    sender TEXT,
+    recipients TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    size INTEGER NOT NULL,
+    subject TEXT NOT NULL,
+    remote_id TEXT,
+    meta TEXT NOT NULL DEFAULT '{}',
+    blob_id INTEGER NOT NULL REFERENCES blobs (id)
+);
+
+CREATE TABLE profile (
+    section TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (section, key)
+) WITHOUT ROWID;
+
+PRAGMA application_id = 1397768792;
+"""
+
+#: ``MIGRATIONS[n]`` upgrades a database at schema version ``n`` to ``n + 1``.
+_V2 = """
+ALTER TABLE recipients ADD COLUMN delay_warned INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX recipients_unrouted ON recipients (message_id, idx)
+    WHERE state = 'queued' AND route IS NULL;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+
+#: The newest schema version this code reads and writes.
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def split_statements(script: str) -> list[str]:
+    """Split an SQL script into complete statements (trigger bodies stay whole).
+
+    Statements must end at the end of a line.  Raises ValueError on a trailing
+    incomplete statement, so a broken migration fails before it touches a file.
+    """
+    out: list[str] = []
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        raise ValueError(f"incomplete SQL statement at the end of a script: {buf.strip()!r}")
+    return out
+
+
+# -- opening a store file -------------------------------------------------------------
+
+
+def connect(path: str, *, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
+    """The store at ``path`` opened for writing (created if missing), checked, in WAL
+    mode at ``synchronous``, migrated; rows come as :class:`sqlite3.Row`.  Its busy
+    timeout is 0: the caller waits for another process's lock itself.  Raises
+    StoreError naming the file."""
+    read_only = _read_only_reason(Path(path))
+    if read_only is not None:
+        raise StoreError(f"cannot open the store {path} for writing: {read_only}")
+    _create_if_missing(Path(path))
+    try:
+        # mode=rw: never fall back silently to a read-only connection, which would
+        # refuse every write for the life of the store; and never create the file
+        # (_create_if_missing made it, schema included).
+        uri = "file:" + urllib.parse.quote(os.fspath(path)) + "?mode=rw"
+        conn = sqlite3.connect(
+            uri, timeout=busy_timeout, isolation_level=None, check_same_thread=True, uri=True
+        )
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the store {path}: {exc}") from exc
+    try:
+        _prepare(conn, path, synchronous)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def pragmas(conn: sqlite3.Connection) -> dict[str, object]:
+    """The settings an open store runs with (for ``statistics()``)."""
+    return {
+        "journal_mode": str(conn.execute("PRAGMA journal_mode").fetchone()[0]),
+        "synchronous": int(conn.execute("PRAGMA synchronous").fetchone()[0]),
+        "foreign_keys": int(conn.execute("PRAGMA foreign_keys").fetchone()[0]),
+        "user_version": int(conn.execute("PRAGMA user_version").fetchone()[0]),
+    }
+
+
+def _create_if_missing(path: Path) -> None:
+    """A new store at ``path``, if there is none: built whole under a temporary name
+    (mode 0600, every migration run) and linked into place, so that no process ever
+    sees a store file of ours without its schema.  If another process links its own
+    first, that one is used."""
+    if os.path.lexists(path):
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.new")
+    try:
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        try:
+            conn = sqlite3.connect(os.fspath(tmp), isolation_level=None)
+            try:
+                # WAL from the start (it is kept in the file): switching a linked
+                # store to WAL would need a lock that a second process opening it
+                # at the same moment can refuse at once ("database is locked").
+                conn.execute("PRAGMA journal_mode = WAL")
+                _migrate(conn)
+            finally:
+                conn.close()
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return  # another process created it meanwhile: open theirs
+            _fsync_directory(path.parent)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreError(f"cannot create the store {path}: {exc}") from exc
+
+
+def _prepare(conn: sqlite3.Connection, path: str, synchronous: str) -> None:
+    # 1. Read-only checks: nothing is written to a file we would refuse.
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
+        objects = int(conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0])
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(
+            f"{path} is not a SQLite database or is corrupt ({exc}); it was left untouched"
+        ) from exc
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} has store schema version {version}, but this spoolbox supports "
+            f"versions up to {SCHEMA_VERSION}: it was written by a newer spoolbox; "
+            "upgrade spoolbox to open it (the file was left untouched)"
+        )
+    if (version == 0 and objects > 0) or (version > 0 and app_id != APPLICATION_ID):
+        raise StoreError(
+            f"{path} is a SQLite database but not a spoolbox store "
+            f"(application id {app_id:#x}, user version {version}); "
+            "it was left untouched"
+        )
+    if version == 0:
+        what = "an empty file" if os.path.getsize(path) == 0 else "an empty SQLite database"
+        raise StoreError(
+            f"{path} exists but holds no spoolbox store ({what}, not made by spoolbox); "
+            "it was left untouched: remove it, or set [store] path to another file, "
+            "for spoolbox to create a new store"
+        )
+    _make_private(Path(path))
+    # 2. Settings, then migrations (each one transaction).
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        _migrate(conn)
+        # From here on, waits for another process's lock are the caller's.
+        conn.execute("PRAGMA busy_timeout = 0")
+        conn.row_factory = sqlite3.Row
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot prepare the store {path}: {exc}") from exc
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Read again under the write lock: another process may have migrated.
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version >= SCHEMA_VERSION:
+                conn.execute("COMMIT")
+                return
+            for statement in split_statements(MIGRATIONS[version]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a new name in ``directory`` durable."""
+    fd = os.open(directory if str(directory) else ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_private(path: Path) -> None:
+    """Mode 0600 for the store and its -wal and -shm files, if other users could read
+    or write them (a store made by an older spoolbox): queued mail is in them."""
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            continue
+        if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+            try:
+                os.chmod(p, 0o600)
+            except OSError as exc:
+                log.warning("%s is mode %04o; cannot make it 0600: %s", p, st.st_mode & 0o7777, exc)
+                continue
+            log.warning(
+                "%s was mode %04o (other users could read queued mail): made it 0600",
+                p,
+                st.st_mode & 0o7777,
+            )
+
+
+def _read_only_reason(path: Path) -> str | None:
+    """Why the store at ``path`` could not be written, if we can tell up front."""
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return f"the file system holding {directory} is mounted read-only"
+    except OSError:
+        return None
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"{path} is not writable by this user"
+    if not os.access(directory, os.W_OK):
+        return f"the directory {directory} is not writable (SQLite needs its -wal/-shm files)"
+    return None
