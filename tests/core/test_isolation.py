@@ -16,7 +16,7 @@ import pytest
 from helpers import FAST, message, spooler
 
 from spoolbox import MessageState, RecipientState, Spooler, TransportConfig
-from spoolbox._core.isolated import IsolatedSession
+from spoolbox._core.hosts.isolated import IsolatedSession
 from spoolbox.model import StatusCode
 from spoolbox.profile import ProfileError, load_profile
 from spoolbox.testing import check_provider

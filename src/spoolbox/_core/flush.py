@@ -29,7 +29,7 @@ from ..model import FlushFlags, LogonCaps, Progress, StatusCode, TransportNotify
 from .clock import wait_event
 
 if TYPE_CHECKING:
-    from .host import TransportHost
+    from .hosts.host import TransportHost
     from .spooler import Spooler
 
 __all__ = ["FlushHandle", "FlushReport", "TransportFlushResult"]

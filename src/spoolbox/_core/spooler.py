@@ -65,9 +65,9 @@ from .clock import Clock, SystemClock, wait_event
 from .config import SpoolerConfig, load_provider_class
 from .critsec import CriticalSections
 from .flush import FlushHandle, FlushReport
-from .host import TransportHost
+from .hosts.host import TransportHost
+from .hosts.isolated import IsolatedProvider
 from .idle import IdlePolicy, LoopLagIdle
-from .isolated import IsolatedProvider
 from .policy import Policy
 from .slices import SliceMeter
 

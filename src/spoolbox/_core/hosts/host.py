@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..contract.errors import (
+from ...contract.errors import (
     ContractViolation,
     InvalidObject,
     MessageCancelled,
@@ -37,9 +37,9 @@ from ..contract.errors import (
     Unconfigured,
     WaitRetry,
 )
-from ..contract.objects import OutboundMessage
-from ..contract.provider import TransportSession
-from ..model import (
+from ...contract.objects import OutboundMessage
+from ...contract.provider import TransportSession
+from ...model import (
     EndFlags,
     FlushFlags,
     LogoffFlags,
@@ -57,19 +57,19 @@ from ..model import (
     ValidateFlags,
     new_message_id,
 )
-from ..status import StatusRow
-from ..store import ClaimedJob, InboundMessage, LeaseLost, RecipientUpdate
-from . import deadline
-from .clock import wait_event
-from .config import TransportConfig
+from ...status import StatusRow
+from ...store import ClaimedJob, InboundMessage, LeaseLost, RecipientUpdate
+from .. import deadline
+from ..clock import wait_event
+from ..config import TransportConfig
+from ..lifecycle import Phase, SessionLifecycle
+from ..objects import InboundWriterImpl, OutboundMessageImpl, ProfileSectionImpl
+from ..policy import PARKED_NOTE, SubmitOutcome, plan_after_submit, plan_result
+from ..slices import checkpoint
 from .isolated import IsolatedProvider, IsolatedSession
-from .lifecycle import Phase, SessionLifecycle
-from .objects import InboundWriterImpl, OutboundMessageImpl, ProfileSectionImpl
-from .policy import PARKED_NOTE, SubmitOutcome, plan_after_submit, plan_result
-from .slices import checkpoint
 
 if TYPE_CHECKING:
-    from .spooler import Spooler
+    from ..spooler import Spooler
 
 __all__ = ["SupportImpl", "TransportHost"]
 
