@@ -346,7 +346,7 @@ class _Child:
         if writer is None:
             return
         if committed:
-            self.profile._merged(writer.state)
+            self.profile.merge_committed(writer.state)
         await _run(writer.commit_callbacks if committed else writer.rollback_callbacks)
 
     async def transport_notify(self, flags: int, ref: str | None) -> None:
