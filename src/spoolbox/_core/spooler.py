@@ -12,6 +12,12 @@ router, housekeeping, the idle policy's ticker, one supervisor per transport, fl
 and short notifications); leaving the ``async with`` stops them all, lets in-flight
 work finish for ``policy.shutdown_grace`` seconds, logs every session off, shuts the
 providers down and returns unfinished claims to the queue.
+
+The Spooler is a facade: the routing is :mod:`.router`'s, the settlement and the
+reports :mod:`.settlement`'s, the per-destination back-off :mod:`.destinations`',
+the periodic chores :mod:`.housekeeping`'s, and each transport session is a
+:class:`~.hosts.host.TransportHost`, which sees the spooler only through
+:mod:`.runtime` (the services it reads and the calls back it may make).
 """
 
 from __future__ import annotations
@@ -43,12 +49,13 @@ from ..routing import RouteEntry, RoutingTable
 from ..status import StatusRow, StatusTable, Subscriber
 from ..store import ClaimedJob, InboxEntry, MemoryStore, RecipientUpdate, Store
 from .clock import Clock, SystemClock, wait_event
-from .config import SpoolerConfig, load_provider_class
+from .config import SpoolerConfig, load_provider_class, unloadable_provider
 from .critsec import CriticalSections
 from .destinations import DestinationBackoff
 from .flush import FlushHandle, FlushReport
 from .hosts.host import TransportHost
 from .hosts.isolated import IsolatedProvider
+from .housekeeping import Housekeeper
 from .idle import IdlePolicy, LoopLagIdle
 from .policy import Policy
 from .router import Router
@@ -143,6 +150,12 @@ class Spooler:
             settle_unowned=self._settlement.settle_unowned,
             messages_changed=self.messages_changed,
         )
+        self._housekeeper = Housekeeper(
+            self._runtime,
+            counters=self.counters,
+            settle_unowned=self._settlement.settle_unowned,
+            released=self._released,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -209,7 +222,7 @@ class Spooler:
                     # One unloadable provider must not stop the others: its logon fails
                     # (and is retried) with the reason in its status row.
                     log.error("transport %r: %s", entry.name, exc)
-                    cls = _unloadable(str(exc))
+                    cls = unloadable_provider(str(exc))
                 if cls not in self._providers:
                     self._providers[cls] = cls()  # XPProviderInit: one provider object per class
                 self.hosts.append(TransportHost(self._runtime, self, entry, self._providers[cls]))
@@ -225,7 +238,7 @@ class Spooler:
         self.meter.start_watchdog()
         self.spawn(self.idle.run(), name="idle-policy")
         self.spawn(self._routing.run(), name="router")
-        self.spawn(self._housekeeping(), name="housekeeping")
+        self.spawn(self._housekeeper.run(), name="housekeeping")
         for host in self.hosts:
             self.spawn(host.run(), name=f"transport-{host.name}")
 
@@ -523,6 +536,11 @@ class Spooler:
         """Some recipients changed state (in this process): wakes :meth:`wait_for`."""
         self._changed.set()
 
+    def _released(self) -> None:
+        """Expired claims went back to the queue."""
+        self.messages_changed()
+        self._wake_all()
+
     def _wake_all(self) -> None:
         for h in self.hosts:
             h.wake.set()
@@ -592,55 +610,3 @@ class Spooler:
         # Called by the slice meter when the stall ends, with its whole length.
         self._stalls.append((name, held))
         del self._stalls[:-100]
-
-    # -- internal: housekeeping ---------------------------------------------------------
-    async def _housekeeping(self) -> None:
-        while True:
-            try:
-                await self._housekeep_once()
-            except Exception:
-                log.exception("housekeeping failed; retrying")
-            await self.clock.sleep(self.policy.housekeeping_interval)
-
-    async def _housekeep_once(self) -> None:
-        now = self.clock.now()
-        if await self.store.release_expired(now=now):
-            self.messages_changed()
-            self._wake_all()
-        expired = await self.store.expired(now=now, limit=500)
-        by_msg: dict[str, list[RecipientUpdate]] = defaultdict(list)
-        for r in expired:
-            last = f"; last error: {r.status} {r.diagnostic}" if r.status else ""
-            by_msg[r.message_id].append(
-                RecipientUpdate(
-                    r.index,
-                    RecipientState.FAILED,
-                    status="5.4.7",
-                    diagnostic=f"delivery time expired after {r.attempts} attempts{last}",
-                )
-            )
-        for mid, updates in by_msg.items():
-            await self._settlement.settle_unowned(mid, updates)
-        row = self.status.get(SPOOLER_ROW)
-        if row is not None:
-            counts = await self.store.counts()
-            self.status.update(
-                SPOOLER_ROW,
-                counters={**{str(k): v for k, v in counts.items()}, **dict(self.counters)},
-            )
-
-
-def _unloadable(reason: str) -> type:
-    """A stand-in provider class for one that cannot be loaded."""
-    from ..contract.errors import FailOneProvider
-
-    class UnloadableProvider:
-        display_name = "unloadable provider"
-
-        async def logon(self, *args: object) -> object:
-            raise FailOneProvider(reason)
-
-        async def shutdown(self) -> None:
-            return None
-
-    return UnloadableProvider
