@@ -70,32 +70,25 @@ END_EXAMPLES: list[tuple[Exception, SubmitOutcome, bool, str, float | None]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("exc", "outcome", "counted", "reason", "delay"),
-    SUBMIT_EXAMPLES,
-    ids=[f"{type(e[0]).__name__}-{e[1].value}" for e in SUBMIT_EXAMPLES],
-)
-def test_submit_message_ladder(
-    exc: Exception, outcome: SubmitOutcome, counted: bool, reason: str, delay: float | None
-) -> None:
-    rung = outcome_of(exc, SUBMIT_MESSAGE_LADDER)
-    assert (rung.outcome, rung.counts_as_failure, rung.reason_of(exc), rung.delay_of(exc)) == (
-        outcome,
-        counted,
-        reason,
-        delay,
-    )
+#: ladder, exception, outcome, counted, diagnostic, delay
+EXAMPLES = [("submit", *row) for row in SUBMIT_EXAMPLES] + [("end", *row) for row in END_EXAMPLES]
+LADDERS = {"submit": SUBMIT_MESSAGE_LADDER, "end": END_MESSAGE_LADDER}
 
 
 @pytest.mark.parametrize(
-    ("exc", "outcome", "counted", "reason", "delay"),
-    END_EXAMPLES,
-    ids=[f"{type(e[0]).__name__}-{e[1].value}" for e in END_EXAMPLES],
+    ("ladder", "exc", "outcome", "counted", "reason", "delay"),
+    EXAMPLES,
+    ids=[f"{e[0]}-{type(e[1]).__name__}-{e[2].value}" for e in EXAMPLES],
 )
-def test_end_message_ladder(
-    exc: Exception, outcome: SubmitOutcome, counted: bool, reason: str, delay: float | None
+def test_the_ladders_by_example(
+    ladder: str,
+    exc: Exception,
+    outcome: SubmitOutcome,
+    counted: bool,
+    reason: str,
+    delay: float | None,
 ) -> None:
-    rung = outcome_of(exc, END_MESSAGE_LADDER)
+    rung = outcome_of(exc, LADDERS[ladder])
     assert (rung.outcome, rung.counts_as_failure, rung.reason_of(exc), rung.delay_of(exc)) == (
         outcome,
         counted,
