@@ -63,9 +63,8 @@ class TransportHost(HostBase):
     async def logon(self) -> None:
         runtime = self.runtime
         self.lifecycle = SessionLifecycle(self.name)
-        self.support = SupportImpl(
-            self, self.outbound
-        )  # a dead session's support object stays dead
+        # A new support object: a dead session's stays dead.
+        self.support = SupportImpl(self, self.outbound)
         self.critical_error = False
         flags = self.entry.logon_flags | LogonFlags.NO_INBOUND | LogonFlags.NO_OUTBOUND
         section = f"transport:{self.name}"
