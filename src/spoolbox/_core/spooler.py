@@ -494,18 +494,7 @@ class Spooler:
             "critical_sections": self.critsec.statistics(),
             "idle": self.idle.statistics(),
             "status": self.status.statistics(),
-            "transports": {
-                h.name: {
-                    "phase": str(h.lifecycle.phase),
-                    "counters": dict(h.counters),
-                    "longest_slice": h.longest_slice,
-                    "consecutive_failures": h.consecutive_failures,
-                    "inflight": h.inflight,
-                    "logons": h.logons,
-                    "last_error": h.last_error,
-                }
-                for h in self.hosts
-            },
+            "transports": {h.name: h.statistics() for h in self.hosts},
             "stalls": list(self._stalls),
         }
 

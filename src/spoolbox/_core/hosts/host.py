@@ -302,6 +302,18 @@ class TransportHost(HostBase):
             self.requery_types()
         return "ok"
 
+    def statistics(self) -> dict[str, Any]:
+        """This session's part of :meth:`Spooler.statistics`."""
+        return {
+            "phase": str(self.lifecycle.phase),
+            "counters": dict(self.counters),
+            "longest_slice": self.longest_slice,
+            "consecutive_failures": self.consecutive_failures,
+            "inflight": self.inflight,
+            "logons": self.logons,
+            "last_error": self.last_error,
+        }
+
     def status_object(self) -> Mapping[str, Any]:
         session = self.require_session()
         obj = self.call_sync("status_object", session.status_object)
