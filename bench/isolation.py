@@ -55,7 +55,7 @@ from spoolbox import (
     SpoolerConfig,
     TransportConfig,
 )
-from spoolbox._core.isolated import IsolatedSession, child_usage
+from spoolbox._core.hosts.isolated import IsolatedSession, child_usage
 from spoolbox.contract import (
     BaseTransportSession,
     LogonFlags,

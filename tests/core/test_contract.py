@@ -17,9 +17,6 @@ from spoolbox.model import (
 )
 from spoolbox.testing import Act, FakeClock, Script
 
-N = TransportNotifyFlags
-R = RecipientState
-
 
 async def test_call_order_from_logon_to_shutdown() -> None:
     script = Script()
@@ -38,11 +35,16 @@ async def test_call_order_from_logon_to_shutdown() -> None:
     assert (
         script.calls[0][1] & LogonFlags.NO_INBOUND and script.calls[0][1] & LogonFlags.NO_OUTBOUND
     )
-    assert script.calls[4][1] == N.BEGIN_INBOUND | N.BEGIN_OUTBOUND
+    assert (
+        script.calls[4][1]
+        == TransportNotifyFlags.BEGIN_INBOUND | TransportNotifyFlags.BEGIN_OUTBOUND
+    )
     i = names.index("submit_message")
     assert names[i + 1] == "end_message"
     assert names[-3:] == ["transport_notify", "logoff", "shutdown"]
-    assert script.calls[-3][1] == N.END_INBOUND | N.END_OUTBOUND
+    assert (
+        script.calls[-3][1] == TransportNotifyFlags.END_INBOUND | TransportNotifyFlags.END_OUTBOUND
+    )
 
 
 async def test_routing_splits_a_message_across_transports_in_order() -> None:
@@ -57,7 +59,7 @@ async def test_routing_splits_a_message_across_transports_in_order() -> None:
         recs = await sp.store.recipients(info.id)
     # The wildcard transport comes last although it is first in the order.
     assert [r.route for r in recs] == ["smtp", "fax", "relay", "smtp"]
-    assert all(r.state is R.DELIVERED for r in recs)
+    assert all(r.state is RecipientState.DELIVERED for r in recs)
     assert sorted(i for _, i in smtp.sent) == [0, 3]
     assert [i for _, i in fax.sent] == [1]
     assert [i for _, i in anyt.sent] == [2]
@@ -80,7 +82,10 @@ async def test_unreported_recipients_after_sent_go_to_the_next_transport() -> No
         info = await sp.submit(message("SMTP:one@x.org", "SMTP:two@x.org"))
         assert await sp.wait_for(info.id, timeout=5) is MessageState.SENT
         recs = await sp.store.recipients(info.id)
-    assert [(r.route, r.state) for r in recs] == [("a", R.DELIVERED), ("b", R.DELIVERED)]
+    assert [(r.route, r.state) for r in recs] == [
+        ("a", RecipientState.DELIVERED),
+        ("b", RecipientState.DELIVERED),
+    ]
 
 
 async def test_no_transport_for_a_type_fails_with_a_report() -> None:
@@ -156,7 +161,7 @@ async def test_delaying_outcomes_keep_the_message_and_retry_later(
         info = await sp.submit(message("SMTP:bob@example.org"))
         await sp.wait_for(info.id, [MessageState.DEFERRED], timeout=5)
         (rec,) = await sp.store.recipients(info.id)
-        assert rec.state is R.QUEUED
+        assert rec.state is RecipientState.QUEUED
         assert rec.retry_at == pytest.approx(clock.now() + expect_delay)
         await clock.advance(expect_delay + 0.1)
         assert await sp.wait_for(info.id, timeout=5) is MessageState.SENT
@@ -182,7 +187,7 @@ async def test_deferral_until_sentdeferred_then_begin_deferred() -> None:
         info = await sp.submit(message("SMTP:bob@example.org"))
         assert await sp.wait_for(info.id, [MessageState.DEFERRED], timeout=5)
         (rec,) = await sp.store.recipients(info.id)
-        assert rec.state is R.PARKED
+        assert rec.state is RecipientState.PARKED
         # Time passes beyond every retry delay, and a later message goes through the
         # same transport: a claim made after that would have taken the parked
         # recipient too, had it been claimable.
@@ -218,7 +223,7 @@ async def test_submit_cancelled_returns_a_deferred_message_to_parked() -> None:
 
         async def parked_again() -> bool:
             (rec,) = await sp.store.recipients(info.id)
-            return rec.state is R.PARKED and rec.diagnostic == PARKED_NOTE
+            return rec.state is RecipientState.PARKED and rec.diagnostic == PARKED_NOTE
 
         # It was in the transport's hands (ACTIVE) for the second submit: parked again
         # means the cancelled submit put it back, not that nothing happened.
@@ -247,9 +252,13 @@ async def test_cancel_reaches_the_sending_transport_and_cancels_the_rest() -> No
         assert await sp.wait_for(info.id, timeout=5) is MessageState.CANCELLED
         recs = await sp.store.recipients(info.id)
     assert script.cancelled == [info.id]
-    notify = [d for c, d in script.calls if c == "transport_notify" and d & N.CANCEL_MESSAGE]
-    assert notify == [N.CANCEL_MESSAGE]
-    assert {r.state for r in recs} == {R.CANCELLED}
+    notify = [
+        d
+        for c, d in script.calls
+        if c == "transport_notify" and d & TransportNotifyFlags.CANCEL_MESSAGE
+    ]
+    assert notify == [TransportNotifyFlags.CANCEL_MESSAGE]
+    assert {r.state for r in recs} == {RecipientState.CANCELLED}
     assert "end_message" not in script.names()
 
 

@@ -29,8 +29,6 @@ from spoolbox.model import (
 )
 from spoolbox.testing import FakeClock, Script
 
-S = StatusCode
-
 
 # -- fakes for the unit tests ------------------------------------------------------------
 @dataclass
@@ -488,7 +486,7 @@ class LineProvider:
     display_name = "line"
 
     async def logon(self, support: Support, config: Mapping[str, Any], flags: LogonFlags) -> Line:
-        support.modify_status_row(update=False, status_code=S.AVAILABLE)
+        support.modify_status_row(update=False, status_code=StatusCode.AVAILABLE)
         session = Line(support, tuple(config["types"]), config.get("body"))
         config["sessions"].append(session)
         return session
@@ -754,7 +752,7 @@ async def test_a_section_held_past_max_and_grace_is_taken_away(
         stats = sp.statistics()
         host = sp.host("fax")
     assert seen == ["cancelled"]
-    assert row.status_code & S.FAILURE
+    assert row.status_code & StatusCode.FAILURE
     assert "took it away and cancelled submit_message()" in (row.detail or "")
     assert "critsec_max (0.1 s) plus critsec_grace (0.1 s)" in (row.detail or "")
     assert "was cancelled: held the critical section" in (host.last_error or "")

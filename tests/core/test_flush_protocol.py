@@ -24,18 +24,19 @@ from spoolbox.model import FlushFlags, LogonCaps, Progress, StatusCode, Transpor
 from spoolbox.status import StatusChange
 from spoolbox.testing import Act, Script, ScriptedProvider, ScriptedSession
 
-S = StatusCode
-N = TransportNotifyFlags
 F = FlushFlags
 FLUSH_NOTES = (
-    N.BEGIN_OUTBOUND_FLUSH | N.END_OUTBOUND_FLUSH | N.BEGIN_INBOUND_FLUSH | N.END_INBOUND_FLUSH
+    TransportNotifyFlags.BEGIN_OUTBOUND_FLUSH
+    | TransportNotifyFlags.END_OUTBOUND_FLUSH
+    | TransportNotifyFlags.BEGIN_INBOUND_FLUSH
+    | TransportNotifyFlags.END_INBOUND_FLUSH
 )
 #: What helpers.message() carries, and so what an upload flush counts per message.
 CONTENT = b"From: alice@example.org\r\nSubject: test\r\n\r\nhello\r\n"
 INBOUND = [b"Subject: one\r\n\r\nfirst\r\n", b"Subject: two\r\n\r\nsecond!\r\n"]
 
 
-def flush_notes(script: Script) -> list[N]:
+def flush_notes(script: Script) -> list[TransportNotifyFlags]:
     return [d for c, d in script.calls if c == "transport_notify" and d & FLUSH_NOTES]
 
 
@@ -50,7 +51,7 @@ class Recorder:
         self.changes: list[StatusChange] = []
         self.remove = sp.status.add_observer(self.changes.append)
 
-    def bits(self, mask: S) -> list[tuple[str, str, S]]:
+    def bits(self, mask: StatusCode) -> list[tuple[str, str, StatusCode]]:
         out = []
         for c in self.changes:
             if c.bits_set & mask:
@@ -102,17 +103,17 @@ async def test_upload_then_download_bits_notes_progress_and_report_exactly() -> 
     assert missing.value.args == ("nosuch",)
     assert flush_calls(script) == [F.UPLOAD | F.DOWNLOAD | F.FORCE]
     assert flush_notes(script) == [
-        N.BEGIN_OUTBOUND_FLUSH,
-        N.END_OUTBOUND_FLUSH,
-        N.BEGIN_INBOUND_FLUSH,
-        N.END_INBOUND_FLUSH,
+        TransportNotifyFlags.BEGIN_OUTBOUND_FLUSH,
+        TransportNotifyFlags.END_OUTBOUND_FLUSH,
+        TransportNotifyFlags.BEGIN_INBOUND_FLUSH,
+        TransportNotifyFlags.END_INBOUND_FLUSH,
     ]
     # The upload phase's bit, then the download phase's, each set and cleared once.
-    assert rec.bits(S.OUTBOUND_FLUSH | S.INBOUND_FLUSH) == [
-        ("smtp", "on", S.OUTBOUND_FLUSH),
-        ("smtp", "off", S.OUTBOUND_FLUSH),
-        ("smtp", "on", S.INBOUND_FLUSH),
-        ("smtp", "off", S.INBOUND_FLUSH),
+    assert rec.bits(StatusCode.OUTBOUND_FLUSH | StatusCode.INBOUND_FLUSH) == [
+        ("smtp", "on", StatusCode.OUTBOUND_FLUSH),
+        ("smtp", "off", StatusCode.OUTBOUND_FLUSH),
+        ("smtp", "on", StatusCode.INBOUND_FLUSH),
+        ("smtp", "off", StatusCode.INBOUND_FLUSH),
     ]
     progress = rec.progress("smtp")
     up = Progress(done=3, total=3, bytes_done=3 * len(CONTENT), text="Uploaded 3")
@@ -120,7 +121,7 @@ async def test_upload_then_download_bits_notes_progress_and_report_exactly() -> 
     assert up in progress and down in progress
     assert progress.index(up) < progress.index(down)
     assert row.progress is None
-    assert not row.status_code & (S.OUTBOUND_FLUSH | S.INBOUND_FLUSH)
+    assert not row.status_code & (StatusCode.OUTBOUND_FLUSH | StatusCode.INBOUND_FLUSH)
     assert host.flushing == F.NONE
     assert host.flush_done == 2 and host.flush_bytes == sum(len(m) for m in INBOUND)
 
@@ -136,10 +137,13 @@ async def test_download_without_a_poll_count_publishes_what_it_took() -> None:
     assert (result.uploaded, result.downloaded) == (0, 2)
     assert result.bytes == sum(len(m) for m in INBOUND)
     assert flush_calls(script) == [F.DOWNLOAD | F.FORCE]
-    assert flush_notes(script) == [N.BEGIN_INBOUND_FLUSH, N.END_INBOUND_FLUSH]
-    assert rec.bits(S.OUTBOUND_FLUSH | S.INBOUND_FLUSH) == [
-        ("in", "on", S.INBOUND_FLUSH),
-        ("in", "off", S.INBOUND_FLUSH),
+    assert flush_notes(script) == [
+        TransportNotifyFlags.BEGIN_INBOUND_FLUSH,
+        TransportNotifyFlags.END_INBOUND_FLUSH,
+    ]
+    assert rec.bits(StatusCode.OUTBOUND_FLUSH | StatusCode.INBOUND_FLUSH) == [
+        ("in", "on", StatusCode.INBOUND_FLUSH),
+        ("in", "off", StatusCode.INBOUND_FLUSH),
     ]
     assert Progress(
         done=2, total=2, bytes_done=sum(len(m) for m in INBOUND), text="Downloaded 2"
@@ -160,8 +164,14 @@ async def test_each_transport_flushes_only_the_directions_it_serves() -> None:
             report = await sp.flush()
     assert flush_calls(out_only) == [F.UPLOAD | F.FORCE]
     assert flush_calls(in_only) == [F.DOWNLOAD | F.FORCE]
-    assert flush_notes(out_only) == [N.BEGIN_OUTBOUND_FLUSH, N.END_OUTBOUND_FLUSH]
-    assert flush_notes(in_only) == [N.BEGIN_INBOUND_FLUSH, N.END_INBOUND_FLUSH]
+    assert flush_notes(out_only) == [
+        TransportNotifyFlags.BEGIN_OUTBOUND_FLUSH,
+        TransportNotifyFlags.END_OUTBOUND_FLUSH,
+    ]
+    assert flush_notes(in_only) == [
+        TransportNotifyFlags.BEGIN_INBOUND_FLUSH,
+        TransportNotifyFlags.END_INBOUND_FLUSH,
+    ]
     assert (report.for_transport("out").uploaded, report.for_transport("out").downloaded) == (1, 0)
     assert (report.for_transport("in").uploaded, report.for_transport("in").downloaded) == (0, 2)
     assert "start_message" not in out_only.names()
@@ -179,11 +189,11 @@ async def test_transports_flush_one_after_the_other_in_order() -> None:
             report = await sp.flush(download=False)
     assert [r.transport for r in report.results] == ["a", "b"]
     assert [(r.uploaded, r.bytes) for r in report.results] == [(1, len(CONTENT))] * 2
-    assert rec.bits(S.OUTBOUND_FLUSH) == [
-        ("a", "on", S.OUTBOUND_FLUSH),
-        ("a", "off", S.OUTBOUND_FLUSH),
-        ("b", "on", S.OUTBOUND_FLUSH),
-        ("b", "off", S.OUTBOUND_FLUSH),
+    assert rec.bits(StatusCode.OUTBOUND_FLUSH) == [
+        ("a", "on", StatusCode.OUTBOUND_FLUSH),
+        ("a", "off", StatusCode.OUTBOUND_FLUSH),
+        ("b", "on", StatusCode.OUTBOUND_FLUSH),
+        ("b", "off", StatusCode.OUTBOUND_FLUSH),
     ]
     assert flush_calls(a) == flush_calls(b) == [F.UPLOAD | F.FORCE]
 
@@ -291,7 +301,7 @@ async def test_cancels_per_transport_skip_or_stop_one_and_leave_the_others() -> 
             await until(lambda: sp.status["a"].version > version + 1, what="a's row moves on")
             handle.cancel("c")
             assert handle.current == "a" and not handle.done()
-            assert sp.status["a"].status_code & S.OUTBOUND_FLUSH
+            assert sp.status["a"].status_code & StatusCode.OUTBOUND_FLUSH
             handle.cancel("a")
             report = await handle
             host_a = sp.host("a")
@@ -305,7 +315,10 @@ async def test_cancels_per_transport_skip_or_stop_one_and_leave_the_others() -> 
     assert all(r.uploaded == 0 and r.error is None for r in report.results)
     assert flush_calls(b) == flush_calls(c) == []
     # a heard the end of its flush once, and nothing of a download.
-    assert flush_notes(a) == [N.BEGIN_OUTBOUND_FLUSH, N.END_OUTBOUND_FLUSH]
+    assert flush_notes(a) == [
+        TransportNotifyFlags.BEGIN_OUTBOUND_FLUSH,
+        TransportNotifyFlags.END_OUTBOUND_FLUSH,
+    ]
     assert host_a.flushing == F.NONE
 
 
@@ -348,8 +361,12 @@ async def test_cancelling_the_whole_flush_returns_the_report_so_far() -> None:
     assert flush_calls(b) == []
     # flush_queues was told of both phases, so both end (the download never began).
     assert flush_calls(a) == [F.UPLOAD | F.DOWNLOAD | F.FORCE]
-    assert flush_notes(a) == [N.BEGIN_OUTBOUND_FLUSH, N.END_OUTBOUND_FLUSH, N.END_INBOUND_FLUSH]
-    assert not row.status_code & S.OUTBOUND_FLUSH and row.progress is None
+    assert flush_notes(a) == [
+        TransportNotifyFlags.BEGIN_OUTBOUND_FLUSH,
+        TransportNotifyFlags.END_OUTBOUND_FLUSH,
+        TransportNotifyFlags.END_INBOUND_FLUSH,
+    ]
+    assert not row.status_code & StatusCode.OUTBOUND_FLUSH and row.progress is None
     assert host_a.flushing == F.NONE
 
 
@@ -389,7 +406,7 @@ async def test_progress_repeats_while_a_message_hangs_and_counts_what_was_added(
                 assert 0 <= _elapsed(p.text) <= took + 0.05
             # The transport ends the flush by clearing its bit: the phase ends with
             # what it did (nothing) of the total it knew.
-            sp.host("a").support.modify_status_row(clear_bits=S.OUTBOUND_FLUSH)
+            sp.host("a").support.modify_status_row(clear_bits=StatusCode.OUTBOUND_FLUSH)
             report = await handle
             final = rec.progress("a")[-1]
             row = sp.status["a"]
@@ -397,7 +414,10 @@ async def test_progress_repeats_while_a_message_hangs_and_counts_what_was_added(
     assert final == Progress(done=1, total=3, bytes_done=len(CONTENT), text="Uploaded 1")
     assert report.for_transport("a").uploaded == 1
     assert not report.for_transport("a").cancelled
-    assert flush_notes(a) == [N.BEGIN_OUTBOUND_FLUSH, N.END_OUTBOUND_FLUSH]
+    assert flush_notes(a) == [
+        TransportNotifyFlags.BEGIN_OUTBOUND_FLUSH,
+        TransportNotifyFlags.END_OUTBOUND_FLUSH,
+    ]
     assert row.progress is None
 
 
@@ -406,17 +426,21 @@ async def test_a_provider_starts_a_download_flush_by_setting_its_bit() -> None:
     async with spooler(transport("smtp", script)) as sp:
         await sp.wait_ready(timeout=5)
         with sp.foreground_busy():  # the background lane would not take them now
-            sp.host("smtp").support.modify_status_row(set_bits=S.INBOUND_FLUSH)
+            sp.host("smtp").support.modify_status_row(set_bits=StatusCode.INBOUND_FLUSH)
             await until(lambda: not script.inbound, what="both messages taken")
             await until(
-                lambda: N.END_INBOUND_FLUSH in flush_notes(script), what="the end of the flush"
+                lambda: TransportNotifyFlags.END_INBOUND_FLUSH in flush_notes(script),
+                what="the end of the flush",
             )
             row = sp.status["smtp"]
             host = sp.host("smtp")
             await until(lambda: host.flushing == F.NONE, what="flush over")
     assert flush_calls(script) == [F.DOWNLOAD | F.NO_UI]
-    assert flush_notes(script) == [N.BEGIN_INBOUND_FLUSH, N.END_INBOUND_FLUSH]
-    assert not row.status_code & S.INBOUND_FLUSH
+    assert flush_notes(script) == [
+        TransportNotifyFlags.BEGIN_INBOUND_FLUSH,
+        TransportNotifyFlags.END_INBOUND_FLUSH,
+    ]
+    assert not row.status_code & StatusCode.INBOUND_FLUSH
 
 
 @dataclass
@@ -456,7 +480,7 @@ async def test_a_download_cancelled_for_its_transport_ends_its_phase_once() -> N
             rec = Recorder(sp)
             handle = sp.start_flush()
             await until(lambda: script.entered == 1, what="start_message at the gate")
-            assert sp.status["in"].status_code & S.INBOUND_FLUSH
+            assert sp.status["in"].status_code & StatusCode.INBOUND_FLUSH
             handle.cancel("in")
             report = await handle
             row = sp.status["in"]
@@ -464,12 +488,12 @@ async def test_a_download_cancelled_for_its_transport_ends_its_phase_once() -> N
     assert not report.cancelled
     assert [(r.transport, r.cancelled, r.downloaded) for r in report.results] == [("in", True, 0)]
     assert flush_notes(script) == [
-        N.BEGIN_OUTBOUND_FLUSH,
-        N.END_OUTBOUND_FLUSH,
-        N.BEGIN_INBOUND_FLUSH,
-        N.END_INBOUND_FLUSH,
+        TransportNotifyFlags.BEGIN_OUTBOUND_FLUSH,
+        TransportNotifyFlags.END_OUTBOUND_FLUSH,
+        TransportNotifyFlags.BEGIN_INBOUND_FLUSH,
+        TransportNotifyFlags.END_INBOUND_FLUSH,
     ]
-    assert not row.status_code & (S.INBOUND_FLUSH | S.OUTBOUND_FLUSH)
+    assert not row.status_code & (StatusCode.INBOUND_FLUSH | StatusCode.OUTBOUND_FLUSH)
     assert row.progress is None
     assert host.flushing == F.NONE
     assert len(script.inbound) == 2  # nothing taken, nothing lost
@@ -544,7 +568,7 @@ async def test_a_provider_ends_a_download_by_clearing_its_bit() -> None:
             script.passes.release()
             await until(lambda: script.entered == 2, what="start_message 2 waits")
             await until(lambda: tick("Downloading 1", 1, len(INBOUND[0])), what="tick 1")
-            sp.host("in").support.modify_status_row(clear_bits=S.INBOUND_FLUSH)
+            sp.host("in").support.modify_status_row(clear_bits=StatusCode.INBOUND_FLUSH)
             script.passes.release()  # the message under way is taken, then it stops
             report = await handle
             entered = script.entered
@@ -571,9 +595,9 @@ async def test_a_batching_session_downloads_in_one_batch_and_publishes_its_count
     assert report.for_transport("in").downloaded == 2
     # One batch: two messages and the call that found nothing, committed together.
     assert script.names().count("start_message") == 3
-    assert rec.bits(S.INBOUND_ACTIVE) == [
-        ("in", "on", S.INBOUND_ACTIVE),
-        ("in", "off", S.INBOUND_ACTIVE),
+    assert rec.bits(StatusCode.INBOUND_ACTIVE) == [
+        ("in", "on", StatusCode.INBOUND_ACTIVE),
+        ("in", "off", StatusCode.INBOUND_ACTIVE),
     ]
     assert rec.progress("in")[-1] == Progress(
         done=2, total=2, bytes_done=sum(len(m) for m in INBOUND), text="Downloaded 2"

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import pytest
 
 from spoolbox import AlwaysIdle, Policy, Spooler, SpoolerConfig, TransportConfig
-from spoolbox._core import host as host_module
+from spoolbox._core.hosts import inbound as host_module
 from spoolbox.contract import BaseTransportSession, InboundWriter, Support
 from spoolbox.model import LogonCaps, LogonFlags
 from spoolbox.store import InboundMessage, InboxEntry, StoreError

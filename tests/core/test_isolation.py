@@ -16,12 +16,10 @@ import pytest
 from helpers import FAST, message, spooler
 
 from spoolbox import MessageState, RecipientState, Spooler, TransportConfig
-from spoolbox._core.isolated import IsolatedSession
+from spoolbox._core.hosts.isolated import IsolatedSession
 from spoolbox.model import StatusCode
 from spoolbox.profile import ProfileError, load_profile
 from spoolbox.testing import check_provider
-
-S = StatusCode
 
 
 def isolated(name: str, cls: str, **options: object) -> TransportConfig:
@@ -76,7 +74,7 @@ async def test_a_child_killed_mid_submit_loses_nothing_and_is_restarted(tmp_path
         os.kill(first.pid, signal.SIGKILL)
         # The row says why the session failed ...
         await until(lambda: "killed by SIGKILL" in (sp.status["flaky"].detail or ""))
-        assert sp.status["flaky"].status_code & S.FAILURE
+        assert sp.status["flaky"].status_code & StatusCode.FAILURE
         # ... the recipients in flight are back in the queue with a temporary error ...
         await until(lambda: host.session is not first and host.session is not None)
         recs = await sp.store.recipients(info.id)
@@ -180,7 +178,7 @@ async def test_a_child_that_dies_in_logon_fails_the_logon_with_its_exit_status()
         assert await sp.wait_ready(timeout=20) == {"dies": False}
         row = sp.status["dies"]
         host = sp.host("dies")
-    assert row.status_code & S.FAILURE and row.status_code & S.OFFLINE
+    assert row.status_code & StatusCode.FAILURE and row.status_code & StatusCode.OFFLINE
     assert row.detail is not None
     assert "logon failed: ChildDied" in row.detail
     assert "exited with status 3" in row.detail
@@ -196,7 +194,7 @@ async def test_a_flush_bit_set_in_the_child_flushes_the_transport() -> None:
         await until(
             lambda: (
                 "END_OUTBOUND_FLUSH" in row_text(sp, "iso")
-                and not sp.status["iso"].status_code & S.OUTBOUND_FLUSH
+                and not sp.status["iso"].status_code & StatusCode.OUTBOUND_FLUSH
             )
         )
         row = sp.status["iso"]

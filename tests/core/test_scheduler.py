@@ -16,9 +16,6 @@ from spoolbox._core import flush, slices
 from spoolbox.model import LogonCaps, StatusCode, TransportNotifyFlags
 from spoolbox.testing import Act, Script, scripted
 
-S = StatusCode
-N = TransportNotifyFlags
-
 
 async def test_watchdog_names_a_provider_that_hogs_the_cpu(
     caplog: pytest.LogCaptureFixture,
@@ -94,12 +91,12 @@ async def test_a_provider_raising_everywhere_is_isolated_and_loses_nothing() -> 
         for f in fine:
             assert await sp.wait_for(f.id, timeout=5) is MessageState.SENT
         for _ in range(300):
-            if sp.status["broken"].status_code & S.FAILURE:
+            if sp.status["broken"].status_code & StatusCode.FAILURE:
                 break
             await asyncio.sleep(0.01)
         row = sp.status["broken"]
         (rec,) = await sp.store.recipients(bad.id)
-        assert row.status_code & S.FAILURE
+        assert row.status_code & StatusCode.FAILURE
         assert "ScriptedError" in (row.detail or "")
         # Its message is kept for a later retry, never lost or failed.
         assert rec.state is RecipientState.QUEUED
@@ -119,7 +116,7 @@ async def test_failed_logon_is_retried_and_its_messages_wait() -> None:
         info = await sp.submit(message("SMTP:bob@example.org"))
         await sp.wait_ready(timeout=5)
         row = sp.status["flaky"]
-        assert row.status_code & S.FAILURE
+        assert row.status_code & StatusCode.FAILURE
         assert "logon failed" in (row.detail or "")
         script.raise_in.clear()
         assert await sp.wait_for(info.id, timeout=5) is MessageState.SENT
@@ -149,17 +146,22 @@ async def test_flush_sets_and_clears_bits_reports_progress_and_finishes() -> Non
             assert await sp.store.state_of(i, now=sp.clock.now()) is MessageState.SENT
     result = report.for_transport("smtp")
     assert result.uploaded == 10 and not result.cancelled
-    set_at = [i for i, c in enumerate(changes) if c.bits_set & S.OUTBOUND_FLUSH]
-    cleared_at = [i for i, c in enumerate(changes) if c.bits_cleared & S.OUTBOUND_FLUSH]
+    set_at = [i for i, c in enumerate(changes) if c.bits_set & StatusCode.OUTBOUND_FLUSH]
+    cleared_at = [i for i, c in enumerate(changes) if c.bits_cleared & StatusCode.OUTBOUND_FLUSH]
     assert set_at and cleared_at and set_at[0] < cleared_at[-1]
-    assert changes[-1].new is not None and not changes[-1].new.status_code & S.OUTBOUND_FLUSH
+    assert (
+        changes[-1].new is not None and not changes[-1].new.status_code & StatusCode.OUTBOUND_FLUSH
+    )
     progress = [c.new.progress for c in changes if c.new is not None and c.new.progress]
     assert progress and progress[-1].total == 10
     assert any(p.done == 10 for p in progress)
     flush_calls = [d for c, d in clock_script.calls if c == "flush_queues"]
     notes = [d for c, d in clock_script.calls if c == "transport_notify"]
     assert len(flush_calls) == 1
-    assert N.BEGIN_OUTBOUND_FLUSH in notes and N.END_OUTBOUND_FLUSH in notes
+    assert (
+        TransportNotifyFlags.BEGIN_OUTBOUND_FLUSH in notes
+        and TransportNotifyFlags.END_OUTBOUND_FLUSH in notes
+    )
 
 
 async def test_flush_progress_is_published_at_least_four_times_a_second(
@@ -227,7 +229,7 @@ async def test_flush_can_be_cancelled_per_transport_and_as_a_whole() -> None:
         assert report.for_transport("a").cancelled
         assert report.for_transport("b").uploaded == 1
         assert await sp.wait_for(fax.id, timeout=5) is MessageState.SENT
-        assert not sp.status["a"].status_code & S.OUTBOUND_FLUSH
+        assert not sp.status["a"].status_code & StatusCode.OUTBOUND_FLUSH
         # The hung message was not touched by the cancel: still in a's hands.
         assert await sp.store.state_of(hang.id, now=sp.clock.now()) is MessageState.ACTIVE
         # Cancelling the caller of flush() cancels the whole flush.
@@ -236,7 +238,7 @@ async def test_flush_can_be_cancelled_per_transport_and_as_a_whole() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert not sp.status["a"].status_code & S.OUTBOUND_FLUSH
+        assert not sp.status["a"].status_code & StatusCode.OUTBOUND_FLUSH
         await sp.cancel(hang.id)
 
 
@@ -252,7 +254,7 @@ async def test_provider_can_start_its_own_flush_by_setting_a_bit() -> None:
         sp.idle.set_busy(True)  # background work held back...
         support = sp.host("smtp").support
         support.spooler_notify(SpoolerNotifyFlags.SENTDEFERRED, None)
-        support.modify_status_row(set_bits=S.OUTBOUND_FLUSH)  # ...but a flush is not
+        support.modify_status_row(set_bits=StatusCode.OUTBOUND_FLUSH)  # ...but a flush is not
         assert await sp.wait_for(info.id, timeout=5) is MessageState.SENT
         assert "flush_queues" in script.names()
 

@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from spoolbox._core.wire import Call, RemoteError, RemoteFailure, Reply, decode, encode
+from spoolbox._core.hosts.wire import Call, RemoteError, RemoteFailure, Reply, decode, encode
 from spoolbox.contract import (
     ContractViolation,
     InvalidObject,

@@ -19,7 +19,7 @@ import pytest
 from mailbox_kit import FAST, NO_POLL, WAIT, eventually, imap_options, inbox, message
 
 from spoolbox import AlwaysIdle, Policy, Spooler, SpoolerConfig, SQLiteStore, TransportConfig
-from spoolbox._core import host as host_module
+from spoolbox._core.hosts import inbound as host_module
 from spoolbox.store import InboundMessage, InboxEntry, StoreError
 from spoolbox.transports._mailbox import MailboxSettings
 from spoolbox.transports.imap import connection as imap_connection

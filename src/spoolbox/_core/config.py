@@ -14,10 +14,17 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
+from ..contract.errors import FailOneProvider
 from ..model import Address, LogonFlags
 from .policy import Policy
 
-__all__ = ["ENTRY_POINT_GROUP", "SpoolerConfig", "TransportConfig", "load_provider_class"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "SpoolerConfig",
+    "TransportConfig",
+    "load_provider_class",
+    "unloadable_provider",
+]
 
 ENTRY_POINT_GROUP = "spoolbox.transports"
 
@@ -90,3 +97,19 @@ class SpoolerConfig:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"transport names must be unique; repeated: {dupes}")
+
+
+def unloadable_provider(reason: str) -> type:
+    """A stand-in provider class for one that cannot be loaded: its logon fails with
+    ``reason`` (and is retried), the other transports run."""
+
+    class UnloadableProvider:
+        display_name = "unloadable provider"
+
+        async def logon(self, *args: object) -> object:
+            raise FailOneProvider(reason)
+
+        async def shutdown(self) -> None:
+            return None
+
+    return UnloadableProvider

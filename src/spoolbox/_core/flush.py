@@ -23,19 +23,14 @@ import logging
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from ..model import FlushFlags, LogonCaps, Progress, StatusCode, TransportNotifyFlags
+from ..model import FlushFlags, Progress, StatusCode, TransportNotifyFlags
 from .clock import wait_event
+from .runtime import Runtime, SpoolerPort
 
-if TYPE_CHECKING:
-    from .host import TransportHost
-    from .spooler import Spooler
+__all__ = ["FlushHandle", "FlushReport", "FlushTarget", "TransportFlushResult"]
 
-__all__ = ["FlushHandle", "FlushReport", "TransportFlushResult"]
-
-S = StatusCode
-N = TransportNotifyFlags
 log = logging.getLogger("spoolbox.flush")
 
 
@@ -62,18 +57,73 @@ class FlushReport:
         raise KeyError(name)
 
 
+class FlushTarget(Protocol):
+    """What a flush reads and does of a transport session (a transport host)."""
+
+    name: str
+    #: The phases of a flush under way: the lanes run without idle gating or budget.
+    flushing: FlushFlags
+    flush_done: int  # messages finished while a flush is on
+    flush_bytes: int
+    last_error: str | None
+    tried_logon: asyncio.Event  # set after each logon attempt
+    job_done: asyncio.Event  # set when an outbound job is settled
+    wake: asyncio.Event  # wakes the outbound lane
+
+    @property
+    def online(self) -> bool: ...  # logged on, between BEGIN and END
+
+    @property
+    def serving(self) -> bool: ...  # logged on and not told to stop
+
+    @property
+    def shown(self) -> bool: ...  # has a status row
+
+    @property
+    def directions(self) -> FlushFlags: ...  # UPLOAD and/or DOWNLOAD it serves
+
+    @property
+    def polls(self) -> bool: ...  # LOGON_SP_POLL
+
+    @property
+    def inflight(self) -> int: ...  # claimed, not settled
+
+    def has_bit(self, bit: StatusCode) -> bool: ...
+
+    def set_bits(
+        self, on: StatusCode = StatusCode.NONE, off: StatusCode = StatusCode.NONE, **cols: Any
+    ) -> None: ...
+
+    async def flush_queues(self, flags: FlushFlags) -> bool: ...
+
+    async def notify(self, flags: TransportNotifyFlags, ref: str | None = None) -> None: ...
+
+    async def poll(self) -> int: ...
+
+    async def receive_batch(
+        self, limit: int | None = None, *, flush: bool = False
+    ) -> tuple[int, bool]: ...
+
+
 class FlushHandle:
     """A running flush. Await it (or :meth:`wait`) for the :class:`FlushReport`."""
 
-    def __init__(self, spooler: Spooler, hosts: Sequence[TransportHost], flags: FlushFlags) -> None:
-        self._spooler = spooler
+    def __init__(
+        self,
+        runtime: Runtime,
+        port: SpoolerPort,
+        hosts: Sequence[FlushTarget],
+        flags: FlushFlags,
+    ) -> None:
+        self._runtime = runtime
+        self._port = port
         self._hosts = list(hosts)
         self.flags = flags
         self.report = FlushReport()
         self.current: str | None = None
         self._one: asyncio.Task[TransportFlushResult] | None = None
         self._skip: set[str] = set()
-        self._task = spooler.spawn(self._run(), name="flush")
+        self._task = port.spawn(self._run(), name="flush")
 
     def __repr__(self) -> str:
         return f"<FlushHandle {self.flags!r} current={self.current} done={self._task.done()}>"
@@ -117,13 +167,15 @@ class FlushHandle:
                     self.report.results.append(TransportFlushResult(host.name, cancelled=True))
                     continue
                 self.current = host.name
-                self._one = asyncio.create_task(_flush_one(self._spooler, host, self.flags))
+                self._one = asyncio.create_task(
+                    _flush_one(self._runtime, self._port, host, self.flags)
+                )
                 try:
                     result = await self._one
                 except Exception as exc:  # a spooler or store error: report it, go on
                     log.exception("flush of %r failed", host.name)
                     result = TransportFlushResult(host.name, error=f"{type(exc).__name__}: {exc}")
-                    if host.name in self._spooler.status:
+                    if host.shown:
                         host.set_bits(detail=f"flush failed: {result.error}")
                 except asyncio.CancelledError:
                     if host.name in self._skip and not self.report.cancelled:
@@ -141,23 +193,20 @@ class FlushHandle:
 
 
 async def _flush_one(
-    sp: Spooler, host: TransportHost, requested: FlushFlags
+    runtime: Runtime, port: SpoolerPort, host: FlushTarget, requested: FlushFlags
 ) -> TransportFlushResult:
     started = time.perf_counter()
     result = TransportFlushResult(host.name)
     if not host.tried_logon.is_set():
         # A flush right after the spooler opened waits for the first logon attempt.
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(sp.policy.call_timeout):
+            async with asyncio.timeout(runtime.policy.call_timeout):
                 await host.tried_logon.wait()
-    if host.session is None or not host.lifecycle.running:
+    if not host.online:
         result.error = host.last_error or "transport is not logged on"
         return result
-    flags = requested & ~(FlushFlags.UPLOAD | FlushFlags.DOWNLOAD)
-    if requested & FlushFlags.UPLOAD and host.entry.outbound:
-        flags |= FlushFlags.UPLOAD
-    if requested & FlushFlags.DOWNLOAD and host.entry.inbound:
-        flags |= FlushFlags.DOWNLOAD
+    # The phases asked for that the session serves, and the other flags as they are.
+    flags = requested & (host.directions | ~(FlushFlags.UPLOAD | FlushFlags.DOWNLOAD))
     # Mark the phases first: a provider that sets its *_FLUSH bits inside
     # flush_queues (as MAPI asks) must not look like one starting a flush of its own.
     host.flushing |= flags & (FlushFlags.UPLOAD | FlushFlags.DOWNLOAD)
@@ -179,30 +228,30 @@ async def _flush_one(
                     text=f"{text} ({elapsed:.1f} s)",
                 )
             )
-            await asyncio.sleep(sp.policy.progress_interval)
+            await asyncio.sleep(runtime.policy.progress_interval)
 
     tick = asyncio.create_task(ticker(), name=f"{host.name}-flush-progress")
     try:
         if flags & FlushFlags.UPLOAD:
-            await _upload(sp, host, result, phase)
+            await _upload(runtime, port, host, result, phase)
         if flags & FlushFlags.DOWNLOAD:
-            await _download(sp, host, result, phase)
+            await _download(runtime, host, result, phase)
     finally:
         tick.cancel()
         await asyncio.gather(tick, return_exceptions=True)
         if host.flushing & FlushFlags.UPLOAD:
             host.flushing &= ~FlushFlags.UPLOAD
-            await host.notify(N.END_OUTBOUND_FLUSH)
+            await host.notify(TransportNotifyFlags.END_OUTBOUND_FLUSH)
         if host.flushing & FlushFlags.DOWNLOAD:
             host.flushing &= ~FlushFlags.DOWNLOAD
-            await host.notify(N.END_INBOUND_FLUSH)
-        if host.name in sp.status:
-            host.set_bits(off=S.OUTBOUND_FLUSH | S.INBOUND_FLUSH, progress=None)
+            await host.notify(TransportNotifyFlags.END_INBOUND_FLUSH)
+        if host.shown:
+            host.set_bits(off=StatusCode.OUTBOUND_FLUSH | StatusCode.INBOUND_FLUSH, progress=None)
         result.seconds = time.perf_counter() - started
     return result
 
 
-def _publish(host: TransportHost, phase: dict[str, Any], verb: str) -> None:
+def _publish(host: FlushTarget, phase: dict[str, Any], verb: str) -> None:
     """The final count of a phase, so watchers see where it ended."""
     total = phase["total"]
     done = int(phase["done"] or 0)
@@ -216,65 +265,64 @@ def _publish(host: TransportHost, phase: dict[str, Any], verb: str) -> None:
     )
 
 
-def _bit(host: TransportHost, bit: StatusCode) -> bool:
-    row = host.spooler.status.get(host.name)
-    return row is not None and bool(row.status_code & bit)
-
-
 async def _upload(
-    sp: Spooler, host: TransportHost, result: TransportFlushResult, phase: dict[str, Any]
+    runtime: Runtime,
+    port: SpoolerPort,
+    host: FlushTarget,
+    result: TransportFlushResult,
+    phase: dict[str, Any],
 ) -> None:
-    await sp.route_now()  # what was just submitted belongs in this flush
-    now = sp.clock.now()
-    await sp.store.retry_transport(host.name, now=now)
-    sp.messages_changed()
-    sp.forget_destinations(host.name)  # the user says "now": back-off is lifted too
+    await port.route_now()  # what was just submitted belongs in this flush
+    now = runtime.clock.now()
+    await runtime.store.retry_transport(host.name, now=now)
+    port.messages_changed()
+    port.forget_destinations(host.name)  # the user says "now": back-off is lifted too
     host.flush_done = 0
     host.flush_bytes = 0
     host.flushing |= FlushFlags.UPLOAD
-    host.set_bits(on=S.OUTBOUND_FLUSH)
-    await host.notify(N.BEGIN_OUTBOUND_FLUSH)
+    host.set_bits(on=StatusCode.OUTBOUND_FLUSH)
+    await host.notify(TransportNotifyFlags.BEGIN_OUTBOUND_FLUSH)
     phase.update(text="Uploading", done=0, bytes=0)
-    phase["total"] = await sp.store.count_claimable(host.name, now=now, ignore_retry=False)
+    phase["total"] = await runtime.store.count_claimable(host.name, now=now, ignore_retry=False)
     host.wake.set()
-    while not host.stopping and host.session is not None:
+    while host.serving:
         host.job_done.clear()
-        remaining = await sp.store.count_claimable(
-            host.name, now=sp.clock.now(), ignore_retry=False
+        remaining = await runtime.store.count_claimable(
+            host.name, now=runtime.clock.now(), ignore_retry=False
         )
         phase["done"] = host.flush_done
         phase["bytes"] = host.flush_bytes
         phase["total"] = max(int(phase["total"] or 0), host.flush_done + remaining + host.inflight)
         if remaining == 0 and host.inflight == 0:
             break
-        if not _bit(host, S.OUTBOUND_FLUSH):
+        if not host.has_bit(StatusCode.OUTBOUND_FLUSH):
             break  # the transport ended the flush by clearing its bit
         host.wake.set()
-        await wait_event(sp.clock, host.job_done, sp.policy.progress_interval)
+        await wait_event(runtime.clock, host.job_done, runtime.policy.progress_interval)
     result.uploaded = host.flush_done
     result.bytes += host.flush_bytes
     phase["done"] = host.flush_done
     phase["bytes"] = host.flush_bytes
     _publish(host, phase, "Uploaded")
     host.flushing &= ~FlushFlags.UPLOAD
-    await host.notify(N.END_OUTBOUND_FLUSH)
-    host.set_bits(off=S.OUTBOUND_FLUSH)
+    await host.notify(TransportNotifyFlags.END_OUTBOUND_FLUSH)
+    host.set_bits(off=StatusCode.OUTBOUND_FLUSH)
 
 
 async def _download(
-    sp: Spooler, host: TransportHost, result: TransportFlushResult, phase: dict[str, Any]
+    runtime: Runtime, host: FlushTarget, result: TransportFlushResult, phase: dict[str, Any]
 ) -> None:
     host.flush_done = 0
     host.flush_bytes = 0
     host.flushing |= FlushFlags.DOWNLOAD
-    host.set_bits(on=S.INBOUND_FLUSH)
-    await host.notify(N.BEGIN_INBOUND_FLUSH)
+    host.set_bits(on=StatusCode.INBOUND_FLUSH)
+    await host.notify(TransportNotifyFlags.BEGIN_INBOUND_FLUSH)
     phase.update(text="Downloading", done=0, bytes=0, total=None)
-    if host.caps & LogonCaps.SP_POLL:
+    if host.polls:
         phase["total"] = await host.poll()
-    while not host.stopping and host.session is not None and _bit(host, S.INBOUND_FLUSH):
-        if sp.critsec.active and sp.critsec.holder is not host:
-            await sp.critsec.changed()
+    while host.serving and host.has_bit(StatusCode.INBOUND_FLUSH):
+        if runtime.critsec.active and runtime.critsec.holder is not host:
+            await runtime.critsec.changed()
             continue
         got, more = await host.receive_batch(flush=True)
         if not got or not more:
@@ -290,5 +338,5 @@ async def _download(
     phase["bytes"] = host.flush_bytes
     _publish(host, phase, "Downloaded")
     host.flushing &= ~FlushFlags.DOWNLOAD
-    await host.notify(N.END_INBOUND_FLUSH)
-    host.set_bits(off=S.INBOUND_FLUSH)
+    await host.notify(TransportNotifyFlags.END_INBOUND_FLUSH)
+    host.set_bits(off=StatusCode.INBOUND_FLUSH)

@@ -290,9 +290,10 @@ class ProfileSectionImpl:
 
     async def update(self, values: Mapping[str, Any]) -> None:
         await self._store.profile_update(self._section, values)
-        self._merged(values)
+        self.merge_committed(values)
 
-    def _merged(self, values: Mapping[str, Any]) -> None:
+    def merge_committed(self, values: Mapping[str, Any]) -> None:
+        """Take in ``values`` already written to the store (None deletes a key)."""
         for k, v in values.items():
             if v is None:
                 self._values.pop(k, None)

@@ -1,9 +1,11 @@
 """Policies and the pure decisions of outbound delivery.
 
-Nothing here does I/O.  :func:`plan_after_submit` turns what a transport did with a
-message (a submit error, or an end flag) into recipient updates; :func:`backoff`
-and :func:`plan_result` turn a transport's per-recipient result into the next state.
-The scheduler then applies the plan to the store.
+Nothing here does I/O.  :data:`SUBMIT_MESSAGE_LADDER` and :data:`END_MESSAGE_LADDER`
+say which outcome an exception of ``submit_message`` or ``end_message`` is (looked
+up with :func:`outcome_of`); :func:`plan_after_submit` turns that outcome (or an end
+flag) into recipient updates; :func:`backoff` and :func:`plan_result` turn a
+transport's per-recipient result into the next state.  The scheduler then applies
+the plan to the store.
 """
 
 from __future__ import annotations
@@ -13,19 +15,31 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..contract.errors import (
+    ContractViolation,
+    MessageCancelled,
+    NetworkError,
+    NotMe,
+    SubmitCancelled,
+    TransportBusy,
+    WaitRetry,
+)
 from ..model import EndFlags, Outcome, RecipientResult, RecipientState
 from ..store import RecipientUpdate
 
 __all__ = [
+    "END_MESSAGE_LADDER",
     "PARKED_NOTE",
+    "SUBMIT_MESSAGE_LADDER",
     "Policy",
+    "Reason",
+    "Rung",
     "SubmitOutcome",
     "backoff",
+    "outcome_of",
     "plan_after_submit",
     "plan_result",
 ]
-
-_R = RecipientState
 
 #: The diagnostic of a recipient parked by END_DONT_RESEND.  When it comes back
 #: after NOTIFY_SENTDEFERRED, this note is how the spooler knows to pass
@@ -134,6 +148,81 @@ class SubmitOutcome(enum.Enum):
         return cls.END_SENT
 
 
+class Reason(enum.Enum):
+    """What of an exception becomes the recipients' diagnostic."""
+
+    NONE = "none"  # nothing: the outcome says it all
+    MESSAGE = "message"  # str(exc), the provider's own words
+    TYPED = "typed"  # "TypeName: message", for an error the provider did not plan
+
+
+@dataclass(frozen=True, slots=True)
+class Rung:
+    """One step of an exception ladder: an exception class and what it means."""
+
+    exception: type[Exception]
+    outcome: SubmitOutcome
+    #: Counted as the session's failure (``errors``, STATUS_FAILURE after
+    #: ``failure_threshold`` in a row, the session's pause).
+    counts_as_failure: bool = False
+    reason: Reason = Reason.NONE
+    #: The exception's ``delay`` is the retry delay (WaitRetry and its kin).
+    takes_delay: bool = False
+
+    def reason_of(self, exc: BaseException) -> str:
+        if self.reason is Reason.MESSAGE:
+            return str(exc)
+        if self.reason is Reason.TYPED:
+            return f"{type(exc).__name__}: {exc}"
+        return ""
+
+    def delay_of(self, exc: BaseException) -> float | None:
+        if not self.takes_delay:
+            return None
+        delay: float | None = getattr(exc, "delay", None)
+        return delay
+
+
+_ERROR = Rung(Exception, SubmitOutcome.ERROR, counts_as_failure=True, reason=Reason.TYPED)
+
+#: What an exception raised by ``submit_message`` means, first match wins (a
+#: subclass before its base).  Whatever is not named here is the provider's error:
+#: counted, its recipients retried with backoff.
+SUBMIT_MESSAGE_LADDER: tuple[Rung, ...] = (
+    Rung(TransportBusy, SubmitOutcome.BUSY),
+    Rung(NotMe, SubmitOutcome.NOT_ME),
+    # The network is down: a wait, and counted, so the session pauses.
+    Rung(
+        NetworkError,
+        SubmitOutcome.WAIT,
+        counts_as_failure=True,
+        reason=Reason.MESSAGE,
+        takes_delay=True,
+    ),
+    Rung(WaitRetry, SubmitOutcome.WAIT, reason=Reason.MESSAGE, takes_delay=True),
+    Rung(SubmitCancelled, SubmitOutcome.CANCEL),
+    Rung(MessageCancelled, SubmitOutcome.USER_CANCELLED),
+    Rung(ContractViolation, SubmitOutcome.ERROR, counts_as_failure=True, reason=Reason.TYPED),
+    Rung(TimeoutError, SubmitOutcome.ERROR, counts_as_failure=True, reason=Reason.TYPED),
+    _ERROR,
+)
+
+#: What an exception raised by ``end_message`` means: the message was taken, so
+#: only a cancel is not an error.
+END_MESSAGE_LADDER: tuple[Rung, ...] = (
+    Rung(MessageCancelled, SubmitOutcome.USER_CANCELLED),
+    _ERROR,
+)
+
+
+def outcome_of(exc: BaseException, ladder: tuple[Rung, ...]) -> Rung:
+    """The first rung of ``ladder`` whose exception class ``exc`` is an instance of."""
+    for rung in ladder:
+        if isinstance(exc, rung.exception):
+            return rung
+    raise LookupError(f"no rung of the ladder takes {type(exc).__name__}: {exc}")
+
+
 def plan_after_submit(
     outcome: SubmitOutcome,
     *,
@@ -152,42 +241,51 @@ def plan_after_submit(
     ``pending`` holds ``(index, attempts)`` of those recipients.
     """
     out: list[RecipientUpdate] = []
-    o = SubmitOutcome
     for index, attempts in pending:
-        if outcome is o.END_SENT or outcome is o.NOT_ME:
+        if outcome is SubmitOutcome.END_SENT or outcome is SubmitOutcome.NOT_ME:
             # Not handled by this transport: offer it to the next one (reference §8.3).
             out.append(
                 RecipientUpdate(
                     index,
-                    _R.QUEUED,
+                    RecipientState.QUEUED,
                     route=None,
                     keep_route=False,
                     refused_by=(transport,),
                     retry_at=0.0,
                 )
             )
-        elif outcome is o.END_RESEND_NOW or outcome is o.LOST:
-            out.append(RecipientUpdate(index, _R.QUEUED, retry_at=now))
-        elif outcome is o.END_RESEND_LATER or outcome is o.BUSY:
-            wait = policy.resend_later_delay if outcome is o.END_RESEND_LATER else policy.busy_delay
-            out.append(RecipientUpdate(index, _R.QUEUED, retry_at=now + wait))
-        elif outcome is o.END_DONT_RESEND:
-            out.append(RecipientUpdate(index, _R.PARKED, diagnostic=PARKED_NOTE))
-        elif outcome is o.CANCEL:
+        elif outcome is SubmitOutcome.END_RESEND_NOW or outcome is SubmitOutcome.LOST:
+            out.append(RecipientUpdate(index, RecipientState.QUEUED, retry_at=now))
+        elif outcome is SubmitOutcome.END_RESEND_LATER or outcome is SubmitOutcome.BUSY:
+            wait = (
+                policy.resend_later_delay
+                if outcome is SubmitOutcome.END_RESEND_LATER
+                else policy.busy_delay
+            )
+            out.append(RecipientUpdate(index, RecipientState.QUEUED, retry_at=now + wait))
+        elif outcome is SubmitOutcome.END_DONT_RESEND:
+            out.append(RecipientUpdate(index, RecipientState.PARKED, diagnostic=PARKED_NOTE))
+        elif outcome is SubmitOutcome.CANCEL:
             if begin_deferred:
-                out.append(RecipientUpdate(index, _R.PARKED, diagnostic=PARKED_NOTE))
+                out.append(RecipientUpdate(index, RecipientState.PARKED, diagnostic=PARKED_NOTE))
             else:
                 out.append(
-                    RecipientUpdate(index, _R.QUEUED, retry_at=now + policy.resend_later_delay)
+                    RecipientUpdate(
+                        index, RecipientState.QUEUED, retry_at=now + policy.resend_later_delay
+                    )
                 )
-        elif outcome is o.USER_CANCELLED:
+        elif outcome is SubmitOutcome.USER_CANCELLED:
             out.append(
-                RecipientUpdate(index, _R.CANCELLED, diagnostic="cancelled by user", status=None)
+                RecipientUpdate(
+                    index, RecipientState.CANCELLED, diagnostic="cancelled by user", status=None
+                )
             )
-        elif outcome is o.WAIT or outcome is o.ERROR:
+        elif outcome is SubmitOutcome.WAIT or outcome is SubmitOutcome.ERROR:
             wait = delay if delay is not None else backoff(policy, attempts + 1, rng)
-            status = "4.4.1" if outcome is o.WAIT else "4.3.0"
-            text = reason or ("transport asked to wait" if outcome is o.WAIT else "transport error")
+            status = "4.4.1" if outcome is SubmitOutcome.WAIT else "4.3.0"
+            text = reason or (
+                "transport asked to wait" if outcome is SubmitOutcome.WAIT else "transport error"
+            )
             out.append(_temporary(index, now + wait, expires_at, status, text))
         else:  # pragma: no cover - exhaustive
             raise AssertionError(outcome)
@@ -200,13 +298,18 @@ def _temporary(
     if retry_at >= expires_at:
         return RecipientUpdate(
             index,
-            _R.FAILED,
+            RecipientState.FAILED,
             status="5.4.7",
             diagnostic=f"delivery time expired; last error: {status} {text}",
             count_attempt=True,
         )
     return RecipientUpdate(
-        index, _R.QUEUED, status=status, diagnostic=text, retry_at=retry_at, count_attempt=True
+        index,
+        RecipientState.QUEUED,
+        status=status,
+        diagnostic=text,
+        retry_at=retry_at,
+        count_attempt=True,
     )
 
 
@@ -223,7 +326,7 @@ def plan_result(
     if result.outcome is Outcome.DELIVERED:
         return RecipientUpdate(
             result.index,
-            _R.DELIVERED,
+            RecipientState.DELIVERED,
             status=result.status,
             diagnostic=result.diagnostic,
             count_attempt=True,
@@ -231,7 +334,7 @@ def plan_result(
     if result.outcome is Outcome.FAILED:
         return RecipientUpdate(
             result.index,
-            _R.FAILED,
+            RecipientState.FAILED,
             status=result.status,
             diagnostic=result.diagnostic,
             count_attempt=True,

@@ -12,19 +12,23 @@ router, housekeeping, the idle policy's ticker, one supervisor per transport, fl
 and short notifications); leaving the ``async with`` stops them all, lets in-flight
 work finish for ``policy.shutdown_grace`` seconds, logs every session off, shuts the
 providers down and returns unfinished claims to the queue.
+
+The Spooler is a facade: the routing is :mod:`.router`'s, the settlement and the
+reports :mod:`.settlement`'s, the per-destination back-off :mod:`.destinations`',
+the periodic chores :mod:`.housekeeping`'s, and each transport session is a
+:class:`~.hosts.host.TransportHost`, which sees the spooler only through
+:mod:`.runtime` (the services it reads and the calls back it may make).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import random
 import time
 from collections import defaultdict
 from collections.abc import Coroutine, Iterable, Sequence
-from dataclasses import replace
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -34,7 +38,6 @@ from ..model import (
     MessageInfo,
     MessageState,
     NewMessage,
-    Notify,
     RecipientResult,
     RecipientState,
     ResourceType,
@@ -42,41 +45,28 @@ from ..model import (
     TransportNotifyFlags,
     ValidateFlags,
 )
-from ..reports import (
-    RETURN_SIZE_LIMIT,
-    ReportItem,
-    ReportKind,
-    needed_bytes,
-    report_message,
-    wants_report,
-)
-from ..routing import NoRoute, Route, RouteEntry, RoutingTable
+from ..routing import RouteEntry, RoutingTable
 from ..status import StatusRow, StatusTable, Subscriber
-from ..store import (
-    ClaimedJob,
-    InboundMessage,
-    InboxEntry,
-    LeaseLost,
-    MemoryStore,
-    RecipientUpdate,
-    Store,
-)
+from ..store import ClaimedJob, InboxEntry, MemoryStore, RecipientUpdate, Store
 from .clock import Clock, SystemClock, wait_event
-from .config import SpoolerConfig, load_provider_class
+from .config import SpoolerConfig, load_provider_class, unloadable_provider
 from .critsec import CriticalSections
+from .destinations import DestinationBackoff
 from .flush import FlushHandle, FlushReport
-from .host import TransportHost
+from .hosts.host import TransportHost
+from .hosts.isolated import IsolatedProvider
+from .housekeeping import Housekeeper
 from .idle import IdlePolicy, LoopLagIdle
-from .isolated import IsolatedProvider
 from .policy import Policy
+from .router import Router
+from .runtime import SPOOLER_ROW, Runtime
+from .settlement import Settlement
 from .slices import SliceMeter
 
 __all__ = ["Spooler"]
 
 T = TypeVar("T")
 log = logging.getLogger("spoolbox.spooler")
-SPOOLER_ROW = "spooler"
-_R = RecipientState
 #: :meth:`Spooler.wait_for` reads the state again at least this often, in clock
 #: seconds, besides whenever this spooler changed a message: a state also changes
 #: with time alone (a retry time passing turns *deferred* into *queued*) and with
@@ -125,18 +115,47 @@ class Spooler:
         self.hosts: list[TransportHost] = []
         self._providers: dict[type, Any] = {}
         self._tg: asyncio.TaskGroup | None = None
-        self._route_event = asyncio.Event()
-        self._route_lock = asyncio.Lock()  # one routing pass at a time (router, flush)
         self._changed = asyncio.Event()  # some message's recipients changed state
         self._received_event = asyncio.Event()
-        self._table: RoutingTable | None = None  # cached; see routing_table()
         self._started = False
         self._closing = False
         self._started_at = 0.0
         self.counters: dict[str, int] = defaultdict(int)
         self._stalls: list[tuple[str, float]] = []
-        self._destinations: dict[tuple[str, str], tuple[int, float]] = {}
         self._spawned: list[asyncio.Task[Any]] = []
+        self._runtime = Runtime(
+            policy=self.policy,
+            clock=self.clock,
+            store=self.store,
+            status=self.status,
+            meter=self.meter,
+            critsec=self.critsec,
+            idle=self.idle,
+            owner=self.owner,
+            rng=self.rng,
+        )
+        self._destinations = DestinationBackoff(self.policy, self.clock)
+        self._settlement = Settlement(
+            self._runtime,
+            self.config,
+            counters=self.counters,
+            destinations=self._destinations,
+            messages_changed=self.messages_changed,
+            routing_changed=self.routing_changed,
+        )
+        self._routing = Router(
+            self._runtime,
+            entries=self._route_entries,
+            wake=lambda name: self.host(name).wake.set(),
+            settle_unowned=self._settlement.settle_unowned,
+            messages_changed=self.messages_changed,
+        )
+        self._housekeeper = Housekeeper(
+            self._runtime,
+            counters=self.counters,
+            settle_unowned=self._settlement.settle_unowned,
+            released=self._released,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -193,7 +212,9 @@ class Spooler:
                 if entry.isolate:
                     # Its own child process per session, which loads the provider:
                     # none of the provider's code runs here.
-                    self.hosts.append(TransportHost(self, entry, IsolatedProvider(entry.provider)))
+                    self.hosts.append(
+                        TransportHost(self._runtime, self, entry, IsolatedProvider(entry.provider))
+                    )
                     continue
                 try:
                     cls = load_provider_class(entry.provider)
@@ -201,10 +222,10 @@ class Spooler:
                     # One unloadable provider must not stop the others: its logon fails
                     # (and is retried) with the reason in its status row.
                     log.error("transport %r: %s", entry.name, exc)
-                    cls = _unloadable(str(exc))
+                    cls = unloadable_provider(str(exc))
                 if cls not in self._providers:
                     self._providers[cls] = cls()  # XPProviderInit: one provider object per class
-                self.hosts.append(TransportHost(self, entry, self._providers[cls]))
+                self.hosts.append(TransportHost(self._runtime, self, entry, self._providers[cls]))
             known = [h.name for h in self.hosts]
             moved = await self.store.reroute_missing(known)
             if moved:
@@ -216,8 +237,8 @@ class Spooler:
         await self._tg.__aenter__()
         self.meter.start_watchdog()
         self.spawn(self.idle.run(), name="idle-policy")
-        self.spawn(self._router(), name="router")
-        self.spawn(self._housekeeping(), name="housekeeping")
+        self.spawn(self._routing.run(), name="router")
+        self.spawn(self._housekeeper.run(), name="housekeeping")
         for host in self.hosts:
             self.spawn(host.run(), name=f"transport-{host.name}")
 
@@ -357,7 +378,7 @@ class Spooler:
         if force:
             flags |= FlushFlags.FORCE
         hosts = self.hosts if transport is None else [self.host(transport)]
-        return FlushHandle(self, hosts, flags)
+        return FlushHandle(self._runtime, self, hosts, flags)
 
     async def flush(
         self, *, upload: bool = True, download: bool = True, transport: str | None = None
@@ -375,7 +396,9 @@ class Spooler:
         """Cancel every unfinished recipient; ones in a transport's hands are cancelled
         through it (NOTIFY_CANCEL_MESSAGE and MessageCancelled at its next yield)."""
         before = await self.store.recipients(message_id)
-        parked = {r.route for r in before if r.state is _R.PARKED and r.route is not None}
+        parked = {
+            r.route for r in before if r.state is RecipientState.PARKED and r.route is not None
+        }
         active = await self.store.cancel(message_id)
         for name in parked:
             # The transport accepted and deferred it: withdraw it (reference §8.5).
@@ -471,27 +494,17 @@ class Spooler:
             "critical_sections": self.critsec.statistics(),
             "idle": self.idle.statistics(),
             "status": self.status.statistics(),
-            "transports": {
-                h.name: {
-                    "phase": str(h.lifecycle.phase),
-                    "counters": dict(h.counters),
-                    "longest_slice": h.longest_slice,
-                    "consecutive_failures": h.consecutive_failures,
-                    "inflight": h.inflight,
-                    "logons": h.logons,
-                    "last_error": h.last_error,
-                }
-                for h in self.hosts
-            },
+            "transports": {h.name: h.statistics() for h in self.hosts},
             "stalls": list(self._stalls),
         }
 
-    # -- internal: routing --------------------------------------------------------------
+    # -- routing, settlement, back-off (and what hosts call: see runtime.SpoolerPort) ------
     def routing_table(self) -> RoutingTable:
         """The transports in order with the types they serve (cached: a host drops the
-        cache whenever its address types change, see ``TransportHost.types``)."""
-        if self._table is not None:
-            return self._table
+        cache whenever its address types change, see :meth:`types_changed`)."""
+        return self._routing.table()
+
+    def _route_entries(self) -> list[RouteEntry]:
         entries = []
         for h in self.hosts:
             if not h.entry.outbound:
@@ -500,66 +513,32 @@ class Spooler:
             if types is None and h.entry.address_types is not None:
                 types = frozenset(t.upper() for t in h.entry.address_types)
             entries.append(RouteEntry(h.name, types))
-        self._table = RoutingTable.build(entries)
-        return self._table
+        return entries
 
     def routing_changed(self) -> None:
-        self._route_event.set()
+        self._routing.changed()
+
+    def types_changed(self) -> None:
+        self._routing.invalidate()
 
     def messages_changed(self) -> None:
         """Some recipients changed state (in this process): wakes :meth:`wait_for`."""
         self._changed.set()
+
+    def _released(self) -> None:
+        """Expired claims went back to the queue."""
+        self.messages_changed()
+        self._wake_all()
 
     def _wake_all(self) -> None:
         for h in self.hosts:
             h.wake.set()
         self.routing_changed()
 
-    async def _router(self) -> None:
-        while True:
-            self._route_event.clear()
-            try:
-                await self._route_once()
-            except Exception:
-                log.exception("routing failed; retrying")
-            await wait_event(self.clock, self._route_event, self.policy.router_interval)
-
     async def route_now(self) -> None:
         """Route whatever waits for routing, now (a flush does this first)."""
-        await self._route_once()
+        await self._routing.route_now()
 
-    async def _route_once(self) -> None:
-        async with self._route_lock:
-            await self._route_pass()
-
-    async def _route_pass(self) -> None:
-        table = self.routing_table()
-        cursor: tuple[str, int] | None = None
-        while True:
-            records = await self.store.unrouted(limit=1000, after=cursor)
-            if not records:
-                return
-            cursor = (records[-1].message_id, records[-1].index)
-            assign: list[tuple[str, int, str]] = []
-            failed: dict[str, list[RecipientUpdate]] = defaultdict(list)
-            for r in records:
-                d = table.decide(r.address.type, r.refused_by)
-                if isinstance(d, Route):
-                    assign.append((r.message_id, r.index, d.transport))
-                elif isinstance(d, NoRoute):
-                    failed[r.message_id].append(
-                        RecipientUpdate(r.index, _R.FAILED, status="5.4.4", diagnostic=d.reason)
-                    )
-            log.debug("router: %d recipients routed, %d without a route", len(assign), len(failed))
-            if assign:
-                await self.store.assign_routes(assign)
-                self.messages_changed()
-                for name in {a[2] for a in assign}:
-                    self.host(name).wake.set()
-            for mid, updates in failed.items():
-                await self._settle_unowned(mid, updates)
-
-    # -- internal: settling and reports -----------------------------------------------
     async def settle(
         self,
         job: ClaimedJob,
@@ -567,206 +546,14 @@ class Spooler:
         *,
         results: Sequence[RecipientResult] = (),
     ) -> None:
-        self._destinations_learn(job, updates)
-        updates = self._mark_delays(job.message, job.recipients, updates)
-        reports, inbox = await self._reports(job.message, job.recipients, updates, results)
-        try:
-            await self.store.settle(
-                job.message.id,
-                updates,
-                owner=self.owner,
-                now=self.clock.now(),
-                reports=reports,
-                inbox_reports=inbox,
-            )
-        except LeaseLost as exc:
-            log.error("settling %s: %s (another spooler took it over)", job.message.id, exc)
-            return
-        _log_settle(job.message.id, job.transport, updates, len(reports) + len(inbox))
-        self._after_settle(updates, len(reports) + len(inbox))
-
-    async def _settle_unowned(self, message_id: str, updates: Sequence[RecipientUpdate]) -> None:
-        info = await self.store.get_message(message_id)
-        recs = await self.store.recipients(message_id)
-        updates = self._mark_delays(info, recs, updates)
-        reports, inbox = await self._reports(info, recs, updates, ())
-        await self.store.settle(
-            message_id,
-            updates,
-            owner=None,
-            now=self.clock.now(),
-            reports=reports,
-            inbox_reports=inbox,
-        )
-        _log_settle(message_id, None, updates, len(reports) + len(inbox))
-        self._after_settle(updates, len(reports) + len(inbox))
-
-    def _after_settle(self, updates: Sequence[RecipientUpdate], reports: int) -> None:
-        for u in updates:
-            if u.state in (_R.DELIVERED, _R.FAILED, _R.CANCELLED):
-                self.counters[str(u.state)] += 1
-        self.counters["reports"] += reports
-        if SPOOLER_ROW in self.status:
-            self.status.update(SPOOLER_ROW, counters=dict(self.counters))
-        self.messages_changed()
-        if reports:
-            self.routing_changed()
-
-    async def _reports(
-        self,
-        info: MessageInfo,
-        recipients: Sequence[Any],
-        updates: Sequence[RecipientUpdate],
-        results: Sequence[RecipientResult],
-    ) -> tuple[list[NewMessage], list[InboundMessage]]:
-        by_index = {r.index: r for r in recipients}
-        remote = {r.index: r.remote_mta for r in results}
-        kinds: dict[ReportKind, list[ReportItem]] = defaultdict(list)
-        now = self.clock.now()
-        for u in updates:
-            rec = by_index.get(u.index)
-            if rec is None:
-                continue
-            until: float | None = None
-            if u.state is _R.FAILED:
-                kind = ReportKind.FAILURE
-                status = u.status if u.status and u.status[0] in "45" else "5.0.0"
-            elif u.state is _R.DELIVERED:
-                kind = ReportKind.SUCCESS
-                status = u.status if u.status and u.status[0] == "2" else "2.0.0"
-            elif u.delay_warned and not rec.delay_warned:
-                kind = ReportKind.DELAY
-                status = u.status if u.status and u.status[0] == "4" else "4.0.0"
-                until = info.expires_at
-            else:
-                continue
-            kinds[kind].append(
-                ReportItem(
-                    address=rec.address,
-                    status=status,
-                    diagnostic=u.diagnostic or "",
-                    remote_mta=remote.get(u.index),
-                    last_attempt=now,
-                    will_retry_until=until,
-                )
-            )
-        # Only what the sender asked for (and never about a report): checked before the
-        # original content is read, which most deliveries never need.
-        kinds = {k: v for k, v in kinds.items() if wants_report(info, k)}
-        if not kinds:
-            return [], []
-        original: bytes | None = None
-        out: list[NewMessage] = []
-        inbox: list[InboundMessage] = []
-        for kind, items in kinds.items():
-            if original is None:
-                original = await self._original(info)
-            msg = report_message(
-                info=info,
-                original=original,
-                original_size=info.size,
-                items=items,
-                kind=kind,
-                reporting_mta=self.config.reporting_mta,
-                now=now,
-            )
-            if msg is None:
-                continue
-            if info.sender is not None and self._is_local(info.sender):
-                inbox.append(
-                    InboundMessage(
-                        transport=SPOOLER_ROW,
-                        content=msg.content,
-                        sender=None,
-                        recipients=(str(info.sender),),
-                        received_at=now,
-                    )
-                )
-            else:
-                out.append(msg)
-        return out, inbox
-
-    async def _original(self, info: MessageInfo) -> bytes:
-        """The original for a report: whole, or only the beginning that holds what a
-        report returns of a message too large to return (not 50 MB for its headers)."""
-        need = needed_bytes(info.size, RETURN_SIZE_LIMIT)
-        if need is None:
-            return await self.store.read_content(info.id)
-        buffer = io.BytesIO()
-        async for chunk in self.store.iter_content(info.id):
-            buffer.write(chunk)
-            if buffer.tell() >= need:
-                break
-        return buffer.getvalue()
-
-    def _mark_delays(
-        self, info: MessageInfo, recipients: Sequence[Any], updates: Sequence[RecipientUpdate]
-    ) -> list[RecipientUpdate]:
-        """Flag the deferrals that call for the (single) delay report of a recipient."""
-        after = self.policy.delay_warning_after
-        out = list(updates)
-        if after is None or not info.notify & Notify.DELAY or info.is_report:
-            return out
-        by_index = {r.index: r for r in recipients}
-        now = self.clock.now()
-        for i, u in enumerate(out):
-            rec = by_index.get(u.index)
-            if rec is None or rec.delay_warned or u.state is not _R.QUEUED:
-                continue
-            if not (u.status or "").startswith("4"):
-                continue
-            first = rec.first_failed_at if rec.first_failed_at is not None else now
-            if now - first >= after:
-                out[i] = replace(u, delay_warned=True)
-        return out
-
-    # -- per-destination back-off ---------------------------------------------------
-    @staticmethod
-    def destination_of(transport: str, address: Address) -> tuple[str, str]:
-        value = address.value
-        dest = value.rpartition("@")[2].lower() if "@" in value else value
-        return (transport, dest)
+        await self._settlement.settle(job, updates, results=results)
 
     def destination_wait(self, transport: str, address: Address) -> float | None:
         """The time a destination in back-off may be tried again, or None."""
-        if not self.policy.destination_backoff:
-            return None
-        entry = self._destinations.get(self.destination_of(transport, address))
-        if entry is None or entry[1] <= self.clock.now():
-            return None
-        return entry[1]
+        return self._destinations.wait(transport, address)
 
     def forget_destinations(self, transport: str) -> None:
-        for key in [k for k in self._destinations if k[0] == transport]:
-            del self._destinations[key]
-
-    def _destinations_learn(self, job: ClaimedJob, updates: Sequence[RecipientUpdate]) -> None:
-        """A real attempt that deferred puts its destination in back-off until the retry
-        time it planned (the transport's own delay, or the computed back-off): once per
-        destination and settle, however many recipients it had there."""
-        if not self.policy.destination_backoff:
-            return
-        by_index = {r.index: r for r in job.recipients}
-        deferred: dict[tuple[str, str], float] = {}
-        for u in updates:
-            rec = by_index.get(u.index)
-            if rec is None or not u.count_attempt:
-                continue  # only real attempts teach us about a destination
-            key = self.destination_of(job.transport, rec.address)
-            if u.state is _R.DELIVERED:
-                self._destinations.pop(key, None)
-                deferred.pop(key, None)
-            elif u.state is _R.QUEUED and (u.status or "").startswith("4") and u.retry_at:
-                deferred[key] = max(deferred.get(key, 0.0), u.retry_at)
-        for key, until in deferred.items():
-            failures = self._destinations.get(key, (0, 0.0))[0] + 1
-            self._destinations[key] = (failures, until)
-
-    def _is_local(self, address: Address) -> bool:
-        return any(
-            a.type == address.type and a.value.lower() == address.value.lower()
-            for a in self.config.identities
-        )
+        self._destinations.forget(transport)
 
     # -- internal: events from hosts -------------------------------------------------------
     def received(self, entries: Sequence[InboxEntry]) -> None:
@@ -776,23 +563,20 @@ class Spooler:
             self.status.update(SPOOLER_ROW, counters=dict(self.counters))
         self._received_event.set()
 
-    async def unpark(self, host: TransportHost, ref: str | None) -> None:
-        n = await self.store.unpark(host.name, ref, now=self.clock.now())
+    async def unpark(self, transport: str, ref: str | None) -> None:
+        n = await self.store.unpark(transport, ref, now=self.clock.now())
         if n:
             self.messages_changed()
-            host.wake.set()
+            self.host(transport).wake.set()
 
-    def flush_bits_changed(self, host: TransportHost, old: StatusCode, new: StatusCode) -> None:
+    def flush_requested(self, transport: str, flags: FlushFlags) -> None:
         """A provider set a *_FLUSH bit itself: it asks for a flush of its own."""
-        started = new & ~old
-        flags = FlushFlags.NONE
-        if started & StatusCode.OUTBOUND_FLUSH and not host.flushing & FlushFlags.UPLOAD:
-            flags |= FlushFlags.UPLOAD
-        if started & StatusCode.INBOUND_FLUSH and not host.flushing & FlushFlags.DOWNLOAD:
-            flags |= FlushFlags.DOWNLOAD
-        if flags and not self._closing and host.lifecycle.running:
-            log.info("transport %r asked for a flush (%s)", host.name, flags)
-            FlushHandle(self, [host], flags | FlushFlags.NO_UI)
+        if not self._closing:
+            log.info("transport %r asked for a flush (%s)", transport, flags)
+            FlushHandle(self._runtime, self, [self.host(transport)], flags | FlushFlags.NO_UI)
+
+    def count(self, counter: str) -> None:
+        self.counters[counter] += 1
 
     def _critsec_overrun(self, owner: Any, held: float) -> None:
         name = getattr(owner, "name", "?")
@@ -815,71 +599,3 @@ class Spooler:
         # Called by the slice meter when the stall ends, with its whole length.
         self._stalls.append((name, held))
         del self._stalls[:-100]
-
-    # -- internal: housekeeping ---------------------------------------------------------
-    async def _housekeeping(self) -> None:
-        while True:
-            try:
-                await self._housekeep_once()
-            except Exception:
-                log.exception("housekeeping failed; retrying")
-            await self.clock.sleep(self.policy.housekeeping_interval)
-
-    async def _housekeep_once(self) -> None:
-        now = self.clock.now()
-        if await self.store.release_expired(now=now):
-            self.messages_changed()
-            self._wake_all()
-        expired = await self.store.expired(now=now, limit=500)
-        by_msg: dict[str, list[RecipientUpdate]] = defaultdict(list)
-        for r in expired:
-            last = f"; last error: {r.status} {r.diagnostic}" if r.status else ""
-            by_msg[r.message_id].append(
-                RecipientUpdate(
-                    r.index,
-                    _R.FAILED,
-                    status="5.4.7",
-                    diagnostic=f"delivery time expired after {r.attempts} attempts{last}",
-                )
-            )
-        for mid, updates in by_msg.items():
-            await self._settle_unowned(mid, updates)
-        row = self.status.get(SPOOLER_ROW)
-        if row is not None:
-            counts = await self.store.counts()
-            self.status.update(
-                SPOOLER_ROW,
-                counters={**{str(k): v for k, v in counts.items()}, **dict(self.counters)},
-            )
-
-
-def _log_settle(
-    message_id: str, transport: str | None, updates: Sequence[RecipientUpdate], reports: int
-) -> None:
-    """DEBUG: what became of each recipient of a message, and the reports made."""
-    if not log.isEnabledFor(logging.DEBUG):
-        return
-    outcomes = ", ".join(
-        f"#{u.index} {u.state}"
-        + (f" {u.status}" if u.status else "")
-        + (f" ({u.diagnostic})" if u.diagnostic else "")
-        for u in updates
-    )
-    via = f"via {transport}" if transport else "by the router"
-    log.debug("message %s settled %s: %s; %d reports", message_id, via, outcomes, reports)
-
-
-def _unloadable(reason: str) -> type:
-    """A stand-in provider class for one that cannot be loaded."""
-    from ..contract.errors import FailOneProvider
-
-    class UnloadableProvider:
-        display_name = "unloadable provider"
-
-        async def logon(self, *args: object) -> object:
-            raise FailOneProvider(reason)
-
-        async def shutdown(self) -> None:
-            return None
-
-    return UnloadableProvider

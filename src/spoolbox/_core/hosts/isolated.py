@@ -29,11 +29,11 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..contract.errors import ContractViolation, SpoolboxError
-from ..contract.objects import InboundWriter, OutboundMessage
-from ..contract.provider import OptionSpec
-from ..contract.support import Support
-from ..model import (
+from ...contract.errors import ContractViolation, SpoolboxError
+from ...contract.objects import InboundWriter, OutboundMessage
+from ...contract.provider import OptionSpec
+from ...contract.support import Support
+from ...model import (
     EndFlags,
     FlushFlags,
     LogoffFlags,
@@ -129,7 +129,7 @@ class IsolatedProvider:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "spoolbox._core.isolated_child",
+                "spoolbox._core.hosts.isolated_child",
                 str(theirs.fileno()),
                 pass_fds=(theirs.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..contract.errors import (
+from ...contract.errors import (
     ContractViolation,
     FailOneProvider,
     InvalidObject,
@@ -44,8 +44,8 @@ from ..contract.errors import (
     Unconfigured,
     WaitRetry,
 )
-from ..contract.objects import OutboundRecipient
-from ..model import MessageInfo, SubmitFlags
+from ...contract.objects import OutboundRecipient
+from ...model import MessageInfo, SubmitFlags
 
 __all__ = [
     "FRAMES",

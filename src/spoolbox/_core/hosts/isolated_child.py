@@ -1,7 +1,7 @@
 """The child process of an isolated transport: the provider's session, in its own loop.
 
-Run as ``python -m spoolbox._core.isolated_child FD`` by
-:class:`~spoolbox._core.isolated.IsolatedProvider`, with FD one end of a socket
+Run as ``python -m spoolbox._core.hosts.isolated_child FD`` by
+:class:`~spoolbox._core.hosts.isolated.IsolatedProvider`, with FD one end of a socket
 pair.  It loads the provider named in the parent's :class:`~.wire.Start` frame,
 serves the parent's calls (logon, submit_message, end_message, poll,
 start_message, ...) and gives the provider a support object whose calls travel back
@@ -26,9 +26,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from ..contract.errors import ContractViolation, InvalidObject, MessageCancelled
-from ..contract.objects import OutboundMessage
-from ..model import (
+from ...contract.errors import ContractViolation, InvalidObject, MessageCancelled
+from ...contract.objects import OutboundMessage
+from ...model import (
     EndFlags,
     FlushFlags,
     LogoffFlags,
@@ -41,8 +41,8 @@ from ..model import (
     TransportNotifyFlags,
     ValidateFlags,
 )
-from .config import load_provider_class
-from .objects import ContentMessage, InboundWriterImpl, ProfileSectionImpl
+from ..config import load_provider_class
+from ..objects import ContentMessage, InboundWriterImpl, ProfileSectionImpl
 from .wire import (
     WIRE_VERSION,
     Channel,
@@ -346,7 +346,7 @@ class _Child:
         if writer is None:
             return
         if committed:
-            self.profile._merged(writer.state)
+            self.profile.merge_committed(writer.state)
         await _run(writer.commit_callbacks if committed else writer.rollback_callbacks)
 
     async def transport_notify(self, flags: int, ref: str | None) -> None:
@@ -407,7 +407,7 @@ async def _main(fd: int) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1 or not args[0].isdigit():
-        raise SystemExit("usage: python -m spoolbox._core.isolated_child FD")
+        raise SystemExit("usage: python -m spoolbox._core.hosts.isolated_child FD")
     asyncio.run(_main(int(args[0])))
 
 

@@ -1,0 +1,76 @@
+"""Per-destination back-off: after a temporary failure to a destination (the part of
+an address after "@", or the whole address), its other recipients wait for the
+retry time instead of hammering it.
+
+One :class:`DestinationBackoff` per spooler, in memory: a restart forgets it (the
+recipients' own retry times are in the store).  A delivery to a destination lifts
+its back-off; so does a flush of the transport (the user says "now").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..model import Address, RecipientState
+from ..store import ClaimedJob, RecipientUpdate
+from .clock import Clock
+from .policy import Policy
+
+__all__ = ["DestinationBackoff", "destination_of"]
+
+
+def destination_of(transport: str, address: Address) -> tuple[str, str]:
+    """The key of an address's destination: the transport and the domain (lowercase),
+    or the whole address when it has no "@"."""
+    value = address.value
+    destination = value.rpartition("@")[2].lower() if "@" in value else value
+    return (transport, destination)
+
+
+class DestinationBackoff:
+    """Which destinations are in back-off, and until when."""
+
+    def __init__(self, policy: Policy, clock: Clock) -> None:
+        self._policy = policy
+        self._clock = clock
+        self._until: dict[tuple[str, str], tuple[int, float]] = {}  # key -> (failures, until)
+
+    def wait(self, transport: str, address: Address) -> float | None:
+        """The time a destination in back-off may be tried again, or None."""
+        if not self._policy.destination_backoff:
+            return None
+        entry = self._until.get(destination_of(transport, address))
+        if entry is None or entry[1] <= self._clock.now():
+            return None
+        return entry[1]
+
+    def forget(self, transport: str) -> None:
+        """Lift the back-off of every destination of ``transport``."""
+        for key in [k for k in self._until if k[0] == transport]:
+            del self._until[key]
+
+    def learn(self, job: ClaimedJob, updates: Sequence[RecipientUpdate]) -> None:
+        """A real attempt that deferred puts its destination in back-off until the retry
+        time it planned (the transport's own delay, or the computed back-off): once per
+        destination and settle, however many recipients it had there."""
+        if not self._policy.destination_backoff:
+            return
+        by_index = {r.index: r for r in job.recipients}
+        deferred: dict[tuple[str, str], float] = {}
+        for update in updates:
+            recipient = by_index.get(update.index)
+            if recipient is None or not update.count_attempt:
+                continue  # only real attempts teach us about a destination
+            key = destination_of(job.transport, recipient.address)
+            if update.state is RecipientState.DELIVERED:
+                self._until.pop(key, None)
+                deferred.pop(key, None)
+            elif (
+                update.state is RecipientState.QUEUED
+                and (update.status or "").startswith("4")
+                and update.retry_at
+            ):
+                deferred[key] = max(deferred.get(key, 0.0), update.retry_at)
+        for key, until in deferred.items():
+            failures = self._until.get(key, (0, 0.0))[0] + 1
+            self._until[key] = (failures, until)

@@ -1,0 +1,369 @@
+"""The outbound lane of a transport session: claim queued mail, hand each message to
+the provider (``submit_message``, ``end_message``), and settle what it did.
+
+Several workers share one lane (``concurrency``); one at a time waits for work and
+claims a batch, the others take from it.  Every claimed job's lease is renewed
+until it is settled; a job whose lease another spooler took over is cancelled and
+its results are not written.  How an exception of ``submit_message`` or
+``end_message`` becomes an outcome is the table in :mod:`spoolbox._core.policy`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import Sequence
+from dataclasses import replace
+
+from ...contract.errors import ContractViolation, InvalidObject
+from ...contract.objects import OutboundMessage
+from ...model import (
+    EndFlags,
+    FlushFlags,
+    Outcome,
+    RecipientResult,
+    RecipientState,
+    StatusCode,
+    SubmitFlags,
+    TransportNotifyFlags,
+)
+from ...store import ClaimedJob, LeaseLost, RecipientUpdate
+from ..clock import wait_event
+from ..objects import OutboundMessageImpl
+from ..policy import (
+    END_MESSAGE_LADDER,
+    PARKED_NOTE,
+    SUBMIT_MESSAGE_LADDER,
+    SubmitOutcome,
+    outcome_of,
+    plan_after_submit,
+    plan_result,
+)
+from ..slices import checkpoint
+from .base import CURRENT_MESSAGE, HostBase, log
+
+__all__ = ["OutboundLane"]
+
+
+class OutboundLane:
+    """The outbound work of one session: claims, submissions, leases, results."""
+
+    def __init__(self, host: HostBase) -> None:
+        self._host = host
+        self._claim_lock = asyncio.Lock()  # one worker waits for work at a time
+        self._ready: collections.deque[ClaimedJob] = collections.deque()  # claimed, not started
+        self._held: dict[str, ClaimedJob] = {}  # claimed, not settled (leases renewed)
+        self.cancelled_refs: set[str] = set()  # cancelled while claimed, not started
+        self.lease_lost: set[str] = set()  # another spooler holds them now: hands off
+        self.sending = 0  # messages inside submit_message / end_message right now
+
+    @property
+    def inflight(self) -> int:
+        """Messages claimed and not settled yet, those waiting for a worker included."""
+        return len(self._held)
+
+    async def run_worker(self) -> None:
+        host = self._host
+        while not (host.stopping or host.critical_error):
+            # Only one worker at a time waits for work and claims: an idle session with
+            # ten workers makes one claim per wake-up, not ten.  A claim takes a batch;
+            # what the claiming worker does not start itself waits in ``_ready`` for the
+            # next free worker, so one store round trip feeds several.
+            async with self._claim_lock:
+                if not self._ready:
+                    jobs = await self._wait_for_jobs(host.runtime.policy.claim_batch)
+                    if not jobs:
+                        return
+                    # Held (in flight) from the claim until settled, so a flush does
+                    # not see "nothing left" while jobs still wait for a worker.
+                    for claimed in jobs:
+                        self._held[claimed.message.id] = claimed
+                    self._ready.extend(jobs)
+                job = self._ready.popleft()
+            try:
+                await self._process(job)
+            finally:
+                self._held.pop(job.message.id, None)
+            # Between messages the foreground always gets its turn, however short each
+            # message was (one slice per message at most).
+            await checkpoint()
+
+    async def give_back(self) -> None:
+        """The session is ending: jobs claimed but not started go back to the queue
+        now, instead of when their leases run out; the others (of workers cancelled
+        after the grace period) are no longer renewed here, and the spooler releases
+        their leases."""
+        runtime = self._host.runtime
+        while self._ready:
+            job = self._ready.popleft()
+            self._held.pop(job.message.id, None)
+            with contextlib.suppress(Exception):
+                await runtime.store.settle(
+                    job.message.id,
+                    [RecipientUpdate(r.index, RecipientState.QUEUED) for r in job.recipients],
+                    owner=runtime.owner,
+                    now=runtime.clock.now(),
+                )
+                self._host.port.messages_changed()
+        self._held.clear()
+
+    async def _wait_for_jobs(self, limit: int) -> list[ClaimedJob]:
+        """Claim work, waiting for it (woken by routing, a retry time, a flush); an
+        empty list means the session is stopping."""
+        host = self._host
+        runtime = host.runtime
+        while not (host.stopping or host.critical_error):
+            await host.background_gate(FlushFlags.UPLOAD)
+            if host.stopping or host.critical_error:
+                break
+            host.wake.clear()
+            try:
+                jobs = await runtime.store.claim(
+                    host.name,
+                    owner=runtime.owner,
+                    now=runtime.clock.now(),
+                    lease=runtime.policy.lease,
+                    limit=limit,
+                    # A flush makes deferred mail ready once (retry_transport) instead
+                    # of ignoring retry times, so a failure during it is not retried hot.
+                    ignore_retry=False,
+                )
+            except Exception as exc:
+                log.error("transport %r: claim failed: %s", host.name, exc)
+                await wait_event(runtime.clock, host.stop_event, runtime.policy.failure_backoff)
+                continue
+            if jobs:
+                host.port.messages_changed()
+                return jobs
+            try:
+                next_at = await runtime.store.next_ready_at(host.name)
+            except Exception:
+                next_at = None
+            timeout = runtime.policy.router_interval * 5
+            if next_at is not None:
+                timeout = min(timeout, max(0.0, next_at - runtime.clock.now()))
+            await wait_event(runtime.clock, host.wake, timeout)
+        return []
+
+    async def _process(self, job: ClaimedJob) -> None:
+        host = self._host
+        runtime = host.runtime
+        port = host.port
+        session = host.require_session()
+        mid = job.message.id
+        if mid in self.lease_lost:
+            # Its lease ran out while it waited here, and another spooler has it now.
+            self.lease_lost.discard(mid)
+            self.cancelled_refs.discard(mid)
+            host.job_done.set()
+            return
+        if mid in self.cancelled_refs:
+            # Cancelled by the user while it waited in this lane's batch.
+            self.cancelled_refs.discard(mid)
+            await port.settle(
+                job,
+                [
+                    RecipientUpdate(
+                        r.index, RecipientState.CANCELLED, diagnostic="cancelled by user"
+                    )
+                    for r in job.recipients
+                ],
+            )
+            host.job_done.set()
+            return
+        # Recipients whose destination is in back-off wait for it without an attempt.
+        waiting = [
+            (r, until)
+            for r in job.recipients
+            if (until := port.destination_wait(host.name, r.address)) is not None
+        ]
+        if waiting:
+            await port.settle(
+                replace(job, recipients=tuple(r for r, _ in waiting)),
+                [
+                    RecipientUpdate(r.index, RecipientState.QUEUED, retry_at=until)
+                    for r, until in waiting
+                ],
+            )
+            held = {r.index for r, _ in waiting}
+            job = replace(job, recipients=tuple(r for r in job.recipients if r.index not in held))
+            if not job.recipients:
+                host.job_done.set()
+                return
+        deferred = any(r.diagnostic == PARKED_NOTE for r in job.recipients)
+        flags = SubmitFlags.BEGIN_DEFERRED if deferred else SubmitFlags.NONE
+        msg = OutboundMessageImpl(job, runtime.store, host.implicit_yield, flags)
+        host.active[mid] = msg
+        self.sending += 1
+        host.counters["submitted"] += 1
+        host.set_bits(on=StatusCode.OUTBOUND_ACTIVE)
+        token = CURRENT_MESSAGE.set(msg)
+        outcome = SubmitOutcome.END_SENT
+        delay: float | None = None
+        reason = ""
+        try:
+            try:
+                await host.call("submit_message", session.submit_message(msg, flags))
+            except Exception as exc:
+                rung = outcome_of(exc, SUBMIT_MESSAGE_LADDER)
+                outcome, delay, reason = rung.outcome, rung.delay_of(exc), rung.reason_of(exc)
+                if rung.counts_as_failure:
+                    host.call_failed("submit_message", exc)
+            else:
+                host.lifecycle.submitted(mid)
+                if host.critical_error:
+                    outcome, reason = SubmitOutcome.ERROR, "transport reported a critical error"
+                else:
+                    try:
+                        host.lifecycle.check_end(mid)
+                        end = await host.call("end_message", session.end_message(msg))
+                        if not isinstance(end, int):
+                            raise ContractViolation(f"end_message() returned {end!r}, not EndFlags")
+                        outcome = SubmitOutcome.from_end_flags(EndFlags(end))
+                        host.call_ok()
+                    except Exception as exc:
+                        rung = outcome_of(exc, END_MESSAGE_LADDER)
+                        outcome, reason = rung.outcome, rung.reason_of(exc)
+                        if rung.counts_as_failure:
+                            host.call_failed("end_message", exc)
+            if msg.cancelled:
+                outcome = SubmitOutcome.USER_CANCELLED
+        finally:
+            CURRENT_MESSAGE.reset(token)
+            msg.valid = False
+            host.active.pop(mid, None)
+            self.sending -= 1
+            if self.sending == 0:
+                host.set_bits(off=StatusCode.OUTBOUND_ACTIVE)
+        updates = plan_after_submit(
+            outcome,
+            pending=msg.pending(),
+            transport=host.name,
+            policy=runtime.policy,
+            now=runtime.clock.now(),
+            expires_at=job.message.expires_at,
+            delay=delay,
+            reason=reason,
+            begin_deferred=bool(flags & SubmitFlags.BEGIN_DEFERRED),
+            rng=runtime.rng,
+        )
+        if mid in self.lease_lost:
+            # Cancelled because another spooler took it over: its results are not ours
+            # to write (the store would refuse them); the other spooler finishes it.
+            self.lease_lost.discard(mid)
+            updates = []
+        if updates:
+            await port.settle(job, updates)
+            if outcome in (SubmitOutcome.END_SENT, SubmitOutcome.NOT_ME):
+                port.routing_changed()
+            if outcome is SubmitOutcome.END_RESEND_NOW:
+                host.wake.set()
+        if host.flushing & FlushFlags.UPLOAD:
+            host.flush_done += 1
+            host.flush_bytes += job.message.size
+        host.job_done.set()
+
+    async def renew(self) -> None:
+        """Renew the leases of every job this session holds (claimed, not settled)."""
+        host = self._host
+        runtime = host.runtime
+        period = runtime.policy.lease / 3
+        while True:
+            await runtime.clock.sleep(period)
+            for mid, job in list(self._held.items()):
+                try:
+                    renewed = await runtime.store.renew(
+                        job, now=runtime.clock.now(), lease=runtime.policy.lease
+                    )
+                except LeaseLost as exc:
+                    # Another spooler has the message now (this one stalled past the
+                    # lease): stop working on it, say so once, stop renewing it.
+                    if self._held.pop(mid, None) is None:
+                        continue  # finished meanwhile: nothing left to stop
+                    self.lease_lost.add(mid)
+                    log.error(
+                        "transport %r lost its lease on %s (%s): another spooler took it "
+                        "over; the transport is told to cancel it",
+                        host.name,
+                        mid,
+                        exc,
+                    )
+                    self.cancel(mid)
+                    continue
+                except Exception as exc:
+                    log.warning("transport %r: lease renewal failed: %s", host.name, exc)
+                    continue
+                if mid in self._held:
+                    self._held[mid] = renewed
+
+    async def status_recips(
+        self, message: OutboundMessage, results: Sequence[RecipientResult]
+    ) -> None:
+        host = self._host
+        if not isinstance(message, OutboundMessageImpl) or message.job.transport != host.name:
+            raise ContractViolation(
+                f"status_recips() got {message!r}, which is not a message of {host.name!r}"
+            )
+        if not message.valid:
+            raise InvalidObject(f"status_recips() on {message.ref} after its call ended")
+        mine = {r.index: r for r in message.recipients}
+        seen: set[int] = set()
+        for res in results:
+            if not isinstance(res, RecipientResult):
+                raise ContractViolation(f"status_recips() takes RecipientResult, not {res!r}")
+            if res.index not in mine:
+                raise ContractViolation(
+                    f"recipient #{res.index} of {message.ref} is not one of {host.name!r}'s "
+                    f"(its recipients: {sorted(mine)})"
+                )
+            if res.index in message.reported or res.index in seen:
+                raise ContractViolation(
+                    f"recipient #{res.index} of {message.ref} was already reported"
+                )
+            seen.add(res.index)
+        runtime = host.runtime
+        now = runtime.clock.now()
+        updates = [
+            plan_result(
+                r,
+                attempts=mine[r.index].attempts,
+                policy=runtime.policy,
+                now=now,
+                expires_at=message.info.expires_at,
+                rng=runtime.rng,
+            )
+            for r in results
+        ]
+        await host.port.settle(message.job, updates, results=results)
+        message.reported |= seen
+        for r in results:
+            key = {Outcome.DELIVERED: "delivered", Outcome.FAILED: "failed"}.get(
+                r.outcome, "deferred"
+            )
+            host.counters[key] += 1
+        if host.shown:
+            runtime.status.update(host.name, counters=dict(host.counters))
+
+    def cancel(self, ref: str) -> bool:
+        """NOTIFY_CANCEL_MESSAGE for a message this session is working on; a message
+        claimed but not started yet is remembered and cancelled when its turn comes."""
+        host = self._host
+        msg = host.active.get(ref)
+        if msg is None or host.session is None:
+            self.cancelled_refs.add(ref)
+            return False
+        msg.cancelled = True
+        session = host.session
+
+        async def notify() -> None:
+            try:
+                await host.call(
+                    "transport_notify",
+                    session.transport_notify(TransportNotifyFlags.CANCEL_MESSAGE, ref),
+                )
+            except Exception as exc:
+                host.call_failed("transport_notify", exc)
+
+        host.port.spawn(notify(), name=f"{host.name}-cancel-{ref}")
+        return True

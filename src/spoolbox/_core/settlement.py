@@ -1,0 +1,254 @@
+"""Settlement: recipient updates written to the store, with the reports they call
+for, in one transaction.
+
+A transport's results (or the router's and the housekeeper's verdicts) become
+recipient states; a final state, or a deferral old enough for a delay warning,
+becomes a delivery status notification (RFC 3464) when the sender asked for one:
+sent like any message, or put straight into the inbox for a local sender.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections import defaultdict
+from collections.abc import Callable, MutableMapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from ..model import Address, MessageInfo, NewMessage, Notify, RecipientResult, RecipientState
+from ..reports import (
+    RETURN_SIZE_LIMIT,
+    ReportItem,
+    ReportKind,
+    needed_bytes,
+    report_message,
+    wants_report,
+)
+from ..store import ClaimedJob, InboundMessage, LeaseLost, RecipientUpdate
+from .config import SpoolerConfig
+from .destinations import DestinationBackoff
+from .runtime import SPOOLER_ROW, Runtime
+
+__all__ = ["Settlement"]
+
+log = logging.getLogger("spoolbox.spooler")
+
+
+class Settlement:
+    """Writes recipient updates and their reports, and counts what was settled."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        config: SpoolerConfig,
+        *,
+        counters: MutableMapping[str, int],
+        destinations: DestinationBackoff,
+        messages_changed: Callable[[], None],
+        routing_changed: Callable[[], None],
+    ) -> None:
+        self._runtime = runtime
+        self._config = config
+        self._counters = counters  # the spooler's counters (shown on its status row)
+        self._destinations = destinations
+        self._messages_changed = messages_changed
+        self._routing_changed = routing_changed  # a report waits for routing
+
+    async def settle(
+        self,
+        job: ClaimedJob,
+        updates: Sequence[RecipientUpdate],
+        *,
+        results: Sequence[RecipientResult] = (),
+    ) -> None:
+        """A claimed job's updates (``results``: the transport's, for the reports)."""
+        runtime = self._runtime
+        self._destinations.learn(job, updates)
+        updates = self._mark_delays(job.message, job.recipients, updates)
+        reports, inbox = await self._reports(job.message, job.recipients, updates, results)
+        try:
+            await runtime.store.settle(
+                job.message.id,
+                updates,
+                owner=runtime.owner,
+                now=runtime.clock.now(),
+                reports=reports,
+                inbox_reports=inbox,
+            )
+        except LeaseLost as exc:
+            log.error("settling %s: %s (another spooler took it over)", job.message.id, exc)
+            return
+        _log_settle(job.message.id, job.transport, updates, len(reports) + len(inbox))
+        self._after_settle(updates, len(reports) + len(inbox))
+
+    async def settle_unowned(self, message_id: str, updates: Sequence[RecipientUpdate]) -> None:
+        """Updates of recipients no transport holds (no route, expired)."""
+        store = self._runtime.store
+        info = await store.get_message(message_id)
+        recipients = await store.recipients(message_id)
+        updates = self._mark_delays(info, recipients, updates)
+        reports, inbox = await self._reports(info, recipients, updates, ())
+        await store.settle(
+            message_id,
+            updates,
+            owner=None,
+            now=self._runtime.clock.now(),
+            reports=reports,
+            inbox_reports=inbox,
+        )
+        _log_settle(message_id, None, updates, len(reports) + len(inbox))
+        self._after_settle(updates, len(reports) + len(inbox))
+
+    def _after_settle(self, updates: Sequence[RecipientUpdate], reports: int) -> None:
+        counters = self._counters
+        for update in updates:
+            if update.state in (
+                RecipientState.DELIVERED,
+                RecipientState.FAILED,
+                RecipientState.CANCELLED,
+            ):
+                counters[str(update.state)] += 1
+        counters["reports"] += reports
+        status = self._runtime.status
+        if SPOOLER_ROW in status:
+            status.update(SPOOLER_ROW, counters=dict(counters))
+        self._messages_changed()
+        if reports:
+            self._routing_changed()
+
+    async def _reports(
+        self,
+        info: MessageInfo,
+        recipients: Sequence[Any],
+        updates: Sequence[RecipientUpdate],
+        results: Sequence[RecipientResult],
+    ) -> tuple[list[NewMessage], list[InboundMessage]]:
+        by_index = {r.index: r for r in recipients}
+        remote = {r.index: r.remote_mta for r in results}
+        kinds: dict[ReportKind, list[ReportItem]] = defaultdict(list)
+        now = self._runtime.clock.now()
+        for update in updates:
+            recipient = by_index.get(update.index)
+            if recipient is None:
+                continue
+            until: float | None = None
+            code = update.status
+            if update.state is RecipientState.FAILED:
+                kind = ReportKind.FAILURE
+                status = code if code and code[0] in "45" else "5.0.0"
+            elif update.state is RecipientState.DELIVERED:
+                kind = ReportKind.SUCCESS
+                status = code if code and code[0] == "2" else "2.0.0"
+            elif update.delay_warned and not recipient.delay_warned:
+                kind = ReportKind.DELAY
+                status = code if code and code[0] == "4" else "4.0.0"
+                until = info.expires_at
+            else:
+                continue
+            kinds[kind].append(
+                ReportItem(
+                    address=recipient.address,
+                    status=status,
+                    diagnostic=update.diagnostic or "",
+                    remote_mta=remote.get(update.index),
+                    last_attempt=now,
+                    will_retry_until=until,
+                )
+            )
+        # Only what the sender asked for (and never about a report): checked before the
+        # original content is read, which most deliveries never need.
+        kinds = {k: v for k, v in kinds.items() if wants_report(info, k)}
+        if not kinds:
+            return [], []
+        original: bytes | None = None
+        out: list[NewMessage] = []
+        inbox: list[InboundMessage] = []
+        for kind, items in kinds.items():
+            if original is None:
+                original = await self._original(info)
+            msg = report_message(
+                info=info,
+                original=original,
+                original_size=info.size,
+                items=items,
+                kind=kind,
+                reporting_mta=self._config.reporting_mta,
+                now=now,
+            )
+            if msg is None:
+                continue
+            if info.sender is not None and self._is_local(info.sender):
+                inbox.append(
+                    InboundMessage(
+                        transport=SPOOLER_ROW,
+                        content=msg.content,
+                        sender=None,
+                        recipients=(str(info.sender),),
+                        received_at=now,
+                    )
+                )
+            else:
+                out.append(msg)
+        return out, inbox
+
+    async def _original(self, info: MessageInfo) -> bytes:
+        """The original for a report: whole, or only the beginning that holds what a
+        report returns of a message too large to return (not 50 MB for its headers)."""
+        store = self._runtime.store
+        need = needed_bytes(info.size, RETURN_SIZE_LIMIT)
+        if need is None:
+            return await store.read_content(info.id)
+        buffer = io.BytesIO()
+        async for chunk in store.iter_content(info.id):
+            buffer.write(chunk)
+            if buffer.tell() >= need:
+                break
+        return buffer.getvalue()
+
+    def _mark_delays(
+        self, info: MessageInfo, recipients: Sequence[Any], updates: Sequence[RecipientUpdate]
+    ) -> list[RecipientUpdate]:
+        """Flag the deferrals that call for the (single) delay report of a recipient."""
+        after = self._runtime.policy.delay_warning_after
+        out = list(updates)
+        if after is None or not info.notify & Notify.DELAY or info.is_report:
+            return out
+        by_index = {r.index: r for r in recipients}
+        now = self._runtime.clock.now()
+        for i, update in enumerate(out):
+            recipient = by_index.get(update.index)
+            if (
+                recipient is None
+                or recipient.delay_warned
+                or update.state is not RecipientState.QUEUED
+            ):
+                continue
+            if not (update.status or "").startswith("4"):
+                continue
+            first = recipient.first_failed_at if recipient.first_failed_at is not None else now
+            if now - first >= after:
+                out[i] = replace(update, delay_warned=True)
+        return out
+
+    def _is_local(self, address: Address) -> bool:
+        return any(
+            a.type == address.type and a.value.lower() == address.value.lower()
+            for a in self._config.identities
+        )
+
+
+def _log_settle(
+    message_id: str, transport: str | None, updates: Sequence[RecipientUpdate], reports: int
+) -> None:
+    """DEBUG: what became of each recipient of a message, and the reports made."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    outcomes = ", ".join(
+        f"#{u.index} {u.state}"
+        + (f" {u.status}" if u.status else "")
+        + (f" ({u.diagnostic})" if u.diagnostic else "")
+        for u in updates
+    )
+    via = f"via {transport}" if transport else "by the router"
+    log.debug("message %s settled %s: %s; %d reports", message_id, via, outcomes, reports)
