@@ -54,7 +54,7 @@ from . import (
     load_provider_class,
 )
 from ._private import openness, private_dir
-from .client import (
+from .api.client import (
     MAX_REQUEST_LINE,
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,

@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 
 import click
 
-from ..client import (
+from ..api.client import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_PROFILE,

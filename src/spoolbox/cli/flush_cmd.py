@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.filesize import decimal
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
-from ..client import EXIT_ERROR, EXIT_INTERRUPTED
+from ..api.client import EXIT_ERROR, EXIT_INTERRUPTED
 from ._common import Ctx, emit_json, fail, json_option, pass_ctx
 
 

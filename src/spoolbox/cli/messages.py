@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 import click
 
-from ..client import EXIT_ERROR
+from ..api.client import EXIT_ERROR
 from ..model import Address, AddressError, MessageError, NewMessage, Priority
 from ._common import Ctx, emit_json, fail, json_option, pass_ctx
 

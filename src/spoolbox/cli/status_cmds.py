@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from .. import ENTRY_POINT_GROUP
-from ..client import DaemonNotRunning
+from ..api.client import DaemonNotRunning
 from ._common import Ctx, emit_json, json_option, pass_ctx
 
 

@@ -38,7 +38,7 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import (
+from .. import (
     FlushReport,
     InboxEntry,
     MessageState,
@@ -47,9 +47,9 @@ from . import (
     SQLiteStore,
     UnknownMessage,
 )
-from ._private import private_dir
-from .model import IllegalTransition, MessageSummary
-from .profile import Profile, load_profile
+from .._private import private_dir
+from ..model import IllegalTransition, MessageSummary
+from ..profile import Profile, load_profile
 
 __all__ = [
     "EXIT_CONFLICT",
