@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from spoolbox import Address, NewMessage
-from spoolbox.listener_processes import WorkerSpec, _WorkerProcess
+from spoolbox.daemon.listener_processes import WorkerSpec, _WorkerProcess
 
 N = 400
 
@@ -94,7 +94,7 @@ def test_the_worker_log_never_shows_a_secret(tmp_path: Path) -> None:
             }
         )
         proc = subprocess.Popen(
-            [sys.executable, "-m", "spoolbox.listener_processes"],
+            [sys.executable, "-m", "spoolbox.daemon.listener_processes"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

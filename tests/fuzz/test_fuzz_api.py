@@ -33,7 +33,7 @@ from fuzz_settings import budget
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from spoolbox.daemon import _ApiError, _message_from_args
+from spoolbox.daemon.process import _ApiError, _message_from_args
 from spoolbox.model import AddressError, MessageError, NewMessage
 
 _OPS = [

@@ -39,7 +39,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import IO, Any
 
-from . import (
+from .. import (
     AddressError,
     AlwaysIdle,
     MessageError,
@@ -53,8 +53,8 @@ from . import (
     __version__,
     load_provider_class,
 )
-from ._private import openness, private_dir
-from .api.client import (
+from .._private import openness, private_dir
+from ..api.client import (
     MAX_REQUEST_LINE,
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
@@ -63,7 +63,7 @@ from .api.client import (
     message_to_dict,
     summary_of,
 )
-from .model import (
+from ..model import (
     Address,
     IllegalTransition,
     LogonFlags,
@@ -74,7 +74,7 @@ from .model import (
     ResourceType,
     StatusCode,
 )
-from .profile import ListenerSettings, Profile, ProfileError, load_profile
+from ..profile import ListenerSettings, Profile, ProfileError, load_profile
 
 __all__ = ["Daemon", "DaemonError", "RedactingFilter"]
 
@@ -388,7 +388,7 @@ class Daemon:
             if not settings.enabled:
                 continue
             try:
-                from .ingress.listener import ListenerConfig, SubmissionListener
+                from ..ingress.listener import ListenerConfig, SubmissionListener
 
                 if settings.missing:
                     raise _ListenerUnconfigured(
@@ -435,7 +435,7 @@ class Daemon:
         """The listener in processes of its own (``processes = N``): they commit to the
         store themselves and tell this daemon which transports to wake."""
         from .listener_processes import ListenerProcesses
-        from .routing import RoutingTable
+        from ..routing import RoutingTable
 
         def routes() -> RoutingTable:
             sp = self.spooler

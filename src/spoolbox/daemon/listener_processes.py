@@ -51,10 +51,10 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from .ingress.listener import ListenerConfig, SubmissionListener, listen_socket
-from .model import NewMessage
-from .routing import RouteEntry, RoutingTable
-from .store.sqlite import SQLiteStore
+from ..ingress.listener import ListenerConfig, SubmissionListener, listen_socket
+from ..model import NewMessage
+from ..routing import RouteEntry, RoutingTable
+from ..store.sqlite import SQLiteStore
 
 __all__ = ["ListenerProcesses", "WorkerSpec"]
 
@@ -283,7 +283,7 @@ class ListenerProcesses:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "spoolbox.listener_processes",
+            "spoolbox.daemon.listener_processes",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             pass_fds=(fd,),
@@ -528,7 +528,7 @@ def _worker_main() -> int:
         format=f"%(asctime)s %(levelname)s %(name)s [listener {spec.name} pid %(process)d]: "
         "%(message)s",
     )
-    from .daemon import RedactingFilter, event_loop_runner
+    from .process import RedactingFilter, event_loop_runner
 
     secrets = frozenset(spec.secrets)
     for handler in logging.getLogger().handlers:
