@@ -50,16 +50,9 @@ from ..model import LogonFlags
 from ..profile import Profile, ProfileError, load_profile
 from .api_server import LocalApiServer
 from .listeners import Listeners
-from .runtime import RedactingFilter, configure_logging, event_loop_runner
+from .runtime import configure_logging, event_loop_runner
 
-__all__ = [
-    "Daemon",
-    "DaemonError",
-    "RedactingFilter",
-    "configure_logging",
-    "event_loop_runner",
-    "run_daemon",
-]
+__all__ = ["Daemon", "DaemonError", "run_daemon"]
 
 log = logging.getLogger("spoolbox.daemon")
 
