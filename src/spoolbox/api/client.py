@@ -381,7 +381,7 @@ class Client:
 
         async def listing(store: SQLiteStore) -> list[dict[str, Any]]:
             found = await store.list_messages(state=st, limit=limit, now=time.time())
-            return [message_to_dict(s) for s in found]
+            return [message_to_dict(summary) for summary in found]
 
         return self._offline(listing)
 
@@ -458,7 +458,7 @@ class Client:
                 raise
 
         async def listing(store: SQLiteStore) -> list[dict[str, Any]]:
-            return [inbox_to_dict(e) for e in await store.list_inbox(limit=limit)]
+            return [inbox_to_dict(entry) for entry in await store.list_inbox(limit=limit)]
 
         return self._offline(listing)
 

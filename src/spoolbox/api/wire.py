@@ -138,7 +138,7 @@ def check_version(request: dict[str, Any]) -> None:
         or not isinstance(version, int)
         or version not in SUPPORTED_VERSIONS
     ):
-        known = ", ".join(str(x) for x in SUPPORTED_VERSIONS)
+        known = ", ".join(str(supported) for supported in SUPPORTED_VERSIONS)
         raise ApiError(
             UNSUPPORTED_VERSION,
             f"protocol version {version!r} is not supported; this daemon speaks version {known}",
@@ -173,7 +173,7 @@ def message_to_dict(summary: MessageSummary) -> dict[str, Any]:
         "expires_at": info.expires_at,
         "held": info.held,
         "is_report": info.is_report,
-        "recipients": [recipient_to_dict(r) for r in summary.recipients],
+        "recipients": [recipient_to_dict(recipient) for recipient in summary.recipients],
     }
 
 
@@ -224,7 +224,7 @@ def message_args(message: NewMessage, *, content: bool = True) -> dict[str, Any]
     args: dict[str, Any] = {
         "id": message.id,
         "sender": str(message.sender) if message.sender is not None else None,
-        "recipients": [str(r) for r in message.recipients],
+        "recipients": [str(recipient) for recipient in message.recipients],
         "priority": message.priority.name.lower(),
         "notify": int(message.notify),
         "send_at": message.send_at,
@@ -266,7 +266,7 @@ def message_from_args(args: dict[str, Any]) -> NewMessage:
         kwargs["id"] = message_id
     return NewMessage(
         sender=Address.parse(sender) if sender else None,
-        recipients=tuple(Address.parse(r) for r in recipients),
+        recipients=tuple(Address.parse(recipient) for recipient in recipients),
         content=content,
         priority=Priority[priority],
         notify=flags,
