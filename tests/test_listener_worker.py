@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 from spoolbox import Address, NewMessage
-from spoolbox.listener_processes import WorkerSpec, _WorkerProcess
+from spoolbox.daemon.listener_worker import _WorkerProcess
+from spoolbox.daemon.worker_protocol import WorkerSpec
 
 N = 400
 
@@ -94,7 +95,7 @@ def test_the_worker_log_never_shows_a_secret(tmp_path: Path) -> None:
             }
         )
         proc = subprocess.Popen(
-            [sys.executable, "-m", "spoolbox.listener_processes"],
+            [sys.executable, "-m", "spoolbox.daemon.listener_worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -5,20 +5,24 @@ server to install:
 
 1. opens the spooler with three transports: ``local`` (Maildir delivery, and pickup
    of inbound mail dropped into a directory), ``relay`` (the SMTP transport, relaying
-   to a small SMTP server the demo runs on loopback in place of "the internet") and
+   to "the internet": a second SMTP listener of spoolbox's own on loopback, which
+   files what it gets instead of queueing it) and
    ``fax`` (a simulated fax line that is busy on the first try and holds a critical
    section while it "transmits");
 2. starts the SMTP submission listener on a free loopback port;
 3. submits messages three ways: through the Python API (to Maildir recipients, fax
-   numbers, and one address type no transport serves), through the SMTP listener,
-   and through the ``sendmail`` entry point;
+   numbers, and one address type no transport serves), through the SMTP listener
+   (with the standard library's :mod:`smtplib`), and through the ``sendmail`` entry
+   point;
 4. drops three messages into the pickup directory;
 5. flushes the send and receive queues with a live progress bar per transport,
    driven by the status table;
 6. prints the status table, the queues, the inbox (with the non-delivery report
    the spooler wrote for the undeliverable recipient) and where the mail landed.
 
-Everything lands in ``./spoolbox-demo`` (or the directory given as argument).
+Everything lands in ``./spoolbox-demo`` (or the directory given as argument).  The
+demo needs nothing beyond spoolbox's own dependencies: no SMTP server or client
+library of its own.
 """
 
 from __future__ import annotations
@@ -26,13 +30,12 @@ from __future__ import annotations
 import asyncio
 import io
 import shutil
+import smtplib
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import aiosmtplib
-from aiosmtpd.smtp import SMTP
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
@@ -75,33 +78,37 @@ class DemoFaxSession(BaseTransportSession):
         self.tries: dict[str, int] = {}
 
     async def submit_message(self, message: OutboundMessage, flags: SubmitFlags) -> None:
-        n = self.tries[message.ref] = self.tries.get(message.ref, 0) + 1
-        if n == 1:
+        attempt = self.tries[message.ref] = self.tries.get(message.ref, 0) + 1
+        if attempt == 1:
             await self.support.status_recips(
                 message,
                 [
-                    RecipientResult.deferred(r, "fax; line busy", status="4.4.1", retry_after=3600)
-                    for r in message.recipients
+                    RecipientResult.deferred(
+                        recipient, "fax; line busy", status="4.4.1", retry_after=3600
+                    )
+                    for recipient in message.recipients
                 ],
             )
             return
         email = await message.email()
         results = []
         async with self.support.critical_section():
-            for r in message.recipients:
+            for recipient in message.recipients:
                 for _page in range(3):
                     await asyncio.sleep(0.01)  # the modem works...
                     await self.support.spooler_yield()  # ...and lets the others breathe
-                line = f"{r.value}: {email['subject']}\n"
+                line = f"{recipient.value}: {email['subject']}\n"
                 await self.support.run_blocking(_append, self.out, line)
                 FAXES.append(line)
-                results.append(RecipientResult.delivered(r, f"fax; sent to {r.value}"))
+                results.append(
+                    RecipientResult.delivered(recipient, f"fax; sent to {recipient.value}")
+                )
         await self.support.status_recips(message, results)
 
 
 def _append(path: Path, line: str) -> None:
-    with path.open("a") as f:
-        f.write(line)
+    with path.open("a") as out:
+        out.write(line)
 
 
 class DemoFaxProvider:
@@ -119,26 +126,29 @@ class DemoFaxProvider:
         return None
 
 
-class _Sink:
-    """The demo's stand-in for the internet: an SMTP server that files what it gets."""
+class _Internet:
+    """The demo's stand-in for the internet: spoolbox's own SMTP listener, whose
+    submit files each message it accepts in a directory (``250`` once it is written)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.count = 0
+        self.listener = SubmissionListener(
+            self._file, ListenerConfig(port=0, hostname="internet.example")
+        )
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+    async def _file(self, message: NewMessage) -> None:
         self.count += 1
-        data = envelope.original_content or b""
-        await asyncio.to_thread((self.directory / f"{self.count:03d}.eml").write_bytes, data)
-        return "250 2.0.0 filed"
+        path = self.directory / f"{self.count:03d}.eml"
+        await asyncio.to_thread(path.write_bytes, message.content)
 
 
 def _prepare(base: Path) -> None:
     if base.exists():
         shutil.rmtree(base)
     (base / "pickup" / "new").mkdir(parents=True)
-    for d in ("tmp", "cur"):
-        (base / "pickup" / d).mkdir()
+    for name in ("tmp", "cur"):
+        (base / "pickup" / name).mkdir()
     (base / "internet").mkdir()
 
 
@@ -147,13 +157,13 @@ def _status_table(sp: Spooler) -> Table:
     for col in ("row", "status", "code", "sent", "failed", "recv", "slices", "slow"):
         table.add_column(col)
     for row in sp.status:
-        c = row.counters
+        counters = row.counters
         counts = ("delivered", "failed", "received", "slices", "slow_slices")
         table.add_row(
             row.name,
             row.display_string[:26],
             f"{int(row.status_code):#08x}",
-            *(str(c.get(k, 0)) for k in counts),
+            *(str(counters.get(key, 0)) for key in counts),
         )
     return table
 
@@ -175,16 +185,16 @@ async def _flush_with_bars(sp: Spooler, console: Console, **kw: Any) -> FlushRep
             row = change.new
             if row is None or change.name not in tasks:
                 continue
-            p = row.progress
-            if p is not None:
+            state = row.progress
+            if state is not None:
                 progress.update(
                     tasks[change.name],
-                    completed=p.done,
-                    total=p.total or max(p.done, 1),
-                    text=p.text,
+                    completed=state.done,
+                    total=state.total or max(state.done, 1),
+                    text=state.text,
                 )
 
-    names = [kw["transport"]] if kw.get("transport") else [h.name for h in sp.hosts]
+    names = [kw["transport"]] if kw.get("transport") else [host.name for host in sp.hosts]
     with progress:
         for name in names:
             tasks[name] = progress.add_task("", name=name, total=None, text="waiting")
@@ -194,25 +204,22 @@ async def _flush_with_bars(sp: Spooler, console: Console, **kw: Any) -> FlushRep
         finally:
             watcher.close()
             await follower
-        for r in report.results:
-            done = r.uploaded + r.downloaded
+        for result in report.results:
+            done = result.uploaded + result.downloaded
             progress.update(
-                tasks[r.transport],
+                tasks[result.transport],
                 completed=done,
                 total=max(done, 1),
-                text=f"up {r.uploaded}, down {r.downloaded} in {r.seconds:.2f} s"
-                + (f" ({r.error})" if r.error else ""),
+                text=f"up {result.uploaded}, down {result.downloaded} in {result.seconds:.2f} s"
+                + (f" ({result.error})" if result.error else ""),
             )
     return report
 
 
 async def main(base: Path) -> int:
     console = Console()
-    sink = _Sink(base / "internet")
-    internet = await asyncio.get_running_loop().create_server(
-        lambda: SMTP(sink, hostname="internet.example"), "127.0.0.1", 0
-    )
-    sink_port = internet.sockets[0].getsockname()[1]
+    internet = _Internet(base / "internet")
+    await internet.listener.start()
     me = Address("MAILDIR", "alice")
     config = SpoolerConfig(
         transports=(
@@ -222,7 +229,9 @@ async def main(base: Path) -> int:
                 options={"root": str(base / "mail"), "pickup": str(base / "pickup")},
             ),
             TransportConfig(
-                "relay", "smtp", options={"host": "127.0.0.1", "port": sink_port, "tls": "none"}
+                "relay",
+                "smtp",
+                options={"host": "127.0.0.1", "port": internet.listener.port, "tls": "none"},
             ),
             TransportConfig("fax", DemoFaxProvider, options={"log": str(base / "faxes.txt")}),
         ),
@@ -237,7 +246,7 @@ async def main(base: Path) -> int:
             ready = await sp.wait_ready(timeout=10)
             console.print(
                 "transports logged on: "
-                + ", ".join(f"{n} ({'ok' if ok else 'failed'})" for n, ok in ready.items())
+                + ", ".join(f"{name} ({'ok' if ok else 'failed'})" for name, ok in ready.items())
             )
             listener = SubmissionListener(sp.submit, ListenerConfig(port=0))
             await listener.start()
@@ -261,13 +270,15 @@ async def main(base: Path) -> int:
             console.print()
             console.print(_status_table(sp))
             counts: dict[MessageState, int] = {}
-            for m in await sp.store.list_messages(limit=1000, now=sp.clock.now()):
-                counts[m.state] = counts.get(m.state, 0) + 1
-            console.print("queues: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+            for summary in await sp.store.list_messages(limit=1000, now=sp.clock.now()):
+                counts[summary.state] = counts.get(summary.state, 0) + 1
+            queues = ", ".join(f"{state}={count}" for state, count in sorted(counts.items()))
+            console.print("queues: " + queues)
             console.print("\n[bold]inbox[/]:")
-            for e in await sp.store.list_inbox():
+            for entry in await sp.store.list_inbox():
                 console.print(
-                    f"  ({e.transport}) {e.subject!r} from {e.sender or '<>'}", markup=False
+                    f"  ({entry.transport}) {entry.subject!r} from {entry.sender or '<>'}",
+                    markup=False,
                 )
             stats = sp.statistics()["scheduler"]
             console.print(
@@ -277,12 +288,11 @@ async def main(base: Path) -> int:
                 f"{sp.critsec.entries}"
             )
     finally:
-        internet.close()
-        await internet.wait_closed()
+        await internet.listener.stop()
     console.print("\n[bold]where the mail landed[/]:")
     for box in sorted((base / "mail").iterdir()):
         console.print(f"  {box}/new: {len(list((box / 'new').iterdir()))} messages")
-    console.print(f"  {base / 'internet'}: {sink.count} messages relayed over SMTP")
+    console.print(f"  {base / 'internet'}: {internet.count} messages relayed over SMTP")
     console.print(f"  {base / 'faxes.txt'}: {len(FAXES)} faxes")
     left = len(list((base / "pickup" / "new").iterdir()))
     console.print(f"  {base / 'pickup' / 'new'}: {left} left to pick up")
@@ -293,13 +303,13 @@ async def _submit_all(
     sp: Spooler, me: Address, base: Path, port: int, console: Console
 ) -> list[str]:
     ids = []
-    for i in range(12):
+    for number in range(12):
         rcpts = [Address("MAILDIR", "bob"), Address("MAILDIR", "carol")]
-        if i % 4 == 0:
-            rcpts.append(Address("FAX", f"+1555010{i:02d}"))
+        if number % 4 == 0:
+            rcpts.append(Address("FAX", f"+1555010{number:02d}"))
         content = (
-            f"From: alice@example.org\r\nTo: bob, carol\r\nSubject: report #{i}\r\n"
-            f"Message-ID: <demo-{i}@spoolbox>\r\n\r\nThis is demo message {i}.\r\n"
+            f"From: alice@example.org\r\nTo: bob, carol\r\nSubject: report #{number}\r\n"
+            f"Message-ID: <demo-{number}@spoolbox>\r\n\r\nThis is demo message {number}.\r\n"
         ).encode()
         ids.append((await sp.submit(NewMessage(me, tuple(rcpts), content))).id)
     bad = await sp.submit(
@@ -311,16 +321,9 @@ async def _submit_all(
     )
     ids.append(bad.id)
     console.print(f"submitted {len(ids)} messages through the Python API")
-    before = {m.info.id for m in await sp.store.list_messages(limit=1000, now=0)}
-    for i in range(5):
-        await aiosmtplib.send(
-            f"From: app@example.org\r\nTo: user{i}@example.net\r\n"
-            f"Subject: via SMTP #{i}\r\n\r\nhello from an SMTP client\r\n".encode(),
-            sender="app@example.org",
-            recipients=[f"user{i}@example.net"],
-            hostname="127.0.0.1",
-            port=port,
-        )
+    before = {summary.info.id for summary in await sp.store.list_messages(limit=1000, now=0)}
+    for number in range(5):
+        await asyncio.to_thread(_send_by_smtp, port, number)
     console.print("submitted 5 messages through the SMTP listener (250 after each commit)")
     err = io.StringIO()
     rc = await run_sendmail(
@@ -333,19 +336,30 @@ async def _submit_all(
     if err.getvalue():
         console.print(err.getvalue(), markup=False)
     ids += [
-        m.info.id
-        for m in await sp.store.list_messages(limit=1000, now=0)
-        if m.info.id not in before
+        summary.info.id
+        for summary in await sp.store.list_messages(limit=1000, now=0)
+        if summary.info.id not in before
     ]
     await asyncio.to_thread(_drop_pickup, base)
     console.print(f"dropped 3 messages into {base}/pickup/new")
     return ids
 
 
+def _send_by_smtp(port: int, number: int) -> None:
+    """What an application does: one message to the SMTP listener (a thread's work)."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.sendmail(
+            "app@example.org",
+            [f"user{number}@example.net"],
+            f"From: app@example.org\r\nTo: user{number}@example.net\r\n"
+            f"Subject: via SMTP #{number}\r\n\r\nhello from an SMTP client\r\n".encode(),
+        )
+
+
 def _drop_pickup(base: Path) -> None:
-    for i in range(3):
-        (base / "pickup" / "new" / f"dropped-{i}").write_bytes(
-            f"From: someone@example.net\r\nSubject: dropped #{i}\r\n\r\nhello\r\n".encode()
+    for number in range(3):
+        (base / "pickup" / "new" / f"dropped-{number}").write_bytes(
+            f"From: someone@example.net\r\nSubject: dropped #{number}\r\n\r\nhello\r\n".encode()
         )
 
 

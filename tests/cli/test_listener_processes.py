@@ -14,7 +14,7 @@ from typing import Any
 from conftest import Daemons, Home, wait_until
 from spoolbox.client import Client
 
-WORKER = b"spoolbox.listener_processes"
+WORKER = b"spoolbox.daemon.listener_worker"
 
 
 def _configure(home: Home, processes: int) -> None:

@@ -177,7 +177,7 @@ async def test_a_message_larger_than_the_line_limit_goes_to_the_daemon_as_raw_co
 ) -> None:
     # A submit's content follows the request line as raw bytes: the line limit does
     # not bound the size of a message.
-    monkeypatch.setattr("spoolbox.client.MAX_REQUEST_LINE", 64 * 1024)
+    monkeypatch.setattr("spoolbox.api.client.MAX_REQUEST_LINE", 64 * 1024)
     profile = _profile(data_dir)
     content = b"Subject: big\r\n\r\n" + b"x" * 100 * 1024 + b"\r\n"
     message = NewMessage(sender=None, recipients=(Address.parse("MAILDIR:bob"),), content=content)
@@ -194,7 +194,7 @@ async def test_a_message_larger_than_the_line_limit_goes_to_the_daemon_as_raw_co
 async def test_a_batch_too_large_for_one_line_goes_through_the_store(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("spoolbox.client.MAX_REQUEST_LINE", 64 * 1024)
+    monkeypatch.setattr("spoolbox.api.client.MAX_REQUEST_LINE", 64 * 1024)
     profile = _profile(data_dir)
     contents = [b"Subject: big %d\r\n\r\n" % i + b"x" * 40 * 1024 + b"\r\n" for i in range(2)]
     messages = [

@@ -2,9 +2,9 @@
 
 Two levels:
 
-* ``_message_from_args`` (the decoding of a ``submit`` request's arguments, also each
+* ``message_from_args`` (the decoding of a ``submit`` request's arguments, also each
   item of ``submit_many``) in-process: it returns a message or raises what the daemon
-  answers as ``bad_request`` (``_ApiError``, ``MessageError``, ``AddressError``),
+  answers as ``bad_request`` (``ApiError``, ``MessageError``, ``AddressError``),
   never anything that becomes an ``internal`` error;
 * request lines sent to a real ``spoolbox run`` on a scratch data directory: every
   non-blank line gets one answer line, a JSON object that carries the request's
@@ -33,7 +33,7 @@ from fuzz_settings import budget
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from spoolbox.daemon import _ApiError, _message_from_args
+from spoolbox.api.wire import ApiError, message_from_args
 from spoolbox.model import AddressError, MessageError, NewMessage
 
 _OPS = [
@@ -115,8 +115,8 @@ def test_submit_arguments_decode_or_are_a_bad_request(args: dict[str, Any]) -> N
     message: NewMessage | None = None
     refusal = ""
     try:
-        message = _message_from_args(args)
-    except _ApiError as exc:
+        message = message_from_args(args)
+    except ApiError as exc:
         refusal = f"{exc.code}: {exc}"
     except (MessageError, AddressError) as exc:  # the daemon maps these to bad_request
         refusal = f"bad_request: {exc}"

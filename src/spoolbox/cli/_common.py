@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 
 import click
 
-from ..client import (
+from ..api.client import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_PROFILE,
@@ -65,7 +65,7 @@ def _json_callback(ctx: click.Context, param: click.Parameter, value: bool) -> b
     return value
 
 
-def json_option(f: Any) -> Any:
+def json_option(command: Any) -> Any:
     return click.option(
         "--json",
         "as_json",
@@ -73,7 +73,7 @@ def json_option(f: Any) -> Any:
         is_eager=True,
         callback=_json_callback,
         help="Print JSON (schemas in docs/operations.md).",
-    )(f)
+    )(command)
 
 
 class SpoolboxGroup(click.Group):

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from .._private import openness, private_dir, write_private
-from ..client import EXIT_ERROR
+from ..api.client import EXIT_ERROR
 from ..profile import DEFAULT_PROFILE_NAME, ask_missing_secrets, default_profile_text, load_profile
 from ._common import Ctx, emit_json, fail, json_option, pass_ctx
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.filesize import decimal
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
-from ..client import EXIT_ERROR, EXIT_INTERRUPTED
+from ..api.client import EXIT_ERROR, EXIT_INTERRUPTED
 from ._common import Ctx, emit_json, fail, json_option, pass_ctx
 
 
@@ -40,42 +40,50 @@ class _Bars:
         task = self.tasks.get(row.get("name", ""))
         if task is None:
             return
-        p = row.get("progress")
+        progress = row.get("progress")
         fields: dict[str, Any] = {"status": row.get("status", "")}
-        if p:
+        if progress:
             now = time.monotonic()
-            t0 = self.started.setdefault(row["name"], now)
-            rate = p["bytes_done"] / (now - t0) if now > t0 else 0.0
-            fields["bytes"] = f"{decimal(p['bytes_done'])} {decimal(int(rate))}/s"
-            self.progress.update(task, completed=p["done"], total=p["total"], **fields)
+            started = self.started.setdefault(row["name"], now)
+            rate = progress["bytes_done"] / (now - started) if now > started else 0.0
+            fields["bytes"] = f"{decimal(progress['bytes_done'])} {decimal(int(rate))}/s"
+            self.progress.update(
+                task, completed=progress["done"], total=progress["total"], **fields
+            )
         else:
             self.progress.update(task, **fields)
 
     def finish(self, report: dict[str, Any]) -> None:
         if self.progress is None:
             return
-        for r in report["results"]:
-            task = self.tasks.get(r["transport"])
+        for result in report["results"]:
+            task = self.tasks.get(result["transport"])
             if task is None:
                 continue
-            n = r["uploaded"] + r["downloaded"]
-            status = "cancelled" if r["cancelled"] else ("error" if r["error"] else "done")
+            count = result["uploaded"] + result["downloaded"]
+            status = (
+                "cancelled" if result["cancelled"] else ("error" if result["error"] else "done")
+            )
             total = self.progress.tasks[task].total
             self.progress.update(
                 task,
-                completed=max(n, int(total or 0)) if status == "done" else n,
-                total=max(n, int(total or 0)) if status == "done" else total,
-                bytes=decimal(r["bytes"]),
+                completed=max(count, int(total or 0)) if status == "done" else count,
+                total=max(count, int(total or 0)) if status == "done" else total,
+                bytes=decimal(result["bytes"]),
                 status=status,
             )
 
 
 def _summary(report: dict[str, Any]) -> None:
-    for r in report["results"]:
-        state = "cancelled" if r["cancelled"] else (f"error: {r['error']}" if r["error"] else "ok")
+    for result in report["results"]:
+        state = (
+            "cancelled"
+            if result["cancelled"]
+            else (f"error: {result['error']}" if result["error"] else "ok")
+        )
         click.echo(
-            f"{r['transport']}: {r['uploaded']} sent, {r['downloaded']} received, "
-            f"{decimal(r['bytes'])} in {r['seconds']:.1f} s ({state})"
+            f"{result['transport']}: {result['uploaded']} sent, {result['downloaded']} received, "
+            f"{decimal(result['bytes'])} in {result['seconds']:.1f} s ({state})"
         )
 
 
@@ -133,5 +141,5 @@ def flush_cmd(obj: Ctx, mode: str, transport: str | None, as_json: bool) -> None
     if cancelled or (report is not None and report["cancelled"]):
         click.echo("spoolbox: flush cancelled", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    if report is not None and any(r["error"] for r in report["results"]):
+    if report is not None and any(result["error"] for result in report["results"]):
         fail("the flush failed for some transports", EXIT_ERROR, kind="flush")

@@ -17,11 +17,11 @@ from typing import BinaryIO
 
 import click
 
-from ..client import EXIT_ERROR
+from ..api.client import EXIT_ERROR
 from ..model import Address, AddressError, MessageError, NewMessage, Priority
 from ._common import Ctx, emit_json, fail, json_option, pass_ctx
 
-_PRIORITIES = [p.name.lower() for p in Priority]
+_PRIORITIES = [priority.name.lower() for priority in Priority]
 #: Attachments are read and encoded this many bytes at a time: a multiple of the 57
 #: bytes of one base64 line, so that the blocks' lines are the whole file's lines.
 _BASE64_BLOCK = 57 * 1024
@@ -29,11 +29,11 @@ _BASE64_BLOCK = 57 * 1024
 
 def _addresses(values: tuple[str, ...], default_type: str) -> list[Address]:
     out = []
-    for v in values:
+    for value in values:
         try:
-            out.append(Address.parse(v, default_type=default_type))
+            out.append(Address.parse(value, default_type=default_type))
         except AddressError as exc:
-            fail(f"bad address {v!r}: {exc}", EXIT_ERROR, kind="bad_request")
+            fail(f"bad address {value!r}: {exc}", EXIT_ERROR, kind="bad_request")
     return out
 
 

@@ -15,11 +15,11 @@ from rich.table import Table
 from ..model import MessageState
 from ._common import Ctx, emit_json, json_option, pass_ctx
 
-_STATES = [s.value for s in MessageState]
+_STATES = [state.value for state in MessageState]
 
 
-def _when(t: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
+def _when(timestamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else ""
 
 
 @click.group("queue", invoke_without_command=True)
@@ -44,37 +44,42 @@ def queue_list(obj: Ctx, state: str | None, limit: int, as_json: bool = False) -
     table = Table(title="spoolbox queue")
     for col in ("id", "state", "submitted", "size", "recipients", "subject"):
         table.add_column(col, overflow="fold")
-    for m in msgs:
+    for message in msgs:
         table.add_row(
-            m["id"],
-            m["state"],
-            _when(m["submitted_at"]),
-            str(m["size"]),
-            ", ".join(f"{r['address']} ({r['state']})" for r in m["recipients"]),
-            m["subject"],
+            message["id"],
+            message["state"],
+            _when(message["submitted_at"]),
+            str(message["size"]),
+            ", ".join(
+                f"{recipient['address']} ({recipient['state']})"
+                for recipient in message["recipients"]
+            ),
+            message["subject"],
         )
     Console().print(table)
 
 
-def _show_message(m: dict[str, Any]) -> None:
-    click.echo(f"id:        {m['id']}")
-    click.echo(f"state:     {m['state']}{' (held)' if m['held'] else ''}")
-    click.echo(f"sender:    {m['sender'] or '<>'}")
-    click.echo(f"subject:   {m['subject']}")
-    click.echo(f"size:      {m['size']}")
-    click.echo(f"priority:  {m['priority']}")
-    click.echo(f"submitted: {_when(m['submitted_at'])}")
-    click.echo(f"expires:   {_when(m['expires_at'])}")
-    for r in m["recipients"]:
-        line = f"  [{r['index']}] {r['address']}: {r['state']}"
-        if r["route"]:
-            line += f" via {r['route']}"
-        if r["attempts"]:
-            line += f", {r['attempts']} attempts"
-        if r["retry_at"]:
-            line += f", next try {_when(r['retry_at'])}"
-        if r["status"] or r["diagnostic"]:
-            line += f" ({r['status'] or ''} {r['diagnostic'] or ''})".replace("( ", "(")
+def _show_message(message: dict[str, Any]) -> None:
+    click.echo(f"id:        {message['id']}")
+    click.echo(f"state:     {message['state']}{' (held)' if message['held'] else ''}")
+    click.echo(f"sender:    {message['sender'] or '<>'}")
+    click.echo(f"subject:   {message['subject']}")
+    click.echo(f"size:      {message['size']}")
+    click.echo(f"priority:  {message['priority']}")
+    click.echo(f"submitted: {_when(message['submitted_at'])}")
+    click.echo(f"expires:   {_when(message['expires_at'])}")
+    for recipient in message["recipients"]:
+        line = f"  [{recipient['index']}] {recipient['address']}: {recipient['state']}"
+        if recipient["route"]:
+            line += f" via {recipient['route']}"
+        if recipient["attempts"]:
+            line += f", {recipient['attempts']} attempts"
+        if recipient["retry_at"]:
+            line += f", next try {_when(recipient['retry_at'])}"
+        if recipient["status"] or recipient["diagnostic"]:
+            line += f" ({recipient['status'] or ''} {recipient['diagnostic'] or ''})".replace(
+                "( ", "("
+            )
         click.echo(line)
 
 
@@ -84,11 +89,11 @@ def _show_message(m: dict[str, Any]) -> None:
 @pass_ctx
 def queue_show(obj: Ctx, message_id: str, as_json: bool) -> None:
     """Show one message and each recipient's state."""
-    m = obj.client().show(message_id)
+    message = obj.client().show(message_id)
     if as_json:
-        emit_json(m)
+        emit_json(message)
     else:
-        _show_message(m)
+        _show_message(message)
 
 
 def _action(name: str, doc: str) -> click.Command:
@@ -101,9 +106,11 @@ def _action(name: str, doc: str) -> click.Command:
         if as_json:
             emit_json({"results": results})
         else:
-            for r in results:
-                extra = f" ({r['retried']} recipients made ready)" if "retried" in r else ""
-                click.echo(f"{r['id']}: {r['state']}{extra}")
+            for result in results:
+                extra = (
+                    f" ({result['retried']} recipients made ready)" if "retried" in result else ""
+                )
+                click.echo(f"{result['id']}: {result['state']}{extra}")
 
     cmd.__doc__ = doc
     return click.command(name)(cmd)
@@ -136,14 +143,14 @@ def inbox_list(obj: Ctx, limit: int, as_json: bool = False) -> None:
     table = Table(title="spoolbox inbox")
     for col in ("id", "received", "via", "from", "size", "subject"):
         table.add_column(col, overflow="fold")
-    for m in msgs:
+    for entry in msgs:
         table.add_row(
-            m["id"],
-            _when(m["received_at"]),
-            m["transport"],
-            m["sender"] or "",
-            str(m["size"]),
-            m["subject"],
+            entry["id"],
+            _when(entry["received_at"]),
+            entry["transport"],
+            entry["sender"] or "",
+            str(entry["size"]),
+            entry["subject"],
         )
     Console().print(table)
 
@@ -166,7 +173,7 @@ def inbox_show(obj: Ctx, entry_id: str) -> None:
 def inbox_export(obj: Ctx, dest: Path, ids: tuple[str, ...], as_json: bool) -> None:
     """Write inbox messages to DEST as ID.eml files."""
     client = obj.client()
-    wanted = list(ids) or [m["id"] for m in client.inbox(limit=1_000_000)]
+    wanted = list(ids) or [entry["id"] for entry in client.inbox(limit=1_000_000)]
     dest.mkdir(parents=True, exist_ok=True)
     files = []
     for mid in wanted:

@@ -12,35 +12,35 @@ from rich.live import Live
 from rich.table import Table
 
 from .. import ENTRY_POINT_GROUP
-from ..client import DaemonNotRunning
+from ..api.client import DaemonNotRunning
 from ._common import Ctx, emit_json, json_option, pass_ctx
 
 
-def _progress(p: dict[str, Any] | None) -> str:
-    if not p:
+def _progress(progress: dict[str, Any] | None) -> str:
+    if not progress:
         return ""
-    total = p.get("total")
-    text = f"{p['done']}/{total if total is not None else '?'}"
-    if p.get("text"):
-        text += f" {p['text']}"
+    total = progress.get("total")
+    text = f"{progress['done']}/{total if total is not None else '?'}"
+    if progress.get("text"):
+        text += f" {progress['text']}"
     return text
 
 
-def _counters(c: dict[str, int]) -> str:
-    return " ".join(f"{k}={v}" for k, v in sorted(c.items()) if v)
+def _counters(counters: dict[str, int]) -> str:
+    return " ".join(f"{name}={value}" for name, value in sorted(counters.items()) if value)
 
 
 def status_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="spoolbox status", expand=False)
     for col in ("name", "status", "progress", "counters", "detail"):
         table.add_column(col, overflow="fold")
-    for r in rows:
+    for row in rows:
         table.add_row(
-            r["name"],
-            r["status"],
-            _progress(r.get("progress")),
-            _counters(r.get("counters") or {}),
-            r.get("detail") or "",
+            row["name"],
+            row["status"],
+            _progress(row.get("progress")),
+            _counters(row.get("counters") or {}),
+            row.get("detail") or "",
         )
     return table
 
@@ -63,7 +63,7 @@ def status_cmd(obj: Ctx, watch: bool, as_json: bool) -> None:
     try:
         if as_json:
             for ev in events:
-                click.echo(json.dumps({k: v for k, v in ev.items() if k != "id"}))
+                click.echo(json.dumps({key: value for key, value in ev.items() if key != "id"}))
             return
         current: dict[str, dict[str, Any]] = {}
         with Live(status_table([]), auto_refresh=False) as live:
@@ -80,7 +80,7 @@ def status_cmd(obj: Ctx, watch: bool, as_json: bool) -> None:
 def installed_providers() -> list[dict[str, str]]:
     return [
         {"name": ep.name, "class": ep.value}
-        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda point: point.name)
     ]
 
 
@@ -98,16 +98,16 @@ def transports_cmd(obj: Ctx, as_json: bool) -> None:
         source = "profile"
         configured = [
             {
-                "name": t.name,
+                "name": transport.name,
                 "provider": str(raw.get("provider")),
                 "class": None,
                 "logged_on": None,
-                "address_types": list(t.address_types or ()),
+                "address_types": list(transport.address_types or ()),
                 "address_types_source": "profile",
-                "outbound": t.outbound,
-                "inbound": t.inbound,
+                "outbound": transport.outbound,
+                "inbound": transport.inbound,
             }
-            for t, raw in zip(
+            for transport, raw in zip(
                 obj.profile().spooler.transports, obj.profile().raw_transports, strict=True
             )
         ]
@@ -118,20 +118,22 @@ def transports_cmd(obj: Ctx, as_json: bool) -> None:
     table = Table(title=f"installed providers (entry-point group {ENTRY_POINT_GROUP})")
     table.add_column("name")
     table.add_column("class", overflow="fold")
-    for p in providers:
-        table.add_row(p["name"], p["class"])
+    for provider in providers:
+        table.add_row(provider["name"], provider["class"])
     console.print(table)
     table = Table(title=f"configured transports, in transport order (from the {source})")
     for col in ("name", "provider", "address types", "out", "in", "logged on"):
         table.add_column(col)
-    for t in configured:
-        logged = "" if t["logged_on"] is None else ("yes" if t["logged_on"] else "no")
+    for transport in configured:
+        logged = (
+            "" if transport["logged_on"] is None else ("yes" if transport["logged_on"] else "no")
+        )
         table.add_row(
-            t["name"],
-            t["provider"],
-            ", ".join(t["address_types"]) or "(from the session)",
-            "yes" if t["outbound"] else "no",
-            "yes" if t["inbound"] else "no",
+            transport["name"],
+            transport["provider"],
+            ", ".join(transport["address_types"]) or "(from the session)",
+            "yes" if transport["outbound"] else "no",
+            "yes" if transport["inbound"] else "no",
             logged,
         )
     console.print(table)

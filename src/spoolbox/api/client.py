@@ -15,9 +15,9 @@ speaks JSON lines: the client writes one request object per line and reads respo
 objects, one per line.  The protocol is documented in docs/operations.md ("Local
 API"); :data:`PROTOCOL_VERSION` is its version.
 
-This module also holds the JSON forms of messages, recipients, inbox entries and
-flush reports (``*_to_dict``), shared by the daemon and the ``spoolbox`` command, so
-the ``--json`` output and the API answers are one schema.
+The wire schema (the protocol's version, limits, error codes and the JSON forms of
+messages, recipients, inbox entries and flush reports) is :mod:`spoolbox.api.wire`,
+which the daemon imports too; the names users had from here are re-exported.
 
 The client is synchronous (plain sockets): it serves scripts and the command line,
 which need no event loop.  Submitting falls back to the store when no daemon runs:
@@ -39,19 +39,32 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import (
-    FlushReport,
-    InboxEntry,
+from .. import (
     MessageState,
     NewMessage,
-    RecipientRecord,
     SQLiteStore,
     UnknownMessage,
 )
-from ._private import private_dir
-from .model import IllegalTransition, MessageSummary
-from .profile import Profile, load_profile
-from .store.sqlite import StoreFile, transactions
+from .._private import private_dir
+from ..model import IllegalTransition
+from ..profile import Profile, load_profile
+from ..store.sqlite import StoreFile, transactions
+from .wire import (
+    CONFLICT,
+    MAX_REQUEST_LINE,
+    NOT_FOUND,
+    NOT_RUNNING,
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
+    TOO_LARGE,
+    flush_report_to_dict,
+    inbox_to_dict,
+    message_to_dict,
+    recipient_to_dict,
+    request_line,
+    summary_of,
+)
+from .wire import message_args as _message_args
 
 __all__ = [
     "EXIT_CONFLICT",
@@ -78,14 +91,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-PROTOCOL_VERSION = 1
-#: The protocol versions the daemon answers (a request's ``"v"``; none means 1).
-SUPPORTED_VERSIONS = (1,)
-#: The longest request line the daemon reads, newline included.  A longer line is
-#: answered ``too_large`` and the connection closed.  A ``submit``'s message follows
-#: its line as raw bytes; :meth:`Client.submit_many` puts a batch too large for one
-#: line into the store directly.
-MAX_REQUEST_LINE = 64 * 1024 * 1024
 
 # Exit codes of the spoolbox command (docs/operations.md, "Exit codes").
 EXIT_OK = 0
@@ -111,107 +116,36 @@ class ClientError(Exception):
 
 
 class DaemonNotRunning(ClientError):
-    code = "not_running"
+    code = NOT_RUNNING
     exit_code = EXIT_NOT_RUNNING
 
 
 class NotFound(ClientError):
-    code = "not_found"
+    code = NOT_FOUND
     exit_code = EXIT_NOT_FOUND
 
 
 class Conflict(ClientError):
-    code = "conflict"
+    code = CONFLICT
     exit_code = EXIT_CONFLICT
 
 
 class RequestTooLarge(ClientError):
     """The request would be longer than :data:`MAX_REQUEST_LINE` (nothing was sent)."""
 
-    code = "too_large"
+    code = TOO_LARGE
 
 
 _ERRORS: dict[str, type[ClientError]] = {
-    "too_large": RequestTooLarge,
-    "not_found": NotFound,
-    "conflict": Conflict,
-    "not_running": DaemonNotRunning,
+    TOO_LARGE: RequestTooLarge,
+    NOT_FOUND: NotFound,
+    CONFLICT: Conflict,
+    NOT_RUNNING: DaemonNotRunning,
 }
 
 
 def error_from(code: str, message: str) -> ClientError:
     return _ERRORS.get(code, ClientError)(message, code)
-
-
-# -- JSON forms ---------------------------------------------------------------------------
-def recipient_to_dict(r: RecipientRecord) -> dict[str, Any]:
-    return {
-        "index": r.index,
-        "address": str(r.address),
-        "state": str(r.state),
-        "route": r.route,
-        "attempts": r.attempts,
-        "retry_at": r.retry_at or None,
-        "status": r.status,
-        "diagnostic": r.diagnostic,
-    }
-
-
-def message_to_dict(s: MessageSummary) -> dict[str, Any]:
-    i = s.info
-    return {
-        "id": i.id,
-        "state": str(s.state),
-        "sender": str(i.sender) if i.sender is not None else None,
-        "subject": i.subject,
-        "size": i.size,
-        "priority": i.priority.name.lower(),
-        "submitted_at": i.submitted_at,
-        "send_at": i.send_at,
-        "expires_at": i.expires_at,
-        "held": i.held,
-        "is_report": i.is_report,
-        "recipients": [recipient_to_dict(r) for r in s.recipients],
-    }
-
-
-def inbox_to_dict(e: InboxEntry) -> dict[str, Any]:
-    return {
-        "id": e.id,
-        "transport": e.transport,
-        "sender": e.sender,
-        "recipients": list(e.recipients),
-        "received_at": e.received_at,
-        "size": e.size,
-        "subject": e.subject,
-        "remote_id": e.remote_id,
-    }
-
-
-def flush_report_to_dict(report: FlushReport) -> dict[str, Any]:
-    return {
-        "cancelled": report.cancelled,
-        "results": [
-            {
-                "transport": r.transport,
-                "uploaded": r.uploaded,
-                "downloaded": r.downloaded,
-                "bytes": r.bytes,
-                "cancelled": r.cancelled,
-                "error": r.error,
-                "seconds": round(r.seconds, 3),
-            }
-            for r in report.results
-        ],
-    }
-
-
-async def summary_of(store: Any, message_id: str, now: float) -> MessageSummary:
-    """A :class:`MessageSummary` of one message (raises UnknownMessage)."""
-    info = await store.get_message(message_id)
-    recs = await store.recipients(message_id)
-    state = await store.state_of(message_id, now=now)
-    return MessageSummary(info=info, state=state, recipients=recs)
 
 
 # -- the client ----------------------------------------------------------------------------
@@ -254,7 +188,7 @@ class Client:
         rid = self._next_id
         if content is not None:
             args = {**args, "content_length": len(content)}
-        line = json.dumps({"v": PROTOCOL_VERSION, "id": rid, "op": op, "args": args}).encode()
+        line = request_line(rid, op, args)
         if len(line) + 1 > MAX_REQUEST_LINE:
             raise RequestTooLarge(
                 f"the {op} request is {len(line) + 1} bytes, over the local API's limit of "
@@ -465,7 +399,7 @@ class Client:
 
         async def listing(store: SQLiteStore) -> list[dict[str, Any]]:
             found = await store.list_messages(state=st, limit=limit, now=time.time())
-            return [message_to_dict(s) for s in found]
+            return [message_to_dict(summary) for summary in found]
 
         return self._offline(listing)
 
@@ -542,7 +476,7 @@ class Client:
                 raise
 
         async def listing(store: SQLiteStore) -> list[dict[str, Any]]:
-            return [inbox_to_dict(e) for e in await store.list_inbox(limit=limit)]
+            return [inbox_to_dict(entry) for entry in await store.list_inbox(limit=limit)]
 
         return self._offline(listing)
 
@@ -572,19 +506,3 @@ class Client:
         """Ask the daemon to re-read its profile (as SIGHUP does)."""
         result: dict[str, Any] = self.call("reload")
         return result
-
-
-def _message_args(message: NewMessage, *, content: bool = True) -> dict[str, Any]:
-    """A message as the local API's ``submit`` takes it (without ``content``: the
-    request carries it after its line)."""
-    args: dict[str, Any] = {
-        "id": message.id,
-        "sender": str(message.sender) if message.sender is not None else None,
-        "recipients": [str(r) for r in message.recipients],
-        "priority": message.priority.name.lower(),
-        "notify": int(message.notify),
-        "send_at": message.send_at,
-    }
-    if content:
-        args["content"] = base64.b64encode(message.content).decode("ascii")
-    return args

@@ -1,0 +1,259 @@
+"""The local API's plain operations: one function per ``op``, in the table :data:`OPS`.
+
+Each takes the running daemon (as the little it needs of it, :class:`DaemonView`) and
+the request's ``args``, and returns the ``result`` (docs/operations.md, "Local API").
+Errors of the spooler and the store become the API's error codes in
+:func:`dispatch`.  The streaming operations (``flush``, ``watch``) hold the
+connection and live in :mod:`spoolbox.daemon.api_server`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from .. import (
+    AddressError,
+    MessageError,
+    NewMessage,
+    Spooler,
+    StoreError,
+    UnknownMessage,
+    __version__,
+)
+from ..api.wire import (
+    BAD_REQUEST,
+    CONFLICT,
+    MAX_SUBMIT_MANY,
+    NOT_FOUND,
+    PROFILE,
+    PROTOCOL_VERSION,
+    STORE,
+    ApiError,
+    inbox_to_dict,
+    limit_of,
+    message_from_args,
+    message_to_dict,
+    optional,
+    required,
+    summary_of,
+)
+from ..model import IllegalTransition, MessageState
+from ..profile import Profile
+
+__all__ = ["OPS", "DaemonView", "dispatch"]
+
+log = logging.getLogger("spoolbox.daemon")
+
+
+class DaemonView(Protocol):
+    """What the operations read of the daemon, and the one thing they ask of it."""
+
+    profile: Profile
+    started_at: float
+    reloads: int
+
+    async def current(self) -> Spooler:
+        """The running spooler (waits while a reload swaps it)."""
+
+    async def reload(self) -> bool:
+        """Re-read the profile and restart on it; False if it is invalid."""
+
+    def listener_statistics(self) -> dict[str, Any]:
+        """Each running listener's statistics, by name."""
+
+
+async def dispatch(daemon: DaemonView, op: str, args: dict[str, Any]) -> Any:
+    """The result of the plain operation ``op``; raises :class:`ApiError`."""
+    handler = OPS.get(op)
+    if handler is None:
+        raise ApiError(BAD_REQUEST, f"unknown op {op!r}; known: {', '.join(sorted(OPS))}")
+    log.debug("local API: %s %s", op, sorted(args))
+    try:
+        return await handler(daemon, args)
+    except UnknownMessage as exc:
+        raise ApiError(NOT_FOUND, str(exc)) from None
+    except IllegalTransition as exc:
+        raise ApiError(CONFLICT, str(exc)) from None
+    except (MessageError, AddressError) as exc:
+        raise ApiError(BAD_REQUEST, str(exc)) from None
+    except StoreError as exc:
+        raise ApiError(STORE, str(exc)) from None
+
+
+async def ping(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
+    spooler = await daemon.current()
+    return {
+        "pid": os.getpid(),
+        "node": spooler.owner,
+        "profile": str(daemon.profile.path),
+        "version": __version__,
+        "protocol": PROTOCOL_VERSION,
+        "started_at": daemon.started_at,
+        "reloads": daemon.reloads,
+        "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
+    }
+
+
+async def submit(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
+    spooler = await daemon.current()
+    info = await spooler.submit(message_from_args(args))
+    return {"id": info.id, "state": str(MessageState.QUEUED), "via": "daemon"}
+
+
+async def submit_many(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
+    spooler = await daemon.current()
+    items = required(args, "messages", list)
+    if len(items) > MAX_SUBMIT_MANY:
+        raise ApiError(
+            BAD_REQUEST,
+            f"{len(items)} messages in one submit_many; at most {MAX_SUBMIT_MANY}",
+        )
+    messages: list[NewMessage] = []
+    for index, item in enumerate(items):
+        where = f"messages[{index}]"
+        if not isinstance(item, dict):
+            raise ApiError(BAD_REQUEST, f"{where} must be an object")
+        try:
+            messages.append(message_from_args(item))
+        except ApiError as exc:
+            raise ApiError(exc.code, f"{where}: {exc}") from None
+        except (MessageError, AddressError, ValueError) as exc:
+            raise ApiError(BAD_REQUEST, f"{where}: {exc}") from None
+    infos = await spooler.submit_many(messages)
+    return {"ids": [info.id for info in infos], "state": str(MessageState.QUEUED), "via": "daemon"}
+
+
+async def status(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
+    spooler = await daemon.current()
+    return {"rows": [row.to_dict() for row in spooler.status]}
+
+
+async def statistics(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
+    spooler = await daemon.current()
+    raw = dict(spooler.statistics())
+    store_stats = getattr(spooler.store, "statistics", None)
+    if callable(store_stats):
+        raw["store"] = store_stats()
+    raw["listeners"] = daemon.listener_statistics()
+    stats: dict[str, Any] = json.loads(json.dumps(raw, default=str))
+    return stats
+
+
+async def queue_list(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
+    spooler = await daemon.current()
+    state = optional(args, "state", str)
+    try:
+        queue = MessageState(state) if state else None
+    except ValueError:
+        raise ApiError(BAD_REQUEST, f"unknown queue {state!r}") from None
+    limit = limit_of(args)
+    found = await spooler.store.list_messages(state=queue, limit=limit, now=spooler.clock.now())
+    return {"messages": [message_to_dict(summary) for summary in found]}
+
+
+async def queue_show(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
+    spooler = await daemon.current()
+    message_id = required(args, "id", str)
+    return message_to_dict(await summary_of(spooler.store, message_id, spooler.clock.now()))
+
+
+async def _after(spooler: Spooler, message_id: str, **extra: Any) -> dict[str, Any]:
+    state = await spooler.store.state_of(message_id, now=spooler.clock.now())
+    return {"id": message_id, "state": str(state), **extra}
+
+
+async def queue_hold(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
+    spooler = await daemon.current()
+    message_id = required(args, "id", str)
+    await spooler.hold(message_id)
+    return await _after(spooler, message_id)
+
+
+async def queue_release(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
+    spooler = await daemon.current()
+    message_id = required(args, "id", str)
+    await spooler.release(message_id)
+    return await _after(spooler, message_id)
+
+
+async def queue_cancel(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
+    spooler = await daemon.current()
+    message_id = required(args, "id", str)
+    state = await spooler.cancel(message_id)
+    return {"id": message_id, "state": str(state)}
+
+
+async def queue_retry(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
+    spooler = await daemon.current()
+    message_id = required(args, "id", str)
+    retried = await spooler.retry(message_id)
+    return await _after(spooler, message_id, retried=retried)
+
+
+async def inbox_list(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
+    spooler = await daemon.current()
+    limit = limit_of(args)
+    entries = await spooler.store.list_inbox(limit=limit)
+    return {"messages": [inbox_to_dict(entry) for entry in entries]}
+
+
+async def inbox_read(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
+    spooler = await daemon.current()
+    data = await spooler.store.read_inbox(required(args, "id", str))
+    return {"content": base64.b64encode(data).decode("ascii")}
+
+
+async def transports(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
+    spooler = await daemon.current()
+    out = []
+    specs = {str(spec.get("name")): spec.get("provider") for spec in daemon.profile.raw_transports}
+    for host in spooler.hosts:
+        declared = host.entry.address_types
+        types = sorted(host.types) if host.types is not None else list(declared or ())
+        provider = type(host.provider)
+        out.append(
+            {
+                "name": host.name,
+                "provider": specs.get(host.name, str(host.entry.provider)),
+                "class": f"{provider.__module__}:{provider.__qualname__}",
+                "logged_on": host.session is not None,
+                "address_types": types,
+                "address_types_source": "session" if host.types is not None else "profile",
+                "outbound": host.entry.outbound,
+                "inbound": host.entry.inbound,
+            }
+        )
+    return {"transports": out}
+
+
+async def reload(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
+    if not await daemon.reload():
+        raise ApiError(PROFILE, "the profile is invalid or failed to start; see the log")
+    return {"reloads": daemon.reloads}
+
+
+_Handler = Callable[[DaemonView, dict[str, Any]], Awaitable[Any]]
+#: op -> its function
+OPS: dict[str, _Handler] = {
+    "ping": ping,
+    "submit": submit,
+    "submit_many": submit_many,
+    "status": status,
+    "statistics": statistics,
+    "queue.list": queue_list,
+    "queue.show": queue_show,
+    "queue.hold": queue_hold,
+    "queue.release": queue_release,
+    "queue.cancel": queue_cancel,
+    "queue.retry": queue_retry,
+    "inbox.list": inbox_list,
+    "inbox.read": inbox_read,
+    "transports": transports,
+    "reload": reload,
+}

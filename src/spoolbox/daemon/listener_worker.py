@@ -1,0 +1,206 @@
+"""The listener worker program: ``python -m spoolbox.daemon.listener_worker``.
+
+One process of a listener with ``processes = N``
+(:mod:`spoolbox.daemon.listener_processes` starts and supervises it).  It reads its
+:class:`~spoolbox.daemon.worker_protocol.WorkerSpec` from stdin, runs an ordinary
+:class:`~spoolbox.ingress.listener.SubmissionListener` on the listening socket it
+inherited, routes each submission with the daemon's routing table and commits it to
+the SQLite store itself (``250`` after the durable commit), and tells the daemon on
+its stdout which transports have new work.  The end of its stdin (or SIGTERM) stops
+it: it stops accepting, lets transactions in progress finish and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any, cast
+
+from ..ingress.listener import ListenerConfig, SubmissionListener
+from ..model import NewMessage
+from ..store.sqlite import SQLiteStore
+from .runtime import RedactingFilter, event_loop_runner
+from .worker_protocol import STATS_INTERVAL, WorkerSpec, table_from_json
+
+log = logging.getLogger("spoolbox.listener")
+
+
+class _WorkerProcess:
+    """The worker process: a listener on the inherited socket, submitting to the store."""
+
+    def __init__(self, spec: WorkerSpec, out: int) -> None:
+        self.spec = spec
+        self.table = table_from_json(spec.routes)
+        self._out = out
+        self._count = 0
+        self._to: set[str] = set()
+        self._unrouted = False
+        self._flush_scheduled = False
+        self._stats_sent: dict[str, int] = {}
+        self.listener: SubmissionListener | None = None
+        self.store = SQLiteStore(spec.store, synchronous=spec.synchronous)
+        # Lines the daemon has not read yet.  The pipe is non-blocking: a daemon that
+        # stops reading (stopped, or busy) must not stop this process's loop, which
+        # goes on accepting mail; what it commits meanwhile is counted, then told in
+        # one line when the pipe drains.
+        self._unsent = bytearray()
+        self._waiting_to_write = False
+        os.set_blocking(out, False)
+
+    def _write(self, obj: Mapping[str, Any]) -> None:
+        self._unsent += json.dumps(obj).encode() + b"\n"
+        self._drain()
+
+    def _drain(self) -> None:
+        try:
+            while self._unsent:
+                del self._unsent[: os.write(self._out, self._unsent)]
+        except BlockingIOError:
+            if not self._waiting_to_write:
+                asyncio.get_running_loop().add_writer(self._out, self._drain)
+                self._waiting_to_write = True
+            return
+        except OSError:  # the daemon is gone (EPIPE): nobody to tell
+            self._unsent.clear()
+        if self._waiting_to_write:
+            asyncio.get_running_loop().remove_writer(self._out)
+            self._waiting_to_write = False
+        if self._count:
+            self._flush()  # what was committed while the pipe was full, in one line
+
+    async def submit(self, message: NewMessage) -> object:
+        routes = self.table.routes_at_submit(a.type for a in message.recipients)
+        info = await self.store.submit(
+            message, now=time.time(), lifetime=self.spec.lifetime, routes=routes
+        )
+        self._count += 1
+        for route in routes:
+            if route is None:
+                self._unrouted = True
+            else:
+                self._to.add(route)
+        if not self._flush_scheduled:
+            # One line per loop turn, for every submission committed in it.
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        return info
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._unsent or not self._count:
+            return  # the pipe is full: keep counting (_drain tells it all later)
+        msg: dict[str, Any] = {"n": self._count, "to": sorted(self._to), "unrouted": self._unrouted}
+        self._count, self._to, self._unrouted = 0, set(), False
+        self._write(msg)
+
+    def _send_stats(self) -> None:
+        """The listener's and the store's counters, if they changed since last sent
+        (not while the daemon is not reading: they are sent again when they change)."""
+        if self.listener is None or self._unsent:
+            return
+        stats = self.listener.statistics()
+        store_stats = self.store.statistics()
+        stats["store_commits"] = int(cast(int, store_stats["commits"]))
+        stats["store_lock_waits"] = int(cast(int, store_stats["lock_waits"]))
+        stats["store_lock_wait_ms"] = round(cast(float, store_stats["lock_wait_seconds"]) * 1000)
+        stats["store_write_ms"] = round(cast(float, store_stats["write_seconds"]) * 1000)
+        if stats != self._stats_sent:
+            self._write({"stats": stats})
+            self._stats_sent = stats
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        try:
+            await self.store.open()
+        except Exception as exc:
+            self._write({"error": f"cannot open the store: {exc}"})
+            return 1
+        try:
+            sock = socket.socket(fileno=self.spec.fd)
+            listener = SubmissionListener(self.submit, ListenerConfig(**self.spec.options))
+            try:
+                await listener.start(sock=sock)
+            except Exception as exc:
+                self._write({"error": str(exc)})
+                return 1
+            self.listener = listener
+            self._write({"ready": True, "pid": os.getpid()})
+            self._send_stats()  # the counters, all 0: the daemon knows every key from now
+            reader = asyncio.StreamReader(limit=16 * 1024 * 1024)
+            await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0)
+            )
+            stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+            line_task: asyncio.Future[Any] | None = None
+            try:
+                while not stopped.done():
+                    if line_task is None:
+                        line_task = asyncio.ensure_future(reader.readline())
+                    await asyncio.wait(
+                        {line_task, stopped},
+                        timeout=STATS_INTERVAL,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    if line_task.done():
+                        line = line_task.result()
+                        line_task = None
+                        if not line:
+                            break  # the daemon closed our stdin, or died
+                        self._control(line)
+                    self._send_stats()  # when they changed: each second, or after a line
+            finally:
+                stopped.cancel()
+                if line_task is not None:
+                    line_task.cancel()
+            await listener.stop()
+            self._send_stats()
+            return 0
+        finally:
+            await self.store.close()
+
+    def _control(self, line: bytes) -> None:
+        try:
+            msg = json.loads(line)
+            self.table = table_from_json(msg["routes"])
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("unreadable control line %r: %s", line[:200], exc)
+
+
+def _worker_main() -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The first line byte by byte: a buffered read could swallow later control lines.
+    first = bytearray()
+    while not first.endswith(b"\n"):
+        byte = os.read(0, 1)
+        if not byte:
+            return 1
+        first += byte
+    spec = WorkerSpec.from_json(first.decode())
+    logging.basicConfig(
+        level=spec.log_level,
+        format=f"%(asctime)s %(levelname)s %(name)s [listener {spec.name} pid %(process)d]: "
+        "%(message)s",
+    )
+
+    secrets = frozenset(spec.secrets)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter(lambda: secrets))
+    out = os.dup(1)
+    # Stray prints must not corrupt the line protocol: stdout becomes stderr.
+    os.dup2(2, 1)
+
+    worker = _WorkerProcess(spec, out)
+    return event_loop_runner(spec.event_loop)(worker.run())
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main())

@@ -1,0 +1,164 @@
+"""The daemon's SMTP submission listeners (the profile's ``[listeners.NAME]`` tables).
+
+A listener runs on the daemon's event loop (a
+:class:`~spoolbox.ingress.listener.SubmissionListener` submitting through the running
+spooler), or, with ``processes = N``, in worker processes of its own
+(:class:`~spoolbox.daemon.listener_processes.ListenerProcesses`).  Each listener's
+state is a row of the status table, ``listener:NAME``.  A listener that cannot start
+(a secret not configured, an address in use) is logged and shown on its row; the
+daemon runs on without it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .. import MessageInfo, NewMessage, Spooler, StatusRow
+from ..ingress.listener import ListenerConfig, SubmissionListener
+from ..model import ResourceMethods, ResourceType, StatusCode
+from ..profile import ListenerSettings, Profile
+from ..routing import RoutingTable
+from .listener_processes import ListenerProcesses
+
+__all__ = ["Listeners"]
+
+log = logging.getLogger("spoolbox.daemon")
+
+
+class _ListenerUnconfigured(Exception):
+    """A listener user's password could not be resolved: the listener does not start."""
+
+
+class _Running:
+    """One started listener: its settings and the object that serves it."""
+
+    def __init__(self, settings: ListenerSettings, server: Any) -> None:
+        self.settings = settings
+        self.server = server
+
+
+async def _maybe_await(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+class Listeners:
+    """The listeners of the daemon's profile: started after the spooler, stopped before
+    it (and around a reload).  ``spooler()`` is the running spooler or None while it is
+    replaced; ``submit`` commits a message through it."""
+
+    def __init__(
+        self,
+        spooler: Callable[[], Spooler | None],
+        submit: Callable[[NewMessage], Awaitable[MessageInfo]],
+    ) -> None:
+        self._spooler = spooler
+        self._submit = submit
+        self._running: list[_Running] = []
+
+    async def start(self, profile: Profile) -> None:
+        for settings in profile.listeners:
+            if not settings.enabled:
+                continue
+            try:
+                if settings.missing:
+                    raise _ListenerUnconfigured(
+                        "not configured: "
+                        + "; ".join(
+                            f"{missing.option}: set {missing.source}"
+                            for missing in settings.missing
+                        )
+                    )
+                config = ListenerConfig(**dict(settings.options))
+                server: Any
+                if settings.processes:
+                    server = self._in_processes(profile, settings)
+                else:
+                    server = SubmissionListener(self._submit, config)
+                await _maybe_await(server.start())
+                port = getattr(server, "port", None)
+                host = settings.options.get("host", getattr(config, "host", "?"))
+                self._running.append(_Running(settings, server))
+                text = f"listening on {host}:{port}"
+                code = StatusCode.AVAILABLE | StatusCode.INBOUND_ENABLED
+                detail = f"{settings.processes} processes" if settings.processes else None
+                log.info("listener %r %s", settings.name, text)
+            except Exception as exc:
+                text = "not listening"
+                code = StatusCode.FAILURE | StatusCode.OFFLINE
+                detail = f"{type(exc).__name__}: {exc}"
+                log.error("listener %r cannot start: %s", settings.name, detail)
+            self._row(settings.name, code, text, detail)
+
+    async def stop(self) -> None:
+        running, self._running = self._running, []
+        for listener in running:
+            try:
+                await _maybe_await(listener.server.stop())
+            except Exception as exc:
+                log.warning("listener %r: stop failed: %s", listener.settings.name, exc)
+
+    def statistics(self) -> dict[str, Any]:
+        """Each running listener's statistics, by name."""
+        return {
+            listener.settings.name: listener.server.statistics()
+            for listener in self._running
+            if callable(getattr(listener.server, "statistics", None))
+        }
+
+    def _row(self, name: str, code: StatusCode, text: str, detail: str | None) -> None:
+        spooler = self._spooler()
+        if spooler is not None:
+            spooler.status.put(
+                StatusRow(
+                    name=f"listener:{name}",
+                    resource_type=ResourceType.SUBSYSTEM,
+                    provider_display="SMTP submission listener",
+                    status_code=code,
+                    status_string=text,
+                    resource_methods=ResourceMethods.NONE,
+                    detail=detail,
+                )
+            )
+
+    def _in_processes(self, profile: Profile, settings: ListenerSettings) -> ListenerProcesses:
+        """The listener in processes of its own (``processes = N``): they commit to the
+        store themselves and tell this daemon which transports to wake."""
+
+        def routes() -> RoutingTable:
+            spooler = self._spooler()
+            return spooler.routing_table() if spooler is not None else RoutingTable(())
+
+        def submitted(count: int, transports: frozenset[str], unrouted: bool) -> None:
+            spooler = self._spooler()
+            if spooler is not None:  # else a spooler starts soon and looks at the queue
+                spooler.submitted_elsewhere(count, transports, unrouted=unrouted)
+
+        def trouble(text: str) -> None:
+            for listener in self._running:
+                if listener.settings is settings:
+                    self._row(
+                        settings.name,
+                        StatusCode.AVAILABLE | StatusCode.INBOUND_ENABLED,
+                        f"listening on {listener.server.config.host}:{listener.server.port}",
+                        f"{settings.processes} processes; {text}",
+                    )
+
+        return ListenerProcesses(
+            settings.name,
+            settings.options,
+            processes=settings.processes,
+            store=str(profile.store.path),
+            synchronous=profile.store.synchronous,
+            lifetime=profile.spooler.policy.lifetime,
+            event_loop=profile.daemon.event_loop,
+            log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+            routes=routes,
+            submitted=submitted,
+            on_trouble=trouble,
+            secrets=profile.secret_values,
+        )

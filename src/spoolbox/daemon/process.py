@@ -1,0 +1,318 @@
+"""``spoolbox run``: the spooler as its own process, and the local API it serves.
+
+:class:`Daemon` runs in the foreground (systemd ``Type=exec``, or a terminal):
+
+* it takes an exclusive lock on the profile's pid file (one daemon per data
+  directory), lowers its CPU priority (``os.nice``, ``[daemon] nice``), opens the
+  SQLite store and a :class:`~spoolbox.Spooler` on it;
+* it serves the local API on a Unix socket (mode 0600) in the data directory: JSON
+  lines, one request object per line, answers one per line (docs/operations.md,
+  "Local API");
+* it starts the SMTP submission listeners of the profile, if any (their state is a
+  row of the status table);
+* SIGTERM and SIGINT shut it down cleanly: the listeners and the API stop taking
+  work, the spooler lets in-flight work finish for ``policy.shutdown_grace`` seconds
+  and returns what is left to the queue; nothing accepted is lost;
+* SIGHUP re-reads the profile: an invalid profile is logged and the running one
+  kept; a valid one replaces the spooler (the old one shuts down as above, the new
+  one starts on the same store) and restarts the listeners.
+
+Logs go through :mod:`logging` to stderr, with every known secret value replaced
+by ``***``.  Submissions made while no daemon runs sit in the store; the router
+finds them within ``policy.router_interval`` of the start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import fcntl
+import logging
+import os
+import signal
+import time
+from collections.abc import Mapping
+from typing import IO, Any
+
+from .. import (
+    AlwaysIdle,
+    MessageInfo,
+    NewMessage,
+    Spooler,
+    SQLiteStore,
+    __version__,
+    load_provider_class,
+)
+from .._private import openness, private_dir
+from ..api.wire import NOT_RUNNING, ApiError
+from ..model import LogonFlags
+from ..profile import Profile, ProfileError, load_profile
+from .api_server import LocalApiServer
+from .listeners import Listeners
+from .runtime import configure_logging, event_loop_runner
+
+__all__ = ["Daemon", "DaemonError", "run_daemon"]
+
+log = logging.getLogger("spoolbox.daemon")
+
+
+class DaemonError(Exception):
+    """The daemon cannot start; the text says why."""
+
+
+class Daemon:
+    """The spooler process: ``await Daemon(profile).run()``."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        *,
+        interactive: bool = False,
+        renice: bool = True,
+        extra_secrets: Mapping[tuple[str, str], str] | None = None,
+    ) -> None:
+        self.profile = profile
+        self.interactive = interactive
+        self.renice = renice
+        self.extra_secrets = dict(extra_secrets or {})
+        self.spooler: Spooler | None = None
+        self._ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._api = LocalApiServer(self, profile.daemon.socket)
+        self._listeners = Listeners(lambda: self.spooler, self.submit)
+        self._lock_file: IO[str] | None = None
+        self.started_at = time.time()
+        self.reloads = 0
+
+    # -- the process ------------------------------------------------------------------
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT (or :meth:`request_stop`); returns an exit status."""
+        loop = asyncio.get_running_loop()
+        self._lock()
+        try:
+            if self.renice and self.profile.daemon.nice:
+                try:
+                    os.nice(self.profile.daemon.nice)
+                except OSError as exc:  # pragma: no cover - platform dependent
+                    log.warning("cannot lower the CPU priority: %s", exc)
+            self.spooler = await self._start_spooler(self.profile)
+            self._ready.set()
+            await self._api.start()
+            await self._listeners.start(self.profile)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+            log.info(
+                "spoolbox %s running (pid %d, profile %s, API on %s)",
+                __version__,
+                os.getpid(),
+                self.profile.path,
+                self.profile.daemon.socket,
+            )
+            while not self._stop.is_set():
+                stop = asyncio.ensure_future(self._stop.wait())
+                reload = asyncio.ensure_future(self._reload.wait())
+                try:
+                    await asyncio.wait({stop, reload}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stop.cancel()
+                    reload.cancel()
+                if self._reload.is_set() and not self._stop.is_set():
+                    self._reload.clear()
+                    await self.reload()
+            log.info("shutting down")
+            return 0
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(sig)
+            await self._shutdown()
+            self._unlock()
+            log.info("stopped")
+
+    def request_stop(self) -> None:
+        log.info("stop requested")
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        log.info("reload requested")
+        self._reload.set()
+
+    def _lock(self) -> None:
+        data_dir = self.profile.data_dir
+        private_dir(data_dir)
+        why = openness(data_dir)
+        if why is not None:
+            log.warning(
+                "the data directory %s is %s: the queue should be private (chmod 700 %s)",
+                data_dir,
+                why,
+                data_dir,
+            )
+        pid_file = self.profile.daemon.pid_file
+        private_dir(pid_file.parent)
+        lock_file = open(pid_file, "a+")  # noqa: SIM115 - held open for the daemon's life
+        try:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock_file.seek(0)
+            other = lock_file.read().strip()
+            lock_file.close()
+            raise DaemonError(
+                f"another spoolbox daemon runs on this data directory (pid {other or '?'}, "
+                f"lock {pid_file})"
+            ) from None
+        lock_file.seek(0)
+        lock_file.truncate()
+        lock_file.write(f"{os.getpid()}\n")
+        lock_file.flush()
+        self._lock_file = lock_file
+
+    def _unlock(self) -> None:
+        lock_file = self._lock_file
+        if lock_file is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.profile.daemon.pid_file)
+        with contextlib.suppress(OSError):
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+        lock_file.close()
+        self._lock_file = None
+
+    async def _shutdown(self) -> None:
+        await self._listeners.stop()
+        await self._api.stop()
+        spooler, self.spooler = self.spooler, None
+        self._ready.clear()
+        if spooler is not None:
+            await spooler.aclose()
+
+    # -- the spooler ----------------------------------------------------------------------
+    def _config(self, profile: Profile) -> Any:
+        config = profile.spooler
+        for transport in config.transports:
+            if isinstance(transport.provider, str):
+                try:
+                    load_provider_class(transport.provider)
+                except LookupError as exc:
+                    raise ProfileError(
+                        profile.path, str(exc), f"[transports.{transport.name}] provider"
+                    ) from None
+        if self.interactive:
+            # The logon dialog may be shown: clear NO_DIALOG where the profile allows it.
+            transports = tuple(
+                dataclasses.replace(transport, logon_flags=LogonFlags.NONE)
+                if profile.logon_dialog.get(transport.name, True)
+                else transport
+                for transport in config.transports
+            )
+            config = dataclasses.replace(config, transports=transports)
+        return config
+
+    async def _start_spooler(self, profile: Profile) -> Spooler:
+        config = self._config(profile)
+        private_dir(profile.store.path.parent)
+        store = SQLiteStore(
+            profile.store.path,
+            synchronous=profile.store.synchronous,
+            progress_synchronous=profile.store.progress_synchronous,
+        )
+        idle = AlwaysIdle() if profile.idle == "always" else None
+        spooler = Spooler.open(config, store=store, close_store=True, idle=idle)
+        await spooler.start()
+        log.debug("store %s open: %s", store.path, store.statistics()["pragmas"])
+        for missing in profile.missing:
+            log.warning(
+                "transport %r: %s is not configured (%s is not set); it stays off-line",
+                missing.transport,
+                missing.option,
+                missing.source,
+            )
+        return spooler
+
+    async def current(self) -> Spooler:
+        """The running spooler (waits while a reload swaps it)."""
+        while True:
+            spooler = self.spooler
+            if spooler is not None and self._ready.is_set():
+                return spooler
+            if self._stop.is_set():
+                raise ApiError(NOT_RUNNING, "the daemon is shutting down")
+            await self._ready.wait()
+
+    async def reload(self) -> bool:
+        """Re-read the profile and restart the spooler on it; False if it is invalid."""
+        try:
+            new = load_profile(self.profile.path, extra_secrets=self.extra_secrets)
+            self._config(new)
+        except ProfileError as exc:
+            log.error("reload refused, keeping the running profile: %s", exc)
+            return False
+        for key in ("socket", "event_loop"):
+            if getattr(new.daemon, key) != getattr(self.profile.daemon, key):
+                log.warning("[daemon] %s changed: it takes effect at the next start", key)
+        old_profile = self.profile
+        self._ready.clear()
+        self._api.close_watchers()
+        await self._listeners.stop()
+        old, self.spooler = self.spooler, None
+        if old is not None:
+            await old.aclose()
+        try:
+            self.spooler = await self._start_spooler(new)
+            self.profile = new
+        except Exception as exc:
+            log.error("reload failed (%s); starting again on the previous profile", exc)
+            self.spooler = await self._start_spooler(old_profile)
+            self._ready.set()
+            await self._listeners.start(self.profile)
+            return False
+        self._ready.set()
+        await self._listeners.start(self.profile)
+        self.reloads += 1
+        log.info(
+            "profile reloaded: transports %s",
+            [transport.name for transport in new.spooler.transports],
+        )
+        return True
+
+    async def submit(self, message: NewMessage) -> MessageInfo:
+        """What the listeners call: commit durably through the running spooler."""
+        return await (await self.current()).submit(message)
+
+    def listener_statistics(self) -> dict[str, Any]:
+        """Each running listener's statistics, by name (the ``statistics`` op)."""
+        return self._listeners.statistics()
+
+
+def run_daemon(
+    profile: Profile,
+    *,
+    interactive: bool,
+    renice: bool = True,
+    extra_secrets: Mapping[tuple[str, str], str] | None = None,
+    log_level: str | None = None,
+) -> int:
+    """Run the daemon in this process until it is told to stop; the exit status."""
+    holder: dict[str, Daemon] = {}
+
+    def secrets() -> frozenset[str]:
+        daemon = holder.get("daemon")
+        return (daemon.profile if daemon is not None else profile).secret_values
+
+    configure_logging(log_level or profile.daemon.log_level, secrets)
+
+    async def main() -> int:
+        daemon = Daemon(
+            profile, interactive=interactive, renice=renice, extra_secrets=extra_secrets
+        )
+        holder["daemon"] = daemon
+        return await daemon.run()
+
+    try:
+        runner = event_loop_runner(profile.daemon.event_loop)
+    except ImportError as exc:
+        raise ProfileError(profile.path, str(exc), "[daemon] event_loop") from None
+    return runner(main())
