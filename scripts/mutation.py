@@ -37,7 +37,11 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "policy": (
         "src/spoolbox/_core/policy.py",
-        ("tests/model/test_pure_core.py", "tests/model/test_policy_examples.py"),
+        (
+            "tests/model/test_pure_core.py",
+            "tests/model/test_policy_examples.py",
+            "tests/core/test_policy_ladder.py",
+        ),
     ),
     "states": (
         "src/spoolbox/model/states.py",
