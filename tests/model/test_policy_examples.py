@@ -369,3 +369,21 @@ def test_counts_are_at_least_one() -> None:
     assert Policy(failure_threshold=1, inbound_commit_batch=1).inbound_commit_batch == 1
     refused("policy.failure_threshold must be >= 1", failure_threshold=0)
     refused("policy.inbound_commit_batch must be >= 1, not 0", inbound_commit_batch=0)
+
+
+@pytest.mark.parametrize(
+    ("critsec_max", "critsec_grace"),
+    [(0.0, 1.0), (-1.0, 1.0), (5.0, -0.5), (0.0, -0.5)],
+)
+def test_critical_section_limits_are_checked(critsec_max: float, critsec_grace: float) -> None:
+    refused(
+        "policy.critsec_max must be positive and critsec_grace >= 0, not "
+        f"{critsec_max} and {critsec_grace}",
+        critsec_max=critsec_max,
+        critsec_grace=critsec_grace,
+    )
+
+
+def test_a_critical_section_may_have_no_grace() -> None:
+    policy = Policy(critsec_max=0.001, critsec_grace=0.0)
+    assert (policy.critsec_max, policy.critsec_grace) == (0.001, 0.0)
