@@ -187,6 +187,14 @@ def test_no_module_imports_itself_through_others() -> None:
     assert _circles(_graph()) == []
 
 
+def test_nothing_in_core_imports_the_spooler() -> None:
+    """Hosts, flushes and the rest of _core see the spooler through _core/runtime.py."""
+    graph = _graph()
+    core = [m for m in graph if m == "spoolbox._core" or m.startswith("spoolbox._core.")]
+    assert len(core) > 20
+    assert [m for m in core if "spoolbox._core.spooler" in graph[m]] == []
+
+
 # -- the checker checks ---------------------------------------------------------------
 def test_the_checker_sees_hidden_and_relative_imports() -> None:
     graph = _graph()
