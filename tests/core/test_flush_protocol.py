@@ -637,3 +637,42 @@ async def test_closing_the_spooler_ends_a_running_flush_with_what_it_did() -> No
     assert report.for_transport("a").error is None
     assert report.for_transport("b").error == "transport is not logged on"
     assert flush_calls(b) == []
+
+
+@dataclass
+class SlowLogonScript(Script):
+    """The logon waits at ``logon_gate``; ``logon_entered`` is set when it gets there."""
+
+    logon_gate: asyncio.Event = field(default_factory=asyncio.Event)
+    logon_entered: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class SlowLogonProvider(ScriptedProvider):
+    async def logon(
+        self, support: Support, config: Mapping[str, Any], flags: LogonFlags
+    ) -> ScriptedSession:
+        script = config["script"]
+        assert isinstance(script, SlowLogonScript)
+        script.logon_entered.set()
+        await script.logon_gate.wait()
+        return await super().logon(support, config, flags)
+
+
+async def test_a_flush_started_during_a_slow_first_logon_waits_for_it() -> None:
+    """The flush starts while the first logon is still at its gate: it must wait for
+    the logon instead of reporting "not logged on" at once."""
+    script = SlowLogonScript(("SMTP",))
+    config = TransportConfig("smtp", SlowLogonProvider, options={"script": script})
+    async with spooler(config) as sp:
+        async with asyncio.timeout(5):
+            await script.logon_entered.wait()
+        assert not sp.host("smtp").online
+        await sp.submit(message("SMTP:bob@example.org"))
+        handle = sp.start_flush(download=False)
+        await until(lambda: handle.current == "smtp", what="the flush reaches the transport")
+        script.logon_gate.set()
+        report = await handle
+    result = report.for_transport("smtp")
+    assert result.error is None
+    assert result.uploaded == 1
+    assert script.names().count("logon") == 1
