@@ -203,3 +203,20 @@ async def test_no_route_and_a_bounce_report_are_logged(caplog: pytest.LogCapture
         for t in texts
     ), texts
     assert any(t.startswith(f"{info.id}: sender non-delivery notification: ") for t in texts), texts
+
+
+async def test_a_message_put_in_the_inbox_is_logged_once_committed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from spoolbox.model import LogonCaps
+
+    caplog.set_level(logging.INFO, "spoolbox.inbound")
+    script = Script(
+        capabilities=LogonCaps.SP_POLL,
+        inbound=[b"Subject: one\r\n\r\n1\r\n"],
+        fail_inbound_once=True,  # the first try is rolled back: no line for it
+    )
+    async with spooler(transport("pop", script)) as sp:
+        (entry,) = await sp.wait_inbox(1, timeout=5)
+    lines = [r.getMessage() for r in caplog.records if r.name == "spoolbox.inbound"]
+    assert lines == [f"{entry.id}: from=<>, transport=pop, size={entry.size}, status=received"]
