@@ -28,6 +28,7 @@ from ..config import TransportConfig
 from ..lifecycle import SessionLifecycle
 from ..objects import ProfileSectionImpl
 from ..runtime import Runtime, SpoolerPort
+from ..trouble import Source
 from .base import HostBase, log
 from .inbound import InboundLane, run_idle_lane
 from .isolated import IsolatedProvider, IsolatedSession
@@ -110,7 +111,10 @@ class TransportHost(HostBase):
             on |= StatusCode.INBOUND_ENABLED
         if self.entry.outbound:
             on |= StatusCode.OUTBOUND_ENABLED
-        self.set_bits(on=on, off=StatusCode.FAILURE | StatusCode.OFFLINE, detail=None)
+        off = StatusCode.OFFLINE
+        if not self.trouble.by(Source.PROVIDER):  # a new logon proves nothing of a peer
+            off |= StatusCode.FAILURE
+        self.set_bits(on=on, off=off, detail=None)
         self.consecutive_failures = 0
 
     async def end_and_logoff(self, *, hurry: bool = False) -> None:
@@ -161,6 +165,7 @@ class TransportHost(HostBase):
             try:
                 await self.logon()
                 self.tried_logon.set()
+                self.trouble_ok(Source.LOGON)
             except Exception as exc:
                 self.tried_logon.set()
                 self.lifecycle.fail()
@@ -173,12 +178,13 @@ class TransportHost(HostBase):
                     text = f"logon failed: {type(exc).__name__}: {exc}"
                 self.last_error = text
                 self.counters["errors"] += 1
-                log.warning("transport %r: %s (retrying in %.0f s)", self.name, text, delay)
+                self.trouble_failed(Source.LOGON, text, f"retrying in {delay:g} s")
                 self.row()
                 self.set_bits(
                     on=StatusCode.FAILURE | StatusCode.OFFLINE,
                     off=StatusCode.AVAILABLE,
                     detail=text,
+                    status_string=text,
                 )
                 await wait_event(runtime.clock, self.stop_event, delay)
                 delay = min(delay * 2, runtime.policy.failure_backoff_cap)
