@@ -220,3 +220,21 @@ async def test_a_message_put_in_the_inbox_is_logged_once_committed(
         (entry,) = await sp.wait_inbox(1, timeout=5)
     lines = [r.getMessage() for r in caplog.records if r.name == "spoolbox.inbound"]
     assert lines == [f"{entry.id}: from=<>, transport=pop, size={entry.size}, status=received"]
+
+
+async def test_a_user_cancel_of_a_queued_recipient_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "spoolbox.delivery")
+    later = Script(submit=[Act.FAIL_TEMP])
+    async with spooler(transport("relay", later), policy=FAST) as sp:
+        info = await sp.submit(message("SMTP:bob@example.org"))
+        assert await sp.wait_for(info.id, (MessageState.DEFERRED,), timeout=5)
+        assert await sp.cancel(info.id) is MessageState.CANCELLED
+        assert await sp.cancel(info.id) is MessageState.CANCELLED  # twice: one line
+    texts = [r.getMessage() for r in _delivery_lines(caplog)]
+    assert [t.rsplit("status=", 1)[1] for t in texts] == [
+        "deferred (scripted: try later)",
+        "cancelled (cancelled by user)",
+    ], texts
+    assert "transport=relay, relay=none, delay=" in texts[1]  # the route it had

@@ -16,7 +16,15 @@ from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from ..model import Address, MessageInfo, NewMessage, Notify, RecipientResult, RecipientState
+from ..model import (
+    Address,
+    MessageInfo,
+    NewMessage,
+    Notify,
+    RecipientRecord,
+    RecipientResult,
+    RecipientState,
+)
 from ..reports import (
     RETURN_SIZE_LIMIT,
     ReportItem,
@@ -108,6 +116,23 @@ class Settlement:
         )
         _log_settled(info, recipients, None, updates, {}, made, now)
         self._after_settle(updates, len(reports) + len(inbox))
+
+    async def log_user_cancel(self, message_id: str, before: Sequence[RecipientRecord]) -> None:
+        """The lines of the recipients a user's cancel took out of the queue (the store
+        committed it; those a transport held are logged when it settles them)."""
+        if not delivery_log.isEnabledFor(logging.INFO):
+            return
+        store = self._runtime.store
+        info = await store.get_message(message_id)
+        after = await store.recipients(message_id)
+        now_cancelled = {r.index for r in after if r.state is RecipientState.CANCELLED}
+        updates = [
+            RecipientUpdate(r.index, RecipientState.CANCELLED, diagnostic="cancelled by user")
+            for r in before
+            if r.index in now_cancelled
+            and r.state not in (RecipientState.CANCELLED, RecipientState.ACTIVE)
+        ]
+        _log_settled(info, before, None, updates, {}, (), self._runtime.clock.now())
 
     def _after_settle(self, updates: Sequence[RecipientUpdate], reports: int) -> None:
         counters = self._counters
@@ -272,7 +297,8 @@ def _log_settled(
         line = DeliveryLine.of(
             message_id=info.id,
             address=recipient.address if recipient is not None else f"#{update.index}",
-            transport=transport,
+            # settled by no transport (expired, cancelled in the queue): the route it had
+            transport=transport or (recipient.route if recipient is not None else None),
             update=update,
             submitted_at=info.submitted_at,
             now=now,
