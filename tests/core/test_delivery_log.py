@@ -3,13 +3,14 @@ spooler writes once the store committed an outcome."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import pytest
 from helpers import FAST, message, spooler, transport
 
-from spoolbox import Address, MessageState
+from spoolbox import Address, AlwaysIdle, MemoryStore, MessageState, Spooler, SpoolerConfig
 from spoolbox._core.delivery_log import (
     DeliveryLine,
     InboundLine,
@@ -19,7 +20,7 @@ from spoolbox._core.delivery_log import (
     outcome_of,
 )
 from spoolbox.model import RecipientState
-from spoolbox.store import RecipientUpdate
+from spoolbox.store import LeaseLost, RecipientUpdate
 from spoolbox.testing import Act, Script
 
 BOB = Address.parse("SMTP:bob@example.org")
@@ -238,3 +239,34 @@ async def test_a_user_cancel_of_a_queued_recipient_is_logged(
         "cancelled (cancelled by user)",
     ], texts
     assert "transport=relay, relay=none, delay=" in texts[1]  # the route it had
+
+
+class _RefusingStore(MemoryStore):
+    """A real MemoryStore whose next settle with an owner is refused (LeaseLost), as
+    when another spooler took the message over: nothing of it is committed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused = asyncio.Event()
+
+    async def settle(self, message_id: str, updates: Any, **kw: Any) -> Any:
+        if kw.get("owner") is not None and not self.refused.is_set():
+            self.refused.set()
+            raise LeaseLost(f"{message_id}: lease moved (test)")
+        return await super().settle(message_id, updates, **kw)
+
+
+async def test_an_outcome_the_store_did_not_commit_is_not_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "spoolbox.delivery")
+    store = _RefusingStore()
+    ok = Script(submit=[Act.SUCCEED])
+    cfg = SpoolerConfig(transports=(transport("relay", ok),), policy=FAST, node="test-node")
+    async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
+        info = await sp.submit(message("SMTP:bob@example.org"))
+        await asyncio.wait_for(store.refused.wait(), 5)  # the transport said: delivered
+        (recipient,) = await store.recipients(info.id)
+        assert ok.sent  # it was delivered; the store did not take the outcome
+    assert recipient.state is not RecipientState.DELIVERED
+    assert _delivery_lines(caplog) == []
