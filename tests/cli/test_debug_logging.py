@@ -56,4 +56,3 @@ def test_the_default_level_has_no_debug_lines(home: Home) -> None:
         r"delay=[0-9.]+, dsn=2\.0\.0, status=sent",
         text,
     ), text
-
