@@ -79,6 +79,31 @@ async def test_a_refused_password_sets_failure_once_and_its_fix_clears_it(
             assert sp.status["smtp"].status_code & StatusCode.AVAILABLE
 
 
+async def test_the_failure_a_provider_set_belongs_to_its_session(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "spoolbox")
+    rec = Recorder()
+    async with aiosmtpd_server(rec, users={"alice": "secret"}, auth_require_tls=False) as srv:
+        opts = options(srv.port, username="alice", password="wrong", allow_plain_auth=True)
+        async with open_spooler(opts) as sp:
+            await send(sp, message("SMTP:bob@a.example"))
+            text = await row_failing(sp, True)
+            # A new logon (the session failed critically): the new session starts
+            # clean, without a "back online" it has not earned ...
+            host = sp.host("smtp")
+            logons = host.logons
+            host.fail_critically("test: the session dies")
+            async with asyncio.timeout(10):
+                while not (host.logons > logons and host.online):
+                    await asyncio.sleep(0.01)
+            assert not sp.status["smtp"].status_code & StatusCode.FAILURE
+            # ... and sets FAILURE again, with a new warning, when it fails too.
+            await send(sp, message("SMTP:bob@b.example"))
+            assert await row_failing(sp, True) == text
+    assert trouble_lines(caplog) == [(logging.WARNING, f"smtp: {text}")] * 2
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))

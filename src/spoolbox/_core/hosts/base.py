@@ -14,7 +14,7 @@ Trouble (:mod:`..trouble`): failed logons, failing calls and a FAILURE the provi
 sets on its own row (the SMTP transport when it cannot connect or log in to its
 smart host) are logged once per change of state, not once per retry: a WARNING when
 a streak starts, an INFO when it ends.  A FAILURE the provider set stays until the
-provider clears it: a call that returns does not clear it.
+provider clears it (a call that returns does not clear it) or its session ends.
 """
 
 from __future__ import annotations

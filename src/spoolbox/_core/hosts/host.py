@@ -28,7 +28,7 @@ from ..config import TransportConfig
 from ..lifecycle import SessionLifecycle
 from ..objects import ProfileSectionImpl
 from ..runtime import Runtime, SpoolerPort
-from ..trouble import Source
+from ..trouble import Source, Trouble
 from .base import HostBase, log
 from .inbound import InboundLane, run_idle_lane
 from .isolated import IsolatedProvider, IsolatedSession
@@ -67,6 +67,11 @@ class TransportHost(HostBase):
         # A new support object: a dead session's stays dead.
         self.support = SupportImpl(self, self.outbound)
         self.critical_error = False
+        if self.trouble.by(Source.PROVIDER):
+            # The FAILURE a provider set belonged to its session: the new one starts
+            # clean, and sets it again (and the spooler warns again) if it still fails.
+            log.debug("transport %r: logging on again; its peer's state is unknown", self.name)
+            self.trouble = Trouble()
         flags = self.entry.logon_flags | LogonFlags.NO_INBOUND | LogonFlags.NO_OUTBOUND
         section = f"transport:{self.name}"
         self.profile = ProfileSectionImpl(
@@ -111,10 +116,7 @@ class TransportHost(HostBase):
             on |= StatusCode.INBOUND_ENABLED
         if self.entry.outbound:
             on |= StatusCode.OUTBOUND_ENABLED
-        off = StatusCode.OFFLINE
-        if not self.trouble.by(Source.PROVIDER):  # a new logon proves nothing of a peer
-            off |= StatusCode.FAILURE
-        self.set_bits(on=on, off=off, detail=None)
+        self.set_bits(on=on, off=StatusCode.FAILURE | StatusCode.OFFLINE, detail=None)
         self.consecutive_failures = 0
 
     async def end_and_logoff(self, *, hurry: bool = False) -> None:
