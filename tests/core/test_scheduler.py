@@ -20,18 +20,21 @@ from spoolbox.testing import Act, Script, scripted
 async def test_watchdog_names_a_provider_that_hogs_the_cpu(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    hog = Script(submit=[Act.HOG], hog_seconds=0.03)
-    caplog.set_level(logging.WARNING, "spoolbox")
+    hog = Script(submit=[Act.HOG, Act.HOG, Act.HOG], hog_seconds=0.03)
+    caplog.set_level(logging.DEBUG, "spoolbox")
     async with spooler(transport("hog", hog), policy=replace(FAST, slice_budget=0.005)) as sp:
-        info = await sp.submit(message("SMTP:bob@example.org"))
-        assert await sp.wait_for(info.id, timeout=5) is MessageState.SENT
+        for _ in range(3):
+            info = await sp.submit(message("SMTP:bob@example.org"))
+            assert await sp.wait_for(info.id, timeout=5) is MessageState.SENT
         row = sp.status["hog"]
         stats = sp.statistics()
-    assert row.counters["slow_slices"] >= 1
+    assert row.counters["slow_slices"] >= 3
     assert row.detail is not None and "over the 5.0 ms budget" in row.detail
     assert stats["transports"]["hog"]["longest_slice"] >= 0.03
-    assert stats["scheduler"]["overruns"] >= 1
-    assert any("'hog' overran its slice" in r.getMessage() for r in caplog.records)
+    assert stats["scheduler"]["overruns"] >= 3
+    # Internal noise: at DEBUG, and one line a minute however many overruns there were.
+    overran = [r for r in caplog.records if "'hog' overran its slice" in r.getMessage()]
+    assert [r.levelno for r in overran] == [logging.DEBUG]
 
 
 async def test_a_provider_that_yields_is_not_named(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,11 +12,19 @@ from __future__ import annotations
 import io
 import logging
 from collections import defaultdict
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from ..model import Address, MessageInfo, NewMessage, Notify, RecipientResult, RecipientState
+from ..model import (
+    Address,
+    MessageInfo,
+    NewMessage,
+    Notify,
+    RecipientRecord,
+    RecipientResult,
+    RecipientState,
+)
 from ..reports import (
     RETURN_SIZE_LIMIT,
     ReportItem,
@@ -27,12 +35,15 @@ from ..reports import (
 )
 from ..store import ClaimedJob, InboundMessage, LeaseLost, RecipientUpdate
 from .config import SpoolerConfig
+from .delivery_log import DELIVERY_LOGGER, DeliveryLine, ReportLine, show_address
 from .destinations import DestinationBackoff
 from .runtime import SPOOLER_ROW, Runtime
 
 __all__ = ["Settlement"]
 
 log = logging.getLogger("spoolbox.spooler")
+#: One INFO line per recipient outcome and per report made (docs/operations.md, "Logs").
+delivery_log = logging.getLogger(DELIVERY_LOGGER)
 
 
 class Settlement:
@@ -62,24 +73,29 @@ class Settlement:
         *,
         results: Sequence[RecipientResult] = (),
     ) -> None:
-        """A claimed job's updates (``results``: the transport's, for the reports)."""
+        """A claimed job's updates (``results``: the transport's, for the reports).
+
+        The outcomes are logged (``spoolbox.delivery``) only once the store committed
+        them: a line never says "sent" of what a crash could still undo."""
         runtime = self._runtime
+        now = runtime.clock.now()
         self._destinations.learn(job, updates)
         updates = self._mark_delays(job.message, job.recipients, updates)
-        reports, inbox = await self._reports(job.message, job.recipients, updates, results)
+        reports, inbox, made = await self._reports(job.message, job.recipients, updates, results)
         try:
             await runtime.store.settle(
                 job.message.id,
                 updates,
                 owner=runtime.owner,
-                now=runtime.clock.now(),
+                now=now,
                 reports=reports,
                 inbox_reports=inbox,
             )
         except LeaseLost as exc:
             log.error("settling %s: %s (another spooler took it over)", job.message.id, exc)
             return
-        _log_settle(job.message.id, job.transport, updates, len(reports) + len(inbox))
+        remote = {r.index: r.remote_mta for r in results}
+        _log_settled(job.message, job.recipients, job.transport, updates, remote, made, now)
         self._after_settle(updates, len(reports) + len(inbox))
 
     async def settle_unowned(self, message_id: str, updates: Sequence[RecipientUpdate]) -> None:
@@ -88,17 +104,35 @@ class Settlement:
         info = await store.get_message(message_id)
         recipients = await store.recipients(message_id)
         updates = self._mark_delays(info, recipients, updates)
-        reports, inbox = await self._reports(info, recipients, updates, ())
+        reports, inbox, made = await self._reports(info, recipients, updates, ())
+        now = self._runtime.clock.now()
         await store.settle(
             message_id,
             updates,
             owner=None,
-            now=self._runtime.clock.now(),
+            now=now,
             reports=reports,
             inbox_reports=inbox,
         )
-        _log_settle(message_id, None, updates, len(reports) + len(inbox))
+        _log_settled(info, recipients, None, updates, {}, made, now)
         self._after_settle(updates, len(reports) + len(inbox))
+
+    async def log_user_cancel(self, message_id: str, before: Sequence[RecipientRecord]) -> None:
+        """The lines of the recipients a user's cancel took out of the queue (the store
+        committed it; those a transport held are logged when it settles them)."""
+        if not delivery_log.isEnabledFor(logging.INFO):
+            return
+        store = self._runtime.store
+        info = await store.get_message(message_id)
+        after = await store.recipients(message_id)
+        now_cancelled = {r.index for r in after if r.state is RecipientState.CANCELLED}
+        updates = [
+            RecipientUpdate(r.index, RecipientState.CANCELLED, diagnostic="cancelled by user")
+            for r in before
+            if r.index in now_cancelled
+            and r.state not in (RecipientState.CANCELLED, RecipientState.ACTIVE)
+        ]
+        _log_settled(info, before, None, updates, {}, (), self._runtime.clock.now())
 
     def _after_settle(self, updates: Sequence[RecipientUpdate], reports: int) -> None:
         counters = self._counters
@@ -123,7 +157,9 @@ class Settlement:
         recipients: Sequence[Any],
         updates: Sequence[RecipientUpdate],
         results: Sequence[RecipientResult],
-    ) -> tuple[list[NewMessage], list[InboundMessage]]:
+    ) -> tuple[list[NewMessage], list[InboundMessage], list[ReportLine]]:
+        """The reports ``updates`` call for: to send, to put in the inbox, and the
+        lines that will say so once they are committed."""
         by_index = {r.index: r for r in recipients}
         remote = {r.index: r.remote_mta for r in results}
         kinds: dict[ReportKind, list[ReportItem]] = defaultdict(list)
@@ -160,10 +196,12 @@ class Settlement:
         # original content is read, which most deliveries never need.
         kinds = {k: v for k, v in kinds.items() if wants_report(info, k)}
         if not kinds:
-            return [], []
+            return [], [], []
         original: bytes | None = None
         out: list[NewMessage] = []
         inbox: list[InboundMessage] = []
+        made: list[ReportLine] = []
+        to = show_address(info.sender) if info.sender is not None else ""
         for kind, items in kinds.items():
             if original is None:
                 original = await self._original(info)
@@ -188,9 +226,11 @@ class Settlement:
                         received_at=now,
                     )
                 )
+                made.append(ReportLine(info.id, str(kind), to, None))
             else:
                 out.append(msg)
-        return out, inbox
+                made.append(ReportLine(info.id, str(kind), to, msg.id))
+        return out, inbox, made
 
     async def _original(self, info: MessageInfo) -> bytes:
         """The original for a report: whole, or only the beginning that holds what a
@@ -238,17 +278,37 @@ class Settlement:
         )
 
 
-def _log_settle(
-    message_id: str, transport: str | None, updates: Sequence[RecipientUpdate], reports: int
+def _log_settled(
+    info: MessageInfo,
+    recipients: Sequence[Any],
+    transport: str | None,
+    updates: Sequence[RecipientUpdate],
+    remote: Mapping[int, str | None],
+    reports: Sequence[ReportLine],
+    now: float,
 ) -> None:
-    """DEBUG: what became of each recipient of a message, and the reports made."""
-    if not log.isEnabledFor(logging.DEBUG):
+    """INFO: one line per recipient outcome and per report made (committed already);
+    DEBUG: the updates that are no outcome (queued again without an attempt)."""
+    if not delivery_log.isEnabledFor(logging.INFO):
         return
-    outcomes = ", ".join(
-        f"#{u.index} {u.state}"
-        + (f" {u.status}" if u.status else "")
-        + (f" ({u.diagnostic})" if u.diagnostic else "")
-        for u in updates
-    )
-    via = f"via {transport}" if transport else "by the router"
-    log.debug("message %s settled %s: %s; %d reports", message_id, via, outcomes, reports)
+    by_index = {r.index: r for r in recipients}
+    for update in updates:
+        recipient = by_index.get(update.index)
+        line = DeliveryLine.of(
+            message_id=info.id,
+            address=recipient.address if recipient is not None else f"#{update.index}",
+            # settled by no transport (expired, cancelled in the queue): the route it had
+            transport=transport or (recipient.route if recipient is not None else None),
+            update=update,
+            submitted_at=info.submitted_at,
+            now=now,
+            remote_mta=remote.get(update.index),
+        )
+        if line is not None:
+            delivery_log.info("%s", line.text(), extra={"spoolbox_fields": line.fields()})
+        elif delivery_log.isEnabledFor(logging.DEBUG):
+            delivery_log.debug(
+                "%s: recipient #%d %s again (no attempt made)", info.id, update.index, update.state
+            )
+    for report in reports:
+        delivery_log.info("%s", report.text(), extra={"spoolbox_fields": report.fields()})

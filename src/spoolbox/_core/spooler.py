@@ -400,6 +400,7 @@ class Spooler:
             r.route for r in before if r.state is RecipientState.PARKED and r.route is not None
         }
         active = await self.store.cancel(message_id)
+        await self._settlement.log_user_cancel(message_id, before)
         for name in parked:
             # The transport accepted and deferred it: withdraw it (reference §8.5).
             with contextlib.suppress(KeyError):

@@ -100,7 +100,7 @@ def _make_data_dir(directory: Path) -> None:
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     default=None,
-    help="Override [daemon] log_level.",
+    help="Override [log] level.",
 )
 @pass_ctx
 def run_cmd(obj: Ctx, no_nice: bool, no_dialog: bool, log_level: str | None) -> None:

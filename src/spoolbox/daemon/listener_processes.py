@@ -102,6 +102,7 @@ class ListenerProcesses:
         submitted: Submitted,
         on_trouble: Callable[[str], None] = lambda text: None,
         secrets: Iterable[str] = (),
+        log_format: str = "auto",
     ) -> None:
         if processes < 1:
             raise ValueError(f"processes must be at least 1, not {processes}")
@@ -118,6 +119,7 @@ class ListenerProcesses:
         self._submitted = submitted
         self._on_trouble = on_trouble
         self._secrets = sorted(set(secrets))
+        self._log_format = log_format
         self._sock: socket.socket | None = None
         self._workers = [_WorkerHandle() for _ in range(processes)]
         self._tasks: set[asyncio.Task[None]] = set()
@@ -227,6 +229,7 @@ class ListenerProcesses:
             fd=fd,
             routes=table_to_json(table),
             secrets=self._secrets,
+            log_format=self._log_format,
         )
         proc = await asyncio.create_subprocess_exec(
             sys.executable,

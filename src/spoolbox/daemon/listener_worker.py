@@ -26,7 +26,8 @@ from typing import Any, cast
 from ..ingress.listener import ListenerConfig, SubmissionListener
 from ..model import NewMessage
 from ..store.sqlite import SQLiteStore
-from .runtime import RedactingFilter, event_loop_runner
+from .log_format import choose_format
+from .runtime import configure_logging, event_loop_runner
 from .worker_protocol import STATS_INTERVAL, WorkerSpec, table_from_json
 
 log = logging.getLogger("spoolbox.listener")
@@ -185,15 +186,14 @@ def _worker_main() -> int:
             return 1
         first += byte
     spec = WorkerSpec.from_json(first.decode())
-    logging.basicConfig(
-        level=spec.log_level,
-        format=f"%(asctime)s %(levelname)s %(name)s [listener {spec.name} pid %(process)d]: "
-        "%(message)s",
-    )
-
     secrets = frozenset(spec.secrets)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RedactingFilter(lambda: secrets))
+    # The daemon's format (stderr is the daemon's, so "auto" decides the same way).
+    configure_logging(
+        spec.log_level,
+        lambda: secrets,
+        choose_format(spec.log_format, os.environ),
+        worker=spec.name,
+    )
     out = os.dup(1)
     # Stray prints must not corrupt the line protocol: stdout becomes stderr.
     os.dup2(2, 1)

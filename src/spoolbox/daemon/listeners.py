@@ -161,4 +161,5 @@ class Listeners:
             submitted=submitted,
             on_trouble=trouble,
             secrets=profile.secret_values,
+            log_format=profile.log.format,
         )

@@ -50,6 +50,7 @@ from ..model import LogonFlags
 from ..profile import Profile, ProfileError, load_profile
 from .api_server import LocalApiServer
 from .listeners import Listeners
+from .log_format import choose_format
 from .runtime import configure_logging, event_loop_runner
 
 __all__ = ["Daemon", "DaemonError", "run_daemon"]
@@ -302,7 +303,9 @@ def run_daemon(
         daemon = holder.get("daemon")
         return (daemon.profile if daemon is not None else profile).secret_values
 
-    configure_logging(log_level or profile.daemon.log_level, secrets)
+    configure_logging(
+        log_level or profile.log.level, secrets, choose_format(profile.log.format, os.environ)
+    )
 
     async def main() -> int:
         daemon = Daemon(

@@ -1,5 +1,6 @@
 """What both programs of the daemon set up, the daemon and a listener worker: logging
-with every secret value redacted, and the event loop ``[daemon] event_loop`` names.
+in the ``[log] format`` (:mod:`.log_format`) with every secret value redacted, and
+the event loop ``[daemon] event_loop`` names.
 
 Both sides import this module and neither imports the other (the daemon starts the
 worker as a program, ``python -m spoolbox.daemon.listener_worker``).
@@ -9,14 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
+
+from .log_format import FIELDS_ATTR, make_formatter
 
 __all__ = ["RedactingFilter", "configure_logging", "event_loop_runner"]
 
 
 class RedactingFilter(logging.Filter):
-    """Replaces every secret value of the profile in log records by ``***``."""
+    """Replaces every secret value of the profile in log records by ``***``: in the
+    message, the traceback and the structured fields (every format writes only
+    these), so it is the one place that redacts."""
 
     def __init__(self, secrets: Callable[[], frozenset[str]]) -> None:
         super().__init__()
@@ -31,21 +36,38 @@ class RedactingFilter(logging.Filter):
         if record.exc_info:
             exc_text = logging.Formatter().formatException(record.exc_info)
         if any(secret in text or secret in exc_text for secret in secrets if secret):
-            for secret in secrets:
-                if secret:
-                    text = text.replace(secret, "***")
-                    exc_text = exc_text.replace(secret, "***")
-            record.msg, record.args = text, None
+            record.msg, record.args = _redact(text, secrets), None
             if record.exc_info:
                 record.exc_info = None
-                record.exc_text = exc_text
+                record.exc_text = _redact(exc_text, secrets)
+        fields = getattr(record, FIELDS_ATTR, None)
+        if isinstance(fields, Mapping):
+            setattr(
+                record,
+                FIELDS_ATTR,
+                {k: _redact(v, secrets) if isinstance(v, str) else v for k, v in fields.items()},
+            )
         return True
 
 
-def configure_logging(level: str, secrets: Callable[[], frozenset[str]]) -> None:
-    """Log to stderr with the values ``secrets()`` gives redacted."""
+def _redact(text: str, secrets: frozenset[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def configure_logging(
+    level: str,
+    secrets: Callable[[], frozenset[str]],
+    fmt: str = "text",
+    *,
+    worker: str | None = None,
+) -> None:
+    """Log to stderr in format ``fmt`` (text, journald, json; see :mod:`.log_format`)
+    with the values ``secrets()`` gives redacted; ``worker`` names a listener worker."""
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(make_formatter(fmt, worker=worker))
     handler.addFilter(RedactingFilter(secrets))
     root = logging.getLogger()
     for old in list(root.handlers):

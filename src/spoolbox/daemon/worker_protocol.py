@@ -52,6 +52,7 @@ class WorkerSpec:
     fd: int  # the inherited listening socket
     routes: list[list[Any]]  # table_to_json of the daemon's routing table
     secrets: list[str] = field(default_factory=list)  # redacted from the worker's log
+    log_format: str = "auto"  # [log] format: the worker decides "auto" itself
 
     def to_json(self) -> str:
         return json.dumps(
@@ -66,6 +67,7 @@ class WorkerSpec:
                 "fd": self.fd,
                 "routes": self.routes,
                 "secrets": self.secrets,
+                "log_format": self.log_format,
             }
         )
 

@@ -32,9 +32,11 @@ from ..contract.options import Check
 from ..ingress.listener import ListenerConfig
 from .schema import (
     EVENT_LOOPS,
+    LOG_FORMATS,
     MAX_LISTENER_PROCESSES,
     DaemonSettings,
     ListenerSettings,
+    LogSettings,
     Profile,
     StoreSettings,
 )
@@ -47,6 +49,8 @@ DEFAULT_PROFILE_NAME = "spoolbox.toml"
 PROFILE_ENV = "SPOOLBOX_PROFILE"
 
 _NICE = Check.of(int, low=0, high=19, what="an integer from 0 to 19")
+#: ``[log] level`` and ``[daemon] log_level`` values.
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _PROCESSES = Check.of(
     int,
     low=0,
@@ -111,6 +115,7 @@ def _build(
     under_data = functools.partial(_under, data_dir)
     store = _store(top.table("store"), under_data)
     daemon = _daemon(top.table("daemon"), under_data)
+    log_settings = _log(top.table("log"), daemon.log_level)
     pol = top.table("policy")
     idle = pol.text("idle", "always") or "always"
     if idle not in ("always", "loop-lag"):
@@ -150,6 +155,7 @@ def _build(
         secret_values=frozenset(transports.secrets | listener_secrets),
         logon_dialog=transports.dialog,
         raw_transports=tuple(raw_ts),
+        log=log_settings,
     )
 
 
@@ -179,7 +185,7 @@ def _store(st: Table, under_data: Callable[[str], Path]) -> StoreSettings:
 def _daemon(dm: Table, under_data: Callable[[str], Path]) -> DaemonSettings:
     """``[daemon]``."""
     level = (dm.text("log_level", "info") or "info").upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+    if level not in _LEVELS:
         raise dm.error(
             "log_level", f'expected "debug", "info", "warning" or "error", got {level!r}'
         )
@@ -355,3 +361,15 @@ def _listener_checks() -> dict[str, Check | None]:
         check = Check.of(hints[f.name], empty=True)
         checks[f.name] = {"int": INTEGER, "strs": STRINGS, "map": None}.get(check.kind, check)
     return checks
+
+
+def _log(lg: Table, daemon_level: str) -> LogSettings:
+    """``[log]``: ``format`` and ``level`` (by default ``[daemon] log_level``'s)."""
+    fmt = lg.text("format", "auto") or "auto"
+    if fmt not in LOG_FORMATS:
+        raise lg.error("format", f'expected "auto", "text", "journald" or "json", got {fmt!r}')
+    level = (lg.text("level") or daemon_level).upper()
+    if level not in _LEVELS:
+        raise lg.error("level", f'expected "debug", "info", "warning" or "error", got {level!r}')
+    lg.done()
+    return LogSettings(format=fmt, level=level)

@@ -16,9 +16,11 @@ from .secrets import MissingSecret, redact
 
 __all__ = [
     "EVENT_LOOPS",
+    "LOG_FORMATS",
     "MAX_LISTENER_PROCESSES",
     "DaemonSettings",
     "ListenerSettings",
+    "LogSettings",
     "Profile",
     "StoreSettings",
 ]
@@ -45,6 +47,19 @@ class DaemonSettings:
     nice: int = 10
     log_level: str = "INFO"
     event_loop: str = "auto"  # "auto" (uvloop if installed), "uvloop" or "asyncio"
+
+
+#: ``[log] format`` values (``auto``: journald when stderr is the journal, else text).
+LOG_FORMATS = ("auto", "text", "journald", "json")
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    """``[log]``: the daemon's log format and level (``[daemon] log_level`` is the older
+    spelling of ``level``)."""
+
+    format: str = "auto"  # "auto", "text", "journald" or "json"
+    level: str = "INFO"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +90,7 @@ class Profile:
     logon_dialog: Mapping[str, bool] = field(default_factory=dict)
     #: The raw option tables (before secret resolution), to re-resolve after a dialog.
     raw_transports: tuple[Mapping[str, Any], ...] = ()
+    log: LogSettings = LogSettings()
 
     @property
     def default_sender(self) -> Address | None:

@@ -9,6 +9,12 @@ Failure policy: an exception from a provider call is the provider's failure, nev
 the spooler's.  It is counted; after ``failure_threshold`` consecutive failures the
 row shows STATUS_FAILURE and the session pauses (doubling up to a cap) before it is
 given work again.  Other sessions are not affected.
+
+Trouble (:mod:`..trouble`): failed logons, failing calls and a FAILURE the provider
+sets on its own row (the SMTP transport when it cannot connect or log in to its
+smart host) are logged once per change of state, not once per retry: a WARNING when
+a streak starts, an INFO when it ends.  A FAILURE the provider set stays until the
+provider clears it (a call that returns does not clear it) or its session ends.
 """
 
 from __future__ import annotations
@@ -38,12 +44,15 @@ from ..lifecycle import SessionLifecycle
 from ..objects import InboundWriterImpl, OutboundMessageImpl, ProfileSectionImpl
 from ..runtime import Runtime, SpoolerPort
 from ..slices import checkpoint
+from ..trouble import Change, Source, Trouble, failing_line, recovered_line
 from .isolated import IsolatedProvider
 
-__all__ = ["CURRENT_MESSAGE", "HostBase", "log"]
+__all__ = ["CURRENT_MESSAGE", "OVERRUN_LOG_INTERVAL", "HostBase", "log"]
 
 T = TypeVar("T")
 log = logging.getLogger("spoolbox.transport")
+#: Seconds between two "overran its slice" lines (DEBUG) of one session.
+OVERRUN_LOG_INTERVAL = 60.0
 
 #: The message (outbound or inbound) the current task is working on, for cancellation.
 CURRENT_MESSAGE: contextvars.ContextVar[OutboundMessageImpl | InboundWriterImpl | None] = (
@@ -79,7 +88,7 @@ class HostBase:
         self.critical_error = False
         self.stopping = False
         self._cooldown_until = 0.0
-        self._last_overrun_log = 0.0
+        self._last_overrun_log = -OVERRUN_LOG_INTERVAL
         self.counters: dict[str, int] = {
             "submitted": 0,
             "delivered": 0,
@@ -91,6 +100,7 @@ class HostBase:
             "slow_slices": 0,
         }
         self.consecutive_failures = 0
+        self.trouble = Trouble()  # failing to log on, connect or call: see .trouble
         self.longest_slice = 0.0
         self.last_error: str | None = None
         self.logons = 0
@@ -157,14 +167,18 @@ class HostBase:
         )
         if self.shown:
             self.runtime.status.update(self.name, detail=detail, counters=dict(self.counters))
+        # Internal noise for a user: DEBUG, at most one line a minute per session (the
+        # watchdog's WARNING names a provider that really blocks the loop).
         now = time.monotonic()
-        if now - self._last_overrun_log >= 1.0:
+        if now - self._last_overrun_log >= OVERRUN_LOG_INTERVAL and log.isEnabledFor(logging.DEBUG):
             self._last_overrun_log = now
-            log.warning(
-                "transport %r overran its slice: %.1f ms without yielding (budget %.1f ms)",
+            log.debug(
+                "transport %r overran its slice: %.1f ms without yielding (budget %.1f ms; "
+                "%d overruns so far)",
                 self.name,
                 seconds * 1000,
                 budget * 1000,
+                self.counters["slow_slices"],
             )
 
     # -- calling the provider ---------------------------------------------------------
@@ -263,6 +277,31 @@ class HostBase:
             self.port.flush_requested(self.name, flags)
 
     # -- failures -------------------------------------------------------------------------
+    def trouble_failed(
+        self, source: Source, reason: str, retry: str = "", *, exc: BaseException | None = None
+    ) -> None:
+        """A failure of ``source``: a WARNING if it starts a streak, else DEBUG."""
+        self.trouble, change = self.trouble.failed(source, reason)
+        line = failing_line(self.name, reason, retry)
+        if change is Change.STARTED:
+            log.warning("%s", line, exc_info=exc)
+        else:
+            log.debug("%s (%d failures in a row)", line, self.trouble.failures)
+
+    def trouble_ok(self, source: Source) -> None:
+        """A success of ``source``: an INFO if it ends a streak of that source."""
+        failures = self.trouble.failures
+        self.trouble, change = self.trouble.succeeded(source)
+        if change is Change.RECOVERED:
+            log.info("%s", recovered_line(self.name, failures))
+
+    def provider_failure(self, failing: bool, reason: str) -> None:
+        """The provider set (or cleared) FAILURE on its own row."""
+        if failing:
+            self.trouble_failed(Source.PROVIDER, reason)
+        else:
+            self.trouble_ok(Source.PROVIDER)
+
     def call_failed(self, call: str, exc: BaseException) -> None:
         self.consecutive_failures += 1
         self.counters["errors"] += 1
@@ -270,11 +309,18 @@ class HostBase:
         if isinstance(exc, ContractViolation):
             text = f"contract violation in {call}: {exc}"
         self.last_error = text
-        log.warning("transport %r: %s", self.name, text, exc_info=not isinstance(exc, WaitRetry))
         policy = self.runtime.policy
+        pause: float | None = None
         if self.consecutive_failures >= policy.failure_threshold:
             over = self.consecutive_failures - policy.failure_threshold
             pause = min(policy.failure_backoff_cap, policy.failure_backoff * 2 ** min(over, 30))
+        self.trouble_failed(
+            Source.CALL,
+            text,
+            f"paused {pause:.0f} s" if pause is not None else "",
+            exc=None if isinstance(exc, WaitRetry) else exc,
+        )
+        if pause is not None:
             self._cooldown_until = self.runtime.clock.now() + pause
             self.recovered.clear()
             self.set_bits(on=StatusCode.FAILURE, detail=f"{text} (paused {pause:.0f} s)")
@@ -282,11 +328,16 @@ class HostBase:
             self.set_bits(detail=text)
 
     def call_ok(self) -> None:
+        self.trouble_ok(Source.CALL)
         if self.consecutive_failures or (self.row().status_code & StatusCode.FAILURE):
             self.consecutive_failures = 0
             self._cooldown_until = 0.0
-            if not self.critical_error:
+            if self._may_clear_failure():
                 self.set_bits(off=StatusCode.FAILURE)
+
+    def _may_clear_failure(self) -> bool:
+        """Not after a critical error, nor over a FAILURE the provider set itself."""
+        return not self.critical_error and not self.trouble.by(Source.PROVIDER)
 
     def ready_to_send(self) -> None:
         """READYTOSEND: the failures are forgotten and the lanes woken."""
@@ -294,7 +345,7 @@ class HostBase:
         self._cooldown_until = 0.0
         self.recovered.set()
         self.wake.set()
-        if not self.critical_error and self.shown:
+        if self._may_clear_failure() and self.shown:
             self.set_bits(off=StatusCode.FAILURE)
 
     def fail_critically(self, text: str) -> None:

@@ -28,6 +28,7 @@ from ..config import TransportConfig
 from ..lifecycle import SessionLifecycle
 from ..objects import ProfileSectionImpl
 from ..runtime import Runtime, SpoolerPort
+from ..trouble import Source, Trouble
 from .base import HostBase, log
 from .inbound import InboundLane, run_idle_lane
 from .isolated import IsolatedProvider, IsolatedSession
@@ -66,6 +67,11 @@ class TransportHost(HostBase):
         # A new support object: a dead session's stays dead.
         self.support = SupportImpl(self, self.outbound)
         self.critical_error = False
+        if self.trouble.by(Source.PROVIDER):
+            # The FAILURE a provider set belonged to its session: the new one starts
+            # clean, and sets it again (and the spooler warns again) if it still fails.
+            log.debug("transport %r: logging on again; its peer's state is unknown", self.name)
+            self.trouble = Trouble()
         flags = self.entry.logon_flags | LogonFlags.NO_INBOUND | LogonFlags.NO_OUTBOUND
         section = f"transport:{self.name}"
         self.profile = ProfileSectionImpl(
@@ -161,6 +167,7 @@ class TransportHost(HostBase):
             try:
                 await self.logon()
                 self.tried_logon.set()
+                self.trouble_ok(Source.LOGON)
             except Exception as exc:
                 self.tried_logon.set()
                 self.lifecycle.fail()
@@ -173,12 +180,13 @@ class TransportHost(HostBase):
                     text = f"logon failed: {type(exc).__name__}: {exc}"
                 self.last_error = text
                 self.counters["errors"] += 1
-                log.warning("transport %r: %s (retrying in %.0f s)", self.name, text, delay)
+                self.trouble_failed(Source.LOGON, text, f"retrying in {delay:g} s")
                 self.row()
                 self.set_bits(
                     on=StatusCode.FAILURE | StatusCode.OFFLINE,
                     off=StatusCode.AVAILABLE,
                     detail=text,
+                    status_string=text,
                 )
                 await wait_event(runtime.clock, self.stop_event, delay)
                 delay = min(delay * 2, runtime.policy.failure_backoff_cap)

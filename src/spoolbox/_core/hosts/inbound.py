@@ -9,13 +9,15 @@ download phase uses the same :meth:`InboundLane.receive_batch`.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ...contract.errors import ContractViolation, MessageCancelled
 from ...model import FlushFlags, LogonCaps, StatusCode, new_message_id
-from ...store import InboundMessage
+from ...store import InboundMessage, InboxEntry
 from ..clock import wait_event
+from ..delivery_log import INBOUND_LOGGER, InboundLine
 from ..objects import InboundWriterImpl
 from ..slices import checkpoint
 from .base import CURRENT_MESSAGE, HostBase, log
@@ -25,6 +27,8 @@ __all__ = ["INBOUND_COMMIT_BYTES", "InboundLane", "run_idle_lane"]
 #: A batch of inbound messages is committed once it holds this many bytes (they are
 #: in memory until their commit), whatever ``policy.inbound_commit_batch`` says.
 INBOUND_COMMIT_BYTES = 8 * 1024 * 1024
+#: One INFO line per message put in the inbox (docs/operations.md, "Logs").
+inbound_log = logging.getLogger(INBOUND_LOGGER)
 
 
 class InboundLane:
@@ -247,6 +251,7 @@ class InboundLane:
         if host.profile is not None and state:
             host.profile.merge_committed(state)
         host.bump("received", len(entries))
+        _log_received(entries)
         if host.flushing & FlushFlags.DOWNLOAD:
             host.flush_done += len(entries)
             host.flush_bytes += sum(entry.size for entry in entries)
@@ -275,3 +280,14 @@ async def run_idle_lane(host: HostBase) -> None:
             host.call_ok()
         except Exception as exc:
             host.call_failed("idle", exc)
+
+
+def _log_received(entries: Sequence[InboxEntry]) -> None:
+    """INFO (``spoolbox.inbound``): one line per message committed to the inbox."""
+    if not inbound_log.isEnabledFor(logging.INFO):
+        return
+    for entry in entries:
+        line = InboundLine.of(
+            entry_id=entry.id, sender=entry.sender, transport=entry.transport, size=entry.size
+        )
+        inbound_log.info("%s", line.text(), extra={"spoolbox_fields": line.fields()})

@@ -163,6 +163,11 @@ class SupportImpl:
             changes["identity"] = identity
         table.update(host.name, **changes)
         host.flush_bits_changed(old_code, code)
+        asked = set_bits | (StatusCode.NONE if status_code is None else StatusCode(status_code))
+        if StatusCode.FAILURE & asked & ~clear_bits:
+            host.provider_failure(True, status_string or table[host.name].display_string)
+        elif StatusCode.FAILURE & ~code:
+            host.provider_failure(False, "")
 
     async def status_recips(
         self, message: OutboundMessage, results: Sequence[RecipientResult]

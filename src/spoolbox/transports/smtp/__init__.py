@@ -70,6 +70,10 @@ Results (one ``status_recips`` call per message):
   dot, so a connection lost in the middle of DATA leaves the message queued.
 * Addresses that cannot go into a command line (spaces, control characters, ``<``
   or ``>``) fail with 5.1.3; non-ASCII addresses need the server's SMTPUTF8 (else 5.6.7).
+* A connection that cannot be made or logged in to (connect, greeting, EHLO, TLS or
+  AUTH failed) also sets FAILURE on the transport's status row, with the reason in its
+  status text ("cannot relay via host:port: ..."); the next connection made clears it.
+  The spooler logs the change both ways, once.
 
 PIPELINING (RFC 2920): when the server's EHLO reply lists it, ``MAIL FROM``, every
 ``RCPT TO`` and ``DATA`` go out in one write and their replies are read in order,

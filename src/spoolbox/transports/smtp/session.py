@@ -15,6 +15,7 @@ from spoolbox.contract import (
     OutboundMessage,
     OutboundRecipient,
     RecipientResult,
+    StatusCode,
     SubmitFlags,
     Support,
     TransportNotifyFlags,
@@ -55,6 +56,10 @@ class SMTPSession(BaseTransportSession):
         self._cancelled: set[str] = set()
         self.counts = {"delivered": 0, "failed": 0, "deferred": 0, "messages": 0}
         self.last_error = ""
+        #: Why the last connection could not be made or logged in ("" once one was):
+        #: the row shows FAILURE while it is set (the spooler logs the change).
+        self.unreachable = ""
+        self._row_failing = False
 
     def __repr__(self) -> str:
         return f"<SMTPSession {self.settings.where} tls={self.settings.tls}>"
@@ -88,12 +93,24 @@ class SMTPSession(BaseTransportSession):
 
     def _update_status(self) -> None:
         where = self.settings.where
+        if self.unreachable:
+            # Every message is deferred until a connection is made: FAILURE, and why.
+            self._row_failing = True
+            self.support.modify_status_row(
+                status_string=f"cannot relay via {where}: {self.unreachable}",
+                set_bits=StatusCode.FAILURE,
+            )
+            return
         text = f"connected to {where}" if self.pool.alive_count else f"idle, relaying via {where}"
         text += f", {self.counts['delivered']} sent"
         if self.counts["deferred"] or self.counts["failed"]:
             text += f", {self.counts['deferred']} deferred, {self.counts['failed']} failed"
         if self.last_error:
             text += f"; last error: {self.last_error}"
+        if self._row_failing:
+            self._row_failing = False
+            self.support.modify_status_row(status_string=text, clear_bits=StatusCode.FAILURE)
+            return
         self.support.modify_status_row(status_string=text)
 
     # -- notifications ------------------------------------------------------------------------
@@ -179,7 +196,12 @@ class SMTPSession(BaseTransportSession):
         if not todo:
             return
         await self.support.spooler_yield()  # a cancel before we connect: MessageCancelled
-        conn = await self.pool.acquire(message.ref)
+        try:
+            conn = await self.pool.acquire(message.ref)
+        except Failure as f:
+            self.unreachable = f.text  # connect, greeting, EHLO, TLS or AUTH
+            raise
+        self.unreachable = ""
         reusable = False
         try:
             reusable = await self._transaction(conn, message, mail_from, todo, results)

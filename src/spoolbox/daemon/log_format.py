@@ -1,0 +1,125 @@
+"""The daemon's log formats, ``[log] format``: ``text``, ``journald`` and ``json``.
+
+* ``text``: ``2026-12-03 07:12:01,532 INFO spoolbox.delivery: 3Fz9...: to=<...>, ...``
+* ``journald``: a priority prefix as sd-daemon(3) reads it (``<3>`` error, ``<4>``
+  warning, ``<6>`` info, ``<7>`` debug) and no time stamp (the journal has its own):
+  ``<6>spoolbox.delivery: 3Fz9...: to=<...>, ...``; every line of a multi-line record
+  (a traceback) gets the prefix, since the journal reads each line as an entry.
+* ``json``: one object per line with ``ts`` (RFC 3339, UTC), ``level``, ``logger``,
+  ``msg``, the structured fields a record carries (a delivery line's ``id``, ``to``,
+  ``transport``, ``relay``, ``delay``, ``dsn``, ``status``, ``response``) and
+  ``exc`` (the traceback) when there is one.
+
+``auto`` (the default) is ``journald`` when stderr is the journal's stream (systemd sets
+``JOURNAL_STREAM`` to the ``device:inode`` of the stream it connects) and ``text``
+otherwise.  Redaction happens before formatting (:class:`~.runtime.RedactingFilter`),
+the same for every format.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = [
+    "FIELDS_ATTR",
+    "JournaldFormatter",
+    "JsonFormatter",
+    "choose_format",
+    "make_formatter",
+    "on_journal",
+]
+
+#: The LogRecord attribute holding a record's structured fields (``extra=``).
+FIELDS_ATTR = "spoolbox_fields"
+
+_TEXT = "%(asctime)s %(levelname)s %(name)s{tag}: %(message)s"
+
+
+def on_journal(environ: Mapping[str, str], fd: int = 2) -> bool:
+    """True when ``fd`` is the stream systemd connected to the journal: ``JOURNAL_STREAM``
+    (``device:inode``) names it (systemd.exec(5))."""
+    value = environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    if not (dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+
+
+def choose_format(configured: str, environ: Mapping[str, str], fd: int = 2) -> str:
+    """The format to use: the profile's, or for ``auto`` journald under the journal."""
+    if configured != "auto":
+        return configured
+    return "journald" if on_journal(environ, fd) else "text"
+
+
+def _priority(levelno: int) -> int:
+    """A logging level as a syslog priority (sd-daemon(3))."""
+    if levelno >= logging.CRITICAL:
+        return 2
+    if levelno >= logging.ERROR:
+        return 3
+    if levelno >= logging.WARNING:
+        return 4
+    if levelno >= logging.INFO:
+        return 6
+    return 7
+
+
+class JournaldFormatter(logging.Formatter):
+    """``<N>logger: message``, each line of it prefixed; no time stamp."""
+
+    def __init__(self, tag: str = "") -> None:
+        super().__init__(f"%(name)s{tag}: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{_priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in super().format(record).splitlines())
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line; ``extra`` holds constant keys (the
+    listener worker's name and pid)."""
+
+    def __init__(self, extra: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self._extra = dict(extra or {})
+
+    def format(self, record: logging.LogRecord) -> str:
+        obj: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        obj.update(self._extra)
+        fields = getattr(record, FIELDS_ATTR, None)
+        if isinstance(fields, Mapping):
+            for key, value in fields.items():
+                obj.setdefault(str(key), value)
+        if record.exc_info:
+            obj["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            obj["exc"] = record.exc_text
+        return json.dumps(obj, ensure_ascii=False, default=str)
+
+
+def make_formatter(fmt: str, *, worker: str | None = None) -> logging.Formatter:
+    """The formatter for ``fmt`` (``text``, ``journald`` or ``json``); ``worker`` names
+    a listener worker process, shown in each line."""
+    tag = f" [listener {worker} pid %(process)d]" if worker else ""
+    if fmt == "journald":
+        return JournaldFormatter(tag)
+    if fmt == "json":
+        return JsonFormatter({"listener": worker, "pid": os.getpid()} if worker else None)
+    if fmt == "text":
+        return logging.Formatter(_TEXT.format(tag=tag))
+    raise ValueError(f'unknown log format {fmt!r}: expected "text", "journald" or "json"')
