@@ -1,6 +1,8 @@
 # spoolbox: the two set-up commands of the README.
-#   make demo  - create .venv, install spoolbox, run the demo on the embedded default
-#   make test  - create .venv, install spoolbox with its test tools, run lint, types and tests
+#   make demo  - create .venv, install spoolbox with the demo extra, run the demo on the
+#                embedded default
+#   make test  - create .venv, install spoolbox with its test and dev extras, run lint,
+#                types and tests
 #   make mutation MODULE=policy - mutation-test one core module (docs/testing.md)
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,11 +14,17 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# The test suite's extra and the dev tools (ruff, mypy, mutmut): what `make test` runs.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	touch $@ $(VENV)/.installed-demo
+
+# The demo's extra only (a venv that has the test extra has it too).
+$(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[demo]'
 	touch $@
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed-demo
 	$(BIN)/python -m spoolbox.demo
 
 lint: $(VENV)/.installed
@@ -34,13 +42,9 @@ test: lint typecheck pytest
 bench-lag: $(VENV)/.installed
 	$(BIN)/python bench/foreground_lag.py
 
-$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $@
-
 # Mutation testing of the core's decision modules; not part of `make test` (slow).
 # MODULE= one or more of the keys `$(BIN)/python scripts/mutation.py --list` shows.
-mutation: $(VENV)/.installed-dev
+mutation: $(VENV)/.installed
 	$(BIN)/python scripts/mutation.py $(MODULE)
 
 clean:

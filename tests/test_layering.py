@@ -50,6 +50,8 @@ ALLOWED: dict[str, set[str]] = {
     | {"__init__", "_core", "_private", "profile", "api", "ingress", "transports", "testing"},
     # spoolbox.client: the old import path of api/client.py, a re-export
     "client": {"api"},
+    # the console script (spoolbox/__main__.py): the command line, or how to install it
+    "__main__": {"cli"},
     # leaves
     "_private": set(),
 }

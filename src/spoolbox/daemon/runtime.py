@@ -79,8 +79,9 @@ def configure_logging(
 def event_loop_runner(choice: str) -> Callable[[Coroutine[Any, Any, int]], int]:
     """``asyncio.run`` or ``uvloop.run`` for ``[daemon] event_loop``.
 
-    ``auto`` takes uvloop when it is installed: libuv's event loop and transports cut
-    the per-message cost of the daemon's network I/O (see docs/benchmarks.md, relay).
+    ``auto`` takes uvloop when it is installed (the ``uvloop`` extra), else asyncio's:
+    libuv's event loop and transports cut the per-message cost of the daemon's
+    network I/O (see docs/benchmarks.md, relay).
     ``uvloop`` insists on it; ``asyncio`` is the standard library's loop.
     """
     if choice != "asyncio":
@@ -90,7 +91,7 @@ def event_loop_runner(choice: str) -> Callable[[Coroutine[Any, Any, int]], int]:
             if choice == "uvloop":
                 raise ImportError(
                     '"uvloop" is asked for, but uvloop is not installed '
-                    "(pip install uvloop; it is a dependency of spoolbox on Linux and macOS)"
+                    "(pip install 'spoolbox[uvloop]', or event_loop = \"auto\")"
                 ) from None
         else:
             return uvloop.run

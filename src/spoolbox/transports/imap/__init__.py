@@ -85,10 +85,23 @@ comes back for the next without waiting for its next poll.
 
 The package: :mod:`.wire` (IMAP's text: commands and answers, no I/O),
 :mod:`.connection` (one connection and its commands), :mod:`.state` (the durable
-record in the profile section), :mod:`.idle` (IDLE) and :mod:`.session` (the
-session and the provider).
+record in the profile section), :mod:`.idle` (IDLE), :mod:`.session` (the session)
+and :mod:`.provider` (the provider; it loads without aioimaplib, the ``imap`` extra,
+and its logon then fails saying so).
 """
 
-from .session import IMAPProvider, IMAPSession
+from typing import Any
+
+from .provider import IMAPProvider
 
 __all__ = ["IMAPProvider", "IMAPSession"]
+
+
+def __getattr__(name: str) -> Any:
+    # IMAPSession on first use: its module imports aioimaplib (the ``imap`` extra),
+    # which the provider, and so the entry point, does without.
+    if name == "IMAPSession":
+        from .session import IMAPSession
+
+        return IMAPSession
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

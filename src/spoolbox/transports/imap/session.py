@@ -1,5 +1,5 @@
-"""The IMAP session: logon, poll, fetch ahead, hand out, remove after the commit; and
-the provider that logs it on.
+"""The IMAP session: logon, poll, fetch ahead, hand out, remove after the commit (the
+provider that logs it on is :mod:`.provider`).
 
 The module docstring of :mod:`spoolbox.transports.imap` says what it guarantees;
 the connection (:mod:`.connection`), the durable record (:mod:`.state`) and IDLE
@@ -22,11 +22,9 @@ from spoolbox.contract import (
     InboundWriter,
     LogoffFlags,
     LogonCaps,
-    LogonFlags,
     NetworkError,
     Progress,
     SpoolerNotifyFlags,
-    StatusCode,
     Support,
     TransportNotifyFlags,
 )
@@ -45,7 +43,7 @@ from .state import (
 )
 from .wire import _ProtocolError
 
-__all__ = ["IMAPProvider", "IMAPSession"]
+__all__ = ["IMAPSession"]
 
 _CHUNK = 65536
 _RETRY = 30.0  # NetworkError delay: the spooler's own back-off decides in practice
@@ -441,28 +439,3 @@ class IMAPSession(BaseTransportSession):
                         await self._remove_committed(conn)
                         self._conn = None
                 await conn.close()
-
-
-class IMAPProvider:
-    """The IMAP transport provider (entry point ``imap``)."""
-
-    display_name: ClassVar[str] = "IMAP"
-
-    async def logon(
-        self, support: Support, config: Mapping[str, Any], flags: LogonFlags
-    ) -> IMAPSession:
-        settings = MailboxSettings.from_config("imap", config)
-        session = IMAPSession(support, settings)
-        support.modify_status_row(
-            update=False, status_code=StatusCode.AVAILABLE, status_string=settings.describe()
-        )
-        try:
-            await session._start()
-        except BaseException:
-            await session.logoff(LogoffFlags.HURRY)
-            raise
-        session._status()
-        return session
-
-    async def shutdown(self) -> None:
-        return None
