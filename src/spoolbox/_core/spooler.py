@@ -155,6 +155,7 @@ class Spooler:
             counters=self.counters,
             settle_unowned=self._settlement.settle_unowned,
             released=self._released,
+            retention=self.config.retention,
         )
 
     def __repr__(self) -> str:

@@ -1,13 +1,13 @@
 """The SQLite store's retention operations as plain synchronous functions: finding
 finished messages, deleting them, deleting inbox entries.
 
-A purge is two jobs: :func:`candidates` scans for finished messages old enough in a
-read transaction (a snapshot: it holds no write lock, however large the store), then
-:func:`purge` deletes at most ``limit`` of them in one write transaction, deciding
-each one again on its current rows with the shared rule
-(:func:`spoolbox.store.retention.purgeable`): a message that changed in between is
-kept.  Deleting a message deletes its recipients (the counters' triggers see each),
-then the message, then its content.
+A purge is two jobs (and so is an inbox purge, with :func:`old_inbox`):
+:func:`candidates` scans for finished messages old enough in a read transaction (a
+snapshot: it holds no write lock, however large the store), then :func:`purge`
+deletes at most ``limit`` of them in one write transaction, deciding each one again
+on its current rows with the shared rule (:func:`spoolbox.store.retention.purgeable`):
+a message that changed in between is kept.  Deleting a message deletes its
+recipients (the counters' triggers see each), then the message, then its content.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .. import retention
 from ..base import UnknownMessage
 from .rows import recipient_from_row
 
-__all__ = ["candidates", "delete_inbox", "purge", "purge_inbox"]
+__all__ = ["candidates", "delete_inbox", "old_inbox", "purge", "purge_inbox"]
 
 # A message's finished time and the counts its queue is decided from, for the messages
 # whose every recipient is finished (the state literals as the schema spells them).
@@ -42,8 +42,8 @@ _BLOB_OF = "SELECT blob_id FROM messages WHERE id = ?"
 _DELETE_RECIPIENTS = "DELETE FROM recipients WHERE message_id = ?"
 _DELETE_MESSAGE = "DELETE FROM messages WHERE id = ?"
 _DELETE_BLOB = "DELETE FROM blobs WHERE id = ?"
-_OLD_INBOX = "SELECT id, blob_id FROM inbox WHERE received_at < ? LIMIT ?"
-_INBOX_BLOB = "SELECT blob_id FROM inbox WHERE id = ?"
+_OLD_INBOX = "SELECT id FROM inbox WHERE received_at < ? LIMIT ?"
+_INBOX_ENTRY = "SELECT blob_id, received_at FROM inbox WHERE id = ?"
 _DELETE_INBOX = "DELETE FROM inbox WHERE id = ?"
 
 
@@ -84,17 +84,31 @@ def purge(
     return gone
 
 
-def purge_inbox(conn: sqlite3.Connection, *, received_before: float, limit: int) -> list[str]:
-    rows = conn.execute(_OLD_INBOX, (received_before, limit)).fetchall()
-    for row in rows:
-        conn.execute(_DELETE_INBOX, (row["id"],))
-        conn.execute(_DELETE_BLOB, (row["blob_id"],))
-    return [str(row["id"]) for row in rows]
+def old_inbox(conn: sqlite3.Connection, *, received_before: float, limit: int) -> list[str]:
+    """Up to ``limit`` ids of inbox entries received before ``received_before`` (read)."""
+    return [str(r["id"]) for r in conn.execute(_OLD_INBOX, (received_before, limit))]
+
+
+def purge_inbox(
+    conn: sqlite3.Connection, *, ids: Sequence[str], received_before: float
+) -> list[str]:
+    """Delete those of ``ids`` still there and received before ``received_before``."""
+    gone: list[str] = []
+    for entry_id in ids:
+        row = conn.execute(_INBOX_ENTRY, (entry_id,)).fetchone()
+        if row is not None and float(row["received_at"]) < received_before:
+            _delete_entry(conn, entry_id, int(row["blob_id"]))
+            gone.append(entry_id)
+    return gone
 
 
 def delete_inbox(conn: sqlite3.Connection, *, entry_id: str) -> None:
-    row = conn.execute(_INBOX_BLOB, (entry_id,)).fetchone()
+    row = conn.execute(_INBOX_ENTRY, (entry_id,)).fetchone()
     if row is None:
         raise UnknownMessage(f"no inbox message with id {entry_id!r}")
+    _delete_entry(conn, entry_id, int(row["blob_id"]))
+
+
+def _delete_entry(conn: sqlite3.Connection, entry_id: str, blob_id: int) -> None:
     conn.execute(_DELETE_INBOX, (entry_id,))
-    conn.execute(_DELETE_BLOB, (row["blob_id"],))
+    conn.execute(_DELETE_BLOB, (blob_id,))

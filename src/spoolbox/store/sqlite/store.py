@@ -505,9 +505,16 @@ class SQLiteStore:
 
     async def purge_inbox(self, *, received_before: float, limit: int) -> list[str]:
         retention.check_limit(limit)
+        ids = await self._send(
+            "purge_inbox",
+            functools.partial(_purge.old_inbox, received_before=received_before, limit=limit),
+            Kind.READ,
+        )
+        if not ids:
+            return []
         return await self._run(
             "purge_inbox",
-            functools.partial(_purge.purge_inbox, received_before=received_before, limit=limit),
+            functools.partial(_purge.purge_inbox, ids=ids, received_before=received_before),
         )
 
     async def profile_get(self, section: str) -> dict[str, JSONValue]:
