@@ -7,14 +7,14 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import replace
 
-from helpers import SLOW_TIMERS, message, until
+from helpers import SLOW_TIMERS, message, spooler, transport, until
 
 from spoolbox import AlwaysIdle, Spooler, SpoolerConfig
 from spoolbox._core.housekeeping import PURGE_BATCH
 from spoolbox.model import MessageState, RecipientState
 from spoolbox.store import InboundMessage, MemoryStore, RecipientUpdate, UnknownMessage
 from spoolbox.store.retention import Retention
-from spoolbox.testing import FakeClock
+from spoolbox.testing import Act, FakeClock, Script
 
 DAY = 86400.0
 POLICY = replace(
@@ -133,3 +133,19 @@ async def test_purge_goes_in_bounded_batches_and_yields_between_them() -> None:
     assert first < second < third
     assert await _exists(store, keep)
     assert len(await store.list_messages(now=now, limit=10_000)) == 1
+
+
+async def test_a_manual_retry_lifts_the_destinations_back_off() -> None:
+    clock = FakeClock()
+    script = Script(("SMTP",), submit=[Act.FAIL_TEMP, Act.SUCCEED])
+    async with spooler(transport("smtp", script), clock=clock) as sp:
+        first = await sp.submit(message("SMTP:a@down.example"))
+        await sp.wait_for(first.id, [MessageState.DEFERRED], timeout=5)
+        second = await sp.submit(message("SMTP:b@down.example"))
+        await sp.wait_for(second.id, [MessageState.DEFERRED], timeout=5)
+        assert script.names().count("submit_message") == 1  # held back by the back-off
+        assert await sp.retry(second.id) == 1
+        # No clock advance: the retry alone makes it go, past the destination's back-off.
+        assert await sp.wait_for(second.id, timeout=5) is MessageState.SENT
+        (rec,) = await sp.store.recipients(second.id)
+        assert rec.attempts == 1
