@@ -147,11 +147,20 @@ async def listing(store: Store, *, filt: Filter, limit: int | None, now: float) 
     }
 
 
-def _prefix_after(prefix: str) -> str | None:
-    """A key just before every id that starts with ``prefix`` (for an ``after`` cursor)."""
-    if not prefix:
-        return None
+def _prefix_after(prefix: str) -> str:
+    """A key just before every id that starts with ``prefix`` (for an ``after`` cursor;
+    ``prefix`` is not empty and its characters are id characters, all above NUL)."""
     return prefix[:-1] + chr(ord(prefix[-1]) - 1) + "\U0010ffff"
+
+
+def _checked(prefix: str, what: str) -> str:
+    """``prefix`` if it could begin an id; AmbiguousId when empty, UnknownMessage when
+    it has a character no id has."""
+    if not prefix:
+        raise AmbiguousId(f"an empty id matches every {what}: give an id or a prefix of one")
+    if not all(c.isalnum() or c in "-_." for c in prefix):
+        raise UnknownMessage(f"no {what} with id {prefix!r}")
+    return prefix
 
 
 def _one(prefix: str, found: Sequence[str], what: str) -> str:
@@ -170,6 +179,7 @@ async def resolve(store: Store, prefix: str, *, now: float) -> str:
     """The one message id that starts with ``prefix`` (an exact id wins);
     UnknownMessage or AmbiguousId otherwise."""
     found: list[str] = []
+    prefix = _checked(prefix, "message")
     async for summary in _scan(store, now, _prefix_after(prefix)):
         if not summary.info.id.startswith(prefix):
             break
@@ -180,6 +190,7 @@ async def resolve(store: Store, prefix: str, *, now: float) -> str:
 async def resolve_inbox(store: Store, prefix: str) -> str:
     """The one inbox entry id that starts with ``prefix``, as :func:`resolve`."""
     found: list[str] = []
+    prefix = _checked(prefix, "inbox message")
     after = _prefix_after(prefix)
     while page := await store.list_inbox(limit=_PAGE, after=after):
         ids = [e.id for e in page if e.id.startswith(prefix)]
