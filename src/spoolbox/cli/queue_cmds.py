@@ -9,7 +9,8 @@ Messages are named as git names commits: by their full id or any unique prefix o
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -24,6 +25,7 @@ __all__ = ["inbox_group", "queue_group"]
 
 _STATES = [state.value for state in MessageState]
 _FINISHED = [MessageState.SENT.value, MessageState.FAILED.value, MessageState.CANCELLED.value]
+_F = TypeVar("_F", bound=Callable[..., Any])
 #: How many messages ``queue list`` shows unless told otherwise.
 DEFAULT_LIMIT = 50
 
@@ -36,14 +38,15 @@ def queue_group(ctx: click.Context) -> None:
         ctx.invoke(queue_list)
 
 
+def _states_option(choices: list[str], help_text: str) -> Callable[[_F], _F]:
+    """``--state`` (repeatable) as the listing, the bulk actions and purge take it."""
+    return click.option(
+        "--state", "states", type=click.Choice(choices), multiple=True, help=help_text
+    )
+
+
 @queue_group.command("list")
-@click.option(
-    "--state",
-    "states",
-    type=click.Choice(_STATES),
-    multiple=True,
-    help="Only these queues (repeatable; default: queued, active, deferred, hold).",
-)
+@_states_option(_STATES, "Only these queues (repeatable; default: queued, active, deferred, hold).")
 @click.option("--all", "every", is_flag=True, help="Every queue (sent, failed ... too), no limit.")
 @click.option(
     "--limit", type=click.IntRange(1), default=None, help=f"At most this many [{DEFAULT_LIMIT}]."
@@ -136,13 +139,7 @@ def queue_show(obj: Ctx, message_id: str, as_json: bool) -> None:
 
 def _action(name: str, doc: str) -> click.Command:
     @click.argument("message_ids", nargs=-1, metavar="[ID...|ALL]")
-    @click.option(
-        "--state",
-        "states",
-        type=click.Choice(_STATES),
-        multiple=True,
-        help="Messages in this queue (repeatable).",
-    )
+    @_states_option(_STATES, "Messages in this queue (repeatable).")
     @click.option("--transport", help="Messages with a recipient routed to this transport.")
     @json_option
     @pass_ctx
@@ -205,13 +202,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 
 @queue_group.command("purge")
-@click.option(
-    "--state",
-    "states",
-    type=click.Choice(_FINISHED),
-    multiple=True,
-    help="Only this finished queue (repeatable; default: sent, failed and cancelled).",
-)
+@_states_option(_FINISHED, "Only this finished queue (repeatable; default: all three).")
 @click.option(
     "--older-than",
     metavar="DURATION",
