@@ -105,7 +105,7 @@ def test_sigterm_with_messages_in_flight_loses_nothing(home: Home, daemons: Daem
     # Nothing vanished: every message is delivered (once) or still in the queue.
     delivered = home.delivered()
     assert all(len(files) == 1 for files in delivered.values()), delivered
-    queued = {m["id"]: m for m in home.json("queue", "list", "--limit", "1000")["messages"]}
+    queued = {m["id"]: m for m in home.json("queue", "list", "--all")["messages"]}
     assert set(ids) <= set(queued)
     for mid in ids:
         m = queued[mid]
@@ -116,7 +116,7 @@ def test_sigterm_with_messages_in_flight_loses_nothing(home: Home, daemons: Daem
     daemons.start(home)
 
     def all_sent() -> bool:
-        msgs = home.json("queue", "list", "--limit", "1000")["messages"]
+        msgs = home.json("queue", "list", "--all")["messages"]
         return sum(m["state"] == "sent" for m in msgs) == 50
 
     wait_until("every message to be delivered after the restart", all_sent)
@@ -407,7 +407,7 @@ def test_submit_many_names_the_bad_message_and_stores_none(home: Home, daemons: 
         Client(home.profile).call(
             "submit_many", messages=[{**item, "recipients": ["no type here"]}]
         )
-    assert home.json("queue", "list")["messages"] == []
+    assert home.json("queue", "list", "--all")["messages"] == []
     # A lot the store refuses part way (an id used by a different message) leaves
     # nothing of itself behind either.
     client = Client(home.profile)
@@ -417,4 +417,4 @@ def test_submit_many_names_the_bad_message_and_stores_none(home: Home, daemons: 
             "submit_many",
             messages=[{**item, "id": "n1"}, {**item, "id": "taken", "priority": "high"}],
         )
-    assert [m["id"] for m in home.json("queue", "list")["messages"]] == ["taken"]
+    assert [m["id"] for m in home.json("queue", "list", "--all")["messages"]] == ["taken"]

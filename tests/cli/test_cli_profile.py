@@ -96,6 +96,8 @@ def test_the_default_profiles_processes_hint_works_when_uncommented(tmp_path: Pa
         ('[identities]\nsenders = "a"\n', "[identities] senders", "strings, got a string 'a'"),
         ("[identities]\nsenders = [1]\n", "[identities] senders", "strings, got an array [1]"),
         ("[daemon]\nnice = -1\n", "[daemon] nice", "from 0 to 19, got -1"),
+        ('[store]\nkeep_sent = "ever"\n', "[store] keep_sent", 'or "forever"'),
+        ("[store]\nkeep_inbox = true\n", "[store] keep_inbox", "not a boolean"),
         ('[daemon]\nnice = "1"\n', "[daemon] nice", "expected an integer, got a string '1'"),
         ("[policy]\ndestination_backoff = 1\n", "[policy] destination_backoff", "true or false"),
         (
@@ -123,6 +125,18 @@ def test_empty_strings_are_values_the_profile_takes(tmp_path: Path) -> None:
     prof = load_profile(p)
     assert prof.spooler.node == socket.gethostname()  # "" is the default
     assert prof.listeners[0].options["local_domains"] == [""]
+
+
+def test_retention_keys_take_durations_and_forever(tmp_path: Path) -> None:
+    default = load_profile(_write(tmp_path, ""))
+    assert default.store.retention == default.spooler.retention
+    assert (default.spooler.retention.keep_sent, default.spooler.retention.keep_inbox) == (
+        7 * 86400,
+        30 * 86400,
+    )
+    p = _write(tmp_path, '[store]\nkeep_sent = 0\nkeep_failed = "Forever"\nkeep_inbox = "12h"\n')
+    retention = load_profile(p).spooler.retention
+    assert (retention.keep_sent, retention.keep_failed, retention.keep_inbox) == (0, None, 43200)
 
 
 def test_durations() -> None:

@@ -43,6 +43,8 @@ _OPS = [
     "status",
     "statistics",
     "queue.list",
+    "queue.select",
+    "queue.purge",
     "queue.show",
     "queue.hold",
     "queue.release",
@@ -50,6 +52,7 @@ _OPS = [
     "queue.retry",
     "inbox.list",
     "inbox.read",
+    "inbox.delete",
     "transports",
 ]
 _CODES = {

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
-from spoolbox.model import MessageInfo, NewMessage, RecipientState
+from spoolbox.model import MessageInfo, MessageState, NewMessage, RecipientState
 from spoolbox.store.base import ClaimedJob, InboundMessage, RecipientUpdate, Store
 from spoolbox.store.memory import MemoryStore
 from spoolbox.store.sqlite import SQLiteStore
@@ -127,6 +127,29 @@ class _ForgetfulCounts(MemoryStore):
         return counts
 
 
+class _PurgesUnfinished(MemoryStore):
+    """Purges by age alone: a message's finished time is taken from any recipient."""
+
+    async def purge(
+        self, *, finished_before: Mapping[MessageState, float], limit: int
+    ) -> list[str]:
+        gone = []
+        for summary in await self.list_messages(limit=limit, now=0.0):
+            if any(r.updated_at < min(finished_before.values()) for r in summary.recipients):
+                self._forget(summary.info.id)
+                gone.append(summary.info.id)
+        return gone
+
+
+class _PurgesUnbounded(MemoryStore):
+    """Ignores the limit of a purge."""
+
+    async def purge(
+        self, *, finished_before: Mapping[MessageState, float], limit: int
+    ) -> list[str]:
+        return await super().purge(finished_before=finished_before, limit=1000)
+
+
 @pytest.mark.parametrize(
     ("broken", "failing_check"),
     [
@@ -134,8 +157,17 @@ class _ForgetfulCounts(MemoryStore):
         (_SubmitsTwice, "submit_is_idempotent"),
         (_SettlesHalfway, "settle_is_all_or_nothing"),
         (_ForgetfulCounts, "counts_are_maintained"),
+        (_PurgesUnfinished, "purge_never_removes_an_unfinished_message"),
+        (_PurgesUnbounded, "purge_takes_at_most_limit"),
     ],
-    ids=["ignores-priority", "submits-twice", "settles-halfway", "forgetful-counts"],
+    ids=[
+        "ignores-priority",
+        "submits-twice",
+        "settles-halfway",
+        "forgetful-counts",
+        "purges-unfinished",
+        "purges-unbounded",
+    ],
 )
 async def test_check_store_names_the_failing_check(
     broken: Callable[[], Store], failing_check: str

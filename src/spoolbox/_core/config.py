@@ -16,6 +16,7 @@ from typing import Any
 
 from ..contract.errors import FailOneProvider
 from ..model import Address, LogonFlags
+from ..store.retention import Retention
 from .policy import Policy
 
 __all__ = [
@@ -91,6 +92,8 @@ class SpoolerConfig:
     identities: tuple[Address, ...] = ()
     #: Reporting-MTA in delivery reports.
     reporting_mta: str = field(default_factory=socket.getfqdn)
+    #: How long finished messages and inbox entries are kept (housekeeping purges).
+    retention: Retention = field(default_factory=Retention)
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.transports]

@@ -4,7 +4,8 @@ retry time instead of hammering it.
 
 One :class:`DestinationBackoff` per spooler, in memory: a restart forgets it (the
 recipients' own retry times are in the store).  A delivery to a destination lifts
-its back-off; so does a flush of the transport (the user says "now").
+its back-off; so does a flush of the transport, or a retry of a message for the
+destinations of its recipients (the user says "now").
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ class DestinationBackoff:
         """Lift the back-off of every destination of ``transport``."""
         for key in [k for k in self._until if k[0] == transport]:
             del self._until[key]
+
+    def lift(self, transport: str, address: Address) -> None:
+        """Lift the back-off of one address's destination (a manual retry)."""
+        self._until.pop(destination_of(transport, address), None)
 
     def learn(self, job: ClaimedJob, updates: Sequence[RecipientUpdate]) -> None:
         """A real attempt that deferred puts its destination in back-off until the retry

@@ -1,6 +1,11 @@
 """Housekeeping, every ``policy.housekeeping_interval`` seconds: leases that ran out
 go back to the queue, recipients past their lifetime fail (5.4.7) with a report,
+finished messages and inbox entries older than the retention settings are purged,
 and the spooler's status row gets the queue's counts.
+
+Purging goes in batches of :data:`PURGE_BATCH` messages (or inbox entries), one
+short transaction each, and yields to the event loop between them, so a store with a
+large backlog to clean never holds the write lock long nor starves the transports.
 """
 
 from __future__ import annotations
@@ -11,11 +16,17 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from ..model import RecipientState
 from ..store import RecipientUpdate
+from ..store.retention import Retention
 from .runtime import SPOOLER_ROW, Runtime
 
-__all__ = ["Housekeeper"]
+__all__ = ["PURGE_BATCH", "PURGE_INTERVAL", "Housekeeper"]
 
 log = logging.getLogger("spoolbox.spooler")
+
+#: Messages (or inbox entries) deleted per purge transaction.
+PURGE_BATCH = 500
+#: Seconds between two purges (a purge scans for finished messages: not every round).
+PURGE_INTERVAL = 300.0
 
 
 class Housekeeper:
@@ -28,11 +39,14 @@ class Housekeeper:
         counters: Mapping[str, int],
         settle_unowned: Callable[[str, Sequence[RecipientUpdate]], Awaitable[None]],
         released: Callable[[], None],
+        retention: Retention | None = None,
     ) -> None:
         self._runtime = runtime
         self._counters = counters  # the spooler's, shown beside the queue's counts
         self._settle_unowned = settle_unowned
         self._released = released  # claims went back to the queue: wake who waits
+        self._retention = retention if retention is not None else Retention()
+        self._next_prune = float("-inf")
 
     async def run(self) -> None:
         """Keep house until cancelled; a failed round is logged and retried."""
@@ -64,6 +78,9 @@ class Housekeeper:
             )
         for mid, updates in by_message.items():
             await self._settle_unowned(mid, updates)
+        if now >= self._next_prune:
+            self._next_prune = now + PURGE_INTERVAL
+            await self.prune(now)
         status = runtime.status
         if status.get(SPOOLER_ROW) is not None:
             counts = await store.counts()
@@ -71,3 +88,28 @@ class Housekeeper:
                 SPOOLER_ROW,
                 counters={**{str(k): v for k, v in counts.items()}, **dict(self._counters)},
             )
+
+    async def prune(self, now: float) -> tuple[int, int]:
+        """Purge what the retention settings let go at ``now``, batch by batch;
+        returns (messages, inbox entries) purged."""
+        store, clock = self._runtime.store, self._runtime.clock
+        messages = entries = 0
+        cutoffs = self._retention.cutoffs(now)
+        while cutoffs:
+            gone = await store.purge(finished_before=cutoffs, limit=PURGE_BATCH)
+            messages += len(gone)
+            if len(gone) < PURGE_BATCH:
+                break
+            await clock.sleep(0)  # let the transports and submitters in between
+        inbox_cutoff = self._retention.inbox_cutoff(now)
+        while inbox_cutoff is not None:
+            removed = await store.purge_inbox(received_before=inbox_cutoff, limit=PURGE_BATCH)
+            entries += len(removed)
+            if len(removed) < PURGE_BATCH:
+                break
+            await clock.sleep(0)
+        if messages or entries:
+            log.info(
+                "retention: purged %d finished messages and %d inbox entries", messages, entries
+            )
+        return messages, entries

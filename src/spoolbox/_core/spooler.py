@@ -155,6 +155,7 @@ class Spooler:
             counters=self.counters,
             settle_unowned=self._settlement.settle_unowned,
             released=self._released,
+            retention=self.config.retention,
         )
 
     def __repr__(self) -> str:
@@ -429,6 +430,11 @@ class Spooler:
         return info
 
     async def retry(self, message_id: str) -> int:
+        """Make the message's waiting recipients ready now, their destinations' back-off
+        lifted too (a retry means now); returns how many were waiting."""
+        for r in await self.store.recipients(message_id):
+            if r.state is RecipientState.QUEUED and r.route is not None:
+                self._destinations.lift(r.route, r.address)
         n = await self.store.retry_now(message_id, now=self.clock.now())
         self.messages_changed()
         self._wake_all()

@@ -49,7 +49,9 @@ from .._private import private_dir
 from ..model import IllegalTransition
 from ..profile import Profile, load_profile
 from ..store.sqlite import StoreFile, transactions
+from . import selection
 from .wire import (
+    BAD_REQUEST,
     CONFLICT,
     MAX_REQUEST_LINE,
     NOT_FOUND,
@@ -57,6 +59,7 @@ from .wire import (
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     TOO_LARGE,
+    ApiError,
     flush_report_to_dict,
     inbox_to_dict,
     message_to_dict,
@@ -311,6 +314,27 @@ class Client:
             raise NotFound(f"no message {exc}") from None
         except IllegalTransition as exc:
             raise Conflict(str(exc)) from None
+        except selection.AmbiguousId as exc:
+            raise ClientError(str(exc), BAD_REQUEST) from None
+        except ApiError as exc:
+            raise error_from(exc.code, str(exc)) from None
+
+    def _either(
+        self,
+        op: str,
+        args: dict[str, Any],
+        offline: bool,
+        fn: Callable[[SQLiteStore], Coroutine[Any, Any, T]],
+    ) -> T:
+        """``op`` through the daemon; when none runs (and ``offline``), ``fn`` on the
+        store, which answers as the daemon would (:mod:`.selection`)."""
+        try:
+            result: T = self.call(op, **args)
+            return result
+        except DaemonNotRunning:
+            if not offline:
+                raise
+        return self._offline(fn)
 
     # -- the API ----------------------------------------------------------------------------
     def ping(self) -> dict[str, Any]:
@@ -385,36 +409,99 @@ class Client:
         return self.events("watch")
 
     def queue(
-        self, *, state: str | None = None, limit: int = 100, offline: bool = True
+        self,
+        *,
+        state: str | None = None,
+        limit: int = 100,
+        offline: bool = True,
+        **filters: Any,
     ) -> list[dict[str, Any]]:
-        try:
-            msgs: list[dict[str, Any]] = self.call("queue.list", state=state, limit=limit)[
-                "messages"
-            ]
-            return msgs
-        except DaemonNotRunning:
-            if not offline:
-                raise
-        st = MessageState(state) if state else None
+        """The messages of :meth:`queue_listing` (without the counts)."""
+        listing = self.queue_listing(state=state, limit=limit, offline=offline, **filters)
+        msgs: list[dict[str, Any]] = listing["messages"]
+        return msgs
 
-        async def listing(store: SQLiteStore) -> list[dict[str, Any]]:
-            found = await store.list_messages(state=st, limit=limit, now=time.time())
-            return [message_to_dict(summary) for summary in found]
+    def queue_listing(
+        self,
+        *,
+        states: Sequence[str] | None = None,
+        state: str | None = None,
+        transport: str | None = None,
+        recipient: str | None = None,
+        limit: int | None = 100,
+        all: bool = False,
+        offline: bool = True,
+    ) -> dict[str, Any]:
+        """Messages newest first: by default unfinished ones (queued, active, deferred,
+        hold); ``states``, ``transport`` (routed to), ``recipient`` (address contains)
+        filter, ``all`` lists every queue.  Returns ``{"messages", "total", "more"}``;
+        each message has its ``short_id``, its shortest unique prefix."""
+        args: dict[str, Any] = {
+            "states": list(states) if states else None,
+            "state": state,
+            "transport": transport,
+            "recipient": recipient,
+            "limit": limit,
+            "all": all,
+        }
+        args = {k: v for k, v in args.items() if v is not None}
 
-        return self._offline(listing)
+        async def listing(store: SQLiteStore) -> dict[str, Any]:
+            return await selection.queue_list(store, args, now=time.time())
+
+        return self._either("queue.list", args, offline, listing)
+
+    def select(
+        self,
+        ids: Sequence[str] = (),
+        *,
+        states: Sequence[str] | None = None,
+        transport: str | None = None,
+        offline: bool = True,
+    ) -> list[str]:
+        """The full ids that ``ids`` (unique prefixes, or ``"ALL"``) or the filters name."""
+        args: dict[str, Any] = {"ids": list(ids)}
+        if states:
+            args["states"] = list(states)
+        if transport is not None:
+            args["transport"] = transport
+
+        async def choose(store: SQLiteStore) -> dict[str, Any]:
+            return await selection.queue_select(store, args, now=time.time())
+
+        found: list[str] = self._either("queue.select", args, offline, choose)["ids"]
+        return found
+
+    def purge(
+        self,
+        *,
+        states: Sequence[str] = (),
+        older_than: float | None = None,
+        dry_run: bool = False,
+        offline: bool = True,
+    ) -> dict[str, Any]:
+        """Delete finished messages (``states``: of these queues; ``older_than``:
+        finished that many seconds ago, default the profile's retention); returns
+        ``{"removed", "ids", "dry_run"}``."""
+        args: dict[str, Any] = {"states": list(states), "dry_run": dry_run}
+        if older_than is not None:
+            args["older_than"] = older_than
+        retention = self.profile.store.retention
+
+        async def purge(store: SQLiteStore) -> dict[str, Any]:
+            return await selection.queue_purge(store, args, now=time.time(), retention=retention)
+
+        result: dict[str, Any] = self._either("queue.purge", args, offline, purge)
+        return result
 
     def show(self, message_id: str, *, offline: bool = True) -> dict[str, Any]:
-        try:
-            result: dict[str, Any] = self.call("queue.show", id=message_id)
-            return result
-        except DaemonNotRunning:
-            if not offline:
-                raise
-
         async def one(store: SQLiteStore) -> dict[str, Any]:
-            return message_to_dict(await summary_of(store, message_id, time.time()))
+            now = time.time()
+            full = await selection.resolve(store, message_id, now=now)
+            return message_to_dict(await summary_of(store, full, now))
 
-        return self._offline(one)
+        result: dict[str, Any] = self._either("queue.show", {"id": message_id}, offline, one)
+        return result
 
     def _action(self, action: str, message_id: str, offline: bool) -> dict[str, Any]:
         try:
@@ -489,9 +576,19 @@ class Client:
                 raise
 
         async def read(store: SQLiteStore) -> bytes:
-            return await store.read_inbox(entry_id)
+            return await store.read_inbox(await selection.resolve_inbox(store, entry_id))
 
         return self._offline(read)
+
+    def inbox_delete(self, ids: Sequence[str], *, offline: bool = True) -> list[str]:
+        """Delete inbox entries (ids or unique prefixes); returns the full ids."""
+        args: dict[str, Any] = {"ids": list(ids)}
+
+        async def delete(store: SQLiteStore) -> dict[str, Any]:
+            return await selection.inbox_delete(store, args)
+
+        deleted: list[str] = self._either("inbox.delete", args, offline, delete)["deleted"]
+        return deleted
 
     def transports(self) -> list[dict[str, Any]]:
         """The configured transports as the daemon sees them (logged on, address types)."""

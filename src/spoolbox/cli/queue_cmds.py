@@ -1,25 +1,33 @@
-"""``spoolbox queue`` (list, show, hold, release, cancel, retry) and ``spoolbox inbox``
-(list, show, export).  Through the daemon when it runs, else on the store directly."""
+"""``spoolbox queue`` (list, show, hold, release, cancel, retry, purge); ``spoolbox
+inbox`` is :mod:`.inbox_cmds`'.  Through the daemon when it runs, else on the store
+directly.
+
+Messages are named as git names commits: by their full id or any unique prefix of it
+(``queue list`` shows the shortest, at least 8 characters); the bulk actions also take
+``ALL``, ``--state`` and ``--transport``.
+"""
 
 from __future__ import annotations
 
-import sys
-import time
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.table import Table
 
+from ..api.client import ClientError
 from ..model import MessageState
-from ._common import Ctx, emit_json, json_option, pass_ctx
+from ..profile.tables import parse_duration
+from ._common import Ctx, emit_json, fail, json_option, pass_ctx
+from ._listing import print_table, safe, short_when, when
+from .inbox_cmds import inbox_group
+
+__all__ = ["inbox_group", "queue_group"]
 
 _STATES = [state.value for state in MessageState]
-
-
-def _when(timestamp: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else ""
+_FINISHED = [MessageState.SENT.value, MessageState.FAILED.value, MessageState.CANCELLED.value]
+_F = TypeVar("_F", bound=Callable[..., Any])
+#: How many messages ``queue list`` shows unless told otherwise.
+DEFAULT_LIMIT = 50
 
 
 @click.group("queue", invoke_without_command=True)
@@ -30,65 +38,98 @@ def queue_group(ctx: click.Context) -> None:
         ctx.invoke(queue_list)
 
 
+def _states_option(choices: list[str], help_text: str) -> Callable[[_F], _F]:
+    """``--state`` (repeatable) as the listing, the bulk actions and purge take it."""
+    return click.option(
+        "--state", "states", type=click.Choice(choices), multiple=True, help=help_text
+    )
+
+
 @queue_group.command("list")
-@click.option("--state", type=click.Choice(_STATES), help="Only this queue.")
-@click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
+@_states_option(_STATES, "Only these queues (repeatable; default: queued, active, deferred, hold).")
+@click.option("--all", "every", is_flag=True, help="Every queue (sent, failed ... too), no limit.")
+@click.option(
+    "--limit", type=click.IntRange(1), default=None, help=f"At most this many [{DEFAULT_LIMIT}]."
+)
+@click.option("--transport", help="Only messages with a recipient routed to this transport.")
+@click.option("--recipient", help="Only messages with a recipient whose address contains this.")
+@click.option("--full-ids", is_flag=True, help="Show whole ids, not their unique prefixes.")
 @json_option
 @pass_ctx
-def queue_list(obj: Ctx, state: str | None, limit: int, as_json: bool = False) -> None:
-    """List messages (id, queue, recipients, subject)."""
-    msgs = obj.client().queue(state=state, limit=limit)
+def queue_list(
+    obj: Ctx,
+    states: tuple[str, ...] = (),
+    every: bool = False,
+    limit: int | None = None,
+    transport: str | None = None,
+    recipient: str | None = None,
+    full_ids: bool = False,
+    as_json: bool = False,
+) -> None:
+    """List messages, newest first (default: the unfinished ones)."""
+    if limit is None and not every:
+        limit = DEFAULT_LIMIT
+    listing = obj.client().queue_listing(
+        states=states or None, transport=transport, recipient=recipient, limit=limit, all=every
+    )
     if as_json:
-        emit_json({"messages": msgs})
+        emit_json(listing)
         return
-    table = Table(title="spoolbox queue")
-    for col in ("id", "state", "submitted", "size", "recipients", "subject"):
-        table.add_column(col, overflow="fold")
-    for message in msgs:
-        table.add_row(
-            message["id"],
+    msgs = listing["messages"]
+    rows = [
+        [
+            message["id"] if full_ids else message["short_id"],
             message["state"],
-            _when(message["submitted_at"]),
+            short_when(message["submitted_at"]),
             str(message["size"]),
             ", ".join(
-                f"{recipient['address']} ({recipient['state']})"
+                f"{safe(recipient['address'])} ({recipient['state']})"
                 for recipient in message["recipients"]
             ),
-            message["subject"],
-        )
-    Console().print(table)
+            safe(message["subject"]),
+        ]
+        for message in msgs
+    ]
+    if rows:
+        columns = ["id", "state", "submitted", "size", "recipients", "subject"]
+        print_table("spoolbox queue", columns, rows)
+    else:
+        what = "messages" if states or every else "unfinished messages"
+        click.echo(f"no {what}" + ("" if every else " (--all shows every queue)"))
+    if listing["more"]:
+        click.echo(f"{listing['more']} more (use --limit/--all)")
 
 
 def _show_message(message: dict[str, Any]) -> None:
     click.echo(f"id:        {message['id']}")
     click.echo(f"state:     {message['state']}{' (held)' if message['held'] else ''}")
-    click.echo(f"sender:    {message['sender'] or '<>'}")
-    click.echo(f"subject:   {message['subject']}")
+    click.echo(f"sender:    {safe(message['sender']) or '<>'}")
+    click.echo(f"subject:   {safe(message['subject'])}")
     click.echo(f"size:      {message['size']}")
     click.echo(f"priority:  {message['priority']}")
-    click.echo(f"submitted: {_when(message['submitted_at'])}")
-    click.echo(f"expires:   {_when(message['expires_at'])}")
+    click.echo(f"submitted: {when(message['submitted_at'])}")
+    click.echo(f"expires:   {when(message['expires_at'])}")
     for recipient in message["recipients"]:
-        line = f"  [{recipient['index']}] {recipient['address']}: {recipient['state']}"
+        line = f"  [{recipient['index']}] {safe(recipient['address'])}: {recipient['state']}"
         if recipient["route"]:
             line += f" via {recipient['route']}"
         if recipient["attempts"]:
             line += f", {recipient['attempts']} attempts"
         if recipient["retry_at"]:
-            line += f", next try {_when(recipient['retry_at'])}"
+            line += f", next try {when(recipient['retry_at'])}"
         if recipient["status"] or recipient["diagnostic"]:
-            line += f" ({recipient['status'] or ''} {recipient['diagnostic'] or ''})".replace(
+            line += f" ({recipient['status'] or ''} {safe(recipient['diagnostic'])})".replace(
                 "( ", "("
             )
         click.echo(line)
 
 
 @queue_group.command("show")
-@click.argument("message_id")
+@click.argument("message_id", metavar="ID")
 @json_option
 @pass_ctx
 def queue_show(obj: Ctx, message_id: str, as_json: bool) -> None:
-    """Show one message and each recipient's state."""
+    """Show one message (ID or a unique prefix) and each recipient's state."""
     message = obj.client().show(message_id)
     if as_json:
         emit_json(message)
@@ -97,20 +138,47 @@ def queue_show(obj: Ctx, message_id: str, as_json: bool) -> None:
 
 
 def _action(name: str, doc: str) -> click.Command:
-    @click.argument("message_ids", nargs=-1, required=True, metavar="ID...")
+    @click.argument("message_ids", nargs=-1, metavar="[ID...|ALL]")
+    @_states_option(_STATES, "Messages in this queue (repeatable).")
+    @click.option("--transport", help="Messages with a recipient routed to this transport.")
     @json_option
     @pass_ctx
-    def cmd(obj: Ctx, message_ids: tuple[str, ...], as_json: bool) -> None:
+    def cmd(
+        obj: Ctx,
+        message_ids: tuple[str, ...],
+        states: tuple[str, ...],
+        transport: str | None,
+        as_json: bool,
+    ) -> None:
+        if not (message_ids or states or transport):
+            raise click.UsageError(
+                "name the messages: IDs (or unique prefixes), ALL, --state or --transport"
+            )
         client = obj.client()
-        results = [getattr(client, name)(mid) for mid in message_ids]
+        ids = client.select(message_ids, states=states, transport=transport)
+        results: list[dict[str, Any]] = []
+        errors: list[ClientError] = []
+        for mid in ids:
+            try:
+                results.append(getattr(client, name)(mid))
+            except ClientError as exc:  # one message's refusal does not stop the others
+                errors.append(exc)
+                results.append({"id": mid, "error": {"code": exc.code, "message": str(exc)}})
         if as_json:
             emit_json({"results": results})
         else:
             for result in results:
+                if "error" in result:
+                    click.echo(f"{result['id']}: {result['error']['message']}", err=True)
+                    continue
                 extra = (
                     f" ({result['retried']} recipients made ready)" if "retried" in result else ""
                 )
                 click.echo(f"{result['id']}: {result['state']}{extra}")
+            if not ids:
+                click.echo("no messages match")
+        if errors:
+            raise SystemExit(errors[0].exit_code)
 
     cmd.__doc__ = doc
     return click.command(name)(cmd)
@@ -119,68 +187,45 @@ def _action(name: str, doc: str) -> click.Command:
 queue_group.add_command(_action("hold", "Hold messages (they wait until released)."))
 queue_group.add_command(_action("release", "Release held messages."))
 queue_group.add_command(_action("cancel", "Cancel messages (unfinished recipients)."))
-queue_group.add_command(_action("retry", "Retry deferred messages now."))
+queue_group.add_command(
+    _action("retry", "Retry deferred messages now (their destinations' back-off lifted).")
+)
 
 
-@click.group("inbox", invoke_without_command=True)
-@click.pass_context
-def inbox_group(ctx: click.Context) -> None:
-    """Received messages and reports for local senders (default: list)."""
-    if ctx.invoked_subcommand is None:
-        ctx.invoke(inbox_list)
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
-@inbox_group.command("list")
-@click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
+@queue_group.command("purge")
+@_states_option(_FINISHED, "Only this finished queue (repeatable; default: all three).")
+@click.option(
+    "--older-than",
+    metavar="DURATION",
+    callback=_duration,
+    help='Finished longer ago than this ("0", "12h", "7d"; default: [store] keep_*).',
+)
+@click.option("--dry-run", is_flag=True, help="Count what would go; delete nothing.")
 @json_option
 @pass_ctx
-def inbox_list(obj: Ctx, limit: int, as_json: bool = False) -> None:
-    """List the inbox."""
-    msgs = obj.client().inbox(limit=limit)
+def queue_purge(
+    obj: Ctx, states: tuple[str, ...], older_than: float | None, dry_run: bool, as_json: bool
+) -> None:
+    """Delete finished messages (never unfinished ones) and print how many."""
+    try:
+        result = obj.client().purge(states=states, older_than=older_than, dry_run=dry_run)
+    except ClientError as exc:
+        fail(str(exc), exc.exit_code, kind=exc.code)
     if as_json:
-        emit_json({"messages": msgs})
+        emit_json(result)
         return
-    table = Table(title="spoolbox inbox")
-    for col in ("id", "received", "via", "from", "size", "subject"):
-        table.add_column(col, overflow="fold")
-    for entry in msgs:
-        table.add_row(
-            entry["id"],
-            _when(entry["received_at"]),
-            entry["transport"],
-            entry["sender"] or "",
-            str(entry["size"]),
-            entry["subject"],
-        )
-    Console().print(table)
-
-
-@inbox_group.command("show")
-@click.argument("entry_id")
-@pass_ctx
-def inbox_show(obj: Ctx, entry_id: str) -> None:
-    """Write one message (RFC 5322 bytes) to stdout."""
-    data = obj.client().inbox_read(entry_id)
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
-
-
-@inbox_group.command("export")
-@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--id", "ids", multiple=True, help="Only these messages (default: all).")
-@json_option
-@pass_ctx
-def inbox_export(obj: Ctx, dest: Path, ids: tuple[str, ...], as_json: bool) -> None:
-    """Write inbox messages to DEST as ID.eml files."""
-    client = obj.client()
-    wanted = list(ids) or [entry["id"] for entry in client.inbox(limit=1_000_000)]
-    dest.mkdir(parents=True, exist_ok=True)
-    files = []
-    for mid in wanted:
-        path = dest / f"{mid}.eml"
-        path.write_bytes(client.inbox_read(mid))
-        files.append(str(path))
-    if as_json:
-        emit_json({"exported": files})
+    n = result["removed"]
+    noun = "message" if n == 1 else "messages"
+    if dry_run:
+        click.echo(f"would purge {n} finished {noun} (dry run: nothing deleted)")
     else:
-        click.echo(f"exported {len(files)} messages to {dest}")
+        click.echo(f"purged {n} finished {noun}")

@@ -26,6 +26,7 @@ from .. import (
     UnknownMessage,
     __version__,
 )
+from ..api import selection
 from ..api.wire import (
     BAD_REQUEST,
     CONFLICT,
@@ -39,7 +40,6 @@ from ..api.wire import (
     limit_of,
     message_from_args,
     message_to_dict,
-    optional,
     required,
     summary_of,
 )
@@ -78,6 +78,8 @@ async def dispatch(daemon: DaemonView, op: str, args: dict[str, Any]) -> Any:
         return await handler(daemon, args)
     except UnknownMessage as exc:
         raise ApiError(NOT_FOUND, str(exc)) from None
+    except selection.AmbiguousId as exc:
+        raise ApiError(BAD_REQUEST, str(exc)) from None
     except IllegalTransition as exc:
         raise ApiError(CONFLICT, str(exc)) from None
     except (MessageError, AddressError) as exc:
@@ -147,20 +149,26 @@ async def statistics(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]
 
 async def queue_list(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
     spooler = await daemon.current()
-    state = optional(args, "state", str)
-    try:
-        queue = MessageState(state) if state else None
-    except ValueError:
-        raise ApiError(BAD_REQUEST, f"unknown queue {state!r}") from None
-    limit = limit_of(args)
-    found = await spooler.store.list_messages(state=queue, limit=limit, now=spooler.clock.now())
-    return {"messages": [message_to_dict(summary) for summary in found]}
+    return await selection.queue_list(spooler.store, args, now=spooler.clock.now())
+
+
+async def queue_select(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
+    spooler = await daemon.current()
+    return await selection.queue_select(spooler.store, args, now=spooler.clock.now())
+
+
+async def queue_purge(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
+    spooler = await daemon.current()
+    return await selection.queue_purge(
+        spooler.store, args, now=spooler.clock.now(), retention=spooler.config.retention
+    )
 
 
 async def queue_show(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
     spooler = await daemon.current()
-    message_id = required(args, "id", str)
-    return message_to_dict(await summary_of(spooler.store, message_id, spooler.clock.now()))
+    now = spooler.clock.now()
+    message_id = await selection.resolve(spooler.store, required(args, "id", str), now=now)
+    return message_to_dict(await summary_of(spooler.store, message_id, now))
 
 
 async def _after(spooler: Spooler, message_id: str, **extra: Any) -> dict[str, Any]:
@@ -205,8 +213,14 @@ async def inbox_list(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]
 
 async def inbox_read(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
     spooler = await daemon.current()
-    data = await spooler.store.read_inbox(required(args, "id", str))
+    entry_id = await selection.resolve_inbox(spooler.store, required(args, "id", str))
+    data = await spooler.store.read_inbox(entry_id)
     return {"content": base64.b64encode(data).decode("ascii")}
+
+
+async def inbox_delete(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
+    spooler = await daemon.current()
+    return await selection.inbox_delete(spooler.store, args)
 
 
 async def transports(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
@@ -247,6 +261,8 @@ OPS: dict[str, _Handler] = {
     "status": status,
     "statistics": statistics,
     "queue.list": queue_list,
+    "queue.select": queue_select,
+    "queue.purge": queue_purge,
     "queue.show": queue_show,
     "queue.hold": queue_hold,
     "queue.release": queue_release,
@@ -254,6 +270,7 @@ OPS: dict[str, _Handler] = {
     "queue.retry": queue_retry,
     "inbox.list": inbox_list,
     "inbox.read": inbox_read,
+    "inbox.delete": inbox_delete,
     "transports": transports,
     "reload": reload,
 }

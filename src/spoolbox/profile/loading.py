@@ -30,6 +30,7 @@ from .. import Address, AddressError, Policy, SpoolerConfig, TransportConfig
 from ..contract import LogonFlags
 from ..contract.options import Check
 from ..ingress.listener import ListenerConfig
+from ..store.retention import FOREVER, Retention
 from .schema import (
     EVENT_LOOPS,
     LOG_FORMATS,
@@ -140,6 +141,7 @@ def _build(
             node=node,
             identities=tuple(identities),
             reporting_mta=reporting_mta,
+            retention=store.retention,
         )
     except ValueError as exc:
         raise ProfileError(path, str(exc), "transports") from None
@@ -177,9 +179,29 @@ def _store(st: Table, under_data: Callable[[str], Path]) -> StoreSettings:
             "progress_synchronous",
             f'expected "NORMAL", "FULL", "EXTRA" or "OFF", got {progress!r}',
         )
-    store = StoreSettings(backend, under_data(st.pathname("path", "spool.sqlite3")), sync, progress)
+    defaults = Retention()
+    retention = Retention(
+        keep_sent=_keep(st, "keep_sent", defaults.keep_sent),
+        keep_failed=_keep(st, "keep_failed", defaults.keep_failed),
+        keep_inbox=_keep(st, "keep_inbox", defaults.keep_inbox),
+    )
+    path = under_data(st.pathname("path", "spool.sqlite3"))
+    store = StoreSettings(backend, path, sync, progress, retention)
     st.done()
     return store
+
+
+def _keep(st: Table, name: str, default: float | None) -> float | None:
+    """A ``[store] keep_*`` key: a duration, or "forever" (None)."""
+    value = st.raw(name)
+    if value is None:
+        return default
+    if isinstance(value, str) and value.strip().lower() == FOREVER:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise st.error(name, f'{exc}, or "{FOREVER}"') from None
 
 
 def _daemon(dm: Table, under_data: Callable[[str], Path]) -> DaemonSettings:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import Address, SpoolerConfig
+from ..store.retention import Retention
 from .secrets import MissingSecret, redact
 
 __all__ = [
@@ -32,6 +33,8 @@ class StoreSettings:
     path: Path
     synchronous: str = "FULL"
     progress_synchronous: str = "NORMAL"
+    #: ``keep_sent``, ``keep_failed``, ``keep_inbox`` (None: "forever")
+    retention: Retention = field(default_factory=Retention)
 
 
 #: ``[daemon] event_loop`` values.

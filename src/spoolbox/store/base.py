@@ -16,6 +16,9 @@ Rules every backend keeps:
 * ``settle`` writes the outcome of each recipient as it becomes known, together with
   any reports generated for it, in one transaction; only the lease owner may settle
   an ACTIVE recipient.
+* ``purge`` deletes finished messages only (every recipient delivered, failed or
+  cancelled: :mod:`.retention`), in bounded transactions; an unfinished message is
+  never deleted, whatever the caller asks.
 * ``deliver_inbound`` commits an inbound message and the provider's state updates
   (its profile section) in one transaction: a crash keeps both or neither;
   ``deliver_inbound_many`` does the same for several messages, all or nothing.
@@ -25,6 +28,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from email import policy
+from email.parser import BytesHeaderParser
 from typing import Any, Protocol, runtime_checkable
 
 from ..model import (
@@ -67,7 +72,7 @@ def new_inbox_entry(
     entry = InboxEntry(
         id=new_message_id(),
         transport=message.transport,
-        sender=message.sender,
+        sender=message.sender if message.sender is not None else from_of(content),
         recipients=tuple(message.recipients),
         received_at=message.received_at,
         size=len(content),
@@ -76,6 +81,27 @@ def new_inbox_entry(
         meta=dict(meta or {}),
     )
     return entry, content
+
+
+#: At most this much of a message is read for its From: header.
+_HEADER_SCAN = 64 * 1024
+
+
+def from_of(content: bytes) -> str | None:
+    """The decoded From: header (RFC 2047 words decoded, raw 8-bit read as UTF-8 with
+    replacement characters), or None; never raises.  An inbound message's sender when
+    its transport names none (IMAP and POP3 see no envelope)."""
+    try:
+        head = content[:_HEADER_SCAN]
+        ends = [i for sep in (b"\r\n\r\n", b"\n\n") if (i := head.find(sep)) >= 0]
+        head = head[: min(ends)] if ends else head
+        header = BytesHeaderParser(policy=policy.default).parsebytes(head).get("From")
+        if header is None:
+            return None
+        text = str(header).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        return " ".join(text.split())[:200] or None
+    except Exception:
+        return None
 
 
 def submission_plan(
@@ -355,6 +381,36 @@ class Store(Protocol):
     ) -> list[InboxEntry]: ...
 
     async def read_inbox(self, entry_id: str) -> bytes: ...
+
+    async def delete_inbox(self, entry_id: str) -> None:
+        """Delete one inbox entry and its content, durably; UnknownMessage if there
+        is none with that id."""
+        ...
+
+    # -- retention ---------------------------------------------------------------
+    async def purge(
+        self, *, finished_before: Mapping[MessageState, float], limit: int
+    ) -> list[str]:
+        """Delete, in one durable transaction, up to ``limit`` finished messages with
+        their recipients and content; returns their ids (fewer than ``limit``: none
+        are left).
+
+        ``finished_before`` maps a finished queue (SENT, FAILED, CANCELLED) to a time:
+        a message in that queue goes when its finished time
+        (:func:`.retention.finished_at`, the latest ``updated_at`` of its recipients)
+        is strictly before it.  Queues not in the mapping are kept.  A message with
+        any recipient not delivered, failed or cancelled is never deleted; naming an
+        unfinished queue is a StoreError (:func:`.retention.check_cutoffs`), and so
+        is ``limit < 1``.  Which of several purgeable messages go first is the
+        backend's choice.  The transaction's cost is bounded by ``limit`` (plus the
+        scan for candidates), so a caller purges a large store in many short ones."""
+        ...
+
+    async def purge_inbox(self, *, received_before: float, limit: int) -> list[str]:
+        """Delete, in one durable transaction, up to ``limit`` inbox entries received
+        strictly before ``received_before``, with their content; returns their ids.
+        StoreError for ``limit < 1``."""
+        ...
 
     async def profile_get(self, section: str) -> dict[str, JSONValue]: ...
 

@@ -27,7 +27,7 @@ from ..model import (
     RecipientState,
     check_transition,
 )
-from . import rules
+from . import retention, rules
 from .base import (
     ClaimedJob,
     InboundMessage,
@@ -563,6 +563,39 @@ class MemoryStore:
             return self._inbox[entry_id][1]
         except KeyError:
             raise UnknownMessage(f"no inbox message with id {entry_id!r}") from None
+
+    async def delete_inbox(self, entry_id: str) -> None:
+        if self._inbox.pop(entry_id, None) is None:
+            raise UnknownMessage(f"no inbox message with id {entry_id!r}")
+
+    # -- retention -----------------------------------------------------------------
+    async def purge(
+        self, *, finished_before: Mapping[MessageState, float], limit: int
+    ) -> list[str]:
+        retention.check_limit(limit)
+        retention.check_cutoffs(finished_before)
+        gone: list[str] = []
+        for mid in list(self._messages):
+            if len(gone) >= limit:
+                break
+            state = self._state(mid, 0.0)  # a finished message's state needs no clock
+            if retention.purgeable(state, self._rcpts[mid], finished_before):
+                self._forget(mid)
+                gone.append(mid)
+        return gone
+
+    def _forget(self, mid: str) -> None:
+        for r in self._rcpts.pop(mid):
+            self._counts[r.state] -= 1
+            self._version.pop((r.message_id, r.index), None)
+        del self._messages[mid], self._submitted[mid], self._content[mid]
+
+    async def purge_inbox(self, *, received_before: float, limit: int) -> list[str]:
+        retention.check_limit(limit)
+        gone = [i for i, (e, _) in self._inbox.items() if e.received_at < received_before]
+        for entry_id in gone[:limit]:
+            del self._inbox[entry_id]
+        return gone[:limit]
 
     async def profile_get(self, section: str) -> dict[str, JSONValue]:
         return copy.deepcopy(self._profiles.get(section, {}))

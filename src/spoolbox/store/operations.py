@@ -56,6 +56,9 @@ _WRITE = (
     "deliver_inbound",
     "deliver_inbound_many",
     "profile_update",
+    "delete_inbox",
+    "purge",
+    "purge_inbox",
 )
 _PROGRESS = ("claim", "renew", "settle", "release_expired", "release_owner")
 

@@ -1516,3 +1516,141 @@ async def _count_claimable(store: Store) -> None:
         )
     jobs = await store.claim("x", owner="o1", now=_T0 + 100, lease=_LEASE, limit=10)
     _equal(len(jobs), 2, "claim returns as many jobs as count_claimable said")
+
+
+# -- retention ----------------------------------------------------------------------------
+
+_S, _F_, _C = MessageState.SENT, MessageState.FAILED, MessageState.CANCELLED
+_ALL_FINISHED = {_S: float("inf"), _F_: float("inf"), _C: float("inf")}
+
+
+async def _finish(store: Store, mid: str, state: RecipientState, *, now: float) -> None:
+    """Claim every recipient of ``mid`` (on x) and settle them in ``state`` at ``now``."""
+    for job in await store.claim("x", owner="o1", now=now, lease=_LEASE, limit=100):
+        if job.message.id == mid:
+            await _settle_all(store, job, state, now=now)
+        else:  # pragma: no cover - the checks claim one message at a time
+            raise AssertionError(f"claim at {now} returned {job.message.id}, not {mid}")
+
+
+async def _gone(store: Store, mid: str) -> bool:
+    try:
+        await store.get_message(mid)
+    except UnknownMessage:
+        return True
+    return False
+
+
+@_check
+async def _purge_removes_finished_messages_after_their_cutoff(store: Store) -> None:
+    for mid, state, at in (("sent", _R.DELIVERED, 10), ("failed", _R.FAILED, 20)):
+        await _submit(store, "X:a", id=mid)
+        await _finish(store, mid, state, now=_T0 + at)
+    await _submit(store, "X:a", "X:b", id="cancelled")
+    await store.cancel("cancelled")
+    cancelled_at = max(r.updated_at for r in await store.recipients("cancelled"))
+    _equal(
+        await store.purge(finished_before={_S: _T0 + 10}, limit=10),
+        [],
+        "purge at the exact finished time",
+    )
+    _equal(
+        await store.purge(finished_before={_S: _T0 + 11}, limit=10),
+        ["sent"],
+        "purge of SENT finished before the cutoff",
+    )
+    _expect(await _gone(store, "sent"), "a purged message is still readable by get_message")
+    await _raises(UnknownMessage, store.read_content("sent"), "read_content of a purged message")
+    _equal(
+        await store.purge(finished_before={_S: _T0 + 1000}, limit=10),
+        [],
+        "purge of SENT leaves FAILED and CANCELLED messages",
+    )
+    _equal(
+        await store.purge(finished_before={_F_: _T0 + 1000}, limit=10),
+        ["failed"],
+        "purge of FAILED",
+    )
+    _equal(
+        await store.purge(finished_before={_C: cancelled_at + 1}, limit=10),
+        ["cancelled"],
+        "purge of CANCELLED",
+    )
+    _equal(sum((await store.counts()).values()), 0, "counts() after every message was purged")
+    _equal(await store.list_messages(now=_T0 + 1000), [], "list_messages() after the purges")
+
+
+@_check
+async def _purge_never_removes_an_unfinished_message(store: Store) -> None:
+    await _submit(store, "X:a", "X:b", id="half")
+    job = await _claim_one(store, now=_T0)
+    await store.settle(
+        "half",
+        [RecipientUpdate(0, _R.DELIVERED), RecipientUpdate(1, _R.QUEUED, retry_at=_T0 + 50)],
+        owner=job.owner,
+        now=_T0 + 1,
+    )
+    await _submit(store, "X:a", id="parked")
+    await _finish(store, "parked", _R.PARKED, now=_T0 + 2)
+    await _submit(store, "X:a", id="active")
+    await _claim_one(store, now=_T0 + 3)
+    await _submit(store, "X:a", id="queued")
+    await _submit(store, "Y:a", id="unrouted", route=False)
+    await _submit(store, "X:a", id="held")
+    await store.hold("held")
+    ids = ["active", "half", "held", "parked", "queued", "unrouted"]
+    before = await _snapshot(store, *ids)
+    _equal(
+        await store.purge(finished_before=_ALL_FINISHED, limit=100),
+        [],
+        "purge of every finished queue with no finished message",
+    )
+    _equal(await _snapshot(store, *ids), before, "the unfinished messages after a purge")
+    for queue in (
+        MessageState.QUEUED,
+        MessageState.ACTIVE,
+        MessageState.DEFERRED,
+        MessageState.HOLD,
+    ):
+        await _raises(
+            StoreError,
+            store.purge(finished_before={queue: float("inf")}, limit=100),
+            f"purge naming the unfinished queue {queue}",
+        )
+    _equal(await _snapshot(store, *ids), before, "the unfinished messages after refused purges")
+
+
+@_check
+async def _purge_takes_at_most_limit(store: Store) -> None:
+    for i in range(5):
+        await _submit(store, "X:a", id=f"m{i}")
+        await _finish(store, f"m{i}", _R.DELIVERED, now=_T0 + i)
+    sizes = []
+    while gone := await store.purge(finished_before={_S: _T0 + 100}, limit=2):
+        sizes.append(len(gone))
+        _expect(len(sizes) < 10, "purge(limit=2) keeps returning ids: nothing is deleted")
+    _equal(sizes, [2, 2, 1], "messages per purge(limit=2) until none are left")
+    await _raises(StoreError, store.purge(finished_before={_S: _T0}, limit=0), "purge(limit=0)")
+
+
+@_check
+async def _inbox_purge_and_delete(store: Store) -> None:
+    entries = [
+        await store.deliver_inbound(
+            InboundMessage("pop", _content(f"n{i}"), received_at=_T0 + i * 5)
+        )
+        for i in range(3)
+    ]
+    _equal(entries[0].sender, "alice@example.org", "an inbound message's sender from its From:")
+    _equal(
+        await store.purge_inbox(received_before=_T0 + 5, limit=10),
+        [entries[0].id],
+        "purge_inbox before the second one's arrival",
+    )
+    await _raises(UnknownMessage, store.read_inbox(entries[0].id), "read_inbox of a purged entry")
+    await store.delete_inbox(entries[2].id)
+    _equal([e.id for e in await store.list_inbox()], [entries[1].id], "the inbox after a delete")
+    await _raises(UnknownMessage, store.delete_inbox(entries[2].id), "delete_inbox a second time")
+    await _raises(
+        StoreError, store.purge_inbox(received_before=_T0, limit=0), "purge_inbox(limit=0)"
+    )

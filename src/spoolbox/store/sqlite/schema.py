@@ -33,6 +33,9 @@ Shape of the data (the domain classes in :mod:`spoolbox.model` do not follow it)
 * ``recipient_counts``: recipients per state, kept by triggers in the same
   transaction as every change, so ``counts()`` reads seven rows.
 * ``inbox`` and ``profile`` (provider state, JSON values keyed by section and key).
+* Version 3 indexes ``messages.blob_id`` and ``inbox.blob_id`` (deleting content
+  checks its foreign keys: without them each deletion scanned the table) and
+  ``inbox.received_at`` (the inbox purge).
 
 The queries are in :mod:`.queries`.
 """
@@ -184,7 +187,16 @@ CREATE INDEX recipients_unrouted ON recipients (message_id, idx)
     WHERE state = 'queued' AND route IS NULL;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+# Retention: deleting a blob checks that no message or inbox entry still uses it (a
+# foreign key), a scan of the table without these indexes; the inbox purge finds old
+# entries by arrival.
+_V3 = """
+CREATE INDEX messages_blob ON messages (blob_id);
+CREATE INDEX inbox_blob ON inbox (blob_id);
+CREATE INDEX inbox_received ON inbox (received_at);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 
 #: The newest schema version this code reads and writes.
 SCHEMA_VERSION = len(MIGRATIONS)

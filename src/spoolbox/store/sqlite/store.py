@@ -53,6 +53,7 @@ from ...model import (
     RecipientRecord,
     RecipientState,
 )
+from .. import retention
 from ..base import (
     ClaimedJob,
     InboundMessage,
@@ -63,6 +64,7 @@ from ..base import (
     submission_plan,
 )
 from ..operations import OPERATIONS, Kind
+from . import purge as _purge
 from . import schema
 from . import transactions as tx
 from .connection import BUSY_TIMEOUT, Stats, StoreFile, commit_levels
@@ -478,6 +480,42 @@ class SQLiteStore:
 
     async def read_inbox(self, entry_id: str) -> bytes:
         return await self._run("read_inbox", functools.partial(tx.read_inbox, entry_id=entry_id))
+
+    async def delete_inbox(self, entry_id: str) -> None:
+        await self._run("delete_inbox", functools.partial(_purge.delete_inbox, entry_id=entry_id))
+
+    # -- retention -------------------------------------------------------------------
+    async def purge(
+        self, *, finished_before: Mapping[MessageState, float], limit: int
+    ) -> list[str]:
+        retention.check_limit(limit)
+        retention.check_cutoffs(finished_before)
+        cutoffs = dict(finished_before)
+        # The scan in a snapshot (no write lock), the deletion in a short write.
+        ids = await self._send(
+            "purge",
+            functools.partial(_purge.candidates, finished_before=cutoffs, limit=limit),
+            Kind.READ,
+        )
+        if not ids:
+            return []
+        return await self._run(
+            "purge", functools.partial(_purge.purge, ids=ids, finished_before=cutoffs)
+        )
+
+    async def purge_inbox(self, *, received_before: float, limit: int) -> list[str]:
+        retention.check_limit(limit)
+        ids = await self._send(
+            "purge_inbox",
+            functools.partial(_purge.old_inbox, received_before=received_before, limit=limit),
+            Kind.READ,
+        )
+        if not ids:
+            return []
+        return await self._run(
+            "purge_inbox",
+            functools.partial(_purge.purge_inbox, ids=ids, received_before=received_before),
+        )
 
     async def profile_get(self, section: str) -> dict[str, JSONValue]:
         return await self._run("profile_get", functools.partial(tx.profile_get, section=section))

@@ -1,0 +1,114 @@
+"""The SQLite store's retention operations as plain synchronous functions: finding
+finished messages, deleting them, deleting inbox entries.
+
+A purge is two jobs (and so is an inbox purge, with :func:`old_inbox`):
+:func:`candidates` scans for finished messages old enough in a read transaction (a
+snapshot: it holds no write lock, however large the store), then :func:`purge`
+deletes at most ``limit`` of them in one write transaction, deciding each one again
+on its current rows with the shared rule (:func:`spoolbox.store.retention.purgeable`):
+a message that changed in between is kept.  Deleting a message deletes its
+recipients (the counters' triggers see each), then the message, then its content.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping, Sequence
+
+from ...model import MessageState, message_state
+from .. import retention
+from ..base import UnknownMessage
+from .rows import recipient_from_row
+
+__all__ = ["candidates", "delete_inbox", "old_inbox", "purge", "purge_inbox"]
+
+# A message's finished time and the counts its queue is decided from, for the messages
+# whose every recipient is finished (the state literals as the schema spells them).
+_FINISHED = """
+SELECT message_id,
+       max(updated_at) AS finished_at,
+       sum(state = 'delivered') AS delivered,
+       sum(state = 'failed') AS failed
+FROM recipients
+GROUP BY message_id
+HAVING sum(state NOT IN ('delivered', 'failed', 'cancelled')) = 0
+   AND ((delivered > 0 AND finished_at < :sent)
+     OR (delivered = 0 AND failed > 0 AND finished_at < :failed)
+     OR (delivered = 0 AND failed = 0 AND finished_at < :cancelled))
+LIMIT :limit
+"""
+_RECIPIENTS = "SELECT * FROM recipients WHERE message_id = ?"
+_BLOB_OF = "SELECT blob_id FROM messages WHERE id = ?"
+_DELETE_RECIPIENTS = "DELETE FROM recipients WHERE message_id = ?"
+_DELETE_MESSAGE = "DELETE FROM messages WHERE id = ?"
+_DELETE_BLOB = "DELETE FROM blobs WHERE id = ?"
+_OLD_INBOX = "SELECT id FROM inbox WHERE received_at < ? LIMIT ?"
+_INBOX_ENTRY = "SELECT blob_id, received_at FROM inbox WHERE id = ?"
+_DELETE_INBOX = "DELETE FROM inbox WHERE id = ?"
+
+
+def candidates(
+    conn: sqlite3.Connection, *, finished_before: Mapping[MessageState, float], limit: int
+) -> list[str]:
+    """Up to ``limit`` ids of messages that look purgeable (read transaction)."""
+    params = {
+        "sent": finished_before.get(MessageState.SENT),
+        "failed": finished_before.get(MessageState.FAILED),
+        "cancelled": finished_before.get(MessageState.CANCELLED),
+        "limit": limit,
+    }
+    return [str(row["message_id"]) for row in conn.execute(_FINISHED, params)]
+
+
+def purge(
+    conn: sqlite3.Connection,
+    *,
+    ids: Sequence[str],
+    finished_before: Mapping[MessageState, float],
+) -> list[str]:
+    """Delete those of ``ids`` that are purgeable now (write transaction)."""
+    gone: list[str] = []
+    for mid in ids:
+        rcpts = [recipient_from_row(r) for r in conn.execute(_RECIPIENTS, (mid,))]
+        if not rcpts:
+            continue  # deleted meanwhile
+        state = message_state(r.state for r in rcpts)
+        if not retention.purgeable(state, rcpts, finished_before):
+            continue
+        blob = conn.execute(_BLOB_OF, (mid,)).fetchone()
+        conn.execute(_DELETE_RECIPIENTS, (mid,))
+        conn.execute(_DELETE_MESSAGE, (mid,))
+        if blob is not None:
+            conn.execute(_DELETE_BLOB, (blob["blob_id"],))
+        gone.append(mid)
+    return gone
+
+
+def old_inbox(conn: sqlite3.Connection, *, received_before: float, limit: int) -> list[str]:
+    """Up to ``limit`` ids of inbox entries received before ``received_before`` (read)."""
+    return [str(r["id"]) for r in conn.execute(_OLD_INBOX, (received_before, limit))]
+
+
+def purge_inbox(
+    conn: sqlite3.Connection, *, ids: Sequence[str], received_before: float
+) -> list[str]:
+    """Delete those of ``ids`` still there and received before ``received_before``."""
+    gone: list[str] = []
+    for entry_id in ids:
+        row = conn.execute(_INBOX_ENTRY, (entry_id,)).fetchone()
+        if row is not None and float(row["received_at"]) < received_before:
+            _delete_entry(conn, entry_id, int(row["blob_id"]))
+            gone.append(entry_id)
+    return gone
+
+
+def delete_inbox(conn: sqlite3.Connection, *, entry_id: str) -> None:
+    row = conn.execute(_INBOX_ENTRY, (entry_id,)).fetchone()
+    if row is None:
+        raise UnknownMessage(f"no inbox message with id {entry_id!r}")
+    _delete_entry(conn, entry_id, int(row["blob_id"]))
+
+
+def _delete_entry(conn: sqlite3.Connection, entry_id: str, blob_id: int) -> None:
+    conn.execute(_DELETE_INBOX, (entry_id,))
+    conn.execute(_DELETE_BLOB, (blob_id,))
