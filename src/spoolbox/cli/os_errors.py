@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 
 __all__ = ["EXIT_OS_ERROR", "os_error_line"]
 
@@ -60,6 +61,11 @@ _SQLITE: dict[int, int] = {
 }
 
 
+#: what the SQLite store's own checks say (store/sqlite/schema.py) -> errno
+_STORE_WORDS = (("mounted read-only", errno.EROFS), ("is not writable", errno.EACCES))
+_ERRNO_TAIL = re.compile(r"\[Errno \d+\] .*$")
+
+
 def _errno(exc: BaseException) -> int | None:
     """The errno behind ``exc`` or the exceptions it was raised from."""
     seen: set[int] = set()
@@ -71,8 +77,9 @@ def _errno(exc: BaseException) -> int | None:
         code = getattr(e, "sqlite_errorcode", None)
         if isinstance(code, int) and code & 0xFF in _SQLITE:
             return _SQLITE[code & 0xFF]
-        if "mounted read-only" in str(e):  # the SQLite store's own check
-            return errno.EROFS
+        for words, number in _STORE_WORDS:  # the SQLite store's own checks
+            if words in str(e):
+                return number
         e = e.__cause__ or e.__context__
     return None
 
@@ -87,8 +94,12 @@ def os_error_line(exc: BaseException) -> str:
         text = f"cannot use {' -> '.join(names)}: {why}" if names else why
     else:
         text = str(exc).rstrip(".")
-        if cause is not None and cause not in text:
-            text = f"{text}: {cause}"
+        if cause is not None:
+            # "...: [Errno 2] No such file or directory: '/x/.y.new'" -> "...: <cause>"
+            text, n = _ERRNO_TAIL.subn(cause, text)
+            said = any(words in text for words, _ in _STORE_WORDS)
+            if not n and not said and cause not in text:
+                text = f"{text}: {cause}"
     if hint is not None:
         text += f" (hint: {hint})"
     return text
