@@ -39,6 +39,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Run the spooler daemon in the foreground (SIGTERM/SIGINT stop it, SIGHUP reloads "
         "the profile).",
     ),
+    "check": (
+        "check_cmd",
+        "check_cmd",
+        "Check the profile and every transport's options, and try each logon.",
+    ),
     "submit": (
         "messages",
         "submit_cmd",

@@ -50,6 +50,7 @@ from ..model import LogonFlags
 from ..profile import Profile, ProfileError, load_profile
 from .api_server import LocalApiServer
 from .listeners import Listeners
+from .preflight import refuse_invalid_options
 from .runtime import configure_logging, event_loop_runner
 
 __all__ = ["Daemon", "DaemonError", "run_daemon"]
@@ -200,6 +201,7 @@ class Daemon:
                     raise ProfileError(
                         profile.path, str(exc), f"[transports.{transport.name}] provider"
                     ) from None
+        refuse_invalid_options(profile)
         if self.interactive:
             # The logon dialog may be shown: clear NO_DIALOG where the profile allows it.
             transports = tuple(
