@@ -44,6 +44,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "check_cmd",
         "Check the profile and every transport's options, and try each logon.",
     ),
+    "stop": (
+        "control_cmds",
+        "stop_cmd",
+        "Stop the running daemon (SIGTERM) and wait until it has exited.",
+    ),
+    "reload": (
+        "control_cmds",
+        "reload_cmd",
+        "Reload the profile of the running daemon (SIGHUP) and report the outcome.",
+    ),
     "submit": (
         "messages",
         "submit_cmd",

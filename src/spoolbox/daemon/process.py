@@ -86,6 +86,10 @@ class Daemon:
         self._lock_file: IO[str] | None = None
         self.started_at = time.time()
         self.reloads = 0
+        #: reloads tried, and why the last one failed (None: it worked); ``spoolbox
+        #: reload`` waits for the count to move and reports the error (the ping op)
+        self.reload_attempts = 0
+        self.reload_error: str | None = None
 
     # -- the process ------------------------------------------------------------------
     async def run(self) -> int:
@@ -98,13 +102,15 @@ class Daemon:
                     os.nice(self.profile.daemon.nice)
                 except OSError as exc:  # pragma: no cover - platform dependent
                     log.warning("cannot lower the CPU priority: %s", exc)
+            # Handled from here on (SIGHUP's default action would end the process):
+            # a signal that comes while the spooler starts is acted on after.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
             self.spooler = await self._start_spooler(self.profile)
             self._ready.set()
             await self._api.start()
             await self._listeners.start(self.profile)
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.request_stop)
-            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
             log.info(
                 "spoolbox %s running (pid %d, profile %s, API on %s)",
                 __version__,
@@ -245,12 +251,24 @@ class Daemon:
             await self._ready.wait()
 
     async def reload(self) -> bool:
-        """Re-read the profile and restart the spooler on it; False if it is invalid."""
+        """Re-read the profile and restart the spooler on it; False if it is invalid
+        or the new spooler cannot start (the error is kept in ``reload_error``)."""
+        try:
+            done = await self._reload_profile()
+        except Exception as exc:
+            self.reload_error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            self.reload_attempts += 1
+        return done
+
+    async def _reload_profile(self) -> bool:
         try:
             new = load_profile(self.profile.path, extra_secrets=self.extra_secrets)
             self._config(new)
         except ProfileError as exc:
             log.error("reload refused, keeping the running profile: %s", exc)
+            self.reload_error = f"the new profile is invalid: {exc}"
             return False
         for key in ("socket", "event_loop"):
             if getattr(new.daemon, key) != getattr(self.profile.daemon, key):
@@ -267,6 +285,7 @@ class Daemon:
             self.profile = new
         except Exception as exc:
             log.error("reload failed (%s); starting again on the previous profile", exc)
+            self.reload_error = f"the new profile could not start ({exc}); running the old one"
             self.spooler = await self._start_spooler(old_profile)
             self._ready.set()
             await self._listeners.start(self.profile)
@@ -274,6 +293,7 @@ class Daemon:
         self._ready.set()
         await self._listeners.start(self.profile)
         self.reloads += 1
+        self.reload_error = None
         log.info(
             "profile reloaded: transports %s",
             [transport.name for transport in new.spooler.transports],
