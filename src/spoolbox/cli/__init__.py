@@ -78,6 +78,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "List installed transport providers and the profile's transports with their "
         "address types (from the running daemon, else as the profile declares them).",
     ),
+    "systemd-unit": (
+        "systemd_cmd",
+        "systemd_unit_cmd",
+        "Print a hardened systemd unit (Type=notify) for the daemon.",
+    ),
     "sendmail": (
         "sendmail_cmd",
         "sendmail_cmd",

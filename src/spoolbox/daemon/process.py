@@ -1,6 +1,6 @@
 """``spoolbox run``: the spooler as its own process, and the local API it serves.
 
-:class:`Daemon` runs in the foreground (systemd ``Type=exec``, or a terminal):
+:class:`Daemon` runs in the foreground (systemd ``Type=notify``, or a terminal):
 
 * it takes an exclusive lock on the profile's pid file (one daemon per data
   directory), lowers its CPU priority (``os.nice``, ``[daemon] nice``), opens the
@@ -13,6 +13,9 @@
 * SIGTERM and SIGINT shut it down cleanly: the listeners and the API stop taking
   work, the spooler lets in-flight work finish for ``policy.shutdown_grace`` seconds
   and returns what is left to the queue; nothing accepted is lost;
+* under systemd it says ``READY=1`` once the store is open and the API and the
+  listeners listen, ``WATCHDOG=1`` at half of ``WatchdogSec``, ``RELOADING=1`` and
+  ``STOPPING=1`` (:mod:`.notify`);
 * SIGHUP re-reads the profile: an invalid profile is logged and the running one
   kept; a valid one replaces the spooler (the old one shuts down as above, the new
   one starts on the same store) and restarts the listeners.
@@ -50,6 +53,7 @@ from ..model import LogonFlags
 from ..profile import Profile, ProfileError, load_profile
 from .api_server import LocalApiServer
 from .listeners import Listeners
+from .notify import Notifier, watchdog_interval
 from .preflight import refuse_invalid_options
 from .runtime import configure_logging, event_loop_runner
 
@@ -81,9 +85,10 @@ class Daemon:
         self._ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
-        self._api = LocalApiServer(self, profile.daemon.socket)
+        self._api = LocalApiServer(self, profile.daemon.socket, group=profile.daemon.socket_group)
         self._listeners = Listeners(lambda: self.spooler, self.submit)
         self._lock_file: IO[str] | None = None
+        self._notify = Notifier()
         self.started_at = time.time()
         self.reloads = 0
         #: reloads tried, and why the last one failed (None: it worked); ``spoolbox
@@ -95,6 +100,7 @@ class Daemon:
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT (or :meth:`request_stop`); returns an exit status."""
         loop = asyncio.get_running_loop()
+        watchdog: asyncio.Future[None] | None = None
         self._lock()
         try:
             if self.renice and self.profile.daemon.nice:
@@ -118,6 +124,11 @@ class Daemon:
                 self.profile.path,
                 self.profile.daemon.socket,
             )
+            # systemd (Type=notify): the store is open, the API and listeners listen.
+            self._notify.send("READY=1", f"MAINPID={os.getpid()}", "STATUS=running")
+            interval = watchdog_interval()
+            if interval is not None:
+                watchdog = asyncio.ensure_future(self._watchdog(interval))
             while not self._stop.is_set():
                 stop = asyncio.ensure_future(self._stop.wait())
                 reload = asyncio.ensure_future(self._reload.wait())
@@ -128,16 +139,30 @@ class Daemon:
                     reload.cancel()
                 if self._reload.is_set() and not self._stop.is_set():
                     self._reload.clear()
+                    self._notify.send(
+                        "RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}"
+                    )
                     await self.reload()
+                    self._notify.send("READY=1", "STATUS=running")
             log.info("shutting down")
             return 0
         finally:
+            self._notify.send("STOPPING=1", "STATUS=stopping")
+            if watchdog is not None:
+                watchdog.cancel()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)
             await self._shutdown()
             self._unlock()
             log.info("stopped")
+
+    async def _watchdog(self, interval: float) -> None:
+        """WATCHDOG=1 every ``interval`` s (half of systemd's WatchdogSec): it comes
+        only while this event loop runs, which is what the watchdog is to prove."""
+        while True:
+            self._notify.send("WATCHDOG=1")
+            await asyncio.sleep(interval)
 
     def request_stop(self) -> None:
         log.info("stop requested")
