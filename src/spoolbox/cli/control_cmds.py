@@ -17,6 +17,7 @@ import os
 import signal
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -84,16 +85,26 @@ def _pid_file(obj: Ctx) -> Path:
         return Path(os.path.normpath(data_dir / name))
 
 
+def _waiting(what: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The options stop and reload share: ``--timeout`` (waiting for ``what``),
+    ``--json``, and the context."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        command = pass_ctx(command)
+        command = json_option(command)
+        return click.option(
+            "--timeout",
+            type=click.FloatRange(min=0),
+            default=60.0,
+            show_default=True,
+            help=f"Seconds to wait for {what}.",
+        )(command)
+
+    return decorate
+
+
 @click.command("stop")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0),
-    default=60.0,
-    show_default=True,
-    help="Seconds to wait for the daemon to exit.",
-)
-@json_option
-@pass_ctx
+@_waiting("the daemon to exit")
 def stop_cmd(obj: Ctx, timeout: float, as_json: bool) -> None:
     """Stop the running daemon (SIGTERM) and wait until it has exited."""
     pid_file = _pid_file(obj)
@@ -119,15 +130,7 @@ def stop_cmd(obj: Ctx, timeout: float, as_json: bool) -> None:
 
 
 @click.command("reload")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0),
-    default=60.0,
-    show_default=True,
-    help="Seconds to wait for the daemon to say how the reload went.",
-)
-@json_option
-@pass_ctx
+@_waiting("the daemon to say how the reload went")
 def reload_cmd(obj: Ctx, timeout: float, as_json: bool) -> None:
     """Reload the profile of the running daemon (SIGHUP) and report the outcome."""
     from ..api.client import ClientError, DaemonNotRunning
