@@ -172,11 +172,14 @@ password_env = "SPOOLBOX_TEST_UNSET_PASSWORD"
 
 [[transports]]
 name = "vault"
-provider = "maildir"
-address_types = ["VAULT"]
+provider = "imap"
+outbound = false
 [transports.options]
-root = "{home.path / "vault"}"
-token_file = "token.txt"
+host = "127.0.0.1"
+port = 9
+tls = "none"
+username = "ann"
+password_file = "token.txt"
 """
     text = home.profile.read_text()
     cut = text.index("[listeners.submission]")

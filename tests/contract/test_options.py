@@ -155,8 +155,12 @@ def test_the_error_carries_kind_key_and_text() -> None:
 def test_unknown_keys_are_refused_listing_the_known_ones() -> None:
     text = error(hots="x")
     assert text == (
-        "smtp option 'hots' is unknown; the options are: folders, host, limits, max_size, "
+        "smtp option 'hots' is unknown; did you mean 'host'? the options are: folders, host, "
+        "limits, max_size, "
         "names, note, password, port, timeout, timeouts, tls, user, verify"
+    )
+    assert error(zz=1, hots=3).startswith(
+        "smtp option 'hots' is unknown (so is 'zz'); did you mean 'host'?"
     )
     assert error(zz=1, aa=2, hots=3).startswith("smtp option 'aa' is unknown (so is 'hots', 'zz');")
     with pytest.raises(OptionError, match="option '1' is unknown"):

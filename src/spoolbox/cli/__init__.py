@@ -1,5 +1,5 @@
-"""The ``spoolbox`` command: init, run, submit, send, status, queue, flush, inbox,
-transports, sendmail.
+"""The ``spoolbox`` command: init, run, check, stop, reload, submit, send, status, queue,
+flush, inbox, transports, sendmail, systemd-unit.
 
 Every command reads the profile given with ``--profile`` (or ``$SPOOLBOX_PROFILE``,
 or ``./spoolbox.toml``).  Commands that act on the spooler talk to the running
@@ -7,26 +7,125 @@ daemon through its local API (:mod:`spoolbox.client`); ``submit``, ``send``,
 ``queue`` and ``inbox`` work on the store directly when no daemon runs.  Exit codes
 and the ``--json`` schemas are documented in docs/operations.md.
 
-Built with click (commands) and rich (tables, progress bars).
+Built with click (commands) and rich (tables, progress bars).  The group loads a
+command's module only when that command runs (:data:`COMMANDS`), so that ``spoolbox
+--help`` and a ``send`` do not pay for the modules the other commands import.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import click
 
 from .. import __version__
 from ._common import Ctx, SpoolboxGroup
-from .daemon_cmds import init_cmd, run_cmd
-from .flush_cmd import flush_cmd
-from .messages import send_cmd, submit_cmd
-from .queue_cmds import inbox_group, queue_group
-from .sendmail_cmd import sendmail_cmd
-from .status_cmds import status_cmd, transports_cmd
 
-__all__ = ["cli", "main"]
+__all__ = ["COMMANDS", "cli", "main"]
+
+#: name -> (module in spoolbox.cli, attribute, the short help ``--help`` lists).  The
+#: short help is the command's own (tests/cli/test_startup_imports.py checks that it
+#: is): writing it here spares ``--help`` importing every command's module.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "init": (
+        "daemon_cmds",
+        "init_cmd",
+        "Write a commented profile that works at once (SQLite store, Maildir transport, "
+        "SMTP listener on loopback).",
+    ),
+    "run": (
+        "daemon_cmds",
+        "run_cmd",
+        "Run the spooler daemon in the foreground (SIGTERM/SIGINT stop it, SIGHUP reloads "
+        "the profile).",
+    ),
+    "check": (
+        "check_cmd",
+        "check_cmd",
+        "Check the profile and every transport's options, and try each logon.",
+    ),
+    "stop": (
+        "control_cmds",
+        "stop_cmd",
+        "Stop the running daemon (SIGTERM) and wait until it has exited.",
+    ),
+    "reload": (
+        "control_cmds",
+        "reload_cmd",
+        "Reload the profile of the running daemon (SIGHUP) and report the outcome.",
+    ),
+    "submit": (
+        "messages",
+        "submit_cmd",
+        "Submit an RFC 5322 message from FILE (or stdin); prints its id.",
+    ),
+    "send": ("messages", "send_cmd", "Build a MIME message and submit it; prints its id."),
+    "status": ("status_cmds", "status_cmd", "Show the status table of the running spooler."),
+    "queue": ("queue_cmds", "queue_group", "The outgoing queues (default: list)."),
+    "flush": (
+        "flush_cmd",
+        "flush_cmd",
+        "Flush the queues now through the running daemon (Ctrl-C cancels).",
+    ),
+    "inbox": (
+        "queue_cmds",
+        "inbox_group",
+        "Received messages and reports for local senders (default: list).",
+    ),
+    "transports": (
+        "status_cmds",
+        "transports_cmd",
+        "List installed transport providers and the profile's transports with their "
+        "address types (from the running daemon, else as the profile declares them).",
+    ),
+    "systemd-unit": (
+        "systemd_cmd",
+        "systemd_unit_cmd",
+        "Print a hardened systemd unit (Type=notify) for the daemon.",
+    ),
+    "sendmail": (
+        "sendmail_cmd",
+        "sendmail_cmd",
+        "sendmail [-t] [-f SENDER] [-i] [options] [recipients...] (see docs/operations.md).",
+    ),
+}
 
 
-@click.group(cls=SpoolboxGroup, context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(SpoolboxGroup):
+    """A group whose commands (:data:`COMMANDS`) are imported when one is run."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = self.commands.get(cmd_name)
+        if command is None and cmd_name in COMMANDS:
+            module, attr, _ = COMMANDS[cmd_name]
+            command = getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+            assert isinstance(command, click.Command)
+            self.commands[cmd_name] = command
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = []
+        for name in names:
+            if name in COMMANDS and name not in self.commands:
+                short = click.Command(name, help=COMMANDS[name][2]).get_short_help_str(limit)
+            else:
+                command = self.get_command(ctx, name)
+                if command is None or command.hidden:
+                    continue
+                short = command.get_short_help_str(limit)
+            rows.append((name, short))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-p",
     "--profile",
@@ -35,26 +134,18 @@ __all__ = ["cli", "main"]
     metavar="PATH",
     help="The profile (default: $SPOOLBOX_PROFILE, else ./spoolbox.toml).",
 )
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Show the traceback of an operating system or store error (else one line).",
+)
 @click.version_option(__version__, prog_name="spoolbox")
 @click.pass_context
-def cli(ctx: click.Context, profile_path: str | None) -> None:
+def cli(ctx: click.Context, profile_path: str | None, debug: bool) -> None:
     """spoolbox: a durable message spooler."""
-    ctx.ensure_object(Ctx).profile_path = profile_path
-
-
-for _cmd in (
-    init_cmd,
-    run_cmd,
-    submit_cmd,
-    send_cmd,
-    status_cmd,
-    queue_group,
-    flush_cmd,
-    inbox_group,
-    transports_cmd,
-    sendmail_cmd,
-):
-    cli.add_command(_cmd)
+    obj = ctx.ensure_object(Ctx)
+    obj.profile_path = profile_path
+    obj.debug = debug
 
 
 def main() -> None:

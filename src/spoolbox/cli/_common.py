@@ -1,4 +1,8 @@
-"""What every command shares: the profile, the client, JSON output, errors and exit codes."""
+"""What every command shares: the profile, the client, JSON output, errors and exit codes.
+
+This module is imported by ``spoolbox --help``: it imports nothing heavy at the top
+(the profile loader, the client and the store come in when a command needs them).
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,23 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from ..api.client import (
-    EXIT_ERROR,
-    EXIT_INTERRUPTED,
-    EXIT_PROFILE,
-    Client,
-    ClientError,
-)
-from ..profile import Profile, ProfileError, find_profile, load_profile
+from .os_errors import EXIT_OS_ERROR, os_error_line
+
+if TYPE_CHECKING:
+    from ..api.client import Client
+    from ..profile import Profile
 
 __all__ = ["Ctx", "SpoolboxGroup", "emit_json", "fail", "json_option", "pass_ctx"]
+
+#: The exit codes of api/client.py, repeated here so that --help need not import it
+#: (tests/cli/test_startup_imports.py checks they agree).
+_EXIT_ERROR = 1
+_EXIT_PROFILE = 5
+_EXIT_INTERRUPTED = 130
 
 
 @dataclass
@@ -28,18 +35,25 @@ class Ctx:
 
     profile_path: str | None = None
     json: bool = False
+    debug: bool = False
     _profile: Profile | None = field(default=None, repr=False)
 
     @property
     def path(self) -> Path:
+        from ..profile import find_profile
+
         return find_profile(self.profile_path)
 
     def profile(self) -> Profile:
         if self._profile is None:
+            from ..profile import load_profile
+
             self._profile = load_profile(self.path)
         return self._profile
 
     def client(self) -> Client:
+        from ..api.client import Client
+
         return Client(self.profile())
 
 
@@ -50,7 +64,7 @@ def emit_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=False))
 
 
-def fail(message: str, code: int = EXIT_ERROR, *, kind: str = "error") -> NoReturn:
+def fail(message: str, code: int = _EXIT_ERROR, *, kind: str = "error") -> NoReturn:
     ctx = click.get_current_context(silent=True)
     obj = ctx.find_object(Ctx) if ctx is not None else None
     if obj is not None and obj.json:
@@ -77,14 +91,35 @@ def json_option(command: Any) -> Any:
 
 
 class SpoolboxGroup(click.Group):
-    """Turns the errors a script relies on into their exit codes (docs/operations.md)."""
+    """Turns the errors a script relies on into their exit codes (docs/operations.md):
+    a profile error, a client error, an interrupt, and an operating system or store
+    error (one line with a hint; the traceback only with ``spoolbox --debug``)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ProfileError as exc:
-            fail(str(exc), EXIT_PROFILE, kind="profile")
-        except ClientError as exc:
-            fail(str(exc), exc.exit_code, kind=exc.code)
         except KeyboardInterrupt:
-            fail("interrupted", EXIT_INTERRUPTED, kind="interrupted")
+            fail("interrupted", _EXIT_INTERRUPTED, kind="interrupted")
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            _fail_for(ctx, exc)
+
+
+def _fail_for(ctx: click.Context, exc: Exception) -> NoReturn:
+    """Exit with the code ``exc`` stands for; re-raises an exception it does not know.
+    The classes are imported here, once something went wrong, not for ``--help``."""
+    from ..api.client import ClientError
+    from ..profile import ProfileError
+    from ..store import StoreError
+
+    if isinstance(exc, ProfileError):
+        fail(str(exc), _EXIT_PROFILE, kind="profile")
+    if isinstance(exc, ClientError):
+        fail(str(exc), exc.exit_code, kind=exc.code)
+    if not isinstance(exc, OSError | StoreError):
+        raise exc
+    obj = ctx.find_object(Ctx)
+    if obj is not None and obj.debug:
+        raise exc
+    fail(f"error: {os_error_line(exc)}", EXIT_OS_ERROR, kind="os_error")

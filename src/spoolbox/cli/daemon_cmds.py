@@ -94,7 +94,10 @@ def _make_data_dir(directory: Path) -> None:
 @click.option(
     "--no-dialog",
     is_flag=True,
-    help="Never ask for missing credentials (the default when stdin is not a terminal).",
+    help=(
+        "Never ask for missing credentials (the default when stdin is not a terminal "
+        "or the daemon runs as a background job)."
+    ),
 )
 @click.option(
     "--log-level",
@@ -109,7 +112,13 @@ def run_cmd(obj: Ctx, no_nice: bool, no_dialog: bool, log_level: str | None) -> 
     from ..daemon import DaemonError, run_daemon
 
     profile = obj.profile()
-    interactive = not no_dialog and sys.stdin.isatty()
+    why_not = _why_no_dialog(no_dialog)
+    interactive = why_not is None
+    if not interactive and profile.missing:
+        # Never touch the terminal then: a background job that reads or sets it is
+        # stopped by SIGTTIN/SIGTTOU.  Those transports stay off-line (their rows say
+        # why; the daemon logs which setting would provide each secret).
+        click.echo(f"spoolbox: not asking for missing credentials: {why_not}", err=True)
     extra: dict[tuple[str, str], str] = {}
     if interactive and profile.missing:
         # The logon dialog (LogonFlags.NO_DIALOG is clear): ask for what is missing.
@@ -127,3 +136,22 @@ def run_cmd(obj: Ctx, no_nice: bool, no_dialog: bool, log_level: str | None) -> 
     except DaemonError as exc:
         fail(str(exc), EXIT_ERROR, kind="daemon")
     sys.exit(code)
+
+
+def _why_no_dialog(no_dialog: bool) -> str | None:
+    """Why the logon dialog must not ask (None: it may).
+
+    It asks only with a terminal on stdin and this process in the foreground process
+    group of that terminal (``tcgetpgrp == getpgrp``, as a shell's job control has it).
+    """
+    if no_dialog:
+        return "--no-dialog"
+    if not sys.stdin.isatty():
+        return "stdin is not a terminal"
+    try:
+        foreground = os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except OSError:
+        foreground = False
+    if not foreground:
+        return "not in the foreground process group of the terminal (a background job)"
+    return None

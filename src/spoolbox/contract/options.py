@@ -29,8 +29,8 @@ number, or every number in a mapping.
 
 What goes wrong, and what is raised:
 
-* a key the dataclass has no field for: :class:`OptionError` naming it and listing
-  the known ones;
+* a key the dataclass has no field for: :class:`OptionError` naming it, the
+  nearest known one (``did you mean 'port'?``, by :mod:`difflib`) and the known ones;
 * a required field (no default) missing, ``None`` or ``""``:
   :class:`~spoolbox.contract.Unconfigured` listing every such key, so the profile's
   logon dialog can ask for them;
@@ -47,6 +47,7 @@ profile loader uses it for its own tables, with its own wording around it.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import math
 import types
@@ -323,9 +324,11 @@ def read_options(cls: type[_T], config: Mapping[str, Any], *, kind: str) -> _T:
     unknown = sorted((k for k in config if k not in names), key=str)
     if unknown:
         others = f" (so is {', '.join(map(repr, unknown[1:]))})" if len(unknown) > 1 else ""
+        close = difflib.get_close_matches(str(unknown[0]), names, n=1)
+        guess = f"did you mean {close[0]!r}? " if close else ""
         raise OptionError(
             str(unknown[0]),
-            f"is unknown{others}; the options are: {', '.join(sorted(names))}",
+            f"is unknown{others}; {guess}the options are: {', '.join(sorted(names))}",
             kind=kind,
         )
     missing = [f for f in fields if f.required and config.get(f.name) in (None, "")]

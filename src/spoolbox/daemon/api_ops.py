@@ -57,6 +57,8 @@ class DaemonView(Protocol):
     profile: Profile
     started_at: float
     reloads: int
+    reload_attempts: int
+    reload_error: str | None
 
     async def current(self) -> Spooler:
         """The running spooler (waits while a reload swaps it)."""
@@ -98,6 +100,8 @@ async def ping(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
         "protocol": PROTOCOL_VERSION,
         "started_at": daemon.started_at,
         "reloads": daemon.reloads,
+        "reload_attempts": daemon.reload_attempts,
+        "reload_error": daemon.reload_error,
         "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
     }
 
@@ -248,7 +252,9 @@ async def transports(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]
 
 async def reload(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
     if not await daemon.reload():
-        raise ApiError(PROFILE, "the profile is invalid or failed to start; see the log")
+        raise ApiError(
+            PROFILE, daemon.reload_error or "the profile is invalid or failed to start; see the log"
+        )
     return {"reloads": daemon.reloads}
 
 

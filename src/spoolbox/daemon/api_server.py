@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import io
 import json
 import logging
@@ -37,7 +38,7 @@ from ..api.wire import (
     optional,
     refusal,
 )
-from ..profile import Profile
+from ..profile import Profile, ProfileError
 from .api_ops import DaemonView, dispatch
 
 __all__ = ["LocalApiServer"]
@@ -49,17 +50,21 @@ _CONTENT_BLOCK = 64 * 1024  # a submit's content is read in blocks of this size
 
 
 class LocalApiServer:
-    """Serves the local API of ``daemon`` on the Unix socket at ``path`` (mode 0600)."""
+    """Serves the local API of ``daemon`` on the Unix socket at ``path``: mode 0600,
+    or 0660 and owned by ``group`` when one is given (``[daemon] socket_group``: its
+    members may submit, e.g. a web application's user)."""
 
-    def __init__(self, daemon: DaemonView, path: Path) -> None:
+    def __init__(self, daemon: DaemonView, path: Path, *, group: str | None = None) -> None:
         self._daemon = daemon
         self._path = path
+        self._group = group
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task[Any]] = set()
         self._watchers: set[Any] = set()
 
     async def start(self) -> None:
         path = self._path
+        gid = self._gid()
         private_dir(path.parent)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # the daemon holds the lock: a socket left here is stale
@@ -70,7 +75,25 @@ class LocalApiServer:
             )
         finally:
             os.umask(old)
-        os.chmod(path, 0o600)
+        if gid is None:
+            os.chmod(path, 0o600)
+        else:
+            os.chown(path, -1, gid)
+            os.chmod(path, 0o660)
+
+    def _gid(self) -> int | None:
+        """The gid of ``[daemon] socket_group``; a ProfileError naming a group that
+        does not exist."""
+        if self._group is None:
+            return None
+        try:
+            return grp.getgrnam(self._group).gr_gid
+        except KeyError:
+            raise ProfileError(
+                self._daemon.profile.path,
+                f"no such group {self._group!r} (create it: groupadd --system {self._group})",
+                "[daemon] socket_group",
+            ) from None
 
     async def stop(self) -> None:
         """Stop listening, end the connections and remove the socket; idempotent."""

@@ -1,6 +1,6 @@
 """``spoolbox run``: the spooler as its own process, and the local API it serves.
 
-:class:`Daemon` runs in the foreground (systemd ``Type=exec``, or a terminal):
+:class:`Daemon` runs in the foreground (systemd ``Type=notify``, or a terminal):
 
 * it takes an exclusive lock on the profile's pid file (one daemon per data
   directory), lowers its CPU priority (``os.nice``, ``[daemon] nice``), opens the
@@ -13,6 +13,9 @@
 * SIGTERM and SIGINT shut it down cleanly: the listeners and the API stop taking
   work, the spooler lets in-flight work finish for ``policy.shutdown_grace`` seconds
   and returns what is left to the queue; nothing accepted is lost;
+* under systemd it says ``READY=1`` once the store is open and the API and the
+  listeners listen, ``WATCHDOG=1`` at half of ``WatchdogSec``, ``RELOADING=1`` and
+  ``STOPPING=1`` (:mod:`.notify`);
 * SIGHUP re-reads the profile: an invalid profile is logged and the running one
   kept; a valid one replaces the spooler (the old one shuts down as above, the new
   one starts on the same store) and restarts the listeners.
@@ -51,6 +54,8 @@ from ..profile import Profile, ProfileError, load_profile
 from .api_server import LocalApiServer
 from .listeners import Listeners
 from .log_format import choose_format
+from .notify import Notifier, watchdog_interval
+from .preflight import refuse_invalid_options
 from .runtime import configure_logging, event_loop_runner
 
 __all__ = ["Daemon", "DaemonError", "run_daemon"]
@@ -81,16 +86,22 @@ class Daemon:
         self._ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
-        self._api = LocalApiServer(self, profile.daemon.socket)
+        self._api = LocalApiServer(self, profile.daemon.socket, group=profile.daemon.socket_group)
         self._listeners = Listeners(lambda: self.spooler, self.submit)
         self._lock_file: IO[str] | None = None
+        self._notify = Notifier()
         self.started_at = time.time()
         self.reloads = 0
+        #: reloads tried, and why the last one failed (None: it worked); ``spoolbox
+        #: reload`` waits for the count to move and reports the error (the ping op)
+        self.reload_attempts = 0
+        self.reload_error: str | None = None
 
     # -- the process ------------------------------------------------------------------
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT (or :meth:`request_stop`); returns an exit status."""
         loop = asyncio.get_running_loop()
+        watchdog: asyncio.Future[None] | None = None
         self._lock()
         try:
             if self.renice and self.profile.daemon.nice:
@@ -98,13 +109,15 @@ class Daemon:
                     os.nice(self.profile.daemon.nice)
                 except OSError as exc:  # pragma: no cover - platform dependent
                     log.warning("cannot lower the CPU priority: %s", exc)
+            # Handled from here on (SIGHUP's default action would end the process):
+            # a signal that comes while the spooler starts is acted on after.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
             self.spooler = await self._start_spooler(self.profile)
             self._ready.set()
             await self._api.start()
             await self._listeners.start(self.profile)
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.request_stop)
-            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
             log.info(
                 "spoolbox %s running (pid %d, profile %s, API on %s)",
                 __version__,
@@ -112,6 +125,11 @@ class Daemon:
                 self.profile.path,
                 self.profile.daemon.socket,
             )
+            # systemd (Type=notify): the store is open, the API and listeners listen.
+            self._notify.send("READY=1", f"MAINPID={os.getpid()}", "STATUS=running")
+            interval = watchdog_interval()
+            if interval is not None:
+                watchdog = asyncio.ensure_future(self._watchdog(interval))
             while not self._stop.is_set():
                 stop = asyncio.ensure_future(self._stop.wait())
                 reload = asyncio.ensure_future(self._reload.wait())
@@ -122,16 +140,30 @@ class Daemon:
                     reload.cancel()
                 if self._reload.is_set() and not self._stop.is_set():
                     self._reload.clear()
+                    self._notify.send(
+                        "RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}"
+                    )
                     await self.reload()
+                    self._notify.send("READY=1", "STATUS=running")
             log.info("shutting down")
             return 0
         finally:
+            self._notify.send("STOPPING=1", "STATUS=stopping")
+            if watchdog is not None:
+                watchdog.cancel()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)
             await self._shutdown()
             self._unlock()
             log.info("stopped")
+
+    async def _watchdog(self, interval: float) -> None:
+        """WATCHDOG=1 every ``interval`` s (half of systemd's WatchdogSec): it comes
+        only while this event loop runs, which is what the watchdog is to prove."""
+        while True:
+            self._notify.send("WATCHDOG=1")
+            await asyncio.sleep(interval)
 
     def request_stop(self) -> None:
         log.info("stop requested")
@@ -201,6 +233,7 @@ class Daemon:
                     raise ProfileError(
                         profile.path, str(exc), f"[transports.{transport.name}] provider"
                     ) from None
+        refuse_invalid_options(profile)
         if self.interactive:
             # The logon dialog may be shown: clear NO_DIALOG where the profile allows it.
             transports = tuple(
@@ -244,12 +277,24 @@ class Daemon:
             await self._ready.wait()
 
     async def reload(self) -> bool:
-        """Re-read the profile and restart the spooler on it; False if it is invalid."""
+        """Re-read the profile and restart the spooler on it; False if it is invalid
+        or the new spooler cannot start (the error is kept in ``reload_error``)."""
+        try:
+            done = await self._reload_profile()
+        except Exception as exc:
+            self.reload_error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            self.reload_attempts += 1
+        return done
+
+    async def _reload_profile(self) -> bool:
         try:
             new = load_profile(self.profile.path, extra_secrets=self.extra_secrets)
             self._config(new)
         except ProfileError as exc:
             log.error("reload refused, keeping the running profile: %s", exc)
+            self.reload_error = f"the new profile is invalid: {exc}"
             return False
         for key in ("socket", "event_loop"):
             if getattr(new.daemon, key) != getattr(self.profile.daemon, key):
@@ -266,6 +311,7 @@ class Daemon:
             self.profile = new
         except Exception as exc:
             log.error("reload failed (%s); starting again on the previous profile", exc)
+            self.reload_error = f"the new profile could not start ({exc}); running the old one"
             self.spooler = await self._start_spooler(old_profile)
             self._ready.set()
             await self._listeners.start(self.profile)
@@ -273,6 +319,7 @@ class Daemon:
         self._ready.set()
         await self._listeners.start(self.profile)
         self.reloads += 1
+        self.reload_error = None
         log.info(
             "profile reloaded: transports %s",
             [transport.name for transport in new.spooler.transports],

@@ -221,6 +221,7 @@ def _daemon(dm: Table, under_data: Callable[[str], Path]) -> DaemonSettings:
         nice=nice,
         log_level=level,
         event_loop=event_loop,
+        socket_group=dm.text("socket_group"),
     )
     if len(os.fsencode(daemon.socket)) > 100:
         raise dm.error(

@@ -50,6 +50,8 @@ class DaemonSettings:
     nice: int = 10
     log_level: str = "INFO"
     event_loop: str = "auto"  # "auto" (uvloop if installed), "uvloop" or "asyncio"
+    #: the local API socket is 0660 and owned by this group (None: 0600, owner only)
+    socket_group: str | None = None
 
 
 #: ``[log] format`` values (``auto``: journald when stderr is the journal, else text).

@@ -44,6 +44,13 @@ class IMAPProvider:
 
     display_name: ClassVar[str] = "IMAP"
 
+    @staticmethod
+    def check_options(config: Mapping[str, Any]) -> None:
+        """Read ``config`` as :meth:`logon` does, without logging on (``spoolbox
+        check``, and the daemon before it starts): OptionError, ValueError or
+        Unconfigured say what is wrong."""
+        MailboxSettings.from_config("imap", config)
+
     async def logon(
         self, support: Support, config: Mapping[str, Any], flags: LogonFlags
     ) -> IMAPSession:

@@ -299,6 +299,13 @@ class MaildirProvider:
 
     display_name: ClassVar[str] = "Maildir"
 
+    @staticmethod
+    def check_options(config: Mapping[str, Any]) -> None:
+        """Read ``config`` as :meth:`logon` does, without logging on (``spoolbox
+        check``, and the daemon before it starts): OptionError, ValueError or
+        Unconfigured say what is wrong."""
+        _Settings.from_config(config)
+
     async def logon(
         self, support: Support, config: Mapping[str, Any], flags: LogonFlags
     ) -> MaildirSession:

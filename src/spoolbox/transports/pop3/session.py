@@ -215,6 +215,13 @@ class POP3Provider:
 
     display_name: ClassVar[str] = "POP3"
 
+    @staticmethod
+    def check_options(config: Mapping[str, Any]) -> None:
+        """Read ``config`` as :meth:`logon` does, without logging on (``spoolbox
+        check``, and the daemon before it starts): OptionError, ValueError or
+        Unconfigured say what is wrong."""
+        MailboxSettings.from_config("pop3", config)
+
     async def logon(
         self, support: Support, config: Mapping[str, Any], flags: LogonFlags
     ) -> POP3Session:

@@ -21,6 +21,13 @@ class SMTPProvider:
 
     display_name: ClassVar[str] = "SMTP"
 
+    @staticmethod
+    def check_options(config: Mapping[str, Any]) -> None:
+        """Read ``config`` as :meth:`logon` does, without logging on (``spoolbox
+        check``, and the daemon before it starts): OptionError, ValueError or
+        Unconfigured say what is wrong."""
+        SMTPSettings.from_config(config)
+
     async def logon(
         self, support: Support, config: Mapping[str, Any], flags: LogonFlags
     ) -> SMTPSession:

@@ -1,0 +1,95 @@
+"""``spoolbox check``: is the profile good, and can every transport log on?
+
+One line per transport, ``NAME: ok`` or ``NAME: <the problem>``; exit 0 when all are
+good, 1 when any transport has a problem, 5 when the profile itself cannot be read
+(docs/operations.md, "Exit codes").  The logons run on a throw-away spooler over an
+empty in-memory store, outbound only: nothing is sent, and no mailbox is fetched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import sys
+
+import click
+
+from ._common import Ctx, emit_json, json_option, pass_ctx
+
+__all__ = ["check_cmd"]
+
+
+@click.command("check")
+@click.option("--no-logon", is_flag=True, help="Check the options only; do not log on.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds the logons may take together.",
+)
+@json_option
+@pass_ctx
+def check_cmd(obj: Ctx, no_logon: bool, timeout: float, as_json: bool) -> None:
+    """Check the profile and every transport's options, and try each logon."""
+    from ..daemon.preflight import check_transports
+
+    profile = obj.profile()  # a ProfileError: exit 5 (SpoolboxGroup)
+    problems: dict[str, str | None] = {c.transport: c.problem for c in check_transports(profile)}
+    if not no_logon:
+        ready = [name for name, problem in problems.items() if problem is None]
+        problems.update(asyncio.run(_try_logons(profile, ready, timeout)))
+    if as_json:
+        emit_json(
+            {
+                "profile": str(profile.path),
+                "transports": [
+                    {"name": name, "ok": problem is None, "problem": problem}
+                    for name, problem in problems.items()
+                ],
+            }
+        )
+    else:
+        click.echo(f"profile {profile.path}: ok")
+        for name, problem in problems.items():
+            click.echo(f"{name}: {problem or 'ok'}")
+    sys.exit(1 if any(problems.values()) else 0)
+
+
+async def _try_logons(profile: object, names: list[str], timeout: float) -> dict[str, str | None]:
+    """Log each of ``names`` on once; name -> None (logged on) or why not."""
+    from .. import AlwaysIdle, MemoryStore, Spooler
+    from ..profile import Profile
+
+    assert isinstance(profile, Profile)
+    if not names:
+        return {}
+    # What goes wrong is in the lines printed; the spooler's warnings would repeat it.
+    logging.getLogger("spoolbox").setLevel(logging.ERROR)
+    config = profile.spooler
+    transports = tuple(
+        dataclasses.replace(t, inbound=False, outbound=True)
+        for t in config.transports
+        if t.name in names
+    )
+    policy = dataclasses.replace(config.policy, shutdown_grace=0.5)
+    config = dataclasses.replace(config, transports=transports, policy=policy)
+    spooler = Spooler.open(config, store=MemoryStore(), close_store=True, idle=AlwaysIdle())
+    out: dict[str, str | None] = {}
+    await spooler.start()
+    try:
+        with contextlib.suppress(TimeoutError):
+            await spooler.wait_ready(timeout=timeout)
+        for name in names:
+            host = spooler.host(name)
+            if host.session is not None:
+                out[name] = None
+            elif not host.tried_logon.is_set():
+                out[name] = f"logon did not finish within {timeout:g} s"
+            else:
+                out[name] = host.last_error or "logon failed"
+    finally:
+        await spooler.aclose()
+    return out

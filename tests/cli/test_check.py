@@ -1,0 +1,108 @@
+"""``spoolbox check`` and the daemon's refusal of transport options that can never
+work, through the real command."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+from conftest import Home
+
+_RELAY = """
+[[transports]]
+name = "relay"
+provider = "smtp"
+address_types = ["SMTP"]
+[transports.options]
+host = "127.0.0.1"
+{option}
+"""
+
+_MAILBOX = """
+[[transports]]
+name = "mailbox"
+provider = "imap"
+outbound = false
+[transports.options]
+host = "127.0.0.1"
+port = {port}
+tls = "none"
+username = "ann"
+password = "pw"
+"""
+
+
+def _append(home: Home, text: str) -> None:
+    home.profile.write_text(home.profile.read_text() + text)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_good_profile_checks_ok(home: Home) -> None:
+    r = home.run("check")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"profile {home.profile}: ok", "local: ok"]
+    assert r.stderr == ""
+
+
+def test_a_typo_in_an_option_is_named_with_a_suggestion(home: Home) -> None:
+    _append(home, _RELAY.format(option="prot = 25"))
+    for args in (("check",), ("check", "--no-logon")):
+        r = home.run(*args)
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        lines = r.stdout.splitlines()
+        assert lines[1] == "local: ok"
+        assert lines[2].startswith(
+            "relay: smtp option 'prot' is unknown; did you mean 'port'? the options are: "
+        )
+        assert "host, " in lines[2]
+    got = json.loads(home.run("check", "--no-logon", "--json").stdout)
+    assert [t["ok"] for t in got["transports"]] == [True, False]
+
+
+def test_the_daemon_refuses_to_start_on_a_typo(home: Home) -> None:
+    _append(home, _RELAY.format(option="prot = 25"))
+    r = home.run("run", "--no-nice")
+    assert r.returncode == 5
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"spoolbox: {home.profile}: [transports.relay]: smtp option 'prot'")
+    assert "did you mean 'port'?" in last
+    assert "WARNING" not in r.stderr
+
+
+def test_a_missing_password_is_a_problem_not_a_refusal(home: Home) -> None:
+    _append(
+        home,
+        _RELAY.format(option='username = "ann"\npassword_env = "SPOOLBOX_TEST_UNSET_PW"'),
+    )
+    r = home.run("check", "--no-logon")
+    assert r.returncode == 1
+    assert (
+        "relay: not configured: password is not set (environment variable SPOOLBOX_TEST_UNSET_PW)"
+        in r.stdout.splitlines()
+    )
+
+
+def test_a_failing_logon_is_reported_and_no_logon_skips_it(home: Home) -> None:
+    _append(home, _MAILBOX.format(port=_closed_port()))
+    r = home.run("check", "--timeout", "20")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    lines = r.stdout.splitlines()
+    assert lines[1] == "local: ok"
+    assert lines[2].startswith("mailbox: logon failed: NetworkError: imap ann@127.0.0.1:"), lines
+    assert "Connect call failed" in lines[2], lines
+    assert r.stderr == ""
+    r = home.run("check", "--no-logon")
+    assert r.returncode == 0, r.stdout
+    assert r.stdout.splitlines()[2] == "mailbox: ok"
+
+
+def test_an_invalid_profile_exits_5(home: Home) -> None:
+    _append(home, "\n[store]\nbackend = 1\n")
+    r = home.run("check")
+    assert r.returncode == 5
+    assert r.stderr.startswith(f"spoolbox: {home.profile}")
