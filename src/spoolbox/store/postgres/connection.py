@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
 
@@ -64,6 +65,15 @@ def describe(dsn: str) -> str:
     return f"postgresql://{f'{user}@' if user else ''}{where}/{parts.get('dbname') or user or ''}"
 
 
+def _masked(text: str) -> str:
+    """libpq's words about a DSN, with each quoted piece that is not an option name
+    blanked out: it may be a piece of the password."""
+    return re.sub(r'"([^"]*)"', lambda m: m[0] if _OPTION.fullmatch(m[1]) else '"***"', text)
+
+
+_OPTION = re.compile(r"[a-z_]+")
+
+
 def _safe(exc: BaseException, dsn_parts: dict[str, object]) -> str:
     """The error's text with the DSN's password blanked out, if it appears."""
     text = str(exc).strip()
@@ -88,7 +98,10 @@ class Database:
         try:
             self._parts: dict[str, object] = dict(conninfo_to_dict(dsn))
         except psycopg.Error as exc:
-            raise StoreError(f"the PostgreSQL dsn does not parse: {exc}") from None
+            raise StoreError(
+                f"the PostgreSQL dsn does not parse: {_masked(str(exc))} "
+                "(a libpq connection string or a postgresql:// URL is expected)"
+            ) from None
         self._dsn = dsn
         self.where = describe(dsn)
         self._min, self._max = min_size, max_size

@@ -167,8 +167,9 @@ class PostgresStore:
 
     async def _commit_submits(self) -> None:
         """Commit the pending submits in batches until none is left."""
+        # The task first runs in the next turn of the loop: every submit of this turn
+        # has joined by then.
         try:
-            await asyncio.sleep(0)  # every submit of this turn of the loop joins
             while self._pending:
                 batch, self._pending = self._pending, []
                 await self._commit_batch(batch)
