@@ -55,7 +55,7 @@ def find_bindir() -> Path | None:
     return None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -150,7 +150,7 @@ def start_cluster() -> Cluster:
     pwfile.write_text(PASSWORD + "\n")
     if run_as is not None:
         os.chown(pwfile, pw.pw_uid, pw.pw_gid)
-    cluster = Cluster(bindir=bindir, root=root, port=_free_port(), run_as=run_as)
+    cluster = Cluster(bindir=bindir, root=root, port=free_port(), run_as=run_as)
     init = subprocess.run(
         cluster._command(
             str(bindir / "initdb"),

@@ -1,0 +1,226 @@
+"""``spoolbox run`` on a PostgreSQL store: the real daemon, as a subprocess, relays a
+message sent through it to a real SMTP server (aiosmtpd), and the DSN's password never
+shows in its output; a profile with ``[store] backend = "postgres"`` is read and
+checked as the reference says."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import postgres_cluster as pgc
+import psycopg
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as AiosmtpdSMTP
+from aiosmtpd.smtp import Envelope, Session
+
+from spoolbox.profile import ProfileError, load_profile
+
+CLI = [sys.executable, "-m", "spoolbox.cli"]
+DEADLINE = 60.0
+DSN_ENV = "SPOOLBOX_TEST_PG_DSN"
+
+
+class _Sink:
+    """Records every message an SMTP client hands over."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, list[str], bytes]] = []
+
+    async def handle_DATA(self, server: AiosmtpdSMTP, session: Session, envelope: Envelope) -> str:
+        content = envelope.content
+        assert isinstance(content, bytes)
+        self.received.append((str(envelope.mail_from), list(envelope.rcpt_tos), content))
+        return "250 OK"
+
+
+@pytest.fixture
+def sink() -> Iterator[tuple[_Sink, int]]:
+    handler = _Sink()
+    port = pgc.free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield handler, port
+    finally:
+        controller.stop()
+
+
+def _profile(directory: Path, smtp_port: int, store: str) -> Path:
+    path = directory / "spoolbox.toml"
+    path.write_text(
+        f"""
+data_dir = "."
+node = "pg-node-1"
+
+[store]
+{store}
+
+[identities]
+senders = ["SMTP:postmaster@example.org"]
+
+[[transports]]
+name = "relay"
+provider = "smtp"
+address_types = ["SMTP"]
+[transports.options]
+host = "127.0.0.1"
+port = {smtp_port}
+tls = "none"
+"""
+    )
+    return path
+
+
+def _env(dsn: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "SPOOLBOX_PROFILE"}
+    env["PYTHONWARNINGS"] = "error"
+    env[DSN_ENV] = dsn
+    return env
+
+
+def _run(profile: Path, dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, "--profile", str(profile), *args],
+        capture_output=True,
+        text=True,
+        env=_env(dsn),
+        timeout=DEADLINE,
+        cwd=profile.parent,
+    )
+
+
+def _wait(what: str, predicate: Callable[[], bool]) -> None:
+    end = time.monotonic() + DEADLINE
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_the_daemon_relays_a_message_through_a_postgres_store(
+    tmp_path: Path, pg_dsn: str, sink: tuple[_Sink, int]
+) -> None:
+    handler, port = sink
+    profile = _profile(tmp_path, port, f'backend = "postgres"\ndsn_env = "{DSN_ENV}"')
+    log_path = tmp_path / "daemon.log"
+    with open(log_path, "wb") as log:
+        daemon = subprocess.Popen(
+            [*CLI, "--profile", str(profile), "run", "--no-nice"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=_env(pg_dsn),
+            cwd=tmp_path,
+        )
+    try:
+
+        def answers() -> bool:
+            assert daemon.poll() is None, log_path.read_text()
+            return _run(profile, pg_dsn, "status").returncode == 0
+
+        _wait("the daemon to answer", answers)
+        r = _run(profile, pg_dsn, "send", "--to", "SMTP:bob@example.org", "--subject", "via pg")
+        assert r.returncode == 0, r.stderr
+        mid = r.stdout.strip()
+        _wait("the message at the SMTP server", lambda: len(handler.received) == 1)
+        sender, rcpts, content = handler.received[0]
+        assert (sender, rcpts) == ("postmaster@example.org", ["bob@example.org"])
+        assert b"Subject: via pg" in content
+        # The outcome is in PostgreSQL, where another node would see it.
+        with psycopg.connect(pg_dsn) as conn:
+            rows = conn.execute(
+                "SELECT state, status FROM recipients WHERE message_id = %s", (mid,)
+            ).fetchall()
+        assert [state for state, _ in rows] == ["delivered"]
+        assert str(rows[0][1]).startswith("2")
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=DEADLINE) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    output = log_path.read_text()
+    assert pgc.PASSWORD not in output
+    assert pgc.PASSWORD not in r.stdout + r.stderr
+
+
+def test_a_daemon_whose_dsn_is_refused_says_so_without_the_password(
+    tmp_path: Path, pg_cluster: pgc.Cluster
+) -> None:
+    profile = _profile(tmp_path, 25, f'backend = "postgres"\ndsn_env = "{DSN_ENV}"')
+    bad = pg_cluster.dsn("postgres", password="not the password")
+    r = subprocess.run(
+        [*CLI, "--profile", str(profile), "run", "--no-nice"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=_env(bad),
+        timeout=DEADLINE,
+        cwd=tmp_path,
+    )
+    assert r.returncode != 0
+    assert "password authentication failed" in r.stderr
+    assert f"{pg_cluster.host}:{pg_cluster.port}/postgres" in r.stderr
+    assert "not the password" not in r.stderr + r.stdout
+
+
+# -- the profile's [store] keys ------------------------------------------------------------
+
+
+def test_a_postgres_store_profile_reads_the_dsn_from_env_file_or_inline(tmp_path: Path) -> None:
+    dsn = "host=db.example.org dbname=spool user=sb password='pa ss'"
+    from_env = load_profile(
+        _profile(tmp_path, 25, 'backend = "postgres"\ndsn_env = "PGDSN"'),
+        environ={"PGDSN": dsn},
+    )
+    assert (from_env.store.backend, from_env.store.dsn) == ("postgres", dsn)
+    assert "pa ss" not in repr(from_env.store)
+    assert {dsn, "pa ss"} <= set(from_env.secret_values)
+    (tmp_path / "dsn").write_text("postgresql://sb:p%40w@db/spool\n")
+    from_file = load_profile(
+        _profile(tmp_path, 25, 'backend = "postgres"\ndsn_file = "dsn"'), environ={}
+    )
+    assert from_file.store.dsn == "postgresql://sb:p%40w@db/spool"
+    assert {"p%40w", "p@w"} <= set(from_file.secret_values)
+    unset = load_profile(
+        _profile(tmp_path, 25, 'backend = "postgres"\ndsn_env = "PGDSN"'), environ={}
+    )
+    assert unset.store.dsn is None
+    assert unset.store.dsn_missing == "environment variable PGDSN"
+
+
+@pytest.mark.parametrize(
+    ("store", "key", "message"),
+    [
+        ('backend = "postgres"', "[store] dsn", "exactly one of dsn, dsn_env, dsn_file"),
+        (
+            'backend = "postgres"\ndsn = "host=a"\ndsn_env = "X"',
+            "[store] dsn_env",
+            "exactly one of",
+        ),
+        ('dsn = "host=a"', "[store] dsn", 'only for backend = "postgres"'),
+        ('backend = "mysql"', "[store] backend", 'expected "sqlite" or "postgres"'),
+    ],
+)
+def test_bad_store_keys_are_named(tmp_path: Path, store: str, key: str, message: str) -> None:
+    with pytest.raises(ProfileError, match=message) as info:
+        load_profile(_profile(tmp_path, 25, store), environ={})
+    assert info.value.key == key
+
+
+def test_listener_processes_are_refused_on_a_postgres_store(tmp_path: Path) -> None:
+    path = _profile(tmp_path, 25, 'backend = "postgres"\ndsn = "host=a"')
+    path.write_text(
+        path.read_text() + '\n[listeners.sub]\nkind = "smtp"\nport = 2525\nprocesses = 2\n'
+    )
+    with pytest.raises(ProfileError, match='need \\[store\\] backend = "sqlite"') as info:
+        load_profile(path, environ={})
+    assert info.value.key == "[listeners.sub] processes"
