@@ -5,6 +5,7 @@ checked as the reference says."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -20,7 +21,10 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as AiosmtpdSMTP
 from aiosmtpd.smtp import Envelope, Session
 
+from spoolbox import Address, NewMessage
+from spoolbox.client import Client
 from spoolbox.profile import ProfileError, load_profile
+from spoolbox.store.postgres import PostgresStore
 
 CLI = [sys.executable, "-m", "spoolbox.cli"]
 DEADLINE = 60.0
@@ -52,12 +56,13 @@ def sink() -> Iterator[tuple[_Sink, int]]:
         controller.stop()
 
 
-def _profile(directory: Path, smtp_port: int, store: str) -> Path:
+def _profile(directory: Path, smtp_port: int, store: str, node: str = "pg-node-1") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
     path = directory / "spoolbox.toml"
     path.write_text(
         f"""
 data_dir = "."
-node = "pg-node-1"
+node = "{node}"
 
 [store]
 {store}
@@ -105,28 +110,41 @@ def _wait(what: str, predicate: Callable[[], bool]) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_the_daemon_relays_a_message_through_a_postgres_store(
-    tmp_path: Path, pg_dsn: str, sink: tuple[_Sink, int]
-) -> None:
-    handler, port = sink
-    profile = _profile(tmp_path, port, f'backend = "postgres"\ndsn_env = "{DSN_ENV}"')
-    log_path = tmp_path / "daemon.log"
+def _start(profile: Path, dsn: str) -> subprocess.Popen[bytes]:
+    """``spoolbox run`` on ``profile``, once it answers (its log: daemon.log beside)."""
+    log_path = profile.parent / "daemon.log"
     with open(log_path, "wb") as log:
         daemon = subprocess.Popen(
             [*CLI, "--profile", str(profile), "run", "--no-nice"],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=_env(pg_dsn),
-            cwd=tmp_path,
+            env=_env(dsn),
+            cwd=profile.parent,
         )
+
+    def answers() -> bool:
+        if daemon.poll() is not None:
+            raise AssertionError(log_path.read_text())
+        return _run(profile, dsn, "status").returncode == 0
+
     try:
-
-        def answers() -> bool:
-            assert daemon.poll() is None, log_path.read_text()
-            return _run(profile, pg_dsn, "status").returncode == 0
-
         _wait("the daemon to answer", answers)
+    except BaseException:
+        daemon.kill()
+        daemon.wait()
+        raise
+    return daemon
+
+
+def test_the_daemon_relays_a_message_through_a_postgres_store(
+    tmp_path: Path, pg_dsn: str, sink: tuple[_Sink, int]
+) -> None:
+    handler, port = sink
+    profile = _profile(tmp_path, port, f'backend = "postgres"\ndsn_env = "{DSN_ENV}"')
+    log_path = tmp_path / "daemon.log"
+    daemon = _start(profile, pg_dsn)
+    try:
         r = _run(profile, pg_dsn, "send", "--to", "SMTP:bob@example.org", "--subject", "via pg")
         assert r.returncode == 0, r.stderr
         mid = r.stdout.strip()
@@ -224,3 +242,83 @@ def test_listener_processes_are_refused_on_a_postgres_store(tmp_path: Path) -> N
     with pytest.raises(ProfileError, match='need \\[store\\] backend = "sqlite"') as info:
         load_profile(path, environ={})
     assert info.value.key == "[listeners.sub] processes"
+
+
+class _SlowSink(_Sink):
+    """A sink that takes a moment per message, so one node cannot drain a batch
+    alone before the other has heard of it."""
+
+    async def handle_DATA(self, server: AiosmtpdSMTP, session: Session, envelope: Envelope) -> str:
+        await asyncio.sleep(0.02)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_two_nodes_on_one_database_share_a_batch_and_deliver_each_recipient_once(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    handler = _SlowSink()
+    port = pgc.free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    store = f'backend = "postgres"\ndsn_env = "{DSN_ENV}"'
+    profiles = [_profile(tmp_path / f"node{i}", port, store, f"pg-node-{i}") for i in (1, 2)]
+    daemons = [_start(p, pg_dsn) for p in profiles]
+    try:
+        total = 120
+        lot = [
+            NewMessage(
+                sender=Address.parse("SMTP:postmaster@example.org"),
+                recipients=(Address.parse(f"SMTP:user{i}@example.org"),),
+                content=b"Subject: lot %d\r\n\r\nbody\r\n" % i,
+            )
+            for i in range(total)
+        ]
+        assert Client(profiles[0]).submit_many(lot)["via"] == "daemon"
+        _wait("every message at the sink", lambda: len(handler.received) >= total)
+        rcpts = [r for _, tos, _ in handler.received for r in tos]
+        assert sorted(rcpts) == sorted(f"user{i}@example.org" for i in range(total))
+        with psycopg.connect(pg_dsn) as conn:
+            states = conn.execute("SELECT state, count(*) FROM recipients GROUP BY state")
+            assert dict(states.fetchall()) == {"delivered": total}
+        sent = [
+            Client(p).statistics()["transports"]["relay"]["counters"].get("delivered", 0)
+            for p in profiles
+        ]
+        assert sum(sent) == total
+        assert all(n > 0 for n in sent), sent  # each node delivered part of the batch
+        for d in daemons:
+            d.send_signal(signal.SIGTERM)
+        assert [d.wait(timeout=DEADLINE) for d in daemons] == [0, 0]
+    finally:
+        controller.stop()
+        for d in daemons:
+            if d.poll() is None:
+                d.kill()
+                d.wait()
+
+
+def test_an_idle_daemon_is_woken_by_work_another_node_commits(
+    tmp_path: Path, pg_dsn: str, sink: tuple[_Sink, int]
+) -> None:
+    handler, port = sink
+    profile = _profile(tmp_path, port, f'backend = "postgres"\ndsn_env = "{DSN_ENV}"')
+    # Polls every 5 h: only a wake-up through the database can bring the message.
+    profile.write_text(profile.read_text() + '\n[policy]\nrouter_interval = "1h"\n')
+    daemon = _start(profile, pg_dsn)
+    try:
+
+        async def submit_as_another_node() -> None:
+            async with PostgresStore(pg_dsn) as other:
+                message = NewMessage(
+                    sender=Address.parse("SMTP:postmaster@example.org"),
+                    recipients=(Address.parse("SMTP:dora@example.org"),),
+                    content=b"Subject: from another node\r\n\r\nhi\r\n",
+                )
+                await other.submit(message, now=time.time(), lifetime=3600, routes=["relay"])
+
+        asyncio.run(submit_as_another_node())
+        _wait("the message at the SMTP server", lambda: len(handler.received) == 1)
+        assert handler.received[0][1] == ["dora@example.org"]
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=DEADLINE)

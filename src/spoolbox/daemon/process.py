@@ -50,7 +50,7 @@ from ..profile import Profile, ProfileError, load_profile
 from .api_server import LocalApiServer
 from .listeners import Listeners
 from .runtime import configure_logging, event_loop_runner
-from .store_backend import describe_store, store_from_settings
+from .store_backend import describe_store, store_from_settings, wake_on_other_nodes
 
 __all__ = ["Daemon", "DaemonError", "run_daemon"]
 
@@ -217,6 +217,7 @@ class Daemon:
         idle = AlwaysIdle() if profile.idle == "always" else None
         spooler = Spooler.open(config, store=store, close_store=True, idle=idle)
         await spooler.start()
+        await wake_on_other_nodes(spooler)
         log.debug("store %s open: %s", describe_store(profile.store), _store_statistics(store))
         for missing in profile.missing:
             log.warning(

@@ -192,4 +192,4 @@ DELETE_PROFILE = "DELETE FROM profile WHERE section = %s AND key = %s"
 
 #: The channel a store NOTIFYs when recipients become claimable (payload: transport).
 CHANNEL = "spoolbox_work"
-NOTIFY = "SELECT pg_notify(%s, %s)"
+NOTIFY = "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p"

@@ -55,6 +55,7 @@ from ..sqlite.rows import encode_profile
 from . import schema
 from . import transactions as tx
 from .connection import Conn, Database
+from .wakeups import Listener
 
 __all__ = ["PostgresStore"]
 
@@ -88,6 +89,7 @@ class PostgresStore:
         self._pending: list[tuple[_Submit, asyncio.Future[MessageInfo]]] = []
         self._committer: asyncio.Task[None] | None = None
         self._stats = {"commits": 0, "submits": 0, "submit_batches": 0, "largest_batch": 0}
+        self._listener: Listener | None = None
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self._db.where} {'open' if self._open else 'closed'}>"
@@ -122,6 +124,9 @@ class PostgresStore:
         if committer is not None:
             await asyncio.shield(committer)
         self._open = False
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.stop()
         await self._db.close()
 
     async def __aenter__(self) -> PostgresStore:
@@ -130,6 +135,20 @@ class PostgresStore:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    # -- wake-ups across nodes ----------------------------------------------------------
+    async def listen(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(payload)`` whenever a store on this database (any node)
+        commits recipients that may be claimable: the payload is the transport's name,
+        :data:`~.wakeups.ROUTE` (waiting for routing) or :data:`~.wakeups.ANY`; until
+        :meth:`close`.  See :mod:`.wakeups`."""
+        if not self._open:
+            raise StoreError(f"{self!r} is not open: call open() first")
+        if self._listener is not None:
+            raise StoreError(f"{self!r} already has a wake-up listener")
+        listener = Listener(self._db.connect, callback, where=self._db.where)
+        await listener.start()
+        self._listener = listener
 
     # -- running operations ----------------------------------------------------------
     async def _run(self, what: str, fn: Callable[[Conn], Awaitable[_T]]) -> _T:

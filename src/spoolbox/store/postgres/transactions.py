@@ -53,6 +53,7 @@ from ..sqlite.rows import (
 )
 from . import queries as _q
 from . import schema
+from .wakeups import ANY, ROUTE, notify, payloads
 
 #: Messages up to this size are read in the claim's transaction (ClaimedJob.content).
 PREFETCH_LIMIT: Final = 256 * 1024
@@ -117,6 +118,7 @@ async def submit(
                         for i, a in enumerate(message.recipients)
                     ],
                 )
+            await notify(conn, payloads(routes) if routes is not None else {ROUTE})
             return info
         # Another node stored the same id meanwhile (it committed first): compare.
         await conn.execute("DELETE FROM blobs WHERE id = %s", (blob_id,))
@@ -155,6 +157,7 @@ async def assign_routes(conn: Conn, assignments: Sequence[tuple[str, int, str]])
     ordered = sorted(assignments, key=lambda a: (a[0], a[1]))
     async with conn.cursor() as c:
         await c.executemany(_q.ASSIGN_ROUTE, [(t, mid, idx) for mid, idx, t in ordered])
+    await notify(conn, {t for _, _, t in ordered})
 
 
 async def reroute_missing(conn: Conn, known: Sequence[str]) -> int:
@@ -164,6 +167,8 @@ async def reroute_missing(conn: Conn, known: Sequence[str]) -> int:
         r = recipient_from_row(row)
         back = _R.HELD if await held(r.message_id) else _R.QUEUED
         await _move(conn, r, replace(r, state=back, route=None))
+    if rows:
+        await notify(conn, {ROUTE})
     return len(rows)
 
 
@@ -266,6 +271,10 @@ async def settle(
         r = recs.get(u.index) or recipient_from_row(current[u.index])
         recs[u.index] = rules.settled(r, u, now=now, held=info.held)
         await _move(conn, r, recs[u.index], check=False)
+    # Recipients back in the queue and ready now may be another node's work.
+    await notify(
+        conn, payloads(r.route for r in recs.values() if r.state is _R.QUEUED and r.retry_at <= now)
+    )
     for rep in reports:
         await submit(conn, rep, now=now, lifetime=info.expires_at - info.submitted_at)
     for inbound in inbox_reports:
@@ -281,12 +290,19 @@ async def release_owner(conn: Conn, owner: str) -> int:
     return await _unlease(conn, await _all(conn, _q.SELECT_LEASED_BY, (owner,)), None)
 
 
+async def _notify_if(conn: Conn, n: int, what: str) -> int:
+    """Announce ``what`` when ``n`` recipients changed; returns ``n``."""
+    if n:
+        await notify(conn, {what})
+    return n
+
+
 async def retry_transport(conn: Conn, transport: str, *, now: float) -> int:
     rows = await _all(conn, _q.SELECT_RETRYING, (transport, now))
     for row in rows:
         r = recipient_from_row(row)
         await _move(conn, r, replace(r, retry_at=0.0))
-    return len(rows)
+    return await _notify_if(conn, len(rows), transport)
 
 
 async def count_claimable(conn: Conn, transport: str, *, now: float, ignore_retry: bool) -> int:
@@ -318,7 +334,7 @@ async def unpark(conn: Conn, transport: str, message_id: str | None, *, now: flo
         r = recipient_from_row(row)
         back = _R.HELD if await held(r.message_id) else _R.QUEUED
         await _move(conn, r, replace(r, state=back, retry_at=0.0, updated_at=now))
-    return len(rows)
+    return await _notify_if(conn, len(rows), transport)
 
 
 async def hold(conn: Conn, message_id: str) -> MessageInfo:
@@ -338,6 +354,7 @@ async def release(conn: Conn, message_id: str, *, now: float) -> MessageInfo:
     for r in await _recipients_of(conn, message_id, lock=True):
         if r.state is _R.HELD:
             await _move(conn, r, replace(r, state=_R.QUEUED, retry_at=0.0, updated_at=now))
+            await notify(conn, payloads([r.route]))
     return info
 
 
@@ -359,6 +376,7 @@ async def retry_now(conn: Conn, message_id: str, *, now: float) -> int:
     for r in await _recipients_of(conn, message_id, lock=True):
         if r.state is _R.QUEUED and r.retry_at > now:
             await _move(conn, r, replace(r, retry_at=0.0))
+            await notify(conn, payloads([r.route]))
             n += 1
     return n
 
@@ -535,7 +553,7 @@ async def _unlease(conn: Conn, rows: Iterable[DictRow], now: float | None) -> in
             conn, r, replace(r, state=back, updated_at=r.updated_at if now is None else now)
         )
         n += 1
-    return n
+    return await _notify_if(conn, n, ANY)
 
 
 async def _message_row(conn: Conn, message_id: str, query: str = _q.SELECT_MESSAGE) -> DictRow:
