@@ -6,6 +6,7 @@ checked as the reference says."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -322,3 +323,44 @@ def test_an_idle_daemon_is_woken_by_work_another_node_commits(
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=DEADLINE)
+
+
+# -- spoolbox store migrate ---------------------------------------------------------------
+
+
+def test_store_migrate_checks_and_migrates_a_postgres_database(
+    tmp_path: Path, pg_cluster: pgc.Cluster
+) -> None:
+    dsn = pg_cluster.dsn(pg_cluster.new_database())
+    profile = _profile(tmp_path, 25, f'backend = "postgres"\ndsn_env = "{DSN_ENV}"')
+    check = _run(profile, dsn, "store", "migrate", "--check")
+    assert check.returncode == 1, check.stderr
+    assert "migrations to run: 1" in check.stdout
+    with psycopg.connect(dsn) as conn:  # --check changed nothing
+        assert conn.execute("SELECT to_regclass('spoolbox_schema')").fetchone() == (None,)
+    done = _run(profile, dsn, "store", "migrate", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["backend"], report["before"], report["after"]) == ("postgres", 0, 1)
+    assert report["applied"] == [1]
+    assert pgc.PASSWORD not in done.stdout + done.stderr
+    again = _run(profile, dsn, "store", "migrate", "--check")
+    assert again.returncode == 0, again.stderr
+    assert "schema version 1, current" in again.stdout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE spoolbox_schema SET version = 99")
+    newer = _run(profile, dsn, "store", "migrate")
+    assert newer.returncode == 1
+    assert "schema version 99" in newer.stderr
+    assert "newer spoolbox" in newer.stderr
+
+
+def test_store_migrate_on_a_sqlite_profile_creates_and_checks_the_file(tmp_path: Path) -> None:
+    profile = _profile(tmp_path, 25, 'backend = "sqlite"')
+    assert _run(profile, "", "store", "migrate", "--check").returncode == 1
+    done = _run(profile, "", "store", "migrate")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "spool.sqlite3").exists()
+    again = _run(profile, "", "store", "migrate", "--check", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["pending"] == []

@@ -1,5 +1,5 @@
 """The ``spoolbox`` command: init, run, submit, send, status, queue, flush, inbox,
-transports, sendmail.
+transports, sendmail, store.
 
 Every command reads the profile given with ``--profile`` (or ``$SPOOLBOX_PROFILE``,
 or ``./spoolbox.toml``).  Commands that act on the spooler talk to the running
@@ -22,6 +22,7 @@ from .messages import send_cmd, submit_cmd
 from .queue_cmds import inbox_group, queue_group
 from .sendmail_cmd import sendmail_cmd
 from .status_cmds import status_cmd, transports_cmd
+from .store_cmds import store_group
 
 __all__ = ["cli", "main"]
 
@@ -53,6 +54,7 @@ for _cmd in (
     inbox_group,
     transports_cmd,
     sendmail_cmd,
+    store_group,
 ):
     cli.add_command(_cmd)
 
