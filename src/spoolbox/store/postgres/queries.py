@@ -10,21 +10,8 @@ nodes claiming at once take different recipients instead of waiting for each oth
 
 from __future__ import annotations
 
-# -- columns ------------------------------------------------------------------------
-
-MESSAGE_COLUMNS = (
-    "id, fingerprint, sender, priority, submitted_at, send_at, expires_at, notify, "
-    "is_report, envelope_id, size, subject, held, blob_id"
-)
-
-RECIPIENT_COLUMNS = (
-    "message_id, idx, address, state, route, refused_by, attempts, retry_at, status, "
-    "diagnostic, updated_at, first_failed_at, owner, lease_until, delay_warned"
-)
-
-INBOX_COLUMNS = (
-    "id, transport, sender, recipients, received_at, size, subject, remote_id, meta, blob_id"
-)
+# The columns are the SQLite store's: one set of row functions reads both.
+from ..sqlite.queries import INBOX_COLUMNS, MESSAGE_COLUMNS, RECIPIENT_COLUMNS
 
 # -- content ------------------------------------------------------------------------
 

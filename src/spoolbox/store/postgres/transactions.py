@@ -36,7 +36,6 @@ from ..base import (
     InboundMessage,
     InboxEntry,
     JSONValue,
-    LeaseLost,
     RecipientUpdate,
     StoreError,
     UnknownMessage,
@@ -225,11 +224,7 @@ async def renew(conn: Conn, job: ClaimedJob, *, now: float, lease: float) -> Cla
         row = await _one(conn, _q.SELECT_RECIPIENT_FOR_UPDATE, (r.message_id, r.index))
         if row is None:
             raise UnknownMessage(f"no recipient {r.message_id}#{r.index}")
-        state = _R(row["state"])
-        if state is not _R.ACTIVE or row["owner"] != job.owner:
-            if state in TERMINAL:
-                continue
-            raise LeaseLost(f"lease on {r.message_id}#{r.index} is no longer held by {job.owner}")
+        rules.lease_kept(r.message_id, r.index, _R(row["state"]), row["owner"], owner=job.owner)
     async with conn.cursor() as c:
         await c.executemany(
             _q.RENEW_LEASE, [(until, r.message_id, r.index, job.owner) for r in job.recipients]
@@ -259,13 +254,7 @@ async def settle(
         if row is None:
             raise StoreError(f"{message_id} has no recipient #{u.index}")
         state = _R(row["state"])
-        if state is _R.ACTIVE or owner is not None:
-            holder = row["owner"] if state is _R.ACTIVE else None
-            if owner is None or holder != owner:
-                raise LeaseLost(
-                    f"{message_id}#{u.index} is leased by {holder or 'nobody'}, not {owner}"
-                )
-        check_transition(state, u.state, what=f"{message_id}#{u.index}")
+        rules.check_settle(message_id, u.index, state, row["owner"], owner=owner, target=u.state)
     recs: dict[int, RecipientRecord] = {}
     for u in updates:
         r = recs.get(u.index) or recipient_from_row(current[u.index])
