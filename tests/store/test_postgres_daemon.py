@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -364,3 +365,77 @@ def test_store_migrate_on_a_sqlite_profile_creates_and_checks_the_file(tmp_path:
     again = _run(profile, "", "store", "migrate", "--check", "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["pending"] == []
+
+
+class _GatedSink(_Sink):
+    """Holds every DATA until ``gate`` is set (so a node can be killed mid-delivery);
+    ``waiting`` counts the DATA commands held."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.waiting = 0
+
+    async def handle_DATA(self, server: AiosmtpdSMTP, session: Session, envelope: Envelope) -> str:
+        self.waiting += 1
+        while not self.gate.is_set():
+            await asyncio.sleep(0.05)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_a_node_killed_mid_delivery_is_taken_over_once_its_leases_expire(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    handler = _GatedSink()
+    port = pgc.free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    store = f'backend = "postgres"\ndsn_env = "{DSN_ENV}"'
+    policy = '\n[policy]\nlease = "3s"\nhousekeeping_interval = "1s"\n'
+    profiles = [_profile(tmp_path / f"node{i}", port, store, f"pg-node-{i}") for i in (1, 2)]
+    for p in profiles:
+        p.write_text(p.read_text() + policy)
+    daemons: list[subprocess.Popen[bytes]] = []
+    try:
+        daemons.append(_start(profiles[0], pg_dsn))
+        total = 6
+        lot = [
+            NewMessage(
+                sender=Address.parse("SMTP:postmaster@example.org"),
+                recipients=(Address.parse(f"SMTP:user{i}@example.org"),),
+                content=b"Subject: crash %d\r\n\r\nbody\r\n" % i,
+            )
+            for i in range(total)
+        ]
+        Client(profiles[0]).submit_many(lot)
+        _wait("node 1 in the middle of a delivery", lambda: handler.waiting >= 1)
+        daemons[0].kill()  # SIGKILL: its leases stay in the database until they expire
+        daemons[0].wait()
+        in_flight = handler.waiting
+        with psycopg.connect(pg_dsn) as conn:
+            leased = conn.execute(
+                "SELECT count(*) FROM recipients WHERE state = 'active' AND owner = 'pg-node-1'"
+            ).fetchone()
+        assert leased is not None and leased[0] >= 1
+        handler.gate.set()
+        daemons.append(_start(profiles[1], pg_dsn))
+
+        def all_delivered() -> bool:
+            with psycopg.connect(pg_dsn) as conn:
+                rows = conn.execute("SELECT state, count(*) FROM recipients GROUP BY state")
+                return dict(rows.fetchall()) == {"delivered": total}
+
+        _wait("node 2 to deliver what node 1 held", all_delivered)
+        rcpts = [r for _, tos, _ in handler.received for r in tos]
+        assert set(rcpts) == {f"user{i}@example.org" for i in range(total)}  # lost: 0
+        # Duplicates only for what was in flight when node 1 died.
+        assert len(rcpts) - total <= in_flight
+        daemons[1].send_signal(signal.SIGTERM)
+        assert daemons[1].wait(timeout=DEADLINE) == 0
+    finally:
+        handler.gate.set()
+        controller.stop()
+        for d in daemons:
+            if d.poll() is None:
+                d.kill()
+                d.wait()
