@@ -246,6 +246,30 @@ def test_listener_processes_are_refused_on_a_postgres_store(tmp_path: Path) -> N
     assert info.value.key == "[listeners.sub] processes"
 
 
+def _two_nodes(tmp_path: Path, handler: _Sink, extra: str = "") -> tuple[Controller, list[Path]]:
+    """An SMTP sink (started) and the profiles of two nodes on the test's database."""
+    port = pgc.free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    store = f'backend = "postgres"\ndsn_env = "{DSN_ENV}"'
+    profiles = [_profile(tmp_path / f"node{i}", port, store, f"pg-node-{i}") for i in (1, 2)]
+    for p in profiles:
+        p.write_text(p.read_text() + extra)
+    return controller, profiles
+
+
+def _lot(total: int) -> list[NewMessage]:
+    """``total`` messages, one recipient each (``user<i>@example.org``)."""
+    return [
+        NewMessage(
+            sender=Address.parse("SMTP:postmaster@example.org"),
+            recipients=(Address.parse(f"SMTP:user{i}@example.org"),),
+            content=b"Subject: lot %d\r\n\r\nbody\r\n" % i,
+        )
+        for i in range(total)
+    ]
+
+
 class _SlowSink(_Sink):
     """A sink that takes a moment per message, so one node cannot drain a batch
     alone before the other has heard of it."""
@@ -259,22 +283,11 @@ def test_two_nodes_on_one_database_share_a_batch_and_deliver_each_recipient_once
     tmp_path: Path, pg_dsn: str
 ) -> None:
     handler = _SlowSink()
-    port = pgc.free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    store = f'backend = "postgres"\ndsn_env = "{DSN_ENV}"'
-    profiles = [_profile(tmp_path / f"node{i}", port, store, f"pg-node-{i}") for i in (1, 2)]
+    controller, profiles = _two_nodes(tmp_path, handler)
     daemons = [_start(p, pg_dsn) for p in profiles]
     try:
         total = 120
-        lot = [
-            NewMessage(
-                sender=Address.parse("SMTP:postmaster@example.org"),
-                recipients=(Address.parse(f"SMTP:user{i}@example.org"),),
-                content=b"Subject: lot %d\r\n\r\nbody\r\n" % i,
-            )
-            for i in range(total)
-        ]
+        lot = _lot(total)
         assert Client(profiles[0]).submit_many(lot)["via"] == "daemon"
         _wait("every message at the sink", lambda: len(handler.received) >= total)
         rcpts = [r for _, tos, _ in handler.received for r in tos]
@@ -387,26 +400,14 @@ def test_a_node_killed_mid_delivery_is_taken_over_once_its_leases_expire(
     tmp_path: Path, pg_dsn: str
 ) -> None:
     handler = _GatedSink()
-    port = pgc.free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    store = f'backend = "postgres"\ndsn_env = "{DSN_ENV}"'
-    policy = '\n[policy]\nlease = "3s"\nhousekeeping_interval = "1s"\n'
-    profiles = [_profile(tmp_path / f"node{i}", port, store, f"pg-node-{i}") for i in (1, 2)]
-    for p in profiles:
-        p.write_text(p.read_text() + policy)
+    controller, profiles = _two_nodes(
+        tmp_path, handler, '\n[policy]\nlease = "3s"\nhousekeeping_interval = "1s"\n'
+    )
     daemons: list[subprocess.Popen[bytes]] = []
     try:
         daemons.append(_start(profiles[0], pg_dsn))
         total = 6
-        lot = [
-            NewMessage(
-                sender=Address.parse("SMTP:postmaster@example.org"),
-                recipients=(Address.parse(f"SMTP:user{i}@example.org"),),
-                content=b"Subject: crash %d\r\n\r\nbody\r\n" % i,
-            )
-            for i in range(total)
-        ]
+        lot = _lot(total)
         Client(profiles[0]).submit_many(lot)
         _wait("node 1 in the middle of a delivery", lambda: handler.waiting >= 1)
         daemons[0].kill()  # SIGKILL: its leases stay in the database until they expire
