@@ -16,21 +16,28 @@ from spoolbox.store.sqlite import SQLiteStore
 from spoolbox.testing import store_conformance
 from spoolbox.testing.store_conformance import STORE_CHECKS, check_store, run_store_check
 
-BACKENDS = ("memory", "sqlite")
+BACKENDS = ("memory", "sqlite", "postgres")
 
 
-def _factory(backend: str, tmp_path: Path) -> Callable[[], Store]:
+def _factory(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
     counter = itertools.count()
     if backend == "memory":
         return MemoryStore
+    if backend == "postgres":
+        from spoolbox.store.postgres import PostgresStore
+
+        make_database = request.getfixturevalue("pg_database")
+        return lambda: PostgresStore(make_database(), pool_size=2)
     # NORMAL keeps the suite fast; durability has its own tests in test_sqlite.py.
     return lambda: SQLiteStore(tmp_path / f"store-{next(counter)}.db", synchronous="NORMAL")
 
 
 @pytest.mark.parametrize("check", list(STORE_CHECKS))
 @pytest.mark.parametrize("backend", BACKENDS)
-async def test_store_check(backend: str, check: str, tmp_path: Path) -> None:
-    await run_store_check(check, _factory(backend, tmp_path))
+async def test_store_check(
+    backend: str, check: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    await run_store_check(check, _factory(backend, request, tmp_path))
 
 
 def test_the_suite_covers_every_store_method() -> None:

@@ -1,4 +1,5 @@
-"""Stateful property test: each store backend against a small pure model of the queue.
+"""Stateful property test: each store backend (memory, SQLite, PostgreSQL) against a
+small pure model of the queue.
 
 Hypothesis drives random sequences of submit, claim, settle (delivered, failed,
 deferred, parked), hold, release, cancel, retry-now, unpark, release-owner and lease
@@ -15,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -394,3 +396,38 @@ TestMemoryStoreAgainstModel = _MemoryMachine.TestCase
 TestMemoryStoreAgainstModel.settings = _SETTINGS
 TestSQLiteStoreAgainstModel = _SQLiteMachine.TestCase
 TestSQLiteStoreAgainstModel.settings = _SETTINGS
+
+#: The PostgreSQL database of the running test (set by the ``_pg_database`` fixture).
+_PG: list[str] = []
+
+
+@pytest.fixture
+def _pg_database(pg_dsn: str) -> Iterator[None]:
+    _PG.append(pg_dsn)
+    yield
+    _PG.clear()
+
+
+class _PostgresMachine(_StoreMachine):
+    make_store = staticmethod(lambda _dir: _postgres_store(_PG[-1]))
+
+
+def _postgres_store(dsn: str) -> Store:
+    """A store on the test's database, emptied (faster than a database per example)."""
+    import psycopg
+
+    from spoolbox.store.postgres import PostgresStore
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "TRUNCATE recipient_counts, recipients, messages, inbox, blob_chunks, blobs, profile"
+        )
+    return PostgresStore(dsn, pool_size=2)
+
+
+TestPostgresStoreAgainstModel = pytest.mark.usefixtures("_pg_database")(_PostgresMachine.TestCase)
+# Fewer examples: every step is several round trips to the server (the memory and
+# SQLite machines share the model, and the conformance suite runs on all three).
+TestPostgresStoreAgainstModel.settings = settings(
+    max_examples=15, stateful_step_count=30, deadline=None
+)

@@ -276,6 +276,14 @@ class Client:
 
     # -- offline access to the store ----------------------------------------------------
     def _store_path(self) -> Path:
+        if self.profile.store.backend != "sqlite":
+            # Offline access opens the SQLite file; another backend's queue is only
+            # reached through a running daemon (for now).
+            raise DaemonNotRunning(
+                f"the daemon is not running, and offline access needs the SQLite store "
+                f'([store] backend = "{self.profile.store.backend}"): start it with '
+                "`spoolbox run`"
+            )
         path = self.profile.store.path
         if not path.exists():  # before the daemon ever ran: the data directory too
             private_dir(path.parent)

@@ -1,5 +1,5 @@
 """The ``spoolbox`` command: init, run, check, stop, reload, submit, send, status, queue,
-flush, inbox, transports, sendmail, systemd-unit.
+flush, inbox, transports, sendmail, store, systemd-unit.
 
 Every command reads the profile given with ``--profile`` (or ``$SPOOLBOX_PROFILE``,
 or ``./spoolbox.toml``).  Commands that act on the spooler talk to the running
@@ -78,6 +78,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "List installed transport providers and the profile's transports with their "
         "address types (from the running daemon, else as the profile declares them).",
     ),
+    "store": ("store_cmds", "store_group", "The store itself: its schema."),
     "systemd-unit": (
         "systemd_cmd",
         "systemd_unit_cmd",

@@ -43,7 +43,6 @@ from .. import (
     MessageInfo,
     NewMessage,
     Spooler,
-    SQLiteStore,
     __version__,
     load_provider_class,
 )
@@ -57,6 +56,7 @@ from .log_format import choose_format
 from .notify import Notifier, watchdog_interval
 from .preflight import refuse_invalid_options
 from .runtime import configure_logging, event_loop_runner
+from .store_backend import describe_store, store_from_settings, wake_on_other_nodes
 
 __all__ = ["Daemon", "DaemonError", "run_daemon"]
 
@@ -247,16 +247,12 @@ class Daemon:
 
     async def _start_spooler(self, profile: Profile) -> Spooler:
         config = self._config(profile)
-        private_dir(profile.store.path.parent)
-        store = SQLiteStore(
-            profile.store.path,
-            synchronous=profile.store.synchronous,
-            progress_synchronous=profile.store.progress_synchronous,
-        )
+        store = store_from_settings(profile.store)
         idle = AlwaysIdle() if profile.idle == "always" else None
         spooler = Spooler.open(config, store=store, close_store=True, idle=idle)
         await spooler.start()
-        log.debug("store %s open: %s", store.path, store.statistics()["pragmas"])
+        await wake_on_other_nodes(spooler)
+        log.debug("store %s open: %s", describe_store(profile.store), _store_statistics(store))
         for missing in profile.missing:
             log.warning(
                 "transport %r: %s is not configured (%s is not set); it stays off-line",
@@ -366,3 +362,8 @@ def run_daemon(
     except ImportError as exc:
         raise ProfileError(profile.path, str(exc), "[daemon] event_loop") from None
     return runner(main())
+
+
+def _store_statistics(store: object) -> object:
+    statistics = getattr(store, "statistics", None)
+    return statistics().get("pragmas", statistics()) if callable(statistics) else {}

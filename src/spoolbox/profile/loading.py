@@ -35,13 +35,20 @@ from .schema import (
     EVENT_LOOPS,
     LOG_FORMATS,
     MAX_LISTENER_PROCESSES,
+    STORE_BACKENDS,
     DaemonSettings,
     ListenerSettings,
     LogSettings,
     Profile,
     StoreSettings,
 )
-from .secrets import MissingSecret, listener_users, transport_options, unconfigured_provider
+from .secrets import (
+    MissingSecret,
+    listener_users,
+    store_dsn,
+    transport_options,
+    unconfigured_provider,
+)
 from .tables import FLAG, INTEGER, STRINGS, ProfileError, Table, parse_duration
 
 __all__ = ["DEFAULT_PROFILE_NAME", "PROFILE_ENV", "find_profile", "load_profile"]
@@ -114,7 +121,7 @@ def _build(
     node = top.text("node") or socket.gethostname()
     reporting_mta = top.text("reporting_mta") or socket.getfqdn()
     under_data = functools.partial(_under, data_dir)
-    store = _store(top.table("store"), under_data)
+    store, store_secrets = _store(top.table("store"), under_data, base, environ)
     daemon = _daemon(top.table("daemon"), under_data)
     log_settings = _log(top.table("log"), daemon.log_level)
     pol = top.table("policy")
@@ -133,6 +140,7 @@ def _build(
     for i, t in enumerate(raw_ts):
         transports.add(Table(path, f"[[transports]] #{i + 1}", t))
     listeners, listener_secrets = _listeners(top.table("listeners"), base, environ)
+    _check_listeners_fit_the_store(path, store, listeners)
     top.done()
     try:
         config = SpoolerConfig(
@@ -154,7 +162,7 @@ def _build(
         idle=idle,
         listeners=tuple(listeners),
         missing=tuple(transports.missing),
-        secret_values=frozenset(transports.secrets | listener_secrets),
+        secret_values=frozenset(transports.secrets | listener_secrets | store_secrets),
         logon_dialog=transports.dialog,
         raw_transports=tuple(raw_ts),
         log=log_settings,
@@ -165,11 +173,22 @@ def _under(data_dir: Path, value: str) -> Path:
     return Path(os.path.normpath(data_dir / Path(value).expanduser()))
 
 
-def _store(st: Table, under_data: Callable[[str], Path]) -> StoreSettings:
-    """``[store]``."""
+def _store(
+    st: Table, under_data: Callable[[str], Path], base: Path, environ: Mapping[str, str]
+) -> tuple[StoreSettings, set[str]]:
+    """``[store]``, and the secrets it holds (a PostgreSQL DSN)."""
     backend = st.text("backend", "sqlite") or "sqlite"
-    if backend != "sqlite":
-        raise st.error("backend", f'expected "sqlite" (the only backend so far), got {backend!r}')
+    if backend not in STORE_BACKENDS:
+        raise st.error("backend", f'expected "sqlite" or "postgres", got {backend!r}')
+    dsn: str | None = None
+    dsn_missing: str | None = None
+    secrets: set[str] = set()
+    if backend == "postgres":
+        dsn, dsn_missing, secrets = store_dsn(st, base, environ)
+    else:
+        for key in ("dsn", "dsn_env", "dsn_file"):
+            if st.has(key):
+                raise st.error(key, 'only for backend = "postgres"')
     sync = (st.text("synchronous", "FULL") or "FULL").upper()
     if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise st.error("synchronous", f'expected "FULL", "NORMAL", "EXTRA" or "OFF", got {sync!r}')
@@ -186,9 +205,27 @@ def _store(st: Table, under_data: Callable[[str], Path]) -> StoreSettings:
         keep_inbox=_keep(st, "keep_inbox", defaults.keep_inbox),
     )
     path = under_data(st.pathname("path", "spool.sqlite3"))
-    store = StoreSettings(backend, path, sync, progress, retention)
+    store = StoreSettings(
+        backend, path, sync, progress, retention, dsn=dsn, dsn_missing=dsn_missing
+    )
     st.done()
-    return store
+    return store, secrets
+
+
+def _check_listeners_fit_the_store(
+    path: Path, store: StoreSettings, listeners: list[ListenerSettings]
+) -> None:
+    """Listener processes open the store file themselves: SQLite only, so far."""
+    if store.backend == "sqlite":
+        return
+    for ls in listeners:
+        if ls.processes:
+            raise ProfileError(
+                path,
+                f'listener processes need [store] backend = "sqlite" (for now); '
+                f'with backend = "{store.backend}" set processes = 0',
+                f"[listeners.{ls.name}] processes",
+            )
 
 
 def _keep(st: Table, name: str, default: float | None) -> float | None:

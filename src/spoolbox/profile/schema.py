@@ -19,6 +19,7 @@ __all__ = [
     "EVENT_LOOPS",
     "LOG_FORMATS",
     "MAX_LISTENER_PROCESSES",
+    "STORE_BACKENDS",
     "DaemonSettings",
     "ListenerSettings",
     "LogSettings",
@@ -27,14 +28,23 @@ __all__ = [
 ]
 
 
+#: ``[store] backend`` values.
+STORE_BACKENDS = ("sqlite", "postgres")
+
+
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
-    backend: str
-    path: Path
+    backend: str  # one of STORE_BACKENDS
+    path: Path  # the SQLite file (backend "sqlite")
     synchronous: str = "FULL"
     progress_synchronous: str = "NORMAL"
     #: ``keep_sent``, ``keep_failed``, ``keep_inbox`` (None: "forever")
     retention: Retention = field(default_factory=Retention)
+    #: backend "postgres": the connection string, a Secret (``dsn``, ``dsn_env`` or
+    #: ``dsn_file``); None when it could not be resolved (``dsn_missing`` says where
+    #: it was looked for, and opening the store fails with that)
+    dsn: str | None = field(default=None, repr=False)
+    dsn_missing: str | None = None
 
 
 #: ``[daemon] event_loop`` values.

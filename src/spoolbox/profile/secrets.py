@@ -13,7 +13,9 @@ stand-in provider whose logon raises :class:`~spoolbox.contract.Unconfigured`
 
 from __future__ import annotations
 
+import contextlib
 import re
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ __all__ = [
     "ask_missing_secrets",
     "listener_users",
     "redact",
+    "store_dsn",
     "transport_options",
     "unconfigured_provider",
 ]
@@ -227,3 +230,43 @@ def ask_missing_secrets(profile: _Asked, ask: Callable[[str], str]) -> dict[tupl
         if value:
             answers[(m.transport, m.option)] = value
     return answers
+
+
+def store_dsn(
+    t: Table, base: Path, environ: Mapping[str, str]
+) -> tuple[Secret | None, str | None, set[str]]:
+    """``[store] dsn`` / ``dsn_env`` / ``dsn_file`` (exactly one, for the PostgreSQL
+    backend): the DSN as a :class:`Secret`, or None and where it was looked for; and
+    the values to scrub from output (the DSN, and its password on its own)."""
+    given = [k for k in ("dsn", "dsn_env", "dsn_file") if t.has(k)]
+    if len(given) != 1:
+        raise t.error(
+            given[1] if given else "dsn",
+            'backend "postgres" needs exactly one of dsn, dsn_env, dsn_file '
+            "(a libpq connection string or a postgresql:// URL)",
+        )
+    (key,) = given
+    if key == "dsn":
+        got: str | None = t.text("dsn")
+        source = "[store] dsn"
+    else:
+        got, source = _secret_source(t, key, t.raw(key), base, environ)
+    if not got:
+        return None, source, set()
+    return Secret(got), None, {got, *_dsn_passwords(got)}
+
+
+def _dsn_passwords(dsn: str) -> set[str]:
+    """The password in a DSN, as written and decoded (for scrubbing; no validation)."""
+    found: set[str] = set()
+    if "://" in dsn:
+        with contextlib.suppress(ValueError):
+            raw = urllib.parse.urlsplit(dsn).password
+            if raw:
+                found |= {raw, urllib.parse.unquote(raw)}
+    for m in re.finditer(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn):
+        value = m.group(1)
+        found.add(value)
+        if value.startswith("'"):
+            found.add(re.sub(r"\\(.)", r"\1", value[1:-1]))
+    return {p for p in found if p}

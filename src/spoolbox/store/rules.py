@@ -12,17 +12,19 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from ..model import (
+    TERMINAL,
     MessageInfo,
     MessageState,
     NewMessage,
     RecipientRecord,
     RecipientState,
+    check_transition,
     message_state,
     subject_of,
 )
-from .base import RecipientUpdate
+from .base import LeaseLost, RecipientUpdate
 
-__all__ = ["accepted", "fingerprint", "queue_of", "settled"]
+__all__ = ["accepted", "check_settle", "fingerprint", "lease_kept", "queue_of", "settled"]
 
 _R = RecipientState
 
@@ -105,3 +107,35 @@ def fingerprint(message: NewMessage) -> bytes:
     digest.update(b"\n")
     digest.update(message.content)
     return digest.digest()
+
+
+def check_settle(
+    message_id: str,
+    index: int,
+    state: RecipientState,
+    holder: str | None,
+    *,
+    owner: str | None,
+    target: RecipientState,
+) -> None:
+    """May ``owner`` settle recipient ``index`` (in ``state``, leased by ``holder``) to
+    ``target``?  LeaseLost if not its to settle (an ACTIVE recipient is its lease
+    holder's, and a settle with an owner settles only what it holds), IllegalTransition
+    if the move is not in the table; writes nothing (for backends)."""
+    if state is _R.ACTIVE or owner is not None:
+        held_by = holder if state is _R.ACTIVE else None
+        if owner is None or held_by != owner:
+            raise LeaseLost(f"{message_id}#{index} is leased by {held_by or 'nobody'}, not {owner}")
+    check_transition(state, target, what=f"{message_id}#{index}")
+
+
+def lease_kept(
+    message_id: str, index: int, state: RecipientState, holder: str | None, *, owner: str
+) -> bool:
+    """For a lease renewal: True if ``owner`` still holds recipient ``index``, False if
+    it is already terminal (nothing to renew); LeaseLost if another has it or none."""
+    if state is _R.ACTIVE and holder == owner:
+        return True
+    if state in TERMINAL:
+        return False
+    raise LeaseLost(f"lease on {message_id}#{index} is no longer held by {owner}")

@@ -34,7 +34,6 @@ from ..base import (
     InboundMessage,
     InboxEntry,
     JSONValue,
-    LeaseLost,
     RecipientUpdate,
     StoreError,
     UnknownMessage,
@@ -211,11 +210,7 @@ def renew(conn: sqlite3.Connection, job: ClaimedJob, *, now: float, lease: float
         row = conn.execute(_q.SELECT_RECIPIENT, (r.message_id, r.index)).fetchone()
         if row is None:
             raise UnknownMessage(f"no recipient {r.message_id}#{r.index}")
-        state = _R(row["state"])
-        if state is not _R.ACTIVE or row["owner"] != job.owner:
-            if state in TERMINAL:
-                continue
-            raise LeaseLost(f"lease on {r.message_id}#{r.index} is no longer held by {job.owner}")
+        rules.lease_kept(r.message_id, r.index, _R(row["state"]), row["owner"], owner=job.owner)
     conn.executemany(
         _q.RENEW_LEASE, ((until, r.message_id, r.index, job.owner) for r in job.recipients)
     )
@@ -243,13 +238,7 @@ def settle(
                 raise StoreError(f"{message_id} has no recipient #{u.index}")
             rows[u.index] = row
         state = _R(row["state"])
-        if state is _R.ACTIVE or owner is not None:
-            holder = row["owner"] if state is _R.ACTIVE else None
-            if owner is None or holder != owner:
-                raise LeaseLost(
-                    f"{message_id}#{u.index} is leased by {holder or 'nobody'}, not {owner}"
-                )
-        check_transition(state, u.state, what=f"{message_id}#{u.index}")
+        rules.check_settle(message_id, u.index, state, row["owner"], owner=owner, target=u.state)
     # Then write each from the row read above (a second update of the same recipient
     # starts from what the first one wrote).
     recs: dict[int, RecipientRecord] = {}

@@ -1,0 +1,87 @@
+"""The store the daemon opens: the profile's ``[store] backend`` made into a
+:class:`~spoolbox.store.base.Store` (SQLite by default, PostgreSQL with the
+``postgres`` extra).  Nothing is opened here; the spooler opens and closes it.
+
+A store that can tell of work committed by other processes (the PostgreSQL store's
+``listen``: LISTEN/NOTIFY) is wired to the spooler by :func:`wake_on_other_nodes`, so
+an idle node claims a message another node took on within milliseconds, instead of
+at its next poll."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from .. import Spooler
+from .._private import private_dir
+from ..profile.schema import StoreSettings
+from ..store import SQLiteStore, Store, StoreError
+
+__all__ = ["describe_store", "store_from_settings", "wake_on_other_nodes"]
+
+log = logging.getLogger("spoolbox.daemon")
+
+#: Wake-up payloads (:mod:`spoolbox.store.postgres.wakeups`).
+_ROUTE, _ANY = "route", "*"
+
+
+def store_from_settings(settings: StoreSettings) -> Store:
+    """The (unopened) store of ``[store]``; StoreError when it cannot be made, saying
+    what to set or install."""
+    if settings.backend == "postgres":
+        if settings.dsn is None:
+            raise StoreError(
+                '[store] backend = "postgres": the dsn could not be read from '
+                f"{settings.dsn_missing}; set it there"
+            )
+        try:
+            from ..store.postgres import PostgresStore
+        except ImportError as exc:
+            raise StoreError(
+                '[store] backend = "postgres" needs psycopg and psycopg-pool '
+                f"({exc}): pip install 'spoolbox[postgres]'"
+            ) from None
+        return PostgresStore(settings.dsn)
+    private_dir(settings.path.parent)
+    return SQLiteStore(
+        settings.path,
+        synchronous=settings.synchronous,
+        progress_synchronous=settings.progress_synchronous,
+    )
+
+
+def describe_store(settings: StoreSettings) -> str:
+    """The store for messages: the SQLite file, or the database (never a password)."""
+    if settings.backend == "postgres":
+        if settings.dsn is None:
+            return f"postgres (dsn from {settings.dsn_missing}, not set)"
+        try:
+            from ..store.postgres import describe
+        except ImportError:
+            return "postgres"
+        return describe(settings.dsn)
+    return str(settings.path)
+
+
+async def wake_on_other_nodes(spooler: Spooler) -> bool:
+    """Wake the spooler's router and transports when other nodes commit work for
+    them, if its store can tell (False if not: polling alone finds that work)."""
+    listen: Callable[[Callable[[str], None]], Any] | None = getattr(spooler.store, "listen", None)
+    if listen is None:
+        return False
+
+    def woken(payload: str) -> None:
+        if payload in (_ROUTE, _ANY):
+            spooler.routing_changed()
+        for host in spooler.hosts:
+            if payload == _ANY or host.name == payload:
+                host.wake.set()
+
+    try:
+        await listen(woken)
+    except StoreError as exc:
+        log.warning("no wake-ups from other nodes (polling finds their work): %s", exc)
+        return False
+    log.debug("store wake-ups from other nodes: on")
+    return True

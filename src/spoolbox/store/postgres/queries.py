@@ -1,0 +1,182 @@
+"""The SQL of every query the PostgreSQL store runs (the tables are in :mod:`.schema`).
+
+Placeholders are psycopg's (``%s``, ``%(name)s``).  The queries keep the literal
+``state = '...'`` terms the partial indexes are declared with, so the planner can use
+them.  Rows that a write transaction reads and then rewrites are read ``FOR UPDATE``
+(in ``(message_id, idx)`` order where several are read at once, so two nodes lock
+them in the same order); claims and lease releases read ``FOR UPDATE SKIP LOCKED``, so
+nodes claiming at once take different recipients instead of waiting for each other.
+"""
+
+from __future__ import annotations
+
+# The columns are the SQLite store's: one set of row functions reads both.
+from ..sqlite.queries import INBOX_COLUMNS, MESSAGE_COLUMNS, RECIPIENT_COLUMNS
+
+# -- content ------------------------------------------------------------------------
+
+INSERT_BLOB = "INSERT INTO blobs (size, chunks) VALUES (%s, %s) RETURNING id"
+INSERT_CHUNK = "INSERT INTO blob_chunks (blob_id, seq, data) VALUES (%s, %s, %s)"
+SELECT_BLOB = "SELECT size, chunks FROM blobs WHERE id = %s"
+SELECT_CHUNK = "SELECT data FROM blob_chunks WHERE blob_id = %s AND seq = %s"
+SELECT_CHUNKS = "SELECT data FROM blob_chunks WHERE blob_id = %s ORDER BY seq"
+#: The content of several small messages at once (a claim's prefetch).
+SELECT_CHUNKS_OF = (
+    "SELECT blob_id, data FROM blob_chunks WHERE blob_id = ANY(%s) ORDER BY blob_id, seq"
+)
+
+# -- messages and recipients --------------------------------------------------------
+
+SELECT_MESSAGE = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = %s"
+SELECT_MESSAGE_FOR_UPDATE = f"{SELECT_MESSAGE} FOR UPDATE"
+SELECT_MESSAGE_FOR_SHARE = f"{SELECT_MESSAGE} FOR SHARE"
+SELECT_MESSAGES_IN = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ANY(%s)"
+SELECT_MESSAGES_AFTER = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id > %s ORDER BY id LIMIT %s"
+INSERT_MESSAGE = (
+    "INSERT INTO messages (id, fingerprint, sender, priority, submitted_at, send_at, "
+    "expires_at, notify, is_report, envelope_id, size, subject, held, blob_id) "
+    "VALUES (%(id)s, %(fingerprint)s, %(sender)s, %(priority)s, %(submitted_at)s, "
+    "%(send_at)s, %(expires_at)s, %(notify)s, %(is_report)s, %(envelope_id)s, %(size)s, "
+    "%(subject)s, 0, %(blob_id)s) "
+    "ON CONFLICT (id) DO NOTHING"
+)
+SET_HELD = "UPDATE messages SET held = %s WHERE id = %s"
+
+INSERT_RECIPIENT = (
+    "INSERT INTO recipients (message_id, idx, address, state, route, updated_at, priority, "
+    "send_at, ready_at, expires_at) VALUES (%s, %s, %s, 'queued', %s, %s, %s, %s, %s, %s)"
+)
+SELECT_RECIPIENTS = f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id = %s ORDER BY idx"
+SELECT_RECIPIENTS_FOR_UPDATE = f"{SELECT_RECIPIENTS} FOR UPDATE"
+SELECT_RECIPIENT_FOR_UPDATE = (
+    f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id = %s AND idx = %s FOR UPDATE"
+)
+SELECT_READINESS = "SELECT state, ready_at FROM recipients WHERE message_id = %s"
+#: Writes every mutable field of one recipient; ``ready_at`` follows ``retry_at``.
+UPDATE_RECIPIENT = (
+    "UPDATE recipients SET state = %(state)s, route = %(route)s, "
+    "refused_by = %(refused_by)s, attempts = %(attempts)s, retry_at = %(retry_at)s, "
+    "ready_at = greatest(send_at, %(retry_at)s), status = %(status)s, "
+    "diagnostic = %(diagnostic)s, updated_at = %(updated_at)s, "
+    "first_failed_at = %(first_failed_at)s, owner = %(owner)s, "
+    "lease_until = %(lease_until)s, delay_warned = %(delay_warned)s "
+    "WHERE message_id = %(message_id)s AND idx = %(idx)s"
+)
+RENEW_LEASE = (
+    "UPDATE recipients SET lease_until = %s "
+    "WHERE message_id = %s AND idx = %s AND state = 'active' AND owner = %s"
+)
+
+# -- routing ------------------------------------------------------------------------
+
+SELECT_UNROUTED = (
+    f"SELECT {RECIPIENT_COLUMNS} FROM recipients "
+    "WHERE state = 'queued' AND route IS NULL "
+    "AND (message_id, idx) > (%s, %s) ORDER BY message_id, idx LIMIT %s"
+)
+SELECT_ROUTED_ELSEWHERE = (
+    f"SELECT {RECIPIENT_COLUMNS} FROM recipients "
+    "WHERE state IN ('queued', 'parked') AND route IS NOT NULL AND route <> ALL(%s) "
+    "ORDER BY message_id, idx FOR UPDATE"
+)
+ASSIGN_ROUTE = (
+    "UPDATE recipients SET route = %s WHERE message_id = %s AND idx = %s AND state = 'queued'"
+)
+
+# -- claims -------------------------------------------------------------------------
+
+#: Ready recipients of one transport, highest priority first, then oldest ready
+#: (first written among equals); rows another node is claiming are skipped.
+CLAIM_READY = (
+    "SELECT message_id FROM recipients "
+    "WHERE state = 'queued' AND route = %s AND ready_at <= %s "
+    "ORDER BY priority DESC, ready_at, seq LIMIT %s FOR UPDATE SKIP LOCKED"
+)
+#: The same for a flush: the retry time is ignored, the send-at time never.
+CLAIM_FLUSH = (
+    "SELECT message_id FROM recipients "
+    "WHERE state = 'queued' AND route = %s AND send_at <= %s "
+    "ORDER BY priority DESC, ready_at, seq LIMIT %s FOR UPDATE SKIP LOCKED"
+)
+_TAKE = (
+    "UPDATE recipients AS r SET state = 'active', owner = %(owner)s, "
+    "lease_until = %(until)s, updated_at = %(now)s "
+    "FROM (SELECT message_id, idx FROM recipients "
+    "WHERE message_id = ANY(%(ids)s) AND state = 'queued' AND route = %(route)s "
+    "AND {ready} <= %(now)s ORDER BY message_id, idx FOR UPDATE SKIP LOCKED) AS t "
+    "WHERE r.message_id = t.message_id AND r.idx = t.idx "
+    "RETURNING " + ", ".join(f"r.{c.strip()}" for c in RECIPIENT_COLUMNS.split(","))
+)
+#: Every claimable recipient of the picked messages to ACTIVE under the lease.
+TAKE_READY = _TAKE.format(ready="ready_at")
+TAKE_FLUSH = _TAKE.format(ready="send_at")
+COUNT_READY = (
+    "SELECT count(DISTINCT message_id) AS n FROM recipients "
+    "WHERE state = 'queued' AND route = %s AND ready_at <= %s"
+)
+COUNT_FLUSH = (
+    "SELECT count(DISTINCT message_id) AS n FROM recipients "
+    "WHERE state = 'queued' AND route = %s AND send_at <= %s"
+)
+NEXT_READY = "SELECT min(ready_at) AS t FROM recipients WHERE state = 'queued' AND route = %s"
+
+#: QUEUED recipients of one transport still waiting for their retry time (a flush).
+SELECT_RETRYING = (
+    f"SELECT {RECIPIENT_COLUMNS} FROM recipients "
+    "WHERE state = 'queued' AND route = %s AND retry_at > %s "
+    "ORDER BY message_id, idx FOR UPDATE"
+)
+
+# -- leases -------------------------------------------------------------------------
+
+SELECT_LEASE_EXPIRED = (
+    f"SELECT {RECIPIENT_COLUMNS} FROM recipients "
+    "WHERE state = 'active' AND lease_until < %s "
+    "ORDER BY message_id, idx FOR UPDATE SKIP LOCKED"
+)
+SELECT_LEASED_BY = (
+    f"SELECT {RECIPIENT_COLUMNS} FROM recipients "
+    "WHERE state = 'active' AND owner = %s ORDER BY message_id, idx FOR UPDATE"
+)
+
+# -- expiry and deferral ------------------------------------------------------------
+
+SELECT_EXPIRED = (
+    f"SELECT {RECIPIENT_COLUMNS} FROM recipients "
+    "WHERE state IN ('queued', 'parked', 'held') AND expires_at <= %s "
+    "ORDER BY expires_at LIMIT %s"
+)
+SELECT_PARKED = (
+    f"SELECT {RECIPIENT_COLUMNS} FROM recipients "
+    "WHERE state = 'parked' AND route = %s ORDER BY message_id, idx FOR UPDATE"
+)
+SELECT_PARKED_OF_MESSAGE = (
+    f"SELECT {RECIPIENT_COLUMNS} FROM recipients "
+    "WHERE message_id = %s AND state = 'parked' AND route = %s ORDER BY idx FOR UPDATE"
+)
+
+# -- counters -----------------------------------------------------------------------
+
+SELECT_COUNTS = "SELECT state, sum(n) AS n FROM recipient_counts GROUP BY state"
+
+# -- inbox and profile --------------------------------------------------------------
+
+INSERT_INBOX = (
+    "INSERT INTO inbox (id, transport, sender, recipients, received_at, size, subject, "
+    "remote_id, meta, blob_id) VALUES (%(id)s, %(transport)s, %(sender)s, %(recipients)s, "
+    "%(received_at)s, %(size)s, %(subject)s, %(remote_id)s, %(meta)s, %(blob_id)s)"
+)
+SELECT_INBOX_ENTRY = f"SELECT {INBOX_COLUMNS} FROM inbox WHERE id = %s"
+SELECT_INBOX_AFTER = f"SELECT {INBOX_COLUMNS} FROM inbox WHERE id > %s ORDER BY id LIMIT %s"
+SELECT_PROFILE = "SELECT key, value FROM profile WHERE section = %s"
+UPSERT_PROFILE = (
+    "INSERT INTO profile (section, key, value) VALUES (%s, %s, %s) "
+    "ON CONFLICT (section, key) DO UPDATE SET value = excluded.value"
+)
+DELETE_PROFILE = "DELETE FROM profile WHERE section = %s AND key = %s"
+
+# -- wake-ups -----------------------------------------------------------------------
+
+#: The channel a store NOTIFYs when recipients become claimable (payload: transport).
+CHANNEL = "spoolbox_work"
+NOTIFY = "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p"

@@ -1,0 +1,475 @@
+"""The PostgreSQL store: :class:`~spoolbox.store.base.Store` on a PostgreSQL database.
+
+Same semantics as the SQLite and memory stores (all pass
+:func:`spoolbox.testing.store_conformance.check_store`), on a server that several
+spooler processes, on one machine or many, share.  This module is its async face:
+each operation checks what needs no database, then runs its function of
+:mod:`.transactions` in one transaction (:meth:`.connection.Database.run`).
+
+* **Claims across nodes.**  A claim picks ready recipients with ``SELECT ... FOR
+  UPDATE SKIP LOCKED`` (highest priority, then oldest ready) and takes every ready
+  recipient of the picked messages in the same statement family, so nodes claiming
+  at once take different recipients and never wait on each other.  A lease is the
+  node's name (``owner``) and an expiry (``lease_until``); ``release_owner`` at a
+  node's start returns what it held when it stopped, ``release_expired`` what a dead
+  node held.  A settle checks the lease in the same transaction that writes it.
+* **Group commit.**  ``submit`` calls made in one turn of the event loop, and those
+  that arrive while a batch is committing, go into the next transaction together, each
+  in a savepoint of its own (one refused submission fails only its caller): one WAL
+  flush on the server for the batch.
+* **Durability.**  Acceptances (submits, inbound messages, user actions) commit with
+  the database's ``synchronous_commit``; the spooler's progress with it off (see
+  :mod:`.connection`).
+* **Versioned schema.**  :meth:`open` migrates the database (``migrate=False``: it
+  refuses an old schema instead) and refuses one from a newer spoolbox (:mod:`.schema`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import TypeVar
+
+import psycopg
+
+from ...model import (
+    MessageInfo,
+    MessageState,
+    MessageSummary,
+    NewMessage,
+    RecipientRecord,
+    RecipientState,
+)
+from ..base import (
+    ClaimedJob,
+    InboundMessage,
+    InboxEntry,
+    JSONValue,
+    RecipientUpdate,
+    StoreError,
+    submission_plan,
+)
+from ..operations import OPERATIONS, Kind
+from ..sqlite.rows import encode_profile
+from . import schema
+from . import transactions as tx
+from .connection import Conn, Database
+from .wakeups import Listener
+
+__all__ = ["PostgresStore"]
+
+_T = TypeVar("_T")
+_Submit = Callable[[Conn], Awaitable[MessageInfo]]
+
+
+class PostgresStore:
+    """A :class:`~spoolbox.store.base.Store` in a PostgreSQL database.
+
+    ``PostgresStore(dsn)`` (a libpq connection string or a ``postgresql://`` URL);
+    then ``await store.open()`` (or ``async with``).  ``pool_size``: the most
+    connections this store opens; ``migrate=False`` refuses a database whose schema
+    is older instead of upgrading it (``spoolbox store migrate`` does that).
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_size: int = 8,
+        connect_timeout: float = 10.0,
+        migrate: bool = True,
+    ) -> None:
+        if pool_size < 1:
+            raise ValueError(f"pool_size must be at least 1, not {pool_size}")
+        self._db = Database(
+            dsn, max_size=pool_size, connect_timeout=connect_timeout, migrate=migrate
+        )
+        self._open = False
+        self._pending: list[tuple[_Submit, asyncio.Future[MessageInfo]]] = []
+        self._committer: asyncio.Task[None] | None = None
+        self._stats = {"commits": 0, "submits": 0, "submit_batches": 0, "largest_batch": 0}
+        self._listener: Listener | None = None
+
+    def __repr__(self) -> str:
+        return f"<PostgresStore {self._db.where} {'open' if self._open else 'closed'}>"
+
+    @property
+    def where(self) -> str:
+        """The database, for messages (never the password)."""
+        return self._db.where
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            "database": self._db.where,
+            "open": self._open,
+            "schema_version": schema.SCHEMA_VERSION,
+            "migrated": list(self._db.migrated),
+            **self._stats,
+        }
+
+    # -- lifecycle -----------------------------------------------------------------
+    async def open(self) -> None:
+        """Connect, migrate (or check) the schema, open the pool; raises StoreError."""
+        if self._open:
+            raise StoreError(f"{self!r} is already open")
+        await self._db.open()
+        self._open = True
+
+    async def close(self) -> None:
+        """Finish the submits under way, then close every connection."""
+        if not self._open:
+            return
+        committer = self._committer
+        if committer is not None:
+            await asyncio.shield(committer)
+        self._open = False
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.stop()
+        await self._db.close()
+
+    async def __aenter__(self) -> PostgresStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- wake-ups across nodes ----------------------------------------------------------
+    async def listen(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(payload)`` whenever a store on this database (any node)
+        commits recipients that may be claimable: the payload is the transport's name,
+        :data:`~.wakeups.ROUTE` (waiting for routing) or :data:`~.wakeups.ANY`; until
+        :meth:`close`.  See :mod:`.wakeups`."""
+        if not self._open:
+            raise StoreError(f"{self!r} is not open: call open() first")
+        if self._listener is not None:
+            raise StoreError(f"{self!r} already has a wake-up listener")
+        listener = Listener(self._db.connect, callback, where=self._db.where)
+        await listener.start()
+        self._listener = listener
+
+    # -- running operations ----------------------------------------------------------
+    async def _run(self, what: str, fn: Callable[[Conn], Awaitable[_T]]) -> _T:
+        if not self._open:
+            raise StoreError(f"{self!r} is not open: call open() first")
+        kind = OPERATIONS[what]
+        result = await self._db.run(kind, what, fn)
+        if kind is not Kind.READ:
+            self._stats["commits"] += 1
+        return result
+
+    # -- submission ----------------------------------------------------------------
+    async def submit(
+        self,
+        message: NewMessage,
+        *,
+        now: float,
+        lifetime: float,
+        routes: Sequence[str | None] | None = None,
+    ) -> MessageInfo:
+        if not self._open:
+            raise StoreError(f"{self!r} is not open: call open() first")
+        if routes is not None and len(routes) != len(message.recipients):
+            raise StoreError(
+                f"{len(routes)} routes for {len(message.recipients)} recipients of {message.id}"
+            )
+        fn = functools.partial(
+            tx.submit, message=message, now=float(now), lifetime=float(lifetime), routes=routes
+        )
+        fut: asyncio.Future[MessageInfo] = asyncio.get_running_loop().create_future()
+        self._pending.append((fn, fut))
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_submits())
+        return await fut
+
+    async def _commit_submits(self) -> None:
+        """Commit the pending submits in batches until none is left."""
+        # The task first runs in the next turn of the loop: every submit of this turn
+        # has joined by then.
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self._commit_batch(batch)
+        finally:
+            self._committer = None
+
+    async def _commit_batch(self, batch: list[tuple[_Submit, asyncio.Future[MessageInfo]]]) -> None:
+        async def each(conn: Conn) -> list[MessageInfo | Exception]:
+            out: list[MessageInfo | Exception] = []
+            for fn, _ in batch:
+                try:
+                    async with conn.transaction():  # a savepoint per submission
+                        out.append(await fn(conn))
+                except psycopg.OperationalError:
+                    raise  # the connection is gone: the whole batch fails
+                except Exception as exc:
+                    out.append(exc)
+            return out
+
+        try:
+            outcomes = await self._run("submit", each)
+        except Exception as exc:
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        self._stats["submits"] += len(batch)
+        self._stats["submit_batches"] += 1
+        self._stats["largest_batch"] = max(self._stats["largest_batch"], len(batch))
+        for (_, fut), outcome in zip(batch, outcomes, strict=True):
+            if fut.done():
+                continue
+            if isinstance(outcome, Exception):
+                if isinstance(outcome, psycopg.Error):
+                    outcome = self._db.error("submit", outcome)
+                fut.set_exception(outcome)
+            else:
+                fut.set_result(outcome)
+
+    async def submit_many(
+        self,
+        messages: Sequence[NewMessage],
+        *,
+        now: float,
+        lifetime: float,
+        routes: Sequence[Sequence[str | None] | None] | None = None,
+    ) -> list[MessageInfo]:
+        messages = list(messages)
+        if not submission_plan(messages, routes):
+            return []
+        return await self._run(
+            "submit_many",
+            functools.partial(
+                tx.submit_many,
+                messages=messages,
+                routes=routes,
+                now=float(now),
+                lifetime=float(lifetime),
+            ),
+        )
+
+    # -- routing -------------------------------------------------------------------
+    async def unrouted(
+        self, *, limit: int, after: tuple[str, int] | None = None
+    ) -> list[RecipientRecord]:
+        return await self._run("unrouted", functools.partial(tx.unrouted, limit=limit, after=after))
+
+    async def assign_routes(self, assignments: Sequence[tuple[str, int, str]]) -> None:
+        items = list(assignments)
+        if items:
+            await self._run("assign_routes", functools.partial(tx.assign_routes, assignments=items))
+
+    async def reroute_missing(self, known: Sequence[str]) -> int:
+        names = list(known)
+        return await self._run(
+            "reroute_missing", functools.partial(tx.reroute_missing, known=names)
+        )
+
+    # -- claims --------------------------------------------------------------------
+    async def claim(
+        self,
+        transport: str,
+        *,
+        owner: str,
+        now: float,
+        lease: float,
+        limit: int = 1,
+        ignore_retry: bool = False,
+    ) -> list[ClaimedJob]:
+        if limit <= 0:
+            return []
+        return await self._run(
+            "claim",
+            functools.partial(
+                tx.claim,
+                transport=transport,
+                owner=owner,
+                now=now,
+                lease=lease,
+                limit=limit,
+                ignore_retry=ignore_retry,
+            ),
+        )
+
+    async def renew(self, job: ClaimedJob, *, now: float, lease: float) -> ClaimedJob:
+        return await self._run("renew", functools.partial(tx.renew, job=job, now=now, lease=lease))
+
+    async def settle(
+        self,
+        message_id: str,
+        updates: Sequence[RecipientUpdate],
+        *,
+        owner: str | None,
+        now: float,
+        reports: Sequence[NewMessage] = (),
+        inbox_reports: Sequence[InboundMessage] = (),
+    ) -> MessageInfo:
+        return await self._run(
+            "settle",
+            functools.partial(
+                tx.settle,
+                message_id=message_id,
+                updates=list(updates),
+                owner=owner,
+                now=now,
+                reports=list(reports),
+                inbox_reports=list(inbox_reports),
+            ),
+        )
+
+    async def release_expired(self, *, now: float) -> int:
+        return await self._run("release_expired", functools.partial(tx.release_expired, now=now))
+
+    async def release_owner(self, owner: str) -> int:
+        return await self._run("release_owner", functools.partial(tx.release_owner, owner=owner))
+
+    async def retry_transport(self, transport: str, *, now: float) -> int:
+        return await self._run(
+            "retry_transport", functools.partial(tx.retry_transport, transport=transport, now=now)
+        )
+
+    async def count_claimable(self, transport: str, *, now: float, ignore_retry: bool) -> int:
+        return await self._run(
+            "count_claimable",
+            functools.partial(
+                tx.count_claimable, transport=transport, now=now, ignore_retry=ignore_retry
+            ),
+        )
+
+    async def next_ready_at(self, transport: str) -> float | None:
+        return await self._run(
+            "next_ready_at", functools.partial(tx.next_ready_at, transport=transport)
+        )
+
+    async def expired(self, *, now: float, limit: int) -> list[RecipientRecord]:
+        return await self._run("expired", functools.partial(tx.expired, now=now, limit=limit))
+
+    # -- deferral --------------------------------------------------------------------
+    async def unpark(self, transport: str, message_id: str | None, *, now: float) -> int:
+        return await self._run(
+            "unpark",
+            functools.partial(tx.unpark, transport=transport, message_id=message_id, now=now),
+        )
+
+    # -- user operations -------------------------------------------------------
+    async def hold(self, message_id: str) -> MessageInfo:
+        return await self._run("hold", functools.partial(tx.hold, message_id=message_id))
+
+    async def release(self, message_id: str, *, now: float) -> MessageInfo:
+        return await self._run(
+            "release", functools.partial(tx.release, message_id=message_id, now=now)
+        )
+
+    async def cancel(self, message_id: str) -> list[RecipientRecord]:
+        return await self._run("cancel", functools.partial(tx.cancel, message_id=message_id))
+
+    async def retry_now(self, message_id: str, *, now: float) -> int:
+        return await self._run(
+            "retry_now", functools.partial(tx.retry_now, message_id=message_id, now=now)
+        )
+
+    # -- reading ---------------------------------------------------------------
+    async def get_message(self, message_id: str) -> MessageInfo:
+        return await self._run(
+            "get_message", functools.partial(tx.get_message, message_id=message_id)
+        )
+
+    async def recipients(self, message_id: str) -> list[RecipientRecord]:
+        return await self._run(
+            "recipients", functools.partial(tx.recipients, message_id=message_id)
+        )
+
+    async def read_content(self, message_id: str) -> bytes:
+        return await self._run(
+            "read_content", functools.partial(tx.read_content, message_id=message_id)
+        )
+
+    async def iter_content(
+        self, message_id: str, *, chunk_size: int = 65536
+    ) -> AsyncIterator[bytes]:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive, not {chunk_size}")
+        blob_id, chunks = await self._run(
+            "iter_content", functools.partial(tx.content_chunks, message_id=message_id)
+        )
+        buffer = bytearray()
+        for seq in range(chunks):
+            buffer += await self._run(
+                "iter_content", functools.partial(tx.read_chunk, blob_id=blob_id, seq=seq)
+            )
+            while len(buffer) >= chunk_size:
+                yield bytes(buffer[:chunk_size])
+                del buffer[:chunk_size]
+        if buffer:
+            yield bytes(buffer)
+
+    async def state_of(self, message_id: str, *, now: float) -> MessageState:
+        return await self._run(
+            "state_of", functools.partial(tx.state_of, message_id=message_id, now=now)
+        )
+
+    async def list_messages(
+        self,
+        *,
+        state: MessageState | None = None,
+        limit: int = 100,
+        after: str | None = None,
+        now: float,
+    ) -> list[MessageSummary]:
+        return await self._run(
+            "list_messages",
+            functools.partial(tx.list_messages, state=state, limit=limit, after=after, now=now),
+        )
+
+    async def counts(self) -> dict[RecipientState, int]:
+        return await self._run("counts", tx.counts)
+
+    # -- inbox and provider state ----------------------------------------------
+    async def deliver_inbound(
+        self,
+        message: InboundMessage,
+        *,
+        profile_updates: Mapping[str, Mapping[str, JSONValue]] | None = None,
+    ) -> InboxEntry:
+        encoded = _encode_updates(profile_updates)
+        return await self._run(
+            "deliver_inbound",
+            functools.partial(tx.deliver_inbound, message=message, profile_updates=encoded),
+        )
+
+    async def deliver_inbound_many(
+        self,
+        items: Sequence[tuple[InboundMessage, Mapping[str, Mapping[str, JSONValue]] | None]],
+    ) -> list[InboxEntry]:
+        staged = [(message, _encode_updates(updates)) for message, updates in items]
+        if not staged:
+            return []
+        return await self._run(
+            "deliver_inbound_many", functools.partial(tx.deliver_inbound_many, items=staged)
+        )
+
+    async def list_inbox(self, *, limit: int = 100, after: str | None = None) -> list[InboxEntry]:
+        return await self._run(
+            "list_inbox", functools.partial(tx.list_inbox, limit=limit, after=after)
+        )
+
+    async def read_inbox(self, entry_id: str) -> bytes:
+        return await self._run("read_inbox", functools.partial(tx.read_inbox, entry_id=entry_id))
+
+    async def profile_get(self, section: str) -> dict[str, JSONValue]:
+        return await self._run("profile_get", functools.partial(tx.profile_get, section=section))
+
+    async def profile_update(self, section: str, values: Mapping[str, JSONValue]) -> None:
+        encoded = encode_profile(section, values)
+        await self._run(
+            "profile_update",
+            functools.partial(tx.profile_update, section=section, values=encoded),
+        )
+
+
+def _encode_updates(
+    updates: Mapping[str, Mapping[str, JSONValue]] | None,
+) -> dict[str, dict[str, str | None]]:
+    return {section: encode_profile(section, values) for section, values in (updates or {}).items()}

@@ -1,0 +1,102 @@
+"""Wake-ups across nodes on a PostgreSQL store: a write on one store object wakes a
+listener on another (LISTEN/NOTIFY), saying for which transport; a listener whose
+connection is cut reconnects and says "look at everything"."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import psycopg
+from sqlite_helpers import T0, new_message
+
+from spoolbox.model import RecipientState
+from spoolbox.store.base import RecipientUpdate
+from spoolbox.store.postgres import ANY, ROUTE, PostgresStore
+
+_R = RecipientState
+#: A guard against a hang, never a measure: the wake-ups come in milliseconds.
+GUARD = 30.0
+
+
+class _Heard:
+    """The payloads a listener was called with, and a way to wait for one."""
+
+    def __init__(self) -> None:
+        self.payloads: list[str] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, payload: str) -> None:
+        self.payloads.append(payload)
+        self._changed.set()
+
+    async def wait_for(self, payload: str) -> None:
+        async def seen() -> None:
+            while payload not in self.payloads:
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(seen(), GUARD)
+
+
+async def test_a_submit_on_one_node_wakes_a_claimer_on_another(
+    pg_database: Callable[[], str],
+) -> None:
+    dsn = pg_database()
+    async with PostgresStore(dsn) as a, PostgresStore(dsn) as b:
+        heard = _Heard()
+        await b.listen(heard)
+        assert await b.claim("x", owner="node-b", now=T0, lease=30) == []
+        await a.submit(new_message(1, "X:bob", "Y:carol"), now=T0, lifetime=3600, routes=["x", "y"])
+        await heard.wait_for("x")
+        await heard.wait_for("y")
+        [job] = await b.claim("x", owner="node-b", now=T0, lease=30)
+        assert job.message.id == "m0001"
+
+
+async def test_unrouted_submits_then_routes_then_requeues_are_announced(
+    pg_database: Callable[[], str],
+) -> None:
+    dsn = pg_database()
+    async with PostgresStore(dsn) as a, PostgresStore(dsn) as b:
+        heard = _Heard()
+        await b.listen(heard)
+        await a.submit(new_message(1, "X:bob"), now=T0, lifetime=3600)
+        await heard.wait_for(ROUTE)
+        assert "x" not in heard.payloads
+        await a.assign_routes([("m0001", 0, "x")])
+        await heard.wait_for("x")
+        [job] = await a.claim("x", owner="node-a", now=T0, lease=30)
+        heard.payloads.clear()
+        # Declined back to routing: another node's router may take it.
+        await a.settle(
+            job.message.id,
+            [RecipientUpdate(0, _R.QUEUED, route=None, keep_route=False)],
+            owner="node-a",
+            now=T0,
+        )
+        await heard.wait_for(ROUTE)
+        await a.assign_routes([("m0001", 0, "x")])
+        [job] = await a.claim("x", owner="node-a", now=T0, lease=30)
+        heard.payloads.clear()
+        # A node that stops returns its claims: the others hear of it.
+        assert await a.release_owner("node-a") == 1
+        await heard.wait_for(ANY)
+
+
+async def test_a_listener_whose_connection_is_cut_reconnects(
+    pg_database: Callable[[], str],
+) -> None:
+    dsn = pg_database()
+    async with PostgresStore(dsn) as a, PostgresStore(dsn) as b:
+        heard = _Heard()
+        await b.listen(heard)
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            cut = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND query LIKE 'LISTEN%%'"
+            ).fetchall()
+        assert cut == [(True,)]
+        await heard.wait_for(ANY)  # back, and told to look at everything
+        await a.submit(new_message(1, "X:bob"), now=T0, lifetime=3600, routes=["x"])
+        await heard.wait_for("x")
