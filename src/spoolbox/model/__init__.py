@@ -3,7 +3,7 @@
 Imports nothing else of the package.
 """
 
-from .address import Address, AddressError
+from .address import Address, AddressError, smtp_value_error
 from .flags import (
     SPI_VERSION,
     EndFlags,
@@ -31,6 +31,7 @@ from .message import (
     new_message_id,
     subject_of,
 )
+from .hostname import default_hostname, usable_hostname
 from .progress import Progress
 from .results import Outcome, RecipientResult, ResultError
 from .states import (
@@ -77,7 +78,10 @@ __all__ = [
     "TransportNotifyFlags",
     "ValidateFlags",
     "check_transition",
+    "default_hostname",
     "message_state",
     "new_message_id",
+    "smtp_value_error",
     "subject_of",
+    "usable_hostname",
 ]
