@@ -20,6 +20,7 @@ from .flags import (
     TransportNotifyFlags,
     ValidateFlags,
 )
+from .hostname import default_hostname, is_hostname
 from .message import (
     MAX_RECIPIENTS,
     MessageError,
@@ -31,7 +32,6 @@ from .message import (
     new_message_id,
     subject_of,
 )
-from .hostname import default_hostname, usable_hostname
 from .progress import Progress
 from .results import Outcome, RecipientResult, ResultError
 from .states import (
@@ -79,9 +79,9 @@ __all__ = [
     "ValidateFlags",
     "check_transition",
     "default_hostname",
+    "is_hostname",
     "message_state",
     "new_message_id",
     "smtp_value_error",
     "subject_of",
-    "usable_hostname",
 ]

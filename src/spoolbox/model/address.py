@@ -90,9 +90,7 @@ class Address:
             raise AddressError(f"address value {self.value!r} has leading or trailing spaces")
 
     @classmethod
-    def parse(
-        cls, text: str, *, default_type: str | None = None, strict: bool = True
-    ) -> Address:
+    def parse(cls, text: str, *, default_type: str | None = None, strict: bool = True) -> Address:
         """Parse ``TYPE:value``.
 
         With ``default_type`` a bare value without a type prefix is accepted

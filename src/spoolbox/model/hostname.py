@@ -16,18 +16,17 @@ import functools
 import re
 import socket
 
-__all__ = ["default_hostname", "usable_hostname"]
+__all__ = ["default_hostname", "is_hostname"]
 
 _NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "localhost6"})
 
 
-def usable_hostname(name: str) -> bool:
-    """Whether ``name`` may stand for this host in mail: a syntactically valid DNS
-    name (labels of letters, digits and inner hyphens, 253 characters at most),
-    not a loopback name such as ``localhost``."""
-    name = name.rstrip(".")
-    if not name or len(name) > 253 or name.lower() in _LOCAL_NAMES:
+def is_hostname(name: str) -> bool:
+    """Whether ``name`` is a syntactically valid DNS host name: labels of ASCII
+    letters, digits and inner hyphens, 253 characters at most (a final dot allowed)."""
+    name = name[:-1] if name.endswith(".") else name
+    if not name or len(name) > 253:
         return False
     return all(_NAME_RE.fullmatch(label) for label in name.split("."))
 
@@ -40,6 +39,6 @@ def default_hostname() -> str:
             name = lookup()
         except OSError:
             continue
-        if usable_hostname(name):
+        if is_hostname(name) and name.rstrip(".").lower() not in _LOCAL_NAMES:
             return name.rstrip(".")
     return "localhost"

@@ -30,6 +30,7 @@ from .. import Address, AddressError, Policy, SpoolerConfig, TransportConfig
 from ..contract import LogonFlags
 from ..contract.options import Check
 from ..ingress.listener import ListenerConfig
+from ..model import default_hostname, is_hostname
 from .schema import (
     EVENT_LOOPS,
     MAX_LISTENER_PROCESSES,
@@ -107,7 +108,8 @@ def _build(
     data_dir = base / top.pathname("data_dir", ".")
     data_dir = Path(os.path.normpath(data_dir.expanduser()))
     node = top.text("node") or socket.gethostname()
-    reporting_mta = top.text("reporting_mta") or socket.getfqdn()
+    hostname = _hostname(top)
+    reporting_mta = top.text("reporting_mta") or hostname
     under_data = functools.partial(_under, data_dir)
     store = _store(top.table("store"), under_data)
     daemon = _daemon(top.table("daemon"), under_data)
@@ -134,6 +136,7 @@ def _build(
             policy=policy,
             node=node,
             identities=tuple(identities),
+            hostname=hostname,
             reporting_mta=reporting_mta,
         )
     except ValueError as exc:
@@ -151,6 +154,19 @@ def _build(
         logon_dialog=transports.dialog,
         raw_transports=tuple(raw_ts),
     )
+
+
+def _hostname(top: Table) -> str:
+    """The top-level ``hostname`` (Postfix's myhostname); default: the FQDN."""
+    name = top.text("hostname")
+    if name is None:
+        return default_hostname()
+    if not is_hostname(name):
+        raise top.error(
+            "hostname",
+            f"expected this host's DNS name (letters, digits, '-' and '.'), not {name!r}",
+        )
+    return name.rstrip(".")
 
 
 def _under(data_dir: Path, value: str) -> Path:
