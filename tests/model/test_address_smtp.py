@@ -70,9 +70,7 @@ def test_bare_addresses_and_other_types_are_accepted(text: str) -> None:
 
 
 def test_an_address_stored_before_the_rule_reads_back_with_strict_false() -> None:
-    assert Address.parse("SMTP:Web <web@x.org>", strict=False) == Address(
-        "SMTP", "Web <web@x.org>"
-    )
+    assert Address.parse("SMTP:Web <web@x.org>", strict=False) == Address("SMTP", "Web <web@x.org>")
 
 
 def test_a_message_with_a_display_name_in_its_recipients_is_refused() -> None:
@@ -86,11 +84,10 @@ def test_a_message_with_a_display_name_in_its_recipients_is_refused() -> None:
 
 @given(st.text(st.sampled_from("ab@.<> \t\"'\\x\u00e9\u3000"), min_size=1, max_size=16))
 def test_nothing_the_smtp_transport_would_refuse_is_accepted(value: str) -> None:
-    try:
-        address = Address.parse(f"SMTP:{value}")
-    except AddressError as exc:
-        assert str(exc)
-        assert smtp_value_error(value) is not None or value != value.strip()
+    problem = smtp_value_error(value)
+    if problem is not None or value != value.strip():
+        with pytest.raises(AddressError, match=r"."):
+            Address.parse(f"SMTP:{value}")
         return
+    address = Address.parse(f"SMTP:{value}")
     assert _TRANSPORT_REFUSES.search(address.value) is None
-    assert smtp_value_error(address.value) is None

@@ -25,6 +25,7 @@ from typing import Any, cast
 
 from ..ingress.listener import ListenerConfig, SubmissionListener
 from ..model import NewMessage
+from ..routing import refusal
 from ..store.sqlite import SQLiteStore
 from .runtime import RedactingFilter, event_loop_runner
 from .worker_protocol import STATS_INTERVAL, WorkerSpec, table_from_json
@@ -126,7 +127,11 @@ class _WorkerProcess:
             return 1
         try:
             sock = socket.socket(fileno=self.spec.fd)
-            listener = SubmissionListener(self.submit, ListenerConfig(**self.spec.options))
+            listener = SubmissionListener(
+                self.submit,
+                ListenerConfig(**self.spec.options),
+                check_recipient=lambda address: refusal(self.table, str(address)),
+            )
             try:
                 await listener.start(sock=sock)
             except Exception as exc:
