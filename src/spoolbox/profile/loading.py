@@ -159,7 +159,7 @@ def _build(
 def _hostname(top: Table) -> str:
     """The top-level ``hostname`` (Postfix's myhostname); default: the FQDN."""
     name = top.text("hostname")
-    if name is None:
+    if not name:  # absent or "" (as for node): the default
         return default_hostname()
     if not is_hostname(name):
         raise top.error(
