@@ -131,13 +131,16 @@ async def test_only_the_unroutable_recipients_are_refused(tmp_path: Path) -> Non
     ]
 
 
-async def test_a_quoted_local_part_with_a_space_is_refused_as_address_parse_does(
-    tmp_path: Path,
-) -> None:
+async def test_a_recipient_address_parse_refuses_is_refused_at_rcpt(tmp_path: Path) -> None:
+    """What the listener takes, the store can read back: the SMTP rule of
+    ``Address.parse`` holds at RCPT TO too (a quoted local part may hold a space)."""
     async with spooler_serving("SMTP", tmp=tmp_path) as sp, listening(sp) as listener:
-        _, replies, _ = await asyncio.to_thread(dialogue, listener.port, '"john doe"@example.org')
-    [(code, text)] = replies
-    assert code == 553 and text.startswith(b"5.1.3 Bad recipient address: the SMTP address")
+        _, replies, _ = await asyncio.to_thread(
+            dialogue, listener.port, '"john"doe x@example.org', '"john doe"@example.org'
+        )
+    assert replies[0][0] == 553
+    assert replies[0][1].startswith(b"5.1.3 Bad recipient address: the SMTP address")
+    assert replies[1] == (250, b"2.1.5 OK")
 
 
 async def test_the_banner_says_the_host_name_unless_configured(tmp_path: Path) -> None:

@@ -28,8 +28,9 @@ _SMTP = "SMTP"  # the Internet mail address type
 _TYPE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.+-]{0,31}\Z")  # \Z: "$" would allow a final \n
 _CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _MAX_VALUE = 998  # RFC 5322 line limit; no address value is ever longer
-#: What an SMTP path cannot carry (the SMTP transport refuses the same in MAIL/RCPT).
+#: What an SMTP path cannot carry outside a quoted local part.
 _NOT_IN_SMTP_RE = re.compile(r"[\s<>]")
+_QUOTED_LOCAL_RE = re.compile(r'"(?:[^"\\]|\\.)*"(?=@|\Z)', re.DOTALL)  # RFC 5321 Quoted-string
 _DISPLAY_FORM_RE = re.compile(r"([^<>]*?)\s*<([^<>\s]+)>\s*", re.DOTALL)
 
 
@@ -37,20 +38,24 @@ def smtp_value_error(value: str) -> str | None:
     """Why ``value`` cannot be the value of an ``SMTP`` address, or None if it can.
 
     The value is the address as MAIL FROM and RCPT TO carry it, without angle
-    brackets: no display name, no ``<>``, no white space (the SMTP transport could
-    not send it).  A missing ``@`` is allowed (``SMTP:root``: local mail, as a cron
-    job's ``From: root`` gives it).
+    brackets (RFC 5321 ``Mailbox``): no display name, no ``<>``, no white space
+    except inside a quoted local part (``"john doe"@example.org`` is an address).
+    A missing ``@`` is allowed (``SMTP:root``: local mail, as a cron job's
+    ``From: root`` gives it).
     """
-    found = _NOT_IN_SMTP_RE.search(value)
+    quoted = _QUOTED_LOCAL_RE.match(value)
+    rest = value[quoted.end() :] if quoted is not None else value
+    found = _NOT_IN_SMTP_RE.search(rest)
     if found is None:
         return None
+    position = found.start() + (quoted.end() if quoted is not None else 0)
     form = _DISPLAY_FORM_RE.fullmatch(value)
     if form is not None:
         what = "display names are" if form.group(1) else "angle brackets are"
         return f"{what} not part of an address: use {_SMTP}:{form.group(2)}"
     return (
         f"the {_SMTP} address {value!r} contains {found.group()!r} at position "
-        f"{found.start()}: write the bare address, e.g. {_SMTP}:bob@example.org"
+        f"{position}: write the bare address, e.g. {_SMTP}:bob@example.org"
     )
 
 
