@@ -86,7 +86,7 @@ def test_a_message_with_a_display_name_in_its_recipients_is_refused() -> None:
         )
 
 
-@given(st.text(st.sampled_from('ab@.<> \t"\'\\x\u00e9\u3000'), min_size=1, max_size=16))
+@given(st.text(st.sampled_from("ab@.<> \t\"'\\x\u00e9\u3000"), min_size=1, max_size=16))
 def test_nothing_that_is_not_an_smtp_path_is_accepted(value: str) -> None:
     problem = smtp_value_error(value)
     if problem is not None or value != value.strip():
