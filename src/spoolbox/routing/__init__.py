@@ -153,10 +153,7 @@ class Unroutable:
             f"{name} serves {', '.join(types) if types else 'no address type'}"
             for name, types in self.transports
         )
-        return (
-            f"no transport serves address type {self.address_type} "
-            f"({served or 'the profile has no outbound transport'})"
-        )
+        return f"no transport serves address type {self.address_type} ({served})"
 
     def __str__(self) -> str:
         return f"{self.recipient}: {self.reason}"
