@@ -35,9 +35,22 @@ def refused_send(home: Home) -> str:
     return str(error["message"])
 
 
+def _message(*recipients: str) -> NewMessage:
+    return NewMessage(
+        sender=None,
+        recipients=tuple(Address.parse(r) for r in recipients),
+        content=b"Subject: x\r\n\r\nx\r\n",
+    )
+
+
 def test_send_to_an_unroutable_recipient_is_refused_without_the_daemon(home: Home) -> None:
     message = refused_send(home)
     assert message.startswith("refused, nothing queued: ")
+    client = Client(home.profile)
+    with pytest.raises(UnroutableRecipient, match=r"^messages\[1\]: refused, nothing queued"):
+        client.submit_many([_message("MAILDIR:bob"), _message("FAX:+1555")])
+    assert client.queue() == []  # the whole batch refused
+    assert client.submit(_message("MAILDIR:bob"))["via"] == "store"
 
 
 def test_the_daemon_refuses_the_same_and_its_listener_says_550(
@@ -47,14 +60,7 @@ def test_the_daemon_refuses_the_same_and_its_listener_says_550(
     daemons.start(home)
     refused_send(home)
     with pytest.raises(UnroutableRecipient, match=r"SMTP:bob@example\.org: no transport"):
-        Client(home.profile).submit(
-            NewMessage(
-                sender=None,
-                recipients=(Address.parse("SMTP:bob@example.org"),),
-                content=b"Subject: x\r\n\r\nx\r\n",
-            ),
-            fallback=False,
-        )
+        Client(home.profile).submit(_message("SMTP:bob@example.org"), fallback=False)
 
     def listening() -> str:
         rows = {r["name"]: r for r in home.json("status")["rows"]}
