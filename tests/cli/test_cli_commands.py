@@ -150,6 +150,12 @@ def test_send_without_daemon_queues_in_the_store(home: Home) -> None:
 
 
 def test_submit_from_stdin_takes_recipients_from_headers(home: Home) -> None:
+    # SMTP recipients need a transport that serves SMTP (else refused at submit, 67).
+    with home.profile.open("a") as f:
+        f.write(
+            '\n[[transports]]\nname = "relay"\nprovider = "smtp"\naddress_types = ["SMTP"]\n'
+            '[transports.options]\nhost = "127.0.0.1"\nport = 9\ntls = "none"\n'
+        )
     content = b"From: a@example.org\r\nTo: b@example.org, c@example.org\r\nSubject: s\r\n\r\nx\r\n"
     r = home.run("submit", "--json", input=content)
     assert r.returncode == 0, r.stderr

@@ -487,6 +487,7 @@ class FakeSupport:
     """The support object, minus the spooler: records rows and results."""
 
     transport_name = "maildir"
+    hostname = "mx.example.test"  # Support.hostname: the unique part of file names
 
     def __init__(self, *, cancel_at_yield: int | None = None) -> None:
         self.profile = FakeProfile()

@@ -15,7 +15,8 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from ..contract.errors import FailOneProvider
-from ..model import Address, LogonFlags
+from ..model import Address, LogonFlags, default_hostname
+from ..routing import RouteEntry, RoutingTable
 from ..store.retention import Retention
 from .policy import Policy
 
@@ -90,16 +91,35 @@ class SpoolerConfig:
     node: str = field(default_factory=socket.gethostname)
     #: Local identities (the profile's senders): reports for them go to the inbox.
     identities: tuple[Address, ...] = ()
-    #: Reporting-MTA in delivery reports.
-    reporting_mta: str = field(default_factory=socket.getfqdn)
+    #: This host's mail name (Postfix's ``myhostname``): the SMTP transport's EHLO
+    #: (through ``Support.hostname``), Reporting-MTA and the MAILER-DAEMON address of
+    #: delivery reports.  Default: :func:`~spoolbox.model.default_hostname`.
+    hostname: str = field(default_factory=default_hostname)
+    #: Reporting-MTA in delivery reports; empty: ``hostname``.
+    reporting_mta: str = ""
     #: How long finished messages and inbox entries are kept (housekeeping purges).
     retention: Retention = field(default_factory=Retention)
 
     def __post_init__(self) -> None:
+        if not self.reporting_mta:
+            object.__setattr__(self, "reporting_mta", self.hostname)
         names = [t.name for t in self.transports]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"transport names must be unique; repeated: {dupes}")
+
+    def declared_routes(self) -> RoutingTable:
+        """The routing table from the profile alone: each outbound transport with the
+        ``address_types`` it declares (unknown without them), as a spooler routes
+        before its transports log on; what a client without the daemon routes by."""
+        return RoutingTable.build(
+            RouteEntry(
+                t.name,
+                None if t.address_types is None else frozenset(a.upper() for a in t.address_types),
+            )
+            for t in self.transports
+            if t.outbound
+        )
 
 
 def unloadable_provider(reason: str) -> type:

@@ -48,6 +48,7 @@ class Runtime:
     idle: IdlePolicy
     owner: str  # this spooler's node name: the owner of its claims
     rng: random.Random  # retry jitter
+    hostname: str = "localhost"  # SpoolerConfig.hostname: EHLO, Reporting-MTA, ...
 
 
 class SpoolerPort(Protocol):

@@ -4,7 +4,9 @@ for, in one transaction.
 A transport's results (or the router's and the housekeeper's verdicts) become
 recipient states; a final state, or a deferral old enough for a delay warning,
 becomes a delivery status notification (RFC 3464) when the sender asked for one:
-sent like any message, or put straight into the inbox for a local sender.
+sent like any message, or put straight into the inbox for a local sender.  A report
+that fails itself is never reported on (that could loop); it goes into the inbox as
+a *double bounce* (as Postfix sends it to the postmaster), so it is never lost.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ..reports import (
     RETURN_SIZE_LIMIT,
     ReportItem,
     ReportKind,
+    double_bounce,
     needed_bytes,
     report_message,
     wants_report,
@@ -192,16 +195,21 @@ class Settlement:
                     will_retry_until=until,
                 )
             )
+        # A report that failed: a double bounce for the inbox, never sent (no loop).
+        failed_report = kinds.get(ReportKind.FAILURE) if info.is_report else None
         # Only what the sender asked for (and never about a report): checked before the
         # original content is read, which most deliveries never need.
         kinds = {k: v for k, v in kinds.items() if wants_report(info, k)}
-        if not kinds:
+        if not kinds and not failed_report:
             return [], [], []
         original: bytes | None = None
         out: list[NewMessage] = []
         inbox: list[InboundMessage] = []
         made: list[ReportLine] = []
         to = show_address(info.sender) if info.sender is not None else ""
+        if failed_report:
+            original = await self._original(info)
+            inbox.append(self._double_bounce(info, original, failed_report, now))
         for kind, items in kinds.items():
             if original is None:
                 original = await self._original(info)
@@ -231,6 +239,31 @@ class Settlement:
                 out.append(msg)
                 made.append(ReportLine(info.id, str(kind), to, msg.id))
         return out, inbox, made
+
+    def _double_bounce(
+        self, info: MessageInfo, original: bytes, items: list[ReportItem], now: float
+    ) -> InboundMessage:
+        """The inbox entry of a report that could not be delivered."""
+        log.warning(
+            "report %s could not be delivered (%s): kept in the inbox as a double bounce",
+            info.id,
+            "; ".join(f"{item.address}: {item.status} {item.diagnostic}" for item in items),
+        )
+        content = double_bounce(
+            info=info,
+            original=original,
+            items=items,
+            reporting_mta=self._config.reporting_mta,
+            now=now,
+            original_size=info.size,
+        )
+        return InboundMessage(
+            transport=SPOOLER_ROW,
+            content=content,
+            sender=None,
+            recipients=(f"postmaster@{self._config.reporting_mta}",),
+            received_at=now,
+        )
 
     async def _original(self, info: MessageInfo) -> bytes:
         """The original for a report: whole, or only the beginning that holds what a

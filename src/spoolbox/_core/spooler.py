@@ -133,6 +133,7 @@ class Spooler:
             idle=self.idle,
             owner=self.owner,
             rng=self.rng,
+            hostname=self.config.hostname,
         )
         self._destinations = DestinationBackoff(self.policy, self.clock)
         self._settlement = Settlement(

@@ -59,6 +59,7 @@ from .wire import (
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     TOO_LARGE,
+    UNROUTABLE,
     ApiError,
     flush_report_to_dict,
     inbox_to_dict,
@@ -66,6 +67,7 @@ from .wire import (
     recipient_to_dict,
     request_line,
     summary_of,
+    unroutable_error,
 )
 from .wire import message_args as _message_args
 
@@ -77,6 +79,7 @@ __all__ = [
     "EXIT_NOT_RUNNING",
     "EXIT_OK",
     "EXIT_PROFILE",
+    "EXIT_UNROUTABLE",
     "EXIT_USAGE",
     "MAX_REQUEST_LINE",
     "PROTOCOL_VERSION",
@@ -87,6 +90,7 @@ __all__ = [
     "DaemonNotRunning",
     "NotFound",
     "RequestTooLarge",
+    "UnroutableRecipient",
     "flush_report_to_dict",
     "inbox_to_dict",
     "message_to_dict",
@@ -104,6 +108,8 @@ EXIT_NOT_FOUND = 4
 EXIT_PROFILE = 5
 EXIT_CONFLICT = 6
 EXIT_INTERRUPTED = 130
+#: A recipient no transport serves: nothing queued (sysexits EX_NOUSER, as sendmail).
+EXIT_UNROUTABLE = 67
 
 
 class ClientError(Exception):
@@ -139,7 +145,17 @@ class RequestTooLarge(ClientError):
     code = TOO_LARGE
 
 
+class UnroutableRecipient(ClientError):
+    """A recipient's address type is served by no transport: the submission was
+    refused and nothing queued.  The text names each such recipient, its type and
+    the types the transports serve."""
+
+    code = UNROUTABLE
+    exit_code = EXIT_UNROUTABLE
+
+
 _ERRORS: dict[str, type[ClientError]] = {
+    UNROUTABLE: UnroutableRecipient,
     TOO_LARGE: RequestTooLarge,
     NOT_FOUND: NotFound,
     CONFLICT: Conflict,
@@ -361,6 +377,7 @@ class Client:
         lifetime = message.lifetime or self.profile.spooler.policy.lifetime
 
         def put(conn: sqlite3.Connection) -> dict[str, Any]:
+            self._refuse_unroutable([message])
             info = transactions.submit(conn, message, now=time.time(), lifetime=lifetime)
             return {"id": info.id, "state": str(MessageState.QUEUED)}
 
@@ -401,11 +418,20 @@ class Client:
 
         def put(conn: sqlite3.Connection) -> dict[str, Any]:
             # Without the daemon's router: recipients are routed when it starts.
+            self._refuse_unroutable(messages)
             infos = transactions.submit_many(conn, messages, now=time.time(), lifetime=lifetime)
             return {"ids": [i.id for i in infos], "state": str(MessageState.QUEUED)}
 
         args = {"messages": [_message_args(m) for m in messages]}
         return self._submit_via("submit_many", args, fallback, put)
+
+    def _refuse_unroutable(self, messages: Sequence[NewMessage]) -> None:
+        """Without the daemon, the rule it applies, on the profile's declared address
+        types (a transport without ``address_types`` could serve anything: nothing is
+        refused for it)."""
+        error = unroutable_error(self.profile.spooler.declared_routes(), messages)
+        if error is not None:
+            raise UnroutableRecipient(error)
 
     def status(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self.call("status")["rows"]

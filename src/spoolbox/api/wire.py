@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from .. import FlushReport, InboxEntry, NewMessage, RecipientRecord
 from ..model import Address, MessageSummary, Notify, Priority
+from ..routing import RoutingTable, describe_unroutable, unroutable
 
 __all__ = [
     "BAD_REQUEST",
@@ -37,6 +39,7 @@ __all__ = [
     "STREAMING_OPS",
     "SUPPORTED_VERSIONS",
     "TOO_LARGE",
+    "UNROUTABLE",
     "UNSUPPORTED_VERSION",
     "ApiError",
     "answer",
@@ -55,6 +58,7 @@ __all__ = [
     "request_line",
     "required",
     "summary_of",
+    "unroutable_error",
 ]
 
 PROTOCOL_VERSION = 1
@@ -82,6 +86,7 @@ PROFILE = "profile"  # reload: the profile is invalid or failed to start
 TOO_LARGE = "too_large"  # a request line over MAX_REQUEST_LINE
 UNSUPPORTED_VERSION = "unsupported_version"  # a "v" the daemon does not speak
 INTERNAL = "internal"  # a fault of the daemon's
+UNROUTABLE = "unroutable"  # a recipient no transport serves (nothing queued)
 ERROR_CODES = (
     BAD_REQUEST,
     NOT_FOUND,
@@ -92,6 +97,7 @@ ERROR_CODES = (
     TOO_LARGE,
     UNSUPPORTED_VERSION,
     INTERNAL,
+    UNROUTABLE,
 )
 
 
@@ -326,3 +332,17 @@ def limit_of(args: dict[str, Any]) -> int:
 
 def _json_kind(value: object) -> str:
     return _JSON_KINDS.get(type(value), "null")
+
+
+# -- refused at submit ----------------------------------------------------------------
+def unroutable_error(table: RoutingTable, messages: Sequence[NewMessage]) -> str | None:
+    """Why ``messages`` are refused because a recipient has no route in ``table``
+    (:func:`spoolbox.routing.unroutable`), or None.  The daemon answers it as an
+    ``unroutable`` error and ``Client.submit`` without a daemon raises it: the whole
+    submission is refused, nothing is queued."""
+    for index, message in enumerate(messages):
+        refused = unroutable(table, (str(address) for address in message.recipients))
+        if refused:
+            text = describe_unroutable(refused)
+            return text if len(messages) == 1 else f"messages[{index}]: {text}"
+    return None

@@ -135,14 +135,15 @@ def send_cmd(
         shown = [a.value for a in addrs if a.type == "SMTP"]
         return ", ".join(shown)
 
+    hostname = obj.profile().spooler.hostname  # the profile's hostname key
     if snd is not None:
-        msg["From"] = snd.value if snd.type == "SMTP" else f"{snd.value}@localhost"
+        msg["From"] = snd.value if snd.type == "SMTP" else f"{snd.value}@{hostname}"
     msg["To"] = header(rcpts) or "undisclosed-recipients:;"
     if header(ccs):
         msg["Cc"] = header(ccs)
     msg["Subject"] = subject
     msg["Date"] = formatdate(localtime=True)
-    msg["Message-ID"] = make_msgid(domain="spoolbox.localhost")
+    msg["Message-ID"] = make_msgid(domain=hostname)
     text = sys.stdin.read() if body == "-" else (body or "")
     msg.set_content(text)
     stand_ins: list[tuple[bytes, Path]] = []

@@ -26,6 +26,13 @@ class Support(Protocol):
         ...
 
     @property
+    def hostname(self) -> str:
+        """This host's mail name (the profile's ``hostname``, Postfix's
+        ``myhostname``): what a transport says for itself, e.g. in EHLO.  Read-only;
+        the original's IMAPISupport has no such call."""
+        ...
+
+    @property
     def logger(self) -> logging.Logger: ...
 
     def now(self) -> float:

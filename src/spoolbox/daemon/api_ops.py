@@ -35,6 +35,7 @@ from ..api.wire import (
     PROFILE,
     PROTOCOL_VERSION,
     STORE,
+    UNROUTABLE,
     ApiError,
     inbox_to_dict,
     limit_of,
@@ -42,6 +43,7 @@ from ..api.wire import (
     message_to_dict,
     required,
     summary_of,
+    unroutable_error,
 )
 from ..model import IllegalTransition, MessageState
 from ..profile import Profile
@@ -108,7 +110,9 @@ async def ping(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
 
 async def submit(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
     spooler = await daemon.current()
-    info = await spooler.submit(message_from_args(args))
+    message = message_from_args(args)
+    _refuse_unroutable(spooler, [message])
+    info = await spooler.submit(message)
     return {"id": info.id, "state": str(MessageState.QUEUED), "via": "daemon"}
 
 
@@ -131,8 +135,16 @@ async def submit_many(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any
             raise ApiError(exc.code, f"{where}: {exc}") from None
         except (MessageError, AddressError, ValueError) as exc:
             raise ApiError(BAD_REQUEST, f"{where}: {exc}") from None
+    _refuse_unroutable(spooler, messages)
     infos = await spooler.submit_many(messages)
     return {"ids": [info.id for info in infos], "state": str(MessageState.QUEUED), "via": "daemon"}
+
+
+def _refuse_unroutable(spooler: Spooler, messages: list[NewMessage]) -> None:
+    """A recipient the router would fail at once refuses the submission (issue 15)."""
+    error = unroutable_error(spooler.routing_table(), messages)
+    if error is not None:
+        raise ApiError(UNROUTABLE, error)
 
 
 async def status(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Any, cast
 
 from ..ingress.listener import ListenerConfig, SubmissionListener
 from ..model import NewMessage
+from ..routing import refusal
 from ..store.sqlite import SQLiteStore
 from .log_format import choose_format
 from .runtime import configure_logging, event_loop_runner
@@ -127,7 +128,11 @@ class _WorkerProcess:
             return 1
         try:
             sock = socket.socket(fileno=self.spec.fd)
-            listener = SubmissionListener(self.submit, ListenerConfig(**self.spec.options))
+            listener = SubmissionListener(
+                self.submit,
+                ListenerConfig(**self.spec.options),
+                check_recipient=lambda address: refusal(self.table, str(address)),
+            )
             try:
                 await listener.start(sock=sock)
             except Exception as exc:

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from .. import MessageInfo, NewMessage, Spooler, StatusRow
 from ..ingress.listener import ListenerConfig, SubmissionListener
-from ..model import ResourceMethods, ResourceType, StatusCode
+from ..model import Address, ResourceMethods, ResourceType, StatusCode
 from ..profile import ListenerSettings, Profile
-from ..routing import RoutingTable
+from ..routing import RoutingTable, refusal
 from .listener_processes import ListenerProcesses
 
 __all__ = ["Listeners"]
@@ -38,6 +38,12 @@ class _Running:
     def __init__(self, settings: ListenerSettings, server: Any) -> None:
         self.settings = settings
         self.server = server
+
+
+def _with_hostname(options: Mapping[str, Any], profile: Profile) -> dict[str, Any]:
+    """A listener's options, its ``hostname`` (banner, Received) the profile's unless
+    its own table sets one."""
+    return {**options, "hostname": options.get("hostname") or profile.spooler.hostname}
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -73,12 +79,15 @@ class Listeners:
                             for missing in settings.missing
                         )
                     )
-                config = ListenerConfig(**dict(settings.options))
+                options = _with_hostname(settings.options, profile)
+                config = ListenerConfig(**options)
                 server: Any
                 if settings.processes:
-                    server = self._in_processes(profile, settings)
+                    server = self._in_processes(profile, settings, options)
                 else:
-                    server = SubmissionListener(self._submit, config)
+                    server = SubmissionListener(
+                        self._submit, config, check_recipient=self._check_recipient
+                    )
                 await _maybe_await(server.start())
                 port = getattr(server, "port", None)
                 host = settings.options.get("host", getattr(config, "host", "?"))
@@ -110,6 +119,12 @@ class Listeners:
             if callable(getattr(listener.server, "statistics", None))
         }
 
+    def _check_recipient(self, address: Address) -> str | None:
+        """Why ``address`` is refused at RCPT TO (no transport of the running spooler
+        serves its type), or None; None too while the spooler is being replaced."""
+        spooler = self._spooler()
+        return None if spooler is None else refusal(spooler.routing_table(), str(address))
+
     def _row(self, name: str, code: StatusCode, text: str, detail: str | None) -> None:
         spooler = self._spooler()
         if spooler is not None:
@@ -125,7 +140,9 @@ class Listeners:
                 )
             )
 
-    def _in_processes(self, profile: Profile, settings: ListenerSettings) -> ListenerProcesses:
+    def _in_processes(
+        self, profile: Profile, settings: ListenerSettings, options: Mapping[str, Any]
+    ) -> ListenerProcesses:
         """The listener in processes of its own (``processes = N``): they commit to the
         store themselves and tell this daemon which transports to wake."""
 
@@ -150,7 +167,7 @@ class Listeners:
 
         return ListenerProcesses(
             settings.name,
-            settings.options,
+            options,
             processes=settings.processes,
             store=str(profile.store.path),
             synchronous=profile.store.synchronous,

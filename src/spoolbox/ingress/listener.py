@@ -51,7 +51,15 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any, cast
 
-from ..model import Address, AddressError, MessageError, NewMessage, new_message_id
+from ..model import (
+    Address,
+    AddressError,
+    MessageError,
+    NewMessage,
+    default_hostname,
+    new_message_id,
+    smtp_value_error,
+)
 from ..smtp.server import (
     NEED_DATA,
     PAUSED,
@@ -70,6 +78,8 @@ __all__ = ["ListenerConfig", "SubmissionListener", "listen_socket"]
 log = logging.getLogger("spoolbox.ingress")
 
 Submit = Callable[[NewMessage], Awaitable[object]]
+#: Why a recipient cannot be routed (refused at RCPT with 550 5.1.2), or None.
+RecipientCheck = Callable[[Address], str | None]
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -83,6 +93,7 @@ REJECT_REASONS = (
     "size",  # message larger than max_message_size (SIZE= or actual)
     "line_length",  # a text line longer than max_line_length
     "bad_data",  # NUL byte, bare CR or bare LF in DATA
+    "unroutable",  # RCPT to an address no transport serves (550 5.1.2)
     "no_recipients",  # DATA after every RCPT was refused
     "invalid_message",  # NewMessage refused the submission
     "submit_failed",  # submit raised: 451
@@ -433,14 +444,24 @@ class SubmissionListener:
 
     ``submit`` is ``spooler.submit`` (or anything with its signature that returns only
     after a durable commit); its result's ``id`` attribute, if any, is quoted in the
-    ``250`` reply.
+    ``250`` reply.  ``check_recipient`` says why a recipient cannot be routed (the
+    daemon's: :func:`spoolbox.routing.unroutable` on its routing table), or None;
+    such a recipient is refused at RCPT TO with ``550 5.1.2`` and the others are
+    accepted.
     """
 
-    def __init__(self, submit: Submit, config: ListenerConfig) -> None:
+    def __init__(
+        self,
+        submit: Submit,
+        config: ListenerConfig,
+        *,
+        check_recipient: RecipientCheck | None = None,
+    ) -> None:
         self._submit = submit
+        self._check_recipient = check_recipient
         self.config = config
         self._server: asyncio.Server | None = None
-        self._hostname = config.hostname or socket.gethostname() or "localhost"
+        self._hostname = config.hostname or default_hostname()
         self._tls: ssl.SSLContext | None = None
         self._settings = self._server_settings()
         self._networks: list[_Network] = [
@@ -586,6 +607,17 @@ class SubmissionListener:
         ):
             self._reject("relay")
             return f"554 5.7.1 <{_clean(addr.value, 300)}>: Relay access denied"
+        problem = self._check_recipient(addr) if self._check_recipient is not None else None
+        if problem is not None:
+            # RFC 3463 X.1.2, "bad destination system address": this address names a
+            # destination nothing here can reach.  (X.1.1 would say the mailbox does
+            # not exist, X.7.1 a policy refusal; 5.4.4 stays the router's code for a
+            # route lost after acceptance.)  A permanent 550: retrying cannot help.
+            self._reject("unroutable")
+            return (
+                f"550 5.1.2 <{_clean(addr.value, 300)}>: Recipient address rejected: "
+                f"{_clean(problem, 300)}"
+            )
         return "250 2.1.5 OK"
 
     def _authenticate(self, conn: _Connection, event: AuthCredentials) -> str:
@@ -607,6 +639,9 @@ class SubmissionListener:
         if not value:
             raise AddressError("empty address")
         addr = Address(self.config.default_address_type, value)
+        problem = smtp_value_error(value) if addr.type == "SMTP" else None
+        if problem is not None:  # what Address.parse refuses (a space in a quoted local part)
+            raise AddressError(problem)
         local, at, domain = value.rpartition("@")
         if not at or not local or not domain:
             raise AddressError(f"{value!r} is not of the form user@domain")

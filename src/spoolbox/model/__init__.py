@@ -3,7 +3,7 @@
 Imports nothing else of the package.
 """
 
-from .address import Address, AddressError
+from .address import Address, AddressError, smtp_value_error
 from .flags import (
     SPI_VERSION,
     EndFlags,
@@ -20,6 +20,7 @@ from .flags import (
     TransportNotifyFlags,
     ValidateFlags,
 )
+from .hostname import default_hostname, is_hostname
 from .message import (
     MAX_RECIPIENTS,
     MessageError,
@@ -77,7 +78,10 @@ __all__ = [
     "TransportNotifyFlags",
     "ValidateFlags",
     "check_transition",
+    "default_hostname",
+    "is_hostname",
     "message_state",
     "new_message_id",
+    "smtp_value_error",
     "subject_of",
 ]

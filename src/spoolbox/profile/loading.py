@@ -30,6 +30,7 @@ from .. import Address, AddressError, Policy, SpoolerConfig, TransportConfig
 from ..contract import LogonFlags
 from ..contract.options import Check
 from ..ingress.listener import ListenerConfig
+from ..model import default_hostname, is_hostname
 from ..store.retention import FOREVER, Retention
 from .schema import (
     EVENT_LOOPS,
@@ -119,7 +120,8 @@ def _build(
     data_dir = base / top.pathname("data_dir", ".")
     data_dir = Path(os.path.normpath(data_dir.expanduser()))
     node = top.text("node") or socket.gethostname()
-    reporting_mta = top.text("reporting_mta") or socket.getfqdn()
+    hostname = _hostname(top)
+    reporting_mta = top.text("reporting_mta") or hostname
     under_data = functools.partial(_under, data_dir)
     store, store_secrets = _store(top.table("store"), under_data, base, environ)
     daemon = _daemon(top.table("daemon"), under_data)
@@ -148,6 +150,7 @@ def _build(
             policy=policy,
             node=node,
             identities=tuple(identities),
+            hostname=hostname,
             reporting_mta=reporting_mta,
             retention=store.retention,
         )
@@ -167,6 +170,19 @@ def _build(
         raw_transports=tuple(raw_ts),
         log=log_settings,
     )
+
+
+def _hostname(top: Table) -> str:
+    """The top-level ``hostname`` (Postfix's myhostname); default: the FQDN."""
+    name = top.text("hostname")
+    if not name:  # absent or "" (as for node): the default
+        return default_hostname()
+    if not is_hostname(name):
+        raise top.error(
+            "hostname",
+            f"expected this host's DNS name (letters, digits, '-' and '.'), not {name!r}",
+        )
+    return name.rstrip(".")
 
 
 def _under(data_dir: Path, value: str) -> Path:

@@ -27,6 +27,14 @@ API
 ``report_message(...same arguments...) -> NewMessage | None``
     The report ready to submit (null sender, to ``info.sender``, ``is_report=True``,
     ``notify=Notify.NEVER``), or None when :func:`wants_report` says no.
+``double_bounce(*, info, original, items, reporting_mta, now, original_size=None)``
+``-> bytes``
+    A *double bounce*: the failure report about a report (``info.is_report``) that
+    could not be delivered, for the local postmaster (the spooler puts it in the
+    inbox; it is never sent, so it cannot loop).  A failure report as above, with
+    the failed report returned whole, ``To: postmaster@<reporting_mta>``, the
+    subject ``Double Bounce: Undelivered Mail Returned to Sender`` and the header
+    ``X-Spoolbox-Double-Bounce: yes``.
 
 The report
 ----------
@@ -106,6 +114,7 @@ __all__ = [
     "ReportItem",
     "ReportKind",
     "build_report",
+    "double_bounce",
     "needed_bytes",
     "report_message",
     "wants_report",
@@ -135,6 +144,12 @@ _SUBJECTS = {
     ReportKind.DELAY: "Delayed Mail (still being retried)",
     ReportKind.SUCCESS: "Successful Mail Delivery Report",
 }
+_DOUBLE_BOUNCE_SUBJECT = "Double Bounce: " + _SUBJECTS[ReportKind.FAILURE]
+_DOUBLE_BOUNCE_LEAD = (
+    "A delivery status report could not be delivered to the sender of the message it "
+    "is about (its recipients are listed below). It is kept here for the postmaster, "
+    "the report returned whole; no further report is made about it."
+)
 _STATUS_CLASSES = {
     ReportKind.FAILURE: "45",  # 4.x.x: a temporary failure that expired (e.g. 4.4.7)
     ReportKind.DELAY: "4",
@@ -363,9 +378,12 @@ def _explanation(
     kind: ReportKind,
     reporting_mta: str,
     returned: ReturnedOriginal,
+    double: bool = False,
 ) -> str:
     """The human-readable first part, wrapped to 76 columns where words allow."""
-    if kind is ReportKind.FAILURE:
+    if double:
+        lead = _DOUBLE_BOUNCE_LEAD
+    elif kind is ReportKind.FAILURE:
         lead = (
             "Your message could not be delivered to the recipients listed below. "
             "The failure is permanent: no further delivery attempts will be made."
@@ -528,11 +546,13 @@ def build_report(
     include_content: bool | None = None,
     size_limit: int = RETURN_SIZE_LIMIT,
     original_size: int | None = None,
+    _double: bool = False,
 ) -> bytes:
     """The RFC 3464 report about ``items`` of the message ``info``, as RFC 5322 bytes.
 
     Does not consult :func:`wants_report`; :func:`report_message` does.  Raises
     :class:`ValueError` for bad arguments, never for bad ``original`` content.
+    (``_double``: :func:`double_bounce`'s form.)
     """
     kind = ReportKind(kind)
     items = tuple(items)
@@ -545,8 +565,13 @@ def build_report(
         display_name="Mail Delivery System", addr_spec=from_address
     )
     to = _recipient_of(info.sender)
-    message["To"] = to if to is not None else "undisclosed-recipients:;"
-    message["Subject"] = _SUBJECTS[kind]
+    if _double:
+        message["To"] = f"postmaster@{reporting_mta}"
+        message["Subject"] = _DOUBLE_BOUNCE_SUBJECT
+        message["X-Spoolbox-Double-Bounce"] = "yes"
+    else:
+        message["To"] = to if to is not None else "undisclosed-recipients:;"
+        message["Subject"] = _SUBJECTS[kind]
     message["Date"] = datetime.fromtimestamp(now, UTC)
     message["Message-ID"] = _message_id(info, items, kind, now, reporting_mta)
     if returned.message_id is not None:
@@ -556,7 +581,7 @@ def build_report(
     message["MIME-Version"] = "1.0"
     message["Content-Type"] = "multipart/report; report-type=delivery-status"
     parts: list[Message | str] = [
-        _text_part(_explanation(info, items, kind, reporting_mta, returned)),
+        _text_part(_explanation(info, items, kind, reporting_mta, returned, _double)),
         _status_part(info, items, kind, reporting_mta),
     ]
     attached = _original_part(returned)
@@ -620,4 +645,34 @@ def report_message(
         content=content,
         is_report=True,
         notify=Notify.NEVER,
+    )
+
+
+def double_bounce(
+    *,
+    info: MessageInfo,
+    original: bytes,
+    items: Sequence[ReportItem],
+    reporting_mta: str,
+    now: float,
+    original_size: int | None = None,
+) -> bytes:
+    """The double bounce about the report ``info`` whose ``items`` failed: a failure
+    report for the local postmaster, the failed report returned whole (see the
+    module docstring).  Raises :class:`ValueError` if ``info`` is not a report: an
+    ordinary message's failure is :func:`report_message`'s."""
+    if not info.is_report:
+        raise ValueError(
+            f"message {info.id} is not a report: it gets a report, not a double bounce"
+        )
+    return build_report(
+        info=info,
+        original=original,
+        items=items,
+        kind=ReportKind.FAILURE,
+        reporting_mta=reporting_mta,
+        now=now,
+        include_content=True,
+        original_size=original_size,
+        _double=True,
     )

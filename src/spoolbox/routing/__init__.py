@@ -11,6 +11,11 @@ types are unknown; a recipient that no *known* transport serves then waits
 (store-and-forward) instead of failing, because the missing transport may be the
 one for it.  Only when every transport is known and none serves the recipient is
 it a non-delivery: "no transport provider was available for this recipient".
+
+The same decision, made when a message is submitted, refuses a recipient that
+would fail at once (:func:`unroutable`): the local API and ``Client.submit`` refuse
+the message, the SMTP listener answers ``550 5.1.2`` to its RCPT TO, ``sendmail``
+exits 67.  A recipient that would only *wait* is accepted.
 """
 
 from __future__ import annotations
@@ -18,7 +23,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["ANY", "NoRoute", "Route", "RouteEntry", "RoutingTable", "Wait"]
+__all__ = [
+    "ANY",
+    "NoRoute",
+    "Route",
+    "RouteEntry",
+    "RoutingTable",
+    "Unroutable",
+    "Wait",
+    "describe_unroutable",
+    "refusal",
+    "unroutable",
+]
 
 #: The wildcard address type.
 ANY = "*"
@@ -117,3 +133,64 @@ class RoutingTable:
 
     def serves_any(self, address_type: str) -> bool:
         return any(e.serves(address_type) for e in self.entries)
+
+
+@dataclass(frozen=True, slots=True)
+class Unroutable:
+    """A recipient refused at submit: no transport serves its address type now.
+
+    ``transports`` is each outbound transport (in order) with the types it serves,
+    for the error text: what exists instead."""
+
+    recipient: str
+    address_type: str
+    transports: tuple[tuple[str, tuple[str, ...]], ...]
+
+    @property
+    def reason(self) -> str:
+        """What is wrong, without the recipient: the type and what is served."""
+        served = "; ".join(
+            f"{name} serves {', '.join(types) if types else 'no address type'}"
+            for name, types in self.transports
+        )
+        return f"no transport serves address type {self.address_type} ({served})"
+
+    def __str__(self) -> str:
+        return f"{self.recipient}: {self.reason}"
+
+
+def unroutable(table: RoutingTable, recipients: Iterable[str]) -> tuple[Unroutable, ...]:
+    """The recipients (``TYPE:value`` strings, as ``str(Address)`` gives them) that
+    ``table`` cannot route: those the router would fail at once (:class:`NoRoute`),
+    every transport being known and none serving their type.  A recipient that
+    would wait for a transport not logged on yet is not in it, and neither is any
+    recipient when the table is empty (a daemon between two profiles sends its
+    listener processes an empty table: a ``550`` then would refuse good mail for
+    ever).  Pure; the one rule for refusing at submit (API, listener, sendmail)."""
+    if not table.entries:
+        return ()
+    transports = tuple((e.name, tuple(sorted(e.address_types or ()))) for e in table.entries)
+    refused: list[Unroutable] = []
+    for recipient in recipients:
+        address_type = recipient.partition(":")[0].upper()
+        if isinstance(table.decide(address_type), NoRoute):
+            refused.append(Unroutable(recipient, address_type, transports))
+    return tuple(refused)
+
+
+def refusal(table: RoutingTable, recipient: str) -> str | None:
+    """Why one recipient (``TYPE:value``) is refused at submit (:func:`unroutable`),
+    or None: what the SMTP listener answers 550 5.1.2 with at RCPT TO."""
+    refused = unroutable(table, (recipient,))
+    return refused[0].reason if refused else None
+
+
+def describe_unroutable(refused: Sequence[Unroutable]) -> str:
+    """One error text for a refused submission: every unroutable recipient, and
+    what to do."""
+    return (
+        "refused, nothing queued: "
+        + "; ".join(str(u) for u in refused)
+        + ". Add a transport for that address type to the profile, or write the "
+        "recipient with a type a transport serves"
+    )

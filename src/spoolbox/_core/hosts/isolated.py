@@ -147,6 +147,7 @@ class IsolatedProvider:
                 support.transport_name,
                 tuple(sys.path),
                 level.getEffectiveLevel(),
+                support.hostname,
             )
         )
         try:

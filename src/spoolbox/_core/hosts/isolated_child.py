@@ -105,15 +105,20 @@ class _ProfileOverPipe:
 class _ChildSupport:
     """The Support of the contract, in the child: calls go to the parent's support."""
 
-    def __init__(self, child: _Child, name: str) -> None:
+    def __init__(self, child: _Child, name: str, hostname: str) -> None:
         self._child = child
         self._name = name
+        self._hostname = hostname
         self.in_critsec = 0
         self.critical = False  # the session reported CRITICAL_ERROR
 
     @property
     def transport_name(self) -> str:
         return self._name
+
+    @property
+    def hostname(self) -> str:
+        return self._hostname
 
     @property
     def logger(self) -> logging.Logger:
@@ -241,7 +246,7 @@ class _Child:
             tells={},
             name=f"isolated transport {start.transport!r} (child)",
         )
-        self.support = _ChildSupport(self, start.transport)
+        self.support = _ChildSupport(self, start.transport, start.hostname)
         self.profile = self._profile({})
 
     def _profile(self, values: Mapping[str, Any]) -> ProfileSectionImpl:

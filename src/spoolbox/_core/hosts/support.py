@@ -51,6 +51,10 @@ class SupportImpl:
         return self._host.name
 
     @property
+    def hostname(self) -> str:
+        return self._host.runtime.hostname
+
+    @property
     def logger(self) -> logging.Logger:
         return logging.getLogger(f"spoolbox.transport.{self._host.name}")
 

@@ -82,6 +82,7 @@ class Start:
     transport: str
     sys_path: tuple[str, ...]
     log_level: int
+    hostname: str = "localhost"  # Support.hostname in the child
 
 
 @dataclass(frozen=True, slots=True)

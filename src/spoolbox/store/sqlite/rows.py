@@ -36,7 +36,7 @@ class Row(Protocol):
 def message_from_row(row: Row) -> MessageInfo:
     return MessageInfo(
         id=row["id"],
-        sender=None if row["sender"] is None else Address.parse(row["sender"]),
+        sender=None if row["sender"] is None else Address.parse(row["sender"], strict=False),
         priority=Priority(row["priority"]),
         submitted_at=row["submitted_at"],
         send_at=row["send_at"],
@@ -73,7 +73,7 @@ def recipient_from_row(row: Row) -> RecipientRecord:
     return RecipientRecord(
         message_id=row["message_id"],
         index=row["idx"],
-        address=Address.parse(row["address"]),
+        address=Address.parse(row["address"], strict=False),
         state=RecipientState(row["state"]),
         route=row["route"],
         refused_by=tuple(json.loads(row["refused_by"])),

@@ -29,7 +29,6 @@ from spoolbox.contract import (
 
 from .delivery import _line_ending, _remove_stale_tmp, _TmpFile, status_for_error
 from .files import _ensure_maildir, _finally_blocking
-from .naming import _hostname
 from .pickup import _PICKED, _PickupFile, _remove_picked, _scan_pickup, _Source
 from .settings import _BadDestination, _Settings
 
@@ -47,7 +46,7 @@ class MaildirSession(BaseTransportSession):
     def __init__(self, support: Support, settings: _Settings) -> None:
         super().__init__(support)
         self.settings = settings
-        self._host = _hostname()
+        self._host = support.hostname  # the profile's hostname: unique file names
         self._pending: dict[str, _PickupFile] = {}  # handed out, commit not seen yet
         self._committed: dict[str, _PickupFile] = {}  # committed, removal not durable yet
         self._bad: dict[str, str] = {}  # unreadable this session -> why

@@ -27,7 +27,8 @@ Configuration (the transport's ``options`` in the profile):
     ``allow_plain_auth`` is true: with ``tls="none"`` the logon is refused with a
     :class:`ValueError` saying so.
 ``helo_name``
-    The name sent in EHLO/HELO (default: this host's fully qualified name).
+    The name sent in EHLO/HELO (default: the profile's ``hostname``, which the
+    session reads as ``Support.hostname``).
 ``max_connections``
     Default 2: the size of the connection pool, which is also the number of
     messages the spooler may hand this session at once (``concurrency``), i.e. the

@@ -1,9 +1,9 @@
 """The SMTP transport provider (entry point ``smtp``): logon reads the options, loads the
-TLS context and finds the EHLO name, then opens a :class:`~.session.SMTPSession`."""
+TLS context and takes the EHLO name (``helo_name``, else ``Support.hostname``), then
+opens a :class:`~.session.SMTPSession`."""
 
 from __future__ import annotations
 
-import socket
 import ssl
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -36,7 +36,8 @@ class SMTPProvider:
             context = await support.run_blocking(tls_context, settings)
         except (OSError, ssl.SSLError) as exc:
             raise ValueError(f"smtp option 'ca_file' ({settings.ca_file}): {exc}") from exc
-        helo = settings.helo_name or await support.run_blocking(socket.getfqdn) or "localhost"
+        # The explicit helo_name wins; else the profile's hostname (Support.hostname).
+        helo = settings.helo_name or support.hostname
         if not usable_helo(helo):
             helo = "localhost"
         if settings.tls != "none" and not settings.verify:
