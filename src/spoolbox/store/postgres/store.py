@@ -41,6 +41,7 @@ from ...model import (
     RecipientRecord,
     RecipientState,
 )
+from .. import retention
 from ..base import (
     ClaimedJob,
     InboundMessage,
@@ -52,6 +53,7 @@ from ..base import (
 )
 from ..operations import OPERATIONS, Kind
 from ..sqlite.rows import encode_profile
+from . import purge as _purge
 from . import schema
 from . import transactions as tx
 from .connection import Conn, Database
@@ -457,6 +459,27 @@ class PostgresStore:
 
     async def read_inbox(self, entry_id: str) -> bytes:
         return await self._run("read_inbox", functools.partial(tx.read_inbox, entry_id=entry_id))
+
+    async def delete_inbox(self, entry_id: str) -> None:
+        await self._run("delete_inbox", functools.partial(_purge.delete_inbox, entry_id=entry_id))
+
+    # -- retention -------------------------------------------------------------------
+    async def purge(
+        self, *, finished_before: Mapping[MessageState, float], limit: int
+    ) -> list[str]:
+        retention.check_limit(limit)
+        retention.check_cutoffs(finished_before)
+        return await self._run(
+            "purge",
+            functools.partial(_purge.purge, finished_before=dict(finished_before), limit=limit),
+        )
+
+    async def purge_inbox(self, *, received_before: float, limit: int) -> list[str]:
+        retention.check_limit(limit)
+        return await self._run(
+            "purge_inbox",
+            functools.partial(_purge.purge_inbox, received_before=received_before, limit=limit),
+        )
 
     async def profile_get(self, section: str) -> dict[str, JSONValue]:
         return await self._run("profile_get", functools.partial(tx.profile_get, section=section))

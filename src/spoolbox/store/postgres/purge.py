@@ -1,0 +1,108 @@
+"""The PostgreSQL store's retention operations: deleting finished messages, old inbox
+entries and one inbox entry (the store protocol's ``purge``, ``purge_inbox`` and
+``delete_inbox``; the rules are :mod:`spoolbox.store.retention`'s).
+
+Each runs in one write transaction.  The candidates are found by one aggregate
+query (only messages whose every recipient is finished), then each is decided again
+on its recipient rows locked ``FOR UPDATE`` with the shared rule
+(:func:`~spoolbox.store.retention.purgeable`): a message another node changed in
+between is kept.  Candidates another transaction has locked are skipped
+(``SKIP LOCKED``), so several nodes purging at once neither wait for each other nor
+delete twice.  Deleting a message deletes its recipients (the counters' triggers see
+them), the message and its content (the chunks go with the blob row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow
+
+from ...model import MessageState, message_state
+from .. import retention
+from ..base import UnknownMessage
+from ..sqlite.rows import recipient_from_row
+from . import queries as _q
+
+__all__ = ["delete_inbox", "purge", "purge_inbox"]
+
+Conn = AsyncConnection[DictRow]
+
+# Messages whose every recipient is finished and whose finished time (the latest
+# updated_at) is before the cutoff of the queue its recipients' states make.
+_FINISHED = """
+SELECT message_id
+FROM recipients
+GROUP BY message_id
+HAVING count(*) FILTER (WHERE state NOT IN ('delivered', 'failed', 'cancelled')) = 0
+   AND ((count(*) FILTER (WHERE state = 'delivered') > 0
+         AND max(updated_at) < %(sent)s::double precision)
+     OR (count(*) FILTER (WHERE state = 'delivered') = 0
+         AND count(*) FILTER (WHERE state = 'failed') > 0
+         AND max(updated_at) < %(failed)s::double precision)
+     OR (count(*) FILTER (WHERE state IN ('delivered', 'failed')) = 0
+         AND max(updated_at) < %(cancelled)s::double precision))
+LIMIT %(limit)s
+"""
+_LOCK_MESSAGE = "SELECT blob_id FROM messages WHERE id = %s FOR UPDATE SKIP LOCKED"
+_DELETE_RECIPIENTS = "DELETE FROM recipients WHERE message_id = %s"
+_DELETE_MESSAGE = "DELETE FROM messages WHERE id = %s"
+_DELETE_BLOB = "DELETE FROM blobs WHERE id = %s"
+_OLD_INBOX = "SELECT id, blob_id FROM inbox WHERE received_at < %s LIMIT %s FOR UPDATE SKIP LOCKED"
+_INBOX_FOR_UPDATE = "SELECT blob_id FROM inbox WHERE id = %s FOR UPDATE"
+_DELETE_INBOX = "DELETE FROM inbox WHERE id = %s"
+
+
+async def purge(
+    conn: Conn, *, finished_before: Mapping[MessageState, float], limit: int
+) -> list[str]:
+    """Delete up to ``limit`` purgeable messages; their ids."""
+    params = {
+        "sent": finished_before.get(MessageState.SENT),
+        "failed": finished_before.get(MessageState.FAILED),
+        "cancelled": finished_before.get(MessageState.CANCELLED),
+        "limit": limit,
+    }
+    cur = await conn.execute(_FINISHED, params)
+    ids = [str(row["message_id"]) for row in await cur.fetchall()]
+    gone: list[str] = []
+    for mid in ids:
+        cur = await conn.execute(_LOCK_MESSAGE, (mid,))
+        message = await cur.fetchone()
+        if message is None:
+            continue  # deleted meanwhile, or another node is at it
+        cur = await conn.execute(_q.SELECT_RECIPIENTS_FOR_UPDATE, (mid,))
+        rcpts = [recipient_from_row(r) for r in await cur.fetchall()]
+        if not rcpts:
+            continue
+        state = message_state(r.state for r in rcpts)
+        if not retention.purgeable(state, rcpts, finished_before):
+            continue
+        await conn.execute(_DELETE_RECIPIENTS, (mid,))
+        await conn.execute(_DELETE_MESSAGE, (mid,))
+        await conn.execute(_DELETE_BLOB, (int(message["blob_id"]),))
+        gone.append(mid)
+    return gone
+
+
+async def purge_inbox(conn: Conn, *, received_before: float, limit: int) -> list[str]:
+    """Delete up to ``limit`` inbox entries received before ``received_before``."""
+    cur = await conn.execute(_OLD_INBOX, (received_before, limit))
+    gone: list[str] = []
+    for row in await cur.fetchall():
+        entry_id = str(row["id"])
+        await conn.execute(_DELETE_INBOX, (entry_id,))
+        await conn.execute(_DELETE_BLOB, (int(row["blob_id"]),))
+        gone.append(entry_id)
+    return gone
+
+
+async def delete_inbox(conn: Conn, *, entry_id: str) -> None:
+    """Delete one inbox entry; UnknownMessage if there is none with that id."""
+    cur = await conn.execute(_INBOX_FOR_UPDATE, (entry_id,))
+    row = await cur.fetchone()
+    if row is None:
+        raise UnknownMessage(f"no inbox message with id {entry_id!r}")
+    await conn.execute(_DELETE_INBOX, (entry_id,))
+    await conn.execute(_DELETE_BLOB, (int(row["blob_id"]),))
