@@ -34,8 +34,9 @@ def test_a_transport_of_unknown_types_may_be_the_one_so_it_waits() -> None:
     t = table(("local", {"MAILDIR"}), ("later", None))
     v = verify(t, "SMTP")
     assert v == Verdict(
-        None, None, "queued: waits for transport later (its address types are known once it "
-        "logs on)"
+        None,
+        None,
+        "queued: waits for transport later (its address types are known once it logs on)",
     )
     assert refusal(t, "SMTP") is None
 

@@ -18,6 +18,7 @@ from .. import __version__
 from ._common import Ctx, SpoolboxGroup
 from .daemon_cmds import init_cmd, run_cmd
 from .flush_cmd import flush_cmd
+from .install_sendmail import install_sendmail_cmd
 from .messages import send_cmd, submit_cmd
 from .queue_cmds import inbox_group, queue_group
 from .sendmail_cmd import sendmail_cmd
@@ -53,6 +54,7 @@ for _cmd in (
     inbox_group,
     transports_cmd,
     sendmail_cmd,
+    install_sendmail_cmd,
 ):
     cli.add_command(_cmd)
 
