@@ -279,6 +279,37 @@ def test_with_the_daemon_bs_delivers_q_flushes_and_unroutable_is_refused(
     assert home.run("sendmail", "-bp").stdout == "Mail queue is empty\n"
 
 
+def test_routing_is_the_daemons_once_it_runs_else_what_the_profile_declares(
+    home: Home, daemons: Daemons
+) -> None:
+    """A transport that declares no address types may serve anything until it logs on:
+    without the daemon a FAX recipient waits (accepted); with it, the session's own
+    answer (MAILDIR) is known and the FAX recipient is refused."""
+    text = home.profile.read_text()
+    old = 'address_types = ["MAILDIR"]\n'
+    assert old in text
+    home.profile.write_text(text.replace(old, "", 1))
+    r = home.run("sendmail", "-bv", "FAX:+15551234")
+    assert (r.returncode, r.stdout) == (
+        0,
+        "FAX:+15551234: queued: waits for transport local (its address types are known "
+        "once it logs on)\n",
+    )
+    daemons.start(home)
+    wait_until(
+        "the transport's logon",
+        lambda: (
+            home.run("sendmail", "-bv", "MAILDIR:bob").stdout
+            == "MAILDIR:bob: deliverable: transport local\n"
+        ),
+    )
+    r = home.run("sendmail", "-bv", "FAX:+15551234")
+    assert r.returncode == 67
+    assert r.stdout == (
+        "FAX:+15551234: undeliverable: no transport serves address type FAX (local: MAILDIR)\n"
+    )
+
+
 # -- the sendmail, mailq and newaliases links ---------------------------------------------
 def test_install_sendmail_links_work_by_their_name(home: Home, tmp_path: Path) -> None:
     spoolbox = script("spoolbox")
