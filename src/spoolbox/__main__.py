@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-__all__ = ["CLI_PACKAGES", "main", "missing_cli_packages"]
+__all__ = ["CLI_PACKAGES", "main", "missing_cli_packages", "sendmail_main"]
 
 #: What the ``cli`` extra installs (pyproject.toml).
 CLI_PACKAGES = ("click", "rich")
@@ -44,6 +44,18 @@ def main() -> None:
             raise
         sys.exit(_refuse([exc.name or "?"]))
     cli_main()
+
+
+def sendmail_main() -> None:
+    """The ``spoolbox-sendmail`` script (``sendmail``, ``mailq``, ``newaliases`` by the
+    name it is run as), or which extra it needs (exit 69, EX_UNAVAILABLE: what a
+    program that calls sendmail expects of a sendmail that cannot run)."""
+    missing = missing_cli_packages()
+    if missing:
+        sys.exit(_refuse(missing) and 69)
+    from .cli.sendmail_cmd import sendmail_main as run
+
+    run()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The ``spoolbox`` command: init, run, check, stop, reload, submit, send, status, queue,
-flush, inbox, transports, sendmail, store, systemd-unit.
+flush, inbox, transports, sendmail, install-sendmail, store, systemd-unit.
 
 Every command reads the profile given with ``--profile`` (or ``$SPOOLBOX_PROFILE``,
 or ``./spoolbox.toml``).  Commands that act on the spooler talk to the running
@@ -87,7 +87,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sendmail": (
         "sendmail_cmd",
         "sendmail_cmd",
-        "sendmail [-t] [-f SENDER] [-i] [options] [recipients...] (see docs/operations.md).",
+        "sendmail [-bs|-bp|-bv|-bi|-q] [-t] [-f SENDER] [-i] [options] [recipients...] "
+        '(`spoolbox sendmail --help`; docs/operations.md, "sendmail").',
+    ),
+    "install-sendmail": (
+        "install_sendmail",
+        "install_sendmail_cmd",
+        "Link sendmail, mailq and newaliases to spoolbox (as Postfix installs them).",
     ),
 }
 

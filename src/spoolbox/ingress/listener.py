@@ -583,6 +583,13 @@ class SubmissionListener:
     def _protocol(self) -> _Connection:
         return _Connection(self)
 
+    def session(self) -> asyncio.Protocol:
+        """The protocol of one client on a transport the caller makes: the dialogue,
+        policy and submission of a connection to the listening socket, without
+        :meth:`start` (``sendmail -bs`` serves stdin and stdout with it).  Its peer is
+        the transport's ``peername``."""
+        return self._protocol()
+
     # -- the policy: what the state machine asks ----------------------------------------
     def _mail(self, conn: _Connection, event: MailFrom) -> str:
         if self.config.require_auth and not conn.machine.authenticated:

@@ -1,11 +1,21 @@
 """A ``sendmail``-compatible entry point: ``spoolbox sendmail [options] [recipients...]``.
 
-The message is read from stdin in full, checked, completed (``Date``, ``Message-ID``
-and ``From`` when missing; ``Bcc`` removed) and submitted once: a message is never
-queued in part.  It is held once: the header section is read first, then the body is
-written after the completed headers line by line as it is read, and never copied
-again.  Exit codes follow ``sysexits.h``; every error is one line on stderr naming
-what was wrong.
+The message is read from stdin in full, checked, completed as Postfix's pickup and
+cleanup complete it (a ``Received: by HOST (spoolbox, from userid UID)`` trace line on
+top; ``Message-ID``, ``Date`` and ``From`` appended at the end of the header section
+when missing; ``Bcc`` removed) and submitted once: a message is never queued in
+part.  A recipient no transport could take is refused before anything is queued
+(exit 67, EX_NOUSER), when the caller gives a ``route`` check.  It is held once:
+the header section is read first, then the body is written after the completed
+headers line by line as it is read, and never copied again.  Exit codes follow
+``sysexits.h``; every error is one line on stderr naming what was wrong.
+
+Modes (Postfix's sendmail(1)): ``-bm`` (the default: deliver the message on stdin),
+``-bs`` (SMTP on stdin/stdout), ``-bp`` (list the queue, as ``mailq``), ``-q`` and
+``-q<interval>`` (flush the queue now), ``-bi`` and ``-I`` (``newaliases``: no aliases
+here, accepted and nothing done), ``-bv`` (say which transport would take each
+recipient; nothing is sent), ``--help``.  The modes that need the spooler (``-bs``,
+``-bp``, ``-q``) are the caller's: it passes them as ``modes``.
 
 Options (as sendmail and Postfix's sendmail take them)::
 
@@ -29,30 +39,37 @@ from __future__ import annotations
 import getpass
 import io
 import itertools
+import os
 import re
-import socket
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import formataddr, formatdate, getaddresses, make_msgid
 from typing import BinaryIO, TextIO
 
-from ..model import Address, AddressError, MessageError, NewMessage, Notify
+from ..model import Address, AddressError, MessageError, NewMessage, Notify, new_message_id
+from ..model.hostname import my_hostname
 
 __all__ = [
     "EX_DATAERR",
     "EX_NOINPUT",
     "EX_NOPERM",
+    "EX_NOUSER",
     "EX_OK",
     "EX_SOFTWARE",
     "EX_TEMPFAIL",
     "EX_UNAVAILABLE",
     "EX_USAGE",
+    "MODES",
+    "USAGE",
+    "Mode",
+    "Route",
     "run_sendmail",
 ]
 
 EX_OK = 0
 EX_USAGE = 64  # bad arguments, no recipients
 EX_DATAERR = 65  # malformed message or bad address
+EX_NOUSER = 67  # a recipient no transport serves
 EX_NOINPUT = 66  # stdin cannot be read
 EX_UNAVAILABLE = 69  # the spool is not there
 EX_SOFTWARE = 70  # internal error
@@ -67,6 +84,41 @@ _EMPTY_GROUP_RE = re.compile(r'[^,:;"<>]*:\s*;')
 _STRAY_COMMA_RE = re.compile(r"^\s*,|,\s*(?=,|$)")
 
 Submit = Callable[[NewMessage], Awaitable[object]]
+#: A recipient -> (whether a transport could take it, one line saying which or why not)
+Route = Callable[[Address], tuple[bool, str]]
+#: A mode the caller runs (``smtp``, ``queue``, ``flush``): returns the exit code
+Mode = Callable[[], Awaitable[int]]
+
+#: The modes: deliver (-bm), smtp (-bs), queue (-bp), flush (-q), aliases (-bi, -I),
+#: verify (-bv), help (--help)
+MODES = ("deliver", "smtp", "queue", "flush", "aliases", "verify", "help")
+_B_MODES = {"m": "deliver", "s": "smtp", "p": "queue", "v": "verify", "i": "aliases"}
+#: -q with a queue run interval (sendmail's -q30m, -q1h30m): a flush now
+_INTERVAL_RE = re.compile(r"(?:[0-9]+[smhdw]?)+")
+
+USAGE = """\
+usage: sendmail [options] [recipient ...]     (also: mailq, newaliases)
+
+Modes:
+  (none), -bm   deliver the message read from stdin (to EOF, or a lone "." line)
+  -bs           speak SMTP on stdin/stdout (Symfony Mailer's and Laravel's default)
+  -bp           list the queue (as mailq)
+  -q, -q30m     flush the queue now, through the daemon (an interval is a flush too)
+  -bi, -I       initialise the alias database (as newaliases): no aliases, nothing done
+  -bv           say which transport would take each recipient; nothing is sent
+  --help        this text
+
+Options:
+  -t            recipients from To, Cc and Bcc too; Bcc is removed
+  -f SENDER     envelope sender (also -r); "<>" is the null sender
+  -F NAME       full name for an added From header
+  -i, -oi       a lone "." line does not end the message
+  -N DSN        never, or success,failure,delay
+  -V ENVID      envelope id (RFC 3461)
+
+Exit codes (sysexits.h): 0 ok, 64 usage, 65 data error, 66 no input, 67 no transport
+for a recipient, 69 unavailable, 70 internal error, 75 try again later, 77 no permission.
+"""
 
 
 class _Exit(Exception):
@@ -77,6 +129,7 @@ class _Exit(Exception):
 
 @dataclass
 class _Options:
+    mode: str = "deliver"
     extract: bool = False
     sender: str | None = None
     full_name: str | None = None
@@ -103,6 +156,9 @@ def _parse_args(argv: Sequence[str]) -> _Options:
         if arg == "--":
             opts.recipients.extend(args[i:])
             break
+        if arg == "--help":
+            opts.mode = "help"
+            continue
         if not arg.startswith("-") or arg == "-":
             opts.recipients.append(arg)
             continue
@@ -133,8 +189,15 @@ def _parse_args(argv: Sequence[str]) -> _Options:
             else:
                 opts.warnings.append(f"ignoring option {arg}")
         elif letter == "b":
-            if rest != "m":
-                raise _Exit(EX_USAGE, f"mode {arg} is not supported: only -bm (deliver mail) is")
+            if rest not in _B_MODES:
+                raise _Exit(
+                    EX_USAGE,
+                    f"mode {arg} is not supported: -bm (deliver), -bs (SMTP), -bp (list "
+                    "the queue), -bv (verify), -bi (aliases) are",
+                )
+            opts.mode = _B_MODES[rest]
+        elif letter == "I" and not rest:
+            opts.mode = "aliases"
         elif letter == "N":
             opts.notify = _parse_notify(value())
         elif letter == "V":
@@ -145,7 +208,13 @@ def _parse_args(argv: Sequence[str]) -> _Options:
                 )
             opts.envelope_id = envid
         elif letter == "q":
-            raise _Exit(EX_USAGE, f"{arg}: queue runs are not supported (use `spoolbox flush`)")
+            if rest and not _INTERVAL_RE.fullmatch(rest):
+                raise _Exit(
+                    EX_USAGE,
+                    f"{arg}: only -q and -q<interval> (a flush now) are supported, not "
+                    "queue runs for a site, sender or id (use `spoolbox flush`)",
+                )
+            opts.mode = "flush"
         elif letter in _IGNORED_QUIET:
             if _IGNORED_QUIET[letter]:
                 value()
@@ -343,21 +412,43 @@ async def run_sendmail(
     submit: Submit,
     *,
     stderr: TextIO,
+    stdout: TextIO | None = None,
     user: str | None = None,
     domain: str | None = None,
+    hostname: str | None = None,
+    uid: int | None = None,
     max_message_size: int = 25 * 1024 * 1024,
+    route: Route | None = None,
+    modes: Mapping[str, Mode] | None = None,
 ) -> int:
     """Run ``sendmail`` with ``argv`` (the arguments, without the program name).
 
     ``user`` and ``domain`` make the address for an added From header and the default
-    envelope sender (default: the login name at the host name).  Returns an exit code
+    envelope sender (default: the login name at this host's name); ``hostname`` and
+    ``uid`` go in the Received line (default: :func:`~spoolbox.model.hostname.my_hostname`
+    and this process's user id).  ``route`` says whether a transport could take a
+    recipient: a message with a recipient it refuses is not queued (``EX_NOUSER``);
+    ``-bv`` prints its answers on ``stdout``.  ``modes`` runs ``smtp`` (-bs), ``queue``
+    (-bp) and ``flush`` (-q); a mode it lacks is a usage error.  Returns an exit code
     from ``sysexits.h``; messages go to ``stderr``, one line each.
     """
     try:
         opts = _parse_args(argv)
         for w in opts.warnings:
             print(f"sendmail: warning: {w}", file=stderr)
-        message = _build(opts, stdin, user, domain, max_message_size)
+        if opts.mode == "help":
+            print(USAGE, end="", file=stdout)
+            return EX_OK
+        if opts.mode == "aliases":
+            return EX_OK  # no alias database: nothing to initialise
+        if opts.mode == "verify":
+            return _verify(opts, route, stdout)
+        if opts.mode != "deliver":
+            run = (modes or {}).get(opts.mode)
+            if run is None:
+                raise _Exit(EX_USAGE, f"the {opts.mode} mode is not available here")
+            return await run()
+        message = _build(opts, stdin, user, domain, hostname, uid, max_message_size, route)
     except _Exit as exc:
         print(f"sendmail: {exc}", file=stderr)
         return exc.code
@@ -370,8 +461,42 @@ async def run_sendmail(
     return EX_OK
 
 
+def _verify(opts: _Options, route: Route | None, stdout: TextIO | None) -> int:
+    """``-bv``: one line per recipient; EX_NOUSER when any has no transport."""
+    if route is None:
+        raise _Exit(EX_USAGE, "-bv (verify) is not available here: no routing table")
+    recipients = _argument_addresses(opts.recipients)
+    if not recipients:
+        raise _Exit(EX_USAGE, "no recipients: give the addresses to verify as arguments")
+    code = EX_OK
+    for addr in recipients:
+        ok, text = route(addr)
+        print(f"{addr}: {text}", file=stdout)
+        if not ok:
+            code = EX_NOUSER
+    return code
+
+
+def _refused(recipients: Sequence[Address], route: Route | None) -> _Exit | None:
+    """EX_NOUSER naming the first recipient ``route`` refuses, or None."""
+    if route is None:
+        return None
+    for addr in recipients:
+        ok, text = route(addr)
+        if not ok:
+            return _Exit(EX_NOUSER, f"{addr}: {text}; message not queued")
+    return None
+
+
 def _build(
-    opts: _Options, stdin: BinaryIO, user: str | None, domain: str | None, limit: int
+    opts: _Options,
+    stdin: BinaryIO,
+    user: str | None,
+    domain: str | None,
+    hostname: str | None,
+    uid: int | None,
+    limit: int,
+    route: Route | None,
 ) -> NewMessage:
     explicit = _argument_addresses(opts.recipients)
     if not explicit and not opts.extract:
@@ -384,12 +509,16 @@ def _build(
     # the body line by line.  What is wrong with the headers is said after what is
     # wrong with the input (its size, its lines), as when it was read whole first.
     refused: _Exit | None = None
+    message_id = new_message_id()
+    host = hostname or my_hostname()
     try:
-        sender, recipients, head = _envelope(opts, headers, explicit, user, domain)
+        sender, recipients, head = _envelope(opts, headers, explicit, user, domain or host)
+        refused = _refused(recipients, route)
     except _Exit as exc:
         refused = exc
     out = io.BytesIO()
     if refused is None:
+        out.write(_received(host, os.getuid() if uid is None else uid, message_id))
         out.write(head)
     for line in itertools.chain((first,) if first is not None else (), lines):
         if refused is None:
@@ -405,6 +534,7 @@ def _build(
             content=out.getvalue(),
             notify=opts.notify if opts.notify is not None else Notify.FAILURE,
             envelope_id=opts.envelope_id,
+            id=message_id,
         )
     except MessageError as exc:
         raise _Exit(EX_DATAERR, f"message refused: {exc}") from None
@@ -415,10 +545,11 @@ def _envelope(
     headers: list[tuple[str, bytes]],
     explicit: list[Address],
     user: str | None,
-    domain: str | None,
+    local_domain: str,
 ) -> tuple[Address | None, list[Address], bytes]:
     """The sender, the recipients and the header section as it is queued (with the
-    blank line that ends it)."""
+    blank line that ends it): the headers as given (Bcc removed), then those missing
+    appended as Postfix's cleanup appends them (Message-ID, Date, From)."""
     recipients = list(explicit)
     if opts.extract:
         present = {name for name, _ in headers}
@@ -429,7 +560,6 @@ def _envelope(
             raise _Exit(EX_USAGE, "no recipients: none in the To, Cc or Bcc headers (-t)")
 
     local_user = user or _login()
-    local_domain = domain or socket.gethostname() or "localhost"
     default_addr = f"{local_user}@{local_domain}"
 
     sender: Address | None
@@ -450,15 +580,25 @@ def _envelope(
     kept = [(n, raw) for n, raw in headers if n not in ("bcc", "resent-bcc")]
     present = {n for n, _ in kept}
     added: list[str] = []
+    if "message-id" not in present:
+        added.append(f"Message-ID: {make_msgid(domain=local_domain)}")
+    if "date" not in present:
+        added.append(f"Date: {formatdate(localtime=True)}")
     if "from" not in present:
         addr = sender.value if sender is not None and sender.type == "SMTP" else default_addr
         added.append(f"From: {formataddr((opts.full_name or '', addr))}")
-    if "date" not in present:
-        added.append(f"Date: {formatdate(localtime=True)}")
-    if "message-id" not in present:
-        added.append(f"Message-ID: {make_msgid(domain=local_domain)}")
-    head = "".join(f"{h}\r\n" for h in added).encode("utf-8")
-    return sender, recipients, head + b"".join(raw for _, raw in kept) + b"\r\n"
+    tail = "".join(f"{h}\r\n" for h in added).encode("utf-8")
+    return sender, recipients, b"".join(raw for _, raw in kept) + tail + b"\r\n"
+
+
+def _received(hostname: str, uid: int, message_id: str) -> bytes:
+    """The trace line of a local submission, as Postfix's pickup writes it (RFC 5321
+    section 4.4: ``by`` and ``id`` without ``from``, the user id in a comment)."""
+    host = "".join(c for c in hostname if c.isalnum() or c in ".-_")[:255] or "localhost"
+    return (
+        f"Received: by {host} (spoolbox, from userid {uid})\r\n"
+        f"\tid {message_id}; {formatdate(localtime=True)}\r\n"
+    ).encode("ascii")
 
 
 def _login() -> str:

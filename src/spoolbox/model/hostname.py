@@ -1,13 +1,16 @@
 """This host's mail name: the default of the profile's ``hostname`` key.
 
 Postfix calls it ``myhostname``.  spoolbox uses one name for the SMTP transport's
-EHLO, the listener's banner and ``Received:`` lines, the ``Reporting-MTA`` and
-``MAILER-DAEMON`` address of delivery reports, the Message-IDs it makes and the
-unique names of Maildir files.  The profile's top-level ``hostname`` sets it; this
-module computes the default once per process: the fully qualified name
-(:func:`socket.getfqdn`), else the host name (:func:`socket.gethostname`), and
-``localhost`` only when neither is a usable name.  (The one lookup it does, the
-resolver call behind ``getfqdn``, is made on first use and remembered.)
+EHLO, the listener's banner and ``Received:`` lines (sendmail's too), the
+``Reporting-MTA`` and ``MAILER-DAEMON`` address of delivery reports, the Message-IDs
+it makes and the unique names of Maildir files.  The profile's top-level
+``hostname`` sets it; this module computes the default once per process: the fully
+qualified name (:func:`socket.getfqdn`), else the host name
+(:func:`socket.gethostname`), and ``localhost`` only when neither is a usable name
+(``getfqdn`` answers ``localhost.localdomain`` on a machine whose name resolves to a
+loopback alias first: the host name is then the better answer).  The one lookup it
+does, the resolver call behind ``getfqdn``, is made on first use and remembered;
+:func:`my_hostname` is the same decision with the lookups as arguments.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from __future__ import annotations
 import functools
 import re
 import socket
+from collections.abc import Callable
 
-__all__ = ["default_hostname", "is_hostname"]
+__all__ = ["default_hostname", "is_hostname", "my_hostname"]
 
 _NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
-_LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "localhost6"})
+_LOCAL_LABELS = frozenset({"localhost", "localhost4", "localhost6"})
 
 
 def is_hostname(name: str) -> bool:
@@ -31,14 +35,29 @@ def is_hostname(name: str) -> bool:
     return all(_NAME_RE.fullmatch(label) for label in name.split("."))
 
 
-@functools.cache
-def default_hostname() -> str:
-    """The FQDN, else the host name, else ``localhost`` (computed once, see above)."""
-    for lookup in (socket.getfqdn, socket.gethostname):
+def _is_local(name: str) -> bool:
+    """Whether ``name`` says nothing about this host (``localhost``,
+    ``localhost.localdomain``, ``localhost6`` ...)."""
+    return name.lower().split(".", 1)[0] in _LOCAL_LABELS
+
+
+def my_hostname(
+    fqdn: Callable[[], str] = socket.getfqdn, hostname: Callable[[], str] = socket.gethostname
+) -> str:
+    """The FQDN if it is a valid name of this host, else the host name, else
+    ``localhost``.  A name without a dot is kept as it is (not every host has a
+    domain); a final dot is dropped."""
+    for lookup in (fqdn, hostname):
         try:
-            name = lookup()
+            name = lookup().strip().rstrip(".")
         except OSError:
             continue
-        if is_hostname(name) and name.rstrip(".").lower() not in _LOCAL_NAMES:
-            return name.rstrip(".")
+        if is_hostname(name) and not _is_local(name):
+            return name
     return "localhost"
+
+
+@functools.cache
+def default_hostname() -> str:
+    """:func:`my_hostname` of this machine, computed once."""
+    return my_hostname()
