@@ -66,9 +66,10 @@ Results (one ``status_recips`` call per message):
 * ``4xx``/``5xx`` to MAIL, DATA or the final dot: every recipient still open
   deferred or failed accordingly.
 * A timeout (4.4.1, "timed out after N s waiting for ...") or a dropped
-  connection (4.4.2) at any point after the connection was made defers every recipient not yet delivered; a connection
-  that cannot be made defers them with 4.4.1; a certificate that does not verify
-  with 4.7.5, another TLS failure with 4.7.0; a malformed or oversized reply with
+  connection (4.4.2) at any point after the connection was made defers every
+  recipient not yet delivered; a connection that cannot be made defers them with
+  4.4.1; a certificate that does not verify with 4.7.5, another TLS failure with
+  4.7.0; a malformed or oversized reply with
   4.5.0; a refused AUTH (one mechanism is tried: PLAIN, LOGIN or CRAM-MD5) with the
   reply's code made class 4 (a credentials problem is fixed by an administrator,
   not by bouncing the mail), e.g. 4.7.8.  A ``421`` reply at any step defers what is
