@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import select
 import socket
 import subprocess
 import threading
@@ -289,6 +290,10 @@ def test_status_watch_off_a_terminal_prints_lines(home: Home, daemons: Daemons) 
     )
     try:
         assert proc.stdout is not None
+        # A table redrawn in place (rich Live) shows nothing off a terminal: wait for a
+        # line, but not for ever.
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, "status --watch printed nothing off a terminal"
         first = proc.stdout.readline().decode()
     finally:
         proc.kill()
