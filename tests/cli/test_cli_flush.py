@@ -181,8 +181,8 @@ def test_refused_auth_defers_then_a_fixed_host_delivers(home: Home, daemons: Dae
         lines = r.stdout.splitlines()
         assert lines[0].startswith("relay: 0 delivered, 1 deferred, 1 still queued ("), lines
         assert lines[-1] == "flush: 0 delivered, 1 deferred, 1 still queued", lines
-        for text in (r.stdout, r.stderr):
-            assert "\x1b" not in text and "━" not in text, text
+        assert r.stderr == ""  # no bars (off a terminal rich draws them without glyphs)
+        assert "\x1b" not in r.stdout and "━" not in r.stdout, r.stdout
         assert host.received == []
         assert home.json("queue", "show", mid)["state"] == "deferred"
 
@@ -303,3 +303,52 @@ def test_status_watch_off_a_terminal_prints_lines(home: Home, daemons: Daemons) 
     assert len(time_part) == 8 and time_part.count(":") == 2, first
     assert rest.split(":", 1)[0] in ("spooler", "local"), first
     assert "\x1b" not in first and "━" not in first and "┃" not in first, first
+
+
+def _on_a_terminal(home: Home, *args: str) -> tuple[int, str]:
+    """Run the command with stdout and stderr on a pseudo-terminal; its exit code and
+    everything it wrote there."""
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [*CLI, "--profile", str(home.profile), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+        env=_env({"TERM": "xterm-256color"}),
+        cwd=home.path,
+    )
+    os.close(slave)
+    out = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 120)
+        assert ready, "the command wrote nothing for 120 s"
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the terminal's other side is closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    return proc.wait(timeout=60), out.decode("utf-8", "replace")
+
+
+def test_on_a_terminal_the_bar_ends_with_the_outcome_in_a_warning_colour(
+    home: Home, daemons: Daemons
+) -> None:
+    probe = socket.socket()
+    probe.bind((HOST, 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    add_relay(home, port)
+    daemons.start(home)
+    send(home)
+    code, out = _on_a_terminal(home, "flush", "--upload", "-t", "relay")
+    assert code == EXIT_DEFERRED, out
+    assert "━" in out  # the bar
+    # The bar's status and the summary say it, in yellow (SGR 33).
+    assert "\x1b[33m0 delivered, 1 deferred, 1 still queued" in out, repr(out)
+    assert "relay: 0 delivered, 1 deferred, 1 still queued (" in out
