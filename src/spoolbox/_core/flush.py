@@ -252,7 +252,9 @@ class FlushHandle:
         """The deadline: end the transport under way and start no other."""
         await self._runtime.clock.sleep(deadline)
         self.report.timed_out = True
-        if self._one is not None:
+        # Not a second cancel into a part already ending (a user's cancel of it): that
+        # would cut its END_*_FLUSH notifications short.
+        if self._one is not None and not self._one.cancelling():
             self._one.cancel()
 
     async def _run(self) -> FlushReport:
