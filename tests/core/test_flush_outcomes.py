@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import replace
 
 import pytest
-from helpers import FAST, message, spooler, transport, until
+from helpers import FAST, SLOW_TIMERS, message, spooler, transport, until
 
 from spoolbox import FlushReport, MessageState, Policy
 from spoolbox._core.flush import (
@@ -22,7 +22,7 @@ from spoolbox._core.flush import (
 from spoolbox.api.wire import flush_report_to_dict
 from spoolbox.model import RecipientState, StatusCode, TransportNotifyFlags
 from spoolbox.store import RecipientUpdate
-from spoolbox.testing import Act, Script
+from spoolbox.testing import Act, FakeClock, Script
 
 S = RecipientState
 
@@ -200,3 +200,23 @@ def test_the_wire_form_keeps_the_old_keys_and_adds_the_counts() -> None:
             },
         ],
     }
+
+
+def test_a_rerouted_recipient_never_counted_before_is_no_error() -> None:
+    tally: dict[tuple[str, int], str] = {}
+    count_outcomes(tally, "m3", [RecipientUpdate(0, S.QUEUED, keep_route=False)])
+    assert tally == {}
+
+
+async def test_a_finished_flush_stops_its_deadline_timer() -> None:
+    """On a fake clock: a flush that ended leaves no timer behind that could mark its
+    report timed out when the deadline's time comes (the clock is moved past it)."""
+    clock = FakeClock()
+    policy = replace(SLOW_TIMERS, flush_deadline=30.0)
+    async with spooler(transport("smtp", Script(("SMTP",))), policy=policy, clock=clock) as sp:
+        await sp.wait_ready(timeout=5)
+        handle = sp.start_flush(upload=True, download=False)
+        report = await asyncio.wait_for(handle.wait(), 30)
+        assert not report.timed_out
+        await clock.advance(31.0)
+        assert not report.timed_out and not report.results[0].timed_out
