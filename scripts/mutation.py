@@ -70,7 +70,11 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "flush": (
         "src/spoolbox/_core/flush.py",
-        ("tests/core/test_scheduler.py", "tests/core/test_flush_protocol.py"),
+        (
+            "tests/core/test_scheduler.py",
+            "tests/core/test_flush_protocol.py",
+            "tests/core/test_flush_outcomes.py",
+        ),
     ),
     "smtp_server": (
         "src/spoolbox/smtp/server.py",

@@ -53,7 +53,7 @@ def test_daemon_serves_status_send_queue_flush_and_transports(home: Home, daemon
     assert list(home.delivered()) == ["via daemon"]
 
     report = home.json("flush", "--upload")
-    assert set(report) == {"cancelled", "results"}
+    assert set(report) == {"cancelled", "timed_out", "totals", "results"}
     assert report["cancelled"] is False
     assert [x["transport"] for x in report["results"]] == ["local"]
     assert set(report["results"][0]) == {
@@ -64,6 +64,11 @@ def test_daemon_serves_status_send_queue_flush_and_transports(home: Home, daemon
         "cancelled",
         "error",
         "seconds",
+        "timed_out",
+        "delivered",
+        "deferred",
+        "failed",
+        "queued",
     }
     r = home.run("flush", "--transport", "nosuch")
     assert r.returncode == 4, r.stderr

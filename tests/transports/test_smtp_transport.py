@@ -86,14 +86,26 @@ def test_options_defaults_and_ports() -> None:
     s = SMTPSettings.from_config({"host": "mx.example.org"})
     assert (s.port, s.tls, s.verify, s.max_connections) == (587, "starttls", True, 2)
     assert dict(s.timeouts) == dict(DEFAULT_TIMEOUTS)
-    assert DEFAULT_TIMEOUTS["data_term"] == 600 and DEFAULT_TIMEOUTS["data_init"] == 120
+    assert DEFAULT_TIMEOUTS["data_term"] == 600 and DEFAULT_TIMEOUTS["data_init"] == 60
+    assert DEFAULT_TIMEOUTS["mail"] == DEFAULT_TIMEOUTS["greeting"] == 60
     assert SMTPSettings.from_config({"host": "h", "tls": "implicit"}).port == 465
     assert SMTPSettings.from_config({"host": "h", "tls": "none"}).port == 25
     s = SMTPSettings.from_config(
         {"host": "h", "timeouts": {"rcpt": 7}, "data_term_timeout": 9, "max_connections": 5}
     )
-    assert (s.timeouts["rcpt"], s.timeouts["data_term"], s.timeouts["mail"]) == (7, 9, 300)
+    assert (s.timeouts["rcpt"], s.timeouts["data_term"], s.timeouts["mail"]) == (7, 9, 60)
     assert s.max_connections == 5
+    # command_timeout and data_timeout set their steps; the finer keys win over them.
+    s = SMTPSettings.from_config(
+        {"host": "h", "command_timeout": 5, "data_timeout": 8, "rcpt_timeout": 2}
+    )
+    assert {k: s.timeouts[k] for k in ("greeting", "mail", "data_init", "rcpt")} == {
+        "greeting": 5,
+        "mail": 5,
+        "data_init": 5,
+        "rcpt": 2,
+    }
+    assert (s.timeouts["data_block"], s.timeouts["data_term"], s.timeouts["connect"]) == (8, 8, 30)
 
 
 @pytest.mark.parametrize(
@@ -107,6 +119,8 @@ def test_options_defaults_and_ports() -> None:
         ({"host": "h", "timeouts": {"data": 3}}, "'data'"),
         ({"host": "h", "timeouts": {"rcpt": 0}}, "timeouts.rcpt"),
         ({"host": "h", "timeouts": {"rcpt": 1}, "rcpt_timeout": 2}, "given twice"),
+        ({"host": "h", "command_timeout": 0}, "'command_timeout'"),
+        ({"host": "h", "data_timeout": "soon"}, "'data_timeout'"),
         ({"host": "h", "max_connections": 0}, "'max_connections'"),
         ({"host": "h", "helo_name": "a b"}, "'helo_name'"),
         ({"host": "h", "tls": "none", "username": "u", "password": "p"}, "plaintext"),
@@ -293,7 +307,7 @@ async def test_server_that_never_answers_the_final_dot_times_out() -> None:
         state, recs, _ = await send_with(opts, message("SMTP:bob@example.org"))
     assert state is MessageState.DEFERRED
     assert (recs[0].state, recs[0].status) == (RecipientState.QUEUED, "4.4.1")
-    assert "no answer" in (recs[0].diagnostic or "") and "0.3 s" in (recs[0].diagnostic or "")
+    assert "timed out after 0.3 s" in (recs[0].diagnostic or "")
     assert rec.received == []
 
 
@@ -402,7 +416,7 @@ async def test_server_that_never_greets_times_out() -> None:
         state, recs, _ = await send_with(opts, message("SMTP:bob@example.org"))
     assert state is MessageState.DEFERRED
     assert (recs[0].state, recs[0].status) == (RecipientState.QUEUED, "4.4.1")
-    assert "no answer" in (recs[0].diagnostic or "") and "greeting" in (recs[0].diagnostic or "")
+    assert "timed out after 0.3 s waiting for the greeting" in (recs[0].diagnostic or "")
 
 
 async def test_connection_dropped_in_the_middle_of_data() -> None:

@@ -13,6 +13,16 @@ A flush can be cancelled as a whole (cancel the task awaiting it, or
 :meth:`FlushHandle.cancel`) or for one transport (:meth:`FlushHandle.cancel` with a
 name): that transport gets its END_*_FLUSH notification, its bits are cleared, and
 the flush moves on to the next one.  Nothing queued is touched by a cancel.
+
+What a flush achieved is counted from the recipients' results, not from status
+bits: every recipient update a session settles while its upload phase runs counts
+as delivered, deferred (queued again, parked or held) or failed
+(:func:`count_outcomes`); after each transport the messages still queued for it
+(claimable whatever their retry time, plus those still in the session's hands) are
+counted too.  A flush has a deadline (``policy.flush_deadline`` unless the caller
+gives one): when it passes, the transport under way is ended as a cancel ends it,
+the ones after it are not started, and the report says ``timed_out``; mail stays
+queued.
 """
 
 from __future__ import annotations
@@ -21,21 +31,80 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..model import FlushFlags, Progress, StatusCode, TransportNotifyFlags
+from ..model import FlushFlags, Progress, RecipientState, StatusCode, TransportNotifyFlags
+from ..store import RecipientUpdate
 from .clock import wait_event
 from .runtime import Runtime, SpoolerPort
 
-__all__ = ["FlushHandle", "FlushReport", "FlushTarget", "TransportFlushResult"]
+__all__ = [
+    "OUTCOMES",
+    "FlushHandle",
+    "FlushReport",
+    "FlushTarget",
+    "TransportFlushResult",
+    "count_outcomes",
+    "outcome_of_update",
+    "outcome_totals",
+]
 
 log = logging.getLogger("spoolbox.flush")
 
 
+#: The outcomes a flush counts, per recipient.
+OUTCOMES = ("delivered", "deferred", "failed")
+
+#: A recipient's new state as a flush outcome (CANCELLED, by the user, is none).
+_OUTCOME_OF_STATE: dict[RecipientState, str] = {
+    RecipientState.DELIVERED: "delivered",
+    RecipientState.FAILED: "failed",
+    RecipientState.QUEUED: "deferred",
+    RecipientState.PARKED: "deferred",
+    RecipientState.HELD: "deferred",
+}
+
+
+def outcome_of_update(update: RecipientUpdate) -> str | None:
+    """What a recipient update counts as in a flush: ``delivered``, ``deferred``,
+    ``failed``, or None (cancelled, or handed to another transport: the recipient is
+    counted by the transport that takes it)."""
+    if not update.keep_route:
+        return None
+    return _OUTCOME_OF_STATE.get(update.state)
+
+
+def count_outcomes(
+    tally: MutableMapping[tuple[str, int], str],
+    message_id: str,
+    updates: Sequence[RecipientUpdate],
+) -> None:
+    """Note ``updates``' outcomes (of ``message_id``'s recipients) in ``tally``: the last
+    one of each recipient counts (deferred, then resent and delivered: delivered)."""
+    for update in updates:
+        key = outcome_of_update(update)
+        if key is None:
+            tally.pop((message_id, update.index), None)
+        else:
+            tally[message_id, update.index] = key
+
+
+def outcome_totals(tally: Mapping[tuple[str, int], str]) -> dict[str, int]:
+    """How many recipients in ``tally`` ended with each of :data:`OUTCOMES`."""
+    totals = dict.fromkeys(OUTCOMES, 0)
+    for key in tally.values():
+        totals[key] += 1
+    return totals
+
+
 @dataclass(slots=True)
 class TransportFlushResult:
+    """One transport's part of a flush.  ``uploaded``/``downloaded``: messages the
+    phases finished; ``delivered``/``deferred``/``failed``: recipients' outcomes in the
+    upload phase; ``queued``: messages still queued for the transport afterwards."""
+
     transport: str
     uploaded: int = 0
     downloaded: int = 0
@@ -43,12 +112,23 @@ class TransportFlushResult:
     cancelled: bool = False
     error: str | None = None
     seconds: float = 0.0
+    delivered: int = 0
+    deferred: int = 0
+    failed: int = 0
+    queued: int = 0
+    timed_out: bool = False
 
 
 @dataclass(slots=True)
 class FlushReport:
     results: list[TransportFlushResult] = field(default_factory=list)
     cancelled: bool = False
+    #: The flush deadline passed before every transport was done.
+    timed_out: bool = False
+
+    def total(self, key: str) -> int:
+        """The sum of one count (``delivered``, ``queued``, ...) over the transports."""
+        return sum(int(getattr(r, key)) for r in self.results)
 
     def for_transport(self, name: str) -> TransportFlushResult:
         for r in self.results:
@@ -65,6 +145,8 @@ class FlushTarget(Protocol):
     flushing: FlushFlags
     flush_done: int  # messages finished while a flush is on
     flush_bytes: int
+    #: (message id, recipient index) -> outcome, while the upload phase is on
+    flush_outcomes: dict[tuple[str, int], str]
     last_error: str | None
     tried_logon: asyncio.Event  # set after each logon attempt
     job_done: asyncio.Event  # set when an outbound job is settled
@@ -114,14 +196,20 @@ class FlushHandle:
         port: SpoolerPort,
         hosts: Sequence[FlushTarget],
         flags: FlushFlags,
+        *,
+        deadline: float | None = None,
     ) -> None:
         self._runtime = runtime
         self._port = port
         self._hosts = list(hosts)
         self.flags = flags
+        #: Seconds the flush may take (None: no limit); the policy's unless given.
+        self.deadline = runtime.policy.flush_deadline if deadline is None else deadline
+        if self.deadline is not None and self.deadline <= 0:
+            raise ValueError(f"a flush deadline must be positive, not {self.deadline}")
         self.report = FlushReport()
         self.current: str | None = None
-        self._one: asyncio.Task[TransportFlushResult] | None = None
+        self._one: asyncio.Task[None] | None = None
         self._skip: set[str] = set()
         self._task = port.spawn(self._run(), name="flush")
 
@@ -160,43 +248,88 @@ class FlushHandle:
     def __await__(self) -> Generator[Any, None, FlushReport]:
         return self.wait().__await__()
 
+    async def _expire(self, deadline: float) -> None:
+        """The deadline: end the transport under way and start no other."""
+        await self._runtime.clock.sleep(deadline)
+        self.report.timed_out = True
+        # Not a second cancel into a part already ending (a user's cancel of it): that
+        # would cut its END_*_FLUSH notifications short.
+        if self._one is not None and not self._one.cancelling():
+            self._one.cancel()
+
     async def _run(self) -> FlushReport:
+        timer = (
+            None
+            if self.deadline is None
+            else asyncio.create_task(self._expire(self.deadline), name="flush-deadline")
+        )
         try:
             for host in self._hosts:
-                if host.name in self._skip:
-                    self.report.results.append(TransportFlushResult(host.name, cancelled=True))
-                    continue
-                self.current = host.name
-                self._one = asyncio.create_task(
-                    _flush_one(self._runtime, self._port, host, self.flags)
-                )
-                try:
-                    result = await self._one
-                except Exception as exc:  # a spooler or store error: report it, go on
-                    log.exception("flush of %r failed", host.name)
-                    result = TransportFlushResult(host.name, error=f"{type(exc).__name__}: {exc}")
-                    if host.shown:
-                        host.set_bits(detail=f"flush failed: {result.error}")
-                except asyncio.CancelledError:
-                    if host.name in self._skip and not self.report.cancelled:
-                        result = TransportFlushResult(host.name, cancelled=True)
-                    else:
-                        self.report.cancelled = True
-                        self.report.results.append(TransportFlushResult(host.name, cancelled=True))
-                        raise
-                if host.name in self._skip:
+                result = TransportFlushResult(host.name)
+                if self.report.timed_out:
+                    result.timed_out = True
+                elif host.name in self._skip:
                     result.cancelled = True
+                else:
+                    await self._flush(host, result)
+                await self._count_queued(host, result)
                 self.report.results.append(result)
             return self.report
         finally:
             self.current = None
+            if timer is not None:
+                timer.cancel()
+                await asyncio.gather(timer, return_exceptions=True)
+
+    async def _flush(self, host: FlushTarget, result: TransportFlushResult) -> None:
+        """One transport's part, into ``result`` (partly filled if it is cut short)."""
+        self.current = host.name
+        self._one = asyncio.create_task(
+            _flush_one(self._runtime, self._port, host, self.flags, result)
+        )
+        try:
+            await self._one
+        except Exception as exc:  # a spooler or store error: report it, go on
+            log.exception("flush of %r failed", host.name)
+            result.error = f"{type(exc).__name__}: {exc}"
+            if host.shown:
+                host.set_bits(detail=f"flush failed: {result.error}")
+        except asyncio.CancelledError:
+            if self.report.cancelled or not (host.name in self._skip or self.report.timed_out):
+                self.report.cancelled = True
+                result.cancelled = True
+                self.report.results.append(result)
+                raise
+            result.timed_out = host.name not in self._skip
+        finally:
+            self._one = None
+        if host.name in self._skip:
+            result.cancelled = True
+
+    async def _count_queued(self, host: FlushTarget, result: TransportFlushResult) -> None:
+        """The messages still queued for ``host`` after its part (upload flushes only)."""
+        if not (self.flags & host.directions & FlushFlags.UPLOAD):
+            return
+        store = self._runtime.store
+        try:
+            waiting = await store.count_claimable(
+                host.name, now=self._runtime.clock.now(), ignore_retry=True
+            )
+        except Exception as exc:
+            log.warning("flush of %r: cannot count what is still queued: %s", host.name, exc)
+            return
+        result.queued = waiting + host.inflight
 
 
 async def _flush_one(
-    runtime: Runtime, port: SpoolerPort, host: FlushTarget, requested: FlushFlags
-) -> TransportFlushResult:
+    runtime: Runtime,
+    port: SpoolerPort,
+    host: FlushTarget,
+    requested: FlushFlags,
+    result: TransportFlushResult,
+) -> None:
     started = time.perf_counter()
-    result = TransportFlushResult(host.name)
+    host.flush_outcomes.clear()  # counted afresh while this upload phase is on
     if not host.tried_logon.is_set():
         # A flush right after the spooler opened waits for the first logon attempt.
         with contextlib.suppress(TimeoutError):
@@ -204,14 +337,13 @@ async def _flush_one(
                 await host.tried_logon.wait()
     if not host.online:
         result.error = host.last_error or "transport is not logged on"
-        return result
+        result.seconds = time.perf_counter() - started
+        return
     # The phases asked for that the session serves, and the other flags as they are.
     flags = requested & (host.directions | ~(FlushFlags.UPLOAD | FlushFlags.DOWNLOAD))
     # Mark the phases first: a provider that sets its *_FLUSH bits inside
     # flush_queues (as MAPI asks) must not look like one starting a flush of its own.
     host.flushing |= flags & (FlushFlags.UPLOAD | FlushFlags.DOWNLOAD)
-    if not await host.flush_queues(flags):
-        result.error = host.last_error
     phase: dict[str, Any] = {"text": "", "done": 0, "total": None, "bytes": 0}
 
     async def ticker() -> None:
@@ -230,16 +362,21 @@ async def _flush_one(
             )
             await asyncio.sleep(runtime.policy.progress_interval)
 
-    tick = asyncio.create_task(ticker(), name=f"{host.name}-flush-progress")
-    try:
+    tick: asyncio.Task[None] | None = None
+    try:  # a cancel (the user's, the deadline's) anywhere here still ends the phases
+        if not await host.flush_queues(flags):
+            result.error = host.last_error
+        tick = asyncio.create_task(ticker(), name=f"{host.name}-flush-progress")
         if flags & FlushFlags.UPLOAD:
             await _upload(runtime, port, host, result, phase)
         if flags & FlushFlags.DOWNLOAD:
             await _download(runtime, host, result, phase)
     finally:
-        tick.cancel()
-        await asyncio.gather(tick, return_exceptions=True)
-        if host.flushing & FlushFlags.UPLOAD:
+        if tick is not None:
+            tick.cancel()
+            await asyncio.gather(tick, return_exceptions=True)
+        if host.flushing & FlushFlags.UPLOAD:  # cut short: what it did so far
+            result.uploaded = host.flush_done
             host.flushing &= ~FlushFlags.UPLOAD
             await host.notify(TransportNotifyFlags.END_OUTBOUND_FLUSH)
         if host.flushing & FlushFlags.DOWNLOAD:
@@ -248,7 +385,11 @@ async def _flush_one(
         if host.shown:
             host.set_bits(off=StatusCode.OUTBOUND_FLUSH | StatusCode.INBOUND_FLUSH, progress=None)
         result.seconds = time.perf_counter() - started
-    return result
+        if flags & FlushFlags.UPLOAD:
+            totals = outcome_totals(host.flush_outcomes)
+            result.delivered = totals["delivered"]
+            result.deferred = totals["deferred"]
+            result.failed = totals["failed"]
 
 
 def _publish(host: FlushTarget, phase: dict[str, Any], verb: str) -> None:

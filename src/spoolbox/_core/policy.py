@@ -72,6 +72,8 @@ class Policy:
     #: it is cancelled and counted as failed, and the other sessions run again.
     critsec_grace: float = 1.0
     progress_interval: float = 0.2  # flush progress published at least this often
+    #: A flush stops waiting after this long (what is left stays queued); None: never.
+    flush_deadline: float | None = 120.0
     router_interval: float = 1.0  # look for new submissions from other processes
     housekeeping_interval: float = 5.0  # leases, expiry
     shutdown_grace: float = 10.0  # finish in-flight work this long on shutdown
@@ -98,6 +100,11 @@ class Policy:
             raise ValueError(
                 f"policy.critsec_max must be positive and critsec_grace >= 0, not "
                 f"{self.critsec_max} and {self.critsec_grace}"
+            )
+        if self.flush_deadline is not None and self.flush_deadline <= 0:
+            raise ValueError(
+                f"policy.flush_deadline must be positive (or false for none), "
+                f"not {self.flush_deadline}"
             )
         if self.retry_factor < 1:
             raise ValueError("policy.retry_factor must be >= 1")

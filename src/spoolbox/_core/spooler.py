@@ -370,8 +370,10 @@ class Spooler:
         download: bool = True,
         transport: str | None = None,
         force: bool = True,
+        deadline: float | None = None,
     ) -> FlushHandle:
-        """Start a flush and return its handle (await it for the report)."""
+        """Start a flush and return its handle (await it for the report); ``deadline``:
+        seconds it may take, ``policy.flush_deadline`` if None."""
         flags = FlushFlags.NONE
         if upload:
             flags |= FlushFlags.UPLOAD
@@ -380,13 +382,20 @@ class Spooler:
         if force:
             flags |= FlushFlags.FORCE
         hosts = self.hosts if transport is None else [self.host(transport)]
-        return FlushHandle(self._runtime, self, hosts, flags)
+        return FlushHandle(self._runtime, self, hosts, flags, deadline=deadline)
 
     async def flush(
-        self, *, upload: bool = True, download: bool = True, transport: str | None = None
+        self,
+        *,
+        upload: bool = True,
+        download: bool = True,
+        transport: str | None = None,
+        deadline: float | None = None,
     ) -> FlushReport:
         """Flush and wait.  Cancelling the caller cancels the flush."""
-        return await self.start_flush(upload=upload, download=download, transport=transport)
+        return await self.start_flush(
+            upload=upload, download=download, transport=transport, deadline=deadline
+        )
 
     def host(self, name: str) -> TransportHost:
         for h in self.hosts:

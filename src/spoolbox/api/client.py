@@ -580,12 +580,15 @@ class Client:
         download: bool = True,
         transport: str | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
+        timeout: float | None = None,
     ) -> dict[str, Any]:
-        """Flush through the daemon (it must run); ``on_event`` gets the progress events.
-        Returns the report (:func:`flush_report_to_dict`)."""
-        result: dict[str, Any] = self.stream(
-            "flush", on_event=on_event, upload=upload, download=download, transport=transport
-        )
+        """Flush through the daemon (it must run); ``on_event`` gets the progress events;
+        ``timeout``: seconds the flush may take (default: the profile's
+        ``[policy] flush_deadline``).  Returns the report (:func:`flush_report_to_dict`)."""
+        args: dict[str, Any] = {"upload": upload, "download": download, "transport": transport}
+        if timeout is not None:
+            args["timeout"] = timeout
+        result: dict[str, Any] = self.stream("flush", on_event=on_event, **args)
         return result
 
     def inbox(self, *, limit: int = 100, offline: bool = True) -> list[dict[str, Any]]:

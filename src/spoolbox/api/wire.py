@@ -28,6 +28,7 @@ __all__ = [
     "CONFLICT",
     "CONTENT_LIMIT",
     "ERROR_CODES",
+    "FLUSH_COUNTS",
     "INTERNAL",
     "MAX_REQUEST_LINE",
     "MAX_SUBMIT_MANY",
@@ -196,9 +197,17 @@ def inbox_to_dict(entry: InboxEntry) -> dict[str, Any]:
     }
 
 
+#: The counts of a flush report, per transport and in ``totals``: recipients
+#: delivered, deferred and failed in the upload phase, messages still queued after it.
+FLUSH_COUNTS = ("delivered", "deferred", "failed", "queued")
+
+
 def flush_report_to_dict(report: FlushReport) -> dict[str, Any]:
+    """A flush report as the local API answers it (keys are only ever added)."""
     return {
         "cancelled": report.cancelled,
+        "timed_out": report.timed_out,
+        "totals": {key: report.total(key) for key in FLUSH_COUNTS},
         "results": [
             {
                 "transport": result.transport,
@@ -208,6 +217,8 @@ def flush_report_to_dict(report: FlushReport) -> dict[str, Any]:
                 "cancelled": result.cancelled,
                 "error": result.error,
                 "seconds": round(result.seconds, 3),
+                "timed_out": result.timed_out,
+                **{key: getattr(result, key) for key in FLUSH_COUNTS},
             }
             for result in report.results
         ],

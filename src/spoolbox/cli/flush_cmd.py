@@ -1,8 +1,12 @@
 """``spoolbox flush``: send and receive now, with a live progress bar per transport.
 
 The bars are driven by the status rows' progress (done of total, bytes) that the
-daemon streams while the flush runs; Ctrl-C cancels the flush cleanly (the daemon
-sends every transport its END_*_FLUSH and nothing queued is touched)."""
+daemon streams while the flush runs; each ends with what happened to the mail
+("2 delivered, 1 deferred", in a warning colour when anything was not delivered).
+Not on a terminal (cron, a pipe) there are no bars: one plain line per transport
+and the total.  The exit code says how it went (:mod:`.flush_report`); Ctrl-C
+cancels the flush cleanly (the daemon sends every transport its END_*_FLUSH and
+nothing queued is touched)."""
 
 from __future__ import annotations
 
@@ -15,8 +19,12 @@ from rich.console import Console
 from rich.filesize import decimal
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
-from ..api.client import EXIT_ERROR, EXIT_INTERRUPTED
-from ._common import Ctx, emit_json, fail, json_option, pass_ctx
+from ..api.client import EXIT_OK
+from ._common import Ctx, emit_json, json_option, pass_ctx
+from .flush_report import Severity, exit_code, outcome_phrase, result_line, severity, total_line
+
+#: A transport's line and the total, coloured by how it went (on a terminal only).
+_COLOURS = {Severity.OK: "green", Severity.WARNING: "yellow", Severity.FAILED: "red"}
 
 
 class _Bars:
@@ -54,37 +62,36 @@ class _Bars:
             self.progress.update(task, **fields)
 
     def finish(self, report: dict[str, Any]) -> None:
+        """Each bar ends with its outcome: delivered (and received) of all there was."""
         if self.progress is None:
             return
         for result in report["results"]:
             task = self.tasks.get(result["transport"])
             if task is None:
                 continue
-            count = result["uploaded"] + result["downloaded"]
-            status = (
-                "cancelled" if result["cancelled"] else ("error" if result["error"] else "done")
-            )
-            total = self.progress.tasks[task].total
+            done = result.get("delivered", 0) + result["downloaded"]
+            undone = sum(result.get(key, 0) for key in ("deferred", "failed", "queued"))
+            colour = _COLOURS[severity(result)]
+            words = outcome_phrase(result, received=result["downloaded"])
+            if result["cancelled"] or result.get("timed_out") or result["error"]:
+                words += " (cancelled)" if result["cancelled"] else ""
+                words += " (timed out)" if result.get("timed_out") else ""
+                words += " (error)" if result["error"] else ""
             self.progress.update(
                 task,
-                completed=max(count, int(total or 0)) if status == "done" else count,
-                total=max(count, int(total or 0)) if status == "done" else total,
+                completed=done,
+                total=max(done + undone, 1) if undone else max(done, 1),
                 bytes=decimal(result["bytes"]),
-                status=status,
+                status=f"[{colour}]{words}[/]",
             )
 
 
 def _summary(report: dict[str, Any]) -> None:
+    """One line per transport and the total (styles are dropped off a terminal)."""
     for result in report["results"]:
-        state = (
-            "cancelled"
-            if result["cancelled"]
-            else (f"error: {result['error']}" if result["error"] else "ok")
-        )
-        click.echo(
-            f"{result['transport']}: {result['uploaded']} sent, {result['downloaded']} received, "
-            f"{decimal(result['bytes'])} in {result['seconds']:.1f} s ({state})"
-        )
+        click.secho(result_line(result), fg=_COLOURS[severity(result)])
+    worst = max((severity(r) for r in report["results"]), default=Severity.OK)
+    click.secho(total_line(report), fg=_COLOURS[worst], bold=worst is not Severity.OK)
 
 
 @click.command("flush")
@@ -92,13 +99,24 @@ def _summary(report: dict[str, Any]) -> None:
 @click.option("--download", "mode", flag_value="download", help="Receive only.")
 @click.option("--both", "mode", flag_value="both", default=True, help="Send and receive (default).")
 @click.option("--transport", "-t", metavar="NAME", help="Only this transport.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Stop waiting after this long (default: the profile's [policy] flush_deadline); "
+    "what is left stays queued.",
+)
 @json_option
 @pass_ctx
-def flush_cmd(obj: Ctx, mode: str, transport: str | None, as_json: bool) -> None:
-    """Flush the queues now through the running daemon (Ctrl-C cancels)."""
+def flush_cmd(
+    obj: Ctx, mode: str, transport: str | None, timeout: float | None, as_json: bool
+) -> None:
+    """Flush the queues now through the running daemon (Ctrl-C cancels).
+
+    Exits 0 when everything was delivered (or there was nothing to do), 75 when
+    something was deferred or is still queued, 69 when a recipient failed."""
     client = obj.client()
     console = Console(stderr=True)
-    show = not as_json
     progress = (
         Progress(
             TextColumn("{task.description}", justify="left"),
@@ -109,7 +127,7 @@ def flush_cmd(obj: Ctx, mode: str, transport: str | None, as_json: bool) -> None
             console=console,
             transient=False,
         )
-        if show
+        if not as_json and console.is_terminal
         else None
     )
     bars = _Bars(progress)
@@ -124,6 +142,7 @@ def flush_cmd(obj: Ctx, mode: str, transport: str | None, as_json: bool) -> None
                 download=mode in ("download", "both"),
                 transport=transport,
                 on_event=bars.event,
+                timeout=timeout,
             )
         except KeyboardInterrupt as exc:
             cancelled = True
@@ -138,8 +157,8 @@ def flush_cmd(obj: Ctx, mode: str, transport: str | None, as_json: bool) -> None
         emit_json(report if report is not None else {"cancelled": True, "results": []})
     elif report is not None:
         _summary(report)
-    if cancelled or (report is not None and report["cancelled"]):
+    code = exit_code(report, interrupted=cancelled)
+    if code == 130:
         click.echo("spoolbox: flush cancelled", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    if report is not None and any(result["error"] for result in report["results"]):
-        fail("the flush failed for some transports", EXIT_ERROR, kind="flush")
+    if code != EXIT_OK:
+        sys.exit(code)

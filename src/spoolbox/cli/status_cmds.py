@@ -1,8 +1,13 @@
-"""``spoolbox status`` (the status table, live with --watch) and ``spoolbox transports``."""
+"""``spoolbox status`` (the status table, live with --watch) and ``spoolbox transports``.
+
+Not on a terminal (a pipe, a log file), ``status --watch`` prints one plain line per
+row change instead of redrawing a table: ``12:00:01 relay: ... progress counters``.
+"""
 
 from __future__ import annotations
 
 import json
+import time
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -45,6 +50,37 @@ def status_table(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
+def status_line(row: dict[str, Any]) -> str:
+    """One row as a plain line (``status --watch`` off a terminal), without its time."""
+    parts = [f"{row['name']}: {row['status']}"]
+    parts += [
+        text
+        for text in (
+            _progress(row.get("progress")),
+            _counters(row.get("counters") or {}),
+            row.get("detail") or "",
+        )
+        if text
+    ]
+    return " | ".join(parts)
+
+
+def _watch_lines(events: Any) -> None:
+    """``status --watch`` off a terminal: a line per row that changed (what it shows)."""
+    shown: dict[str, str] = {}
+    for ev in events:
+        if ev["event"] == "status":
+            name, line = ev["row"]["name"], status_line(ev["row"])
+        elif ev["event"] == "removed":
+            name, line = ev["name"], f"{ev['name']}: removed"
+        else:
+            continue
+        if shown.get(name) == line:
+            continue
+        shown[name] = line
+        click.echo(f"{time.strftime('%H:%M:%S')} {line}")
+
+
 @click.command("status")
 @click.option("--watch", is_flag=True, help="Keep showing changes until Ctrl-C.")
 @json_option
@@ -65,8 +101,12 @@ def status_cmd(obj: Ctx, watch: bool, as_json: bool) -> None:
             for ev in events:
                 click.echo(json.dumps({key: value for key, value in ev.items() if key != "id"}))
             return
+        console = Console()
+        if not console.is_terminal:
+            _watch_lines(events)
+            return
         current: dict[str, dict[str, Any]] = {}
-        with Live(status_table([]), auto_refresh=False) as live:
+        with Live(status_table([]), auto_refresh=False, console=console) as live:
             for ev in events:
                 if ev["event"] == "status":
                     current[ev["row"]["name"]] = ev["row"]

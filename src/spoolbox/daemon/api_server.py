@@ -259,11 +259,19 @@ class LocalApiServer:
         spooler = await self._daemon.current()
         transport = optional(args, "transport", str)
         upload, download = optional(args, "upload", bool), optional(args, "download", bool)
+        timeout = optional(args, "timeout", float)  # None: the profile's flush_deadline
+        if timeout is not None and not 0 < timeout < 1e9:
+            await self._send(
+                writer,
+                refusal(request_id, BAD_REQUEST, f"timeout must be positive, not {timeout}"),
+            )
+            return
         try:
             handle = spooler.start_flush(
                 upload=True if upload is None else upload,
                 download=True if download is None else download,
                 transport=transport or None,
+                deadline=timeout,
             )
         except KeyError as exc:
             await self._send(writer, refusal(request_id, NOT_FOUND, exc.args[0]))

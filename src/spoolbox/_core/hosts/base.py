@@ -106,6 +106,7 @@ class HostBase:
         self.logons = 0
         self.flush_done = 0  # messages finished while a flush is on
         self.flush_bytes = 0
+        self.flush_outcomes: dict[tuple[str, int], str] = {}  # a flush's upload: outcomes
 
     @property
     def types(self) -> frozenset[str] | None:

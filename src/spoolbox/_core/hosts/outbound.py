@@ -30,6 +30,7 @@ from ...model import (
 )
 from ...store import ClaimedJob, LeaseLost, RecipientUpdate
 from ..clock import wait_event
+from ..flush import count_outcomes
 from ..objects import OutboundMessageImpl
 from ..policy import (
     END_MESSAGE_LADDER,
@@ -186,6 +187,9 @@ class OutboundLane:
                     for r, until in waiting
                 ],
             )
+            self._count_for_flush(
+                mid, [RecipientUpdate(r.index, RecipientState.QUEUED) for r, _ in waiting]
+            )
             held = {r.index for r, _ in waiting}
             job = replace(job, recipients=tuple(r for r in job.recipients if r.index not in held))
             if not job.recipients:
@@ -255,6 +259,7 @@ class OutboundLane:
             updates = []
         if updates:
             await port.settle(job, updates)
+            self._count_for_flush(mid, updates)
             if outcome in (SubmitOutcome.END_SENT, SubmitOutcome.NOT_ME):
                 port.routing_changed()
             if outcome is SubmitOutcome.END_RESEND_NOW:
@@ -336,6 +341,7 @@ class OutboundLane:
             for r in results
         ]
         await host.port.settle(message.job, updates, results=results)
+        self._count_for_flush(message.job.message.id, updates)
         message.reported |= seen
         for r in results:
             key = {Outcome.DELIVERED: "delivered", Outcome.FAILED: "failed"}.get(
@@ -344,6 +350,11 @@ class OutboundLane:
             host.counters[key] += 1
         if host.shown:
             runtime.status.update(host.name, counters=dict(host.counters))
+
+    def _count_for_flush(self, message_id: str, updates: Sequence[RecipientUpdate]) -> None:
+        """Settled recipients count in the report of a flush's upload phase under way."""
+        if self._host.flushing & FlushFlags.UPLOAD:
+            count_outcomes(self._host.flush_outcomes, message_id, updates)
 
     def cancel(self, ref: str) -> bool:
         """NOTIFY_CANCEL_MESSAGE for a message this session is working on; a message

@@ -33,15 +33,22 @@ Configuration (the transport's ``options`` in the profile):
     Default 2: the size of the connection pool, which is also the number of
     messages the spooler may hand this session at once (``concurrency``), i.e. the
     concurrency limit towards the smart host.
+``command_timeout``, ``data_timeout``
+    Seconds.  ``command_timeout`` (default 60) bounds the wait for the greeting and
+    for the reply to every command (EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA, RSET,
+    QUIT): a smart host that hangs (after AUTH, say) defers the recipients with
+    "timed out after 60 s waiting for the reply of host:587 to MAIL FROM:<...>"
+    instead of holding the message.  ``data_timeout`` bounds each data block and the
+    reply to the final dot; without it they are RFC 5321 section 4.5.3.2's 180 s and
+    600 s (a server may scan the message before it answers; giving up then risks a
+    duplicate).  RFC 5321 asks 5 minutes for the command replies, which suits a
+    queue run better than a smart host a user waits for: set 300 to have them.
 ``timeouts``
-    A mapping of step to seconds, or the individual keys ``connect_timeout``,
-    ``greeting_timeout``, ``mail_timeout``, ``rcpt_timeout``,
-    ``data_init_timeout``, ``data_block_timeout`` and ``data_term_timeout``.
-    The defaults are the minimums of RFC 5321 section 4.5.3.2: greeting 300 s,
-    MAIL 300 s, RCPT 300 s, DATA initiation 120 s, each data block 180 s, the reply
-    to the final dot 600 s.  ``connect`` (30 s) is not in the RFC: it bounds name
-    resolution plus the TCP connection.  EHLO, STARTTLS, AUTH, RSET and QUIT use the
-    MAIL timeout.
+    Finer, per step: a mapping of step to seconds, or the individual keys
+    ``connect_timeout``, ``greeting_timeout``, ``mail_timeout``, ``rcpt_timeout``,
+    ``data_init_timeout``, ``data_block_timeout`` and ``data_term_timeout``; they
+    override the two above.  ``connect`` (30 s) bounds name resolution plus the TCP
+    connection.  EHLO, STARTTLS, AUTH, RSET and QUIT use the MAIL timeout.
 ``max_message_size``
     Optional byte limit of our own: larger messages fail with 5.3.4 before any
     connection is made.  A server's ``SIZE`` announcement is honoured the same way
@@ -59,10 +66,11 @@ Results (one ``status_recips`` call per message):
   4.0.0); ``5xx``: failed (enhanced code, else 5.0.0).
 * ``4xx``/``5xx`` to MAIL, DATA or the final dot: every recipient still open
   deferred or failed accordingly.
-* A timeout (4.4.1, "no answer") or a dropped connection (4.4.2) at any point after
-  the connection was made defers every recipient not yet delivered; a connection
-  that cannot be made defers them with 4.4.1; a certificate that does not verify
-  with 4.7.5, another TLS failure with 4.7.0; a malformed or oversized reply with
+* A timeout (4.4.1, "timed out after N s waiting for ...") or a dropped
+  connection (4.4.2) at any point after the connection was made defers every
+  recipient not yet delivered; a connection that cannot be made defers them with
+  4.4.1; a certificate that does not verify with 4.7.5, another TLS failure with
+  4.7.0; a malformed or oversized reply with
   4.5.0; a refused AUTH (one mechanism is tried: PLAIN, LOGIN or CRAM-MD5) with the
   reply's code made class 4 (a credentials problem is fixed by an administrator,
   not by bouncing the mail), e.g. 4.7.8.  A ``421`` reply at any step defers what is

@@ -57,6 +57,19 @@ def _tls_cause(exc: BaseException) -> ssl.SSLError | None:
     return None
 
 
+#: Steps that are not a command whose reply is awaited, as what is awaited at them.
+_AWAITED = {
+    "the greeting": "the greeting of {where}",
+    "sending data": "{where} to take the message data",
+    "after end of data": "the reply of {where} to the end of the message data",
+}
+
+
+def _awaited(step: str, where: str) -> str:
+    """What was waited for at ``step``: ``the reply of host:25 to MAIL FROM:<a@b>``."""
+    return _AWAITED.get(step, "the reply of {where} to " + step).format(where=where)
+
+
 def exception_failure(exc: BaseException, step: str, timeout: float, where: str) -> Failure:
     """A network exception (or a timeout) at ``step`` as the result of the open recipients."""
     exc = _tls_cause(exc) or exc
@@ -68,7 +81,10 @@ def exception_failure(exc: BaseException, step: str, timeout: float, where: str)
     if isinstance(exc, ssl.SSLError):
         return Failure("4.7.0", f"x-spoolbox; TLS failure with {where} ({step}): {exc}")
     if isinstance(exc, TimeoutError):
-        return Failure("4.4.1", f"x-spoolbox; no answer from {where} within {timeout:g} s ({step})")
+        return Failure(
+            "4.4.1",
+            f"x-spoolbox; timed out after {timeout:g} s waiting for {_awaited(step, where)}",
+        )
     if isinstance(exc, OSError):
         detail = clean_text(str(exc)) or type(exc).__name__
         return Failure("4.4.2", f"x-spoolbox; connection to {where} lost ({step}): {detail}")

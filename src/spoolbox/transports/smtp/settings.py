@@ -12,15 +12,28 @@ from typing import Any, Literal
 from spoolbox.contract import Unconfigured
 from spoolbox.contract.options import OptionError, option, read_options
 
-__all__ = ["DEFAULT_TIMEOUTS", "SMTPOptions", "SMTPSettings", "tls_context", "usable_helo"]
+__all__ = [
+    "COMMAND_STEPS",
+    "DATA_STEPS",
+    "DEFAULT_TIMEOUTS",
+    "SMTPOptions",
+    "SMTPSettings",
+    "tls_context",
+    "usable_helo",
+]
 
-#: RFC 5321 section 4.5.3.2 minimums (seconds); ``connect`` is ours, not the RFC's.
+#: The steps whose wait ``command_timeout`` bounds (EHLO, STARTTLS, AUTH, RSET and
+#: QUIT wait as long as MAIL) and those ``data_timeout`` bounds.
+COMMAND_STEPS = ("greeting", "mail", "rcpt", "data_init")
+DATA_STEPS = ("data_block", "data_term")
+#: Seconds.  Waits for a command's reply: 60 s (``command_timeout``), shorter than
+#: RFC 5321 section 4.5.3.2's 5 minutes, which suit a queue run, not a smart host a
+#: user waits for.  The data blocks and the final dot keep the RFC's 3 and 10
+#: minutes: a server may scan a message long before it answers, and giving up then
+#: risks a duplicate.  ``connect`` is ours, not the RFC's.
 DEFAULT_TIMEOUTS: Mapping[str, float] = {
     "connect": 30.0,
-    "greeting": 300.0,
-    "mail": 300.0,
-    "rcpt": 300.0,
-    "data_init": 120.0,
+    **dict.fromkeys(COMMAND_STEPS, 60.0),
     "data_block": 180.0,
     "data_term": 600.0,
 }
@@ -54,6 +67,8 @@ class SMTPOptions:
         keys=tuple(DEFAULT_TIMEOUTS),
         what="a mapping of step (" + ", ".join(DEFAULT_TIMEOUTS) + ") to seconds",
     )
+    command_timeout: float | None = _seconds()
+    data_timeout: float | None = _seconds()
     connect_timeout: float | None = _seconds()
     greeting_timeout: float | None = _seconds()
     mail_timeout: float | None = _seconds()
@@ -69,8 +84,15 @@ class SMTPOptions:
             raise OptionError("helo_name", f"must be an ASCII host name, not {self.helo_name!r}")
 
     def timeout_table(self) -> dict[str, float]:
-        """The timeouts: the defaults, ``timeouts`` and the ``<step>_timeout`` keys."""
+        """The timeouts: the defaults, ``command_timeout`` and ``data_timeout`` for their
+        steps, then ``timeouts`` and the ``<step>_timeout`` keys."""
         table = dict(DEFAULT_TIMEOUTS)
+        for steps, value in (
+            (COMMAND_STEPS, self.command_timeout),
+            (DATA_STEPS, self.data_timeout),
+        ):
+            if value is not None:
+                table.update(dict.fromkeys(steps, value))
         given = self.timeouts or {}
         table.update(given)
         for step in DEFAULT_TIMEOUTS:
