@@ -22,14 +22,14 @@ def _listed(home: Home, *args: str) -> list[str]:
 
 
 def test_default_list_shows_unfinished_mail_newest_first_with_a_more_line(home: Home) -> None:
-    ids = [_send(home, f"SMTP:bob{i}@example.org", f"m{i}") for i in range(4)]
+    ids = [_send(home, f"MAILDIR:bob{i}", f"m{i}") for i in range(4)]
     r = home.run("queue", "cancel", ids[0])
     assert r.returncode == 0, r.stderr
     assert _listed(home) == ["m3", "m2", "m1"]  # the cancelled one is finished
     assert _listed(home, "--all") == ["m3", "m2", "m1", "m0"]
     assert _listed(home, "--state", "cancelled") == ["m0"]
     assert _listed(home, "--state", "cancelled", "--state", "queued") == ["m3", "m2", "m1", "m0"]
-    assert _listed(home, "--recipient", "BOB2@") == ["m2"]
+    assert _listed(home, "--recipient", "BOB2") == ["m2"]
     assert _listed(home, "--transport", "local") == []  # not routed while no daemon runs
     r = home.run("queue", "list", "--limit", "2")
     assert r.returncode == 0, r.stderr
@@ -45,7 +45,7 @@ def test_default_list_shows_unfinished_mail_newest_first_with_a_more_line(home: 
 
 
 def test_ids_are_short_unique_prefixes_that_do_not_wrap_in_80_columns(home: Home) -> None:
-    ids = [_send(home, "SMTP:a-rather-long-recipient-name@example.org", f"s{i}") for i in range(3)]
+    ids = [_send(home, "MAILDIR:a-rather-long-recipient-name", f"s{i}") for i in range(3)]
     listing = home.json("queue", "list")
     shorts = {m["id"]: m["short_id"] for m in listing["messages"]}
     assert set(shorts) == set(ids)
@@ -70,7 +70,7 @@ def _common_prefix(ids: list[str]) -> str:
 
 
 def test_bulk_actions_take_all_states_and_git_style_prefixes(home: Home) -> None:
-    ids = [_send(home, f"SMTP:c{i}@example.org", f"b{i}") for i in range(3)]
+    ids = [_send(home, f"MAILDIR:c{i}", f"b{i}") for i in range(3)]
     prefix = _common_prefix(ids)
     assert prefix  # time-ordered ids sent within a second share their first digits
     r = home.run("queue", "hold", prefix)
@@ -100,8 +100,8 @@ def test_bulk_actions_take_all_states_and_git_style_prefixes(home: Home) -> None
 
 
 def test_purge_deletes_finished_mail_only_and_says_how_many(home: Home) -> None:
-    keep = _send(home, "SMTP:d0@example.org", "stays")
-    gone = _send(home, "SMTP:d1@example.org", "goes")
+    keep = _send(home, "MAILDIR:d0", "stays")
+    gone = _send(home, "MAILDIR:d1", "goes")
     home.run("queue", "cancel", gone)
     r = home.run("queue", "purge")  # cancelled mail is kept 30 days by default
     assert (r.returncode, r.stdout.strip()) == (0, "purged 0 finished messages")
