@@ -18,6 +18,7 @@ from spoolbox import (
     SpoolerConfig,
     StoreError,
 )
+from spoolbox.api.client import UnroutableRecipient
 from spoolbox.ingress import (
     EX_DATAERR,
     EX_NOINPUT,
@@ -223,6 +224,9 @@ async def test_error_paths_queue_nothing(
         (FileNotFoundError("no store at /nowhere"), EX_UNAVAILABLE),
         (MessageError("content too odd"), EX_DATAERR),
         (RuntimeError("bug"), EX_SOFTWARE),
+        # The daemon's refusal of a recipient no transport serves (its routing table
+        # can know better than the profile's declarations sendmail checked).
+        (UnroutableRecipient("refused, nothing queued: SMTP:bob@example.org: ..."), 67),
     ],
 )
 async def test_submit_failures_map_to_sysexits(exc: Exception, code: int) -> None:

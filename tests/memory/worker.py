@@ -453,7 +453,15 @@ def _home(work: Path) -> Path:
     subprocess.run(
         [*CLI, "init", "--dir", str(home)], check=True, capture_output=True, timeout=DEADLINE
     )
-    return home / "spoolbox.toml"
+    profile = home / "spoolbox.toml"
+    # SMTP recipients must be routable (they are refused at submit otherwise): a relay
+    # that refuses connections (the discard port) keeps them queued, never delivered.
+    with profile.open("a") as f:
+        f.write(
+            '\n[[transports]]\nname = "relay"\nprovider = "smtp"\n'
+            'address_types = ["SMTP"]\n[transports.options]\nhost = "127.0.0.1"\nport = 9\n'
+        )
+    return profile
 
 
 async def step_client(size: int, work: Path, run: Run) -> int:
