@@ -10,18 +10,56 @@ Both take a ``submit`` callable (``spooler.submit``, or a store's submit bound t
 clock) so they depend on :mod:`spoolbox.model` only.
 """
 
-from .listener import ListenerConfig, SubmissionListener
-from .sendmail import (
-    EX_DATAERR,
-    EX_NOINPUT,
-    EX_NOPERM,
-    EX_OK,
-    EX_SOFTWARE,
-    EX_TEMPFAIL,
-    EX_UNAVAILABLE,
-    EX_USAGE,
-    run_sendmail,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import ListenerConfig
+    from .listener import SubmissionListener
+    from .sendmail import (
+        EX_DATAERR,
+        EX_NOINPUT,
+        EX_NOPERM,
+        EX_OK,
+        EX_SOFTWARE,
+        EX_TEMPFAIL,
+        EX_UNAVAILABLE,
+        EX_USAGE,
+        run_sendmail,
+    )
+
+#: Public name -> the module that defines it, imported on first use (PEP 562): reading
+#: a profile needs ListenerConfig, not the listener's machinery.
+_WHERE = {
+    "ListenerConfig": "config",
+    "SubmissionListener": "listener",
+    **{
+        name: "sendmail"
+        for name in (
+            "EX_DATAERR",
+            "EX_NOINPUT",
+            "EX_NOPERM",
+            "EX_OK",
+            "EX_SOFTWARE",
+            "EX_TEMPFAIL",
+            "EX_UNAVAILABLE",
+            "EX_USAGE",
+            "run_sendmail",
+        )
+    },
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "EX_DATAERR",

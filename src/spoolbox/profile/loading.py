@@ -9,7 +9,7 @@ an unknown key, a value of the wrong type or a bad value raises
 ``data_dir`` are taken relative to the profile's directory; the store and daemon
 paths relative to the data directory.  Secrets are resolved as
 :mod:`spoolbox.profile.secrets` says; a listener's keys are checked against the
-types of :class:`~spoolbox.ingress.listener.ListenerConfig`.
+types of :class:`~spoolbox.ingress.config.ListenerConfig`.
 
 See docs/operations.md for the reference of every key.
 """
@@ -29,7 +29,7 @@ from typing import Any
 from .. import Address, AddressError, Policy, SpoolerConfig, TransportConfig
 from ..contract import LogonFlags
 from ..contract.options import Check
-from ..ingress.listener import ListenerConfig
+from ..ingress.config import ListenerConfig
 from ..model import default_hostname, is_hostname
 from ..store.retention import FOREVER, Retention
 from .schema import (
