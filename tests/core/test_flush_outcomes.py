@@ -220,3 +220,21 @@ async def test_a_finished_flush_stops_its_deadline_timer() -> None:
         assert not report.timed_out
         await clock.advance(31.0)
         assert not report.timed_out and not report.results[0].timed_out
+
+
+async def test_a_flush_done_before_its_deadline_reports_normally_and_ends_its_timer() -> None:
+    """A deadline that never comes: the flush ends as any other, its report whole, and
+    the deadline's timer is ended with it (no task is left behind)."""
+    script = Script(("SMTP",))
+    async with spooler(transport("smtp", script)) as sp:
+        await sp.wait_ready(timeout=5)
+        with sp.foreground_busy():
+            await sp.submit(message("SMTP:bob@example.org", sender=None))
+            handle = sp.start_flush(download=False, deadline=60.0)
+            report = await handle
+            assert handle.done()
+            names = {t.get_name() for t in asyncio.all_tasks()}
+    assert not (report.cancelled or report.timed_out)
+    result = report.for_transport("smtp")
+    assert (result.delivered, result.queued, result.error) == (1, 0, None)
+    assert "flush-deadline" not in names
