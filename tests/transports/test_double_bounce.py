@@ -11,9 +11,11 @@ it in Reporting-MTA, the MAILER-DAEMON address and the SMTP transport's EHLO.
 
 from __future__ import annotations
 
+import logging
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 
+import pytest
 from aiosmtpd.smtp import SMTP as AiosmtpdSMTP
 from aiosmtpd.smtp import Envelope, Session
 from smtp_servers import FAST, WAIT, Recorder, aiosmtpd_server, options
@@ -130,9 +132,12 @@ async def test_a_report_refused_by_its_server_is_kept_in_the_inbox_once() -> Non
     assert rec.received == []
 
 
-async def test_a_report_to_an_unroutable_sender_is_kept_in_the_inbox() -> None:
+async def test_a_report_to_an_unroutable_sender_is_kept_in_the_inbox(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """The issue's scenario: the recipient fails later (550) and the report's own
     recipient, the sender, has an address type no transport serves (5.4.4)."""
+    caplog.set_level(logging.WARNING, logger="spoolbox.delivery")
     rec = EhloRecorder(rcpt_replies={"gone@example.org": "550 5.1.1 no such user"})
     rec.ehlo_names = []
     async with aiosmtpd_server(rec) as srv, open_spooler(srv.port) as sp:
@@ -151,6 +156,11 @@ async def test_a_report_to_an_unroutable_sender_is_kept_in_the_inbox() -> None:
     assert "x-fax; +15550100" in status
     assert "Status: 5.4.4" in status
     assert "no transport provider was available for address type FAX" in status
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    doubles = [w for w in warned if "kept in the inbox as a double bounce" in w]
+    assert len(doubles) == 1, warned
+    assert ": report could not be delivered: " in doubles[0]
+    assert doubles[0].endswith(", to=<postmaster@" + sp.config.reporting_mta + ">")
 
 
 async def test_a_delivered_report_makes_no_double_bounce() -> None:

@@ -222,6 +222,8 @@ _REPORT_NAMES = {
     "delayed": "delay notification",
     "delivered": "delivery status notification",
 }
+#: The kind of a report that could not be delivered itself, kept in the inbox.
+DOUBLE_BOUNCE = "double-bounce"
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +246,11 @@ class ReportLine:
         }
 
     def text(self) -> str:
+        if self.kind == DOUBLE_BOUNCE:
+            return (
+                f"{self.original}: report could not be delivered: kept in the inbox as a "
+                f"double bounce, to=<{self.to}>"
+            )
         name = _REPORT_NAMES.get(self.kind, f"{self.kind} notification")
         where = self.report_id if self.report_id else "put in the inbox"
         return f"{self.original}: sender {name}: {where}, to=<{self.to}>"

@@ -38,7 +38,7 @@ from ..reports import (
 )
 from ..store import ClaimedJob, InboundMessage, LeaseLost, RecipientUpdate
 from .config import SpoolerConfig
-from .delivery_log import DELIVERY_LOGGER, DeliveryLine, ReportLine, show_address
+from .delivery_log import DELIVERY_LOGGER, DOUBLE_BOUNCE, DeliveryLine, ReportLine, show_address
 from .destinations import DestinationBackoff
 from .runtime import SPOOLER_ROW, Runtime
 
@@ -210,6 +210,8 @@ class Settlement:
         if failed_report:
             original = await self._original(info)
             inbox.append(self._double_bounce(info, original, failed_report, now))
+            postmaster = f"postmaster@{self._config.reporting_mta}"
+            made.append(ReportLine(info.id, DOUBLE_BOUNCE, postmaster, None))
         for kind, items in kinds.items():
             if original is None:
                 original = await self._original(info)
@@ -243,12 +245,8 @@ class Settlement:
     def _double_bounce(
         self, info: MessageInfo, original: bytes, items: list[ReportItem], now: float
     ) -> InboundMessage:
-        """The inbox entry of a report that could not be delivered."""
-        log.warning(
-            "report %s could not be delivered (%s): kept in the inbox as a double bounce",
-            info.id,
-            "; ".join(f"{item.address}: {item.status} {item.diagnostic}" for item in items),
-        )
+        """The inbox entry of a report that could not be delivered (logged at WARNING
+        once the store committed it)."""
         content = double_bounce(
             info=info,
             original=original,
@@ -321,7 +319,11 @@ def _log_settled(
     now: float,
 ) -> None:
     """INFO: one line per recipient outcome and per report made (committed already);
-    DEBUG: the updates that are no outcome (queued again without an attempt)."""
+    WARNING: a double bounce; DEBUG: the updates that are no outcome (queued again
+    without an attempt)."""
+    for report in reports:
+        if report.kind == DOUBLE_BOUNCE:
+            delivery_log.warning("%s", report.text(), extra={"spoolbox_fields": report.fields()})
     if not delivery_log.isEnabledFor(logging.INFO):
         return
     by_index = {r.index: r for r in recipients}
@@ -344,4 +346,5 @@ def _log_settled(
                 "%s: recipient #%d %s again (no attempt made)", info.id, update.index, update.state
             )
     for report in reports:
-        delivery_log.info("%s", report.text(), extra={"spoolbox_fields": report.fields()})
+        if report.kind != DOUBLE_BOUNCE:
+            delivery_log.info("%s", report.text(), extra={"spoolbox_fields": report.fields()})
