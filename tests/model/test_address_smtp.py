@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from spoolbox.model import Address, AddressError, NewMessage, smtp_value_error
@@ -87,9 +87,11 @@ def test_a_message_with_a_display_name_in_its_recipients_is_refused() -> None:
 
 
 @given(st.text(st.sampled_from("ab@.<> \t\"'\\x\u00e9\u3000"), min_size=1, max_size=16))
+@example('"\t"')  # a control character inside a quoted local part: refused too
 def test_nothing_that_is_not_an_smtp_path_is_accepted(value: str) -> None:
     problem = smtp_value_error(value)
-    if problem is not None or value != value.strip():
+    has_control = "\t" in value  # the only control character in the alphabet
+    if problem is not None or value != value.strip() or has_control:
         with pytest.raises(AddressError, match=r"."):
             Address.parse(f"SMTP:{value}")
         return
