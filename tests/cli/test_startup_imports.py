@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -46,16 +47,23 @@ print(json.dumps(sorted(sys.modules)))
 """
 
 
-def _loaded(run: str, *args: str) -> list[str]:
-    """The heavy modules (:data:`_HEAVY`) and spoolbox.cli's that ``run`` imports."""
+def _modules(run: str, *args: str, cwd: Path | None = None) -> tuple[list[str], str]:
+    """Every module ``run`` imported, and what it wrote to stderr."""
     r = subprocess.run(
         [sys.executable, "-c", _PROBE.format(run=run), json.dumps(args)],
         capture_output=True,
         text=True,
         timeout=60,
+        cwd=cwd,
     )
     assert r.returncode == 0, r.stderr
     modules: list[str] = json.loads(r.stdout.splitlines()[-1])
+    return modules, r.stderr
+
+
+def _loaded(run: str, *args: str) -> list[str]:
+    """The heavy modules (:data:`_HEAVY`) and spoolbox.cli's that ``run`` imports."""
+    modules, _ = _modules(run, *args)
     return [
         m
         for m in modules
@@ -79,6 +87,52 @@ def test_a_command_loads_its_module_only() -> None:
     assert commands == ["spoolbox.cli._common", "spoolbox.cli.messages", "spoolbox.cli.os_errors"]
     assert "rich" not in loaded
     assert "spoolbox.daemon" not in loaded
+
+
+def test_an_offline_send_needs_no_event_loop_no_logging_and_no_provider_machinery(
+    tmp_path: Path,
+) -> None:
+    """A ``send`` with no daemon commits one plain SQLite transaction: the async
+    store, asyncio, logging, the flush machinery and the provider contract stay out
+    (what kept ``spoolbox send`` slow)."""
+    from spoolbox.profile import default_profile_text
+
+    profile = tmp_path / "spoolbox.toml"
+    profile.write_text(default_profile_text(tmp_path))
+    imported, stderr = _modules(
+        "from spoolbox.cli import main; main()",
+        *("--profile", str(profile), "send", "--to", "MAILDIR:bob", "--body", "x"),
+        cwd=tmp_path,
+    )
+    assert "queued in the store" in stderr
+    modules = set(imported)
+    for unwanted in (
+        "asyncio",
+        "logging",
+        "importlib.metadata",
+        "spoolbox.store.sqlite.store",
+        "spoolbox.store.memory",
+        "spoolbox._core.flush",
+        "spoolbox._core.runtime",
+        "spoolbox.contract.provider",
+        "spoolbox.contract.support",
+    ):
+        assert unwanted not in modules, unwanted
+    assert "spoolbox.store.sqlite.transactions" in modules  # it did commit
+
+
+def test_the_lazy_store_and_contract_names_still_resolve() -> None:
+    import spoolbox.contract as contract
+    import spoolbox.store as store
+    import spoolbox.store.sqlite as sqlite_store
+
+    assert store.SQLiteStore is sqlite_store.SQLiteStore
+    assert store.MemoryStore.__name__ == "MemoryStore"
+    assert contract.Support.__name__ == "Support"
+    assert set(contract.__all__) <= set(dir(contract))
+    for module in (store, sqlite_store, contract):
+        with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+            _ = module.Nope
 
 
 def test_the_listed_short_helps_are_the_commands_own() -> None:

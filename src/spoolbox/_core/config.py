@@ -11,7 +11,6 @@ import importlib
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any
 
 from ..contract.errors import FailOneProvider
@@ -44,6 +43,8 @@ def load_provider_class(spec: str | type) -> type:
         if not isinstance(obj, type):
             raise LookupError(f"{spec!r} is not a class")
         return obj
+    from importlib.metadata import entry_points  # not at import: a profile read needs none
+
     found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == spec]
     if not found:
         known = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))

@@ -27,7 +27,6 @@ starts.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
@@ -37,17 +36,12 @@ import sqlite3
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from .. import (
-    MessageState,
-    NewMessage,
-    SQLiteStore,
-    UnknownMessage,
-)
 from .._private import private_dir
-from ..model import IllegalTransition
+from ..model import IllegalTransition, MessageState, NewMessage
 from ..profile import Profile, load_profile
+from ..store.base import UnknownMessage
 from ..store.sqlite import StoreFile, transactions
 from . import selection
 from .wire import (
@@ -70,6 +64,9 @@ from .wire import (
     unroutable_error,
 )
 from .wire import message_args as _message_args
+
+if TYPE_CHECKING:
+    from ..store.sqlite import SQLiteStore
 
 __all__ = [
     "EXIT_CONFLICT",
@@ -318,6 +315,12 @@ class Client:
             return db.run(op, fn)
 
     def _offline(self, fn: Callable[[SQLiteStore], Coroutine[Any, Any, T]]) -> T:
+        # Imported here: a submit (the common case) runs a plain transaction instead
+        # (_offline_run) and needs neither the async store nor an event loop.
+        import asyncio
+
+        from ..store.sqlite import SQLiteStore
+
         path = self._store_path()
 
         async def run() -> T:

@@ -17,11 +17,14 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .. import FlushReport, InboxEntry, NewMessage, RecipientRecord
-from ..model import Address, MessageSummary, Notify, Priority
+from ..model import Address, MessageSummary, NewMessage, Notify, Priority, RecipientRecord
 from ..routing import RoutingTable, describe_unroutable, unroutable
+
+if TYPE_CHECKING:  # annotations only: the client imports this module, keep it light
+    from .._core.flush import FlushReport
+    from ..store.base import InboxEntry
 
 __all__ = [
     "BAD_REQUEST",

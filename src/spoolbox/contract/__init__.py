@@ -1,7 +1,14 @@
 """The public contract between the spooler and transport providers.
 
 Transports import from here (and from :mod:`spoolbox.model`) only.
+
+The flags and errors are imported with the package; the objects, options, provider
+and support names when first used (PEP 562), so that reading a profile (which needs
+the option checks and the errors) does not import the provider machinery and logging.
 """
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from ..model import (
     SPI_VERSION,
@@ -33,16 +40,18 @@ from .errors import (
     Unconfigured,
     WaitRetry,
 )
-from .objects import (
-    MAX_INBOUND_SIZE,
-    InboundWriter,
-    OutboundMessage,
-    OutboundRecipient,
-    ProfileSection,
-)
-from .options import OptionError, option, read_options
-from .provider import BaseTransportSession, OptionSpec, TransportProvider, TransportSession
-from .support import Support
+
+if TYPE_CHECKING:
+    from .objects import (
+        MAX_INBOUND_SIZE,
+        InboundWriter,
+        OutboundMessage,
+        OutboundRecipient,
+        ProfileSection,
+    )
+    from .options import OptionError, option, read_options
+    from .provider import BaseTransportSession, OptionSpec, TransportProvider, TransportSession
+    from .support import Support
 
 __all__ = [
     "MAX_INBOUND_SIZE",
@@ -85,3 +94,32 @@ __all__ = [
     "option",
     "read_options",
 ]
+
+_WHERE = {
+    "MAX_INBOUND_SIZE": ".objects",
+    "InboundWriter": ".objects",
+    "OutboundMessage": ".objects",
+    "OutboundRecipient": ".objects",
+    "ProfileSection": ".objects",
+    "OptionError": ".options",
+    "option": ".options",
+    "read_options": ".options",
+    "BaseTransportSession": ".provider",
+    "OptionSpec": ".provider",
+    "TransportProvider": ".provider",
+    "TransportSession": ".provider",
+    "Support": ".support",
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(where, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

@@ -19,10 +19,14 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..contract import LogonFlags, Support, Unconfigured
+from ..contract.errors import Unconfigured
+from ..model import LogonFlags
 from .tables import ProfileError, Table, toml_type
+
+if TYPE_CHECKING:
+    from ..contract.support import Support
 
 __all__ = [
     "MissingSecret",

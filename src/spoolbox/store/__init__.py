@@ -1,4 +1,11 @@
-"""Durable storage: the Store protocol and its backends."""
+"""Durable storage: the Store protocol and its backends.
+
+The backends are imported when first named (``spoolbox.store.SQLiteStore``), not with
+the package: the SQLite store's async face pulls in asyncio, which a command that only
+commits one message (``spoolbox send`` with no daemon) does not need.
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from .base import (
     ClaimedJob,
@@ -10,8 +17,10 @@ from .base import (
     StoreError,
     UnknownMessage,
 )
-from .memory import MemoryStore
-from .sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from .memory import MemoryStore
+    from .sqlite import SQLiteStore
 
 __all__ = [
     "ClaimedJob",
@@ -25,3 +34,15 @@ __all__ = [
     "StoreError",
     "UnknownMessage",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "MemoryStore":
+        from .memory import MemoryStore
+
+        return MemoryStore
+    if name == "SQLiteStore":
+        from .sqlite import SQLiteStore
+
+        return SQLiteStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

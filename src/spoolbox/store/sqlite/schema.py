@@ -43,7 +43,6 @@ The queries are in :mod:`.queries`.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sqlite3
 import urllib.parse
@@ -60,7 +59,6 @@ __all__ = [
     "split_statements",
 ]
 
-log = logging.getLogger("spoolbox.store")
 
 #: ``PRAGMA application_id`` of a spoolbox store ("SPBX"): tells our files from others.
 APPLICATION_ID = 0x53504258
@@ -372,6 +370,9 @@ def _make_private(path: Path) -> None:
         except FileNotFoundError:
             continue
         if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+            import logging  # rare (a store made by an older spoolbox): not at import
+
+            log = logging.getLogger("spoolbox.store")
             try:
                 os.chmod(p, 0o600)
             except OSError as exc:
