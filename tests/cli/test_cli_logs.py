@@ -273,6 +273,8 @@ def test_a_refused_connection_shows_failure_in_status(home: Home, daemons: Daemo
     wait_until("FAILURE", lambda: "FAILURE" in relay_row(home)["status_bits"])
     row = relay_row(home)
     assert row["status"].startswith(f"cannot relay via {HOST}:{port}: x-spoolbox; cannot connect")
+    # No server answered: no relay to name (Postfix says relay=none too).
+    assert f"{mid}: to=<bob@example.org>, transport=relay, relay=none, delay=" in log_text(home)
     assert "AVAILABLE" in row["status_bits"]  # logged on; the smart host is what fails
     daemons.stop(proc)
     assert trouble(log_text(home)) == [f"relay: {row['status']}"]

@@ -406,6 +406,20 @@ async def test_connection_refused_defers_with_4_4_1() -> None:
     assert "cannot connect" in row
 
 
+async def test_a_refused_connection_names_no_relay_and_a_refusing_server_does(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="spoolbox.delivery")
+    await send_with(options(free_port()), message("SMTP:bob@example.org"))
+    rec = Recorder(data_reply="451 4.3.0 try later")
+    async with aiosmtpd_server(rec) as srv:
+        await send_with(options(srv.port), message("SMTP:carol@example.org"))
+    lines = [r.getMessage() for r in caplog.records if "status=deferred" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert "to=<bob@example.org>, transport=smtp, relay=none," in lines[0]
+    assert "to=<carol@example.org>, transport=smtp, relay=127.0.0.1," in lines[1]
+
+
 async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await asyncio.Event().wait()
 

@@ -154,10 +154,13 @@ async def connect(
             "4.4.1",
             f"x-spoolbox; cannot connect to {where}: no connection within "
             f"{t['connect']:g} s (connect timeout)",
+            connected=False,
         ) from None
     except OSError as exc:
         raise Failure(
-            "4.4.1", f"x-spoolbox; cannot connect to {where}: {exc.strerror or exc}"
+            "4.4.1",
+            f"x-spoolbox; cannot connect to {where}: {exc.strerror or exc}",
+            connected=False,
         ) from None
     implicit = s.tls == "implicit"
     try:

@@ -12,12 +12,17 @@ __all__ = ["Failure", "exception_failure", "protocol_failure", "refusal", "reply
 
 
 class Failure(Exception):
-    """Every recipient still open gets ``status`` (class 4 or 5) and ``text``."""
+    """Every recipient still open gets ``status`` (class 4 or 5) and ``text``.
 
-    def __init__(self, status: str, text: str) -> None:
+    ``connected`` is False when no connection to the server was made: then no remote
+    MTA answered, and the results name none (the log says ``relay=none``, as Postfix
+    does, and a report has no Remote-MTA field)."""
+
+    def __init__(self, status: str, text: str, *, connected: bool = True) -> None:
         super().__init__(text)
         self.status = status
         self.text = text
+        self.connected = connected
 
 
 def reply_failure(reply: Reply, step: str) -> Failure:

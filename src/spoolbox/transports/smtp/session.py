@@ -146,7 +146,7 @@ class SMTPSession(BaseTransportSession):
         f: Failure,
     ) -> None:
         """Every recipient without a result yet gets the failure's."""
-        mta = f"dns; {self.settings.host}"
+        mta = f"dns; {self.settings.host}" if f.connected else None
         for r in recipients:
             if r.index in results:
                 continue
