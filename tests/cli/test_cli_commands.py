@@ -23,6 +23,7 @@ MESSAGE_KEYS = {
     "submitted_at",
     "send_at",
     "expires_at",
+    "envelope_id",
     "held",
     "is_report",
     "recipients",

@@ -11,6 +11,7 @@ import smtplib
 import socket
 import stat
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -364,6 +365,36 @@ def test_submit_many_through_the_daemon_and_while_it_is_down(home: Home, daemons
     assert client.submit_many(lot)["ids"] == up["ids"]
     assert Client(home.profile).statistics()["counters"]["submitted"] == 6
     assert all(len(files) == 1 for files in home.delivered().values())
+
+
+def test_a_submit_through_the_daemon_keeps_its_lifetime_and_envelope_id(
+    home: Home, daemons: Daemons
+) -> None:
+    daemons.start(home)
+    client = Client(home.profile)
+    later = time.time() + 86400.0  # not sent yet: the message stays to be looked at
+    message = NewMessage(
+        sender=Address.parse("MAILDIR:alice"),
+        recipients=(Address.parse("MAILDIR:bob"),),
+        content=b"Subject: kept\r\n\r\nbody\r\n",
+        send_at=later,
+        lifetime=3600.0,
+        envelope_id="ENV-42",
+    )
+    assert client.submit(message)["via"] == "daemon"
+    shown = client.show(message.id)
+    assert shown["envelope_id"] == "ENV-42"
+    assert shown["expires_at"] == pytest.approx(later + 3600.0)  # not the policy's 5 days
+
+    sock, replies = _api(home.path / "spoolbox.sock")
+    with sock, replies:
+        content = b"Subject: x\r\n\r\nx\r\n"
+        args = {"recipients": ["MAILDIR:bob"], "content_length": len(content), "lifetime": -5}
+        sock.sendall(json.dumps({"v": 1, "id": 1, "op": "submit", "args": args}).encode())
+        sock.sendall(b"\n" + content)
+        answer = json.loads(replies.readline())
+    assert answer["error"]["code"] == "bad_request", answer
+    assert "'lifetime' must be positive" in answer["error"]["message"]
 
 
 def _api(sock_path: object) -> tuple[socket.socket, Any]:

@@ -181,6 +181,7 @@ def message_to_dict(summary: MessageSummary) -> dict[str, Any]:
         "submitted_at": info.submitted_at,
         "send_at": info.send_at,
         "expires_at": info.expires_at,
+        "envelope_id": info.envelope_id,
         "held": info.held,
         "is_report": info.is_report,
         "recipients": [recipient_to_dict(recipient) for recipient in summary.recipients],
@@ -249,6 +250,10 @@ def message_args(message: NewMessage, *, content: bool = True) -> dict[str, Any]
         "notify": int(message.notify),
         "send_at": message.send_at,
     }
+    if message.lifetime is not None:
+        args["lifetime"] = message.lifetime
+    if message.envelope_id is not None:
+        args["envelope_id"] = message.envelope_id
     if content:
         args["content"] = base64.b64encode(message.content).decode("ascii")
     return args
@@ -284,6 +289,14 @@ def message_from_args(args: dict[str, Any]) -> NewMessage:
     message_id = optional(args, "id", str)
     if message_id:
         kwargs["id"] = message_id
+    lifetime = optional(args, "lifetime", float)
+    if lifetime is not None:
+        if lifetime <= 0:
+            raise ApiError(BAD_REQUEST, f"argument 'lifetime' must be positive, not {lifetime!r}")
+        kwargs["lifetime"] = float(lifetime)
+    envelope_id = optional(args, "envelope_id", str)
+    if envelope_id is not None:
+        kwargs["envelope_id"] = envelope_id
     return NewMessage(
         sender=Address.parse(sender) if sender else None,
         recipients=tuple(Address.parse(recipient) for recipient in recipients),
