@@ -116,6 +116,24 @@ async def test_each_recipient_gets_its_own_request_key_and_result() -> None:
     ]
 
 
+async def test_a_recipient_is_recorded_before_the_next_request_starts() -> None:
+    # So a crash during the second request does not post the first again.
+    receiver = Receiver()
+    receiver.answer("/slow", Answer(hang=True))
+    async with http_server(receiver) as srv:
+        opts = options(srv, endpoints={"hook": f"{srv.url}/hook", "slow": f"{srv.url}/slow"})
+        opts.update(read_timeout=60, total_timeout=60)
+        async with open_spooler(opts) as sp:
+            info = await sp.submit(message("WEBHOOK:hook", "WEBHOOK:slow"))
+            async with asyncio.timeout(WAIT):
+                assert (await receiver.arrived.get()).path == "/hook"
+                assert (await receiver.arrived.get()).path == "/slow"
+            first, second = await sp.store.recipients(info.id)
+            assert first.state is RecipientState.DELIVERED
+            assert second.state is RecipientState.ACTIVE
+            await sp.cancel(info.id)
+
+
 # -- temporary and permanent refusals ------------------------------------------------------------
 async def test_a_temporary_refusal_is_retried_after_retry_after_with_the_same_key() -> None:
     receiver = Receiver(secret=SECRET)
