@@ -300,7 +300,7 @@ async def test_no_listener_defers_and_marks_the_row_failing() -> None:
     assert rec.status == "4.4.1"
     assert f"cannot connect to http://{HOST}:{port}" in (rec.diagnostic or "")
     assert row.status_code & StatusCode.FAILURE
-    assert (row.status_string or "").startswith("cannot post: x-spoolbox; cannot connect")
+    assert (row.status_string or "").startswith("cannot post: cannot connect to http://")
 
 
 async def test_the_row_recovers_once_a_request_gets_through() -> None:

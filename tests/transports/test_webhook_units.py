@@ -6,10 +6,14 @@ from __future__ import annotations
 import base64
 import json
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 
 from spoolbox.contract import OptionError, Unconfigured
+from spoolbox.profile import load_profile
+from spoolbox.profile.default import default_profile_text
+from spoolbox.transports.webhook import WebhookProvider
 from spoolbox.transports.webhook.outcome import (
     Failure,
     Kind,
@@ -506,3 +510,28 @@ def test_a_plain_message_and_broken_bytes_still_make_valid_json() -> None:
     assert doc["attachments"] == []
     empty = json.loads(content_json(b"\r\n"))
     assert (empty["subject"], empty["text"], empty["headers"]) == ("", "", [])
+
+
+# -- the profile `spoolbox init` writes ---------------------------------------------------------
+def test_the_default_profiles_webhook_block_works_when_uncommented(tmp_path: Path) -> None:
+    text = default_profile_text(tmp_path, smtp_port=0)
+    start = text.index("# A webhook:")
+    end = text.index("\n\n", start)
+    block = text[start:end].splitlines()
+    assert block[2] == "# [[transports]]"
+    lines = [line.removeprefix("# ") for line in block[2:]]
+    profile = tmp_path / "spoolbox.toml"
+    profile.write_text(text[:start] + "\n".join(lines) + text[end:])
+    prof = load_profile(profile, environ={"WEBHOOK_SECRET": "from-the-env"})
+    [hooks] = [t for t in prof.spooler.transports if t.name == "hooks"]
+    assert hooks.provider == "webhook"
+    assert hooks.address_types == ("WEBHOOK",)
+    assert hooks.options["secret"] == "from-the-env"
+    assert repr(hooks.options["secret"]) == "'***'"
+    WebhookProvider.check_options(hooks.options)
+    s = WebhookSettings.from_config(hooks.options)
+    assert s.target("WEBHOOK", "orders").origin == "https://hooks.example.org"
+    # without the variable, the transport is unconfigured (the others run)
+    assert [(m.transport, m.option) for m in load_profile(profile, environ={}).missing] == [
+        ("hooks", "secret")
+    ]

@@ -203,10 +203,10 @@ class WebhookSession(BaseTransportSession):
         host = urllib.parse.urlsplit(target.url).hostname
         mta = f"dns; {host}" if host else None
         if isinstance(got, Failure):
-            self.unreachable = (
-                failure_verdict(got, target.origin).text if got.kind in _UNREACHABLE else ""
-            )
-            return _result(rcpt, failure_verdict(got, target.origin), mta)
+            verdict = failure_verdict(got, target.origin)
+            unreachable = got.kind in _UNREACHABLE
+            self.unreachable = verdict.text.removeprefix("x-spoolbox; ") if unreachable else ""
+            return _result(rcpt, verdict, mta)
         self.unreachable = ""
         self.http_versions[got.http_version] = self.http_versions.get(got.http_version, 0) + 1
         verdict = response_verdict(
