@@ -17,12 +17,12 @@ from spoolbox.contract import (
     OutboundMessage,
     OutboundRecipient,
     RecipientResult,
-    StatusCode,
     SubmitFlags,
     Support,
     TransportNotifyFlags,
 )
 
+from .._status import ReachabilityRow, results_text
 from .exchange import Exchange, Response
 from .outcome import Failure, Kind, Verdict, failure_verdict, response_verdict
 from .payload import JSON_TYPE, RFC822_TYPE, content_json, idempotency_key, json_body
@@ -65,7 +65,7 @@ class WebhookSession(BaseTransportSession):
         self.last_error = ""
         #: Why the last request could not reach its endpoint ("" once one did).
         self.unreachable = ""
-        self._row_failing = False
+        self._row = ReachabilityRow(support)
 
     def __repr__(self) -> str:
         return f"<WebhookSession {self.settings.describe()}>"
@@ -90,22 +90,10 @@ class WebhookSession(BaseTransportSession):
 
     def _update_status(self) -> None:
         if self.unreachable:
-            self._row_failing = True
-            self.support.modify_status_row(
-                status_string=f"cannot post: {self.unreachable}", set_bits=StatusCode.FAILURE
-            )
+            self._row.show(f"cannot post: {self.unreachable}", unreachable=True)
             return
-        c = self.counts
-        text = f"{c['delivered']} delivered"
-        if c["deferred"] or c["failed"]:
-            text += f", {c['deferred']} deferred, {c['failed']} failed"
-        if self.last_error:
-            text += f"; last error: {self.last_error}"
-        if self._row_failing:
-            self._row_failing = False
-            self.support.modify_status_row(status_string=text, clear_bits=StatusCode.FAILURE)
-            return
-        self.support.modify_status_row(status_string=text)
+        text = f"{self.counts['delivered']} delivered"
+        self._row.show(text + results_text(self.counts, self.last_error))
 
     # -- notifications ------------------------------------------------------------------------
     async def transport_notify(self, flags: TransportNotifyFlags, ref: str | None = None) -> None:
