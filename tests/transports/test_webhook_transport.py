@@ -409,12 +409,16 @@ async def test_a_message_over_max_message_size_fails_without_a_request() -> None
     assert receiver.requests == []
 
 
-async def test_the_provider_conforms() -> None:
+@pytest.mark.parametrize("isolate", [False, True])
+async def test_the_provider_conforms(isolate: bool) -> None:
     receiver = Receiver(secret=SECRET)
     async with http_server(receiver) as srv:
-        report = await check_provider("webhook", address="WEBHOOK:hook", options=options(srv))
+        report = await check_provider(
+            "webhook", address="WEBHOOK:hook", options=options(srv), isolate=isolate
+        )
     assert report.ok, report.text()
     assert report.passed[-1] == "logoff"
+    assert receiver.requests  # the conformance message was posted
     for req in receiver.requests:
         verify_signature(
             SECRET, req.body, req.headers["spoolbox-signature"], req.headers["idempotency-key"]
