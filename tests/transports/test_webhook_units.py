@@ -535,3 +535,14 @@ def test_the_default_profiles_webhook_block_works_when_uncommented(tmp_path: Pat
     assert [(m.transport, m.option) for m in load_profile(profile, environ={}).missing] == [
         ("hooks", "secret")
     ]
+
+
+def test_text_with_surrogates_is_made_valid_unicode() -> None:
+    # The standard library's parser already gives U+FFFD for undecodable bytes in every
+    # case we found; _clean guards the JSON encoder (it cannot encode a lone surrogate,
+    # which would fail the message at every attempt) should one slip through.
+    from spoolbox.transports.webhook.payload import _clean
+
+    assert _clean("caf\udce9") == "caf\ufffd"  # a byte kept by surrogateescape
+    assert _clean("a\ud800b") == "a?b"  # a lone surrogate no byte stands for
+    assert _clean("plain ✓") == "plain ✓"

@@ -31,6 +31,8 @@ from .settings import WebhookSettings
 __all__ = ["Exchange", "Response", "classify"]
 
 USER_AGENT = "spoolbox-webhook/1"
+#: Seconds an idle connection is kept for the next message (httpx's default is 5).
+_KEEPALIVE = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,7 @@ class Exchange:
             limits=httpx.Limits(
                 max_connections=s.max_connections,
                 max_keepalive_connections=s.max_connections,
+                keepalive_expiry=_KEEPALIVE,
             ),
             timeout=httpx.Timeout(
                 connect=s.connect_timeout,
