@@ -15,13 +15,13 @@ from spoolbox.contract import (
     OutboundMessage,
     OutboundRecipient,
     RecipientResult,
-    StatusCode,
     SubmitFlags,
     Support,
     TransportNotifyFlags,
 )
 from spoolbox.smtp.replies import Reply, enhanced_status, reply_text
 
+from .._status import ReachabilityRow, results_text
 from .connection import Connection
 from .failures import Failure, exception_failure, protocol_failure, reply_failure
 from .pool import Pool
@@ -59,7 +59,7 @@ class SMTPSession(BaseTransportSession):
         #: Why the last connection could not be made or logged in ("" once one was):
         #: the row shows FAILURE while it is set (the spooler logs the change).
         self.unreachable = ""
-        self._row_failing = False
+        self._row = ReachabilityRow(support)
 
     def __repr__(self) -> str:
         return f"<SMTPSession {self.settings.where} tls={self.settings.tls}>"
@@ -95,23 +95,11 @@ class SMTPSession(BaseTransportSession):
         where = self.settings.where
         if self.unreachable:
             # Every message is deferred until a connection is made: FAILURE, and why.
-            self._row_failing = True
-            self.support.modify_status_row(
-                status_string=f"cannot relay via {where}: {self.unreachable}",
-                set_bits=StatusCode.FAILURE,
-            )
+            self._row.show(f"cannot relay via {where}: {self.unreachable}", unreachable=True)
             return
         text = f"connected to {where}" if self.pool.alive_count else f"idle, relaying via {where}"
         text += f", {self.counts['delivered']} sent"
-        if self.counts["deferred"] or self.counts["failed"]:
-            text += f", {self.counts['deferred']} deferred, {self.counts['failed']} failed"
-        if self.last_error:
-            text += f"; last error: {self.last_error}"
-        if self._row_failing:
-            self._row_failing = False
-            self.support.modify_status_row(status_string=text, clear_bits=StatusCode.FAILURE)
-            return
-        self.support.modify_status_row(status_string=text)
+        self._row.show(text + results_text(self.counts, self.last_error))
 
     # -- notifications ------------------------------------------------------------------------
     async def transport_notify(self, flags: TransportNotifyFlags, ref: str | None = None) -> None:
