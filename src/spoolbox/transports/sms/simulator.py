@@ -85,6 +85,7 @@ class ModemSimulator:
         self.hold_list = threading.Event()
         for event in (self.hold_send, self.hold_delete, self.hold_list):
             event.set()
+        self.holding = threading.Event()  # set while a command's answer is held
         self.sent: list[Submit] = []
         self.sim: dict[int, Stored] = {}
         self.commands: list[str] = []
@@ -329,11 +330,15 @@ class ModemSimulator:
 
     def _hold(self, event: threading.Event) -> None:
         """Wait (lock released) until ``event`` is set: the modem is slow to answer."""
+        if event.is_set():
+            return
+        self.holding.set()
         self._lock.release()
         try:
             event.wait()
         finally:
             self._lock.acquire()
+            self.holding.clear()
 
     def _list(self, cmd: str) -> None:
         self._hold(self.hold_list)
