@@ -11,6 +11,7 @@ reports routed as ``+CDS`` by ``AT+CNMI=2,1,0,1,0`` and new messages announced a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from email import message_from_bytes
@@ -264,3 +265,32 @@ async def test_a_message_already_in_the_inbox_is_deleted_not_delivered_again(
         assert len(await sp.store.list_inbox()) == 1
         section = await sp.store.profile_get("transport:gsm")
     assert isinstance(section["received"], list) and len(section["received"]) == 1
+
+
+async def test_an_exchange_over_critsec_max_is_taken_away_and_retried(
+    sim: ModemSimulator,
+) -> None:
+    # The spooler's maximum is enforced: a modem that holds AT+CMGS past critsec_max +
+    # critsec_grace has the section taken away, the call cancelled, the row says so;
+    # the session initialises the modem again (ESC leaves the PDU prompt) and the
+    # recipient is retried.
+    policy = dataclasses.replace(FAST, critsec_max=0.2, critsec_grace=0.1)
+    config = SpoolerConfig(
+        transports=(TransportConfig("gsm", "sms", options={"port": sim.port}),),
+        policy=policy,
+        node="test",
+    )
+    sim.hold_send.clear()
+    sim.reset_on_send = 1  # what the modem held never went out
+    async with Spooler.open(config, idle=AlwaysIdle()) as sp:
+        await sp.wait_ready(timeout=10)
+        mid = await submit(sp, mail("slow modem"))
+        await until("the section to be taken away", lambda: sp.critsec.expired >= 1)
+        row = sp.status.get("gsm")
+        assert row is not None and "critical section" in (row.detail or "")
+        sim.hold_send.set()
+        await sp.wait_for(mid, [MessageState.DEFERRED], timeout=10)
+        await sp.flush(download=False)
+        assert await sp.wait_for(mid, timeout=10) is MessageState.SENT
+    assert sim.texts() == [(NUMBER, "slow modem")]
+    assert sim.commands.count("ATE0") == 2

@@ -475,6 +475,12 @@ class SMSProvider:
         session = SMSSession(support, options)
         try:
             await session._open()
+        except ImportError as exc:
+            await session.logoff(LogoffFlags.NORMAL)
+            raise FailOneProvider(
+                "the sms transport needs pyserial-asyncio-fast, which is not installed: "
+                "pip install 'spoolbox[sms]'"
+            ) from exc
         except (ModemError, OSError) as exc:
             await session.logoff(LogoffFlags.NORMAL)
             why = f"sms: the modem on {options.port} does not answer: {exc}"
