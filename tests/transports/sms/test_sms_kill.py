@@ -202,5 +202,5 @@ def test_sigkill_during_inbound_reading_delivers_each_sms_once(
     if delete_lost:  # the restarted daemon found it on the SIM, already in the inbox
         assert sim.commands.count("AT+CMGD=1") == 2
     inbox = home.inbox()
-    senders = sorted(line for m in inbox for line in m.split(b"\n") if line.startswith(b"X-SMS"))
+    senders = sorted(line for m in inbox for line in m.split(b"\r\n") if line.startswith(b"X-SMS"))
     assert senders == [b"X-SMS-Sender: +15557654321", b"X-SMS-Sender: +4915112345678"]

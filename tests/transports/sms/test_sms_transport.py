@@ -243,7 +243,7 @@ async def test_received_sms_go_to_the_inbox_once_and_leave_the_sim(sim: ModemSim
             parsed = message_from_bytes(await sp.store.read_inbox(entry.id))
             payload = parsed.get_payload(decode=True)
             assert isinstance(payload, bytes)
-            texts[parsed["X-SMS-Sender"]] = payload.decode("utf-8").rstrip("\n")
+            texts[parsed["X-SMS-Sender"]] = payload.decode("utf-8").removesuffix("\r\n")
         assert {e.sender for e in entries} == {"SMS:+4915112345678", "SMS:+15557654321"}
         await sp.flush()  # another listing finds nothing more
         assert len(await sp.store.list_inbox()) == 2

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
+from email.policy import SMTP
 from email.utils import format_datetime
 from typing import Literal
 
@@ -56,7 +58,9 @@ def _tidy(text: str) -> str:
 def mail_to_text(mail: Message, rule: TextRule, max_parts: int) -> tuple[str, bool]:
     """The SMS text of ``mail`` by ``rule``, cut to ``max_parts`` parts; and whether it
     was cut."""
-    subject = _tidy(" ".join(str(mail.get("Subject", "")).split()))
+    raw = mail.get("Subject")
+    subject = str(make_header(decode_header(str(raw)))) if raw is not None else ""
+    subject = _tidy(" ".join(subject.split()))
     body = _tidy(_plain_part(mail)) if rule != "subject" else ""
     if rule == "body":
         subject = ""
@@ -74,4 +78,4 @@ def sms_to_mail(sender: str, when: datetime, text: str, message_id: str) -> byte
     mail["Message-ID"] = message_id
     mail["X-SMS-Sender"] = sender
     mail.set_content(text, charset="utf-8")
-    return bytes(mail)
+    return mail.as_bytes(policy=SMTP)  # CRLF line ends
