@@ -48,12 +48,14 @@ FAST = Policy(
 
 
 @asynccontextmanager
-async def spooler(sim: ModemSimulator, **options: Any) -> AsyncIterator[Spooler]:
+async def spooler(
+    sim: ModemSimulator, policy: Policy = FAST, **options: Any
+) -> AsyncIterator[Spooler]:
     config = SpoolerConfig(
         transports=(
             TransportConfig("gsm", "sms", options={"port": sim.port, **options}, inbound=True),
         ),
-        policy=FAST,
+        policy=policy,
         node="test",
     )
     async with Spooler.open(config, idle=AlwaysIdle()) as sp:
@@ -294,3 +296,29 @@ async def test_an_exchange_over_critsec_max_is_taken_away_and_retried(
         assert await sp.wait_for(mid, timeout=10) is MessageState.SENT
     assert sim.texts() == [(NUMBER, "slow modem")]
     assert sim.commands.count("ATE0") == 2
+
+
+async def test_a_sent_sms_is_parked_until_its_status_report_comes(sim: ModemSimulator) -> None:
+    sim.delay_reports = True  # the network reports later, after end_message
+    no_idle = dataclasses.replace(FAST, idle_interval=3600.0)  # the +CDS alone brings it back
+    async with spooler(sim, no_idle, delivery_reports=True) as sp:
+        mid = await submit(sp, mail("later"))
+        assert await sp.wait_for(mid, [MessageState.DEFERRED], timeout=10) is MessageState.DEFERRED
+        (record,) = await sp.store.recipients(mid)
+        assert record.state is RecipientState.PARKED
+        section = await sp.store.profile_get("transport:gsm")
+        assert list(section["awaiting"]) == [f"{mid}/0"]  # type: ignore[arg-type]
+        assert sim.release_reports() == 1  # +CDS: the session asks for the message back
+        assert await sp.wait_for(mid, timeout=10) is MessageState.SENT
+        (record,) = await sp.store.recipients(mid)
+    assert "status report: delivered" in (record.diagnostic or "")
+    assert sim.texts() == [(NUMBER, "later")]  # sent once; the second submit only reports
+
+
+async def test_a_status_report_that_never_comes_times_out(sim: ModemSimulator) -> None:
+    sim.delay_reports = True
+    async with spooler(sim, delivery_reports=True, report_timeout=0.3) as sp:
+        mid = await submit(sp, mail("lost report"))
+        assert await sp.wait_for(mid, timeout=10) is MessageState.SENT  # via idle()
+        (record,) = await sp.store.recipients(mid)
+    assert "no status report within 0.3 s" in (record.diagnostic or "")

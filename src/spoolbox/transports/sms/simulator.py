@@ -28,6 +28,8 @@ Fault knobs (attributes, set from any thread):
 * ``mute = True``: the modem reads but answers nothing (a hung modem, a timeout);
 * ``reset_on_send = n``: the next n AT+CMGS PDUs are dropped and the modem restarts
   (echo on, settings lost, PIN asked again) without answering;
+* ``delay_reports = True``: status reports wait until :meth:`release_reports` (the
+  network takes its time);
 * ``fail_delete = n``: the next n AT+CMGD answer ``+CMS ERROR: 320`` (memory failure);
 * ``hold_send`` / ``hold_delete`` / ``hold_list``: :class:`threading.Event` s that,
   when cleared, hold that command's answer until set (the kill tests SIGKILL the
@@ -80,6 +82,8 @@ class ModemSimulator:
         self.mute = False
         self.reset_on_send = 0
         self.fail_delete = 0
+        self.delay_reports = False
+        self._held_reports: list[str] = []
         self.hold_send = threading.Event()
         self.hold_delete = threading.Event()
         self.hold_list = threading.Event()
@@ -391,7 +395,17 @@ class ModemSimulator:
         if submit.status_report and self.cnmi_ds == 1:
             status = self.report_status.get(submit.number, 0)
             report = encode_status_report(mr, submit.number, status, datetime.now(UTC))
-            self._write(f"\r\n+CDS: {_tpdu_len(report)}\r\n{report}\r\n")
+            self._held_reports.append(report)
+            if not self.delay_reports:
+                self.release_reports()
+
+    def release_reports(self) -> int:
+        """Send the status reports held back (``delay_reports``); how many."""
+        with self._lock:
+            reports, self._held_reports = self._held_reports, []
+            for report in reports:
+                self._write(f"\r\n+CDS: {_tpdu_len(report)}\r\n{report}\r\n")
+        return len(reports)
 
     def stored(self) -> Iterator[tuple[int, Stored]]:
         """The SIM's messages, by index."""
