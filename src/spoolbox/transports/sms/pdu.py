@@ -315,6 +315,17 @@ def _skip_smsc(data: bytes) -> int:
     return 1 + _octets(data, 0, 1, "SMSC address length")[0]
 
 
+def _open_tpdu(pdu: str, mti: int, name: str) -> tuple[bytes, int, int]:
+    """The octets of ``pdu``, the position after its first octet, and that octet;
+    PDUError unless its TP-MTI is ``mti``."""
+    data = _hex(pdu)
+    pos = _skip_smsc(data)
+    first = _octets(data, pos, 1, "first octet")[0]
+    if first & 0x03 != mti:
+        raise PDUError(f"not an {name}: first octet {first:#04x}")
+    return data, pos + 1, first
+
+
 # -- SMS-SUBMIT ----------------------------------------------------------------------------
 def encode_submit(
     number: str,
@@ -363,12 +374,9 @@ def submit_pdus(
 
 def decode_submit(pdu: str) -> Submit:
     """An SMS-SUBMIT as the modem receives it (the simulator's side)."""
-    data = _hex(pdu)
-    pos = _skip_smsc(data)
-    first, mr = _octets(data, pos, 2, "first octet")
-    if first & 0x03 != 0x01:
-        raise PDUError(f"not an SMS-SUBMIT: first octet {first:#04x}")
-    number, pos = _decode_address(data, pos + 2, "destination address")
+    data, pos, first = _open_tpdu(pdu, 0x01, "SMS-SUBMIT")
+    mr = _octets(data, pos, 1, "message reference")[0]
+    number, pos = _decode_address(data, pos + 1, "destination address")
     _pid, dcs = _octets(data, pos, 2, "PID/DCS")
     pos += 2
     vpf = (first >> 3) & 0x03
@@ -406,12 +414,8 @@ def encode_deliver(
 
 def decode_deliver(pdu: str) -> Deliver:
     """A received SMS-DELIVER: sender, centre time stamp, text, concatenation."""
-    data = _hex(pdu)
-    pos = _skip_smsc(data)
-    first = _octets(data, pos, 1, "first octet")[0]
-    if first & 0x03 != 0x00:
-        raise PDUError(f"not an SMS-DELIVER: first octet {first:#04x}")
-    sender, pos = _decode_address(data, pos + 1, "originating address")
+    data, pos, first = _open_tpdu(pdu, 0x00, "SMS-DELIVER")
+    sender, pos = _decode_address(data, pos, "originating address")
     _pid, dcs = _octets(data, pos, 2, "PID/DCS")
     when = _timestamp(bytes(_octets(data, pos + 2, 7, "time stamp")))
     pos += 9
@@ -431,12 +435,9 @@ def encode_status_report(mr: int, recipient: str, status: int, when: datetime) -
 
 def decode_status_report(pdu: str) -> StatusReport:
     """A status report: which message (TP-MR, recipient) and what became of it."""
-    data = _hex(pdu)
-    pos = _skip_smsc(data)
-    first, mr = _octets(data, pos, 2, "first octet")
-    if first & 0x03 != 0x02:
-        raise PDUError(f"not an SMS-STATUS-REPORT: first octet {first:#04x}")
-    recipient, pos = _decode_address(data, pos + 2, "recipient address")
+    data, pos, _first = _open_tpdu(pdu, 0x02, "SMS-STATUS-REPORT")
+    mr = _octets(data, pos, 1, "message reference")[0]
+    recipient, pos = _decode_address(data, pos + 1, "recipient address")
     discharged = _timestamp(bytes(_octets(data, pos + 7, 7, "discharge time")))
     status = _octets(data, pos + 14, 1, "status")[0]
     return StatusReport(mr, recipient, status, discharged)
