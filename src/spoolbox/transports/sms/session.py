@@ -4,6 +4,7 @@ provider that logs it on.  The package docstring says what it guarantees."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import random
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -469,18 +470,19 @@ class SMSProvider:
         self, support: Support, config: Mapping[str, Any], flags: LogonFlags
     ) -> SMSSession:
         options = read_options(SMSOptions, config, kind="sms")
+        try:  # imported in a worker: pyserial's modules take tens of ms to load
+            await support.run_blocking(importlib.import_module, "serial_asyncio_fast")
+        except ImportError:
+            raise FailOneProvider(
+                "the sms transport needs pyserial-asyncio-fast, which is not installed: "
+                "pip install 'spoolbox[sms]'"
+            ) from None
         support.modify_status_row(
             update=False, status_code=StatusCode.AVAILABLE, status_string=f"opening {options.port}"
         )
         session = SMSSession(support, options)
         try:
             await session._open()
-        except ImportError as exc:
-            await session.logoff(LogoffFlags.NORMAL)
-            raise FailOneProvider(
-                "the sms transport needs pyserial-asyncio-fast, which is not installed: "
-                "pip install 'spoolbox[sms]'"
-            ) from exc
         except (ModemError, OSError) as exc:
             await session.logoff(LogoffFlags.NORMAL)
             why = f"sms: the modem on {options.port} does not answer: {exc}"
