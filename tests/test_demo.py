@@ -31,7 +31,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "Undelivered Mail Returned to Sender" in text  # the NDR for the X400 recipient
     assert len(list((out / "mail" / "bob" / "new").iterdir())) == 12
     assert len(list((out / "internet").iterdir())) == 6  # 5 via SMTP + 1 via sendmail
-    assert (out / "faxes.txt").read_text().count("\n") == 3
+    assert (out / "sms.txt").read_text().count("\n") == 3  # the SMS transport on the modem
     assert list((out / "pickup" / "new").iterdir()) == []
 
 

@@ -7,10 +7,13 @@ server to install:
    of inbound mail dropped into a directory), ``relay`` (the SMTP transport, relaying
    to "the internet": a second SMTP listener of spoolbox's own on loopback, which
    files what it gets instead of queueing it) and
-   ``fax`` (a simulated fax line that is busy on the first try and holds a critical
-   section while it "transmits");
+   ``gsm`` (the SMS transport on a simulated GSM modem on a pseudo-terminal,
+   :class:`~spoolbox.transports.sms.simulator.ModemSimulator`: it starts without a
+   network, so its SMS wait; when the network comes back the transport flushes them
+   by itself, each AT+CMGS exchange in a critical section; delivery reports decide
+   delivered, and an SMS the modem receives lands in the inbox);
 2. starts the SMTP submission listener on a free loopback port;
-3. submits messages three ways: through the Python API (to Maildir recipients, fax
+3. submits messages three ways: through the Python API (to Maildir recipients, phone
    numbers, and one address type no transport serves), through the SMTP listener
    (with the standard library's :mod:`smtplib`), and through the ``sendmail`` entry
    point;
@@ -21,8 +24,8 @@ server to install:
    the spooler wrote for the undeliverable recipient) and where the mail landed.
 
 Everything lands in ``./spoolbox-demo`` (or the directory given as argument).  The
-demo needs nothing beyond spoolbox's own dependencies: no SMTP server or client
-library of its own.
+demo needs nothing beyond its extra (``spoolbox[demo]``: the command line's and the
+SMS transport's): no SMTP server, client library or modem of its own.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ import io
 import shutil
 import smtplib
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,78 +54,8 @@ from . import (
     TransportConfig,
 )
 from ._core.flush import FlushReport
-from .contract import (
-    BaseTransportSession,
-    LogonFlags,
-    OutboundMessage,
-    RecipientResult,
-    StatusCode,
-    SubmitFlags,
-    Support,
-)
 from .ingress import ListenerConfig, SubmissionListener, run_sendmail
-
-FAXES: list[str] = []
-
-
-class DemoFaxSession(BaseTransportSession):
-    """A pretend fax line: busy on the first try, then it 'transmits' page by page
-    inside a critical section, yielding between pages."""
-
-    ADDRESS_TYPES = ("FAX",)
-
-    def __init__(self, support: Support, out: Path) -> None:
-        super().__init__(support)
-        self.out = out
-        self.tries: dict[str, int] = {}
-
-    async def submit_message(self, message: OutboundMessage, flags: SubmitFlags) -> None:
-        attempt = self.tries[message.ref] = self.tries.get(message.ref, 0) + 1
-        if attempt == 1:
-            await self.support.status_recips(
-                message,
-                [
-                    RecipientResult.deferred(
-                        recipient, "fax; line busy", status="4.4.1", retry_after=3600
-                    )
-                    for recipient in message.recipients
-                ],
-            )
-            return
-        email = await message.email()
-        results = []
-        async with self.support.critical_section():
-            for recipient in message.recipients:
-                for _page in range(3):
-                    await asyncio.sleep(0.01)  # the modem works...
-                    await self.support.spooler_yield()  # ...and lets the others breathe
-                line = f"{recipient.value}: {email['subject']}\n"
-                await self.support.run_blocking(_append, self.out, line)
-                FAXES.append(line)
-                results.append(
-                    RecipientResult.delivered(recipient, f"fax; sent to {recipient.value}")
-                )
-        await self.support.status_recips(message, results)
-
-
-def _append(path: Path, line: str) -> None:
-    with path.open("a") as out:
-        out.write(line)
-
-
-class DemoFaxProvider:
-    display_name = "Demo fax line"
-
-    async def logon(
-        self, support: Support, config: Mapping[str, Any], flags: LogonFlags
-    ) -> DemoFaxSession:
-        support.modify_status_row(
-            update=False, status_code=StatusCode.AVAILABLE, status_string="line idle"
-        )
-        return DemoFaxSession(support, Path(config["log"]))
-
-    async def shutdown(self) -> None:
-        return None
+from .transports.sms.simulator import ModemSimulator
 
 
 class _Internet:
@@ -221,6 +153,8 @@ async def main(base: Path) -> int:
     internet = _Internet(base / "internet")
     await internet.listener.start()
     me = Address("MAILDIR", "alice")
+    modem = ModemSimulator()
+    modem.lose_registration()  # the line starts without a network
     config = SpoolerConfig(
         transports=(
             TransportConfig(
@@ -233,7 +167,7 @@ async def main(base: Path) -> int:
                 "smtp",
                 options={"host": "127.0.0.1", "port": internet.listener.port, "tls": "none"},
             ),
-            TransportConfig("fax", DemoFaxProvider, options={"log": str(base / "faxes.txt")}),
+            TransportConfig("gsm", "sms", options={"port": modem.port, "delivery_reports": True}),
         ),
         policy=Policy(poll_interval=0.5),
         identities=(me,),
@@ -258,14 +192,15 @@ async def main(base: Path) -> int:
                 console.print("\n[bold]flush[/] (send and receive, one transport at a time):")
                 await _flush_with_bars(sp, console)
             console.print(
-                "the fax line was busy on its first try; its messages wait for their "
-                "retry (in an hour).\n[bold]flush[/] the fax line again (a flush makes "
-                "its deferred mail due now):"
+                f"the modem ({modem.port}) has no network: its SMS wait for their retry "
+                "(in an hour).\nthe network comes back: the SMS transport sets its "
+                "outbound flush bit itself, and they go out at once."
             )
-            await _flush_with_bars(sp, console, download=False, transport="fax")
+            modem.receive("+15550100", "Running late, start without me")
+            modem.regain_registration()
             for mid in ids:
                 await sp.wait_for(mid, timeout=20)
-            await sp.wait_inbox(4, timeout=10)
+            await sp.wait_inbox(5, timeout=10)
             await listener.stop()
             console.print()
             console.print(_status_table(sp))
@@ -289,11 +224,14 @@ async def main(base: Path) -> int:
             )
     finally:
         await internet.listener.stop()
+        modem.close()
+    texts = [f"{number}: {text.replace(chr(10), ' / ')}\n" for number, text in modem.texts()]
+    await asyncio.to_thread((base / "sms.txt").write_text, "".join(texts))
     console.print("\n[bold]where the mail landed[/]:")
     for box in sorted((base / "mail").iterdir()):
         console.print(f"  {box}/new: {len(list((box / 'new').iterdir()))} messages")
     console.print(f"  {base / 'internet'}: {internet.count} messages relayed over SMTP")
-    console.print(f"  {base / 'faxes.txt'}: {len(FAXES)} faxes")
+    console.print(f"  {base / 'sms.txt'}: {len(texts)} SMS the modem sent")
     left = len(list((base / "pickup" / "new").iterdir()))
     console.print(f"  {base / 'pickup' / 'new'}: {left} left to pick up")
     return 0
@@ -306,7 +244,7 @@ async def _submit_all(
     for number in range(12):
         rcpts = [Address("MAILDIR", "bob"), Address("MAILDIR", "carol")]
         if number % 4 == 0:
-            rcpts.append(Address("FAX", f"+1555010{number:02d}"))
+            rcpts.append(Address("SMS", f"+1555010{number:02d}"))
         content = (
             f"From: alice@example.org\r\nTo: bob, carol\r\nSubject: report #{number}\r\n"
             f"Message-ID: <demo-{number}@spoolbox>\r\n\r\nThis is demo message {number}.\r\n"

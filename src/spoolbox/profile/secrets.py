@@ -39,8 +39,9 @@ __all__ = [
     "unconfigured_provider",
 ]
 
-#: Option names whose inline value is a secret (besides anything from *_env / *_file).
-_SECRET_NAMES = re.compile(r"(^|_)(password|passwd|secret|token|api_key|apikey|credentials?)$")
+#: Option names whose inline value is a secret (besides anything from *_env / *_file);
+#: ``pin`` is a SIM PIN (the sms transport).
+_SECRET_NAMES = re.compile(r"(^|_)(password|passwd|secret|token|api_key|apikey|credentials?|pin)$")
 
 
 class Secret(str):
