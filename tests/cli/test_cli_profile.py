@@ -315,3 +315,14 @@ def test_bad_listener_users_name_the_user(
         load_profile(p, environ={})
     assert f"[listeners.x] {key}: " in str(info.value)
     assert expected in str(info.value)
+
+
+def test_redaction_hides_long_secrets_anywhere_and_short_ones_where_they_stand_alone() -> None:
+    from spoolbox.profile.secrets import redact
+
+    password = "s3cretPassw0rd"
+    assert redact(f"login as bob:{password}x failed", [password]) == "login as bob:***x failed"
+    # A SIM PIN: hidden as a value, not inside a phone number that happens to hold it.
+    assert redact("AT+CPIN=1234 to SMS:+15551234567", ["1234"]) == "AT+CPIN=*** to SMS:+15551234567"
+    assert redact("pin 1234, then 1234_x and x1234", ["1234"]) == "pin ***, then ***_x and x1234"
+    assert redact("nothing here", ["", "abc"]) == "nothing here"

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
+from ..profile.secrets import redact
 from .log_format import FIELDS_ATTR, make_formatter
 
 __all__ = ["RedactingFilter", "configure_logging", "event_loop_runner"]
@@ -36,25 +37,18 @@ class RedactingFilter(logging.Filter):
         if record.exc_info:
             exc_text = logging.Formatter().formatException(record.exc_info)
         if any(secret in text or secret in exc_text for secret in secrets if secret):
-            record.msg, record.args = _redact(text, secrets), None
+            record.msg, record.args = redact(text, secrets), None
             if record.exc_info:
                 record.exc_info = None
-                record.exc_text = _redact(exc_text, secrets)
+                record.exc_text = redact(exc_text, secrets)
         fields = getattr(record, FIELDS_ATTR, None)
         if isinstance(fields, Mapping):
             setattr(
                 record,
                 FIELDS_ATTR,
-                {k: _redact(v, secrets) if isinstance(v, str) else v for k, v in fields.items()},
+                {k: redact(v, secrets) if isinstance(v, str) else v for k, v in fields.items()},
             )
         return True
-
-
-def _redact(text: str, secrets: frozenset[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
 
 
 def configure_logging(

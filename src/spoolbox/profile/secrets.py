@@ -60,11 +60,22 @@ class MissingSecret:
     source: str  # "environment variable X" / "file Y"
 
 
+#: A secret at least this long is hidden wherever it appears; a shorter one (a SIM's
+#: 4-digit PIN) only where it stands alone, so that ``+15551234567`` is not shown as
+#: ``+1555***567`` because the PIN is 1234.
+_ANYWHERE = 8
+
+
 def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every one of ``secrets`` replaced by ``***``."""
+    """``text`` with every one of ``secrets`` replaced by ``***``: a long one wherever
+    it appears, a short one where no letter or digit touches it."""
     for value in secrets:
-        if value and value in text:
+        if not value or value not in text:
+            continue
+        if len(value) >= _ANYWHERE:
             text = text.replace(value, "***")
+        else:
+            text = re.sub(rf"(?<![^\W_]){re.escape(value)}(?![^\W_])", "***", text)
     return text
 
 
