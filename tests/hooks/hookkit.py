@@ -5,9 +5,15 @@ spooler builders."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import shutil
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from spoolbox import (
     AlwaysIdle,
@@ -129,6 +135,21 @@ class ScriptedHook:
         return await got if asyncio.iscoroutine(got) else got
 
 
+def rsa_key(path: Path) -> str:
+    """Write a 2048-bit RSA key to ``path`` (with openssl); its DKIM DNS TXT record."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl (Debian package openssl) to make an RSA key")
+    subprocess.run(
+        ["openssl", "genrsa", "-out", str(path), "2048"], check=True, capture_output=True
+    )
+    der = subprocess.run(
+        ["openssl", "rsa", "-in", str(path), "-pubout", "-outform", "DER"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
+
+
 def recording_transport(record: Record, **options: Any) -> TransportConfig:
     return TransportConfig("out", RecordingProvider, options={"record": record, **options})
 
@@ -154,5 +175,6 @@ __all__ = [
     "ScriptedHook",
     "header_adder",
     "recording_transport",
+    "rsa_key",
     "spooler",
 ]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import dkim
 import nacl.signing
 import pytest
 from hookkit import Record, recording_transport, spooler
+from hookkit import rsa_key as make_rsa_key
 
 from spoolbox import Address, HookConfig, MessageState, NewMessage
 from spoolbox.contract import KEEP, Change, Delete, FileTo, HookFlags, HookMessage
@@ -147,16 +147,8 @@ def test_filing_rules_are_checked(rules: Any, says: str) -> None:
 @pytest.fixture
 def rsa_key(tmp_path: Path) -> tuple[Path, str]:
     """A 2048-bit RSA key file and its DNS TXT record (made with openssl)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("needs openssl (Debian package openssl) to make an RSA key")
     key = tmp_path / "rsa.key"
-    subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
-    der = subprocess.run(
-        ["openssl", "rsa", "-in", str(key), "-pubout", "-outform", "DER"],
-        check=True,
-        capture_output=True,
-    ).stdout
-    return key, f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
+    return key, make_rsa_key(key)
 
 
 @pytest.fixture

@@ -7,9 +7,7 @@ message reaches the sink once, with one DKIM signature, which verifies."""
 
 from __future__ import annotations
 
-import base64
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +20,7 @@ import dkim
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from hookkit import rsa_key
 
 HERE = Path(__file__).parent
 SPOOLBOX = Path(sys.executable).with_name("spoolbox")
@@ -114,17 +113,9 @@ def _daemon(run: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
 def test_sigkill_after_preprocessing_sends_once_signed_once(
     sink: tuple[Sink, int], tmp_path: Path
 ) -> None:
-    if shutil.which("openssl") is None:
-        pytest.skip("needs openssl (Debian package openssl) to make an RSA key")
     handler, port = sink
     key = tmp_path / "dkim.key"
-    subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
-    der = subprocess.run(
-        ["openssl", "rsa", "-in", str(key), "-pubout", "-outform", "DER"],
-        check=True,
-        capture_output=True,
-    ).stdout
-    txt = f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}".encode()
+    txt = rsa_key(key).encode()
     profile = _profile(tmp_path, port, key)
     env = _env()
     sent = subprocess.run(
