@@ -17,7 +17,11 @@ A message is signed for the domain of its ``From:`` address (what DMARC aligns
 with), else of its envelope sender; a domain without a table is sent unsigned (KEEP).
 The key is read once, when the hook is made: a missing or bad key fails the hook at
 start, on its status row, and mail waits for it rather than going out unsigned.
-Signing (RSA is pure Python in dkimpy) runs in a worker thread, off the loop.
+
+Signing runs in a worker *process* of the hook's own (started on the first message,
+stopped when the spooler closes): dkimpy's RSA is Python's big-integer ``pow``, which
+holds the GIL for tens of milliseconds, so a thread would still stall the event loop.
+A worker that dies fails that message's signing (it is retried) and is replaced.
 
 Run it last among the outbound hooks, after anything that changes headers.
 """
@@ -26,7 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import multiprocessing
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from email.utils import getaddresses
 from pathlib import Path
@@ -141,6 +148,7 @@ class DkimHook:
         headers = tuple(dict.fromkeys(("From", *opts.headers)))
         self._headers = tuple(h.encode("ascii") for h in headers)
         _dkimpy()  # the extra is missing: say so now
+        self._pool: ProcessPoolExecutor | None = None
         self._keys: dict[str, DomainKey] = {}
         for domain, d in _domains(opts, options.get("domains")).items():
             path = Path(d.key_file)
@@ -176,8 +184,23 @@ class DkimHook:
         key = self.key_for(message)
         if key is None:
             return KEEP
-        signed = await asyncio.to_thread(sign, key, message.content, self._headers)
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        loop = asyncio.get_running_loop()
+        try:
+            signed = await loop.run_in_executor(
+                self._pool, sign, key, message.content, self._headers
+            )
+        except BrokenProcessPool:
+            self._pool = None  # the next message starts a new worker
+            raise
         return Change(signed)
+
+    async def close(self) -> None:
+        """Stop the signing process (the spooler calls this when it closes)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await asyncio.to_thread(pool.shutdown)
 
 
 def sign(key: DomainKey, content: bytes, headers: Sequence[bytes]) -> bytes:
