@@ -2,8 +2,8 @@
 
 Transports import from here (and from :mod:`spoolbox.model`) only.
 
-The flags and errors are imported with the package; the objects, options, provider
-and support names when first used (PEP 562), so that reading a profile (which needs
+The flags and errors are imported with the package; the objects, options, provider,
+support and hook names when first used (PEP 562), so that reading a profile (which needs
 the option checks and the errors) does not import the provider machinery and logging.
 """
 
