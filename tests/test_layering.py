@@ -33,6 +33,8 @@ ALLOWED: dict[str, set[str]] = {
     "reports": {"model"},
     # transports see only the public contract (and the shared SMTP machines)
     "transports": {"contract", "model", "smtp"},
+    # the built-in spooler hooks, like transports, see only the public contract
+    "hooks": {"contract", "model"},
     "ingress": {"model", "smtp"},
     # the scheduler
     "_core": {"model", "routing", "contract", "status", "store", "reports"},

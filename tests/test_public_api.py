@@ -14,6 +14,7 @@ EXPECTED_TOP = {
     "Clock",
     "FlushHandle",
     "FlushReport",
+    "HookConfig",
     "IdlePolicy",
     "InboxEntry",
     "LoopLagIdle",
@@ -85,6 +86,17 @@ EXPECTED_CONTRACT = {
     "WaitRetry",
     "option",
     "read_options",
+    "KEEP",
+    "Change",
+    "Delete",
+    "FileTo",
+    "HookFlags",
+    "HookMessage",
+    "Keep",
+    "PreprocessInfoRemover",
+    "Preprocessor",
+    "Reroute",
+    "SpoolerHook",
 }
 
 

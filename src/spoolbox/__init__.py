@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._core.clock import Clock, SystemClock
-    from ._core.config import ENTRY_POINT_GROUP, SpoolerConfig, TransportConfig, load_provider_class
+    from ._core.config import (
+        ENTRY_POINT_GROUP,
+        HookConfig,
+        SpoolerConfig,
+        TransportConfig,
+        load_provider_class,
+    )
     from ._core.flush import FlushHandle, FlushReport, TransportFlushResult
     from ._core.idle import AlwaysIdle, IdlePolicy, LoopLagIdle, ManualIdle
     from ._core.policy import Policy
@@ -47,6 +53,7 @@ __all__ = [
     "Clock",
     "FlushHandle",
     "FlushReport",
+    "HookConfig",
     "IdlePolicy",
     "InboxEntry",
     "LoopLagIdle",
@@ -84,6 +91,7 @@ _WHERE = {
     "Clock": "._core.clock",
     "SystemClock": "._core.clock",
     "ENTRY_POINT_GROUP": "._core.config",
+    "HookConfig": "._core.config",
     "SpoolerConfig": "._core.config",
     "TransportConfig": "._core.config",
     "load_provider_class": "._core.config",

@@ -21,6 +21,8 @@ from .policy import Policy
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "HOOK_ENTRY_POINT_GROUP",
+    "HookConfig",
     "SpoolerConfig",
     "TransportConfig",
     "load_provider_class",
@@ -28,10 +30,15 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "spoolbox.transports"
+#: The entry-point group of spooler hooks (see :mod:`spoolbox.contract.hooks`).
+HOOK_ENTRY_POINT_GROUP = "spoolbox.hooks"
 
 
-def load_provider_class(spec: str | type) -> type:
-    """A provider class from a class, an entry-point name, or ``module:Class``."""
+def load_provider_class(
+    spec: str | type, *, group: str = ENTRY_POINT_GROUP, what: str = "transport provider"
+) -> type:
+    """A provider class (or, with ``group`` and ``what``, a hook class) from a class,
+    an entry-point name, or ``module:Class``."""
     if isinstance(spec, type):
         return spec
     if ":" in spec:
@@ -39,17 +46,17 @@ def load_provider_class(spec: str | type) -> type:
         try:
             obj = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as exc:
-            raise LookupError(f"cannot load transport provider {spec!r}: {exc}") from exc
+            raise LookupError(f"cannot load {what} {spec!r}: {exc}") from exc
         if not isinstance(obj, type):
             raise LookupError(f"{spec!r} is not a class")
         return obj
     from importlib.metadata import entry_points  # not at import: a profile read needs none
 
-    found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == spec]
+    found = [ep for ep in entry_points(group=group) if ep.name == spec]
     if not found:
-        known = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+        known = sorted(ep.name for ep in entry_points(group=group))
         raise LookupError(
-            f"no transport provider named {spec!r} in entry-point group {ENTRY_POINT_GROUP} "
+            f"no {what} named {spec!r} in entry-point group {group} "
             f"(installed: {', '.join(known) or 'none'})"
         )
     obj = found[0].load()
@@ -83,6 +90,21 @@ class TransportConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HookConfig:
+    """One spooler hook, in hook order: its name (its status row is ``hook:NAME``),
+    the hook class (a class, an entry-point name of ``spoolbox.hooks``, or
+    ``module:Class``) and its options (handed to the class)."""
+
+    name: str
+    hook: str | type
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
+            raise ValueError(f"hook name {self.name!r} is invalid: use letters, digits and '-_.'")
+
+
+@dataclass(frozen=True, slots=True)
 class SpoolerConfig:
     transports: tuple[TransportConfig, ...] = ()
     policy: Policy = field(default_factory=Policy)
@@ -100,14 +122,20 @@ class SpoolerConfig:
     reporting_mta: str = ""
     #: How long finished messages and inbox entries are kept (housekeeping purges).
     retention: Retention = field(default_factory=Retention)
+    #: Spooler hooks in order (the profile's ``[[hooks]]``): every outbound message
+    #: passes them before its transport gets it, every inbound one before the inbox.
+    hooks: tuple[HookConfig, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.reporting_mta:
             object.__setattr__(self, "reporting_mta", self.hostname)
-        names = [t.name for t in self.transports]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"transport names must be unique; repeated: {dupes}")
+        for what, names in (
+            ("transport", [t.name for t in self.transports]),
+            ("hook", [h.name for h in self.hooks]),
+        ):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{what} names must be unique; repeated: {dupes}")
 
     def declared_routes(self) -> RoutingTable:
         """The routing table from the profile alone: each outbound transport with the

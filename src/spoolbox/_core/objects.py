@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import io
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import replace
 from email import policy as email_policy
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
@@ -118,17 +119,26 @@ class OutboundMessageImpl(_OutboundView):
     """The message of a claimed job; its content is read from the store."""
 
     def __init__(
-        self, job: ClaimedJob, store: Store, implicit_yield: YieldFn, flags: SubmitFlags
+        self,
+        job: ClaimedJob,
+        store: Store,
+        implicit_yield: YieldFn,
+        flags: SubmitFlags,
+        *,
+        content: bytes | None = None,
     ) -> None:
         super().__init__(
-            job.message,
+            job.message if content is None else replace(job.message, size=len(content)),
             tuple(OutboundRecipient(r.index, r.address, r.attempts) for r in job.recipients),
             flags,
             implicit_yield,
         )
         self._job = job
         self._store = store
-        self._content: bytes | None = job.content  # prefetched by the claim, if small
+        # ``content``: what hooks and preprocessors made of it; else prefetched by the
+        # claim, if small, or read from the store when asked for.
+        self._replaced = content is not None
+        self._content: bytes | None = content if content is not None else job.content
         self.reported: set[int] = set()
         self.cancelled = False
 
@@ -155,10 +165,19 @@ class OutboundMessageImpl(_OutboundView):
 
     async def iter_content(self, chunk_size: int = 65536) -> AsyncIterator[bytes]:
         self._check()
-        async for chunk in self._store.iter_content(self.ref, chunk_size=chunk_size):
+        if self._replaced and self._content is not None:
+            chunks = _chunks(self._content, chunk_size)
+        else:
+            chunks = self._store.iter_content(self.ref, chunk_size=chunk_size)
+        async for chunk in chunks:
             self._check()
             yield chunk
             await self._yield()
+
+
+async def _chunks(data: bytes, size: int) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
 
 
 class ContentMessage(_OutboundView):

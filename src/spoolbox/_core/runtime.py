@@ -22,6 +22,7 @@ from ..status import StatusTable
 from ..store import ClaimedJob, InboxEntry, RecipientUpdate, Store
 from .clock import Clock
 from .critsec import CriticalSections
+from .hooks import HookChain
 from .idle import IdlePolicy
 from .policy import Policy
 from .slices import SliceMeter
@@ -49,6 +50,7 @@ class Runtime:
     owner: str  # this spooler's node name: the owner of its claims
     rng: random.Random  # retry jitter
     hostname: str = "localhost"  # SpoolerConfig.hostname: EHLO, Reporting-MTA, ...
+    hooks: HookChain | None = None  # the profile's [[hooks]], None when there are none
 
 
 class SpoolerPort(Protocol):

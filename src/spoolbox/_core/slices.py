@@ -238,10 +238,11 @@ class SliceMeter:
             if held >= self.stall_after and not owner.exempt_from_budget:
                 reported = cur
                 log.warning(
-                    "transport %r has held the event loop for %.0f ms without yielding "
+                    "%s%r has held the event loop for %.0f ms without yielding "
                     "(slice budget %.1f ms): it is blocking every other transport and "
                     "the host application. Await I/O, call support.spooler_yield() in "
                     "long loops, or use support.run_blocking() for blocking libraries.",
+                    getattr(owner, "kind", "transport "),  # a hook's name says "hook:"
                     owner.name,
                     held * 1000,
                     self.budget * 1000,

@@ -53,6 +53,7 @@ from .config import SpoolerConfig, load_provider_class, unloadable_provider
 from .critsec import CriticalSections
 from .destinations import DestinationBackoff
 from .flush import FlushHandle, FlushReport
+from .hooks import HookChain
 from .hosts.host import TransportHost
 from .hosts.isolated import IsolatedProvider
 from .housekeeping import Housekeeper
@@ -134,6 +135,14 @@ class Spooler:
             owner=self.owner,
             rng=self.rng,
             hostname=self.config.hostname,
+            hooks=HookChain(
+                self.config.hooks,
+                status=self.status,
+                meter=self.meter,
+                call_timeout=self.policy.call_timeout,
+            )
+            if self.config.hooks
+            else None,
         )
         self._destinations = DestinationBackoff(self.policy, self.clock)
         self._settlement = Settlement(
@@ -210,6 +219,8 @@ class Spooler:
                     status_code=StatusCode.AVAILABLE,
                 )
             )
+            if self._runtime.hooks is not None:
+                self._runtime.hooks.start()
             for entry in self.config.transports:
                 if entry.isolate:
                     # Its own child process per session, which loads the provider:
@@ -268,6 +279,8 @@ class Spooler:
                     await provider.shutdown()
                 except Exception as exc:
                     log.warning("provider %r: shutdown failed: %s", provider, exc)
+            if self._runtime.hooks is not None:
+                await self._runtime.hooks.close()
             with contextlib.suppress(Exception):
                 await self.store.release_owner(self.owner)
         finally:

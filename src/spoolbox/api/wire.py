@@ -198,6 +198,7 @@ def inbox_to_dict(entry: InboxEntry) -> dict[str, Any]:
         "size": entry.size,
         "subject": entry.subject,
         "remote_id": entry.remote_id,
+        "folder": entry.meta.get("folder"),  # set by an inbound filing hook; None: the inbox
     }
 
 

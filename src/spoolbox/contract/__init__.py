@@ -2,8 +2,8 @@
 
 Transports import from here (and from :mod:`spoolbox.model`) only.
 
-The flags and errors are imported with the package; the objects, options, provider
-and support names when first used (PEP 562), so that reading a profile (which needs
+The flags and errors are imported with the package; the objects, options, provider,
+support and hook names when first used (PEP 562), so that reading a profile (which needs
 the option checks and the errors) does not import the provider machinery and logging.
 """
 
@@ -42,6 +42,19 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .hooks import (
+        KEEP,
+        Change,
+        Delete,
+        FileTo,
+        HookFlags,
+        HookMessage,
+        Keep,
+        PreprocessInfoRemover,
+        Preprocessor,
+        Reroute,
+        SpoolerHook,
+    )
     from .objects import (
         MAX_INBOUND_SIZE,
         InboundWriter,
@@ -54,15 +67,22 @@ if TYPE_CHECKING:
     from .support import Support
 
 __all__ = [
+    "KEEP",
     "MAX_INBOUND_SIZE",
     "SPI_VERSION",
     "BaseTransportSession",
+    "Change",
     "ContractViolation",
+    "Delete",
     "EndFlags",
     "FailOneProvider",
+    "FileTo",
     "FlushFlags",
+    "HookFlags",
+    "HookMessage",
     "InboundWriter",
     "InvalidObject",
+    "Keep",
     "LogoffFlags",
     "LogonCaps",
     "LogonFlags",
@@ -73,11 +93,15 @@ __all__ = [
     "OptionSpec",
     "OutboundMessage",
     "OutboundRecipient",
+    "PreprocessInfoRemover",
+    "Preprocessor",
     "ProfileSection",
     "Progress",
     "RecipientResult",
+    "Reroute",
     "ResourceMethods",
     "SpoolboxError",
+    "SpoolerHook",
     "SpoolerNotifyFlags",
     "StatusCode",
     "SubmitCancelled",
@@ -96,6 +120,22 @@ __all__ = [
 ]
 
 _WHERE = {
+    **dict.fromkeys(
+        (
+            "KEEP",
+            "Change",
+            "Delete",
+            "FileTo",
+            "HookFlags",
+            "HookMessage",
+            "Keep",
+            "PreprocessInfoRemover",
+            "Preprocessor",
+            "Reroute",
+            "SpoolerHook",
+        ),
+        ".hooks",
+    ),
     "MAX_INBOUND_SIZE": ".objects",
     "InboundWriter": ".objects",
     "OutboundMessage": ".objects",

@@ -7,11 +7,12 @@ spooler goes through the :class:`Support` they receive in ``logon``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, TypeVar
 
 from ..model import Progress, RecipientResult, SpoolerNotifyFlags, StatusCode
+from .hooks import PreprocessInfoRemover, Preprocessor
 from .objects import OutboundMessage, ProfileSection
 
 __all__ = ["Support"]
@@ -96,4 +97,21 @@ class Support(Protocol):
     async def run_blocking(self, fn: Callable[..., T], /, *args: object) -> T:
         """Run blocking code (a synchronous library) in a worker thread, so it does not
         freeze the loop.  Cancellation of the caller does not interrupt the thread."""
+        ...
+
+    def register_preprocessor(
+        self,
+        preprocess: Preprocessor,
+        *,
+        address_types: Iterable[str] | None = None,
+        remove: PreprocessInfoRemover | None = None,
+    ) -> None:
+        """RegisterPreprocessor: run ``preprocess`` on every message this transport is
+        about to send to a recipient of one of ``address_types`` (None: any type),
+        after routing and before ``submit_message``, in registration order, once
+        per message.  It returns the new content or None; the result is not stored
+        (after a crash it runs again from the original).  ``remove``
+        (RemovePreprocessInfo) runs once the transport is done with the message.
+        Call it in ``logon``; the registrations end with the session.  Not available
+        to an isolated transport (ContractViolation)."""
         ...

@@ -32,6 +32,7 @@ from ..contract.options import Check
 from ..ingress.config import ListenerConfig
 from ..model import default_hostname, is_hostname
 from ..store.retention import FOREVER, Retention
+from .hooks import read_hooks
 from .schema import (
     EVENT_LOOPS,
     LOG_FORMATS,
@@ -143,6 +144,7 @@ def _build(
         transports.add(Table(path, f"[[transports]] #{i + 1}", t))
     listeners, listener_secrets = _listeners(top.table("listeners"), base, environ)
     _check_listeners_fit_the_store(path, store, listeners)
+    hooks = read_hooks(top, base)
     top.done()
     try:
         config = SpoolerConfig(
@@ -153,6 +155,7 @@ def _build(
             hostname=hostname,
             reporting_mta=reporting_mta,
             retention=store.retention,
+            hooks=hooks,
         )
     except ValueError as exc:
         raise ProfileError(path, str(exc), "transports") from None

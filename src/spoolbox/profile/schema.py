@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import Address, SpoolerConfig
+from .. import Address, HookConfig, SpoolerConfig
 from ..store.retention import Retention
 from .secrets import MissingSecret, redact
 
@@ -106,6 +106,11 @@ class Profile:
     #: The raw option tables (before secret resolution), to re-resolve after a dialog.
     raw_transports: tuple[Mapping[str, Any], ...] = ()
     log: LogSettings = LogSettings()
+
+    @property
+    def hooks(self) -> tuple[HookConfig, ...]:
+        """``[[hooks]]``: the spooler hooks in order (:mod:`spoolbox.profile.hooks`)."""
+        return self.spooler.hooks
 
     @property
     def default_sender(self) -> Address | None:

@@ -78,7 +78,7 @@ def new_inbox_entry(
         size=len(content),
         subject=subject_of(content),
         remote_id=message.remote_id,
-        meta=dict(meta or {}),
+        meta=dict(message.meta if meta is None else meta),
     )
     return entry, content
 
@@ -178,6 +178,8 @@ class InboundMessage:
     recipients: tuple[str, ...] = ()
     received_at: float = 0.0
     remote_id: str | None = None  # e.g. "uidvalidity:uid" or a POP3 UIDL
+    #: The inbox entry's ``meta`` (e.g. ``{"folder": "lists"}``, set by a filing hook).
+    meta: Mapping[str, JSONValue] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

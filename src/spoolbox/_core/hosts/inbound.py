@@ -21,6 +21,7 @@ from ..delivery_log import INBOUND_LOGGER, InboundLine
 from ..objects import InboundWriterImpl
 from ..slices import checkpoint
 from .base import CURRENT_MESSAGE, HostBase, log
+from .hooked import hook_inbound
 
 __all__ = ["INBOUND_COMMIT_BYTES", "InboundLane", "run_idle_lane"]
 
@@ -213,7 +214,12 @@ class InboundLane:
         state: dict[str, Any] = {}
         for writer, _received_at in batch:
             state.update(writer.state)
-        last = len(batch) - 1
+        # The inbound hooks: a deleted message is not committed (its source is still
+        # consumed: its after_commit callbacks run with the others').
+        outcomes = await hook_inbound(host, batch)
+        kept = [(w, t, o) for (w, t), o in zip(batch, outcomes, strict=True) if o.delete is None]
+        dropped = len(batch) - len(kept)
+        last = len(kept) - 1
         items = [
             (
                 InboundMessage(
@@ -223,13 +229,18 @@ class InboundLane:
                     recipients=writer.recipients,
                     received_at=received_at,
                     remote_id=writer.remote_id,
+                    meta=outcome.meta(),
                 ),
                 {section: state} if state and i == last else None,
             )
-            for i, (writer, received_at) in enumerate(batch)
+            for i, (writer, received_at, outcome) in enumerate(kept)
         ]
         try:
-            if len(items) == 1:
+            if not items:
+                entries = []
+                if state:
+                    await store.profile_update(section, state)
+            elif len(items) == 1:
                 message, updates = items[0]
                 entries = [await store.deliver_inbound(message, profile_updates=updates)]
             else:
@@ -260,7 +271,7 @@ class InboundLane:
         # source items again before the callbacks have removed them.
         for writer, _received_at in batch:
             await self._run_callbacks(writer.commit_callbacks, "after_commit callback")
-        return len(entries)
+        return len(entries) + dropped
 
 
 async def run_idle_lane(host: HostBase) -> None:

@@ -198,6 +198,13 @@ class _ChildSupport:
     def profile_section(self) -> ProfileSectionImpl:
         return self._child.profile
 
+    def register_preprocessor(self, preprocess: object, **_kwargs: object) -> None:
+        raise ContractViolation(
+            f"transport {self._name!r}: register_preprocessor() is not available to an "
+            "isolated transport (its preprocessors would run in the child, where the "
+            "spooler cannot measure them); run it with isolate = false"
+        )
+
     async def run_blocking(self, fn: Callable[..., T], /, *args: object) -> T:
         return await asyncio.to_thread(fn, *args)
 

@@ -41,8 +41,10 @@ from ..policy import (
     plan_after_submit,
     plan_result,
 )
+from ..preprocess import Preprocessors
 from ..slices import checkpoint
 from .base import CURRENT_MESSAGE, HostBase, log
+from .hooked import finish_outbound, stage_outbound
 
 __all__ = ["OutboundLane"]
 
@@ -58,6 +60,7 @@ class OutboundLane:
         self.cancelled_refs: set[str] = set()  # cancelled while claimed, not started
         self.lease_lost: set[str] = set()  # another spooler holds them now: hands off
         self.sending = 0  # messages inside submit_message / end_message right now
+        self.preprocessors = Preprocessors()  # the session's (its support object's)
 
     @property
     def inflight(self) -> int:
@@ -195,9 +198,21 @@ class OutboundLane:
             if not job.recipients:
                 host.job_done.set()
                 return
+        # The spooler hooks, then the transport's preprocessors (see .hooked).
+        staged = await stage_outbound(host, job, self.preprocessors)
+        if staged.updates is not None:
+            await port.settle(job, staged.updates, results=staged.results)
+            self._count_for_flush(mid, staged.updates)
+            await finish_outbound(host, job, staged)
+            if host.flushing & FlushFlags.UPLOAD:
+                host.flush_done += 1
+            host.job_done.set()
+            return
         deferred = any(r.diagnostic == PARKED_NOTE for r in job.recipients)
         flags = SubmitFlags.BEGIN_DEFERRED if deferred else SubmitFlags.NONE
-        msg = OutboundMessageImpl(job, runtime.store, host.implicit_yield, flags)
+        msg = OutboundMessageImpl(
+            job, runtime.store, host.implicit_yield, flags, content=staged.content
+        )
         host.active[mid] = msg
         self.sending += 1
         host.counters["submitted"] += 1
@@ -264,6 +279,7 @@ class OutboundLane:
                 port.routing_changed()
             if outcome is SubmitOutcome.END_RESEND_NOW:
                 host.wake.set()
+        await finish_outbound(host, job, staged)
         if host.flushing & FlushFlags.UPLOAD:
             host.flush_done += 1
             host.flush_bytes += job.message.size

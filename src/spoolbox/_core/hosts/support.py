@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from ...contract.errors import ContractViolation, InvalidObject
+from ...contract.hooks import PreprocessInfoRemover, Preprocessor
 from ...contract.objects import OutboundMessage
 from ...model import (
     Progress,
@@ -26,6 +27,7 @@ from ...status import StatusRow
 from .. import deadline
 from ..lifecycle import Phase
 from ..objects import ProfileSectionImpl
+from ..preprocess import Preprocessors
 from ..slices import checkpoint
 from .base import HostBase, log
 from .outbound import OutboundLane
@@ -42,6 +44,9 @@ class SupportImpl:
         self._host = host
         self._outbound = outbound
         self._lifecycle = host.lifecycle  # the session this object belongs to
+        # RegisterPreprocessor: this session's registrations, read by its outbound lane.
+        self.preprocessors = Preprocessors()
+        outbound.preprocessors = self.preprocessors
 
     def __repr__(self) -> str:
         return f"<Support for {self._host.name}>"
@@ -188,3 +193,19 @@ class SupportImpl:
     async def run_blocking(self, fn: Callable[..., T], /, *args: object) -> T:
         self._alive("run_blocking")
         return await asyncio.to_thread(fn, *args)
+
+    def register_preprocessor(
+        self,
+        preprocess: Preprocessor,
+        *,
+        address_types: Iterable[str] | None = None,
+        remove: PreprocessInfoRemover | None = None,
+    ) -> None:
+        self._alive("register_preprocessor")
+        reg = self.preprocessors.register(preprocess, address_types=address_types, remove=remove)
+        log.info(
+            "transport %r registered preprocessor %s for %s",
+            self._host.name,
+            reg.name,
+            "every address type" if reg.types is None else ", ".join(sorted(reg.types)),
+        )
