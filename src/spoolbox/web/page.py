@@ -42,7 +42,7 @@ def _row(row: dict[str, Any]) -> str:
     name = escape(row["name"])
     progress = row.get("progress") or {}
     percent = progress.get("percent")
-    value = "" if percent is None else f' value="{float(percent):.0f}"'
+    value = ' value="0" hidden' if percent is None else f' value="{float(percent):.0f}"'
     counters = row.get("counters") or {}
     return (
         f'<tr data-row="{name}"><td class="name">{name}</td>'

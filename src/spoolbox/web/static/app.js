@@ -72,6 +72,8 @@ function rowElement(name) {
   }
   const bar = document.createElement("progress");
   bar.max = 100;
+  bar.value = 0;
+  bar.hidden = true;
   tr.cells[3].appendChild(bar);
   tr.cells[3].appendChild(el("span", "", "progress-text"));
   body.appendChild(tr);
@@ -88,8 +90,11 @@ function showRow(row) {
   tr.querySelector(".slices").textContent = (counters.slices || 0) + " / " + (counters.slow_slices || 0);
   tr.querySelector(".detail").textContent = row.detail || "";
   const progress = row.progress;
-  if (progress) {
-    const bar = tr.querySelector("progress");
+  const bar = tr.querySelector("progress");
+  if (!progress) {
+    tr.querySelector(".progress-text").textContent = "";
+  } else {
+    bar.hidden = false;
     let percent = progress.percent;
     if (percent === null || percent === undefined) {
       percent = progress.total ? (100 * progress.done) / progress.total : null;
@@ -97,7 +102,7 @@ function showRow(row) {
     if (percent !== null) bar.value = percent;
     tr.querySelector(".progress-text").textContent = progress.text || "";
   }
-  if (row.resource_type === "transport") flushButtons(tr.querySelector(".actions"), row.name);
+  if (row.resource_type === "transport_provider") flushButtons(tr.querySelector(".actions"), row.name);
   tr.dataset.updates = String(Number(tr.dataset.updates || 0) + 1);
 }
 
@@ -131,6 +136,7 @@ async function startFlush(mode, transport) {
     for (const name of started.transports) {
       const bar = rowElement(name).querySelector("progress");
       bar.value = 0;
+      bar.hidden = false;
     }
     watchFlush(started.id);
   } catch (error) {
