@@ -65,3 +65,29 @@ def test_spoolbox_web_prints_the_address_with_its_token(tmp_path: Path) -> None:
 def test_a_wrong_web_key_is_refused_by_name(tmp_path: Path, table: str, key: str) -> None:
     with pytest.raises(ProfileError, match=key):
         load_profile(_profile(tmp_path, table))
+
+
+def _without_web_extra(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The command with starlette, uvicorn and prometheus_client blocked."""
+    code = (
+        "import sys\n"
+        "for name in ('starlette', 'uvicorn', 'prometheus_client'):\n"
+        "    sys.modules[name] = None\n"
+        "from spoolbox.cli import main\n"
+        f"sys.argv = ['spoolbox', '--profile', {str(profile)!r}, *{list(args)!r}]\n"
+        "main()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "SPOOLBOX_PROFILE"}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def test_without_the_web_extra_run_names_it_and_web_still_prints(tmp_path: Path) -> None:
+    profile = _profile(tmp_path, "[web]\nenabled = true\nport = 8931\n")
+    run = _without_web_extra(profile, "run", "--no-nice")
+    assert run.returncode == 1
+    assert "[web] enabled needs the web extra: pip install 'spoolbox[web]'" in run.stderr
+    assert "Traceback" not in run.stderr
+    printed = _without_web_extra(profile, "web")
+    assert printed.stdout.startswith("http://127.0.0.1:8931/?token=")
