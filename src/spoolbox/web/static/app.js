@@ -288,8 +288,14 @@ async function loadReports() {
   body.replaceChildren();
   for (const entry of data.inbox) {
     const tr = document.createElement("tr");
-    for (const value of [entry.id.slice(0, 12), when(entry.received_at), entry.recipients.join(", "),
-      entry.subject, "inbox"]) tr.appendChild(el("td", value));
+    const link = el("a", entry.id.slice(0, 12));
+    link.href = "#";
+    link.addEventListener("click", (event) => { event.preventDefault(); showInbox(entry.id); });
+    const cell = el("td");
+    cell.appendChild(link);
+    tr.appendChild(cell);
+    for (const value of [when(entry.received_at), entry.recipients.join(", "), entry.subject,
+      "inbox"]) tr.appendChild(el("td", value));
     body.appendChild(tr);
   }
   for (const message of data.sent) {
