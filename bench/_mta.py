@@ -226,6 +226,7 @@ class SpoolboxDaemon(_Closing):
         synchronous: str = "FULL",
         event_loop: str = "auto",
         listener_processes: int = 0,
+        extra_profile: str = "",
     ) -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True)
@@ -266,7 +267,7 @@ kind = "smtp"
 host = "127.0.0.1"
 port = {self.port}
 processes = {listener_processes}
-"""
+{extra_profile}"""
         )
         self.log_path = self.dir / "daemon.log"
         self._log = self.log_path.open("wb")

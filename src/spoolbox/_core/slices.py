@@ -153,6 +153,7 @@ class SliceMeter:
         self.longest_stall = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._observers: list[Callable[[str, float], None]] = []
 
     def __repr__(self) -> str:
         return (
@@ -170,6 +171,18 @@ class SliceMeter:
             "stalls": self.stalls,
             "longest_stall": self.longest_stall,
         }
+
+    def add_observer(self, callback: Callable[[str, float], None]) -> Callable[[], None]:
+        """Call ``callback(session name, seconds)`` after every slice (the web page's
+        slice histogram); returns a function that removes it.  It runs in the loop,
+        on the hot path: it must be quick and must not raise."""
+        self._observers.append(callback)
+
+        def remove() -> None:
+            if callback in self._observers:
+                self._observers.remove(callback)
+
+        return remove
 
     def run(self, owner: SliceOwner, coro: Coroutine[Any, Any, T]) -> _Measured[T]:
         return _Measured(coro, owner, self)
@@ -202,6 +215,8 @@ class SliceMeter:
         if took >= self.stall_after and not exempt:
             self._stalled(owner, took)
         owner.record_slice(took, overran)
+        for observe in self._observers:
+            observe(owner.name, took)
 
     def _stalled(self, owner: SliceOwner, took: float) -> None:
         """A stall ended: count it and report its whole length (in the loop's thread)."""

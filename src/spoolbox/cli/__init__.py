@@ -1,5 +1,5 @@
 """The ``spoolbox`` command: init, run, check, stop, reload, submit, send, status, queue,
-flush, inbox, transports, sendmail, install-sendmail, store, systemd-unit.
+flush, inbox, transports, web, sendmail, install-sendmail, store, systemd-unit.
 
 Every command reads the profile given with ``--profile`` (or ``$SPOOLBOX_PROFILE``,
 or ``./spoolbox.toml``).  Commands that act on the spooler talk to the running
@@ -77,6 +77,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "transports_cmd",
         "List installed transport providers and the profile's transports with their "
         "address types (from the running daemon, else as the profile declares them).",
+    ),
+    "web": (
+        "web_cmd",
+        "web_cmd",
+        "Print the web page's address with its access token (opens nothing).",
     ),
     "store": ("store_cmds", "store_group", "The store itself: its schema."),
     "systemd-unit": (

@@ -6,13 +6,23 @@ import getpass
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .._private import openness, private_dir, write_private
 from ..api.client import EXIT_ERROR
-from ..profile import DEFAULT_PROFILE_NAME, ask_missing_secrets, default_profile_text, load_profile
+from ..profile import (
+    DEFAULT_PROFILE_NAME,
+    Profile,
+    ask_missing_secrets,
+    default_profile_text,
+    load_profile,
+)
 from ._common import Ctx, emit_json, fail, json_option, pass_ctx
+
+if TYPE_CHECKING:
+    from ..daemon.process import ServiceFactory
 
 
 @click.command("init")
@@ -132,10 +142,27 @@ def run_cmd(obj: Ctx, no_nice: bool, no_dialog: bool, log_level: str | None) -> 
             renice=not no_nice,
             extra_secrets=extra,
             log_level=log_level.upper() if log_level else None,
+            services=web_services(profile),
         )
     except DaemonError as exc:
         fail(str(exc), EXIT_ERROR, kind="daemon")
     sys.exit(code)
+
+
+def web_services(profile: Profile) -> list[ServiceFactory]:
+    """The web page when ``[web] enabled`` (spoolbox.web; the ``web`` extra)."""
+    if not profile.web.enabled:
+        return []
+    try:
+        from ..web.server import WebServer
+    except ImportError as exc:
+        fail(
+            f"[web] enabled needs the web extra: pip install 'spoolbox[web]' ({exc})",
+            EXIT_ERROR,
+            kind="profile",
+        )
+    settings, data_dir = profile.web, profile.data_dir
+    return [lambda daemon: WebServer(daemon, settings, data_dir)]
 
 
 def _why_no_dialog(no_dialog: bool) -> str | None:

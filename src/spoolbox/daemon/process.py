@@ -35,8 +35,8 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping
-from typing import IO, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, Any, Protocol
 
 from .. import (
     AlwaysIdle,
@@ -58,13 +58,27 @@ from .preflight import refuse_invalid_options
 from .runtime import configure_logging, event_loop_runner
 from .store_backend import describe_store, store_from_settings, wake_on_other_nodes
 
-__all__ = ["Daemon", "DaemonError", "run_daemon"]
+__all__ = ["Daemon", "DaemonError", "Service", "ServiceFactory", "run_daemon"]
 
 log = logging.getLogger("spoolbox.daemon")
 
 
 class DaemonError(Exception):
     """The daemon cannot start; the text says why."""
+
+
+class Service(Protocol):
+    """Something more the daemon serves on its loop (the web page, :mod:`spoolbox.web`):
+    started once the API and the listeners listen, stopped first."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+#: Makes a service for the daemon (the command line chooses them: the daemon does
+#: not import what it serves, so that it needs none of their extras).
+ServiceFactory = Callable[["Daemon"], Service]
 
 
 class Daemon:
@@ -77,6 +91,7 @@ class Daemon:
         interactive: bool = False,
         renice: bool = True,
         extra_secrets: Mapping[tuple[str, str], str] | None = None,
+        services: Sequence[ServiceFactory] = (),
     ) -> None:
         self.profile = profile
         self.interactive = interactive
@@ -90,6 +105,8 @@ class Daemon:
         self._listeners = Listeners(lambda: self.spooler, self.submit)
         self._lock_file: IO[str] | None = None
         self._notify = Notifier()
+        self._service_factories = tuple(services)
+        self._services: list[Service] = []
         self.started_at = time.time()
         self.reloads = 0
         #: reloads tried, and why the last one failed (None: it worked); ``spoolbox
@@ -118,6 +135,10 @@ class Daemon:
             self._ready.set()
             await self._api.start()
             await self._listeners.start(self.profile)
+            for make in self._service_factories:
+                service = make(self)
+                await service.start()
+                self._services.append(service)
             log.info(
                 "spoolbox %s running (pid %d, profile %s, API on %s)",
                 __version__,
@@ -215,6 +236,8 @@ class Daemon:
         self._lock_file = None
 
     async def _shutdown(self) -> None:
+        while self._services:
+            await self._services.pop().stop()
         await self._listeners.stop()
         await self._api.stop()
         spooler, self.spooler = self.spooler, None
@@ -295,6 +318,8 @@ class Daemon:
         for key in ("socket", "event_loop"):
             if getattr(new.daemon, key) != getattr(self.profile.daemon, key):
                 log.warning("[daemon] %s changed: it takes effect at the next start", key)
+        if new.web != self.profile.web:
+            log.warning("[web] changed: it takes effect at the next start")
         old_profile = self.profile
         self._ready.clear()
         self._api.close_watchers()
@@ -338,6 +363,7 @@ def run_daemon(
     renice: bool = True,
     extra_secrets: Mapping[tuple[str, str], str] | None = None,
     log_level: str | None = None,
+    services: Sequence[ServiceFactory] = (),
 ) -> int:
     """Run the daemon in this process until it is told to stop; the exit status."""
     holder: dict[str, Daemon] = {}
@@ -352,7 +378,11 @@ def run_daemon(
 
     async def main() -> int:
         daemon = Daemon(
-            profile, interactive=interactive, renice=renice, extra_secrets=extra_secrets
+            profile,
+            interactive=interactive,
+            renice=renice,
+            extra_secrets=extra_secrets,
+            services=services,
         )
         holder["daemon"] = daemon
         return await daemon.run()

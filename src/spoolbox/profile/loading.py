@@ -43,6 +43,7 @@ from .schema import (
     LogSettings,
     Profile,
     StoreSettings,
+    WebSettings,
 )
 from .secrets import (
     MissingSecret,
@@ -59,6 +60,7 @@ DEFAULT_PROFILE_NAME = "spoolbox.toml"
 PROFILE_ENV = "SPOOLBOX_PROFILE"
 
 _NICE = Check.of(int, low=0, high=19, what="an integer from 0 to 19")
+_PORT = Check.of(int, low=1, high=65535, what="a TCP port from 1 to 65535")
 #: ``[log] level`` and ``[daemon] log_level`` values.
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _PROCESSES = Check.of(
@@ -127,6 +129,7 @@ def _build(
     store, store_secrets = _store(top.table("store"), under_data, base, environ)
     daemon = _daemon(top.table("daemon"), under_data)
     log_settings = _log(top.table("log"), daemon.log_level)
+    web = _web(top.table("web"))
     pol = top.table("policy")
     idle = pol.text("idle", "always") or "always"
     if idle not in ("always", "loop-lag"):
@@ -172,6 +175,7 @@ def _build(
         logon_dialog=transports.dialog,
         raw_transports=tuple(raw_ts),
         log=log_settings,
+        web=web,
     )
 
 
@@ -285,6 +289,17 @@ def _daemon(dm: Table, under_data: Callable[[str], Path]) -> DaemonSettings:
         )
     dm.done()
     return daemon
+
+
+def _web(wb: Table) -> WebSettings:
+    """``[web]``: ``enabled``, ``host`` (loopback by default), ``port``."""
+    web = WebSettings(
+        enabled=wb.flag("enabled", False),
+        host=wb.text("host", "127.0.0.1") or "127.0.0.1",
+        port=wb.integer("port", 8025, _PORT),
+    )
+    wb.done()
+    return web
 
 
 def _policy(pol: Table) -> Policy:

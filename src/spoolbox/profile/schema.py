@@ -25,6 +25,7 @@ __all__ = [
     "LogSettings",
     "Profile",
     "StoreSettings",
+    "WebSettings",
 ]
 
 
@@ -62,6 +63,16 @@ class DaemonSettings:
     event_loop: str = "auto"  # "auto" (uvloop if installed), "uvloop" or "asyncio"
     #: the local API socket is 0660 and owned by this group (None: 0600, owner only)
     socket_group: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WebSettings:
+    """``[web]``: the web page and ``/metrics`` the daemon serves (off by default;
+    loopback only unless ``host`` says otherwise)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8025
 
 
 #: ``[log] format`` values (``auto``: journald when stderr is the journal, else text).
@@ -106,6 +117,7 @@ class Profile:
     #: The raw option tables (before secret resolution), to re-resolve after a dialog.
     raw_transports: tuple[Mapping[str, Any], ...] = ()
     log: LogSettings = LogSettings()
+    web: WebSettings = WebSettings()
 
     @property
     def hooks(self) -> tuple[HookConfig, ...]:

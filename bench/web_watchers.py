@@ -1,0 +1,120 @@
+"""Does the web page cost the delivery anything?  Relay throughput with five browsers
+watching and Prometheus scraping every second, against the same daemon unwatched.
+
+Each run relays a batch through ``spoolbox run`` (the relay benchmark's daemon and
+sink, :mod:`_mta`) twice, in alternating order: ``off`` (no ``[web]``) and
+``watched`` (``[web] enabled``; five clients read ``/events`` the whole batch, as five
+open pages do, and a sixth GETs ``/metrics`` once a second).  The figure is messages
+per second from the start of ``smtp-source`` until ``smtp-sink`` has the last one.
+The bench daemon logs at ``warning``, so the delivery-latency histogram (fed by the
+delivery log's info lines) is idle in both.
+
+Run it::
+
+    .venv/bin/python bench/web_watchers.py [--messages 3000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+
+from _mta import Sink, SpoolboxDaemon, ensure_peers, free_port, log, machine
+from relay import batch
+
+CLIENTS = 5
+SCRAPE_EVERY = 1.0
+
+
+class Watchers:
+    """Five event-stream readers and a scraper, in threads, until :meth:`stop`."""
+
+    def __init__(self, base: str, token: str) -> None:
+        self._stop = threading.Event()
+        self._headers = {"authorization": f"Bearer {token}"}
+        self._base = base
+        self.event_bytes = [0] * CLIENTS
+        self.scrapes = 0
+        self._threads = [
+            threading.Thread(target=self._read, args=(n,), daemon=True) for n in range(CLIENTS)
+        ] + [threading.Thread(target=self._scrape, daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    def _read(self, n: int) -> None:
+        with (
+            httpx.Client(base_url=self._base, headers=self._headers, timeout=None) as client,
+            client.stream("GET", "/events") as response,
+        ):
+            for chunk in response.iter_bytes():
+                self.event_bytes[n] += len(chunk)
+                if self._stop.is_set():
+                    return
+
+    def _scrape(self) -> None:
+        with httpx.Client(base_url=self._base, headers=self._headers) as client:
+            while not self._stop.wait(SCRAPE_EVERY):
+                client.get("/metrics").raise_for_status()
+                self.scrapes += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def one(mode: str, workdir: Path, args: argparse.Namespace) -> tuple[float, str]:
+    web_port = free_port()
+    extra = f"\n[web]\nenabled = true\nport = {web_port}\n" if mode == "watched" else ""
+    with Sink() as sink, SpoolboxDaemon(workdir, sink.port, extra_profile=extra) as sb:
+        batch(sb.port, sink, args.warmup, args)
+        watchers = None
+        if mode == "watched":
+            token = (workdir / "web.token").read_text().strip()
+            watchers = Watchers(f"http://127.0.0.1:{web_port}", token)
+            time.sleep(1.0)  # connected and past the first events
+        try:
+            t0, _, t_done = batch(sb.port, sink, args.messages, args)
+        finally:
+            if watchers is not None:
+                watchers.stop()
+        note = ""
+        if watchers is not None:
+            note = f"{watchers.scrapes} scrapes, event bytes per client {watchers.event_bytes}"
+    return args.messages / (t_done - t0), note
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="relay throughput with the web page watched")
+    p.add_argument("--messages", type=int, default=3000)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--sessions", type=int, default=10)
+    p.add_argument("--size", type=int, default=2048)
+    p.add_argument("--timeout", type=float, default=600.0)
+    args = p.parse_args(argv)
+    ensure_peers()
+    rates: dict[str, list[float]] = {"off": [], "watched": []}
+    with tempfile.TemporaryDirectory(prefix="spoolbox-web-bench-") as tmp:
+        for run in range(args.runs):
+            order = ("off", "watched") if run % 2 == 0 else ("watched", "off")
+            for mode in order:
+                rate, note = one(mode, Path(tmp) / f"{run}-{mode}", args)
+                rates[mode].append(rate)
+                log(f"run {run + 1} {mode}: {rate:,.0f} msg/s {note}")
+    print(f"\n{args.messages} messages a batch, {args.runs} runs; {machine()}\n")
+    print("| web page | msg/s (median) | runs |\n|---|---:|---|")
+    for mode, values in rates.items():
+        shown = ", ".join(f"{v:,.0f}" for v in values)
+        print(f"| {mode} | {statistics.median(values):,.0f} | {shown} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

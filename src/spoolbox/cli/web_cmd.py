@@ -1,0 +1,51 @@
+"""``spoolbox web``: the address of the daemon's web page, with its access token.
+
+It prints the address and opens nothing (a browser, if there is one, is the user's
+to start).  The token is made in the data directory if there is none yet (the
+daemon reads the same file when it starts).  With ``[web] enabled = false`` it says
+how to switch the page on and exits 5 (a profile matter); when the daemon is not
+running it still prints the address and says so on stderr (exit 3).
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+import click
+
+from ..api.client import EXIT_NOT_RUNNING, EXIT_PROFILE, DaemonNotRunning
+from ..web.token import load_or_create_token, page_url
+from ._common import Ctx, emit_json, fail, json_option, pass_ctx
+
+_ANY_HOST = ("0.0.0.0", "::", "")
+
+
+@click.command("web")
+@json_option
+@pass_ctx
+def web_cmd(obj: Ctx, as_json: bool) -> None:
+    """Print the web page's address with its access token (opens nothing)."""
+    profile = obj.profile()
+    web = profile.web
+    if not web.enabled:
+        fail(
+            f"the web page is off: set enabled = true under [web] in {profile.path}, "
+            "then restart the daemon (spoolbox stop; spoolbox run)",
+            EXIT_PROFILE,
+            kind="profile",
+        )
+    host = socket.getfqdn() if web.host in _ANY_HOST else web.host
+    url = page_url(host, web.port, load_or_create_token(profile.data_dir))
+    running = True
+    try:
+        obj.client().ping()
+    except DaemonNotRunning:
+        running = False
+    if as_json:
+        emit_json({"url": url, "running": running})
+    else:
+        click.echo(url)
+    if not running:
+        click.echo("spoolbox: the daemon is not running: start it (spoolbox run)", err=True)
+        sys.exit(EXIT_NOT_RUNNING)

@@ -1,0 +1,156 @@
+# ruff: noqa: F811 - the fixtures imported from webtest_support are parameters here
+"""Send/Receive from the page (the report ``spoolbox flush`` gets, Cancel), the live
+status over Server-Sent Events through a real server, a slow client dropped with
+``reload``, and /metrics fed by the spooler's own counters and hooks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from webtest_support import Web, message, open_web, script, web  # noqa: F401 - fixtures
+
+from spoolbox.api.wire import FLUSH_COUNTS
+from spoolbox.profile.schema import WebSettings
+from spoolbox.testing import Act, Script
+from spoolbox.web.events import status_events
+from spoolbox.web.server import WebServer
+
+
+async def _report(web: Web, flush_id: str) -> dict[str, Any]:
+    async with asyncio.timeout(20):
+        while True:
+            state = (await web.client.get(f"/api/flush/{flush_id}")).json()
+            if not state["running"]:
+                report: dict[str, Any] = state["report"]
+                return report
+            await asyncio.sleep(0.02)
+
+
+async def test_send_receive_gives_the_report_spoolbox_flush_gets(web: Web) -> None:
+    await web.spooler.submit(message())
+    started = await web.client.post(
+        "/api/flush", json={"mode": "upload", "transport": "relay"}, headers=web.csrf
+    )
+    assert started.status_code == 202, started.text
+    assert started.json()["transports"] == ["relay"]
+    report = await _report(web, started.json()["id"])
+    assert set(report["totals"]) == set(FLUSH_COUNTS)
+    assert [r["transport"] for r in report["results"]] == ["relay"]
+    assert report["cancelled"] is False
+    refused = await web.client.post("/api/flush", json={"mode": "sideways"}, headers=web.csrf)
+    assert refused.status_code == 400
+    unknown = await web.client.post("/api/flush", json={"transport": "nope"}, headers=web.csrf)
+    assert unknown.status_code == 404
+    assert (await web.client.get("/api/flush/f999")).status_code == 404
+
+
+@pytest.fixture
+def hanging(tmp_path: Path) -> Script:
+    return Script(address_types=("SMTP",), submit=[Act.HANG])
+
+
+async def test_cancel_ends_a_flush_that_hangs(tmp_path: Path, hanging: Script) -> None:
+    async for w in open_web(tmp_path, hanging):
+        await w.spooler.submit(message())
+        started = (await w.client.post("/api/flush", json={}, headers=w.csrf)).json()
+        assert (await w.client.get(f"/api/flush/{started['id']}")).json()["running"] is True
+        cancel = await w.client.post(f"/api/flush/{started['id']}/cancel", headers=w.csrf)
+        assert cancel.status_code == 200
+        report = await _report(w, started["id"])
+        assert report["cancelled"] is True
+
+
+async def test_a_slow_client_is_dropped_and_told_to_reload(web: Web) -> None:
+    before = web.spooler.status.statistics()
+    stream = status_events(web.context, queue=4)
+    assert await anext(stream) == b"retry: 2000\n\n"
+    first = await anext(stream)
+    assert first.startswith(b"event: status\n")
+    # The client reads nothing while the rows change more than its queue holds.
+    for n in range(20):
+        web.spooler.status.update("relay", detail=f"change {n}")
+    after = web.spooler.status.statistics()
+    assert after["subscribers"] == before["subscribers"]  # its queue is gone
+    assert after["subscribers_dropped"] == before["subscribers_dropped"] + 1
+    rest = [chunk async for chunk in stream]  # the stream ends
+    assert rest[-1].startswith(b"event: reload\n")
+
+
+async def _events(response: httpx.Response) -> AsyncIterator[tuple[str, Any]]:
+    kind = None
+    async for line in response.aiter_lines():
+        if line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: ") and kind is not None:
+            yield kind, json.loads(line[6:])
+
+
+async def test_the_status_table_is_live_over_server_sent_events(web: Web, tmp_path: Path) -> None:
+    server = WebServer(web.daemon, WebSettings(enabled=True, port=0), tmp_path / "data")
+    await server.start()
+    try:
+        auth = {"authorization": f"Bearer {web.token}"}
+        async with (
+            httpx.AsyncClient(base_url=server.url, headers=auth) as client,
+            client.stream("GET", "/events") as response,
+        ):
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            events = _events(response)
+            async with asyncio.timeout(10):
+                kind, data = await anext(events)
+                assert kind == "status"
+                assert "relay" in {row["name"] for row in data["rows"]}
+                web.spooler.status.update("relay", detail="<b>seen live</b>")
+                async for _kind, data in events:
+                    details = {row["name"]: row["detail"] for row in data["rows"]}
+                    if details.get("relay") == "<b>seen live</b>":
+                        break
+            # The server stops: the stream ends with "bye" rather than holding it up.
+            stopping = asyncio.ensure_future(server.stop())
+            async with asyncio.timeout(10):
+                async for kind, _ in events:
+                    if kind == "bye":
+                        break
+                else:
+                    pytest.fail("the stream ended without bye")
+            await stopping
+    finally:
+        await server.stop()
+
+
+async def test_metrics_come_from_the_spoolers_counters_and_hooks(web: Web) -> None:
+    delivery = logging.getLogger("spoolbox.delivery")
+    level = delivery.level
+    delivery.setLevel(logging.INFO)
+    web.metrics.start()
+    try:
+        info = await web.spooler.submit(message())
+        await web.spooler.wait_for(info.id, timeout=10)  # delivered
+        started = await web.client.post("/api/flush", json={"mode": "upload"}, headers=web.csrf)
+        await _report(web, started.json()["id"])
+        web.context.lag.record(0.003)
+        text = (await web.client.get("/metrics")).text
+    finally:
+        delivery.setLevel(level)
+    lines = set(text.splitlines())
+    assert 'spoolbox_deliveries_total{outcome="delivered",transport="relay"} 1.0' in lines
+    assert 'spoolbox_delivery_latency_seconds_count{outcome="sent",transport="relay"} 1.0' in lines
+    assert 'spoolbox_flushes_total{direction="upload",transport="relay"} 1.0' in lines
+    assert 'spoolbox_queue_recipients{state="delivered"} 1.0' in lines
+    assert 'spoolbox_queue_messages{transport="relay"} 0.0' in lines
+    assert "spoolbox_queue_oldest_age_seconds 0.0" in lines
+    assert "spoolbox_event_loop_lag_seconds_count 1.0" in lines
+    assert 'spoolbox_transport_up{transport="relay"} 1.0' in lines
+    assert any(
+        line.startswith('spoolbox_slice_duration_seconds_count{transport="relay"}')
+        for line in lines
+    )
+    assert "spoolbox_watchdog_stalls_total 0.0" in lines
