@@ -226,11 +226,59 @@ class SpoolboxDaemon(_Closing):
         synchronous: str = "FULL",
         event_loop: str = "auto",
         listener_processes: int = 0,
+        *,
+        as_init: bool = False,
     ) -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True)
         self.port = free_port()
         self.profile = self.dir / "spoolbox.toml"
+        if as_init:
+            self._init_profile(sink_port)
+        else:
+            self._bench_profile(
+                sink_port, max_connections, synchronous, event_loop, listener_processes
+            )
+        self.log_path = self.dir / "daemon.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [str(SPOOLBOX), "-p", str(self.profile), "run", "--no-dialog"],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.pid = self.proc.pid
+        try:
+            wait_port(self.port, 60, self.proc)
+        except BaseException:
+            self.close()
+            log(self.log_path.read_text(errors="replace")[-2000:])
+            raise
+
+    def _init_profile(self, sink_port: int) -> None:
+        """The profile exactly as ``spoolbox init`` writes it (its listener on a free
+        port), plus an ``smtp`` transport to the sink with nothing but where it is."""
+        subprocess.run(
+            [str(SPOOLBOX), "init", "--dir", str(self.dir), "--smtp-port", str(self.port)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        text = self.profile.read_text()
+        text = text.replace(
+            "[listeners.submission]",
+            _SINK_TRANSPORT.format(port=sink_port) + "\n[listeners.submission]",
+            1,
+        )
+        self.profile.write_text(text)
+
+    def _bench_profile(
+        self,
+        sink_port: int,
+        max_connections: int,
+        synchronous: str,
+        event_loop: str,
+        listener_processes: int,
+    ) -> None:
         self.profile.write_text(
             f"""\
 data_dir = "."
@@ -268,21 +316,21 @@ port = {self.port}
 processes = {listener_processes}
 """
         )
-        self.log_path = self.dir / "daemon.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [str(SPOOLBOX), "-p", str(self.profile), "run", "--no-dialog"],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        self.pid = self.proc.pid
-        try:
-            wait_port(self.port, 60, self.proc)
-        except BaseException:
-            self.close()
-            log(self.log_path.read_text(errors="replace")[-2000:])
-            raise
+
+    def store_commits(self) -> tuple[int, int]:
+        """Write transactions so far of the daemon's store and its listener processes'
+        stores (as last reported): (all, durable ones).  Listener processes commit
+        only submissions, which are durable."""
+        from spoolbox.client import Client
+
+        st = Client(self.profile).statistics()
+        store = st["store"]
+        commits = int(store.get("commits", 0))
+        durable = commits - int(store.get("progress_commits", 0))
+        for listener in (st.get("listeners") or {}).values():
+            commits += int(listener.get("store_commits", 0))
+            durable += int(listener.get("store_commits", 0))
+        return commits, durable
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the daemon and its running children (listener
@@ -315,6 +363,19 @@ processes = {listener_processes}
         finally:
             self._log.close()
 
+
+#: The transport ``SpoolboxDaemon(as_init=True)`` adds to ``spoolbox init``'s profile.
+_SINK_TRANSPORT = """\
+[[transports]]
+name = "relay"
+provider = "smtp"
+address_types = ["SMTP"]
+inbound = false
+[transports.options]
+host = "127.0.0.1"
+port = {port}
+tls = "none"
+"""
 
 _MASTER_CF = """\
 127.0.0.1:{port} inet n - n - - smtpd
