@@ -22,7 +22,9 @@ database, then sends its function of :mod:`.transactions` to the store's thread
 * **Group commit.**  ``submit`` calls are collected: all submits made in one turn of
   the event loop, and all those that arrive while the thread is busy committing, go
   into the next transaction together, one fsync for the batch.  Each submitter
-  resumes only after its batch committed.  ``statistics()`` counts commits and
+  resumes only after its batch committed.  ``settle`` calls are collected the same
+  way: those of one turn of the loop (the lanes of every transport) are one
+  transaction, each in a savepoint of its own.  ``statistics()`` counts commits and
   submits.
 * **No queue scans.**  Recipient rows carry their route, state, priority and ready
   time (``max(send_at, retry_at)``); picking the next job is a range scan of a partial
@@ -112,6 +114,7 @@ class SQLiteStore:
         self._worker: Worker | None = None  # the thread, while open
         self._stats = Stats()  # the counters of the current (or last) opening
         self._kick_scheduled = False
+        self._settles: list[Job] = []  # settles of this turn of the loop, not sent yet
         self._outbox: Outbox | None = None
         self._open = False
 
@@ -141,6 +144,7 @@ class SQLiteStore:
             "lock_wait_seconds": s.lock_wait_seconds,
             "write_seconds": s.write_seconds,
             "progress_commits": s.progress_commits,
+            "durable_commits": s.commits - s.progress_commits,
             "pending_jobs": worker.pending_jobs() if worker is not None else 0,
             "pragmas": dict(s.pragmas),
         }
@@ -181,6 +185,7 @@ class SQLiteStore:
         if worker is None:
             return
         self._open = False
+        self._send_settles(worker)  # settles made in this turn of the loop, before the end
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
         worker.stop(done)
         await asyncio.shield(asyncio.wrap_future(done))
@@ -224,6 +229,11 @@ class SQLiteStore:
     def _kick(self, worker: Worker) -> None:
         self._kick_scheduled = False
         worker.submit_batch()
+
+    def _send_settles(self, worker: Worker) -> None:
+        jobs, self._settles = self._settles, []
+        if jobs:  # (close() may have sent them already)
+            worker.put_group(jobs)
 
     # -- submission ----------------------------------------------------------------
     async def submit(
@@ -327,18 +337,23 @@ class SQLiteStore:
         reports: Sequence[NewMessage] = (),
         inbox_reports: Sequence[InboundMessage] = (),
     ) -> MessageInfo:
-        return await self._run(
-            "settle",
-            functools.partial(
-                tx.settle,
-                message_id=message_id,
-                updates=list(updates),
-                owner=owner,
-                now=now,
-                reports=list(reports),
-                inbox_reports=list(inbox_reports),
-            ),
+        worker = self._check_open()
+        fn = functools.partial(
+            tx.settle,
+            message_id=message_id,
+            updates=list(updates),
+            owner=owner,
+            now=now,
+            reports=list(reports),
+            inbox_reports=list(inbox_reports),
         )
+        reply = self._reply()
+        if not self._settles:
+            # One transaction for the settles of this turn of the loop (group commit).
+            reply.outbox.loop.call_soon(self._send_settles, worker)
+        self._settles.append(Job("settle", fn, reply, OPERATIONS["settle"]))
+        info: MessageInfo = await reply.fut
+        return info
 
     async def release_expired(self, *, now: float) -> int:
         return await self._run("release_expired", functools.partial(tx.release_expired, now=now))
