@@ -35,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -228,13 +229,15 @@ class SpoolboxDaemon(_Closing):
         listener_processes: int = 0,
         *,
         as_init: bool = False,
+        init_sink: Sequence[str] = (),
+        init_listener: Sequence[str] = (),
     ) -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True)
         self.port = free_port()
         self.profile = self.dir / "spoolbox.toml"
         if as_init:
-            self._init_profile(sink_port)
+            self._init_profile(sink_port, init_sink, init_listener)
         else:
             self._bench_profile(
                 sink_port, max_connections, synchronous, event_loop, listener_processes
@@ -255,20 +258,29 @@ class SpoolboxDaemon(_Closing):
             log(self.log_path.read_text(errors="replace")[-2000:])
             raise
 
-    def _init_profile(self, sink_port: int) -> None:
+    def _init_profile(
+        self, sink_port: int, sink_keys: Sequence[str], listener_keys: Sequence[str]
+    ) -> None:
         """The profile exactly as ``spoolbox init`` writes it (its listener on a free
-        port), plus an ``smtp`` transport to the sink with nothing but where it is."""
+        port), plus an ``smtp`` transport to the sink with nothing but where it is;
+        ``sink_keys`` and ``listener_keys`` (``key = value`` lines) are added to the
+        transport's options and to the listener's table (to measure candidate
+        defaults)."""
         subprocess.run(
             [str(SPOOLBOX), "init", "--dir", str(self.dir), "--smtp-port", str(self.port)],
             check=True,
             stdout=subprocess.DEVNULL,
         )
         text = self.profile.read_text()
-        text = text.replace(
-            "[listeners.submission]",
-            _SINK_TRANSPORT.format(port=sink_port) + "\n[listeners.submission]",
-            1,
-        )
+        sink = _SINK_TRANSPORT.format(port=sink_port) + "".join(f"{k}\n" for k in sink_keys)
+        added = []
+        for line in listener_keys:
+            key = line.split("=", 1)[0].strip()
+            text, n = re.subn(rf"^{re.escape(key)}\s*=.*$", line, text, count=1, flags=re.M)
+            if not n:  # not written by init: added to the table
+                added.append(line)
+        listener = "[listeners.submission]\n" + "".join(f"{k}\n" for k in added)
+        text = text.replace("[listeners.submission]\n", sink + "\n" + listener, 1)
         self.profile.write_text(text)
 
     def _bench_profile(

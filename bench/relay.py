@@ -116,7 +116,13 @@ def system_under_test(
     if name == "wire":
         yield sink.port, None
     elif name == "spoolbox-init":
-        with SpoolboxDaemon(workdir, sink.port, as_init=True) as sb:
+        with SpoolboxDaemon(
+            workdir,
+            sink.port,
+            as_init=True,
+            init_sink=args.init_transport,
+            init_listener=args.init_listener,
+        ) as sb:
             yield sb.port, sb
     elif name in ("spoolbox", "spoolbox-procs"):
         with SpoolboxDaemon(
@@ -335,6 +341,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="untimed runs per system under strace that count fsyncs (0: none)",
     )
     p.add_argument("--fsync-messages", type=int, default=1000, help="messages of such a run")
+    p.add_argument(
+        "--init-transport",
+        action="append",
+        default=[],
+        metavar="'KEY = VALUE'",
+        help="spoolbox-init: a line added to the sink transport's options (repeatable)",
+    )
+    p.add_argument(
+        "--init-listener",
+        action="append",
+        default=[],
+        metavar="'KEY = VALUE'",
+        help="spoolbox-init: a line added to [listeners.submission] (repeatable)",
+    )
     args = p.parse_args(argv)
     systems = [s for s in args.systems.split(",") if s]
     if unknown := set(systems) - set(SYSTEMS):
