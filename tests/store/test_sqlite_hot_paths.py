@@ -151,3 +151,42 @@ async def test_a_refused_settle_in_a_group_fails_only_its_caller(tmp_path: Path)
         assert counts[RecipientState.DELIVERED] == 2
         assert counts[RecipientState.ACTIVE] == 1
         assert store.statistics()["rollbacks"] == 0
+
+
+async def test_submit_claiming_claims_in_the_same_commit_what_is_ready(tmp_path: Path) -> None:
+    """The hand-off: the message and the claim of its ready recipients routed to the
+    transport, in one transaction; nothing to claim (routed elsewhere, or to be sent
+    later) gives no job and leaves the message queued."""
+    async with SQLiteStore(tmp_path / "handoff.db") as store:
+        before = store.statistics()["commits"]
+        info, job = await store.submit_claiming(
+            _message("now", b"x\r\n"),
+            now=T0,
+            lifetime=3600,
+            routes=["x"],
+            transport="x",
+            owner="n",
+            lease=60,
+        )
+        assert store.statistics()["commits"] == before + 1  # type: ignore[operator]
+        assert job is not None
+        assert (job.message.id, job.owner, job.lease_until) == ("now", "n", T0 + 60)
+        assert [r.state for r in job.recipients] == [RecipientState.ACTIVE]
+        assert job.content == await store.read_content("now")
+        [stored] = await store.recipients("now")
+        assert (stored.state, stored.route) == (RecipientState.ACTIVE, "x")
+        later = NewMessage(
+            sender=None,
+            recipients=(Address.parse("X:bob"),),
+            content=b"Subject: later\r\n\r\nx\r\n",
+            id="later",
+            send_at=T0 + 600,
+        )
+        for msg, route in ((_message("elsewhere", b"y\r\n"), "y"), (later, "x")):
+            got, none = await store.submit_claiming(
+                msg, now=T0, lifetime=3600, routes=[route], transport="x", owner="n", lease=60
+            )
+            assert none is None
+            [r] = await store.recipients(got.id)
+            assert r.state is RecipientState.QUEUED
+        assert info.id == "now"

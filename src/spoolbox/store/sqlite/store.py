@@ -244,22 +244,61 @@ class SQLiteStore:
         lifetime: float,
         routes: Sequence[str | None] | None = None,
     ) -> MessageInfo:
+        fn = functools.partial(
+            tx.submit, message=message, now=float(now), lifetime=float(lifetime), routes=routes
+        )
+        info: MessageInfo = await self._submit_grouped(message, routes, fn)
+        return info
+
+    async def submit_claiming(
+        self,
+        message: NewMessage,
+        *,
+        now: float,
+        lifetime: float,
+        routes: Sequence[str | None] | None = None,
+        transport: str,
+        owner: str,
+        lease: float,
+    ) -> tuple[MessageInfo, ClaimedJob | None]:
+        """``submit``, and in the same (durable, grouped) transaction a claim of the
+        message's recipients routed to ``transport`` and ready now, for ``owner``
+        under a lease of ``lease`` seconds: the hand-off of a new message to a lane
+        that is free (as Postfix's queue manager takes a queue file the moment
+        cleanup closes it).  The job is None when no recipient could be claimed."""
+        fn = functools.partial(
+            tx.submit_claiming,
+            message=message,
+            now=float(now),
+            lifetime=float(lifetime),
+            routes=routes,
+            transport=transport,
+            owner=owner,
+            lease=float(lease),
+        )
+        out: tuple[MessageInfo, ClaimedJob | None] = await self._submit_grouped(message, routes, fn)
+        return out
+
+    async def _submit_grouped(
+        self,
+        message: NewMessage,
+        routes: Sequence[str | None] | None,
+        fn: Callable[[sqlite3.Connection], _T],
+    ) -> _T:
+        """``fn`` (a submission) in the next group commit of submissions."""
         worker = self._check_open()
         if routes is not None and len(routes) != len(message.recipients):
             raise StoreError(
                 f"{len(routes)} routes for {len(message.recipients)} recipients of {message.id}"
             )
         reply = self._reply()
-        fn = functools.partial(
-            tx.submit, message=message, now=float(now), lifetime=float(lifetime), routes=routes
-        )
         worker.submit(fn, reply)
         if not self._kick_scheduled:
             # One signal per turn of the loop: every submit of this turn joins the batch.
             self._kick_scheduled = True
             reply.outbox.loop.call_soon(self._kick, worker)
-        info: MessageInfo = await reply.fut
-        return info
+        result: _T = await reply.fut
+        return result
 
     async def submit_many(
         self,

@@ -28,7 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from ...model import MessageInfo
 from ..base import StoreError
 from ..operations import Kind
 from .connection import Stats, StoreFile
@@ -127,8 +126,9 @@ class Job:
 
 @dataclass(slots=True)
 class _Submission:
-    #: Inserts one message; refuses (StoreError) before it writes anything.
-    fn: Callable[[sqlite3.Connection], MessageInfo]
+    #: Inserts one message (its MessageInfo, or more: a hand-off claims it too);
+    #: refuses (StoreError) before it writes anything.
+    fn: Callable[[sqlite3.Connection], Any]
     future: _Completion
 
 
@@ -186,7 +186,7 @@ class Worker:
         writes wait then), each in a savepoint of its own."""
         self._jobs.put(_Group(jobs))
 
-    def submit(self, fn: Callable[[sqlite3.Connection], MessageInfo], future: _Completion) -> None:
+    def submit(self, fn: Callable[[sqlite3.Connection], Any], future: _Completion) -> None:
         """A submission for the next group commit (see :meth:`submit_batch`)."""
         with self._pending_lock:
             self._pending.append(_Submission(fn, future))
@@ -312,7 +312,7 @@ class Worker:
         if not subs and not started:
             return
         conn = db.conn
-        sub_outcomes: list[MessageInfo | StoreError] = []
+        sub_outcomes: list[Any] = []  # each submission's result, or its StoreError
         outcomes: list[tuple[bool, Any]] = []
         durable = bool(subs) or any(job.durable for job in started)
         try:
