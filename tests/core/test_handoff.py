@@ -16,6 +16,7 @@ from spoolbox import (
     SpoolerConfig,
     SQLiteStore,
 )
+from spoolbox._core.hosts.outbound import OutboundLane
 from spoolbox.testing import Script
 
 
@@ -26,6 +27,14 @@ def _open(db: Path, script: Script) -> Spooler:
     return Spooler.open(cfg, store=SQLiteStore(db), idle=AlwaysIdle(), close_store=True)
 
 
+async def _waiting_lane(sp: Spooler) -> OutboundLane:
+    """The transport's lane, once a worker of it waits for work (its claim found none)."""
+    await sp.wait_ready(timeout=5)
+    lane = sp.host("smtp").outbound
+    await until(lambda: lane.waiting == 1, what="the lane waits for work")
+    return lane
+
+
 def _commits(sp: Spooler) -> int:
     return int(sp.store.statistics()["commits"])  # type: ignore[attr-defined]
 
@@ -33,9 +42,7 @@ def _commits(sp: Spooler) -> int:
 async def test_a_message_for_a_waiting_lane_is_claimed_in_its_submit(tmp_path: Path) -> None:
     script = Script(address_types=("SMTP",))
     async with _open(tmp_path / "s.db", script) as sp:
-        await sp.wait_ready(timeout=5)
-        lane = sp.host("smtp").outbound
-        await until(lambda: lane.waiting == 1, what="the lane waits for work")
+        lane = await _waiting_lane(sp)
         before = _commits(sp)
         info = await sp.submit(message("SMTP:bob@example.org"))
         # Claimed in the submit's transaction: ACTIVE (leased to this spooler) at once.
@@ -52,9 +59,7 @@ async def test_a_message_for_a_waiting_lane_is_claimed_in_its_submit(tmp_path: P
 async def test_no_hand_off_while_the_foreground_is_busy(tmp_path: Path) -> None:
     script = Script(address_types=("SMTP",))
     async with _open(tmp_path / "s.db", script) as sp:
-        await sp.wait_ready(timeout=5)
-        lane = sp.host("smtp").outbound
-        await until(lambda: lane.waiting == 1, what="the lane waits for work")
+        await _waiting_lane(sp)
         with sp.foreground_busy():
             info = await sp.submit(message("SMTP:bob@example.org"))
             # The lane waits, but background work is held back: the message waits too.
