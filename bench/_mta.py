@@ -309,17 +309,7 @@ event_loop = "{event_loop}"
 [policy]
 idle = "always"
 
-[[transports]]
-name = "relay"
-provider = "smtp"
-address_types = ["SMTP"]
-inbound = false
-
-[transports.options]
-host = "127.0.0.1"
-port = {sink_port}
-tls = "none"
-max_connections = {max_connections}
+{_SINK_TRANSPORT.format(port=sink_port)}max_connections = {max_connections}
 
 [listeners.submission]
 kind = "smtp"
