@@ -35,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -227,11 +228,78 @@ class SpoolboxDaemon(_Closing):
         event_loop: str = "auto",
         listener_processes: int = 0,
         extra_profile: str = "",
+        *,
+        as_init: bool = False,
+        init_sink: Sequence[str] = (),
+        init_listener: Sequence[str] = (),
     ) -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True)
         self.port = free_port()
         self.profile = self.dir / "spoolbox.toml"
+        if as_init:
+            self._init_profile(sink_port, init_sink, init_listener)
+            if extra_profile:
+                self.profile.write_text(self.profile.read_text() + "\n" + extra_profile)
+        else:
+            self._bench_profile(
+                sink_port,
+                max_connections,
+                synchronous,
+                event_loop,
+                listener_processes,
+                extra_profile,
+            )
+        self.log_path = self.dir / "daemon.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [str(SPOOLBOX), "-p", str(self.profile), "run", "--no-dialog"],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.pid = self.proc.pid
+        try:
+            wait_port(self.port, 60, self.proc)
+        except BaseException:
+            self.close()
+            log(self.log_path.read_text(errors="replace")[-2000:])
+            raise
+
+    def _init_profile(
+        self, sink_port: int, sink_keys: Sequence[str], listener_keys: Sequence[str]
+    ) -> None:
+        """The profile exactly as ``spoolbox init`` writes it (its listener on a free
+        port), plus an ``smtp`` transport to the sink with nothing but where it is;
+        ``sink_keys`` and ``listener_keys`` (``key = value`` lines) are added to the
+        transport's options and to the listener's table (to measure candidate
+        defaults)."""
+        subprocess.run(
+            [str(SPOOLBOX), "init", "--dir", str(self.dir), "--smtp-port", str(self.port)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        text = self.profile.read_text()
+        sink = _SINK_TRANSPORT.format(port=sink_port) + "".join(f"{k}\n" for k in sink_keys)
+        added = []
+        for line in listener_keys:
+            key = line.split("=", 1)[0].strip()
+            text, n = re.subn(rf"^{re.escape(key)}\s*=.*$", line, text, count=1, flags=re.M)
+            if not n:  # not written by init: added to the table
+                added.append(line)
+        listener = "[listeners.submission]\n" + "".join(f"{k}\n" for k in added)
+        text = text.replace("[listeners.submission]\n", sink + "\n" + listener, 1)
+        self.profile.write_text(text)
+
+    def _bench_profile(
+        self,
+        sink_port: int,
+        max_connections: int,
+        synchronous: str,
+        event_loop: str,
+        listener_processes: int,
+        extra_profile: str,
+    ) -> None:
         self.profile.write_text(
             f"""\
 data_dir = "."
@@ -250,17 +318,7 @@ event_loop = "{event_loop}"
 [policy]
 idle = "always"
 
-[[transports]]
-name = "relay"
-provider = "smtp"
-address_types = ["SMTP"]
-inbound = false
-
-[transports.options]
-host = "127.0.0.1"
-port = {sink_port}
-tls = "none"
-max_connections = {max_connections}
+{_SINK_TRANSPORT.format(port=sink_port)}max_connections = {max_connections}
 
 [listeners.submission]
 kind = "smtp"
@@ -269,21 +327,21 @@ port = {self.port}
 processes = {listener_processes}
 {extra_profile}"""
         )
-        self.log_path = self.dir / "daemon.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [str(SPOOLBOX), "-p", str(self.profile), "run", "--no-dialog"],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        self.pid = self.proc.pid
-        try:
-            wait_port(self.port, 60, self.proc)
-        except BaseException:
-            self.close()
-            log(self.log_path.read_text(errors="replace")[-2000:])
-            raise
+
+    def store_commits(self) -> tuple[int, int]:
+        """Write transactions so far of the daemon's store and its listener processes'
+        stores (as last reported): (all, durable ones).  Listener processes commit
+        only submissions, which are durable."""
+        from spoolbox.client import Client
+
+        st = Client(self.profile).statistics()
+        store = st["store"]
+        commits = int(store.get("commits", 0))
+        durable = commits - int(store.get("progress_commits", 0))
+        for listener in (st.get("listeners") or {}).values():
+            commits += int(listener.get("store_commits", 0))
+            durable += int(listener.get("store_commits", 0))
+        return commits, durable
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the daemon and its running children (listener
@@ -316,6 +374,19 @@ processes = {listener_processes}
         finally:
             self._log.close()
 
+
+#: The transport ``SpoolboxDaemon(as_init=True)`` adds to ``spoolbox init``'s profile.
+_SINK_TRANSPORT = """\
+[[transports]]
+name = "relay"
+provider = "smtp"
+address_types = ["SMTP"]
+inbound = false
+[transports.options]
+host = "127.0.0.1"
+port = {port}
+tls = "none"
+"""
 
 _MASTER_CF = """\
 127.0.0.1:{port} inet n - n - - smtpd

@@ -71,6 +71,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from _counts import fsync_rate
 from spoolbox import (
     AlwaysIdle,
     Policy,
@@ -301,20 +302,6 @@ def start_dovecot(parent: Path | None) -> Dovecot:
         server.stop()
         raise
     return server
-
-
-def fsync_rate(directory: Path, n: int = 300) -> float:
-    path = directory / "fsync.probe"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            os.write(fd, b"x" * 512)
-            os.fsync(fd)
-        return n / (time.perf_counter() - t0)
-    finally:
-        os.close(fd)
-        path.unlink()
 
 
 def maildir_files(md: Path) -> list[Path]:

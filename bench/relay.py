@@ -25,6 +25,11 @@ run (the order rotates from run to run):
 * ``spoolbox-procs``: the same with ``[listeners.submission] processes = 1``
   (``--listener-processes``): the listener runs in a process of its own and commits
   to the store itself, the daemon relays;
+* ``spoolbox-init``: the daemon with the profile exactly as ``spoolbox init`` writes
+  it (its listener moved to a free port), plus an ``smtp`` transport to the sink
+  with only ``host``, ``port`` and ``tls = "none"``: the shipped defaults (the
+  transport's ``max_connections``, the listener's ``processes``, ``nice``, the log
+  level), as a user who ran ``spoolbox init`` gets them;
 * ``postfix``: a private Postfix instance (own config, queue and data directories in
   the temporary directory, ``postfix -c DIR start``) with ``relayhost`` the sink and
   ``smtp_destination_concurrency_limit = 10``; cleanup(8) fsyncs each queue file
@@ -40,6 +45,19 @@ spent in write transactions during the batch (their own counters, read through t
 local API before and about a second after it), as a share of the batch's time.
 SQLite lets one writer at a time hold the write lock, so near 100% the lock is the
 limit.
+
+What each message costs the disk (``bench/_counts.py``), printed per message beside
+Postfix's: ``commits`` and ``durable`` (spoolbox: the write transactions of the
+daemon's store and its listener processes' during the batch, all and those fsynced:
+their own counters); ``bytes written`` (``write_bytes`` of ``/proc/PID/io``, summed
+over the system's process tree: the daemon and its children, Postfix's master and
+its children); and, from one extra run of each system under ``strace -f -c`` after
+the timed ones (ptrace slows a process down, so never in a timed run; ``--fsync-runs
+0`` skips it), ``fsyncs`` (calls of ``fsync``, ``fdatasync`` and their family).  Each
+run also measures the disk's own fsync rate in the same directory (``write(512 B) +
+fsync`` 300 times, before the systems) and prints it beside the figures: the relay's
+ceiling at one fsync per message; ``wire`` is the ceiling of the load generator, the
+sink and loopback.
 
 ``--py-spy DIR`` adds one untimed spoolbox run under ``py-spy record --threads --idle``
 (install it with ``.venv/bin/pip install py-spy``) and prints, for each busy thread of
@@ -73,6 +91,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from _counts import SyscallCount, fsync_rate, process_tree, written_bytes
 from _mta import (
     PostfixRelay,
     Sink,
@@ -84,17 +103,27 @@ from _mta import (
     stop_process,
 )
 
-SYSTEMS = ("wire", "spoolbox", "spoolbox-procs", "postfix")
+SYSTEMS = ("wire", "spoolbox", "spoolbox-procs", "spoolbox-init", "postfix")
+SPOOLBOXES = ("spoolbox", "spoolbox-procs", "spoolbox-init")
 OURS = re.compile(r"[(/](spoolbox|aiosmtpd|aiosmtplib)/")  # frames worth showing
 
 
 @contextmanager
 def system_under_test(
     name: str, workdir: Path, sink: Sink, args: argparse.Namespace
-) -> Iterator[tuple[int, SpoolboxDaemon | None]]:
-    """The port smtp-source submits to, and the spoolbox daemon if it is one."""
+) -> Iterator[tuple[int, SpoolboxDaemon | PostfixRelay | None]]:
+    """The port smtp-source submits to, and the daemon or the Postfix instance."""
     if name == "wire":
         yield sink.port, None
+    elif name == "spoolbox-init":
+        with SpoolboxDaemon(
+            workdir,
+            sink.port,
+            as_init=True,
+            init_sink=args.init_transport,
+            init_listener=args.init_listener,
+        ) as sb:
+            yield sb.port, sb
     elif name in ("spoolbox", "spoolbox-procs"):
         with SpoolboxDaemon(
             workdir,
@@ -107,7 +136,7 @@ def system_under_test(
             yield sb.port, sb
     else:
         with PostfixRelay(workdir, sink.port, args.max_connections) as pf:
-            yield pf.port, None
+            yield pf.port, pf
 
 
 def batch(port: int, sink: Sink, n: int, args: argparse.Namespace) -> tuple[float, float, float]:
@@ -126,29 +155,65 @@ def batch(port: int, sink: Sink, n: int, args: argparse.Namespace) -> tuple[floa
     return t0, t_accept, t_done
 
 
+def _root_pid(system: SpoolboxDaemon | PostfixRelay | None) -> int | None:
+    if isinstance(system, SpoolboxDaemon):
+        return system.pid
+    if isinstance(system, PostfixRelay):
+        return system.master_pid()
+    return None
+
+
 def one(name: str, workdir: Path, args: argparse.Namespace) -> dict[str, float]:
-    with Sink() as sink, system_under_test(name, workdir, sink, args) as (port, sb):
+    with Sink() as sink, system_under_test(name, workdir, sink, args) as (port, system):
+        sb = system if isinstance(system, SpoolboxDaemon) else None
+        root = _root_pid(system)
         batch(port, sink, args.warmup, args)
         time.sleep(0.5 if sb is None else _REPORTED)
         base = sink.count
         lock0 = sb.lock_seconds() if sb else 0.0
+        commits0 = sb.store_commits() if sb else (0, 0)
         cpu0 = sb.cpu_seconds() if sb else 0.0
+        bytes0 = written_bytes(process_tree(root)) if root else 0
         t0, t_accept, t_done = batch(port, sink, args.messages, args)
         cpu1 = sb.cpu_seconds() if sb else 0.0
         time.sleep(0.3 if sb is None else _REPORTED)
         lock1 = sb.lock_seconds() if sb else 0.0
+        commits1 = sb.store_commits() if sb else (0, 0)
+        bytes1 = written_bytes(process_tree(root)) if root else 0
         extra = sink.count - base - args.messages
         if extra:
             log(f"bench: {name}: the sink received {extra} messages more than were sent")
     wall = t_done - t0
-    res = {"wall": wall, "rate": args.messages / wall, "accept": t_accept - t0}
+    n = args.messages
+    res = {"wall": wall, "rate": n / wall, "accept": t_accept - t0}
+    if root:
+        res["bytes"] = (bytes1 - bytes0) / n
     if sb is not None:
         res["cpu"] = (cpu1 - cpu0) / wall
         # Write transactions of the daemon and its listener processes during the batch
         # (and the last settles just after it), as a share of the batch's time: SQLite
         # lets one of them hold the write lock at a time.
         res["lock"] = (lock1 - lock0) / wall
+        res["commits"] = (commits1[0] - commits0[0]) / n
+        res["durable"] = (commits1[1] - commits0[1]) / n
     return res
+
+
+def count_fsyncs(name: str, workdir: Path, args: argparse.Namespace) -> float:
+    """fsync-family calls per message of ``name``, from one batch under strace."""
+    n = args.fsync_messages
+    with Sink() as sink, system_under_test(name, workdir, sink, args) as (port, system):
+        batch(port, sink, args.warmup, args)
+        time.sleep(0.5)
+        root = _root_pid(system)
+        if root is None:
+            raise RuntimeError(f"{name}: no process to trace")
+        with SyscallCount(process_tree(root), workdir / "strace.txt") as calls:
+            batch(port, sink, n, args)
+            time.sleep(_REPORTED)  # the last settles, then strace detaches
+        counts = calls.counts()
+    log(f"fsync count: {name}: {counts} for {n} messages")
+    return sum(counts.values()) / n
 
 
 #: Long enough for a listener process to have reported its store's counters.
@@ -269,6 +334,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--py-spy", type=Path, default=None, help="profile one extra spoolbox run")
     p.add_argument("--top", type=int, default=20)
+    p.add_argument(
+        "--fsync-runs",
+        type=int,
+        default=1,
+        help="untimed runs per system under strace that count fsyncs (0: none)",
+    )
+    p.add_argument("--fsync-messages", type=int, default=1000, help="messages of such a run")
+    p.add_argument(
+        "--init-transport",
+        action="append",
+        default=[],
+        metavar="'KEY = VALUE'",
+        help="spoolbox-init: a line added to the sink transport's options (repeatable)",
+    )
+    p.add_argument(
+        "--init-listener",
+        action="append",
+        default=[],
+        metavar="'KEY = VALUE'",
+        help="spoolbox-init: a line added to [listeners.submission] (repeatable)",
+    )
     args = p.parse_args(argv)
     systems = [s for s in args.systems.split(",") if s]
     if unknown := set(systems) - set(SYSTEMS):
@@ -280,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         root.chmod(0o755)  # the postfix user must reach its queue directory
         for r in range(args.runs):
             order = systems[r % len(systems) :] + systems[: r % len(systems)]
-            res: dict[str, dict[str, float]] = {}
+            res: dict[str, dict[str, float]] = {"disk": {"fsync_rate": fsync_rate(root)}}
             for name in order:
                 res[name] = one(name, root / f"run{r}-{name}", args)
             runs.append(res)
@@ -289,21 +375,36 @@ def main(argv: Sequence[str] | None = None) -> int:
                 + ", ".join(
                     f"{k} {v['rate']:,.0f} msg/s ({v['wall']:.2f} s)"
                     for k, v in sorted(res.items())
+                    if k != "disk"
                 )
+                + f"; disk {res['disk']['fsync_rate']:,.0f} fsync/s"
             )
+        fsyncs: dict[str, list[float]] = {}
+        for r in range(args.fsync_runs):
+            for name in systems:
+                if name != "wire":
+                    work = root / f"fsyncs{r}-{name}"
+                    fsyncs.setdefault(name, []).append(count_fsyncs(name, work, args))
         if args.py_spy is not None:
             profile_spoolbox(root, args)
-    print_table(runs, systems, args)
+    print_table(runs, systems, args, fsyncs)
     if args.json is not None:
-        args.json.write_text(json.dumps({"args": vars(args), "runs": runs}, default=str, indent=1))
+        out = {"args": vars(args), "runs": runs, "fsyncs_per_message": fsyncs}
+        args.json.write_text(json.dumps(out, default=str, indent=1))
     return 0
 
 
 def print_table(
-    runs: list[dict[str, dict[str, float]]], systems: list[str], args: argparse.Namespace
+    runs: list[dict[str, dict[str, float]]],
+    systems: list[str],
+    args: argparse.Namespace,
+    fsyncs: dict[str, list[float]],
 ) -> None:
     def med(name: str, key: str) -> float:
         return statistics.median(r[name][key] for r in runs)
+
+    def per_msg(name: str, key: str, fmt: str) -> str:
+        return format(med(name, key), fmt) if key in runs[0][name] else "-"
 
     def ratio(a: str, b: str) -> str:
         if b not in systems:
@@ -316,18 +417,27 @@ def print_table(
         f"event_loop={args.event_loop}, spoolbox-procs: listener processes "
         f"{args.listener_processes}; {machine()}"
     )
+    rates = [r["disk"]["fsync_rate"] for r in runs]
+    print(
+        f"disk fsync rate (write 512 B + fsync, same directory, each run): median "
+        f"{statistics.median(rates):,.0f}/s, per run " + " / ".join(f"{x:,.0f}" for x in rates)
+    )
     print(
         "| system | relay time s | msg/s | smtp-source done s | ratio to postfix "
-        "| ratio to wire | daemon CPU | store lock held |"
+        "| ratio to wire | daemon CPU | store lock held | commits/msg | durable/msg "
+        "| fsyncs/msg | bytes written/msg |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in systems:
         cpu = f"{med(name, 'cpu'):.0%}" if "cpu" in runs[0][name] else "-"
         lock = f"{med(name, 'lock'):.0%}" if "lock" in runs[0][name] else "-"
         print(
             f"| {name} | {med(name, 'wall'):.2f} | {med(name, 'rate'):,.0f} "
             f"| {med(name, 'accept'):.2f} | {ratio(name, 'postfix')} | {ratio(name, 'wire')} "
-            f"| {cpu} | {lock} |"
+            f"| {cpu} | {lock} | {per_msg(name, 'commits', '.2f')} "
+            f"| {per_msg(name, 'durable', '.2f')} "
+            f"| {f'{statistics.median(fsyncs[name]):.2f}' if name in fsyncs else '-'} "
+            f"| {per_msg(name, 'bytes', ',.0f')} |"
         )
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from _counts import fsync_rate
 from spoolbox import (
     Address,
     AlwaysIdle,
@@ -67,20 +67,6 @@ class NullProvider:
 
     async def shutdown(self) -> None:
         return None
-
-
-def fsync_rate(directory: Path, n: int) -> float:
-    path = directory / "fsync.probe"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            os.write(fd, b"x" * 512)
-            os.fsync(fd)
-        return n / (time.perf_counter() - t0)
-    finally:
-        os.close(fd)
-        path.unlink()
 
 
 def _remove(directory: Path, pattern: str) -> None:

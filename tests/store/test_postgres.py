@@ -172,6 +172,31 @@ async def test_submits_of_one_turn_commit_together_and_fail_alone(pg_dsn: str) -
         assert (await store.counts())[_R.QUEUED] == 6
 
 
+async def test_settles_of_one_turn_commit_together_and_fail_alone(pg_dsn: str) -> None:
+    """The settles of the lanes that finish in one turn of the loop are one
+    transaction; one whose lease is someone else's fails alone (its savepoint)."""
+    async with PostgresStore(pg_dsn) as store:
+        for i in range(5):
+            await store.submit(new_message(i), now=T0, lifetime=3600, routes=["x"])
+        jobs = await store.claim("x", owner="n", now=T0, lease=60, limit=5)
+        assert len(jobs) == 5
+        before = store.statistics()["commits"]
+        owners = ["n", "n", "other", "n", "n"]
+        results = await asyncio.gather(
+            *(
+                store.settle(j.message.id, [RecipientUpdate(0, _R.DELIVERED)], owner=o, now=T0)
+                for j, o in zip(jobs, owners, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        assert isinstance(results[2], StoreError)
+        assert [isinstance(r, BaseException) for r in results] == [False] * 2 + [True] + [False] * 2
+        assert store.statistics()["commits"] == before + 1  # type: ignore[operator]
+        counts = await store.counts()
+        assert counts[_R.DELIVERED] == 4
+        assert counts[_R.ACTIVE] == 1
+
+
 # -- several nodes on one database --------------------------------------------------------
 
 

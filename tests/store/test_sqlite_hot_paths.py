@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
-from spoolbox.model import Address, NewMessage, RecipientState
-from spoolbox.store import RecipientUpdate
+from spoolbox.model import Address, MessageInfo, NewMessage, RecipientState
+from spoolbox.store import ClaimedJob, LeaseLost, RecipientUpdate
 from spoolbox.store.operations import Kind
 from spoolbox.store.sqlite import SQLiteStore
 from spoolbox.store.sqlite.transactions import PREFETCH_LIMIT
@@ -79,8 +80,9 @@ async def test_submits_and_settles_waiting_together_share_one_commit(tmp_path: P
         ]
         for _ in range(5):  # each call's first step queues its work (no clock involved)
             await asyncio.sleep(0)
-        # Everything is queued behind the gate: ten settles and the submissions' signal.
-        assert store.statistics()["pending_jobs"] == 11
+        # Everything is queued behind the gate: the ten settles (made in one turn of the
+        # loop: one group) and the submissions' signal.
+        assert store.statistics()["pending_jobs"] == 2
         gate.set()
         await asyncio.gather(blocker, *settles, *submits)
         after = store.statistics()
@@ -91,3 +93,100 @@ async def test_submits_and_settles_waiting_together_share_one_commit(tmp_path: P
         counts = await store.counts()
         assert counts[RecipientState.DELIVERED] == 10
         assert counts[RecipientState.QUEUED] == 10
+
+
+async def test_settles_of_one_turn_of_the_loop_share_one_commit(tmp_path: Path) -> None:
+    """Group commit of settles: the lanes that finish in one turn of the event loop
+    settle in one transaction, even when the store's thread is idle (before, the
+    first settle went alone and the rest queued behind it)."""
+    async with SQLiteStore(tmp_path / "settles.db") as store:
+        for i in range(10):
+            await store.submit(_message(f"m{i}", b"x\r\n"), now=T0, lifetime=3600, routes=["x"])
+        jobs = await store.claim("x", owner="n", now=T0, lease=60, limit=10)
+        assert len(jobs) == 10
+        before = store.statistics()
+
+        def settle(job: ClaimedJob) -> asyncio.Future[MessageInfo]:
+            update = [RecipientUpdate(0, RecipientState.DELIVERED)]
+            return asyncio.ensure_future(store.settle(job.message.id, update, owner="n", now=T0))
+
+        async def busy_turn() -> None:
+            # Keeps this turn of the loop going while the store's thread is free to
+            # pick up what was queued so far (the first settle did that, before).
+            time.sleep(0.05)  # noqa: ASYNC251 - blocking the loop is the point here
+
+        # Every task's first step runs in the same turn of the loop, in this order.
+        first = settle(jobs[0])
+        busy = asyncio.ensure_future(busy_turn())
+        rest = [settle(j) for j in jobs[1:]]
+        infos = await asyncio.gather(first, *rest)
+        await busy
+        after = store.statistics()
+        assert [i.id for i in infos] == [j.message.id for j in jobs]
+        assert after["commits"] - before["commits"] == 1  # type: ignore[operator]
+        assert (await store.counts())[RecipientState.DELIVERED] == 10
+
+
+async def test_a_refused_settle_in_a_group_fails_only_its_caller(tmp_path: Path) -> None:
+    """Each settle of a group is in a savepoint of its own: one whose lease is not its
+    caller's is refused (LeaseLost) and undone alone; the others commit."""
+    async with SQLiteStore(tmp_path / "refused.db") as store:
+        for i in range(3):
+            await store.submit(_message(f"m{i}", b"x\r\n"), now=T0, lifetime=3600, routes=["x"])
+        jobs = await store.claim("x", owner="n", now=T0, lease=60, limit=3)
+        owners = ["n", "someone-else", "n"]
+        outcomes = await asyncio.gather(
+            *(
+                store.settle(
+                    j.message.id, [RecipientUpdate(0, RecipientState.DELIVERED)], owner=o, now=T0
+                )
+                for j, o in zip(jobs, owners, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[1], LeaseLost)
+        assert not isinstance(outcomes[0], BaseException)
+        assert not isinstance(outcomes[2], BaseException)
+        counts = await store.counts()
+        assert counts[RecipientState.DELIVERED] == 2
+        assert counts[RecipientState.ACTIVE] == 1
+        assert store.statistics()["rollbacks"] == 0
+
+
+async def test_submit_claiming_claims_in_the_same_commit_what_is_ready(tmp_path: Path) -> None:
+    """The hand-off: the message and the claim of its ready recipients routed to the
+    transport, in one transaction; nothing to claim (routed elsewhere, or to be sent
+    later) gives no job and leaves the message queued."""
+    async with SQLiteStore(tmp_path / "handoff.db") as store:
+        before = store.statistics()["commits"]
+        info, job = await store.submit_claiming(
+            _message("now", b"x\r\n"),
+            now=T0,
+            lifetime=3600,
+            routes=["x"],
+            transport="x",
+            owner="n",
+            lease=60,
+        )
+        assert store.statistics()["commits"] == before + 1  # type: ignore[operator]
+        assert job is not None
+        assert (job.message.id, job.owner, job.lease_until) == ("now", "n", T0 + 60)
+        assert [r.state for r in job.recipients] == [RecipientState.ACTIVE]
+        assert job.content == await store.read_content("now")
+        [stored] = await store.recipients("now")
+        assert (stored.state, stored.route) == (RecipientState.ACTIVE, "x")
+        later = NewMessage(
+            sender=None,
+            recipients=(Address.parse("X:bob"),),
+            content=b"Subject: later\r\n\r\nx\r\n",
+            id="later",
+            send_at=T0 + 600,
+        )
+        for msg, route in ((_message("elsewhere", b"y\r\n"), "y"), (later, "x")):
+            got, none = await store.submit_claiming(
+                msg, now=T0, lifetime=3600, routes=[route], transport="x", owner="n", lease=60
+            )
+            assert none is None
+            [r] = await store.recipients(got.id)
+            assert r.state is RecipientState.QUEUED
+        assert info.id == "now"

@@ -84,7 +84,7 @@ async def send_with(
 # -- options ----------------------------------------------------------------------------------
 def test_options_defaults_and_ports() -> None:
     s = SMTPSettings.from_config({"host": "mx.example.org"})
-    assert (s.port, s.tls, s.verify, s.max_connections) == (587, "starttls", True, 2)
+    assert (s.port, s.tls, s.verify, s.max_connections) == (587, "starttls", True, 10)
     assert dict(s.timeouts) == dict(DEFAULT_TIMEOUTS)
     assert DEFAULT_TIMEOUTS["data_term"] == 600 and DEFAULT_TIMEOUTS["data_init"] == 60
     assert DEFAULT_TIMEOUTS["mail"] == DEFAULT_TIMEOUTS["greeting"] == 60
@@ -335,7 +335,10 @@ async def test_message_over_the_servers_size_fails_before_mail_from() -> None:
 
 async def test_connections_are_reused_up_to_max_connections() -> None:
     rec = Recorder()
-    async with aiosmtpd_server(rec) as srv, open_spooler(options(srv.port)) as sp:
+    async with (
+        aiosmtpd_server(rec) as srv,
+        open_spooler(options(srv.port, max_connections=2)) as sp,
+    ):
         infos = [
             await sp.submit(message(f"SMTP:r{i}@example.org", content=CONTENT + b"%d\r\n" % i))
             for i in range(20)

@@ -48,6 +48,7 @@ from ..model import (
 from ..routing import RouteEntry, RoutingTable
 from ..status import StatusRow, StatusTable, Subscriber
 from ..store import ClaimedJob, InboxEntry, MemoryStore, RecipientUpdate, Store
+from . import handoff
 from .clock import Clock, SystemClock, wait_event
 from .config import SpoolerConfig, load_provider_class, unloadable_provider
 from .critsec import CriticalSections
@@ -323,9 +324,8 @@ class Spooler:
         # Route in the same transaction where the decision is already clear; what must
         # wait or fail (no route) is left to the router.
         routes = self.routing_table().routes_at_submit(a.type for a in message.recipients)
-        info = await self.store.submit(
-            message, now=self.clock.now(), lifetime=self.policy.lifetime, routes=routes
-        )
+        # Claimed in the same transaction when a lane of its transport waits for work.
+        info = await handoff.submit(self._runtime, self.host, message, routes)
         log.debug(
             "message %s queued: %d bytes, recipients %s, routes %s",
             info.id,

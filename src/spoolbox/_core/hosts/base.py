@@ -389,6 +389,17 @@ class HostBase:
         self.set_bits(on=StatusCode.FAILURE, detail=text)
 
     # -- gates ------------------------------------------------------------------------
+    def gate_open(self) -> bool:
+        """Whether :meth:`background_gate` would let background work through now."""
+        runtime = self.runtime
+        return not (
+            self.stopping
+            or self.critical_error
+            or runtime.critsec.active
+            or self._cooldown_until > runtime.clock.now()
+            or not runtime.idle.is_idle()
+        )
+
     async def background_gate(self, direction: FlushFlags = FlushFlags.NONE) -> None:
         """Wait until this session may start background work (a flush of
         ``direction`` lets it through at once)."""

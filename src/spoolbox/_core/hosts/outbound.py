@@ -61,6 +61,8 @@ class OutboundLane:
         self.lease_lost: set[str] = set()  # another spooler holds them now: hands off
         self.sending = 0  # messages inside submit_message / end_message right now
         self.preprocessors = Preprocessors()  # the session's (its support object's)
+        self._waiting = 0  # workers waiting for work (claimed nothing: the queue is empty)
+        self._reserved = 0  # hand-offs promised to this lane, their submits under way
 
     @property
     def inflight(self) -> int:
@@ -77,7 +79,7 @@ class OutboundLane:
             async with self._claim_lock:
                 if not self._ready:
                     jobs = await self._wait_for_jobs(host.runtime.policy.claim_batch)
-                    if not jobs:
+                    if not jobs and (not self._ready or host.stopping or host.critical_error):
                         return
                     # Held (in flight) from the claim until settled, so a flush does
                     # not see "nothing left" while jobs still wait for a worker.
@@ -92,6 +94,43 @@ class OutboundLane:
             # Between messages the foreground always gets its turn, however short each
             # message was (one slice per message at most).
             await checkpoint()
+
+    @property
+    def waiting(self) -> int:
+        """Workers waiting for work (their last claim found nothing)."""
+        return self._waiting
+
+    def reserve_hand_off(self) -> bool:
+        """Whether a new message may be claimed for this lane in its submit's
+        transaction (a worker waits for work and no other hand-off fills the lane);
+        if so it is reserved until :meth:`hand_off` or :meth:`cancel_hand_off`."""
+        host = self._host
+        if (
+            self._waiting == 0
+            or self._ready
+            or len(self._held) + self._reserved >= host.concurrency
+            or host.session is None
+            or not host.gate_open()
+        ):
+            return False
+        self._reserved += 1
+        return True
+
+    def cancel_hand_off(self) -> None:
+        self._reserved -= 1
+
+    def hand_off(self, job: ClaimedJob) -> bool:
+        """A job claimed for this lane at submit (reserved before): a waiting worker
+        takes it.  False if the session ended meanwhile (the caller gives it back)."""
+        self._reserved -= 1
+        host = self._host
+        if host.stopping or host.critical_error or host.session is None:
+            return False
+        self._held[job.message.id] = job
+        self._ready.append(job)
+        host.wake.set()
+        host.port.messages_changed()
+        return True
 
     async def give_back(self) -> None:
         """The session is ending: jobs claimed but not started go back to the queue
@@ -118,6 +157,8 @@ class OutboundLane:
         host = self._host
         runtime = host.runtime
         while not (host.stopping or host.critical_error):
+            if self._ready:
+                return []  # handed off at submit (see hand_off)
             await host.background_gate(FlushFlags.UPLOAD)
             if host.stopping or host.critical_error:
                 break
@@ -147,7 +188,11 @@ class OutboundLane:
             timeout = runtime.policy.router_interval * 5
             if next_at is not None:
                 timeout = min(timeout, max(0.0, next_at - runtime.clock.now()))
-            await wait_event(runtime.clock, host.wake, timeout)
+            self._waiting += 1
+            try:
+                await wait_event(runtime.clock, host.wake, timeout)
+            finally:
+                self._waiting -= 1
         return []
 
     async def _process(self, job: ClaimedJob) -> None:

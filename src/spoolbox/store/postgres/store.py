@@ -16,7 +16,9 @@ each operation checks what needs no database, then runs its function of
 * **Group commit.**  ``submit`` calls made in one turn of the event loop, and those
   that arrive while a batch is committing, go into the next transaction together, each
   in a savepoint of its own (one refused submission fails only its caller): one WAL
-  flush on the server for the batch.
+  flush on the server for the batch.  ``settle`` calls are grouped the same way: those
+  of one turn of the loop (and those that arrive while a group commits) are one
+  transaction, each in a savepoint (one whose lease is lost fails only its caller).
 * **Durability.**  Acceptances (submits, inbound messages, user actions) commit with
   the database's ``synchronous_commit``; the spooler's progress with it off (see
   :mod:`.connection`).
@@ -63,6 +65,7 @@ __all__ = ["PostgresStore"]
 
 _T = TypeVar("_T")
 _Submit = Callable[[Conn], Awaitable[MessageInfo]]
+_Pending = list[tuple[_Submit, asyncio.Future[MessageInfo]]]
 
 
 class PostgresStore:
@@ -88,8 +91,10 @@ class PostgresStore:
             dsn, max_size=pool_size, connect_timeout=connect_timeout, migrate=migrate
         )
         self._open = False
-        self._pending: list[tuple[_Submit, asyncio.Future[MessageInfo]]] = []
+        self._pending: _Pending = []
         self._committer: asyncio.Task[None] | None = None
+        self._settles: _Pending = []  # settles waiting for the next group
+        self._settler: asyncio.Task[None] | None = None
         self._stats = {"commits": 0, "submits": 0, "submit_batches": 0, "largest_batch": 0}
         self._listener: Listener | None = None
 
@@ -122,9 +127,9 @@ class PostgresStore:
         """Finish the submits under way, then close every connection."""
         if not self._open:
             return
-        committer = self._committer
-        if committer is not None:
-            await asyncio.shield(committer)
+        for task in (self._committer, self._settler):
+            if task is not None:
+                await asyncio.shield(task)
         self._open = False
         listener, self._listener = self._listener, None
         if listener is not None:
@@ -193,16 +198,18 @@ class PostgresStore:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
-                await self._commit_batch(batch)
+                await self._commit_batch("submit", batch)
         finally:
             self._committer = None
 
-    async def _commit_batch(self, batch: list[tuple[_Submit, asyncio.Future[MessageInfo]]]) -> None:
+    async def _commit_batch(self, what: str, batch: _Pending) -> None:
+        """``batch`` (submits or settles) in one transaction, each in a savepoint."""
+
         async def each(conn: Conn) -> list[MessageInfo | Exception]:
             out: list[MessageInfo | Exception] = []
             for fn, _ in batch:
                 try:
-                    async with conn.transaction():  # a savepoint per submission
+                    async with conn.transaction():  # a savepoint per call
                         out.append(await fn(conn))
                 except psycopg.OperationalError:
                     raise  # the connection is gone: the whole batch fails
@@ -211,21 +218,22 @@ class PostgresStore:
             return out
 
         try:
-            outcomes = await self._run("submit", each)
+            outcomes = await self._run(what, each)
         except Exception as exc:
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc)
             return
-        self._stats["submits"] += len(batch)
-        self._stats["submit_batches"] += 1
-        self._stats["largest_batch"] = max(self._stats["largest_batch"], len(batch))
+        if what == "submit":
+            self._stats["submits"] += len(batch)
+            self._stats["submit_batches"] += 1
+            self._stats["largest_batch"] = max(self._stats["largest_batch"], len(batch))
         for (_, fut), outcome in zip(batch, outcomes, strict=True):
             if fut.done():
                 continue
             if isinstance(outcome, Exception):
                 if isinstance(outcome, psycopg.Error):
-                    outcome = self._db.error("submit", outcome)
+                    outcome = self._db.error(what, outcome)
                 fut.set_exception(outcome)
             else:
                 fut.set_result(outcome)
@@ -308,18 +316,31 @@ class PostgresStore:
         reports: Sequence[NewMessage] = (),
         inbox_reports: Sequence[InboundMessage] = (),
     ) -> MessageInfo:
-        return await self._run(
-            "settle",
-            functools.partial(
-                tx.settle,
-                message_id=message_id,
-                updates=list(updates),
-                owner=owner,
-                now=now,
-                reports=list(reports),
-                inbox_reports=list(inbox_reports),
-            ),
+        if not self._open:
+            raise StoreError(f"{self!r} is not open: call open() first")
+        fn = functools.partial(
+            tx.settle,
+            message_id=message_id,
+            updates=list(updates),
+            owner=owner,
+            now=now,
+            reports=list(reports),
+            inbox_reports=list(inbox_reports),
         )
+        fut: asyncio.Future[MessageInfo] = asyncio.get_running_loop().create_future()
+        self._settles.append((fn, fut))
+        if self._settler is None:
+            self._settler = asyncio.create_task(self._commit_settles())
+        return await fut
+
+    async def _commit_settles(self) -> None:
+        """Commit the pending settles in groups until none is left (as submits)."""
+        try:
+            while self._settles:
+                group, self._settles = self._settles, []
+                await self._commit_batch("settle", group)
+        finally:
+            self._settler = None
 
     async def release_expired(self, *, now: float) -> int:
         return await self._run("release_expired", functools.partial(tx.release_expired, now=now))

@@ -22,7 +22,9 @@ database, then sends its function of :mod:`.transactions` to the store's thread
 * **Group commit.**  ``submit`` calls are collected: all submits made in one turn of
   the event loop, and all those that arrive while the thread is busy committing, go
   into the next transaction together, one fsync for the batch.  Each submitter
-  resumes only after its batch committed.  ``statistics()`` counts commits and
+  resumes only after its batch committed.  ``settle`` calls are collected the same
+  way: those of one turn of the loop (the lanes of every transport) are one
+  transaction, each in a savepoint of its own.  ``statistics()`` counts commits and
   submits.
 * **No queue scans.**  Recipient rows carry their route, state, priority and ready
   time (``max(send_at, retry_at)``); picking the next job is a range scan of a partial
@@ -112,6 +114,7 @@ class SQLiteStore:
         self._worker: Worker | None = None  # the thread, while open
         self._stats = Stats()  # the counters of the current (or last) opening
         self._kick_scheduled = False
+        self._settles: list[Job] = []  # settles of this turn of the loop, not sent yet
         self._outbox: Outbox | None = None
         self._open = False
 
@@ -141,6 +144,7 @@ class SQLiteStore:
             "lock_wait_seconds": s.lock_wait_seconds,
             "write_seconds": s.write_seconds,
             "progress_commits": s.progress_commits,
+            "durable_commits": s.commits - s.progress_commits,
             "pending_jobs": worker.pending_jobs() if worker is not None else 0,
             "pragmas": dict(s.pragmas),
         }
@@ -181,6 +185,7 @@ class SQLiteStore:
         if worker is None:
             return
         self._open = False
+        self._send_settles(worker)  # settles made in this turn of the loop, before the end
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
         worker.stop(done)
         await asyncio.shield(asyncio.wrap_future(done))
@@ -225,6 +230,11 @@ class SQLiteStore:
         self._kick_scheduled = False
         worker.submit_batch()
 
+    def _send_settles(self, worker: Worker) -> None:
+        jobs, self._settles = self._settles, []
+        if jobs:  # (close() may have sent them already)
+            worker.put_group(jobs)
+
     # -- submission ----------------------------------------------------------------
     async def submit(
         self,
@@ -234,22 +244,61 @@ class SQLiteStore:
         lifetime: float,
         routes: Sequence[str | None] | None = None,
     ) -> MessageInfo:
+        fn = functools.partial(
+            tx.submit, message=message, now=float(now), lifetime=float(lifetime), routes=routes
+        )
+        info: MessageInfo = await self._submit_grouped(message, routes, fn)
+        return info
+
+    async def submit_claiming(
+        self,
+        message: NewMessage,
+        *,
+        now: float,
+        lifetime: float,
+        routes: Sequence[str | None] | None = None,
+        transport: str,
+        owner: str,
+        lease: float,
+    ) -> tuple[MessageInfo, ClaimedJob | None]:
+        """``submit``, and in the same (durable, grouped) transaction a claim of the
+        message's recipients routed to ``transport`` and ready now, for ``owner``
+        under a lease of ``lease`` seconds: the hand-off of a new message to a lane
+        that is free (as Postfix's queue manager takes a queue file the moment
+        cleanup closes it).  The job is None when no recipient could be claimed."""
+        fn = functools.partial(
+            tx.submit_claiming,
+            message=message,
+            now=float(now),
+            lifetime=float(lifetime),
+            routes=routes,
+            transport=transport,
+            owner=owner,
+            lease=float(lease),
+        )
+        out: tuple[MessageInfo, ClaimedJob | None] = await self._submit_grouped(message, routes, fn)
+        return out
+
+    async def _submit_grouped(
+        self,
+        message: NewMessage,
+        routes: Sequence[str | None] | None,
+        fn: Callable[[sqlite3.Connection], _T],
+    ) -> _T:
+        """``fn`` (a submission) in the next group commit of submissions."""
         worker = self._check_open()
         if routes is not None and len(routes) != len(message.recipients):
             raise StoreError(
                 f"{len(routes)} routes for {len(message.recipients)} recipients of {message.id}"
             )
         reply = self._reply()
-        fn = functools.partial(
-            tx.submit, message=message, now=float(now), lifetime=float(lifetime), routes=routes
-        )
         worker.submit(fn, reply)
         if not self._kick_scheduled:
             # One signal per turn of the loop: every submit of this turn joins the batch.
             self._kick_scheduled = True
             reply.outbox.loop.call_soon(self._kick, worker)
-        info: MessageInfo = await reply.fut
-        return info
+        result: _T = await reply.fut
+        return result
 
     async def submit_many(
         self,
@@ -327,18 +376,23 @@ class SQLiteStore:
         reports: Sequence[NewMessage] = (),
         inbox_reports: Sequence[InboundMessage] = (),
     ) -> MessageInfo:
-        return await self._run(
-            "settle",
-            functools.partial(
-                tx.settle,
-                message_id=message_id,
-                updates=list(updates),
-                owner=owner,
-                now=now,
-                reports=list(reports),
-                inbox_reports=list(inbox_reports),
-            ),
+        worker = self._check_open()
+        fn = functools.partial(
+            tx.settle,
+            message_id=message_id,
+            updates=list(updates),
+            owner=owner,
+            now=now,
+            reports=list(reports),
+            inbox_reports=list(inbox_reports),
         )
+        reply = self._reply()
+        if not self._settles:
+            # One transaction for the settles of this turn of the loop (group commit).
+            reply.outbox.loop.call_soon(self._send_settles, worker)
+        self._settles.append(Job("settle", fn, reply, OPERATIONS["settle"]))
+        info: MessageInfo = await reply.fut
+        return info
 
     async def release_expired(self, *, now: float) -> int:
         return await self._run("release_expired", functools.partial(tx.release_expired, now=now))

@@ -184,24 +184,54 @@ def claim(
                         break
         finally:
             cursor.close()
-    jobs: list[ClaimedJob] = []
-    for mid in picked:
-        mrow = _message_row(conn, mid)
-        info = message_from_row(mrow)
-        claimed: list[RecipientRecord] = []
-        for row in conn.execute(rows_sql, (mid, transport, now)).fetchall():
-            r = recipient_from_row(row)
-            nr = replace(r, state=_R.ACTIVE, updated_at=now)
-            _move(conn, r, nr, owner=owner, lease_until=until)
-            claimed.append(nr)
-        if claimed:
-            # A small message's content comes with the claim: the transport needs it
-            # next, and this saves a store round trip per message.
-            content = (
-                _read_blob(conn, int(mrow["blob_id"])) if info.size <= PREFETCH_LIMIT else None
-            )
-            jobs.append(ClaimedJob(info, tuple(claimed), transport, owner, until, content))
-    return jobs
+    jobs = [_claim_of(conn, mid, transport, owner, now, until, rows_sql) for mid in picked]
+    return [job for job in jobs if job is not None]
+
+
+def submit_claiming(
+    conn: sqlite3.Connection,
+    message: NewMessage,
+    *,
+    now: float,
+    lifetime: float,
+    routes: Sequence[str | None] | None,
+    transport: str,
+    owner: str,
+    lease: float,
+) -> tuple[MessageInfo, ClaimedJob | None]:
+    """:func:`submit`, then, in the same transaction, claim the message's recipients
+    routed to ``transport`` and ready at ``now`` (a hand-off to a free lane: no claim
+    transaction of its own).  Refuses (StoreError) before writing anything, as
+    :func:`submit`."""
+    info = submit(conn, message, now=now, lifetime=lifetime, routes=routes)
+    job = _claim_of(conn, info.id, transport, owner, now, now + lease, _q.CLAIMABLE_OF_MESSAGE)
+    return info, job
+
+
+def _claim_of(
+    conn: sqlite3.Connection,
+    mid: str,
+    transport: str,
+    owner: str,
+    now: float,
+    until: float,
+    rows_sql: str,
+) -> ClaimedJob | None:
+    """Claim the recipients ``rows_sql`` finds of one message (None: none)."""
+    mrow = _message_row(conn, mid)
+    info = message_from_row(mrow)
+    claimed: list[RecipientRecord] = []
+    for row in conn.execute(rows_sql, (mid, transport, now)).fetchall():
+        r = recipient_from_row(row)
+        nr = replace(r, state=_R.ACTIVE, updated_at=now)
+        _move(conn, r, nr, owner=owner, lease_until=until)
+        claimed.append(nr)
+    if not claimed:
+        return None
+    # A small message's content comes with the claim: the transport needs it next, and
+    # this saves a store round trip per message.
+    content = _read_blob(conn, int(mrow["blob_id"])) if info.size <= PREFETCH_LIMIT else None
+    return ClaimedJob(info, tuple(claimed), transport, owner, until, content)
 
 
 def renew(conn: sqlite3.Connection, job: ClaimedJob, *, now: float, lease: float) -> ClaimedJob:

@@ -5,8 +5,10 @@ One dedicated thread owns the only connection (sqlite connections are bound to
 their thread).  Every operation is a :class:`Job` on the thread's queue; reads run
 each in its own read transaction.  Writes are grouped: every write already waiting,
 and every submission collected so far, join one transaction (one fsync), each write
-in its own savepoint.  A transaction that has to wait for another process's write
-lock takes in what arrives meanwhile.  Outcomes go back to the event loop through
+in its own savepoint.  A group of writes put together (:meth:`Worker.put_group`: the
+settles of one turn of the event loop) is one transaction too, whoever else is
+waiting.  A transaction that has to wait for another process's write lock takes in
+what arrives meanwhile.  Outcomes go back to the event loop through
 one :class:`Outbox` per loop: those that arrive before the loop gets round to them
 (a group commit's, say) wake it once, not once each.
 """
@@ -26,7 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from ...model import MessageInfo
 from ..base import StoreError
 from ..operations import Kind
 from .connection import Stats, StoreFile
@@ -125,13 +126,21 @@ class Job:
 
 @dataclass(slots=True)
 class _Submission:
-    #: Inserts one message; refuses (StoreError) before it writes anything.
-    fn: Callable[[sqlite3.Connection], MessageInfo]
+    #: Inserts one message (its MessageInfo, or more: a hand-off claims it too);
+    #: refuses (StoreError) before it writes anything.
+    fn: Callable[[sqlite3.Connection], Any]
     future: _Completion
 
 
 class _Signal(enum.Enum):
     SUBMIT_BATCH = "submit-batch"  # commit the submissions collected so far
+
+
+@dataclass(slots=True)
+class _Group:
+    """Writes to commit in one transaction (each in its own savepoint)."""
+
+    jobs: list[Job]
 
 
 #: ``more(limit, progress_only)``: write jobs waiting in the store's queue, started.
@@ -152,7 +161,7 @@ class Worker:
         self.stats = Stats()
         self._name = name
         self._open_file = open_file
-        self._jobs: queue.SimpleQueue[Job | _Signal] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Job | _Signal | _Group] = queue.SimpleQueue()
         self._pending: list[_Submission] = []
         self._pending_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -172,7 +181,12 @@ class Worker:
     def put(self, job: Job) -> None:
         self._jobs.put(job)
 
-    def submit(self, fn: Callable[[sqlite3.Connection], MessageInfo], future: _Completion) -> None:
+    def put_group(self, jobs: list[Job]) -> None:
+        """Write jobs to commit together, in one transaction (with whatever other
+        writes wait then), each in a savepoint of its own."""
+        self._jobs.put(_Group(jobs))
+
+    def submit(self, fn: Callable[[sqlite3.Connection], Any], future: _Completion) -> None:
         """A submission for the next group commit (see :meth:`submit_batch`)."""
         with self._pending_lock:
             self._pending.append(_Submission(fn, future))
@@ -202,7 +216,7 @@ class Worker:
         ready.set_result(None)
         jobs = self._jobs
         stop: Job | None = None
-        backlog: collections.deque[Job | _Signal] = collections.deque()
+        backlog: collections.deque[Job | _Signal | _Group] = collections.deque()
 
         def more_writes(limit: int, progress_only: bool) -> list[Job]:
             """Write jobs waiting in the queue, started, up to ``limit`` (the rest of
@@ -221,6 +235,10 @@ class Worker:
                 ):
                     if nxt.future.set_running_or_notify_cancel():
                         out.append(nxt)
+                elif isinstance(nxt, _Group) and not (
+                    progress_only and any(job.durable for job in nxt.jobs)
+                ):
+                    out += [job for job in nxt.jobs if job.future.set_running_or_notify_cancel()]
                 else:
                     backlog.append(nxt)
             return out
@@ -228,7 +246,11 @@ class Worker:
         try:
             while stop is None:
                 item = backlog.popleft() if backlog else jobs.get()
-                if item is not _Signal.SUBMIT_BATCH and item.stop:
+                if isinstance(item, _Group):
+                    group = [j for j in item.jobs if j.future.set_running_or_notify_cancel()]
+                    group += more_writes(_WRITE_BATCH - len(group), False)
+                    self._commit_group(db, group, more_writes)
+                elif item is not _Signal.SUBMIT_BATCH and item.stop:
                     stop = item
                 elif item is _Signal.SUBMIT_BATCH or item.writes:
                     # Group commit: every write already waiting, and every submission
@@ -290,7 +312,7 @@ class Worker:
         if not subs and not started:
             return
         conn = db.conn
-        sub_outcomes: list[MessageInfo | StoreError] = []
+        sub_outcomes: list[Any] = []  # each submission's result, or its StoreError
         outcomes: list[tuple[bool, Any]] = []
         durable = bool(subs) or any(job.durable for job in started)
         try:

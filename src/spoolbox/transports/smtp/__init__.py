@@ -30,9 +30,10 @@ Configuration (the transport's ``options`` in the profile):
     The name sent in EHLO/HELO (default: the profile's ``hostname``, which the
     session reads as ``Support.hostname``).
 ``max_connections``
-    Default 2: the size of the connection pool, which is also the number of
+    Default 10: the size of the connection pool, which is also the number of
     messages the spooler may hand this session at once (``concurrency``), i.e. the
-    concurrency limit towards the smart host.
+    concurrency limit towards the smart host (docs/benchmarks.md, "Shipped
+    defaults", has the measurement that chose it).
 ``command_timeout``, ``data_timeout``
     Seconds.  ``command_timeout`` (default 60) bounds the wait for the greeting and
     for the reply to every command (EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA, RSET,

@@ -1,0 +1,126 @@
+"""What a system under test costs the disk, per message: fsyncs, bytes written, and the
+disk's own fsync rate to read them against.
+
+* :func:`fsync_rate`: ``write(512 bytes) + os.fsync`` in a loop on a file in a
+  directory: the disk's rate of durable writes (what one fsync per message caps a
+  system at), measured in the same run as the figures it is printed beside.
+* :func:`process_tree`: a process and its descendants (from ``/proc/*/stat``).
+* :func:`written_bytes`: the sum of ``write_bytes`` of ``/proc/PID/io`` over
+  processes: the bytes they caused to be sent to the storage layer (page cache pages
+  they dirtied, so page-granular).  The kernel adds a reaped child's counts to its
+  parent's, so the sum over a tree taken before and after a batch is what the tree
+  wrote meanwhile, including processes that came and went (Postfix's).
+* :class:`SyscallCount`: ``strace -f -c`` attached to running processes for the
+  fsync family (``fsync``, ``fdatasync``, ``sync_file_range``, ``syncfs``, ``sync``,
+  ``msync``), detached with SIGINT; :meth:`SyscallCount.counts` parses its summary.
+  ptrace slows the traced processes down, so counts come from a run of their own,
+  never from a timed one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+__all__ = ["SYNC_CALLS", "SyscallCount", "fsync_rate", "process_tree", "written_bytes"]
+
+SYNC_CALLS = ("fsync", "fdatasync", "sync_file_range", "syncfs", "sync", "msync")
+
+
+def fsync_rate(directory: Path, n: int = 300) -> float:
+    """Durable writes a second on ``directory``'s disk: ``n`` x (512 bytes + fsync)."""
+    path = directory / "fsync.probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            os.write(fd, b"x" * 512)
+            os.fsync(fd)
+        return n / (time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        path.unlink()
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process descending from it, as found now."""
+    parent: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        parent[int(stat.parent.name)] = int(fields[1])
+    tree = [root]
+    frontier = [root]
+    while frontier:
+        frontier = [pid for pid, ppid in parent.items() if ppid in frontier]
+        tree += frontier
+    return tree
+
+
+def written_bytes(pids: Iterable[int]) -> int:
+    """``write_bytes`` of ``/proc/PID/io`` summed over ``pids`` (those still there)."""
+    total = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/io").read_text()
+        except OSError:
+            continue
+        m = re.search(r"^write_bytes: (\d+)$", text, re.MULTILINE)
+        if m:
+            total += int(m.group(1))
+    return total
+
+
+class SyscallCount:
+    """``strace -f -c`` on ``pids`` for the fsync family, while the ``with`` block runs."""
+
+    def __init__(self, pids: Iterable[int], out: Path) -> None:
+        strace = shutil.which("strace")
+        if strace is None:
+            raise SystemExit("bench: counting fsyncs needs strace (apt-get install -y strace)")
+        self.out = out
+        cmd = [strace, "-f", "-c", "-o", str(out), "-e", "trace=" + ",".join(SYNC_CALLS)]
+        for pid in pids:
+            cmd += ["-p", str(pid)]
+        self._proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        time.sleep(1.0)  # strace attaches to every thread before it reports anything
+        if self._proc.poll() is not None:
+            err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+            raise RuntimeError(f"strace exited at once: {err}")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(signal.SIGINT)  # detach and write the summary
+        try:
+            self._proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.communicate()
+
+    def counts(self) -> dict[str, int]:
+        """Calls per syscall of the fsync family, from strace's summary table."""
+        found: dict[str, int] = {}
+        for line in self.out.read_text().splitlines():
+            cols = line.split()
+            if len(cols) >= 5 and cols[-1] in SYNC_CALLS and cols[0][0].isdigit():
+                found[cols[-1]] = int(cols[3])
+        return found
