@@ -32,6 +32,7 @@ ROW_KEYS = {
     "counters",
     "detail",
     "updated_at",
+    "node",
 }
 
 
