@@ -53,17 +53,23 @@ class _Handler:
         self.received: list[tuple[list[str], bytes]] = []
         self.refusing = False
         self.delay = 0.0  # seconds each DATA takes (so a flush lasts long enough)
+        self.delays: list[float] = []  # seconds the next DATAs take, one each
+        self.started = 0  # DATA commands begun
         self.lock = threading.Lock()
 
     async def handle_DATA(self, server: AiosmtpdSMTP, session: Session, envelope: Envelope) -> str:
         if self.refusing:
             return "451 4.3.0 try again later"
-        await asyncio.sleep(self.delay)
+        with self.lock:
+            self.started += 1
+            number = self.started
+            delay = self.delays.pop(0) if self.delays else self.delay
+        await asyncio.sleep(delay)
         content = envelope.content
         assert isinstance(content, bytes)
         with self.lock:
             self.received.append((list(envelope.rcpt_tos), content))
-        return "250 OK"
+        return f"250 OK id={number}"
 
 
 @dataclass
@@ -93,6 +99,11 @@ class Sink:
 
     def slow(self, seconds: float) -> None:
         self.handler.delay = seconds
+
+    @property
+    def started(self) -> int:
+        with self.handler.lock:
+            return self.handler.started
 
 
 @dataclass(frozen=True)
