@@ -206,6 +206,7 @@ class Cluster:
         *,
         policy: str = "housekeeping_interval = 1\nretry_base = 60\n",
         transports: str = "",
+        relay_options: str = "",
         start: bool = True,
     ) -> Node:
         directory = self.root / name
@@ -233,6 +234,7 @@ address_types = ["SMTP"]
 host = "127.0.0.1"
 port = {smtp_port}
 tls = "none"
+{relay_options}
 {transports}
 """
         )

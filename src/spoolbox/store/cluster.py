@@ -40,6 +40,7 @@ from .operations import Kind
 
 __all__ = [
     "CLUSTER_OPERATIONS",
+    "ClusterFace",
     "ClusterStore",
     "FlushProgress",
     "FlushRequest",
@@ -193,6 +194,87 @@ class ClusterStore(Protocol):
     async def release_lease(self, name: str, *, owner: str) -> bool:
         """Give the lease up if ``owner`` holds it; True if it did."""
         ...
+
+
+class ClusterFace:
+    """The async face of the ClusterStore operations of a backend with one function per
+    operation (SQLite, PostgreSQL): checks the arguments, encodes a report, then runs
+    the backend's function ``what`` with the keyword arguments (:meth:`_cluster`)."""
+
+    __slots__ = ()
+
+    async def _cluster(self, what: str, **kwargs: Any) -> Any:
+        raise NotImplementedError  # pragma: no cover - the backend's
+
+    async def publish_node(self, node: NodeRecord) -> None:
+        check_node(node)
+        await self._cluster("publish_node", node=node)
+
+    async def nodes(self) -> list[NodeRecord]:
+        records: list[NodeRecord] = await self._cluster("nodes")
+        return records
+
+    async def forget_nodes(self, *, before: float) -> int:
+        count: int = await self._cluster("forget_nodes", before=before)
+        return count
+
+    async def request_flush(
+        self,
+        *,
+        transport: str | None,
+        upload: bool,
+        download: bool,
+        requested_by: str,
+        now: float,
+        deadline_at: float,
+    ) -> FlushRequest:
+        request: FlushRequest = await self._cluster(
+            "request_flush",
+            transport=transport,
+            upload=upload,
+            download=download,
+            requested_by=requested_by,
+            now=now,
+            deadline_at=deadline_at,
+        )
+        return request
+
+    async def last_flush_id(self) -> int:
+        last: int = await self._cluster("last_flush_id")
+        return last
+
+    async def flush_requests(self, *, after: int) -> list[FlushRequest]:
+        requests: list[FlushRequest] = await self._cluster("flush_requests", after=after)
+        return requests
+
+    async def report_flush(
+        self,
+        request_id: int,
+        *,
+        node: str,
+        report: Mapping[str, JSONValue],
+        done: bool,
+        now: float,
+    ) -> None:
+        text = encode_report(report)
+        await self._cluster(
+            "report_flush", request_id=request_id, node=node, report=text, done=done, now=now
+        )
+
+    async def flush_progress(self, request_id: int) -> list[FlushProgress]:
+        parts: list[FlushProgress] = await self._cluster("flush_progress", request_id=request_id)
+        return parts
+
+    async def acquire_lease(self, name: str, *, owner: str, now: float, lease: float) -> float:
+        check_lease_args(name, owner, lease)
+        until: float = await self._cluster(
+            "acquire_lease", name=name, owner=owner, now=now, lease=lease
+        )
+        return until
+
+    async def release_lease(self, name: str, *, owner: str) -> bool:
+        released: bool = await self._cluster("release_lease", name=name, owner=owner)
+        return released
 
 
 # -- checks and encodings every backend shares ------------------------------------------

@@ -11,18 +11,15 @@ the lease is ours or expired), so two nodes never both hold it.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Final, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
 
-from ..base import JSONValue
 from ..cluster import (
     CLUSTER_OPERATIONS,
+    ClusterFace,
     FlushProgress,
     FlushRequest,
     NodeRecord,
-    check_lease_args,
-    check_node,
-    encode_report,
     lease_held,
 )
 from ..operations import Kind
@@ -138,7 +135,21 @@ async def _release_lease(conn: Conn, name: str, owner: str) -> bool:
     return cur.rowcount > 0
 
 
-class PostgresCluster:
+_FUNCTIONS: dict[str, Callable[..., Awaitable[Any]]] = {
+    "publish_node": _publish_node,
+    "nodes": _nodes,
+    "forget_nodes": _forget_nodes,
+    "request_flush": _request_flush,
+    "last_flush_id": _last_flush_id,
+    "flush_requests": _flush_requests,
+    "report_flush": _report_flush,
+    "flush_progress": _flush_progress,
+    "acquire_lease": _acquire_lease,
+    "release_lease": _release_lease,
+}
+
+
+class PostgresCluster(ClusterFace):
     """The ClusterStore operations of :class:`~spoolbox.store.postgres.PostgresStore`."""
 
     __slots__ = ()
@@ -146,80 +157,6 @@ class PostgresCluster:
     async def _run_kind(self, kind: Kind, what: str, fn: Callable[[Conn], Awaitable[_T]]) -> _T:
         raise NotImplementedError  # pragma: no cover - PostgresStore's
 
-    async def _cluster(self, what: str, fn: Callable[[Conn], Awaitable[_T]]) -> _T:
+    async def _cluster(self, what: str, **kwargs: Any) -> Any:
+        fn = functools.partial(_FUNCTIONS[what], **kwargs)
         return await self._run_kind(CLUSTER_OPERATIONS[what], what, fn)
-
-    async def publish_node(self, node: NodeRecord) -> None:
-        check_node(node)
-        await self._cluster("publish_node", functools.partial(_publish_node, node=node))
-
-    async def nodes(self) -> list[NodeRecord]:
-        return await self._cluster("nodes", _nodes)
-
-    async def forget_nodes(self, *, before: float) -> int:
-        return await self._cluster("forget_nodes", functools.partial(_forget_nodes, before=before))
-
-    async def request_flush(
-        self,
-        *,
-        transport: str | None,
-        upload: bool,
-        download: bool,
-        requested_by: str,
-        now: float,
-        deadline_at: float,
-    ) -> FlushRequest:
-        return await self._cluster(
-            "request_flush",
-            functools.partial(
-                _request_flush,
-                transport=transport,
-                upload=upload,
-                download=download,
-                requested_by=requested_by,
-                now=now,
-                deadline_at=deadline_at,
-            ),
-        )
-
-    async def last_flush_id(self) -> int:
-        return await self._cluster("last_flush_id", _last_flush_id)
-
-    async def flush_requests(self, *, after: int) -> list[FlushRequest]:
-        return await self._cluster(
-            "flush_requests", functools.partial(_flush_requests, after=after)
-        )
-
-    async def report_flush(
-        self,
-        request_id: int,
-        *,
-        node: str,
-        report: Mapping[str, JSONValue],
-        done: bool,
-        now: float,
-    ) -> None:
-        text = encode_report(report)
-        await self._cluster(
-            "report_flush",
-            functools.partial(
-                _report_flush, request_id=request_id, node=node, report=text, done=done, now=now
-            ),
-        )
-
-    async def flush_progress(self, request_id: int) -> list[FlushProgress]:
-        return await self._cluster(
-            "flush_progress", functools.partial(_flush_progress, request_id=request_id)
-        )
-
-    async def acquire_lease(self, name: str, *, owner: str, now: float, lease: float) -> float:
-        check_lease_args(name, owner, lease)
-        return await self._cluster(
-            "acquire_lease",
-            functools.partial(_acquire_lease, name=name, owner=owner, now=now, lease=lease),
-        )
-
-    async def release_lease(self, name: str, *, owner: str) -> bool:
-        return await self._cluster(
-            "release_lease", functools.partial(_release_lease, name=name, owner=owner)
-        )

@@ -16,17 +16,14 @@ import sqlite3
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from ..base import JSONValue
 from ..cluster import (
     CLUSTER_OPERATIONS,
+    ClusterFace,
     FlushProgress,
     FlushRequest,
     NodeRecord,
-    check_lease_args,
-    check_node,
     decode_report,
     decode_rows,
-    encode_report,
     encode_rows,
     lease_held,
 )
@@ -187,8 +184,21 @@ def release_lease(conn: sqlite3.Connection, name: str, owner: str) -> bool:
 
 # -- the async face --------------------------------------------------------------------
 
+_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "publish_node": publish_node,
+    "nodes": nodes,
+    "forget_nodes": forget_nodes,
+    "request_flush": request_flush,
+    "last_flush_id": last_flush_id,
+    "flush_requests": flush_requests,
+    "report_flush": report_flush,
+    "flush_progress": flush_progress,
+    "acquire_lease": acquire_lease,
+    "release_lease": release_lease,
+}
 
-class SQLiteCluster:
+
+class SQLiteCluster(ClusterFace):
     """The ClusterStore operations of :class:`~spoolbox.store.sqlite.SQLiteStore`."""
 
     __slots__ = ()
@@ -196,78 +206,6 @@ class SQLiteCluster:
     async def _send(self, what: str, fn: Callable[[sqlite3.Connection], _T], kind: Kind) -> _T:
         raise NotImplementedError  # pragma: no cover - SQLiteStore's
 
-    async def _cluster(self, what: str, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+    async def _cluster(self, what: str, **kwargs: Any) -> Any:
+        fn = functools.partial(_FUNCTIONS[what], **kwargs)
         return await self._send(what, fn, CLUSTER_OPERATIONS[what])
-
-    async def publish_node(self, node: NodeRecord) -> None:
-        check_node(node)
-        await self._cluster("publish_node", functools.partial(publish_node, node=node))
-
-    async def nodes(self) -> list[NodeRecord]:
-        return await self._cluster("nodes", nodes)
-
-    async def forget_nodes(self, *, before: float) -> int:
-        return await self._cluster("forget_nodes", functools.partial(forget_nodes, before=before))
-
-    async def request_flush(
-        self,
-        *,
-        transport: str | None,
-        upload: bool,
-        download: bool,
-        requested_by: str,
-        now: float,
-        deadline_at: float,
-    ) -> FlushRequest:
-        return await self._cluster(
-            "request_flush",
-            functools.partial(
-                request_flush,
-                transport=transport,
-                upload=upload,
-                download=download,
-                requested_by=requested_by,
-                now=now,
-                deadline_at=deadline_at,
-            ),
-        )
-
-    async def last_flush_id(self) -> int:
-        return await self._cluster("last_flush_id", last_flush_id)
-
-    async def flush_requests(self, *, after: int) -> list[FlushRequest]:
-        return await self._cluster("flush_requests", functools.partial(flush_requests, after=after))
-
-    async def report_flush(
-        self,
-        request_id: int,
-        *,
-        node: str,
-        report: Mapping[str, JSONValue],
-        done: bool,
-        now: float,
-    ) -> None:
-        text = encode_report(report)
-        await self._cluster(
-            "report_flush",
-            functools.partial(
-                report_flush, request_id=request_id, node=node, report=text, done=done, now=now
-            ),
-        )
-
-    async def flush_progress(self, request_id: int) -> list[FlushProgress]:
-        return await self._cluster(
-            "flush_progress", functools.partial(flush_progress, request_id=request_id)
-        )
-
-    async def acquire_lease(self, name: str, *, owner: str, now: float, lease: float) -> float:
-        check_lease_args(name, owner, lease)
-        return await self._cluster(
-            "acquire_lease",
-            functools.partial(acquire_lease, name=name, owner=owner, now=now, lease=lease),
-        )
-
-    async def release_lease(self, name: str, *, owner: str) -> bool:
-        return await self._cluster(
-            "release_lease", functools.partial(release_lease, name=name, owner=owner)
-        )
