@@ -151,7 +151,8 @@ class Node:
         assert done.returncode in (0, 75), done.stderr
         return json.loads(done.stdout)
 
-    def start(self) -> None:
+    def start(self, *, wait: bool = True) -> None:
+        """``spoolbox run``; with ``wait``, returns once the node answers."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [*CLI, "--profile", str(self.profile), "run", "--no-nice"],
@@ -162,6 +163,8 @@ class Node:
                 cwd=self.profile.parent,
             )
         process = self.process
+        if not wait:
+            return
 
         def answers() -> bool:
             if process.poll() is not None:
