@@ -1,10 +1,12 @@
 """A flush through one node reaches every node that serves the transport: real
 ``spoolbox run`` nodes on one store (SQLite file, PostgreSQL database), mail
-deferred by a server that refused it, then ``spoolbox flush`` on one node: the
-other node runs its part (its log says who asked), both deliver, and the report
-adds their outcomes up."""
+deferred by a server that refused it, then the client's flush (what ``spoolbox
+flush`` runs) on one node: the other node runs its part (its log says who asked),
+both deliver, the progress events and the report add their parts up."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from nodes import Cluster, Sink, message, wait_for
 
@@ -40,7 +42,8 @@ def test_flush_reaches_every_node_and_adds_up(cluster: Cluster, sink: Sink) -> N
     sink.refuse(False)
     sink.slow(0.1)  # the flush lasts seconds: long enough for node-b to hear of it
 
-    report = a.json("flush", "--upload")
+    events: list[dict[str, Any]] = []
+    report = client.flush(upload=True, download=False, on_event=events.append)
 
     sent = (a.log().count("status=sent"), b.log().count("status=sent"))
     assert report["totals"]["delivered"] == N, (report, sent)
@@ -49,6 +52,13 @@ def test_flush_reaches_every_node_and_adds_up(cluster: Cluster, sink: Sink) -> N
     assert "flush of every transport asked by node node-a" in b.log()
     sent_by_b = b.log().count("status=sent")
     assert 0 < sent_by_b < N, "both nodes took part"
+    # The bars' progress adds node-b's part to node-a's: more done than node-a sent.
+    done = [
+        e["row"]["progress"]["done"]
+        for e in events
+        if e.get("event") == "progress" and e["row"]["name"] == "relay" and e["row"]["progress"]
+    ]
+    assert max(done) > sent[0], (max(done), sent)
     ids = sorted({c.split(b"Subject: ")[1].split(b"\r\n")[0] for _, c in sink.received})
     assert len(ids) == N
     assert _deferred(client) == 0

@@ -28,6 +28,7 @@ from ..store import StoreError
 from ..store.cluster import ClusterStore, FlushRequest, NodeRecord, NodeState, node_state
 from .clock import Clock
 from .flush import FlushHandle, FlushReport, TransportFlushResult
+from .node import keep_progress as _keep_progress
 from .node import node_of, report_from_dict
 
 __all__ = [
@@ -171,6 +172,7 @@ class ClusterFlush:
         self._interval = interval
         #: The latest rows of the other nodes' parts (node, name) -> row.
         self.remote_rows: dict[tuple[str, str], dict[str, Any]] = {}
+        self._local: dict[str, dict[str, Any]] = {}  # this node's rows, by name
         self.gone: set[str] = set()
 
     @property
@@ -199,7 +201,10 @@ class ClusterFlush:
             rows = part.report.get("rows")
             for row in rows if isinstance(rows, list) else ():
                 if isinstance(row, dict) and isinstance(row.get("name"), str):
-                    self.remote_rows[(part.node, row["name"])] = {**row, "node": part.node}
+                    key = (part.node, row["name"])
+                    self.remote_rows[key] = _keep_progress(
+                        {**row, "node": part.node}, self.remote_rows.get(key)
+                    )
             if part.done:
                 done.add(part.node)
         self._done = {p.node: p for p in parts if p.done}
@@ -213,11 +218,14 @@ class ClusterFlush:
         return set(waiting - self.gone)
 
     def combined_row(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        """A local row of a transport with its progress added up over the nodes."""
-        others = [r for (_, name), r in self.remote_rows.items() if name == row.get("name")]
+        """A local row of a transport with its progress added up over the nodes (a
+        part that ended, and so cleared its progress, counts with its last one)."""
+        name = str(row.get("name"))
+        mine = self._local[name] = _keep_progress(dict(row), self._local.get(name))
+        others = [r for (_, n), r in self.remote_rows.items() if n == name]
         if not others:
             return dict(row)
-        return {**row, "progress": combine_progress([row, *others])}
+        return {**row, "progress": combine_progress([mine, *others])}
 
     async def wait(self) -> FlushReport:
         """The merged report once every part is done or the deadline passed."""

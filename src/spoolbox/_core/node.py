@@ -28,7 +28,7 @@ import logging
 import os
 import socket
 import weakref
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from ..status import StatusChange, StatusTable
@@ -43,6 +43,7 @@ __all__ = [
     "NodePresence",
     "NodeSettings",
     "NodeSpooler",
+    "keep_progress",
     "node_of",
     "report_from_dict",
     "report_to_dict",
@@ -132,6 +133,14 @@ def start_node(
     _NODES[spooler] = presence
     spooler.spawn(presence.run(), name="node")
     return presence
+
+
+def keep_progress(row: dict[str, Any], before: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``row``, with the progress of ``before`` when it has none (its flush part
+    ended and cleared it: what it did still counts in the sum)."""
+    if row.get("progress") is None and before is not None:
+        row["progress"] = before.get("progress")
+    return row
 
 
 def report_to_dict(report: FlushReport) -> dict[str, Any]:
@@ -297,9 +306,15 @@ class NodePresence:
         )
         names = set(handle.transports)
         done = asyncio.ensure_future(handle.wait())
+        last: dict[str, dict[str, Any]] = {}  # each row with its last progress
         try:
             while not done.done():
-                rows = [r.to_dict() for r in spooler.status if r.name in names]
+                rows = [
+                    keep_progress(r.to_dict(), last.get(r.name))
+                    for r in spooler.status
+                    if r.name in names
+                ]
+                last.update((row["name"], row) for row in rows)
                 with contextlib.suppress(StoreError):
                     await self._store.report_flush(
                         request.id, node=self.name, report={"rows": rows}, done=False,
@@ -307,7 +322,11 @@ class NodePresence:
                     )  # fmt: skip
                 await asyncio.wait({done}, timeout=self.settings.progress_interval)
             report = report_to_dict(done.result())
-            report["rows"] = [r.to_dict() for r in spooler.status if r.name in names]
+            report["rows"] = [
+                keep_progress(r.to_dict(), last.get(r.name))
+                for r in spooler.status
+                if r.name in names
+            ]
             await self._store.report_flush(
                 request.id, node=self.name, report=report, done=True, now=clock.now()
             )

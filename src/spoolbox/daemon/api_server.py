@@ -324,33 +324,39 @@ class LocalApiServer:
         try:
             async with spooler.subscribe(maxsize=10000, name="api-flush") as subscription:
                 local: dict[str, dict[str, Any]] = {}
-                while not done.done():
-                    nxt = asyncio.ensure_future(anext(subscription))
-                    waits: set[asyncio.Future[Any]] = {nxt, done}
-                    timer = asyncio.ensure_future(asyncio.sleep(_CLUSTER_POLL))
-                    if handle.remote:
-                        waits.add(timer)
-                    try:
-                        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        timer.cancel()
-                    if handle.remote and not nxt.done():
-                        with contextlib.suppress(StoreError):
-                            await handle.poll()  # the other nodes' progress
-                        for row in local.values():
-                            await progress(row)
-                        nxt.cancel()
-                        continue
-                    if not nxt.done():
-                        nxt.cancel()
-                        break
-                    try:
-                        change = nxt.result()
-                    except (StopAsyncIteration, Exception):
-                        break
-                    if change.new is not None and change.name in names:
-                        local[change.name] = change.new.to_dict()
-                        await progress(local[change.name])
+                nxt = asyncio.ensure_future(anext(subscription))
+                next_poll = time.monotonic()
+                try:
+                    while not done.done():
+                        waits: set[asyncio.Future[Any]] = {nxt, done}
+                        timer = asyncio.ensure_future(
+                            asyncio.sleep(max(0.0, next_poll - time.monotonic()))
+                        )
+                        if handle.remote:
+                            waits.add(timer)
+                        try:
+                            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                        finally:
+                            timer.cancel()
+                        if handle.remote and time.monotonic() >= next_poll:
+                            # The other nodes' progress, added to this node's rows.
+                            next_poll = time.monotonic() + _CLUSTER_POLL
+                            with contextlib.suppress(StoreError):
+                                await handle.poll()
+                            for row in local.values():
+                                await progress(row)
+                        if not nxt.done():
+                            continue
+                        try:
+                            change = nxt.result()
+                        except (StopAsyncIteration, Exception):
+                            break
+                        nxt = asyncio.ensure_future(anext(subscription))
+                        if change.new is not None and change.name in names:
+                            local[change.name] = change.new.to_dict()
+                            await progress(local[change.name])
+                finally:
+                    nxt.cancel()
             report = await done
             await self._send(writer, answer(request_id, flush_report_to_dict(report)))
         finally:
