@@ -322,7 +322,9 @@ def _create_if_missing(path: Path) -> None:
                 # store to WAL would need a lock that a second process opening it
                 # at the same moment can refuse at once ("database is locked").
                 conn.execute("PRAGMA journal_mode = WAL")
-                _migrate(conn)
+                # Checkpointed after each migration: the WAL holds one migration's
+                # pages, not every one's (a new store fits a small file system).
+                _migrate(conn, checkpoint=True)
             finally:
                 conn.close()
             try:
@@ -380,7 +382,7 @@ def _prepare(conn: sqlite3.Connection, path: str, synchronous: str) -> None:
         raise StoreError(f"cannot prepare the store {path}: {exc}") from exc
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
+def _migrate(conn: sqlite3.Connection, *, checkpoint: bool = False) -> None:
     while True:
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -393,6 +395,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {version + 1}")
             conn.execute("COMMIT")
+            if checkpoint:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
