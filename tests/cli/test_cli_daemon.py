@@ -33,6 +33,7 @@ ROW_KEYS = {
     "counters",
     "detail",
     "updated_at",
+    "node",
 }
 
 

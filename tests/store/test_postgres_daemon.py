@@ -26,7 +26,7 @@ from aiosmtpd.smtp import Envelope, Session
 from spoolbox import Address, NewMessage
 from spoolbox.client import Client
 from spoolbox.profile import ProfileError, load_profile
-from spoolbox.store.postgres import PostgresStore
+from spoolbox.store.postgres import SCHEMA_VERSION, PostgresStore
 
 CLI = [sys.executable, "-m", "spoolbox.cli"]
 DEADLINE = 60.0
@@ -349,18 +349,18 @@ def test_store_migrate_checks_and_migrates_a_postgres_database(
     profile = _profile(tmp_path, 25, f'backend = "postgres"\ndsn_env = "{DSN_ENV}"')
     check = _run(profile, dsn, "store", "migrate", "--check")
     assert check.returncode == 1, check.stderr
-    assert "migrations to run: 1" in check.stdout
+    assert f"migrations to run: {', '.join(map(str, range(1, SCHEMA_VERSION + 1)))}" in check.stdout
     with psycopg.connect(dsn) as conn:  # --check changed nothing
         assert conn.execute("SELECT to_regclass('spoolbox_schema')").fetchone() == (None,)
     done = _run(profile, dsn, "store", "migrate", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert (report["backend"], report["before"], report["after"]) == ("postgres", 0, 1)
-    assert report["applied"] == [1]
+    assert (report["backend"], report["before"], report["after"]) == ("postgres", 0, SCHEMA_VERSION)
+    assert report["applied"] == list(range(1, SCHEMA_VERSION + 1))
     assert pgc.PASSWORD not in done.stdout + done.stderr
     again = _run(profile, dsn, "store", "migrate", "--check")
     assert again.returncode == 0, again.stderr
-    assert "schema version 1, current" in again.stdout
+    assert f"schema version {SCHEMA_VERSION}, current" in again.stdout
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("UPDATE spoolbox_schema SET version = 99")
     newer = _run(profile, dsn, "store", "migrate")

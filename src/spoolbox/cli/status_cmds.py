@@ -35,12 +35,22 @@ def _counters(counters: dict[str, int]) -> str:
     return " ".join(f"{name}={value}" for name, value in sorted(counters.items()) if value)
 
 
+def _key(row: dict[str, Any], local: str | None = None) -> str:
+    """A row's name, after its node's when it is another node's than ``local`` (the
+    node answering: the node of the first row it sends)."""
+    node = row.get("node")
+    return f"{node}/{row['name']}" if node and node != local else str(row["name"])
+
+
 def status_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="spoolbox status", expand=False)
-    for col in ("name", "status", "progress", "counters", "detail"):
-        table.add_column(col, overflow="fold")
+    nodes = len({row.get("node") for row in rows}) > 1
+    for col in ("node", "name", "status", "progress", "counters", "detail"):
+        if col != "node" or nodes:
+            table.add_column(col, overflow="fold")
     for row in rows:
         table.add_row(
+            *([row.get("node") or ""] if nodes else []),
             row["name"],
             row["status"],
             _progress(row.get("progress")),
@@ -50,9 +60,10 @@ def status_table(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
-def status_line(row: dict[str, Any]) -> str:
-    """One row as a plain line (``status --watch`` off a terminal), without its time."""
-    parts = [f"{row['name']}: {row['status']}"]
+def status_line(row: dict[str, Any], local: str | None = None) -> str:
+    """One row as a plain line (``status --watch`` off a terminal), without its time;
+    a row of a node other than ``local`` is named ``node/name``."""
+    parts = [f"{_key(row, local)}: {row['status']}"]
     parts += [
         text
         for text in (
@@ -68,11 +79,14 @@ def status_line(row: dict[str, Any]) -> str:
 def _watch_lines(events: Any) -> None:
     """``status --watch`` off a terminal: a line per row that changed (what it shows)."""
     shown: dict[str, str] = {}
+    local: str | None = None
     for ev in events:
         if ev["event"] == "status":
-            name, line = ev["row"]["name"], status_line(ev["row"])
+            local = ev["row"].get("node") if local is None else local
+            name, line = _key(ev["row"], local), status_line(ev["row"], local)
         elif ev["event"] == "removed":
-            name, line = ev["name"], f"{ev['name']}: removed"
+            name = _key(ev, local)
+            line = f"{name}: removed"
         else:
             continue
         if shown.get(name) == line:
@@ -109,9 +123,9 @@ def status_cmd(obj: Ctx, watch: bool, as_json: bool) -> None:
         with Live(status_table([]), auto_refresh=False, console=console) as live:
             for ev in events:
                 if ev["event"] == "status":
-                    current[ev["row"]["name"]] = ev["row"]
+                    current[_key(ev["row"])] = ev["row"]
                 elif ev["event"] == "removed":
-                    current.pop(ev["name"], None)
+                    current.pop(_key(ev), None)
                 live.update(status_table(list(current.values())), refresh=True)
     except KeyboardInterrupt:
         return

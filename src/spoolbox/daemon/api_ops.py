@@ -14,6 +14,7 @@ import base64
 import json
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -26,6 +27,7 @@ from .. import (
     UnknownMessage,
     __version__,
 )
+from .._core.cluster_view import cluster_rows
 from ..api import selection
 from ..api.wire import (
     BAD_REQUEST,
@@ -149,7 +151,10 @@ def _refuse_unroutable(spooler: Spooler, messages: list[NewMessage]) -> None:
 
 async def status(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
     spooler = await daemon.current()
-    return {"rows": [row.to_dict() for row in spooler.status]}
+    local = [row.to_dict() for row in spooler.status]
+    # Every node's rows (this one's first), each with its node's name.
+    rows = await cluster_rows(spooler.store, node=spooler.owner, local=local, now=time.time())
+    return {"rows": rows}
 
 
 async def statistics(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:

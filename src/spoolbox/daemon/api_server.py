@@ -17,9 +17,11 @@ import io
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
+from .._core.cluster_view import RemoteRows, start_cluster_flush
 from .._private import private_dir
 from ..api.wire import (
     BAD_REQUEST,
@@ -39,6 +41,7 @@ from ..api.wire import (
     refusal,
 )
 from ..profile import Profile, ProfileError
+from ..store import StoreError
 from .api_ops import DaemonView, dispatch
 
 __all__ = ["LocalApiServer"]
@@ -47,6 +50,9 @@ log = logging.getLogger("spoolbox.daemon")
 #: After a request line over the limit: how long to wait for more of it to drop.
 _DROP_WAIT = 5.0
 _CONTENT_BLOCK = 64 * 1024  # a submit's content is read in blocks of this size
+#: Seconds between two reads of the other nodes' rows (``watch``, a cluster flush).
+_CLUSTER_POLL = 0.25
+_WATCH_POLL = 1.0
 
 
 class LocalApiServer:
@@ -227,23 +233,37 @@ class LocalApiServer:
                 spooler = await self._daemon.current()
                 subscription = spooler.subscribe(maxsize=1000, name="api-watch")
                 self._watchers.add(subscription)
+                remote = RemoteRows(spooler.store, spooler.owner)
                 try:
                     async with subscription:
+                        nxt = asyncio.ensure_future(anext(subscription))
                         while True:
-                            nxt = asyncio.ensure_future(anext(subscription))
-                            await asyncio.wait({nxt, eof}, return_when=asyncio.FIRST_COMPLETED)
+                            # The other nodes' rows are read from the store now and then.
+                            timer = asyncio.ensure_future(asyncio.sleep(_WATCH_POLL))
+                            try:
+                                await asyncio.wait(
+                                    {nxt, eof, timer}, return_when=asyncio.FIRST_COMPLETED
+                                )
+                            finally:
+                                timer.cancel()
                             if eof.done():
                                 nxt.cancel()
                                 return
+                            if not nxt.done():
+                                for node, name, row in await remote.changes(time.time()):
+                                    await self._send(
+                                        writer, _row_event(request_id, node, name, row)
+                                    )
+                                continue
                             try:
                                 change = nxt.result()
                             except StopAsyncIteration:
                                 break  # the spooler was replaced (reload): subscribe again
-                            if change.new is None:
-                                message = event(request_id, "removed", name=change.name)
-                            else:
-                                message = event(request_id, "status", row=change.new.to_dict())
-                            await self._send(writer, message)
+                            nxt = asyncio.ensure_future(anext(subscription))
+                            row = None if change.new is None else change.new.to_dict()
+                            await self._send(
+                                writer, _row_event(request_id, spooler.owner, change.name, row)
+                            )
                 finally:
                     self._watchers.discard(subscription)
         finally:
@@ -267,7 +287,10 @@ class LocalApiServer:
             )
             return
         try:
-            handle = spooler.start_flush(
+            # This node's flush starts at once; the other nodes serving the transport
+            # are asked through the store and their progress adds up (cluster_view).
+            handle = await start_cluster_flush(
+                spooler,
                 upload=True if upload is None else upload,
                 download=True if download is None else download,
                 transport=transport or None,
@@ -290,30 +313,50 @@ class LocalApiServer:
                     if isinstance(request, dict) and request.get("op") == "cancel":
                         handle.cancel(request.get("transport") or None)
 
+        async def progress(row: dict[str, Any]) -> None:
+            await self._send(
+                writer,
+                event(request_id, "progress", current=handle.current, row=handle.combined_row(row)),
+            )
+
         command_task = asyncio.ensure_future(commands())
         done = asyncio.ensure_future(handle.wait())
         try:
             async with spooler.subscribe(maxsize=10000, name="api-flush") as subscription:
-                while not done.done():
-                    nxt = asyncio.ensure_future(anext(subscription))
-                    await asyncio.wait({nxt, done}, return_when=asyncio.FIRST_COMPLETED)
-                    if not nxt.done():
-                        nxt.cancel()
-                        break
-                    try:
-                        change = nxt.result()
-                    except (StopAsyncIteration, Exception):
-                        break
-                    if change.new is not None and change.name in names:
-                        await self._send(
-                            writer,
-                            event(
-                                request_id,
-                                "progress",
-                                current=handle.current,
-                                row=change.new.to_dict(),
-                            ),
+                local: dict[str, dict[str, Any]] = {}
+                nxt = asyncio.ensure_future(anext(subscription))
+                next_poll = time.monotonic()
+                try:
+                    while not done.done():
+                        waits: set[asyncio.Future[Any]] = {nxt, done}
+                        timer = asyncio.ensure_future(
+                            asyncio.sleep(max(0.0, next_poll - time.monotonic()))
                         )
+                        if handle.remote:
+                            waits.add(timer)
+                        try:
+                            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                        finally:
+                            timer.cancel()
+                        if handle.remote and time.monotonic() >= next_poll:
+                            # The other nodes' progress, added to this node's rows.
+                            next_poll = time.monotonic() + _CLUSTER_POLL
+                            with contextlib.suppress(StoreError):
+                                await handle.poll()
+                            for row in local.values():
+                                await progress(row)
+                        if not nxt.done():
+                            continue
+                        try:
+                            change = nxt.result()
+                        except (StopAsyncIteration, Exception):
+                            break
+                        nxt = asyncio.ensure_future(anext(subscription))
+                        if change.new is not None and change.name in names:
+                            local[change.name] = change.new.to_dict()
+                            await progress(local[change.name])
+                finally:
+                    nxt.cancel()
             report = await done
             await self._send(writer, answer(request_id, flush_report_to_dict(report)))
         finally:
@@ -322,6 +365,13 @@ class LocalApiServer:
             if not done.done():
                 handle.cancel()
                 done.cancel()
+
+
+def _row_event(request_id: Any, node: str, name: str, row: dict[str, Any] | None) -> dict[str, Any]:
+    """A ``watch`` event: a row of a node changed, or went away."""
+    if row is None:
+        return event(request_id, "removed", name=name, node=node)
+    return event(request_id, "status", row={**row, "node": node})
 
 
 async def _read_content(reader: asyncio.StreamReader, length: Any) -> bytes:

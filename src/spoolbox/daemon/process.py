@@ -46,6 +46,7 @@ from .. import (
     __version__,
     load_provider_class,
 )
+from .._core.node import start_node
 from .._private import openness, private_dir
 from ..api.wire import NOT_RUNNING, ApiError
 from ..model import LogonFlags
@@ -275,6 +276,7 @@ class Daemon:
         spooler = Spooler.open(config, store=store, close_store=True, idle=idle)
         await spooler.start()
         await wake_on_other_nodes(spooler)
+        start_node(spooler, store)  # its record and rows in the store, its flush part
         log.debug("store %s open: %s", describe_store(profile.store), _store_statistics(store))
         for missing in profile.missing:
             log.warning(

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import Spooler
+from .._core.node import node_of
 from .._private import private_dir
 from ..profile.schema import StoreSettings
 from ..store import SQLiteStore, Store, StoreError
@@ -23,7 +24,7 @@ __all__ = ["describe_store", "store_from_settings", "wake_on_other_nodes"]
 log = logging.getLogger("spoolbox.daemon")
 
 #: Wake-up payloads (:mod:`spoolbox.store.postgres.wakeups`).
-_ROUTE, _ANY = "route", "*"
+_ROUTE, _ANY, _FLUSH = "route", "*", "flush:"
 
 
 def store_from_settings(settings: StoreSettings) -> Store:
@@ -72,6 +73,10 @@ async def wake_on_other_nodes(spooler: Spooler) -> bool:
         return False
 
     def woken(payload: str) -> None:
+        if payload.startswith(_FLUSH) or payload == _ANY:
+            node = node_of(spooler)  # a flush request was recorded: read it now
+            if node is not None:
+                node.wake()
         if payload in (_ROUTE, _ANY):
             spooler.routing_changed()
         for host in spooler.hosts:

@@ -17,6 +17,7 @@ from .base import (
     StoreError,
     UnknownMessage,
 )
+from .cluster import ClusterStore, FlushProgress, FlushRequest, LeaseHeld, NodeRecord, NodeState
 
 if TYPE_CHECKING:
     from .memory import MemoryStore
@@ -24,10 +25,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ClaimedJob",
+    "ClusterStore",
+    "FlushProgress",
+    "FlushRequest",
     "InboundMessage",
     "InboxEntry",
+    "LeaseHeld",
     "LeaseLost",
     "MemoryStore",
+    "NodeRecord",
+    "NodeState",
     "RecipientUpdate",
     "SQLiteStore",
     "Store",

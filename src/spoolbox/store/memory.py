@@ -40,6 +40,7 @@ from .base import (
     new_inbox_entry,
     submission_plan,
 )
+from .memory_cluster import MemoryCluster
 
 __all__ = ["MemoryStore"]
 
@@ -47,7 +48,7 @@ _R = RecipientState
 _Key = tuple[str, int]
 
 
-class MemoryStore:
+class MemoryStore(MemoryCluster):
     """All queues in dictionaries. Safe for one event loop (not thread-safe)."""
 
     def __init__(self) -> None:

@@ -22,6 +22,7 @@ from ..objects import InboundWriterImpl
 from ..slices import checkpoint
 from .base import CURRENT_MESSAGE, HostBase, log
 from .hooked import hook_inbound
+from .mailbox_lease import MailboxLease, mailbox_lease
 
 __all__ = ["INBOUND_COMMIT_BYTES", "InboundLane", "run_idle_lane"]
 
@@ -38,6 +39,14 @@ class InboundLane:
     def __init__(self, host: HostBase) -> None:
         self._host = host
         self.lock = asyncio.Lock()  # one batch at a time (lane or flush)
+        self._lease: MailboxLease | None = None  # when the spooler runs as a node
+
+    def _mailbox_lease(self) -> MailboxLease | None:
+        """The lease of this mailbox among nodes (:mod:`.mailbox_lease`), or None."""
+        if self._lease is None:
+            host = self._host
+            self._lease = mailbox_lease(host.port, host.runtime.store, host.name)
+        return self._lease
 
     async def run(self) -> None:
         host = self._host
@@ -126,6 +135,9 @@ class InboundLane:
         cap = runtime.policy.inbound_commit_batch if host.caps & LogonCaps.SP_INBOUND_BATCH else 1
         wanted = cap if limit is None else max(1, min(limit, cap))
         async with self.lock:
+            lease = self._mailbox_lease()
+            if lease is not None and not await lease.hold():
+                return 0, False  # another node fetches this mailbox
             batch: list[tuple[InboundWriterImpl, float]] = []
             held = 0
             more = True
@@ -150,7 +162,7 @@ class InboundLane:
                 host.set_bits(off=StatusCode.INBOUND_ACTIVE)
             if not batch:
                 return 0, more
-            committed = await self._commit_inbound(batch)
+            committed = await self._commit_inbound(batch, lease)
             return committed, more and committed > 0
 
     async def _start_inbound(self) -> InboundWriterImpl | None:
@@ -201,11 +213,24 @@ class InboundLane:
             except Exception as exc:
                 host.call_failed(what, exc)
 
-    async def _commit_inbound(self, batch: Sequence[tuple[InboundWriterImpl, float]]) -> int:
+    async def _commit_inbound(
+        self, batch: Sequence[tuple[InboundWriterImpl, float]], lease: MailboxLease | None = None
+    ) -> int:
         """Commit the delivered messages in one transaction (all or nothing), then
         counters, progress and the after_commit callbacks in message order; on a
-        failure, the after_rollback callbacks in message order."""
+        failure, the after_rollback callbacks in message order.  With a mailbox
+        ``lease``, nothing is committed unless this node still holds it."""
         host = self._host
+        if lease is not None and not await lease.hold():
+            log.warning(
+                "transport %r: the mailbox lease went to another node; %d fetched "
+                "message(s) left to it",
+                host.name,
+                len(batch),
+            )
+            for writer, _received_at in batch:
+                await self._run_callbacks(writer.rollback_callbacks, "after_rollback callback")
+            return 0
         store = host.runtime.store
         section = host.profile.section if host.profile else f"transport:{host.name}"
         # The provider's state of the whole batch, merged in message order (the last

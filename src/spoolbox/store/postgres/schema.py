@@ -13,6 +13,8 @@ with one set of row functions.  What differs:
   rows of its own shard (``pg_backend_pid() % COUNT_SHARDS``), so concurrent nodes do
   not queue up on seven counter rows; ``counts()`` adds the shards up.
 * ``spoolbox_schema`` holds the schema version (SQLite keeps it in ``user_version``).
+* Version 2 adds what several nodes share, as SQLite's version 4 does: ``nodes``,
+  ``flush_requests`` with ``flush_progress``, and ``leases``.
 
 ``MIGRATIONS[n]`` upgrades a database at version ``n`` to ``n + 1`` (a new database is
 at version 0).  :func:`migrate` runs the pending ones, each in its own transaction
@@ -184,8 +186,49 @@ CREATE TABLE profile (
 );
 """
 
+# Several nodes on one store (issue 16): each node's record and status rows, the flush
+# requests every node runs with each node's part, and named leases (an inbound mailbox
+# fetched by one node at a time).  See spoolbox.store.cluster.
+_V2 = """
+CREATE TABLE nodes (
+    name TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    heartbeat_at DOUBLE PRECISION NOT NULL,
+    lease_until DOUBLE PRECISION NOT NULL,
+    running SMALLINT NOT NULL,
+    rows TEXT NOT NULL
+);
+
+CREATE TABLE flush_requests (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    transport TEXT,
+    upload SMALLINT NOT NULL,
+    download SMALLINT NOT NULL,
+    requested_by TEXT NOT NULL,
+    requested_at DOUBLE PRECISION NOT NULL,
+    deadline_at DOUBLE PRECISION NOT NULL
+);
+
+CREATE TABLE flush_progress (
+    request_id BIGINT NOT NULL REFERENCES flush_requests (id) ON DELETE CASCADE,
+    node TEXT NOT NULL,
+    done SMALLINT NOT NULL,
+    report TEXT NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (request_id, node)
+);
+
+CREATE TABLE leases (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    lease_until DOUBLE PRECISION NOT NULL
+);
+"""
+
 #: ``MIGRATIONS[n]`` upgrades a database at schema version ``n`` to ``n + 1``.
-MIGRATIONS: tuple[str, ...] = (_V1,)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 
 #: The newest schema version this code reads and writes.
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -58,6 +58,7 @@ from ..sqlite.rows import encode_profile
 from . import purge as _purge
 from . import schema
 from . import transactions as tx
+from .cluster import PostgresCluster
 from .connection import Conn, Database
 from .wakeups import Listener
 
@@ -68,7 +69,7 @@ _Submit = Callable[[Conn], Awaitable[MessageInfo]]
 _Pending = list[tuple[_Submit, asyncio.Future[MessageInfo]]]
 
 
-class PostgresStore:
+class PostgresStore(PostgresCluster):
     """A :class:`~spoolbox.store.base.Store` in a PostgreSQL database.
 
     ``PostgresStore(dsn)`` (a libpq connection string or a ``postgresql://`` URL);
@@ -159,9 +160,11 @@ class PostgresStore:
 
     # -- running operations ----------------------------------------------------------
     async def _run(self, what: str, fn: Callable[[Conn], Awaitable[_T]]) -> _T:
+        return await self._run_kind(OPERATIONS[what], what, fn)
+
+    async def _run_kind(self, kind: Kind, what: str, fn: Callable[[Conn], Awaitable[_T]]) -> _T:
         if not self._open:
             raise StoreError(f"{self!r} is not open: call open() first")
-        kind = OPERATIONS[what]
         result = await self._db.run(kind, what, fn)
         if kind is not Kind.READ:
             self._stats["commits"] += 1

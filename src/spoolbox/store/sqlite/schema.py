@@ -36,6 +36,10 @@ Shape of the data (the domain classes in :mod:`spoolbox.model` do not follow it)
 * Version 3 indexes ``messages.blob_id`` and ``inbox.blob_id`` (deleting content
   checks its foreign keys: without them each deletion scanned the table) and
   ``inbox.received_at`` (the inbox purge).
+* Version 4 adds what several nodes share (:mod:`spoolbox.store.cluster`):
+  ``nodes`` (each node's record and status rows as JSON), ``flush_requests`` with
+  ``flush_progress`` (each node's part), and ``leases`` (named leases: an inbound
+  mailbox fetched by one node at a time).
 
 The queries are in :mod:`.queries`.
 """
@@ -194,7 +198,48 @@ CREATE INDEX inbox_blob ON inbox (blob_id);
 CREATE INDEX inbox_received ON inbox (received_at);
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
+# Several nodes on one store (issue 16): each node's record and status rows, the
+# flush requests every node runs with each node's part, and named leases (an inbound
+# mailbox fetched by one node at a time).  See spoolbox.store.cluster.
+_V4 = """
+CREATE TABLE nodes (
+    name TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL,
+    lease_until REAL NOT NULL,
+    running INTEGER NOT NULL,
+    rows TEXT NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE flush_requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    transport TEXT,
+    upload INTEGER NOT NULL,
+    download INTEGER NOT NULL,
+    requested_by TEXT NOT NULL,
+    requested_at REAL NOT NULL,
+    deadline_at REAL NOT NULL
+);
+
+CREATE TABLE flush_progress (
+    request_id INTEGER NOT NULL REFERENCES flush_requests (id) ON DELETE CASCADE,
+    node TEXT NOT NULL,
+    done INTEGER NOT NULL,
+    report TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (request_id, node)
+) WITHOUT ROWID;
+
+CREATE TABLE leases (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    lease_until REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 
 #: The newest schema version this code reads and writes.
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -275,7 +320,9 @@ def _create_if_missing(path: Path) -> None:
                 # store to WAL would need a lock that a second process opening it
                 # at the same moment can refuse at once ("database is locked").
                 conn.execute("PRAGMA journal_mode = WAL")
-                _migrate(conn)
+                # Checkpointed after each migration: the WAL holds one migration's
+                # pages, not every one's (a new store fits a small file system).
+                _migrate(conn, checkpoint=True)
             finally:
                 conn.close()
             try:
@@ -333,7 +380,7 @@ def _prepare(conn: sqlite3.Connection, path: str, synchronous: str) -> None:
         raise StoreError(f"cannot prepare the store {path}: {exc}") from exc
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
+def _migrate(conn: sqlite3.Connection, *, checkpoint: bool = False) -> None:
     while True:
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -346,6 +393,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {version + 1}")
             conn.execute("COMMIT")
+            if checkpoint:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

@@ -69,6 +69,7 @@ from ..operations import OPERATIONS, Kind
 from . import purge as _purge
 from . import schema
 from . import transactions as tx
+from .cluster import SQLiteCluster
 from .connection import BUSY_TIMEOUT, Stats, StoreFile, commit_levels
 from .rows import encode_profile
 from .worker import Job, Outbox, Reply, Worker
@@ -78,7 +79,7 @@ __all__ = ["SQLiteStore"]
 _T = TypeVar("_T")
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteCluster):
     """A :class:`~spoolbox.store.base.Store` in one SQLite file.
 
     ``SQLiteStore(path, synchronous="FULL")``; then ``await store.open()`` (or

@@ -1,0 +1,88 @@
+"""An inbound mailbox fetched by one node at a time: a named lease in the store.
+
+When the spooler runs as a node (:func:`spoolbox._core.node.start_node`: the daemon)
+and its store keeps named leases (:class:`~spoolbox.store.cluster.ClusterStore`:
+the SQLite file processes share, or PostgreSQL), each inbound session takes the lease
+``inbound:<transport>`` before it fetches a batch and checks it again before it
+commits the batch.  The lease lasts the node's lease
+(:attr:`~spoolbox._core.node.NodeSettings.lease`) and is renewed when a third of it
+is used, so a node fetching steadily keeps it with one store write every few
+seconds, and another node takes over once it expired (the holder died or stalled).
+
+The check before the commit is the fence: a node that stalled past its lease (a
+SIGSTOP, a long pause) finds another holder, and its batch is rolled back (the
+provider hears ``after_rollback`` and keeps the messages), so a message reaches the
+inbox once: the provider's state (the IMAP watermark, the POP3 UIDLs) commits with
+the messages in one transaction, and the next holder starts from it.  The same
+mechanism serves both backends: one row per mailbox in the ``leases`` table.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ...store import StoreError
+from ...store.cluster import ClusterStore, LeaseHeld
+from ..clock import Clock
+from ..node import node_of
+
+__all__ = ["MailboxLease", "mailbox_lease"]
+
+log = logging.getLogger("spoolbox.spooler")
+
+
+class MailboxLease:
+    """The lease on one mailbox, as one node holds it."""
+
+    def __init__(
+        self, store: ClusterStore, name: str, *, owner: str, clock: Clock, lease: float
+    ) -> None:
+        self.name = name
+        self._store = store
+        self._owner = owner
+        self._clock = clock
+        self._lease = lease
+        self.until = float("-inf")
+        self.holder: str | None = None  # the other node holding it, when refused
+
+    def __repr__(self) -> str:
+        return f"<MailboxLease {self.name} owner={self._owner} until={self.until}>"
+
+    async def hold(self) -> bool:
+        """True if this node holds the lease for at least two thirds of its length
+        more (renewing it if less is left); False if another node holds it or the
+        store cannot say."""
+        now = self._clock.now()
+        if self.until - now > self._lease * 2 / 3:
+            return True
+        try:
+            self.until = await self._store.acquire_lease(
+                self.name, owner=self._owner, now=now, lease=self._lease
+            )
+        except LeaseHeld as exc:
+            if self.holder is None or self.until > float("-inf"):
+                log.info("%s: another node fetches this mailbox (%s)", self.name, exc)
+            self.until = float("-inf")
+            self.holder = str(exc)
+            return False
+        except StoreError as exc:
+            log.warning("%s: cannot take the mailbox lease: %s", self.name, exc)
+            self.until = float("-inf")
+            return False
+        self.holder = None
+        return True
+
+
+def mailbox_lease(spooler: object, store: object, transport: str) -> MailboxLease | None:
+    """The lease of ``transport``'s mailbox when ``spooler`` runs as a node on a store
+    that keeps leases; None otherwise (one spooler alone fetches as before)."""
+    node = node_of(spooler)
+    if node is None or not isinstance(store, ClusterStore):
+        return None
+    return MailboxLease(
+        store,
+        f"inbound:{transport}",
+        owner=node.name,
+        clock=node.clock,
+        lease=node.settings.lease,
+    )

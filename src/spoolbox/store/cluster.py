@@ -1,0 +1,317 @@
+"""What several nodes on one store share besides the queue: the ClusterStore protocol.
+
+A *node* is one spooler process with a name (``SpoolerConfig.node``).  Nodes on one
+store (a SQLite file shared by processes of one machine, a PostgreSQL database shared
+by machines) see each other only through these operations:
+
+* **Nodes.**  Each node publishes a :class:`NodeRecord` (name, host, pid, start
+  time, a heartbeat and its expiry, and its status rows as JSON) with
+  :meth:`ClusterStore.publish_node`; :meth:`~ClusterStore.nodes` reads every node.
+  A node whose ``lease_until`` passed is *gone* (:func:`node_state`); one gone for
+  long is deleted by :meth:`~ClusterStore.forget_nodes`.
+* **Flush requests.**  :meth:`~ClusterStore.request_flush` records a flush (one
+  transport or all, upload and/or download, until a deadline) under a new id that
+  grows; every node reads those after the last id it saw
+  (:meth:`~ClusterStore.flush_requests`), runs its part and writes its progress and
+  final report (:meth:`~ClusterStore.report_flush`), which the requester reads
+  (:meth:`~ClusterStore.flush_progress`).
+* **Named leases.**  :meth:`~ClusterStore.acquire_lease` takes (or renews) a lease
+  on a name (an inbound mailbox: ``inbound:<transport>``) for one owner until an
+  expiry, atomically: one owner at a time, another may take it once it expired.
+
+The operations and their transaction kinds are :data:`CLUSTER_OPERATIONS` (the
+same kinds as :data:`spoolbox.store.operations.OPERATIONS`).  The memory, SQLite
+and PostgreSQL stores implement the protocol; ``spoolbox.testing.cluster_conformance``
+checks them.  Values are frozen; the JSON of status rows and reports is the local
+API's (``StatusRow.to_dict()``, ``flush_report_to_dict``), opaque to the store.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final, Protocol, runtime_checkable
+
+from .base import JSONValue, StoreError
+from .operations import Kind
+
+__all__ = [
+    "CLUSTER_OPERATIONS",
+    "ClusterFace",
+    "ClusterStore",
+    "FlushProgress",
+    "FlushRequest",
+    "LeaseHeld",
+    "NodeRecord",
+    "NodeState",
+    "check_lease_args",
+    "check_node",
+    "decode_rows",
+    "encode_rows",
+    "node_state",
+]
+
+
+class NodeState(enum.Enum):
+    """A node as others see it."""
+
+    #: Its heartbeat is current.
+    UP = "up"
+    #: Its heartbeat expired (it died, stalled or lost the store) or it stopped.
+    GONE = "gone"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """One node as it published itself.  ``rows``: its status rows, JSON-ready."""
+
+    name: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    lease_until: float
+    rows: tuple[Mapping[str, JSONValue], ...] = field(default=(), compare=False)
+    #: False: the node stopped cleanly (its last publish said so).
+    running: bool = True
+
+
+def node_state(node: NodeRecord, *, now: float) -> NodeState:
+    """UP while its lease runs and it did not say it stopped; else GONE."""
+    return NodeState.UP if node.running and node.lease_until > now else NodeState.GONE
+
+
+@dataclass(frozen=True, slots=True)
+class FlushRequest:
+    """A flush asked of every node that serves ``transport`` (None: all transports)."""
+
+    id: int
+    transport: str | None
+    upload: bool
+    download: bool
+    requested_by: str
+    requested_at: float
+    deadline_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class FlushProgress:
+    """One node's part of a flush request: its progress rows while it runs, then its
+    report (``done``)."""
+
+    request_id: int
+    node: str
+    done: bool
+    report: Mapping[str, JSONValue]
+    updated_at: float
+
+
+class LeaseHeld(StoreError):
+    """The named lease is held by another owner (the text says whom, until when)."""
+
+
+#: The operations of :class:`ClusterStore` and their transaction kinds.
+CLUSTER_OPERATIONS: Final[Mapping[str, Kind]] = MappingProxyType(
+    {
+        "publish_node": Kind.PROGRESS,
+        "nodes": Kind.READ,
+        "forget_nodes": Kind.PROGRESS,
+        "request_flush": Kind.WRITE,
+        "last_flush_id": Kind.READ,
+        "flush_requests": Kind.READ,
+        "report_flush": Kind.PROGRESS,
+        "flush_progress": Kind.READ,
+        "acquire_lease": Kind.PROGRESS,
+        "release_lease": Kind.PROGRESS,
+    }
+)
+
+
+@runtime_checkable
+class ClusterStore(Protocol):
+    """The operations nodes sharing one store use to see each other (see module doc)."""
+
+    async def publish_node(self, node: NodeRecord) -> None:
+        """Insert or replace the node's record (by name)."""
+        ...
+
+    async def nodes(self) -> list[NodeRecord]:
+        """Every node's record, by name."""
+        ...
+
+    async def forget_nodes(self, *, before: float) -> int:
+        """Delete the nodes whose lease ended before ``before``, and the flush
+        requests (with their progress) whose deadline passed before it; returns how
+        many nodes."""
+        ...
+
+    async def request_flush(
+        self,
+        *,
+        transport: str | None,
+        upload: bool,
+        download: bool,
+        requested_by: str,
+        now: float,
+        deadline_at: float,
+    ) -> FlushRequest:
+        """Record a flush request under a new id, larger than every earlier one."""
+        ...
+
+    async def last_flush_id(self) -> int:
+        """The largest flush request id recorded so far (0: none)."""
+        ...
+
+    async def flush_requests(self, *, after: int) -> list[FlushRequest]:
+        """The requests with an id above ``after``, in id order."""
+        ...
+
+    async def report_flush(
+        self,
+        request_id: int,
+        *,
+        node: str,
+        report: Mapping[str, JSONValue],
+        done: bool,
+        now: float,
+    ) -> None:
+        """Insert or replace ``node``'s part of request ``request_id``."""
+        ...
+
+    async def flush_progress(self, request_id: int) -> list[FlushProgress]:
+        """Every node's part of request ``request_id``, by node name."""
+        ...
+
+    async def acquire_lease(self, name: str, *, owner: str, now: float, lease: float) -> float:
+        """Take or renew the lease ``name`` for ``owner`` until ``now + lease``, and
+        return that expiry; :class:`LeaseHeld` if another owner holds it until after
+        ``now``."""
+        ...
+
+    async def release_lease(self, name: str, *, owner: str) -> bool:
+        """Give the lease up if ``owner`` holds it; True if it did."""
+        ...
+
+
+class ClusterFace:
+    """The async face of the ClusterStore operations of a backend with one function per
+    operation (SQLite, PostgreSQL): checks the arguments, encodes a report, then runs
+    the backend's function ``what`` with the keyword arguments (:meth:`_cluster`)."""
+
+    __slots__ = ()
+
+    async def _cluster(self, what: str, **kwargs: Any) -> Any:
+        raise NotImplementedError  # pragma: no cover - the backend's
+
+    async def publish_node(self, node: NodeRecord) -> None:
+        check_node(node)
+        await self._cluster("publish_node", node=node)
+
+    async def nodes(self) -> list[NodeRecord]:
+        records: list[NodeRecord] = await self._cluster("nodes")
+        return records
+
+    async def forget_nodes(self, *, before: float) -> int:
+        count: int = await self._cluster("forget_nodes", before=before)
+        return count
+
+    async def request_flush(
+        self,
+        *,
+        transport: str | None,
+        upload: bool,
+        download: bool,
+        requested_by: str,
+        now: float,
+        deadline_at: float,
+    ) -> FlushRequest:
+        request: FlushRequest = await self._cluster(
+            "request_flush",
+            transport=transport,
+            upload=upload,
+            download=download,
+            requested_by=requested_by,
+            now=now,
+            deadline_at=deadline_at,
+        )
+        return request
+
+    async def last_flush_id(self) -> int:
+        last: int = await self._cluster("last_flush_id")
+        return last
+
+    async def flush_requests(self, *, after: int) -> list[FlushRequest]:
+        requests: list[FlushRequest] = await self._cluster("flush_requests", after=after)
+        return requests
+
+    async def report_flush(
+        self,
+        request_id: int,
+        *,
+        node: str,
+        report: Mapping[str, JSONValue],
+        done: bool,
+        now: float,
+    ) -> None:
+        text = encode_report(report)
+        await self._cluster(
+            "report_flush", request_id=request_id, node=node, report=text, done=done, now=now
+        )
+
+    async def flush_progress(self, request_id: int) -> list[FlushProgress]:
+        parts: list[FlushProgress] = await self._cluster("flush_progress", request_id=request_id)
+        return parts
+
+    async def acquire_lease(self, name: str, *, owner: str, now: float, lease: float) -> float:
+        check_lease_args(name, owner, lease)
+        until: float = await self._cluster(
+            "acquire_lease", name=name, owner=owner, now=now, lease=lease
+        )
+        return until
+
+    async def release_lease(self, name: str, *, owner: str) -> bool:
+        released: bool = await self._cluster("release_lease", name=name, owner=owner)
+        return released
+
+
+# -- checks and encodings every backend shares ------------------------------------------
+
+
+def check_node(node: NodeRecord) -> None:
+    """StoreError for a record no backend should store."""
+    if not node.name:
+        raise StoreError("a node needs a name")
+    if node.lease_until < node.heartbeat_at:
+        raise StoreError(f"node {node.name}: its lease ends before its heartbeat")
+
+
+def check_lease_args(name: str, owner: str, lease: float) -> None:
+    if not name or not owner:
+        raise StoreError("a lease needs a name and an owner")
+    if not lease > 0:
+        raise StoreError(f"lease {name}: its duration must be positive, not {lease}")
+
+
+def lease_held(name: str, holder: str, until: float) -> LeaseHeld:
+    return LeaseHeld(f"lease {name} is held by {holder} until {until:.3f}")
+
+
+def encode_rows(rows: Sequence[Mapping[str, JSONValue]]) -> str:
+    return json.dumps(list(rows), separators=(",", ":"), sort_keys=True)
+
+
+def decode_rows(text: str) -> tuple[Mapping[str, JSONValue], ...]:
+    value: Any = json.loads(text)
+    return tuple(dict(row) for row in value if isinstance(row, dict))
+
+
+def encode_report(report: Mapping[str, JSONValue]) -> str:
+    return json.dumps(dict(report), separators=(",", ":"), sort_keys=True)
+
+
+def decode_report(text: str) -> Mapping[str, JSONValue]:
+    value: Any = json.loads(text)
+    return dict(value) if isinstance(value, dict) else {}

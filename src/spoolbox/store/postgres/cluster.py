@@ -1,0 +1,162 @@
+"""The PostgreSQL store's :class:`~spoolbox.store.cluster.ClusterStore` operations.
+
+The tables of schema version 2 (:mod:`.schema`), with the row functions of the
+SQLite store's (:mod:`spoolbox.store.sqlite.cluster`: the same encodings).  A flush
+request also sends ``NOTIFY spoolbox_work`` with the payload ``flush:<id>`` (see
+:data:`FLUSH_PREFIX`) in its transaction, so every node hears of it at once; a named
+lease is taken with the row locked (``INSERT ... ON CONFLICT DO UPDATE ... WHERE``
+the lease is ours or expired), so two nodes never both hold it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
+
+from ..cluster import (
+    CLUSTER_OPERATIONS,
+    ClusterFace,
+    FlushProgress,
+    FlushRequest,
+    NodeRecord,
+    lease_held,
+)
+from ..operations import Kind
+from ..sqlite.cluster import node_from_row, node_params, progress_from_row, request_from_row
+from .connection import Conn
+from .wakeups import notify
+
+__all__ = ["FLUSH_PREFIX", "PostgresCluster"]
+
+_T = TypeVar("_T")
+
+#: A wake-up payload ``flush:<id>``: flush request ``id`` was recorded.  No transport
+#: name holds a colon, so no transport mistakes it for its own.
+FLUSH_PREFIX: Final = "flush:"
+
+_UPSERT_NODE = """
+INSERT INTO nodes (name, host, pid, started_at, heartbeat_at, lease_until, running, rows)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (name) DO UPDATE SET host = excluded.host, pid = excluded.pid,
+    started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at,
+    lease_until = excluded.lease_until, running = excluded.running, rows = excluded.rows
+"""
+_INSERT_REQUEST = """
+INSERT INTO flush_requests (transport, upload, download, requested_by, requested_at,
+    deadline_at) VALUES (%s, %s, %s, %s, %s, %s) RETURNING id
+"""
+_UPSERT_PROGRESS = """
+INSERT INTO flush_progress (request_id, node, done, report, updated_at)
+SELECT %s, %s, %s, %s, %s WHERE EXISTS (SELECT 1 FROM flush_requests WHERE id = %s)
+ON CONFLICT (request_id, node) DO UPDATE SET done = excluded.done,
+    report = excluded.report, updated_at = excluded.updated_at
+"""
+_TAKE_LEASE = """
+INSERT INTO leases AS l (name, owner, lease_until) VALUES (%s, %s, %s)
+ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until
+WHERE l.owner = excluded.owner OR l.lease_until <= %s
+RETURNING lease_until
+"""
+
+
+async def _publish_node(conn: Conn, node: NodeRecord) -> None:
+    await conn.execute(_UPSERT_NODE, node_params(node))
+
+
+async def _nodes(conn: Conn) -> list[NodeRecord]:
+    cur = await conn.execute("SELECT * FROM nodes ORDER BY name")
+    return [node_from_row(r) for r in await cur.fetchall()]
+
+
+async def _forget_nodes(conn: Conn, before: float) -> int:
+    await conn.execute("DELETE FROM flush_requests WHERE deadline_at < %s", (before,))
+    cur = await conn.execute("DELETE FROM nodes WHERE lease_until < %s", (before,))
+    return cur.rowcount
+
+
+async def _request_flush(
+    conn: Conn,
+    transport: str | None,
+    upload: bool,
+    download: bool,
+    requested_by: str,
+    now: float,
+    deadline_at: float,
+) -> FlushRequest:
+    cur = await conn.execute(
+        _INSERT_REQUEST, (transport, int(upload), int(download), requested_by, now, deadline_at)
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    request = FlushRequest(
+        int(row["id"]), transport, upload, download, requested_by, now, deadline_at
+    )
+    await notify(conn, [f"{FLUSH_PREFIX}{request.id}"])
+    return request
+
+
+async def _last_flush_id(conn: Conn) -> int:
+    cur = await conn.execute("SELECT coalesce(max(id), 0) AS id FROM flush_requests")
+    row = await cur.fetchone()
+    return 0 if row is None else int(row["id"])
+
+
+async def _flush_requests(conn: Conn, after: int) -> list[FlushRequest]:
+    cur = await conn.execute("SELECT * FROM flush_requests WHERE id > %s ORDER BY id", (after,))
+    return [request_from_row(r) for r in await cur.fetchall()]
+
+
+async def _report_flush(
+    conn: Conn, request_id: int, node: str, report: str, done: bool, now: float
+) -> None:
+    await conn.execute(_UPSERT_PROGRESS, (request_id, node, int(done), report, now, request_id))
+
+
+async def _flush_progress(conn: Conn, request_id: int) -> list[FlushProgress]:
+    cur = await conn.execute(
+        "SELECT * FROM flush_progress WHERE request_id = %s ORDER BY node", (request_id,)
+    )
+    return [progress_from_row(r) for r in await cur.fetchall()]
+
+
+async def _acquire_lease(conn: Conn, name: str, owner: str, now: float, lease: float) -> float:
+    cur = await conn.execute(_TAKE_LEASE, (name, owner, now + lease, now))
+    if await cur.fetchone() is None:
+        cur = await conn.execute("SELECT owner, lease_until FROM leases WHERE name = %s", (name,))
+        row = await cur.fetchone()
+        holder, until = (str(row["owner"]), float(row["lease_until"])) if row else ("?", now)
+        raise lease_held(name, holder, until)
+    return now + lease
+
+
+async def _release_lease(conn: Conn, name: str, owner: str) -> bool:
+    cur = await conn.execute("DELETE FROM leases WHERE name = %s AND owner = %s", (name, owner))
+    return cur.rowcount > 0
+
+
+_FUNCTIONS: dict[str, Callable[..., Awaitable[Any]]] = {
+    "publish_node": _publish_node,
+    "nodes": _nodes,
+    "forget_nodes": _forget_nodes,
+    "request_flush": _request_flush,
+    "last_flush_id": _last_flush_id,
+    "flush_requests": _flush_requests,
+    "report_flush": _report_flush,
+    "flush_progress": _flush_progress,
+    "acquire_lease": _acquire_lease,
+    "release_lease": _release_lease,
+}
+
+
+class PostgresCluster(ClusterFace):
+    """The ClusterStore operations of :class:`~spoolbox.store.postgres.PostgresStore`."""
+
+    __slots__ = ()
+
+    async def _run_kind(self, kind: Kind, what: str, fn: Callable[[Conn], Awaitable[_T]]) -> _T:
+        raise NotImplementedError  # pragma: no cover - PostgresStore's
+
+    async def _cluster(self, what: str, **kwargs: Any) -> Any:
+        fn = functools.partial(_FUNCTIONS[what], **kwargs)
+        return await self._run_kind(CLUSTER_OPERATIONS[what], what, fn)

@@ -1,0 +1,60 @@
+"""Every store backend nodes share passes every ClusterStore check, and the suite
+catches a broken one."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spoolbox.store.memory import MemoryStore
+from spoolbox.store.sqlite import SQLiteStore
+from spoolbox.testing.cluster_conformance import CLUSTER_CHECKS, run_cluster_check
+
+BACKENDS = ("memory", "sqlite", "postgres")
+
+
+def _factory(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Any]:
+    counter = itertools.count()
+    if backend == "memory":
+        return MemoryStore
+    if backend == "postgres":
+        from spoolbox.store.postgres import PostgresStore
+
+        make_database = request.getfixturevalue("pg_database")
+        return lambda: PostgresStore(make_database(), pool_size=2)
+    return lambda: SQLiteStore(tmp_path / f"store-{next(counter)}.db", synchronous="NORMAL")
+
+
+@pytest.mark.parametrize("check", list(CLUSTER_CHECKS))
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_cluster_check(
+    backend: str, check: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    await run_cluster_check(check, _factory(backend, request, tmp_path))
+
+
+class _SharedLease(MemoryStore):
+    """Broken on purpose: anyone may take a lease."""
+
+    async def acquire_lease(self, name: str, *, owner: str, now: float, lease: float) -> float:
+        return now + lease
+
+
+async def test_the_suite_catches_a_lease_anyone_may_take() -> None:
+    with pytest.raises(AssertionError, match="n2 took a lease n1 holds"):
+        await run_cluster_check("leases_one_owner_at_a_time", _SharedLease)
+
+
+async def test_sqlite_keeps_nodes_and_leases_across_a_reopen(tmp_path: Path) -> None:
+    from spoolbox.testing.cluster_conformance import T0, _node
+
+    async with SQLiteStore(tmp_path / "s.db") as store:
+        await store.publish_node(_node("n1"))
+        await store.acquire_lease("inbound:a", owner="n1", now=T0, lease=30)
+    async with SQLiteStore(tmp_path / "s.db") as store:
+        assert [n.name for n in await store.nodes()] == ["n1"]
+        assert await store.acquire_lease("inbound:a", owner="n1", now=T0, lease=60) == T0 + 60
