@@ -99,11 +99,13 @@ class _DeliveryWorker:
         try:
             self.send({"ready": True, "pid": os.getpid(), "node": self.spec.node})
             log.info("delivering as node %s (pid %d)", self.spec.node, os.getpid())
+            logons = asyncio.ensure_future(self._say_logged_on(self.spooler))
             reader = asyncio.StreamReader(limit=1024 * 1024)
             await loop.connect_read_pipe(
                 lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0)
             )
             await self._serve(reader, stop)
+            logons.cancel()
             log.info("stopping: finishing the deliveries in hand")
             return 0
         finally:
@@ -111,6 +113,14 @@ class _DeliveryWorker:
             if spooler is not None:
                 await spooler.aclose()
             self._send_stats(spooler)
+
+    async def _say_logged_on(self, spooler: Spooler) -> None:
+        """Log once every transport has tried to log on, and which made it."""
+        tried = await spooler.wait_ready()
+        log.info(
+            "transports logged on: %s",
+            ", ".join(f"{name} {'yes' if ok else 'no'}" for name, ok in tried.items()) or "none",
+        )
 
     async def _serve(self, reader: asyncio.StreamReader, stop: asyncio.Event) -> None:
         stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
