@@ -32,6 +32,7 @@ from .. import AlwaysIdle, Spooler, SpoolerConfig
 from ..profile import Profile, ProfileError, load_profile
 from .delivery_protocol import STATS_INTERVAL, DeliverySpec
 from .log_format import choose_format
+from .pipes import serve_control_lines
 from .runtime import configure_logging, event_loop_runner
 from .store_backend import store_from_settings, wake_on_other_nodes
 
@@ -104,7 +105,13 @@ class _DeliveryWorker:
             await loop.connect_read_pipe(
                 lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0)
             )
-            await self._serve(reader, stop)
+            await serve_control_lines(
+                reader,
+                stop,
+                interval=STATS_INTERVAL,
+                on_line=self._control,
+                on_tick=lambda: self._send_stats(self.spooler),
+            )
             logons.cancel()
             log.info("stopping: finishing the deliveries in hand")
             return 0
@@ -121,30 +128,6 @@ class _DeliveryWorker:
             "transports logged on: %s",
             ", ".join(f"{name} {'yes' if ok else 'no'}" for name, ok in tried.items()) or "none",
         )
-
-    async def _serve(self, reader: asyncio.StreamReader, stop: asyncio.Event) -> None:
-        stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
-        line_task: asyncio.Future[Any] | None = None
-        try:
-            while not stopped.done():
-                if line_task is None:
-                    line_task = asyncio.ensure_future(reader.readline())
-                await asyncio.wait(
-                    {line_task, stopped},
-                    timeout=STATS_INTERVAL,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if line_task.done():
-                    line = line_task.result()
-                    line_task = None
-                    if not line:
-                        return  # the daemon closed our stdin, or died
-                    await self._control(line)
-                self._send_stats(self.spooler)
-        finally:
-            stopped.cancel()
-            if line_task is not None:
-                line_task.cancel()
 
     async def _control(self, line: bytes) -> None:
         try:

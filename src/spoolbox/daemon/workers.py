@@ -54,6 +54,7 @@ from typing import Any
 from .. import Spooler, StatusRow
 from ..model import ResourceMethods, ResourceType, StatusCode
 from .delivery_protocol import DeliverySpec, worker_node
+from .pipes import end_processes
 
 __all__ = [
     "RESTART_LIMIT",
@@ -268,26 +269,8 @@ class DeliveryWorkers:
             if worker.alive():
                 self._set(worker, WorkerState.STOPPING)
             worker.revive.set()
-            proc = worker.proc
-            if proc is not None and proc.stdin is not None:
-                proc.stdin.close()
-        limit = grace + 5.0
-        for worker in self._workers:
-            proc = worker.proc
-            if proc is None:
-                continue
-            try:
-                await asyncio.wait_for(proc.wait(), limit)
-            except TimeoutError:
-                log.error(
-                    "delivery worker %s (pid %d) did not stop in %.0f s; killed",
-                    worker.tag,
-                    proc.pid,
-                    limit,
-                )
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+        running = [(f"delivery worker {w.tag}", w.proc) for w in self._workers if w.proc]
+        await end_processes(running, grace + 5.0)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
