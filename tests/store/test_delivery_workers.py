@@ -143,11 +143,10 @@ def test_sigterm_drains_the_workers_then_the_rest_waits_in_the_queue(
         daemons.append(daemon)
         pids = [daemon.worker_pid("w1"), daemon.worker_pid("w2")]
         Client(profile).submit_many(lot(total))
-        for tag in ("w1", "w2"):
-            wait_until(
-                f"{tag} holding recipients",
-                lambda t=tag: backend.store.active_of(f"{NODE}-{t}") >= 1,
-            )
+        # Each of the 3 nodes has 2 connections: 5 DATA held means both workers (and
+        # maybe the daemon) are in the middle of a delivery.
+        wait_until("deliveries in flight in both workers", lambda: sink.waiting >= 5)
+        held = sink.waiting
         daemon.proc.send_signal(signal.SIGTERM)
         for tag in ("w1", "w2"):
             wait_until(
@@ -156,7 +155,6 @@ def test_sigterm_drains_the_workers_then_the_rest_waits_in_the_queue(
                     f"daemon[{t}]: stopping: finishing the deliveries in hand" in daemon.log()
                 ),
             )
-        held = sink.waiting
         sink.gate.set()  # the deliveries in hand may finish now
         assert daemon.proc.wait(timeout=60) == 0
         assert not any(alive(pid) for pid in pids)
