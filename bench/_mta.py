@@ -226,6 +226,7 @@ class SpoolboxDaemon(_Closing):
         synchronous: str = "FULL",
         event_loop: str = "auto",
         listener_processes: int = 0,
+        workers: int = 0,
     ) -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True)
@@ -245,6 +246,7 @@ synchronous = "{synchronous}"
 nice = 0
 log_level = "warning"
 event_loop = "{event_loop}"
+workers = {workers}
 
 [policy]
 idle = "always"
