@@ -229,6 +229,7 @@ class SpoolboxDaemon(_Closing):
         listener_processes: int = 0,
         extra_profile: str = "",
         *,
+        workers: int = 0,
         as_init: bool = False,
         init_sink: Sequence[str] = (),
         init_listener: Sequence[str] = (),
@@ -249,6 +250,7 @@ class SpoolboxDaemon(_Closing):
                 event_loop,
                 listener_processes,
                 extra_profile,
+                workers,
             )
         self.log_path = self.dir / "daemon.log"
         self._log = self.log_path.open("wb")
@@ -299,6 +301,7 @@ class SpoolboxDaemon(_Closing):
         event_loop: str,
         listener_processes: int,
         extra_profile: str,
+        workers: int,
     ) -> None:
         self.profile.write_text(
             f"""\
@@ -314,6 +317,7 @@ synchronous = "{synchronous}"
 nice = 0
 log_level = "warning"
 event_loop = "{event_loop}"
+workers = {workers}
 
 [policy]
 idle = "always"

@@ -30,6 +30,10 @@ run (the order rotates from run to run):
   with only ``host``, ``port`` and ``tls = "none"``: the shipped defaults (the
   transport's ``max_connections``, the listener's ``processes``, ``nice``, the log
   level), as a user who ran ``spoolbox init`` gets them;
+* ``spoolbox-wN`` (``--workers 1,2,4`` adds one system per value): ``spoolbox-procs``
+  with ``[daemon] workers = N`` delivery worker processes (docs/operations.md,
+  "Worker processes"): N + 1 processes deliver; ``store lock held`` counts only the
+  daemon's and its listener processes' write transactions, not the workers';
 * ``postfix``: a private Postfix instance (own config, queue and data directories in
   the temporary directory, ``postfix -c DIR start``) with ``relayhost`` the sink and
   ``smtp_destination_concurrency_limit = 10``; cleanup(8) fsyncs each queue file
@@ -124,14 +128,15 @@ def system_under_test(
             init_listener=args.init_listener,
         ) as sb:
             yield sb.port, sb
-    elif name in ("spoolbox", "spoolbox-procs"):
+    elif name.startswith("spoolbox"):
         with SpoolboxDaemon(
             workdir,
             sink.port,
             args.max_connections,
             args.synchronous,
             args.event_loop,
-            args.listener_processes if name == "spoolbox-procs" else 0,
+            0 if name == "spoolbox" else args.listener_processes,
+            workers=int(name.removeprefix("spoolbox-w")) if name.startswith("spoolbox-w") else 0,
         ) as sb:
             yield sb.port, sb
     else:
@@ -329,6 +334,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="[listeners.submission] processes of the spoolbox-procs system "
         "(and of --py-spy's run); the spoolbox system has 0 (the daemon's own loop)",
     )
+    p.add_argument(
+        "--workers",
+        default="",
+        help="comma-separated [daemon] workers values: one system spoolbox-wN each "
+        "(spoolbox-procs with N delivery worker processes)",
+    )
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--dir", type=Path, default=None, help="directory on the disk to test")
     p.add_argument("--json", type=Path, default=None)
@@ -357,7 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     systems = [s for s in args.systems.split(",") if s]
-    if unknown := set(systems) - set(SYSTEMS):
+    systems += [f"spoolbox-w{int(w)}" for w in args.workers.split(",") if w]
+    if unknown := {s for s in systems if not s.startswith("spoolbox-w")} - set(SYSTEMS):
         p.error(f"unknown systems: {', '.join(sorted(unknown))}")
     ensure_peers()
     runs: list[dict[str, dict[str, float]]] = []

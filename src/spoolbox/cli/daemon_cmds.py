@@ -115,8 +115,16 @@ def _make_data_dir(directory: Path) -> None:
     default=None,
     help="Override [log] level.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(0, 64),
+    default=None,
+    help="Delivery worker processes besides the daemon's own spooler (overrides [daemon] workers).",
+)
 @pass_ctx
-def run_cmd(obj: Ctx, no_nice: bool, no_dialog: bool, log_level: str | None) -> None:
+def run_cmd(
+    obj: Ctx, no_nice: bool, no_dialog: bool, log_level: str | None, workers: int | None
+) -> None:
     """Run the spooler daemon in the foreground (SIGTERM/SIGINT stop it, SIGHUP reloads
     the profile)."""
     from ..daemon import DaemonError, run_daemon
@@ -143,6 +151,7 @@ def run_cmd(obj: Ctx, no_nice: bool, no_dialog: bool, log_level: str | None) -> 
             extra_secrets=extra,
             log_level=log_level.upper() if log_level else None,
             services=web_services(profile),
+            workers=workers,
         )
     except DaemonError as exc:
         fail(str(exc), EXIT_ERROR, kind="daemon")

@@ -50,6 +50,7 @@ from typing import Any
 
 from ..ingress.listener import ListenerConfig, listen_socket
 from ..routing import RoutingTable
+from .pipes import end_processes
 from .worker_protocol import WorkerSpec, table_to_json
 
 __all__ = ["ListenerProcesses"]
@@ -189,25 +190,10 @@ class ListenerProcesses:
             await asyncio.wait(set(self._tasks))
         limit = (self.config.shutdown_grace if grace is None else grace) + 5.0
         procs = [worker.proc for worker in self._workers if worker.proc is not None]
-        for process in procs:
-            if process.stdin is not None:
-                process.stdin.close()
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-        for process in procs:
-            try:
-                await asyncio.wait_for(process.wait(), limit)
-            except TimeoutError:
-                log.error(
-                    "listener %r: worker %d did not stop in %.0f s; killed",
-                    self.name,
-                    process.pid,
-                    limit,
-                )
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
+        await end_processes([(f"listener {self.name!r}: worker", p) for p in procs], limit)
 
     def _own(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)

@@ -28,6 +28,7 @@ from ..model import NewMessage
 from ..routing import refusal
 from ..store.sqlite import SQLiteStore
 from .log_format import choose_format
+from .pipes import serve_control_lines
 from .runtime import configure_logging, event_loop_runner
 from .worker_protocol import STATS_INTERVAL, WorkerSpec, table_from_json
 
@@ -145,28 +146,14 @@ class _WorkerProcess:
             await loop.connect_read_pipe(
                 lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0)
             )
-            stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
-            line_task: asyncio.Future[Any] | None = None
-            try:
-                while not stopped.done():
-                    if line_task is None:
-                        line_task = asyncio.ensure_future(reader.readline())
-                    await asyncio.wait(
-                        {line_task, stopped},
-                        timeout=STATS_INTERVAL,
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
-                    if line_task.done():
-                        line = line_task.result()
-                        line_task = None
-                        if not line:
-                            break  # the daemon closed our stdin, or died
-                        self._control(line)
-                    self._send_stats()  # when they changed: each second, or after a line
-            finally:
-                stopped.cancel()
-                if line_task is not None:
-                    line_task.cancel()
+
+            async def control(line: bytes) -> None:
+                self._control(line)
+
+            # The counters when they changed: each second, or after a line.
+            await serve_control_lines(
+                reader, stop, interval=STATS_INTERVAL, on_line=control, on_tick=self._send_stats
+            )
             await listener.stop()
             self._send_stats()
             return 0

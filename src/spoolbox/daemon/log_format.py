@@ -112,14 +112,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(obj, ensure_ascii=False, default=str)
 
 
-def make_formatter(fmt: str, *, worker: str | None = None) -> logging.Formatter:
+def make_formatter(
+    fmt: str, *, worker: str | None = None, delivery: str | None = None
+) -> logging.Formatter:
     """The formatter for ``fmt`` (``text``, ``journald`` or ``json``); ``worker`` names
-    a listener worker process, shown in each line."""
+    a listener worker process, ``delivery`` a delivery worker (``w1``), shown in each
+    line: ``spoolbox.delivery[w1]: ...``, or the ``worker`` field in JSON."""
     tag = f" [listener {worker} pid %(process)d]" if worker else ""
+    extra: dict[str, Any] | None = {"listener": worker, "pid": os.getpid()} if worker else None
+    if delivery:
+        tag = f"[{delivery}]"
+        extra = {"worker": delivery, "pid": os.getpid()}
     if fmt == "journald":
         return JournaldFormatter(tag)
     if fmt == "json":
-        return JsonFormatter({"listener": worker, "pid": os.getpid()} if worker else None)
+        return JsonFormatter(extra)
     if fmt == "text":
         return logging.Formatter(_TEXT.format(tag=tag))
     raise ValueError(f'unknown log format {fmt!r}: expected "text", "journald" or "json"')

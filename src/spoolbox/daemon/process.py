@@ -18,7 +18,10 @@
   ``STOPPING=1`` (:mod:`.notify`);
 * SIGHUP re-reads the profile: an invalid profile is logged and the running one
   kept; a valid one replaces the spooler (the old one shuts down as above, the new
-  one starts on the same store) and restarts the listeners.
+  one starts on the same store) and restarts the listeners;
+* with ``[daemon] workers = N`` it also runs N delivery worker processes, spooler
+  nodes of their own on the same store (:mod:`.workers`): started before
+  ``READY=1``, drained at the stop, told of a reload, started again when they die.
 
 Logs go through :mod:`logging` to stderr, with every known secret value replaced
 by ``***``.  Submissions made while no daemon runs sit in the store; the router
@@ -58,6 +61,7 @@ from .notify import Notifier, watchdog_interval
 from .preflight import refuse_invalid_options
 from .runtime import configure_logging, event_loop_runner
 from .store_backend import describe_store, store_from_settings, wake_on_other_nodes
+from .workers import DeliveryWorkers, WakingSpooler, WorkerView, worker_row
 
 __all__ = ["Daemon", "DaemonError", "Service", "ServiceFactory", "run_daemon"]
 
@@ -93,6 +97,7 @@ class Daemon:
         renice: bool = True,
         extra_secrets: Mapping[tuple[str, str], str] | None = None,
         services: Sequence[ServiceFactory] = (),
+        workers: int | None = None,
     ) -> None:
         self.profile = profile
         self.interactive = interactive
@@ -114,6 +119,19 @@ class Daemon:
         #: reload`` waits for the count to move and reports the error (the ping op)
         self.reload_attempts = 0
         self.reload_error: str | None = None
+        #: delivery worker processes (``--workers`` wins over ``[daemon] workers``);
+        #: their number is fixed at the start
+        self._workers_from_cli = workers is not None
+        self.workers = DeliveryWorkers(
+            profile.daemon.workers if workers is None else workers,
+            node=profile.spooler.node,
+            profile=str(profile.path),
+            log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+            log_format=profile.log.format,
+            extra_secrets=self.extra_secrets,
+            died=self._worker_died,
+            show=self._show_worker,
+        )
 
     # -- the process ------------------------------------------------------------------
     async def run(self) -> int:
@@ -136,6 +154,7 @@ class Daemon:
             self._ready.set()
             await self._api.start()
             await self._listeners.start(self.profile)
+            await self.workers.start()
             for make in self._service_factories:
                 service = make(self)
                 await service.start()
@@ -147,7 +166,8 @@ class Daemon:
                 self.profile.path,
                 self.profile.daemon.socket,
             )
-            # systemd (Type=notify): the store is open, the API and listeners listen.
+            # systemd (Type=notify): the store is open, the API and listeners listen,
+            # the delivery workers (if any) have started.
             self._notify.send("READY=1", f"MAINPID={os.getpid()}", "STATUS=running")
             interval = watchdog_interval()
             if interval is not None:
@@ -243,8 +263,11 @@ class Daemon:
         await self._api.stop()
         spooler, self.spooler = self.spooler, None
         self._ready.clear()
+        # The workers drain while this spooler does (the same shutdown_grace).
+        stopping = [self.workers.stop(self.profile.spooler.policy.shutdown_grace)]
         if spooler is not None:
-            await spooler.aclose()
+            stopping.append(spooler.aclose())
+        await asyncio.gather(*stopping)
 
     # -- the spooler ----------------------------------------------------------------------
     def _config(self, profile: Profile) -> Any:
@@ -273,10 +296,16 @@ class Daemon:
         config = self._config(profile)
         store = store_from_settings(profile.store)
         idle = AlwaysIdle() if profile.idle == "always" else None
-        spooler = Spooler.open(config, store=store, close_store=True, idle=idle)
+        cls = WakingSpooler if len(self.workers) else Spooler
+        spooler = cls.open(config, store=store, close_store=True, idle=idle)
         await spooler.start()
-        await wake_on_other_nodes(spooler)
+        if not await wake_on_other_nodes(spooler) and isinstance(spooler, WakingSpooler):
+            # No wake-ups through the store (SQLite): the workers hear of new work
+            # from this daemon, over their stdin.
+            spooler.wake_others = self.workers.wake
         start_node(spooler, store)  # its record and rows in the store, its flush part
+        for view in self.workers.views():
+            spooler.status.put(worker_row(view, profile.spooler.node))
         log.debug("store %s open: %s", describe_store(profile.store), _store_statistics(store))
         for missing in profile.missing:
             log.warning(
@@ -317,7 +346,8 @@ class Daemon:
             log.error("reload refused, keeping the running profile: %s", exc)
             self.reload_error = f"the new profile is invalid: {exc}"
             return False
-        for key in ("socket", "event_loop"):
+        changed = ["socket", "event_loop"] + ([] if self._workers_from_cli else ["workers"])
+        for key in changed:
             if getattr(new.daemon, key) != getattr(self.profile.daemon, key):
                 log.warning("[daemon] %s changed: it takes effect at the next start", key)
         if new.web != self.profile.web:
@@ -341,6 +371,7 @@ class Daemon:
             return False
         self._ready.set()
         await self._listeners.start(self.profile)
+        self.workers.reload()
         self.reloads += 1
         self.reload_error = None
         log.info(
@@ -357,6 +388,36 @@ class Daemon:
         """Each running listener's statistics, by name (the ``statistics`` op)."""
         return self._listeners.statistics()
 
+    def nodes(self) -> list[str]:
+        """The store nodes this daemon runs: its own spooler's, then its delivery
+        workers' (``HOST``, ``HOST-w1``, ...): whose rows a status of this daemon
+        covers once nodes publish their rows to the store."""
+        return [self.profile.spooler.node, *self.workers.nodes()]
+
+    # -- the delivery workers -----------------------------------------------------------
+    async def _worker_died(self, node: str) -> None:
+        """A worker process ended unasked: what it held goes back to the queue now
+        (it can settle nothing any more), and every node hears of it."""
+        spooler = self.spooler
+        if spooler is None:
+            return  # the next spooler's start, or the worker's own, releases them
+        try:
+            released = await spooler.store.release_owner(node)
+        except Exception as exc:
+            log.error("cannot return the recipients of node %s to the queue: %s", node, exc)
+            return
+        if released:
+            log.info("returned %d recipients node %s held to the queue", released, node)
+        names = [host.name for host in spooler.hosts]
+        for host in spooler.hosts:
+            host.wake.set()
+        self.workers.wake(names, False)
+
+    def _show_worker(self, view: WorkerView) -> None:
+        spooler = self.spooler
+        if spooler is not None:
+            spooler.status.put(worker_row(view, self.profile.spooler.node))
+
 
 def run_daemon(
     profile: Profile,
@@ -366,6 +427,7 @@ def run_daemon(
     extra_secrets: Mapping[tuple[str, str], str] | None = None,
     log_level: str | None = None,
     services: Sequence[ServiceFactory] = (),
+    workers: int | None = None,
 ) -> int:
     """Run the daemon in this process until it is told to stop; the exit status."""
     holder: dict[str, Daemon] = {}
@@ -385,6 +447,7 @@ def run_daemon(
             renice=renice,
             extra_secrets=extra_secrets,
             services=services,
+            workers=workers,
         )
         holder["daemon"] = daemon
         return await daemon.run()

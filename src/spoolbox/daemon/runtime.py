@@ -57,11 +57,13 @@ def configure_logging(
     fmt: str = "text",
     *,
     worker: str | None = None,
+    delivery: str | None = None,
 ) -> None:
     """Log to stderr in format ``fmt`` (text, journald, json; see :mod:`.log_format`)
-    with the values ``secrets()`` gives redacted; ``worker`` names a listener worker."""
+    with the values ``secrets()`` gives redacted; ``worker`` names a listener worker,
+    ``delivery`` a delivery worker."""
     handler = logging.StreamHandler()
-    handler.setFormatter(make_formatter(fmt, worker=worker))
+    handler.setFormatter(make_formatter(fmt, worker=worker, delivery=delivery))
     handler.addFilter(RedactingFilter(secrets))
     root = logging.getLogger()
     for old in list(root.handlers):

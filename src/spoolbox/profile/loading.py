@@ -37,6 +37,7 @@ from .schema import (
     EVENT_LOOPS,
     LOG_FORMATS,
     MAX_LISTENER_PROCESSES,
+    MAX_WORKERS,
     STORE_BACKENDS,
     DaemonSettings,
     ListenerSettings,
@@ -68,6 +69,9 @@ _PROCESSES = Check.of(
     low=0,
     high=MAX_LISTENER_PROCESSES,
     what=f"0 (on the daemon's own loop) to {MAX_LISTENER_PROCESSES}",
+)
+_WORKERS = Check.of(
+    int, low=0, high=MAX_WORKERS, what=f"0 (the daemon delivers alone) to {MAX_WORKERS}"
 )
 
 
@@ -282,6 +286,7 @@ def _daemon(dm: Table, under_data: Callable[[str], Path]) -> DaemonSettings:
         log_level=level,
         event_loop=event_loop,
         socket_group=dm.text("socket_group"),
+        workers=dm.integer("workers", 0, _WORKERS),
     )
     if len(os.fsencode(daemon.socket)) > 100:
         raise dm.error(

@@ -19,6 +19,7 @@ __all__ = [
     "EVENT_LOOPS",
     "LOG_FORMATS",
     "MAX_LISTENER_PROCESSES",
+    "MAX_WORKERS",
     "STORE_BACKENDS",
     "DaemonSettings",
     "ListenerSettings",
@@ -52,6 +53,8 @@ class StoreSettings:
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 #: ``[listeners.NAME] processes``: at most this many listener processes
 MAX_LISTENER_PROCESSES = 64
+#: the most ``[daemon] workers`` (delivery worker processes) a profile may ask for
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,8 @@ class DaemonSettings:
     event_loop: str = "auto"  # "auto" (uvloop if installed), "uvloop" or "asyncio"
     #: the local API socket is 0660 and owned by this group (None: 0600, owner only)
     socket_group: str | None = None
+    #: delivery worker processes besides the daemon's own spooler (0: none, as before)
+    workers: int = 0
 
 
 @dataclass(frozen=True, slots=True)

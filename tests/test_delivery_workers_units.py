@@ -1,0 +1,164 @@
+"""The pure parts of ``[daemon] workers``: the restart back-off and its limit, a
+worker's status row, a worker's spooler configuration, its log tag, the profile key."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from spoolbox.daemon.delivery_protocol import DeliverySpec, worker_node
+from spoolbox.daemon.delivery_worker import delivery_config
+from spoolbox.daemon.log_format import make_formatter
+from spoolbox.daemon.workers import (
+    RESTART_LIMIT,
+    STABLE_AFTER,
+    WorkerState,
+    WorkerView,
+    restart_delay,
+    worker_row,
+)
+from spoolbox.model import StatusCode
+from spoolbox.profile import ProfileError, load_profile
+
+
+def test_a_worker_that_keeps_dying_waits_longer_each_time_then_is_given_up() -> None:
+    failures, delays = 0, []
+    for _ in range(RESTART_LIMIT + 1):
+        failures, delay = restart_delay(failures, ran_for=0.5)
+        delays.append(delay)
+    assert delays[:6] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
+    assert delays[RESTART_LIMIT - 1] == 30.0  # the last restart still happens
+    assert delays[RESTART_LIMIT] is None  # then no more
+    assert failures == RESTART_LIMIT + 1
+
+
+def test_a_worker_that_ran_a_while_before_it_died_starts_again_at_once() -> None:
+    assert restart_delay(RESTART_LIMIT, ran_for=STABLE_AFTER) == (1, 1.0)
+    assert restart_delay(3, ran_for=STABLE_AFTER - 1) == (4, 8.0)
+
+
+def _view(state: WorkerState, **kw: object) -> WorkerView:
+    base: dict[str, object] = {
+        "tag": "w2",
+        "node": "mx-w2",
+        "state": state,
+        "pid": 4321,
+        "restarts": 0,
+        "last_exit": None,
+    }
+    base.update(kw)
+    return WorkerView(**base)  # type: ignore[arg-type]
+
+
+def test_a_running_workers_row_names_its_node_and_says_its_transports_are_not_shown() -> None:
+    row = worker_row(_view(WorkerState.RUNNING, counters={"delivered": 7}), "mx")
+    assert row.name == "worker:w2"
+    assert row.status_code == StatusCode.AVAILABLE | StatusCode.OUTBOUND_ENABLED
+    assert row.status_string == "delivering (node mx-w2, pid 4321)"
+    assert row.counters == {"delivered": 7}
+    assert row.detail is not None
+    assert "not in this table" in row.detail and "node mx's" in row.detail
+
+
+def test_a_worker_given_up_on_shows_a_failure_and_why() -> None:
+    row = worker_row(
+        _view(WorkerState.GAVE_UP, pid=None, restarts=8, last_exit="exited with status 1"), "mx"
+    )
+    assert row.status_code & StatusCode.FAILURE
+    assert not row.status_code & StatusCode.AVAILABLE
+    assert row.status_string == "not started again (spoolbox reload tries again) (node mx-w2)"
+    assert row.detail is not None and "restarts 8; last end: exited with status 1" in row.detail
+
+
+def test_every_state_has_a_row() -> None:
+    for state in WorkerState:
+        assert worker_row(_view(state), "mx").status_string
+
+
+def test_worker_node_names_are_stable_per_index() -> None:
+    assert worker_node("mx.example.org", 3) == "mx.example.org-w3"
+
+
+def test_the_spec_keeps_the_dialog_answers_off_the_command_line() -> None:
+    spec = DeliverySpec(
+        index=1,
+        node="n-w1",
+        profile="/p.toml",
+        log_level="INFO",
+        extra_secrets=[["relay", "password", "s3cret"]],
+    )
+    again = DeliverySpec.from_json(spec.to_json())
+    assert again == spec
+    assert again.secrets_map() == {("relay", "password"): "s3cret"}
+    assert again.tag == "w1"
+
+
+PROFILE = """
+node = "mx"
+[daemon]
+workers = {workers}
+[[transports]]
+name = "relay"
+provider = "smtp"
+address_types = ["SMTP"]
+[transports.options]
+host = "127.0.0.1"
+[[transports]]
+name = "mailbox"
+provider = "maildir"
+inbound = true
+outbound = {mailbox_outbound}
+[transports.options]
+root = "mail"
+"""
+
+
+def _profile(tmp_path: Path, workers: object = 2, mailbox_outbound: str = "true") -> Path:
+    path = tmp_path / "spoolbox.toml"
+    path.write_text(PROFILE.format(workers=workers, mailbox_outbound=mailbox_outbound))
+    return path
+
+
+def test_a_workers_config_is_the_profiles_outbound_side_under_its_own_node(
+    tmp_path: Path,
+) -> None:
+    profile = load_profile(_profile(tmp_path, mailbox_outbound="false"))
+    assert profile.daemon.workers == 2
+    config = delivery_config(profile, "mx-w1")
+    assert config.node == "mx-w1"
+    assert [t.name for t in config.transports] == ["relay"]  # inbound-only: not here
+    assert not any(t.inbound for t in config.transports)
+    assert all(t.outbound for t in config.transports)
+    assert config.policy == profile.spooler.policy
+    both = load_profile(_profile(tmp_path, mailbox_outbound="true"))
+    assert [t.name for t in delivery_config(both, "mx-w1").transports] == ["relay", "mailbox"]
+
+
+@pytest.mark.parametrize("value", [-1, 65, '"two"'])
+def test_a_bad_workers_value_is_named(tmp_path: Path, value: object) -> None:
+    with pytest.raises(ProfileError) as info:
+        load_profile(_profile(tmp_path, workers=value))
+    assert info.value.key == "[daemon] workers"
+
+
+def test_workers_default_to_none(tmp_path: Path) -> None:
+    path = tmp_path / "spoolbox.toml"
+    path.write_text('node = "mx"\n')
+    assert load_profile(path).daemon.workers == 0
+
+
+def _record(msg: str) -> logging.LogRecord:
+    return logging.LogRecord("spoolbox.delivery", logging.INFO, __file__, 1, msg, None, None)
+
+
+def test_a_delivery_workers_lines_carry_its_tag_in_every_format() -> None:
+    text = make_formatter("text", delivery="w2").format(_record("sent"))
+    assert " INFO spoolbox.delivery[w2]: sent" in text
+    journald = make_formatter("journald", delivery="w2").format(_record("sent"))
+    assert journald == "<6>spoolbox.delivery[w2]: sent"
+    obj = json.loads(make_formatter("json", delivery="w2").format(_record("sent")))
+    assert (obj["worker"], obj["msg"]) == ("w2", "sent")
+    assert "worker" not in json.loads(make_formatter("json").format(_record("sent")))
