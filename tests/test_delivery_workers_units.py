@@ -53,14 +53,15 @@ def _view(state: WorkerState, **kw: object) -> WorkerView:
     return WorkerView(**base)  # type: ignore[arg-type]
 
 
-def test_a_running_workers_row_names_its_node_and_says_its_transports_are_not_shown() -> None:
+def test_a_running_workers_row_names_its_node_and_where_its_transport_rows_are() -> None:
     row = worker_row(_view(WorkerState.RUNNING, counters={"delivered": 7}), "mx")
     assert row.name == "worker:w2"
     assert row.status_code == StatusCode.AVAILABLE | StatusCode.OUTBOUND_ENABLED
     assert row.status_string == "delivering (node mx-w2, pid 4321)"
     assert row.counters == {"delivered": 7}
     assert row.detail is not None
-    assert "not in this table" in row.detail and "node mx's" in row.detail
+    assert "its transports' rows are node mx-w2's" in row.detail
+    assert "this daemon is node mx" in row.detail
 
 
 def test_a_worker_given_up_on_shows_a_failure_and_why() -> None:

@@ -93,6 +93,15 @@ def test_two_workers_relay_every_message_once_and_each_delivers_part(
         assert by["w1"] > 0 and by["w2"] > 0, by  # both workers took part of the lot
         rows = daemon.rows()
         assert rows["worker:w1"]["counters"].get("delivered", 0) >= 1
+
+        def relay_nodes() -> set[str]:
+            r = daemon.run("status", "--json")
+            assert r.returncode == 0, r.stderr
+            return {row["node"] for row in json.loads(r.stdout)["rows"] if row["name"] == "relay"}
+
+        # Each worker is a node of the store: its transport row is in the status too.
+        want = {NODE, f"{NODE}-w1", f"{NODE}-w2"}
+        wait_until("every node's relay row", lambda: relay_nodes() == want)
         assert daemon.stop() == 0
         assert not any(alive(pid) for pid in pids)
 

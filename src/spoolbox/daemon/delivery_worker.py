@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import AlwaysIdle, Spooler, SpoolerConfig
+from .._core.node import start_node
 from ..profile import Profile, ProfileError, load_profile
 from .delivery_protocol import STATS_INTERVAL, DeliverySpec
 from .log_format import choose_format
@@ -83,6 +84,9 @@ class _DeliveryWorker:
         )
         await spooler.start()
         await wake_on_other_nodes(spooler)
+        # A node of the store like any other: its rows are in `spoolbox status`, and it
+        # runs its part of a flush another node (the daemon's) records.
+        start_node(spooler, store)
         return spooler
 
     async def run(self) -> int:

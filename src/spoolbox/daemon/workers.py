@@ -134,13 +134,14 @@ _ROW_STATES: Mapping[WorkerState, tuple[StatusCode, str]] = {
 def worker_row(view: WorkerView, daemon_node: str) -> StatusRow:
     """The status row ``worker:wN`` of one worker, in the daemon's status table.
 
-    The table holds the daemon's own node's transport rows only; the row says so,
-    and carries the worker's transport counters added up."""
+    The worker publishes its own spooler and transport rows to the store as node
+    ``view.node`` (the status across nodes shows them); this row is its supervision:
+    state, pid, restarts, and its transport counters added up."""
     code, words = _ROW_STATES[view.state]
     where = f"node {view.node}" + (f", pid {view.pid}" if view.pid is not None else "")
     detail = [
-        f"a node of its own: its transports' rows are not in this table (they are "
-        f"node {daemon_node}'s)",
+        f"a node of its own: its transports' rows are node {view.node}'s "
+        f"(this daemon is node {daemon_node})",
         f"restarts {view.restarts}",
     ]
     if view.last_exit:
