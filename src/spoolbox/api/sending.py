@@ -258,6 +258,8 @@ def send(
         mailboxes = [mailbox for _, mailbox in value if mailbox is not None]
         if mailboxes:
             msg[name] = mailboxes
+        elif name == "To":
+            msg["To"] = "undisclosed-recipients:;"  # as `spoolbox send` writes it
     msg["Subject"] = subject
     msg["Date"] = formatdate(localtime=True)
     msg["Message-ID"] = make_msgid(domain=client.profile.spooler.hostname)
