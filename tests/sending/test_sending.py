@@ -267,3 +267,28 @@ def test_through_a_running_daemon_the_bytes_arrive(
     assert blob.get_content() == bytes(range(256))
     assert "local API: submit [" in running.text()  # it went through the daemon
     assert Client(spool.path).running()
+
+
+def test_a_kept_store_connection_is_reused_until_closed(spool: Spool) -> None:
+    """``keep_store_open`` (what spoolbox.send's clients use): the daemon down, the
+    submissions share one open connection.  SQLite removes the -wal file when its last
+    connection closes, so the file's presence between submissions shows it open."""
+    wal = spool.path.parent / "spool.sqlite3-wal"
+    kept = Client(spool.path, keep_store_open=True)
+    plain = Client(spool.path)
+
+    def message(subject: str) -> spoolbox.NewMessage:
+        content = f"Subject: {subject}\r\n\r\nx\r\n".encode()
+        return spoolbox.NewMessage.from_bytes(content, recipients=["SMTP:bob@example.org"])
+
+    assert plain.submit(message("plain"))["via"] == "store"
+    assert not wal.exists()  # opened and closed for the one submission
+    kept.submit(message("kept 1"))
+    assert wal.exists()
+    kept.submit(message("kept 2"))
+    kept.close()
+    assert not wal.exists()
+    kept.submit(message("kept 3"))  # opened again after close()
+    kept.close()
+    subjects = [parsed(s.content)["Subject"] for s in spool.stored()]
+    assert subjects == ["plain", "kept 1", "kept 2", "kept 3"]

@@ -212,7 +212,9 @@ def client_for(profile: ProfileArg = None) -> Client:
 
 @functools.lru_cache(maxsize=8)
 def _cached_client(path: str, mtime_ns: int, size: int) -> Client:
-    return Client(load_profile(path))
+    # Kept for the process: when the daemon is down, each thread's submissions share
+    # one connection to the store (closed when the process ends).
+    return Client(load_profile(path), keep_store_open=True)
 
 
 def _submit(client: Client, message: NewMessage) -> str:
