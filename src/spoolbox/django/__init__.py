@@ -6,6 +6,9 @@ settings.py::
     SPOOLBOX_PROFILE = "/var/lib/spoolbox/spoolbox.toml"  # default: $SPOOLBOX_PROFILE,
                                                           # else ./spoolbox.toml
 
+    # Django 6.1+: MAILERS = {"default": {"BACKEND": "spoolbox.django.EmailBackend",
+    #                                     "OPTIONS": {"profile": "/var/lib/..."}}}
+
 :meth:`EmailBackend.send_messages` queues the whole batch in one durable
 transaction (one ``submit_many`` request to the daemon, or one store transaction
 when the daemon is down; batches over 10,000 messages are committed 10,000 at a
@@ -62,7 +65,10 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc]  # Django ships no t
         profile: str | os.PathLike[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(fail_silently=fail_silently, **kwargs)
+        # As Django's own backends: fail_silently is ours (Django 6.1's base class
+        # refuses it from a mailer's OPTIONS), the rest (6.1: ``alias``) is the base's.
+        super().__init__(**kwargs)
+        self.fail_silently = fail_silently
         self.profile = (
             profile if profile is not None else getattr(settings, "SPOOLBOX_PROFILE", None)
         )
