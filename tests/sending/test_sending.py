@@ -292,3 +292,16 @@ def test_a_kept_store_connection_is_reused_until_closed(spool: Spool) -> None:
     kept.close()
     subjects = [parsed(s.content)["Subject"] for s in spool.stored()]
     assert subjects == ["plain", "kept 1", "kept 2", "kept 3"]
+
+
+@pytest.mark.parametrize(
+    "plain",
+    ["Bob@Example.ORG", "a.b+tag@x-y.example.org", "o'neil@example.org", "a@-x.org", "~!#@x.y"],
+)
+def test_a_bare_address_is_read_as_the_parser_reads_it(plain: str) -> None:
+    """Bare ASCII addresses skip the header parser (the common case, 20 times faster):
+    the same address comes out as from the parsed ``Name <address>`` form."""
+    from spoolbox.api.sending import envelope_address
+
+    assert envelope_address(plain, "to[0]") == envelope_address(f"Name <{plain}>", "to[0]")
+    assert str(envelope_address(plain, "to[0]")) == f"SMTP:{plain}"
