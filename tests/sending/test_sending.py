@@ -305,3 +305,19 @@ def test_a_bare_address_is_read_as_the_parser_reads_it(plain: str) -> None:
 
     assert envelope_address(plain, "to[0]") == envelope_address(f"Name <{plain}>", "to[0]")
     assert str(envelope_address(plain, "to[0]")) == f"SMTP:{plain}"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"A: 1\r\nBcc: x@y.org,\r\n\tz@y.org\r\n\r\nbody\r\n", b"A: 1\r\n\r\nbody\r\n"),
+        (b"Bcc: x@y.org\r\nA: 1\r\n\r\nBcc: in the body\r\n", b"A: 1\r\n\r\nBcc: in the body\r\n"),
+        (b"A: 1\nRESENT-BCC: x@y.org\n\nbody\n", b"A: 1\n\nbody\n"),
+        (b"A: 1\r\nBcc: x@y.org\r\n", b"A: 1\r\n"),
+        (b"A: 1\r\nBccx: kept\r\n\r\nb", b"A: 1\r\nBccx: kept\r\n\r\nb"),
+    ],
+)
+def test_without_bcc_drops_the_fields_and_nothing_else(content: bytes, expected: bytes) -> None:
+    from spoolbox.api.sending import without_bcc
+
+    assert without_bcc(content) == expected

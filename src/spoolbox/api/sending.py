@@ -141,8 +141,10 @@ def _recipients(
 
 # -- content --------------------------------------------------------------------------------
 def _header_block(content: bytes) -> int:
-    """The offset where the header section ends (its blank line excluded)."""
-    ends = [i for i in (content.find(b"\r\n\r\n"), content.find(b"\n\n")) if i >= 0]
+    """The length of the header section: its lines with their line ends, without the
+    blank line that ends it (all of ``content`` if it has none)."""
+    crlf, lf = content.find(b"\r\n\r\n"), content.find(b"\n\n")
+    ends = [i + 2 for i in (crlf,) if i >= 0] + [i + 1 for i in (lf,) if i >= 0]
     return min(ends) if ends else len(content)
 
 
