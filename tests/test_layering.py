@@ -53,6 +53,8 @@ ALLOWED: dict[str, set[str]] = {
     | {"__init__", "_core", "_private", "profile", "api", "daemon", "ingress", "web"},
     "demo": _LIBRARY
     | {"__init__", "_core", "_private", "profile", "api", "ingress", "transports", "testing"},
+    # spoolbox.django: Django's e-mail backend, a client of the local API (and the store)
+    "django": _LIBRARY | {"profile", "api"},
     # spoolbox.client: the old import path of api/client.py, a re-export
     "client": {"api"},
     # the console script (spoolbox/__main__.py): the command line, or how to install it

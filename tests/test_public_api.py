@@ -44,6 +44,8 @@ EXPECTED_TOP = {
     "UnknownMessage",
     "__version__",
     "load_provider_class",
+    "send",
+    "send_message",
 }
 
 EXPECTED_CONTRACT = {

@@ -6,6 +6,7 @@ background, yield to the spooler, and report through a live status table; a user
 flush the send and receive queues at any time and watch the progress.
 
 The public API is what this module exports (pinned by ``tests/test_public_api.py``).
+Scripts send mail with :func:`send` and :func:`send_message` (docs/scripts.md).
 Transport providers import from :mod:`spoolbox.contract`.
 """
 
@@ -83,6 +84,8 @@ __all__ = [
     "UnknownMessage",
     "__version__",
     "load_provider_class",
+    "send",
+    "send_message",
 ]
 
 #: Where each public name lives: imported on first use (PEP 562), so that
@@ -131,6 +134,10 @@ _WHERE = {
         ),
         ".store",
     ),
+    # Sending from a script (synchronous; through the daemon or into the store).  Not
+    # in the TYPE_CHECKING block above: api/ imports this module (no import circle).
+    "send": ".api.sending",
+    "send_message": ".api.sending",
 }
 
 

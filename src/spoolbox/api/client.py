@@ -33,6 +33,7 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
@@ -168,10 +169,20 @@ def error_from(code: str, message: str) -> ClientError:
 class Client:
     """A synchronous client of the daemon that runs a profile."""
 
-    def __init__(self, profile: str | os.PathLike[str] | Profile, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        profile: str | os.PathLike[str] | Profile,
+        *,
+        timeout: float = 60.0,
+        keep_store_open: bool = False,
+    ) -> None:
+        """``keep_store_open``: submissions without the daemon reuse one connection to
+        the store per thread (opening and closing the SQLite file cost more than the
+        transaction); :meth:`close` closes this thread's."""
         self.profile = profile if isinstance(profile, Profile) else load_profile(profile)
         self.timeout = timeout
         self._next_id = 0
+        self._kept = threading.local() if keep_store_open else None
 
     @property
     def socket_path(self) -> Path:
@@ -306,13 +317,35 @@ class Client:
         """The store operation ``op`` without an event loop: ``fn`` (one of
         :mod:`spoolbox.store.sqlite.transactions`) in the transaction ``op`` needs,
         committed as the daemon's store commits it."""
+        if self._kept is not None:
+            return self._kept_store().run(op, fn)
+        with self._open_store() as db:
+            return db.run(op, fn)
+
+    def _open_store(self) -> StoreFile:
         store = self.profile.store
-        with StoreFile.open(
+        return StoreFile.open(
             self._store_path(),
             synchronous=store.synchronous,
             progress_synchronous=store.progress_synchronous,
-        ) as db:
-            return db.run(op, fn)
+        )
+
+    def _kept_store(self) -> StoreFile:
+        """This thread's kept connection; a forked child opens its own (a connection
+        must not cross a fork: the parent's is left alone, not closed)."""
+        assert self._kept is not None
+        held: tuple[int, StoreFile] | None = getattr(self._kept, "store", None)
+        if held is None or held[0] != os.getpid():
+            held = (os.getpid(), self._open_store())
+            self._kept.store = held
+        return held[1]
+
+    def close(self) -> None:
+        """Close this thread's kept store connection, if any (``keep_store_open``)."""
+        held = getattr(self._kept, "store", None) if self._kept is not None else None
+        if held is not None and held[0] == os.getpid():
+            del self._kept.store  # type: ignore[union-attr]
+            held[1].close()
 
     def _offline(self, fn: Callable[[SQLiteStore], Coroutine[Any, Any, T]]) -> T:
         # Imported here: a submit (the common case) runs a plain transaction instead
