@@ -106,3 +106,35 @@ def test_an_invalid_profile_exits_5(home: Home) -> None:
     r = home.run("check")
     assert r.returncode == 5
     assert r.stderr.startswith(f"spoolbox: {home.profile}")
+
+
+_HOOKS = """
+[[hooks]]
+name = "strip"
+hook = "headers"
+[hooks.options]
+remove = ["Bcc"]
+
+[[hooks]]
+name = "sign"
+hook = "dkim"
+[hooks.options]
+domain = "example.org"
+selector = "s1"
+key_file = "no-such-key.pem"
+"""
+
+
+def test_a_hook_that_cannot_start_is_a_problem_before_the_daemon_runs(home: Home) -> None:
+    _append(home, _HOOKS)
+    r = home.run("check", "--no-logon")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    lines = r.stdout.splitlines()
+    assert lines[1:3] == ["local: ok", "hook:strip: ok"]
+    assert lines[3].startswith("hook:sign: cannot load hook 'dkim': dkim hook: cannot read the key")
+    assert "no-such-key.pem" in lines[3]
+    r = home.run("check", "--no-logon", "--json")
+    assert r.returncode == 1
+    hooks = {h["name"]: h for h in json.loads(r.stdout)["hooks"]}
+    assert hooks["strip"] == {"name": "strip", "ok": True, "problem": None}
+    assert hooks["sign"]["ok"] is False and "no-such-key.pem" in hooks["sign"]["problem"]

@@ -1,9 +1,11 @@
 """``spoolbox check``: is the profile good, and can every transport log on?
 
-One line per transport, ``NAME: ok`` or ``NAME: <the problem>``; exit 0 when all are
-good, 1 when any transport has a problem, 5 when the profile itself cannot be read
-(docs/operations.md, "Exit codes").  The logons run on a throw-away spooler over an
-empty in-memory store, outbound only: nothing is sent, and no mailbox is fetched.
+One line per transport, ``NAME: ok`` or ``NAME: <the problem>``, then one per spooler
+hook (``hook:NAME: ok``: its class loads and takes its options, a DKIM key included);
+exit 0 when all are good, 1 when any transport or hook has a problem, 5 when the
+profile itself cannot be read (docs/operations.md, "Exit codes").  The logons run on
+a throw-away spooler over an empty in-memory store, outbound only: nothing is sent,
+and no mailbox is fetched.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def check_cmd(obj: Ctx, no_logon: bool, timeout: float, as_json: bool) -> None:
     if not no_logon:
         ready = [name for name, problem in problems.items() if problem is None]
         problems.update(asyncio.run(_try_logons(profile, ready, timeout)))
+    hooks = _check_hooks(profile)
     if as_json:
         emit_json(
             {
@@ -49,13 +52,41 @@ def check_cmd(obj: Ctx, no_logon: bool, timeout: float, as_json: bool) -> None:
                     {"name": name, "ok": problem is None, "problem": problem}
                     for name, problem in problems.items()
                 ],
+                "hooks": [
+                    {"name": name, "ok": problem is None, "problem": problem}
+                    for name, problem in hooks.items()
+                ],
             }
         )
     else:
         click.echo(f"profile {profile.path}: ok")
         for name, problem in problems.items():
             click.echo(f"{name}: {problem or 'ok'}")
-    sys.exit(1 if any(problems.values()) else 0)
+        for name, problem in hooks.items():
+            click.echo(f"hook:{name}: {problem or 'ok'}")
+    sys.exit(1 if any(problems.values()) or any(hooks.values()) else 0)
+
+
+def _check_hooks(profile: object) -> dict[str, str | None]:
+    """Each ``[[hooks]]`` entry: None if its class loads and takes its options (as the
+    daemon builds it at start, where a broken hook holds all outbound mail), else why
+    not."""
+    from .._core.config import HOOK_ENTRY_POINT_GROUP, load_provider_class
+    from ..profile import Profile
+
+    assert isinstance(profile, Profile)
+    out: dict[str, str | None] = {}
+    for config in profile.hooks:
+        try:
+            cls = load_provider_class(
+                config.hook, group=HOOK_ENTRY_POINT_GROUP, what="spooler hook"
+            )
+            cls(dict(config.options))
+        except Exception as exc:  # whatever a hook's constructor raises is its problem
+            out[config.name] = f"cannot load hook {config.hook!r}: {exc}"
+        else:
+            out[config.name] = None
+    return out
 
 
 async def _try_logons(profile: object, names: list[str], timeout: float) -> dict[str, str | None]:
