@@ -237,6 +237,7 @@ address_types = ["SMTP"]
 host = "127.0.0.1"
 port = {smtp_port}
 tls = "none"
+max_connections = 2
 {relay_options}
 {transports}
 """

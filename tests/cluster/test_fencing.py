@@ -2,9 +2,9 @@
 node now owns.  Real ``spoolbox run`` nodes on one store (SQLite file, PostgreSQL
 database) and an SMTP server that answers each DATA with its number, slowly: node-a
 starts a delivery and is stopped; node-b takes the lease over when it expires and
-delivers again; node-a is continued and its server's 250 arrives while node-b's
-attempt is still under way.  The recipient ends delivered with node-b's answer, and
-node-a says it lost the lease."""
+delivers again; node-a is continued while node-b's attempt is still under way (its
+server's 250 may reach it, or it cuts the connection when it finds its lease gone).
+The recipient ends delivered with node-b's answer, and node-a says it lost the lease."""
 
 from __future__ import annotations
 
@@ -38,13 +38,15 @@ def test_a_node_stalled_past_its_lease_settles_nothing(cluster: Cluster, sink: S
         wait_for("node-b's DATA, after node-a's lease expired", lambda: sink.started == 2)
     finally:
         a.signal(signal.SIGCONT)  # node-a's "250 id=1" is waiting for it
-    wait_for("both DATAs answered", lambda: len(sink.received) == 2, deadline=60)
+    # node-a's "250 id=1" may reach it, or node-a may cut its connection first (its
+    # renewer finds the lease gone the moment it runs again, and the transport is told
+    # to cancel): either way it must settle nothing.
 
     def settled() -> bool:
         shown = Client(b.profile).show(mid)
         return shown["state"] == "sent"
 
-    wait_for("the message sent", settled)
+    wait_for("the message sent", settled, deadline=60)
     [recipient] = Client(b.profile).show(mid)["recipients"]
     assert recipient["state"] == "delivered"
     assert "id=2" in (recipient["diagnostic"] or ""), recipient  # node-b's, not node-a's

@@ -31,7 +31,11 @@ WORKER = Path(__file__).with_name("worker.py")
 SIZE = 24 * 1024 * 1024  # under sendmail's and the listener's default limit of 25 MiB
 SKIP = 3
 ONCE = 1.5  # the message held once, and what a process's RSS wanders by
-TWICE = 2.5
+#: Held twice plus what RSS wanders by: the report test (a 9.9 MiB message) measured
+#: 2.50-2.58x on main in session 9 (the wander is a larger share of a smaller
+#: message than for ONCE's 24 MiB); a third copy shows as 3.5x (the hand-off of a
+#: large report did that, before HAND_OFF_LIMIT).
+TWICE = 2.7
 STREAMED = 0.5
 #: The streamed steps take a larger message: what they hold does not grow with it
 #: (a few MiB whatever the size: the store's page cache, buffers, the allocator's

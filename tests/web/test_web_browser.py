@@ -146,6 +146,9 @@ def daemon(tmp_path: Path, sink: tuple[SlowSink, int]) -> Iterator[tuple[Home, s
     text += (
         '\n[[transports]]\nname = "relay"\nprovider = "smtp"\naddress_types = ["SMTP"]\n'
         f'[transports.options]\nhost = "127.0.0.1"\nport = {sink[1]}\ntls = "none"\n'
+        # One connection: the five messages go one after another (0.3 s each), so the
+        # bar has steps to show (the default of 10 would send them all at once).
+        "max_connections = 1\n"
         f"\n[web]\nenabled = true\nport = {web_port}\n"
     )
     home.profile.write_text(text)
