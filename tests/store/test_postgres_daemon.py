@@ -292,9 +292,16 @@ def test_two_nodes_on_one_database_share_a_batch_and_deliver_each_recipient_once
         _wait("every message at the sink", lambda: len(handler.received) >= total)
         rcpts = [r for _, tos, _ in handler.received for r in tos]
         assert sorted(rcpts) == sorted(f"user{i}@example.org" for i in range(total))
-        with psycopg.connect(pg_dsn) as conn:
-            states = conn.execute("SELECT state, count(*) FROM recipients GROUP BY state")
-            assert dict(states.fetchall()) == {"delivered": total}
+
+        def states() -> dict[str, int]:
+            with psycopg.connect(pg_dsn) as conn:
+                rows = conn.execute("SELECT state, count(*) FROM recipients GROUP BY state")
+                return dict(rows.fetchall())
+
+        # The sink has them all a moment before their settles commit (several of one
+        # loop turn go out together): wait for the store to say so, then nothing else.
+        _wait("every recipient settled", lambda: states().get("delivered") == total)
+        assert states() == {"delivered": total}
         sent = [
             Client(p).statistics()["transports"]["relay"]["counters"].get("delivered", 0)
             for p in profiles
