@@ -79,15 +79,23 @@ def one(mode: str, workdir: Path, args: argparse.Namespace) -> tuple[float, str]
             token = (workdir / "web.token").read_text().strip()
             watchers = Watchers(f"http://127.0.0.1:{web_port}", token)
             time.sleep(1.0)  # connected and past the first events
+        cpu0, own0 = sb.cpu_seconds(), time.process_time()
         try:
             t0, _, t_done = batch(sb.port, sink, args.messages, args)
         finally:
+            cpu1, own1 = sb.cpu_seconds(), time.process_time()
             if watchers is not None:
                 watchers.stop()
-        note = ""
+        # The daemon's CPU per 1,000 messages: what the page costs the delivery,
+        # apart from what the watchers (threads of this process) take from the CPUs.
+        per_k = (cpu1 - cpu0) / args.messages * 1000
+        note = f"daemon {per_k:.2f} CPU s / 1,000 msg"
         if watchers is not None:
-            note = f"{watchers.scrapes} scrapes, event bytes per client {watchers.event_bytes}"
-    return args.messages / (t_done - t0), note
+            note += (
+                f", watchers {own1 - own0:.2f} CPU s; {watchers.scrapes} scrapes, "
+                f"event bytes per client {watchers.event_bytes}"
+            )
+    return args.messages / (t_done - t0), per_k, note
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,18 +109,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     ensure_peers()
     rates: dict[str, list[float]] = {"off": [], "watched": []}
+    cpu: dict[str, list[float]] = {"off": [], "watched": []}
     with tempfile.TemporaryDirectory(prefix="spoolbox-web-bench-") as tmp:
         for run in range(args.runs):
             order = ("off", "watched") if run % 2 == 0 else ("watched", "off")
             for mode in order:
-                rate, note = one(mode, Path(tmp) / f"{run}-{mode}", args)
+                rate, per_k, note = one(mode, Path(tmp) / f"{run}-{mode}", args)
                 rates[mode].append(rate)
+                cpu[mode].append(per_k)
                 log(f"run {run + 1} {mode}: {rate:,.0f} msg/s {note}")
     print(f"\n{args.messages} messages a batch, {args.runs} runs; {machine()}\n")
-    print("| web page | msg/s (median) | runs |\n|---|---:|---|")
+    print("| web page | msg/s (median) | runs | daemon CPU s / 1,000 msg (median) | runs |")
+    print("|---|---:|---|---:|---|")
     for mode, values in rates.items():
         shown = ", ".join(f"{v:,.0f}" for v in values)
-        print(f"| {mode} | {statistics.median(values):,.0f} | {shown} |")
+        spent = ", ".join(f"{v:.2f}" for v in cpu[mode])
+        print(
+            f"| {mode} | {statistics.median(values):,.0f} | {shown} "
+            f"| {statistics.median(cpu[mode]):.2f} | {spent} |"
+        )
+    ratios = [w / o for w, o in zip(rates["watched"], rates["off"], strict=True)]
+    shown = ", ".join(f"{r:.2f}" for r in ratios)
+    print(f"\nwatched / off, msg/s per run: {shown}; median {statistics.median(ratios):.2f}")
+    ratios = [w / o for w, o in zip(cpu["watched"], cpu["off"], strict=True)]
+    shown = ", ".join(f"{r:.2f}" for r in ratios)
+    median = statistics.median(ratios)
+    print(f"watched / off, daemon CPU per message, per run: {shown}; median {median:.2f}")
     return 0
 
 

@@ -1,7 +1,7 @@
 # ruff: noqa: F811 - the fixtures imported from webtest_support are parameters here
 """Send/Receive from the page (the report ``spoolbox flush`` gets, Cancel), the live
-status over Server-Sent Events through a real server, a slow client dropped with
-``reload``, and /metrics fed by the spooler's own counters and hooks."""
+status over Server-Sent Events through a real server, a client that reads nothing
+holding one pending state a row, and /metrics fed by the spooler's own counters and hooks."""
 
 from __future__ import annotations
 
@@ -67,20 +67,30 @@ async def test_cancel_ends_a_flush_that_hangs(tmp_path: Path, hanging: Script) -
         assert report["cancelled"] is True
 
 
-async def test_a_slow_client_is_dropped_and_told_to_reload(web: Web) -> None:
-    before = web.spooler.status.statistics()
-    stream = status_events(web.context, queue=4)
+async def test_a_client_that_reads_nothing_costs_one_pending_state_a_row(web: Web) -> None:
+    stream = status_events(web.context, coalesce=0.0)
     assert await anext(stream) == b"retry: 2000\n\n"
-    first = await anext(stream)
-    assert first.startswith(b"event: status\n")
-    # The client reads nothing while the rows change more than its queue holds.
-    for n in range(20):
+    first = _decode(await anext(stream))
+    assert "relay" in {row["name"] for row in first["rows"]}
+    removed = [row for row in web.spooler.status if row.name != "relay"]
+    assert removed, "the fixture's spooler has another row to remove"
+    # The client reads nothing while one row changes 5,000 times and another goes.
+    for n in range(5000):
         web.spooler.status.update("relay", detail=f"change {n}")
-    after = web.spooler.status.statistics()
-    assert after["subscribers"] == before["subscribers"]  # its queue is gone
-    assert after["subscribers_dropped"] == before["subscribers_dropped"] + 1
-    rest = [chunk async for chunk in stream]  # the stream ends
-    assert rest[-1].startswith(b"event: reload\n")
+    web.spooler.status.remove(removed[0].name)
+    assert web.spooler.status.statistics()["subscribers_dropped"] == 0
+    # When it reads again it gets one event: each row as it is now, once.
+    data = _decode(await anext(stream))
+    assert [row["detail"] for row in data["rows"]] == ["change 4999"]
+    assert data["removed"] == [removed[0].name]
+    await stream.aclose()
+
+
+def _decode(chunk: bytes) -> dict[str, Any]:
+    kind, data = chunk.decode().split("\n")[:2]
+    assert kind == "event: status", chunk
+    decoded: dict[str, Any] = json.loads(data.removeprefix("data: "))
+    return decoded
 
 
 async def _events(response: httpx.Response) -> AsyncIterator[tuple[str, Any]]:

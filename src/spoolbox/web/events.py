@@ -6,30 +6,31 @@ it is now): 10 updates a second, more than a flush's progress makes (5 a second)
 a cost that does not grow with the mail flowing.  An event is ``status`` with
 ``{"rows": [...], "removed": [...]}``; rows have the ``status`` op's form.
 
-A client that reads slower than the rows change does not make the daemon hold
-more and more for it: its subscription to the status table is a bounded queue
-(:data:`QUEUE` changes); when that is full the status table drops it, and the
-client gets a ``reload`` event and the end of the stream (the page then reloads
-itself and starts afresh).  The stream also ends with ``reload`` when the spooler
-is replaced (``spoolbox reload``) and with ``bye`` when the server stops.
+What a client costs the spooler is one observer of the status table
+(:class:`_Latest`): a change only replaces the row's pending state and sets an event,
+so a delivery pays a dictionary write per watching page, not a wake-up; the page's
+stream wakes once per event it sends.  A client that reads slower than the rows
+change (or not at all) makes the daemon hold at most one pending state per row,
+however long it stalls: when it reads again it gets the rows as they are then.  The
+server's own buffer for the client is bounded too (uvicorn stops the stream while the
+client's socket is full).  The stream ends with ``reload`` when the spooler is
+replaced (``spoolbox reload``), and with ``bye`` when the server stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from .. import Spooler
-from ..status import StatusChange, SubscriberDropped
+from ..status import StatusChange, StatusRow
 from .context import WebContext
 
-__all__ = ["COALESCE", "KEEPALIVE", "QUEUE", "sse", "status_events"]
+__all__ = ["COALESCE", "KEEPALIVE", "sse", "status_events"]
 
 COALESCE = 0.1
-QUEUE = 256
 KEEPALIVE = 15.0
 
 
@@ -38,81 +39,69 @@ def sse(kind: str, data: Any) -> bytes:
     return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-async def _next(subscription: Any, timeout: float) -> StatusChange | None:
-    """The next change, or None when none came within ``timeout``."""
-    try:
-        return await asyncio.wait_for(anext(subscription), timeout)
-    except TimeoutError:
-        return None
+class _Latest:
+    """The newest state of every row that changed since the last :meth:`take` (None:
+    removed): a status-table observer, so at most one pending state a row."""
+
+    __slots__ = ("ready", "rows")
+
+    def __init__(self, rows: Iterable[StatusRow]) -> None:
+        self.rows: dict[str, StatusRow | None] = {row.name: row for row in rows}
+        self.ready = asyncio.Event()
+        self.ready.set()  # the current rows are the first event
+
+    def __call__(self, change: StatusChange) -> None:
+        self.rows[change.name] = change.new
+        self.ready.set()
+
+    def take(self) -> dict[str, StatusRow | None]:
+        rows, self.rows = self.rows, {}
+        self.ready.clear()
+        return rows
 
 
 async def status_events(
     context: WebContext,
     *,
-    queue: int = QUEUE,
     coalesce: float = COALESCE,
     keepalive: float = KEEPALIVE,
 ) -> AsyncIterator[bytes]:
     """The event stream of one client (see the module's docstring)."""
     spooler: Spooler = await context.daemon.current()
-    subscription = spooler.subscribe(maxsize=queue, name="web-events")
+    latest = _Latest(spooler.status)
+    unobserve = spooler.status.add_observer(latest)
     closing = asyncio.ensure_future(context.closing.wait())
     try:
         yield b"retry: 2000\n\n"
         while True:
-            first = asyncio.ensure_future(_next(subscription, keepalive))
-            await asyncio.wait({first, closing}, return_when=asyncio.FIRST_COMPLETED)
+            ready = asyncio.ensure_future(latest.ready.wait())
+            await asyncio.wait(
+                {ready, closing}, timeout=keepalive, return_when=asyncio.FIRST_COMPLETED
+            )
+            woke = ready.done()
+            if not woke:
+                ready.cancel()
+                await asyncio.gather(ready, return_exceptions=True)
             if closing.done():
-                first.cancel()
-                await asyncio.gather(first, return_exceptions=True)
                 yield sse("bye", {"reason": "the daemon's web server stops"})
                 return
-            try:
-                change = first.result()
-            except SubscriberDropped:
-                yield sse("reload", {"reason": "this page fell behind; reload it"})
-                return
-            except StopAsyncIteration:
+            if await context.daemon.current() is not spooler:
                 yield sse("reload", {"reason": "the spooler was replaced"})
                 return
-            if change is None:
-                if await context.daemon.current() is not spooler:
-                    yield sse("reload", {"reason": "the spooler was replaced"})
-                    return
+            if not woke:
                 yield b": keepalive\n\n"
                 continue
-            rows: dict[str, Any] = {}
-            removed: set[str] = set()
-            _note(change, rows, removed)
-            until = time.monotonic() + coalesce
-            ended = False
-            try:
-                while (left := until - time.monotonic()) > 0:
-                    more = await _next(subscription, left)
-                    if more is None:
-                        break
-                    _note(more, rows, removed)
-            except SubscriberDropped:
-                yield sse("reload", {"reason": "this page fell behind; reload it"})
-                return
-            except StopAsyncIteration:
-                ended = True
+            rows = latest.take()
             yield sse(
                 "status",
-                context.redacted({"rows": list(rows.values()), "removed": sorted(removed)}),
+                context.redacted(
+                    {
+                        "rows": [row.to_dict() for row in rows.values() if row is not None],
+                        "removed": sorted(name for name, row in rows.items() if row is None),
+                    }
+                ),
             )
-            if ended:
-                yield sse("reload", {"reason": "the spooler was replaced"})
-                return
+            await asyncio.sleep(coalesce)  # the changes meanwhile go out as one event
     finally:
         closing.cancel()
-        subscription.close()
-
-
-def _note(change: StatusChange, rows: dict[str, Any], removed: set[str]) -> None:
-    if change.new is None:
-        rows.pop(change.name, None)
-        removed.add(change.name)
-    else:
-        removed.discard(change.name)
-        rows[change.name] = change.new.to_dict()
+        unobserve()

@@ -196,6 +196,7 @@ class Metrics:
         self._task: asyncio.Task[None] | None = None
         self._oldest_at: float | None = None
         self._oldest_checked = -OLDEST_EVERY
+        self._slice_children: dict[str, Histogram] = {}
 
     # -- the hooks -------------------------------------------------------------------
     def start(self) -> None:
@@ -231,9 +232,17 @@ class Metrics:
             await asyncio.sleep(1.0)
 
     def _slice(self, name: str, seconds: float) -> None:
-        self.slices.labels(name).observe(seconds)
+        # Called for every slice of every provider: the labelled child is looked up
+        # once per name, not at each slice.
+        child = self._slice_children.get(name)
+        if child is None:
+            child = self._slice_children[name] = self.slices.labels(name)
+        child.observe(seconds)
 
     def _status(self, change: StatusChange) -> None:
+        if change.old is not None and change.new is not None:
+            if change.old.status_code == change.new.status_code:
+                return  # most changes: counters and text, no bit comes on
         started = change.bits_set
         if started & StatusCode.OUTBOUND_FLUSH:
             self.flushes.labels(change.name, "upload").inc()
