@@ -903,25 +903,36 @@ async def _settle_checks_the_claim(store: Store) -> None:
     await _settle_all(store, second, _R.DELIVERED, now=_T0 + 102)
     _equal(await _states(store, "m1"), [_R.DELIVERED] * 2, "state after the second claim settled")
     # A token is above every earlier one of each of its recipients, not only of the
-    # recipients claimed together before: m2's #0 is claimed alone once more.
+    # first: m2's #1 is claimed alone once, then both are claimed together again.
     await _submit(store, "X:c", "X:d", id="m2", now=_T0 + 200)
     both = await _claim_one(store, owner="o1", now=_T0 + 200)
     await store.settle(
-        "m2", [RecipientUpdate(0, _R.QUEUED)], owner="o1", now=_T0 + 201, claim=both.claim
+        "m2", [RecipientUpdate(1, _R.QUEUED)], owner="o1", now=_T0 + 201, claim=both.claim
     )
     alone = await _claim_one(store, owner="o1", now=_T0 + 201)
+    _equal([r.index for r in alone.recipients], [1], "the recipients claimed alone")
     await _raises(
         LeaseLost,
         store.settle(
-            "m2", [RecipientUpdate(0, _R.DELIVERED)], owner="o1", now=_T0 + 202, claim=both.claim
+            "m2", [RecipientUpdate(1, _R.DELIVERED)], owner="o1", now=_T0 + 202, claim=both.claim
         ),
         "settle of a recipient claimed again alone, from the claim before",
     )
     await store.settle(
-        "m2", [RecipientUpdate(1, _R.DELIVERED)], owner="o1", now=_T0 + 202, claim=both.claim
+        "m2", [RecipientUpdate(0, _R.QUEUED)], owner="o1", now=_T0 + 202, claim=both.claim
     )
-    await _settle_all(store, alone, _R.DELIVERED, now=_T0 + 203)
-    _equal(await _states(store, "m2"), [_R.DELIVERED] * 2, "m2 settled by both of its claims")
+    await _settle_all(store, alone, _R.QUEUED, now=_T0 + 202)
+    again = await _claim_one(store, owner="o1", now=_T0 + 203)
+    _equal([r.index for r in again.recipients], [0, 1], "the recipients claimed together")
+    await _raises(
+        LeaseLost,
+        store.settle(
+            "m2", [RecipientUpdate(1, _R.DELIVERED)], owner="o1", now=_T0 + 204, claim=alone.claim
+        ),
+        "settle of #1 from its claim before the last (#0's claims were older)",
+    )
+    await _settle_all(store, again, _R.DELIVERED, now=_T0 + 204)
+    _equal(await _states(store, "m2"), [_R.DELIVERED] * 2, "m2 settled by its last claim")
 
 
 @_check
