@@ -97,6 +97,7 @@ async def measure(directory: Path, n: int, reps: int) -> dict[str, float]:
                 [RecipientUpdate(r.index, RecipientState.QUEUED) for r in job.recipients],
                 owner="bench",
                 now=time.time(),
+                claim=job.claim,
             )
 
     out = {

@@ -49,8 +49,9 @@ async def _finished(
     store: MemoryStore, at: float, state: RecipientState = RecipientState.DELIVERED
 ) -> str:
     info = await store.submit(message("X:bob"), now=at - 60, lifetime=3 * DAY, routes=["x"])
-    await store.claim("x", owner="elsewhere", now=at - 1, lease=30)
-    await store.settle(info.id, [RecipientUpdate(0, state)], owner="elsewhere", now=at)
+    [job] = await store.claim("x", owner="elsewhere", now=at - 1, lease=30)
+    update = [RecipientUpdate(0, state)]
+    await store.settle(info.id, update, owner="elsewhere", now=at, claim=job.claim)
     return info.id
 
 

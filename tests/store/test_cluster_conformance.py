@@ -58,3 +58,15 @@ async def test_sqlite_keeps_nodes_and_leases_across_a_reopen(tmp_path: Path) -> 
     async with SQLiteStore(tmp_path / "s.db") as store:
         assert [n.name for n in await store.nodes()] == ["n1"]
         assert await store.acquire_lease("inbound:a", owner="n1", now=T0, lease=60) == T0 + 60
+
+
+class _InboundIgnoresTheLease(MemoryStore):
+    """Broken on purpose: commits an inbound batch whoever holds the mailbox's lease."""
+
+    async def deliver_inbound_leased(self, items: Any, **_: Any) -> Any:
+        return await self.deliver_inbound_many(items)
+
+
+async def test_the_suite_catches_an_inbound_commit_that_ignores_the_lease() -> None:
+    with pytest.raises(AssertionError, match="committed by a node holding no lease"):
+        await run_cluster_check("inbound_commits_only_under_its_lease", _InboundIgnoresTheLease)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import itertools
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,7 @@ class _IgnoresPriority(MemoryStore):
                 [RecipientUpdate(r.index, RecipientState.QUEUED) for r in extra.recipients],
                 owner=owner,
                 now=now,
+                claim=extra.claim,
             )
         return jobs[:limit]
 
@@ -116,15 +118,59 @@ class _SettlesHalfway(MemoryStore):
         *,
         owner: str | None,
         now: float,
+        claim: int | None = None,
         reports: Sequence[NewMessage] = (),
         inbox_reports: Sequence[InboundMessage] = (),
     ) -> MessageInfo:
         # Applies the updates one by one: an illegal one leaves the earlier ones done.
         for u in updates:
-            await super().settle(message_id, [u], owner=owner, now=now)
+            await super().settle(message_id, [u], owner=owner, now=now, claim=claim)
         return await super().settle(
-            message_id, [], owner=owner, now=now, reports=reports, inbox_reports=inbox_reports
+            message_id,
+            [],
+            owner=owner,
+            now=now,
+            claim=claim,
+            reports=reports,
+            inbox_reports=inbox_reports,
         )
+
+
+class _FencesByOwnerOnly(MemoryStore):
+    """Settles with the recipients' current claim token, whatever token it is given
+    (fencing by the owner's name alone, as before issue 16's claim tokens)."""
+
+    async def settle(
+        self,
+        message_id: str,
+        updates: Sequence[RecipientUpdate],
+        *,
+        owner: str | None,
+        now: float,
+        claim: int | None = None,
+        reports: Sequence[NewMessage] = (),
+        inbox_reports: Sequence[InboundMessage] = (),
+    ) -> MessageInfo:
+        held = [self._leases.get((message_id, u.index)) for u in updates]
+        current = next((h[2] for h in held if h is not None and h[0] == owner), claim)
+        return await super().settle(
+            message_id,
+            updates,
+            owner=owner,
+            now=now,
+            claim=current,
+            reports=reports,
+            inbox_reports=inbox_reports,
+        )
+
+
+class _RenewsByOwnerOnly(MemoryStore):
+    """Renews a lease with the recipients' current claim token, whatever the job's."""
+
+    async def renew(self, job: ClaimedJob, *, now: float, lease: float) -> ClaimedJob:
+        held = [self._leases.get((r.message_id, r.index)) for r in job.recipients]
+        current = next((h[2] for h in held if h is not None and h[0] == job.owner), job.claim)
+        return await super().renew(replace(job, claim=current), now=now, lease=lease)
 
 
 class _ForgetfulCounts(MemoryStore):
@@ -164,6 +210,8 @@ class _PurgesUnbounded(MemoryStore):
         (_SubmitsTwice, "submit_is_idempotent"),
         (_SettlesHalfway, "settle_is_all_or_nothing"),
         (_ForgetfulCounts, "counts_are_maintained"),
+        (_FencesByOwnerOnly, "settle_checks_the_claim"),
+        (_RenewsByOwnerOnly, "renew_checks_the_claim"),
         (_PurgesUnfinished, "purge_never_removes_an_unfinished_message"),
         (_PurgesUnbounded, "purge_takes_at_most_limit"),
     ],
@@ -172,6 +220,8 @@ class _PurgesUnbounded(MemoryStore):
         "submits-twice",
         "settles-halfway",
         "forgetful-counts",
+        "fences-by-owner-only",
+        "renews-by-owner-only",
         "purges-unfinished",
         "purges-unbounded",
     ],

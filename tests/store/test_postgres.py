@@ -186,7 +186,9 @@ async def test_settles_of_one_turn_commit_together_and_fail_alone(pg_dsn: str) -
         owners = ["n", "n", "other", "n", "n"]
         results = await asyncio.gather(
             *(
-                store.settle(j.message.id, [RecipientUpdate(0, _R.DELIVERED)], owner=o, now=T0)
+                store.settle(
+                    j.message.id, [RecipientUpdate(0, _R.DELIVERED)], owner=o, now=T0, claim=j.claim
+                )
                 for j, o in zip(jobs, owners, strict=True)
             ),
             return_exceptions=True,
@@ -221,6 +223,7 @@ async def test_two_nodes_never_claim_the_same_recipient(
                         [RecipientUpdate(r.index, _R.DELIVERED) for r in job.recipients],
                         owner=owner,
                         now=T0,
+                        claim=job.claim,
                     )
             return got
 
@@ -250,6 +253,7 @@ async def test_a_node_takes_over_the_expired_leases_of_another(
                 [RecipientUpdate(0, _R.DELIVERED)],
                 owner="node-a",
                 now=T0 + 32,
+                claim=job.claim,
             )
         assert (await b.counts())[_R.ACTIVE] == 2
 

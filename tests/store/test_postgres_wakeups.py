@@ -74,6 +74,7 @@ async def test_unrouted_submits_then_routes_then_requeues_are_announced(
             [RecipientUpdate(0, _R.QUEUED, route=None, keep_route=False)],
             owner="node-a",
             now=T0,
+            claim=job.claim,
         )
         await heard.wait_for(ROUTE)
         await a.assign_routes([("m0001", 0, "x")])

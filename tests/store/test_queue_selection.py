@@ -73,7 +73,9 @@ async def test_purge_uses_the_retention_unless_told_and_refuses_unfinished_queue
     store = MemoryStore()
     await store.submit(_msg("sent"), now=T0, lifetime=3600, routes=["x"])
     [job] = await store.claim("x", owner="o", now=T0, lease=30)
-    await store.settle("sent", [RecipientUpdate(0, RecipientState.DELIVERED)], owner="o", now=T0)
+    await store.settle(
+        "sent", [RecipientUpdate(0, RecipientState.DELIVERED)], owner="o", now=T0, claim=job.claim
+    )
     await store.submit(_msg("waiting"), now=T0, lifetime=3600, routes=["x"])
     kept = Retention(keep_sent=None)  # forever
     args = {"retention": kept, "dry_run": False, "now": T0 + 10**9}

@@ -177,6 +177,7 @@ async def test_everything_survives_a_reopen(tmp_path: Path) -> None:
             [RecipientUpdate(0, RecipientState.QUEUED, "4.4.1", "later", retry_at=T0 + 60)],
             owner="o1",
             now=T0 + 1,
+            claim=job.claim,
         )
         await store.hold(big.id)
         entry = await store.deliver_inbound(
@@ -295,6 +296,7 @@ async def test_a_waiting_progress_commit_takes_in_progress_only(tmp_path: Path) 
                     [RecipientUpdate(0, RecipientState.DELIVERED)],
                     owner="o",
                     now=T0 + 1,
+                    claim=job.claim,
                 )
             )
             submit = asyncio.ensure_future(store.submit(new_message(3), now=T0, lifetime=3600))
@@ -387,7 +389,11 @@ async def test_progress_commits_are_told_apart_from_acceptance(tmp_path: Path) -
         [job] = await store.claim("t", owner="o", now=T0, lease=60.0)
         job = await store.renew(job, now=T0 + 1, lease=60.0)
         await store.settle(
-            job.message.id, [RecipientUpdate(0, RecipientState.DELIVERED)], owner="o", now=T0 + 2
+            job.message.id,
+            [RecipientUpdate(0, RecipientState.DELIVERED)],
+            owner="o",
+            now=T0 + 2,
+            claim=job.claim,
         )
         assert progress() == 3
         await store.hold("m0002")
@@ -403,7 +409,11 @@ async def test_progress_commits_are_told_apart_from_acceptance(tmp_path: Path) -
         await asyncio.gather(
             store.submit(new_message(4), now=T0 + 5, lifetime=3600, routes=["t"]),
             store.settle(
-                "m0003", [RecipientUpdate(0, RecipientState.DELIVERED)], owner="o", now=T0 + 5
+                "m0003",
+                [RecipientUpdate(0, RecipientState.DELIVERED)],
+                owner="o",
+                now=T0 + 5,
+                claim=job3.claim,
             ),
         )
         # (The submission is pending before the settle's job is queued, so the store's
@@ -494,7 +504,11 @@ async def test_concurrent_writes_share_a_commit(tmp_path: Path) -> None:
         before = store.statistics()["commits"]
         updates = [
             store.settle(
-                j.message.id, [RecipientUpdate(0, RecipientState.DELIVERED)], owner="o", now=1001.0
+                j.message.id,
+                [RecipientUpdate(0, RecipientState.DELIVERED)],
+                owner="o",
+                now=1001.0,
+                claim=j.claim,
             )
             for j in jobs[:39]
         ]
@@ -506,6 +520,7 @@ async def test_concurrent_writes_share_a_commit(tmp_path: Path) -> None:
             ],
             owner="o",
             now=1001.0,
+            claim=jobs[39].claim,
         )
         results = await asyncio.gather(*updates, bad, return_exceptions=True)
         assert all(not isinstance(r, BaseException) for r in results[:39])

@@ -45,7 +45,7 @@ async def main(path, progress):
             mark(f"settle{i}")
             await store.settle(
                 job.message.id, [RecipientUpdate(0, RecipientState.DELIVERED)],
-                owner="o", now=1001.0,
+                owner="o", now=1001.0, claim=job.claim,
             )
         mark("close")
 
@@ -78,7 +78,7 @@ with StoreFile.open(sys.argv[1], progress_synchronous=sys.argv[2]) as db:
         mark(f"settle{i}")
         db.run("settle", lambda c: tx.settle(
             c, job.message.id, [RecipientUpdate(0, RecipientState.DELIVERED)],
-            owner="o", now=1001.0,
+            owner="o", now=1001.0, claim=job.claim,
         ))
     mark("close")
 """

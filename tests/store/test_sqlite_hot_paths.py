@@ -67,7 +67,11 @@ async def test_submits_and_settles_waiting_together_share_one_commit(tmp_path: P
         settles = [
             asyncio.ensure_future(
                 store.settle(
-                    j.message.id, [RecipientUpdate(0, RecipientState.DELIVERED)], owner="n", now=T0
+                    j.message.id,
+                    [RecipientUpdate(0, RecipientState.DELIVERED)],
+                    owner="n",
+                    now=T0,
+                    claim=j.claim,
                 )
             )
             for j in jobs
@@ -108,7 +112,9 @@ async def test_settles_of_one_turn_of_the_loop_share_one_commit(tmp_path: Path) 
 
         def settle(job: ClaimedJob) -> asyncio.Future[MessageInfo]:
             update = [RecipientUpdate(0, RecipientState.DELIVERED)]
-            return asyncio.ensure_future(store.settle(job.message.id, update, owner="n", now=T0))
+            return asyncio.ensure_future(
+                store.settle(job.message.id, update, owner="n", now=T0, claim=job.claim)
+            )
 
         async def busy_turn() -> None:
             # Keeps this turn of the loop going while the store's thread is free to
@@ -138,7 +144,11 @@ async def test_a_refused_settle_in_a_group_fails_only_its_caller(tmp_path: Path)
         outcomes = await asyncio.gather(
             *(
                 store.settle(
-                    j.message.id, [RecipientUpdate(0, RecipientState.DELIVERED)], owner=o, now=T0
+                    j.message.id,
+                    [RecipientUpdate(0, RecipientState.DELIVERED)],
+                    owner=o,
+                    now=T0,
+                    claim=j.claim,
                 )
                 for j, o in zip(jobs, owners, strict=True)
             ),

@@ -52,6 +52,7 @@ class _Rcpt:
     retry_at: float = 0.0
     owner: str | None = None
     lease_until: float = 0.0
+    claim: int = 0  # the token of the claim holding it
 
 
 @dataclass
@@ -81,7 +82,8 @@ class _StoreMachine(RuleBasedStateMachine):
         self.now = 1000.0
         self.msgs: dict[str, _Msg] = {}
         self.seq = 0
-        self.lost: list[tuple[str, str, int]] = []  # leases that lapsed: (id, owner, index)
+        # leases that lapsed: (id, owner, claim token, index)
+        self.lost: list[tuple[str, str, int, int]] = []
 
     def _run(self, awaitable: Awaitable[_T]) -> _T:
         return self._loop.run_until_complete(awaitable)
@@ -109,17 +111,18 @@ class _StoreMachine(RuleBasedStateMachine):
                 out[mid] = (int(m.message.priority), min(times))
         return out
 
-    def _leases(self) -> list[tuple[str, str, list[int]]]:
-        groups: dict[tuple[str, str], list[int]] = {}
+    def _leases(self) -> list[tuple[str, str, int, list[int]]]:
+        """Who holds what: (message id, owner, claim token, indexes)."""
+        groups: dict[tuple[str, str, int], list[int]] = {}
         for mid, m in sorted(self.msgs.items()):
             for i, r in enumerate(m.rcpts):
                 if r.state is _R.ACTIVE and r.owner is not None:
-                    groups.setdefault((mid, r.owner), []).append(i)
-        return [(mid, owner, idxs) for (mid, owner), idxs in sorted(groups.items())]
+                    groups.setdefault((mid, r.owner, r.claim), []).append(i)
+        return [(mid, owner, claim, idxs) for (mid, owner, claim), idxs in sorted(groups.items())]
 
     def _unlease(self, m: _Msg, r: _Rcpt) -> None:
         assert r.owner is not None
-        self.lost.append((m.message.id, r.owner, m.rcpts.index(r)))
+        self.lost.append((m.message.id, r.owner, r.claim, m.rcpts.index(r)))
         r.state, r.owner = m.back(), None
 
     # -- rules -----------------------------------------------------------------------
@@ -213,12 +216,13 @@ class _StoreMachine(RuleBasedStateMachine):
                 m.rcpts[i].state = _R.ACTIVE
                 m.rcpts[i].owner = owner
                 m.rcpts[i].lease_until = self.now + LEASE
+                m.rcpts[i].claim = job.claim
 
     @precondition(lambda self: self._leases())
     @rule(pick=PICK, count=PICK, outcomes=st.lists(st.sampled_from(OUTCOMES), min_size=1))
     def settle(self, pick: int, count: int, outcomes: list[str]) -> None:
         groups = self._leases()
-        mid, owner, idxs = groups[pick % len(groups)]
+        mid, owner, claim, idxs = groups[pick % len(groups)]
         idxs = idxs[: 1 + count % len(idxs)]
         m = self.msgs[mid]
         updates: list[RecipientUpdate] = []
@@ -239,17 +243,21 @@ class _StoreMachine(RuleBasedStateMachine):
                 retry = self.now + (15.0 if outcome == "retry" else 0.0)
                 updates.append(RecipientUpdate(i, _R.QUEUED, "4.0.0", retry_at=retry))
                 r.state, r.retry_at = m.back(), retry
-        self._run(self.store.settle(mid, updates, owner=owner, now=self.now))
+        self._run(self.store.settle(mid, updates, owner=owner, now=self.now, claim=claim))
 
     @precondition(lambda self: self._leases())
     @rule(pick=PICK)
     def settle_without_the_lease(self, pick: int) -> None:
         groups = self._leases()
-        mid, _, idxs = groups[pick % len(groups)]
+        mid, _, claim, idxs = groups[pick % len(groups)]
         try:
             self._run(
                 self.store.settle(
-                    mid, [RecipientUpdate(idxs[0], _R.DELIVERED)], owner="intruder", now=self.now
+                    mid,
+                    [RecipientUpdate(idxs[0], _R.DELIVERED)],
+                    owner="intruder",
+                    now=self.now,
+                    claim=claim,
                 )
             )
         except LeaseLost:
@@ -260,13 +268,13 @@ class _StoreMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.lost)
     @rule(pick=PICK, outcome=st.sampled_from([_R.DELIVERED, _R.FAILED, _R.QUEUED]))
     def settle_after_the_lease_lapsed(self, pick: int, outcome: RecipientState) -> None:
-        mid, owner, index = self.lost[pick % len(self.lost)]
-        r = self.msgs[mid].rcpts[index]
-        if r.state is _R.ACTIVE and r.owner == owner:
-            return  # claimed again by the same owner: its to settle
+        # Even when the same owner claimed it again: that is a later claim's to settle.
+        mid, owner, claim, index = self.lost[pick % len(self.lost)]
         try:
             self._run(
-                self.store.settle(mid, [RecipientUpdate(index, outcome)], owner=owner, now=self.now)
+                self.store.settle(
+                    mid, [RecipientUpdate(index, outcome)], owner=owner, now=self.now, claim=claim
+                )
             )
         except LeaseLost:
             pass

@@ -95,5 +95,6 @@ async def submit(
             [RecipientUpdate(r.index, RecipientState.QUEUED) for r in job.recipients],
             owner=runtime.owner,
             now=runtime.clock.now(),
+            claim=job.claim,
         )
     return info

@@ -91,11 +91,14 @@ class Settlement:
                 updates,
                 owner=runtime.owner,
                 now=now,
+                claim=job.claim,
                 reports=reports,
                 inbox_reports=inbox,
             )
         except LeaseLost as exc:
-            log.error("settling %s: %s (another spooler took it over)", job.message.id, exc)
+            # Another spooler has it now, or a later claim of this one (its lease ran
+            # out while it stalled): that claim settles it, not this one.
+            log.error("settling %s: %s (its lease was taken over)", job.message.id, exc)
             return
         remote = {r.index: r.remote_mta for r in results}
         _log_settled(job.message, job.recipients, job.transport, updates, remote, made, now)

@@ -11,11 +11,16 @@ Rules every backend keeps:
   the message id: the same submission twice stores one message.
 * A recipient moves only along :data:`spoolbox.model.TRANSITIONS`.
 * ``claim`` never scans the queue: its cost does not grow with the queue length.
-  Claimed recipients are ACTIVE under a lease (owner + expiry); ``release_expired``
-  and ``release_owner`` return lapsed or orphaned claims to QUEUED.
+  Claimed recipients are ACTIVE under a lease (owner + expiry + claim token);
+  ``release_expired`` and ``release_owner`` return lapsed or orphaned claims to QUEUED.
+* Every claim of a recipient has a token (``ClaimedJob.claim``) that no earlier claim
+  of it had: a fencing token.  A settle or renewal of an ACTIVE recipient must bring
+  the token of the claim holding it, whatever its owner name says (a node that
+  stalled past its lease and claimed the recipient again is fenced off its own
+  stale claim).
 * ``settle`` writes the outcome of each recipient as it becomes known, together with
-  any reports generated for it, in one transaction; only the lease owner may settle
-  an ACTIVE recipient.
+  any reports generated for it, in one transaction; only the lease owner, with the
+  claim's token, may settle an ACTIVE recipient.
 * ``purge`` deletes finished messages only (every recipient delivered, failed or
   cancelled: :mod:`.retention`), in bounded transactions; an unfinished message is
   never deleted, whatever the caller asks.
@@ -145,6 +150,9 @@ class ClaimedJob:
     #: The content, read in the claim's transaction when the message is small (a store
     #: may leave it None: the transport then reads it with ``read_content``).
     content: bytes | None = field(default=None, repr=False, compare=False)
+    #: The claim's fencing token: no earlier claim of any of these recipients had it
+    #: (each backend says how it makes one).  ``settle`` and ``renew`` give it back.
+    claim: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +276,8 @@ class Store(Protocol):
         ...
 
     async def renew(self, job: ClaimedJob, *, now: float, lease: float) -> ClaimedJob:
-        """Extend the lease; raises :class:`LeaseLost` if it is no longer ours."""
+        """Extend the lease; raises :class:`LeaseLost` if it is no longer ours (another
+        owner, or a later claim: ``job.claim`` is not the recipient's claim token)."""
         ...
 
     async def settle(
@@ -278,13 +287,16 @@ class Store(Protocol):
         *,
         owner: str | None,
         now: float,
+        claim: int | None = None,
         reports: Sequence[NewMessage] = (),
         inbox_reports: Sequence[InboundMessage] = (),
     ) -> MessageInfo:
         """Apply updates (checked against the transition table) and enqueue
         ``reports`` / deliver ``inbox_reports`` in the same transaction.  ACTIVE
-        recipients may only be settled by their lease owner (``owner``);
-        ``owner=None`` is for non-ACTIVE recipients (user actions, expiry)."""
+        recipients may only be settled by their lease owner (``owner``) with the
+        token of the claim that holds them (``claim``, the job's ``claim``): else
+        LeaseLost, and nothing is written; ``owner=None`` is for non-ACTIVE
+        recipients (user actions, expiry)."""
         ...
 
     async def release_expired(self, *, now: float) -> int:

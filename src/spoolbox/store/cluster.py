@@ -18,6 +18,9 @@ by machines) see each other only through these operations:
 * **Named leases.**  :meth:`~ClusterStore.acquire_lease` takes (or renews) a lease
   on a name (an inbound mailbox: ``inbound:<transport>``) for one owner until an
   expiry, atomically: one owner at a time, another may take it once it expired.
+  :meth:`~ClusterStore.deliver_inbound_leased` commits an inbound batch only while
+  its owner holds such a lease, checked in the batch's own transaction (the fence
+  of an inbound mailbox).
 
 The operations and their transaction kinds are :data:`CLUSTER_OPERATIONS` (the
 same kinds as :data:`spoolbox.store.operations.OPERATIONS`).  The memory, SQLite
@@ -35,7 +38,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, Protocol, runtime_checkable
 
-from .base import JSONValue, StoreError
+from .base import InboundMessage, InboxEntry, JSONValue, StoreError
 from .operations import Kind
 
 __all__ = [
@@ -48,6 +51,7 @@ __all__ = [
     "NodeRecord",
     "NodeState",
     "check_lease_args",
+    "check_lease_holder",
     "check_node",
     "decode_rows",
     "encode_rows",
@@ -126,8 +130,12 @@ CLUSTER_OPERATIONS: Final[Mapping[str, Kind]] = MappingProxyType(
         "flush_progress": Kind.READ,
         "acquire_lease": Kind.PROGRESS,
         "release_lease": Kind.PROGRESS,
+        "deliver_inbound_leased": Kind.WRITE,
     }
 )
+
+#: ``deliver_inbound_many``'s items: each inbound message with its profile updates.
+InboundItems = Sequence[tuple[InboundMessage, Mapping[str, Mapping[str, JSONValue]] | None]]
 
 
 @runtime_checkable
@@ -193,6 +201,16 @@ class ClusterStore(Protocol):
 
     async def release_lease(self, name: str, *, owner: str) -> bool:
         """Give the lease up if ``owner`` holds it; True if it did."""
+        ...
+
+    async def deliver_inbound_leased(
+        self, items: InboundItems, *, lease: str, owner: str, now: float
+    ) -> list[InboxEntry]:
+        """``deliver_inbound_many(items)``, in a transaction that first checks that
+        ``owner`` holds the lease ``lease`` at ``now`` (:func:`check_lease_holder`):
+        :class:`LeaseHeld` otherwise, and nothing is committed.  The lease cannot
+        move between the check and the commit (SQLite: one ``BEGIN IMMEDIATE``;
+        PostgreSQL: the lease row is locked until the commit)."""
         ...
 
 
@@ -276,6 +294,14 @@ class ClusterFace:
         released: bool = await self._cluster("release_lease", name=name, owner=owner)
         return released
 
+    async def deliver_inbound_leased(
+        self, items: InboundItems, *, lease: str, owner: str, now: float
+    ) -> list[InboxEntry]:
+        entries: list[InboxEntry] = await self._cluster(
+            "deliver_inbound_leased", items=list(items), lease=lease, owner=owner, now=now
+        )
+        return entries
+
 
 # -- checks and encodings every backend shares ------------------------------------------
 
@@ -297,6 +323,20 @@ def check_lease_args(name: str, owner: str, lease: float) -> None:
 
 def lease_held(name: str, holder: str, until: float) -> LeaseHeld:
     return LeaseHeld(f"lease {name} is held by {holder} until {until:.3f}")
+
+
+def check_lease_holder(
+    name: str, held: tuple[str, float] | None, *, owner: str, now: float
+) -> None:
+    """Does ``owner`` hold the lease ``name`` at ``now``, ``held`` being its
+    ``(owner, lease end)`` or None (no lease)?  LeaseHeld if not (for backends)."""
+    if held is None:
+        raise LeaseHeld(f"lease {name} is held by nobody, not by {owner}")
+    holder, until = held
+    if holder != owner or until <= now:
+        raise LeaseHeld(
+            f"lease {name} is held by {holder} until {until:.3f}, not by {owner} at {now:.3f}"
+        )
 
 
 def encode_rows(rows: Sequence[Mapping[str, JSONValue]]) -> str:

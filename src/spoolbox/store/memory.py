@@ -33,7 +33,6 @@ from .base import (
     InboundMessage,
     InboxEntry,
     JSONValue,
-    LeaseLost,
     RecipientUpdate,
     StoreError,
     UnknownMessage,
@@ -56,7 +55,10 @@ class MemoryStore(MemoryCluster):
         self._submitted: dict[str, NewMessage] = {}
         self._content: dict[str, bytes] = {}
         self._rcpts: dict[str, list[RecipientRecord]] = {}
-        self._leases: dict[_Key, tuple[str, float]] = {}
+        #: (owner, lease end, claim token) of each ACTIVE recipient.
+        self._leases: dict[_Key, tuple[str, float, int]] = {}
+        #: The last claim token given out: every claim takes the next one.
+        self._last_claim = 0
         self._version: dict[_Key, int] = {}
         self._heaps: dict[tuple[str, int], list[tuple[float, int, str, int, int]]] = {}
         self._seq = itertools.count()
@@ -267,6 +269,7 @@ class MemoryStore(MemoryCluster):
         jobs: list[ClaimedJob] = []
         until = now + lease
         for mid in picked:
+            token = self._last_claim + 1
             info = self._messages[mid]
             claimed: list[RecipientRecord] = []
             for r in self._rcpts[mid]:
@@ -279,28 +282,25 @@ class MemoryStore(MemoryCluster):
                     check_transition(r.state, _R.ACTIVE, what="claim")
                     nr = replace(r, state=_R.ACTIVE, updated_at=now)
                     self._set(nr)
-                    self._leases[(mid, r.index)] = (owner, until)
+                    self._leases[(mid, r.index)] = (owner, until, token)
                     claimed.append(nr)
             if claimed:
-                jobs.append(ClaimedJob(info, tuple(claimed), transport, owner, until))
+                self._last_claim = token
+                jobs.append(ClaimedJob(info, tuple(claimed), transport, owner, until, claim=token))
         return jobs
 
     async def renew(self, job: ClaimedJob, *, now: float, lease: float) -> ClaimedJob:
         until = now + lease
         for r in job.recipients:
-            key = (r.message_id, r.index)
-            held = self._leases.get(key)
-            if held is None or held[0] != job.owner:
-                cur = self._rcpts[r.message_id][r.index]
-                if cur.state in TERMINAL:
-                    continue
-                raise LeaseLost(
-                    f"lease on {r.message_id}#{r.index} is no longer held by {job.owner}"
-                )
+            holder, token = self._holder(r.message_id, r.index)
+            state = self._rcpts[r.message_id][r.index].state
+            rules.lease_kept(
+                r.message_id, r.index, state, holder, token, owner=job.owner, claim=job.claim
+            )
         for r in job.recipients:
             key = (r.message_id, r.index)
             if key in self._leases:
-                self._leases[key] = (job.owner, until)
+                self._leases[key] = (job.owner, until, job.claim)
         return replace(job, lease_until=until)
 
     async def settle(
@@ -310,6 +310,7 @@ class MemoryStore(MemoryCluster):
         *,
         owner: str | None,
         now: float,
+        claim: int | None = None,
         reports: Sequence[NewMessage] = (),
         inbox_reports: Sequence[InboundMessage] = (),
     ) -> MessageInfo:
@@ -319,17 +320,19 @@ class MemoryStore(MemoryCluster):
         for u in updates:
             if not 0 <= u.index < len(rows):
                 raise StoreError(f"{message_id} has no recipient #{u.index}")
-            r = rows[u.index]
             # A settle with an owner is a lease holder's; once its lease expired or
             # moved, the recipient is no longer its to settle, whatever state it is in.
-            if r.state is _R.ACTIVE or owner is not None:
-                held = self._leases.get((message_id, u.index))
-                if owner is None or held is None or held[0] != owner:
-                    raise LeaseLost(
-                        f"{message_id}#{u.index} is leased by "
-                        f"{held[0] if held else 'nobody'}, not {owner}"
-                    )
-            check_transition(r.state, u.state, what=f"{message_id}#{u.index}")
+            holder, token = self._holder(message_id, u.index)
+            rules.check_settle(
+                message_id,
+                u.index,
+                rows[u.index].state,
+                holder,
+                token,
+                owner=owner,
+                claim=claim,
+                target=u.state,
+            )
         self._check_reports(reports, inbox_reports)
         for u in updates:
             nr = rules.settled(rows[u.index], u, now=now, held=info.held)
@@ -356,17 +359,22 @@ class MemoryStore(MemoryCluster):
 
     async def release_expired(self, *, now: float) -> int:
         n = 0
-        for key, (_, until) in list(self._leases.items()):
+        for key, (_, until, _) in list(self._leases.items()):
             if until < now:
                 n += self._unlease(key, now)
         return n
 
     async def release_owner(self, owner: str) -> int:
         n = 0
-        for key, (who, _) in list(self._leases.items()):
+        for key, (who, _, _) in list(self._leases.items()):
             if who == owner:
                 n += self._unlease(key, None)
         return n
+
+    def _holder(self, message_id: str, index: int) -> tuple[str | None, int | None]:
+        """The owner and claim token of a recipient's lease (None, None: none)."""
+        held = self._leases.get((message_id, index))
+        return (None, None) if held is None else (held[0], held[2])
 
     def _unlease(self, key: _Key, now: float | None) -> int:
         del self._leases[key]

@@ -114,28 +114,51 @@ def check_settle(
     index: int,
     state: RecipientState,
     holder: str | None,
+    held_claim: int | None,
     *,
     owner: str | None,
+    claim: int | None,
     target: RecipientState,
 ) -> None:
-    """May ``owner`` settle recipient ``index`` (in ``state``, leased by ``holder``) to
-    ``target``?  LeaseLost if not its to settle (an ACTIVE recipient is its lease
-    holder's, and a settle with an owner settles only what it holds), IllegalTransition
-    if the move is not in the table; writes nothing (for backends)."""
+    """May ``owner`` with the claim token ``claim`` settle recipient ``index`` (in
+    ``state``, leased by ``holder`` under the claim ``held_claim``) to ``target``?
+    LeaseLost if not its to settle (an ACTIVE recipient is its claim's: the holder's
+    name and the claim's token must both match, so a later claim by the same owner
+    fences an earlier one off; and a settle with an owner settles only what it holds),
+    IllegalTransition if the move is not in the table; writes nothing (for backends)."""
     if state is _R.ACTIVE or owner is not None:
         held_by = holder if state is _R.ACTIVE else None
         if owner is None or held_by != owner:
             raise LeaseLost(f"{message_id}#{index} is leased by {held_by or 'nobody'}, not {owner}")
+        if claim != held_claim:
+            raise LeaseLost(_stale(message_id, index, owner, claim, held_claim))
     check_transition(state, target, what=f"{message_id}#{index}")
 
 
 def lease_kept(
-    message_id: str, index: int, state: RecipientState, holder: str | None, *, owner: str
+    message_id: str,
+    index: int,
+    state: RecipientState,
+    holder: str | None,
+    held_claim: int | None,
+    *,
+    owner: str,
+    claim: int,
 ) -> bool:
-    """For a lease renewal: True if ``owner`` still holds recipient ``index``, False if
-    it is already terminal (nothing to renew); LeaseLost if another has it or none."""
+    """For a lease renewal: True if ``owner``'s claim ``claim`` still holds recipient
+    ``index``, False if it is already terminal (nothing to renew); LeaseLost if
+    another owner or a later claim has it, or none."""
     if state is _R.ACTIVE and holder == owner:
+        if claim != held_claim:
+            raise LeaseLost(_stale(message_id, index, owner, claim, held_claim))
         return True
     if state in TERMINAL:
         return False
     raise LeaseLost(f"lease on {message_id}#{index} is no longer held by {owner}")
+
+
+def _stale(message_id: str, index: int, owner: str, claim: int | None, held: int | None) -> str:
+    return (
+        f"{message_id}#{index} is held by {owner}'s claim {held}, not by claim {claim}: "
+        "a later claim took it over (this one's lease had expired)"
+    )

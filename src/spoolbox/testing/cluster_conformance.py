@@ -12,7 +12,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from ..store.base import StoreError
+from ..store.base import InboundMessage, StoreError
 from ..store.cluster import ClusterStore, LeaseHeld, NodeRecord, NodeState, node_state
 
 __all__ = ["CLUSTER_CHECKS", "check_cluster_store", "run_cluster_check"]
@@ -192,3 +192,36 @@ async def check_leases_one_owner_at_a_time(store: ClusterStore) -> None:
         T0 + 83,
         "n1 after the release",
     )
+
+
+@_check
+async def check_inbound_commits_only_under_its_lease(store: Any) -> None:
+    """``deliver_inbound_leased`` commits the batch and the provider's state only for
+    the lease's holder while it runs; otherwise LeaseHeld and nothing is written."""
+    section = "transport:imap"
+
+    def batch(n: int) -> list[tuple[InboundMessage, dict[str, dict[str, Any]]]]:
+        return [
+            (InboundMessage("imap", f"Subject: {i}\r\n\r\nhi\r\n".encode()), {section: {"uid": i}})
+            for i in range(1, n + 1)
+        ]
+
+    async def refused(owner: str, now: float, what: str) -> None:
+        try:
+            await store.deliver_inbound_leased(batch(2), lease="inbound:imap", owner=owner, now=now)
+        except LeaseHeld:
+            return
+        raise AssertionError(f"an inbound batch was committed by {what}")
+
+    await refused("n1", T0, "a node holding no lease")
+    await store.acquire_lease("inbound:imap", owner="n1", now=T0, lease=30)
+    await refused("n2", T0 + 1, "a node while another holds the lease")
+    await refused("n1", T0 + 30, "the holder after its lease expired")
+    _equal(await store.list_inbox(limit=10), [], "the inbox after refused batches")
+    _equal(await store.profile_get(section), {}, "the provider's state after refused batches")
+    entries = await store.deliver_inbound_leased(
+        batch(2), lease="inbound:imap", owner="n1", now=T0 + 29
+    )
+    _equal(len(entries), 2, "entries committed by the lease's holder")
+    _equal(len(await store.list_inbox(limit=10)), 2, "the inbox after the holder's batch")
+    _equal(await store.profile_get(section), {"uid": 2}, "the provider's state, committed with it")

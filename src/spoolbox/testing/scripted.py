@@ -88,6 +88,9 @@ class Script:
     cancelled: list[str] = field(default_factory=list)
     critsec_seconds: float = 0.0
     critsec_yields: int = 0
+    #: When set, each ``submit_message`` first waits for it, heeding no cancellation
+    #: (a transport stalled mid-delivery, as in a process stopped past its lease).
+    stall: asyncio.Event | None = field(default=None, repr=False)
 
     def next_act(self) -> Act:
         return self.submit.pop(0) if len(self.submit) > 1 else self.submit[0]
@@ -130,6 +133,8 @@ class ScriptedSession(BaseTransportSession):
 
     async def submit_message(self, message: OutboundMessage, flags: SubmitFlags) -> None:
         self._record("submit_message", (message.ref, SubmitFlags(flags)))
+        if self.script.stall is not None:
+            await self.script.stall.wait()
         act = self.script.next_act()
         self._act = act
         rcpts = message.recipients

@@ -198,6 +198,7 @@ async def _settle_all(
         job.message.id,
         [RecipientUpdate(r.index, state, **kwargs) for r in job.recipients],
         owner=job.owner,
+        claim=job.claim,
         now=now,
     )
 
@@ -612,6 +613,7 @@ async def _claim_honours_retry_at(store: Store) -> None:
             RecipientUpdate(1, _R.QUEUED, status="4.4.1", retry_at=_T0 + 200, count_attempt=True),
         ],
         owner=job.owner,
+        claim=job.claim,
         now=_T0 + 1,
     )
     _equal(
@@ -713,7 +715,9 @@ async def _renew_leases(store: Store) -> None:
     )
     _equal(await store.release_expired(now=_T0 + 40), 0, "release_expired() after renew")
     # Recipients settled for good do not make the renewal of the rest fail.
-    await store.settle("m1", [RecipientUpdate(0, _R.DELIVERED)], owner="o1", now=_T0 + 41)
+    await store.settle(
+        "m1", [RecipientUpdate(0, _R.DELIVERED)], owner="o1", now=_T0 + 41, claim=job.claim
+    )
     renewed = await store.renew(renewed, now=_T0 + 45, lease=_LEASE)
     _equal(await store.release_expired(now=_T0 + 60), 0, "release_expired() after renew #2")
     _equal(await store.release_expired(now=_T0 + 100), 1, "release_expired() after expiry")
@@ -736,7 +740,7 @@ async def _renew_leases(store: Store) -> None:
 @_check
 async def _settle_outcomes(store: Store) -> None:
     info = await _submit(store, "X:a", "X:b", "X:c", "X:d", id="m1")
-    await _claim_one(store, now=_T0)
+    job = await _claim_one(store, now=_T0)
     now = _T0 + 5
     result = await store.settle(
         "m1",
@@ -750,6 +754,7 @@ async def _settle_outcomes(store: Store) -> None:
         ],
         owner="o1",
         now=now,
+        claim=job.claim,
     )
     _equal(result, info, "settle() returns the message's info")
     a, b, c, d = await store.recipients("m1")
@@ -784,6 +789,7 @@ async def _settle_outcomes(store: Store) -> None:
         "m1",
         [RecipientUpdate(3, _R.QUEUED, keep_route=False, refused_by=("x", "y"))],
         owner=job.owner,
+        claim=job.claim,
         now=now,
     )
     _equal(
@@ -797,6 +803,7 @@ async def _settle_outcomes(store: Store) -> None:
         "m1",
         [RecipientUpdate(2, _R.QUEUED, "4.4.2", retry_at=_T0 + 500, count_attempt=True)],
         owner=job.owner,
+        claim=job.claim,
         now=_T0 + 61,
     )
     c = (await store.recipients("m1"))[2]
@@ -819,7 +826,7 @@ async def _settle_checks_transitions(store: Store) -> None:
     job = await _claim_one(store)
     await _raises(
         IllegalTransition,
-        store.settle("m1", [RecipientUpdate(0, _R.ACTIVE)], owner="o1", now=_T0),
+        store.settle("m1", [RecipientUpdate(0, _R.ACTIVE)], owner="o1", now=_T0, claim=job.claim),
         "settle ACTIVE -> ACTIVE",
     )
     await _settle_all(store, job, _R.DELIVERED, now=_T0 + 1)
@@ -839,11 +846,14 @@ async def _settle_checks_transitions(store: Store) -> None:
 @_check
 async def _settle_checks_the_owner(store: Store) -> None:
     await _submit(store, "X:a", id="m1")
-    await _claim_one(store, owner="o1")
+    job = await _claim_one(store, owner="o1")
     for owner in ("o2", None):
+        # With the claim's token: the owner's name is what refuses these.
         await _raises(
             LeaseLost,
-            store.settle("m1", [RecipientUpdate(0, _R.DELIVERED)], owner=owner, now=_T0 + 1),
+            store.settle(
+                "m1", [RecipientUpdate(0, _R.DELIVERED)], owner=owner, now=_T0 + 1, claim=job.claim
+            ),
             f"settle of o1's recipient by {owner!r}",
         )
     _equal(await _states(store, "m1"), [_R.ACTIVE], "state after refused settles")
@@ -852,18 +862,101 @@ async def _settle_checks_the_owner(store: Store) -> None:
     for state in (_R.DELIVERED, _R.FAILED, _R.QUEUED):
         await _raises(
             LeaseLost,
-            store.settle("m1", [RecipientUpdate(0, state)], owner="o1", now=_T0 + 101),
+            store.settle(
+                "m1", [RecipientUpdate(0, state)], owner="o1", now=_T0 + 101, claim=job.claim
+            ),
             f"settle ({state}) by an owner whose lease expired",
         )
     _equal(await _states(store, "m1"), [_R.QUEUED], "state after settles of a lost lease")
 
 
+async def _claimed_twice_by_one_owner(store: Store) -> tuple[ClaimedJob, ClaimedJob]:
+    """m1 (two recipients) claimed by o1, its lease lapsed, claimed by o1 again."""
+    await _submit(store, "X:a", "X:b", id="m1")
+    first = await _claim_one(store, owner="o1", now=_T0)
+    _equal(await store.release_expired(now=_T0 + 100), 2, "release_expired() after expiry")
+    second = await _claim_one(store, owner="o1", now=_T0 + 100)
+    _expect(
+        second.claim != first.claim,
+        f"a second claim of the same recipients has the first one's token ({first.claim})",
+    )
+    return first, second
+
+
+@_check
+async def _settle_checks_the_claim(store: Store) -> None:
+    # Fencing: a later claim of a recipient, even by the same owner, fences the earlier
+    # one off (a node that stalled past its lease and claimed the message again).
+    first, second = await _claimed_twice_by_one_owner(store)
+    for state in (_R.DELIVERED, _R.FAILED, _R.QUEUED):
+        await _raises(
+            LeaseLost,
+            _settle_all(store, first, state, now=_T0 + 101),
+            f"settle ({state}) from an earlier claim of the same owner",
+        )
+    await _raises(
+        LeaseLost,
+        store.settle("m1", [RecipientUpdate(0, _R.DELIVERED)], owner="o1", now=_T0 + 101),
+        "settle of an ACTIVE recipient by its owner without the claim's token",
+    )
+    _equal(await _states(store, "m1"), [_R.ACTIVE] * 2, "state after settles of the first claim")
+    await _settle_all(store, second, _R.DELIVERED, now=_T0 + 102)
+    _equal(await _states(store, "m1"), [_R.DELIVERED] * 2, "state after the second claim settled")
+    # A token is above every earlier one of each of its recipients, not only of the
+    # first: m2's #1 is claimed alone once, then both are claimed together again.
+    await _submit(store, "X:c", "X:d", id="m2", now=_T0 + 200)
+    both = await _claim_one(store, owner="o1", now=_T0 + 200)
+    await store.settle(
+        "m2", [RecipientUpdate(1, _R.QUEUED)], owner="o1", now=_T0 + 201, claim=both.claim
+    )
+    alone = await _claim_one(store, owner="o1", now=_T0 + 201)
+    _equal([r.index for r in alone.recipients], [1], "the recipients claimed alone")
+    await _raises(
+        LeaseLost,
+        store.settle(
+            "m2", [RecipientUpdate(1, _R.DELIVERED)], owner="o1", now=_T0 + 202, claim=both.claim
+        ),
+        "settle of a recipient claimed again alone, from the claim before",
+    )
+    await store.settle(
+        "m2", [RecipientUpdate(0, _R.QUEUED)], owner="o1", now=_T0 + 202, claim=both.claim
+    )
+    await _settle_all(store, alone, _R.QUEUED, now=_T0 + 202)
+    again = await _claim_one(store, owner="o1", now=_T0 + 203)
+    _equal([r.index for r in again.recipients], [0, 1], "the recipients claimed together")
+    await _raises(
+        LeaseLost,
+        store.settle(
+            "m2", [RecipientUpdate(1, _R.DELIVERED)], owner="o1", now=_T0 + 204, claim=alone.claim
+        ),
+        "settle of #1 from its claim before the last (#0's claims were older)",
+    )
+    await _settle_all(store, again, _R.DELIVERED, now=_T0 + 204)
+    _equal(await _states(store, "m2"), [_R.DELIVERED] * 2, "m2 settled by its last claim")
+
+
+@_check
+async def _renew_checks_the_claim(store: Store) -> None:
+    first, second = await _claimed_twice_by_one_owner(store)
+    await _raises(
+        LeaseLost,
+        store.renew(first, now=_T0 + 110, lease=_LEASE),
+        "renew of an earlier claim of the same owner",
+    )
+    renewed = await store.renew(second, now=_T0 + 110, lease=_LEASE)
+    _equal(renewed.claim, second.claim, "renew keeps the claim's token")
+    # Renewed, the second claim's lease runs to T0 + 140 (it ran to T0 + 130).
+    _equal(await store.release_expired(now=_T0 + 139), 0, "release_expired() after renew")
+    await _settle_all(store, renewed, _R.DELIVERED, now=_T0 + 139)
+    _equal(await _states(store, "m1"), [_R.DELIVERED] * 2, "state after the renewed claim settled")
+
+
 @_check
 async def _settle_is_all_or_nothing(store: Store) -> None:
     await _submit(store, "X:a", "X:b", id="m1")
-    await _claim_one(store, owner="o1")
+    claims = {"m1": (await _claim_one(store, owner="o1")).claim}
     await _submit(store, "X:c", "Y:d", id="m2")
-    await _claim_one(store, owner="o1")
+    claims["m2"] = (await _claim_one(store, owner="o1")).claim
     await _claim_one(store, "y", owner="o2")
     await _submit(store, "X:e", id="taken")
     before = await _snapshot(store, "m1", "m2", "taken")
@@ -885,7 +978,7 @@ async def _settle_is_all_or_nothing(store: Store) -> None:
     for mid, exc_type, what, updates, extra in attempts:
         await _raises(
             exc_type,
-            store.settle(mid, updates, owner="o1", now=_T0 + 1, **extra),
+            store.settle(mid, updates, owner="o1", now=_T0 + 1, claim=claims[mid], **extra),
             f"settle with {what}",
         )
         _equal(await _snapshot(store, "m1", "m2", "taken"), before, f"store after {what}")
@@ -903,6 +996,7 @@ async def _settle_enqueues_reports(store: Store) -> None:
         "m1",
         [RecipientUpdate(0, _R.FAILED, "5.1.1", "550 unknown")],
         owner=job.owner,
+        claim=job.claim,
         now=_T0 + 5,
         reports=[report],
         inbox_reports=[inbound],
@@ -989,6 +1083,7 @@ async def _hold_and_release(store: Store) -> None:
             RecipientUpdate(2, _R.QUEUED, retry_at=_T0 + 500),
         ],
         owner=job.owner,
+        claim=job.claim,
         now=_T0 + 1,
     )
     info = await store.hold("m1")
@@ -1027,6 +1122,7 @@ async def _cancel(store: Store) -> None:
             RecipientUpdate(3, _R.QUEUED, retry_at=_T0 + 100),
         ],
         owner=job.owner,
+        claim=job.claim,
         now=_T0 + 1,
     )
     active = await store.cancel("m1")
@@ -1040,7 +1136,9 @@ async def _cancel(store: Store) -> None:
         [_R.DELIVERED, _R.ACTIVE, _R.CANCELLED, _R.CANCELLED],
         "cancel: the rest that is not done is CANCELLED",
     )
-    await store.settle("m1", [RecipientUpdate(1, _R.CANCELLED)], owner="o1", now=_T0 + 2)
+    await store.settle(
+        "m1", [RecipientUpdate(1, _R.CANCELLED)], owner="o1", now=_T0 + 2, claim=job.claim
+    )
     _equal(await store.state_of("m1", now=_T0 + 2), MessageState.SENT, "state after cancel")
     _equal(await store.cancel("m1"), [], "cancel() a second time")
     await _submit(store, "X:a", "Y:b", id="m2")
@@ -1061,6 +1159,7 @@ async def _retry_now(store: Store) -> None:
             RecipientUpdate(1, _R.QUEUED, retry_at=_T0 + 200),
         ],
         owner=job.owner,
+        claim=job.claim,
         now=_T0 + 1,
     )
     _equal(await store.retry_now("m1", now=_T0 + 5), 2, "retry_now() count")
@@ -1081,6 +1180,7 @@ async def _retry_transport(store: Store) -> None:
             RecipientUpdate(2, _R.PARKED),
         ],
         owner=job.owner,
+        claim=job.claim,
         now=_T0 + 1,
     )
     await _submit(store, "Y:c", id="m2")
@@ -1140,6 +1240,7 @@ async def _expired_recipients(store: Store) -> None:
             RecipientUpdate(3, _R.QUEUED),
         ],
         owner=job.owner,
+        claim=job.claim,
         now=_T0 + 1,
     )
     await _submit(store, "X:e", id="held", lifetime=100.0)
@@ -1177,6 +1278,7 @@ async def _counts_are_maintained(store: Store) -> None:
             RecipientUpdate(2, _R.PARKED),
         ],
         owner=job.owner,
+        claim=job.claim,
         now=_T0 + 1,
     )
     await _submit(store, "X:d", "Y:e", id="m2")
@@ -1267,6 +1369,7 @@ async def _state_of_derivations(store: Store) -> None:
         "mixed",
         [RecipientUpdate(0, _R.DELIVERED), RecipientUpdate(1, _R.QUEUED, retry_at=_T0 + 60)],
         owner=job.owner,
+        claim=job.claim,
         now=_T0 + 1,
     )
     _equal(await state("mixed"), MessageState.DEFERRED, "waiting on a retry time")
@@ -1285,6 +1388,7 @@ async def _state_of_derivations(store: Store) -> None:
         "failed",
         [RecipientUpdate(0, _R.FAILED), RecipientUpdate(1, _R.CANCELLED)],
         owner=job.owner,
+        claim=job.claim,
         now=_T0 + 1,
     )
     _equal(await state("failed"), MessageState.FAILED, "one failed, one cancelled")
@@ -1588,6 +1692,7 @@ async def _purge_never_removes_an_unfinished_message(store: Store) -> None:
         "half",
         [RecipientUpdate(0, _R.DELIVERED), RecipientUpdate(1, _R.QUEUED, retry_at=_T0 + 50)],
         owner=job.owner,
+        claim=job.claim,
         now=_T0 + 1,
     )
     await _submit(store, "X:a", id="parked")

@@ -265,6 +265,8 @@ class InboundLane:
                 entries = []
                 if state:
                     await store.profile_update(section, state)
+            elif lease is not None:
+                entries = await lease.commit(items)
             elif len(items) == 1:
                 message, updates = items[0]
                 entries = [await store.deliver_inbound(message, profile_updates=updates)]

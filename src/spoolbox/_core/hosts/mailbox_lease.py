@@ -3,26 +3,29 @@
 When the spooler runs as a node (:func:`spoolbox._core.node.start_node`: the daemon)
 and its store keeps named leases (:class:`~spoolbox.store.cluster.ClusterStore`:
 the SQLite file processes share, or PostgreSQL), each inbound session takes the lease
-``inbound:<transport>`` before it fetches a batch and checks it again before it
-commits the batch.  The lease lasts the node's lease
-(:attr:`~spoolbox._core.node.NodeSettings.lease`) and is renewed when a third of it
-is used, so a node fetching steadily keeps it with one store write every few
-seconds, and another node takes over once it expired (the holder died or stalled).
+``inbound:<transport>`` before it fetches a batch, and commits the batch only while
+it holds it, checked in the batch's own transaction (:meth:`MailboxLease.commit`).
+The lease lasts the node's lease (:attr:`~spoolbox._core.node.NodeSettings.lease`)
+and is renewed when a third of it is used, so a node fetching steadily keeps it with
+one store write every few seconds, and another node takes over once it expired (the
+holder died or stalled).
 
-The check before the commit is the fence: a node that stalled past its lease (a
-SIGSTOP, a long pause) finds another holder, and its batch is rolled back (the
-provider hears ``after_rollback`` and keeps the messages), so a message reaches the
-inbox once: the provider's state (the IMAP watermark, the POP3 UIDLs) commits with
-the messages in one transaction, and the next holder starts from it.  The same
-mechanism serves both backends: one row per mailbox in the ``leases`` table.
+The check in the commit is the fence: a node that stalled past its lease (a SIGSTOP,
+a long pause) finds another holder, and its batch is rolled back (the provider hears
+``after_rollback`` and keeps the messages), so a message reaches the inbox once.  The
+lease cannot move between the check and the commit (SQLite: one ``BEGIN
+IMMEDIATE``; PostgreSQL: the lease row is locked until the commit).  The provider's
+state (the IMAP watermark, the POP3 UIDLs) commits with the messages in one
+transaction, and the next holder starts from it.  The same mechanism serves both
+backends: one row per mailbox in the ``leases`` table.
 """
 
 from __future__ import annotations
 
 import logging
 
-from ...store import StoreError
-from ...store.cluster import ClusterStore, LeaseHeld
+from ...store import InboxEntry, StoreError
+from ...store.cluster import ClusterStore, InboundItems, LeaseHeld
 from ..clock import Clock
 from ..node import node_of
 
@@ -71,6 +74,17 @@ class MailboxLease:
             return False
         self.holder = None
         return True
+
+    async def commit(self, items: InboundItems) -> list[InboxEntry]:
+        """``deliver_inbound_many(items)`` if this node still holds the lease, checked
+        in the commit's transaction; LeaseHeld (nothing committed) if not."""
+        try:
+            return await self._store.deliver_inbound_leased(
+                items, lease=self.name, owner=self._owner, now=self._clock.now()
+            )
+        except LeaseHeld:
+            self.until = float("-inf")  # taken again (or found held) at the next batch
+            raise
 
 
 def mailbox_lease(spooler: object, store: object, transport: str) -> MailboxLease | None:

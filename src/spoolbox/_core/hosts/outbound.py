@@ -147,6 +147,7 @@ class OutboundLane:
                     [RecipientUpdate(r.index, RecipientState.QUEUED) for r in job.recipients],
                     owner=runtime.owner,
                     now=runtime.clock.now(),
+                    claim=job.claim,
                 )
                 self._host.port.messages_changed()
         self._held.clear()
@@ -313,7 +314,7 @@ class OutboundLane:
             rng=runtime.rng,
         )
         if mid in self.lease_lost:
-            # Cancelled because another spooler took it over: its results are not ours
+            # Cancelled because its lease was taken over: its results are not ours
             # to write (the store would refuse them); the other spooler finishes it.
             self.lease_lost.discard(mid)
             updates = []

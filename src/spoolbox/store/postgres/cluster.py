@@ -5,7 +5,8 @@ SQLite store's (:mod:`spoolbox.store.sqlite.cluster`: the same encodings).  A fl
 request also sends ``NOTIFY spoolbox_work`` with the payload ``flush:<id>`` (see
 :data:`FLUSH_PREFIX`) in its transaction, so every node hears of it at once; a named
 lease is taken with the row locked (``INSERT ... ON CONFLICT DO UPDATE ... WHERE``
-the lease is ours or expired), so two nodes never both hold it.
+the lease is ours or expired), so two nodes never both hold it; an inbound batch of a
+leased mailbox commits in a transaction that holds the lease row (``FOR SHARE``).
 """
 
 from __future__ import annotations
@@ -14,16 +15,26 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
+from ..base import InboxEntry
 from ..cluster import (
     CLUSTER_OPERATIONS,
     ClusterFace,
     FlushProgress,
     FlushRequest,
+    InboundItems,
     NodeRecord,
+    check_lease_holder,
     lease_held,
 )
 from ..operations import Kind
-from ..sqlite.cluster import node_from_row, node_params, progress_from_row, request_from_row
+from ..sqlite.cluster import (
+    encoded_items,
+    node_from_row,
+    node_params,
+    progress_from_row,
+    request_from_row,
+)
+from . import transactions as tx
 from .connection import Conn
 from .wakeups import notify
 
@@ -135,6 +146,20 @@ async def _release_lease(conn: Conn, name: str, owner: str) -> bool:
     return cur.rowcount > 0
 
 
+async def _deliver_inbound_leased(
+    conn: Conn, items: InboundItems, lease: str, owner: str, now: float
+) -> list[InboxEntry]:
+    # FOR SHARE: another node's acquire_lease (an UPDATE of the row) waits for this
+    # transaction, so the lease cannot move between the check and the commit.
+    cur = await conn.execute(
+        "SELECT owner, lease_until FROM leases WHERE name = %s FOR SHARE", (lease,)
+    )
+    row = await cur.fetchone()
+    held = None if row is None else (str(row["owner"]), float(row["lease_until"]))
+    check_lease_holder(lease, held, owner=owner, now=now)
+    return await tx.deliver_inbound_many(conn, encoded_items(items))
+
+
 _FUNCTIONS: dict[str, Callable[..., Awaitable[Any]]] = {
     "publish_node": _publish_node,
     "nodes": _nodes,
@@ -146,6 +171,7 @@ _FUNCTIONS: dict[str, Callable[..., Awaitable[Any]]] = {
     "flush_progress": _flush_progress,
     "acquire_lease": _acquire_lease,
     "release_lease": _release_lease,
+    "deliver_inbound_leased": _deliver_inbound_leased,
 }
 
 

@@ -59,12 +59,13 @@ UPDATE_RECIPIENT = (
     "ready_at = greatest(send_at, %(retry_at)s), status = %(status)s, "
     "diagnostic = %(diagnostic)s, updated_at = %(updated_at)s, "
     "first_failed_at = %(first_failed_at)s, owner = %(owner)s, "
-    "lease_until = %(lease_until)s, delay_warned = %(delay_warned)s "
+    "lease_until = %(lease_until)s, delay_warned = %(delay_warned)s, "
+    "claim = coalesce(%(claim)s, claim) "
     "WHERE message_id = %(message_id)s AND idx = %(idx)s"
 )
 RENEW_LEASE = (
     "UPDATE recipients SET lease_until = %s "
-    "WHERE message_id = %s AND idx = %s AND state = 'active' AND owner = %s"
+    "WHERE message_id = %s AND idx = %s AND state = 'active' AND owner = %s AND claim = %s"
 )
 
 # -- routing ------------------------------------------------------------------------
@@ -98,10 +99,13 @@ CLAIM_FLUSH = (
     "WHERE state = 'queued' AND route = %s AND send_at <= %s "
     "ORDER BY priority DESC, ready_at, seq LIMIT %s FOR UPDATE SKIP LOCKED"
 )
+#: The claim token is one value of the sequence ``recipient_claims`` for the whole
+#: statement (a volatile CTE runs once), so every job of one claim has it.
 _TAKE = (
+    "WITH token AS (SELECT nextval('recipient_claims') AS n) "
     "UPDATE recipients AS r SET state = 'active', owner = %(owner)s, "
-    "lease_until = %(until)s, updated_at = %(now)s "
-    "FROM (SELECT message_id, idx FROM recipients "
+    "lease_until = %(until)s, updated_at = %(now)s, claim = token.n "
+    "FROM token, (SELECT message_id, idx FROM recipients "
     "WHERE message_id = ANY(%(ids)s) AND state = 'queued' AND route = %(route)s "
     "AND {ready} <= %(now)s ORDER BY message_id, idx FOR UPDATE SKIP LOCKED) AS t "
     "WHERE r.message_id = t.message_id AND r.idx = t.idx "

@@ -15,6 +15,8 @@ with one set of row functions.  What differs:
 * ``spoolbox_schema`` holds the schema version (SQLite keeps it in ``user_version``).
 * Version 2 adds what several nodes share, as SQLite's version 4 does: ``nodes``,
   ``flush_requests`` with ``flush_progress``, and ``leases``.
+* Version 3 adds ``recipients.claim`` (the fencing token, as SQLite's version 5
+  does), taken for each claim from the sequence ``recipient_claims``.
 
 ``MIGRATIONS[n]`` upgrades a database at version ``n`` to ``n + 1`` (a new database is
 at version 0).  :func:`migrate` runs the pending ones, each in its own transaction
@@ -227,8 +229,16 @@ CREATE TABLE leases (
 );
 """
 
+# Fencing by claim (issue 16): each recipient keeps the token of the claim that took
+# it last, a value of the sequence ``recipient_claims`` (one per claim statement); a
+# settle or renewal must bring the current one (spoolbox.store.rules.check_settle).
+_V3 = """
+ALTER TABLE recipients ADD COLUMN claim BIGINT NOT NULL DEFAULT 0;
+CREATE SEQUENCE recipient_claims;
+"""
+
 #: ``MIGRATIONS[n]`` upgrades a database at schema version ``n`` to ``n + 1``.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 
 #: The newest schema version this code reads and writes.
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -316,6 +316,7 @@ class PostgresStore(PostgresCluster):
         *,
         owner: str | None,
         now: float,
+        claim: int | None = None,
         reports: Sequence[NewMessage] = (),
         inbox_reports: Sequence[InboundMessage] = (),
     ) -> MessageInfo:
@@ -327,6 +328,7 @@ class PostgresStore(PostgresCluster):
             updates=list(updates),
             owner=owner,
             now=now,
+            claim=claim,
             reports=list(reports),
             inbox_reports=list(inbox_reports),
         )

@@ -199,7 +199,9 @@ async def claim(
         {"owner": owner, "until": until, "now": now, "ids": picked, "route": transport},
     )
     by_message: dict[str, list[RecipientRecord]] = {}
+    token = 0  # one value of the sequence for the whole statement (_q.TAKE_READY)
     for row in taken:
+        token = int(row["claim"])
         r = recipient_from_row(row)
         by_message.setdefault(r.message_id, []).append(r)
     infos = {
@@ -214,7 +216,8 @@ async def claim(
         mrow = infos[mid]
         claimed = tuple(sorted(by_message[mid], key=lambda r: r.index))
         content = contents.get(int(mrow["blob_id"]))
-        jobs.append(ClaimedJob(message_from_row(mrow), claimed, transport, owner, until, content))
+        info = message_from_row(mrow)
+        jobs.append(ClaimedJob(info, claimed, transport, owner, until, content, claim=token))
     return jobs
 
 
@@ -224,10 +227,14 @@ async def renew(conn: Conn, job: ClaimedJob, *, now: float, lease: float) -> Cla
         row = await _one(conn, _q.SELECT_RECIPIENT_FOR_UPDATE, (r.message_id, r.index))
         if row is None:
             raise UnknownMessage(f"no recipient {r.message_id}#{r.index}")
-        rules.lease_kept(r.message_id, r.index, _R(row["state"]), row["owner"], owner=job.owner)
+        state, holder, held = _R(row["state"]), row["owner"], row["claim"]
+        rules.lease_kept(
+            r.message_id, r.index, state, holder, held, owner=job.owner, claim=job.claim
+        )
     async with conn.cursor() as c:
         await c.executemany(
-            _q.RENEW_LEASE, [(until, r.message_id, r.index, job.owner) for r in job.recipients]
+            _q.RENEW_LEASE,
+            [(until, r.message_id, r.index, job.owner, job.claim) for r in job.recipients],
         )
     return replace(job, lease_until=until)
 
@@ -239,6 +246,7 @@ async def settle(
     *,
     owner: str | None,
     now: float,
+    claim: int | None = None,
     reports: Sequence[NewMessage] = (),
     inbox_reports: Sequence[InboundMessage] = (),
 ) -> MessageInfo:
@@ -253,8 +261,10 @@ async def settle(
         row = current.get(u.index)
         if row is None:
             raise StoreError(f"{message_id} has no recipient #{u.index}")
-        state = _R(row["state"])
-        rules.check_settle(message_id, u.index, state, row["owner"], owner=owner, target=u.state)
+        state, holder, held = _R(row["state"]), row["owner"], row["claim"]
+        rules.check_settle(
+            message_id, u.index, state, holder, held, owner=owner, claim=claim, target=u.state
+        )
     recs: dict[int, RecipientRecord] = {}
     for u in updates:
         r = recs.get(u.index) or recipient_from_row(current[u.index])

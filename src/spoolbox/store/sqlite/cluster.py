@@ -6,7 +6,8 @@ answer flush requests, and take named leases here (tables of schema version 4,
 :mod:`.schema`).  One plain function per operation, taking the connection inside the
 transaction :data:`~spoolbox.store.cluster.CLUSTER_OPERATIONS` asks for, and the
 mixin :class:`SQLiteCluster` that runs them on the store's thread.  A lease is taken
-in one ``BEGIN IMMEDIATE`` transaction, so two processes never both hold it.
+in one ``BEGIN IMMEDIATE`` transaction, so two processes never both hold it; an
+inbound batch of a leased mailbox commits in the transaction that checks the lease.
 """
 
 from __future__ import annotations
@@ -16,18 +17,23 @@ import sqlite3
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from ..base import InboxEntry
 from ..cluster import (
     CLUSTER_OPERATIONS,
     ClusterFace,
     FlushProgress,
     FlushRequest,
+    InboundItems,
     NodeRecord,
+    check_lease_holder,
     decode_report,
     decode_rows,
     encode_rows,
     lease_held,
 )
 from ..operations import Kind
+from . import transactions as tx
+from .rows import encode_profile
 
 __all__ = ["SQLiteCluster"]
 
@@ -182,6 +188,25 @@ def release_lease(conn: sqlite3.Connection, name: str, owner: str) -> bool:
     return conn.execute(_DELETE_LEASE, (name, owner)).rowcount > 0
 
 
+def deliver_inbound_leased(
+    conn: sqlite3.Connection, items: InboundItems, lease: str, owner: str, now: float
+) -> list[InboxEntry]:
+    """The lease checked and the batch committed in one transaction (the write lock
+    held throughout: no other process can take the lease in between)."""
+    row = conn.execute(_SELECT_LEASE, (lease,)).fetchone()
+    held = None if row is None else (str(row[0]), float(row[1]))
+    check_lease_holder(lease, held, owner=owner, now=now)
+    return tx.deliver_inbound_many(conn, encoded_items(items))
+
+
+def encoded_items(items: InboundItems) -> list[tuple[Any, dict[str, dict[str, str | None]]]]:
+    """``items`` with their profile updates as JSON text (:func:`.rows.encode_profile`)."""
+    return [
+        (message, {s: encode_profile(s, v) for s, v in (updates or {}).items()})
+        for message, updates in items
+    ]
+
+
 # -- the async face --------------------------------------------------------------------
 
 _FUNCTIONS: dict[str, Callable[..., Any]] = {
@@ -195,6 +220,7 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "flush_progress": flush_progress,
     "acquire_lease": acquire_lease,
     "release_lease": release_lease,
+    "deliver_inbound_leased": deliver_inbound_leased,
 }
 
 

@@ -17,7 +17,7 @@ MESSAGE_COLUMNS = (
 
 RECIPIENT_COLUMNS = (
     "message_id, idx, address, state, route, refused_by, attempts, retry_at, status, "
-    "diagnostic, updated_at, first_failed_at, owner, lease_until, delay_warned"
+    "diagnostic, updated_at, first_failed_at, owner, lease_until, delay_warned, claim"
 )
 
 INBOX_COLUMNS = (
@@ -57,12 +57,12 @@ UPDATE_RECIPIENT = (
     "attempts = :attempts, retry_at = :retry_at, ready_at = max(send_at, :retry_at), "
     "status = :status, diagnostic = :diagnostic, updated_at = :updated_at, "
     "first_failed_at = :first_failed_at, owner = :owner, lease_until = :lease_until, "
-    "delay_warned = :delay_warned "
+    "delay_warned = :delay_warned, claim = coalesce(:claim, claim) "
     "WHERE message_id = :message_id AND idx = :idx"
 )
 RENEW_LEASE = (
     "UPDATE recipients SET lease_until = ? "
-    "WHERE message_id = ? AND idx = ? AND state = 'active' AND owner = ?"
+    "WHERE message_id = ? AND idx = ? AND state = 'active' AND owner = ? AND claim = ?"
 )
 
 # -- routing ------------------------------------------------------------------------

@@ -88,10 +88,12 @@ def recipient_from_row(row: Row) -> RecipientRecord:
 
 
 def recipient_params(
-    r: RecipientRecord, *, owner: str | None, lease_until: float | None
+    r: RecipientRecord, *, owner: str | None, lease_until: float | None, claim: int | None = None
 ) -> dict[str, object]:
     """Every mutable column of one recipient: ``UPDATE_RECIPIENT``'s parameters.  The
-    lease (``owner``, ``lease_until``) is kept only while the recipient is ACTIVE."""
+    lease (``owner``, ``lease_until``) is kept only while the recipient is ACTIVE; the
+    claim token changes only with a claim (``claim``; None keeps the last one, so a
+    later claim's token is always greater)."""
     active = r.state is RecipientState.ACTIVE
     return {
         "message_id": r.message_id,
@@ -108,6 +110,7 @@ def recipient_params(
         "delay_warned": int(r.delay_warned),
         "owner": owner if active else None,
         "lease_until": lease_until if active else None,
+        "claim": claim,
     }
 
 

@@ -40,6 +40,9 @@ Shape of the data (the domain classes in :mod:`spoolbox.model` do not follow it)
   ``nodes`` (each node's record and status rows as JSON), ``flush_requests`` with
   ``flush_progress`` (each node's part), and ``leases`` (named leases: an inbound
   mailbox fetched by one node at a time).
+* Version 5 adds ``recipients.claim``, the token of the claim that took the
+  recipient last (a fencing token): a claim's token is one more than the largest of
+  its recipients', and a settle or renewal of an ACTIVE recipient must bring it.
 
 The queries are in :mod:`.queries`.
 """
@@ -239,7 +242,14 @@ CREATE TABLE leases (
 ) WITHOUT ROWID;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
+# Fencing by claim (issue 16): each recipient keeps the token of the claim that took
+# it last; a claim's token is one more than the largest of its recipients', so a
+# settle or renewal from an earlier claim (even by the same node) is refused.
+_V5 = """
+ALTER TABLE recipients ADD COLUMN claim INTEGER NOT NULL DEFAULT 0;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
 
 #: The newest schema version this code reads and writes.
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -374,6 +374,7 @@ class SQLiteStore(SQLiteCluster):
         *,
         owner: str | None,
         now: float,
+        claim: int | None = None,
         reports: Sequence[NewMessage] = (),
         inbox_reports: Sequence[InboundMessage] = (),
     ) -> MessageInfo:
@@ -384,6 +385,7 @@ class SQLiteStore(SQLiteCluster):
             updates=list(updates),
             owner=owner,
             now=now,
+            claim=claim,
             reports=list(reports),
             inbox_reports=list(inbox_reports),
         )

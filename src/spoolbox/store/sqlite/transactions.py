@@ -220,18 +220,22 @@ def _claim_of(
     """Claim the recipients ``rows_sql`` finds of one message (None: none)."""
     mrow = _message_row(conn, mid)
     info = message_from_row(mrow)
+    rows = conn.execute(rows_sql, (mid, transport, now)).fetchall()
+    if not rows:
+        return None
+    # The claim token: above every earlier claim's of these recipients (read under
+    # the write lock), so a stale claim of any of them is fenced off.
+    token = max(int(row["claim"]) for row in rows) + 1
     claimed: list[RecipientRecord] = []
-    for row in conn.execute(rows_sql, (mid, transport, now)).fetchall():
+    for row in rows:
         r = recipient_from_row(row)
         nr = replace(r, state=_R.ACTIVE, updated_at=now)
-        _move(conn, r, nr, owner=owner, lease_until=until)
+        _move(conn, r, nr, owner=owner, lease_until=until, claim=token)
         claimed.append(nr)
-    if not claimed:
-        return None
     # A small message's content comes with the claim: the transport needs it next, and
     # this saves a store round trip per message.
     content = _read_blob(conn, int(mrow["blob_id"])) if info.size <= PREFETCH_LIMIT else None
-    return ClaimedJob(info, tuple(claimed), transport, owner, until, content)
+    return ClaimedJob(info, tuple(claimed), transport, owner, until, content, claim=token)
 
 
 def renew(conn: sqlite3.Connection, job: ClaimedJob, *, now: float, lease: float) -> ClaimedJob:
@@ -240,9 +244,13 @@ def renew(conn: sqlite3.Connection, job: ClaimedJob, *, now: float, lease: float
         row = conn.execute(_q.SELECT_RECIPIENT, (r.message_id, r.index)).fetchone()
         if row is None:
             raise UnknownMessage(f"no recipient {r.message_id}#{r.index}")
-        rules.lease_kept(r.message_id, r.index, _R(row["state"]), row["owner"], owner=job.owner)
+        state, holder, held = _R(row["state"]), row["owner"], row["claim"]
+        rules.lease_kept(
+            r.message_id, r.index, state, holder, held, owner=job.owner, claim=job.claim
+        )
     conn.executemany(
-        _q.RENEW_LEASE, ((until, r.message_id, r.index, job.owner) for r in job.recipients)
+        _q.RENEW_LEASE,
+        ((until, r.message_id, r.index, job.owner, job.claim) for r in job.recipients),
     )
     return replace(job, lease_until=until)
 
@@ -254,6 +262,7 @@ def settle(
     *,
     owner: str | None,
     now: float,
+    claim: int | None = None,
     reports: Sequence[NewMessage] = (),
     inbox_reports: Sequence[InboundMessage] = (),
 ) -> MessageInfo:
@@ -267,8 +276,10 @@ def settle(
             if row is None:
                 raise StoreError(f"{message_id} has no recipient #{u.index}")
             rows[u.index] = row
-        state = _R(row["state"])
-        rules.check_settle(message_id, u.index, state, row["owner"], owner=owner, target=u.state)
+        state, holder, held = _R(row["state"]), row["owner"], row["claim"]
+        rules.check_settle(
+            message_id, u.index, state, holder, held, owner=owner, claim=claim, target=u.state
+        )
     # Then write each from the row read above (a second update of the same recipient
     # starts from what the first one wrote).
     recs: dict[int, RecipientRecord] = {}
@@ -523,12 +534,15 @@ def _move(
     *,
     owner: str | None = None,
     lease_until: float | None = None,
+    claim: int | None = None,
     check: bool = True,
 ) -> None:
-    """Write ``new`` over ``old`` (checked against the transition table)."""
+    """Write ``new`` over ``old`` (checked against the transition table); ``claim``:
+    the claim token of a claim (None keeps the recipient's)."""
     if check and new.state is not old.state:
         check_transition(old.state, new.state, what=f"{old.message_id}#{old.index}")
-    conn.execute(_q.UPDATE_RECIPIENT, recipient_params(new, owner=owner, lease_until=lease_until))
+    params = recipient_params(new, owner=owner, lease_until=lease_until, claim=claim)
+    conn.execute(_q.UPDATE_RECIPIENT, params)
 
 
 def _unlease(conn: sqlite3.Connection, rows: Iterable[sqlite3.Row], now: float | None) -> int:
