@@ -233,13 +233,14 @@ class SpoolboxDaemon(_Closing):
         as_init: bool = False,
         init_sink: Sequence[str] = (),
         init_listener: Sequence[str] = (),
+        init_daemon: Sequence[str] = (),
     ) -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True)
         self.port = free_port()
         self.profile = self.dir / "spoolbox.toml"
         if as_init:
-            self._init_profile(sink_port, init_sink, init_listener)
+            self._init_profile(sink_port, init_sink, init_listener, init_daemon)
             if extra_profile:
                 self.profile.write_text(self.profile.read_text() + "\n" + extra_profile)
         else:
@@ -269,13 +270,17 @@ class SpoolboxDaemon(_Closing):
             raise
 
     def _init_profile(
-        self, sink_port: int, sink_keys: Sequence[str], listener_keys: Sequence[str]
+        self,
+        sink_port: int,
+        sink_keys: Sequence[str],
+        listener_keys: Sequence[str],
+        daemon_keys: Sequence[str] = (),
     ) -> None:
         """The profile exactly as ``spoolbox init`` writes it (its listener on a free
         port), plus an ``smtp`` transport to the sink with nothing but where it is;
-        ``sink_keys`` and ``listener_keys`` (``key = value`` lines) are added to the
-        transport's options and to the listener's table (to measure candidate
-        defaults)."""
+        ``sink_keys``, ``listener_keys`` and ``daemon_keys`` (``key = value`` lines)
+        are added to the transport's options, the listener's table and ``[daemon]``
+        (to measure candidate defaults)."""
         subprocess.run(
             [str(SPOOLBOX), "init", "--dir", str(self.dir), "--smtp-port", str(self.port)],
             check=True,
@@ -283,14 +288,9 @@ class SpoolboxDaemon(_Closing):
         )
         text = self.profile.read_text()
         sink = _SINK_TRANSPORT.format(port=sink_port) + "".join(f"{k}\n" for k in sink_keys)
-        added = []
-        for line in listener_keys:
-            key = line.split("=", 1)[0].strip()
-            text, n = re.subn(rf"^{re.escape(key)}\s*=.*$", line, text, count=1, flags=re.M)
-            if not n:  # not written by init: added to the table
-                added.append(line)
-        listener = "[listeners.submission]\n" + "".join(f"{k}\n" for k in added)
-        text = text.replace("[listeners.submission]\n", sink + "\n" + listener, 1)
+        text = _set_keys(text, "[daemon]", daemon_keys)
+        text = _set_keys(text, "[listeners.submission]", listener_keys)
+        text = text.replace("[listeners.submission]\n", sink + "\n[listeners.submission]\n", 1)
         self.profile.write_text(text)
 
     def _bench_profile(
@@ -317,7 +317,7 @@ synchronous = "{synchronous}"
 nice = 0
 log_level = "warning"
 event_loop = "{event_loop}"
-workers = {workers}
+{f"workers = {workers}" if workers else ""}
 
 [policy]
 idle = "always"
@@ -377,6 +377,22 @@ processes = {listener_processes}
             stop_process(self.proc, 30)
         finally:
             self._log.close()
+
+
+def _set_keys(text: str, table: str, lines: Sequence[str]) -> str:
+    """``text`` (a profile) with each ``key = value`` of ``lines`` in ``table``: the
+    key's line replaced where the table has it (commented out or not), else added
+    at the table's start."""
+    start = text.index(table + "\n") + len(table) + 1
+    end = text.find("\n[", start)
+    end = len(text) if end < 0 else end + 1
+    body, added = text[start:end], []
+    for line in lines:
+        key = line.split("=", 1)[0].strip()
+        body, n = re.subn(rf"^#? ?{re.escape(key)}\s*=.*$", line, body, count=1, flags=re.M)
+        if not n:
+            added.append(line + "\n")
+    return text[:start] + "".join(added) + body + text[end:]
 
 
 #: The transport ``SpoolboxDaemon(as_init=True)`` adds to ``spoolbox init``'s profile.

@@ -67,6 +67,8 @@ sink and loopback.
 (install it with ``.venv/bin/pip install py-spy``) and prints, for each busy thread of
 the daemon, where its wall-clock time went (leaf frames with line numbers) and what it
 was inside of, from the collapsed stacks it writes to ``DIR/relay.txt``.
+With ``--py-spy-gil`` it samples only the thread that holds the GIL (``py-spy record
+--gil``): where the daemon's Python CPU goes, not where its threads wait.
 ``--event-loop asyncio`` runs the daemon on the standard library's loop instead.
 ``--synchronous NORMAL|OFF`` runs spoolbox's store without fsync at commit: a
 diagnostic of what the fsyncs cost, not a durable configuration.
@@ -126,6 +128,7 @@ def system_under_test(
             as_init=True,
             init_sink=args.init_transport,
             init_listener=args.init_listener,
+            init_daemon=args.init_daemon,
         ) as sb:
             yield sb.port, sb
     elif name.startswith("spoolbox"):
@@ -246,7 +249,7 @@ def profile_spoolbox(root: Path, args: argparse.Namespace) -> None:
         batch(sb.port, sink, args.warmup, args)
         time.sleep(0.5)
         cmd = [py_spy, "record", "--pid", str(sb.pid), "--rate", "200", "--format", "raw"]
-        cmd += ["--threads", "--idle"]
+        cmd += ["--threads", "--gil"] if args.py_spy_gil else ["--threads", "--idle"]
         spy = subprocess.Popen(
             [*cmd, "--output", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
@@ -260,10 +263,10 @@ def profile_spoolbox(root: Path, args: argparse.Namespace) -> None:
         log(f"profiled run: {args.messages / (t_done - t0):,.0f} msg/s under py-spy")
         if not raw.exists():
             raise RuntimeError(f"py-spy wrote nothing: {err.decode(errors='replace')}")
-    print_profile(raw, args.top)
+    print_profile(raw, args.top, gil=args.py_spy_gil)
 
 
-def print_profile(raw: Path, top: int) -> None:
+def print_profile(raw: Path, top: int, *, gil: bool = False) -> None:
     """Per thread, where its wall-clock time went, from py-spy's collapsed stacks.
 
     Recorded with ``--threads --idle``: every thread is sampled whether it runs or
@@ -289,7 +292,8 @@ def print_profile(raw: Path, top: int) -> None:
     for thread, total in threads.most_common():
         if len(leaf[thread]) < 2:
             continue  # a thread that only waited (watchdog, idle executor)
-        print(f"\nthread {thread}: {total} samples (wall clock, 200/s)")
+        what = "holding the GIL" if gil else "wall clock"
+        print(f"\nthread {thread}: {total} samples ({what}, 200/s)")
         print("| share of wall time | where the thread was (leaf frame) |\n|---:|---|")
         for f, n in leaf[thread].most_common(top):
             print(f"| {100 * n / total:.1f}% | `{f}` |")
@@ -365,6 +369,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         metavar="'KEY = VALUE'",
         help="spoolbox-init: a line added to [listeners.submission] (repeatable)",
+    )
+    p.add_argument(
+        "--init-daemon",
+        action="append",
+        default=[],
+        metavar="'KEY = VALUE'",
+        help="spoolbox-init: a line set in [daemon], e.g. 'nice = 0' (repeatable)",
+    )
+    p.add_argument(
+        "--py-spy-gil",
+        action="store_true",
+        help="--py-spy samples only the thread holding the GIL (where the Python CPU "
+        "goes) instead of every thread's wall-clock time",
     )
     args = p.parse_args(argv)
     systems = [s for s in args.systems.split(",") if s]

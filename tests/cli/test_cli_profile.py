@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sys
 import tomllib
@@ -22,6 +23,7 @@ from spoolbox.profile import (
     load_profile,
     parse_duration,
 )
+from spoolbox.profile.default import default_listener_processes
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -41,7 +43,8 @@ def test_default_profile_loads_with_maildir_and_listener(tmp_path: Path) -> None
     assert prof.daemon.socket == tmp_path.resolve() / "spoolbox.sock"
     assert prof.spooler.policy.lifetime == 5 * 86400
     assert [lst.name for lst in prof.listeners] == ["submission"]
-    assert prof.listeners[0].processes == 0  # on the daemon's own loop unless asked
+    # a process of its own where there is a second CPU (issue 17), else the daemon's loop
+    assert prof.listeners[0].processes == default_listener_processes(os.cpu_count())
     assert "processes" not in prof.listeners[0].options
     assert str(prof.default_sender) == "MAILDIR:postmaster"
 
@@ -60,11 +63,18 @@ def test_the_default_profile_is_package_data_filled_in(tmp_path: Path) -> None:
     assert len(text.splitlines()) == len(template.splitlines())
 
 
-def test_the_default_profiles_processes_hint_works_when_uncommented(tmp_path: Path) -> None:
+def test_init_gives_the_listener_a_process_of_its_own_where_there_is_a_second_cpu() -> None:
+    assert [default_listener_processes(n) for n in (None, 1, 2, 4, 64)] == [0, 0, 1, 1, 1]
+
+
+def test_the_default_profiles_processes_line_can_be_set_to_the_daemons_loop(
+    tmp_path: Path,
+) -> None:
     text = default_profile_text(tmp_path, smtp_port=0)
-    assert "\n# processes = 1 " in text
-    prof = load_profile(_write(tmp_path, text.replace("\n# processes = 1 ", "\nprocesses = 1 ")))
-    assert prof.listeners[0].processes == 1
+    wrote = f"\nprocesses = {default_listener_processes(os.cpu_count())} "
+    assert wrote in text
+    prof = load_profile(_write(tmp_path, text.replace(wrote, "\nprocesses = 0 ")))
+    assert prof.listeners[0].processes == 0
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ a real ``spoolbox run`` daemon, real worker processes, SIGKILL and a restart."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import smtplib
 import threading
@@ -20,7 +21,8 @@ WORKER = b"spoolbox.daemon.listener_worker"
 def _configure(home: Home, processes: int) -> None:
     """The default profile, its listener in ``processes`` processes, delivering what
     comes in over SMTP to the Maildir transport."""
-    text = home.profile.read_text()
+    # `spoolbox init` writes a processes line of its own (chosen from the CPU count)
+    text = re.sub(r"^processes = .*\n", "", home.profile.read_text(), count=1, flags=re.M)
     text = text.replace(
         "[listeners.submission]\n",
         f'[listeners.submission]\nprocesses = {processes}\ndefault_address_type = "MAILDIR"\n',

@@ -275,7 +275,7 @@ def _daemon(dm: Table, under_data: Callable[[str], Path]) -> DaemonSettings:
         raise dm.error(
             "log_level", f'expected "debug", "info", "warning" or "error", got {level!r}'
         )
-    nice = dm.integer("nice", 10, _NICE)
+    nice = dm.integer("nice", 0, _NICE)
     event_loop = dm.text("event_loop", "auto") or "auto"
     if event_loop not in EVENT_LOOPS:
         raise dm.error("event_loop", f'expected "auto", "uvloop" or "asyncio", got {event_loop!r}')

@@ -61,7 +61,7 @@ MAX_WORKERS = 64
 class DaemonSettings:
     socket: Path
     pid_file: Path
-    nice: int = 10
+    nice: int = 0  # 0 since issue 17: a niced relay falls behind on a busy machine
     log_level: str = "INFO"
     event_loop: str = "auto"  # "auto" (uvloop if installed), "uvloop" or "asyncio"
     #: the local API socket is 0660 and owned by this group (None: 0600, owner only)
