@@ -11,9 +11,9 @@ a temporary directory, ``fsync = on``) and Postfix's ``smtp-sink -c`` (``bench/_
   each with its own profile and node name, on one database) and SQLite with one
   node and with ``workers = 1, 2, 4`` (``spoolbox run`` with delivery worker
   processes on one WAL file).  Each process relays with ``max_connections`` (default
-  4) to the sink.  Reported: msg/s from the sink's first message to its last (the
-  drain itself, without Python's start-up) and seconds from the start of the
-  processes to the last message; then the ratio PostgreSQL 1 node / SQLite 1 node and
+  4) to the sink (the ``relay`` transport of ``bench/_mta.py``).  Reported: msg/s
+  from the sink's first message to its last (the drain itself, without Python's
+  start-up) and seconds from the start of the processes to the last message; then the ratio PostgreSQL 1 node / SQLite 1 node and
   whether more nodes or workers were ever slower than fewer.
 * ``claims``: M recipients are committed into a fresh PostgreSQL database, then K =
   1, 2, 4, 8 processes (this file run as ``_claimer``) run the store's loop directly,
@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from _counts import fsync_rate
-from _mta import Sink, ensure_peers, log, machine
+from _mta import _SINK_TRANSPORT, Sink, ensure_peers, log, machine
 from latency import content, percentile
 from spoolbox import Address, NewMessage
 from spoolbox.client import Client
@@ -106,15 +106,7 @@ idle = "always"
 [identities]
 senders = ["SMTP:{SENDER}"]
 
-[[transports]]
-name = "relay"
-provider = "smtp"
-address_types = ["SMTP"]
-[transports.options]
-host = "127.0.0.1"
-port = {sink_port}
-tls = "none"
-max_connections = {args.max_connections}
+{_SINK_TRANSPORT.format(port=sink_port)}max_connections = {args.max_connections}
 """
     )
     return path
