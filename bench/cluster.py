@@ -13,8 +13,9 @@ a temporary directory, ``fsync = on``) and Postfix's ``smtp-sink -c`` (``bench/_
   processes on one WAL file).  Each process relays with ``max_connections`` (default
   4) to the sink (the ``relay`` transport of ``bench/_mta.py``).  Reported: msg/s
   from the sink's first message to its last (the drain itself, without Python's
-  start-up) and seconds from the start of the processes to the last message; then the ratio PostgreSQL 1 node / SQLite 1 node and
-  whether more nodes or workers were ever slower than fewer.
+  start-up) and seconds from the start of the processes to the last message; then
+  the ratio PostgreSQL 1 node / SQLite 1 node and whether more nodes or workers were
+  ever slower than fewer.
 * ``claims``: M recipients are committed into a fresh PostgreSQL database, then K =
   1, 2, 4, 8 processes (this file run as ``_claimer``) run the store's loop directly,
   each as a node of its own: claim a batch (``claim_batch`` 8, as a node's default),
