@@ -27,6 +27,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as AiosmtpdSMTP
 from aiosmtpd.smtp import Envelope, Session
+from relay_profile import write_relay_profile
 
 CLI = [sys.executable, "-m", "spoolbox.cli"]
 DEADLINE = 90.0
@@ -209,38 +210,19 @@ class Cluster:
         *,
         policy: str = "housekeeping_interval = 1\nretry_base = 60\n",
         transports: str = "",
+        max_connections: int = 2,
         relay_options: str = "",
         start: bool = True,
     ) -> Node:
-        directory = self.root / name
-        directory.mkdir(parents=True, exist_ok=True)
-        profile = directory / "spoolbox.toml"
-        profile.write_text(
-            f"""
-data_dir = "."
-node = "{name}"
-
-[store]
-{self.store.toml}
-
-[policy]
-{policy}
-
-[identities]
-senders = ["SMTP:postmaster@example.org"]
-
-[[transports]]
-name = "relay"
-provider = "smtp"
-address_types = ["SMTP"]
-[transports.options]
-host = "127.0.0.1"
-port = {smtp_port}
-tls = "none"
-max_connections = 2
-{relay_options}
-{transports}
-"""
+        options = f"max_connections = {max_connections}\n{relay_options}"
+        profile = write_relay_profile(
+            self.root / name,
+            name,
+            self.store.toml,
+            smtp_port,
+            policy=policy,
+            options=options,
+            tail=transports,
         )
         env = {k: v for k, v in os.environ.items() if k != "SPOOLBOX_PROFILE"}
         env["PYTHONWARNINGS"] = "error"

@@ -1,15 +1,31 @@
-"""The multi-node crash soak: three real ``spoolbox run`` nodes on one PostgreSQL
-database relay a few thousand messages to Postfix's ``smtp-sink`` while a random
-node is killed with SIGKILL every few seconds and started again.  At the end: no
-message lost, the deliveries made twice bounded by what was in flight at the kills,
-every recipient in exactly one terminal state (delivered).  Slow: run with
-``--runslow``.  Needs ``postfix`` (smtp-sink) and ``postgresql``; the sink, its
+"""The crash soaks of several delivering processes on one store, relaying to
+Postfix's ``smtp-sink`` while a random process is killed with SIGKILL every few
+seconds.  At the end: no message lost, the deliveries made twice bounded by what was
+in flight at the kills, every recipient in exactly one terminal state (delivered).
+
+* Three real ``spoolbox run`` nodes on one PostgreSQL database, a few thousand
+  messages; the victim node is started again at once.  Slow: ``--runslow``.
+* One ``spoolbox run --workers 2`` daemon on SQLite (WAL): the messages are submitted
+  through the client while it runs, and the victim is the daemon (started again by
+  the test) or worker w1 or w2 (started again by the daemon: the test waits for
+  that).  The in-flight bound is exact: the victim is stopped (SIGSTOP) before the
+  kill and its ACTIVE recipients counted then.  The store passes ``PRAGMA
+  integrity_check`` at the end.  A quick version (300 messages, 3 kills) runs in
+  the normal suite; the long one (3000 messages, 12 kills) with ``--runslow``.
+
+Needs ``postfix`` (smtp-sink) and, for the first, ``postgresql``; the sink, its
 checks and the messages are the single-node SMTP crash test's (tests/crash)."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import importlib.util
+import os
 import random
+import re
+import signal
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -18,6 +34,7 @@ from typing import Any
 import psycopg
 import pytest
 from nodes import DSN_ENV, Cluster, SharedStore, wait_for
+from workers_kit import NODE, Daemon, Store, alive, wait_until, write_profile
 
 from spoolbox.client import Client
 
@@ -55,9 +72,9 @@ def _states(dsn: str) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_three_nodes_killed_at_random_lose_nothing(cluster: Cluster, smtp_sink: Any) -> None:
-    options = f"max_connections = {IN_FLIGHT}"
     nodes = [
-        cluster.add(name, smtp_sink.port, policy=POLICY, relay_options=options) for name in NODES
+        cluster.add(name, smtp_sink.port, policy=POLICY, max_connections=IN_FLIGHT)
+        for name in NODES
     ]
     client = Client(nodes[0].profile)
     worker = crash_smtp.worker
@@ -89,3 +106,136 @@ def test_three_nodes_killed_at_random_lose_nothing(cluster: Cluster, smtp_sink: 
     assert states == {"delivered": N}, states  # each recipient in one terminal state
     assert kills >= 3
     assert duplicates <= kills * IN_FLIGHT, (duplicates, kills)
+
+
+# -- the same with `spoolbox run --workers 2` on SQLite ------------------------------------
+#: the daemon's policy in the workers soak (a message a kill cut short goes again soon)
+WORKERS_POLICY = "\n[policy]\nhousekeeping_interval = 1\nretry_base = 1\nretry_cap = 5\n"
+WORKER_TAGS = ("w1", "w2")
+
+
+def _running_workers(daemon: Daemon) -> dict[str, int]:
+    """The pid of each worker once both are running (the daemon started any that died
+    again): from their status rows (``delivering (node wk-w1, pid N)``)."""
+    pids: dict[str, int] = {}
+
+    def running() -> bool:
+        rows = daemon.rows()
+        for tag in WORKER_TAGS:
+            status = rows.get(f"worker:{tag}", {}).get("status", "")
+            found = re.fullmatch(r"delivering \(node .*, pid (\d+)\)", status)
+            if found is None or not alive(int(found.group(1))):
+                return False
+            pids[tag] = int(found.group(1))
+        return True
+
+    wait_until("both workers running", running)
+    return pids
+
+
+def _holding(store: Store, owner: str, deadline: float = 20.0) -> None:
+    """Wait (a while) until node ``owner`` holds recipients: a kill then hits
+    deliveries in flight (if it never does, the kill goes ahead on an idle process)."""
+    end = time.monotonic() + deadline
+    while store.active_of(owner) == 0 and time.monotonic() < end:
+        time.sleep(0.01)
+
+
+def _kill(daemon: Daemon, victim: str, pid: int, store: Store) -> tuple[Daemon, list[str]]:
+    """SIGKILL ``victim`` (``daemon``, ``w1`` or ``w2``, process ``pid``) once it holds
+    recipients; start the daemon again if it was the one, else see the daemon start
+    the worker again.  Returns the daemon now running and the messages in flight in
+    the victim at the kill: it is stopped (SIGSTOP) first, so that what it holds
+    (recipients ACTIVE under its node name) is read while it can neither claim nor
+    settle; only those can reach the sink twice."""
+    owner = NODE if victim == "daemon" else f"{NODE}-{victim}"
+    _holding(store, owner)
+    os.kill(pid, signal.SIGSTOP)
+    held = "SELECT message_id FROM recipients WHERE state = 'active' AND owner = ?"
+    in_flight = [str(mid) for (mid,) in store.query(held, owner)]
+    os.kill(pid, signal.SIGKILL)
+    if victim == "daemon":
+        daemon.proc.wait(timeout=60)
+        return Daemon(daemon.profile, "--workers", "2"), in_flight
+    restarts = daemon.log().count(f"delivery worker {victim} started again")
+    wait_until(
+        f"the daemon to start {victim} again",
+        lambda: daemon.log().count(f"delivery worker {victim} started again") > restarts,
+    )
+    assert _running_workers(daemon)[victim] != pid
+    return daemon, in_flight
+
+
+def _workers_soak(
+    tmp_path: Path, sink: Any, *, total: int, batch: int, kills: int, seed: int
+) -> dict[str, int]:
+    """``total`` messages submitted through the client, ``batch`` at a time, to a
+    ``spoolbox run --workers 2`` daemon on SQLite, with a random process of the three
+    SIGKILLed ``kills`` times in between (every one of the three at least once); the
+    figures of the end, after checking them."""
+    directory = tmp_path / "workers"
+    profile = write_profile(directory, sink.port, 'backend = "sqlite"', WORKERS_POLICY)
+    store = Store(directory / "spool.sqlite3")
+    rng = random.Random(seed)
+    victims = ["daemon", *WORKER_TAGS]
+    rng.shuffle(victims)
+    victims += rng.choices(("daemon", *WORKER_TAGS), k=kills - len(victims))
+    worker = crash_smtp.worker
+    daemon = Daemon(profile, "--workers", "2")
+    started = [daemon]
+    submitted = 0
+    in_flight: collections.Counter[str] = collections.Counter()  # kills that caught each
+    ids: dict[str, str] = {}  # the store's message id -> the message's Message-ID
+    try:
+        client = Client(profile)
+        while submitted < total or victims:
+            pids = _running_workers(daemon) | {"daemon": daemon.proc.pid}
+            if submitted < total:
+                lot = [worker.new_message(i, "smtp") for i in range(submitted, submitted + batch)]
+                done = client.submit_many(lot)
+                assert done["via"] == "daemon"
+                ids |= {mid: worker.message_id(submitted + k) for k, mid in enumerate(done["ids"])}
+                submitted += batch
+            if victims:
+                victim = victims.pop()
+                daemon, held = _kill(daemon, victim, pids[victim], store)
+                started.append(daemon)
+                in_flight.update(ids[mid] for mid in held)
+        wait_until(
+            f"all {total} delivered",
+            lambda: store.states().get("delivered", 0) >= total,
+            deadline=600,
+        )
+        crash_smtp._settle(sink)
+        deliveries = crash_smtp.scan_sink(sink)
+        assert deliveries.problems == []
+        assert daemon.stop() == 0
+    finally:
+        for d in started:
+            d.kill()
+    lost = {worker.message_id(i) for i in range(total)} - set(deliveries.copies)
+    duplicates = sum(n - 1 for n in deliveries.copies.values())
+    figures = {"messages": total, "kills": kills, "lost": len(lost), "duplicates": duplicates}
+    bound = sum(in_flight.values())
+    print(f"workers soak: {figures}, in-flight bound {bound}")
+    assert lost == set()
+    assert store.states() == {"delivered": total}  # each recipient in one terminal state
+    # A message reached the sink twice only if the victim of a kill held it then, and
+    # at most once more per such kill.
+    extra = {mid: n - 1 for mid, n in deliveries.copies.items() if n > 1}
+    beyond = {mid: n for mid, n in extra.items() if n > in_flight[mid]}
+    assert beyond == {}, f"sent again without being in a victim's hands: {sorted(beyond)}"
+    assert bound >= 1  # the kills hit deliveries in flight
+    with contextlib.closing(sqlite3.connect(directory / "spool.sqlite3")) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    return figures | {"bound": bound}
+
+
+def test_workers_killed_at_random_lose_nothing_quick(tmp_path: Path, smtp_sink: Any) -> None:
+    _workers_soak(tmp_path, smtp_sink, total=300, batch=100, kills=3, seed=16)
+
+
+@pytest.mark.slow
+def test_workers_killed_at_random_lose_nothing(tmp_path: Path, smtp_sink: Any) -> None:
+    _workers_soak(tmp_path, smtp_sink, total=3000, batch=250, kills=12, seed=1602)

@@ -22,6 +22,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as AiosmtpdSMTP
 from aiosmtpd.smtp import Envelope, Session
+from relay_profile import write_relay_profile
 
 from spoolbox import Address, NewMessage
 from spoolbox.client import Client
@@ -59,30 +60,7 @@ def sink() -> Iterator[tuple[_Sink, int]]:
 
 
 def _profile(directory: Path, smtp_port: int, store: str, node: str = "pg-node-1") -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "spoolbox.toml"
-    path.write_text(
-        f"""
-data_dir = "."
-node = "{node}"
-
-[store]
-{store}
-
-[identities]
-senders = ["SMTP:postmaster@example.org"]
-
-[[transports]]
-name = "relay"
-provider = "smtp"
-address_types = ["SMTP"]
-[transports.options]
-host = "127.0.0.1"
-port = {smtp_port}
-tls = "none"
-"""
-    )
-    return path
+    return write_relay_profile(directory, node, store, smtp_port)
 
 
 def _env(dsn: str) -> dict[str, str]:

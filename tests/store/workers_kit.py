@@ -25,6 +25,7 @@ import postgres_cluster as pgc
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as AiosmtpdSMTP
 from aiosmtpd.smtp import Envelope, Session
+from relay_profile import write_relay_profile
 
 from spoolbox import Address, NewMessage
 
@@ -75,32 +76,8 @@ def running_sink(sink: Sink) -> Iterator[int]:
 
 def write_profile(directory: Path, port: int, store: str, extra: str = "") -> Path:
     """A profile of node :data:`NODE` relaying SMTP: recipients to the sink on ``port``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "spoolbox.toml"
-    path.write_text(
-        f"""
-data_dir = "."
-node = "{NODE}"
-
-[store]
-{store}
-
-[identities]
-senders = ["SMTP:postmaster@example.org"]
-
-[[transports]]
-name = "relay"
-provider = "smtp"
-address_types = ["SMTP"]
-[transports.options]
-host = "127.0.0.1"
-port = {port}
-tls = "none"
-max_connections = {MAX_CONNECTIONS}
-{extra}
-"""
-    )
-    return path
+    options = f"max_connections = {MAX_CONNECTIONS}"
+    return write_relay_profile(directory, NODE, store, port, options=options, tail=extra)
 
 
 def lot(total: int, first: int = 0) -> list[NewMessage]:

@@ -1,0 +1,541 @@
+"""Issue 16's performance figures: PostgreSQL with several nodes against SQLite.
+
+Three measurements, in one run, on one private PostgreSQL (the tests' helper,
+``tests/store/postgres_cluster.py``: ``initdb`` + ``pg_ctl`` on a free loopback port in
+a temporary directory, ``fsync = on``) and Postfix's ``smtp-sink -c`` (``bench/_mta.py``):
+
+* ``drain``: N messages (about 2 KB, one recipient each, routed to the ``relay``
+  transport) are committed into a fresh store through the store's own API while no
+  node runs; then the nodes are started and the drain lasts until the sink has N.
+  Systems: PostgreSQL with 1, 2 and 4 nodes (separate ``spoolbox run`` processes,
+  each with its own profile and node name, on one database) and SQLite with one
+  node and with ``workers = 1, 2, 4`` (``spoolbox run`` with delivery worker
+  processes on one WAL file).  Each process relays with ``max_connections`` (default
+  4) to the sink (the ``relay`` transport of ``bench/_mta.py``).  Reported: msg/s
+  from the sink's first message to its last (the drain itself, without Python's
+  start-up) and seconds from the start of the processes to the last message; then
+  the ratio PostgreSQL 1 node / SQLite 1 node and whether more nodes or workers were
+  ever slower than fewer.
+* ``claims``: M recipients are committed into a fresh PostgreSQL database, then K =
+  1, 2, 4, 8 processes (this file run as ``_claimer``) run the store's loop directly,
+  each as a node of its own: claim a batch (``claim_batch`` 8, as a node's default),
+  settle each job delivered (the settles of one batch at once: the store commits them
+  as one group), until the queue is empty.  Reported: claim calls' latency p50/p99,
+  recipients claimed (and settled) per second by all K together.
+* ``latency``: one message at a time through the client (``Client.submit``, the
+  daemon's API) to node 1 of an idle system, the time until smtp-sink has it (p50,
+  p99, as ``bench/latency.py``): PostgreSQL with 2 nodes (the other node hears of it
+  by LISTEN/NOTIFY and may claim it) against SQLite with one node.
+
+Beside every figure: the load average (1 min) at its start and end, and the disk's
+fsync rate (``bench/_counts.py``) measured at the start.  Medians over ``--runs``; the
+order of the systems rotates from run to run.  Run it::
+
+    .venv/bin/python bench/cluster.py [--runs 3] [--messages 1000] [--claims 4000]
+        [--latency-messages 100] [--json out.json]
+
+Needs ``postgresql`` (Debian package), ``postfix`` (smtp-sink) and psycopg
+(``pip install 'spoolbox[postgres]'``).  As root, PostgreSQL runs as the ``postgres``
+user (the helper does it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from _counts import fsync_rate
+from _mta import _SINK_TRANSPORT, Sink, ensure_peers, log, machine
+from latency import content, percentile
+from spoolbox import Address, NewMessage
+from spoolbox.client import Client
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "store"))
+import postgres_cluster as pgc  # the tests' private PostgreSQL
+
+CLI = [sys.executable, "-m", "spoolbox.cli"]
+DSN_ENV = "SPOOLBOX_BENCH_PG_DSN"
+SENDER, RECIPIENT = "from@example.org", "to@example.org"
+WAIT = 600.0
+CLAIM_BATCH = 8
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+def _message(i: int) -> NewMessage:
+    return NewMessage(Address("SMTP", SENDER), (Address("SMTP", RECIPIENT),), content(i))
+
+
+# -- the systems ----------------------------------------------------------------------------
+def _profile(
+    directory: Path, node: str, store: str, sink_port: int, args: Any, workers: int
+) -> Path:
+    directory.mkdir(parents=True)
+    path = directory / "spoolbox.toml"
+    path.write_text(
+        f"""\
+data_dir = "."
+node = "{node}"
+
+[store]
+{store}
+
+[daemon]
+nice = 0
+log_level = "warning"
+workers = {workers}
+
+[policy]
+idle = "always"
+
+[identities]
+senders = ["SMTP:{SENDER}"]
+
+{_SINK_TRANSPORT.format(port=sink_port)}max_connections = {args.max_connections}
+"""
+    )
+    return path
+
+
+@dataclass
+class System:
+    """``spoolbox run`` processes on one store: K PostgreSQL nodes, or one SQLite
+    daemon with W delivery workers."""
+
+    name: str
+    backend: str  # "postgres" or "sqlite"
+    count: int  # PostgreSQL: nodes; SQLite: workers
+
+    @property
+    def processes(self) -> int:
+        return self.count if self.backend == "postgres" else self.count + 1
+
+
+class Running:
+    """The profiles of one system on a fresh store, and its processes once started."""
+
+    def __init__(self, system: System, root: Path, pg: Any, sink_port: int, args: Any) -> None:
+        self.system = system
+        self.env = {k: v for k, v in os.environ.items() if k != "SPOOLBOX_PROFILE"}
+        if system.backend == "postgres":
+            self.db = pg.new_database()
+            self.dsn = pg.dsn(self.db)
+            self.env[DSN_ENV] = self.dsn
+            store = f'backend = "postgres"\ndsn_env = "{DSN_ENV}"'
+            self.profiles = [
+                _profile(root / f"node{k}", f"node{k}", store, sink_port, args, 0)
+                for k in range(1, system.count + 1)
+            ]
+        else:
+            store = 'backend = "sqlite"\npath = "spool.sqlite3"'
+            self.profiles = [
+                _profile(root / "node1", "node1", store, sink_port, args, system.count)
+            ]
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._pg = pg
+
+    def store(self) -> Any:
+        if self.system.backend == "postgres":
+            from spoolbox.store.postgres import PostgresStore
+
+            return PostgresStore(self.dsn, pool_size=1)
+        from spoolbox import SQLiteStore
+
+        return SQLiteStore(self.profiles[0].parent / "spool.sqlite3")
+
+    def fill(self, n: int) -> None:
+        """Commit ``n`` messages routed to ``relay`` with no node running."""
+
+        async def fill() -> None:
+            store = self.store()
+            await store.open()
+            try:
+                for first in range(0, n, 1000):
+                    lot = [_message(i) for i in range(first, min(n, first + 1000))]
+                    await store.submit_many(
+                        lot, now=time.time(), lifetime=86400.0, routes=[["relay"]] * len(lot)
+                    )
+            finally:
+                await store.close()
+
+        asyncio.run(fill())
+
+    def delivered(self) -> int:
+        sql = "SELECT count(*) FROM recipients WHERE state = 'delivered'"
+        if self.system.backend == "postgres":
+            import psycopg
+
+            with psycopg.connect(self.dsn) as conn:
+                row = conn.execute(sql).fetchone()
+        else:
+            path = self.profiles[0].parent / "spool.sqlite3"
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+            try:
+                row = conn.execute(sql).fetchone()
+            finally:
+                conn.close()
+        assert row is not None
+        return int(row[0])
+
+    def start(self) -> None:
+        for profile in self.profiles:
+            with (profile.parent / "daemon.log").open("ab") as out:
+                self.procs.append(
+                    subprocess.Popen(
+                        [*CLI, "--profile", str(profile), "run", "--no-nice"],
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        env=self.env,
+                        cwd=profile.parent,
+                    )
+                )
+
+    def ready(self) -> None:
+        """Every node answers and its ``relay`` transport is logged on."""
+        deadline = time.monotonic() + 120
+        for profile in self.profiles:
+            while True:
+                self.check_alive()
+                try:
+                    rows = Client(profile).status()
+                    if any(r["name"] == "relay" and r["status_code"] & 1 for r in rows):
+                        break
+                except Exception:  # not answering yet
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{profile.parent.name} of {self.system.name} not ready")
+                time.sleep(0.1)
+
+    def check_alive(self) -> None:
+        for proc, profile in zip(self.procs, self.profiles, strict=False):
+            if proc.poll() is not None:
+                tail = (profile.parent / "daemon.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{self.system.name}: a process exited:\n{tail}")
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self.system.backend == "postgres":
+            self._pg.drop_database(self.db)
+
+
+@contextmanager
+def running(system: System, root: Path, pg: Any, sink: Sink, args: Any) -> Iterator[Running]:
+    r = Running(system, root, pg, sink.port, args)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+# -- the measurements -----------------------------------------------------------------------
+def drain(system: System, root: Path, pg: Any, sink: Sink, args: Any) -> dict[str, float]:
+    n = args.messages
+    load = _load()
+    with running(system, root, pg, sink, args) as r:
+        r.fill(n)
+        base = sink.count
+        t0 = time.perf_counter()
+        r.start()
+        deadline = t0 + WAIT
+        while sink.count < base + n:
+            r.check_alive()
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"{system.name}: the sink has {sink.count - base} of {n}")
+            time.sleep(0.05)
+        first, last = sink.seen[base + 1], sink.wait_for(base + n, 1)
+        while r.delivered() < n:  # every recipient settled as delivered
+            r.check_alive()
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"{system.name}: not every recipient settled delivered")
+            time.sleep(0.1)
+    return {
+        "msg/s": (n - 1) / (last - first),
+        "from start s": last - t0,
+        "load start": load,
+        "load end": _load(),
+    }
+
+
+def claims(k: int, root: Path, pg: Any, args: Any) -> dict[str, float]:
+    """K claimer processes on one database holding ``args.claims`` recipients."""
+    load = _load()
+    system = System(f"claims {k}", "postgres", 1)
+    r = Running(system, root, pg, 25, args)
+    try:
+        r.fill(args.claims)
+        procs = [
+            subprocess.Popen(
+                [sys.executable, __file__, "_claimer", f"claimer{i}"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=r.env,
+                text=True,
+            )
+            for i in range(k)
+        ]
+        for proc in procs:  # each has opened its store
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError("a claimer did not start")
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        results = [json.loads(proc.communicate(timeout=WAIT)[0]) for proc in procs]
+    finally:
+        r.close()
+    latencies = [x for res in results for x in res["latencies"]]
+    claimed = sum(res["claimed"] for res in results)
+    if claimed != args.claims:
+        raise RuntimeError(f"{k} claimers claimed {claimed} of {args.claims}")
+    wall = max(res["end"] for res in results) - min(res["start"] for res in results)
+    return {
+        "claim p50 ms": percentile(latencies, 50),
+        "claim p99 ms": percentile(latencies, 99),
+        "claims/s": claimed / wall,
+        "load start": load,
+        "load end": _load(),
+    }
+
+
+async def _claimer(owner: str) -> None:
+    """The store's loop of one node, without transports: claim, settle delivered."""
+    from spoolbox import RecipientState
+    from spoolbox.store.base import RecipientUpdate
+    from spoolbox.store.postgres import PostgresStore
+
+    store = PostgresStore(os.environ[DSN_ENV], pool_size=2)
+    await store.open()
+    print("ready", flush=True)
+    await asyncio.to_thread(sys.stdin.readline)
+    latencies: list[float] = []
+    claimed = 0
+    start = time.monotonic()
+
+    async def settle(job: Any) -> None:
+        updates = [
+            RecipientUpdate(r.index, RecipientState.DELIVERED, status="2.0.0", count_attempt=True)
+            for r in job.recipients
+        ]
+        await store.settle(job.message.id, updates, owner=owner, now=time.time())
+
+    while True:
+        t0 = time.perf_counter()
+        jobs = await store.claim(
+            "relay", owner=owner, now=time.time(), lease=60.0, limit=CLAIM_BATCH
+        )
+        latencies.append(1000 * (time.perf_counter() - t0))
+        if not jobs:
+            break
+        claimed += sum(len(job.recipients) for job in jobs)
+        await asyncio.gather(*(settle(job) for job in jobs))
+    end = time.monotonic()
+    await store.close()
+    print(json.dumps({"latencies": latencies[:-1], "claimed": claimed, "start": start, "end": end}))
+
+
+def latency(system: System, root: Path, pg: Any, sink: Sink, args: Any) -> dict[str, float]:
+    load = _load()
+    times: list[float] = []
+    with running(system, root, pg, sink, args) as r:
+        r.start()
+        r.ready()
+        client = Client(r.profiles[0])
+        for i in range(args.warmup + args.latency_messages):
+            time.sleep(args.gap_ms / 1000)
+            base = sink.count
+            t0 = time.perf_counter()
+            client.submit(_message(i), fallback=False)
+            wire = sink.wait_for(base + 1, 60)
+            if i >= args.warmup:
+                times.append(1000 * (wire - t0))
+    return {
+        "p50 ms": percentile(times, 50),
+        "p99 ms": percentile(times, 99),
+        "load start": load,
+        "load end": _load(),
+    }
+
+
+# -- the report -----------------------------------------------------------------------------
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _rotations(names: Sequence[str], runs: int) -> Iterator[tuple[int, list[str]]]:
+    for r in range(runs):
+        k = r % len(names)
+        yield r, [*names[k:], *names[:k]]
+
+
+def _medians(runs: list[dict[str, dict[str, float]]], name: str) -> dict[str, float]:
+    keys = runs[0][name].keys()
+    return {key: statistics.median(run[name][key] for run in runs) for key in keys}
+
+
+def _loads(runs: list[dict[str, dict[str, float]]], name: str) -> str:
+    lo = min(min(run[name]["load start"], run[name]["load end"]) for run in runs)
+    hi = max(max(run[name]["load start"], run[name]["load end"]) for run in runs)
+    return f"{lo:.1f}-{hi:.1f}"
+
+
+def _measure(
+    names: Sequence[str], runs: int, one: Callable[[str, int], dict[str, float]]
+) -> list[dict[str, dict[str, float]]]:
+    out: list[dict[str, dict[str, float]]] = []
+    for r, order in _rotations(names, runs):
+        res = {}
+        for name in order:
+            res[name] = one(name, r)
+            log(f"run {r + 1}: {name}: {res[name]}")
+        out.append(res)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="PostgreSQL nodes against SQLite (issue 16)")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--messages", type=int, default=1000, help="drain: messages per run")
+    p.add_argument("--nodes", type=_ints, default=[1, 2, 4], help="drain: PostgreSQL nodes")
+    p.add_argument("--workers", type=_ints, default=[0, 1, 2, 4], help="drain: SQLite workers")
+    p.add_argument("--max-connections", type=int, default=4, help="per process")
+    p.add_argument("--claims", type=int, default=4000, help="claims: recipients per run")
+    p.add_argument("--claimers", type=_ints, default=[1, 2, 4, 8])
+    p.add_argument("--latency-messages", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--gap-ms", type=float, default=50.0)
+    p.add_argument("--only", default="drain,claims,latency")
+    p.add_argument("--dir", type=Path, default=None, help="directory on the disk to test")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    parts = set(args.only.split(","))
+    if pgc.find_bindir() is None:
+        print(pgc.SKIP_REASON, file=sys.stderr)
+        return 2
+    ensure_peers()
+    report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
+    with tempfile.TemporaryDirectory(prefix="spoolbox-cluster-", dir=args.dir) as tmp:
+        root = Path(tmp)
+        rate = fsync_rate(root)
+        print(f"{machine()}\nfsync rate of the disk: {rate:,.0f}/s; load average {_load():.1f}")
+        report["fsync/s"] = rate
+        pg = pgc.start_cluster()
+        try:
+            with Sink() as sink:
+                report.update(_run(args, parts, root, pg, sink))
+        finally:
+            pgc.remove_cluster(pg)
+    print(f"load average at the end {_load():.1f}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+def _run(args: Any, parts: set[str], root: Path, pg: Any, sink: Sink) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    made = iter(range(10**6))
+    if "drain" in parts:
+        systems = {
+            s.name: s
+            for s in [
+                System(f"postgres {k} node{'s' * (k > 1)}", "postgres", k) for k in args.nodes
+            ]
+            + [System(f"sqlite --workers {w}", "sqlite", w) for w in args.workers]
+        }
+        runs = _measure(
+            list(systems),
+            args.runs,
+            lambda name, r: drain(systems[name], root / f"d{next(made)}", pg, sink, args),
+        )
+        print(f"\ndrain: {args.messages} messages committed, then the nodes started; medians")
+        print("| system | processes | msg/s | start to last message s | load |")
+        print("|---|---:|---:|---:|---|")
+        for name, s in systems.items():
+            m = _medians(runs, name)
+            print(
+                f"| {name} | {s.processes} | {m['msg/s']:,.0f} | {m['from start s']:.2f} "
+                f"| {_loads(runs, name)} |"
+            )
+        pg1, sq1 = "postgres 1 node", "sqlite --workers 0"
+        if pg1 in systems and sq1 in systems:
+            ratios = [run[pg1]["msg/s"] / run[sq1]["msg/s"] for run in runs]
+            print(
+                f"PostgreSQL 1 node / SQLite 1 node: {statistics.median(ratios):.2f}x (goal 0.7x)"
+            )
+        for family in ("postgres", "sqlite"):
+            names = [n for n, s in systems.items() if s.backend == family]
+            rates = [_medians(runs, n)["msg/s"] for n in names]
+            slower = [
+                f"{names[i + 1]} < {names[i]}"
+                for i in range(len(names) - 1)
+                if rates[i + 1] < rates[i]
+            ]
+            print(f"{family}: more processes slower than fewer: {', '.join(slower) or 'never'}")
+        out["drain"] = runs
+    if "claims" in parts:
+        runs = _measure(
+            [str(k) for k in args.claimers],
+            args.runs,
+            lambda name, r: claims(int(name), root / f"c{next(made)}", pg, args),
+        )
+        print(f"\nclaims: {args.claims} recipients, claim batch {CLAIM_BATCH}; medians")
+        print("| claiming processes | claim p50 ms | claim p99 ms | claims/s | load |")
+        print("|---:|---:|---:|---:|---|")
+        for k in args.claimers:
+            m = _medians(runs, str(k))
+            print(
+                f"| {k} | {m['claim p50 ms']:.2f} | {m['claim p99 ms']:.2f} "
+                f"| {m['claims/s']:,.0f} | {_loads(runs, str(k))} |"
+            )
+        out["claims"] = runs
+    if "latency" in parts:
+        systems = {"postgres 2 nodes": System("postgres 2 nodes", "postgres", 2)}
+        systems["sqlite 1 node"] = System("sqlite 1 node", "sqlite", 0)
+        runs = _measure(
+            list(systems),
+            args.runs,
+            lambda name, r: latency(systems[name], root / f"l{next(made)}", pg, sink, args),
+        )
+        print(
+            f"\nsubmit to wire, idle: {args.latency_messages} messages one at a time, "
+            f"{args.gap_ms:g} ms apart; medians of the runs' percentiles"
+        )
+        print("| system | p50 ms | p99 ms | load |")
+        print("|---|---:|---:|---|")
+        for name in systems:
+            m = _medians(runs, name)
+            print(f"| {name} | {m['p50 ms']:.2f} | {m['p99 ms']:.2f} | {_loads(runs, name)} |")
+        out["latency"] = runs
+    return out
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["_claimer"]:
+        asyncio.run(_claimer(sys.argv[2]))
+    else:
+        raise SystemExit(main())
