@@ -27,7 +27,10 @@ from .lag import LagProbe
 from .metrics import Metrics
 from .token import csrf_token, load_or_create_token, page_url
 
-__all__ = ["WebServer"]
+__all__ = ["SEND_BUFFER", "WebServer"]
+
+#: Bytes of the kernel's send buffer of each connection (the kernel doubles it).
+SEND_BUFFER = 32 * 1024
 
 log = logging.getLogger("spoolbox.web")
 
@@ -116,6 +119,9 @@ def _bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Inherited by every connection: a fixed send buffer (the kernel would grow it
+        # up to megabytes for a client that does not read; see the module's docstring).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         sock.bind(address)
         sock.listen(128)
     except OSError as exc:
