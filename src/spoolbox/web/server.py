@@ -5,6 +5,11 @@ error, and a test may ask for port 0), runs uvicorn's ``serve`` as a task of the
 daemon's loop without uvicorn's signal handling (the daemon owns SIGTERM, SIGINT
 and SIGHUP), writes no access log (an address may hold the token on a first visit),
 and gives open event streams one second to end when it stops.
+
+Its connections have a fixed send buffer (:data:`SEND_BUFFER`, set on the listening
+socket, which they inherit): left to itself the kernel grows a connection's buffer
+up to megabytes for a client that does not read, and such a client of the event
+stream would be noticed (and dropped, :mod:`.events`) only after minutes of events.
 """
 
 from __future__ import annotations

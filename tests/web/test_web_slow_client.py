@@ -1,0 +1,174 @@
+"""A client of the event stream that stops reading, on a real socket: a real ``spoolbox
+run`` daemon (SQLite, an SMTP relay to an aiosmtpd sink) with its page on a TCP port,
+and a raw socket client (a small receive buffer) that opens ``/events`` with the
+cookie of the token's first visit, reads the first event, then reads nothing while
+mail flows and the rows change hundreds of times.  The daemon's own figures
+(``/api/statistics``: ``status.subscribers``, ``status.subscribers_dropped``) show
+the client dropped and its subscription let go; its resident memory stays within a
+generous bound; when the client reads at last, the stream ends with ``reload``."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from webnodes_support import (
+    DEADLINE,
+    Cluster,
+    SharedStore,
+    Sink,
+    free_port,
+    page_client,
+    read_rss,
+    web_section,
+)
+
+from spoolbox import Address, NewMessage
+from spoolbox.client import Client
+from spoolbox.web.security import COOKIE
+
+#: The client's receive buffer (the kernel doubles it, and keeps a minimum).
+RCVBUF = 4096
+#: Messages a submission carries (mail flows while the client is stuck: the rows
+#: change with each delivery).
+BATCH = 10
+#: A stuck client is dropped once the kernel's buffers (the daemon's send buffer is
+#: fixed: web.server.SEND_BUFFER), uvicorn's and its 256 changes are full: about 130
+#: KiB of events, at up to 10 a second.  This bounds the wait, generously.
+DROPPED_WITHIN = 300.0
+#: How much the daemon's resident memory may grow meanwhile, in KiB: generous (the
+#: SQLite cache and the allocator grow with the mail too); a queue that kept every
+#: change for the stuck client would grow without bound instead.
+RSS_SLACK = 64 * 1024
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    with Sink.running() as s:
+        yield s
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path, SharedStore.sqlite(tmp_path / "spool.db"))
+    try:
+        yield c
+    finally:
+        c.stop_all()
+
+
+def _messages(n: int) -> list[NewMessage]:
+    return [
+        NewMessage(
+            sender=Address.parse("SMTP:postmaster@example.org"),
+            recipients=(Address.parse("SMTP:dora@example.org"),),
+            content=b"From: postmaster@example.org\r\nSubject: churn\r\n\r\nbody\r\n",
+        )
+        for _ in range(n)
+    ]
+
+
+def _open_stuck_stream(port: int, cookie: str) -> tuple[socket.socket, bytes]:
+    """``GET /events`` on a raw socket with a small receive buffer, and what it read:
+    up to the first event (the daemon subscribed this client)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)  # before connect
+    sock.settimeout(DEADLINE)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(
+        f"GET /events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Cookie: {COOKIE}={cookie}\r\nConnection: close\r\n\r\n".encode()
+    )
+    head = b""
+    while b"event: status" not in head:
+        chunk = sock.recv(RCVBUF)
+        assert chunk, f"the stream ended before its first event: {head!r}"
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    return sock, head
+
+
+def _read_to_the_end(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(1 << 16):
+        data += chunk
+    sock.close()
+    return data
+
+
+def _dechunked(body: bytes) -> bytes:
+    """An HTTP/1.1 chunked body's content."""
+    out = b""
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        body = rest[size + 2 :]
+    return out
+
+
+def _event_kinds(stream: bytes) -> list[str]:
+    kinds = []
+    for block in stream.decode().split("\n\n"):
+        for line in block.splitlines():
+            if line.startswith("event: "):
+                kinds.append(line[7:])
+    return kinds
+
+
+def test_a_client_that_stops_reading_is_dropped_and_told_to_reload(
+    cluster: Cluster, sink: Sink
+) -> None:
+    port = free_port()
+    node = cluster.add("solo", sink.port, transports=web_section(port))
+    assert node.process is not None
+    mail = Client(node.profile)
+    with page_client(node) as page:
+
+        def figures() -> dict[str, Any]:
+            status: dict[str, Any] = page.get("/api/statistics").json()["status"]
+            return status
+
+        # Mail flows once before, so that the memory compared is a daemon's at work.
+        mail.submit_many(_messages(5 * BATCH))
+        _until("the first mail delivered", lambda: len(sink.received) >= 5 * BATCH)
+        before = figures()
+        rss_before = read_rss(node.process.pid)
+
+        sock, first = _open_stuck_stream(port, page.cookies[COOKIE])
+        _until("the client subscribed", lambda: figures()["subscribers"] > before["subscribers"])
+        # It reads nothing more while the rows change, until the daemon drops it.
+        end = time.monotonic() + DROPPED_WITHIN
+        while figures()["subscribers_dropped"] == before["subscribers_dropped"]:
+            assert time.monotonic() < end, "the stuck client was never dropped"
+            mail.submit_many(_messages(BATCH))
+        after = figures()
+        assert after["subscribers_dropped"] == before["subscribers_dropped"] + 1
+        assert after["subscribers"] == before["subscribers"]  # its subscription let go
+        assert after["changes_published"] - before["changes_published"] > 256
+        rss_after = read_rss(node.process.pid)
+        assert rss_after < rss_before + RSS_SLACK, (rss_before, rss_after)
+
+        # It reads at last: what was sent before, then "reload", and the end.
+        raw = first + _read_to_the_end(sock)
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert b"transfer-encoding: chunked" in head.lower()
+        kinds = _event_kinds(_dechunked(body))
+        assert kinds[-1] == "reload", kinds[-5:]
+        assert b"this page fell behind" in body
+        # ...and a new client is served as before.
+        again, _ = _open_stuck_stream(port, page.cookies[COOKIE])
+        again.close()
+
+
+def _until(what: str, predicate: Any) -> None:
+    end = time.monotonic() + DEADLINE
+    while not predicate():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.05)
