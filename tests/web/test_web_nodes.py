@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - the fixtures imported from webnodes_support are parameters here
 """The page when several nodes share one store: two real ``spoolbox run`` nodes on one
 SQLite file (``tests/cluster/nodes.py``), the page on node-a.  Its HTML, its JSON
 (``/api/status``: the rows of ``spoolbox status --json``, one schema) and its event
@@ -7,20 +8,19 @@ turn ``Gone`` once its lease (3 s) ends, in the stream, the JSON and the HTML.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from webnodes_support import (
     Cluster,
     EventReader,
-    SharedStore,
     Sink,
     api_rows,
+    cluster,  # noqa: F401 - a fixture
     free_port,
     page_client,
     rows_of,
+    sink,  # noqa: F401 - a fixture
     web_section,
 )
 
@@ -40,21 +40,6 @@ pickup = "{pickup}"
 """
 
 Rows = dict[tuple[str, str], dict[str, Any]]
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    with Sink.running() as s:
-        yield s
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, SharedStore.sqlite(tmp_path / "shared" / "spool.db"))
-    try:
-        yield c
-    finally:
-        c.stop_all()
 
 
 def _received(rows: Rows) -> int:

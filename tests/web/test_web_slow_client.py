@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - the fixtures imported from webnodes_support are parameters here
 """A client of the event stream that stops reading, on a real socket: a real ``spoolbox
 run`` daemon (SQLite, an SMTP relay to an aiosmtpd sink) with its page on a TCP port,
 and a raw socket client (a small receive buffer) that opens ``/events`` with the
@@ -11,19 +12,17 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from webnodes_support import (
     DEADLINE,
     Cluster,
-    SharedStore,
     Sink,
+    cluster,  # noqa: F401 - a fixture
     free_port,
     page_client,
     read_rss,
+    sink,  # noqa: F401 - a fixture
     web_section,
 )
 
@@ -44,21 +43,6 @@ DROPPED_WITHIN = 300.0
 #: SQLite cache and the allocator grow with the mail too); a queue that kept every
 #: change for the stuck client would grow without bound instead.
 RSS_SLACK = 64 * 1024
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    with Sink.running() as s:
-        yield s
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, SharedStore.sqlite(tmp_path / "spool.db"))
-    try:
-        yield c
-    finally:
-        c.stop_all()
 
 
 def _messages(n: int) -> list[NewMessage]:

@@ -1,7 +1,8 @@
 """What the web tests on real ``spoolbox run`` daemons share: the nodes of
 ``tests/cluster/nodes.py`` (one profile each, on a shared SQLite file) with the web
-page switched on, an HTTP client that went through the token's first visit, and a
-reader of the page's event stream in a thread."""
+page switched on, the SMTP sink they relay to (fixtures ``cluster`` and ``sink``),
+an HTTP client that went through the token's first visit, and a reader of the page's
+event stream in a thread."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "cluster"))
 
@@ -28,12 +30,30 @@ __all__ = [
     "SharedStore",
     "Sink",
     "api_rows",
+    "cluster",
     "free_port",
     "page_client",
     "read_rss",
     "rows_of",
+    "sink",
     "web_section",
 ]
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    with Sink.running() as s:
+        yield s
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """Nodes on one SQLite file, stopped at the end."""
+    c = Cluster(tmp_path, SharedStore.sqlite(tmp_path / "shared" / "spool.db"))
+    try:
+        yield c
+    finally:
+        c.stop_all()
 
 
 def web_section(port: int) -> str:
