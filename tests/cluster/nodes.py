@@ -27,7 +27,12 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as AiosmtpdSMTP
 from aiosmtpd.smtp import Envelope, Session
-from relay_profile import write_relay_profile
+
+_STORE_TESTS = str(Path(__file__).resolve().parent.parent / "store")
+if _STORE_TESTS not in sys.path:  # relay_profile, for the importers outside tests/cluster
+    sys.path.append(_STORE_TESTS)
+
+from relay_profile import write_relay_profile  # noqa: E402 - after the path above
 
 CLI = [sys.executable, "-m", "spoolbox.cli"]
 DEADLINE = 90.0

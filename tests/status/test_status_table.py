@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from spoolbox.model import Progress, ResourceType, StatusCode
-from spoolbox.status import StatusRow, StatusTable
+from spoolbox.status import StatusRow, StatusTable, SubscriberDropped
 
 
 def _table(now: list[float]) -> StatusTable:
@@ -68,3 +68,24 @@ def test_an_unknown_column_is_refused_by_name_and_the_row_is_kept() -> None:
 def test_an_update_of_a_missing_row_is_a_key_error() -> None:
     with pytest.raises(KeyError):
         _table([1.0]).update("nowhere", status_string="x")
+
+
+async def test_a_subscriber_that_falls_behind_holds_nothing_and_sees_the_drop_first() -> None:
+    table = _table([0.0])
+    table.put(_row())
+    slow = table.subscribe(maxsize=3, name="slow")  # the row, as added, first
+    kept = table.subscribe(maxsize=10, name="kept")
+    for n in range(5):
+        table.update("smtp", detail=f"change {n}")
+    assert slow.dropped
+    assert table.statistics()["subscribers"] == 1
+    assert table.statistics()["subscribers_dropped"] == 1
+    # At once: none of the changes it missed comes before the drop.
+    with pytest.raises(SubscriberDropped):
+        await anext(slow)
+    # A subscriber that kept up and is closed still reads what was queued for it.
+    kept.close()
+    assert [change.new.detail async for change in kept if change.new] == [
+        "nothing yet",
+        *(f"change {n}" for n in range(5)),
+    ]

@@ -82,7 +82,7 @@ async def test_a_client_that_reads_nothing_costs_one_pending_state_a_row(web: We
     # When it reads again it gets one event: each row as it is now, once.
     data = _decode(await anext(stream))
     assert [row["detail"] for row in data["rows"]] == ["change 4999"]
-    assert data["removed"] == [removed[0].name]
+    assert data["removed"] == [{"node": web.spooler.owner, "name": removed[0].name}]
     await stream.aclose()
 
 

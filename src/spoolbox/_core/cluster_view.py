@@ -7,7 +7,8 @@ flush that every node serving the transport takes part in.
   ``Available`` for ever), with when it was last heard of; its record is dropped
   after :attr:`~.node.NodeSettings.forget_after`.
 * :class:`RemoteRows` reads the other nodes' rows again and says what changed
-  (``status --watch``).
+  (``status --watch``); :func:`row_changes` is that difference, for a reader that
+  reads the rows itself (the web page's event stream).
 * :func:`start_cluster_flush` starts the local flush at once and, when other nodes
   that are up serve the transport, records a flush request in the store; the
   :class:`ClusterFlush` it returns ends when this node's part and every other
@@ -35,10 +36,14 @@ __all__ = [
     "GONE",
     "ClusterFlush",
     "RemoteRows",
+    "RowChange",
+    "RowKey",
     "cluster_rows",
     "combine_progress",
     "merge_reports",
     "node_rows",
+    "row_changes",
+    "rows_by_key",
     "start_cluster_flush",
 ]
 
@@ -83,25 +88,43 @@ async def cluster_rows(
     return rows
 
 
+#: A row's place in the cluster's table: (node, name).
+RowKey = tuple[str, str]
+#: A row that is new or changed (``(node, name, row)``) or went away (``(node, name, None)``).
+RowChange = tuple[str, str, dict[str, Any] | None]
+
+
+def rows_by_key(rows: Iterable[Mapping[str, Any]]) -> dict[RowKey, dict[str, Any]]:
+    """Rows that carry their ``node``, by (node, name)."""
+    return {(str(r["node"]), str(r["name"])): dict(r) for r in rows}
+
+
+def row_changes(
+    shown: Mapping[RowKey, Mapping[str, Any]], current: Mapping[RowKey, dict[str, Any]]
+) -> list[RowChange]:
+    """What changed from the rows ``shown`` to the ``current`` ones: each row that is
+    new or differs, then each that went away."""
+    out: list[RowChange] = [
+        (node, name, row) for (node, name), row in current.items() if shown.get((node, name)) != row
+    ]
+    out += [(node, name, None) for node, name in shown.keys() - current.keys()]
+    return out
+
+
 class RemoteRows:
     """The other nodes' rows, read again on each :meth:`changes` call."""
 
     def __init__(self, store: object, node: str) -> None:
         self._store = store
         self._node = node
-        self._shown: dict[tuple[str, str], dict[str, Any]] = {}
+        self._shown: dict[RowKey, dict[str, Any]] = {}
 
-    async def changes(self, now: float) -> list[tuple[str, str, dict[str, Any] | None]]:
+    async def changes(self, now: float) -> list[RowChange]:
         """``(node, name, row)`` for each row that is new or changed, and
         ``(node, name, None)`` for each that went away, since the last call."""
         rows = await cluster_rows(self._store, node=self._node, local=(), now=now)
-        current = {(str(r["node"]), str(r["name"])): r for r in rows}
-        out: list[tuple[str, str, dict[str, Any] | None]] = [
-            (node, name, row)
-            for (node, name), row in current.items()
-            if self._shown.get((node, name)) != row
-        ]
-        out += [(node, name, None) for node, name in self._shown.keys() - current.keys()]
+        current = rows_by_key(rows)
+        out = row_changes(self._shown, current)
         self._shown = current
         return out
 

@@ -172,7 +172,12 @@ class Subscriber:
 
     def _end(self, dropped: bool) -> None:
         self.dropped = dropped
-        # Make room for the end marker: the reader sees the drop at once.
+        if dropped:
+            # The changes queued for a reader that fell behind are of no use to it any
+            # more: let them go, so that it sees the drop at once and holds nothing.
+            while not self._queue.empty():
+                self._queue.get_nowait()
+        # Make room for the end marker.
         while True:
             try:
                 self._queue.put_nowait(_END)

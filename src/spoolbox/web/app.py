@@ -33,7 +33,8 @@ def build_app(context: WebContext, token: str, metrics: Metrics) -> Starlette:
 
     async def page(request: Request) -> Response:
         spooler = await context.daemon.current()
-        rows = context.redacted([row.to_dict() for row in spooler.status])
+        # Every node's rows, as the status op (and `spoolbox status`) has them.
+        rows = context.redacted((await api.call(request, "status", {}))["rows"])
         html = render_page(rows=rows, csrf=context.csrf, node=spooler.owner, version=__version__)
         return HTMLResponse(html)
 

@@ -1,7 +1,7 @@
 """What the web application's handlers share: the daemon (as the local API's
 :class:`~spoolbox.daemon.api_ops.DaemonView`), the flushes the page started, the lag
-probe, the CSRF token the page carries, and the event that ends the streams when the
-server stops."""
+probe, the other nodes' rows, the CSRF token the page carries, and the event that
+ends the streams when the server stops."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 from ..daemon.api_ops import DaemonView
 from .flushes import Flushes
 from .lag import LagProbe
+from .nodes import OtherNodes
 
 __all__ = ["WebContext", "redacted"]
 
@@ -22,6 +23,7 @@ class WebContext:
     csrf: str
     flushes: Flushes = field(default_factory=Flushes)
     lag: LagProbe = field(default_factory=LagProbe)
+    others: OtherNodes = field(default_factory=OtherNodes)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
 
     def redacted(self, value: Any) -> Any:

@@ -1,16 +1,19 @@
 """The page: server-rendered HTML, every text escaped, no inline script or style.
 
-The status table is rendered with the rows as they are (so the page shows something
-before its script runs); ``static/app.js`` then keeps it live over Server-Sent
-Events and fills the queue, inbox, reports and scheduler sections from the JSON
-endpoints, always through ``textContent``.  The CSRF token the actions need is in
-a ``<meta>`` element.
+The status table is rendered with the rows as they are, every node's (so the page
+shows something before its script runs; a row is keyed by its node and its name,
+and a gone node's rows have the class ``gone``); ``static/app.js`` then keeps it
+live over Server-Sent Events and fills the queue, inbox, reports and scheduler
+sections from the JSON endpoints, always through ``textContent``.  The CSRF token
+the actions need, and this node's name, are in ``<meta>`` elements.
 """
 
 from __future__ import annotations
 
 from html import escape
 from typing import Any
+
+from .._core.cluster_view import GONE
 
 __all__ = ["BIT_WORDS", "bits_in_words", "render_page"]
 
@@ -40,12 +43,15 @@ def _counters(counters: dict[str, int]) -> str:
 
 def _row(row: dict[str, Any]) -> str:
     name = escape(row["name"])
+    node = escape(row.get("node") or "")
+    gone = ' class="gone"' if row["status"] == GONE else ""
     progress = row.get("progress") or {}
     percent = progress.get("percent")
     value = ' value="0" hidden' if percent is None else f' value="{float(percent):.0f}"'
     counters = row.get("counters") or {}
     return (
-        f'<tr data-row="{name}"><td class="name">{name}</td>'
+        f'<tr data-node="{node}" data-row="{name}"{gone}><td class="node">{node}</td>'
+        f'<td class="name">{name}</td>'
         f'<td class="status">{escape(row["status"])}</td>'
         f'<td class="bits">{escape(bits_in_words(row.get("status_bits") or []))}</td>'
         f'<td class="progress"><progress max="100"{value}></progress>'
@@ -71,6 +77,7 @@ def render_page(*, rows: list[dict[str, Any]], csrf: str, node: str, version: st
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="csrf-token" content="{escape(csrf)}">
+<meta name="node" content="{escape(node)}">
 <title>spoolbox on {escape(node)}</title>
 <link rel="stylesheet" href="/static/style.css">
 <script src="/static/app.js" defer></script>
@@ -87,7 +94,7 @@ def render_page(*, rows: list[dict[str, Any]], csrf: str, node: str, version: st
 <button type="button" id="flush-cancel" disabled>Cancel</button>
 <span id="flush-result" class="result"></span>
 </div>
-<table id="status"><thead><tr><th>name</th><th>status</th><th>status bits</th>
+<table id="status"><thead><tr><th>node</th><th>name</th><th>status</th><th>status bits</th>
 <th>progress</th><th>counters</th><th>slices / slow</th><th>last error</th>
 <th>Send/Receive</th></tr></thead>
 <tbody>{"".join(_row(row) for row in rows)}</tbody></table>

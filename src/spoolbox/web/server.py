@@ -5,6 +5,11 @@ error, and a test may ask for port 0), runs uvicorn's ``serve`` as a task of the
 daemon's loop without uvicorn's signal handling (the daemon owns SIGTERM, SIGINT
 and SIGHUP), writes no access log (an address may hold the token on a first visit),
 and gives open event streams one second to end when it stops.
+
+Its connections have a fixed send buffer (:data:`SEND_BUFFER`, set on the listening
+socket, which they inherit): left to itself the kernel grows a connection's buffer
+up to megabytes for a client that does not read, and such a client of the event
+stream would be noticed (and dropped, :mod:`.events`) only after minutes of events.
 """
 
 from __future__ import annotations
@@ -27,7 +32,10 @@ from .lag import LagProbe
 from .metrics import Metrics
 from .token import csrf_token, load_or_create_token, page_url
 
-__all__ = ["WebServer"]
+__all__ = ["SEND_BUFFER", "WebServer"]
+
+#: Bytes of the kernel's send buffer of each connection (the kernel doubles it).
+SEND_BUFFER = 32 * 1024
 
 log = logging.getLogger("spoolbox.web")
 
@@ -116,6 +124,9 @@ def _bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Inherited by every connection: a fixed send buffer (the kernel would grow it
+        # up to megabytes for a client that does not read; see the module's docstring).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         sock.bind(address)
         sock.listen(128)
     except OSError as exc:

@@ -4,6 +4,9 @@
 "use strict";
 
 const CSRF = document.querySelector('meta[name="csrf-token"]').content;
+// This node (the one serving the page): its rows have Send/Receive; the others' are shown.
+const LOCAL = document.querySelector('meta[name="node"]').content;
+const GONE = "Gone";
 const BITS = [
   ["AVAILABLE", "online"], ["OFFLINE", "offline"], ["FAILURE", "failure"],
   ["OUTBOUND_ENABLED", "sends"], ["INBOUND_ENABLED", "receives"],
@@ -62,35 +65,53 @@ function flushButtons(cell, name) {
   }
 }
 
-function rowElement(name) {
+function findRow(node, name) {
   const body = document.querySelector("#status tbody");
-  for (const tr of body.rows) if (tr.dataset.row === name) return tr;
+  for (const tr of body.rows) if (tr.dataset.node === node && tr.dataset.row === name) return tr;
+  return null;
+}
+
+// A row is keyed by its node and its name (several nodes may share one store); this
+// node's rows come first, then the other nodes'.
+function rowElement(node, name) {
+  const found = findRow(node, name);
+  if (found) return found;
+  const body = document.querySelector("#status tbody");
   const tr = document.createElement("tr");
+  tr.dataset.node = node;
   tr.dataset.row = name;
-  for (const cls of ["name", "status", "bits", "progress", "counters", "slices", "detail", "actions"]) {
+  for (const cls of ["node", "name", "status", "bits", "progress", "counters", "slices", "detail", "actions"]) {
     tr.appendChild(el("td", null, cls));
   }
   const bar = document.createElement("progress");
   bar.max = 100;
   bar.value = 0;
   bar.hidden = true;
-  tr.cells[3].appendChild(bar);
-  tr.cells[3].appendChild(el("span", "", "progress-text"));
-  body.appendChild(tr);
+  const cell = tr.querySelector(".progress");
+  cell.appendChild(bar);
+  cell.appendChild(el("span", "", "progress-text"));
+  const before = node === LOCAL
+    ? Array.from(body.rows).find((other) => other.dataset.node !== LOCAL) : null;
+  body.insertBefore(tr, before || null);
   return tr;
 }
 
 function showRow(row) {
-  const tr = rowElement(row.name);
+  const node = row.node || LOCAL;
+  const tr = rowElement(node, row.name);
+  const gone = row.status === GONE;
+  tr.classList.toggle("gone", gone);
+  tr.querySelector(".node").textContent = node;
   tr.querySelector(".name").textContent = row.name;
   tr.querySelector(".status").textContent = row.status;
-  tr.querySelector(".bits").textContent = words(row.status_bits || []);
+  tr.querySelector(".bits").textContent = gone ? "" : words(row.status_bits || []);
   const counters = row.counters || {};
   tr.querySelector(".counters").textContent = counterText(counters);
   tr.querySelector(".slices").textContent = (counters.slices || 0) + " / " + (counters.slow_slices || 0);
   tr.querySelector(".detail").textContent = row.detail || "";
   const progress = row.progress;
   const bar = tr.querySelector("progress");
+  if (gone) bar.hidden = true;
   if (!progress) {
     tr.querySelector(".progress-text").textContent = "";
   } else {
@@ -102,7 +123,9 @@ function showRow(row) {
     if (percent !== null) bar.value = percent;
     tr.querySelector(".progress-text").textContent = progress.text || "";
   }
-  if (row.resource_type === "transport_provider") flushButtons(tr.querySelector(".actions"), row.name);
+  if (node === LOCAL && row.resource_type === "transport_provider") {
+    flushButtons(tr.querySelector(".actions"), row.name);
+  }
   tr.dataset.updates = String(Number(tr.dataset.updates || 0) + 1);
 }
 
@@ -114,9 +137,9 @@ function connect() {
   source.addEventListener("status", (event) => {
     const data = JSON.parse(event.data);
     for (const row of data.rows) showRow(row);
-    for (const name of data.removed) {
-      const tr = rowElement(name);
-      tr.remove();
+    for (const gone of data.removed) {
+      const tr = findRow(gone.node, gone.name);
+      if (tr) tr.remove();
     }
   });
   source.addEventListener("reload", () => { source.close(); window.location.reload(); });
@@ -134,7 +157,7 @@ async function startFlush(mode, transport) {
     document.getElementById("flush-cancel").disabled = false;
     result.textContent = "flushing " + started.transports.join(", ") + "…";
     for (const name of started.transports) {
-      const bar = rowElement(name).querySelector("progress");
+      const bar = rowElement(LOCAL, name).querySelector("progress");
       bar.value = 0;
       bar.hidden = false;
     }
@@ -162,7 +185,7 @@ async function watchFlush(id) {
   if (report.timed_out) text += " (timed out)";
   document.getElementById("flush-result").textContent = "Send/Receive done: " + text;
   for (const result of report.results || []) {
-    const bar = rowElement(result.transport).querySelector("progress");
+    const bar = rowElement(LOCAL, result.transport).querySelector("progress");
     if (!report.cancelled && !result.error) bar.value = 100;
   }
   loadQueue();
