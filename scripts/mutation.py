@@ -74,6 +74,7 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
             "tests/core/test_scheduler.py",
             "tests/core/test_flush_protocol.py",
             "tests/core/test_flush_outcomes.py",
+            "tests/core/test_flush_mutants.py",
         ),
     ),
     "smtp_server": (

@@ -330,6 +330,9 @@ async def _flush_one(
 ) -> None:
     started = time.perf_counter()
     host.flush_outcomes.clear()  # counted afresh while this upload phase is on
+    # Afresh too: a part cut short before its upload phase began uploaded nothing
+    # (not what an earlier flush of this transport counted).
+    host.flush_done = 0
     if not host.tried_logon.is_set():
         # A flush right after the spooler opened waits for the first logon attempt.
         with contextlib.suppress(TimeoutError):
@@ -344,7 +347,8 @@ async def _flush_one(
     # Mark the phases first: a provider that sets its *_FLUSH bits inside
     # flush_queues (as MAPI asks) must not look like one starting a flush of its own.
     host.flushing |= flags & (FlushFlags.UPLOAD | FlushFlags.DOWNLOAD)
-    phase: dict[str, Any] = {"text": "", "done": 0, "total": None, "bytes": 0}
+    # Until a phase begins (the provider may take its time to hear BEGIN_*_FLUSH).
+    phase: dict[str, Any] = {"text": "Starting", "done": 0, "total": None, "bytes": 0}
 
     async def ticker() -> None:
         while True:
@@ -375,21 +379,36 @@ async def _flush_one(
         if tick is not None:
             tick.cancel()
             await asyncio.gather(tick, return_exceptions=True)
-        if host.flushing & FlushFlags.UPLOAD:  # cut short: what it did so far
-            result.uploaded = host.flush_done
+        # Cut short: end the phases this part announced, and only those (a flush the
+        # provider started may be under way in the other direction); a session that
+        # logged off meanwhile (the spooler closing) hears nothing more.
+        if host.flushing & flags & FlushFlags.UPLOAD:
+            result.uploaded = host.flush_done  # what it did so far
             host.flushing &= ~FlushFlags.UPLOAD
-            await host.notify(TransportNotifyFlags.END_OUTBOUND_FLUSH)
-        if host.flushing & FlushFlags.DOWNLOAD:
+            if host.online:
+                await host.notify(TransportNotifyFlags.END_OUTBOUND_FLUSH)
+        if host.flushing & flags & FlushFlags.DOWNLOAD:
             host.flushing &= ~FlushFlags.DOWNLOAD
-            await host.notify(TransportNotifyFlags.END_INBOUND_FLUSH)
+            if host.online:
+                await host.notify(TransportNotifyFlags.END_INBOUND_FLUSH)
         if host.shown:
-            host.set_bits(off=StatusCode.OUTBOUND_FLUSH | StatusCode.INBOUND_FLUSH, progress=None)
+            host.set_bits(off=_status_bits(flags), progress=None)
         result.seconds = time.perf_counter() - started
         if flags & FlushFlags.UPLOAD:
             totals = outcome_totals(host.flush_outcomes)
             result.delivered = totals["delivered"]
             result.deferred = totals["deferred"]
             result.failed = totals["failed"]
+
+
+def _status_bits(flags: FlushFlags) -> StatusCode:
+    """The ``*_FLUSH`` status bits of the phases in ``flags``."""
+    bits = StatusCode.NONE
+    if flags & FlushFlags.UPLOAD:
+        bits |= StatusCode.OUTBOUND_FLUSH
+    if flags & FlushFlags.DOWNLOAD:
+        bits |= StatusCode.INBOUND_FLUSH
+    return bits
 
 
 def _publish(host: FlushTarget, phase: dict[str, Any], verb: str) -> None:
