@@ -66,6 +66,13 @@ def test_an_offline_send_is_delivered_at_once_by_a_node_on_another_host(
         with psycopg.connect(cluster.store.env["SPOOLBOX_TEST_PG_DSN"]) as conn:
             row = conn.execute("SELECT subject FROM messages WHERE id = %s", (mid,)).fetchone()
         assert row == ("offline",)
+        # Refused as the daemon refuses it: no transport serves FAX, nothing queued.
+        refused = a.cli("send", "--to", "FAX:+15551234", "--subject", "no", "--body", "x")
+        assert refused.returncode == 67, refused.stderr
+        assert "FAX" in refused.stderr
+        with psycopg.connect(cluster.store.env["SPOOLBOX_TEST_PG_DSN"]) as conn:
+            count = conn.execute("SELECT count(*) FROM messages").fetchone()
+        assert count == (1,)  # the refused one was not queued
         wait_for("the message at the SMTP server", lambda: len(sink.received) == 1)
         assert sink.received[0][0] == ["dora@example.org"]
         assert b"Subject: offline" in sink.received[0][1]
