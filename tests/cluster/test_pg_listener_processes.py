@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import email
+import itertools
 import os
 import signal
 import smtplib
@@ -45,16 +46,6 @@ def _listener_processes(node: Node) -> list[int]:
     return found
 
 
-def _send(port: int, subject: str) -> None:
-    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
-        refused = client.sendmail(
-            "alice@example.org",
-            ["bob@example.org"],
-            f"Subject: {subject}\r\n\r\nhello\r\n".encode(),
-        )
-        assert refused == {}
-
-
 def _subjects(sink: Sink) -> collections.Counter[str]:
     return collections.Counter(
         str(email.message_from_bytes(content)["Subject"]) for _, content in sink.received
@@ -84,9 +75,13 @@ def test_a_listener_process_commits_to_postgres_before_250_and_each_is_relayed_o
     cluster, node, port = _node(tmp_path, dsn, sink)
     try:
         subjects = [f"lp-{i:02d}" for i in range(20)]
-        with psycopg.connect(dsn, autocommit=True) as conn:
+        with (
+            psycopg.connect(dsn, autocommit=True) as conn,
+            smtplib.SMTP("127.0.0.1", port, timeout=30) as session,
+        ):
             for subject in subjects:
-                _send(port, subject)
+                message = f"Subject: {subject}\r\n\r\nhello\r\n".encode()
+                assert session.sendmail("alice@example.org", ["bob@example.org"], message) == {}
                 # The 250 came after the commit: the message is there, seen from outside.
                 row = conn.execute(
                     "SELECT count(*) FROM messages WHERE subject = %s", (subject,)
@@ -110,19 +105,21 @@ def test_sigkill_of_the_listener_process_loses_nothing_that_got_250(
     accepted: list[str] = []
     stop = threading.Event()
 
-    def client() -> None:
-        i = 0
+    def sessions() -> None:
+        """Message after message in one SMTP session, a new one when it breaks."""
+        numbers = itertools.count()
         while not stop.is_set():
-            subject = f"k-{i:04d}"
-            i += 1
             try:
-                _send(port, subject)
+                with smtplib.SMTP("127.0.0.1", port, timeout=30) as session:
+                    while not stop.is_set():
+                        subject = f"k-{next(numbers):04d}"
+                        message = f"Subject: {subject}\r\n\r\nhello\r\n".encode()
+                        session.sendmail("alice@example.org", ["bob@example.org"], message)
+                        accepted.append(subject)  # 250: accepted
             except (OSError, smtplib.SMTPException):
-                time.sleep(0.01)  # refused or cut off: it was not accepted
-                continue
-            accepted.append(subject)
+                time.sleep(0.01)  # cut off (or refused): that one was not accepted
 
-    sender = threading.Thread(target=client)
+    sender = threading.Thread(target=sessions)
     sender.start()
     try:
         (first,) = _listener_processes(node)
