@@ -112,6 +112,8 @@ def test_an_offline_send_needs_no_event_loop_no_logging_and_no_provider_machiner
         "importlib.metadata",
         "spoolbox.store.sqlite.store",
         "spoolbox.store.memory",
+        "spoolbox.store.postgres_open",
+        "psycopg",
         "spoolbox._core.flush",
         "spoolbox._core.runtime",
         "spoolbox.contract.provider",

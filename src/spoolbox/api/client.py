@@ -21,8 +21,11 @@ which the daemon imports too; the names users had from here are re-exported.
 
 The client is synchronous (plain sockets): it serves scripts and the command line,
 which need no event loop.  Submitting falls back to the store when no daemon runs:
-the message is committed to the SQLite file directly and the daemon routes it when it
-starts.
+the message is committed to the SQLite file directly (one plain transaction, no event
+loop) and the daemon routes it when it starts; or, with ``[store] backend =
+"postgres"``, to the database, where any node running on it hears of it at once (the
+store's ``NOTIFY``).  The queue and inbox operations answer from the store the same
+way (:mod:`.selection`, as the daemon's do).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .._private import private_dir
 from ..model import IllegalTransition, MessageState, NewMessage
 from ..profile import Profile, load_profile
-from ..store.base import UnknownMessage
+from ..store.base import Store, UnknownMessage
 from ..store.sqlite import StoreFile, transactions
 from . import selection
 from .wire import (
@@ -67,6 +70,7 @@ from .wire import (
 from .wire import message_args as _message_args
 
 if TYPE_CHECKING:
+    from ..store.postgres import PostgresStore
     from ..store.sqlite import SQLiteStore
 
 __all__ = [
@@ -299,15 +303,10 @@ class Client:
                     return
 
     # -- offline access to the store ----------------------------------------------------
+    def _on_postgres(self) -> bool:
+        return self.profile.store.backend == "postgres"
+
     def _store_path(self) -> Path:
-        if self.profile.store.backend != "sqlite":
-            # Offline access opens the SQLite file; another backend's queue is only
-            # reached through a running daemon (for now).
-            raise DaemonNotRunning(
-                f"the daemon is not running, and offline access needs the SQLite store "
-                f'([store] backend = "{self.profile.store.backend}"): start it with '
-                "`spoolbox run`"
-            )
         path = self.profile.store.path
         if not path.exists():  # before the daemon ever ran: the data directory too
             private_dir(path.parent)
@@ -347,21 +346,30 @@ class Client:
             del self._kept.store  # type: ignore[union-attr]
             held[1].close()
 
-    def _offline(self, fn: Callable[[SQLiteStore], Coroutine[Any, Any, T]]) -> T:
-        # Imported here: a submit (the common case) runs a plain transaction instead
-        # (_offline_run) and needs neither the async store nor an event loop.
-        import asyncio
+    def _async_store(self) -> SQLiteStore | PostgresStore:
+        """The profile's store for one offline operation, unopened: its PostgreSQL
+        database (a small pool; an older schema is refused, not migrated: the nodes or
+        `spoolbox store migrate` do that) or its SQLite file."""
+        settings = self.profile.store
+        if self._on_postgres():
+            from ..store.postgres_open import postgres_store
 
+            return postgres_store(settings.dsn, settings.dsn_missing, pool_size=2, migrate=False)
         from ..store.sqlite import SQLiteStore
 
-        path = self._store_path()
+        return SQLiteStore(
+            self._store_path(),
+            synchronous=settings.synchronous,
+            progress_synchronous=settings.progress_synchronous,
+        )
+
+    def _offline(self, fn: Callable[[Store], Coroutine[Any, Any, T]]) -> T:
+        # Imported here: a submit to SQLite (the common case) runs a plain transaction
+        # instead (_offline_run) and needs neither the async store nor an event loop.
+        import asyncio
 
         async def run() -> T:
-            store = SQLiteStore(
-                path,
-                synchronous=self.profile.store.synchronous,
-                progress_synchronous=self.profile.store.progress_synchronous,
-            )
+            store = self._async_store()
             await store.open()
             try:
                 return await fn(store)
@@ -384,7 +392,7 @@ class Client:
         op: str,
         args: dict[str, Any],
         offline: bool,
-        fn: Callable[[SQLiteStore], Coroutine[Any, Any, T]],
+        fn: Callable[[Store], Coroutine[Any, Any, T]],
     ) -> T:
         """``op`` through the daemon; when none runs (and ``offline``), ``fn`` on the
         store, which answers as the daemon would (:mod:`.selection`)."""
@@ -410,27 +418,23 @@ class Client:
 
     def submit(self, message: NewMessage, *, fallback: bool = True) -> dict[str, Any]:
         """Submit; returns ``{"id", "state", "via"}`` (via: "daemon" or "store")."""
-        lifetime = message.lifetime or self.profile.spooler.policy.lifetime
-
-        def put(conn: sqlite3.Connection) -> dict[str, Any]:
-            self._refuse_unroutable([message])
-            info = transactions.submit(conn, message, now=time.time(), lifetime=lifetime)
-            return {"id": info.id, "state": str(MessageState.QUEUED)}
-
         args = _message_args(message, content=False)
-        return self._submit_via("submit", args, fallback, put, content=message.content)
+        result = self._submit_via("submit", args, fallback, [message], content=message.content)
+        ids = result.pop("ids", None)
+        return result if ids is None else {"id": ids[0], **result}
 
     def _submit_via(
         self,
         op: str,
         args: dict[str, Any],
         fallback: bool,
-        put: Callable[[sqlite3.Connection], dict[str, Any]],
+        messages: Sequence[NewMessage],
         content: bytes | None = None,
     ) -> dict[str, Any]:
-        """``op`` through the daemon; else, with ``fallback``, ``put`` on the store: when
-        no daemon runs, or when the request is too large for one line (the daemon's
-        router finds what is in the store within policy.router_interval)."""
+        """``op`` through the daemon; else, with ``fallback``, ``messages`` committed
+        to the store (:meth:`_put`): when no daemon runs, or when the request is too
+        large for one line (the daemon's router finds what is in the store within
+        policy.router_interval, at once on PostgreSQL)."""
         try:
             result: dict[str, Any] = self._call(op, args, content)
             return result
@@ -438,11 +442,36 @@ class Client:
             if not fallback:
                 raise
             note = "the daemon is not running: queued in the store; it is sent when it starts"
+            if self._on_postgres():
+                note = (
+                    "the daemon is not running: queued in the PostgreSQL store; a node "
+                    "running on it sends it now, else the first that starts"
+                )
         except RequestTooLarge:
             if not fallback:
                 raise
             note = "too large for the local API: queued in the store; the daemon sends it"
-        return {**self._offline_run(op, put), "via": "store", "note": note}
+        ids = self._put(op, messages)
+        return {"ids": ids, "state": str(MessageState.QUEUED), "via": "store", "note": note}
+
+    def _put(self, op: str, messages: Sequence[NewMessage]) -> list[str]:
+        """Commit ``messages`` to the store in one durable transaction, unrouted (the
+        router routes them), after the refusal the daemon would make; their ids."""
+        self._refuse_unroutable(messages)
+        lifetime = self.profile.spooler.policy.lifetime
+        if not self._on_postgres():
+
+            def put(conn: sqlite3.Connection) -> list[str]:
+                infos = transactions.submit_many(conn, messages, now=time.time(), lifetime=lifetime)
+                return [info.id for info in infos]
+
+            return self._offline_run(op, put)
+
+        async def put_async(store: Store) -> list[str]:
+            infos = await store.submit_many(messages, now=time.time(), lifetime=lifetime)
+            return [info.id for info in infos]
+
+        return self._offline(put_async)
 
     def submit_many(
         self, messages: Sequence[NewMessage], *, fallback: bool = True
@@ -450,16 +479,8 @@ class Client:
         """Submit all of ``messages`` in one durable transaction, or none (see
         :meth:`spoolbox.Spooler.submit_many`); returns ``{"ids", "state", "via"}``.
         At most ``MAX_SUBMIT_MANY`` (10,000) messages a call."""
-        lifetime = self.profile.spooler.policy.lifetime
-
-        def put(conn: sqlite3.Connection) -> dict[str, Any]:
-            # Without the daemon's router: recipients are routed when it starts.
-            self._refuse_unroutable(messages)
-            infos = transactions.submit_many(conn, messages, now=time.time(), lifetime=lifetime)
-            return {"ids": [i.id for i in infos], "state": str(MessageState.QUEUED)}
-
         args = {"messages": [_message_args(m) for m in messages]}
-        return self._submit_via("submit_many", args, fallback, put)
+        return self._submit_via("submit_many", args, fallback, messages)
 
     def _refuse_unroutable(self, messages: Sequence[NewMessage]) -> None:
         """Without the daemon, the rule it applies, on the profile's declared address
@@ -516,7 +537,7 @@ class Client:
         }
         args = {k: v for k, v in args.items() if v is not None}
 
-        async def listing(store: SQLiteStore) -> dict[str, Any]:
+        async def listing(store: Store) -> dict[str, Any]:
             return await selection.queue_list(store, args, now=time.time())
 
         return self._either("queue.list", args, offline, listing)
@@ -536,7 +557,7 @@ class Client:
         if transport is not None:
             args["transport"] = transport
 
-        async def choose(store: SQLiteStore) -> dict[str, Any]:
+        async def choose(store: Store) -> dict[str, Any]:
             return await selection.queue_select(store, args, now=time.time())
 
         found: list[str] = self._either("queue.select", args, offline, choose)["ids"]
@@ -558,14 +579,14 @@ class Client:
             args["older_than"] = older_than
         retention = self.profile.store.retention
 
-        async def purge(store: SQLiteStore) -> dict[str, Any]:
+        async def purge(store: Store) -> dict[str, Any]:
             return await selection.queue_purge(store, args, now=time.time(), retention=retention)
 
         result: dict[str, Any] = self._either("queue.purge", args, offline, purge)
         return result
 
     def show(self, message_id: str, *, offline: bool = True) -> dict[str, Any]:
-        async def one(store: SQLiteStore) -> dict[str, Any]:
+        async def one(store: Store) -> dict[str, Any]:
             now = time.time()
             full = await selection.resolve(store, message_id, now=now)
             return message_to_dict(await summary_of(store, full, now))
@@ -581,7 +602,7 @@ class Client:
             if not offline:
                 raise
 
-        async def act(store: SQLiteStore) -> dict[str, Any]:
+        async def act(store: Store) -> dict[str, Any]:
             now = time.time()
             extra: dict[str, Any] = {}
             if action == "hold":
@@ -635,7 +656,7 @@ class Client:
             if not offline:
                 raise
 
-        async def listing(store: SQLiteStore) -> list[dict[str, Any]]:
+        async def listing(store: Store) -> list[dict[str, Any]]:
             return [inbox_to_dict(entry) for entry in await store.list_inbox(limit=limit)]
 
         return self._offline(listing)
@@ -648,7 +669,7 @@ class Client:
             if not offline:
                 raise
 
-        async def read(store: SQLiteStore) -> bytes:
+        async def read(store: Store) -> bytes:
             return await store.read_inbox(await selection.resolve_inbox(store, entry_id))
 
         return self._offline(read)
@@ -657,7 +678,7 @@ class Client:
         """Delete inbox entries (ids or unique prefixes); returns the full ids."""
         args: dict[str, Any] = {"ids": list(ids)}
 
-        async def delete(store: SQLiteStore) -> dict[str, Any]:
+        async def delete(store: Store) -> dict[str, Any]:
             return await selection.inbox_delete(store, args)
 
         deleted: list[str] = self._either("inbox.delete", args, offline, delete)["deleted"]

@@ -11,11 +11,12 @@ How:
 * The daemon binds the listening socket (:func:`~spoolbox.ingress.listener.listen_socket`)
   and starts N worker processes (``python -m spoolbox.daemon.listener_worker``) that
   inherit it; the kernel gives each new connection to one of them.
-* A worker opens the same SQLite store (WAL: several processes may write, one at a
-  time under SQLite's lock) and runs an ordinary
+* A worker opens the same store: the SQLite file (WAL: several processes may write,
+  one at a time under SQLite's lock) or the PostgreSQL database (``dsn``: a pool of
+  its own; its commits ``NOTIFY`` every node, as a node's do), and runs an ordinary
   :class:`~spoolbox.ingress.listener.SubmissionListener`.  Its submit routes the
-  recipients with the daemon's routing table and commits with ``SQLiteStore.submit``,
-  so ``250`` still comes only after the durable commit.
+  recipients with the daemon's routing table and commits with the store's
+  ``submit``, so ``250`` still comes only after the durable commit.
 * The daemon and a worker talk in JSON lines over the worker's stdin and stdout.
   Daemon to worker: the settings first (the listener's options, secrets included:
   never on a command line), then the routing table whenever it changes.  Worker to
@@ -104,6 +105,7 @@ class ListenerProcesses:
         on_trouble: Callable[[str], None] = lambda text: None,
         secrets: Iterable[str] = (),
         log_format: str = "auto",
+        dsn: str | None = None,
     ) -> None:
         if processes < 1:
             raise ValueError(f"processes must be at least 1, not {processes}")
@@ -121,6 +123,7 @@ class ListenerProcesses:
         self._on_trouble = on_trouble
         self._secrets = sorted(set(secrets))
         self._log_format = log_format
+        self._dsn = dsn
         self._sock: socket.socket | None = None
         self._workers = [_WorkerHandle() for _ in range(processes)]
         self._tasks: set[asyncio.Task[None]] = set()
@@ -216,6 +219,7 @@ class ListenerProcesses:
             routes=table_to_json(table),
             secrets=self._secrets,
             log_format=self._log_format,
+            dsn=self._dsn,
         )
         proc = await asyncio.create_subprocess_exec(
             sys.executable,

@@ -5,9 +5,10 @@ One process of a listener with ``processes = N``
 :class:`~spoolbox.daemon.worker_protocol.WorkerSpec` from stdin, runs an ordinary
 :class:`~spoolbox.ingress.listener.SubmissionListener` on the listening socket it
 inherited, routes each submission with the daemon's routing table and commits it to
-the SQLite store itself (``250`` after the durable commit), and tells the daemon on
-its stdout which transports have new work.  The end of its stdin (or SIGTERM) stops
-it: it stops accepting, lets transactions in progress finish and exits.
+the store itself (``250`` after the durable commit): the SQLite file, or with a
+``dsn`` the PostgreSQL database, whose ``NOTIFY`` wakes every node; and tells the
+daemon on its stdout which transports have new work.  The end of its stdin (or
+SIGTERM) stops it: it stops accepting, lets transactions in progress finish and exits.
 """
 
 from __future__ import annotations
@@ -21,18 +22,30 @@ import socket
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from ..ingress.listener import ListenerConfig, SubmissionListener
 from ..model import NewMessage
 from ..routing import refusal
+from ..store.postgres_open import postgres_store
 from ..store.sqlite import SQLiteStore
 from .log_format import choose_format
 from .pipes import serve_control_lines
 from .runtime import configure_logging, event_loop_runner
 from .worker_protocol import STATS_INTERVAL, WorkerSpec, table_from_json
 
+if TYPE_CHECKING:
+    from ..store.postgres import PostgresStore
+
 log = logging.getLogger("spoolbox.listener")
+
+
+def _store_of(spec: WorkerSpec) -> SQLiteStore | PostgresStore:
+    """The daemon's store: its PostgreSQL database (``dsn``: a pool of 2, the schema
+    the daemon migrated, refused if older) or its SQLite file."""
+    if spec.dsn is not None:
+        return postgres_store(spec.dsn, None, pool_size=2, migrate=False)
+    return SQLiteStore(spec.store, synchronous=spec.synchronous)
 
 
 class _WorkerProcess:
@@ -48,7 +61,7 @@ class _WorkerProcess:
         self._flush_scheduled = False
         self._stats_sent: dict[str, int] = {}
         self.listener: SubmissionListener | None = None
-        self.store = SQLiteStore(spec.store, synchronous=spec.synchronous)
+        self.store = _store_of(spec)
         # Lines the daemon has not read yet.  The pipe is non-blocking: a daemon that
         # stops reading (stopped, or busy) must not stop this process's loop, which
         # goes on accepting mail; what it commits meanwhile is counted, then told in
@@ -111,9 +124,11 @@ class _WorkerProcess:
         stats = self.listener.statistics()
         store_stats = self.store.statistics()
         stats["store_commits"] = int(cast(int, store_stats["commits"]))
-        stats["store_lock_waits"] = int(cast(int, store_stats["lock_waits"]))
-        stats["store_lock_wait_ms"] = round(cast(float, store_stats["lock_wait_seconds"]) * 1000)
-        stats["store_write_ms"] = round(cast(float, store_stats["write_seconds"]) * 1000)
+        if "lock_waits" in store_stats:  # SQLite's: PostgreSQL's locks are the server's
+            stats["store_lock_waits"] = int(cast(int, store_stats["lock_waits"]))
+            waited = cast(float, store_stats["lock_wait_seconds"])
+            stats["store_lock_wait_ms"] = round(waited * 1000)
+            stats["store_write_ms"] = round(cast(float, store_stats["write_seconds"]) * 1000)
         if stats != self._stats_sent:
             self._write({"stats": stats})
             self._stats_sent = stats

@@ -179,4 +179,5 @@ class Listeners:
             on_trouble=trouble,
             secrets=profile.secret_values,
             log_format=profile.log.format,
+            dsn=profile.store.dsn if profile.store.backend == "postgres" else None,
         )

@@ -18,6 +18,7 @@ from .._core.node import node_of
 from .._private import private_dir
 from ..profile.schema import StoreSettings
 from ..store import SQLiteStore, Store, StoreError
+from ..store.postgres_open import postgres_store
 
 __all__ = ["describe_store", "store_from_settings", "wake_on_other_nodes"]
 
@@ -31,19 +32,7 @@ def store_from_settings(settings: StoreSettings) -> Store:
     """The (unopened) store of ``[store]``; StoreError when it cannot be made, saying
     what to set or install."""
     if settings.backend == "postgres":
-        if settings.dsn is None:
-            raise StoreError(
-                '[store] backend = "postgres": the dsn could not be read from '
-                f"{settings.dsn_missing}; set it there"
-            )
-        try:
-            from ..store.postgres import PostgresStore
-        except ImportError as exc:
-            raise StoreError(
-                '[store] backend = "postgres" needs psycopg and psycopg-pool '
-                f"({exc}): pip install 'spoolbox[postgres]'"
-            ) from None
-        return PostgresStore(settings.dsn)
+        return postgres_store(settings.dsn, settings.dsn_missing)
     private_dir(settings.path.parent)
     return SQLiteStore(
         settings.path,

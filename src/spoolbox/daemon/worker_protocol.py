@@ -44,7 +44,7 @@ class WorkerSpec:
 
     name: str  # the listener's name in the profile
     options: Mapping[str, Any]  # ListenerConfig's fields
-    store: str  # the SQLite file
+    store: str  # the SQLite file (unused with a dsn)
     synchronous: str
     lifetime: float  # policy.lifetime, for submissions without their own
     event_loop: str  # [daemon] event_loop
@@ -53,6 +53,7 @@ class WorkerSpec:
     routes: list[list[Any]]  # table_to_json of the daemon's routing table
     secrets: list[str] = field(default_factory=list)  # redacted from the worker's log
     log_format: str = "auto"  # [log] format: the worker decides "auto" itself
+    dsn: str | None = None  # [store] backend = "postgres": the database (a secret)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -68,6 +69,7 @@ class WorkerSpec:
                 "routes": self.routes,
                 "secrets": self.secrets,
                 "log_format": self.log_format,
+                "dsn": self.dsn,
             }
         )
 

@@ -150,7 +150,6 @@ def _build(
     for i, t in enumerate(raw_ts):
         transports.add(Table(path, f"[[transports]] #{i + 1}", t))
     listeners, listener_secrets = _listeners(top.table("listeners"), base, environ)
-    _check_listeners_fit_the_store(path, store, listeners)
     hooks = read_hooks(top, base)
     top.done()
     try:
@@ -237,22 +236,6 @@ def _store(
     )
     st.done()
     return store, secrets
-
-
-def _check_listeners_fit_the_store(
-    path: Path, store: StoreSettings, listeners: list[ListenerSettings]
-) -> None:
-    """Listener processes open the store file themselves: SQLite only, so far."""
-    if store.backend == "sqlite":
-        return
-    for ls in listeners:
-        if ls.processes:
-            raise ProfileError(
-                path,
-                f'listener processes need [store] backend = "sqlite" (for now); '
-                f'with backend = "{store.backend}" set processes = 0',
-                f"[listeners.{ls.name}] processes",
-            )
 
 
 def _keep(st: Table, name: str, default: float | None) -> float | None:
