@@ -240,9 +240,9 @@ class Metrics:
         child.observe(seconds)
 
     def _status(self, change: StatusChange) -> None:
-        if change.old is not None and change.new is not None:
-            if change.old.status_code == change.new.status_code:
-                return  # most changes: counters and text, no bit comes on
+        old, new = change.old, change.new
+        if old is not None and new is not None and old.status_code == new.status_code:
+            return  # most changes: counters and text, no bit comes on
         started = change.bits_set
         if started & StatusCode.OUTBOUND_FLUSH:
             self.flushes.labels(change.name, "upload").inc()
