@@ -18,11 +18,16 @@ from webnodes_support import (
     api_rows,
     cluster,  # noqa: F401 - a fixture
     free_port,
+    message,
     page_client,
     rows_of,
     sink,  # noqa: F401 - a fixture
+    wait_for,
     web_section,
 )
+
+from spoolbox import Address, NewMessage
+from spoolbox.client import Client
 
 #: lease 3 s (three housekeeping intervals), rows published at most once a second;
 #: node-b looks at its pickup maildir twice a second.
@@ -101,3 +106,54 @@ def test_the_page_shows_every_nodes_rows_and_a_killed_node_as_gone(
         assert '<tr data-node="node-a" data-row="relay">' in html
         cluster.stop_all()  # node-a stops: the stream ends with "bye"
         assert events.rest()[-1] == "bye", events.kinds
+
+
+def _deferred(page: Any) -> int:
+    listing = page.get("/api/queue", params={"state": "deferred", "limit": 1}).json()
+    return int(listing["total"])
+
+
+def test_send_receive_on_the_page_reaches_every_node_like_spoolbox_flush(
+    cluster: Cluster, sink: Sink
+) -> None:
+    """The page's Send/Receive is ``spoolbox flush``: node-b, which serves the relay
+    too, runs its part, and the report adds both parts up."""
+    policy = "housekeeping_interval = 1\nretry_base = 600\n"
+    sink.refuse(True)  # 451 at DATA: every message is deferred (retry in ten minutes)
+    a = cluster.add("node-a", sink.port, policy=policy, transports=web_section(free_port()))
+    b = cluster.add("node-b", sink.port, policy=policy)
+    n = 40
+    with page_client(a) as page:
+        csrf = page.get("/").text.split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
+        mail = Client(a.profile)
+        mail.submit_many([_message(i) for i in range(n)])
+        wait_for(f"{n} deferred", lambda: _deferred(page) == n)
+        wait_for("node-a to see node-b's relay", lambda: ("node-b", "relay") in api_rows(page))
+        sink.refuse(False)
+        sink.slow(0.1)  # the flush lasts seconds: long enough for node-b to hear of it
+        started = page.post(
+            "/api/flush",
+            json={"mode": "upload", "transport": "relay"},
+            headers={"X-CSRF-Token": csrf},
+        )
+        assert started.status_code == 202, started.text
+        flush_id = started.json()["id"]
+        state = f"/api/flush/{flush_id}"
+        wait_for("the flush's report", lambda: not page.get(state).json()["running"])
+        report = page.get(state).json()["report"]
+        assert report["totals"]["delivered"] == n, report
+        assert report["cancelled"] is False and report["timed_out"] is False
+        assert "flush relay asked by node node-a" in b.log()
+        sent_by_b = b.log().count("status=sent")
+        assert 0 < sent_by_b < n, "both nodes took part"
+        assert _deferred(page) == 0
+
+
+def _message(i: int) -> NewMessage:
+    mid, content = message(i)
+    return NewMessage(
+        id=mid,
+        sender=Address.parse("SMTP:postmaster@example.org"),
+        recipients=(Address.parse("SMTP:dora@example.org"),),
+        content=content,
+    )

@@ -21,7 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "cluster"))
 
-from nodes import DEADLINE, Cluster, Node, SharedStore, Sink, free_port
+from nodes import DEADLINE, Cluster, Node, SharedStore, Sink, free_port, message, wait_for
 
 __all__ = [
     "DEADLINE",
@@ -32,10 +32,12 @@ __all__ = [
     "api_rows",
     "cluster",
     "free_port",
+    "message",
     "page_client",
     "read_rss",
     "rows_of",
     "sink",
+    "wait_for",
     "web_section",
 ]
 

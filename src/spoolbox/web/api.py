@@ -204,7 +204,7 @@ async def flush_start(request: Request) -> Response:
         return _error(context, BAD_REQUEST, "mode and transport are strings")
     spooler = await context.daemon.current()
     try:
-        started = context.flushes.start(spooler, mode=mode, transport=transport)
+        started = await context.flushes.start(spooler, mode=mode, transport=transport)
     except ValueError as exc:
         return _error(context, BAD_REQUEST, str(exc))
     except KeyError as exc:

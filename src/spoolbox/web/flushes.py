@@ -1,8 +1,10 @@
 """Send/Receive from the page: the flushes it started, their Cancel and their reports.
 
 A flush here is the one ``spoolbox flush`` asks the daemon for: the same
-``Spooler.start_flush`` (upload, download or both; all transports or one; the
-profile's ``flush_deadline``), the same report (:func:`~spoolbox.api.wire.flush_report_to_dict`).
+``start_cluster_flush`` (upload, download or both; all transports or one; the
+profile's ``flush_deadline``; when several nodes share the store, every node that
+serves the transport runs its part and the report adds them up), the same report
+(:func:`~spoolbox.api.wire.flush_report_to_dict`).
 While it runs, its progress is in the status rows the page watches (Server-Sent
 Events, :mod:`.events`); when it ends, its report is kept here for the page to read
 (the last :data:`KEEP` flushes).
@@ -15,7 +17,8 @@ import itertools
 from collections import OrderedDict
 from typing import Any
 
-from .. import FlushHandle, Spooler
+from .. import Spooler
+from .._core.cluster_view import ClusterFlush, start_cluster_flush
 from ..api.wire import flush_report_to_dict
 
 __all__ = ["MODES", "Flushes", "UnknownFlush"]
@@ -35,19 +38,21 @@ class Flushes:
 
     def __init__(self) -> None:
         self._numbers = itertools.count(1)
-        self._handles: OrderedDict[str, FlushHandle] = OrderedDict()
+        self._handles: OrderedDict[str, ClusterFlush] = OrderedDict()
         self._reports: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         #: every flush started here (the ``spoolbox_web_flushes_total`` figure)
         self.started = 0
 
-    def start(self, spooler: Spooler, *, mode: str, transport: str | None) -> dict[str, Any]:
+    async def start(self, spooler: Spooler, *, mode: str, transport: str | None) -> dict[str, Any]:
         """Start a flush; ``{"id", "transports"}``.  ValueError: an unknown mode;
         KeyError: an unknown transport."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         upload, download = MODES[mode]
-        handle = spooler.start_flush(upload=upload, download=download, transport=transport)
+        handle = await start_cluster_flush(
+            spooler, upload=upload, download=download, transport=transport
+        )
         flush_id = f"f{next(self._numbers)}"
         self._handles[flush_id] = handle
         self.started += 1
@@ -56,7 +61,7 @@ class Flushes:
         task.add_done_callback(self._tasks.discard)
         return {"id": flush_id, "transports": handle.transports}
 
-    async def _finish(self, flush_id: str, handle: FlushHandle) -> None:
+    async def _finish(self, flush_id: str, handle: ClusterFlush) -> None:
         try:
             report = flush_report_to_dict(await handle.wait())
         except Exception as exc:  # the spooler closed under it (a reload, the stop)
