@@ -342,7 +342,7 @@ async def _claimer(owner: str) -> None:
             RecipientUpdate(r.index, RecipientState.DELIVERED, status="2.0.0", count_attempt=True)
             for r in job.recipients
         ]
-        await store.settle(job.message.id, updates, owner=owner, now=time.time())
+        await store.settle(job.message.id, updates, owner=owner, now=time.time(), claim=job.claim)
 
     while True:
         t0 = time.perf_counter()
