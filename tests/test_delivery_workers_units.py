@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from spoolbox.daemon import restarts
 from spoolbox.daemon.delivery_protocol import DeliverySpec, worker_node
 from spoolbox.daemon.delivery_worker import delivery_config
 from spoolbox.daemon.log_format import make_formatter
@@ -38,6 +39,18 @@ def test_a_worker_that_keeps_dying_waits_longer_each_time_then_is_given_up() -> 
 def test_a_worker_that_ran_a_while_before_it_died_starts_again_at_once() -> None:
     assert restart_delay(RESTART_LIMIT, ran_for=STABLE_AFTER) == (1, 1.0)
     assert restart_delay(3, ran_for=STABLE_AFTER - 1) == (4, 8.0)
+
+
+def test_a_listener_process_that_keeps_dying_is_never_given_up_on() -> None:
+    # The listener processes share the back-off without a limit (daemon/restarts.py):
+    # a submission port given up on would leave the daemon deaf.
+    failures, delays = 0, []
+    for _ in range(RESTART_LIMIT + 3):
+        failures, delay = restarts.restart_delay(failures, ran_for=0.5)
+        delays.append(delay)
+    assert delays[:7] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert delays[-1] == 30.0
+    assert restarts.restart_delay(failures, ran_for=STABLE_AFTER) == (1, 1.0)
 
 
 def _view(state: WorkerState, **kw: object) -> WorkerView:

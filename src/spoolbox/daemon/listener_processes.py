@@ -52,6 +52,7 @@ from typing import Any
 from ..ingress.listener import ListenerConfig, listen_socket
 from ..routing import RoutingTable
 from .pipes import end_processes
+from .restarts import restart_delay
 from .worker_protocol import WorkerSpec, table_to_json
 
 __all__ = ["ListenerProcesses"]
@@ -62,10 +63,6 @@ log = logging.getLogger("spoolbox.listener")
 WORKER_PROGRAM = "spoolbox.daemon.listener_worker"
 #: how long a worker may take from its start to listening
 START_TIMEOUT = 30.0
-#: restart delays of a worker that keeps dying: first, then doubled up to the last
-RESTART_FIRST, RESTART_MAX = 1.0, 30.0
-#: a worker that ran this long before it died restarts after RESTART_FIRST again
-STABLE_AFTER = 60.0
 #: how often the daemon compares its routing table with the one the workers have
 ROUTES_INTERVAL = 0.5
 
@@ -251,7 +248,7 @@ class ListenerProcesses:
             )
 
     async def _supervise(self, worker: _WorkerHandle) -> None:
-        delay = RESTART_FIRST
+        failures = 0  # quick deaths in a row (a listener is never given up on)
         while True:
             proc = worker.proc
             assert proc is not None and proc.stdout is not None
@@ -260,13 +257,12 @@ class ListenerProcesses:
             code = await proc.wait()
             if self._stopping:
                 return
-            if time.monotonic() - worker.started_at >= STABLE_AFTER:
-                delay = RESTART_FIRST
+            failures, delay = restart_delay(failures, time.monotonic() - worker.started_at)
+            assert delay is not None  # no limit
             text = f"worker {proc.pid} exited with status {code}; starting another in {delay:.0f} s"
             log.error("listener %r: %s", self.name, text)
             self._on_trouble(text)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, RESTART_MAX)
             try:
                 await self._spawn(worker)
             except Exception as exc:

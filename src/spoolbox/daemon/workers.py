@@ -53,8 +53,10 @@ from typing import Any
 
 from .. import Spooler, StatusRow
 from ..model import ResourceMethods, ResourceType, StatusCode
+from . import restarts
 from .delivery_protocol import DeliverySpec, worker_node
 from .pipes import end_processes
+from .restarts import STABLE_AFTER
 
 __all__ = [
     "RESTART_LIMIT",
@@ -73,10 +75,6 @@ log = logging.getLogger("spoolbox.daemon")
 WORKER_PROGRAM = "spoolbox.daemon.delivery_worker"
 #: how long a worker may take from its start to ``ready`` (its transports log on later)
 START_TIMEOUT = 60.0
-#: restart delays of a worker that keeps dying: first, then doubled up to the last
-RESTART_FIRST, RESTART_MAX = 1.0, 30.0
-#: a worker that ran this long before it died counts as a first death again
-STABLE_AFTER = 60.0
 #: deaths in a row (each within STABLE_AFTER of its start) before giving up on it
 RESTART_LIMIT = 8
 #: wake-up lines are not queued for a worker that has this much unread already
@@ -87,11 +85,9 @@ Died = Callable[[str], Awaitable[None]]
 
 def restart_delay(failures: int, ran_for: float) -> tuple[int, float | None]:
     """After a worker that ran ``ran_for`` s died, with ``failures`` quick deaths in a
-    row before: the new count, and the delay before starting it again (None: give up)."""
-    failures = 1 if ran_for >= STABLE_AFTER else failures + 1
-    if failures > RESTART_LIMIT:
-        return failures, None
-    return failures, min(RESTART_FIRST * 2 ** (failures - 1), RESTART_MAX)
+    row before: the new count, and the delay before starting it again (None: give up
+    after :data:`RESTART_LIMIT`); :func:`.restarts.restart_delay`."""
+    return restarts.restart_delay(failures, ran_for, limit=RESTART_LIMIT)
 
 
 class WorkerState(enum.Enum):
