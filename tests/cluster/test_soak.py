@@ -56,6 +56,8 @@ NODES = ("node-a", "node-b", "node-c")
 #: and returns its claims then; a short lease would let a node stalled by this busy
 #: machine lose its claims to another node, duplicates that are not the kills'.)
 IN_FLIGHT = 4
+#: messages submitted at a time (N / LOT lots, one after each kill)
+LOT = 500
 POLICY = "housekeeping_interval = 1\nretry_base = 1\nretry_cap = 5\n"
 
 
@@ -76,12 +78,20 @@ def test_three_nodes_killed_at_random_lose_nothing(cluster: Cluster, smtp_sink: 
         cluster.add(name, smtp_sink.port, policy=POLICY, max_connections=IN_FLIGHT)
         for name in NODES
     ]
-    client = Client(nodes[0].profile)
     worker = crash_smtp.worker
-    for start in range(0, N, 500):
-        client.submit_many([worker.new_message(i, "smtp") for i in range(start, start + 500)])
     dsn = cluster.store.env[DSN_ENV]
     rng = random.Random()
+    # The mail goes in a lot at a time while the nodes are killed (a lot after each
+    # kill), so that the kills land while mail flows however fast this machine drains.
+    lots = iter(range(0, N, LOT))
+
+    def submit_next(via: Any) -> None:
+        start = next(lots, None)
+        if start is not None:  # through a node's daemon, or offline if it is down
+            messages = [worker.new_message(i, "smtp") for i in range(start, start + LOT)]
+            Client(via.profile).submit_many(messages)
+
+    submit_next(nodes[0])
     kills = 0
     end = time.monotonic() + 600
     while _states(dsn).get("delivered", 0) < N and time.monotonic() < end and kills < 10:
@@ -90,6 +100,9 @@ def test_three_nodes_killed_at_random_lose_nothing(cluster: Cluster, smtp_sink: 
         victim.kill()
         kills += 1
         victim.start(wait=False)  # it comes back while the others go on
+        submit_next(rng.choice([n for n in nodes if n is not victim]))
+    for _ in range(0, N, LOT):
+        submit_next(nodes[0])  # what the kills did not take in
     for node in nodes:
         if node.process is None or node.process.poll() is not None:
             node.start()
