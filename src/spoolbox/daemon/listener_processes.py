@@ -51,7 +51,7 @@ from typing import Any
 
 from ..ingress.listener import ListenerConfig, listen_socket
 from ..routing import RoutingTable
-from .pipes import end_processes
+from .pipes import end_processes, hand_over
 from .restarts import restart_delay
 from .worker_protocol import WorkerSpec, table_to_json
 
@@ -231,21 +231,11 @@ class ListenerProcesses:
                 self._carried[key] = self._carried.get(key, 0) + value
         worker.proc, worker.started_at, worker.stats = proc, time.monotonic(), {}
         self._sent_table = table
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(spec.to_json().encode() + b"\n")
-        try:
-            line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
-            ready = json.loads(line) if line else {"error": "it exited before listening"}
-        except (TimeoutError, ValueError) as exc:
-            ready = {"error": f"no ready line ({exc!r})"}
-        if "ready" not in ready:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            code = await proc.wait()
-            raise RuntimeError(
-                f"listener {self.name!r}: worker process did not start: "
-                f"{ready.get('error', ready)} (exit status {code})"
-            )
+        why = await hand_over(
+            proc, spec.to_json(), timeout=START_TIMEOUT, exited="it exited before listening"
+        )
+        if why is not None:
+            raise RuntimeError(f"listener {self.name!r}: worker process did not start: {why}")
 
     async def _supervise(self, worker: _WorkerHandle) -> None:
         failures = 0  # quick deaths in a row (a listener is never given up on)

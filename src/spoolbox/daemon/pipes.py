@@ -5,6 +5,8 @@
   it ends (the daemon closed it, or died) or the worker is told to stop, and does
   its periodic chore (its counters to the daemon) after each line and at least
   every so often;
+* :func:`hand_over`: the daemon gives a worker it started its settings line and
+  waits for its ready line (one that does not come in time is killed);
 * :func:`end_processes`: the daemon ends its workers: the end of their stdin tells
   each to stop; one still running after ``limit`` seconds is killed.
 
@@ -15,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-__all__ = ["end_processes", "serve_control_lines"]
+__all__ = ["end_processes", "hand_over", "serve_control_lines"]
 
 log = logging.getLogger("spoolbox.daemon")
 
@@ -54,6 +57,28 @@ async def serve_control_lines(
         stopped.cancel()
         if line_task is not None:
             line_task.cancel()
+
+
+async def hand_over(
+    proc: asyncio.subprocess.Process, spec: str, *, timeout: float, exited: str
+) -> str | None:
+    """Write ``spec`` as the worker's first line on its stdin and wait ``timeout``
+    seconds for its ready line (``{"ready": ...}``): None once it is ready; else why
+    not, with its exit status (``exited`` if it ended without a word), the worker
+    killed and reaped."""
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(spec.encode() + b"\n")
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), timeout)
+        ready = json.loads(line) if line else {"error": exited}
+    except (TimeoutError, ValueError) as exc:
+        ready = {"error": f"no ready line ({exc!r})"}
+    if "ready" in ready:
+        return None
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    code = await proc.wait()
+    return f"{ready.get('error', ready)} (exit status {code})"
 
 
 async def end_processes(

@@ -55,7 +55,7 @@ from .. import Spooler, StatusRow
 from ..model import ResourceMethods, ResourceType, StatusCode
 from . import restarts
 from .delivery_protocol import DeliverySpec, worker_node
-from .pipes import end_processes
+from .pipes import end_processes, hand_over
 from .restarts import STABLE_AFTER
 
 __all__ = [
@@ -341,20 +341,13 @@ class DeliveryWorkers:
             stdout=asyncio.subprocess.PIPE,
         )
         worker.proc, worker.started_at, worker.counters = proc, time.monotonic(), {}
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(spec.to_json().encode() + b"\n")
-        try:
-            line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
-            ready = json.loads(line) if line else {"error": "it exited before it was ready"}
-        except (TimeoutError, ValueError) as exc:
-            ready = {"error": f"no ready line ({exc!r})"}
-        if "ready" in ready:
+        why = await hand_over(
+            proc, spec.to_json(), timeout=START_TIMEOUT, exited="it exited before it was ready"
+        )
+        if why is None:
             self._set(worker, WorkerState.RUNNING)
             return True
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        code = await proc.wait()
-        worker.last_exit = f"did not start: {ready.get('error', ready)} (exit status {code})"
+        worker.last_exit = f"did not start: {why}"
         log.error("delivery worker %s %s", worker.tag, worker.last_exit)
         return False
 
