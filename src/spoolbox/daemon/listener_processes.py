@@ -172,11 +172,12 @@ class ListenerProcesses:
             self._own(self._supervise(worker))
         self._own(self._push_routes())
         log.info(
-            "SMTP submission listener %r on %s:%d in %d processes (pids %s)",
+            "SMTP submission listener %r on %s:%d in %d process%s (pids %s)",
             self.name,
             self.config.host,
             self.port,
             self._processes,
+            "" if self._processes == 1 else "es",
             " ".join(map(str, self.pids())),
         )
 
