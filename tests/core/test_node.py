@@ -12,7 +12,13 @@ from typing import Any, TypeVar
 
 import pytest
 
-from spoolbox._core.cluster_view import GONE, cluster_rows, combine_progress, merge_reports
+from spoolbox._core.cluster_view import (
+    GONE,
+    RemoteRows,
+    cluster_rows,
+    combine_progress,
+    merge_reports,
+)
 from spoolbox._core.flush import FlushHandle, FlushReport, TransportFlushResult
 from spoolbox._core.node import STORE_UNAVAILABLE, NodePresence, NodeSettings
 from spoolbox.model import ResourceType, StatusCode
@@ -36,6 +42,11 @@ class _Store(MemoryStore):
             raise StoreError("PostgreSQL store postgresql://db/spool: connection refused")
         await super().publish_node(node)
         self.published.append(node)
+
+    async def nodes(self) -> list[NodeRecord]:
+        if self.down:
+            raise StoreError("PostgreSQL store postgresql://db/spool: connection refused")
+        return await super().nodes()
 
     async def flush_requests(self, *, after: int) -> list[Any]:
         if self.down:
@@ -163,3 +174,26 @@ def test_reports_merge_per_transport() -> None:
     assert (relay.uploaded, relay.delivered, relay.deferred, relay.queued) == (7, 5, 2, 0)
     assert (relay.error, relay.seconds, merged.timed_out) == ("x", 1, True)
     assert a.results[0].uploaded == 3  # the parts are not changed
+
+
+async def test_a_store_that_cannot_be_read_leaves_the_other_nodes_shown() -> None:
+    """The other nodes did not go away because this node cannot read the store: the
+    watcher reports no change (not every row removed), then the real changes."""
+    clock, store = FakeClock(), _Store()
+    n2 = _Spooler(clock, "n2")
+    await NodePresence(_Spooler(clock, "n1"), store, SETTINGS).tick()
+    await NodePresence(n2, store, SETTINGS).tick()
+    watcher = RemoteRows(store, "n1")
+    first = await watcher.changes(clock.now())
+    assert [(node, name) for node, name, _ in first] == [("n2", "spooler"), ("n2", "relay")]
+    store.down = True
+    assert await watcher.changes(clock.now()) == []
+    local = [{"name": "spooler", "status": "Available"}]
+    assert await cluster_rows(store, node="n1", local=local, now=clock.now()) == [
+        {"name": "spooler", "status": "Available", "node": "n1"}
+    ]
+    store.down = False
+    n2.status.update("relay", detail="back")
+    await NodePresence(n2, store, SETTINGS).tick()
+    again = await watcher.changes(clock.now())
+    assert [(node, name, row is not None) for node, name, row in again] == [("n2", "relay", True)]

@@ -17,7 +17,7 @@ from webtest_support import Web, script, web  # noqa: F401 - fixtures
 
 from spoolbox._core.cluster_view import GONE
 from spoolbox._core.node import NodeSettings, start_node
-from spoolbox.store import NodeRecord
+from spoolbox.store import NodeRecord, StoreError
 from spoolbox.web.events import status_events
 from spoolbox.web.nodes import OtherNodes
 
@@ -109,3 +109,28 @@ async def test_the_store_is_read_once_per_period_for_every_page(web: Web) -> Non
     again = await others.rows(web.spooler)
     assert others.reads == 2
     assert {row["detail"] for row in again if row["name"] == "relay"} == {"second"}
+
+
+async def test_rows_read_last_stay_while_the_store_cannot_be_read(
+    web: Web, monkeypatch: Any
+) -> None:
+    clock = _Clock()
+    others = OtherNodes(clock)
+    start_node(web.spooler, web.spooler.store, SETTINGS)
+    await web.spooler.store.publish_node(_record("first"))
+    shown = await others.rows(web.spooler)
+    assert {row["node"] for row in shown} == {"node-b"}
+
+    async def unreadable() -> list[NodeRecord]:
+        raise StoreError("PostgreSQL store postgresql://db/spool: connection refused")
+
+    monkeypatch.setattr(web.spooler.store, "nodes", unreadable)
+    clock.now += SETTINGS.interval  # a read is due, and fails
+    assert await others.rows(web.spooler) == shown  # node-b is not removed
+    assert others.reads == 2
+    monkeypatch.undo()
+    await web.spooler.store.publish_node(_record("second"))
+    clock.now += SETTINGS.interval
+    assert {r["detail"] for r in await others.rows(web.spooler) if r["name"] == "relay"} == {
+        "second"
+    }

@@ -42,6 +42,7 @@ __all__ = [
     "combine_progress",
     "merge_reports",
     "node_rows",
+    "other_rows",
     "row_changes",
     "rows_by_key",
     "start_cluster_flush",
@@ -76,16 +77,24 @@ async def cluster_rows(
     """This node's rows, then every other node's (see the module doc); only the
     local rows when the store keeps no nodes or cannot be read."""
     rows = [{**row, "node": node} for row in local]
-    if not isinstance(store, ClusterStore):
-        return rows
-    try:
-        records = await store.nodes()
-    except StoreError:
-        return rows
-    for record in records:
-        if record.name != node:
-            rows.extend(node_rows(record, now=now))
+    with contextlib.suppress(StoreError):
+        rows += await other_rows(store, node=node, now=now)
     return rows
+
+
+async def other_rows(store: object, *, node: str, now: float) -> list[dict[str, Any]]:
+    """Every other node's rows (with ``node``; ``Gone`` ones too); ``[]`` when the
+    store keeps no nodes.  Raises :class:`~spoolbox.store.StoreError` when the store
+    cannot be read: a reader that shows the rows keeps what it showed (the other
+    nodes did not go away because this node cannot see them)."""
+    if not isinstance(store, ClusterStore):
+        return []
+    return [
+        row
+        for record in await store.nodes()
+        if record.name != node
+        for row in node_rows(record, now=now)
+    ]
 
 
 #: A row's place in the cluster's table: (node, name).
@@ -121,8 +130,12 @@ class RemoteRows:
 
     async def changes(self, now: float) -> list[RowChange]:
         """``(node, name, row)`` for each row that is new or changed, and
-        ``(node, name, None)`` for each that went away, since the last call."""
-        rows = await cluster_rows(self._store, node=self._node, local=(), now=now)
+        ``(node, name, None)`` for each that went away, since the last call; nothing
+        while the store cannot be read (the rows shown stay as they were)."""
+        try:
+            rows = await other_rows(self._store, node=self._node, now=now)
+        except StoreError:
+            return []
         current = rows_by_key(rows)
         out = row_changes(self._shown, current)
         self._shown = current

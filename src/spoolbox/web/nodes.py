@@ -8,6 +8,8 @@ shows).  :class:`OtherNodes` reads them for every page at once: one read of the
 store per half interval at most, however many pages watch, and none at all when
 the spooler is not a node of a shared store.  Each page's stream keeps what it
 showed and sends what changed (:func:`~spoolbox._core.cluster_view.row_changes`).
+When the store cannot be read, the rows read last stay (this node's own spooler
+row says "store unavailable" meanwhile): the other nodes did not go away.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .._core.cluster_view import cluster_rows
+from .._core.cluster_view import other_rows
 from .._core.node import node_of
+from ..store import StoreError
 
 __all__ = ["OtherNodes"]
 
@@ -45,16 +48,21 @@ class OtherNodes:
 
     async def rows(self, spooler: Any) -> list[dict[str, Any]]:
         """Every other node's rows (with ``node``; ``Gone`` ones too), as read at
-        most :meth:`period` ago; ``[]`` when there are no other nodes to read."""
+        most :meth:`period` ago (or last read, while the store cannot be read);
+        ``[]`` when there are no other nodes to read."""
         period = self.period(spooler)
         if period is None:
             return []
         async with self._lock:
             now = self._monotonic()
             if spooler is not self._spooler or now - self._read_at >= period:
-                self._rows = await cluster_rows(
-                    spooler.store, node=spooler.owner, local=(), now=time.time()
-                )
+                try:
+                    self._rows = await other_rows(
+                        spooler.store, node=spooler.owner, now=time.time()
+                    )
+                except StoreError:
+                    if spooler is not self._spooler:
+                        self._rows = []
                 self._spooler, self._read_at = spooler, self._monotonic()
                 self.reads += 1
             return self._rows
