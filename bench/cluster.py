@@ -434,6 +434,8 @@ def relay(name: str, root: Path, pg: Any, sink: Sink, args: Any) -> dict[str, fl
 
     if name == "postfix":
         root.mkdir(parents=True)
+        for d in (root, root.parent):  # the postfix user must reach its queue directory
+            d.chmod(0o755)
         with PostfixRelay(root, sink.port, args.max_connections) as pf:
             one_batch(pf.port, args.warmup_relay)
             t0, done = one_batch(pf.port, n)
