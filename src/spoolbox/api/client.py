@@ -48,7 +48,6 @@ from ..profile import Profile, load_profile
 from ..store.base import Store, UnknownMessage
 from ..store.sqlite import StoreFile, transactions
 from . import selection
-from .kept_loop import KeptStore
 from .wire import (
     BAD_REQUEST,
     CONFLICT,
@@ -73,6 +72,7 @@ from .wire import message_args as _message_args
 if TYPE_CHECKING:
     from ..store.postgres import PostgresStore
     from ..store.sqlite import SQLiteStore
+    from .kept_loop import KeptStore
 
 __all__ = [
     "EXIT_CONFLICT",
@@ -343,6 +343,8 @@ class Client:
 
     def _kept_async(self) -> KeptStore:
         """This thread's kept PostgreSQL store (as :meth:`_kept_store` for SQLite)."""
+        from .kept_loop import KeptStore  # asyncio: not for a plain SQLite send
+
         assert self._kept is not None
         kept: KeptStore | None = getattr(self._kept, "async_store", None)
         if kept is None or kept.pid != os.getpid():
