@@ -27,6 +27,21 @@ a temporary directory, ``fsync = on``) and Postfix's ``smtp-sink -c`` (``bench/_
   p99, as ``bench/latency.py``): PostgreSQL with 2 nodes (the other node hears of it
   by LISTEN/NOTIFY and may claim it) against SQLite with one node.
 
+* ``relay`` (not in the default ``--only``): smtp-source (``-s --sessions``, 2 KB,
+  ``--relay-messages``) -> the system -> smtp-sink, after ``--warmup-relay``
+  messages: PostgreSQL with ``--relay-nodes`` nodes (node 1 has the SMTP listener,
+  ``processes = --listener-processes``; the other nodes hear of its commits by
+  NOTIFY and claim from the database) against a private Postfix
+  (``bench/_mta.py``'s, ``smtp_destination_concurrency_limit = --max-connections``).
+  Reported: msg/s from smtp-source's start to the sink's last message, and the ratio
+  to Postfix in the same run.
+* ``roundtrips``: what the PostgreSQL store sends per message, counted by the store
+  (``statistics()``: transactions, statements, round trips; these do not depend on
+  the load): the *idle* path (each message submitted alone, claimed, settled alone,
+  as on an idle node) and the *drain* path (``--messages`` committed at once, then
+  claimed 8 at a time and the 8 settled at once, as a node's loop does), each in one
+  process on a fresh database.
+
 Beside every figure: the load average (1 min) at its start and end, and the disk's
 fsync rate (``bench/_counts.py``) measured at the start.  Medians over ``--runs``; the
 order of the systems rotates from run to run.  Run it::
@@ -59,7 +74,17 @@ from pathlib import Path
 from typing import Any
 
 from _counts import fsync_rate
-from _mta import _SINK_TRANSPORT, Sink, ensure_peers, log, machine
+from _mta import (
+    _SINK_TRANSPORT,
+    PostfixRelay,
+    Sink,
+    ensure_peers,
+    free_port,
+    log,
+    machine,
+    smtp_source,
+)
+from _pgwire import WireProxy
 from latency import content, percentile
 from spoolbox import Address, NewMessage
 from spoolbox.client import Client
@@ -72,6 +97,7 @@ DSN_ENV = "SPOOLBOX_BENCH_PG_DSN"
 SENDER, RECIPIENT = "from@example.org", "to@example.org"
 WAIT = 600.0
 CLAIM_BATCH = 8
+_COUNTED = ("transactions", "statements", "round_trips")
 
 
 def _load() -> float:
@@ -84,7 +110,13 @@ def _message(i: int) -> NewMessage:
 
 # -- the systems ----------------------------------------------------------------------------
 def _profile(
-    directory: Path, node: str, store: str, sink_port: int, args: Any, workers: int
+    directory: Path,
+    node: str,
+    store: str,
+    sink_port: int,
+    args: Any,
+    workers: int,
+    listener_port: int | None = None,
 ) -> Path:
     directory.mkdir(parents=True)
     path = directory / "spoolbox.toml"
@@ -110,6 +142,12 @@ senders = ["SMTP:{SENDER}"]
 {_SINK_TRANSPORT.format(port=sink_port)}max_connections = {args.max_connections}
 """
     )
+    if listener_port is not None:  # the relay part: node 1 takes smtp-source's mail
+        with path.open("a") as f:
+            f.write(
+                f'\n[listeners.submission]\nkind = "smtp"\nhost = "127.0.0.1"\n'
+                f"port = {listener_port}\nprocesses = {args.listener_processes}\n"
+            )
     return path
 
 
@@ -130,7 +168,15 @@ class System:
 class Running:
     """The profiles of one system on a fresh store, and its processes once started."""
 
-    def __init__(self, system: System, root: Path, pg: Any, sink_port: int, args: Any) -> None:
+    def __init__(
+        self,
+        system: System,
+        root: Path,
+        pg: Any,
+        sink_port: int,
+        args: Any,
+        listener_port: int | None = None,
+    ) -> None:
         self.system = system
         self.env = {k: v for k, v in os.environ.items() if k != "SPOOLBOX_PROFILE"}
         if system.backend == "postgres":
@@ -139,13 +185,23 @@ class Running:
             self.env[DSN_ENV] = self.dsn
             store = f'backend = "postgres"\ndsn_env = "{DSN_ENV}"'
             self.profiles = [
-                _profile(root / f"node{k}", f"node{k}", store, sink_port, args, 0)
+                _profile(
+                    root / f"node{k}",
+                    f"node{k}",
+                    store,
+                    sink_port,
+                    args,
+                    0,
+                    listener_port if k == 1 else None,
+                )
                 for k in range(1, system.count + 1)
             ]
         else:
             store = 'backend = "sqlite"\npath = "spool.sqlite3"'
             self.profiles = [
-                _profile(root / "node1", "node1", store, sink_port, args, system.count)
+                _profile(
+                    root / "node1", "node1", store, sink_port, args, system.count, listener_port
+                )
             ]
         self.procs: list[subprocess.Popen[bytes]] = []
         self._pg = pg
@@ -244,8 +300,10 @@ class Running:
 
 
 @contextmanager
-def running(system: System, root: Path, pg: Any, sink: Sink, args: Any) -> Iterator[Running]:
-    r = Running(system, root, pg, sink.port, args)
+def running(
+    system: System, root: Path, pg: Any, sink: Sink, args: Any, listener_port: int | None = None
+) -> Iterator[Running]:
+    r = Running(system, root, pg, sink.port, args, listener_port)
     try:
         yield r
     finally:
@@ -359,6 +417,104 @@ async def _claimer(owner: str) -> None:
     print(json.dumps({"latencies": latencies[:-1], "claimed": claimed, "start": start, "end": end}))
 
 
+def relay(name: str, root: Path, pg: Any, sink: Sink, args: Any) -> dict[str, float]:
+    """smtp-source -> the system -> the sink: PostgreSQL nodes (node 1 listens; the
+    others hear of its commits by NOTIFY) or a private Postfix (``bench/relay.py``'s)."""
+    load = _load()
+    n = args.relay_messages
+
+    def one_batch(port: int, count: int) -> tuple[float, float]:
+        base = sink.count
+        t0 = time.perf_counter()
+        proc = smtp_source(port, count, args.sessions, 2048)
+        _, err = proc.communicate(timeout=WAIT)
+        if proc.returncode != 0:
+            raise RuntimeError(f"smtp-source exited {proc.returncode}: {err.decode()}")
+        return t0, sink.wait_for(base + count, WAIT)
+
+    if name == "postfix":
+        root.mkdir(parents=True)
+        for d in (root, root.parent):  # the postfix user must reach its queue directory
+            d.chmod(0o755)
+        with PostfixRelay(root, sink.port, args.max_connections) as pf:
+            one_batch(pf.port, args.warmup_relay)
+            t0, done = one_batch(pf.port, n)
+    else:
+        k = int(name.split()[1])
+        port = free_port()
+        system = System(name, "postgres", k)
+        with running(system, root, pg, sink, args, port) as r:
+            r.start()
+            r.ready()
+            one_batch(port, args.warmup_relay)
+            t0, done = one_batch(port, n)
+    return {"msg/s": n / (done - t0), "load start": load, "load end": _load()}
+
+
+def roundtrips(pg: Any, n: int) -> dict[str, dict[str, float]]:
+    """Per message, by phase: what went over the wire (:mod:`_pgwire`, any tree) and
+    what the store counted (``statistics()``, where it counts)."""
+    db = pg.new_database()
+    try:
+        return asyncio.run(_roundtrips(pg, db, n))
+    finally:
+        pg.drop_database(db)
+
+
+async def _roundtrips(pg: Any, db: str, n: int) -> dict[str, dict[str, float]]:
+    from spoolbox import RecipientState
+    from spoolbox.store.base import RecipientUpdate
+    from spoolbox.store.postgres import PostgresStore
+
+    out: dict[str, dict[str, float]] = {}
+    async with WireProxy(pg.host, pg.port) as proxy:
+        dsn = f"host=127.0.0.1 port={proxy.port} dbname={db} user={pgc.ADMIN} "
+        dsn += f"password='{pgc.PASSWORD}' sslmode=disable"
+        async with PostgresStore(dsn, pool_size=2) as store:
+            last: dict[str, float] = {}
+
+            def now_counted() -> dict[str, float]:
+                stats = store.statistics()
+                mine = {f"store {k}": float(stats[k]) for k in _COUNTED if k in stats}  # type: ignore[arg-type]
+                return {
+                    "wire round_trips": float(proxy.counts.round_trips),
+                    "wire statements": float(proxy.counts.statements),
+                    **mine,
+                }
+
+            def phase(name: str, messages: int) -> None:
+                counted = now_counted()
+                out[name] = {k: (v - last.get(k, 0.0)) / messages for k, v in counted.items()}
+                last.update(counted)
+
+            async def settle(job: Any) -> None:
+                done = [
+                    RecipientUpdate(r.index, RecipientState.DELIVERED, status="2.0.0")
+                    for r in job.recipients
+                ]
+                await store.settle(
+                    job.message.id, done, owner="bench", now=time.time(), claim=job.claim
+                )
+
+            phase("open", 1)
+            for i in range(n):  # the idle path: one message at a time
+                await store.submit(_message(i), now=time.time(), lifetime=86400.0, routes=["relay"])
+            phase("idle: submit", n)
+            for _ in range(n):
+                [job] = await store.claim("relay", owner="bench", now=time.time(), lease=60.0)
+                await settle(job)
+            phase("idle: claim 1 + settle", n)
+            lot = [_message(i) for i in range(n, 2 * n)]
+            await store.submit_many(lot, now=time.time(), lifetime=86400.0, routes=[["relay"]] * n)
+            phase("drain: submit_many", n)
+            while jobs := await store.claim(
+                "relay", owner="bench", now=time.time(), lease=60.0, limit=CLAIM_BATCH
+            ):
+                await asyncio.gather(*(settle(job) for job in jobs))
+            phase(f"drain: claim {CLAIM_BATCH} + settle together", n)
+    return out
+
+
 def latency(system: System, root: Path, pg: Any, sink: Sink, args: Any) -> dict[str, float]:
     load = _load()
     times: list[float] = []
@@ -429,7 +585,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--latency-messages", type=int, default=100)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--gap-ms", type=float, default=50.0)
-    p.add_argument("--only", default="drain,claims,latency")
+    p.add_argument("--only", default="drain,claims,latency,roundtrips", help="the parts to run")
+    p.add_argument("--roundtrip-messages", type=int, default=200, help="roundtrips: messages")
+    p.add_argument("--relay-messages", type=int, default=1000, help="relay: messages per run")
+    p.add_argument("--relay-nodes", type=_ints, default=[1, 2], help="relay: PostgreSQL nodes")
+    p.add_argument("--warmup-relay", type=int, default=100, help="relay: warm-up messages")
+    p.add_argument("--sessions", type=int, default=10, help="relay: smtp-source -s")
+    p.add_argument(
+        "--listener-processes", type=int, default=1, help="relay: node 1's listener processes"
+    )
     p.add_argument("--dir", type=Path, default=None, help="directory on the disk to test")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
@@ -531,6 +695,34 @@ def _run(args: Any, parts: set[str], root: Path, pg: Any, sink: Sink) -> dict[st
             m = _medians(runs, name)
             print(f"| {name} | {m['p50 ms']:.2f} | {m['p99 ms']:.2f} | {_loads(runs, name)} |")
         out["latency"] = runs
+    if "relay" in parts:
+        names = [f"postgres {k} node{'s' * (k > 1)}" for k in args.relay_nodes] + ["postfix"]
+        runs = _measure(
+            names,
+            args.runs,
+            lambda name, r: relay(name, root / f"r{next(made)}", pg, sink, args),
+        )
+        print(
+            f"\nrelay: smtp-source -s {args.sessions} -m {args.relay_messages} -> system "
+            "-> smtp-sink; medians"
+        )
+        print("| system | msg/s | / Postfix (median of the runs' ratios) | load |")
+        print("|---|---:|---:|---|")
+        for name in names:
+            m = _medians(runs, name)
+            ratio = statistics.median(run[name]["msg/s"] / run["postfix"]["msg/s"] for run in runs)
+            print(f"| {name} | {m['msg/s']:,.0f} | {ratio:.2f}x | {_loads(runs, name)} |")
+        out["relay"] = runs
+    if "roundtrips" in parts:
+        counted = roundtrips(pg, args.roundtrip_messages)
+        print(f"\nPostgreSQL store, per message ({args.roundtrip_messages} messages)")
+        keys = [k for k in counted["open"] if k != "open"]
+        print(f"| phase | {' | '.join(keys)} |")
+        print(f"|---|{'---:|' * len(keys)}")
+        for name, c in counted.items():
+            if name != "open":
+                print(f"| {name} | {' | '.join(f'{c[k]:.2f}' for k in keys)} |")
+        out["roundtrips"] = counted
     return out
 
 

@@ -72,6 +72,7 @@ from .wire import message_args as _message_args
 if TYPE_CHECKING:
     from ..store.postgres import PostgresStore
     from ..store.sqlite import SQLiteStore
+    from .kept_loop import KeptStore
 
 __all__ = [
     "EXIT_CONFLICT",
@@ -182,7 +183,8 @@ class Client:
     ) -> None:
         """``keep_store_open``: submissions without the daemon reuse one connection to
         the store per thread (opening and closing the SQLite file cost more than the
-        transaction); :meth:`close` closes this thread's."""
+        transaction; on PostgreSQL, the store stays open on an event loop of the
+        thread's own, :mod:`.kept_loop`); :meth:`close` closes this thread's."""
         self.profile = profile if isinstance(profile, Profile) else load_profile(profile)
         self.timeout = timeout
         self._next_id = 0
@@ -339,12 +341,27 @@ class Client:
             self._kept.store = held
         return held[1]
 
+    def _kept_async(self) -> KeptStore:
+        """This thread's kept PostgreSQL store (as :meth:`_kept_store` for SQLite)."""
+        from .kept_loop import KeptStore  # asyncio: not for a plain SQLite send
+
+        assert self._kept is not None
+        kept: KeptStore | None = getattr(self._kept, "async_store", None)
+        if kept is None or kept.pid != os.getpid():
+            kept = KeptStore(self._async_store)
+            self._kept.async_store = kept
+        return kept
+
     def close(self) -> None:
         """Close this thread's kept store connection, if any (``keep_store_open``)."""
         held = getattr(self._kept, "store", None) if self._kept is not None else None
         if held is not None and held[0] == os.getpid():
             del self._kept.store  # type: ignore[union-attr]
             held[1].close()
+        kept = getattr(self._kept, "async_store", None) if self._kept is not None else None
+        if kept is not None and kept.pid == os.getpid():
+            del self._kept.async_store  # type: ignore[union-attr]
+            kept.close()
 
     def _async_store(self) -> SQLiteStore | PostgresStore:
         """The profile's store for one offline operation, unopened: its PostgreSQL
@@ -377,6 +394,8 @@ class Client:
                 await store.close()
 
         try:
+            if self._kept is not None and self._on_postgres():
+                return self._kept_async().run(fn)
             return asyncio.run(run())
         except UnknownMessage as exc:
             raise NotFound(f"no message {exc}") from None

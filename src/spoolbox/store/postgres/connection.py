@@ -1,19 +1,36 @@
 """The PostgreSQL store's connections: the DSN, the pool, and one transaction per operation.
 
-:class:`Database` owns a :class:`psycopg_pool.AsyncConnectionPool`.  Opening it first
+:class:`Database` owns two pools (:class:`psycopg_pool.AsyncConnectionPool`).  Opening it first
 makes one plain connection (so a wrong host, a refused password or a missing database
 fails at once with PostgreSQL's own words, not as a pool time-out), migrates the
-schema on it (:func:`.schema.migrate`), then opens the pool.
+schema on it (:func:`.schema.migrate`), then opens the pools.
 
 :meth:`Database.run` runs one operation in one transaction of the kind
 :data:`spoolbox.store.operations.OPERATIONS` gives it:
 
-* ``READ``: ``REPEATABLE READ, READ ONLY``, one consistent snapshot;
+* ``READ``: ``REPEATABLE READ, READ ONLY``, one consistent snapshot (said in the
+  ``BEGIN`` itself: no statement of its own);
 * ``WRITE``: ``READ COMMITTED``, committed with the server's ``synchronous_commit``
   (durable before the caller resumes, as the profile's database is set up);
-* ``PROGRESS``: the same with ``SET LOCAL synchronous_commit = off``: the commit does
-  not wait for the WAL flush, yet is ordered before every later durable commit, so a
-  server crash can only undo progress (work done again), never an acceptance.
+* ``PROGRESS``: the same on a connection of the *progress pool*, whose connections
+  were set up once with ``SET synchronous_commit = off``: the commit does not wait for
+  the WAL flush, yet is ordered before every later durable commit, so a server crash
+  can only undo progress (work done again), never an acceptance.  Two pools rather
+  than a ``SET LOCAL`` in each transaction: one round trip fewer per progress
+  transaction.  Acceptances never run on the progress pool.
+
+:meth:`Database.run_batch` runs several calls in one transaction (group commit):
+all together first, without savepoints; only if one of them fails is the
+transaction rolled back and run again with each call in a savepoint of its own, so
+that a failure fails only its caller (savepoints cost two round trips per call).
+
+Every statement and round trip is counted (:class:`Counts`, the store's
+``statistics()``): a cursor class of ours counts ``execute`` (one statement, one
+round trip) and ``executemany`` (one statement per row, one round trip: psycopg
+pipelines it), :meth:`Database.run` the ``BEGIN`` and the ``COMMIT`` or ``ROLLBACK``,
+:func:`savepoint` its ``SAVEPOINT`` and ``RELEASE``.  Not counted: the ``DEALLOCATE
+ALL`` psycopg sends after a rollback when it had prepared statements (psycopg
+prepares a statement on a connection once it has run it 5 times).
 
 A deadlock or serialization failure (two nodes touching the same rows in an order
 the server had to break) rolls the transaction back and runs it again, a few times.
@@ -26,11 +43,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable
-from typing import Final, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Final, TypeVar, cast
 
 import psycopg
-from psycopg import AsyncConnection, errors
+from psycopg import AsyncConnection, AsyncCursor, AsyncPipeline, IsolationLevel, errors
+from psycopg.abc import Params, Query
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -39,16 +58,94 @@ from ..base import StoreError
 from ..operations import Kind
 from . import schema
 
-__all__ = ["Database", "describe"]
+__all__ = ["Counts", "Database", "describe", "savepoint"]
 
 log = logging.getLogger("spoolbox.store")
 
 _T = TypeVar("_T")
 Conn = AsyncConnection[DictRow]
+_Self = TypeVar("_Self", bound="_Cursor")
 
 #: Times a transaction is run again after a deadlock or a serialization failure.
 RETRIES: Final = 8
 _RETRYABLE = (errors.DeadlockDetected, errors.SerializationFailure)
+
+
+class Counts:
+    """What one store sent to PostgreSQL: transactions, statements (``BEGIN``,
+    ``COMMIT``, savepoints included; a row of ``executemany`` counts as one), and
+    round trips (each a wait for the server's answer)."""
+
+    __slots__ = ("round_trips", "statements", "transactions")
+
+    def __init__(self) -> None:
+        self.transactions = 0
+        self.statements = 0
+        self.round_trips = 0
+
+    def add(self, statements: int, round_trips: int) -> None:
+        self.statements += statements
+        self.round_trips += round_trips
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "transactions": self.transactions,
+            "statements": self.statements,
+            "round_trips": self.round_trips,
+        }
+
+
+class _Connection(AsyncConnection[DictRow]):
+    """A pooled connection: it knows its store's :class:`Counts` (set by the pool's
+    ``configure``)."""
+
+    counts: Counts | None = None
+
+
+def _tally(conn: Any, statements: int, round_trips: int) -> None:
+    counts = getattr(conn, "counts", None)
+    if isinstance(counts, Counts):
+        counts.add(statements, round_trips)
+
+
+class _Cursor(AsyncCursor[DictRow]):
+    """psycopg's cursor, counting statements and round trips (:class:`Counts`)."""
+
+    async def execute(
+        self: _Self,
+        query: Query,
+        params: Params | None = None,
+        *,
+        prepare: bool | None = None,
+        binary: bool | None = None,
+    ) -> _Self:
+        _tally(self.connection, 1, 1)
+        # (Any: psycopg overloads execute for template strings, which take no params.)
+        return await super().execute(cast(Any, query), params, prepare=prepare, binary=binary)
+
+    async def executemany(
+        self, query: Query, params_seq: Iterable[Params], *, returning: bool = False
+    ) -> None:
+        rows = list(params_seq)
+        # psycopg sends the rows in one pipeline (one wait) where libpq has pipelines.
+        _tally(self.connection, len(rows), 1 if _PIPELINES else len(rows))
+        await super().executemany(query, rows, returning=returning)
+
+
+_PIPELINES: Final = AsyncPipeline.is_supported()
+
+
+@asynccontextmanager
+async def savepoint(conn: Conn) -> AsyncIterator[None]:
+    """A savepoint (psycopg's nested ``transaction()``), counted: ``SAVEPOINT`` and
+    ``RELEASE`` (``ROLLBACK TO`` too when the block fails), a round trip each."""
+    _tally(conn, 2, 2)
+    try:
+        async with conn.transaction():
+            yield
+    except BaseException:
+        _tally(conn, 1, 1)
+        raise
 
 
 def describe(dsn: str) -> str:
@@ -108,7 +205,9 @@ class Database:
         self._timeout = connect_timeout
         self._migrate = migrate
         self._pool: AsyncConnectionPool[Conn] | None = None
+        self._progress: AsyncConnectionPool[Conn] | None = None
         self.migrated: list[int] = []
+        self.counts = Counts()
 
     def error(self, doing: str, exc: BaseException) -> StoreError:
         """A StoreError naming the database, what was being done, and what it said."""
@@ -117,10 +216,11 @@ class Database:
     async def connect(self) -> Conn:
         """One plain connection (autocommit, rows as dicts), outside the pool."""
         try:
-            return await AsyncConnection.connect(
+            return await _Connection.connect(
                 self._dsn,
                 autocommit=True,
                 row_factory=dict_row,
+                cursor_factory=_Cursor,
                 connect_timeout=max(1, round(self._timeout)),
             )
         except psycopg.Error as exc:
@@ -143,44 +243,74 @@ class Database:
             raise self.error("cannot prepare the schema", exc) from None
         finally:
             await conn.close()
+        try:
+            # The progress pool opens its connections when first needed (a client
+            # that only submits never opens one).
+            # max_size split between the two (each at least 1).
+            progress = max(1, self._max // 2)
+            durable = max(1, self._max - progress)
+            self._pool = await self._open_pool("", self._min, durable, self._durable)
+            self._progress = await self._open_pool(" progress", 0, progress, self._progressive)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _durable(self, conn: Conn) -> None:
+        if isinstance(conn, _Connection):
+            conn.counts = self.counts
+
+    async def _progressive(self, conn: Conn) -> None:
+        await conn.execute("SET synchronous_commit = off")
+        await self._durable(conn)
+
+    async def _open_pool(
+        self,
+        name: str,
+        min_size: int,
+        max_size: int,
+        configure: Callable[[Conn], Awaitable[None]],
+    ) -> AsyncConnectionPool[Conn]:
         pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             self._dsn,
-            connection_class=AsyncConnection[DictRow],
-            kwargs={"autocommit": True, "row_factory": dict_row},
-            min_size=self._min,
-            max_size=self._max,
+            connection_class=_Connection,
+            kwargs={"autocommit": True, "row_factory": dict_row, "cursor_factory": _Cursor},
+            min_size=min(min_size, max_size),
+            max_size=max_size,
             timeout=self._timeout,
             open=False,
-            name=f"spoolbox {self.where}",
+            name=f"spoolbox {self.where}{name}",
+            configure=configure,
         )
         try:
             await pool.open(wait=True, timeout=self._timeout)
         except (PoolTimeout, psycopg.Error) as exc:
             await pool.close()
-            raise self.error("cannot open the connection pool", exc) from None
-        self._pool = pool
+            raise self.error(f"cannot open the{name} connection pool", exc) from None
+        return pool
 
     async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+        for pool in (self._pool, self._progress):
+            if pool is not None:
+                await pool.close()
+        self._pool = self._progress = None
 
     async def run(self, kind: Kind, what: str, fn: Callable[[Conn], Awaitable[_T]]) -> _T:
         """``fn`` in one transaction of ``kind``, run again after a deadlock."""
-        pool = self._pool
+        pool = self._progress if kind is Kind.PROGRESS else self._pool
         if pool is None:
             raise StoreError(f"PostgreSQL store {self.where} is not open: call open() first")
+        read = kind is Kind.READ
         delay = 0.005
         for attempt in range(RETRIES + 1):
             try:
-                async with pool.connection() as conn, conn.transaction():
-                    if kind is Kind.READ:
-                        await conn.execute(
-                            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
-                        )
-                    elif kind is Kind.PROGRESS:
-                        await conn.execute("SET LOCAL synchronous_commit = off")
-                    return await fn(conn)
+                async with pool.connection() as conn:
+                    # Said in the BEGIN (psycopg writes it from these): no round trip.
+                    await conn.set_isolation_level(IsolationLevel.REPEATABLE_READ if read else None)
+                    await conn.set_read_only(True if read else None)
+                    self.counts.transactions += 1
+                    self.counts.add(2, 2)  # BEGIN, then COMMIT or ROLLBACK
+                    async with conn.transaction():
+                        return await fn(conn)
             except _RETRYABLE as exc:
                 if attempt == RETRIES:
                     raise self.error(f"{what} failed {RETRIES + 1} times", exc) from None
@@ -192,3 +322,52 @@ class Database:
             except psycopg.Error as exc:
                 raise self.error(what, exc) from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def run_batch(
+        self, kind: Kind, what: str, calls: Sequence[Callable[[Conn], Awaitable[_T]]]
+    ) -> list[_T | Exception]:
+        """Every call in one transaction of ``kind``; each call's result, or the
+        exception that failed it (a StoreError for a database error).
+
+        All together first; if one fails, the transaction is rolled back and run again
+        with each call in a savepoint, so only the failed calls fail.  A lost
+        connection (or a deadlock :data:`RETRIES` times over) raises for them all."""
+        if len(calls) == 1:  # its own transaction: nothing to keep apart
+            try:
+                return [await self.run(kind, what, calls[0])]
+            except Exception as exc:
+                return [exc]
+
+        async def together(conn: Conn) -> list[_T | Exception]:
+            out: list[_T | Exception] = []
+            for call in calls:
+                try:
+                    out.append(await call(conn))
+                except (psycopg.OperationalError, *_RETRYABLE):
+                    raise
+                except Exception as exc:
+                    raise _OneFailed from exc
+            return out
+
+        async def each(conn: Conn) -> list[_T | Exception]:
+            out: list[_T | Exception] = []
+            for call in calls:
+                try:
+                    async with savepoint(conn):
+                        out.append(await call(conn))
+                except (psycopg.OperationalError, *_RETRYABLE):
+                    raise  # the connection is gone, or the server broke a deadlock
+                except psycopg.Error as exc:
+                    out.append(self.error(what, exc))
+                except Exception as exc:
+                    out.append(exc)
+            return out
+
+        try:
+            return await self.run(kind, what, together)
+        except _OneFailed:
+            return await self.run(kind, what, each)
+
+
+class _OneFailed(Exception):
+    """A call of a batch failed: run the batch again, each call in a savepoint."""

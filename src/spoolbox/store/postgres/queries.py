@@ -31,6 +31,15 @@ SELECT_MESSAGE = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = %s"
 SELECT_MESSAGE_FOR_UPDATE = f"{SELECT_MESSAGE} FOR UPDATE"
 SELECT_MESSAGE_FOR_SHARE = f"{SELECT_MESSAGE} FOR SHARE"
 SELECT_MESSAGES_IN = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ANY(%s)"
+#: Messages with their content's chunks (``chunk``) where ``size <= prefetch`` (else
+#: one row, ``chunk`` NULL): a claim's messages in one statement.
+SELECT_MESSAGES_WITH_CONTENT = (
+    "SELECT "
+    + ", ".join(f"m.{c.strip()}" for c in MESSAGE_COLUMNS.split(","))
+    + ", c.data AS chunk FROM messages AS m LEFT JOIN blob_chunks AS c "
+    "ON c.blob_id = m.blob_id AND m.size <= %(prefetch)s "
+    "WHERE m.id = ANY(%(ids)s) ORDER BY m.id, c.seq"
+)
 SELECT_MESSAGES_AFTER = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id > %s ORDER BY id LIMIT %s"
 INSERT_MESSAGE = (
     "INSERT INTO messages (id, fingerprint, sender, priority, submitted_at, send_at, "
@@ -41,6 +50,31 @@ INSERT_MESSAGE = (
     "ON CONFLICT (id) DO NOTHING"
 )
 SET_HELD = "UPDATE messages SET held = %s WHERE id = %s"
+#: A whole submission in one statement: the content (``blobs``, ``blob_chunks``: one
+#: array element per chunk), the message (``INSERT_MESSAGE``'s parameters but
+#: ``blob_id``), its recipients (one array element each) and the wake-ups
+#: (``payloads``, sent on commit), the last two only if the message row was new.
+#: Returns the content's id and whether the message was inserted (``inserted`` 0:
+#: the id exists; the caller deletes the content again and compares).
+INSERT_SUBMISSION = (
+    "WITH b AS (INSERT INTO blobs (size, chunks) VALUES (%(content_size)s, %(chunks)s) "
+    "RETURNING id), "
+    "c AS (INSERT INTO blob_chunks (blob_id, seq, data) SELECT b.id, u.n - 1, u.data "
+    "FROM b, unnest(%(data)s::bytea[]) WITH ORDINALITY AS u(data, n)), "
+    "m AS (INSERT INTO messages (id, fingerprint, sender, priority, submitted_at, send_at, "
+    "expires_at, notify, is_report, envelope_id, size, subject, held, blob_id) "
+    "VALUES (%(id)s, %(fingerprint)s, %(sender)s, %(priority)s, %(submitted_at)s, "
+    "%(send_at)s, %(expires_at)s, %(notify)s, %(is_report)s, %(envelope_id)s, %(size)s, "
+    "%(subject)s, 0, (SELECT id FROM b)) ON CONFLICT (id) DO NOTHING RETURNING id), "
+    "r AS (INSERT INTO recipients (message_id, idx, address, state, route, updated_at, "
+    "priority, send_at, ready_at, expires_at) SELECT m.id, u.n - 1, u.address, 'queued', "
+    "u.route, %(now)s, %(priority)s, %(ready_at)s, %(ready_at)s, %(expires_at)s "
+    "FROM m, unnest(%(addresses)s::text[], %(routes)s::text[]) WITH ORDINALITY "
+    "AS u(address, route, n) ORDER BY u.n), "
+    "w AS (SELECT pg_notify(%(channel)s, p) FROM m, unnest(%(payloads)s::text[]) AS p) "
+    "SELECT b.id AS blob_id, (SELECT count(*) FROM m) AS inserted, "
+    "(SELECT count(*) FROM w) AS notified FROM b"
+)
 
 INSERT_RECIPIENT = (
     "INSERT INTO recipients (message_id, idx, address, state, route, updated_at, priority, "
@@ -114,6 +148,32 @@ _TAKE = (
 #: Every claimable recipient of the picked messages to ACTIVE under the lease.
 TAKE_READY = _TAKE.format(ready="ready_at")
 TAKE_FLUSH = _TAKE.format(ready="send_at")
+
+_RETURNING_RECIPIENT = ", ".join(f"r.{c.strip()}" for c in RECIPIENT_COLUMNS.split(","))
+#: A claim in one statement: lock up to ``rows`` ready recipients of one transport
+#: (as ``CLAIM_READY``), rank the messages they belong to by their first row in that
+#: order and keep the first ``limit`` (``picked``), then take every claimable
+#: recipient of those messages under one claim token (as ``TAKE_READY``).  Each row
+#: returned carries its message's rank (``pick_rank``: the jobs' order).
+_CLAIM = (
+    "WITH locked AS MATERIALIZED (SELECT message_id, priority, ready_at, seq "
+    "FROM recipients WHERE state = 'queued' AND route = %(route)s AND {ready} <= %(now)s "
+    "ORDER BY priority DESC, ready_at, seq LIMIT %(rows)s FOR UPDATE SKIP LOCKED), "
+    "picked AS (SELECT message_id, min(rank) AS rank FROM (SELECT message_id, "
+    "row_number() OVER (ORDER BY priority DESC, ready_at, seq) AS rank FROM locked) AS o "
+    "GROUP BY message_id ORDER BY min(rank) LIMIT %(limit)s), "
+    "token AS (SELECT nextval('recipient_claims') AS n) "
+    "UPDATE recipients AS r SET state = 'active', owner = %(owner)s, "
+    "lease_until = %(until)s, updated_at = %(now)s, claim = token.n "
+    "FROM token, (SELECT c.message_id, c.idx, p.rank FROM recipients AS c "
+    "JOIN picked AS p ON p.message_id = c.message_id "
+    "WHERE c.state = 'queued' AND c.route = %(route)s AND c.{ready} <= %(now)s "
+    "ORDER BY c.message_id, c.idx FOR UPDATE OF c SKIP LOCKED) AS t "
+    "WHERE r.message_id = t.message_id AND r.idx = t.idx "
+    "RETURNING t.rank AS pick_rank, " + _RETURNING_RECIPIENT
+)
+CLAIM_TAKE_READY = _CLAIM.format(ready="ready_at")
+CLAIM_TAKE_FLUSH = _CLAIM.format(ready="send_at")
 COUNT_READY = (
     "SELECT count(DISTINCT message_id) AS n FROM recipients "
     "WHERE state = 'queued' AND route = %s AND ready_at <= %s"

@@ -14,11 +14,14 @@ each operation checks what needs no database, then runs its function of
   node's start returns what it held when it stopped, ``release_expired`` what a dead
   node held.  A settle checks the lease in the same transaction that writes it.
 * **Group commit.**  ``submit`` calls made in one turn of the event loop, and those
-  that arrive while a batch is committing, go into the next transaction together, each
-  in a savepoint of its own (one refused submission fails only its caller): one WAL
-  flush on the server for the batch.  ``settle`` calls are grouped the same way: those
-  of one turn of the loop (and those that arrive while a group commits) are one
-  transaction, each in a savepoint (one whose lease is lost fails only its caller).
+  that arrive while a batch is committing, go into the next transaction together: one
+  WAL flush on the server for the batch.  ``settle`` calls are grouped the same way:
+  those of one turn of the loop (and those that arrive while a group commits) are one
+  transaction.  One refused submission, or a settle whose lease is lost, fails only
+  its caller: the group is then run again with each call in a savepoint
+  (:meth:`.connection.Database.run_batch`).
+* **Few round trips.**  A submit is one statement, a claim two, a settle three (see
+  :mod:`.queries`); ``statistics()`` counts transactions, statements and round trips.
 * **Durability.**  Acceptances (submits, inbound messages, user actions) commit with
   the database's ``synchronous_commit``; the spooler's progress with it off (see
   :mod:`.connection`).
@@ -32,8 +35,6 @@ import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
-
-import psycopg
 
 from ...model import (
     MessageInfo,
@@ -74,8 +75,10 @@ class PostgresStore(PostgresCluster):
 
     ``PostgresStore(dsn)`` (a libpq connection string or a ``postgresql://`` URL);
     then ``await store.open()`` (or ``async with``).  ``pool_size``: the most
-    connections this store opens; ``migrate=False`` refuses a database whose schema
-    is older instead of upgrading it (``spoolbox store migrate`` does that).
+    connections this store opens, split between its two pools (acceptances and
+    reads; progress, opened when first needed: :mod:`.connection`; 2 at least);
+    ``migrate=False`` refuses a database whose schema is older instead of upgrading
+    it (``spoolbox store migrate`` does that).
     """
 
     def __init__(
@@ -114,6 +117,7 @@ class PostgresStore(PostgresCluster):
             "schema_version": schema.SCHEMA_VERSION,
             "migrated": list(self._db.migrated),
             **self._stats,
+            **self._db.counts.as_dict(),
         }
 
     # -- lifecycle -----------------------------------------------------------------
@@ -206,37 +210,26 @@ class PostgresStore(PostgresCluster):
             self._committer = None
 
     async def _commit_batch(self, what: str, batch: _Pending) -> None:
-        """``batch`` (submits or settles) in one transaction, each in a savepoint."""
-
-        async def each(conn: Conn) -> list[MessageInfo | Exception]:
-            out: list[MessageInfo | Exception] = []
-            for fn, _ in batch:
-                try:
-                    async with conn.transaction():  # a savepoint per call
-                        out.append(await fn(conn))
-                except psycopg.OperationalError:
-                    raise  # the connection is gone: the whole batch fails
-                except Exception as exc:
-                    out.append(exc)
-            return out
-
-        try:
-            outcomes = await self._run(what, each)
-        except Exception as exc:
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
-        if what == "submit":
-            self._stats["submits"] += len(batch)
-            self._stats["submit_batches"] += 1
-            self._stats["largest_batch"] = max(self._stats["largest_batch"], len(batch))
+        """``batch`` (submits or settles) in one transaction (see
+        :meth:`.connection.Database.run_batch`: savepoints only after a failure)."""
+        if not self._open:
+            exc: Exception = StoreError(f"{self!r} is not open: call open() first")
+            outcomes: list[MessageInfo | Exception] = [exc] * len(batch)
+        else:
+            try:
+                outcomes = await self._db.run_batch(OPERATIONS[what], what, [fn for fn, _ in batch])
+            except Exception as exc:
+                outcomes = [exc] * len(batch)
+            else:
+                self._stats["commits"] += 1
+                if what == "submit":
+                    self._stats["submits"] += len(batch)
+                    self._stats["submit_batches"] += 1
+                    self._stats["largest_batch"] = max(self._stats["largest_batch"], len(batch))
         for (_, fut), outcome in zip(batch, outcomes, strict=True):
             if fut.done():
                 continue
             if isinstance(outcome, Exception):
-                if isinstance(outcome, psycopg.Error):
-                    outcome = self._db.error(what, outcome)
                 fut.set_exception(outcome)
             else:
                 fut.set_result(outcome)

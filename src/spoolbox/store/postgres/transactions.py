@@ -89,44 +89,41 @@ async def submit(
 ) -> MessageInfo:
     """Insert a message (or recognise it again); used by submit and by settle.
 
-    Refuses (StoreError) before writing anything that would stay."""
+    Refuses (StoreError) before writing anything that would stay.  One statement
+    (:data:`.queries.INSERT_SUBMISSION`); a second and third only when the id exists."""
     fingerprint = rules.fingerprint(message)
-    row = await _one(conn, _q.SELECT_MESSAGE, (message.id,))
-    if row is None:
-        info = rules.accepted(message, now=now, lifetime=lifetime)
-        blob_id = await _insert_blob(conn, message.content)
-        params = message_params(info, fingerprint=fingerprint, blob_id=blob_id)
-        cur = await conn.execute(_q.INSERT_MESSAGE + " RETURNING id", params)
-        if await cur.fetchone() is not None:
-            send_at = float(info.send_at or 0.0)
-            async with conn.cursor() as c:
-                await c.executemany(
-                    _q.INSERT_RECIPIENT,
-                    [
-                        (
-                            info.id,
-                            i,
-                            str(a),
-                            routes[i] if routes is not None else None,
-                            now,
-                            int(info.priority),
-                            send_at,
-                            send_at,
-                            info.expires_at,
-                        )
-                        for i, a in enumerate(message.recipients)
-                    ],
-                )
-            await notify(conn, payloads(routes) if routes is not None else {ROUTE})
-            return info
-        # Another node stored the same id meanwhile (it committed first): compare.
-        await conn.execute("DELETE FROM blobs WHERE id = %s", (blob_id,))
-        row = await _one(conn, _q.SELECT_MESSAGE, (message.id,))
-        if row is None:  # pragma: no cover - the conflict means the row exists
-            raise StoreError(f"message {message.id!r} vanished while it was being stored")
-    if bytes(row["fingerprint"]) != fingerprint:
+    info = rules.accepted(message, now=now, lifetime=lifetime)
+    data = message.content
+    size = schema.CHUNK_SIZE
+    send_at = float(info.send_at or 0.0)
+    row = await _one(
+        conn,
+        _q.INSERT_SUBMISSION,
+        {
+            **message_params(info, fingerprint=fingerprint, blob_id=0),
+            "content_size": len(data),
+            "chunks": max(1, -(-len(data) // size)),
+            "data": [data[i : i + size] for i in range(0, len(data), size)] or [b""],
+            "now": now,
+            "ready_at": send_at,
+            "addresses": [str(a) for a in message.recipients],
+            "routes": list(routes) if routes is not None else [None] * len(message.recipients),
+            "channel": _q.CHANNEL,
+            "payloads": sorted(payloads(routes) if routes is not None else {ROUTE}),
+        },
+    )
+    if row is None:  # pragma: no cover - the statement returns its one row
+        raise StoreError("PostgreSQL did not return the id of a new content row")
+    if int(row["inserted"]):
+        return info
+    # The id exists (another node may have committed it first): compare.
+    await conn.execute("DELETE FROM blobs WHERE id = %s", (int(row["blob_id"]),))
+    existing = await _one(conn, _q.SELECT_MESSAGE, (message.id,))
+    if existing is None:  # pragma: no cover - the conflict means the row exists
+        raise StoreError(f"message {message.id!r} vanished while it was being stored")
+    if bytes(existing["fingerprint"]) != fingerprint:
         raise StoreError(f"message id {message.id!r} is already used by a different message")
-    return message_from_row(row)
+    return message_from_row(existing)
 
 
 async def submit_many(
@@ -186,38 +183,49 @@ async def claim(
 ) -> list[ClaimedJob]:
     if limit <= 0:
         return []
-    pick_sql = _q.CLAIM_FLUSH if ignore_retry else _q.CLAIM_READY
-    rows = await _all(conn, pick_sql, (transport, now, limit * _ROWS_PER_MESSAGE))
-    picked = list(dict.fromkeys(str(r["message_id"]) for r in rows))[:limit]
-    if not picked:
-        return []
     until = now + lease
-    take_sql = _q.TAKE_FLUSH if ignore_retry else _q.TAKE_READY
     taken = await _all(
         conn,
-        take_sql,
-        {"owner": owner, "until": until, "now": now, "ids": picked, "route": transport},
+        _q.CLAIM_TAKE_FLUSH if ignore_retry else _q.CLAIM_TAKE_READY,
+        {
+            "owner": owner,
+            "until": until,
+            "now": now,
+            "route": transport,
+            "rows": limit * _ROWS_PER_MESSAGE,
+            "limit": limit,
+        },
     )
+    if not taken:
+        return []
     by_message: dict[str, list[RecipientRecord]] = {}
-    token = 0  # one value of the sequence for the whole statement (_q.TAKE_READY)
+    rank: dict[str, int] = {}
+    token = 0  # one value of the sequence for the whole statement (_q.CLAIM_TAKE_READY)
     for row in taken:
         token = int(row["claim"])
         r = recipient_from_row(row)
         by_message.setdefault(r.message_id, []).append(r)
-    infos = {
-        str(row["id"]): row for row in await _all(conn, _q.SELECT_MESSAGES_IN, (list(by_message),))
-    }
-    small = [int(m["blob_id"]) for m in infos.values() if int(m["size"]) <= PREFETCH_LIMIT]
-    contents = await _read_blobs(conn, small)
+        rank[r.message_id] = int(row["pick_rank"])
+    infos: dict[str, DictRow] = {}
+    chunks: dict[str, list[bytes]] = {}
+    for row in await _all(
+        conn,
+        _q.SELECT_MESSAGES_WITH_CONTENT,
+        {"ids": list(by_message), "prefetch": PREFETCH_LIMIT},
+    ):
+        mid = str(row["id"])
+        infos.setdefault(mid, row)
+        if row["chunk"] is not None:
+            chunks.setdefault(mid, []).append(bytes(row["chunk"]))
     jobs: list[ClaimedJob] = []
-    for mid in picked:
-        if mid not in by_message:
-            continue
-        mrow = infos[mid]
+    for mid in sorted(by_message, key=rank.__getitem__):
         claimed = tuple(sorted(by_message[mid], key=lambda r: r.index))
-        content = contents.get(int(mrow["blob_id"]))
-        info = message_from_row(mrow)
-        jobs.append(ClaimedJob(info, claimed, transport, owner, until, content, claim=token))
+        content = b"".join(chunks[mid]) if mid in chunks else None
+        jobs.append(
+            ClaimedJob(
+                message_from_row(infos[mid]), claimed, transport, owner, until, content, claim=token
+            )
+        )
     return jobs
 
 
@@ -269,7 +277,11 @@ async def settle(
     for u in updates:
         r = recs.get(u.index) or recipient_from_row(current[u.index])
         recs[u.index] = rules.settled(r, u, now=now, held=info.held)
-        await _move(conn, r, recs[u.index], check=False)
+    async with conn.cursor() as c:  # one round trip for all of them
+        await c.executemany(
+            _q.UPDATE_RECIPIENT,
+            [recipient_params(r, owner=None, lease_until=None) for r in recs.values()],
+        )
     # Recipients back in the queue and ready now may be another node's work.
     await notify(
         conn, payloads(r.route for r in recs.values() if r.state is _R.QUEUED and r.retry_at <= now)
@@ -586,16 +598,6 @@ async def _read_blob(conn: Conn, blob_id: int) -> bytes:
     for row in await _all(conn, _q.SELECT_CHUNKS, (blob_id,)):
         buffer.write(row["data"])
     return buffer.getvalue()
-
-
-async def _read_blobs(conn: Conn, blob_ids: Sequence[int]) -> dict[int, bytes]:
-    """Several contents at once, by content id (for a claim's small messages)."""
-    if not blob_ids:
-        return {}
-    buffers: dict[int, io.BytesIO] = {}
-    for row in await _all(conn, _q.SELECT_CHUNKS_OF, (list(blob_ids),)):
-        buffers.setdefault(int(row["blob_id"]), io.BytesIO()).write(row["data"])
-    return {k: b.getvalue() for k, b in buffers.items()}
 
 
 async def _insert_inbound(conn: Conn, message: InboundMessage) -> InboxEntry:

@@ -1,0 +1,123 @@
+"""What the PostgreSQL store sends per operation: its counters (``statistics()``:
+transactions, statements, round trips) and the statements each operation is made
+of.  These counts are the design (one statement per submit, two per claim, no
+``SET LOCAL``, no savepoints in a group that does not fail), so they are asserted."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlite_helpers import T0, new_message
+
+from spoolbox.model import RecipientState
+from spoolbox.store.base import RecipientUpdate, StoreError
+from spoolbox.store.postgres import PostgresStore
+
+_R = RecipientState
+_KEYS = ("transactions", "statements", "round_trips")
+
+
+class _Meter:
+    """The store's counters since the last call."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+        self._last = self._now()
+
+    def _now(self) -> tuple[int, ...]:
+        stats = self._store.statistics()
+        return tuple(int(stats[k]) for k in _KEYS)  # type: ignore[call-overload]
+
+    def __call__(self) -> tuple[int, ...]:
+        now = self._now()
+        delta = tuple(a - b for a, b in zip(now, self._last, strict=True))
+        self._last = now
+        return delta
+
+
+def _delivered(job_recipients: int) -> list[RecipientUpdate]:
+    return [RecipientUpdate(i, _R.DELIVERED, status="2.0.0") for i in range(job_recipients)]
+
+
+async def test_a_submit_is_one_statement_in_its_transaction(pg_dsn: str) -> None:
+    async with PostgresStore(pg_dsn) as store:
+        meter = _Meter(store)
+        await store.submit(new_message(1, "X:a", "X:b", size=300_000), now=T0, lifetime=60)
+        # BEGIN, the submission (content in 2 chunks, message, 2 recipients, wake-up), COMMIT
+        assert meter() == (1, 3, 3)
+        assert [str(r.address) for r in await store.recipients("m0001")] == ["X:a", "X:b"]
+        assert await store.read_content("m0001") == new_message(1, size=300_000).content
+
+
+async def test_a_claim_is_two_statements_and_progress_needs_no_set_local(pg_dsn: str) -> None:
+    async with PostgresStore(pg_dsn) as store:
+        for i in range(3):
+            await store.submit(new_message(i, "X:a", "X:b"), now=T0, lifetime=60, routes=["x"] * 2)
+        meter = _Meter(store)
+        jobs = await store.claim("x", owner="n", now=T0, lease=60, limit=2)
+        # BEGIN, pick and take, the messages with their contents, COMMIT
+        assert meter() == (1, 4, 4)
+        assert [j.message.id for j in jobs] == ["m0000", "m0001"]
+        assert [len(j.recipients) for j in jobs] == [2, 2]
+        assert jobs[0].content == new_message(0).content
+        assert jobs[0].claim == jobs[1].claim
+        await store.settle("m0000", _delivered(2), owner="n", now=T0, claim=jobs[0].claim)
+        # BEGIN, the message, its recipients, the two updates (one round trip), COMMIT
+        assert meter() == (1, 6, 5)
+
+
+async def test_a_group_of_settles_has_no_savepoints_unless_one_fails(pg_dsn: str) -> None:
+    async with PostgresStore(pg_dsn) as store:
+        for i in range(4):
+            await store.submit(new_message(i), now=T0, lifetime=60, routes=["x"])
+        jobs = await store.claim("x", owner="n", now=T0, lease=60, limit=4)
+        meter = _Meter(store)
+        await asyncio.gather(
+            *(
+                store.settle(j.message.id, _delivered(1), owner="n", now=T0, claim=j.claim)
+                for j in jobs[:2]
+            )
+        )
+        assert meter() == (1, 2 + 2 * 3, 2 + 2 * 3)  # one transaction, 3 per settle
+        results = await asyncio.gather(
+            *(
+                store.settle(j.message.id, _delivered(1), owner=o, now=T0, claim=j.claim)
+                for j, o in zip(jobs[2:], ["n", "other"], strict=True)
+            ),
+            return_exceptions=True,
+        )
+        assert not isinstance(results[0], BaseException)
+        assert isinstance(results[1], StoreError)
+        # Together (rolled back at the lease that is someone else's: 3 of the first,
+        # the 2 reads of the second), then again with a savepoint each (the second's
+        # rolled back to: ROLLBACK TO and RELEASE).
+        transactions, _, round_trips = meter()
+        assert transactions == 2
+        assert round_trips == (2 + 3 + 2) + (2 + (2 + 3) + (3 + 2))
+        counts = await store.counts()
+        assert counts[_R.DELIVERED] == 3
+        assert counts[_R.ACTIVE] == 1
+
+
+async def test_a_read_says_its_isolation_in_its_begin(pg_dsn: str) -> None:
+    async with PostgresStore(pg_dsn) as store:
+        await store.submit(new_message(1), now=T0, lifetime=60)
+        meter = _Meter(store)
+        assert (await store.get_message("m0001")).id == "m0001"
+        assert meter() == (1, 3, 3)  # BEGIN ... READ ONLY, the message, COMMIT
+
+
+@pytest.mark.parametrize("routes", [None, ["x", None]])
+async def test_a_submission_wakes_the_nodes_of_its_routes(
+    pg_dsn: str, routes: list[str | None] | None
+) -> None:
+    async with PostgresStore(pg_dsn) as store, PostgresStore(pg_dsn) as other:
+        heard: asyncio.Queue[str] = asyncio.Queue()
+        await other.listen(heard.put_nowait)
+        await store.submit(new_message(1, "X:a", "X:b"), now=T0, lifetime=60, routes=routes)
+        got = {await asyncio.wait_for(heard.get(), 30)}
+        expected = {"route"} if routes is None else {"x", "route"}
+        while len(got) < len(expected):
+            got.add(await asyncio.wait_for(heard.get(), 30))
+        assert got == expected
