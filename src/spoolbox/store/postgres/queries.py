@@ -20,17 +20,12 @@ INSERT_CHUNK = "INSERT INTO blob_chunks (blob_id, seq, data) VALUES (%s, %s, %s)
 SELECT_BLOB = "SELECT size, chunks FROM blobs WHERE id = %s"
 SELECT_CHUNK = "SELECT data FROM blob_chunks WHERE blob_id = %s AND seq = %s"
 SELECT_CHUNKS = "SELECT data FROM blob_chunks WHERE blob_id = %s ORDER BY seq"
-#: The content of several small messages at once (a claim's prefetch).
-SELECT_CHUNKS_OF = (
-    "SELECT blob_id, data FROM blob_chunks WHERE blob_id = ANY(%s) ORDER BY blob_id, seq"
-)
 
 # -- messages and recipients --------------------------------------------------------
 
 SELECT_MESSAGE = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = %s"
 SELECT_MESSAGE_FOR_UPDATE = f"{SELECT_MESSAGE} FOR UPDATE"
 SELECT_MESSAGE_FOR_SHARE = f"{SELECT_MESSAGE} FOR SHARE"
-SELECT_MESSAGES_IN = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ANY(%s)"
 #: Messages with their content's chunks (``chunk``) where ``size <= prefetch`` (else
 #: one row, ``chunk`` NULL): a claim's messages in one statement.
 SELECT_MESSAGES_WITH_CONTENT = (
@@ -41,19 +36,11 @@ SELECT_MESSAGES_WITH_CONTENT = (
     "WHERE m.id = ANY(%(ids)s) ORDER BY m.id, c.seq"
 )
 SELECT_MESSAGES_AFTER = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id > %s ORDER BY id LIMIT %s"
-INSERT_MESSAGE = (
-    "INSERT INTO messages (id, fingerprint, sender, priority, submitted_at, send_at, "
-    "expires_at, notify, is_report, envelope_id, size, subject, held, blob_id) "
-    "VALUES (%(id)s, %(fingerprint)s, %(sender)s, %(priority)s, %(submitted_at)s, "
-    "%(send_at)s, %(expires_at)s, %(notify)s, %(is_report)s, %(envelope_id)s, %(size)s, "
-    "%(subject)s, 0, %(blob_id)s) "
-    "ON CONFLICT (id) DO NOTHING"
-)
 SET_HELD = "UPDATE messages SET held = %s WHERE id = %s"
 #: A whole submission in one statement: the content (``blobs``, ``blob_chunks``: one
-#: array element per chunk), the message (``INSERT_MESSAGE``'s parameters but
-#: ``blob_id``), its recipients (one array element each) and the wake-ups
-#: (``payloads``, sent on commit), the last two only if the message row was new.
+#: array element per chunk), the message (its row's columns but ``blob_id``), its
+#: recipients (one array element each) and the wake-ups (``payloads``, sent on
+#: commit), the last two only if the message row was new.
 #: Returns the content's id and whether the message was inserted (``inserted`` 0:
 #: the id exists; the caller deletes the content again and compares).
 INSERT_SUBMISSION = (
@@ -74,11 +61,6 @@ INSERT_SUBMISSION = (
     "w AS (SELECT pg_notify(%(channel)s, p) FROM m, unnest(%(payloads)s::text[]) AS p) "
     "SELECT b.id AS blob_id, (SELECT count(*) FROM m) AS inserted, "
     "(SELECT count(*) FROM w) AS notified FROM b"
-)
-
-INSERT_RECIPIENT = (
-    "INSERT INTO recipients (message_id, idx, address, state, route, updated_at, priority, "
-    "send_at, ready_at, expires_at) VALUES (%s, %s, %s, 'queued', %s, %s, %s, %s, %s, %s)"
 )
 SELECT_RECIPIENTS = f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id = %s ORDER BY idx"
 SELECT_RECIPIENTS_FOR_UPDATE = f"{SELECT_RECIPIENTS} FOR UPDATE"
@@ -120,40 +102,14 @@ ASSIGN_ROUTE = (
 
 # -- claims -------------------------------------------------------------------------
 
-#: Ready recipients of one transport, highest priority first, then oldest ready
-#: (first written among equals); rows another node is claiming are skipped.
-CLAIM_READY = (
-    "SELECT message_id FROM recipients "
-    "WHERE state = 'queued' AND route = %s AND ready_at <= %s "
-    "ORDER BY priority DESC, ready_at, seq LIMIT %s FOR UPDATE SKIP LOCKED"
-)
-#: The same for a flush: the retry time is ignored, the send-at time never.
-CLAIM_FLUSH = (
-    "SELECT message_id FROM recipients "
-    "WHERE state = 'queued' AND route = %s AND send_at <= %s "
-    "ORDER BY priority DESC, ready_at, seq LIMIT %s FOR UPDATE SKIP LOCKED"
-)
-#: The claim token is one value of the sequence ``recipient_claims`` for the whole
-#: statement (a volatile CTE runs once), so every job of one claim has it.
-_TAKE = (
-    "WITH token AS (SELECT nextval('recipient_claims') AS n) "
-    "UPDATE recipients AS r SET state = 'active', owner = %(owner)s, "
-    "lease_until = %(until)s, updated_at = %(now)s, claim = token.n "
-    "FROM token, (SELECT message_id, idx FROM recipients "
-    "WHERE message_id = ANY(%(ids)s) AND state = 'queued' AND route = %(route)s "
-    "AND {ready} <= %(now)s ORDER BY message_id, idx FOR UPDATE SKIP LOCKED) AS t "
-    "WHERE r.message_id = t.message_id AND r.idx = t.idx "
-    "RETURNING " + ", ".join(f"r.{c.strip()}" for c in RECIPIENT_COLUMNS.split(","))
-)
-#: Every claimable recipient of the picked messages to ACTIVE under the lease.
-TAKE_READY = _TAKE.format(ready="ready_at")
-TAKE_FLUSH = _TAKE.format(ready="send_at")
 
 _RETURNING_RECIPIENT = ", ".join(f"r.{c.strip()}" for c in RECIPIENT_COLUMNS.split(","))
 #: A claim in one statement: lock up to ``rows`` ready recipients of one transport
-#: (as ``CLAIM_READY``), rank the messages they belong to by their first row in that
+#: (highest priority first, then oldest ready; rows another node is claiming are
+#: skipped), rank the messages they belong to by their first row in that
 #: order and keep the first ``limit`` (``picked``), then take every claimable
-#: recipient of those messages under one claim token (as ``TAKE_READY``).  Each row
+#: recipient of those messages under one claim token (one value of the sequence
+#: ``recipient_claims`` for the whole statement: a volatile CTE runs once).  Each row
 #: returned carries its message's rank (``pick_rank``: the jobs' order).
 _CLAIM = (
     "WITH locked AS MATERIALIZED (SELECT message_id, priority, ready_at, seq "
