@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from spoolbox.daemon import restarts
-from spoolbox.daemon.delivery_protocol import DeliverySpec, worker_node
+from spoolbox.daemon.delivery_protocol import DeliverySpec, store_counters, worker_node
 from spoolbox.daemon.delivery_worker import delivery_config
 from spoolbox.daemon.log_format import make_formatter
 from spoolbox.daemon.workers import (
@@ -90,6 +90,25 @@ def test_a_worker_given_up_on_shows_a_failure_and_why() -> None:
 def test_every_state_has_a_row() -> None:
     for state in WorkerState:
         assert worker_row(_view(state), "mx").status_string
+
+
+def test_a_workers_store_counters_on_its_row_are_whole_numbers_in_ms() -> None:
+    sqlite = {
+        "path": "/var/spool/spoolbox.sqlite3",
+        "commits": 120,
+        "lock_waits": 31,
+        "lock_wait_seconds": 0.0426,
+        "write_seconds": 1.2004,
+        "pragmas": {"synchronous": 2},
+    }
+    assert store_counters(sqlite) == {
+        "store_commits": 120,
+        "store_lock_waits": 31,
+        "store_lock_wait_ms": 43,
+        "store_write_ms": 1200,
+    }
+    # PostgreSQL's statistics have no lock waits: the row shows what there is.
+    assert store_counters({"commits": 5, "pool": {"size": 2}}) == {"store_commits": 5}
 
 
 def test_worker_node_names_are_stable_per_index() -> None:

@@ -132,7 +132,8 @@ def worker_row(view: WorkerView, daemon_node: str) -> StatusRow:
 
     The worker publishes its own spooler and transport rows to the store as node
     ``view.node`` (the status across nodes shows them); this row is its supervision:
-    state, pid, restarts, and its transport counters added up."""
+    state, pid, restarts, its transport counters added up and its store's
+    (``store_commits``, on SQLite ``store_lock_waits`` ...)."""
     code, words = _ROW_STATES[view.state]
     where = f"node {view.node}" + (f", pid {view.pid}" if view.pid is not None else "")
     detail = [
@@ -407,6 +408,9 @@ class DeliveryWorkers:
         stats = msg.get("stats")
         if isinstance(stats, dict):
             worker.counters = _sum_counters(stats.get("transports", {}))
+            store = stats.get("store")
+            if isinstance(store, dict):  # its store's commits and lock waits
+                worker.counters.update((str(k), v) for k, v in store.items() if isinstance(v, int))
             self._show(worker.view())
         if "reloaded" in msg and not msg["reloaded"]:
             log.error("delivery worker %s: reload failed: %s", worker.tag, msg.get("error"))
