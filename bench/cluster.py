@@ -15,7 +15,10 @@ a temporary directory, ``fsync = on``) and Postfix's ``smtp-sink -c`` (``bench/_
   from the sink's first message to its last (the drain itself, without Python's
   start-up) and seconds from the start of the processes to the last message; then
   the ratio PostgreSQL 1 node / SQLite 1 node and whether more nodes or workers were
-  ever slower than fewer.
+  ever slower than fewer.  For SQLite also, per message (``_counts.per_message``):
+  the CPU of the daemon and its workers from the sink's first message on (a worker
+  still starting then counts: its start-up is in this drain), the store's commits,
+  waits for the write lock and time holding it.
 * ``claims``: M recipients are committed into a fresh PostgreSQL database, then K =
   1, 2, 4, 8 processes (this file run as ``_claimer``) run the store's loop directly,
   each as a node of its own: claim a batch (``claim_batch`` 8, as a node's default),
