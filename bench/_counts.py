@@ -4,7 +4,11 @@ disk's own fsync rate to read them against.
 * :func:`fsync_rate`: ``write(512 bytes) + os.fsync`` in a loop on a file in a
   directory: the disk's rate of durable writes (what one fsync per message caps a
   system at), measured in the same run as the figures it is printed beside.
-* :func:`process_tree`: a process and its descendants (from ``/proc/*/stat``).
+* :func:`process_tree`: a process and its descendants (from ``/proc/*/stat``);
+  :func:`cpu_seconds`: the CPU time they used so far.
+* :func:`daemon_store_counters`: a running daemon's store counters with its delivery
+  workers' (commits, waits for SQLite's write lock, time holding it), and
+  :func:`per_message`: those and the CPU time per message (:data:`COUNT_KEYS`).
 * :func:`written_bytes`: the sum of ``write_bytes`` of ``/proc/PID/io`` over
   processes: the bytes they caused to be sent to the storage layer (page cache pages
   they dirtied, so page-granular).  The kernel adds a reaped child's counts to its
@@ -31,7 +35,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-__all__ = ["SYNC_CALLS", "SyscallCount", "fsync_rate", "process_tree", "written_bytes"]
+__all__ = [
+    "COUNT_KEYS",
+    "SYNC_CALLS",
+    "SyscallCount",
+    "cpu_seconds",
+    "daemon_store_counters",
+    "fsync_rate",
+    "per_message",
+    "process_tree",
+    "written_bytes",
+]
 
 SYNC_CALLS = ("fsync", "fdatasync", "sync_file_range", "syncfs", "sync", "msync")
 
@@ -66,6 +80,58 @@ def process_tree(root: int) -> list[int]:
         frontier = [pid for pid, ppid in parent.items() if ppid in frontier]
         tree += frontier
     return tree
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User + system CPU seconds of ``pids`` (those still there) so far."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+#: what :func:`per_message` reports
+COUNT_KEYS = ("cpu ms/msg", "commits/msg", "lock waits/msg", "lock wait ms/msg", "write ms/msg")
+
+
+def daemon_store_counters(profile: Path) -> dict[str, float]:
+    """The store counters of the daemon running ``profile`` and of its delivery
+    workers (each worker reports its own to the daemon every second, on its status
+    row: read after a pause), added up."""
+    from spoolbox.client import Client
+
+    time.sleep(1.5)
+    client = Client(profile)
+    store = client.statistics()["store"]
+    total = {
+        "commits": float(store["commits"]),
+        "lock waits": float(store.get("lock_waits", 0)),
+        "lock wait s": float(store.get("lock_wait_seconds", 0.0)),
+        "write s": float(store.get("write_seconds", 0.0)),
+    }
+    for row in client.status():
+        if str(row["name"]).startswith("worker:"):
+            c = row.get("counters") or {}
+            total["commits"] += c.get("store_commits", 0)
+            total["lock waits"] += c.get("store_lock_waits", 0)
+            total["lock wait s"] += c.get("store_lock_wait_ms", 0) / 1000
+            total["write s"] += c.get("store_write_ms", 0) / 1000
+    return total
+
+
+def per_message(cpu: float, counters: dict[str, float], n: int) -> dict[str, float]:
+    """:data:`COUNT_KEYS` of ``n`` messages that took ``cpu`` seconds of CPU."""
+    return {
+        "cpu ms/msg": 1000 * cpu / n,
+        "commits/msg": counters["commits"] / n,
+        "lock waits/msg": counters["lock waits"] / n,
+        "lock wait ms/msg": 1000 * counters["lock wait s"] / n,
+        "write ms/msg": 1000 * counters["write s"] / n,
+    }
 
 
 def written_bytes(pids: Iterable[int]) -> int:

@@ -15,7 +15,10 @@ a temporary directory, ``fsync = on``) and Postfix's ``smtp-sink -c`` (``bench/_
   from the sink's first message to its last (the drain itself, without Python's
   start-up) and seconds from the start of the processes to the last message; then
   the ratio PostgreSQL 1 node / SQLite 1 node and whether more nodes or workers were
-  ever slower than fewer.
+  ever slower than fewer.  For SQLite also, per message (``_counts.per_message``):
+  the CPU of the daemon and its workers from the sink's first message on (a worker
+  still starting then counts: its start-up is in this drain), the store's commits,
+  waits for the write lock and time holding it.
 * ``claims``: M recipients are committed into a fresh PostgreSQL database, then K =
   1, 2, 4, 8 processes (this file run as ``_claimer``) run the store's loop directly,
   each as a node of its own: claim a batch (``claim_batch`` 8, as a node's default),
@@ -73,7 +76,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _counts import fsync_rate
+from _counts import (
+    COUNT_KEYS,
+    cpu_seconds,
+    daemon_store_counters,
+    fsync_rate,
+    per_message,
+    process_tree,
+)
 from _mta import (
     _SINK_TRANSPORT,
     PostfixRelay,
@@ -279,6 +289,10 @@ class Running:
                     raise RuntimeError(f"{profile.parent.name} of {self.system.name} not ready")
                 time.sleep(0.1)
 
+    def cpu(self) -> float:
+        """CPU seconds used so far by the system's processes (with their workers)."""
+        return cpu_seconds(pid for proc in self.procs for pid in process_tree(proc.pid))
+
     def check_alive(self) -> None:
         for proc, profile in zip(self.procs, self.profiles, strict=False):
             if proc.poll() is not None:
@@ -320,8 +334,11 @@ def drain(system: System, root: Path, pg: Any, sink: Sink, args: Any) -> dict[st
         t0 = time.perf_counter()
         r.start()
         deadline = t0 + WAIT
+        cpu0: float | None = None  # at the sink's first message: start-up left out
         while sink.count < base + n:
             r.check_alive()
+            if cpu0 is None and sink.count > base:
+                cpu0 = r.cpu()
             if time.perf_counter() > deadline:
                 raise RuntimeError(f"{system.name}: the sink has {sink.count - base} of {n}")
             time.sleep(0.05)
@@ -331,12 +348,18 @@ def drain(system: System, root: Path, pg: Any, sink: Sink, args: Any) -> dict[st
             if time.perf_counter() > deadline:
                 raise RuntimeError(f"{system.name}: not every recipient settled delivered")
             time.sleep(0.1)
-    return {
+        cpu = r.cpu() - (cpu0 or 0.0)
+        sqlite = system.backend == "sqlite"
+        counters = daemon_store_counters(r.profiles[0]) if sqlite else {}
+    out = {
         "msg/s": (n - 1) / (last - first),
         "from start s": last - t0,
         "load start": load,
         "load end": _load(),
     }
+    if counters:  # SQLite: per message, whatever the load
+        out.update(per_message(cpu, counters, n))
+    return out
 
 
 def claims(k: int, root: Path, pg: Any, args: Any) -> dict[str, float]:
@@ -620,6 +643,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _print_sqlite_counts(runs: list[dict[str, dict[str, float]]], names: list[str]) -> None:
+    """SQLite's drain per message (medians): the CPU of the daemon and its workers
+    from the sink's first message on, their store's commits, waits for the write
+    lock and time holding it."""
+    keys = COUNT_KEYS
+    if not names:
+        return
+    print("\nSQLite drain, per message (medians)")
+    print(f"| system | {' | '.join(keys)} |")
+    print(f"|---|{'---:|' * len(keys)}")
+    for name in names:
+        m = _medians(runs, name)
+        print(f"| {name} | {' | '.join(f'{m[k]:.3f}' for k in keys)} |")
+
+
 def _run(args: Any, parts: set[str], root: Path, pg: Any, sink: Sink) -> dict[str, Any]:
     out: dict[str, Any] = {}
     made = iter(range(10**6))
@@ -660,6 +698,7 @@ def _run(args: Any, parts: set[str], root: Path, pg: Any, sink: Sink) -> dict[st
                 if rates[i + 1] < rates[i]
             ]
             print(f"{family}: more processes slower than fewer: {', '.join(slower) or 'never'}")
+        _print_sqlite_counts(runs, [n for n, s in systems.items() if s.backend == "sqlite"])
         out["drain"] = runs
     if "claims" in parts:
         runs = _measure(

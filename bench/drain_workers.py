@@ -24,7 +24,11 @@ command that drains a queue filled beforehand.
   wall time includes starting Python and Django (about a second here), which the
   spoolbox figure does not: the daemon was running.
 
-Reported: medians over runs (the order of the systems rotates from run to run).
+Reported: medians over runs (the order of the systems rotates from run to run);
+the disk's fsync rate and the load average; per spoolbox system and message
+(``_counts.per_message``): the CPU time of the daemon and its workers in the drain,
+their store's commits, waits for SQLite's write lock and time holding it; and
+spoolbox's best against django-post-office's best, run by run.
 The sink is Postfix's ``smtp-sink -c`` (``apt-get install postfix``).  Run it::
 
     .venv/bin/python bench/drain_workers.py --runs 3 --messages 2000 \\
@@ -50,6 +54,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from _counts import (
+    COUNT_KEYS,
+    cpu_seconds,
+    daemon_store_counters,
+    fsync_rate,
+    per_message,
+    process_tree,
+)
 from drain_vs_django import (
     DEFAULT_VENV,
     HOST,
@@ -149,6 +161,7 @@ def spoolbox_drain(
             time.sleep(0.02)
         startup = time.perf_counter() - t0
         before = sink.count()
+        cpu0 = cpu_seconds(process_tree(proc.pid))
         t0 = time.perf_counter()
         queued = Client(profile).submit_many(lot)  # one transaction, through the daemon
         if queued["via"] != "daemon" or len(queued["ids"]) != n:
@@ -163,6 +176,8 @@ def spoolbox_drain(
             if time.perf_counter() > deadline:
                 raise RuntimeError("not every recipient was settled delivered")
             time.sleep(0.05)
+        cpu = cpu_seconds(process_tree(proc.pid)) - cpu0
+        counts = per_message(cpu, daemon_store_counters(profile), n)
     finally:
         _stop(proc)
     by = collections.Counter(
@@ -174,6 +189,7 @@ def spoolbox_drain(
         "drain": n / took,
         "drain s": took,
         "start-up s": startup,
+        **counts,
         "delivered by": dict(sorted(by.items())),
     }
 
@@ -230,6 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="drain-workers-") as tmp:
         root = Path(tmp)
         os.chmod(root, 0o755)
+        rate = fsync_rate(root)
+        print(f"fsync rate of the disk: {rate:,.0f}/s")
         sink = Sink(root)
         try:
             sink.start()
@@ -250,7 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 runs.append(res)
         finally:
             sink.stop()
-    print(f"\nN = {args.messages} messages, {len(runs)} runs, medians\n")
+    print(
+        f"\nN = {args.messages} messages, {len(runs)} runs, medians; load average at the end "
+        f"{os.getloadavg()[0]:.1f}\n"
+    )
     print("| system | delivering processes | drain msg/s | drain s | start-up s |")
     print("|---|---:|---:|---:|---:|")
     summary: dict[str, dict[str, float]] = {}
@@ -265,11 +286,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         procs = count + 1 if system.startswith("spoolbox") else count
         startup = f"{med['start-up s']:.2f}" if "start-up s" in med else ""
         print(f"| {system} | {procs} | {med['drain']:,.0f} | {med['drain s']:.2f} | {startup} |")
-    for system in systems:
-        if system.startswith("spoolbox"):
-            print(f"{system}: delivered by (run 1) {runs[0][system]['delivered by']}")
+    mine = [system for system in systems if system.startswith("spoolbox")]
+    print("\nspoolbox per message (medians; CPU: the daemon and its workers, in the drain)\n")
+    print(f"| system | {' | '.join(COUNT_KEYS)} |")
+    print(f"|---|{'---:|' * len(COUNT_KEYS)}")
+    for system in mine:
+        med = {key: statistics.median(r[system][key] for r in runs) for key in COUNT_KEYS}
+        print(f"| {system} | {' | '.join(f'{med[k]:.3f}' for k in COUNT_KEYS)} |")
+    for system in mine:
+        print(f"{system}: delivered by (run 1) {runs[0][system]['delivered by']}")
+    if python is not None:
+        best = [
+            max(r[s]["drain"] for s in mine)
+            / max(r[s]["drain"] for s in systems if s.startswith("post-office"))
+            for r in runs
+        ]
+        print(
+            "spoolbox's best / django-post-office's best, per run: "
+            f"{', '.join(f'{x:.2f}' for x in best)} (median {statistics.median(best):.2f}x)"
+        )
     if args.json is not None:
-        args.json.write_text(json.dumps({"runs": runs, "summary": summary}, indent=1))
+        report = {"runs": runs, "summary": summary, "fsync/s": rate}
+        args.json.write_text(json.dumps(report, indent=1))
     return 0
 
 

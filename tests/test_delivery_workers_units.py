@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from spoolbox.daemon import restarts
-from spoolbox.daemon.delivery_protocol import DeliverySpec, worker_node
+from spoolbox.daemon.delivery_protocol import DeliverySpec, store_counters, worker_node
 from spoolbox.daemon.delivery_worker import delivery_config
 from spoolbox.daemon.log_format import make_formatter
 from spoolbox.daemon.workers import (
@@ -20,6 +20,7 @@ from spoolbox.daemon.workers import (
     WorkerView,
     restart_delay,
     worker_row,
+    workers_advice,
 )
 from spoolbox.model import StatusCode
 from spoolbox.profile import ProfileError, load_profile
@@ -90,6 +91,40 @@ def test_a_worker_given_up_on_shows_a_failure_and_why() -> None:
 def test_every_state_has_a_row() -> None:
     for state in WorkerState:
         assert worker_row(_view(state), "mx").status_string
+
+
+def test_a_workers_store_counters_on_its_row_are_whole_numbers_in_ms() -> None:
+    sqlite = {
+        "path": "/var/spool/spoolbox.sqlite3",
+        "commits": 120,
+        "lock_waits": 31,
+        "lock_wait_seconds": 0.0426,
+        "write_seconds": 1.2004,
+        "pragmas": {"synchronous": 2},
+    }
+    assert store_counters(sqlite) == {
+        "store_commits": 120,
+        "store_lock_waits": 31,
+        "store_lock_wait_ms": 43,
+        "store_write_ms": 1200,
+    }
+    # PostgreSQL's statistics have no lock waits: the row shows what there is.
+    assert store_counters({"commits": 5, "pool": {"size": 2}}) == {"store_commits": 5}
+
+
+def test_more_delivering_processes_than_cpus_on_sqlite_are_warned_about() -> None:
+    assert workers_advice(1, 2, "sqlite") is None  # two processes on two CPUs
+    assert workers_advice(0, 1, "sqlite") is None  # the daemon alone: nothing to say
+    assert workers_advice(4, 8, "sqlite") is None
+    assert workers_advice(4, 2, "postgres") is None  # the server does the locking
+    assert workers_advice(4, None, "sqlite") is None  # CPUs unknown: no guess
+    advice = workers_advice(2, 2, "sqlite")
+    assert advice is not None
+    assert advice.startswith("workers = 2 on 2 CPUs: 3 delivering processes on one SQLite")
+    assert advice.endswith("workers = 1 is the most that helps on this machine")
+    single = workers_advice(1, 1, "sqlite")
+    assert single is not None and "on 1 CPU: 2 delivering" in single
+    assert single.endswith("workers = 0 is the most that helps on this machine")
 
 
 def test_worker_node_names_are_stable_per_index() -> None:

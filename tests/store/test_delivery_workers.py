@@ -93,6 +93,8 @@ def test_two_workers_relay_every_message_once_and_each_delivers_part(
         assert by["w1"] > 0 and by["w2"] > 0, by  # both workers took part of the lot
         rows = daemon.rows()
         assert rows["worker:w1"]["counters"].get("delivered", 0) >= 1
+        # Its store's counters come with it (claims and settles are commits).
+        assert rows["worker:w1"]["counters"].get("store_commits", 0) >= 1
 
         def relay_nodes() -> set[str]:
             r = daemon.run("status", "--json")

@@ -14,7 +14,8 @@ lines on the worker's stdin, one JSON object each:
 The end of its stdin stops the worker (it drains, as on SIGTERM).  The worker's
 lines on its stdout: ``{"ready": true, "pid", "node"}`` or ``{"error"}`` once, then
 ``{"reloaded": bool, "error"}`` after a reload and ``{"stats"}`` (its spooler's
-counters) when they changed, at most every :data:`STATS_INTERVAL` seconds.
+counters, its transports', and its store's, :func:`store_counters`) when they
+changed, at most every :data:`STATS_INTERVAL` seconds.
 """
 
 from __future__ import annotations
@@ -23,10 +24,27 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["STATS_INTERVAL", "DeliverySpec", "worker_node"]
+__all__ = ["STATS_INTERVAL", "DeliverySpec", "store_counters", "worker_node"]
 
 #: a worker's counters go to the daemon at most this often (seconds)
 STATS_INTERVAL = 1.0
+
+
+def store_counters(stats: Mapping[str, object]) -> dict[str, int]:
+    """A worker's store's counters for its status row (``store.statistics()``):
+    its commits and, on SQLite, its waits for the write lock and the time it held
+    it (``store_lock_waits``, ``store_lock_wait_ms``, ``store_write_ms``)."""
+    out: dict[str, int] = {}
+    for key, name, scale in (
+        ("commits", "store_commits", 1),
+        ("lock_waits", "store_lock_waits", 1),
+        ("lock_wait_seconds", "store_lock_wait_ms", 1000),
+        ("write_seconds", "store_write_ms", 1000),
+    ):
+        value = stats.get(key)
+        if isinstance(value, int | float):
+            out[name] = round(value * scale)
+    return out
 
 
 def worker_node(node: str, index: int) -> str:

@@ -31,7 +31,7 @@ from typing import Any
 from .. import AlwaysIdle, Spooler, SpoolerConfig
 from .._core.node import start_node
 from ..profile import Profile, ProfileError, load_profile
-from .delivery_protocol import STATS_INTERVAL, DeliverySpec
+from .delivery_protocol import STATS_INTERVAL, DeliverySpec, store_counters
 from .log_format import choose_format
 from .pipes import serve_control_lines
 from .runtime import configure_logging, event_loop_runner
@@ -173,13 +173,17 @@ class _DeliveryWorker:
         return None
 
     def _send_stats(self, spooler: Spooler | None) -> None:
-        """The spooler's counters and each transport's, when they changed."""
+        """The spooler's counters, each transport's and the store's, when they
+        changed."""
         if spooler is None:
             return
         stats: dict[str, Any] = {
             "counters": dict(spooler.counters),
             "transports": {host.name: dict(host.counters) for host in spooler.hosts},
         }
+        store_stats = getattr(spooler.store, "statistics", None)
+        if callable(store_stats):
+            stats["store"] = store_counters(store_stats())
         if stats != self._stats_sent and self.send({"stats": stats}):
             self._stats_sent = stats
 

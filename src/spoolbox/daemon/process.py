@@ -131,6 +131,7 @@ class Daemon:
             extra_secrets=self.extra_secrets,
             died=self._worker_died,
             show=self._show_worker,
+            backend=profile.store.backend,
         )
 
     # -- the process ------------------------------------------------------------------

@@ -45,6 +45,7 @@ import contextlib
 import enum
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -67,6 +68,7 @@ __all__ = [
     "WorkerView",
     "restart_delay",
     "worker_row",
+    "workers_advice",
 ]
 
 log = logging.getLogger("spoolbox.daemon")
@@ -88,6 +90,33 @@ def restart_delay(failures: int, ran_for: float) -> tuple[int, float | None]:
     row before: the new count, and the delay before starting it again (None: give up
     after :data:`RESTART_LIMIT`); :func:`.restarts.restart_delay`."""
     return restarts.restart_delay(failures, ran_for, limit=RESTART_LIMIT)
+
+
+def usable_cpus() -> int | None:
+    """The CPUs this process may run on (its affinity), or None if unknown."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count()
+
+
+def workers_advice(workers: int, cpus: int | None, backend: str) -> str | None:
+    """A warning for ``workers`` delivery workers on ``cpus`` CPUs, or None.
+
+    On SQLite a drain is CPU-bound and every delivering process (the workers and the
+    daemon's own spooler) takes its turn at one write lock: with more delivering
+    processes than CPUs, each costs more CPU per message and holds the lock longer,
+    and the drain was slower than with fewer (docs/benchmarks.md, "Delivery
+    workers").  PostgreSQL nodes are not warned about: there the server does the
+    locking."""
+    if backend != "sqlite" or workers == 0 or cpus is None or workers + 1 <= cpus:
+        return None
+    return (
+        f"workers = {workers} on {cpus} CPU{'s' * (cpus != 1)}: {workers + 1} delivering "
+        f"processes on one SQLite file; with more of them than CPUs the drain is slower, "
+        f"not faster (docs/operations.md, 'Worker processes'): workers = {max(0, cpus - 1)} "
+        "is the most that helps on this machine"
+    )
 
 
 class WorkerState(enum.Enum):
@@ -132,7 +161,8 @@ def worker_row(view: WorkerView, daemon_node: str) -> StatusRow:
 
     The worker publishes its own spooler and transport rows to the store as node
     ``view.node`` (the status across nodes shows them); this row is its supervision:
-    state, pid, restarts, and its transport counters added up."""
+    state, pid, restarts, its transport counters added up and its store's
+    (``store_commits``, on SQLite ``store_lock_waits`` ...)."""
     code, words = _ROW_STATES[view.state]
     where = f"node {view.node}" + (f", pid {view.pid}" if view.pid is not None else "")
     detail = [
@@ -218,8 +248,10 @@ class DeliveryWorkers:
         extra_secrets: Mapping[tuple[str, str], str] | None = None,
         died: Died,
         show: Callable[[WorkerView], None] = lambda view: None,
+        backend: str = "sqlite",
     ) -> None:
         self._workers = [_Worker(i, worker_node(node, i)) for i in range(1, count + 1)]
+        self._backend = backend
         self._profile = profile
         self._log_level = log_level
         self._log_format = log_format
@@ -249,6 +281,9 @@ class DeliveryWorkers:
         logged, and the worker started again as after a death)."""
         if not self._workers:
             return
+        advice = workers_advice(len(self._workers), usable_cpus(), self._backend)
+        if advice is not None:
+            log.warning("%s", advice)
         await asyncio.gather(*(self._spawn(worker) for worker in self._workers))
         for worker in self._workers:
             self._own(self._supervise(worker))
@@ -407,6 +442,9 @@ class DeliveryWorkers:
         stats = msg.get("stats")
         if isinstance(stats, dict):
             worker.counters = _sum_counters(stats.get("transports", {}))
+            store = stats.get("store")
+            if isinstance(store, dict):  # its store's commits and lock waits
+                worker.counters.update((str(k), v) for k, v in store.items() if isinstance(v, int))
             self._show(worker.view())
         if "reloaded" in msg and not msg["reloaded"]:
             log.error("delivery worker %s: reload failed: %s", worker.tag, msg.get("error"))
