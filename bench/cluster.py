@@ -4,20 +4,24 @@ Three measurements, in one run, on one private PostgreSQL (the tests' helper,
 ``tests/store/postgres_cluster.py``: ``initdb`` + ``pg_ctl`` on a free loopback port in
 a temporary directory, ``fsync = on``) and Postfix's ``smtp-sink -c`` (``bench/_mta.py``):
 
-* ``drain``: N messages (about 2 KB, one recipient each, routed to the ``relay``
-  transport) are committed into a fresh store through the store's own API while no
-  node runs; then the nodes are started and the drain lasts until the sink has N.
+* ``drain``: the nodes are started on a fresh store and waited for (each answers,
+  its ``relay`` transport has logged on, every delivery worker delivers); then N
+  messages (about 2 KB, one recipient each, routed to the ``relay`` transport) go
+  in through node 1's API in one ``Client.submit_many`` call (one transaction; the
+  other nodes hear of it by NOTIFY, the workers from their daemon), and the drain
+  lasts until the sink has N.  No process's start-up is in the drain (session 11:
+  before, the messages were committed first and the processes started on them,
+  so the nodes and workers that started later counted their start-up in it).
   Systems: PostgreSQL with 1, 2 and 4 nodes (separate ``spoolbox run`` processes,
   each with its own profile and node name, on one database) and SQLite with one
   node and with ``workers = 1, 2, 4`` (``spoolbox run`` with delivery worker
   processes on one WAL file).  Each process relays with ``max_connections`` (default
   4) to the sink (the ``relay`` transport of ``bench/_mta.py``).  Reported: msg/s
   from the sink's first message to its last (the drain itself, without Python's
-  start-up) and seconds from the start of the processes to the last message; then
+  start-up) and seconds from the submission to the last message; then
   the ratio PostgreSQL 1 node / SQLite 1 node and whether more nodes or workers were
   ever slower than fewer.  For SQLite also, per message (``_counts.per_message``):
-  the CPU of the daemon and its workers from the sink's first message on (a worker
-  still starting then counts: its start-up is in this drain), the store's commits,
+  the CPU of the daemon and its workers from the sink's first message on, the store's commits,
   waits for the write lock and time holding it.
 * ``claims``: M recipients are committed into a fresh PostgreSQL database, then K =
   1, 2, 4, 8 processes (this file run as ``_claimer``) run the store's loop directly,
@@ -274,20 +278,33 @@ class Running:
                 )
 
     def ready(self) -> None:
-        """Every node answers and its ``relay`` transport is logged on."""
+        """Every node answers, its ``relay`` transport is logged on and each delivery
+        worker's status row says it delivers (``worker:wN`` available)."""
         deadline = time.monotonic() + 120
         for profile in self.profiles:
             while True:
                 self.check_alive()
                 try:
                     rows = Client(profile).status()
-                    if any(r["name"] == "relay" and r["status_code"] & 1 for r in rows):
+                    workers = [r for r in rows if r["name"].startswith("worker:")]
+                    if (
+                        any(r["name"] == "relay" and r["status_code"] & 1 for r in rows)
+                        and len(workers)
+                        == (self.system.count if self.system.backend == "sqlite" else 0)
+                        and all(r["status_code"] & 1 for r in workers)
+                    ):
                         break
                 except Exception:  # not answering yet
                     pass
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{profile.parent.name} of {self.system.name} not ready")
                 time.sleep(0.1)
+
+    def submit(self, n: int) -> None:
+        """``n`` messages routed to ``relay`` through node 1's API, in one transaction."""
+        reply = Client(self.profiles[0]).submit_many([_message(i) for i in range(n)])
+        if reply.get("via") != "daemon" or len(reply["ids"]) != n:
+            raise RuntimeError(f"{self.system.name}: the daemon did not take them: {reply}")
 
     def cpu(self) -> float:
         """CPU seconds used so far by the system's processes (with their workers)."""
@@ -329,10 +346,11 @@ def drain(system: System, root: Path, pg: Any, sink: Sink, args: Any) -> dict[st
     n = args.messages
     load = _load()
     with running(system, root, pg, sink, args) as r:
-        r.fill(n)
+        r.start()
+        r.ready()
         base = sink.count
         t0 = time.perf_counter()
-        r.start()
+        r.submit(n)
         deadline = t0 + WAIT
         cpu0: float | None = None  # at the sink's first message: start-up left out
         while sink.count < base + n:
@@ -353,7 +371,7 @@ def drain(system: System, root: Path, pg: Any, sink: Sink, args: Any) -> dict[st
         counters = daemon_store_counters(r.profiles[0]) if sqlite else {}
     out = {
         "msg/s": (n - 1) / (last - first),
-        "from start s": last - t0,
+        "from submit s": last - t0,
         "load start": load,
         "load end": _load(),
     }
@@ -674,13 +692,13 @@ def _run(args: Any, parts: set[str], root: Path, pg: Any, sink: Sink) -> dict[st
             args.runs,
             lambda name, r: drain(systems[name], root / f"d{next(made)}", pg, sink, args),
         )
-        print(f"\ndrain: {args.messages} messages committed, then the nodes started; medians")
-        print("| system | processes | msg/s | start to last message s | load |")
+        print(f"\ndrain: the nodes ready, then {args.messages} messages submitted; medians")
+        print("| system | processes | msg/s | submit to last message s | load |")
         print("|---|---:|---:|---:|---|")
         for name, s in systems.items():
             m = _medians(runs, name)
             print(
-                f"| {name} | {s.processes} | {m['msg/s']:,.0f} | {m['from start s']:.2f} "
+                f"| {name} | {s.processes} | {m['msg/s']:,.0f} | {m['from submit s']:.2f} "
                 f"| {_loads(runs, name)} |"
             )
         pg1, sq1 = "postgres 1 node", "sqlite --workers 0"
