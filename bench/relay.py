@@ -43,7 +43,9 @@ Before the timed batch every system relays a warm-up batch (default 100 messages
 so process start-up, imports and connection set-up are not timed.  The table shows
 medians over runs; ratios are medians of the per-run ratios (each system against the
 peer measured in the same run).  For spoolbox the table also shows the CPU its
-daemon and the daemon's children used during the batch (``daemon CPU``, in cores) and
+daemon and the daemon's children used during the batch (``daemon CPU``, in cores; and
+``CPU ms/msg``, per message, the daemon's own and its children's: the listener
+processes'; each run's line in the log has it too: the figure that survives load) and
 ``store lock held``: the time the daemon's store and its listener processes' stores
 spent in write transactions during the batch (their own counters, read through the
 local API before and about a second after it), as a share of the batch's time.
