@@ -121,9 +121,14 @@ OURS = re.compile(r"[(/](spoolbox|aiosmtpd|aiosmtplib)/")  # frames worth showin
 
 @contextmanager
 def system_under_test(
-    name: str, workdir: Path, sink: Sink, args: argparse.Namespace
+    name: str,
+    workdir: Path,
+    sink: Sink,
+    args: argparse.Namespace,
+    listener_processes: int | None = None,
 ) -> Iterator[tuple[int, SpoolboxDaemon | PostfixRelay | None]]:
-    """The port smtp-source submits to, and the daemon or the Postfix instance."""
+    """The port smtp-source submits to, and the daemon or the Postfix instance;
+    ``listener_processes`` overrides the bench profile's (0 for ``spoolbox``)."""
     if name == "wire":
         yield sink.port, None
     elif name == "spoolbox-init":
@@ -138,13 +143,15 @@ def system_under_test(
         ) as sb:
             yield sb.port, sb
     elif name.startswith("spoolbox"):
+        if listener_processes is None:
+            listener_processes = 0 if name == "spoolbox" else args.listener_processes
         with SpoolboxDaemon(
             workdir,
             sink.port,
             args.max_connections,
             args.synchronous,
             args.event_loop,
-            0 if name == "spoolbox" else args.listener_processes,
+            listener_processes,
             workers=int(name.removeprefix("spoolbox-w")) if name.startswith("spoolbox-w") else 0,
         ) as sb:
             yield sb.port, sb
@@ -289,20 +296,12 @@ def profile_spoolbox(root: Path, args: argparse.Namespace) -> None:
 def _profiled_system(
     workdir: Path, sink: Sink, args: argparse.Namespace
 ) -> Iterator[SpoolboxDaemon]:
-    if args.py_spy_system:
-        with system_under_test(args.py_spy_system, workdir, sink, args) as (_, system):
-            assert isinstance(system, SpoolboxDaemon)
-            yield system
-        return
-    with SpoolboxDaemon(
-        workdir,
-        sink.port,
-        args.max_connections,
-        args.synchronous,
-        args.event_loop,
-        args.listener_processes,
-    ) as sb:
-        yield sb
+    # By default the bench's profile with --listener-processes (0: on the loop).
+    name = args.py_spy_system or "spoolbox"
+    processes = None if args.py_spy_system else args.listener_processes
+    with system_under_test(name, workdir, sink, args, processes) as (_, system):
+        assert isinstance(system, SpoolboxDaemon)
+        yield system
 
 
 def _cmdline(pid: int) -> str:
