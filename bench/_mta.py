@@ -234,13 +234,16 @@ class SpoolboxDaemon(_Closing):
         init_sink: Sequence[str] = (),
         init_listener: Sequence[str] = (),
         init_daemon: Sequence[str] = (),
+        init_without_local: bool = False,
     ) -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True)
         self.port = free_port()
         self.profile = self.dir / "spoolbox.toml"
         if as_init:
-            self._init_profile(sink_port, init_sink, init_listener, init_daemon)
+            self._init_profile(
+                sink_port, init_sink, init_listener, init_daemon, without_local=init_without_local
+            )
             if extra_profile:
                 self.profile.write_text(self.profile.read_text() + "\n" + extra_profile)
         else:
@@ -275,12 +278,15 @@ class SpoolboxDaemon(_Closing):
         sink_keys: Sequence[str],
         listener_keys: Sequence[str],
         daemon_keys: Sequence[str] = (),
+        *,
+        without_local: bool = False,
     ) -> None:
         """The profile exactly as ``spoolbox init`` writes it (its listener on a free
         port), plus an ``smtp`` transport to the sink with nothing but where it is;
         ``sink_keys``, ``listener_keys`` and ``daemon_keys`` (``key = value`` lines)
         are added to the transport's options, the listener's table and ``[daemon]``
-        (to measure candidate defaults)."""
+        (to measure candidate defaults); ``without_local`` drops the ``local``
+        (maildir) transport ``init`` writes."""
         subprocess.run(
             [str(SPOOLBOX), "init", "--dir", str(self.dir), "--smtp-port", str(self.port)],
             check=True,
@@ -290,6 +296,10 @@ class SpoolboxDaemon(_Closing):
         sink = _SINK_TRANSPORT.format(port=sink_port) + "".join(f"{k}\n" for k in sink_keys)
         text = _set_keys(text, "[daemon]", daemon_keys)
         text = _set_keys(text, "[listeners.submission]", listener_keys)
+        if without_local:
+            text, n = re.subn(_LOCAL_TRANSPORT, "", text, count=1)
+            if n != 1:
+                raise RuntimeError("bench: no local transport in the profile spoolbox init wrote")
         text = text.replace("[listeners.submission]\n", sink + "\n[listeners.submission]\n", 1)
         self.profile.write_text(text)
 
@@ -350,15 +360,24 @@ processes = {listener_processes}
     def cpu_seconds(self) -> float:
         """User + system CPU time the daemon and its running children (listener
         processes) have used so far."""
-        total = 0
+        own, children = self.cpu_split()
+        return own + children
+
+    def cpu_split(self) -> tuple[float, float]:
+        """User + system CPU time so far of the daemon itself and of its running
+        children (listener processes, delivery workers) together."""
+        own = children = 0
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
                 fields = stat.read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue  # the process ended meanwhile
-            if stat.parent.name == str(self.pid) or fields[1] == str(self.pid):
-                total += int(fields[11]) + int(fields[12])
-        return total / os.sysconf("SC_CLK_TCK")
+            if stat.parent.name == str(self.pid):
+                own += int(fields[11]) + int(fields[12])
+            elif fields[1] == str(self.pid):
+                children += int(fields[11]) + int(fields[12])
+        tick = os.sysconf("SC_CLK_TCK")
+        return own / tick, children / tick
 
     def lock_seconds(self) -> float:
         """Seconds the daemon's store and its listener processes' stores have spent in
@@ -394,6 +413,9 @@ def _set_keys(text: str, table: str, lines: Sequence[str]) -> str:
             added.append(line + "\n")
     return text[:start] + "".join(added) + body + text[end:]
 
+
+#: The ``local`` (maildir) transport of ``spoolbox init``'s profile, to its blank line.
+_LOCAL_TRANSPORT = re.compile(r'\[\[transports\]\]\nname = "local"\n.*?\n\n', re.S)
 
 #: The transport ``SpoolboxDaemon(as_init=True)`` adds to ``spoolbox init``'s profile.
 _SINK_TRANSPORT = """\

@@ -43,7 +43,9 @@ Before the timed batch every system relays a warm-up batch (default 100 messages
 so process start-up, imports and connection set-up are not timed.  The table shows
 medians over runs; ratios are medians of the per-run ratios (each system against the
 peer measured in the same run).  For spoolbox the table also shows the CPU its
-daemon and the daemon's children used during the batch (``daemon CPU``, in cores) and
+daemon and the daemon's children used during the batch (``daemon CPU``, in cores; and
+``CPU ms/msg``, per message, the daemon's own and its children's: the listener
+processes'; each run's line in the log has it too: the figure that survives load) and
 ``store lock held``: the time the daemon's store and its listener processes' stores
 spent in write transactions during the batch (their own counters, read through the
 local API before and about a second after it), as a share of the batch's time.
@@ -66,7 +68,10 @@ sink and loopback.
 ``--py-spy DIR`` adds one untimed spoolbox run under ``py-spy record --threads --idle``
 (install it with ``.venv/bin/pip install py-spy``) and prints, for each busy thread of
 the daemon, where its wall-clock time went (leaf frames with line numbers) and what it
-was inside of, from the collapsed stacks it writes to ``DIR/relay.txt``.
+was inside of, from the collapsed stacks it writes to ``DIR/relay.txt``; each child
+process of the daemon (a listener process) gets a recorder and a profile of its own
+(``DIR/relay-PID.txt``).  ``--py-spy-system spoolbox-init`` profiles that system (with
+the ``--init-*`` keys) instead of the bench's profile.
 With ``--py-spy-gil`` it samples only the thread that holds the GIL (``py-spy record
 --gil``): where the daemon's Python CPU goes, not where its threads wait.
 ``--event-loop asyncio`` runs the daemon on the standard library's loop instead.
@@ -116,9 +121,14 @@ OURS = re.compile(r"[(/](spoolbox|aiosmtpd|aiosmtplib)/")  # frames worth showin
 
 @contextmanager
 def system_under_test(
-    name: str, workdir: Path, sink: Sink, args: argparse.Namespace
+    name: str,
+    workdir: Path,
+    sink: Sink,
+    args: argparse.Namespace,
+    listener_processes: int | None = None,
 ) -> Iterator[tuple[int, SpoolboxDaemon | PostfixRelay | None]]:
-    """The port smtp-source submits to, and the daemon or the Postfix instance."""
+    """The port smtp-source submits to, and the daemon or the Postfix instance;
+    ``listener_processes`` overrides the bench profile's (0 for ``spoolbox``)."""
     if name == "wire":
         yield sink.port, None
     elif name == "spoolbox-init":
@@ -129,16 +139,19 @@ def system_under_test(
             init_sink=args.init_transport,
             init_listener=args.init_listener,
             init_daemon=args.init_daemon,
+            init_without_local=args.init_without_local,
         ) as sb:
             yield sb.port, sb
     elif name.startswith("spoolbox"):
+        if listener_processes is None:
+            listener_processes = 0 if name == "spoolbox" else args.listener_processes
         with SpoolboxDaemon(
             workdir,
             sink.port,
             args.max_connections,
             args.synchronous,
             args.event_loop,
-            0 if name == "spoolbox" else args.listener_processes,
+            listener_processes,
             workers=int(name.removeprefix("spoolbox-w")) if name.startswith("spoolbox-w") else 0,
         ) as sb:
             yield sb.port, sb
@@ -180,10 +193,10 @@ def one(name: str, workdir: Path, args: argparse.Namespace) -> dict[str, float]:
         base = sink.count
         lock0 = sb.lock_seconds() if sb else 0.0
         commits0 = sb.store_commits() if sb else (0, 0)
-        cpu0 = sb.cpu_seconds() if sb else 0.0
+        cpu0 = sb.cpu_split() if sb else (0.0, 0.0)
         bytes0 = written_bytes(process_tree(root)) if root else 0
         t0, t_accept, t_done = batch(port, sink, args.messages, args)
-        cpu1 = sb.cpu_seconds() if sb else 0.0
+        cpu1 = sb.cpu_split() if sb else (0.0, 0.0)
         time.sleep(0.3 if sb is None else _REPORTED)
         lock1 = sb.lock_seconds() if sb else 0.0
         commits1 = sb.store_commits() if sb else (0, 0)
@@ -197,7 +210,13 @@ def one(name: str, workdir: Path, args: argparse.Namespace) -> dict[str, float]:
     if root:
         res["bytes"] = (bytes1 - bytes0) / n
     if sb is not None:
-        res["cpu"] = (cpu1 - cpu0) / wall
+        own, children = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+        res["cpu"] = (own + children) / wall
+        # CPU per message: the figure that survives load (a busy machine slows the
+        # relay but hardly changes what each message costs).
+        res["cpu_ms"] = 1000 * (own + children) / n
+        res["cpu_ms_daemon"] = 1000 * own / n
+        res["cpu_ms_children"] = 1000 * children / n
         # Write transactions of the daemon and its listener processes during the batch
         # (and the last settles just after it), as a share of the batch's time: SQLite
         # lets one of them hold the write lock at a time.
@@ -229,41 +248,68 @@ _REPORTED = 1.3
 
 
 def profile_spoolbox(root: Path, args: argparse.Namespace) -> None:
+    """One untimed run of ``--py-spy-system`` (default: the bench's profile with
+    ``--listener-processes``) under py-spy: one recorder per process of the daemon's
+    tree (the daemon, its listener processes), each profile printed."""
     out_dir: Path = args.py_spy
     out_dir.mkdir(parents=True, exist_ok=True)
     py_spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     if py_spy is None:
         raise SystemExit("bench: --py-spy needs py-spy: .venv/bin/pip install py-spy")
-    raw = out_dir / "relay.txt"
-    with (
-        Sink() as sink,
-        SpoolboxDaemon(
-            root / "profile",
-            sink.port,
-            args.max_connections,
-            args.synchronous,
-            args.event_loop,
-            args.listener_processes,
-        ) as sb,
-    ):
+    with Sink() as sink, _profiled_system(root / "profile", sink, args) as sb:
         batch(sb.port, sink, args.warmup, args)
         time.sleep(0.5)
-        cmd = [py_spy, "record", "--pid", str(sb.pid), "--rate", "200", "--format", "raw"]
-        cmd += ["--threads", "--gil"] if args.py_spy_gil else ["--threads", "--idle"]
-        spy = subprocess.Popen(
-            [*cmd, "--output", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        spies: list[tuple[str, Path, subprocess.Popen[bytes]]] = []
+        for pid in process_tree(sb.pid):
+            what = "daemon" if pid == sb.pid else f"child {pid}"
+            raw = out_dir / ("relay.txt" if pid == sb.pid else f"relay-{pid}.txt")
+            cmd = [py_spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw"]
+            cmd += ["--threads", "--gil"] if args.py_spy_gil else ["--threads", "--idle"]
+            spy = subprocess.Popen(
+                [*cmd, "--output", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
+            spies.append((f"{what}: {_cmdline(pid)}", raw, spy))
         try:
             time.sleep(1.0)  # py-spy attaches
+            cpu0 = sb.cpu_split()
             t0, _, t_done = batch(sb.port, sink, args.messages, args)
+            cpu1 = sb.cpu_split()
         finally:
-            if spy.poll() is None:
-                spy.send_signal(signal.SIGINT)
-            _, err = spy.communicate(timeout=60)
-        log(f"profiled run: {args.messages / (t_done - t0):,.0f} msg/s under py-spy")
+            errors = []
+            for _, _, spy in spies:
+                if spy.poll() is None:
+                    spy.send_signal(signal.SIGINT)
+                errors.append(spy.communicate(timeout=60)[1])
+        log(
+            f"profiled run: {args.messages / (t_done - t0):,.0f} msg/s under py-spy, CPU "
+            f"{1000 * (cpu1[0] - cpu0[0]) / args.messages:.2f} ms/msg daemon + "
+            f"{1000 * (cpu1[1] - cpu0[1]) / args.messages:.2f} children"
+        )
+    for (what, raw, _), err in zip(spies, errors, strict=True):
         if not raw.exists():
-            raise RuntimeError(f"py-spy wrote nothing: {err.decode(errors='replace')}")
-    print_profile(raw, args.top, gil=args.py_spy_gil)
+            raise RuntimeError(f"py-spy wrote nothing for {what}: {err.decode(errors='replace')}")
+        print(f"\n## {what} ({raw})")
+        print_profile(raw, args.top, gil=args.py_spy_gil)
+
+
+@contextmanager
+def _profiled_system(
+    workdir: Path, sink: Sink, args: argparse.Namespace
+) -> Iterator[SpoolboxDaemon]:
+    # By default the bench's profile with --listener-processes (0: on the loop).
+    name = args.py_spy_system or "spoolbox"
+    processes = None if args.py_spy_system else args.listener_processes
+    with system_under_test(name, workdir, sink, args, processes) as (_, system):
+        assert isinstance(system, SpoolboxDaemon)
+        yield system
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    return " ".join(Path(a.decode(errors="replace")).name for a in argv[:4] if a)
 
 
 def print_profile(raw: Path, top: int, *, gil: bool = False) -> None:
@@ -348,6 +394,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dir", type=Path, default=None, help="directory on the disk to test")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--py-spy", type=Path, default=None, help="profile one extra spoolbox run")
+    p.add_argument(
+        "--py-spy-system",
+        choices=SPOOLBOXES,
+        default=None,
+        help="the system --py-spy profiles (with --init-* for spoolbox-init); default: "
+        "the bench's profile with --listener-processes",
+    )
     p.add_argument("--top", type=int, default=20)
     p.add_argument(
         "--fsync-runs",
@@ -378,6 +431,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="spoolbox-init: a line set in [daemon], e.g. 'nice = 0' (repeatable)",
     )
     p.add_argument(
+        "--init-without-local",
+        action="store_true",
+        help="spoolbox-init: without the local (maildir) transport init writes",
+    )
+    p.add_argument(
         "--py-spy-gil",
         action="store_true",
         help="--py-spy samples only the thread holding the GIL (where the Python CPU "
@@ -402,7 +460,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(
                 f"run {r + 1}: "
                 + ", ".join(
-                    f"{k} {v['rate']:,.0f} msg/s ({v['wall']:.2f} s)"
+                    f"{k} {v['rate']:,.0f} msg/s ({v['wall']:.2f} s"
+                    + (
+                        f", CPU {v['cpu_ms']:.2f} ms/msg = {v['cpu_ms_daemon']:.2f} daemon"
+                        f" + {v['cpu_ms_children']:.2f} children"
+                        if "cpu_ms" in v
+                        else ""
+                    )
+                    + ")"
                     for k, v in sorted(res.items())
                     if k != "disk"
                 )
@@ -416,7 +481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     fsyncs.setdefault(name, []).append(count_fsyncs(name, work, args))
         if args.py_spy is not None:
             profile_spoolbox(root, args)
-    print_table(runs, systems, args, fsyncs)
+    if runs:
+        print_table(runs, systems, args, fsyncs)
     if args.json is not None:
         out = {"args": vars(args), "runs": runs, "fsyncs_per_message": fsyncs}
         args.json.write_text(json.dumps(out, default=str, indent=1))
@@ -453,17 +519,23 @@ def print_table(
     )
     print(
         "| system | relay time s | msg/s | smtp-source done s | ratio to postfix "
-        "| ratio to wire | daemon CPU | store lock held | commits/msg | durable/msg "
-        "| fsyncs/msg | bytes written/msg |"
+        "| ratio to wire | daemon CPU | CPU ms/msg (daemon + children) | store lock held "
+        "| commits/msg | durable/msg | fsyncs/msg | bytes written/msg |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in systems:
         cpu = f"{med(name, 'cpu'):.0%}" if "cpu" in runs[0][name] else "-"
         lock = f"{med(name, 'lock'):.0%}" if "lock" in runs[0][name] else "-"
+        cpu_ms = (
+            f"{med(name, 'cpu_ms'):.2f} ({med(name, 'cpu_ms_daemon'):.2f} + "
+            f"{med(name, 'cpu_ms_children'):.2f})"
+            if "cpu_ms" in runs[0][name]
+            else "-"
+        )
         print(
             f"| {name} | {med(name, 'wall'):.2f} | {med(name, 'rate'):,.0f} "
             f"| {med(name, 'accept'):.2f} | {ratio(name, 'postfix')} | {ratio(name, 'wire')} "
-            f"| {cpu} | {lock} | {per_msg(name, 'commits', '.2f')} "
+            f"| {cpu} | {cpu_ms} | {lock} | {per_msg(name, 'commits', '.2f')} "
             f"| {per_msg(name, 'durable', '.2f')} "
             f"| {f'{statistics.median(fsyncs[name]):.2f}' if name in fsyncs else '-'} "
             f"| {per_msg(name, 'bytes', ',.0f')} |"

@@ -56,6 +56,14 @@ def test_text_is_time_level_logger_message() -> None:
     assert stamp.count(":") == 2  # 07:12:01,532
 
 
+def test_text_time_stamps_are_the_standard_formatters_across_seconds() -> None:
+    ours, standard = make_formatter("text"), logging.Formatter("%(asctime)s %(message)s")
+    for created in (1_700_000_000.25, 1_700_000_000.999, 1_700_000_001.0, 1_700_000_000.5):
+        record = _record(logging.INFO, "x")
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert ours.format(record).split(" INFO ")[0] == standard.format(record).split(" x")[0]
+
+
 def test_json_is_one_object_a_line_with_the_structured_fields() -> None:
     fields = {"id": "3Fz9", "to": "bob@example.org", "status": "sent", "dsn": "2.0.0"}
     text = make_formatter("json").format(

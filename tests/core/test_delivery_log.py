@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
 
 import pytest
@@ -17,6 +18,8 @@ from spoolbox._core.delivery_log import (
     ReportLine,
     clean_response,
     format_delay,
+    log_line,
+    one_line,
     outcome_of,
 )
 from spoolbox.model import RecipientState
@@ -140,6 +143,70 @@ def test_a_response_is_one_line_escaped_and_cut() -> None:
     )
     got = line(update)
     assert got is not None and "\n" not in got.text()
+
+
+def _one_line_by_the_rules(text: str, limit: int = 200) -> str:
+    """What one_line must give, spelt out: white space runs made one space, control
+    characters, DEL, C1 and the Unicode line separators escaped, then cut."""
+    text = re.sub(r"[ \t\r\n]+", " ", text)
+    text = "".join(
+        (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029"
+        else c
+        for c in text
+    )
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "250 2.0.0 Ok: queued as 4F2",  # the common line: nothing to change
+        "two  spaces",
+        "tab\there",
+        "line\r\nbreak",
+        " lead and trail ",
+        "nul\x00 del\x7f c1\x85 esc\x1b",
+        "para\u2029graph line\u2028sep",
+        "non-ASCII printable: caf\u00e9 \u00fcber \u4e2d",
+        "x" * 250,
+        "",
+    ],
+)
+def test_one_line_escapes_and_cuts_as_the_rules_say(text: str) -> None:
+    assert one_line(text) == _one_line_by_the_rules(text)
+    assert one_line(text, 10) == _one_line_by_the_rules(text, 10)
+
+
+class _Kept(logging.Handler):
+    """Keeps every record it is given (level NOTSET: only the logger's level decides)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_log_line_makes_one_record_with_the_text_and_the_fields() -> None:
+    logger = logging.getLogger("spoolbox.test_log_line")
+    kept = _Kept()
+    logger.addHandler(kept)
+    logger.propagate = False
+    report = ReportLine("3Fz9", "failed", "alice@example.org", "4Ab1")
+    try:
+        logger.setLevel(logging.WARNING)
+        log_line(logger, logging.INFO, report)  # below the logger's level: no record
+        assert kept.records == []
+        logger.setLevel(logging.INFO)
+        log_line(logger, logging.INFO, report)
+    finally:
+        logger.removeHandler(kept)
+    [record] = kept.records
+    assert (record.name, record.levelno) == ("spoolbox.test_log_line", logging.INFO)
+    assert record.getMessage() == report.text()
+    assert record.spoolbox_fields == report.fields()  # type: ignore[attr-defined]
 
 
 def test_the_inbound_and_report_lines() -> None:

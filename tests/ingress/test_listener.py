@@ -393,6 +393,26 @@ async def test_auth_required_when_allowed_in_plain(spooler: Spooler) -> None:
     assert listener.statistics()["rejected_auth_required"] == 1
 
 
+async def test_a_client_refused_relay_may_relay_once_authenticated(spooler: Spooler) -> None:
+    """The peer's relay_networks look-up is made once a connection; AUTH still counts."""
+    async with (
+        serving(
+            spooler.submit, allow_plain_auth=True, users={"ann": "secret"}, relay_networks=()
+        ) as listener,
+        client(listener.port) as c,
+    ):
+        await c.cmd("EHLO client.test")
+        assert (await c.cmd("MAIL FROM:<ann@example.org>")).startswith("250")
+        assert (await c.cmd("RCPT TO:<far@elsewhere.net>")).startswith("554 5.7.1")
+        assert (await c.cmd("RCPT TO:<far@elsewhere.net>")).startswith("554 5.7.1")
+        assert (await c.cmd("RSET")).startswith("250")
+        assert (await c.cmd("AUTH PLAIN " + _plain("ann", "secret"))).startswith("235")
+        assert (await c.cmd("MAIL FROM:<ann@example.org>")).startswith("250")
+        assert (await c.cmd("RCPT TO:<far@elsewhere.net>")).startswith("250")
+        assert (await c.data(MESSAGE)).startswith("250 2.0.0 OK queued as ")
+    assert listener.statistics()["rejected_relay"] == 2
+
+
 async def test_starttls_then_auth(spooler: Spooler, certificate: Path) -> None:
     async with serving(
         spooler.submit,

@@ -16,9 +16,12 @@ recipient merely put back in the queue (no attempt made) gets none.
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..model import Address, RecipientState
 from ..store import RecipientUpdate
@@ -32,6 +35,7 @@ __all__ = [
     "ReportLine",
     "clean_response",
     "format_delay",
+    "log_line",
     "one_line",
     "outcome_of",
     "show_address",
@@ -44,6 +48,8 @@ MAX_RESPONSE = 200
 
 #: The diagnostic type RFC 3464 puts before the text ("smtp; ", "x-spoolbox; ").
 _DIAGNOSTIC_TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*;\s*")
+#: Runs of white space, made one space in a line.
+_SPACES = re.compile(r"[ \t\r\n]+")
 #: What a log line may not hold: control characters (C0, DEL, C1) and line breaks.
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
@@ -99,8 +105,10 @@ def clean_response(text: str | None, limit: int = MAX_RESPONSE) -> str:
 def one_line(text: str, limit: int = MAX_RESPONSE) -> str:
     """``text`` as one safe line: runs of white space made one space, control
     characters written as ``\\xNN``, cut to ``limit`` characters with ``...``."""
-    text = re.sub(r"[ \t\r\n]+", " ", text)
-    text = _UNSAFE.sub(_escape, text)
+    if not (text.isprintable() and "  " not in text):
+        # (Printable text has no tab, line break or unsafe character, so without a run
+        # of spaces there is nothing to replace: the common case, one line a message.)
+        text = _UNSAFE.sub(_escape, _SPACES.sub(" ", text))
     if len(text) > limit:
         text = text[: max(0, limit - 3)] + "..."
     return text
@@ -118,8 +126,10 @@ def show_address(address: Address | str) -> str:
     return one_line(address, 300)
 
 
+@functools.lru_cache(maxsize=256)
 def _relay(remote_mta: str | None) -> str:
-    """``dns; mx.example.org`` (RFC 3464's Remote-MTA) as ``mx.example.org``."""
+    """``dns; mx.example.org`` (RFC 3464's Remote-MTA) as ``mx.example.org`` (the same
+    few peers again and again: cached)."""
     if not remote_mta:
         return "none"
     return clean_response(remote_mta, 100) or "none"
@@ -254,3 +264,36 @@ class ReportLine:
         name = _REPORT_NAMES.get(self.kind, f"{self.kind} notification")
         where = self.report_id if self.report_id else "put in the inbox"
         return f"{self.original}: sender {name}: {where}, to=<{self.to}>"
+
+
+class _Line(Protocol):
+    def text(self) -> str: ...
+
+    def fields(self) -> Mapping[str, object]: ...
+
+
+#: The LogRecord attribute holding a line's structured fields (the JSON log format's
+#: keys; ``spoolbox.daemon.log_format.FIELDS_ATTR``).
+_FIELDS_ATTR = "spoolbox_fields"
+
+
+def log_line(logger: logging.Logger, level: int, line: _Line) -> None:
+    """Log ``line`` (its text, its fields as the record's ``spoolbox_fields``) at ``level``.
+
+    The record is made with :meth:`logging.Logger.makeRecord` and passed to
+    :meth:`~logging.Logger.handle`, as :meth:`~logging.Logger.info` does, without its
+    search of the caller's frame and file name (no format of ours shows them): a line
+    a message, where that search was a tenth of the line's cost."""
+    if logger.isEnabledFor(level):
+        record = logger.makeRecord(
+            logger.name,
+            level,
+            __file__,
+            0,
+            line.text(),
+            (),
+            None,
+            "log_line",
+            {_FIELDS_ATTR: line.fields()},
+        )
+        logger.handle(record)

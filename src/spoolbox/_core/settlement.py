@@ -38,7 +38,14 @@ from ..reports import (
 )
 from ..store import ClaimedJob, InboundMessage, LeaseLost, RecipientUpdate
 from .config import SpoolerConfig
-from .delivery_log import DELIVERY_LOGGER, DOUBLE_BOUNCE, DeliveryLine, ReportLine, show_address
+from .delivery_log import (
+    DELIVERY_LOGGER,
+    DOUBLE_BOUNCE,
+    DeliveryLine,
+    ReportLine,
+    log_line,
+    show_address,
+)
 from .destinations import DestinationBackoff
 from .runtime import SPOOLER_ROW, Runtime
 
@@ -188,6 +195,8 @@ class Settlement:
                 until = info.expires_at
             else:
                 continue
+            if not wants_report(info, kind) and not (kind is ReportKind.FAILURE and info.is_report):
+                continue  # nobody asked for it (a delivery, mostly): no item made
             kinds[kind].append(
                 ReportItem(
                     address=recipient.address,
@@ -326,7 +335,7 @@ def _log_settled(
     without an attempt)."""
     for report in reports:
         if report.kind == DOUBLE_BOUNCE:
-            delivery_log.warning("%s", report.text(), extra={"spoolbox_fields": report.fields()})
+            log_line(delivery_log, logging.WARNING, report)
     if not delivery_log.isEnabledFor(logging.INFO):
         return
     by_index = {r.index: r for r in recipients}
@@ -343,11 +352,11 @@ def _log_settled(
             remote_mta=remote.get(update.index),
         )
         if line is not None:
-            delivery_log.info("%s", line.text(), extra={"spoolbox_fields": line.fields()})
+            log_line(delivery_log, logging.INFO, line)
         elif delivery_log.isEnabledFor(logging.DEBUG):
             delivery_log.debug(
                 "%s: recipient #%d %s again (no attempt made)", info.id, update.index, update.state
             )
     for report in reports:
         if report.kind != DOUBLE_BOUNCE:
-            delivery_log.info("%s", report.text(), extra={"spoolbox_fields": report.fields()})
+            log_line(delivery_log, logging.INFO, report)

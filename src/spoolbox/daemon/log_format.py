@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +30,7 @@ __all__ = [
     "FIELDS_ATTR",
     "JournaldFormatter",
     "JsonFormatter",
+    "TextFormatter",
     "choose_format",
     "make_formatter",
     "on_journal",
@@ -72,6 +74,26 @@ def _priority(levelno: int) -> int:
     if levelno >= logging.INFO:
         return 6
     return 7
+
+
+class TextFormatter(logging.Formatter):
+    """``logging.Formatter`` whose time stamp's date and time are formatted once a second
+    (``time.strftime`` was a good part of a delivery line's cost, one a message)."""
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__(fmt)
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime(self.default_time_format, self.converter(second))
+            self._second = second
+        msec = self.default_msec_format
+        return msec % (self._stamp, record.msecs) if msec else self._stamp
 
 
 class JournaldFormatter(logging.Formatter):
@@ -128,5 +150,5 @@ def make_formatter(
     if fmt == "json":
         return JsonFormatter(extra)
     if fmt == "text":
-        return logging.Formatter(_TEXT.format(tag=tag))
+        return TextFormatter(_TEXT.format(tag=tag))
     raise ValueError(f'unknown log format {fmt!r}: expected "text", "journald" or "json"')

@@ -120,6 +120,8 @@ def _routed_local_part(address: str) -> bool:
 
 def _clean(text: str, limit: int = 160) -> str:
     """Text safe to put in a reply line: printable ASCII, no line breaks, bounded."""
+    if text.isascii() and text.isprintable():
+        return text[:limit]  # (nothing to replace: a message id, every message)
     out = "".join(c if " " <= c <= "~" else "?" for c in text)
     return out[:limit]
 
@@ -183,6 +185,8 @@ class _Connection(asyncio.Protocol):
         self._write_paused = False  # the client does not read its replies
         self._eof = False  # the client half-closed: close once nothing is pending
         self._reading_paused = False
+        #: Whether the peer's address is in relay_networks (None: not looked up yet).
+        self.in_relay_networks: bool | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -599,7 +603,11 @@ class SubmissionListener:
     def _may_relay(self, conn: _Connection) -> bool:
         if conn.machine.authenticated:
             return True
-        peer = conn.peer
+        if conn.in_relay_networks is None:  # once a connection, not at every RCPT
+            conn.in_relay_networks = self._in_relay_networks(conn.peer)
+        return conn.in_relay_networks
+
+    def _in_relay_networks(self, peer: Any) -> bool:
         host = peer[0] if isinstance(peer, tuple) and peer else None
         if not isinstance(host, str):
             return False

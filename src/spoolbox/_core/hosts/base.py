@@ -256,7 +256,8 @@ class HostBase:
         self, on: StatusCode = StatusCode.NONE, off: StatusCode = StatusCode.NONE, **cols: Any
     ) -> None:
         row = self.row()
-        code = (row.status_code | on) & ~off
+        bits = (int(row.status_code) | int(on)) & ~int(off)  # ints: see modify_status_row
+        code = row.status_code if bits == int(row.status_code) else StatusCode(bits)
         self.runtime.status.update(
             self.name, status_code=code, counters=dict(self.counters), **cols
         )

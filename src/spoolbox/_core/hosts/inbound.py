@@ -17,7 +17,7 @@ from ...contract.errors import ContractViolation, MessageCancelled
 from ...model import FlushFlags, LogonCaps, StatusCode, new_message_id
 from ...store import InboundMessage, InboxEntry
 from ..clock import wait_event
-from ..delivery_log import INBOUND_LOGGER, InboundLine
+from ..delivery_log import INBOUND_LOGGER, InboundLine, log_line
 from ..objects import InboundWriterImpl
 from ..slices import checkpoint
 from .base import CURRENT_MESSAGE, HostBase, log
@@ -328,4 +328,4 @@ def _log_received(entries: Sequence[InboxEntry]) -> None:
         line = InboundLine.of(
             entry_id=entry.id, sender=entry.sender, transport=entry.transport, size=entry.size
         )
-        inbound_log.info("%s", line.text(), extra={"spoolbox_fields": line.fields()})
+        log_line(inbound_log, logging.INFO, line)

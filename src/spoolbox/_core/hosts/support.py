@@ -34,6 +34,8 @@ from .outbound import OutboundLane
 
 __all__ = ["SupportImpl"]
 
+_FAILURE = int(StatusCode.FAILURE)
+
 T = TypeVar("T")
 
 
@@ -159,8 +161,11 @@ class SupportImpl:
         else:
             row = table[host.name]
             old_code = row.status_code
-        code = row.status_code if status_code is None else StatusCode(status_code)
-        code = (code | set_bits) & ~clear_bits
+        # The bits as ints, one StatusCode made at the end: Flag operators make a
+        # member each, and this runs for every message a transport sends (its text).
+        given = int(row.status_code) if status_code is None else int(status_code)
+        bits = (given | int(set_bits)) & ~int(clear_bits)
+        code = old_code if bits == int(old_code) else StatusCode(bits)
         changes: dict[str, Any] = {"status_code": code}
         if status_string is not None:
             changes["status_string"] = status_string
@@ -171,11 +176,12 @@ class SupportImpl:
         if identity is not None:
             changes["identity"] = identity
         table.update(host.name, **changes)
-        host.flush_bits_changed(old_code, code)
-        asked = set_bits | (StatusCode.NONE if status_code is None else StatusCode(status_code))
-        if StatusCode.FAILURE & asked & ~clear_bits:
+        if code is not old_code:
+            host.flush_bits_changed(old_code, code)
+        asked = int(set_bits) | (0 if status_code is None else int(status_code))
+        if _FAILURE & asked & ~int(clear_bits):
             host.provider_failure(True, status_string or table[host.name].display_string)
-        elif StatusCode.FAILURE & ~code:
+        elif not _FAILURE & bits:
             host.provider_failure(False, "")
 
     async def status_recips(

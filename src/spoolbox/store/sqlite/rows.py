@@ -76,7 +76,7 @@ def recipient_from_row(row: Row) -> RecipientRecord:
         address=Address.parse(row["address"], strict=False),
         state=RecipientState(row["state"]),
         route=row["route"],
-        refused_by=tuple(json.loads(row["refused_by"])),
+        refused_by=_refused_by(row["refused_by"]),
         attempts=row["attempts"],
         retry_at=row["retry_at"],
         status=row["status"],
@@ -85,6 +85,12 @@ def recipient_from_row(row: Row) -> RecipientRecord:
         first_failed_at=row["first_failed_at"],
         delay_warned=bool(row["delay_warned"]),
     )
+
+
+def _refused_by(text: str) -> tuple[str, ...]:
+    """The ``refused_by`` column (JSON), ``[]`` for nearly every recipient: read without
+    the JSON decoder then (twice a message, in the store's one thread)."""
+    return () if text == "[]" else tuple(json.loads(text))
 
 
 def recipient_params(
@@ -100,7 +106,7 @@ def recipient_params(
         "idx": r.index,
         "state": r.state.value,
         "route": r.route,
-        "refused_by": json.dumps(list(r.refused_by)),
+        "refused_by": json.dumps(list(r.refused_by)) if r.refused_by else "[]",
         "attempts": r.attempts,
         "retry_at": r.retry_at,
         "status": r.status,
