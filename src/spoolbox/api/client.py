@@ -64,7 +64,6 @@ from .wire import (
     message_to_dict,
     recipient_to_dict,
     request_line,
-    summary_of,
     unroutable_error,
 )
 from .wire import message_args as _message_args
@@ -586,10 +585,10 @@ class Client:
         return result
 
     def show(self, message_id: str, *, offline: bool = True) -> dict[str, Any]:
+        retention = self.profile.store.retention
+
         async def one(store: Store) -> dict[str, Any]:
-            now = time.time()
-            full = await selection.resolve(store, message_id, now=now)
-            return message_to_dict(await summary_of(store, full, now))
+            return await selection.show(store, message_id, now=time.time(), retention=retention)
 
         result: dict[str, Any] = self._either("queue.show", {"id": message_id}, offline, one)
         return result

@@ -1759,3 +1759,8 @@ async def _inbox_purge_and_delete(store: Store) -> None:
     await _raises(
         StoreError, store.purge_inbox(received_before=_T0, limit=0), "purge_inbox(limit=0)"
     )
+
+
+# The checks of settle's drop_finished live in their own module; importing it adds them
+# to STORE_CHECKS (it imports the helpers above, so it comes last).
+from . import store_drop as _store_drop  # noqa: E402, F401
