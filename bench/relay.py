@@ -129,6 +129,7 @@ def system_under_test(
             init_sink=args.init_transport,
             init_listener=args.init_listener,
             init_daemon=args.init_daemon,
+            init_store=args.init_store,
         ) as sb:
             yield sb.port, sb
     elif name.startswith("spoolbox"):
@@ -376,6 +377,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         metavar="'KEY = VALUE'",
         help="spoolbox-init: a line set in [daemon], e.g. 'nice = 0' (repeatable)",
+    )
+    p.add_argument(
+        "--init-store",
+        action="append",
+        default=[],
+        metavar="'KEY = VALUE'",
+        help="spoolbox-init: a line set in [store], e.g. 'keep_sent = 0' (repeatable)",
     )
     p.add_argument(
         "--py-spy-gil",
