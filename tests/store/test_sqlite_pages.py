@@ -1,7 +1,8 @@
-"""The SQLite store's schema version 6 (fewer pages written per message): a store of
-version 5 opens, is upgraded in place with its messages (the index of ACTIVE
-recipients by owner dropped), and a node's start still returns what it left ACTIVE;
-a store of a newer version is refused untouched."""
+"""Fewer bytes written per message by the SQLite store: schema version 6 (a store of
+version 5 opens, is upgraded in place with its messages, the index of ACTIVE
+recipients by owner dropped, and a node's start still returns what it left ACTIVE; a
+store of a newer version is refused untouched), and 1 KiB pages in a new store (an
+older store keeps its own)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,22 @@ async def test_a_store_of_version_7_is_refused_untouched(tmp_path: Path) -> None
     with pytest.raises(StoreError, match=r"version 7.*up to 6"):
         await SQLiteStore(path).open()
     assert snapshot_dir(tmp_path) == before
+
+
+async def test_a_new_store_has_small_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
+    assert schema.PAGE_SIZE == 1024
+    new, old = tmp_path / "new.db", tmp_path / "old.db"
+    async with SQLiteStore(new) as store:
+        await store.submit(new_message(1, size=5000), now=T0, lifetime=3600)
+    with raw(old) as conn:  # a store made before: SQLite's default page size
+        conn.execute("PRAGMA page_size = 4096")
+        conn.execute("PRAGMA journal_mode = WAL")
+        schema._migrate(conn)
+    async with SQLiteStore(old) as store:
+        await store.submit(new_message(1, size=5000), now=T0, lifetime=3600)
+        assert await store.read_content("m0001") == new_message(1, size=5000).content
+    sizes = {}
+    for path in (new, old):
+        with raw(path) as conn:
+            sizes[path.name] = conn.execute("PRAGMA page_size").fetchone()[0]
+    assert sizes == {"new.db": 1024, "old.db": 4096}

@@ -63,6 +63,7 @@ __all__ = [
     "APPLICATION_ID",
     "CHUNK_SIZE",
     "MIGRATIONS",
+    "PAGE_SIZE",
     "SCHEMA_VERSION",
     "connect",
     "split_statements",
@@ -74,6 +75,14 @@ APPLICATION_ID = 0x53504258
 
 #: Content is stored in rows of this many bytes (the last row of a blob may be shorter).
 CHUNK_SIZE = 256 * 1024
+
+#: The page size of a new store file.  Every commit writes each page it changed whole
+#: to the WAL, and a relayed message changes a page or so of each of a dozen tables
+#: and indexes in little more than a few rows: 1 KiB pages write about a third of the
+#: bytes 4 KiB pages do (docs/benchmarks.md, "Issue 17: bytes written per message");
+#: large content costs more CPU in them (overflow chains of 1 KiB pages).  A store
+#: keeps the page size it was made with.
+PAGE_SIZE = 1024
 
 _V1 = """
 CREATE TABLE blobs (
@@ -339,6 +348,7 @@ def _create_if_missing(path: Path) -> None:
                 # WAL from the start (it is kept in the file): switching a linked
                 # store to WAL would need a lock that a second process opening it
                 # at the same moment can refuse at once ("database is locked").
+                conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # before the first page
                 conn.execute("PRAGMA journal_mode = WAL")
                 # Checkpointed after each migration: the WAL holds one migration's
                 # pages, not every one's (a new store fits a small file system).
