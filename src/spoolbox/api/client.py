@@ -378,7 +378,7 @@ class Client:
         try:
             return asyncio.run(run())
         except UnknownMessage as exc:
-            raise NotFound(f"no message {exc}") from None
+            raise NotFound(str(exc)) from None
         except IllegalTransition as exc:
             raise Conflict(str(exc)) from None
         except selection.AmbiguousId as exc:
