@@ -76,3 +76,10 @@ async def test_a_new_store_has_small_pages_and_an_old_one_keeps_its_own(tmp_path
         with raw(path) as conn:
             sizes[path.name] = conn.execute("PRAGMA page_size").fetchone()[0]
     assert sizes == {"new.db": 1024, "old.db": 4096}
+    # Either checkpoints its WAL at the same size: 4,000 KiB of pages.
+    for path, pages in ((new, 4000), (old, 1000)):
+        conn = schema.connect(str(path), synchronous="FULL", busy_timeout=1.0)
+        try:
+            assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == pages
+        finally:
+            conn.close()

@@ -84,6 +84,10 @@ CHUNK_SIZE = 256 * 1024
 #: keeps the page size it was made with.
 PAGE_SIZE = 1024
 
+#: The WAL is checkpointed when it holds this many bytes of pages (SQLite's default of
+#: 1,000 pages, at the 4 KiB pages of the stores made before PAGE_SIZE).
+WAL_CHECKPOINT_BYTES = 4000 * 1024
+
 _V1 = """
 CREATE TABLE blobs (
     id INTEGER PRIMARY KEY,
@@ -402,6 +406,10 @@ def _prepare(conn: sqlite3.Connection, path: str, synchronous: str) -> None:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
+        # The WAL is checkpointed at the same size whatever the page size (SQLite's
+        # default is 1,000 pages: 4 MiB of 4 KiB pages, 1 MiB of 1 KiB ones).
+        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_BYTES // page_size}")
         _migrate(conn)
         # From here on, waits for another process's lock are the caller's.
         conn.execute("PRAGMA busy_timeout = 0")
