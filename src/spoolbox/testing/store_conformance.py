@@ -984,8 +984,9 @@ async def _settle_is_all_or_nothing(store: Store) -> None:
         _equal(await _snapshot(store, "m1", "m2", "taken"), before, f"store after {what}")
 
 
-@_check
-async def _settle_enqueues_reports(store: Store) -> None:
+async def _fail_with_reports(store: Store, **extra: Any) -> tuple[NewMessage, InboundMessage]:
+    """m1 failed at _T0 + 5 by a settle that enqueues report r1 and an inbox report
+    (``extra``: more of settle's arguments); returns the two reports."""
     await _submit(store, "X:a", id="m1", now=_T0)
     job = await _claim_one(store, now=_T0)
     report = _new(
@@ -1000,7 +1001,14 @@ async def _settle_enqueues_reports(store: Store) -> None:
         now=_T0 + 5,
         reports=[report],
         inbox_reports=[inbound],
+        **extra,
     )
+    return report, inbound
+
+
+@_check
+async def _settle_enqueues_reports(store: Store) -> None:
+    report, inbound = await _fail_with_reports(store)
     info = await store.get_message("r1")
     _equal(
         (info.submitted_at, info.expires_at, info.is_report, info.subject),

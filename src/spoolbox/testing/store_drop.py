@@ -13,7 +13,6 @@ from collections.abc import Collection
 from ..model import MessageInfo, MessageState, RecipientState
 from ..store.base import (
     ClaimedJob,
-    InboundMessage,
     RecipientUpdate,
     Store,
     StoreError,
@@ -26,6 +25,7 @@ from .store_conformance import (
     _content,
     _equal,
     _expect,
+    _fail_with_reports,
     _gone,
     _new,
     _raises,
@@ -146,22 +146,7 @@ async def _settle_drops_only_the_named_queues(store: Store) -> None:
 
 @_check
 async def _settle_drops_after_enqueuing_its_reports(store: Store) -> None:
-    await _submit(store, "X:a", id="m1", now=_T0)
-    job = await _claim_one(store, now=_T0)
-    report = _new(
-        "SMTP:alice@example.org", id="r1", sender=None, is_report=True, subject="Undelivered"
-    )
-    inbound = InboundMessage("spooler", _content("Delivery report"), received_at=_T0 + 5)
-    await store.settle(
-        "m1",
-        [RecipientUpdate(0, _R.FAILED, "5.1.1", "550 unknown")],
-        owner=job.owner,
-        claim=job.claim,
-        now=_T0 + 5,
-        reports=[report],
-        inbox_reports=[inbound],
-        drop_finished=_FAILED,
-    )
+    report, inbound = await _fail_with_reports(store, drop_finished=_FAILED)
     await _expect_gone(store, "m1", "a failed message with its report, drop_finished={FAILED}")
     _equal(await _states(store, "r1"), [_R.QUEUED], "the report the dropping settle enqueued")
     _equal(await store.read_content("r1"), report.content, "the report's content")
