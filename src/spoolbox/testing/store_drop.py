@@ -3,7 +3,8 @@ kept for no time (``[store] keep_sent = 0``, ``keep_failed = 0``) is deleted by 
 settle that finishes it, whole, in the same transaction, after its reports.
 
 Part of :data:`spoolbox.testing.store_conformance.STORE_CHECKS` (that module imports
-this one at its end, so every backend's conformance run includes these checks).
+this one, so every backend's conformance run includes these checks; the helpers are
+:mod:`.store_kit`'s).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ..store.base import (
     StoreError,
     UnknownMessage,
 )
-from .store_conformance import (
+from .store_kit import (
     _T0,
     _check,
     _claim_one,
