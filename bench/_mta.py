@@ -235,6 +235,7 @@ class SpoolboxDaemon(_Closing):
         init_listener: Sequence[str] = (),
         init_daemon: Sequence[str] = (),
         init_without_local: bool = False,
+        init_store: Sequence[str] = (),
     ) -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True)
@@ -242,7 +243,12 @@ class SpoolboxDaemon(_Closing):
         self.profile = self.dir / "spoolbox.toml"
         if as_init:
             self._init_profile(
-                sink_port, init_sink, init_listener, init_daemon, without_local=init_without_local
+                sink_port,
+                init_sink,
+                init_listener,
+                init_daemon,
+                init_store,
+                without_local=init_without_local,
             )
             if extra_profile:
                 self.profile.write_text(self.profile.read_text() + "\n" + extra_profile)
@@ -278,15 +284,16 @@ class SpoolboxDaemon(_Closing):
         sink_keys: Sequence[str],
         listener_keys: Sequence[str],
         daemon_keys: Sequence[str] = (),
+        store_keys: Sequence[str] = (),
         *,
         without_local: bool = False,
     ) -> None:
         """The profile exactly as ``spoolbox init`` writes it (its listener on a free
         port), plus an ``smtp`` transport to the sink with nothing but where it is;
-        ``sink_keys``, ``listener_keys`` and ``daemon_keys`` (``key = value`` lines)
-        are added to the transport's options, the listener's table and ``[daemon]``
-        (to measure candidate defaults); ``without_local`` drops the ``local``
-        (maildir) transport ``init`` writes."""
+        ``sink_keys``, ``listener_keys``, ``daemon_keys`` and ``store_keys`` (``key =
+        value`` lines) are added to the transport's options, the listener's table,
+        ``[daemon]`` and ``[store]`` (to measure candidate defaults); ``without_local``
+        drops the ``local`` (maildir) transport ``init`` writes."""
         subprocess.run(
             [str(SPOOLBOX), "init", "--dir", str(self.dir), "--smtp-port", str(self.port)],
             check=True,
@@ -295,6 +302,7 @@ class SpoolboxDaemon(_Closing):
         text = self.profile.read_text()
         sink = _SINK_TRANSPORT.format(port=sink_port) + "".join(f"{k}\n" for k in sink_keys)
         text = _set_keys(text, "[daemon]", daemon_keys)
+        text = _set_keys(text, "[store]", store_keys)
         text = _set_keys(text, "[listeners.submission]", listener_keys)
         if without_local:
             text, n = re.subn(_LOCAL_TRANSPORT, "", text, count=1)

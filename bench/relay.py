@@ -140,6 +140,7 @@ def system_under_test(
             init_listener=args.init_listener,
             init_daemon=args.init_daemon,
             init_without_local=args.init_without_local,
+            init_store=args.init_store,
         ) as sb:
             yield sb.port, sb
     elif name.startswith("spoolbox"):
@@ -434,6 +435,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--init-without-local",
         action="store_true",
         help="spoolbox-init: without the local (maildir) transport init writes",
+    )
+    p.add_argument(
+        "--init-store",
+        action="append",
+        default=[],
+        metavar="'KEY = VALUE'",
+        help="spoolbox-init: a line set in [store], e.g. 'keep_sent = 0' (repeatable)",
     )
     p.add_argument(
         "--py-spy-gil",

@@ -24,6 +24,7 @@ from hookkit import (
 from spoolbox import Address, HookConfig, MemoryStore, MessageState, NewMessage, RecipientState
 from spoolbox.contract import Change, Delete, HookMessage, Reroute
 from spoolbox.model import Notify, ResourceType, StatusCode
+from spoolbox.store.retention import Retention
 
 
 def new(*rcpts: str, content: bytes = CONTENT, **kw: Any) -> NewMessage:
@@ -96,6 +97,27 @@ async def test_changed_content_is_stored_before_sending_and_dropped_after() -> N
     assert section["out"]["content"]
     # ... and once the message was done with, it was dropped.
     assert await store.profile_get(f"spoolbox.hooks:{info.id}") == {}
+
+
+async def test_a_verdict_is_dropped_with_a_message_deleted_by_its_settle(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``keep_sent = 0``: the settle deletes the message; its stored verdict goes too,
+    without a warning that the message is not there to look at."""
+    rec = Record()
+    store = MemoryStore()
+    hooks = (HookConfig("a", AddHeaderHook, {"name": "A", "record": rec}),)
+    transport = recording_transport(rec, store=store)
+    retention = Retention(keep_sent=0)
+    with caplog.at_level(logging.WARNING):
+        async with spooler(transport, hooks=hooks, store=store, retention=retention) as sp:
+            info = await sp.submit(new("SMTP:bob@example.org"))
+            assert await sp.wait_for(info.id, timeout=5) is MessageState.SENT
+    [section] = rec.sections
+    assert section["out"]["changed_by"] == ["a"]
+    assert await store.profile_get(f"spoolbox.hooks:{info.id}") == {}
+    assert not await store.list_messages(now=time.time())
+    assert "hook verdict" not in caplog.text
 
 
 async def test_a_stored_verdict_is_applied_without_running_the_hooks_again() -> None:

@@ -7,6 +7,7 @@ import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -203,6 +204,33 @@ class _PurgesUnbounded(MemoryStore):
         return await super().purge(finished_before=finished_before, limit=1000)
 
 
+class _NeverDrops(MemoryStore):
+    """Ignores settle's drop_finished: every finished message waits for the purge."""
+
+    async def settle(
+        self, message_id: str, updates: Sequence[RecipientUpdate], **kw: Any
+    ) -> MessageInfo:
+        kw.pop("drop_finished", None)
+        return await super().settle(message_id, updates, **kw)
+
+
+class _DropsEarly(MemoryStore):
+    """Drops a message once the recipients of the settle are finished, whatever its
+    other recipients are doing."""
+
+    async def settle(
+        self, message_id: str, updates: Sequence[RecipientUpdate], **kw: Any
+    ) -> MessageInfo:
+        drop = kw.pop("drop_finished", ())
+        info = await super().settle(message_id, updates, **kw)
+        if drop and updates and all(u.state in _FINISHED for u in updates):
+            self._forget(message_id)
+        return info
+
+
+_FINISHED = (RecipientState.DELIVERED, RecipientState.FAILED, RecipientState.CANCELLED)
+
+
 @pytest.mark.parametrize(
     ("broken", "failing_check"),
     [
@@ -214,6 +242,8 @@ class _PurgesUnbounded(MemoryStore):
         (_RenewsByOwnerOnly, "renew_checks_the_claim"),
         (_PurgesUnfinished, "purge_never_removes_an_unfinished_message"),
         (_PurgesUnbounded, "purge_takes_at_most_limit"),
+        (_NeverDrops, "settle_drops_a_message_kept_for_no_time"),
+        (_DropsEarly, "settle_drops_only_when_the_last_recipient_finishes"),
     ],
     ids=[
         "ignores-priority",
@@ -224,6 +254,8 @@ class _PurgesUnbounded(MemoryStore):
         "renews-by-owner-only",
         "purges-unfinished",
         "purges-unbounded",
+        "never-drops",
+        "drops-early",
     ],
 )
 async def test_check_store_names_the_failing_check(

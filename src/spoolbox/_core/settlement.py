@@ -7,6 +7,9 @@ becomes a delivery status notification (RFC 3464) when the sender asked for one:
 sent like any message, or put straight into the inbox for a local sender.  A report
 that fails itself is never reported on (that could loop); it goes into the inbox as
 a *double bounce* (as Postfix sends it to the postmaster), so it is never lost.
+A message finished in a queue kept for no time (``[store] keep_sent = 0``) is
+deleted by the settle that finishes it, after its reports (``Store.settle``'s
+``drop_finished``).
 """
 
 from __future__ import annotations
@@ -75,6 +78,9 @@ class Settlement:
         self._destinations = destinations
         self._messages_changed = messages_changed
         self._routing_changed = routing_changed  # a report waits for routing
+        # Finished queues kept for no time: the settle that finishes a message of one
+        # deletes it (``[store] keep_sent = 0``, ``keep_failed = 0``).
+        self._drop = config.retention.at_once()
 
     async def settle(
         self,
@@ -101,6 +107,7 @@ class Settlement:
                 claim=job.claim,
                 reports=reports,
                 inbox_reports=inbox,
+                drop_finished=self._drop,
             )
         except LeaseLost as exc:
             # Another spooler has it now, or a later claim of this one (its lease ran
@@ -126,6 +133,7 @@ class Settlement:
             now=now,
             reports=reports,
             inbox_reports=inbox,
+            drop_finished=self._drop,
         )
         _log_settled(info, recipients, None, updates, {}, made, now)
         self._after_settle(updates, len(reports) + len(inbox))

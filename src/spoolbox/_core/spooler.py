@@ -47,7 +47,7 @@ from ..model import (
 )
 from ..routing import RouteEntry, RoutingTable
 from ..status import StatusRow, StatusTable, Subscriber
-from ..store import ClaimedJob, InboxEntry, MemoryStore, RecipientUpdate, Store
+from ..store import ClaimedJob, InboxEntry, MemoryStore, RecipientUpdate, Store, UnknownMessage
 from . import handoff
 from .clock import Clock, SystemClock, wait_event
 from .config import SpoolerConfig, load_provider_class, unloadable_provider
@@ -489,15 +489,31 @@ class Spooler:
         Wakes when this spooler changes a message (a claim, a result, a cancel, a
         hold...), and otherwise reads the state again every quarter second of the
         spooler's clock (time alone and other processes change states too); under a
-        fake clock, only when the test moves time on."""
+        fake clock, only when the test moves time on.  A message its settle deleted
+        (``[store] keep_sent = 0``) is SENT when only sent messages are deleted at
+        once; else UnknownMessage says it may have finished and not been kept."""
         wanted = set(states or (MessageState.SENT, MessageState.FAILED, MessageState.CANCELLED))
         async with asyncio.timeout(timeout):
             while True:
                 self._changed.clear()
-                st = await self.store.state_of(message_id, now=self.clock.now())
+                try:
+                    st = await self.store.state_of(message_id, now=self.clock.now())
+                except UnknownMessage as exc:  # finished and deleted at once, perhaps
+                    st = self._vanished(exc, wanted)
                 if st in wanted:
                     return st
                 await wait_event(self.clock, self._changed, _RECHECK)
+
+    def _vanished(self, exc: UnknownMessage, wanted: set[MessageState]) -> MessageState:
+        """The queue of a message no longer in the store, when only one finished queue
+        is deleted at once (``[store] keep_sent = 0``: SENT, not kept) and it is one
+        of ``wanted``; else UnknownMessage saying it may have finished."""
+        retention = self.config.retention
+        state = retention.vanished()
+        if state is not None and state in wanted:
+            return state
+        note = retention.not_kept()
+        raise exc if note is None else UnknownMessage(f"{exc}: {note}")
 
     async def wait_ready(self, *, timeout: float | None = None) -> dict[str, bool]:
         """Wait until every transport has tried to log on; name -> logged on."""

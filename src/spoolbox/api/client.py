@@ -64,7 +64,6 @@ from .wire import (
     message_to_dict,
     recipient_to_dict,
     request_line,
-    summary_of,
     unroutable_error,
 )
 from .wire import message_args as _message_args
@@ -398,7 +397,7 @@ class Client:
                 return self._kept_async().run(fn)
             return asyncio.run(run())
         except UnknownMessage as exc:
-            raise NotFound(f"no message {exc}") from None
+            raise NotFound(str(exc)) from None
         except IllegalTransition as exc:
             raise Conflict(str(exc)) from None
         except selection.AmbiguousId as exc:
@@ -605,10 +604,10 @@ class Client:
         return result
 
     def show(self, message_id: str, *, offline: bool = True) -> dict[str, Any]:
+        retention = self.profile.store.retention
+
         async def one(store: Store) -> dict[str, Any]:
-            now = time.time()
-            full = await selection.resolve(store, message_id, now=now)
-            return message_to_dict(await summary_of(store, full, now))
+            return await selection.show(store, message_id, now=time.time(), retention=retention)
 
         result: dict[str, Any] = self._either("queue.show", {"id": message_id}, offline, one)
         return result

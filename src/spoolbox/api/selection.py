@@ -15,7 +15,7 @@ from typing import Any
 from ..model import MessageState, MessageSummary
 from ..store.base import Store, StoreError, UnknownMessage
 from ..store.retention import FINISHED_STATES, Retention, purgeable
-from .wire import BAD_REQUEST, ApiError, limit_of, message_to_dict, optional
+from .wire import BAD_REQUEST, ApiError, limit_of, message_to_dict, optional, summary_of
 
 __all__ = [
     "ALL",
@@ -173,6 +173,20 @@ def _one(prefix: str, found: Sequence[str], what: str) -> str:
             f"ambiguous id prefix {prefix} matches {len(found)} {what}s; give more of it"
         )
     return found[0]
+
+
+async def show(store: Store, prefix: str, *, now: float, retention: Retention) -> dict[str, Any]:
+    """``queue.show``: the message ``prefix`` names, as a dict.  An id not in the store
+    while finished messages are kept for no time is UnknownMessage saying that it
+    may have finished and been deleted at once (:meth:`Retention.not_kept`)."""
+    try:
+        message_id = await resolve(store, prefix, now=now)
+    except UnknownMessage as exc:
+        note = retention.not_kept()
+        if note is None:
+            raise
+        raise UnknownMessage(f"{exc}: {note}") from None
+    return message_to_dict(await summary_of(store, message_id, now))
 
 
 async def resolve(store: Store, prefix: str, *, now: float) -> str:

@@ -42,9 +42,7 @@ from ..api.wire import (
     inbox_to_dict,
     limit_of,
     message_from_args,
-    message_to_dict,
     required,
-    summary_of,
     unroutable_error,
 )
 from ..model import IllegalTransition, MessageState
@@ -188,8 +186,8 @@ async def queue_purge(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any
 async def queue_show(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
     spooler = await daemon.current()
     now = spooler.clock.now()
-    message_id = await selection.resolve(spooler.store, required(args, "id", str), now=now)
-    return message_to_dict(await summary_of(spooler.store, message_id, now))
+    prefix = required(args, "id", str)
+    return await selection.show(spooler.store, prefix, now=now, retention=spooler.config.retention)
 
 
 async def _after(spooler: Spooler, message_id: str, **extra: Any) -> dict[str, Any]:

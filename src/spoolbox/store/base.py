@@ -21,6 +21,8 @@ Rules every backend keeps:
 * ``settle`` writes the outcome of each recipient as it becomes known, together with
   any reports generated for it, in one transaction; only the lease owner, with the
   claim's token, may settle an ACTIVE recipient.
+* ``settle`` with ``drop_finished`` deletes the message it finishes, if its queue is
+  named, in its own transaction: whole (message, recipients, content) or not at all.
 * ``purge`` deletes finished messages only (every recipient delivered, failed or
   cancelled: :mod:`.retention`), in bounded transactions; an unfinished message is
   never deleted, whatever the caller asks.
@@ -31,7 +33,7 @@ Rules every backend keeps:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from email import policy
 from email.parser import BytesHeaderParser
@@ -290,13 +292,22 @@ class Store(Protocol):
         claim: int | None = None,
         reports: Sequence[NewMessage] = (),
         inbox_reports: Sequence[InboundMessage] = (),
+        drop_finished: Collection[MessageState] = (),
     ) -> MessageInfo:
         """Apply updates (checked against the transition table) and enqueue
         ``reports`` / deliver ``inbox_reports`` in the same transaction.  ACTIVE
         recipients may only be settled by their lease owner (``owner``) with the
         token of the claim that holds them (``claim``, the job's ``claim``): else
         LeaseLost, and nothing is written; ``owner=None`` is for non-ACTIVE
-        recipients (user actions, expiry)."""
+        recipients (user actions, expiry).
+
+        ``drop_finished``: finished queues kept for no time
+        (:meth:`.retention.Retention.at_once`).  When this settle leaves every
+        recipient of the message delivered, failed or cancelled and its queue is
+        one of them (:func:`.retention.dropped`), the message, its recipients and
+        its content are deleted in the same transaction, after its reports are
+        enqueued: the message is UnknownMessage from then on.  Returns the
+        message's envelope as it was before the settle."""
         ...
 
     async def release_expired(self, *, now: float) -> int:

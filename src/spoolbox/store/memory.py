@@ -13,7 +13,7 @@ import copy
 import heapq
 import itertools
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import replace
 
 from ..model import (
@@ -313,6 +313,7 @@ class MemoryStore(MemoryCluster):
         claim: int | None = None,
         reports: Sequence[NewMessage] = (),
         inbox_reports: Sequence[InboundMessage] = (),
+        drop_finished: Collection[MessageState] = (),
     ) -> MessageInfo:
         info = self._msg(message_id)
         rows = self._rcpts[message_id]
@@ -342,6 +343,8 @@ class MemoryStore(MemoryCluster):
             await self.submit(rep, now=now, lifetime=info.expires_at - info.submitted_at)
         for inbound in inbox_reports:
             await self.deliver_inbound(inbound)
+        if retention.dropped((r.state for r in rows), drop_finished):
+            self._forget(message_id)  # kept for no time: gone with this settle
         return info
 
     def _check_reports(

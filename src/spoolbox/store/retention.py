@@ -8,15 +8,23 @@ caused every report it will cause.  Its *finished time* is the latest ``updated_
 of its recipients: the moment the last one finished.  An inbox entry ages from its
 arrival (``received_at``, the spooler's clock when it was committed), whether a
 client has read it or not: the store does not know who read it.
+
+A finished queue kept for no time (``keep_sent = 0``, ``keep_failed = 0``) is not left
+to the purge: :meth:`Retention.at_once` names those queues, the spooler passes them to
+``Store.settle`` (``drop_finished``), and the settle that finishes such a message
+deletes it in its own transaction (:func:`dropped`), as Postfix deletes a queue file
+once the last recipient is done.  Nothing reads a finished message after that settle
+but a person (``spoolbox queue show``, the web page): its reports were made before,
+in that same transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from ..model import TERMINAL, MessageState, RecipientRecord
+from ..model import TERMINAL, MessageState, RecipientRecord, RecipientState, message_state
 from .base import StoreError
 
 __all__ = [
@@ -25,6 +33,7 @@ __all__ = [
     "Retention",
     "check_cutoffs",
     "check_limit",
+    "dropped",
     "finished_at",
     "purgeable",
 ]
@@ -77,6 +86,32 @@ class Retention:
                 out[state] = now - keep
         return MappingProxyType(out)
 
+    def at_once(self) -> frozenset[MessageState]:
+        """The finished queues kept for no time: their messages are deleted by the
+        settle that finishes them (``Store.settle``'s ``drop_finished``)."""
+        return frozenset(s for s in FINISHED_STATES if self.keep(s) == 0)
+
+    def not_kept(self) -> str | None:
+        """What to tell someone looking for a message that is not in the store, when
+        finished queues are kept for no time (None when none is): it may have
+        finished and been deleted at once."""
+        names = {MessageState.SENT: "sent", MessageState.FAILED: "failed"}
+        gone = [names[s] for s in (MessageState.SENT, MessageState.FAILED) if s in self.at_once()]
+        if not gone:
+            return None
+        keys = " and ".join(f"keep_{n} = 0" for n in gone)
+        return (
+            f"it may have been {' or '.join(gone)} and not kept: [store] {keys} deletes "
+            "a message as soon as it is finished (the delivery log has its outcome)"
+        )
+
+    def vanished(self) -> MessageState | None:
+        """The queue a message that is no longer in the store finished in, when the
+        messages of only one finished queue are deleted at once (``keep_sent = 0``
+        alone: SENT); None when that cannot be told."""
+        at_once = self.at_once()
+        return next(iter(at_once)) if len(at_once) == 1 else None
+
     def inbox_cutoff(self, now: float) -> float | None:
         """``Store.purge_inbox``'s ``received_before`` at ``now``; None: keep all."""
         return None if self.keep_inbox is None else now - self.keep_inbox
@@ -91,6 +126,15 @@ def finished_at(recipients: Iterable[RecipientRecord]) -> float | None:
             return None
         latest = r.updated_at if latest is None else max(latest, r.updated_at)
     return latest
+
+
+def dropped(states: Iterable[RecipientState], drop_finished: Collection[MessageState]) -> bool:
+    """Whether a settle that leaves a message's recipients in ``states`` deletes it:
+    every one finished, and the queue they make in ``drop_finished``."""
+    seen = list(states)
+    if not drop_finished or not seen or any(s not in TERMINAL for s in seen):
+        return False
+    return message_state(seen) in drop_finished
 
 
 def purgeable(

@@ -28,16 +28,14 @@ from __future__ import annotations
 
 import inspect
 import random
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ..model import (
     Address,
     IllegalTransition,
     MessageInfo,
     MessageState,
-    NewMessage,
     Notify,
     Priority,
     RecipientRecord,
@@ -52,6 +50,29 @@ from ..store.base import (
     StoreError,
     UnknownMessage,
 )
+from .store_kit import (
+    _LEASE,
+    _LIFETIME,
+    _R,
+    _T0,
+    STORE_CHECKS,
+    StoreCheck,
+    StoreFactory,
+    _check,
+    _claim_one,
+    _content,
+    _equal,
+    _expect,
+    _fail_with_reports,
+    _gone,
+    _ids,
+    _new,
+    _raises,
+    _settle_all,
+    _snapshot,
+    _states,
+    _submit,
+)
 
 __all__ = [
     "STORE_CHECKS",
@@ -60,26 +81,6 @@ __all__ = [
     "check_store",
     "run_store_check",
 ]
-
-#: A check: receives an opened, empty store; raises AssertionError when a rule is broken.
-StoreCheck = Callable[[Store], Awaitable[None]]
-#: Makes a fresh, unopened store (an ``async def`` or a plain callable).
-StoreFactory = Callable[[], Store | Awaitable[Store]]
-
-#: Every check, by name, in a stable order.
-STORE_CHECKS: dict[str, StoreCheck] = {}
-
-_F = TypeVar("_F", bound=StoreCheck)
-_R = RecipientState
-
-_T0 = 1000.0  # the "now" the checks start from
-_LIFETIME = 3600.0  # the queue lifetime policy the checks submit with
-_LEASE = 30.0
-
-
-def _check(fn: _F) -> _F:
-    STORE_CHECKS[fn.__name__.lstrip("_")] = fn
-    return fn
 
 
 async def run_store_check(name: str, factory: StoreFactory) -> None:
@@ -112,114 +113,6 @@ async def check_store(factory: StoreFactory) -> None:
         raise AssertionError(
             f"store failed {len(failures)} conformance check(s): {names}\n{lines}"
         ) from failures[0][1]
-
-
-# -- helpers --------------------------------------------------------------------------
-
-
-def _expect(condition: bool, message: str) -> None:
-    if not condition:
-        raise AssertionError(message)
-
-
-def _equal(actual: object, expected: object, what: str) -> None:
-    if actual != expected:
-        raise AssertionError(f"{what}: expected {expected!r}, got {actual!r}")
-
-
-async def _raises(
-    exc_type: type[BaseException] | tuple[type[BaseException], ...],
-    awaitable: Awaitable[Any],
-    what: str,
-) -> BaseException:
-    try:
-        await awaitable
-    except exc_type as exc:
-        return exc
-    except Exception as exc:
-        raise AssertionError(f"{what}: expected {exc_type}, got {exc!r}") from exc
-    raise AssertionError(f"{what}: expected {exc_type}, but nothing was raised")
-
-
-def _content(subject: str, body: bytes = b"Hello.\r\n") -> bytes:
-    return b"From: alice@example.org\r\nSubject: " + subject.encode() + b"\r\n\r\n" + body
-
-
-def _new(
-    *recipients: str,
-    id: str | None = None,
-    subject: str = "test",
-    content: bytes | None = None,
-    **kwargs: Any,
-) -> NewMessage:
-    kwargs.setdefault("sender", Address.parse("SMTP:alice@example.org"))
-    if id is not None:
-        kwargs["id"] = id
-    return NewMessage(
-        recipients=tuple(Address.parse(r) for r in recipients),
-        content=content if content is not None else _content(subject),
-        **kwargs,
-    )
-
-
-async def _submit(
-    store: Store,
-    *recipients: str,
-    now: float = _T0,
-    route: bool = True,
-    **kwargs: Any,
-) -> MessageInfo:
-    """Submit, then route every recipient to the transport named by its address type."""
-    message = _new(*recipients, **kwargs)
-    info = await store.submit(message, now=now, lifetime=_LIFETIME)
-    if route:
-        await store.assign_routes(
-            [(info.id, i, a.type.lower()) for i, a in enumerate(message.recipients)]
-        )
-    return info
-
-
-async def _states(store: Store, message_id: str) -> list[RecipientState]:
-    return [r.state for r in await store.recipients(message_id)]
-
-
-async def _claim_one(
-    store: Store, transport: str = "x", *, owner: str = "o1", now: float = _T0, **kwargs: Any
-) -> ClaimedJob:
-    jobs = await store.claim(transport, owner=owner, now=now, lease=_LEASE, limit=1, **kwargs)
-    _equal(len(jobs), 1, f"claim({transport!r}) at {now}: number of jobs")
-    return jobs[0]
-
-
-async def _settle_all(
-    store: Store, job: ClaimedJob, state: RecipientState, *, now: float, **kwargs: Any
-) -> MessageInfo:
-    return await store.settle(
-        job.message.id,
-        [RecipientUpdate(r.index, state, **kwargs) for r in job.recipients],
-        owner=job.owner,
-        claim=job.claim,
-        now=now,
-    )
-
-
-def _ids(jobs: Iterable[ClaimedJob]) -> list[str]:
-    return [j.message.id for j in jobs]
-
-
-@dataclass(frozen=True)
-class _Snapshot:
-    recipients: dict[str, list[RecipientRecord]]
-    counts: dict[RecipientState, int]
-    inbox: int
-
-
-async def _snapshot(store: Store, *message_ids: str) -> _Snapshot:
-    return _Snapshot(
-        {m: await store.recipients(m) for m in message_ids},
-        await store.counts(),
-        len(await store.list_inbox(limit=1000)),
-    )
 
 
 # -- submission -------------------------------------------------------------------------
@@ -986,21 +879,7 @@ async def _settle_is_all_or_nothing(store: Store) -> None:
 
 @_check
 async def _settle_enqueues_reports(store: Store) -> None:
-    await _submit(store, "X:a", id="m1", now=_T0)
-    job = await _claim_one(store, now=_T0)
-    report = _new(
-        "SMTP:alice@example.org", id="r1", sender=None, is_report=True, subject="Undelivered"
-    )
-    inbound = InboundMessage("spooler", _content("Delivery report"), received_at=_T0 + 5)
-    await store.settle(
-        "m1",
-        [RecipientUpdate(0, _R.FAILED, "5.1.1", "550 unknown")],
-        owner=job.owner,
-        claim=job.claim,
-        now=_T0 + 5,
-        reports=[report],
-        inbox_reports=[inbound],
-    )
+    report, inbound = await _fail_with_reports(store)
     info = await store.get_message("r1")
     _equal(
         (info.submitted_at, info.expires_at, info.is_report, info.subject),
@@ -1637,14 +1516,6 @@ async def _finish(store: Store, mid: str, state: RecipientState, *, now: float) 
             raise AssertionError(f"claim at {now} returned {job.message.id}, not {mid}")
 
 
-async def _gone(store: Store, mid: str) -> bool:
-    try:
-        await store.get_message(mid)
-    except UnknownMessage:
-        return True
-    return False
-
-
 @_check
 async def _purge_removes_finished_messages_after_their_cutoff(store: Store) -> None:
     for mid, state, at in (("sent", _R.DELIVERED, 10), ("failed", _R.FAILED, 20)):
@@ -1759,3 +1630,8 @@ async def _inbox_purge_and_delete(store: Store) -> None:
     await _raises(
         StoreError, store.purge_inbox(received_before=_T0, limit=0), "purge_inbox(limit=0)"
     )
+
+
+# The checks of settle's drop_finished live in their own module; importing it adds them
+# to STORE_CHECKS, after the ones above.
+from . import store_drop as _store_drop  # noqa: E402, F401

@@ -189,7 +189,12 @@ async def finish_outbound(host: HostBase, job: ClaimedJob, staged: Staged) -> No
     store = host.runtime.store
     mid = job.message.id
     try:
-        left = [r for r in await store.recipients(mid) if r.state not in TERMINAL]
+        try:
+            left = [r for r in await store.recipients(mid) if r.state not in TERMINAL]
+        except UnknownMessage:  # deleted by its settle (kept for no time)
+            gone = await store.profile_get(HOOKS_SECTION + mid)
+            await store.profile_update(HOOKS_SECTION + mid, dict.fromkeys(gone))
+            return
         drop: dict[str, None] = {}
         if not any(r.route in (host.name, None) for r in left):
             drop[host.name] = None

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from typing import TypeVar
 
 from ...model import (
@@ -312,6 +312,7 @@ class PostgresStore(PostgresCluster):
         claim: int | None = None,
         reports: Sequence[NewMessage] = (),
         inbox_reports: Sequence[InboundMessage] = (),
+        drop_finished: Collection[MessageState] = (),
     ) -> MessageInfo:
         if not self._open:
             raise StoreError(f"{self!r} is not open: call open() first")
@@ -324,6 +325,7 @@ class PostgresStore(PostgresCluster):
             claim=claim,
             reports=list(reports),
             inbox_reports=list(inbox_reports),
+            drop_finished=frozenset(drop_finished),
         )
         fut: asyncio.Future[MessageInfo] = asyncio.get_running_loop().create_future()
         self._settles.append((fn, fut))

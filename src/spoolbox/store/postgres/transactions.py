@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Final
 
@@ -30,7 +30,7 @@ from ...model import (
     RecipientState,
     check_transition,
 )
-from .. import rules
+from .. import retention, rules
 from ..base import (
     ClaimedJob,
     InboundMessage,
@@ -257,6 +257,7 @@ async def settle(
     claim: int | None = None,
     reports: Sequence[NewMessage] = (),
     inbox_reports: Sequence[InboundMessage] = (),
+    drop_finished: Collection[MessageState] = (),
 ) -> MessageInfo:
     # FOR SHARE: a hold or release of this message waits until the settle is done.
     info = message_from_row(await _message_row(conn, message_id, _q.SELECT_MESSAGE_FOR_SHARE))
@@ -290,7 +291,21 @@ async def settle(
         await submit(conn, rep, now=now, lifetime=info.expires_at - info.submitted_at)
     for inbound in inbox_reports:
         await _insert_inbound(conn, inbound)
+    # Kept for no time: the settle that finishes the message deletes it (its reports
+    # are in above), from the rows it locked: one statement.
+    after = (recs[i].state if i in recs else _R(row["state"]) for i, row in current.items())
+    if retention.dropped(after, drop_finished):
+        await conn.execute(_DROP_MESSAGE, {"id": message_id})
     return info
+
+
+#: A finished message, its recipients and its content in one statement (the chunks go
+#: with the blob row; the foreign keys are checked at its end, when all are gone).
+_DROP_MESSAGE = """
+WITH r AS (DELETE FROM recipients WHERE message_id = %(id)s),
+     m AS (DELETE FROM messages WHERE id = %(id)s RETURNING blob_id)
+DELETE FROM blobs WHERE id IN (SELECT blob_id FROM m)
+"""
 
 
 async def release_expired(conn: Conn, *, now: float) -> int:

@@ -7,7 +7,8 @@ snapshot: it holds no write lock, however large the store), then :func:`purge`
 deletes at most ``limit`` of them in one write transaction, deciding each one again
 on its current rows with the shared rule (:func:`spoolbox.store.retention.purgeable`):
 a message that changed in between is kept.  Deleting a message deletes its
-recipients (the counters' triggers see each), then the message, then its content.
+recipients (the counters' triggers see each), then the message, then its content
+(:func:`delete_message`, also what a settle with ``drop_finished`` does).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .. import retention
 from ..base import UnknownMessage
 from .rows import recipient_from_row
 
-__all__ = ["candidates", "delete_inbox", "old_inbox", "purge", "purge_inbox"]
+__all__ = ["candidates", "delete_inbox", "delete_message", "old_inbox", "purge", "purge_inbox"]
 
 # A message's finished time and the counts its queue is decided from, for the messages
 # whose every recipient is finished (the state literals as the schema spells them).
@@ -76,12 +77,18 @@ def purge(
         if not retention.purgeable(state, rcpts, finished_before):
             continue
         blob = conn.execute(_BLOB_OF, (mid,)).fetchone()
-        conn.execute(_DELETE_RECIPIENTS, (mid,))
-        conn.execute(_DELETE_MESSAGE, (mid,))
-        if blob is not None:
-            conn.execute(_DELETE_BLOB, (blob["blob_id"],))
+        delete_message(conn, mid, None if blob is None else int(blob["blob_id"]))
         gone.append(mid)
     return gone
+
+
+def delete_message(conn: sqlite3.Connection, message_id: str, blob_id: int | None) -> None:
+    """Delete a message: its recipients (the counters' triggers see each), the
+    message, then its content (``blob_id``; its chunks go with it)."""
+    conn.execute(_DELETE_RECIPIENTS, (message_id,))
+    conn.execute(_DELETE_MESSAGE, (message_id,))
+    if blob_id is not None:
+        conn.execute(_DELETE_BLOB, (blob_id,))
 
 
 def old_inbox(conn: sqlite3.Connection, *, received_before: float, limit: int) -> list[str]:

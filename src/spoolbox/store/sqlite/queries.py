@@ -130,8 +130,9 @@ SELECT_LEASE_EXPIRED = (
     f"SELECT {RECIPIENT_COLUMNS} FROM recipients INDEXED BY recipients_lease "
     "WHERE state = 'active' AND lease_until < ?"
 )
+#: Every ACTIVE recipient is in recipients_lease: a node's are picked from those.
 SELECT_LEASED_BY = (
-    f"SELECT {RECIPIENT_COLUMNS} FROM recipients INDEXED BY recipients_owner "
+    f"SELECT {RECIPIENT_COLUMNS} FROM recipients INDEXED BY recipients_lease "
     "WHERE state = 'active' AND owner = ?"
 )
 

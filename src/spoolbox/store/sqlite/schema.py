@@ -43,6 +43,8 @@ Shape of the data (the domain classes in :mod:`spoolbox.model` do not follow it)
 * Version 5 adds ``recipients.claim``, the token of the claim that took the
   recipient last (a fencing token): a claim's token is one more than the largest of
   its recipients', and a settle or renewal of an ACTIVE recipient must bring it.
+* Version 6 drops ``recipients_owner``: one index fewer written by every claim and
+  settle; ``release_owner`` reads the ACTIVE recipients through ``recipients_lease``.
 
 The queries are in :mod:`.queries`.
 """
@@ -61,6 +63,7 @@ __all__ = [
     "APPLICATION_ID",
     "CHUNK_SIZE",
     "MIGRATIONS",
+    "PAGE_SIZE",
     "SCHEMA_VERSION",
     "connect",
     "split_statements",
@@ -72,6 +75,18 @@ APPLICATION_ID = 0x53504258
 
 #: Content is stored in rows of this many bytes (the last row of a blob may be shorter).
 CHUNK_SIZE = 256 * 1024
+
+#: The page size of a new store file.  Every commit writes each page it changed whole
+#: to the WAL, and a relayed message changes a page or so of each of a dozen tables
+#: and indexes in little more than a few rows: 1 KiB pages write about a third of the
+#: bytes 4 KiB pages do (docs/benchmarks.md, "Issue 17: bytes written per message");
+#: large content costs more CPU in them (overflow chains of 1 KiB pages).  A store
+#: keeps the page size it was made with.
+PAGE_SIZE = 1024
+
+#: The WAL is checkpointed when it holds this many bytes of pages (SQLite's default of
+#: 1,000 pages, at the 4 KiB pages of the stores made before PAGE_SIZE).
+WAL_CHECKPOINT_BYTES = 4000 * 1024
 
 _V1 = """
 CREATE TABLE blobs (
@@ -249,7 +264,15 @@ _V5 = """
 ALTER TABLE recipients ADD COLUMN claim INTEGER NOT NULL DEFAULT 0;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
+# Fewer pages written per message (issue 17): the index of ACTIVE recipients by owner
+# was written at every claim and every settle for the sake of release_owner (a node's
+# start, a dead worker), which now reads the ACTIVE recipients through recipients_lease
+# (as many as are in flight) and picks the owner's.
+_V6 = """
+DROP INDEX IF EXISTS recipients_owner;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
 
 #: The newest schema version this code reads and writes.
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -329,6 +352,7 @@ def _create_if_missing(path: Path) -> None:
                 # WAL from the start (it is kept in the file): switching a linked
                 # store to WAL would need a lock that a second process opening it
                 # at the same moment can refuse at once ("database is locked").
+                conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # before the first page
                 conn.execute("PRAGMA journal_mode = WAL")
                 # Checkpointed after each migration: the WAL holds one migration's
                 # pages, not every one's (a new store fits a small file system).
@@ -382,6 +406,10 @@ def _prepare(conn: sqlite3.Connection, path: str, synchronous: str) -> None:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
+        # The WAL is checkpointed at the same size whatever the page size (SQLite's
+        # default is 1,000 pages: 4 MiB of 4 KiB pages, 1 MiB of 1 KiB ones).
+        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_BYTES // page_size}")
         _migrate(conn)
         # From here on, waits for another process's lock are the caller's.
         conn.execute("PRAGMA busy_timeout = 0")

@@ -44,7 +44,7 @@ import concurrent.futures
 import functools
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import TypeVar
 
 from ...model import (
@@ -377,6 +377,7 @@ class SQLiteStore(SQLiteCluster):
         claim: int | None = None,
         reports: Sequence[NewMessage] = (),
         inbox_reports: Sequence[InboundMessage] = (),
+        drop_finished: Collection[MessageState] = (),
     ) -> MessageInfo:
         worker = self._check_open()
         fn = functools.partial(
@@ -388,6 +389,7 @@ class SQLiteStore(SQLiteCluster):
             claim=claim,
             reports=list(reports),
             inbox_reports=list(inbox_reports),
+            drop_finished=frozenset(drop_finished),
         )
         reply = self._reply()
         if not self._settles:

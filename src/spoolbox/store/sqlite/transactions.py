@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Final
 
@@ -28,7 +28,7 @@ from ...model import (
     RecipientState,
     check_transition,
 )
-from .. import rules
+from .. import retention, rules
 from ..base import (
     ClaimedJob,
     InboundMessage,
@@ -42,6 +42,7 @@ from ..base import (
 )
 from . import queries as _q
 from . import schema
+from .purge import delete_message
 from .rows import (
     inbox_from_row,
     inbox_params,
@@ -265,8 +266,10 @@ def settle(
     claim: int | None = None,
     reports: Sequence[NewMessage] = (),
     inbox_reports: Sequence[InboundMessage] = (),
+    drop_finished: Collection[MessageState] = (),
 ) -> MessageInfo:
-    info = get_message(conn, message_id)
+    mrow = _message_row(conn, message_id)
+    info = message_from_row(mrow)
     # Check everything first; an error anywhere rolls the whole transaction back.
     rows: dict[int, sqlite3.Row] = {}
     for u in updates:
@@ -291,6 +294,12 @@ def settle(
         submit(conn, rep, now=now, lifetime=info.expires_at - info.submitted_at)
     for inbound in inbox_reports:
         _insert_inbound(conn, inbound)
+    # Kept for no time: the settle that finishes the message deletes it (its reports
+    # are in above).  Only read the other recipients when these ones are finished.
+    if drop_finished and all(r.state in TERMINAL for r in recs.values()):
+        states = (_R(r["state"]) for r in conn.execute(_q.SELECT_READINESS, (message_id,)))
+        if retention.dropped(states, drop_finished):
+            delete_message(conn, message_id, int(mrow["blob_id"]))
     return info
 
 
