@@ -4,16 +4,16 @@ claimed for that lane in the transaction that commits it.
 As Postfix's queue manager takes a queue file the moment cleanup(8) closes it, the
 waiting worker gets the new message at once, without a claim transaction of its own
 (one store transaction a message fewer when the spooler keeps up).  Only a store
-that can do it (``submit_claiming``: the SQLite store) and only a lane that is free:
-one of its workers waits for work, nothing claimed waits for a worker, the session
-is logged on and its background gate is open (:meth:`~.hosts.base.HostBase.gate_open`:
-a busy foreground, a critical section or a cool-down keep the message queued as
-before), and only a message of at most :data:`HAND_OFF_LIMIT` bytes: a large one is
-delivered from the store in pieces anyway, where one transaction more costs nothing
-that shows, and handing it off would start its delivery while its submitter still
-holds it (a delivery report returning a 10 MiB message grew the peak memory from 2.5
-to 3.5 times the message).  Otherwise the submit is the ordinary one and the lane
-claims as usual.
+that can do it (``submit_claiming``: the SQLite and PostgreSQL stores) and only a
+lane that is free: one of its workers waits for work, nothing claimed waits for a
+worker, the session is logged on and its background gate is open
+(:meth:`~.hosts.base.HostBase.gate_open`: a busy foreground, a critical section or a
+cool-down keep the message queued as before), and only a message of at most
+:data:`HAND_OFF_LIMIT` bytes: a large one is delivered from the store in pieces
+anyway, where one transaction more costs nothing that shows, and handing it off
+would start its delivery while its submitter still holds it (a delivery report
+returning a 10 MiB message grew the peak memory from 2.5 to 3.5 times the message).
+Otherwise the submit is the ordinary one and the lane claims as usual.
 """
 
 from __future__ import annotations

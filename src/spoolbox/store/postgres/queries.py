@@ -130,6 +130,16 @@ _CLAIM = (
 )
 CLAIM_TAKE_READY = _CLAIM.format(ready="ready_at")
 CLAIM_TAKE_FLUSH = _CLAIM.format(ready="send_at")
+#: The hand-off (:func:`.transactions.submit_claiming`): the new message's recipients
+#: routed to one transport and ready now, claimed under one new token.
+CLAIM_OF_MESSAGE = (
+    "WITH token AS (SELECT nextval('recipient_claims') AS n) "
+    "UPDATE recipients AS r SET state = 'active', owner = %(owner)s, "
+    "lease_until = %(until)s, updated_at = %(now)s, claim = token.n "
+    "FROM token WHERE r.message_id = %(id)s AND r.state = 'queued' "
+    "AND r.route = %(route)s AND r.ready_at <= %(now)s "
+    "RETURNING " + _RETURNING_RECIPIENT
+)
 COUNT_READY = (
     "SELECT count(DISTINCT message_id) AS n FROM recipients "
     "WHERE state = 'queued' AND route = %s AND ready_at <= %s"

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ...model import (
     MessageInfo,
@@ -66,8 +66,8 @@ from .wakeups import Listener
 __all__ = ["PostgresStore"]
 
 _T = TypeVar("_T")
-_Submit = Callable[[Conn], Awaitable[MessageInfo]]
-_Pending = list[tuple[_Submit, asyncio.Future[MessageInfo]]]
+_Submit = Callable[[Conn], Awaitable[Any]]
+_Pending = list[tuple[_Submit, asyncio.Future[Any]]]
 
 
 class PostgresStore(PostgresCluster):
@@ -175,6 +175,14 @@ class PostgresStore(PostgresCluster):
         return result
 
     # -- submission ----------------------------------------------------------------
+    def _check_submit(self, message: NewMessage, routes: Sequence[str | None] | None) -> None:
+        if not self._open:
+            raise StoreError(f"{self!r} is not open: call open() first")
+        if routes is not None and len(routes) != len(message.recipients):
+            raise StoreError(
+                f"{len(routes)} routes for {len(message.recipients)} recipients of {message.id}"
+            )
+
     async def submit(
         self,
         message: NewMessage,
@@ -183,16 +191,47 @@ class PostgresStore(PostgresCluster):
         lifetime: float,
         routes: Sequence[str | None] | None = None,
     ) -> MessageInfo:
-        if not self._open:
-            raise StoreError(f"{self!r} is not open: call open() first")
-        if routes is not None and len(routes) != len(message.recipients):
-            raise StoreError(
-                f"{len(routes)} routes for {len(message.recipients)} recipients of {message.id}"
-            )
+        self._check_submit(message, routes)
         fn = functools.partial(
             tx.submit, message=message, now=float(now), lifetime=float(lifetime), routes=routes
         )
-        fut: asyncio.Future[MessageInfo] = asyncio.get_running_loop().create_future()
+        info: MessageInfo = await self._submit_grouped(fn)
+        return info
+
+    async def submit_claiming(
+        self,
+        message: NewMessage,
+        *,
+        now: float,
+        lifetime: float,
+        routes: Sequence[str | None] | None = None,
+        transport: str,
+        owner: str,
+        lease: float,
+    ) -> tuple[MessageInfo, ClaimedJob | None]:
+        """``submit``, and in the same (durable, grouped) transaction a claim of the
+        message's recipients routed to ``transport`` and ready now, for ``owner``
+        under a lease of ``lease`` seconds: the hand-off of a new message to a lane of
+        this node that waits for work (``_core/handoff.py``), as the SQLite store does.
+        The job is None when no recipient could be claimed."""
+        self._check_submit(message, routes)
+        fn = functools.partial(
+            tx.submit_claiming,
+            message=message,
+            now=float(now),
+            lifetime=float(lifetime),
+            routes=routes,
+            transport=transport,
+            owner=owner,
+            lease=float(lease),
+        )
+        out: tuple[MessageInfo, ClaimedJob | None] = await self._submit_grouped(fn)
+        return out
+
+    async def _submit_grouped(self, fn: _Submit) -> Any:
+        """``fn`` in the next group commit of submits (those of one turn of the loop,
+        and those that arrive while a group commits, in one transaction)."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((fn, fut))
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_submits())
@@ -214,7 +253,7 @@ class PostgresStore(PostgresCluster):
         :meth:`.connection.Database.run_batch`: savepoints only after a failure)."""
         if not self._open:
             exc: Exception = StoreError(f"{self!r} is not open: call open() first")
-            outcomes: list[MessageInfo | Exception] = [exc] * len(batch)
+            outcomes: list[Any] = [exc] * len(batch)
         else:
             try:
                 outcomes = await self._db.run_batch(OPERATIONS[what], what, [fn for fn, _ in batch])

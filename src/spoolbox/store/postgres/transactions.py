@@ -126,6 +126,36 @@ async def submit(
     return message_from_row(existing)
 
 
+async def submit_claiming(
+    conn: Conn,
+    message: NewMessage,
+    *,
+    now: float,
+    lifetime: float,
+    routes: Sequence[str | None] | None,
+    transport: str,
+    owner: str,
+    lease: float,
+) -> tuple[MessageInfo, ClaimedJob | None]:
+    """:func:`submit`, then, in the same transaction, claim the message's recipients
+    routed to ``transport`` and ready at ``now`` for ``owner`` (the hand-off to a free
+    lane: no claim transaction, no wake-up round trip).  One statement more."""
+    info = await submit(conn, message, now=now, lifetime=lifetime, routes=routes)
+    until = now + lease
+    rows = await _all(
+        conn,
+        _q.CLAIM_OF_MESSAGE,
+        {"owner": owner, "until": until, "now": now, "id": info.id, "route": transport},
+    )
+    if not rows:
+        return info, None
+    claimed = tuple(sorted((recipient_from_row(r) for r in rows), key=lambda r: r.index))
+    # The content is the message's own (an existing id was recognised by its fingerprint).
+    content = message.content if info.size <= PREFETCH_LIMIT else None
+    token = int(rows[0]["claim"])
+    return info, ClaimedJob(info, claimed, transport, owner, until, content, claim=token)
+
+
 async def submit_many(
     conn: Conn,
     messages: Sequence[NewMessage],
