@@ -22,6 +22,17 @@ def new_message(i: int, *recipients: str, size: int = 0) -> NewMessage:
     )
 
 
+def later_message(send_at: float, id: str = "later") -> NewMessage:
+    """A message to X:bob that is not to be sent before ``send_at``."""
+    return NewMessage(
+        sender=None,
+        recipients=(Address.parse("X:bob"),),
+        content=b"Subject: later\r\n\r\nx\r\n",
+        id=id,
+        send_at=send_at,
+    )
+
+
 @contextlib.contextmanager
 def raw(path: Path) -> Iterator[sqlite3.Connection]:
     conn = sqlite3.connect(path, isolation_level=None)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from sqlite_helpers import T0, new_message
+from sqlite_helpers import T0, later_message, new_message
 
 from spoolbox import AlwaysIdle, MessageState, Policy, Spooler, SpoolerConfig, TransportConfig
 from spoolbox._core.handoff import SubmitClaiming
-from spoolbox.model import Address, NewMessage, RecipientState
-from spoolbox.store.base import RecipientUpdate, StoreError
+from spoolbox.model import Address, MessageInfo, NewMessage, RecipientState
+from spoolbox.store.base import ClaimedJob, RecipientUpdate, StoreError
 from spoolbox.store.postgres import PostgresStore
 from spoolbox.testing import Script, ScriptedProvider
 
@@ -58,13 +58,7 @@ async def test_submit_claiming_claims_in_the_same_transaction_what_is_ready(pg_d
 
 
 async def test_nothing_claimable_gives_no_job_and_stays_queued(pg_dsn: str) -> None:
-    later = NewMessage(
-        sender=None,
-        recipients=(Address.parse("X:bob"),),
-        content=b"Subject: later\r\n\r\nx\r\n",
-        id="later",
-        send_at=T0 + 600,
-    )
+    later = later_message(T0 + 600)
     async with PostgresStore(pg_dsn) as store:
         for msg, route in ((new_message(2, "Y:c"), "y"), (later, "x")):
             got, none = await store.submit_claiming(
@@ -81,10 +75,21 @@ async def test_a_message_submitted_again_is_not_claimed_again(pg_dsn: str) -> No
     """A retried submission of a message already claimed (the same id and content) is
     recognised, and its recipients keep the first claim (its owner settles them)."""
     async with PostgresStore(pg_dsn) as store:
-        args = {"now": T0, "lifetime": 3600, "routes": ["x"], "transport": "x", "lease": 60}
-        _, first = await store.submit_claiming(new_message(3), owner="n1", **args)  # type: ignore[arg-type]
+
+        async def hand_off(owner: str) -> tuple[MessageInfo, ClaimedJob | None]:
+            return await store.submit_claiming(
+                new_message(3),
+                now=T0,
+                lifetime=3600,
+                routes=["x"],
+                transport="x",
+                owner=owner,
+                lease=60,
+            )
+
+        _, first = await hand_off("n1")
         assert first is not None
-        info, again = await store.submit_claiming(new_message(3), owner="n2", **args)  # type: ignore[arg-type]
+        info, again = await hand_off("n2")
         assert (info.id, again) == (first.message.id, None)
         [r] = await store.recipients(info.id)
         assert r.state is _R.ACTIVE

@@ -9,6 +9,8 @@ import threading
 import time
 from pathlib import Path
 
+from sqlite_helpers import later_message
+
 from spoolbox.model import Address, MessageInfo, NewMessage, RecipientState
 from spoolbox.store import ClaimedJob, LeaseLost, RecipientUpdate
 from spoolbox.store.operations import Kind
@@ -185,13 +187,7 @@ async def test_submit_claiming_claims_in_the_same_commit_what_is_ready(tmp_path:
         assert job.content == await store.read_content("now")
         [stored] = await store.recipients("now")
         assert (stored.state, stored.route) == (RecipientState.ACTIVE, "x")
-        later = NewMessage(
-            sender=None,
-            recipients=(Address.parse("X:bob"),),
-            content=b"Subject: later\r\n\r\nx\r\n",
-            id="later",
-            send_at=T0 + 600,
-        )
+        later = later_message(T0 + 600)
         for msg, route in ((_message("elsewhere", b"y\r\n"), "y"), (later, "x")):
             got, none = await store.submit_claiming(
                 msg, now=T0, lifetime=3600, routes=[route], transport="x", owner="n", lease=60

@@ -512,8 +512,7 @@ class Spooler:
         state = retention.vanished()
         if state is not None and state in wanted:
             return state
-        note = retention.not_kept()
-        raise exc if note is None else UnknownMessage(f"{exc}: {note}")
+        raise retention.missing(exc)
 
     async def wait_ready(self, *, timeout: float | None = None) -> dict[str, bool]:
         """Wait until every transport has tried to log on; name -> logged on."""

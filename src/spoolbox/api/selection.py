@@ -182,10 +182,7 @@ async def show(store: Store, prefix: str, *, now: float, retention: Retention) -
     try:
         message_id = await resolve(store, prefix, now=now)
     except UnknownMessage as exc:
-        note = retention.not_kept()
-        if note is None:
-            raise
-        raise UnknownMessage(f"{exc}: {note}") from None
+        raise retention.missing(exc) from None
     return message_to_dict(await summary_of(store, message_id, now))
 
 

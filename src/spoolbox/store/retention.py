@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from ..model import TERMINAL, MessageState, RecipientRecord, RecipientState, message_state
-from .base import StoreError
+from .base import StoreError, UnknownMessage
 
 __all__ = [
     "FINISHED_STATES",
@@ -104,6 +104,12 @@ class Retention:
             f"it may have been {' or '.join(gone)} and not kept: [store] {keys} deletes "
             "a message as soon as it is finished (the delivery log has its outcome)"
         )
+
+    def missing(self, exc: UnknownMessage) -> UnknownMessage:
+        """``exc`` (a message not in the store) with :meth:`not_kept`'s note when
+        finished queues are kept for no time; ``exc`` itself otherwise."""
+        note = self.not_kept()
+        return exc if note is None else UnknownMessage(f"{exc}: {note}")
 
     def vanished(self) -> MessageState | None:
         """The queue a message that is no longer in the store finished in, when the

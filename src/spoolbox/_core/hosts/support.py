@@ -176,7 +176,7 @@ class SupportImpl:
         if identity is not None:
             changes["identity"] = identity
         table.update(host.name, **changes)
-        if code is not old_code:
+        if code != old_code:
             host.flush_bits_changed(old_code, code)
         asked = int(set_bits) | (0 if status_code is None else int(status_code))
         if _FAILURE & asked & ~int(clear_bits):

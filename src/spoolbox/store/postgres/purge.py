@@ -9,7 +9,8 @@ on its recipient rows locked ``FOR UPDATE`` with the shared rule
 between is kept.  Candidates another transaction has locked are skipped
 (``SKIP LOCKED``), so several nodes purging at once neither wait for each other nor
 delete twice.  Deleting a message deletes its recipients (the counters' triggers see
-them), the message and its content (the chunks go with the blob row).
+them), the message and its content (the chunks go with the blob row), in one
+statement (:func:`delete_message`, also what a settle with ``drop_finished`` does).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ..base import UnknownMessage
 from ..sqlite.rows import recipient_from_row
 from . import queries as _q
 
-__all__ = ["delete_inbox", "purge", "purge_inbox"]
+__all__ = ["delete_inbox", "delete_message", "purge", "purge_inbox"]
 
 Conn = AsyncConnection[DictRow]
 
@@ -45,9 +46,14 @@ HAVING count(*) FILTER (WHERE state NOT IN ('delivered', 'failed', 'cancelled'))
          AND max(updated_at) < %(cancelled)s::double precision))
 LIMIT %(limit)s
 """
-_LOCK_MESSAGE = "SELECT blob_id FROM messages WHERE id = %s FOR UPDATE SKIP LOCKED"
-_DELETE_RECIPIENTS = "DELETE FROM recipients WHERE message_id = %s"
-_DELETE_MESSAGE = "DELETE FROM messages WHERE id = %s"
+_LOCK_MESSAGE = "SELECT id FROM messages WHERE id = %s FOR UPDATE SKIP LOCKED"
+#: A message, its recipients and its content in one statement (the chunks go with the
+#: blob row; the foreign keys are checked at its end, when all are gone).
+_DELETE_MESSAGE = """
+WITH r AS (DELETE FROM recipients WHERE message_id = %(id)s),
+     m AS (DELETE FROM messages WHERE id = %(id)s RETURNING blob_id)
+DELETE FROM blobs WHERE id IN (SELECT blob_id FROM m)
+"""
 _DELETE_BLOB = "DELETE FROM blobs WHERE id = %s"
 _OLD_INBOX = "SELECT id, blob_id FROM inbox WHERE received_at < %s LIMIT %s FOR UPDATE SKIP LOCKED"
 _INBOX_FOR_UPDATE = "SELECT blob_id FROM inbox WHERE id = %s FOR UPDATE"
@@ -79,11 +85,14 @@ async def purge(
         state = message_state(r.state for r in rcpts)
         if not retention.purgeable(state, rcpts, finished_before):
             continue
-        await conn.execute(_DELETE_RECIPIENTS, (mid,))
-        await conn.execute(_DELETE_MESSAGE, (mid,))
-        await conn.execute(_DELETE_BLOB, (int(message["blob_id"]),))
+        await delete_message(conn, mid)
         gone.append(mid)
     return gone
+
+
+async def delete_message(conn: Conn, message_id: str) -> None:
+    """Delete a message: its recipients, the message and its content."""
+    await conn.execute(_DELETE_MESSAGE, {"id": message_id})
 
 
 async def purge_inbox(conn: Conn, *, received_before: float, limit: int) -> list[str]:

@@ -52,6 +52,7 @@ from ..sqlite.rows import (
 )
 from . import queries as _q
 from . import schema
+from .purge import delete_message
 from .wakeups import ANY, ROUTE, notify, payloads
 
 #: Messages up to this size are read in the claim's transaction (ClaimedJob.content).
@@ -325,17 +326,8 @@ async def settle(
     # are in above), from the rows it locked: one statement.
     after = (recs[i].state if i in recs else _R(row["state"]) for i, row in current.items())
     if retention.dropped(after, drop_finished):
-        await conn.execute(_DROP_MESSAGE, {"id": message_id})
+        await delete_message(conn, message_id)
     return info
-
-
-#: A finished message, its recipients and its content in one statement (the chunks go
-#: with the blob row; the foreign keys are checked at its end, when all are gone).
-_DROP_MESSAGE = """
-WITH r AS (DELETE FROM recipients WHERE message_id = %(id)s),
-     m AS (DELETE FROM messages WHERE id = %(id)s RETURNING blob_id)
-DELETE FROM blobs WHERE id IN (SELECT blob_id FROM m)
-"""
 
 
 async def release_expired(conn: Conn, *, now: float) -> int:
