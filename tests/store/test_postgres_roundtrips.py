@@ -10,7 +10,7 @@ import asyncio
 import pytest
 from sqlite_helpers import T0, new_message
 
-from spoolbox.model import RecipientState
+from spoolbox.model import Address, MessageInfo, NewMessage, RecipientState
 from spoolbox.store.base import RecipientUpdate, StoreError
 from spoolbox.store.postgres import PostgresStore
 
@@ -44,8 +44,9 @@ async def test_a_submit_is_one_statement_in_its_transaction(pg_dsn: str) -> None
     async with PostgresStore(pg_dsn) as store:
         meter = _Meter(store)
         await store.submit(new_message(1, "X:a", "X:b", size=300_000), now=T0, lifetime=60)
-        # BEGIN, the submission (content in 2 chunks, message, 2 recipients, wake-up), COMMIT
-        assert meter() == (1, 3, 3)
+        # BEGIN, the submission (content in 2 chunks, message, 2 recipients, wake-up),
+        # COMMIT, pipelined: its answer read with the BEGIN's, then the COMMIT's
+        assert meter() == (1, 3, 2)
         assert [str(r.address) for r in await store.recipients("m0001")] == ["X:a", "X:b"]
         assert await store.read_content("m0001") == new_message(1, size=300_000).content
 
@@ -63,11 +64,14 @@ async def test_a_claim_is_two_statements_and_progress_needs_no_set_local(pg_dsn:
         assert jobs[0].content == new_message(0).content
         assert jobs[0].claim == jobs[1].claim
         await store.settle("m0000", _delivered(2), owner="n", now=T0, claim=jobs[0].claim)
-        # BEGIN, the message, its recipients, the two updates (one round trip), COMMIT
-        assert meter() == (1, 6, 5)
+        # Pipelined: BEGIN, the message, its recipients (one round trip), the two
+        # updates and COMMIT (the second)
+        assert meter() == (1, 6, 2)
 
 
-async def test_a_group_of_settles_has_no_savepoints_unless_one_fails(pg_dsn: str) -> None:
+async def test_a_group_of_settles_waits_twice_and_has_no_savepoints_unless_one_fails(
+    pg_dsn: str,
+) -> None:
     async with PostgresStore(pg_dsn) as store:
         for i in range(4):
             await store.submit(new_message(i), now=T0, lifetime=60, routes=["x"])
@@ -79,7 +83,9 @@ async def test_a_group_of_settles_has_no_savepoints_unless_one_fails(pg_dsn: str
                 for j in jobs[:2]
             )
         )
-        assert meter() == (1, 2 + 2 * 3, 2 + 2 * 3)  # one transaction, 3 per settle
+        # One pipelined transaction: BEGIN, the messages, the recipients, an update
+        # each, COMMIT; two round trips however many settles
+        assert meter() == (1, 2 + 2 + 2, 2)
         results = await asyncio.gather(
             *(
                 store.settle(j.message.id, _delivered(1), owner=o, now=T0, claim=j.claim)
@@ -89,12 +95,12 @@ async def test_a_group_of_settles_has_no_savepoints_unless_one_fails(pg_dsn: str
         )
         assert not isinstance(results[0], BaseException)
         assert isinstance(results[1], StoreError)
-        # Together (rolled back at the lease that is someone else's: 3 of the first,
-        # the 2 reads of the second), then again with a savepoint each (the second's
-        # rolled back to: ROLLBACK TO and RELEASE).
+        # Pipelined, given up after the reads (the lease is someone else's: two round
+        # trips, and the ROLLBACK), then again with a savepoint each (the first's 3
+        # statements; the second's 2 reads, rolled back to: ROLLBACK TO and RELEASE).
         transactions, _, round_trips = meter()
         assert transactions == 2
-        assert round_trips == (2 + 3 + 2) + (2 + (2 + 3) + (3 + 2))
+        assert round_trips == (2 + 1) + (2 + (2 + 3) + (3 + 2))
         counts = await store.counts()
         assert counts[_R.DELIVERED] == 3
         assert counts[_R.ACTIVE] == 1
@@ -121,3 +127,74 @@ async def test_a_submission_wakes_the_nodes_of_its_routes(
         while len(got) < len(expected):
             got.add(await asyncio.wait_for(heard.get(), 30))
         assert got == expected
+
+
+async def test_submits_that_arrive_together_wait_twice_and_fail_alone(pg_dsn: str) -> None:
+    async with PostgresStore(pg_dsn) as store:
+        meter = _Meter(store)
+        await asyncio.gather(
+            *(store.submit(new_message(i), now=T0, lifetime=60, routes=["x"]) for i in range(3))
+        )
+        # One pipelined transaction: BEGIN, a statement each, COMMIT; two waits.
+        assert meter() == (1, 2 + 3, 2)
+        assert [m.info.id for m in await store.list_messages(now=T0)] == ["m0000", "m0001", "m0002"]
+        # The same submission again is recognised (its fingerprint); a different
+        # message under a taken id is refused, and only its caller fails.
+        impostor = NewMessage(
+            sender=None, recipients=(Address.parse("X:eve"),), content=b"other\r\n", id="m0001"
+        )
+        results = await asyncio.gather(
+            store.submit(new_message(0), now=T0, lifetime=60, routes=["x"]),
+            store.submit(impostor, now=T0, lifetime=60, routes=["x"]),
+            store.submit(new_message(3), now=T0, lifetime=60, routes=["x"]),
+            return_exceptions=True,
+        )
+        assert isinstance(results[0], MessageInfo) and results[0].id == "m0000"
+        assert isinstance(results[1], StoreError)
+        assert "already used by a different message" in str(results[1])
+        assert isinstance(results[2], MessageInfo) and results[2].id == "m0003"
+        ids = [m.info.id for m in await store.list_messages(now=T0)]
+        assert ids == ["m0000", "m0001", "m0002", "m0003"]
+        assert [str(r.address) for r in await store.recipients("m0001")] == ["X:bob"]
+        assert (await store.counts())[_R.QUEUED] == 4
+
+
+async def test_submit_many_waits_twice_for_any_number_and_is_all_or_nothing(
+    pg_dsn: str,
+) -> None:
+    async with PostgresStore(pg_dsn) as store:
+        meter = _Meter(store)
+        lot = [new_message(i) for i in range(50)]
+        infos = await store.submit_many(lot, now=T0, lifetime=60, routes=[["x"]] * 50)
+        assert [i.id for i in infos] == [m.id for m in lot]
+        assert meter() == (1, 2 + 50, 2)
+        assert (await store.counts())[_R.QUEUED] == 50
+        impostor = NewMessage(
+            sender=None, recipients=(Address.parse("X:eve"),), content=b"other\r\n", id="m0007"
+        )
+        with pytest.raises(StoreError, match="m0007"):
+            await store.submit_many(
+                [new_message(60), impostor], now=T0, lifetime=60, routes=[["x"], ["x"]]
+            )
+        assert (await store.counts())[_R.QUEUED] == 50
+        assert "m0060" not in {m.info.id for m in await store.list_messages(now=T0, limit=100)}
+
+
+async def test_a_hand_off_is_one_transaction_of_two_waits(pg_dsn: str) -> None:
+    async with PostgresStore(pg_dsn) as store:
+        meter = _Meter(store)
+        info, job = await store.submit_claiming(
+            new_message(1, "X:a", "Y:b"),
+            now=T0,
+            lifetime=60,
+            routes=["x", "y"],
+            transport="x",
+            owner="n",
+            lease=60,
+        )
+        # BEGIN, the submission, the claim of its recipients for x, COMMIT
+        assert meter() == (1, 4, 2)
+        assert job is not None and [r.index for r in job.recipients] == [0]
+        assert job.content == new_message(1).content
+        states = [r.state for r in await store.recipients(info.id)]
+        assert states == [_R.ACTIVE, _R.QUEUED]

@@ -19,6 +19,15 @@ schema on it (:func:`.schema.migrate`), then opens the pools.
   than a ``SET LOCAL`` in each transaction: one round trip fewer per progress
   transaction.  Acceptances never run on the progress pool.
 
+``run(..., pipelined=True)`` sends the transaction in psycopg's pipeline mode, its
+``BEGIN`` and ``COMMIT`` as statements of the pipeline: the server is waited for only
+where the function reads an answer and once at the end, so a group of submits or
+settles takes two round trips however many it holds (:mod:`.submits`,
+:mod:`.settles`).  (psycopg's own ``transaction()`` inside a pipeline waits after
+its ``BEGIN`` and after its ``COMMIT``.)  A function written for it sends every
+statement before it reads the first answer, and reads ``rowcount`` only after the
+rows.
+
 :meth:`Database.run_batch` runs several calls in one transaction (group commit):
 all together first, without savepoints; only if one of them fails is the
 transaction rolled back and run again with each call in a savepoint of its own, so
@@ -41,6 +50,7 @@ names the database (:func:`describe`, never the password).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -51,6 +61,7 @@ import psycopg
 from psycopg import AsyncConnection, AsyncCursor, AsyncPipeline, IsolationLevel, errors
 from psycopg.abc import Params, Query
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -97,9 +108,10 @@ class Counts:
 
 class _Connection(AsyncConnection[DictRow]):
     """A pooled connection: it knows its store's :class:`Counts` (set by the pool's
-    ``configure``)."""
+    ``configure``), and whether :meth:`Database.run` has it in pipeline mode."""
 
     counts: Counts | None = None
+    pipelined: bool = False
 
 
 def _tally(conn: Any, statements: int, round_trips: int) -> None:
@@ -108,8 +120,15 @@ def _tally(conn: Any, statements: int, round_trips: int) -> None:
         counts.add(statements, round_trips)
 
 
+def _pipelined(conn: Any) -> bool:
+    return bool(getattr(conn, "pipelined", False))
+
+
 class _Cursor(AsyncCursor[DictRow]):
-    """psycopg's cursor, counting statements and round trips (:class:`Counts`)."""
+    """psycopg's cursor, counting statements and round trips (:class:`Counts`).
+
+    In pipeline mode a statement is only queued; the round trip is counted where
+    the caller waits for an answer: a fetch of a result not yet read."""
 
     async def execute(
         self: _Self,
@@ -119,7 +138,7 @@ class _Cursor(AsyncCursor[DictRow]):
         prepare: bool | None = None,
         binary: bool | None = None,
     ) -> _Self:
-        _tally(self.connection, 1, 1)
+        _tally(self.connection, 1, 0 if _pipelined(self.connection) else 1)
         # (Any: psycopg overloads execute for template strings, which take no params.)
         return await super().execute(cast(Any, query), params, prepare=prepare, binary=binary)
 
@@ -128,11 +147,27 @@ class _Cursor(AsyncCursor[DictRow]):
     ) -> None:
         rows = list(params_seq)
         # psycopg sends the rows in one pipeline (one wait) where libpq has pipelines.
-        _tally(self.connection, len(rows), 1 if _PIPELINES else len(rows))
+        waits = 1 if _PIPELINES else len(rows)
+        _tally(self.connection, len(rows), 0 if _pipelined(self.connection) else waits)
         await super().executemany(query, rows, returning=returning)
+
+    async def fetchone(self) -> DictRow | None:
+        self._count_wait()
+        return await super().fetchone()
+
+    async def fetchall(self) -> list[DictRow]:
+        self._count_wait()
+        return await super().fetchall()
+
+    def _count_wait(self) -> None:
+        # In a pipeline, a fetch of a result not read yet waits for the server.
+        if self.pgresult is None and _pipelined(self.connection):
+            _tally(self.connection, 0, 1)
 
 
 _PIPELINES: Final = AsyncPipeline.is_supported()
+_INTRANS: Final = TransactionStatus.INTRANS
+_INERROR: Final = TransactionStatus.INERROR
 
 
 @asynccontextmanager
@@ -294,8 +329,21 @@ class Database:
                 await pool.close()
         self._pool = self._progress = None
 
-    async def run(self, kind: Kind, what: str, fn: Callable[[Conn], Awaitable[_T]]) -> _T:
-        """``fn`` in one transaction of ``kind``, run again after a deadlock."""
+    async def run(
+        self,
+        kind: Kind,
+        what: str,
+        fn: Callable[[Conn], Awaitable[_T]],
+        *,
+        pipelined: bool = False,
+    ) -> _T:
+        """``fn`` in one transaction of ``kind``, run again after a deadlock.
+
+        ``pipelined``: in psycopg's pipeline mode, the ``BEGIN`` sent with ``fn``'s
+        first statement and the ``COMMIT`` with the statements after its last fetch
+        (a transaction that reads once and then writes takes two round trips, however
+        many statements it sends).  Only for a ``fn`` written for it: in a pipeline a
+        statement's result (its rows, ``rowcount``) is there only once fetched."""
         pool = self._progress if kind is Kind.PROGRESS else self._pool
         if pool is None:
             raise StoreError(f"PostgreSQL store {self.where} is not open: call open() first")
@@ -308,6 +356,11 @@ class Database:
                     await conn.set_isolation_level(IsolationLevel.REPEATABLE_READ if read else None)
                     await conn.set_read_only(True if read else None)
                     self.counts.transactions += 1
+                    if pipelined:
+                        # BEGIN and COMMIT are counted as the statements they are
+                        # here; the wait at the end (the pipeline's sync) here.
+                        self.counts.add(0, 1)
+                        return await self._pipelined(conn, fn)
                     self.counts.add(2, 2)  # BEGIN, then COMMIT or ROLLBACK
                     async with conn.transaction():
                         return await fn(conn)
@@ -323,22 +376,56 @@ class Database:
                 raise self.error(what, exc) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
+    @staticmethod
+    async def _pipelined(conn: Conn, fn: Callable[[Conn], Awaitable[_T]]) -> _T:
+        """``fn`` between a ``BEGIN`` and a ``COMMIT`` sent in pipeline mode.  Said as
+        statements of the pipeline: psycopg's ``transaction()`` inside a pipeline
+        waits for its ``BEGIN`` and again after ``COMMIT`` (five waits for one
+        statement, where this takes two)."""
+        marked = conn if isinstance(conn, _Connection) else None
+        if marked is not None:
+            marked.pipelined = True
+        try:
+            async with conn.pipeline():
+                await conn.execute(b"BEGIN")
+                result = await fn(conn)
+                await conn.execute(b"COMMIT")
+        except BaseException:
+            # The server may be in the failed transaction (or in the one fn left
+            # by raising): out of it, unless the connection is gone (the pool drops it).
+            if marked is not None:
+                marked.pipelined = False
+            if conn.info.transaction_status in (_INTRANS, _INERROR):
+                with contextlib.suppress(psycopg.Error):
+                    await conn.execute(b"ROLLBACK")
+            raise
+        finally:
+            if marked is not None:
+                marked.pipelined = False
+        return result
+
     async def run_batch(
-        self, kind: Kind, what: str, calls: Sequence[Callable[[Conn], Awaitable[_T]]]
+        self,
+        kind: Kind,
+        what: str,
+        calls: Sequence[Callable[[Conn], Awaitable[_T]]],
+        *,
+        together: bool = True,
     ) -> list[_T | Exception]:
         """Every call in one transaction of ``kind``; each call's result, or the
         exception that failed it (a StoreError for a database error).
 
         All together first; if one fails, the transaction is rolled back and run again
-        with each call in a savepoint, so only the failed calls fail.  A lost
-        connection (or a deadlock :data:`RETRIES` times over) raises for them all."""
+        with each call in a savepoint, so only the failed calls fail (at once, with
+        ``together=False``: the caller knows one will).  A lost connection (or a
+        deadlock :data:`RETRIES` times over) raises for them all."""
         if len(calls) == 1:  # its own transaction: nothing to keep apart
             try:
                 return [await self.run(kind, what, calls[0])]
             except Exception as exc:
                 return [exc]
 
-        async def together(conn: Conn) -> list[_T | Exception]:
+        async def all_of_them(conn: Conn) -> list[_T | Exception]:
             out: list[_T | Exception] = []
             for call in calls:
                 try:
@@ -363,8 +450,10 @@ class Database:
                     out.append(exc)
             return out
 
+        if not together:
+            return await self.run(kind, what, each)
         try:
-            return await self.run(kind, what, together)
+            return await self.run(kind, what, all_of_them)
         except _OneFailed:
             return await self.run(kind, what, each)
 

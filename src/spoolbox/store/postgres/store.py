@@ -21,7 +21,10 @@ each operation checks what needs no database, then runs its function of
   its caller: the group is then run again with each call in a savepoint
   (:meth:`.connection.Database.run_batch`).
 * **Few round trips.**  A submit is one statement, a claim two, a settle three (see
-  :mod:`.queries`); ``statistics()`` counts transactions, statements and round trips.
+  :mod:`.queries`); a group of submits or settles (and a ``submit_many``) is sent in
+  pipeline mode, its ``BEGIN`` and ``COMMIT`` as statements of the pipeline, so the
+  whole group waits for the server twice (:mod:`.submits`, :mod:`.settles`);
+  ``statistics()`` counts transactions, statements and round trips.
 * **Durability.**  Acceptances (submits, inbound messages, user actions) commit with
   the database's ``synchronous_commit``; the spooler's progress with it off (see
   :mod:`.connection`).
@@ -61,13 +64,16 @@ from . import schema
 from . import transactions as tx
 from .cluster import PostgresCluster
 from .connection import Conn, Database
+from .settles import NotAlone, SettleCall, groupable, settle_group
+from .submits import Handoff, SubmitCall, submit_group
 from .wakeups import Listener
 
 __all__ = ["PostgresStore"]
 
 _T = TypeVar("_T")
-_Submit = Callable[[Conn], Awaitable[Any]]
-_Pending = list[tuple[_Submit, asyncio.Future[Any]]]
+_C = TypeVar("_C")
+_Call = Callable[[Conn], Awaitable[Any]]
+_Pending = list[tuple[_Call, asyncio.Future[Any]]]
 
 
 class PostgresStore(PostgresCluster):
@@ -95,9 +101,9 @@ class PostgresStore(PostgresCluster):
             dsn, max_size=pool_size, connect_timeout=connect_timeout, migrate=migrate
         )
         self._open = False
-        self._pending: _Pending = []
+        self._pending: list[tuple[SubmitCall, asyncio.Future[Any]]] = []
         self._committer: asyncio.Task[None] | None = None
-        self._settles: _Pending = []  # settles waiting for the next group
+        self._settles: list[tuple[SettleCall, asyncio.Future[Any]]] = []  # the next group
         self._settler: asyncio.Task[None] | None = None
         self._stats = {"commits": 0, "submits": 0, "submit_batches": 0, "largest_batch": 0}
         self._listener: Listener | None = None
@@ -166,10 +172,17 @@ class PostgresStore(PostgresCluster):
     async def _run(self, what: str, fn: Callable[[Conn], Awaitable[_T]]) -> _T:
         return await self._run_kind(OPERATIONS[what], what, fn)
 
-    async def _run_kind(self, kind: Kind, what: str, fn: Callable[[Conn], Awaitable[_T]]) -> _T:
+    async def _run_kind(
+        self,
+        kind: Kind,
+        what: str,
+        fn: Callable[[Conn], Awaitable[_T]],
+        *,
+        pipelined: bool = False,
+    ) -> _T:
         if not self._open:
             raise StoreError(f"{self!r} is not open: call open() first")
-        result = await self._db.run(kind, what, fn)
+        result = await self._db.run(kind, what, fn, pipelined=pipelined)
         if kind is not Kind.READ:
             self._stats["commits"] += 1
         return result
@@ -192,10 +205,9 @@ class PostgresStore(PostgresCluster):
         routes: Sequence[str | None] | None = None,
     ) -> MessageInfo:
         self._check_submit(message, routes)
-        fn = functools.partial(
-            tx.submit, message=message, now=float(now), lifetime=float(lifetime), routes=routes
+        info: MessageInfo = await self._submit_grouped(
+            SubmitCall(message, float(now), float(lifetime), routes)
         )
-        info: MessageInfo = await self._submit_grouped(fn)
         return info
 
     async def submit_claiming(
@@ -215,56 +227,91 @@ class PostgresStore(PostgresCluster):
         this node that waits for work (``_core/handoff.py``), as the SQLite store does.
         The job is None when no recipient could be claimed."""
         self._check_submit(message, routes)
-        fn = functools.partial(
-            tx.submit_claiming,
-            message=message,
-            now=float(now),
-            lifetime=float(lifetime),
-            routes=routes,
-            transport=transport,
-            owner=owner,
-            lease=float(lease),
+        handoff = Handoff(transport, owner, float(lease))
+        out: tuple[MessageInfo, ClaimedJob | None] = await self._submit_grouped(
+            SubmitCall(message, float(now), float(lifetime), routes, handoff)
         )
-        out: tuple[MessageInfo, ClaimedJob | None] = await self._submit_grouped(fn)
         return out
 
-    async def _submit_grouped(self, fn: _Submit) -> Any:
-        """``fn`` in the next group commit of submits (those of one turn of the loop,
+    async def _submit_grouped(self, call: SubmitCall) -> Any:
+        """``call`` in the next group commit of submits (those of one turn of the loop,
         and those that arrive while a group commits, in one transaction)."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((fn, fut))
+        self._pending.append((call, fut))
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_submits())
         return await fut
 
     async def _commit_submits(self) -> None:
-        """Commit the pending submits in batches until none is left."""
+        """Commit the pending submits in groups until none is left (:meth:`_commit_group`)."""
         # The task first runs in the next turn of the loop: every submit of this turn
         # has joined by then.
         try:
             while self._pending:
-                batch, self._pending = self._pending, []
-                await self._commit_batch("submit", batch)
+                group, self._pending = self._pending, []
+                await self._commit_group("submit", group, submit_group, _submit_alone)
         finally:
             self._committer = None
 
-    async def _commit_batch(self, what: str, batch: _Pending) -> None:
+    async def _commit_group(
+        self,
+        what: str,
+        group: list[tuple[_C, asyncio.Future[Any]]],
+        together: Callable[[Conn, list[_C]], Awaitable[Sequence[Any]]],
+        alone: Callable[[Conn, _C], Awaitable[Any]],
+    ) -> None:
+        """A group of calls (submits or settles) in one pipelined transaction
+        (``together``: :mod:`.submits`, :mod:`.settles`); if that fails, or one of
+        them must go alone (NotAlone), the group again with each call (``alone``) in a
+        savepoint of its own, so that only the calls that are wrong fail."""
+        calls = [call for call, _ in group]
+        if self._open:
+            try:
+                outcomes = await self._db.run(
+                    OPERATIONS[what], what, _bind(together, calls), pipelined=True
+                )
+            except Exception as exc:
+                if len(group) == 1 and not isinstance(exc, NotAlone):
+                    outcomes = [exc]
+                else:
+                    pending = [(_bind(alone, c), f) for c, f in group]
+                    await self._commit_batch(what, pending, together=False)
+                    return
+            else:
+                self._counted(what, len(group))
+            for (_, fut), outcome in zip(group, outcomes, strict=True):
+                if fut.done():
+                    continue
+                if isinstance(outcome, Exception):
+                    fut.set_exception(outcome)
+                else:
+                    fut.set_result(outcome)
+            return
+        await self._commit_batch(what, [(_bind(alone, c), f) for c, f in group])
+
+    def _counted(self, what: str, calls: int) -> None:
+        self._stats["commits"] += 1
+        if what == "submit":
+            self._stats["submits"] += calls
+            self._stats["submit_batches"] += 1
+            self._stats["largest_batch"] = max(self._stats["largest_batch"], calls)
+
+    async def _commit_batch(self, what: str, batch: _Pending, *, together: bool = True) -> None:
         """``batch`` (submits or settles) in one transaction (see
-        :meth:`.connection.Database.run_batch`: savepoints only after a failure)."""
+        :meth:`.connection.Database.run_batch`: savepoints only after a failure, or
+        from the start with ``together=False``)."""
         if not self._open:
             exc: Exception = StoreError(f"{self!r} is not open: call open() first")
             outcomes: list[Any] = [exc] * len(batch)
         else:
             try:
-                outcomes = await self._db.run_batch(OPERATIONS[what], what, [fn for fn, _ in batch])
+                outcomes = await self._db.run_batch(
+                    OPERATIONS[what], what, [fn for fn, _ in batch], together=together
+                )
             except Exception as exc:
                 outcomes = [exc] * len(batch)
             else:
-                self._stats["commits"] += 1
-                if what == "submit":
-                    self._stats["submits"] += len(batch)
-                    self._stats["submit_batches"] += 1
-                    self._stats["largest_batch"] = max(self._stats["largest_batch"], len(batch))
+                self._counted(what, len(batch))
         for (_, fut), outcome in zip(batch, outcomes, strict=True):
             if fut.done():
                 continue
@@ -282,18 +329,31 @@ class PostgresStore(PostgresCluster):
         routes: Sequence[Sequence[str | None] | None] | None = None,
     ) -> list[MessageInfo]:
         messages = list(messages)
-        if not submission_plan(messages, routes):
+        plan = submission_plan(messages, routes)
+        if not plan:
             return []
-        return await self._run(
-            "submit_many",
-            functools.partial(
-                tx.submit_many,
-                messages=messages,
-                routes=routes,
-                now=float(now),
-                lifetime=float(lifetime),
-            ),
-        )
+        calls = [SubmitCall(m, float(now), float(lifetime), r) for m, r in plan]
+        try:
+            # All the messages in one pipelined transaction (:mod:`.submits`).
+            infos = await self._run_kind(
+                OPERATIONS["submit_many"],
+                "submit_many",
+                _bind(submit_group, calls),
+                pipelined=True,
+            )
+        except NotAlone:
+            # One is refused: one after another, so that the error names it.
+            return await self._run(
+                "submit_many",
+                functools.partial(
+                    tx.submit_many,
+                    messages=messages,
+                    routes=routes,
+                    now=float(now),
+                    lifetime=float(lifetime),
+                ),
+            )
+        return [i if isinstance(i, MessageInfo) else i[0] for i in infos]
 
     # -- routing -------------------------------------------------------------------
     async def unrouted(
@@ -355,29 +415,33 @@ class PostgresStore(PostgresCluster):
     ) -> MessageInfo:
         if not self._open:
             raise StoreError(f"{self!r} is not open: call open() first")
-        fn = functools.partial(
-            tx.settle,
-            message_id=message_id,
-            updates=list(updates),
-            owner=owner,
-            now=now,
+        call = SettleCall(
+            message_id,
+            list(updates),
+            owner,
+            now,
             claim=claim,
             reports=list(reports),
             inbox_reports=list(inbox_reports),
             drop_finished=frozenset(drop_finished),
         )
         fut: asyncio.Future[MessageInfo] = asyncio.get_running_loop().create_future()
-        self._settles.append((fn, fut))
+        self._settles.append((call, fut))
         if self._settler is None:
             self._settler = asyncio.create_task(self._commit_settles())
         return await fut
 
     async def _commit_settles(self) -> None:
-        """Commit the pending settles in groups until none is left (as submits)."""
+        """Commit the pending settles in groups until none is left (as submits): a
+        group in one pipelined transaction (:mod:`.settles`) where it can go so, else
+        one settle after another in one transaction (:meth:`_commit_batch`)."""
         try:
             while self._settles:
                 group, self._settles = self._settles, []
-                await self._commit_batch("settle", group)
+                if groupable([call for call, _ in group]):
+                    await self._commit_group("settle", group, settle_group, _settle_alone)
+                else:
+                    await self._commit_batch("settle", _alone(group))
         finally:
             self._settler = None
 
@@ -550,6 +614,42 @@ class PostgresStore(PostgresCluster):
             "profile_update",
             functools.partial(tx.profile_update, section=section, values=encoded),
         )
+
+
+def _bind(fn: Callable[[Conn, _C], Awaitable[_T]], arg: _C) -> Callable[[Conn], Awaitable[_T]]:
+    """``fn`` with its second argument given: a call for one transaction."""
+
+    def call(conn: Conn) -> Awaitable[_T]:
+        return fn(conn, arg)
+
+    return call
+
+
+async def _submit_alone(conn: Conn, call: SubmitCall) -> Any:
+    if call.handoff is not None:
+        return await tx.submit_claiming(conn, call)
+    return await tx.submit(
+        conn, call.message, now=call.now, lifetime=call.lifetime, routes=call.routes
+    )
+
+
+def _alone(group: list[tuple[SettleCall, asyncio.Future[Any]]]) -> _Pending:
+    """The group's settles as calls of :func:`.transactions.settle`."""
+    return [(_bind(_settle_alone, call), fut) for call, fut in group]
+
+
+async def _settle_alone(conn: Conn, call: SettleCall) -> MessageInfo:
+    return await tx.settle(
+        conn,
+        call.message_id,
+        call.updates,
+        owner=call.owner,
+        now=call.now,
+        claim=call.claim,
+        reports=call.reports,
+        inbox_reports=call.inbox_reports,
+        drop_finished=call.drop_finished,
+    )
 
 
 def _encode_updates(

@@ -46,17 +46,15 @@ from ..sqlite.rows import (
     inbox_from_row,
     inbox_params,
     message_from_row,
-    message_params,
     recipient_from_row,
     recipient_params,
 )
 from . import queries as _q
 from . import schema
 from .purge import delete_message
+from .submits import PREFETCH_LIMIT, SubmitCall, handed_off, submission_params
 from .wakeups import ANY, ROUTE, notify, payloads
 
-#: Messages up to this size are read in the claim's transaction (ClaimedJob.content).
-PREFETCH_LIMIT: Final = 256 * 1024
 #: Recipient rows a claim locks per message it wants (a message has several).
 _ROWS_PER_MESSAGE: Final = 4
 _PAGE: Final = 200  # messages read per query while filtering a listing by state
@@ -88,31 +86,14 @@ async def submit(
     lifetime: float,
     routes: Sequence[str | None] | None = None,
 ) -> MessageInfo:
-    """Insert a message (or recognise it again); used by submit and by settle.
+    """Insert a message (or recognise it again); used by settle (its reports) and by
+    a group of submits that failed together (each alone, :mod:`.submits`).
 
     Refuses (StoreError) before writing anything that would stay.  One statement
     (:data:`.queries.INSERT_SUBMISSION`); a second and third only when the id exists."""
-    fingerprint = rules.fingerprint(message)
+    call = SubmitCall(message, now, lifetime, routes)
     info = rules.accepted(message, now=now, lifetime=lifetime)
-    data = message.content
-    size = schema.CHUNK_SIZE
-    send_at = float(info.send_at or 0.0)
-    row = await _one(
-        conn,
-        _q.INSERT_SUBMISSION,
-        {
-            **message_params(info, fingerprint=fingerprint, blob_id=0),
-            "content_size": len(data),
-            "chunks": max(1, -(-len(data) // size)),
-            "data": [data[i : i + size] for i in range(0, len(data), size)] or [b""],
-            "now": now,
-            "ready_at": send_at,
-            "addresses": [str(a) for a in message.recipients],
-            "routes": list(routes) if routes is not None else [None] * len(message.recipients),
-            "channel": _q.CHANNEL,
-            "payloads": sorted(payloads(routes) if routes is not None else {ROUTE}),
-        },
-    )
+    row = await _one(conn, _q.INSERT_SUBMISSION, submission_params(call, info))
     if row is None:  # pragma: no cover - the statement returns its one row
         raise StoreError("PostgreSQL did not return the id of a new content row")
     if int(row["inserted"]):
@@ -122,39 +103,34 @@ async def submit(
     existing = await _one(conn, _q.SELECT_MESSAGE, (message.id,))
     if existing is None:  # pragma: no cover - the conflict means the row exists
         raise StoreError(f"message {message.id!r} vanished while it was being stored")
-    if bytes(existing["fingerprint"]) != fingerprint:
+    if bytes(existing["fingerprint"]) != rules.fingerprint(message):
         raise StoreError(f"message id {message.id!r} is already used by a different message")
     return message_from_row(existing)
 
 
-async def submit_claiming(
-    conn: Conn,
-    message: NewMessage,
-    *,
-    now: float,
-    lifetime: float,
-    routes: Sequence[str | None] | None,
-    transport: str,
-    owner: str,
-    lease: float,
-) -> tuple[MessageInfo, ClaimedJob | None]:
+async def submit_claiming(conn: Conn, call: SubmitCall) -> tuple[MessageInfo, ClaimedJob | None]:
     """:func:`submit`, then, in the same transaction, claim the message's recipients
-    routed to ``transport`` and ready at ``now`` for ``owner`` (the hand-off to a free
-    lane: no claim transaction, no wake-up round trip).  One statement more."""
-    info = await submit(conn, message, now=now, lifetime=lifetime, routes=routes)
-    until = now + lease
+    routed to the hand-off's transport and ready at ``now`` for its owner (the
+    hand-off to a free lane: no claim transaction, no wake-up round trip).  One
+    statement more."""
+    h = call.handoff
+    if h is None:
+        raise ValueError("submit_claiming needs a hand-off")
+    info = await submit(
+        conn, call.message, now=call.now, lifetime=call.lifetime, routes=call.routes
+    )
     rows = await _all(
         conn,
         _q.CLAIM_OF_MESSAGE,
-        {"owner": owner, "until": until, "now": now, "id": info.id, "route": transport},
+        {
+            "owner": h.owner,
+            "until": call.now + h.lease,
+            "now": call.now,
+            "id": info.id,
+            "route": h.transport,
+        },
     )
-    if not rows:
-        return info, None
-    claimed = tuple(sorted((recipient_from_row(r) for r in rows), key=lambda r: r.index))
-    # The content is the message's own (an existing id was recognised by its fingerprint).
-    content = message.content if info.size <= PREFETCH_LIMIT else None
-    token = int(rows[0]["claim"])
-    return info, ClaimedJob(info, claimed, transport, owner, until, content, claim=token)
+    return info, handed_off(call, info, rows)
 
 
 async def submit_many(
