@@ -51,14 +51,15 @@ async def test_a_submit_is_one_statement_in_its_transaction(pg_dsn: str) -> None
         assert await store.read_content("m0001") == new_message(1, size=300_000).content
 
 
-async def test_a_claim_is_two_statements_and_progress_needs_no_set_local(pg_dsn: str) -> None:
+async def test_a_claim_is_two_statements_two_waits_and_progress_needs_no_set_local(pg_dsn: str) -> None:
     async with PostgresStore(pg_dsn) as store:
         for i in range(3):
             await store.submit(new_message(i, "X:a", "X:b"), now=T0, lifetime=60, routes=["x"] * 2)
         meter = _Meter(store)
         jobs = await store.claim("x", owner="n", now=T0, lease=60, limit=2)
-        # BEGIN, pick and take, the messages with their contents, COMMIT
-        assert meter() == (1, 4, 4)
+        # BEGIN, pick and take (one wait), the messages with their contents and the
+        # COMMIT (the second; the messages read after it)
+        assert meter() == (1, 4, 2)
         assert [j.message.id for j in jobs] == ["m0000", "m0001"]
         assert [len(j.recipients) for j in jobs] == [2, 2]
         assert jobs[0].content == new_message(0).content

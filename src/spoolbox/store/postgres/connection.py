@@ -55,7 +55,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, Generic, TypeVar, cast
 
 import psycopg
 from psycopg import AsyncConnection, AsyncCursor, AsyncPipeline, IsolationLevel, errors
@@ -69,7 +69,7 @@ from ..base import StoreError
 from ..operations import Kind
 from . import schema
 
-__all__ = ["Counts", "Database", "describe", "savepoint"]
+__all__ = ["AfterCommit", "Counts", "Database", "describe", "savepoint"]
 
 log = logging.getLogger("spoolbox.store")
 
@@ -390,6 +390,9 @@ class Database:
                 await conn.execute(b"BEGIN")
                 result = await fn(conn)
                 await conn.execute(b"COMMIT")
+            if isinstance(result, AfterCommit):
+                # Its last answers came with the COMMIT's: read without a wait.
+                return cast(_T, await result.read())
         except BaseException:
             # The server may be in the failed transaction (or in the one fn left
             # by raising): out of it, unless the connection is gone (the pool drops it).
@@ -403,6 +406,14 @@ class Database:
             if marked is not None:
                 marked.pipelined = False
         return result
+
+    async def run_reading_after_commit(
+        self, kind: Kind, what: str, fn: Callable[[Conn], Awaitable[AfterCommit[_T]]]
+    ) -> _T:
+        """``fn`` pipelined (:meth:`run`), whose answers are read after the ``COMMIT``
+        came back (:class:`AfterCommit`): a transaction that reads, then sends its last
+        statement, waits twice."""
+        return cast(_T, await self.run(kind, what, fn, pipelined=True))
 
     async def run_batch(
         self,
@@ -456,6 +467,17 @@ class Database:
             return await self.run(kind, what, all_of_them)
         except _OneFailed:
             return await self.run(kind, what, each)
+
+
+class AfterCommit(Generic[_T]):
+    """What a pipelined function returns when its last statements' answers are to be
+    read once the ``COMMIT`` came back (they arrive together): ``read`` reads them
+    (:meth:`Database.run_reading_after_commit`)."""
+
+    __slots__ = ("read",)
+
+    def __init__(self, read: Callable[[], Awaitable[_T]]) -> None:
+        self.read = read
 
 
 class _OneFailed(Exception):

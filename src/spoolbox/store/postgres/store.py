@@ -385,7 +385,11 @@ class PostgresStore(PostgresCluster):
     ) -> list[ClaimedJob]:
         if limit <= 0:
             return []
-        return await self._run(
+        if not self._open:
+            raise StoreError(f"{self!r} is not open: call open() first")
+        # Pipelined: two waits for the server (:func:`.transactions.claim`).
+        jobs = await self._db.run_reading_after_commit(
+            OPERATIONS["claim"],
             "claim",
             functools.partial(
                 tx.claim,
@@ -397,6 +401,8 @@ class PostgresStore(PostgresCluster):
                 ignore_retry=ignore_retry,
             ),
         )
+        self._stats["commits"] += 1
+        return jobs
 
     async def renew(self, job: ClaimedJob, *, now: float, lease: float) -> ClaimedJob:
         return await self._run("renew", functools.partial(tx.renew, job=job, now=now, lease=lease))

@@ -51,6 +51,7 @@ from ..sqlite.rows import (
 )
 from . import queries as _q
 from . import schema
+from .connection import AfterCommit
 from .purge import delete_message
 from .submits import PREFETCH_LIMIT, SubmitCall, handed_off, submission_params
 from .wakeups import ANY, ROUTE, notify, payloads
@@ -187,9 +188,10 @@ async def claim(
     lease: float,
     limit: int = 1,
     ignore_retry: bool = False,
-) -> list[ClaimedJob]:
-    if limit <= 0:
-        return []
+) -> AfterCommit[list[ClaimedJob]]:
+    """Pipelined (:meth:`.connection.Database.run_reading_after_commit`): the pick
+    and take (its answer read with the ``BEGIN``'s), then the messages with their
+    contents, sent with the ``COMMIT`` and read after it: two waits."""
     until = now + lease
     taken = await _all(
         conn,
@@ -204,7 +206,7 @@ async def claim(
         },
     )
     if not taken:
-        return []
+        return AfterCommit(_nothing)
     by_message: dict[str, list[RecipientRecord]] = {}
     rank: dict[str, int] = {}
     token = 0  # one value of the sequence for the whole statement (_q.CLAIM_TAKE_READY)
@@ -213,27 +215,32 @@ async def claim(
         r = recipient_from_row(row)
         by_message.setdefault(r.message_id, []).append(r)
         rank[r.message_id] = int(row["pick_rank"])
-    infos: dict[str, DictRow] = {}
-    chunks: dict[str, list[bytes]] = {}
-    for row in await _all(
-        conn,
-        _q.SELECT_MESSAGES_WITH_CONTENT,
-        {"ids": list(by_message), "prefetch": PREFETCH_LIMIT},
-    ):
-        mid = str(row["id"])
-        infos.setdefault(mid, row)
-        if row["chunk"] is not None:
-            chunks.setdefault(mid, []).append(bytes(row["chunk"]))
-    jobs: list[ClaimedJob] = []
-    for mid in sorted(by_message, key=rank.__getitem__):
-        claimed = tuple(sorted(by_message[mid], key=lambda r: r.index))
-        content = b"".join(chunks[mid]) if mid in chunks else None
-        jobs.append(
-            ClaimedJob(
-                message_from_row(infos[mid]), claimed, transport, owner, until, content, claim=token
-            )
-        )
-    return jobs
+    messages = conn.cursor()
+    await messages.execute(
+        _q.SELECT_MESSAGES_WITH_CONTENT, {"ids": list(by_message), "prefetch": PREFETCH_LIMIT}
+    )
+
+    async def jobs() -> list[ClaimedJob]:
+        infos: dict[str, DictRow] = {}
+        chunks: dict[str, list[bytes]] = {}
+        for row in await messages.fetchall():
+            mid = str(row["id"])
+            infos.setdefault(mid, row)
+            if row["chunk"] is not None:
+                chunks.setdefault(mid, []).append(bytes(row["chunk"]))
+        out: list[ClaimedJob] = []
+        for mid in sorted(by_message, key=rank.__getitem__):
+            claimed = tuple(sorted(by_message[mid], key=lambda r: r.index))
+            content = b"".join(chunks[mid]) if mid in chunks else None
+            info = message_from_row(infos[mid])
+            out.append(ClaimedJob(info, claimed, transport, owner, until, content, claim=token))
+        return out
+
+    return AfterCommit(jobs)
+
+
+async def _nothing() -> list[ClaimedJob]:
+    return []
 
 
 async def renew(conn: Conn, job: ClaimedJob, *, now: float, lease: float) -> ClaimedJob:
