@@ -79,6 +79,27 @@ UPDATE_RECIPIENT = (
     "claim = coalesce(%(claim)s, claim) "
     "WHERE message_id = %(message_id)s AND idx = %(idx)s"
 )
+#: :data:`UPDATE_RECIPIENT` for many recipients in one statement (a group of
+#: settles): one array per column (:func:`recipient_arrays`), so the statement's
+#: counter trigger runs once for the group instead of once per recipient.
+UPDATE_RECIPIENTS = (
+    "UPDATE recipients AS r SET state = v.state, route = v.route, "
+    "refused_by = v.refused_by, attempts = v.attempts, retry_at = v.retry_at, "
+    "ready_at = greatest(r.send_at, v.retry_at), status = v.status, "
+    "diagnostic = v.diagnostic, updated_at = v.updated_at, "
+    "first_failed_at = v.first_failed_at, owner = v.owner, "
+    "lease_until = v.lease_until, delay_warned = v.delay_warned, "
+    "claim = coalesce(v.claim, r.claim) "
+    "FROM unnest(%(message_id)s::text[], %(idx)s::integer[], %(state)s::text[], "
+    "%(route)s::text[], %(refused_by)s::text[], %(attempts)s::integer[], "
+    "%(retry_at)s::double precision[], %(status)s::text[], %(diagnostic)s::text[], "
+    "%(updated_at)s::double precision[], %(first_failed_at)s::double precision[], "
+    "%(owner)s::text[], %(lease_until)s::double precision[], "
+    "%(delay_warned)s::smallint[], %(claim)s::bigint[]) "
+    "AS v(message_id, idx, state, route, refused_by, attempts, retry_at, status, "
+    "diagnostic, updated_at, first_failed_at, owner, lease_until, delay_warned, claim) "
+    "WHERE r.message_id = v.message_id AND r.idx = v.idx"
+)
 RENEW_LEASE = (
     "UPDATE recipients SET lease_until = %s "
     "WHERE message_id = %s AND idx = %s AND state = 'active' AND owner = %s AND claim = %s"
@@ -123,7 +144,8 @@ _CLAIM = (
     "lease_until = %(until)s, updated_at = %(now)s, claim = token.n "
     "FROM token, (SELECT c.message_id, c.idx, p.rank FROM recipients AS c "
     "JOIN picked AS p ON p.message_id = c.message_id "
-    "WHERE c.state = 'queued' AND c.route = %(route)s AND c.{ready} <= %(now)s "
+    "WHERE c.message_id = ANY(ARRAY(SELECT message_id FROM picked)) "
+    "AND c.state = 'queued' AND c.route = %(route)s AND c.{ready} <= %(now)s "
     "ORDER BY c.message_id, c.idx FOR UPDATE OF c SKIP LOCKED) AS t "
     "WHERE r.message_id = t.message_id AND r.idx = t.idx "
     "RETURNING t.rank AS pick_rank, " + _RETURNING_RECIPIENT

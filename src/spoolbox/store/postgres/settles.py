@@ -6,9 +6,11 @@ a whole group in one transaction that waits for the server twice, however many
 messages it holds (:meth:`.connection.Database.run` with ``pipelined``): the
 ``BEGIN`` and the reads of every message (``FOR SHARE``) and recipient (``FOR
 UPDATE``, in ``(message_id, idx)`` order) in the first round trip, then every
-recipient's new row (one ``executemany``), the wake-ups and the deletes of messages
+recipient's new row (one statement), the wake-ups and the deletes of messages
 kept for no time, and the ``COMMIT`` in the second.  The checks and the new rows are
-the shared rules' (:mod:`spoolbox.store.rules`), as in :func:`.transactions.settle`.
+the shared rules' (:mod:`spoolbox.store.rules`), as in :func:`.transactions.settle`;
+the new rows go in one ``UPDATE ... FROM unnest(...)`` (one statement, so the
+counters' statement trigger runs once for the group, not once per recipient).
 
 The group is all or nothing.  When a settle of it cannot go this way, because its
 check fails (a lease another node holds now, a recipient that is not there), it
@@ -42,7 +44,7 @@ from . import queries as _q
 from .purge import delete_message
 from .wakeups import notify, payloads
 
-__all__ = ["NotAlone", "SettleCall", "settle_group"]
+__all__ = ["NotAlone", "SettleCall", "groupable", "recipient_arrays", "settle_group"]
 
 Conn = AsyncConnection[DictRow]
 _R = RecipientState
@@ -117,17 +119,40 @@ async def settle_group(conn: Conn, calls: Sequence[SettleCall]) -> list[MessageI
         after = (recs[i].state if i in recs else _R(r["state"]) for i, r in rows.items())
         if retention.dropped(after, call.drop_finished):
             dropped.append(call.message_id)
-    async with conn.cursor() as c:
-        await c.executemany(
-            _q.UPDATE_RECIPIENT,
-            [recipient_params(r, owner=None, lease_until=None) for r in new_rows],
-        )
+    await conn.execute(_q.UPDATE_RECIPIENTS, recipient_arrays(new_rows))
     # Recipients back in the queue and ready now may be another node's work.
     ready = (r.route for r, call in _with_calls(new_rows, calls) if _ready(r, call.now))
     await notify(conn, payloads(ready))
     for message_id in dropped:
         await delete_message(conn, message_id)
     return infos
+
+
+def recipient_arrays(rows: Sequence[RecipientRecord]) -> dict[str, list[object]]:
+    """:data:`.queries.UPDATE_RECIPIENTS`'s parameters: each column of
+    :func:`~spoolbox.store.sqlite.rows.recipient_params` (a settle's: no lease) as
+    one array, a row of each per recipient."""
+    params = [recipient_params(r, owner=None, lease_until=None) for r in rows]
+    return {key: [p[key] for p in params] for key in _UPDATE_COLUMNS}
+
+
+_UPDATE_COLUMNS = (
+    "message_id",
+    "idx",
+    "state",
+    "route",
+    "refused_by",
+    "attempts",
+    "retry_at",
+    "status",
+    "diagnostic",
+    "updated_at",
+    "first_failed_at",
+    "owner",
+    "lease_until",
+    "delay_warned",
+    "claim",
+)
 
 
 def _settled(
