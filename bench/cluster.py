@@ -32,8 +32,8 @@ a temporary directory, ``fsync = on``) and Postfix's ``smtp-sink -c`` (``bench/_
   recipients claimed (and settled) per second by all K together.
 * ``latency``: one message at a time through the client (``Client.submit``, the
   daemon's API) to node 1 of an idle system, the time until smtp-sink has it (p50,
-  p99, as ``bench/latency.py``): PostgreSQL with 2 nodes (the other node hears of it
-  by LISTEN/NOTIFY and may claim it) against SQLite with one node.
+  p99, as ``bench/latency.py``): PostgreSQL with 1 and 2 nodes (the other node hears
+  of it by LISTEN/NOTIFY and may claim it) against SQLite with one node.
 
 * ``relay`` (not in the default ``--only``): smtp-source (``-s --sessions``, 2 KB,
   ``--relay-messages``) -> the system -> smtp-sink, after ``--warmup-relay``
@@ -742,8 +742,11 @@ def _run(args: Any, parts: set[str], root: Path, pg: Any, sink: Sink) -> dict[st
             )
         out["claims"] = runs
     if "latency" in parts:
-        systems = {"postgres 2 nodes": System("postgres 2 nodes", "postgres", 2)}
-        systems["sqlite 1 node"] = System("sqlite 1 node", "sqlite", 0)
+        systems = {
+            "postgres 1 node": System("postgres 1 node", "postgres", 1),
+            "postgres 2 nodes": System("postgres 2 nodes", "postgres", 2),
+            "sqlite 1 node": System("sqlite 1 node", "sqlite", 0),
+        }
         runs = _measure(
             list(systems),
             args.runs,
