@@ -74,6 +74,10 @@ class WireProxy:
         self._tasks.update(tasks)
         try:
             await asyncio.gather(*tasks, return_exceptions=True)
+        except asyncio.CancelledError:
+            # The proxy is closing (__aexit__ cancelled the pumps): end quietly, or
+            # asyncio's stream callback reports the cancelled task as an error.
+            pass
         finally:
             self._tasks.difference_update(tasks)
 
