@@ -51,7 +51,7 @@ async def test_a_submit_is_one_statement_in_its_transaction(pg_dsn: str) -> None
         assert await store.read_content("m0001") == new_message(1, size=300_000).content
 
 
-async def test_a_claim_is_two_statements_two_waits_and_progress_needs_no_set_local(pg_dsn: str) -> None:
+async def test_a_claim_is_two_statements_two_waits_and_no_set_local(pg_dsn: str) -> None:
     async with PostgresStore(pg_dsn) as store:
         for i in range(3):
             await store.submit(new_message(i, "X:a", "X:b"), now=T0, lifetime=60, routes=["x"] * 2)
