@@ -151,6 +151,7 @@ workers = {workers}
 
 [policy]
 idle = "always"
+{f"claim_batch = {args.claim_batch}" if args.claim_batch else ""}
 
 [identities]
 senders = ["SMTP:{SENDER}"]
@@ -627,6 +628,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         default=DEFAULT_MAX_CONNECTIONS,
         help="per process (default: the smtp transport's own default)",
+    )
+    p.add_argument(
+        "--claim-batch",
+        type=int,
+        default=0,
+        help="drain, latency, relay: [policy] claim_batch of every process (0: its default)",
     )
     p.add_argument("--claims", type=int, default=4000, help="claims: recipients per run")
     p.add_argument("--claimers", type=_ints, default=[1, 2, 4, 8])

@@ -36,7 +36,12 @@ async def test_a_worker_that_exits_without_a_word_is_said_to_have_done_so() -> N
 
 
 async def test_a_worker_that_says_something_else_is_killed_with_its_error() -> None:
-    code = 'import sys; print(\'{"error": "no such transport"}\'); sys.stdout.flush(); input()'
+    # It stays (asleep, not reading: a child that read the settings line could exit
+    # on its own before the kill, and the test would race it).
+    code = (
+        'import sys, time; print(\'{"error": "no such transport"}\'); sys.stdout.flush(); '
+        "time.sleep(60)"
+    )
     proc = await _child(code)
     why = await hand_over(proc, "{}", timeout=30, exited="gone")
     assert why is not None
