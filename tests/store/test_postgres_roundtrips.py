@@ -51,23 +51,23 @@ async def test_a_submit_is_one_statement_in_its_transaction(pg_dsn: str) -> None
         assert await store.read_content("m0001") == new_message(1, size=300_000).content
 
 
-async def test_a_claim_is_two_statements_two_waits_and_no_set_local(pg_dsn: str) -> None:
+async def test_a_claim_is_two_statements_and_two_waits(pg_dsn: str) -> None:
     async with PostgresStore(pg_dsn) as store:
         for i in range(3):
             await store.submit(new_message(i, "X:a", "X:b"), now=T0, lifetime=60, routes=["x"] * 2)
         meter = _Meter(store)
         jobs = await store.claim("x", owner="n", now=T0, lease=60, limit=2)
-        # BEGIN, pick and take (one wait), the messages with their contents and the
-        # COMMIT (the second; the messages read after it)
-        assert meter() == (1, 4, 2)
+        # Pick and take (one wait), the messages with their contents (the second, the
+        # pipeline's sync, which commits them: no BEGIN, no COMMIT; read after it)
+        assert meter() == (1, 2, 2)
         assert [j.message.id for j in jobs] == ["m0000", "m0001"]
         assert [len(j.recipients) for j in jobs] == [2, 2]
         assert jobs[0].content == new_message(0).content
         assert jobs[0].claim == jobs[1].claim
         await store.settle("m0000", _delivered(2), owner="n", now=T0, claim=jobs[0].claim)
-        # Pipelined: BEGIN, the message, its recipients (one round trip), the two
-        # recipients' updates in one statement and COMMIT (the second)
-        assert meter() == (1, 5, 2)
+        # Pipelined, one implicit transaction: the message, its recipients (one round
+        # trip), the two recipients' updates in one statement (the second, the sync)
+        assert meter() == (1, 3, 2)
 
 
 async def test_a_group_of_settles_waits_twice_and_has_no_savepoints_unless_one_fails(
@@ -84,9 +84,9 @@ async def test_a_group_of_settles_waits_twice_and_has_no_savepoints_unless_one_f
                 for j in jobs[:2]
             )
         )
-        # One pipelined transaction: BEGIN, the messages, the recipients, the updates
-        # (one statement), COMMIT; two round trips however many settles
-        assert meter() == (1, 2 + 2 + 1, 2)
+        # One pipelined implicit transaction: the messages, the recipients, the
+        # updates (one statement); two round trips however many settles
+        assert meter() == (1, 2 + 1, 2)
         results = await asyncio.gather(
             *(
                 store.settle(j.message.id, _delivered(1), owner=o, now=T0, claim=j.claim)
@@ -97,11 +97,12 @@ async def test_a_group_of_settles_waits_twice_and_has_no_savepoints_unless_one_f
         assert not isinstance(results[0], BaseException)
         assert isinstance(results[1], StoreError)
         # Pipelined, given up after the reads (the lease is someone else's: two round
-        # trips, and the ROLLBACK), then again with a savepoint each (the first's 3
-        # statements; the second's 2 reads, rolled back to: ROLLBACK TO and RELEASE).
+        # trips; the implicit transaction wrote nothing), then again with a savepoint
+        # each (the first's 3 statements; the second's 2 reads, rolled back to:
+        # ROLLBACK TO and RELEASE).
         transactions, _, round_trips = meter()
         assert transactions == 2
-        assert round_trips == (2 + 1) + (2 + (2 + 3) + (3 + 2))
+        assert round_trips == 2 + (2 + (2 + 3) + (3 + 2))
         counts = await store.counts()
         assert counts[_R.DELIVERED] == 3
         assert counts[_R.ACTIVE] == 1

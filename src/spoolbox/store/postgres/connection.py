@@ -336,6 +336,7 @@ class Database:
         fn: Callable[[Conn], Awaitable[_T]],
         *,
         pipelined: bool = False,
+        implicit: bool = False,
     ) -> _T:
         """``fn`` in one transaction of ``kind``, run again after a deadlock.
 
@@ -343,7 +344,12 @@ class Database:
         first statement and the ``COMMIT`` with the statements after its last fetch
         (a transaction that reads once and then writes takes two round trips, however
         many statements it sends).  Only for a ``fn`` written for it: in a pipeline a
-        statement's result (its rows, ``rowcount``) is there only once fetched."""
+        statement's result (its rows, ``rowcount``) is there only once fetched.
+
+        ``implicit`` (with ``pipelined``): no ``BEGIN`` and ``COMMIT`` at all: the
+        statements up to the pipeline's sync are one implicit transaction, committed
+        at the sync (rolled back there if one failed).  Only for a ``fn`` that raises
+        before it writes anything (what it read is committed with nothing else)."""
         pool = self._progress if kind is Kind.PROGRESS else self._pool
         if pool is None:
             raise StoreError(f"PostgreSQL store {self.where} is not open: call open() first")
@@ -360,7 +366,7 @@ class Database:
                         # BEGIN and COMMIT are counted as the statements they are
                         # here; the wait at the end (the pipeline's sync) here.
                         self.counts.add(0, 1)
-                        return await self._pipelined(conn, fn)
+                        return await self._pipelined(conn, fn, implicit)
                     self.counts.add(2, 2)  # BEGIN, then COMMIT or ROLLBACK
                     async with conn.transaction():
                         return await fn(conn)
@@ -377,7 +383,9 @@ class Database:
         raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
-    async def _pipelined(conn: Conn, fn: Callable[[Conn], Awaitable[_T]]) -> _T:
+    async def _pipelined(
+        conn: Conn, fn: Callable[[Conn], Awaitable[_T]], implicit: bool = False
+    ) -> _T:
         """``fn`` between a ``BEGIN`` and a ``COMMIT`` sent in pipeline mode.  Said as
         statements of the pipeline: psycopg's ``transaction()`` inside a pipeline
         waits for its ``BEGIN`` and again after ``COMMIT`` (five waits for one
@@ -387,9 +395,11 @@ class Database:
             marked.pipelined = True
         try:
             async with conn.pipeline():
-                await conn.execute(b"BEGIN")
+                if not implicit:
+                    await conn.execute(b"BEGIN")
                 result = await fn(conn)
-                await conn.execute(b"COMMIT")
+                if not implicit:
+                    await conn.execute(b"COMMIT")
             if isinstance(result, AfterCommit):
                 # Its last answers came with the COMMIT's: read without a wait.
                 return cast(_T, await result.read())
@@ -413,7 +423,7 @@ class Database:
         """``fn`` pipelined (:meth:`run`), whose answers are read after the ``COMMIT``
         came back (:class:`AfterCommit`): a transaction that reads, then sends its last
         statement, waits twice."""
-        return cast(_T, await self.run(kind, what, fn, pipelined=True))
+        return cast(_T, await self.run(kind, what, fn, pipelined=True, implicit=True))
 
     async def run_batch(
         self,

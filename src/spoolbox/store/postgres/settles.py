@@ -3,11 +3,14 @@
 A node's lanes settle one message each; the settles that arrive together are
 committed together (:meth:`.store.PostgresStore.settle`).  :func:`settle_group` does
 a whole group in one transaction that waits for the server twice, however many
-messages it holds (:meth:`.connection.Database.run` with ``pipelined``): the
-``BEGIN`` and the reads of every message (``FOR SHARE``) and recipient (``FOR
-UPDATE``, in ``(message_id, idx)`` order) in the first round trip, then every
-recipient's new row (one statement), the wake-ups and the deletes of messages
-kept for no time, and the ``COMMIT`` in the second.  The checks and the new rows are
+messages it holds (:meth:`.connection.Database.run` with ``pipelined`` and
+``implicit``: the statements up to the pipeline's sync are one implicit
+transaction, no ``BEGIN`` or ``COMMIT``): the reads of every message (``FOR
+SHARE``) and recipient (``FOR UPDATE``, in ``(message_id, idx)`` order) in the
+first round trip, then every recipient's new row (one statement), the wake-ups and
+the deletes of messages kept for no time, committed at the sync, in the second.
+Everything is checked and computed before the first write, so a raise commits
+nothing but the reads.  The checks and the new rows are
 the shared rules' (:mod:`spoolbox.store.rules`), as in :func:`.transactions.settle`;
 the new rows go in one ``UPDATE ... FROM unnest(...)`` (one statement, so the
 counters' statement trigger runs once for the group, not once per recipient).
@@ -119,10 +122,13 @@ async def settle_group(conn: Conn, calls: Sequence[SettleCall]) -> list[MessageI
         after = (recs[i].state if i in recs else _R(r["state"]) for i, r in rows.items())
         if retention.dropped(after, call.drop_finished):
             dropped.append(call.message_id)
-    await conn.execute(_q.UPDATE_RECIPIENTS, recipient_arrays(new_rows))
+    # Everything is decided before the first write: the store runs a group as an
+    # implicit transaction (no BEGIN), which would commit what came before a raise.
+    params = recipient_arrays(new_rows)
     # Recipients back in the queue and ready now may be another node's work.
-    ready = (r.route for r, call in _with_calls(new_rows, calls) if _ready(r, call.now))
-    await notify(conn, payloads(ready))
+    ready = payloads(r.route for r, call in _with_calls(new_rows, calls) if _ready(r, call.now))
+    await conn.execute(_q.UPDATE_RECIPIENTS, params)
+    await notify(conn, ready)
     for message_id in dropped:
         await delete_message(conn, message_id)
     return infos

@@ -267,8 +267,14 @@ class PostgresStore(PostgresCluster):
         calls = [call for call, _ in group]
         if self._open:
             try:
+                # A group of settles reads before it writes, and raises NotAlone
+                # before writing: no BEGIN and COMMIT (an implicit transaction).
                 outcomes = await self._db.run(
-                    OPERATIONS[what], what, _bind(together, calls), pipelined=True
+                    OPERATIONS[what],
+                    what,
+                    _bind(together, calls),
+                    pipelined=True,
+                    implicit=what == "settle",
                 )
             except Exception as exc:
                 if len(group) == 1 and not isinstance(exc, NotAlone):
