@@ -285,13 +285,7 @@ class PostgresStore(PostgresCluster):
                     return
             else:
                 self._counted(what, len(group))
-            for (_, fut), outcome in zip(group, outcomes, strict=True):
-                if fut.done():
-                    continue
-                if isinstance(outcome, Exception):
-                    fut.set_exception(outcome)
-                else:
-                    fut.set_result(outcome)
+            _resolve([fut for _, fut in group], outcomes)
             return
         await self._commit_batch(what, [(_bind(alone, c), f) for c, f in group])
 
@@ -318,13 +312,7 @@ class PostgresStore(PostgresCluster):
                 outcomes = [exc] * len(batch)
             else:
                 self._counted(what, len(batch))
-        for (_, fut), outcome in zip(batch, outcomes, strict=True):
-            if fut.done():
-                continue
-            if isinstance(outcome, Exception):
-                fut.set_exception(outcome)
-            else:
-                fut.set_result(outcome)
+        _resolve([fut for _, fut in batch], outcomes)
 
     async def submit_many(
         self,
@@ -626,6 +614,17 @@ class PostgresStore(PostgresCluster):
             "profile_update",
             functools.partial(tx.profile_update, section=section, values=encoded),
         )
+
+
+def _resolve(futures: Sequence[asyncio.Future[Any]], outcomes: Sequence[Any]) -> None:
+    """Each caller's outcome: its result, or the exception that failed its call."""
+    for fut, outcome in zip(futures, outcomes, strict=True):
+        if fut.done():
+            continue
+        if isinstance(outcome, Exception):
+            fut.set_exception(outcome)
+        else:
+            fut.set_result(outcome)
 
 
 def _bind(fn: Callable[[Conn, _C], Awaitable[_T]], arg: _C) -> Callable[[Conn], Awaitable[_T]]:

@@ -41,6 +41,7 @@ __all__ = [
     "Handoff",
     "SubmitCall",
     "handed_off",
+    "handoff_params",
     "submission_params",
     "submit_group",
 ]
@@ -85,18 +86,8 @@ async def submit_group(conn: Conn, calls: Sequence[SubmitCall]) -> list[Outcome]
         await insert.execute(_q.INSERT_SUBMISSION, submission_params(call, info))
         claim = None
         if call.handoff is not None:
-            h = call.handoff
             claim = conn.cursor()
-            await claim.execute(
-                _q.CLAIM_OF_MESSAGE,
-                {
-                    "owner": h.owner,
-                    "until": call.now + h.lease,
-                    "now": call.now,
-                    "id": info.id,
-                    "route": h.transport,
-                },
-            )
+            await claim.execute(_q.CLAIM_OF_MESSAGE, handoff_params(call, call.handoff))
         sent.append((call, info, insert, claim))
     out: list[Outcome] = []
     for call, info, insert, claim in sent:
@@ -142,6 +133,18 @@ async def _existing(conn: Conn, message: NewMessage, blob_id: int) -> MessageInf
         raise NotAlone(message.id)
     await conn.execute("DELETE FROM blobs WHERE id = %s", (blob_id,))
     return message_from_row(existing)
+
+
+def handoff_params(call: SubmitCall, h: Handoff) -> dict[str, Any]:
+    """:data:`.queries.CLAIM_OF_MESSAGE`'s parameters: the new message's recipients
+    routed to the hand-off's transport, for its owner under its lease."""
+    return {
+        "owner": h.owner,
+        "until": call.now + h.lease,
+        "now": call.now,
+        "id": call.message.id,
+        "route": h.transport,
+    }
 
 
 def handed_off(call: SubmitCall, info: MessageInfo, rows: list[DictRow]) -> ClaimedJob | None:

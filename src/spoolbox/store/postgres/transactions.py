@@ -53,7 +53,13 @@ from . import queries as _q
 from . import schema
 from .connection import AfterCommit
 from .purge import delete_message
-from .submits import PREFETCH_LIMIT, SubmitCall, handed_off, submission_params
+from .submits import (
+    PREFETCH_LIMIT,
+    SubmitCall,
+    handed_off,
+    handoff_params,
+    submission_params,
+)
 from .wakeups import ANY, ROUTE, notify, payloads
 
 #: Recipient rows a claim locks per message it wants (a message has several).
@@ -120,17 +126,7 @@ async def submit_claiming(conn: Conn, call: SubmitCall) -> tuple[MessageInfo, Cl
     info = await submit(
         conn, call.message, now=call.now, lifetime=call.lifetime, routes=call.routes
     )
-    rows = await _all(
-        conn,
-        _q.CLAIM_OF_MESSAGE,
-        {
-            "owner": h.owner,
-            "until": call.now + h.lease,
-            "now": call.now,
-            "id": info.id,
-            "route": h.transport,
-        },
-    )
+    rows = await _all(conn, _q.CLAIM_OF_MESSAGE, handoff_params(call, h))
     return info, handed_off(call, info, rows)
 
 
