@@ -205,6 +205,17 @@ def test_a_postgres_store_profile_reads_the_dsn_from_env_file_or_inline(tmp_path
             "exactly one of",
         ),
         ('dsn = "host=a"', "[store] dsn", 'only for backend = "postgres"'),
+        (  # init's profile with only its backend line changed
+            'backend = "postgres"\ndsn = "host=a"\npath = "spool.sqlite3"\n'
+            'synchronous = "FULL"\nprogress_synchronous = "NORMAL"',
+            "[store] path",
+            'path, synchronous, progress_synchronous: only for backend = "sqlite"',
+        ),
+        (
+            'backend = "postgres"\ndsn = "host=a"\nprogress_synchronous = "OFF"',
+            "[store] progress_synchronous",
+            'progress_synchronous: only for backend = "sqlite"',
+        ),
         ('backend = "mysql"', "[store] backend", 'expected "sqlite" or "postgres"'),
     ],
 )

@@ -199,6 +199,10 @@ def _under(data_dir: Path, value: str) -> Path:
     return Path(os.path.normpath(data_dir / Path(value).expanduser()))
 
 
+#: ``[store]`` keys that only the SQLite backend reads.
+_SQLITE_KEYS = ("path", "synchronous", "progress_synchronous")
+
+
 def _store(
     st: Table, under_data: Callable[[str], Path], base: Path, environ: Mapping[str, str]
 ) -> tuple[StoreSettings, set[str]]:
@@ -211,6 +215,16 @@ def _store(
     secrets: set[str] = set()
     if backend == "postgres":
         dsn, dsn_missing, secrets = store_dsn(st, base, environ)
+        # The file and its fsync levels are SQLite's (PostgreSQL's durability is the
+        # server's synchronous_commit): a profile switched from init's still has them.
+        sqlite_only = [k for k in _SQLITE_KEYS if st.has(k)]
+        if sqlite_only:
+            raise st.error(
+                sqlite_only[0],
+                f'{", ".join(sqlite_only)}: only for backend = "sqlite" (the file and its '
+                "fsync levels; PostgreSQL's durability is the server's synchronous_commit): "
+                "remove them",
+            )
     else:
         for key in ("dsn", "dsn_env", "dsn_file"):
             if st.has(key):
