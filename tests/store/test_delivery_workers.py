@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import postgres_cluster as pgc
 import pytest
@@ -91,10 +92,19 @@ def test_two_workers_relay_every_message_once_and_each_delivers_part(
         by = delivered_by(daemon.log())
         assert sum(by.values()) == total, by
         assert by["w1"] > 0 and by["w2"] > 0, by  # both workers took part of the lot
-        rows = daemon.rows()
-        assert rows["worker:w1"]["counters"].get("delivered", 0) >= 1
+
+        def w1_counters() -> dict[str, Any]:
+            counters: dict[str, Any] = daemon.rows()["worker:w1"]["counters"]
+            return counters
+
+        # A worker sends its row to the daemon on a timer of its own: wait for the row
+        # that counts its deliveries (read at once, it could still say 0).
+        wait_until(
+            "worker w1's row counting its deliveries",
+            lambda: w1_counters().get("delivered", 0) >= 1,
+        )
         # Its store's counters come with it (claims and settles are commits).
-        assert rows["worker:w1"]["counters"].get("store_commits", 0) >= 1
+        assert w1_counters().get("store_commits", 0) >= 1
 
         def relay_nodes() -> set[str]:
             r = daemon.run("status", "--json")
