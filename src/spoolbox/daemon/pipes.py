@@ -20,11 +20,16 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 __all__ = ["end_processes", "hand_over", "serve_control_lines"]
 
 log = logging.getLogger("spoolbox.daemon")
+
+#: Seconds a worker whose output ended, or that said why it cannot start, is given to
+#: exit on its own before it is killed.
+_EXITING: Final = 5.0
+_AFTER_ERROR: Final = 0.5
 
 
 async def serve_control_lines(
@@ -65,18 +70,28 @@ async def hand_over(
     """Write ``spec`` as the worker's first line on its stdin and wait ``timeout``
     seconds for its ready line (``{"ready": ...}``): None once it is ready; else why
     not, with its exit status (``exited`` if it ended without a word), the worker
-    killed and reaped."""
+    reaped (killed if it does not exit on its own: at once at the timeout, after a
+    moment when it said why or its output ended)."""
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write(spec.encode() + b"\n")
+    grace = 0.0  # how long it may take to exit on its own before it is killed
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), timeout)
+        # Its output ended: it is exiting.  Or it said why it cannot start, and exits.
+        grace = _EXITING if not line else _AFTER_ERROR
         ready = json.loads(line) if line else {"error": exited}
     except (TimeoutError, ValueError) as exc:
         ready = {"error": f"no ready line ({exc!r})"}
     if "ready" in ready:
         return None
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
+    if grace:
+        # Its own exit status, not a kill's: a kill of a process that has just exited
+        # can race asyncio's reaper, which then reports 255 instead of the status.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), grace)
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
     code = await proc.wait()
     return f"{ready.get('error', ready)} (exit status {code})"
 
