@@ -280,14 +280,13 @@ class PostgresStore(PostgresCluster):
                 if len(group) == 1 and not isinstance(exc, NotAlone):
                     outcomes = [exc]
                 else:
-                    pending = [(_bind(alone, c), f) for c, f in group]
-                    await self._commit_batch(what, pending, together=False)
+                    await self._commit_batch(what, _each(alone, group), together=False)
                     return
             else:
                 self._counted(what, len(group))
             _resolve([fut for _, fut in group], outcomes)
             return
-        await self._commit_batch(what, [(_bind(alone, c), f) for c, f in group])
+        await self._commit_batch(what, _each(alone, group))
 
     def _counted(self, what: str, calls: int) -> None:
         self._stats["commits"] += 1
@@ -441,7 +440,7 @@ class PostgresStore(PostgresCluster):
                 if groupable([call for call, _ in group]):
                     await self._commit_group("settle", group, settle_group, _settle_alone)
                 else:
-                    await self._commit_batch("settle", _alone(group))
+                    await self._commit_batch("settle", _each(_settle_alone, group))
         finally:
             self._settler = None
 
@@ -644,9 +643,11 @@ async def _submit_alone(conn: Conn, call: SubmitCall) -> Any:
     )
 
 
-def _alone(group: list[tuple[SettleCall, asyncio.Future[Any]]]) -> _Pending:
-    """The group's settles as calls of :func:`.transactions.settle`."""
-    return [(_bind(_settle_alone, call), fut) for call, fut in group]
+def _each(
+    alone: Callable[[Conn, _C], Awaitable[Any]], group: list[tuple[_C, asyncio.Future[Any]]]
+) -> _Pending:
+    """A group's calls as one transaction's calls each (``alone``), with their callers."""
+    return [(_bind(alone, call), fut) for call, fut in group]
 
 
 async def _settle_alone(conn: Conn, call: SettleCall) -> MessageInfo:
