@@ -72,14 +72,28 @@ class _Spooler:
             StatusRow("spooler", ResourceType.SPOOLER, "spoolbox", status_code=StatusCode.AVAILABLE)
         )
         self.status.put(StatusRow("relay", ResourceType.TRANSPORT_PROVIDER, "smtp"))
+        self.forgotten: list[str] = []  # forget_destinations calls
+        self.parts: list[str] = []  # flush parts spawned (not run), with serve_parts False
+        self.serve_parts = True
 
     def spawn(self, coro: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
+        if not self.serve_parts:
+            self.parts.append(name)
+            coro.close()
+            return asyncio.ensure_future(asyncio.sleep(0))  # type: ignore[return-value]
         task = asyncio.ensure_future(coro)
         self.tasks.append(task)
         return task
 
+        self.forgotten: list[str] = []
+        self.flushes: list[dict[str, Any]] = []
+
     def start_flush(self, **kwargs: Any) -> FlushHandle:
+        self.flushes.append(kwargs)
         raise AssertionError("no flush was asked")
+
+    def forget_destinations(self, transport: str) -> None:
+        self.forgotten.append(transport)
 
 
 SETTINGS = NodeSettings(lease=15.0, interval=1.0, forget_after=600.0)
@@ -197,3 +211,44 @@ async def test_a_store_that_cannot_be_read_leaves_the_other_nodes_shown() -> Non
     await NodePresence(n2, store, SETTINGS).tick()
     again = await watcher.changes(clock.now())
     assert [(node, name, row is not None) for node, name, row in again] == [("n2", "relay", True)]
+
+
+async def test_a_flush_request_is_taken_once_by_the_lane_or_the_tick() -> None:
+    clock, store = FakeClock(), _Store()
+    spooler = _Spooler(clock, "n2")
+    presence = NodePresence(spooler, store, SETTINGS)
+    assert await presence.flush_asked("relay") is False  # before its first tick: none
+    await presence.tick()
+    assert await presence.flush_asked("relay") is False  # none recorded
+    await store.request_flush(
+        transport="relay",
+        upload=True,
+        download=False,
+        requested_by="n1",
+        now=clock.now(),
+        deadline_at=clock.now() + 60,
+    )
+    spooler.serve_parts = False
+    served = spooler.parts
+    # A lane about to hold a message back asks: the request is taken, the back-off of
+    # the transport's destinations lifted at once, this node's part started.
+    assert await presence.flush_asked("relay") is True
+    assert spooler.forgotten == ["relay"] and len(served) == 1
+    # Taken once: neither the lane nor the tick takes it again.
+    assert await presence.flush_asked("relay") is False
+    await presence.tick()
+    assert len(served) == 1 and spooler.forgotten == ["relay"]
+    # A download-only flush lifts no back-off, and does not answer the lane.
+    await store.request_flush(
+        transport=None,
+        upload=False,
+        download=True,
+        requested_by="n1",
+        now=clock.now(),
+        deadline_at=clock.now() + 60,
+    )
+    assert await presence.flush_asked("relay") is False
+    assert spooler.forgotten == ["relay"] and len(served) == 2
+    # The store down: the lane holds the message back as before (no error).
+    store.down = True
+    assert await presence.flush_asked("relay") is False

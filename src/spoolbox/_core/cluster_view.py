@@ -292,43 +292,53 @@ async def start_cluster_flush(
     transport: str | None = None,
     deadline: float | None = None,
 ) -> ClusterFlush:
-    """Start ``spooler``'s flush at once, and ask the other nodes that are up and
-    serve ``transport`` (any, if None) to take part (KeyError for a transport this
-    node does not have, as :meth:`Spooler.start_flush`)."""
+    """Ask the other nodes that are up and serve ``transport`` (any, if None) to take
+    part, then start ``spooler``'s own flush (KeyError for a transport this node does
+    not have, as :meth:`Spooler.start_flush`, before anything is asked).
+
+    The request is recorded before this node's flush makes the messages ready: a node
+    that claims one of them finds the request when it looks (see
+    :meth:`~spoolbox._core.node.NodePresence.flush_asked`)."""
+    if transport is not None:
+        spooler.host(transport)  # KeyError: nothing asked, nothing started
+    presence = node_of(spooler)
+    store = spooler.store
+    request: FlushRequest | None = None
+    others: list[str] = []
+    if presence is not None and isinstance(store, ClusterStore):
+        clock: Clock = spooler.clock
+        now = clock.now()
+        if deadline is None:
+            deadline = spooler.policy.flush_deadline
+        try:
+            records = await store.nodes()
+            others = [
+                n.name
+                for n in records
+                if n.name != presence.name
+                and node_state(n, now=now) is NodeState.UP
+                and _serves(n, transport)
+            ]
+            if others:
+                request = await store.request_flush(
+                    transport=transport,
+                    upload=upload,
+                    download=download,
+                    requested_by=presence.name,
+                    now=now,
+                    deadline_at=now + (deadline if deadline is not None else 3600.0),
+                )
+        except StoreError:
+            request = None  # the other nodes cannot be asked: this one flushes
     local: FlushHandle = spooler.start_flush(
         upload=upload, download=download, transport=transport, deadline=deadline
     )
-    presence = node_of(spooler)
-    store = spooler.store
-    if presence is None or not isinstance(store, ClusterStore):
+    if request is None or presence is None or not isinstance(store, ClusterStore):
         return ClusterFlush(local)
-    clock: Clock = spooler.clock
-    now = clock.now()
-    try:
-        records = await store.nodes()
-        others = [
-            n.name
-            for n in records
-            if n.name != presence.name
-            and node_state(n, now=now) is NodeState.UP
-            and _serves(n, transport)
-        ]
-        if not others:
-            return ClusterFlush(local)
-        request = await store.request_flush(
-            transport=transport,
-            upload=upload,
-            download=download,
-            requested_by=presence.name,
-            now=now,
-            deadline_at=now + (local.deadline if local.deadline is not None else 3600.0),
-        )
-    except StoreError:
-        return ClusterFlush(local)  # the other nodes cannot be asked: this one flushes
     return ClusterFlush(
         local,
         store=store,
-        clock=clock,
+        clock=spooler.clock,
         request=request,
         expected=others,
         interval=presence.settings.progress_interval,

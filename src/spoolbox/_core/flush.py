@@ -433,10 +433,12 @@ async def _upload(
     phase: dict[str, Any],
 ) -> None:
     await port.route_now()  # what was just submitted belongs in this flush
+    # The user says "now": back-off is lifted too, before the messages are made ready
+    # (a lane that claims one of them must not find its destination still held back).
+    port.forget_destinations(host.name)
     now = runtime.clock.now()
     await runtime.store.retry_transport(host.name, now=now)
     port.messages_changed()
-    port.forget_destinations(host.name)  # the user says "now": back-off is lifted too
     host.flush_done = 0
     host.flush_bytes = 0
     host.flushing |= FlushFlags.UPLOAD

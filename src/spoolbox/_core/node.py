@@ -13,7 +13,13 @@ It also reads the flush requests other nodes recorded (at every tick; at once wh
 :meth:`NodePresence.wake` is called, which the PostgreSQL store's NOTIFY does), runs
 its part of each one that names a transport it serves (a local flush, deadline
 included) and writes its progress rows while it runs and its report at the end
-(:meth:`~spoolbox.store.cluster.ClusterStore.report_flush`).
+(:meth:`~spoolbox.store.cluster.ClusterStore.report_flush`).  Taking a request lifts
+this node's back-off of the flushed transports' destinations at once.  A lane about
+to hold a message back for a destination's back-off first asks
+:meth:`NodePresence.flush_asked`, which reads the requests then: the requester
+records its request before it makes its messages ready, so a message another node's
+flush made ready is never held back by a back-off this node learned before the flush
+(it would wait for its retry time, the flush long over).
 
 When the store cannot be reached the spooler's row says ``store unavailable`` (with
 the error in its detail) until a write succeeds again; the task retries every tick.
@@ -108,6 +114,8 @@ class NodeSpooler(Protocol):
         force: bool = True,
         deadline: float | None = None,
     ) -> FlushHandle: ...
+
+    def forget_destinations(self, transport: str) -> None: ...
 
 
 _NODES: weakref.WeakKeyDictionary[Any, NodePresence] = weakref.WeakKeyDictionary()
@@ -230,9 +238,7 @@ class NodePresence:
                 await self._publish(running=True)
             if self._last_request < 0:
                 self._last_request = await self._store.last_flush_id()
-            for request in await self._store.flush_requests(after=self._last_request):
-                self._last_request = request.id
-                self._take(request, now)
+            await self._take_new(now)
             if now >= self._next_forget:
                 self._next_forget = now + self.settings.forget_after / 10
                 await self._store.forget_nodes(before=now - self.settings.forget_after)
@@ -281,13 +287,44 @@ class NodePresence:
             status.update(SPOOLER_ROW, status_string=None, detail=None)
 
     # -- flushes asked by other nodes --------------------------------------------------
-    def _take(self, request: FlushRequest, now: float) -> None:
+    async def flush_asked(self, transport: str) -> bool:
+        """Whether another node asked for a flush of ``transport``'s outbound queue
+        that this node had not taken yet: read now, and taken (its part started, the
+        back-off of the transport's destinations lifted).  False when the store
+        cannot be read, or before the node's first tick."""
+        if self._last_request < 0:
+            return False
+        try:
+            taken = await self._take_new(self._spooler.clock.now())
+        except StoreError:
+            return False
+        return any(r.upload and r.transport in (None, transport) for r in taken)
+
+    async def _take_new(self, now: float) -> list[FlushRequest]:
+        """Take each flush request recorded since the last one read (once: the tick
+        and a lane may read at the same time); the ones this node serves."""
+        taken: list[FlushRequest] = []
+        for request in await self._store.flush_requests(after=self._last_request):
+            if request.id <= self._last_request:
+                continue  # taken by the other reader while this one waited
+            self._last_request = request.id
+            if self._take(request, now):
+                taken.append(request)
+        return taken
+
+    def _take(self, request: FlushRequest, now: float) -> bool:
         if request.requested_by == self.name or request.deadline_at <= now:
-            return  # our own (the requester runs its part itself), or too late
+            return False  # our own (the requester runs its part itself), or too late
         names = [h.name for h in self._spooler.hosts]
         if request.transport is not None and request.transport not in names:
-            return
+            return False
+        if request.upload:
+            # At once, not when the part starts: a lane may be holding back a message
+            # the requester's flush made ready (see flush_asked).
+            for name in names if request.transport is None else [request.transport]:
+                self._spooler.forget_destinations(name)
         self._spooler.spawn(self._serve(request), name=f"flush-request-{request.id}")
+        return True
 
     async def _serve(self, request: FlushRequest) -> None:
         spooler = self._spooler

@@ -78,6 +78,11 @@ class SpoolerPort(Protocol):
         """Lift the back-off of every destination of ``transport`` (a flush)."""
         ...
 
+    async def flush_asked(self, transport: str) -> bool:
+        """Whether another node asked for a flush of ``transport`` that this spooler
+        had not heard of yet (heard now: its back-off is lifted)."""
+        ...
+
     def messages_changed(self) -> None:
         """Some recipients changed state."""
         ...

@@ -59,6 +59,7 @@ from .hosts.host import TransportHost
 from .hosts.isolated import IsolatedProvider
 from .housekeeping import Housekeeper
 from .idle import IdlePolicy, LoopLagIdle
+from .node import node_of
 from .policy import Policy
 from .router import Router
 from .runtime import SPOOLER_ROW, Runtime
@@ -599,6 +600,10 @@ class Spooler:
 
     def forget_destinations(self, transport: str) -> None:
         self._destinations.forget(transport)
+
+    async def flush_asked(self, transport: str) -> bool:
+        presence = node_of(self)
+        return presence is not None and await presence.flush_asked(transport)
 
     # -- internal: events from hosts -------------------------------------------------------
     def received(self, entries: Sequence[InboxEntry]) -> None:

@@ -228,6 +228,8 @@ class OutboundLane:
             for r in job.recipients
             if (until := port.destination_wait(host.name, r.address)) is not None
         ]
+        if waiting and await port.flush_asked(host.name):
+            waiting = []  # a flush another node asked for made it ready: try it now
         if waiting:
             await port.settle(
                 replace(job, recipients=tuple(r for r, _ in waiting)),
