@@ -51,6 +51,7 @@ INSERT_RECIPIENT = (
 SELECT_RECIPIENTS = f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id = ? ORDER BY idx"
 SELECT_RECIPIENT = f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id = ? AND idx = ?"
 SELECT_READINESS = "SELECT state, ready_at FROM recipients WHERE message_id = ?"
+SELECT_STATES = "SELECT idx, state FROM recipients WHERE message_id = ?"
 #: Writes every mutable field of one recipient; ``ready_at`` follows ``retry_at``.
 UPDATE_RECIPIENT = (
     "UPDATE recipients SET state = :state, route = :route, refused_by = :refused_by, "

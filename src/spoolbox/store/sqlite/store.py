@@ -245,9 +245,9 @@ class SQLiteStore(SQLiteCluster):
         lifetime: float,
         routes: Sequence[str | None] | None = None,
     ) -> MessageInfo:
-        fn = functools.partial(
-            tx.submit, message=message, now=float(now), lifetime=float(lifetime), routes=routes
-        )
+        # Prepared here, not in the store's thread: that holds the write lock.
+        prepared = tx.Prepared.of(message, now=float(now), lifetime=float(lifetime))
+        fn = functools.partial(tx.submit_prepared, prepared=prepared, now=float(now), routes=routes)
         info: MessageInfo = await self._submit_grouped(message, routes, fn)
         return info
 
@@ -269,9 +269,8 @@ class SQLiteStore(SQLiteCluster):
         cleanup closes it).  The job is None when no recipient could be claimed."""
         fn = functools.partial(
             tx.submit_claiming,
-            message=message,
+            prepared=tx.Prepared.of(message, now=float(now), lifetime=float(lifetime)),
             now=float(now),
-            lifetime=float(lifetime),
             routes=routes,
             transport=transport,
             owner=owner,

@@ -14,7 +14,7 @@ import io
 import json
 import sqlite3
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Final
 
 from ...model import (
@@ -65,6 +65,25 @@ Encoded = Mapping[str, str | None]
 # -- submission ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A submission with what its rows need worked out before its transaction (no
+    database): its envelope and fingerprint.  The caller prepares it, so that the
+    store's thread holds SQLite's write lock only for the statements."""
+
+    message: NewMessage
+    info: MessageInfo
+    fingerprint: bytes
+
+    @classmethod
+    def of(cls, message: NewMessage, *, now: float, lifetime: float) -> Prepared:
+        return cls(
+            message,
+            rules.accepted(message, now=now, lifetime=lifetime),
+            rules.fingerprint(message),
+        )
+
+
 def submit(
     conn: sqlite3.Connection,
     message: NewMessage,
@@ -77,13 +96,24 @@ def submit(
 
     Refuses (StoreError) before writing anything: callers rely on that.
     """
-    fingerprint = rules.fingerprint(message)
+    prepared = Prepared.of(message, now=now, lifetime=lifetime)
+    return submit_prepared(conn, prepared, now=now, routes=routes)
+
+
+def submit_prepared(
+    conn: sqlite3.Connection,
+    prepared: Prepared,
+    *,
+    now: float,
+    routes: Sequence[str | None] | None = None,
+) -> MessageInfo:
+    """:func:`submit` of a message prepared at ``now`` (:meth:`Prepared.of`)."""
+    message, info, fingerprint = prepared.message, prepared.info, prepared.fingerprint
     row = conn.execute(_q.SELECT_MESSAGE, (message.id,)).fetchone()
     if row is not None:
         if row["fingerprint"] != fingerprint:
             raise StoreError(f"message id {message.id!r} is already used by a different message")
         return message_from_row(row)
-    info = rules.accepted(message, now=now, lifetime=lifetime)
     blob_id = _insert_blob(conn, message.content)
     conn.execute(_q.INSERT_MESSAGE, message_params(info, fingerprint=fingerprint, blob_id=blob_id))
     send_at = float(info.send_at or 0.0)
@@ -191,20 +221,19 @@ def claim(
 
 def submit_claiming(
     conn: sqlite3.Connection,
-    message: NewMessage,
+    prepared: Prepared,
     *,
     now: float,
-    lifetime: float,
     routes: Sequence[str | None] | None,
     transport: str,
     owner: str,
     lease: float,
 ) -> tuple[MessageInfo, ClaimedJob | None]:
-    """:func:`submit`, then, in the same transaction, claim the message's recipients
-    routed to ``transport`` and ready at ``now`` (a hand-off to a free lane: no claim
-    transaction of its own).  Refuses (StoreError) before writing anything, as
-    :func:`submit`."""
-    info = submit(conn, message, now=now, lifetime=lifetime, routes=routes)
+    """:func:`submit_prepared`, then, in the same transaction, claim the message's
+    recipients routed to ``transport`` and ready at ``now`` (a hand-off to a free lane:
+    no claim transaction of its own).  Refuses (StoreError) before writing anything,
+    as :func:`submit`."""
+    info = submit_prepared(conn, prepared, now=now, routes=routes)
     job = _claim_of(conn, info.id, transport, owner, now, now + lease, _q.CLAIMABLE_OF_MESSAGE)
     return info, job
 
@@ -283,23 +312,31 @@ def settle(
         rules.check_settle(
             message_id, u.index, state, holder, held, owner=owner, claim=claim, target=u.state
         )
-    # Then write each from the row read above (a second update of the same recipient
-    # starts from what the first one wrote).
+    # Then work out each from the row read above (a second update of the same
+    # recipient starts from what the first one gave).
+    before: dict[int, RecipientRecord] = {}
     recs: dict[int, RecipientRecord] = {}
     for u in updates:
         r = recs.get(u.index) or recipient_from_row(rows[u.index])
+        before.setdefault(u.index, r)
         recs[u.index] = rules.settled(r, u, now=now, held=info.held)
-        _move(conn, r, recs[u.index], check=False)
     for rep in reports:
         submit(conn, rep, now=now, lifetime=info.expires_at - info.submitted_at)
     for inbound in inbox_reports:
         _insert_inbound(conn, inbound)
     # Kept for no time: the settle that finishes the message deletes it (its reports
-    # are in above).  Only read the other recipients when these ones are finished.
+    # are in above), and writes nothing of the recipients it deletes.  Only read the
+    # others when these ones are finished.
     if drop_finished and all(r.state in TERMINAL for r in recs.values()):
-        states = (_R(r["state"]) for r in conn.execute(_q.SELECT_READINESS, (message_id,)))
+        states = [
+            recs[r["idx"]].state if r["idx"] in recs else _R(r["state"])
+            for r in conn.execute(_q.SELECT_STATES, (message_id,))
+        ]
         if retention.dropped(states, drop_finished):
             delete_message(conn, message_id, int(mrow["blob_id"]))
+            return info
+    for index, rec in recs.items():
+        _move(conn, before[index], rec, check=False)
     return info
 
 
