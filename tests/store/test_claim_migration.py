@@ -63,7 +63,7 @@ async def test_a_sqlite_store_of_version_4_is_upgraded_in_place(tmp_path: Path) 
 
 
 async def test_a_postgres_database_of_version_2_is_upgraded_in_place(pg_dsn: str) -> None:
-    assert PG_VERSION == 3
+    assert PG_VERSION >= 3
     async with PostgresStore(pg_dsn) as store:
         await _fill(store)
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
@@ -71,5 +71,5 @@ async def test_a_postgres_database_of_version_2_is_upgraded_in_place(pg_dsn: str
         conn.execute("DROP SEQUENCE recipient_claims")
         conn.execute("UPDATE spoolbox_schema SET version = 2")
     async with PostgresStore(pg_dsn) as store:
-        assert store.statistics()["migrated"] == [3]
+        assert store.statistics()["migrated"] == list(range(3, PG_VERSION + 1))
         await _fences_after_the_upgrade(store)

@@ -17,6 +17,8 @@ with one set of row functions.  What differs:
   ``flush_requests`` with ``flush_progress``, and ``leases``.
 * Version 3 adds ``recipients.claim`` (the fencing token, as SQLite's version 5
   does), taken for each claim from the sequence ``recipient_claims``.
+* Version 4 writes the counters' trigger functions in PL/pgSQL with their upsert in
+  each (the SQL function they called, planned at every call, is dropped).
 
 ``MIGRATIONS[n]`` upgrades a database at version ``n`` to ``n + 1`` (a new database is
 at version 0).  :func:`migrate` runs the pending ones, each in its own transaction
@@ -237,8 +239,47 @@ ALTER TABLE recipients ADD COLUMN claim BIGINT NOT NULL DEFAULT 0;
 CREATE SEQUENCE recipient_claims;
 """
 
+# The counters' triggers in PL/pgSQL with the upsert written in each (version 4):
+# PL/pgSQL keeps a statement's plan for the session, where the SQL function
+# ``spoolbox_count`` they called was planned again at every call (half of the
+# server's CPU in a drain went into the counters: bench/pg_store_ops.py).
+
+
+def _upsert(changes: str) -> str:
+    """The counters' upsert of ``changes`` (a query of (state, delta) rows)."""
+    return f"""
+    INSERT INTO recipient_counts AS c (state, shard, n)
+    SELECT s, pg_backend_pid() % {COUNT_SHARDS}, sum(d) FROM ({changes}) AS x (s, d)
+    GROUP BY s HAVING sum(d) <> 0
+    ORDER BY s
+    ON CONFLICT (state, shard) DO UPDATE SET n = c.n + excluded.n;"""
+
+
+_V4 = f"""
+CREATE OR REPLACE FUNCTION spoolbox_count_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN{_upsert("SELECT state, count(*) FROM new_rows GROUP BY state")}
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION spoolbox_count_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN{
+    _upsert(
+        "SELECT state, -1::bigint FROM old_rows UNION ALL SELECT state, 1::bigint FROM new_rows"
+    )
+}
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION spoolbox_count_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN{_upsert("SELECT state, -count(*) FROM old_rows GROUP BY state")}
+    RETURN NULL;
+END $$;
+
+DROP FUNCTION IF EXISTS spoolbox_count(TEXT[], BIGINT[]);
+"""
+
 #: ``MIGRATIONS[n]`` upgrades a database at schema version ``n`` to ``n + 1``.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 
 #: The newest schema version this code reads and writes.
 SCHEMA_VERSION: Final = len(MIGRATIONS)
