@@ -223,3 +223,37 @@ async def test_552_at_the_final_dot_fails_with_a_delivery_report(server: Server)
             "smtp; 552 5.3.4 Message too big for this system"
         )
         assert block["Remote-MTA"] == "dns; 127.0.0.1"
+
+
+@SERVERS
+async def test_the_connection_is_kept_after_a_refusal_at_the_final_dot(server: Server) -> None:
+    """A 4xx or 5xx to the final dot ends the transaction, not the session (RFC 5321
+    4.1.1.4): the next message goes over the same connection, after an RSET, as
+    Postfix's client does; a server that answers 451 to every message of a busy queue
+    is not connected to again for each one."""
+    replies = ["451 4.3.0 Try again later", "554 5.7.1 Rejected", "250 Ok"]
+    taken = Taken()
+    async with (
+        server(lambda n: replies[min(n, 2)], taken) as port,
+        open_spooler(options(port, max_connections=1)) as sp,
+    ):
+        states = []
+        for i, domain in enumerate(("one.example", "two.example", "three.example")):
+            info = await sp.submit(
+                NewMessage(
+                    sender=Address.parse("SMTP:alice@example.org"),
+                    recipients=(Address.parse(f"SMTP:r{i}@{domain}"),),
+                    content=CONTENT,
+                )
+            )
+            final = (MessageState.DEFERRED, MessageState.FAILED) if i < 2 else None
+            states.append(
+                await sp.wait_for(info.id, final, timeout=WAIT)
+                if final
+                else await sp.wait_for(info.id, timeout=WAIT)
+            )
+        status = sp.host("smtp").session.status_object()  # type: ignore[union-attr]
+    assert states == [MessageState.DEFERRED, MessageState.FAILED, MessageState.SENT]
+    assert taken.refused == 2
+    assert [rcpts for sender, rcpts, _ in taken.messages if sender] == [["r2@three.example"]]
+    assert status["connections_opened"] == 1  # the report to alice went over it too

@@ -271,8 +271,15 @@ class SMTPSession(BaseTransportSession):
 
         reply = await self._checked(conn, "DATA", "data_init")
         if reply.code != 354:
-            raise self._unexpected(conn, reply, "DATA")
+            # The transaction is over, the connection still good (RFC 5321 4.1.1.4):
+            # kept, with an RSET before reuse, unless _unexpected closed it (421, a
+            # reply that is not 4xx or 5xx).
+            self._settle(accepted, results, self._unexpected(conn, reply, "DATA"))
+            return True
         reply = await self._data(conn, message, content)
+        if reply.code != 250:  # refused after all of it: kept as after DATA's refusal
+            self._settle(accepted, results, self._unexpected(conn, reply, "end of data"))
+            return True
         self._delivered(conn, reply, accepted, results)
         return True
 
@@ -336,9 +343,7 @@ class SMTPSession(BaseTransportSession):
         accepted: Sequence[OutboundRecipient],
         results: dict[int, RecipientResult],
     ) -> None:
-        """The reply to the final dot: every accepted recipient delivered, or a failure."""
-        if reply.code != 250:
-            raise self._unexpected(conn, reply, "end of data")
+        """The 250 to the final dot: every accepted recipient delivered."""
         conn.messages += 1
         conn.clean = True
         status = enhanced_status(reply, "2")
