@@ -168,15 +168,16 @@ def install_crash_point(point: str, n: int, transport: str = "maildir") -> None:
     """Patch the code so that the process SIGKILLs itself at the n-th ``point``."""
     hit = _countdown(n)
     if point == "submit-txn":
-        original_submit = transactions.submit
+        # Every submission's rows are written here (submit and submit_many call it).
+        original_submit = transactions.submit_prepared
 
-        def submit(conn: Any, message: NewMessage, **kw: Any) -> Any:
-            info = original_submit(conn, message, **kw)
+        def submit(conn: Any, prepared: Any, **kw: Any) -> Any:
+            info = original_submit(conn, prepared, **kw)
             if hit():
-                _die(point, message.id)  # rows written, the transaction not committed
+                _die(point, prepared.message.id)  # rows written, not committed
             return info
 
-        transactions.submit = submit
+        transactions.submit_prepared = submit
     elif point in ("claim-txn", "settle-txn"):
         original_move = transactions._move
         wanted = RecipientState.ACTIVE if point == "claim-txn" else RecipientState.DELIVERED
