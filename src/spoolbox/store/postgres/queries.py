@@ -62,6 +62,14 @@ INSERT_SUBMISSION = (
     "SELECT b.id AS blob_id, (SELECT count(*) FROM m) AS inserted, "
     "(SELECT count(*) FROM w) AS notified FROM b"
 )
+#: After :data:`INSERT_SUBMISSION` in the same transaction: its content row deleted
+#: again when the message was not inserted (the id was taken): the row the statement
+#: just made (this session's last value of the blobs' identity) if the message with
+#: the id does not point to it.  Deletes nothing when the message went in.
+DROP_UNUSED_CONTENT = (
+    "DELETE FROM blobs WHERE id = currval(pg_get_serial_sequence('blobs', 'id')) "
+    "AND id IS DISTINCT FROM (SELECT blob_id FROM messages WHERE id = %(id)s)"
+)
 SELECT_RECIPIENTS = f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id = %s ORDER BY idx"
 SELECT_RECIPIENTS_FOR_UPDATE = f"{SELECT_RECIPIENTS} FOR UPDATE"
 SELECT_RECIPIENT_FOR_UPDATE = (
@@ -160,6 +168,18 @@ CLAIM_OF_MESSAGE = (
     "lease_until = %(until)s, updated_at = %(now)s, claim = token.n "
     "FROM token WHERE r.message_id = %(id)s AND r.state = 'queued' "
     "AND r.route = %(route)s AND r.ready_at <= %(now)s "
+    "RETURNING " + _RETURNING_RECIPIENT
+)
+#: :data:`CLAIM_OF_MESSAGE` in a submission's own implicit transaction: only when the
+#: stored message is the submission (its fingerprint), never one that had the id first.
+CLAIM_OF_SUBMITTED = (
+    "WITH token AS (SELECT nextval('recipient_claims') AS n) "
+    "UPDATE recipients AS r SET state = 'active', owner = %(owner)s, "
+    "lease_until = %(until)s, updated_at = %(now)s, claim = token.n "
+    "FROM token WHERE r.message_id = %(id)s AND r.state = 'queued' "
+    "AND r.route = %(route)s AND r.ready_at <= %(now)s "
+    "AND EXISTS (SELECT 1 FROM messages AS m WHERE m.id = %(id)s "
+    "AND m.fingerprint = %(fingerprint)s) "
     "RETURNING " + _RETURNING_RECIPIENT
 )
 COUNT_READY = (

@@ -63,9 +63,9 @@ from . import purge as _purge
 from . import schema
 from . import transactions as tx
 from .cluster import PostgresCluster
-from .connection import Conn, Database
+from .connection import AfterCommit, Conn, Database
 from .settles import NotAlone, SettleCall, groupable, settle_group
-from .submits import Handoff, SubmitCall, submit_group
+from .submits import Handoff, SubmitCall, submit_group, submit_group_committing
 from .wakeups import Listener
 
 __all__ = ["PostgresStore"]
@@ -249,7 +249,7 @@ class PostgresStore(PostgresCluster):
         try:
             while self._pending:
                 group, self._pending = self._pending, []
-                await self._commit_group("submit", group, submit_group, _submit_alone)
+                await self._commit_group("submit", group, submit_group_committing, _submit_alone)
         finally:
             self._committer = None
 
@@ -257,7 +257,7 @@ class PostgresStore(PostgresCluster):
         self,
         what: str,
         group: list[tuple[_C, asyncio.Future[Any]]],
-        together: Callable[[Conn, list[_C]], Awaitable[Sequence[Any]]],
+        together: Callable[[Conn, list[_C]], Awaitable[Sequence[Any] | AfterCommit[Any]]],
         alone: Callable[[Conn, _C], Awaitable[Any]],
     ) -> None:
         """A group of calls (submits or settles) in one pipelined transaction
@@ -267,14 +267,16 @@ class PostgresStore(PostgresCluster):
         calls = [call for call, _ in group]
         if self._open:
             try:
-                # A group of settles reads before it writes, and raises NotAlone
-                # before writing: no BEGIN and COMMIT (an implicit transaction).
+                # No BEGIN and COMMIT (an implicit transaction, committed at the
+                # pipeline's sync): a group of settles reads before it writes and
+                # raises NotAlone before writing; a group of submits decides nothing
+                # before its commit (each refusal is its caller's, read after it).
                 outcomes = await self._db.run(
                     OPERATIONS[what],
                     what,
                     _bind(together, calls),
                     pipelined=True,
-                    implicit=what == "settle",
+                    implicit=True,
                 )
             except Exception as exc:
                 if len(group) == 1 and not isinstance(exc, NotAlone):
@@ -284,6 +286,8 @@ class PostgresStore(PostgresCluster):
                     return
             else:
                 self._counted(what, len(group))
+            # (What ``together`` returned AfterCommit, run read after the commit.)
+            assert not isinstance(outcomes, AfterCommit)
             _resolve([fut for _, fut in group], outcomes)
             return
         await self._commit_batch(what, _each(alone, group))

@@ -1,21 +1,28 @@
 """Submissions in one pipelined transaction (the store's group commit of submits).
 
 The submits that arrive together (:meth:`.store.PostgresStore.submit`, the hand-off's
-``submit_claiming``) and the messages of one ``submit_many`` are committed together.
-:func:`submit_group` sends them all before it reads any answer
-(:meth:`.connection.Database.run` with ``pipelined``): the ``BEGIN``, each message's
-one statement (:data:`.queries.INSERT_SUBMISSION`: content, message, recipients,
-wake-ups), for a hand-off the claim of its recipients (:data:`.queries.CLAIM_OF_MESSAGE`,
-which names the message by its id, so it needs no answer first), then it reads the
-answers (one round trip) and the ``COMMIT`` is the second.  Two waits for the server
-however many messages, where one statement after another waited once per message.
+``submit_claiming``) and the messages of one ``submit_many`` are committed together,
+every statement sent before any answer is read (:meth:`.connection.Database.run` with
+``pipelined``): each message's one statement (:data:`.queries.INSERT_SUBMISSION`:
+content, message, recipients, wake-ups) and, for a hand-off, the claim of its
+recipients (it names the message by its id, so it needs no answer first).
 
-A message whose id is already in the store (a submission repeated after a lost
-answer, or another node's) is recognised by its fingerprint, as
-:func:`.transactions.submit` does, in the same transaction (one round trip more).  A
-submission refused (the id taken by a different message) fails only its caller: the
-group is rolled back and run again one submission at a time, each in a savepoint
-(:class:`.settles.NotAlone`, as settles do).
+* :func:`submit_group_committing`, for the submits that arrive together: no ``BEGIN``
+  or ``COMMIT``; the statements are one implicit transaction, committed at the
+  pipeline's sync, and the answers are read after it: **one** wait for the server
+  however many messages.  The submissions are independent, so nothing has to be
+  decided before the commit: a message whose id was already stored inserts nothing
+  (its content row is dropped by the statement after it,
+  :data:`.queries.DROP_UNUSED_CONTENT`), is then compared with the stored one by its
+  fingerprint (the same submission again: the stored info; a different message:
+  only its caller fails), and a hand-off claims only recipients of a stored message
+  with the submission's fingerprint (:data:`.queries.CLAIM_OF_SUBMITTED`).
+* :func:`submit_group`, for ``submit_many`` (all or nothing): between a ``BEGIN`` and
+  a ``COMMIT`` sent in the pipeline, the answers read before the ``COMMIT``: two
+  waits.  A message whose id is already in the store is recognised by its
+  fingerprint in the same transaction (one round trip more); a different message
+  under a taken id raises :class:`.settles.NotAlone`, and the store runs the
+  messages again one after another so that the error names it.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from ..base import ClaimedJob, StoreError
 from ..sqlite.rows import message_from_row, message_params, recipient_from_row
 from . import queries as _q
 from . import schema
+from .connection import AfterCommit
 from .settles import NotAlone
 from .wakeups import ROUTE, payloads
 
@@ -44,6 +52,7 @@ __all__ = [
     "handoff_params",
     "submission_params",
     "submit_group",
+    "submit_group_committing",
 ]
 
 Conn = AsyncConnection[DictRow]
@@ -76,19 +85,80 @@ class SubmitCall:
 Outcome = MessageInfo | tuple[MessageInfo, ClaimedJob | None]
 
 
-async def submit_group(conn: Conn, calls: Sequence[SubmitCall]) -> list[Outcome]:
-    """Store every call's message in the caller's pipelined transaction."""
-    sent: list[tuple[SubmitCall, MessageInfo, AsyncCursor[DictRow], AsyncCursor[DictRow] | None]]
-    sent = []
+_Sent = list[tuple[SubmitCall, MessageInfo, AsyncCursor[DictRow], AsyncCursor[DictRow] | None]]
+
+
+async def _send(conn: Conn, calls: Sequence[SubmitCall], *, committing: bool) -> _Sent:
+    """Each call's statement (and its hand-off's claim), not read yet; ``committing``:
+    for :func:`submit_group_committing` (its content row dropped in the same
+    transaction if the id was taken, its claim fenced by the fingerprint)."""
+    claim_sql = _q.CLAIM_OF_SUBMITTED if committing else _q.CLAIM_OF_MESSAGE
+    sent: _Sent = []
     for call in calls:
         info = rules.accepted(call.message, now=call.now, lifetime=call.lifetime)
         insert = conn.cursor()
         await insert.execute(_q.INSERT_SUBMISSION, submission_params(call, info))
+        if committing:
+            await conn.execute(_q.DROP_UNUSED_CONTENT, {"id": call.message.id})
         claim = None
         if call.handoff is not None:
             claim = conn.cursor()
-            await claim.execute(_q.CLAIM_OF_MESSAGE, handoff_params(call, call.handoff))
+            await claim.execute(claim_sql, handoff_params(call, call.handoff))
         sent.append((call, info, insert, claim))
+    return sent
+
+
+async def submit_group_committing(
+    conn: Conn, calls: Sequence[SubmitCall]
+) -> AfterCommit[list[Outcome | StoreError]]:
+    """Every call's message in one implicit transaction (``Database.run`` with
+    ``implicit``: no ``BEGIN`` or ``COMMIT``, committed at the pipeline's sync), its
+    answers read after the commit: one wait for the server, where
+    :func:`submit_group` takes two.  The submissions are independent (a group of
+    ``Store.submit`` calls), so nothing needs deciding before the commit:
+
+    * a message whose id was already stored inserts nothing, its content row is
+      dropped by the next statement (:data:`.queries.DROP_UNUSED_CONTENT`), and
+      after the commit the stored message is compared with the submission: the
+      same one again (its fingerprint) gives the stored message's info, a different
+      one fails only its caller (a StoreError in its place);
+    * a hand-off claims only the recipients of a stored message with the
+      submission's fingerprint (:data:`.queries.CLAIM_OF_SUBMITTED`): never those of
+      a different message that had the id first.
+
+    ``submit_many`` keeps :func:`submit_group`: all its messages or none."""
+    sent = await _send(conn, calls, committing=True)
+
+    async def read() -> list[Outcome | StoreError]:
+        out: list[Outcome | StoreError] = []
+        for call, info, insert, claim in sent:
+            row = await insert.fetchone()
+            rows = await claim.fetchall() if claim is not None else []
+            if row is None:  # pragma: no cover - the statement returns its one row
+                out.append(StoreError("PostgreSQL did not return the id of a new content row"))
+                continue
+            if not int(row["inserted"]):
+                cur = await conn.execute(_q.SELECT_MESSAGE, (call.message.id,))
+                existing = await cur.fetchone()
+                if existing is None or bytes(existing["fingerprint"]) != rules.fingerprint(
+                    call.message
+                ):
+                    out.append(_refused(call.message))
+                    continue
+                info = message_from_row(existing)
+            out.append(info if claim is None else (info, handed_off(call, info, rows)))
+        return out
+
+    return AfterCommit(read)
+
+
+def _refused(message: NewMessage) -> StoreError:
+    return StoreError(f"message id {message.id!r} is already used by a different message")
+
+
+async def submit_group(conn: Conn, calls: Sequence[SubmitCall]) -> list[Outcome]:
+    """Store every call's message in the caller's pipelined transaction."""
+    sent = await _send(conn, calls, committing=False)
     out: list[Outcome] = []
     for call, info, insert, claim in sent:
         row = await insert.fetchone()
@@ -144,6 +214,7 @@ def handoff_params(call: SubmitCall, h: Handoff) -> dict[str, Any]:
         "now": call.now,
         "id": call.message.id,
         "route": h.transport,
+        "fingerprint": rules.fingerprint(call.message),  # CLAIM_OF_SUBMITTED's
     }
 
 
