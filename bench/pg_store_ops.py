@@ -10,6 +10,9 @@ for no time, as ``spoolbox init`` writes it).  Per message it prints:
 * ``msg/s``: the drain's rate (claims and settles only);
 * ``client CPU`` and ``server CPU`` (ms a message): this process (``getrusage``) and
   the PostgreSQL processes (``/proc``, the postmaster's children), during the drain;
+``--backlog N`` first queues N more messages for another transport, which stay in the
+store while the drain runs (a deep queue: what a statement that scans a table pays).
+
 * ``counters``: the time the server spent in the recipient counters' trigger
   functions (``pg_stat_user_functions`` with ``track_functions = all``), ms a call
   and a message: the part of the server's work that keeps ``counts()`` cheap.
@@ -86,7 +89,7 @@ def _functions(dsn: str) -> tuple[int, float]:
     return int(row[0]), float(row[1])
 
 
-async def one_run(cluster: pgc.Cluster, n: int, lanes: int) -> dict[str, float]:
+async def one_run(cluster: pgc.Cluster, n: int, lanes: int, backlog: int) -> dict[str, float]:
     db = cluster.new_database()
     cluster.execute(f"ALTER DATABASE {db} SET track_functions = 'all'")
     dsn = cluster.dsn(db)
@@ -99,6 +102,14 @@ async def one_run(cluster: pgc.Cluster, n: int, lanes: int) -> dict[str, float]:
             await store.submit_many(
                 messages, now=time.time(), lifetime=86400.0, routes=[["smtp"]] * n
             )
+            for start in range(0, backlog, 2000):  # a deep queue of another transport
+                lot = [
+                    NewMessage(sender, (Address("SMTP", f"q{i}@example.org"),), BODY)
+                    for i in range(start, min(backlog, start + 2000))
+                ]
+                await store.submit_many(
+                    lot, now=time.time(), lifetime=86400.0, routes=[["other"]] * len(lot)
+                )
             await asyncio.sleep(1.0)  # let the function statistics of the submit arrive
             calls0, self0 = _functions(dsn)
             server0, client0, t0 = _server_cpu(cluster), _client_cpu(), time.perf_counter()
@@ -130,7 +141,7 @@ async def one_run(cluster: pgc.Cluster, n: int, lanes: int) -> dict[str, float]:
             await asyncio.gather(*(lane() for _ in range(lanes)))
             took = time.perf_counter() - t0
             client, server = _client_cpu() - client0, _server_cpu(cluster) - server0
-            left = sum((await store.counts()).values())
+            left = sum((await store.counts()).values()) - backlog
     finally:
         await asyncio.sleep(1.0)  # the statistics collector's last report
         calls1, self1 = _functions(dsn)
@@ -153,13 +164,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--messages", type=int, default=3000)
     p.add_argument("--lanes", type=int, default=4)
+    p.add_argument(
+        "--backlog",
+        type=int,
+        default=0,
+        help="messages queued for another transport, left in the store during the drain",
+    )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     cluster = pgc.start_cluster()
     runs: list[dict[str, float]] = []
     try:
         for i in range(args.runs):
-            run = asyncio.run(one_run(cluster, args.messages, args.lanes))
+            run = asyncio.run(one_run(cluster, args.messages, args.lanes, args.backlog))
             run["fsync"] = fsync_rate(cluster.root, 300)
             runs.append(run)
             print(f"run {i + 1}: " + ", ".join(f"{k} {v:,.3f}" for k, v in run.items()), flush=True)
@@ -167,7 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         pgc.remove_cluster(cluster)
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     print(
-        f"\n{args.messages} messages, {args.lanes} lanes claiming {BATCH}, {args.runs} runs "
+        f"\n{args.messages} messages ({args.backlog} more queued for another transport), "
+        f"{args.lanes} lanes claiming {BATCH}, {args.runs} runs "
         f"(medians); Python {sys.version.split()[0]}, spoolbox from {spoolbox.__file__}"
     )
     print("| " + " | ".join(med) + " |")

@@ -19,6 +19,8 @@ with one set of row functions.  What differs:
   does), taken for each claim from the sequence ``recipient_claims``.
 * Version 4 writes the counters' trigger functions in PL/pgSQL with their upsert in
   each (the SQL function they called, planned at every call, is dropped).
+* Version 5 indexes ``messages.blob_id`` and ``inbox.blob_id`` (the foreign keys'
+  look-up when a content row is deleted).
 
 ``MIGRATIONS[n]`` upgrades a database at version ``n`` to ``n + 1`` (a new database is
 at version 0).  :func:`migrate` runs the pending ones, each in its own transaction
@@ -278,8 +280,17 @@ END $$;
 DROP FUNCTION IF EXISTS spoolbox_count(TEXT[], BIGINT[]);
 """
 
+# The messages' and inbox entries' content references indexed (version 5): deleting a
+# content row makes PostgreSQL look for rows that still point to it (the foreign
+# keys), which without these indexes read the whole of both tables, once per
+# message a settle deleted (SQLite's schema has had them from the start).
+_V5 = """
+CREATE INDEX IF NOT EXISTS messages_blob ON messages (blob_id);
+CREATE INDEX IF NOT EXISTS inbox_blob ON inbox (blob_id);
+"""
+
 #: ``MIGRATIONS[n]`` upgrades a database at schema version ``n`` to ``n + 1``.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
 
 #: The newest schema version this code reads and writes.
 SCHEMA_VERSION: Final = len(MIGRATIONS)
