@@ -47,7 +47,7 @@ INSERT_SUBMISSION = (
     "WITH b AS (INSERT INTO blobs (size, chunks) VALUES (%(content_size)s, %(chunks)s) "
     "RETURNING id), "
     "c AS (INSERT INTO blob_chunks (blob_id, seq, data) SELECT b.id, u.n - 1, u.data "
-    "FROM b, unnest(%(data)s::bytea[]) WITH ORDINALITY AS u(data, n)), "
+    "FROM b, unnest(%(data)b::bytea[]) WITH ORDINALITY AS u(data, n)), "
     "m AS (INSERT INTO messages (id, fingerprint, sender, priority, submitted_at, send_at, "
     "expires_at, notify, is_report, envelope_id, size, subject, held, blob_id) "
     "VALUES (%(id)s, %(fingerprint)s, %(sender)s, %(priority)s, %(submitted_at)s, "
