@@ -12,12 +12,10 @@ part of the flush; the message is sent.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from helpers import FAST, message, transport
+from helpers import FAST, message, transport, until
 
 from spoolbox import Address, AlwaysIdle, MessageState, Spooler, SpoolerConfig
 from spoolbox._core.cluster_view import start_cluster_flush
@@ -32,14 +30,6 @@ BOB = Address.parse("SMTP:bob@down.example")
 def _node(name: str, script: Script, store: MemoryStore) -> Spooler:
     cfg = SpoolerConfig(transports=(transport("smtp", script),), policy=POLICY, node=name)
     return Spooler.open(cfg, store=store, idle=AlwaysIdle(), close_store=False)
-
-
-async def _until(what: str, check: Callable[[], Any], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not await check():
-        assert loop.time() < end, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 class _CountingStore(MemoryStore):
@@ -65,7 +55,7 @@ async def test_a_flush_asked_by_another_node_lifts_this_nodes_back_off() -> None
     b_script = Script(("SMTP",), submit=[Act.FAIL_TEMP, Act.SUCCEED])
     async with _node("node-a", a_script, store) as a:
         blocker = await a.submit(message("SMTP:x@elsewhere.example"))
-        await _until("node a to hang on its message", lambda: _claimed(store, blocker.id))
+        await until(lambda: _claimed(store, blocker.id), what="node a to hang on its message")
         async with _node("node-b", b_script, store) as b:
             first = await b.submit(message("SMTP:bob@down.example"))
             assert await b.wait_for(first.id, [MessageState.DEFERRED], timeout=5) is (
@@ -76,7 +66,7 @@ async def test_a_flush_asked_by_another_node_lifts_this_nodes_back_off() -> None
             b_node = start_node(b, store, NodeSettings(interval=3600.0))
             a_node = start_node(a, store, NodeSettings(interval=0.05))
             assert isinstance(b_node, NodePresence) and isinstance(a_node, NodePresence)
-            await _until("node b's record", lambda: _serves(store, "node-b"))
+            await until(lambda: _serves(store, "node-b"), what="node b's record")
             store.calls.clear()
 
             flush = await start_cluster_flush(a, upload=True, download=False, deadline=3.0)

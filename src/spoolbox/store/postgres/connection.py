@@ -349,7 +349,9 @@ class Database:
         ``implicit`` (with ``pipelined``): no ``BEGIN`` and ``COMMIT`` at all: the
         statements up to the pipeline's sync are one implicit transaction, committed
         at the sync (rolled back there if one failed).  Only for a ``fn`` that raises
-        before it writes anything (what it read is committed with nothing else)."""
+        before it writes anything (what it read is committed with nothing else), or
+        one that decides nothing before the commit and reads its answers after it
+        (:class:`AfterCommit`: a group of submits)."""
         pool = self._progress if kind is Kind.PROGRESS else self._pool
         if pool is None:
             raise StoreError(f"PostgreSQL store {self.where} is not open: call open() first")

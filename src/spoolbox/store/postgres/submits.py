@@ -85,7 +85,10 @@ class SubmitCall:
 Outcome = MessageInfo | tuple[MessageInfo, ClaimedJob | None]
 
 
-_Sent = list[tuple[SubmitCall, MessageInfo, AsyncCursor[DictRow], AsyncCursor[DictRow] | None]]
+#: Per call: the call, its info, its fingerprint, and its statements' cursors.
+_Sent = list[
+    tuple[SubmitCall, MessageInfo, bytes, AsyncCursor[DictRow], AsyncCursor[DictRow] | None]
+]
 
 
 async def _send(conn: Conn, calls: Sequence[SubmitCall], *, committing: bool) -> _Sent:
@@ -96,15 +99,18 @@ async def _send(conn: Conn, calls: Sequence[SubmitCall], *, committing: bool) ->
     sent: _Sent = []
     for call in calls:
         info = rules.accepted(call.message, now=call.now, lifetime=call.lifetime)
+        params = submission_params(call, info)
+        fingerprint: bytes = params["fingerprint"]  # worked out once a submission
         insert = conn.cursor()
-        await insert.execute(_q.INSERT_SUBMISSION, submission_params(call, info))
+        await insert.execute(_q.INSERT_SUBMISSION, params)
         if committing:
             await conn.execute(_q.DROP_UNUSED_CONTENT, {"id": call.message.id})
         claim = None
         if call.handoff is not None:
             claim = conn.cursor()
-            await claim.execute(claim_sql, handoff_params(call, call.handoff))
-        sent.append((call, info, insert, claim))
+            claim_params = handoff_params(call, call.handoff)
+            await claim.execute(claim_sql, {**claim_params, "fingerprint": fingerprint})
+        sent.append((call, info, fingerprint, insert, claim))
     return sent
 
 
@@ -131,25 +137,32 @@ async def submit_group_committing(
 
     async def read() -> list[Outcome | StoreError]:
         out: list[Outcome | StoreError] = []
-        for call, info, insert, claim in sent:
+        for call, info, fingerprint, insert, claim in sent:
             row = await insert.fetchone()
             rows = await claim.fetchall() if claim is not None else []
             if row is None:  # pragma: no cover - the statement returns its one row
                 out.append(StoreError("PostgreSQL did not return the id of a new content row"))
                 continue
             if not int(row["inserted"]):
-                cur = await conn.execute(_q.SELECT_MESSAGE, (call.message.id,))
-                existing = await cur.fetchone()
-                if existing is None or bytes(existing["fingerprint"]) != rules.fingerprint(
-                    call.message
-                ):
+                stored = await _stored(conn, call.message.id, fingerprint)
+                if stored is None:
                     out.append(_refused(call.message))
                     continue
-                info = message_from_row(existing)
+                info = stored
             out.append(info if claim is None else (info, handed_off(call, info, rows)))
         return out
 
     return AfterCommit(read)
+
+
+async def _stored(conn: Conn, message_id: str, fingerprint: bytes) -> MessageInfo | None:
+    """The stored message with this id if it is the same submission (its
+    fingerprint), None if it is a different message."""
+    cur = await conn.execute(_q.SELECT_MESSAGE, (message_id,))
+    existing = await cur.fetchone()
+    if existing is None or bytes(existing["fingerprint"]) != fingerprint:
+        return None
+    return message_from_row(existing)
 
 
 def _refused(message: NewMessage) -> StoreError:
@@ -160,12 +173,12 @@ async def submit_group(conn: Conn, calls: Sequence[SubmitCall]) -> list[Outcome]
     """Store every call's message in the caller's pipelined transaction."""
     sent = await _send(conn, calls, committing=False)
     out: list[Outcome] = []
-    for call, info, insert, claim in sent:
+    for call, info, fingerprint, insert, claim in sent:
         row = await insert.fetchone()
         if row is None:  # pragma: no cover - the statement returns its one row
             raise StoreError("PostgreSQL did not return the id of a new content row")
         if not int(row["inserted"]):
-            info = await _existing(conn, call.message, int(row["blob_id"]))
+            info = await _existing(conn, call.message, fingerprint, int(row["blob_id"]))
         if claim is None:
             out.append(info)
         else:
@@ -193,16 +206,17 @@ def submission_params(call: SubmitCall, info: MessageInfo) -> dict[str, Any]:
     }
 
 
-async def _existing(conn: Conn, message: NewMessage, blob_id: int) -> MessageInfo:
+async def _existing(
+    conn: Conn, message: NewMessage, fingerprint: bytes, blob_id: int
+) -> MessageInfo:
     """The stored message with the new one's id: the same submission again (its
     content row, written for nothing, is deleted), or NotAlone (a different message:
     its caller's submit is refused when it goes alone)."""
-    cur = await conn.execute(_q.SELECT_MESSAGE, (message.id,))
-    existing = await cur.fetchone()
-    if existing is None or bytes(existing["fingerprint"]) != rules.fingerprint(message):
+    info = await _stored(conn, message.id, fingerprint)
+    if info is None:
         raise NotAlone(message.id)
     await conn.execute("DELETE FROM blobs WHERE id = %s", (blob_id,))
-    return message_from_row(existing)
+    return info
 
 
 def handoff_params(call: SubmitCall, h: Handoff) -> dict[str, Any]:
@@ -214,7 +228,6 @@ def handoff_params(call: SubmitCall, h: Handoff) -> dict[str, Any]:
         "now": call.now,
         "id": call.message.id,
         "route": h.transport,
-        "fingerprint": rules.fingerprint(call.message),  # CLAIM_OF_SUBMITTED's
     }
 
 
