@@ -94,6 +94,13 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_cpu_seconds(data_dir: Path) -> float:
+    """CPU seconds so far of a PostgreSQL server's processes (the postmaster and its
+    children: the backends, the writers), found from ``postmaster.pid`` in ``data_dir``."""
+    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    return cpu_seconds(process_tree(postmaster))
+
+
 #: what :func:`per_message` reports
 COUNT_KEYS = ("cpu ms/msg", "commits/msg", "lock waits/msg", "lock wait ms/msg", "write ms/msg")
 

@@ -87,6 +87,7 @@ from _counts import (
     daemon_store_counters,
     fsync_rate,
     per_message,
+    postgres_cpu_seconds,
     process_tree,
 )
 from _mta import (
@@ -309,6 +310,18 @@ class Running:
         if reply.get("via") != "daemon" or len(reply["ids"]) != n:
             raise RuntimeError(f"{self.system.name}: the daemon did not take them: {reply}")
 
+    def commits(self) -> int:
+        """PostgreSQL: transactions committed in this system's database so far (the
+        statistics collector's figure, as of its last report)."""
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
     def cpu(self) -> float:
         """CPU seconds used so far by the system's processes (with their workers)."""
         return cpu_seconds(pid for proc in self.procs for pid in process_tree(proc.pid))
@@ -356,10 +369,13 @@ def drain(system: System, root: Path, pg: Any, sink: Sink, args: Any) -> dict[st
         r.submit(n)
         deadline = t0 + WAIT
         cpu0: float | None = None  # at the sink's first message: start-up left out
+        server0, commits0 = 0.0, 0
         while sink.count < base + n:
             r.check_alive()
             if cpu0 is None and sink.count > base:
                 cpu0 = r.cpu()
+                if system.backend == "postgres":
+                    server0, commits0 = postgres_cpu_seconds(pg.data), r.commits()
             if time.perf_counter() > deadline:
                 raise RuntimeError(f"{system.name}: the sink has {sink.count - base} of {n}")
             time.sleep(0.05)
@@ -372,6 +388,8 @@ def drain(system: System, root: Path, pg: Any, sink: Sink, args: Any) -> dict[st
         cpu = r.cpu() - (cpu0 or 0.0)
         sqlite = system.backend == "sqlite"
         counters = daemon_store_counters(r.profiles[0]) if sqlite else {}
+        server = postgres_cpu_seconds(pg.data) - server0 if not sqlite else 0.0
+        commits = r.commits() - commits0 if not sqlite else 0
     out = {
         "msg/s": (n - 1) / (last - first),
         "from submit s": last - t0,
@@ -380,6 +398,14 @@ def drain(system: System, root: Path, pg: Any, sink: Sink, args: Any) -> dict[st
     }
     if counters:  # SQLite: per message, whatever the load
         out.update(per_message(cpu, counters, n))
+    elif system.backend == "postgres":  # from the sink's first message on
+        out.update(
+            {
+                "cpu ms/msg": cpu * 1000 / n,
+                "server cpu ms/msg": server * 1000 / n,
+                "commits/msg": commits / n,
+            }
+        )
     return out
 
 
@@ -690,6 +716,21 @@ def _print_sqlite_counts(runs: list[dict[str, dict[str, float]]], names: list[st
         print(f"| {name} | {' | '.join(f'{m[k]:.3f}' for k in keys)} |")
 
 
+def _print_postgres_counts(runs: list[dict[str, dict[str, float]]], names: list[str]) -> None:
+    """PostgreSQL's drain per message (medians), from the sink's first message on: the
+    CPU of the nodes, of the PostgreSQL server (every backend, the writers) and the
+    database's commits."""
+    keys = ("cpu ms/msg", "server cpu ms/msg", "commits/msg")
+    if not names:
+        return
+    print("\nPostgreSQL drain, per message (medians)")
+    print(f"| system | nodes' {' | '.join(keys)} |")
+    print(f"|---|{'---:|' * len(keys)}")
+    for name in names:
+        m = _medians(runs, name)
+        print(f"| {name} | {' | '.join(f'{m[k]:.3f}' for k in keys)} |")
+
+
 def _run(args: Any, parts: set[str], root: Path, pg: Any, sink: Sink) -> dict[str, Any]:
     out: dict[str, Any] = {}
     made = iter(range(10**6))
@@ -731,6 +772,7 @@ def _run(args: Any, parts: set[str], root: Path, pg: Any, sink: Sink) -> dict[st
             ]
             print(f"{family}: more processes slower than fewer: {', '.join(slower) or 'never'}")
         _print_sqlite_counts(runs, [n for n, s in systems.items() if s.backend == "sqlite"])
+        _print_postgres_counts(runs, [n for n, s in systems.items() if s.backend == "postgres"])
         out["drain"] = runs
     if "claims" in parts:
         runs = _measure(

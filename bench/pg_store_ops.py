@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import resource
 import statistics
 import sys
@@ -43,7 +42,7 @@ import postgres_cluster as pgc
 import psycopg
 
 import spoolbox
-from _counts import fsync_rate
+from _counts import fsync_rate, postgres_cpu_seconds
 from spoolbox import Address, MessageState, NewMessage, RecipientState
 from spoolbox.store import RecipientUpdate
 from spoolbox.store.postgres import PostgresStore
@@ -51,25 +50,6 @@ from spoolbox.store.postgres import PostgresStore
 BODY = b"From: bench@example.org\r\nSubject: bench\r\n\r\n" + b"x" * 2000 + b"\r\n"
 DROP = frozenset({MessageState.SENT, MessageState.FAILED})
 BATCH = 8
-
-
-def _server_cpu(cluster: pgc.Cluster) -> float:
-    """CPU seconds of the postmaster's children so far (the backends, the writers)."""
-    pid_file = cluster.data / "postmaster.pid"
-    postmaster = pid_file.read_text().split()[0]
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[1] == postmaster or entry == postmaster:
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
 
 
 def _client_cpu() -> float:
@@ -112,7 +92,11 @@ async def one_run(cluster: pgc.Cluster, n: int, lanes: int, backlog: int) -> dic
                 )
             await asyncio.sleep(1.0)  # let the function statistics of the submit arrive
             calls0, self0 = _functions(dsn)
-            server0, client0, t0 = _server_cpu(cluster), _client_cpu(), time.perf_counter()
+            server0, client0, t0 = (
+                postgres_cpu_seconds(cluster.data),
+                _client_cpu(),
+                time.perf_counter(),
+            )
 
             async def lane() -> None:
                 while True:
@@ -140,7 +124,7 @@ async def one_run(cluster: pgc.Cluster, n: int, lanes: int, backlog: int) -> dic
 
             await asyncio.gather(*(lane() for _ in range(lanes)))
             took = time.perf_counter() - t0
-            client, server = _client_cpu() - client0, _server_cpu(cluster) - server0
+            client, server = _client_cpu() - client0, postgres_cpu_seconds(cluster.data) - server0
             left = sum((await store.counts()).values()) - backlog
     finally:
         await asyncio.sleep(1.0)  # the statistics collector's last report

@@ -11,8 +11,8 @@ import psycopg
 import pytest
 from sqlite_helpers import T0, new_message
 
-from spoolbox.model import Address, MessageInfo, NewMessage, RecipientState
-from spoolbox.store.base import RecipientUpdate, StoreError
+from spoolbox.model import Address, MessageInfo, MessageState, NewMessage, RecipientState
+from spoolbox.store.base import RecipientUpdate, StoreError, UnknownMessage
 from spoolbox.store.postgres import PostgresStore
 
 _R = RecipientState
@@ -108,6 +108,97 @@ async def test_a_group_of_settles_waits_twice_and_has_no_savepoints_unless_one_f
         counts = await store.counts()
         assert counts[_R.DELIVERED] == 3
         assert counts[_R.ACTIVE] == 1
+
+
+async def test_settles_that_finish_messages_kept_for_no_time_delete_them_in_one_statement(
+    pg_dsn: str,
+) -> None:
+    async with PostgresStore(pg_dsn) as store:
+        for i in range(4):
+            await store.submit(new_message(i), now=T0, lifetime=60, routes=["x"])
+        jobs = await store.claim("x", owner="n", now=T0, lease=60, limit=4)
+        meter = _Meter(store)
+        sent = frozenset({MessageState.SENT})
+        await asyncio.gather(
+            *(
+                store.settle(
+                    j.message.id,
+                    _delivered(1),
+                    owner="n",
+                    now=T0,
+                    claim=j.claim,
+                    drop_finished=sent,
+                )
+                for j in jobs[:3]
+            )
+        )
+        # The reads, then one delete of the three messages: nothing of their
+        # recipients written first
+        assert meter() == (1, 2 + 1, 2)
+        for j in jobs[:3]:
+            with pytest.raises(UnknownMessage):
+                await store.get_message(j.message.id)
+        last = jobs[3]
+        meter()
+        await asyncio.gather(
+            store.settle(
+                last.message.id,
+                [RecipientUpdate(0, _R.QUEUED, status="4.4.1", retry_at=T0 + 600)],
+                owner="n",
+                now=T0,
+                claim=last.claim,
+                drop_finished=sent,
+            )
+        )
+        # Not finished: its recipient written (the reads, the update), nothing deleted
+        assert meter() == (1, 2 + 1, 2)
+        [r] = await store.recipients(last.message.id)
+        assert (r.state, r.retry_at) == (_R.QUEUED, T0 + 600)
+        counts = await store.counts()
+        assert {s: n for s, n in counts.items() if n} == {_R.QUEUED: 1}
+
+
+async def test_a_settle_with_a_report_that_finishes_its_message_deletes_it_alone(
+    pg_dsn: str,
+) -> None:
+    async with PostgresStore(pg_dsn) as store:
+        for i in (1, 2):
+            await store.submit(new_message(i, "X:a", "X:b"), now=T0, lifetime=60, routes=["x"] * 2)
+        jobs = await store.claim("x", owner="n", now=T0, lease=60, limit=2)
+        updates = [RecipientUpdate(0, _R.DELIVERED), RecipientUpdate(1, _R.FAILED, status="5.1.1")]
+        finished = frozenset({MessageState.SENT, MessageState.FAILED})
+        meter = _Meter(store)
+        statements = []
+        for job, drop in zip(jobs, [frozenset(), finished], strict=True):
+            report = NewMessage(
+                sender=Address.parse("X:postmaster"),
+                recipients=(Address.parse("X:sender"),),
+                content=f"Subject: report on {job.message.id}\r\n\r\nfailed\r\n".encode(),
+            )
+            # A settle with reports goes alone (its own transaction)
+            await store.settle(
+                job.message.id,
+                updates,
+                owner="n",
+                now=T0,
+                claim=job.claim,
+                reports=[report],
+                drop_finished=drop,
+            )
+            statements.append(meter()[1])
+        # The same settle, once kept and once dropped: the two recipients' updates
+        # are not sent when their message is deleted, the delete is one statement
+        assert statements[1] == statements[0] - 2 + 1
+        with pytest.raises(UnknownMessage):
+            await store.get_message("m0002")
+        assert [r.state for r in await store.recipients("m0001")] == [_R.DELIVERED, _R.FAILED]
+        # Two reports queued, the kept message's two recipients, nothing of the other
+        counts = await store.counts()
+        assert {s: n for s, n in counts.items() if n} == {
+            _R.QUEUED: 2,
+            _R.DELIVERED: 1,
+            _R.FAILED: 1,
+        }
 
 
 async def test_a_read_says_its_isolation_in_its_begin(pg_dsn: str) -> None:

@@ -10,12 +10,13 @@ between is kept.  Candidates another transaction has locked are skipped
 (``SKIP LOCKED``), so several nodes purging at once neither wait for each other nor
 delete twice.  Deleting a message deletes its recipients (the counters' triggers see
 them), the message and its content (the chunks go with the blob row), in one
-statement (:func:`delete_message`, also what a settle with ``drop_finished`` does).
+statement (:func:`delete_messages`, also what a settle with ``drop_finished`` does,
+for every message of a group of settles at once).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
@@ -26,7 +27,7 @@ from ..base import UnknownMessage
 from ..sqlite.rows import recipient_from_row
 from . import queries as _q
 
-__all__ = ["delete_inbox", "delete_message", "purge", "purge_inbox"]
+__all__ = ["delete_inbox", "delete_message", "delete_messages", "purge", "purge_inbox"]
 
 Conn = AsyncConnection[DictRow]
 
@@ -49,9 +50,9 @@ LIMIT %(limit)s
 _LOCK_MESSAGE = "SELECT id FROM messages WHERE id = %s FOR UPDATE SKIP LOCKED"
 #: A message, its recipients and its content in one statement (the chunks go with the
 #: blob row; the foreign keys are checked at its end, when all are gone).
-_DELETE_MESSAGE = """
-WITH r AS (DELETE FROM recipients WHERE message_id = %(id)s),
-     m AS (DELETE FROM messages WHERE id = %(id)s RETURNING blob_id)
+_DELETE_MESSAGES = """
+WITH r AS (DELETE FROM recipients WHERE message_id = ANY(%(ids)s)),
+     m AS (DELETE FROM messages WHERE id = ANY(%(ids)s) RETURNING blob_id)
 DELETE FROM blobs WHERE id IN (SELECT blob_id FROM m)
 """
 _DELETE_BLOB = "DELETE FROM blobs WHERE id = %s"
@@ -92,7 +93,13 @@ async def purge(
 
 async def delete_message(conn: Conn, message_id: str) -> None:
     """Delete a message: its recipients, the message and its content."""
-    await conn.execute(_DELETE_MESSAGE, {"id": message_id})
+    await delete_messages(conn, [message_id])
+
+
+async def delete_messages(conn: Conn, message_ids: Sequence[str]) -> None:
+    """Delete messages, their recipients and their contents, in one statement (the
+    counters' trigger runs once for them all)."""
+    await conn.execute(_DELETE_MESSAGES, {"ids": list(message_ids)})
 
 
 async def purge_inbox(conn: Conn, *, received_before: float, limit: int) -> list[str]:

@@ -13,7 +13,10 @@ Everything is checked and computed before the first write, so a raise commits
 nothing but the reads.  The checks and the new rows are
 the shared rules' (:mod:`spoolbox.store.rules`), as in :func:`.transactions.settle`;
 the new rows go in one ``UPDATE ... FROM unnest(...)`` (one statement, so the
-counters' statement trigger runs once for the group, not once per recipient).
+counters' statement trigger runs once for the group, not once per recipient).  The
+messages the group finishes and keeps for no time (``drop_finished``) are deleted
+in one statement, and nothing of their recipients is written before (as the SQLite
+store's settle).
 
 The group is all or nothing.  When a settle of it cannot go this way, because its
 check fails (a lease another node holds now, a recipient that is not there), it
@@ -44,7 +47,7 @@ from ..base import InboundMessage, RecipientUpdate, StoreError
 from ..sqlite.queries import MESSAGE_COLUMNS, RECIPIENT_COLUMNS
 from ..sqlite.rows import message_from_row, recipient_from_row, recipient_params
 from . import queries as _q
-from .purge import delete_message
+from .purge import delete_messages
 from .wakeups import notify, payloads
 
 __all__ = ["NotAlone", "SettleCall", "groupable", "recipient_arrays", "settle_group"]
@@ -117,20 +120,22 @@ async def settle_group(conn: Conn, calls: Sequence[SettleCall]) -> list[MessageI
         info = message_from_row(message)
         rows = current.get(call.message_id, {})
         recs = _settled(call, info, rows)
-        new_rows.extend(recs.values())
         infos.append(info)
         after = (recs[i].state if i in recs else _R(r["state"]) for i, r in rows.items())
         if retention.dropped(after, call.drop_finished):
+            # Kept for no time: deleted below, nothing of its recipients written.
             dropped.append(call.message_id)
+        else:
+            new_rows.extend(recs.values())
     # Everything is decided before the first write: the store runs a group as an
     # implicit transaction (no BEGIN), which would commit what came before a raise.
-    params = recipient_arrays(new_rows)
-    # Recipients back in the queue and ready now may be another node's work.
-    ready = payloads(r.route for r, call in _with_calls(new_rows, calls) if _ready(r, call.now))
-    await conn.execute(_q.UPDATE_RECIPIENTS, params)
-    await notify(conn, ready)
-    for message_id in dropped:
-        await delete_message(conn, message_id)
+    if new_rows:
+        # Recipients back in the queue and ready now may be another node's work.
+        ready = payloads(r.route for r, call in _with_calls(new_rows, calls) if _ready(r, call.now))
+        await conn.execute(_q.UPDATE_RECIPIENTS, recipient_arrays(new_rows))
+        await notify(conn, ready)
+    if dropped:
+        await delete_messages(conn, dropped)
     return infos
 
 

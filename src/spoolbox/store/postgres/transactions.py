@@ -288,6 +288,17 @@ async def settle(
     for u in updates:
         r = recs.get(u.index) or recipient_from_row(current[u.index])
         recs[u.index] = rules.settled(r, u, now=now, held=info.held)
+    for rep in reports:
+        await submit(conn, rep, now=now, lifetime=info.expires_at - info.submitted_at)
+    for inbound in inbox_reports:
+        await _insert_inbound(conn, inbound)
+    # Kept for no time: the settle that finishes the message deletes it (its reports
+    # are in above), from the rows it locked: one statement, and nothing of the
+    # recipients it deletes written before.
+    after = (recs[i].state if i in recs else _R(row["state"]) for i, row in current.items())
+    if retention.dropped(after, drop_finished):
+        await delete_message(conn, message_id)
+        return info
     async with conn.cursor() as c:  # one round trip for all of them
         await c.executemany(
             _q.UPDATE_RECIPIENT,
@@ -297,15 +308,6 @@ async def settle(
     await notify(
         conn, payloads(r.route for r in recs.values() if r.state is _R.QUEUED and r.retry_at <= now)
     )
-    for rep in reports:
-        await submit(conn, rep, now=now, lifetime=info.expires_at - info.submitted_at)
-    for inbound in inbox_reports:
-        await _insert_inbound(conn, inbound)
-    # Kept for no time: the settle that finishes the message deletes it (its reports
-    # are in above), from the rows it locked: one statement.
-    after = (recs[i].state if i in recs else _R(row["state"]) for i, row in current.items())
-    if retention.dropped(after, drop_finished):
-        await delete_message(conn, message_id)
     return info
 
 
