@@ -68,6 +68,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from ..base import StoreError
 from ..operations import Kind
 from . import schema
+from .arrays import ADAPTERS
 
 __all__ = ["AfterCommit", "Counts", "Database", "describe", "savepoint"]
 
@@ -256,6 +257,7 @@ class Database:
                 autocommit=True,
                 row_factory=dict_row,
                 cursor_factory=_Cursor,
+                context=ADAPTERS,
                 connect_timeout=max(1, round(self._timeout)),
             )
         except psycopg.Error as exc:
@@ -308,7 +310,12 @@ class Database:
         pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             self._dsn,
             connection_class=_Connection,
-            kwargs={"autocommit": True, "row_factory": dict_row, "cursor_factory": _Cursor},
+            kwargs={
+                "autocommit": True,
+                "row_factory": dict_row,
+                "cursor_factory": _Cursor,
+                "context": ADAPTERS,
+            },
             min_size=min(min_size, max_size),
             max_size=max_size,
             timeout=self._timeout,

@@ -26,6 +26,7 @@ from .. import retention
 from ..base import UnknownMessage
 from ..sqlite.rows import recipient_from_row
 from . import queries as _q
+from .arrays import text_array
 
 __all__ = ["delete_inbox", "delete_message", "delete_messages", "purge", "purge_inbox"]
 
@@ -51,8 +52,8 @@ _LOCK_MESSAGE = "SELECT id FROM messages WHERE id = %s FOR UPDATE SKIP LOCKED"
 #: A message, its recipients and its content in one statement (the chunks go with the
 #: blob row; the foreign keys are checked at its end, when all are gone).
 _DELETE_MESSAGES = """
-WITH r AS (DELETE FROM recipients WHERE message_id = ANY(%(ids)s)),
-     m AS (DELETE FROM messages WHERE id = ANY(%(ids)s) RETURNING blob_id)
+WITH r AS (DELETE FROM recipients WHERE message_id = ANY(%(ids)s::text[])),
+     m AS (DELETE FROM messages WHERE id = ANY(%(ids)s::text[]) RETURNING blob_id)
 DELETE FROM blobs WHERE id IN (SELECT blob_id FROM m)
 """
 _DELETE_BLOB = "DELETE FROM blobs WHERE id = %s"
@@ -99,7 +100,7 @@ async def delete_message(conn: Conn, message_id: str) -> None:
 async def delete_messages(conn: Conn, message_ids: Sequence[str]) -> None:
     """Delete messages, their recipients and their contents, in one statement (the
     counters' trigger runs once for them all)."""
-    await conn.execute(_DELETE_MESSAGES, {"ids": list(message_ids)})
+    await conn.execute(_DELETE_MESSAGES, {"ids": text_array(message_ids)})
 
 
 async def purge_inbox(conn: Conn, *, received_before: float, limit: int) -> list[str]:

@@ -33,7 +33,7 @@ SELECT_MESSAGES_WITH_CONTENT = (
     + ", ".join(f"m.{c.strip()}" for c in MESSAGE_COLUMNS.split(","))
     + ", c.data AS chunk FROM messages AS m LEFT JOIN blob_chunks AS c "
     "ON c.blob_id = m.blob_id AND m.size <= %(prefetch)s "
-    "WHERE m.id = ANY(%(ids)s) ORDER BY m.id, c.seq"
+    "WHERE m.id = ANY(%(ids)s::text[]) ORDER BY m.id, c.seq"
 )
 SELECT_MESSAGES_AFTER = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id > %s ORDER BY id LIMIT %s"
 SET_HELD = "UPDATE messages SET held = %s WHERE id = %s"

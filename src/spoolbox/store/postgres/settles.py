@@ -28,8 +28,9 @@ settle that is wrong fails, with its own error.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
@@ -47,6 +48,7 @@ from ..base import InboundMessage, RecipientUpdate, StoreError
 from ..sqlite.queries import MESSAGE_COLUMNS, RECIPIENT_COLUMNS
 from ..sqlite.rows import message_from_row, recipient_from_row, recipient_params
 from . import queries as _q
+from .arrays import float_array, int_array, text_array
 from .purge import delete_messages
 from .wakeups import notify, payloads
 
@@ -56,10 +58,10 @@ Conn = AsyncConnection[DictRow]
 _R = RecipientState
 
 _MESSAGES_FOR_SHARE = (
-    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ANY(%s) ORDER BY id FOR SHARE"
+    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ANY(%s::text[]) ORDER BY id FOR SHARE"
 )
 _RECIPIENTS_FOR_UPDATE = (
-    f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id = ANY(%s) "
+    f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id = ANY(%s::text[]) "
     "ORDER BY message_id, idx FOR UPDATE"
 )
 
@@ -101,7 +103,7 @@ async def settle_group(conn: Conn, calls: Sequence[SettleCall]) -> list[MessageI
     """Settle every call of ``calls`` (:func:`groupable`) in the caller's pipelined
     transaction; each call's message as it was before.  Raises :class:`NotAlone`
     before writing if a call's check fails."""
-    ids = sorted(c.message_id for c in calls)
+    ids = text_array(sorted(c.message_id for c in calls))
     messages_cur = conn.cursor()
     recipients_cur = conn.cursor()
     await messages_cur.execute(_MESSAGES_FOR_SHARE, (ids,))
@@ -139,31 +141,32 @@ async def settle_group(conn: Conn, calls: Sequence[SettleCall]) -> list[MessageI
     return infos
 
 
-def recipient_arrays(rows: Sequence[RecipientRecord]) -> dict[str, list[object]]:
+def recipient_arrays(rows: Sequence[RecipientRecord]) -> dict[str, str]:
     """:data:`.queries.UPDATE_RECIPIENTS`'s parameters: each column of
     :func:`~spoolbox.store.sqlite.rows.recipient_params` (a settle's: no lease) as
-    one array, a row of each per recipient."""
+    one array literal (:mod:`.arrays`), a row of each per recipient."""
     params = [recipient_params(r, owner=None, lease_until=None) for r in rows]
-    return {key: [p[key] for p in params] for key in _UPDATE_COLUMNS}
+    return {key: literal([p[key] for p in params]) for key, literal in _UPDATE_COLUMNS.items()}
 
 
-_UPDATE_COLUMNS = (
-    "message_id",
-    "idx",
-    "state",
-    "route",
-    "refused_by",
-    "attempts",
-    "retry_at",
-    "status",
-    "diagnostic",
-    "updated_at",
-    "first_failed_at",
-    "owner",
-    "lease_until",
-    "delay_warned",
-    "claim",
-)
+# Each column of UPDATE_RECIPIENTS with the literal of its type (its cast there).
+_UPDATE_COLUMNS: dict[str, Callable[[list[Any]], str]] = {
+    "message_id": text_array,
+    "idx": int_array,
+    "state": text_array,
+    "route": text_array,
+    "refused_by": text_array,
+    "attempts": int_array,
+    "retry_at": float_array,
+    "status": text_array,
+    "diagnostic": text_array,
+    "updated_at": float_array,
+    "first_failed_at": float_array,
+    "owner": text_array,
+    "lease_until": float_array,
+    "delay_warned": int_array,
+    "claim": int_array,
+}
 
 
 def _settled(

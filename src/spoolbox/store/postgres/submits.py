@@ -40,6 +40,7 @@ from ..base import ClaimedJob, StoreError
 from ..sqlite.rows import message_from_row, message_params, recipient_from_row
 from . import queries as _q
 from . import schema
+from .arrays import ByteaChunks, text_array
 from .connection import AfterCommit
 from .settles import NotAlone
 from .wakeups import ROUTE, payloads
@@ -196,13 +197,13 @@ def submission_params(call: SubmitCall, info: MessageInfo) -> dict[str, Any]:
         **message_params(info, fingerprint=rules.fingerprint(message), blob_id=0),
         "content_size": len(data),
         "chunks": max(1, -(-len(data) // size)),
-        "data": [data[i : i + size] for i in range(0, len(data), size)] or [b""],
+        "data": ByteaChunks([data[i : i + size] for i in range(0, len(data), size)] or [b""]),
         "now": call.now,
         "ready_at": send_at,
-        "addresses": [str(a) for a in message.recipients],
-        "routes": list(routes) if routes is not None else [None] * len(message.recipients),
+        "addresses": text_array(str(a) for a in message.recipients),
+        "routes": text_array(routes if routes is not None else [None] * len(message.recipients)),
         "channel": _q.CHANNEL,
-        "payloads": sorted(payloads(routes) if routes is not None else {ROUTE}),
+        "payloads": text_array(sorted(payloads(routes) if routes is not None else {ROUTE})),
     }
 
 

@@ -51,6 +51,7 @@ from ..sqlite.rows import (
 )
 from . import queries as _q
 from . import schema
+from .arrays import text_array
 from .connection import AfterCommit
 from .purge import delete_message
 from .submits import (
@@ -213,7 +214,7 @@ async def claim(
         rank[r.message_id] = int(row["pick_rank"])
     messages = conn.cursor()
     await messages.execute(
-        _q.SELECT_MESSAGES_WITH_CONTENT, {"ids": list(by_message), "prefetch": PREFETCH_LIMIT}
+        _q.SELECT_MESSAGES_WITH_CONTENT, {"ids": text_array(by_message), "prefetch": PREFETCH_LIMIT}
     )
 
     async def jobs() -> list[ClaimedJob]:

@@ -27,6 +27,7 @@ from psycopg.rows import DictRow
 
 from ..base import StoreError
 from . import queries as _q
+from .arrays import text_array
 
 __all__ = ["ANY", "ROUTE", "Listener", "notify", "payloads"]
 
@@ -52,7 +53,7 @@ async def notify(conn: Conn, what: Iterable[str]) -> None:
     transaction commits."""
     distinct = sorted(set(what))
     if distinct:
-        await conn.execute(_q.NOTIFY, (_q.CHANNEL, distinct))
+        await conn.execute(_q.NOTIFY, (_q.CHANNEL, text_array(distinct)))
 
 
 class Listener:
