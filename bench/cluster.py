@@ -23,7 +23,10 @@ a temporary directory, ``fsync = on``) and Postfix's ``smtp-sink -c`` (``bench/_
   the ratio PostgreSQL 1 node / SQLite 1 node and whether more nodes or workers were
   ever slower than fewer.  For SQLite also, per message (``_counts.per_message``):
   the CPU of the daemon and its workers from the sink's first message on, the store's commits,
-  waits for the write lock and time holding it.
+  waits for the write lock and time holding it; for PostgreSQL, per message from the
+  sink's first message on: the nodes' CPU, the server's (the postmaster and its
+  children, ``_counts.postgres_cpu_seconds``) and the database's commits
+  (``pg_stat_database``).
 * ``claims``: M recipients are committed into a fresh PostgreSQL database, then K =
   1, 2, 4, 8 processes (this file run as ``_claimer``) run the store's loop directly,
   each as a node of its own: claim a batch (``claim_batch`` 8, as a node's default),
