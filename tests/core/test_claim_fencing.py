@@ -79,3 +79,6 @@ async def test_a_stalled_claim_cannot_settle_what_its_own_node_claimed_again(
     # Lane A's delivery was never logged as done: it was not committed.
     outcomes = [r for r in caplog.records if r.name == "spoolbox.delivery"]
     assert not any("status=sent" in r.getMessage() for r in outcomes), outcomes
+    # Nor counted: the transport's and the spooler's rows count what the store took.
+    assert sp.status["smtp"].counters.get("delivered", 0) == 0
+    assert sp.status["spooler"].counters.get("delivered", 0) == 0

@@ -66,8 +66,10 @@ class SpoolerPort(Protocol):
         updates: Sequence[RecipientUpdate],
         *,
         results: Sequence[RecipientResult] = (),
-    ) -> None:
-        """Write a claimed job's recipient updates, with the reports they call for."""
+    ) -> bool:
+        """Write a claimed job's recipient updates, with the reports they call for;
+        False if the store refused them because the job's lease was taken over (then
+        nothing was written, and the outcomes are not this spooler's to count)."""
         ...
 
     def destination_wait(self, transport: str, address: Address) -> float | None:

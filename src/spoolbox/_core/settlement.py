@@ -88,11 +88,14 @@ class Settlement:
         updates: Sequence[RecipientUpdate],
         *,
         results: Sequence[RecipientResult] = (),
-    ) -> None:
-        """A claimed job's updates (``results``: the transport's, for the reports).
+    ) -> bool:
+        """A claimed job's updates (``results``: the transport's, for the reports);
+        False if the store refused them because the lease was taken over.
 
-        The outcomes are logged (``spoolbox.delivery``) only once the store committed
-        them: a line never says "sent" of what a crash could still undo."""
+        The outcomes are logged (``spoolbox.delivery``) and counted only once the store
+        committed them: a line never says "sent" of what a crash could still undo, and
+        a refused settle is neither logged nor counted (the claim that holds the
+        recipients now settles and counts them)."""
         runtime = self._runtime
         now = runtime.clock.now()
         self._destinations.learn(job, updates)
@@ -113,10 +116,11 @@ class Settlement:
             # Another spooler has it now, or a later claim of this one (its lease ran
             # out while it stalled): that claim settles it, not this one.
             log.error("settling %s: %s (its lease was taken over)", job.message.id, exc)
-            return
+            return False
         remote = {r.index: r.remote_mta for r in results}
         _log_settled(job.message, job.recipients, job.transport, updates, remote, made, now)
         self._after_settle(updates, len(reports) + len(inbox))
+        return True
 
     async def settle_unowned(self, message_id: str, updates: Sequence[RecipientUpdate]) -> None:
         """Updates of recipients no transport holds (no route, expired)."""

@@ -591,8 +591,8 @@ class Spooler:
         updates: Sequence[RecipientUpdate],
         *,
         results: Sequence[RecipientResult] = (),
-    ) -> None:
-        await self._settlement.settle(job, updates, results=results)
+    ) -> bool:
+        return await self._settlement.settle(job, updates, results=results)
 
     def destination_wait(self, transport: str, address: Address) -> float | None:
         """The time a destination in back-off may be tried again, or None."""

@@ -63,6 +63,7 @@ class OutboundLane:
         self.preprocessors = Preprocessors()  # the session's (its support object's)
         self._waiting = 0  # workers waiting for work (claimed nothing: the queue is empty)
         self._reserved = 0  # hand-offs promised to this lane, their submits under way
+        self._refused: set[str] = set()  # a settle refused: its lease was taken over
 
     @property
     def inflight(self) -> int:
@@ -231,13 +232,15 @@ class OutboundLane:
         if waiting and await port.flush_asked(host.name):
             waiting = []  # a flush another node asked for made it ready: try it now
         if waiting:
-            await port.settle(
+            if not await port.settle(
                 replace(job, recipients=tuple(r for r, _ in waiting)),
                 [
                     RecipientUpdate(r.index, RecipientState.QUEUED, retry_at=until)
                     for r, until in waiting
                 ],
-            )
+            ):
+                host.job_done.set()  # another claim holds it now: not ours to go on with
+                return
             self._count_for_flush(
                 mid, [RecipientUpdate(r.index, RecipientState.QUEUED) for r, _ in waiting]
             )
@@ -249,10 +252,11 @@ class OutboundLane:
         # The spooler hooks, then the transport's preprocessors (see .hooked).
         staged = await stage_outbound(host, job, self.preprocessors)
         if staged.updates is not None:
-            await port.settle(job, staged.updates, results=staged.results)
-            self._count_for_flush(mid, staged.updates)
+            written = await port.settle(job, staged.updates, results=staged.results)
+            if written:
+                self._count_for_flush(mid, staged.updates)
             await finish_outbound(host, job, staged)
-            if host.flushing & FlushFlags.UPLOAD:
+            if written and host.flushing & FlushFlags.UPLOAD:
                 host.flush_done += 1
             host.job_done.set()
             return
@@ -319,16 +323,22 @@ class OutboundLane:
             # Cancelled because its lease was taken over: its results are not ours
             # to write (the store would refuse them); the other spooler finishes it.
             self.lease_lost.discard(mid)
+            self._refused.add(mid)
             updates = []
         if updates:
-            await port.settle(job, updates)
-            self._count_for_flush(mid, updates)
-            if outcome in (SubmitOutcome.END_SENT, SubmitOutcome.NOT_ME):
-                port.routing_changed()
-            if outcome is SubmitOutcome.END_RESEND_NOW:
-                host.wake.set()
+            if await port.settle(job, updates):
+                self._count_for_flush(mid, updates)
+                if outcome in (SubmitOutcome.END_SENT, SubmitOutcome.NOT_ME):
+                    port.routing_changed()
+                if outcome is SubmitOutcome.END_RESEND_NOW:
+                    host.wake.set()
+            else:
+                self._refused.add(mid)
         await finish_outbound(host, job, staged)
-        if host.flushing & FlushFlags.UPLOAD:
+        # A message whose lease was taken over is the new claim's to count.
+        if mid in self._refused:
+            self._refused.discard(mid)
+        elif host.flushing & FlushFlags.UPLOAD:
             host.flush_done += 1
             host.flush_bytes += job.message.size
         host.job_done.set()
@@ -404,9 +414,14 @@ class OutboundLane:
             )
             for r in results
         ]
-        await host.port.settle(message.job, updates, results=results)
-        self._count_for_flush(message.job.message.id, updates)
+        written = await host.port.settle(message.job, updates, results=results)
         message.reported |= seen
+        if not written:
+            # The store refused them (the lease was taken over): the claim that holds
+            # the recipients now counts them when it settles them.
+            self._refused.add(message.job.message.id)
+            return
+        self._count_for_flush(message.job.message.id, updates)
         for r in results:
             key = {Outcome.DELIVERED: "delivered", Outcome.FAILED: "failed"}.get(
                 r.outcome, "deferred"
