@@ -117,6 +117,7 @@ def test_a_killed_listener_process_is_replaced(home: Home, daemons: Daemons) -> 
     _configure(home, 1)
     proc = daemons.start(home)
     port = _port(home)
+    assert _row(home)["detail"] == "1 process"
     (first,) = _workers(proc.pid)
     _send(port, "before")
     wait_until("the first worker's statistics", lambda: _listener_stats(home).get("accepted") == 1)
@@ -124,7 +125,8 @@ def test_a_killed_listener_process_is_replaced(home: Home, daemons: Daemons) -> 
     wait_until(
         "a new worker", lambda: len(_workers(proc.pid)) == 1 and first not in _workers(proc.pid)
     )
-    assert "exited with status -9" in str(_row(home)["detail"])
+    detail = str(_row(home)["detail"])
+    assert detail.startswith("1 process; ") and "exited with status -9" in detail, detail
     wait_until("the restart to be counted", lambda: _listener_stats(home).get("restarts") == 1)
     # The listening socket stayed open in the daemon: the same port serves again.
     assert _port(home) == port

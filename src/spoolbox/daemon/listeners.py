@@ -94,7 +94,7 @@ class Listeners:
                 self._running.append(_Running(settings, server))
                 text = f"listening on {host}:{port}"
                 code = StatusCode.AVAILABLE | StatusCode.INBOUND_ENABLED
-                detail = f"{settings.processes} processes" if settings.processes else None
+                detail = _processes(settings.processes) if settings.processes else None
                 log.info("listener %r %s", settings.name, text)
             except Exception as exc:
                 text = "not listening"
@@ -162,7 +162,7 @@ class Listeners:
                         settings.name,
                         StatusCode.AVAILABLE | StatusCode.INBOUND_ENABLED,
                         f"listening on {listener.server.config.host}:{listener.server.port}",
-                        f"{settings.processes} processes; {text}",
+                        f"{_processes(settings.processes)}; {text}",
                     )
 
         return ListenerProcesses(
@@ -181,3 +181,8 @@ class Listeners:
             log_format=profile.log.format,
             dsn=profile.store.dsn if profile.store.backend == "postgres" else None,
         )
+
+
+def _processes(n: int) -> str:
+    """The status row's detail of a listener in processes of its own."""
+    return "1 process" if n == 1 else f"{n} processes"
