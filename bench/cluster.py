@@ -25,8 +25,8 @@ a temporary directory, ``fsync = on``) and Postfix's ``smtp-sink -c`` (``bench/_
   the CPU of the daemon and its workers from the sink's first message on, the store's commits,
   waits for the write lock and time holding it; for PostgreSQL, per message from the
   sink's first message on: the nodes' CPU, the server's (the postmaster and its
-  children, ``_counts.postgres_cpu_seconds``) and the database's commits
-  (``pg_stat_database``).
+  children, ``_counts.postgres_cpu_seconds``) and the commits of the nodes' stores
+  (each node's ``statistics()``).
 * ``claims``: M recipients are committed into a fresh PostgreSQL database, then K =
   1, 2, 4, 8 processes (this file run as ``_claimer``) run the store's loop directly,
   each as a node of its own: claim a batch (``claim_batch`` 8, as a node's default),
@@ -314,16 +314,12 @@ class Running:
             raise RuntimeError(f"{self.system.name}: the daemon did not take them: {reply}")
 
     def commits(self) -> int:
-        """PostgreSQL: transactions committed in this system's database so far (the
-        statistics collector's figure, as of its last report)."""
-        import psycopg
-
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
-            ).fetchone()
-        assert row is not None
-        return int(row[0])
+        """PostgreSQL: the transactions the nodes' stores committed so far, as each
+        node's store counts them (``Client.statistics()``; PostgreSQL's own
+        ``pg_stat_database`` reports a backend's counts a second or more late)."""
+        return sum(
+            int(Client(profile).statistics()["store"]["commits"]) for profile in self.profiles
+        )
 
     def cpu(self) -> float:
         """CPU seconds used so far by the system's processes (with their workers)."""
@@ -704,14 +700,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _print_sqlite_counts(runs: list[dict[str, dict[str, float]]], names: list[str]) -> None:
-    """SQLite's drain per message (medians): the CPU of the daemon and its workers
-    from the sink's first message on, their store's commits, waits for the write
-    lock and time holding it."""
-    keys = COUNT_KEYS
+def _print_per_message(
+    title: str, keys: Sequence[str], runs: list[dict[str, dict[str, float]]], names: list[str]
+) -> None:
+    """A table of per-message figures (medians), one row per system of ``names``."""
     if not names:
         return
-    print("\nSQLite drain, per message (medians)")
+    print(f"\n{title}")
     print(f"| system | {' | '.join(keys)} |")
     print(f"|---|{'---:|' * len(keys)}")
     for name in names:
@@ -719,19 +714,9 @@ def _print_sqlite_counts(runs: list[dict[str, dict[str, float]]], names: list[st
         print(f"| {name} | {' | '.join(f'{m[k]:.3f}' for k in keys)} |")
 
 
-def _print_postgres_counts(runs: list[dict[str, dict[str, float]]], names: list[str]) -> None:
-    """PostgreSQL's drain per message (medians), from the sink's first message on: the
-    CPU of the nodes, of the PostgreSQL server (every backend, the writers) and the
-    database's commits."""
-    keys = ("cpu ms/msg", "server cpu ms/msg", "commits/msg")
-    if not names:
-        return
-    print("\nPostgreSQL drain, per message (medians)")
-    print(f"| system | nodes' {' | '.join(keys)} |")
-    print(f"|---|{'---:|' * len(keys)}")
-    for name in names:
-        m = _medians(runs, name)
-        print(f"| {name} | {' | '.join(f'{m[k]:.3f}' for k in keys)} |")
+#: The PostgreSQL drain's per-message figures, from the sink's first message on: the
+#: nodes' CPU, the PostgreSQL server's (every backend, the writers), the commits.
+_POSTGRES_KEYS = ("cpu ms/msg", "server cpu ms/msg", "commits/msg")
 
 
 def _run(args: Any, parts: set[str], root: Path, pg: Any, sink: Sink) -> dict[str, Any]:
@@ -774,8 +759,20 @@ def _run(args: Any, parts: set[str], root: Path, pg: Any, sink: Sink) -> dict[st
                 if rates[i + 1] < rates[i]
             ]
             print(f"{family}: more processes slower than fewer: {', '.join(slower) or 'never'}")
-        _print_sqlite_counts(runs, [n for n, s in systems.items() if s.backend == "sqlite"])
-        _print_postgres_counts(runs, [n for n, s in systems.items() if s.backend == "postgres"])
+        # SQLite: the daemon's and its workers' CPU from the sink's first message on,
+        # their store's commits, waits for the write lock and time holding it.
+        _print_per_message(
+            "SQLite drain, per message (medians)",
+            COUNT_KEYS,
+            runs,
+            [n for n, s in systems.items() if s.backend == "sqlite"],
+        )
+        _print_per_message(
+            "PostgreSQL drain, per message (medians; cpu: the nodes')",
+            _POSTGRES_KEYS,
+            runs,
+            [n for n, s in systems.items() if s.backend == "postgres"],
+        )
         out["drain"] = runs
     if "claims" in parts:
         runs = _measure(

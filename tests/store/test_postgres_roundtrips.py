@@ -12,7 +12,7 @@ import pytest
 from sqlite_helpers import T0, new_message
 
 from spoolbox.model import Address, MessageInfo, MessageState, NewMessage, RecipientState
-from spoolbox.store.base import RecipientUpdate, StoreError, UnknownMessage
+from spoolbox.store.base import ClaimedJob, RecipientUpdate, StoreError, UnknownMessage
 from spoolbox.store.postgres import PostgresStore
 
 _R = RecipientState
@@ -35,6 +35,13 @@ class _Meter:
         delta = tuple(a - b for a, b in zip(now, self._last, strict=True))
         self._last = now
         return delta
+
+
+async def _four_claimed(store: PostgresStore) -> list[ClaimedJob]:
+    """Four messages of one recipient each, submitted and claimed by node ``n``."""
+    for i in range(4):
+        await store.submit(new_message(i), now=T0, lifetime=60, routes=["x"])
+    return await store.claim("x", owner="n", now=T0, lease=60, limit=4)
 
 
 def _delivered(job_recipients: int) -> list[RecipientUpdate]:
@@ -76,9 +83,7 @@ async def test_a_group_of_settles_waits_twice_and_has_no_savepoints_unless_one_f
     pg_dsn: str,
 ) -> None:
     async with PostgresStore(pg_dsn) as store:
-        for i in range(4):
-            await store.submit(new_message(i), now=T0, lifetime=60, routes=["x"])
-        jobs = await store.claim("x", owner="n", now=T0, lease=60, limit=4)
+        jobs = await _four_claimed(store)
         meter = _Meter(store)
         await asyncio.gather(
             *(
@@ -114,9 +119,7 @@ async def test_settles_that_finish_messages_kept_for_no_time_delete_them_in_one_
     pg_dsn: str,
 ) -> None:
     async with PostgresStore(pg_dsn) as store:
-        for i in range(4):
-            await store.submit(new_message(i), now=T0, lifetime=60, routes=["x"])
-        jobs = await store.claim("x", owner="n", now=T0, lease=60, limit=4)
+        jobs = await _four_claimed(store)
         meter = _Meter(store)
         sent = frozenset({MessageState.SENT})
         await asyncio.gather(
