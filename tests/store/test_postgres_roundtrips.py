@@ -257,6 +257,20 @@ async def test_submits_that_arrive_together_wait_once_and_fail_alone(pg_dsn: str
         assert (await store.counts())[_R.QUEUED] == 4
 
 
+async def test_the_same_submission_again_reads_the_stored_one_in_a_round_trip_counted(
+    pg_dsn: str,
+) -> None:
+    async with PostgresStore(pg_dsn) as store:
+        first = await store.submit(new_message(0), now=T0, lifetime=60, routes=["x"])
+        meter = _Meter(store)
+        again = await store.submit(new_message(0), now=T0, lifetime=60, routes=["x"])
+        assert again == first
+        # The submission (nothing inserted) and the drop of its content row, committed
+        # at the sync (one wait); then, its id taken, the stored message read to
+        # compare fingerprints: a statement after the commit, a wait of its own.
+        assert meter() == (1, 2 + 1, 1 + 1)
+
+
 async def test_submit_many_waits_twice_for_any_number_and_is_all_or_nothing(
     pg_dsn: str,
 ) -> None:

@@ -410,7 +410,10 @@ class Database:
                 if not implicit:
                     await conn.execute(b"COMMIT")
             if isinstance(result, AfterCommit):
-                # Its last answers came with the COMMIT's: read without a wait.
+                # Its last answers came with the COMMIT's: read without a wait.  Out
+                # of the pipeline now: a statement it sends waits (and is counted so).
+                if marked is not None:
+                    marked.pipelined = False
                 return cast(_T, await result.read())
         except BaseException:
             # The server may be in the failed transaction (or in the one fn left
