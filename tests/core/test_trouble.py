@@ -9,7 +9,7 @@ import pytest
 from helpers import FAST, spooler, transport, until
 
 from spoolbox._core.trouble import Change, Source, Trouble, recovered_line
-from spoolbox.model import StatusCode
+from spoolbox.model import StatusCode, TransportNotifyFlags
 from spoolbox.testing import Script
 
 
@@ -65,3 +65,16 @@ async def test_failed_logons_are_logged_when_they_start_and_end_not_per_retry(
     ]
     quiet = [r for r in caplog.records if "failures in a row" in r.getMessage()]
     assert len(quiet) == failed - 1
+
+
+async def test_a_notification_to_a_transport_that_is_not_logged_on_is_dropped() -> None:
+    # A flush or a cancel that races a logoff (or a logon that keeps failing) has no
+    # session left to tell: the spooler's own call must not fail for it.
+    script = Script(raise_in={"logon"})
+    async with spooler(transport("gate", script), policy=FAST) as sp:
+        await until(lambda: script.names().count("logon") >= 1, what="a failed logon")
+        host = sp.host("gate")
+        assert host.session is None
+        await host.notify(TransportNotifyFlags.BEGIN_OUTBOUND_FLUSH)
+        assert "transport_notify" not in script.names()
+        assert sp.status["gate"].status_code & StatusCode.FAILURE

@@ -449,7 +449,11 @@ class HostBase:
 
     # -- calls of any lane ---------------------------------------------------------------
     async def notify(self, flags: TransportNotifyFlags, ref: str | None = None) -> None:
-        session = self.require_session()
+        """TransportNotify to the session; nothing if it has logged off (a flush or a
+        cancel that raced its logoff has no one left to tell)."""
+        session = self.session
+        if session is None:
+            return
         try:
             await self.call("transport_notify", session.transport_notify(flags, ref))
         except Exception as exc:
