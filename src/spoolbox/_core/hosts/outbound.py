@@ -48,6 +48,14 @@ from .hooked import finish_outbound, stage_outbound
 
 __all__ = ["OutboundLane"]
 
+#: A job in a lane: its message's id and its claim token (two jobs of one message,
+#: claimed at different times, have different tokens).
+_Key = tuple[str, int]
+
+
+def _key(job: ClaimedJob) -> _Key:
+    return (job.message.id, job.claim)
+
 
 class OutboundLane:
     """The outbound work of one session: claims, submissions, leases, results."""
@@ -56,9 +64,13 @@ class OutboundLane:
         self._host = host
         self._claim_lock = asyncio.Lock()  # one worker waits for work at a time
         self._ready: collections.deque[ClaimedJob] = collections.deque()  # claimed, not started
-        self._held: dict[str, ClaimedJob] = {}  # claimed, not settled (leases renewed)
+        self._held: dict[_Key, ClaimedJob] = {}  # claimed, not settled (leases renewed)
         self.cancelled_refs: set[str] = set()  # cancelled while claimed, not started
-        self.lease_lost: set[str] = set()  # another spooler holds them now: hands off
+        self.lease_lost: set[_Key] = set()  # another spooler holds them now: hands off
+        # A message's job under way in this lane, and how many more of its jobs wait
+        # for it (its other recipients, ready meanwhile): one delivery at a time.
+        self._busy: dict[str, asyncio.Event] = {}
+        self._queued: collections.Counter[str] = collections.Counter()
         self.sending = 0  # messages inside submit_message / end_message right now
         self.preprocessors = Preprocessors()  # the session's (its support object's)
         self._waiting = 0  # workers waiting for work (claimed nothing: the queue is empty)
@@ -67,7 +79,7 @@ class OutboundLane:
 
     @property
     def inflight(self) -> int:
-        """Messages claimed and not settled yet, those waiting for a worker included."""
+        """Jobs claimed and not settled yet, those waiting for a worker included."""
         return len(self._held)
 
     async def run_worker(self) -> None:
@@ -85,13 +97,13 @@ class OutboundLane:
                     # Held (in flight) from the claim until settled, so a flush does
                     # not see "nothing left" while jobs still wait for a worker.
                     for claimed in jobs:
-                        self._held[claimed.message.id] = claimed
+                        self._held[_key(claimed)] = claimed
                     self._ready.extend(jobs)
                 job = self._ready.popleft()
             try:
                 await self._process(job)
             finally:
-                self._held.pop(job.message.id, None)
+                self._held.pop(_key(job), None)
             # Between messages the foreground always gets its turn, however short each
             # message was (one slice per message at most).
             await checkpoint()
@@ -127,7 +139,7 @@ class OutboundLane:
         host = self._host
         if host.stopping or host.critical_error or host.session is None:
             return False
-        self._held[job.message.id] = job
+        self._held[_key(job)] = job
         self._ready.append(job)
         host.wake.set()
         host.port.messages_changed()
@@ -141,7 +153,7 @@ class OutboundLane:
         runtime = self._host.runtime
         while self._ready:
             job = self._ready.popleft()
-            self._held.pop(job.message.id, None)
+            self._held.pop(_key(job), None)
             with contextlib.suppress(Exception):
                 await runtime.store.settle(
                     job.message.id,
@@ -198,15 +210,36 @@ class OutboundLane:
         return []
 
     async def _process(self, job: ClaimedJob) -> None:
+        """One job.  A job of a message whose earlier job is still under way in this
+        lane (a recipient whose retry time came meanwhile) waits for it: the transport
+        knows a message by its reference, the message's id, and gets one delivery of
+        it at a time."""
+        mid = job.message.id
+        self._queued[mid] += 1
+        try:
+            while (busy := self._busy.get(mid)) is not None:
+                await busy.wait()
+        finally:
+            self._queued[mid] -= 1
+            if not self._queued[mid]:
+                del self._queued[mid]
+        done = self._busy[mid] = asyncio.Event()
+        try:
+            await self._deliver(job)
+        finally:
+            del self._busy[mid]
+            done.set()
+
+    async def _deliver(self, job: ClaimedJob) -> None:
         host = self._host
         runtime = host.runtime
         port = host.port
         session = host.require_session()
         mid = job.message.id
-        if mid in self.lease_lost:
+        key = _key(job)
+        if key in self.lease_lost:
             # Its lease ran out while it waited here, and another spooler has it now.
-            self.lease_lost.discard(mid)
-            self.cancelled_refs.discard(mid)
+            self.lease_lost.discard(key)
             host.job_done.set()
             return
         if mid in self.cancelled_refs:
@@ -319,10 +352,10 @@ class OutboundLane:
             begin_deferred=bool(flags & SubmitFlags.BEGIN_DEFERRED),
             rng=runtime.rng,
         )
-        if mid in self.lease_lost:
+        if key in self.lease_lost:
             # Cancelled because its lease was taken over: its results are not ours
             # to write (the store would refuse them); the other spooler finishes it.
-            self.lease_lost.discard(mid)
+            self.lease_lost.discard(key)
             self._refused.add(mid)
             updates = []
         if updates:
@@ -350,7 +383,8 @@ class OutboundLane:
         period = runtime.policy.lease / 3
         while True:
             await runtime.clock.sleep(period)
-            for mid, job in list(self._held.items()):
+            for key, job in list(self._held.items()):
+                mid = job.message.id
                 try:
                     renewed = await runtime.store.renew(
                         job, now=runtime.clock.now(), lease=runtime.policy.lease
@@ -358,9 +392,9 @@ class OutboundLane:
                 except LeaseLost as exc:
                     # Another spooler has the message now (this one stalled past the
                     # lease): stop working on it, say so once, stop renewing it.
-                    if self._held.pop(mid, None) is None:
+                    if self._held.pop(key, None) is None:
                         continue  # finished meanwhile: nothing left to stop
-                    self.lease_lost.add(mid)
+                    self.lease_lost.add(key)
                     log.error(
                         "transport %r lost its lease on %s (%s): another spooler took it "
                         "over; the transport is told to cancel it",
@@ -368,13 +402,15 @@ class OutboundLane:
                         mid,
                         exc,
                     )
-                    self.cancel(mid)
-                    continue
+                    active = host.active.get(mid)
+                    if isinstance(active, OutboundMessageImpl) and _key(active.job) == key:
+                        self.cancel(mid)  # under way: the transport stops it
+                    continue  # not started yet: skipped when its turn comes
                 except Exception as exc:
                     log.warning("transport %r: lease renewal failed: %s", host.name, exc)
                     continue
-                if mid in self._held:
-                    self._held[mid] = renewed
+                if key in self._held:
+                    self._held[key] = renewed
 
     async def status_recips(
         self, message: OutboundMessage, results: Sequence[RecipientResult]
@@ -443,6 +479,8 @@ class OutboundLane:
         if msg is None or host.session is None:
             self.cancelled_refs.add(ref)
             return False
+        if self._queued[ref] or any(j.message.id == ref for j in self._ready):
+            self.cancelled_refs.add(ref)  # its next job here, when its turn comes
         msg.cancelled = True
         session = host.session
 
