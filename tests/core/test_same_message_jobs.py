@@ -7,11 +7,14 @@ both keep their leases meanwhile."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 
 from helpers import SLOW_TIMERS, message, transport, until
 
 from spoolbox import AlwaysIdle, RecipientState, Spooler, SpoolerConfig
+from spoolbox._core.hosts.outbound import OutboundLane
 from spoolbox.store import MemoryStore, RecipientUpdate
 from spoolbox.testing import Act, FakeClock, Script
 
@@ -53,21 +56,31 @@ async def _claimed_both(store: MemoryStore, message_id: str) -> bool:
     return all(r.state is RecipientState.ACTIVE for r in await store.recipients(message_id))
 
 
-async def test_a_second_job_of_a_message_waits_for_the_first_in_its_lane() -> None:
+@asynccontextmanager
+async def _both_jobs_in_the_lane(
+    script: Script,
+) -> AsyncIterator[tuple[Spooler, OutboundLane, MemoryStore, FakeClock, str]]:
+    """A spooler whose lane has bob's job under way (the transport has it) and has
+    claimed carol's, whose retry time came meanwhile, as a second job of the message."""
     store = MemoryStore()
     clock = FakeClock()
     mid = await _two_jobs_pending(store, clock)
-    stall = asyncio.Event()
-    script = Script(submit=[Act.SUCCEED], stall=stall, concurrency=2)
     async with Spooler.open(
         _config(script), store=store, clock=clock, idle=AlwaysIdle(), close_store=False
     ) as sp:
         lane = sp.host("smtp").outbound
         await until(lambda: script.names().count("submit_message") == 1, what="bob's job")
-        # Carol's retry time comes while bob's delivery stalls: her recipient is
-        # claimed, as a second job of the same message, by the lane's other worker.
         await clock.advance(21.0)
         await until(lambda: _claimed_both(store, mid), what="carol's job claimed")
+        yield sp, lane, store, clock, mid
+
+
+async def test_a_second_job_of_a_message_waits_for_the_first_in_its_lane() -> None:
+    stall = asyncio.Event()
+    script = Script(submit=[Act.SUCCEED], stall=stall, concurrency=2)
+    # Carol's retry time comes while bob's delivery stalls: her recipient is claimed,
+    # as a second job of the same message, by the lane's other worker.
+    async with _both_jobs_in_the_lane(script) as (_, lane, store, clock, mid):
         assert lane.inflight == 2  # both held: both renewed
         for _ in range(3):  # longer than a lease: both jobs' leases are renewed
             await clock.advance(LEASE / 2)
@@ -84,17 +97,8 @@ async def test_a_second_job_of_a_message_waits_for_the_first_in_its_lane() -> No
 
 
 async def test_a_cancel_reaches_the_job_that_waits_behind_its_messages_first() -> None:
-    store = MemoryStore()
-    clock = FakeClock()
-    mid = await _two_jobs_pending(store, clock)
     script = Script(submit=[Act.HANG], concurrency=2)
-    async with Spooler.open(
-        _config(script), store=store, clock=clock, idle=AlwaysIdle(), close_store=False
-    ) as sp:
-        lane = sp.host("smtp").outbound
-        await until(lambda: script.names().count("submit_message") == 1, what="bob's job")
-        await clock.advance(21.0)
-        await until(lambda: _claimed_both(store, mid), what="carol's job claimed")
+    async with _both_jobs_in_the_lane(script) as (sp, lane, store, _, mid):
         await sp.cancel(mid)
         # Bob's delivery is told to stop; carol's job, waiting behind it, is cancelled
         # when its turn comes, without reaching the transport.
