@@ -141,6 +141,9 @@ class OutboundMessageImpl(_OutboundView):
         self._content: bytes | None = content if content is not None else job.content
         self.reported: set[int] = set()
         self.cancelled = False
+        # The store refused a settle of it (its lease was taken over): the claim that
+        # holds the recipients now settles and counts them, not this one.
+        self.refused = False
 
     def __repr__(self) -> str:
         return (

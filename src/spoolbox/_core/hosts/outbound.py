@@ -75,7 +75,6 @@ class OutboundLane:
         self.preprocessors = Preprocessors()  # the session's (its support object's)
         self._waiting = 0  # workers waiting for work (claimed nothing: the queue is empty)
         self._reserved = 0  # hand-offs promised to this lane, their submits under way
-        self._refused: set[str] = set()  # a settle refused: its lease was taken over
 
     @property
     def inflight(self) -> int:
@@ -356,7 +355,7 @@ class OutboundLane:
             # Cancelled because its lease was taken over: its results are not ours
             # to write (the store would refuse them); the other spooler finishes it.
             self.lease_lost.discard(key)
-            self._refused.add(mid)
+            msg.refused = True
             updates = []
         if updates:
             if await port.settle(job, updates):
@@ -366,12 +365,10 @@ class OutboundLane:
                 if outcome is SubmitOutcome.END_RESEND_NOW:
                     host.wake.set()
             else:
-                self._refused.add(mid)
+                msg.refused = True
         await finish_outbound(host, job, staged)
         # A message whose lease was taken over is the new claim's to count.
-        if mid in self._refused:
-            self._refused.discard(mid)
-        elif host.flushing & FlushFlags.UPLOAD:
+        if not msg.refused and host.flushing & FlushFlags.UPLOAD:
             host.flush_done += 1
             host.flush_bytes += job.message.size
         host.job_done.set()
@@ -455,7 +452,7 @@ class OutboundLane:
         if not written:
             # The store refused them (the lease was taken over): the claim that holds
             # the recipients now counts them when it settles them.
-            self._refused.add(message.job.message.id)
+            message.refused = True
             return
         self._count_for_flush(message.job.message.id, updates)
         for r in results:
