@@ -27,13 +27,16 @@ SELECT_MESSAGE = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = %s"
 SELECT_MESSAGE_FOR_UPDATE = f"{SELECT_MESSAGE} FOR UPDATE"
 SELECT_MESSAGE_FOR_SHARE = f"{SELECT_MESSAGE} FOR SHARE"
 #: Messages with their content's chunks (``chunk``) where ``size <= prefetch`` (else
-#: one row, ``chunk`` NULL): a claim's messages in one statement.
+#: one row, ``chunk`` NULL): a claim's messages in one statement.  The chunks are read
+#: per message (``LATERAL``, kept apart by its ``ORDER BY``) through the content's
+#: primary key: as a plain join, the planner hashed the whole ``blob_chunks`` table
+#: for every claim once the queue was a few thousand messages deep.
 SELECT_MESSAGES_WITH_CONTENT = (
     "SELECT "
     + ", ".join(f"m.{c.strip()}" for c in MESSAGE_COLUMNS.split(","))
-    + ", c.data AS chunk FROM messages AS m LEFT JOIN blob_chunks AS c "
-    "ON c.blob_id = m.blob_id AND m.size <= %(prefetch)s "
-    "WHERE m.id = ANY(%(ids)s::text[]) ORDER BY m.id, c.seq"
+    + ", c.data AS chunk FROM messages AS m LEFT JOIN LATERAL (SELECT data, seq "
+    "FROM blob_chunks WHERE blob_id = m.blob_id AND m.size <= %(prefetch)s ORDER BY seq) "
+    "AS c ON true WHERE m.id = ANY(%(ids)s::text[]) ORDER BY m.id, c.seq"
 )
 SELECT_MESSAGES_AFTER = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id > %s ORDER BY id LIMIT %s"
 SET_HELD = "UPDATE messages SET held = %s WHERE id = %s"
@@ -140,6 +143,14 @@ _RETURNING_RECIPIENT = ", ".join(f"r.{c.strip()}" for c in RECIPIENT_COLUMNS.spl
 #: recipient of those messages under one claim token (one value of the sequence
 #: ``recipient_claims`` for the whole statement: a volatile CTE runs once).  Each row
 #: returned carries its message's rank (``pick_rank``: the jobs' order).
+#:
+#: The second look-up reads each picked message's rows through the primary key, one
+#: message at a time (``LATERAL``), and states its conditions with ``IS NOT DISTINCT
+#: FROM`` (the same for these non-null values) so that no index of the queue can
+#: serve it: without statistics (a new database, a burst before autovacuum's first
+#: ``ANALYZE``) the planner read the whole queue of the transport through
+#: ``recipients_flush`` for every claim (3-5 ms a claim with 9,000 queued, against
+#: 0.3-0.5 ms now; see docs/benchmarks.md, session 15).
 _CLAIM = (
     "WITH locked AS MATERIALIZED (SELECT message_id, priority, ready_at, seq "
     "FROM recipients WHERE state = 'queued' AND route = %(route)s AND {ready} <= %(now)s "
@@ -150,11 +161,11 @@ _CLAIM = (
     "token AS (SELECT nextval('recipient_claims') AS n) "
     "UPDATE recipients AS r SET state = 'active', owner = %(owner)s, "
     "lease_until = %(until)s, updated_at = %(now)s, claim = token.n "
-    "FROM token, (SELECT c.message_id, c.idx, p.rank FROM recipients AS c "
-    "JOIN picked AS p ON p.message_id = c.message_id "
-    "WHERE c.message_id = ANY(ARRAY(SELECT message_id FROM picked)) "
-    "AND c.state = 'queued' AND c.route = %(route)s AND c.{ready} <= %(now)s "
-    "ORDER BY c.message_id, c.idx FOR UPDATE OF c SKIP LOCKED) AS t "
+    "FROM token, (SELECT c.message_id, c.idx, p.rank FROM picked AS p "
+    "CROSS JOIN LATERAL (SELECT message_id, idx FROM recipients "
+    "WHERE message_id = p.message_id AND state IS NOT DISTINCT FROM 'queued' "
+    "AND route IS NOT DISTINCT FROM %(route)s AND {ready} <= %(now)s "
+    "ORDER BY idx FOR UPDATE SKIP LOCKED) AS c) AS t "
     "WHERE r.message_id = t.message_id AND r.idx = t.idx "
     "RETURNING t.rank AS pick_rank, " + _RETURNING_RECIPIENT
 )

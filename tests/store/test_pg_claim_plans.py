@@ -1,0 +1,126 @@
+"""The claim's statements on PostgreSQL read what they take, not the queue.
+
+A new database has no statistics until autovacuum's first ``ANALYZE`` (a minute or
+more): a burst submitted to a fresh store is drained with the planner guessing.  With
+a few thousand messages queued, the claim's look-up of the picked messages' rows read
+the whole queue of the transport through ``recipients_flush`` and the read of the
+claimed messages hashed the whole ``blob_chunks`` table, on every claim.  These tests
+run the two statements under ``EXPLAIN ANALYZE`` (in a transaction rolled back) on
+such a database and count the rows each scan of a table went through.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from spoolbox import Address, MessageState, NewMessage, RecipientState
+from spoolbox.store.base import RecipientUpdate
+from spoolbox.store.postgres import PostgresStore
+from spoolbox.store.postgres import queries as q
+
+QUEUED = 3000
+DRAINED = 400  # claimed and settled first: the queue's index has dead entries too
+BATCH = 8
+DELIVERED = RecipientState.DELIVERED
+BODY = b"Subject: queued\r\n\r\n" + b"x" * 2000 + b"\r\n"
+
+
+def _scans(plan: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """(node type, relation, rows the scan went through) of every scan in ``plan``."""
+    out: list[tuple[str, str, int]] = []
+    if "Relation Name" in plan:
+        seen = int(plan["Actual Rows"]) + int(plan.get("Rows Removed by Filter", 0))
+        out.append((plan["Node Type"], plan["Relation Name"], seen * int(plan["Actual Loops"])))
+    for child in plan.get("Plans", []):
+        out.extend(_scans(child))
+    return out
+
+
+def _explain(dsn: str, sql: str, params: dict[str, Any]) -> list[tuple[str, str, int]]:
+    with psycopg.connect(dsn) as conn:
+        cur = psycopg.ClientCursor(conn)  # the values inline: the custom plan of them
+        cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params)
+        row = cur.fetchone()
+        conn.rollback()  # the claim's UPDATE ran: undone
+    assert row is not None
+    doc = row[0] if isinstance(row[0], list) else json.loads(row[0])
+    return _scans(doc[0]["Plan"])
+
+
+@pytest.fixture
+async def deep_queue(pg_dsn: str) -> str:
+    """``QUEUED`` one-recipient messages for ``smtp``, ``DRAINED`` of them delivered
+    and dropped, autovacuum off for the tables: no statistics."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        for table in ("recipients", "messages", "blobs", "blob_chunks"):
+            conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+    sender = Address("SMTP", "sender@example.org")
+    async with PostgresStore(pg_dsn, pool_size=2) as store:
+        messages = [
+            NewMessage(sender, (Address("SMTP", f"r{i}@example.org"),), BODY) for i in range(QUEUED)
+        ]
+        now = time.time() - 60
+        await store.submit_many(messages, now=now, lifetime=86400.0, routes=[["smtp"]] * QUEUED)
+        done = 0
+        while done < DRAINED:
+            jobs = await store.claim("smtp", owner="a", now=time.time(), lease=60.0, limit=BATCH)
+            assert jobs
+            for job in jobs:
+                updates = [RecipientUpdate(r.index, DELIVERED) for r in job.recipients]
+                await store.settle(
+                    job.message.id,
+                    updates,
+                    owner="a",
+                    now=time.time(),
+                    claim=job.claim,
+                    drop_finished=frozenset({MessageState.SENT}),
+                )
+            done += len(jobs)
+    with psycopg.connect(pg_dsn) as conn:
+        analyzed = conn.execute(
+            "SELECT count(*) FROM pg_stats WHERE tablename IN ('recipients', 'blob_chunks')"
+        ).fetchone()
+    assert analyzed == (0,), "the tables have statistics: the test needs none"
+    return pg_dsn
+
+
+@pytest.mark.parametrize("sql", [q.CLAIM_TAKE_READY, q.CLAIM_TAKE_FLUSH], ids=["ready", "flush"])
+async def test_a_claim_goes_through_a_few_rows_of_a_deep_queue(deep_queue: str, sql: str) -> None:
+    params = {
+        "owner": "b",
+        "until": time.time() + 60,
+        "now": time.time(),
+        "route": "smtp",
+        "rows": 4 * BATCH,
+        "limit": BATCH,
+    }
+    scans = _explain(deep_queue, sql, params)
+    assert scans
+    through = sum(rows for _, table, rows in scans if table == "recipients")
+    # The picked rows, their messages' rows by primary key, the rows updated, and the
+    # queue's index entries of the rows drained before (not yet vacuumed): a few
+    # hundred.  The whole queue of the transport is thousands.
+    assert through < QUEUED // 3, scans
+
+
+async def test_the_claimed_messages_are_read_through_their_keys(deep_queue: str) -> None:
+    with psycopg.connect(deep_queue) as conn:
+        ids = [
+            str(r[0])
+            for r in conn.execute(
+                "SELECT message_id FROM recipients WHERE state = 'queued' ORDER BY seq LIMIT %s",
+                (BATCH,),
+            )
+        ]
+    scans = _explain(
+        deep_queue,
+        q.SELECT_MESSAGES_WITH_CONTENT,
+        {"ids": ids, "prefetch": 256 * 1024},
+    )
+    assert ("Seq Scan", "blob_chunks") not in {(kind, table) for kind, table, _ in scans}, scans
+    assert sum(rows for _, table, rows in scans if table == "blob_chunks") == BATCH, scans
