@@ -17,6 +17,11 @@ store while the drain runs (a deep queue: what a statement that scans a table pa
   functions (``pg_stat_user_functions`` with ``track_functions = all``), ms a call
   and a message: the part of the server's work that keeps ``counts()`` cheap.
 
+``--statements`` starts the server with ``pg_stat_statements`` and prints, for each
+run, the drain's statements that took the server the most time: calls, ms a call and
+shared buffers a call (the plans' work: a statement whose buffers grow with the queue
+scans it).
+
 Medians over ``--runs`` fresh databases.  The disk's fsync rate is printed beside.
 To compare two trees, run each with ``PYTHONPATH``::
 
@@ -69,7 +74,39 @@ def _functions(dsn: str) -> tuple[int, float]:
     return int(row[0]), float(row[1])
 
 
-async def one_run(cluster: pgc.Cluster, n: int, lanes: int, backlog: int) -> dict[str, float]:
+_TOP_STATEMENTS = """
+SELECT calls, total_exec_time / calls, shared_blks_hit::float8 / calls,
+       left(regexp_replace(query, '\\s+', ' ', 'g'), 90)
+FROM pg_stat_statements
+WHERE dbid = (SELECT oid FROM pg_database WHERE datname = %s) AND calls > 10
+ORDER BY total_exec_time DESC LIMIT 6
+"""
+
+
+def _statements(cluster: pgc.Cluster, db: str | None) -> list[tuple[int, float, float, str]]:
+    """The reset of ``pg_stat_statements`` (``db`` None), or the database's top six."""
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        if db is None:
+            conn.execute("SELECT pg_stat_statements_reset()")
+            return []
+        return [
+            (int(a), float(b), float(c), str(d))
+            for a, b, c, d in conn.execute(_TOP_STATEMENTS, (db,))
+        ]
+
+
+def _with_statements(cluster: pgc.Cluster) -> None:
+    """The server restarted with ``pg_stat_statements`` loaded and created."""
+    with (cluster.data / "postgresql.conf").open("a") as conf:
+        conf.write("\nshared_preload_libraries = 'pg_stat_statements'\n")
+    cluster.stop()
+    cluster.start()
+    cluster.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+
+
+async def one_run(
+    cluster: pgc.Cluster, n: int, lanes: int, backlog: int, statements: bool = False
+) -> dict[str, float]:
     db = cluster.new_database()
     cluster.execute(f"ALTER DATABASE {db} SET track_functions = 'all'")
     dsn = cluster.dsn(db)
@@ -92,6 +129,8 @@ async def one_run(cluster: pgc.Cluster, n: int, lanes: int, backlog: int) -> dic
                 )
             await asyncio.sleep(1.0)  # let the function statistics of the submit arrive
             calls0, self0 = _functions(dsn)
+            if statements:
+                _statements(cluster, None)
             server0, client0, t0 = (
                 postgres_cpu_seconds(cluster.data),
                 _client_cpu(),
@@ -126,6 +165,10 @@ async def one_run(cluster: pgc.Cluster, n: int, lanes: int, backlog: int) -> dic
             took = time.perf_counter() - t0
             client, server = _client_cpu() - client0, postgres_cpu_seconds(cluster.data) - server0
             left = sum((await store.counts()).values()) - backlog
+            if statements:
+                print("| calls | ms a call | buffers a call | statement |\n|---:|---:|---:|---|")
+                for calls, ms, hits, query in _statements(cluster, db):
+                    print(f"| {calls:,} | {ms:.3f} | {hits:,.0f} | `{query}` |")
     finally:
         await asyncio.sleep(1.0)  # the statistics collector's last report
         calls1, self1 = _functions(dsn)
@@ -154,13 +197,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0,
         help="messages queued for another transport, left in the store during the drain",
     )
+    p.add_argument(
+        "--statements",
+        action="store_true",
+        help="print the drain's costliest statements (pg_stat_statements)",
+    )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     cluster = pgc.start_cluster()
     runs: list[dict[str, float]] = []
     try:
+        if args.statements:
+            _with_statements(cluster)
         for i in range(args.runs):
-            run = asyncio.run(one_run(cluster, args.messages, args.lanes, args.backlog))
+            run = asyncio.run(
+                one_run(cluster, args.messages, args.lanes, args.backlog, args.statements)
+            )
             run["fsync"] = fsync_rate(cluster.root, 300)
             runs.append(run)
             print(f"run {i + 1}: " + ", ".join(f"{k} {v:,.3f}" for k, v in run.items()), flush=True)
