@@ -45,7 +45,8 @@ a temporary directory, ``fsync = on``) and Postfix's ``smtp-sink -c`` (``bench/_
   NOTIFY and claim from the database) against a private Postfix
   (``bench/_mta.py``'s, ``smtp_destination_concurrency_limit = --max-connections``).
   Reported: msg/s from smtp-source's start to the sink's last message, and the ratio
-  to Postfix in the same run.
+  to Postfix in the same run.  ``--relay-waiting N`` first queues N messages for the
+  same transport that wait a day (as behind a destination that is down).
 * ``roundtrips``: what the PostgreSQL store sends per message, counted by the store
   (``statistics()``: transactions, statements, round trips; these do not depend on
   the load): the *idle* path (each message submitted alone, claimed, settled alone,
@@ -69,6 +70,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -236,15 +238,19 @@ class Running:
 
         return SQLiteStore(self.profiles[0].parent / "spool.sqlite3")
 
-    def fill(self, n: int) -> None:
-        """Commit ``n`` messages routed to ``relay`` with no node running."""
+    def fill(self, n: int, send_at: float | None = None) -> None:
+        """Commit ``n`` messages routed to ``relay`` with no node running (to be sent
+        at ``send_at``: until then they wait, as after a failed attempt)."""
 
         async def fill() -> None:
             store = self.store()
             await store.open()
             try:
                 for first in range(0, n, 1000):
-                    lot = [_message(i) for i in range(first, min(n, first + 1000))]
+                    lot = [
+                        dataclasses.replace(_message(i), send_at=send_at)
+                        for i in range(first, min(n, first + 1000))
+                    ]
                     await store.submit_many(
                         lot, now=time.time(), lifetime=86400.0, routes=[["relay"]] * len(lot)
                     )
@@ -513,6 +519,8 @@ def relay(name: str, root: Path, pg: Any, sink: Sink, args: Any) -> dict[str, fl
         port = free_port()
         system = System(name, "postgres", k)
         with running(system, root, pg, sink, args, port) as r:
+            if args.relay_waiting:
+                r.fill(args.relay_waiting, send_at=time.time() + 86400)
             r.start()
             r.ready()
             one_batch(port, args.warmup_relay)
@@ -670,6 +678,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--relay-messages", type=int, default=1000, help="relay: messages per run")
     p.add_argument("--relay-nodes", type=_ints, default=[1, 2], help="relay: PostgreSQL nodes")
     p.add_argument("--warmup-relay", type=int, default=100, help="relay: warm-up messages")
+    p.add_argument(
+        "--relay-waiting",
+        type=int,
+        default=0,
+        help="relay: messages for the same transport waiting a day, queued first",
+    )
     p.add_argument("--sessions", type=int, default=10, help="relay: smtp-source -s")
     p.add_argument(
         "--listener-processes", type=int, default=1, help="relay: node 1's listener processes"

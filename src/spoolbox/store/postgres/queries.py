@@ -11,6 +11,7 @@ nodes claiming at once take different recipients instead of waiting for each oth
 from __future__ import annotations
 
 # The columns are the SQLite store's: one set of row functions reads both.
+from ...model import Priority
 from ..sqlite.queries import INBOX_COLUMNS, MESSAGE_COLUMNS, RECIPIENT_COLUMNS
 
 # -- content ------------------------------------------------------------------------
@@ -140,8 +141,10 @@ ASSIGN_ROUTE = (
 _RETURNING_RECIPIENT = ", ".join(f"r.{c.strip()}" for c in RECIPIENT_COLUMNS.split(","))
 #: A claim in one statement: lock up to ``rows`` ready recipients of one transport
 #: (highest priority first, then oldest ready; rows another node is claiming are
-#: skipped), rank the messages they belong to by their first row in that
-#: order and keep the first ``limit`` (``picked``), then take every claimable
+#: skipped; one priority at a time, each a range of the queue index that ends at the
+#: first row not ready, so recipients waiting for a retry are never read), rank the
+#: messages they belong to by their first row in that order and keep the first
+#: ``limit`` (``picked``), then take every claimable
 #: recipient of those messages under one claim token (one value of the sequence
 #: ``recipient_claims`` for the whole statement: a volatile CTE runs once).  Each row
 #: returned carries its message's rank (``pick_rank``: the jobs' order).
@@ -153,10 +156,23 @@ _RETURNING_RECIPIENT = ", ".join(f"r.{c.strip()}" for c in RECIPIENT_COLUMNS.spl
 #: ``ANALYZE``) the planner read the whole queue of the transport through
 #: ``recipients_flush`` for every claim (3-5 ms a claim with 9,000 queued, against
 #: 0.3-0.5 ms now; see docs/benchmarks.md, session 15).
+_PICK = (
+    "SELECT message_id, priority, ready_at, seq FROM recipients WHERE state = 'queued' "
+    "AND route = %(route)s AND priority = {priority} AND {{ready}} <= %(now)s "
+    "ORDER BY ready_at, seq LIMIT {limit} FOR UPDATE SKIP LOCKED"
+)
 _CLAIM = (
-    "WITH locked AS MATERIALIZED (SELECT message_id, priority, ready_at, seq "
-    "FROM recipients WHERE state = 'queued' AND route = %(route)s AND {ready} <= %(now)s "
-    "ORDER BY priority DESC, ready_at, seq LIMIT %(rows)s FOR UPDATE SKIP LOCKED), "
+    "WITH high AS MATERIALIZED ("
+    + _PICK.format(priority=int(Priority.HIGH), limit="%(rows)s")
+    + "), normal AS MATERIALIZED ("
+    + _PICK.format(priority=int(Priority.NORMAL), limit="(SELECT %(rows)s - count(*) FROM high)")
+    + "), low AS MATERIALIZED ("
+    + _PICK.format(
+        priority=int(Priority.LOW),
+        limit="(SELECT %(rows)s - count(*) FROM high) - (SELECT count(*) FROM normal)",
+    )
+    + "), locked AS (SELECT * FROM high UNION ALL SELECT * FROM normal "
+    "UNION ALL SELECT * FROM low), "
     "picked AS (SELECT message_id, min(rank) AS rank FROM (SELECT message_id, "
     "row_number() OVER (ORDER BY priority DESC, ready_at, seq) AS rank FROM locked) AS o "
     "GROUP BY message_id ORDER BY min(rank) LIMIT %(limit)s), "
@@ -203,7 +219,16 @@ COUNT_FLUSH = (
     "SELECT count(DISTINCT message_id) AS n FROM recipients "
     "WHERE state = 'queued' AND route = %s AND send_at <= %s"
 )
-NEXT_READY = "SELECT min(ready_at) AS t FROM recipients WHERE state = 'queued' AND route = %s"
+#: The earliest ready time of a transport's queue: the first row of each priority's
+#: range of the queue index (a ``min`` over the transport read all of its rows, 10 ms
+#: a call with 50,000 waiting for a retry; lanes ask after every empty claim).
+NEXT_READY = (
+    "SELECT min(x.t) AS t FROM (VALUES "
+    + ", ".join(f"({int(p)})" for p in Priority)
+    + ") AS p(priority) CROSS JOIN LATERAL (SELECT ready_at AS t FROM recipients "
+    "WHERE state = 'queued' AND route = %s AND priority = p.priority "
+    "ORDER BY ready_at LIMIT 1) AS x"
+)
 
 #: QUEUED recipients of one transport still waiting for their retry time (a flush).
 SELECT_RETRYING = (
