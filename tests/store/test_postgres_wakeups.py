@@ -5,6 +5,7 @@ connection is cut reconnects and says "look at everything"."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 
 import psycopg
@@ -101,3 +102,34 @@ async def test_a_listener_whose_connection_is_cut_reconnects(
         await heard.wait_for(ANY)  # back, and told to look at everything
         await a.submit(new_message(1, "X:bob"), now=T0, lifetime=3600, routes=["x"])
         await heard.wait_for("x")
+
+
+async def test_a_hand_off_wakes_only_the_transports_it_did_not_claim_for(
+    pg_database: Callable[[], str],
+) -> None:
+    # The hand-off claims every ready recipient of its transport in the submission's
+    # own statement: nobody is woken for that transport (the other node would find
+    # nothing: empty claims, each a statement, once per message of a relay).  Its
+    # other transports, and a hand-off of a message not ready yet, still wake.
+    dsn = pg_database()
+    async with PostgresStore(dsn) as a, PostgresStore(dsn) as b:
+        heard = _Heard()
+        await b.listen(heard)
+        info, job = await a.submit_claiming(
+            new_message(1, "X:bob", "Y:carol"),
+            now=T0,
+            lifetime=3600,
+            routes=["x", "y"],
+            transport="x",
+            owner="node-a",
+            lease=30,
+        )
+        assert job is not None and [r.index for r in job.recipients] == [0]
+        await heard.wait_for("y")
+        later = dataclasses.replace(new_message(2, "X:dave"), send_at=T0 + 600)
+        _, none = await a.submit_claiming(
+            later, now=T0, lifetime=3600, routes=["x"], transport="x", owner="node-a", lease=30
+        )
+        assert none is None
+        await heard.wait_for("x")  # not ready: the lanes learn of its time
+        assert heard.payloads.count("x") == 1, heard.payloads

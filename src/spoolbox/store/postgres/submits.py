@@ -203,8 +203,19 @@ def submission_params(call: SubmitCall, info: MessageInfo) -> dict[str, Any]:
         "addresses": text_array(str(a) for a in message.recipients),
         "routes": text_array(routes if routes is not None else [None] * len(message.recipients)),
         "channel": _q.CHANNEL,
-        "payloads": text_array(sorted(payloads(routes) if routes is not None else {ROUTE})),
+        "payloads": text_array(sorted(_wakeups(call, send_at))),
     }
+
+
+def _wakeups(call: SubmitCall, send_at: float) -> set[str]:
+    """Whom the new message's commit wakes: the transports of its recipients (or the
+    routers), except the transport of a hand-off whose recipients are ready now: the
+    same statement claims all of them for the lane waiting here, so another node (or
+    another lane) woken for them would find nothing."""
+    wake = payloads(call.routes) if call.routes is not None else {ROUTE}
+    if call.handoff is not None and send_at <= call.now:
+        wake.discard(call.handoff.transport)
+    return wake
 
 
 async def _existing(
