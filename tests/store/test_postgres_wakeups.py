@@ -124,6 +124,7 @@ async def test_a_hand_off_wakes_only_the_transports_it_did_not_claim_for(
             owner="node-a",
             lease=30,
         )
+        assert info.id == "m0001"
         assert job is not None and [r.index for r in job.recipients] == [0]
         await heard.wait_for("y")
         later = dataclasses.replace(new_message(2, "X:dave"), send_at=T0 + 600)
