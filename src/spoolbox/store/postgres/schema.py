@@ -21,6 +21,8 @@ with one set of row functions.  What differs:
   each (the SQL function they called, planned at every call, is dropped).
 * Version 5 indexes ``messages.blob_id`` and ``inbox.blob_id`` (the foreign keys'
   look-up when a content row is deleted).
+* Version 6 indexes ``inbox.received_at`` (the retention's look-up of old entries),
+  as SQLite's ``inbox_received``.
 
 ``MIGRATIONS[n]`` upgrades a database at version ``n`` to ``n + 1`` (a new database is
 at version 0).  :func:`migrate` runs the pending ones, each in its own transaction
@@ -289,8 +291,15 @@ CREATE INDEX IF NOT EXISTS messages_blob ON messages (blob_id);
 CREATE INDEX IF NOT EXISTS inbox_blob ON inbox (blob_id);
 """
 
+# The inbox's arrival time indexed (version 6): the retention's look-up of entries
+# older than the cutoff (every five minutes, a batch at a time) read the whole inbox
+# when none was old enough (SQLite's schema has had the index from the start).
+_V6 = """
+CREATE INDEX IF NOT EXISTS inbox_received ON inbox (received_at);
+"""
+
 #: ``MIGRATIONS[n]`` upgrades a database at schema version ``n`` to ``n + 1``.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
 
 #: The newest schema version this code reads and writes.
 SCHEMA_VERSION: Final = len(MIGRATIONS)
