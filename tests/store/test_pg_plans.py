@@ -47,32 +47,35 @@ def _scans(plan: dict[str, Any]) -> list[tuple[str, str, int]]:
     return out
 
 
-def _buffers(dsn: str, sql: str, params: Any) -> int:
-    """Shared buffers ``sql`` touched (``EXPLAIN (ANALYZE, BUFFERS)``, rolled back)."""
+def _analyzed(
+    dsn: str, sql: str, params: Any, *, buffers: bool = False, before: str = ""
+) -> dict[str, Any]:
+    """The plan of ``sql`` as ``EXPLAIN ANALYZE`` ran it (``before`` first, in the same
+    transaction), rolled back: a claim's UPDATE runs and is undone."""
+    options = "ANALYZE, BUFFERS, FORMAT JSON" if buffers else "ANALYZE, FORMAT JSON"
     with psycopg.connect(dsn) as conn:
-        cur = psycopg.ClientCursor(conn)
-        cur.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, params)
+        cur = psycopg.ClientCursor(conn)  # the values inline: the custom plan of them
+        if before:
+            cur.execute(before)
+        cur.execute(f"EXPLAIN ({options}) " + sql, params)
         row = cur.fetchone()
         conn.rollback()
     assert row is not None
     doc = row[0] if isinstance(row[0], list) else json.loads(row[0])
-    plan = doc[0]["Plan"]
+    plan: dict[str, Any] = doc[0]["Plan"]
+    return plan
+
+
+def _buffers(dsn: str, sql: str, params: Any) -> int:
+    """Shared buffers ``sql`` touched."""
+    plan = _analyzed(dsn, sql, params, buffers=True)
     return int(plan["Shared Hit Blocks"]) + int(plan["Shared Read Blocks"])
 
 
 def _explain(
     dsn: str, sql: str, params: dict[str, Any], before: str = ""
 ) -> list[tuple[str, str, int]]:
-    with psycopg.connect(dsn) as conn:
-        cur = psycopg.ClientCursor(conn)  # the values inline: the custom plan of them
-        if before:
-            cur.execute(before)
-        cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params)
-        row = cur.fetchone()
-        conn.rollback()  # the claim's UPDATE ran: undone
-    assert row is not None
-    doc = row[0] if isinstance(row[0], list) else json.loads(row[0])
-    return _scans(doc[0]["Plan"])
+    return _scans(_analyzed(dsn, sql, params, before=before))
 
 
 @pytest.fixture

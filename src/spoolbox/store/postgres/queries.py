@@ -154,8 +154,8 @@ _RETURNING_RECIPIENT = ", ".join(f"r.{c.strip()}" for c in RECIPIENT_COLUMNS.spl
 #: FROM`` (the same for these non-null values) so that no index of the queue can
 #: serve it: without statistics (a new database, a burst before autovacuum's first
 #: ``ANALYZE``) the planner read the whole queue of the transport through
-#: ``recipients_flush`` for every claim (3-5 ms a claim with 9,000 queued, against
-#: 0.3-0.5 ms now; see docs/benchmarks.md, session 15).
+#: ``recipients_flush`` for every claim (2.8-5.3 ms a claim with 9,000 queued, against
+#: 0.34-0.45 ms now; see docs/benchmarks.md, session 15).
 _PICK = (
     "SELECT message_id, priority, ready_at, seq FROM recipients WHERE state = 'queued' "
     "AND route = %(route)s AND priority = {priority} AND {{ready}} <= %(now)s "
