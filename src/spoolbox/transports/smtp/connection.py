@@ -15,6 +15,7 @@ from spoolbox.smtp.client import (
     NEED_DATA,
     ClientMachine,
     ConnectionClosed,
+    Event,
     ProtocolError,
     Replied,
     UpgradeTLS,
@@ -52,6 +53,12 @@ class Connection:
         self.clean = False  # the last transaction ended with 250 after the data
         self.idle_since = 0.0
         self._closed = False
+        # The awaited reply's deadline (loop time; None while no reply is awaited) and
+        # the one timer that watches it: see _await_reply.
+        self._deadline: float | None = None
+        self._watch: asyncio.TimerHandle | None = None
+        self._watch_at = 0.0
+        self._timed_out = False
 
     @property
     def alive(self) -> bool:
@@ -60,6 +67,10 @@ class Connection:
     def close(self) -> None:
         """Drop the connection at once (a send waiting on it fails at its next await)."""
         self._closed = True
+        self._deadline = None
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         self.writer.transport.abort()
 
     async def write(self, data: bytes, step: str, timeout: float) -> None:
@@ -85,18 +96,8 @@ class Connection:
         ``timeout`` if it needs more; the server's breaking the dialogue as a Failure."""
         await self.flush(step, timeout)
         event = self.machine.next_event()
-        if event is NEED_DATA:  # replies to pipelined commands mostly come together: no timer
-            try:
-                async with asyncio.timeout(timeout):
-                    while event is NEED_DATA:
-                        answer = self.machine.data_to_send()  # to an AUTH challenge
-                        if answer:
-                            self.writer.write(answer)
-                        self.machine.receive_data(await self.reader.read(_READ))
-                        event = self.machine.next_event()
-            except OSError as exc:  # TimeoutError included
-                self.close()
-                raise exception_failure(exc, step, timeout, self.where) from None
+        if event is NEED_DATA:  # replies to pipelined commands mostly come together
+            event = await self._await_reply(step, timeout)
         if isinstance(event, ProtocolError):
             self.close()
             raise Failure(
@@ -111,6 +112,59 @@ class Connection:
             )
         assert isinstance(event, Replied | UpgradeTLS)  # NEED_DATA ends the loop above
         return event
+
+    async def _await_reply(self, step: str, timeout: float) -> Event:
+        """Read until the machine has its next event, within ``timeout``.
+
+        Timed by a deadline, not by a timer a wait: a wait sets ``_deadline`` and the
+        connection's one timer (``_watch``) is rescheduled only when it would fire
+        after that deadline.  A watch that fires before the deadline (it was set for an
+        earlier wait) moves on to it; one that finds the deadline passed aborts the
+        connection, which ends the read.  A relay waits for a reply or two a message,
+        and ``asyncio.timeout`` (a timer made and cancelled each time) cost more CPU
+        than the rest of the wait (docs/benchmarks.md, "Issue 17: the call and reply
+        timers").
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self._deadline = deadline
+        if self._watch is None or self._watch_at > deadline:
+            if self._watch is not None:
+                self._watch.cancel()
+            self._watch = loop.call_at(deadline, self._on_watch)
+            self._watch_at = deadline
+        machine = self.machine
+        event = machine.next_event()
+        try:
+            while event is NEED_DATA:
+                answer = machine.data_to_send()  # to an AUTH challenge
+                if answer:
+                    self.writer.write(answer)
+                data = await self.reader.read(_READ)
+                if self._timed_out:
+                    raise TimeoutError
+                machine.receive_data(data)
+                event = machine.next_event()
+        except OSError as exc:  # TimeoutError included
+            cause: OSError = TimeoutError() if self._timed_out else exc
+            self.close()
+            raise exception_failure(cause, step, timeout, self.where) from None
+        finally:
+            self._deadline = None
+        return event
+
+    def _on_watch(self) -> None:
+        self._watch = None
+        deadline = self._deadline
+        if deadline is None or self._closed:
+            return  # no reply awaited: the next wait schedules the watch again
+        loop = asyncio.get_running_loop()
+        if loop.time() < deadline:
+            self._watch = loop.call_at(deadline, self._on_watch)
+            self._watch_at = deadline
+            return
+        self._timed_out = True
+        self.writer.transport.abort()  # the read ends (EOF); _await_reply says why
 
     async def reply(self, step: str, timeout: float) -> Reply:
         """The reply to the command ``step`` (it is the next event but for STARTTLS)."""
