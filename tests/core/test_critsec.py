@@ -375,79 +375,154 @@ async def test_an_explicit_yield_opens_a_window_for_the_waiters() -> None:
 # -- the call deadline (policy.call_timeout) at the gate ----------------------------------
 async def test_a_paused_deadline_resumes_with_what_was_left() -> None:
     loop = asyncio.get_running_loop()
-    async with asyncio.timeout(10.0) as timeout:
-        with deadline.tracking("poll", timeout) as dl:
-            assert deadline.current() is dl
-            start = timeout.when()
-            assert start is not None
-            before_pause = loop.time()
-            with deadline.paused():
-                after_pause = loop.time()
-                assert timeout.when() is None  # no deadline while waiting
-                await asyncio.sleep(0.05)
-                before_resume = loop.time()
-            after_resume = loop.time()
-            resumed = timeout.when()
-            assert resumed is not None
-            # Moved on by the time spent paused, no more and no less.
-            assert before_resume - after_pause <= resumed - start
-            assert resumed - start <= after_resume - before_pause
-        assert deadline.current() is None
+    with deadline.CallDeadline("poll", 10.0, deadline.DeadlineWatch()) as dl:
+        assert deadline.current() is dl
+        start = dl.when()
+        assert start is not None
+        before_pause = loop.time()
+        with deadline.paused():
+            after_pause = loop.time()
+            assert dl.when() is None  # no deadline while waiting
+            await asyncio.sleep(0.05)
+            before_resume = loop.time()
+        after_resume = loop.time()
+        resumed = dl.when()
+        assert resumed is not None
+        # Moved on by the time spent paused, no more and no less.
+        assert before_resume - after_pause <= resumed - start
+        assert resumed - start <= after_resume - before_pause
+    assert deadline.current() is None
     assert not dl.open
 
 
 async def test_nested_pauses_and_outer_calls() -> None:
-    async with asyncio.timeout(10.0) as outer_timeout:
-        with deadline.tracking("outer", outer_timeout) as outer:
-            async with asyncio.timeout(5.0) as inner_timeout:
-                with deadline.tracking("inner", inner_timeout) as inner:
-                    assert inner.outer is outer
-                    with deadline.paused():
-                        # Every call the task is in stops its clock.
-                        assert inner_timeout.when() is None
-                        assert outer_timeout.when() is None
-                        inner.pause()
-                        inner.resume()
-                        await asyncio.sleep(0)
-                        assert inner_timeout.when() is None  # still paused once
-                    assert inner_timeout.when() is not None
-                    assert outer_timeout.when() is not None
-            assert deadline.current() is outer
+    watch = deadline.DeadlineWatch()
+    with deadline.CallDeadline("outer", 10.0, watch) as outer:
+        with deadline.CallDeadline("inner", 5.0, watch) as inner:
+            assert inner.outer is outer
+            with deadline.paused():
+                # Every call the task is in stops its clock.
+                assert inner.when() is None
+                assert outer.when() is None
+                inner.pause()
+                inner.resume()
+                await asyncio.sleep(0)
+                assert inner.when() is None  # still paused once
+            assert inner.when() is not None
+            assert outer.when() is not None
+        assert deadline.current() is outer
 
 
 async def test_a_cut_deadline_ends_the_call_with_its_reason() -> None:
-    calls: list[tuple[deadline.CallDeadline, asyncio.Timeout]] = []
+    calls: list[deadline.CallDeadline] = []
 
     async def call() -> None:
-        async with asyncio.timeout(10.0) as timeout:
-            with deadline.tracking("submit_message", timeout) as dl:
-                calls.append((dl, timeout))
-                with deadline.paused():
-                    dl.cut("held too long")
-                    assert timeout.when() is None  # paused: the cut waits for the resume
-                    await asyncio.sleep(0)
-                    assert not timeout.expired()
-                await asyncio.sleep(1)
+        with deadline.CallDeadline("submit_message", 10.0, deadline.DeadlineWatch()) as dl:
+            calls.append(dl)
+            with deadline.paused():
+                dl.cut("held too long")
+                assert dl.when() is None  # paused: the cut waits for the resume
+                await asyncio.sleep(0)
+                assert not dl.expired()
+            await asyncio.sleep(1)
 
+    loop = asyncio.get_running_loop()
+    start = loop.time()
     with pytest.raises(TimeoutError):
         await call()
-    [(dl, timeout)] = calls
+    assert loop.time() - start < 0.5  # cut, not timed out
+    [dl] = calls
     assert dl.cut_reason == "held too long"
-    assert timeout.expired()
+    assert dl.expired()
     dl.cut("again")  # a closed call is not touched
     assert dl.cut_reason == "held too long"
 
 
 async def test_a_task_started_in_a_call_is_not_in_the_call() -> None:
-    async with asyncio.timeout(10.0) as timeout:
-        with deadline.tracking("logon", timeout) as dl:
-            seen = await asyncio.create_task(asyncio.sleep(0, deadline.current()))
-            assert seen is dl  # evaluated here, in the calling task
+    with deadline.CallDeadline("logon", 10.0, deadline.DeadlineWatch()) as dl:
+        seen = await asyncio.create_task(asyncio.sleep(0, deadline.current()))
+        assert seen is dl  # evaluated here, in the calling task
 
-            async def other() -> deadline.CallDeadline | None:
-                return deadline.current()
+        async def other() -> deadline.CallDeadline | None:
+            return deadline.current()
 
-            assert await asyncio.create_task(other()) is None
+        assert await asyncio.create_task(other()) is None
+
+
+# -- the deadlines' one timer ----------------------------------------------------------------
+async def test_a_call_past_its_deadline_is_cancelled_as_timeout_error() -> None:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with (
+        pytest.raises(TimeoutError),
+        deadline.CallDeadline("poll", 0.2, deadline.DeadlineWatch()) as dl,
+    ):
+        await asyncio.sleep(5)
+    assert 0.15 <= loop.time() - start < 2.0
+    assert dl.expired() and not dl.open
+
+
+async def test_calls_on_one_watch_each_end_at_their_own_deadline() -> None:
+    """A long call starts first (the timer is set for it), a short one after it: the
+    timer is brought forward; the long one then goes on to its own deadline."""
+    watch = deadline.DeadlineWatch()
+    loop = asyncio.get_running_loop()
+    ended: dict[str, float] = {}
+
+    async def call(name: str, limit: float, work: float) -> str:
+        start = loop.time()
+        try:
+            with deadline.CallDeadline(name, limit, watch):
+                await asyncio.sleep(work)
+            return "done"
+        except TimeoutError:
+            return "timed out"
+        finally:
+            ended[name] = loop.time() - start
+
+    long = asyncio.create_task(call("long", 0.6, 5.0))
+    await asyncio.sleep(0.05)
+    short = asyncio.create_task(call("short", 0.2, 5.0))
+    quick = asyncio.create_task(call("quick", 0.3, 0.05))
+    assert await short == "timed out"
+    assert await quick == "done"
+    assert await long == "timed out"
+    assert 0.15 <= ended["short"] < 0.45
+    assert 0.5 <= ended["long"] < 1.2  # not cut short by the timer the short one set
+    assert not watch.calls
+
+
+async def test_calls_ending_in_time_move_no_timer() -> None:
+    """A hundred calls within their limit: the watch's timer was made by the first."""
+    watch = deadline.DeadlineWatch()
+    handles: set[int] = set()
+    for _ in range(100):
+        with deadline.CallDeadline("submit_message", 30.0, watch):
+            await asyncio.sleep(0)
+        handles.add(id(watch._handle))
+    assert len(handles) == 1 and watch._handle is not None
+    assert not watch.calls
+
+
+async def test_a_cancel_from_outside_stays_a_cancel() -> None:
+    """The call's task cancelled by someone else: CancelledError, not TimeoutError."""
+    entered = asyncio.Event()
+
+    async def call() -> None:
+        with deadline.CallDeadline("poll", 0.3, deadline.DeadlineWatch()):
+            entered.set()
+            await asyncio.sleep(5)
+
+    task = asyncio.create_task(call())
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_call_time_limit_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="above 0 s"):
+        deadline.CallDeadline("poll", 0.0, deadline.DeadlineWatch())
 
 
 # -- a provider for the integration tests ----------------------------------------------------

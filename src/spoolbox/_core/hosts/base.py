@@ -89,6 +89,7 @@ class HostBase:
         self.stopping = False
         self._cooldown_until = 0.0
         self._last_overrun_log = -OVERRUN_LOG_INTERVAL
+        self._calls = deadline.DeadlineWatch()  # the timer of the provider calls' deadlines
         self.counters: dict[str, int] = {
             "submitted": 0,
             "delivered": 0,
@@ -190,13 +191,12 @@ class HostBase:
             coro.close()
             raise
         limit = self.runtime.policy.call_timeout
-        tracked: deadline.CallDeadline | None = None
+        tracked = deadline.CallDeadline(name, limit, self._calls)
         try:
-            async with asyncio.timeout(limit) as timeout:
-                with deadline.tracking(name, timeout) as tracked:
-                    result = await self.runtime.meter.run(self, coro)
+            with tracked:
+                result = await self.runtime.meter.run(self, coro)
         except TimeoutError:
-            if tracked is not None and tracked.cut_reason is not None:
+            if tracked.cut_reason is not None:
                 raise TimeoutError(
                     f"{name}() of transport {self.name!r} was cancelled: {tracked.cut_reason}"
                 ) from None
@@ -206,7 +206,7 @@ class HostBase:
                 "critical section not counted)"
             ) from None
         finally:
-            if tracked is not None and self.runtime.critsec.abandon(self, tracked):
+            if self.runtime.critsec.abandon(self, tracked):
                 self.critsec_left_open(
                     name, f"{name}() returned without leaving the critical section it entered"
                 )
