@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import socket
+import socketserver
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from conftest import Home
 
@@ -99,6 +103,72 @@ def test_a_failing_logon_is_reported_and_no_logon_skips_it(home: Home) -> None:
     r = home.run("check", "--no-logon")
     assert r.returncode == 0, r.stdout
     assert r.stdout.splitlines()[2] == "mailbox: ok"
+
+
+class _Relay(socketserver.StreamRequestHandler):
+    """A smart host that greets with ``server.greeting`` and answers EHLO and QUIT."""
+
+    def handle(self) -> None:
+        greeting: bytes = self.server.greeting  # type: ignore[attr-defined]
+        self.wfile.write(greeting)
+        if not greeting.startswith(b"220"):
+            return
+        for line in self.rfile:
+            if line.upper().startswith(b"EHLO"):
+                self.wfile.write(b"250-relay.test\r\n250 PIPELINING\r\n")
+            elif line.upper().startswith(b"QUIT"):
+                self.wfile.write(b"221 2.0.0 bye\r\n")
+                return
+            else:
+                self.wfile.write(b"250 2.0.0 ok\r\n")
+
+
+@contextmanager
+def _relay(greeting: bytes) -> Iterator[int]:
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Relay) as server:
+        server.greeting = greeting  # type: ignore[attr-defined]
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield int(server.server_address[1])
+        finally:
+            server.shutdown()
+
+
+def test_a_relay_that_is_down_is_a_problem_not_ok(home: Home) -> None:
+    """The SMTP logon only reads its settings; check connects (ValidateState)."""
+    port = _closed_port()
+    _append(home, _RELAY.format(option=f'port = {port}\ntls = "none"'))
+    r = home.run("check", "--timeout", "20")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    lines = r.stdout.splitlines()
+    assert lines[1] == "local: ok"
+    assert lines[2].startswith(
+        f"relay: logged on, but not reachable: NetworkError: cannot connect to 127.0.0.1:{port}: "
+    ), lines
+    assert r.stderr == ""
+    got = json.loads(home.run("check", "--json").stdout)
+    assert [t["ok"] for t in got["transports"]] == [True, False]
+    assert home.run("check", "--no-logon").returncode == 0  # the options are good
+
+
+def test_a_relay_that_answers_is_ok_and_one_that_refuses_is_not(home: Home) -> None:
+    with _relay(b"220 relay.test ESMTP\r\n") as port:
+        _append(home, _RELAY.format(option=f'port = {port}\ntls = "none"'))
+        r = home.run("check", "--timeout", "20")
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        assert r.stdout.splitlines()[1:] == ["local: ok", "relay: ok"]
+    with _relay(b"554 5.7.1 not you\r\n") as port:
+        home.profile.write_text(
+            home.profile.read_text().rsplit("port = ", 1)[0] + f'port = {port}\ntls = "none"\n'
+        )
+        r = home.run("check", "--timeout", "20")
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        assert r.stdout.splitlines()[2] == (
+            "relay: logged on, but not reachable: NetworkError: "
+            "smtp; 554 5.7.1 not you (the greeting)"
+        )
 
 
 def test_an_invalid_profile_exits_5(home: Home) -> None:

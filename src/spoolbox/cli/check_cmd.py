@@ -1,4 +1,10 @@
-"""``spoolbox check``: is the profile good, and can every transport log on?
+"""``spoolbox check``: is the profile good, can every transport log on, and reach its
+server?
+
+After its logon each transport is asked to validate its state (ValidateState): the
+SMTP transport connects to its smart host then (greeting, EHLO, STARTTLS, AUTH as
+configured), so a relay that is down or refuses the login is a problem here, not
+"ok" until the first message is deferred.
 
 One line per transport, ``NAME: ok`` or ``NAME: <the problem>``, then one per spooler
 hook (``hook:NAME: ok``: its class loads and takes its options, a DKIM key included);
@@ -15,10 +21,14 @@ import contextlib
 import dataclasses
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from ._common import Ctx, emit_json, json_option, pass_ctx
+
+if TYPE_CHECKING:
+    from .. import Spooler
 
 __all__ = ["check_cmd"]
 
@@ -30,12 +40,13 @@ __all__ = ["check_cmd"]
     type=click.FloatRange(min=0.1),
     default=10.0,
     show_default=True,
-    help="Seconds the logons may take together.",
+    help="Seconds the logons and their connections may take together.",
 )
 @json_option
 @pass_ctx
 def check_cmd(obj: Ctx, no_logon: bool, timeout: float, as_json: bool) -> None:
-    """Check the profile and every transport's options, and try each logon."""
+    """Check the profile and every transport's options, then log each on and see that
+    it can reach its server (the SMTP transport connects to its smart host)."""
     from ..daemon.preflight import check_transports
 
     profile = obj.profile()  # a ProfileError: exit 5 (SpoolboxGroup)
@@ -109,6 +120,8 @@ async def _try_logons(profile: object, names: list[str], timeout: float) -> dict
     config = dataclasses.replace(config, transports=transports, policy=policy)
     spooler = Spooler.open(config, store=MemoryStore(), close_store=True, idle=AlwaysIdle())
     out: dict[str, str | None] = {}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     await spooler.start()
     try:
         with contextlib.suppress(TimeoutError):
@@ -116,7 +129,7 @@ async def _try_logons(profile: object, names: list[str], timeout: float) -> dict
         for name in names:
             host = spooler.host(name)
             if host.session is not None:
-                out[name] = None
+                out[name] = await _validate(spooler, name, deadline - loop.time())
             elif not host.tried_logon.is_set():
                 out[name] = f"logon did not finish within {timeout:g} s"
             else:
@@ -124,3 +137,17 @@ async def _try_logons(profile: object, names: list[str], timeout: float) -> dict
     finally:
         await spooler.aclose()
     return out
+
+
+async def _validate(spooler: Spooler, name: str, left: float) -> str | None:
+    """ValidateState on a logged-on transport: None if it can work now (an SMTP
+    transport connects to its smart host), else why not."""
+    try:
+        async with asyncio.timeout(max(left, 0.1)):
+            state = (await spooler.validate_state(transport=name))[name]
+    except TimeoutError:
+        return "logged on, but not reachable: no answer within the --timeout"
+    if state != "error":
+        return None  # "ok"; "busy" and "offline" cannot happen on this spooler
+    error: str = spooler.host(name).last_error or "validate_state failed"
+    return "logged on, but not reachable: " + error.removeprefix("validate_state raised ")

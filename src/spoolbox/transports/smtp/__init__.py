@@ -6,6 +6,13 @@ when the sender is not an ``SMTP:`` address), one ``RCPT TO`` per recipient this
 transport is responsible for, then ``DATA`` with the content byte for byte (dot
 stuffed, bare CR and LF written as CRLF, as RFC 5321 asks).
 
+The logon reads the settings; connections are made when there is mail to send, and
+kept (``max_connections`` at most).  ``validate_state`` (``Spooler.validate_state``,
+``spoolbox check``) connects at once: greeting, EHLO, STARTTLS and AUTH as configured,
+the connection kept for the next message; a smart host that cannot be reached raises
+:class:`~spoolbox.contract.NetworkError` with the reason, and the status row shows
+FAILURE with it, as after a send.
+
 Configuration (the transport's ``options`` in the profile):
 
 ``host``

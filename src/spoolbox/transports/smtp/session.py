@@ -12,12 +12,14 @@ from spoolbox.contract import (
     BaseTransportSession,
     LogoffFlags,
     MessageCancelled,
+    NetworkError,
     OutboundMessage,
     OutboundRecipient,
     RecipientResult,
     SubmitFlags,
     Support,
     TransportNotifyFlags,
+    ValidateFlags,
 )
 from spoolbox.smtp.replies import Reply, enhanced_status, reply_text
 
@@ -100,6 +102,24 @@ class SMTPSession(BaseTransportSession):
         text = f"connected to {where}" if self.pool.alive_count else f"idle, relaying via {where}"
         text += f", {self.counts['delivered']} sent"
         self._row.show(text + results_text(self.counts, self.last_error))
+
+    # -- ValidateState ------------------------------------------------------------------------
+    async def validate_state(self, flags: ValidateFlags) -> None:
+        """Can the smart host be reached now?  A connection is made (greeting, EHLO,
+        STARTTLS and AUTH as configured), or an idle one checked with RSET, and kept
+        in the pool for the next message; the status row says the result, as after a
+        send.  A host that cannot be reached raises :class:`NetworkError` with why
+        (``spoolbox check`` prints it)."""
+        ref = "\0validate_state"  # no message's reference
+        try:
+            conn = await self.pool.acquire(ref)
+        except Failure as f:
+            self.unreachable = f.text
+            self._update_status()
+            raise NetworkError(0, f.text.removeprefix("x-spoolbox; ")) from None
+        self.unreachable = ""
+        self.pool.release(ref, conn, True)
+        self._update_status()
 
     # -- notifications ------------------------------------------------------------------------
     async def transport_notify(self, flags: TransportNotifyFlags, ref: str | None = None) -> None:
