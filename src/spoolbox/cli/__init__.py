@@ -42,7 +42,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "check": (
         "check_cmd",
         "check_cmd",
-        "Check the profile and every transport's options, and try each logon.",
+        "Check the profile and every transport's options, log each on, and see that it "
+        "can reach its server.",
     ),
     "stop": (
         "control_cmds",

@@ -45,8 +45,11 @@ __all__ = ["check_cmd"]
 @json_option
 @pass_ctx
 def check_cmd(obj: Ctx, no_logon: bool, timeout: float, as_json: bool) -> None:
-    """Check the profile and every transport's options, then log each on and see that
-    it can reach its server (the SMTP transport connects to its smart host)."""
+    """Check the profile and every transport's options, log each on, and see that it can
+    reach its server.
+
+    The SMTP transport connects to its smart host (greeting, EHLO, STARTTLS and AUTH as
+    configured); nothing is sent."""
     from ..daemon.preflight import check_transports
 
     profile = obj.profile()  # a ProfileError: exit 5 (SpoolboxGroup)
