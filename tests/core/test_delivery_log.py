@@ -337,3 +337,35 @@ async def test_an_outcome_the_store_did_not_commit_is_not_logged(
         assert ok.sent  # it was delivered; the store did not take the outcome
     assert recipient.state is not RecipientState.DELIVERED
     assert _delivery_lines(caplog) == []
+
+
+async def test_a_recipient_held_by_its_destinations_back_off_is_logged_as_suspended(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Postfix's "delivery temporarily suspended": a recipient held back, without an
+    attempt, because the last attempt at its destination deferred, says so and why."""
+    from spoolbox.testing import FakeClock
+
+    caplog.set_level(logging.INFO, "spoolbox.delivery")
+    clock = FakeClock()
+    script = Script(("SMTP",), submit=[Act.FAIL_TEMP, Act.SUCCEED])
+    async with spooler(transport("relay", script), clock=clock) as sp:
+        first = await sp.submit(message("SMTP:a@down.example"))
+        await sp.wait_for(first.id, [MessageState.DEFERRED], timeout=5)
+        held = await sp.submit(message("SMTP:b@down.example"))
+        await sp.wait_for(held.id, [MessageState.DEFERRED], timeout=5)
+        (rec,) = await sp.store.recipients(held.id)
+        assert rec.attempts == 0  # held, not tried
+        lines = [r.getMessage() for r in _delivery_lines(caplog)]
+        assert lines[-1] == (
+            f"{held.id}: to=<b@down.example>, transport=relay, relay=none, delay=0.00, "
+            "dsn=4.4.1, status=deferred (delivery temporarily suspended: scripted: try later)"
+        ), lines
+        assert [line for line in lines if line.startswith(f"{held.id}:")] == [lines[-1]]
+        fields = _delivery_lines(caplog)[-1].spoolbox_fields  # type: ignore[attr-defined]
+        assert (fields["status"], fields["dsn"]) == ("deferred", "4.4.1")
+        await clock.advance(FAST.retry_base + 1)
+        assert await sp.wait_for(held.id, timeout=5) is MessageState.SENT
+    texts = [r.getMessage() for r in _delivery_lines(caplog)]
+    sent = f"{held.id}: to=<b@down.example>, transport=relay, relay=none, delay="
+    assert any(t.startswith(sent) and "status=sent" in t for t in texts), texts

@@ -19,12 +19,13 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..model import Address, RecipientState
-from ..store import RecipientUpdate
+from ..model import Address, RecipientRecord, RecipientState
+from ..store import ClaimedJob, RecipientUpdate
+from .destinations import Hold
 
 __all__ = [
     "DELIVERY_LOGGER",
@@ -36,6 +37,7 @@ __all__ = [
     "clean_response",
     "format_delay",
     "log_line",
+    "log_suspended",
     "one_line",
     "outcome_of",
     "show_address",
@@ -68,8 +70,8 @@ def outcome_of(update: RecipientUpdate) -> str | None:
     DELIVERED is ``sent``; FAILED is ``expired`` for 5.4.7 (the lifetime ran out) and
     ``bounced`` otherwise; CANCELLED is ``cancelled``; QUEUED after an attempt is
     ``deferred``.  A recipient queued again without an attempt (given back at
-    logoff, offered to the next transport, waiting for a destination's back-off)
-    and a parked one say nothing here.
+    logoff, offered to the next transport) and a parked one say nothing here; one
+    held back by its destination's back-off gets its line from :func:`log_suspended`.
     """
     state = update.state
     if state is RecipientState.DELIVERED:
@@ -297,3 +299,32 @@ def log_line(logger: logging.Logger, level: int, line: _Line) -> None:
             {_FIELDS_ATTR: line.fields()},
         )
         logger.handle(record)
+
+
+def log_suspended(
+    job: ClaimedJob, held: Sequence[tuple[RecipientRecord, Hold]], transport: str, now: float
+) -> None:
+    """INFO, one line per recipient held back without an attempt because its
+    destination is in back-off, as Postfix logs mail for a destination it marked
+    dead: ``status=deferred (delivery temporarily suspended: <why the last attempt
+    there failed>)``, with that attempt's status code.  Once per recipient and hold:
+    it is queued again until the hold ends."""
+    logger = logging.getLogger(DELIVERY_LOGGER)
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    info = job.message
+    for recipient, hold in held:
+        why = clean_response(hold.diagnostic)
+        line = DeliveryLine(
+            id=info.id,
+            to=show_address(recipient.address),
+            transport=transport,
+            relay="none",
+            delay=format_delay(now - info.submitted_at),
+            dsn=hold.status or "4.0.0",
+            status="deferred",
+            response=one_line(
+                "delivery temporarily suspended" + (f": {why}" if why else ""), MAX_RESPONSE
+            ),
+        )
+        log_line(logger, logging.INFO, line)

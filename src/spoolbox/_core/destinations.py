@@ -11,13 +11,14 @@ destinations of its recipients (the user says "now").
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from ..model import Address, RecipientState
 from ..store import ClaimedJob, RecipientUpdate
 from .clock import Clock
 from .policy import Policy
 
-__all__ = ["DestinationBackoff", "destination_of"]
+__all__ = ["DestinationBackoff", "Hold", "destination_of"]
 
 
 def destination_of(transport: str, address: Address) -> tuple[str, str]:
@@ -28,22 +29,36 @@ def destination_of(transport: str, address: Address) -> tuple[str, str]:
     return (transport, destination)
 
 
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A destination in back-off: until when, and the attempt that put it there (its
+    status code and diagnostic, for the delivery log's "delivery temporarily
+    suspended" line of each recipient held back meanwhile)."""
+
+    until: float
+    status: str
+    diagnostic: str
+
+
 class DestinationBackoff:
     """Which destinations are in back-off, and until when."""
 
     def __init__(self, policy: Policy, clock: Clock) -> None:
         self._policy = policy
         self._clock = clock
-        self._until: dict[tuple[str, str], tuple[int, float]] = {}  # key -> (failures, until)
+        #: key -> (failures, until, the deferring attempt's status and diagnostic)
+        self._until: dict[tuple[str, str], tuple[int, float, str, str]] = {}
 
-    def wait(self, transport: str, address: Address) -> float | None:
-        """The time a destination in back-off may be tried again, or None."""
+    def wait(self, transport: str, address: Address) -> Hold | None:
+        """The hold of a destination in back-off (when it may be tried again, and why
+        it waits), or None."""
         if not self._policy.destination_backoff:
             return None
-        entry = self._until.get(destination_of(transport, address))
+        key = destination_of(transport, address)
+        entry = self._until.get(key)
         if entry is None or entry[1] <= self._clock.now():
             return None
-        return entry[1]
+        return Hold(entry[1], entry[2], entry[3])
 
     def forget(self, transport: str) -> None:
         """Lift the back-off of every destination of ``transport``."""
@@ -61,7 +76,7 @@ class DestinationBackoff:
         if not self._policy.destination_backoff:
             return
         by_index = {r.index: r for r in job.recipients}
-        deferred: dict[tuple[str, str], float] = {}
+        deferred: dict[tuple[str, str], tuple[float, str, str]] = {}
         for update in updates:
             recipient = by_index.get(update.index)
             if recipient is None or not update.count_attempt:
@@ -74,8 +89,9 @@ class DestinationBackoff:
                 update.state is RecipientState.QUEUED
                 and (update.status or "").startswith("4")
                 and update.retry_at
+                and (key not in deferred or update.retry_at > deferred[key][0])
             ):
-                deferred[key] = max(deferred.get(key, 0.0), update.retry_at)
-        for key, until in deferred.items():
-            failures = self._until.get(key, (0, 0.0))[0] + 1
-            self._until[key] = (failures, until)
+                deferred[key] = (update.retry_at, update.status or "", update.diagnostic or "")
+        for key, (until, status, diagnostic) in deferred.items():
+            failures = self._until.get(key, (0, 0.0, "", ""))[0] + 1
+            self._until[key] = (failures, until, status, diagnostic)

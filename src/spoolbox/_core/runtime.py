@@ -22,6 +22,7 @@ from ..status import StatusTable
 from ..store import ClaimedJob, InboxEntry, RecipientUpdate, Store
 from .clock import Clock
 from .critsec import CriticalSections
+from .destinations import Hold
 from .hooks import HookChain
 from .idle import IdlePolicy
 from .policy import Policy
@@ -72,8 +73,8 @@ class SpoolerPort(Protocol):
         nothing was written, and the outcomes are not this spooler's to count)."""
         ...
 
-    def destination_wait(self, transport: str, address: Address) -> float | None:
-        """When a destination in back-off may be tried again, or None."""
+    def destination_wait(self, transport: str, address: Address) -> Hold | None:
+        """A destination in back-off: when it may be tried again, and why; or None."""
         ...
 
     def forget_destinations(self, transport: str) -> None:

@@ -52,7 +52,7 @@ from . import handoff
 from .clock import Clock, SystemClock, wait_event
 from .config import SpoolerConfig, load_provider_class, unloadable_provider
 from .critsec import CriticalSections
-from .destinations import DestinationBackoff
+from .destinations import DestinationBackoff, Hold
 from .flush import FlushHandle, FlushReport
 from .hooks import HookChain
 from .hosts.host import TransportHost
@@ -594,8 +594,8 @@ class Spooler:
     ) -> bool:
         return await self._settlement.settle(job, updates, results=results)
 
-    def destination_wait(self, transport: str, address: Address) -> float | None:
-        """The time a destination in back-off may be tried again, or None."""
+    def destination_wait(self, transport: str, address: Address) -> Hold | None:
+        """A destination in back-off: when it may be tried again, and why; or None."""
         return self._destinations.wait(transport, address)
 
     def forget_destinations(self, transport: str) -> None:

@@ -30,6 +30,7 @@ from ...model import (
 )
 from ...store import ClaimedJob, LeaseLost, RecipientUpdate
 from ..clock import wait_event
+from ..delivery_log import log_suspended
 from ..flush import count_outcomes
 from ..objects import OutboundMessageImpl
 from ..policy import (
@@ -257,9 +258,9 @@ class OutboundLane:
             return
         # Recipients whose destination is in back-off wait for it without an attempt.
         waiting = [
-            (r, until)
+            (r, hold)
             for r in job.recipients
-            if (until := port.destination_wait(host.name, r.address)) is not None
+            if (hold := port.destination_wait(host.name, r.address)) is not None
         ]
         if waiting and await port.flush_asked(host.name):
             waiting = []  # a flush another node asked for made it ready: try it now
@@ -267,12 +268,14 @@ class OutboundLane:
             if not await port.settle(
                 replace(job, recipients=tuple(r for r, _ in waiting)),
                 [
-                    RecipientUpdate(r.index, RecipientState.QUEUED, retry_at=until)
-                    for r, until in waiting
+                    RecipientUpdate(r.index, RecipientState.QUEUED, retry_at=hold.until)
+                    for r, hold in waiting
                 ],
             ):
                 host.job_done.set()  # another claim holds it now: not ours to go on with
                 return
+            # Postfix's "delivery temporarily suspended": the log says why each waits.
+            log_suspended(job, waiting, host.name, runtime.clock.now())
             self._count_for_flush(
                 mid, [RecipientUpdate(r.index, RecipientState.QUEUED) for r, _ in waiting]
             )
