@@ -171,6 +171,18 @@ def test_a_relay_that_answers_is_ok_and_one_that_refuses_is_not(home: Home) -> N
         )
 
 
+def test_a_relay_that_never_greets_is_reported_within_the_timeout(home: Home) -> None:
+    with socket.socket() as silent:  # accepts connections (the backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        _append(home, _RELAY.format(option=f'port = {silent.getsockname()[1]}\ntls = "none"'))
+        r = home.run("check", "--timeout", "1.5")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert r.stdout.splitlines()[2] == (
+        "relay: logged on, but not reachable: no answer within 1.5 s (--timeout)"
+    )
+
+
 def test_an_invalid_profile_exits_5(home: Home) -> None:
     _append(home, "\n[store]\nbackend = 1\n")
     r = home.run("check")

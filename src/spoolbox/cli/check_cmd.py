@@ -132,7 +132,7 @@ async def _try_logons(profile: object, names: list[str], timeout: float) -> dict
         for name in names:
             host = spooler.host(name)
             if host.session is not None:
-                out[name] = await _validate(spooler, name, deadline - loop.time())
+                out[name] = await _validate(spooler, name, deadline - loop.time(), timeout)
             elif not host.tried_logon.is_set():
                 out[name] = f"logon did not finish within {timeout:g} s"
             else:
@@ -142,15 +142,17 @@ async def _try_logons(profile: object, names: list[str], timeout: float) -> dict
     return out
 
 
-async def _validate(spooler: Spooler, name: str, left: float) -> str | None:
+async def _validate(spooler: Spooler, name: str, left: float, timeout: float) -> str | None:
     """ValidateState on a logged-on transport: None if it can work now (an SMTP
     transport connects to its smart host), else why not."""
     try:
         async with asyncio.timeout(max(left, 0.1)):
             state = (await spooler.validate_state(transport=name))[name]
     except TimeoutError:
-        return "logged on, but not reachable: no answer within the --timeout"
+        return f"logged on, but not reachable: no answer within {timeout:g} s (--timeout)"
+    if state == "offline":
+        return "logged off while it was checked"
     if state != "error":
-        return None  # "ok"; "busy" and "offline" cannot happen on this spooler
+        return None  # "ok" ("busy" is a critical section's holder: none here)
     error: str = spooler.host(name).last_error or "validate_state failed"
     return "logged on, but not reachable: " + error.removeprefix("validate_state raised ")
