@@ -140,7 +140,8 @@ class CallDeadline:
         self._task = task
         self._cancelling = task.cancelling()
         self._when = when = loop.time() + self._limit
-        self.outer = current()
+        outer = _CURRENT.get()  # current(), with the task already at hand
+        self.outer = outer if outer is not None and outer.open and outer._task is task else None
         self.open = True
         self._token = _CURRENT.set(self)
         self._watch.calls.add(self)

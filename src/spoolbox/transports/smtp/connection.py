@@ -134,9 +134,8 @@ class Connection:
             self._watch = loop.call_at(deadline, self._on_watch)
             self._watch_at = deadline
         machine = self.machine
-        event = machine.next_event()
         try:
-            while event is NEED_DATA:
+            while True:  # the caller found the machine needing data
                 answer = machine.data_to_send()  # to an AUTH challenge
                 if answer:
                     self.writer.write(answer)
@@ -145,13 +144,14 @@ class Connection:
                     raise TimeoutError
                 machine.receive_data(data)
                 event = machine.next_event()
+                if event is not NEED_DATA:
+                    return event
         except OSError as exc:  # TimeoutError included
             cause: OSError = TimeoutError() if self._timed_out else exc
             self.close()
             raise exception_failure(cause, step, timeout, self.where) from None
         finally:
             self._deadline = None
-        return event
 
     def _on_watch(self) -> None:
         self._watch = None
