@@ -508,11 +508,12 @@ def options(port: int, **extra: Any) -> dict[str, Any]:
     return {"host": HOST, "port": port, "tls": "none", "timeouts": dict(SHORT), **extra}
 
 
-def open_spooler(opts: Mapping[str, Any]) -> Spooler:
+def open_spooler(opts: Mapping[str, Any], *, hostname: str | None = None) -> Spooler:
     cfg = SpoolerConfig(
         transports=(TransportConfig("smtp", "smtp", options=dict(opts)),),
         policy=FAST,
         node="test-node",
+        **({} if hostname is None else {"hostname": hostname}),
     )
     return Spooler.open(cfg, idle=AlwaysIdle())
 

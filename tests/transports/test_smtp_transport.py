@@ -54,6 +54,7 @@ from spoolbox.transports.smtp import (
     SMTPSettings,
     clean_text,
 )
+from spoolbox.transports.smtp.session import envelope_sender
 
 CONTENT = (
     b"From: alice@example.org\r\nTo: bob@example.org\r\nSubject: hello\r\n"
@@ -228,6 +229,32 @@ async def test_null_sender_and_content_conversion() -> None:
     assert state is MessageState.SENT
     assert rec.received[0].mail_from == "<>"
     assert rec.received[0].content == content.replace(b"\n", b"\r\n") + b"\r\n"
+
+
+async def test_a_local_sender_goes_out_qualified_with_the_host_name() -> None:
+    # `spoolbox init`'s default sender is MAILDIR:postmaster; `spoolbox send` shows it
+    # as From: postmaster@<hostname>.  Over SMTP it is that address, not the null
+    # sender (which servers keep for delivery reports), as Postfix appends myorigin.
+    rec = Recorder()
+    msg = message("SMTP:bob@example.org", sender="MAILDIR:postmaster")
+    async with aiosmtpd_server(rec) as srv:
+        opts = options(srv.port)
+        async with open_spooler(opts, hostname="mail.example.net") as sp:
+            state, _ = await send(sp, msg)
+    assert state is MessageState.SENT
+    assert rec.received[0].mail_from == "postmaster@mail.example.net"
+
+
+def test_envelope_sender_of_each_kind_of_sender() -> None:
+    origin = "mail.example.net"
+    assert envelope_sender(Address.parse("SMTP:alice@example.org"), origin) == "alice@example.org"
+    assert envelope_sender(None, origin) == ""  # delivery reports: <>
+    assert envelope_sender(Address.parse("MAILDIR:postmaster"), origin) == f"postmaster@{origin}"
+    assert envelope_sender(Address.parse("MAILDIR:first.last"), origin) == f"first.last@{origin}"
+    assert envelope_sender(Address.parse("SMS:+15551234567"), origin) == f"+15551234567@{origin}"
+    # No SMTP form: not a dot-atom local part (spaces, a leading dot, non-ASCII, an @).
+    for value in ("two words", ".dot", "dot.", "a..b", "jos\u00e9", "x@y"):
+        assert envelope_sender(Address("MAILDIR", value), origin) == "", value
 
 
 async def test_8bit_content_is_declared_8bitmime() -> None:

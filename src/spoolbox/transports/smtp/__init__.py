@@ -1,9 +1,12 @@
 """The SMTP transport (address type ``SMTP``): outbound relay through a smart host.
 
 Every recipient ``SMTP:bob@example.org`` is relayed to one configured smart host
-(no MX lookup): ``MAIL FROM`` is the message's sender (``<>`` when it has none, or
-when the sender is not an ``SMTP:`` address), one ``RCPT TO`` per recipient this
-transport is responsible for, then ``DATA`` with the content byte for byte (dot
+(no MX lookup): ``MAIL FROM`` is the message's sender: an ``SMTP:`` address as it
+is, ``<>`` when it has none (delivery reports), a local sender of another type
+(``MAILDIR:postmaster``, ``spoolbox init``'s default) qualified with the profile's
+``hostname`` (``postmaster@HOST``, as Postfix appends ``myorigin`` and as ``spoolbox
+send`` writes its From), ``<>`` for one with no such form; one ``RCPT TO`` per
+recipient this transport is responsible for, then ``DATA`` with the content byte for byte (dot
 stuffed, bare CR and LF written as CRLF, as RFC 5321 asks).
 
 The logon reads the settings; connections are made when there is mail to send, and

@@ -21,15 +21,16 @@ from spoolbox.contract import (
     TransportNotifyFlags,
     ValidateFlags,
 )
+from spoolbox.model import Address
 from spoolbox.smtp.replies import Reply, enhanced_status, reply_text
 
 from .._status import ReachabilityRow, results_text
 from .connection import Connection
 from .failures import Failure, exception_failure, protocol_failure, reply_failure
 from .pool import Pool
-from .settings import SMTPSettings
+from .settings import SMTPSettings, usable_helo
 
-__all__ = ["ADDRESS_TYPE", "SMTPSession"]
+__all__ = ["ADDRESS_TYPE", "SMTPSession", "envelope_sender"]
 
 ADDRESS_TYPE = "SMTP"
 _CHUNK = 65536
@@ -37,6 +38,29 @@ _CHUNK = 65536
 _WHOLE_LIMIT = 1 << 20
 #: What cannot go into ``MAIL FROM:<...>`` or ``RCPT TO:<...>``.
 _BAD_ADDRESS_RE = re.compile(r"[\s<>\x00-\x1f\x7f]")
+#: A dot-atom local part (RFC 5321 section 4.1.2), ASCII: what a sender of another
+#: address type (``MAILDIR:postmaster``) may be to be qualified with the host name.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LOCAL_PART_RE = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*")
+
+
+def envelope_sender(sender: Address | None, origin: str) -> str:
+    """What goes into ``MAIL FROM:<...>`` for a message's sender.
+
+    An SMTP address as it is; none (a delivery report) is the null sender ``<>``; an
+    address of another type whose value is a plain local part (``MAILDIR:postmaster``,
+    the default sender ``spoolbox init`` writes) is qualified with ``origin``, this
+    host's mail name, as Postfix appends ``myorigin`` to a local sender and as
+    ``spoolbox send`` shows it in From: ``postmaster@<hostname>``.  Anything else has
+    no SMTP form and goes out as ``<>``.
+    """
+    if sender is None:
+        return ""
+    if sender.type == ADDRESS_TYPE:
+        return sender.value
+    if _LOCAL_PART_RE.fullmatch(sender.value):
+        return f"{sender.value}@{origin}"
+    return ""
 
 
 class SMTPSession(BaseTransportSession):
@@ -55,6 +79,11 @@ class SMTPSession(BaseTransportSession):
         self.settings = settings
         self.concurrency = settings.max_connections
         self.pool = Pool(settings, tls_context, helo_name)
+        # Postfix's myorigin: a local sender (another address type) goes out as
+        # local@<this host's mail name>; the EHLO name stands in for one that is not a
+        # usable host name.
+        origin = support.hostname
+        self._origin = origin if usable_helo(origin) else helo_name
         self._cancelled: set[str] = set()
         self.counts = {"delivered": 0, "failed": 0, "deferred": 0, "messages": 0}
         self.last_error = ""
@@ -189,8 +218,7 @@ class SMTPSession(BaseTransportSession):
                 f"x-spoolbox; message of {size} bytes is over this transport's "
                 f"max_message_size of {s.max_message_size} bytes",
             )
-        sender = message.sender
-        mail_from = sender.value if sender is not None and sender.type == ADDRESS_TYPE else ""
+        mail_from = envelope_sender(message.sender, self._origin)
         if _BAD_ADDRESS_RE.search(mail_from):
             raise Failure("5.1.7", f"x-spoolbox; sender {mail_from!r} cannot be used in MAIL FROM")
         todo: list[OutboundRecipient] = []
