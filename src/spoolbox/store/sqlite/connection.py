@@ -23,6 +23,7 @@ from typing import Final, TypeVar
 from ..base import StoreError
 from ..operations import OPERATIONS, Kind
 from . import schema
+from .walsync import WalSync
 
 __all__ = ["BUSY_TIMEOUT", "Stats", "StoreFile", "sync_level"]
 
@@ -42,6 +43,12 @@ def sync_level(name: str, value: str) -> str:
     if level not in SYNCHRONOUS_MODES:
         raise ValueError(f"{name} must be one of {', '.join(SYNCHRONOUS_MODES)}, not {value!r}")
     return level
+
+
+def _sqlite_level(level: str) -> str:
+    """What SQLite is asked for at a commit of ``level``: FULL's sync is ours (after
+    the lock is released, :mod:`.walsync`), every other level is SQLite's own."""
+    return "NORMAL" if level == "FULL" else level
 
 
 def commit_levels(synchronous: str, progress_synchronous: str) -> tuple[str, str]:
@@ -65,6 +72,8 @@ class Stats:
     lock_wait_seconds: float = 0.0
     write_seconds: float = 0.0  # holding the write lock (statements and COMMIT)
     progress_commits: int = 0  # commits made at progress_synchronous (no fsync by default)
+    wal_syncs: int = 0  # WAL syncs after a FULL commit, outside the write lock
+    wal_sync_seconds: float = 0.0
     pragmas: dict[str, object] = field(default_factory=dict)
 
 
@@ -81,6 +90,7 @@ class StoreFile:
         levels: tuple[str, str],
         busy_timeout: float,
         stats: Stats,
+        fsync: Callable[[int], None] = os.fdatasync,
     ) -> None:
         self.conn = conn
         self.path = path
@@ -88,6 +98,15 @@ class StoreFile:
         self._synchronous, self._progress_sync = levels
         self._conn_sync = self._synchronous  # the level the connection is at now
         self._busy_timeout = busy_timeout
+        # FULL is SQLite's NORMAL and then the WAL synced by us, after the write lock
+        # is released (see .walsync): a durable commit no longer makes the other
+        # processes' writers wait for the disk.
+        self.wal = WalSync(path, fsync=fsync)
+        self._level = {
+            True: _sqlite_level(self._synchronous),
+            False: _sqlite_level(self._progress_sync),
+        }
+        self._sync_after = {True: self._synchronous == "FULL", False: self._progress_sync == "FULL"}
 
     @classmethod
     def open(
@@ -98,8 +117,10 @@ class StoreFile:
         progress_synchronous: str = "NORMAL",
         busy_timeout: float = BUSY_TIMEOUT,
         stats: Stats | None = None,
+        fsync: Callable[[int], None] = os.fdatasync,
     ) -> StoreFile:
-        """Open (create, check, migrate) the store at ``path``; raises StoreError."""
+        """Open (create, check, migrate) the store at ``path``; raises StoreError.
+        ``fsync`` syncs the WAL after a commit at ``FULL`` (tests pass a fake)."""
         levels = commit_levels(synchronous, progress_synchronous)
         path = os.fspath(path)
         conn = schema.connect(path, synchronous=levels[0], busy_timeout=busy_timeout)
@@ -116,10 +137,13 @@ class StoreFile:
             "foreign_keys": found["foreign_keys"],
             "user_version": found["user_version"],
         }
-        return cls(conn, path, levels=levels, busy_timeout=float(busy_timeout), stats=stats)
+        return cls(
+            conn, path, levels=levels, busy_timeout=float(busy_timeout), stats=stats, fsync=fsync
+        )
 
     def close(self) -> None:
         self.conn.close()
+        self.wal.close()
 
     def __enter__(self) -> StoreFile:
         return self
@@ -151,7 +175,7 @@ class StoreFile:
         One WAL file takes both kinds of commit in order, and a commit's fsync covers
         every frame before it: a progress commit lost to a power cut takes with it
         only later commits that were not synced either, never an acceptance."""
-        level = self._synchronous if durable else self._progress_sync
+        level = self._level[durable]
         if level != self._conn_sync:
             self.conn.execute(f"PRAGMA synchronous = {level}")
             self._conn_sync = level
@@ -187,10 +211,27 @@ class StoreFile:
             self.stats.rollbacks += 1
             raise
         self.stats.write_seconds += time.monotonic() - began
+        self.after_commit(durable)
         self.stats.commits += 1
         if not durable:
             self.stats.progress_commits += 1
         return result
+
+    def after_commit(self, durable: bool) -> None:
+        """Right after a COMMIT (the write lock released): the WAL synced if the
+        commit's level is FULL, before anyone hears of the commit; OSError if the disk
+        refuses (the commit may stand: the caller reports a temporary error)."""
+        if self._sync_after[durable]:
+            began = time.monotonic()
+            try:
+                self.wal.sync()
+            except OSError as exc:
+                raise StoreError(
+                    f"{self.path}: the commit was written but syncing {self.wal.wal_path} "
+                    f"failed: {exc}; it may not survive a power cut"
+                ) from exc
+            self.stats.wal_syncs += 1
+            self.stats.wal_sync_seconds += time.monotonic() - began
 
     def read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         """``fn`` in a read transaction; again after a pause if the database was busy

@@ -9,10 +9,11 @@ database, then sends its function of :mod:`.transactions` to the store's thread
 * **Off the event loop.**  One dedicated thread owns the only connection; every
   operation is a job on its queue.  Reads run each in its own read transaction, so
   they see a consistent snapshot.
-* **Durable and atomic.**  WAL journal, ``synchronous=FULL`` by default, foreign keys
-  on.  Every write is one ``BEGIN IMMEDIATE`` transaction, so a claim is atomic across
-  processes: two spoolers on one file never claim the same recipient.  ``settle``
-  (with its reports) and ``deliver_inbound`` (with the provider's profile updates)
+* **Durable and atomic.**  WAL journal, ``synchronous=FULL`` by default (its fsync
+  made after the write lock is released, :mod:`.walsync`), foreign keys on.  Every
+  write is one ``BEGIN IMMEDIATE`` transaction, so a claim is atomic across processes:
+  two spoolers on one file never claim the same recipient.  ``settle`` (with its
+  reports) and ``deliver_inbound`` (with the provider's profile updates)
   are one transaction each.  The spooler's progress (claims, lease renewals and
   releases, settles: :data:`~spoolbox.store.operations.OPERATIONS`) commits at
   ``progress_synchronous``, ``NORMAL`` by default: not fsynced, yet ordered in the
@@ -98,7 +99,11 @@ class SQLiteStore(SQLiteCluster):
     ``busy_timeout`` seconds (30), then fails with
     :class:`~spoolbox.store.base.StoreError`.  ``statistics()`` counts these waits
     (``lock_waits``, ``lock_wait_seconds``), the time this store held the write lock
-    (``write_seconds``) and the ``progress_commits``.
+    (``write_seconds``), the ``progress_commits``, and the WAL syncs of the commits
+    at ``FULL`` (``wal_syncs``, ``wal_sync_seconds``).  A ``FULL`` commit is made at
+    SQLite's ``NORMAL`` and the WAL then synced after the write lock is released,
+    before the commit's caller resumes (:mod:`.walsync`): as durable, without other
+    processes' writers waiting on the disk.
     """
 
     def __init__(
@@ -145,6 +150,8 @@ class SQLiteStore(SQLiteCluster):
             "lock_wait_seconds": s.lock_wait_seconds,
             "write_seconds": s.write_seconds,
             "progress_commits": s.progress_commits,
+            "wal_syncs": s.wal_syncs,
+            "wal_sync_seconds": s.wal_sync_seconds,
             "durable_commits": s.commits - s.progress_commits,
             "pending_jobs": worker.pending_jobs() if worker is not None else 0,
             "pragmas": dict(s.pragmas),

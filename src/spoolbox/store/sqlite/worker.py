@@ -351,6 +351,7 @@ class Worker:
                 db.rollback()
                 self.stats.rollbacks += 1
                 raise
+            db.after_commit(durable)  # committed: the sync (FULL) before the results
         except BaseException as exc:
             for sub in subs:
                 serr = (
