@@ -102,11 +102,15 @@ def test_listener_processes_accept_and_the_daemon_delivers(home: Home, daemons: 
     assert stats["store"]["pragmas"]["progress_synchronous"] == 1
     assert stats["store"]["progress_commits"] >= 1
     assert stats["store"]["submits"] == 0
+    # Several processes write the file: the fsync of a durable commit comes after
+    # the write lock, in the daemon and in the workers (which sync every acceptance).
+    assert stats["store"]["sync_after_unlock"] is True
     wait_until("the workers' statistics", lambda: _listener_stats(home).get("accepted") == 20)
     ls = _listener_stats(home)
     assert ls["processes"] == 2
     assert ls["restarts"] == 0
     assert ls["store_commits"] >= 1
+    assert ls["store_wal_syncs"] >= 1
     assert _workers(proc.pid) == workers
     # SIGTERM: the daemon stops its workers in order and exits cleanly.
     assert daemons.stop(proc) == 0

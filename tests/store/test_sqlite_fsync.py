@@ -26,8 +26,10 @@ from spoolbox.store.sqlite import SQLiteStore
 def mark(name):
     os.write(2, b"@@" + name.encode() + b"\n")
 
-async def main(path, progress):
-    async with SQLiteStore(path, progress_synchronous=progress) as store:
+async def main(path, progress, late):
+    async with SQLiteStore(
+        path, progress_synchronous=progress, sync_after_unlock=late == "late"
+    ) as store:
         for i in range(3):
             mark(f"submit{i}")
             await store.submit(
@@ -49,7 +51,7 @@ async def main(path, progress):
             )
         mark("close")
 
-asyncio.run(main(sys.argv[1], sys.argv[2]))
+asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))
 """
 
 #: The same steps without an event loop, as the client's offline path runs them.
@@ -88,7 +90,7 @@ _SYNC = re.compile(r"\b(?:fsync|fdatasync)\(")
 
 
 def _syncs_per_step(
-    tmp_path: Path, progress: str, child: str = _CHILD, tag: str = "store"
+    tmp_path: Path, progress: str, child: str = _CHILD, tag: str = "store", late: bool = False
 ) -> dict[str, int]:
     strace = shutil.which("strace")
     if strace is None:
@@ -108,8 +110,9 @@ def _syncs_per_step(
             sys.executable,
             "-c",
             child,
-            str(tmp_path / f"{tag}-{progress}.db"),
+            str(tmp_path / f"{tag}-{progress}-{late}.db"),
             progress,
+            "late" if late else "in-commit",
         ],
         check=True,
         timeout=60,
@@ -126,8 +129,10 @@ def _syncs_per_step(
     return counts
 
 
-def test_acceptance_is_synced_and_progress_is_not_by_default(tmp_path: Path) -> None:
-    counts = _syncs_per_step(tmp_path, "NORMAL")
+@pytest.mark.parametrize("late", [False, True], ids=["in-commit", "after-unlock"])
+def test_acceptance_is_synced_and_progress_is_not_by_default(tmp_path: Path, late: bool) -> None:
+    # The same whether SQLite syncs inside COMMIT or the store after the lock.
+    counts = _syncs_per_step(tmp_path, "NORMAL", late=late)
     assert set(counts) == {
         *(f"{s}{i}" for s in ("submit", "claim", "settle") for i in range(3)),
         "close",

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+from spoolbox.daemon.store_backend import shares_store, store_from_settings
 from spoolbox.model import Address, NewMessage
+from spoolbox.profile import load_profile
+from spoolbox.profile.default import default_profile_text
 from spoolbox.store.base import StoreError
 from spoolbox.store.sqlite import SQLiteStore, StoreFile
 from spoolbox.store.sqlite import transactions as tx
@@ -65,7 +69,7 @@ class SyncProbe:
 
 
 def _open(path: Path, probe: SyncProbe, **levels: str) -> StoreFile:
-    return StoreFile.open(path, fsync=probe, **levels)
+    return StoreFile.open(path, fsync=probe, sync_after_unlock=True, **levels)
 
 
 def test_a_full_commit_syncs_the_wal_after_the_lock_is_released(tmp_path: Path) -> None:
@@ -133,8 +137,18 @@ def test_a_failed_sync_says_the_commit_was_written(tmp_path: Path) -> None:
         assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 3
 
 
+def test_without_it_full_is_sqlites_own(tmp_path: Path) -> None:
+    # One process alone on its file: SQLite syncs inside COMMIT (a little faster).
+    path = tmp_path / "s.db"
+    probe = SyncProbe(path)
+    with StoreFile.open(path, fsync=probe) as db:
+        _submit(db, 1)
+        assert probe.calls == [] and db.stats.wal_syncs == 0
+        assert db.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
 async def test_the_store_thread_syncs_each_durable_group_once(tmp_path: Path) -> None:
-    async with SQLiteStore(tmp_path / "s.db") as store:
+    async with SQLiteStore(tmp_path / "s.db", sync_after_unlock=True) as store:
         for n in range(5):
             await store.submit(_message(n), now=1000.0, lifetime=3600.0, routes=["t"])
         await store.claim("t", owner="o", now=1000.0, lease=60.0)
@@ -142,14 +156,18 @@ async def test_the_store_thread_syncs_each_durable_group_once(tmp_path: Path) ->
     assert stats["wal_syncs"] == stats["durable_commits"] >= 1
     assert stats["progress_commits"] == 1
     assert stats["pragmas"]["synchronous"] == 2  # type: ignore[index]  # as configured
+    assert stats["sync_after_unlock"] is True
+    async with SQLiteStore(tmp_path / "alone.db") as store:
+        await store.submit(_message(1), now=1000.0, lifetime=3600.0, routes=["t"])
+        stats = store.statistics()
+    assert stats["sync_after_unlock"] is False and stats["wal_syncs"] == 0
 
 
 # -- WalSync on its own ---------------------------------------------------------------
-def test_walsync_follows_a_new_wal_file_and_a_removed_one(tmp_path: Path) -> None:
+def test_walsync_opens_the_wal_once_and_falls_back_to_the_database(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
     db.write_bytes(b"db")
     wal = tmp_path / "s.db-wal"
-    wal.write_bytes(b"one")
     synced: list[str] = []
 
     def fsync(fd: int) -> None:
@@ -157,21 +175,16 @@ def test_walsync_follows_a_new_wal_file_and_a_removed_one(tmp_path: Path) -> Non
 
     sync = WalSync(str(db), fsync=fsync)
     try:
+        # No WAL yet: what was committed is in the database file, synced instead.
+        sync.sync()
+        assert synced == [str(db)] and sync.opened == 0
+        wal.write_bytes(b"frames")
+        synced.clear()
         sync.sync()
         sync.sync()
+        # Opened once, its directory synced then (the new file's name), kept open.
         assert synced == [str(tmp_path), str(wal), str(wal)]
-        assert (sync.opened, sync.syncs) == (1, 2)
-        # SQLite made a new WAL file (another inode): opened again, directory synced.
-        wal.unlink()
-        wal.write_bytes(b"two")
-        synced.clear()
-        sync.sync()
-        assert synced == [str(tmp_path), str(wal)] and sync.opened == 2
-        # No WAL at all: what was committed is in the database file, synced instead.
-        wal.unlink()
-        synced.clear()
-        sync.sync()
-        assert synced == [str(db)]
+        assert (sync.opened, sync.syncs) == (1, 3)
     finally:
         sync.close()
 
@@ -192,3 +205,18 @@ def test_walsync_resolves_a_symlinked_database(tmp_path: Path) -> None:
     finally:
         sync.close()
     assert synced == [str(real), str(real / "s.db-wal")]
+
+
+# -- who asks for it -------------------------------------------------------------------
+def test_the_daemon_asks_for_it_when_other_processes_write_its_file(tmp_path: Path) -> None:
+    text = re.sub(r"^processes = \d+", "processes = 0", default_profile_text(tmp_path), flags=re.M)
+    (tmp_path / "spoolbox.toml").write_text(text)
+    alone = load_profile(tmp_path / "spoolbox.toml")
+    assert not shares_store(alone, workers=0)
+    assert shares_store(alone, workers=2)  # delivery workers
+    (tmp_path / "spoolbox.toml").write_text(text.replace("processes = 0", "processes = 1"))
+    with_processes = load_profile(tmp_path / "spoolbox.toml")
+    assert shares_store(with_processes, workers=0)  # listener processes
+    for shared in (False, True):
+        store = store_from_settings(alone.store, shared=shared)
+        assert isinstance(store, SQLiteStore) and store.sync_after_unlock is shared

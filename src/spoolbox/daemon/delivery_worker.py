@@ -77,7 +77,7 @@ class _DeliveryWorker:
         return load_profile(self.spec.profile, extra_secrets=self.spec.secrets_map())
 
     async def _start(self, profile: Profile) -> Spooler:
-        store = store_from_settings(profile.store)
+        store = store_from_settings(profile.store, shared=True)  # with the daemon
         idle = AlwaysIdle() if profile.idle == "always" else None
         spooler = Spooler.open(
             delivery_config(profile, self.spec.node), store=store, close_store=True, idle=idle

@@ -45,7 +45,8 @@ def _store_of(spec: WorkerSpec) -> SQLiteStore | PostgresStore:
     the daemon migrated, refused if older) or its SQLite file."""
     if spec.dsn is not None:
         return postgres_store(spec.dsn, None, pool_size=2, migrate=False)
-    return SQLiteStore(spec.store, synchronous=spec.synchronous)
+    # The daemon writes the file too: the fsync after the lock (.walsync).
+    return SQLiteStore(spec.store, synchronous=spec.synchronous, sync_after_unlock=True)
 
 
 class _WorkerProcess:
@@ -129,6 +130,7 @@ class _WorkerProcess:
             waited = cast(float, store_stats["lock_wait_seconds"])
             stats["store_lock_wait_ms"] = round(waited * 1000)
             stats["store_write_ms"] = round(cast(float, store_stats["write_seconds"]) * 1000)
+            stats["store_wal_syncs"] = int(cast(int, store_stats["wal_syncs"]))
         if stats != self._stats_sent:
             self._write({"stats": stats})
             self._stats_sent = stats

@@ -60,7 +60,12 @@ from .log_format import choose_format
 from .notify import Notifier, watchdog_interval
 from .preflight import refuse_invalid_options
 from .runtime import configure_logging, event_loop_runner
-from .store_backend import describe_store, store_from_settings, wake_on_other_nodes
+from .store_backend import (
+    describe_store,
+    shares_store,
+    store_from_settings,
+    wake_on_other_nodes,
+)
 from .workers import DeliveryWorkers, WakingSpooler, WorkerView, worker_row
 
 __all__ = ["Daemon", "DaemonError", "Service", "ServiceFactory", "run_daemon"]
@@ -295,7 +300,7 @@ class Daemon:
 
     async def _start_spooler(self, profile: Profile) -> Spooler:
         config = self._config(profile)
-        store = store_from_settings(profile.store)
+        store = store_from_settings(profile.store, shared=shares_store(profile, len(self.workers)))
         idle = AlwaysIdle() if profile.idle == "always" else None
         cls = WakingSpooler if len(self.workers) else Spooler
         spooler = cls.open(config, store=store, close_store=True, idle=idle)

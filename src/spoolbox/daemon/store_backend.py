@@ -16,11 +16,11 @@ from typing import Any
 from .. import Spooler
 from .._core.node import node_of
 from .._private import private_dir
-from ..profile.schema import StoreSettings
+from ..profile.schema import Profile, StoreSettings
 from ..store import SQLiteStore, Store, StoreError
 from ..store.postgres_open import postgres_store
 
-__all__ = ["describe_store", "store_from_settings", "wake_on_other_nodes"]
+__all__ = ["describe_store", "shares_store", "store_from_settings", "wake_on_other_nodes"]
 
 log = logging.getLogger("spoolbox.daemon")
 
@@ -28,9 +28,11 @@ log = logging.getLogger("spoolbox.daemon")
 _ROUTE, _ANY, _FLUSH = "route", "*", "flush:"
 
 
-def store_from_settings(settings: StoreSettings) -> Store:
+def store_from_settings(settings: StoreSettings, *, shared: bool = False) -> Store:
     """The (unopened) store of ``[store]``; StoreError when it cannot be made, saying
-    what to set or install."""
+    what to set or install.  ``shared``: other processes of this daemon (listener
+    processes, delivery workers) write the SQLite file too, so a durable commit's
+    fsync is made after the write lock is released (``sync_after_unlock``)."""
     if settings.backend == "postgres":
         return postgres_store(settings.dsn, settings.dsn_missing)
     private_dir(settings.path.parent)
@@ -38,6 +40,15 @@ def store_from_settings(settings: StoreSettings) -> Store:
         settings.path,
         synchronous=settings.synchronous,
         progress_synchronous=settings.progress_synchronous,
+        sync_after_unlock=shared,
+    )
+
+
+def shares_store(profile: Profile, workers: int) -> bool:
+    """Whether processes besides the daemon's own spooler write its store: listener
+    processes (``[listeners.NAME] processes``) or delivery workers."""
+    return workers > 0 or any(
+        listener.enabled and listener.processes > 0 for listener in profile.listeners
     )
 
 

@@ -45,12 +45,6 @@ def sync_level(name: str, value: str) -> str:
     return level
 
 
-def _sqlite_level(level: str) -> str:
-    """What SQLite is asked for at a commit of ``level``: FULL's sync is ours (after
-    the lock is released, :mod:`.walsync`), every other level is SQLite's own."""
-    return "NORMAL" if level == "FULL" else level
-
-
 def commit_levels(synchronous: str, progress_synchronous: str) -> tuple[str, str]:
     """The levels of durable and of progress commits, checked; progress is never
     committed more strongly than acceptance."""
@@ -91,6 +85,7 @@ class StoreFile:
         busy_timeout: float,
         stats: Stats,
         fsync: Callable[[int], None] = os.fdatasync,
+        sync_after_unlock: bool = False,
     ) -> None:
         self.conn = conn
         self.path = path
@@ -98,15 +93,19 @@ class StoreFile:
         self._synchronous, self._progress_sync = levels
         self._conn_sync = self._synchronous  # the level the connection is at now
         self._busy_timeout = busy_timeout
-        # FULL is SQLite's NORMAL and then the WAL synced by us, after the write lock
-        # is released (see .walsync): a durable commit no longer makes the other
-        # processes' writers wait for the disk.
+        # With sync_after_unlock, FULL is SQLite's NORMAL and then the WAL synced by
+        # us, after the write lock is released (see .walsync): a durable commit no
+        # longer makes the other processes' writers wait for the disk.
         self.wal = WalSync(path, fsync=fsync)
-        self._level = {
-            True: _sqlite_level(self._synchronous),
-            False: _sqlite_level(self._progress_sync),
+        late = {
+            durable: sync_after_unlock and level == "FULL"
+            for durable, level in ((True, self._synchronous), (False, self._progress_sync))
         }
-        self._sync_after = {True: self._synchronous == "FULL", False: self._progress_sync == "FULL"}
+        self._sync_after = late
+        self._level = {
+            True: "NORMAL" if late[True] else self._synchronous,
+            False: "NORMAL" if late[False] else self._progress_sync,
+        }
 
     @classmethod
     def open(
@@ -118,9 +117,14 @@ class StoreFile:
         busy_timeout: float = BUSY_TIMEOUT,
         stats: Stats | None = None,
         fsync: Callable[[int], None] = os.fdatasync,
+        sync_after_unlock: bool = False,
     ) -> StoreFile:
         """Open (create, check, migrate) the store at ``path``; raises StoreError.
-        ``fsync`` syncs the WAL after a commit at ``FULL`` (tests pass a fake)."""
+
+        ``sync_after_unlock``: a commit at ``FULL`` is made at SQLite's ``NORMAL`` and
+        the WAL then synced with ``fsync`` after the write lock is released
+        (:mod:`.walsync`), for a file other processes write too; without it ``FULL``
+        is SQLite's own, a little faster for a file one process writes."""
         levels = commit_levels(synchronous, progress_synchronous)
         path = os.fspath(path)
         conn = schema.connect(path, synchronous=levels[0], busy_timeout=busy_timeout)
@@ -138,7 +142,13 @@ class StoreFile:
             "user_version": found["user_version"],
         }
         return cls(
-            conn, path, levels=levels, busy_timeout=float(busy_timeout), stats=stats, fsync=fsync
+            conn,
+            path,
+            levels=levels,
+            busy_timeout=float(busy_timeout),
+            stats=stats,
+            fsync=fsync,
+            sync_after_unlock=sync_after_unlock,
         )
 
     def close(self) -> None:
