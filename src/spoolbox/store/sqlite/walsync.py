@@ -43,8 +43,8 @@ class WalSync:
     The file is opened at the first sync and kept open: SQLite removes a WAL file
     only when its last connection closes, and the connection this object serves is
     open as long as it is.  Nothing is checked before each sync: a ``stat`` or
-    ``fstat`` of the WAL next to its ``fdatasync`` made a loop of commits 16-20% slower here
-    (ext4), more than the sync after the lock wins on one process's commits."""
+    ``fstat`` of the WAL before its ``fdatasync`` made a loop of commits 11-20% slower
+    here (ext4; ``bench/wal_sync.py``)."""
 
     def __init__(self, db_path: str, *, fsync: Callable[[int], None] = os.fdatasync) -> None:
         real = os.path.realpath(db_path)
