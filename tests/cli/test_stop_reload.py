@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from conftest import Daemons, Home
+import re
+import smtplib
+import socket
+import threading
+
+import pytest
+
+from conftest import Daemons, Home, wait_until
 
 _TYPO = """
 [[transports]]
@@ -84,3 +91,116 @@ def test_reload_with_an_unreadable_profile_does_not_signal(home: Home, daemons: 
 def test_reload_without_a_daemon_exits_3(home: Home) -> None:
     r = home.run("reload")
     assert r.returncode == 3, r.stderr
+
+
+# -- the listeners across a reload -------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _listener(home: Home, processes: int) -> None:
+    """The default profile's listener in ``processes`` processes (0: on the daemon's
+    loop), bare addresses delivered to the Maildir transport."""
+    text = re.sub(r"^processes = .*\n", "", home.profile.read_text(), count=1, flags=re.M)
+    text = text.replace(
+        "[listeners.submission]\n",
+        f'[listeners.submission]\nprocesses = {processes}\ndefault_address_type = "MAILDIR"\n',
+        1,
+    )
+    home.profile.write_text(text)
+
+
+def _listening(home: Home) -> str:
+    rows = {r["name"]: r for r in home.json("status")["rows"]}
+    return str(rows["listener:submission"]["status"])
+
+
+def _send(client: smtplib.SMTP, subject: str) -> None:
+    refused = client.sendmail(
+        "alice@example.org", ["bob@example.org"], f"Subject: {subject}\r\n\r\nhello\r\n".encode()
+    )
+    assert refused == {}
+
+
+@pytest.mark.parametrize("processes", [0, 1], ids=["on-the-loop", "in-a-process"])
+def test_a_reload_keeps_the_listener_its_port_and_its_connections(
+    home: Home, daemons: Daemons, processes: int
+) -> None:
+    _listener(home, processes)
+    daemons.start(home)
+    wait_until("the listener", lambda: _listening(home).startswith("listening on"))
+    before = _listening(home)
+    port = int(before.rsplit(":", 1)[1])
+    sent: list[str] = []
+    refused: list[str] = []
+    done = threading.Event()
+
+    def keep_sending() -> None:
+        # New connections all through the reloads: not one may be refused.
+        n = 0
+        while not done.is_set():
+            try:
+                with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                    _send(client, f"during-{n}")
+                sent.append(f"during-{n}")
+            except OSError as exc:
+                refused.append(f"{type(exc).__name__}: {exc}")
+            n += 1
+
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as held:
+        held.ehlo()
+        sender = threading.Thread(target=keep_sending)
+        sender.start()
+        try:
+            for _ in range(3):
+                r = home.run("reload")
+                assert r.returncode == 0, r.stderr
+        finally:
+            done.set()
+            sender.join()
+        # The connection opened before the reloads is still served.
+        _send(held, "held")
+    assert refused == [], refused[:3]
+    assert len(sent) >= 3
+    assert _listening(home) == before  # the same socket, the same port
+    wait_until("delivery", lambda: sorted(home.delivered()) == sorted([*sent, "held"]))
+    assert all(len(files) == 1 for files in home.delivered().values())
+
+
+def test_a_reload_restarts_a_listener_whose_table_changed(home: Home, daemons: Daemons) -> None:
+    _listener(home, 0)
+    proc = daemons.start(home)
+    wait_until("the listener", lambda: _listening(home).startswith("listening on"))
+    old_port = int(_listening(home).rsplit(":", 1)[1])
+    text = home.profile.read_text()
+    home.profile.write_text(
+        re.sub(r"^port = \d+", f"port = {free_port()}", text, count=1, flags=re.M)
+    )
+    r = home.run("reload")
+    assert r.returncode == 0, r.stderr
+    new_port = int(_listening(home).rsplit(":", 1)[1])
+    assert new_port != old_port
+    with smtplib.SMTP("127.0.0.1", new_port, timeout=30) as client:
+        _send(client, "on-the-new-port")
+    with pytest.raises(ConnectionRefusedError):
+        smtplib.SMTP("127.0.0.1", old_port, timeout=5)
+    wait_until("delivery", lambda: "on-the-new-port" in home.delivered())
+    assert daemons.stop(proc) == 0
+    log = (home.path / "daemon-0.log").read_text()
+    assert "listener 'submission': its settings changed, restarting it" in log, log
+
+
+def test_a_reload_leaves_an_unchanged_listener_alone_in_the_log(
+    home: Home, daemons: Daemons
+) -> None:
+    _listener(home, 1)
+    proc = daemons.start(home)
+    wait_until("the listener", lambda: _listening(home).startswith("listening on"))
+    assert home.run("reload").returncode == 0
+    assert daemons.stop(proc) == 0
+    log = (home.path / "daemon-0.log").read_text()
+    assert "restarting it" not in log, log
+    # One listener process started, and stopped once (at the stop, not at the reload).
+    assert log.count("SMTP submission listener stopped") == 1, log

@@ -7,13 +7,18 @@ spooler), or, with ``processes = N``, in worker processes of its own
 state is a row of the status table, ``listener:NAME``.  A listener that cannot start
 (a secret not configured, an address in use) is logged and shown on its row; the
 daemon runs on without it.
+
+A reload keeps every listener whose settings did not change running, its socket
+open and its connections alive (as Postfix's master keeps its listening sockets), so
+that no client is refused while the spooler is replaced; only the listeners whose
+table changed are stopped and started again.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 from .. import MessageInfo, NewMessage, Spooler, StatusRow
@@ -33,11 +38,41 @@ class _ListenerUnconfigured(Exception):
 
 
 class _Running:
-    """One started listener: its settings and the object that serves it."""
+    """One started listener: its settings, what it was built from (``signature``), the
+    object that serves it, and its row's last state (code, text, detail)."""
 
-    def __init__(self, settings: ListenerSettings, server: Any) -> None:
+    def __init__(
+        self,
+        settings: ListenerSettings,
+        server: Any,
+        signature: tuple[Any, ...],
+        row: tuple[StatusCode, str, str | None],
+    ) -> None:
         self.settings = settings
         self.server = server
+        self.signature = signature
+        self.row = row
+
+
+def _signature(profile: Profile, settings: ListenerSettings) -> tuple[Any, ...]:
+    """Everything a listener is built from: after a reload, one whose signature is the
+    same keeps running."""
+    built = (settings, _with_hostname(settings.options, profile))
+    if not settings.processes:
+        return built
+    store = profile.store
+    return (
+        *built,
+        store.backend,
+        str(store.path),
+        store.synchronous,
+        store.dsn if store.backend == "postgres" else None,
+        profile.spooler.policy.lifetime,
+        profile.daemon.event_loop,
+        logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+        profile.secret_values,
+        profile.log.format,
+    )
 
 
 def _with_hostname(options: Mapping[str, Any], profile: Profile) -> dict[str, Any]:
@@ -66,9 +101,10 @@ class Listeners:
         self._submit = submit
         self._running: list[_Running] = []
 
-    async def start(self, profile: Profile) -> None:
+    async def start(self, profile: Profile, *, skip: Collection[str] = ()) -> None:
+        """Start the enabled listeners of ``profile`` (but those named in ``skip``)."""
         for settings in profile.listeners:
-            if not settings.enabled:
+            if not settings.enabled or settings.name in skip:
                 continue
             try:
                 if settings.missing:
@@ -91,10 +127,12 @@ class Listeners:
                 await _maybe_await(server.start())
                 port = getattr(server, "port", None)
                 host = settings.options.get("host", getattr(config, "host", "?"))
-                self._running.append(_Running(settings, server))
                 text = f"listening on {host}:{port}"
                 code = StatusCode.AVAILABLE | StatusCode.INBOUND_ENABLED
                 detail = _processes(settings.processes) if settings.processes else None
+                self._running.append(
+                    _Running(settings, server, _signature(profile, settings), (code, text, detail))
+                )
                 log.info("listener %r %s", settings.name, text)
             except Exception as exc:
                 text = "not listening"
@@ -106,10 +144,31 @@ class Listeners:
     async def stop(self) -> None:
         running, self._running = self._running, []
         for listener in running:
-            try:
-                await _maybe_await(listener.server.stop())
-            except Exception as exc:
-                log.warning("listener %r: stop failed: %s", listener.settings.name, exc)
+            await self._stop_one(listener)
+
+    async def reload(self, profile: Profile) -> None:
+        """After the spooler was replaced: listeners whose settings did not change go on
+        (their rows put on the new spooler's table); the others are stopped, and the
+        new or changed ones (and those that could not start before) are started."""
+        wanted = {s.name: s for s in profile.listeners if s.enabled}
+        kept: list[_Running] = []
+        for listener in self._running:
+            settings = wanted.get(listener.settings.name)
+            if settings is not None and _signature(profile, settings) == listener.signature:
+                kept.append(listener)
+            else:
+                log.info("listener %r: its settings changed, restarting it", listener.settings.name)
+                await self._stop_one(listener)
+        self._running = kept
+        for listener in kept:
+            self._row(listener.settings.name, *listener.row)
+        await self.start(profile, skip={listener.settings.name for listener in kept})
+
+    async def _stop_one(self, listener: _Running) -> None:
+        try:
+            await _maybe_await(listener.server.stop())
+        except Exception as exc:
+            log.warning("listener %r: stop failed: %s", listener.settings.name, exc)
 
     def statistics(self) -> dict[str, Any]:
         """Each running listener's statistics, by name."""
@@ -146,9 +205,16 @@ class Listeners:
         """The listener in processes of its own (``processes = N``): they commit to the
         store themselves and tell this daemon which transports to wake."""
 
+        last = RoutingTable(())
+
         def routes() -> RoutingTable:
+            # While a reload replaces the spooler, the last table it had (not none:
+            # the workers would take everything as unrouted meanwhile).
+            nonlocal last
             spooler = self._spooler()
-            return spooler.routing_table() if spooler is not None else RoutingTable(())
+            if spooler is not None:
+                last = spooler.routing_table()
+            return last
 
         def submitted(count: int, transports: frozenset[str], unrouted: bool) -> None:
             spooler = self._spooler()
@@ -158,12 +224,12 @@ class Listeners:
         def trouble(text: str) -> None:
             for listener in self._running:
                 if listener.settings is settings:
-                    self._row(
-                        settings.name,
+                    listener.row = (
                         StatusCode.AVAILABLE | StatusCode.INBOUND_ENABLED,
                         f"listening on {listener.server.config.host}:{listener.server.port}",
                         f"{_processes(settings.processes)}; {text}",
                     )
+                    self._row(settings.name, *listener.row)
 
         return ListenerProcesses(
             settings.name,

@@ -18,7 +18,9 @@
   ``STOPPING=1`` (:mod:`.notify`);
 * SIGHUP re-reads the profile: an invalid profile is logged and the running one
   kept; a valid one replaces the spooler (the old one shuts down as above, the new
-  one starts on the same store) and restarts the listeners;
+  one starts on the same store); the listeners whose settings did not change keep
+  their sockets and connections (a submission meanwhile waits for the new spooler),
+  the others are restarted;
 * with ``[daemon] workers = N`` it also runs N delivery worker processes, spooler
   nodes of their own on the same store (:mod:`.workers`): started before
   ``READY=1``, drained at the stop, told of a reload, started again when they die.
@@ -112,6 +114,8 @@ class Daemon:
         self._ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
+        self._submitting = 0  # listener submissions under way on the running spooler
+        self._submits_done = asyncio.Event()
         self._api = LocalApiServer(self, profile.daemon.socket, group=profile.daemon.socket_group)
         self._listeners = Listeners(lambda: self.spooler, self.submit)
         self._lock_file: IO[str] | None = None
@@ -361,7 +365,12 @@ class Daemon:
         old_profile = self.profile
         self._ready.clear()
         self._api.close_watchers()
-        await self._listeners.stop()
+        # The listeners go on accepting (their sockets stay open: no client is
+        # refused); a submission waits in current() for the new spooler.  Those that
+        # already have the old one finish on it before it closes.
+        while self._submitting:
+            self._submits_done.clear()
+            await self._submits_done.wait()
         old, self.spooler = self.spooler, None
         if old is not None:
             await old.aclose()
@@ -373,10 +382,10 @@ class Daemon:
             self.reload_error = f"the new profile could not start ({exc}); running the old one"
             self.spooler = await self._start_spooler(old_profile)
             self._ready.set()
-            await self._listeners.start(self.profile)
+            await self._listeners.reload(self.profile)
             return False
         self._ready.set()
-        await self._listeners.start(self.profile)
+        await self._listeners.reload(self.profile)
         self.workers.reload()
         self.reloads += 1
         self.reload_error = None
@@ -387,8 +396,16 @@ class Daemon:
         return True
 
     async def submit(self, message: NewMessage) -> MessageInfo:
-        """What the listeners call: commit durably through the running spooler."""
-        return await (await self.current()).submit(message)
+        """What the listeners call: commit durably through the running spooler (a
+        reload waits for these before it closes the spooler they were given)."""
+        spooler = await self.current()
+        self._submitting += 1
+        try:
+            return await spooler.submit(message)
+        finally:
+            self._submitting -= 1
+            if not self._submitting:
+                self._submits_done.set()
 
     def listener_statistics(self) -> dict[str, Any]:
         """Each running listener's statistics, by name (the ``statistics`` op)."""
