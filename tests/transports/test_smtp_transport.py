@@ -245,6 +245,28 @@ async def test_a_local_sender_goes_out_qualified_with_the_host_name() -> None:
     assert rec.received[0].mail_from == "postmaster@mail.example.net"
 
 
+@pytest.mark.parametrize("hostname", ["vm", "mail.example.net"])
+async def test_a_host_name_that_is_not_fully_qualified_is_warned_of(
+    hostname: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A relay may refuse MAIL FROM:<postmaster@vm> (Postfix: reject_non_fqdn_sender).
+    caplog.set_level(logging.WARNING)
+    rec = Recorder()
+    msg = message("SMTP:bob@example.org", sender="MAILDIR:postmaster")
+    async with aiosmtpd_server(rec) as srv:
+        opts = options(srv.port)
+        async with open_spooler(opts, hostname=hostname) as sp:
+            state, _ = await send(sp, msg)
+    assert state is MessageState.SENT
+    assert rec.received[0].mail_from == f"postmaster@{hostname}"
+    warned = [r.getMessage() for r in caplog.records if "not fully qualified" in r.getMessage()]
+    if "." in hostname:
+        assert warned == []
+    else:
+        assert len(warned) == 1, warned
+        assert "postmaster@vm" in warned[0] and "set hostname in the profile" in warned[0]
+
+
 def test_envelope_sender_of_each_kind_of_sender() -> None:
     origin = "mail.example.net"
     assert envelope_sender(Address.parse("SMTP:alice@example.org"), origin) == "alice@example.org"

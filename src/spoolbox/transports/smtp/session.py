@@ -83,7 +83,7 @@ class SMTPSession(BaseTransportSession):
         # local@<this host's mail name>; the EHLO name stands in for one that is not a
         # usable host name.
         origin = support.hostname
-        self._origin = origin if usable_helo(origin) else helo_name
+        self.origin = origin if usable_helo(origin) else helo_name
         self._cancelled: set[str] = set()
         self.counts = {"delivered": 0, "failed": 0, "deferred": 0, "messages": 0}
         self.last_error = ""
@@ -218,7 +218,7 @@ class SMTPSession(BaseTransportSession):
                 f"x-spoolbox; message of {size} bytes is over this transport's "
                 f"max_message_size of {s.max_message_size} bytes",
             )
-        mail_from = envelope_sender(message.sender, self._origin)
+        mail_from = envelope_sender(message.sender, self.origin)
         if _BAD_ADDRESS_RE.search(mail_from):
             raise Failure("5.1.7", f"x-spoolbox; sender {mail_from!r} cannot be used in MAIL FROM")
         todo: list[OutboundRecipient] = []
