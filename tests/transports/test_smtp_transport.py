@@ -246,10 +246,11 @@ async def test_a_local_sender_goes_out_qualified_with_the_host_name() -> None:
 
 
 @pytest.mark.parametrize("hostname", ["vm", "mail.example.net"])
-async def test_a_host_name_that_is_not_fully_qualified_is_warned_of(
+async def test_a_local_sender_under_a_host_name_not_fully_qualified_is_warned_of(
     hostname: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # A relay may refuse MAIL FROM:<postmaster@vm> (Postfix: reject_non_fqdn_sender).
+    # A relay may refuse MAIL FROM:<postmaster@vm> (Postfix: reject_non_fqdn_sender):
+    # said once a logon, when a local sender first goes out so.
     caplog.set_level(logging.WARNING)
     rec = Recorder()
     msg = message("SMTP:bob@example.org", sender="MAILDIR:postmaster")
@@ -257,6 +258,8 @@ async def test_a_host_name_that_is_not_fully_qualified_is_warned_of(
         opts = options(srv.port)
         async with open_spooler(opts, hostname=hostname) as sp:
             state, _ = await send(sp, msg)
+            await send(sp, message("SMTP:bob@example.org", sender="MAILDIR:postmaster"))
+            await send(sp, message("SMTP:bob@example.org"))  # an SMTP sender: nothing to say
     assert state is MessageState.SENT
     assert rec.received[0].mail_from == f"postmaster@{hostname}"
     warned = [r.getMessage() for r in caplog.records if "not fully qualified" in r.getMessage()]
@@ -264,7 +267,8 @@ async def test_a_host_name_that_is_not_fully_qualified_is_warned_of(
         assert warned == []
     else:
         assert len(warned) == 1, warned
-        assert "postmaster@vm" in warned[0] and "set hostname in the profile" in warned[0]
+        assert "MAIL FROM:<postmaster@vm>" in warned[0], warned
+        assert "set hostname in the profile" in warned[0], warned
 
 
 def test_envelope_sender_of_each_kind_of_sender() -> None:

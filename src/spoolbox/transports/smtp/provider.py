@@ -48,15 +48,6 @@ class SMTPProvider:
                 settings.where,
             )
         session = SMTPSession(support, settings, context, helo)
-        if "." not in session.origin:
-            support.logger.warning(
-                "smtp transport %r: this host's mail name %r is not fully qualified: mail "
-                "from a local sender (MAILDIR:postmaster) goes out as postmaster@%s, "
-                "which relays may refuse; set hostname in the profile",
-                support.transport_name,
-                session.origin,
-                session.origin,
-            )
         support.modify_status_row(
             update=False, status_code=StatusCode.AVAILABLE, status_string=session.describe()
         )

@@ -84,6 +84,7 @@ class SMTPSession(BaseTransportSession):
         # usable host name.
         origin = support.hostname
         self.origin = origin if usable_helo(origin) else helo_name
+        self._origin_told = False
         self._cancelled: set[str] = set()
         self.counts = {"delivered": 0, "failed": 0, "deferred": 0, "messages": 0}
         self.last_error = ""
@@ -102,6 +103,20 @@ class SMTPSession(BaseTransportSession):
     @property
     def connections_opened(self) -> int:
         return self.pool.opened
+
+    def _tell_origin(self, sender: str, mail_from: str) -> None:
+        """Once a logon: a local sender went out under a host name that is not fully
+        qualified (``vm``), which relays may refuse (Postfix: reject_non_fqdn_sender)."""
+        self._origin_told = True
+        if "." not in self.origin:
+            self.support.logger.warning(
+                "smtp transport %r: the local sender %s goes out as MAIL FROM:<%s>, under "
+                "a host name that is not fully qualified, which relays may refuse; set "
+                "hostname in the profile (or send from an SMTP: address)",
+                self.support.transport_name,
+                sender,
+                mail_from,
+            )
 
     def describe(self) -> str:
         s = self.settings
@@ -218,7 +233,10 @@ class SMTPSession(BaseTransportSession):
                 f"x-spoolbox; message of {size} bytes is over this transport's "
                 f"max_message_size of {s.max_message_size} bytes",
             )
-        mail_from = envelope_sender(message.sender, self.origin)
+        sender = message.sender
+        mail_from = envelope_sender(sender, self.origin)
+        if sender is not None and sender.type != ADDRESS_TYPE and not self._origin_told:
+            self._tell_origin(str(sender), mail_from)
         if _BAD_ADDRESS_RE.search(mail_from):
             raise Failure("5.1.7", f"x-spoolbox; sender {mail_from!r} cannot be used in MAIL FROM")
         todo: list[OutboundRecipient] = []
