@@ -221,10 +221,10 @@ class StoreFile:
             self.stats.rollbacks += 1
             raise
         self.stats.write_seconds += time.monotonic() - began
-        self.after_commit(durable)
         self.stats.commits += 1
         if not durable:
             self.stats.progress_commits += 1
+        self.after_commit(durable)
         return result
 
     def after_commit(self, durable: bool) -> None:
