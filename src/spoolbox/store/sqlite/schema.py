@@ -65,6 +65,7 @@ __all__ = [
     "MIGRATIONS",
     "PAGE_SIZE",
     "SCHEMA_VERSION",
+    "WAL_SIZE_LIMIT",
     "connect",
     "split_statements",
 ]
@@ -87,6 +88,12 @@ PAGE_SIZE = 1024
 #: The WAL is checkpointed when it holds this many bytes of pages (SQLite's default of
 #: 1,000 pages, at the 4 KiB pages of the stores made before PAGE_SIZE).
 WAL_CHECKPOINT_BYTES = 4000 * 1024
+
+#: The WAL file is cut back to this size when a checkpoint lets the log start over.
+#: It grows past WAL_CHECKPOINT_BYTES only while a reader holds an old snapshot (a long
+#: queue listing, a large message read in chunks) during a burst of writes; without a
+#: limit it would keep that size for as long as the store is open.
+WAL_SIZE_LIMIT = 4 * WAL_CHECKPOINT_BYTES
 
 _V1 = """
 CREATE TABLE blobs (
@@ -410,6 +417,7 @@ def _prepare(conn: sqlite3.Connection, path: str, synchronous: str) -> None:
         # default is 1,000 pages: 4 MiB of 4 KiB pages, 1 MiB of 1 KiB ones).
         page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
         conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_BYTES // page_size}")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         _migrate(conn)
         # From here on, waits for another process's lock are the caller's.
         conn.execute("PRAGMA busy_timeout = 0")
