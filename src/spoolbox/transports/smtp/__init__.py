@@ -6,8 +6,8 @@ is, ``<>`` when it has none (delivery reports), a local sender of another type
 (``MAILDIR:postmaster``, ``spoolbox init``'s default) qualified with the profile's
 ``hostname`` (``postmaster@HOST``, as Postfix appends ``myorigin`` and as ``spoolbox
 send`` writes its From), ``<>`` for one with no such form; one ``RCPT TO`` per
-recipient this transport is responsible for, then ``DATA`` with the content byte for byte (dot
-stuffed, bare CR and LF written as CRLF, as RFC 5321 asks).
+recipient this transport is responsible for, then ``DATA`` with the content byte for
+byte (dot stuffed, bare CR and LF written as CRLF, as RFC 5321 asks).
 
 The logon reads the settings; connections are made when there is mail to send, and
 kept (``max_connections`` at most).  ``validate_state`` (``Spooler.validate_state``,

@@ -108,7 +108,7 @@ class SMTPSession(BaseTransportSession):
         """Once a logon: a local sender went out under a host name that is not fully
         qualified (``vm``), which relays may refuse (Postfix: reject_non_fqdn_sender)."""
         self._origin_told = True
-        if "." not in self.origin:
+        if mail_from and "." not in self.origin:
             self.support.logger.warning(
                 "smtp transport %r: the local sender %s goes out as MAIL FROM:<%s>, under "
                 "a host name that is not fully qualified, which relays may refuse; set "
