@@ -5,8 +5,9 @@ connection is cut reconnects and says "look at everything"."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import psycopg
 from sqlite_helpers import T0, new_message
@@ -18,6 +19,15 @@ from spoolbox.store.postgres import ANY, ROUTE, PostgresStore
 _R = RecipientState
 #: A guard against a hang, never a measure: the wake-ups come in milliseconds.
 GUARD = 30.0
+
+
+@contextlib.asynccontextmanager
+async def _two_nodes(dsn: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore, _Heard]]:
+    """Two nodes' stores on one database, and what node b (listening) hears."""
+    async with PostgresStore(dsn) as a, PostgresStore(dsn) as b:
+        heard = _Heard()
+        await b.listen(heard)
+        yield a, b, heard
 
 
 class _Heard:
@@ -44,9 +54,7 @@ async def test_a_submit_on_one_node_wakes_a_claimer_on_another(
     pg_database: Callable[[], str],
 ) -> None:
     dsn = pg_database()
-    async with PostgresStore(dsn) as a, PostgresStore(dsn) as b:
-        heard = _Heard()
-        await b.listen(heard)
+    async with _two_nodes(dsn) as (a, b, heard):
         assert await b.claim("x", owner="node-b", now=T0, lease=30) == []
         await a.submit(new_message(1, "X:bob", "Y:carol"), now=T0, lifetime=3600, routes=["x", "y"])
         await heard.wait_for("x")
@@ -59,9 +67,7 @@ async def test_unrouted_submits_then_routes_then_requeues_are_announced(
     pg_database: Callable[[], str],
 ) -> None:
     dsn = pg_database()
-    async with PostgresStore(dsn) as a, PostgresStore(dsn) as b:
-        heard = _Heard()
-        await b.listen(heard)
+    async with _two_nodes(dsn) as (a, _, heard):
         await a.submit(new_message(1, "X:bob"), now=T0, lifetime=3600)
         await heard.wait_for(ROUTE)
         assert "x" not in heard.payloads
@@ -90,9 +96,7 @@ async def test_a_listener_whose_connection_is_cut_reconnects(
     pg_database: Callable[[], str],
 ) -> None:
     dsn = pg_database()
-    async with PostgresStore(dsn) as a, PostgresStore(dsn) as b:
-        heard = _Heard()
-        await b.listen(heard)
+    async with _two_nodes(dsn) as (a, _, heard):
         with psycopg.connect(dsn, autocommit=True) as admin:
             cut = admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -112,9 +116,7 @@ async def test_a_hand_off_wakes_only_the_transports_it_did_not_claim_for(
     # nothing: empty claims, each a statement, once per message of a relay).  Its
     # other transports, and a hand-off of a message not ready yet, still wake.
     dsn = pg_database()
-    async with PostgresStore(dsn) as a, PostgresStore(dsn) as b:
-        heard = _Heard()
-        await b.listen(heard)
+    async with _two_nodes(dsn) as (a, _, heard):
         info, job = await a.submit_claiming(
             new_message(1, "X:bob", "Y:carol"),
             now=T0,

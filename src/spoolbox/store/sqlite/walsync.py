@@ -52,7 +52,6 @@ class WalSync:
         self.wal_path = real + "-wal"
         self._fsync = fsync
         self._fd: int | None = None
-        self.syncs = 0  # syncs made
         self.opened = 0  # WAL files opened (and their directory synced)
 
     def sync(self) -> None:
@@ -66,10 +65,8 @@ class WalSync:
                 # No WAL (a connection that is not ours checkpointed and removed it
                 # before ours wrote): what was committed is in the database file.
                 self._sync_path(self.db_path)
-                self.syncs += 1
                 return
         self._fsync(fd)
-        self.syncs += 1
 
     def close(self) -> None:
         if self._fd is not None:
