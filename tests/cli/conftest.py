@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,11 +87,13 @@ class Daemons:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, home: Home, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, home: Home, env: dict[str, str] | None = None, args: Sequence[str] = ()
+    ) -> subprocess.Popen[bytes]:
         log_path = home.path / f"daemon-{len(self.procs)}.log"
         log = open(log_path, "wb")  # noqa: SIM115
         proc = subprocess.Popen(
-            [*CLI, "--profile", str(home.profile), "run", "--no-nice"],
+            [*CLI, "--profile", str(home.profile), "run", "--no-nice", *args],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

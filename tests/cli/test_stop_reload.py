@@ -204,3 +204,75 @@ def test_a_reload_leaves_an_unchanged_listener_alone_in_the_log(
     assert "restarting it" not in log, log
     # One listener process started, and stopped once (at the stop, not at the reload).
     assert log.count("SMTP submission listener stopped") == 1, log
+
+
+def _log_level(home: Home, level: str) -> None:
+    text = home.profile.read_text()
+    home.profile.write_text(
+        re.sub(r'^log_level = ".*"$', f'log_level = "{level}"', text, count=1, flags=re.M)
+    )
+
+
+def test_a_reload_changes_the_log_level_here_and_in_the_listener_processes(
+    home: Home, daemons: Daemons
+) -> None:
+    _listener(home, 1)
+    _log_level(home, "warning")
+    proc = daemons.start(home)
+    wait_until("the listener", lambda: _listening(home).startswith("listening on"))
+    port = int(_listening(home).rsplit(":", 1)[1])
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        _send(client, "at-warning")
+    wait_until("delivery", lambda: "at-warning" in home.delivered())
+    _log_level(home, "debug")
+    assert home.run("reload").returncode == 0
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        _send(client, "at-debug")
+    wait_until("delivery", lambda: "at-debug" in home.delivered())
+    assert daemons.stop(proc) == 0
+    log = (home.path / "daemon-0.log").read_text()
+    assert "log level now debug (was warning)" in log, log
+    assert "restarting it" not in log, log  # the listener kept its process
+    # The listener process's own debug line, for the second connection only; the
+    # daemon's delivery line (INFO) for the second message only.
+    assert log.count("SMTP connection from") == 1, log
+    assert "status=sent" in log, log
+    assert log.index("log level now debug") < log.index("status=sent"), log
+    assert "Traceback" not in log, log
+
+
+def test_run_log_level_wins_over_the_level_a_reload_brings(home: Home, daemons: Daemons) -> None:
+    _log_level(home, "info")
+    proc = daemons.start(home, args=["--log-level", "warning"])
+    _log_level(home, "debug")
+    assert home.run("reload").returncode == 0
+    assert home.run("send", "--to", "MAILDIR:bob", "--subject", "s", "--body", "x").returncode == 0
+    wait_until("delivery", lambda: len(home.delivered()) == 1)
+    assert daemons.stop(proc) == 0
+    log = (home.path / "daemon-0.log").read_text()
+    assert "`spoolbox run --log-level warning` sets it: the level stays warning" in log, log
+    assert "status=sent" not in log, log  # INFO: still below the level
+
+
+def test_a_reload_changes_the_log_level_of_the_delivery_workers(
+    home: Home, daemons: Daemons
+) -> None:
+    _log_level(home, "warning")
+    home.profile.write_text(
+        home.profile.read_text().replace("[daemon]\n", "[daemon]\nworkers = 1\n", 1)
+    )
+    proc = daemons.start(home)
+    wait_until("the worker", lambda: "delivery worker" in _rows(home))
+    _log_level(home, "info")
+    assert home.run("reload").returncode == 0
+    assert daemons.stop(proc) == 0
+    log = (home.path / "daemon-0.log").read_text()
+    # The worker's own INFO line for the reload it made after the level came.
+    assert re.search(r"w1.*profile reloaded", log), log
+    # The worker and the listener process closed their end of the pipe at the stop
+    # (with warnings as errors, an unclosed one failed the event loop's close).
+    assert "Traceback" not in log, log
+
+
+def _rows(home: Home) -> str:
+    return " ".join(str(r) for r in home.json("status")["rows"])

@@ -33,7 +33,7 @@ from .._core.node import start_node
 from ..profile import Profile, ProfileError, load_profile
 from .delivery_protocol import STATS_INTERVAL, DeliverySpec, store_counters
 from .log_format import choose_format
-from .pipes import serve_control_lines
+from .pipes import serve_control_lines, stdin_lines
 from .runtime import configure_logging, event_loop_runner
 from .store_backend import store_from_settings, wake_on_other_nodes
 
@@ -105,17 +105,14 @@ class _DeliveryWorker:
             self.send({"ready": True, "pid": os.getpid(), "node": self.spec.node})
             log.info("delivering as node %s (pid %d)", self.spec.node, os.getpid())
             logons = asyncio.ensure_future(self._say_logged_on(self.spooler))
-            reader = asyncio.StreamReader(limit=1024 * 1024)
-            await loop.connect_read_pipe(
-                lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0)
-            )
-            await serve_control_lines(
-                reader,
-                stop,
-                interval=STATS_INTERVAL,
-                on_line=self._control,
-                on_tick=lambda: self._send_stats(self.spooler),
-            )
+            async with stdin_lines(1024 * 1024) as reader:
+                await serve_control_lines(
+                    reader,
+                    stop,
+                    interval=STATS_INTERVAL,
+                    on_line=self._control,
+                    on_tick=lambda: self._send_stats(self.spooler),
+                )
             logons.cancel()
             log.info("stopping: finishing the deliveries in hand")
             return 0
@@ -139,6 +136,9 @@ class _DeliveryWorker:
         except ValueError:
             log.warning("unreadable control line %r", line[:200])
             return
+        if isinstance(msg, dict) and "log_level" in msg:
+            with contextlib.suppress(ValueError, TypeError):
+                logging.getLogger().setLevel(str(msg["log_level"]))
         spooler = self.spooler
         if "wake" in msg and spooler is not None:
             if msg.get("route"):

@@ -283,13 +283,21 @@ class ListenerProcesses:
             await asyncio.sleep(ROUTES_INTERVAL)
             self._send_routes_if_changed()
 
+    def set_log_level(self, level: str) -> None:
+        """Log at ``level`` from now on: the running workers are told, those started
+        later get it with their settings."""
+        self._log_level = level
+        self._tell_all(json.dumps({"log_level": level}).encode() + b"\n")
+
     def _send_routes_if_changed(self) -> None:
         table = self._routes()
         if table is self._sent_table or table == self._sent_table:
             self._sent_table = table
             return
         self._sent_table = table
-        line = json.dumps({"routes": table_to_json(table)}).encode() + b"\n"
+        self._tell_all(json.dumps({"routes": table_to_json(table)}).encode() + b"\n")
+
+    def _tell_all(self, line: bytes) -> None:
         for worker in self._workers:
             process = worker.proc
             if process is not None and process.returncode is None and process.stdin is not None:

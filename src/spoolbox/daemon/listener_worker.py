@@ -30,7 +30,7 @@ from ..routing import refusal
 from ..store.postgres_open import postgres_store
 from ..store.sqlite import SQLiteStore
 from .log_format import choose_format
-from .pipes import serve_control_lines
+from .pipes import serve_control_lines, stdin_lines
 from .runtime import configure_logging, event_loop_runner
 from .worker_protocol import STATS_INTERVAL, WorkerSpec, table_from_json
 
@@ -159,18 +159,19 @@ class _WorkerProcess:
             self.listener = listener
             self._write({"ready": True, "pid": os.getpid()})
             self._send_stats()  # the counters, all 0: the daemon knows every key from now
-            reader = asyncio.StreamReader(limit=16 * 1024 * 1024)
-            await loop.connect_read_pipe(
-                lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0)
-            )
 
             async def control(line: bytes) -> None:
                 self._control(line)
 
             # The counters when they changed: each second, or after a line.
-            await serve_control_lines(
-                reader, stop, interval=STATS_INTERVAL, on_line=control, on_tick=self._send_stats
-            )
+            async with stdin_lines(16 * 1024 * 1024) as reader:
+                await serve_control_lines(
+                    reader,
+                    stop,
+                    interval=STATS_INTERVAL,
+                    on_line=control,
+                    on_tick=self._send_stats,
+                )
             await listener.stop()
             self._send_stats()
             return 0
@@ -178,10 +179,15 @@ class _WorkerProcess:
             await self.store.close()
 
     def _control(self, line: bytes) -> None:
+        """A line from the daemon: the routing table (``routes``), the log level
+        (``log_level``, after a reload)."""
         try:
             msg = json.loads(line)
-            self.table = table_from_json(msg["routes"])
-        except (ValueError, KeyError, TypeError) as exc:
+            if "routes" in msg:
+                self.table = table_from_json(msg["routes"])
+            if "log_level" in msg:
+                logging.getLogger().setLevel(str(msg["log_level"]))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("unreadable control line %r: %s", line[:200], exc)
 
 

@@ -69,7 +69,6 @@ def _signature(profile: Profile, settings: ListenerSettings) -> tuple[Any, ...]:
         store.dsn if store.backend == "postgres" else None,
         profile.spooler.policy.lifetime,
         profile.daemon.event_loop,
-        logging.getLevelName(logging.getLogger().getEffectiveLevel()),
         profile.secret_values,
         profile.log.format,
     )
@@ -163,6 +162,14 @@ class Listeners:
         for listener in kept:
             self._row(listener.settings.name, *listener.row)
         await self.start(profile, skip={listener.settings.name for listener in kept})
+
+    def set_log_level(self, level: str) -> None:
+        """A reload changed the log level: listeners in processes of their own log at
+        ``level`` from now on (this process's logger is the daemon's)."""
+        for listener in self._running:
+            setter = getattr(listener.server, "set_log_level", None)
+            if callable(setter):
+                setter(level)
 
     async def _stop_one(self, listener: _Running) -> None:
         try:

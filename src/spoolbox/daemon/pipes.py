@@ -1,6 +1,8 @@
 """The line pipes between the daemon and its worker processes (listener workers,
 :mod:`.listener_processes`; delivery workers, :mod:`.workers`), both ends:
 
+* :func:`stdin_lines`: a worker's reader of its stdin, the daemon's end of the pipe
+  (its transport closed when the worker is done with it);
 * :func:`serve_control_lines`: a worker reads the daemon's lines on its stdin until
   it ends (the daemon closed it, or died) or the worker is told to stop, and does
   its periodic chore (its counters to the daemon) after each line and at least
@@ -19,10 +21,11 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final
 
-__all__ = ["end_processes", "hand_over", "serve_control_lines"]
+__all__ = ["end_processes", "hand_over", "serve_control_lines", "stdin_lines"]
 
 log = logging.getLogger("spoolbox.daemon")
 
@@ -30,6 +33,22 @@ log = logging.getLogger("spoolbox.daemon")
 #: exit on its own before it is killed.
 _EXITING: Final = 5.0
 _AFTER_ERROR: Final = 0.5
+
+
+@contextlib.asynccontextmanager
+async def stdin_lines(limit: int) -> AsyncIterator[asyncio.StreamReader]:
+    """A reader of this process's stdin (the daemon's lines), its pipe transport closed
+    at the end: left open, the event loop's close finds a handle still open (uvloop
+    fails the close with EBUSY) and the file object is never closed."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=limit)
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0)
+    )
+    try:
+        yield reader
+    finally:
+        transport.close()
 
 
 async def serve_control_lines(

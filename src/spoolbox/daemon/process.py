@@ -105,8 +105,11 @@ class Daemon:
         extra_secrets: Mapping[tuple[str, str], str] | None = None,
         services: Sequence[ServiceFactory] = (),
         workers: int | None = None,
+        log_level: str | None = None,
     ) -> None:
         self.profile = profile
+        #: ``run --log-level``: it wins over ``[log] level``, at a reload too
+        self._log_level_from_cli = log_level
         self.interactive = interactive
         self.renice = renice
         self.extra_secrets = dict(extra_secrets or {})
@@ -348,6 +351,28 @@ class Daemon:
             self.reload_attempts += 1
         return done
 
+    def _reload_logging(self, old: Profile, new: Profile) -> None:
+        """A reload's ``[log] level`` takes effect at once, here and in the listener
+        and delivery worker processes (unless ``run --log-level`` set it); a changed
+        ``[log] format`` at the next start."""
+        if new.log.format != old.log.format:
+            log.warning("[log] format changed: it takes effect at the next start")
+        if new.log.level == old.log.level:
+            return
+        if self._log_level_from_cli is not None:
+            log.warning(
+                "[log] level changed to %s, but `spoolbox run --log-level %s` sets it: "
+                "the level stays %s",
+                new.log.level.lower(),
+                self._log_level_from_cli.lower(),
+                self._log_level_from_cli.lower(),
+            )
+            return
+        logging.getLogger().setLevel(new.log.level)
+        self._listeners.set_log_level(new.log.level)
+        self.workers.set_log_level(new.log.level)
+        log.warning("log level now %s (was %s)", new.log.level.lower(), old.log.level.lower())
+
     async def _reload_profile(self) -> bool:
         try:
             new = load_profile(self.profile.path, extra_secrets=self.extra_secrets)
@@ -385,6 +410,7 @@ class Daemon:
             await self._listeners.reload(self.profile)
             return False
         self._ready.set()
+        self._reload_logging(old_profile, new)
         await self._listeners.reload(self.profile)
         self.workers.reload()
         self.reloads += 1
@@ -471,6 +497,7 @@ def run_daemon(
             extra_secrets=extra_secrets,
             services=services,
             workers=workers,
+            log_level=log_level,
         )
         holder["daemon"] = daemon
         return await daemon.run()

@@ -329,6 +329,13 @@ class DeliveryWorkers:
             else:
                 self._tell(worker, {"reload": True})
 
+    def set_log_level(self, level: str) -> None:
+        """Log at ``level`` from now on (a reload changed it): the running workers are
+        told, those started later get it with their settings."""
+        self._log_level = level
+        for worker in self._workers:
+            self._tell(worker, {"log_level": level})
+
     def _flush_wakes(self) -> None:
         self._flush_scheduled = False
         for worker in self._workers:
