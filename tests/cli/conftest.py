@@ -86,11 +86,13 @@ class Daemons:
 
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []
 
     def start(
         self, home: Home, env: dict[str, str] | None = None, args: Sequence[str] = ()
     ) -> subprocess.Popen[bytes]:
         log_path = home.path / f"daemon-{len(self.procs)}.log"
+        self.logs.append(log_path)
         log = open(log_path, "wb")  # noqa: SIM115
         proc = subprocess.Popen(
             [*CLI, "--profile", str(home.profile), "run", "--no-nice", *args],
@@ -120,6 +122,15 @@ class Daemons:
                 p.kill()
                 p.wait()
 
+    def tracebacks(self) -> list[str]:
+        """The logs of the daemons started (their stderr, their workers' too) that
+        hold a traceback: a process that ended or failed in a way nobody handled."""
+        return [
+            f"{path}:\n{text}"
+            for path in self.logs
+            if path.exists() and "Traceback" in (text := path.read_text(errors="replace"))
+        ]
+
 
 @pytest.fixture
 def home(tmp_path: Path) -> Home:
@@ -137,8 +148,12 @@ def home(tmp_path: Path) -> Home:
 
 @pytest.fixture
 def daemons() -> Iterator[Daemons]:
+    """The daemons a test starts, killed at its end if still running; the test fails
+    if one of them logged a traceback (a worker process's included)."""
     d = Daemons()
     try:
         yield d
     finally:
         d.close()
+    found = d.tracebacks()
+    assert not found, "a daemon logged a traceback:\n" + "\n".join(t[-3000:] for t in found)

@@ -70,3 +70,7 @@ def cluster(tmp_path: Path, shared_store: nodes.SharedStore) -> Iterator[nodes.C
         yield c
     finally:
         c.stop_all()
+    # A node's log with a traceback: something failed that nobody handled (a store
+    # that is down is logged in one line per streak, without one).
+    found = [f"{n.name}:\n{n.log()[-3000:]}" for n in c.nodes.values() if "Traceback" in n.log()]
+    assert not found, "a node logged a traceback:\n" + "\n".join(found)

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from ..model import RecipientState
 from ..store import RecipientUpdate
 from ..store.retention import Retention
+from .chores import ChoreTrouble
 from .runtime import SPOOLER_ROW, Runtime
 
 __all__ = ["PURGE_BATCH", "PURGE_INTERVAL", "Housekeeper"]
@@ -51,12 +52,16 @@ class Housekeeper:
     async def run(self) -> None:
         """Keep house until cancelled; a failed round is logged and retried."""
         runtime = self._runtime
+        trouble = ChoreTrouble("housekeeping", log)
         while True:
+            interval = runtime.policy.housekeeping_interval
             try:
                 await self.once()
-            except Exception:
-                log.exception("housekeeping failed; retrying")
-            await runtime.clock.sleep(runtime.policy.housekeeping_interval)
+            except Exception as exc:
+                trouble.failed(exc, f"retrying in {interval:g} s")
+            else:
+                trouble.ok()
+            await runtime.clock.sleep(interval)
 
     async def once(self) -> None:
         runtime = self._runtime

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from ..model import RecipientState
 from ..routing import NoRoute, Route, RouteEntry, RoutingTable
 from ..store import RecipientUpdate
+from .chores import ChoreTrouble
 from .clock import wait_event
 from .runtime import Runtime
 
@@ -63,13 +64,17 @@ class Router:
 
     async def run(self) -> None:
         """Route now and then, until cancelled."""
+        trouble = ChoreTrouble("routing", log)
         while True:
             self._event.clear()
+            interval = self._runtime.policy.router_interval
             try:
                 await self.route_now()
-            except Exception:
-                log.exception("routing failed; retrying")
-            await wait_event(self._runtime.clock, self._event, self._runtime.policy.router_interval)
+            except Exception as exc:
+                trouble.failed(exc, f"retrying within {interval:g} s")
+            else:
+                trouble.ok()
+            await wait_event(self._runtime.clock, self._event, interval)
 
     async def route_now(self) -> None:
         """Route whatever waits for routing, now (a flush does this first)."""

@@ -77,6 +77,6 @@ def failing_line(name: str, reason: str, retry: str = "") -> str:
     return f"{name}: {reason}" + (f"; {retry}" if retry else "")
 
 
-def recovered_line(name: str, failures: int) -> str:
+def recovered_line(name: str, failures: int, state: str = "back online") -> str:
     """The INFO that ends one: ``relay: back online after 3 failures``."""
-    return f"{name}: back online after {failures} failure{'' if failures == 1 else 's'}"
+    return f"{name}: {state} after {failures} failure{'' if failures == 1 else 's'}"

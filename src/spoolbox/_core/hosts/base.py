@@ -37,6 +37,7 @@ from ...model import (
     TransportNotifyFlags,
 )
 from ...status import StatusRow
+from ...store import StoreError
 from .. import deadline
 from ..clock import wait_event
 from ..config import TransportConfig
@@ -320,7 +321,8 @@ class HostBase:
             Source.CALL,
             text,
             f"paused {pause:.0f} s" if pause is not None else "",
-            exc=None if isinstance(exc, WaitRetry) else exc,
+            # (a store that failed the call's settle says all in its error's text)
+            exc=None if isinstance(exc, (WaitRetry, StoreError)) else exc,
         )
         if pause is not None:
             self._cooldown_until = self.runtime.clock.now() + pause

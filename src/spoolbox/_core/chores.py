@@ -1,0 +1,50 @@
+"""How a background chore of the spooler (routing, housekeeping) logs a store that
+fails it: as a transport's trouble (:mod:`.trouble`), once per streak.
+
+A store that cannot be reached (a PostgreSQL restart, a connection cut) fails every
+round of every chore until it is back; the spooler's row says "store unavailable"
+meanwhile.  A chore's first failure is one WARNING line with the store's error (no
+traceback: the error is the store's, not a bug), the next ones DEBUG, the round that
+works again one INFO line.  Any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..store import StoreError
+from .trouble import Change, Source, Trouble, failing_line, recovered_line
+
+__all__ = ["ChoreTrouble"]
+
+
+class ChoreTrouble:
+    """The trouble streak of one chore, ``name`` in its log lines."""
+
+    def __init__(self, name: str, log: logging.Logger) -> None:
+        self._name = name
+        self._log = log
+        self._trouble = Trouble()
+
+    @property
+    def failing(self) -> bool:
+        return self._trouble.failing
+
+    def failed(self, exc: Exception, retry: str) -> None:
+        """A round raised ``exc``; the chore retries as ``retry`` says."""
+        if not isinstance(exc, StoreError):
+            self._log.error("%s failed; %s", self._name, retry, exc_info=exc)
+            return
+        self._trouble, change = self._trouble.failed(Source.CALL, str(exc))
+        line = failing_line(self._name, f"the store failed: {exc}", retry)
+        if change is Change.STARTED:
+            self._log.warning("%s", line)
+        else:
+            self._log.debug("%s (%d failures in a row)", line, self._trouble.failures)
+
+    def ok(self) -> None:
+        """A round worked."""
+        failures = self._trouble.failures
+        self._trouble, change = self._trouble.succeeded(Source.CALL)
+        if change is Change.RECOVERED:
+            self._log.info("%s", recovered_line(self._name, failures, "working again"))

@@ -1,0 +1,162 @@
+"""How the spooler's background chores (routing, housekeeping) log a store that fails
+them (spoolbox._core.chores): one WARNING line when a streak starts, with the store's
+error and no traceback; DEBUG while it lasts; one INFO line when a round works again.
+Any other exception is a bug: ERROR with its traceback, every time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from helpers import FAST, message, transport
+
+from spoolbox import AlwaysIdle, Spooler, SpoolerConfig
+from spoolbox._core.chores import ChoreTrouble
+from spoolbox.store import MemoryStore, StoreError
+from spoolbox.testing import Script
+
+DOWN = "PostgreSQL store postgresql://db/spool: terminating connection due to administrator command"
+log = logging.getLogger("spoolbox.test.chores")
+
+
+def _lines(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str, bool]]:
+    return [(r.levelno, r.getMessage(), r.exc_info is not None) for r in caplog.records]
+
+
+def test_a_store_streak_is_one_warning_then_debug_then_one_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger=log.name)
+    trouble = ChoreTrouble("routing", log)
+    trouble.ok()  # nothing to end
+    for _ in range(3):
+        trouble.failed(StoreError(DOWN), "retrying within 5 s")
+    assert trouble.failing
+    trouble.ok()
+    trouble.ok()
+    assert not trouble.failing
+    assert _lines(caplog) == [
+        (logging.WARNING, f"routing: the store failed: {DOWN}; retrying within 5 s", False),
+        (
+            logging.DEBUG,
+            f"routing: the store failed: {DOWN}; retrying within 5 s (2 failures in a row)",
+            False,
+        ),
+        (
+            logging.DEBUG,
+            f"routing: the store failed: {DOWN}; retrying within 5 s (3 failures in a row)",
+            False,
+        ),
+        (logging.INFO, "routing: working again after 3 failures", False),
+    ]
+
+
+def test_any_other_exception_is_an_error_with_its_traceback_each_time(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger=log.name)
+    trouble = ChoreTrouble("housekeeping", log)
+    for _ in range(2):
+        trouble.failed(KeyError("bug"), "retrying in 1 s")
+    assert not trouble.failing  # a bug is no store streak
+    assert _lines(caplog) == [(logging.ERROR, "housekeeping failed; retrying in 1 s", True)] * 2
+
+
+class _DownStore(MemoryStore):
+    """A memory store whose routing and housekeeping reads fail while ``down``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+        self.failed: dict[str, int] = {"unrouted": 0, "release_expired": 0}
+
+    async def unrouted(self, **kw: Any) -> Any:
+        if self.down:
+            self.failed["unrouted"] += 1
+            raise StoreError(DOWN)
+        return await super().unrouted(**kw)
+
+    async def release_expired(self, **kw: Any) -> Any:
+        if self.down:
+            self.failed["release_expired"] += 1
+            raise StoreError(DOWN)
+        return await super().release_expired(**kw)
+
+
+async def test_a_spooler_whose_store_is_down_logs_each_chore_once_and_its_return(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="spoolbox.spooler")
+    store = _DownStore()
+    cfg = SpoolerConfig(transports=(), policy=FAST, node="test-node")
+    async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
+        await sp.wait_ready(timeout=5)
+        for _ in range(500):  # several rounds of each chore fail
+            if min(store.failed.values()) >= 3:
+                break
+            await asyncio.sleep(0.01)
+        assert min(store.failed.values()) >= 3, store.failed
+        store.down = False
+        for _ in range(500):
+            if sum("working again" in m for _, m, _ in _lines(caplog)) == 2:
+                break
+            await asyncio.sleep(0.01)
+    lines = [
+        (level, text, tb)
+        for level, text, tb in _lines(caplog)
+        if "store failed" in text or "again" in text
+    ]
+    warnings = [(text, tb) for level, text, tb in lines if level == logging.WARNING]
+    assert warnings == [
+        (f"routing: the store failed: {DOWN}; retrying within {FAST.router_interval:g} s", False),
+        (
+            f"housekeeping: the store failed: {DOWN}; retrying in {FAST.housekeeping_interval:g} s",
+            False,
+        ),
+    ] or warnings == [
+        (
+            f"housekeeping: the store failed: {DOWN}; retrying in {FAST.housekeeping_interval:g} s",
+            False,
+        ),
+        (f"routing: the store failed: {DOWN}; retrying within {FAST.router_interval:g} s", False),
+    ]
+    infos = sorted(text.split(" after ")[0] for level, text, _ in lines if level == logging.INFO)
+    assert infos == ["housekeeping: working again", "routing: working again"]
+    assert not any(level >= logging.ERROR for level, _, _ in _lines(caplog))
+    assert not any(tb for _, _, tb in _lines(caplog))
+
+
+class _SettleDownStore(MemoryStore):
+    """A memory store whose first settle fails, as when the connection is cut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = asyncio.Event()
+
+    async def settle(self, message_id: str, updates: Any, **kw: Any) -> Any:
+        if not self.failed.is_set():
+            self.failed.set()
+            raise StoreError(DOWN)
+        return await super().settle(message_id, updates, **kw)
+
+
+async def test_a_store_that_fails_a_transports_settle_is_one_line_without_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="spoolbox")
+    store = _SettleDownStore()
+    cfg = SpoolerConfig(transports=(transport("relay", Script(("SMTP",))),), policy=FAST)
+    async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
+        await sp.wait_ready(timeout=5)
+        await sp.submit(message("SMTP:bob@example.org"))
+        await asyncio.wait_for(store.failed.wait(), 5)
+        for _ in range(200):
+            if any("raised StoreError" in m for _, m, _ in _lines(caplog)):
+                break
+            await asyncio.sleep(0.01)
+    failures = [(lv, m, tb) for lv, m, tb in _lines(caplog) if "raised StoreError" in m]
+    assert failures == [
+        (logging.WARNING, f"relay: submit_message raised StoreError: {DOWN}", False)
+    ]
