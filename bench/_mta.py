@@ -91,6 +91,35 @@ def ensure_peers() -> None:
         raise SystemExit(f"bench: still missing after installing postfix: {', '.join(still)}")
 
 
+#: What an emulated slow disk (``bench/slowsync.c``) needs in a process's environment.
+SLOW_SYNC_VARIABLES = ("LD_PRELOAD", "SLOW_SYNC_US", "SLOW_SYNC_LOCK")
+
+
+def slow_sync_library(workdir: Path) -> Path:
+    """``bench/slowsync.c`` built into ``workdir`` (every fsync and fdatasync of a
+    process that preloads it takes ``SLOW_SYNC_US`` microseconds longer)."""
+    target = workdir / "slowsync.so"
+    source = Path(__file__).with_name("slowsync.c")
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        raise SystemExit("bench: --slow-sync-us needs a C compiler (apt-get install gcc)")
+    subprocess.run(
+        [gcc, "-shared", "-fPIC", "-O2", "-o", str(target), str(source), "-ldl"], check=True
+    )
+    return target
+
+
+def _import_environment() -> str:
+    """Postfix's ``import_environment`` with the slow disk's variables added when this
+    process has them: Postfix's master passes its children only what it lists."""
+    default = (
+        "MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ XAUTHORITY DISPLAY LANG=C "
+        "POSTLOG_SERVICE POSTLOG_HOSTNAME"
+    )
+    extra = [f"{k}={os.environ[k]}" for k in SLOW_SYNC_VARIABLES if os.environ.get(k)]
+    return " ".join([default, *extra])
+
+
 def _sbin_path() -> str:
     return os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 
@@ -508,6 +537,7 @@ smtpd_tls_security_level = none
 biff = no
 maillog_file = {self.maillog}
 maillog_file_prefixes = {workdir}
+import_environment = {_import_environment()}
 """
         )
         (self.etc / "master.cf").write_text(_MASTER_CF.format(port=self.port))

@@ -42,7 +42,10 @@ a temporary directory, ``fsync = on``) and Postfix's ``smtp-sink -c`` (``bench/_
   ``--relay-messages``) -> the system -> smtp-sink, after ``--warmup-relay``
   messages: PostgreSQL with ``--relay-nodes`` nodes (node 1 has the SMTP listener,
   ``processes = --listener-processes``; the other nodes hear of its commits by
-  NOTIFY and claim from the database) against a private Postfix
+  NOTIFY and claim from the database; with ``--relay-listen all`` every node has a
+  listener of its own and smtp-source's sessions and messages are split among them,
+  one smtp-source a node, as mail reaches several nodes behind MX records or a load
+  balancer) against a private Postfix
   (``bench/_mta.py``'s, ``smtp_destination_concurrency_limit = --max-connections``).
   Reported: msg/s from smtp-source's start to the sink's last message, and the ratio
   to Postfix in the same run.  ``--relay-waiting N`` first queues N messages for the
@@ -198,7 +201,7 @@ class Running:
         pg: Any,
         sink_port: int,
         args: Any,
-        listener_port: int | None = None,
+        listener_ports: Sequence[int] = (),
     ) -> None:
         self.system = system
         self.env = {k: v for k, v in os.environ.items() if k != "SPOOLBOX_PROFILE"}
@@ -215,7 +218,7 @@ class Running:
                     sink_port,
                     args,
                     0,
-                    listener_port if k == 1 else None,
+                    listener_ports[k - 1] if k <= len(listener_ports) else None,
                 )
                 for k in range(1, system.count + 1)
             ]
@@ -223,7 +226,13 @@ class Running:
             store = 'backend = "sqlite"\npath = "spool.sqlite3"'
             self.profiles = [
                 _profile(
-                    root / "node1", "node1", store, sink_port, args, system.count, listener_port
+                    root / "node1",
+                    "node1",
+                    store,
+                    sink_port,
+                    args,
+                    system.count,
+                    listener_ports[0] if listener_ports else None,
                 )
             ]
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -353,9 +362,9 @@ class Running:
 
 @contextmanager
 def running(
-    system: System, root: Path, pg: Any, sink: Sink, args: Any, listener_port: int | None = None
+    system: System, root: Path, pg: Any, sink: Sink, args: Any, listener_ports: Sequence[int] = ()
 ) -> Iterator[Running]:
-    r = Running(system, root, pg, sink.port, args, listener_port)
+    r = Running(system, root, pg, sink.port, args, listener_ports)
     try:
         yield r
     finally:
@@ -493,18 +502,25 @@ async def _claimer(owner: str) -> None:
 
 
 def relay(name: str, root: Path, pg: Any, sink: Sink, args: Any) -> dict[str, float]:
-    """smtp-source -> the system -> the sink: PostgreSQL nodes (node 1 listens; the
-    others hear of its commits by NOTIFY) or a private Postfix (``bench/relay.py``'s)."""
+    """smtp-source -> the system -> the sink: PostgreSQL nodes (node 1 listens and the
+    others hear of its commits by NOTIFY, or with ``--relay-listen all`` every node
+    listens and gets its share of the sessions) or a private Postfix
+    (``bench/relay.py``'s)."""
     load = _load()
     n = args.relay_messages
 
-    def one_batch(port: int, count: int) -> tuple[float, float]:
+    def one_batch(ports: Sequence[int], count: int) -> tuple[float, float]:
         base = sink.count
         t0 = time.perf_counter()
-        proc = smtp_source(port, count, args.sessions, 2048)
-        _, err = proc.communicate(timeout=WAIT)
-        if proc.returncode != 0:
-            raise RuntimeError(f"smtp-source exited {proc.returncode}: {err.decode()}")
+        k = len(ports)
+        procs = [
+            smtp_source(port, share(count, k, i), share(args.sessions, k, i), 2048)
+            for i, port in enumerate(ports)
+        ]
+        for proc in procs:
+            _, err = proc.communicate(timeout=WAIT)
+            if proc.returncode != 0:
+                raise RuntimeError(f"smtp-source exited {proc.returncode}: {err.decode()}")
         return t0, sink.wait_for(base + count, WAIT)
 
     if name == "postfix":
@@ -512,20 +528,25 @@ def relay(name: str, root: Path, pg: Any, sink: Sink, args: Any) -> dict[str, fl
         for d in (root, root.parent):  # the postfix user must reach its queue directory
             d.chmod(0o755)
         with PostfixRelay(root, sink.port, args.max_connections) as pf:
-            one_batch(pf.port, args.warmup_relay)
-            t0, done = one_batch(pf.port, n)
+            one_batch([pf.port], args.warmup_relay)
+            t0, done = one_batch([pf.port], n)
     else:
         k = int(name.split()[1])
-        port = free_port()
+        ports = [free_port() for _ in range(k if args.relay_listen == "all" else 1)]
         system = System(name, "postgres", k)
-        with running(system, root, pg, sink, args, port) as r:
+        with running(system, root, pg, sink, args, ports) as r:
             if args.relay_waiting:
                 r.fill(args.relay_waiting, send_at=time.time() + 86400)
             r.start()
             r.ready()
-            one_batch(port, args.warmup_relay)
-            t0, done = one_batch(port, n)
+            one_batch(ports, args.warmup_relay)
+            t0, done = one_batch(ports, n)
     return {"msg/s": n / (done - t0), "load start": load, "load end": _load()}
+
+
+def share(total: int, parts: int, i: int) -> int:
+    """Part ``i`` of ``total`` split into ``parts`` as evenly as whole numbers go."""
+    return total // parts + (1 if i < total % parts else 0)
 
 
 def roundtrips(pg: Any, n: int) -> dict[str, dict[str, float]]:
@@ -677,6 +698,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--roundtrip-messages", type=int, default=200, help="roundtrips: messages")
     p.add_argument("--relay-messages", type=int, default=1000, help="relay: messages per run")
     p.add_argument("--relay-nodes", type=_ints, default=[1, 2], help="relay: PostgreSQL nodes")
+    p.add_argument(
+        "--relay-listen",
+        choices=("first", "all"),
+        default="first",
+        help="relay: node 1 takes all of smtp-source's mail (first) or every node its share (all)",
+    )
     p.add_argument("--warmup-relay", type=int, default=100, help="relay: warm-up messages")
     p.add_argument(
         "--relay-waiting",
@@ -832,9 +859,10 @@ def _run(args: Any, parts: set[str], root: Path, pg: Any, sink: Sink) -> dict[st
             args.runs,
             lambda name, r: relay(name, root / f"r{next(made)}", pg, sink, args),
         )
+        who = "every node listens" if args.relay_listen == "all" else "node 1 listens"
         print(
             f"\nrelay: smtp-source -s {args.sessions} -m {args.relay_messages} -> system "
-            "-> smtp-sink; medians"
+            f"-> smtp-sink ({who}); medians"
         )
         print("| system | msg/s | / Postfix (median of the runs' ratios) | load |")
         print("|---|---:|---:|---|")

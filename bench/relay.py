@@ -75,6 +75,12 @@ the ``--init-*`` keys) instead of the bench's profile.
 With ``--py-spy-gil`` it samples only the thread that holds the GIL (``py-spy record
 --gil``): where the daemon's Python CPU goes, not where its threads wait.
 ``--event-loop asyncio`` runs the daemon on the standard library's loop instead.
+``--slow-sync-us N`` emulates a slow disk: it builds ``bench/slowsync.c`` and runs again
+with it preloaded, so that every fsync and fdatasync of the bench (its probe of the
+disk), of spoolbox's processes and of Postfix's (through Postfix's
+``import_environment``) takes N microseconds longer, one sync at a time across all of them (a lock
+file held for the sync and the delay: a disk that makes one flush at a time); the
+probe's rate shows what the disk then is.
 ``--synchronous NORMAL|OFF`` runs spoolbox's store without fsync at commit: a
 diagnostic of what the fsyncs cost, not a durable configuration.
 
@@ -87,6 +93,7 @@ Run it (as root, for the private Postfix instance; installs Postfix if missing):
 from __future__ import annotations
 
 import argparse
+import atexit
 import collections
 import json
 import os
@@ -104,12 +111,14 @@ from pathlib import Path
 
 from _counts import SyscallCount, fsync_rate, process_tree, written_bytes
 from _mta import (
+    SLOW_SYNC_VARIABLES,
     PostfixRelay,
     Sink,
     SpoolboxDaemon,
     ensure_peers,
     log,
     machine,
+    slow_sync_library,
     smtp_source,
     stop_process,
 )
@@ -358,6 +367,27 @@ def _frame(frame: str, line_number: bool = False) -> str:
     return f"{name} ({short}:{line})" if line_number else f"{name} ({short})"
 
 
+def _with_slow_sync(us: int) -> None:
+    """Run this bench again with ``bench/slowsync.c`` preloaded (unless it already
+    is); the library is removed when that run ends."""
+    if os.environ.get("SLOW_SYNC_US") == str(us) and "slowsync" in os.environ.get("LD_PRELOAD", ""):
+        built = os.environ.get("SPOOLBOX_BENCH_SLOWSYNC_DIR")
+        if built:
+            atexit.register(shutil.rmtree, built, True)
+        return
+    built = tempfile.mkdtemp(prefix="spoolbox-slowsync-")
+    library = slow_sync_library(Path(built))
+    lock = Path(built) / "disk.lock"
+    lock.touch()
+    lock.chmod(0o666)  # Postfix's processes take it too, as the postfix user
+    Path(built).chmod(0o755)
+    env = dict(os.environ, SPOOLBOX_BENCH_SLOWSYNC_DIR=built)
+    env.update(zip(SLOW_SYNC_VARIABLES, (str(library), str(us), str(lock)), strict=True))
+    log(f"bench: every fsync {us} us slower ({library} preloaded)")
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="relay throughput against Postfix")
     p.add_argument("--messages", type=int, default=5000)
@@ -449,7 +479,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="--py-spy samples only the thread holding the GIL (where the Python CPU "
         "goes) instead of every thread's wall-clock time",
     )
+    p.add_argument(
+        "--slow-sync-us",
+        type=int,
+        default=0,
+        metavar="N",
+        help="emulate a slow disk: every fsync of every system N microseconds longer",
+    )
     args = p.parse_args(argv)
+    if args.slow_sync_us > 0:
+        _with_slow_sync(args.slow_sync_us)
     systems = [s for s in args.systems.split(",") if s]
     systems += [f"spoolbox-w{int(w)}" for w in args.workers.split(",") if w]
     if unknown := {s for s in systems if not s.startswith("spoolbox-w")} - set(SYSTEMS):
