@@ -276,3 +276,28 @@ def test_a_reload_changes_the_log_level_of_the_delivery_workers(
 
 def _rows(home: Home) -> str:
     return " ".join(str(r) for r in home.json("status")["rows"])
+
+
+def test_a_reload_leaves_the_log_format_and_event_loop_to_the_next_start(
+    home: Home, daemons: Daemons
+) -> None:
+    _listener(home, 1)
+    proc = daemons.start(home)
+    wait_until("the listener", lambda: _listening(home).startswith("listening on"))
+    port = int(_listening(home).rsplit(":", 1)[1])
+    text = re.sub(
+        r"^event_loop = \S+", 'event_loop = "asyncio"', home.profile.read_text(), flags=re.M
+    )
+    assert 'event_loop = "asyncio"' in text
+    home.profile.write_text(text + '\n[log]\nformat = "json"\n')
+    assert home.run("reload").returncode == 0
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        _send(client, "after-the-reload")
+    wait_until("delivery", lambda: "after-the-reload" in home.delivered())
+    assert daemons.stop(proc) == 0
+    log = (home.path / "daemon-0.log").read_text()
+    assert "[log] format changed: it takes effect at the next start" in log, log
+    assert "[daemon] event_loop changed: it takes effect at the next start" in log, log
+    # The listener process was not restarted for them, and nothing logs in JSON yet.
+    assert "restarting it" not in log, log
+    assert not any(line.startswith("{") for line in log.splitlines()), log

@@ -68,9 +68,7 @@ def _signature(profile: Profile, settings: ListenerSettings) -> tuple[Any, ...]:
         store.synchronous,
         store.dsn if store.backend == "postgres" else None,
         profile.spooler.policy.lifetime,
-        profile.daemon.event_loop,
         profile.secret_values,
-        profile.log.format,
     )
 
 
@@ -89,15 +87,22 @@ async def _maybe_await(value: Any) -> Any:
 class Listeners:
     """The listeners of the daemon's profile: started after the spooler, stopped before
     it (and around a reload).  ``spooler()`` is the running spooler or None while it is
-    replaced; ``submit`` commits a message through it."""
+    replaced; ``submit`` commits a message through it.  Listener processes log in
+    ``log_format`` and run on ``event_loop``, the daemon's own (a reload changes
+    neither: they take effect at the next start)."""
 
     def __init__(
         self,
         spooler: Callable[[], Spooler | None],
         submit: Callable[[NewMessage], Awaitable[MessageInfo]],
+        *,
+        log_format: str = "auto",
+        event_loop: str = "auto",
     ) -> None:
         self._spooler = spooler
         self._submit = submit
+        self._log_format = log_format
+        self._event_loop = event_loop
         self._running: list[_Running] = []
 
     async def start(self, profile: Profile, *, skip: Collection[str] = ()) -> None:
@@ -245,13 +250,13 @@ class Listeners:
             store=str(profile.store.path),
             synchronous=profile.store.synchronous,
             lifetime=profile.spooler.policy.lifetime,
-            event_loop=profile.daemon.event_loop,
+            event_loop=self._event_loop,
             log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
             routes=routes,
             submitted=submitted,
             on_trouble=trouble,
             secrets=profile.secret_values,
-            log_format=profile.log.format,
+            log_format=self._log_format,
             dsn=profile.store.dsn if profile.store.backend == "postgres" else None,
         )
 

@@ -120,7 +120,12 @@ class Daemon:
         self._submitting = 0  # listener submissions under way on the running spooler
         self._submits_done = asyncio.Event()
         self._api = LocalApiServer(self, profile.daemon.socket, group=profile.daemon.socket_group)
-        self._listeners = Listeners(lambda: self.spooler, self.submit)
+        self._listeners = Listeners(
+            lambda: self.spooler,
+            self.submit,
+            log_format=profile.log.format,
+            event_loop=profile.daemon.event_loop,
+        )
         self._lock_file: IO[str] | None = None
         self._notify = Notifier()
         self._service_factories = tuple(services)
