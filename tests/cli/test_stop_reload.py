@@ -278,7 +278,7 @@ def _rows(home: Home) -> str:
     return " ".join(str(r) for r in home.json("status")["rows"])
 
 
-def test_a_reload_leaves_the_log_format_and_event_loop_to_the_next_start(
+def test_a_reload_leaves_the_log_format_event_loop_and_nice_to_the_next_start(
     home: Home, daemons: Daemons
 ) -> None:
     _listener(home, 1)
@@ -289,6 +289,7 @@ def test_a_reload_leaves_the_log_format_and_event_loop_to_the_next_start(
         r"^event_loop = \S+", 'event_loop = "asyncio"', home.profile.read_text(), flags=re.M
     )
     assert 'event_loop = "asyncio"' in text
+    text = re.sub(r"^nice = \d+", "nice = 3", text, flags=re.M)
     home.profile.write_text(text + '\n[log]\nformat = "json"\n')
     assert home.run("reload").returncode == 0
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
@@ -298,6 +299,7 @@ def test_a_reload_leaves_the_log_format_and_event_loop_to_the_next_start(
     log = (home.path / "daemon-0.log").read_text()
     assert "[log] format changed: it takes effect at the next start" in log, log
     assert "[daemon] event_loop changed: it takes effect at the next start" in log, log
+    assert "[daemon] nice changed: it takes effect at the next start" in log, log
     # The listener process was not restarted for them, and nothing logs in JSON yet.
     assert "restarting it" not in log, log
     assert not any(line.startswith("{") for line in log.splitlines()), log

@@ -386,7 +386,8 @@ class Daemon:
             log.error("reload refused, keeping the running profile: %s", exc)
             self.reload_error = f"the new profile is invalid: {exc}"
             return False
-        changed = ["socket", "event_loop"] + ([] if self._workers_from_cli else ["workers"])
+        changed = ["socket", "socket_group", "pid_file", "nice", "event_loop"]
+        changed += [] if self._workers_from_cli else ["workers"]
         for key in changed:
             if getattr(new.daemon, key) != getattr(self.profile.daemon, key):
                 log.warning("[daemon] %s changed: it takes effect at the next start", key)
