@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from helpers import FAST, message, transport
 
-from spoolbox import AlwaysIdle, Spooler, SpoolerConfig
+from spoolbox import AlwaysIdle, MessageState, Spooler, SpoolerConfig
 from spoolbox._core.chores import ChoreTrouble
+from spoolbox.model import StatusCode
 from spoolbox.store import MemoryStore, StoreError
 from spoolbox.testing import Script
 
@@ -129,15 +131,19 @@ async def test_a_spooler_whose_store_is_down_logs_each_chore_once_and_its_return
 
 
 class _SettleDownStore(MemoryStore):
-    """A memory store whose first settle fails, as when the connection is cut."""
+    """A memory store whose first ``failures`` settles fail, as when the connection is
+    cut."""
 
-    def __init__(self) -> None:
+    def __init__(self, failures: int = 1) -> None:
         super().__init__()
+        self.left = failures
         self.failed = asyncio.Event()
 
     async def settle(self, message_id: str, updates: Any, **kw: Any) -> Any:
-        if not self.failed.is_set():
-            self.failed.set()
+        if self.left > 0:
+            self.left -= 1
+            if not self.left:
+                self.failed.set()
             raise StoreError(DOWN)
         return await super().settle(message_id, updates, **kw)
 
@@ -153,10 +159,48 @@ async def test_a_store_that_fails_a_transports_settle_is_one_line_without_traceb
         await sp.submit(message("SMTP:bob@example.org"))
         await asyncio.wait_for(store.failed.wait(), 5)
         for _ in range(200):
-            if any("raised StoreError" in m for _, m, _ in _lines(caplog)):
+            if any("the store failed" in m for _, m, _ in _lines(caplog)):
                 break
             await asyncio.sleep(0.01)
-    failures = [(lv, m, tb) for lv, m, tb in _lines(caplog) if "raised StoreError" in m]
+    failures = [(lv, m, tb) for lv, m, tb in _lines(caplog) if "StoreError" in m or DOWN in m]
     assert failures == [
-        (logging.WARNING, f"relay: submit_message raised StoreError: {DOWN}", False)
+        (
+            logging.WARNING,
+            f"relay: the store failed: {DOWN}; the message is tried again after its lease",
+            False,
+        )
     ]
+    assert not any(level >= logging.ERROR for level, _, _ in _lines(caplog))
+
+
+async def test_a_store_outage_does_not_pause_the_transport_and_the_mail_goes_out() -> None:
+    # More failed settles than the failure threshold: were they the transport's
+    # failures, it would be paused with FAILURE on its row (for up to five minutes
+    # with the default policy) after the store is back.
+    store = _SettleDownStore(failures=FAST.failure_threshold + 2)
+    script = Script(("SMTP",))
+    policy = replace(FAST, lease=0.3)  # the unsettled claims come back soon
+    cfg = SpoolerConfig(transports=(transport("relay", script),), policy=policy)
+    async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
+        failure_seen: list[str] = []
+        sp.status.add_observer(
+            lambda change: (
+                failure_seen.append(change.new.detail or "")
+                if change.name == "relay"
+                and change.new is not None
+                and change.new.status_code & StatusCode.FAILURE
+                else None
+            )
+        )
+        await sp.wait_ready(timeout=5)
+        ids = [(await sp.submit(message(f"SMTP:u{i}@example.org"))).id for i in range(3)]
+        await asyncio.wait_for(store.failed.wait(), 5)
+        for _ in range(500):
+            states = [await sp.store.state_of(i, now=sp.clock.now()) for i in ids]
+            if all(state is MessageState.SENT for state in states):
+                break
+            await asyncio.sleep(0.01)
+        assert states == [MessageState.SENT] * 3
+        host = sp.host("relay")
+        assert host.consecutive_failures == 0
+    assert failure_seen == []

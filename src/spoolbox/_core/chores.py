@@ -1,5 +1,6 @@
-"""How a background chore of the spooler (routing, housekeeping) logs a store that
-fails it: as a transport's trouble (:mod:`.trouble`), once per streak.
+"""How the spooler's background work (routing, housekeeping, a transport's outbound
+lane settling its jobs) logs a store that fails it: as a transport's trouble
+(:mod:`.trouble`), once per streak.
 
 A store that cannot be reached (a PostgreSQL restart, a connection cut) fails every
 round of every chore until it is back; the spooler's row says "store unavailable"
@@ -44,6 +45,8 @@ class ChoreTrouble:
 
     def ok(self) -> None:
         """A round worked."""
+        if not self._trouble.failing:
+            return  # (the common case, once a message in a transport's lane)
         failures = self._trouble.failures
         self._trouble, change = self._trouble.succeeded(Source.CALL)
         if change is Change.RECOVERED:

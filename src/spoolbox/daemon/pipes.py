@@ -38,8 +38,9 @@ _AFTER_ERROR: Final = 0.5
 @contextlib.asynccontextmanager
 async def stdin_lines(limit: int) -> AsyncIterator[asyncio.StreamReader]:
     """A reader of this process's stdin (the daemon's lines), its pipe transport closed
-    at the end: left open, the event loop's close finds a handle still open (uvloop
-    fails the close with EBUSY) and the file object is never closed."""
+    at the end: left open, the event loop's close finds a handle still open (a
+    ResourceWarning; with warnings as errors, uvloop's close fails with EBUSY) and the
+    file object is never closed."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=limit)
     transport, _ = await loop.connect_read_pipe(

@@ -306,12 +306,20 @@ class HostBase:
             self.trouble_ok(Source.PROVIDER)
 
     def call_failed(self, call: str, exc: BaseException) -> None:
-        self.consecutive_failures += 1
         self.counters["errors"] += 1
         text = f"{call} raised {type(exc).__name__}: {exc}"
         if isinstance(exc, ContractViolation):
             text = f"contract violation in {call}: {exc}"
         self.last_error = text
+        if isinstance(exc, StoreError):
+            # The spooler's own store failed inside the call (the settle a report of
+            # results makes): not the provider's failure, so no pause of the
+            # transport; the outage shows on the spooler's row, and the job is
+            # claimed again when its lease ends.  Its text says all: no traceback.
+            self.trouble_failed(Source.CALL, text)
+            self.set_bits(detail=text)
+            return
+        self.consecutive_failures += 1
         policy = self.runtime.policy
         pause: float | None = None
         if self.consecutive_failures >= policy.failure_threshold:
@@ -321,8 +329,7 @@ class HostBase:
             Source.CALL,
             text,
             f"paused {pause:.0f} s" if pause is not None else "",
-            # (a store that failed the call's settle says all in its error's text)
-            exc=None if isinstance(exc, (WaitRetry, StoreError)) else exc,
+            exc=None if isinstance(exc, WaitRetry) else exc,
         )
         if pause is not None:
             self._cooldown_until = self.runtime.clock.now() + pause

@@ -28,7 +28,8 @@ from ...model import (
     SubmitFlags,
     TransportNotifyFlags,
 )
-from ...store import ClaimedJob, LeaseLost, RecipientUpdate
+from ...store import ClaimedJob, LeaseLost, RecipientUpdate, StoreError
+from ..chores import ChoreTrouble
 from ..clock import wait_event
 from ..delivery_log import log_suspended
 from ..flush import count_outcomes
@@ -76,6 +77,8 @@ class OutboundLane:
         self.preprocessors = Preprocessors()  # the session's (its support object's)
         self._waiting = 0  # workers waiting for work (claimed nothing: the queue is empty)
         self._reserved = 0  # hand-offs promised to this lane, their submits under way
+        # A store that fails the settle of a job: logged once per streak.
+        self._store_trouble = ChoreTrouble(host.name, log)
 
     @property
     def inflight(self) -> int:
@@ -226,6 +229,19 @@ class OutboundLane:
         done = self._busy[mid] = asyncio.Event()
         try:
             await self._deliver(job)
+        except StoreError as exc:
+            if isinstance(exc, LeaseLost):
+                raise
+            # The store could not take this job's outcome (it is unavailable: a
+            # PostgreSQL restart, a cut connection).  The job is given up as at a
+            # crash: its recipients stay claimed until the lease ends (no longer
+            # renewed), then go back to the queue, and are tried again; one that was
+            # delivered meanwhile is delivered twice.  Not the transport's failure:
+            # no pause, no back-off of its destination, no attempt counted.
+            self._store_trouble.failed(exc, "the message is tried again after its lease")
+            self._host.job_done.set()
+        else:
+            self._store_trouble.ok()
         finally:
             del self._busy[mid]
             done.set()
@@ -311,6 +327,8 @@ class OutboundLane:
         try:
             try:
                 await host.call("submit_message", session.submit_message(msg, flags))
+            except StoreError:
+                raise  # a report of results whose settle failed: the job is given up
             except Exception as exc:
                 rung = outcome_of(exc, SUBMIT_MESSAGE_LADDER)
                 outcome, delay, reason = rung.outcome, rung.delay_of(exc), rung.reason_of(exc)
