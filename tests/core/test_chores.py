@@ -204,3 +204,42 @@ async def test_a_store_outage_does_not_pause_the_transport_and_the_mail_goes_out
         host = sp.host("relay")
         assert host.consecutive_failures == 0
     assert failure_seen == []
+
+
+class _ClaimDownStore(MemoryStore):
+    """A memory store whose first ``failures`` claims fail."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.left = failures
+
+    async def claim(self, transport: str, **kw: Any) -> Any:
+        if self.left > 0:
+            self.left -= 1
+            raise StoreError(DOWN)
+        return await super().claim(transport, **kw)
+
+
+async def test_claims_the_store_fails_are_one_warning_and_one_info_then_the_mail_goes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="spoolbox")
+    store = _ClaimDownStore(failures=4)
+    cfg = SpoolerConfig(transports=(transport("relay", Script(("SMTP",))),), policy=FAST)
+    async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
+        await sp.wait_ready(timeout=5)
+        mid = (await sp.submit(message("SMTP:bob@example.org"))).id
+        for _ in range(500):
+            if await sp.store.state_of(mid, now=sp.clock.now()) is MessageState.SENT:
+                break
+            await asyncio.sleep(0.01)
+        assert await sp.store.state_of(mid, now=sp.clock.now()) is MessageState.SENT
+    lines = [
+        (lv, m) for lv, m, _ in _lines(caplog) if m.startswith("relay: ") and lv > logging.DEBUG
+    ]
+    backoff = f"{FAST.failure_backoff:g}"
+    assert lines == [
+        (logging.WARNING, f"relay: the store failed: {DOWN}; claiming again in {backoff} s"),
+        (logging.INFO, "relay: working again after 4 failures"),
+    ]
+    assert not any(tb for _, _, tb in _lines(caplog))

@@ -192,9 +192,14 @@ class OutboundLane:
                     ignore_retry=False,
                 )
             except Exception as exc:
-                log.error("transport %r: claim failed: %s", host.name, exc)
-                await wait_event(runtime.clock, host.stop_event, runtime.policy.failure_backoff)
+                backoff = runtime.policy.failure_backoff
+                if isinstance(exc, StoreError):  # the store is away: a line a streak
+                    self._store_trouble.failed(exc, f"claiming again in {backoff:g} s")
+                else:
+                    log.error("transport %r: claim failed: %s", host.name, exc)
+                await wait_event(runtime.clock, host.stop_event, backoff)
                 continue
+            self._store_trouble.ok()
             if jobs:
                 host.port.messages_changed()
                 return jobs
