@@ -7,12 +7,13 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from spoolbox.daemon.log_format import choose_format, make_formatter, on_journal
-from spoolbox.daemon.runtime import RedactingFilter
+from spoolbox.daemon.runtime import RedactingFilter, set_log_level
 from spoolbox.profile import ProfileError, default_profile_text, load_profile
 
 
@@ -148,3 +149,29 @@ def test_daemon_log_level_is_the_older_spelling_of_log_level(tmp_path: Path) -> 
     assert load_profile(p).log.level == "WARNING"
     p.write_text(p.read_text() + '\n[log]\nlevel = "error"\n')
     assert load_profile(p).log.level == "ERROR"  # [log] level wins
+
+
+@pytest.fixture
+def _levels_restored() -> Iterator[None]:
+    names = ("", "psycopg", "psycopg.pool")
+    saved = {name: logging.getLogger(name).level for name in names}
+    yield
+    for name, level in saved.items():
+        logging.getLogger(name).setLevel(level)
+
+
+@pytest.mark.usefixtures("_levels_restored")
+def test_the_database_librarys_warnings_show_at_debug_only() -> None:
+    # A PostgreSQL restart makes psycopg's pool warn once per connection it cut; the
+    # store says it once ("the store is unavailable: ...").
+    pool = logging.getLogger("psycopg.pool")
+    set_log_level("INFO")
+    assert logging.getLogger().getEffectiveLevel() == logging.INFO
+    assert not pool.isEnabledFor(logging.WARNING)
+    assert pool.isEnabledFor(logging.ERROR)
+    assert not logging.getLogger("psycopg").isEnabledFor(logging.WARNING)
+    assert logging.getLogger("spoolbox.store").isEnabledFor(logging.WARNING)
+    set_log_level("DEBUG")  # a reload to debug shows them all
+    assert pool.isEnabledFor(logging.DEBUG)
+    set_log_level("WARNING")
+    assert not pool.isEnabledFor(logging.WARNING)

@@ -5,6 +5,7 @@ commit, and several store objects (nodes) on one database."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 
 import postgres_cluster as pgc
@@ -93,6 +94,22 @@ async def test_a_refused_password_names_the_database_not_the_password(
     assert f"postgresql://{pgc.ADMIN}@{pg_cluster.host}:{pg_cluster.port}/postgres" in text
     assert "password authentication failed" in text
     assert "wrong horse" not in text
+
+
+async def test_a_server_that_is_not_there_is_one_line_naming_it() -> None:
+    # libpq puts its hint on a line of its own; a log line (and a status row) takes one.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    with pytest.raises(StoreError) as info:
+        await PostgresStore(
+            f"postgresql://spoolbox@127.0.0.1:{port}/mail", connect_timeout=2
+        ).open()
+    text = str(info.value)
+    assert f"postgresql://spoolbox@127.0.0.1:{port}/mail" in text
+    assert "Connection refused" in text
+    assert "Is the server running" in text  # the hint, kept
+    assert "\n" not in text and "\t" not in text
 
 
 async def test_a_missing_database_is_named(pg_cluster: pgc.Cluster) -> None:

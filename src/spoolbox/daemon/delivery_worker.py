@@ -34,7 +34,7 @@ from ..profile import Profile, ProfileError, load_profile
 from .delivery_protocol import STATS_INTERVAL, DeliverySpec, store_counters
 from .log_format import choose_format
 from .pipes import serve_control_lines, stdin_lines
-from .runtime import configure_logging, event_loop_runner
+from .runtime import configure_logging, event_loop_runner, set_log_level
 from .store_backend import store_from_settings, wake_on_other_nodes
 
 __all__ = ["delivery_config"]
@@ -138,7 +138,7 @@ class _DeliveryWorker:
             return
         if isinstance(msg, dict) and "log_level" in msg:
             with contextlib.suppress(ValueError, TypeError):
-                logging.getLogger().setLevel(str(msg["log_level"]))
+                set_log_level(str(msg["log_level"]))
         spooler = self.spooler
         if "wake" in msg and spooler is not None:
             if msg.get("route"):

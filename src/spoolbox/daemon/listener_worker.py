@@ -31,7 +31,7 @@ from ..store.postgres_open import postgres_store
 from ..store.sqlite import SQLiteStore
 from .log_format import choose_format
 from .pipes import serve_control_lines, stdin_lines
-from .runtime import configure_logging, event_loop_runner
+from .runtime import configure_logging, event_loop_runner, set_log_level
 from .worker_protocol import STATS_INTERVAL, WorkerSpec, table_from_json
 
 if TYPE_CHECKING:
@@ -186,7 +186,7 @@ class _WorkerProcess:
             if "routes" in msg:
                 self.table = table_from_json(msg["routes"])
             if "log_level" in msg:
-                logging.getLogger().setLevel(str(msg["log_level"]))
+                set_log_level(str(msg["log_level"]))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("unreadable control line %r: %s", line[:200], exc)
 

@@ -61,7 +61,7 @@ from .listeners import Listeners
 from .log_format import choose_format
 from .notify import Notifier, watchdog_interval
 from .preflight import refuse_invalid_options
-from .runtime import configure_logging, event_loop_runner
+from .runtime import configure_logging, event_loop_runner, set_log_level
 from .store_backend import (
     describe_store,
     shares_store,
@@ -373,7 +373,7 @@ class Daemon:
                 self._log_level_from_cli.lower(),
             )
             return
-        logging.getLogger().setLevel(new.log.level)
+        set_log_level(new.log.level)
         self._listeners.set_log_level(new.log.level)
         self.workers.set_log_level(new.log.level)
         log.warning("log level now %s (was %s)", new.log.level.lower(), old.log.level.lower())

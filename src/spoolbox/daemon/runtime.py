@@ -16,7 +16,12 @@ from typing import Any
 from ..profile.secrets import redact
 from .log_format import FIELDS_ATTR, make_formatter
 
-__all__ = ["RedactingFilter", "configure_logging", "event_loop_runner"]
+__all__ = ["RedactingFilter", "configure_logging", "event_loop_runner", "set_log_level"]
+
+#: Libraries whose own warnings repeat what spoolbox says in one line of its own (the
+#: pool's "discarding closed connection" for each connection a PostgreSQL restart cut,
+#: where the store logs "the store is unavailable: ..." once): shown at DEBUG only.
+_CHATTY_LIBRARIES = ("psycopg", "psycopg.pool")
 
 
 class RedactingFilter(logging.Filter):
@@ -69,7 +74,16 @@ def configure_logging(
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(level)
+    set_log_level(level)
+
+
+def set_log_level(level: str) -> None:
+    """Log at ``level`` (a name: ``INFO``) from now on; at any level above DEBUG the
+    chatty libraries say only their errors."""
+    logging.getLogger().setLevel(level)
+    quiet = logging.getLogger().getEffectiveLevel() > logging.DEBUG
+    for name in _CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.ERROR if quiet else logging.NOTSET)
 
 
 def event_loop_runner(choice: str) -> Callable[[Coroutine[Any, Any, int]], int]:

@@ -429,6 +429,9 @@ class OutboundLane:
                     if isinstance(active, OutboundMessageImpl) and _key(active.job) == key:
                         self.cancel(mid)  # under way: the transport stops it
                     continue  # not started yet: skipped when its turn comes
+                except StoreError as exc:  # the store is away: a line a streak
+                    self._store_trouble.failed(exc, f"renewing leases again in {period:g} s")
+                    continue
                 except Exception as exc:
                     log.warning("transport %r: lease renewal failed: %s", host.name, exc)
                     continue

@@ -208,8 +208,9 @@ _OPTION = re.compile(r"[a-z_]+")
 
 
 def _safe(exc: BaseException, dsn_parts: dict[str, object]) -> str:
-    """The error's text with the DSN's password blanked out, if it appears."""
-    text = str(exc).strip()
+    """The error's text on one line (libpq's hints come on lines of their own), with
+    the DSN's password blanked out, if it appears."""
+    text = " ".join(str(exc).split())
     password = dsn_parts.get("password")
     if isinstance(password, str) and password:
         text = text.replace(password, "***")

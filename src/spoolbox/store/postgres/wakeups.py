@@ -107,7 +107,9 @@ class Listener:
                         self._deliver(note.payload)
             except psycopg.Error as exc:
                 log.warning(
-                    "store %s: the wake-up connection failed (%s); reconnecting", self._where, exc
+                    "store %s: the wake-up connection failed (%s); reconnecting",
+                    self._where,
+                    " ".join(str(exc).split()),  # (libpq's hints come on lines of their own)
                 )
             while True:
                 await asyncio.sleep(self._backoff[min(failures, len(self._backoff) - 1)])
