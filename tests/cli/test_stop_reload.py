@@ -303,3 +303,32 @@ def test_a_reload_leaves_the_log_format_event_loop_and_nice_to_the_next_start(
     # The listener process was not restarted for them, and nothing logs in JSON yet.
     assert "restarting it" not in log, log
     assert not any(line.startswith("{") for line in log.splitlines()), log
+
+
+def _listener_counters(home: Home) -> dict[str, int]:
+    rows = {r["name"]: r for r in home.json("status")["rows"]}
+    return dict(rows["listener:submission"]["counters"])
+
+
+@pytest.mark.parametrize("processes", [0, 1], ids=["on-the-loop", "in-a-process"])
+def test_a_listeners_row_counts_what_it_accepted_and_refused(
+    home: Home, daemons: Daemons, processes: int
+) -> None:
+    _listener(home, processes)
+    proc = daemons.start(home)
+    wait_until("the listener", lambda: _listening(home).startswith("listening on"))
+    port = int(_listening(home).rsplit(":", 1)[1])
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        _send(client, "one")
+        _send(client, "two")
+        client.mail("alice@example.org")
+        code, _ = client.rcpt("not an address")
+        assert code == 553  # (RFC 5321: mailbox name not allowed)
+    wait_until(
+        "the counts on the row",
+        lambda: (
+            {k: v for k, v in _listener_counters(home).items() if k != "active"}
+            == {"accepted": 2, "rejected": 1, "rejected_bad_address": 1, "connections": 1}
+        ),
+    )
+    assert daemons.stop(proc) == 0

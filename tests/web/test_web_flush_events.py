@@ -16,7 +16,9 @@ import httpx
 import pytest
 from webtest_support import Web, message, open_web, script, web  # noqa: F401 - fixtures
 
+from spoolbox import StatusRow
 from spoolbox.api.wire import FLUSH_COUNTS
+from spoolbox.model import ResourceType, StatusCode
 from spoolbox.profile.schema import WebSettings
 from spoolbox.testing import Act, Script
 from spoolbox.web.events import status_events
@@ -164,3 +166,28 @@ async def test_metrics_come_from_the_spoolers_counters_and_hooks(web: Web) -> No
         for line in lines
     )
     assert "spoolbox_watchdog_stalls_total 0.0" in lines
+
+
+async def test_a_listeners_row_is_counted_as_a_listener_not_a_transport(web: Web) -> None:
+    web.spooler.status.put(
+        StatusRow(
+            name="listener:submission",
+            resource_type=ResourceType.SUBSYSTEM,
+            provider_display="SMTP submission listener",
+            status_code=StatusCode.AVAILABLE | StatusCode.INBOUND_ENABLED,
+            counters={
+                "accepted": 3,
+                "rejected": 2,
+                "connections": 4,
+                "active": 1,
+                "rejected_relay": 2,
+            },
+        )
+    )
+    web.metrics.start()
+    lines = set((await web.client.get("/metrics")).text.splitlines())
+    assert 'spoolbox_listener_messages_total{listener="submission",outcome="accepted"} 3.0' in lines
+    assert 'spoolbox_listener_messages_total{listener="submission",outcome="rejected"} 2.0' in lines
+    assert 'spoolbox_listener_refusals_total{listener="submission",reason="relay"} 2.0' in lines
+    assert 'spoolbox_listener_connections_total{listener="submission"} 4.0' in lines
+    assert not any('transport="listener:submission"' in line for line in lines)

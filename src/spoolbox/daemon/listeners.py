@@ -16,6 +16,8 @@ table changed are stopped and started again.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
@@ -72,6 +74,24 @@ def _signature(profile: Profile, settings: ListenerSettings) -> tuple[Any, ...]:
     )
 
 
+#: Seconds between two updates of a listener row's counters.
+COUNTERS_INTERVAL = 1.0
+#: The counters a listener row always shows; each reason it refused for
+#: (``rejected_<reason>``) and a listener process's ``restarts`` once not zero.  (Its
+#: store's own counters stay in ``spoolbox statistics``.)
+_ROW_COUNTERS = ("accepted", "rejected", "connections", "active")
+
+
+def row_counters(statistics: Mapping[str, Any]) -> dict[str, int]:
+    """A listener's statistics as its status row's counters."""
+    return {
+        key: int(value)
+        for key, value in statistics.items()
+        if isinstance(value, int)
+        and (key in _ROW_COUNTERS or (value and (key.startswith("rejected_") or key == "restarts")))
+    }
+
+
 def _with_hostname(options: Mapping[str, Any], profile: Profile) -> dict[str, Any]:
     """A listener's options, its ``hostname`` (banner, Received) the profile's unless
     its own table sets one."""
@@ -104,9 +124,12 @@ class Listeners:
         self._log_format = log_format
         self._event_loop = event_loop
         self._running: list[_Running] = []
+        self._counting: asyncio.Task[None] | None = None
 
     async def start(self, profile: Profile, *, skip: Collection[str] = ()) -> None:
         """Start the enabled listeners of ``profile`` (but those named in ``skip``)."""
+        if self._counting is None:
+            self._counting = asyncio.ensure_future(self._publish_counters())
         for settings in profile.listeners:
             if not settings.enabled or settings.name in skip:
                 continue
@@ -146,6 +169,10 @@ class Listeners:
             self._row(settings.name, code, text, detail)
 
     async def stop(self) -> None:
+        if self._counting is not None:
+            self._counting.cancel()
+            await asyncio.gather(self._counting, return_exceptions=True)
+            self._counting = None
         running, self._running = self._running, []
         for listener in running:
             await self._stop_one(listener)
@@ -167,6 +194,23 @@ class Listeners:
         for listener in kept:
             self._row(listener.settings.name, *listener.row)
         await self.start(profile, skip={listener.settings.name for listener in kept})
+
+    async def _publish_counters(self) -> None:
+        """Each second, every running listener's counts on its status row (``status``,
+        the web page and ``/metrics`` read them there): what it accepted and refused,
+        its connections, and each reason it refused for, once it has."""
+        while True:
+            await asyncio.sleep(COUNTERS_INTERVAL)
+            spooler = self._spooler()
+            if spooler is None:
+                continue  # a reload replaces the spooler: its rows come back
+            for listener in self._running:
+                statistics = getattr(listener.server, "statistics", None)
+                if not callable(statistics):
+                    continue
+                counters = row_counters(statistics())
+                with contextlib.suppress(KeyError):  # the row is put back soon
+                    spooler.status.update(f"listener:{listener.settings.name}", counters=counters)
 
     def set_log_level(self, level: str) -> None:
         """A reload changed the log level: listeners in processes of their own log at

@@ -7,7 +7,8 @@ one at a time:
 * read at each scrape: the queue (``store.counts()``, and per transport the
   messages its queue holds, ``store.count_claimable``), the oldest message waiting,
   each status row's counters (delivered, failed, deferred, received, errors) and
-  status bits, the slice meter's and the critical sections' counts (the watchdog),
+  status bits, an SMTP listener's row its messages accepted and refused, the reasons
+  and its connections, the slice meter's and the critical sections' counts (the watchdog),
   the store's commit count and time (a summary), the flushes;
 * hooked: the delivery log (:mod:`spoolbox._core.delivery_log`: a logging handler on
   ``spoolbox.delivery`` reads each outcome line's ``delay`` and ``transport``, so
@@ -38,6 +39,10 @@ from ..model import MessageState, StatusCode
 from ..status import StatusChange
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
+
+#: The status rows of the SMTP listeners (``listener:NAME``): counted as listeners,
+#: not as transports.
+LISTENER_ROW = "listener:"
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
@@ -121,8 +126,32 @@ class _Snapshot(Collector):
             "1: the transport's status row has the FAILURE bit.",
             labels=["transport"],
         )
+        listener_messages = CounterMetricFamily(
+            "spoolbox_listener_messages",
+            "Messages an SMTP listener accepted (250) or refused, by listener.",
+            labels=["listener", "outcome"],
+        )
+        listener_refusals = CounterMetricFamily(
+            "spoolbox_listener_refusals",
+            "Commands or messages an SMTP listener refused, by listener and reason.",
+            labels=["listener", "reason"],
+        )
+        listener_connections = CounterMetricFamily(
+            "spoolbox_listener_connections",
+            "SMTP connections a listener took.",
+            labels=["listener"],
+        )
         for row in f["rows"]:
             name, counters, code = row["name"], row["counters"], row["status_code"]
+            if name.startswith(LISTENER_ROW):
+                listener = name[len(LISTENER_ROW) :]
+                for outcome in ("accepted", "rejected"):
+                    listener_messages.add_metric([listener, outcome], counters.get(outcome, 0))
+                for key, value in counters.items():
+                    if key.startswith("rejected_"):
+                        listener_refusals.add_metric([listener, key[len("rejected_") :]], value)
+                listener_connections.add_metric([listener], counters.get("connections", 0))
+                continue
             for key, outcome in _OUTCOMES.items():
                 deliveries.add_metric([name, outcome], counters.get(key, 0))
             inbound.add_metric([name], counters.get("received", 0))
@@ -130,6 +159,7 @@ class _Snapshot(Collector):
             up.add_metric([name], 1 if code & StatusCode.AVAILABLE else 0)
             failing.add_metric([name], 1 if code & StatusCode.FAILURE else 0)
         yield from (deliveries, inbound, errors, up, failing)
+        yield from (listener_messages, listener_refusals, listener_connections)
         scheduler = f["scheduler"]
         yield CounterMetricFamily(
             "spoolbox_watchdog_stalls",
