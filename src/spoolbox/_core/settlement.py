@@ -39,7 +39,8 @@ from ..reports import (
     report_message,
     wants_report,
 )
-from ..store import ClaimedJob, InboundMessage, LeaseLost, RecipientUpdate
+from ..store import ClaimedJob, InboundMessage, LeaseLost, RecipientUpdate, StoreError
+from .chores import ChoreTrouble
 from .config import SpoolerConfig
 from .delivery_log import (
     DELIVERY_LOGGER,
@@ -52,9 +53,13 @@ from .delivery_log import (
 from .destinations import DestinationBackoff
 from .runtime import SPOOLER_ROW, Runtime
 
-__all__ = ["Settlement"]
+__all__ = ["SETTLE_RETRY_CAP", "Settlement"]
 
 log = logging.getLogger("spoolbox.spooler")
+
+#: The longest wait between two tries of a settle the store failed (the first is
+#: 0.1 s, each next twice as long).
+SETTLE_RETRY_CAP = 2.0
 #: One INFO line per recipient outcome and per report made (docs/operations.md, "Logs").
 delivery_log = logging.getLogger(DELIVERY_LOGGER)
 
@@ -81,6 +86,7 @@ class Settlement:
         # Finished queues kept for no time: the settle that finishes a message of one
         # deletes it (``[store] keep_sent = 0``, ``keep_failed = 0``).
         self._drop = config.retention.at_once()
+        self._store_trouble = ChoreTrouble("settling", log)
 
     async def settle(
         self,
@@ -102,16 +108,7 @@ class Settlement:
         updates = self._mark_delays(job.message, job.recipients, updates)
         reports, inbox, made = await self._reports(job.message, job.recipients, updates, results)
         try:
-            await runtime.store.settle(
-                job.message.id,
-                updates,
-                owner=runtime.owner,
-                now=now,
-                claim=job.claim,
-                reports=reports,
-                inbox_reports=inbox,
-                drop_finished=self._drop,
-            )
+            await self._store_settle(job, updates, now, reports, inbox)
         except LeaseLost as exc:
             # Another spooler has it now, or a later claim of this one (its lease ran
             # out while it stalled): that claim settles it, not this one.
@@ -121,6 +118,48 @@ class Settlement:
         _log_settled(job.message, job.recipients, job.transport, updates, remote, made, now)
         self._after_settle(updates, len(reports) + len(inbox))
         return True
+
+    async def _store_settle(
+        self,
+        job: ClaimedJob,
+        updates: Sequence[RecipientUpdate],
+        now: float,
+        reports: Sequence[Any],
+        inbox: Sequence[Any],
+    ) -> None:
+        """The store's settle, tried again while the store fails it (a PostgreSQL
+        restart, a cut connection) for up to a third of the lease: the outcome is
+        known, and writing it late beats delivering the message again after the
+        lease.  The lease is still renewed meanwhile; a settle that comes after
+        another node claimed the recipients is fenced off (LeaseLost).  Past that,
+        the StoreError goes to the lane, which gives the job up."""
+        runtime = self._runtime
+        policy = runtime.policy
+        give_up = runtime.clock.now() + policy.lease / 3
+        wait = 0.1
+        while True:
+            try:
+                await runtime.store.settle(
+                    job.message.id,
+                    updates,
+                    owner=runtime.owner,
+                    now=now,
+                    claim=job.claim,
+                    reports=reports,
+                    inbox_reports=inbox,
+                    drop_finished=self._drop,
+                )
+            except LeaseLost:
+                raise
+            except StoreError as exc:
+                if runtime.clock.now() + wait > give_up:
+                    raise
+                self._store_trouble.failed(exc, "trying again")
+                await runtime.clock.sleep(wait)
+                wait = min(wait * 2, SETTLE_RETRY_CAP)
+                continue
+            self._store_trouble.ok()
+            return
 
     async def settle_unowned(self, message_id: str, updates: Sequence[RecipientUpdate]) -> None:
         """Updates of recipients no transport holds (no route, expired)."""
