@@ -16,7 +16,7 @@ from helpers import FAST, message, transport
 from spoolbox import AlwaysIdle, MessageState, Spooler, SpoolerConfig
 from spoolbox._core.chores import ChoreTrouble
 from spoolbox.model import StatusCode
-from spoolbox.store import MemoryStore, StoreError
+from spoolbox.store import LeaseLost, MemoryStore, StoreError
 from spoolbox.testing import Script
 
 DOWN = "PostgreSQL store postgresql://db/spool: terminating connection due to administrator command"
@@ -267,3 +267,57 @@ async def test_claims_the_store_fails_are_one_warning_and_one_info_then_the_mail
         (logging.INFO, "relay: working again after 4 failures"),
     ]
     assert not any(tb for _, _, tb in _lines(caplog))
+
+
+class _RenewDownStore(MemoryStore):
+    """A memory store whose lease renewals fail while ``renew_down``; counts the
+    claims that took something and the renewals refused as taken over."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.renew_down = True
+        self.claims = 0
+        self.lost = 0
+
+    async def claim(self, transport: str, **kw: Any) -> Any:
+        jobs = await super().claim(transport, **kw)
+        self.claims += bool(jobs)
+        return jobs
+
+    async def renew(self, job: Any, **kw: Any) -> Any:
+        if self.renew_down:
+            raise StoreError(DOWN)
+        try:
+            return await super().renew(job, **kw)
+        except LeaseLost:
+            self.lost += 1
+            raise
+
+
+async def _until(what: str, predicate: Any) -> None:
+    for _ in range(1000):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_a_lease_lost_under_way_does_not_cancel_the_message_claimed_again() -> None:
+    # The store is away longer than the lease while a delivery hangs: the lease runs
+    # out, the message goes back to the queue and this spooler claims it again (the
+    # new job waits behind the old one in the lane).  The old job's lost lease stops
+    # the old delivery, not the new claim: the message is delivered, not cancelled.
+    store = _RenewDownStore()
+    stall = asyncio.Event()
+    script = Script(("SMTP",), concurrency=2, stall=stall)
+    policy = replace(FAST, lease=0.3)
+    cfg = SpoolerConfig(transports=(transport("relay", script),), policy=policy)
+    async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
+        await sp.wait_ready(timeout=5)
+        mid = (await sp.submit(message("SMTP:bob@example.org"))).id
+        await _until("the claim again after the lease", lambda: store.claims >= 2)
+        store.renew_down = False
+        await _until("the old lease refused as lost", lambda: store.lost >= 1)
+        stall.set()
+        await sp.wait_for(mid, timeout=5)
+        assert await sp.store.state_of(mid, now=sp.clock.now()) is MessageState.SENT

@@ -427,7 +427,9 @@ class OutboundLane:
                     )
                     active = host.active.get(mid)
                     if isinstance(active, OutboundMessageImpl) and _key(active.job) == key:
-                        self.cancel(mid)  # under way: the transport stops it
+                        # Under way: the transport stops it.  Only it: the message may
+                        # have been claimed again (here too) since the lease ran out.
+                        self.cancel(mid, its_other_jobs=False)
                     continue  # not started yet: skipped when its turn comes
                 except StoreError as exc:  # the store is away: a line a streak
                     self._store_trouble.failed(exc, f"renewing leases again in {period:g} s")
@@ -497,15 +499,20 @@ class OutboundLane:
         if self._host.flushing & FlushFlags.UPLOAD:
             count_outcomes(self._host.flush_outcomes, message_id, updates)
 
-    def cancel(self, ref: str) -> bool:
+    def cancel(self, ref: str, *, its_other_jobs: bool = True) -> bool:
         """NOTIFY_CANCEL_MESSAGE for a message this session is working on; a message
-        claimed but not started yet is remembered and cancelled when its turn comes."""
+        claimed but not started yet is remembered and cancelled when its turn comes.
+
+        ``its_other_jobs=False`` stops only the delivery under way (its lease was
+        taken over): a job of the same message claimed again meanwhile, waiting
+        behind it in this lane, is a claim of its own and must go on."""
         host = self._host
         msg = host.active.get(ref)
         if msg is None or host.session is None:
-            self.cancelled_refs.add(ref)
+            if its_other_jobs:
+                self.cancelled_refs.add(ref)
             return False
-        if self._queued[ref] or any(j.message.id == ref for j in self._ready):
+        if its_other_jobs and (self._queued[ref] or any(j.message.id == ref for j in self._ready)):
             self.cancelled_refs.add(ref)  # its next job here, when its turn comes
         msg.cancelled = True
         session = host.session
