@@ -117,6 +117,18 @@ def _listening(home: Home) -> str:
     return str(rows["listener:submission"]["status"])
 
 
+def _listener_port(home: Home) -> int:
+    wait_until("the listener", lambda: _listening(home).startswith("listening on"))
+    return int(_listening(home).rsplit(":", 1)[1])
+
+
+def _relay(port: int, home: Home, subject: str) -> None:
+    """One message through the listener, then its delivery."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        _send(client, subject)
+    wait_until("delivery", lambda: subject in home.delivered())
+
+
 def _send(client: smtplib.SMTP, subject: str) -> None:
     refused = client.sendmail(
         "alice@example.org", ["bob@example.org"], f"Subject: {subject}\r\n\r\nhello\r\n".encode()
@@ -219,16 +231,11 @@ def test_a_reload_changes_the_log_level_here_and_in_the_listener_processes(
     _listener(home, 1)
     _log_level(home, "warning")
     proc = daemons.start(home)
-    wait_until("the listener", lambda: _listening(home).startswith("listening on"))
-    port = int(_listening(home).rsplit(":", 1)[1])
-    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
-        _send(client, "at-warning")
-    wait_until("delivery", lambda: "at-warning" in home.delivered())
+    port = _listener_port(home)
+    _relay(port, home, "at-warning")
     _log_level(home, "debug")
     assert home.run("reload").returncode == 0
-    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
-        _send(client, "at-debug")
-    wait_until("delivery", lambda: "at-debug" in home.delivered())
+    _relay(port, home, "at-debug")
     assert daemons.stop(proc) == 0
     log = (home.path / "daemon-0.log").read_text()
     assert "log level now debug (was warning)" in log, log
@@ -283,8 +290,7 @@ def test_a_reload_leaves_the_log_format_event_loop_and_nice_to_the_next_start(
 ) -> None:
     _listener(home, 1)
     proc = daemons.start(home)
-    wait_until("the listener", lambda: _listening(home).startswith("listening on"))
-    port = int(_listening(home).rsplit(":", 1)[1])
+    port = _listener_port(home)
     text = re.sub(
         r"^event_loop = \S+", 'event_loop = "asyncio"', home.profile.read_text(), flags=re.M
     )
@@ -292,9 +298,7 @@ def test_a_reload_leaves_the_log_format_event_loop_and_nice_to_the_next_start(
     text = re.sub(r"^nice = \d+", "nice = 3", text, flags=re.M)
     home.profile.write_text(text + '\n[log]\nformat = "json"\n')
     assert home.run("reload").returncode == 0
-    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
-        _send(client, "after-the-reload")
-    wait_until("delivery", lambda: "after-the-reload" in home.delivered())
+    _relay(port, home, "after-the-reload")
     assert daemons.stop(proc) == 0
     log = (home.path / "daemon-0.log").read_text()
     assert "[log] format changed: it takes effect at the next start" in log, log
@@ -316,8 +320,7 @@ def test_a_listeners_row_counts_what_it_accepted_and_refused(
 ) -> None:
     _listener(home, processes)
     proc = daemons.start(home)
-    wait_until("the listener", lambda: _listening(home).startswith("listening on"))
-    port = int(_listening(home).rsplit(":", 1)[1])
+    port = _listener_port(home)
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         _send(client, "one")
         _send(client, "two")
