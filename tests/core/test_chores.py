@@ -16,7 +16,7 @@ from helpers import FAST, message, transport
 from spoolbox import AlwaysIdle, MessageState, Spooler, SpoolerConfig
 from spoolbox._core.chores import ChoreTrouble
 from spoolbox.model import StatusCode
-from spoolbox.store import LeaseLost, MemoryStore, StoreError
+from spoolbox.store import LeaseLost, MemoryStore, StoreError, UnknownMessage
 from spoolbox.testing import Script
 
 DOWN = "PostgreSQL store postgresql://db/spool: terminating connection due to administrator command"
@@ -321,3 +321,33 @@ async def test_a_lease_lost_under_way_does_not_cancel_the_message_claimed_again(
         stall.set()
         await sp.wait_for(mid, timeout=5)
         assert await sp.store.state_of(mid, now=sp.clock.now()) is MessageState.SENT
+
+
+class _GoneStore(MemoryStore):
+    """A memory store that answers every settle: no such message (deleted meanwhile)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.settles = 0
+
+    async def settle(self, message_id: str, updates: Any, **kw: Any) -> Any:
+        self.settles += 1
+        raise UnknownMessage(f"{message_id}: no such message")
+
+
+async def test_a_settle_answered_no_such_message_is_not_tried_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="spoolbox")
+    store = _GoneStore()
+    cfg = SpoolerConfig(transports=(transport("relay", Script(("SMTP",))),), policy=FAST)
+    async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
+        await sp.wait_ready(timeout=5)
+        await sp.submit(message("SMTP:bob@example.org"))
+        await _until(
+            "the lane to give the job up",
+            lambda: any(m.startswith("relay: the store failed") for _, m, _ in _lines(caplog)),
+        )
+        await asyncio.sleep(0.3)  # a retry would come within 0.1 s
+        assert store.settles == 1
+    assert not any("trying again" in m for _, m, _ in _lines(caplog))

@@ -39,7 +39,14 @@ from ..reports import (
     report_message,
     wants_report,
 )
-from ..store import ClaimedJob, InboundMessage, LeaseLost, RecipientUpdate, StoreError
+from ..store import (
+    ClaimedJob,
+    InboundMessage,
+    LeaseLost,
+    RecipientUpdate,
+    StoreError,
+    UnknownMessage,
+)
 from .chores import ChoreTrouble
 from .config import SpoolerConfig
 from .delivery_log import (
@@ -149,8 +156,8 @@ class Settlement:
                     inbox_reports=inbox,
                     drop_finished=self._drop,
                 )
-            except LeaseLost:
-                raise
+            except (LeaseLost, UnknownMessage):
+                raise  # an answer, not an outage: trying again changes nothing
             except StoreError as exc:
                 if runtime.clock.now() + wait > give_up:
                     raise
