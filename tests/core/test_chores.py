@@ -15,7 +15,7 @@ from helpers import FAST, message, transport
 
 from spoolbox import AlwaysIdle, MessageState, Spooler, SpoolerConfig
 from spoolbox._core.chores import ChoreTrouble
-from spoolbox.model import StatusCode
+from spoolbox.model import RecipientState, StatusCode
 from spoolbox.store import LeaseLost, MemoryStore, StoreError, UnknownMessage
 from spoolbox.testing import Script
 
@@ -190,7 +190,7 @@ async def test_a_settle_the_store_fails_too_long_gives_the_job_up_in_one_line(
     given_up = [(lv, m, tb) for lv, m, tb in _lines(caplog) if m.startswith("relay: ")]
     assert given_up[0] == (
         logging.WARNING,
-        f"relay: the store failed: {DOWN}; the message is tried again after its lease",
+        f"relay: the store failed: {DOWN}; the message goes back to the queue",
         False,
     )
     assert not any(level >= logging.ERROR for level, _, _ in _lines(caplog))
@@ -351,3 +351,37 @@ async def test_a_settle_answered_no_such_message_is_not_tried_again(
         await asyncio.sleep(0.3)  # a retry would come within 0.1 s
         assert store.settles == 1
     assert not any("trying again" in m for _, m, _ in _lines(caplog))
+
+
+class _DownForAWhileStore(MemoryStore):
+    """A memory store whose settles fail until ``up`` is set; records the settles of
+    a job given back (every recipient QUEUED, no attempt counted)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = asyncio.Event()
+        self.given_back = 0
+
+    async def settle(self, message_id: str, updates: Any, **kw: Any) -> Any:
+        if not self.up.is_set():
+            raise StoreError(DOWN)
+        if all(u.state is RecipientState.QUEUED and not u.count_attempt for u in updates):
+            self.given_back += 1
+        return await super().settle(message_id, updates, **kw)
+
+
+async def test_a_job_given_up_goes_back_to_the_queue_once_the_store_is_back() -> None:
+    # The settle is tried for a third of the lease (1 s of 3 s) and given up; the store
+    # comes back a moment later: the job goes back to the queue then, not when its
+    # lease runs out, and the message is delivered.
+    store = _DownForAWhileStore()
+    script = Script(("SMTP",))
+    cfg = SpoolerConfig(transports=(transport("relay", script),), policy=replace(FAST, lease=3.0))
+    async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
+        await sp.wait_ready(timeout=5)
+        mid = (await sp.submit(message("SMTP:bob@example.org"))).id
+        await asyncio.sleep(1.3)  # the settle's window (1 s) is over: given up
+        store.up.set()
+        await _until("the job given back", lambda: store.given_back == 1)
+        await sp.wait_for(mid, timeout=5)
+        assert await sp.store.state_of(mid, now=sp.clock.now()) is MessageState.SENT

@@ -28,7 +28,7 @@ from ...model import (
     SubmitFlags,
     TransportNotifyFlags,
 )
-from ...store import ClaimedJob, LeaseLost, RecipientUpdate, StoreError
+from ...store import ClaimedJob, LeaseLost, RecipientUpdate, StoreError, UnknownMessage
 from ..chores import ChoreTrouble
 from ..clock import wait_event
 from ..delivery_log import log_suspended
@@ -168,6 +168,37 @@ class OutboundLane:
                 self._host.port.messages_changed()
         self._held.clear()
 
+    async def _give_back_later(self, job: ClaimedJob) -> None:
+        """A job given up because the store failed: back to the queue as soon as the
+        store takes it (as a session's end gives its jobs back), not when its lease
+        runs out; tried every 0.5 s, then twice as long up to 5 s, until the lease
+        ends.  A claim taken over meanwhile (LeaseLost) is left to its holder."""
+        runtime = self._host.runtime
+        mid = job.message.id
+        until = runtime.clock.now() + runtime.policy.lease
+        wait = 0.5
+        while runtime.clock.now() + wait < until:
+            await runtime.clock.sleep(wait)
+            try:
+                await runtime.store.settle(
+                    mid,
+                    [RecipientUpdate(r.index, RecipientState.QUEUED) for r in job.recipients],
+                    owner=runtime.owner,
+                    now=runtime.clock.now(),
+                    claim=job.claim,
+                )
+            except (LeaseLost, UnknownMessage):
+                return
+            except StoreError:
+                wait = min(wait * 2, 5.0)
+                continue
+            except Exception:  # a task of the spooler's: it must not end the spooler
+                log.exception("transport %r: giving back %s failed", self._host.name, mid)
+                return
+            self._host.port.messages_changed()
+            self._host.wake.set()
+            return
+
     async def _wait_for_jobs(self, limit: int) -> list[ClaimedJob]:
         """Claim work, waiting for it (woken by routing, a retry time, a flush); an
         empty list means the session is stopping."""
@@ -239,11 +270,12 @@ class OutboundLane:
                 raise
             # The store could not take this job's outcome (it is unavailable: a
             # PostgreSQL restart, a cut connection).  The job is given up as at a
-            # crash: its recipients stay claimed until the lease ends (no longer
-            # renewed), then go back to the queue, and are tried again; one that was
-            # delivered meanwhile is delivered twice.  Not the transport's failure:
-            # no pause, no back-off of its destination, no attempt counted.
-            self._store_trouble.failed(exc, "the message is tried again after its lease")
+            # crash: it goes back to the queue as soon as the store takes it (or its
+            # lease ends), and is tried again; one that was delivered meanwhile is
+            # delivered twice.  Not the transport's failure: no pause, no back-off of
+            # its destination, no attempt counted.
+            self._store_trouble.failed(exc, "the message goes back to the queue")
+            self._host.port.spawn(self._give_back_later(job), name=f"{self._host.name}-back-{mid}")
             self._host.job_done.set()
         else:
             self._store_trouble.ok()
