@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -81,6 +82,18 @@ def wait_until(what: str, predicate: Callable[[], bool], deadline: float = DEADL
     raise AssertionError(f"timed out waiting for {what}")
 
 
+#: A traceback through spoolbox's own code (a library's own, such as aioimaplib's
+#: on a connection cut mid-response, is the library's: not counted here).
+_OWN_TRACEBACK = re.compile(
+    r"Traceback \(most recent call last\):\n(?:[ \t].*\n)*?[ \t]+File \"[^\"]*/spoolbox/"
+)
+
+
+def own_tracebacks(log: str) -> bool:
+    """Whether ``log`` holds a traceback with a frame of spoolbox's own code."""
+    return _OWN_TRACEBACK.search(log) is not None
+
+
 class Daemons:
     """Starts ``spoolbox run`` subprocesses and kills any left at the end."""
 
@@ -128,7 +141,7 @@ class Daemons:
         return [
             f"{path}:\n{text}"
             for path in self.logs
-            if path.exists() and "Traceback" in (text := path.read_text(errors="replace"))
+            if path.exists() and own_tracebacks(text := path.read_text(errors="replace"))
         ]
 
 
