@@ -275,7 +275,10 @@ class OutboundLane:
             # delivered twice.  Not the transport's failure: no pause, no back-off of
             # its destination, no attempt counted.
             self._store_trouble.failed(exc, "the message goes back to the queue")
-            self._host.port.spawn(self._give_back_later(job), name=f"{self._host.name}-back-{mid}")
+            with contextlib.suppress(RuntimeError):  # the spooler is closing: the lease
+                self._host.port.spawn(
+                    self._give_back_later(job), name=f"{self._host.name}-back-{mid}"
+                )
             self._host.job_done.set()
         else:
             self._store_trouble.ok()
