@@ -62,6 +62,16 @@ class Home:
         assert r.returncode == expect, (r.returncode, r.stdout, r.stderr)
         return json.loads(r.stdout)
 
+    def listener_port(self, name: str = "submission") -> int:
+        """The port the daemon's listener ``name`` listens on, once its row says so."""
+
+        def status() -> str:
+            rows = {r["name"]: r for r in self.json("status")["rows"]}
+            return str(rows.get(f"listener:{name}", {}).get("status", ""))
+
+        wait_until(f"the listener {name!r}", lambda: status().startswith("listening on"))
+        return int(status().rsplit(":", 1)[1])
+
     def delivered(self) -> dict[str, list[Path]]:
         """Subject -> the maildir files holding a message with it."""
         out: dict[str, list[Path]] = {}

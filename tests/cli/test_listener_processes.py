@@ -59,11 +59,6 @@ def _row(home: Home) -> dict[str, Any]:
     return row
 
 
-def _port(home: Home) -> int:
-    wait_until("the listener", lambda: str(_row(home).get("status", "")).startswith("listening"))
-    return int(str(_row(home)["status"]).rsplit(":", 1)[1])
-
-
 def _send(port: int, subject: str) -> None:
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         refused = client.sendmail(
@@ -82,7 +77,7 @@ def _listener_stats(home: Home) -> dict[str, int]:
 def test_listener_processes_accept_and_the_daemon_delivers(home: Home, daemons: Daemons) -> None:
     _configure(home, 2)
     proc = daemons.start(home)
-    port = _port(home)
+    port = home.listener_port()
     assert _row(home)["detail"] == "2 processes"
     workers = _workers(proc.pid)
     assert len(workers) == 2, workers
@@ -120,7 +115,7 @@ def test_listener_processes_accept_and_the_daemon_delivers(home: Home, daemons: 
 def test_a_killed_listener_process_is_replaced(home: Home, daemons: Daemons) -> None:
     _configure(home, 1)
     proc = daemons.start(home)
-    port = _port(home)
+    port = home.listener_port()
     assert _row(home)["detail"] == "1 process"
     (first,) = _workers(proc.pid)
     _send(port, "before")
@@ -133,7 +128,7 @@ def test_a_killed_listener_process_is_replaced(home: Home, daemons: Daemons) -> 
     assert detail.startswith("1 process; ") and "exited with status -9" in detail, detail
     wait_until("the restart to be counted", lambda: _listener_stats(home).get("restarts") == 1)
     # The listening socket stayed open in the daemon: the same port serves again.
-    assert _port(home) == port
+    assert home.listener_port() == port
     _send(port, "after")
     wait_until("delivery", lambda: sorted(home.delivered()) == ["after", "before"])
     # The dead worker's counters are kept: the sums never go back.
@@ -145,7 +140,7 @@ def test_sigkill_of_the_daemon_ends_its_workers_and_loses_nothing_accepted(
 ) -> None:
     _configure(home, 2)
     proc = daemons.start(home)
-    port = _port(home)
+    port = home.listener_port()
     workers = _workers(proc.pid)
     accepted: list[str] = []
     stop = threading.Event()

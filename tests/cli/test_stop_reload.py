@@ -117,11 +117,6 @@ def _listening(home: Home) -> str:
     return str(rows["listener:submission"]["status"])
 
 
-def _listener_port(home: Home) -> int:
-    wait_until("the listener", lambda: _listening(home).startswith("listening on"))
-    return int(_listening(home).rsplit(":", 1)[1])
-
-
 def _relay(port: int, home: Home, subject: str) -> None:
     """One message through the listener, then its delivery."""
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
@@ -231,7 +226,7 @@ def test_a_reload_changes_the_log_level_here_and_in_the_listener_processes(
     _listener(home, 1)
     _log_level(home, "warning")
     proc = daemons.start(home)
-    port = _listener_port(home)
+    port = home.listener_port()
     _relay(port, home, "at-warning")
     _log_level(home, "debug")
     assert home.run("reload").returncode == 0
@@ -290,7 +285,7 @@ def test_a_reload_leaves_the_log_format_event_loop_and_nice_to_the_next_start(
 ) -> None:
     _listener(home, 1)
     proc = daemons.start(home)
-    port = _listener_port(home)
+    port = home.listener_port()
     text = re.sub(
         r"^event_loop = \S+", 'event_loop = "asyncio"', home.profile.read_text(), flags=re.M
     )
@@ -320,7 +315,7 @@ def test_a_listeners_row_counts_what_it_accepted_and_refused(
 ) -> None:
     _listener(home, processes)
     proc = daemons.start(home)
-    port = _listener_port(home)
+    port = home.listener_port()
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         _send(client, "one")
         _send(client, "two")

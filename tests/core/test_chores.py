@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from helpers import FAST, message, transport
+from helpers import FAST, message, transport, until
 
 from spoolbox import AlwaysIdle, MessageState, Spooler, SpoolerConfig
 from spoolbox._core.chores import ChoreTrouble
@@ -95,16 +95,13 @@ async def test_a_spooler_whose_store_is_down_logs_each_chore_once_and_its_return
     cfg = SpoolerConfig(transports=(), policy=FAST, node="test-node")
     async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
         await sp.wait_ready(timeout=5)
-        for _ in range(500):  # several rounds of each chore fail
-            if min(store.failed.values()) >= 3:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: min(store.failed.values()) >= 3, what="several failed rounds of each")
         assert min(store.failed.values()) >= 3, store.failed
         store.down = False
-        for _ in range(500):
-            if sum("working again" in m for _, m, _ in _lines(caplog)) == 2:
-                break
-            await asyncio.sleep(0.01)
+        await until(
+            lambda: sum("working again" in m for _, m, _ in _lines(caplog)) == 2,
+            what="both chores working again",
+        )
     lines = [
         (level, text, tb)
         for level, text, tb in _lines(caplog)
@@ -183,10 +180,10 @@ async def test_a_settle_the_store_fails_too_long_gives_the_job_up_in_one_line(
     async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
         await sp.wait_ready(timeout=5)
         await sp.submit(message("SMTP:bob@example.org"))
-        for _ in range(200):
-            if any(m.startswith("relay: the store failed") for _, m, _ in _lines(caplog)):
-                break
-            await asyncio.sleep(0.01)
+        await until(
+            lambda: any(m.startswith("relay: the store failed") for _, m, _ in _lines(caplog)),
+            what="the lane to give the job up",
+        )
     given_up = [(lv, m, tb) for lv, m, tb in _lines(caplog) if m.startswith("relay: ")]
     assert given_up[0] == (
         logging.WARNING,
@@ -219,11 +216,9 @@ async def test_a_store_outage_does_not_pause_the_transport_and_the_mail_goes_out
         await sp.wait_ready(timeout=5)
         ids = [(await sp.submit(message(f"SMTP:u{i}@example.org"))).id for i in range(3)]
         await asyncio.wait_for(store.failed.wait(), 5)
-        for _ in range(500):
-            states = [await sp.store.state_of(i, now=sp.clock.now()) for i in ids]
-            if all(state is MessageState.SENT for state in states):
-                break
-            await asyncio.sleep(0.01)
+        for mid in ids:
+            await sp.wait_for(mid, timeout=5)
+        states = [await sp.store.state_of(i, now=sp.clock.now()) for i in ids]
         assert states == [MessageState.SENT] * 3
         host = sp.host("relay")
         assert host.consecutive_failures == 0
@@ -253,10 +248,7 @@ async def test_claims_the_store_fails_are_one_warning_and_one_info_then_the_mail
     async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
         await sp.wait_ready(timeout=5)
         mid = (await sp.submit(message("SMTP:bob@example.org"))).id
-        for _ in range(500):
-            if await sp.store.state_of(mid, now=sp.clock.now()) is MessageState.SENT:
-                break
-            await asyncio.sleep(0.01)
+        await sp.wait_for(mid, timeout=5)
         assert await sp.store.state_of(mid, now=sp.clock.now()) is MessageState.SENT
     lines = [
         (lv, m) for lv, m, _ in _lines(caplog) if m.startswith("relay: ") and lv > logging.DEBUG
@@ -294,14 +286,6 @@ class _RenewDownStore(MemoryStore):
             raise
 
 
-async def _until(what: str, predicate: Any) -> None:
-    for _ in range(1000):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def test_a_lease_lost_under_way_does_not_cancel_the_message_claimed_again() -> None:
     # The store is away longer than the lease while a delivery hangs: the lease runs
     # out, the message goes back to the queue and this spooler claims it again (the
@@ -315,9 +299,9 @@ async def test_a_lease_lost_under_way_does_not_cancel_the_message_claimed_again(
     async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
         await sp.wait_ready(timeout=5)
         mid = (await sp.submit(message("SMTP:bob@example.org"))).id
-        await _until("the claim again after the lease", lambda: store.claims >= 2)
+        await until(lambda: store.claims >= 2, what="the claim again after the lease")
         store.renew_down = False
-        await _until("the old lease refused as lost", lambda: store.lost >= 1)
+        await until(lambda: store.lost >= 1, what="the old lease refused as lost")
         stall.set()
         await sp.wait_for(mid, timeout=5)
         assert await sp.store.state_of(mid, now=sp.clock.now()) is MessageState.SENT
@@ -344,9 +328,9 @@ async def test_a_settle_answered_no_such_message_is_not_tried_again(
     async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
         await sp.wait_ready(timeout=5)
         await sp.submit(message("SMTP:bob@example.org"))
-        await _until(
-            "the lane to give the job up",
+        await until(
             lambda: any(m.startswith("relay: the store failed") for _, m, _ in _lines(caplog)),
+            what="the lane to give the job up",
         )
         await asyncio.sleep(0.3)  # a retry would come within 0.1 s
         assert store.settles == 1
@@ -382,6 +366,6 @@ async def test_a_job_given_up_goes_back_to_the_queue_once_the_store_is_back() ->
         mid = (await sp.submit(message("SMTP:bob@example.org"))).id
         await asyncio.sleep(1.3)  # the settle's window (1 s) is over: given up
         store.up.set()
-        await _until("the job given back", lambda: store.given_back == 1)
+        await until(lambda: store.given_back == 1, what="the job given back")
         await sp.wait_for(mid, timeout=5)
         assert await sp.store.state_of(mid, now=sp.clock.now()) is MessageState.SENT

@@ -74,6 +74,8 @@ def _signature(profile: Profile, settings: ListenerSettings) -> tuple[Any, ...]:
     )
 
 
+#: A listener's status row is ``listener:NAME``.
+ROW_PREFIX = "listener:"
 #: Seconds between two updates of a listener row's counters.
 COUNTERS_INTERVAL = 1.0
 #: The counters a listener row always shows; each reason it refused for
@@ -210,7 +212,7 @@ class Listeners:
                     continue
                 counters = row_counters(statistics())
                 with contextlib.suppress(KeyError):  # the row is put back soon
-                    spooler.status.update(f"listener:{listener.settings.name}", counters=counters)
+                    spooler.status.update(ROW_PREFIX + listener.settings.name, counters=counters)
 
     def set_log_level(self, level: str) -> None:
         """A reload changed the log level: listeners in processes of their own log at
@@ -245,7 +247,7 @@ class Listeners:
         if spooler is not None:
             spooler.status.put(
                 StatusRow(
-                    name=f"listener:{name}",
+                    name=ROW_PREFIX + name,
                     resource_type=ResourceType.SUBSYSTEM,
                     provider_display="SMTP submission listener",
                     status_code=code,

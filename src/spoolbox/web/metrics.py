@@ -35,14 +35,11 @@ from prometheus_client.registry import Collector
 from .. import Spooler
 from .._core.delivery_log import DELIVERY_LOGGER
 from ..daemon.api_ops import DaemonView
+from ..daemon.listeners import ROW_PREFIX as LISTENER_ROW
 from ..model import MessageState, StatusCode
 from ..status import StatusChange
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
-
-#: The status rows of the SMTP listeners (``listener:NAME``): counted as listeners,
-#: not as transports.
-LISTENER_ROW = "listener:"
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
@@ -143,7 +140,7 @@ class _Snapshot(Collector):
         )
         for row in f["rows"]:
             name, counters, code = row["name"], row["counters"], row["status_code"]
-            if name.startswith(LISTENER_ROW):
+            if name.startswith(LISTENER_ROW):  # counted as a listener, not a transport
                 listener = name[len(LISTENER_ROW) :]
                 for outcome in ("accepted", "rejected"):
                     listener_messages.add_metric([listener, outcome], counters.get(outcome, 0))
