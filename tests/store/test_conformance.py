@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -228,6 +228,29 @@ class _DropsEarly(MemoryStore):
         return info
 
 
+class _ReleasesPastTheBound(MemoryStore):
+    """Releases every claim of the owner and transport it does not keep, whatever its
+    lease: a claim made after the lost one goes too."""
+
+    async def release_lost_claims(
+        self, owner: str, transport: str, *, leased_until: float, keep: Collection[tuple[str, int]]
+    ) -> int:
+        return await super().release_lost_claims(
+            owner, transport, leased_until=float("inf"), keep=keep
+        )
+
+
+class _ReleasesKeptClaims(MemoryStore):
+    """Ignores the claims the owner keeps."""
+
+    async def release_lost_claims(
+        self, owner: str, transport: str, *, leased_until: float, keep: Collection[tuple[str, int]]
+    ) -> int:
+        return await super().release_lost_claims(
+            owner, transport, leased_until=leased_until, keep=()
+        )
+
+
 _FINISHED = (RecipientState.DELIVERED, RecipientState.FAILED, RecipientState.CANCELLED)
 
 
@@ -244,6 +267,8 @@ _FINISHED = (RecipientState.DELIVERED, RecipientState.FAILED, RecipientState.CAN
         (_PurgesUnbounded, "purge_takes_at_most_limit"),
         (_NeverDrops, "settle_drops_a_message_kept_for_no_time"),
         (_DropsEarly, "settle_drops_only_when_the_last_recipient_finishes"),
+        (_ReleasesPastTheBound, "release_lost_claims"),
+        (_ReleasesKeptClaims, "release_lost_claims"),
     ],
     ids=[
         "ignores-priority",
@@ -256,6 +281,8 @@ _FINISHED = (RecipientState.DELIVERED, RecipientState.FAILED, RecipientState.CAN
         "purges-unbounded",
         "never-drops",
         "drops-early",
+        "releases-past-the-bound",
+        "releases-kept-claims",
     ],
 )
 async def test_check_store_names_the_failing_check(

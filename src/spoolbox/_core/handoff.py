@@ -83,7 +83,7 @@ async def submit(
             lease=runtime.policy.lease,
         )
     except BaseException:
-        lane.cancel_hand_off()
+        lane.cancel_hand_off(failed=True)  # its claim may be in all the same
         raise
     if job is None:
         lane.cancel_hand_off()

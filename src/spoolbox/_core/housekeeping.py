@@ -52,7 +52,7 @@ class Housekeeper:
     async def run(self) -> None:
         """Keep house until cancelled; a failed round is logged and retried."""
         runtime = self._runtime
-        trouble = ChoreTrouble("housekeeping", log)
+        trouble = ChoreTrouble("housekeeping", log, runtime.store_failed)
         while True:
             interval = runtime.policy.housekeeping_interval
             try:

@@ -64,7 +64,7 @@ class Router:
 
     async def run(self) -> None:
         """Route now and then, until cancelled."""
-        trouble = ChoreTrouble("routing", log)
+        trouble = ChoreTrouble("routing", log, self._runtime.store_failed)
         while True:
             self._event.clear()
             interval = self._runtime.policy.router_interval

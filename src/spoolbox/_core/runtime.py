@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from ..model import Address, FlushFlags, RecipientResult
 from ..status import StatusTable
 from ..store import ClaimedJob, InboxEntry, RecipientUpdate, Store
+from .chores import StoreOutages
 from .clock import Clock
 from .critsec import CriticalSections
 from .destinations import Hold
@@ -52,6 +53,11 @@ class Runtime:
     rng: random.Random  # retry jitter
     hostname: str = "localhost"  # SpoolerConfig.hostname: EHLO, Reporting-MTA, ...
     hooks: HookChain | None = None  # the profile's [[hooks]], None when there are none
+    outages: StoreOutages = field(default_factory=StoreOutages)
+
+    def store_failed(self) -> None:
+        """A store call failed (:class:`~.chores.StoreOutages`)."""
+        self.outages.noted(self.clock.now(), self.policy.lease)
 
 
 class SpoolerPort(Protocol):

@@ -93,7 +93,7 @@ class Settlement:
         # Finished queues kept for no time: the settle that finishes a message of one
         # deletes it (``[store] keep_sent = 0``, ``keep_failed = 0``).
         self._drop = config.retention.at_once()
-        self._store_trouble = ChoreTrouble("settling", log)
+        self._store_trouble = ChoreTrouble("settling", log, runtime.store_failed)
 
     async def settle(
         self,

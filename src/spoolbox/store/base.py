@@ -12,7 +12,9 @@ Rules every backend keeps:
 * A recipient moves only along :data:`spoolbox.model.TRANSITIONS`.
 * ``claim`` never scans the queue: its cost does not grow with the queue length.
   Claimed recipients are ACTIVE under a lease (owner + expiry + claim token);
-  ``release_expired`` and ``release_owner`` return lapsed or orphaned claims to QUEUED.
+  ``release_expired`` and ``release_owner`` return lapsed or orphaned claims to QUEUED;
+  ``release_lost_claims`` returns those an owner made but never heard of (the store
+  committed the claim and the answer was lost).
 * Every claim of a recipient has a token (``ClaimedJob.claim``) that no earlier claim
   of it had: a fencing token.  A settle or renewal of an ACTIVE recipient must bring
   the token of the claim holding it, whatever its owner name says (a node that
@@ -316,6 +318,27 @@ class Store(Protocol):
 
     async def release_owner(self, owner: str) -> int:
         """Return every ACTIVE recipient leased by ``owner`` to QUEUED."""
+        ...
+
+    async def release_lost_claims(
+        self,
+        owner: str,
+        transport: str,
+        *,
+        leased_until: float,
+        keep: Collection[tuple[str, int]],
+    ) -> int:
+        """Return to QUEUED (HELD if the message is held) every ACTIVE recipient routed
+        to ``transport`` that ``owner`` leased until ``leased_until`` or earlier, but
+        those of the claims in ``keep`` (message id and claim token); returns how many.
+
+        For claims an owner made without knowing it: the store committed the claim,
+        then failed to answer (a connection cut after the commit).  The owner passes
+        the claims it holds (``keep``: a token alone may be that of another message's
+        claim, as a backend's tokens need only differ between claims of one recipient)
+        and a bound its lost claims' leases cannot be
+        past (the time the call failed plus the lease), so that a claim it makes
+        meanwhile (a later lease) is not touched."""
         ...
 
     async def retry_transport(self, transport: str, *, now: float) -> int:

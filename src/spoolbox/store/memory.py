@@ -374,6 +374,23 @@ class MemoryStore(MemoryCluster):
                 n += self._unlease(key, None)
         return n
 
+    async def release_lost_claims(
+        self,
+        owner: str,
+        transport: str,
+        *,
+        leased_until: float,
+        keep: Collection[tuple[str, int]],
+    ) -> int:
+        kept = frozenset(keep)
+        n = 0
+        for key, (who, until, token) in list(self._leases.items()):
+            r = self._rcpts[key[0]][key[1]]
+            mine = who == owner and r.route == transport and until <= leased_until
+            if mine and (key[0], token) not in kept:
+                n += self._unlease(key, None)
+        return n
+
     def _holder(self, message_id: str, index: int) -> tuple[str | None, int | None]:
         """The owner and claim token of a recipient's lease (None, None: none)."""
         held = self._leases.get((message_id, index))

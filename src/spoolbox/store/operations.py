@@ -60,7 +60,14 @@ _WRITE = (
     "purge",
     "purge_inbox",
 )
-_PROGRESS = ("claim", "renew", "settle", "release_expired", "release_owner")
+_PROGRESS = (
+    "claim",
+    "renew",
+    "settle",
+    "release_expired",
+    "release_owner",
+    "release_lost_claims",
+)
 
 #: Every operation of :class:`~spoolbox.store.base.Store` but ``open`` and ``close``.
 OPERATIONS: Mapping[str, Kind] = MappingProxyType(

@@ -596,6 +596,66 @@ async def _release_owner(store: Store) -> None:
 
 
 @_check
+async def _release_lost_claims(store: Store) -> None:
+    # o1's claims of "x": m1 held (kept), m2 lost (released), m3 claimed later (its
+    # lease past the bound: kept); o1's claim of "y" and o2's of "x" are not touched.
+    ids = {}
+    for mid, rcpt in (("m1", "X:a"), ("m2", "X:b"), ("m3", "X:c"), ("m4", "Y:d"), ("m5", "X:e")):
+        await _submit(store, rcpt, id=mid)
+    for mid, transport, owner, now in (
+        ("m1", "x", "o1", _T0),
+        ("m2", "x", "o1", _T0 + 1),
+        ("m3", "x", "o1", _T0 + 5),
+        ("m4", "y", "o1", _T0),
+        ("m5", "x", "o2", _T0),
+    ):
+        job = await _claim_one(store, transport, owner=owner, now=now)
+        _equal(job.message.id, mid, f"claim({transport!r}) by {owner} at {now}")
+        ids[mid] = job
+    bound = _T0 + 1 + _LEASE  # m2's lease ends there, m3's later
+    released = await store.release_lost_claims(
+        "o1", "x", leased_until=bound, keep=[("m1", ids["m1"].claim)]
+    )
+    _equal(released, 1, "release_lost_claims('o1', 'x') of one lost claim")
+    _equal(
+        {m: await _states(store, m) for m in ids},
+        {
+            "m1": [_R.ACTIVE],
+            "m2": [_R.QUEUED],
+            "m3": [_R.ACTIVE],
+            "m4": [_R.ACTIVE],
+            "m5": [_R.ACTIVE],
+        },
+        "states after release_lost_claims('o1', 'x', keeping m1's claim, leases until m2's end)",
+    )
+    await _raises(
+        LeaseLost,
+        _settle_all(store, ids["m2"], _R.DELIVERED, now=_T0 + 2),
+        "settle of a released lost claim",
+    )
+    again = await _claim_one(store, owner="o1", now=_T0 + 2)
+    _equal(again.message.id, "m2", "a released lost claim is claimable again")
+    await _settle_all(store, ids["m1"], _R.DELIVERED, now=_T0 + 2)
+    # A held message's lost claim goes back to HELD.
+    await store.hold("m3")
+    _equal(
+        await store.release_lost_claims(
+            "o1", "x", leased_until=_T0 + 1000, keep=[("m2", again.claim)]
+        ),
+        1,
+        "release_lost_claims() of a held message's claim",
+    )
+    _equal(await _states(store, "m3"), [_R.HELD], "a lost claim of a held message")
+    _equal(
+        await store.release_lost_claims(
+            "o1", "x", leased_until=_T0 + 1000, keep=[("m2", again.claim)]
+        ),
+        0,
+        "release_lost_claims() a second time",
+    )
+
+
+@_check
 async def _renew_leases(store: Store) -> None:
     await _submit(store, "X:a", "X:b", id="m1")
     job = await _claim_one(store, now=_T0)

@@ -55,6 +55,10 @@ __all__ = ["OutboundLane"]
 _Key = tuple[str, int]
 
 
+#: The least time between two returns of a lane's lost claims (_release_lost_claims).
+_RELEASE_INTERVAL = 1.0
+
+
 def _key(job: ClaimedJob) -> _Key:
     return (job.message.id, job.claim)
 
@@ -78,7 +82,11 @@ class OutboundLane:
         self._waiting = 0  # workers waiting for work (claimed nothing: the queue is empty)
         self._reserved = 0  # hand-offs promised to this lane, their submits under way
         # A store that fails the settle of a job: logged once per streak.
-        self._store_trouble = ChoreTrouble(host.name, log)
+        self._store_trouble = ChoreTrouble(host.name, log, host.runtime.store_failed)
+        # The spooler's count of store failures when this lane last returned the
+        # claims it does not hold (_release_lost_claims).
+        self._outages_seen = host.runtime.outages.count
+        self._next_release = float("-inf")  # one release a second at most
 
     @property
     def inflight(self) -> int:
@@ -132,8 +140,59 @@ class OutboundLane:
         self._reserved += 1
         return True
 
-    def cancel_hand_off(self) -> None:
+    def cancel_hand_off(self, *, failed: bool = False) -> None:
+        """A reserved hand-off that did not come; ``failed``: its submit failed, and
+        may have committed its claim all the same (:meth:`claim_lost`)."""
         self._reserved -= 1
+        if failed:
+            self.claim_lost()
+
+    def claim_lost(self) -> None:
+        """A claim for this lane failed where the store may have committed it (a
+        PostgreSQL connection cut after the ``COMMIT`` reached the server, before its
+        answer came back): noted as a failure of the store, so that the lane returns
+        it to the queue before its next claim (:meth:`_release_lost_claims`)."""
+        self._host.runtime.store_failed()
+        self._host.wake.set()
+
+    async def _release_lost_claims(self) -> None:
+        """After the store failed (:class:`~.chores.StoreOutages`), recipients may be
+        leased to this node that nothing in it knows: a claim committed whose answer
+        was lost, a delivered job's settle that the server's crash undid.  They would
+        wait for their lease to end (two minutes by default).  So before its next
+        claim the lane returns to the queue every recipient of its transport that the
+        node leased no later than a claim made before the last failure could be, and
+        that it holds no job of (``release_lost_claims``).
+
+        Called with the claim lock held (no claim of this lane under way) and no
+        hand-off reserved (none committing meanwhile): every claim of the lane that
+        the store answered is in ``_held``, and a claim made after the failure has a
+        later lease."""
+        host = self._host
+        runtime = host.runtime
+        outages = runtime.outages
+        count = outages.count
+        if count == self._outages_seen or self._reserved:
+            return
+        now = runtime.clock.now()
+        if now < self._next_release:
+            # A store that keeps failing one job's settle, and nothing else, must not
+            # make a loop of deliveries of it: one release a second at most.
+            return
+        self._next_release = now + _RELEASE_INTERVAL
+        released = await runtime.store.release_lost_claims(
+            runtime.owner, host.name, leased_until=outages.leased_until, keep=list(self._held)
+        )
+        self._outages_seen = count
+        if released:
+            log.info(
+                "transport %r: %d recipient(s) leased to this node and held by none of its "
+                "jobs after the store failed (a claim whose answer was lost, or a settle "
+                "undone) went back to the queue",
+                host.name,
+                released,
+            )
+            host.port.messages_changed()
 
     def hand_off(self, job: ClaimedJob) -> bool:
         """A job claimed for this lane at submit (reserved before): a waiting worker
@@ -212,6 +271,7 @@ class OutboundLane:
                 break
             host.wake.clear()
             try:
+                await self._release_lost_claims()
                 jobs = await runtime.store.claim(
                     host.name,
                     owner=runtime.owner,
@@ -223,6 +283,7 @@ class OutboundLane:
                     ignore_retry=False,
                 )
             except Exception as exc:
+                self.claim_lost()
                 backoff = runtime.policy.failure_backoff
                 if isinstance(exc, StoreError):  # the store is away: a line a streak
                     self._store_trouble.failed(exc, f"claiming again in {backoff:g} s")

@@ -248,6 +248,13 @@ SELECT_LEASED_BY = (
     f"SELECT {RECIPIENT_COLUMNS} FROM recipients "
     "WHERE state = 'active' AND owner = %s ORDER BY message_id, idx FOR UPDATE"
 )
+#: An owner's claims of one transport leased until a bound (release_lost_claims:
+#: those it still holds are kept).
+SELECT_LOST_CLAIMS = (
+    f"SELECT {RECIPIENT_COLUMNS} FROM recipients "
+    "WHERE state = 'active' AND lease_until <= %s AND owner = %s AND route = %s "
+    "ORDER BY message_id, idx FOR UPDATE"
+)
 
 # -- expiry and deferral ------------------------------------------------------------
 

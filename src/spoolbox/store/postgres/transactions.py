@@ -320,6 +320,19 @@ async def release_owner(conn: Conn, owner: str) -> int:
     return await _unlease(conn, await _all(conn, _q.SELECT_LEASED_BY, (owner,)), None)
 
 
+async def release_lost_claims(
+    conn: Conn,
+    owner: str,
+    transport: str,
+    leased_until: float,
+    keep: Collection[tuple[str, int]],
+) -> int:
+    rows = await _all(conn, _q.SELECT_LOST_CLAIMS, (leased_until, owner, transport))
+    return await _unlease(
+        conn, (r for r in rows if (r["message_id"], r["claim"]) not in keep), None
+    )
+
+
 async def _notify_if(conn: Conn, n: int, what: str) -> int:
     """Announce ``what`` when ``n`` recipients changed; returns ``n``."""
     if n:

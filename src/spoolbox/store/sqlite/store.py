@@ -424,6 +424,23 @@ class SQLiteStore(SQLiteCluster):
     async def release_owner(self, owner: str) -> int:
         return await self._run("release_owner", functools.partial(tx.release_owner, owner=owner))
 
+    async def release_lost_claims(
+        self,
+        owner: str,
+        transport: str,
+        *,
+        leased_until: float,
+        keep: Collection[tuple[str, int]],
+    ) -> int:
+        fn = functools.partial(
+            tx.release_lost_claims,
+            owner=owner,
+            transport=transport,
+            leased_until=leased_until,
+            keep=frozenset(keep),
+        )
+        return await self._run("release_lost_claims", fn)
+
     async def retry_transport(self, transport: str, *, now: float) -> int:
         return await self._run(
             "retry_transport", functools.partial(tx.retry_transport, transport=transport, now=now)

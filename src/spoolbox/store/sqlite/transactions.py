@@ -348,6 +348,17 @@ def release_owner(conn: sqlite3.Connection, owner: str) -> int:
     return _unlease(conn, conn.execute(_q.SELECT_LEASED_BY, (owner,)).fetchall(), None)
 
 
+def release_lost_claims(
+    conn: sqlite3.Connection,
+    owner: str,
+    transport: str,
+    leased_until: float,
+    keep: Collection[tuple[str, int]],
+) -> int:
+    rows = conn.execute(_q.SELECT_LEASED_BY_UNTIL, (leased_until, owner, transport)).fetchall()
+    return _unlease(conn, (r for r in rows if (r["message_id"], r["claim"]) not in keep), None)
+
+
 def retry_transport(conn: sqlite3.Connection, transport: str, *, now: float) -> int:
     rows = conn.execute(_q.SELECT_RETRYING, (transport, now)).fetchall()
     for row in rows:

@@ -1,0 +1,123 @@
+"""Claims the store committed but whose answer was lost (a PostgreSQL connection cut
+after its COMMIT): the lane returns them to the queue once the store answers again
+(``OutboundLane.claim_lost``, ``Store.release_lost_claims``), instead of leaving
+them leased to this node until their lease ends (two minutes by default).
+
+Every test runs with a lease of 120 s: a lost claim left to its lease would make
+the test time out waiting for the delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import FAST, message, transport, until
+
+from spoolbox import AlwaysIdle, MessageState, RecipientState, Spooler, SpoolerConfig, SQLiteStore
+from spoolbox.store import MemoryStore, StoreError
+from spoolbox.testing import Script
+
+CUT = "PostgreSQL store postgresql://db/spool: server closed the connection unexpectedly"
+LONG_LEASE = replace(FAST, lease=120.0)
+
+
+class _LosesAClaimsAnswer(MemoryStore):
+    """A memory store that, while ``lose`` is set, commits the next claim that takes
+    something and then fails it, as when the connection is cut after the commit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lose = True
+        self.lost: list[str] = []  # the message ids of the claims whose answer was lost
+
+    async def claim(self, transport: str, **kw: Any) -> Any:
+        jobs = await super().claim(transport, **kw)
+        if jobs and self.lose:
+            self.lose = False
+            self.lost.extend(j.message.id for j in jobs)
+            raise StoreError(CUT)
+        return jobs
+
+
+def _released_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "went back to the queue" in r.getMessage()]
+
+
+async def test_a_claim_whose_answer_was_lost_goes_back_to_the_queue_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="spoolbox")
+    store = _LosesAClaimsAnswer()
+    script = Script(("SMTP",))
+    cfg = SpoolerConfig(transports=(transport("relay", script),), policy=LONG_LEASE)
+    async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
+        await sp.wait_ready(timeout=5)
+        mid = (await sp.submit(message("SMTP:bob@example.org"))).id
+        assert await sp.wait_for(mid, timeout=5) is MessageState.SENT
+    assert store.lost == [mid]
+    assert script.sent == [(mid, 0)]
+    assert _released_lines(caplog) == [
+        "transport 'relay': 1 recipient(s) leased to this node and held by none of its "
+        "jobs after the store failed (a claim whose answer was lost, or a settle undone) "
+        "went back to the queue"
+    ]
+
+
+async def test_the_jobs_the_lane_holds_are_kept() -> None:
+    # Message a is claimed and stalls in the transport; message b's claim is lost.
+    # The release returns b only: were a's claim released too, its settle would be
+    # refused (LeaseLost) and a claimed and sent again.
+    store = _LosesAClaimsAnswer()
+    store.lose = False
+    stall = asyncio.Event()
+    script = Script(("SMTP",), concurrency=2, stall=stall)
+    cfg = SpoolerConfig(transports=(transport("relay", script),), policy=LONG_LEASE)
+    async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
+        await sp.wait_ready(timeout=5)
+        a = (await sp.submit(message("SMTP:a@example.org"))).id
+        lane = sp.host("relay").outbound
+        await until(lambda: lane.sending == 1, what="a in the transport")
+        store.lose = True
+        b = (await sp.submit(message("SMTP:b@example.org"))).id
+        await until(lambda: store.lost == [b], what="b's claim lost")
+        await until(lambda: lane.sending == 2, what="b claimed again, in the transport")
+        [ra] = await sp.store.recipients(a)
+        assert ra.state is RecipientState.ACTIVE  # still a's first claim
+        stall.set()
+        assert await sp.wait_for(a, timeout=5) is MessageState.SENT
+        assert await sp.wait_for(b, timeout=5) is MessageState.SENT
+    assert sorted(script.sent) == sorted([(a, 0), (b, 0)])
+
+
+class _LosesAHandOffsAnswer(SQLiteStore):
+    """An SQLite store whose first hand-off (a submit that claims for a waiting lane)
+    commits and then fails, as when the answer to its COMMIT is lost."""
+
+    lose = True
+
+    async def submit_claiming(self, message: Any, **kw: Any) -> Any:
+        got = await super().submit_claiming(message, **kw)
+        if self.lose and got[1] is not None:
+            self.lose = False
+            raise StoreError(CUT)
+        return got
+
+
+async def test_a_hand_off_whose_answer_was_lost_goes_back_to_the_queue(tmp_path: Path) -> None:
+    script = Script(("SMTP",))
+    cfg = SpoolerConfig(transports=(transport("relay", script),), policy=LONG_LEASE, node="n1")
+    store = _LosesAHandOffsAnswer(tmp_path / "s.db")
+    async with Spooler.open(cfg, store=store, idle=AlwaysIdle(), close_store=True) as sp:
+        await sp.wait_ready(timeout=5)
+        lane = sp.host("relay").outbound
+        await until(lambda: lane.waiting == 1, what="the lane waits for work")
+        new = message("SMTP:bob@example.org")
+        with pytest.raises(StoreError, match="closed the connection"):
+            await sp.submit(new)  # the submitter hears of a failure: the message is in
+        assert not store.lose
+        assert await sp.wait_for(new.id, timeout=5) is MessageState.SENT
+    assert script.sent == [(new.id, 0)]
