@@ -7,6 +7,7 @@ gives), so that it happens every run; the release is the real statement."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -40,7 +41,11 @@ async def test_a_claim_whose_answer_was_lost_is_delivered_without_waiting_for_it
     script = Script(address_types=("SMTP",))
     # No housekeeping (it would return the claim when its lease ends: in 120 s).
     policy = Policy(
-        lease=120.0, housekeeping_interval=3600.0, router_interval=0.02, idle_interval=0.02
+        lease=120.0,
+        housekeeping_interval=3600.0,
+        router_interval=0.02,
+        idle_interval=0.02,
+        failure_backoff=0.05,  # the lane claims again soon after the failed claim
     )
     cfg = SpoolerConfig(
         transports=(TransportConfig("smtp", ScriptedProvider, options={"script": script}),),
@@ -55,7 +60,7 @@ async def test_a_claim_whose_answer_was_lost_is_delivered_without_waiting_for_it
                 recipients=(Address.parse("SMTP:bob@example.org"),),
                 content=b"Subject: test\r\n\r\nhello\r\n",
             ),
-            now=0.0,
+            now=time.time(),  # the spooler's clock: not expired at its first look
             lifetime=3600.0,
         )
     async with Spooler.open(cfg, store=store, idle=AlwaysIdle(), close_store=True) as sp:
