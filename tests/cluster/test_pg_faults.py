@@ -9,7 +9,8 @@ once in the store, the deliveries made twice bounded by what was in flight.
 The nodes keep the default lease (120 s) and the test waits less than that for the
 last delivery: what a restart leaves leased to a node that holds no job of it (a
 claim whose answer was lost, a settle the crash undid) must go back to the queue
-when the store is back (``release_lost_claims``), not when the lease ends."""
+when the store is back (``release_lost_claims``), not when the lease ends.  (A settle
+the crash undid is written again: ``_core/recovery.py``.)"""
 
 from __future__ import annotations
 

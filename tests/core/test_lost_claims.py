@@ -121,3 +121,52 @@ async def test_a_hand_off_whose_answer_was_lost_goes_back_to_the_queue(tmp_path:
         assert not store.lose
         assert await sp.wait_for(new.id, timeout=5) is MessageState.SENT
     assert script.sent == [(new.id, 0)]
+
+
+class _UndoesASettle(MemoryStore):
+    """A memory store that acknowledges the next settle of a delivered job without
+    writing it (as a PostgreSQL crash undoes an asynchronous commit), and then fails
+    the next claim (the crash, as the node sees it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.undo = True
+        self.undone: list[str] = []
+        self.failing_claims = 0
+
+    async def settle(self, message_id: str, updates: Any, **kw: Any) -> Any:
+        delivered = any(u.state is RecipientState.DELIVERED for u in updates)
+        if self.undo and delivered and kw.get("owner") is not None:
+            self.undo = False
+            self.undone.append(message_id)
+            self.failing_claims = 1
+            return await self.get_message(message_id)  # what a settle answers
+        return await super().settle(message_id, updates, **kw)
+
+    async def claim(self, transport: str, **kw: Any) -> Any:
+        if self.failing_claims:
+            self.failing_claims -= 1
+            raise StoreError(CUT)
+        return await super().claim(transport, **kw)
+
+
+async def test_a_settle_the_store_undid_is_written_again_not_delivered_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="spoolbox")
+    store = _UndoesASettle()
+    script = Script(("SMTP",))
+    cfg = SpoolerConfig(transports=(transport("relay", script),), policy=LONG_LEASE)
+    async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
+        await sp.wait_ready(timeout=5)
+        mid = (await sp.submit(message("SMTP:bob@example.org"))).id
+        await until(lambda: store.undone == [mid], what="the settle undone")
+        [r] = await sp.store.recipients(mid)
+        assert r.state is RecipientState.ACTIVE  # as after the crash
+        assert await sp.wait_for(mid, timeout=5) is MessageState.SENT
+    assert script.sent == [(mid, 0)]  # written again: not delivered a second time
+    assert [r.getMessage() for r in caplog.records if "written again" in r.getMessage()] == [
+        "transport 'relay': 1 settle(s) the store had acknowledged were undone by its "
+        "failure, and are written again"
+    ]
+    assert _released_lines(caplog) == []

@@ -8,10 +8,9 @@ meanwhile.  A chore's first failure is one WARNING line with the store's error (
 traceback: the error is the store's, not a bug), the next ones DEBUG, the round that
 works again one INFO line.  Any other exception is a bug and keeps its traceback.
 
-Every such failure is also noted in the spooler's :class:`StoreOutages`: when the
-store fails, claims may be left leased to this node that nothing in it holds (a
-claim committed whose answer was lost, a settle the server's crash undid), and the
-outbound lanes return them to the queue once the store answers again.
+Every such failure is also noted (``store_failed``: the spooler's
+:class:`~.recovery.StoreOutages`), so that the outbound lanes put right, once the
+store answers again, what the failure may have lost (:mod:`.recovery`).
 """
 
 from __future__ import annotations
@@ -22,37 +21,13 @@ from collections.abc import Callable
 from ..store import LeaseLost, StoreError, UnknownMessage
 from .trouble import Change, Source, Trouble, failing_line, recovered_line
 
-__all__ = ["ChoreTrouble", "StoreOutages"]
-
-
-class StoreOutages:
-    """The store's failures as this spooler saw them, for its outbound lanes.
-
-    After a failure, recipients may be leased to this node that no lane of it holds:
-    a claim the server committed whose answer the cut connection lost, or the settle
-    of a delivered job that the server's crash undid (progress commits without
-    waiting for the disk).  Left alone they would wait for their lease to end (two
-    minutes by default).  ``count`` tells a lane that there was a failure since it
-    last looked; ``leased_until`` bounds the leases of every claim made before the
-    last one (its time plus the lease), so that a lane returns to the queue, before
-    its next claim, what the node leased until then and the lane does not hold
-    (:meth:`~spoolbox.store.Store.release_lost_claims`)."""
-
-    __slots__ = ("count", "leased_until")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.leased_until = float("-inf")
-
-    def noted(self, now: float, lease: float) -> None:
-        """A store call failed at ``now``; claims are leased for ``lease``."""
-        self.count += 1
-        self.leased_until = max(self.leased_until, now + lease)
+__all__ = ["ChoreTrouble"]
 
 
 class ChoreTrouble:
     """The trouble streak of one chore, ``name`` in its log lines; ``store_failed``
-    is called at each failure of the store (the spooler's :class:`StoreOutages`)."""
+    is called at each failure of the store (the spooler's
+    :class:`~.recovery.StoreOutages`)."""
 
     def __init__(
         self,

@@ -20,13 +20,13 @@ from typing import Any, Protocol, TypeVar
 from ..model import Address, FlushFlags, RecipientResult
 from ..status import StatusTable
 from ..store import ClaimedJob, InboxEntry, RecipientUpdate, Store
-from .chores import StoreOutages
 from .clock import Clock
 from .critsec import CriticalSections
 from .destinations import Hold
 from .hooks import HookChain
 from .idle import IdlePolicy
 from .policy import Policy
+from .recovery import StoreOutages
 from .slices import SliceMeter
 
 __all__ = ["SPOOLER_ROW", "Runtime", "SpoolerPort"]
@@ -56,7 +56,7 @@ class Runtime:
     outages: StoreOutages = field(default_factory=StoreOutages)
 
     def store_failed(self) -> None:
-        """A store call failed (:class:`~.chores.StoreOutages`)."""
+        """A store call failed (:class:`~.recovery.StoreOutages`)."""
         self.outages.noted(self.clock.now(), self.policy.lease)
 
 

@@ -58,6 +58,7 @@ from .delivery_log import (
     show_address,
 )
 from .destinations import DestinationBackoff
+from .recovery import AckedSettle
 from .runtime import SPOOLER_ROW, Runtime
 
 __all__ = ["SETTLE_RETRY_CAP", "Settlement"]
@@ -166,6 +167,19 @@ class Settlement:
                 wait = min(wait * 2, SETTLE_RETRY_CAP)
                 continue
             self._store_trouble.ok()
+            if not reports and not inbox:  # (a report is made again with its delivery)
+                runtime.outages.acked(
+                    AckedSettle(
+                        at=runtime.clock.now(),
+                        transport=job.transport,
+                        message_id=job.message.id,
+                        updates=tuple(updates),
+                        owner=runtime.owner,
+                        now=now,
+                        claim=job.claim,
+                        drop_finished=self._drop,
+                    )
+                )
             return
 
     async def settle_unowned(self, message_id: str, updates: Sequence[RecipientUpdate]) -> None:

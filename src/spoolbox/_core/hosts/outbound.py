@@ -21,6 +21,7 @@ from ...contract.objects import OutboundMessage
 from ...model import (
     EndFlags,
     FlushFlags,
+    IllegalTransition,
     Outcome,
     RecipientResult,
     RecipientState,
@@ -55,7 +56,7 @@ __all__ = ["OutboundLane"]
 _Key = tuple[str, int]
 
 
-#: The least time between two returns of a lane's lost claims (_release_lost_claims).
+#: The least time between two recoveries of a lane after store failures (_recover).
 _RELEASE_INTERVAL = 1.0
 
 
@@ -83,8 +84,8 @@ class OutboundLane:
         self._reserved = 0  # hand-offs promised to this lane, their submits under way
         # A store that fails the settle of a job: logged once per streak.
         self._store_trouble = ChoreTrouble(host.name, log, host.runtime.store_failed)
-        # The spooler's count of store failures when this lane last returned the
-        # claims it does not hold (_release_lost_claims).
+        # The spooler's count of store failures when this lane last put right what
+        # they may have lost (_recover).
         self._outages_seen = host.runtime.outages.count
         self._next_release = float("-inf")  # one release a second at most
 
@@ -151,23 +152,22 @@ class OutboundLane:
         """A claim for this lane failed where the store may have committed it (a
         PostgreSQL connection cut after the ``COMMIT`` reached the server, before its
         answer came back): noted as a failure of the store, so that the lane returns
-        it to the queue before its next claim (:meth:`_release_lost_claims`)."""
+        it to the queue before its next claim (:meth:`_recover`)."""
         self._host.runtime.store_failed()
         self._host.wake.set()
 
-    async def _release_lost_claims(self) -> None:
-        """After the store failed (:class:`~.chores.StoreOutages`), recipients may be
-        leased to this node that nothing in it knows: a claim committed whose answer
-        was lost, a delivered job's settle that the server's crash undid.  They would
-        wait for their lease to end (two minutes by default).  So before its next
-        claim the lane returns to the queue every recipient of its transport that the
-        node leased no later than a claim made before the last failure could be, and
-        that it holds no job of (``release_lost_claims``).
+    async def _recover(self) -> None:
+        """After the store failed, put right what the failure may have lost of this
+        lane's work (:mod:`..recovery`): the settles of its transport acknowledged
+        just before the failure are written again (one the store kept is refused,
+        and nothing is written), then every recipient of the transport that the node
+        leased no later than a claim made before the last failure can be, and that
+        the lane holds no job of, goes back to the queue (``release_lost_claims``).
 
-        Called with the claim lock held (no claim of this lane under way) and no
-        hand-off reserved (none committing meanwhile): every claim of the lane that
-        the store answered is in ``_held``, and a claim made after the failure has a
-        later lease."""
+        Called before each claim, with the claim lock held (no claim of this lane
+        under way) and no hand-off reserved (none committing meanwhile): every claim
+        of the lane that the store answered is in ``_held``, and a claim made after
+        the failure has a later lease."""
         host = self._host
         runtime = host.runtime
         outages = runtime.outages
@@ -177,13 +177,35 @@ class OutboundLane:
         now = runtime.clock.now()
         if now < self._next_release:
             # A store that keeps failing one job's settle, and nothing else, must not
-            # make a loop of deliveries of it: one release a second at most.
+            # make a loop of deliveries of it: once a second at most.
             return
         self._next_release = now + _RELEASE_INTERVAL
-        released = await runtime.store.release_lost_claims(
+        store = runtime.store
+        rewritten = 0
+        for s in outages.unsure(host.name, self._outages_seen):
+            try:
+                await store.settle(
+                    s.message_id,
+                    s.updates,
+                    owner=s.owner,
+                    now=s.now,
+                    claim=s.claim,
+                    drop_finished=s.drop_finished,
+                )
+            except (LeaseLost, UnknownMessage, IllegalTransition):
+                continue  # kept by the store (and maybe gone on since): nothing to do
+            rewritten += 1
+        released = await store.release_lost_claims(
             runtime.owner, host.name, leased_until=outages.leased_until, keep=list(self._held)
         )
         self._outages_seen = count
+        if rewritten:
+            log.warning(
+                "transport %r: %d settle(s) the store had acknowledged were undone by its "
+                "failure, and are written again",
+                host.name,
+                rewritten,
+            )
         if released:
             log.info(
                 "transport %r: %d recipient(s) leased to this node and held by none of its "
@@ -192,6 +214,7 @@ class OutboundLane:
                 host.name,
                 released,
             )
+        if rewritten or released:
             host.port.messages_changed()
 
     def hand_off(self, job: ClaimedJob) -> bool:
@@ -271,7 +294,7 @@ class OutboundLane:
                 break
             host.wake.clear()
             try:
-                await self._release_lost_claims()
+                await self._recover()
                 jobs = await runtime.store.claim(
                     host.name,
                     owner=runtime.owner,
