@@ -53,6 +53,12 @@ def test_unsure_settles_are_those_from_a_second_before_the_first_failure_to_the_
     # A lane that saw the first failure looks from a second before the second one.
     assert [s.message_id for s in outages.unsure("relay", 1)] == ["between"]
     assert outages.unsure("relay", 2) == ()
+    # A node that noticed the crash up to a second late looks a second further back.
+    assert [s.message_id for s in outages.unsure("relay", 0, noticed_within=1.0)] == [
+        "old",
+        "just-before",
+        "between",
+    ]
 
 
 def test_only_the_latest_acknowledged_settles_are_kept() -> None:

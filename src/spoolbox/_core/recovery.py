@@ -20,8 +20,9 @@ it, ``Runtime.store_failed``), when they came, the latest lease a claim made bef
 the last of them can have, and the settles of claimed jobs the store acknowledged
 lately (:data:`ACKED_KEPT`, without reports: those are made again by the delivery
 made again).  Before its next claim, an outbound lane that has not seen the latest
-count writes again the settles of its transport acknowledged from a second before
-the first failure it has not seen up to the last (:meth:`StoreOutages.unsure`; a settle
+count writes again the settles of its transport acknowledged from a second (and a
+routing interval) before the first failure it has not seen up to the last
+(:meth:`StoreOutages.unsure`; a settle
 the store kept is refused, ``LeaseLost`` or ``UnknownMessage``, and nothing is
 written), then returns to the queue what the node leased until the bound and holds
 no job of (``Store.release_lost_claims``).  See ``OutboundLane._recover``.
@@ -41,9 +42,10 @@ __all__ = ["ACKED_KEPT", "UNSURE_BEFORE", "AckedSettle", "StoreOutages"]
 
 #: Settles of claimed jobs kept after the store acknowledged them (the latest).
 ACKED_KEPT: Final = 4096
-#: A settle acknowledged this long before the store's first failure may be undone:
-#: PostgreSQL loses at most three ``wal_writer_delay`` (200 ms by default) of
-#: asynchronous commits in a crash.
+#: A settle acknowledged this long before the store's crash may be undone: PostgreSQL
+#: loses at most three ``wal_writer_delay`` (200 ms by default) of asynchronous
+#: commits.  The node notes the failure later, at its next call (the router's comes
+#: each ``router_interval``): the lanes add that (:meth:`StoreOutages.unsure`).
 UNSURE_BEFORE: Final = 1.0
 #: Failures remembered with their time (a long outage notes one a second or more).
 _FAILURES_KEPT: Final = 1024
@@ -98,13 +100,17 @@ class StoreOutages:
             first = at
         return first
 
-    def unsure(self, transport: str, seen: int) -> Sequence[AckedSettle]:
+    def unsure(
+        self, transport: str, seen: int, *, noticed_within: float = 0.0
+    ) -> Sequence[AckedSettle]:
         """The settles of ``transport`` that a failure after the ``seen``-th may have
         undone: those acknowledged from :data:`UNSURE_BEFORE` before the first of
-        them up to the last (one acknowledged after the last failure was made by a
-        store that has not failed since)."""
+        them (and ``noticed_within`` more: how late the node may have noticed the
+        store's crash) up to the last (one acknowledged after the last failure was
+        made by a store that has not failed since)."""
         first = self.first_failure_after(seen)
         if first is None:
             return ()
-        since, until = first - UNSURE_BEFORE, self._failures[-1][1]
+        since = first - UNSURE_BEFORE - noticed_within
+        until = self._failures[-1][1]
         return [s for s in self._acked if s.transport == transport and since <= s.at <= until]

@@ -182,7 +182,10 @@ class OutboundLane:
         self._next_release = now + _RELEASE_INTERVAL
         store = runtime.store
         rewritten = 0
-        for s in outages.unsure(host.name, self._outages_seen):
+        # The node notices a crash at its next call to the store: the router's
+        # comes each router_interval at the latest.
+        late = runtime.policy.router_interval
+        for s in outages.unsure(host.name, self._outages_seen, noticed_within=late):
             try:
                 await store.settle(
                     s.message_id,
