@@ -309,15 +309,16 @@ async def test_a_user_cancel_of_a_queued_recipient_is_logged(
 
 
 class _RefusingStore(MemoryStore):
-    """A real MemoryStore whose next settle with an owner is refused (LeaseLost), as
-    when another spooler took the message over: nothing of it is committed."""
+    """A real MemoryStore whose settles with an owner are refused (LeaseLost), as
+    when another spooler took the message over: nothing of it is committed (written
+    again as restoring, it is refused the same)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.refused = asyncio.Event()
 
     async def settle(self, message_id: str, updates: Any, **kw: Any) -> Any:
-        if kw.get("owner") is not None and not self.refused.is_set():
+        if kw.get("owner") is not None:
             self.refused.set()
             raise LeaseLost(f"{message_id}: lease moved (test)")
         return await super().settle(message_id, updates, **kw)

@@ -170,3 +170,78 @@ async def test_a_settle_the_store_undid_is_written_again_not_delivered_again(
         "failure, and are written again"
     ]
     assert _released_lines(caplog) == []
+
+
+class _UndoesAClaimAndItsSettle(_UndoesASettle):
+    """As :class:`_UndoesASettle`, but the crash undoes the job's claim too: the
+    recipient is QUEUED again, under no claim (as before it was claimed)."""
+
+    async def settle(self, message_id: str, updates: Any, **kw: Any) -> Any:
+        undoing = self.undo and any(u.state is RecipientState.DELIVERED for u in updates)
+        info = await super().settle(message_id, updates, **kw)
+        if undoing and not self.undo:
+            for u in updates:
+                key = (message_id, u.index)
+                self._leases.pop(key, None)
+                self._claimed.pop(key, None)
+                r = self._rcpts[message_id][u.index]
+                self._set(replace(r, state=RecipientState.QUEUED))
+        return info
+
+
+async def test_a_settle_whose_claim_the_store_undid_too_is_written_again() -> None:
+    store = _UndoesAClaimAndItsSettle()
+    script = Script(("SMTP",))
+    cfg = SpoolerConfig(transports=(transport("relay", script),), policy=LONG_LEASE)
+    async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
+        await sp.wait_ready(timeout=5)
+        mid = (await sp.submit(message("SMTP:bob@example.org"))).id
+        await until(lambda: store.undone == [mid], what="the claim and settle undone")
+        assert await sp.wait_for(mid, timeout=5) is MessageState.SENT
+    assert script.sent == [(mid, 0)]  # not claimed and delivered again
+
+
+class _UndoesAClaim(MemoryStore):
+    """A memory store that answers the first claim that takes something and then
+    forgets it, as a PostgreSQL crash undoes a claim's asynchronous commit after the
+    node had its answer: the recipients are QUEUED again, under no claim."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.undone: list[str] = []
+
+    async def claim(self, transport: str, **kw: Any) -> Any:
+        jobs = await super().claim(transport, **kw)
+        if jobs and not self.undone:
+            for job in jobs:
+                self.undone.append(job.message.id)
+                for r in job.recipients:
+                    key = (r.message_id, r.index)
+                    self._leases.pop(key, None)
+                    self._claimed.pop(key, None)
+                    rec = self._rcpts[r.message_id][r.index]
+                    self._set(replace(rec, state=RecipientState.QUEUED))
+        return jobs
+
+
+async def test_a_job_whose_claim_the_store_lost_is_settled_all_the_same(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="spoolbox")
+    store = _UndoesAClaim()
+    stall = asyncio.Event()  # the delivery waits until the claim is undone
+    script = Script(("SMTP",), stall=stall)
+    cfg = SpoolerConfig(transports=(transport("relay", script),), policy=LONG_LEASE)
+    async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
+        await sp.wait_ready(timeout=5)
+        mid = (await sp.submit(message("SMTP:bob@example.org"))).id
+        await until(lambda: store.undone == [mid], what="the claim undone")
+        stall.set()
+        assert await sp.wait_for(mid, timeout=5) is MessageState.SENT
+    assert script.sent == [(mid, 0)]  # settled, not claimed and delivered again
+    lines = [r.getMessage() for r in caplog.records]
+    assert (
+        f"settling {mid}: the store had lost its claim (its failure undid it); "
+        "the outcome is written all the same" in lines
+    )
+    assert not any("its lease was taken over" in line for line in lines)

@@ -122,10 +122,11 @@ class _SettlesHalfway(MemoryStore):
         claim: int | None = None,
         reports: Sequence[NewMessage] = (),
         inbox_reports: Sequence[InboundMessage] = (),
+        **kw: Any,
     ) -> MessageInfo:
         # Applies the updates one by one: an illegal one leaves the earlier ones done.
         for u in updates:
-            await super().settle(message_id, [u], owner=owner, now=now, claim=claim)
+            await super().settle(message_id, [u], owner=owner, now=now, claim=claim, **kw)
         return await super().settle(
             message_id,
             [],
@@ -151,6 +152,7 @@ class _FencesByOwnerOnly(MemoryStore):
         claim: int | None = None,
         reports: Sequence[NewMessage] = (),
         inbox_reports: Sequence[InboundMessage] = (),
+        **kw: Any,
     ) -> MessageInfo:
         held = [self._leases.get((message_id, u.index)) for u in updates]
         current = next((h[2] for h in held if h is not None and h[0] == owner), claim)
@@ -162,6 +164,7 @@ class _FencesByOwnerOnly(MemoryStore):
             claim=current,
             reports=reports,
             inbox_reports=inbox_reports,
+            **kw,
         )
 
 
@@ -228,6 +231,19 @@ class _DropsEarly(MemoryStore):
         return info
 
 
+class _RestoresOverALaterClaim(MemoryStore):
+    """Writes a settle again whatever claim the recipient had since (as if every
+    QUEUED recipient were claimed by nobody since)."""
+
+    async def settle(
+        self, message_id: str, updates: Sequence[RecipientUpdate], **kw: Any
+    ) -> MessageInfo:
+        if kw.get("restoring"):
+            for u in updates:
+                self._claimed.pop((message_id, u.index), None)
+        return await super().settle(message_id, updates, **kw)
+
+
 class _ReleasesPastTheBound(MemoryStore):
     """Releases every claim of the owner and transport it does not keep, whatever its
     lease: a claim made after the lost one goes too."""
@@ -269,6 +285,7 @@ _FINISHED = (RecipientState.DELIVERED, RecipientState.FAILED, RecipientState.CAN
         (_DropsEarly, "settle_drops_only_when_the_last_recipient_finishes"),
         (_ReleasesPastTheBound, "release_lost_claims"),
         (_ReleasesKeptClaims, "release_lost_claims"),
+        (_RestoresOverALaterClaim, "settle_restoring_a_claim_undone"),
     ],
     ids=[
         "ignores-priority",
@@ -283,6 +300,7 @@ _FINISHED = (RecipientState.DELIVERED, RecipientState.FAILED, RecipientState.CAN
         "drops-early",
         "releases-past-the-bound",
         "releases-kept-claims",
+        "restores-over-a-later-claim",
     ],
 )
 async def test_check_store_names_the_failing_check(

@@ -22,10 +22,15 @@ lately (:data:`ACKED_KEPT`, without reports: those are made again by the deliver
 made again).  Before its next claim, an outbound lane that has not seen the latest
 count writes again the settles of its transport acknowledged from a second (and a
 routing interval) before the first failure it has not seen up to the last
-(:meth:`StoreOutages.unsure`; a settle
-the store kept is refused, ``LeaseLost`` or ``UnknownMessage``, and nothing is
-written), then returns to the queue what the node leased until the bound and holds
-no job of (``Store.release_lost_claims``).  See ``OutboundLane._recover``.
+(:meth:`StoreOutages.unsure`; a settle the store kept is refused, ``LeaseLost`` or
+``UnknownMessage``, and nothing is written), then returns to the queue what the
+node leased until the bound and holds no job of (``Store.release_lost_claims``).
+See ``OutboundLane._recover``.
+
+A crash may undo a claim as well: its recipients are QUEUED again, under an older
+claim token.  The settles written again, and a job's settle refused after the crash
+(``Settlement._restore``), go as ``restoring`` (``Store.settle``): settled as if the
+claim held them, unless another claim had them since.
 """
 
 from __future__ import annotations

@@ -118,13 +118,51 @@ class Settlement:
         try:
             await self._store_settle(job, updates, now, reports, inbox)
         except LeaseLost as exc:
-            # Another spooler has it now, or a later claim of this one (its lease ran
-            # out while it stalled): that claim settles it, not this one.
-            log.error("settling %s: %s (its lease was taken over)", job.message.id, exc)
-            return False
+            if not await self._restore(job, updates, now, reports, inbox):
+                # Another spooler has it now, or a later claim of this one (its lease
+                # ran out while it stalled): that claim settles it, not this one.
+                log.error("settling %s: %s (its lease was taken over)", job.message.id, exc)
+                return False
         remote = {r.index: r.remote_mta for r in results}
         _log_settled(job.message, job.recipients, job.transport, updates, remote, made, now)
         self._after_settle(updates, len(reports) + len(inbox))
+        return True
+
+    async def _restore(
+        self,
+        job: ClaimedJob,
+        updates: Sequence[RecipientUpdate],
+        now: float,
+        reports: Sequence[Any],
+        inbox: Sequence[Any],
+    ) -> bool:
+        """A settle refused because its recipients are not leased to the job's claim:
+        if the store lost the claim itself (a PostgreSQL crash undoes its last
+        asynchronous commits, and the job was delivered meanwhile), its recipients
+        are QUEUED under an older claim and nobody claimed them since; the settle is
+        written as if the claim held them (``restoring``), rather than leaving them
+        to be delivered again.  False if that is refused too (another claim had
+        them since, or they were released: the ordinary lease taken over)."""
+        runtime = self._runtime
+        try:
+            await runtime.store.settle(
+                job.message.id,
+                updates,
+                owner=runtime.owner,
+                now=now,
+                claim=job.claim,
+                reports=reports,
+                inbox_reports=inbox,
+                drop_finished=self._drop,
+                restoring=True,
+            )
+        except StoreError:  # LeaseLost, UnknownMessage, or the store failing again
+            return False
+        log.warning(
+            "settling %s: the store had lost its claim (its failure undid it); "
+            "the outcome is written all the same",
+            job.message.id,
+        )
         return True
 
     async def _store_settle(

@@ -295,6 +295,7 @@ class Store(Protocol):
         reports: Sequence[NewMessage] = (),
         inbox_reports: Sequence[InboundMessage] = (),
         drop_finished: Collection[MessageState] = (),
+        restoring: bool = False,
     ) -> MessageInfo:
         """Apply updates (checked against the transition table) and enqueue
         ``reports`` / deliver ``inbox_reports`` in the same transaction.  ACTIVE
@@ -309,7 +310,14 @@ class Store(Protocol):
         one of them (:func:`.retention.dropped`), the message, its recipients and
         its content are deleted in the same transaction, after its reports are
         enqueued: the message is UnknownMessage from then on.  Returns the
-        message's envelope as it was before the settle."""
+        message's envelope as it was before the settle.
+
+        ``restoring``: a settle of ``owner``'s claim ``claim`` that the store
+        acknowledged, written again after the store failed, which may have undone
+        the claim too (a PostgreSQL crash loses its last asynchronous commits): a
+        recipient QUEUED whose last claim token is older than ``claim`` (a store
+        keeps a recipient's last token after its claim ends), or that has none, is
+        settled as if ACTIVE under the claim; anything else as without it."""
         ...
 
     async def release_expired(self, *, now: float) -> int:

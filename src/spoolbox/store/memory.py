@@ -59,6 +59,8 @@ class MemoryStore(MemoryCluster):
         self._leases: dict[_Key, tuple[str, float, int]] = {}
         #: The last claim token given out: every claim takes the next one.
         self._last_claim = 0
+        #: Each recipient's last claim token, kept when its claim ends (restoring).
+        self._claimed: dict[_Key, int] = {}
         self._version: dict[_Key, int] = {}
         self._heaps: dict[tuple[str, int], list[tuple[float, int, str, int, int]]] = {}
         self._seq = itertools.count()
@@ -283,6 +285,7 @@ class MemoryStore(MemoryCluster):
                     nr = replace(r, state=_R.ACTIVE, updated_at=now)
                     self._set(nr)
                     self._leases[(mid, r.index)] = (owner, until, token)
+                    self._claimed[(mid, r.index)] = token
                     claimed.append(nr)
             if claimed:
                 self._last_claim = token
@@ -314,6 +317,7 @@ class MemoryStore(MemoryCluster):
         reports: Sequence[NewMessage] = (),
         inbox_reports: Sequence[InboundMessage] = (),
         drop_finished: Collection[MessageState] = (),
+        restoring: bool = False,
     ) -> MessageInfo:
         info = self._msg(message_id)
         rows = self._rcpts[message_id]
@@ -324,6 +328,8 @@ class MemoryStore(MemoryCluster):
             # A settle with an owner is a lease holder's; once its lease expired or
             # moved, the recipient is no longer its to settle, whatever state it is in.
             holder, token = self._holder(message_id, u.index)
+            if token is None:  # no claim holds it: its last one's token (restoring)
+                token = self._claimed.get((message_id, u.index))
             rules.check_settle(
                 message_id,
                 u.index,
@@ -333,6 +339,7 @@ class MemoryStore(MemoryCluster):
                 owner=owner,
                 claim=claim,
                 target=u.state,
+                restoring=restoring,
             )
         self._check_reports(reports, inbox_reports)
         for u in updates:
@@ -617,6 +624,7 @@ class MemoryStore(MemoryCluster):
         for r in self._rcpts.pop(mid):
             self._counts[r.state] -= 1
             self._version.pop((r.message_id, r.index), None)
+            self._claimed.pop((r.message_id, r.index), None)
         del self._messages[mid], self._submitted[mid], self._content[mid]
 
     async def purge_inbox(self, *, received_before: float, limit: int) -> list[str]:

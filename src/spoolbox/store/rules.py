@@ -119,13 +119,28 @@ def check_settle(
     owner: str | None,
     claim: int | None,
     target: RecipientState,
+    restoring: bool = False,
 ) -> None:
     """May ``owner`` with the claim token ``claim`` settle recipient ``index`` (in
     ``state``, leased by ``holder`` under the claim ``held_claim``) to ``target``?
     LeaseLost if not its to settle (an ACTIVE recipient is its claim's: the holder's
     name and the claim's token must both match, so a later claim by the same owner
     fences an earlier one off; and a settle with an owner settles only what it holds),
-    IllegalTransition if the move is not in the table; writes nothing (for backends)."""
+    IllegalTransition if the move is not in the table; writes nothing (for backends).
+
+    ``restoring``: the settle is written again after the store failed, and the
+    failure may have undone the claim with it: a QUEUED recipient whose last claim
+    token (``held_claim``, kept when a claim ends) is older than ``claim``, or that
+    has none, was claimed by nobody since, and is settled as if ACTIVE under it."""
+    if (
+        restoring
+        and owner is not None
+        and claim is not None
+        and state is _R.QUEUED
+        and (held_claim is None or held_claim < claim)
+    ):
+        check_transition(_R.ACTIVE, target, what=f"{message_id}#{index}")
+        return
     if state is _R.ACTIVE or owner is not None:
         held_by = holder if state is _R.ACTIVE else None
         if owner is None or held_by != owner:

@@ -656,6 +656,54 @@ async def _release_lost_claims(store: Store) -> None:
 
 
 @_check
+async def _settle_restoring_a_claim_undone(store: Store) -> None:
+    # A settle written again after a failure that undid its claim too: the recipient
+    # is QUEUED, under no claim or an older one, and is settled as if still claimed.
+    done = [RecipientUpdate(0, _R.DELIVERED, status="2.0.0")]
+    await _submit(store, "X:a", id="m1")
+    await store.settle("m1", done, owner="o1", now=_T0 + 1, claim=10**9, restoring=True)
+    _equal(await _states(store, "m1"), [_R.DELIVERED], "a never-claimed recipient restored")
+    # Claimed, and the claim ended (released): its token is the recipient's last.
+    await _submit(store, "X:b", id="m2")
+    job = await _claim_one(store, owner="o1")
+    _equal(await store.release_owner("o1"), 1, "release_owner('o1')")
+    await _raises(
+        LeaseLost,
+        store.settle("m2", done, owner="o1", now=_T0 + 2, claim=job.claim, restoring=True),
+        "a restoring settle of a recipient whose last claim is its own (released since)",
+    )
+    later = await _claim_one(store, owner="o2", now=_T0 + 2)
+    await _raises(
+        LeaseLost,
+        store.settle("m2", done, owner="o1", now=_T0 + 3, claim=job.claim, restoring=True),
+        "a restoring settle of a recipient another claim holds",
+    )
+    _equal(await _states(store, "m2"), [_R.ACTIVE], "state after the refused restorings")
+    # Claimed by another since and put back: its token is newer than the old claim's.
+    await _settle_all(store, later, _R.QUEUED, now=_T0 + 4)
+    await _raises(
+        LeaseLost,
+        store.settle("m2", done, owner="o1", now=_T0 + 5, claim=job.claim, restoring=True),
+        "a restoring settle of a recipient claimed by another since",
+    )
+    _equal(await _states(store, "m2"), [_R.QUEUED], "state after a refused restoring")
+    # Without restoring, a QUEUED recipient is nobody's claim to settle.
+    await _submit(store, "X:c", id="m3")
+    await _raises(
+        LeaseLost,
+        store.settle("m3", done, owner="o1", now=_T0 + 6, claim=10**9),
+        "a settle with an owner of a QUEUED recipient, not restoring",
+    )
+    # A held message's recipient is not QUEUED: not restored.
+    await store.hold("m3")
+    await _raises(
+        LeaseLost,
+        store.settle("m3", done, owner="o1", now=_T0 + 7, claim=10**9, restoring=True),
+        "a restoring settle of a held recipient",
+    )
+
+
+@_check
 async def _renew_leases(store: Store) -> None:
     await _submit(store, "X:a", "X:b", id="m1")
     job = await _claim_one(store, now=_T0)

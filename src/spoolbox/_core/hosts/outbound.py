@@ -194,6 +194,7 @@ class OutboundLane:
                     now=s.now,
                     claim=s.claim,
                     drop_finished=s.drop_finished,
+                    restoring=True,  # the failure may have undone the claim too
                 )
             except (LeaseLost, UnknownMessage, IllegalTransition):
                 continue  # kept by the store (and maybe gone on since): nothing to do

@@ -78,11 +78,13 @@ class SettleCall:
     reports: Sequence[NewMessage] = ()
     inbox_reports: Sequence[InboundMessage] = ()
     drop_finished: Collection[MessageState] = frozenset()
+    restoring: bool = False
 
     @property
     def plain(self) -> bool:
-        """No reports to write with it: the group path can take it."""
-        return not self.reports and not self.inbox_reports
+        """No reports to write with it, nor written again after a failure (its check
+        is not the group's): the group path can take it."""
+        return not self.reports and not self.inbox_reports and not self.restoring
 
 
 class NotAlone(Exception):

@@ -415,6 +415,7 @@ class PostgresStore(PostgresCluster):
         reports: Sequence[NewMessage] = (),
         inbox_reports: Sequence[InboundMessage] = (),
         drop_finished: Collection[MessageState] = (),
+        restoring: bool = False,
     ) -> MessageInfo:
         if not self._open:
             raise StoreError(f"{self!r} is not open: call open() first")
@@ -427,6 +428,7 @@ class PostgresStore(PostgresCluster):
             reports=list(reports),
             inbox_reports=list(inbox_reports),
             drop_finished=frozenset(drop_finished),
+            restoring=restoring,
         )
         fut: asyncio.Future[MessageInfo] = asyncio.get_running_loop().create_future()
         self._settles.append((call, fut))
@@ -682,6 +684,7 @@ async def _settle_alone(conn: Conn, call: SettleCall) -> MessageInfo:
         reports=call.reports,
         inbox_reports=call.inbox_reports,
         drop_finished=call.drop_finished,
+        restoring=call.restoring,
     )
 
 

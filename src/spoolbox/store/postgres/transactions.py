@@ -269,6 +269,7 @@ async def settle(
     reports: Sequence[NewMessage] = (),
     inbox_reports: Sequence[InboundMessage] = (),
     drop_finished: Collection[MessageState] = (),
+    restoring: bool = False,
 ) -> MessageInfo:
     # FOR SHARE: a hold or release of this message waits until the settle is done.
     info = message_from_row(await _message_row(conn, message_id, _q.SELECT_MESSAGE_FOR_SHARE))
@@ -283,7 +284,15 @@ async def settle(
             raise StoreError(f"{message_id} has no recipient #{u.index}")
         state, holder, held = _R(row["state"]), row["owner"], row["claim"]
         rules.check_settle(
-            message_id, u.index, state, holder, held, owner=owner, claim=claim, target=u.state
+            message_id,
+            u.index,
+            state,
+            holder,
+            held,
+            owner=owner,
+            claim=claim,
+            target=u.state,
+            restoring=restoring,
         )
     recs: dict[int, RecipientRecord] = {}
     for u in updates:

@@ -397,6 +397,7 @@ class SQLiteStore(SQLiteCluster):
         reports: Sequence[NewMessage] = (),
         inbox_reports: Sequence[InboundMessage] = (),
         drop_finished: Collection[MessageState] = (),
+        restoring: bool = False,
     ) -> MessageInfo:
         worker = self._check_open()
         fn = functools.partial(
@@ -409,6 +410,7 @@ class SQLiteStore(SQLiteCluster):
             reports=list(reports),
             inbox_reports=list(inbox_reports),
             drop_finished=frozenset(drop_finished),
+            restoring=restoring,
         )
         reply = self._reply()
         if not self._settles:

@@ -296,6 +296,7 @@ def settle(
     reports: Sequence[NewMessage] = (),
     inbox_reports: Sequence[InboundMessage] = (),
     drop_finished: Collection[MessageState] = (),
+    restoring: bool = False,
 ) -> MessageInfo:
     mrow = _message_row(conn, message_id)
     info = message_from_row(mrow)
@@ -310,7 +311,15 @@ def settle(
             rows[u.index] = row
         state, holder, held = _R(row["state"]), row["owner"], row["claim"]
         rules.check_settle(
-            message_id, u.index, state, holder, held, owner=owner, claim=claim, target=u.state
+            message_id,
+            u.index,
+            state,
+            holder,
+            held,
+            owner=owner,
+            claim=claim,
+            target=u.state,
+            restoring=restoring,
         )
     # Then work out each from the row read above (a second update of the same
     # recipient starts from what the first one gave).
