@@ -143,19 +143,8 @@ class Settlement:
         written as if the claim held them (``restoring``), rather than leaving them
         to be delivered again.  False if that is refused too (another claim had
         them since, or they were released: the ordinary lease taken over)."""
-        runtime = self._runtime
         try:
-            await runtime.store.settle(
-                job.message.id,
-                updates,
-                owner=runtime.owner,
-                now=now,
-                claim=job.claim,
-                reports=reports,
-                inbox_reports=inbox,
-                drop_finished=self._drop,
-                restoring=True,
-            )
+            await self._write(job, updates, now, reports, inbox, restoring=True)
         except StoreError:  # LeaseLost, UnknownMessage, or the store failing again
             return False
         log.warning(
@@ -164,6 +153,30 @@ class Settlement:
             job.message.id,
         )
         return True
+
+    async def _write(
+        self,
+        job: ClaimedJob,
+        updates: Sequence[RecipientUpdate],
+        now: float,
+        reports: Sequence[Any],
+        inbox: Sequence[Any],
+        *,
+        restoring: bool = False,
+    ) -> None:
+        """One ``Store.settle`` of a claimed job's updates by this node."""
+        runtime = self._runtime
+        await runtime.store.settle(
+            job.message.id,
+            updates,
+            owner=runtime.owner,
+            now=now,
+            claim=job.claim,
+            reports=reports,
+            inbox_reports=inbox,
+            drop_finished=self._drop,
+            restoring=restoring,
+        )
 
     async def _store_settle(
         self,
@@ -185,16 +198,7 @@ class Settlement:
         wait = 0.1
         while True:
             try:
-                await runtime.store.settle(
-                    job.message.id,
-                    updates,
-                    owner=runtime.owner,
-                    now=now,
-                    claim=job.claim,
-                    reports=reports,
-                    inbox_reports=inbox,
-                    drop_finished=self._drop,
-                )
+                await self._write(job, updates, now, reports, inbox)
             except (LeaseLost, UnknownMessage):
                 raise  # an answer, not an outage: trying again changes nothing
             except StoreError as exc:
