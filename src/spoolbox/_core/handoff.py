@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from ..model import MessageInfo, NewMessage, RecipientState
-from ..store import ClaimedJob, RecipientUpdate
+from ..model import MessageInfo, NewMessage
+from ..store import ClaimedJob
 from .hosts.host import TransportHost
 from .runtime import Runtime
 
@@ -90,11 +90,5 @@ async def submit(
     elif not lane.hand_off(job):
         # The session ended while the message was committed: back to the queue now,
         # not when the lease runs out.
-        await store.settle(
-            job.message.id,
-            [RecipientUpdate(r.index, RecipientState.QUEUED) for r in job.recipients],
-            owner=runtime.owner,
-            now=runtime.clock.now(),
-            claim=job.claim,
-        )
+        await lane.put_back(job)
     return info

@@ -164,10 +164,10 @@ class OutboundLane:
         leased no later than a claim made before the last failure can be, and that
         the lane holds no job of, goes back to the queue (``release_lost_claims``).
 
-        Called before each claim, with the claim lock held (no claim of this lane
-        under way) and no hand-off reserved (none committing meanwhile): every claim
-        of the lane that the store answered is in ``_held``, and a claim made after
-        the failure has a later lease."""
+        Called before a claim that follows a failure the lane has not seen, with the
+        claim lock held (no claim of this lane under way) and no hand-off reserved
+        (none committing meanwhile): every claim of the lane that the store answered
+        is in ``_held``, and a claim made after the failure has a later lease."""
         host = self._host
         runtime = host.runtime
         outages = runtime.outages
@@ -239,20 +239,25 @@ class OutboundLane:
         now, instead of when their leases run out; the others (of workers cancelled
         after the grace period) are no longer renewed here, and the spooler releases
         their leases."""
-        runtime = self._host.runtime
         while self._ready:
             job = self._ready.popleft()
             self._held.pop(_key(job), None)
             with contextlib.suppress(Exception):
-                await runtime.store.settle(
-                    job.message.id,
-                    [RecipientUpdate(r.index, RecipientState.QUEUED) for r in job.recipients],
-                    owner=runtime.owner,
-                    now=runtime.clock.now(),
-                    claim=job.claim,
-                )
+                await self.put_back(job)
                 self._host.port.messages_changed()
         self._held.clear()
+
+    async def put_back(self, job: ClaimedJob) -> None:
+        """A claimed job back to the queue now, no attempt made (its recipients QUEUED
+        under its claim's fence), rather than when its lease runs out."""
+        runtime = self._host.runtime
+        await runtime.store.settle(
+            job.message.id,
+            [RecipientUpdate(r.index, RecipientState.QUEUED) for r in job.recipients],
+            owner=runtime.owner,
+            now=runtime.clock.now(),
+            claim=job.claim,
+        )
 
     async def _give_back_later(self, job: ClaimedJob) -> None:
         """A job given up because the store failed: back to the queue as soon as the
@@ -266,13 +271,7 @@ class OutboundLane:
         while runtime.clock.now() + wait < until:
             await runtime.clock.sleep(wait)
             try:
-                await runtime.store.settle(
-                    mid,
-                    [RecipientUpdate(r.index, RecipientState.QUEUED) for r in job.recipients],
-                    owner=runtime.owner,
-                    now=runtime.clock.now(),
-                    claim=job.claim,
-                )
+                await self.put_back(job)
             except (LeaseLost, UnknownMessage):
                 return
             except StoreError:
@@ -298,7 +297,8 @@ class OutboundLane:
                 break
             host.wake.clear()
             try:
-                await self._recover()
+                if runtime.outages.count != self._outages_seen:
+                    await self._recover()
                 jobs = await runtime.store.claim(
                     host.name,
                     owner=runtime.owner,

@@ -136,8 +136,9 @@ SELECT_LEASED_BY = (
     f"SELECT {RECIPIENT_COLUMNS} FROM recipients INDEXED BY recipients_lease "
     "WHERE state = 'active' AND owner = ?"
 )
-#: An owner's claims of one transport leased until a bound (release_lost_claims).
-SELECT_LEASED_BY_UNTIL = (
+#: An owner's claims of one transport leased until a bound (release_lost_claims:
+#: those it still holds are kept).
+SELECT_LOST_CLAIMS = (
     f"SELECT {RECIPIENT_COLUMNS} FROM recipients INDEXED BY recipients_lease "
     "WHERE state = 'active' AND lease_until <= ? AND owner = ? AND route = ?"
 )

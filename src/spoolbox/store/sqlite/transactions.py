@@ -364,7 +364,7 @@ def release_lost_claims(
     leased_until: float,
     keep: Collection[tuple[str, int]],
 ) -> int:
-    rows = conn.execute(_q.SELECT_LEASED_BY_UNTIL, (leased_until, owner, transport)).fetchall()
+    rows = conn.execute(_q.SELECT_LOST_CLAIMS, (leased_until, owner, transport)).fetchall()
     return _unlease(conn, (r for r in rows if (r["message_id"], r["claim"]) not in keep), None)
 
 
