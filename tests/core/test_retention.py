@@ -4,12 +4,15 @@ spooler's clock; never an unfinished message."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from dataclasses import replace
 
+import pytest
 from helpers import SLOW_TIMERS, message, spooler, transport, until
 
 from spoolbox import AlwaysIdle, Spooler, SpoolerConfig
+from spoolbox._core.hosts.hooked import HOOKS_SECTION
 from spoolbox._core.housekeeping import PURGE_BATCH
 from spoolbox.model import MessageState, RecipientState
 from spoolbox.store import InboundMessage, MemoryStore, RecipientUpdate, UnknownMessage
@@ -150,3 +153,43 @@ async def test_a_manual_retry_lifts_the_destinations_back_off() -> None:
         assert await sp.wait_for(second.id, timeout=5) is MessageState.SENT
         (rec,) = await sp.store.recipients(second.id)
         assert rec.attempts == 1
+
+
+async def test_stored_hook_verdicts_left_behind_their_message_go_at_the_next_purge(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A crash between a job's last settle and the dropping of its hook verdict leaves
+    ``spoolbox.hooks:<id>`` behind; housekeeping deletes it once it has seen it
+    orphaned at two purges (a reroute writes its verdict just before its message)."""
+    clock = FakeClock()
+    now = clock.now()
+    store = CountingStore()
+    old = await _finished(store, now - 8 * DAY)  # purged at the first purge
+    live = (await store.submit(message("X:carol"), now=now, lifetime=DAY)).id
+    verdict = {"out": {"changed_by": ["a"]}}
+    # "ghost": its message dropped by its settle; "late": its message not stored yet.
+    for mid in (old, live, "ghost", "late"):
+        await store.profile_update(HOOKS_SECTION + mid, verdict)
+    await store.profile_update("spoolbox.other:ghost", {"x": 1})
+    cfg = SpoolerConfig(policy=POLICY, node="test-node")
+    with caplog.at_level(logging.INFO, logger="spoolbox.spooler"):
+        async with _spooler(cfg, store, clock):
+            await until(lambda: bool(store.batches), what="the first purge")
+            await until(lambda: _gone(store, old), what="the old message purged")
+            # Seen orphaned once: kept until the next purge.
+            for mid in (old, "ghost"):
+                assert await store.profile_get(HOOKS_SECTION + mid) == verdict
+            # A verdict written before its message (as a reroute does), the message
+            # submitted before the next purge, is not taken for one left behind.
+            await store.submit(message("X:dave", id="late"), now=now, lifetime=DAY)
+            await clock.advance(3600)
+
+            async def swept() -> bool:
+                return await store.profile_get(HOOKS_SECTION + "ghost") == {}
+
+            await until(swept, what="the orphaned verdicts deleted")
+    assert await store.profile_get(HOOKS_SECTION + old) == {}
+    assert await store.profile_get(HOOKS_SECTION + live) == verdict
+    assert await store.profile_get(HOOKS_SECTION + "late") == verdict
+    assert await store.profile_get("spoolbox.other:ghost") == {"x": 1}
+    assert "deleted 2 stored hook verdict(s) of messages no longer in the store" in caplog.text

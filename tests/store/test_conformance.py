@@ -15,7 +15,7 @@ from spoolbox.model import MessageInfo, MessageState, NewMessage, RecipientState
 from spoolbox.store.base import ClaimedJob, InboundMessage, RecipientUpdate, Store
 from spoolbox.store.memory import MemoryStore
 from spoolbox.store.sqlite import SQLiteStore
-from spoolbox.testing import store_conformance
+from spoolbox.testing import store_conformance, store_drop, store_sections
 from spoolbox.testing.store_conformance import STORE_CHECKS, check_store, run_store_check
 
 BACKENDS = ("memory", "sqlite", "postgres")
@@ -46,7 +46,7 @@ def test_the_suite_covers_every_store_method() -> None:
     methods = {
         name for name in dir(Store) if not name.startswith("_") and callable(getattr(Store, name))
     } - {"open", "close"}
-    source = inspect.getsource(store_conformance)
+    source = "".join(inspect.getsource(m) for m in (store_conformance, store_drop, store_sections))
     missing = sorted(m for m in methods if f".{m}(" not in source)
     assert missing == []
     assert len(STORE_CHECKS) >= 30
@@ -267,6 +267,20 @@ class _ReleasesKeptClaims(MemoryStore):
         )
 
 
+class _PurgesSectionsOfStoredMessages(MemoryStore):
+    """Deletes the sections it is given, their message stored or not."""
+
+    async def purge_sections(self, prefix: str, ids: Collection[str]) -> list[str]:
+        return [m for m in ids if self._profiles.pop(prefix + m, None) is not None]
+
+
+class _ListsSectionsUnbounded(MemoryStore):
+    """Ignores the limit of orphan_sections."""
+
+    async def orphan_sections(self, prefix: str, *, limit: int) -> list[str]:
+        return await super().orphan_sections(prefix, limit=1000)
+
+
 _FINISHED = (RecipientState.DELIVERED, RecipientState.FAILED, RecipientState.CANCELLED)
 
 
@@ -286,6 +300,12 @@ _FINISHED = (RecipientState.DELIVERED, RecipientState.FAILED, RecipientState.CAN
         (_ReleasesPastTheBound, "release_lost_claims"),
         (_ReleasesKeptClaims, "release_lost_claims"),
         (_RestoresOverALaterClaim, "settle_restoring_a_claim_undone"),
+        (_PurgesSectionsOfStoredMessages, "orphan_sections_lists_those_of_messages_gone"),
+        (
+            _PurgesSectionsOfStoredMessages,
+            "purge_sections_keeps_a_section_whose_message_came_since",
+        ),
+        (_ListsSectionsUnbounded, "orphan_sections_takes_at_most_limit"),
     ],
     ids=[
         "ignores-priority",
@@ -301,6 +321,9 @@ _FINISHED = (RecipientState.DELIVERED, RecipientState.FAILED, RecipientState.CAN
         "releases-past-the-bound",
         "releases-kept-claims",
         "restores-over-a-later-claim",
+        "purges-sections-of-stored-messages",
+        "purges-the-section-of-a-message-come-since",
+        "lists-sections-unbounded",
     ],
 )
 async def test_check_store_names_the_failing_check(

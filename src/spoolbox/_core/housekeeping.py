@@ -1,7 +1,8 @@
 """Housekeeping, every ``policy.housekeeping_interval`` seconds: leases that ran out
 go back to the queue, recipients past their lifetime fail (5.4.7) with a report,
-finished messages and inbox entries older than the retention settings are purged,
-and the spooler's status row gets the queue's counts.
+finished messages and inbox entries older than the retention settings are purged
+(and the stored hook verdicts their messages left behind), and the spooler's status
+row gets the queue's counts.
 
 Purging goes in batches of :data:`PURGE_BATCH` messages (or inbox entries), one
 short transaction each, and yields to the event loop between them, so a store with a
@@ -18,6 +19,7 @@ from ..model import RecipientState
 from ..store import RecipientUpdate
 from ..store.retention import Retention
 from .chores import ChoreTrouble
+from .hosts.hooked import HOOKS_SECTION
 from .runtime import SPOOLER_ROW, Runtime
 
 __all__ = ["PURGE_BATCH", "PURGE_INTERVAL", "Housekeeper"]
@@ -48,6 +50,8 @@ class Housekeeper:
         self._released = released  # claims went back to the queue: wake who waits
         self._retention = retention if retention is not None else Retention()
         self._next_prune = float("-inf")
+        #: Message ids whose stored hook verdicts the last purge found orphaned.
+        self._orphans: list[str] = []
 
     async def run(self) -> None:
         """Keep house until cancelled; a failed round is logged and retried."""
@@ -117,4 +121,22 @@ class Housekeeper:
             log.info(
                 "retention: purged %d finished messages and %d inbox entries", messages, entries
             )
+        await self._purge_verdicts()
         return messages, entries
+
+    async def _purge_verdicts(self) -> None:
+        """Delete the stored hook verdicts of messages the store no longer has (a crash
+        between a job's last settle and the dropping of its verdict leaves one) that
+        were already orphaned at the purge before: a verdict written just before its
+        message (a reroute's) looks orphaned for a moment."""
+        store = self._runtime.store
+        seen, self._orphans = self._orphans, []
+        if seen:
+            gone = await store.purge_sections(HOOKS_SECTION, seen)
+            if gone:
+                log.info(
+                    "retention: deleted %d stored hook verdict(s) of messages no longer "
+                    "in the store",
+                    len(gone),
+                )
+        self._orphans = await store.orphan_sections(HOOKS_SECTION, limit=PURGE_BATCH)

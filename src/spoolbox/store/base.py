@@ -468,6 +468,27 @@ class Store(Protocol):
         StoreError for ``limit < 1``."""
         ...
 
+    async def orphan_sections(self, prefix: str, *, limit: int) -> list[str]:
+        """Up to ``limit`` message ids ``X`` such that a profile section ``prefix`` +
+        ``X`` exists and the store has no message ``X`` (purged, dropped at its last
+        settle, never stored).
+
+        For a caller's per-message sections (the spooler's stored hook verdicts,
+        ``spoolbox.hooks:<id>``) that a crash left behind their message; a section
+        written just before its message is submitted is one too, for a moment: the
+        caller deletes with :meth:`purge_sections` what it found orphaned a while
+        before.  ``prefix`` must end with ``":"`` and ``limit`` be at least 1, or
+        StoreError."""
+        ...
+
+    async def purge_sections(self, prefix: str, ids: Collection[str]) -> list[str]:
+        """Delete, in one durable transaction, the sections ``prefix`` + ``X`` for each
+        ``X`` of ``ids`` that is not a message of the store now; returns the ``X``
+        whose section it deleted, in the order of ``ids``.  A section whose message
+        exists is kept, whatever ``ids`` says, and so is every section not named with
+        ``prefix``; StoreError for a prefix that does not end with ``":"``."""
+        ...
+
     async def profile_get(self, section: str) -> dict[str, JSONValue]: ...
 
     async def profile_update(self, section: str, values: Mapping[str, JSONValue]) -> None:

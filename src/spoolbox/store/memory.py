@@ -634,6 +634,18 @@ class MemoryStore(MemoryCluster):
             del self._inbox[entry_id]
         return gone[:limit]
 
+    async def orphan_sections(self, prefix: str, *, limit: int) -> list[str]:
+        retention.check_section_prefix(prefix)
+        retention.check_limit(limit)
+        ids = (s.removeprefix(prefix) for s in self._profiles if s.startswith(prefix))
+        return [mid for mid in ids if mid not in self._messages][:limit]
+
+    async def purge_sections(self, prefix: str, ids: Collection[str]) -> list[str]:
+        retention.check_section_prefix(prefix)
+        gone = [m for m in dict.fromkeys(ids) if m not in self._messages]
+        gone = [m for m in gone if self._profiles.pop(prefix + m, None) is not None]
+        return gone
+
     async def profile_get(self, section: str) -> dict[str, JSONValue]:
         return copy.deepcopy(self._profiles.get(section, {}))
 

@@ -41,6 +41,7 @@ _READ = (
     "list_inbox",
     "read_inbox",
     "profile_get",
+    "orphan_sections",
 )
 _WRITE = (
     "submit",
@@ -59,6 +60,7 @@ _WRITE = (
     "delete_inbox",
     "purge",
     "purge_inbox",
+    "purge_sections",
 )
 _PROGRESS = (
     "claim",

@@ -33,6 +33,7 @@ __all__ = [
     "Retention",
     "check_cutoffs",
     "check_limit",
+    "check_section_prefix",
     "dropped",
     "finished_at",
     "purgeable",
@@ -171,3 +172,14 @@ def check_limit(limit: int) -> None:
     """Refuse (StoreError) a purge's ``limit`` below 1 (for backends)."""
     if limit < 1:
         raise StoreError(f"a purge's limit must be at least 1, not {limit}")
+
+
+def check_section_prefix(prefix: str) -> None:
+    """Refuse (StoreError) a prefix of ``orphan_sections`` / ``purge_sections`` that
+    does not end with ":" (with "" every section of the store that is not a message
+    id would be taken for a message's)."""
+    if not prefix.endswith(":"):
+        raise StoreError(
+            f"per-message sections need a prefix ending with ':' (such as "
+            f"'spoolbox.hooks:'), not {prefix!r}"
+        )

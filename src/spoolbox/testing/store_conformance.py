@@ -1740,6 +1740,7 @@ async def _inbox_purge_and_delete(store: Store) -> None:
     )
 
 
-# The checks of settle's drop_finished live in their own module; importing it adds them
-# to STORE_CHECKS, after the ones above.
+# The checks of settle's drop_finished and of purge_sections live in modules of their
+# own; importing them adds them to STORE_CHECKS, after the ones above.
 from . import store_drop as _store_drop  # noqa: E402, F401
+from . import store_sections as _store_sections  # noqa: E402, F401

@@ -28,7 +28,15 @@ from ..sqlite.rows import recipient_from_row
 from . import queries as _q
 from .arrays import text_array
 
-__all__ = ["delete_inbox", "delete_message", "delete_messages", "purge", "purge_inbox"]
+__all__ = [
+    "delete_inbox",
+    "delete_message",
+    "delete_messages",
+    "orphan_sections",
+    "purge",
+    "purge_inbox",
+    "purge_sections",
+]
 
 Conn = AsyncConnection[DictRow]
 
@@ -123,3 +131,35 @@ async def delete_inbox(conn: Conn, *, entry_id: str) -> None:
         raise UnknownMessage(f"no inbox message with id {entry_id!r}")
     await conn.execute(_DELETE_INBOX, (entry_id,))
     await conn.execute(_DELETE_BLOB, (int(row["blob_id"]),))
+
+
+#: Profile sections named prefix + the id of a message the store does not have.
+_ORPHAN_SECTIONS = """
+SELECT DISTINCT section FROM profile
+WHERE left(section, %(n)s) = %(prefix)s
+  AND NOT EXISTS (SELECT 1 FROM messages WHERE id = substr(section, %(n)s + 1))
+LIMIT %(limit)s
+"""
+#: Those of the given sections whose message is not stored (now, in this transaction).
+_DELETE_SECTIONS = """
+DELETE FROM profile WHERE section = ANY(%(sections)s::text[])
+  AND NOT EXISTS (SELECT 1 FROM messages WHERE id = substr(section, %(n)s + 1))
+RETURNING section
+"""
+
+
+async def orphan_sections(conn: Conn, *, prefix: str, limit: int) -> list[str]:
+    """Up to ``limit`` ids with a section ``prefix`` + id and no message."""
+    params = {"n": len(prefix), "prefix": prefix, "limit": limit}
+    cur = await conn.execute(_ORPHAN_SECTIONS, params)
+    return [str(row["section"])[len(prefix) :] for row in await cur.fetchall()]
+
+
+async def purge_sections(conn: Conn, *, prefix: str, ids: Sequence[str]) -> list[str]:
+    """Delete the sections ``prefix`` + id of those ``ids`` that are not messages;
+    returns the ids whose section went, in the order of ``ids``."""
+    wanted = list(dict.fromkeys(ids))
+    params = {"n": len(prefix), "sections": text_array([prefix + m for m in wanted])}
+    cur = await conn.execute(_DELETE_SECTIONS, params)
+    deleted = {str(row["section"])[len(prefix) :] for row in await cur.fetchall()}
+    return [m for m in wanted if m in deleted]

@@ -627,6 +627,22 @@ class PostgresStore(PostgresCluster):
             functools.partial(_purge.purge_inbox, received_before=received_before, limit=limit),
         )
 
+    async def orphan_sections(self, prefix: str, *, limit: int) -> list[str]:
+        retention.check_section_prefix(prefix)
+        retention.check_limit(limit)
+        return await self._run(
+            "orphan_sections",
+            functools.partial(_purge.orphan_sections, prefix=prefix, limit=limit),
+        )
+
+    async def purge_sections(self, prefix: str, ids: Collection[str]) -> list[str]:
+        retention.check_section_prefix(prefix)
+        if not ids:
+            return []
+        return await self._run(
+            "purge_sections", functools.partial(_purge.purge_sections, prefix=prefix, ids=list(ids))
+        )
+
     async def profile_get(self, section: str) -> dict[str, JSONValue]:
         return await self._run("profile_get", functools.partial(tx.profile_get, section=section))
 

@@ -21,7 +21,16 @@ from .. import retention
 from ..base import UnknownMessage
 from .rows import recipient_from_row
 
-__all__ = ["candidates", "delete_inbox", "delete_message", "old_inbox", "purge", "purge_inbox"]
+__all__ = [
+    "candidates",
+    "delete_inbox",
+    "delete_message",
+    "old_inbox",
+    "orphan_sections",
+    "purge",
+    "purge_inbox",
+    "purge_sections",
+]
 
 # A message's finished time and the counts its queue is decided from, for the messages
 # whose every recipient is finished (the state literals as the schema spells them).
@@ -119,3 +128,31 @@ def delete_inbox(conn: sqlite3.Connection, *, entry_id: str) -> None:
 def _delete_entry(conn: sqlite3.Connection, entry_id: str, blob_id: int) -> None:
     conn.execute(_DELETE_INBOX, (entry_id,))
     conn.execute(_DELETE_BLOB, (blob_id,))
+
+
+# Profile sections named prefix + the id of a message the store does not have.
+_ORPHAN_SECTIONS = """
+SELECT DISTINCT section FROM profile
+WHERE substr(section, 1, :n) = :prefix
+  AND NOT EXISTS (SELECT 1 FROM messages WHERE id = substr(section, :n + 1))
+LIMIT :limit
+"""
+_MESSAGE_EXISTS = "SELECT 1 FROM messages WHERE id = ?"
+_DELETE_SECTION = "DELETE FROM profile WHERE section = ?"
+
+
+def orphan_sections(conn: sqlite3.Connection, *, prefix: str, limit: int) -> list[str]:
+    """Up to ``limit`` ids with a section ``prefix`` + id and no message (read)."""
+    params = {"n": len(prefix), "prefix": prefix, "limit": limit}
+    return [str(r["section"])[len(prefix) :] for r in conn.execute(_ORPHAN_SECTIONS, params)]
+
+
+def purge_sections(conn: sqlite3.Connection, *, prefix: str, ids: Sequence[str]) -> list[str]:
+    """Delete the sections ``prefix`` + id of those ``ids`` that are not messages
+    (write transaction); returns the ids whose section went."""
+    gone: list[str] = []
+    for mid in dict.fromkeys(ids):
+        stored = conn.execute(_MESSAGE_EXISTS, (mid,)).fetchone() is not None
+        if not stored and conn.execute(_DELETE_SECTION, (prefix + mid,)).rowcount:
+            gone.append(mid)
+    return gone

@@ -614,6 +614,22 @@ class SQLiteStore(SQLiteCluster):
             functools.partial(_purge.purge_inbox, ids=ids, received_before=received_before),
         )
 
+    async def orphan_sections(self, prefix: str, *, limit: int) -> list[str]:
+        retention.check_section_prefix(prefix)
+        retention.check_limit(limit)
+        return await self._run(
+            "orphan_sections",
+            functools.partial(_purge.orphan_sections, prefix=prefix, limit=limit),
+        )
+
+    async def purge_sections(self, prefix: str, ids: Collection[str]) -> list[str]:
+        retention.check_section_prefix(prefix)
+        if not ids:
+            return []
+        return await self._run(
+            "purge_sections", functools.partial(_purge.purge_sections, prefix=prefix, ids=list(ids))
+        )
+
     async def profile_get(self, section: str) -> dict[str, JSONValue]:
         return await self._run("profile_get", functools.partial(tx.profile_get, section=section))
 
