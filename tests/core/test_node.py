@@ -75,6 +75,8 @@ class _Spooler:
         self.forgotten: list[str] = []  # forget_destinations calls
         self.parts: list[str] = []  # flush parts spawned (not run), with serve_parts False
         self.serve_parts = True
+        self.flushes: list[dict[str, Any]] = []
+        self.store_failures = 0  # store_failed calls
 
     def spawn(self, coro: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
         if not self.serve_parts:
@@ -85,15 +87,15 @@ class _Spooler:
         self.tasks.append(task)
         return task
 
-        self.forgotten: list[str] = []
-        self.flushes: list[dict[str, Any]] = []
-
     def start_flush(self, **kwargs: Any) -> FlushHandle:
         self.flushes.append(kwargs)
         raise AssertionError("no flush was asked")
 
     def forget_destinations(self, transport: str) -> None:
         self.forgotten.append(transport)
+
+    def store_failed(self) -> None:
+        self.store_failures += 1
 
 
 SETTINGS = NodeSettings(lease=15.0, interval=1.0, forget_after=600.0)
@@ -134,13 +136,19 @@ async def test_store_unavailable_is_shown_then_cleared() -> None:
     presence = NodePresence(spooler, store, SETTINGS)
     await presence.tick()
     assert spooler.status["spooler"].display_string == "Available"
+    assert spooler.store_failures == 0
     store.down = True
     await presence.tick()
     row = spooler.status["spooler"]
     assert row.display_string == STORE_UNAVAILABLE
     assert row.detail is not None and "connection refused" in row.detail
+    # Noted for the lanes: they put right what the failure may have undone.
+    assert spooler.store_failures == 1
+    assert await presence.flush_asked("relay") is False
+    assert spooler.store_failures == 2
     store.down = False
     await presence.tick()
+    assert spooler.store_failures == 2
     assert spooler.status["spooler"].display_string == "Available"
     assert spooler.status["spooler"].detail is None
     assert [r["status"] for r in store.published[-1].rows if r["name"] == "spooler"] == [

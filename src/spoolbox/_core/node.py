@@ -117,6 +117,11 @@ class NodeSpooler(Protocol):
 
     def forget_destinations(self, transport: str) -> None: ...
 
+    def store_failed(self) -> None:
+        """A store call failed: noted for the lanes' recovery once the store is back
+        (:class:`~spoolbox._core.recovery.StoreOutages`)."""
+        ...
+
 
 _NODES: weakref.WeakKeyDictionary[Any, NodePresence] = weakref.WeakKeyDictionary()
 
@@ -271,6 +276,7 @@ class NodePresence:
 
     def _store_down(self, exc: StoreError) -> None:
         self._changed = True  # publish at once when the store is back
+        self._spooler.store_failed()
         if self.unavailable is None:
             log.warning("node %s: the store is unavailable: %s", self.name, exc)
         self.unavailable = str(exc)
@@ -297,6 +303,7 @@ class NodePresence:
         try:
             taken = await self._take_new(self._spooler.clock.now())
         except StoreError:
+            self._spooler.store_failed()
             return False
         return any(r.upload and r.transport in (None, transport) for r in taken)
 

@@ -571,6 +571,11 @@ class Spooler:
         """Some recipients changed state (in this process): wakes :meth:`wait_for`."""
         self._changed.set()
 
+    def store_failed(self) -> None:
+        """A store call outside the spooler's own chores failed (the node's presence):
+        noted for the lanes' recovery (:class:`~._core.recovery.StoreOutages`)."""
+        self._runtime.store_failed()
+
     def _released(self) -> None:
         """Expired claims went back to the queue."""
         self.messages_changed()
