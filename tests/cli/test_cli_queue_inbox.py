@@ -4,10 +4,19 @@ decoded senders and subjects, with and without the daemon."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from conftest import Daemons, Home, wait_until
+from spoolbox.cli.queue_cmds import _show_message, _what_it_did
+from spoolbox.model import Address, NewMessage, RecipientState
+from spoolbox.store import RecipientUpdate
+from spoolbox.store.sqlite import SQLiteStore
 
 
 def _send(home: Home, to: str, subject: str) -> str:
@@ -193,3 +202,134 @@ def test_inbox_list_decodes_sender_and_subject_and_delete_takes_prefixes(
     r = home.run("inbox", "delete", first["id"])
     assert r.returncode == 0, r.stderr
     assert home.run("inbox", "list").stdout.strip() == "the inbox is empty"
+
+
+async def _half_finished(home: Home) -> tuple[str, str]:
+    """In the home's store: a message delivered to one recipient and deferred (its next
+    try set) for the other, and one delivered; their ids."""
+    store = SQLiteStore(home.path / "spool.sqlite3")
+    await store.open()
+    try:
+        ids = []
+        for n in (2, 1):
+            new = NewMessage(
+                sender=None,
+                recipients=tuple(Address.parse(f"MAILDIR:r{i}") for i in range(n)),
+                content=b"Subject: x\r\n\r\nx\r\n",
+            )
+            now = time.time()
+            info = await store.submit(new, now=now, lifetime=3600, routes=["local"] * n)
+            [job] = await store.claim("local", owner="test", now=now, lease=60)
+            updates = [RecipientUpdate(0, RecipientState.DELIVERED, "2.0.0", "ok")]
+            if n == 2:
+                updates.append(
+                    RecipientUpdate(
+                        1,
+                        RecipientState.QUEUED,
+                        "4.2.0",
+                        "try later",
+                        retry_at=now + 600,
+                        count_attempt=True,
+                    )
+                )
+            await store.settle(info.id, updates, owner="test", now=now, claim=job.claim)
+            ids.append(info.id)
+        return ids[0], ids[1]
+    finally:
+        await store.close()
+
+
+def test_all_means_the_unfinished_and_a_cancel_says_what_it_cancelled(
+    home: Home, daemons: Daemons
+) -> None:
+    """``ALL`` without ``--state`` is the queue as ``queue list`` shows it (a week of
+    sent mail is not walked through), and each line of a cancel says what it did."""
+    half, sent = asyncio.run(_half_finished(home))
+    waiting = _send(home, "MAILDIR:bob", "waiting")
+    r = home.run("queue", "show", half)
+    assert r.returncode == 0, r.stderr
+    [r0, r1] = [line for line in r.stdout.splitlines() if "MAILDIR:r" in line]
+    assert r0.endswith("MAILDIR:r0: delivered via local (2.0.0 ok)"), r0
+    assert "queued via local, 1 attempt, next try " in r1, r1
+    r = home.run("queue", "hold", "ALL")
+    assert r.returncode == 0, r.stderr
+    held = sorted(line.split(":")[0] for line in r.stdout.splitlines())
+    assert held == sorted([half, waiting])  # not the sent one
+    daemons.start(home)  # the held messages wait
+    r = home.run("queue", "cancel", "ALL", "--json")
+    assert r.returncode == 0, r.stderr
+    results = {x["id"]: x for x in json.loads(r.stdout)["results"]}
+    assert set(results) == {half, waiting}
+    assert results[waiting]["cancelled"] == 1 and results[half]["cancelled"] == 1
+    assert (results[half]["state"], results[waiting]["state"]) == ("sent", "cancelled")
+    r = home.run("queue", "cancel", half, sent)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        f"{half}: sent, nothing left to cancel",
+        f"{sent}: sent, nothing left to cancel",
+    ]
+    r = home.run("queue", "show", half)
+    assert r.returncode == 0, r.stderr
+    [r1] = [line for line in r.stdout.splitlines() if "MAILDIR:r1" in line]
+    assert "cancelled via local, 1 attempt (cancelled by user)" in r1, r1
+
+
+def test_an_action_line_says_what_the_queue_alone_does_not() -> None:
+    assert _what_it_did({"id": "m", "state": "cancelled", "cancelled": 2}) == ""
+    assert (
+        _what_it_did({"id": "m", "state": "sent", "cancelled": 1})
+        == " (1 unfinished recipient cancelled, the others had finished)"
+    )
+    assert _what_it_did({"id": "m", "state": "failed", "cancelled": 0}) == (
+        ", nothing left to cancel"
+    )
+    assert _what_it_did({"id": "m", "state": "queued", "retried": 1}) == (
+        " (1 recipient made ready)"
+    )
+    assert _what_it_did({"id": "m", "state": "queued", "retried": 3}) == (
+        " (3 recipients made ready)"
+    )
+    assert _what_it_did({"id": "m", "state": "hold"}) == ""
+
+
+def test_a_recipient_line_shows_status_and_diagnostic_without_stray_spaces(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def recipient(index: int, status: str | None, diagnostic: str | None) -> dict[str, Any]:
+        return {
+            "index": index,
+            "address": f"SMTP:r{index}@example.org",
+            "state": "delivered",
+            "route": "relay",
+            "attempts": 2,
+            "retry_at": 1.0,  # kept from a deferral: not shown for a finished one
+            "status": status,
+            "diagnostic": diagnostic,
+        }
+
+    _show_message(
+        {
+            "id": "m",
+            "state": "sent",
+            "held": False,
+            "sender": None,
+            "subject": "s",
+            "size": 1,
+            "priority": "normal",
+            "submitted_at": 0.0,
+            "expires_at": 0.0,
+            "recipients": [
+                recipient(0, "2.0.0", None),
+                recipient(1, None, "smtp; 250 ok"),
+                recipient(2, "2.0.0", "smtp; 250 ok"),
+                recipient(3, None, None),
+            ],
+        }
+    )
+    lines = capsys.readouterr().out.splitlines()[-4:]
+    assert lines == [
+        "  [0] SMTP:r0@example.org: delivered via relay, 2 attempts (2.0.0)",
+        "  [1] SMTP:r1@example.org: delivered via relay, 2 attempts (smtp; 250 ok)",
+        "  [2] SMTP:r2@example.org: delivered via relay, 2 attempts (2.0.0 smtp; 250 ok)",
+        "  [3] SMTP:r3@example.org: delivered via relay, 2 attempts",
+    ]

@@ -16,9 +16,9 @@ without telling it:
 Left alone, both wait for their lease to end (two minutes by default), and the
 second is then delivered again.  :class:`StoreOutages` is what the spooler keeps
 for it: a count of the store's failures (every chore, lane and the node's presence
-that sees one notes it, ``Runtime.store_failed``), when they came, the latest lease a claim made before
-the last of them can have, and the settles of claimed jobs the store acknowledged
-lately (:data:`ACKED_KEPT`, without reports: those are made again by the delivery
+that sees one notes it, ``Runtime.store_failed``), when they came, the latest lease
+a claim made before the last of them can have, and the settles of claimed jobs the
+store acknowledged lately (:data:`ACKED_KEPT`, without reports: those are made again by the delivery
 made again).  Before its next claim, an outbound lane that has not seen the latest
 count writes again the settles of its transport acknowledged from a second (and a
 routing interval) before the first failure it has not seen up to the last

@@ -628,6 +628,7 @@ class Client:
             elif action == "release":
                 await store.release(message_id, now=now)
             elif action == "cancel":
+                extra["cancelled"] = await selection.unfinished(store, message_id)
                 await store.cancel(message_id)
             else:
                 extra["retried"] = await store.retry_now(message_id, now=now)

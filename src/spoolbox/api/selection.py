@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..model import MessageState, MessageSummary
+from ..model import TERMINAL, MessageState, MessageSummary
 from ..store.base import Store, StoreError, UnknownMessage
 from ..store.retention import FINISHED_STATES, Retention, purgeable
 from .wire import BAD_REQUEST, ApiError, limit_of, message_to_dict, optional, summary_of
@@ -30,6 +30,7 @@ __all__ = [
     "select",
     "short_ids",
     "states_of",
+    "unfinished",
 ]
 
 #: The word that selects every message (as Postfix's ``postsuper -d ALL``).
@@ -214,7 +215,8 @@ async def resolve_inbox(store: Store, prefix: str) -> str:
 
 async def select(store: Store, *, ids: Sequence[str], filt: Filter | None, now: float) -> list[str]:
     """The ids a bulk action means: ``ids`` (prefixes, or ``ALL``: every message the
-    filter keeps), or with no ids, every message ``filt`` keeps (oldest first)."""
+    filter keeps, every one without a filter), or with no ids, every message ``filt``
+    keeps (oldest first)."""
     if ids and ALL not in ids:
         out = [await resolve(store, prefix, now=now) for prefix in ids]
         return list(dict.fromkeys(out))
@@ -280,8 +282,14 @@ async def queue_select(store: Store, args: dict[str, Any], *, now: float) -> dic
     transport = optional(args, "transport", str)
     filt = None
     if states is not None or transport is not None or ALL in ids:
-        filt = Filter(states=states, transport=transport)
+        # Without --state, the queue as ``queue list`` shows it: the unfinished.
+        filt = Filter(states=UNFINISHED if states is None else states, transport=transport)
     return {"ids": await select(store, ids=ids, filt=filt, now=now)}
+
+
+async def unfinished(store: Store, message_id: str) -> int:
+    """How many of a message's recipients are not finished (what a cancel cancels)."""
+    return sum(r.state not in TERMINAL for r in await store.recipients(message_id))
 
 
 async def queue_purge(

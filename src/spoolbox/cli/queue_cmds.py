@@ -114,13 +114,12 @@ def _show_message(message: dict[str, Any]) -> None:
         if recipient["route"]:
             line += f" via {recipient['route']}"
         if recipient["attempts"]:
-            line += f", {recipient['attempts']} attempts"
-        if recipient["retry_at"]:
+            line += f", {_plural(recipient['attempts'], 'attempt')}"
+        if recipient["retry_at"] and recipient["state"] == "queued":
             line += f", next try {when(recipient['retry_at'])}"
-        if recipient["status"] or recipient["diagnostic"]:
-            line += f" ({recipient['status'] or ''} {safe(recipient['diagnostic'])})".replace(
-                "( ", "("
-            )
+        said = [recipient["status"] or "", safe(recipient["diagnostic"] or "")]
+        if any(said):
+            line += f" ({' '.join(part for part in said if part)})"
         click.echo(line)
 
 
@@ -171,10 +170,7 @@ def _action(name: str, doc: str) -> click.Command:
                 if "error" in result:
                     click.echo(f"{result['id']}: {result['error']['message']}", err=True)
                     continue
-                extra = (
-                    f" ({result['retried']} recipients made ready)" if "retried" in result else ""
-                )
-                click.echo(f"{result['id']}: {result['state']}{extra}")
+                click.echo(f"{result['id']}: {result['state']}{_what_it_did(result)}")
             if not ids:
                 click.echo("no messages match")
         if errors:
@@ -182,6 +178,23 @@ def _action(name: str, doc: str) -> click.Command:
 
     cmd.__doc__ = doc
     return click.command(name)(cmd)
+
+
+def _what_it_did(result: dict[str, Any]) -> str:
+    """What an action's result says beyond the message's queue after it."""
+    if "retried" in result:
+        return f" ({_plural(result['retried'], 'recipient')} made ready)"
+    cancelled = result.get("cancelled")
+    if cancelled == 0:
+        return ", nothing left to cancel"
+    if cancelled is not None and result["state"] != "cancelled":
+        return f" ({_plural(cancelled, 'unfinished recipient')} cancelled, the others had finished)"
+    return ""
+
+
+def _plural(n: int, noun: str) -> str:
+    """``1 attempt``, ``2 attempts``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 queue_group.add_command(_action("hold", "Hold messages (they wait until released)."))

@@ -212,8 +212,9 @@ async def queue_release(daemon: DaemonView, args: dict[str, Any]) -> dict[str, A
 async def queue_cancel(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
     spooler = await daemon.current()
     message_id = required(args, "id", str)
+    cancelled = await selection.unfinished(spooler.store, message_id)
     state = await spooler.cancel(message_id)
-    return {"id": message_id, "state": str(state)}
+    return {"id": message_id, "state": str(state), "cancelled": cancelled}
 
 
 async def queue_retry(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
