@@ -83,8 +83,17 @@ session after repeated failures, and calls again later).  When ``start_message``
 delivers a message and more are waiting, it raises NEWMAIL again so the spooler
 comes back for the next without waiting for its next poll.
 
+The IDLE connection (option ``idle``, when the server offers it) is watched for its
+loss as well as for the server's pushes: dropped by the server (a restart, ``doveadm
+kick``), it is made again at once rather than when its IDLE would have been renewed.
+aioimaplib's parser gets what arrives a few hundred lines at a time
+(:mod:`.lines`): a read of thousands of lines (another client expunging a large
+folder while this connection idles) no longer overflows its recursion, which closed
+the connection with a fatal error in the log.
+
 The package: :mod:`.wire` (IMAP's text: commands and answers, no I/O),
-:mod:`.connection` (one connection and its commands), :mod:`.state` (the durable
+:mod:`.connection` (one connection and its commands), :mod:`.lines` (aioimaplib's
+parser fed a few hundred lines at a time), :mod:`.state` (the durable
 record in the profile section), :mod:`.idle` (IDLE), :mod:`.session` (the session)
 and :mod:`.provider` (the provider; it loads without aioimaplib, the ``imap`` extra,
 and its logon then fails saying so).

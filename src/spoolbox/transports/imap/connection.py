@@ -18,6 +18,7 @@ import aioimaplib  # type: ignore[import-untyped]  # no py.typed in 2.0
 from spoolbox.contract import FailOneProvider, Support
 
 from .._mailbox import MailboxSettings
+from .lines import LineBounded
 from .wire import (
     _check,
     _fetch_result,
@@ -44,6 +45,8 @@ class _Connection:
         self.imap: aioimaplib.IMAP4 | None = None
         self.uidvalidity = 0
         self.capabilities: frozenset[str] = frozenset()
+        #: Set when the connection is lost (once it was made): the IDLE watch's wake-up.
+        self.lost = asyncio.Event()
 
     async def open(self) -> None:
         s = self.settings
@@ -59,6 +62,9 @@ class _Connection:
             self.imap = imap
             await imap.wait_hello_from_server()
             proto = imap.protocol
+            # aioimaplib's parser gets what arrives a few hundred lines at a time (lines.py).
+            bounded = LineBounded(proto, lambda _exc: self.lost.set())
+            proto.transport.set_protocol(bounded)
             if isinstance(getattr(proto.transport, "max_size", None), int):
                 # aioimaplib parses each chunk it receives by copying the rest of the
                 # chunk after every line: quadratic in the chunk size.  asyncio reads
@@ -74,7 +80,7 @@ class _Connection:
                 cmd = aioimaplib.Command("STARTTLS", proto.new_tag(), loop=proto.loop)
                 _check(await proto.execute(cmd), "STARTTLS")
                 proto.transport = await loop.start_tls(
-                    proto.transport, proto, ctx, server_hostname=s.host
+                    proto.transport, bounded, ctx, server_hostname=s.host
                 )
                 await proto.capability()
             resp = await imap.login(s.username, s.password)

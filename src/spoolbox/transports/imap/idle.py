@@ -87,7 +87,7 @@ class _IdleWatch:
         idle = await imap.idle_start(timeout=renew)
         try:
             while imap.has_pending_idle():
-                push = await imap.wait_server_push(timeout=renew + self.settings.timeout)
+                push = await _push_or_lost(conn, imap, renew + self.settings.timeout)
                 if push == aioimaplib.STOP_WAIT_SERVER_PUSH:
                     break
                 if _exists(push if isinstance(push, list) else [push]):
@@ -97,3 +97,19 @@ class _IdleWatch:
                 imap.idle_done()
         async with asyncio.timeout(self.settings.timeout):
             _check(await idle, "IDLE")
+
+
+async def _push_or_lost(conn: _Connection, imap: aioimaplib.IMAP4, timeout: float) -> object:
+    """The server's next push in IDLE; ConnectionError as soon as the connection is
+    lost (else the watch would wait for the push's timeout, minutes, hearing nothing)."""
+    push = asyncio.ensure_future(imap.wait_server_push(timeout=timeout))
+    lost = asyncio.ensure_future(conn.lost.wait())
+    try:
+        await asyncio.wait((push, lost), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        lost.cancel()
+        if not push.done():
+            push.cancel()
+    if push.done() and not push.cancelled():
+        return push.result()
+    raise ConnectionError(f"imap {conn.settings.where}: the IDLE connection was lost")

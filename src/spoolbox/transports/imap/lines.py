@@ -1,0 +1,74 @@
+"""Between the socket and aioimaplib: its protocol is handed what arrives a few
+hundred lines at a time.
+
+aioimaplib 2.0's response parser calls itself once per line of what one
+``data_received`` brings.  A read of more than about 950 lines (a folder of a few
+thousand messages that another client expunges or flags while this connection
+idles: ``* 812 EXPUNGE`` a line, 13 bytes each) ends in ``RecursionError``; the
+event loop logs it as a fatal error of the protocol, closes the connection, and the
+IDLE watch hears nothing more (aioimaplib issue 118, unfixed in 2.0.3).  The parser
+also copies the rest of the read after every line, so its cost grows with the square
+of the read.
+
+:class:`LineBounded` is an ``asyncio.Protocol`` put in front of aioimaplib's with the
+transport's public ``set_protocol``: it passes every read on in pieces of at most
+:data:`LINES` lines, cut after a line feed.  A TCP stream may be cut anywhere, and
+aioimaplib keeps what a piece leaves incomplete (a line, a literal) for the next, so
+the pieces parse as the whole read would.  Everything else goes straight through; a
+lost connection is also told to ``on_lost`` (the IDLE watch's wake-up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Final
+
+__all__ = ["LINES", "LineBounded"]
+
+#: Lines handed to aioimaplib at a time: far below its recursion limit.
+LINES: Final = 200
+
+
+class LineBounded(asyncio.Protocol):
+    """``inner`` (aioimaplib's protocol) behind a transport, fed at most
+    :data:`LINES` lines per call."""
+
+    def __init__(
+        self, inner: asyncio.Protocol, on_lost: Callable[[Exception | None], None]
+    ) -> None:
+        self.inner = inner
+        self._on_lost = on_lost
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if data.count(b"\n") <= LINES:
+            self.inner.data_received(data)
+            return
+        start, size = 0, len(data)
+        while start < size:
+            end = start
+            for _ in range(LINES):
+                end = data.find(b"\n", end) + 1
+                if not end:
+                    end = size
+                    break
+            self.inner.data_received(data[start:end])
+            start = end
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self.inner.connection_lost(exc)
+        finally:
+            self._on_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
