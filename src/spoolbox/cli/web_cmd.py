@@ -4,7 +4,9 @@ It prints the address and opens nothing (a browser, if there is one, is the user
 to start).  The token is made in the data directory if there is none yet (the
 daemon reads the same file when it starts).  With ``[web] enabled = false`` it says
 how to switch the page on and exits 5 (a profile matter); when the daemon is not
-running it still prints the address and says so on stderr (exit 3).
+running, or runs but nothing answers at the page's address (the daemon reads
+``[web]`` when it starts: one started before the page was enabled serves none), it
+still prints the address and says so on stderr (exit 3).
 """
 
 from __future__ import annotations
@@ -42,10 +44,30 @@ def web_cmd(obj: Ctx, as_json: bool) -> None:
         obj.client().ping()
     except DaemonNotRunning:
         running = False
+    # The daemon reads [web] at its start only: one started before it was enabled (or
+    # before its port changed) serves nothing there.
+    unserved = _not_served("127.0.0.1" if web.host in _ANY_HOST else web.host, web.port)
     if as_json:
-        emit_json({"url": url, "running": running})
+        emit_json({"url": url, "running": running, "served": running and not unserved})
     else:
         click.echo(url)
     if not running:
         click.echo("spoolbox: the daemon is not running: start it (spoolbox run)", err=True)
         sys.exit(EXIT_NOT_RUNNING)
+    if unserved:
+        click.echo(
+            f"spoolbox: the daemon runs but nothing answers at {web.host}:{web.port} "
+            f"({unserved}): it reads [web] only when it starts; restart it "
+            "(spoolbox stop; spoolbox run)",
+            err=True,
+        )
+        sys.exit(EXIT_NOT_RUNNING)
+
+
+def _not_served(host: str, port: int) -> str:
+    """Why nothing accepts a connection at ``host:port`` ("" when something does)."""
+    try:
+        with socket.create_connection((host, port), timeout=2.0):
+            return ""
+    except OSError as exc:
+        return exc.strerror or str(exc)
