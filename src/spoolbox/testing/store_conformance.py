@@ -1718,6 +1718,94 @@ async def _purge_takes_at_most_limit(store: Store) -> None:
 
 
 @_check
+async def _purge_decides_a_message_by_all_its_recipients(store: Store) -> None:
+    # "mixed": one recipient delivered at T0 + 1, the other failed at T0 + 50: SENT,
+    # finished at T0 + 50.  "fc": failed, then the other cancelled: FAILED.
+    await _submit(store, "X:a", "X:b", id="mixed")
+    job = await _claim_one(store, now=_T0)
+    await store.settle(
+        "mixed",
+        [RecipientUpdate(0, _R.DELIVERED), RecipientUpdate(1, _R.QUEUED, retry_at=_T0 + 2)],
+        owner=job.owner,
+        claim=job.claim,
+        now=_T0 + 1,
+    )
+    await _settle_all(store, await _claim_one(store, now=_T0 + 40), _R.FAILED, now=_T0 + 50)
+    await _submit(store, "X:a", "X:b", id="fc")
+    job = await _claim_one(store, now=_T0 + 60)
+    await store.settle(
+        "fc",
+        [RecipientUpdate(0, _R.FAILED), RecipientUpdate(1, _R.QUEUED, retry_at=_T0 + 500)],
+        owner=job.owner,
+        claim=job.claim,
+        now=_T0 + 60,
+    )
+    await store.cancel("fc")
+    await _submit(store, "X:a", id="plain")
+    await _finish(store, "plain", _R.DELIVERED, now=_T0 + 5)
+    _equal(
+        await store.purge(finished_before={_S: _T0 + 10}, limit=1),
+        ["plain"],
+        "purge(limit=1) of SENT between mixed's first and last finished recipient: "
+        "a message finished after the cutoff takes no purge's place",
+    )
+    _equal(
+        await store.purge(finished_before={_S: _T0 + 10}, limit=10),
+        [],
+        "purge of SENT between a message's first and last finished recipient",
+    )
+    _equal(
+        await store.purge(finished_before={_F_: float("inf"), _C: float("inf")}, limit=10),
+        ["fc"],
+        "purge of FAILED and CANCELLED: a sent message with a failed recipient stays, "
+        "a failed one with a cancelled recipient goes",
+    )
+    _equal(
+        await store.purge(finished_before={_S: _T0 + 51}, limit=10),
+        ["mixed"],
+        "purge of SENT after the last recipient finished",
+    )
+    # Messages of several recipients, every one finished: each counted once.
+    for i in range(3):
+        await _submit(store, "X:a", "X:b", "X:c", id=f"three{i}")
+        await _finish(store, f"three{i}", _R.DELIVERED, now=_T0 + 100 + i)
+    first = await store.purge(finished_before={_S: _T0 + 1000}, limit=2)
+    _equal(len(set(first)), 2, f"purge(limit=2) of messages of three recipients: {first}")
+    _equal(
+        await store.purge(finished_before={_S: _T0 + 1000}, limit=2),
+        sorted({"three0", "three1", "three2"} - set(first)),
+        "the next purge(limit=2): the last one",
+    )
+
+
+@_check
+async def _purge_finds_old_messages_behind_a_large_queue(store: Store) -> None:
+    # Unfinished messages on either side (by id and by time) of the finished ones,
+    # more of them than a purge's limit: the purge goes through to the finished ones.
+    for i in range(4):
+        await _submit(store, "Y:a", id=f"a-queued{i}", route=False)
+    for i in range(3):
+        await _submit(store, "X:a", id=f"m-old{i}")
+        await _finish(store, f"m-old{i}", _R.DELIVERED, now=_T0 + i)
+    await _submit(store, "X:a", id="m-recent")
+    await _finish(store, "m-recent", _R.DELIVERED, now=_T0 + 500)
+    for i in range(4):
+        await _submit(store, "Y:a", id=f"z-queued{i}", route=False)
+    cutoffs = {_S: _T0 + 100, _F_: _T0 + 100, _C: _T0 + 100}
+    first = await store.purge(finished_before=cutoffs, limit=2)
+    second = await store.purge(finished_before=cutoffs, limit=2)
+    _equal(len(first), 2, "the first purge(limit=2) behind unfinished messages")
+    _equal(
+        sorted(first + second),
+        ["m-old0", "m-old1", "m-old2"],
+        "two purges(limit=2) take every message finished before the cutoff",
+    )
+    _equal(await store.purge(finished_before=cutoffs, limit=2), [], "then nothing")
+    _expect(not await _gone(store, "m-recent"), "a message finished after the cutoff stays")
+    _equal((await store.counts())[_R.QUEUED], 8, "the queued messages stay")
+
+
+@_check
 async def _inbox_purge_and_delete(store: Store) -> None:
     entries = [
         await store.deliver_inbound(
