@@ -10,6 +10,8 @@ for no time, as ``spoolbox init`` writes it).  Per message it prints:
 * ``msg/s``: the drain's rate (claims and settles only);
 * ``client CPU`` and ``server CPU`` (ms a message): this process (``getrusage``) and
   the PostgreSQL processes (``/proc``, the postmaster's children), during the drain;
+``--keep`` settles without deleting (the default retention keeps a delivered message:
+its recipient row is written, as are the indexes of finished recipients).
 ``--backlog N`` first queues N more messages for another transport, which stay in the
 store while the drain runs (a deep queue: what a statement that scans a table pays).
 
@@ -105,7 +107,12 @@ def _with_statements(cluster: pgc.Cluster) -> None:
 
 
 async def one_run(
-    cluster: pgc.Cluster, n: int, lanes: int, backlog: int, statements: bool = False
+    cluster: pgc.Cluster,
+    n: int,
+    lanes: int,
+    backlog: int,
+    statements: bool = False,
+    keep: bool = False,
 ) -> dict[str, float]:
     db = cluster.new_database()
     cluster.execute(f"ALTER DATABASE {db} SET track_functions = 'all'")
@@ -155,7 +162,7 @@ async def one_run(
                                 owner="bench",
                                 now=time.time(),
                                 claim=job.claim,
-                                drop_finished=DROP,
+                                drop_finished=() if keep else DROP,
                             )
                             for job in jobs
                         )
@@ -164,7 +171,10 @@ async def one_run(
             await asyncio.gather(*(lane() for _ in range(lanes)))
             took = time.perf_counter() - t0
             client, server = _client_cpu() - client0, postgres_cpu_seconds(cluster.data) - server0
-            left = sum((await store.counts()).values()) - backlog
+            counts = await store.counts()
+            left = (
+                sum(counts.values()) - backlog - (counts[RecipientState.DELIVERED] if keep else 0)
+            )
             if statements:
                 print("| calls | ms a call | buffers a call | statement |\n|---:|---:|---:|---|")
                 for calls, ms, hits, query in _statements(cluster, db):
@@ -202,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="print the drain's costliest statements (pg_stat_statements)",
     )
+    p.add_argument("--keep", action="store_true", help="settles keep the delivered messages")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     cluster = pgc.start_cluster()
@@ -211,7 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _with_statements(cluster)
         for i in range(args.runs):
             run = asyncio.run(
-                one_run(cluster, args.messages, args.lanes, args.backlog, args.statements)
+                one_run(
+                    cluster, args.messages, args.lanes, args.backlog, args.statements, args.keep
+                )
             )
             run["fsync"] = fsync_rate(cluster.root, 300)
             runs.append(run)

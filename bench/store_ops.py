@@ -14,7 +14,9 @@ loop or the contention of the real system.
   tree has it) is prepared outside the timed part, as the store does.
 * ``claim``: one message claimed (``limit = 1``), its content read with it.
 * ``settle``: that message's recipient delivered, the message deleted with it (kept
-  for no time: ``keep_sent = 0``, as ``spoolbox init`` writes it).
+  for no time: ``keep_sent = 0``, as ``spoolbox init`` writes it); with ``--keep``
+  the message is kept (the default retention: its delivered recipient is written, as
+  are the indexes of finished recipients).
 
 Commits use ``synchronous = NORMAL`` (no fsync: the fsync's cost is the disk's, and
 ``bench/store_throughput.py`` and ``bench/relay.py`` measure it); the disk's fsync
@@ -58,7 +60,7 @@ def _messages(n: int) -> list[NewMessage]:
     return [NewMessage(sender, (Address("SMTP", f"r{i}@example.org"),), BODY) for i in range(n)]
 
 
-def one_run(directory: Path, n: int) -> dict[str, float]:
+def one_run(directory: Path, n: int, keep: bool = False) -> dict[str, float]:
     conn = schema.connect(directory / "ops.db", synchronous="NORMAL", busy_timeout=30)
     try:
         now = time.time()
@@ -94,14 +96,14 @@ def one_run(directory: Path, n: int) -> dict[str, float]:
                 owner="bench",
                 now=time.time(),
                 claim=job.claim,
-                drop_finished=DROP,
+                drop_finished=() if keep else DROP,
             )
             conn.execute("COMMIT")
             t3 = time.perf_counter()
             claim += t2 - t1
             settle += t3 - t2
         left = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
-        if left:
+        if left != (n if keep else 0):
             raise SystemExit(f"{left} messages left after the settles: the bench is wrong")
     finally:
         conn.close()
@@ -115,13 +117,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--messages", type=int, default=3000)
     p.add_argument("--dir", type=Path, default=None, help="directory on the disk to test")
+    p.add_argument("--keep", action="store_true", help="settles keep the delivered messages")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     runs: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         directory = Path(tmp)
         for i in range(args.runs):
-            run = one_run(directory, args.messages)
+            run = one_run(directory, args.messages, args.keep)
             run["fsync"] = fsync_rate(directory, 300)
             runs.append(run)
             print(
@@ -132,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     print(
-        f"\n{args.messages} messages, {args.runs} runs (medians), Python "
+        f"\n{args.messages} messages{' (kept)' if args.keep else ''}, {args.runs} runs "
+        f"(medians), Python "
         f"{sys.version.split()[0]}, spoolbox {tx.__file__}"
     )
     print("| transaction | µs inside the write lock (median) | per run |")
