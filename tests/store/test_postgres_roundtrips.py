@@ -337,3 +337,47 @@ async def test_a_hand_off_under_a_taken_id_claims_nothing_of_the_other_message(
     with psycopg.connect(pg_dsn) as conn:
         row = conn.execute("SELECT (SELECT count(*) FROM blobs), (SELECT count(*) FROM messages)")
         assert row.fetchone() == (1, 1)  # no content row left by the two refused inserts
+
+
+async def _finished(store: PostgresStore, n: int) -> list[str]:
+    """``n`` messages of one recipient delivered at T0 + 1 (submitted together)."""
+    infos = await store.submit_many(
+        [new_message(i) for i in range(n)], now=T0, lifetime=3600, routes=[["x"]] * n
+    )
+    jobs = await store.claim("x", owner="n", now=T0, lease=60, limit=n)
+    assert len(jobs) == n
+    for job in jobs:
+        await store.settle(job.message.id, _delivered(1), owner="n", claim=job.claim, now=T0 + 1)
+    return [i.id for i in infos]
+
+
+async def test_a_purge_batch_is_a_few_statements_whatever_its_size(pg_dsn: str) -> None:
+    """Finding, locking, reading again and deleting 300 finished messages: six
+    statements in all (three a message before, 0.7 ms a message purged)."""
+    async with PostgresStore(pg_dsn) as store:
+        ids = await _finished(store, 300)
+        meter = _Meter(store)
+        gone = await store.purge(finished_before={MessageState.SENT: T0 + 2}, limit=500)
+        assert sorted(gone) == sorted(ids)
+        transactions, statements, _ = meter()
+        # BEGIN, find the candidates, lock them, read them again, delete them, COMMIT
+        assert (transactions, statements) == (1, 6)
+        assert await store.purge(finished_before={MessageState.SENT: T0 + 2}, limit=500) == []
+        assert sum((await store.counts()).values()) == 0
+
+
+async def test_two_nodes_purging_together_delete_each_message_once(pg_dsn: str) -> None:
+    async with PostgresStore(pg_dsn) as one, PostgresStore(pg_dsn) as two:
+        ids = await _finished(one, 1200)
+        cutoff = {MessageState.SENT: T0 + 2}
+
+        async def drain(store: PostgresStore) -> list[str]:
+            out: list[str] = []
+            while gone := await store.purge(finished_before=cutoff, limit=100):
+                out.extend(gone)
+            return out
+
+        first, second = await asyncio.gather(drain(one), drain(two))
+        assert sorted(first + second) == sorted(ids)  # each once, none left behind
+        assert not set(first) & set(second)
+        assert sum((await one.counts()).values()) == 0
