@@ -448,6 +448,12 @@ def run_fetchmail(server: Dovecot, directory: Path, n: int) -> float:
     return took
 
 
+def _version(command: list[str]) -> str:
+    """The first line a program prints for ``--version`` (the peers run in this set)."""
+    out = subprocess.run(command, capture_output=True, text=True).stdout
+    return out.splitlines()[0] if out else ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="inbound IMAP: spoolbox vs mbsync and fetchmail")
     p.add_argument("--runs", type=int, default=3)
@@ -462,13 +468,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if shutil.which(tool) is None:
             print(f"{tool} not installed (apt-get install dovecot-imapd isync fetchmail)")
             return 2
-    versions = {
-        "dovecot": subprocess.run([DOVECOT, "--version"], capture_output=True, text=True).stdout,
-        "mbsync": subprocess.run([MBSYNC, "--version"], capture_output=True, text=True).stdout,
-        "fetchmail": subprocess.run(
-            [FETCHMAIL, "--version"], capture_output=True, text=True
-        ).stdout.splitlines()[0],
-    }
+    versions = {"dovecot": _version([DOVECOT, "--version"])}
+    if "mbsync" in systems:
+        versions["mbsync"] = _version([MBSYNC, "--version"])
+    if "fetchmail" in systems:
+        versions["fetchmail"] = _version([FETCHMAIL, "--version"])
     print(f"python {platform.python_version()}, {platform.platform()}")
     print("versions: " + "; ".join(f"{k} {v.strip()}" for k, v in versions.items()))
     n = args.messages
