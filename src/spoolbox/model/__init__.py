@@ -29,6 +29,7 @@ from .message import (
     NewMessage,
     Notify,
     RecipientRecord,
+    header_text,
     new_message_id,
     subject_of,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "ValidateFlags",
     "check_transition",
     "default_hostname",
+    "header_text",
     "is_hostname",
     "message_state",
     "new_message_id",

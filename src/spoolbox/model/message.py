@@ -38,6 +38,7 @@ __all__ = [
     "NewMessage",
     "Notify",
     "RecipientRecord",
+    "header_text",
     "new_message_id",
     "subject_of",
 ]
@@ -244,7 +245,22 @@ def subject_of(content: bytes) -> str:
     A cheap scan of the header block, not a parse of the message: it runs for every
     submission.
     """
+    return header_text(content, b"subject")
+
+
+def header_text(content: bytes, name: bytes) -> str:
+    """The first ``name`` header of the header block (``name`` in lower case, without
+    the colon), unfolded, its RFC 2047 words decoded (raw 8-bit read as UTF-8 with
+    replacement characters), its white space runs made one space, at most 200
+    characters; '' when there is none.  Never raises.
+
+    A scan of the header block's lines, not a parse of the message: it runs for every
+    submission and every inbound message (``email``'s parser with its default policy
+    took 140 µs a message for the From: header, half the inbound path's time).
+    """
     try:
+        prefix = name + b":"
+        size = len(prefix)
         value: bytes | None = None
         for line in _header_lines(content):
             if value is not None:
@@ -252,8 +268,8 @@ def subject_of(content: bytes) -> str:
                     value += b" " + line.strip()
                     continue
                 break
-            if line[:8].lower() == b"subject:":
-                value = line[8:].strip()
+            if line[:size].lower() == prefix:
+                value = line[size:].strip()
         if not value:
             return ""
         if b"=?" not in value:  # no encoded words (RFC 2047): nothing to decode

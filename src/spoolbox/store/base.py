@@ -37,8 +37,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from email import policy
-from email.parser import BytesHeaderParser
 from typing import Any, Protocol, runtime_checkable
 
 from ..model import (
@@ -48,6 +46,7 @@ from ..model import (
     NewMessage,
     RecipientRecord,
     RecipientState,
+    header_text,
     new_message_id,
     subject_of,
 )
@@ -92,25 +91,11 @@ def new_inbox_entry(
     return entry, content
 
 
-#: At most this much of a message is read for its From: header.
-_HEADER_SCAN = 64 * 1024
-
-
 def from_of(content: bytes) -> str | None:
     """The decoded From: header (RFC 2047 words decoded, raw 8-bit read as UTF-8 with
     replacement characters), or None; never raises.  An inbound message's sender when
     its transport names none (IMAP and POP3 see no envelope)."""
-    try:
-        head = content[:_HEADER_SCAN]
-        ends = [i for sep in (b"\r\n\r\n", b"\n\n") if (i := head.find(sep)) >= 0]
-        head = head[: min(ends)] if ends else head
-        header = BytesHeaderParser(policy=policy.default).parsebytes(head).get("From")
-        if header is None:
-            return None
-        text = str(header).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        return " ".join(text.split())[:200] or None
-    except Exception:
-        return None
+    return header_text(content, b"from") or None
 
 
 def submission_plan(
