@@ -131,9 +131,11 @@ def _delete_entry(conn: sqlite3.Connection, entry_id: str, blob_id: int) -> None
 
 
 # Profile sections named prefix + the id of a message the store does not have.
+# (A range of the primary key: the sections that sort from the prefix to the prefix
+# with its last character's successor.)
 _ORPHAN_SECTIONS = """
 SELECT DISTINCT section FROM profile
-WHERE substr(section, 1, :n) = :prefix
+WHERE section >= :prefix AND section < :after
   AND NOT EXISTS (SELECT 1 FROM messages WHERE id = substr(section, :n + 1))
 LIMIT :limit
 """
@@ -143,7 +145,8 @@ _DELETE_SECTION = "DELETE FROM profile WHERE section = ?"
 
 def orphan_sections(conn: sqlite3.Connection, *, prefix: str, limit: int) -> list[str]:
     """Up to ``limit`` ids with a section ``prefix`` + id and no message (read)."""
-    params = {"n": len(prefix), "prefix": prefix, "limit": limit}
+    after = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    params = {"n": len(prefix), "prefix": prefix, "after": after, "limit": limit}
     return [str(r["section"])[len(prefix) :] for r in conn.execute(_ORPHAN_SECTIONS, params)]
 
 
