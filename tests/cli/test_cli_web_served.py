@@ -1,6 +1,6 @@
-"""``spoolbox web`` against a running daemon: the address of a page the daemon serves,
-or, when the daemon was started before ``[web]`` was enabled, that nothing answers
-there and that a restart is what serves it (the daemon reads ``[web]`` at its start)."""
+"""``spoolbox web`` against a running daemon, and ``[web]`` across reloads: a reload
+switches the page on, moves it to another port and switches it off; when nothing
+answers at the page's address, ``spoolbox web`` says so."""
 
 from __future__ import annotations
 
@@ -21,25 +21,68 @@ def _enable_web(home: Home, port: int) -> None:
     home.profile.write_text(text + f"\n[web]\nenabled = true\nport = {port}\n")
 
 
-def test_web_says_when_the_running_daemon_does_not_serve_the_page(
+def _served(home: Home) -> tuple[int, dict[str, object]]:
+    r = home.run("web", "--json")
+    return r.returncode, json.loads(r.stdout) if r.stdout else {}
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def test_a_reload_switches_the_page_on_moves_it_and_switches_it_off(
     home: Home, daemons: Daemons
 ) -> None:
-    port = _free_port()
-    proc = daemons.start(home)  # [web] off at its start
-    _enable_web(home, port)
-    r = home.run("web")
-    assert r.returncode == 3, r.stderr
-    assert r.stdout.startswith(f"http://127.0.0.1:{port}/?token=")
-    assert "the daemon runs but nothing answers at 127.0.0.1:" in r.stderr
-    assert "restart it" in r.stderr
-    r = home.run("web", "--json")
-    assert r.returncode == 3
-    assert json.loads(r.stdout)["running"] is True
-    assert json.loads(r.stdout)["served"] is False
-    daemons.stop(proc)
-    daemons.start(home)  # reads [web] now
-    r = home.run("web", "--json")
+    first, second = _free_port(), _free_port()
+    daemons.start(home)  # [web] off at its start
+    assert not _answers(first)
+    _enable_web(home, first)
+    r = home.run("reload")
     assert r.returncode == 0, r.stderr
-    printed = json.loads(r.stdout)
-    assert (printed["running"], printed["served"]) == (True, True)
-    assert r.stderr == ""
+    code, printed = _served(home)
+    assert (code, printed["running"], printed["served"]) == (0, True, True)
+    assert str(printed["url"]).startswith(f"http://127.0.0.1:{first}/?token=")
+    # Another port: served there, no longer on the first.
+    home.profile.write_text(home.profile.read_text().replace(f"port = {first}", f"port = {second}"))
+    assert home.run("reload").returncode == 0
+    assert _answers(second) and not _answers(first)
+    assert _served(home)[1]["served"] is True
+    # Off again.
+    home.profile.write_text(
+        home.profile.read_text().replace("enabled = true\nport", "enabled = false\nport")
+    )
+    assert home.run("reload").returncode == 0
+    assert not _answers(second)
+    r = home.run("web")
+    assert r.returncode == 5 and "the web page is off" in r.stderr
+    log = daemons.logs[0].read_text()
+    assert f"web page on http://127.0.0.1:{first}/" in log
+    assert f"web page on http://127.0.0.1:{second}/" in log
+    assert "web page stopped ([web] enabled = false)" in log
+    assert "[web] changed: it takes effect at the next start" not in log
+
+
+def test_a_reload_whose_page_cannot_listen_logs_why_and_mail_goes_on(
+    home: Home, daemons: Daemons
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = int(taken.getsockname()[1])
+        proc = daemons.start(home)
+        _enable_web(home, port)
+        r = home.run("reload")
+        assert r.returncode == 0, r.stderr  # the profile is good; the page stays off
+        assert proc.poll() is None
+        log = daemons.logs[0].read_text()
+        assert "the web page cannot be served, it stays off: the web page cannot listen on" in log
+        assert home.run("send", "--to", "MAILDIR:bob", "--subject", "still").returncode == 0
+    # The port free again, nothing serves it until the next reload.
+    r = home.run("web")
+    assert r.returncode == 3 and "nothing answers at 127.0.0.1:" in r.stderr
+    assert home.run("reload").returncode == 0
+    assert home.run("web").returncode == 0

@@ -159,19 +159,20 @@ def run_cmd(
 
 
 def web_services(profile: Profile) -> list[ServiceFactory]:
-    """The web page when ``[web] enabled`` (spoolbox.web; the ``web`` extra)."""
-    if not profile.web.enabled:
-        return []
-    try:
-        from ..web.server import WebServer
-    except ImportError as exc:
-        fail(
-            f"[web] enabled needs the web extra: pip install 'spoolbox[web]' ({exc})",
-            EXIT_ERROR,
-            kind="profile",
-        )
-    settings, data_dir = profile.web, profile.data_dir
-    return [lambda daemon: WebServer(daemon, settings, data_dir)]
+    """The web page, served when ``[web] enabled`` and switched on or off by a reload
+    (:mod:`spoolbox.cli.web_service`; spoolbox.web needs the ``web`` extra)."""
+    if profile.web.enabled:
+        try:
+            import spoolbox.web.server  # noqa: F401  # the extra, checked before the start
+        except ImportError as exc:
+            fail(
+                f"[web] enabled needs the web extra: pip install 'spoolbox[web]' ({exc})",
+                EXIT_ERROR,
+                kind="profile",
+            )
+    from .web_service import WebService
+
+    return [WebService]
 
 
 def _why_no_dialog(no_dialog: bool) -> str | None:

@@ -4,8 +4,8 @@ It prints the address and opens nothing (a browser, if there is one, is the user
 to start).  The token is made in the data directory if there is none yet (the
 daemon reads the same file when it starts).  With ``[web] enabled = false`` it says
 how to switch the page on and exits 5 (a profile matter); when the daemon is not
-running, or runs but nothing answers at the page's address (the daemon reads
-``[web]`` when it starts: one started before the page was enabled serves none), it
+running, or runs but nothing answers at the page's address (``[web]`` enabled or
+moved since the daemon's last start or reload, or a port it could not take), it
 still prints the address and says so on stderr (exit 3).
 """
 
@@ -44,8 +44,8 @@ def web_cmd(obj: Ctx, as_json: bool) -> None:
         obj.client().ping()
     except DaemonNotRunning:
         running = False
-    # The daemon reads [web] at its start only: one started before it was enabled (or
-    # before its port changed) serves nothing there.
+    # The daemon serves [web] as it last started or reloaded: enabled (or moved) since,
+    # nothing answers there until `spoolbox reload`; a port taken, nor after it.
     unserved = _not_served("127.0.0.1" if web.host in _ANY_HOST else web.host, web.port)
     if as_json:
         emit_json({"url": url, "running": running, "served": running and not unserved})
@@ -57,8 +57,9 @@ def web_cmd(obj: Ctx, as_json: bool) -> None:
     if unserved:
         click.echo(
             f"spoolbox: the daemon runs but nothing answers at {web.host}:{web.port} "
-            f"({unserved}): it reads [web] only when it starts; restart it "
-            "(spoolbox stop; spoolbox run)",
+            f"({unserved}): it serves [web] as it last started or reloaded; "
+            "`spoolbox reload` applies the profile (its log says why a page cannot be "
+            "served)",
             err=True,
         )
         sys.exit(EXIT_NOT_RUNNING)

@@ -41,7 +41,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, runtime_checkable
 
 from .. import (
     AlwaysIdle,
@@ -70,7 +70,14 @@ from .store_backend import (
 )
 from .workers import DeliveryWorkers, WakingSpooler, WorkerView, worker_row
 
-__all__ = ["Daemon", "DaemonError", "Service", "ServiceFactory", "run_daemon"]
+__all__ = [
+    "Daemon",
+    "DaemonError",
+    "ReloadableService",
+    "Service",
+    "ServiceFactory",
+    "run_daemon",
+]
 
 log = logging.getLogger("spoolbox.daemon")
 
@@ -86,6 +93,13 @@ class Service(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+@runtime_checkable
+class ReloadableService(Service, Protocol):
+    """A service that follows a reloaded profile (the web page: ``[web]``)."""
+
+    async def reload(self, profile: Profile) -> None: ...
 
 
 #: Makes a service for the daemon (the command line chooses them: the daemon does
@@ -391,7 +405,9 @@ class Daemon:
         for key in changed:
             if getattr(new.daemon, key) != getattr(self.profile.daemon, key):
                 log.warning("[daemon] %s changed: it takes effect at the next start", key)
-        if new.web != self.profile.web:
+        if new.web != self.profile.web and not any(
+            isinstance(service, ReloadableService) for service in self._services
+        ):
             log.warning("[web] changed: it takes effect at the next start")
         old_profile = self.profile
         self._ready.clear()
@@ -419,6 +435,9 @@ class Daemon:
         self._reload_logging(old_profile, new)
         await self._listeners.reload(self.profile)
         self.workers.reload()
+        for service in self._services:
+            if isinstance(service, ReloadableService):
+                await service.reload(self.profile)
         self.reloads += 1
         self.reload_error = None
         log.info(
