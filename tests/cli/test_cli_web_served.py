@@ -59,6 +59,7 @@ def test_a_reload_switches_the_page_on_moves_it_and_switches_it_off(
     assert not _answers(second)
     r = home.run("web")
     assert r.returncode == 5 and "the web page is off" in r.stderr
+    assert "then reload the daemon (spoolbox reload)" in r.stderr
     log = daemons.logs[0].read_text()
     assert f"web page on http://127.0.0.1:{first}/" in log
     assert f"web page on http://127.0.0.1:{second}/" in log

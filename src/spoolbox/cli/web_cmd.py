@@ -33,7 +33,7 @@ def web_cmd(obj: Ctx, as_json: bool) -> None:
     if not web.enabled:
         fail(
             f"the web page is off: set enabled = true under [web] in {profile.path}, "
-            "then restart the daemon (spoolbox stop; spoolbox run)",
+            "then reload the daemon (spoolbox reload)",
             EXIT_PROFILE,
             kind="profile",
         )
