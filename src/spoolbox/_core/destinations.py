@@ -72,11 +72,14 @@ class DestinationBackoff:
     def learn(self, job: ClaimedJob, updates: Sequence[RecipientUpdate]) -> None:
         """A real attempt that deferred puts its destination in back-off until the retry
         time it planned (the transport's own delay, or the computed back-off): once per
-        destination and settle, however many recipients it had there."""
+        destination and settle, however many recipients it had there.  A destination
+        that took a recipient of the same attempt is up (one mailbox's ``451``, such as
+        greylisting, says nothing about the others): it is not held back."""
         if not self._policy.destination_backoff:
             return
         by_index = {r.index: r for r in job.recipients}
         deferred: dict[tuple[str, str], tuple[float, str, str]] = {}
+        delivered: set[tuple[str, str]] = set()
         for update in updates:
             recipient = by_index.get(update.index)
             if recipient is None or not update.count_attempt:
@@ -84,7 +87,7 @@ class DestinationBackoff:
             key = destination_of(job.transport, recipient.address)
             if update.state is RecipientState.DELIVERED:
                 self._until.pop(key, None)
-                deferred.pop(key, None)
+                delivered.add(key)
             elif (
                 update.state is RecipientState.QUEUED
                 and (update.status or "").startswith("4")
@@ -92,6 +95,8 @@ class DestinationBackoff:
                 and (key not in deferred or update.retry_at > deferred[key][0])
             ):
                 deferred[key] = (update.retry_at, update.status or "", update.diagnostic or "")
+        for key in delivered:
+            deferred.pop(key, None)
         for key, (until, status, diagnostic) in deferred.items():
             failures = self._until.get(key, (0, 0.0, "", ""))[0] + 1
             self._until[key] = (failures, until, status, diagnostic)
