@@ -13,23 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from ..profile import Profile
 from ..profile.schema import WebSettings
 
 if TYPE_CHECKING:
     from ..daemon.process import Daemon
+    from ..web.server import WebServer
 
 __all__ = ["WebService"]
 
 log = logging.getLogger("spoolbox.daemon")
-
-
-class _Page(Protocol):
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
 
 
 class WebService:
@@ -40,7 +35,7 @@ class WebService:
     def __init__(self, daemon: Daemon) -> None:
         self._daemon = daemon
         self._serving: WebSettings | None = None  # the settings of the page served
-        self._page: _Page | None = None
+        self._page: WebServer | None = None
 
     async def start(self) -> None:
         """Serve the page if the profile enables it; errors propagate (the daemon does

@@ -642,9 +642,11 @@ class MemoryStore(MemoryCluster):
 
     async def purge_sections(self, prefix: str, ids: Collection[str]) -> list[str]:
         retention.check_section_prefix(prefix)
-        gone = [m for m in dict.fromkeys(ids) if m not in self._messages]
-        gone = [m for m in gone if self._profiles.pop(prefix + m, None) is not None]
-        return gone
+        return [
+            m
+            for m in dict.fromkeys(ids)
+            if m not in self._messages and self._profiles.pop(prefix + m, None) is not None
+        ]
 
     async def profile_get(self, section: str) -> dict[str, JSONValue]:
         return copy.deepcopy(self._profiles.get(section, {}))
