@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from spoolbox import Address, MessageState, NewMessage
 from spoolbox.client import MAX_REQUEST_LINE, Client
 from spoolbox.daemon import Daemon
+from spoolbox.daemon.listener_processes import ListenerProcesses
 from spoolbox.model import StatusCode
 from spoolbox.profile import Profile, default_profile_text, load_profile
 
@@ -238,3 +240,49 @@ async def test_the_daemon_warns_of_a_data_directory_others_can_read(
         pass
     assert f"the data directory {data_dir} is readable by other users (mode 0755)" in caplog.text
     assert f"chmod 700 {data_dir}" in caplog.text
+
+
+async def test_a_listener_row_says_starting_while_its_processes_start(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The API answers before the listener processes listen: ``status`` shows the
+    # listener as starting then, not no row at all (CI once read the table in between).
+    gate = asyncio.Event()
+    original = ListenerProcesses.start
+
+    async def held_start(self: ListenerProcesses) -> None:
+        await gate.wait()
+        await original(self)
+
+    monkeypatch.setattr(ListenerProcesses, "start", held_start)
+    text = default_profile_text(data_dir, smtp_port=0)
+    text = re.sub(r"^processes = .*$", "processes = 1", text, count=1, flags=re.M)
+    (data_dir / "spoolbox.toml").write_text(text)
+    profile = load_profile(data_dir / "spoolbox.toml")
+    assert profile.listeners[0].enabled and profile.listeners[0].processes == 1
+
+    async def row() -> dict[str, Any]:
+        answer = await _exchange(profile, {"v": 1, "op": "status"})
+        rows = {r["name"]: r for r in answer["result"]["rows"]}
+        return dict(rows["listener:submission"])
+
+    daemon = Daemon(profile, renice=False)
+    task = asyncio.ensure_future(daemon.run())
+    try:
+        async with asyncio.timeout(WAIT):
+            while True:
+                assert not task.done(), task.result()
+                with contextlib.suppress(OSError):
+                    if (await _exchange(profile, {"v": 1, "op": "ping"}))["ok"]:
+                        break
+                await asyncio.sleep(0.02)
+            starting = await row()
+            assert starting["status"] == "starting"
+            assert starting["status_code"] == StatusCode.OFFLINE, starting
+            gate.set()
+            while not (await row())["status"].startswith("listening on"):
+                await asyncio.sleep(0.05)
+    finally:
+        gate.set()
+        daemon.request_stop()
+        await task

@@ -114,7 +114,7 @@ def _listener(home: Home, processes: int) -> None:
 
 def _listening(home: Home) -> str:
     rows = {r["name"]: r for r in home.json("status")["rows"]}
-    return str(rows["listener:submission"]["status"])
+    return str(rows.get("listener:submission", {}).get("status", ""))
 
 
 def _relay(port: int, home: Home, subject: str) -> None:

@@ -132,9 +132,11 @@ class Listeners:
         """Start the enabled listeners of ``profile`` (but those named in ``skip``)."""
         if self._counting is None:
             self._counting = asyncio.ensure_future(self._publish_counters())
-        for settings in profile.listeners:
-            if not settings.enabled or settings.name in skip:
-                continue
+        starting = [s for s in profile.listeners if s.enabled and s.name not in skip]
+        # Each listener's row at once: ``status`` answers while listener processes start.
+        for settings in starting:
+            self._row(settings.name, StatusCode.OFFLINE, "starting", None)
+        for settings in starting:
             try:
                 if settings.missing:
                     raise _ListenerUnconfigured(
