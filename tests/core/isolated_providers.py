@@ -228,3 +228,47 @@ class CriticalSession(BaseTransportSession):
 
 class Critical(_Provider):
     session_class = CriticalSession
+
+
+class KeepPickupSession(BaseTransportSession):
+    """Inbound that keeps its source (as IMAP or POP3 with ``after_fetch = "keep"``):
+    every file in ``pickup`` is a message and stays there; the names already in the
+    inbox are the profile keys ``seen:<name>``, committed with each message."""
+
+    CAPABILITIES = LogonCaps.SP_POLL | LogonCaps.SP_INBOUND_BATCH
+    options: dict[str, Any]
+
+    def __init__(self, support: Support) -> None:
+        super().__init__(support)
+        self.inflight: set[str] = set()  # handed out, not committed or rolled back yet
+
+    def _new(self) -> list[str]:
+        section = self.support.profile_section()
+        return [
+            name
+            for name in sorted(os.listdir(self.options["pickup"]))
+            if section.get("seen:" + name) is None and name not in self.inflight
+        ]
+
+    async def poll(self) -> int:
+        return len(self._new())
+
+    async def start_message(self, message: InboundWriter) -> None:
+        new = self._new()
+        if not new:
+            return
+        name = new[0]
+        self.inflight.add(name)
+        with open(os.path.join(self.options["pickup"], name), "rb") as f:  # noqa: ASYNC230
+            await message.write(f.read())
+        message.set_state("seen:" + name, 1)
+
+        def done() -> None:
+            self.inflight.discard(name)
+
+        message.after_commit(done)
+        message.after_rollback(done)
+
+
+class KeepPickup(_Provider):
+    session_class = KeepPickupSession

@@ -314,6 +314,11 @@ class ProfileSectionImpl:
         await self._store.profile_update(self._section, values)
         self.merge_committed(values)
 
+    def replace(self, values: Mapping[str, Any]) -> None:
+        """Take in the whole section as the store holds it now (another node wrote it
+        while this one did not hold the mailbox's lease)."""
+        self._values = copy.deepcopy(dict(values))
+
     def merge_committed(self, values: Mapping[str, Any]) -> None:
         """Take in ``values`` already written to the store (None deletes a key)."""
         for k, v in values.items():

@@ -59,7 +59,7 @@ from .hosts.host import TransportHost
 from .hosts.isolated import IsolatedProvider
 from .housekeeping import Housekeeper
 from .idle import IdlePolicy, LoopLagIdle
-from .node import node_of
+from .node import NodeSettings, node_of, start_node
 from .policy import Policy
 from .router import Router
 from .runtime import SPOOLER_ROW, Runtime
@@ -121,6 +121,7 @@ class Spooler:
         self._changed = asyncio.Event()  # some message's recipients changed state
         self._received_event = asyncio.Event()
         self._started = False
+        self._as_node: tuple[NodeSettings | None] | None = None  # see as_node()
         self._closing = False
         self._started_at = 0.0
         self.counters: dict[str, int] = defaultdict(int)
@@ -203,6 +204,17 @@ class Spooler:
     ) -> None:
         await self.aclose()
 
+    def as_node(self, settings: NodeSettings | None = None) -> None:
+        """Run as a node of a shared store (the daemon and its workers): its record and
+        rows in the store, its part of the flushes other nodes record, the leases of
+        inbound mailboxes.  Called before :meth:`start`, which starts the node before
+        any transport logs on, so that no batch is ever fetched outside a mailbox's
+        lease.  Nothing happens on a store that is not shared (a
+        :class:`~spoolbox.store.cluster.ClusterStore`)."""
+        if self._started:
+            raise RuntimeError("as_node() must come before start()")
+        self._as_node = (settings,)
+
     async def start(self) -> None:
         if self._started:
             raise RuntimeError("spooler already started")
@@ -254,6 +266,8 @@ class Spooler:
         self.spawn(self.idle.run(), name="idle-policy")
         self.spawn(self._routing.run(), name="router")
         self.spawn(self._housekeeper.run(), name="housekeeping")
+        if self._as_node is not None:
+            start_node(self, self.store, self._as_node[0])
         for host in self.hosts:
             self.spawn(host.run(), name=f"transport-{host.name}")
 

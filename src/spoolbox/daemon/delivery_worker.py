@@ -29,7 +29,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import AlwaysIdle, Spooler, SpoolerConfig
-from .._core.node import start_node
 from ..profile import Profile, ProfileError, load_profile
 from .delivery_protocol import STATS_INTERVAL, DeliverySpec, store_counters
 from .log_format import choose_format
@@ -82,11 +81,11 @@ class _DeliveryWorker:
         spooler = Spooler.open(
             delivery_config(profile, self.spec.node), store=store, close_store=True, idle=idle
         )
-        await spooler.start()
-        await wake_on_other_nodes(spooler)
         # A node of the store like any other: its rows are in `spoolbox status`, and it
         # runs its part of a flush another node (the daemon's) records.
-        start_node(spooler, store)
+        spooler.as_node()
+        await spooler.start()
+        await wake_on_other_nodes(spooler)
         return spooler
 
     async def run(self) -> int:

@@ -51,7 +51,6 @@ from .. import (
     __version__,
     load_provider_class,
 )
-from .._core.node import start_node
 from .._private import openness, private_dir
 from ..api.wire import NOT_RUNNING, ApiError
 from ..model import LogonFlags
@@ -330,12 +329,13 @@ class Daemon:
         idle = AlwaysIdle() if profile.idle == "always" else None
         cls = WakingSpooler if len(self.workers) else Spooler
         spooler = cls.open(config, store=store, close_store=True, idle=idle)
+        # Its record and rows in the store, its flush part, the mailbox leases.
+        spooler.as_node()
         await spooler.start()
         if not await wake_on_other_nodes(spooler) and isinstance(spooler, WakingSpooler):
             # No wake-ups through the store (SQLite): the workers hear of new work
             # from this daemon, over their stdin.
             spooler.wake_others = self.workers.wake
-        start_node(spooler, store)  # its record and rows in the store, its flush part
         for view in self.workers.views():
             spooler.status.put(worker_row(view, profile.spooler.node))
         log.debug("store %s open: %s", describe_store(profile.store), _store_statistics(store))

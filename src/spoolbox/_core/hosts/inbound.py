@@ -15,13 +15,14 @@ from typing import Any
 
 from ...contract.errors import ContractViolation, MessageCancelled
 from ...model import FlushFlags, LogonCaps, StatusCode, new_message_id
-from ...store import InboundMessage, InboxEntry
+from ...store import InboundMessage, InboxEntry, StoreError
 from ..clock import wait_event
 from ..delivery_log import INBOUND_LOGGER, InboundLine, log_line
 from ..objects import InboundWriterImpl
 from ..slices import checkpoint
 from .base import CURRENT_MESSAGE, HostBase, log
 from .hooked import hook_inbound
+from .isolated import IsolatedSession
 from .mailbox_lease import MailboxLease, mailbox_lease
 
 __all__ = ["INBOUND_COMMIT_BYTES", "InboundLane", "run_idle_lane"]
@@ -136,8 +137,13 @@ class InboundLane:
         wanted = cap if limit is None else max(1, min(limit, cap))
         async with self.lock:
             lease = self._mailbox_lease()
-            if lease is not None and not await lease.hold():
-                return 0, False  # another node fetches this mailbox
+            if lease is not None:
+                if not await lease.hold():
+                    return 0, False  # another node fetches this mailbox
+                if lease.new_term():
+                    if not await self._reload_profile():
+                        return 0, False  # the store cannot say what was fetched
+                    lease.settled()
             batch: list[tuple[InboundWriterImpl, float]] = []
             held = 0
             more = True
@@ -164,6 +170,34 @@ class InboundLane:
                 return 0, more
             committed = await self._commit_inbound(batch, lease)
             return committed, more and committed > 0
+
+    async def _reload_profile(self) -> bool:
+        """The session's profile section read again from the store (this node's hold on
+        the mailbox begins anew: another node may have fetched and committed its
+        state meanwhile), the isolated child's copy too.  False if the store cannot
+        be read: nothing is fetched then."""
+        host = self._host
+        profile = host.profile
+        if profile is None:
+            return True
+        try:
+            values = await host.runtime.store.profile_get(profile.section)
+        except StoreError as exc:
+            log.warning(
+                "transport %r: cannot read its state again before fetching: %s", host.name, exc
+            )
+            return False
+        if values == profile.snapshot():
+            return True
+        log.info(
+            "transport %r: its state changed in the store since it last fetched "
+            "(another node fetched): read again",
+            host.name,
+        )
+        profile.replace(values)
+        if isinstance(host.session, IsolatedSession):
+            await host.session.profile_reloaded(values)
+        return True
 
     async def _start_inbound(self) -> InboundWriterImpl | None:
         """One start_message; the writer if it delivered a message (not committed yet)."""

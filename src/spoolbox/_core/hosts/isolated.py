@@ -365,6 +365,10 @@ class IsolatedSession:
             message.after_commit(committed)
             message.after_rollback(rolled_back)
 
+    async def profile_reloaded(self, values: Mapping[str, Any]) -> None:
+        """The spooler read the profile section again: the child's copy too."""
+        await self._call("profile_reload", dict(values))
+
     async def idle(self) -> None:
         await self._call("idle")
 

@@ -243,6 +243,7 @@ class _Child:
                 "end_message": self.end_message,
                 "start_message": self.start_message,
                 "inbound_done": self.inbound_done,
+                "profile_reload": self.profile_reload,
                 "poll": lambda: self._session().poll(),
                 "idle": lambda: self._session().idle(),
                 "flush_queues": lambda f: self._session().flush_queues(FlushFlags(f)),
@@ -360,6 +361,10 @@ class _Child:
         if committed:
             self.profile.merge_committed(writer.state)
         await _run(writer.commit_callbacks if committed else writer.rollback_callbacks)
+
+    async def profile_reload(self, values: Mapping[str, Any]) -> None:
+        """The section as the store holds it now (the spooler read it again)."""
+        self.profile.replace(values)
 
     async def transport_notify(self, flags: int, ref: str | None) -> None:
         f = TransportNotifyFlags(flags)

@@ -10,6 +10,13 @@ and is renewed when a third of it is used, so a node fetching steadily keeps it 
 one store write every few seconds, and another node takes over once it expired (the
 holder died or stalled).
 
+A node whose hold begins anew (at its first batch, or after its lease lapsed) reads
+the transport's profile section from the store again before it fetches
+(:meth:`InboundLane.receive_batch`): the watermark or the UIDLs another node
+committed meanwhile, not the copy it read at its logon.  Without that a node that
+takes over a mailbox left with ``after_fetch = "keep"`` would fetch again what the
+other node had already put in the inbox.
+
 The check in the commit is the fence: a node that stalled past its lease (a SIGSTOP,
 a long pause) finds another holder, and its batch is rolled back (the provider hears
 ``after_rollback`` and keeps the messages), so a message reaches the inbox once.  The
@@ -47,6 +54,9 @@ class MailboxLease:
         self._lease = lease
         self.until = float("-inf")
         self.holder: str | None = None  # the other node holding it, when refused
+        # Set when a hold began a new term (the last one had lapsed, or there was
+        # none): another node may have fetched meanwhile.  See :meth:`new_term`.
+        self._new_term = False
 
     def __repr__(self) -> str:
         return f"<MailboxLease {self.name} owner={self._owner} until={self.until}>"
@@ -58,6 +68,7 @@ class MailboxLease:
         now = self._clock.now()
         if self.until - now > self._lease * 2 / 3:
             return True
+        lapsed = self.until <= now
         try:
             self.until = await self._store.acquire_lease(
                 self.name, owner=self._owner, now=now, lease=self._lease
@@ -73,7 +84,19 @@ class MailboxLease:
             self.until = float("-inf")
             return False
         self.holder = None
+        self._new_term = self._new_term or lapsed
         return True
+
+    def new_term(self) -> bool:
+        """Whether this node's hold began anew since the last call that answered True
+        and was then :meth:`settled`: the provider's state in the store may have moved
+        on meanwhile (another node fetched), so the session must read it again before
+        it fetches."""
+        return self._new_term
+
+    def settled(self) -> None:
+        """The state was read again for this term."""
+        self._new_term = False
 
     async def commit(self, items: InboundItems) -> list[InboxEntry]:
         """``deliver_inbound_many(items)`` if this node still holds the lease, checked
