@@ -1,4 +1,5 @@
-"""Inbound: download a mailbox from Dovecot over IMAP, spoolbox against mbsync and fetchmail.
+"""Inbound: download a mailbox from Dovecot over IMAP (or POP3), spoolbox against mbsync
+and fetchmail.
 
 What it measures: the time to copy every message of one IMAP folder (default 10,000
 messages of 2-4 KB) from a private Dovecot on 127.0.0.1 into a durable local store,
@@ -33,13 +34,17 @@ is checked: N messages in the inbox / Maildir, byte for byte the seeded ones for
 sample (spoolbox compares every Message-ID).  The raw ``write + fsync`` rate of the
 disk is measured in every run too.  The order of the systems rotates from run to run.
 
+``--protocol pop3``: the same over POP3 (``after_fetch = "keep"``): spoolbox's ``pop3``
+transport and ``fetchmail --keep --all`` with ``protocol POP3``; mbsync speaks IMAP
+only and is left out.
+
 Reported: medians over runs of the rates, and the median of per-run ratios of
 spoolbox to mbsync (the goal: >= 2x) and to fetchmail.
 
 Run it::
 
     .venv/bin/python bench/inbound_vs_mbsync.py --runs 3 [--messages 10000]
-        [--only spoolbox] [--profile prof.txt] [--json out.json]
+        [--protocol pop3] [--only spoolbox] [--profile prof.txt] [--json out.json]
 
 ``--profile`` samples the spoolbox run of the first run with pyinstrument (``pip
 install pyinstrument`` into the venv); it sees the event-loop thread only, not the
@@ -97,7 +102,7 @@ base_dir = {root}/run
 state_dir = {root}/state
 log_path = {root}/dovecot.log
 info_log_path = {root}/dovecot.log
-protocols = imap
+protocols = imap pop3
 listen = 127.0.0.1
 ssl = no
 disable_plaintext_auth = no
@@ -121,6 +126,16 @@ service imap-login {{
     port = 0
   }}
 }}
+service pop3-login {{
+  inet_listener pop3 {{
+    address = 127.0.0.1
+    port = {pop3_port}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+pop3_uidl_format = %08Xu%08Xv
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {root}/passwd
@@ -161,7 +176,7 @@ SyncState *
 
 FETCHMAILRC = """\
 set no syslog
-poll 127.0.0.1 port {port} protocol IMAP auth password
+poll 127.0.0.1 port {port} protocol {protocol} auth password
   user "{user}" password "{password}" is "{local}" here
   keep fetchall sslproto ''
   mda "/bin/bash {mda}"
@@ -205,6 +220,7 @@ class Dovecot:
     port: int
     uid: int
     gid: int
+    pop3_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -263,7 +279,7 @@ def start_dovecot(parent: Path | None) -> Dovecot:
     (root / "home").mkdir()
     (root / "passwd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}\n")
     os.chmod(root / "passwd", 0o644)
-    server = Dovecot(root, _free_port(), mail.pw_uid, gid)
+    server = Dovecot(root, _free_port(), mail.pw_uid, gid, _free_port())
     conf = root / "dovecot.conf"
     conf.write_text(
         DOVECOT_CONF.format(
@@ -273,6 +289,7 @@ def start_dovecot(parent: Path | None) -> Dovecot:
             uid=mail.pw_uid,
             gid=gid,
             port=server.port,
+            pop3_port=server.pop3_port,
         )
     )
     try:
@@ -330,19 +347,22 @@ def _remove(directory: Path, pattern: str) -> None:
 
 
 # -- the systems --------------------------------------------------------------------------------
-async def spoolbox_once(server: Dovecot, directory: Path, n: int, profile: Path | None) -> float:
+async def spoolbox_once(
+    server: Dovecot, directory: Path, n: int, profile: Path | None, protocol: str = "imap"
+) -> float:
     db = directory / "inbound.db"
-    options = {
+    options: dict[str, object] = {
         "host": "127.0.0.1",
-        "port": server.port,
+        "port": server.port if protocol == "imap" else server.pop3_port,
         "tls": "none",
         "username": USER,
         "password": PASSWORD,
         "after_fetch": "keep",
-        "idle": False,
     }
+    if protocol == "imap":
+        options["idle"] = False
     cfg = SpoolerConfig(
-        transports=(TransportConfig("imap", "imap", options=options),),
+        transports=(TransportConfig(protocol, protocol, options=options),),
         policy=Policy(poll_interval=3600.0),
         node="bench",
     )
@@ -369,7 +389,7 @@ async def spoolbox_once(server: Dovecot, directory: Path, n: int, profile: Path 
                 ids.add(m.group(1))
     _remove(directory, "inbound.db*")
     want = {f"bench-{i}@spoolbox.bench".encode() for i in range(n)}
-    result = report.for_transport("imap")
+    result = report.for_transport(protocol)
     if len(entries) != n or ids != want:
         raise RuntimeError(
             f"spoolbox: {len(entries)} in the inbox, {len(want - ids)} missing ({result})"
@@ -377,8 +397,10 @@ async def spoolbox_once(server: Dovecot, directory: Path, n: int, profile: Path 
     return took
 
 
-def run_spoolbox(server: Dovecot, directory: Path, n: int, profile: Path | None) -> float:
-    return asyncio.run(spoolbox_once(server, directory, n, profile))
+def run_spoolbox(
+    server: Dovecot, directory: Path, n: int, profile: Path | None, protocol: str
+) -> float:
+    return asyncio.run(spoolbox_once(server, directory, n, profile, protocol))
 
 
 def _run_timed(args: list[str], env: dict[str, str], log: Path) -> float:
@@ -411,7 +433,7 @@ def run_mbsync(server: Dovecot, directory: Path, n: int) -> float:
     return took
 
 
-def run_fetchmail(server: Dovecot, directory: Path, n: int) -> float:
+def run_fetchmail(server: Dovecot, directory: Path, n: int, protocol: str) -> float:
     work = directory / "fetchmail"
     shutil.rmtree(work, ignore_errors=True)
     md = work / "Maildir"
@@ -422,7 +444,8 @@ def run_fetchmail(server: Dovecot, directory: Path, n: int) -> float:
     rc = work / "fetchmailrc"
     rc.write_text(
         FETCHMAILRC.format(
-            port=server.port,
+            port=server.port if protocol == "imap" else server.pop3_port,
+            protocol=protocol.upper(),
             user=USER,
             password=PASSWORD,
             local=pwd.getpwuid(os.getuid()).pw_name,
@@ -455,7 +478,8 @@ def _version(command: list[str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="inbound IMAP: spoolbox vs mbsync and fetchmail")
+    p = argparse.ArgumentParser(description="inbound: spoolbox vs mbsync and fetchmail")
+    p.add_argument("--protocol", choices=("imap", "pop3"), default="imap")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--messages", type=int, default=10_000)
     p.add_argument("--dir", type=Path, default=None, help="directory on the disk to test")
@@ -464,6 +488,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     systems = tuple(args.only or SYSTEMS)
+    if args.protocol == "pop3":
+        systems = tuple(s for s in systems if s != "mbsync")  # IMAP only
     for tool in (DOVECOT, *(s for s in systems if s != "spoolbox")):
         if shutil.which(tool) is None:
             print(f"{tool} not installed (apt-get install dovecot-imapd isync fetchmail)")
@@ -490,18 +516,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             for system in order:
                 server.restore()
                 if system == "spoolbox":
-                    took = run_spoolbox(server, work, n, args.profile if r == 0 else None)
+                    took = run_spoolbox(
+                        server, work, n, args.profile if r == 0 else None, args.protocol
+                    )
                 elif system == "mbsync":
                     took = run_mbsync(server, work, n)
                 else:
-                    took = run_fetchmail(server, work, n)
+                    took = run_fetchmail(server, work, n, args.protocol)
                 res[system] = n / took
                 print(f"run {r + 1}: {system} {took:.2f} s = {n / took:,.0f}/s", file=sys.stderr)
             runs.append(res)
     finally:
         server.stop()
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    print(f"\nN = {n} messages, {len(runs)} runs, medians\n")
+    print(f"\n{args.protocol.upper()}, N = {n} messages, {len(runs)} runs, medians\n")
     print("| system | messages per second | seconds for N |")
     print("|---|---:|---:|")
     for k, v in med.items():

@@ -1,10 +1,11 @@
-"""A spooler process fetching over IMAP, for the SIGKILL test in ``test_imap_pop3.py``.
+"""A spooler process fetching over IMAP or POP3, for the SIGKILL tests in
+``test_imap_pop3.py``.
 
 Run as ``python imap_crash_worker.py --db DB --host H --port P --user U --password W
---count N [--after-fetch delete]``.  It prints ``started`` once the spooler is open,
-fetches until the inbox holds ``N`` messages, runs one more download flush (so every
-``after_commit`` removal has run), prints ``done <n>`` and exits 0.  The parent kills
-it with SIGKILL at random moments and starts it again on the same store.
+--count N [--after-fetch delete] [--provider pop3]``.  It prints ``started`` once the
+spooler is open, fetches until the inbox holds ``N`` messages, runs one more download
+flush (so every ``after_commit`` removal has run), prints ``done <n>`` and exits 0.  The
+parent kills it with SIGKILL at random moments and starts it again on the same store.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ async def main(argv: list[str]) -> int:
     ap.add_argument("--password", required=True)
     ap.add_argument("--count", type=int, required=True)
     ap.add_argument("--after-fetch", default="delete")
+    ap.add_argument("--provider", default="imap", choices=["imap", "pop3"])
     args = ap.parse_args(argv)
     options = {
         "host": args.host,
@@ -36,7 +38,7 @@ async def main(argv: list[str]) -> int:
         "timeout": 20,
     }
     cfg = SpoolerConfig(
-        transports=(TransportConfig("imap", "imap", options=options),),
+        transports=(TransportConfig(args.provider, args.provider, options=options),),
         policy=Policy(poll_interval=0.2, relogon_delay=0.1, failure_backoff=0.1),
         node="imap-crash-worker",
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import poplib
 import random
 import signal
 import subprocess
@@ -43,6 +44,7 @@ from spoolbox.contract import LogonFlags, StatusCode, Unconfigured
 from spoolbox.transports._mailbox import MailboxSettings
 from spoolbox.transports.imap import IMAPProvider
 from spoolbox.transports.pop3 import POP3Provider
+from spoolbox.transports.pop3.session import DELETES_PER_SESSION
 
 pytestmark = pytest.mark.skipif(not dc.available(), reason=dc.SKIP_REASON)
 
@@ -330,9 +332,13 @@ async def test_pop3_fetches_everything_exactly_once(
         await sp.wait_inbox(6, timeout=WAIT)
         assert sorted(await inbox(sp)) == sorted(sent)
         state = await sp.store.profile_get("transport:pop3")
-        assert isinstance(state["fetched_uidls"], list) and len(state["fetched_uidls"]) == 6
-        row = sp.status["pop3"]
-        assert row.status_string is not None and "6 fetched, last: " in row.status_string
+        assert sorted(k for k in state if k.startswith("uidl:")) == sorted(
+            "uidl:" + u for u in _uidls(dovecot, user)
+        )
+        # The row says so once the after_commit callbacks ran (just after the commit).
+        await eventually(
+            lambda: "6 fetched, last: " in str(sp.status["pop3"].status_string), "the row"
+        )
     assert len(dovecot.files(user)) == 6  # keep
 
     async with spooler(db, "pop3", pop3_options(dovecot, user)) as sp:
@@ -360,8 +366,71 @@ async def test_pop3_after_fetch_delete_and_leftovers(
         await sp.wait_inbox(4, timeout=WAIT)
         await eventually(lambda: not dovecot.files(user), "all deleted")
         assert sorted(await inbox(sp)) == sorted([*sent, more])
-        # Pruned to what was on the server when the last one was fetched: itself.
-        assert sp.host("pop3").status_object()["fetched_uidls"] == 1
+        # Forgotten once a poll sees they are gone from the server.
+        await eventually(
+            lambda: sp.host("pop3").status_object()["fetched_uidls"] == 0, "UIDLs forgotten"
+        )
+        assert await sp.store.profile_get("transport:pop3") == {}
+
+
+def _uidls(dovecot: dc.Dovecot, user: str) -> list[str]:
+    """The UIDLs of the user's maildrop, as the server lists them."""
+    conn = poplib.POP3(dovecot.host, dovecot.pop3_port, timeout=20)
+    try:
+        conn.user(user)
+        conn.pass_(dc.PASSWORD)
+        return [line.split()[1].decode() for line in conn.uidl()[1]]
+    finally:
+        conn.quit()
+
+
+@pytest.mark.parametrize("after_fetch", ["keep", "delete"])
+async def test_pop3_fetches_a_large_maildrop_in_few_sessions(
+    dovecot: dc.Dovecot, user: str, db: Path, after_fetch: str
+) -> None:
+    # One POP3 session hands out message after message (with `delete`, one is ended
+    # after DELETES_PER_SESSION deletions); their UIDLs commit in batches.
+    n = 300
+    sent = [message(i, tag=f"many-{after_fetch}") for i in range(n)]
+    for m in sent:
+        dovecot.deliver(user, m)
+    options = pop3_options(dovecot, user, after_fetch=after_fetch)
+    async with spooler(db, "pop3", options, NO_POLL) as sp:
+        await sp.wait_inbox(n, timeout=WAIT)
+        assert sorted(await inbox(sp)) == sorted(sent)
+        status = sp.host("pop3").status_object()
+        assert status["fetched"] == n
+        assert 1 <= status["sessions"] <= 1 + n // DELETES_PER_SESSION + 1, status
+        if after_fetch == "delete":
+            await eventually(lambda: not dovecot.files(user), "all deleted")
+        else:
+            assert len(dovecot.files(user)) == n
+            state = await sp.store.profile_get("transport:pop3")
+            assert len(state) == n
+        report = await sp.flush(upload=False)
+        assert report.for_transport("pop3").downloaded == 0
+    assert len(await _read_all(db)) == n
+
+
+async def test_pop3_takes_over_the_uidl_list_of_an_earlier_version(
+    dovecot: dc.Dovecot, user: str, db: Path
+) -> None:
+    # Earlier versions kept one list, `fetched_uidls`: what it names is not fetched
+    # again, and the next poll keeps it as one key per UIDL (those still on the server).
+    sent = [message(i, tag="legacy") for i in range(3)]
+    for m in sent:
+        dovecot.deliver(user, m)
+    uidls = _uidls(dovecot, user)
+    store = SQLiteStore(db)
+    async with store:
+        await store.profile_update(
+            "transport:pop3", {"fetched_uidls": [uidls[0], uidls[1], "gone-long-ago"]}
+        )
+    async with spooler(db, "pop3", pop3_options(dovecot, user)) as sp:
+        await sp.wait_inbox(1, timeout=WAIT)  # after the first poll, which converted
+        assert sp.host("pop3").status_object()["fetched_uidls"] == 3
+        assert await sp.store.profile_get("transport:pop3") == {"uidl:" + u: 1 for u in uidls}
+        assert await inbox(sp) == [sent[2]]
 
 
 async def test_pop3_skips_a_message_over_max_size_and_never_deletes_it(
@@ -419,11 +488,17 @@ def _message_ids(contents: list[bytes]) -> list[str]:
     return out
 
 
-def test_imap_survives_sigkill(dovecot: dc.Dovecot, user: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("provider", "after_fetch"), [("imap", "delete"), ("pop3", "delete"), ("pop3", "keep")]
+)
+def test_inbound_survives_sigkill(
+    dovecot: dc.Dovecot, user: str, tmp_path: Path, provider: str, after_fetch: str
+) -> None:
     """A spooler process fetching 3000 messages is killed (SIGKILL) at random moments,
-    restarted, and finishes: every message is in the inbox exactly once.  (3000: with
-    ranged fetches and group commits a run takes about a second, so the kills land
-    in the middle of the download and of its batches.)"""
+    restarted, and finishes: every message is in the inbox exactly once (and with
+    ``delete``, none is left on the server).  (3000: with ranged fetches or one POP3
+    session and group commits a run takes about a second, so the kills land in the
+    middle of the download and of its batches.)"""
     n = 3000
     for i in range(n):
         dovecot.deliver(user, message(i, tag="crash"))
@@ -436,7 +511,7 @@ def test_imap_survives_sigkill(dovecot: dc.Dovecot, user: str, tmp_path: Path) -
         "--host",
         dovecot.host,
         "--port",
-        str(dovecot.imap_port),
+        str(dovecot.imap_port if provider == "imap" else dovecot.pop3_port),
         "--user",
         user,
         "--password",
@@ -444,7 +519,9 @@ def test_imap_survives_sigkill(dovecot: dc.Dovecot, user: str, tmp_path: Path) -
         "--count",
         str(n),
         "--after-fetch",
-        "delete",
+        after_fetch,
+        "--provider",
+        provider,
     ]
     rng = random.Random(int.from_bytes(os.urandom(4), "big"))
     kills = 0
@@ -471,7 +548,10 @@ def test_imap_survives_sigkill(dovecot: dc.Dovecot, user: str, tmp_path: Path) -
     assert len(ids) == len(set(ids)), "a message was fetched twice"
     assert sorted(ids) == sorted(expected), "a message was lost"
     assert sorted(contents) == sorted(message(i, tag="crash") for i in range(n))
-    assert dovecot.files(user) == [], "fetched messages left on the server"
+    if after_fetch == "delete":
+        assert dovecot.files(user) == [], "fetched messages left on the server"
+    else:
+        assert len(dovecot.files(user)) == n
     print(
         f"crash test: {n} messages, {kills} kills (inbox after each: {at_kill}), "
         f"{len(ids)} at the end"

@@ -19,21 +19,30 @@ check the credentials: a wrong password fails the logon and the status row says
 why.
 
 Exactly once, across crashes: POP3 has no watermark, only unique ids (UIDL, which
-the server must support).  The profile section keeps ``fetched_uidls``, the UIDLs of
-the messages already in the inbox.  ``start_message`` takes the first message whose
-UIDL is not in it and sets the new list (the old one pruned to the UIDLs still on
-the server, plus the new one) with ``writer.set_state``: it commits in the same
-transaction as the inbox message, so a crash keeps both or neither.
+the server must support).  The profile section keeps one key per message already in
+the inbox, ``uidl:<UIDL>``.  ``start_message`` hands out a message whose UIDL has no
+key and sets its key with ``writer.set_state``: it commits in the same transaction
+as the inbox message, so a crash keeps both or neither.  Each ``poll`` forgets the
+keys of UIDLs no longer on the server.  (Earlier versions kept one list,
+``fetched_uidls``, rewritten with every message; it is read, and the next poll
+turns it into keys.)
 
 Sessions: POP3 applies DELE only at QUIT, and a session sees the maildrop as it was
-at login.  So each ``poll`` and each ``start_message`` opens its own session:
-``poll`` lists the UIDLs and QUITs; ``start_message`` RETRs one message and, with
-``keep``, QUITs at once.  With ``delete`` the session stays open until the message
-is committed: its ``after_commit`` callback sends DELE and QUIT (one message per
-session, so a deletion never waits for a batch).  If the commit does not happen,
-the session is dropped without QUIT and nothing is deleted.  After a crash between
-the commit and the QUIT the message is still on the server but its UIDL is in
-``fetched_uidls``: the next ``poll`` deletes it without fetching it again.
+at login.  ``poll`` opens its own session: it lists the UIDLs, deletes (with
+``delete``) what is in the inbox but still on the server, and QUITs.  The messages
+are fetched by one session that lists the maildrop once and RETRs one message per
+``start_message`` (``SP_INBOUND_BATCH``: the spooler commits them in batches).
+With ``delete``, each message's ``after_commit`` sends its DELE; the session QUITs,
+applying them, once nothing it handed out waits for its commit and it has handed
+out everything it listed, or marked ``DELETES_PER_SESSION`` messages; the next
+``start_message`` opens a new one.  A session unused for ``SESSION_IDLE`` seconds,
+or still open at the next ``poll`` or at logoff, is ended the same way.  If a
+commit does not happen the message is offered again; a session that must end while
+a message waits for its commit is dropped without QUIT, and nothing it marked is
+deleted.  After a crash before the QUIT the messages are still on the server but
+their UIDLs are in the section: the next ``poll`` deletes them without fetching
+them again.  An empty message (nothing to put in the inbox) is left on the server
+and reported, like one over ``max_size``.
 
 The package: :mod:`.wire` (the blocking poplib steps, and the answers read) and
 :mod:`.session` (the session and the provider).

@@ -1,5 +1,5 @@
-"""The POP3 session (logon, poll, fetch one message per session, DELE after the
-commit) and the provider that logs it on.
+"""The POP3 session (logon, poll, one POP3 session handing out a batch of messages,
+DELE after their commit) and the provider that logs it on.
 
 The module docstring of :mod:`spoolbox.transports.pop3` says what it guarantees;
 the blocking poplib steps live in :mod:`.wire`.
@@ -7,8 +7,12 @@ the blocking poplib steps live in :mod:`.wire`.
 
 from __future__ import annotations
 
+import asyncio
 import poplib
-from collections.abc import Mapping
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from spoolbox.contract import (
@@ -39,20 +43,46 @@ __all__ = ["POP3Provider", "POP3Session"]
 
 _CHUNK = 65536
 _RETRY = 30.0
-_STATE = "fetched_uidls"
+#: One profile key per message in the inbox: ``uidl:<UIDL>``.
+KEY = "uidl:"
+#: The list of UIDLs earlier versions kept under one key; read, and turned into keys
+#: at the next poll.
+LEGACY = "fetched_uidls"
+#: A POP3 session unused this long is ended before the next fetch (servers log a
+#: client out after ten minutes at the least, RFC 1939).
+SESSION_IDLE = 60.0
+#: With ``after_fetch = "delete"``, a session is ended (QUIT applies its DELEs) once
+#: it marked this many messages and none is waiting for its commit: what was
+#: committed leaves the server at this pace even from a very large maildrop.
+DELETES_PER_SESSION = 256
+
+
+@dataclass
+class _Fetching:
+    """One POP3 session handing out the messages its listing showed, one per
+    ``start_message``; the DELEs it marked are applied at its QUIT."""
+
+    conn: poplib.POP3
+    todo: deque[tuple[int, str]]
+    pending: dict[int, str] = field(default_factory=dict)  # handed out, not committed
+    marked: int = 0  # DELE sent, applied at QUIT
+    exhausted: bool = False  # todo ran out: QUIT once nothing is pending
+    used: float = field(default_factory=time.monotonic)
 
 
 class POP3Session(BaseTransportSession):
     """One logon of the POP3 transport; see the module docstring."""
 
-    CAPABILITIES: ClassVar[LogonCaps] = LogonCaps.SP_POLL
+    CAPABILITIES: ClassVar[LogonCaps] = LogonCaps.SP_POLL | LogonCaps.SP_INBOUND_BATCH
 
     def __init__(self, support: Support, settings: MailboxSettings) -> None:
         super().__init__(support)
         self.settings = settings
-        self._held: poplib.POP3 | None = None  # a delete session waiting for its commit
+        self._fetching: _Fetching | None = None
+        self._lock = asyncio.Lock()  # one command at a time on the connection
         self.fetched = 0
         self.bytes = 0
+        self.sessions = 0  # POP3 sessions opened to fetch
         self.last = ""
         self.last_error = ""
         self.skipped: set[str] = set()  # UIDLs over max_size, this logon
@@ -60,11 +90,44 @@ class POP3Session(BaseTransportSession):
     def __repr__(self) -> str:
         return f"<POP3Session {self.settings.where}>"
 
-    # -- status -------------------------------------------------------------------------
-    def _fetched(self) -> list[str]:
-        value = self.support.profile_section().get(_STATE, [])
-        return [str(u) for u in value] if isinstance(value, list) else []
+    @property
+    def _delete(self) -> bool:
+        return self.settings.after_fetch == "delete"
 
+    # -- the UIDLs in the inbox ------------------------------------------------------------
+    def _fetched(self) -> set[str]:
+        """The UIDLs of the messages already in the inbox (and the list of an earlier
+        version, until a poll turns it into keys)."""
+        section = self.support.profile_section().snapshot()
+        uidls = {key[len(KEY) :] for key in section if key.startswith(KEY)}
+        legacy = section.get(LEGACY)
+        if isinstance(legacy, list):
+            uidls.update(str(u) for u in legacy)
+        return uidls
+
+    def _in_inbox(self, uidl: str) -> bool:
+        """Whether ``uidl`` is in the inbox now (another node of a shared store may
+        have fetched it since the listing: the section was read again then)."""
+        return self.support.profile_section().get(KEY + uidl) is not None
+
+    async def _prune(self, on_server: Iterable[str]) -> None:
+        """Forget the UIDLs no longer on the server, and keep an earlier version's list
+        as keys: one commit, only when something changes."""
+        section = self.support.profile_section()
+        present = set(on_server)
+        snapshot = section.snapshot()
+        changes: dict[str, Any] = {
+            key: None for key in snapshot if key.startswith(KEY) and key[len(KEY) :] not in present
+        }
+        legacy = snapshot.get(LEGACY)
+        if legacy is not None:
+            changes[LEGACY] = None
+            if isinstance(legacy, list):
+                changes.update({KEY + str(u): 1 for u in legacy if str(u) in present})
+        if changes:
+            await section.update(changes)
+
+    # -- status -------------------------------------------------------------------------
     def status_object(self) -> Mapping[str, Any]:
         return {
             "server": self.settings.where,
@@ -73,6 +136,7 @@ class POP3Session(BaseTransportSession):
             "fetched_uidls": len(self._fetched()),
             "fetched": self.fetched,
             "bytes": self.bytes,
+            "sessions": self.sessions,
             "skipped": len(self.skipped),
             "last_error": self.last_error or None,
         }
@@ -81,14 +145,12 @@ class POP3Session(BaseTransportSession):
         text = fetch_status(self.fetched, self.last, self.last_error)
         self.support.modify_status_row(status_string=text)
 
-    def _skip(self, uidl: str, size: int) -> None:
-        """A message over ``max_size``: left on the server (never deleted: it is not
-        in ``fetched_uidls``) and not fetched; said once per logon."""
+    def _skip(self, uidl: str, size: int, why: str = "") -> None:
+        """A message over ``max_size`` (or, ``why``, empty): left on the server (never
+        deleted: its UIDL is never recorded) and not fetched; said once per logon."""
         self.skipped.add(uidl)
-        self.last_error = (
-            f"UIDL {uidl} ({size} bytes) is larger than max_size ({self.settings.max_size}): "
-            "left on the server, not fetched"
-        )
+        why = why or f"is larger than max_size ({self.settings.max_size})"
+        self.last_error = f"UIDL {uidl} ({size} bytes) {why}: left on the server, not fetched"
         self.support.logger.error("pop3 %s: %s", self.settings.where, self.last_error)
         self._status()
 
@@ -108,7 +170,6 @@ class POP3Session(BaseTransportSession):
             raise
 
     async def _connect(self) -> poplib.POP3:
-        self._drop_held()
         s = self.settings
         ctx = s.ssl_context(self.support.logger)
         try:
@@ -119,10 +180,52 @@ class POP3Session(BaseTransportSession):
             ) from None
         return conn
 
-    def _drop_held(self) -> None:
-        held, self._held = self._held, None
-        if held is not None:
-            _close(held)  # its message was not committed: no QUIT, nothing deleted
+    def _drop(self) -> None:
+        """End the fetching session without QUIT: the DELEs it marked are not applied
+        (their UIDLs are recorded: the next poll deletes them)."""
+        fetching, self._fetching = self._fetching, None
+        if fetching is not None:
+            _close(fetching.conn)
+
+    async def _end(self) -> None:
+        """End the fetching session: QUIT (which applies its DELEs) when no message it
+        handed out waits for its commit, else drop it."""
+        fetching = self._fetching
+        if fetching is None:
+            return
+        if fetching.pending:
+            self._drop()
+            return
+        self._fetching = None
+        try:
+            await self._run(fetching.conn, _quit)
+        except (OSError, poplib.error_proto) as exc:
+            if fetching.marked:
+                # Still on the server, and their UIDLs recorded: the next poll deletes them.
+                self._network_error(
+                    f"deleting {fetching.marked} fetched messages (retried at the next poll)",
+                    exc,
+                )
+
+    async def _begin(self) -> _Fetching | None:
+        """A new fetching session: its listing, less what is in the inbox already and
+        what is over ``max_size``.  None (and QUIT) when nothing is new."""
+        conn = await self._connect()
+        self.sessions += 1
+        listing: list[tuple[int, str]] = await self._run(conn, _uidl)
+        done = self._fetched()
+        todo = [(n, u) for n, u in listing if u not in done and u not in self.skipped]
+        if todo:
+            sizes: dict[int, int] = await self._run(conn, _sizes)
+            for n, u in todo:
+                if sizes.get(n, 0) > self.settings.max_size:
+                    self._skip(u, sizes[n])
+            todo = [(n, u) for n, u in todo if u not in self.skipped]
+        if not todo:
+            await self._run(conn, _quit)
+            return None
+        self._fetching = _Fetching(conn, deque(todo))
+        return self._fetching
 
     # -- inbound ------------------------------------------------------------------------------
     async def _start(self) -> None:
@@ -133,17 +236,21 @@ class POP3Session(BaseTransportSession):
             raise self._network_error("connect", exc) from exc
 
     async def poll(self) -> int:
-        try:
-            conn = await self._connect()
-            listing = await self._run(conn, _uidl)
-            fetched = set(self._fetched())
-            left = [n for n, u in listing if u in fetched]
-            if left and self.settings.after_fetch == "delete":
-                await self._run(conn, _dele, left)
-            await self._run(conn, _quit)
-        except (OSError, poplib.error_proto) as exc:
-            raise self._network_error("poll", exc) from exc
-        if left and self.settings.after_fetch == "delete":
+        async with self._lock:
+            try:
+                await self._end()  # a fetching session sees the maildrop as at its login
+                conn = await self._connect()
+                listing = await self._run(conn, _uidl)
+                fetched = self._fetched()
+                left = [n for n, u in listing if u in fetched] if self._delete else []
+                if left:
+                    await self._run(conn, _dele, left)
+                await self._run(conn, _quit)
+            except (OSError, poplib.error_proto) as exc:
+                raise self._network_error("poll", exc) from exc
+            gone = set(left)
+            await self._prune(u for n, u in listing if n not in gone)
+        if left:
             self.support.logger.info(
                 "pop3 %s: deleted %d fetched messages left on the server",
                 self.settings.where,
@@ -152,62 +259,90 @@ class POP3Session(BaseTransportSession):
         return sum(1 for _n, u in listing if u not in fetched and u not in self.skipped)
 
     async def start_message(self, message: InboundWriter) -> None:
-        try:
-            conn = await self._connect()
-            listing: list[tuple[int, str]] = await self._run(conn, _uidl)
-            fetched = self._fetched()
-            done = set(fetched)
-            todo = [(n, u) for n, u in listing if u not in done and u not in self.skipped]
-            if todo:
-                sizes: dict[int, int] = await self._run(conn, _sizes)
-                for n, u in todo:
-                    if sizes.get(n, 0) > self.settings.max_size:
-                        self._skip(u, sizes[n])
-                todo = [(n, u) for n, u in todo if u not in self.skipped]
-            if not todo:
-                await self._run(conn, _quit)
-                return
-            number, uidl = todo[0]
-            data: bytes = await self._run(conn, _retr, number)
-            if self.settings.after_fetch == "keep":
-                await self._run(conn, _quit)
-            else:
-                self._held = conn
-        except (OSError, poplib.error_proto) as exc:
-            raise self._network_error("fetch", exc) from exc
+        async with self._lock:
+            try:
+                fetching = self._fetching
+                if fetching is not None and time.monotonic() - fetching.used > SESSION_IDLE:
+                    await self._end()
+                    fetching = None
+                if fetching is None:
+                    fetching = await self._begin()
+                    if fetching is None:
+                        return
+                data = b""
+                while not data:
+                    while fetching.todo and self._in_inbox(fetching.todo[0][1]):
+                        fetching.todo.popleft()
+                    if not fetching.todo:
+                        fetching.exhausted = True
+                        if not fetching.pending:
+                            await self._end()
+                        return
+                    number, uidl = fetching.todo.popleft()
+                    # The last one listed: QUIT once it (and the others) are committed.
+                    fetching.exhausted = not fetching.todo
+                    data = await self._run(fetching.conn, _retr, number)
+                    fetching.used = time.monotonic()
+                    if not data:
+                        self._skip(uidl, 0, "is empty")  # nothing to put in the inbox
+            except (OSError, poplib.error_proto) as exc:
+                self._drop()
+                raise self._network_error("fetch", exc) from exc
+            fetching.pending[number] = uidl
         view = memoryview(data)
         for i in range(0, len(view), _CHUNK):
             await message.write(bytes(view[i : i + _CHUNK]))
-        if not data:
-            self._drop_held()
-            return
-        on_server = {u for _n, u in listing}
         message.set_remote_id(uidl)
-        message.set_state(_STATE, [u for u in fetched if u in on_server] + [uidl])
+        message.set_state(KEY + uidl, 1)
         size = len(data)
 
         async def committed() -> None:
-            await self._committed(conn, number, uidl, size)
+            await self._committed(fetching, number, uidl, size)
+
+        async def rolled_back() -> None:
+            await self._rolled_back(fetching, number, uidl)
 
         message.after_commit(committed)
+        message.after_rollback(rolled_back)
 
-    async def _committed(self, conn: poplib.POP3, number: int, uidl: str, size: int) -> None:
+    async def _committed(self, fetching: _Fetching, number: int, uidl: str, size: int) -> None:
         self.fetched += 1
         self.bytes += size
         self.last = f"UIDL {uidl} ({size} bytes)"
-        if self._held is conn:
-            self._held = None
+        async with self._lock:
+            fetching.pending.pop(number, None)
+            if self._fetching is not fetching:
+                # That session ended: the UIDL is recorded, the next poll deletes it.
+                self._status()
+                return
             try:
-                await self._run(conn, _dele, [number])
-                await self._run(conn, _quit)
+                if self._delete:
+                    await self._run(fetching.conn, _dele, [number])
+                    fetching.marked += 1
             except (OSError, poplib.error_proto) as exc:
-                # Still on the server, and its UIDL is recorded: the next poll deletes it.
+                self._fetching = None
                 self._network_error(f"deleting {uidl} (retried at the next poll)", exc)
                 return
+            if not fetching.pending and (
+                fetching.exhausted or fetching.marked >= DELETES_PER_SESSION
+            ):
+                await self._end()
         self._status()
 
+    async def _rolled_back(self, fetching: _Fetching, number: int, uidl: str) -> None:
+        """Not in the inbox after all: offered again by this session (or the next)."""
+        async with self._lock:
+            fetching.pending.pop(number, None)
+            if self._fetching is fetching:
+                fetching.todo.appendleft((number, uidl))
+                fetching.exhausted = False
+
     async def logoff(self, flags: LogoffFlags) -> None:
-        self._drop_held()
+        async with self._lock:
+            try:
+                await self._end()
+            except Exception as exc:  # the session ends anyway
+                self.support.logger.debug("pop3 %s: QUIT at logoff: %s", self.settings.where, exc)
 
 
 class POP3Provider:
