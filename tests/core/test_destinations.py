@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
+
 from spoolbox._core.destinations import DestinationBackoff
 from spoolbox._core.policy import Policy
-from spoolbox.model import Address, NewMessage, RecipientState
+from spoolbox.model import (
+    Address,
+    NewMessage,
+    Outcome,
+    RecipientResult,
+    RecipientState,
+    ResultError,
+)
 from spoolbox.store import ClaimedJob, MemoryStore, RecipientUpdate
 from spoolbox.testing import FakeClock
 
@@ -59,3 +68,26 @@ async def test_a_deferred_attempt_alone_holds_its_destination_until_its_retry() 
     backoff.learn(job, [_deferred(0, retry_at=30.0), _deferred(1, retry_at=45.0)])
     held = backoff.wait("relay", Address.parse("SMTP:c@EXAMPLE.org"))
     assert held is not None and held.until == T0 + 45
+
+
+async def test_a_recipient_deferred_alone_leaves_its_destination_up() -> None:
+    # One mailbox's 451 to its RCPT (the SMTP transport marks it recipient_only): the
+    # destination answered, so a message with that one recipient holds no other mail.
+    job = await _job("SMTP:later@example.org")
+    alone = RecipientResult.deferred(
+        0, "smtp; 451 4.2.0 greylisted", status="4.2.0", recipient_only=True
+    )
+    backoff = DestinationBackoff(Policy(), FakeClock())
+    backoff.learn(job, [_deferred(0)], [alone])
+    assert backoff.wait("relay", Address.parse("SMTP:new@example.org")) is None
+    # The same deferral without the mark (the session failed: 421, a lost connection).
+    backoff.learn(job, [_deferred(0)], [RecipientResult.deferred(0, "smtp; 421 bye")])
+    assert backoff.wait("relay", Address.parse("SMTP:new@example.org")) is not None
+    # ... and a destination in back-off that answers a recipient's RCPT is up again.
+    backoff.learn(job, [_deferred(0)], [alone])
+    assert backoff.wait("relay", Address.parse("SMTP:new@example.org")) is None
+
+
+def test_recipient_only_is_for_deferred_results() -> None:
+    with pytest.raises(ResultError, match="recipient_only is only for deferred results"):
+        RecipientResult(0, Outcome.FAILED, "5.1.1", "no such user", recipient_only=True)

@@ -583,6 +583,32 @@ async def test_421_at_rcpt_defers_the_rest() -> None:
     assert rec.received == []
 
 
+@pytest.mark.parametrize(
+    ("reply", "held"),
+    [("451 4.2.0 greylisted, try again later", False), ("421 4.3.2 shutting down", True)],
+    ids=["451-one-mailbox", "421-the-server"],
+)
+async def test_one_mailbox_deferred_at_rcpt_does_not_hold_its_domain(
+    reply: str, held: bool
+) -> None:
+    # A message to one greylisted mailbox is deferred; the next message to the same
+    # domain goes out at once (the server answered: it is up).  A 421 is the whole
+    # server's: the domain waits for the retry (an hour here), the message not tried.
+    rec = Recorder(rcpt_replies={"later@example.org": reply})
+    async with aiosmtpd_server(rec) as srv, open_spooler(options(srv.port)) as sp:
+        state, _ = await send(sp, message("SMTP:later@example.org"))
+        assert state is MessageState.DEFERRED
+        if held:
+            info = await sp.submit(message("SMTP:bob@example.org"))
+            assert await sp.wait_for(info.id, FINISHED, timeout=WAIT) is MessageState.DEFERRED
+            (rec_bob,) = await sp.store.recipients(info.id)
+            assert rec_bob.attempts == 0, rec_bob
+        else:
+            state, _ = await send(sp, message("SMTP:bob@example.org"))
+            assert state is MessageState.SENT
+    assert [m.rcpt_tos for m in rec.received] == ([] if held else [["bob@example.org"]])
+
+
 # -- TLS and AUTH -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ca() -> Any:

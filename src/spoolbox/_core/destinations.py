@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..model import Address, RecipientState
+from ..model import Address, RecipientResult, RecipientState
 from ..store import ClaimedJob, RecipientUpdate
 from .clock import Clock
 from .policy import Policy
@@ -69,15 +69,23 @@ class DestinationBackoff:
         """Lift the back-off of one address's destination (a manual retry)."""
         self._until.pop(destination_of(transport, address), None)
 
-    def learn(self, job: ClaimedJob, updates: Sequence[RecipientUpdate]) -> None:
+    def learn(
+        self,
+        job: ClaimedJob,
+        updates: Sequence[RecipientUpdate],
+        results: Sequence[RecipientResult] = (),
+    ) -> None:
         """A real attempt that deferred puts its destination in back-off until the retry
         time it planned (the transport's own delay, or the computed back-off): once per
         destination and settle, however many recipients it had there.  A destination
-        that took a recipient of the same attempt is up (one mailbox's ``451``, such as
-        greylisting, says nothing about the others): it is not held back."""
+        that took a recipient of the same attempt is up, and so is one that deferred a
+        recipient alone (``results`` marked ``recipient_only``: its ``RCPT`` answered
+        ``451``, a full mailbox or greylisting, which says nothing about the others):
+        it is not held back, and a back-off it was in ends."""
         if not self._policy.destination_backoff:
             return
         by_index = {r.index: r for r in job.recipients}
+        alone = {r.index for r in results if r.recipient_only}
         deferred: dict[tuple[str, str], tuple[float, str, str]] = {}
         delivered: set[tuple[str, str]] = set()
         for update in updates:
@@ -85,7 +93,9 @@ class DestinationBackoff:
             if recipient is None or not update.count_attempt:
                 continue  # only real attempts teach us about a destination
             key = destination_of(job.transport, recipient.address)
-            if update.state is RecipientState.DELIVERED:
+            if update.state is RecipientState.DELIVERED or (
+                update.state is RecipientState.QUEUED and update.index in alone
+            ):
                 self._until.pop(key, None)
                 delivered.add(key)
             elif (

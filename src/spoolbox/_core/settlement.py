@@ -112,7 +112,7 @@ class Settlement:
         recipients now settles and counts them)."""
         runtime = self._runtime
         now = runtime.clock.now()
-        self._destinations.learn(job, updates)
+        self._destinations.learn(job, updates, results)
         updates = self._mark_delays(job.message, job.recipients, updates)
         reports, inbox, made = await self._reports(job.message, job.recipients, updates, results)
         try:

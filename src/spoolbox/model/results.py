@@ -52,6 +52,9 @@ class RecipientResult:
     diagnostic: str = ""
     retry_after: float | None = None  # deferred only: the transport's own delay hint, seconds
     remote_mta: str | None = None  # e.g. "dns; mx.example.org"
+    #: Deferred only: for this recipient alone (its ``RCPT TO`` answered 4xx: a full
+    #: mailbox, greylisting): the destination answered, so it is not backed off.
+    recipient_only: bool = False
 
     def __post_init__(self) -> None:
         m = _STATUS_RE.match(self.status)
@@ -68,6 +71,8 @@ class RecipientResult:
             self.outcome is not Outcome.DEFERRED or self.retry_after < 0
         ):
             raise ResultError("retry_after is only for deferred results and must be >= 0")
+        if self.recipient_only and self.outcome is not Outcome.DEFERRED:
+            raise ResultError("recipient_only is only for deferred results")
         # Diagnostic text goes into reports and status rows: one line, bounded.
         text = " ".join(self.diagnostic.split())
         if len(text) > _MAX_DIAGNOSTIC:
@@ -105,5 +110,14 @@ class RecipientResult:
         status: str = "4.0.0",
         retry_after: float | None = None,
         remote_mta: str | None = None,
+        recipient_only: bool = False,
     ) -> RecipientResult:
-        return cls(_index(recipient), Outcome.DEFERRED, status, diagnostic, retry_after, remote_mta)
+        return cls(
+            _index(recipient),
+            Outcome.DEFERRED,
+            status,
+            diagnostic,
+            retry_after,
+            remote_mta,
+            recipient_only,
+        )

@@ -392,7 +392,12 @@ class SMTPSession(BaseTransportSession):
             accepted.append(r)
         elif 400 <= reply.code <= 499:
             results[r.index] = RecipientResult.deferred(
-                r, f"smtp; {reply_text(reply)}", status=enhanced_status(reply, "4"), remote_mta=mta
+                r,
+                f"smtp; {reply_text(reply)}",
+                status=enhanced_status(reply, "4"),
+                remote_mta=mta,
+                # The server answered for this mailbox; 421 closes the whole session.
+                recipient_only=reply.code != 421,
             )
         elif 500 <= reply.code <= 599:
             results[r.index] = RecipientResult.failed(
