@@ -30,7 +30,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -156,14 +156,20 @@ def written_bytes(pids: Iterable[int]) -> int:
 
 
 class SyscallCount:
-    """``strace -f -c`` on ``pids`` for the fsync family, while the ``with`` block runs."""
+    """``strace -f -c`` on ``pids`` for the fsync family (or the ``calls`` named; empty:
+    every call), while the ``with`` block runs."""
 
-    def __init__(self, pids: Iterable[int], out: Path) -> None:
+    def __init__(
+        self, pids: Iterable[int], out: Path, calls: Sequence[str] | None = SYNC_CALLS
+    ) -> None:
         strace = shutil.which("strace")
         if strace is None:
             raise SystemExit("bench: counting fsyncs needs strace (apt-get install -y strace)")
         self.out = out
-        cmd = [strace, "-f", "-c", "-o", str(out), "-e", "trace=" + ",".join(SYNC_CALLS)]
+        self._calls = tuple(calls or ())
+        cmd = [strace, "-f", "-c", "-o", str(out)]
+        if self._calls:
+            cmd += ["-e", "trace=" + ",".join(self._calls)]
         for pid in pids:
             cmd += ["-p", str(pid)]
         self._proc = subprocess.Popen(
@@ -190,10 +196,15 @@ class SyscallCount:
             self._proc.communicate()
 
     def counts(self) -> dict[str, int]:
-        """Calls per syscall of the fsync family, from strace's summary table."""
+        """Calls per syscall (of those traced), from strace's summary table."""
         found: dict[str, int] = {}
         for line in self.out.read_text().splitlines():
             cols = line.split()
-            if len(cols) >= 5 and cols[-1] in SYNC_CALLS and cols[0][0].isdigit():
+            if (
+                len(cols) >= 5
+                and (cols[-1] in self._calls or not self._calls)
+                and cols[0][0].isdigit()
+                and cols[-1] != "total"
+            ):
                 found[cols[-1]] = int(cols[3])
         return found

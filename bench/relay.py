@@ -95,6 +95,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import collections
+import contextlib
 import json
 import os
 import re
@@ -251,6 +252,33 @@ def count_fsyncs(name: str, workdir: Path, args: argparse.Namespace) -> float:
         counts = calls.counts()
     log(f"fsync count: {name}: {counts} for {n} messages")
     return sum(counts.values()) / n
+
+
+def count_syscalls(
+    name: str, workdir: Path, args: argparse.Namespace
+) -> dict[str, dict[str, float]]:
+    """Every syscall per message of each process of ``name`` (the daemon, each child),
+    from one batch of ``--fsync-messages`` under one ``strace -f -c`` per process."""
+    n = args.fsync_messages
+    with Sink() as sink, system_under_test(name, workdir, sink, args) as (port, system):
+        batch(port, sink, args.warmup, args)
+        time.sleep(0.5)
+        root = _root_pid(system)
+        if root is None:
+            raise RuntimeError(f"{name}: no process to trace")
+        with contextlib.ExitStack() as stack:
+            traced = [
+                (
+                    "daemon" if pid == root else f"child {pid}",
+                    stack.enter_context(
+                        SyscallCount([pid], workdir / f"strace-{pid}.txt", calls=None)
+                    ),
+                )
+                for pid in process_tree(root)
+            ]
+            batch(port, sink, n, args)
+            time.sleep(_REPORTED)
+        return {what: {k: v / n for k, v in calls.counts().items()} for what, calls in traced}
 
 
 #: Long enough for a listener process to have reported its store's counters.
@@ -474,6 +502,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="spoolbox-init: a line set in [store], e.g. 'keep_sent = 0' (repeatable)",
     )
     p.add_argument(
+        "--syscalls",
+        action="store_true",
+        help="one untimed run per spoolbox system under strace: every syscall per "
+        "message of each of its processes (--fsync-messages of them)",
+    )
+    p.add_argument(
         "--py-spy-gil",
         action="store_true",
         help="--py-spy samples only the thread holding the GIL (where the Python CPU "
@@ -526,6 +560,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if name != "wire":
                     work = root / f"fsyncs{r}-{name}"
                     fsyncs.setdefault(name, []).append(count_fsyncs(name, work, args))
+        if args.syscalls:
+            for name in systems:
+                if name.startswith("spoolbox"):
+                    per = count_syscalls(name, root / f"syscalls-{name}", args)
+                    for what, calls in per.items():
+                        top = sorted(calls.items(), key=lambda kv: -kv[1])[:14]
+                        print(
+                            f"syscalls per message, {name}, {what}: {sum(calls.values()):.1f} "
+                            "in all; " + ", ".join(f"{k} {v:.2f}" for k, v in top)
+                        )
         if args.py_spy is not None:
             profile_spoolbox(root, args)
     if runs:
