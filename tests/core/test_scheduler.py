@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -30,6 +31,7 @@ async def test_watchdog_names_a_provider_that_hogs_the_cpu(
         stats = sp.statistics()
     assert row.counters["slow_slices"] >= 3
     assert row.detail is not None and "over the 5.0 ms budget" in row.detail
+    assert re.search(r"a slice ran \d+\.\d\d ms,", row.detail), row.detail
     assert stats["transports"]["hog"]["longest_slice"] >= 0.03
     assert stats["scheduler"]["overruns"] >= 3
     # Internal noise: at DEBUG, and one line a minute however many overruns there were.

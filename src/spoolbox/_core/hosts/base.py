@@ -165,7 +165,8 @@ class HostBase:
         self.counters["slow_slices"] += 1
         budget = self.runtime.meter.budget
         detail = (
-            f"slow: a slice ran {seconds * 1000:.1f} ms, over the {budget * 1000:.1f} ms "
+            # Two decimals: a slice just over the budget does not read "5.0 ms, over 5.0".
+            f"slow: a slice ran {seconds * 1000:.2f} ms, over the {budget * 1000:.1f} ms "
             f"budget ({self.counters['slow_slices']} so far); see docs/providers.md#slices"
         )
         if self.shown:
