@@ -22,7 +22,9 @@ from dataclasses import replace
 from typing import Any
 
 from ..model import (
+    TRANSITIONS,
     Address,
+    IllegalTransition,
     MessageInfo,
     NewMessage,
     Notify,
@@ -225,24 +227,40 @@ class Settlement:
             return
 
     async def settle_unowned(self, message_id: str, updates: Sequence[RecipientUpdate]) -> None:
-        """Updates of recipients no transport holds (no route, expired)."""
+        """Updates of recipients no transport holds (no route, expired), those of them
+        that still apply: the router and housekeeping (this node's, another node's) may
+        find the same recipient, and a lane may claim it meanwhile.  A recipient that
+        moved on between the read and the settle (IllegalTransition, LeaseLost: the
+        settle wrote nothing) is read again, and left alone if it is no longer
+        unowned."""
         store = self._runtime.store
-        info = await store.get_message(message_id)
-        recipients = await store.recipients(message_id)
-        updates = self._mark_delays(info, recipients, updates)
-        reports, inbox, made = await self._reports(info, recipients, updates, ())
-        now = self._runtime.clock.now()
-        await store.settle(
-            message_id,
-            updates,
-            owner=None,
-            now=now,
-            reports=reports,
-            inbox_reports=inbox,
-            drop_finished=self._drop,
-        )
-        _log_settled(info, recipients, None, updates, {}, made, now)
-        self._after_settle(updates, len(reports) + len(inbox))
+        for attempt in range(_UNOWNED_TRIES):
+            info = await store.get_message(message_id)
+            recipients = await store.recipients(message_id)
+            still = _still_unowned(recipients, updates)
+            if not still:
+                return
+            still = self._mark_delays(info, recipients, still)
+            reports, inbox, made = await self._reports(info, recipients, still, ())
+            now = self._runtime.clock.now()
+            try:
+                await store.settle(
+                    message_id,
+                    still,
+                    owner=None,
+                    now=now,
+                    reports=reports,
+                    inbox_reports=inbox,
+                    drop_finished=self._drop,
+                )
+            except (IllegalTransition, LeaseLost) as exc:
+                if attempt + 1 == _UNOWNED_TRIES:
+                    raise
+                log.debug("%s: settled or claimed meanwhile (%s); looking again", message_id, exc)
+                continue
+            _log_settled(info, recipients, None, still, {}, made, now)
+            self._after_settle(still, len(reports) + len(inbox))
+            return
 
     async def log_user_cancel(self, message_id: str, before: Sequence[RecipientRecord]) -> None:
         """The lines of the recipients a user's cancel took out of the queue (the store
@@ -474,3 +492,22 @@ def _log_settled(
     for report in reports:
         if report.kind != DOUBLE_BOUNCE:
             log_line(delivery_log, logging.INFO, report)
+
+
+#: Reads and settles of unowned recipients before a race is given up as a failure.
+_UNOWNED_TRIES = 3
+
+
+def _still_unowned(
+    recipients: Sequence[RecipientRecord], updates: Sequence[RecipientUpdate]
+) -> list[RecipientUpdate]:
+    """The updates whose recipient no transport holds and may still take them (not
+    claimed, not finished: another chore or node may have got there first)."""
+    by_index = {r.index: r for r in recipients}
+    return [
+        u
+        for u in updates
+        if (r := by_index.get(u.index)) is not None
+        and r.state is not RecipientState.ACTIVE
+        and u.state in TRANSITIONS[r.state]
+    ]
