@@ -375,6 +375,28 @@ def test_store_migrate_on_a_sqlite_profile_creates_and_checks_the_file(tmp_path:
     assert json.loads(again.stdout)["pending"] == []
 
 
+def test_store_compact_vacuums_a_postgres_database_and_reports_its_size(
+    tmp_path: Path, pg_cluster: pgc.Cluster
+) -> None:
+    dsn = pg_cluster.dsn(pg_cluster.new_database())
+    profile = _profile(tmp_path, 25, f'backend = "postgres"\ndsn_env = "{DSN_ENV}"')
+    assert _run(profile, dsn, "store", "migrate").returncode == 0
+    check = _run(profile, dsn, "store", "compact", "--check", "--json")
+    assert check.returncode == 0, check.stderr
+    report = json.loads(check.stdout)
+    assert (report["backend"], report["compacted"]) == ("postgres", False)
+    assert report["size"] > 0  # the empty tables and their indexes take pages too
+    done = _run(profile, dsn, "store", "compact")
+    assert done.returncode == 0, done.stderr
+    assert "VACUUM (ANALYZE) done" in done.stdout and "VACUUM FULL" in done.stdout
+    assert pgc.PASSWORD not in done.stdout + done.stderr
+    with psycopg.connect(dsn) as conn:  # vacuumed and analyzed just now
+        (analyzed,) = conn.execute(
+            "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'recipients'"
+        ).fetchone()
+    assert analyzed
+
+
 class _GatedSink(_Sink):
     """Holds every DATA until ``gate`` is set (so a node can be killed mid-delivery);
     ``waiting`` counts the DATA commands held."""

@@ -1,7 +1,11 @@
 """``spoolbox store migrate [--check]``: bring the store's schema up to this spoolbox's
 version without starting the daemon (or only say whether it is), for the PostgreSQL
 store, whose nodes may run with ``migrate`` left to the operator.  The SQLite store
-migrates its file whenever it is opened; the command does that, or checks it."""
+migrates its file whenever it is opened; the command does that, or checks it.
+
+``spoolbox store compact [--check] [--online]``: give the room of purged messages back
+to the file system (SQLite: ``VACUUM``, with the daemon stopped unless ``--online``;
+PostgreSQL: ``VACUUM (ANALYZE)`` of the store's tables), or only say how much there is."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from typing import Any
 
 import click
 
-from ..api.client import EXIT_ERROR
+from ..api.client import EXIT_CONFLICT, EXIT_ERROR
 from ..profile import Profile
 from ..store import StoreError
 from ._common import Ctx, emit_json, fail, json_option, pass_ctx
@@ -23,7 +27,7 @@ __all__ = ["store_group"]
 
 @click.group("store")
 def store_group() -> None:
-    """The store itself: its schema."""
+    """The store itself: its schema, its size."""
 
 
 @store_group.command("migrate")
@@ -126,3 +130,116 @@ def _sqlite_version(path: str) -> int:
             conn.close()
     except sqlite3.Error as exc:
         raise StoreError(f"cannot read the store {path}: {exc}") from None
+
+
+@store_group.command("compact")
+@click.option("--check", is_flag=True, help="Only say how much room is free; change nothing.")
+@click.option(
+    "--online",
+    is_flag=True,
+    help="SQLite: compact while the daemon runs (its writes wait until it is done).",
+)
+@json_option
+@pass_ctx
+def compact_cmd(obj: Ctx, check: bool, online: bool, as_json: bool) -> None:
+    """Give the room of purged messages back to the file system."""
+    profile = obj.profile()
+    try:
+        if profile.store.backend == "postgres":
+            report = _vacuum_postgres(profile, check)
+        else:
+            if not (check or online) and obj.client().running():
+                fail(
+                    f"the daemon of {obj.path} is running, and compacting holds the store's "
+                    "write lock until it is done: `spoolbox stop` first, or pass --online "
+                    "(the daemon's writes wait meanwhile, up to 30 s each)",
+                    EXIT_CONFLICT,
+                    kind="conflict",
+                )
+            report = _compact_sqlite(profile, check)
+    except StoreError as exc:
+        fail(str(exc), EXIT_ERROR, kind="store")
+    if as_json:
+        emit_json(report)
+    else:
+        click.echo(_compact_text(report))
+
+
+def _compact_sqlite(profile: Profile, check: bool) -> dict[str, Any]:
+    from ..store.sqlite.compact import compact, space
+
+    path = profile.store.path
+    before = space(path)
+    report: dict[str, Any] = {
+        "store": str(path),
+        "backend": "sqlite",
+        "size": before.size,
+        "free": before.free,
+        "wal": before.wal,
+        "compacted": False,
+    }
+    if check or before.free == 0:
+        return report
+    done = compact(path)
+    report.update(
+        compacted=True,
+        size_after=done.after.size,
+        free_after=done.after.free,
+        wal_after=done.after.wal,
+        seconds=round(done.seconds, 3),
+    )
+    return report
+
+
+def _vacuum_postgres(profile: Profile, check: bool) -> dict[str, Any]:
+    settings = profile.store
+    if settings.dsn is None:
+        raise StoreError(
+            f'[store] backend = "postgres": the dsn could not be read from {settings.dsn_missing}'
+        )
+    try:
+        from ..store.postgres.admin import vacuum_database
+    except ImportError as exc:
+        raise StoreError(
+            f"the PostgreSQL store needs psycopg ({exc}): pip install 'spoolbox[postgres]'"
+        ) from None
+    r = asyncio.run(vacuum_database(settings.dsn, apply=not check))
+    report: dict[str, Any] = {
+        "store": r.database,
+        "backend": "postgres",
+        "size": r.before,
+        "compacted": not check,
+    }
+    if not check:
+        report.update(size_after=r.after, seconds=round(r.seconds, 3))
+    return report
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def _compact_text(r: dict[str, Any]) -> str:
+    where = r["store"]
+    if r["backend"] == "postgres":
+        if not r["compacted"]:
+            return f"{where}: the store's tables take {_mb(r['size'])} (with indexes and TOAST)"
+        return (
+            f"{where}: VACUUM (ANALYZE) done in {r['seconds']:.1f} s; the store's tables take "
+            f"{_mb(r['size_after'])} (were {_mb(r['size'])}). PostgreSQL keeps the room of "
+            "deleted rows for new ones; only VACUUM FULL, which locks the tables, gives it "
+            "to the file system"
+        )
+    size, free = r["size"], r["free"]
+    share = f" ({100 * free / size:.0f}%)" if size else ""
+    if not r["compacted"]:
+        if free == 0:
+            return f"{where}: {_mb(size)}, none of it free: nothing to compact"
+        return (
+            f"{where}: {_mb(size)}, {_mb(free)} of it free{share}; "
+            "`spoolbox store compact` gives that back"
+        )
+    return (
+        f"{where}: {_mb(size)} -> {_mb(r['size_after'])} "
+        f"({_mb(size - r['size_after'])} given back) in {r['seconds']:.1f} s"
+    )
