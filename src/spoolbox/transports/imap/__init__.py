@@ -79,7 +79,10 @@ Exactly once, across crashes:
 
 Every network step runs under ``timeout``; a failure closes the connection and
 raises :class:`~spoolbox.contract.NetworkError` (the spooler counts it, pauses the
-session after repeated failures, and calls again later).  When ``start_message``
+session after repeated failures, and calls again later).  A command in flight when
+the server closes the connection fails at once, as a ``ConnectionResetError`` naming
+the command (aioimaplib alone would leave it waiting for ``timeout`` and report a
+timeout).  When ``start_message``
 delivers a message and more are waiting, it raises NEWMAIL again so the spooler
 comes back for the next without waiting for its next poll.
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from typing import Any
 
 import aioimaplib  # type: ignore[import-untyped]  # no py.typed in 2.0
 
@@ -158,14 +159,35 @@ class _Connection:
             raise _ProtocolError("not connected")
         return self.imap
 
+    async def _answer(self, command: Awaitable[Any], what: str) -> Any:
+        """``command``'s response, or ConnectionResetError as soon as the server closes
+        the connection: aioimaplib leaves a command in flight waiting for its time
+        limit then (a server restarted mid-fetch read as a 60 s timeout)."""
+        task = asyncio.ensure_future(command)
+        lost = asyncio.ensure_future(self.lost.wait())
+        try:
+            await asyncio.wait((task, lost), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        if task.cancelled():
+            raise ConnectionResetError(f"the server closed the connection during {what}")
+        return task.result()
+
     async def search_uids(self, lo: int, hi: int | None) -> list[int]:
         """UIDs in ``lo:hi`` (``hi`` None = ``*``), really in that range, ascending."""
         rng = f"{lo}:{'*' if hi is None else hi}"
         async with asyncio.timeout(self.settings.timeout):
             # A session sees new mail only at a command boundary (Dovecot evaluates a
             # SEARCH on the view before it and reports EXISTS after it): sync first.
-            _check(await self._imap().noop(), "NOOP")
-            resp = _check(await self._imap().uid_search("UID", rng, charset=None), "UID SEARCH")
+            _check(await self._answer(self._imap().noop(), "NOOP"), "NOOP")
+            resp = _check(
+                await self._answer(self._imap().uid_search("UID", rng, charset=None), "UID SEARCH"),
+                "UID SEARCH",
+            )
         # aioimaplib strips "* SEARCH"; the last line is the tagged completion text.
         return _search_result(_lines(resp)[:-1], lo, hi)
 
@@ -174,10 +196,9 @@ class _Connection:
         if not uids:
             return {}
         async with asyncio.timeout(self.settings.timeout):
-            resp = _check(
-                await self._imap().uid("fetch", _uid_set(uids), "(UID RFC822.SIZE)"),
-                "UID FETCH RFC822.SIZE",
-            )
+            what = "UID FETCH RFC822.SIZE"
+            command = self._imap().uid("fetch", _uid_set(uids), "(UID RFC822.SIZE)")
+            resp = _check(await self._answer(command, what), what)
         return _sizes_result(_lines(resp)[:-1], uids)
 
     async def fetch_many(self, uids: Sequence[int], size: int = 0) -> dict[int, bytes]:
@@ -196,16 +217,13 @@ class _Connection:
         # A size not known (0: one message fetched alone) keeps aioimaplib's limit.
         if size > 0:
             async with asyncio.timeout(self.settings.timeout + size / _MIN_RATE):
-                resp = _check(
-                    await self._imap().protocol.uid(
-                        "fetch", _uid_set(uids), "(UID BODY.PEEK[])", timeout=None
-                    ),
-                    what,
+                command = self._imap().protocol.uid(
+                    "fetch", _uid_set(uids), "(UID BODY.PEEK[])", timeout=None
                 )
+                resp = _check(await self._answer(command, what), what)
         else:
-            resp = _check(
-                await self._imap().uid("fetch", _uid_set(uids), "(UID BODY.PEEK[])"), what
-            )
+            command = self._imap().uid("fetch", _uid_set(uids), "(UID BODY.PEEK[])")
+            resp = _check(await self._answer(command, what), what)
         return _fetch_result(_lines(resp)[:-1], uids, what)  # [-1]: the tagged completion
 
     async def remove(self, uids: Sequence[int]) -> None:
@@ -219,11 +237,15 @@ class _Connection:
             if s.after_fetch == "move":
                 assert s.move_to is not None
                 if "MOVE" in self.capabilities:
-                    _check(await imap.uid("move", uid_set, _quote(s.move_to)), "UID MOVE")
+                    move = imap.uid("move", uid_set, _quote(s.move_to))
+                    _check(await self._answer(move, "UID MOVE"), "UID MOVE")
                     return
-                _check(await imap.uid("copy", uid_set, _quote(s.move_to)), "UID COPY")
-            _check(await imap.uid("store", uid_set, "+FLAGS.SILENT", r"(\Deleted)"), "UID STORE")
+                copy = imap.uid("copy", uid_set, _quote(s.move_to))
+                _check(await self._answer(copy, "UID COPY"), "UID COPY")
+            store = imap.uid("store", uid_set, "+FLAGS.SILENT", r"(\Deleted)")
+            _check(await self._answer(store, "UID STORE"), "UID STORE")
             if "UIDPLUS" in self.capabilities:
-                _check(await imap.uid("expunge", uid_set), "UID EXPUNGE")
+                expunge = imap.uid("expunge", uid_set)
+                _check(await self._answer(expunge, "UID EXPUNGE"), "UID EXPUNGE")
             else:
-                _check(await imap.expunge(), "EXPUNGE")
+                _check(await self._answer(imap.expunge(), "EXPUNGE"), "EXPUNGE")

@@ -1,0 +1,99 @@
+"""The IMAP transport against a server that closes the connection in the middle of a
+command (a restart, a crash, an idle timeout on its side): a raw asyncio server, as
+no real server does it on cue.  The session hears of it at once and says what
+happened; aioimaplib alone would leave the command waiting for its time limit and
+report a timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+from mailbox_kit import NO_POLL, WAIT
+
+from spoolbox import AlwaysIdle, Spooler, SpoolerConfig, TransportConfig
+from spoolbox.store.memory import MemoryStore
+
+_SELECTED = b"* 3 EXISTS\r\n* OK [UIDVALIDITY 7] v\r\n* OK [UIDNEXT 4] n\r\n"
+
+
+class _ClosesOn:
+    """An IMAP server that answers the login dialogue and a search, and closes the
+    connection when it reads ``command`` (``UID FETCH``, ``UID STORE``...)."""
+
+    def __init__(self, command: bytes) -> None:
+        self.command = command
+        self.closed_on: list[bytes] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"* OK [CAPABILITY IMAP4rev1] ready\r\n")
+        try:
+            while line := (await reader.readline()).rstrip(b"\r\n"):
+                tag, _, rest = line.partition(b" ")
+                verb = rest.upper()
+                if verb.startswith(self.command):
+                    self.closed_on.append(rest)
+                    return
+                if verb.startswith(b"CAPABILITY"):
+                    writer.write(b"* CAPABILITY IMAP4rev1 UIDPLUS\r\n")
+                elif verb.startswith((b"SELECT", b"EXAMINE")):
+                    writer.write(_SELECTED)
+                elif verb.startswith(b"UID SEARCH"):
+                    writer.write(b"* SEARCH 1 2 3\r\n")
+                elif verb.startswith(b"UID FETCH") and b"RFC822.SIZE" in verb:
+                    for uid in (1, 2, 3):
+                        writer.write(b"* %d FETCH (UID %d RFC822.SIZE 20)\r\n" % (uid, uid))
+                elif verb.startswith(b"UID FETCH"):
+                    body = b"Subject: x\r\n\r\nbody\r\n"
+                    for uid in (1, 2, 3):
+                        writer.write(
+                            b"* %d FETCH (UID %d BODY[] {%d}\r\n%s)\r\n"
+                            % (uid, uid, len(body), body)
+                        )
+                writer.write(tag + b" OK done\r\n")
+                await writer.drain()
+        finally:
+            writer.close()
+
+
+@contextlib.asynccontextmanager
+async def _server(command: bytes) -> AsyncIterator[tuple[_ClosesOn, int]]:
+    peer = _ClosesOn(command)
+    server = await asyncio.start_server(peer.handle, "127.0.0.1", 0)
+    try:
+        yield peer, server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    ("command", "after_fetch"),
+    [(b"UID FETCH", "keep"), (b"UID STORE", "delete")],
+    ids=["mid-fetch", "mid-delete"],
+)
+async def test_a_connection_closed_mid_command_is_reported_as_such_at_once(
+    command: bytes, after_fetch: str
+) -> None:
+    async with _server(command) as (peer, port):
+        options = {
+            "host": "127.0.0.1",
+            "port": port,
+            "tls": "none",
+            "username": "u",
+            "password": "p",
+            "idle": False,
+            "after_fetch": after_fetch,
+            "timeout": 600,  # were the session to wait for it, the test would time out
+        }
+        cfg = SpoolerConfig(
+            transports=(TransportConfig("imap", "imap", options=options),), policy=NO_POLL
+        )
+        async with Spooler.open(cfg, store=MemoryStore(), idle=AlwaysIdle()) as sp:
+            async with asyncio.timeout(WAIT):
+                await sp.flush(upload=False)
+            status = str(sp.status["imap"].status_string)
+    assert peer.closed_on, "the server never saw the command"
+    assert "ConnectionResetError: the server closed the connection during UID" in status, status
+    assert "TimeoutError" not in status
