@@ -28,6 +28,7 @@ import pytest
 
 from spoolbox import (
     Address,
+    MessageState,
     NewMessage,
     RecipientState,
     SQLiteStore,
@@ -306,3 +307,37 @@ async def test_read_only_file_system_during_submit(tmp_path: Path, writer: str) 
         assert str(db) in text, text
         assert READ_ONLY.search(text), f"the error does not say the database is read-only: {text}"
         assert "corrupt" not in text, f"a read-only file system reported as corruption: {text}"
+
+
+async def test_compact_on_a_disk_without_room_refuses_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    # `spoolbox store compact` needs about the live data's size free next to the store
+    # (the pages pass through the WAL): without it, it says so before it starts.
+    from spoolbox.store.sqlite.compact import compact, space
+
+    with tmpfs(tmp_path / "fs", "8m") as fs:
+        db = fs / "spool.db"
+        async with SQLiteStore(db) as store:
+            ids = [
+                (await store.submit(message(i, BIG), now=0.0, lifetime=LIFETIME)).id
+                for i in range(12)
+            ]
+            for mid in ids[:4]:
+                await store.cancel(mid)
+            assert await store.purge(finished_before={MessageState.CANCELLED: 1e12}, limit=10)
+        before = space(db)
+        assert before.free > 0 and before.used > 6 * BIG
+        filler = fs / "filler"
+        free = os.statvfs(fs).f_bavail * os.statvfs(fs).f_frsize
+        filler.write_bytes(b"\0" * (free - before.used // 2))
+        content = db.read_bytes()
+        with pytest.raises(StoreError, match=r"compacting .*spool\.db needs about .* free"):
+            compact(db)
+        assert db.read_bytes() == content
+        filler.unlink()
+        done = compact(db)  # with the room back
+        assert done.after.free == 0 and done.after.size < before.size
+        async with SQLiteStore(db) as store:
+            for i, mid in enumerate(ids[4:], start=4):
+                assert await store.read_content(mid) == message(i, BIG).content

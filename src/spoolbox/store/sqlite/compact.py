@@ -24,7 +24,7 @@ from pathlib import Path
 from ..base import StoreError
 from .connection import BUSY_TIMEOUT
 
-__all__ = ["Compacted", "Space", "compact", "space"]
+__all__ = ["Compacted", "Space", "compact", "space", "space_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +59,11 @@ def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open the store {path}: {exc}") from None
     return conn
+
+
+def space_of(conn: sqlite3.Connection, path: Path) -> Space:
+    """The file's space, read on an open connection (the store's thread)."""
+    return _space(conn, path)
 
 
 def _space(conn: sqlite3.Connection, path: Path) -> Space:

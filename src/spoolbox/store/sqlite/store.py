@@ -44,9 +44,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import logging
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 from ...model import (
@@ -68,6 +71,7 @@ from ..base import (
     submission_plan,
 )
 from ..operations import OPERATIONS, Kind
+from . import compact as _compact
 from . import purge as _purge
 from . import schema
 from . import transactions as tx
@@ -79,6 +83,14 @@ from .worker import Job, Outbox, Reply, Worker
 __all__ = ["SQLiteStore"]
 
 _T = TypeVar("_T")
+
+
+log = logging.getLogger("spoolbox.store")
+
+#: A purge that leaves at least this many bytes of the file free (and half of it)
+#: says so in the log, at most once in FREE_HINT_EVERY seconds.
+FREE_HINT_BYTES = 64 * 1024 * 1024
+FREE_HINT_EVERY = 86400.0
 
 
 class SQLiteStore(SQLiteCluster):
@@ -129,6 +141,7 @@ class SQLiteStore(SQLiteCluster):
         self._settles: list[Job] = []  # settles of this turn of the loop, not sent yet
         self._outbox: Outbox | None = None
         self._open = False
+        self._next_space_hint = 0.0  # monotonic: when a purge may say how much is free
 
     def __repr__(self) -> str:
         state = "open" if self._open else "closed"
@@ -596,9 +609,39 @@ class SQLiteStore(SQLiteCluster):
         )
         if not ids:
             return []
-        return await self._run(
+        gone: list[str] = await self._run(
             "purge", functools.partial(_purge.purge, ids=ids, finished_before=cutoffs)
         )
+        if gone:
+            await self._hint_free_space()
+        return gone
+
+    async def space(self) -> _compact.Space:
+        """The file's size, how much of it is free pages, its WAL's size."""
+        fn = functools.partial(_compact.space_of, path=Path(self._path))
+        return await self._send("space", fn, Kind.READ)
+
+    async def _hint_free_space(self) -> None:
+        """After a purge: when much of the file is free pages (:data:`FREE_HINT_BYTES`
+        and half of it at least), say so and what gives it back, at most once in
+        :data:`FREE_HINT_EVERY` seconds."""
+        now = time.monotonic()
+        if now < self._next_space_hint:
+            return
+        try:
+            space = await self.space()
+        except (StoreError, sqlite3.Error) as exc:
+            log.debug("store %s: cannot read its free space: %s", self._path, exc)
+            return
+        if space.free >= FREE_HINT_BYTES and 2 * space.free >= space.size:
+            self._next_space_hint = now + FREE_HINT_EVERY
+            log.info(
+                "store %s: %.1f MB of its %.1f MB are free pages (purged mail); "
+                "`spoolbox store compact` gives them back to the file system",
+                self._path,
+                space.free / 1e6,
+                space.size / 1e6,
+            )
 
     async def purge_inbox(self, *, received_before: float, limit: int) -> list[str]:
         retention.check_limit(limit)
