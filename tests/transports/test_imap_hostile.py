@@ -92,8 +92,17 @@ async def test_a_connection_closed_mid_command_is_reported_as_such_at_once(
         )
         async with Spooler.open(cfg, store=MemoryStore(), idle=AlwaysIdle()) as sp:
             async with asyncio.timeout(WAIT):
-                await sp.flush(upload=False)
+                report = await sp.flush(upload=False)
             status = str(sp.status["imap"].status_string)
     assert peer.closed_on, "the server never saw the command"
     assert "ConnectionResetError: the server closed the connection during UID" in status, status
     assert "TimeoutError" not in status
+    result = report.for_transport("imap")
+    if command == b"UID FETCH":
+        # The flush's report says the download failed, not that there was nothing to fetch.
+        assert result.downloaded == 0
+        assert result.error is not None and "closed the connection during UID" in result.error
+    else:
+        # Fetched and committed; their removal is left to the next poll (the row says so).
+        assert (result.downloaded, result.error) == (3, None)
+        assert "removing 3 fetched messages (retried at poll)" in status, status

@@ -148,6 +148,7 @@ class FlushTarget(Protocol):
     #: (message id, recipient index) -> outcome, while the upload phase is on
     flush_outcomes: dict[tuple[str, int], str]
     last_error: str | None
+    counters: dict[str, int]  # "errors": the calls that failed, among others
     tried_logon: asyncio.Event  # set after each logon attempt
     job_done: asyncio.Event  # set when an outbound job is settled
     wake: asyncio.Event  # wakes the outbound lane
@@ -480,6 +481,7 @@ async def _download(
     host.set_bits(on=StatusCode.INBOUND_FLUSH)
     await host.notify(TransportNotifyFlags.BEGIN_INBOUND_FLUSH)
     phase.update(text="Downloading", done=0, bytes=0, total=None)
+    errors = host.counters.get("errors", 0)
     if host.polls:
         phase["total"] = await host.poll()
     while host.serving and host.has_bit(StatusCode.INBOUND_FLUSH):
@@ -495,6 +497,10 @@ async def _download(
             phase["total"] = host.flush_done
     result.downloaded = host.flush_done
     result.bytes += host.flush_bytes
+    if result.error is None and host.counters.get("errors", 0) > errors:
+        # A poll or start_message failed (or a batch's commit): the download stopped
+        # there, which is not "nothing to fetch".
+        result.error = host.last_error or "the download failed"
     # The last batch may end the loop before it records its count: record it here.
     phase["done"] = host.flush_done
     phase["bytes"] = host.flush_bytes
