@@ -86,6 +86,9 @@ class POP3Session(BaseTransportSession):
         self.last = ""
         self.last_error = ""
         self.skipped: set[str] = set()  # UIDLs over max_size, this logon
+        # The UIDLs in the inbox as last counted (a status query must not copy the
+        # whole section: with keep, it holds a key per message ever fetched).
+        self._known: int | None = None
 
     def __repr__(self) -> str:
         return f"<POP3Session {self.settings.where}>"
@@ -103,6 +106,7 @@ class POP3Session(BaseTransportSession):
         legacy = section.get(LEGACY)
         if isinstance(legacy, list):
             uidls.update(str(u) for u in legacy)
+        self._known = len(uidls)
         return uidls
 
     def _in_inbox(self, uidl: str) -> bool:
@@ -126,6 +130,7 @@ class POP3Session(BaseTransportSession):
                 changes.update({KEY + str(u): 1 for u in legacy if str(u) in present})
         if changes:
             await section.update(changes)
+            self._known = sum(1 for key in section.snapshot() if key.startswith(KEY))
 
     # -- status -------------------------------------------------------------------------
     def status_object(self) -> Mapping[str, Any]:
@@ -133,7 +138,7 @@ class POP3Session(BaseTransportSession):
             "server": self.settings.where,
             "tls": self.settings.tls,
             "after_fetch": self.settings.after_fetch,
-            "fetched_uidls": len(self._fetched()),
+            "fetched_uidls": len(self._fetched()) if self._known is None else self._known,
             "fetched": self.fetched,
             "bytes": self.bytes,
             "sessions": self.sessions,
@@ -307,6 +312,8 @@ class POP3Session(BaseTransportSession):
 
     async def _committed(self, fetching: _Fetching, number: int, uidl: str, size: int) -> None:
         self.fetched += 1
+        if self._known is not None:
+            self._known += 1
         self.bytes += size
         self.last = f"UIDL {uidl} ({size} bytes)"
         async with self._lock:
