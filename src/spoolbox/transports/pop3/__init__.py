@@ -44,6 +44,11 @@ their UIDLs are in the section: the next ``poll`` deletes them without fetching
 them again.  An empty message (nothing to put in the inbox) is left on the server
 and reported, like one over ``max_size``.
 
+A server that lists one UIDL for several messages (RFC 1939 forbids it; a broken
+maildrop) is reported once per logon: the first of them is fetched, the others
+never, and the key of the one fetched says ``SHARED``, so that no poll deletes by
+that UIDL what was never fetched (also once the fetched one is gone).
+
 The package: :mod:`.wire` (the blocking poplib steps, and the answers read) and
 :mod:`.session` (the session and the provider).
 """

@@ -8,6 +8,7 @@ the blocking poplib steps live in :mod:`.wire`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import poplib
 import time
 from collections import deque
@@ -45,6 +46,11 @@ _CHUNK = 65536
 _RETRY = 30.0
 #: One profile key per message in the inbox: ``uidl:<UIDL>``.
 KEY = "uidl:"
+#: A key's value: the message is in the inbox ...
+FETCHED = 1
+#: ... and the server listed its UIDL for other messages too: a poll must not delete
+#: what it lists under that UIDL (the twins were never fetched).
+SHARED = 2
 #: The list of UIDLs earlier versions kept under one key; read, and turned into keys
 #: at the next poll.
 LEGACY = "fetched_uidls"
@@ -86,6 +92,7 @@ class POP3Session(BaseTransportSession):
         self.last = ""
         self.last_error = ""
         self.skipped: set[str] = set()  # UIDLs over max_size, this logon
+        self.shared: set[str] = set()  # UIDLs listed for several messages, this logon
         # The UIDLs in the inbox as last counted (a status query must not copy the
         # whole section: with keep, it holds a key per message ever fetched).
         self._known: int | None = None
@@ -98,14 +105,16 @@ class POP3Session(BaseTransportSession):
         return self.settings.after_fetch == "delete"
 
     # -- the UIDLs in the inbox ------------------------------------------------------------
-    def _fetched(self) -> set[str]:
-        """The UIDLs of the messages already in the inbox (and the list of an earlier
-        version, until a poll turns it into keys)."""
+    def _fetched(self) -> dict[str, Any]:
+        """The UIDLs of the messages already in the inbox, each with its key's value
+        (:data:`FETCHED`, or :data:`SHARED`), and the list of an earlier version until
+        a poll turns it into keys."""
         section = self.support.profile_section().snapshot()
-        uidls = {key[len(KEY) :] for key in section if key.startswith(KEY)}
+        uidls = {key[len(KEY) :]: value for key, value in section.items() if key.startswith(KEY)}
         legacy = section.get(LEGACY)
         if isinstance(legacy, list):
-            uidls.update(str(u) for u in legacy)
+            for u in legacy:
+                uidls.setdefault(str(u), FETCHED)
         self._known = len(uidls)
         return uidls
 
@@ -127,7 +136,7 @@ class POP3Session(BaseTransportSession):
         if legacy is not None:
             changes[LEGACY] = None
             if isinstance(legacy, list):
-                changes.update({KEY + str(u): 1 for u in legacy if str(u) in present})
+                changes.update({KEY + str(u): FETCHED for u in legacy if str(u) in present})
         if changes:
             await section.update(changes)
             self._known = sum(1 for key in section.snapshot() if key.startswith(KEY))
@@ -219,7 +228,11 @@ class POP3Session(BaseTransportSession):
         self.sessions += 1
         listing: list[tuple[int, str]] = await self._run(conn, _uidl)
         done = self._fetched()
-        todo = [(n, u) for n, u in listing if u not in done and u not in self.skipped]
+        self._shared(listing)
+        first = {u: n for n, u in reversed(listing)}  # a UIDL listed twice: its first
+        todo = [
+            (n, u) for n, u in listing if u not in done and u not in self.skipped and first[u] == n
+        ]
         if todo:
             sizes: dict[int, int] = await self._run(conn, _sizes)
             for n, u in todo:
@@ -233,6 +246,25 @@ class POP3Session(BaseTransportSession):
         return self._fetching
 
     # -- inbound ------------------------------------------------------------------------------
+    def _shared(self, listing: list[tuple[int, str]]) -> set[str]:
+        """UIDLs the server lists for more than one message (RFC 1939 forbids it): the
+        first is fetched (and deleted after its commit, with ``delete``), the others
+        never, and a poll deletes none of them, since which one is in the inbox cannot
+        be told from the UIDL (its key says :data:`SHARED`, so also once the twin that
+        was fetched is gone); said once per logon."""
+        counts = collections.Counter(u for _n, u in listing)
+        shared = {u for u, c in counts.items() if c > 1}
+        new = shared - self.shared
+        if new:
+            self.shared.update(new)
+            self.last_error = (
+                f"the server lists UIDL {sorted(new)[0]!r} for {counts[sorted(new)[0]]} "
+                f"messages ({len(new)} such UIDLs): only the first is fetched"
+            )
+            self.support.logger.error("pop3 %s: %s", self.settings.where, self.last_error)
+            self._status()
+        return shared
+
     async def _start(self) -> None:
         try:
             conn = await self._connect()
@@ -247,7 +279,16 @@ class POP3Session(BaseTransportSession):
                 conn = await self._connect()
                 listing = await self._run(conn, _uidl)
                 fetched = self._fetched()
-                left = [n for n, u in listing if u in fetched] if self._delete else []
+                shared = self._shared(listing)
+                left = (
+                    [
+                        n
+                        for n, u in listing
+                        if u in fetched and u not in shared and fetched[u] != SHARED
+                    ]
+                    if self._delete
+                    else []
+                )
                 if left:
                     await self._run(conn, _dele, left)
                 await self._run(conn, _quit)
@@ -261,7 +302,7 @@ class POP3Session(BaseTransportSession):
                 self.settings.where,
                 len(left),
             )
-        return sum(1 for _n, u in listing if u not in fetched and u not in self.skipped)
+        return len({u for _n, u in listing if u not in fetched and u not in self.skipped})
 
     async def start_message(self, message: InboundWriter) -> None:
         async with self._lock:
@@ -298,7 +339,7 @@ class POP3Session(BaseTransportSession):
         for i in range(0, len(view), _CHUNK):
             await message.write(bytes(view[i : i + _CHUNK]))
         message.set_remote_id(uidl)
-        message.set_state(KEY + uidl, 1)
+        message.set_state(KEY + uidl, SHARED if uidl in self.shared else FETCHED)
         size = len(data)
 
         async def committed() -> None:
