@@ -12,7 +12,9 @@ arbitrary lines.  What must hold:
   session turns into a NetworkError and a retry), the POP3 readers nothing at all;
   every UID, size or message number returned is one the lines held;
 * ``_uid_set`` names exactly the UIDs given;
-* distinct valid UIDLs (RFC 1939: 1 to 70 characters 0x21-0x7E) stay distinct.
+* distinct valid UIDLs (RFC 1939: 1 to 70 characters 0x21-0x7E) stay distinct;
+* the POP3 answers' reader (:mod:`spoolbox.transports.pop3.reader`), fed any bytes
+  cut anywhere, gives answers or raises ``Pop3Error`` alone, a body within its bound.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from spoolbox.transports.imap.wire import (
     _uid_set,
     _uidvalidity,
 )
+from spoolbox.transports.pop3.reader import Pop3Error, ResponseReader
 from spoolbox.transports.pop3.wire import _list_result, _uidl_result
 
 _UIDS = st.lists(st.integers(1, 2**32 - 1), max_size=12)
@@ -212,3 +215,39 @@ def test_pop3_uidl_and_list_lines(listing: list[tuple[int, str, int]], junk: lis
     assert set(_list_result([*junk, *list_lines])).issubset(_numbers([*junk, *list_lines]))
     distinct = {u for _n, u, _s in listing}
     assert len({u for _n, u in _uidl_result(uidl_lines)}) == len(distinct)
+
+
+@budget(200)
+@given(
+    data=st.one_of(
+        st.binary(max_size=400),
+        st.lists(
+            st.sampled_from(
+                [b"+OK", b"-ERR x", b".", b"..", b"+OK 2 messages", b"1 abc", b"\r", b""]
+            ).map(lambda line: line + b"\r\n"),
+            max_size=12,
+        ).map(b"".join),
+    ),
+    expected=st.lists(st.tuples(st.booleans(), st.integers(0, 200)), max_size=5),
+    cuts=st.lists(st.integers(0, 400), max_size=6),
+)
+def test_pop3_reader_any_bytes(
+    data: bytes, expected: list[tuple[bool, int]], cuts: list[int]
+) -> None:
+    # Whatever a server sends, cut anywhere: answers, None for more, or Pop3Error (its
+    # TooLarge included); a body is CRLF-ended lines within its bound.
+    reader = ResponseReader()
+    for multiline, limit in expected:
+        reader.expect(multiline, limit)
+    last = 0
+    try:
+        for cut in [*sorted({c % (len(data) + 1) for c in cuts}), len(data)]:
+            reader.feed(data[last:cut])
+            last = cut
+            while (answer := reader.next()) is not None:
+                assert answer.body is None or answer.ok
+                if answer.body:
+                    assert answer.body.endswith(b"\r\n")
+                    assert len(answer.body) <= max(limit for _m, limit in expected)
+    except Pop3Error:
+        pass

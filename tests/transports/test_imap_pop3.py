@@ -384,6 +384,21 @@ def _uidls(dovecot: dc.Dovecot, user: str) -> list[str]:
         conn.quit()
 
 
+async def test_pop3_fetches_a_message_with_a_long_line_byte_for_byte(
+    dovecot: dc.Dovecot, user: str, db: Path
+) -> None:
+    # HTML mail often has lines of many kilobytes; poplib refuses any over 2,048 bytes,
+    # which kept such a message, and every one after it, on the server for ever.
+    long = b"Subject: long line\r\n\r\n<p>" + b"x" * 200_000 + b"</p>\r\n.dot\r\n"
+    short = message(1, tag="after-long")
+    dovecot.deliver(user, long)
+    dovecot.deliver(user, short)
+    async with spooler(db, "pop3", pop3_options(dovecot, user, after_fetch="delete")) as sp:
+        await sp.wait_inbox(2, timeout=WAIT)
+        assert sorted(await inbox(sp)) == sorted([long, short])
+        await eventually(lambda: not dovecot.files(user), "both deleted")
+
+
 @pytest.mark.parametrize("after_fetch", ["keep", "delete"])
 async def test_pop3_fetches_a_large_maildrop_in_few_sessions(
     dovecot: dc.Dovecot, user: str, db: Path, after_fetch: str

@@ -1,9 +1,13 @@
 """The POP3 transport (inbound only): fetch new mail from a POP3 maildrop.
 
-The session polls (``LogonCaps.SP_POLL``) and serves no address type.  It uses the
-standard library's :mod:`poplib`, which blocks, so every step runs in a worker
-thread through ``support.run_blocking``; each step is bounded by ``timeout`` (the
-socket timeout).
+The session polls (``LogonCaps.SP_POLL``) and serves no address type.  It speaks
+POP3 itself on an asyncio connection (:mod:`.wire`; the answers read by the sans-IO
+:mod:`.reader`), each read and write bounded by ``timeout``: the standard library's
+:mod:`poplib` refuses lines over 2,048 bytes (a message with one, common in HTML
+mail, could never be fetched) and reads an answer of any size into memory.  A
+``RETR`` may run to ``max_size`` (plus 64 KiB); a server that sends more for a
+message its ``LIST`` gave a smaller size is cut off, and the message is skipped like
+one over ``max_size``.
 
 Configuration: ``host``, ``username``, ``password`` (required), ``port`` (995 with
 ``tls = "implicit"``, else 110), ``tls`` (``"implicit"`` default, ``"starttls"``
@@ -49,8 +53,9 @@ maildrop) is reported once per logon: the first of them is fetched, the others
 never, and the key of the one fetched says ``SHARED``, so that no poll deletes by
 that UIDL what was never fetched (also once the fetched one is gone).
 
-The package: :mod:`.wire` (the blocking poplib steps, and the answers read) and
-:mod:`.session` (the session and the provider).
+The package: :mod:`.reader` (the answers, from bytes, bounded), :mod:`.wire` (the
+connection, its commands, the UIDL and LIST readers) and :mod:`.session` (the
+session and the provider).
 """
 
 from .session import POP3Provider, POP3Session

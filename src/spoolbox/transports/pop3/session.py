@@ -2,19 +2,19 @@
 DELE after their commit) and the provider that logs it on.
 
 The module docstring of :mod:`spoolbox.transports.pop3` says what it guarantees;
-the blocking poplib steps live in :mod:`.wire`.
+the connection and its commands live in :mod:`.wire`, the answers' reader in
+:mod:`.reader`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import poplib
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from spoolbox.contract import (
     BaseTransportSession,
@@ -24,23 +24,19 @@ from spoolbox.contract import (
     LogonCaps,
     LogonFlags,
     NetworkError,
+    SpoolerNotifyFlags,
     StatusCode,
     Support,
 )
 
 from .._mailbox import MailboxSettings, fetch_status
-from .wire import (
-    _close,
-    _dele,
-    _LoginRefused,
-    _open,
-    _quit,
-    _retr,
-    _sizes,
-    _uidl,
-)
+from .wire import RETR_SLACK, Connection, LoginRefused, Pop3Error, TooLarge
 
 __all__ = ["POP3Provider", "POP3Session"]
+
+_T = TypeVar("_T")
+#: What a failing POP3 step raises (TimeoutError is an OSError).
+_FAILED = (OSError, Pop3Error)
 
 _CHUNK = 65536
 _RETRY = 30.0
@@ -68,7 +64,7 @@ class _Fetching:
     """One POP3 session handing out the messages its listing showed, one per
     ``start_message``; the DELEs it marked are applied at its QUIT."""
 
-    conn: poplib.POP3
+    conn: Connection
     todo: deque[tuple[int, str]]
     pending: dict[int, str] = field(default_factory=dict)  # handed out, not committed
     marked: int = 0  # DELE sent, applied at QUIT
@@ -159,12 +155,13 @@ class POP3Session(BaseTransportSession):
         text = fetch_status(self.fetched, self.last, self.last_error)
         self.support.modify_status_row(status_string=text)
 
-    def _skip(self, uidl: str, size: int, why: str = "") -> None:
+    def _skip(self, uidl: str, size: int | str, why: str = "") -> None:
         """A message over ``max_size`` (or, ``why``, empty): left on the server (never
         deleted: its UIDL is never recorded) and not fetched; said once per logon."""
         self.skipped.add(uidl)
         why = why or f"is larger than max_size ({self.settings.max_size})"
-        self.last_error = f"UIDL {uidl} ({size} bytes) {why}: left on the server, not fetched"
+        size = f"{size} bytes" if isinstance(size, int) else size
+        self.last_error = f"UIDL {uidl} ({size}) {why}: left on the server, not fetched"
         self.support.logger.error("pop3 %s: %s", self.settings.where, self.last_error)
         self._status()
 
@@ -175,20 +172,21 @@ class POP3Session(BaseTransportSession):
         return NetworkError(_RETRY, f"pop3 {self.settings.where}: {self.last_error}")
 
     # -- sessions ---------------------------------------------------------------------------
-    async def _run(self, conn: poplib.POP3, fn: Any, *args: object) -> Any:
-        """``fn(conn, *args)`` in a worker; on any failure the connection is dropped."""
+    @staticmethod
+    async def _on(conn: Connection, step: Awaitable[_T]) -> _T:
+        """``step`` on ``conn``; on any failure the connection is dropped."""
         try:
-            return await self.support.run_blocking(fn, conn, *args)
+            return await step
         except BaseException:
-            _close(conn)
+            conn.close()
             raise
 
-    async def _connect(self) -> poplib.POP3:
+    async def _connect(self) -> Connection:
         s = self.settings
-        ctx = s.ssl_context(self.support.logger)
+        conn = Connection(s, s.ssl_context(self.support.logger))
         try:
-            conn: poplib.POP3 = await self.support.run_blocking(_open, s, ctx)
-        except _LoginRefused as exc:
+            await conn.open()
+        except LoginRefused as exc:
             raise FailOneProvider(
                 f"pop3 login to {s.host}:{s.port} as {s.username!r} refused: {exc}"
             ) from None
@@ -199,7 +197,7 @@ class POP3Session(BaseTransportSession):
         (their UIDLs are recorded: the next poll deletes them)."""
         fetching, self._fetching = self._fetching, None
         if fetching is not None:
-            _close(fetching.conn)
+            fetching.conn.close()
 
     async def _end(self) -> None:
         """End the fetching session: QUIT (which applies its DELEs) when no message it
@@ -212,8 +210,8 @@ class POP3Session(BaseTransportSession):
             return
         self._fetching = None
         try:
-            await self._run(fetching.conn, _quit)
-        except (OSError, poplib.error_proto) as exc:
+            await self._on(fetching.conn, fetching.conn.quit())
+        except _FAILED as exc:
             if fetching.marked:
                 # Still on the server, and their UIDLs recorded: the next poll deletes them.
                 self._network_error(
@@ -226,7 +224,7 @@ class POP3Session(BaseTransportSession):
         what is over ``max_size``.  None (and QUIT) when nothing is new."""
         conn = await self._connect()
         self.sessions += 1
-        listing: list[tuple[int, str]] = await self._run(conn, _uidl)
+        listing = await self._on(conn, conn.uidl())
         done = self._fetched()
         self._shared(listing)
         first = {u: n for n, u in reversed(listing)}  # a UIDL listed twice: its first
@@ -234,13 +232,13 @@ class POP3Session(BaseTransportSession):
             (n, u) for n, u in listing if u not in done and u not in self.skipped and first[u] == n
         ]
         if todo:
-            sizes: dict[int, int] = await self._run(conn, _sizes)
+            sizes = await self._on(conn, conn.sizes())
             for n, u in todo:
                 if sizes.get(n, 0) > self.settings.max_size:
                     self._skip(u, sizes[n])
             todo = [(n, u) for n, u in todo if u not in self.skipped]
         if not todo:
-            await self._run(conn, _quit)
+            await self._on(conn, conn.quit())
             return None
         self._fetching = _Fetching(conn, deque(todo))
         return self._fetching
@@ -268,8 +266,8 @@ class POP3Session(BaseTransportSession):
     async def _start(self) -> None:
         try:
             conn = await self._connect()
-            await self._run(conn, _quit)
-        except (OSError, poplib.error_proto) as exc:
+            await self._on(conn, conn.quit())
+        except _FAILED as exc:
             raise self._network_error("connect", exc) from exc
 
     async def poll(self) -> int:
@@ -277,7 +275,7 @@ class POP3Session(BaseTransportSession):
             try:
                 await self._end()  # a fetching session sees the maildrop as at its login
                 conn = await self._connect()
-                listing = await self._run(conn, _uidl)
+                listing = await self._on(conn, conn.uidl())
                 fetched = self._fetched()
                 shared = self._shared(listing)
                 left = (
@@ -290,9 +288,9 @@ class POP3Session(BaseTransportSession):
                     else []
                 )
                 if left:
-                    await self._run(conn, _dele, left)
-                await self._run(conn, _quit)
-            except (OSError, poplib.error_proto) as exc:
+                    await self._on(conn, conn.dele(left))
+                await self._on(conn, conn.quit())
+            except _FAILED as exc:
                 raise self._network_error("poll", exc) from exc
             gone = set(left)
             await self._prune(u for n, u in listing if n not in gone)
@@ -327,11 +325,19 @@ class POP3Session(BaseTransportSession):
                     number, uidl = fetching.todo.popleft()
                     # The last one listed: QUIT once it (and the others) are committed.
                     fetching.exhausted = not fetching.todo
-                    data = await self._run(fetching.conn, _retr, number)
+                    limit = self.settings.max_size + RETR_SLACK
+                    data = await self._on(fetching.conn, fetching.conn.retr(number, limit))
                     fetching.used = time.monotonic()
                     if not data:
                         self._skip(uidl, 0, "is empty")  # nothing to put in the inbox
-            except (OSError, poplib.error_proto) as exc:
+            except TooLarge:
+                # LIST said less, but the server sends more than max_size.  Read no
+                # further: the connection goes, the next session skips the message.
+                self._drop()
+                self._skip(uidl, f"over {limit} bytes by its RETR; LIST said less", "is too large")
+                self.support.spooler_notify(SpoolerNotifyFlags.NEWMAIL)  # the others
+                return
+            except _FAILED as exc:
                 self._drop()
                 raise self._network_error("fetch", exc) from exc
             fetching.pending[number] = uidl
@@ -365,9 +371,9 @@ class POP3Session(BaseTransportSession):
                 return
             try:
                 if self._delete:
-                    await self._run(fetching.conn, _dele, [number])
+                    await self._on(fetching.conn, fetching.conn.dele([number]))
                     fetching.marked += 1
-            except (OSError, poplib.error_proto) as exc:
+            except _FAILED as exc:
                 self._fetching = None
                 self._network_error(f"deleting {uidl} (retried at the next poll)", exc)
                 return

@@ -1,69 +1,140 @@
-"""POP3 through the standard library's blocking :mod:`poplib`: the steps the session
-runs in worker threads (``support.run_blocking``), and pure readers of the UIDL and
-LIST answers.
+"""POP3 on an asyncio connection, read through :mod:`.reader` (the answers, bounded),
+and pure readers of the UIDL and LIST answers.
 
-Every step is bounded by the socket timeout (the ``timeout`` option).  A refused
-login is :class:`_LoginRefused`; on any failure while opening, the connection is
-closed.
+Every read and write is bounded by the ``timeout`` option (a step that waits longer
+is a TimeoutError); a refused login is :class:`LoginRefused`; a ``-ERR`` to another
+command, or bytes that are not POP3, a :class:`~.reader.Pop3Error`.  On any failure
+while opening, the connection is closed.  No threads: the earlier version ran
+:mod:`poplib`'s blocking calls in workers, and poplib cannot read a line over 2,048
+bytes (a message with one could never be fetched) nor bound an answer's size.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import poplib
 import ssl
 
 from .._mailbox import MailboxSettings
+from .reader import Pop3Error, Response, ResponseReader, TooLarge
+
+__all__ = ["LISTING_LIMIT", "Connection", "LoginRefused", "Pop3Error", "TooLarge"]
+
+#: A UIDL or LIST answer may take this many bytes (two million messages or so).
+LISTING_LIMIT = 64 * 1024 * 1024
+#: A RETR may run this far past the size LIST gave before it is cut (dot-stuffing and
+#: line ends a server counts its own way).
+RETR_SLACK = 64 * 1024
+_READ = 256 * 1024
 
 
-class _LoginRefused(Exception):
+class LoginRefused(Exception):
     """The server refused USER or PASS; the text is its answer."""
 
 
-# -- blocking helpers (worker threads) -------------------------------------------------------
-def _open(s: MailboxSettings, ctx: ssl.SSLContext | None) -> poplib.POP3:
-    conn: poplib.POP3
-    if s.tls == "implicit":
-        conn = poplib.POP3_SSL(s.host, s.port, timeout=s.timeout, context=ctx)
-    else:
-        conn = poplib.POP3(s.host, s.port, timeout=s.timeout)
-    try:
-        if s.tls == "starttls":
-            conn.stls(ctx)
+class Connection:
+    """One POP3 session: open (greeting, STLS, USER/PASS), then one command at a time."""
+
+    def __init__(self, settings: MailboxSettings, ctx: ssl.SSLContext | None) -> None:
+        self.settings = settings
+        self._ctx = ctx
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._answers = ResponseReader()
+
+    async def open(self) -> None:
+        s = self.settings
         try:
-            conn.user(s.username)
-            conn.pass_(s.password)
-        except poplib.error_proto as exc:
-            why = exc.args[0] if exc.args else b""
-            text = why.decode("utf-8", "replace") if isinstance(why, bytes) else str(why)
-            raise _LoginRefused(text) from None
-    except BaseException:
-        _close(conn)
-        raise
-    return conn
+            async with asyncio.timeout(s.timeout):
+                implicit = self._ctx if s.tls == "implicit" else None
+                self._reader, self._writer = await asyncio.open_connection(
+                    s.host, s.port, ssl=implicit, server_hostname=s.host if implicit else None
+                )
+            self._answers.expect(False)
+            self._ok(await self._answer(), "greeting")
+            if s.tls == "starttls":
+                assert self._ctx is not None
+                self._ok(await self._command(b"STLS"), "STLS")
+                assert self._writer is not None
+                async with asyncio.timeout(s.timeout):
+                    await self._writer.start_tls(self._ctx, server_hostname=s.host)
+            for command in (b"USER " + s.username.encode(), b"PASS " + s.password.encode()):
+                answer = await self._command(command)
+                if not answer.ok:
+                    raise LoginRefused(answer.text.decode("utf-8", "replace"))
+        except BaseException:
+            self.close()
+            raise
 
+    def close(self) -> None:
+        """Drop the connection without QUIT (nothing marked for deletion is deleted)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.transport.abort()
 
-def _close(conn: poplib.POP3) -> None:
-    """Drop the connection without QUIT (nothing marked for deletion is deleted)."""
-    with contextlib.suppress(OSError):
-        conn.close()
+    async def quit(self) -> None:
+        """QUIT (which applies the deletions marked), then close."""
+        try:
+            self._ok(await self._command(b"QUIT"), "QUIT")
+        finally:
+            self.close()
 
+    async def uidl(self) -> list[tuple[int, str]]:
+        """(message number, UIDL) in maildrop order."""
+        body = self._ok(await self._command(b"UIDL", LISTING_LIMIT), "UIDL").body or b""
+        return _uidl_result(body.splitlines())
 
-def _quit(conn: poplib.POP3) -> None:
-    try:
-        conn.quit()
-    finally:
-        _close(conn)
+    async def sizes(self) -> dict[int, int]:
+        """Message number -> size in octets (LIST)."""
+        body = self._ok(await self._command(b"LIST", LISTING_LIMIT), "LIST").body or b""
+        return _list_result(body.splitlines())
+
+    async def retr(self, number: int, limit: int) -> bytes:
+        """Message ``number``, CRLF line ends, dot-unstuffed; TooLarge past ``limit``."""
+        answer = await self._command(b"RETR %d" % number, limit)
+        return self._ok(answer, f"RETR {number}").body or b""
+
+    async def dele(self, numbers: list[int]) -> None:
+        for n in numbers:
+            self._ok(await self._command(b"DELE %d" % n), f"DELE {n}")
+
+    # -- the dialogue ----------------------------------------------------------------------
+    @staticmethod
+    def _ok(answer: Response, what: str) -> Response:
+        if not answer.ok:
+            text = answer.text.decode("utf-8", "replace")
+            raise Pop3Error(f"{what} refused: -ERR {text}".rstrip())
+        return answer
+
+    async def _command(self, line: bytes, multiline_limit: int = 0) -> Response:
+        """Send ``line``; its answer (multi-line when ``multiline_limit`` is set)."""
+        writer = self._writer
+        if writer is None:
+            raise ConnectionResetError("the connection is closed")
+        if b"\r" in line or b"\n" in line:
+            raise Pop3Error("a command may not hold a line end")
+        self._answers.expect(multiline_limit > 0, multiline_limit)
+        writer.write(line + b"\r\n")
+        async with asyncio.timeout(self.settings.timeout):
+            await writer.drain()
+        return await self._answer()
+
+    async def _answer(self) -> Response:
+        reader = self._reader
+        if reader is None:
+            raise ConnectionResetError("the connection is closed")
+        while (answer := self._answers.next()) is None:
+            async with asyncio.timeout(self.settings.timeout):
+                data = await reader.read(_READ)
+            if not data:
+                raise ConnectionResetError("the server closed the connection")
+            self._answers.feed(data)
+        return answer
 
 
 def _decode(b: bytes) -> str:
     return b.decode("ascii", "replace")
-
-
-def _uidl(conn: poplib.POP3) -> list[tuple[int, str]]:
-    """(message number, UIDL) in maildrop order."""
-    _resp, lines, _octets = conn.uidl()
-    return _uidl_result(lines)
 
 
 def _uidl_result(lines: list[bytes]) -> list[tuple[int, str]]:
@@ -76,12 +147,6 @@ def _uidl_result(lines: list[bytes]) -> list[tuple[int, str]]:
     return out
 
 
-def _sizes(conn: poplib.POP3) -> dict[int, int]:
-    """Message number -> size in octets (LIST)."""
-    _resp, lines, _octets = conn.list()
-    return _list_result(lines)
-
-
 def _list_result(lines: list[bytes]) -> dict[int, int]:
     """The lines of a LIST answer as message number -> size; malformed lines are skipped."""
     out: dict[int, int] = {}
@@ -90,13 +155,3 @@ def _list_result(lines: list[bytes]) -> dict[int, int]:
         if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
             out[int(parts[0])] = int(parts[1])
     return out
-
-
-def _retr(conn: poplib.POP3, n: int) -> bytes:
-    _resp, lines, _octets = conn.retr(n)  # dot-unstuffed, without line ends
-    return b"".join(line + b"\r\n" for line in lines)
-
-
-def _dele(conn: poplib.POP3, numbers: list[int]) -> None:
-    for n in numbers:
-        conn.dele(n)
