@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import pytest
 from mailbox_kit import FAST, WAIT, eventually, inbox
 
 from spoolbox import AlwaysIdle, Spooler, SpoolerConfig, TransportConfig
@@ -22,46 +23,67 @@ def _message(i: int) -> bytes:
 
 class _Maildrop:
     """Messages 1..3, UIDLs ``dup``, ``dup``, ``u3`` (or ``uids``); DELE applied at
-    QUIT.  LIST gives each message's size, or ``listed`` for all."""
+    QUIT.  LIST gives each message's size, or ``listed`` for all.  Each answer goes
+    out ``delay`` seconds after its command came (a distant server); ``most_owed``
+    is the most commands it had read and not yet answered at once."""
 
-    def __init__(self, uids: tuple[bytes, ...] = (b"dup", b"dup", b"u3"), listed: int = 0) -> None:
+    def __init__(
+        self,
+        uids: tuple[bytes, ...] = (b"dup", b"dup", b"u3"),
+        listed: int = 0,
+        pipelining: bool = False,
+        delay: float = 0.0,
+    ) -> None:
+        self.pipelining = pipelining
         self.messages = {n: (uid, _message(n)) for n, uid in enumerate(uids, start=1)}
         self.listed = listed
+        self.delay = delay
         self.deleted: list[int] = []
+        self.owed = self.most_owed = 0
+
+    def _answer(self, line: bytes, marked: set[int]) -> bytes:
+        verb, _, arg = line.partition(b" ")
+        verb = verb.upper()
+        if verb in (b"USER", b"PASS", b"NOOP"):
+            return b"+OK\r\n"
+        if verb == b"CAPA" and self.pipelining:
+            return b"+OK\r\nUIDL\r\nPIPELINING\r\n.\r\n"
+        if verb == b"UIDL":
+            lines = [b"%d %s\r\n" % (n, uidl) for n, (uidl, _) in self.messages.items()]
+            return b"+OK\r\n" + b"".join(lines) + b".\r\n"
+        if verb == b"LIST":
+            sizes = [(n, self.listed or len(data)) for n, (_, data) in self.messages.items()]
+            return b"+OK\r\n" + b"".join(b"%d %d\r\n" % ns for ns in sizes) + b".\r\n"
+        if verb == b"RETR" and int(arg) in self.messages:
+            return b"+OK\r\n" + self.messages[int(arg)][1] + b".\r\n"
+        if verb == b"DELE" and int(arg) in self.messages:
+            marked.add(int(arg))
+            return b"+OK\r\n"
+        if verb == b"QUIT":
+            for n in sorted(marked):
+                del self.messages[n]
+                self.deleted.append(n)
+            return b"+OK bye\r\n"
+        return b"-ERR no\r\n"
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
         marked: set[int] = set()
+
+        def send(data: bytes) -> None:
+            self.owed -= 1
+            if not writer.is_closing():
+                writer.write(data)
+
         writer.write(b"+OK ready\r\n")
         try:
             while line := (await reader.readline()).rstrip(b"\r\n"):
-                verb, _, arg = line.partition(b" ")
-                verb = verb.upper()
-                if verb in (b"USER", b"PASS", b"NOOP"):
-                    writer.write(b"+OK\r\n")
-                elif verb == b"UIDL":
-                    writer.write(b"+OK\r\n")
-                    for n, (uidl, _) in self.messages.items():
-                        writer.write(b"%d %s\r\n" % (n, uidl))
-                    writer.write(b".\r\n")
-                elif verb == b"LIST":
-                    writer.write(b"+OK\r\n")
-                    for n, (_, data) in self.messages.items():
-                        writer.write(b"%d %d\r\n" % (n, self.listed or len(data)))
-                    writer.write(b".\r\n")
-                elif verb == b"RETR" and int(arg) in self.messages:
-                    writer.write(b"+OK\r\n" + self.messages[int(arg)][1] + b".\r\n")
-                elif verb == b"DELE" and int(arg) in self.messages:
-                    marked.add(int(arg))
-                    writer.write(b"+OK\r\n")
-                elif verb == b"QUIT":
-                    for n in sorted(marked):
-                        del self.messages[n]
-                        self.deleted.append(n)
-                    writer.write(b"+OK bye\r\n")
+                self.owed += 1
+                self.most_owed = max(self.most_owed, self.owed)
+                loop.call_later(self.delay, send, self._answer(line, marked))
+                if line.upper() == b"QUIT":
+                    await asyncio.sleep(self.delay + 0.05)  # its answer out first
                     return
-                else:
-                    writer.write(b"-ERR no\r\n")
-                await writer.drain()
         finally:
             writer.close()
 
@@ -99,8 +121,10 @@ async def test_a_uidl_listed_twice_is_fetched_once_and_its_twin_never_deleted() 
     assert "lists UIDL 'dup' for 2 messages" in str(status["last_error"]), status
 
 
-async def test_a_retr_past_max_size_is_cut_off_and_the_others_fetched() -> None:
-    drop = _Maildrop((b"u1", b"u2", b"u3"), listed=10)  # LIST says 10 bytes each
+@pytest.mark.parametrize("pipelining", [False, True], ids=["one-by-one", "pipelined"])
+async def test_a_retr_past_max_size_is_cut_off_and_the_others_fetched(pipelining: bool) -> None:
+    # LIST says 10 bytes each; with PIPELINING the three RETRs go in one write.
+    drop = _Maildrop((b"u1", b"u2", b"u3"), listed=10, pipelining=pipelining)
     big = b"Subject: big\r\n\r\n" + b"z" * 300_000 + b"\r\n"
     drop.messages[2] = (b"u2", big)
     async with _server(drop) as (drop, port):
@@ -127,3 +151,27 @@ async def test_a_retr_past_max_size_is_cut_off_and_the_others_fetched() -> None:
     assert "UIDL u2 (over 165536 bytes by its RETR; LIST said less) is too large" in str(
         status["last_error"]
     ), status
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["one-by-one", "pipelined"])
+async def test_with_pipelining_the_retrs_and_deles_go_together(pipelining: bool) -> None:
+    # A server 20 ms away: without PIPELINING every RETR and DELE waits for the answer
+    # before it; with it, a session's RETRs (and its DELEs) are in flight together.
+    drop = _Maildrop((b"u1", b"u2", b"u3"), pipelining=pipelining, delay=0.02)
+    async with _server(drop) as (drop, port):
+        options = {
+            "host": "127.0.0.1",
+            "port": port,
+            "tls": "none",
+            "username": "u",
+            "password": "p",
+            "after_fetch": "delete",
+        }
+        cfg = SpoolerConfig(
+            transports=(TransportConfig("pop3", "pop3", options=options),), policy=FAST
+        )
+        async with Spooler.open(cfg, store=MemoryStore(), idle=AlwaysIdle()) as sp:
+            await sp.wait_inbox(3, timeout=WAIT)
+            await eventually(lambda: sorted(drop.deleted) == [1, 2, 3], "all deleted")
+            assert sorted(await inbox(sp)) == [_message(1), _message(2), _message(3)]
+    assert drop.most_owed == (3 if pipelining else 1)

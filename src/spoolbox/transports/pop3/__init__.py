@@ -34,19 +34,23 @@ turns it into keys.)
 Sessions: POP3 applies DELE only at QUIT, and a session sees the maildrop as it was
 at login.  ``poll`` opens its own session: it lists the UIDLs, deletes (with
 ``delete``) what is in the inbox but still on the server, and QUITs.  The messages
-are fetched by one session that lists the maildrop once and RETRs one message per
-``start_message`` (``SP_INBOUND_BATCH``: the spooler commits them in batches).
-With ``delete``, each message's ``after_commit`` sends its DELE; the session QUITs,
-applying them, once nothing it handed out waits for its commit and it has handed
-out everything it listed, or marked ``DELETES_PER_SESSION`` messages; the next
-``start_message`` opens a new one.  A session unused for ``SESSION_IDLE`` seconds,
-or still open at the next ``poll`` or at logoff, is ended the same way.  If a
-commit does not happen the message is offered again; a session that must end while
-a message waits for its commit is dropped without QUIT, and nothing it marked is
-deleted.  After a crash before the QUIT the messages are still on the server but
-their UIDLs are in the section: the next ``poll`` deletes them without fetching
-them again.  An empty message (nothing to put in the inbox) is left on the server
-and reported, like one over ``max_size``.
+are fetched by one session that lists the maildrop once and hands out one message
+per ``start_message`` (``SP_INBOUND_BATCH``: the spooler commits them in batches);
+when the server offers PIPELINING (its ``CAPA``) it RETRs up to ``PREFETCH`` (32)
+messages, ``PREFETCH_BYTES`` by their ``LIST`` sizes, in one write, else one at a
+time: one round trip per message is the whole rate from a distant server.  With
+``delete``, each message's ``after_commit`` records its number; the session sends
+the DELEs (pipelined too) and QUIT, which applies them, once nothing it handed out
+waits for its commit and it has handed out everything it listed, or
+``DELETES_PER_SESSION`` messages were committed; the next ``start_message`` opens a
+new one.  A session unused for ``SESSION_IDLE`` seconds, or still open at the next
+``poll`` or at logoff, is ended the same way.  If a commit does not happen the
+message is offered again; a session that must end while a message waits for its
+commit is dropped without QUIT, and nothing is deleted.  After a crash before the
+QUIT the messages are still on the server but their UIDLs are in the section: the
+next ``poll`` deletes them without fetching them again.  An empty message (nothing
+to put in the inbox) is left on the server and reported, like one over
+``max_size``.
 
 A server that lists one UIDL for several messages (RFC 1939 forbids it; a broken
 maildrop) is reported once per logon: the first of them is fetched, the others

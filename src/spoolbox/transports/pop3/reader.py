@@ -30,7 +30,10 @@ class Pop3Error(Exception):
 
 
 class TooLarge(Pop3Error):
-    """A multi-line answer ran past the bound its command set."""
+    """A multi-line answer ran past the bound its command set.  ``index``: which of
+    the answers a caller awaited together it was (0 unless the caller says)."""
+
+    index = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,22 +53,30 @@ LEGACY = "fetched_uidls"
 #: A POP3 session unused this long is ended before the next fetch (servers log a
 #: client out after ten minutes at the least, RFC 1939).
 SESSION_IDLE = 60.0
-#: With ``after_fetch = "delete"``, a session is ended (QUIT applies its DELEs) once
-#: it marked this many messages and none is waiting for its commit: what was
+#: With ``after_fetch = "delete"``, a session is ended (its DELEs and QUIT) once this
+#: many of its messages are committed and none is waiting for its commit: what was
 #: committed leaves the server at this pace even from a very large maildrop.
 DELETES_PER_SESSION = 256
+#: With PIPELINING, up to this many RETRs go in one write (and their messages wait in
+#: memory to be handed out), up to PREFETCH_BYTES by LIST's sizes (at least one).
+PREFETCH = 32
+PREFETCH_BYTES = 4 * 1024 * 1024
 
 
 @dataclass
 class _Fetching:
     """One POP3 session handing out the messages its listing showed, one per
-    ``start_message``; the DELEs it marked are applied at its QUIT."""
+    ``start_message``, fetched a group at a time (``RETR`` pipelined when the server
+    allows); the messages committed are deleted (with ``delete``) at its end, DELEs
+    and QUIT together."""
 
     conn: Connection
-    todo: deque[tuple[int, str]]
+    todo: deque[tuple[int, str]]  # (number, UIDL) listed, not fetched yet
+    sizes: dict[int, int]  # LIST's
+    ready: deque[tuple[int, str, bytes]] = field(default_factory=deque)  # fetched
     pending: dict[int, str] = field(default_factory=dict)  # handed out, not committed
-    marked: int = 0  # DELE sent, applied at QUIT
-    exhausted: bool = False  # todo ran out: QUIT once nothing is pending
+    deletes: list[int] = field(default_factory=list)  # committed: DELE at the end
+    exhausted: bool = False  # nothing left to hand out: QUIT once nothing is pending
     used: float = field(default_factory=time.monotonic)
 
 
@@ -209,14 +217,16 @@ class POP3Session(BaseTransportSession):
             self._drop()
             return
         self._fetching = None
+        conn, deletes = fetching.conn, fetching.deletes
         try:
-            await self._on(fetching.conn, fetching.conn.quit())
+            if deletes:
+                await self._on(conn, conn.dele(deletes))
+            await self._on(conn, conn.quit())
         except _FAILED as exc:
-            if fetching.marked:
+            if deletes:
                 # Still on the server, and their UIDLs recorded: the next poll deletes them.
                 self._network_error(
-                    f"deleting {fetching.marked} fetched messages (retried at the next poll)",
-                    exc,
+                    f"deleting {len(deletes)} fetched messages (retried at the next poll)", exc
                 )
 
     async def _begin(self) -> _Fetching | None:
@@ -240,8 +250,29 @@ class POP3Session(BaseTransportSession):
         if not todo:
             await self._on(conn, conn.quit())
             return None
-        self._fetching = _Fetching(conn, deque(todo))
+        self._fetching = _Fetching(conn, deque(todo), sizes)
         return self._fetching
+
+    def _group(self, fetching: _Fetching) -> list[tuple[int, str]]:
+        """The next messages to RETR together: up to :data:`PREFETCH` with PIPELINING
+        (one without), :data:`PREFETCH_BYTES` by their LIST sizes, none already in the
+        inbox."""
+        width = PREFETCH if fetching.conn.pipelining else 1
+        group: list[tuple[int, str]] = []
+        total = 0
+        todo = fetching.todo
+        while todo and len(group) < width:
+            number, uidl = todo[0]
+            if self._in_inbox(uidl):
+                todo.popleft()
+                continue
+            size = fetching.sizes.get(number, 0)
+            if group and total + size > PREFETCH_BYTES:
+                break
+            todo.popleft()
+            group.append((number, uidl))
+            total += size
+        return group
 
     # -- inbound ------------------------------------------------------------------------------
     def _shared(self, listing: list[tuple[int, str]]) -> set[str]:
@@ -313,30 +344,43 @@ class POP3Session(BaseTransportSession):
                     fetching = await self._begin()
                     if fetching is None:
                         return
-                data = b""
-                while not data:
-                    while fetching.todo and self._in_inbox(fetching.todo[0][1]):
-                        fetching.todo.popleft()
-                    if not fetching.todo:
-                        fetching.exhausted = True
-                        if not fetching.pending:
-                            await self._end()
-                        return
-                    number, uidl = fetching.todo.popleft()
-                    # The last one listed: QUIT once it (and the others) are committed.
-                    fetching.exhausted = not fetching.todo
-                    limit = self.settings.max_size + RETR_SLACK
-                    data = await self._on(fetching.conn, fetching.conn.retr(number, limit))
-                    fetching.used = time.monotonic()
+                while True:
+                    if not fetching.ready:
+                        group = self._group(fetching)
+                        if not group:
+                            fetching.exhausted = True
+                            if not fetching.pending:
+                                await self._end()
+                            return
+                        limit = self.settings.max_size + RETR_SLACK
+                        try:
+                            fetched = await self._on(
+                                fetching.conn, fetching.conn.retr([n for n, _u in group], limit)
+                            )
+                        except TooLarge as exc:
+                            # LIST said less, but the server sends more than max_size.
+                            # Read no further: the connection goes, the next session
+                            # skips the message (and fetches the others again).
+                            self._drop()
+                            uidl = group[min(exc.index, len(group) - 1)][1]
+                            self._skip(
+                                uidl,
+                                f"over {limit} bytes by its RETR; LIST said less",
+                                "is too large",
+                            )
+                            self.support.spooler_notify(SpoolerNotifyFlags.NEWMAIL)
+                            return
+                        fetching.ready.extend(
+                            (n, u, data) for (n, u), data in zip(group, fetched, strict=True)
+                        )
+                        fetching.used = time.monotonic()
+                    number, uidl, data = fetching.ready.popleft()
                     if not data:
                         self._skip(uidl, 0, "is empty")  # nothing to put in the inbox
-            except TooLarge:
-                # LIST said less, but the server sends more than max_size.  Read no
-                # further: the connection goes, the next session skips the message.
-                self._drop()
-                self._skip(uidl, f"over {limit} bytes by its RETR; LIST said less", "is too large")
-                self.support.spooler_notify(SpoolerNotifyFlags.NEWMAIL)  # the others
-                return
+                    elif not self._in_inbox(uidl):  # (another node's, since the RETR)
+                        break
+                # The last one listed: QUIT once it (and the others) are committed.
+                fetching.exhausted = not fetching.todo and not fetching.ready
             except _FAILED as exc:
                 self._drop()
                 raise self._network_error("fetch", exc) from exc
@@ -369,16 +413,11 @@ class POP3Session(BaseTransportSession):
                 # That session ended: the UIDL is recorded, the next poll deletes it.
                 self._status()
                 return
-            try:
-                if self._delete:
-                    await self._on(fetching.conn, fetching.conn.dele([number]))
-                    fetching.marked += 1
-            except _FAILED as exc:
-                self._fetching = None
-                self._network_error(f"deleting {uidl} (retried at the next poll)", exc)
-                return
+            if self._delete:
+                fetching.deletes.append(number)
             if not fetching.pending and (
-                fetching.exhausted or fetching.marked >= DELETES_PER_SESSION
+                fetching.exhausted
+                or (len(fetching.deletes) >= DELETES_PER_SESSION and not fetching.ready)
             ):
                 await self._end()
         self._status()

@@ -22,6 +22,8 @@ __all__ = ["LISTING_LIMIT", "Connection", "LoginRefused", "Pop3Error", "TooLarge
 
 #: A UIDL or LIST answer may take this many bytes (two million messages or so).
 LISTING_LIMIT = 64 * 1024 * 1024
+#: A CAPA answer may take this many bytes.
+CAPA_LIMIT = 64 * 1024
 #: A RETR may run this far past the size LIST gave before it is cut (dot-stuffing and
 #: line ends a server counts its own way).
 RETR_SLACK = 64 * 1024
@@ -41,6 +43,8 @@ class Connection:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._answers = ResponseReader()
+        #: What the server's CAPA (after login) named, upper-case (empty without CAPA).
+        self.capabilities: frozenset[bytes] = frozenset()
 
     async def open(self) -> None:
         s = self.settings
@@ -62,6 +66,10 @@ class Connection:
                 answer = await self._command(command)
                 if not answer.ok:
                     raise LoginRefused(answer.text.decode("utf-8", "replace"))
+            capa = await self._command(b"CAPA", CAPA_LIMIT)  # RFC 2449; -ERR: none
+            if capa.ok and capa.body:
+                names = (line.split(b" ", 1)[0].upper() for line in capa.body.splitlines())
+                self.capabilities = frozenset(name for name in names if name)
         except BaseException:
             self.close()
             raise
@@ -90,14 +98,25 @@ class Connection:
         body = self._ok(await self._command(b"LIST", LISTING_LIMIT), "LIST").body or b""
         return _list_result(body.splitlines())
 
-    async def retr(self, number: int, limit: int) -> bytes:
-        """Message ``number``, CRLF line ends, dot-unstuffed; TooLarge past ``limit``."""
-        answer = await self._command(b"RETR %d" % number, limit)
-        return self._ok(answer, f"RETR {number}").body or b""
+    @property
+    def pipelining(self) -> bool:
+        """The server takes several commands before their answers (RFC 2449)."""
+        return b"PIPELINING" in self.capabilities
+
+    async def retr(self, numbers: list[int], limit: int) -> list[bytes]:
+        """The messages ``numbers`` (CRLF line ends, dot-unstuffed), each within
+        ``limit`` bytes (TooLarge past it); in one write with PIPELINING."""
+        answers = await self._commands([b"RETR %d" % n for n in numbers], limit)
+        return [
+            self._ok(answer, f"RETR {n}").body or b""
+            for n, answer in zip(numbers, answers, strict=True)
+        ]
 
     async def dele(self, numbers: list[int]) -> None:
-        for n in numbers:
-            self._ok(await self._command(b"DELE %d" % n), f"DELE {n}")
+        """Mark ``numbers`` for deletion at QUIT; in one write with PIPELINING."""
+        answers = await self._commands([b"DELE %d" % n for n in numbers])
+        for n, answer in zip(numbers, answers, strict=True):
+            self._ok(answer, f"DELE {n}")
 
     # -- the dialogue ----------------------------------------------------------------------
     @staticmethod
@@ -109,16 +128,35 @@ class Connection:
 
     async def _command(self, line: bytes, multiline_limit: int = 0) -> Response:
         """Send ``line``; its answer (multi-line when ``multiline_limit`` is set)."""
+        (answer,) = await self._commands([line], multiline_limit, batch=1)
+        return answer
+
+    async def _commands(
+        self, lines: list[bytes], multiline_limit: int = 0, *, batch: int = 0
+    ) -> list[Response]:
+        """Send ``lines`` (all in one write with PIPELINING, else one at a time, or
+        ``batch`` at a time); their answers in order."""
         writer = self._writer
         if writer is None:
             raise ConnectionResetError("the connection is closed")
-        if b"\r" in line or b"\n" in line:
+        if any(b"\r" in line or b"\n" in line for line in lines):
             raise Pop3Error("a command may not hold a line end")
-        self._answers.expect(multiline_limit > 0, multiline_limit)
-        writer.write(line + b"\r\n")
-        async with asyncio.timeout(self.settings.timeout):
-            await writer.drain()
-        return await self._answer()
+        step = batch or (len(lines) if self.pipelining else 1)
+        answers: list[Response] = []
+        for i in range(0, len(lines), max(1, step)):
+            group = lines[i : i + step]
+            for _line in group:
+                self._answers.expect(multiline_limit > 0, multiline_limit)
+            writer.write(b"".join(line + b"\r\n" for line in group))
+            async with asyncio.timeout(self.settings.timeout):
+                await writer.drain()
+            for _line in group:
+                try:
+                    answers.append(await self._answer())
+                except TooLarge as exc:
+                    exc.index = len(answers)  # which of ``lines`` ran past its bound
+                    raise
+        return answers
 
     async def _answer(self) -> Response:
         reader = self._reader
