@@ -104,8 +104,21 @@ def test_phrases_and_lines() -> None:
         == "relay: 0 delivered, 1 still queued (1.2 s; flush deadline reached; error: offline)"
     )
     assert result_line(result(cancelled=True)) == "relay: nothing to do (1.2 s; cancelled)"
+    # An error before anything was done is not "nothing to do".
+    assert result_line(result(error="imap: connection reset")) == (
+        "relay: nothing done (1.2 s; error: imap: connection reset)"
+    )
+    assert result_line(result(downloaded=3, error="x")) == "relay: 3 received (1.2 s; error: x)"
     both = report(result(delivered=1, downloaded=2), result(transport="b", deferred=1, queued=1))
     assert total_line(both) == "flush: 1 delivered, 1 deferred, 1 still queued, 2 received"
     assert total_line({**report(), "timed_out": True}) == (
         "flush: nothing to do (the flush deadline passed; what is left stays queued)"
+    )
+    stopped = report(result(transport="mbox", error="reset"), result(transport="pop", error="x"))
+    assert total_line(stopped) == (
+        "flush: nothing done; 2 transports stopped by an error (mbox, pop)"
+    )
+    partly = report(result(delivered=2), result(transport="mbox", downloaded=1, error="reset"))
+    assert total_line(partly) == (
+        "flush: 2 delivered, 1 received; 1 transport stopped by an error (mbox)"
     )

@@ -77,6 +77,8 @@ def result_line(result: Mapping[str, Any]) -> str:
     """One transport's line: ``relay: 0 delivered, 1 deferred, 1 still queued (2.1 s)``,
     with why it was cut short, if it was."""
     words = outcome_phrase(result, received=_count(result, "downloaded"))
+    if result.get("error") and words == "nothing to do":
+        words = "nothing done"  # not "nothing to do": the transport could not say
     notes = [f"{float(result.get('seconds') or 0):.1f} s"]
     if result.get("timed_out"):
         notes.append("flush deadline reached")
@@ -88,9 +90,18 @@ def result_line(result: Mapping[str, Any]) -> str:
 
 
 def total_line(report: Mapping[str, Any]) -> str:
-    """The summary: ``flush: 1 delivered, 2 deferred`` (and a deadline reached)."""
-    received = sum(_count(r, "downloaded") for r in report.get("results", ()))
-    line = f"flush: {outcome_phrase(report.get('totals') or {}, received=received)}"
+    """The summary: ``flush: 1 delivered, 2 deferred`` (and a deadline reached, the
+    transports an error stopped)."""
+    results = report.get("results", ())
+    received = sum(_count(r, "downloaded") for r in results)
+    phrase = outcome_phrase(report.get("totals") or {}, received=received)
+    stopped = [str(r["transport"]) for r in results if r.get("error")]
+    if stopped and phrase == "nothing to do":
+        phrase = "nothing done"
+    line = f"flush: {phrase}"
+    if stopped:
+        many = "s" if len(stopped) > 1 else ""
+        line += f"; {len(stopped)} transport{many} stopped by an error ({', '.join(stopped)})"
     if report.get("timed_out"):
         line += " (the flush deadline passed; what is left stays queued)"
     return line
