@@ -193,3 +193,31 @@ async def test_stored_hook_verdicts_left_behind_their_message_go_at_the_next_pur
     assert await store.profile_get(HOOKS_SECTION + "late") == verdict
     assert await store.profile_get("spoolbox.other:ghost") == {"x": 1}
     assert "deleted 2 stored hook verdict(s) of messages no longer in the store" in caplog.text
+
+
+async def test_purges_that_find_nothing_come_less_often_until_one_finds_something() -> None:
+    # Each purge scans every recipient: with nothing to purge, 5, 10, 20, 40 minutes
+    # apart, then hourly; one that purges something brings the 5 minutes back.
+    clock = FakeClock()
+    store = CountingStore()
+    policy = replace(POLICY, housekeeping_interval=60.0)
+    cfg = SpoolerConfig(policy=policy, node="test-node")
+    start = clock.now()
+    async with _spooler(cfg, store, clock):
+        await until(lambda: bool(store.batches), what="the first purge")
+        for _ in range(120):  # two hours, a housekeeping round a minute
+            await clock.advance(60)
+        # at 0, 5, 15, 35, 75 and 135 minutes (the last just past the two hours: not yet)
+        assert len(store.batches) == 5, store.batches
+        assert sum(store.batches) == 0
+        gone = await _finished(store, clock.now() - 8 * DAY)  # purgeable at once
+        for _ in range(20):  # the next purge is at 135 minutes
+            if await _gone(store, gone):
+                break
+            await clock.advance(60)
+        assert await _gone(store, gone)
+        found_at = len(store.batches)
+        for _ in range(6):
+            await clock.advance(60)
+        assert len(store.batches) == found_at + 1  # five minutes later, again
+    assert clock.now() - start > 2 * 3600
