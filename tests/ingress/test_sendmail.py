@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import io
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -199,7 +201,19 @@ async def test_typed_recipient_argument(spooler: Spooler) -> None:
         (["-t"], b"To: a@@b, ,,<\n\nb\n", EX_DATAERR, "To header"),
         (["-t"], b"To: \xff@example.org\n\nb\n", EX_DATAERR, "not valid UTF-8"),
         (["b@example.org"], b"Subject: x\n\nnul\x00here\n", EX_DATAERR, "line 3"),
-        (["b@example.org"], b"Subject: x\n\n" + b"y" * 999 + b"\n", EX_DATAERR, "999 octets"),
+        (["b@example.org"], b"Subject: " + b"y" * 999 + b"\n\nb\n", EX_DATAERR, "1008 octets"),
+        (
+            ["b@example.org"],
+            b"Content-Type: multipart/mixed; boundary=b\n\n--b\n\n" + b"y" * 999 + b"\n--b--\n",
+            EX_DATAERR,
+            "line 5 of the message is 999 octets long",
+        ),
+        (
+            ["b@example.org"],
+            b"Content-Transfer-Encoding: base64\n\n" + b"QUJD" * 300 + b"\n",
+            EX_DATAERR,
+            "1200 octets long",
+        ),
         (["-f", "a\x00@example.org", "b@example.org"], b"S: x\n\nb\n", EX_DATAERR, "sender"),
     ],
 )
@@ -212,6 +226,40 @@ async def test_error_paths_queue_nothing(
     assert text in err
     assert err.count("\n") == 1  # one line
     assert await queued(spooler) == []
+
+
+async def test_a_body_with_lines_too_long_is_queued_quoted_printable(spooler: Spooler) -> None:
+    # What cron mails: its own MIME headers, and a command's output with a long line
+    # (a progress bar, a JSON dump).  Refused, the output would be lost; it goes
+    # quoted-printable instead, and decodes to the same text.
+    text = "résumé " + "x" * 3000 + "  \nsecond line\n.leading dot\n"
+    stdin = (
+        b"Subject: Cron <ann@host> backup\nContent-Type: text/plain; charset=UTF-8\n"
+        b"Content-Transfer-Encoding: 8bit\n\n" + text.encode()
+    )
+    code, err = await sendmail(spooler, ["b@example.org"], stdin)
+    assert (code, err) == (EX_OK, "")
+    [(_, content)] = await queued(spooler)
+    _received, rest = split_received(content)
+    assert max(len(line) for line in content.split(b"\r\n")) <= 998
+    parsed = email.message_from_bytes(rest, policy=email.policy.default)
+    assert parsed.get_all("Content-Transfer-Encoding") == ["quoted-printable"]
+    assert b"Content-Type: text/plain; charset=UTF-8\r\n" in rest  # kept as it was
+    assert parsed.get_payload(decode=True) == text.replace("\n", "\r\n").encode()
+
+
+async def test_a_plain_body_too_long_gets_the_mime_headers_it_needs(spooler: Spooler) -> None:
+    body = b"\xe9t\xe9 " + b"z" * 2000 + b"\n"  # Latin-1, no MIME headers at all
+    code, _err = await sendmail(spooler, ["b@example.org"], b"Subject: s\n\n" + body)
+    assert code == EX_OK
+    [(_, content)] = await queued(spooler)
+    parsed = email.message_from_bytes(split_received(content)[1], policy=email.policy.default)
+    assert parsed["MIME-Version"] == "1.0"
+    assert (parsed.get_content_type(), parsed.get_param("charset")) == (
+        "text/plain",
+        "unknown-8bit",
+    )
+    assert parsed.get_payload(decode=True) == body.replace(b"\n", b"\r\n")
 
 
 @pytest.mark.parametrize(

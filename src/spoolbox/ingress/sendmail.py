@@ -36,6 +36,7 @@ envelope sender without ``-f`` is the From header's address, else ``user@domain`
 
 from __future__ import annotations
 
+import binascii
 import getpass
 import io
 import itertools
@@ -249,7 +250,8 @@ def _parse_notify(text: str) -> Notify:
 class _Input:
     """stdin, one line at a time (or up to a lone "." line without -i), line endings as
     CRLF; the size limit is checked as it is read.  The first line that breaks the
-    rules (a NUL byte, longer than :data:`MAX_LINE`) is kept in :attr:`problem`:
+    rules (a NUL byte) is kept in :attr:`problem`, the first longer than
+    :data:`MAX_LINE` in :attr:`too_long` (the body can be encoded to fix that):
     reading goes on, so that a message over the size limit is refused as such.
 
     Nothing is held here: the lines go to the caller one by one (a list of them, or
@@ -261,6 +263,7 @@ class _Input:
         self._limit = limit
         self._number = 0
         self.problem: _Exit | None = None
+        self.too_long: _Exit | None = None
 
     def lines(self) -> Iterator[bytes]:
         """The lines, each with its CRLF (the last one may lack it)."""
@@ -293,8 +296,8 @@ class _Input:
             self.problem = _Exit(
                 EX_DATAERR, f"line {self._number} of the message contains a NUL byte"
             )
-        elif len(text) > MAX_LINE:
-            self.problem = _Exit(
+        elif len(text) > MAX_LINE and self.too_long is None:
+            self.too_long = _Exit(
                 EX_DATAERR,
                 f"line {self._number} of the message is {len(text)} octets long; the limit "
                 f"is {MAX_LINE} (RFC 5322 section 2.1.1)",
@@ -519,9 +522,6 @@ def _build(
     except _Exit as exc:
         refused = exc
     out = io.BytesIO()
-    if refused is None:
-        out.write(_received(host, os.getuid() if uid is None else uid, message_id))
-        out.write(head)
     for line in itertools.chain((first,) if first is not None else (), lines):
         if refused is None:
             out.write(line)
@@ -529,11 +529,20 @@ def _build(
         raise source.problem
     if refused is not None:
         raise refused
+    body = out.getvalue()
+    if source.too_long is not None:
+        # A cron job's output, a script's JSON: lines no message may carry as they
+        # are.  A single-part body goes quoted-printable (decoded, the same bytes).
+        encoded = _quoted_printable(head, body)
+        if encoded is None:
+            raise source.too_long
+        head, body = encoded
+    received = _received(host, os.getuid() if uid is None else uid, message_id)
     try:
         return NewMessage(
             sender=sender,
             recipients=tuple(recipients),
-            content=out.getvalue(),
+            content=received + head + body,
             notify=opts.notify if opts.notify is not None else Notify.FAILURE,
             envelope_id=opts.envelope_id,
             id=message_id,
@@ -591,6 +600,44 @@ def _envelope(
         added.append(f"From: {formataddr((opts.full_name or '', addr))}")
     tail = "".join(f"{h}\r\n" for h in added).encode("utf-8")
     return sender, recipients, b"".join(raw for _, raw in kept) + tail + b"\r\n"
+
+
+def _quoted_printable(head: bytes, body: bytes) -> tuple[bytes, bytes] | None:
+    """``head`` (the header section with its ending blank line) and ``body`` again,
+    the body quoted-printable (RFC 2045) with the MIME headers that say so: for a
+    single-part message whose body has lines over :data:`MAX_LINE`.  None where that
+    cannot be done: a header line over it, a multipart or ``message/`` body, a body
+    already in base64 or quoted-printable."""
+    if any(len(line) > MAX_LINE for line in head.split(b"\r\n")):
+        return None
+    fields = [f for f in re.split(rb"\r\n(?![ \t])", head.removesuffix(b"\r\n\r\n")) if f]
+
+    def name(one: bytes) -> bytes:
+        return one.split(b":", 1)[0].strip().lower()
+
+    def value(wanted: bytes) -> bytes:
+        for one in fields:
+            if name(one) == wanted:
+                return b" ".join(one.split(b":", 1)[1].split()).lower()
+        return b""
+
+    if value(b"content-type").startswith((b"multipart/", b"message/")):
+        return None
+    if value(b"content-transfer-encoding") in (b"base64", b"quoted-printable"):
+        return None
+    kept = [f for f in fields if name(f) != b"content-transfer-encoding"]
+    present = {name(f) for f in kept}
+    if b"mime-version" not in present:
+        kept.append(b"MIME-Version: 1.0")
+    if b"content-type" not in present:
+        try:
+            body.decode("utf-8")
+            charset = b"utf-8"
+        except UnicodeDecodeError:
+            charset = b"unknown-8bit"  # RFC 1428
+        kept.append(b"Content-Type: text/plain; charset=" + charset)
+    kept.append(b"Content-Transfer-Encoding: quoted-printable")
+    return b"\r\n".join(kept) + b"\r\n\r\n", binascii.b2a_qp(body, istext=True)
 
 
 def _received(hostname: str, uid: int, message_id: str) -> bytes:
