@@ -64,19 +64,29 @@ def _text(report: dict[str, Any], check: bool) -> str:
     return f"{where}: schema version {now}, current (this spoolbox supports {supported})"
 
 
-def _postgres(profile: Profile, check: bool) -> dict[str, Any]:
+def _dsn(profile: Profile) -> str:
+    """The PostgreSQL store's DSN; StoreError when it could not be read."""
     settings = profile.store
     if settings.dsn is None:
         raise StoreError(
             f'[store] backend = "postgres": the dsn could not be read from {settings.dsn_missing}'
         )
+    return settings.dsn
+
+
+def _no_psycopg(exc: ImportError) -> StoreError:
+    return StoreError(
+        f"the PostgreSQL store needs psycopg ({exc}): pip install 'spoolbox[postgres]'"
+    )
+
+
+def _postgres(profile: Profile, check: bool) -> dict[str, Any]:
+    dsn = _dsn(profile)
     try:
         from ..store.postgres.admin import migrate_database
     except ImportError as exc:
-        raise StoreError(
-            f"the PostgreSQL store needs psycopg ({exc}): pip install 'spoolbox[postgres]'"
-        ) from None
-    r = asyncio.run(migrate_database(settings.dsn, apply=not check))
+        raise _no_psycopg(exc) from None
+    r = asyncio.run(migrate_database(dsn, apply=not check))
     return {
         "store": r.database,
         "backend": "postgres",
@@ -192,18 +202,12 @@ def _compact_sqlite(profile: Profile, check: bool) -> dict[str, Any]:
 
 
 def _vacuum_postgres(profile: Profile, check: bool) -> dict[str, Any]:
-    settings = profile.store
-    if settings.dsn is None:
-        raise StoreError(
-            f'[store] backend = "postgres": the dsn could not be read from {settings.dsn_missing}'
-        )
+    dsn = _dsn(profile)
     try:
         from ..store.postgres.admin import vacuum_database
     except ImportError as exc:
-        raise StoreError(
-            f"the PostgreSQL store needs psycopg ({exc}): pip install 'spoolbox[postgres]'"
-        ) from None
-    r = asyncio.run(vacuum_database(settings.dsn, apply=not check))
+        raise _no_psycopg(exc) from None
+    r = asyncio.run(vacuum_database(dsn, apply=not check))
     report: dict[str, Any] = {
         "store": r.database,
         "backend": "postgres",
