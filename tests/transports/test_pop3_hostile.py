@@ -88,6 +88,21 @@ class _Maildrop:
             writer.close()
 
 
+def _spooler(port: int, **extra: object) -> Spooler:
+    """A spooler fetching from the fake server on ``port`` (``after_fetch = "delete"``)."""
+    options = {
+        "host": "127.0.0.1",
+        "port": port,
+        "tls": "none",
+        "username": "u",
+        "password": "p",
+        "after_fetch": "delete",
+        **extra,
+    }
+    cfg = SpoolerConfig(transports=(TransportConfig("pop3", "pop3", options=options),), policy=FAST)
+    return Spooler.open(cfg, store=MemoryStore(), idle=AlwaysIdle())
+
+
 @contextlib.asynccontextmanager
 async def _server(drop: _Maildrop | None = None) -> AsyncIterator[tuple[_Maildrop, int]]:
     drop = drop or _Maildrop()
@@ -99,24 +114,12 @@ async def _server(drop: _Maildrop | None = None) -> AsyncIterator[tuple[_Maildro
 
 
 async def test_a_uidl_listed_twice_is_fetched_once_and_its_twin_never_deleted() -> None:
-    async with _server() as (drop, port):
-        options = {
-            "host": "127.0.0.1",
-            "port": port,
-            "tls": "none",
-            "username": "u",
-            "password": "p",
-            "after_fetch": "delete",
-        }
-        cfg = SpoolerConfig(
-            transports=(TransportConfig("pop3", "pop3", options=options),), policy=FAST
-        )
-        async with Spooler.open(cfg, store=MemoryStore(), idle=AlwaysIdle()) as sp:
-            await sp.wait_inbox(2, timeout=WAIT)
-            await eventually(lambda: drop.deleted == [1, 3], "the fetched ones deleted")
-            await asyncio.sleep(1.0)  # several polls (every 0.2 s): none deletes message 2
-            assert sorted(await inbox(sp)) == [_message(1), _message(3)]
-            status = sp.host("pop3").status_object()
+    async with _server() as (drop, port), _spooler(port) as sp:
+        await sp.wait_inbox(2, timeout=WAIT)
+        await eventually(lambda: drop.deleted == [1, 3], "the fetched ones deleted")
+        await asyncio.sleep(1.0)  # several polls (every 0.2 s): none deletes message 2
+        assert sorted(await inbox(sp)) == [_message(1), _message(3)]
+        status = sp.host("pop3").status_object()
     assert drop.deleted == [1, 3] and list(drop.messages) == [2]
     assert "lists UIDL 'dup' for 2 messages" in str(status["last_error"]), status
 
@@ -127,25 +130,12 @@ async def test_a_retr_past_max_size_is_cut_off_and_the_others_fetched(pipelining
     drop = _Maildrop((b"u1", b"u2", b"u3"), listed=10, pipelining=pipelining)
     big = b"Subject: big\r\n\r\n" + b"z" * 300_000 + b"\r\n"
     drop.messages[2] = (b"u2", big)
-    async with _server(drop) as (drop, port):
-        options = {
-            "host": "127.0.0.1",
-            "port": port,
-            "tls": "none",
-            "username": "u",
-            "password": "p",
-            "after_fetch": "delete",
-            "max_size": 100_000,
-        }
-        cfg = SpoolerConfig(
-            transports=(TransportConfig("pop3", "pop3", options=options),), policy=FAST
-        )
-        async with Spooler.open(cfg, store=MemoryStore(), idle=AlwaysIdle()) as sp:
-            await sp.wait_inbox(2, timeout=WAIT)
-            # (1 by a poll: its session was cut off before its DELE was applied)
-            await eventually(lambda: sorted(drop.deleted) == [1, 3], "the others deleted")
-            assert sorted(await inbox(sp)) == [_message(1), _message(3)]
-            status = sp.host("pop3").status_object()
+    async with _server(drop) as (drop, port), _spooler(port, max_size=100_000) as sp:
+        await sp.wait_inbox(2, timeout=WAIT)
+        # (1 by a poll: its session was cut off before its DELE was applied)
+        await eventually(lambda: sorted(drop.deleted) == [1, 3], "the others deleted")
+        assert sorted(await inbox(sp)) == [_message(1), _message(3)]
+        status = sp.host("pop3").status_object()
     assert list(drop.messages) == [2]
     assert status["skipped"] == 1
     assert "UIDL u2 (over 165536 bytes by its RETR; LIST said less) is too large" in str(
@@ -158,20 +148,8 @@ async def test_with_pipelining_the_retrs_and_deles_go_together(pipelining: bool)
     # A server 20 ms away: without PIPELINING every RETR and DELE waits for the answer
     # before it; with it, a session's RETRs (and its DELEs) are in flight together.
     drop = _Maildrop((b"u1", b"u2", b"u3"), pipelining=pipelining, delay=0.02)
-    async with _server(drop) as (drop, port):
-        options = {
-            "host": "127.0.0.1",
-            "port": port,
-            "tls": "none",
-            "username": "u",
-            "password": "p",
-            "after_fetch": "delete",
-        }
-        cfg = SpoolerConfig(
-            transports=(TransportConfig("pop3", "pop3", options=options),), policy=FAST
-        )
-        async with Spooler.open(cfg, store=MemoryStore(), idle=AlwaysIdle()) as sp:
-            await sp.wait_inbox(3, timeout=WAIT)
-            await eventually(lambda: sorted(drop.deleted) == [1, 2, 3], "all deleted")
-            assert sorted(await inbox(sp)) == [_message(1), _message(2), _message(3)]
+    async with _server(drop) as (drop, port), _spooler(port) as sp:
+        await sp.wait_inbox(3, timeout=WAIT)
+        await eventually(lambda: sorted(drop.deleted) == [1, 2, 3], "all deleted")
+        assert sorted(await inbox(sp)) == [_message(1), _message(2), _message(3)]
     assert drop.most_owed == (3 if pipelining else 1)
