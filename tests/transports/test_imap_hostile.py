@@ -23,8 +23,9 @@ class _ClosesOn:
     """An IMAP server that answers the login dialogue and a search, and closes the
     connection when it reads ``command`` (``UID FETCH``, ``UID STORE``...)."""
 
-    def __init__(self, command: bytes) -> None:
+    def __init__(self, command: bytes, body: bytes = b"Subject: x\r\n\r\nbody\r\n") -> None:
         self.command = command
+        self.body = body  # what each BODY[] holds (RFC822.SIZE says 20 bytes whatever it is)
         self.closed_on: list[bytes] = []
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -46,7 +47,7 @@ class _ClosesOn:
                     for uid in (1, 2, 3):
                         writer.write(b"* %d FETCH (UID %d RFC822.SIZE 20)\r\n" % (uid, uid))
                 elif verb.startswith(b"UID FETCH"):
-                    body = b"Subject: x\r\n\r\nbody\r\n"
+                    body = self.body
                     for uid in (1, 2, 3):
                         writer.write(
                             b"* %d FETCH (UID %d BODY[] {%d}\r\n%s)\r\n"
@@ -54,13 +55,15 @@ class _ClosesOn:
                         )
                 writer.write(tag + b" OK done\r\n")
                 await writer.drain()
+        except ConnectionError:
+            pass  # the client dropped the connection (a lying server's)
         finally:
             writer.close()
 
 
 @contextlib.asynccontextmanager
-async def _server(command: bytes) -> AsyncIterator[tuple[_ClosesOn, int]]:
-    peer = _ClosesOn(command)
+async def _server(command: bytes, **kw: bytes) -> AsyncIterator[tuple[_ClosesOn, int]]:
+    peer = _ClosesOn(command, **kw)
     server = await asyncio.start_server(peer.handle, "127.0.0.1", 0)
     try:
         yield peer, server.sockets[0].getsockname()[1]
@@ -106,3 +109,29 @@ async def test_a_connection_closed_mid_command_is_reported_as_such_at_once(
         # Fetched and committed; their removal is left to the next poll (the row says so).
         assert (result.downloaded, result.error) == (3, None)
         assert "removing 3 fetched messages (retried at poll)" in status, status
+
+
+async def test_a_server_sending_more_than_it_announced_is_cut_off() -> None:
+    # RFC822.SIZE says 20 bytes, BODY[] brings 8 MB: aioimaplib would hold all of it
+    # (and any amount more) in memory; the connection is dropped past the budget.
+    async with _server(b"NOTHING", body=b"Subject: x\r\n\r\n" + b"z" * 8_000_000) as (_p, port):
+        options = {
+            "host": "127.0.0.1",
+            "port": port,
+            "tls": "none",
+            "username": "u",
+            "password": "p",
+            "idle": False,
+            "after_fetch": "keep",
+        }
+        cfg = SpoolerConfig(
+            transports=(TransportConfig("imap", "imap", options=options),), policy=NO_POLL
+        )
+        async with Spooler.open(cfg, store=MemoryStore(), idle=AlwaysIdle()) as sp:
+            async with asyncio.timeout(WAIT):
+                report = await sp.flush(upload=False)
+            status = str(sp.status["imap"].status_string)
+            assert await sp.store.list_inbox() == []
+    error = report.for_transport("imap").error or ""
+    assert "more than it announced: connection dropped" in error, (error, status)
+    assert "UID FETCH" in error

@@ -82,7 +82,11 @@ raises :class:`~spoolbox.contract.NetworkError` (the spooler counts it, pauses t
 session after repeated failures, and calls again later).  A command in flight when
 the server closes the connection fails at once, as a ``ConnectionResetError`` naming
 the command (aioimaplib alone would leave it waiting for ``timeout`` and report a
-timeout).  When ``start_message``
+timeout).  What the server sends is bounded (:mod:`.lines`): for a ``UID FETCH``
+twice the ``RFC822.SIZE`` it announced (plus a little), 64 MiB for any other
+command; past that the connection is dropped and the fetch fails, saying so
+(aioimaplib would hold any amount in memory, and a server whose sizes lie would
+get past ``max_size``).  When ``start_message``
 delivers a message and more are waiting, it raises NEWMAIL again so the spooler
 comes back for the next without waiting for its next poll.
 

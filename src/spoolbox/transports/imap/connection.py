@@ -19,7 +19,7 @@ import aioimaplib  # type: ignore[import-untyped]  # no py.typed in 2.0
 from spoolbox.contract import FailOneProvider, Support
 
 from .._mailbox import MailboxSettings
-from .lines import LineBounded
+from .lines import BUDGET, LineBounded
 from .wire import (
     _check,
     _fetch_result,
@@ -48,6 +48,7 @@ class _Connection:
         self.capabilities: frozenset[str] = frozenset()
         #: Set when the connection is lost (once it was made): the IDLE watch's wake-up.
         self.lost = asyncio.Event()
+        self._bounded: LineBounded | None = None
 
     async def open(self) -> None:
         s = self.settings
@@ -64,8 +65,9 @@ class _Connection:
             await imap.wait_hello_from_server()
             proto = imap.protocol
             # aioimaplib's parser gets what arrives a few hundred lines at a time (lines.py).
-            bounded = LineBounded(proto, lambda _exc: self.lost.set())
+            bounded = self._bounded = LineBounded(proto, lambda _exc: self.lost.set())
             proto.transport.set_protocol(bounded)
+            bounded.attach(proto.transport)
             if isinstance(getattr(proto.transport, "max_size", None), int):
                 # aioimaplib parses each chunk it receives by copying the rest of the
                 # chunk after every line: quadratic in the chunk size.  asyncio reads
@@ -83,6 +85,7 @@ class _Connection:
                 proto.transport = await loop.start_tls(
                     proto.transport, bounded, ctx, server_hostname=s.host
                 )
+                bounded.attach(proto.transport)
                 await proto.capability()
             resp = await imap.login(s.username, s.password)
         if resp.result != "OK":
@@ -159,10 +162,14 @@ class _Connection:
             raise _ProtocolError("not connected")
         return self.imap
 
-    async def _answer(self, command: Awaitable[Any], what: str) -> Any:
+    async def _answer(self, command: Awaitable[Any], what: str, budget: int = BUDGET) -> Any:
         """``command``'s response, or ConnectionResetError as soon as the server closes
         the connection: aioimaplib leaves a command in flight waiting for its time
-        limit then (a server restarted mid-fetch read as a 60 s timeout)."""
+        limit then (a server restarted mid-fetch read as a 60 s timeout).  The server
+        may send ``budget`` bytes for it (:mod:`.lines`): past that the connection is
+        dropped, a _ProtocolError."""
+        if self._bounded is not None:
+            self._bounded.expect(budget)
         task = asyncio.ensure_future(command)
         lost = asyncio.ensure_future(self.lost.wait())
         try:
@@ -173,6 +180,12 @@ class _Connection:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
+        overrun = self._bounded.overrun if self._bounded is not None else None
+        if overrun is not None:
+            raise _ProtocolError(
+                f"the server sent over {overrun[1]} bytes for {what}, more than it "
+                "announced: connection dropped"
+            )
         if task.cancelled():
             raise ConnectionResetError(f"the server closed the connection during {what}")
         return task.result()
@@ -220,7 +233,11 @@ class _Connection:
                 command = self._imap().protocol.uid(
                     "fetch", _uid_set(uids), "(UID BODY.PEEK[])", timeout=None
                 )
-                resp = _check(await self._answer(command, what), what)
+                # Twice what the sizes announced (some servers count LF line ends, or
+                # round), room for the lines around each literal: a server sending
+                # more is not telling the truth about its sizes.
+                budget = 2 * size + len(uids) * 4096 + 1024 * 1024
+                resp = _check(await self._answer(command, what, budget), what)
         else:
             command = self._imap().uid("fetch", _uid_set(uids), "(UID BODY.PEEK[])")
             resp = _check(await self._answer(command, what), what)

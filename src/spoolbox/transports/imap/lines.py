@@ -16,6 +16,13 @@ transport's public ``set_protocol``: it passes every read on in pieces of at mos
 aioimaplib keeps what a piece leaves incomplete (a line, a literal) for the next, so
 the pieces parse as the whole read would.  Everything else goes straight through; a
 lost connection is also told to ``on_lost`` (the IDLE watch's wake-up).
+
+It also bounds what the server may send: :data:`BUDGET` bytes from one command to
+the next (:meth:`LineBounded.expect` starts a command's count, with a budget of its
+own for a ``FETCH`` of known sizes).  aioimaplib holds a response, literals and all,
+in memory until it ends: a server that sends more than it announced (an
+``RFC822.SIZE`` that lies) would have it read without end.  Past the budget the
+connection is aborted and :attr:`LineBounded.overrun` says how far it went.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ __all__ = ["LINES", "LineBounded"]
 
 #: Lines handed to aioimaplib at a time: far below its recursion limit.
 LINES: Final = 200
+#: Bytes a server may send for one command (or between two) unless told otherwise.
+BUDGET: Final = 64 * 1024 * 1024
 
 
 class LineBounded(asyncio.Protocol):
@@ -39,11 +48,38 @@ class LineBounded(asyncio.Protocol):
     ) -> None:
         self.inner = inner
         self._on_lost = on_lost
+        self._transport: asyncio.BaseTransport | None = None
+        self._budget = BUDGET
+        self._received = 0
+        #: (bytes received, budget) once the server went past the budget.
+        self.overrun: tuple[int, int] | None = None
+
+    def attach(self, transport: asyncio.BaseTransport) -> None:
+        """The transport in front of which this protocol was put (``set_protocol``
+        and ``start_tls`` call no ``connection_made``): the one aborted past the
+        budget."""
+        self._transport = transport
+
+    def expect(self, budget: int = BUDGET) -> None:
+        """A command starts: its response (and anything unasked with it) may take
+        ``budget`` bytes."""
+        self._budget = budget
+        self._received = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
+        if self.overrun is not None:
+            return  # aborted: nothing more for aioimaplib
+        self._received += len(data)
+        if self._received > self._budget:
+            self.overrun = (self._received, self._budget)
+            abort = getattr(self._transport, "abort", None)  # asyncio's, uvloop's
+            if callable(abort):
+                abort()  # what came so far stays with aioimaplib, unparsed
+            return
         if data.count(b"\n") <= LINES:
             self.inner.data_received(data)
             return
