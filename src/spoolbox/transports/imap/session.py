@@ -319,9 +319,11 @@ class IMAPSession(BaseTransportSession):
                 queue = self._queue
                 while queue and queue[0] <= w:
                     queue.popleft()
+                self._drop_passed(w)
                 if not queue and not self._buffer:
                     self._queue = queue = collections.deque(await conn.search_uids(w + 1, None))
                 await self._fill(conn)
+                self._drop_passed(w)
             except FailOneProvider:
                 raise
             except (OSError, TimeoutError, aioimaplib.AioImapException, _ProtocolError) as exc:
@@ -356,6 +358,13 @@ class IMAPSession(BaseTransportSession):
             await self._committed(uid, size, more)
 
         message.after_commit(committed)
+
+    def _drop_passed(self, watermark: int) -> None:
+        """Drop fetched messages the watermark has passed: another node of a shared
+        store fetched them while this one did not hold the mailbox (its state was read
+        again since), here prefetched before that."""
+        while self._buffer and self._buffer[0][1] <= watermark:
+            self._buffer.popleft()
 
     def _rolled_back(self, uid: int) -> None:
         """after_rollback: not in the inbox after all; offer it again, before anything
