@@ -522,6 +522,13 @@ def _build(
     except _Exit as exc:
         refused = exc
     out = io.BytesIO()
+    body_at = 0
+    received = b""
+    if refused is None:
+        received = _received(host, os.getuid() if uid is None else uid, message_id)
+        out.write(received)
+        out.write(head)
+        body_at = out.tell()
     for line in itertools.chain((first,) if first is not None else (), lines):
         if refused is None:
             out.write(line)
@@ -529,20 +536,19 @@ def _build(
         raise source.problem
     if refused is not None:
         raise refused
-    body = out.getvalue()
+    content = out.getvalue()  # (the buffer itself, not a copy: a message is held once)
     if source.too_long is not None:
         # A cron job's output, a script's JSON: lines no message may carry as they
         # are.  A single-part body goes quoted-printable (decoded, the same bytes).
-        encoded = _quoted_printable(head, body)
+        encoded = _quoted_printable(head, content[body_at:])
         if encoded is None:
             raise source.too_long
-        head, body = encoded
-    received = _received(host, os.getuid() if uid is None else uid, message_id)
+        content = received + encoded[0] + encoded[1]
     try:
         return NewMessage(
             sender=sender,
             recipients=tuple(recipients),
-            content=received + head + body,
+            content=content,
             notify=opts.notify if opts.notify is not None else Notify.FAILURE,
             envelope_id=opts.envelope_id,
             id=message_id,
