@@ -40,12 +40,15 @@ class _Maildrop:
         self.delay = delay
         self.deleted: list[int] = []
         self.owed = self.most_owed = 0
+        self.commands: list[bytes] = []
 
     def _answer(self, line: bytes, marked: set[int]) -> bytes:
         verb, _, arg = line.partition(b" ")
         verb = verb.upper()
         if verb in (b"USER", b"PASS", b"NOOP"):
             return b"+OK\r\n"
+        if verb == b"STLS":  # and, in the same packet, in the clear, an attacker's line
+            return b"+OK begin TLS\r\n+OK injected\r\n"
         if verb == b"CAPA" and self.pipelining:
             return b"+OK\r\nUIDL\r\nPIPELINING\r\n.\r\n"
         if verb == b"UIDL":
@@ -78,6 +81,7 @@ class _Maildrop:
         writer.write(b"+OK ready\r\n")
         try:
             while line := (await reader.readline()).rstrip(b"\r\n"):
+                self.commands.append(line.split(b" ", 1)[0].upper())
                 self.owed += 1
                 self.most_owed = max(self.most_owed, self.owed)
                 loop.call_later(self.delay, send, self._answer(line, marked))
@@ -153,3 +157,14 @@ async def test_with_pipelining_the_retrs_and_deles_go_together(pipelining: bool)
         await eventually(lambda: sorted(drop.deleted) == [1, 2, 3], "all deleted")
         assert sorted(await inbox(sp)) == [_message(1), _message(2), _message(3)]
     assert drop.most_owed == (3 if pipelining else 1)
+
+
+async def test_data_after_the_stls_answer_is_refused_before_anything_is_sent() -> None:
+    # STARTTLS command injection: bytes after "+OK begin TLS", in the clear, must not
+    # be read as the answers to what is sent under TLS (nor USER and PASS be sent).
+    async with _server() as (drop, port), _spooler(port, tls="starttls") as sp:
+        assert (await sp.wait_ready(timeout=WAIT)) == {"pop3": False}
+        detail = str(sp.status["pop3"].detail)
+    assert "the server sent data after its STLS answer, before TLS" in detail, detail
+    assert b"USER" not in drop.commands and b"PASS" not in drop.commands
+    assert drop.commands[0] == b"STLS"

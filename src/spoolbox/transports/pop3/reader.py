@@ -64,6 +64,11 @@ class ResponseReader:
     def feed(self, data: bytes) -> None:
         self._buf += data
 
+    @property
+    def pending(self) -> int:
+        """Bytes received and not read as an answer yet."""
+        return len(self._buf)
+
     def next(self) -> Response | None:
         """The next whole answer, or None until more bytes come.  Pop3Error for bytes
         that are not POP3 (an answer nobody asked for included), TooLarge past a

@@ -3,7 +3,8 @@ and pure readers of the UIDL and LIST answers.
 
 Every read and write is bounded by the ``timeout`` option (a step that waits longer
 is a TimeoutError); a refused login is :class:`LoginRefused`; a ``-ERR`` to another
-command, or bytes that are not POP3, a :class:`~.reader.Pop3Error`.  On any failure
+command, or bytes that are not POP3, a :class:`~.reader.Pop3Error` (so are bytes
+after the ``STLS`` answer, sent in the clear: an injection, refused before TLS).  On any failure
 while opening, the connection is closed.  No threads: the earlier version ran
 :mod:`poplib`'s blocking calls in workers, and poplib cannot read a line over 2,048
 bytes (a message with one could never be fetched) nor bound an answer's size.
@@ -59,6 +60,11 @@ class Connection:
             if s.tls == "starttls":
                 assert self._ctx is not None
                 self._ok(await self._command(b"STLS"), "STLS")
+                if self._answers.pending:
+                    # Bytes after the STLS answer, sent in the clear: an attacker's
+                    # injection (CVE-2011-0411's kind) would be read as the answers to
+                    # the commands sent under TLS.
+                    raise Pop3Error("the server sent data after its STLS answer, before TLS")
                 assert self._writer is not None
                 async with asyncio.timeout(s.timeout):
                     await self._writer.start_tls(self._ctx, server_hostname=s.host)
