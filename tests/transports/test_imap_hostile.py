@@ -27,6 +27,7 @@ class _ClosesOn:
         self.command = command
         self.body = body  # what each BODY[] holds (RFC822.SIZE says 20 bytes whatever it is)
         self.closed_on: list[bytes] = []
+        self.verbs: list[bytes] = []
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"* OK [CAPABILITY IMAP4rev1] ready\r\n")
@@ -34,11 +35,16 @@ class _ClosesOn:
             while line := (await reader.readline()).rstrip(b"\r\n"):
                 tag, _, rest = line.partition(b" ")
                 verb = rest.upper()
+                self.verbs.append(verb.split(b" ", 1)[0])
                 if verb.startswith(self.command):
                     self.closed_on.append(rest)
                     return
                 if verb.startswith(b"CAPABILITY"):
-                    writer.write(b"* CAPABILITY IMAP4rev1 UIDPLUS\r\n")
+                    writer.write(b"* CAPABILITY IMAP4rev1 UIDPLUS STARTTLS\r\n")
+                elif verb.startswith(b"STARTTLS"):  # and an attacker's line, in the clear
+                    writer.write(tag + b" OK begin TLS\r\n* OK injected\r\n")
+                    await writer.drain()
+                    continue
                 elif verb.startswith((b"SELECT", b"EXAMINE")):
                     writer.write(_SELECTED)
                 elif verb.startswith(b"UID SEARCH"):
@@ -135,3 +141,25 @@ async def test_a_server_sending_more_than_it_announced_is_cut_off() -> None:
     error = report.for_transport("imap").error or ""
     assert "more than it announced: connection dropped" in error, (error, status)
     assert "UID FETCH" in error
+
+
+async def test_data_after_the_starttls_answer_is_refused_before_anything_is_sent() -> None:
+    # STARTTLS command injection: bytes after the tagged OK, in the clear, must not be
+    # read as answers to what is sent under TLS (nor LOGIN be sent at all).
+    async with _server(b"NOTHING") as (peer, port):
+        options = {
+            "host": "127.0.0.1",
+            "port": port,
+            "tls": "starttls",
+            "username": "u",
+            "password": "p",
+            "idle": False,
+        }
+        cfg = SpoolerConfig(
+            transports=(TransportConfig("imap", "imap", options=options),), policy=NO_POLL
+        )
+        async with Spooler.open(cfg, store=MemoryStore(), idle=AlwaysIdle()) as sp:
+            assert (await sp.wait_ready(timeout=WAIT)) == {"imap": False}
+            detail = str(sp.status["imap"].detail)
+    assert "the server sent data after its STARTTLS answer, before TLS" in detail, detail
+    assert b"STARTTLS" in peer.verbs and b"LOGIN" not in peer.verbs

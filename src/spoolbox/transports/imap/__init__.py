@@ -86,9 +86,10 @@ timeout).  What the server sends is bounded (:mod:`.lines`): for a ``UID FETCH``
 twice the ``RFC822.SIZE`` it announced (plus a little), 64 MiB for any other
 command; past that the connection is dropped and the fetch fails, saying so
 (aioimaplib would hold any amount in memory, and a server whose sizes lie would
-get past ``max_size``).  When ``start_message``
-delivers a message and more are waiting, it raises NEWMAIL again so the spooler
-comes back for the next without waiting for its next poll.
+get past ``max_size``).  With ``tls = "starttls"``, bytes after the STARTTLS answer,
+sent in the clear, are refused before TLS starts (STARTTLS command injection).
+When ``start_message`` delivers a message and more are waiting, it raises NEWMAIL
+again so the spooler comes back for the next without waiting for its next poll.
 
 The IDLE connection (option ``idle``, when the server offers it) is watched for its
 loss as well as for the server's pushes: dropped by the server (a restart, ``doveadm

@@ -37,6 +37,16 @@ _MIN_RATE = 64 * 1024
 _RECV_SIZE = 16 * 1024  # bytes per socket read (see _Connection.open)
 
 
+def _nothing_after(received: bytes, tag: str) -> None:
+    """What came with the STARTTLS answer ends with its tagged line: bytes after it,
+    sent in the clear, would be read as answers to commands sent under TLS (STARTTLS
+    command injection, CVE-2011-0411's kind)."""
+    mark = received.find(tag.encode() + b" ")
+    end = received.find(b"\n", mark) if mark >= 0 else -1
+    if end < 0 or received[end + 1 :]:
+        raise _ProtocolError("the server sent data after its STARTTLS answer, before TLS")
+
+
 class _Connection:
     """One logged-in IMAP connection with the folder selected."""
 
@@ -80,8 +90,11 @@ class _Connection:
                     raise FailOneProvider(
                         f"imap {s.where}: the server does not offer STARTTLS (tls = 'starttls')"
                     )
-                cmd = aioimaplib.Command("STARTTLS", proto.new_tag(), loop=proto.loop)
+                tag = proto.new_tag()
+                cmd = aioimaplib.Command("STARTTLS", tag, loop=proto.loop)
+                bounded.record(True)
                 _check(await proto.execute(cmd), "STARTTLS")
+                _nothing_after(bounded.record(False), tag)
                 proto.transport = await loop.start_tls(
                     proto.transport, bounded, ctx, server_hostname=s.host
                 )

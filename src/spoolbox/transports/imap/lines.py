@@ -53,12 +53,20 @@ class LineBounded(asyncio.Protocol):
         self._received = 0
         #: (bytes received, budget) once the server went past the budget.
         self.overrun: tuple[int, int] | None = None
+        self._recording: bytearray | None = None
 
     def attach(self, transport: asyncio.BaseTransport) -> None:
         """The transport in front of which this protocol was put (``set_protocol``
         and ``start_tls`` call no ``connection_made``): the one aborted past the
         budget."""
         self._transport = transport
+
+    def record(self, on: bool) -> bytes:
+        """Keep a copy of what arrives from now on (``on``), or stop and return it:
+        what came with a STARTTLS answer, which must end with it."""
+        recorded = bytes(self._recording or b"")
+        self._recording = bytearray() if on else None
+        return recorded
 
     def expect(self, budget: int = BUDGET) -> None:
         """A command starts: its response (and anything unasked with it) may take
@@ -73,6 +81,8 @@ class LineBounded(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.overrun is not None:
             return  # aborted: nothing more for aioimaplib
+        if self._recording is not None and len(self._recording) < 65536:
+            self._recording += data
         self._received += len(data)
         if self._received > self._budget:
             self.overrun = (self._received, self._budget)
