@@ -67,6 +67,24 @@ class _ClosesOn:
             writer.close()
 
 
+def _spooler(port: int, **extra: object) -> Spooler:
+    """A spooler fetching from the fake server on ``port`` (no IDLE, no TLS unless
+    ``extra`` says)."""
+    options = {
+        "host": "127.0.0.1",
+        "port": port,
+        "tls": "none",
+        "username": "u",
+        "password": "p",
+        "idle": False,
+        **extra,
+    }
+    cfg = SpoolerConfig(
+        transports=(TransportConfig("imap", "imap", options=options),), policy=NO_POLL
+    )
+    return Spooler.open(cfg, store=MemoryStore(), idle=AlwaysIdle())
+
+
 @contextlib.asynccontextmanager
 async def _server(command: bytes, **kw: bytes) -> AsyncIterator[tuple[_ClosesOn, int]]:
     peer = _ClosesOn(command, **kw)
@@ -85,24 +103,14 @@ async def _server(command: bytes, **kw: bytes) -> AsyncIterator[tuple[_ClosesOn,
 async def test_a_connection_closed_mid_command_is_reported_as_such_at_once(
     command: bytes, after_fetch: str
 ) -> None:
-    async with _server(command) as (peer, port):
-        options = {
-            "host": "127.0.0.1",
-            "port": port,
-            "tls": "none",
-            "username": "u",
-            "password": "p",
-            "idle": False,
-            "after_fetch": after_fetch,
-            "timeout": 600,  # were the session to wait for it, the test would time out
-        }
-        cfg = SpoolerConfig(
-            transports=(TransportConfig("imap", "imap", options=options),), policy=NO_POLL
-        )
-        async with Spooler.open(cfg, store=MemoryStore(), idle=AlwaysIdle()) as sp:
-            async with asyncio.timeout(WAIT):
-                report = await sp.flush(upload=False)
-            status = str(sp.status["imap"].status_string)
+    # (timeout: were the session to wait for it, the test would time out)
+    async with (
+        _server(command) as (peer, port),
+        _spooler(port, after_fetch=after_fetch, timeout=600) as sp,
+    ):
+        async with asyncio.timeout(WAIT):
+            report = await sp.flush(upload=False)
+        status = str(sp.status["imap"].status_string)
     assert peer.closed_on, "the server never saw the command"
     assert "ConnectionResetError: the server closed the connection during UID" in status, status
     assert "TimeoutError" not in status
@@ -120,24 +128,15 @@ async def test_a_connection_closed_mid_command_is_reported_as_such_at_once(
 async def test_a_server_sending_more_than_it_announced_is_cut_off() -> None:
     # RFC822.SIZE says 20 bytes, BODY[] brings 8 MB: aioimaplib would hold all of it
     # (and any amount more) in memory; the connection is dropped past the budget.
-    async with _server(b"NOTHING", body=b"Subject: x\r\n\r\n" + b"z" * 8_000_000) as (_p, port):
-        options = {
-            "host": "127.0.0.1",
-            "port": port,
-            "tls": "none",
-            "username": "u",
-            "password": "p",
-            "idle": False,
-            "after_fetch": "keep",
-        }
-        cfg = SpoolerConfig(
-            transports=(TransportConfig("imap", "imap", options=options),), policy=NO_POLL
-        )
-        async with Spooler.open(cfg, store=MemoryStore(), idle=AlwaysIdle()) as sp:
-            async with asyncio.timeout(WAIT):
-                report = await sp.flush(upload=False)
-            status = str(sp.status["imap"].status_string)
-            assert await sp.store.list_inbox() == []
+    big = b"Subject: x\r\n\r\n" + b"z" * 8_000_000
+    async with (
+        _server(b"NOTHING", body=big) as (_p, port),
+        _spooler(port, after_fetch="keep") as sp,
+    ):
+        async with asyncio.timeout(WAIT):
+            report = await sp.flush(upload=False)
+        status = str(sp.status["imap"].status_string)
+        assert await sp.store.list_inbox() == []
     error = report.for_transport("imap").error or ""
     assert "more than it announced: connection dropped" in error, (error, status)
     assert "UID FETCH" in error
@@ -146,20 +145,8 @@ async def test_a_server_sending_more_than_it_announced_is_cut_off() -> None:
 async def test_data_after_the_starttls_answer_is_refused_before_anything_is_sent() -> None:
     # STARTTLS command injection: bytes after the tagged OK, in the clear, must not be
     # read as answers to what is sent under TLS (nor LOGIN be sent at all).
-    async with _server(b"NOTHING") as (peer, port):
-        options = {
-            "host": "127.0.0.1",
-            "port": port,
-            "tls": "starttls",
-            "username": "u",
-            "password": "p",
-            "idle": False,
-        }
-        cfg = SpoolerConfig(
-            transports=(TransportConfig("imap", "imap", options=options),), policy=NO_POLL
-        )
-        async with Spooler.open(cfg, store=MemoryStore(), idle=AlwaysIdle()) as sp:
-            assert (await sp.wait_ready(timeout=WAIT)) == {"imap": False}
-            detail = str(sp.status["imap"].detail)
+    async with _server(b"NOTHING") as (peer, port), _spooler(port, tls="starttls") as sp:
+        assert (await sp.wait_ready(timeout=WAIT)) == {"imap": False}
+        detail = str(sp.status["imap"].detail)
     assert "the server sent data after its STARTTLS answer, before TLS" in detail, detail
     assert b"STARTTLS" in peer.verbs and b"LOGIN" not in peer.verbs

@@ -62,11 +62,7 @@ def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
 
 
 def space_of(conn: sqlite3.Connection, path: Path) -> Space:
-    """The file's space, read on an open connection (the store's thread)."""
-    return _space(conn, path)
-
-
-def _space(conn: sqlite3.Connection, path: Path) -> Space:
+    """The file's space, read on an open connection (also the store's thread's)."""
     page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
     pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
     free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
@@ -80,7 +76,7 @@ def space(path: Path) -> Space:
     """The store file's size and free pages, read without writing anything."""
     conn = _connect(path, read_only=True)
     try:
-        return _space(conn, path)
+        return space_of(conn, path)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot read the store {path}: {exc}") from None
     finally:
@@ -93,7 +89,7 @@ def compact(path: Path) -> Compacted:
     cannot be written."""
     conn = _connect(path, read_only=False)
     try:
-        before = _space(conn, path)
+        before = space_of(conn, path)
         # The live pages are written twice: into a temporary copy (SQLite's temporary
         # directory) and back through the WAL, next to the store.
         room = shutil.disk_usage(path.parent).free
@@ -106,7 +102,7 @@ def compact(path: Path) -> Compacted:
         conn.execute("VACUUM")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         seconds = time.monotonic() - t0
-        return Compacted(before, _space(conn, path), seconds)
+        return Compacted(before, space_of(conn, path), seconds)
     except sqlite3.Error as exc:
         raise StoreError(f"compacting {path} failed (the store is unchanged): {exc}") from None
     finally:
