@@ -228,6 +228,23 @@ async def test_error_paths_queue_nothing(
     assert await queued(spooler) == []
 
 
+async def test_cron_mail_from_an_unqualified_user_gets_the_local_domain(spooler: Spooler) -> None:
+    # What cron sends (Debian's and cronie's): "From: root (Cron Daemon)", no domain,
+    # with the flags it passes.  Refused, the job's output would be lost; Postfix
+    # appends @myorigin, and so does this, to the header and to the envelope sender.
+    stdin = (
+        b"From: root (Cron Daemon)\nTo: admin@example.org\nSubject: Cron <root@h> job\n"
+        b"MIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\n\noutput\n"
+    )
+    argv = ["-FCronDaemon", "-i", "-B8BITMIME", "-oem", "admin@example.org"]
+    code, _err = await sendmail(spooler, argv, stdin)
+    assert code == EX_OK
+    [(summary, content)] = await queued(spooler)
+    assert summary.info.sender == Address.parse("SMTP:root@host.test")
+    _received, rest = split_received(content)
+    assert rest.startswith(b"From: Cron Daemon <root@host.test>\r\nTo: admin@example.org\r\n")
+
+
 async def test_a_body_with_lines_too_long_is_queued_quoted_printable(spooler: Spooler) -> None:
     # What cron mails: its own MIME headers, and a command's output with a long line
     # (a progress bar, a JSON dump).  Refused, the output would be lost; it goes

@@ -351,6 +351,26 @@ def _smtp_address(value: str, where: str) -> Address:
     return addr
 
 
+def _qualified(raw: bytes, local_domain: str) -> bytes:
+    """A From header whose addresses lack a domain (cron's ``From: root (Cron Daemon)``)
+    written again with the local domain, as Postfix's cleanup appends ``@myorigin``;
+    any other header as it was (a bad one is refused later, naming it)."""
+    try:
+        value = _header_value(raw, "From")
+    except _Exit:
+        return raw
+    pairs = getaddresses([value])
+    if not pairs or not all(addr and " " not in addr for _, addr in pairs):
+        return raw
+    if all("@" in addr for _, addr in pairs):
+        return raw
+    written = ", ".join(
+        formataddr((name, addr if "@" in addr else f"{addr}@{local_domain}"), "utf-8")
+        for name, addr in pairs
+    )
+    return f"From: {written}\r\n".encode()
+
+
 def _header_addresses(headers: list[tuple[str, bytes]], names: Sequence[str]) -> list[Address]:
     found: list[Address] = []
     for name, raw in headers:
@@ -578,6 +598,9 @@ def _envelope(
 
     local_user = user or _login()
     default_addr = f"{local_user}@{local_domain}"
+    headers = [
+        (name, _qualified(raw, local_domain) if name == "from" else raw) for name, raw in headers
+    ]
 
     sender: Address | None
     if opts.sender is not None:
