@@ -47,6 +47,10 @@ def test_default_profile_loads_with_maildir_and_listener(tmp_path: Path) -> None
     assert prof.listeners[0].processes == default_listener_processes(os.cpu_count())
     assert "processes" not in prof.listeners[0].options
     assert str(prof.default_sender) == "MAILDIR:postmaster"
+    # cron's mail to "root" goes to the local Maildir (docs/operations.md, "Local names")
+    assert prof.local_names is not None
+    assert [str(a) for a in prof.local_names.resolve("root")] == ["MAILDIR:root"]
+    assert load_profile(_write(tmp_path, "")).local_names is None
 
 
 def test_the_default_profile_is_package_data_filled_in(tmp_path: Path) -> None:
@@ -110,6 +114,29 @@ def test_the_default_profiles_processes_line_can_be_set_to_the_daemons_loop(
         ("[store]\nkeep_inbox = true\n", "[store] keep_inbox", "not a boolean"),
         ('[daemon]\nnice = "1"\n', "[daemon] nice", "expected an integer, got a string '1'"),
         ("[policy]\ndestination_backoff = 1\n", "[policy] destination_backoff", "true or false"),
+        ('[local_names]\ndomain = "exa mple"\n', "[local_names] domain", "a DNS domain name"),
+        (
+            '[local_names]\ndomain = "a.org"\naddress_type = "MAILDIR"\n',
+            "[local_names]",
+            "set domain or address_type, not both",
+        ),
+        ('[local_names]\naliases = "x"\n', "[local_names] aliases", "expected a table of names"),
+        (
+            "[local_names]\naliases = { root = 1 }\n",
+            "[local_names] aliases.root",
+            "an address or an array of addresses, got 1",
+        ),
+        (
+            '[local_names]\naliases = { root = "admin@" }\n',
+            "[local_names] aliases.root",
+            "'admin@': expected user@domain",
+        ),
+        (
+            '[local_names]\naliases = { root = "ops" }\n',
+            "[local_names]",
+            "'ops' (from aliases.root) is a local name without a domain",
+        ),
+        ("[local_names]\nfoo = 1\n", "[local_names] foo", "unknown key"),
         (
             '[[transports]]\nname = "a"\nprovider = "maildir"\n'
             '[[transports]]\nname = "a"\nprovider = "maildir"\n',

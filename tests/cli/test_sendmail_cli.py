@@ -310,6 +310,42 @@ def test_routing_is_the_daemons_once_it_runs_else_what_the_profile_declares(
     )
 
 
+def test_cron_mail_to_root_is_delivered_to_the_local_maildir(home: Home, daemons: Daemons) -> None:
+    """What cron runs when MAILTO is not set: the job owner's login name, cron's
+    flags, its From header without a domain.  The profile `spoolbox init` writes
+    sends such a name to the local Maildir ([local_names] address_type); an alias
+    added to it sends root's mail elsewhere."""
+    cron = ["sendmail", "-FCronDaemon", "-i", "-B8BITMIME", "-oem"]
+    stdin = b"From: root (Cron Daemon)\nTo: root\nSubject: Cron <root@h> backup\n\nout\n"
+    r = home.run("sendmail", "-bv", "root")
+    assert (r.returncode, r.stdout) == (0, "root -> MAILDIR:root: deliverable: transport local\n")
+    daemons.start(home)
+    r = home.run(*cron, "root", input=stdin)
+    assert (r.returncode, r.stderr) == (0, "")
+    wait_until("delivery", lambda: "Cron <root@h> backup" in home.delivered())
+    [file] = home.delivered()["Cron <root@h> backup"]
+    assert file.parent.parent.name == "root"
+    assert b"From: Cron Daemon <root@" in file.read_bytes()
+
+    text = home.profile.read_text()
+    old = 'address_type = "MAILDIR"\n'
+    assert old in text
+    home.profile.write_text(text.replace(old, old + 'aliases = { root = "MAILDIR:admin" }\n'))
+    r = home.run("sendmail", "-bv", "Root")
+    assert (r.returncode, r.stdout) == (0, "Root -> MAILDIR:admin: deliverable: transport local\n")
+    r = home.run(*cron, "root", input=stdin.replace(b"backup", b"second"))
+    assert (r.returncode, r.stderr) == (0, "")
+    wait_until("delivery", lambda: "Cron <root@h> second" in home.delivered())
+    [file] = home.delivered()["Cron <root@h> second"]
+    assert file.parent.parent.name == "admin"
+
+    home.profile.write_text(text.replace(old, ""))  # no rule: refused, nothing queued
+    r = home.run(*cron, "root", input=stdin)
+    assert r.returncode == 67
+    assert "'root' is a local name without a domain" in r.stderr
+    assert home.run("sendmail", "-bp").stdout == "Mail queue is empty\n"
+
+
 # -- the sendmail, mailq and newaliases links ---------------------------------------------
 def test_install_sendmail_links_work_by_their_name(home: Home, tmp_path: Path) -> None:
     spoolbox = script("spoolbox")

@@ -25,6 +25,7 @@ from spoolbox.ingress import (
     EX_DATAERR,
     EX_NOINPUT,
     EX_NOPERM,
+    EX_NOUSER,
     EX_OK,
     EX_SOFTWARE,
     EX_TEMPFAIL,
@@ -163,12 +164,14 @@ async def test_notify_and_envelope_id(spooler: Spooler) -> None:
 
 async def test_ignored_and_unknown_options(spooler: Spooler) -> None:
     code, err = await sendmail(spooler, ["-oem", "-v", "-B", "8BITMIME", "bob@example.org"], b"S\n")
+    assert (code, err) == (EX_OK, "")  # cron's flags: taken without a word, as Postfix does
+    code, err = await sendmail(spooler, ["-oX", "bob@example.org"], b"S\n")
     assert code == EX_OK
-    assert err == "sendmail: warning: ignoring option -oem\n"
+    assert err == "sendmail: warning: ignoring option -oX\n"
     code, err = await sendmail(spooler, ["-Z", "bob@example.org"], b"Subject: x\n\nb\n")
     assert code == EX_USAGE
     assert "unknown option -Z" in err
-    assert len(await queued(spooler)) == 1
+    assert len(await queued(spooler)) == 2
 
 
 async def test_double_dash_ends_options(spooler: Spooler) -> None:
@@ -196,7 +199,9 @@ async def test_typed_recipient_argument(spooler: Spooler) -> None:
         (["-bd"], b"", EX_USAGE, "mode -bd is not supported"),
         (["-bv", "b@example.org"], b"", EX_USAGE, "-bv (verify) is not available here"),
         (["-N", "sometimes", "b@example.org"], b"x\n", EX_USAGE, "-N"),
-        (["bob"], b"Subject: x\n\nb\n", EX_DATAERR, "not user@domain"),
+        (["bob"], b"Subject: x\n\nb\n", EX_NOUSER, "no [local_names] to say what it becomes"),
+        (["-t"], b"To: ann@example.org, root\n\nb\n", EX_NOUSER, "the To header: 'root' is"),
+        (["bob@"], b"Subject: x\n\nb\n", EX_DATAERR, "not user@domain"),
         (["b@example.org\r\nX: y"], b"Subject: x\n\nb\n", EX_DATAERR, "control character"),
         (["-t"], b"To: a@@b, ,,<\n\nb\n", EX_DATAERR, "To header"),
         (["-t"], b"To: \xff@example.org\n\nb\n", EX_DATAERR, "not valid UTF-8"),

@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from ..api.client import Client, ClientError, DaemonNotRunning
+from ..ingress.local_names import LocalNames
 from ..model import Address, NewMessage
 from ..model.hostname import default_hostname
 from ..profile import Profile, ProfileError
@@ -156,6 +157,14 @@ def _hostname(obj: Ctx) -> str:
         return default_hostname()
 
 
+def _local_names(obj: Ctx) -> LocalNames | None:
+    """The profile's ``[local_names]`` (none when there is no profile to read)."""
+    try:
+        return obj.profile().local_names
+    except ProfileError:
+        return None
+
+
 def run(obj: Ctx, argv: Sequence[str]) -> int:
     """``spoolbox sendmail ARGV``; returns the exit code."""
     from ..ingress.sendmail import run_sendmail
@@ -163,6 +172,7 @@ def run(obj: Ctx, argv: Sequence[str]) -> int:
 
     client = obj.client()
     hostname = _hostname(obj)
+    local_names = _local_names(obj)
 
     async def submit(message: NewMessage) -> object:
         return await asyncio.to_thread(client.submit, message)
@@ -183,10 +193,11 @@ def run(obj: Ctx, argv: Sequence[str]) -> int:
             submit,
             stderr=sys.stderr,
             stdout=sys.stdout,
-            domain=hostname,
+            domain=local_names.domain if local_names and local_names.domain else hostname,
             hostname=hostname,
             route=_router(client),
             modes={"smtp": smtp, "queue": queue, "flush": flush},
+            local_names=local_names,
         )
     )
 

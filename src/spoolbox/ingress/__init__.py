@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .config import ListenerConfig
     from .listener import SubmissionListener
+    from .local_names import LocalNames
     from .sendmail import (
         EX_DATAERR,
         EX_NOINPUT,
         EX_NOPERM,
+        EX_NOUSER,
         EX_OK,
         EX_SOFTWARE,
         EX_TEMPFAIL,
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 #: a profile needs ListenerConfig, not the listener's machinery.
 _WHERE = {
     "ListenerConfig": "config",
+    "LocalNames": "local_names",
     "SubmissionListener": "listener",
     **{
         name: "sendmail"
@@ -41,6 +44,7 @@ _WHERE = {
             "EX_DATAERR",
             "EX_NOINPUT",
             "EX_NOPERM",
+            "EX_NOUSER",
             "EX_OK",
             "EX_SOFTWARE",
             "EX_TEMPFAIL",
@@ -65,12 +69,14 @@ __all__ = [
     "EX_DATAERR",
     "EX_NOINPUT",
     "EX_NOPERM",
+    "EX_NOUSER",
     "EX_OK",
     "EX_SOFTWARE",
     "EX_TEMPFAIL",
     "EX_UNAVAILABLE",
     "EX_USAGE",
     "ListenerConfig",
+    "LocalNames",
     "SubmissionListener",
     "run_sendmail",
 ]

@@ -12,8 +12,9 @@ headers line by line as it is read, and never copied again.  Exit codes follow
 
 Modes (Postfix's sendmail(1)): ``-bm`` (the default: deliver the message on stdin),
 ``-bs`` (SMTP on stdin/stdout), ``-bp`` (list the queue, as ``mailq``), ``-q`` and
-``-q<interval>`` (flush the queue now), ``-bi`` and ``-I`` (``newaliases``: no aliases
-here, accepted and nothing done), ``-bv`` (say which transport would take each
+``-q<interval>`` (flush the queue now), ``-bi`` and ``-I`` (``newaliases``: the aliases
+are the profile's ``[local_names]``, given as ``local_names``; nothing to build),
+``-bv`` (say which transport would take each
 recipient; nothing is sent), ``--help``.  The modes that need the spooler (``-bs``,
 ``-bp``, ``-q``) are the caller's: it passes them as ``modes``.
 
@@ -27,6 +28,7 @@ Options (as sendmail and Postfix's sendmail take them)::
     -N DSN        never, or a comma list of success, failure, delay
     -V ENVID      envelope id (RFC 3461), echoed in delivery reports
     -B TYPE, -v, -m, -n, -G, -U, -L TAG, -h N, -bm   accepted, no effect
+    -oem, -oee, -oep, -oeq, -oew, -om, -o7, -o8       accepted, no effect
     -oX..., -O OPT=VALUE, -C FILE, -R RET, -X FILE   ignored with a warning
     --            end of options
 
@@ -49,6 +51,7 @@ from typing import BinaryIO, TextIO
 
 from ..model import Address, AddressError, MessageError, NewMessage, Notify, new_message_id
 from ..model.hostname import my_hostname
+from .local_names import LocalNameError, LocalNames, is_local_name
 
 __all__ = [
     "EX_DATAERR",
@@ -105,7 +108,7 @@ Modes:
   -bs           speak SMTP on stdin/stdout (Symfony Mailer's and Laravel's default)
   -bp           list the queue (as mailq)
   -q, -q30m     flush the queue now, through the daemon (an interval is a flush too)
-  -bi, -I       initialise the alias database (as newaliases): no aliases, nothing done
+  -bi, -I       as newaliases: aliases are the profile's [local_names], nothing to do
   -bv           say which transport would take each recipient; nothing is sent
   --help        this text
 
@@ -145,6 +148,10 @@ class _Options:
 _IGNORED_QUIET = {"v": False, "m": False, "n": False, "G": False, "U": False, "B": True}
 _IGNORED_QUIET.update({"L": True, "h": True})
 _IGNORED_WARN = {"O": True, "C": True, "R": True, "X": True}
+#: -o options taken without a word, as Postfix's sendmail takes them: the error modes
+#: (cron passes -oem: errors are mailed back, as spoolbox's delivery reports are),
+#: -om (send to me too), -o7 and -o8
+_O_QUIET = {"em", "ee", "ep", "eq", "ew", "m", "7", "8"}
 
 
 def _parse_args(argv: Sequence[str]) -> _Options:
@@ -187,7 +194,7 @@ def _parse_args(argv: Sequence[str]) -> _Options:
                 opts.ignore_dots = True
             elif not rest:
                 raise _Exit(EX_USAGE, "option -o needs a letter (e.g. -oi)")
-            else:
+            elif rest not in _O_QUIET:
                 opts.warnings.append(f"ignoring option {arg}")
         elif letter == "b":
             if rest not in _B_MODES:
@@ -351,12 +358,18 @@ def _smtp_address(value: str, where: str) -> Address:
     return addr
 
 
+#: The headers whose addresses without a domain get the local domain.
+_QUALIFIED = ("from", "to", "cc")
+
+
 def _qualified(raw: bytes, local_domain: str) -> bytes:
-    """A From header whose addresses lack a domain (cron's ``From: root (Cron Daemon)``)
-    written again with the local domain, as Postfix's cleanup appends ``@myorigin``;
-    any other header as it was (a bad one is refused later, naming it)."""
+    """A From, To or Cc header whose addresses lack a domain (cron's ``From: root (Cron
+    Daemon)`` and ``To: root``) written again with the local domain, as Postfix's
+    cleanup appends ``@myorigin``; any other header as it was (a bad one is refused
+    later, naming it)."""
+    name = raw.split(b":", 1)[0].strip().decode("ascii")
     try:
-        value = _header_value(raw, "From")
+        value = _header_value(raw, name)
     except _Exit:
         return raw
     pairs = getaddresses([value])
@@ -368,10 +381,36 @@ def _qualified(raw: bytes, local_domain: str) -> bytes:
         formataddr((name, addr if "@" in addr else f"{addr}@{local_domain}"), "utf-8")
         for name, addr in pairs
     )
-    return f"From: {written}\r\n".encode()
+    return f"{name}: {written}\r\n".encode()
 
 
-def _header_addresses(headers: list[tuple[str, bytes]], names: Sequence[str]) -> list[Address]:
+def _recipient(value: str, where: str, local: LocalNames | None) -> list[Address]:
+    """A recipient: ``user@domain``, or a local name (cron's ``root``) as the profile's
+    ``[local_names]`` says; without a rule for it, EX_NOUSER saying where to give one."""
+    if not is_local_name(value):
+        return [_smtp_address(value, where)]
+    if local is None:
+        raise _Exit(
+            EX_NOUSER,
+            f"{where}: {value!r} is a local name without a domain, and the profile has no "
+            "[local_names] to say what it becomes (aliases, domain or address_type; "
+            'docs/operations.md, "Local names")',
+        )
+    try:
+        return list(local.resolve(value))
+    except LocalNameError as exc:
+        raise _Exit(EX_NOUSER, f"{where}: {exc}") from None
+
+
+def _header_addresses(
+    headers: list[tuple[str, bytes]],
+    names: Sequence[str],
+    local: LocalNames | None = None,
+    *,
+    recipients: bool = True,
+) -> list[Address]:
+    """The addresses of the headers ``names``; ``recipients``: a local name in them is
+    taken as :func:`_recipient` takes it (a sender's is refused)."""
     found: list[Address] = []
     for name, raw in headers:
         if name not in names:
@@ -388,11 +427,16 @@ def _header_addresses(headers: list[tuple[str, bytes]], names: Sequence[str]) ->
         pairs = getaddresses([tidy])
         if not pairs or any(not addr for _, addr in pairs):
             raise _Exit(EX_DATAERR, f"cannot parse the addresses in the {name} header: {value!r}")
-        found.extend(_smtp_address(addr, f"the {name} header") for _, addr in pairs)
+        for _, addr in pairs:
+            where = f"the {name} header"
+            if recipients:
+                found.extend(_recipient(addr, where, local))
+            else:
+                found.append(_smtp_address(addr, where))
     return found
 
 
-def _argument_addresses(args: Sequence[str]) -> list[Address]:
+def _argument_addresses(args: Sequence[str], local: LocalNames | None = None) -> list[Address]:
     found: list[Address] = []
     for arg in args:
         text = arg.strip()
@@ -402,7 +446,11 @@ def _argument_addresses(args: Sequence[str]) -> list[Address]:
             pairs = getaddresses([text])
             if not pairs or any(not a for _, a in pairs):
                 raise _Exit(EX_DATAERR, f"cannot parse the recipient argument {arg!r}")
-            found.extend(_smtp_address(a, f"the recipient argument {arg!r}") for _, a in pairs)
+            for _, a in pairs:
+                found.extend(_recipient(a, f"the recipient argument {arg!r}", local))
+            continue
+        if is_local_name(text):
+            found.extend(_recipient(text, f"the recipient argument {arg!r}", local))
             continue
         try:
             addr = Address.parse(text, default_type="SMTP")
@@ -445,6 +493,7 @@ async def run_sendmail(
     max_message_size: int = 25 * 1024 * 1024,
     route: Route | None = None,
     modes: Mapping[str, Mode] | None = None,
+    local_names: LocalNames | None = None,
 ) -> int:
     """Run ``sendmail`` with ``argv`` (the arguments, without the program name).
 
@@ -454,7 +503,9 @@ async def run_sendmail(
     and this process's user id).  ``route`` says whether a transport could take a
     recipient: a message with a recipient it refuses is not queued (``EX_NOUSER``);
     ``-bv`` prints its answers on ``stdout``.  ``modes`` runs ``smtp`` (-bs), ``queue``
-    (-bp) and ``flush`` (-q); a mode it lacks is a usage error.  Returns an exit code
+    (-bp) and ``flush`` (-q); a mode it lacks is a usage error.  ``local_names`` says
+    what a recipient without a domain (cron's ``root``) becomes; without it such a
+    recipient is refused (``EX_NOUSER``).  Returns an exit code
     from ``sysexits.h``; messages go to ``stderr``, one line each.
     """
     try:
@@ -465,15 +516,17 @@ async def run_sendmail(
             print(USAGE, end="", file=stdout)
             return EX_OK
         if opts.mode == "aliases":
-            return EX_OK  # no alias database: nothing to initialise
+            return EX_OK  # aliases are read from the profile: no database to build
         if opts.mode == "verify":
-            return _verify(opts, route, stdout)
+            return _verify(opts, route, stdout, local_names)
         if opts.mode != "deliver":
             run = (modes or {}).get(opts.mode)
             if run is None:
                 raise _Exit(EX_USAGE, f"the {opts.mode} mode is not available here")
             return await run()
-        message = _build(opts, stdin, user, domain, hostname, uid, max_message_size, route)
+        message = _build(
+            opts, stdin, user, domain, hostname, uid, max_message_size, route, local_names
+        )
     except _Exit as exc:
         print(f"sendmail: {exc}", file=stderr)
         return exc.code
@@ -486,19 +539,32 @@ async def run_sendmail(
     return EX_OK
 
 
-def _verify(opts: _Options, route: Route | None, stdout: TextIO | None) -> int:
-    """``-bv``: one line per recipient; EX_NOUSER when any has no transport."""
+def _verify(
+    opts: _Options, route: Route | None, stdout: TextIO | None, local: LocalNames | None
+) -> int:
+    """``-bv``: one line per recipient (a local name with what it became, ``root ->
+    MAILDIR:root``); EX_NOUSER when any has no transport, or is a local name the
+    profile gives nothing for."""
     if route is None:
         raise _Exit(EX_USAGE, "-bv (verify) is not available here: no routing table")
-    recipients = _argument_addresses(opts.recipients)
-    if not recipients:
+    if not opts.recipients:
         raise _Exit(EX_USAGE, "no recipients: give the addresses to verify as arguments")
     code = EX_OK
-    for addr in recipients:
-        ok, text = route(addr)
-        print(f"{addr}: {text}", file=stdout)
-        if not ok:
+    for arg in opts.recipients:
+        shown = f"{arg.strip()} -> " if is_local_name(arg.strip()) else ""
+        try:
+            addresses = _argument_addresses([arg], local)
+        except _Exit as exc:
+            if exc.code != EX_NOUSER:
+                raise
+            print(f"{arg.strip()}: undeliverable: {exc}", file=stdout)
             code = EX_NOUSER
+            continue
+        for addr in addresses:
+            ok, text = route(addr)
+            print(f"{shown}{addr}: {text}", file=stdout)
+            if not ok:
+                code = EX_NOUSER
     return code
 
 
@@ -522,8 +588,9 @@ def _build(
     uid: int | None,
     limit: int,
     route: Route | None,
+    local: LocalNames | None,
 ) -> NewMessage:
-    explicit = _argument_addresses(opts.recipients)
+    explicit = _argument_addresses(opts.recipients, local)
     if not explicit and not opts.extract:
         raise _Exit(EX_USAGE, "no recipients: give addresses as arguments, or use -t")
 
@@ -537,7 +604,7 @@ def _build(
     message_id = new_message_id()
     host = hostname or my_hostname()
     try:
-        sender, recipients, head = _envelope(opts, headers, explicit, user, domain or host)
+        sender, recipients, head = _envelope(opts, headers, explicit, user, domain or host, local)
         refused = _refused(recipients, route)
     except _Exit as exc:
         refused = exc
@@ -583,6 +650,7 @@ def _envelope(
     explicit: list[Address],
     user: str | None,
     local_domain: str,
+    local: LocalNames | None = None,
 ) -> tuple[Address | None, list[Address], bytes]:
     """The sender, the recipients and the header section as it is queued (with the
     blank line that ends it): the headers as given (Bcc removed), then those missing
@@ -592,14 +660,15 @@ def _envelope(
         present = {name for name, _ in headers}
         resent = {"resent-to", "resent-cc", "resent-bcc"} & present
         names = ("resent-to", "resent-cc", "resent-bcc") if resent else ("to", "cc", "bcc")
-        recipients.extend(_header_addresses(headers, names))
+        recipients.extend(_header_addresses(headers, names, local))
         if not recipients:
             raise _Exit(EX_USAGE, "no recipients: none in the To, Cc or Bcc headers (-t)")
 
     local_user = user or _login()
     default_addr = f"{local_user}@{local_domain}"
     headers = [
-        (name, _qualified(raw, local_domain) if name == "from" else raw) for name, raw in headers
+        (name, _qualified(raw, local_domain) if name in _QUALIFIED else raw)
+        for name, raw in headers
     ]
 
     sender: Address | None
@@ -609,12 +678,14 @@ def _envelope(
             sender = None
         else:
             text = text.removeprefix("<").removesuffix(">")
+            if is_local_name(text):  # -f root: Postfix appends @myorigin
+                text = f"{text}@{local_domain}"
             try:
                 sender = Address.parse(text, default_type="SMTP")
             except AddressError as exc:
                 raise _Exit(EX_DATAERR, f"bad sender -f {opts.sender!r}: {exc}") from None
     else:
-        froms = _header_addresses(headers, ("from",))
+        froms = _header_addresses(headers, ("from",), recipients=False)
         sender = froms[0] if froms else _smtp_address(default_addr, "the default sender")
 
     kept = [(n, raw) for n, raw in headers if n not in ("bcc", "resent-bcc")]

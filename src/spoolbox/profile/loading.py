@@ -30,6 +30,7 @@ from .. import Address, AddressError, Policy, SpoolerConfig, TransportConfig
 from ..contract import LogonFlags
 from ..contract.options import Check
 from ..ingress.config import ListenerConfig
+from ..ingress.local_names import LocalNameError, LocalNames
 from ..model import default_hostname, is_hostname
 from ..store.retention import FOREVER, Retention
 from .hooks import read_hooks
@@ -141,6 +142,7 @@ def _build(
     policy = _policy(pol)
     pol.done()
     identities = _identities(top.table("identities"))
+    local_names = _local_names(top.table("local_names"))
     raw_ts = top.raw("transports")
     if raw_ts is None:
         raw_ts = []
@@ -179,6 +181,7 @@ def _build(
         raw_transports=tuple(raw_ts),
         log=log_settings,
         web=web,
+        local_names=local_names,
     )
 
 
@@ -340,6 +343,36 @@ def _identities(ids: Table) -> list[Address]:
             raise ids.error(f"senders[{i}]", f"expected a TYPE:value address: {exc}") from None
     ids.done()
     return identities
+
+
+def _local_names(table: Table) -> LocalNames | None:
+    """``[local_names]``: what a recipient without a domain becomes; None when the
+    table is absent or empty (such a recipient is refused)."""
+    domain = table.text("domain") or None
+    address_type = table.text("address_type") or None
+    raw = table.raw("aliases")
+    table.done()
+    if raw is None and domain is None and address_type is None:
+        return None
+    if raw is not None and not isinstance(raw, dict):
+        raise table.error("aliases", 'expected a table of names, e.g. { root = "you@example.org" }')
+    aliases: dict[str, str | list[str]] = {}
+    for name, value in (raw or {}).items():
+        if not (
+            isinstance(value, str)
+            or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+        ):
+            raise table.error(
+                f"aliases.{name}", f"expected an address or an array of addresses, got {value!r}"
+            )
+        aliases[name] = value
+    try:
+        return LocalNames.build(aliases, domain=domain, address_type=address_type)
+    except LocalNameError as exc:
+        key, sep, rest = str(exc).partition(": ")
+        if sep and (key in ("domain", "address_type") or key.startswith("aliases")):
+            raise table.error(key, rest) from None  # [local_names] aliases.root
+        raise ProfileError(table.path, str(exc), table.where) from None
 
 
 class _Transports:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import Address, HookConfig, SpoolerConfig
+from ..ingress.local_names import LocalNames
 from ..store.retention import Retention
 from .secrets import MissingSecret, redact
 
@@ -123,6 +124,8 @@ class Profile:
     raw_transports: tuple[Mapping[str, Any], ...] = ()
     log: LogSettings = LogSettings()
     web: WebSettings = WebSettings()
+    #: ``[local_names]``: what a recipient without a domain becomes (None: refused)
+    local_names: LocalNames | None = None
 
     @property
     def hooks(self) -> tuple[HookConfig, ...]:
