@@ -145,7 +145,8 @@ class LazyGroup(SpoolboxGroup):
     "profile_path",
     envvar="SPOOLBOX_PROFILE",
     metavar="PATH",
-    help="The profile (default: $SPOOLBOX_PROFILE, else ./spoolbox.toml).",
+    help="The profile (default: $SPOOLBOX_PROFILE, else ./spoolbox.toml, else "
+    "/etc/spoolbox/spoolbox.toml).",
 )
 @click.option(
     "--debug",

@@ -5,7 +5,13 @@ script, where Postfix puts them: ``DIR/sbin/sendmail``, ``DIR/bin/mailq``,
 
 spoolbox installs nothing there by itself; this command does, when asked.  A file
 that is not one of spoolbox's links is never replaced without ``--force`` (it is
-another mail system's sendmail, most likely).  Links are replaced atomically."""
+another mail system's sendmail, most likely).  Links are replaced atomically.
+
+cron runs sendmail with neither ``$SPOOLBOX_PROFILE`` nor a profile in its working
+directory: it finds the host's profile at ``/etc/spoolbox/spoolbox.toml``
+(:data:`~spoolbox.profile.SYSTEM_PROFILE`).  ``--system-profile`` links that to the
+profile in use; without it the command says when that file is missing or is not
+the profile in use."""
 
 from __future__ import annotations
 
@@ -18,9 +24,9 @@ from pathlib import Path
 import click
 
 from ..api.client import EXIT_ERROR
-from ._common import emit_json, fail, json_option
+from ._common import Ctx, emit_json, fail, json_option, pass_ctx
 
-__all__ = ["SCRIPT", "install_sendmail_cmd", "links", "plan"]
+__all__ = ["SCRIPT", "install_sendmail_cmd", "links", "plan", "system_profile"]
 
 #: the console script the links point to (pyproject.toml, [project.scripts])
 SCRIPT = "spoolbox-sendmail"
@@ -80,6 +86,34 @@ def _link(link: Path, target: Path) -> None:
     os.replace(tmp, link)
 
 
+def system_profile(profile: Path, system: Path) -> str:
+    """What ``system`` (the host's profile path) is, for the profile in use ``profile``:
+    "same" (it is that profile, or a link to it), "missing", or "other"."""
+    if not system.exists() and not system.is_symlink():
+        return "missing"
+    try:
+        return "same" if system.resolve() == profile.resolve() else "other"
+    except OSError:
+        return "other"
+
+
+def _link_system_profile(profile: Path, system: Path) -> None:
+    state = system_profile(profile, system)
+    if state == "same":
+        return
+    if state == "other" and not system.is_symlink():
+        fail(
+            f"{system} is a file, not the profile in use ({profile}): nothing was changed "
+            "there; remove it, or pass --profile to use it",
+            EXIT_ERROR,
+            kind="exists",
+        )
+    try:
+        _link(system, profile.resolve())
+    except OSError as exc:
+        fail(f"cannot make {system}: {exc.strerror or exc} (run as root)", EXIT_ERROR)
+
+
 @click.command("install-sendmail")
 @click.option(
     "--prefix",
@@ -89,9 +123,24 @@ def _link(link: Path, target: Path) -> None:
     help="Make PREFIX/sbin/sendmail, PREFIX/bin/mailq and PREFIX/bin/newaliases.",
 )
 @click.option("--force", is_flag=True, help="Replace files that are not spoolbox's links.")
+@click.option(
+    "--system-profile",
+    "system_profile_flag",
+    is_flag=True,
+    help="Also link /etc/spoolbox/spoolbox.toml to the profile in use, where cron's "
+    "sendmail finds it.",
+)
 @json_option
-def install_sendmail_cmd(prefix: Path, force: bool, as_json: bool) -> None:
+@pass_ctx
+def install_sendmail_cmd(
+    obj: Ctx, prefix: Path, force: bool, system_profile_flag: bool, as_json: bool
+) -> None:
     """Link sendmail, mailq and newaliases to spoolbox (as Postfix installs them)."""
+    from ..profile import SYSTEM_PROFILE
+
+    profile = obj.path.absolute()
+    if system_profile_flag and not profile.is_file():
+        fail(f"--system-profile: {profile}: no such profile to link", EXIT_ERROR)
     target = _script()
     if target is None:
         fail(
@@ -120,14 +169,28 @@ def install_sendmail_cmd(prefix: Path, force: bool, as_json: bool) -> None:
                     EXIT_ERROR,
                     kind="permissions",
                 )
+    before = system_profile(profile, SYSTEM_PROFILE)
+    if system_profile_flag:
+        _link_system_profile(profile, SYSTEM_PROFILE)
+    after = system_profile(profile, SYSTEM_PROFILE)
     if as_json:
         emit_json(
             {
                 "target": str(target),
                 "links": [{"path": str(s.link), "action": s.action} for s in steps],
+                "system_profile": {"path": str(SYSTEM_PROFILE), "is": after},
             }
         )
         return
     for step in steps:
         verb = {"create": "made", "replace": "replaced", "keep": "already"}[step.action]
         click.echo(f"{verb}: {step.link} -> {target}")
+    if system_profile_flag:
+        verb = "already" if before == "same" else "made"
+        click.echo(f"{verb}: {SYSTEM_PROFILE} -> {profile.resolve()}")
+    elif after != "same":
+        what = "does not exist" if after == "missing" else "is another profile"
+        click.echo(
+            f"note: {SYSTEM_PROFILE} {what}: cron runs sendmail without SPOOLBOX_PROFILE "
+            f"and finds the profile there; pass --system-profile to link it to {profile}"
+        )

@@ -15,7 +15,7 @@ See docs/operations.md for the reference of every key.
 """
 
 from .default import default_profile_text
-from .loading import DEFAULT_PROFILE_NAME, PROFILE_ENV, find_profile, load_profile
+from .loading import DEFAULT_PROFILE_NAME, PROFILE_ENV, SYSTEM_PROFILE, find_profile, load_profile
 from .schema import (
     EVENT_LOOPS,
     MAX_LISTENER_PROCESSES,
@@ -32,6 +32,7 @@ __all__ = [
     "EVENT_LOOPS",
     "MAX_LISTENER_PROCESSES",
     "PROFILE_ENV",
+    "SYSTEM_PROFILE",
     "DaemonSettings",
     "ListenerSettings",
     "MissingSecret",

@@ -56,10 +56,14 @@ from .secrets import (
 )
 from .tables import FLAG, INTEGER, STRINGS, ProfileError, Table, parse_duration
 
-__all__ = ["DEFAULT_PROFILE_NAME", "PROFILE_ENV", "find_profile", "load_profile"]
+__all__ = ["DEFAULT_PROFILE_NAME", "PROFILE_ENV", "SYSTEM_PROFILE", "find_profile", "load_profile"]
 
 DEFAULT_PROFILE_NAME = "spoolbox.toml"
 PROFILE_ENV = "SPOOLBOX_PROFILE"
+#: The host's profile, for programs that run spoolbox (its sendmail) with neither
+#: $SPOOLBOX_PROFILE nor a profile in their working directory: cron, as
+#: /etc/postfix/main.cf is Postfix's.
+SYSTEM_PROFILE = Path("/etc/spoolbox/spoolbox.toml")
 
 _NICE = Check.of(int, low=0, high=19, what="an integer from 0 to 19")
 _PORT = Check.of(int, low=1, high=65535, what="a TCP port from 1 to 65535")
@@ -77,13 +81,18 @@ _WORKERS = Check.of(
 
 
 def find_profile(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The profile to use: ``explicit``, else $SPOOLBOX_PROFILE, else ./spoolbox.toml."""
+    """The profile to use: ``explicit``, else $SPOOLBOX_PROFILE, else ./spoolbox.toml
+    when it exists, else :data:`SYSTEM_PROFILE` when it exists, else ./spoolbox.toml
+    (which loading then says is missing)."""
     if explicit:
         return Path(explicit)
     env = os.environ.get(PROFILE_ENV)
     if env:
         return Path(env)
-    return Path(DEFAULT_PROFILE_NAME)
+    local = Path(DEFAULT_PROFILE_NAME)
+    if not local.exists() and SYSTEM_PROFILE.exists():
+        return SYSTEM_PROFILE
+    return local
 
 
 def load_profile(
@@ -101,9 +110,10 @@ def load_profile(
     try:
         raw = p.read_bytes()
     except FileNotFoundError:
-        raise ProfileError(
-            p, "no such profile (create one with `spoolbox init`, or pass --profile)"
-        ) from None
+        hint = "create one with `spoolbox init`, or pass --profile"
+        if str(p) == DEFAULT_PROFILE_NAME:  # found by nothing: say where it was looked for
+            hint += f" (looked for ${PROFILE_ENV}, ./{DEFAULT_PROFILE_NAME}, {SYSTEM_PROFILE})"
+        raise ProfileError(p, f"no such profile ({hint})") from None
     except OSError as exc:
         raise ProfileError(p, f"cannot read the profile: {exc.strerror or exc}") from None
     try:
