@@ -20,7 +20,7 @@ from spoolbox._core.cluster_view import (
     merge_reports,
 )
 from spoolbox._core.flush import FlushHandle, FlushReport, TransportFlushResult
-from spoolbox._core.node import STORE_UNAVAILABLE, NodePresence, NodeSettings
+from spoolbox._core.node import NO_WAKEUPS, STORE_UNAVAILABLE, NodePresence, NodeSettings
 from spoolbox.model import ResourceType, StatusCode
 from spoolbox.status import StatusRow, StatusTable
 from spoolbox.store import MemoryStore, NodeRecord, StoreError
@@ -154,6 +154,32 @@ async def test_store_unavailable_is_shown_then_cleared() -> None:
     assert [r["status"] for r in store.published[-1].rows if r["name"] == "spooler"] == [
         "Available"
     ]
+
+
+async def test_wake_ups_off_are_shown_beside_the_store_unavailable() -> None:
+    clock, store = FakeClock(), _Store()
+    spooler = _Spooler(clock)
+    presence = NodePresence(spooler, store, SETTINGS)
+    await presence.tick()
+    published = len(store.published)
+    presence.wakeups("connection refused")
+    row = spooler.status["spooler"]
+    assert (row.display_string, row.detail) == ("Available", f"{NO_WAKEUPS}: connection refused")
+    await presence.tick()  # the other nodes see it at the next tick
+    assert len(store.published) == published + 1
+    assert presence.statistics()["no_wakeups"] == "connection refused"
+    store.down = True  # the store itself: that says more
+    await presence.tick()
+    assert spooler.status["spooler"].display_string == STORE_UNAVAILABLE
+    assert "connection refused" in str(spooler.status["spooler"].detail)
+    presence.wakeups("still refused")
+    assert spooler.status["spooler"].display_string == STORE_UNAVAILABLE
+    store.down = False
+    await presence.tick()  # back: the wake-ups are still off, and the row says so
+    row = spooler.status["spooler"]
+    assert (row.display_string, row.detail) == ("Available", f"{NO_WAKEUPS}: still refused")
+    presence.wakeups(None)
+    assert spooler.status["spooler"].detail is None
 
 
 async def test_cluster_rows_show_a_node_gone_after_its_lease() -> None:

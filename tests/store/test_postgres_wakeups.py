@@ -8,13 +8,17 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import psycopg
+import pytest
 from sqlite_helpers import T0, new_message
 
 from spoolbox.model import RecipientState
+from spoolbox.store import StoreError
 from spoolbox.store.base import RecipientUpdate
 from spoolbox.store.postgres import ANY, ROUTE, PostgresStore
+from spoolbox.store.postgres.wakeups import Listener
 
 _R = RecipientState
 #: A guard against a hang, never a measure: the wake-ups come in milliseconds.
@@ -136,3 +140,53 @@ async def test_a_hand_off_wakes_only_the_transports_it_did_not_claim_for(
         assert none is None
         await heard.wait_for("x")  # not ready: the lanes learn of its time
         assert heard.payloads.count("x") == 1, heard.payloads
+
+
+async def test_wake_up_state_is_told_and_a_first_listen_that_fails_is_tried_again(
+    pg_database: Callable[[], str],
+) -> None:
+    # The first two connections fail (the server at max_connections, say): with
+    # on_state the listener says why and goes on trying in the background, instead
+    # of leaving the node without wake-ups for its whole life; then it says it is
+    # back, and "look at everything".
+    dsn = pg_database()
+    async with PostgresStore(dsn) as a:
+        attempts = 0
+
+        async def connect() -> psycopg.AsyncConnection[Any]:
+            nonlocal attempts
+            attempts += 1
+            if attempts <= 2:
+                raise StoreError(f"too many clients already (attempt {attempts})")
+            return await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+
+        states: list[str | None] = []
+        heard = _Heard()
+        listener = Listener(connect, heard, where="test", backoff=(0.01,), on_state=states.append)
+        await listener.start()  # no raise
+        try:
+            assert states == ["too many clients already (attempt 1)"]
+            await heard.wait_for(ANY)
+            assert states == [
+                "too many clients already (attempt 1)",
+                "too many clients already (attempt 2)",
+                None,
+            ]
+            assert listener.problem is None
+            await a.submit(new_message(1, "X:bob"), now=T0, lifetime=3600, routes=["x"])
+            await heard.wait_for("x")
+            # A cut connection: told, then back.
+            with psycopg.connect(dsn, autocommit=True) as admin:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND query LIKE 'LISTEN%%'"
+                )
+            heard.payloads.clear()
+            await heard.wait_for(ANY)
+            assert states[3] is not None and states[-1] is None
+        finally:
+            await listener.stop()
+    # Without on_state a first failure raises, as before.
+    attempts = 0
+    with pytest.raises(StoreError, match="attempt 1"):
+        await Listener(connect, heard, where="test").start()

@@ -23,6 +23,9 @@ flush made ready is never held back by a back-off this node learned before the f
 
 When the store cannot be reached the spooler's row says ``store unavailable`` (with
 the error in its detail) until a write succeeds again; the task retries every tick.
+While the store's wake-ups from other nodes are off (:meth:`NodePresence.wakeups`:
+the PostgreSQL store's LISTEN connection is down) the row's detail says so: the
+node finds the others' work by polling meanwhile, seconds later.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from .flush import FlushHandle, FlushReport
 from .runtime import SPOOLER_ROW
 
 __all__ = [
+    "NO_WAKEUPS",
     "STORE_UNAVAILABLE",
     "NodePresence",
     "NodeSettings",
@@ -61,6 +65,8 @@ T = TypeVar("T")
 
 #: The spooler row's status string while the store cannot be reached.
 STORE_UNAVAILABLE = "store unavailable"
+#: The spooler row's detail while wake-ups from other nodes are off (then ": why").
+NO_WAKEUPS = "no wake-ups from other nodes, their work is found by polling"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -201,6 +207,8 @@ class NodePresence:
         self._next_forget = float("-inf")
         self._last_request = -1  # read at the first tick: earlier requests are not ours
         self.unavailable: str | None = None
+        #: Why the store's wake-ups from other nodes are off (None: on, or none).
+        self.no_wakeups: str | None = None
         self.publishes = 0
         self.flushes_served = 0
 
@@ -213,7 +221,21 @@ class NodePresence:
             "publishes": self.publishes,
             "flushes_served": self.flushes_served,
             "store_unavailable": self.unavailable,
+            "no_wakeups": self.no_wakeups,
         }
+
+    def wakeups(self, problem: str | None) -> None:
+        """The store's wake-ups from other nodes stopped (``problem`` says why) or are
+        back (None): the spooler row's detail says so, unless the store itself is
+        unavailable (which says more)."""
+        self.no_wakeups = problem
+        self._changed = True  # the other nodes see the row at the next tick
+        if self.unavailable is None and SPOOLER_ROW in self._spooler.status:
+            self._spooler.status.update(SPOOLER_ROW, detail=self._detail())
+
+    def _detail(self) -> str | None:
+        """The spooler row's detail while the store is reachable."""
+        return None if self.no_wakeups is None else f"{NO_WAKEUPS}: {self.no_wakeups}"
 
     def wake(self) -> None:
         """Read the flush requests now (a NOTIFY said one was recorded)."""
@@ -290,7 +312,7 @@ class NodePresence:
         status = self._spooler.status
         row = status.get(SPOOLER_ROW)
         if row is not None and row.status_string == STORE_UNAVAILABLE:
-            status.update(SPOOLER_ROW, status_string=None, detail=None)
+            status.update(SPOOLER_ROW, status_string=None, detail=self._detail())
 
     # -- flushes asked by other nodes --------------------------------------------------
     async def flush_asked(self, transport: str) -> bool:

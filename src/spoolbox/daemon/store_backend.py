@@ -67,8 +67,10 @@ def describe_store(settings: StoreSettings) -> str:
 
 async def wake_on_other_nodes(spooler: Spooler) -> bool:
     """Wake the spooler's router and transports when other nodes commit work for
-    them, if its store can tell (False if not: polling alone finds that work)."""
-    listen: Callable[[Callable[[str], None]], Any] | None = getattr(spooler.store, "listen", None)
+    them, if its store can tell (False if not: polling alone finds that work).  While
+    the store cannot (its LISTEN connection is down, at start too: it tries again in
+    the background), the node's row says so (:meth:`NodePresence.wakeups`)."""
+    listen: Callable[..., Any] | None = getattr(spooler.store, "listen", None)
     if listen is None:
         return False
 
@@ -83,8 +85,13 @@ async def wake_on_other_nodes(spooler: Spooler) -> bool:
             if payload == _ANY or host.name == payload:
                 host.wake.set()
 
+    def state(problem: str | None) -> None:
+        node = node_of(spooler)
+        if node is not None:
+            node.wakeups(problem)
+
     try:
-        await listen(woken)
+        await listen(woken, on_state=state)
     except StoreError as exc:
         log.warning("no wake-ups from other nodes (polling finds their work): %s", exc)
         return False

@@ -155,16 +155,22 @@ class PostgresStore(PostgresCluster):
         await self.close()
 
     # -- wake-ups across nodes ----------------------------------------------------------
-    async def listen(self, callback: Callable[[str], None]) -> None:
+    async def listen(
+        self,
+        callback: Callable[[str], None],
+        on_state: Callable[[str | None], None] | None = None,
+    ) -> None:
         """Call ``callback(payload)`` whenever a store on this database (any node)
         commits recipients that may be claimable: the payload is the transport's name,
         :data:`~.wakeups.ROUTE` (waiting for routing) or :data:`~.wakeups.ANY`; until
-        :meth:`close`.  See :mod:`.wakeups`."""
+        :meth:`close`.  ``on_state(problem)`` hears when wake-ups stop (why) and come
+        back (None); with it a first LISTEN that fails is retried in the background
+        instead of raising StoreError.  See :mod:`.wakeups`."""
         if not self._open:
             raise StoreError(f"{self!r} is not open: call open() first")
         if self._listener is not None:
             raise StoreError(f"{self!r} already has a wake-up listener")
-        listener = Listener(self._db.connect, callback, where=self._db.where)
+        listener = Listener(self._db.connect, callback, where=self._db.where, on_state=on_state)
         await listener.start()
         self._listener = listener
 
