@@ -49,8 +49,30 @@ def _closed_port() -> int:
 def test_a_good_profile_checks_ok(home: Home) -> None:
     r = home.run("check")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == [f"profile {home.profile}: ok", "local: ok"]
+    assert r.stdout.splitlines() == [f"profile {home.profile}: ok", "local: ok", "local_names: ok"]
     assert r.stderr == ""
+
+
+def test_local_names_no_transport_serves_are_a_problem(home: Home) -> None:
+    # cron's mail to root would be refused by sendmail: said before it is lost.
+    text = home.profile.read_text()
+    old = 'address_type = "MAILDIR"\n'
+    assert old in text
+    home.profile.write_text(
+        text.replace(old, 'aliases = { root = ["MAILDIR:admin", "ops@example.org"] }\n' + old)
+    )
+    r = home.run("check", "--no-logon")
+    assert r.returncode == 1
+    assert r.stdout.splitlines()[-1] == (
+        "local_names: aliases.root: SMTP:ops@example.org: undeliverable: no transport "
+        "serves address type SMTP (local: MAILDIR)"
+    )
+    got = json.loads(home.run("check", "--no-logon", "--json").stdout)
+    assert got["local_names"]["ok"] is False
+    assert "SMTP:ops@example.org" in got["local_names"]["problem"]
+    home.profile.write_text(text.replace(old, ""))  # no [local_names]: no line
+    r = home.run("check", "--no-logon")
+    assert (r.returncode, r.stdout.splitlines()[-1]) == (0, "local: ok")
 
 
 def test_a_typo_in_an_option_is_named_with_a_suggestion(home: Home) -> None:
@@ -158,7 +180,7 @@ def test_a_relay_that_answers_is_ok_and_one_that_refuses_is_not(home: Home) -> N
         _append(home, _RELAY.format(option=f'port = {port}\ntls = "none"'))
         r = home.run("check", "--timeout", "20")
         assert r.returncode == 0, (r.stdout, r.stderr)
-        assert r.stdout.splitlines()[1:] == ["local: ok", "relay: ok"]
+        assert r.stdout.splitlines()[1:] == ["local: ok", "relay: ok", "local_names: ok"]
     with _relay(b"554 5.7.1 not you\r\n") as port:
         home.profile.write_text(
             home.profile.read_text().rsplit("port = ", 1)[0] + f'port = {port}\ntls = "none"\n'

@@ -7,8 +7,10 @@ configured), so a relay that is down or refuses the login is a problem here, not
 "ok" until the first message is deferred.
 
 One line per transport, ``NAME: ok`` or ``NAME: <the problem>``, then one per spooler
-hook (``hook:NAME: ok``: its class loads and takes its options, a DKIM key included);
-exit 0 when all are good, 1 when any transport or hook has a problem, 5 when the
+hook (``hook:NAME: ok``: its class loads and takes its options, a DKIM key included),
+then, when the profile has ``[local_names]``, ``local_names: ok`` when a transport
+serves every address a local name can become (cron's ``root``: sendmail refuses it
+otherwise); exit 0 when all are good, 1 when any of them has a problem, 5 when the
 profile itself cannot be read (docs/operations.md, "Exit codes").  The logons run on
 a throw-away spooler over an empty in-memory store, outbound only: nothing is sent,
 and no mailbox is fetched.
@@ -58,6 +60,7 @@ def check_cmd(obj: Ctx, no_logon: bool, timeout: float, as_json: bool) -> None:
         ready = [name for name, problem in problems.items() if problem is None]
         problems.update(asyncio.run(_try_logons(profile, ready, timeout)))
     hooks = _check_hooks(profile)
+    local_names = _check_local_names(profile)
     if as_json:
         emit_json(
             {
@@ -70,6 +73,7 @@ def check_cmd(obj: Ctx, no_logon: bool, timeout: float, as_json: bool) -> None:
                     {"name": name, "ok": problem is None, "problem": problem}
                     for name, problem in hooks.items()
                 ],
+                "local_names": {"ok": not local_names, "problem": local_names or None},
             }
         )
     else:
@@ -78,7 +82,44 @@ def check_cmd(obj: Ctx, no_logon: bool, timeout: float, as_json: bool) -> None:
             click.echo(f"{name}: {problem or 'ok'}")
         for name, problem in hooks.items():
             click.echo(f"hook:{name}: {problem or 'ok'}")
-    sys.exit(1 if any(problems.values()) or any(hooks.values()) else 0)
+        if local_names is not None:
+            click.echo(f"local_names: {local_names or 'ok'}")
+    bad = any(problems.values()) or any(hooks.values()) or bool(local_names)
+    sys.exit(1 if bad else 0)
+
+
+def _check_local_names(profile: object) -> str | None:
+    """``[local_names]``: "" when an outbound transport may take every address a local
+    name can become (by the transports' declared address types), else the first that
+    none serves; None when the profile has no such table."""
+    from ..model import Address
+    from ..profile import Profile
+    from ..routing import RouteEntry, RoutingTable
+    from ..routing.verify import verify
+
+    assert isinstance(profile, Profile)
+    rule = profile.local_names
+    if rule is None:
+        return None
+    table = RoutingTable.build(
+        [
+            RouteEntry(t.name, None if t.address_types is None else frozenset(t.address_types))
+            for t in profile.spooler.transports
+            if t.outbound
+        ]
+    )
+    made: list[tuple[str, Address]] = [
+        (f"aliases.{name}", address) for name, found in rule.expanded.items() for address in found
+    ]
+    if rule.address_type is not None:
+        made.append(("address_type", Address(rule.address_type, "NAME")))
+    if rule.domain is not None:
+        made.append(("domain", Address("SMTP", f"NAME@{rule.domain}")))
+    for where, address in made:
+        verdict = verify(table, address.type)
+        if not verdict.routable:
+            return f"{where}: {address}: {verdict.text}"
+    return ""
 
 
 def _check_hooks(profile: object) -> dict[str, str | None]:
