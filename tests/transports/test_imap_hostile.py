@@ -67,9 +67,9 @@ class _ClosesOn:
             writer.close()
 
 
-def _spooler(port: int, **extra: object) -> Spooler:
+def _spooler(port: int, *, store: MemoryStore | None = None, **extra: object) -> Spooler:
     """A spooler fetching from the fake server on ``port`` (no IDLE, no TLS unless
-    ``extra`` says)."""
+    ``extra`` says), on ``store`` (default: a new one)."""
     options = {
         "host": "127.0.0.1",
         "port": port,
@@ -82,7 +82,7 @@ def _spooler(port: int, **extra: object) -> Spooler:
     cfg = SpoolerConfig(
         transports=(TransportConfig("imap", "imap", options=options),), policy=NO_POLL
     )
-    return Spooler.open(cfg, store=MemoryStore(), idle=AlwaysIdle())
+    return Spooler.open(cfg, store=store or MemoryStore(), idle=AlwaysIdle())
 
 
 @contextlib.asynccontextmanager
@@ -140,6 +140,102 @@ async def test_a_server_sending_more_than_it_announced_is_cut_off() -> None:
     error = report.for_transport("imap").error or ""
     assert "more than it announced: connection dropped" in error, (error, status)
     assert "UID FETCH" in error
+
+
+class _Lies:
+    """An IMAP server with three messages, UID 2 of which is 8 MB where RFC822.SIZE
+    says 20 bytes; it answers FETCHes for the UIDs asked (and counts them)."""
+
+    def __init__(self) -> None:
+        self.bodies = {
+            1: b"Subject: one\r\n\r\nbody\r\n",
+            2: b"Subject: two\r\n\r\n" + b"z" * 8_000_000,
+            3: b"Subject: three\r\n\r\nbody\r\n",
+        }
+        self.fetches: list[bytes] = []  # the UID sets of BODY[] fetches
+
+    def size(self, uid: int) -> int:
+        return 20 if uid == 2 else len(self.bodies[uid])
+
+    def uids(self, text: bytes) -> list[int]:
+        found: list[int] = []
+        for part in text.split(b","):
+            lo, _, hi = part.partition(b":")
+            top = max(self.bodies) if hi == b"*" else int(hi or lo)
+            found.extend(u for u in range(int(lo), top + 1) if u in self.bodies)
+        return found
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"* OK [CAPABILITY IMAP4rev1] ready\r\n")
+        try:
+            while line := (await reader.readline()).rstrip(b"\r\n"):
+                tag, _, rest = line.partition(b" ")
+                verb = rest.upper()
+                if verb.startswith(b"CAPABILITY"):
+                    writer.write(b"* CAPABILITY IMAP4rev1 UIDPLUS\r\n")
+                elif verb.startswith((b"SELECT", b"EXAMINE")):
+                    writer.write(_SELECTED)
+                elif verb.startswith(b"UID SEARCH"):
+                    found = self.uids(rest.split()[-1])
+                    writer.write(b"* SEARCH " + b" ".join(b"%d" % u for u in found) + b"\r\n")
+                elif verb.startswith(b"UID FETCH"):
+                    wanted = self.uids(rest.split()[2])
+                    sizes = b"RFC822.SIZE" in verb
+                    if not sizes:
+                        self.fetches.append(rest.split()[2])
+                    for uid in wanted:
+                        if sizes:
+                            item = b"RFC822.SIZE %d" % self.size(uid)
+                        else:
+                            body = self.bodies[uid]
+                            item = b"BODY[] {%d}\r\n%s" % (len(body), body)
+                        writer.write(b"* %d FETCH (UID %d %s)\r\n" % (uid, uid, item))
+                writer.write(tag + b" OK done\r\n")
+                await writer.drain()
+        except ConnectionError:
+            pass  # the client dropped the connection
+        finally:
+            writer.close()
+
+
+async def test_a_message_the_server_lies_about_is_found_and_left_on_the_server() -> None:
+    # The fetch of 1:3 is cut off (UID 2 is far larger than said) and the flush
+    # says so; the next fetches take one UID at a time; UID 2, cut off alone, is
+    # left on the server (recorded as skipped) and the mailbox goes on with UID 3:
+    # not blocked behind it at every poll, as it was before.
+    peer = _Lies()
+    server = await asyncio.start_server(peer.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = MemoryStore()
+    try:
+        async with _spooler(port, store=store, after_fetch="keep") as sp:
+            results = []
+            for _ in range(3):
+                async with asyncio.timeout(WAIT):
+                    results.append((await sp.flush(upload=False)).for_transport("imap"))
+            status = str(sp.status["imap"].status_string)
+            subjects = sorted(
+                [
+                    (await sp.store.read_inbox(e.id)).split(b"\r\n")[0]
+                    for e in await sp.store.list_inbox()
+                ]
+            )
+        # The second flush fetches UID 1 alone, finds UID 2 lying, leaves it, and
+        # goes on with UID 3 on a new connection.
+        assert [r.downloaded for r in results] == [0, 2, 0]
+        assert "more than it announced: connection dropped" in (results[0].error or "")
+        assert [r.error for r in results[1:]] == [None, None]
+        assert subjects == [b"Subject: one", b"Subject: three"]
+        assert "UID 2: the server sent far more than the 20 bytes it announced" in status, status
+        assert peer.fetches == [b"1:3", b"1", b"2", b"3"]
+        # Recorded: a restart does not fetch it again.
+        async with _spooler(port, store=store, after_fetch="keep") as sp:
+            async with asyncio.timeout(WAIT):
+                again = (await sp.flush(upload=False)).for_transport("imap")
+        assert (again.downloaded, again.error) == (0, None)
+        assert peer.fetches == [b"1:3", b"1", b"2", b"3"]
+    finally:
+        server.close()
 
 
 async def test_data_after_the_starttls_answer_is_refused_before_anything_is_sent() -> None:

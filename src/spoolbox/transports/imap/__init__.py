@@ -86,8 +86,13 @@ timeout).  What the server sends is bounded (:mod:`.lines`): for a ``UID FETCH``
 twice the ``RFC822.SIZE`` it announced (plus a little), 64 MiB for any other
 command; past that the connection is dropped and the fetch fails, saying so
 (aioimaplib would hold any amount in memory, and a server whose sizes lie would
-get past ``max_size``).  With ``tls = "starttls"``, bytes after the STARTTLS answer,
-sent in the clear, are refused before TLS starts (STARTTLS command injection).
+get past ``max_size``).  The UIDs of such a fetch are fetched one at a time from
+then on; the one the server lies about, cut off alone, is left on the server and
+recorded as a message over ``max_size`` is (``skipped_uids``; the log and the status
+row say "the server sent far more than the N bytes it announced"), and the rest of
+the folder comes in: it is not held behind that message at every poll.  With
+``tls = "starttls"``, bytes after the STARTTLS answer, sent in the clear, are
+refused before TLS starts (STARTTLS command injection).
 When ``start_message`` delivers a message and more are waiting, it raises NEWMAIL
 again so the spooler comes back for the next without waiting for its next poll.
 

@@ -24,6 +24,7 @@ from .wire import (
     _check,
     _fetch_result,
     _lines,
+    _Overrun,
     _ProtocolError,
     _quote,
     _search_result,
@@ -195,7 +196,7 @@ class _Connection:
                     await task
         overrun = self._bounded.overrun if self._bounded is not None else None
         if overrun is not None:
-            raise _ProtocolError(
+            raise _Overrun(
                 f"the server sent over {overrun[1]} bytes for {what}, more than it "
                 "announced: connection dropped"
             )

@@ -41,7 +41,7 @@ from .state import (
     skipped_uids,
     watermark,
 )
-from .wire import _ProtocolError
+from .wire import _Overrun, _ProtocolError
 
 __all__ = ["IMAPSession"]
 
@@ -75,7 +75,10 @@ class IMAPSession(BaseTransportSession):
         self._warned_validity: int | None = None
         self.fetched = 0
         self.bytes = 0
-        self.skipped: set[tuple[int, int]] = set()  # (uidvalidity, uid) over max_size
+        self.skipped: set[tuple[int, int]] = set()  # (uidvalidity, uid) left on the server
+        # (uidvalidity, uid) of a fetch the server sent more for than it announced:
+        # fetched one at a time from then on, so that the one that lies is found.
+        self._alone: set[tuple[int, int]] = set()
         self.last = ""
         self.last_error = ""
         self._flushing = False
@@ -111,11 +114,12 @@ class IMAPSession(BaseTransportSession):
         text = fetch_status(self.fetched, self.last, self.last_error)
         self.support.modify_status_row(status_string=text)
 
-    async def _skip(self, uidvalidity: int, uid: int, size: int) -> None:
-        """A message over ``max_size``: left on the server, never fetched, said once
-        per logon.  Its UID is recorded durably before anything after it is handed
-        out, because the watermark passes it then, and the removal of what lies at
-        or below the watermark (``_cleanup``) must leave it alone."""
+    async def _skip(self, uidvalidity: int, uid: int, size: int, *, lied: bool = False) -> None:
+        """A message over ``max_size`` (or, ``lied``, one the server sent more for than
+        its announced size): left on the server, never fetched, said once per logon.
+        Its UID is recorded durably before anything after it is handed out, because
+        the watermark passes it then, and the removal of what lies at or below the
+        watermark (``_cleanup``) must leave it alone."""
         if (uidvalidity, uid) in self.skipped:
             return
         section = self.support.profile_section()
@@ -123,10 +127,17 @@ class IMAPSession(BaseTransportSession):
         if update is not None:
             await section.update(update)
         self.skipped.add((uidvalidity, uid))
-        self.last_error = (
-            f"UID {uid} ({size} bytes) is larger than max_size ({self.settings.max_size}): "
-            "left on the server, not fetched"
-        )
+        self._alone.discard((uidvalidity, uid))
+        if lied:
+            self.last_error = (
+                f"UID {uid}: the server sent far more than the {size} bytes it announced "
+                "(RFC822.SIZE): left on the server, not fetched"
+            )
+        else:
+            self.last_error = (
+                f"UID {uid} ({size} bytes) is larger than max_size "
+                f"({self.settings.max_size}): left on the server, not fetched"
+            )
         self.support.logger.error("imap %s: %s", self.settings.where, self.last_error)
         self._status()
 
@@ -170,7 +181,9 @@ class IMAPSession(BaseTransportSession):
         if self._conn is not None:
             self._conn.abort()
             self._conn = None
-        text = f"{what}: {type(exc).__name__}: {exc}" if str(exc) else f"{what}: {exc!r}"
+        # (the private errors of .wire without their underscore: "ProtocolError: ...")
+        name = type(exc).__name__.lstrip("_")
+        text = f"{what}: {name}: {exc}" if str(exc) else f"{what}: {exc!r}"
         self._error(text)
         return NetworkError(_RETRY, f"imap {self.settings.where}: {text}")
 
@@ -239,6 +252,9 @@ class IMAPSession(BaseTransportSession):
         """Fetch the next UIDs of the queue into the buffer: at most _FETCH_BATCH
         messages and _FETCH_BYTES (a larger message comes alone), one UID FETCH."""
         queue = self._queue
+        v = conn.uidvalidity
+        # Skipped before (over max_size, or a server's lie), this logon or an earlier one.
+        skipped = skipped_uids(self.support.profile_section(), v)
         while queue and not self._buffer:
             head = [queue[i] for i in range(min(_FETCH_BATCH, len(queue)))]
             sizes = await conn.sizes(head)
@@ -246,23 +262,40 @@ class IMAPSession(BaseTransportSession):
             total = 0
             for uid in head:
                 size = sizes.get(uid)
-                if size is None:
-                    continue  # gone from the folder meanwhile
+                if size is None or uid in skipped:
+                    continue  # gone from the folder meanwhile, or left there
                 if size > self.settings.max_size:
-                    await self._skip(conn.uidvalidity, uid, size)
+                    await self._skip(v, uid, size)
                     continue
-                if take and total + size > _FETCH_BYTES:
+                alone = (v, uid) in self._alone
+                if take and (alone or total + size > _FETCH_BYTES):
                     break
                 take.append(uid)
                 total += size
-            got = await conn.fetch_many(take, total) if take else {}
+                if alone:
+                    break
+            try:
+                got = await conn.fetch_many(take, total) if take else {}
+            except _Overrun:
+                # One of them is much larger than the server says: fetched alone from
+                # now on, and the one that does it again is left on the server, so the
+                # rest of the mailbox is not held behind it at every poll.
+                if len(take) > 1:
+                    self._alone.update((v, uid) for uid in take)
+                    raise
+                await self._skip(v, take[0], total, lied=True)
+                skipped.add(take[0])
+                conn = await self._connection()  # the server's connection was cut: anew
+                if conn.uidvalidity != v:
+                    return  # the folder changed meanwhile: the caller sees it next
+                continue
             if queue is not self._queue:
                 return  # a rollback rebuilt the queue meanwhile: these UIDs are in it again
             # Everything up to the last UID asked for is done with: fetched now, or gone.
             last = take[-1] if take else head[-1]
             while queue and queue[0] <= last:
                 queue.popleft()
-            v = conn.uidvalidity
+            self._alone.difference_update((v, uid) for uid in take)
             self._buffer.extend((v, uid, got[uid]) for uid in take if got.get(uid))
 
     async def _prefetch_next(self) -> None:

@@ -25,6 +25,11 @@ class _ProtocolError(Exception):
     """The server answered a command with NO or BAD (or something unparsable)."""
 
 
+class _Overrun(_ProtocolError):
+    """The server sent more for a command than it announced (a ``BODY[]`` longer than
+    its ``RFC822.SIZE`` by far): the connection was dropped."""
+
+
 def _quote(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
