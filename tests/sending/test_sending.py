@@ -321,3 +321,40 @@ def test_without_bcc_drops_the_fields_and_nothing_else(content: bytes, expected:
     from spoolbox.api.sending import without_bcc
 
     assert without_bcc(content) == expected
+
+
+def test_a_user_who_may_not_write_the_store_is_told_nothing_was_queued(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A web application's user (a member of ``socket_group``) submits through the
+    daemon; with the daemon down it falls back to the store, which it may not write
+    (the data directory is 0700): a temporary error saying both, not "permission
+    denied" alone (sendmail exited 77, EX_NOPERM, as if it were never allowed).
+    Tests run as root, whom the OS lets write anything: the store's refusal is the
+    OS's error, raised where the store is opened (tried for real as another user:
+    docs/operations.md, "Letting an application submit")."""
+    from spoolbox.api.client import StoreNotWritable
+    from spoolbox.ingress.sendmail import EX_TEMPFAIL, _exit_for
+
+    client = Client(spool.path)
+
+    def refused(op: str, messages: object) -> list[str]:
+        raise PermissionError(13, "Permission denied", str(spool.path.parent / "spool.sqlite3"))
+
+    monkeypatch.setattr(client, "_put", refused)
+    message = spoolbox.NewMessage.from_bytes(
+        b"Subject: s\r\n\r\nx\r\n", recipients=["SMTP:b@x.org"]
+    )
+    with pytest.raises(StoreNotWritable) as err:
+        client.submit(message)
+    text = str(err.value)
+    assert text.startswith("the spooler daemon is not running")
+    assert text.endswith(
+        f"; and this user may not write the store itself ({spool.path.parent / 'spool.sqlite3'}: "
+        "Permission denied): nothing was queued"
+    )
+    assert _exit_for(err.value) == (
+        EX_TEMPFAIL,
+        f"the spool is busy or unavailable, try again later: {text}",
+    )
+    assert spool.stored() == []

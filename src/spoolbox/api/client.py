@@ -92,6 +92,7 @@ __all__ = [
     "DaemonNotRunning",
     "NotFound",
     "RequestTooLarge",
+    "StoreNotWritable",
     "UnroutableRecipient",
     "flush_report_to_dict",
     "inbox_to_dict",
@@ -129,6 +130,15 @@ class ClientError(Exception):
 class DaemonNotRunning(ClientError):
     code = NOT_RUNNING
     exit_code = EXIT_NOT_RUNNING
+
+
+class StoreNotWritable(DaemonNotRunning):
+    """The daemon could not take a submission (not running, or the request too large
+    for the local API) and this user may not write the store itself (a web
+    application's user, a member of ``socket_group``): nothing was queued.  Temporary:
+    it works once the daemon runs (sendmail exits 75)."""
+
+    temporary = True
 
 
 class NotFound(ClientError):
@@ -456,20 +466,30 @@ class Client:
         try:
             result: dict[str, Any] = self._call(op, args, content)
             return result
-        except DaemonNotRunning:
+        except DaemonNotRunning as exc:
             if not fallback:
                 raise
+            cause: ClientError = exc
             note = "the daemon is not running: queued in the store; it is sent when it starts"
             if self._on_postgres():
                 note = (
                     "the daemon is not running: queued in the PostgreSQL store; a node "
                     "running on it sends it now, else the first that starts"
                 )
-        except RequestTooLarge:
+        except RequestTooLarge as exc:
             if not fallback:
                 raise
+            cause = exc
             note = "too large for the local API: queued in the store; the daemon sends it"
-        ids = self._put(op, messages)
+        try:
+            ids = self._put(op, messages)
+        except PermissionError as exc:
+            # Not the store's owner: only the daemon can queue for this user.
+            raise StoreNotWritable(
+                f"{cause}; and this user may not write the store itself "
+                f"({exc.filename or self._store_path()}: {exc.strerror or exc}): nothing "
+                "was queued"
+            ) from None
         return {"ids": ids, "state": str(MessageState.QUEUED), "via": "store", "note": note}
 
     def _put(self, op: str, messages: Sequence[NewMessage]) -> list[str]:
