@@ -4,7 +4,7 @@ settings.py::
 
     EMAIL_BACKEND = "spoolbox.django.EmailBackend"
     SPOOLBOX_PROFILE = "/var/lib/spoolbox/spoolbox.toml"  # default: $SPOOLBOX_PROFILE,
-                                                          # else ./spoolbox.toml
+                                        # else ./spoolbox.toml, else /etc/spoolbox/spoolbox.toml
 
     # Django 6.1+: MAILERS = {"default": {"BACKEND": "spoolbox.django.EmailBackend",
     #                                     "OPTIONS": {"profile": "/var/lib/..."}}}
@@ -56,7 +56,8 @@ _QUEUE_ERRORS = (ClientError, StoreError, OSError)
 
 class EmailBackend(BaseEmailBackend):  # type: ignore[misc]  # Django ships no types
     """Queues Django's messages in spoolbox.  ``profile``: the profile's path (default:
-    ``settings.SPOOLBOX_PROFILE``, else ``$SPOOLBOX_PROFILE``, else ./spoolbox.toml)."""
+    ``settings.SPOOLBOX_PROFILE``, else ``$SPOOLBOX_PROFILE``, else ./spoolbox.toml, else
+    /etc/spoolbox/spoolbox.toml)."""
 
     def __init__(
         self,
