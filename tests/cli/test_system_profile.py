@@ -97,3 +97,8 @@ def test_install_sendmail_links_the_host_profile_when_asked(tmp_path: Path, syst
     r = runner.invoke(main, ["-p", str(missing), "install-sendmail", *prefix, "--system-profile"])
     assert r.exit_code == 1
     assert f"--system-profile: {missing}: no such profile to link" in r.output
+    r = runner.invoke(main, ["-p", str(missing), "install-sendmail", *prefix])
+    assert r.exit_code == 0
+    assert r.output.splitlines()[-1].endswith(
+        "; link it with `spoolbox -p PROFILE install-sendmail --system-profile`"
+    )

@@ -190,7 +190,11 @@ def install_sendmail_cmd(
         click.echo(f"{verb}: {SYSTEM_PROFILE} -> {profile.resolve()}")
     elif after != "same":
         what = "does not exist" if after == "missing" else "is another profile"
+        if profile.is_file():
+            how = f"pass --system-profile to link it to {profile}"
+        else:  # no profile found here to link
+            how = "link it with `spoolbox -p PROFILE install-sendmail --system-profile`"
         click.echo(
             f"note: {SYSTEM_PROFILE} {what}: cron runs sendmail without SPOOLBOX_PROFILE "
-            f"and finds the profile there; pass --system-profile to link it to {profile}"
+            f"and finds the profile there; {how}"
         )

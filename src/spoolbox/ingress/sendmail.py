@@ -367,9 +367,9 @@ def _qualified(raw: bytes, local_domain: str) -> bytes:
     Daemon)`` and ``To: root``) written again with the local domain, as Postfix's
     cleanup appends ``@myorigin``; any other header as it was (a bad one is refused
     later, naming it)."""
-    name = raw.split(b":", 1)[0].strip().decode("ascii")
+    header = raw.split(b":", 1)[0].strip().decode("ascii")  # as written
     try:
-        value = _header_value(raw, name)
+        value = _header_value(raw, header)
     except _Exit:
         return raw
     pairs = getaddresses([value])
@@ -381,7 +381,7 @@ def _qualified(raw: bytes, local_domain: str) -> bytes:
         formataddr((name, addr if "@" in addr else f"{addr}@{local_domain}"), "utf-8")
         for name, addr in pairs
     )
-    return f"{name}: {written}\r\n".encode()
+    return f"{header}: {written}\r\n".encode()
 
 
 def _recipient(value: str, where: str, local: LocalNames | None) -> list[Address]:
