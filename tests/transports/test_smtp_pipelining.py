@@ -389,3 +389,89 @@ async def test_messages_through_postfix_smtp_sink(sink: tuple[Sink, bool]) -> No
     assert ids == {f"m{i}@test" for i in range(n)} | {"big@test"}
     counts = re.findall(r"mesg=(\d+)", running.output())
     assert counts and int(counts[-1]) == n + 1
+
+
+async def test_a_connection_that_failed_a_transaction_is_reset_before_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A connection clean after a 250, idle past the fresh window (RSET), then a
+    # transaction whose only recipient is greylisted (451; DATA refused): the next
+    # message's MAIL must come after an RSET. It came straight after, the server
+    # answered "503 nested MAIL command", and the message bounced (found by hand
+    # against aiosmtpd; Postfix's smtpd answers the same).
+    import spoolbox.transports.smtp.pool as pool_module
+
+    monkeypatch.setattr(pool_module, "_FRESH", 0.05)
+    seen: list[bytes] = []
+    rest: list[bytes] = []
+
+    async def transaction(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        commands, _ = await read_commands(reader, 3)
+        seen.extend(commands)
+        writer.write(OK + b"250 2.1.5 Ok\r\n354 go ahead\r\n")
+        await writer.drain()
+        await read_data(reader)
+        writer.write(b"250 2.0.0 Ok: queued\r\n")
+        await writer.drain()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await greet(reader, writer)
+        await transaction(reader, writer)
+        seen.append(await line(reader))  # RSET: idle past the fresh window
+        writer.write(OK)
+        await writer.drain()
+        commands, _ = await read_commands(reader, 3)
+        seen.extend(commands)
+        writer.write(OK + b"451 4.2.0 greylisted\r\n" + b"554 5.5.1 no valid recipients\r\n")
+        await writer.drain()
+        nested = await line(reader)
+        seen.append(nested)
+        if nested.startswith(b"MAIL"):  # (the bug) refused as Postfix does
+            await read_commands(reader, 2)
+            writer.write(b"503 5.5.1 Error: nested MAIL command\r\n" * 3)
+            await writer.drain()
+            return
+        writer.write(OK)
+        await writer.drain()
+        await transaction(reader, writer)
+        await serve_rest(reader, writer, rest)
+
+    async with scripted_server(script) as srv, open_spooler(options(srv.port)) as sp:
+        first = await send(sp, message("bob", null_sender=True))
+        await asyncio.sleep(0.2)
+        second = await send(sp, message("later", null_sender=True))
+        third = await send(sp, message("carol", null_sender=True))
+    assert first[0] is MessageState.SENT
+    assert second[0] is MessageState.DEFERRED and second[1][0].status == "4.2.0"
+    assert third[0] is MessageState.SENT, third[1][0].diagnostic
+    assert [c for c in seen if not c.startswith((b"MAIL", b"DATA"))] == [
+        rcpt("bob"),
+        b"RSET\r\n",
+        rcpt("later"),
+        b"RSET\r\n",
+        rcpt("carol"),
+    ]
+    assert srv.connections == 1
+
+
+async def test_503_to_mail_is_a_session_out_of_step_not_a_refusal() -> None:
+    # "503 bad sequence" to MAIL says the session is out of step (a transaction left
+    # open), nothing about the message: deferred, and the connection dropped; before,
+    # the message bounced.
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await greet(reader, writer)
+        await read_commands(reader, 3)
+        writer.write(
+            b"503 5.5.1 Error: nested MAIL command\r\n" + b"503 5.5.1 Error: need MAIL\r\n" * 2
+        )
+        await writer.drain()
+        await reader.read()  # until the client closes
+
+    async with scripted_server(script) as srv:
+        state, recs = await send_with(options(srv.port), message("bob", null_sender=True))
+    assert state is MessageState.DEFERRED
+    [rec] = recs
+    assert rec.status == "4.5.0"
+    assert "answered MAIL out of sequence (503 5.5.1 Error: nested MAIL command)" in (
+        rec.diagnostic or ""
+    )

@@ -82,10 +82,14 @@ class Pool:
             if not conn.alive or not conn.machine.in_step:
                 conn.close()
                 continue
-            if conn.clean and time.monotonic() - conn.idle_since < _FRESH:
+            fresh = conn.clean and time.monotonic() - conn.idle_since < _FRESH
+            # Clean again only when this use's transaction ends with 250: a flag left
+            # set by an earlier one let a transaction that failed be followed by MAIL
+            # without RSET ("503 nested MAIL command", and the message bounced).
+            conn.clean = False
+            if fresh:
                 # A transaction that just ended with 250 leaves the session clean
                 # (RFC 5321 4.1.4): no RSET round trip for a connection this fresh.
-                conn.clean = False
                 return conn
             conn.machine.rset()
             try:

@@ -320,6 +320,15 @@ class SMTPSession(BaseTransportSession):
         mail_step = f"MAIL FROM:<{mail_from}>"
         machine.transaction([mail_from.encode(enc), *options], [r.value.encode(enc) for r in rcpts])
         reply = await self._checked(conn, mail_step, "mail")
+        if reply.code == 503:
+            # "Bad sequence of commands" to MAIL (Postfix's "nested MAIL command"): this
+            # session is out of step with the server, which says nothing of the message.
+            conn.close()
+            raise Failure(
+                "4.5.0",
+                f"x-spoolbox; {self.settings.where} answered MAIL out of sequence "
+                f"({reply_text(reply)}): tried again on a new connection",
+            )
         if reply.code != 250:
             refused = self._unexpected(conn, reply, mail_step)
             await self._after_refused_mail(conn, rcpts)
