@@ -82,8 +82,30 @@ def test_a_reload_whose_page_cannot_listen_logs_why_and_mail_goes_on(
         log = daemons.logs[0].read_text()
         assert "the web page cannot be served, it stays off: the web page cannot listen on" in log
         assert home.run("send", "--to", "MAILDIR:bob", "--subject", "still").returncode == 0
+        # The port's holder accepts connections (its backlog) and says nothing.
+        r = home.run("web")
+        assert r.returncode == 3, r.stderr
+        assert f"its web page does not answer at 127.0.0.1:{port} (timed out)" in r.stderr
     # The port free again, nothing serves it until the next reload.
     r = home.run("web")
-    assert r.returncode == 3 and "nothing answers at 127.0.0.1:" in r.stderr
+    assert r.returncode == 3 and "its web page does not answer at 127.0.0.1:" in r.stderr
     assert home.run("reload").returncode == 0
     assert home.run("web").returncode == 0
+
+
+def test_web_says_when_another_server_holds_the_pages_port(home: Home, daemons: Daemons) -> None:
+    # The page's port set to the SMTP listener's (a port taken, the page off): the
+    # listener accepts the connection, and `spoolbox web` said nothing was wrong.
+    daemons.start(home)
+    port = home.listener_port()
+    _enable_web(home, port)
+    assert home.run("reload").returncode == 0
+    r = home.run("web")
+    assert r.returncode == 3, r.stderr
+    assert r.stdout.startswith(f"http://127.0.0.1:{port}/?token=")
+    assert (
+        f"its web page does not answer at 127.0.0.1:{port} (something else answers "
+        "there, not speaking HTTP)" in r.stderr
+    )
+    code, printed = _served(home)
+    assert (code, printed["running"], printed["served"]) == (3, True, False)
