@@ -330,13 +330,17 @@ def test_a_user_who_may_not_write_the_store_is_told_nothing_was_queued(
     daemon; with the daemon down it falls back to the store, which it may not write
     (the data directory is 0700): a temporary error saying both, not "permission
     denied" alone (sendmail exited 77, EX_NOPERM, as if it were never allowed).
-    Tests run as root, whom the OS lets write anything: the store's refusal is the
-    OS's error, raised where the store is opened (tried for real as another user:
-    docs/operations.md, "Letting an application submit")."""
+    Tests run as root, whom the OS lets write anything: the store's directory is
+    given to another user, and its refusal is the OS's error, raised where the store
+    is opened (tried for real as another user: docs/operations.md, "Letting an
+    application submit")."""
     from spoolbox.api.client import StoreNotWritable
     from spoolbox.ingress.sendmail import EX_TEMPFAIL, _exit_for
 
     client = Client(spool.path)
+    store_dir = client.profile.store.path.parent
+    owner = store_dir.stat()
+    os.chown(store_dir, 65534, 65534)  # the service's, not this user's (nobody's here)
 
     def refused(op: str, messages: object) -> list[str]:
         raise PermissionError(13, "Permission denied", str(spool.path.parent / "spool.sqlite3"))
@@ -357,4 +361,9 @@ def test_a_user_who_may_not_write_the_store_is_told_nothing_was_queued(
         EX_TEMPFAIL,
         f"the spool is busy or unavailable, try again later: {text}",
     )
+    os.chown(store_dir, owner.st_uid, owner.st_gid)
     assert spool.stored() == []
+    # A directory of this user's that the OS refuses all the same is an OS error, as
+    # it was (tests/cli/test_os_errors.py, a store under /sys).
+    with pytest.raises(PermissionError):
+        client.submit(message)

@@ -484,6 +484,8 @@ class Client:
         try:
             ids = self._put(op, messages)
         except PermissionError as exc:
+            if not self._store_of_another_user():
+                raise  # an OS error of its own (a data directory that cannot be made)
             # Not the store's owner: only the daemon can queue for this user.
             raise StoreNotWritable(
                 f"{cause}; and this user may not write the store itself "
@@ -491,6 +493,14 @@ class Client:
                 "was queued"
             ) from None
         return {"ids": ids, "state": str(MessageState.QUEUED), "via": "store", "note": note}
+
+    def _store_of_another_user(self) -> bool:
+        """Whether the store's directory exists and belongs to another user (a
+        service's, this user a member of its ``socket_group``)."""
+        try:
+            return self.profile.store.path.parent.stat().st_uid != os.geteuid()
+        except OSError:
+            return False
 
     def _put(self, op: str, messages: Sequence[NewMessage]) -> list[str]:
         """Commit ``messages`` to the store in one durable transaction, unrouted (the
