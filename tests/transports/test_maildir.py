@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import errno
 import inspect
 import logging
@@ -416,6 +417,31 @@ async def test_pickup_delivers_files_and_removes_them_after_commit(tmp_path: Pat
     assert secret.exists()
     assert not any(k.startswith("picked:") for k in await store.profile_get(SECTION))
     assert row.status_string == "received 4, last: new/c"
+
+
+async def test_a_file_dropped_between_polls_comes_in_within_seconds(tmp_path: Path) -> None:
+    # The polls an hour apart: only the watch of new/ (NEWMAIL) can bring the file in
+    # before the test's deadline; before it, a dropped file waited for the next poll
+    # (a minute by default).
+    pickup = make_maildir(tmp_path / "pickup")
+    store = MemoryStore()
+    cfg = SpoolerConfig(
+        transports=(TransportConfig("maildir", "maildir", options={"pickup": str(pickup)}),),
+        policy=dataclasses.replace(FAST, poll_interval=3600.0),
+        node="test-node",
+    )
+    async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
+        await logged_on(sp)
+        await asyncio.sleep(0.2)  # the logon's first poll is over
+        tmp = pickup / "tmp" / "m1"
+        tmp.write_bytes(b"Subject: dropped\r\n\r\nbody\r\n")
+        tmp.rename(pickup / "new" / "m1")
+        async with asyncio.timeout(10):
+            while not await store.list_inbox():
+                await asyncio.sleep(0.05)
+        [entry] = await store.list_inbox()
+        assert await store.read_inbox(entry.id) == b"Subject: dropped\r\n\r\nbody\r\n"
+    assert listing(pickup, "new") == []
 
 
 async def test_commit_failure_keeps_the_file_for_the_next_try(tmp_path: Path) -> None:

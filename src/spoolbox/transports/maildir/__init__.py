@@ -10,7 +10,10 @@ sender) and ``Delivered-To: MAILDIR:<path>``, with the line ending the content u
 the content follows byte for byte (no CRLF conversion).
 
 Inbound (when ``pickup`` is set) the session polls: every regular, non-empty file in
-``pickup/new`` and ``pickup/cur`` is a message.  ``start_message`` takes the oldest
+``pickup/new`` and ``pickup/cur`` is a message.  Between polls it looks at the
+modification times of those two directories every second and raises NEWMAIL when
+they change, so a file dropped there comes in within about a second, not at the
+next poll (``poll_interval``, a minute by default).  ``start_message`` takes the oldest
 one (by modification time), streams it into the inbox, and removes the file only in
 its ``after_commit`` callback, i.e. once the message is durably in the inbox.
 

@@ -7,6 +7,7 @@ guarantees; the file work lives in :mod:`.delivery` and :mod:`.pickup`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Collection, Mapping
@@ -16,21 +17,37 @@ from spoolbox.contract import (
     BaseTransportSession,
     FailOneProvider,
     InboundWriter,
+    LogoffFlags,
     LogonCaps,
     LogonFlags,
     MessageCancelled,
     OutboundMessage,
     OutboundRecipient,
     RecipientResult,
+    SpoolerNotifyFlags,
     StatusCode,
     SubmitFlags,
     Support,
+    TransportNotifyFlags,
 )
 
 from .delivery import _line_ending, _remove_stale_tmp, _TmpFile, status_for_error
 from .files import _ensure_maildir, _finally_blocking
 from .pickup import _PICKED, _PickupFile, _remove_picked, _scan_pickup, _Source
 from .settings import _BadDestination, _Settings
+
+#: Seconds between two looks at the pickup maildir's directories
+#: (:meth:`MaildirSession._watch_pickup`).
+WATCH_INTERVAL = 1.0
+
+
+def _dir_times(pickup: str) -> tuple[int, int]:
+    """The modification times of ``pickup/new`` and ``pickup/cur`` (nanoseconds)."""
+    return (
+        os.stat(os.path.join(pickup, "new")).st_mtime_ns,
+        os.stat(os.path.join(pickup, "cur")).st_mtime_ns,
+    )
+
 
 __all__ = ["ADDRESS_TYPE", "MaildirProvider", "MaildirSession"]
 
@@ -52,6 +69,7 @@ class MaildirSession(BaseTransportSession):
         self._bad: dict[str, str] = {}  # unreadable this session -> why
         self._swept: set[str] = set()  # maildirs whose stale tmp/ files are gone
         self.counts = {"delivered": 0, "failed": 0, "deferred": 0, "received": 0}
+        self._watch: asyncio.Task[None] | None = None  # the pickup's new/ and cur/ watched
 
     def __repr__(self) -> str:
         return f"<MaildirSession root={self.settings.root} pickup={self.settings.pickup}>"
@@ -102,6 +120,50 @@ class MaildirSession(BaseTransportSession):
             else:
                 self._committed[f.key] = f
         await self._retry_removals()
+
+    # -- the pickup watched between polls ---------------------------------------------------
+    async def transport_notify(self, flags: TransportNotifyFlags, ref: str | None = None) -> None:
+        await super().transport_notify(flags, ref)
+        pickup = self.settings.pickup
+        if (
+            flags & TransportNotifyFlags.BEGIN_INBOUND
+            and pickup is not None
+            and self._watch is None
+        ):
+            self._watch = asyncio.create_task(
+                self._watch_pickup(pickup), name=f"{self.support.transport_name}-maildir-pickup"
+            )
+        if flags & TransportNotifyFlags.END_INBOUND:
+            await self._stop_watch()
+
+    async def logoff(self, flags: LogoffFlags) -> None:
+        await self._stop_watch()
+        await super().logoff(flags)
+
+    async def _stop_watch(self) -> None:
+        task, self._watch = self._watch, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _watch_pickup(self, pickup: str) -> None:
+        """NEWMAIL when a file arrives: the modification times of ``new/`` and ``cur/``
+        looked at every :data:`WATCH_INTERVAL` seconds (two ``stat`` calls, in a
+        worker thread: a stalled network file system must not hold the loop), so
+        what is dropped there comes in within about a second, not at the next poll
+        (``poll_interval``, a minute by default), as Postfix's pickup is woken by
+        postdrop.  The polls stay: they find what this misses."""
+        seen: tuple[int, int] | None = None
+        while True:
+            try:
+                now = await self.support.run_blocking(_dir_times, pickup)
+            except OSError:
+                now = None  # gone, or unreadable: the poll says why
+            if now is not None and seen is not None and now != seen:
+                self.support.spooler_notify(SpoolerNotifyFlags.NEWMAIL)
+            seen = now if now is not None else seen
+            await asyncio.sleep(WATCH_INTERVAL)
 
     # -- outbound ---------------------------------------------------------------------
     async def submit_message(self, message: OutboundMessage, flags: SubmitFlags) -> None:
