@@ -19,7 +19,34 @@ from spoolbox.store.memory import MemoryStore
 _SELECTED = b"* 3 EXISTS\r\n* OK [UIDVALIDITY 7] v\r\n* OK [UIDNEXT 4] n\r\n"
 
 
-class _ClosesOn:
+class _RawImap:
+    """A raw IMAP server: the greeting, then each command handed to :meth:`answer`,
+    which writes the untagged lines and says what follows: True the tagged OK, False
+    nothing more (it answered in full), None the connection closed."""
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"* OK [CAPABILITY IMAP4rev1] ready\r\n")
+        try:
+            while line := (await reader.readline()).rstrip(b"\r\n"):
+                tag, _, rest = line.partition(b" ")
+                then = self.answer(tag, rest, rest.upper(), writer)
+                if then is None:
+                    return
+                if then:
+                    writer.write(tag + b" OK done\r\n")
+                await writer.drain()
+        except ConnectionError:
+            pass  # the client dropped the connection (a lying server's)
+        finally:
+            writer.close()
+
+    def answer(
+        self, tag: bytes, rest: bytes, verb: bytes, writer: asyncio.StreamWriter
+    ) -> bool | None:
+        raise NotImplementedError
+
+
+class _ClosesOn(_RawImap):
     """An IMAP server that answers the login dialogue and a search, and closes the
     connection when it reads ``command`` (``UID FETCH``, ``UID STORE``...)."""
 
@@ -29,42 +56,32 @@ class _ClosesOn:
         self.closed_on: list[bytes] = []
         self.verbs: list[bytes] = []
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"* OK [CAPABILITY IMAP4rev1] ready\r\n")
-        try:
-            while line := (await reader.readline()).rstrip(b"\r\n"):
-                tag, _, rest = line.partition(b" ")
-                verb = rest.upper()
-                self.verbs.append(verb.split(b" ", 1)[0])
-                if verb.startswith(self.command):
-                    self.closed_on.append(rest)
-                    return
-                if verb.startswith(b"CAPABILITY"):
-                    writer.write(b"* CAPABILITY IMAP4rev1 UIDPLUS STARTTLS\r\n")
-                elif verb.startswith(b"STARTTLS"):  # and an attacker's line, in the clear
-                    writer.write(tag + b" OK begin TLS\r\n* OK injected\r\n")
-                    await writer.drain()
-                    continue
-                elif verb.startswith((b"SELECT", b"EXAMINE")):
-                    writer.write(_SELECTED)
-                elif verb.startswith(b"UID SEARCH"):
-                    writer.write(b"* SEARCH 1 2 3\r\n")
-                elif verb.startswith(b"UID FETCH") and b"RFC822.SIZE" in verb:
-                    for uid in (1, 2, 3):
-                        writer.write(b"* %d FETCH (UID %d RFC822.SIZE 20)\r\n" % (uid, uid))
-                elif verb.startswith(b"UID FETCH"):
-                    body = self.body
-                    for uid in (1, 2, 3):
-                        writer.write(
-                            b"* %d FETCH (UID %d BODY[] {%d}\r\n%s)\r\n"
-                            % (uid, uid, len(body), body)
-                        )
-                writer.write(tag + b" OK done\r\n")
-                await writer.drain()
-        except ConnectionError:
-            pass  # the client dropped the connection (a lying server's)
-        finally:
-            writer.close()
+    def answer(
+        self, tag: bytes, rest: bytes, verb: bytes, writer: asyncio.StreamWriter
+    ) -> bool | None:
+        self.verbs.append(verb.split(b" ", 1)[0])
+        if verb.startswith(self.command):
+            self.closed_on.append(rest)
+            return None
+        if verb.startswith(b"CAPABILITY"):
+            writer.write(b"* CAPABILITY IMAP4rev1 UIDPLUS STARTTLS\r\n")
+        elif verb.startswith(b"STARTTLS"):  # and an attacker's line, in the clear
+            writer.write(tag + b" OK begin TLS\r\n* OK injected\r\n")
+            return False
+        elif verb.startswith((b"SELECT", b"EXAMINE")):
+            writer.write(_SELECTED)
+        elif verb.startswith(b"UID SEARCH"):
+            writer.write(b"* SEARCH 1 2 3\r\n")
+        elif verb.startswith(b"UID FETCH") and b"RFC822.SIZE" in verb:
+            for uid in (1, 2, 3):
+                writer.write(b"* %d FETCH (UID %d RFC822.SIZE 20)\r\n" % (uid, uid))
+        elif verb.startswith(b"UID FETCH"):
+            body = self.body
+            for uid in (1, 2, 3):
+                writer.write(
+                    b"* %d FETCH (UID %d BODY[] {%d}\r\n%s)\r\n" % (uid, uid, len(body), body)
+                )
+        return True
 
 
 def _spooler(port: int, *, store: MemoryStore | None = None, **extra: object) -> Spooler:
@@ -142,7 +159,7 @@ async def test_a_server_sending_more_than_it_announced_is_cut_off() -> None:
     assert "UID FETCH" in error
 
 
-class _Lies:
+class _Lies(_RawImap):
     """An IMAP server with three messages, UID 2 of which is 8 MB where RFC822.SIZE
     says 20 bytes; it answers FETCHes for the UIDs asked (and counts them)."""
 
@@ -165,37 +182,29 @@ class _Lies:
             found.extend(u for u in range(int(lo), top + 1) if u in self.bodies)
         return found
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"* OK [CAPABILITY IMAP4rev1] ready\r\n")
-        try:
-            while line := (await reader.readline()).rstrip(b"\r\n"):
-                tag, _, rest = line.partition(b" ")
-                verb = rest.upper()
-                if verb.startswith(b"CAPABILITY"):
-                    writer.write(b"* CAPABILITY IMAP4rev1 UIDPLUS\r\n")
-                elif verb.startswith((b"SELECT", b"EXAMINE")):
-                    writer.write(_SELECTED)
-                elif verb.startswith(b"UID SEARCH"):
-                    found = self.uids(rest.split()[-1])
-                    writer.write(b"* SEARCH " + b" ".join(b"%d" % u for u in found) + b"\r\n")
-                elif verb.startswith(b"UID FETCH"):
-                    wanted = self.uids(rest.split()[2])
-                    sizes = b"RFC822.SIZE" in verb
-                    if not sizes:
-                        self.fetches.append(rest.split()[2])
-                    for uid in wanted:
-                        if sizes:
-                            item = b"RFC822.SIZE %d" % self.size(uid)
-                        else:
-                            body = self.bodies[uid]
-                            item = b"BODY[] {%d}\r\n%s" % (len(body), body)
-                        writer.write(b"* %d FETCH (UID %d %s)\r\n" % (uid, uid, item))
-                writer.write(tag + b" OK done\r\n")
-                await writer.drain()
-        except ConnectionError:
-            pass  # the client dropped the connection
-        finally:
-            writer.close()
+    def answer(
+        self, tag: bytes, rest: bytes, verb: bytes, writer: asyncio.StreamWriter
+    ) -> bool | None:
+        if verb.startswith(b"CAPABILITY"):
+            writer.write(b"* CAPABILITY IMAP4rev1 UIDPLUS\r\n")
+        elif verb.startswith((b"SELECT", b"EXAMINE")):
+            writer.write(_SELECTED)
+        elif verb.startswith(b"UID SEARCH"):
+            found = self.uids(rest.split()[-1])
+            writer.write(b"* SEARCH " + b" ".join(b"%d" % u for u in found) + b"\r\n")
+        elif verb.startswith(b"UID FETCH"):
+            wanted = self.uids(rest.split()[2])
+            sizes = b"RFC822.SIZE" in verb
+            if not sizes:
+                self.fetches.append(rest.split()[2])
+            for uid in wanted:
+                if sizes:
+                    item = b"RFC822.SIZE %d" % self.size(uid)
+                else:
+                    body = self.bodies[uid]
+                    item = b"BODY[] {%d}\r\n%s" % (len(body), body)
+                writer.write(b"* %d FETCH (UID %d %s)\r\n" % (uid, uid, item))
+        return True
 
 
 async def test_a_message_the_server_lies_about_is_found_and_left_on_the_server() -> None:
