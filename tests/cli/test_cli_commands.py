@@ -150,6 +150,31 @@ def test_send_without_daemon_queues_in_the_store(home: Home) -> None:
     assert shown["id"] == mid
 
 
+def test_send_and_submit_ask_for_the_reports_notify_says(home: Home) -> None:
+    r = home.run("send", "--to", "MAILDIR:bob", "--subject", "d", "--notify", "delay,failure")
+    assert r.returncode == 0, r.stderr
+    r = home.run("submit", "--to", "MAILDIR:bob", "--notify", "never", input=b"Subject: n\r\n\r\n")
+    assert r.returncode == 0, r.stderr
+    home.run("send", "--to", "MAILDIR:bob", "--subject", "default")
+
+    async def notify_of_each() -> list[int]:
+        store = SQLiteStore(home.path / "spool.sqlite3")
+        await store.open()
+        try:
+            listing = await store.list_messages(now=0)
+            return [int(s.info.notify) for s in sorted(listing, key=lambda s: s.info.id)]
+        finally:
+            await store.close()
+
+    assert asyncio.run(notify_of_each()) == [2 | 4, 0, 2]  # FAILURE|DELAY, NEVER, FAILURE
+    r = home.run("send", "--to", "MAILDIR:bob", "--notify", "sometimes")
+    assert r.returncode == 2
+    assert (
+        "Invalid value for '--notify': 'sometimes': expected never, or a comma list of "
+        "success, failure, delay" in r.stderr
+    )
+
+
 def test_submit_from_stdin_takes_recipients_from_headers(home: Home) -> None:
     # SMTP recipients need a transport that serves SMTP (else refused at submit, 67).
     with home.profile.open("a") as f:

@@ -49,6 +49,7 @@ class Stored:
     sender: str | None
     recipients: list[str]
     content: bytes
+    notify: int = 2  # Notify.FAILURE, the default
 
 
 @dataclass
@@ -76,6 +77,7 @@ class Spool:
                             sender=str(info.sender) if info.sender else None,
                             recipients=[str(r.address) for r in summary.recipients],
                             content=await store.read_content(info.id),
+                            notify=int(info.notify),
                         )
                     )
                 return out

@@ -367,3 +367,24 @@ def test_a_user_who_may_not_write_the_store_is_told_nothing_was_queued(
     # it was (tests/cli/test_os_errors.py, a store under /sys).
     with pytest.raises(PermissionError):
         client.submit(message)
+
+
+def test_the_reports_a_sender_asks_for(spool: Spool) -> None:
+    """``notify=``: a delay report (after the policy's delay_warning_after) only when
+    asked for; the default is failure reports alone."""
+    spoolbox.send(profile=spool.path, to="bob@example.org", subject="default", body="x")
+    spoolbox.send(
+        profile=spool.path,
+        to="bob@example.org",
+        subject="with delay",
+        notify=spoolbox.Notify.FAILURE | spoolbox.Notify.DELAY,
+    )
+    message = EmailMessage()
+    message["To"] = "bob@example.org"
+    message["Subject"] = "never"
+    spoolbox.send_message(message, profile=spool.path, notify=spoolbox.Notify.NEVER)
+    assert [s.notify for s in spool.stored()] == [
+        spoolbox.Notify.FAILURE,
+        spoolbox.Notify.FAILURE | spoolbox.Notify.DELAY,
+        spoolbox.Notify.NEVER,
+    ]

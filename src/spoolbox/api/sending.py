@@ -37,7 +37,7 @@ from email.message import EmailMessage, Message
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
-from ..model import Address, AddressError, NewMessage
+from ..model import Address, AddressError, NewMessage, Notify
 from ..profile import Profile, find_profile, load_profile
 from .client import Client
 
@@ -244,6 +244,7 @@ def send(
     html: str | None = None,
     attachments: Sequence[Attachment] = (),
     headers: Mapping[str, str] | None = None,
+    notify: Notify = Notify.FAILURE,
 ) -> str:
     """Build a message and queue it; returns its spoolbox id.
 
@@ -252,7 +253,9 @@ def send(
     ``bcc`` recipients get the message but appear in no header.  ``sender``: the
     From address (default: the profile's first ``[identities]`` entry).  ``html``:
     an HTML alternative of ``body``.  ``attachments``: paths, or ``(filename,
-    bytes[, mimetype])``.  ``headers``: more header fields.
+    bytes[, mimetype])``.  ``headers``: more header fields.  ``notify``: the reports
+    the sender gets (``Notify.FAILURE | Notify.DELAY`` adds a delay report after the
+    policy's ``delay_warning_after``; ``Notify.NEVER``: none).
     """
     client = client_for(profile)
     rcpts = _recipients(to, "to")
@@ -283,7 +286,9 @@ def send(
     for index, attachment in enumerate(attachments):
         _attach(msg, attachment, f"attachments[{index}]")
     everyone = tuple(address for address, _ in (*rcpts, *copies, *blind))
-    message = NewMessage(sender=envelope, recipients=everyone, content=msg.as_bytes())
+    message = NewMessage(
+        sender=envelope, recipients=everyone, content=msg.as_bytes(), notify=notify
+    )
     return _submit(client, message)
 
 
@@ -312,6 +317,7 @@ def send_message(
     profile: ProfileArg = None,
     sender: str | None = None,
     to: str | Sequence[str] | None = None,
+    notify: Notify = Notify.FAILURE,
 ) -> str:
     """Queue an :class:`email.message.EmailMessage` as it is; returns its spoolbox id.
 
@@ -319,6 +325,7 @@ def send_message(
     fields.  The envelope sender: ``sender``, else the From address, else the
     profile's first identity.  Bcc fields are removed from what is sent, and a
     missing Date or Message-ID is added; the caller's object is not changed.
+    ``notify``: the reports the sender gets, as for :func:`send`.
     """
     if not isinstance(message, Message):
         raise TypeError(
@@ -344,4 +351,5 @@ def send_message(
         envelope = client.profile.default_sender
     content = without_bcc(message.as_bytes(policy=policy.SMTP))
     content = _with_date_and_id(content, client.profile.spooler.hostname)
-    return _submit(client, NewMessage(sender=envelope, recipients=tuple(rcpts), content=content))
+    queued = NewMessage(sender=envelope, recipients=tuple(rcpts), content=content, notify=notify)
+    return _submit(client, queued)

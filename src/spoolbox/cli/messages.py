@@ -18,7 +18,7 @@ from typing import BinaryIO
 import click
 
 from ..api.client import EXIT_ERROR
-from ..model import Address, AddressError, MessageError, NewMessage, Priority
+from ..model import Address, AddressError, MessageError, NewMessage, Notify, Priority
 from ._common import Ctx, emit_json, fail, json_option, pass_ctx
 
 _PRIORITIES = [priority.name.lower() for priority in Priority]
@@ -45,6 +45,22 @@ def _sender(obj: Ctx, value: str | None, default_type: str) -> Address | None:
     return obj.profile().default_sender
 
 
+def _notify(value: str | None) -> Notify:
+    """``--notify``: the reports the sender asks for (default: failure)."""
+    if value is None:
+        return Notify.FAILURE
+    try:
+        return Notify.from_text(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--notify'") from None
+
+
+_NOTIFY_HELP = (
+    "Reports for the sender: never, or a comma list of success, failure, delay "
+    "(default: failure; delay: a report after [policy] delay_warning_after)."
+)
+
+
 def _submit(obj: Ctx, message: NewMessage, as_json: bool) -> None:
     result = obj.client().submit(message)
     if as_json:
@@ -61,6 +77,7 @@ def _submit(obj: Ctx, message: NewMessage, as_json: bool) -> None:
 @click.option("--from", "sender", metavar="ADDR", help="Envelope sender ('' for none).")
 @click.option("--default-type", default="SMTP", show_default=True, help="Type of bare addresses.")
 @click.option("--priority", type=click.Choice(_PRIORITIES), default="normal", show_default=True)
+@click.option("--notify", metavar="WHEN", help=_NOTIFY_HELP)
 @json_option
 @pass_ctx
 def submit_cmd(
@@ -70,6 +87,7 @@ def submit_cmd(
     sender: str | None,
     default_type: str,
     priority: str,
+    notify: str | None,
     as_json: bool,
 ) -> None:
     """Submit an RFC 5322 message from FILE (or stdin); prints its id."""
@@ -87,6 +105,7 @@ def submit_cmd(
             recipients=rcpts,
             default_type=default_type,
             priority=Priority[priority.upper()],
+            notify=_notify(notify),
         )
         default = obj.profile().default_sender
         if sender is None and message.sender is None and default is not None:
@@ -110,6 +129,7 @@ def submit_cmd(
 )
 @click.option("--default-type", default="SMTP", show_default=True, help="Type of bare addresses.")
 @click.option("--priority", type=click.Choice(_PRIORITIES), default="normal", show_default=True)
+@click.option("--notify", metavar="WHEN", help=_NOTIFY_HELP)
 @json_option
 @pass_ctx
 def send_cmd(
@@ -122,9 +142,11 @@ def send_cmd(
     attach: tuple[Path, ...],
     default_type: str,
     priority: str,
+    notify: str | None,
     as_json: bool,
 ) -> None:
     """Build a MIME message and submit it; prints its id."""
+    reports = _notify(notify)
     rcpts = _addresses(to, default_type)
     ccs = _addresses(cc, default_type)
     snd = _sender(obj, sender, default_type)
@@ -163,7 +185,11 @@ def send_cmd(
         fail(f"cannot read an attachment: {exc}", EXIT_ERROR, kind="bad_request")
     try:
         message = NewMessage.from_bytes(
-            content, sender=snd, recipients=[*rcpts, *ccs], priority=Priority[priority.upper()]
+            content,
+            sender=snd,
+            recipients=[*rcpts, *ccs],
+            priority=Priority[priority.upper()],
+            notify=reports,
         )
     except MessageError as exc:
         fail(f"cannot send: {exc}", EXIT_ERROR, kind="bad_request")

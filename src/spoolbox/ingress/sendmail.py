@@ -238,20 +238,10 @@ def _parse_args(argv: Sequence[str]) -> _Options:
 
 
 def _parse_notify(text: str) -> Notify:
-    words = [w.strip().lower() for w in text.split(",") if w.strip()]
-    if words == ["never"]:
-        return Notify.NEVER
-    names = {"success": Notify.SUCCESS, "failure": Notify.FAILURE, "delay": Notify.DELAY}
-    result = Notify.NEVER
-    for w in words:
-        if w not in names:
-            raise _Exit(
-                EX_USAGE, f"-N {text!r}: expected never, or a list of success, failure, delay"
-            )
-        result |= names[w]
-    if not words:
-        raise _Exit(EX_USAGE, "-N needs never, or a list of success, failure, delay")
-    return result
+    try:
+        return Notify.from_text(text)
+    except ValueError as exc:
+        raise _Exit(EX_USAGE, f"-N {exc}") from None
 
 
 class _Input:

@@ -62,6 +62,22 @@ class Notify(enum.IntFlag):
     FAILURE = 2
     DELAY = 4
 
+    @classmethod
+    def from_text(cls, text: str) -> Notify:
+        """``never``, or a comma list of ``success``, ``failure``, ``delay`` (as
+        sendmail's ``-N`` and SMTP's ``NOTIFY=`` write it, any case); ValueError
+        saying what was expected."""
+        words = [w.strip().lower() for w in text.split(",") if w.strip()]
+        expected = "never, or a comma list of success, failure, delay"
+        if words == ["never"]:
+            return cls.NEVER
+        if not words or any(w not in ("success", "failure", "delay") for w in words):
+            raise ValueError(f"{text!r}: expected {expected}")
+        result = cls.NEVER
+        for w in words:
+            result |= cls[w.upper()]
+        return result
+
 
 def new_message_id() -> str:
     """A unique, time-ordered id: 13 hex digits of microseconds, then 10 random ones."""
