@@ -489,7 +489,7 @@ class Client:
             # Not the store's owner: only the daemon can queue for this user.
             raise StoreNotWritable(
                 f"{cause}; and this user may not write the store itself "
-                f"({exc.filename or self._store_path()}: {exc.strerror or exc}): nothing "
+                f"({exc.filename or self.profile.store.path}: {exc.strerror or exc}): nothing "
                 "was queued"
             ) from None
         return {"ids": ids, "state": str(MessageState.QUEUED), "via": "store", "note": note}
