@@ -1,17 +1,20 @@
 """What the IMAP and POP3 tests share: policies, seeded messages, transport options,
-and waiting for Dovecot (the server itself is :mod:`dovecot_server`; the ``dovecot``
-and ``user`` fixtures are in this directory's ``conftest.py``)."""
+waiting for Dovecot (the server itself is :mod:`dovecot_server`; the ``dovecot`` and
+``user`` fixtures are in this directory's ``conftest.py``), and a spooler on a raw
+server of a test's own (:func:`listening`, :func:`raw_server_spooler`)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
 import dovecot_server as dc
 
-from spoolbox import Policy, Spooler
+from spoolbox import AlwaysIdle, Policy, Spooler, SpoolerConfig, TransportConfig
+from spoolbox.store.memory import MemoryStore
 
 FAST = Policy(
     poll_interval=0.2,
@@ -26,6 +29,37 @@ FAST = Policy(
 #: Polls so rare that only IDLE (NEWMAIL) or a flush brings in what arrives.
 NO_POLL = replace(FAST, poll_interval=3600.0)
 WAIT = 30.0
+
+
+@contextlib.asynccontextmanager
+async def listening(
+    handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[int]:
+    """A raw server on a free loopback port, each connection to ``handle``; its port."""
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+def raw_server_spooler(
+    provider: str,
+    port: int,
+    *,
+    policy: Policy,
+    store: MemoryStore | None = None,
+    **options: object,
+) -> Spooler:
+    """A spooler whose one transport (``provider``: ``imap``, ``pop3``) fetches from a
+    raw server on ``port`` as user ``u``, without TLS unless ``options`` says; on
+    ``store`` (default: a new memory store)."""
+    opts = {"host": "127.0.0.1", "port": port, "tls": "none", "username": "u", "password": "p"}
+    cfg = SpoolerConfig(
+        transports=(TransportConfig(provider, provider, options={**opts, **options}),),
+        policy=policy,
+    )
+    return Spooler.open(cfg, store=store or MemoryStore(), idle=AlwaysIdle())
 
 
 def message(i: int, *, size: int = 0, tag: str = "t") -> bytes:

@@ -11,9 +11,9 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
-from mailbox_kit import NO_POLL, WAIT
+from mailbox_kit import NO_POLL, WAIT, listening, raw_server_spooler
 
-from spoolbox import AlwaysIdle, Spooler, SpoolerConfig, TransportConfig
+from spoolbox import Spooler
 from spoolbox.store.memory import MemoryStore
 
 _SELECTED = b"* 3 EXISTS\r\n* OK [UIDVALIDITY 7] v\r\n* OK [UIDNEXT 4] n\r\n"
@@ -87,29 +87,14 @@ class _ClosesOn(_RawImap):
 def _spooler(port: int, *, store: MemoryStore | None = None, **extra: object) -> Spooler:
     """A spooler fetching from the fake server on ``port`` (no IDLE, no TLS unless
     ``extra`` says), on ``store`` (default: a new one)."""
-    options = {
-        "host": "127.0.0.1",
-        "port": port,
-        "tls": "none",
-        "username": "u",
-        "password": "p",
-        "idle": False,
-        **extra,
-    }
-    cfg = SpoolerConfig(
-        transports=(TransportConfig("imap", "imap", options=options),), policy=NO_POLL
-    )
-    return Spooler.open(cfg, store=store or MemoryStore(), idle=AlwaysIdle())
+    return raw_server_spooler("imap", port, policy=NO_POLL, store=store, idle=False, **extra)
 
 
 @contextlib.asynccontextmanager
 async def _server(command: bytes, **kw: bytes) -> AsyncIterator[tuple[_ClosesOn, int]]:
     peer = _ClosesOn(command, **kw)
-    server = await asyncio.start_server(peer.handle, "127.0.0.1", 0)
-    try:
-        yield peer, server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
+    async with listening(peer.handle) as port:
+        yield peer, port
 
 
 @pytest.mark.parametrize(
@@ -213,10 +198,8 @@ async def test_a_message_the_server_lies_about_is_found_and_left_on_the_server()
     # left on the server (recorded as skipped) and the mailbox goes on with UID 3:
     # not blocked behind it at every poll, as it was before.
     peer = _Lies()
-    server = await asyncio.start_server(peer.handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     store = MemoryStore()
-    try:
+    async with listening(peer.handle) as port:
         async with _spooler(port, store=store, after_fetch="keep") as sp:
             results = []
             for _ in range(3):
@@ -243,8 +226,6 @@ async def test_a_message_the_server_lies_about_is_found_and_left_on_the_server()
                 again = (await sp.flush(upload=False)).for_transport("imap")
         assert (again.downloaded, again.error) == (0, None)
         assert peer.fetches == [b"1:3", b"1", b"2", b"3"]
-    finally:
-        server.close()
 
 
 async def test_data_after_the_starttls_answer_is_refused_before_anything_is_sent() -> None:

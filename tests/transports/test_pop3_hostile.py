@@ -11,10 +11,9 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
-from mailbox_kit import FAST, WAIT, eventually, inbox
+from mailbox_kit import FAST, WAIT, eventually, inbox, listening, raw_server_spooler
 
-from spoolbox import AlwaysIdle, Spooler, SpoolerConfig, TransportConfig
-from spoolbox.store.memory import MemoryStore
+from spoolbox import Spooler
 
 
 def _message(i: int) -> bytes:
@@ -94,27 +93,14 @@ class _Maildrop:
 
 def _spooler(port: int, **extra: object) -> Spooler:
     """A spooler fetching from the fake server on ``port`` (``after_fetch = "delete"``)."""
-    options = {
-        "host": "127.0.0.1",
-        "port": port,
-        "tls": "none",
-        "username": "u",
-        "password": "p",
-        "after_fetch": "delete",
-        **extra,
-    }
-    cfg = SpoolerConfig(transports=(TransportConfig("pop3", "pop3", options=options),), policy=FAST)
-    return Spooler.open(cfg, store=MemoryStore(), idle=AlwaysIdle())
+    return raw_server_spooler("pop3", port, policy=FAST, **{"after_fetch": "delete", **extra})
 
 
 @contextlib.asynccontextmanager
 async def _server(drop: _Maildrop | None = None) -> AsyncIterator[tuple[_Maildrop, int]]:
     drop = drop or _Maildrop()
-    server = await asyncio.start_server(drop.handle, "127.0.0.1", 0)
-    try:
-        yield drop, server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
+    async with listening(drop.handle) as port:
+        yield drop, port
 
 
 async def test_a_uidl_listed_twice_is_fetched_once_and_its_twin_never_deleted() -> None:
