@@ -237,15 +237,23 @@ def one(name: str, workdir: Path, args: argparse.Namespace) -> dict[str, float]:
     return res
 
 
-def count_fsyncs(name: str, workdir: Path, args: argparse.Namespace) -> float:
-    """fsync-family calls per message of ``name``, from one batch under strace."""
-    n = args.fsync_messages
+@contextlib.contextmanager
+def _warmed(name: str, workdir: Path, args: argparse.Namespace) -> Iterator[tuple[int, Sink, int]]:
+    """``name`` running against a sink, its warm-up batch sent: (its port, the sink,
+    the pid of its root process) for a batch under strace."""
     with Sink() as sink, system_under_test(name, workdir, sink, args) as (port, system):
         batch(port, sink, args.warmup, args)
         time.sleep(0.5)
         root = _root_pid(system)
         if root is None:
             raise RuntimeError(f"{name}: no process to trace")
+        yield port, sink, root
+
+
+def count_fsyncs(name: str, workdir: Path, args: argparse.Namespace) -> float:
+    """fsync-family calls per message of ``name``, from one batch under strace."""
+    n = args.fsync_messages
+    with _warmed(name, workdir, args) as (port, sink, root):
         with SyscallCount(process_tree(root), workdir / "strace.txt") as calls:
             batch(port, sink, n, args)
             time.sleep(_REPORTED)  # the last settles, then strace detaches
@@ -260,12 +268,7 @@ def count_syscalls(
     """Every syscall per message of each process of ``name`` (the daemon, each child),
     from one batch of ``--fsync-messages`` under one ``strace -f -c`` per process."""
     n = args.fsync_messages
-    with Sink() as sink, system_under_test(name, workdir, sink, args) as (port, system):
-        batch(port, sink, args.warmup, args)
-        time.sleep(0.5)
-        root = _root_pid(system)
-        if root is None:
-            raise RuntimeError(f"{name}: no process to trace")
+    with _warmed(name, workdir, args) as (port, sink, root):
         with contextlib.ExitStack() as stack:
             traced = [
                 (
