@@ -41,7 +41,15 @@ if TYPE_CHECKING:
         RecipientState,
     )
     from .status import StatusChange, StatusRow, StatusTable, SubscriberDropped
-    from .store import InboxEntry, MemoryStore, SQLiteStore, Store, StoreError, UnknownMessage
+    from .store import (
+        InboxEntry,
+        MemoryStore,
+        SQLiteStore,
+        Store,
+        StoreError,
+        StoreFull,
+        UnknownMessage,
+    )
 
 
 __version__ = "0.1.0.dev0"
@@ -77,6 +85,7 @@ __all__ = [
     "StatusTable",
     "Store",
     "StoreError",
+    "StoreFull",
     "SubscriberDropped",
     "SystemClock",
     "TransportConfig",
@@ -130,6 +139,7 @@ _WHERE = {
             "SQLiteStore",
             "Store",
             "StoreError",
+            "StoreFull",
             "UnknownMessage",
         ),
         ".store",

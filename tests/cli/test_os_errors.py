@@ -11,15 +11,19 @@ import errno
 import os
 import re
 import shutil
+import smtplib
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import CLI, Home, _env
+from conftest import CLI, Daemons, Home, _env
+from spoolbox import Address, NewMessage, StoreFull
+from spoolbox.client import Client, ClientError
 
 EXIT_OS_ERROR = 74
+EX_TEMPFAIL = 75
 
 
 def _store_at(home: Home, path: str) -> None:
@@ -71,7 +75,10 @@ def mount(tmp_path: Path) -> Iterator[Mount]:
         yield mount
     finally:
         for point in reversed(done):
-            subprocess.run(["umount", str(point)], check=False)
+            # A process that held a file there (a daemon's listener process, just
+            # killed) may still be ending: detach the mount rather than leave it.
+            if subprocess.run(["umount", str(point)], check=False).returncode != 0:
+                subprocess.run(["umount", "-l", str(point)], check=False)
 
 
 def test_a_store_on_a_read_only_file_system(home: Home, mount: Mount) -> None:
@@ -112,6 +119,60 @@ def test_a_full_disk(home: Home, mount: Mount) -> None:
         f"cannot create the store {tiny}/spool.sqlite3",
         "no space left on the device",
     )
+
+
+def test_a_full_disk_under_the_running_daemon(home: Home, mount: Mount, daemons: Daemons) -> None:
+    """The daemon's store fills up: each way in says so as a temporary failure and
+    nothing is queued half; with room again, the same submissions go through."""
+    full = mount("daemon-full", "size=3m")
+    _store_at(home, f"{full}/spool.sqlite3")
+    daemon = daemons.start(home)
+    assert home.run("send", "--to", "MAILDIR:bob", "--body", "small").returncode == 0
+    big = home.path / "big.txt"
+    big.write_bytes(os.urandom(1_500_000).hex().encode())  # 3 MB, more than the disk
+
+    # spoolbox send, through the daemon: the line the same failure gets without it.
+    line = _one_line(
+        home.run("send", "--to", "MAILDIR:bob", "--body", "x", "--attach", str(big)),
+        "no space left on the device",
+        "free space",
+    )
+    assert "database or disk is full" in line
+    # sendmail: try again later (75), saying why.
+    r = home.run("sendmail", "bob", input=b"Subject: big\n\n" + big.read_bytes())
+    assert r.returncode == EX_TEMPFAIL, (r.returncode, r.stderr)
+    assert "disk is full, try again later" in r.stderr, r.stderr
+    assert "internal error" not in r.stderr
+    # The listener: 452 4.3.1 at MAIL for a size that does not fit.
+    port = home.listener_port()
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+        smtp.ehlo("client.test")
+        code, text = smtp.mail("alice@example.org", ["SIZE=3000000"])
+    assert (code, text.decode()[:5]) == (452, "4.3.1"), text
+
+    # The Python client: one except catches it with the daemon running or not.
+    client = Client(home.profile)
+    too_big = NewMessage(
+        sender=None,
+        recipients=(Address.parse("MAILDIR:bob"),),
+        content=b"Subject: big\r\n\r\n" + big.read_bytes(),
+    )
+    with pytest.raises(StoreFull) as info:
+        client.submit(too_big)
+    assert isinstance(info.value, ClientError) and info.value.code == "store_full"
+    assert "disk is full" in str(info.value)
+
+    subprocess.run(["mount", "-o", "remount,size=32m", str(full)], check=True)
+    r = home.run("send", "--to", "MAILDIR:bob", "--body", "x", "--attach", str(big))
+    assert r.returncode == 0, r.stderr
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+        smtp.ehlo("client.test")
+        assert smtp.mail("alice@example.org", ["SIZE=3000000"])[0] == 250
+    # Two messages taken, none half: the small one and the big one.
+    listed = home.json("queue", "list", "--all")
+    assert listed["total"] == 2, listed
+    assert daemons.stop(daemon) == 0
+    assert not daemons.tracebacks()
 
 
 def test_a_missing_directory(home: Home) -> None:

@@ -16,6 +16,7 @@ import contextlib
 import os
 import re
 import signal
+import smtplib
 import sqlite3
 import subprocess
 import sys
@@ -33,8 +34,11 @@ from spoolbox import (
     RecipientState,
     SQLiteStore,
     StoreError,
+    StoreFull,
     UnknownMessage,
 )
+from spoolbox.ingress import ListenerConfig, SubmissionListener
+from spoolbox.store.space import room_check
 
 LIFETIME = 3600.0
 BIG = 200 * 1024  # content per message while filling the disk
@@ -168,7 +172,7 @@ async def test_disk_full_during_submit(tmp_path: Path, concurrency: int) -> None
                 )
                 for m, result in zip(wave, results, strict=True):
                     if isinstance(result, BaseException):
-                        assert isinstance(result, StoreError), repr(result)
+                        assert isinstance(result, StoreFull), repr(result)
                         refused[m.id] = result
                     else:
                         assert result.id == m.id
@@ -201,6 +205,83 @@ async def test_disk_full_during_submit(tmp_path: Path, concurrency: int) -> None
             text = str(error)
             assert "disk is full" in text, text
             assert str(db) in text, text
+
+
+def _smtp_send(port: int, i: int, *, announce: bool) -> tuple[int, str]:
+    """One message of about BIG bytes over SMTP: the first reply that is not a
+    success (MAIL's or the data's), or the data's 250; MAIL carries SIZE= only if
+    ``announce``."""
+    body = b"".join(b"%07d %s\r\n" % (n, b"x" * 68) for n in range(BIG // 78))
+    content = b"Subject: message %d\r\n\r\n" % i + body
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+        smtp.ehlo("client.test")
+        options = [f"SIZE={len(content)}"] if announce else []
+        code, text = smtp.mail("postmaster@full.test", options)
+        if code != 250:
+            return code, text.decode()
+        assert smtp.rcpt("box@full.test")[0] == 250
+        code, text = smtp.data(content)
+        return code, text.decode()
+
+
+async def test_the_listener_answers_452_and_keeps_what_it_accepted(tmp_path: Path) -> None:
+    """The SMTP listener on a store whose disk fills up: 452 4.3.1 after the data once
+    the store is full (a listener that cannot see the store's disk, as on
+    PostgreSQL or ``sendmail -bs``), at MAIL with the daemon's check of the room
+    left (the client need not send the message); once there is room, mail is taken
+    again, and nothing accepted before is lost."""
+    with tmpfs(tmp_path / "small", "3m") as small:
+        filler = small / "filler"
+        write_filler(filler, FILLER)
+        db = small / "spool.sqlite3"
+        accepted: dict[str, bytes] = {}
+        async with SQLiteStore(db) as store:
+
+            async def submit(m: NewMessage) -> object:
+                info = await store.submit(m, now=time.time(), lifetime=LIFETIME)
+                accepted[info.id] = m.content
+                return info
+
+            config = ListenerConfig(port=0, default_address_type="MAILDIR")
+            blind = SubmissionListener(submit, config)
+            seeing = SubmissionListener(submit, config, no_room=room_check("sqlite", db))
+            await blind.start()
+            await seeing.start()
+            try:
+                replies = []
+                for i in range(40):
+                    code, text = await asyncio.to_thread(_smtp_send, blind.port, i, announce=False)
+                    replies.append((code, text))
+                    if code != 250:
+                        break
+                assert accepted, replies
+                code, text = replies[-1]
+                assert code == 452, replies
+                assert text.startswith("4.3.1 Insufficient system storage"), replies
+                assert blind.statistics()["rejected_store_full"] == 1
+                await assert_queue(store, accepted)
+
+                # The daemon's listener refuses at MAIL, announced size or not.
+                for announce in (True, False):
+                    code, text = await asyncio.to_thread(
+                        _smtp_send, seeing.port, 100, announce=announce
+                    )
+                    assert (code, text[:5]) == (452, "4.3.1"), text
+                assert seeing.statistics()["rejected_store_full"] == 2
+
+                filler.unlink()  # room again
+                remount(small, "size=16m")
+                for listener in (blind, seeing):
+                    for announce in (True, False):
+                        code, text = await asyncio.to_thread(
+                            _smtp_send, listener.port, 200, announce=announce
+                        )
+                        assert code == 250, text
+            finally:
+                await blind.stop(grace=1.0)
+                await seeing.stop(grace=1.0)
+            await assert_queue(store, accepted)
+        assert integrity(db) == ["ok"]
 
 
 # -- read-only database -------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 from sqlite_helpers import T0, new_message
 
 from spoolbox.model import Address, NewMessage, RecipientState
-from spoolbox.store.base import RecipientUpdate, StoreError
+from spoolbox.store.base import RecipientUpdate, StoreError, StoreFull
 from spoolbox.store.operations import Kind
 from spoolbox.store.postgres import SCHEMA_VERSION, PostgresStore, describe
 from spoolbox.store.postgres.connection import Database
@@ -310,12 +310,13 @@ def test_a_dsn_that_does_not_parse_is_refused_without_the_password() -> None:
 async def test_a_submit_the_server_refuses_mid_way_leaves_nothing_and_fails_alone(
     pg_dsn: str,
 ) -> None:
-    # A real server-side failure after the content is written (as a full disk would
-    # fail an INSERT): a trigger refuses one message id.
+    # A real server-side failure after the content is written, as a full disk fails
+    # an INSERT (SQLSTATE 53100, disk_full): a trigger refuses one message id.
     _sql(
         pg_dsn,
         "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-        "RAISE EXCEPTION 'could not extend file: No space left on device'; END $$; "
+        "RAISE EXCEPTION 'could not extend file: No space left on device' "
+        "USING ERRCODE = 'disk_full'; END $$; "
         "CREATE TRIGGER refuse BEFORE INSERT ON messages FOR EACH ROW "
         "WHEN (NEW.id = 'm0003') EXECUTE FUNCTION refuse()",
     )
@@ -325,7 +326,7 @@ async def test_a_submit_the_server_refuses_mid_way_leaves_nothing_and_fails_alon
             return_exceptions=True,
         )
         assert store.statistics()["submit_batches"] == 1
-        assert isinstance(results[2], StoreError)
+        assert isinstance(results[2], StoreFull)  # temporary: the client tries again
         assert "No space left on device" in str(results[2])
         assert [getattr(r, "id", None) for r in results] == [
             "m0001",

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .._private import private_dir
 from ..model import IllegalTransition, MessageState, NewMessage
 from ..profile import Profile, load_profile
-from ..store.base import Store, UnknownMessage
+from ..store.base import Store, StoreFull, UnknownMessage
 from ..store.sqlite import StoreFile, transactions
 from . import selection
 from .wire import (
@@ -55,6 +55,8 @@ from .wire import (
     NOT_FOUND,
     NOT_RUNNING,
     PROTOCOL_VERSION,
+    STORE,
+    STORE_FULL,
     SUPPORTED_VERSIONS,
     TOO_LARGE,
     UNROUTABLE,
@@ -80,6 +82,7 @@ __all__ = [
     "EXIT_NOT_FOUND",
     "EXIT_NOT_RUNNING",
     "EXIT_OK",
+    "EXIT_OS_ERROR",
     "EXIT_PROFILE",
     "EXIT_UNROUTABLE",
     "EXIT_USAGE",
@@ -90,9 +93,11 @@ __all__ = [
     "ClientError",
     "Conflict",
     "DaemonNotRunning",
+    "DaemonStoreFull",
     "NotFound",
     "RequestTooLarge",
     "StoreNotWritable",
+    "StoreRefused",
     "UnroutableRecipient",
     "flush_report_to_dict",
     "inbox_to_dict",
@@ -113,6 +118,8 @@ EXIT_CONFLICT = 6
 EXIT_INTERRUPTED = 130
 #: A recipient no transport serves: nothing queued (sysexits EX_NOUSER, as sendmail).
 EXIT_UNROUTABLE = 67
+#: The store's disk is full (sysexits EX_IOERR, as an operating system error).
+EXIT_OS_ERROR = 74
 
 
 class ClientError(Exception):
@@ -166,8 +173,29 @@ class UnroutableRecipient(ClientError):
     exit_code = EXIT_UNROUTABLE
 
 
+class StoreRefused(ClientError):
+    """The daemon's store refused the request (a StoreError there; the text says what
+    and why).  Temporary, as the same error met without the daemon: sendmail exits
+    75 (try again later)."""
+
+    code = STORE
+    temporary = True
+
+
+class DaemonStoreFull(StoreRefused, StoreFull):
+    """The disk under the daemon's store is full (its StoreFull, across the local API):
+    nothing was queued, what was queued before is intact.  Also a
+    :class:`~spoolbox.store.StoreFull`, so one ``except spoolbox.StoreFull`` catches
+    it with the daemon running or not."""
+
+    code = STORE_FULL
+    exit_code = EXIT_OS_ERROR
+
+
 _ERRORS: dict[str, type[ClientError]] = {
     UNROUTABLE: UnroutableRecipient,
+    STORE_FULL: DaemonStoreFull,
+    STORE: StoreRefused,
     TOO_LARGE: RequestTooLarge,
     NOT_FOUND: NotFound,
     CONFLICT: Conflict,

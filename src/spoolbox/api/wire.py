@@ -40,6 +40,7 @@ __all__ = [
     "PROFILE",
     "PROTOCOL_VERSION",
     "STORE",
+    "STORE_FULL",
     "STREAMING_OPS",
     "SUPPORTED_VERSIONS",
     "TOO_LARGE",
@@ -86,6 +87,7 @@ NOT_FOUND = "not_found"  # no such message, inbox entry or transport
 CONFLICT = "conflict"  # the message is not in a state the action applies to
 NOT_RUNNING = "not_running"  # the daemon is shutting down
 STORE = "store"  # the store refused
+STORE_FULL = "store_full"  # the store's disk is full: nothing written, try again later
 PROFILE = "profile"  # reload: the profile is invalid or failed to start
 TOO_LARGE = "too_large"  # a request line over MAX_REQUEST_LINE
 UNSUPPORTED_VERSION = "unsupported_version"  # a "v" the daemon does not speak
@@ -97,6 +99,7 @@ ERROR_CODES = (
     CONFLICT,
     NOT_RUNNING,
     STORE,
+    STORE_FULL,
     PROFILE,
     TOO_LARGE,
     UNSUPPORTED_VERSION,

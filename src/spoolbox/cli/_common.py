@@ -111,11 +111,12 @@ def _fail_for(ctx: click.Context, exc: Exception) -> NoReturn:
     The classes are imported here, once something went wrong, not for ``--help``."""
     from ..api.client import ClientError
     from ..profile import ProfileError
-    from ..store import StoreError
+    from ..store import StoreError, StoreFull
 
     if isinstance(exc, ProfileError):
         fail(str(exc), _EXIT_PROFILE, kind="profile")
-    if isinstance(exc, ClientError):
+    # The daemon's full store (a ClientError too) is said as the same without it.
+    if isinstance(exc, ClientError) and not isinstance(exc, StoreFull):
         fail(str(exc), exc.exit_code, kind=exc.code)
     if not isinstance(exc, OSError | StoreError):
         raise exc

@@ -74,6 +74,9 @@ def _errno(exc: BaseException) -> int | None:
         seen.add(id(e))
         if isinstance(e, OSError) and e.errno is not None:
             return e.errno
+        number = getattr(e, "os_errno", None)  # spoolbox.store.StoreFull
+        if isinstance(number, int):
+            return number
         code = getattr(e, "sqlite_errorcode", None)
         if isinstance(code, int) and code & 0xFF in _SQLITE:
             return _SQLITE[code & 0xFF]

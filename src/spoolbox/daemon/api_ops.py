@@ -24,6 +24,7 @@ from .. import (
     NewMessage,
     Spooler,
     StoreError,
+    StoreFull,
     UnknownMessage,
     __version__,
 )
@@ -37,6 +38,7 @@ from ..api.wire import (
     PROFILE,
     PROTOCOL_VERSION,
     STORE,
+    STORE_FULL,
     UNROUTABLE,
     ApiError,
     inbox_to_dict,
@@ -88,6 +90,8 @@ async def dispatch(daemon: DaemonView, op: str, args: dict[str, Any]) -> Any:
         raise ApiError(CONFLICT, str(exc)) from None
     except (MessageError, AddressError) as exc:
         raise ApiError(BAD_REQUEST, str(exc)) from None
+    except StoreFull as exc:
+        raise ApiError(STORE_FULL, str(exc)) from None
     except StoreError as exc:
         raise ApiError(STORE, str(exc)) from None
 

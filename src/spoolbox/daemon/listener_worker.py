@@ -22,12 +22,14 @@ import socket
 import sys
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from ..ingress.listener import ListenerConfig, SubmissionListener
 from ..model import NewMessage
 from ..routing import refusal
 from ..store.postgres_open import postgres_store
+from ..store.space import room_check
 from ..store.sqlite import SQLiteStore
 from .log_format import choose_format
 from .pipes import serve_control_lines, stdin_lines
@@ -150,6 +152,9 @@ class _WorkerProcess:
                 self.submit,
                 ListenerConfig(**self.spec.options),
                 check_recipient=lambda address: refusal(self.table, str(address)),
+                no_room=room_check(
+                    "postgres" if self.spec.dsn else "sqlite", Path(self.spec.store)
+                ),
             )
             try:
                 await listener.start(sock=sock)

@@ -28,6 +28,7 @@ from ..ingress.listener import ListenerConfig, SubmissionListener
 from ..model import Address, ResourceMethods, ResourceType, StatusCode
 from ..profile import ListenerSettings, Profile
 from ..routing import RoutingTable, refusal
+from ..store.space import room_check
 from .listener_processes import ListenerProcesses
 
 __all__ = ["Listeners"]
@@ -153,7 +154,10 @@ class Listeners:
                     server = self._in_processes(profile, settings, options)
                 else:
                     server = SubmissionListener(
-                        self._submit, config, check_recipient=self._check_recipient
+                        self._submit,
+                        config,
+                        check_recipient=self._check_recipient,
+                        no_room=room_check(profile.store.backend, profile.store.path),
                     )
                 await _maybe_await(server.start())
                 port = getattr(server, "port", None)

@@ -97,6 +97,7 @@ REJECT_REASONS = (
     "no_recipients",  # DATA after every RCPT was refused
     "invalid_message",  # NewMessage refused the submission
     "submit_failed",  # submit raised: 451
+    "store_full",  # no room for the message on the store's disk: 452 4.3.1
 )
 
 
@@ -118,6 +119,12 @@ def _routed_local_part(address: str) -> bool:
     included."""
     local = address.rpartition("@")[0]
     return not _ROUTING.isdisjoint(local)
+
+
+def _store_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is the store's :class:`~spoolbox.store.StoreFull` (by name: this
+    package imports nothing of the store's)."""
+    return exc is not None and any(c.__name__ == "StoreFull" for c in type(exc).__mro__)
 
 
 def _clean(text: str, limit: int = 160) -> str:
@@ -158,6 +165,10 @@ def _listen_error(host: str, port: int, exc: OSError) -> OSError:
 
 _SHUTDOWN = "421 4.3.2 Service shutting down, closing the connection"
 _INTERNAL = "451 4.3.0 Internal error; try again later"
+#: No room on the store's disk, at MAIL (SIZE=) or after the data (RFC 3463 X.3.1).
+_NO_ROOM = "452 4.3.1 Insufficient system storage; try again later"
+#: The listener says at most this often (seconds) that MAIL was refused for room.
+_NO_ROOM_LOG_INTERVAL = 60.0
 
 
 _date_cache: tuple[int, str] = (0, "")
@@ -340,7 +351,13 @@ class _Connection(asyncio.Protocol):
         if task.cancelled():
             reply = "451 4.3.0 Message not queued (shutting down); try again later"
             listener._reject("submit_failed")
-        elif (exc := task.exception()) is not None:
+        elif _store_full(exc := task.exception()):
+            log.warning(
+                "submission from %s not queued: the store's disk is full: %s", self.peer, exc
+            )
+            listener._reject("store_full")
+            reply = _NO_ROOM
+        elif exc is not None:
             log.warning("submission from %s not queued: %r", self.peer, exc)
             listener._reject("submit_failed")
             reply = (
@@ -393,7 +410,10 @@ class SubmissionListener:
     ``250`` reply.  ``check_recipient`` says why a recipient cannot be routed (the
     daemon's: :func:`spoolbox.routing.unroutable` on its routing table), or None;
     such a recipient is refused at RCPT TO with ``550 5.1.2`` and the others are
-    accepted.
+    accepted.  ``no_room(size)`` says why the store's disk has no room for a message
+    of ``size`` bytes (MAIL's SIZE=, 0 without), or None if it has (the daemon's:
+    :func:`spoolbox.store.space.room_check`); MAIL is then refused with ``452 4.3.1``.
+    A submission the store refuses as full (``StoreFull``) gets ``452 4.3.1`` too.
     """
 
     def __init__(
@@ -402,9 +422,12 @@ class SubmissionListener:
         config: ListenerConfig,
         *,
         check_recipient: RecipientCheck | None = None,
+        no_room: Callable[[int], str | None] | None = None,
     ) -> None:
         self._submit = submit
         self._check_recipient = check_recipient
+        self._no_room = no_room
+        self._no_room_said = -_NO_ROOM_LOG_INTERVAL
         self.config = config
         self._server: asyncio.Server | None = None
         self._hostname = config.hostname or default_hostname()
@@ -551,7 +574,30 @@ class SubmissionListener:
             except AddressError as exc:
                 self._reject("bad_address")
                 return f"553 5.1.7 Bad sender address: {_clean(str(exc))}"
+        if self._no_room is not None and not self._room_for(conn, event):
+            self._reject("store_full")
+            return _NO_ROOM
         return "250 2.1.0 OK"
+
+    def _room_for(self, conn: _Connection, event: MailFrom) -> bool:
+        """Whether the store's disk has room for the message MAIL announces (its SIZE=,
+        0 without; ``no_room`` decides).  Said in the log at most once a minute while
+        there is none."""
+        assert self._no_room is not None
+        declared = next((v for k, v in event.params if k == "SIZE" and v), "0")
+        why = self._no_room(int(declared))
+        if why is None:
+            return True
+        now = time.monotonic()
+        if now - self._no_room_said >= _NO_ROOM_LOG_INTERVAL:
+            self._no_room_said = now
+            log.warning(
+                "MAIL from %s refused (452 4.3.1): %s; free space there (df -h) and mail "
+                "flows again",
+                conn.peer,
+                why,
+            )
+        return False
 
     def _rcpt(self, conn: _Connection, event: RcptTo) -> str:
         try:

@@ -464,6 +464,8 @@ def _exit_for(exc: BaseException) -> tuple[int, str]:
     names = {c.__name__ for c in type(exc).__mro__}
     if "UnroutableRecipient" in names:  # the daemon's refusal (api.client; no import here)
         return EX_NOUSER, f"{exc}"
+    if "StoreFull" in names:  # here or in the daemon's store (api.client)
+        return EX_TEMPFAIL, f"the spool's disk is full, try again later: {exc}"
     if temporary is True or "StoreError" in names or isinstance(exc, OSError | TimeoutError):
         return EX_TEMPFAIL, f"the spool is busy or unavailable, try again later: {exc}"
     return EX_SOFTWARE, f"internal error: {type(exc).__name__}: {exc}"

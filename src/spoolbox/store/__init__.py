@@ -15,6 +15,7 @@ from .base import (
     RecipientUpdate,
     Store,
     StoreError,
+    StoreFull,
     UnknownMessage,
 )
 from .cluster import ClusterStore, FlushProgress, FlushRequest, LeaseHeld, NodeRecord, NodeState
@@ -39,6 +40,7 @@ __all__ = [
     "SQLiteStore",
     "Store",
     "StoreError",
+    "StoreFull",
     "UnknownMessage",
 ]
 

@@ -35,6 +35,7 @@ Rules every backend keeps:
 
 from __future__ import annotations
 
+import errno
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -59,6 +60,7 @@ __all__ = [
     "RecipientUpdate",
     "Store",
     "StoreError",
+    "StoreFull",
     "UnknownMessage",
 ]
 
@@ -67,6 +69,16 @@ JSONValue = Any  # JSON-serialisable: None, bool, int, float, str, list, dict
 
 class StoreError(RuntimeError):
     """The store cannot do what was asked; the text says what and why."""
+
+
+class StoreFull(StoreError):
+    """The disk under the store (or the database server's) is full: nothing of this
+    request was written, what the store held before is intact.  Temporary: the same
+    request succeeds once there is room (``df -h`` shows where)."""
+
+    temporary = True
+    #: The operating system's error behind it, for the command line's wording and hint.
+    os_errno = errno.ENOSPC
 
 
 def new_inbox_entry(

@@ -65,7 +65,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ..base import StoreError
+from ..base import StoreError, StoreFull
 from ..operations import Kind
 from . import schema
 from .arrays import ADAPTERS
@@ -247,8 +247,11 @@ class Database:
         self.counts = Counts()
 
     def error(self, doing: str, exc: BaseException) -> StoreError:
-        """A StoreError naming the database, what was being done, and what it said."""
-        return StoreError(f"PostgreSQL store {self.where}: {doing}: {_safe(exc, self._parts)}")
+        """A StoreError naming the database, what was being done, and what it said: a
+        :class:`~spoolbox.store.StoreFull` when the server's disk is full (SQLSTATE
+        53100, ``disk_full``: the transaction was rolled back)."""
+        kind = StoreFull if isinstance(exc, errors.DiskFull) else StoreError
+        return kind(f"PostgreSQL store {self.where}: {doing}: {_safe(exc, self._parts)}")
 
     async def connect(self) -> Conn:
         """One plain connection (autocommit, rows as dicts), outside the pool."""
@@ -464,6 +467,8 @@ class Database:
             for call in calls:
                 try:
                     out.append(await call(conn))
+                except errors.DiskFull as exc:  # this call's rows: maybe not the others'
+                    raise _OneFailed from exc
                 except (psycopg.OperationalError, *_RETRYABLE):
                     raise
                 except Exception as exc:
@@ -476,6 +481,8 @@ class Database:
                 try:
                     async with savepoint(conn):
                         out.append(await call(conn))
+                except errors.DiskFull as exc:  # an OperationalError, of this call only
+                    out.append(self.error(what, exc))
                 except (psycopg.OperationalError, *_RETRYABLE):
                     raise  # the connection is gone, or the server broke a deadlock
                 except psycopg.Error as exc:

@@ -12,6 +12,7 @@ the same lock waits as the store's own commits::
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import time
@@ -20,12 +21,12 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Final, TypeVar
 
-from ..base import StoreError
+from ..base import StoreError, StoreFull
 from ..operations import OPERATIONS, Kind
 from . import schema
 from .walsync import WalSync
 
-__all__ = ["BUSY_TIMEOUT", "Stats", "StoreFile", "sync_level"]
+__all__ = ["BUSY_TIMEOUT", "Stats", "StoreFile", "disk_full", "sync_level"]
 
 _T = TypeVar("_T")
 
@@ -271,8 +272,10 @@ class StoreFile:
             self.conn.execute("ROLLBACK")
 
     def error(self, what: str, exc: BaseException) -> StoreError:
-        """A StoreError for a failed ``what`` on this file, caused by ``exc``."""
-        err = StoreError(f"{self.path}: {what} failed: {exc}")
+        """A StoreError for a failed ``what`` on this file, caused by ``exc``: a
+        :class:`~spoolbox.store.StoreFull` when the disk is full."""
+        kind = StoreFull if disk_full(exc) else StoreError
+        err = kind(f"{self.path}: {what} failed: {exc}")
         err.__cause__ = exc
         return err
 
@@ -291,6 +294,26 @@ class StoreFile:
             else:
                 self.stats.lock_wait_seconds += time.monotonic() - start
                 return result
+
+
+#: What a full disk or a spent quota looks like to the operating system.
+_FULL_ERRNOS: Final = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) says the disk is full: SQLite's
+    SQLITE_FULL ("database or disk is full"), or ENOSPC or EDQUOT from the system."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
+            return True
+        code = getattr(e, "sqlite_errorcode", None)
+        if isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_FULL:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:

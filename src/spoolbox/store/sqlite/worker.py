@@ -356,7 +356,7 @@ class Worker:
             for sub in subs:
                 serr = (
                     db.error("submit", exc)
-                    if isinstance(exc, sqlite3.Error)
+                    if isinstance(exc, sqlite3.Error | OSError)
                     else StoreError(f"{db.path}: submit failed: {exc!r}")
                 )
                 serr.__cause__ = exc
