@@ -37,6 +37,7 @@ EXPECTED_TOP = {
     "StatusTable",
     "Store",
     "StoreError",
+    "StoreFull",
     "SubscriberDropped",
     "SystemClock",
     "TransportConfig",
