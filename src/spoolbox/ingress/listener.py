@@ -42,6 +42,7 @@ import functools
 import hmac
 import ipaddress
 import logging
+import os
 import re
 import socket
 import ssl
@@ -386,8 +387,9 @@ class _Connection(asyncio.Protocol):
         task.add_done_callback(self._listener._tasks.discard)
 
     async def _upgrade(self, transport: asyncio.Transport) -> None:
-        ctx = self._listener._tls
-        assert ctx is not None
+        certificate = self._listener._tls
+        assert certificate is not None
+        ctx = certificate.context_now()
         try:
             tls = await self._loop.start_tls(transport, self, ctx, server_side=True)
         except Exception as exc:  # a failed handshake ends this session only
@@ -400,6 +402,68 @@ class _Connection(asyncio.Protocol):
         self.machine.tls_started()
         self._last = self._loop.time()
         self._run()
+
+
+class _Certificate:
+    """The listener's TLS context, made again when its certificate or key file changes.
+
+    A renewal replaces the files in place (certbot points its ``live/`` links at new
+    files; acme.sh writes over them), and the certificates of Let's Encrypt last 90
+    days: a listener that kept the context it started with would serve an expired
+    certificate within months.  Each STARTTLS looks at the files (a ``stat`` each,
+    beside a handshake's milliseconds) and loads them again when one changed.  A
+    change that does not load (a key that does not match yet, a file half written,
+    one missing) keeps the context before it, said once in the log, and is tried
+    again at the next change.
+    """
+
+    def __init__(self, cert: str, key: str | None) -> None:
+        self.cert = cert
+        self.key = key
+        self._stamp = self._stamp_now()
+        try:
+            self.context = self._load()
+        except (OSError, ssl.SSLError) as exc:
+            raise OSError(f"cannot load the TLS certificate {cert}: {exc}") from exc
+        self._refused: tuple[object, ...] | None = None
+
+    def _stamp_now(self) -> tuple[object, ...]:
+        """What changes when a file is replaced or written over (None: it is missing)."""
+        stamps: list[object] = []
+        for path in (self.cert, self.key):
+            try:
+                st = os.stat(path) if path else None
+            except OSError:
+                st = None
+            stamps.append(
+                None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            )
+        return tuple(stamps)
+
+    def _load(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.cert, self.key)
+        return ctx
+
+    def context_now(self) -> ssl.SSLContext:
+        """The context for a handshake now: loaded again if a file changed since."""
+        stamp = self._stamp_now()
+        if stamp == self._stamp or stamp == self._refused:
+            return self.context
+        try:
+            context = self._load()
+        except (OSError, ssl.SSLError) as exc:
+            self._refused = stamp
+            log.error(
+                "the TLS certificate %s (or its key) changed but does not load: %s; "
+                "the certificate loaded before is still served",
+                self.cert,
+                exc,
+            )
+            return self.context
+        self.context, self._stamp, self._refused = context, stamp, None
+        log.info("the TLS certificate %s changed: loaded again", self.cert)
+        return context
 
 
 class SubmissionListener:
@@ -431,7 +495,7 @@ class SubmissionListener:
         self.config = config
         self._server: asyncio.Server | None = None
         self._hostname = config.hostname or default_hostname()
-        self._tls: ssl.SSLContext | None = None
+        self._tls: _Certificate | None = None
         self._settings = self._server_settings()
         #: relay_networks' verdict by peer address (a client sends every message on a
         #: connection of its own, often from one address; parsing it was 3% of the
@@ -473,12 +537,7 @@ class SubmissionListener:
             raise RuntimeError(f"{self!r} is already started")
         cfg = self.config
         if cfg.tls_cert:
-            try:
-                ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-                ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-            except (OSError, ssl.SSLError) as exc:
-                raise OSError(f"cannot load the TLS certificate {cfg.tls_cert}: {exc}") from exc
-            self._tls = ctx
+            self._tls = _Certificate(cfg.tls_cert, cfg.tls_key)
             self._settings = self._server_settings()
         loop = asyncio.get_running_loop()
         try:
