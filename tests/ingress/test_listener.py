@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import email.utils
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -94,6 +95,30 @@ async def test_a_message_is_queued_with_a_received_line(spooler: Spooler) -> Non
     assert content.endswith(MESSAGE)
     assert listener.statistics()["accepted"] == 1
     assert listener.statistics()["connections"] == 1
+
+
+async def test_over_ipv6_the_peer_is_an_ipv6_address_literal(spooler: Spooler) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("SKIPPED LOUDLY: no IPv6 on this machine: the ::1 listener is not tried")
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"SKIPPED LOUDLY: cannot bind ::1 here ({exc}): IPv6 listener not tried")
+    async with serving(spooler.submit, host="::1") as listener:
+        assert repr(listener) == f"<SubmissionListener [::1]:{listener.port}>"
+        errors, _ = await aiosmtplib.send(
+            MESSAGE,
+            sender="alice@example.org",
+            recipients=["bob@example.org"],
+            hostname="::1",
+            port=listener.port,
+        )
+        assert errors == {}
+    [(_, content)] = await queued(spooler)
+    # RFC 5321 4.1.3: an IPv6 address literal says "IPv6:" (as Postfix writes it).
+    first = content.split(b"\r\n", 1)[0]
+    assert first.endswith(b" ([IPv6:::1])"), first
 
 
 async def test_250_comes_only_after_submit_returned(spooler: Spooler) -> None:

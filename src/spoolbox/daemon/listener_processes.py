@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
-from ..ingress.listener import ListenerConfig, listen_socket
+from ..ingress.listener import ListenerConfig, host_port, listen_socket
 from ..routing import RoutingTable
 from .pipes import end_processes, hand_over
 from .restarts import restart_delay
@@ -172,10 +172,9 @@ class ListenerProcesses:
             self._own(self._supervise(worker))
         self._own(self._push_routes())
         log.info(
-            "SMTP submission listener %r on %s:%d in %d process%s (pids %s)",
+            "SMTP submission listener %r on %s in %d process%s (pids %s)",
             self.name,
-            self.config.host,
-            self.port,
+            host_port(self.config.host, self.port),
             self._processes,
             "" if self._processes == 1 else "es",
             " ".join(map(str, self.pids())),

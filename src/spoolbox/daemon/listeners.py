@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 from .. import MessageInfo, NewMessage, Spooler, StatusRow
-from ..ingress.listener import ListenerConfig, SubmissionListener
+from ..ingress.listener import ListenerConfig, SubmissionListener, host_port
 from ..model import Address, ResourceMethods, ResourceType, StatusCode
 from ..profile import ListenerSettings, Profile
 from ..routing import RoutingTable, refusal
@@ -162,7 +162,7 @@ class Listeners:
                 await _maybe_await(server.start())
                 port = getattr(server, "port", None)
                 host = settings.options.get("host", getattr(config, "host", "?"))
-                text = f"listening on {host}:{port}"
+                text = f"listening on {host_port(host, port)}"
                 code = StatusCode.AVAILABLE | StatusCode.INBOUND_ENABLED
                 detail = _processes(settings.processes) if settings.processes else None
                 self._running.append(
@@ -290,7 +290,8 @@ class Listeners:
                 if listener.settings is settings:
                     listener.row = (
                         StatusCode.AVAILABLE | StatusCode.INBOUND_ENABLED,
-                        f"listening on {listener.server.config.host}:{listener.server.port}",
+                        "listening on "
+                        + host_port(listener.server.config.host, listener.server.port),
                         f"{_processes(settings.processes)}; {text}",
                     )
                     self._row(settings.name, *listener.row)

@@ -74,7 +74,7 @@ from ..smtp.server import (
 )
 from .config import ListenerConfig
 
-__all__ = ["ListenerConfig", "SubmissionListener", "listen_socket"]
+__all__ = ["ListenerConfig", "SubmissionListener", "host_port", "listen_socket"]
 
 log = logging.getLogger("spoolbox.ingress")
 
@@ -128,6 +128,17 @@ def _store_full(exc: BaseException | None) -> bool:
     return exc is not None and any(c.__name__ == "StoreFull" for c in type(exc).__mro__)
 
 
+def host_port(host: str, port: object) -> str:
+    """``host:port``, an IPv6 address in brackets (``[::1]:2525``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _address_literal(ip: str) -> str:
+    """A peer's address as RFC 5321 writes it in brackets: ``IPv6:`` before an IPv6
+    one (``[IPv6:::1]``), as Postfix's Received lines do."""
+    return f"IPv6:{ip}" if ":" in ip else ip
+
+
 def _clean(text: str, limit: int = 160) -> str:
     """Text safe to put in a reply line: printable ASCII, no line breaks, bounded."""
     if text.isascii() and text.isprintable():
@@ -159,7 +170,7 @@ def listen_socket(host: str, port: int, *, backlog: int = 100) -> socket.socket:
 def _listen_error(host: str, port: int, exc: OSError) -> OSError:
     return OSError(
         exc.errno,
-        f"cannot listen for SMTP on {host}:{port}: {exc.strerror or exc}"
+        f"cannot listen for SMTP on {host_port(host, port)}: {exc.strerror or exc}"
         + (" (is another server using the port?)" if exc.errno == errno.EADDRINUSE else ""),
     )
 
@@ -510,7 +521,7 @@ class SubmissionListener:
         self._stats: collections.Counter[str] = collections.Counter()
 
     def __repr__(self) -> str:
-        where = f"{self.config.host}:{self.port}" if self._server else "not started"
+        where = host_port(self.config.host, self.port) if self._server else "not started"
         return f"<SubmissionListener {where}>"
 
     def _server_settings(self) -> ServerSettings:
@@ -549,7 +560,7 @@ class SubmissionListener:
                 )
         except OSError as exc:
             raise _listen_error(cfg.host, cfg.port, exc) from exc
-        log.info("SMTP submission listener on %s:%d", cfg.host, self.port)
+        log.info("SMTP submission listener on %s", host_port(cfg.host, self.port))
 
     @property
     def port(self) -> int:
@@ -753,7 +764,7 @@ class SubmissionListener:
         if machine.authenticated:
             protocol += "A"
         lines = [
-            f"Received: from {helo} ([{_clean(str(ip), 64)}])",
+            f"Received: from {helo} ([{_clean(_address_literal(str(ip)), 72)}])",
             f"\tby {_clean(self._hostname, 255)} (spoolbox) with {protocol} id {message_id}",
         ]
         if len(event.recipients) == 1:  # never list several: that would disclose Bcc
