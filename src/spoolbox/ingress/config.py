@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 
 from ..model import Address, AddressError
 
-__all__ = ["ListenerConfig"]
+__all__ = ["TLS_MODES", "ListenerConfig"]
+
+#: ``tls`` values: STARTTLS on a plain connection, or TLS from the first byte.
+TLS_MODES = ("starttls", "implicit")
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,9 @@ class ListenerConfig:
     default_address_type: str = "SMTP"
     tls_cert: str | None = None  # PEM certificate chain: enables STARTTLS
     tls_key: str | None = None  # PEM private key (default: in tls_cert)
+    #: "starttls": plain text, STARTTLS offered (with tls_cert); "implicit": TLS from
+    #: the first byte (RFC 8314, the "submissions" port 465), needs tls_cert
+    tls: str = "starttls"
     idle_timeout: float = 300.0  # seconds without a command before the connection closes
     shutdown_grace: float = 10.0  # stop(): how long transactions in progress may finish
 
@@ -69,5 +75,9 @@ class ListenerConfig:
             )
         if self.tls_key and not self.tls_cert:
             raise ValueError("tls_key is set but tls_cert is not")
+        if self.tls not in TLS_MODES:
+            raise ValueError(f"tls must be one of {', '.join(TLS_MODES)}, not {self.tls!r}")
+        if self.tls == "implicit" and not self.tls_cert:
+            raise ValueError('tls = "implicit" needs tls_cert (the certificate to serve)')
         if self.idle_timeout <= 0 or self.shutdown_grace < 0:
             raise ValueError("idle_timeout must be positive and shutdown_grace not negative")

@@ -202,7 +202,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, listener: SubmissionListener) -> None:
         self._listener = listener
         self._loop = asyncio.get_running_loop()
-        self.machine = ServerMachine(listener._settings)
+        self.machine = ServerMachine(listener._settings, tls_active=listener._implicit)
         self.transport: asyncio.Transport | None = None
         self.peer: Any = None
         self._last = 0.0  # loop time of the last activity (the idle clock)
@@ -224,6 +224,9 @@ class _Connection(asyncio.Protocol):
         log.debug("SMTP connection from %s", self.peer)
         self._last = self._loop.time()
         self._timer = self._loop.call_later(listener.config.idle_timeout, self._on_idle)
+        if listener._implicit:  # the handshake first, then the greeting under TLS
+            self._begin_tls(self.transport, implicit=True)
+            return
         self.transport.write(self.machine.data_to_send())
 
     def data_received(self, data: bytes) -> None:
@@ -391,27 +394,34 @@ class _Connection(asyncio.Protocol):
         if transport is None:
             return
         transport.write(self.machine.data_to_send())  # the 220, in clear text
+        self._begin_tls(transport, implicit=False)
+
+    def _begin_tls(self, transport: asyncio.Transport, *, implicit: bool) -> None:
         transport.pause_reading()  # the client's handshake waits in the socket
         self._reading_paused = False  # start_tls resumes reading on its own
-        task = self._loop.create_task(self._upgrade(transport))
+        task = self._loop.create_task(self._upgrade(transport, implicit))
         self._listener._tasks.add(task)
         task.add_done_callback(self._listener._tasks.discard)
 
-    async def _upgrade(self, transport: asyncio.Transport) -> None:
+    async def _upgrade(self, transport: asyncio.Transport, implicit: bool) -> None:
         certificate = self._listener._tls
         assert certificate is not None
         ctx = certificate.context_now()
         try:
             tls = await self._loop.start_tls(transport, self, ctx, server_side=True)
         except Exception as exc:  # a failed handshake ends this session only
-            log.info("STARTTLS with %s failed: %s", self.peer, exc)
+            what = "TLS handshake" if implicit else "STARTTLS"
+            log.info("%s with %s failed: %s", what, self.peer, exc)
             transport.close()
             return
         if tls is None or self.transport is None:
             return
         self.transport = tls  # (uvloop: not an asyncio.Transport subclass; do not assert)
-        self.machine.tls_started()
         self._last = self._loop.time()
+        if implicit:
+            self._flush()  # the greeting
+            return
+        self.machine.tls_started()
         self._run()
 
 
@@ -507,6 +517,8 @@ class SubmissionListener:
         self._server: asyncio.Server | None = None
         self._hostname = config.hostname or default_hostname()
         self._tls: _Certificate | None = None
+        #: tls = "implicit": every connection starts with the TLS handshake
+        self._implicit = config.tls == "implicit"
         self._settings = self._server_settings()
         #: relay_networks' verdict by peer address (a client sends every message on a
         #: connection of its own, often from one address; parsing it was 3% of the

@@ -1,0 +1,95 @@
+"""``tls = "implicit"``: TLS from the first byte (RFC 8314, the "submissions" port
+465 that Django's ``EMAIL_USE_SSL``, PHPMailer's ``ssl`` and mail clients use).
+
+The handshake comes first, then the greeting under TLS; STARTTLS is not offered (and
+refused), AUTH is; the Received line says ESMTPSA.  A client that speaks plain text
+gets no greeting and is disconnected.  Real handshakes (smtplib's SMTP_SSL, a CA of
+trustme's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import socket
+import ssl
+from pathlib import Path
+
+import pytest
+import trustme
+
+from spoolbox import NewMessage
+from spoolbox.ingress import ListenerConfig, SubmissionListener
+
+MESSAGE = b"From: ann@example.org\r\nSubject: hi\r\n\r\nHello.\r\n"
+
+
+def client_context(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+async def test_the_handshake_comes_first_then_the_session_under_tls(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    pem = tmp_path / "listener.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    kept: list[NewMessage] = []
+
+    async def keep(message: NewMessage) -> object:
+        kept.append(message)
+        return None
+
+    config = ListenerConfig(
+        port=0,
+        tls="implicit",
+        tls_cert=str(pem),
+        require_auth=True,
+        users={"ann": "secret"},
+        relay_networks=(),
+    )
+    listener = SubmissionListener(keep, config)
+    await listener.start()
+
+    def session() -> tuple[dict[str, str], tuple[int, bytes]]:
+        with smtplib.SMTP_SSL(
+            "127.0.0.1", listener.port, context=client_context(ca), timeout=30
+        ) as smtp:
+            smtp.ehlo("client.test")
+            features = dict(smtp.esmtp_features)
+            again = smtp.docmd("STARTTLS")
+            smtp.login("ann", "secret")  # offered: the connection is under TLS
+            smtp.sendmail("ann@example.org", ["far@elsewhere.net"], MESSAGE)
+        return features, again
+
+    def plain() -> bytes:
+        with socket.create_connection(("127.0.0.1", listener.port), timeout=30) as sock:
+            sock.sendall(b"EHLO client.test\r\n")
+            received = b""
+            while chunk := sock.recv(4096):
+                received += chunk
+        return received
+
+    try:
+        features, again = await asyncio.to_thread(session)
+        received = await asyncio.to_thread(plain)
+    finally:
+        await listener.stop(grace=1.0)
+    assert "starttls" not in features and "auth" in features, features
+    assert again[0] == 503, again
+    [message] = kept
+    assert b" with ESMTPSA id " in message.content.split(b"\r\n\r\n", 1)[0]
+    # Plain text is not SMTP here: no greeting, only the handshake's failure, closed.
+    assert not received.startswith(b"220"), received
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"tls": "implicit"}, 'tls = "implicit" needs tls_cert'),
+        ({"tls": "ssl", "tls_cert": "x.pem"}, "tls must be one of starttls, implicit, not 'ssl'"),
+    ],
+)
+def test_a_tls_setting_that_cannot_work_is_refused(options: dict[str, str], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        ListenerConfig(**options)  # type: ignore[arg-type]
