@@ -296,6 +296,46 @@ cat = { password_file = "cat.pw" }
 """
 
 
+def test_certificate_files_are_found_from_the_profiles_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative tls_cert, tls_key or ca_file is the profile directory's file, not
+    one under wherever the daemon was started (systemd starts it in /)."""
+    p = _write(
+        tmp_path,
+        """
+[[transports]]
+name = "relay"
+provider = "smtp"
+[transports.options]
+host = "smtp.example.org"
+ca_file = "certs/ca.pem"
+
+[[transports]]
+name = "other"
+provider = "smtp"
+[transports.options]
+host = "smtp.example.org"
+ca_file = "/etc/ssl/other.pem"
+
+[listeners.submissions]
+tls = "implicit"
+tls_cert = "certs/listener.pem"
+tls_key = "~/listener.key"
+""",
+    )
+    monkeypatch.chdir("/")
+    monkeypatch.setenv("HOME", "/home/ann")
+    prof = load_profile(p)
+    base = tmp_path.resolve()
+    relay, other = prof.spooler.transports
+    assert relay.options["ca_file"] == str(base / "certs/ca.pem")
+    assert other.options["ca_file"] == "/etc/ssl/other.pem"
+    (lst,) = prof.listeners
+    assert lst.options["tls_cert"] == str(base / "certs/listener.pem")
+    assert lst.options["tls_key"] == "/home/ann/listener.key"
+
+
 def test_listener_user_passwords_from_the_environment_and_a_file(tmp_path: Path) -> None:
     p = _write(tmp_path, LISTENER_USERS)
     (tmp_path / "cat.pw").write_text("cat-from-file\n")

@@ -419,6 +419,7 @@ class _Transports:
         options, miss, found = transport_options(
             tt.table("options"), name, self.base, self.environ, self.extra
         )
+        options = _from_profile_dir(options, ("ca_file",), self.base)
         self.missing.extend(miss)
         self.secrets |= found
         self.dialog[name] = tt.flag("logon_dialog", True)
@@ -461,11 +462,24 @@ def _listeners(
             opts["users"] = users
             secrets |= found
         _check_listener(lt, opts, missing)
+        opts = _from_profile_dir(opts, ("tls_cert", "tls_key"), base)
         listeners.append(
             ListenerSettings(lname, kind, enabled, opts, processes, missing=tuple(missing))
         )
     ls.done()
     return listeners, secrets
+
+
+def _from_profile_dir(options: dict[str, Any], keys: tuple[str, ...], base: Path) -> dict[str, Any]:
+    """``options`` with the file names under ``keys`` made absolute: a relative one is
+    taken from the profile's directory (``base``), as ``*_file`` secrets are, not from
+    wherever the daemon was started (systemd starts it in ``/``)."""
+    out = dict(options)
+    for key in keys:
+        value = out.get(key)
+        if isinstance(value, str) and value:
+            out[key] = str(base / os.path.expanduser(value))
+    return out
 
 
 def _check_listener(lt: Table, opts: Mapping[str, Any], missing: list[MissingSecret]) -> None:
