@@ -3,12 +3,16 @@ work, through the real command."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+import trustme
 
 from conftest import Home
 
@@ -242,3 +246,40 @@ def test_a_hook_that_cannot_start_is_a_problem_before_the_daemon_runs(home: Home
     hooks = {h["name"]: h for h in json.loads(r.stdout)["hooks"]}
     assert hooks["strip"] == {"name": "strip", "ok": True, "problem": None}
     assert hooks["sign"]["ok"] is False and "no-such-key.pem" in hooks["sign"]["problem"]
+
+
+def test_a_listeners_certificate_is_checked_and_its_end_said(home: Home) -> None:
+    """It loads (with its key) and does not expire within 14 days: ok, with the date;
+    otherwise a problem (a renewal that stopped working shows here first)."""
+    ca = trustme.CA()
+    pem = home.path / "listener.pem"
+    _append(home, '\n[listeners.secure]\nport = 0\ntls = "implicit"\ntls_cert = "listener.pem"\n')
+
+    def issue(days: float) -> None:
+        when = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=days)
+        leaf = ca.issue_cert("mail.example.org", not_after=when.replace(microsecond=0))
+        leaf.private_key_and_cert_chain_pem.write_to_path(str(pem))
+
+    issue(60)
+    r = home.run("check")
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    line = r.stdout.splitlines()[-1]
+    assert line.startswith("listener:secure: ok (certificate valid until 20"), line
+    [entry] = json.loads(home.run("check", "--json").stdout)["listeners"]
+    assert entry["ok"] and 59 * 86400 < entry["certificate_expires"] - time.time() < 61 * 86400
+
+    issue(3)
+    r = home.run("check")
+    assert r.returncode == 1
+    assert "listener:secure: the certificate expires on " in r.stdout
+    assert "has its renewal failed?" in r.stdout
+
+    issue(-1)
+    r = home.run("check")
+    assert r.returncode == 1
+    assert "listener:secure: the certificate expired on " in r.stdout
+
+    pem.unlink()
+    r = home.run("check")
+    assert r.returncode == 1
+    assert f"listener:secure: cannot load the TLS certificate {pem}" in r.stdout

@@ -10,8 +10,10 @@ One line per transport, ``NAME: ok`` or ``NAME: <the problem>``, then one per sp
 hook (``hook:NAME: ok``: its class loads and takes its options, a DKIM key included),
 then, when the profile has ``[local_names]``, ``local_names: ok`` when a transport
 serves every address a local name can become (cron's ``root``: sendmail refuses it
-otherwise); exit 0 when all are good, 1 when any of them has a problem, 5 when the
-profile itself cannot be read (docs/operations.md, "Exit codes").  The logons run on
+otherwise), then one per listener with TLS (``listener:NAME: ok (certificate valid
+until ...)``: its certificate and key load, and it does not expire within 14
+days); exit 0 when all are good, 1 when any of them has a problem, 5 when the profile
+itself cannot be read (docs/operations.md, "Exit codes").  The logons run on
 a throw-away spooler over an empty in-memory store, outbound only: nothing is sent,
 and no mailbox is fetched.
 """
@@ -23,6 +25,7 @@ import contextlib
 import dataclasses
 import logging
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import click
@@ -61,6 +64,7 @@ def check_cmd(obj: Ctx, no_logon: bool, timeout: float, as_json: bool) -> None:
         problems.update(asyncio.run(_try_logons(profile, ready, timeout)))
     hooks = _check_hooks(profile)
     local_names = _check_local_names(profile)
+    certificates = _check_certificates(profile)
     if as_json:
         emit_json(
             {
@@ -74,6 +78,15 @@ def check_cmd(obj: Ctx, no_logon: bool, timeout: float, as_json: bool) -> None:
                     for name, problem in hooks.items()
                 ],
                 "local_names": {"ok": not local_names, "problem": local_names or None},
+                "listeners": [
+                    {
+                        "name": name,
+                        "ok": c.problem is None,
+                        "problem": c.problem,
+                        "certificate_expires": c.not_after,
+                    }
+                    for name, c in certificates.items()
+                ],
             }
         )
     else:
@@ -84,8 +97,57 @@ def check_cmd(obj: Ctx, no_logon: bool, timeout: float, as_json: bool) -> None:
             click.echo(f"hook:{name}: {problem or 'ok'}")
         if local_names is not None:
             click.echo(f"local_names: {local_names or 'ok'}")
-    bad = any(problems.values()) or any(hooks.values()) or bool(local_names)
+        for name, c in certificates.items():
+            click.echo(f"listener:{name}: {c.problem or 'ok'}{c.validity}")
+    bad = (
+        any(problems.values())
+        or any(hooks.values())
+        or bool(local_names)
+        or any(c.problem for c in certificates.values())
+    )
     sys.exit(1 if bad else 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Certificate:
+    """A TLS listener's certificate as ``check`` found it."""
+
+    problem: str | None
+    not_after: float | None = None
+
+    @property
+    def validity(self) -> str:
+        if self.not_after is None or self.problem is not None:
+            return ""
+        day = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(self.not_after))
+        return f" (certificate valid until {day})"
+
+
+def _check_certificates(profile: object) -> dict[str, _Certificate]:
+    """Each enabled listener with ``tls_cert``: whether its certificate and key load
+    (as the listener loads them) and when the certificate expires; a problem when it
+    does not load, has expired, or expires within 14 days (a renewal that failed)."""
+    import ssl
+
+    from ..ingress.certdates import certificate_dates, expiry_problem
+    from ..profile import Profile
+
+    assert isinstance(profile, Profile)
+    out: dict[str, _Certificate] = {}
+    for listener in profile.listeners:
+        cert = listener.options.get("tls_cert")
+        if not listener.enabled or not cert:
+            continue
+        key = listener.options.get("tls_key")
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+            with open(cert, "rb") as f:
+                _, not_after = certificate_dates(f.read())
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            out[listener.name] = _Certificate(f"cannot load the TLS certificate {cert}: {exc}")
+            continue
+        out[listener.name] = _Certificate(expiry_problem(not_after, time.time()), not_after)
+    return out
 
 
 def _check_local_names(profile: object) -> str | None:
