@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from tls_loops import LOOPS, run_on
 
 from spoolbox import NewMessage
 from spoolbox.ingress import ListenerConfig, SubmissionListener
@@ -55,9 +56,14 @@ def served(port: int, ca: trustme.CA) -> bytes:
     return der
 
 
-async def test_a_renewed_certificate_is_served_at_the_next_starttls(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_renewed_certificate_is_served_at_the_next_starttls(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, loop: str
 ) -> None:
+    run_on(loop, lambda: _renewals(tmp_path, caplog))
+
+
+async def _renewals(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     ca = trustme.CA()
     pem = tmp_path / "listener.pem"
     first = issue(ca, pem)

@@ -224,9 +224,7 @@ class _Connection(asyncio.Protocol):
         log.debug("SMTP connection from %s", self.peer)
         self._last = self._loop.time()
         self._timer = self._loop.call_later(listener.config.idle_timeout, self._on_idle)
-        if listener._implicit:  # the handshake first, then the greeting under TLS
-            self._begin_tls(self.transport, implicit=True)
-            return
+        # (tls = "implicit": the server's transport made the handshake before this.)
         self.transport.write(self.machine.data_to_send())
 
     def data_received(self, data: bytes) -> None:
@@ -394,34 +392,27 @@ class _Connection(asyncio.Protocol):
         if transport is None:
             return
         transport.write(self.machine.data_to_send())  # the 220, in clear text
-        self._begin_tls(transport, implicit=False)
-
-    def _begin_tls(self, transport: asyncio.Transport, *, implicit: bool) -> None:
         transport.pause_reading()  # the client's handshake waits in the socket
         self._reading_paused = False  # start_tls resumes reading on its own
-        task = self._loop.create_task(self._upgrade(transport, implicit))
+        task = self._loop.create_task(self._upgrade(transport))
         self._listener._tasks.add(task)
         task.add_done_callback(self._listener._tasks.discard)
 
-    async def _upgrade(self, transport: asyncio.Transport, implicit: bool) -> None:
+    async def _upgrade(self, transport: asyncio.Transport) -> None:
         certificate = self._listener._tls
         assert certificate is not None
         ctx = certificate.context_now()
         try:
             tls = await self._loop.start_tls(transport, self, ctx, server_side=True)
         except Exception as exc:  # a failed handshake ends this session only
-            what = "TLS handshake" if implicit else "STARTTLS"
-            log.info("%s with %s failed: %s", what, self.peer, exc)
+            log.info("STARTTLS with %s failed: %s", self.peer, exc)
             transport.close()
             return
         if tls is None or self.transport is None:
             return
         self.transport = tls  # (uvloop: not an asyncio.Transport subclass; do not assert)
-        self._last = self._loop.time()
-        if implicit:
-            self._flush()  # the greeting
-            return
         self.machine.tls_started()
+        self._last = self._loop.time()
         self._run()
 
 
@@ -464,7 +455,16 @@ class _Certificate:
     def _load(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(self.cert, self.key)
+        ctx.sni_callback = self._choose
         return ctx
+
+    def _choose(self, tls: ssl.SSLObject | ssl.SSLSocket, name: str | None, ctx: object) -> None:
+        """At each handshake's hello (with or without a server name): the context now.
+        For ``tls = "implicit"``, whose server made its handshakes with the context it
+        started with, before our protocol hears of the connection."""
+        now = self.context_now()
+        if now is not ctx:
+            tls.context = now
 
     def context_now(self) -> ssl.SSLContext:
         """The context for a handshake now: loaded again if a file changed since."""
@@ -563,12 +563,15 @@ class SubmissionListener:
             self._tls = _Certificate(cfg.tls_cert, cfg.tls_key)
             self._settings = self._server_settings()
         loop = asyncio.get_running_loop()
+        # tls = "implicit": the server's transports make the handshake, each with the
+        # certificate of the moment (_Certificate._choose), then the greeting follows.
+        tls = self._tls.context if self._implicit and self._tls is not None else None
         try:
             if sock is not None:
-                self._server = await loop.create_server(self._protocol, sock=sock)
+                self._server = await loop.create_server(self._protocol, sock=sock, ssl=tls)
             else:
                 self._server = await loop.create_server(
-                    self._protocol, host=cfg.host, port=cfg.port, reuse_address=True
+                    self._protocol, host=cfg.host, port=cfg.port, reuse_address=True, ssl=tls
                 )
         except OSError as exc:
             raise _listen_error(cfg.host, cfg.port, exc) from exc
