@@ -7,10 +7,13 @@ import os
 import re
 import signal
 import smtplib
+import ssl
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import trustme
 
 from conftest import Daemons, Home, wait_until
 from spoolbox.client import Client
@@ -180,3 +183,51 @@ def test_sigkill_of_the_daemon_ends_its_workers_and_loses_nothing_accepted(
     # At most the transactions in progress at the kill were committed without the
     # client seeing the 250 (one per connection: the test's client has one).
     assert len(unacknowledged) <= 1, unacknowledged
+
+
+def test_implicit_tls_in_listener_processes_on_the_daemons_event_loop(
+    home: Home, daemons: Daemons
+) -> None:
+    """``tls = "implicit"`` in a listener process of a real daemon (on the event loop
+    the profile chooses, uvloop where installed): the handshake, then SMTP; a
+    certificate named relative to the profile; a renewal served without a reload."""
+    ca = trustme.CA()
+    pem = home.path / "certs" / "listener.pem"
+    pem.parent.mkdir()
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    _configure(home, 1)
+    text = home.profile.read_text().replace(
+        "[listeners.submission]\n",
+        '[listeners.submission]\ntls = "implicit"\ntls_cert = "certs/listener.pem"\n',
+        1,
+    )
+    home.profile.write_text(text)
+    proc = daemons.start(home)
+    port = home.listener_port()
+
+    def send(subject: str) -> bytes:
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        with smtplib.SMTP_SSL("127.0.0.1", port, context=context, timeout=30) as client:
+            refused = client.sendmail(
+                "alice@example.org",
+                ["bob@example.org"],
+                f"Subject: {subject}\r\n\r\nhello\r\n".encode(),
+            )
+            assert refused == {}
+            assert isinstance(client.sock, ssl.SSLSocket)
+            der = client.sock.getpeercert(binary_form=True)
+        assert der is not None
+        return der
+
+    send("tls-1")
+    renewed = ca.issue_cert("127.0.0.1")
+    fresh = pem.with_suffix(".new")
+    renewed.private_key_and_cert_chain_pem.write_to_path(str(fresh))
+    os.replace(fresh, pem)
+    der = send("tls-2")
+    assert der == ssl.PEM_cert_to_DER_cert(renewed.cert_chain_pems[0].bytes().decode())
+    wait_until("delivery", lambda: sorted(home.delivered()) == ["tls-1", "tls-2"])
+    content = home.delivered()["tls-1"][0].read_bytes()
+    assert b" with ESMTPS id " in content
+    assert daemons.stop(proc) == 0
