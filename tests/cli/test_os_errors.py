@@ -7,6 +7,7 @@ as root only; they skip, saying why, where mounting is not permitted.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -173,6 +174,24 @@ def test_a_full_disk_under_the_running_daemon(home: Home, mount: Mount, daemons:
     assert listed["total"] == 2, listed
     assert daemons.stop(daemon) == 0
     assert not daemons.tracebacks()
+
+
+def test_a_daemon_on_a_full_disk_names_the_file_it_could_not_write(
+    home: Home, mount: Mount
+) -> None:
+    full = mount("data-full", "size=256k,mode=0700")
+    text = home.profile.read_text()
+    home.profile.write_text(re.sub(r'(?m)^data_dir = ".*"', f'data_dir = "{full}"', text, count=1))
+    with open(full / "filler", "wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 65536)
+            f.flush()
+    _one_line(
+        home.run("run", "--no-nice"),
+        f"cannot use {full}/spoolbox.pid",
+        "no space left on the device",
+        log=True,
+    )
 
 
 def test_a_missing_directory(home: Home) -> None:

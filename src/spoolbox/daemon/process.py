@@ -270,10 +270,13 @@ class Daemon:
                 f"another spoolbox daemon runs on this data directory (pid {other or '?'}, "
                 f"lock {pid_file})"
             ) from None
-        lock_file.seek(0)
-        lock_file.truncate()
-        lock_file.write(f"{os.getpid()}\n")
-        lock_file.flush()
+        try:  # unbuffered: nothing left to write (and fail again) at close
+            lock_file.seek(0)
+            lock_file.truncate()
+            os.write(lock_file.fileno(), f"{os.getpid()}\n".encode())
+        except OSError as exc:  # a full disk: say which file (the write names none)
+            lock_file.close()
+            raise OSError(exc.errno, exc.strerror, str(pid_file)) from exc
         self._lock_file = lock_file
 
     def _unlock(self) -> None:
