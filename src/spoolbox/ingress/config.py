@@ -41,6 +41,11 @@ class ListenerConfig:
     #: "starttls": plain text, STARTTLS offered (with tls_cert); "implicit": TLS from
     #: the first byte (RFC 8314, the "submissions" port 465), needs tls_cert
     tls: str = "starttls"
+    #: connections open at once (each listener process counts its own); more get 421
+    max_connections: int = 500
+    #: connections open at once from one client address outside relay_networks (a
+    #: client in them is limited by max_connections only); more get 421
+    max_connections_per_client: int = 50
     idle_timeout: float = 300.0  # seconds without a command before the connection closes
     shutdown_grace: float = 10.0  # stop(): how long transactions in progress may finish
 
@@ -52,7 +57,13 @@ class ListenerConfig:
             self, "local_domains", tuple(d.lower().rstrip(".") for d in self.local_domains)
         )
         object.__setattr__(self, "users", dict(self.users))
-        for name in ("max_message_size", "max_recipients", "max_line_length"):
+        for name in (
+            "max_message_size",
+            "max_recipients",
+            "max_line_length",
+            "max_connections",
+            "max_connections_per_client",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")

@@ -99,6 +99,8 @@ REJECT_REASONS = (
     "invalid_message",  # NewMessage refused the submission
     "submit_failed",  # submit raised: 451
     "store_full",  # no room for the message on the store's disk: 452 4.3.1
+    "connection_limit",  # max_connections open already: 421 at the greeting
+    "client_connection_limit",  # max_connections_per_client from its address: 421
 )
 
 
@@ -179,7 +181,8 @@ _SHUTDOWN = "421 4.3.2 Service shutting down, closing the connection"
 _INTERNAL = "451 4.3.0 Internal error; try again later"
 #: No room on the store's disk, at MAIL (SIZE=) or after the data (RFC 3463 X.3.1).
 _NO_ROOM = "452 4.3.1 Insufficient system storage; try again later"
-#: The listener says at most this often (seconds) that MAIL was refused for room.
+#: The listener says at most this often (seconds) that MAIL was refused for room, or
+#: a connection for a limit.
 _NO_ROOM_LOG_INTERVAL = 60.0
 
 
@@ -212,6 +215,8 @@ class _Connection(asyncio.Protocol):
         self._reading_paused = False
         #: Whether the peer's address is in relay_networks (None: not looked up yet).
         self.in_relay_networks: bool | None = None
+        #: The address this connection counts against max_connections_per_client.
+        self.counted_as: str | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -219,8 +224,14 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self.peer = transport.get_extra_info("peername")
         listener = self._listener
-        listener._connections.add(self)
         listener._count("connections")
+        refusal = listener._admit(self)
+        if refusal is not None:  # before anything else of the session: no timer, no set
+            self.transport.write(refusal.encode())
+            self.transport.close()
+            self.machine.close()
+            return
+        listener._connections.add(self)
         log.debug("SMTP connection from %s", self.peer)
         self._last = self._loop.time()
         self._timer = self._loop.call_later(listener.config.idle_timeout, self._on_idle)
@@ -240,7 +251,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        self._listener._connections.discard(self)
+        if self in self._listener._connections:
+            self._listener._connections.discard(self)
+            self._listener._leave(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -513,6 +526,7 @@ class SubmissionListener:
         self._check_recipient = check_recipient
         self._no_room = no_room
         self._no_room_said = -_NO_ROOM_LOG_INTERVAL
+        self._limit_said = -_NO_ROOM_LOG_INTERVAL
         self.config = config
         self._server: asyncio.Server | None = None
         self._hostname = config.hostname or default_hostname()
@@ -528,6 +542,8 @@ class SubmissionListener:
             ipaddress.ip_network(n, strict=False) for n in config.relay_networks
         ]
         self._connections: set[_Connection] = set()
+        #: open connections by client address (only those outside relay_networks)
+        self._per_client: collections.Counter[str] = collections.Counter()
         self._submits: set[asyncio.Future[object]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stats: collections.Counter[str] = collections.Counter()
@@ -736,6 +752,51 @@ class SubmissionListener:
         if len(value) > 254:
             raise AddressError(f"address is {len(value)} octets long; the limit is 254")
         return addr
+
+    def _admit(self, conn: _Connection) -> str | None:
+        """Whether a new connection may be served: None, or the 421 that ends it (too
+        many open at once, or from its address; a client in relay_networks counts
+        towards max_connections only).  Said in the log at most once a minute."""
+        cfg = self.config
+        if len(self._connections) >= cfg.max_connections:
+            self._reject("connection_limit")
+            self._say_limit(conn, f"{cfg.max_connections} connections open (max_connections)")
+            return f"421 4.7.0 {self._hostname} Error: too many connections; try again later\r\n"
+        host = conn.peer[0] if isinstance(conn.peer, tuple) and conn.peer else None
+        if not isinstance(host, str):
+            return None
+        conn.in_relay_networks = self._in_relay_networks(conn.peer)  # (RCPT asks again)
+        if conn.in_relay_networks:
+            return None
+        if self._per_client[host] >= cfg.max_connections_per_client:
+            self._reject("client_connection_limit")
+            self._say_limit(
+                conn,
+                f"{cfg.max_connections_per_client} connections open from {host} "
+                "(max_connections_per_client)",
+            )
+            return (
+                f"421 4.7.0 {self._hostname} Error: too many connections from "
+                f"{_clean(host, 64)}; try again later\r\n"
+            )
+        self._per_client[host] += 1
+        conn.counted_as = host
+        return None
+
+    def _leave(self, conn: _Connection) -> None:
+        host = conn.counted_as
+        if host is not None:
+            left = self._per_client[host] - 1
+            if left > 0:
+                self._per_client[host] = left
+            else:
+                del self._per_client[host]
+
+    def _say_limit(self, conn: _Connection, what: str) -> None:
+        now = time.monotonic()
+        if now - self._limit_said >= _NO_ROOM_LOG_INTERVAL:
+            self._limit_said = now
+            log.warning("connection from %s refused (421): %s", conn.peer, what)
 
     def _may_relay(self, conn: _Connection) -> bool:
         if conn.machine.authenticated:
