@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import email.utils
+import smtplib
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -119,6 +120,40 @@ async def test_over_ipv6_the_peer_is_an_ipv6_address_literal(spooler: Spooler) -
     # RFC 5321 4.1.3: an IPv6 address literal says "IPv6:" (as Postfix writes it).
     first = content.split(b"\r\n", 1)[0]
     assert first.endswith(b" ([IPv6:::1])"), first
+
+
+async def test_utf8_addresses_under_smtputf8(spooler: Spooler) -> None:
+    async with serving(spooler.submit) as listener:
+
+        def send() -> dict[str, tuple[int, bytes]]:
+            with smtplib.SMTP("127.0.0.1", listener.port, timeout=30) as smtp:
+                smtp.ehlo("client.test")
+                assert smtp.has_extn("smtputf8")
+                return smtp.sendmail(
+                    "jörg@bücher.example",
+                    ["用户@例子.广告"],
+                    "Subject: grüße\r\n\r\nHallo.\r\n".encode(),
+                    mail_options=["SMTPUTF8"],
+                )
+
+        assert await asyncio.to_thread(send) == {}
+    [(summary, content)] = await queued(spooler)
+    assert summary.info.sender == Address("SMTP", "jörg@bücher.example")
+    assert [r.address for r in summary.recipients] == [Address("SMTP", "用户@例子.广告")]
+    assert b" with UTF8SMTP id " in content  # RFC 6531 section 4.3
+    assert content.endswith("Subject: grüße\r\n\r\nHallo.\r\n".encode())
+
+
+async def test_smtputf8_can_be_turned_off(spooler: Spooler) -> None:
+    async with serving(spooler.submit, smtputf8=False) as listener:
+        c = await Raw.connect(listener.port)
+        try:
+            ehlo = await c.cmd("EHLO client.test")
+            assert "SMTPUTF8" not in ehlo
+            reply = await c.cmd("MAIL FROM:<jörg@example.de> SMTPUTF8".encode())
+            assert reply.startswith("500 5.5.2 Error: strict ASCII mode")
+        finally:
+            await c.close()
 
 
 async def test_250_comes_only_after_submit_returned(spooler: Spooler) -> None:

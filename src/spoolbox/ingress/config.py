@@ -38,6 +38,8 @@ class ListenerConfig:
     default_address_type: str = "SMTP"
     tls_cert: str | None = None  # PEM certificate chain: enables STARTTLS
     tls_key: str | None = None  # PEM private key (default: in tls_cert)
+    #: SMTPUTF8 (RFC 6531): addresses in UTF-8 (``jörg@example.de``) in MAIL and RCPT
+    smtputf8: bool = True
     #: "starttls": plain text, STARTTLS offered (with tls_cert); "implicit": TLS from
     #: the first byte (RFC 8314, the "submissions" port 465), needs tls_cert
     tls: str = "starttls"

@@ -563,6 +563,7 @@ class SubmissionListener:
             tls_available=self._tls is not None,
             auth=bool(cfg.users),
             auth_without_tls=cfg.allow_plain_auth,
+            smtputf8=cfg.smtputf8,
         )
 
     # -- lifecycle --------------------------------------------------------------------
@@ -834,7 +835,8 @@ class SubmissionListener:
         peer = conn.peer
         ip = peer[0] if isinstance(peer, tuple) and peer else "unknown"
         helo = re.sub(r"[^A-Za-z0-9.:_\[\]-]", "", machine.helo_name or "")[:255] or "unknown"
-        protocol = "ESMTP" if machine.extended else "SMTP"
+        # RFC 3848, and RFC 6531 section 4.3 for a transaction under SMTPUTF8.
+        protocol = "UTF8SMTP" if machine.utf8 else "ESMTP" if machine.extended else "SMTP"
         if machine.tls_active:
             protocol += "S"
         if machine.authenticated:

@@ -22,13 +22,14 @@ What it decides on its own:
 
 * the sequence rules (``503``), syntax (``501``), unknown commands (``500``; after
   :data:`BOGUS_LIMIT` of them ``502`` and the connection closes), non-ASCII command
-  lines (``500``: SMTPUTF8 is not offered), the command line limit (512 octets with
-  CRLF, RFC 5321 section 4.5.3.1.4; MAIL and AUTH get the room their extensions add;
-  longer is ``500 5.5.2``);
+  lines (``500``; with ``smtputf8``, UTF-8 is taken in the paths of MAIL and RCPT,
+  after ``MAIL FROM:<...> SMTPUTF8`` only: ``553 5.6.7`` otherwise), the command
+  line limit (512 octets with CRLF, RFC 5321 section 4.5.3.1.4; MAIL and AUTH get
+  the room their extensions add; longer is ``500 5.5.2``);
 * NOOP, RSET, QUIT, HELP, VRFY (``252``), HELO/EHLO and the EHLO keywords;
 * the paths of MAIL and RCPT: angle brackets (may be left out: the first word is then
   the address), ``<>`` is the null sender,
-  source routes are refused, ``SIZE=`` and ``BODY=`` checked, any other parameter
+  source routes are refused, ``SIZE=``, ``BODY=`` and ``SMTPUTF8`` checked, any other parameter
   ``555``; the SIZE limit (``552 5.3.4``) and the recipient limit (``452 4.5.3``);
 * the DATA rules: size limit (``552 5.3.4``), text lines longer than
   ``max_line_length`` (``554 5.6.0`` naming the line), NUL bytes and bare CR or LF
@@ -175,9 +176,12 @@ class ServerSettings:
     tls_available: bool = False  # STARTTLS may be offered
     auth: bool = False  # AUTH PLAIN/LOGIN may be offered (there are users)
     auth_without_tls: bool = False  # ... also on a connection without TLS
+    smtputf8: bool = False  # SMTPUTF8 (RFC 6531): UTF-8 addresses in MAIL and RCPT
 
 
 _PARAM = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*(?:=[\x21-\x3c\x3e-\x7e]+)?")
+#: A non-ASCII path in a transaction whose MAIL did not say SMTPUTF8 (RFC 6531 3.4).
+_NEEDS_UTF8 = "553 5.6.7 Error: a non-ASCII address needs SMTPUTF8 on MAIL FROM"
 _LOGIN_USER = "334 " + base64.b64encode(b"Username:").decode()
 _LOGIN_PASSWORD = "334 " + base64.b64encode(b"Password:").decode()
 _TOO_LONG = (
@@ -200,6 +204,7 @@ class ServerMachine:
         self.authenticated = False
         self.helo_name: str | None = None
         self.extended = False  # EHLO (not HELO) was used
+        self.utf8 = False  # this transaction's MAIL said SMTPUTF8
         #: grows on every recognized command and every chunk of DATA: the I/O layer's
         #: idle clock restarts when it changes
         self.activity = 0
@@ -326,6 +331,7 @@ class ServerMachine:
         self._content = io.BytesIO()
 
     def _reset_transaction(self) -> None:
+        self.utf8 = False
         self._sender = ""
         self._recipients = []
         self._refused = 0
@@ -365,9 +371,20 @@ class ServerMachine:
         if not line:
             self._reply("500 5.5.2 Error: bad syntax")
             return None
-        if not line.isascii():
+        if line.isascii():
+            arg = arg_b.decode("ascii")
+        elif not self.settings.smtputf8:
             self._reply("500 5.5.2 Error: strict ASCII mode (SMTPUTF8 is not offered)")
             return None
+        elif verb_b not in (b"MAIL", b"RCPT"):  # RFC 6531: UTF-8 in the paths only
+            self._reply("500 5.5.2 Error: non-ASCII octets outside MAIL and RCPT")
+            return None
+        else:
+            try:
+                arg = arg_b.decode("utf-8")
+            except UnicodeDecodeError:
+                self._reply("500 5.5.2 Error: the command is not UTF-8")
+                return None
         verb = verb_b.decode("ascii")
         handler = _COMMANDS.get(verb)
         if handler is None:
@@ -379,7 +396,7 @@ class ServerMachine:
             self._reply(f'500 5.5.1 Error: command "{_printable(verb, 20)}" not recognized')
             return None
         self.activity += 1
-        return handler(self, arg_b.decode("ascii").strip(" \t"))
+        return handler(self, arg.strip(" \t"))
 
     def _need_helo(self) -> bool:
         if self.helo_name is None:
@@ -408,6 +425,8 @@ class ServerMachine:
             "8BITMIME",
             "ENHANCEDSTATUSCODES",
         ]
+        if s.smtputf8:
+            lines.append("SMTPUTF8")
         if s.tls_available and not self.tls_active:
             lines.append("STARTTLS")
         if s.auth and (self.tls_active or s.auth_without_tls):
@@ -467,6 +486,7 @@ class ServerMachine:
             return None
         address, raw = parsed
         params: list[tuple[str, str | None]] = []
+        utf8 = False
         for p in raw:
             key, eq, value = p.partition("=")
             key = key.upper()
@@ -486,10 +506,16 @@ class ServerMachine:
                     return None
             elif key == "AUTH" and self.settings.auth and eq:
                 pass  # RFC 4954 section 5: accepted where AUTH is offered, not used
+            elif key == "SMTPUTF8" and self.settings.smtputf8 and not eq:
+                utf8 = True
             else:
                 self._reply(f"555 5.5.4 MAIL parameter {_printable(key, 20)} not supported")
                 return None
             params.append((key, value if eq else None))
+        if not (utf8 or address.isascii()):
+            self._reply(_NEEDS_UTF8)
+            return None
+        self.utf8 = utf8
         event = MailFrom(address, tuple(params))
         self._pending = event
         return event
@@ -507,6 +533,9 @@ class ServerMachine:
         if params:
             key = params[0].partition("=")[0].upper()
             self._reply(f"555 5.5.4 RCPT parameter {_printable(key, 20)} not supported")
+            return None
+        if not (self.utf8 or address.isascii()):
+            self._reply(_NEEDS_UTF8)
             return None
         limit = self.settings.max_recipients
         if len(self._recipients) >= limit:
