@@ -181,9 +181,9 @@ _SHUTDOWN = "421 4.3.2 Service shutting down, closing the connection"
 _INTERNAL = "451 4.3.0 Internal error; try again later"
 #: No room on the store's disk, at MAIL (SIZE=) or after the data (RFC 3463 X.3.1).
 _NO_ROOM = "452 4.3.1 Insufficient system storage; try again later"
-#: The listener says at most this often (seconds) that MAIL was refused for room, or
-#: a connection for a limit.
-_NO_ROOM_LOG_INTERVAL = 60.0
+#: The listener says at most this often (seconds) that it refused MAIL for room, or a
+#: connection for a limit (each kind counted in its statistics all the same).
+_WARN_INTERVAL = 60.0
 
 
 _date_cache: tuple[int, str] = (0, "")
@@ -435,8 +435,9 @@ class _Certificate:
     A renewal replaces the files in place (certbot points its ``live/`` links at new
     files; acme.sh writes over them), and the certificates of Let's Encrypt last 90
     days: a listener that kept the context it started with would serve an expired
-    certificate within months.  Each STARTTLS looks at the files (a ``stat`` each,
-    beside a handshake's milliseconds) and loads them again when one changed.  A
+    certificate within months.  Each handshake (STARTTLS, or the hello of a
+    connection under ``tls = "implicit"``) looks at the files (a ``stat`` each, beside
+    a handshake's milliseconds) and loads them again when one changed.  A
     change that does not load (a key that does not match yet, a file half written,
     one missing) keeps the context before it, said once in the log, and is tried
     again at the next change.
@@ -525,8 +526,8 @@ class SubmissionListener:
         self._submit = submit
         self._check_recipient = check_recipient
         self._no_room = no_room
-        self._no_room_said = -_NO_ROOM_LOG_INTERVAL
-        self._limit_said = -_NO_ROOM_LOG_INTERVAL
+        self._no_room_said = -_WARN_INTERVAL
+        self._limit_said = -_WARN_INTERVAL
         self.config = config
         self._server: asyncio.Server | None = None
         self._hostname = config.hostname or default_hostname()
@@ -691,7 +692,7 @@ class SubmissionListener:
         if why is None:
             return True
         now = time.monotonic()
-        if now - self._no_room_said >= _NO_ROOM_LOG_INTERVAL:
+        if now - self._no_room_said >= _WARN_INTERVAL:
             self._no_room_said = now
             log.warning(
                 "MAIL from %s refused (452 4.3.1): %s; free space there (df -h) and mail "
@@ -795,7 +796,7 @@ class SubmissionListener:
 
     def _say_limit(self, conn: _Connection, what: str) -> None:
         now = time.monotonic()
-        if now - self._limit_said >= _NO_ROOM_LOG_INTERVAL:
+        if now - self._limit_said >= _WARN_INTERVAL:
             self._limit_said = now
             log.warning("connection from %s refused (421): %s", conn.peer, what)
 
