@@ -6,27 +6,16 @@ closed; a connection that ends makes room again.  Real sockets."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
+from smtp_client import serving
 
 from spoolbox import NewMessage
-from spoolbox.ingress import ListenerConfig, SubmissionListener
+from spoolbox.ingress import ListenerConfig
 
 
 async def keep(message: NewMessage) -> object:
     return None
-
-
-@asynccontextmanager
-async def serving(**options: object) -> AsyncIterator[SubmissionListener]:
-    listener = SubmissionListener(keep, ListenerConfig(port=0, hostname="mx.test", **options))  # type: ignore[arg-type]
-    await listener.start()
-    try:
-        yield listener
-    finally:
-        await listener.stop(grace=0.5)
 
 
 class Client:
@@ -57,7 +46,7 @@ class Client:
 
 
 async def test_one_connection_over_max_connections_gets_421() -> None:
-    async with serving(max_connections=3) as listener:
+    async with serving(keep, max_connections=3) as listener:
         opened = [await Client.open(listener.port) for _ in range(3)]
         assert all(g.startswith(b"220 mx.test") for _, g in opened)
         extra, greeting = await Client.open(listener.port)
@@ -74,7 +63,7 @@ async def test_one_connection_over_max_connections_gets_421() -> None:
 
 
 async def test_a_client_outside_relay_networks_is_limited_by_its_address() -> None:
-    async with serving(max_connections_per_client=2, relay_networks=()) as listener:
+    async with serving(keep, max_connections_per_client=2, relay_networks=()) as listener:
         first = [await Client.open(listener.port) for _ in range(2)]
         assert all(g.startswith(b"220 ") for _, g in first)
         extra, greeting = await Client.open(listener.port)
@@ -93,7 +82,7 @@ async def test_a_client_outside_relay_networks_is_limited_by_its_address() -> No
 
 async def test_a_client_in_relay_networks_counts_towards_the_total_only() -> None:
     # 127.0.0.1 is in the default relay_networks: the local application may open many.
-    async with serving(max_connections_per_client=2, max_connections=10) as listener:
+    async with serving(keep, max_connections_per_client=2, max_connections=10) as listener:
         opened = [await Client.open(listener.port) for _ in range(6)]
         assert all(g.startswith(b"220 ") for _, g in opened)
         for client, _ in opened:
