@@ -5,7 +5,11 @@ migrates its file whenever it is opened; the command does that, or checks it.
 
 ``spoolbox store compact [--check] [--online]``: give the room of purged messages back
 to the file system (SQLite: ``VACUUM``, with the daemon stopped unless ``--online``;
-PostgreSQL: ``VACUUM (ANALYZE)`` of the store's tables), or only say how much there is."""
+PostgreSQL: ``VACUUM (ANALYZE)`` of the store's tables), or only say how much there is.
+
+``spoolbox store backup DEST [--force]``: a consistent copy of the SQLite store while
+the daemon runs (:mod:`spoolbox.store.sqlite.backup`); a PostgreSQL store is backed
+up with PostgreSQL's own tools."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import asyncio
 import os
 import sqlite3
 import urllib.parse
+from pathlib import Path
 from typing import Any
 
 import click
@@ -27,7 +32,7 @@ __all__ = ["store_group"]
 
 @click.group("store")
 def store_group() -> None:
-    """The store itself: its schema, its size."""
+    """The store itself: its schema, its size, a backup."""
 
 
 @store_group.command("migrate")
@@ -247,3 +252,47 @@ def _compact_text(r: dict[str, Any]) -> str:
         f"{where}: {_mb(size)} -> {_mb(r['size_after'])} "
         f"({_mb(size - r['size_after'])} given back) in {r['seconds']:.1f} s"
     )
+
+
+@store_group.command("backup")
+@click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace DEST if it exists.")
+@json_option
+@pass_ctx
+def backup_cmd(obj: Ctx, dest: Path, force: bool, as_json: bool) -> None:
+    """Write a consistent copy of the store to DEST, while the daemon runs.
+
+    SQLite: one snapshot of the file (every message whole or absent), checked, synced,
+    mode 0600. To restore: stop the daemon, put the file at [store] path (no -wal or
+    -shm file beside it), start it. PostgreSQL: use pg_dump or the server's backups."""
+    profile = obj.profile()
+    if profile.store.backend == "postgres":
+        fail(
+            "the PostgreSQL store is backed up with PostgreSQL's own tools: pg_dump of "
+            "its database, or the server's base backups and WAL archive "
+            '(docs/operations.md, "Backups")',
+            EXIT_ERROR,
+            kind="store",
+        )
+    from ..store.sqlite.backup import backup
+
+    try:
+        done = backup(profile.store.path, dest, replace=force)
+    except StoreError as exc:
+        fail(str(exc), EXIT_ERROR, kind="store")
+    if as_json:
+        emit_json(
+            {
+                "store": done.source,
+                "backup": done.dest,
+                "size": done.size,
+                "messages": done.messages,
+                "inbox": done.inbox,
+                "seconds": round(done.seconds, 3),
+            }
+        )
+    else:
+        click.echo(
+            f"{done.source} -> {done.dest}: {_mb(done.size)}, {done.messages} messages and "
+            f"{done.inbox} inbox entries, in {done.seconds:.1f} s"
+        )
