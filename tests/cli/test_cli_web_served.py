@@ -5,7 +5,9 @@ answers at the page's address, ``spoolbox web`` says so."""
 from __future__ import annotations
 
 import json
+import os
 import socket
+import urllib.request
 
 from conftest import Daemons, Home
 
@@ -109,3 +111,20 @@ def test_web_says_when_another_server_holds_the_pages_port(home: Home, daemons: 
     )
     code, printed = _served(home)
     assert (code, printed["running"], printed["served"]) == (3, True, False)
+
+
+def test_metrics_say_the_room_left_on_the_stores_disk(home: Home, daemons: Daemons) -> None:
+    port = _free_port()
+    _enable_web(home, port)
+    daemons.start(home)
+    url = str(_served(home)[1]["url"])
+    token = url.split("token=", 1)[1]
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        text = answer.read().decode()
+    [line] = [x for x in text.splitlines() if x.startswith("spoolbox_store_disk_free_bytes ")]
+    st = os.statvfs(home.path)
+    # What df says is available, give or take what was written meanwhile.
+    assert abs(float(line.split()[1]) - st.f_bavail * st.f_frsize) < 64 * 2**20, line

@@ -9,7 +9,8 @@ one at a time:
   each status row's counters (delivered, failed, deferred, received, errors) and
   status bits, an SMTP listener's row its messages accepted and refused, the reasons
   and its connections, the slice meter's and the critical sections' counts (the watchdog),
-  the store's commit count and time (a summary), the flushes;
+  the store's commit count and time (a summary), the room left on a SQLite store's
+  disk, the flushes;
 * hooked: the delivery log (:mod:`spoolbox._core.delivery_log`: a logging handler on
   ``spoolbox.delivery`` reads each outcome line's ``delay`` and ``transport``, so
   the latency histogram needs ``[log] level`` info or lower, the default), the
@@ -26,6 +27,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -38,6 +40,8 @@ from ..daemon.api_ops import DaemonView
 from ..daemon.listeners import ROW_PREFIX as LISTENER_ROW
 from ..model import MessageState, StatusCode
 from ..status import StatusChange
+from ..store.space import free_bytes
+from ..store.sqlite import SQLiteStore
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -173,6 +177,13 @@ class _Snapshot(Collector):
             "Critical sections held past their maximum.",
             value=f["critsec_overruns"],
         )
+        if f.get("disk_free") is not None:
+            yield GaugeMetricFamily(
+                "spoolbox_store_disk_free_bytes",
+                "Bytes still free for writing on the SQLite store's file system (the SMTP "
+                "listener refuses MAIL with 452 4.3.1 below 1 MiB).",
+                value=f["disk_free"],
+            )
         store = f["store"]
         if "commits" in store and "write_seconds" in store:
             yield SummaryMetricFamily(
@@ -300,6 +311,9 @@ class Metrics:
             "scheduler": statistics["scheduler"],
             "critsec_overruns": statistics["counters"].get("critsec_overruns", 0),
             "store": store_stats() if callable(store_stats) else {},
+            "disk_free": (
+                free_bytes(Path(store.path).parent) if isinstance(store, SQLiteStore) else None
+            ),
         }
 
     async def _oldest(self, spooler: Spooler, counts: dict[str, int], now: float) -> float | None:
