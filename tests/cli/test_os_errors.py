@@ -194,6 +194,19 @@ def test_a_daemon_on_a_full_disk_names_the_file_it_could_not_write(
     )
 
 
+def test_a_backup_to_a_full_disk_leaves_nothing_behind(home: Home, mount: Mount) -> None:
+    big = home.path / "big.txt"
+    big.write_bytes(os.urandom(200_000).hex().encode())
+    r = home.run("send", "--to", "MAILDIR:bob", "--body", "x", "--attach", str(big))
+    assert r.returncode == 0, r.stderr
+    small = mount("backups", "size=64k")
+    dest = small / "spool.sqlite3"
+    r = home.run("store", "backup", str(dest))
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert f"to {dest}: database or disk is full" in r.stderr, r.stderr
+    assert list(small.iterdir()) == []  # neither the copy nor its temporary file
+
+
 def test_a_missing_directory(home: Home) -> None:
     # /proc refuses new directories whoever asks: a path that cannot be created.
     _store_at(home, "/proc/self/no-such-dir/spool.sqlite3")

@@ -52,7 +52,7 @@ def backup(source: Path, dest: Path, *, replace: bool = False) -> Backup:
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
         os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        messages, inbox = _copy(source, tmp)
+        messages, inbox = _copy(source, tmp, dest)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, dest)
@@ -69,9 +69,9 @@ def backup(source: Path, dest: Path, *, replace: bool = False) -> Backup:
     )
 
 
-def _copy(source: Path, target: Path) -> tuple[int, int]:
-    """The pages of ``source`` into ``target`` in one step (one read snapshot), then
-    checked; the copy's message and inbox counts."""
+def _copy(source: Path, target: Path, dest: Path) -> tuple[int, int]:
+    """The pages of ``source`` into ``target`` (the file to become ``dest``) in one step
+    (one read snapshot), then checked; the copy's message and inbox counts."""
     try:
         src = sqlite3.connect(source, timeout=BUSY_TIMEOUT)
     except sqlite3.Error as exc:
@@ -80,10 +80,7 @@ def _copy(source: Path, target: Path) -> tuple[int, int]:
         src.execute("PRAGMA query_only = ON")
         dst = sqlite3.connect(target)
         try:
-            try:
-                src.backup(dst)  # all pages at once: a step at a time would restart on writes
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot copy the store {source}: {exc}") from exc
+            src.backup(dst)  # all pages at once: a step at a time would restart on writes
             # One file, no write-ahead log beside it (the store opens it in WAL again).
             dst.execute("PRAGMA journal_mode = DELETE")
             check = dst.execute("PRAGMA quick_check").fetchone()[0]
@@ -94,7 +91,7 @@ def _copy(source: Path, target: Path) -> tuple[int, int]:
         finally:
             dst.close()
     except sqlite3.Error as exc:
-        raise StoreError(f"cannot copy the store {source}: {exc}") from exc
+        raise StoreError(f"cannot copy the store {source} to {dest}: {exc}") from exc
     finally:
         src.close()
     return messages, inbox
