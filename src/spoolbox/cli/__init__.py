@@ -84,7 +84,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "web_cmd",
         "Print the web page's address with its access token (opens nothing).",
     ),
-    "store": ("store_cmds", "store_group", "The store itself: its schema, its size."),
+    "store": ("store_cmds", "store_group", "The store itself: its schema, its size, a backup."),
     "systemd-unit": (
         "systemd_cmd",
         "systemd_unit_cmd",
