@@ -4,10 +4,13 @@ answers at the page's address, ``spoolbox web`` says so."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import socket
 import urllib.request
+
+import trustme
 
 from conftest import Daemons, Home
 
@@ -113,9 +116,18 @@ def test_web_says_when_another_server_holds_the_pages_port(home: Home, daemons: 
     assert (code, printed["running"], printed["served"]) == (3, True, False)
 
 
-def test_metrics_say_the_room_left_on_the_stores_disk(home: Home, daemons: Daemons) -> None:
+def test_metrics_say_the_room_left_on_the_stores_disk_and_when_certificates_end(
+    home: Home, daemons: Daemons
+) -> None:
     port = _free_port()
     _enable_web(home, port)
+    end = datetime.datetime(2027, 3, 1, 12, 0, tzinfo=datetime.UTC)
+    leaf = trustme.CA().issue_cert("127.0.0.1", not_after=end)
+    leaf.private_key_and_cert_chain_pem.write_to_path(str(home.path / "cert.pem"))
+    home.profile.write_text(
+        home.profile.read_text()
+        + '\n[listeners.secure]\nport = 0\ntls = "implicit"\ntls_cert = "cert.pem"\n'
+    )
     daemons.start(home)
     url = str(_served(home)[1]["url"])
     token = url.split("token=", 1)[1]
@@ -125,6 +137,14 @@ def test_metrics_say_the_room_left_on_the_stores_disk(home: Home, daemons: Daemo
     with urllib.request.urlopen(request, timeout=30) as answer:
         text = answer.read().decode()
     [line] = [x for x in text.splitlines() if x.startswith("spoolbox_store_disk_free_bytes ")]
+    [expiry] = [
+        x
+        for x in text.splitlines()
+        if x.startswith(
+            'spoolbox_listener_certificate_expiry_timestamp_seconds{listener="secure"} '
+        )
+    ]
+    assert float(expiry.split()[1]) == end.timestamp(), expiry
     st = os.statvfs(home.path)
     # What df says is available, give or take what was written meanwhile.
     assert abs(float(line.split()[1]) - st.f_bavail * st.f_frsize) < 64 * 2**20, line

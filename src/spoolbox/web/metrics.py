@@ -10,7 +10,7 @@ one at a time:
   status bits, an SMTP listener's row its messages accepted and refused, the reasons
   and its connections, the slice meter's and the critical sections' counts (the watchdog),
   the store's commit count and time (a summary), the room left on a SQLite store's
-  disk, the flushes;
+  disk, when each TLS listener's certificate expires, the flushes;
 * hooked: the delivery log (:mod:`spoolbox._core.delivery_log`: a logging handler on
   ``spoolbox.delivery`` reads each outcome line's ``delay`` and ``transport``, so
   the latency histogram needs ``[log] level`` info or lower, the default), the
@@ -38,7 +38,9 @@ from .. import Spooler
 from .._core.delivery_log import DELIVERY_LOGGER
 from ..daemon.api_ops import DaemonView
 from ..daemon.listeners import ROW_PREFIX as LISTENER_ROW
+from ..ingress.certdates import certificate_dates
 from ..model import MessageState, StatusCode
+from ..profile import Profile
 from ..status import StatusChange
 from ..store.space import free_bytes
 from ..store.sqlite import SQLiteStore
@@ -177,6 +179,15 @@ class _Snapshot(Collector):
             "Critical sections held past their maximum.",
             value=f["critsec_overruns"],
         )
+        expiry = GaugeMetricFamily(
+            "spoolbox_listener_certificate_expiry_timestamp_seconds",
+            "When the certificate in a TLS listener's tls_cert file expires (Unix time); "
+            "the listener serves it from the next handshake.",
+            labels=["listener"],
+        )
+        for listener, not_after in sorted(f.get("certificates", {}).items()):
+            expiry.add_metric([listener], not_after)
+        yield expiry
         if f.get("disk_free") is not None:
             yield GaugeMetricFamily(
                 "spoolbox_store_disk_free_bytes",
@@ -192,6 +203,22 @@ class _Snapshot(Collector):
                 count_value=int(store["commits"]),
                 sum_value=float(store["write_seconds"]),
             )
+
+
+def _certificate_ends(profile: Profile) -> dict[str, float]:
+    """When each enabled TLS listener's certificate file expires (Unix time); a file
+    that cannot be read or parsed is left out (``spoolbox check`` says why)."""
+    ends: dict[str, float] = {}
+    for listener in profile.listeners:
+        cert = listener.options.get("tls_cert")
+        if not listener.enabled or not isinstance(cert, str) or not cert:
+            continue
+        try:
+            with open(cert, "rb") as f:
+                ends[listener.name] = certificate_dates(f.read())[1]
+        except (OSError, ValueError):
+            continue
+    return ends
 
 
 class Metrics:
@@ -311,6 +338,7 @@ class Metrics:
             "scheduler": statistics["scheduler"],
             "critsec_overruns": statistics["counters"].get("critsec_overruns", 0),
             "store": store_stats() if callable(store_stats) else {},
+            "certificates": _certificate_ends(self._daemon.profile),
             "disk_free": (
                 free_bytes(Path(store.path).parent) if isinstance(store, SQLiteStore) else None
             ),
