@@ -60,7 +60,7 @@ def test_a_backup_while_the_daemon_runs_and_a_client_submits(
     assert 5 <= report["messages"] <= 5 + len(submitted)
     assert r_text.returncode == 0, r_text.stderr
     assert re.fullmatch(
-        rf".* -> {re.escape(str(dest_again))}: [\d.]+ MB, \d+ messages and 0 inbox entries, "
+        rf".* -> {re.escape(str(dest_again))}: [\d.,]+ [KM]B, \d+ messages and 0 inbox entries, "
         r"in [\d.]+ s\n",
         r_text.stdout,
     ), r_text.stdout

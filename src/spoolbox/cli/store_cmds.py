@@ -225,7 +225,8 @@ def _vacuum_postgres(profile: Profile, check: bool) -> dict[str, Any]:
 
 
 def _mb(n: int) -> str:
-    return f"{n / 1e6:,.1f} MB"
+    """A size as people read it: ``403.2 MB``, or ``37.9 KB`` under a megabyte."""
+    return f"{n / 1e6:,.1f} MB" if n >= 1e6 else f"{n / 1e3:,.1f} KB"
 
 
 def _compact_text(r: dict[str, Any]) -> str:
