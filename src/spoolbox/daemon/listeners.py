@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 from .. import MessageInfo, NewMessage, Spooler, StatusRow
+from ..ingress.certdates import certificate_dates
 from ..ingress.listener import ListenerConfig, SubmissionListener, host_port
 from ..model import Address, ResourceMethods, ResourceType, StatusCode
 from ..profile import ListenerSettings, Profile
@@ -31,7 +32,7 @@ from ..routing import RoutingTable, refusal
 from ..store.space import room_check
 from .listener_processes import ListenerProcesses
 
-__all__ = ["Listeners"]
+__all__ = ["Listeners", "certificate_ends"]
 
 log = logging.getLogger("spoolbox.daemon")
 
@@ -317,3 +318,19 @@ class Listeners:
 def _processes(n: int) -> str:
     """The status row's detail of a listener in processes of its own."""
     return "1 process" if n == 1 else f"{n} processes"
+
+
+def certificate_ends(profile: Profile) -> dict[str, float]:
+    """When each enabled TLS listener's certificate file expires (Unix time); a file
+    that cannot be read or parsed is left out (``spoolbox check`` says why)."""
+    ends: dict[str, float] = {}
+    for listener in profile.listeners:
+        cert = listener.options.get("tls_cert")
+        if not listener.enabled or not isinstance(cert, str) or not cert:
+            continue
+        try:
+            with open(cert, "rb") as f:
+                ends[listener.name] = certificate_dates(f.read())[1]
+        except (OSError, ValueError):
+            continue
+    return ends

@@ -38,9 +38,8 @@ from .. import Spooler
 from .._core.delivery_log import DELIVERY_LOGGER
 from ..daemon.api_ops import DaemonView
 from ..daemon.listeners import ROW_PREFIX as LISTENER_ROW
-from ..ingress.certdates import certificate_dates
+from ..daemon.listeners import certificate_ends
 from ..model import MessageState, StatusCode
-from ..profile import Profile
 from ..status import StatusChange
 from ..store.space import free_bytes
 from ..store.sqlite import SQLiteStore
@@ -205,22 +204,6 @@ class _Snapshot(Collector):
             )
 
 
-def _certificate_ends(profile: Profile) -> dict[str, float]:
-    """When each enabled TLS listener's certificate file expires (Unix time); a file
-    that cannot be read or parsed is left out (``spoolbox check`` says why)."""
-    ends: dict[str, float] = {}
-    for listener in profile.listeners:
-        cert = listener.options.get("tls_cert")
-        if not listener.enabled or not isinstance(cert, str) or not cert:
-            continue
-        try:
-            with open(cert, "rb") as f:
-                ends[listener.name] = certificate_dates(f.read())[1]
-        except (OSError, ValueError):
-            continue
-    return ends
-
-
 class Metrics:
     """The registry of one web server and the hooks that feed it."""
 
@@ -338,7 +321,7 @@ class Metrics:
             "scheduler": statistics["scheduler"],
             "critsec_overruns": statistics["counters"].get("critsec_overruns", 0),
             "store": store_stats() if callable(store_stats) else {},
-            "certificates": _certificate_ends(self._daemon.profile),
+            "certificates": certificate_ends(self._daemon.profile),
             "disk_free": (
                 free_bytes(Path(store.path).parent) if isinstance(store, SQLiteStore) else None
             ),
