@@ -129,24 +129,20 @@ def _check_certificates(profile: object) -> dict[str, _Certificate]:
     does not load, has expired, or expires within 14 days (a renewal that failed)."""
     import ssl
 
-    from ..ingress.certdates import certificate_dates, expiry_problem
+    from ..daemon.listeners import certificate_end, tls_listeners
+    from ..ingress.certdates import expiry_problem
     from ..profile import Profile
 
     assert isinstance(profile, Profile)
     out: dict[str, _Certificate] = {}
-    for listener in profile.listeners:
-        cert = listener.options.get("tls_cert")
-        if not listener.enabled or not cert:
-            continue
-        key = listener.options.get("tls_key")
+    for name, cert, key in tls_listeners(profile):
         try:
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
-            with open(cert, "rb") as f:
-                _, not_after = certificate_dates(f.read())
+            not_after = certificate_end(cert)
         except (OSError, ssl.SSLError, ValueError) as exc:
-            out[listener.name] = _Certificate(f"cannot load the TLS certificate {cert}: {exc}")
+            out[name] = _Certificate(f"cannot load the TLS certificate {cert}: {exc}")
             continue
-        out[listener.name] = _Certificate(expiry_problem(not_after, time.time()), not_after)
+        out[name] = _Certificate(expiry_problem(not_after, time.time()), not_after)
     return out
 
 

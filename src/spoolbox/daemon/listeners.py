@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from typing import Any
 
 from .. import MessageInfo, NewMessage, Spooler, StatusRow
@@ -32,7 +32,7 @@ from ..routing import RoutingTable, refusal
 from ..store.space import room_check
 from .listener_processes import ListenerProcesses
 
-__all__ = ["Listeners", "certificate_ends"]
+__all__ = ["Listeners", "certificate_end", "certificate_ends", "tls_listeners"]
 
 log = logging.getLogger("spoolbox.daemon")
 
@@ -320,17 +320,26 @@ def _processes(n: int) -> str:
     return "1 process" if n == 1 else f"{n} processes"
 
 
+def tls_listeners(profile: Profile) -> Iterator[tuple[str, str, str | None]]:
+    """(name, tls_cert, tls_key) of each enabled listener with a certificate."""
+    for listener in profile.listeners:
+        cert = listener.options.get("tls_cert")
+        if listener.enabled and isinstance(cert, str) and cert:
+            yield listener.name, cert, listener.options.get("tls_key")
+
+
+def certificate_end(cert: str) -> float:
+    """When the certificate in the file ``cert`` expires (Unix time); OSError or
+    ValueError when it cannot be read."""
+    with open(cert, "rb") as f:
+        return certificate_dates(f.read())[1]
+
+
 def certificate_ends(profile: Profile) -> dict[str, float]:
     """When each enabled TLS listener's certificate file expires (Unix time); a file
     that cannot be read or parsed is left out (``spoolbox check`` says why)."""
     ends: dict[str, float] = {}
-    for listener in profile.listeners:
-        cert = listener.options.get("tls_cert")
-        if not listener.enabled or not isinstance(cert, str) or not cert:
-            continue
-        try:
-            with open(cert, "rb") as f:
-                ends[listener.name] = certificate_dates(f.read())[1]
-        except (OSError, ValueError):
-            continue
+    for name, cert, _ in tls_listeners(profile):
+        with contextlib.suppress(OSError, ValueError):
+            ends[name] = certificate_end(cert)
     return ends

@@ -414,7 +414,8 @@ class _Connection(asyncio.Protocol):
     async def _upgrade(self, transport: asyncio.Transport) -> None:
         certificate = self._listener._tls
         assert certificate is not None
-        ctx = certificate.context_now()
+        # The context of the moment is chosen at the client's hello (_Certificate._choose).
+        ctx = certificate.context
         try:
             tls = await self._loop.start_tls(transport, self, ctx, server_side=True)
         except Exception as exc:  # a failed handshake ends this session only
