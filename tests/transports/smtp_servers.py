@@ -66,6 +66,8 @@ class Recorder:
     stall_data: bool = False  # never answer the final dot
     drop_at_data: bool = False  # close the connection instead of answering the final dot
     peers: list[Any] = field(default_factory=list)
+    tls: list[bool] = field(default_factory=list)  # per message received: over TLS?
+    quits: int = 0  # QUIT commands received
     released: asyncio.Event = field(default_factory=asyncio.Event)
     data_started: asyncio.Event = field(default_factory=asyncio.Event)  # a stall began
 
@@ -83,6 +85,10 @@ class Recorder:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
+    async def handle_QUIT(self, server: AiosmtpdSMTP, session: Session, envelope: Envelope) -> str:
+        self.quits += 1
+        return "221 Bye"
+
     async def handle_DATA(self, server: AiosmtpdSMTP, session: Session, envelope: Envelope) -> str:
         if self.stall_data:
             self.data_started.set()
@@ -95,6 +101,7 @@ class Recorder:
         if self.data_reply is not None:
             return self.data_reply
         content = envelope.original_content or b""
+        self.tls.append(session.ssl is not None)
         self.received.append(
             Received(
                 str(envelope.mail_from),
@@ -135,8 +142,11 @@ async def aiosmtpd_server(
     auth_require_tls: bool = True,
     data_size_limit: int | None = 33554432,
     auth_exclude: tuple[str, ...] = (),
+    host: str = HOST,
+    port: int = 0,
 ) -> AsyncIterator[ServerInfo]:
-    """A real aiosmtpd server in this loop; yields its port and connection counter."""
+    """A real aiosmtpd server in this loop (on ``host``:``port``, a free port unless
+    given); yields its port and connection counter."""
     loop = asyncio.get_running_loop()
     info = ServerInfo(0)
 
@@ -157,7 +167,7 @@ async def aiosmtpd_server(
         info.protocols.append(proto)
         return proto
 
-    server = await loop.create_server(factory, HOST, 0, ssl=implicit)
+    server = await loop.create_server(factory, host, port, ssl=implicit)
     info.port = server.sockets[0].getsockname()[1]
     try:
         yield info

@@ -1,7 +1,9 @@
-"""The SMTP transport (address type ``SMTP``): outbound relay through a smart host.
+"""The SMTP transport (address type ``SMTP``): outbound relay through a smart host, or
+direct delivery to each domain's mail servers.
 
-Every recipient ``SMTP:bob@example.org`` is relayed to one configured smart host
-(no MX lookup): ``MAIL FROM`` is the message's sender: an ``SMTP:`` address as it
+Every recipient ``SMTP:bob@example.org`` is relayed to one configured smart host, or
+with ``delivery = "mx"`` delivered to the servers the MX records of ``example.org``
+name (below, "Direct delivery"): ``MAIL FROM`` is the message's sender: an ``SMTP:`` address as it
 is, ``<>`` when it has none (delivery reports), a local sender of another type
 (``MAILDIR:postmaster``, ``spoolbox init``'s default) qualified with the profile's
 ``hostname`` (``postmaster@HOST``, as Postfix appends ``myorigin`` and as ``spoolbox
@@ -18,18 +20,30 @@ FAILURE with it, as after a send.
 
 Configuration (the transport's ``options`` in the profile):
 
+``delivery``
+    ``"relay"`` (the default: everything to ``host``) or ``"mx"`` (each domain to
+    its own servers; no ``host``, ``username`` or ``password``).
 ``host``
-    The smart host (name or IP address).  Required: without it the logon fails with
-    :class:`~spoolbox.contract.Unconfigured`.
+    The smart host (name or IP address).  Required with ``delivery = "relay"``:
+    without it the logon fails with :class:`~spoolbox.contract.Unconfigured`.
 ``port``
-    Default 25; 587 for ``tls="starttls"``, 465 for ``tls="implicit"``.
+    Default 25; 587 for ``tls="starttls"``, 465 for ``tls="implicit"`` (with
+    ``delivery = "mx"``, 25 whatever ``tls`` is: every server's port).
 ``tls``
-    ``"starttls"`` (the default: the server must offer STARTTLS, or every recipient
-    is deferred with 4.7.10), ``"implicit"`` (TLS from the first byte, RFC 8314) or
+    ``"starttls"`` (the default of a relay: the server must offer STARTTLS, or every
+    recipient is deferred with 4.7.10), ``"implicit"`` (TLS from the first byte, RFC
+    8314), ``"opportunistic"`` (the default of ``delivery = "mx"``: STARTTLS when the
+    server offers it, any certificate taken, as RFC 7435 and Postfix's ``may``; a
+    server whose TLS handshake fails is tried again at once without TLS) or
     ``"none"``.
 ``verify``
     Bool, default true: check the server's certificate and host name.  ``false``
-    must be written out, and is logged at WARNING once at logon.
+    must be written out, and is logged at WARNING once at logon.  ``tls =
+    "opportunistic"`` checks none (``verify = true`` with it is refused).
+``nameservers``, ``dns_timeout``
+    ``delivery = "mx"`` only: the DNS servers to ask (``"192.0.2.53"``,
+    ``"192.0.2.53:5353"``, ``"[2001:db8::53]:53"``; default: the system's,
+    ``/etc/resolv.conf``) and how long a domain's lookups may take (default 10 s).
 ``ca_file``
     A PEM bundle of the certificate authorities to trust instead of the system's.
 ``username``, ``password``
@@ -119,10 +133,29 @@ a reply, a reply nobody asked for or octets after ``220`` to STARTTLS are a prot
 error (4.5.0); reply text is cleaned (8-bit junk decoded with replacement characters,
 control characters removed) before it goes into a diagnostic or the status row.
 
+Direct delivery (``delivery = "mx"``, the ``mx`` extra: dnspython).  A message's
+recipients are grouped by domain, one transaction per domain.  :mod:`.mx` finds a
+domain's servers: its MX hosts by preference (equal ones in random order), each
+host's IPv4 then IPv6 addresses, at most five addresses; a domain without MX records
+is its own server; an address literal (``bob@[192.0.2.1]``) needs no lookup.  The
+first server that takes the connection (greeting, EHLO, TLS) gets the transaction; a
+server that cannot be reached, or refuses at the greeting, EHLO or TLS, passes the
+mail to the next; a reply in the transaction (a 550 to RCPT, a 451 to DATA) is the
+result, as from a smart host.  DNS says no (NXDOMAIN, no MX and no address, not a
+domain name): failed, 5.1.2; a null MX (RFC 7505): failed, 5.1.10; DNS does not
+answer (timeout, SERVFAIL, REFUSED): deferred, 4.4.3; MX hosts without addresses:
+deferred, 4.4.4; no server could be used: deferred with each one's reason.  A server
+that answers EHLO with this host's own name is this host: the mail fails with 5.4.6
+instead of looping.  Answers are kept for their DNS time to live (at most 5
+minutes); a connection to a server is kept for the next message to it and closed
+(QUIT) after 10 s idle.  ``validate_state`` connects nowhere (there is no one
+server), and the transport's row never shows FAILURE for one domain's servers.
+
 The package: ``settings`` (the options), ``failures`` (replies and network errors as
 results), ``connection`` (one connection: the machine over asyncio streams, with its
-timeouts, and the opening dialogue), ``pool`` (the connection pool), ``session`` (a
-message's transaction and its results), ``provider`` (logon).
+timeouts, and the opening dialogue), ``pool`` (the connection pool), ``mx`` (a
+domain's servers from DNS), ``session`` (a message's transaction and its results),
+``provider`` (logon).
 """
 
 from __future__ import annotations

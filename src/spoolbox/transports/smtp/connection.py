@@ -43,11 +43,13 @@ class Connection:
         machine: ClientMachine,
         where: str,
         number: int,
+        host: str = "",
     ) -> None:
         self.reader = reader
         self.writer = writer
         self.machine = machine
         self.where = where
+        self.host = host  # the server's name, as the results' Remote-MTA gives it
         self.number = number
         self.messages = 0
         self.clean = False  # the last transaction ended with 250 after the data
@@ -202,7 +204,7 @@ async def connect(
     """A connection greeted, EHLO'd, in TLS as configured and authenticated if configured."""
     s, t, where = settings, settings.timeouts, settings.where
     try:
-        sock = await _tcp_connect(s.host, s.port, t["connect"])
+        sock = await _tcp_connect(s.address or s.host, s.port, t["connect"])
     except TimeoutError:
         raise Failure(
             "4.4.1",
@@ -230,7 +232,7 @@ async def connect(
     except BaseException:
         sock.close()
         raise
-    conn = Connection(reader, writer, ClientMachine(tls=implicit), where, number)
+    conn = Connection(reader, writer, ClientMachine(tls=implicit), where, number, s.host)
     try:
         await _open(conn, settings, tls_context, helo)
     except BaseException:
@@ -246,9 +248,12 @@ async def _open(
     reply = await conn.reply("the greeting", t["greeting"])
     if reply.code != 220:
         raise refusal(reply, "the greeting", where)
-    await _hello(conn, helo, "EHLO", t["mail"])
-    if s.tls == "starttls":
-        if "starttls" not in conn.machine.extensions:
+    greeted = await _hello(conn, helo, "EHLO", t["mail"])
+    if s.delivery == "mx":
+        _not_myself(greeted, helo, where)
+    offered = "starttls" in conn.machine.extensions
+    if s.tls == "starttls" or (s.tls == "opportunistic" and offered):
+        if not offered:
             raise Failure(
                 "4.7.10",
                 f"x-spoolbox; {where} does not offer STARTTLS, which tls='starttls' requires",
@@ -269,18 +274,32 @@ async def _open(
         await _auth(conn, settings)
 
 
-async def _hello(conn: Connection, helo: str, step: str, timeout: float) -> None:
-    """EHLO, and HELO if EHLO is refused (but not when the server is closing: 421)."""
+async def _hello(conn: Connection, helo: str, step: str, timeout: float) -> Reply:
+    """EHLO, and HELO if EHLO is refused (but not when the server is closing: 421); the
+    server's 250 reply."""
     conn.machine.hello(helo)
     reply = await conn.reply(step, timeout)
     if reply.code == 250:
-        return
+        return reply
     if reply.code != 421:
         conn.machine.helo(helo)
         reply = await conn.reply(step, timeout)
         if reply.code == 250:
-            return
+            return reply
     raise refusal(reply, step, conn.where)
+
+
+def _not_myself(reply: Reply, helo: str, where: str) -> None:
+    """A domain's mail server that answers EHLO with this host's own name is this host
+    (its MX names us, or its address is ours): sending would loop, so the mail fails
+    with 5.4.6, as Postfix's "mail for ... loops back to myself"."""
+    words = reply.lines[0].split()
+    if words and words[0].lower() == helo.lower():
+        raise Failure(
+            "5.4.6",
+            f"x-spoolbox; {where} is this host (it answers EHLO as {words[0]}, this "
+            "host's own name): the mail would loop back to myself",
+        )
 
 
 async def _auth(conn: Connection, settings: SMTPSettings) -> None:

@@ -34,6 +34,12 @@ class Pool:
         self.busy: dict[str, Connection] = {}  # message ref -> its connection
         self.opened = 0
         self.closed = False
+        self._users = 0  # acquiring or holding a connection
+
+    @property
+    def unused(self) -> bool:
+        """Nothing open, nobody waiting or connecting: the pool may be forgotten."""
+        return not self._users and not self.idle and not self.busy
 
     @property
     def open_count(self) -> int:
@@ -45,13 +51,19 @@ class Pool:
 
     async def acquire(self, ref: str) -> Connection:
         """A connection for message ``ref``: an idle one that still answers, or a new one."""
-        await self._slots.acquire()
+        self._users += 1
+        try:
+            await self._slots.acquire()
+        except BaseException:
+            self._users -= 1
+            raise
         try:
             conn = await self._reuse()
             if conn is None:
                 self.opened += 1
                 conn = await connect(self.settings, self._tls_context, self._helo, self.opened)
         except BaseException:
+            self._users -= 1
             self._slots.release()
             raise
         self.busy[ref] = conn
@@ -65,6 +77,7 @@ class Pool:
             self.idle.append(conn)
         else:
             conn.close()
+        self._users -= 1
         self._slots.release()
 
     def drop(self, ref: str) -> bool:
@@ -74,6 +87,14 @@ class Pool:
             return False
         conn.close()
         return True
+
+    async def quit_idle(self, before: float) -> None:
+        """Close (with QUIT) the idle connections unused since ``before``
+        (``time.monotonic``), and drop the dead ones."""
+        stale = [c for c in self.idle if c.idle_since < before or not c.alive]
+        self.idle = [c for c in self.idle if c not in stale]
+        for conn in stale:
+            await self._quit(conn)
 
     async def _reuse(self) -> Connection | None:
         """An idle connection that answers RSET, or None (dead ones are dropped)."""
@@ -108,8 +129,14 @@ class Pool:
         for conn in list(self.busy.values()):
             conn.close()
         for conn in idle:
-            if conn.alive and conn.machine.in_step and not hurry:
-                conn.machine.quit()
-                with contextlib.suppress(Failure):
-                    await conn.reply("QUIT", min(_QUIT_TIMEOUT, self.settings.timeouts["mail"]))
-            conn.close()
+            if hurry:
+                conn.close()
+            else:
+                await self._quit(conn)
+
+    async def _quit(self, conn: Connection) -> None:
+        if conn.alive and conn.machine.in_step:
+            conn.machine.quit()
+            with contextlib.suppress(Failure):
+                await conn.reply("QUIT", min(_QUIT_TIMEOUT, self.settings.timeouts["mail"]))
+        conn.close()

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 from spoolbox.contract import LogonFlags, StatusCode, Support
 
+from .mx import MXResolver
 from .session import SMTPSession
 from .settings import SMTPSettings, tls_context, usable_helo
 
@@ -25,8 +26,11 @@ class SMTPProvider:
     def check_options(config: Mapping[str, Any]) -> None:
         """Read ``config`` as :meth:`logon` does, without logging on (``spoolbox
         check``, and the daemon before it starts): OptionError, ValueError or
-        Unconfigured say what is wrong."""
-        SMTPSettings.from_config(config)
+        Unconfigured say what is wrong (with delivery "mx": dnspython missing, or no
+        DNS server to ask)."""
+        settings = SMTPSettings.from_config(config)
+        if settings.delivery == "mx":
+            MXResolver(settings.nameservers, settings.dns_timeout)
 
     async def logon(
         self, support: Support, config: Mapping[str, Any], flags: LogonFlags
@@ -40,14 +44,25 @@ class SMTPProvider:
         helo = settings.helo_name or support.hostname
         if not usable_helo(helo):
             helo = "localhost"
-        if settings.tls != "none" and not settings.verify:
+        if settings.tls in ("starttls", "implicit") and not settings.verify:
             support.logger.warning(
                 "smtp transport %r: verify=false, the certificate of %s is NOT checked "
                 "(anyone in the path can read and change the mail)",
                 support.transport_name,
                 settings.where,
             )
-        session = SMTPSession(support, settings, context, helo)
+        mx = None
+        if settings.delivery == "mx":
+            mx = MXResolver(settings.nameservers, settings.dns_timeout)
+            if "." not in helo:
+                support.logger.warning(
+                    "smtp transport %r: delivery = 'mx' greets the domains' mail servers "
+                    "as %r (EHLO), which is not a fully qualified host name: many refuse "
+                    "mail from such a host; set hostname in the profile (or helo_name)",
+                    support.transport_name,
+                    helo,
+                )
+        session = SMTPSession(support, settings, context, helo, mx)
         support.modify_status_row(
             update=False, status_code=StatusCode.AVAILABLE, status_string=session.describe()
         )

@@ -3,9 +3,13 @@ connection, the replies mapped to recipient results, the status row and counters
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import ssl
+import time
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from spoolbox.contract import (
@@ -27,6 +31,7 @@ from spoolbox.smtp.replies import Reply, enhanced_status, reply_text
 from .._status import ReachabilityRow, results_text
 from .connection import Connection
 from .failures import Failure, exception_failure, protocol_failure, reply_failure
+from .mx import Hop, MXResolver
 from .pool import Pool
 from .settings import SMTPSettings, usable_helo
 
@@ -42,6 +47,10 @@ _BAD_ADDRESS_RE = re.compile(r"[\s<>\x00-\x1f\x7f]")
 #: address type (``MAILDIR:postmaster``) may be to be qualified with the host name.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LOCAL_PART_RE = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*")
+#: Delivery "mx": a connection to a domain's server idle this long is closed, with
+#: QUIT (Postfix keeps one 2 s, ``smtp_connection_cache_time_limit``); one used again
+#: within it carries the next message to that server without a new greeting.
+_MX_IDLE_KEEP = 10.0
 
 
 def envelope_sender(sender: Address | None, origin: str) -> str:
@@ -74,11 +83,19 @@ class SMTPSession(BaseTransportSession):
         settings: SMTPSettings,
         tls_context: ssl.SSLContext | None,
         helo_name: str,
+        mx: MXResolver | None = None,
     ) -> None:
         super().__init__(support)
         self.settings = settings
         self.concurrency = settings.max_connections
         self.pool = Pool(settings, tls_context, helo_name)
+        #: Delivery "mx": the resolver, and a pool per server address (and TLS mode).
+        self.mx = mx
+        self._tls_context = tls_context
+        self._helo = helo_name
+        self._hop_pools: dict[tuple[str, str, str], Pool] = {}
+        self._opened_before = 0  # connections opened by the pools forgotten since
+        self._sweeper: asyncio.Task[None] | None = None  # closes idle connections
         # Postfix's myorigin: a local sender (another address type) goes out as
         # local@<this host's mail name>; the EHLO name stands in for one that is not a
         # usable host name.
@@ -94,7 +111,8 @@ class SMTPSession(BaseTransportSession):
         self._row = ReachabilityRow(support)
 
     def __repr__(self) -> str:
-        return f"<SMTPSession {self.settings.where} tls={self.settings.tls}>"
+        where = "mx" if self.mx is not None else self.settings.where
+        return f"<SMTPSession {where} tls={self.settings.tls}>"
 
     @property
     def t(self) -> Mapping[str, float]:
@@ -102,7 +120,10 @@ class SMTPSession(BaseTransportSession):
 
     @property
     def connections_opened(self) -> int:
-        return self.pool.opened
+        return self._opened_before + sum(p.opened for p in self._pools())
+
+    def _pools(self) -> list[Pool]:
+        return [self.pool, *self._hop_pools.values()]
 
     def _tell_origin(self, sender: str, mail_from: str) -> None:
         """Once a logon: a local sender went out under a host name that is not fully
@@ -120,24 +141,35 @@ class SMTPSession(BaseTransportSession):
 
     def describe(self) -> str:
         s = self.settings
+        if self.mx is not None:
+            return f"delivering by MX lookup (port {s.port}, tls={s.tls})"
         auth = f", AUTH as {s.username}" if s.username else ""
         return f"relaying via {s.where} (tls={s.tls}{auth})"
 
     def status_object(self) -> Mapping[str, Any]:
         s = self.settings
+        mx = {} if self.mx is None else {"nameservers": self.mx.nameservers}
         return {
+            "delivery": s.delivery,
             "host": s.host,
             "port": s.port,
             "tls": s.tls,
             "verify": s.verify,
+            **mx,
             "max_connections": s.max_connections,
-            "connections_open": self.pool.open_count,
-            "connections_opened": self.pool.opened,
+            "connections_open": sum(p.open_count for p in self._pools()),
+            "connections_opened": self.connections_opened,
             **self.counts,
             "last_error": self.last_error,
         }
 
     def _update_status(self) -> None:
+        if self.mx is not None:
+            alive = sum(p.alive_count for p in self._hop_pools.values())
+            text = f"connected to {alive} mail server(s)" if alive else "idle"
+            text += f", delivering by MX lookup, {self.counts['delivered']} sent"
+            self._row.show(text + results_text(self.counts, self.last_error))
+            return
         where = self.settings.where
         if self.unreachable:
             # Every message is deferred until a connection is made: FAILURE, and why.
@@ -154,6 +186,11 @@ class SMTPSession(BaseTransportSession):
         in the pool for the next message; the status row says the result, as after a
         send.  A host that cannot be reached raises :class:`NetworkError` with why
         (``spoolbox check`` prints it)."""
+        if self.mx is not None:
+            # No one server to try: each domain's are found when there is mail for it
+            # (the resolver was set up at logon).
+            self._update_status()
+            return
         ref = "\0validate_state"  # no message's reference
         try:
             conn = await self.pool.acquire(ref)
@@ -168,7 +205,9 @@ class SMTPSession(BaseTransportSession):
     # -- notifications ------------------------------------------------------------------------
     async def transport_notify(self, flags: TransportNotifyFlags, ref: str | None = None) -> None:
         await super().transport_notify(flags, ref)
-        if flags & TransportNotifyFlags.CANCEL_MESSAGE and ref is not None and self.pool.drop(ref):
+        if not flags & TransportNotifyFlags.CANCEL_MESSAGE or ref is None:
+            return
+        if any(pool.drop(ref) for pool in self._pools()):
             self._cancelled.add(ref)  # the send in progress fails at its next network await
 
     # -- outbound -------------------------------------------------------------------------------
@@ -196,9 +235,11 @@ class SMTPSession(BaseTransportSession):
         recipients: Sequence[OutboundRecipient],
         results: dict[int, RecipientResult],
         f: Failure,
+        host: str | None = None,
     ) -> None:
-        """Every recipient without a result yet gets the failure's."""
-        mta = f"dns; {self.settings.host}" if f.connected else None
+        """Every recipient without a result yet gets the failure's; ``host`` is the
+        server that answered (the smart host unless given)."""
+        mta = f"dns; {host or self.settings.host}" if f.connected else None
         for r in recipients:
             if r.index in results:
                 continue
@@ -250,6 +291,9 @@ class SMTPSession(BaseTransportSession):
         if not todo:
             return
         await self.support.spooler_yield()  # a cancel before we connect: MessageCancelled
+        if self.mx is not None:
+            await self._send_direct(message, mail_from, todo, results)
+            return
         try:
             conn = await self.pool.acquire(message.ref)
         except Failure as f:
@@ -261,6 +305,97 @@ class SMTPSession(BaseTransportSession):
             reusable = await self._transaction(conn, message, mail_from, todo, results)
         finally:
             self.pool.release(message.ref, conn, reusable)
+
+    # -- delivery "mx" ------------------------------------------------------------------------
+    async def _send_direct(
+        self,
+        message: OutboundMessage,
+        mail_from: str,
+        todo: list[OutboundRecipient],
+        results: dict[int, RecipientResult],
+    ) -> None:
+        """One transaction per recipient domain, each with that domain's servers."""
+        domains: dict[str, list[OutboundRecipient]] = {}
+        for r in todo:
+            local, at, domain = r.value.rpartition("@")
+            if not at or not local or not domain:
+                results[r.index] = RecipientResult.failed(
+                    r, f"x-spoolbox; {r.value!r} has no domain to look up", status="5.1.3"
+                )
+                continue
+            domains.setdefault(domain.lower(), []).append(r)
+        for domain, group in domains.items():
+            try:
+                await self._to_domain(message, mail_from, domain, group, results)
+            except Failure as f:
+                self._settle(group, results, f)
+
+    async def _to_domain(
+        self,
+        message: OutboundMessage,
+        mail_from: str,
+        domain: str,
+        group: list[OutboundRecipient],
+        results: dict[int, RecipientResult],
+    ) -> None:
+        """``group``'s transaction with the first of ``domain``'s servers that takes the
+        connection (greeting, EHLO, TLS); a :class:`Failure` when none does or DNS says
+        no.  With tls "opportunistic" a server whose TLS fails is tried again without."""
+        assert self.mx is not None
+        hops = await self.mx.hops(domain)
+        tries = ("opportunistic", "none") if self.settings.tls == "opportunistic" else ()
+        failed: list[tuple[Hop, Failure]] = []
+        for hop in hops:
+            for tls in tries or (self.settings.tls,):
+                pool = self._hop_pool(hop, tls)
+                try:
+                    conn = await pool.acquire(message.ref)
+                except Failure as f:
+                    failed.append((hop, f))
+                    if tls == "opportunistic" and f.status.startswith("4.7."):
+                        continue  # its TLS failed: the same server once more without
+                    break  # the next server
+                reusable = False
+                try:
+                    reusable = await self._transaction(conn, message, mail_from, group, results)
+                except Failure as f:
+                    self._settle(group, results, f, conn.host)
+                finally:
+                    pool.release(message.ref, conn, reusable)
+                    self._sweep_later()
+                return
+            if message.ref in self._cancelled:
+                break
+        raise _nowhere(domain, failed)
+
+    def _hop_pool(self, hop: Hop, tls: str) -> Pool:
+        key = (hop.host, hop.address, tls)
+        pool = self._hop_pools.get(key)
+        if pool is None:
+            settings = replace(self.settings, host=hop.host, address=hop.address, tls=tls)
+            context = None if tls == "none" else self._tls_context
+            pool = self._hop_pools[key] = Pool(settings, context, self._helo)
+        return pool
+
+    def _sweep_later(self) -> None:
+        """Have the idle servers' connections closed once idle too long (a task, so
+        that a connection nobody needs again is not held open until its server gives
+        up on it)."""
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Every :data:`_MX_IDLE_KEEP` seconds while a connection is idle: close those
+        idle longer, and forget the pools left with nothing open or wanted."""
+        while any(p.idle for p in self._hop_pools.values()):
+            await asyncio.sleep(_MX_IDLE_KEEP / 2)
+            limit = time.monotonic() - _MX_IDLE_KEEP
+            for key, pool in list(self._hop_pools.items()):
+                await pool.quit_idle(limit)
+                if pool.unused and self._hop_pools.get(key) is pool:
+                    del self._hop_pools[key]
+                    self._opened_before += pool.opened
+            self._update_status()
 
     async def _transaction(
         self,
@@ -275,8 +410,8 @@ class SMTPSession(BaseTransportSession):
         With PIPELINING the machine sends MAIL, every RCPT and DATA at once; the replies
         are read here in the same order either way, so the results are the same.
         """
-        where = self.settings.where
-        mta = f"dns; {self.settings.host}"
+        where = conn.where
+        mta = f"dns; {conn.host}"
         machine = conn.machine
         size = message.size
         limit = machine.size_limit
@@ -326,7 +461,7 @@ class SMTPSession(BaseTransportSession):
             conn.close()
             raise Failure(
                 "4.5.0",
-                f"x-spoolbox; {self.settings.where} answered MAIL out of sequence "
+                f"x-spoolbox; {where} answered MAIL out of sequence "
                 f"({reply_text(reply)}): tried again on a new connection",
             )
         if reply.code != 250:
@@ -396,7 +531,7 @@ class SMTPSession(BaseTransportSession):
         accepted: list[OutboundRecipient],
     ) -> None:
         """The reply to ``RCPT TO`` as the recipient's result (or accepted, for now)."""
-        mta = f"dns; {self.settings.host}"
+        mta = f"dns; {conn.host}"
         if reply.code in (250, 251):
             accepted.append(r)
         elif 400 <= reply.code <= 499:
@@ -414,7 +549,7 @@ class SMTPSession(BaseTransportSession):
             )
         else:
             conn.close()
-            raise protocol_failure(reply, f"RCPT TO:<{r.value}>", self.settings.where)
+            raise protocol_failure(reply, f"RCPT TO:<{r.value}>", conn.where)
 
     def _delivered(
         self,
@@ -428,7 +563,7 @@ class SMTPSession(BaseTransportSession):
         conn.clean = True
         status = enhanced_status(reply, "2")
         text = f"smtp; {reply_text(reply)}"
-        mta = f"dns; {self.settings.host}"
+        mta = f"dns; {conn.host}"
         for r in accepted:
             results[r.index] = RecipientResult.delivered(r, text, status=status, remote_mta=mta)
 
@@ -438,7 +573,7 @@ class SMTPSession(BaseTransportSession):
                 conn.close()  # the server is closing the connection
             return reply_failure(reply, step)
         conn.close()  # a reply we do not understand: the dialogue is out of step
-        return protocol_failure(reply, step, self.settings.where)
+        return protocol_failure(reply, step, conn.where)
 
     async def _checked(self, conn: Connection, step: str, timeout_key: str) -> Reply:
         """The next reply, or the failure of ``step`` with the connection closed: a network
@@ -476,7 +611,7 @@ class SMTPSession(BaseTransportSession):
             await conn.write(held + machine.data_to_send(), step, timeout)
         except OSError as exc:  # reading the content
             conn.close()
-            raise exception_failure(exc, step, timeout, self.settings.where) from None
+            raise exception_failure(exc, step, timeout, conn.where) from None
         except BaseException:
             conn.close()  # cancelled or failed mid-DATA: the stream is unusable
             raise
@@ -484,8 +619,28 @@ class SMTPSession(BaseTransportSession):
 
     # -- logoff ---------------------------------------------------------------------------------
     async def logoff(self, flags: LogoffFlags) -> None:
-        await self.pool.close(hurry=bool(flags & LogoffFlags.HURRY))
-        self.support.modify_status_row(status_string=f"logged off from {self.settings.where}")
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        for pool in self._pools():
+            await pool.close(hurry=bool(flags & LogoffFlags.HURRY))
+        where = "the mail servers" if self.mx is not None else self.settings.where
+        self.support.modify_status_row(status_string=f"logged off from {where}")
+
+
+def _nowhere(domain: str, failed: Sequence[tuple[Hop, Failure]]) -> Failure:
+    """No server of ``domain`` took the connection: the last one's failure (its status,
+    so a refused TLS stays 4.7.x), with every server's reason."""
+    if not failed:  # pragma: no cover - a cancel before the first server
+        return Failure("4.4.1", f"x-spoolbox; no mail server of {domain} tried", connected=False)
+    reasons = "; ".join(f.text.removeprefix("x-spoolbox; ") for _, f in failed)
+    last = failed[-1][1]
+    return Failure(
+        last.status,
+        f"x-spoolbox; no mail server of {domain} could be used: {reasons}",
+        connected=False,
+    )
 
 
 async def _chunks(message: OutboundMessage, content: bytes | None) -> AsyncIterator[bytes]:

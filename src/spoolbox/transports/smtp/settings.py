@@ -12,9 +12,12 @@ from typing import Any, Literal
 from spoolbox.contract import Unconfigured
 from spoolbox.contract.options import OptionError, option, read_options
 
+from .mx import parse_nameserver
+
 __all__ = [
     "COMMAND_STEPS",
     "DATA_STEPS",
+    "DEFAULT_DNS_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_TIMEOUTS",
     "SMTPOptions",
@@ -38,7 +41,9 @@ DEFAULT_TIMEOUTS: Mapping[str, float] = {
     "data_block": 180.0,
     "data_term": 600.0,
 }
-_DEFAULT_PORT = {"none": 25, "starttls": 587, "implicit": 465}
+_DEFAULT_PORT = {"none": 25, "starttls": 587, "implicit": 465, "opportunistic": 25}
+#: Seconds a domain's DNS lookups may take, all together (``dns_timeout``).
+DEFAULT_DNS_TIMEOUT = 10.0
 #: Connections to the smart host at most (and messages in flight), unless the profile
 #: says otherwise.  Chosen by measurement (docs/benchmarks.md, "Shipped defaults"): in
 #: the relay benchmark 10 lanes took 0.37 store transactions a message against 0.78
@@ -59,10 +64,13 @@ def _seconds() -> Any:
 class SMTPOptions:
     """The options as written in the profile (see :mod:`spoolbox.transports.smtp`)."""
 
-    host: str = option(help="the smart host to relay through")
+    host: str | None = option(None, help="the smart host to relay through")
+    delivery: Literal["relay", "mx"] = "relay"
+    nameservers: tuple[str, ...] | None = None
+    dns_timeout: float | None = _seconds()
     port: int | None = option(None, low=1, high=65535)
-    tls: Literal["none", "starttls", "implicit"] = "starttls"
-    verify: bool = True
+    tls: Literal["none", "starttls", "implicit", "opportunistic"] | None = None
+    verify: bool | None = None
     ca_file: str | None = None
     username: str | None = None
     password: str | None = option(None, secret=True, empty=True)
@@ -87,8 +95,35 @@ class SMTPOptions:
     data_term_timeout: float | None = _seconds()
 
     def __post_init__(self) -> None:
-        if _CONTROL_RE.search(self.host) or self.host != self.host.strip():
-            raise OptionError("host", f"must be a host name or address, not {self.host!r}")
+        host = self.host
+        if host is not None and (_CONTROL_RE.search(host) or host != host.strip()):
+            raise OptionError("host", f"must be a host name or address, not {host!r}")
+        if self.delivery == "mx":
+            for key in ("host", "username", "password"):
+                if getattr(self, key) is not None:
+                    raise OptionError(
+                        key,
+                        "is for delivery = 'relay' (a smart host); delivery = 'mx' sends "
+                        "to each domain's own mail servers",
+                    )
+        else:
+            for key in ("nameservers", "dns_timeout"):
+                if getattr(self, key) is not None:
+                    raise OptionError(key, "is for delivery = 'mx'")
+        for ns in self.nameservers or ():
+            try:
+                parse_nameserver(ns)
+            except ValueError as exc:
+                raise OptionError("nameservers", str(exc)) from None
+        if self.nameservers == ():
+            raise OptionError("nameservers", "must name at least one server (or be left out)")
+        if self.tls == "opportunistic" and self.verify:
+            raise OptionError(
+                "verify",
+                "cannot be true with tls = 'opportunistic', which takes any certificate "
+                "(and goes on without TLS where it is missing); tls = 'starttls' "
+                "requires TLS with a certificate that verifies",
+            )
         if self.helo_name is not None and not usable_helo(self.helo_name):
             raise OptionError("helo_name", f"must be an ASCII host name, not {self.helo_name!r}")
 
@@ -119,10 +154,16 @@ class SMTPOptions:
 class SMTPSettings:
     """The validated options of one SMTP transport, defaults filled in."""
 
-    host: str
+    host: str  # the smart host; with delivery "mx", "" (each hop's settings name one)
     port: int
     tls: str = "starttls"
     verify: bool = True
+    delivery: str = "relay"
+    #: The address to connect to, when ``host`` (a name) was resolved beforehand: an
+    #: MX host's address (delivery "mx").
+    address: str | None = None
+    nameservers: tuple[tuple[str, int], ...] = ()
+    dns_timeout: float = DEFAULT_DNS_TIMEOUT
     ca_file: str | None = None
     username: str | None = None
     password: str | None = None
@@ -134,27 +175,39 @@ class SMTPSettings:
 
     @property
     def where(self) -> str:
+        """``host:port``, ``[v6]:port``, or ``name[address]:port`` for a resolved host
+        (as Postfix's logs write ``relay=mx.example.org[192.0.2.25]:25``)."""
+        if self.address is not None and self.address != self.host:
+            return f"{self.host}[{self.address}]:{self.port}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> SMTPSettings:
         o = read_options(SMTPOptions, config, kind="smtp")
+        if o.delivery == "relay" and o.host is None:
+            raise Unconfigured(["host"], "the smart host; or delivery = 'mx' to send directly")
+        mx = o.delivery == "mx"
+        tls = o.tls or ("opportunistic" if mx else "starttls")
         if o.username is not None and o.password is None:
             raise Unconfigured(["password"], f"AUTH as {o.username!r} needs a password")
         if o.password is not None and o.username is None:
             raise Unconfigured(["username"], "a password was given without a username")
-        if o.username is not None and o.tls == "none" and not o.allow_plain_auth:
+        if o.username is not None and tls in ("none", "opportunistic") and not o.allow_plain_auth:
             raise ValueError(
-                "smtp: refusing AUTH over a plaintext connection (tls='none'): the password "
-                "would cross the network in clear. Use tls='starttls' or tls='implicit', or "
+                f"smtp: refusing AUTH over a connection that may be plaintext (tls={tls!r}): "
+                "the password would cross the network in clear. Use tls='starttls' or "
+                "tls='implicit', or "
                 "set allow_plain_auth=true if the path to the server is trusted"
             )
         return cls(
-            host=o.host,
-            port=o.port or _DEFAULT_PORT[o.tls],
-            tls=o.tls,
-            verify=o.verify,
+            host=o.host or "",
+            port=o.port or (25 if mx else _DEFAULT_PORT[tls]),
+            tls=tls,
+            verify=tls != "opportunistic" and o.verify is not False,
+            delivery=o.delivery,
+            nameservers=tuple(parse_nameserver(ns) for ns in o.nameservers or ()),
+            dns_timeout=o.dns_timeout or DEFAULT_DNS_TIMEOUT,
             ca_file=o.ca_file,
             username=o.username,
             password=o.password,
@@ -176,7 +229,7 @@ def tls_context(settings: SMTPSettings) -> ssl.SSLContext | None:
     if settings.tls == "none":
         return None
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.ca_file)
-    if not settings.verify:
+    if not settings.verify:  # tls = "opportunistic" too: any certificate is taken
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
