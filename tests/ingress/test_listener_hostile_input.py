@@ -11,6 +11,7 @@ import pytest
 from smtp_client import Raw, serving
 
 from spoolbox import NewMessage
+from spoolbox.ingress.listener import MAX_HOPS, received_lines
 
 GREETING = "220 mx.test "
 MESSAGE = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: t\r\n\r\nbody\r\n"
@@ -208,3 +209,34 @@ async def test_commands_pipelined_after_starttls_are_dropped(certificate: Path) 
         await raw.close()
     [message] = submit.messages
     assert b" with ESMTPS id " in message.content
+
+
+def test_received_lines_are_counted_in_the_header_only() -> None:
+    head = b"Received: from a\r\n\tby b;\r\nRECEIVED : from c\r\nX-Received: no\r\nSubject: s\r\n"
+    assert received_lines(head + b"\r\nReceived: in the body\r\n") == 2
+    assert received_lines(head) == 2  # no body
+    assert received_lines(b"\r\nReceived: x\r\n") == 0  # an empty header
+
+
+@pytest.mark.parametrize("hops", [MAX_HOPS - 1, MAX_HOPS])
+async def test_a_message_round_a_mail_loop_is_refused(hops: int) -> None:
+    # Each pass through an MTA adds a Received: line; MAX_HOPS - 1 come in, and this
+    # listener's own makes MAX_HOPS: still taken (Postfix's hopcount_limit is the same).
+    submit = Recorder()
+    trace = b"".join(b"Received: from hop%d.test by hop%d.test;\r\n" % (i, i) for i in range(hops))
+    async with serving(submit) as listener:
+        raw = await Raw.connect(listener.port, greeting=GREETING)
+        await raw.cmd(b"EHLO loop.test")
+        await raw.cmd(b"MAIL FROM:<a@example.org>")
+        await raw.cmd(b"RCPT TO:<b@example.org>")
+        assert (await raw.cmd(b"DATA")).startswith("354")
+        reply = await raw.cmd(trace + MESSAGE + b".")
+        await raw.close()
+    if hops < MAX_HOPS:
+        assert reply.startswith("250 2.0.0"), reply
+        assert len(submit.messages) == 1
+        assert received_lines(submit.messages[0].content) == MAX_HOPS
+    else:
+        assert reply == f"554 5.4.6 Too many hops ({MAX_HOPS} Received: lines): a mail loop?"
+        assert submit.messages == []
+        assert listener.statistics()["rejected_too_many_hops"] == 1

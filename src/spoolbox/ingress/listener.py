@@ -21,6 +21,8 @@ The rules, from DESIGN.md section 4:
   (``452 4.5.3``), text line length (``554 5.6.0`` naming the line), and no NUL byte,
   bare CR or bare LF in DATA (``554 5.6.0``; a bare line break is how SMTP smuggling
   hides a second message from the next hop).
+* Loops: a message that comes with :data:`MAX_HOPS` (50) ``Received:`` lines or more
+  has been round a mail loop (RFC 5321 section 6.3): ``554 5.4.6``.
 * Relay control: a client that is neither authenticated nor in ``relay_networks`` may
   only name recipients in ``local_domains`` (``554 5.7.1 relay access denied``), and
   none whose local part routes elsewhere (``%``, ``@`` or ``!``, quoted or not: see
@@ -29,7 +31,7 @@ The rules, from DESIGN.md section 4:
   characters: a CR, LF or NUL in MAIL FROM or RCPT TO is refused with ``553``).
 * A ``Received:`` trace line (RFC 5321 section 4.4) goes on top of the content.
 * Malformed MIME is accepted as-is: the spooler relays bytes.  8-bit content is
-  accepted (8BITMIME is advertised; SMTPUTF8 is not).
+  accepted (8BITMIME is advertised; SMTPUTF8 too, unless ``smtputf8`` is off).
 * A client silent for ``idle_timeout`` seconds gets ``421 4.4.2`` and is disconnected.
 """
 
@@ -74,7 +76,14 @@ from ..smtp.server import (
 )
 from .config import ListenerConfig
 
-__all__ = ["ListenerConfig", "SubmissionListener", "host_port", "listen_socket"]
+__all__ = [
+    "MAX_HOPS",
+    "ListenerConfig",
+    "SubmissionListener",
+    "host_port",
+    "listen_socket",
+    "received_lines",
+]
 
 log = logging.getLogger("spoolbox.ingress")
 
@@ -101,7 +110,13 @@ REJECT_REASONS = (
     "store_full",  # no room for the message on the store's disk: 452 4.3.1
     "connection_limit",  # max_connections open already: 421 at the greeting
     "client_connection_limit",  # max_connections_per_client from its address: 421
+    "too_many_hops",  # MAX_HOPS Received: lines or more already: a mail loop, 554 5.4.6
 )
+
+#: A message that comes with this many ``Received:`` lines or more has been round a
+#: loop (RFC 5321 section 6.3): refused, as Postfix's ``hopcount_limit`` (50).
+MAX_HOPS = 50
+_RECEIVED_RE = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 
 #: Routing operators in a local part: ``user%host``, ``user@host`` (also quoted:
@@ -109,6 +124,16 @@ REJECT_REASONS = (
 _ROUTING = frozenset("@%!")
 #: How many peer addresses' relay_networks verdicts a listener keeps at most.
 _VERDICTS_KEPT = 4096
+
+
+def received_lines(content: bytes) -> int:
+    """How many ``Received:`` lines the header of ``content`` has (its first lines, up
+    to the first empty one)."""
+    if content.startswith(b"\r\n"):
+        return 0  # an empty header
+    end = content.find(b"\r\n\r\n")
+    head = content if end == -1 else content[: end + 2]
+    return len(_RECEIVED_RE.findall(head))
 
 
 def _routed_local_part(address: str) -> bool:
@@ -353,6 +378,13 @@ class _Connection(asyncio.Protocol):
     def _start_submit(self, event: MessageData) -> str | None:
         """Start the submission; a reply now if the message is refused before it."""
         listener = self._listener
+        hops = received_lines(event.content)
+        if hops >= MAX_HOPS:
+            listener._reject("too_many_hops")
+            log.warning(
+                "message from %s refused: %d Received: lines (a mail loop?)", self.peer, hops
+            )
+            return f"554 5.4.6 Too many hops ({hops} Received: lines): a mail loop?"
         message_id = new_message_id()
         try:
             sender = listener._address(event.sender) if event.sender else None
