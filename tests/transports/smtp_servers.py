@@ -192,8 +192,11 @@ Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 @contextlib.asynccontextmanager
-async def scripted_server(script: Script) -> AsyncIterator[ServerInfo]:
-    """A raw server running ``script(reader, writer)`` for every connection."""
+async def scripted_server(
+    script: Script, *, host: str = HOST, port: int = 0
+) -> AsyncIterator[ServerInfo]:
+    """A raw server running ``script(reader, writer)`` for every connection (on
+    ``host``:``port``, a free port unless given)."""
     info = ServerInfo(0)
     tasks: set[asyncio.Task[None]] = set()
     writers: list[asyncio.StreamWriter] = []
@@ -213,7 +216,7 @@ async def scripted_server(script: Script) -> AsyncIterator[ServerInfo]:
             with contextlib.suppress(ConnectionError, asyncio.CancelledError):
                 await writer.wait_closed()
 
-    server = await asyncio.start_server(handle, HOST, 0)
+    server = await asyncio.start_server(handle, host, port)
     info.port = server.sockets[0].getsockname()[1]
     try:
         yield info

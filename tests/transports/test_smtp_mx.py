@@ -86,7 +86,7 @@ def common_port() -> int:
 
 #: example.test: mx1 (10), mx2 (20); other.test: mx3; implicit.test: an A record only;
 #: nullmx.test: the null MX; nodata.test: a TXT record only; lost.test: an MX host
-#: without an address; 例子.test (IDNA xn--fsqu00a.test): mx1.
+#: without an address; 例子.test (IDNA xn--fsqu00a.test) and shared.test: mx1.
 RECORDS = [
     "--mx-host=example.test,mx1.example.test,10",
     "--mx-host=example.test,mx2.example.test,20",
@@ -99,6 +99,7 @@ RECORDS = [
     "--txt-record=nodata.test,no mail here",
     "--mx-host=lost.test,nowhere.lost.test,10",
     "--mx-host=xn--fsqu00a.test,mx1.example.test,10",
+    "--mx-host=shared.test,mx1.example.test,10",
 ]
 
 
@@ -115,9 +116,9 @@ class Servers:
 
 
 @contextlib.asynccontextmanager
-async def serve(hosts: Sequence[str], **kw: Any) -> AsyncIterator[Servers]:
-    """An aiosmtpd server on each of ``hosts``, all on one port."""
-    servers = Servers(common_port())
+async def serve(hosts: Sequence[str], port: int = 0, **kw: Any) -> AsyncIterator[Servers]:
+    """An aiosmtpd server on each of ``hosts``, all on one port (``port``, else free)."""
+    servers = Servers(port or common_port())
     async with contextlib.AsyncExitStack() as stack:
         for host in hosts:
             rec = servers.by_host[host] = Recorder()
@@ -422,6 +423,36 @@ async def test_cancel_stops_the_send_to_a_domains_server(dns: Dnsmasq) -> None:
             assert session.status_object()["connections_open"] == 0
     assert state is MessageState.CANCELLED
     assert rec.received == []
+
+
+async def test_a_server_that_failed_is_not_tried_again_for_a_while(
+    dns: Dnsmasq, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(smtp_session, "_MX_DEAD_FOR", 3.0)
+
+    async def busy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"421 4.3.2 too busy, try later\r\n")
+        await writer.drain()
+
+    port = common_port()
+    async with (
+        scripted_server(busy, host=MX1, port=port) as first,  # mx1.example.test
+        serve([MX2], port=port) as servers,
+        open_spooler(mx_options(dns, port)) as sp,
+    ):
+        for rcpt in ("SMTP:a@example.test", "SMTP:b@example.test"):
+            assert (await send(sp, message(rcpt)))[0] is MessageState.SENT
+        assert first.connections == 1  # the second message went to mx2 at once
+        assert len(servers.by_host[MX2].received) == 2
+        # Another domain whose one MX is that server: its mail waits without a try.
+        state, [r] = await send(sp, message("SMTP:c@shared.test"))
+        assert (state, r.status) == (MessageState.DEFERRED, "4.3.2"), r
+        text = r.diagnostic or ""
+        assert "too busy, try later (the greeting) (not tried again for " in text, r
+        assert first.connections == 1
+        await asyncio.sleep(3.1)  # then it is tried again
+        assert (await send(sp, message("SMTP:d@example.test")))[0] is MessageState.SENT
+        assert first.connections == 2
 
 
 # -- TLS ----------------------------------------------------------------------------------------

@@ -51,6 +51,12 @@ _LOCAL_PART_RE = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*")
 #: QUIT (Postfix keeps one 2 s, ``smtp_connection_cache_time_limit``); one used again
 #: within it carries the next message to that server without a new greeting.
 _MX_IDLE_KEEP = 10.0
+#: Delivery "mx": a server that could not be used (no connection, a refusal at the
+#: greeting, EHLO or TLS) is not tried again for this long: the next messages for its
+#: domain go to its other servers, or wait, at once, instead of each spending the
+#: connect timeout on it and holding a lane meanwhile (Postfix marks such a
+#: destination dead the same way, for its minimal_backoff_time).
+_MX_DEAD_FOR = 60.0
 
 
 def envelope_sender(sender: Address | None, origin: str) -> str:
@@ -96,6 +102,8 @@ class SMTPSession(BaseTransportSession):
         self._hop_pools: dict[tuple[str, str, str], Pool] = {}
         self._opened_before = 0  # connections opened by the pools forgotten since
         self._sweeper: asyncio.Task[None] | None = None  # closes idle connections
+        #: Server address -> (not tried again before, why), see _MX_DEAD_FOR.
+        self._dead: dict[str, tuple[float, Failure]] = {}
         # Postfix's myorigin: a local sender (another address type) goes out as
         # local@<this host's mail name>; the EHLO name stands in for one that is not a
         # usable host name.
@@ -346,6 +354,10 @@ class SMTPSession(BaseTransportSession):
         tries = ("opportunistic", "none") if self.settings.tls == "opportunistic" else ()
         failed: list[tuple[Hop, Failure]] = []
         for hop in hops:
+            skipped = self._still_dead(hop)
+            if skipped is not None:
+                failed.append((hop, skipped))
+                continue
             for tls in tries or (self.settings.tls,):
                 pool = self._hop_pool(hop, tls)
                 try:
@@ -354,7 +366,10 @@ class SMTPSession(BaseTransportSession):
                     failed.append((hop, f))
                     if tls == "opportunistic" and f.status.startswith("4.7."):
                         continue  # its TLS failed: the same server once more without
+                    if message.ref not in self._cancelled:
+                        self._mark_dead(hop, f)
                     break  # the next server
+                self._dead.pop(hop.address, None)
                 reusable = False
                 try:
                     reusable = await self._transaction(conn, message, mail_from, group, results)
@@ -367,6 +382,29 @@ class SMTPSession(BaseTransportSession):
             if message.ref in self._cancelled:
                 break
         raise _nowhere(domain, failed)
+
+    def _mark_dead(self, hop: Hop, why: Failure) -> None:
+        now = time.monotonic()
+        if len(self._dead) >= 1000:  # the servers of many domains failed: forget the past
+            self._dead = {a: d for a, d in self._dead.items() if d[0] > now}
+        self._dead[hop.address] = (now + _MX_DEAD_FOR, why)
+
+    def _still_dead(self, hop: Hop) -> Failure | None:
+        """Why ``hop`` is not tried now (it failed less than :data:`_MX_DEAD_FOR`
+        seconds ago), or None."""
+        dead = self._dead.get(hop.address)
+        if dead is None:
+            return None
+        left = dead[0] - time.monotonic()
+        if left <= 0:
+            del self._dead[hop.address]
+            return None
+        why = dead[1]
+        return Failure(
+            why.status,
+            f"{why.text} (not tried again for {left:.0f} s)",
+            connected=why.connected,
+        )
 
     def _hop_pool(self, hop: Hop, tls: str) -> Pool:
         key = (hop.host, hop.address, tls)
