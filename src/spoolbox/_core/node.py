@@ -307,7 +307,7 @@ class NodePresence:
             status.update(SPOOLER_ROW, status_string=STORE_UNAVAILABLE, detail=str(exc))
 
     def _store_up(self) -> None:
-        log.warning("node %s: the store is back", self.name)
+        log.info("node %s: the store is back", self.name)
         self.unavailable = None
         status = self._spooler.status
         row = status.get(SPOOLER_ROW)
