@@ -265,6 +265,7 @@ class SpoolboxDaemon(_Closing):
         init_daemon: Sequence[str] = (),
         init_without_local: bool = False,
         init_store: Sequence[str] = (),
+        init_mx: str | None = None,
     ) -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True)
@@ -278,6 +279,7 @@ class SpoolboxDaemon(_Closing):
                 init_daemon,
                 init_store,
                 without_local=init_without_local,
+                mx=init_mx,
             )
             if extra_profile:
                 self.profile.write_text(self.profile.read_text() + "\n" + extra_profile)
@@ -316,9 +318,11 @@ class SpoolboxDaemon(_Closing):
         store_keys: Sequence[str] = (),
         *,
         without_local: bool = False,
+        mx: str | None = None,
     ) -> None:
         """The profile exactly as ``spoolbox init`` writes it (its listener on a free
-        port), plus an ``smtp`` transport to the sink with nothing but where it is;
+        port), plus an ``smtp`` transport to the sink with nothing but where it is
+        (with ``mx``, a name server: ``delivery = "mx"``, the sink found by DNS);
         ``sink_keys``, ``listener_keys``, ``daemon_keys`` and ``store_keys`` (``key =
         value`` lines) are added to the transport's options, the listener's table,
         ``[daemon]`` and ``[store]`` (to measure candidate defaults); ``without_local``
@@ -329,7 +333,8 @@ class SpoolboxDaemon(_Closing):
             stdout=subprocess.DEVNULL,
         )
         text = self.profile.read_text()
-        sink = _SINK_TRANSPORT.format(port=sink_port) + "".join(f"{k}\n" for k in sink_keys)
+        block = _SINK_TRANSPORT if mx is None else _MX_TRANSPORT
+        sink = block.format(port=sink_port, nameserver=mx) + "".join(f"{k}\n" for k in sink_keys)
         text = _set_keys(text, "[daemon]", daemon_keys)
         text = _set_keys(text, "[store]", store_keys)
         text = _set_keys(text, "[listeners.submission]", listener_keys)
@@ -465,6 +470,21 @@ inbound = false
 host = "127.0.0.1"
 port = {port}
 tls = "none"
+"""
+
+#: Direct delivery as a user writes it: the sink is the MX of the recipients' domain
+#: (:class:`Dnsmasq`), on the sink's port; TLS as shipped (opportunistic: smtp-sink
+#: offers none).
+_MX_TRANSPORT = """\
+[[transports]]
+name = "relay"
+provider = "smtp"
+address_types = ["SMTP"]
+inbound = false
+[transports.options]
+delivery = "mx"
+nameservers = ["{nameserver}"]
+port = {port}
 """
 
 _MASTER_CF = """\
@@ -607,3 +627,55 @@ def smtp_source(port: int, messages: int, sessions: int, size: int) -> subproces
     return subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
+
+
+class Dnsmasq(_Closing):
+    """dnsmasq on a free loopback port: ``example.org`` (smtp-source's recipients'
+    domain) has the MX ``mx.example.org``, 127.0.0.1; answers live 60 s."""
+
+    def __init__(self, workdir: Path) -> None:
+        exe = shutil.which("dnsmasq", path=_sbin_path())
+        if exe is None:
+            raise SystemExit("bench: dnsmasq not found (apt-get install -y dnsmasq-base)")
+        self.port = free_port()
+        self.nameserver = f"127.0.0.1:{self.port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self._log = (workdir / "dnsmasq.log").open("wb")
+        self.proc = subprocess.Popen(
+            [
+                exe,
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                f"--port={self.port}",
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                "--no-resolv",
+                "--no-hosts",
+                "--pid-file=",
+                "--local=/example.org/",
+                "--local-ttl=60",
+                "--mx-host=example.org,mx.example.org,10",
+                "--host-record=mx.example.org,127.0.0.1",
+                *(["--user=root"] if os.geteuid() == 0 else []),
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        import dns.exception
+        import dns.message
+        import dns.query
+
+        probe = dns.message.make_query("example.org", "MX")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                dns.query.udp(probe, "127.0.0.1", timeout=0.2, port=self.port)
+                return
+            except (OSError, dns.exception.Timeout):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.close()
+                    raise RuntimeError("bench: dnsmasq did not answer") from None
+
+    def close(self) -> None:
+        stop_process(self.proc, 5)
+        self._log.close()

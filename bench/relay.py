@@ -30,6 +30,10 @@ run (the order rotates from run to run):
   with only ``host``, ``port`` and ``tls = "none"``: the shipped defaults (the
   transport's ``max_connections``, the listener's ``processes``, ``nice``, the log
   level), as a user who ran ``spoolbox init`` gets them;
+* ``spoolbox-mx`` (not in the default ``--systems``): ``spoolbox-init`` whose ``smtp``
+  transport delivers directly (``delivery = "mx"``, TLS as shipped): a dnsmasq started
+  by the bench names the sink as the MX of the recipients' domain, so each message
+  costs what direct delivery costs (a DNS answer is kept for its 60 s TTL);
 * ``spoolbox-wN`` (``--workers 1,2,4`` adds one system per value): ``spoolbox-procs``
   with ``[daemon] workers = N`` delivery worker processes (docs/operations.md,
   "Worker processes"): N + 1 processes deliver; ``store lock held`` counts only the
@@ -113,6 +117,7 @@ from pathlib import Path
 from _counts import SyscallCount, fsync_rate, process_tree, written_bytes
 from _mta import (
     SLOW_SYNC_VARIABLES,
+    Dnsmasq,
     PostfixRelay,
     Sink,
     SpoolboxDaemon,
@@ -124,8 +129,8 @@ from _mta import (
     stop_process,
 )
 
-SYSTEMS = ("wire", "spoolbox", "spoolbox-procs", "spoolbox-init", "postfix")
-SPOOLBOXES = ("spoolbox", "spoolbox-procs", "spoolbox-init")
+SYSTEMS = ("wire", "spoolbox", "spoolbox-procs", "spoolbox-init", "postfix", "spoolbox-mx")
+SPOOLBOXES = ("spoolbox", "spoolbox-procs", "spoolbox-init", "spoolbox-mx")
 OURS = re.compile(r"[(/](spoolbox|aiosmtpd|aiosmtplib)/")  # frames worth showing
 
 
@@ -141,6 +146,14 @@ def system_under_test(
     ``listener_processes`` overrides the bench profile's (0 for ``spoolbox``)."""
     if name == "wire":
         yield sink.port, None
+    elif name == "spoolbox-mx":
+        with (
+            Dnsmasq(workdir / "dns") as dns,
+            SpoolboxDaemon(
+                workdir / "spoolbox", sink.port, as_init=True, init_mx=dns.nameserver
+            ) as sb,
+        ):
+            yield sb.port, sb
     elif name == "spoolbox-init":
         with SpoolboxDaemon(
             workdir,
@@ -427,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=2048, help="smtp-source -l (body bytes)")
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--max-connections", type=int, default=10, help="towards the sink")
-    p.add_argument("--systems", default=",".join(SYSTEMS))
+    p.add_argument("--systems", default=",".join(s for s in SYSTEMS if s != "spoolbox-mx"))
     p.add_argument(
         "--synchronous",
         default="FULL",
