@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "daemon_cmds",
         "init_cmd",
         "Write a commented profile that works at once (SQLite store, Maildir transport, "
-        "SMTP listener on loopback).",
+        "SMTP listener on loopback; with --relay or --direct, mail for other hosts too).",
     ),
     "run": (
         "daemon_cmds",

@@ -12,6 +12,7 @@ import click
 
 from .._private import openness, private_dir, write_private
 from ..api.client import EXIT_ERROR
+from ..model.hostname import is_hostname
 from ..profile import (
     DEFAULT_PROFILE_NAME,
     Profile,
@@ -19,6 +20,7 @@ from ..profile import (
     default_profile_text,
     load_profile,
 )
+from ..profile.default import RELAY_PASSWORD_FILE, Outbound, parse_relay
 from ._common import Ctx, emit_json, fail, json_option, pass_ctx
 
 if TYPE_CHECKING:
@@ -42,18 +44,60 @@ if TYPE_CHECKING:
     show_default=True,
     help="Port of the SMTP submission listener on loopback (0: any free port).",
 )
+@click.option(
+    "--relay",
+    metavar="HOST[:PORT]",
+    help="Send mail for other hosts (bob@example.org) through this smart host "
+    "(STARTTLS, port 587 unless given).",
+)
+@click.option(
+    "--relay-user",
+    metavar="USER",
+    help="Log in to the smart host as USER; its password is read from relay.password "
+    "beside the profile.",
+)
+@click.option(
+    "--direct",
+    is_flag=True,
+    help="Send mail for other hosts directly to each domain's mail servers (MX lookup, "
+    "port 25; needs the mx extra).",
+)
+@click.option(
+    "--hostname",
+    metavar="NAME",
+    help="This host's mail name (EHLO, Received, reports); default: its FQDN.",
+)
 @json_option
 @pass_ctx
-def init_cmd(obj: Ctx, directory: Path, force: bool, smtp_port: int, as_json: bool) -> None:
+def init_cmd(
+    obj: Ctx,
+    directory: Path,
+    force: bool,
+    smtp_port: int,
+    relay: str | None,
+    relay_user: str | None,
+    direct: bool,
+    hostname: str | None,
+    as_json: bool,
+) -> None:
     """Write a commented profile that works at once (SQLite store, Maildir transport,
-    SMTP listener on loopback)."""
+    SMTP listener on loopback; with --relay or --direct, mail for other hosts too)."""
+    outbound = _outbound(relay, relay_user, direct)
+    if hostname is not None and not is_hostname(hostname):
+        raise click.BadParameter(
+            f"{hostname!r} is not a host name (letters, digits, '-' and '.')",
+            param_hint="'--hostname'",
+        )
     target = directory / DEFAULT_PROFILE_NAME
     if target.exists() and not force:
         fail(f"{target} exists; use --force to overwrite it", EXIT_ERROR, kind="exists")
     _make_data_dir(directory)
     private_dir(directory / "mail")
     # 0600: the profile is where secrets go (inline, or the names of their files).
-    write_private(target, default_profile_text(directory, smtp_port=smtp_port))
+    text = default_profile_text(
+        directory, smtp_port=smtp_port, outbound=outbound, hostname=hostname
+    )
+    write_private(target, text)
     profile = load_profile(target)  # what we wrote must load
     if as_json:
         emit_json(
@@ -66,7 +110,48 @@ def init_cmd(obj: Ctx, directory: Path, force: bool, smtp_port: int, as_json: bo
         )
     else:
         click.echo(f"wrote {target}")
+        for line in _next_steps(directory, outbound, profile):
+            click.echo(line)
         click.echo(f"start the spooler with: spoolbox --profile {target} run")
+
+
+def _outbound(relay: str | None, user: str | None, direct: bool) -> Outbound:
+    if relay is not None and direct:
+        raise click.UsageError("--relay and --direct exclude each other: choose one")
+    if user is not None and relay is None:
+        raise click.UsageError("--relay-user needs --relay (the smart host it logs in to)")
+    if relay is None:
+        return Outbound(direct=direct)
+    try:
+        return Outbound(relay=parse_relay(relay), user=user)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--relay'") from None
+
+
+def _next_steps(directory: Path, outbound: Outbound, profile: Profile) -> list[str]:
+    """What the user still has to do for the mail to other hosts to go out."""
+    steps = []
+    if outbound.user is not None:
+        password = directory / RELAY_PASSWORD_FILE
+        steps.append(
+            f"put the smart host's password for {outbound.user} in {password} "
+            f"(umask 077; printf %s PASSWORD > {password})"
+        )
+    if outbound.direct:
+        steps.append(
+            f"direct delivery: this host greets mail servers as {profile.spooler.hostname}; it "
+            "needs port 25 out, a reverse DNS (PTR) record of its address giving that "
+            "name, and SPF/DKIM for the sending domains (docs/operations.md, "
+            '"Direct delivery")'
+        )
+        if "." not in profile.spooler.hostname:
+            steps.append(
+                f"{profile.spooler.hostname} is not a fully qualified name: most mail servers "
+                "refuse it; spoolbox init --force --direct --hostname mail.example.org"
+            )
+    if outbound.direct or outbound.relay is not None:
+        steps.append("check it with: spoolbox check")
+    return steps
 
 
 def _make_data_dir(directory: Path) -> None:

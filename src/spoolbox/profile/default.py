@@ -2,13 +2,93 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
+import re
 import socket
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from string import Template
 
-__all__ = ["default_listener_processes", "default_profile_text"]
+__all__ = [
+    "RELAY_PASSWORD_FILE",
+    "Outbound",
+    "default_listener_processes",
+    "default_profile_text",
+    "parse_relay",
+]
+
+#: Where ``spoolbox init --relay HOST --relay-user USER`` has the relay's password read
+#: from (relative to the profile's directory).
+RELAY_PASSWORD_FILE = "relay.password"
+_HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """The SMTP transport ``spoolbox init`` writes, if any: a smart host (``relay``:
+    host and port or None, ``user``) or direct delivery (``direct``)."""
+
+    relay: tuple[str, int | None] | None = None
+    user: str | None = None
+    direct: bool = False
+
+
+def parse_relay(text: str) -> tuple[str, int | None]:
+    """``HOST``, ``HOST:PORT`` or ``[IPv6]:PORT`` as (host, port or None); ValueError
+    says what is wrong."""
+    host, port = text, None
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text!r}: expected HOST, HOST:PORT or [IPv6]:PORT")
+        digits = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, _, digits = text.partition(":")
+    else:
+        digits = None
+    if digits is not None:
+        if not digits.isdigit() or not 1 <= int(digits) <= 65535:
+            raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
+        port = int(digits)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOST_RE.fullmatch(host) or len(host) > 253:
+            raise ValueError(f"{text!r}: {host!r} is not a host name or address") from None
+    return host, port
+
+
+def _outbound_text(outbound: Outbound) -> str:
+    """The ``[[transports]]`` table of ``outbound`` (the TOML strings JSON-quoted)."""
+    if not outbound.direct and outbound.relay is None:
+        return ""
+    lines = [
+        "[[transports]]",
+        'name = "internet"' if outbound.direct else 'name = "relay"',
+        'provider = "smtp"',
+        'address_types = ["SMTP"]       # bare addresses (bob@example.org) go here',
+        "inbound = false",
+        "[transports.options]",
+    ]
+    if outbound.direct:
+        lines += [
+            'delivery = "mx"                # each domain to its own mail servers (port 25)',
+        ]
+    else:
+        assert outbound.relay is not None
+        host, port = outbound.relay
+        lines.append(f"host = {json.dumps(host)}")
+        if port is not None:
+            lines.append(f"port = {port}")
+        if outbound.user is not None:
+            lines += [
+                f"username = {json.dumps(outbound.user)}",
+                f'password_file = "{RELAY_PASSWORD_FILE}"  # next to this file, mode 0600',
+            ]
+    return "\n".join(lines) + "\n\n"
 
 
 def default_listener_processes(cpus: int | None) -> int:
@@ -19,17 +99,27 @@ def default_listener_processes(cpus: int | None) -> int:
     return 1 if (cpus or 1) >= 2 else 0
 
 
-def default_profile_text(data_dir: Path, *, smtp_port: int = 2525) -> str:
+def default_profile_text(
+    data_dir: Path,
+    *,
+    smtp_port: int = 2525,
+    outbound: Outbound | None = None,
+    hostname: str | None = None,
+) -> str:
     """A commented profile that works at once: SQLite store in ``data_dir``, a Maildir
-    transport delivering under ``data_dir/mail``, the SMTP listener on loopback.
+    transport delivering under ``data_dir/mail``, the SMTP listener on loopback; with
+    ``outbound``, an SMTP transport for bare addresses too, and with ``hostname``,
+    this host's mail name.
 
-    ``default.toml`` holds it, with ``${hostname}``, ``${mail}``, ``${smtp_port}`` and
-    ``${listener_processes}`` (:func:`default_listener_processes`) where this machine's
-    values go."""
+    ``default.toml`` holds it, with ``${hostname}``, ``${mail}``, ``${smtp_port}``,
+    ``${listener_processes}`` (:func:`default_listener_processes`), ``${hostname_line}``
+    and ``${outbound}`` where this machine's values and the options' tables go."""
     template = resources.files(__package__).joinpath("default.toml").read_text("utf-8")
     return Template(template).substitute(
         hostname=socket.gethostname(),
         mail=(data_dir / "mail").resolve(),
         smtp_port=smtp_port,
         listener_processes=default_listener_processes(os.cpu_count()),
+        hostname_line="" if hostname is None else f"hostname = {json.dumps(hostname)}\n",
+        outbound=_outbound_text(outbound or Outbound()),
     )

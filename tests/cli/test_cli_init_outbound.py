@@ -1,0 +1,180 @@
+"""``spoolbox init --relay HOST[:PORT] [--relay-user USER]``, ``--direct`` and
+``--hostname``: the profile also sends mail for other hosts, through a smart host or
+directly, and says what is left to do; bad values are refused before anything is
+written.  The relay is a real aiosmtpd server with AUTH (in a thread), reached by a
+real daemon."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as AiosmtpdSMTP
+from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
+
+from conftest import CLI, DEADLINE, Daemons, Home, _env, wait_until
+from spoolbox.profile import load_profile
+from spoolbox.profile.default import parse_relay
+
+
+def init(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, "init", "--dir", str(directory), "--smtp-port", "0", *args],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=DEADLINE,
+    )
+
+
+def test_relay_host_and_port_are_parsed() -> None:
+    assert parse_relay("smtp.example.org") == ("smtp.example.org", None)
+    assert parse_relay("smtp.example.org:2525") == ("smtp.example.org", 2525)
+    assert parse_relay("192.0.2.1:25") == ("192.0.2.1", 25)
+    assert parse_relay("[2001:db8::25]:587") == ("2001:db8::25", 587)
+    assert parse_relay("2001:db8::25") == ("2001:db8::25", None)
+    for bad, words in [
+        ("smtp.example.org:0", "the port must be a number from 1 to 65535"),
+        ("smtp.example.org:x", "the port must be"),
+        ("a b", "is not a host name or address"),
+        ("[2001:db8::25", "expected HOST, HOST:PORT or [IPv6]:PORT"),
+        ('evil"\nhost = "x', "is not a host name or address"),
+    ]:
+        with pytest.raises(ValueError, match=words.replace("[", r"\[")):
+            parse_relay(bad)
+
+
+def test_without_options_no_mail_leaves_for_other_hosts(tmp_path: Path) -> None:
+    r = init(tmp_path / "d")
+    assert r.returncode == 0, r.stderr
+    profile = load_profile(tmp_path / "d" / "spoolbox.toml")
+    assert [t.name for t in profile.spooler.transports] == ["local"]
+    assert "check it with" not in r.stdout
+
+
+def test_direct_with_a_hostname(tmp_path: Path) -> None:
+    r = init(tmp_path / "d", "--direct", "--hostname", "mail.example.org")
+    assert r.returncode == 0, r.stderr
+    profile = load_profile(tmp_path / "d" / "spoolbox.toml")
+    assert profile.spooler.hostname == "mail.example.org"
+    internet = profile.spooler.transports[-1]
+    assert (internet.name, internet.provider, internet.address_types) == (
+        "internet",
+        "smtp",
+        ("SMTP",),
+    )
+    assert dict(internet.options) == {"delivery": "mx"}
+    assert "greets mail servers as mail.example.org; it needs port 25 out" in r.stdout
+    assert "not a fully qualified name" not in r.stdout
+    check = subprocess.run(
+        [*CLI, "--profile", str(tmp_path / "d" / "spoolbox.toml"), "check"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=DEADLINE,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "internet: ok" in check.stdout
+    # Without --hostname on a host whose name is not qualified, init says so.
+    r = init(tmp_path / "e", "--direct", "--hostname", "vm")
+    assert r.returncode == 0, r.stderr
+    assert "vm is not a fully qualified name: most mail servers refuse it" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--relay", "a.example", "--direct"], "--relay and --direct exclude each other"),
+        (["--relay-user", "me"], "--relay-user needs --relay"),
+        (["--relay", "a b"], "Invalid value for '--relay': 'a b': 'a b' is not a host name"),
+        (["--relay", "a.example:99999"], "the port must be a number from 1 to 65535"),
+        (["--hostname", "bad name"], "Invalid value for '--hostname': 'bad name' is not"),
+    ],
+)
+def test_bad_options_are_refused_before_anything_is_written(
+    tmp_path: Path, args: list[str], words: str
+) -> None:
+    r = init(tmp_path / "d", *args)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert words in r.stderr
+    assert not (tmp_path / "d").exists()
+
+
+class _Relay:
+    def __init__(self) -> None:
+        self.rcpts: list[str] = []
+
+    async def handle_DATA(self, server: AiosmtpdSMTP, session: Session, envelope: Envelope) -> str:
+        self.rcpts.extend(envelope.rcpt_tos)
+        return "250 2.0.0 queued"
+
+
+def _authenticator(
+    server: AiosmtpdSMTP, session: Session, envelope: Envelope, mechanism: str, data: object
+) -> AuthResult:
+    ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"me", b"s3cret!")
+    return AuthResult(success=ok, handled=False)
+
+
+@pytest.fixture
+def relay() -> Iterator[tuple[int, _Relay]]:
+    handler = _Relay()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    controller = Controller(
+        handler,
+        hostname="127.0.0.1",
+        port=port,
+        authenticator=_authenticator,
+        auth_require_tls=False,
+    )
+    controller.start()
+    try:
+        yield port, handler
+    finally:
+        controller.stop()
+
+
+def test_a_relay_with_a_user_sends_once_its_password_is_in_place(
+    tmp_path: Path, daemons: Daemons, relay: tuple[int, _Relay]
+) -> None:
+    port, handler = relay
+    directory = tmp_path / "d"
+    r = init(directory, "--relay", f"127.0.0.1:{port}", "--relay-user", "me")
+    assert r.returncode == 0, r.stderr
+    password = directory / "relay.password"
+    assert f"put the smart host's password for me in {password}" in r.stdout
+    doc = tomllib.loads((directory / "spoolbox.toml").read_text())
+    [relay_table] = [t for t in doc["transports"] if t["name"] == "relay"]
+    assert relay_table["options"] == {
+        "host": "127.0.0.1",
+        "port": port,
+        "username": "me",
+        "password_file": "relay.password",
+    }
+    home = Home(directory)
+    r = home.run("check", "--no-logon")
+    assert r.returncode == 1
+    assert f"relay: not configured: password is not set (file {password})" in r.stdout
+    # The test's relay speaks no TLS; the profile init wrote asks for STARTTLS.
+    text = home.profile.read_text()
+    home.profile.write_text(
+        text.replace(
+            'password_file = "relay.password"',
+            'password_file = "relay.password"\ntls = "none"\nallow_plain_auth = true',
+            1,
+        )
+    )
+    password.write_text("s3cret!\n")
+    password.chmod(0o600)
+    r = home.run("check")
+    assert r.returncode == 0, r.stdout + r.stderr
+    daemons.start(home)
+    assert home.run("send", "--to", "bob@example.org", "--subject", "out").returncode == 0
+    wait_until("the relay to have it", lambda: handler.rcpts == ["bob@example.org"])
