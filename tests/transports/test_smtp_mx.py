@@ -455,6 +455,32 @@ async def test_a_server_that_failed_is_not_tried_again_for_a_while(
         assert first.connections == 2
 
 
+async def test_a_flush_tries_the_servers_held_back_and_asks_dns_again(dns: Dnsmasq) -> None:
+    answer = [b"421 4.3.2 too busy, try later\r\n"]
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if answer[0].startswith(b"421"):
+            writer.write(answer[0])
+            await writer.drain()
+            return
+        await smtp_dialogue(reader, writer)
+
+    port = common_port()
+    async with (
+        scripted_server(script, host=MX1, port=port) as only,  # shared.test's one MX
+        open_spooler(mx_options(dns, port)) as sp,
+    ):
+        info = await sp.submit(message("SMTP:a@shared.test"))
+        await sp.wait_for(info.id, (MessageState.DEFERRED,), timeout=20)
+        assert only.connections == 1
+        assert dns.queries("MX shared.test") == 1
+        answer[0] = b""  # the server is fixed; the user says "now"
+        result = await sp.flush(download=False)
+        assert await sp.wait_for(info.id, timeout=20) is MessageState.SENT, result
+        assert only.connections == 2  # not held back for the rest of the minute
+        assert dns.queries("MX shared.test") == 2  # the kept answer was dropped
+
+
 # -- TLS ----------------------------------------------------------------------------------------
 @pytest.fixture
 def tls_server_context() -> ssl.SSLContext:

@@ -142,7 +142,8 @@ first server that takes the connection (greeting, EHLO, TLS) gets the transactio
 server that cannot be reached, or refuses at the greeting, EHLO or TLS, passes the
 mail to the next, and is not tried again for 60 s (``_MX_DEAD_FOR`` in ``session``);
 a reply in the transaction (a 550 to RCPT, a 451 to DATA) is the result, as from a
-smart host.  DNS says no (NXDOMAIN, no MX and no address, not a
+smart host.  A flush (``flush_queues`` with UPLOAD) forgets the servers held back and
+the DNS answers kept.  DNS says no (NXDOMAIN, no MX and no address, not a
 domain name): failed, 5.1.2; a null MX (RFC 7505): failed, 5.1.10; DNS does not
 answer (timeout, SERVFAIL, REFUSED): deferred, 4.4.3; MX hosts without addresses:
 deferred, 4.4.4; no server could be used: deferred with each one's reason.  A server

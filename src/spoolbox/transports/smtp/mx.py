@@ -179,6 +179,10 @@ class MXResolver:
         """The DNS servers asked, ``address:port`` (the status object shows them)."""
         return self._asked.split(", ")
 
+    def forget(self) -> None:
+        """Drop every answer kept (a flush asks DNS again)."""
+        self._cache.clear()
+
     async def hops(self, domain: str) -> tuple[Hop, ...]:
         """Where mail for ``domain`` may go, in order; a :class:`Failure` if nowhere."""
         literal = literal_address(domain)

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from spoolbox.contract import (
     BaseTransportSession,
+    FlushFlags,
     LogoffFlags,
     MessageCancelled,
     NetworkError,
@@ -209,6 +210,13 @@ class SMTPSession(BaseTransportSession):
         self.unreachable = ""
         self.pool.release(ref, conn, True)
         self._update_status()
+
+    async def flush_queues(self, flags: FlushFlags) -> None:
+        """A flush is the user saying "now": delivery "mx" forgets the servers it
+        holds back and the DNS answers it keeps (the user may just have fixed them)."""
+        if flags & FlushFlags.UPLOAD and self.mx is not None:
+            self._dead.clear()
+            self.mx.forget()
 
     # -- notifications ------------------------------------------------------------------------
     async def transport_notify(self, flags: TransportNotifyFlags, ref: str | None = None) -> None:
