@@ -142,8 +142,9 @@ class DaemonNotRunning(ClientError):
 class StoreNotWritable(DaemonNotRunning):
     """The daemon could not take a submission (not running, or the request too large
     for the local API) and this user may not write the store itself (a web
-    application's user, a member of ``socket_group``): nothing was queued.  Temporary:
-    it works once the daemon runs (sendmail exits 75)."""
+    application's user, a member of ``socket_group``), nor leave it in the maildrop
+    (``[daemon] maildrop``, if there is one): nothing was queued.  Temporary: it works
+    once the daemon runs (sendmail exits 75)."""
 
     temporary = True
 
@@ -473,7 +474,8 @@ class Client:
         return True
 
     def submit(self, message: NewMessage, *, fallback: bool = True) -> dict[str, Any]:
-        """Submit; returns ``{"id", "state", "via"}`` (via: "daemon" or "store")."""
+        """Submit; returns ``{"id", "state", "via"}`` (via: "daemon", "store", or
+        "maildrop" with state "dropped": :mod:`spoolbox.api.maildrop`)."""
         args = _message_args(message, content=False)
         result = self._submit_via("submit", args, fallback, [message], content=message.content)
         ids = result.pop("ids", None)
@@ -510,17 +512,38 @@ class Client:
             cause = exc
             note = "too large for the local API: queued in the store; the daemon sends it"
         try:
-            ids = self._put(op, messages)
+            ids = self._put(op, messages)  # refuses first what the daemon would refuse
         except PermissionError as exc:
             if not self._store_of_another_user():
                 raise  # an OS error of its own (a data directory that cannot be made)
-            # Not the store's owner: only the daemon can queue for this user.
-            raise StoreNotWritable(
-                f"{cause}; and this user may not write the store itself "
-                f"({exc.filename or self.profile.store.path}: {exc.strerror or exc}): nothing "
-                "was queued"
-            ) from None
+            # Not the store's owner: only the daemon can queue for this user, or take
+            # what it leaves in the maildrop.
+            why = f"{exc.filename or self.profile.store.path}: {exc.strerror or exc}"
+            return self._drop(messages, f"{cause}; and this user may not write the store ({why})")
         return {"ids": ids, "state": str(MessageState.QUEUED), "via": "store", "note": note}
+
+    def _drop(self, messages: Sequence[NewMessage], why: str) -> dict[str, Any]:
+        """Leave ``messages`` in the maildrop (``[daemon] maildrop``), or raise
+        :class:`StoreNotWritable` saying ``why`` nothing was queued."""
+        directory = self.profile.daemon.maildrop
+        if directory is None:
+            raise StoreNotWritable(f"{why}: nothing was queued (no [daemon] maildrop)")
+        from .maildrop import drop
+
+        try:
+            drop(directory, messages)
+        except OSError as exc:
+            raise StoreNotWritable(
+                f"{why}, nor leave it in the maildrop ({exc.filename or directory}: "
+                f"{exc.strerror or exc}): nothing was queued"
+            ) from None
+        return {
+            "ids": [m.id for m in messages],
+            "state": "dropped",
+            "via": "maildrop",
+            "note": f"the daemon is not running: left in the maildrop {directory}; it is "
+            "queued when the daemon starts",
+        }
 
     def _store_of_another_user(self) -> bool:
         """Whether the store's directory exists and belongs to another user (a

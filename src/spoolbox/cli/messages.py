@@ -67,7 +67,7 @@ def _submit(obj: Ctx, message: NewMessage, as_json: bool) -> None:
         emit_json(result)
     else:
         click.echo(result["id"])
-        if result.get("via") == "store":
+        if result.get("via") in ("store", "maildrop"):
             click.echo(f"spoolbox: {result.get('note')}", err=True)
 
 

@@ -58,6 +58,7 @@ from ..profile import Profile, ProfileError, load_profile
 from .api_server import LocalApiServer
 from .listeners import Listeners
 from .log_format import choose_format
+from .maildrop import MaildropPickup
 from .notify import Notifier, watchdog_interval
 from .preflight import refuse_invalid_options
 from .runtime import configure_logging, event_loop_runner, set_log_level
@@ -141,6 +142,18 @@ class Daemon:
         )
         self._lock_file: IO[str] | None = None
         self._notify = Notifier()
+        daemon_settings = profile.daemon
+        #: ``[daemon] maildrop``: what members of socket_group leave while it is down.
+        self.maildrop = (
+            MaildropPickup(
+                lambda: self.spooler,
+                daemon_settings.maildrop,
+                daemon_settings.socket_group,
+                profile.path,
+            )
+            if daemon_settings.maildrop is not None and daemon_settings.socket_group
+            else None
+        )
         self._service_factories = tuple(services)
         self._services: list[Service] = []
         self.started_at = time.time()
@@ -186,6 +199,8 @@ class Daemon:
             await self._api.start()
             await self._listeners.start(self.profile)
             await self.workers.start()
+            if self.maildrop is not None:
+                await self.maildrop.start()
             for make in self._service_factories:
                 service = make(self)
                 await service.start()
@@ -293,6 +308,8 @@ class Daemon:
     async def _shutdown(self) -> None:
         while self._services:
             await self._services.pop().stop()
+        if self.maildrop is not None:
+            await self.maildrop.stop()
         await self._listeners.stop()
         await self._api.stop()
         spooler, self.spooler = self.spooler, None
@@ -403,7 +420,7 @@ class Daemon:
             log.error("reload refused, keeping the running profile: %s", exc)
             self.reload_error = f"the new profile is invalid: {exc}"
             return False
-        changed = ["socket", "socket_group", "pid_file", "nice", "event_loop"]
+        changed = ["socket", "socket_group", "pid_file", "nice", "event_loop", "maildrop"]
         changed += [] if self._workers_from_cli else ["workers"]
         for key in changed:
             if getattr(new.daemon, key) != getattr(self.profile.daemon, key):

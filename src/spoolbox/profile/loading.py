@@ -297,7 +297,14 @@ def _daemon(dm: Table, under_data: Callable[[str], Path]) -> DaemonSettings:
         event_loop=event_loop,
         socket_group=dm.text("socket_group"),
         workers=dm.integer("workers", 0, _WORKERS),
+        maildrop=under_data(dm.pathname("maildrop", "")) if dm.text("maildrop") else None,
     )
+    if daemon.maildrop is not None and daemon.socket_group is None:
+        raise dm.error(
+            "maildrop",
+            "needs socket_group: the group whose members may leave mail there while the "
+            "daemon is down",
+        )
     if len(os.fsencode(daemon.socket)) > 100:
         raise dm.error(
             "socket", f"the socket path {str(daemon.socket)!r} is too long for a Unix socket"

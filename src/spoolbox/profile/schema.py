@@ -69,6 +69,9 @@ class DaemonSettings:
     socket_group: str | None = None
     #: delivery worker processes besides the daemon's own spooler (0: none, as before)
     workers: int = 0
+    #: where members of ``socket_group`` leave mail while the daemon is down (None: no
+    #: maildrop; :mod:`spoolbox.api.maildrop`)
+    maildrop: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
