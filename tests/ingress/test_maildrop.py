@@ -8,6 +8,7 @@ import asyncio
 import grp
 import logging
 import os
+import socket
 import stat
 import time
 from pathlib import Path
@@ -148,6 +149,8 @@ async def test_hostile_files_are_moved_aside_and_the_good_ones_taken(
         (box / "link").symlink_to(secret)  # someone else's file, by a link
         os.link(secret, box / "hardlink")  # or a second name of it
         (box / "adir").mkdir()
+        listening = socket.socket(socket.AF_UNIX)  # cannot be opened at all
+        listening.bind(str(box / "asocket"))
         good = message()
         drop(box, [good])
         old = box / ".left-by-a-dead-writer"
@@ -157,9 +160,11 @@ async def test_hostile_files_are_moved_aside_and_the_good_ones_taken(
         assert await spooler.wait_for(good.id, timeout=20) is MessageState.SENT
         assert sorted(p.name for p in (box / "corrupt").iterdir()) == [
             "adir",
+            "asocket",
             "garbage",
             "hardlink",
         ]
+        listening.close()
         assert sorted(p.name for p in box.iterdir()) == ["corrupt"]  # link and stale gone
         assert secret.exists()  # the link's target untouched
         assert not (tmp_path / "m" / "eve").exists()

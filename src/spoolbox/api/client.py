@@ -519,7 +519,9 @@ class Client:
             # Not the store's owner: only the daemon can queue for this user, or take
             # what it leaves in the maildrop.
             why = f"{exc.filename or self.profile.store.path}: {exc.strerror or exc}"
-            return self._drop(messages, f"{cause}; and this user may not write the store ({why})")
+            return self._drop(
+                messages, f"{cause}; and this user may not write the store itself ({why})"
+            )
         return {"ids": ids, "state": str(MessageState.QUEUED), "via": "store", "note": note}
 
     def _drop(self, messages: Sequence[NewMessage], why: str) -> dict[str, Any]:
@@ -527,7 +529,7 @@ class Client:
         :class:`StoreNotWritable` saying ``why`` nothing was queued."""
         directory = self.profile.daemon.maildrop
         if directory is None:
-            raise StoreNotWritable(f"{why}: nothing was queued (no [daemon] maildrop)")
+            raise StoreNotWritable(f"{why}: nothing was queued")
         from .maildrop import drop
 
         try:

@@ -165,8 +165,8 @@ class MaildropPickup:
                 log.error("maildrop: %s is a link, not a drop: removed", name)
                 with contextlib.suppress(OSError):
                     os.unlink(path)
-            else:
-                log.error("maildrop: %s cannot be read: %s", name, exc.strerror or exc)
+            else:  # a socket, say: moved aside, not tried again every second
+                self._quarantine(name, f"it cannot be read: {exc.strerror or exc}", -1)
             return None
         try:
             st = os.fstat(fd)
@@ -249,6 +249,8 @@ def _not_a_drop(st: os.stat_result) -> str:
 
 
 def _user(uid: int) -> str:
+    if uid < 0:
+        return "an unknown user"
     try:
         return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
     except KeyError:
