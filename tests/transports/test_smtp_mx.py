@@ -100,6 +100,8 @@ RECORDS = [
     "--mx-host=lost.test,nowhere.lost.test,10",
     "--mx-host=xn--fsqu00a.test,mx1.example.test,10",
     "--mx-host=shared.test,mx1.example.test,10",
+    "--mx-host=split.test,mx.elsewhere.org,5",  # a name this DNS server REFUSES
+    "--mx-host=split.test,mx1.example.test,10",
 ]
 
 
@@ -323,6 +325,56 @@ async def test_what_dns_says_no_to_fails_and_what_it_cannot_answer_is_deferred(
             assert (r.state, r.status) == (want_state, status), r
             assert words in (r.diagnostic or ""), r
         assert [r.rcpt_tos for r in servers.by_host[MX1].received] == [["h@example.test"]]
+
+
+async def test_an_mx_host_dns_does_not_answer_for_is_passed_over(dns: Dnsmasq) -> None:
+    async with serve([MX1]) as servers, open_spooler(mx_options(dns, servers.port)) as sp:
+        for rcpt in ("SMTP:a@split.test", "SMTP:b@split.test"):
+            state, recs = await send(sp, message(rcpt))
+            assert state is MessageState.SENT, recs
+        assert len(servers.by_host[MX1].received) == 2
+    # An answer with a part missing is not kept: asked again for the second message.
+    assert dns.queries("MX split.test") == 2
+    assert dns.queries("A mx.elsewhere.org") == 2
+
+
+async def test_a_hosts_addresses_come_through_when_one_of_its_two_queries_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    resolver = MXResolver((("127.0.0.1", 9),), 1)
+    failure = Failure("4.4.3", "x-spoolbox; DNS: no answer for the AAAA record", connected=False)
+
+    async def query(name: str, rdtype: str, domain: str, *, missing_ok: bool = False) -> Any:
+        if rdtype == "AAAA":
+            raise failure
+        return None if name == "none.test" else _Answer("192.0.2.25")
+
+    monkeypatch.setattr(resolver, "_query", query)
+    assert await resolver._addresses("mx.test", "test") == (["192.0.2.25"], 0.0)
+    with pytest.raises(Failure) as err:
+        await resolver._addresses("none.test", "test")
+    assert err.value is failure
+
+
+class _Answer:
+    """What ``_query`` returns, as dnspython's Answer: records, and an RRset's TTL."""
+
+    def __init__(self, *addresses: str) -> None:
+        self.records = [_Text(a) for a in addresses]
+        self.rrset = _Text("")
+        self.rrset.ttl = 300
+
+    def __iter__(self) -> Any:
+        return iter(self.records)
+
+
+class _Text:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.ttl = 0
+
+    def to_text(self) -> str:
+        return self.text
 
 
 async def test_a_dns_server_that_does_not_answer_defers_the_mail() -> None:

@@ -224,12 +224,24 @@ class MXResolver:
                 connected=False,
             )
         ttl = float(answer.rrset.ttl) if answer.rrset is not None else 0.0
-        found = await asyncio.gather(*(self._addresses(h, domain) for h in hosts))
+        found = await asyncio.gather(
+            *(self._addresses(h, domain) for h in hosts), return_exceptions=True
+        )
         hops: list[Hop] = []
-        for host, (addresses, host_ttl) in zip(hosts, found, strict=True):
+        failures = []
+        for host, result in zip(hosts, found, strict=True):
+            if isinstance(result, Failure):
+                failures.append(result)  # a host DNS did not answer for: the others
+                ttl = 0.0  # and ask again next time
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            addresses, host_ttl = result
             hops.extend(Hop(host, a) for a in addresses)
             if addresses:
                 ttl = min(ttl, host_ttl)
+        if not hops and failures:
+            raise failures[0]
         if not hops:
             raise Failure(
                 "4.4.4",
@@ -241,19 +253,32 @@ class MXResolver:
 
     async def _addresses(self, host: str, domain: str) -> tuple[list[str], float]:
         """The IPv4 then IPv6 addresses of ``host`` (none if it has none) and the
-        shorter of the two answers' TTLs."""
+        shorter of the two answers' TTLs (0 when one of the two queries failed: the
+        addresses of the other are used, not kept).  A :class:`Failure` when a query
+        failed and the other found nothing (a server that never answers AAAA
+        queries does not stop the mail to a host with an A record)."""
         answers = await asyncio.gather(
             self._query(host, "A", domain, missing_ok=True),
             self._query(host, "AAAA", domain, missing_ok=True),
+            return_exceptions=True,
         )
         addresses: list[str] = []
         ttls: list[float] = []
+        failures = []
         for answer in answers:
+            if isinstance(answer, Failure):
+                failures.append(answer)
+                ttls.append(0.0)
+                continue
+            if isinstance(answer, BaseException):
+                raise answer
             if answer is None:
                 continue
             addresses.extend(r.to_text() for r in answer)
             if answer.rrset is not None:
                 ttls.append(float(answer.rrset.ttl))
+        if failures and not addresses:
+            raise failures[0]
         return addresses, min(ttls, default=0.0)
 
     async def _query(self, name: str, rdtype: str, domain: str, *, missing_ok: bool = False) -> Any:
