@@ -71,6 +71,7 @@ def test_direct_with_a_hostname(tmp_path: Path) -> None:
     assert dict(internet.options) == {"delivery": "mx"}
     assert "greets mail servers as mail.example.org; it needs port 25 out" in r.stdout
     assert "not a fully qualified name" not in r.stdout
+    assert "needs dnspython" not in r.stdout  # the test extra has it
     check = subprocess.run(
         [*CLI, "--profile", str(tmp_path / "d" / "spoolbox.toml"), "check"],
         capture_output=True,

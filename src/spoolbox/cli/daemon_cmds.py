@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -137,6 +138,8 @@ def _next_steps(directory: Path, outbound: Outbound, profile: Profile) -> list[s
             f"put the smart host's password for {outbound.user} in {password} "
             f"(umask 077; printf %s PASSWORD > {password})"
         )
+    if outbound.direct and importlib.util.find_spec("dns") is None:
+        steps.append("direct delivery needs dnspython: pip install 'spoolbox[mx]'")
     if outbound.direct:
         steps.append(
             f"direct delivery: this host greets mail servers as {profile.spooler.hostname}; it "
