@@ -130,9 +130,12 @@ class Daemons:
 
         def ready() -> bool:
             assert proc.poll() is None, log_path.read_text()
-            return home.run("status").returncode == 0
+            r = home.run("status", "--json")
+            # "ready": its listeners, workers, maildrop and web page have started too
+            # (the local API answers before them).
+            return r.returncode == 0 and json.loads(r.stdout).get("ready") is True
 
-        wait_until("the daemon to answer", ready)
+        wait_until("the daemon to be ready", ready)
         return proc
 
     def stop(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:

@@ -83,6 +83,9 @@ def test_daemon_serves_status_send_queue_flush_and_transports(home: Home, daemon
 
     ping = Client(home.profile).ping()
     assert ping["protocol"] == 1
+    assert ping["ready"] is True and ping["ready_at"] >= ping["started_at"]
+    assert home.json("status")["ready"] is True
+    assert Client(home.profile).ready() is True
     assert (home.path / "spoolbox.pid").read_text().strip() == str(ping["pid"])
     # A second daemon on the same data directory refuses to start.
     second = home.run("run", "--no-nice", timeout=60)

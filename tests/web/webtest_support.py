@@ -66,6 +66,7 @@ class WebDaemon:
         self.profile = profile
         self.spooler = spooler
         self.started_at = time.time()
+        self.ready_at: float | None = self.started_at
         self.reloads = 0
         self.reload_attempts = 0
         self.reload_error: str | None = None

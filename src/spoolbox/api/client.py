@@ -466,6 +466,12 @@ class Client:
         result: dict[str, Any] = self.call("ping")
         return result
 
+    def ready(self) -> bool:
+        """Whether the daemon runs and has started everything (its listeners, delivery
+        workers, maildrop and web page: systemd's READY=1); DaemonNotRunning if it
+        does not run."""
+        return bool(self.ping().get("ready"))
+
     def running(self) -> bool:
         try:
             self.ping()

@@ -103,11 +103,11 @@ def status_cmd(obj: Ctx, watch: bool, as_json: bool) -> None:
     """Show the status table of the running spooler."""
     client = obj.client()
     if not watch:
-        rows = client.status()
+        answer = client.call("status")
         if as_json:
-            emit_json({"rows": rows})
+            emit_json({"rows": answer["rows"], "ready": answer.get("ready")})
         else:
-            Console().print(status_table(rows))
+            Console().print(status_table(answer["rows"]))
         return
     events = client.watch()
     try:

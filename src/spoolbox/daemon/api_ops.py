@@ -60,6 +60,7 @@ class DaemonView(Protocol):
 
     profile: Profile
     started_at: float
+    ready_at: float | None
     reloads: int
     reload_attempts: int
     reload_error: str | None
@@ -105,6 +106,8 @@ async def ping(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
         "version": __version__,
         "protocol": PROTOCOL_VERSION,
         "started_at": daemon.started_at,
+        "ready": daemon.ready_at is not None,
+        "ready_at": daemon.ready_at,
         "reloads": daemon.reloads,
         "reload_attempts": daemon.reload_attempts,
         "reload_error": daemon.reload_error,
@@ -156,7 +159,9 @@ async def status(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
     local = [row.to_dict() for row in spooler.status]
     # Every node's rows (this one's first), each with its node's name.
     rows = await cluster_rows(spooler.store, node=spooler.owner, local=local, now=time.time())
-    return {"rows": rows}
+    # "ready": everything has started (the API answers before the listeners, the
+    # workers, the maildrop and the web page start).
+    return {"rows": rows, "ready": daemon.ready_at is not None}
 
 
 async def statistics(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:

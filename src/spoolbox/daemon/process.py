@@ -157,6 +157,9 @@ class Daemon:
         self._service_factories = tuple(services)
         self._services: list[Service] = []
         self.started_at = time.time()
+        #: When everything had started (the API, the listeners, the workers, the
+        #: maildrop, the web page): READY=1 for systemd; None before.
+        self.ready_at: float | None = None
         self.reloads = 0
         #: reloads tried, and why the last one failed (None: it worked); ``spoolbox
         #: reload`` waits for the count to move and reports the error (the ping op)
@@ -213,7 +216,8 @@ class Daemon:
                 self.profile.daemon.socket,
             )
             # systemd (Type=notify): the store is open, the API and listeners listen,
-            # the delivery workers (if any) have started.
+            # the delivery workers (if any) have started; `status` says "ready" too.
+            self.ready_at = time.time()
             self._notify.send("READY=1", f"MAINPID={os.getpid()}", "STATUS=running")
             interval = watchdog_interval()
             if interval is not None:
