@@ -12,7 +12,7 @@ import urllib.request
 
 import trustme
 
-from conftest import Daemons, Home, wait_until
+from conftest import Daemons, Home
 
 
 def _free_port() -> int:
@@ -128,10 +128,7 @@ def test_metrics_say_the_room_left_on_the_stores_disk_and_when_certificates_end(
         home.profile.read_text()
         + '\n[listeners.secure]\nport = 0\ntls = "implicit"\ntls_cert = "cert.pem"\n'
     )
-    daemons.start(home)
-    # The local API answers as soon as the store is open; the listeners, the workers
-    # and then the page start after it (the row of a listener says "starting").
-    wait_until("the web page", lambda: _served(home)[1].get("served") is True)
+    daemons.start(home)  # ready: the page serves (the local API answers before it)
     url = str(_served(home)[1]["url"])
     token = url.split("token=", 1)[1]
     request = urllib.request.Request(

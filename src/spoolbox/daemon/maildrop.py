@@ -64,7 +64,6 @@ class MaildropPickup:
         self._profile_path = profile_path
         self._task: asyncio.Task[None] | None = None
         self._failing = ""  # the store error of the last round, logged once
-        self.taken = 0  # drop files taken in since the start
 
     def prepare(self) -> None:
         """Make the directory (or put its owner, group and mode right); ProfileError or
@@ -133,7 +132,6 @@ class MaildropPickup:
             read = await asyncio.to_thread(self._read, name)
             if read is not None and await self._submit(name, *read):
                 taken += 1
-        self.taken += taken
         return taken
 
     def _names(self) -> list[str]:

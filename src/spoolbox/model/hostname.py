@@ -20,7 +20,7 @@ import re
 import socket
 from collections.abc import Callable
 
-__all__ = ["default_hostname", "is_hostname", "my_hostname"]
+__all__ = ["default_hostname", "is_hostname", "my_hostname", "split_host_port"]
 
 _NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _LOCAL_LABELS = frozenset({"localhost", "localhost4", "localhost6"})
@@ -33,6 +33,26 @@ def is_hostname(name: str) -> bool:
     if not name or len(name) > 253:
         return False
     return all(_NAME_RE.fullmatch(label) for label in name.split("."))
+
+
+def split_host_port(text: str) -> tuple[str, int | None]:
+    """``HOST``, ``HOST:PORT``, ``[IPv6]:PORT`` or a bare IPv6 address as (host, port or
+    None), the host unchecked; ValueError (naming ``text``) for a bracket not closed,
+    or a port that is not a number from 1 to 65535."""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text!r}: expected HOST, HOST:PORT or [IPv6]:PORT")
+        digits = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, _, digits = text.partition(":")
+    else:
+        host, digits = text, None
+    if digits is None:
+        return host, None
+    if not digits.isdigit() or not 1 <= int(digits) <= 65535:
+        raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
+    return host, int(digits)
 
 
 def _is_local(name: str) -> bool:

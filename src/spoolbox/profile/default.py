@@ -5,12 +5,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import re
 import socket
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from string import Template
+
+from ..model.hostname import is_hostname, split_host_port
 
 __all__ = [
     "RELAY_PASSWORD_FILE",
@@ -23,7 +24,6 @@ __all__ = [
 #: Where ``spoolbox init --relay HOST --relay-user USER`` has the relay's password read
 #: from (relative to the profile's directory).
 RELAY_PASSWORD_FILE = "relay.password"
-_HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,24 +39,11 @@ class Outbound:
 def parse_relay(text: str) -> tuple[str, int | None]:
     """``HOST``, ``HOST:PORT`` or ``[IPv6]:PORT`` as (host, port or None); ValueError
     says what is wrong."""
-    host, port = text, None
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"{text!r}: expected HOST, HOST:PORT or [IPv6]:PORT")
-        digits = rest[1:] if rest else None
-    elif text.count(":") == 1:
-        host, _, digits = text.partition(":")
-    else:
-        digits = None
-    if digits is not None:
-        if not digits.isdigit() or not 1 <= int(digits) <= 65535:
-            raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
-        port = int(digits)
+    host, port = split_host_port(text)
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        if not _HOST_RE.fullmatch(host) or len(host) > 253:
+        if not is_hostname(host):
             raise ValueError(f"{text!r}: {host!r} is not a host name or address") from None
     return host, port
 

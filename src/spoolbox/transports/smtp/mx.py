@@ -35,6 +35,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from spoolbox.model.hostname import split_host_port
+
 from .failures import Failure
 
 if TYPE_CHECKING:
@@ -105,29 +107,14 @@ def literal_address(domain: str) -> str | None:
 def parse_nameserver(text: str) -> tuple[str, int]:
     """``"192.0.2.53"``, ``"192.0.2.53:5353"``, ``"2001:db8::53"`` or
     ``"[2001:db8::53]:5353"`` as (address, port); ValueError says what is wrong."""
-    host, port = text, 53
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"{text!r} is not an address, [IPv6]:port or IPv4:port")
-        if rest:
-            port = _port(text, rest[1:])
-    elif text.count(":") == 1:
-        host, _, rest = text.partition(":")
-        port = _port(text, rest)
+    host, port = split_host_port(text)
     try:
         ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(
             f"{text!r} is not an IP address (a name server is given by address)"
         ) from None
-    return host, port
-
-
-def _port(text: str, digits: str) -> int:
-    if not digits.isdigit() or not 1 <= int(digits) <= 65535:
-        raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
-    return int(digits)
+    return host, 53 if port is None else port
 
 
 class MXResolver:

@@ -678,8 +678,7 @@ class SMTPSession(BaseTransportSession):
 def _nowhere(domain: str, failed: Sequence[tuple[Hop, Failure]]) -> Failure:
     """No server of ``domain`` took the connection: the last one's failure (its status,
     so a refused TLS stays 4.7.x), with every server's reason."""
-    if not failed:  # pragma: no cover - a cancel before the first server
-        return Failure("4.4.1", f"x-spoolbox; no mail server of {domain} tried", connected=False)
+    assert failed  # hops() returns one at least; each is tried or has its reason
     reasons = "; ".join(f.text.removeprefix("x-spoolbox; ") for _, f in failed)
     last = failed[-1][1]
     return Failure(
