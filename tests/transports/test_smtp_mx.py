@@ -315,7 +315,11 @@ async def test_what_dns_says_no_to_fails_and_what_it_cannot_answer_is_deferred(
             "nullmx.test": (RecipientState.FAILED, "5.1.10", "null MX, RFC 7505"),
             "nodata.test": (RecipientState.FAILED, "5.1.2", "no MX record and no address"),
             "lost.test": (RecipientState.QUEUED, "4.4.4", "nowhere.lost.test: no A or AAAA"),
-            "example.org": (RecipientState.QUEUED, "4.4.3", "REFUSED"),
+            "example.org": (
+                RecipientState.QUEUED,
+                "4.4.3",
+                f"the MX record of example.org ({dns.nameserver} answered REFUSED)",
+            ),
             "bad..test": (RecipientState.FAILED, "5.1.2", "not a valid domain name"),
             "[IPv6:192.0.2.1]": (RecipientState.FAILED, "5.1.2", "not an address literal"),
             "example.test": (RecipientState.DELIVERED, "2.0.0", "250"),

@@ -316,14 +316,18 @@ class MXResolver:
 
 
 def _servers_said(exc: Exception) -> str:
-    """What each server answered, from a NoNameservers error: ``127.0.0.1:53 REFUSED``."""
+    """What each server answered, from a NoNameservers error: ``127.0.0.1:53 answered
+    REFUSED``."""
     errors = getattr(exc, "kwargs", {}).get("errors") or []
     said = []
     for error in errors:
-        # (server, tcp, port, exception or rcode text, answer)
+        # (server, tcp, port, exception or rcode text, answer); the server as dnspython
+        # names it: "Do53:127.0.0.1@53"
         try:
-            server, _tcp, port, why = error[0], error[1], error[2], error[3]
+            server, _tcp, port, why = str(error[0]), error[1], error[2], error[3]
         except (IndexError, TypeError):
             continue
-        said.append(f"{server}:{port} {why}")
+        address = server.removeprefix("Do53:").rsplit("@", 1)[0]
+        where = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        said.append(f"{where} answered {why}")
     return "; ".join(said) or str(exc)
