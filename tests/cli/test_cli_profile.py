@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from spoolbox import MemoryStore, Spooler
+from spoolbox import Address, MemoryStore, Spooler
 from spoolbox.daemon import RedactingFilter
 from spoolbox.model import StatusCode
 from spoolbox.profile import (
@@ -51,6 +51,14 @@ def test_default_profile_loads_with_maildir_and_listener(tmp_path: Path) -> None
     assert prof.local_names is not None
     assert [str(a) for a in prof.local_names.resolve("root")] == ["MAILDIR:root"]
     assert load_profile(_write(tmp_path, "")).local_names is None
+    # root@HOST (the profile's hostname) and root@localhost are root too, and a report
+    # to such a sender goes there (the spooler is given the rule).
+    assert prof.local_names.host_names == {prof.spooler.hostname.lower(), "localhost"}
+    assert prof.spooler.local_recipients is not None
+    here = Address("SMTP", f"root@{prof.spooler.hostname}")
+    assert [str(a) for a in prof.spooler.local_recipients(here) or ()] == ["MAILDIR:root"]
+    off = load_profile(_write(tmp_path, '[local_names]\ndomain = "a.org"\nhost_names = []\n'))
+    assert off.local_names is not None and off.local_names.host_names == frozenset()
 
 
 def test_the_default_profile_is_package_data_filled_in(tmp_path: Path) -> None:
@@ -137,6 +145,12 @@ def test_the_default_profiles_processes_line_can_be_set_to_the_daemons_loop(
             "'ops' (from aliases.root) is a local name without a domain",
         ),
         ("[local_names]\nfoo = 1\n", "[local_names] foo", "unknown key"),
+        (
+            '[local_names]\nhost_names = ["ok.test", "n o"]\n',
+            "[local_names] host_names[1]",
+            "expected a DNS name, not 'n o'",
+        ),
+        ('[local_names]\nhost_names = "h.test"\n', "[local_names] host_names", "array"),
         (
             '[[transports]]\nname = "a"\nprovider = "maildir"\n'
             '[[transports]]\nname = "a"\nprovider = "maildir"\n',

@@ -19,7 +19,7 @@ import pytest
 from conftest import CLI, DEADLINE, Daemons, Home, _env, wait_until
 from spoolbox import SQLiteStore
 from spoolbox.cli.install_sendmail import system_profile
-from spoolbox.profile import SYSTEM_PROFILE
+from spoolbox.profile import SYSTEM_PROFILE, load_profile
 
 #: the console scripts of this installation (pyproject.toml [project.scripts])
 BIN = Path(sys.executable).parent
@@ -328,6 +328,20 @@ def test_cron_mail_to_root_is_delivered_to_the_local_maildir(home: Home, daemons
     [file] = home.delivered()["Cron <root@h> backup"]
     assert file.parent.parent.name == "root"
     assert b"From: Cron Daemon <root@" in file.read_bytes()
+    # root at this host's own name (the profile's hostname, or localhost) is root too,
+    # as Postfix's mydestination: it stays here instead of going out by SMTP.
+    host = load_profile(home.profile).spooler.hostname
+    r = home.run("sendmail", "-bv", f"root@{host}", "root@localhost")
+    assert (r.returncode, r.stdout) == (
+        0,
+        f"root@{host} -> MAILDIR:root: deliverable: transport local\n"
+        "root@localhost -> MAILDIR:root: deliverable: transport local\n",
+    )
+    r = home.run("sendmail", "-i", f"root@{host}", input=stdin.replace(b"backup", b"at host"))
+    assert (r.returncode, r.stderr) == (0, "")
+    wait_until("delivery", lambda: "Cron <root@h> at host" in home.delivered())
+    [file] = home.delivered()["Cron <root@h> at host"]
+    assert file.parent.parent.name == "root"
 
     text = home.profile.read_text()
     old = 'address_type = "MAILDIR"\n'

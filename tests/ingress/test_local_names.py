@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from spoolbox import Address, AlwaysIdle, Spooler, SpoolerConfig
+from spoolbox import Address, AlwaysIdle, MessageState, NewMessage, Spooler, SpoolerConfig
 from spoolbox.ingress import EX_NOUSER, EX_OK, LocalNames, run_sendmail
 from spoolbox.ingress.local_names import LocalNameError, is_local_name
 
@@ -78,6 +78,38 @@ def test_what_is_a_local_name() -> None:
     assert is_local_name("root") and is_local_name("first.last") and is_local_name("www-data")
     for text in ("root@host", "MAILDIR:root", "", "a b", "a..b", ".a", "x" * 65, "<root>"):
         assert not is_local_name(text), text
+
+
+def test_an_address_at_this_hosts_own_name_is_its_local_name() -> None:
+    rule = LocalNames.build(
+        {"root": "admin@example.org"},
+        address_type="MAILDIR",
+        host_names=["Mail.Test.", "localhost"],
+    )
+    assert rule.host_names == frozenset({"mail.test", "localhost"})
+    assert rule.at_this_host(smtp("root@mail.test")) == (smtp("admin@example.org"),)
+    assert rule.at_this_host(smtp("Root@MAIL.test.")) == (smtp("admin@example.org"),)
+    assert rule.at_this_host(smtp("bob@localhost")) == (Address("MAILDIR", "bob"),)
+    assert rule.local_part(smtp("bob@localhost")) == "bob"
+    for other in (
+        smtp("root@example.org"),  # another domain
+        smtp("root@sub.mail.test"),  # not the name itself
+        Address("MAILDIR", "root@mail.test"),  # not SMTP
+        smtp('"a b"@mail.test'),  # no local name
+    ):
+        assert rule.at_this_host(other) is None, other
+    # Nothing to say for the name, or it stands for itself: it stays as it is.
+    assert (
+        LocalNames.build({"root": "MAILDIR:x"}, host_names=["h.test"]).at_this_host(
+            smtp("bob@h.test")
+        )
+        is None
+    )
+    same = LocalNames.build(domain="h.test", host_names=["h.test"])
+    assert same.at_this_host(smtp("bob@h.test")) is None
+    assert LocalNames.build(address_type="MAILDIR").at_this_host(smtp("bob@localhost")) is None
+    with pytest.raises(LocalNameError, match=r"host_names\[1\]: expected a DNS name"):
+        LocalNames.build(domain="example.org", host_names=["ok.test", "not a host"])
 
 
 # -- sendmail -------------------------------------------------------------------------------
@@ -183,3 +215,51 @@ async def test_bv_shows_what_a_local_name_becomes(spooler: Spooler) -> None:
         "www-data -> MAILDIR:root: undeliverable: no transport serves address type MAILDIR",
     ]
     assert await recipients(spooler) == []
+
+
+async def test_mail_to_this_hosts_own_name_stays_on_the_host(spooler: Spooler) -> None:
+    """``root@HOST`` (the profile's hostname, or localhost) is the local name root, as
+    Postfix delivers mail for mydestination locally: not sent out through DNS."""
+    rule = LocalNames.build(
+        {"www-data": "root"}, address_type="MAILDIR", host_names=["host.test", "localhost"]
+    )
+    stdin = b"To: www-data@HOST.test, bob@example.org\nSubject: s\n\nb\n"
+    code, err, _ = await sendmail(spooler, ["-t", "root@localhost"], stdin, local_names=rule)
+    assert (code, err) == (EX_OK, "")
+    assert await recipients(spooler) == [
+        [Address("MAILDIR", "root"), smtp("bob@example.org")]  # root once
+    ]
+
+    def route(address: Address) -> tuple[bool, str]:
+        return True, f"deliverable: transport {address.type.lower()}"
+
+    code, _, out = await sendmail(
+        spooler, ["-bv", "root@host.test", "a@example.org"], route=route, local_names=rule
+    )
+    assert (code, out.splitlines()) == (
+        EX_OK,
+        [
+            "root@host.test -> MAILDIR:root: deliverable: transport maildir",
+            "SMTP:a@example.org: deliverable: transport smtp",
+        ],
+    )
+
+
+async def test_a_report_to_a_sender_at_this_hosts_name_stays_on_the_host() -> None:
+    """sendmail's default sender is ``root@HOST``: the report of a failure goes where
+    ``[local_names]`` sends root (MAILDIR:root), not out to the host's name."""
+    rule = LocalNames.build(address_type="MAILDIR", host_names=["host.test"])
+    config = SpoolerConfig(local_recipients=rule.at_this_host)
+    async with Spooler.open(config, idle=AlwaysIdle()) as sp:
+        for sender in ("root@host.test", "ann@example.org"):
+            info = await sp.submit(
+                NewMessage(
+                    sender=smtp(sender),
+                    recipients=(Address("FAX", "+1555"),),  # no transport: fails
+                    content=b"Subject: s\r\n\r\nb\r\n",
+                )
+            )
+            assert await sp.wait_for(info.id, timeout=5) is MessageState.FAILED
+        reports = [m for m in await sp.store.list_messages(now=0) if m.info.is_report]
+        got = sorted(str(r.address) for m in reports for r in m.recipients)
+    assert got == ["MAILDIR:root", "SMTP:ann@example.org"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,6 +114,10 @@ class SpoolerConfig:
     node: str = field(default_factory=socket.gethostname)
     #: Local identities (the profile's senders): reports for them go to the inbox.
     identities: tuple[Address, ...] = ()
+    #: What an address at this host's own name stands for (the profile's
+    #: ``[local_names]``: ``root@HOST`` -> ``MAILDIR:root``), None for other addresses:
+    #: a report to such a sender goes there instead of leaving the host.
+    local_recipients: Callable[[Address], tuple[Address, ...] | None] | None = None
     #: This host's mail name (Postfix's ``myhostname``): the SMTP transport's EHLO
     #: (through ``Support.hostname``), Reporting-MTA and the MAILER-DAEMON address of
     #: delivery reports.  Default: :func:`~spoolbox.model.default_hostname`.

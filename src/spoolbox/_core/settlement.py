@@ -382,6 +382,9 @@ class Settlement:
                 )
                 made.append(ReportLine(info.id, str(kind), to, None))
             else:
+                here = self._at_this_host(info.sender)
+                if here:  # root@HOST: its local name's addresses (MAILDIR:root)
+                    msg = replace(msg, recipients=here)
                 out.append(msg)
                 made.append(ReportLine(info.id, str(kind), to, msg.id))
         return out, inbox, made
@@ -445,6 +448,12 @@ class Settlement:
             if now - first >= after:
                 out[i] = replace(update, delay_warned=True)
         return out
+
+    def _at_this_host(self, address: Address | None) -> tuple[Address, ...] | None:
+        """What a sender at this host's own name stands for (the profile's
+        ``[local_names]``), None for any other."""
+        rule = self._config.local_recipients
+        return rule(address) if rule is not None and address is not None else None
 
     def _is_local(self, address: Address) -> bool:
         return any(

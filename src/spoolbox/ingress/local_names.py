@@ -13,7 +13,11 @@ The profile's ``[local_names]`` gives the rule, as this frozen value:
   another local name to go on through its alias, ``www-data = "root"``; a typed
   address, ``MAILDIR:ops``); names are matched without regard to case;
 * ``domain``: a name without an alias becomes ``name@domain``;
-* ``address_type``: ... or ``TYPE:name`` (``MAILDIR:root``: the local Maildir).
+* ``address_type``: ... or ``TYPE:name`` (``MAILDIR:root``: the local Maildir);
+* ``host_names``: this host's own mail names (Postfix's ``mydestination``): an
+  address at one of them, ``root@host.example.org``, is the local name ``root``
+  (:meth:`LocalNames.at_this_host`), so that mail to it (and a report to a sender
+  that sendmail wrote as ``root@HOST``) stays on the host instead of leaving it.
 
 At most one of ``domain`` and ``address_type``.  As in sendmail's aliases, a name met
 again while its own alias is being expanded (``root = ["root", "admin@example.org"]``)
@@ -58,6 +62,8 @@ class LocalNames:
     address_type: str | None = None
     #: Every alias, expanded to its final addresses (keys in lower case).
     expanded: Mapping[str, tuple[Address, ...]] = field(default_factory=dict)
+    #: This host's own mail names, lower case without a final dot.
+    host_names: frozenset[str] = frozenset()
 
     @classmethod
     def build(
@@ -66,11 +72,18 @@ class LocalNames:
         *,
         domain: str | None = None,
         address_type: str | None = None,
+        host_names: Sequence[str] = (),
     ) -> LocalNames:
         """Check the parts and expand every alias; :class:`LocalNameError` says what is
         wrong (``aliases.root``, ``domain``, ...), naming the key as the profile does."""
         if domain is not None and address_type is not None:
             raise LocalNameError("set domain or address_type, not both")
+        hosts: set[str] = set()
+        for i, host in enumerate(host_names):
+            name = host.strip().rstrip(".").lower()
+            if not is_hostname(name):
+                raise LocalNameError(f"host_names[{i}]: expected a DNS name, not {host!r}")
+            hosts.add(name)
         if domain is not None:
             domain = domain.rstrip(".")
             if not is_hostname(domain):
@@ -95,7 +108,12 @@ class LocalNames:
             table[name.lower()] = listed
         rule = cls(domain=domain, address_type=address_type)
         expanded = {name: rule._expand(name, table, (name,)) for name in table}
-        return cls(domain=domain, address_type=address_type, expanded=expanded)
+        return cls(
+            domain=domain,
+            address_type=address_type,
+            expanded=expanded,
+            host_names=frozenset(hosts),
+        )
 
     def resolve(self, name: str) -> tuple[Address, ...]:
         """The addresses a local name stands for; :class:`LocalNameError` when the rule
@@ -104,6 +122,29 @@ class LocalNames:
         if found is not None:
             return found
         return (self._itself(name, ()),)
+
+    def local_part(self, address: Address) -> str | None:
+        """The local name ``address`` is when it is an SMTP address at one of
+        :attr:`host_names` (``root@host.example.org``: ``root``), else None."""
+        if address.type != "SMTP" or not self.host_names:
+            return None
+        local, at, domain = address.value.rpartition("@")
+        if not at or domain.rstrip(".").lower() not in self.host_names:
+            return None
+        return local if is_local_name(local) else None
+
+    def at_this_host(self, address: Address) -> tuple[Address, ...] | None:
+        """What an address at this host's own name stands for (its local name
+        resolved: ``MAILDIR:root``, the alias's addresses); None for any other address,
+        and for a name the rule says nothing for (it stays as it is)."""
+        name = self.local_part(address)
+        if name is None:
+            return None
+        try:
+            found = self.resolve(name)
+        except LocalNameError:
+            return None
+        return None if found == (address,) else found
 
     def _expand(
         self, name: str, table: Mapping[str, tuple[str, ...]], path: tuple[str, ...]

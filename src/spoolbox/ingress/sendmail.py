@@ -378,7 +378,7 @@ def _recipient(value: str, where: str, local: LocalNames | None) -> list[Address
     """A recipient: ``user@domain``, or a local name (cron's ``root``) as the profile's
     ``[local_names]`` says; without a rule for it, EX_NOUSER saying where to give one."""
     if not is_local_name(value):
-        return [_smtp_address(value, where)]
+        return _at_this_host(_smtp_address(value, where), local)
     if local is None:
         raise _Exit(
             EX_NOUSER,
@@ -390,6 +390,14 @@ def _recipient(value: str, where: str, local: LocalNames | None) -> list[Address
         return list(local.resolve(value))
     except LocalNameError as exc:
         raise _Exit(EX_NOUSER, f"{where}: {exc}") from None
+
+
+def _at_this_host(address: Address, local: LocalNames | None) -> list[Address]:
+    """``address``, or what it stands for when it is at this host's own name
+    (``root@HOST``: ``[local_names]`` resolves ``root``), as Postfix delivers mail for
+    ``mydestination`` locally."""
+    here = local.at_this_host(address) if local is not None else None
+    return list(here) if here else [address]
 
 
 def _header_addresses(
@@ -448,7 +456,7 @@ def _argument_addresses(args: Sequence[str], local: LocalNames | None = None) ->
             raise _Exit(EX_DATAERR, f"bad recipient {arg!r}: {exc}") from None
         if addr.type == "SMTP":
             addr = _smtp_address(addr.value, f"the recipient argument {arg!r}")
-        found.append(addr)
+        found.extend(_at_this_host(addr, local))
     return found
 
 
@@ -543,7 +551,6 @@ def _verify(
         raise _Exit(EX_USAGE, "no recipients: give the addresses to verify as arguments")
     code = EX_OK
     for arg in opts.recipients:
-        shown = f"{arg.strip()} -> " if is_local_name(arg.strip()) else ""
         try:
             addresses = _argument_addresses([arg], local)
         except _Exit as exc:
@@ -552,6 +559,10 @@ def _verify(
             print(f"{arg.strip()}: undeliverable: {exc}", file=stdout)
             code = EX_NOUSER
             continue
+        # What a local name (or an address at this host's name) became: "root -> ".
+        name = arg.strip()
+        changed = is_local_name(name) or addresses != _argument_addresses([arg])
+        shown = f"{name} -> " if changed else ""
         for addr in addresses:
             ok, text = route(addr)
             print(f"{shown}{addr}: {text}", file=stdout)

@@ -152,7 +152,7 @@ def _build(
     policy = _policy(pol)
     pol.done()
     identities = _identities(top.table("identities"))
-    local_names = _local_names(top.table("local_names"))
+    local_names = _local_names(top.table("local_names"), hostname)
     raw_ts = top.raw("transports")
     if raw_ts is None:
         raw_ts = []
@@ -174,6 +174,7 @@ def _build(
             reporting_mta=reporting_mta,
             retention=store.retention,
             hooks=hooks,
+            local_recipients=local_names.at_this_host if local_names is not None else None,
         )
     except ValueError as exc:
         raise ProfileError(path, str(exc), "transports") from None
@@ -362,14 +363,16 @@ def _identities(ids: Table) -> list[Address]:
     return identities
 
 
-def _local_names(table: Table) -> LocalNames | None:
+def _local_names(table: Table, hostname: str) -> LocalNames | None:
     """``[local_names]``: what a recipient without a domain becomes; None when the
-    table is absent or empty (such a recipient is refused)."""
+    table is absent or empty (such a recipient is refused).  ``host_names`` defaults
+    to the profile's ``hostname`` and ``localhost``."""
     domain = table.text("domain") or None
     address_type = table.text("address_type") or None
     raw = table.raw("aliases")
+    host_names = table.str_list("host_names")
     table.done()
-    if raw is None and domain is None and address_type is None:
+    if raw is None and domain is None and address_type is None and host_names is None:
         return None
     if raw is not None and not isinstance(raw, dict):
         raise table.error("aliases", 'expected a table of names, e.g. { root = "you@example.org" }')
@@ -384,10 +387,19 @@ def _local_names(table: Table) -> LocalNames | None:
             )
         aliases[name] = value
     try:
-        return LocalNames.build(aliases, domain=domain, address_type=address_type)
+        return LocalNames.build(
+            aliases,
+            domain=domain,
+            address_type=address_type,
+            host_names=[hostname, "localhost"] if host_names is None else host_names,
+        )
     except LocalNameError as exc:
         key, sep, rest = str(exc).partition(": ")
-        if sep and (key in ("domain", "address_type") or key.startswith("aliases")):
+        if sep and (
+            key in ("domain", "address_type")
+            or key.startswith("aliases")
+            or key.startswith("host_names")
+        ):
             raise table.error(key, rest) from None  # [local_names] aliases.root
         raise ProfileError(table.path, str(exc), table.where) from None
 
