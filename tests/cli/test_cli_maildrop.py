@@ -153,3 +153,15 @@ def test_mail_left_while_the_daemon_is_down_is_delivered_when_it_starts(
     assert [p.name for p in box.iterdir()] == ["corrupt"]
     log = daemons.logs[-1].read_text()
     assert f"maildrop: queued {message.id} from uid {NOBODY}" in log
+
+
+def test_a_maildrop_that_cannot_be_one_stops_the_daemon_before_it_listens(
+    layout: Path,
+) -> None:
+    home = Home(layout / "etc")
+    (layout / "spool" / "maildrop").write_text("a file")
+    r = home.run("run", timeout=DEADLINE)
+    assert r.returncode == 5, r.stderr
+    assert "maildrop is not a directory (a link or a file)" in r.stderr.replace("\n", " ")
+    assert "listening" not in r.stderr and "listener" not in r.stderr, r.stderr
+    assert (layout / "spool" / "maildrop").read_text() == "a file"

@@ -197,6 +197,8 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop)
             loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+            if self.maildrop is not None:  # a path that cannot be one: before any listener
+                self.maildrop.prepare()
             self.spooler = await self._start_spooler(self.profile)
             self._ready.set()
             await self._api.start()
