@@ -9,6 +9,9 @@ thread); aiosmtpd stays what the tests use as a peer.  This module does the I/O 
 policy: one ``transport.write`` per batch of replies, reading paused while a submission
 is pending or while the client does not read its replies, the idle timeout, STARTTLS
 through ``loop.start_tls``, the credentials check, relay control and the submission.
+Under ``tls = "implicit"`` the listener accepts connections itself and hands each one,
+once admitted by the connection limits, to ``loop.connect_accepted_socket`` for its
+handshake (a server with ``ssl=`` would make the handshake before the limits see it).
 
 The rules, from DESIGN.md section 4:
 
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import errno
 import functools
 import hmac
@@ -112,6 +116,10 @@ REJECT_REASONS = (
     "client_connection_limit",  # max_connections_per_client from its address: 421
     "too_many_hops",  # MAX_HOPS Received: lines or more already: a mail loop, 554 5.4.6
 )
+
+#: The longest a TLS handshake may take (STARTTLS's, or an implicit-TLS connection's
+#: first), shorter when ``idle_timeout`` is: asyncio's own default.
+HANDSHAKE_TIMEOUT = 60.0
 
 #: A message that comes with this many ``Received:`` lines or more has been round a
 #: loop (RFC 5321 section 6.3): refused, as Postfix's ``hopcount_limit`` (50).
@@ -238,6 +246,7 @@ class _Connection(asyncio.Protocol):
         self._write_paused = False  # the client does not read its replies
         self._eof = False  # the client half-closed: close once nothing is pending
         self._reading_paused = False
+        self._handshaking = False  # a TLS handshake is under way on self.transport
         #: Whether the peer's address is in relay_networks (None: not looked up yet).
         self.in_relay_networks: bool | None = None
         #: The address this connection counts against max_connections_per_client.
@@ -247,25 +256,28 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A duck-typed transport: uvloop's are not asyncio.Transport subclasses.
         self.transport = cast(asyncio.Transport, transport)
-        self.peer = transport.get_extra_info("peername")
         listener = self._listener
-        listener._count("connections")
-        refusal = listener._admit(self)
-        if refusal is not None:  # before anything else of the session: no timer, no set
-            self.transport.write(refusal.encode())
-            self.transport.close()
-            self.machine.close()
-            return
-        listener._connections.add(self)
+        if not listener._implicit:
+            self.peer = transport.get_extra_info("peername")
+            listener._count("connections")
+            refusal = listener._admit(self)
+            if refusal is not None:  # before anything of the session: no timer, no set
+                self.transport.write(refusal.encode())
+                self.transport.close()
+                self.machine.close()
+                return
+            listener._connections.add(self)
+        # (tls = "implicit": admitted before its handshake, SubmissionListener._accept;
+        # this is the TLS transport, the handshake made.)
         log.debug("SMTP connection from %s", self.peer)
         self._last = self._loop.time()
         self._timer = self._loop.call_later(listener.config.idle_timeout, self._on_idle)
-        # (tls = "implicit": the server's transport made the handshake before this.)
         self.transport.write(self.machine.data_to_send())
 
     def data_received(self, data: bytes) -> None:
         self.machine.receive_data(data)
-        self._run()
+        if not self._handshaking:  # (after it: _upgrade runs what came meanwhile)
+            self._run()
 
     def eof_received(self) -> bool:
         # The client has finished sending.  With a submission pending, keep the
@@ -275,6 +287,11 @@ class _Connection(asyncio.Protocol):
         return self.machine.pending is not None and not self.machine.tls_active
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._gone()
+
+    def _gone(self) -> None:
+        """The connection is closed: it counts towards the limits no more.  (Also after
+        a failed handshake, which does not always reach :meth:`connection_lost`.)"""
         self.transport = None
         if self in self._listener._connections:
             self._listener._connections.discard(self)
@@ -370,7 +387,12 @@ class _Connection(asyncio.Protocol):
         self._flush()
 
     def shutdown(self) -> None:
-        """``421`` and close (the listener stops)."""
+        """``421`` and close (the listener stops); closed without a word during a TLS
+        handshake (the reply could not be read)."""
+        if self._handshaking and self.transport is not None:
+            self.transport.close()
+            self._gone()
+            return
         self.machine.close(_SHUTDOWN)
         self._flush()
 
@@ -439,21 +461,29 @@ class _Connection(asyncio.Protocol):
         transport.write(self.machine.data_to_send())  # the 220, in clear text
         transport.pause_reading()  # the client's handshake waits in the socket
         self._reading_paused = False  # start_tls resumes reading on its own
+        self._handshaking = True
         task = self._loop.create_task(self._upgrade(transport))
         self._listener._tasks.add(task)
         task.add_done_callback(self._listener._tasks.discard)
 
     async def _upgrade(self, transport: asyncio.Transport) -> None:
-        certificate = self._listener._tls
+        listener = self._listener
+        certificate = listener._tls
         assert certificate is not None
         # The context of the moment is chosen at the client's hello (_Certificate._choose).
         ctx = certificate.context
+        timeout = min(listener.config.idle_timeout, HANDSHAKE_TIMEOUT)
         try:
-            tls = await self._loop.start_tls(transport, self, ctx, server_side=True)
+            tls = await self._loop.start_tls(
+                transport, self, ctx, server_side=True, ssl_handshake_timeout=timeout
+            )
         except Exception as exc:  # a failed handshake ends this session only
-            log.info("STARTTLS with %s failed: %s", self.peer, exc)
+            self._handshaking = False
+            log.info("STARTTLS with %s failed: %s", self.peer, str(exc) or type(exc).__name__)
             transport.close()
+            self._gone()
             return
+        self._handshaking = False
         if tls is None or self.transport is None:
             return
         self.transport = tls  # (uvloop: not an asyncio.Transport subclass; do not assert)
@@ -563,6 +593,9 @@ class SubmissionListener:
         self._limit_said = -_WARN_INTERVAL
         self.config = config
         self._server: asyncio.Server | None = None
+        #: tls = "implicit": the listening socket _accept takes connections from
+        self._lsock: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
         self._hostname = config.hostname or default_hostname()
         self._tls: _Certificate | None = None
         #: tls = "implicit": every connection starts with the TLS handshake
@@ -583,7 +616,7 @@ class SubmissionListener:
         self._stats: collections.Counter[str] = collections.Counter()
 
     def __repr__(self) -> str:
-        where = host_port(self.config.host, self.port) if self._server else "not started"
+        where = host_port(self.config.host, self.port) if self._started else "not started"
         return f"<SubmissionListener {where}>"
 
     def _server_settings(self) -> ServerSettings:
@@ -607,22 +640,28 @@ class SubmissionListener:
         With ``sock`` (a listening socket from :func:`listen_socket`), serve on it
         instead of binding: the listener processes of one listener share one socket.
         """
-        if self._server is not None:
+        if self._started:
             raise RuntimeError(f"{self!r} is already started")
         cfg = self.config
         if cfg.tls_cert:
             self._tls = _Certificate(cfg.tls_cert, cfg.tls_key)
             self._settings = self._server_settings()
         loop = asyncio.get_running_loop()
-        # tls = "implicit": the server's transports make the handshake, each with the
-        # certificate of the moment (_Certificate._choose), then the greeting follows.
-        tls = self._tls.context if self._implicit and self._tls is not None else None
+        if self._implicit:
+            # tls = "implicit": connections are accepted here, admitted (counted
+            # towards the limits), then make their handshake: _accept.
+            lsock = sock if sock is not None else listen_socket(cfg.host, cfg.port)
+            lsock.setblocking(False)
+            self._lsock = lsock
+            self._accepting = loop.create_task(self._accept(lsock))
+            log.info("SMTP submission listener on %s", host_port(cfg.host, self.port))
+            return
         try:
             if sock is not None:
-                self._server = await loop.create_server(self._protocol, sock=sock, ssl=tls)
+                self._server = await loop.create_server(self._protocol, sock=sock)
             else:
                 self._server = await loop.create_server(
-                    self._protocol, host=cfg.host, port=cfg.port, reuse_address=True, ssl=tls
+                    self._protocol, host=cfg.host, port=cfg.port, reuse_address=True
                 )
         except OSError as exc:
             raise _listen_error(cfg.host, cfg.port, exc) from exc
@@ -631,18 +670,79 @@ class SubmissionListener:
     @property
     def port(self) -> int:
         """The bound port (useful with ``port=0``)."""
+        if self._lsock is not None:
+            return int(self._lsock.getsockname()[1])
         if self._server is None or not self._server.sockets:
             raise RuntimeError("the listener is not started")
         return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def _started(self) -> bool:
+        return self._server is not None or self._lsock is not None
+
+    async def _accept(self, lsock: socket.socket) -> None:
+        """``tls = "implicit"``: accept, admit (the limits count a connection from
+        here, its handshake included), then the handshake in a task of its own.  A
+        connection over a limit is closed at once: no handshake is spent on it, and
+        a 421 in clear text could not be read by a client that speaks TLS first."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, peer = await loop.sock_accept(lsock)
+            except OSError as exc:  # out of file descriptors, mostly: try again soon
+                log.warning("SMTP listener cannot accept a connection: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            conn = _Connection(self)
+            conn.peer = peer
+            self._count("connections")
+            if self._admit(conn) is not None:
+                sock.close()
+                conn.machine.close()
+                continue
+            self._connections.add(conn)
+            task = loop.create_task(self._handshake(conn, sock))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _handshake(self, conn: _Connection, sock: socket.socket) -> None:
+        """An admitted connection's TLS handshake (``tls = "implicit"``), with the
+        certificate of the moment, at most ``min(idle_timeout, 60)`` seconds; its
+        session (``conn.connection_made``) starts under TLS."""
+        assert self._tls is not None
+        made = False
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: conn,
+                sock,
+                ssl=self._tls.context,
+                ssl_handshake_timeout=min(self.config.idle_timeout, HANDSHAKE_TIMEOUT),
+            )
+            made = True
+        except Exception as exc:  # a failed handshake ends this connection only
+            log.info("TLS handshake with %s failed: %s", conn.peer, str(exc) or type(exc).__name__)
+        finally:
+            if not made:  # (failed, or the listener stops): its place is free again
+                sock.close()
+                conn._gone()
 
     async def stop(self, *, grace: float | None = None) -> None:
         """Stop accepting; let transactions in progress end (up to ``grace`` seconds,
         ``config.shutdown_grace`` by default); wait for started submissions; then answer
         ``421`` to the remaining clients and close.  Idempotent."""
         server, self._server = self._server, None
-        if server is None:
+        lsock, self._lsock = self._lsock, None
+        accepting, self._accepting = self._accepting, None
+        if server is None and lsock is None:
             return
-        server.close()
+        if server is not None:
+            server.close()
+        if accepting is not None:
+            accepting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await accepting
+        if lsock is not None:
+            lsock.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.config.shutdown_grace if grace is None else grace)
         while loop.time() < deadline and any(c.in_transaction for c in self._connections):
@@ -661,7 +761,8 @@ class SubmissionListener:
             sub.cancel()
         if self._submits:
             await asyncio.wait(set(self._submits))
-        await server.wait_closed()
+        if server is not None:
+            await server.wait_closed()
         log.info("SMTP submission listener stopped")
 
     async def __aenter__(self) -> SubmissionListener:
