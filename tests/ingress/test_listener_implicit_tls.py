@@ -10,6 +10,7 @@ trustme's).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import smtplib
 import socket
@@ -121,7 +122,9 @@ def test_a_tls_setting_that_cannot_work_is_refused(options: dict[str, str], erro
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_handshakes_count_towards_the_connection_limit(tmp_path: Path, loop: str) -> None:
+def test_handshakes_count_towards_the_connection_limit(
+    tmp_path: Path, loop: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """A connection is admitted before its handshake, so that clients that open
     connections and never finish (or fail) the handshake count towards
     ``max_connections`` and are dropped after the handshake timeout, instead of each
@@ -133,6 +136,7 @@ def test_handshakes_count_towards_the_connection_limit(tmp_path: Path, loop: str
         port=0, tls="implicit", tls_cert=str(pem), max_connections=2, idle_timeout=1.0
     )
     found: dict[str, Any] = {}
+    caplog.set_level(logging.INFO, logger="spoolbox.ingress")
 
     async def keep(message: NewMessage) -> object:
         return None
@@ -199,3 +203,6 @@ def test_handshakes_count_towards_the_connection_limit(tmp_path: Path, loop: str
     assert 0.5 < found["after"] < 20, found["after"]
     assert b"220" not in found["plain"]
     assert found["fourth"] == "250"
+    said = caplog.text
+    assert "refused (closed before its TLS handshake): 2 connections open" in said
+    assert "TLS handshake with ('127.0.0.1'," in said and "failed" in said

@@ -932,7 +932,8 @@ class SubmissionListener:
         now = time.monotonic()
         if now - self._limit_said >= _WARN_INTERVAL:
             self._limit_said = now
-            log.warning("connection from %s refused (421): %s", conn.peer, what)
+            how = "closed before its TLS handshake" if self._implicit else "421"
+            log.warning("connection from %s refused (%s): %s", conn.peer, how, what)
 
     def _may_relay(self, conn: _Connection) -> bool:
         if conn.machine.authenticated:
