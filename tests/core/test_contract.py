@@ -363,3 +363,16 @@ async def test_cancel_reaches_a_message_waiting_in_a_claimed_batch() -> None:
         assert await sp.wait_for(second.id, timeout=5) is MessageState.CANCELLED
     submitted = [d[0] for c, d in script.calls if c == "submit_message"]
     assert submitted == [first.id]  # the second never reached the transport
+
+
+async def test_a_transport_neither_outbound_nor_inbound_stops_cleanly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No lane at all (a transport switched off both ways in the profile): its stop
+    waits for nothing, instead of crashing on an empty set of lanes."""
+    off = transport("off", Script(("SMTP",)), outbound=False, inbound=False)
+    async with spooler(transport("smtp", Script(("SMTP",))), off) as sp:
+        await until(lambda: all(h.session is not None for h in sp.hosts), what="logons")
+        info = await sp.submit(message("SMTP:bob@example.org"))
+        assert await sp.wait_for(info.id, timeout=5) is MessageState.SENT
+    assert "lane crashed" not in caplog.text

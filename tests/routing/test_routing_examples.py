@@ -106,10 +106,17 @@ def test_nobody_serves_it_and_everyone_is_known(t: RoutingTable) -> None:
 
 def test_routes_at_submit_keeps_only_the_clear_decisions() -> None:
     t = table(("u", None), ("smtp", {"SMTP"}), ("relay", {"*"}))
-    assert t.routes_at_submit(["SMTP", "smtp", "FAX"]) == ["smtp", "smtp", "relay"]
+    assert t.routes_at_submit([("SMTP", "a@x"), ("smtp", "b@x"), ("FAX", "1")]) == [
+        "smtp",
+        "smtp",
+        "relay",
+    ]
     t = table(("u", None), ("smtp", {"SMTP"}))
-    assert t.routes_at_submit(["SMTP", "FAX"]) == ["smtp", None]  # FAX waits for u
-    assert table(("smtp", {"SMTP"})).routes_at_submit(["FAX", "SMTP"]) == [None, "smtp"]
+    assert t.routes_at_submit([("SMTP", "a@x"), ("FAX", "1")]) == ["smtp", None]  # FAX waits
+    assert table(("smtp", {"SMTP"})).routes_at_submit([("FAX", "1"), ("SMTP", "a@x")]) == [
+        None,
+        "smtp",
+    ]
     assert t.routes_at_submit([]) == []
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..contract.errors import FailOneProvider
 from ..model import Address, LogonFlags, default_hostname
-from ..routing import RouteEntry, RoutingTable
+from ..routing import DomainError, RouteEntry, RoutingTable, domains_entry
 from ..store.retention import Retention
 from .policy import Policy
 
@@ -77,6 +77,10 @@ class TransportConfig:
     #: of failing; once it is logged on, its own ``address_types()`` answer wins.
     address_types: tuple[str, ...] | None = None
     logon_flags: LogonFlags = LogonFlags.NO_DIALOG
+    #: Only recipients at these domains (``example.org``; ``.example.org`` for the
+    #: names under it), as Postfix's ``transport_maps``; None: any.  Such transports
+    #: are tried before those without a limit (:mod:`spoolbox.routing`).
+    domains: frozenset[str] | None = None
     #: Run the sessions in a child process (see docs/design.md, "Isolated
     #: transports"): a provider that blocks, crashes or leaks takes down its child,
     #: not the spooler.  The provider must be importable (entry point or module:Class).
@@ -87,6 +91,17 @@ class TransportConfig:
             raise ValueError(
                 f"transport name {self.name!r} is invalid: use letters, digits and '-_.'"
             )
+        if self.domains is not None:
+            try:
+                domains = frozenset(domains_entry(d) for d in self.domains)
+            except DomainError as exc:
+                raise ValueError(f"transport {self.name!r}: domains: {exc}") from None
+            if not domains:
+                raise ValueError(
+                    f"transport {self.name!r}: domains is empty: it would serve nothing "
+                    "(leave it out to serve every domain)"
+                )
+            object.__setattr__(self, "domains", domains)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +164,7 @@ class SpoolerConfig:
             RouteEntry(
                 t.name,
                 None if t.address_types is None else frozenset(a.upper() for a in t.address_types),
+                t.domains,
             )
             for t in self.transports
             if t.outbound

@@ -93,7 +93,9 @@ class Router:
             assign: list[tuple[str, int, str]] = []
             failed: dict[str, list[RecipientUpdate]] = defaultdict(list)
             for record in records:
-                decision = table.decide(record.address.type, record.refused_by)
+                decision = table.decide(
+                    record.address.type, record.refused_by, value=record.address.value
+                )
                 if isinstance(decision, Route):
                     assign.append((record.message_id, record.index, decision.transport))
                 elif isinstance(decision, NoRoute):

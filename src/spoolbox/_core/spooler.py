@@ -338,7 +338,9 @@ class Spooler:
         """Commit ``message`` durably and queue it; returns once it is committed."""
         # Route in the same transaction where the decision is already clear; what must
         # wait or fail (no route) is left to the router.
-        routes = self.routing_table().routes_at_submit(a.type for a in message.recipients)
+        routes = self.routing_table().routes_at_submit(
+            (a.type, a.value) for a in message.recipients
+        )
         # Claimed in the same transaction when a lane of its transport waits for work.
         info = await handoff.submit(self._runtime, self.host, message, routes)
         log.debug(
@@ -366,7 +368,7 @@ class Spooler:
         if not batch:
             return []
         table = self.routing_table()
-        routes = [table.routes_at_submit(a.type for a in m.recipients) for m in batch]
+        routes = [table.routes_at_submit((a.type, a.value) for a in m.recipients) for m in batch]
         infos = await self.store.submit_many(
             batch, now=self.clock.now(), lifetime=self.policy.lifetime, routes=routes
         )
@@ -572,7 +574,7 @@ class Spooler:
             types = h.types
             if types is None and h.entry.address_types is not None:
                 types = frozenset(t.upper() for t in h.entry.address_types)
-            entries.append(RouteEntry(h.name, types))
+            entries.append(RouteEntry(h.name, types, h.entry.domains))
         return entries
 
     def routing_changed(self) -> None:

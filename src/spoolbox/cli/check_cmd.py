@@ -152,20 +152,13 @@ def _check_local_names(profile: object) -> str | None:
     none serves; None when the profile has no such table."""
     from ..model import Address
     from ..profile import Profile
-    from ..routing import RouteEntry, RoutingTable
     from ..routing.verify import verify
 
     assert isinstance(profile, Profile)
     rule = profile.local_names
     if rule is None:
         return None
-    table = RoutingTable.build(
-        [
-            RouteEntry(t.name, None if t.address_types is None else frozenset(t.address_types))
-            for t in profile.spooler.transports
-            if t.outbound
-        ]
-    )
+    table = profile.spooler.declared_routes()
     made: list[tuple[str, Address]] = [
         (f"aliases.{name}", address) for name, found in rule.expanded.items() for address in found
     ]
@@ -174,7 +167,7 @@ def _check_local_names(profile: object) -> str | None:
     if rule.domain is not None:
         made.append(("domain", Address("SMTP", f"NAME@{rule.domain}")))
     for where, address in made:
-        verdict = verify(table, address.type)
+        verdict = verify(table, address.type, address.value)
         if not verdict.routable:
             return f"{where}: {address}: {verdict.text}"
     return ""

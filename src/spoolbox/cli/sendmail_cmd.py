@@ -48,22 +48,18 @@ def routing_table(client: Client) -> RoutingTable:
     except ClientError:  # not running, or not answering: what the profile declares
         rows = None
     if rows is None:
-        entries = [
-            RouteEntry(t.name, None if t.address_types is None else frozenset(t.address_types))
-            for t in client.profile.spooler.transports
-            if t.outbound
-        ]
-    else:
-        entries = [
-            RouteEntry(
-                row["name"],
-                frozenset(t.upper() for t in row["address_types"])
-                if row["address_types"] or row.get("address_types_source") == "session"
-                else None,
-            )
-            for row in rows
-            if row.get("outbound", True)
-        ]
+        return client.profile.spooler.declared_routes()
+    entries = [
+        RouteEntry(
+            row["name"],
+            frozenset(t.upper() for t in row["address_types"])
+            if row["address_types"] or row.get("address_types_source") == "session"
+            else None,
+            None if row.get("domains") is None else frozenset(row["domains"]),
+        )
+        for row in rows
+        if row.get("outbound", True)
+    ]
     return RoutingTable.build(entries)
 
 
@@ -74,7 +70,7 @@ def _router(client: Client) -> Callable[[Address], tuple[bool, str]]:
     def route(address: Address) -> tuple[bool, str]:
         if not table:
             table.append(routing_table(client))
-        verdict = verify(table[0], address.type)
+        verdict = verify(table[0], address.type, address.value)
         return verdict.routable, verdict.text
 
     return route

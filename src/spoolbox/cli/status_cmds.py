@@ -160,6 +160,7 @@ def transports_cmd(obj: Ctx, as_json: bool) -> None:
                 "address_types_source": "profile",
                 "outbound": transport.outbound,
                 "inbound": transport.inbound,
+                "domains": None if transport.domains is None else sorted(transport.domains),
             }
             for transport, raw in zip(
                 obj.profile().spooler.transports, obj.profile().raw_transports, strict=True
@@ -182,10 +183,12 @@ def transports_cmd(obj: Ctx, as_json: bool) -> None:
         logged = (
             "" if transport["logged_on"] is None else ("yes" if transport["logged_on"] else "no")
         )
+        domains = transport.get("domains")
         table.add_row(
             transport["name"],
             transport["provider"],
-            ", ".join(transport["address_types"]) or "(from the session)",
+            (", ".join(transport["address_types"]) or "(from the session)")
+            + (f" at {', '.join(domains)}" if domains else ""),
             "yes" if transport["outbound"] else "no",
             "yes" if transport["inbound"] else "no",
             logged,

@@ -270,6 +270,7 @@ async def transports(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]
                 "address_types_source": "session" if host.types is not None else "profile",
                 "outbound": host.entry.outbound,
                 "inbound": host.entry.inbound,
+                "domains": None if host.entry.domains is None else sorted(host.entry.domains),
             }
         )
     return {"transports": out}

@@ -95,7 +95,7 @@ class _WorkerProcess:
             self._flush()  # what was committed while the pipe was full, in one line
 
     async def submit(self, message: NewMessage) -> object:
-        routes = self.table.routes_at_submit(a.type for a in message.recipients)
+        routes = self.table.routes_at_submit((a.type, a.value) for a in message.recipients)
         info = await self.store.submit(
             message, now=time.time(), lifetime=self.spec.lifetime, routes=routes
         )

@@ -26,15 +26,23 @@ STATS_INTERVAL = 1.0
 
 def table_to_json(table: RoutingTable) -> list[list[Any]]:
     return [
-        [entry.name, None if entry.address_types is None else sorted(entry.address_types)]
+        [
+            entry.name,
+            None if entry.address_types is None else sorted(entry.address_types),
+            None if entry.domains is None else sorted(entry.domains),
+        ]
         for entry in table.entries
     ]
 
 
 def table_from_json(data: Iterable[Any]) -> RoutingTable:
     return RoutingTable.build(
-        RouteEntry(str(name), None if types is None else frozenset(str(kind) for kind in types))
-        for name, types in data
+        RouteEntry(
+            str(name),
+            None if types is None else frozenset(str(kind) for kind in types),
+            None if not rest or rest[0] is None else frozenset(str(d) for d in rest[0]),
+        )
+        for name, types, *rest in data
     )
 
 

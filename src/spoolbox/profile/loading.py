@@ -32,6 +32,7 @@ from ..contract.options import Check
 from ..ingress.config import ListenerConfig
 from ..ingress.local_names import LocalNameError, LocalNames
 from ..model import default_hostname, is_hostname
+from ..routing import DomainError, domains_entry
 from ..store.retention import FOREVER, Retention
 from .hooks import read_hooks
 from .schema import (
@@ -435,6 +436,7 @@ class _Transports:
                 "provider", 'expected a provider: an entry-point name ("maildir") or "module:Class"'
             )
         types = tt.str_list("address_types")
+        domains = _domains(tt)
         options, miss, found = transport_options(
             tt.table("options"), name, self.base, self.environ, self.extra
         )
@@ -448,6 +450,7 @@ class _Transports:
             "address_types": tuple(t.upper() for t in types) if types is not None else None,
             "logon_flags": LogonFlags.NO_DIALOG,
             "isolate": tt.flag("isolate", False),
+            "domains": domains,
         }
         tt.done()
         spec: str | type = provider
@@ -458,6 +461,22 @@ class _Transports:
             self.configs.append(TransportConfig(name, spec, options=options, **kwargs))
         except ValueError as exc:
             raise tt.error("name", str(exc)) from None
+
+
+def _domains(tt: Table) -> frozenset[str] | None:
+    """``[[transports]] domains``: the recipient domains the transport is limited to."""
+    listed = tt.str_list("domains")
+    if listed is None:
+        return None
+    try:
+        domains = frozenset(domains_entry(d) for d in listed)
+    except DomainError as exc:
+        raise tt.error("domains", str(exc)) from None
+    if not domains:
+        raise tt.error(
+            "domains", "empty: the transport would serve nothing (leave it out for every domain)"
+        )
+    return domains
 
 
 def _listeners(

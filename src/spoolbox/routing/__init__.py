@@ -12,6 +12,13 @@ types are unknown; a recipient that no *known* transport serves then waits
 one for it.  Only when every transport is known and none serves the recipient is
 it a non-delivery: "no transport provider was available for this recipient".
 
+A transport may also be limited to recipient domains (the profile's ``domains``, as
+Postfix's ``transport_maps``): it then serves only the addresses of its types at those
+domains (``example.org``; ``.example.org`` for every name under it), and such
+transports are tried before those without a limit, whatever their place in the order,
+so that ``corp.example``'s mail goes to the internal relay while the rest goes to the
+smart host whichever is written first.
+
 The same decision, made when a message is submitted, refuses a recipient that
 would fail at once (:func:`unroutable`): the local API and ``Client.submit`` refuse
 the message, the SMTP listener answers ``550 5.1.2`` to its RCPT TO, ``sendmail``
@@ -20,11 +27,13 @@ exits 67.  A recipient that would only *wait* is accepted.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 __all__ = [
     "ANY",
+    "DomainError",
     "NoRoute",
     "Route",
     "RouteEntry",
@@ -32,6 +41,8 @@ __all__ = [
     "Unroutable",
     "Wait",
     "describe_unroutable",
+    "domain_of",
+    "domains_entry",
     "refusal",
     "unroutable",
 ]
@@ -40,23 +51,94 @@ __all__ = [
 ANY = "*"
 
 
+class DomainError(ValueError):
+    """A ``domains`` entry that is not a domain name."""
+
+
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def domains_entry(text: str) -> str:
+    """One ``domains`` entry as routing compares it: lower case, no final dot, a
+    leading dot kept (``.example.org``: every name under it); IDNs as their ``xn--``
+    form.  :class:`DomainError` for anything else."""
+    raw = text.strip().rstrip(".").lower()
+    under = raw.startswith(".")
+    name = raw[1:] if under else raw
+    try:
+        name = name.encode("idna").decode("ascii") if not name.isascii() else name
+    except UnicodeError:
+        raise DomainError(f"{text!r} is not a domain name") from None
+    if not name or len(name) > 253 or not all(_LABEL.fullmatch(p) for p in name.split(".")):
+        raise DomainError(
+            f"{text!r} is not a domain name (example.org, or .example.org for the names under it)"
+        )
+    return f".{name}" if under else name
+
+
+def domain_of(value: str) -> str | None:
+    """The domain of an address's value (after its last ``@``), lower case, without a
+    final dot, IDNs in their ``xn--`` form; None without one (``+15551234``)."""
+    local, at, domain = value.rpartition("@")
+    if not at or not local:
+        return None
+    domain = domain.strip().rstrip(".").lower()
+    if domain.startswith("[") or not domain:
+        return domain or None  # an address literal: only an exact entry names it
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            return domain
+    return domain
+
+
+def _in_domains(domains: frozenset[str], value: str | None) -> bool:
+    domain = domain_of(value) if value is not None else None
+    if domain is None:
+        return False
+    if domain in domains:
+        return True
+    parts = domain.split(".")
+    return any("." + ".".join(parts[i:]) in domains for i in range(1, len(parts)))
+
+
 @dataclass(frozen=True, slots=True)
 class RouteEntry:
     """One transport session in the order: its name and the types it serves.
 
     ``address_types`` is ``None`` while the transport is not logged on (unknown).
+    ``domains``: only recipients at these domains (entries as :func:`domains_entry`
+    makes them); None: any.
     """
 
     name: str
     address_types: frozenset[str] | None
+    domains: frozenset[str] | None = None
 
     @property
     def wildcard(self) -> bool:
         return self.address_types is not None and ANY in self.address_types
 
-    def serves(self, address_type: str) -> bool:
+    def serves_type(self, address_type: str) -> bool:
         types = self.address_types
         return types is not None and (address_type.upper() in types or ANY in types)
+
+    def serves(self, address_type: str, value: str | None = None) -> bool:
+        """Whether it takes a recipient of ``address_type`` (and ``value``, for a
+        transport limited to ``domains``: without a value such a transport serves
+        nothing)."""
+        if not self.serves_type(address_type):
+            return False
+        return self.domains is None or _in_domains(self.domains, value)
+
+    def describe(self) -> str:
+        """``relay: SMTP`` / ``corp: SMTP at corp.example, .corp.example``."""
+        types = self.address_types
+        what = "types not known yet" if types is None else ", ".join(sorted(types)) or "none"
+        if self.domains is not None:
+            what += f" at {', '.join(sorted(self.domains))}"
+        return f"{self.name}: {what}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,63 +174,82 @@ class RoutingTable:
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ValueError(f"transport names must be unique; repeated: {sorted(dupes)}")
-        specific = [e for e in items if not e.wildcard]
-        wild = [e for e in items if e.wildcard]
-        return cls(tuple(specific + wild))
+        limited = [e for e in items if e.domains is not None]
+        others = [e for e in items if e.domains is None]
+        ordered = [e for e in limited if not e.wildcard] + [e for e in limited if e.wildcard]
+        ordered += [e for e in others if not e.wildcard] + [e for e in others if e.wildcard]
+        return cls(tuple(ordered))
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(e.name for e in self.entries)
 
-    def decide(self, address_type: str, refused_by: Sequence[str] = ()) -> Decision:
+    def decide(
+        self, address_type: str, refused_by: Sequence[str] = (), value: str | None = None
+    ) -> Decision:
+        """Where a recipient of ``address_type`` (its address ``value``, for the
+        transports limited to domains) goes, leaving out the transports in
+        ``refused_by`` (those that answered not-me for it)."""
         refused = set(refused_by)
         for entry in self.entries:
             if entry.name in refused:
                 continue
-            if entry.serves(address_type):
+            if entry.serves(address_type, value):
                 return Route(entry.name)
         unknown = tuple(
             e.name for e in self.entries if e.address_types is None and e.name not in refused
         )
         if unknown:
             return Wait(unknown)
+        kind = address_type.upper()
         if refused:
             return NoRoute(
-                f"no transport accepted address type {address_type.upper()} "
+                f"no transport accepted address type {kind} "
                 f"(declined by: {', '.join(sorted(refused))})"
             )
-        return NoRoute(
-            f"no transport provider was available for address type {address_type.upper()}"
-        )
+        limited = [e for e in self.entries if e.domains is not None and e.serves_type(kind)]
+        if limited:
+            domain = domain_of(value) if value is not None else None
+            return NoRoute(
+                f"no transport serves address type {kind} "
+                + (f"at domain {domain}" if domain else "without a domain")
+                + f" ({'; '.join(e.describe() for e in limited)})"
+            )
+        return NoRoute(f"no transport provider was available for address type {kind}")
 
-    def routes_at_submit(self, address_types: Iterable[str]) -> list[str | None]:
-        """The transport of each recipient whose route is already clear when it is
-        submitted (stored in the same transaction); None leaves it to the router (it
-        must wait for a transport, or has no route and fails there)."""
+    def routes_at_submit(self, addresses: Iterable[tuple[str, str]]) -> list[str | None]:
+        """The transport of each recipient (``(type, value)``) whose route is already
+        clear when it is submitted (stored in the same transaction); None leaves it to
+        the router (it must wait for a transport, or has no route and fails there)."""
         routes: list[str | None] = []
-        for t in address_types:
-            d = self.decide(t)
+        for address_type, value in addresses:
+            d = self.decide(address_type, value=value)
             routes.append(d.transport if isinstance(d, Route) else None)
         return routes
 
     def serves_any(self, address_type: str) -> bool:
-        return any(e.serves(address_type) for e in self.entries)
+        return any(e.serves_type(address_type) for e in self.entries)
 
 
 @dataclass(frozen=True, slots=True)
 class Unroutable:
-    """A recipient refused at submit: no transport serves its address type now.
+    """A recipient refused at submit: no transport serves its address type (or, with
+    transports limited to domains, its domain) now.
 
     ``transports`` is each outbound transport (in order) with the types it serves,
-    for the error text: what exists instead."""
+    for the error text: what exists instead.  ``limited``: the router's words when
+    transports of its type serve only other domains."""
 
     recipient: str
     address_type: str
     transports: tuple[tuple[str, tuple[str, ...]], ...]
+    limited: str = ""
 
     @property
     def reason(self) -> str:
         """What is wrong, without the recipient: the type and what is served."""
+        if self.limited:
+            return self.limited
         served = "; ".join(
             f"{name} serves {', '.join(types) if types else 'no address type'}"
             for name, types in self.transports
@@ -172,9 +273,12 @@ def unroutable(table: RoutingTable, recipients: Iterable[str]) -> tuple[Unroutab
     transports = tuple((e.name, tuple(sorted(e.address_types or ()))) for e in table.entries)
     refused: list[Unroutable] = []
     for recipient in recipients:
-        address_type = recipient.partition(":")[0].upper()
-        if isinstance(table.decide(address_type), NoRoute):
-            refused.append(Unroutable(recipient, address_type, transports))
+        address_type, _, value = recipient.partition(":")
+        address_type = address_type.upper()
+        decision = table.decide(address_type, value=value)
+        if isinstance(decision, NoRoute):
+            limited = decision.reason if table.serves_any(address_type) else ""
+            refused.append(Unroutable(recipient, address_type, transports, limited))
     return tuple(refused)
 
 

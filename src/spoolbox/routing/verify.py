@@ -36,22 +36,21 @@ class Verdict:
 
 
 def _served(table: RoutingTable) -> str:
-    parts = []
-    for entry in table.entries:
-        types = entry.address_types
-        what = "types not known yet" if types is None else ", ".join(sorted(types)) or "none"
-        parts.append(f"{entry.name}: {what}")
-    return "; ".join(parts) or "no outbound transport is configured"
+    return "; ".join(e.describe() for e in table.entries) or "no outbound transport is configured"
 
 
-def verify(table: RoutingTable, address_type: str) -> Verdict:
-    """The verdict on a recipient of ``address_type`` with the transports of ``table``."""
+def verify(table: RoutingTable, address_type: str, value: str | None = None) -> Verdict:
+    """The verdict on a recipient of ``address_type`` (and address ``value``, which
+    transports limited to domains look at) with the transports of ``table``."""
     kind = address_type.upper()
-    decision = table.decide(kind)
+    decision = table.decide(kind, value=value)
     if isinstance(decision, Route):
         return Verdict(decision.transport, None, f"deliverable: transport {decision.transport}")
     if isinstance(decision, NoRoute):
-        reason = f"no transport serves address type {kind} ({_served(table)})"
+        if table.serves_any(kind):  # only transports limited to other domains
+            reason = decision.reason
+        else:
+            reason = f"no transport serves address type {kind} ({_served(table)})"
         return Verdict(None, reason, f"undeliverable: {reason}")
     waiting = ", ".join(decision.unknown)
     return Verdict(

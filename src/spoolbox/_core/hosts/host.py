@@ -218,7 +218,10 @@ class TransportHost(HostBase):
                     # Lanes see the stop flag and finish the message in hand; after the
                     # grace period whatever is left is cancelled (its claims go back to
                     # the queue when the spooler releases its leases).
-                    _, pending = await asyncio.wait(lanes, timeout=runtime.policy.shutdown_grace)
+                    pending: set[asyncio.Task[None]] = set()
+                    if lanes:  # (none for a transport neither outbound nor inbound)
+                        grace = runtime.policy.shutdown_grace
+                        _, pending = await asyncio.wait(lanes, timeout=grace)
                     for task in pending:
                         task.cancel()
                     if pending:
