@@ -228,6 +228,25 @@ def test_bs_queues_each_message_byte_exact_with_its_envelope(home: Home) -> None
         assert content[m.end() :] == message  # dot-unstuffed, 8-bit, every byte
 
 
+def test_bs_takes_root_at_localhost_as_root(home: Home) -> None:
+    """``-bs`` as the listener: an address at this host's own name is what
+    ``[local_names]`` makes of the name (the default profile: MAILDIR:root)."""
+    proc, client = smtp_over_bs([*CLI, "--profile", str(home.profile), "sendmail", "-bs"])
+    assert client.getreply()[0] == 220
+    assert client.ehlo("app.example.org")[0] == 250
+    client.mail("app@example.org")
+    assert client.rcpt("root@localhost")[0] == 250
+    code, reply = client.data(b"Subject: alert\r\n\r\nbody\r\n")
+    assert code == 250, reply
+    client.quit()  # closes our ends of its stdin and stdout
+    assert proc.stderr is not None
+    with proc.stderr:
+        err = proc.stderr.read()
+    assert proc.wait(timeout=DEADLINE) == 0, err
+    shown = home.json("queue", "show", reply.decode().rsplit(" ", 1)[1])
+    assert [r["address"] for r in shown["recipients"]] == ["MAILDIR:root"]
+
+
 def test_bs_reads_a_session_from_a_file_and_from_dev_null(home: Home, tmp_path: Path) -> None:
     """Files and devices are not pipes (asyncio's pipe transports refuse them)."""
     maildir_listener(home)

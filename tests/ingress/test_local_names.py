@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import aiosmtplib
 import pytest
 
 from spoolbox import Address, AlwaysIdle, MessageState, NewMessage, Spooler, SpoolerConfig
-from spoolbox.ingress import EX_NOUSER, EX_OK, LocalNames, run_sendmail
+from spoolbox.ingress import (
+    EX_NOUSER,
+    EX_OK,
+    ListenerConfig,
+    LocalNames,
+    SubmissionListener,
+    run_sendmail,
+)
 from spoolbox.ingress.local_names import LocalNameError, is_local_name
 
 
@@ -263,3 +272,88 @@ async def test_a_report_to_a_sender_at_this_hosts_name_stays_on_the_host() -> No
         reports = [m for m in await sp.store.list_messages(now=0) if m.info.is_report]
         got = sorted(str(r.address) for m in reports for r in m.recipients)
     assert got == ["MAILDIR:root", "SMTP:ann@example.org"]
+
+
+def test_the_rule_goes_to_a_listener_process_and_back_the_same() -> None:
+    rule = LocalNames.build(
+        {"root": ["root", "Admin@Example.org", "ops"], "ops": "MAILDIR:ops", "www-data": "root"},
+        address_type="MAILDIR",
+        host_names=["host.test", "localhost"],
+    )
+    again = LocalNames.from_dict(json.loads(json.dumps(rule.to_dict())))
+    assert again == rule
+    by_domain = LocalNames.build(domain="example.org", host_names=[])
+    assert LocalNames.from_dict(by_domain.to_dict()) == by_domain
+
+
+async def test_the_listener_delivers_mail_for_this_hosts_name_where_the_rule_says(
+    spooler: Spooler,
+) -> None:
+    """An application that sends its alerts to root@localhost over SMTP (as to a
+    local Postfix): the recipient is what [local_names] makes of root."""
+    rule = LocalNames.build(
+        {"www-data": "root"}, address_type="MAILDIR", host_names=["host.test", "localhost"]
+    )
+    checked: list[Address] = []
+
+    def check(address: Address) -> str | None:
+        checked.append(address)
+        return "no fax here" if address.type == "FAX" else None
+
+    listener = SubmissionListener(
+        spooler.submit,
+        ListenerConfig(port=0, hostname="host.test"),
+        check_recipient=check,
+        local_names=rule,
+    )
+    await listener.start()
+    try:
+        errors, _ = await aiosmtplib.send(
+            b"Subject: disk full\r\n\r\n/ is 99% full\r\n",
+            sender="monitor@host.test",
+            recipients=["root@localhost", "www-data@HOST.test", "bob@example.org"],
+            hostname="127.0.0.1",
+            port=listener.port,
+        )
+    finally:
+        await listener.stop(grace=1.0)
+    assert errors == {}
+    # The routing check saw where each goes; root once, the sender as written.
+    assert checked == [
+        Address("MAILDIR", "root"),
+        Address("MAILDIR", "root"),
+        smtp("bob@example.org"),
+    ]
+    [summary] = [s for s in await spooler.store.list_messages(now=0) if not s.info.is_report]
+    assert [r.address for r in summary.recipients] == [
+        Address("MAILDIR", "root"),
+        smtp("bob@example.org"),
+    ]
+    assert summary.info.sender == smtp("monitor@host.test")
+
+
+async def test_the_listener_refuses_what_a_host_name_becomes_when_nothing_takes_it(
+    spooler: Spooler,
+) -> None:
+    rule = LocalNames.build(address_type="FAX", host_names=["localhost"])
+    listener = SubmissionListener(
+        spooler.submit,
+        ListenerConfig(port=0),
+        check_recipient=lambda a: "no transport serves FAX" if a.type == "FAX" else None,
+        local_names=rule,
+    )
+    await listener.start()
+    try:
+        with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as info:
+            await aiosmtplib.send(
+                b"Subject: x\r\n\r\nb\r\n",
+                sender="a@example.org",
+                recipients=["root@localhost"],
+                hostname="127.0.0.1",
+                port=listener.port,
+            )
+    finally:
+        await listener.stop(grace=1.0)
+    [refused] = info.value.recipients
+    assert refused.code == 550
+    assert "no transport serves FAX" in refused.message

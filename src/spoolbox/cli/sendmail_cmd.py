@@ -135,7 +135,7 @@ def _flush(client: Client) -> int:
 def _smtp_options(profile: Profile, hostname: str) -> dict[str, Any]:
     """``-bs`` takes the host name, the size limit and the default address type of
     the profile's SMTP listener, when there is one (the same dialogue, the same mail)."""
-    options: dict[str, Any] = {"hostname": hostname}
+    options: dict[str, Any] = {"hostname": hostname, "local_names": profile.local_names}
     for listener in profile.listeners:
         if listener.kind == "smtp":
             for key in ("hostname", "max_message_size", "default_address_type"):

@@ -50,6 +50,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from ..ingress.listener import ListenerConfig, host_port, listen_socket
+from ..ingress.local_names import LocalNames
 from ..routing import RoutingTable
 from .pipes import end_processes, hand_over
 from .restarts import restart_delay
@@ -103,6 +104,7 @@ class ListenerProcesses:
         secrets: Iterable[str] = (),
         log_format: str = "auto",
         dsn: str | None = None,
+        local_names: LocalNames | None = None,
     ) -> None:
         if processes < 1:
             raise ValueError(f"processes must be at least 1, not {processes}")
@@ -121,6 +123,7 @@ class ListenerProcesses:
         self._secrets = sorted(set(secrets))
         self._log_format = log_format
         self._dsn = dsn
+        self._local_names = None if local_names is None else local_names.to_dict()
         self._sock: socket.socket | None = None
         self._workers = [_WorkerHandle() for _ in range(processes)]
         self._tasks: set[asyncio.Task[None]] = set()
@@ -217,6 +220,7 @@ class ListenerProcesses:
             secrets=self._secrets,
             log_format=self._log_format,
             dsn=self._dsn,
+            local_names=self._local_names,
         )
         proc = await asyncio.create_subprocess_exec(
             sys.executable,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from ..ingress.listener import ListenerConfig, SubmissionListener
+from ..ingress.local_names import LocalNames
 from ..model import NewMessage
 from ..routing import refusal
 from ..store.postgres_open import postgres_store
@@ -154,6 +155,11 @@ class _WorkerProcess:
                 check_recipient=lambda address: refusal(self.table, str(address)),
                 no_room=room_check(
                     "postgres" if self.spec.dsn else "sqlite", Path(self.spec.store)
+                ),
+                local_names=(
+                    None
+                    if self.spec.local_names is None
+                    else LocalNames.from_dict(self.spec.local_names)
                 ),
             )
             try:

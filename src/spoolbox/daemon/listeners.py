@@ -61,7 +61,7 @@ class _Running:
 def _signature(profile: Profile, settings: ListenerSettings) -> tuple[Any, ...]:
     """Everything a listener is built from: after a reload, one whose signature is the
     same keeps running."""
-    built = (settings, _with_hostname(settings.options, profile))
+    built = (settings, _with_hostname(settings.options, profile), profile.local_names)
     if not settings.processes:
         return built
     store = profile.store
@@ -159,6 +159,7 @@ class Listeners:
                         config,
                         check_recipient=self._check_recipient,
                         no_room=room_check(profile.store.backend, profile.store.path),
+                        local_names=profile.local_names,
                     )
                 await _maybe_await(server.start())
                 port = getattr(server, "port", None)
@@ -312,6 +313,7 @@ class Listeners:
             secrets=profile.secret_values,
             log_format=self._log_format,
             dsn=profile.store.dsn if profile.store.backend == "postgres" else None,
+            local_names=profile.local_names,
         )
 
 

@@ -62,6 +62,7 @@ class WorkerSpec:
     secrets: list[str] = field(default_factory=list)  # redacted from the worker's log
     log_format: str = "auto"  # [log] format: the worker decides "auto" itself
     dsn: str | None = None  # [store] backend = "postgres": the database (a secret)
+    local_names: dict[str, Any] | None = None  # the profile's [local_names], to_dict()
 
     def to_json(self) -> str:
         return json.dumps(
@@ -78,6 +79,7 @@ class WorkerSpec:
                 "secrets": self.secrets,
                 "log_format": self.log_format,
                 "dsn": self.dsn,
+                "local_names": self.local_names,
             }
         )
 

@@ -79,6 +79,7 @@ from ..smtp.server import (
     StartTLS,
 )
 from .config import ListenerConfig
+from .local_names import LocalNames
 
 __all__ = [
     "MAX_HOPS",
@@ -410,7 +411,11 @@ class _Connection(asyncio.Protocol):
         message_id = new_message_id()
         try:
             sender = listener._address(event.sender) if event.sender else None
-            recipients = tuple(listener._address(r) for r in event.recipients)
+            recipients = tuple(
+                dict.fromkeys(
+                    a for r in event.recipients for a in listener._here(listener._address(r))
+                )
+            )
             trace = listener._received(self, event, message_id)
             message = NewMessage(
                 sender=sender, recipients=recipients, content=trace + event.content, id=message_id
@@ -585,8 +590,12 @@ class SubmissionListener:
         *,
         check_recipient: RecipientCheck | None = None,
         no_room: Callable[[int], str | None] | None = None,
+        local_names: LocalNames | None = None,
     ) -> None:
         self._submit = submit
+        #: The profile's [local_names]: a recipient at this host's own name
+        #: (root@localhost) is what it stands for (MAILDIR:root, root's alias).
+        self._local_names = local_names
         self._check_recipient = check_recipient
         self._no_room = no_room
         self._no_room_said = -_WARN_INTERVAL
@@ -847,7 +856,12 @@ class SubmissionListener:
         ):
             self._reject("relay")
             return f"554 5.7.1 <{_clean(addr.value, 300)}>: Relay access denied"
-        problem = self._check_recipient(addr) if self._check_recipient is not None else None
+        problem = None
+        if self._check_recipient is not None:
+            for target in self._here(addr):  # root@localhost: where it goes
+                problem = self._check_recipient(target)
+                if problem is not None:
+                    break
         if problem is not None:
             # RFC 3463 X.1.2, "bad destination system address": this address names a
             # destination nothing here can reach.  (X.1.1 would say the mailbox does
@@ -888,6 +902,14 @@ class SubmissionListener:
         if len(value) > 254:
             raise AddressError(f"address is {len(value)} octets long; the limit is 254")
         return addr
+
+    def _here(self, addr: Address) -> tuple[Address, ...]:
+        """A recipient's addresses: itself, or what an address at this host's own name
+        stands for (``[local_names] host_names``: root@localhost is MAILDIR:root), as
+        Postfix delivers mail for ``mydestination`` locally."""
+        rule = self._local_names
+        found = rule.at_this_host(addr) if rule is not None else None
+        return found if found else (addr,)
 
     def _admit(self, conn: _Connection) -> str | None:
         """Whether a new connection may be served: None, or the 421 that ends it (too

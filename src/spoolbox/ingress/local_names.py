@@ -31,6 +31,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..model import Address, AddressError
 from ..model.address import smtp_value_error
@@ -113,6 +114,25 @@ class LocalNames:
             address_type=address_type,
             expanded=expanded,
             host_names=frozenset(hosts),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The rule as JSON (for a listener's processes); :meth:`from_dict` builds it
+        again (the aliases as their expanded addresses)."""
+        return {
+            "aliases": {name: [str(a) for a in found] for name, found in self.expanded.items()},
+            "domain": self.domain,
+            "address_type": self.address_type,
+            "host_names": sorted(self.host_names),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LocalNames:
+        return cls.build(
+            data.get("aliases") or {},
+            domain=data.get("domain"),
+            address_type=data.get("address_type"),
+            host_names=data.get("host_names") or (),
         )
 
     def resolve(self, name: str) -> tuple[Address, ...]:

@@ -30,6 +30,7 @@ from typing import BinaryIO
 
 from ..model import NewMessage
 from .listener import ListenerConfig, SubmissionListener
+from .local_names import LocalNames
 from .sendmail import EX_OK, Submit
 
 __all__ = ["serve_smtp_session"]
@@ -185,11 +186,13 @@ async def serve_smtp_session(
     default_address_type: str = "SMTP",
     stdin_fd: int = 0,
     stdout_fd: int = 1,
+    local_names: LocalNames | None = None,
 ) -> int:
     """Serve one SMTP session on ``stdin_fd``/``stdout_fd``, queueing through ``submit``;
     returns the exit code (0: the session ended, whatever the client did in it).
     ``default_address_type`` is the type of the addresses in MAIL and RCPT, as the
-    listener's option of that name."""
+    listener's option of that name; ``local_names`` (the profile's ``[local_names]``)
+    makes an address at this host's own name what it stands for, as the listener does."""
     pending: set[asyncio.Future[object]] = set()
     idle = asyncio.Event()
     idle.set()
@@ -216,6 +219,7 @@ async def serve_smtp_session(
             default_address_type=default_address_type,
             port=0,
         ),
+        local_names=local_names,
     )
     protocol = listener.session()
     loop = asyncio.get_running_loop()
