@@ -695,11 +695,14 @@ class SubmissionListener:
         connection over a limit is closed at once: no handshake is spent on it, and
         a 421 in clear text could not be read by a client that speaks TLS first."""
         loop = asyncio.get_running_loop()
+        said = -_WARN_INTERVAL
         while True:
             try:
                 sock, peer = await loop.sock_accept(lsock)
             except OSError as exc:  # out of file descriptors, mostly: try again soon
-                log.warning("SMTP listener cannot accept a connection: %s", exc)
+                if time.monotonic() - said >= _WARN_INTERVAL:  # (once a minute)
+                    said = time.monotonic()
+                    log.warning("SMTP listener cannot accept a connection: %s", exc)
                 await asyncio.sleep(0.1)
                 continue
             conn = _Connection(self)
