@@ -5,11 +5,15 @@ loop and in a process of its own; a reload that changes the rule restarts it."""
 
 from __future__ import annotations
 
+import json
 import smtplib
 
 import pytest
 
 from conftest import DEADLINE, Daemons, Home, wait_until
+from spoolbox import Address, NewMessage
+from spoolbox.api.client import Client
+from spoolbox.profile import load_profile
 
 
 def _send(home: Home, to: str, subject: str) -> None:
@@ -37,3 +41,31 @@ def test_root_at_localhost_is_delivered_here(home: Home, daemons: Daemons, proce
     wait_until("the alert in admin's Maildir", lambda: "disk still full" in home.delivered())
     [file] = home.delivered()["disk still full"]
     assert file.parent.parent.name == "admin"
+
+
+def test_the_python_api_takes_root_at_this_hosts_name_as_root(home: Home, daemons: Daemons) -> None:
+    """``spoolbox send`` and ``Client.submit`` (Django's backend goes through it), with
+    and without the daemon: as sendmail and the listener take it."""
+    host = load_profile(home.profile).spooler.hostname
+    r = home.run("send", "--to", f"root@{host}", "--subject", "offline", "--json")
+    assert r.returncode == 0, r.stderr
+    offline = json.loads(r.stdout)
+    assert offline["via"] == "store"
+    shown = home.json("queue", "show", offline["id"])
+    assert [x["address"] for x in shown["recipients"]] == ["MAILDIR:root"]
+    daemons.start(home)
+    client = Client(load_profile(home.profile))
+    result = client.submit(
+        NewMessage(
+            sender=Address("SMTP", "app@example.org"),
+            recipients=(Address("SMTP", "root@localhost"), Address("MAILDIR", "root")),
+            content=b"Subject: online\r\n\r\nbody\r\n",
+        )
+    )
+    assert result["via"] == "daemon"
+    wait_until(
+        "both in root's Maildir",
+        lambda: {"offline", "online"} <= set(home.delivered()),
+    )
+    assert home.json("queue", "show", result["id"])["recipients"][0]["address"] == "MAILDIR:root"
+    assert len(home.json("queue", "show", result["id"])["recipients"]) == 1  # root once

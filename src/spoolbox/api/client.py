@@ -39,6 +39,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -482,6 +483,7 @@ class Client:
     def submit(self, message: NewMessage, *, fallback: bool = True) -> dict[str, Any]:
         """Submit; returns ``{"id", "state", "via"}`` (via: "daemon", "store", or
         "maildrop" with state "dropped": :mod:`spoolbox.api.maildrop`)."""
+        message = self._here(message)
         args = _message_args(message, content=False)
         result = self._submit_via("submit", args, fallback, [message], content=message.content)
         ids = result.pop("ids", None)
@@ -586,8 +588,21 @@ class Client:
         """Submit all of ``messages`` in one durable transaction, or none (see
         :meth:`spoolbox.Spooler.submit_many`); returns ``{"ids", "state", "via"}``.
         At most ``MAX_SUBMIT_MANY`` (10,000) messages a call."""
+        messages = [self._here(m) for m in messages]
         args = {"messages": [_message_args(m) for m in messages]}
         return self._submit_via("submit_many", args, fallback, messages)
+
+    def _here(self, message: NewMessage) -> NewMessage:
+        """``message`` with each recipient at this host's own name (``root@localhost``)
+        as the profile's ``[local_names]`` makes it (``MAILDIR:root``), as sendmail and
+        the SMTP listener take it."""
+        rule = self.profile.local_names
+        if rule is None:
+            return message
+        found = tuple(
+            dict.fromkeys(a for r in message.recipients for a in (rule.at_this_host(r) or (r,)))
+        )
+        return message if found == message.recipients else replace(message, recipients=found)
 
     def _refuse_unroutable(self, messages: Sequence[NewMessage]) -> None:
         """Without the daemon, the rule it applies, on the profile's declared address
