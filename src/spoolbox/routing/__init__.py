@@ -84,7 +84,7 @@ def domain_of(value: str) -> str | None:
         return None
     domain = domain.strip().rstrip(".").lower()
     if domain.startswith("[") or not domain:
-        return domain or None  # an address literal: only an exact entry names it
+        return domain or None  # an address literal: no domains entry names one
     if not domain.isascii():
         try:
             domain = domain.encode("idna").decode("ascii")
