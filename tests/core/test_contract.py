@@ -4,11 +4,13 @@ cancel, inbound commit and rollback."""
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
 import pytest
 from helpers import FAST, SLOW_TIMERS, message, spooler, transport, until
 
-from spoolbox import MessageState, RecipientState
+from spoolbox import AlwaysIdle, MessageState, RecipientState, Spooler, SpoolerConfig, SQLiteStore
 from spoolbox.model import (
     LogonFlags,
     StatusCode,
@@ -376,3 +378,28 @@ async def test_a_transport_neither_outbound_nor_inbound_stops_cleanly(
         info = await sp.submit(message("SMTP:bob@example.org"))
         assert await sp.wait_for(info.id, timeout=5) is MessageState.SENT
     assert "lane crashed" not in caplog.text
+
+
+async def test_mail_queued_before_a_transport_was_limited_to_domains_is_routed_again(
+    tmp_path: Any,
+) -> None:
+    """Recipients queued for ``corp`` before a reload limited it to corp.example: at
+    the start its other recipients go back to routing (to the smart host), as Postfix
+    resolves deferred mail again; corp.example's stay with it."""
+    store = SQLiteStore(tmp_path / "spool.sqlite3")
+    await store.open()
+    queued = message("SMTP:ann@example.org", "SMTP:bob@corp.example")
+    await store.submit(queued, now=time.time(), lifetime=3600, routes=["corp", "corp"])
+    await store.close()
+    relay, corp = Script(("SMTP",)), Script(("SMTP",))
+    limited = transport("corp", corp, domains=frozenset({"corp.example"}))
+    cfg = SpoolerConfig(
+        transports=(transport("relay", relay), limited), policy=FAST, node="test-node"
+    )
+    async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
+        assert await sp.wait_for(queued.id, timeout=5) is MessageState.SENT
+        recipients = await sp.store.recipients(queued.id)
+    assert [(r.address.value, r.route) for r in recipients] == [
+        ("ann@example.org", "relay"),
+        ("bob@corp.example", "corp"),
+    ]

@@ -28,7 +28,7 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -254,9 +254,21 @@ class Spooler:
                     self._providers[cls] = cls()  # XPProviderInit: one provider object per class
                 self.hosts.append(TransportHost(self._runtime, self, entry, self._providers[cls]))
             known = [h.name for h in self.hosts]
-            moved = await self.store.reroute_missing(known)
+            # Queued for a transport that is gone, or that is now limited to other
+            # domains: routed again (a reload that changed ``domains`` applies to the
+            # mail already queued, as Postfix resolves deferred mail again).
+            limited = {
+                e.name: _domain_check(e)
+                for e in self.config.declared_routes().entries
+                if e.domains is not None
+            }
+            moved = await self.store.reroute_missing(known, limited=limited)
             if moved:
-                log.info("%d recipients were routed to transports no longer configured", moved)
+                log.info(
+                    "%d queued recipients routed again: their transport is no longer "
+                    "configured, or no longer serves their domain",
+                    moved,
+                )
         except BaseException:
             await self._close_store_now()
             raise
@@ -670,3 +682,8 @@ class Spooler:
         # Called by the slice meter when the stall ends, with its whole length.
         self._stalls.append((name, held))
         del self._stalls[:-100]
+
+
+def _domain_check(entry: RouteEntry) -> Callable[[Address], bool]:
+    """Whether ``entry``'s ``domains`` take an address (:meth:`Store.reroute_missing`)."""
+    return lambda address: entry.serves_domain(address.value)

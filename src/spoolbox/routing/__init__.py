@@ -128,8 +128,10 @@ class RouteEntry:
         """Whether it takes a recipient of ``address_type`` (and ``value``, for a
         transport limited to ``domains``: without a value such a transport serves
         nothing)."""
-        if not self.serves_type(address_type):
-            return False
+        return self.serves_type(address_type) and self.serves_domain(value)
+
+    def serves_domain(self, value: str | None) -> bool:
+        """Whether its ``domains`` take an address's ``value`` (always, without a limit)."""
         return self.domains is None or _in_domains(self.domains, value)
 
     def describe(self) -> str:

@@ -36,11 +36,12 @@ Rules every backend keeps:
 from __future__ import annotations
 
 import errno
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from ..model import (
+    Address,
     MessageInfo,
     MessageState,
     MessageSummary,
@@ -53,6 +54,7 @@ from ..model import (
 )
 
 __all__ = [
+    "AddressCheck",
     "ClaimedJob",
     "InboundMessage",
     "InboxEntry",
@@ -65,6 +67,8 @@ __all__ = [
 ]
 
 JSONValue = Any  # JSON-serialisable: None, bool, int, float, str, list, dict
+#: Whether a transport (still) serves an address: :meth:`Store.reroute_missing`.
+AddressCheck = Callable[[Address], bool]
 
 
 class StoreError(RuntimeError):
@@ -254,9 +258,13 @@ class Store(Protocol):
         """Set ``route`` of QUEUED recipients: ``(message_id, index, transport)``."""
         ...
 
-    async def reroute_missing(self, known: Sequence[str]) -> int:
+    async def reroute_missing(
+        self, known: Sequence[str], *, limited: Mapping[str, AddressCheck] | None = None
+    ) -> int:
         """Unroute QUEUED/PARKED recipients whose route is not in ``known`` (a
-        transport removed from the profile); returns how many."""
+        transport removed from the profile), and those routed to a transport in
+        ``limited`` whose check refuses their address (a transport now limited to
+        other domains); returns how many."""
         ...
 
     # -- claims --------------------------------------------------------------------

@@ -29,6 +29,7 @@ from ..model import (
 )
 from . import retention, rules
 from .base import (
+    AddressCheck,
     ClaimedJob,
     InboundMessage,
     InboxEntry,
@@ -210,15 +211,21 @@ class MemoryStore(MemoryCluster):
                 continue
             self._set(replace(r, route=transport))
 
-    async def reroute_missing(self, known: Sequence[str]) -> int:
+    async def reroute_missing(
+        self, known: Sequence[str], *, limited: Mapping[str, AddressCheck] | None = None
+    ) -> int:
         names = set(known)
+        checks = limited or {}
         n = 0
         for rows in self._rcpts.values():
             for r in rows:
                 if (
                     r.state in (_R.QUEUED, _R.PARKED)
                     and r.route is not None
-                    and r.route not in names
+                    and (
+                        r.route not in names
+                        or (r.route in checks and not checks[r.route](r.address))
+                    )
                 ):
                     back = _R.HELD if self._messages[r.message_id].held else _R.QUEUED
                     self._set(replace(r, state=back, route=None))

@@ -387,6 +387,44 @@ async def _reroute_missing(store: Store) -> None:
     _equal(await store.reroute_missing(["y"]), 0, "reroute_missing() a second time")
 
 
+@_check
+async def _reroute_missing_limited(store: Store) -> None:
+    # Transport x now serves only corp.example: its other queued and parked
+    # recipients go back to routing, an ACTIVE one and y's stay.
+    parked = await _submit(store, "X:p@example.org", id="m-parked")
+    job = await _claim_one(store)
+    await _settle_all(store, job, _R.PARKED, now=_T0)
+    await _submit(store, "X:a@example.org", id="m-active")
+    await _claim_one(store)
+    await _submit(store, "X:q@example.org", "X:k@corp.example", id="m-queued")
+    await _submit(store, "Y:y@example.org", id="m-other")
+    seen: list[str] = []
+
+    def corp(address: Address) -> bool:
+        seen.append(address.value)
+        return address.value.endswith("@corp.example")
+
+    n = await store.reroute_missing(["x", "y"], limited={"x": corp})
+    _equal(n, 2, "reroute_missing(limited=x: corp.example) count")
+    _equal(
+        [(r.state, r.route) for r in await store.recipients("m-queued")],
+        [(_R.QUEUED, None), (_R.QUEUED, "x")],
+        "m-queued: example.org back to routing, corp.example kept on x",
+    )
+    rec = (await store.recipients(parked.id))[0]
+    _equal((rec.state, rec.route), (_R.QUEUED, None), "a PARKED recipient of x, refused")
+    rec = (await store.recipients("m-active"))[0]
+    _equal((rec.state, rec.route), (_R.ACTIVE, "x"), "an ACTIVE recipient keeps its route")
+    rec = (await store.recipients("m-other"))[0]
+    _equal((rec.state, rec.route), (_R.QUEUED, "y"), "a recipient of a transport not limited")
+    _equal("y@example.org" in seen, False, "the check asked only about x's recipients")
+    _equal(
+        await store.reroute_missing(["x", "y"], limited={"x": corp}),
+        0,
+        "reroute_missing(limited) a second time",
+    )
+
+
 # -- claims -----------------------------------------------------------------------------
 
 

@@ -131,6 +131,11 @@ SELECT_ROUTED_ELSEWHERE = (
     "WHERE state IN ('queued', 'parked') AND route IS NOT NULL AND route <> ALL(%s) "
     "ORDER BY message_id, idx FOR UPDATE"
 )
+SELECT_ROUTED_TO = (
+    f"SELECT {RECIPIENT_COLUMNS} FROM recipients "
+    "WHERE state IN ('queued', 'parked') AND route = ANY(%s) "
+    "ORDER BY message_id, idx FOR UPDATE"
+)
 ASSIGN_ROUTE = (
     "UPDATE recipients SET route = %s WHERE message_id = %s AND idx = %s AND state = 'queued'"
 )

@@ -32,6 +32,7 @@ from ...model import (
 )
 from .. import retention, rules
 from ..base import (
+    AddressCheck,
     ClaimedJob,
     InboundMessage,
     InboxEntry,
@@ -161,16 +162,27 @@ async def assign_routes(conn: Conn, assignments: Sequence[tuple[str, int, str]])
     await notify(conn, {t for _, _, t in ordered})
 
 
-async def reroute_missing(conn: Conn, known: Sequence[str]) -> int:
-    rows = await _all(conn, _q.SELECT_ROUTED_ELSEWHERE, (list(known),))
+async def reroute_missing(
+    conn: Conn, known: Sequence[str], limited: Mapping[str, AddressCheck]
+) -> int:
+    moved = [
+        recipient_from_row(row)
+        for row in await _all(conn, _q.SELECT_ROUTED_ELSEWHERE, (list(known),))
+    ]
+    if limited:  # (only the rows of the transports limited to domains are read)
+        rows = await _all(conn, _q.SELECT_ROUTED_TO, (sorted(limited),))
+        moved += [
+            r
+            for r in map(recipient_from_row, rows)
+            if (check := limited.get(r.route or "")) is not None and not check(r.address)
+        ]
     held = _HeldCache(conn)
-    for row in rows:
-        r = recipient_from_row(row)
+    for r in moved:
         back = _R.HELD if await held(r.message_id) else _R.QUEUED
         await _move(conn, r, replace(r, state=back, route=None))
-    if rows:
+    if moved:
         await notify(conn, {ROUTE})
-    return len(rows)
+    return len(moved)
 
 
 # -- claims ----------------------------------------------------------------------------

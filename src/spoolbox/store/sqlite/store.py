@@ -62,6 +62,7 @@ from ...model import (
 )
 from .. import retention
 from ..base import (
+    AddressCheck,
     ClaimedJob,
     InboundMessage,
     InboxEntry,
@@ -366,10 +367,13 @@ class SQLiteStore(SQLiteCluster):
         items = list(assignments)
         await self._run("assign_routes", functools.partial(tx.assign_routes, assignments=items))
 
-    async def reroute_missing(self, known: Sequence[str]) -> int:
+    async def reroute_missing(
+        self, known: Sequence[str], *, limited: Mapping[str, AddressCheck] | None = None
+    ) -> int:
         names = list(known)
         return await self._run(
-            "reroute_missing", functools.partial(tx.reroute_missing, known=names)
+            "reroute_missing",
+            functools.partial(tx.reroute_missing, known=names, limited=dict(limited or {})),
         )
 
     # -- claims --------------------------------------------------------------------

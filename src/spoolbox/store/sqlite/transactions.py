@@ -30,6 +30,7 @@ from ...model import (
 )
 from .. import retention, rules
 from ..base import (
+    AddressCheck,
     ClaimedJob,
     InboundMessage,
     InboxEntry,
@@ -168,7 +169,9 @@ def assign_routes(conn: sqlite3.Connection, assignments: Sequence[tuple[str, int
     )
 
 
-def reroute_missing(conn: sqlite3.Connection, known: Sequence[str]) -> int:
+def reroute_missing(
+    conn: sqlite3.Connection, known: Sequence[str], limited: Mapping[str, AddressCheck]
+) -> int:
     names = set(known)
     rows = [
         recipient_from_row(r)
@@ -178,7 +181,7 @@ def reroute_missing(conn: sqlite3.Connection, known: Sequence[str]) -> int:
     held = _HeldCache(conn)
     n = 0
     for r in rows:
-        if r.route in names:
+        if r.route in names and (r.route not in limited or limited[r.route](r.address)):
             continue
         back = _R.HELD if held(r.message_id) else _R.QUEUED
         _move(conn, r, replace(r, state=back, route=None))
