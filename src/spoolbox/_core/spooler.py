@@ -262,7 +262,11 @@ class Spooler:
                 for e in self.config.declared_routes().entries
                 if e.domains is not None
             }
-            moved = await self.store.reroute_missing(known, limited=limited)
+            moved = await (  # (a store written before `limited` works without domains)
+                self.store.reroute_missing(known, limited=limited)
+                if limited
+                else self.store.reroute_missing(known)
+            )
             if moved:
                 log.info(
                     "%d queued recipients routed again: their transport is no longer "
