@@ -381,7 +381,7 @@ async def test_a_transport_neither_outbound_nor_inbound_stops_cleanly(
 
 
 async def test_mail_queued_before_a_transport_was_limited_to_domains_is_routed_again(
-    tmp_path: Any,
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Recipients queued for ``corp`` before a reload limited it to corp.example: at
     the start its other recipients go back to routing (to the smart host), as Postfix
@@ -403,3 +403,4 @@ async def test_mail_queued_before_a_transport_was_limited_to_domains_is_routed_a
         ("ann@example.org", "relay"),
         ("bob@corp.example", "corp"),
     ]
+    assert "1 queued recipient routed again: their transport is no longer" in caplog.text

@@ -269,9 +269,10 @@ class Spooler:
             )
             if moved:
                 log.info(
-                    "%d queued recipients routed again: their transport is no longer "
+                    "%d queued recipient%s routed again: their transport is no longer "
                     "configured, or no longer serves their domain",
                     moved,
+                    "" if moved == 1 else "s",
                 )
         except BaseException:
             await self._close_store_now()
