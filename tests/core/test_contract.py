@@ -4,6 +4,7 @@ cancel, inbound commit and rollback."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -386,6 +387,7 @@ async def test_mail_queued_before_a_transport_was_limited_to_domains_is_routed_a
     """Recipients queued for ``corp`` before a reload limited it to corp.example: at
     the start its other recipients go back to routing (to the smart host), as Postfix
     resolves deferred mail again; corp.example's stay with it."""
+    caplog.set_level(logging.INFO, logger="spoolbox.spooler")
     store = SQLiteStore(tmp_path / "spool.sqlite3")
     await store.open()
     queued = message("SMTP:ann@example.org", "SMTP:bob@corp.example")
