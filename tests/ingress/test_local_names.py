@@ -100,6 +100,8 @@ def test_an_address_at_this_hosts_own_name_is_its_local_name() -> None:
     assert rule.at_this_host(smtp("Root@MAIL.test.")) == (smtp("admin@example.org"),)
     assert rule.at_this_host(smtp("bob@localhost")) == (Address("MAILDIR", "bob"),)
     assert rule.local_part(smtp("bob@localhost")) == "bob"
+    assert rule.stands_for(smtp("bob@localhost")) == (Address("MAILDIR", "bob"),)
+    assert rule.stands_for(smtp("bob@example.org")) == (smtp("bob@example.org"),)
     for other in (
         smtp("root@example.org"),  # another domain
         smtp("root@sub.mail.test"),  # not the name itself

@@ -599,9 +599,8 @@ class Client:
         rule = self.profile.local_names
         if rule is None:
             return message
-        found = tuple(
-            dict.fromkeys(a for r in message.recipients for a in (rule.at_this_host(r) or (r,)))
-        )
+        found = tuple(a for r in message.recipients for a in rule.stands_for(r))
+        # (NewMessage keeps each recipient once: root@localhost beside MAILDIR:root)
         return message if found == message.recipients else replace(message, recipients=found)
 
     def _refuse_unroutable(self, messages: Sequence[NewMessage]) -> None:

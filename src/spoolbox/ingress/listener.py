@@ -411,10 +411,8 @@ class _Connection(asyncio.Protocol):
         message_id = new_message_id()
         try:
             sender = listener._address(event.sender) if event.sender else None
-            recipients = tuple(
-                dict.fromkeys(
-                    a for r in event.recipients for a in listener._here(listener._address(r))
-                )
+            recipients = tuple(  # (NewMessage keeps each recipient once)
+                a for r in event.recipients for a in listener._here(listener._address(r))
             )
             trace = listener._received(self, event, message_id)
             message = NewMessage(
@@ -477,10 +475,13 @@ class _Connection(asyncio.Protocol):
         assert certificate is not None
         # The context of the moment is chosen at the client's hello (_Certificate._choose).
         ctx = certificate.context
-        timeout = min(listener.config.idle_timeout, HANDSHAKE_TIMEOUT)
         try:
             tls = await self._loop.start_tls(
-                transport, self, ctx, server_side=True, ssl_handshake_timeout=timeout
+                transport,
+                self,
+                ctx,
+                server_side=True,
+                ssl_handshake_timeout=listener._handshake_timeout,
             )
         except Exception as exc:  # a failed handshake ends this session only
             self._handshaking = False
@@ -686,6 +687,11 @@ class SubmissionListener:
         return int(self._server.sockets[0].getsockname()[1])
 
     @property
+    def _handshake_timeout(self) -> float:
+        """How long a TLS handshake may take: ``idle_timeout``, 60 s at most."""
+        return min(self.config.idle_timeout, HANDSHAKE_TIMEOUT)
+
+    @property
     def _started(self) -> bool:
         return self._server is not None or self._lsock is not None
 
@@ -728,7 +734,7 @@ class SubmissionListener:
                 lambda: conn,
                 sock,
                 ssl=self._tls.context,
-                ssl_handshake_timeout=min(self.config.idle_timeout, HANDSHAKE_TIMEOUT),
+                ssl_handshake_timeout=self._handshake_timeout,
             )
             made = True
         except Exception as exc:  # a failed handshake ends this connection only
@@ -911,8 +917,7 @@ class SubmissionListener:
         stands for (``[local_names] host_names``: root@localhost is MAILDIR:root), as
         Postfix delivers mail for ``mydestination`` locally."""
         rule = self._local_names
-        found = rule.at_this_host(addr) if rule is not None else None
-        return found if found else (addr,)
+        return rule.stands_for(addr) if rule is not None else (addr,)
 
     def _admit(self, conn: _Connection) -> str | None:
         """Whether a new connection may be served: None, or the 421 that ends it (too

@@ -166,6 +166,11 @@ class LocalNames:
             return None
         return None if found == (address,) else found
 
+    def stands_for(self, address: Address) -> tuple[Address, ...]:
+        """The addresses ``address`` stands for: what :meth:`at_this_host` makes of an
+        address at this host's own name, else ``address`` itself."""
+        return self.at_this_host(address) or (address,)
+
     def _expand(
         self, name: str, table: Mapping[str, tuple[str, ...]], path: tuple[str, ...]
     ) -> tuple[Address, ...]:

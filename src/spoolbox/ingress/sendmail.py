@@ -396,8 +396,7 @@ def _at_this_host(address: Address, local: LocalNames | None) -> list[Address]:
     """``address``, or what it stands for when it is at this host's own name
     (``root@HOST``: ``[local_names]`` resolves ``root``), as Postfix delivers mail for
     ``mydestination`` locally."""
-    here = local.at_this_host(address) if local is not None else None
-    return list(here) if here else [address]
+    return list(local.stands_for(address)) if local is not None else [address]
 
 
 def _header_addresses(
