@@ -27,6 +27,7 @@ EXPECTED_TOP = {
     "Notify",
     "Policy",
     "Priority",
+    "RateLimit",
     "RecipientRecord",
     "RecipientState",
     "SQLiteStore",

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ._core.flush import FlushHandle, FlushReport, TransportFlushResult
     from ._core.idle import AlwaysIdle, IdlePolicy, LoopLagIdle, ManualIdle
     from ._core.policy import Policy
+    from ._core.rate import RateLimit
     from ._core.spooler import Spooler
     from .model import (
         Address,
@@ -75,6 +76,7 @@ __all__ = [
     "Notify",
     "Policy",
     "Priority",
+    "RateLimit",
     "RecipientRecord",
     "RecipientState",
     "SQLiteStore",
@@ -115,6 +117,7 @@ _WHERE = {
     "LoopLagIdle": "._core.idle",
     "ManualIdle": "._core.idle",
     "Policy": "._core.policy",
+    "RateLimit": "._core.rate",
     "Spooler": "._core.spooler",
     **dict.fromkeys(
         (

@@ -18,6 +18,7 @@ from ..model import Address, LogonFlags, default_hostname
 from ..routing import DomainError, RouteEntry, RoutingTable, domains_entry
 from ..store.retention import Retention
 from .policy import Policy
+from .rate import RateLimit
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -85,6 +86,9 @@ class TransportConfig:
     #: transports"): a provider that blocks, crashes or leaks takes down its child,
     #: not the spooler.  The provider must be importable (entry point or module:Class).
     isolate: bool = False
+    #: At most this many messages in any window of this length (:mod:`.rate`), as a
+    #: provider's sending limit asks; None: as fast as the lanes go.
+    max_rate: RateLimit | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):

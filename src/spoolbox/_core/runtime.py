@@ -26,6 +26,7 @@ from .destinations import Hold
 from .hooks import HookChain
 from .idle import IdlePolicy
 from .policy import Policy
+from .rate import RateWindows
 from .recovery import StoreOutages
 from .slices import SliceMeter
 
@@ -54,6 +55,8 @@ class Runtime:
     hostname: str = "localhost"  # SpoolerConfig.hostname: EHLO, Reporting-MTA, ...
     hooks: HookChain | None = None  # the profile's [[hooks]], None when there are none
     outages: StoreOutages = field(default_factory=StoreOutages)
+    #: Each transport's sends within its ``max_rate`` window (kept across sessions).
+    rates: RateWindows = field(default_factory=RateWindows)
 
     def store_failed(self) -> None:
         """A store call failed (:class:`~.recovery.StoreOutages`)."""

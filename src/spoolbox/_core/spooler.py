@@ -61,6 +61,7 @@ from .housekeeping import Housekeeper
 from .idle import IdlePolicy, LoopLagIdle
 from .node import NodeSettings, node_of, start_node
 from .policy import Policy
+from .rate import RateWindows
 from .router import Router
 from .runtime import SPOOLER_ROW, Runtime
 from .settlement import Settlement
@@ -89,6 +90,7 @@ class Spooler:
         idle: IdlePolicy | None = None,
         close_store: bool | None = None,
         rng: random.Random | None = None,
+        rates: RateWindows | None = None,
     ) -> None:
         self.config = config or SpoolerConfig()
         self.policy: Policy = self.config.policy
@@ -146,6 +148,7 @@ class Spooler:
             )
             if self.config.hooks
             else None,
+            rates=rates if rates is not None else RateWindows(),
         )
         self._destinations = DestinationBackoff(self.policy, self.clock)
         self._settlement = Settlement(
@@ -171,6 +174,12 @@ class Spooler:
             retention=self.config.retention,
         )
 
+    @property
+    def rates(self) -> RateWindows:
+        """Each transport's sends within its ``max_rate`` window (see ``rates`` of
+        :meth:`open`)."""
+        return self._runtime.rates
+
     def __repr__(self) -> str:
         return (
             f"<Spooler node={self.owner!r} transports={[h.name for h in self.hosts]} "
@@ -187,9 +196,20 @@ class Spooler:
         idle: IdlePolicy | None = None,
         close_store: bool | None = None,
         rng: random.Random | None = None,
+        rates: RateWindows | None = None,
     ) -> Spooler:
-        """A spooler to use as ``async with Spooler.open(config) as spooler:``."""
-        return cls(config, store=store, clock=clock, idle=idle, close_store=close_store, rng=rng)
+        """A spooler to use as ``async with Spooler.open(config) as spooler:``.
+        ``rates``: the ``max_rate`` windows of the spooler this one replaces (a
+        daemon's reload), so that a transport's sends before it still count."""
+        return cls(
+            config,
+            store=store,
+            clock=clock,
+            idle=idle,
+            close_store=close_store,
+            rng=rng,
+            rates=rates,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
     async def __aenter__(self) -> Spooler:

@@ -161,6 +161,8 @@ def transports_cmd(obj: Ctx, as_json: bool) -> None:
                 "outbound": transport.outbound,
                 "inbound": transport.inbound,
                 "domains": None if transport.domains is None else sorted(transport.domains),
+                "max_rate": None if transport.max_rate is None else str(transport.max_rate),
+                "sent_in_window": None,
             }
             for transport, raw in zip(
                 obj.profile().spooler.transports, obj.profile().raw_transports, strict=True
@@ -177,7 +179,7 @@ def transports_cmd(obj: Ctx, as_json: bool) -> None:
         table.add_row(provider["name"], provider["class"])
     console.print(table)
     table = Table(title=f"configured transports, in transport order (from the {source})")
-    for col in ("name", "provider", "address types", "out", "in", "logged on"):
+    for col in ("name", "provider", "address types", "out", "in", "logged on", "max rate"):
         table.add_column(col)
     for transport in configured:
         logged = (
@@ -192,5 +194,15 @@ def transports_cmd(obj: Ctx, as_json: bool) -> None:
             "yes" if transport["outbound"] else "no",
             "yes" if transport["inbound"] else "no",
             logged,
+            _rate_text(transport),
         )
     console.print(table)
+
+
+def _rate_text(transport: dict[str, Any]) -> str:
+    """``14/s``, and from the daemon how many of them the last window used."""
+    rate = transport.get("max_rate")
+    if not rate:
+        return ""
+    sent = transport.get("sent_in_window")
+    return rate if sent is None else f"{rate} ({sent} in the window now)"

@@ -22,6 +22,7 @@ from .. import (
     AddressError,
     MessageError,
     NewMessage,
+    RateLimit,
     Spooler,
     StoreError,
     StoreFull,
@@ -271,6 +272,7 @@ async def transports(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]
                 "outbound": host.entry.outbound,
                 "inbound": host.entry.inbound,
                 "domains": None if host.entry.domains is None else sorted(host.entry.domains),
+                **_rate_columns(spooler, host.name, host.entry.max_rate),
             }
         )
     return {"transports": out}
@@ -306,3 +308,12 @@ OPS: dict[str, _Handler] = {
     "transports": transports,
     "reload": reload,
 }
+
+
+def _rate_columns(spooler: Spooler, name: str, limit: RateLimit | None) -> dict[str, Any]:
+    """A transport's ``max_rate`` and how many messages its window holds now."""
+    if limit is None:
+        return {"max_rate": None, "sent_in_window": None}
+    window = spooler.rates.window(name, limit)
+    used = 0 if window is None else window.used(spooler.clock.now())
+    return {"max_rate": str(limit), "sent_in_window": used}

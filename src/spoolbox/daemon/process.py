@@ -51,6 +51,7 @@ from .. import (
     __version__,
     load_provider_class,
 )
+from .._core.rate import RateWindows
 from .._private import openness, private_dir
 from ..api.wire import NOT_RUNNING, ApiError
 from ..model import LogonFlags
@@ -128,6 +129,7 @@ class Daemon:
         self.renice = renice
         self.extra_secrets = dict(extra_secrets or {})
         self.spooler: Spooler | None = None
+        self._rates = RateWindows()
         self._ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
@@ -354,7 +356,8 @@ class Daemon:
         store = store_from_settings(profile.store, shared=shares_store(profile, len(self.workers)))
         idle = AlwaysIdle() if profile.idle == "always" else None
         cls = WakingSpooler if len(self.workers) else Spooler
-        spooler = cls.open(config, store=store, close_store=True, idle=idle)
+        # The max_rate windows outlive a reload: sends before it still count.
+        spooler = cls.open(config, store=store, close_store=True, idle=idle, rates=self._rates)
         # Its record and rows in the store, its flush part, the mailbox leases.
         spooler.as_node()
         await spooler.start()

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .. import Address, AddressError, Policy, SpoolerConfig, TransportConfig
+from .. import Address, AddressError, Policy, RateLimit, SpoolerConfig, TransportConfig
 from ..contract import LogonFlags
 from ..contract.options import Check
 from ..ingress.config import ListenerConfig
@@ -437,6 +437,7 @@ class _Transports:
             )
         types = tt.str_list("address_types")
         domains = _domains(tt)
+        max_rate = _max_rate(tt)
         options, miss, found = transport_options(
             tt.table("options"), name, self.base, self.environ, self.extra
         )
@@ -451,6 +452,7 @@ class _Transports:
             "logon_flags": LogonFlags.NO_DIALOG,
             "isolate": tt.flag("isolate", False),
             "domains": domains,
+            "max_rate": max_rate,
         }
         tt.done()
         spec: str | type = provider
@@ -461,6 +463,17 @@ class _Transports:
             self.configs.append(TransportConfig(name, spec, options=options, **kwargs))
         except ValueError as exc:
             raise tt.error("name", str(exc)) from None
+
+
+def _max_rate(tt: Table) -> RateLimit | None:
+    """``[[transports]] max_rate``: at most N messages in any period (``"14/s"``)."""
+    text = tt.text("max_rate")
+    if text is None:
+        return None
+    try:
+        return RateLimit.parse(text)
+    except ValueError as exc:
+        raise tt.error("max_rate", str(exc)) from None
 
 
 def _domains(tt: Table) -> frozenset[str] | None:

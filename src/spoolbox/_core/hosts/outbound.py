@@ -45,11 +45,15 @@ from ..policy import (
     plan_result,
 )
 from ..preprocess import Preprocessors
+from ..rate import SendWindow
 from ..slices import checkpoint
 from .base import CURRENT_MESSAGE, HostBase, log
 from .hooked import finish_outbound, stage_outbound
 
 __all__ = ["OutboundLane"]
+
+#: The shortest pause between two log lines saying that ``max_rate`` holds mail back.
+_RATE_LOG_INTERVAL = 60.0
 
 #: A job in a lane: its message's id and its claim token (two jobs of one message,
 #: claimed at different times, have different tokens).
@@ -88,6 +92,7 @@ class OutboundLane:
         # they may have lost (_recover).
         self._outages_seen = host.runtime.outages.count
         self._next_release = float("-inf")  # one release a second at most
+        self._rate_logged = float("-inf")  # when max_rate's wait was last logged
 
     @property
     def inflight(self) -> int:
@@ -138,6 +143,12 @@ class OutboundLane:
             or not host.gate_open()
         ):
             return False
+        window = self.send_window()
+        if window is not None:  # a hand-off is a send: within max_rate, or none
+            now = host.runtime.clock.now()
+            if window.room(now) < 1:
+                return False
+            window.take(now)
         self._reserved += 1
         return True
 
@@ -145,6 +156,9 @@ class OutboundLane:
         """A reserved hand-off that did not come; ``failed``: its submit failed, and
         may have committed its claim all the same (:meth:`claim_lost`)."""
         self._reserved -= 1
+        window = self.send_window()
+        if window is not None:
+            window.give_back()
         if failed:
             self.claim_lost()
 
@@ -284,9 +298,33 @@ class OutboundLane:
             self._host.wake.set()
             return
 
+    def send_window(self) -> SendWindow | None:
+        """The transport's ``max_rate`` window (None: no limit)."""
+        host = self._host
+        return host.runtime.rates.window(host.name, host.entry.max_rate)
+
+    async def _wait_for_room(self, window: SendWindow) -> None:
+        """``max_rate`` has no room now: wait until the oldest send in the window is a
+        window old (or the session stops); what is queued stays queued meanwhile."""
+        host = self._host
+        clock = host.runtime.clock
+        now = clock.now()
+        wait = window.next_at(now) - now
+        if now - self._rate_logged >= _RATE_LOG_INTERVAL:
+            self._rate_logged = now
+            log.info(
+                "transport %r: max_rate %s reached; the next message in %.3g s (the rest "
+                "stays queued)",
+                host.name,
+                window.limit,
+                wait,
+            )
+        await wait_event(clock, host.stop_event, wait)
+
     async def _wait_for_jobs(self, limit: int) -> list[ClaimedJob]:
         """Claim work, waiting for it (woken by routing, a retry time, a flush); an
-        empty list means the session is stopping."""
+        empty list means the session is stopping.  With ``max_rate``, no more than the
+        window has room for: a claimed message is a message sent."""
         host = self._host
         runtime = host.runtime
         while not (host.stopping or host.critical_error):
@@ -296,15 +334,24 @@ class OutboundLane:
             if host.stopping or host.critical_error:
                 break
             host.wake.clear()
+            window = self.send_window()
+            now = runtime.clock.now()
+            room = limit
+            if window is not None:
+                room = min(limit, window.room(now))
+                if room == 0:
+                    await self._wait_for_room(window)
+                    continue
             try:
                 if runtime.outages.count != self._outages_seen:
                     await self._recover()
+                now = runtime.clock.now()
                 jobs = await runtime.store.claim(
                     host.name,
                     owner=runtime.owner,
-                    now=runtime.clock.now(),
+                    now=now,
                     lease=runtime.policy.lease,
-                    limit=limit,
+                    limit=room,
                     # A flush makes deferred mail ready once (retry_transport) instead
                     # of ignoring retry times, so a failure during it is not retried hot.
                     ignore_retry=False,
@@ -320,6 +367,8 @@ class OutboundLane:
                 continue
             self._store_trouble.ok()
             if jobs:
+                if window is not None:
+                    window.take(now, len(jobs))
                 host.port.messages_changed()
                 return jobs
             try:

@@ -1,0 +1,121 @@
+"""``[[transports]] max_rate``: a real daemon, its SMTP listener, the smtp transport to
+a real aiosmtpd server that notes when each message arrives; the profile as ``spoolbox
+init --relay`` writes it, plus ``max_rate``."""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as AiosmtpdSMTP
+from aiosmtpd.smtp import Envelope, Session
+
+from conftest import CLI, DEADLINE, Daemons, Home, _env, wait_until
+
+
+class _Server:
+    def __init__(self) -> None:
+        self.arrived: list[float] = []
+
+    async def handle_DATA(self, server: AiosmtpdSMTP, session: Session, envelope: Envelope) -> str:
+        self.arrived.append(time.monotonic())
+        return "250 2.0.0 queued"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[int, _Server]]:
+    handler, port = _Server(), _free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield port, handler
+    finally:
+        controller.stop()
+
+
+def _home(directory: Path, relay: int, rate: str) -> Home:
+    r = subprocess.run(
+        [
+            *CLI,
+            "init",
+            "--dir",
+            str(directory),
+            "--smtp-port",
+            "0",
+            "--relay",
+            f"127.0.0.1:{relay}",
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=DEADLINE,
+    )
+    assert r.returncode == 0, r.stderr
+    home = Home(directory)
+    text = home.profile.read_text()
+    old = '\nname = "relay"\n'
+    assert old in text
+    text = text.replace(old, old + f"max_rate = {rate}\n", 1)
+    old = f"port = {relay}\n"
+    home.profile.write_text(text.replace(old, old + 'tls = "none"\n', 1))
+    return home
+
+
+def test_the_relay_keeps_to_its_rate(
+    tmp_path: Path, daemons: Daemons, server: tuple[int, _Server]
+) -> None:
+    port, sink = server
+    home = _home(tmp_path / "d", port, '"4/s"')
+    listed = {t["name"]: t for t in home.json("transports")["configured"]}
+    assert (listed["relay"]["max_rate"], listed["local"]["max_rate"]) == ("4/s", None)
+    assert "4/s" in home.run("transports").stdout
+    proc = daemons.start(home)
+    # Ten messages in one SMTP session, taken as fast as the listener answers.
+    with smtplib.SMTP("127.0.0.1", home.listener_port(), timeout=DEADLINE) as smtp:
+        for i in range(10):
+            smtp.sendmail("app@example.org", [f"r{i}@example.org"], f"Subject: {i}\r\n\r\nx\r\n")
+    wait_until("the server to have all ten", lambda: len(sink.arrived) == 10)
+    arrived = sink.arrived
+    # Four at most in a second: sent in three rounds a second apart (at 0, 1 and 2 s),
+    # so no 0.9 s holds more than four arrivals, and the last came 1.8 s or more after
+    # the first (a round's first send may take up to 0.2 s longer to arrive).
+    for i, t in enumerate(arrived):
+        assert sum(1 for u in arrived[i:] if u < t + 0.9) <= 4, arrived
+    assert arrived[-1] - arrived[0] >= 1.8, arrived
+    listed = {t["name"]: t for t in home.json("transports")["configured"]}
+    assert listed["relay"]["max_rate"] == "4/s"
+    assert 1 <= listed["relay"]["sent_in_window"] <= 4
+    assert daemons.stop(proc) == 0
+    log = daemons.logs[-1].read_text()
+    assert "transport 'relay': max_rate 4/s reached; the next message in" in log
+    assert log.count("status=sent") == 10
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ('"fast"', 'expected "N/period"'),
+        ('"0/s"', "the count must be 1 to 1,000,000, not 0"),
+        ("14", "expected a string"),
+    ],
+)
+def test_a_bad_max_rate_is_named(
+    tmp_path: Path, server: tuple[int, _Server], value: str, says: str
+) -> None:
+    home = _home(tmp_path / "d", server[0], value)
+    r = home.run("check", "--no-logon")
+    assert r.returncode == 5, r.stderr
+    assert "[transports.relay] max_rate" in r.stderr
+    assert says in r.stderr

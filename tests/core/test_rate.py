@@ -1,0 +1,215 @@
+"""``[[transports]] max_rate``: at most N messages in any window of a period.
+
+The window itself (pure, fed times), then a spooler on a fake clock with a scripted
+provider: what the lanes claim, what the hand-off takes, what waits (still QUEUED,
+not claimed), and a reload's new spooler that keeps the sends made before it."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from helpers import SLOW_TIMERS, message, transport, until
+
+from spoolbox import (
+    AlwaysIdle,
+    RateLimit,
+    RecipientState,
+    Spooler,
+    SpoolerConfig,
+    SQLiteStore,
+)
+from spoolbox._core.rate import MAX_COUNT, RateWindows, SendWindow
+from spoolbox.testing import FakeClock, Script
+
+
+# -- the value ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "count", "period", "shown"),
+    [
+        ("14/s", 14, 1.0, "14/s"),
+        ("2000/d", 2000, 86400.0, "2000/d"),
+        ("100/min", 100, 60.0, "100/m"),
+        ("1/250ms", 1, 0.25, "1/250ms"),
+        ("30/5m", 30, 300.0, "30/5m"),
+        (" 5 / second ", 5, 1.0, "5/s"),
+        ("10/2h", 10, 7200.0, "10/2h"),
+        ("3/1.5s", 3, 1.5, "3/1500ms"),
+        ("7/Day", 7, 86400.0, "7/d"),
+    ],
+)
+def test_a_rate_is_read_and_shown(text: str, count: int, period: float, shown: str) -> None:
+    rate = RateLimit.parse(text)
+    assert (rate.count, rate.period) == (count, period)
+    assert str(rate) == shown
+    assert RateLimit.parse(str(rate)) == rate
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("14", 'expected "N/period"'),
+        ("14/", 'expected "N/period"'),
+        ("14/fortnight", 'expected "N/period"'),
+        ("-1/s", 'expected "N/period"'),
+        ("1.5/s", 'expected "N/period"'),
+        (14, 'expected "N/period"'),
+        ("0/s", "the count must be 1 to 1,000,000, not 0"),
+        (f"{MAX_COUNT + 1}/d", "the count must be 1 to 1,000,000"),
+        ("5/0s", "the period must be more than 0 s"),
+        ("5/400d", "at most a year"),
+    ],
+)
+def test_a_bad_rate_says_what_was_expected(value: object, says: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)):
+        RateLimit.parse(value)
+
+
+# -- the window ----------------------------------------------------------------------------
+def test_the_window_holds_n_in_any_period() -> None:
+    w = SendWindow(RateLimit(3, 10.0))
+    assert (w.room(0.0), w.next_at(0.0)) == (3, 0.0)
+    w.take(0.0, 2)
+    w.take(4.0)
+    assert (w.room(4.0), w.next_at(4.0), w.used(4.0)) == (0, 10.0, 3)
+    assert w.room(9.999) == 0
+    # The two of t=0 are a window old at t=10: room for two; the one of t=4 at t=14.
+    assert (w.room(10.0), w.next_at(10.0)) == (2, 10.0)
+    w.take(10.0, 2)
+    assert w.next_at(10.5) == 14.0
+    w.give_back()  # a hand-off that did not come
+    assert w.room(10.5) == 1
+
+
+def test_no_period_ever_holds_more_than_n() -> None:
+    """Whatever the order of asks, the sends taken as the window allows never put more
+    than N into any window of the period (a token bucket would let 2N through)."""
+    rng = random.Random(7)
+    limit = RateLimit(5, 1.0)
+    w = SendWindow(limit)
+    now, sent = 0.0, []
+    for _ in range(2000):
+        now += rng.choice((0.0, 0.001, 0.05, 0.3, 1.0))
+        n = min(w.room(now), rng.randint(0, 3))
+        w.take(now, n)
+        sent += [now] * n
+        if w.room(now) == 0:
+            assert w.next_at(now) > now
+    assert len(sent) > 500
+    for i, t in enumerate(sent):
+        assert sum(1 for u in sent[i:] if u < t + limit.period) <= limit.count
+
+
+def test_a_new_limit_keeps_the_sends_already_made() -> None:
+    windows = RateWindows()
+    w = windows.window("relay", RateLimit(10, 60.0))
+    assert w is not None
+    w.take(0.0, 6)
+    assert windows.window("relay", RateLimit(10, 60.0)) is w
+    smaller = windows.window("relay", RateLimit(4, 60.0))
+    assert smaller is not None and smaller is not w
+    # Six sent in the last minute against a limit of four: none now, room at t=60.
+    assert (smaller.room(1.0), smaller.next_at(1.0)) == (0, 60.0)
+    assert windows.window("relay", None) is None
+    fresh = windows.window("relay", RateLimit(4, 60.0))
+    assert fresh is not None and fresh.room(1.0) == 4
+
+
+# -- a spooler -----------------------------------------------------------------------------
+def _spooler(script: Script, clock: FakeClock, rate: str, **kw: object) -> Spooler:
+    policy = replace(SLOW_TIMERS, claim_batch=8)
+    cfg = SpoolerConfig(
+        transports=(transport("smtp", script, max_rate=RateLimit.parse(rate)),),
+        policy=policy,
+        node="n1",
+    )
+    return Spooler.open(cfg, clock=clock, idle=AlwaysIdle(), **kw)  # type: ignore[arg-type]
+
+
+async def _states(sp: Spooler, ids: list[str]) -> list[RecipientState]:
+    return [(await sp.store.recipients(i))[0].state for i in ids]
+
+
+async def test_the_lanes_send_no_more_than_the_rate_and_the_rest_stays_queued() -> None:
+    clock = FakeClock()
+    script = Script(address_types=("SMTP",))
+    async with _spooler(script, clock, "3/10s") as sp:
+        await sp.wait_ready(timeout=5)
+        with sp.foreground_busy():  # all seven queued before any lane claims
+            ids = [(await sp.submit(message(f"SMTP:r{i}@example.org"))).id for i in range(7)]
+        await until(lambda: len(script.sent) == 3, what="the first three sent")
+        await clock.advance(1.0)
+        assert len(script.sent) == 3
+        states = await _states(sp, ids)
+        # Not claimed while they wait: QUEUED, as if nothing had looked at them.
+        assert states.count(RecipientState.DELIVERED) == 3
+        assert states.count(RecipientState.QUEUED) == 4
+        await clock.advance(8.9)  # t = 9.9: the window still full
+        assert len(script.sent) == 3
+        await clock.advance(0.2)  # t = 10.1
+        await until(lambda: len(script.sent) == 6, what="three more a window later")
+        await clock.advance(5.0)
+        assert len(script.sent) == 6
+        await clock.advance(5.0)
+        await until(lambda: len(script.sent) == 7, what="the last one")
+        assert sorted(m for m, _ in script.sent) == sorted(ids)
+        assert sp.rates.window("smtp", RateLimit(3, 10.0)) is not None
+
+
+async def test_a_hand_off_is_a_send_within_the_rate(tmp_path: Path) -> None:
+    """Two messages submitted together to a lane that waits for work (two workers):
+    with room for one in the window, one is handed off and the other stays queued,
+    unclaimed, until the window has room again."""
+    clock = FakeClock()
+    script = Script(address_types=("SMTP",), concurrency=2)
+    store = SQLiteStore(tmp_path / "s.db")
+    async with _spooler(script, clock, "1/10s", store=store, close_store=True) as sp:
+        await sp.wait_ready(timeout=5)
+        lane = sp.host("smtp").outbound
+        await until(lambda: lane.waiting >= 1, what="the lane waits for work")
+        a, b = await asyncio.gather(
+            sp.submit(message("SMTP:a@example.org")), sp.submit(message("SMTP:b@example.org"))
+        )
+        # One claimed in its submit's transaction (ACTIVE, or already sent), one not.
+        states = await _states(sp, [a.id, b.id])
+        assert RecipientState.QUEUED in states
+        assert {RecipientState.ACTIVE, RecipientState.DELIVERED} & set(states)
+        await until(lambda: len(script.sent) == 1, what="one sent")
+        [(first, _)] = script.sent
+        other = b.id if first == a.id else a.id
+        await clock.advance(9.0)
+        assert await _states(sp, [other]) == [RecipientState.QUEUED]
+        assert len(script.sent) == 1
+        await clock.advance(1.1)
+        await until(lambda: len(script.sent) == 2, what="the other a window later")
+        assert script.sent[1][0] == other
+
+
+async def test_a_spooler_that_replaces_another_keeps_its_sends() -> None:
+    """A daemon's reload starts a new spooler: the sends of the old one still count."""
+    clock = FakeClock()
+    script = Script(address_types=("SMTP",))
+    async with _spooler(script, clock, "2/60s") as sp:
+        await sp.wait_ready(timeout=5)
+        with sp.foreground_busy():
+            for i in range(2):
+                await sp.submit(message(f"SMTP:r{i}@example.org"))
+        await until(lambda: len(script.sent) == 2, what="two sent")
+        rates, store = sp.rates, sp.store
+    cfg = SpoolerConfig(
+        transports=(transport("smtp", script, max_rate=RateLimit(2, 60.0)),),
+        policy=SLOW_TIMERS,
+        node="n1",
+    )
+    async with Spooler.open(cfg, clock=clock, idle=AlwaysIdle(), store=store, rates=rates) as sp2:
+        await sp2.wait_ready(timeout=5)
+        info = await sp2.submit(message("SMTP:later@example.org"))
+        await clock.advance(30.0)
+        assert len(script.sent) == 2
+        assert await _states(sp2, [info.id]) == [RecipientState.QUEUED]
+        await clock.advance(31.0)
+        await until(lambda: len(script.sent) == 3, what="sent once the old sends aged out")
