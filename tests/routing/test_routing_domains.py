@@ -108,6 +108,45 @@ def test_a_transport_not_logged_on_may_be_the_one() -> None:
     assert unroutable(waiting, ["SMTP:a@example.org"]) == ()
 
 
+#: Postfix's transport_maps by hand: a parent domain, a name under it, the name
+#: itself, written in an order that is not the closest first.
+NESTED = RoutingTable.build(
+    [
+        RouteEntry("relay", frozenset({"SMTP"})),
+        RouteEntry("corp", frozenset({"SMTP"}), frozenset({".corp.example"})),
+        RouteEntry("eu", frozenset({"SMTP"}), frozenset({".eu.corp.example"})),
+        RouteEntry("mx1", frozenset({"SMTP"}), frozenset({"mx1.eu.corp.example"})),
+        RouteEntry("also-corp", frozenset({"SMTP"}), frozenset({".corp.example"})),
+        RouteEntry("any", frozenset({"*"}), frozenset({"lab.corp.example"})),
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("value", "transport"),
+    [
+        ("a@x.corp.example", "corp"),  # as close as also-corp: the first in the order
+        ("a@eu.corp.example", "corp"),  # .eu.corp.example: only the names under it
+        ("a@x.eu.corp.example", "eu"),
+        ("a@mx1.eu.corp.example", "mx1"),  # the name itself: closest of all
+        ("a@y.mx1.eu.corp.example", "eu"),  # mx1 without a dot: only itself
+        ("a@lab.corp.example", "any"),  # its own name, a transport of any type
+        ("a@corp.example", "relay"),  # .corp.example: not corp.example itself
+        ("a@example.org", "relay"),
+    ],
+)
+def test_the_closest_domain_entry_wins_whatever_the_order(value: str, transport: str) -> None:
+    assert NESTED.decide("SMTP", value=value) == Route(transport)
+
+
+def test_a_transport_that_declined_passes_to_the_next_closest() -> None:
+    value = "a@mx1.eu.corp.example"
+    assert NESTED.decide("SMTP", ["mx1"], value) == Route("eu")
+    assert NESTED.decide("SMTP", ["mx1", "eu"], value) == Route("corp")
+    assert NESTED.decide("SMTP", ["mx1", "eu", "corp"], value) == Route("also-corp")
+    assert NESTED.decide("SMTP", ["mx1", "eu", "corp", "also-corp"], value) == Route("relay")
+
+
 def test_a_transport_that_declined_is_passed_over() -> None:
     assert TABLE.decide("SMTP", ("corp",), value="a@corp.example") == Route("relay")
 

@@ -17,7 +17,9 @@ Postfix's ``transport_maps``): it then serves only the addresses of its types at
 domains (``example.org``; ``.example.org`` for every name under it), and such
 transports are tried before those without a limit, whatever their place in the order,
 so that ``corp.example``'s mail goes to the internal relay while the rest goes to the
-smart host whichever is written first.
+smart host whichever is written first.  Among them the closest match wins, as in
+Postfix's ``transport_maps``: ``mail.corp.example`` before ``.corp.example``, whatever
+their order; two that name a domain as closely are taken in transport order.
 
 The same decision, made when a message is submitted, refuses a recipient that
 would fail at once (:func:`unroutable`): the local API and ``Client.submit`` refuse
@@ -95,12 +97,20 @@ def domain_of(value: str) -> str | None:
 
 def _in_domains(domains: frozenset[str], value: str | None) -> bool:
     domain = domain_of(value) if value is not None else None
-    if domain is None:
-        return False
-    if domain in domains:
-        return True
+    return domain is not None and _match(domains, domain) > 0
+
+
+def _match(domains: frozenset[str], domain: str) -> int:
+    """How closely ``domains`` name ``domain``: the labels of the entry that names it
+    (the domain itself, else the nearest parent written with a dot), 0 if none does.
+    ``mail.corp.example`` matches 3, ``.corp.example`` 2."""
     parts = domain.split(".")
-    return any("." + ".".join(parts[i:]) in domains for i in range(1, len(parts)))
+    if domain in domains:
+        return len(parts)
+    for i in range(1, len(parts)):
+        if "." + ".".join(parts[i:]) in domains:
+            return len(parts) - i
+    return 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,11 +203,30 @@ class RoutingTable:
         transports limited to domains) goes, leaving out the transports in
         ``refused_by`` (those that answered not-me for it)."""
         refused = set(refused_by)
+        # Of the transports limited to domains (first in the order), the one whose
+        # entry names the address's domain most closely, as Postfix's transport_maps
+        # (the name itself, then its nearest parent); equals in transport order.
+        best: RouteEntry | None = None
+        best_match = 0
+        domain: str | None = None
         for entry in self.entries:
             if entry.name in refused:
                 continue
-            if entry.serves(address_type, value):
-                return Route(entry.name)
+            if entry.domains is None:
+                if best is not None:
+                    break
+                if entry.serves_type(address_type):
+                    return Route(entry.name)
+                continue
+            if not entry.serves_type(address_type):
+                continue
+            if domain is None:
+                domain = (domain_of(value) if value is not None else None) or ""
+            match = _match(entry.domains, domain) if domain else 0
+            if match > best_match:
+                best, best_match = entry, match
+        if best is not None:
+            return Route(best.name)
         unknown = tuple(
             e.name for e in self.entries if e.address_types is None and e.name not in refused
         )
