@@ -406,3 +406,53 @@ async def test_mail_queued_before_a_transport_was_limited_to_domains_is_routed_a
         ("bob@corp.example", "corp"),
     ]
     assert "1 queued recipient routed again: their transport is no longer" in caplog.text
+
+
+async def test_mail_queued_for_a_transport_that_now_serves_other_types_is_routed_again(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reload moved SMTP from ``old`` to ``new`` (``address_types`` changed): the SMTP
+    recipients still queued for ``old`` go to ``new``; its FAX recipient stays."""
+    caplog.set_level(logging.INFO, logger="spoolbox.spooler")
+    store = SQLiteStore(tmp_path / "spool.sqlite3")
+    await store.open()
+    queued = message("SMTP:ann@example.org", "FAX:+15551234")
+    await store.submit(queued, now=time.time(), lifetime=3600, routes=["old", "old"])
+    await store.close()
+    old, new = Script(("FAX",)), Script(("SMTP",))
+    cfg = SpoolerConfig(
+        transports=(
+            transport("old", old, address_types=("FAX",)),
+            transport("new", new, address_types=("SMTP",)),
+        ),
+        policy=FAST,
+        node="test-node",
+    )
+    async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
+        assert await sp.wait_for(queued.id, timeout=5) is MessageState.SENT
+        recipients = await sp.store.recipients(queued.id)
+    assert [(str(r.address), r.route) for r in recipients] == [
+        ("SMTP:ann@example.org", "new"),
+        ("FAX:+15551234", "old"),
+    ]
+    assert "1 queued recipient routed again: their transport is no longer" in caplog.text
+    assert (new.sent, old.sent) == ([(queued.id, 0)], [(queued.id, 1)])
+
+
+async def test_a_transport_that_declares_no_types_keeps_what_is_queued_for_it(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No ``address_types`` in its profile (its session says them at logon): what is
+    queued for it is not routed again by type at the start."""
+    caplog.set_level(logging.INFO, logger="spoolbox.spooler")
+    store = SQLiteStore(tmp_path / "spool.sqlite3")
+    await store.open()
+    queued = message("SMTP:ann@example.org")
+    await store.submit(queued, now=time.time(), lifetime=3600, routes=["quiet"])
+    await store.close()
+    quiet = Script(("SMTP",))
+    cfg = SpoolerConfig(transports=(transport("quiet", quiet),), policy=FAST, node="test-node")
+    async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
+        assert await sp.wait_for(queued.id, timeout=5) is MessageState.SENT
+    assert "routed again" not in caplog.text
+    assert quiet.sent == [(queued.id, 0)]

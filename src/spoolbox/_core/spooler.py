@@ -274,13 +274,14 @@ class Spooler:
                     self._providers[cls] = cls()  # XPProviderInit: one provider object per class
                 self.hosts.append(TransportHost(self._runtime, self, entry, self._providers[cls]))
             known = [h.name for h in self.hosts]
-            # Queued for a transport that is gone, or that is now limited to other
-            # domains: routed again (a reload that changed ``domains`` applies to the
-            # mail already queued, as Postfix resolves deferred mail again).
+            # Queued for a transport that is gone, or whose profile now says it serves
+            # other address types or other domains: routed again (a reload that changed
+            # ``address_types`` or ``domains`` applies to the mail already queued, as
+            # Postfix resolves deferred mail again).
             limited = {
-                e.name: _domain_check(e)
+                e.name: _route_check(e)
                 for e in self.config.declared_routes().entries
-                if e.domains is not None
+                if e.domains is not None or (e.address_types is not None and not e.wildcard)
             }
             moved = await (  # (a store written before `limited` works without domains)
                 self.store.reroute_missing(known, limited=limited)
@@ -290,7 +291,7 @@ class Spooler:
             if moved:
                 log.info(
                     "%d queued recipient%s routed again: their transport is no longer "
-                    "configured, or no longer serves their domain",
+                    "configured, or no longer serves their address type or domain",
                     moved,
                     "" if moved == 1 else "s",
                 )
@@ -709,6 +710,10 @@ class Spooler:
         del self._stalls[:-100]
 
 
-def _domain_check(entry: RouteEntry) -> Callable[[Address], bool]:
-    """Whether ``entry``'s ``domains`` take an address (:meth:`Store.reroute_missing`)."""
-    return lambda address: entry.serves_domain(address.value)
+def _route_check(entry: RouteEntry) -> Callable[[Address], bool]:
+    """Whether ``entry`` still takes an address queued for it, by the address types
+    its profile declares (any, if it declares none) and its ``domains``
+    (:meth:`Store.reroute_missing`)."""
+    if entry.address_types is None:
+        return lambda address: entry.serves_domain(address.value)
+    return lambda address: entry.serves(address.type, address.value)

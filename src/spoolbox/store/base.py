@@ -263,8 +263,8 @@ class Store(Protocol):
     ) -> int:
         """Unroute QUEUED/PARKED recipients whose route is not in ``known`` (a
         transport removed from the profile), and those routed to a transport in
-        ``limited`` whose check refuses their address (a transport now limited to
-        other domains); returns how many."""
+        ``limited`` whose check refuses their address (a transport whose profile now
+        names other address types, or limits it to other domains); returns how many."""
         ...
 
     # -- claims --------------------------------------------------------------------
