@@ -24,6 +24,7 @@ MESSAGE_KEYS = {
     "send_at",
     "expires_at",
     "envelope_id",
+    "return_content",
     "held",
     "is_report",
     "recipients",

@@ -371,7 +371,7 @@ def test_submit_many_through_the_daemon_and_while_it_is_down(home: Home, daemons
     assert all(len(files) == 1 for files in home.delivered().values())
 
 
-def test_a_submit_through_the_daemon_keeps_its_lifetime_and_envelope_id(
+def test_a_submit_through_the_daemon_keeps_its_lifetime_envelope_id_and_ret(
     home: Home, daemons: Daemons
 ) -> None:
     daemons.start(home)
@@ -384,10 +384,12 @@ def test_a_submit_through_the_daemon_keeps_its_lifetime_and_envelope_id(
         send_at=later,
         lifetime=3600.0,
         envelope_id="ENV-42",
+        return_content=False,  # RFC 3461 RET=HDRS
     )
     assert client.submit(message)["via"] == "daemon"
     shown = client.show(message.id)
     assert shown["envelope_id"] == "ENV-42"
+    assert shown["return_content"] is False
     assert shown["expires_at"] == pytest.approx(later + 3600.0)  # not the policy's 5 days
 
     sock, replies = _api(home.path / "spoolbox.sock")

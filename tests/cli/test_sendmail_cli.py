@@ -101,6 +101,17 @@ def test_sendmail_adds_received_and_appends_missing_headers(home: Home) -> None:
     assert [r["address"] for r in queued["recipients"]] == ["MAILDIR:bob"]
 
 
+def test_r_keeps_what_a_report_returns_and_refuses_another_word(home: Home) -> None:
+    r = home.run("sendmail", "-R", "hdrs", "MAILDIR:bob", input=b"Subject: r\n\nbody\n")
+    assert (r.returncode, r.stderr) == (0, "")
+    [queued] = queue(home)
+    assert queued["return_content"] is False  # RFC 3461 RET=HDRS: a report has the header
+    assert home.json("queue", "show", queued["id"])["return_content"] is False
+    r = home.run("sendmail", "-R", "x", "MAILDIR:bob", input=b"Subject: r\n\nbody\n")
+    assert (r.returncode, r.stderr) == (64, "sendmail: -R 'x': expected full or hdrs\n")
+    assert len(queue(home)) == 1
+
+
 def test_bp_lists_the_queue_like_mailq(home: Home) -> None:
     r = home.run("sendmail", "-bp")
     assert (r.returncode, r.stdout) == (0, "Mail queue is empty\n")

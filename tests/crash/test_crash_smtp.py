@@ -144,7 +144,8 @@ def scan_sink(sink: Sink) -> Deliveries:
             key, _, value = line.partition(b": ")
             records.setdefault(key, []).append(value)
         body = data[head.end() :]
-        rcpts = [r.decode(errors="replace") for r in records.get(b"X-Rcpt-Args", [])]
+        # The paths only: the spooler passes DSN's NOTIFY= on to smtp-sink, which offers DSN.
+        rcpts = [r.decode(errors="replace").split(" ")[0] for r in records.get(b"X-Rcpt-Args", [])]
         mail = b"".join(records.get(b"X-Mail-Args", [])).decode(errors="replace")
         if rcpts == [f"<{SENDER}>"]:
             reports += 1  # a delivery report to the sender: counted from the store

@@ -34,6 +34,13 @@ async def test_command_line_over_512_octets() -> None:
         await raw.cmd(b"EHLO x.test")
         assert (await raw.cmd(b"NOOP " + b"x" * 505)).startswith("250")  # 512 with CRLF
         assert (await raw.cmd(b"NOOP " + b"x" * 506)).startswith("500 5.5.2")
+        # RCPT gets the room DSN's NOTIFY= and ORCPT= add (RFC 3461): 1,049 with CRLF.
+        assert (await raw.cmd(b"RCPT TO:<" + b"b" * 1100 + b"@example.org>")).startswith("500")
+        assert (await raw.cmd(b"NOOP")).startswith("250")
+        await raw.close()
+    async with serving(Recorder(), dsn=False) as listener:
+        raw = await Raw.connect(listener.port, greeting=GREETING)
+        await raw.cmd(b"EHLO x.test")
         assert (await raw.cmd(b"RCPT TO:<" + b"b" * 600 + b"@example.org>")).startswith("500")
         assert (await raw.cmd(b"NOOP")).startswith("250")
         await raw.close()

@@ -49,11 +49,16 @@ def message(to: str = "MAILDIR:bob", body: bytes = b"hello\r\n", **kw: object) -
 
 # -- the format ----------------------------------------------------------------------------------
 def test_a_drop_holds_messages_as_the_local_api_takes_them() -> None:
-    first = message(notify=Notify.SUCCESS | Notify.FAILURE, envelope_id="env-1")
+    first = message(
+        notify=Notify.SUCCESS | Notify.FAILURE, envelope_id="env-1", return_content=False
+    )
     second = message("MAILDIR:carol", b"8-bit \xff\r\n" * 3)
-    data = encode_drop([first, second])
+    third = message("MAILDIR:dave", return_content=True)
+    data = encode_drop([first, second, third])
     assert data.startswith(MAGIC)
-    assert decode_drop(data) == [first, second]
+    decoded = decode_drop(data)
+    assert decoded == [first, second, third]
+    assert [m.return_content for m in decoded] == [False, None, True]
 
 
 @pytest.mark.parametrize(

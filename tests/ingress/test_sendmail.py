@@ -162,6 +162,23 @@ async def test_notify_and_envelope_id(spooler: Spooler) -> None:
     assert b.info.notify == Notify.NEVER
 
 
+async def test_r_sets_what_a_report_returns(spooler: Spooler) -> None:
+    msg = b"Subject: r\n\nb\n"
+    for argv in (["-R", "hdrs"], ["-RFULL"], ["-R", "Hdrs"], []):
+        code, err = await sendmail(spooler, [*argv, "bob@example.org"], msg)
+        assert (code, err) == (EX_OK, "")
+    kept = [summary.info.return_content for summary, _ in await queued(spooler)]
+    assert kept == [False, True, False, None]  # RFC 3461 RET: HDRS, FULL; None: default
+    for argv in (["-R", "x"], ["-Rnever"], ["-R", ""]):
+        code, err = await sendmail(spooler, [*argv, "bob@example.org"], msg)
+        assert code == EX_USAGE
+        assert err.startswith("sendmail: -R ")
+        assert "expected full or hdrs" in err
+    code, err = await sendmail(spooler, ["bob@example.org", "-R"], msg)
+    assert (code, err) == (EX_USAGE, "sendmail: option -R needs an argument\n")
+    assert len(await queued(spooler)) == 4
+
+
 async def test_ignored_and_unknown_options(spooler: Spooler) -> None:
     code, err = await sendmail(spooler, ["-oem", "-v", "-B", "8BITMIME", "bob@example.org"], b"S\n")
     assert (code, err) == (EX_OK, "")  # cron's flags: taken without a word, as Postfix does

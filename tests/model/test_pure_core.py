@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -73,6 +75,22 @@ def test_bad_messages_are_refused_before_any_store_sees_them() -> None:
         NewMessage(None, (a,), b"Subject: x\r\n\r\n", id="bad id!")
     dup = NewMessage(None, (a, a), b"Subject: x\r\n\r\n")
     assert dup.recipients == (a,)
+
+
+@pytest.mark.parametrize("ret", [True, False, None])
+def test_return_content_is_a_bool_or_none(ret: bool | None) -> None:
+    a = Address("SMTP", "bob@example.org")
+    assert NewMessage(None, (a,), b"Subject: x\r\n\r\n", return_content=ret).return_content is ret
+    assert NewMessage(None, (a,), b"Subject: x\r\n\r\n").return_content is None
+
+
+@pytest.mark.parametrize("bad", [1, 0, "FULL", "hdrs", b"full"])
+def test_return_content_of_another_kind_is_refused_saying_what_it_got(bad: object) -> None:
+    a = Address("SMTP", "bob@example.org")
+    with pytest.raises(
+        MessageError, match=rf"return_content must be .*, not {re.escape(repr(bad))}$"
+    ):
+        NewMessage(None, (a,), b"Subject: x\r\n\r\n", return_content=bad)  # type: ignore[arg-type]
 
 
 def test_from_bytes_takes_recipients_from_headers() -> None:

@@ -307,6 +307,8 @@ class Settlement:
         lines that will say so once they are committed."""
         by_index = {r.index: r for r in recipients}
         remote = {r.index: r.remote_mta for r in results}
+        # Delivered to a next hop that reports the delivery itself (it got NOTIFY).
+        passed_on = {r.index for r in results if r.next_hop_reports}
         kinds: dict[ReportKind, list[ReportItem]] = defaultdict(list)
         now = self._runtime.clock.now()
         for update in updates:
@@ -319,6 +321,8 @@ class Settlement:
                 kind = ReportKind.FAILURE
                 status = code if code and code[0] in "45" else "5.0.0"
             elif update.state is RecipientState.DELIVERED:
+                if update.index in passed_on:
+                    continue
                 kind = ReportKind.SUCCESS
                 status = code if code and code[0] == "2" else "2.0.0"
             elif update.delay_warned and not recipient.delay_warned:
@@ -367,6 +371,7 @@ class Settlement:
                 kind=kind,
                 reporting_mta=self._config.reporting_mta,
                 now=now,
+                include_content=info.return_content,  # RET (None: the kind's default)
             )
             if msg is None:
                 continue

@@ -185,6 +185,7 @@ def message_to_dict(summary: MessageSummary) -> dict[str, Any]:
         "send_at": info.send_at,
         "expires_at": info.expires_at,
         "envelope_id": info.envelope_id,
+        "return_content": info.return_content,
         "held": info.held,
         "is_report": info.is_report,
         "recipients": [recipient_to_dict(recipient) for recipient in summary.recipients],
@@ -258,6 +259,8 @@ def message_args(message: NewMessage, *, content: bool = True) -> dict[str, Any]
         args["lifetime"] = message.lifetime
     if message.envelope_id is not None:
         args["envelope_id"] = message.envelope_id
+    if message.return_content is not None:
+        args["return_content"] = message.return_content
     if content:
         args["content"] = base64.b64encode(message.content).decode("ascii")
     return args
@@ -301,6 +304,9 @@ def message_from_args(args: dict[str, Any]) -> NewMessage:
     envelope_id = optional(args, "envelope_id", str)
     if envelope_id is not None:
         kwargs["envelope_id"] = envelope_id
+    return_content = optional(args, "return_content", bool)
+    if return_content is not None:
+        kwargs["return_content"] = return_content
     return NewMessage(
         sender=Address.parse(sender) if sender else None,
         recipients=tuple(Address.parse(recipient) for recipient in recipients),

@@ -40,6 +40,9 @@ class ListenerConfig:
     tls_key: str | None = None  # PEM private key (default: in tls_cert)
     #: SMTPUTF8 (RFC 6531): addresses in UTF-8 (``jörg@example.de``) in MAIL and RCPT
     smtputf8: bool = True
+    #: DSN (RFC 3461): a client may say which delivery reports it wants (NOTIFY), how
+    #: much of the message they return (RET) and an id to find them by (ENVID)
+    dsn: bool = True
     #: "starttls": plain text, STARTTLS offered (with tls_cert); "implicit": TLS from
     #: the first byte (RFC 8314, the "submissions" port 465), needs tls_cert
     tls: str = "starttls"

@@ -35,6 +35,13 @@ The rules, from DESIGN.md section 4:
 * A ``Received:`` trace line (RFC 5321 section 4.4) goes on top of the content.
 * Malformed MIME is accepted as-is: the spooler relays bytes.  8-bit content is
   accepted (8BITMIME is advertised; SMTPUTF8 too, unless ``smtputf8`` is off).
+* DSN (RFC 3461, unless ``dsn`` is off): ``NOTIFY=`` on RCPT becomes the message's
+  :class:`~spoolbox.model.Notify` (``NEVER``: no report at all), ``RET=`` how much of
+  it a report returns, ``ENVID=`` its envelope id (echoed in reports, passed on with
+  NOTIFY and RET to a next hop that offers DSN).  NOTIFY is one per message here: a
+  recipient whose NOTIFY differs from the transaction's first gets ``452 4.5.3`` (the
+  client sends it in another transaction, as after a recipient limit).  ``ORCPT=``
+  is checked and not kept.
 * A client silent for ``idle_timeout`` seconds gets ``421 4.4.2`` and is disconnected.
 """
 
@@ -62,10 +69,12 @@ from ..model import (
     AddressError,
     MessageError,
     NewMessage,
+    Notify,
     default_hostname,
     new_message_id,
     smtp_value_error,
 )
+from ..smtp import xtext
 from ..smtp.server import (
     NEED_DATA,
     PAUSED,
@@ -116,6 +125,7 @@ REJECT_REASONS = (
     "connection_limit",  # max_connections open already: 421 at the greeting
     "client_connection_limit",  # max_connections_per_client from its address: 421
     "too_many_hops",  # MAX_HOPS Received: lines or more already: a mail loop, 554 5.4.6
+    "notify_differs",  # RCPT whose NOTIFY= differs from the transaction's: 452 4.5.3
 )
 
 #: The longest a TLS handshake may take (STARTTLS's, or an implicit-TLS connection's
@@ -156,6 +166,13 @@ def _routed_local_part(address: str) -> bool:
     included."""
     local = address.rpartition("@")[0]
     return not _ROUTING.isdisjoint(local)
+
+
+def _notify_of(params: tuple[tuple[str, str | None], ...]) -> Notify:
+    """The reports a recipient's ``NOTIFY=`` asks for (the server machine checked it);
+    without one, the default: failures only."""
+    value = dict(params).get("NOTIFY")
+    return Notify.FAILURE if value is None else Notify.from_text(value)
 
 
 def _store_full(exc: BaseException | None) -> bool:
@@ -252,6 +269,8 @@ class _Connection(asyncio.Protocol):
         self.in_relay_networks: bool | None = None
         #: The address this connection counts against max_connections_per_client.
         self.counted_as: str | None = None
+        #: The NOTIFY of this transaction's first accepted recipient (None: none yet).
+        self.notify: Notify | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -415,8 +434,17 @@ class _Connection(asyncio.Protocol):
                 a for r in event.recipients for a in listener._here(listener._address(r))
             )
             trace = listener._received(self, event, message_id)
+            mail = dict(event.params)
+            ret = mail.get("RET")
+            envid = mail.get("ENVID")
             message = NewMessage(
-                sender=sender, recipients=recipients, content=trace + event.content, id=message_id
+                sender=sender,
+                recipients=recipients,
+                content=trace + event.content,
+                id=message_id,
+                notify=_notify_of(event.recipient_params[0] if event.recipient_params else ()),
+                envelope_id=None if envid is None else xtext.decode(envid),
+                return_content=None if ret is None else ret == "FULL",
             )
         except (AddressError, MessageError) as exc:
             listener._reject("invalid_message")
@@ -641,6 +669,7 @@ class SubmissionListener:
             auth=bool(cfg.users),
             auth_without_tls=cfg.allow_plain_auth,
             smtputf8=cfg.smtputf8,
+            dsn=cfg.dsn,
         )
 
     # -- lifecycle --------------------------------------------------------------------
@@ -832,6 +861,7 @@ class SubmissionListener:
         if self._no_room is not None and not self._room_for(conn, event):
             self._reject("store_full")
             return _NO_ROOM
+        conn.notify = None  # a new transaction: its first recipient's NOTIFY rules it
         return "250 2.1.0 OK"
 
     def _room_for(self, conn: _Connection, event: MailFrom) -> bool:
@@ -880,6 +910,16 @@ class SubmissionListener:
             return (
                 f"550 5.1.2 <{_clean(addr.value, 300)}>: Recipient address rejected: "
                 f"{_clean(problem, 300)}"
+            )
+        notify = _notify_of(event.params)
+        if conn.notify is None:
+            conn.notify = notify
+        elif notify != conn.notify:
+            # One NOTIFY per message in the store: this recipient in another transaction.
+            self._reject("notify_differs")
+            return (
+                "452 4.5.3 This recipient's NOTIFY differs from the other recipients': "
+                "send it in another transaction"
             )
         return "250 2.1.5 OK"
 

@@ -27,9 +27,12 @@ Options (as sendmail and Postfix's sendmail take them)::
     -i, -oi       a line with a single "." does not end the message (read to EOF)
     -N DSN        never, or a comma list of success, failure, delay
     -V ENVID      envelope id (RFC 3461), echoed in delivery reports
+    -R RET        full or hdrs (RFC 3461 RET, any case): a delivery report returns
+                  the whole message or its header only (without -R: the report
+                  kind's default)
     -B TYPE, -v, -m, -n, -G, -U, -L TAG, -h N, -bm   accepted, no effect
     -oem, -oee, -oep, -oeq, -oew, -om, -o7, -o8       accepted, no effect
-    -oX..., -O OPT=VALUE, -C FILE, -R RET, -X FILE   ignored with a warning
+    -oX..., -O OPT=VALUE, -C FILE, -X FILE           ignored with a warning
     --            end of options
 
 Line endings are normalised to CRLF; a leading mbox ``From `` line is dropped.  The
@@ -119,6 +122,7 @@ Options:
   -i, -oi       a lone "." line does not end the message
   -N DSN        never, or success,failure,delay
   -V ENVID      envelope id (RFC 3461)
+  -R RET        full or hdrs: what a delivery report returns of the message
 
 Exit codes (sysexits.h): 0 ok, 64 usage, 65 data error, 66 no input, 67 no transport
 for a recipient, 69 unavailable, 70 internal error, 75 try again later, 77 no permission.
@@ -140,6 +144,7 @@ class _Options:
     ignore_dots: bool = False
     notify: Notify | None = None
     envelope_id: str | None = None
+    return_content: bool | None = None  # -R: True full, False hdrs
     recipients: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -147,7 +152,9 @@ class _Options:
 # option letter -> takes an argument
 _IGNORED_QUIET = {"v": False, "m": False, "n": False, "G": False, "U": False, "B": True}
 _IGNORED_QUIET.update({"L": True, "h": True})
-_IGNORED_WARN = {"O": True, "C": True, "R": True, "X": True}
+_IGNORED_WARN = {"O": True, "C": True, "X": True}
+#: -R's words (RFC 3461 RET, any case) -> NewMessage.return_content
+_RET = {"full": True, "hdrs": False}
 #: -o options taken without a word, as Postfix's sendmail takes them: the error modes
 #: (cron passes -oem: errors are mailed back, as spoolbox's delivery reports are),
 #: -om (send to me too), -o7 and -o8
@@ -215,6 +222,11 @@ def _parse_args(argv: Sequence[str]) -> _Options:
                     EX_USAGE, f"-V {envid!r}: the envelope id must be 1-100 printable ASCII"
                 )
             opts.envelope_id = envid
+        elif letter == "R":
+            ret = value()
+            if ret.lower() not in _RET:
+                raise _Exit(EX_USAGE, f"-R {ret!r}: expected full or hdrs")
+            opts.return_content = _RET[ret.lower()]
         elif letter == "q":
             if rest and not _INTERVAL_RE.fullmatch(rest):
                 raise _Exit(
@@ -640,6 +652,7 @@ def _build(
             content=content,
             notify=opts.notify if opts.notify is not None else Notify.FAILURE,
             envelope_id=opts.envelope_id,
+            return_content=opts.return_content,
             id=message_id,
         )
     except MessageError as exc:

@@ -102,6 +102,9 @@ class NewMessage:
     lifetime: float | None = None  # seconds in the queue before giving up; None = policy
     is_report: bool = False  # a delivery report: never reported on itself
     envelope_id: str | None = None  # RFC 3461 ENVID, echoed in reports
+    # RFC 3461 RET: True FULL (the whole message in a report), False HDRS (its header
+    # only), None: the report kind's default
+    return_content: bool | None = None
     id: str = field(default_factory=new_message_id)
 
     def __post_init__(self) -> None:
@@ -139,6 +142,11 @@ class NewMessage:
             or any(ord(c) < 33 or ord(c) > 126 for c in self.envelope_id)
         ):
             raise MessageError(f"envelope id {self.envelope_id!r} must be 1-100 printable ASCII")
+        if self.return_content is not None and not isinstance(self.return_content, bool):
+            raise MessageError(
+                "return_content must be True (RET=FULL), False (RET=HDRS) or None, "
+                f"not {self.return_content!r}"
+            )
 
     @property
     def size(self) -> int:
@@ -219,6 +227,9 @@ class MessageInfo:
     notify: Notify
     is_report: bool
     envelope_id: str | None
+    # RFC 3461 RET (NewMessage.return_content); keyword-only, so that the fields after
+    # it keep their places and a MessageInfo built before it still builds.
+    return_content: bool | None = field(default=None, kw_only=True)
     size: int
     subject: str
     held: bool = False

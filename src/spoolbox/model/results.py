@@ -55,6 +55,10 @@ class RecipientResult:
     #: Deferred only: for this recipient alone (its ``RCPT TO`` answered 4xx: a full
     #: mailbox, greylisting): the destination answered, so it is not backed off.
     recipient_only: bool = False
+    #: Delivered only: handed to a next hop that took on the sender's delivery reports
+    #: (RFC 3461: an SMTP server that offers DSN got the message's NOTIFY), so the
+    #: spooler sends no success report of its own; the next hop reports the delivery.
+    next_hop_reports: bool = False
 
     def __post_init__(self) -> None:
         m = _STATUS_RE.match(self.status)
@@ -73,6 +77,8 @@ class RecipientResult:
             raise ResultError("retry_after is only for deferred results and must be >= 0")
         if self.recipient_only and self.outcome is not Outcome.DEFERRED:
             raise ResultError("recipient_only is only for deferred results")
+        if self.next_hop_reports and self.outcome is not Outcome.DELIVERED:
+            raise ResultError("next_hop_reports is only for delivered results")
         # Diagnostic text goes into reports and status rows: one line, bounded.
         text = " ".join(self.diagnostic.split())
         if len(text) > _MAX_DIAGNOSTIC:
@@ -87,8 +93,17 @@ class RecipientResult:
         *,
         status: str = "2.0.0",
         remote_mta: str | None = None,
+        next_hop_reports: bool = False,
     ) -> RecipientResult:
-        return cls(_index(recipient), Outcome.DELIVERED, status, diagnostic, None, remote_mta)
+        return cls(
+            _index(recipient),
+            Outcome.DELIVERED,
+            status,
+            diagnostic,
+            None,
+            remote_mta,
+            next_hop_reports=next_hop_reports,
+        )
 
     @classmethod
     def failed(

@@ -380,17 +380,20 @@ class ClientMachine:
         else:
             self._line(Step.AUTH, -1, b"AUTH", b"CRAM-MD5")
 
-    def transaction(self, mail: Sequence[bytes], rcpts: Sequence[bytes]) -> None:
+    def transaction(
+        self, mail: Sequence[bytes], rcpts: Sequence[bytes], rcpt_options: Sequence[bytes] = ()
+    ) -> None:
         """``MAIL FROM:<...> [options]`` (``mail``: the sender path and the options),
-        ``RCPT TO:<...>`` for each of ``rcpts``, then ``DATA`` (see the module docstring
-        for what goes out when)."""
+        ``RCPT TO:<...> [rcpt_options]`` for each of ``rcpts``, then ``DATA`` (see the
+        module docstring for what goes out when)."""
         self._check_ready("MAIL")
         if not rcpts:
             raise LocalProtocolError("a transaction needs at least one recipient")
         path, *options = mail
         lines = [(Step.MAIL, -1, self._command(b"MAIL", b"FROM:<" + path + b">", *options))]
         lines += [
-            (Step.RCPT, i, self._command(b"RCPT", b"TO:<" + r + b">")) for i, r in enumerate(rcpts)
+            (Step.RCPT, i, self._command(b"RCPT", b"TO:<" + r + b">", *rcpt_options))
+            for i, r in enumerate(rcpts)
         ]
         lines.append((Step.DATA, -1, self._command(b"DATA")))
         self._any_accepted = False

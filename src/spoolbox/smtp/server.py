@@ -24,13 +24,16 @@ What it decides on its own:
   :data:`BOGUS_LIMIT` of them ``502`` and the connection closes), non-ASCII command
   lines (``500``; with ``smtputf8``, UTF-8 is taken in the paths of MAIL and RCPT,
   after ``MAIL FROM:<...> SMTPUTF8`` only: ``553 5.6.7`` otherwise), the command
-  line limit (512 octets with CRLF, RFC 5321 section 4.5.3.1.4; MAIL and AUTH get
-  the room their extensions add; longer is ``500 5.5.2``);
+  line limit (512 octets with CRLF, RFC 5321 section 4.5.3.1.4; MAIL, RCPT (with
+  DSN) and AUTH get the room their extensions add; longer is ``500 5.5.2``);
 * NOOP, RSET, QUIT, HELP, VRFY (``252``), HELO/EHLO and the EHLO keywords;
 * the paths of MAIL and RCPT: angle brackets (may be left out: the first word is then
   the address), ``<>`` is the null sender,
-  source routes are refused, ``SIZE=``, ``BODY=`` and ``SMTPUTF8`` checked, any other parameter
-  ``555``; the SIZE limit (``552 5.3.4``) and the recipient limit (``452 4.5.3``);
+  source routes are refused, ``SIZE=``, ``BODY=`` and ``SMTPUTF8`` checked; with
+  ``dsn`` (RFC 3461) ``RET=FULL|HDRS`` and ``ENVID=`` (xtext of 1-100 printable
+  characters) on MAIL, ``NOTIFY=`` and ``ORCPT=addr-type;xtext`` on RCPT (``501``
+  when malformed); any other parameter ``555``, one given twice ``501``; the SIZE
+  limit (``552 5.3.4``) and the recipient limit (``452 4.5.3``);
 * the DATA rules: size limit (``552 5.3.4``), text lines longer than
   ``max_line_length`` (``554 5.6.0`` naming the line), NUL bytes and bare CR or LF
   (``554 5.6.0`` naming the line: a bare line break is how SMTP smuggling hides a
@@ -58,6 +61,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import xtext
+
 __all__ = [
     "BOGUS_LIMIT",
     "NEED_DATA",
@@ -81,6 +86,10 @@ BOGUS_LIMIT = 5
 COMMAND_LIMIT = 512
 #: MAIL may carry SIZE= (RFC 1870: 26 more), BODY= (16 more) and AUTH= (RFC 4954: 500).
 MAIL_LIMIT = COMMAND_LIMIT + 26 + 16 + 500
+#: With DSN (RFC 3461): MAIL may carry RET=HDRS (9 more) and ENVID= (100 characters,
+#: up to 300 as xtext); RCPT NOTIFY= (30) and ORCPT= (500, section 4.2).
+DSN_MAIL_LIMIT = MAIL_LIMIT + 9 + 7 + 300
+DSN_RCPT_LIMIT = COMMAND_LIMIT + 30 + 7 + 500
 #: RFC 4954 section 4: AUTH lines (and their continuations) may be 12288 octets.
 AUTH_LIMIT = 12288
 
@@ -122,9 +131,11 @@ class MailFrom:
 
 @dataclass(frozen=True, slots=True)
 class RcptTo:
-    """RCPT passed the machine's checks: accept (``2xx``) or refuse it."""
+    """RCPT passed the machine's checks: accept (``2xx``) or refuse it.  ``params``
+    the parameters as given (upper-case keys): with DSN, ``NOTIFY`` and ``ORCPT``."""
 
     address: str
+    params: tuple[tuple[str, str | None], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +155,10 @@ class MessageData:
     content: bytes
     sender: str  # "" for the null sender
     recipients: tuple[str, ...]
+    #: The parameters of the accepted MAIL, and of each accepted RCPT (in order; ``()``
+    #: when none had any).
+    params: tuple[tuple[str, str | None], ...] = ()
+    recipient_params: tuple[tuple[tuple[str, str | None], ...], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +192,7 @@ class ServerSettings:
     auth: bool = False  # AUTH PLAIN/LOGIN may be offered (there are users)
     auth_without_tls: bool = False  # ... also on a connection without TLS
     smtputf8: bool = False  # SMTPUTF8 (RFC 6531): UTF-8 addresses in MAIL and RCPT
+    dsn: bool = False  # DSN (RFC 3461): RET and ENVID on MAIL, NOTIFY and ORCPT on RCPT
 
 
 _PARAM = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*(?:=[\x21-\x3c\x3e-\x7e]+)?")
@@ -217,6 +233,8 @@ class ServerMachine:
         # the transaction
         self._sender = ""
         self._recipients: list[str] = []
+        self._mail_params: tuple[tuple[str, str | None], ...] = ()
+        self._rcpt_params: list[tuple[tuple[str, str | None], ...]] = []
         self._refused = 0
         # DATA
         self._content = io.BytesIO()  # the message so far, checked and unstuffed
@@ -285,11 +303,14 @@ class ServerMachine:
             if ok:
                 self.state = State.MAIL
                 self._sender = event.address
+                self._mail_params = event.params
                 self._recipients = []
+                self._rcpt_params = []
                 self._refused = 0
         elif isinstance(event, RcptTo):
             if ok:
                 self._recipients.append(event.address)
+                self._rcpt_params.append(event.params)
                 self.state = State.RCPT
             else:
                 self._refused += 1
@@ -334,6 +355,8 @@ class ServerMachine:
         self.utf8 = False
         self._sender = ""
         self._recipients = []
+        self._mail_params = ()
+        self._rcpt_params = []
         self._refused = 0
         self._content = io.BytesIO()
         self._problem = None
@@ -364,7 +387,12 @@ class ServerMachine:
     def _command(self, line: bytes) -> Event | None:
         verb_b, _, arg_b = line.partition(b" ")
         verb_b = verb_b.upper()
-        limit = MAIL_LIMIT if verb_b == b"MAIL" else AUTH_LIMIT if verb_b == b"AUTH" else 0
+        if verb_b == b"MAIL":
+            limit = DSN_MAIL_LIMIT if self.settings.dsn else MAIL_LIMIT
+        elif verb_b == b"RCPT":
+            limit = DSN_RCPT_LIMIT if self.settings.dsn else 0
+        else:
+            limit = AUTH_LIMIT if verb_b == b"AUTH" else 0
         if len(line) + 2 > (limit or COMMAND_LIMIT):
             self._reply("500 5.5.2 Line too long (RFC 5321 allows 512 octets)")
             return None
@@ -427,6 +455,8 @@ class ServerMachine:
         ]
         if s.smtputf8:
             lines.append("SMTPUTF8")
+        if s.dsn:
+            lines.append("DSN")
         if s.tls_available and not self.tls_active:
             lines.append("STARTTLS")
         if s.auth and (self.tls_active or s.auth_without_tls):
@@ -487,10 +517,25 @@ class ServerMachine:
         address, raw = parsed
         params: list[tuple[str, str | None]] = []
         utf8 = False
+        dsn = self.settings.dsn
         for p in raw:
             key, eq, value = p.partition("=")
             key = key.upper()
-            if key == "SIZE":
+            if any(k == key for k, _ in params):
+                self._reply(f"501 5.5.4 Duplicate MAIL parameter {_printable(key, 20)}")
+                return None
+            if key == "RET" and dsn:
+                if value.upper() not in ("FULL", "HDRS"):
+                    self._reply("501 5.5.4 RET must be FULL or HDRS")
+                    return None
+                value = value.upper()
+            elif key == "ENVID" and dsn:
+                if _envelope_id(value) is None:
+                    self._reply(
+                        "501 5.5.4 ENVID must be xtext of 1 to 100 printable ASCII characters"
+                    )
+                    return None
+            elif key == "SIZE":
                 if not value.isdigit():
                     self._reply("501 5.5.4 Syntax: SIZE=<octets>")
                     return None
@@ -529,11 +574,30 @@ class ServerMachine:
         parsed = self._path(arg, "TO:")
         if parsed is None:
             return None
-        address, params = parsed
-        if params:
-            key = params[0].partition("=")[0].upper()
-            self._reply(f"555 5.5.4 RCPT parameter {_printable(key, 20)} not supported")
-            return None
+        address, raw = parsed
+        params: list[tuple[str, str | None]] = []
+        for p in raw:
+            key, eq, value = p.partition("=")
+            key = key.upper()
+            if any(k == key for k, _ in params):
+                self._reply(f"501 5.5.4 Duplicate RCPT parameter {_printable(key, 20)}")
+                return None
+            if key == "NOTIFY" and self.settings.dsn:
+                if not _notify_ok(value):
+                    self._reply(
+                        "501 5.5.4 NOTIFY must be NEVER, or SUCCESS, FAILURE and DELAY "
+                        "joined by commas"
+                    )
+                    return None
+                value = value.upper()
+            elif key == "ORCPT" and self.settings.dsn:
+                if not _orcpt_ok(value):
+                    self._reply("501 5.5.4 ORCPT must be addr-type;xtext, at most 500 characters")
+                    return None
+            else:
+                self._reply(f"555 5.5.4 RCPT parameter {_printable(key, 20)} not supported")
+                return None
+            params.append((key, value if eq else None))
         if not (self.utf8 or address.isascii()):
             self._reply(_NEEDS_UTF8)
             return None
@@ -541,7 +605,7 @@ class ServerMachine:
         if len(self._recipients) >= limit:
             self._reply(f"452 4.5.3 Too many recipients (at most {limit} per message)")
             return Refused("recipient_limit")
-        event = RcptTo(address)
+        event = RcptTo(address, tuple(params))
         self._pending = event
         return event
 
@@ -810,7 +874,13 @@ class ServerMachine:
         # chunks joined here would be held twice).
         content = self._content.getvalue()
         self._content = io.BytesIO()
-        event = MessageData(content, self._sender, tuple(self._recipients))
+        event = MessageData(
+            content,
+            self._sender,
+            tuple(self._recipients),
+            self._mail_params,
+            tuple(self._rcpt_params) if any(self._rcpt_params) else (),
+        )
         self._pending = event
         return event
 
@@ -838,3 +908,34 @@ _COMMANDS: dict[str, Callable[[ServerMachine, str], Event | None]] = {
     "STARTTLS": ServerMachine._starttls,
     "VRFY": ServerMachine._vrfy,
 }
+
+
+_NOTIFY_WORDS = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+_ADDR_TYPE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
+
+
+def _envelope_id(value: str) -> str | None:
+    """ENVID's text, if ``value`` is xtext of 1 to 100 printable ASCII characters."""
+    text = xtext.decode(value)
+    if text is None or not 1 <= len(text) <= 100 or not all("!" <= c <= "~" for c in text):
+        return None
+    return text
+
+
+def _notify_ok(value: str) -> bool:
+    """``NEVER``, or a comma list of SUCCESS, FAILURE, DELAY (each once)."""
+    words = value.upper().split(",")
+    if words == ["NEVER"]:
+        return True
+    return all(w in _NOTIFY_WORDS for w in words) and len(set(words)) == len(words)
+
+
+def _orcpt_ok(value: str) -> bool:
+    """``addr-type;xtext`` of at most 500 characters (RFC 3461 section 4.2)."""
+    kind, sep, rest = value.partition(";")
+    return (
+        bool(sep and rest)
+        and len(value) <= 500
+        and _ADDR_TYPE.fullmatch(kind) is not None
+        and xtext.decode(rest) is not None
+    )

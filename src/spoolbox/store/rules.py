@@ -44,6 +44,7 @@ def accepted(message: NewMessage, *, now: float, lifetime: float) -> MessageInfo
         notify=message.notify,
         is_report=message.is_report,
         envelope_id=message.envelope_id,
+        return_content=message.return_content,
         size=message.size,
         subject=subject_of(message.content),
     )
@@ -90,19 +91,22 @@ def queue_of(readiness: Iterable[tuple[RecipientState, float]], now: float) -> M
 def fingerprint(message: NewMessage) -> bytes:
     """A digest of the whole submission: equal digests mean equal NewMessages (a
     backend that keeps the digest, not the submission, tells a resubmission with it)."""
-    envelope = json.dumps(
-        [
-            message.id,
-            None if message.sender is None else str(message.sender),
-            [str(a) for a in message.recipients],
-            int(message.priority),
-            None if message.send_at is None else float(message.send_at),
-            int(message.notify),
-            None if message.lifetime is None else float(message.lifetime),
-            bool(message.is_report),
-            message.envelope_id,
-        ]
-    )
+    fields: list[object] = [
+        message.id,
+        None if message.sender is None else str(message.sender),
+        [str(a) for a in message.recipients],
+        int(message.priority),
+        None if message.send_at is None else float(message.send_at),
+        int(message.notify),
+        None if message.lifetime is None else float(message.lifetime),
+        bool(message.is_report),
+        message.envelope_id,
+    ]
+    # Fields added later go in only when set: a stored message's digest does not change
+    # (a resubmission of a message stored before the field existed is still recognised).
+    if message.return_content is not None:
+        fields.append(bool(message.return_content))
+    envelope = json.dumps(fields)
     digest = hashlib.sha256(envelope.encode())
     digest.update(b"\n")
     digest.update(message.content)

@@ -172,6 +172,60 @@ async def _submit_returns_info(store: Store) -> None:
 
 
 @_check
+async def _submit_keeps_return_content(store: Store) -> None:
+    # RFC 3461 RET: True FULL, False HDRS, None the report kind's default; kept as
+    # given by submit and submit_many, and read back by every reader of a message.
+    wanted = {"ret-full": True, "ret-hdrs": False, "ret-none": None}
+    many = {f"{mid}-many": ret for mid, ret in wanted.items()}
+    infos = [await _submit(store, "X:a", id=mid, return_content=ret) for mid, ret in wanted.items()]
+    _equal(
+        [info.return_content for info in infos],
+        list(wanted.values()),
+        "return_content of submit()'s results",
+    )
+    infos_many = await store.submit_many(
+        [_new("X:b", id=mid, return_content=ret) for mid, ret in many.items()],
+        now=_T0,
+        lifetime=_LIFETIME,
+        routes=[["x"]] * len(many),
+    )
+    _equal(
+        [info.return_content for info in infos_many],
+        list(many.values()),
+        "return_content of submit_many()'s results",
+    )
+    every = {**wanted, **many}
+    for mid, ret in every.items():
+        _equal((await store.get_message(mid)).return_content, ret, f"get_message({mid!r})")
+    _equal(
+        {s.info.id: s.info.return_content for s in await store.list_messages(now=_T0)},
+        every,
+        "return_content of list_messages()'s messages",
+    )
+    jobs = await store.claim("x", owner="o1", now=_T0, lease=_LEASE, limit=len(every))
+    _equal(
+        {job.message.id: job.message.return_content for job in jobs},
+        every,
+        "return_content of claim()'s jobs' messages",
+    )
+    for job in jobs:
+        settled = await _settle_all(store, job, _R.DELIVERED, now=_T0 + 1)
+        _equal(settled.return_content, every[job.message.id], f"settle({job.message.id!r})")
+    # The same submission again is the stored message; another RET is another message.
+    again = await store.submit(
+        _new("X:a", id="ret-full", return_content=True), now=_T0 + 5, lifetime=_LIFETIME
+    )
+    _equal(again, infos[0], "the same submission with return_content=True again")
+    for mid, other in (("ret-full", False), ("ret-hdrs", None), ("ret-none", True)):
+        await _raises(
+            StoreError,
+            store.submit(_new("X:a", id=mid, return_content=other), now=_T0, lifetime=_LIFETIME),
+            f"submit with the used id {mid!r} and return_content={other!r}",
+        )
+        _equal((await store.get_message(mid)).return_content, wanted[mid], "after refused reuse")
+
+
+@_check
 async def _submit_is_idempotent(store: Store) -> None:
     message = _new("X:a", "X:b", id="m-dup")
     first = await store.submit(message, now=_T0, lifetime=_LIFETIME)

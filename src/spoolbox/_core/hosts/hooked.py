@@ -230,6 +230,7 @@ async def _reroute(
         notify=info.notify,
         lifetime=max(1.0, info.expires_at - now),
         envelope_id=info.envelope_id,
+        return_content=info.return_content,
         id=new_id,
     )
     await store.submit(new, now=now, lifetime=runtime.policy.lifetime)

@@ -23,6 +23,10 @@ with one set of row functions.  What differs:
   look-up when a content row is deleted).
 * Version 6 indexes ``inbox.received_at`` (the retention's look-up of old entries),
   as SQLite's ``inbox_received``.
+* Version 7 adds ``messages.return_content``, RFC 3461's RET, as SQLite's version 7
+  does: a BOOLEAN (true FULL, false HDRS, NULL the report kind's default, as every
+  message stored before it), the one flag not kept as 0/1 (the row functions write it
+  as a bool, which SQLite keeps as 1/0).
 
 ``MIGRATIONS[n]`` upgrades a database at version ``n`` to ``n + 1`` (a new database is
 at version 0).  :func:`migrate` runs the pending ones, each in its own transaction
@@ -298,8 +302,16 @@ _V6 = """
 CREATE INDEX IF NOT EXISTS inbox_received ON inbox (received_at);
 """
 
+# How much of the message a delivery report returns, kept with the message (version
+# 7): RFC 3461's RET, true FULL, false HDRS, NULL the report kind's default (every
+# message stored before it).  A column that may be NULL and has no default: adding it
+# rewrites nothing (the existing rows read NULL).
+_V7 = """
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS return_content BOOLEAN;
+"""
+
 #: ``MIGRATIONS[n]`` upgrades a database at schema version ``n`` to ``n + 1``.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
 
 #: The newest schema version this code reads and writes.
 SCHEMA_VERSION: Final = len(MIGRATIONS)

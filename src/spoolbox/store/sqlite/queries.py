@@ -12,7 +12,7 @@ from __future__ import annotations
 
 MESSAGE_COLUMNS = (
     "id, fingerprint, sender, priority, submitted_at, send_at, expires_at, notify, "
-    "is_report, envelope_id, size, subject, held, blob_id"
+    "is_report, envelope_id, return_content, size, subject, held, blob_id"
 )
 
 RECIPIENT_COLUMNS = (
@@ -38,9 +38,10 @@ SELECT_MESSAGE = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?"
 SELECT_MESSAGES_AFTER = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id > ? ORDER BY id LIMIT ?"
 INSERT_MESSAGE = (
     "INSERT INTO messages (id, fingerprint, sender, priority, submitted_at, send_at, "
-    "expires_at, notify, is_report, envelope_id, size, subject, held, blob_id) "
-    "VALUES (:id, :fingerprint, :sender, :priority, :submitted_at, :send_at, :expires_at, "
-    ":notify, :is_report, :envelope_id, :size, :subject, 0, :blob_id)"
+    "expires_at, notify, is_report, envelope_id, return_content, size, subject, held, "
+    "blob_id) VALUES (:id, :fingerprint, :sender, :priority, :submitted_at, :send_at, "
+    ":expires_at, :notify, :is_report, :envelope_id, :return_content, :size, :subject, 0, "
+    ":blob_id)"
 )
 SET_HELD = "UPDATE messages SET held = ? WHERE id = ?"
 

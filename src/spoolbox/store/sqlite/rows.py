@@ -3,7 +3,9 @@
 ``*_from_row`` builds a value from a row read with one of the ``*_COLUMNS`` lists of
 :mod:`.queries`; ``*_params`` gives the named parameters that write one.  The
 encodings live here and nowhere else: addresses as text, lists and maps as JSON
-text, flags as 0/1.
+text, flags as 0/1.  ``return_content`` (RFC 3461 RET, NULL when not given) is written
+as a Python bool, which SQLite keeps as 1/0 and PostgreSQL's BOOLEAN column takes as
+it is; it reads back as a bool from either.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def message_from_row(row: Row) -> MessageInfo:
         notify=Notify(row["notify"]),
         is_report=bool(row["is_report"]),
         envelope_id=row["envelope_id"],
+        return_content=_optional_flag(row["return_content"]),
         size=row["size"],
         subject=row["subject"],
         held=bool(row["held"]),
@@ -63,10 +66,16 @@ def message_params(info: MessageInfo, *, fingerprint: bytes, blob_id: int) -> di
         "notify": int(info.notify),
         "is_report": int(info.is_report),
         "envelope_id": info.envelope_id,
+        "return_content": None if info.return_content is None else bool(info.return_content),
         "size": info.size,
         "subject": info.subject,
         "blob_id": blob_id,
     }
+
+
+def _optional_flag(value: object) -> bool | None:
+    """A flag column that may be NULL: SQLite's 1/0 or PostgreSQL's boolean, or None."""
+    return None if value is None else bool(value)
 
 
 def recipient_from_row(row: Row) -> RecipientRecord:

@@ -45,6 +45,9 @@ Shape of the data (the domain classes in :mod:`spoolbox.model` do not follow it)
   its recipients', and a settle or renewal of an ACTIVE recipient must bring it.
 * Version 6 drops ``recipients_owner``: one index fewer written by every claim and
   settle; ``release_owner`` reads the ACTIVE recipients through ``recipients_lease``.
+* Version 7 adds ``messages.return_content``, RFC 3461's RET: 1 (FULL: the whole
+  message in a report), 0 (HDRS: its header only), NULL (the report kind's default,
+  as every message stored before it).
 
 The queries are in :mod:`.queries`.
 """
@@ -279,7 +282,13 @@ _V6 = """
 DROP INDEX IF EXISTS recipients_owner;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
+# How much of the message a delivery report returns (RFC 3461 RET), kept with the
+# message: 1 FULL, 0 HDRS, NULL the report kind's default (every older message).
+_V7 = """
+ALTER TABLE messages ADD COLUMN return_content INTEGER;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
 
 #: The newest schema version this code reads and writes.
 SCHEMA_VERSION = len(MIGRATIONS)

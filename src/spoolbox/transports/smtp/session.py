@@ -26,7 +26,8 @@ from spoolbox.contract import (
     TransportNotifyFlags,
     ValidateFlags,
 )
-from spoolbox.model import Address
+from spoolbox.model import Address, Notify
+from spoolbox.smtp import xtext
 from spoolbox.smtp.replies import Reply, enhanced_status, reply_text
 
 from .._status import ReachabilityRow, results_text
@@ -497,9 +498,23 @@ class SMTPSession(BaseTransportSession):
         if need_utf8:
             options.append(b"SMTPUTF8")
         enc = "utf-8" if need_utf8 else "ascii"
+        # DSN (RFC 3461) to a server that offers it: the sender's wishes go on with the
+        # message (NOTIFY=NEVER: the next hop sends no report either), and the next hop
+        # reports what happens after it.
+        dsn = "dsn" in machine.extensions
+        rcpt_options: list[bytes] = []
+        if dsn:
+            info = message.info
+            if info.return_content is not None:
+                options.append(b"RET=FULL" if info.return_content else b"RET=HDRS")
+            if info.envelope_id is not None:
+                options.append(b"ENVID=" + xtext.encode(info.envelope_id).encode("ascii"))
+            rcpt_options.append(b"NOTIFY=" + notify_keyword(info.notify))
 
         mail_step = f"MAIL FROM:<{mail_from}>"
-        machine.transaction([mail_from.encode(enc), *options], [r.value.encode(enc) for r in rcpts])
+        machine.transaction(
+            [mail_from.encode(enc), *options], [r.value.encode(enc) for r in rcpts], rcpt_options
+        )
         reply = await self._checked(conn, mail_step, "mail")
         if reply.code == 503:
             # "Bad sequence of commands" to MAIL (Postfix's "nested MAIL command"): this
@@ -536,7 +551,7 @@ class SMTPSession(BaseTransportSession):
         if reply.code != 250:  # refused after all of it: kept as after DATA's refusal
             self._settle(accepted, results, self._unexpected(conn, reply, "end of data"))
             return True
-        self._delivered(conn, reply, accepted, results)
+        self._delivered(conn, reply, accepted, results, next_hop_reports=dsn)
         return True
 
     async def _after_refused_mail(self, conn: Connection, rcpts: list[OutboundRecipient]) -> None:
@@ -603,15 +618,20 @@ class SMTPSession(BaseTransportSession):
         reply: Reply,
         accepted: Sequence[OutboundRecipient],
         results: dict[int, RecipientResult],
+        *,
+        next_hop_reports: bool = False,
     ) -> None:
-        """The 250 to the final dot: every accepted recipient delivered."""
+        """The 250 to the final dot: every accepted recipient delivered (to a server
+        that got the message's NOTIFY and reports from there on: ``next_hop_reports``)."""
         conn.messages += 1
         conn.clean = True
         status = enhanced_status(reply, "2")
         text = f"smtp; {reply_text(reply)}"
         mta = f"dns; {conn.host}"
         for r in accepted:
-            results[r.index] = RecipientResult.delivered(r, text, status=status, remote_mta=mta)
+            results[r.index] = RecipientResult.delivered(
+                r, text, status=status, remote_mta=mta, next_hop_reports=next_hop_reports
+            )
 
     def _unexpected(self, conn: Connection, reply: Reply, step: str) -> Failure:
         if 400 <= reply.code <= 599:
@@ -696,3 +716,9 @@ async def _chunks(message: OutboundMessage, content: bytes | None) -> AsyncItera
     view = memoryview(content)
     for i in range(0, len(view), _CHUNK):
         yield bytes(view[i : i + _CHUNK])
+
+
+def notify_keyword(notify: Notify) -> bytes:
+    """RFC 3461's ``NOTIFY=`` value for ``notify``: ``NEVER``, or its kinds in order."""
+    words = [name for name in ("SUCCESS", "FAILURE", "DELAY") if notify & Notify[name]]
+    return ",".join(words).encode("ascii") if words else b"NEVER"

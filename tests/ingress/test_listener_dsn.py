@@ -1,0 +1,102 @@
+"""DSN (RFC 3461) at the SMTP listener: what a client asks with NOTIFY, RET and ENVID
+becomes the message's, through Python's own smtplib as an application sends."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+
+from smtp_client import Raw, serving
+
+from spoolbox import NewMessage, Notify
+
+MESSAGE = "From: app@example.org\r\nTo: b@example.org\r\nSubject: t\r\n\r\nbody\r\n"
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.messages: list[NewMessage] = []
+
+    async def __call__(self, message: NewMessage) -> object:
+        self.messages.append(message)
+        return message
+
+
+def _send(port: int, rcpts: list[str], mail: list[str], rcpt: list[str]) -> dict[str, object]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+        smtp.ehlo("app.test")
+        assert smtp.has_extn("dsn")
+        return smtp.sendmail(
+            "app@example.org", rcpts, MESSAGE, mail_options=mail, rcpt_options=rcpt
+        )
+
+
+async def test_notify_ret_and_envid_become_the_messages() -> None:
+    submit = Recorder()
+    async with serving(submit) as listener:
+        refused = await asyncio.to_thread(
+            _send,
+            listener.port,
+            ["b@example.org", "c@example.org"],
+            ["RET=HDRS", "ENVID=order+2B42"],
+            ["NOTIFY=SUCCESS,DELAY", "ORCPT=rfc822;b@example.org"],
+        )
+    assert refused == {}
+    [m] = submit.messages
+    assert m.notify == Notify.SUCCESS | Notify.DELAY
+    assert (m.envelope_id, m.return_content) == ("order+42", False)
+    assert [a.value for a in m.recipients] == ["b@example.org", "c@example.org"]
+
+
+async def test_never_asks_for_no_report_and_full_for_the_whole_message() -> None:
+    submit = Recorder()
+    async with serving(submit) as listener:
+        await asyncio.to_thread(_send, listener.port, ["b@example.org"], ["RET=FULL"], [])
+        await asyncio.to_thread(_send, listener.port, ["b@example.org"], [], ["NOTIFY=NEVER"])
+    first, second = submit.messages
+    assert (first.notify, first.return_content, first.envelope_id) == (Notify.FAILURE, True, None)
+    assert (second.notify, second.return_content) == (Notify.NEVER, None)
+
+
+async def test_a_recipient_with_another_notify_is_sent_in_another_transaction() -> None:
+    """One NOTIFY per stored message: the recipient that differs gets 452 4.5.3 (as a
+    recipient over a limit), and the client sends it on its own."""
+    submit = Recorder()
+    async with serving(submit) as listener:
+        raw = await Raw.connect(listener.port, greeting="220 mx.test ")
+        await raw.cmd(b"EHLO app.test")
+        assert (await raw.cmd(b"MAIL FROM:<app@example.org>")).startswith("250")
+        assert (await raw.cmd(b"RCPT TO:<b@example.org> NOTIFY=NEVER")).startswith("250")
+        assert (await raw.cmd(b"RCPT TO:<c@example.org>")) == (
+            "452 4.5.3 This recipient's NOTIFY differs from the other recipients': "
+            "send it in another transaction"
+        )
+        assert (await raw.cmd(b"RCPT TO:<d@example.org> NOTIFY=never")).startswith("250")
+        assert (await raw.cmd(b"DATA")).startswith("354")
+        assert (await raw.cmd(MESSAGE.encode() + b".")).startswith("250")
+        # The next transaction starts afresh: its first recipient sets its NOTIFY.
+        assert (await raw.cmd(b"MAIL FROM:<app@example.org>")).startswith("250")
+        assert (await raw.cmd(b"RCPT TO:<c@example.org>")).startswith("250")
+        assert (await raw.cmd(b"DATA")).startswith("354")
+        assert (await raw.cmd(MESSAGE.encode() + b".")).startswith("250")
+        await raw.close()
+        assert listener.statistics()["rejected_notify_differs"] == 1
+    first, second = submit.messages
+    assert ([a.value for a in first.recipients], first.notify) == (
+        ["b@example.org", "d@example.org"],
+        Notify.NEVER,
+    )
+    assert ([a.value for a in second.recipients], second.notify) == (
+        ["c@example.org"],
+        Notify.FAILURE,
+    )
+
+
+async def test_with_dsn_off_it_is_not_offered_nor_taken() -> None:
+    async with serving(Recorder(), dsn=False) as listener:
+        raw = await Raw.connect(listener.port, greeting="220 mx.test ")
+        assert "DSN" not in await raw.cmd(b"EHLO app.test")
+        assert await raw.cmd(b"MAIL FROM:<app@example.org> RET=FULL") == (
+            "555 5.5.4 MAIL parameter RET not supported"
+        )
+        await raw.close()

@@ -1,0 +1,108 @@
+"""DSN (RFC 3461) through the SMTP transport: the sender's NOTIFY, RET and ENVID go on
+to a next hop that offers DSN, which then reports the delivery itself; to one that
+does not, nothing extra is sent and the spooler reports as before.  The next hop is
+spoolbox's own SMTP listener (aiosmtpd does not take DSN parameters), with DSN on
+and off."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from smtp_servers import open_spooler, options, send
+
+from spoolbox import Address, MessageState, NewMessage, Notify
+from spoolbox.ingress.config import ListenerConfig
+from spoolbox.ingress.listener import SubmissionListener
+from spoolbox.transports.smtp.session import notify_keyword
+
+CONTENT = b"From: alice@example.org\r\nTo: bob@example.org\r\nSubject: dsn\r\n\r\nhello\r\n"
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    submit: Callable[[NewMessage], Awaitable[object]], **options: Any
+) -> AsyncIterator[SubmissionListener]:
+    """spoolbox's SMTP listener on a free port, as the next hop."""
+    listener = SubmissionListener(submit, ListenerConfig(port=0, hostname="next.test", **options))
+    await listener.start()
+    try:
+        yield listener
+    finally:
+        await listener.stop(grace=1.0)
+
+
+class Next:
+    """The next hop's submit: what it was given."""
+
+    def __init__(self) -> None:
+        self.messages: list[NewMessage] = []
+
+    async def __call__(self, message: NewMessage) -> object:
+        self.messages.append(message)
+        return message
+
+
+def _message(**kw: object) -> NewMessage:
+    return NewMessage(
+        Address("SMTP", "alice@example.org"),
+        (Address("SMTP", "bob@example.org"),),
+        CONTENT,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def test_the_senders_wishes_go_on_to_a_next_hop_with_dsn() -> None:
+    hop = Next()
+    async with serving(hop) as listener, open_spooler(options(listener.port)) as sp:
+        msg = _message(notify=Notify.NEVER, envelope_id="order+42", return_content=False)
+        state, _ = await send(sp, msg)
+        assert state is MessageState.SENT
+    [got] = hop.messages
+    assert (got.notify, got.envelope_id, got.return_content) == (Notify.NEVER, "order+42", False)
+
+
+async def test_a_next_hop_with_dsn_reports_the_delivery_not_the_spooler() -> None:
+    """NOTIFY=SUCCESS relayed to a server that offers DSN: that server (or the one
+    after it) reports the delivery; the spooler sends no report of its own."""
+    hop = Next()
+    async with serving(hop) as listener, open_spooler(options(listener.port)) as sp:
+        state, _ = await send(sp, _message(notify=Notify.SUCCESS | Notify.FAILURE))
+        assert state is MessageState.SENT
+        await asyncio.sleep(0.3)  # a report, were there one, would be on its way
+    [got] = hop.messages
+    assert got.notify == Notify.SUCCESS | Notify.FAILURE
+    assert got.sender is not None
+
+
+async def test_a_next_hop_without_dsn_gets_none_and_the_spooler_reports() -> None:
+    hop = Next()
+    async with serving(hop, dsn=False) as listener, open_spooler(options(listener.port)) as sp:
+        state, _ = await send(sp, _message(notify=Notify.SUCCESS, return_content=True))
+        assert state is MessageState.SENT
+        for _ in range(100):
+            if len(hop.messages) == 2:
+                break
+            await asyncio.sleep(0.02)
+    original, report = hop.messages
+    # Nothing of DSN went out (the server would have refused it with 555): its defaults.
+    assert (original.notify, original.return_content) == (Notify.FAILURE, None)
+    assert report.sender is None and report.is_report is False  # as the wire carries it
+    assert b"Action: delivered" in report.content
+    assert b"message/rfc822" in report.content  # RET=FULL: the whole message came back
+
+
+@pytest.mark.parametrize(
+    ("notify", "keyword"),
+    [
+        (Notify.NEVER, b"NEVER"),
+        (Notify.FAILURE, b"FAILURE"),
+        (Notify.DELAY | Notify.SUCCESS, b"SUCCESS,DELAY"),
+        (Notify.SUCCESS | Notify.FAILURE | Notify.DELAY, b"SUCCESS,FAILURE,DELAY"),
+    ],
+)
+def test_notify_keywords(notify: Notify, keyword: bytes) -> None:
+    assert notify_keyword(notify) == keyword
