@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -156,6 +157,33 @@ class Daemons:
             for path in self.logs
             if path.exists() and own_tracebacks(text := path.read_text(errors="replace"))
         ]
+
+
+def free_port() -> int:
+    """A loopback port free now (for a test server the profile points at)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def relay_home(directory: Path, relay_port: int) -> Home:
+    """``spoolbox init --relay 127.0.0.1:PORT`` (the listener on any free port), the
+    relay without TLS: a test's own SMTP server is the smart host."""
+    relay = f"127.0.0.1:{relay_port}"
+    r = subprocess.run(
+        [*CLI, "init", "--dir", str(directory), "--smtp-port", "0", "--relay", relay],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=DEADLINE,
+    )
+    assert r.returncode == 0, r.stderr
+    home = Home(directory)
+    text = home.profile.read_text()
+    old = f"port = {relay_port}\n"
+    assert old in text
+    home.profile.write_text(text.replace(old, old + 'tls = "none"\n', 1))
+    return home
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ written after the smart host, the rest to the smart host."""
 from __future__ import annotations
 
 import smtplib
-import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as AiosmtpdSMTP
 from aiosmtpd.smtp import Envelope, Session
 
-from conftest import CLI, DEADLINE, Daemons, Home, _env, wait_until
+from conftest import DEADLINE, Daemons, Home, free_port, relay_home, wait_until
 
 
 class _Server:
@@ -28,17 +26,11 @@ class _Server:
         return "250 2.0.0 queued"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def servers() -> Iterator[tuple[tuple[int, _Server], tuple[int, _Server]]]:
     made = []
     for _ in range(2):
-        handler, port = _Server(), _free_port()
+        handler, port = _Server(), free_port()
         controller = Controller(handler, hostname="127.0.0.1", port=port)
         controller.start()
         made.append((controller, port, handler))
@@ -50,28 +42,8 @@ def servers() -> Iterator[tuple[tuple[int, _Server], tuple[int, _Server]]]:
 
 
 def _home(directory: Path, relay: int, corp: int, domains: str) -> Home:
-    r = subprocess.run(
-        [
-            *CLI,
-            "init",
-            "--dir",
-            str(directory),
-            "--smtp-port",
-            "0",
-            "--relay",
-            f"127.0.0.1:{relay}",
-        ],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=DEADLINE,
-    )
-    assert r.returncode == 0, r.stderr
-    home = Home(directory)
+    home = relay_home(directory, relay)
     text = home.profile.read_text()
-    old = f"port = {relay}\n"
-    assert old in text
-    text = text.replace(old, old + 'tls = "none"\n', 1)
     text += (
         '\n[[transports]]\nname = "corp"\nprovider = "smtp"\naddress_types = ["SMTP"]\n'
         f"inbound = false\ndomains = {domains}\n"

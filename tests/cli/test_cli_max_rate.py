@@ -5,8 +5,6 @@ init --relay`` writes it, plus ``max_rate``."""
 from __future__ import annotations
 
 import smtplib
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as AiosmtpdSMTP
 from aiosmtpd.smtp import Envelope, Session
 
-from conftest import CLI, DEADLINE, Daemons, Home, _env, wait_until
+from conftest import DEADLINE, Daemons, Home, free_port, relay_home, wait_until
 
 
 class _Server:
@@ -28,15 +26,9 @@ class _Server:
         return "250 2.0.0 queued"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def server() -> Iterator[tuple[int, _Server]]:
-    handler, port = _Server(), _free_port()
+    handler, port = _Server(), free_port()
     controller = Controller(handler, hostname="127.0.0.1", port=port)
     controller.start()
     try:
@@ -46,30 +38,11 @@ def server() -> Iterator[tuple[int, _Server]]:
 
 
 def _home(directory: Path, relay: int, rate: str) -> Home:
-    r = subprocess.run(
-        [
-            *CLI,
-            "init",
-            "--dir",
-            str(directory),
-            "--smtp-port",
-            "0",
-            "--relay",
-            f"127.0.0.1:{relay}",
-        ],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=DEADLINE,
-    )
-    assert r.returncode == 0, r.stderr
-    home = Home(directory)
+    home = relay_home(directory, relay)
     text = home.profile.read_text()
     old = '\nname = "relay"\n'
     assert old in text
-    text = text.replace(old, old + f"max_rate = {rate}\n", 1)
-    old = f"port = {relay}\n"
-    home.profile.write_text(text.replace(old, old + 'tls = "none"\n', 1))
+    home.profile.write_text(text.replace(old, old + f"max_rate = {rate}\n", 1))
     return home
 
 

@@ -12,13 +12,7 @@ import urllib.request
 
 import trustme
 
-from conftest import Daemons, Home
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from conftest import Daemons, Home, free_port
 
 
 def _enable_web(home: Home, port: int) -> None:
@@ -42,7 +36,7 @@ def _answers(port: int) -> bool:
 def test_a_reload_switches_the_page_on_moves_it_and_switches_it_off(
     home: Home, daemons: Daemons
 ) -> None:
-    first, second = _free_port(), _free_port()
+    first, second = free_port(), free_port()
     daemons.start(home)  # [web] off at its start
     assert not _answers(first)
     _enable_web(home, first)
@@ -119,7 +113,7 @@ def test_web_says_when_another_server_holds_the_pages_port(home: Home, daemons: 
 def test_metrics_say_the_room_left_on_the_stores_disk_and_when_certificates_end(
     home: Home, daemons: Daemons
 ) -> None:
-    port = _free_port()
+    port = free_port()
     _enable_web(home, port)
     end = datetime.datetime(2027, 3, 1, 12, 0, tzinfo=datetime.UTC)
     leaf = trustme.CA().issue_cert("127.0.0.1", not_after=end)

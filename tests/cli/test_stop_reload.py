@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import re
 import smtplib
-import socket
 import threading
 
 import pytest
 
-from conftest import Daemons, Home, wait_until
+from conftest import Daemons, Home, free_port, wait_until
 
 _TYPO = """
 [[transports]]
@@ -94,12 +93,6 @@ def test_reload_without_a_daemon_exits_3(home: Home) -> None:
 
 
 # -- the listeners across a reload -------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _listener(home: Home, processes: int) -> None:
     """The default profile's listener in ``processes`` processes (0: on the daemon's
     loop), bare addresses delivered to the Maildir transport."""
