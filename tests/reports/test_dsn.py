@@ -300,6 +300,25 @@ def test_success_report() -> None:
     assert _parts(message)[2].get_content_type() == "text/rfc822-headers"
 
 
+def test_a_hand_off_to_a_server_without_dsn_is_relayed() -> None:
+    """RFC 3464's ``relayed``: handed on to a next hop that sends no reports; the
+    report says so beside a recipient that was delivered."""
+    carol = Address("SMTP", "carol@example.org")
+    items = [
+        ReportItem(
+            BOB, "2.0.0", "smtp; 250 2.0.0 queued", remote_mta="mx.example.org", relayed=True
+        ),
+        ReportItem(carol, "2.0.0", "delivered to /var/mail/carol"),
+    ]
+    message = _parse(_build(items, kind=ReportKind.SUCCESS))
+    _, blocks = _blocks(message)
+    assert [_raw(b, "Action") for b in blocks] == ["relayed", "delivered"]
+    text = _text(message)
+    assert "<bob@example.org>: relayed (status 2.0.0)" in text
+    assert "<carol@example.org>: delivered (status 2.0.0)" in text
+    assert "sends no delivery reports (relayed)" in text
+
+
 def test_success_with_full_content_attaches_the_message() -> None:
     item = ReportItem(BOB, "2.0.0", "")
     data = _build([item], kind=ReportKind.SUCCESS, include_content=True)

@@ -91,7 +91,10 @@ async def test_a_next_hop_without_dsn_gets_none_and_the_spooler_reports() -> Non
     # Nothing of DSN went out (the server would have refused it with 555): its defaults.
     assert (original.notify, original.return_content) == (Notify.FAILURE, None)
     assert report.sender is None and report.is_report is False  # as the wire carries it
-    assert b"Action: delivered" in report.content
+    # Handed to a server that says nothing more of it: relayed, not delivered.
+    assert b"Action: relayed" in report.content
+    assert b"Action: delivered" not in report.content
+    assert b"<bob@example.org>: relayed (status 2.0.0)" in report.content
     assert b"message/rfc822" in report.content  # RET=FULL: the whole message came back
 
 

@@ -307,8 +307,10 @@ class Settlement:
         lines that will say so once they are committed."""
         by_index = {r.index: r for r in recipients}
         remote = {r.index: r.remote_mta for r in results}
-        # Delivered to a next hop that reports the delivery itself (it got NOTIFY).
+        # Delivered to a next hop that reports the delivery itself (it got NOTIFY), or
+        # to one that reports nothing (relayed: the success report says so).
         passed_on = {r.index for r in results if r.next_hop_reports}
+        relayed = {r.index for r in results if r.relayed}
         kinds: dict[ReportKind, list[ReportItem]] = defaultdict(list)
         now = self._runtime.clock.now()
         for update in updates:
@@ -341,6 +343,7 @@ class Settlement:
                     remote_mta=remote.get(update.index),
                     last_attempt=now,
                     will_retry_until=until,
+                    relayed=kind is ReportKind.SUCCESS and update.index in relayed,
                 )
             )
         # A report that failed: a double bounce for the inbox, never sent (no loop).

@@ -59,6 +59,9 @@ class RecipientResult:
     #: (RFC 3461: an SMTP server that offers DSN got the message's NOTIFY), so the
     #: spooler sends no success report of its own; the next hop reports the delivery.
     next_hop_reports: bool = False
+    #: Delivered only: handed to a next hop that sends no delivery reports (an SMTP
+    #: server without DSN), so a success report says ``relayed``, not ``delivered``.
+    relayed: bool = False
 
     def __post_init__(self) -> None:
         m = _STATUS_RE.match(self.status)
@@ -77,8 +80,10 @@ class RecipientResult:
             raise ResultError("retry_after is only for deferred results and must be >= 0")
         if self.recipient_only and self.outcome is not Outcome.DEFERRED:
             raise ResultError("recipient_only is only for deferred results")
-        if self.next_hop_reports and self.outcome is not Outcome.DELIVERED:
-            raise ResultError("next_hop_reports is only for delivered results")
+        if (self.next_hop_reports or self.relayed) and self.outcome is not Outcome.DELIVERED:
+            raise ResultError("next_hop_reports and relayed are only for delivered results")
+        if self.next_hop_reports and self.relayed:
+            raise ResultError("a next hop that reports deliveries is not relayed to")
         # Diagnostic text goes into reports and status rows: one line, bounded.
         text = " ".join(self.diagnostic.split())
         if len(text) > _MAX_DIAGNOSTIC:
@@ -94,6 +99,7 @@ class RecipientResult:
         status: str = "2.0.0",
         remote_mta: str | None = None,
         next_hop_reports: bool = False,
+        relayed: bool = False,
     ) -> RecipientResult:
         return cls(
             _index(recipient),
@@ -103,6 +109,7 @@ class RecipientResult:
             None,
             remote_mta,
             next_hop_reports=next_hop_reports,
+            relayed=relayed,
         )
 
     @classmethod

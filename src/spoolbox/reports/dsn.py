@@ -12,8 +12,10 @@ API
     value is the RFC 3464 ``Action``.  ``ReportKind.for_outcome(outcome)`` maps a
     transport's :class:`~spoolbox.model.Outcome`.
 ``ReportItem(address, status, diagnostic="", remote_mta=None, last_attempt=None,``
-``will_retry_until=None)``
-    One recipient line.  ``status`` must be an RFC 3463 code (``5.1.1``);
+``will_retry_until=None, relayed=False)``
+    One recipient line; ``relayed`` (success reports): handed to a next hop that
+    does not report deliveries, RFC 3464's ``Action: relayed``.  ``status`` must be
+    an RFC 3463 code (``5.1.1``);
     ``ReportItem.from_result(result, address, ...)`` builds one from a transport's
     :class:`~spoolbox.model.RecipientResult`.
 ``wants_report(info, kind) -> bool``
@@ -174,6 +176,9 @@ class ReportItem:
     remote_mta: str | None = None
     last_attempt: float | None = None
     will_retry_until: float | None = None
+    #: A success that was a hand-off to a next hop which sends no delivery reports of
+    #: its own (an SMTP server without DSN): ``Action: relayed``, not ``delivered``.
+    relayed: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.address, Address):
@@ -204,6 +209,7 @@ class ReportItem:
             remote_mta=result.remote_mta,
             last_attempt=last_attempt,
             will_retry_until=will_retry_until,
+            relayed=result.relayed,
         )
 
 
@@ -394,6 +400,12 @@ def _explanation(
             "Delivery is still being attempted; you do not need to send it again. "
             "You will be told if it finally fails."
         )
+    elif any(item.relayed for item in items):
+        lead = (
+            "Your message was delivered to the recipients listed below, or handed on "
+            "to a mail server that sends no delivery reports (relayed): this is the "
+            "last report you will get about those."
+        )
     else:
         lead = "Your message was delivered to the recipients listed below."
     paragraphs = [
@@ -414,6 +426,8 @@ def _explanation(
             what = "delayed, still being retried"
             if item.will_retry_until is not None:
                 what += f" until {_date(item.will_retry_until)}"
+        elif item.relayed:
+            what = "relayed"
         else:
             what = "delivered"
         lines = [_wrap(f"<{_display(item.address)}>: {what} (status {item.status})", "", "    ")]
@@ -469,7 +483,7 @@ def _status_part(
             _block(
                 [
                     ("Final-Recipient", _final_recipient(item.address)),
-                    ("Action", kind.value),
+                    ("Action", "relayed" if item.relayed else kind.value),
                     ("Status", item.status),
                     ("Remote-MTA", _remote_mta(item.remote_mta)),
                     ("Diagnostic-Code", _diagnostic_code(item.diagnostic)),

@@ -622,7 +622,8 @@ class SMTPSession(BaseTransportSession):
         next_hop_reports: bool = False,
     ) -> None:
         """The 250 to the final dot: every accepted recipient delivered (to a server
-        that got the message's NOTIFY and reports from there on: ``next_hop_reports``)."""
+        that got the message's NOTIFY and reports from there on: ``next_hop_reports``;
+        else relayed: a server without DSN says nothing more of it)."""
         conn.messages += 1
         conn.clean = True
         status = enhanced_status(reply, "2")
@@ -630,7 +631,12 @@ class SMTPSession(BaseTransportSession):
         mta = f"dns; {conn.host}"
         for r in accepted:
             results[r.index] = RecipientResult.delivered(
-                r, text, status=status, remote_mta=mta, next_hop_reports=next_hop_reports
+                r,
+                text,
+                status=status,
+                remote_mta=mta,
+                next_hop_reports=next_hop_reports,
+                relayed=not next_hop_reports,
             )
 
     def _unexpected(self, conn: Connection, reply: Reply, step: str) -> Failure:
