@@ -62,6 +62,17 @@ _PARAM = st.sampled_from(
         "=x",
         "SIZE=",
         "X",
+        # DSN (RFC 3461), taken when the settings say dsn
+        "RET=FULL",
+        "RET=hdrs",
+        "RET=x",
+        "ENVID=a+2Bb",
+        "ENVID=+zz",
+        "NOTIFY=NEVER",
+        "NOTIFY=success,delay",
+        "NOTIFY=NEVER,SUCCESS",
+        "ORCPT=rfc822;a+40b",
+        "ORCPT=x",
     ]
 )
 
@@ -194,6 +205,7 @@ _SETTINGS = st.builds(
     tls_available=st.booleans(),
     auth=st.booleans(),
     auth_without_tls=st.booleans(),
+    dsn=st.booleans(),
 )
 
 
