@@ -24,7 +24,7 @@ from spoolbox import (
     SQLiteStore,
 )
 from spoolbox._core.rate import MAX_COUNT, RateWindows, SendWindow
-from spoolbox.testing import FakeClock, Script
+from spoolbox.testing import Act, FakeClock, Script
 
 
 # -- the value ---------------------------------------------------------------------------
@@ -80,9 +80,7 @@ def test_the_window_holds_n_in_any_period() -> None:
     # The two of t=0 are a window old at t=10: room for two; the one of t=4 at t=14.
     assert (w.room(10.0), w.next_at(10.0)) == (2, 10.0)
     w.take(10.0, 2)
-    assert w.next_at(10.5) == 14.0
-    w.give_back()  # a hand-off that did not come
-    assert w.room(10.5) == 1
+    assert (w.room(10.5), w.next_at(10.5)) == (0, 14.0)
 
 
 def test_no_period_ever_holds_more_than_n() -> None:
@@ -158,6 +156,30 @@ async def test_the_lanes_send_no_more_than_the_rate_and_the_rest_stays_queued() 
         await until(lambda: len(script.sent) == 7, what="the last one")
         assert sorted(m for m, _ in script.sent) == sorted(ids)
         assert sp.rates.window("smtp", RateLimit(3, 10.0)) is not None
+
+
+async def test_a_message_counts_when_it_starts_not_when_it_is_claimed() -> None:
+    """One worker, a batch of two claimed at t=0, the first slow (it hangs until t=9.5):
+    the second starts at 9.5.  Counted at its claim, the next window (from t=10) would
+    let two more start at once, three in [9.5, 19.5); counted when it starts, one."""
+    clock = FakeClock()
+    script = Script(address_types=("SMTP",), submit=[Act.HANG, Act.SUCCEED])
+    async with _spooler(script, clock, "2/10s") as sp:
+        await sp.wait_ready(timeout=5)
+        with sp.foreground_busy():
+            ids = [(await sp.submit(message(f"SMTP:r{i}@example.org"))).id for i in range(4)]
+        await until(lambda: "submit_message" in script.names(), what="the first one hangs")
+        await clock.advance(9.5)
+        await sp.cancel(ids[0])  # the slow first one ends; the second starts now
+        await until(lambda: len(script.sent) == 1, what="the second sent at 9.5")
+        await clock.advance(0.6)  # t = 10.1: the first's start is a window old
+        await until(lambda: len(script.sent) >= 2, what="a third at 10")
+        assert len(script.sent) == 2  # not a fourth beside them
+        await clock.advance(5.0)
+        assert len(script.sent) == 2  # nor before 19.5
+        await clock.advance(5.0)  # t = 20.1
+        await until(lambda: len(script.sent) == 3, what="the fourth after 19.5")
+        assert [m for m, _ in script.sent] == ids[1:]
 
 
 async def test_a_hand_off_is_a_send_within_the_rate(tmp_path: Path) -> None:

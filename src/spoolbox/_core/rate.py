@@ -12,10 +12,12 @@ window has room for, and the rest stays queued, untouched, until there is room.
 pure bookkeeping of one transport in one process: the times of its last N sends,
 oldest first, so that the (N+1)th waits until the oldest is a window old.  This is
 exact ("at most N in ANY window"), which a token bucket is not (it lets up to 2N
-through across the turn of a window).  No I/O and no clock of its own: the caller
-passes ``now``.  :class:`RateWindows` keeps one window per transport for the
-spooler's life, so a transport's session restarted (a failed logon, a reload) does
-not start its count again.
+through across the turn of a window).  A message counts when a worker starts it, not
+when it is claimed: a batch claimed ahead of busy workers starts later, and counting
+its claim would let the next window's messages start beside it.  No I/O and no clock
+of its own: the caller passes ``now``.  :class:`RateWindows` keeps one window per
+transport for the spooler's life, so a transport's session restarted (a failed
+logon, a reload) does not start its count again.
 """
 
 from __future__ import annotations
@@ -128,12 +130,6 @@ class SendWindow:
     def take(self, now: float, n: int = 1) -> None:
         """``n`` messages start now (the caller asked :meth:`room` first)."""
         self._sent.extend([now] * n)
-
-    def give_back(self, n: int = 1) -> None:
-        """``n`` of the latest sends did not happen after all (a hand-off that did not
-        come): their room is free again."""
-        for _ in range(min(n, len(self._sent))):
-            self._sent.pop()
 
     def resized(self, limit: RateLimit) -> SendWindow:
         """The same sends under a new limit (a reload changed ``max_rate``)."""

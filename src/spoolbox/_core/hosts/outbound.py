@@ -117,6 +117,9 @@ class OutboundLane:
                         self._held[_key(claimed)] = claimed
                     self._ready.extend(jobs)
                 job = self._ready.popleft()
+                window = self.send_window()
+                if window is not None:  # max_rate counts a message when it starts
+                    window.take(host.runtime.clock.now())
             try:
                 await self._process(job)
             finally:
@@ -143,12 +146,8 @@ class OutboundLane:
             or not host.gate_open()
         ):
             return False
-        window = self.send_window()
-        if window is not None:  # a hand-off is a send: within max_rate, or none
-            now = host.runtime.clock.now()
-            if window.room(now) < 1:
-                return False
-            window.take(now)
+        if self._rate_room() < 1:  # a hand-off is a send: within max_rate, or none
+            return False
         self._reserved += 1
         return True
 
@@ -156,9 +155,6 @@ class OutboundLane:
         """A reserved hand-off that did not come; ``failed``: its submit failed, and
         may have committed its claim all the same (:meth:`claim_lost`)."""
         self._reserved -= 1
-        window = self.send_window()
-        if window is not None:
-            window.give_back()
         if failed:
             self.claim_lost()
 
@@ -303,12 +299,29 @@ class OutboundLane:
         host = self._host
         return host.runtime.rates.window(host.name, host.entry.max_rate)
 
-    async def _wait_for_room(self, window: SendWindow) -> None:
+    def _rate_room(self) -> int | float:
+        """How many more messages ``max_rate`` lets this lane claim now: the window's
+        room less the hand-offs promised (each counts when its worker starts it, as
+        every job does; a claim waits for the jobs claimed before it to have started,
+        so none is counted twice)."""
+        window = self.send_window()
+        if window is None:
+            return float("inf")
+        return max(0, window.room(self._host.runtime.clock.now()) - self._reserved)
+
+    async def _wait_for_room(self) -> None:
         """``max_rate`` has no room now: wait until the oldest send in the window is a
-        window old (or the session stops); what is queued stays queued meanwhile."""
+        window old (or the session stops); what is queued stays queued meanwhile.  (A
+        window with room that promised hand-offs fill: until one of them comes.)"""
         host = self._host
         clock = host.runtime.clock
+        window = self.send_window()
+        if window is None:
+            return
         now = clock.now()
+        if window.room(now) > 0:
+            await wait_event(clock, host.wake, 0.05)  # hand_off sets it
+            return
         wait = window.next_at(now) - now
         if now - self._rate_logged >= _RATE_LOG_INTERVAL:
             self._rate_logged = now
@@ -324,7 +337,8 @@ class OutboundLane:
     async def _wait_for_jobs(self, limit: int) -> list[ClaimedJob]:
         """Claim work, waiting for it (woken by routing, a retry time, a flush); an
         empty list means the session is stopping.  With ``max_rate``, no more than the
-        window has room for: a claimed message is a message sent."""
+        window has room for (a claim comes only once the jobs claimed before it have
+        started, and each counts when it starts)."""
         host = self._host
         runtime = host.runtime
         while not (host.stopping or host.critical_error):
@@ -334,24 +348,19 @@ class OutboundLane:
             if host.stopping or host.critical_error:
                 break
             host.wake.clear()
-            window = self.send_window()
-            now = runtime.clock.now()
-            room = limit
-            if window is not None:
-                room = min(limit, window.room(now))
-                if room == 0:
-                    await self._wait_for_room(window)
-                    continue
+            room = self._rate_room()
+            if room < 1:
+                await self._wait_for_room()
+                continue
             try:
                 if runtime.outages.count != self._outages_seen:
                     await self._recover()
-                now = runtime.clock.now()
                 jobs = await runtime.store.claim(
                     host.name,
                     owner=runtime.owner,
-                    now=now,
+                    now=runtime.clock.now(),
                     lease=runtime.policy.lease,
-                    limit=room,
+                    limit=int(min(limit, room)),
                     # A flush makes deferred mail ready once (retry_transport) instead
                     # of ignoring retry times, so a failure during it is not retried hot.
                     ignore_retry=False,
@@ -367,8 +376,6 @@ class OutboundLane:
                 continue
             self._store_trouble.ok()
             if jobs:
-                if window is not None:
-                    window.take(now, len(jobs))
                 host.port.messages_changed()
                 return jobs
             try:
