@@ -58,6 +58,8 @@ def _outbound_text(outbound: Outbound) -> str:
         'provider = "smtp"',
         'address_types = ["SMTP"]       # bare addresses (bob@example.org) go here',
         "inbound = false",
+        '# max_rate = "14/s"            # at most so many messages a period, as the provider',
+        "                               # allows (SES 14/s, Gmail 2000/d; docs/operations.md)",
         "[transports.options]",
     ]
     if outbound.direct:
