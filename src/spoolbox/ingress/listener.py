@@ -442,7 +442,8 @@ class _Connection(asyncio.Protocol):
                 recipients=recipients,
                 content=trace + event.content,
                 id=message_id,
-                notify=_notify_of(event.recipient_params[0] if event.recipient_params else ()),
+                # Every recipient's NOTIFY is the transaction's (_rcpt refused others).
+                notify=self.notify if self.notify is not None else Notify.FAILURE,
                 envelope_id=None if envid is None else xtext.decode(envid),
                 return_content=None if ret is None else ret == "FULL",
             )

@@ -295,9 +295,11 @@ class OutboundLane:
             return
 
     def send_window(self) -> SendWindow | None:
-        """The transport's ``max_rate`` window (None: no limit)."""
+        """The transport's ``max_rate`` window (None: no limit, and no look-up: it is
+        asked for every message)."""
         host = self._host
-        return host.runtime.rates.window(host.name, host.entry.max_rate)
+        limit = host.entry.max_rate
+        return None if limit is None else host.runtime.rates.window(host.name, limit)
 
     def _rate_room(self) -> int | float:
         """How many more messages ``max_rate`` lets this lane claim now: the window's
