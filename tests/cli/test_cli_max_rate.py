@@ -76,6 +76,61 @@ def test_the_relay_keeps_to_its_rate(
     assert log.count("status=sent") == 10
 
 
+def test_delivery_workers_share_the_rate(
+    tmp_path: Path, daemons: Daemons, server: tuple[int, _Server]
+) -> None:
+    """``[daemon] workers = 2``: three processes deliver from one SQLite file, and
+    ``max_rate = "4/s"`` holds for the three together (the window is the store's),
+    not four a second each."""
+    port, sink = server
+    home = _home(tmp_path / "d", port, '"4/s"')
+    text = home.profile.read_text()
+    assert "\n[daemon]\n" in text
+    home.profile.write_text(text.replace("\n[daemon]\n", "\n[daemon]\nworkers = 2\n", 1))
+    proc = daemons.start(home)
+    wait_until(
+        "the two workers logged on",
+        lambda: all(
+            f"daemon[w{i}]: transports logged on: " in daemons.logs[-1].read_text() for i in (1, 2)
+        ),
+    )
+    with smtplib.SMTP("127.0.0.1", home.listener_port(), timeout=DEADLINE) as smtp:
+        for i in range(12):
+            smtp.sendmail("app@example.org", [f"r{i}@example.org"], f"Subject: {i}\r\n\r\nx\r\n")
+    wait_until("the server to have all twelve", lambda: len(sink.arrived) == 12)
+    arrived = sink.arrived
+    for i, t in enumerate(arrived):
+        assert sum(1 for u in arrived[i:] if u < t + 0.9) <= 4, arrived
+    assert arrived[-1] - arrived[0] >= 1.8, arrived
+    assert daemons.stop(proc) == 0
+
+
+def test_a_restarted_daemon_keeps_the_window(
+    tmp_path: Path, daemons: Daemons, server: tuple[int, _Server]
+) -> None:
+    """A quota a day long is not reset by a restart: the sends are in the store."""
+    port, sink = server
+    home = _home(tmp_path / "d", port, '"2/h"')
+    proc = daemons.start(home)
+    with smtplib.SMTP("127.0.0.1", home.listener_port(), timeout=DEADLINE) as smtp:
+        for i in range(3):
+            smtp.sendmail("app@example.org", [f"r{i}@example.org"], f"Subject: {i}\r\n\r\nx\r\n")
+    wait_until("two sent", lambda: len(sink.arrived) == 2)
+    assert daemons.stop(proc) == 0
+    proc = daemons.start(home)
+    listed = {t["name"]: t for t in home.json("transports")["configured"]}
+    assert (listed["relay"]["max_rate"], listed["relay"]["sent_in_window"]) == ("2/h", 2)
+    wait_until(
+        "the restarted daemon to say why the third waits",
+        lambda: "max_rate 2/h reached" in daemons.logs[-1].read_text(),
+    )
+    time.sleep(1.0)
+    assert len(sink.arrived) == 2
+    queued = home.json("queue", "list")
+    assert [m["state"] for m in queued["messages"]] == ["queued"], queued
+    assert daemons.stop(proc) == 0
+
+
 @pytest.mark.parametrize(
     ("value", "says"),
     [

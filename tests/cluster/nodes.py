@@ -61,6 +61,7 @@ class _Handler:
         self.delay = 0.0  # seconds each DATA takes (so a flush lasts long enough)
         self.delays: list[float] = []  # seconds the next DATAs take, one each
         self.started = 0  # DATA commands begun
+        self.arrived: list[float] = []  # time.monotonic() of each message received
         self.lock = threading.Lock()
 
     async def handle_DATA(self, server: AiosmtpdSMTP, session: Session, envelope: Envelope) -> str:
@@ -75,6 +76,7 @@ class _Handler:
         assert isinstance(content, bytes)
         with self.lock:
             self.received.append((list(envelope.rcpt_tos), content))
+            self.arrived.append(time.monotonic())
         return f"250 OK id={number}"
 
 
@@ -99,6 +101,11 @@ class Sink:
     def received(self) -> list[tuple[list[str], bytes]]:
         with self.handler.lock:
             return list(self.handler.received)
+
+    @property
+    def arrived(self) -> list[float]:
+        with self.handler.lock:
+            return list(self.handler.arrived)
 
     def refuse(self, on: bool) -> None:
         self.handler.refusing = on

@@ -1,8 +1,11 @@
 """``[[transports]] max_rate``: at most N messages in any window of a period.
 
-The window itself (pure, fed times), then a spooler on a fake clock with a scripted
-provider: what the lanes claim, what the hand-off takes, what waits (still QUEUED,
-not claimed), and a reload's new spooler that keeps the sends made before it."""
+The window itself (pure, fed times: the process's own and the store's grant), then a
+spooler on a fake clock with a scripted provider, with the window the store keeps
+(shared by every node, kept across restarts) and with the process's own (a store
+that keeps none): what the lanes claim, what the hand-off takes, what waits (still
+QUEUED, not claimed), two spoolers on one store sharing a window, and a reload's or
+a restart's new spooler that keeps the sends made before it."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import random
 import re
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from helpers import SLOW_TIMERS, message, transport, until
@@ -24,7 +28,31 @@ from spoolbox import (
     SQLiteStore,
 )
 from spoolbox._core.rate import MAX_COUNT, RateWindows, SendWindow
+from spoolbox.store.cluster import ClusterStore, rate_grant
+from spoolbox.store.memory import MemoryStore
 from spoolbox.testing import Act, FakeClock, Script
+
+
+def _keeping_no_windows(cls: type[_S]) -> type[_S]:
+    """``cls`` as a store that keeps no send windows (as a store of another project
+    that does not implement ClusterStore): each process keeps its own."""
+
+    class OwnWindows(cls):  # type: ignore[valid-type,misc]
+        take_sends = None  # a protocol's method set to None: not implemented
+        sends_in_window = None
+
+    return OwnWindows
+
+
+def _store(windows: str) -> MemoryStore:
+    store = (MemoryStore if windows == "store" else _keeping_no_windows(MemoryStore))()
+    assert isinstance(store, ClusterStore) == (windows == "store")
+    return store
+
+
+_S = TypeVar("_S", MemoryStore, SQLiteStore)
+
+WINDOWS = pytest.mark.parametrize("windows", ["store", "process"])
 
 
 # -- the value ---------------------------------------------------------------------------
@@ -102,6 +130,33 @@ def test_no_period_ever_holds_more_than_n() -> None:
         assert sum(1 for u in sent[i:] if u < t + limit.period) <= limit.count
 
 
+def test_the_stores_grant_never_puts_more_than_n_in_a_period() -> None:
+    """``rate_grant`` (what every store's ``take_sends`` works out), asked in any
+    order: no window ever holds more than N, and ``next_at`` is the first moment a
+    send may start again."""
+    rng = random.Random(11)
+    count, period = 4, 1.0
+    rows: list[tuple[float, int]] = []
+    now, sent = 0.0, []
+    for _ in range(2000):
+        now += rng.choice((0.0, 0.001, 0.05, 0.3, 1.0))
+        grant = rate_grant(rows, count=count, period=period, now=now, want=rng.randint(0, 3))
+        if grant.granted:
+            rows = [(at, n) for at, n in rows if at > now - period] + [(now, grant.granted)]
+            sent += [now] * grant.granted
+        if grant.used >= count:
+            later = grant.next_at
+            assert later > now
+            assert rate_grant(rows, count=count, period=period, now=later, want=1).granted == 1
+            just_before = rate_grant(rows, count=count, period=period, now=later - 1e-6, want=1)
+            assert just_before.granted == 0
+        else:
+            assert grant.next_at == now
+    assert len(sent) > 500
+    for i, t in enumerate(sent):
+        assert sum(1 for u in sent[i:] if u < t + period) <= count
+
+
 def test_a_new_limit_keeps_the_sends_already_made() -> None:
     windows = RateWindows()
     w = windows.window("relay", RateLimit(10, 60.0))
@@ -118,7 +173,10 @@ def test_a_new_limit_keeps_the_sends_already_made() -> None:
 
 
 # -- a spooler -----------------------------------------------------------------------------
-def _spooler(script: Script, clock: FakeClock, rate: str, **kw: object) -> Spooler:
+def _spooler(
+    script: Script, clock: FakeClock, rate: str, windows: str = "store", **kw: object
+) -> Spooler:
+    kw.setdefault("store", _store(windows))
     policy = replace(SLOW_TIMERS, claim_batch=8)
     cfg = SpoolerConfig(
         transports=(transport("smtp", script, max_rate=RateLimit.parse(rate)),),
@@ -132,10 +190,13 @@ async def _states(sp: Spooler, ids: list[str]) -> list[RecipientState]:
     return [(await sp.store.recipients(i))[0].state for i in ids]
 
 
-async def test_the_lanes_send_no_more_than_the_rate_and_the_rest_stays_queued() -> None:
+@WINDOWS
+async def test_the_lanes_send_no_more_than_the_rate_and_the_rest_stays_queued(
+    windows: str,
+) -> None:
     clock = FakeClock()
     script = Script(address_types=("SMTP",))
-    async with _spooler(script, clock, "3/10s") as sp:
+    async with _spooler(script, clock, "3/10s", windows) as sp:
         await sp.wait_ready(timeout=5)
         with sp.foreground_busy():  # all seven queued before any lane claims
             ids = [(await sp.submit(message(f"SMTP:r{i}@example.org"))).id for i in range(7)]
@@ -158,13 +219,16 @@ async def test_the_lanes_send_no_more_than_the_rate_and_the_rest_stays_queued() 
         assert sp.rates.window("smtp", RateLimit(3, 10.0)) is not None
 
 
-async def test_a_message_counts_when_it_starts_not_when_it_is_claimed() -> None:
-    """One worker, a batch of two claimed at t=0, the first slow (it hangs until t=9.5):
-    the second starts at 9.5.  Counted at its claim, the next window (from t=10) would
-    let two more start at once, three in [9.5, 19.5); counted when it starts, one."""
+@WINDOWS
+async def test_a_message_counts_when_it_starts_not_when_it_is_claimed(windows: str) -> None:
+    """One worker, the first message slow (it hangs until t=9.5): the second starts
+    at 9.5.  Counted at a claim made ahead of the worker (a batch of two at t=0), the
+    next window (from t=10) would let two more start at once, three in [9.5, 19.5).
+    The process's window counts a message when it starts; the store's is written by
+    claims that take no more than the lane has free workers for."""
     clock = FakeClock()
     script = Script(address_types=("SMTP",), submit=[Act.HANG, Act.SUCCEED])
-    async with _spooler(script, clock, "2/10s") as sp:
+    async with _spooler(script, clock, "2/10s", windows) as sp:
         await sp.wait_ready(timeout=5)
         with sp.foreground_busy():
             ids = [(await sp.submit(message(f"SMTP:r{i}@example.org"))).id for i in range(4)]
@@ -182,13 +246,17 @@ async def test_a_message_counts_when_it_starts_not_when_it_is_claimed() -> None:
         assert [m for m, _ in script.sent] == ids[1:]
 
 
-async def test_a_hand_off_is_a_send_within_the_rate(tmp_path: Path) -> None:
+@pytest.mark.parametrize("windows", ["store", "process"])
+async def test_two_free_workers_and_room_for_one(tmp_path: Path, windows: str) -> None:
     """Two messages submitted together to a lane that waits for work (two workers):
-    with room for one in the window, one is handed off and the other stays queued,
-    unclaimed, until the window has room again."""
+    with room for one in the window, one is sent (the process's window: handed off in
+    its submit's transaction; the store's: claimed, the other claimed with it going
+    back to the queue) and the other stays queued, unclaimed, until the window has
+    room again."""
     clock = FakeClock()
     script = Script(address_types=("SMTP",), concurrency=2)
-    store = SQLiteStore(tmp_path / "s.db")
+    cls = SQLiteStore if windows == "store" else _keeping_no_windows(SQLiteStore)
+    store = cls(tmp_path / "s.db")
     async with _spooler(script, clock, "1/10s", store=store, close_store=True) as sp:
         await sp.wait_ready(timeout=5)
         lane = sp.host("smtp").outbound
@@ -196,10 +264,11 @@ async def test_a_hand_off_is_a_send_within_the_rate(tmp_path: Path) -> None:
         a, b = await asyncio.gather(
             sp.submit(message("SMTP:a@example.org")), sp.submit(message("SMTP:b@example.org"))
         )
-        # One claimed in its submit's transaction (ACTIVE, or already sent), one not.
-        states = await _states(sp, [a.id, b.id])
-        assert RecipientState.QUEUED in states
-        assert {RecipientState.ACTIVE, RecipientState.DELIVERED} & set(states)
+        if windows == "process":
+            # One claimed in its submit's transaction (ACTIVE, or already sent), one not.
+            states = await _states(sp, [a.id, b.id])
+            assert RecipientState.QUEUED in states
+            assert {RecipientState.ACTIVE, RecipientState.DELIVERED} & set(states)
         await until(lambda: len(script.sent) == 1, what="one sent")
         [(first, _)] = script.sent
         other = b.id if first == a.id else a.id
@@ -211,11 +280,14 @@ async def test_a_hand_off_is_a_send_within_the_rate(tmp_path: Path) -> None:
         assert script.sent[1][0] == other
 
 
-async def test_a_spooler_that_replaces_another_keeps_its_sends() -> None:
-    """A daemon's reload starts a new spooler: the sends of the old one still count."""
+@WINDOWS
+async def test_a_spooler_that_replaces_another_keeps_its_sends(windows: str) -> None:
+    """A daemon's reload starts a new spooler: the sends of the old one still count
+    (the daemon hands the process's windows over).  With the store's window, a new
+    spooler given nothing (a restarted daemon) counts them as well."""
     clock = FakeClock()
     script = Script(address_types=("SMTP",))
-    async with _spooler(script, clock, "2/60s") as sp:
+    async with _spooler(script, clock, "2/60s", windows) as sp:
         await sp.wait_ready(timeout=5)
         with sp.foreground_busy():
             for i in range(2):
@@ -227,7 +299,8 @@ async def test_a_spooler_that_replaces_another_keeps_its_sends() -> None:
         policy=SLOW_TIMERS,
         node="n1",
     )
-    async with Spooler.open(cfg, clock=clock, idle=AlwaysIdle(), store=store, rates=rates) as sp2:
+    handed = RateWindows() if windows == "store" else rates
+    async with Spooler.open(cfg, clock=clock, idle=AlwaysIdle(), store=store, rates=handed) as sp2:
         await sp2.wait_ready(timeout=5)
         info = await sp2.submit(message("SMTP:later@example.org"))
         await clock.advance(30.0)
@@ -235,3 +308,45 @@ async def test_a_spooler_that_replaces_another_keeps_its_sends() -> None:
         assert await _states(sp2, [info.id]) == [RecipientState.QUEUED]
         await clock.advance(31.0)
         await until(lambda: len(script.sent) == 3, what="sent once the old sends aged out")
+
+
+async def test_two_spoolers_on_one_store_share_the_window() -> None:
+    """Two nodes on one store, each with the transport's ``max_rate = "3/10s"``:
+    three messages in any ten seconds between them, not three each."""
+    clock = FakeClock()
+    store = MemoryStore()
+    scripts = [Script(address_types=("SMTP",), concurrency=2) for _ in range(2)]
+
+    def sent() -> int:
+        return sum(len(script.sent) for script in scripts)
+
+    def config(node: str, script: Script) -> SpoolerConfig:
+        return SpoolerConfig(
+            transports=(transport("smtp", script, max_rate=RateLimit(3, 10.0)),),
+            policy=replace(SLOW_TIMERS, claim_batch=8),
+            node=node,
+        )
+
+    async with (
+        Spooler.open(config("n1", scripts[0]), clock=clock, idle=AlwaysIdle(), store=store) as a,
+        Spooler.open(config("n2", scripts[1]), clock=clock, idle=AlwaysIdle(), store=store) as b,
+    ):
+        await a.wait_ready(timeout=5)
+        await b.wait_ready(timeout=5)
+        with a.foreground_busy(), b.foreground_busy():
+            ids = [(await a.submit(message(f"SMTP:r{i}@example.org"))).id for i in range(8)]
+        await until(lambda: sent() == 3, what="the first three sent")
+        for _ in range(9):
+            await clock.advance(1.0)  # t = 9: both nodes look again and again
+            assert sent() == 3
+        states = [(await store.recipients(i))[0].state for i in ids]
+        assert states.count(RecipientState.QUEUED) == 5  # not claimed while they wait
+        assert await store.sends_in_window("transport:smtp", period=10.0, now=clock.now()) == 3
+        await clock.advance(1.1)  # t = 10.1
+        await until(lambda: sent() == 6, what="three more a window later")
+        await clock.advance(5.0)
+        assert sent() == 6
+        await clock.advance(5.0)
+        await until(lambda: sent() == 8, what="the last two")
+        done = sorted(m for script in scripts for m, _ in script.sent)
+        assert done == sorted(ids)  # each sent once

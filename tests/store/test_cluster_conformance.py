@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from spoolbox.store.cluster import SendGrant
 from spoolbox.store.memory import MemoryStore
 from spoolbox.store.sqlite import SQLiteStore
 from spoolbox.testing.cluster_conformance import CLUSTER_CHECKS, run_cluster_check
@@ -70,3 +71,31 @@ class _InboundIgnoresTheLease(MemoryStore):
 async def test_the_suite_catches_an_inbound_commit_that_ignores_the_lease() -> None:
     with pytest.raises(AssertionError, match="committed by a node holding no lease"):
         await run_cluster_check("inbound_commits_only_under_its_lease", _InboundIgnoresTheLease)
+
+
+class _RateWithoutRoom(MemoryStore):
+    """Broken on purpose: grants whatever is asked."""
+
+    async def take_sends(
+        self, name: str, *, count: int, period: float, now: float, want: int
+    ) -> SendGrant:
+        return SendGrant(want, want, now)
+
+
+async def test_the_suite_catches_a_rate_that_grants_everything() -> None:
+    with pytest.raises(AssertionError, match="the last room"):
+        await run_cluster_check("send_rate_grants_no_more_than_its_count", _RateWithoutRoom)
+
+
+async def test_sqlite_keeps_a_send_window_across_a_reopen(tmp_path: Path) -> None:
+    """A daemon restarted within a window (a daily quota) still counts the sends made
+    before it stopped."""
+    from spoolbox.testing.cluster_conformance import T0
+
+    async with SQLiteStore(tmp_path / "s.db") as store:
+        grant = await store.take_sends("relay", count=5, period=86400.0, now=T0, want=4)
+        assert grant.granted == 4
+    async with SQLiteStore(tmp_path / "s.db") as store:
+        assert await store.sends_in_window("relay", period=86400.0, now=T0 + 3600) == 4
+        grant = await store.take_sends("relay", count=5, period=86400.0, now=T0 + 3600, want=4)
+        assert (grant.granted, grant.used, grant.next_at) == (1, 5, T0 + 86400.0)

@@ -35,6 +35,7 @@ async def test_a_store_of_version_5_is_upgraded_in_place(tmp_path: Path) -> None
     with raw(path) as conn:  # version 5 as it was: with the owner index
         conn.execute("CREATE INDEX recipients_owner ON recipients (owner) WHERE state = 'active'")
         conn.execute("ALTER TABLE messages DROP COLUMN return_content")  # version 7 added it
+        conn.execute("DROP TABLE rate_sends")  # version 8 added it
         conn.execute("PRAGMA user_version = 5")
     assert "recipients_owner" in _indexes(path)
     async with SQLiteStore(path) as store:

@@ -8,7 +8,11 @@ Postfix's ``destination_rate_delay`` and KumoMTA's ``max_message_rate``) keeps t
 spooler under the limit instead: a transport's lanes claim no more messages than the
 window has room for, and the rest stays queued, untouched, until there is room.
 
-:class:`RateLimit` is the value (parsed from the profile); :class:`SendWindow` the
+:class:`RateLimit` is the value (parsed from the profile).  The window itself is the
+store's when the store keeps send windows (``ClusterStore.take_sends``: the memory,
+SQLite and PostgreSQL stores), one for every node on the store and kept across
+restarts; the lane records there the sends of what it claims.  For a store that
+keeps none, :class:`SendWindow` is the
 pure bookkeeping of one transport in one process: the times of its last N sends,
 oldest first, so that the (N+1)th waits until the oldest is a window old.  This is
 exact ("at most N in ANY window"), which a token bucket is not (it lets up to 2N
@@ -26,7 +30,7 @@ import collections
 import re
 from dataclasses import dataclass
 
-__all__ = ["MAX_COUNT", "RateLimit", "RateWindows", "SendWindow"]
+__all__ = ["MAX_COUNT", "RateLimit", "RateWindows", "SendWindow", "window_name"]
 
 #: The largest N of ``N/period`` (the window keeps one time per message).
 MAX_COUNT = 1_000_000
@@ -104,9 +108,11 @@ class SendWindow:
         self._sent: collections.deque[float] = collections.deque()
 
     def _expire(self, now: float) -> None:
-        start = now - self.limit.period
+        # A send counts until ``at + period``, the very sum next_at gives (``at <=
+        # now - period`` rounds differently).
+        period = self.limit.period
         sent = self._sent
-        while sent and sent[0] <= start:
+        while sent and sent[0] + period <= now:
             sent.popleft()
 
     def room(self, now: float) -> int:
@@ -158,3 +164,8 @@ class RateWindows:
         elif window.limit != limit:
             window = self._windows[transport] = window.resized(limit)
         return window
+
+
+def window_name(transport: str) -> str:
+    """The name of a transport's window in the store (``ClusterStore.take_sends``)."""
+    return f"transport:{transport}"

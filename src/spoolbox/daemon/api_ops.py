@@ -30,6 +30,7 @@ from .. import (
     __version__,
 )
 from .._core.cluster_view import cluster_rows
+from .._core.rate import window_name
 from ..api import selection
 from ..api.wire import (
     BAD_REQUEST,
@@ -50,6 +51,7 @@ from ..api.wire import (
 )
 from ..model import IllegalTransition, MessageState
 from ..profile import Profile
+from ..store.cluster import ClusterStore
 
 __all__ = ["OPS", "DaemonView", "dispatch"]
 
@@ -272,7 +274,7 @@ async def transports(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]
                 "outbound": host.entry.outbound,
                 "inbound": host.entry.inbound,
                 "domains": None if host.entry.domains is None else sorted(host.entry.domains),
-                **_rate_columns(spooler, host.name, host.entry.max_rate),
+                **await _rate_columns(spooler, host.name, host.entry.max_rate),
             }
         )
     return {"transports": out}
@@ -310,10 +312,16 @@ OPS: dict[str, _Handler] = {
 }
 
 
-def _rate_columns(spooler: Spooler, name: str, limit: RateLimit | None) -> dict[str, Any]:
-    """A transport's ``max_rate`` and how many messages its window holds now."""
+async def _rate_columns(spooler: Spooler, name: str, limit: RateLimit | None) -> dict[str, Any]:
+    """A transport's ``max_rate`` and how many messages its window holds now (the
+    store's, every node's sends, when the store keeps it)."""
     if limit is None:
         return {"max_rate": None, "sent_in_window": None}
-    window = spooler.rates.window(name, limit)
-    used = 0 if window is None else window.used(spooler.clock.now())
+    now = spooler.clock.now()
+    store = spooler.store
+    if isinstance(store, ClusterStore):
+        used = await store.sends_in_window(window_name(name), period=limit.period, now=now)
+    else:
+        window = spooler.rates.window(name, limit)
+        used = 0 if window is None else window.used(now)
     return {"max_rate": str(limit), "sent_in_window": used}

@@ -21,6 +21,13 @@ by machines) see each other only through these operations:
   :meth:`~ClusterStore.deliver_inbound_leased` commits an inbound batch only while
   its owner holds such a lease, checked in the batch's own transaction (the fence
   of an inbound mailbox).
+* **Send rates.**  :meth:`~ClusterStore.take_sends` records, atomically, up to
+  ``want`` messages starting now under a name's limit (a transport's ``max_rate``:
+  at most ``count`` in any ``period`` seconds) and says how many it granted, how
+  many the window holds and when the next may start (:class:`SendGrant`, worked out
+  by :func:`rate_grant` from the sends still in the window); every node on the store
+  counts against one window, which outlives their restarts.
+  :meth:`~ClusterStore.sends_in_window` reads how many the window holds.
 
 The operations and their transaction kinds are :data:`CLUSTER_OPERATIONS` (the
 same kinds as :data:`spoolbox.store.operations.OPERATIONS`).  The memory, SQLite
@@ -50,12 +57,15 @@ __all__ = [
     "LeaseHeld",
     "NodeRecord",
     "NodeState",
+    "SendGrant",
     "check_lease_args",
     "check_lease_holder",
     "check_node",
+    "check_rate_args",
     "decode_rows",
     "encode_rows",
     "node_state",
+    "rate_grant",
 ]
 
 
@@ -117,6 +127,55 @@ class LeaseHeld(StoreError):
     """The named lease is held by another owner (the text says whom, until when)."""
 
 
+@dataclass(frozen=True, slots=True)
+class SendGrant:
+    """What :meth:`ClusterStore.take_sends` recorded: ``granted`` sends (0 to the
+    ``want`` asked for), the sends the window holds with them (``used``), and when
+    the next one may start (``next_at``: ``now`` while the window has room)."""
+
+    granted: int
+    used: int
+    next_at: float
+
+
+def rate_grant(
+    sent: Sequence[tuple[float, int]], *, count: int, period: float, now: float, want: int
+) -> SendGrant:
+    """The grant for ``want`` sends at ``now`` under "at most ``count`` in any
+    ``period`` seconds", given the sends recorded (``(at, n)``: ``n`` sends started
+    at ``at``, oldest first; those a period old or more no longer count).  Every
+    backend's ``take_sends`` records ``(now, granted)`` after it."""
+    # A send counts until ``at + period`` (the very sum ``next_at`` gives: ``at >
+    # now - period`` rounds differently).
+    live = [(at, n) for at, n in sent if at + period > now]
+    used = sum(n for _, n in live)
+    granted = max(0, min(want, count - used))
+    used += granted
+    if granted:
+        live.append((now, granted))
+    if used < count:
+        return SendGrant(granted, used, now)
+    # Full: the next send may start once enough of the oldest have aged out that the
+    # window holds count - 1.
+    excess = used - count + 1
+    for at, n in live:
+        excess -= n
+        if excess <= 0:
+            return SendGrant(granted, used, at + period)
+    raise AssertionError("unreachable: the sends add up to used")  # pragma: no cover
+
+
+def check_rate_args(name: str, count: int, period: float, want: int) -> None:
+    """StoreError for a send-rate request no backend should record."""
+    if not name:
+        raise StoreError("a send rate needs a name")
+    if count < 1 or not period > 0 or want < 0:
+        raise StoreError(
+            f"send rate {name!r}: count must be at least 1 (got {count}), the period more "
+            f"than 0 s (got {period!r}) and want at least 0 (got {want})"
+        )
+
+
 #: The operations of :class:`ClusterStore` and their transaction kinds.
 CLUSTER_OPERATIONS: Final[Mapping[str, Kind]] = MappingProxyType(
     {
@@ -131,6 +190,8 @@ CLUSTER_OPERATIONS: Final[Mapping[str, Kind]] = MappingProxyType(
         "acquire_lease": Kind.PROGRESS,
         "release_lease": Kind.PROGRESS,
         "deliver_inbound_leased": Kind.WRITE,
+        "take_sends": Kind.PROGRESS,
+        "sends_in_window": Kind.READ,
     }
 )
 
@@ -211,6 +272,19 @@ class ClusterStore(Protocol):
         :class:`LeaseHeld` otherwise, and nothing is committed.  The lease cannot
         move between the check and the commit (SQLite: one ``BEGIN IMMEDIATE``;
         PostgreSQL: the lease row is locked until the commit)."""
+        ...
+
+    async def take_sends(
+        self, name: str, *, count: int, period: float, now: float, want: int
+    ) -> SendGrant:
+        """Record as many of ``want`` sends starting at ``now`` as "at most ``count``
+        in any ``period`` seconds" lets through, by the sends of every node recorded
+        under ``name`` (:func:`rate_grant`), and forget those a period old.  Atomic:
+        two nodes asking at once never both get the last room."""
+        ...
+
+    async def sends_in_window(self, name: str, *, period: float, now: float) -> int:
+        """How many sends recorded under ``name`` started within ``period`` of ``now``."""
         ...
 
 
@@ -301,6 +375,19 @@ class ClusterFace:
             "deliver_inbound_leased", items=list(items), lease=lease, owner=owner, now=now
         )
         return entries
+
+    async def take_sends(
+        self, name: str, *, count: int, period: float, now: float, want: int
+    ) -> SendGrant:
+        check_rate_args(name, count, period, want)
+        grant: SendGrant = await self._cluster(
+            "take_sends", name=name, count=count, period=period, now=now, want=want
+        )
+        return grant
+
+    async def sends_in_window(self, name: str, *, period: float, now: float) -> int:
+        used: int = await self._cluster("sends_in_window", name=name, period=period, now=now)
+        return used
 
 
 # -- checks and encodings every backend shares ------------------------------------------

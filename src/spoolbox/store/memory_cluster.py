@@ -16,10 +16,13 @@ from .cluster import (
     FlushRequest,
     InboundItems,
     NodeRecord,
+    SendGrant,
     check_lease_args,
     check_lease_holder,
     check_node,
+    check_rate_args,
     lease_held,
+    rate_grant,
 )
 
 __all__ = ["MemoryCluster"]
@@ -31,6 +34,7 @@ class _ClusterState:
     requests: dict[int, FlushRequest] = field(default_factory=dict)
     progress: dict[tuple[int, str], FlushProgress] = field(default_factory=dict)
     leases: dict[str, tuple[str, float]] = field(default_factory=dict)
+    sends: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
     last_id: int = 0
 
 
@@ -131,6 +135,21 @@ class MemoryCluster:
         # The check and the commit run with no await between them: nothing else runs.
         check_lease_holder(lease, self._cluster.leases.get(lease), owner=owner, now=now)
         return self._deliver(items)
+
+    async def take_sends(
+        self, name: str, *, count: int, period: float, now: float, want: int
+    ) -> SendGrant:
+        check_rate_args(name, count, period, want)
+        sent = [(at, n) for at, n in self._cluster.sends.get(name, ()) if at + period > now]
+        grant = rate_grant(sent, count=count, period=period, now=now, want=want)
+        if grant.granted:
+            sent.append((now, grant.granted))
+            sent.sort()
+        self._cluster.sends[name] = sent
+        return grant
+
+    async def sends_in_window(self, name: str, *, period: float, now: float) -> int:
+        return sum(n for at, n in self._cluster.sends.get(name, ()) if at + period > now)
 
     def _deliver(self, items: InboundItems) -> list[InboxEntry]:
         raise NotImplementedError  # pragma: no cover - MemoryStore's

@@ -8,12 +8,20 @@ runnable alone (:func:`run_cluster_check`), as pytest parametrises them.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from ..store.base import InboundMessage, StoreError
-from ..store.cluster import ClusterStore, LeaseHeld, NodeRecord, NodeState, node_state
+from ..store.cluster import (
+    ClusterStore,
+    LeaseHeld,
+    NodeRecord,
+    NodeState,
+    SendGrant,
+    node_state,
+)
 
 __all__ = ["CLUSTER_CHECKS", "check_cluster_store", "run_cluster_check"]
 
@@ -225,3 +233,59 @@ async def check_inbound_commits_only_under_its_lease(store: Any) -> None:
     _equal(len(entries), 2, "entries committed by the lease's holder")
     _equal(len(await store.list_inbox(limit=10)), 2, "the inbox after the holder's batch")
     _equal(await store.profile_get(section), {"uid": 2}, "the provider's state, committed with it")
+
+
+@_check
+async def check_send_rate_grants_no_more_than_its_count(store: ClusterStore) -> None:
+    """``take_sends``: at most ``count`` in any ``period``, whoever asks; room comes
+    back as the oldest sends age out; each name has a window of its own."""
+
+    async def take(want: int, at: float, name: str = "transport:relay") -> SendGrant:
+        return await store.take_sends(name, count=3, period=10.0, now=T0 + at, want=want)
+
+    _equal(await take(2, 0.0), SendGrant(2, 2, T0), "two of three")
+    _equal(await take(2, 1.0), SendGrant(1, 3, T0 + 10.0), "the last room, and when more comes")
+    _equal(await take(1, 9.9), SendGrant(0, 3, T0 + 10.0), "nothing while the window is full")
+    _equal(await take(0, 5.0), SendGrant(0, 3, T0 + 10.0), "want=0 records nothing")
+    _equal(await take(3, 2.0, "transport:other"), SendGrant(3, 3, T0 + 12.0), "another name")
+    _equal(
+        await store.sends_in_window("transport:relay", period=10.0, now=T0 + 9.9),
+        3,
+        "sends in the window at 9.9",
+    )
+    # At 10.0 the two sent at 0 are a period old: two more may start, not three.
+    _equal(await take(3, 10.0), SendGrant(2, 3, T0 + 11.0), "room of the two aged out")
+    _equal(
+        await store.sends_in_window("transport:relay", period=10.0, now=T0 + 10.5),
+        3,
+        "sends in the window at 10.5",
+    )
+    _equal(
+        await store.sends_in_window("transport:relay", period=10.0, now=T0 + 20.0),
+        0,
+        "sends in the window a period after the last",
+    )
+    try:
+        await store.take_sends("transport:relay", count=0, period=10.0, now=T0, want=1)
+    except StoreError as exc:
+        if "count" not in str(exc):
+            raise AssertionError(f"the refusal should say what is wrong: {exc}") from None
+    else:
+        raise AssertionError("take_sends accepted a count of 0")
+
+
+@_check
+async def check_send_rate_is_one_window_for_concurrent_takers(store: ClusterStore) -> None:
+    """Ten takers at once against a window of four: four sends granted in all."""
+    grants = await asyncio.gather(
+        *(
+            store.take_sends("transport:sms", count=4, period=60.0, now=T0 + i * 0.001, want=1)
+            for i in range(10)
+        )
+    )
+    _equal(sum(g.granted for g in grants), 4, "sends granted to ten concurrent takers")
+    _equal(
+        await store.sends_in_window("transport:sms", period=60.0, now=T0 + 1),
+        4,
+        "sends in the window",
+    )

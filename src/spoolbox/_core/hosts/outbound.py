@@ -30,6 +30,7 @@ from ...model import (
     TransportNotifyFlags,
 )
 from ...store import ClaimedJob, LeaseLost, RecipientUpdate, StoreError, UnknownMessage
+from ...store.cluster import ClusterStore
 from ..chores import ChoreTrouble
 from ..clock import wait_event
 from ..delivery_log import log_suspended
@@ -45,7 +46,7 @@ from ..policy import (
     plan_result,
 )
 from ..preprocess import Preprocessors
-from ..rate import SendWindow
+from ..rate import RateLimit, SendWindow, window_name
 from ..slices import checkpoint
 from .base import CURRENT_MESSAGE, HostBase, log
 from .hooked import finish_outbound, stage_outbound
@@ -93,6 +94,11 @@ class OutboundLane:
         self._outages_seen = host.runtime.outages.count
         self._next_release = float("-inf")  # one release a second at most
         self._rate_logged = float("-inf")  # when max_rate's wait was last logged
+        # max_rate's window is the store's, shared by every node on it and kept across
+        # restarts, when the store keeps send windows (the memory, SQLite and
+        # PostgreSQL stores do); otherwise this process's own (runtime.rates).
+        self._shared_rates = isinstance(host.runtime.store, ClusterStore)
+        self._rate_until = float("-inf")  # the shared window is full until then
 
     @property
     def inflight(self) -> int:
@@ -146,6 +152,8 @@ class OutboundLane:
             or not host.gate_open()
         ):
             return False
+        if host.entry.max_rate is not None and self._shared_rates:
+            return False  # its send is recorded in the store by the claim that takes it
         if self._rate_room() < 1:  # a hand-off is a send: within max_rate, or none
             return False
         self._reserved += 1
@@ -295,21 +303,59 @@ class OutboundLane:
             return
 
     def send_window(self) -> SendWindow | None:
-        """The transport's ``max_rate`` window (None: no limit, and no look-up: it is
-        asked for every message)."""
+        """The transport's ``max_rate`` window in this process (None: no limit, or the
+        store's window, shared; and no look-up: it is asked for every message)."""
         host = self._host
         limit = host.entry.max_rate
-        return None if limit is None else host.runtime.rates.window(host.name, limit)
+        if limit is None or self._shared_rates:
+            return None
+        return host.runtime.rates.window(host.name, limit)
+
+    def _shared_limit(self) -> RateLimit | None:
+        """The transport's ``max_rate`` when the store keeps its window."""
+        return self._host.entry.max_rate if self._shared_rates else None
 
     def _rate_room(self) -> int | float:
-        """How many more messages ``max_rate`` lets this lane claim now: the window's
-        room less the hand-offs promised (each counts when its worker starts it, as
-        every job does; a claim waits for the jobs claimed before it to have started,
-        so none is counted twice)."""
+        """How many more messages ``max_rate`` lets this lane claim now.  In this
+        process's window: its room less the hand-offs promised (each counts when its
+        worker starts it, as every job does; a claim waits for the jobs claimed before
+        it to have started, so none is counted twice).  In the store's: none until the
+        time its last grant said, then as many as the lane has free workers (the claim
+        records them, and they start at once)."""
+        limit = self._shared_limit()
+        if limit is not None:
+            if self._host.runtime.clock.now() < self._rate_until:
+                return 0
+            return max(1, self._host.concurrency - len(self._held))
         window = self.send_window()
         if window is None:
             return float("inf")
         return max(0, window.room(self._host.runtime.clock.now()) - self._reserved)
+
+    async def _within_shared_rate(
+        self, jobs: list[ClaimedJob], limit: RateLimit
+    ) -> list[ClaimedJob]:
+        """Record the sends of ``jobs`` in the store's window; those it has no room for
+        go back to the queue (another node filled the window since this lane's last
+        look), and the lane claims nothing more until the window says."""
+        host = self._host
+        runtime = host.runtime
+        store = runtime.store
+        assert isinstance(store, ClusterStore)
+        grant = await store.take_sends(
+            window_name(host.name),
+            count=limit.count,
+            period=limit.period,
+            now=runtime.clock.now(),
+            want=len(jobs),
+        )
+        self._rate_until = grant.next_at if grant.used >= limit.count else float("-inf")
+        kept, excess = jobs[: grant.granted], jobs[grant.granted :]
+        for job in excess:
+            await self.put_back(job)
+        if excess:
+            host.port.messages_changed()
+        return kept
 
     async def _wait_for_room(self) -> None:
         """``max_rate`` has no room now: wait until the oldest send in the window is a
@@ -317,21 +363,26 @@ class OutboundLane:
         window with room that promised hand-offs fill: until one of them comes.)"""
         host = self._host
         clock = host.runtime.clock
-        window = self.send_window()
-        if window is None:
-            return
         now = clock.now()
-        if window.room(now) > 0:
+        limit = self._shared_limit()
+        window = self.send_window()
+        if limit is not None:
+            wait = self._rate_until - now
+        elif window is None:
+            return
+        elif window.room(now) > 0:
             await wait_event(clock, host.wake, 0.05)  # hand_off sets it
             return
-        wait = window.next_at(now) - now
+        else:
+            limit = window.limit
+            wait = window.next_at(now) - now
         if now - self._rate_logged >= _RATE_LOG_INTERVAL:
             self._rate_logged = now
             log.info(
                 "transport %r: max_rate %s reached; the next message in %.3g s (the rest "
                 "stays queued)",
                 host.name,
-                window.limit,
+                limit,
                 wait,
             )
         await wait_event(clock, host.stop_event, wait)
@@ -367,6 +418,11 @@ class OutboundLane:
                     # of ignoring retry times, so a failure during it is not retried hot.
                     ignore_retry=False,
                 )
+                shared = self._shared_limit()
+                if jobs and shared is not None:
+                    jobs = await self._within_shared_rate(jobs, shared)
+                    if not jobs:
+                        continue  # the window is full: wait for its room
             except Exception as exc:
                 self.claim_lost()
                 backoff = runtime.policy.failure_backoff

@@ -7,6 +7,8 @@ request also sends ``NOTIFY spoolbox_work`` with the payload ``flush:<id>`` (see
 lease is taken with the row locked (``INSERT ... ON CONFLICT DO UPDATE ... WHERE``
 the lease is ours or expired), so two nodes never both hold it; an inbound batch of a
 leased mailbox commits in a transaction that holds the lease row (``FOR SHARE``).
+The sends of a ``max_rate`` window are counted and recorded under a transaction
+advisory lock on the window's name, so two nodes never both take its last room.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from ..cluster import (
     FlushRequest,
     InboundItems,
     NodeRecord,
+    SendGrant,
     check_lease_holder,
     lease_held,
+    rate_grant,
 )
 from ..operations import Kind
 from ..sqlite.cluster import (
@@ -160,6 +164,40 @@ async def _deliver_inbound_leased(
     return await tx.deliver_inbound_many(conn, encoded_items(items))
 
 
+#: The first key of a send window's advisory lock (the second: a hash of its name).
+_RATE_LOCK: Final = 0x53505258  # "SPRX"
+
+
+async def _take_sends(
+    conn: Conn, name: str, count: int, period: float, now: float, want: int
+) -> SendGrant:
+    # One node at a time counts and records sends of a window: the lock is held until
+    # the commit (a hash that two names share only makes them take turns).
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(%s::integer, hashtext(%s))", (_RATE_LOCK, name)
+    )
+    await conn.execute(
+        "DELETE FROM rate_sends WHERE name = %s AND at + %s <= %s", (name, period, now)
+    )
+    cur = await conn.execute("SELECT at, n FROM rate_sends WHERE name = %s ORDER BY at", (name,))
+    sent = [(float(r["at"]), int(r["n"])) for r in await cur.fetchall()]
+    grant = rate_grant(sent, count=count, period=period, now=now, want=want)
+    if grant.granted:
+        await conn.execute(
+            "INSERT INTO rate_sends (name, at, n) VALUES (%s, %s, %s)", (name, now, grant.granted)
+        )
+    return grant
+
+
+async def _sends_in_window(conn: Conn, name: str, period: float, now: float) -> int:
+    cur = await conn.execute(
+        "SELECT coalesce(sum(n), 0) AS used FROM rate_sends WHERE name = %s AND at + %s > %s",
+        (name, period, now),
+    )
+    row = await cur.fetchone()
+    return 0 if row is None else int(row["used"])
+
+
 _FUNCTIONS: dict[str, Callable[..., Awaitable[Any]]] = {
     "publish_node": _publish_node,
     "nodes": _nodes,
@@ -172,6 +210,8 @@ _FUNCTIONS: dict[str, Callable[..., Awaitable[Any]]] = {
     "acquire_lease": _acquire_lease,
     "release_lease": _release_lease,
     "deliver_inbound_leased": _deliver_inbound_leased,
+    "take_sends": _take_sends,
+    "sends_in_window": _sends_in_window,
 }
 
 

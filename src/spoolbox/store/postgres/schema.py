@@ -27,6 +27,9 @@ with one set of row functions.  What differs:
   does: a BOOLEAN (true FULL, false HDRS, NULL the report kind's default, as every
   message stored before it), the one flag not kept as 0/1 (the row functions write it
   as a bool, which SQLite keeps as 1/0).
+* Version 8 adds ``rate_sends``, the sends of each ``max_rate`` window that every
+  node counts against (``spoolbox.store.cluster``'s send rates), as SQLite's
+  version 8 does.
 
 ``MIGRATIONS[n]`` upgrades a database at version ``n`` to ``n + 1`` (a new database is
 at version 0).  :func:`migrate` runs the pending ones, each in its own transaction
@@ -310,8 +313,20 @@ _V7 = """
 ALTER TABLE messages ADD COLUMN IF NOT EXISTS return_content BOOLEAN;
 """
 
+# The sends of each transport's max_rate window (version 8), shared by every node:
+# ``n`` messages started at ``at`` under the limit ``name``.  A node records its sends
+# with the window's advisory lock held (take_sends), and forgets those a period old.
+_V8 = """
+CREATE TABLE IF NOT EXISTS rate_sends (
+    name TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL,
+    n INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rate_sends_name_at ON rate_sends (name, at);
+"""
+
 #: ``MIGRATIONS[n]`` upgrades a database at schema version ``n`` to ``n + 1``.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8)
 
 #: The newest schema version this code reads and writes.
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -3,11 +3,13 @@
 Nodes sharing one store file (processes of one machine: worker processes, several
 daemons with distinct node names) publish their records and status rows, record and
 answer flush requests, and take named leases here (tables of schema version 4,
-:mod:`.schema`).  One plain function per operation, taking the connection inside the
-transaction :data:`~spoolbox.store.cluster.CLUSTER_OPERATIONS` asks for, and the
-mixin :class:`SQLiteCluster` that runs them on the store's thread.  A lease is taken
-in one ``BEGIN IMMEDIATE`` transaction, so two processes never both hold it; an
-inbound batch of a leased mailbox commits in the transaction that checks the lease.
+:mod:`.schema`), and record the sends of ``max_rate`` windows (version 8).  One
+plain function per operation, taking the connection inside the transaction
+:data:`~spoolbox.store.cluster.CLUSTER_OPERATIONS` asks for, and the mixin
+:class:`SQLiteCluster` that runs them on the store's thread.  A lease is taken in one
+``BEGIN IMMEDIATE`` transaction, so two processes never both hold it; an inbound
+batch of a leased mailbox commits in the transaction that checks the lease; a
+window's sends are counted and recorded in one too.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from ..cluster import (
     FlushRequest,
     InboundItems,
     NodeRecord,
+    SendGrant,
     check_lease_holder,
     decode_report,
     decode_rows,
     encode_rows,
     lease_held,
+    rate_grant,
 )
 from ..operations import Kind
 from . import transactions as tx
@@ -199,6 +203,29 @@ def deliver_inbound_leased(
     return tx.deliver_inbound_many(conn, encoded_items(items))
 
 
+_FORGET_SENDS = "DELETE FROM rate_sends WHERE name = ? AND at + ? <= ?"
+_SELECT_SENDS = "SELECT at, n FROM rate_sends WHERE name = ? ORDER BY at"
+_INSERT_SENDS = "INSERT INTO rate_sends (name, at, n) VALUES (?, ?, ?)"
+_COUNT_SENDS = "SELECT coalesce(sum(n), 0) FROM rate_sends WHERE name = ? AND at + ? > ?"
+
+
+def take_sends(
+    conn: sqlite3.Connection, name: str, count: int, period: float, now: float, want: int
+) -> SendGrant:
+    """Under the write lock (``BEGIN IMMEDIATE``): no other process records sends
+    between the count and the insert."""
+    conn.execute(_FORGET_SENDS, (name, period, now))
+    sent = [(float(at), int(n)) for at, n in conn.execute(_SELECT_SENDS, (name,))]
+    grant = rate_grant(sent, count=count, period=period, now=now, want=want)
+    if grant.granted:
+        conn.execute(_INSERT_SENDS, (name, now, grant.granted))
+    return grant
+
+
+def sends_in_window(conn: sqlite3.Connection, name: str, period: float, now: float) -> int:
+    return int(conn.execute(_COUNT_SENDS, (name, period, now)).fetchone()[0])
+
+
 def encoded_items(items: InboundItems) -> list[tuple[Any, dict[str, dict[str, str | None]]]]:
     """``items`` with their profile updates as JSON text (:func:`.rows.encode_profile`)."""
     return [
@@ -221,6 +248,8 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "acquire_lease": acquire_lease,
     "release_lease": release_lease,
     "deliver_inbound_leased": deliver_inbound_leased,
+    "take_sends": take_sends,
+    "sends_in_window": sends_in_window,
 }
 
 

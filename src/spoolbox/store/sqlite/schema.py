@@ -288,7 +288,19 @@ _V7 = """
 ALTER TABLE messages ADD COLUMN return_content INTEGER;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
+# The sends of each transport's max_rate window (spoolbox.store.cluster's send rates),
+# shared by every process on the store and kept across their restarts: ``n``
+# messages started at ``at`` under the limit ``name``.
+_V8 = """
+CREATE TABLE rate_sends (
+    name TEXT NOT NULL,
+    at REAL NOT NULL,
+    n INTEGER NOT NULL
+);
+CREATE INDEX rate_sends_name_at ON rate_sends (name, at);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8)
 
 #: The newest schema version this code reads and writes.
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,48 @@
+"""``max_rate`` across nodes: two ``spoolbox run`` nodes on one store (a SQLite file,
+a PostgreSQL database), each with the relay's ``max_rate = "4/s"``, send four
+messages a second between them, not four each."""
+
+from __future__ import annotations
+
+from nodes import Cluster, Sink, message, wait_for
+
+from spoolbox import Address, NewMessage
+from spoolbox.client import Client
+
+N = 12
+
+
+def test_two_nodes_share_one_sending_rate(cluster: Cluster, sink: Sink) -> None:
+    nodes = [cluster.add(name, sink.port, start=False) for name in ("node-a", "node-b")]
+    for node in nodes:
+        text = node.profile.read_text()
+        old = 'address_types = ["SMTP"]\n[transports.options]\n'
+        assert old in text
+        new = 'address_types = ["SMTP"]\nmax_rate = "4/s"\n[transports.options]\n'
+        node.profile.write_text(text.replace(old, new, 1))
+        node.start()
+    client = Client(nodes[0].profile)
+    wait_for(
+        "node-a to see node-b's relay",
+        lambda: any(r["node"] == "node-b" and r["name"] == "relay" for r in client.status()),
+    )
+    client.submit_many(
+        [
+            NewMessage(
+                id=mid,
+                sender=Address.parse("SMTP:postmaster@example.org"),
+                recipients=(Address.parse("SMTP:dora@example.org"),),
+                content=content,
+            )
+            for mid, content in (message(i) for i in range(N))
+        ]
+    )
+    wait_for(f"all {N} received", lambda: len(sink.received) == N)
+    arrived = sink.arrived
+    # Four at most in a second, between the two nodes: three rounds a second apart.
+    for i, t in enumerate(arrived):
+        assert sum(1 for u in arrived[i:] if u < t + 0.9) <= 4, arrived
+    assert arrived[-1] - arrived[0] >= 1.8, arrived
+    sent = [node.log().count("status=sent") for node in nodes]
+    assert sum(sent) == N, sent
+    cluster.stop_all()
