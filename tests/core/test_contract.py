@@ -408,6 +408,59 @@ async def test_mail_queued_before_a_transport_was_limited_to_domains_is_routed_a
     assert "1 queued recipient routed again: their transport is no longer" in caplog.text
 
 
+async def test_mail_queued_before_a_transport_for_its_domain_was_added_goes_to_it(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reload added ``corp`` for corp.example and ``eu`` for eu.corp.example: what
+    was queued for the smart host at corp.example goes to ``corp``, and what ``corp``
+    held for eu.corp.example to ``eu`` (the closest entry, as at submit); the rest
+    stays.  A transport without domains decided before the one a recipient is queued
+    for (one that declined it, say) does not take it over."""
+    caplog.set_level(logging.INFO, logger="spoolbox.spooler")
+    store = SQLiteStore(tmp_path / "spool.sqlite3")
+    await store.open()
+    queued = message(
+        "SMTP:ann@example.org",
+        "SMTP:bob@corp.example",
+        "SMTP:carl@eu.corp.example",
+        "SMTP:dora@example.net",
+    )
+    routes = ["relay", "relay", "corp", "backup"]
+    await store.submit(queued, now=time.time(), lifetime=3600, routes=routes)
+    await store.close()
+    scripts = {name: Script(("SMTP",)) for name in ("relay", "backup", "corp", "eu")}
+    cfg = SpoolerConfig(
+        transports=(
+            transport("relay", scripts["relay"], address_types=("SMTP",)),
+            transport("backup", scripts["backup"], address_types=("SMTP",)),
+            transport(
+                "corp",
+                scripts["corp"],
+                address_types=("SMTP",),
+                domains=frozenset({"corp.example", ".corp.example"}),
+            ),
+            transport(
+                "eu",
+                scripts["eu"],
+                address_types=("SMTP",),
+                domains=frozenset({"eu.corp.example"}),
+            ),
+        ),
+        policy=FAST,
+        node="test-node",
+    )
+    async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
+        assert await sp.wait_for(queued.id, timeout=5) is MessageState.SENT
+        recipients = await sp.store.recipients(queued.id)
+    assert [(r.address.value, r.route) for r in recipients] == [
+        ("ann@example.org", "relay"),
+        ("bob@corp.example", "corp"),
+        ("carl@eu.corp.example", "eu"),
+        ("dora@example.net", "backup"),
+    ]
+    assert "2 queued recipients routed again" in caplog.text
+
+
 async def test_mail_queued_for_a_transport_that_now_serves_other_types_is_routed_again(
     tmp_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

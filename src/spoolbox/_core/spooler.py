@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -45,7 +46,7 @@ from ..model import (
     TransportNotifyFlags,
     ValidateFlags,
 )
-from ..routing import RouteEntry, RoutingTable
+from ..routing import Route, RouteEntry, RoutingTable
 from ..status import StatusRow, StatusTable, Subscriber
 from ..store import ClaimedJob, InboxEntry, MemoryStore, RecipientUpdate, Store, UnknownMessage
 from . import handoff
@@ -275,14 +276,11 @@ class Spooler:
                 self.hosts.append(TransportHost(self._runtime, self, entry, self._providers[cls]))
             known = [h.name for h in self.hosts]
             # Queued for a transport that is gone, or whose profile now says it serves
-            # other address types or other domains: routed again (a reload that changed
-            # ``address_types`` or ``domains`` applies to the mail already queued, as
-            # Postfix resolves deferred mail again).
-            limited = {
-                e.name: _route_check(e)
-                for e in self.config.declared_routes().entries
-                if e.domains is not None or (e.address_types is not None and not e.wildcard)
-            }
+            # other address types or other domains, or that a transport for a closer
+            # domain now takes: routed again (a reload that changed ``address_types`` or
+            # ``domains`` applies to the mail already queued, as Postfix resolves
+            # deferred mail again).
+            limited = _route_checks(self.config.declared_routes())
             moved = await (  # (a store written before `limited` works without domains)
                 self.store.reroute_missing(known, limited=limited)
                 if limited
@@ -291,7 +289,8 @@ class Spooler:
             if moved:
                 log.info(
                     "%d queued recipient%s routed again: their transport is no longer "
-                    "configured, or no longer serves their address type or domain",
+                    "configured, or no longer serves their address type or domain, or a "
+                    "transport for their domain comes first now",
                     moved,
                     "" if moved == 1 else "s",
                 )
@@ -708,6 +707,40 @@ class Spooler:
         # Called by the slice meter when the stall ends, with its whole length.
         self._stalls.append((name, held))
         del self._stalls[:-100]
+
+
+def _route_checks(table: RoutingTable) -> dict[str, Callable[[Address], bool]]:
+    """For :meth:`Store.reroute_missing`: by transport, whether a recipient queued for
+    it stays there.  It stays while the transport serves its address (the types its
+    profile declares, its ``domains``) and, when some transport is limited to
+    domains, no such transport other than its own takes the address before it (the
+    table's decision, as at submit: one added for the recipient's domain, or for a
+    closer one, takes what was queued for the smart host or for the parent domain).
+    A transport whose types are known only at logon, without domains, is not checked.
+    """
+    by_domain = any(e.domains is not None for e in table.entries)
+    checks: dict[str, Callable[[Address], bool]] = {}
+    for entry in table.entries:
+        serves = _route_check(entry)
+        if by_domain and entry.address_types is not None:
+            checks[entry.name] = functools.partial(_still_routed, table, entry.name, serves)
+        elif entry.domains is not None or (entry.address_types is not None and not entry.wildcard):
+            checks[entry.name] = serves
+    return checks
+
+
+def _still_routed(
+    table: RoutingTable, name: str, serves: Callable[[Address], bool], address: Address
+) -> bool:
+    if not serves(address):
+        return False
+    decision = table.decide(address.type, (), address.value)
+    if not isinstance(decision, Route) or decision.transport == name:
+        return True
+    # Only a transport limited to the address's domain takes it over: one without
+    # domains decided first may be one that declined it at routing (the router asks
+    # it again, and it would decline again at every start).
+    return table.entry(decision.transport).domains is None
 
 
 def _route_check(entry: RouteEntry) -> Callable[[Address], bool]:

@@ -196,6 +196,13 @@ class RoutingTable:
     def names(self) -> tuple[str, ...]:
         return tuple(e.name for e in self.entries)
 
+    def entry(self, name: str) -> RouteEntry:
+        """Transport ``name``'s entry (KeyError: none of that name)."""
+        for e in self.entries:
+            if e.name == name:
+                return e
+        raise KeyError(name)
+
     def decide(
         self, address_type: str, refused_by: Sequence[str] = (), value: str | None = None
     ) -> Decision:
