@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from conftest import CLI, Daemons, Home, _env, wait_until
+from conftest import CLI, Daemons, Home, _env, free_port, wait_until
 
 HOST = "127.0.0.1"
 
@@ -59,12 +58,6 @@ class SmartHost:
             and data.password.decode() == self.password
         )
         return AuthResult(success=ok, handled=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -128,6 +128,12 @@ def test_a_restarted_daemon_keeps_the_window(
     assert len(sink.arrived) == 2
     queued = home.json("queue", "list")
     assert [m["state"] for m in queued["messages"]] == ["queued"], queued
+    # Why it waits, where a user looks: queue show.
+    [third] = queued["messages"]
+    shown = home.json("queue", "show", third["id"])
+    why = "max_rate 2/h reached (2 sent in the last 1 h)"
+    assert [r.get("waiting") for r in shown["recipients"]] == [why], shown
+    assert f"via relay, waiting: {why}" in home.run("queue", "show", third["id"]).stdout
     assert daemons.stop(proc) == 0
 
 

@@ -78,6 +78,20 @@ def test_a_rate_is_read_and_shown(text: str, count: int, period: float, shown: s
 
 
 @pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("14/s", "1 s"),
+        ("2/5s", "5 s"),
+        ("30/5m", "5 min"),
+        ("2000/d", "1 d"),
+        ("1/250ms", "250 ms"),
+    ],
+)
+def test_a_rates_period_in_words(text: str, said: str) -> None:
+    assert RateLimit.parse(text).period_text == said
+
+
+@pytest.mark.parametrize(
     ("value", "says"),
     [
         ("14", 'expected "N/period"'),

@@ -89,6 +89,15 @@ class RateLimit:
     def __str__(self) -> str:
         return f"{self.count}/{_period_text(self.period)}"
 
+    @property
+    def period_text(self) -> str:
+        """The period as a line says it: ``1 s``, ``5 s``, ``5 min``, ``1 d``, ``250 ms``."""
+        text = _period_text(self.period)
+        if text.endswith("ms"):
+            return f"{text[:-2]} ms"
+        number, unit = text[:-1] or "1", text[-1]
+        return f"{number} {'min' if unit == 'm' else unit}"
+
 
 def _period_text(seconds: float) -> str:
     for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):

@@ -117,6 +117,8 @@ def _show_message(message: dict[str, Any]) -> None:
             line += f", {_plural(recipient['attempts'], 'attempt')}"
         if recipient["retry_at"] and recipient["state"] == "queued":
             line += f", next try {when(recipient['retry_at'])}"
+        if recipient.get("waiting"):  # from the daemon: why it is not sent now
+            line += f", waiting: {recipient['waiting']}"
         said = [recipient["status"] or "", safe(recipient["diagnostic"] or "")]
         if any(said):
             line += f" ({' '.join(part for part in said if part)})"

@@ -199,7 +199,38 @@ async def queue_show(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]
     spooler = await daemon.current()
     now = spooler.clock.now()
     prefix = required(args, "id", str)
-    return await selection.show(spooler.store, prefix, now=now, retention=spooler.config.retention)
+    shown = await selection.show(spooler.store, prefix, now=now, retention=spooler.config.retention)
+    await _why_waiting(spooler, shown["recipients"])
+    return shown
+
+
+async def _why_waiting(spooler: Spooler, recipients: list[dict[str, Any]]) -> None:
+    """Mark each queued recipient whose transport's ``max_rate`` window is full now:
+    ``waiting`` says so (it stays queued, unclaimed, until the window has room)."""
+    full: dict[str, str | None] = {}
+    for recipient in recipients:
+        route = recipient["route"]
+        if recipient["state"] != "queued" or route is None:
+            continue
+        if route not in full:
+            full[route] = await _rate_full(spooler, route)
+        if full[route] is not None:
+            recipient["waiting"] = full[route]
+
+
+async def _rate_full(spooler: Spooler, name: str) -> str | None:
+    """``max_rate 14/s reached (14 sent in the last 1 s)`` when transport ``name``'s
+    window is full now, None otherwise."""
+    try:
+        limit = spooler.host(name).entry.max_rate
+    except KeyError:
+        return None
+    if limit is None:
+        return None
+    used = (await _rate_columns(spooler, name, limit))["sent_in_window"]
+    if used < limit.count:
+        return None
+    return f"max_rate {limit} reached ({used} sent in the last {limit.period_text})"
 
 
 async def _after(spooler: Spooler, message_id: str, **extra: Any) -> dict[str, Any]:

@@ -476,7 +476,8 @@ class ServerMachine:
         return self._hello(arg, False)
 
     def _path(self, arg: str, keyword: str) -> tuple[str, list[str]] | None:
-        """``keyword:<address> [params]`` -> (address, params), or None with a 501 queued."""
+        """``keyword:<address> [params]`` -> (address, params), or None with a 501 queued
+        (a malformed parameter, or one given twice)."""
         n = len(keyword)
         rest = arg[n:].lstrip(" ") if arg[:n].upper() == keyword else ""
         if rest[:1] == "<":
@@ -499,10 +500,17 @@ class ServerMachine:
             self._reply("501 5.5.4 Source routes are not accepted (RFC 5321 section 4.1.2)")
             return None
         params = [p for p in params if p]
+        seen: set[str] = set()
         for p in params:
             if _PARAM.fullmatch(p) is None:
                 self._reply(f"501 5.5.4 Syntax error in parameter {_printable(p, 40)}")
                 return None
+            key = p.partition("=")[0].upper()
+            if key in seen:
+                verb = "MAIL" if keyword == "FROM:" else "RCPT"
+                self._reply(f"501 5.5.4 Duplicate {verb} parameter {_printable(key, 20)}")
+                return None
+            seen.add(key)
         return address, params
 
     def _mail(self, arg: str) -> Event | None:
@@ -521,9 +529,6 @@ class ServerMachine:
         for p in raw:
             key, eq, value = p.partition("=")
             key = key.upper()
-            if any(k == key for k, _ in params):
-                self._reply(f"501 5.5.4 Duplicate MAIL parameter {_printable(key, 20)}")
-                return None
             if key == "RET" and dsn:
                 if value.upper() not in ("FULL", "HDRS"):
                     self._reply("501 5.5.4 RET must be FULL or HDRS")
@@ -579,9 +584,6 @@ class ServerMachine:
         for p in raw:
             key, eq, value = p.partition("=")
             key = key.upper()
-            if any(k == key for k, _ in params):
-                self._reply(f"501 5.5.4 Duplicate RCPT parameter {_printable(key, 20)}")
-                return None
             if key == "NOTIFY" and self.settings.dsn:
                 if not _notify_ok(value):
                     self._reply(
