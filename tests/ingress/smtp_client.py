@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from spoolbox import NewMessage
@@ -17,11 +17,14 @@ REPLY_TIMEOUT = 5.0
 
 @contextlib.asynccontextmanager
 async def serving(
-    submit: Callable[[NewMessage], Awaitable[object]], **options: Any
+    submit: Callable[[NewMessage], Awaitable[object]],
+    *,
+    submit_many: Callable[[list[NewMessage]], Awaitable[Sequence[object]]] | None = None,
+    **options: Any,
 ) -> AsyncIterator[SubmissionListener]:
     options.setdefault("port", 0)
     options.setdefault("hostname", "mx.test")
-    listener = SubmissionListener(submit, ListenerConfig(**options))
+    listener = SubmissionListener(submit, ListenerConfig(**options), submit_many=submit_many)
     await listener.start()
     try:
         yield listener

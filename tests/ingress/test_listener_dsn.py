@@ -92,6 +92,66 @@ async def test_a_recipient_with_another_notify_is_sent_in_another_transaction() 
     )
 
 
+class ManyRecorder(Recorder):
+    """``submit_many`` too: the batches it was given, committed together or not at all
+    (``fail``: the next batch is refused whole)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[NewMessage]] = []
+        self.fail = False
+
+    async def many(self, messages: list[NewMessage]) -> list[object]:
+        if self.fail:
+            self.fail = False
+            raise OSError("disk on fire")
+        self.batches.append(messages)
+        self.messages.extend(messages)
+        return list(messages)
+
+
+async def test_recipients_with_different_notifys_are_one_message_each() -> None:
+    """With ``submit_many`` (the daemon's), a transaction whose recipients ask for
+    different NOTIFYs is taken whole: one message per NOTIFY, committed together, the
+    250 naming each; Python's smtplib (one rcpt_options for all) and a raw client."""
+    submit = ManyRecorder()
+    async with serving(submit, submit_many=submit.many) as listener:
+        raw = await Raw.connect(listener.port, greeting="220 mx.test ")
+        await raw.cmd(b"EHLO app.test")
+        assert (await raw.cmd(b"MAIL FROM:<app@example.org> RET=HDRS ENVID=e1")).startswith("250")
+        assert (await raw.cmd(b"RCPT TO:<b@example.org> NOTIFY=NEVER")).startswith("250")
+        assert (await raw.cmd(b"RCPT TO:<c@example.org>")).startswith("250")
+        assert (await raw.cmd(b"RCPT TO:<d@example.org> NOTIFY=never")).startswith("250")
+        assert (await raw.cmd(b"RCPT TO:<e@example.org> NOTIFY=SUCCESS,FAILURE")).startswith("250")
+        assert (await raw.cmd(b"RCPT TO:<c@example.org> NOTIFY=SUCCESS")).startswith("250")
+        assert (await raw.cmd(b"DATA")).startswith("354")
+        done = await raw.cmd(MESSAGE.encode() + b".")
+        # One submit_many of three messages; a failing one is a 451, nothing taken.
+        submit.fail = True
+        assert (await raw.cmd(b"MAIL FROM:<app@example.org>")).startswith("250")
+        assert (await raw.cmd(b"RCPT TO:<f@example.org> NOTIFY=NEVER")).startswith("250")
+        assert (await raw.cmd(b"RCPT TO:<g@example.org>")).startswith("250")
+        assert (await raw.cmd(b"DATA")).startswith("354")
+        refused = await raw.cmd(MESSAGE.encode() + b".")
+        await raw.close()
+        assert listener.statistics().get("rejected_notify_differs", 0) == 0
+    [batch] = submit.batches
+    assert [([a.value for a in m.recipients], m.notify) for m in batch] == [
+        (["b@example.org", "d@example.org"], Notify.NEVER),
+        (["c@example.org"], Notify.FAILURE),  # named again later: kept once, the first
+        (["e@example.org"], Notify.SUCCESS | Notify.FAILURE),
+    ]
+    assert {(m.envelope_id, m.return_content, m.sender) for m in batch} == {
+        ("e1", False, batch[0].sender)
+    }
+    assert len({m.id for m in batch}) == 3
+    assert all(m.content.endswith(MESSAGE.encode()) for m in batch)
+    assert all(f" id {m.id}" in m.content.split(b"\r\n\r\n")[0].decode() for m in batch)
+    assert done == f"250 2.0.0 OK queued as {', '.join(m.id for m in batch)}"
+    assert refused.startswith("451 4.3.0 Message not queued (OSError)")
+    assert len(submit.messages) == 3
+
+
 async def test_with_dsn_off_it_is_not_offered_nor_taken() -> None:
     async with serving(Recorder(), dsn=False) as listener:
         raw = await Raw.connect(listener.port, greeting="220 mx.test ")

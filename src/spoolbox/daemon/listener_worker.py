@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ..ingress.listener import ListenerConfig, SubmissionListener
 from ..ingress.local_names import LocalNames
-from ..model import NewMessage
+from ..model import MessageInfo, NewMessage
 from ..routing import refusal
 from ..store.postgres_open import postgres_store
 from ..store.space import room_check
@@ -112,6 +112,26 @@ class _WorkerProcess:
             asyncio.get_running_loop().call_soon(self._flush)
         return info
 
+    async def submit_many(self, messages: list[NewMessage]) -> list[MessageInfo]:
+        """:meth:`submit` of several messages in one transaction (one listener
+        transaction whose recipients asked for different NOTIFYs)."""
+        routes = [
+            self.table.routes_at_submit((a.type, a.value) for a in m.recipients) for m in messages
+        ]
+        infos = await self.store.submit_many(
+            messages, now=time.time(), lifetime=self.spec.lifetime, routes=routes
+        )
+        self._count += len(infos)
+        for route in (r for rs in routes for r in rs):
+            if route is None:
+                self._unrouted = True
+            else:
+                self._to.add(route)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        return infos
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         if self._unsent or not self._count:
@@ -152,6 +172,7 @@ class _WorkerProcess:
             listener = SubmissionListener(
                 self.submit,
                 ListenerConfig(**self.spec.options),
+                submit_many=self.submit_many,
                 check_recipient=lambda address: refusal(self.table, str(address)),
                 no_room=room_check(
                     "postgres" if self.spec.dsn else "sqlite", Path(self.spec.store)

@@ -120,11 +120,13 @@ class Listeners:
         spooler: Callable[[], Spooler | None],
         submit: Callable[[NewMessage], Awaitable[MessageInfo]],
         *,
+        submit_many: Callable[[list[NewMessage]], Awaitable[list[MessageInfo]]] | None = None,
         log_format: str = "auto",
         event_loop: str = "auto",
     ) -> None:
         self._spooler = spooler
         self._submit = submit
+        self._submit_many = submit_many
         self._log_format = log_format
         self._event_loop = event_loop
         self._running: list[_Running] = []
@@ -160,6 +162,7 @@ class Listeners:
                         check_recipient=self._check_recipient,
                         no_room=room_check(profile.store.backend, profile.store.path),
                         local_names=profile.local_names,
+                        submit_many=self._submit_many,
                     )
                 await _maybe_await(server.start())
                 port = getattr(server, "port", None)

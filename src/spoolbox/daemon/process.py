@@ -139,6 +139,7 @@ class Daemon:
         self._listeners = Listeners(
             lambda: self.spooler,
             self.submit,
+            submit_many=self.submit_many,
             log_format=profile.log.format,
             event_loop=profile.daemon.event_loop,
         )
@@ -482,6 +483,18 @@ class Daemon:
         self._submitting += 1
         try:
             return await spooler.submit(message)
+        finally:
+            self._submitting -= 1
+            if not self._submitting:
+                self._submits_done.set()
+
+    async def submit_many(self, messages: list[NewMessage]) -> list[MessageInfo]:
+        """:meth:`submit` of several messages in one transaction (a listener's
+        transaction whose recipients asked for different NOTIFYs)."""
+        spooler = await self.current()
+        self._submitting += 1
+        try:
+            return await spooler.submit_many(messages)
         finally:
             self._submitting -= 1
             if not self._submitting:

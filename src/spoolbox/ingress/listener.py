@@ -38,10 +38,12 @@ The rules, from DESIGN.md section 4:
 * DSN (RFC 3461, unless ``dsn`` is off): ``NOTIFY=`` on RCPT becomes the message's
   :class:`~spoolbox.model.Notify` (``NEVER``: no report at all), ``RET=`` how much of
   it a report returns, ``ENVID=`` its envelope id (echoed in reports, passed on with
-  NOTIFY and RET to a next hop that offers DSN).  NOTIFY is one per message here: a
-  recipient whose NOTIFY differs from the transaction's first gets ``452 4.5.3`` (the
-  client sends it in another transaction, as after a recipient limit).  ``ORCPT=``
-  is checked and not kept.
+  NOTIFY and RET to a next hop that offers DSN).  NOTIFY is one per message in the
+  store: a transaction whose recipients ask for different NOTIFYs is queued as one
+  message per NOTIFY, all committed together (``submit_many``; the ``250`` names
+  them all).  Without ``submit_many``, a recipient whose NOTIFY differs from the
+  transaction's first gets ``452 4.5.3`` (the client sends it in another
+  transaction, as after a recipient limit).  ``ORCPT=`` is checked and not kept.
 * A client silent for ``idle_timeout`` seconds gets ``421 4.4.2`` and is disconnected.
 """
 
@@ -60,7 +62,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from email.utils import formatdate
 from typing import Any, cast
 
@@ -102,6 +104,8 @@ __all__ = [
 log = logging.getLogger("spoolbox.ingress")
 
 Submit = Callable[[NewMessage], Awaitable[object]]
+#: Commits several messages in one transaction (all or none), each result with an ``id``.
+SubmitMany = Callable[[list[NewMessage]], Awaitable[Sequence[object]]]
 #: Why a recipient cannot be routed (refused at RCPT with 550 5.1.2), or None.
 RecipientCheck = Callable[[Address], str | None]
 
@@ -125,7 +129,7 @@ REJECT_REASONS = (
     "connection_limit",  # max_connections open already: 421 at the greeting
     "client_connection_limit",  # max_connections_per_client from its address: 421
     "too_many_hops",  # MAX_HOPS Received: lines or more already: a mail loop, 554 5.4.6
-    "notify_differs",  # RCPT whose NOTIFY= differs from the transaction's: 452 4.5.3
+    "notify_differs",  # RCPT whose NOTIFY= differs (no submit_many): 452 4.5.3
 )
 
 #: The longest a TLS handshake may take (STARTTLS's, or an implicit-TLS connection's
@@ -173,6 +177,24 @@ def _notify_of(params: tuple[tuple[str, str | None], ...]) -> Notify:
     without one, the default: failures only."""
     value = dict(params).get("NOTIFY")
     return Notify.FAILURE if value is None else Notify.from_text(value)
+
+
+def _by_notify(
+    event: MessageData, listener: SubmissionListener
+) -> list[tuple[Notify, tuple[Address, ...]]]:
+    """The transaction's recipients (each as what it stands for here: root@localhost is
+    root's mailbox) grouped by the NOTIFY each asked for, in the order of first
+    appearance; a recipient named twice stays in its first group only."""
+    params = event.recipient_params or ((),) * len(event.recipients)
+    groups: dict[Notify, list[Address]] = {}
+    seen: set[Address] = set()
+    for rcpt, rcpt_params in zip(event.recipients, params, strict=True):
+        group = groups.setdefault(_notify_of(rcpt_params), [])
+        for address in listener._here(listener._address(rcpt)):
+            if address not in seen:
+                seen.add(address)
+                group.append(address)
+    return [(notify, tuple(rcpts)) for notify, rcpts in groups.items() if rcpts]
 
 
 def _store_full(exc: BaseException | None) -> bool:
@@ -427,32 +449,36 @@ class _Connection(asyncio.Protocol):
                 "message from %s refused: %d Received: lines (a mail loop?)", self.peer, hops
             )
             return f"554 5.4.6 Too many hops ({hops} Received: lines): a mail loop?"
-        message_id = new_message_id()
         try:
             sender = listener._address(event.sender) if event.sender else None
-            recipients = tuple(  # (NewMessage keeps each recipient once)
-                a for r in event.recipients for a in listener._here(listener._address(r))
-            )
-            trace = listener._received(self, event, message_id)
             mail = dict(event.params)
             ret = mail.get("RET")
             envid = mail.get("ENVID")
-            message = NewMessage(
-                sender=sender,
-                recipients=recipients,
-                content=trace + event.content,
-                id=message_id,
-                # Every recipient's NOTIFY is the transaction's (_rcpt refused others).
-                notify=self.notify if self.notify is not None else Notify.FAILURE,
-                envelope_id=None if envid is None else xtext.decode(envid),
-                return_content=None if ret is None else ret == "FULL",
-            )
+            messages = []
+            for notify, rcpts in _by_notify(event, listener):
+                message_id = new_message_id()
+                messages.append(
+                    NewMessage(
+                        sender=sender,
+                        recipients=rcpts,
+                        content=listener._received(self, event, message_id) + event.content,
+                        id=message_id,
+                        notify=notify,
+                        envelope_id=None if envid is None else xtext.decode(envid),
+                        return_content=None if ret is None else ret == "FULL",
+                    )
+                )
         except (AddressError, MessageError) as exc:
             listener._reject("invalid_message")
             return f"554 5.6.0 Message refused: {_clean(str(exc))}"
+        message_id = ", ".join(m.id for m in messages)
         # Its own task, never cancelled by the client dropping: the store sees whole
         # submissions only.  stop() waits for it.
-        task: asyncio.Future[object] = asyncio.ensure_future(listener._submit(message))
+        task: asyncio.Future[object] = asyncio.ensure_future(
+            listener._submit(messages[0])
+            if len(messages) == 1 or listener._submit_many is None
+            else listener._submit_many(messages)
+        )
         listener._submits.add(task)
         task.add_done_callback(functools.partial(self._submitted, message_id))
         return None
@@ -477,9 +503,13 @@ class _Connection(asyncio.Protocol):
             )
         else:
             listener._count("accepted")
-            queued = getattr(task.result(), "id", None)
+            result = task.result()
+            ids = result if isinstance(result, list | tuple) else [result]  # submit_many's
+            queued = ", ".join(str(getattr(r, "id", None) or "?") for r in ids)
+            if "?" in queued.split(", "):
+                queued = ""
             log.debug("SMTP message from %s queued as %s", self.peer, queued or message_id)
-            reply = f"250 2.0.0 OK queued as {_clean(str(queued or message_id), 64)}"
+            reply = f"250 2.0.0 OK queued as {_clean(str(queued or message_id), 300)}"
         if isinstance(self.machine.pending, MessageData):
             self.machine.respond(reply)
             self._last = self._loop.time()
@@ -621,8 +651,11 @@ class SubmissionListener:
         check_recipient: RecipientCheck | None = None,
         no_room: Callable[[int], str | None] | None = None,
         local_names: LocalNames | None = None,
+        submit_many: SubmitMany | None = None,
     ) -> None:
         self._submit = submit
+        #: One transaction's recipients with different NOTIFYs: one message each.
+        self._submit_many = submit_many
         #: The profile's [local_names]: a recipient at this host's own name
         #: (root@localhost) is what it stands for (MAILDIR:root, root's alias).
         self._local_names = local_names
@@ -915,7 +948,7 @@ class SubmissionListener:
         notify = _notify_of(event.params)
         if conn.notify is None:
             conn.notify = notify
-        elif notify != conn.notify:
+        elif notify != conn.notify and self._submit_many is None:
             # One NOTIFY per message in the store: this recipient in another transaction.
             self._reject("notify_differs")
             return (

@@ -1,0 +1,88 @@
+"""DSN through a real daemon, its SMTP listener (in a process of its own, as ``spoolbox
+init`` writes it) and the smtp transport to a real aiosmtpd server that refuses
+``bad*``: one transaction whose recipients ask for different NOTIFYs is queued as one
+message per NOTIFY, and each recipient gets the reports its NOTIFY asked for."""
+
+from __future__ import annotations
+
+import smtplib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as AiosmtpdSMTP
+from aiosmtpd.smtp import Envelope, Session
+
+from conftest import DEADLINE, Daemons, free_port, relay_home, wait_until
+
+
+class _Server:
+    def __init__(self) -> None:
+        self.received: list[tuple[list[str], bytes]] = []
+
+    async def handle_RCPT(
+        self,
+        server: AiosmtpdSMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        if address.startswith("bad"):
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: AiosmtpdSMTP, session: Session, envelope: Envelope) -> str:
+        content = envelope.content
+        assert isinstance(content, bytes)
+        self.received.append((list(envelope.rcpt_tos), content))
+        return "250 2.0.0 queued"
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[int, _Server]]:
+    handler, port = _Server(), free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield port, handler
+    finally:
+        controller.stop()
+
+
+def test_one_transaction_with_two_notifys_is_two_messages(
+    tmp_path: Path, daemons: Daemons, server: tuple[int, _Server]
+) -> None:
+    port, sink = server
+    home = relay_home(tmp_path / "d", port)
+    proc = daemons.start(home)
+    with smtplib.SMTP("127.0.0.1", home.listener_port(), timeout=DEADLINE) as smtp:
+        smtp.ehlo("app.test")
+        assert smtp.has_extn("dsn")
+        assert smtp.mail("app@example.org", ["ENVID=order-7"])[0] == 250
+        assert smtp.rcpt("ok@example.org", ["NOTIFY=SUCCESS,FAILURE"])[0] == 250
+        assert smtp.rcpt("bad@example.org", ["NOTIFY=NEVER"])[0] == 250
+        code, text = smtp.data(b"Subject: two notifys\r\n\r\nbody\r\n")
+    assert code == 250, text
+    ids = text.decode().removeprefix("2.0.0 OK queued as ").split(", ")
+    assert len(ids) == 2, text
+    listed = home.json("queue", "list", "--all")["messages"]
+    assert {m["id"] for m in listed} >= set(ids)
+    # ok@ is delivered and its success reported to the sender (through the relay too);
+    # bad@ is refused (550) and, asking NEVER, reported to nobody.
+    wait_until(
+        "the delivery and its report",
+        lambda: len(sink.received) >= 2 and "status=bounced" in daemons.logs[-1].read_text(),
+    )
+    assert daemons.stop(proc) == 0
+    log = daemons.logs[-1].read_text()
+    assert log.count("sender delivery status notification") == 1, log
+    assert "non-delivery notification" not in log, log
+    to = sorted(rcpts[0] for rcpts, _ in sink.received)
+    assert to == ["app@example.org", "ok@example.org"], sink.received
+    [report] = [content for rcpts, content in sink.received if rcpts == ["app@example.org"]]
+    assert b"Original-Envelope-Id: order-7" in report
+    assert b"Final-Recipient: rfc822; ok@example.org" in report
+    assert b"bad@example.org" not in report
