@@ -14,7 +14,7 @@ import random
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from helpers import SLOW_TIMERS, message, transport, until
@@ -28,6 +28,7 @@ from spoolbox import (
     SQLiteStore,
 )
 from spoolbox._core.rate import MAX_COUNT, RateWindows, SendWindow
+from spoolbox.store import ClaimedJob
 from spoolbox.store.cluster import ClusterStore, rate_grant
 from spoolbox.store.memory import MemoryStore
 from spoolbox.testing import Act, FakeClock, Script
@@ -364,3 +365,29 @@ async def test_two_spoolers_on_one_store_share_the_window() -> None:
         await until(lambda: sent() == 8, what="the last two")
         done = sorted(m for script in scripts for m, _ in script.sent)
         assert done == sorted(ids)  # each sent once
+
+
+async def test_a_lane_claims_no_more_than_the_window_holds() -> None:
+    """Ten connections and ``max_rate = "1/10s"``: each claim takes one message, not
+    ten to put nine back (the window's count bounds a claim)."""
+    clock = FakeClock()
+    script = Script(address_types=("SMTP",), concurrency=10)
+    store = MemoryStore()
+    claims: list[int] = []
+    real_claim = store.claim
+
+    async def claim(transport: str, **kw: Any) -> list[ClaimedJob]:
+        jobs = await real_claim(transport, **kw)
+        claims.append(len(jobs))
+        return jobs
+
+    store.claim = claim  # type: ignore[method-assign]
+    async with _spooler(script, clock, "1/10s", store=store) as sp:
+        await sp.wait_ready(timeout=5)
+        with sp.foreground_busy():
+            for i in range(3):
+                await sp.submit(message(f"SMTP:r{i}@example.org"))
+        await until(lambda: len(script.sent) == 1, what="the first sent")
+        await clock.advance(10.1)
+        await until(lambda: len(script.sent) == 2, what="the second a window later")
+    assert max(claims) == 1, claims

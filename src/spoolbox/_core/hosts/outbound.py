@@ -321,12 +321,14 @@ class OutboundLane:
         worker starts it, as every job does; a claim waits for the jobs claimed before
         it to have started, so none is counted twice).  In the store's: none until the
         time its last grant said, then as many as the lane has free workers (the claim
-        records them, and they start at once)."""
+        records them, and they start at once), and the window's count at most."""
         limit = self._shared_limit()
         if limit is not None:
             if self._host.runtime.clock.now() < self._rate_until:
                 return 0
-            return max(1, self._host.concurrency - len(self._held))
+            # No more than the window holds either: "1/s" with ten connections claims
+            # one, not ten to put nine back.
+            return max(1, min(limit.count, self._host.concurrency - len(self._held)))
         window = self.send_window()
         if window is None:
             return float("inf")
