@@ -471,6 +471,9 @@ class _Connection(asyncio.Protocol):
         except (AddressError, MessageError) as exc:
             listener._reject("invalid_message")
             return f"554 5.6.0 Message refused: {_clean(str(exc))}"
+        if not messages:  # (DATA comes after an accepted RCPT: a guard, not a path)
+            listener._reject("invalid_message")
+            return "554 5.5.1 Error: no valid recipients"
         message_id = ", ".join(m.id for m in messages)
         # Its own task, never cancelled by the client dropping: the store sees whole
         # submissions only.  stop() waits for it.
@@ -504,12 +507,11 @@ class _Connection(asyncio.Protocol):
         else:
             listener._count("accepted")
             result = task.result()
-            ids = result if isinstance(result, list | tuple) else [result]  # submit_many's
-            queued = ", ".join(str(getattr(r, "id", None) or "?") for r in ids)
-            if "?" in queued.split(", "):
-                queued = ""
-            log.debug("SMTP message from %s queued as %s", self.peer, queued or message_id)
-            reply = f"250 2.0.0 OK queued as {_clean(str(queued or message_id), 300)}"
+            results = result if isinstance(result, list | tuple) else [result]  # submit_many's
+            ids = [getattr(r, "id", None) for r in results]
+            queued = ", ".join(str(i) for i in ids) if all(ids) else message_id
+            log.debug("SMTP message from %s queued as %s", self.peer, queued)
+            reply = f"250 2.0.0 OK queued as {_clean(queued, 300)}"
         if isinstance(self.machine.pending, MessageData):
             self.machine.respond(reply)
             self._last = self._loop.time()

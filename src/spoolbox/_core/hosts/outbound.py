@@ -15,6 +15,7 @@ import collections
 import contextlib
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import cast
 
 from ...contract.errors import ContractViolation, InvalidObject
 from ...contract.objects import OutboundMessage
@@ -342,8 +343,7 @@ class OutboundLane:
         look), and the lane claims nothing more until the window says."""
         host = self._host
         runtime = host.runtime
-        store = runtime.store
-        assert isinstance(store, ClusterStore)
+        store = cast(ClusterStore, runtime.store)  # (_shared_rates says it is one)
         grant = await store.take_sends(
             window_name(host.name),
             count=limit.count,
