@@ -10,11 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as AiosmtpdSMTP
 from aiosmtpd.smtp import Envelope, Session
 
-from conftest import DEADLINE, Daemons, Home, free_port, relay_home, wait_until
+from conftest import DEADLINE, Daemons, Home, relay_home, smtp_server, wait_until
 
 
 class _Server:
@@ -28,13 +27,9 @@ class _Server:
 
 @pytest.fixture
 def server() -> Iterator[tuple[int, _Server]]:
-    handler, port = _Server(), free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
+    handler = _Server()
+    with smtp_server(handler) as port:
         yield port, handler
-    finally:
-        controller.stop()
 
 
 def _home(directory: Path, relay: int, rate: str) -> Home:

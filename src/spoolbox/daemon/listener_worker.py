@@ -21,7 +21,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -100,16 +100,7 @@ class _WorkerProcess:
         info = await self.store.submit(
             message, now=time.time(), lifetime=self.spec.lifetime, routes=routes
         )
-        self._count += 1
-        for route in routes:
-            if route is None:
-                self._unrouted = True
-            else:
-                self._to.add(route)
-        if not self._flush_scheduled:
-            # One line per loop turn, for every submission committed in it.
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        self._committed(1, routes)
         return info
 
     async def submit_many(self, messages: list[NewMessage]) -> list[MessageInfo]:
@@ -121,8 +112,14 @@ class _WorkerProcess:
         infos = await self.store.submit_many(
             messages, now=time.time(), lifetime=self.spec.lifetime, routes=routes
         )
-        self._count += len(infos)
-        for route in (r for rs in routes for r in rs):
+        self._committed(len(infos), [r for rs in routes for r in rs])
+        return infos
+
+    def _committed(self, n: int, routes: Sequence[str | None]) -> None:
+        """``n`` messages committed, their recipients routed to ``routes``: told to the
+        daemon in one line per loop turn, for every submission committed in it."""
+        self._count += n
+        for route in routes:
             if route is None:
                 self._unrouted = True
             else:
@@ -130,7 +127,6 @@ class _WorkerProcess:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
-        return infos
 
     def _flush(self) -> None:
         self._flush_scheduled = False
