@@ -15,6 +15,17 @@ from spoolbox.ingress import ListenerConfig, SubmissionListener
 REPLY_TIMEOUT = 5.0
 
 
+class Recorder:
+    """A submit that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.messages: list[NewMessage] = []
+
+    async def __call__(self, message: NewMessage) -> object:
+        self.messages.append(message)
+        return message
+
+
 @contextlib.asynccontextmanager
 async def serving(
     submit: Callable[[NewMessage], Awaitable[object]],

@@ -6,20 +6,11 @@ from __future__ import annotations
 import asyncio
 import smtplib
 
-from smtp_client import Raw, serving
+from smtp_client import Raw, Recorder, serving
 
 from spoolbox import NewMessage, Notify
 
 MESSAGE = "From: app@example.org\r\nTo: b@example.org\r\nSubject: t\r\n\r\nbody\r\n"
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.messages: list[NewMessage] = []
-
-    async def __call__(self, message: NewMessage) -> object:
-        self.messages.append(message)
-        return message
 
 
 def _send(port: int, rcpts: list[str], mail: list[str], rcpt: list[str]) -> dict[str, object]:

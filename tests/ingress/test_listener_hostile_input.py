@@ -8,24 +8,13 @@ import ssl
 from pathlib import Path
 
 import pytest
-from smtp_client import Raw, serving
+from smtp_client import Raw, Recorder, serving
 
 from spoolbox import NewMessage
 from spoolbox.ingress.listener import MAX_HOPS, received_lines
 
 GREETING = "220 mx.test "
 MESSAGE = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: t\r\n\r\nbody\r\n"
-
-
-class Recorder:
-    """A submit that keeps what it was given."""
-
-    def __init__(self) -> None:
-        self.messages: list[NewMessage] = []
-
-    async def __call__(self, message: NewMessage) -> object:
-        self.messages.append(message)
-        return message
 
 
 async def test_command_line_over_512_octets() -> None:

@@ -291,7 +291,8 @@ class _Connection(asyncio.Protocol):
         self.in_relay_networks: bool | None = None
         #: The address this connection counts against max_connections_per_client.
         self.counted_as: str | None = None
-        #: The NOTIFY of this transaction's first accepted recipient (None: none yet).
+        #: The NOTIFY of this transaction's first accepted recipient (None: none yet),
+        #: kept only where a transaction is one message (no submit_many).
         self.notify: Notify | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------
@@ -947,16 +948,18 @@ class SubmissionListener:
                 f"550 5.1.2 <{_clean(addr.value, 300)}>: Recipient address rejected: "
                 f"{_clean(problem, 300)}"
             )
-        notify = _notify_of(event.params)
-        if conn.notify is None:
-            conn.notify = notify
-        elif notify != conn.notify and self._submit_many is None:
-            # One NOTIFY per message in the store: this recipient in another transaction.
-            self._reject("notify_differs")
-            return (
-                "452 4.5.3 This recipient's NOTIFY differs from the other recipients': "
-                "send it in another transaction"
-            )
+        if self._submit_many is None:
+            # One message per transaction, one NOTIFY per message in the store: a
+            # recipient that asks for another goes in another transaction.
+            notify = _notify_of(event.params)
+            if conn.notify is None:
+                conn.notify = notify
+            elif notify != conn.notify:
+                self._reject("notify_differs")
+                return (
+                    "452 4.5.3 This recipient's NOTIFY differs from the other recipients': "
+                    "send it in another transaction"
+                )
         return "250 2.1.5 OK"
 
     def _authenticate(self, conn: _Connection, event: AuthCredentials) -> str:

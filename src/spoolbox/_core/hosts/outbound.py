@@ -153,7 +153,7 @@ class OutboundLane:
             or not host.gate_open()
         ):
             return False
-        if host.entry.max_rate is not None and self._shared_rates:
+        if self._shared_limit() is not None:
             return False  # its send is recorded in the store by the claim that takes it
         if self._rate_room() < 1:  # a hand-off is a send: within max_rate, or none
             return False
