@@ -4,6 +4,7 @@ init --relay`` writes it, plus ``max_rate``."""
 
 from __future__ import annotations
 
+import re
 import smtplib
 import time
 from collections.abc import Iterator
@@ -119,6 +120,11 @@ def test_a_restarted_daemon_keeps_the_window(
         "the restarted daemon to say why the third waits",
         lambda: "max_rate 2/h reached" in daemons.logs[-1].read_text(),
     )
+    # The wait in plain seconds (an hour less the seconds since the two were sent).
+    said = re.search(
+        r"max_rate 2/h reached; the next message in ([0-9,]+) s ", daemons.logs[-1].read_text()
+    )
+    assert said is not None and 3_500 < int(said.group(1).replace(",", "")) <= 3_600, said
     time.sleep(1.0)
     assert len(sink.arrived) == 2
     queued = home.json("queue", "list")

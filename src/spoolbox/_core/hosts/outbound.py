@@ -381,11 +381,11 @@ class OutboundLane:
         if now - self._rate_logged >= _RATE_LOG_INTERVAL:
             self._rate_logged = now
             log.info(
-                "transport %r: max_rate %s reached; the next message in %.3g s (the rest "
-                "stays queued)",
+                "transport %r: max_rate %s reached; the next message in %s (the rest stays queued)",
                 host.name,
                 limit,
-                wait,
+                # 0.4 s, 12.5 s; 3,600 s, not 3.6e+03 s (a daily window's wait)
+                f"{wait:.3g} s" if wait < 100 else f"{wait:,.0f} s",
             )
         await wait_event(clock, host.stop_event, wait)
 
