@@ -85,6 +85,9 @@ def test_a_malformed_mail_parameter_is_named(line: bytes, reply: str) -> None:
         (b"RCPT TO:<d@e.f> ORCPT=rfc822;", "501 5.5.4 ORCPT must be addr-type;xtext"),
         (b"RCPT TO:<d@e.f> ORCPT=rfc822;a+zz", "501 5.5.4 ORCPT must be addr-type;xtext"),
         (b"RCPT TO:<d@e.f> ORCPT=rfc822;" + b"a" * 500, "501 5.5.4 ORCPT must be"),
+        # a line break hidden in the xtext would end up in a report's header field
+        (b"RCPT TO:<d@e.f> ORCPT=rfc822;d@e.f+0D+0AX-Evil:+201", "501 5.5.4 ORCPT must be"),
+        (b"RCPT TO:<d@e.f> ORCPT=rfc822;d+00@e.f", "501 5.5.4 ORCPT must be"),
         (b"RCPT TO:<d@e.f> NOTIFY=NEVER NOTIFY=NEVER", "501 5.5.4 Duplicate RCPT parameter"),
         (b"RCPT TO:<d@e.f> XFOO=1", "555 5.5.4 RCPT parameter XFOO not supported"),
     ],

@@ -594,7 +594,10 @@ class ServerMachine:
                 value = value.upper()
             elif key == "ORCPT" and self.settings.dsn:
                 if not _orcpt_ok(value):
-                    self._reply("501 5.5.4 ORCPT must be addr-type;xtext, at most 500 characters")
+                    self._reply(
+                        "501 5.5.4 ORCPT must be addr-type;xtext, at most 500 characters, "
+                        "no control character"
+                    )
                     return None
             else:
                 self._reply(f"555 5.5.4 RCPT parameter {_printable(key, 20)} not supported")
@@ -914,6 +917,7 @@ _COMMANDS: dict[str, Callable[[ServerMachine, str], Event | None]] = {
 
 _NOTIFY_WORDS = frozenset({"SUCCESS", "FAILURE", "DELAY"})
 _ADDR_TYPE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _envelope_id(value: str) -> str | None:
@@ -933,11 +937,13 @@ def _notify_ok(value: str) -> bool:
 
 
 def _orcpt_ok(value: str) -> bool:
-    """``addr-type;xtext`` of at most 500 characters (RFC 3461 section 4.2)."""
+    """``addr-type;xtext`` of at most 500 characters (RFC 3461 section 4.2), the xtext
+    standing for no control character (it would end up in reports' header fields)."""
     kind, sep, rest = value.partition(";")
+    decoded = xtext.decode(rest) if sep and rest else None
     return (
-        bool(sep and rest)
+        decoded is not None
         and len(value) <= 500
         and _ADDR_TYPE.fullmatch(kind) is not None
-        and xtext.decode(rest) is not None
+        and _CONTROL.search(decoded) is None
     )
