@@ -38,6 +38,7 @@ RECIPIENT_KEYS = {
     "retry_at",
     "status",
     "diagnostic",
+    "original",
 }
 
 

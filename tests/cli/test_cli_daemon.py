@@ -371,7 +371,7 @@ def test_submit_many_through_the_daemon_and_while_it_is_down(home: Home, daemons
     assert all(len(files) == 1 for files in home.delivered().values())
 
 
-def test_a_submit_through_the_daemon_keeps_its_lifetime_envelope_id_and_ret(
+def test_a_submit_through_the_daemon_keeps_its_lifetime_envelope_id_ret_and_orcpt(
     home: Home, daemons: Daemons
 ) -> None:
     daemons.start(home)
@@ -385,11 +385,13 @@ def test_a_submit_through_the_daemon_keeps_its_lifetime_envelope_id_and_ret(
         lifetime=3600.0,
         envelope_id="ENV-42",
         return_content=False,  # RFC 3461 RET=HDRS
+        original_recipients=((Address.parse("MAILDIR:bob"), "rfc822;bob@old.example"),),
     )
     assert client.submit(message)["via"] == "daemon"
     shown = client.show(message.id)
     assert shown["envelope_id"] == "ENV-42"
     assert shown["return_content"] is False
+    assert [r["original"] for r in shown["recipients"]] == ["rfc822;bob@old.example"]
     assert shown["expires_at"] == pytest.approx(later + 3600.0)  # not the policy's 5 days
 
     sock, replies = _api(home.path / "spoolbox.sock")
@@ -401,6 +403,23 @@ def test_a_submit_through_the_daemon_keeps_its_lifetime_envelope_id_and_ret(
         answer = json.loads(replies.readline())
     assert answer["error"]["code"] == "bad_request", answer
     assert "'lifetime' must be positive" in answer["error"]["message"]
+    for originals, error in (
+        (["rfc822;bob"], "'original_recipients' must be an object, not a list"),
+        ({"MAILDIR:bob": 7}, "'original_recipients' must map recipients to strings"),
+        ({"MAILDIR:carol": "rfc822;c@old"}, "which is not a recipient of the message"),
+    ):
+        sock, replies = _api(home.path / "spoolbox.sock")
+        with sock, replies:
+            args = {
+                "recipients": ["MAILDIR:bob"],
+                "content_length": len(content),
+                "original_recipients": originals,
+            }
+            sock.sendall(json.dumps({"v": 1, "id": 1, "op": "submit", "args": args}).encode())
+            sock.sendall(b"\n" + content)
+            answer = json.loads(replies.readline())
+        assert answer["error"]["code"] == "bad_request", answer
+        assert error in answer["error"]["message"], answer
 
 
 def _api(sock_path: object) -> tuple[socket.socket, Any]:

@@ -81,3 +81,39 @@ def test_one_transaction_with_two_notifys_is_two_messages(
     assert b"Original-Envelope-Id: order-7" in report
     assert b"Final-Recipient: rfc822; ok@example.org" in report
     assert b"bad@example.org" not in report
+
+
+def test_a_bounce_names_the_original_recipient_the_client_gave(
+    tmp_path: Path, daemons: Daemons, server: tuple[int, _Server]
+) -> None:
+    """ORCPT (RFC 3461) given at the listener is kept with the recipient: ``queue show``
+    lists it, and the bounce of the refused recipient names it as its
+    Original-Recipient beside the Final-Recipient."""
+    port, sink = server
+    home = relay_home(tmp_path / "d", port)
+    proc = daemons.start(home)
+    with smtplib.SMTP("127.0.0.1", home.listener_port(), timeout=DEADLINE) as smtp:
+        smtp.ehlo("app.test")
+        assert smtp.mail("app@example.org")[0] == 250
+        assert smtp.rcpt("bad@example.org", ["ORCPT=rfc822;Old+2Bbad@old.example"])[0] == 250
+        assert smtp.rcpt("bad2@example.org")[0] == 250
+        code, text = smtp.data(b"Subject: orcpt\r\n\r\nbody\r\n")
+    assert code == 250, text
+    message_id = text.decode().removeprefix("2.0.0 OK queued as ")
+    wait_until("the bounce", lambda: any(r == ["app@example.org"] for r, _ in sink.received))
+    shown = home.json("queue", "show", message_id)
+    assert [(r["address"], r["original"]) for r in shown["recipients"]] == [
+        ("SMTP:bad@example.org", "rfc822;Old+bad@old.example"),
+        ("SMTP:bad2@example.org", None),
+    ]
+    said = home.run("queue", "show", message_id).stdout
+    assert "[0] SMTP:bad@example.org (originally rfc822;Old+bad@old.example): failed" in said
+    assert "[1] SMTP:bad2@example.org: failed" in said
+    assert daemons.stop(proc) == 0
+    [report] = [content for rcpts, content in sink.received if rcpts == ["app@example.org"]]
+    status = report.split(b"message/delivery-status", 1)[1]
+    assert (
+        b"Original-Recipient: rfc822; Old+bad@old.example\r\n"
+        b"Final-Recipient: rfc822; bad@example.org\r\n" in status
+    ), status
+    assert status.count(b"Original-Recipient") == 1, status  # bad2@ came without one

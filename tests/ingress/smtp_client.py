@@ -10,6 +10,7 @@ from typing import Any
 
 from spoolbox import NewMessage
 from spoolbox.ingress import ListenerConfig, SubmissionListener
+from spoolbox.ingress.local_names import LocalNames
 
 #: A reply that does not come within this many seconds fails the test (no hang).
 REPLY_TIMEOUT = 5.0
@@ -31,11 +32,14 @@ async def serving(
     submit: Callable[[NewMessage], Awaitable[object]],
     *,
     submit_many: Callable[[list[NewMessage]], Awaitable[Sequence[object]]] | None = None,
+    local_names: LocalNames | None = None,
     **options: Any,
 ) -> AsyncIterator[SubmissionListener]:
     options.setdefault("port", 0)
     options.setdefault("hostname", "mx.test")
-    listener = SubmissionListener(submit, ListenerConfig(**options), submit_many=submit_many)
+    listener = SubmissionListener(
+        submit, ListenerConfig(**options), submit_many=submit_many, local_names=local_names
+    )
     await listener.start()
     try:
         yield listener

@@ -9,6 +9,7 @@ import smtplib
 from smtp_client import Raw, Recorder, serving
 
 from spoolbox import NewMessage, Notify
+from spoolbox.ingress.local_names import LocalNames
 
 MESSAGE = "From: app@example.org\r\nTo: b@example.org\r\nSubject: t\r\n\r\nbody\r\n"
 
@@ -151,3 +152,45 @@ async def test_with_dsn_off_it_is_not_offered_nor_taken() -> None:
             "555 5.5.4 MAIL parameter RET not supported"
         )
         await raw.close()
+
+
+async def test_orcpt_is_kept_with_its_recipient() -> None:
+    """RFC 3461 ORCPT, one per recipient, its xtext decoded; a recipient without one has
+    none; a recipient named twice keeps the first one's."""
+    submit = Recorder()
+    async with serving(submit) as listener:
+        raw = await Raw.connect(listener.port, greeting="220 mx.test ")
+        await raw.cmd(b"EHLO app.test")
+        assert (await raw.cmd(b"MAIL FROM:<app@example.org>")).startswith("250")
+        line = b"RCPT TO:<b@example.org> ORCPT=rfc822;Bob+2Bold@old.example"
+        assert (await raw.cmd(line)).startswith("250")
+        assert (await raw.cmd(b"RCPT TO:<c@example.org>")).startswith("250")
+        again = b"RCPT TO:<b@example.org> ORCPT=rfc822;other@old.example"
+        assert (await raw.cmd(again)).startswith("250")
+        assert (await raw.cmd(b"DATA")).startswith("354")
+        assert (await raw.cmd(MESSAGE.encode() + b".")).startswith("250")
+        await raw.close()
+    [m] = submit.messages
+    assert [a.value for a in m.recipients] == ["b@example.org", "c@example.org"]
+    assert [m.original_of(a) for a in m.recipients] == ["rfc822;Bob+old@old.example", None]
+
+
+async def test_a_local_name_keeps_the_address_it_was_given_as_its_original() -> None:
+    """root@localhost stands for the local mailbox here: reports name the address the
+    client gave (Original-Recipient), as Postfix keeps it before alias expansion; an
+    ORCPT the client gave wins."""
+    submit = Recorder()
+    rule = LocalNames.build(host_names=["localhost"], address_type="MAILDIR")
+    async with serving(submit, local_names=rule) as listener:
+        await asyncio.to_thread(
+            _send, listener.port, ["root@localhost", "b@example.org"], [], ["NOTIFY=FAILURE"]
+        )
+        await asyncio.to_thread(
+            _send, listener.port, ["root@localhost"], [], ["ORCPT=rfc822;admin@old.example"]
+        )
+    first, second = submit.messages
+    assert [(str(a), first.original_of(a)) for a in first.recipients] == [
+        ("MAILDIR:root", "rfc822;root@localhost"),
+        ("SMTP:b@example.org", None),
+    ]
+    assert [second.original_of(a) for a in second.recipients] == ["rfc822;admin@old.example"]

@@ -63,6 +63,7 @@ TOP_HEADERS = {
     "content-type",
 }
 RECIPIENT_FIELDS = {
+    "original-recipient",
     "final-recipient",
     "action",
     "status",
@@ -839,3 +840,32 @@ def test_long_diagnostic_is_written_literally() -> None:
     _, (block,) = _blocks(_parse(data))
     assert _raw(block, "Diagnostic-Code") == " ".join(diagnostic.split())
     assert b"=?iso-8859-1?q?caf=E9?=" in data
+
+
+def test_the_original_recipient_comes_before_the_final_one() -> None:
+    """RFC 3464 2.3.1: a recipient that came with an ORCPT (RFC 3461) is named as it
+    came first; one without has no Original-Recipient."""
+    given = ReportItem(BOB, "5.1.1", "smtp; 550 no", original="RFC822;Bob.Old@old.example")
+    _, (first, second) = _blocks(_parse(_build([given, _failed(CAROL)])))
+    assert list(first.keys())[:2] == ["Original-Recipient", "Final-Recipient"]
+    assert first["Original-Recipient"] == "rfc822; Bob.Old@old.example"
+    assert first["Final-Recipient"] == "rfc822; bob@example.org"
+    assert "Original-Recipient" not in second
+
+
+@pytest.mark.parametrize(
+    ("original", "field"),
+    [
+        # what a header field can't hold comes out on one line, in ASCII
+        ("rfc822;j\u00f6rg@old.example", "rfc822; j\\x{F6}rg@old.example"),
+        ("rfc822;a@b\r\nX-Injected: yes", "rfc822; a@b X-Injected: yes"),
+        ("X_Odd;someone", "x-odd; someone"),
+        ("no type at all", "unknown; no type at all"),
+    ],
+)
+def test_a_hostile_original_recipient_stays_one_ascii_field(original: str, field: str) -> None:
+    item = ReportItem(BOB, "5.1.1", original=original)
+    data = _build([item])
+    _, [block] = _blocks(_parse(data))
+    assert block["Original-Recipient"] == field
+    assert b"\r\nX-Injected" not in data

@@ -132,6 +132,27 @@ def test_pipelined_transaction_transcript() -> None:
     assert m.in_step and m.awaiting == 0
 
 
+def test_each_recipient_may_have_options_of_its_own() -> None:
+    """ORCPT is one recipient's: after the options every RCPT has (NOTIFY=)."""
+    m = greeted()
+    m.transaction(
+        [b"alice@example.org"],
+        [b"bob@example.org", b"carol@example.org"],
+        [b"NOTIFY=NEVER"],
+        [[b"ORCPT=rfc822;b+2Bx@old.example"], []],
+    )
+    assert m.data_to_send() == (
+        b"MAIL FROM:<alice@example.org>\r\n"
+        b"RCPT TO:<bob@example.org> NOTIFY=NEVER ORCPT=rfc822;b+2Bx@old.example\r\n"
+        b"RCPT TO:<carol@example.org> NOTIFY=NEVER\r\nDATA\r\n"
+    )
+    other = greeted()
+    with pytest.raises(LocalProtocolError, match="1 recipients' options for 2 recipients"):
+        other.transaction([b"a@b.c"], [b"d@e.f", b"g@h.i"], [], [[b"ORCPT=rfc822;d@e.f"]])
+    with pytest.raises(LocalProtocolError, match="control character"):
+        other.transaction([b"a@b.c"], [b"d@e.f"], [], [[b"ORCPT=rfc822;d@e.f\r\nRSET"]])
+
+
 def test_transaction_without_pipelining_waits_for_each_reply() -> None:
     m = greeted(EHLO_PLAIN)
     m.transaction([b"alice@example.org"], [b"bob@example.org", b"carol@example.org"])

@@ -55,6 +55,7 @@ async def test_a_sqlite_store_of_version_4_is_upgraded_in_place(tmp_path: Path) 
         conn.execute("CREATE INDEX recipients_owner ON recipients (owner) WHERE state = 'active'")
         conn.execute("ALTER TABLE messages DROP COLUMN return_content")  # version 7 added it
         conn.execute("DROP TABLE rate_sends")  # version 8 added it
+        conn.execute("ALTER TABLE recipients DROP COLUMN original")  # version 9 added it
         conn.execute("PRAGMA user_version = 4")
     async with SQLiteStore(path) as store:
         assert store.statistics()["pragmas"]["user_version"] == schema.SCHEMA_VERSION  # type: ignore[index]

@@ -21,6 +21,7 @@ async def test_a_sqlite_store_of_version_7_is_upgraded_in_place(tmp_path: Path) 
         await store.submit(new_message(1), now=T0, lifetime=3600, routes=["x"])
     with raw(path) as conn:  # version 7 as it was: no rate_sends
         conn.execute("DROP TABLE rate_sends")
+        conn.execute("ALTER TABLE recipients DROP COLUMN original")  # version 9 added it
         conn.execute("PRAGMA user_version = 7")
     async with SQLiteStore(path) as store:
         assert store.statistics()["pragmas"]["user_version"] == schema.SCHEMA_VERSION  # type: ignore[index]

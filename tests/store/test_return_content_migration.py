@@ -88,6 +88,7 @@ async def test_a_sqlite_store_of_version_6_is_upgraded_in_place(tmp_path: Path) 
     with raw(path) as conn:  # version 6 as it was: no return_content
         conn.execute("ALTER TABLE messages DROP COLUMN return_content")
         conn.execute("DROP TABLE rate_sends")  # version 8 added it
+        conn.execute("ALTER TABLE recipients DROP COLUMN original")  # version 9 added it
         conn.execute("PRAGMA user_version = 6")
     async with SQLiteStore(path) as store:
         assert store.statistics()["pragmas"]["user_version"] == schema.SCHEMA_VERSION  # type: ignore[index]

@@ -36,6 +36,7 @@ async def test_a_store_of_version_5_is_upgraded_in_place(tmp_path: Path) -> None
         conn.execute("CREATE INDEX recipients_owner ON recipients (owner) WHERE state = 'active'")
         conn.execute("ALTER TABLE messages DROP COLUMN return_content")  # version 7 added it
         conn.execute("DROP TABLE rate_sends")  # version 8 added it
+        conn.execute("ALTER TABLE recipients DROP COLUMN original")  # version 9 added it
         conn.execute("PRAGMA user_version = 5")
     assert "recipients_owner" in _indexes(path)
     async with SQLiteStore(path) as store:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -63,6 +64,29 @@ async def test_the_senders_wishes_go_on_to_a_next_hop_with_dsn() -> None:
         assert state is MessageState.SENT
     [got] = hop.messages
     assert (got.notify, got.envelope_id, got.return_content) == (Notify.NEVER, "order+42", False)
+
+
+async def test_orcpt_goes_on_to_a_next_hop_with_dsn_and_not_to_one_without() -> None:
+    """Each recipient's ORCPT as it came (xtext encoded on the wire, '+' and '=' and a
+    space included), none for a recipient without one; a next hop without DSN gets
+    none (it would refuse the parameter with 555)."""
+    bob, carol = Address("SMTP", "bob@example.org"), Address("SMTP", "carol@example.org")
+    original = "rfc822;B+b=x y@old.example"
+    msg = NewMessage(
+        Address("SMTP", "alice@example.org"),
+        (bob, carol),
+        CONTENT,
+        original_recipients=((bob, original),),
+    )
+    for dsn in (True, False):
+        hop = Next()
+        async with serving(hop, dsn=dsn) as listener, open_spooler(options(listener.port)) as sp:
+            state, _ = await send(sp, msg if dsn else replace(msg, id=msg.id + "b"))
+            assert state is MessageState.SENT
+        [got] = [m for m in hop.messages if not m.is_report and m.sender is not None]
+        assert [got.original_of(r) for r in got.recipients] == (
+            [original, None] if dsn else [None, None]
+        )
 
 
 async def test_a_next_hop_with_dsn_reports_the_delivery_not_the_spooler() -> None:

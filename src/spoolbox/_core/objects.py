@@ -129,7 +129,10 @@ class OutboundMessageImpl(_OutboundView):
     ) -> None:
         super().__init__(
             job.message if content is None else replace(job.message, size=len(content)),
-            tuple(OutboundRecipient(r.index, r.address, r.attempts) for r in job.recipients),
+            tuple(
+                OutboundRecipient(r.index, r.address, r.attempts, r.original)
+                for r in job.recipients
+            ),
             flags,
             implicit_yield,
         )

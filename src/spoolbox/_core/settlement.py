@@ -344,6 +344,7 @@ class Settlement:
                     last_attempt=now,
                     will_retry_until=until,
                     relayed=kind is ReportKind.SUCCESS and update.index in relayed,
+                    original=recipient.original,
                 )
             )
         # A report that failed: a double bounce for the inbox, never sent (no loop).

@@ -169,6 +169,7 @@ def recipient_to_dict(recipient: RecipientRecord) -> dict[str, Any]:
         "retry_at": recipient.retry_at or None,
         "status": recipient.status,
         "diagnostic": recipient.diagnostic,
+        "original": recipient.original,
     }
 
 
@@ -261,6 +262,8 @@ def message_args(message: NewMessage, *, content: bool = True) -> dict[str, Any]
         args["envelope_id"] = message.envelope_id
     if message.return_content is not None:
         args["return_content"] = message.return_content
+    if message.original_recipients:
+        args["original_recipients"] = {str(a): o for a, o in message.original_recipients}
     if content:
         args["content"] = base64.b64encode(message.content).decode("ascii")
     return args
@@ -307,6 +310,15 @@ def message_from_args(args: dict[str, Any]) -> NewMessage:
     return_content = optional(args, "return_content", bool)
     if return_content is not None:
         kwargs["return_content"] = return_content
+    originals = optional(args, "original_recipients", dict)
+    if originals:
+        if not all(isinstance(v, str) for v in originals.values()):
+            raise ApiError(
+                BAD_REQUEST, "argument 'original_recipients' must map recipients to strings"
+            )
+        kwargs["original_recipients"] = tuple(
+            (Address.parse(recipient), original) for recipient, original in originals.items()
+        )
     return NewMessage(
         sender=Address.parse(sender) if sender else None,
         recipients=tuple(Address.parse(recipient) for recipient in recipients),
@@ -325,6 +337,7 @@ _KINDS: dict[type, tuple[tuple[type, ...], str]] = {
     float: ((int, float), "a number"),
     bool: ((bool,), "true or false"),
     list: ((list,), "a list"),
+    dict: ((dict,), "an object"),
 }
 
 #: What a value from ``json.loads`` is, in words.

@@ -110,7 +110,10 @@ def _show_message(message: dict[str, Any]) -> None:
     click.echo(f"submitted: {when(message['submitted_at'])}")
     click.echo(f"expires:   {when(message['expires_at'])}")
     for recipient in message["recipients"]:
-        line = f"  [{recipient['index']}] {safe(recipient['address'])}: {recipient['state']}"
+        line = f"  [{recipient['index']}] {safe(recipient['address'])}"
+        if recipient.get("original"):  # RFC 3461 ORCPT (an older daemon has none)
+            line += f" (originally {safe(recipient['original'])})"
+        line += f": {recipient['state']}"
         if recipient["route"]:
             line += f" via {recipient['route']}"
         if recipient["attempts"]:

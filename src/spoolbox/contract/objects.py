@@ -37,6 +37,9 @@ class OutboundRecipient:
     index: int
     address: Address
     attempts: int = 0  # earlier attempts on this recipient
+    #: RFC 3461 ORCPT as given with it ("rfc822;bob@example.org"), or None: the smtp
+    #: transport passes it on to a next hop that offers DSN.
+    original: str | None = None
 
     @property
     def type(self) -> str:

@@ -43,7 +43,10 @@ The rules, from DESIGN.md section 4:
   message per NOTIFY, all committed together (``submit_many``; the ``250`` names
   them all).  Without ``submit_many``, a recipient whose NOTIFY differs from the
   transaction's first gets ``452 4.5.3`` (the client sends it in another
-  transaction, as after a recipient limit).  ``ORCPT=`` is checked and not kept.
+  transaction, as after a recipient limit).  ``ORCPT=`` is kept with its recipient
+  (``NewMessage.original_recipients``): reports name it (``Original-Recipient``) and
+  the smtp transport passes it on; an address that stands for another one here
+  (root@localhost) keeps the address as given as its original when none was given.
 * A client silent for ``idle_timeout`` seconds gets ``421 4.4.2`` and is disconnected.
 """
 
@@ -179,22 +182,45 @@ def _notify_of(params: tuple[tuple[str, str | None], ...]) -> Notify:
     return Notify.FAILURE if value is None else Notify.from_text(value)
 
 
+def _original_of(params: tuple[tuple[str, str | None], ...]) -> str | None:
+    """A recipient's ``ORCPT=`` as kept: its type, ``;``, the address with the xtext
+    decoded (the server machine checked it), or None."""
+    value = dict(params).get("ORCPT")
+    if value is None:
+        return None
+    kind, _, rest = value.partition(";")
+    decoded = xtext.decode(rest)
+    return None if decoded is None else f"{kind};{decoded}"
+
+
 def _by_notify(
     event: MessageData, listener: SubmissionListener
-) -> list[tuple[Notify, tuple[Address, ...]]]:
+) -> list[tuple[Notify, tuple[Address, ...], tuple[tuple[Address, str], ...]]]:
     """The transaction's recipients (each as what it stands for here: root@localhost is
     root's mailbox) grouped by the NOTIFY each asked for, in the order of first
-    appearance; a recipient named twice stays in its first group only."""
+    appearance; a recipient named twice stays in its first group only.  With each
+    group, its recipients' original addresses (RFC 3461 ORCPT): the one the client
+    gave, else the address as given where it stands for another one here."""
     params = event.recipient_params or ((),) * len(event.recipients)
-    groups: dict[Notify, list[Address]] = {}
+    groups: dict[Notify, tuple[list[Address], list[tuple[Address, str]]]] = {}
     seen: set[Address] = set()
     for rcpt, rcpt_params in zip(event.recipients, params, strict=True):
-        group = groups.setdefault(_notify_of(rcpt_params), [])
-        for address in listener._here(listener._address(rcpt)):
+        group, originals = groups.setdefault(_notify_of(rcpt_params), ([], []))
+        given = listener._address(rcpt)
+        original = _original_of(rcpt_params)
+        for address in listener._here(given):
             if address not in seen:
                 seen.add(address)
                 group.append(address)
-    return [(notify, tuple(rcpts)) for notify, rcpts in groups.items() if rcpts]
+                if original is None and address != given and given.type == "SMTP":
+                    original = f"rfc822;{given.value}"
+                if original is not None:
+                    originals.append((address, original))
+    return [
+        (notify, tuple(rcpts), tuple(originals))
+        for notify, (rcpts, originals) in groups.items()
+        if rcpts
+    ]
 
 
 def _store_full(exc: BaseException | None) -> bool:
@@ -456,7 +482,7 @@ class _Connection(asyncio.Protocol):
             ret = mail.get("RET")
             envid = mail.get("ENVID")
             messages = []
-            for notify, rcpts in _by_notify(event, listener):
+            for notify, rcpts, originals in _by_notify(event, listener):
                 message_id = new_message_id()
                 messages.append(
                     NewMessage(
@@ -467,6 +493,7 @@ class _Connection(asyncio.Protocol):
                         notify=notify,
                         envelope_id=None if envid is None else xtext.decode(envid),
                         return_content=None if ret is None else ret == "FULL",
+                        original_recipients=originals,
                     )
                 )
         except (AddressError, MessageError) as exc:

@@ -18,7 +18,7 @@ import enum
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email import policy
 from email.header import decode_header, make_header
@@ -48,6 +48,10 @@ __all__ = [
 MAX_RECIPIENTS = 100_000
 #: A byte that ``bytes.strip`` keeps: content without one is blank.
 _NOT_BLANK = re.compile(rb"[^ \t\n\r\x0b\x0c]")
+#: RFC 3461's ORCPT as kept (its xtext decoded): an address type (an atom), ";", the
+#: address as the first system had it; no control character, at most 500 characters.
+_ORIGINAL_RE = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+;[^\x00-\x1f\x7f]+")
+MAX_ORIGINAL = 500
 
 
 class MessageError(ValueError):
@@ -106,6 +110,11 @@ class NewMessage:
     # only), None: the report kind's default
     return_content: bool | None = None
     id: str = field(default_factory=new_message_id)
+    # RFC 3461 ORCPT: a recipient's address as the system the message came from first
+    # had it ("rfc822;bob@example.org"), passed on to a next hop that offers DSN and
+    # named in reports (Original-Recipient).  Given as a mapping or (recipient, text)
+    # pairs; kept as pairs in recipient order.
+    original_recipients: tuple[tuple[Address, str], ...] = field(default=(), kw_only=True)
 
     def __post_init__(self) -> None:
         _check_id(self.id)
@@ -147,10 +156,26 @@ class NewMessage:
                 "return_content must be True (RET=FULL), False (RET=HDRS) or None, "
                 f"not {self.return_content!r}"
             )
+        if self.original_recipients:
+            object.__setattr__(
+                self, "original_recipients", _originals(self.original_recipients, unique)
+            )
 
     @property
     def size(self) -> int:
         return len(self.content)
+
+    def original_of(self, recipient: Address) -> str | None:
+        """``recipient``'s ORCPT (RFC 3461), or None when none was given."""
+        for address, original in self.original_recipients:
+            if address == recipient:
+                return original
+        return None
+
+    def originals(self) -> list[str | None]:
+        """Each recipient's ORCPT in recipient order (None where none was given)."""
+        given = dict(self.original_recipients)
+        return [given.get(r) for r in self.recipients]
 
     @classmethod
     def from_bytes(
@@ -214,6 +239,49 @@ class NewMessage:
         return cls.from_bytes(data, sender=sender, recipients=recipients, **kwargs)  # type: ignore[arg-type]
 
 
+def check_original(value: object) -> str:
+    """``value`` if it is an ORCPT as kept (``type;address``, its xtext decoded), else
+    MessageError saying what is wrong."""
+    if not isinstance(value, str):
+        raise MessageError(f"an original recipient must be text, not {value!r}")
+    if len(value) > MAX_ORIGINAL:
+        raise MessageError(
+            f"original recipient {value[:40]!r}... is {len(value)} characters "
+            f"(at most {MAX_ORIGINAL})"
+        )
+    if _ORIGINAL_RE.fullmatch(value) is None:
+        raise MessageError(
+            f"original recipient {value!r} must be an address type, ';' and the address "
+            "(e.g. 'rfc822;bob@example.org'), without control characters"
+        )
+    return value
+
+
+def _originals(
+    given: Mapping[Address, str] | Iterable[tuple[Address, str]],
+    recipients: tuple[Address, ...],
+) -> tuple[tuple[Address, str], ...]:
+    """``NewMessage.original_recipients`` checked and in recipient order; the first of
+    two for one recipient wins (as the first of two equal recipients does)."""
+    try:
+        pairs = list(given.items() if isinstance(given, Mapping) else given)
+        found: dict[Address, str] = {}
+        for address, original in pairs:
+            if not isinstance(address, Address) or address not in recipients:
+                raise MessageError(
+                    f"original recipient {original!r} is given for {address!r}, "
+                    "which is not a recipient of the message"
+                )
+            found.setdefault(address, check_original(original))
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, MessageError):
+            raise
+        raise MessageError(
+            "original_recipients must map recipients to texts like 'rfc822;bob@example.org'"
+        ) from exc
+    return tuple((r, found[r]) for r in recipients if r in found)
+
+
 @dataclass(frozen=True, slots=True)
 class MessageInfo:
     """A queued message's envelope, as a store keeps it."""
@@ -255,6 +323,7 @@ class RecipientRecord:
     updated_at: float = 0.0
     first_failed_at: float | None = None  # first temporary failure (for delay reports)
     delay_warned: bool = False  # a delay report went out for it (at most one)
+    original: str | None = None  # RFC 3461 ORCPT as given ("rfc822;bob@example.org")
 
 
 @dataclass(frozen=True, slots=True)

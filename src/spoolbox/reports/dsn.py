@@ -12,9 +12,11 @@ API
     value is the RFC 3464 ``Action``.  ``ReportKind.for_outcome(outcome)`` maps a
     transport's :class:`~spoolbox.model.Outcome`.
 ``ReportItem(address, status, diagnostic="", remote_mta=None, last_attempt=None,``
-``will_retry_until=None, relayed=False)``
+``will_retry_until=None, relayed=False, original=None)``
     One recipient line; ``relayed`` (success reports): handed to a next hop that
-    does not report deliveries, RFC 3464's ``Action: relayed``.  ``status`` must be
+    does not report deliveries, RFC 3464's ``Action: relayed``; ``original`` the
+    recipient's RFC 3461 ORCPT as kept (``rfc822;bob@example.org``), written as
+    ``Original-Recipient`` before ``Final-Recipient``.  ``status`` must be
     an RFC 3463 code (``5.1.1``);
     ``ReportItem.from_result(result, address, ...)`` builds one from a transport's
     :class:`~spoolbox.model.RecipientResult`.
@@ -48,7 +50,8 @@ A ``multipart/report; report-type=delivery-status`` with three parts:
    retried until <date>*, with its status code and diagnostic.
 2. ``message/delivery-status``: ``Reporting-MTA: dns; <reporting_mta>``,
    ``X-Spoolbox-Queue-ID``, ``Original-Envelope-Id`` (when the message had one) and
-   ``Arrival-Date``; then per recipient ``Final-Recipient``, ``Action``, ``Status``,
+   ``Arrival-Date``; then per recipient ``Original-Recipient`` (when the recipient
+   came with an RFC 3461 ORCPT), ``Final-Recipient``, ``Action``, ``Status``,
    ``Diagnostic-Code``, ``Remote-MTA``, ``Last-Attempt-Date`` and, for delays,
    ``Will-Retry-Until`` (the optional ones only when known).
 3. The original.  ``include_content`` is RFC 3461's RET: True returns the whole
@@ -179,10 +182,15 @@ class ReportItem:
     #: A success that was a hand-off to a next hop which sends no delivery reports of
     #: its own (an SMTP server without DSN): ``Action: relayed``, not ``delivered``.
     relayed: bool = False
+    #: RFC 3461's ORCPT given with the recipient (``rfc822;bob@example.org``): the
+    #: report's ``Original-Recipient`` (RFC 3464 2.3.1).
+    original: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.address, Address):
             raise ValueError(f"report item address must be an Address, not {self.address!r}")
+        if self.original is not None and not isinstance(self.original, str):
+            raise ValueError(f"report item original must be text, not {self.original!r}")
         if not isinstance(self.status, str) or not _STATUS_RE.fullmatch(self.status):
             raise ValueError(
                 f"report item status {self.status!r} is not an RFC 3463 code like 5.1.1"
@@ -200,6 +208,7 @@ class ReportItem:
         *,
         last_attempt: float | None = None,
         will_retry_until: float | None = None,
+        original: str | None = None,
     ) -> ReportItem:
         """The item for a transport's result about ``address``."""
         return cls(
@@ -210,6 +219,7 @@ class ReportItem:
             last_attempt=last_attempt,
             will_retry_until=will_retry_until,
             relayed=result.relayed,
+            original=original,
         )
 
 
@@ -295,6 +305,18 @@ def _final_recipient(address: Address) -> str:
     if address.type == "SMTP" and not value.isascii():
         return f"utf-8; {_utf8_addr_xtext(value)}"
     return f"{_address_type(address)}; {_ascii(value)}"
+
+
+def _original_recipient(original: str) -> str:
+    """RFC 3464's ``Original-Recipient`` value for an ORCPT as kept: the type
+    lowercased (a character an atom can't hold as ``-``; ``unknown`` if there is
+    none), ``; ``, the address on one line with non-ASCII characters as
+    ``\\x{HEX}``."""
+    kind, sep, value = original.partition(";")
+    if not sep:
+        kind, value = "", original
+    kind = _NOT_ATOM_RE.sub("-", kind.strip().lower()) or "unknown"
+    return f"{kind}; {_ascii(_one_line(value))}"
 
 
 def _display(address: Address) -> str:
@@ -482,6 +504,10 @@ def _status_part(
         blocks.append(
             _block(
                 [
+                    (
+                        "Original-Recipient",
+                        None if item.original is None else _original_recipient(item.original),
+                    ),
                     ("Final-Recipient", _final_recipient(item.address)),
                     ("Action", "relayed" if item.relayed else kind.value),
                     ("Status", item.status),

@@ -381,18 +381,34 @@ class ClientMachine:
             self._line(Step.AUTH, -1, b"AUTH", b"CRAM-MD5")
 
     def transaction(
-        self, mail: Sequence[bytes], rcpts: Sequence[bytes], rcpt_options: Sequence[bytes] = ()
+        self,
+        mail: Sequence[bytes],
+        rcpts: Sequence[bytes],
+        rcpt_options: Sequence[bytes] = (),
+        each_rcpt: Sequence[Sequence[bytes]] = (),
     ) -> None:
         """``MAIL FROM:<...> [options]`` (``mail``: the sender path and the options),
-        ``RCPT TO:<...> [rcpt_options]`` for each of ``rcpts``, then ``DATA`` (see the
-        module docstring for what goes out when)."""
+        ``RCPT TO:<...> [rcpt_options] [each_rcpt[i]]`` for each of ``rcpts``
+        (``each_rcpt``: options of one recipient each, such as ``ORCPT=``; empty or one
+        per recipient), then ``DATA`` (see the module docstring for what goes out
+        when)."""
         self._check_ready("MAIL")
         if not rcpts:
             raise LocalProtocolError("a transaction needs at least one recipient")
+        if each_rcpt and len(each_rcpt) != len(rcpts):
+            raise LocalProtocolError(
+                f"{len(each_rcpt)} recipients' options for {len(rcpts)} recipients"
+            )
         path, *options = mail
         lines = [(Step.MAIL, -1, self._command(b"MAIL", b"FROM:<" + path + b">", *options))]
         lines += [
-            (Step.RCPT, i, self._command(b"RCPT", b"TO:<" + r + b">", *rcpt_options))
+            (
+                Step.RCPT,
+                i,
+                self._command(
+                    b"RCPT", b"TO:<" + r + b">", *rcpt_options, *(each_rcpt[i] if each_rcpt else ())
+                ),
+            )
             for i, r in enumerate(rcpts)
         ]
         lines.append((Step.DATA, -1, self._command(b"DATA")))

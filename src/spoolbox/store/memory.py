@@ -159,8 +159,8 @@ class MemoryStore(MemoryCluster):
                 f"{len(routes)} routes for {len(message.recipients)} recipients of {message.id}"
             )
         self._rcpts[message.id] = [
-            RecipientRecord(message.id, i, a, _R.QUEUED, updated_at=now)
-            for i, a in enumerate(message.recipients)
+            RecipientRecord(message.id, i, a, _R.QUEUED, updated_at=now, original=o)
+            for i, (a, o) in enumerate(zip(message.recipients, message.originals(), strict=True))
         ]
         self._counts[_R.QUEUED] += len(message.recipients)
         for i in range(len(message.recipients)):

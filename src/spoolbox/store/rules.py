@@ -106,6 +106,8 @@ def fingerprint(message: NewMessage) -> bytes:
     # (a resubmission of a message stored before the field existed is still recognised).
     if message.return_content is not None:
         fields.append(bool(message.return_content))
+    if message.original_recipients:
+        fields.append({"orcpt": [[str(a), o] for a, o in message.original_recipients]})
     envelope = json.dumps(fields)
     digest = hashlib.sha256(envelope.encode())
     digest.update(b"\n")

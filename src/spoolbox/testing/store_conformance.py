@@ -226,6 +226,56 @@ async def _submit_keeps_return_content(store: Store) -> None:
 
 
 @_check
+async def _submit_keeps_original_recipients(store: Store) -> None:
+    # RFC 3461 ORCPT, one per recipient (or none): kept as given by submit and
+    # submit_many, read back with the recipients by every reader, kept by a settle.
+    # The texts hold what a text array or a quoted literal could get wrong.
+    odd = 'rfc822;"a,b\\c{d}"@example.org'
+    wide = "utf-8;j\u00f6rg@b\u00fccher.example"
+    originals = {"X:a": odd, "X:c": wide}
+    want = [odd, None, wide]
+    await _submit(store, "X:a", "X:b", "X:c", id="orcpt-1", original_recipients=_pairs(originals))
+    await store.submit_many(
+        [_new("X:a", "X:b", "X:c", id="orcpt-2", original_recipients=_pairs(originals))],
+        now=_T0,
+        lifetime=_LIFETIME,
+        routes=[["x", "x", "x"]],
+    )
+    await _submit(store, "X:d", id="orcpt-none")
+    for mid in ("orcpt-1", "orcpt-2"):
+        _equal([r.original for r in await store.recipients(mid)], want, f"recipients({mid!r})")
+    _equal([r.original for r in await store.recipients("orcpt-none")], [None], "no ORCPT")
+    jobs = await store.claim("x", owner="o1", now=_T0, lease=_LEASE, limit=10)
+    _equal(
+        {job.message.id: [r.original for r in job.recipients] for job in jobs},
+        {"orcpt-1": want, "orcpt-2": want, "orcpt-none": [None]},
+        "the originals of claim()'s recipients",
+    )
+    for job in jobs:
+        await _settle_all(store, job, _R.QUEUED, now=_T0 + 1, retry_at=_T0 + 60)
+    _equal([r.original for r in await store.recipients("orcpt-1")], want, "after a settle")
+    # The same submission again is the stored message; other originals are another.
+    await store.submit(
+        _new("X:a", "X:b", "X:c", id="orcpt-1", original_recipients=_pairs(originals)),
+        now=_T0 + 5,
+        lifetime=_LIFETIME,
+    )
+    await _raises(
+        StoreError,
+        store.submit(
+            _new("X:a", "X:b", "X:c", id="orcpt-1", original_recipients=_pairs({"X:b": odd})),
+            now=_T0,
+            lifetime=_LIFETIME,
+        ),
+        "submit with the used id 'orcpt-1' and other original recipients",
+    )
+
+
+def _pairs(originals: dict[str, str]) -> tuple[tuple[Address, str], ...]:
+    return tuple((Address.parse(a), o) for a, o in originals.items())
+
+
+@_check
 async def _submit_is_idempotent(store: Store) -> None:
     message = _new("X:a", "X:b", id="m-dup")
     first = await store.submit(message, now=_T0, lifetime=_LIFETIME)

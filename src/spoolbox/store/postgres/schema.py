@@ -30,6 +30,8 @@ with one set of row functions.  What differs:
 * Version 8 adds ``rate_sends``, the sends of each ``max_rate`` window that every
   node counts against (``spoolbox.store.cluster``'s send rates), as SQLite's
   version 8 does.
+* Version 9 adds ``recipients.original``, RFC 3461's ORCPT given with a recipient, as
+  SQLite's version 9 does (TEXT, NULL when none was: adding it rewrites nothing).
 
 ``MIGRATIONS[n]`` upgrades a database at version ``n`` to ``n + 1`` (a new database is
 at version 0).  :func:`migrate` runs the pending ones, each in its own transaction
@@ -326,7 +328,12 @@ CREATE INDEX IF NOT EXISTS rate_sends_name_at ON rate_sends (name, at);
 """
 
 #: ``MIGRATIONS[n]`` upgrades a database at schema version ``n`` to ``n + 1``.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8)
+# A recipient's original address (RFC 3461 ORCPT), NULL when none was given.
+_V9 = """
+ALTER TABLE recipients ADD COLUMN IF NOT EXISTS original TEXT;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9)
 
 #: The newest schema version this code reads and writes.
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -202,6 +202,9 @@ def submission_params(call: SubmitCall, info: MessageInfo) -> dict[str, Any]:
         "ready_at": send_at,
         "addresses": text_array(str(a) for a in message.recipients),
         "routes": text_array(routes if routes is not None else [None] * len(message.recipients)),
+        "originals": text_array(
+            message.originals() if message.original_recipients else [None] * len(message.recipients)
+        ),
         "channel": _q.CHANNEL,
         "payloads": text_array(sorted(_wakeups(call, send_at))),
     }

@@ -17,7 +17,8 @@ MESSAGE_COLUMNS = (
 
 RECIPIENT_COLUMNS = (
     "message_id, idx, address, state, route, refused_by, attempts, retry_at, status, "
-    "diagnostic, updated_at, first_failed_at, owner, lease_until, delay_warned, claim"
+    "diagnostic, updated_at, first_failed_at, owner, lease_until, delay_warned, claim, "
+    "original"
 )
 
 INBOX_COLUMNS = (
@@ -47,7 +48,7 @@ SET_HELD = "UPDATE messages SET held = ? WHERE id = ?"
 
 INSERT_RECIPIENT = (
     "INSERT INTO recipients (message_id, idx, address, state, route, updated_at, priority, "
-    "send_at, ready_at, expires_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)"
+    "send_at, ready_at, expires_at, original) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)"
 )
 SELECT_RECIPIENTS = f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id = ? ORDER BY idx"
 SELECT_RECIPIENT = f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id = ? AND idx = ?"

@@ -93,6 +93,7 @@ def recipient_from_row(row: Row) -> RecipientRecord:
         updated_at=row["updated_at"],
         first_failed_at=row["first_failed_at"],
         delay_warned=bool(row["delay_warned"]),
+        original=row["original"],
     )
 
 

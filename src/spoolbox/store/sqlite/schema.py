@@ -48,6 +48,11 @@ Shape of the data (the domain classes in :mod:`spoolbox.model` do not follow it)
 * Version 7 adds ``messages.return_content``, RFC 3461's RET: 1 (FULL: the whole
   message in a report), 0 (HDRS: its header only), NULL (the report kind's default,
   as every message stored before it).
+* Version 8 adds ``rate_sends``, the sends of each ``max_rate`` window, shared by
+  every process on the store.
+* Version 9 adds ``recipients.original``, RFC 3461's ORCPT as given with the
+  recipient (``rfc822;bob@example.org``, its xtext decoded), NULL when none was (every
+  recipient stored before it).
 
 The queries are in :mod:`.queries`.
 """
@@ -300,7 +305,14 @@ CREATE TABLE rate_sends (
 CREATE INDEX rate_sends_name_at ON rate_sends (name, at);
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8)
+# A recipient's original address (RFC 3461 ORCPT), NULL when none was given: reports
+# name it and the smtp transport passes it on.  Adding a column that may be NULL
+# rewrites no row.
+_V9 = """
+ALTER TABLE recipients ADD COLUMN original TEXT;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9)
 
 #: The newest schema version this code reads and writes.
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -118,6 +118,7 @@ def submit_prepared(
     blob_id = _insert_blob(conn, message.content)
     conn.execute(_q.INSERT_MESSAGE, message_params(info, fingerprint=fingerprint, blob_id=blob_id))
     send_at = float(info.send_at or 0.0)
+    originals = message.originals() if message.original_recipients else None
     conn.executemany(
         _q.INSERT_RECIPIENT,
         (
@@ -131,6 +132,7 @@ def submit_prepared(
                 send_at,
                 send_at,
                 info.expires_at,
+                originals[i] if originals is not None else None,
             )
             for i, a in enumerate(message.recipients)
         ),

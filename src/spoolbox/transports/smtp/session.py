@@ -503,6 +503,7 @@ class SMTPSession(BaseTransportSession):
         # reports what happens after it.
         dsn = "dsn" in machine.extensions
         rcpt_options: list[bytes] = []
+        each_rcpt: list[list[bytes]] = []
         if dsn:
             info = message.info
             if info.return_content is not None:
@@ -510,10 +511,15 @@ class SMTPSession(BaseTransportSession):
             if info.envelope_id is not None:
                 options.append(b"ENVID=" + xtext.encode(info.envelope_id).encode("ascii"))
             rcpt_options.append(b"NOTIFY=" + notify_keyword(info.notify))
+            if any(r.original is not None for r in rcpts):
+                each_rcpt = [orcpt_option(r.original) for r in rcpts]
 
         mail_step = f"MAIL FROM:<{mail_from}>"
         machine.transaction(
-            [mail_from.encode(enc), *options], [r.value.encode(enc) for r in rcpts], rcpt_options
+            [mail_from.encode(enc), *options],
+            [r.value.encode(enc) for r in rcpts],
+            rcpt_options,
+            each_rcpt,
         )
         reply = await self._checked(conn, mail_step, "mail")
         if reply.code == 503:
@@ -722,6 +728,15 @@ async def _chunks(message: OutboundMessage, content: bytes | None) -> AsyncItera
     view = memoryview(content)
     for i in range(0, len(view), _CHUNK):
         yield bytes(view[i : i + _CHUNK])
+
+
+def orcpt_option(original: str | None) -> list[bytes]:
+    """RFC 3461's ``ORCPT=type;xtext`` for a recipient's original address as kept (its
+    type, ``;``, the address), or nothing when it has none."""
+    if original is None:
+        return []
+    kind, _, value = original.partition(";")
+    return [b"ORCPT=" + f"{kind};{xtext.encode(value)}".encode("ascii")]
 
 
 def notify_keyword(notify: Notify) -> bytes:
