@@ -135,6 +135,11 @@ def test_a_restarted_daemon_keeps_the_window(
     why = "max_rate 2/h reached (2 sent in the last 1 h)"
     assert [r.get("waiting") for r in shown["recipients"]] == [why], shown
     assert f"via relay, waiting: {why}" in home.run("queue", "show", third["id"]).stdout
+    # And in the transport's row of spoolbox status.
+    rows = {row["name"]: row for row in home.json("status")["rows"]}
+    assert rows["relay"]["detail"] == (
+        "max_rate 2/h reached: the rest stays queued until there is room"
+    ), rows["relay"]
     assert daemons.stop(proc) == 0
 
 

@@ -235,6 +235,38 @@ async def test_the_lanes_send_no_more_than_the_rate_and_the_rest_stays_queued(
 
 
 @WINDOWS
+async def test_the_status_row_says_while_the_lane_waits_for_room(windows: str) -> None:
+    """``spoolbox status`` and the web page show the row's detail: while the window is
+    full it says so, once there is room again it says nothing; a failure's text that
+    the row shows is neither replaced nor taken back."""
+    clock = FakeClock()
+    script = Script(address_types=("SMTP",))
+    waiting = "max_rate 2/10s reached: the rest stays queued until there is room"
+    async with _spooler(script, clock, "2/10s", windows) as sp:
+        await sp.wait_ready(timeout=5)
+        with sp.foreground_busy():
+            for i in range(3):
+                await sp.submit(message(f"SMTP:r{i}@example.org"))
+        await until(lambda: len(script.sent) == 2, what="the first two sent")
+        await until(lambda: sp.status["smtp"].detail == waiting, what="the row saying it")
+        await clock.advance(10.1)
+        await until(lambda: len(script.sent) == 3, what="the third a window later")
+        await until(lambda: sp.status["smtp"].detail is None, what="the row saying no more")
+        # A row that says something else keeps it through a wait.
+        sp.status.update("smtp", detail="connection refused (paused 30 s)")
+        with sp.foreground_busy():
+            for i in range(3, 6):
+                await sp.submit(message(f"SMTP:r{i}@example.org"))
+        await until(lambda: len(script.sent) == 4, what="one more: the window's room")
+        await clock.advance(1.0)
+        assert len(script.sent) == 4
+        assert sp.status["smtp"].detail == "connection refused (paused 30 s)"
+        await clock.advance(10.0)
+        await until(lambda: len(script.sent) == 6, what="the last two a window later")
+        assert sp.status["smtp"].detail == "connection refused (paused 30 s)"
+
+
+@WINDOWS
 async def test_a_message_counts_when_it_starts_not_when_it_is_claimed(windows: str) -> None:
     """One worker, the first message slow (it hangs until t=9.5): the second starts
     at 9.5.  Counted at a claim made ahead of the worker (a batch of two at t=0), the

@@ -95,6 +95,7 @@ class OutboundLane:
         self._outages_seen = host.runtime.outages.count
         self._next_release = float("-inf")  # one release a second at most
         self._rate_logged = float("-inf")  # when max_rate's wait was last logged
+        self._rate_shown: str | None = None  # what the status row's detail says of it
         # max_rate's window is the store's, shared by every node on it and kept across
         # restarts, when the store keeps send windows (the memory, SQLite and
         # PostgreSQL stores do); otherwise this process's own (runtime.rates).
@@ -387,7 +388,27 @@ class OutboundLane:
                 # 0.4 s, 12.5 s; 3,600 s, not 3.6e+03 s (a daily window's wait)
                 f"{wait:.3g} s" if wait < 100 else f"{wait:,.0f} s",
             )
+        self._show_rate_wait(f"max_rate {limit} reached: the rest stays queued until there is room")
         await wait_event(clock, host.stop_event, wait)
+        self._show_rate_wait(None)
+
+    def _show_rate_wait(self, text: str | None) -> None:
+        """The status row's detail says that the lane waits for ``max_rate`` (``text``),
+        or no longer (None).  Said only where the detail says nothing else (a failure's
+        text stays), and taken back only if it still says it."""
+        host = self._host
+        if not host.shown:
+            return
+        row = host.runtime.status.get(host.name)
+        detail = None if row is None else row.detail
+        if text is None:
+            if self._rate_shown is not None and detail == self._rate_shown:
+                host.set_bits(detail=None)
+            self._rate_shown = None
+        elif detail is None or detail == self._rate_shown:
+            if detail != text:
+                host.set_bits(detail=text)
+            self._rate_shown = text
 
     async def _wait_for_jobs(self, limit: int) -> list[ClaimedJob]:
         """Claim work, waiting for it (woken by routing, a retry time, a flush); an
