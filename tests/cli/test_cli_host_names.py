@@ -53,6 +53,9 @@ def test_the_python_api_takes_root_at_this_hosts_name_as_root(home: Home, daemon
     assert offline["via"] == "store"
     shown = home.json("queue", "show", offline["id"])
     assert [x["address"] for x in shown["recipients"]] == ["MAILDIR:root"]
+    # The address as it was given is the recipient's original (RFC 3461 ORCPT): a
+    # report names it, as the listener's do.
+    assert [x["original"] for x in shown["recipients"]] == [f"rfc822;root@{host}"]
     daemons.start(home)
     client = Client(load_profile(home.profile))
     result = client.submit(
@@ -69,3 +72,19 @@ def test_the_python_api_takes_root_at_this_hosts_name_as_root(home: Home, daemon
     )
     assert home.json("queue", "show", result["id"])["recipients"][0]["address"] == "MAILDIR:root"
     assert len(home.json("queue", "show", result["id"])["recipients"]) == 1  # root once
+    assert [r["original"] for r in home.json("queue", "show", result["id"])["recipients"]] == [
+        "rfc822;root@localhost"
+    ]
+    # An original the client gave for root@localhost goes with what it stands for.
+    given = client.submit(
+        NewMessage(
+            sender=Address("SMTP", "app@example.org"),
+            recipients=(Address("SMTP", "root@localhost"),),
+            content=b"Subject: given\r\n\r\nbody\r\n",
+            original_recipients=((Address("SMTP", "root@localhost"), "rfc822;ops@old.example"),),
+        )
+    )
+    recipients = home.json("queue", "show", given["id"])["recipients"]
+    assert [(r["address"], r["original"]) for r in recipients] == [
+        ("MAILDIR:root", "rfc822;ops@old.example")
+    ]

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._private import private_dir
 from ..model import IllegalTransition, MessageState, NewMessage
+from ..model.message import with_originals
 from ..profile import Profile, load_profile
 from ..store.base import Store, StoreFull, UnknownMessage
 from ..store.sqlite import StoreFile, transactions
@@ -599,9 +600,20 @@ class Client:
         rule = self.profile.local_names
         if rule is None:
             return message
-        found = tuple(a for r in message.recipients for a in rule.stands_for(r))
-        # (NewMessage keeps each recipient once: root@localhost beside MAILDIR:root)
-        return message if found == message.recipients else replace(message, recipients=found)
+        found = [
+            pair
+            for r in message.recipients
+            for pair in with_originals(rule.stands_for(r), r, message.original_of(r))
+        ]
+        if [a for a, _ in found] == list(message.recipients):
+            return message
+        # (NewMessage keeps each recipient once, with its first original: root@localhost
+        # beside MAILDIR:root)
+        return replace(
+            message,
+            recipients=tuple(a for a, _ in found),
+            original_recipients=tuple((a, o) for a, o in found if o is not None),
+        )
 
     def _refuse_unroutable(self, messages: Sequence[NewMessage]) -> None:
         """Without the daemon, the rule it applies, on the profile's declared address

@@ -79,6 +79,7 @@ from ..model import (
     new_message_id,
     smtp_value_error,
 )
+from ..model.message import with_originals
 from ..smtp import xtext
 from ..smtp.server import (
     NEED_DATA,
@@ -207,13 +208,12 @@ def _by_notify(
     for rcpt, rcpt_params in zip(event.recipients, params, strict=True):
         group, originals = groups.setdefault(_notify_of(rcpt_params), ([], []))
         given = listener._address(rcpt)
-        original = _original_of(rcpt_params)
-        for address in listener._here(given):
+        for address, original in with_originals(
+            listener._here(given), given, _original_of(rcpt_params)
+        ):
             if address not in seen:
                 seen.add(address)
                 group.append(address)
-                if original is None and address != given and given.type == "SMTP":
-                    original = f"rfc822;{given.value}"
                 if original is not None:
                     originals.append((address, original))
     return [

@@ -257,6 +257,22 @@ def check_original(value: object) -> str:
     return value
 
 
+def with_originals(
+    targets: Iterable[Address], given: Address, original: str | None
+) -> list[tuple[Address, str | None]]:
+    """``targets`` (what the recipient ``given`` stands for at this host), each with
+    its original recipient (RFC 3461 ORCPT): ``original`` when the client gave one,
+    else the address as given where a target is another address (``root@localhost``
+    for ``MAILDIR:root``), as Postfix keeps the recipient before alias expansion."""
+    out: list[tuple[Address, str | None]] = []
+    for target in targets:
+        kept = original
+        if kept is None and target != given and given.type == "SMTP":
+            kept = f"rfc822;{given.value}"
+        out.append((target, kept))
+    return out
+
+
 def _originals(
     given: Mapping[Address, str] | Iterable[tuple[Address, str]],
     recipients: tuple[Address, ...],
