@@ -258,6 +258,35 @@ def test_bs_takes_root_at_localhost_as_root(home: Home) -> None:
     assert [r["address"] for r in shown["recipients"]] == ["MAILDIR:root"]
 
 
+def test_bs_takes_a_transaction_with_two_notifys_whole(home: Home) -> None:
+    """Recipients asking for different DSN NOTIFYs in one transaction (as smtplib
+    sends them: one RCPT after another, no second try of a 452) are one message per
+    NOTIFY, committed together (without the daemon: into the store), the 250 naming
+    both; each keeps its ORCPT."""
+    maildir_listener(home)
+    proc, client = smtp_over_bs([*CLI, "--profile", str(home.profile), "sendmail", "-bs"])
+    assert client.getreply()[0] == 220
+    assert client.ehlo("app.example.org")[0] == 250
+    assert client.has_extn("dsn")
+    client.mail("app@example.org")
+    assert client.rcpt("bob@example.org", ["NOTIFY=NEVER"])[0] == 250
+    assert client.rcpt("carol@example.org", ["ORCPT=rfc822;c@old.example"])[0] == 250
+    code, reply = client.data(b"Subject: two notifys\r\n\r\nbody\r\n")
+    assert code == 250, reply
+    client.quit()
+    assert proc.stderr is not None
+    with proc.stderr:
+        err = proc.stderr.read()
+    assert proc.wait(timeout=DEADLINE) == 0, err
+    ids = reply.decode().removeprefix("2.0.0 OK queued as ").split(", ")
+    shown = [home.json("queue", "show", i) for i in ids]
+    assert [[(r["address"], r["original"]) for r in m["recipients"]] for m in shown] == [
+        [("MAILDIR:bob@example.org", None)],
+        [("MAILDIR:carol@example.org", "rfc822;c@old.example")],
+    ]
+    assert {m["subject"] for m in shown} == {"two notifys"}
+
+
 def test_bs_reads_a_session_from_a_file_and_from_dev_null(home: Home, tmp_path: Path) -> None:
     """Files and devices are not pipes (asyncio's pipe transports refuse them)."""
     maildir_listener(home)

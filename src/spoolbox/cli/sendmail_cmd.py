@@ -173,8 +173,13 @@ def run(obj: Ctx, argv: Sequence[str]) -> int:
     async def submit(message: NewMessage) -> object:
         return await asyncio.to_thread(client.submit, message)
 
+    async def submit_many(messages: list[NewMessage]) -> Sequence[object]:
+        return [await asyncio.to_thread(client.submit_many, messages)]
+
     async def smtp() -> int:
-        return await serve_smtp_session(submit, **_smtp_options(obj.profile(), hostname))
+        return await serve_smtp_session(
+            submit, submit_many=submit_many, **_smtp_options(obj.profile(), hostname)
+        )
 
     async def queue() -> int:
         return await asyncio.to_thread(_mailq, client)

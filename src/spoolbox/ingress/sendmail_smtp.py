@@ -25,13 +25,15 @@ import os
 import shutil
 import stat
 import threading
-from collections.abc import Awaitable, Iterator
-from typing import BinaryIO
+from collections.abc import Awaitable, Iterator, Sequence
+from typing import Any, BinaryIO, TypeVar
 
 from ..model import NewMessage
-from .listener import ListenerConfig, SubmissionListener
+from .listener import ListenerConfig, SubmissionListener, SubmitMany
 from .local_names import LocalNames
 from .sendmail import EX_OK, Submit
+
+_T = TypeVar("_T")
 
 __all__ = ["serve_smtp_session"]
 
@@ -187,25 +189,36 @@ async def serve_smtp_session(
     stdin_fd: int = 0,
     stdout_fd: int = 1,
     local_names: LocalNames | None = None,
+    submit_many: SubmitMany | None = None,
 ) -> int:
     """Serve one SMTP session on ``stdin_fd``/``stdout_fd``, queueing through ``submit``;
     returns the exit code (0: the session ended, whatever the client did in it).
     ``default_address_type`` is the type of the addresses in MAIL and RCPT, as the
     listener's option of that name; ``local_names`` (the profile's ``[local_names]``)
-    makes an address at this host's own name what it stands for, as the listener does."""
-    pending: set[asyncio.Future[object]] = set()
+    makes an address at this host's own name what it stands for, as the listener does;
+    ``submit_many`` (all or none in one commit) takes a transaction whose recipients
+    ask for different DSN NOTIFYs whole, one message each, as the daemon's listener
+    does (without it, such a recipient is ``452 4.5.3``)."""
+    pending: set[asyncio.Future[Any]] = set()
     idle = asyncio.Event()
     idle.set()
 
-    def finished(future: asyncio.Future[object]) -> None:
+    def finished(future: asyncio.Future[Any]) -> None:
         pending.discard(future)
         if not pending:
             idle.set()
 
     def tracked(message: NewMessage) -> Awaitable[object]:
+        return track(submit(message))
+
+    def tracked_many(messages: list[NewMessage]) -> Awaitable[Sequence[object]]:
+        assert submit_many is not None
+        return track(submit_many(messages))
+
+    def track(work: Awaitable[_T]) -> asyncio.Future[_T]:
         # Registered when the listener starts the submission (not when its task first
         # runs): the process must not end before the last one has committed.
-        future = asyncio.ensure_future(submit(message))
+        future = asyncio.ensure_future(work)
         pending.add(future)
         idle.clear()
         future.add_done_callback(finished)
@@ -220,6 +233,7 @@ async def serve_smtp_session(
             port=0,
         ),
         local_names=local_names,
+        submit_many=None if submit_many is None else tracked_many,
     )
     protocol = listener.session()
     loop = asyncio.get_running_loop()
