@@ -92,6 +92,17 @@ _SUBMIT_ARGS = st.fixed_dictionaries(
         "notify": st.one_of(st.sampled_from([0, 1, 2, 4, 7, -1, 2**70]), _JSON),
         "send_at": st.one_of(st.sampled_from([0, 1e12, -1.0]), _JSON),
         "id": st.one_of(st.sampled_from(["m1", "../x", "a" * 300]), _JSON),
+        "original_recipients": st.one_of(
+            st.dictionaries(
+                _ADDRESS.filter(lambda a: isinstance(a, str)),
+                st.one_of(
+                    st.sampled_from(["rfc822;b@old", "b@old", "rfc822;", "x;a\r\nb", "a" * 600]),
+                    _JSON,
+                ),
+                max_size=3,
+            ),
+            _JSON,
+        ),
         "unknown": _JSON,
     },
 )
@@ -111,6 +122,16 @@ _SUBMIT_ARGS = st.fixed_dictionaries(
 @example(args={"content": "YQ==", "recipients": ["MAILDIR:bob"], "send_at": "soon"}).via(
     "send_at not a number: ValueError"
 )
+@example(
+    args={"content": "YQ==", "recipients": ["MAILDIR:bob"], "original_recipients": {"bob": "x"}}
+).via("an original for an address without a type")
+@example(
+    args={
+        "content": "YQ==",
+        "recipients": ["MAILDIR:bob"],
+        "original_recipients": {"MAILDIR:bob": "rfc822;b@old\n"},
+    }
+).via("an original with a line break")
 @example(args={"content": "\x80", "recipients": ["MAILDIR:bob"]}).via(
     "content not ASCII: ValueError from b64decode (found by the long run)"
 )
