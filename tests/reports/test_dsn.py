@@ -861,6 +861,9 @@ def test_the_original_recipient_comes_before_the_final_one() -> None:
         ("rfc822;a@b\r\nX-Injected: yes", "rfc822; a@b X-Injected: yes"),
         ("X_Odd;someone", "x-odd; someone"),
         ("no type at all", "unknown; no type at all"),
+        # the longest the listener takes (500 characters), on one line under 998
+        ("rfc822;" + "a" * 480 + "@old.example", "rfc822; " + "a" * 480 + "@old.example"),
+        ("utf-8;\u4f8b@\u4f8b.example", "utf-8; \\x{4F8B}@\\x{4F8B}.example"),
     ],
 )
 def test_a_hostile_original_recipient_stays_one_ascii_field(original: str, field: str) -> None:
