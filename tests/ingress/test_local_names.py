@@ -174,6 +174,27 @@ async def test_cron_mail_to_its_owner_goes_where_the_rule_says(spooler: Spooler)
     assert b"\r\nFrom: Cron Daemon <root@host.test>\r\nTo: www-data@host.test\r\n" in content
 
 
+async def test_what_a_local_name_became_keeps_it_as_its_original(spooler: Spooler) -> None:
+    """A report names the address as it was given (RFC 3461 ORCPT, Original-Recipient),
+    as the listener keeps it: a bare local name with the local domain (as the header
+    gets it), an address at this host's name as it was written; an address given as
+    it is has none."""
+    rule = LocalNames.build(
+        {"root": ["admin@example.org", "MAILDIR:root"], "www-data": "root"},
+        domain="example.org",
+        host_names=["localhost"],
+    )
+    stdin = b"To: www-data\nCc: root@localhost\nSubject: s\n\nb\n"
+    code, err, _ = await sendmail(spooler, ["-t", "carol@example.org"], stdin, local_names=rule)
+    assert (code, err) == (EX_OK, "")
+    [summary] = await spooler.store.list_messages(now=0)
+    assert [(str(r.address), r.original) for r in summary.recipients] == [
+        ("SMTP:carol@example.org", None),
+        ("SMTP:admin@example.org", "rfc822;www-data@host.test"),
+        ("MAILDIR:root", "rfc822;www-data@host.test"),  # the first that became it
+    ]
+
+
 async def test_local_names_in_headers_with_t_and_in_address_lists(spooler: Spooler) -> None:
     stdin = b"To: bob, carol@example.org\nCc: Root <root>\nSubject: s\n\nb\n"
     code, err, _ = await sendmail(spooler, ["-t", "dave, Eve <eve>"], stdin, local_names=RULE)

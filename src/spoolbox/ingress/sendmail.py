@@ -8,7 +8,10 @@ part.  A recipient no transport could take is refused before anything is queued
 (exit 67, EX_NOUSER), when the caller gives a ``route`` check.  It is held once:
 the header section is read first, then the body is written after the completed
 headers line by line as it is read, and never copied again.  Exit codes follow
-``sysexits.h``; every error is one line on stderr naming what was wrong.
+``sysexits.h``; every error is one line on stderr naming what was wrong.  A
+recipient that a local name (or an address at this host's own name) became keeps what
+it was given as, the bare name with the local domain, as its original (RFC 3461
+ORCPT: reports name it), as the SMTP listener keeps it.
 
 Modes (Postfix's sendmail(1)): ``-bm`` (the default: deliver the message on stdin),
 ``-bs`` (SMTP on stdin/stdout), ``-bp`` (list the queue, as ``mailq``), ``-q`` and
@@ -54,6 +57,7 @@ from typing import BinaryIO, TextIO
 
 from ..model import Address, AddressError, MessageError, NewMessage, Notify, new_message_id
 from ..model.hostname import my_hostname
+from ..model.message import with_originals
 from .local_names import LocalNameError, LocalNames, is_local_name
 
 __all__ = [
@@ -386,11 +390,33 @@ def _qualified(raw: bytes, local_domain: str) -> bytes:
     return f"{header}: {written}\r\n".encode()
 
 
-def _recipient(value: str, where: str, local: LocalNames | None) -> list[Address]:
+@dataclass
+class _Originals:
+    """What the recipients a local name or an address at this host's name became were
+    given as (RFC 3461 ORCPT, ``rfc822;root@host.example.org``), as the listener keeps
+    it: a bare local name with the local domain (``domain``; this host's name when
+    None), as Postfix appends ``@myorigin``."""
+
+    domain: str | None
+    found: dict[Address, str] = field(default_factory=dict)
+
+    def note(self, targets: Sequence[Address], given: Address) -> None:
+        for target, original in with_originals(targets, given, None):
+            if original is not None:
+                self.found.setdefault(target, original)
+
+    def qualified(self, name: str) -> Address:
+        return Address("SMTP", f"{name}@{self.domain or my_hostname()}")
+
+
+def _recipient(
+    value: str, where: str, local: LocalNames | None, note: _Originals | None = None
+) -> list[Address]:
     """A recipient: ``user@domain``, or a local name (cron's ``root``) as the profile's
-    ``[local_names]`` says; without a rule for it, EX_NOUSER saying where to give one."""
+    ``[local_names]`` says; without a rule for it, EX_NOUSER saying where to give one.
+    ``note`` keeps what each address it became was given as."""
     if not is_local_name(value):
-        return _at_this_host(_smtp_address(value, where), local)
+        return _at_this_host(_smtp_address(value, where), local, note)
     if local is None:
         raise _Exit(
             EX_NOUSER,
@@ -399,16 +425,24 @@ def _recipient(value: str, where: str, local: LocalNames | None) -> list[Address
             'docs/operations.md, "Local names")',
         )
     try:
-        return list(local.resolve(value))
+        found = list(local.resolve(value))
     except LocalNameError as exc:
         raise _Exit(EX_NOUSER, f"{where}: {exc}") from None
+    if note is not None:
+        note.note(found, note.qualified(value))
+    return found
 
 
-def _at_this_host(address: Address, local: LocalNames | None) -> list[Address]:
+def _at_this_host(
+    address: Address, local: LocalNames | None, note: _Originals | None = None
+) -> list[Address]:
     """``address``, or what it stands for when it is at this host's own name
     (``root@HOST``: ``[local_names]`` resolves ``root``), as Postfix delivers mail for
     ``mydestination`` locally."""
-    return list(local.stands_for(address)) if local is not None else [address]
+    found = list(local.stands_for(address)) if local is not None else [address]
+    if note is not None:
+        note.note(found, address)
+    return found
 
 
 def _header_addresses(
@@ -417,6 +451,7 @@ def _header_addresses(
     local: LocalNames | None = None,
     *,
     recipients: bool = True,
+    note: _Originals | None = None,
 ) -> list[Address]:
     """The addresses of the headers ``names``; ``recipients``: a local name in them is
     taken as :func:`_recipient` takes it (a sender's is refused)."""
@@ -439,13 +474,15 @@ def _header_addresses(
         for _, addr in pairs:
             where = f"the {name} header"
             if recipients:
-                found.extend(_recipient(addr, where, local))
+                found.extend(_recipient(addr, where, local, note))
             else:
                 found.append(_smtp_address(addr, where))
     return found
 
 
-def _argument_addresses(args: Sequence[str], local: LocalNames | None = None) -> list[Address]:
+def _argument_addresses(
+    args: Sequence[str], local: LocalNames | None = None, note: _Originals | None = None
+) -> list[Address]:
     found: list[Address] = []
     for arg in args:
         text = arg.strip()
@@ -456,10 +493,10 @@ def _argument_addresses(args: Sequence[str], local: LocalNames | None = None) ->
             if not pairs or any(not a for _, a in pairs):
                 raise _Exit(EX_DATAERR, f"cannot parse the recipient argument {arg!r}")
             for _, a in pairs:
-                found.extend(_recipient(a, f"the recipient argument {arg!r}", local))
+                found.extend(_recipient(a, f"the recipient argument {arg!r}", local, note))
             continue
         if is_local_name(text):
-            found.extend(_recipient(text, f"the recipient argument {arg!r}", local))
+            found.extend(_recipient(text, f"the recipient argument {arg!r}", local, note))
             continue
         try:
             addr = Address.parse(text, default_type="SMTP")
@@ -467,7 +504,7 @@ def _argument_addresses(args: Sequence[str], local: LocalNames | None = None) ->
             raise _Exit(EX_DATAERR, f"bad recipient {arg!r}: {exc}") from None
         if addr.type == "SMTP":
             addr = _smtp_address(addr.value, f"the recipient argument {arg!r}")
-        found.extend(_at_this_host(addr, local))
+        found.extend(_at_this_host(addr, local, note))
     return found
 
 
@@ -604,7 +641,8 @@ def _build(
     route: Route | None,
     local: LocalNames | None,
 ) -> NewMessage:
-    explicit = _argument_addresses(opts.recipients, local)
+    note = _Originals(domain or hostname)
+    explicit = _argument_addresses(opts.recipients, local, note)
     if not explicit and not opts.extract:
         raise _Exit(EX_USAGE, "no recipients: give addresses as arguments, or use -t")
 
@@ -618,7 +656,9 @@ def _build(
     message_id = new_message_id()
     host = hostname or my_hostname()
     try:
-        sender, recipients, head = _envelope(opts, headers, explicit, user, domain or host, local)
+        sender, recipients, head = _envelope(
+            opts, headers, explicit, user, domain or host, local, note
+        )
         refused = _refused(recipients, route)
     except _Exit as exc:
         refused = exc
@@ -654,6 +694,7 @@ def _build(
             envelope_id=opts.envelope_id,
             return_content=opts.return_content,
             id=message_id,
+            original_recipients=tuple(note.found.items()),
         )
     except MessageError as exc:
         raise _Exit(EX_DATAERR, f"message refused: {exc}") from None
@@ -666,6 +707,7 @@ def _envelope(
     user: str | None,
     local_domain: str,
     local: LocalNames | None = None,
+    note: _Originals | None = None,
 ) -> tuple[Address | None, list[Address], bytes]:
     """The sender, the recipients and the header section as it is queued (with the
     blank line that ends it): the headers as given (Bcc removed), then those missing
@@ -675,7 +717,7 @@ def _envelope(
         present = {name for name, _ in headers}
         resent = {"resent-to", "resent-cc", "resent-bcc"} & present
         names = ("resent-to", "resent-cc", "resent-bcc") if resent else ("to", "cc", "bcc")
-        recipients.extend(_header_addresses(headers, names, local))
+        recipients.extend(_header_addresses(headers, names, local, note=note))
         if not recipients:
             raise _Exit(EX_USAGE, "no recipients: none in the To, Cc or Bcc headers (-t)")
 
