@@ -193,6 +193,17 @@ async def test_what_a_local_name_became_keeps_it_as_its_original(spooler: Spoole
         ("SMTP:admin@example.org", "rfc822;www-data@host.test"),
         ("MAILDIR:root", "rfc822;www-data@host.test"),  # the first that became it
     ]
+    # Given as it is first, then reached through an alias: as given (the listener's
+    # rule too: the first occurrence of a recipient is the one kept).
+    code, err, _ = await sendmail(
+        spooler, ["-i", "admin@example.org", "root"], b"Subject: t\n\nb\n", local_names=rule
+    )
+    assert (code, err) == (EX_OK, "")
+    [second] = [m for m in await spooler.store.list_messages(now=0) if m.info.id != summary.info.id]
+    assert [(str(r.address), r.original) for r in second.recipients] == [
+        ("SMTP:admin@example.org", None),
+        ("MAILDIR:root", "rfc822;root@host.test"),
+    ]
 
 
 async def test_local_names_in_headers_with_t_and_in_address_lists(spooler: Spooler) -> None:

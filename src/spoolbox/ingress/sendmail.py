@@ -398,12 +398,15 @@ class _Originals:
     None), as Postfix appends ``@myorigin``."""
 
     domain: str | None
-    found: dict[Address, str] = field(default_factory=dict)
+    #: Each recipient's original as it was first reached (None: given as it is).
+    found: dict[Address, str | None] = field(default_factory=dict)
 
     def note(self, targets: Sequence[Address], given: Address) -> None:
         for target, original in with_originals(targets, given, None):
-            if original is not None:
-                self.found.setdefault(target, original)
+            self.found.setdefault(target, original)
+
+    def pairs(self) -> tuple[tuple[Address, str], ...]:
+        return tuple((a, o) for a, o in self.found.items() if o is not None)
 
     def qualified(self, name: str) -> Address:
         return Address("SMTP", f"{name}@{self.domain or my_hostname()}")
@@ -694,7 +697,7 @@ def _build(
             envelope_id=opts.envelope_id,
             return_content=opts.return_content,
             id=message_id,
-            original_recipients=tuple(note.found.items()),
+            original_recipients=note.pairs(),
         )
     except MessageError as exc:
         raise _Exit(EX_DATAERR, f"message refused: {exc}") from None
