@@ -88,3 +88,14 @@ def test_the_python_api_takes_root_at_this_hosts_name_as_root(home: Home, daemon
     assert [(r["address"], r["original"]) for r in recipients] == [
         ("MAILDIR:root", "rfc822;ops@old.example")
     ]
+    # Given as it is first, then as root@localhost: as first given, no original (the
+    # listener's and sendmail's rule).
+    direct = client.submit(
+        NewMessage(
+            sender=Address("SMTP", "app@example.org"),
+            recipients=(Address("MAILDIR", "root"), Address("SMTP", "root@localhost")),
+            content=b"Subject: direct\r\n\r\nbody\r\n",
+        )
+    )
+    recipients = home.json("queue", "show", direct["id"])["recipients"]
+    assert [(r["address"], r["original"]) for r in recipients] == [("MAILDIR:root", None)]

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._private import private_dir
-from ..model import IllegalTransition, MessageState, NewMessage
+from ..model import Address, IllegalTransition, MessageState, NewMessage
 from ..model.message import with_originals
 from ..profile import Profile, load_profile
 from ..store.base import Store, StoreFull, UnknownMessage
@@ -600,19 +600,16 @@ class Client:
         rule = self.profile.local_names
         if rule is None:
             return message
-        found = [
-            pair
-            for r in message.recipients
-            for pair in with_originals(rule.stands_for(r), r, message.original_of(r))
-        ]
-        if [a for a, _ in found] == list(message.recipients):
+        found: dict[Address, str | None] = {}  # each recipient once, as first reached
+        for r in message.recipients:
+            for address, original in with_originals(rule.stands_for(r), r, message.original_of(r)):
+                found.setdefault(address, original)
+        if list(found) == list(message.recipients):
             return message
-        # (NewMessage keeps each recipient once, with its first original: root@localhost
-        # beside MAILDIR:root)
         return replace(
             message,
-            recipients=tuple(a for a, _ in found),
-            original_recipients=tuple((a, o) for a, o in found if o is not None),
+            recipients=tuple(found),
+            original_recipients=tuple((a, o) for a, o in found.items() if o is not None),
         )
 
     def _refuse_unroutable(self, messages: Sequence[NewMessage]) -> None:
