@@ -34,6 +34,9 @@ from typing import Any
 
 import pytest
 
+from spoolbox import Address, NewMessage
+from spoolbox.client import Client
+
 CLI = [sys.executable, "-m", "spoolbox.cli"]
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -361,6 +364,33 @@ def test_the_page_in_chromium_against_a_real_daemon(
     assert HOSTILE in body
     headers = browser.find_element(By.CSS_SELECTOR, "#inbox-message .headers").text
     assert HOSTILE in headers
+    assert browser.find_elements(By.CSS_SELECTOR, 'img[src="x"]') == []
+    assert browser.title != "pwned" and _alert(browser) is None
+
+    # A message's recipients, with the original address one came with (ORCPT), a
+    # hostile one shown as text; not to be sent for a day, so that it stays listed.
+    later = Client(home.profile).submit(
+        NewMessage(
+            sender=Address("SMTP", "app@example.org"),
+            recipients=(Address("SMTP", "bob@example.org"), Address("SMTP", "eve@example.org")),
+            content=b"Subject: later\r\n\r\nbody\r\n",
+            send_at=time.time() + 86400,
+            original_recipients=((Address("SMTP", "bob@example.org"), "rfc822;" + HOSTILE),),
+        )
+    )["id"]
+    link = _wait(
+        "the later message in the queue",
+        lambda: (row := _queue_row(browser, later)) and row.find_element(By.CSS_SELECTOR, "a"),
+    )
+    link.click()
+    cells = _wait(
+        "its recipients",
+        lambda: [
+            tr.find_elements(By.CSS_SELECTOR, "td")[1].text
+            for tr in browser.find_elements(By.CSS_SELECTOR, "#message-detail tbody tr")
+        ],
+    )
+    assert cells == [f"SMTP:bob@example.org (originally rfc822;{HOSTILE})", "SMTP:eve@example.org"]
     assert browser.find_elements(By.CSS_SELECTOR, 'img[src="x"]') == []
     assert browser.title != "pwned" and _alert(browser) is None
     shot = os.environ.get("SPOOLBOX_WEB_SCREENSHOT")

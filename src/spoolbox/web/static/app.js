@@ -250,7 +250,9 @@ async function showMessage(id) {
   body.replaceChildren();
   for (const r of message.recipients) {
     const tr = document.createElement("tr");
-    for (const value of [r.index, r.address, r.state, r.route || "", r.attempts,
+    // RFC 3461 ORCPT: the address as the first system had it (reports name it too)
+    const address = r.original ? r.address + " (originally " + r.original + ")" : r.address;
+    for (const value of [r.index, address, r.state, r.route || "", r.attempts,
       r.diagnostic || r.status || "", when(r.retry_at)]) {
       tr.appendChild(el("td", value));
     }
