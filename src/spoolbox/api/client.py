@@ -601,8 +601,9 @@ class Client:
         if rule is None:
             return message
         found: dict[Address, str | None] = {}  # each recipient once, as first reached
-        for r in message.recipients:
-            for address, original in with_originals(rule.stands_for(r), r, message.original_of(r)):
+        # (originals() once: original_of() looks through every original, per recipient)
+        for r, given in zip(message.recipients, message.originals(), strict=True):
+            for address, original in with_originals(rule.stands_for(r), r, given):
                 found.setdefault(address, original)
         if list(found) == list(message.recipients):
             return message
