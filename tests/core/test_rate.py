@@ -10,6 +10,7 @@ a restart's new spooler that keeps the sends made before it."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import re
 from dataclasses import replace
@@ -28,6 +29,7 @@ from spoolbox import (
     SQLiteStore,
 )
 from spoolbox._core.rate import MAX_COUNT, RateWindows, SendWindow
+from spoolbox.model import StatusCode
 from spoolbox.store import ClaimedJob
 from spoolbox.store.cluster import ClusterStore, rate_grant
 from spoolbox.store.memory import MemoryStore
@@ -237,8 +239,8 @@ async def test_the_lanes_send_no_more_than_the_rate_and_the_rest_stays_queued(
 @WINDOWS
 async def test_the_status_row_says_while_the_lane_waits_for_room(windows: str) -> None:
     """``spoolbox status`` and the web page show the row's detail: while the window is
-    full it says so, once there is room again it says nothing; a failure's text that
-    the row shows is neither replaced nor taken back."""
+    full it says so, once there is room again what it said before (nothing, or an
+    older finding: a slow slice's) comes back; a row in FAILURE keeps its text."""
     clock = FakeClock()
     script = Script(address_types=("SMTP",))
     waiting = "max_rate 2/10s reached: the rest stays queued until there is room"
@@ -252,18 +254,57 @@ async def test_the_status_row_says_while_the_lane_waits_for_room(windows: str) -
         await clock.advance(10.1)
         await until(lambda: len(script.sent) == 3, what="the third a window later")
         await until(lambda: sp.status["smtp"].detail is None, what="the row saying no more")
-        # A row that says something else keeps it through a wait.
-        sp.status.update("smtp", detail="connection refused (paused 30 s)")
+        # An older finding gives way to the wait, and comes back after it.
+        older = "slow: a slice ran 5.47 ms, over the 5.0 ms budget (1 so far)"
+        sp.status.update("smtp", detail=older)
         with sp.foreground_busy():
             for i in range(3, 6):
                 await sp.submit(message(f"SMTP:r{i}@example.org"))
         await until(lambda: len(script.sent) == 4, what="one more: the window's room")
-        await clock.advance(1.0)
-        assert len(script.sent) == 4
-        assert sp.status["smtp"].detail == "connection refused (paused 30 s)"
-        await clock.advance(10.0)
+        await until(lambda: sp.status["smtp"].detail == waiting, what="the wait said")
+        await clock.advance(10.1)
         await until(lambda: len(script.sent) == 6, what="the last two a window later")
-        assert sp.status["smtp"].detail == "connection refused (paused 30 s)"
+        await until(lambda: sp.status["smtp"].detail == older, what="the older finding back")
+        # A row in FAILURE keeps its text: neither replaced nor taken back.
+        failing = "connection refused (paused 30 s)"
+        row = sp.status["smtp"]
+        sp.status.update("smtp", status_code=row.status_code | StatusCode.FAILURE, detail=failing)
+        lane = sp.host("smtp").outbound
+        lane._show_rate_wait(waiting)
+        assert sp.status["smtp"].detail == failing
+        lane._show_rate_wait(None)
+        assert sp.status["smtp"].detail == failing
+
+
+@WINDOWS
+async def test_a_full_window_with_nothing_waiting_says_nothing(
+    windows: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The window's N sent and nothing else queued: nothing is held back, so neither
+    the log nor the row says so; a message that comes while the window is full waits,
+    and then both say it, and it goes once there is room."""
+    caplog.set_level(logging.INFO, logger="spoolbox.transport")
+    clock = FakeClock()
+    script = Script(address_types=("SMTP",))
+    async with _spooler(script, clock, "2/10s", windows) as sp:
+        await sp.wait_ready(timeout=5)
+        with sp.foreground_busy():
+            for i in range(2):
+                await sp.submit(message(f"SMTP:r{i}@example.org"))
+        await until(lambda: len(script.sent) == 2, what="the window's two sent")
+        await clock.advance(1.0)
+        await clock.advance(1.0)
+        assert sp.status["smtp"].detail is None
+        assert "max_rate" not in caplog.text
+        late = (await sp.submit(message("SMTP:late@example.org"))).id
+        await until(lambda: "max_rate 2/10s reached" in caplog.text, what="the wait logged")
+        assert sp.status["smtp"].detail == (
+            "max_rate 2/10s reached: the rest stays queued until there is room"
+        )
+        assert await _states(sp, [late]) == [RecipientState.QUEUED]
+        await clock.advance(8.1)  # t = 10.1: the first two a window old
+        await until(lambda: len(script.sent) == 3, what="the late one a window later")
+        await until(lambda: sp.status["smtp"].detail is None, what="the row saying no more")
 
 
 @WINDOWS

@@ -96,6 +96,7 @@ class OutboundLane:
         self._next_release = float("-inf")  # one release a second at most
         self._rate_logged = float("-inf")  # when max_rate's wait was last logged
         self._rate_shown: str | None = None  # what the status row's detail says of it
+        self._rate_hid: str | None = None  # the detail it replaced, shown again after
         # max_rate's window is the store's, shared by every node on it and kept across
         # restarts, when the store keeps send windows (the memory, SQLite and
         # PostgreSQL stores do); otherwise this process's own (runtime.rates).
@@ -362,7 +363,9 @@ class OutboundLane:
 
     async def _wait_for_room(self) -> None:
         """``max_rate`` has no room now: wait until the oldest send in the window is a
-        window old (or the session stops); what is queued stays queued meanwhile.  (A
+        window old (or the session stops); what is queued stays queued meanwhile, and
+        the log and the status row say so.  With nothing ready to send, there is nothing
+        held back to speak of: wait the same, or until mail comes (then this again).  (A
         window with room that promised hand-offs fill: until one of them comes.)"""
         host = self._host
         clock = host.runtime.clock
@@ -379,6 +382,9 @@ class OutboundLane:
         else:
             limit = window.limit
             wait = window.next_at(now) - now
+        if not await self._mail_ready(now):
+            await wait_event(clock, host.wake, wait)  # submit and routing set it
+            return
         if now - self._rate_logged >= _RATE_LOG_INTERVAL:
             self._rate_logged = now
             log.info(
@@ -392,10 +398,21 @@ class OutboundLane:
         await wait_event(clock, host.stop_event, wait)
         self._show_rate_wait(None)
 
+    async def _mail_ready(self, now: float) -> bool:
+        """Whether mail for this transport is ready to send at ``now`` (what a full
+        ``max_rate`` window holds back); True when the store cannot say."""
+        try:
+            next_at = await self._host.runtime.store.next_ready_at(self._host.name)
+        except Exception:
+            return True
+        return next_at is not None and next_at <= now
+
     def _show_rate_wait(self, text: str | None) -> None:
         """The status row's detail says that the lane waits for ``max_rate`` (``text``),
-        or no longer (None).  Said only where the detail says nothing else (a failure's
-        text stays), and taken back only if it still says it."""
+        or no longer (None).  The detail holds the last finding, however old (a slow
+        slice, an error since recovered from): the wait, which is now, replaces it and
+        it comes back after.  Not over a row in FAILURE, whose text says more; taken
+        back only if the detail still says it."""
         host = self._host
         if not host.shown:
             return
@@ -403,12 +420,16 @@ class OutboundLane:
         detail = None if row is None else row.detail
         if text is None:
             if self._rate_shown is not None and detail == self._rate_shown:
-                host.set_bits(detail=None)
-            self._rate_shown = None
-        elif detail is None or detail == self._rate_shown:
-            if detail != text:
-                host.set_bits(detail=text)
-            self._rate_shown = text
+                host.set_bits(detail=self._rate_hid)
+            self._rate_shown = self._rate_hid = None
+            return
+        if row is not None and row.status_code & StatusCode.FAILURE:
+            return
+        if detail != self._rate_shown:
+            self._rate_hid = detail
+        if detail != text:
+            host.set_bits(detail=text)
+        self._rate_shown = text
 
     async def _wait_for_jobs(self, limit: int) -> list[ClaimedJob]:
         """Claim work, waiting for it (woken by routing, a retry time, a flush); an
