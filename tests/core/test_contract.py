@@ -18,6 +18,7 @@ from spoolbox.model import (
     SubmitFlags,
     TransportNotifyFlags,
 )
+from spoolbox.store import RecipientUpdate
 from spoolbox.testing import Act, FakeClock, Script
 
 
@@ -459,6 +460,44 @@ async def test_mail_queued_before_a_transport_for_its_domain_was_added_goes_to_i
         ("dora@example.net", "backup"),
     ]
     assert "2 queued recipients routed again" in caplog.text
+
+
+async def test_a_recipient_a_domain_transport_declined_stays_where_it_went(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``corp`` (corp.example) declined bob (not me) and the router gave him to the
+    smart host: a start leaves him there, without a "routed again" pass that would
+    hand him back to ``corp`` to be declined again at every start."""
+    caplog.set_level(logging.INFO, logger="spoolbox.spooler")
+    store = SQLiteStore(tmp_path / "spool.sqlite3")
+    await store.open()
+    queued = message("SMTP:bob@corp.example")
+    now = time.time()
+    await store.submit(queued, now=now, lifetime=3600, routes=["corp"])
+    (job,) = await store.claim("corp", owner="n", now=now, lease=60)
+    await store.settle(
+        queued.id,
+        [RecipientUpdate(0, RecipientState.QUEUED, keep_route=False, refused_by=("corp",))],
+        owner="n",
+        now=now,
+        claim=job.claim,
+    )
+    await store.assign_routes([(queued.id, 0, "relay")])
+    await store.close()
+    relay, corp = Script(("SMTP",)), Script(("SMTP",))
+    cfg = SpoolerConfig(
+        transports=(
+            transport("relay", relay, address_types=("SMTP",)),
+            transport("corp", corp, address_types=("SMTP",), domains=frozenset({"corp.example"})),
+        ),
+        policy=FAST,
+        node="test-node",
+    )
+    async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
+        assert await sp.wait_for(queued.id, timeout=5) is MessageState.SENT
+        (bob,) = await sp.store.recipients(queued.id)
+    assert (bob.route, bob.refused_by) == ("relay", ("corp",))
+    assert "routed again" not in caplog.text
 
 
 async def test_mail_queued_for_a_transport_that_now_serves_other_types_is_routed_again(

@@ -39,6 +39,7 @@ from ..model import (
     MessageInfo,
     MessageState,
     NewMessage,
+    RecipientRecord,
     RecipientResult,
     RecipientState,
     ResourceType,
@@ -709,17 +710,19 @@ class Spooler:
         del self._stalls[:-100]
 
 
-def _route_checks(table: RoutingTable) -> dict[str, Callable[[Address], bool]]:
+def _route_checks(table: RoutingTable) -> dict[str, Callable[[RecipientRecord], bool]]:
     """For :meth:`Store.reroute_missing`: by transport, whether a recipient queued for
     it stays there.  It stays while the transport serves its address (the types its
     profile declares, its ``domains``) and, when some transport is limited to
     domains, no such transport other than its own takes the address before it (the
     table's decision, as at submit: one added for the recipient's domain, or for a
-    closer one, takes what was queued for the smart host or for the parent domain).
+    closer one, takes what was queued for the smart host or for the parent domain),
+    leaving out the transports that declined the recipient (its ``refused_by``: one
+    that declined it would decline it again, at every start).
     A transport whose types are known only at logon, without domains, is not checked.
     """
     by_domain = any(e.domains is not None for e in table.entries)
-    checks: dict[str, Callable[[Address], bool]] = {}
+    checks: dict[str, Callable[[RecipientRecord], bool]] = {}
     for entry in table.entries:
         serves = _route_check(entry)
         if by_domain and entry.address_types is not None:
@@ -730,11 +733,15 @@ def _route_checks(table: RoutingTable) -> dict[str, Callable[[Address], bool]]:
 
 
 def _still_routed(
-    table: RoutingTable, name: str, serves: Callable[[Address], bool], address: Address
+    table: RoutingTable,
+    name: str,
+    serves: Callable[[RecipientRecord], bool],
+    recipient: RecipientRecord,
 ) -> bool:
-    if not serves(address):
+    if not serves(recipient):
         return False
-    decision = table.decide(address.type, (), address.value)
+    address = recipient.address
+    decision = table.decide(address.type, recipient.refused_by, address.value)
     if not isinstance(decision, Route) or decision.transport == name:
         return True
     # Only a transport limited to the address's domain takes it over: one without
@@ -743,10 +750,10 @@ def _still_routed(
     return table.entry(decision.transport).domains is None
 
 
-def _route_check(entry: RouteEntry) -> Callable[[Address], bool]:
-    """Whether ``entry`` still takes an address queued for it, by the address types
+def _route_check(entry: RouteEntry) -> Callable[[RecipientRecord], bool]:
+    """Whether ``entry`` still takes a recipient queued for it, by the address types
     its profile declares (any, if it declares none) and its ``domains``
     (:meth:`Store.reroute_missing`)."""
     if entry.address_types is None:
-        return lambda address: entry.serves_domain(address.value)
-    return lambda address: entry.serves(address.type, address.value)
+        return lambda r: entry.serves_domain(r.address.value)
+    return lambda r: entry.serves(r.address.type, r.address.value)

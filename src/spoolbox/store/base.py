@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from ..model import (
-    Address,
     MessageInfo,
     MessageState,
     MessageSummary,
@@ -54,11 +53,11 @@ from ..model import (
 )
 
 __all__ = [
-    "AddressCheck",
     "ClaimedJob",
     "InboundMessage",
     "InboxEntry",
     "LeaseLost",
+    "RecipientCheck",
     "RecipientUpdate",
     "Store",
     "StoreError",
@@ -67,8 +66,9 @@ __all__ = [
 ]
 
 JSONValue = Any  # JSON-serialisable: None, bool, int, float, str, list, dict
-#: Whether a transport (still) serves an address: :meth:`Store.reroute_missing`.
-AddressCheck = Callable[[Address], bool]
+#: Whether a transport (still) takes a recipient queued for it, by its address and
+#: the transports that declined it (``refused_by``): :meth:`Store.reroute_missing`.
+RecipientCheck = Callable[[RecipientRecord], bool]
 
 
 class StoreError(RuntimeError):
@@ -259,12 +259,13 @@ class Store(Protocol):
         ...
 
     async def reroute_missing(
-        self, known: Sequence[str], *, limited: Mapping[str, AddressCheck] | None = None
+        self, known: Sequence[str], *, limited: Mapping[str, RecipientCheck] | None = None
     ) -> int:
         """Unroute QUEUED/PARKED recipients whose route is not in ``known`` (a
         transport removed from the profile), and those routed to a transport in
         ``limited`` whose check refuses their address (a transport whose profile now
-        names other address types, or limits it to other domains); returns how many."""
+        names other address types, or limits it to other domains: the check is given
+        the recipient, its address and ``refused_by``); returns how many."""
         ...
 
     # -- claims --------------------------------------------------------------------

@@ -29,11 +29,11 @@ from ..model import (
 )
 from . import retention, rules
 from .base import (
-    AddressCheck,
     ClaimedJob,
     InboundMessage,
     InboxEntry,
     JSONValue,
+    RecipientCheck,
     RecipientUpdate,
     StoreError,
     UnknownMessage,
@@ -212,7 +212,7 @@ class MemoryStore(MemoryCluster):
             self._set(replace(r, route=transport))
 
     async def reroute_missing(
-        self, known: Sequence[str], *, limited: Mapping[str, AddressCheck] | None = None
+        self, known: Sequence[str], *, limited: Mapping[str, RecipientCheck] | None = None
     ) -> int:
         names = set(known)
         checks = limited or {}
@@ -222,10 +222,7 @@ class MemoryStore(MemoryCluster):
                 if (
                     r.state in (_R.QUEUED, _R.PARKED)
                     and r.route is not None
-                    and (
-                        r.route not in names
-                        or (r.route in checks and not checks[r.route](r.address))
-                    )
+                    and (r.route not in names or (r.route in checks and not checks[r.route](r)))
                 ):
                     back = _R.HELD if self._messages[r.message_id].held else _R.QUEUED
                     self._set(replace(r, state=back, route=None))

@@ -502,11 +502,27 @@ async def _reroute_missing_limited(store: Store) -> None:
     await _claim_one(store)
     await _submit(store, "X:q@example.org", "X:k@corp.example", id="m-queued")
     await _submit(store, "Y:y@example.org", id="m-other")
+    # One that transport z declined (not me) before the router gave it to x: the
+    # check is given the recipient whole, its refused_by with it.
+    await _submit(store, "X:d@corp.example", id="m-declined")
+    await store.assign_routes([("m-declined", 0, "z")])
+    job = await _claim_one(store, "z")
+    await store.settle(
+        "m-declined",
+        [RecipientUpdate(0, _R.QUEUED, keep_route=False, route=None, refused_by=("z",))],
+        owner=job.owner,
+        claim=job.claim,
+        now=_T0,
+    )
+    await store.assign_routes([("m-declined", 0, "x")])
     seen: list[str] = []
+    declined: list[tuple[str, ...]] = []
 
-    def corp(address: Address) -> bool:
-        seen.append(address.value)
-        return address.value.endswith("@corp.example")
+    def corp(recipient: RecipientRecord) -> bool:
+        seen.append(recipient.address.value)
+        if recipient.message_id == "m-declined":
+            declined.append(recipient.refused_by)
+        return recipient.address.value.endswith("@corp.example")
 
     n = await store.reroute_missing(["x", "y"], limited={"x": corp})
     _equal(n, 2, "reroute_missing(limited=x: corp.example) count")
@@ -522,6 +538,7 @@ async def _reroute_missing_limited(store: Store) -> None:
     rec = (await store.recipients("m-other"))[0]
     _equal((rec.state, rec.route), (_R.QUEUED, "y"), "a recipient of a transport not limited")
     _equal("y@example.org" in seen, False, "the check asked only about x's recipients")
+    _equal(declined, [("z",)], "the check is given a recipient's refused_by")
     _equal(
         await store.reroute_missing(["x", "y"], limited={"x": corp}),
         0,

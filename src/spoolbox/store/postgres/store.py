@@ -49,11 +49,11 @@ from ...model import (
 )
 from .. import retention
 from ..base import (
-    AddressCheck,
     ClaimedJob,
     InboundMessage,
     InboxEntry,
     JSONValue,
+    RecipientCheck,
     RecipientUpdate,
     StoreError,
     submission_plan,
@@ -371,7 +371,7 @@ class PostgresStore(PostgresCluster):
             await self._run("assign_routes", functools.partial(tx.assign_routes, assignments=items))
 
     async def reroute_missing(
-        self, known: Sequence[str], *, limited: Mapping[str, AddressCheck] | None = None
+        self, known: Sequence[str], *, limited: Mapping[str, RecipientCheck] | None = None
     ) -> int:
         names = list(known)
         return await self._run(

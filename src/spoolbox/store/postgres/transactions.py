@@ -32,11 +32,11 @@ from ...model import (
 )
 from .. import retention, rules
 from ..base import (
-    AddressCheck,
     ClaimedJob,
     InboundMessage,
     InboxEntry,
     JSONValue,
+    RecipientCheck,
     RecipientUpdate,
     StoreError,
     UnknownMessage,
@@ -163,7 +163,7 @@ async def assign_routes(conn: Conn, assignments: Sequence[tuple[str, int, str]])
 
 
 async def reroute_missing(
-    conn: Conn, known: Sequence[str], limited: Mapping[str, AddressCheck]
+    conn: Conn, known: Sequence[str], limited: Mapping[str, RecipientCheck]
 ) -> int:
     moved = [
         recipient_from_row(row)
@@ -174,7 +174,7 @@ async def reroute_missing(
         moved += [
             r
             for r in map(recipient_from_row, rows)
-            if (check := limited.get(r.route or "")) is not None and not check(r.address)
+            if (check := limited.get(r.route or "")) is not None and not check(r)
         ]
     held = _HeldCache(conn)
     for r in moved:

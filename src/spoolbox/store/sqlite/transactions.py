@@ -30,11 +30,11 @@ from ...model import (
 )
 from .. import retention, rules
 from ..base import (
-    AddressCheck,
     ClaimedJob,
     InboundMessage,
     InboxEntry,
     JSONValue,
+    RecipientCheck,
     RecipientUpdate,
     StoreError,
     UnknownMessage,
@@ -172,7 +172,7 @@ def assign_routes(conn: sqlite3.Connection, assignments: Sequence[tuple[str, int
 
 
 def reroute_missing(
-    conn: sqlite3.Connection, known: Sequence[str], limited: Mapping[str, AddressCheck]
+    conn: sqlite3.Connection, known: Sequence[str], limited: Mapping[str, RecipientCheck]
 ) -> int:
     names = set(known)
     rows = [
@@ -183,7 +183,7 @@ def reroute_missing(
     held = _HeldCache(conn)
     n = 0
     for r in rows:
-        if r.route in names and (r.route not in limited or limited[r.route](r.address)):
+        if r.route in names and (r.route not in limited or limited[r.route](r)):
             continue
         back = _R.HELD if held(r.message_id) else _R.QUEUED
         _move(conn, r, replace(r, state=back, route=None))
