@@ -182,6 +182,64 @@ async def test_reroute_cancels_the_recipients_and_sends_a_new_message_once() -> 
     assert [c.ref for c in calls] == [info.id]
 
 
+async def test_a_rerouted_recipient_keeps_the_original_recipient_for_reports() -> None:
+    """Reroute's new recipients stand for the one the sender gave (RFC 3461 ORCPT):
+    bob's ORCPT for the targets of his message, his address when he came without one;
+    a target that was a recipient already keeps its own; a message of two recipients
+    rerouted elsewhere names no original for the new one."""
+    rec = Record()
+    targets = {
+        "one": ("SMTP:archive@example.org", "SMTP:audit@example.org"),
+        "bare": ("SMTP:archive@example.org",),
+        "two": ("SMTP:archive@example.org", "SMTP:carol@example.org"),
+    }
+
+    def answer(m: HookMessage) -> Any:
+        subject = m.content.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode()
+        return Reroute(targets[subject])
+
+    hooks = (HookConfig("re", ScriptedHook, {"answer": answer}),)
+    bob, carol = Address.parse("SMTP:bob@example.org"), Address.parse("SMTP:carol@example.org")
+    subjects = {
+        "one": new(
+            str(bob),
+            content=b"Subject: one\r\n\r\nx\r\n",
+            original_recipients={bob: "rfc822;bob@old.example"},
+        ),
+        "bare": new(str(bob), content=b"Subject: bare\r\n\r\nx\r\n"),
+        "two": new(
+            str(bob),
+            str(carol),
+            content=b"Subject: two\r\n\r\nx\r\n",
+            original_recipients={carol: "rfc822;carol@old.example"},
+        ),
+    }
+    got: dict[str, list[tuple[str, str | None]]] = {}
+    async with spooler(recording_transport(rec), hooks=hooks) as sp:
+        for subject, message in subjects.items():
+            info = await sp.submit(message)
+            assert await sp.wait_for(info.id, timeout=5) is MessageState.CANCELLED
+            [other] = [
+                s
+                for s in await sp.store.list_messages(now=sp.clock.now())
+                if s.info.id.startswith(info.id + ".")
+            ]
+            got[subject] = [
+                (str(r.address), r.original) for r in await sp.store.recipients(other.info.id)
+            ]
+    assert got == {
+        "one": [
+            ("SMTP:archive@example.org", "rfc822;bob@old.example"),
+            ("SMTP:audit@example.org", "rfc822;bob@old.example"),
+        ],
+        "bare": [("SMTP:archive@example.org", "rfc822;bob@example.org")],
+        "two": [
+            ("SMTP:archive@example.org", None),
+            ("SMTP:carol@example.org", "rfc822;carol@old.example"),
+        ],
+    }
+
+
 @pytest.mark.parametrize(
     ("answer", "says"),
     [

@@ -35,10 +35,12 @@ from ...contract.errors import ContractViolation
 from ...contract.hooks import HookFlags, HookMessage
 from ...model import (
     TERMINAL,
+    Address,
     NewMessage,
     RecipientResult,
     RecipientState,
 )
+from ...model.message import with_originals
 from ...store import ClaimedJob, RecipientUpdate, UnknownMessage
 from ..hooks import HookFailed, InboundOutcome, OutboundOutcome
 from ..objects import InboundWriterImpl
@@ -231,12 +233,36 @@ async def _reroute(
         lifetime=max(1.0, info.expires_at - now),
         envelope_id=info.envelope_id,
         return_content=info.return_content,
+        original_recipients=_rerouted_originals(job, outcome.reroute),
         id=new_id,
     )
     await store.submit(new, now=now, lifetime=runtime.policy.lifetime)
     host.port.routing_changed()
     log.info("message %s rerouted by hook %r as %s", info.id, outcome.by, new_id)
     return new_id
+
+
+def _rerouted_originals(
+    job: ClaimedJob, targets: Sequence[Address]
+) -> tuple[tuple[Address, str], ...]:
+    """The original recipient (RFC 3461 ORCPT) of each of a reroute's ``targets``, so
+    that a report on the new message names the recipient the sender gave: a target
+    that is one of the job's recipients keeps that recipient's; when the job had one
+    recipient, every other target stands for it (its ORCPT, or its address when it
+    came without one), as Postfix keeps the recipient before a redirect; a target of
+    a job with several recipients stands for none of them in particular, and gets
+    none."""
+    kept = {r.address: r.original for r in job.recipients}
+    pairs: list[tuple[Address, str | None]] = [(t, kept[t]) for t in targets if t in kept]
+    if len(job.recipients) == 1:
+        (only,) = job.recipients
+        others = [t for t in targets if t not in kept]
+        pairs += with_originals(others, only.address, only.original)
+    found: dict[Address, str] = {}
+    for target, original in pairs:
+        if original is not None:
+            found.setdefault(target, original)
+    return tuple((t, found[t]) for t in dict.fromkeys(targets) if t in found)
 
 
 def _settled(
