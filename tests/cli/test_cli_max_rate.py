@@ -49,7 +49,10 @@ def test_the_relay_keeps_to_its_rate(
     home = _home(tmp_path / "d", port, '"4/s"')
     listed = {t["name"]: t for t in home.json("transports")["configured"]}
     assert (listed["relay"]["max_rate"], listed["local"]["max_rate"]) == ("4/s", None)
-    assert "4/s" in home.run("transports").stdout
+    # Before the daemon ever ran: nothing sent, and no store made to say so.
+    assert listed["relay"]["sent_in_window"] == 0
+    assert not list(home.path.rglob("*.sqlite3"))
+    assert "4/s (0 in the window now)" in home.run("transports").stdout
     proc = daemons.start(home)
     # Ten messages in one SMTP session, taken as fast as the listener answers.
     with smtplib.SMTP("127.0.0.1", home.listener_port(), timeout=DEADLINE) as smtp:
@@ -113,6 +116,12 @@ def test_a_restarted_daemon_keeps_the_window(
             smtp.sendmail("app@example.org", [f"r{i}@example.org"], f"Subject: {i}\r\n\r\nx\r\n")
     wait_until("two sent", lambda: len(sink.arrived) == 2)
     assert daemons.stop(proc) == 0
+    # With no daemon, `spoolbox transports` reads the window from the store.
+    offline = home.json("transports")
+    listed = {t["name"]: t for t in offline["configured"]}
+    assert offline["source"] == "profile"
+    assert (listed["relay"]["sent_in_window"], listed["local"]["sent_in_window"]) == (2, None)
+    assert "2/h (2 in the window now)" in home.run("transports").stdout
     proc = daemons.start(home)
     listed = {t["name"]: t for t in home.json("transports")["configured"]}
     assert (listed["relay"]["max_rate"], listed["relay"]["sent_in_window"]) == ("2/h", 2)

@@ -11,6 +11,7 @@ chance)."""
 
 from __future__ import annotations
 
+import pytest
 from nodes import Cluster, Sink, message, wait_for
 
 from spoolbox import Address, NewMessage
@@ -19,7 +20,9 @@ from spoolbox.client import Client
 N = 12
 
 
-def test_two_nodes_share_one_sending_rate(cluster: Cluster, sink: Sink) -> None:
+def test_two_nodes_share_one_sending_rate(
+    cluster: Cluster, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sink.slow(0.5)
     nodes = [
         cluster.add(name, sink.port, start=False, max_connections=2)
@@ -65,3 +68,10 @@ def test_two_nodes_share_one_sending_rate(cluster: Cluster, sink: Sink) -> None:
     assert sum(sent()) == N, sent()
     assert all(sent()), sent()  # both nodes delivered: the window was theirs to share
     cluster.stop_all()
+    # With no node running, the window is read from the store: the sends the last
+    # take kept (those of the last second: one to four), counted within an hour.
+    profile = nodes[0].profile
+    profile.write_text(profile.read_text().replace('max_rate = "4/s"', 'max_rate = "100/h"'))
+    for key, value in cluster.store.env.items():  # the DSN, as the nodes have it
+        monkeypatch.setenv(key, value)
+    assert 1 <= Client(profile).sent_in_windows()["relay"] <= 4

@@ -821,6 +821,34 @@ class Client:
         result: list[dict[str, Any]] = self.call("transports")["transports"]
         return result
 
+    def sent_in_windows(self) -> dict[str, int]:
+        """Without the daemon: how many messages each transport with a ``max_rate``
+        sent within its window's period until now, read from the store (the window
+        every process delivering from it shares, kept across restarts).  Nothing when
+        no transport has a ``max_rate``, or while the SQLite store does not exist yet
+        (it is not made for this: nothing was sent)."""
+        from .._core.rate import window_name
+        from ..store.cluster import ClusterStore
+
+        limits = {
+            t.name: t.max_rate for t in self.profile.spooler.transports if t.max_rate is not None
+        }
+        if not limits:
+            return {}
+        if not self._on_postgres() and not self.profile.store.path.exists():
+            return dict.fromkeys(limits, 0)
+
+        async def count(store: Store) -> dict[str, int]:
+            if not isinstance(store, ClusterStore):  # pragma: no cover - both backends are
+                return {}
+            now = time.time()
+            return {
+                name: await store.sends_in_window(window_name(name), period=limit.period, now=now)
+                for name, limit in limits.items()
+            }
+
+        return self._offline(count)
+
     def statistics(self) -> dict[str, Any]:
         result: dict[str, Any] = self.call("statistics")
         return result
