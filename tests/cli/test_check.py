@@ -283,3 +283,30 @@ def test_a_listeners_certificate_is_checked_and_its_end_said(home: Home) -> None
     r = home.run("check")
     assert r.returncode == 1
     assert f"listener:secure: cannot load the TLS certificate {pem}" in r.stdout
+
+
+def test_two_transports_limited_to_one_domain_are_a_warning(home: Home) -> None:
+    """A second transport for corp.example gets its mail only when the first declines
+    it: ``check`` says so, and exits 0 (a fallback is allowed)."""
+    for name in ("corp", "corp2"):
+        _append(
+            home,
+            f"""
+[[transports]]
+name = "{name}"
+provider = "smtp"
+address_types = ["SMTP"]
+domains = ["corp.example"]
+[transports.options]
+host = "127.0.0.1"
+""",
+        )
+    r = home.run("check", "--no-logon")
+    said = (
+        "transports 'corp' and 'corp2' both name corp.example for SMTP: 'corp' comes "
+        "first and takes that mail; 'corp2' gets it only when 'corp' declines it (not me)"
+    )
+    assert r.returncode == 0, r.stdout
+    assert r.stdout.splitlines()[-1] == f"routing: warning: {said}"
+    got = json.loads(home.run("check", "--no-logon", "--json").stdout)
+    assert got["warnings"] == [said]

@@ -15,6 +15,7 @@ from spoolbox.routing import (
     domain_of,
     domains_entry,
     refusal,
+    shadowed_domains,
     unroutable,
 )
 from spoolbox.routing.verify import verify
@@ -177,3 +178,32 @@ def test_the_domain_of_an_address() -> None:
     assert domain_of("+15551234") is None
     assert domain_of("@example.org") is None
     assert domain_of("x@[192.0.2.1]") == "[192.0.2.1]"
+
+
+def test_two_transports_naming_one_domain_for_one_type_are_said() -> None:
+    """``corp2`` names corp.example for SMTP as ``corp`` does before it: it gets that
+    mail only when ``corp`` declines it; a wildcard transport overlaps every type;
+    other domains, other types, unknown types and parent/child entries say nothing."""
+    table = RoutingTable.build(
+        [
+            RouteEntry("corp", frozenset({"SMTP"}), frozenset({"corp.example", ".corp.example"})),
+            RouteEntry("eu", frozenset({"SMTP"}), frozenset({"eu.corp.example"})),
+            RouteEntry("corp2", frozenset({"SMTP", "X400"}), frozenset({"corp.example"})),
+            RouteEntry("fax", frozenset({"FAX"}), frozenset({"corp.example"})),
+            RouteEntry("later", None, frozenset({"corp.example"})),
+            RouteEntry("lab", frozenset({"*"}), frozenset({"corp.example", "lab.test"})),
+            RouteEntry("relay", frozenset({"SMTP"})),
+        ]
+    )
+    assert shadowed_domains(table) == (
+        "transports 'corp' and 'corp2' both name corp.example for SMTP: 'corp' comes "
+        "first and takes that mail; 'corp2' gets it only when 'corp' declines it (not me)",
+        "transports 'corp' and 'lab' both name corp.example for SMTP: 'corp' comes "
+        "first and takes that mail; 'lab' gets it only when 'corp' declines it (not me)",
+        "transports 'corp2' and 'lab' both name corp.example for SMTP, X400: 'corp2' "
+        "comes first and takes that mail; 'lab' gets it only when 'corp2' declines it "
+        "(not me)",
+        "transports 'fax' and 'lab' both name corp.example for FAX: 'fax' comes first "
+        "and takes that mail; 'lab' gets it only when 'fax' declines it (not me)",
+    )
+    assert shadowed_domains(TABLE) == ()

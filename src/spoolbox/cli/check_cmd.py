@@ -12,10 +12,12 @@ then, when the profile has ``[local_names]``, ``local_names: ok`` when a transpo
 serves every address a local name can become (cron's ``root``: sendmail refuses it
 otherwise), then one per listener with TLS (``listener:NAME: ok (certificate valid
 until ...)``: its certificate and key load, and it does not expire within 14
-days); exit 0 when all are good, 1 when any of them has a problem, 5 when the profile
-itself cannot be read (docs/operations.md, "Exit codes").  The logons run on
-a throw-away spooler over an empty in-memory store, outbound only: nothing is sent,
-and no mailbox is fetched.
+days), then a ``routing: warning: ...`` line for each pair of transports limited to
+the same domain for the same address type (the second gets that mail only when the
+first declines it; a warning, not a problem); exit 0 when all are good, 1 when any
+of them has a problem, 5 when the profile itself cannot be read (docs/operations.md,
+"Exit codes").  The logons run on a throw-away spooler over an empty in-memory store,
+outbound only: nothing is sent, and no mailbox is fetched.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ..routing import shadowed_domains
 from ._common import Ctx, emit_json, json_option, pass_ctx
 
 if TYPE_CHECKING:
@@ -65,6 +68,7 @@ def check_cmd(obj: Ctx, no_logon: bool, timeout: float, as_json: bool) -> None:
     hooks = _check_hooks(profile)
     local_names = _check_local_names(profile)
     certificates = _check_certificates(profile)
+    warnings = list(shadowed_domains(profile.spooler.declared_routes()))
     if as_json:
         emit_json(
             {
@@ -87,6 +91,7 @@ def check_cmd(obj: Ctx, no_logon: bool, timeout: float, as_json: bool) -> None:
                     }
                     for name, c in certificates.items()
                 ],
+                "warnings": warnings,
             }
         )
     else:
@@ -99,6 +104,8 @@ def check_cmd(obj: Ctx, no_logon: bool, timeout: float, as_json: bool) -> None:
             click.echo(f"local_names: {local_names or 'ok'}")
         for name, c in certificates.items():
             click.echo(f"listener:{name}: {c.problem or 'ok'}{c.validity}")
+        for warning in warnings:
+            click.echo(f"routing: warning: {warning}")
     bad = (
         any(problems.values())
         or any(hooks.values())

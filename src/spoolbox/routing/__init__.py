@@ -46,6 +46,7 @@ __all__ = [
     "domain_of",
     "domains_entry",
     "refusal",
+    "shadowed_domains",
     "unroutable",
 ]
 
@@ -296,6 +297,36 @@ class Unroutable:
 
     def __str__(self) -> str:
         return f"{self.recipient}: {self.reason}"
+
+
+def shadowed_domains(table: RoutingTable) -> tuple[str, ...]:
+    """Where two transports limited to domains name the same domain for the same
+    address type: the first in the order takes all of it, and the second gets that
+    mail only when the first declines it (not me).  Allowed (a fallback), but seldom
+    meant: ``spoolbox check`` says so.  One sentence per pair; transports whose types
+    are known only at logon are left out."""
+    limited = [e for e in table.entries if e.domains is not None and e.address_types is not None]
+    found: list[str] = []
+    for i, first in enumerate(limited):
+        for later in limited[i + 1 :]:
+            assert first.domains is not None and later.domains is not None
+            assert first.address_types is not None and later.address_types is not None
+            if first.wildcard:
+                types = later.address_types
+            elif later.wildcard:
+                types = first.address_types
+            else:
+                types = first.address_types & later.address_types
+            common = first.domains & later.domains
+            if not types or not common:
+                continue
+            found.append(
+                f"transports {first.name!r} and {later.name!r} both name "
+                f"{', '.join(sorted(common))} for {', '.join(sorted(types))}: "
+                f"{first.name!r} comes first and takes that mail; {later.name!r} gets it "
+                f"only when {first.name!r} declines it (not me)"
+            )
+    return tuple(found)
 
 
 def unroutable(table: RoutingTable, recipients: Iterable[str]) -> tuple[Unroutable, ...]:
