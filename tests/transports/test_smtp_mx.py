@@ -36,6 +36,7 @@ from smtp_servers import (
 from dns_server import Dnsmasq, dnsmasq
 from spoolbox import Address, MessageState, NewMessage, RecipientState
 from spoolbox.contract import Unconfigured
+from spoolbox.model import StatusCode
 from spoolbox.transports.smtp import SMTPProvider, SMTPSettings
 from spoolbox.transports.smtp import session as smtp_session
 from spoolbox.transports.smtp.failures import Failure
@@ -512,6 +513,43 @@ async def test_a_server_that_failed_is_not_tried_again_for_a_while(
         await asyncio.sleep(3.1)  # then it is tried again
         assert (await send(sp, message("SMTP:d@example.test")))[0] is MessageState.SENT
         assert first.connections == 2
+
+
+async def test_no_domains_servers_taking_a_connection_asks_whether_port_25_is_blocked(
+    dns: Dnsmasq, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every server of three domains refused the connection (as behind a firewall that
+    blocks outgoing port 25): the row says FAILURE and asks; a warning is logged once.
+    The next connection made clears it.  One domain's servers down says nothing."""
+    caplog.set_level(logging.INFO, "spoolbox")
+    monkeypatch.setattr(smtp_session, "_MX_DEAD_FOR", 0.0)  # each server tried each time
+    port = common_port()
+    async with open_spooler(mx_options(dns, port)) as sp:
+        state, _ = await send(sp, message("SMTP:a@example.test"))  # mx1, mx2: refused
+        assert state is MessageState.DEFERRED
+        row = sp.status["smtp"]
+        assert not row.status_code & StatusCode.FAILURE, row  # one domain: its trouble
+        state, _ = await send(sp, message("SMTP:b@other.test", "SMTP:c@implicit.test"))
+        assert state is MessageState.DEFERRED
+        row = sp.status["smtp"]
+        assert row.status_code & StatusCode.FAILURE, row
+        text = row.status_string or ""
+        assert text.startswith(
+            "cannot connect to the mail servers of 3 domains (example.test, other.test, "
+            f"implicit.test) since the last connection made; is outgoing port {port} "
+            "blocked here (many cloud providers block port 25)? The last, implicit.test: "
+            f"cannot connect to implicit.test[{MX3}]:{port}: "
+        ), text
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert [m for m in warned if "is outgoing port" in m] == [f"smtp: {text}"], warned
+        # A server that answers: the next connection made clears it.
+        async with serve([MX1], port=port) as servers:
+            state, _ = await send(sp, message("SMTP:d@shared.test"))
+            assert state is MessageState.SENT
+            assert len(servers.by_host[MX1].received) == 1
+        row = sp.status["smtp"]
+        assert not row.status_code & StatusCode.FAILURE, row
+        assert "delivering by MX lookup, 1 sent" in (row.status_string or ""), row
 
 
 async def test_a_flush_tries_the_servers_held_back_and_asks_dns_again(dns: Dnsmasq) -> None:

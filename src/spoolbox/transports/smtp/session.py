@@ -59,6 +59,11 @@ _MX_IDLE_KEEP = 10.0
 #: connect timeout on it and holding a lane meanwhile (Postfix marks such a
 #: destination dead the same way, for its minimal_backoff_time).
 _MX_DEAD_FOR = 60.0
+#: Delivery "mx": when the servers of this many domains could not even be connected
+#: to since the last connection made to any server, the row says FAILURE and asks
+#: whether this host's outgoing port is blocked (many cloud providers block 25):
+#: one domain's servers being down is the domain's trouble, every domain's is ours.
+_MX_BLOCKED_DOMAINS = 3
 
 
 def envelope_sender(sender: Address | None, origin: str) -> str:
@@ -106,6 +111,9 @@ class SMTPSession(BaseTransportSession):
         self._sweeper: asyncio.Task[None] | None = None  # closes idle connections
         #: Server address -> (not tried again before, why), see _MX_DEAD_FOR.
         self._dead: dict[str, tuple[float, Failure]] = {}
+        #: Delivery "mx": domain -> why none of its servers took a TCP connection, for
+        #: the domains tried since the last connection made (see _MX_BLOCKED_DOMAINS).
+        self._unconnected: dict[str, str] = {}
         # Postfix's myorigin: a local sender (another address type) goes out as
         # local@<this host's mail name>; the EHLO name stands in for one that is not a
         # usable host name.
@@ -175,6 +183,9 @@ class SMTPSession(BaseTransportSession):
 
     def _update_status(self) -> None:
         if self.mx is not None:
+            if len(self._unconnected) >= _MX_BLOCKED_DOMAINS:
+                self._row.show(self._blocked_text(), unreachable=True)
+                return
             alive = sum(p.alive_count for p in self._hop_pools.values())
             text = f"connected to {alive} mail server(s)" if alive else "idle"
             text += f", delivering by MX lookup, {self.counts['delivered']} sent"
@@ -379,6 +390,7 @@ class SMTPSession(BaseTransportSession):
                         self._mark_dead(hop, f)
                     break  # the next server
                 self._dead.pop(hop.address, None)
+                self._connected(True, domain, failed)
                 reusable = False
                 try:
                     reusable = await self._transaction(conn, message, mail_from, group, results)
@@ -390,7 +402,35 @@ class SMTPSession(BaseTransportSession):
                 return
             if message.ref in self._cancelled:
                 break
+        if message.ref not in self._cancelled:
+            self._connected(False, domain, failed)
         raise _nowhere(domain, failed)
+
+    def _blocked_text(self) -> str:
+        """The row's text while no domain's servers take a connection."""
+        domains = list(self._unconnected)
+        named = ", ".join(domains[-3:]) + (
+            f" and {len(domains) - 3} more" if len(domains) > 3 else ""
+        )
+        last = self._unconnected[domains[-1]]
+        return (
+            f"cannot connect to the mail servers of {len(domains)} domains ({named}) since "
+            f"the last connection made; is outgoing port {self.settings.port} blocked "
+            f"here (many cloud providers block port 25)? The last, {last}"
+        )
+
+    def _connected(self, made: bool, domain: str, failed: Sequence[tuple[Hop, Failure]]) -> None:
+        """Keep track of the domains none of whose servers took a TCP connection since
+        one last did (``made``: a connection was made, whatever came of it)."""
+        if made or any(f.connected for _, f in failed):
+            self._unconnected.clear()
+            return
+        if failed:
+            self._unconnected.pop(domain, None)  # (its place: the latest)
+            why = failed[-1][1].text.removeprefix("x-spoolbox; ")
+            self._unconnected[domain] = f"{domain}: {why}"
+            if len(self._unconnected) > 100:
+                del self._unconnected[next(iter(self._unconnected))]
 
     def _mark_dead(self, hop: Hop, why: Failure) -> None:
         now = time.monotonic()
