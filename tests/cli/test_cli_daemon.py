@@ -482,3 +482,33 @@ def test_submit_many_names_the_bad_message_and_stores_none(home: Home, daemons: 
             messages=[{**item, "id": "n1"}, {**item, "id": "taken", "priority": "high"}],
         )
     assert [m["id"] for m in home.json("queue", "list", "--all")["messages"]] == ["taken"]
+
+
+def test_status_says_when_the_daemon_runs_another_spoolbox(
+    home: Home, daemons: Daemons, tmp_path: Any
+) -> None:
+    """A daemon started before an upgrade runs the old code: ``status`` says so on
+    stderr (the table or the JSON on stdout as before), and nothing when they agree."""
+    import spoolbox
+
+    r = home.run("status")  # (no daemon yet: exit 3, said as ever)
+    assert r.returncode == 3
+    daemons.start(home)
+    r = home.run("status", "--json")
+    assert (r.returncode, r.stderr) == (0, "")
+    assert json.loads(r.stdout)["version"] == spoolbox.__version__
+    home.run("stop")
+    # The same daemon as an older release: its spoolbox says another version.
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "sitecustomize.py").write_text("import spoolbox\nspoolbox.__version__ = '0.0.9'\n")
+    path = os.pathsep.join(p for p in (str(old), os.environ.get("PYTHONPATH", "")) if p)
+    daemons.start(home, env={"PYTHONPATH": path})
+    r = home.run("status")
+    assert r.returncode == 0 and "spooler" in r.stdout, r
+    assert r.stderr == (
+        f"spoolbox: the daemon runs spoolbox 0.0.9, and {spoolbox.__version__} is installed "
+        "here: restart the daemon to run the installed code (systemctl restart spoolbox, "
+        "or spoolbox stop, then spoolbox run)\n"
+    )
+    assert json.loads(home.run("status", "--json").stdout)["version"] == "0.0.9"

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from .. import ENTRY_POINT_GROUP
+from .. import ENTRY_POINT_GROUP, __version__
 from ..api.client import DaemonNotRunning
 from ._common import Ctx, emit_json, json_option, pass_ctx
 
@@ -76,6 +76,24 @@ def status_line(row: dict[str, Any], local: str | None = None) -> str:
     return " | ".join(parts)
 
 
+def _say_version(running: object) -> None:
+    """On stderr, when the daemon runs another spoolbox than the one installed here (an
+    upgrade without a restart: the daemon runs the old code until it is restarted)."""
+    if running == __version__:
+        return
+    said = (
+        "an older spoolbox (its status does not name its version)"
+        if running is None
+        else f"spoolbox {running}"
+    )
+    click.echo(
+        f"spoolbox: the daemon runs {said}, and {__version__} is installed here: "
+        "restart the daemon to run the installed code (systemctl restart spoolbox, or "
+        "spoolbox stop, then spoolbox run)",
+        err=True,
+    )
+
+
 def _watch_lines(events: Any) -> None:
     """``status --watch`` off a terminal: a line per row that changed (what it shows)."""
     shown: dict[str, str] = {}
@@ -104,10 +122,12 @@ def status_cmd(obj: Ctx, watch: bool, as_json: bool) -> None:
     client = obj.client()
     if not watch:
         answer = client.call("status")
+        running = answer.get("version")
         if as_json:
-            emit_json({"rows": answer["rows"], "ready": answer.get("ready")})
+            emit_json({"rows": answer["rows"], "ready": answer.get("ready"), "version": running})
         else:
             Console().print(status_table(answer["rows"]))
+        _say_version(running)
         return
     events = client.watch()
     try:

@@ -164,7 +164,8 @@ async def status(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
     rows = await cluster_rows(spooler.store, node=spooler.owner, local=local, now=time.time())
     # "ready": everything has started (the API answers before the listeners, the
     # workers, the maildrop and the web page start).
-    return {"rows": rows, "ready": daemon.ready_at is not None}
+    # "version": the spoolbox this daemon runs (a client installed later may differ).
+    return {"rows": rows, "ready": daemon.ready_at is not None, "version": __version__}
 
 
 async def statistics(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
