@@ -67,6 +67,7 @@ def test_daemon_serves_status_send_queue_flush_and_transports(home: Home, daemon
         "error",
         "seconds",
         "timed_out",
+        "held",
         "delivered",
         "deferred",
         "failed",

@@ -149,6 +149,15 @@ def test_a_restarted_daemon_keeps_the_window(
     assert rows["relay"]["detail"] == (
         "max_rate 2/h reached: the rest stays queued until there is room"
     ), rows["relay"]
+    # A flush says so too, and does not wait out its deadline for an hour's room.
+    started = time.monotonic()
+    r = home.run("flush", "--upload", "--timeout", "30")
+    assert time.monotonic() - started < 20, r.stdout
+    assert r.returncode == 75, r.stdout
+    line = re.search(r"^relay: 0 delivered, 1 still queued \(.*\)$", r.stdout, re.M)
+    assert line is not None, r.stdout
+    assert re.search(r"; max_rate 2/h reached; room again in 3,[0-9]{3} s\)$", line.group(0))
+    assert "deadline" not in r.stdout, r.stdout
     assert daemons.stop(proc) == 0
 
 

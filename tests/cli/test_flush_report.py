@@ -104,6 +104,9 @@ def test_phrases_and_lines() -> None:
         == "relay: 0 delivered, 1 still queued (1.2 s; flush deadline reached; error: offline)"
     )
     assert result_line(result(cancelled=True)) == "relay: nothing to do (1.2 s; cancelled)"
+    assert result_line(result(queued=2, held="max_rate 3/h reached; room again in 3,588 s")) == (
+        "relay: 0 delivered, 2 still queued (1.2 s; max_rate 3/h reached; room again in 3,588 s)"
+    )
     # An error before anything was done is not "nothing to do".
     assert result_line(result(error="imap: connection reset")) == (
         "relay: nothing done (1.2 s; error: imap: connection reset)"

@@ -160,7 +160,9 @@ def test_the_wire_form_keeps_the_old_keys_and_adds_the_counts() -> None:
     report = FlushReport(
         results=[
             TransportFlushResult("a", uploaded=2, delivered=1, deferred=1, queued=1, seconds=0.5),
-            TransportFlushResult("b", failed=2, queued=3, timed_out=True, error="boom"),
+            TransportFlushResult(
+                "b", failed=2, queued=3, timed_out=True, error="boom", held="max_rate 3/h ..."
+            ),
         ],
         timed_out=True,
     )
@@ -179,6 +181,7 @@ def test_the_wire_form_keeps_the_old_keys_and_adds_the_counts() -> None:
                 "error": None,
                 "seconds": 0.5,
                 "timed_out": False,
+                "held": None,
                 "delivered": 1,
                 "deferred": 1,
                 "failed": 0,
@@ -193,6 +196,7 @@ def test_the_wire_form_keeps_the_old_keys_and_adds_the_counts() -> None:
                 "error": "boom",
                 "seconds": 0.0,
                 "timed_out": True,
+                "held": "max_rate 3/h ...",
                 "delivered": 0,
                 "deferred": 0,
                 "failed": 2,

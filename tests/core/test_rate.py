@@ -277,6 +277,38 @@ async def test_the_status_row_says_while_the_lane_waits_for_room(windows: str) -
 
 
 @WINDOWS
+async def test_a_flush_says_what_the_window_holds_back_and_waits_only_within_its_deadline(
+    windows: str,
+) -> None:
+    """The window holds the third message back for ten seconds: a flush with five left
+    to run ends at once, saying so (not "deadline reached" five seconds later); one
+    with a minute waits for the room and sends it."""
+    clock = FakeClock()
+    script = Script(address_types=("SMTP",))
+    async with _spooler(script, clock, "2/10s", windows) as sp:
+        await sp.wait_ready(timeout=5)
+        with sp.foreground_busy():
+            for i in range(3):
+                await sp.submit(message(f"SMTP:r{i}@example.org"))
+        await until(lambda: len(script.sent) == 2, what="the first two sent")
+        lane = sp.host("smtp").outbound
+        await until(lambda: lane.rate_hold is not None, what="the lane waiting for room")
+        report = await sp.flush(upload=True, download=False, deadline=5.0)
+        [result] = report.results
+        assert (result.queued, result.timed_out, report.timed_out) == (1, False, False)
+        assert result.held == "max_rate 2/10s reached; room again in 10 s"  # (a fake clock)
+        assert len(script.sent) == 2
+        # A deadline past the room: the flush waits for it, and the third goes.
+        handle = sp.start_flush(upload=True, download=False, deadline=60.0)
+        await until(lambda: sp.status["smtp"].progress is not None, what="the flush under way")
+        await clock.advance(10.1)
+        report = await handle
+        [result] = report.results
+        assert (result.delivered, result.queued, result.held) == (1, 0, None), result
+        assert len(script.sent) == 3
+
+
+@WINDOWS
 async def test_a_full_window_with_nothing_waiting_says_nothing(
     windows: str, caplog: pytest.LogCaptureFixture
 ) -> None:

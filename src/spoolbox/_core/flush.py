@@ -38,6 +38,7 @@ from typing import Any, Protocol
 from ..model import FlushFlags, Progress, RecipientState, StatusCode, TransportNotifyFlags
 from ..store import RecipientUpdate
 from .clock import wait_event
+from .rate import RateLimit, seconds_text
 from .runtime import Runtime, SpoolerPort
 
 __all__ = [
@@ -117,6 +118,9 @@ class TransportFlushResult:
     failed: int = 0
     queued: int = 0
     timed_out: bool = False
+    #: Why what is still queued was not sent, when the flush knows: the transport's
+    #: ``max_rate`` window is full (``max_rate 3/h reached; room again in 3,588 s``).
+    held: str | None = None
 
 
 @dataclass(slots=True)
@@ -171,6 +175,9 @@ class FlushTarget(Protocol):
     @property
     def inflight(self) -> int: ...  # claimed, not settled
 
+    @property
+    def rate_hold(self) -> tuple[float, RateLimit] | None: ...  # max_rate: room at, limit
+
     def has_bit(self, bit: StatusCode) -> bool: ...
 
     def set_bits(
@@ -212,6 +219,7 @@ class FlushHandle:
         self.current: str | None = None
         self._one: asyncio.Task[None] | None = None
         self._skip: set[str] = set()
+        self._ends_at: float | None = None  # the deadline on the runtime's clock
         self._task = port.spawn(self._run(), name="flush")
 
     def __repr__(self) -> str:
@@ -264,6 +272,7 @@ class FlushHandle:
             if self.deadline is None
             else asyncio.create_task(self._expire(self.deadline), name="flush-deadline")
         )
+        self._ends_at = None if self.deadline is None else self._runtime.clock.now() + self.deadline
         try:
             for host in self._hosts:
                 result = TransportFlushResult(host.name)
@@ -286,7 +295,7 @@ class FlushHandle:
         """One transport's part, into ``result`` (partly filled if it is cut short)."""
         self.current = host.name
         self._one = asyncio.create_task(
-            _flush_one(self._runtime, self._port, host, self.flags, result)
+            _flush_one(self._runtime, self._port, host, self.flags, result, self._ends_at)
         )
         try:
             await self._one
@@ -320,6 +329,8 @@ class FlushHandle:
             log.warning("flush of %r: cannot count what is still queued: %s", host.name, exc)
             return
         result.queued = waiting + host.inflight
+        if result.queued and result.held is None:
+            result.held = _rate_held(host, self._runtime.clock.now())
 
 
 async def _flush_one(
@@ -328,6 +339,7 @@ async def _flush_one(
     host: FlushTarget,
     requested: FlushFlags,
     result: TransportFlushResult,
+    ends_at: float | None = None,
 ) -> None:
     started = time.perf_counter()
     host.flush_outcomes.clear()  # counted afresh while this upload phase is on
@@ -373,7 +385,7 @@ async def _flush_one(
             result.error = host.last_error
         tick = asyncio.create_task(ticker(), name=f"{host.name}-flush-progress")
         if flags & FlushFlags.UPLOAD:
-            await _upload(runtime, port, host, result, phase)
+            await _upload(runtime, port, host, result, phase, ends_at)
         if flags & FlushFlags.DOWNLOAD:
             await _download(runtime, host, result, phase)
     finally:
@@ -400,6 +412,15 @@ async def _flush_one(
             result.delivered = totals["delivered"]
             result.deferred = totals["deferred"]
             result.failed = totals["failed"]
+
+
+def _rate_held(host: FlushTarget, now: float) -> str | None:
+    """``max_rate 3/h reached; room again in 3,588 s`` while the transport's window
+    holds ready mail back, else None."""
+    hold = host.rate_hold
+    if hold is None:
+        return None
+    return f"max_rate {hold[1]} reached; room again in {seconds_text(max(0.0, hold[0] - now))}"
 
 
 def _status_bits(flags: FlushFlags) -> StatusCode:
@@ -432,6 +453,7 @@ async def _upload(
     host: FlushTarget,
     result: TransportFlushResult,
     phase: dict[str, Any],
+    ends_at: float | None = None,
 ) -> None:
     await port.route_now()  # what was just submitted belongs in this flush
     # The user says "now": back-off is lifted too, before the messages are made ready
@@ -460,6 +482,12 @@ async def _upload(
             break
         if not host.has_bit(StatusCode.OUTBOUND_FLUSH):
             break  # the transport ended the flush by clearing its bit
+        hold = host.rate_hold
+        if hold is not None and host.inflight == 0 and ends_at is not None and hold[0] > ends_at:
+            # max_rate holds the rest back past the flush's deadline: waiting for it
+            # would only run the deadline out (a "3/h" window); say why, and end here.
+            result.held = _rate_held(host, runtime.clock.now())
+            break
         host.wake.set()
         await wait_event(runtime.clock, host.job_done, runtime.policy.progress_interval)
     result.uploaded = host.flush_done

@@ -30,7 +30,7 @@ import collections
 import re
 from dataclasses import dataclass
 
-__all__ = ["MAX_COUNT", "RateLimit", "RateWindows", "SendWindow", "window_name"]
+__all__ = ["MAX_COUNT", "RateLimit", "RateWindows", "SendWindow", "seconds_text", "window_name"]
 
 #: The largest N of ``N/period`` (the window keeps one time per message).
 MAX_COUNT = 1_000_000
@@ -173,6 +173,12 @@ class RateWindows:
         elif window.limit != limit:
             window = self._windows[transport] = window.resized(limit)
         return window
+
+
+def seconds_text(seconds: float) -> str:
+    """A wait in plain seconds: ``0.4 s``, ``12.5 s``; ``3,600 s``, not ``3.6e+03 s`` (a
+    daily window's)."""
+    return f"{seconds:.3g} s" if seconds < 100 else f"{seconds:,.0f} s"
 
 
 def window_name(transport: str) -> str:

@@ -228,6 +228,7 @@ def flush_report_to_dict(report: FlushReport) -> dict[str, Any]:
                 "error": result.error,
                 "seconds": round(result.seconds, 3),
                 "timed_out": result.timed_out,
+                "held": result.held,
                 **{key: getattr(result, key) for key in FLUSH_COUNTS},
             }
             for result in report.results

@@ -73,6 +73,8 @@ class _Bars:
             undone = sum(result.get(key, 0) for key in ("deferred", "failed", "queued"))
             colour = _COLOURS[severity(result)]
             words = outcome_phrase(result, received=result["downloaded"])
+            if result.get("held"):
+                words += f" ({result['held']})"
             if result["cancelled"] or result.get("timed_out") or result["error"]:
                 words += " (cancelled)" if result["cancelled"] else ""
                 words += " (timed out)" if result.get("timed_out") else ""

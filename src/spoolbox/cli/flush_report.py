@@ -80,6 +80,8 @@ def result_line(result: Mapping[str, Any]) -> str:
     if result.get("error") and words == "nothing to do":
         words = "nothing done"  # not "nothing to do": the transport could not say
     notes = [f"{float(result.get('seconds') or 0):.1f} s"]
+    if result.get("held"):
+        notes.append(str(result["held"]))  # why what is still queued waits
     if result.get("timed_out"):
         notes.append("flush deadline reached")
     elif result.get("cancelled"):

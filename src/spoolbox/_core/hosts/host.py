@@ -27,6 +27,7 @@ from ..clock import wait_event
 from ..config import TransportConfig
 from ..lifecycle import SessionLifecycle
 from ..objects import ProfileSectionImpl
+from ..rate import RateLimit
 from ..runtime import Runtime, SpoolerPort
 from ..trouble import Source, Trouble
 from .base import HostBase, log
@@ -53,6 +54,11 @@ class TransportHost(HostBase):
     def inflight(self) -> int:
         """Messages claimed and not settled yet, those waiting for a lane included."""
         return self.outbound.inflight
+
+    @property
+    def rate_hold(self) -> tuple[float, RateLimit] | None:
+        """While ``max_rate`` holds ready mail back: when there is room, and the limit."""
+        return self.outbound.rate_hold
 
     def __repr__(self) -> str:
         return (

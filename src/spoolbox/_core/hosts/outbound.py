@@ -47,7 +47,7 @@ from ..policy import (
     plan_result,
 )
 from ..preprocess import Preprocessors
-from ..rate import RateLimit, SendWindow, window_name
+from ..rate import RateLimit, SendWindow, seconds_text, window_name
 from ..slices import checkpoint
 from .base import CURRENT_MESSAGE, HostBase, log
 from .hooked import finish_outbound, stage_outbound
@@ -102,6 +102,9 @@ class OutboundLane:
         # PostgreSQL stores do); otherwise this process's own (runtime.rates).
         self._shared_rates = isinstance(host.runtime.store, ClusterStore)
         self._rate_until = float("-inf")  # the shared window is full until then
+        #: While the lane waits for room in its ``max_rate`` window with mail ready:
+        #: when the room comes (the clock's time) and the limit (a flush reads it).
+        self.rate_hold: tuple[float, RateLimit] | None = None
 
     @property
     def inflight(self) -> int:
@@ -391,11 +394,14 @@ class OutboundLane:
                 "transport %r: max_rate %s reached; the next message in %s (the rest stays queued)",
                 host.name,
                 limit,
-                # 0.4 s, 12.5 s; 3,600 s, not 3.6e+03 s (a daily window's wait)
-                f"{wait:.3g} s" if wait < 100 else f"{wait:,.0f} s",
+                seconds_text(wait),
             )
         self._show_rate_wait(f"max_rate {limit} reached: the rest stays queued until there is room")
-        await wait_event(clock, host.stop_event, wait)
+        self.rate_hold = (now + wait, limit)
+        try:
+            await wait_event(clock, host.stop_event, wait)
+        finally:
+            self.rate_hold = None
         self._show_rate_wait(None)
 
     async def _mail_ready(self, now: float) -> bool:

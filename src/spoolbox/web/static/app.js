@@ -183,6 +183,9 @@ async function watchFlush(id) {
     + ", failed " + (totals.failed || 0) + ", still queued " + (totals.queued || 0);
   if (report.cancelled) text += " (cancelled)";
   if (report.timed_out) text += " (timed out)";
+  for (const result of report.results || []) {
+    if (result.held) text += "; " + result.transport + ": " + result.held;
+  }
   document.getElementById("flush-result").textContent = "Send/Receive done: " + text;
   for (const result of report.results || []) {
     const bar = rowElement(LOCAL, result.transport).querySelector("progress");
