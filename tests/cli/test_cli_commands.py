@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 
-from conftest import Home
+import pytest
+
+from conftest import CLI, Home
 from spoolbox import SQLiteStore
 
 MESSAGE_KEYS = {
@@ -217,6 +220,7 @@ def test_hold_release_cancel_on_the_store(home: Home) -> None:
     mid = home.run("send", "--to", "MAILDIR:bob", "--body", "x").stdout.strip()
     assert home.json("queue", "hold", mid)["results"] == [{"id": mid, "state": "hold"}]
     assert home.json("queue", "list", "--state", "hold")["messages"][0]["id"] == mid
+    assert "state:     hold\n" in home.run("queue", "show", mid).stdout  # not "hold (held)"
     assert home.json("queue", "release", mid)["results"][0]["state"] == "queued"
     assert home.json("queue", "cancel", mid)["results"][0]["state"] == "cancelled"
 
@@ -231,6 +235,31 @@ def test_inbox_is_empty_and_transports_lists_providers(home: Home) -> None:
     ]
     assert t["configured"][0]["name"] == "local"
     assert t["configured"][0]["address_types"] == ["MAILDIR"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("transports",), ("transports", "--json"), ("queue", "show", "{mid}")],
+    ids=["rich-table", "json", "plain-lines"],
+)
+def test_a_reader_that_goes_away_ends_the_command_quietly(
+    home: Home, args: tuple[str, ...]
+) -> None:
+    """``spoolbox queue show ID | head -1``: the reader closed the pipe; the command
+    ends with exit 1 and nothing on stderr, whatever prints it (click's lines were
+    ``spoolbox: error: Broken pipe`` and exit 74; rich's tables already ended so)."""
+    mid = home.run("send", "--to", "MAILDIR:bob", "--body", "x").stdout.strip()
+    proc = subprocess.Popen(
+        [*CLI, "--profile", str(home.profile), *(a.format(mid=mid) for a in args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=home.path,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the command writes anything
+    with proc.stderr:
+        stderr = proc.stderr.read()
+    assert (proc.wait(timeout=60), stderr) == (1, b"")
 
 
 def test_usage_error_exits_2(home: Home) -> None:

@@ -27,6 +27,10 @@ __all__ = ["Ctx", "SpoolboxGroup", "emit_json", "fail", "json_option", "pass_ctx
 _EXIT_ERROR = 1
 _EXIT_PROFILE = 5
 _EXIT_INTERRUPTED = 130
+#: The reader of the command's output went away (``spoolbox queue list | head``): a
+#: quiet exit 1, as rich's console ends a table's printing then, and as Python's
+#: documentation does it (signal.SIGPIPE's note).
+_EXIT_PIPE = 1
 
 
 @dataclass
@@ -97,13 +101,42 @@ class SpoolboxGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+            return result
         except KeyboardInterrupt:
             fail("interrupted", _EXIT_INTERRUPTED, kind="interrupted")
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except BrokenPipeError as exc:
+            if not _stdout_gone():
+                _fail_for(ctx, exc)  # another pipe or socket (the daemon's): an error
+            _quiet_exit(_EXIT_PIPE)
         except Exception as exc:
             _fail_for(ctx, exc)
+
+
+def _stdout_gone() -> bool:
+    """Whether standard output is a pipe whose reader has closed it."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no real file (a test's capture)
+        return False
+
+
+def _quiet_exit(code: int) -> NoReturn:
+    """Exit without another word: what is left in stdout's buffer goes nowhere (the
+    interpreter would flush it at exit and print a BrokenPipeError)."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    sys.exit(code)
 
 
 def _fail_for(ctx: click.Context, exc: Exception) -> NoReturn:

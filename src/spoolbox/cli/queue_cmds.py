@@ -102,7 +102,8 @@ def queue_list(
 
 def _show_message(message: dict[str, Any]) -> None:
     click.echo(f"id:        {message['id']}")
-    click.echo(f"state:     {message['state']}{' (held)' if message['held'] else ''}")
+    held = message["held"] and message["state"] != "hold"  # ("hold (held)" says it twice)
+    click.echo(f"state:     {message['state']}{' (held)' if held else ''}")
     click.echo(f"sender:    {safe(message['sender']) or '<>'}")
     click.echo(f"subject:   {safe(message['subject'])}")
     click.echo(f"size:      {message['size']}")
