@@ -44,8 +44,14 @@ Configuration (the transport's ``options`` in the profile):
     ``delivery = "mx"`` only: the DNS servers to ask (``"192.0.2.53"``,
     ``"192.0.2.53:5353"``, ``"[2001:db8::53]:53"``; default: the system's,
     ``/etc/resolv.conf``) and how long a domain's lookups may take (default 10 s).
+``mta_sts``, ``mta_sts_port``
+    ``delivery = "mx"`` only: follow the domains' MTA-STS policies (RFC 8461; default
+    true; :mod:`.mta_sts`), fetched from ``https://mta-sts.<domain>`` on this port
+    (default 443).
 ``ca_file``
-    A PEM bundle of the certificate authorities to trust instead of the system's.
+    A PEM bundle of the certificate authorities to trust instead of the system's
+    (with ``delivery = "mx"``: for MTA-STS's policy servers and the MX hosts an
+    ``enforce`` policy names).
 ``username``, ``password``
     AUTH credentials (both or neither).  Only over TLS, unless
     ``allow_plain_auth`` is true: with ``tls="none"`` the logon is refused with a

@@ -238,6 +238,19 @@ class MXResolver:
             )
         return tuple(hops[:ADDRESS_LIMIT]), ttl
 
+    async def addresses(self, host: str, domain: str) -> list[str]:
+        """The addresses of ``host`` (IPv4 first), looked up for ``domain``'s mail; a
+        :class:`Failure` when DNS cannot say (MTA-STS's policy host)."""
+        return (await self._addresses(host, domain))[0]
+
+    async def txt(self, name: str, domain: str) -> list[str]:
+        """The TXT records of ``name`` (each one's strings joined), none when it has
+        none or does not exist; a :class:`Failure` when DNS cannot say."""
+        answer = await self._query(name, "TXT", domain, missing_ok=True)
+        if answer is None:
+            return []
+        return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
+
     async def _addresses(self, host: str, domain: str) -> tuple[list[str], float]:
         """The IPv4 then IPv6 addresses of ``host`` (none if it has none) and the
         shorter of the two answers' TTLs (0 when one of the two queries failed: the

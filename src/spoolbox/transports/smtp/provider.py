@@ -10,9 +10,10 @@ from typing import Any, ClassVar
 
 from spoolbox.contract import LogonFlags, StatusCode, Support
 
+from .mta_sts import PolicyFinder
 from .mx import MXResolver
 from .session import SMTPSession
-from .settings import SMTPSettings, tls_context, usable_helo
+from .settings import SMTPSettings, tls_context, usable_helo, verified_context
 
 __all__ = ["SMTPProvider"]
 
@@ -30,7 +31,9 @@ class SMTPProvider:
         DNS server to ask)."""
         settings = SMTPSettings.from_config(config)
         if settings.delivery == "mx":
-            MXResolver(settings.nameservers, settings.dns_timeout)
+            resolver = MXResolver(settings.nameservers, settings.dns_timeout)
+            if settings.mta_sts:
+                PolicyFinder(resolver, ssl.create_default_context())
 
     async def logon(
         self, support: Support, config: Mapping[str, Any], flags: LogonFlags
@@ -52,8 +55,18 @@ class SMTPProvider:
                 settings.where,
             )
         mx = None
+        sts = None
+        verified = None
         if settings.delivery == "mx":
             mx = MXResolver(settings.nameservers, settings.dns_timeout)
+            if settings.mta_sts:
+                try:
+                    verified = await support.run_blocking(verified_context, settings)
+                except (OSError, ssl.SSLError) as exc:
+                    raise ValueError(f"smtp option 'ca_file' ({settings.ca_file}): {exc}") from exc
+                sts = PolicyFinder(
+                    mx, verified, port=settings.mta_sts_port, timeout=settings.dns_timeout
+                )
             if "." not in helo:
                 support.logger.warning(
                     "smtp transport %r: delivery = 'mx' greets the domains' mail servers "
@@ -62,7 +75,7 @@ class SMTPProvider:
                     support.transport_name,
                     helo,
                 )
-        session = SMTPSession(support, settings, context, helo, mx)
+        session = SMTPSession(support, settings, context, helo, mx, sts, verified)
         support.modify_status_row(
             update=False, status_code=StatusCode.AVAILABLE, status_string=session.describe()
         )

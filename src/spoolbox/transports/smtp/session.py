@@ -33,7 +33,8 @@ from spoolbox.smtp.replies import Reply, enhanced_status, reply_text
 from .._status import ReachabilityRow, results_text
 from .connection import Connection
 from .failures import Failure, exception_failure, protocol_failure, reply_failure
-from .mx import Hop, MXResolver
+from .mta_sts import Policy, PolicyFinder
+from .mx import Hop, MXResolver, literal_address
 from .pool import Pool
 from .settings import SMTPSettings, usable_helo
 
@@ -97,6 +98,8 @@ class SMTPSession(BaseTransportSession):
         tls_context: ssl.SSLContext | None,
         helo_name: str,
         mx: MXResolver | None = None,
+        sts: PolicyFinder | None = None,
+        verified_context: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(support)
         self.settings = settings
@@ -104,6 +107,10 @@ class SMTPSession(BaseTransportSession):
         self.pool = Pool(settings, tls_context, helo_name)
         #: Delivery "mx": the resolver, and a pool per server address (and TLS mode).
         self.mx = mx
+        #: Delivery "mx": the domains' MTA-STS policies, and the context that verifies
+        #: the MX hosts an ``enforce`` policy names.
+        self.sts = sts
+        self._verified_context = verified_context
         self._tls_context = tls_context
         self._helo = helo_name
         self._hop_pools: dict[tuple[str, str, str], Pool] = {}
@@ -166,7 +173,11 @@ class SMTPSession(BaseTransportSession):
 
     def status_object(self) -> Mapping[str, Any]:
         s = self.settings
-        mx = {} if self.mx is None else {"nameservers": self.mx.nameservers}
+        mx: dict[str, Any] = {} if self.mx is None else {"nameservers": self.mx.nameservers}
+        if self.mx is not None:
+            mx["mta_sts"] = self.sts is not None
+            if self.sts is not None and self.sts.trouble:
+                mx["mta_sts_trouble"] = dict(list(self.sts.trouble.items())[-10:])
         return {
             "delivery": s.delivery,
             "host": s.host,
@@ -226,6 +237,8 @@ class SMTPSession(BaseTransportSession):
     async def flush_queues(self, flags: FlushFlags) -> None:
         """A flush is the user saying "now": delivery "mx" forgets the servers it
         holds back and the DNS answers it keeps (the user may just have fixed them)."""
+        if flags & FlushFlags.UPLOAD and self.sts is not None:
+            self.sts.forget_checks()
         if flags & FlushFlags.UPLOAD and self.mx is not None:
             self._dead.clear()
             self.mx.forget()
@@ -371,7 +384,14 @@ class SMTPSession(BaseTransportSession):
         no.  With tls "opportunistic" a server whose TLS fails is tried again without."""
         assert self.mx is not None
         hops = await self.mx.hops(domain)
-        tries = ("opportunistic", "none") if self.settings.tls == "opportunistic" else ()
+        tries: tuple[str, ...] = (
+            ("opportunistic", "none") if self.settings.tls == "opportunistic" else ()
+        )
+        policy = await self._enforced(domain, hops)
+        if policy is not None:
+            # MTA-STS: only the MX hosts the policy names, each over verified TLS.
+            hops = tuple(h for h in hops if policy.matches(h.host))
+            tries = ("verified",)
         failed: list[tuple[Hop, Failure]] = []
         for hop in hops:
             skipped = self._still_dead(hop)
@@ -386,7 +406,11 @@ class SMTPSession(BaseTransportSession):
                     failed.append((hop, f))
                     if tls == "opportunistic" and f.status.startswith("4.7."):
                         continue  # its TLS failed: the same server once more without
-                    if message.ref not in self._cancelled:
+                    # A server that failed only the policy's verified TLS still takes
+                    # the mail of domains without one: not held back for them.
+                    if message.ref not in self._cancelled and (
+                        tls != "verified" or not f.connected
+                    ):
                         self._mark_dead(hop, f)
                     break  # the next server
                 self._dead.pop(hop.address, None)
@@ -404,7 +428,37 @@ class SMTPSession(BaseTransportSession):
                 break
         if message.ref not in self._cancelled:
             self._connected(False, domain, failed)
-        raise _nowhere(domain, failed)
+        failure = _nowhere(domain, failed)
+        if policy is not None:
+            failure = Failure(
+                failure.status,
+                failure.text.replace(
+                    " could be used: ",
+                    f" could be used as its MTA-STS policy asks ({policy.describe()}): ",
+                    1,
+                ),
+                connected=failure.connected,
+            )
+        raise failure
+
+    async def _enforced(self, domain: str, hops: Sequence[Hop]) -> Policy | None:
+        """``domain``'s MTA-STS policy when it is to be enforced (mode ``enforce``), else
+        None; a :class:`Failure` (4.7.5, the mail waits) when it names none of the
+        domain's MX hosts."""
+        if self.sts is None or literal_address(domain) is not None:
+            return None
+        policy = await self.sts.policy(domain)
+        if policy is None or policy.mode != "enforce":
+            return None
+        if not any(policy.matches(h.host) for h in hops):
+            names = ", ".join(dict.fromkeys(h.host for h in hops))
+            raise Failure(
+                "4.7.5",
+                f"x-spoolbox; no MX host of {domain} ({names}) is one its MTA-STS "
+                f"policy names ({policy.describe()}): not sent, as the policy asks",
+                connected=False,
+            )
+        return policy
 
     def _blocked_text(self) -> str:
         """The row's text while no domain's servers take a connection."""
@@ -456,11 +510,19 @@ class SMTPSession(BaseTransportSession):
         )
 
     def _hop_pool(self, hop: Hop, tls: str) -> Pool:
+        """The connections to one server in one TLS mode: ``verified`` is STARTTLS
+        required with the certificate verified for the MX host's name (MTA-STS)."""
         key = (hop.host, hop.address, tls)
         pool = self._hop_pools.get(key)
         if pool is None:
-            settings = replace(self.settings, host=hop.host, address=hop.address, tls=tls)
-            context = None if tls == "none" else self._tls_context
+            if tls == "verified":
+                settings = replace(
+                    self.settings, host=hop.host, address=hop.address, tls="starttls", verify=True
+                )
+                context = self._verified_context
+            else:
+                settings = replace(self.settings, host=hop.host, address=hop.address, tls=tls)
+                context = None if tls == "none" else self._tls_context
             pool = self._hop_pools[key] = Pool(settings, context, self._helo)
         return pool
 

@@ -24,6 +24,7 @@ __all__ = [
     "SMTPSettings",
     "tls_context",
     "usable_helo",
+    "verified_context",
 ]
 
 #: The steps whose wait ``command_timeout`` bounds (EHLO, STARTTLS, AUTH, RSET and
@@ -68,6 +69,8 @@ class SMTPOptions:
     delivery: Literal["relay", "mx"] = "relay"
     nameservers: tuple[str, ...] | None = None
     dns_timeout: float | None = _seconds()
+    mta_sts: bool | None = None
+    mta_sts_port: int | None = option(None, low=1, high=65535)
     port: int | None = option(None, low=1, high=65535)
     tls: Literal["none", "starttls", "implicit", "opportunistic"] | None = None
     verify: bool | None = None
@@ -107,7 +110,7 @@ class SMTPOptions:
                         "to each domain's own mail servers",
                     )
         else:
-            for key in ("nameservers", "dns_timeout"):
+            for key in ("nameservers", "dns_timeout", "mta_sts", "mta_sts_port"):
                 if getattr(self, key) is not None:
                     raise OptionError(key, "is for delivery = 'mx'")
         for ns in self.nameservers or ():
@@ -164,6 +167,10 @@ class SMTPSettings:
     address: str | None = None
     nameservers: tuple[tuple[str, int], ...] = ()
     dns_timeout: float = DEFAULT_DNS_TIMEOUT
+    #: Delivery "mx": follow the domains' MTA-STS policies (RFC 8461), fetched from
+    #: ``https://mta-sts.<domain>`` on this port.
+    mta_sts: bool = False
+    mta_sts_port: int = 443
     ca_file: str | None = None
     username: str | None = None
     password: str | None = None
@@ -208,6 +215,8 @@ class SMTPSettings:
             delivery=o.delivery,
             nameservers=tuple(parse_nameserver(ns) for ns in o.nameservers or ()),
             dns_timeout=o.dns_timeout or DEFAULT_DNS_TIMEOUT,
+            mta_sts=mx and o.mta_sts is not False,
+            mta_sts_port=o.mta_sts_port or 443,
             ca_file=o.ca_file,
             username=o.username,
             password=o.password,
@@ -222,6 +231,13 @@ class SMTPSettings:
 def usable_helo(name: str) -> bool:
     """Whether ``name`` can go into EHLO/HELO: ASCII, no spaces or control characters."""
     return name.isascii() and not re.search(r"[\s\x00-\x1f\x7f]", name)
+
+
+def verified_context(settings: SMTPSettings) -> ssl.SSLContext:
+    """A context that verifies certificates and names, with ``ca_file``'s CAs if given
+    (else the system's): MTA-STS's policy servers and the MX hosts its policies name.
+    Blocking: run through ``support.run_blocking``."""
+    return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.ca_file)
 
 
 def tls_context(settings: SMTPSettings) -> ssl.SSLContext | None:
