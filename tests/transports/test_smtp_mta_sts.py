@@ -341,3 +341,25 @@ async def test_a_kept_policy_stands_when_its_server_and_dns_are_gone(
     assert "the _mta-sts TXT record: DNS: " in finder.trouble["sts.test"], finder.trouble
     now[0] += 86400  # its max_age passed: none (and none to be had)
     assert await finder.policy("sts.test") is None
+
+
+async def test_a_policy_that_cannot_be_had_is_not_asked_for_at_every_message(
+    dns: Dnsmasq, ca: trustme.CA, ca_file: str
+) -> None:
+    """moved.test's policy server answers a redirect: no policy, and it is asked again
+    only after five minutes, not for each message (a server that times out would
+    cost every message its timeout)."""
+    now = [1000.0]
+    resolver = MXResolver((parse_nameserver(dns.nameserver),), 3.0)
+    context = ssl.create_default_context(cafile=ca_file)
+    with policy_server(ca) as web:
+        finder = PolicyFinder(resolver, context, port=web.port, clock=lambda: now[0])
+        assert await finder.policy("moved.test") is None
+        now[0] += 200
+        assert await finder.policy("moved.test") is None
+        assert web.asked == ["mta-sts.moved.test"]
+        assert dns.queries("TXT _mta-sts.moved.test") == 1
+        now[0] += 200  # 400 s: asked again
+        assert await finder.policy("moved.test") is None
+        assert web.asked == ["mta-sts.moved.test"] * 2
+    assert "answered 301" in finder.trouble["moved.test"]

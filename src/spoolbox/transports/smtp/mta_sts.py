@@ -205,28 +205,32 @@ class PolicyFinder:
             records = await self._resolver.txt(f"_mta-sts.{key}", key)
         except Exception as exc:  # DNS trouble: what is kept stands (section 5.1)
             self.trouble[key] = f"the _mta-sts TXT record: {_text(exc)}"
-            return None if live is None else live.policy
+            return self._as_it_was(key, live, now)
         ident = policy_id(records)
         if ident is None:
             # No policy published (now): one kept still stands until its max_age.
-            if live is not None and live.policy is not None:
-                self._keep(key, _Kept(live.policy, live.until, now))
-                return live.policy
-            self._keep(key, _Kept(None, now + CHECK_SECONDS, now))
-            return None
+            self.trouble.pop(key, None)
+            return self._as_it_was(key, live, now)
         if live is not None and live.policy is not None and live.policy.id == ident:
-            self._keep(key, _Kept(live.policy, live.until, now))
-            return live.policy
+            return self._as_it_was(key, live, now)
         try:
             mode, mx, max_age = parse_policy(await self._fetch(key))
         except Exception as exc:
             self.trouble[key] = f"the policy of {key}: {_text(exc)}"
-            if live is not None and live.policy is not None:
-                return live.policy
-            return None
+            return self._as_it_was(key, live, now)
         self.trouble.pop(key, None)
         policy = Policy(mode, mx, max_age, ident)
         self._keep(key, _Kept(policy, now + max_age, now))
+        return policy
+
+    def _as_it_was(self, key: str, live: _Kept | None, now: float) -> Policy | None:
+        """Nothing new was had: the policy kept stands until its max_age, and none
+        stands for none; either way the TXT record is asked again only after
+        :data:`CHECK_SECONDS` (a policy server that cannot be reached is not tried
+        for every message)."""
+        policy = None if live is None else live.policy
+        until = now + CHECK_SECONDS if live is None or policy is None else live.until
+        self._keep(key, _Kept(policy, until, now))
         return policy
 
     def _keep(self, key: str, kept: _Kept) -> None:
