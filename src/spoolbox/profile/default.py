@@ -65,6 +65,8 @@ def _outbound_text(outbound: Outbound) -> str:
     if outbound.direct:
         lines += [
             'delivery = "mx"                # each domain to its own mail servers (port 25)',
+            "# mta_sts = false              # on by default: a domain's MTA-STS policy (RFC",
+            "                               # 8461) is followed (verified TLS to its MX hosts)",
         ]
     else:
         assert outbound.relay is not None
