@@ -521,14 +521,17 @@ def options(port: int, **extra: Any) -> dict[str, Any]:
     return {"host": HOST, "port": port, "tls": "none", "timeouts": dict(SHORT), **extra}
 
 
-def open_spooler(opts: Mapping[str, Any], *, hostname: str | None = None) -> Spooler:
+def open_spooler(
+    opts: Mapping[str, Any], *, hostname: str | None = None, store: Any = None
+) -> Spooler:
+    """A spooler with one smtp transport, on ``store`` (a fresh memory store if None)."""
     cfg = SpoolerConfig(
         transports=(TransportConfig("smtp", "smtp", options=dict(opts)),),
         policy=FAST,
         node="test-node",
         **({} if hostname is None else {"hostname": hostname}),
     )
-    return Spooler.open(cfg, idle=AlwaysIdle())
+    return Spooler.open(cfg, idle=AlwaysIdle(), **({} if store is None else {"store": store}))
 
 
 async def send(

@@ -22,7 +22,7 @@ import trustme
 from smtp_servers import Recorder, aiosmtpd_server, open_spooler, send
 
 from dns_server import Dnsmasq, dnsmasq
-from spoolbox import Address, MessageState, NewMessage
+from spoolbox import Address, MessageState, NewMessage, SQLiteStore
 from spoolbox.transports.smtp import SMTPSettings
 from spoolbox.transports.smtp.mta_sts import (
     Policy,
@@ -363,3 +363,55 @@ async def test_a_policy_that_cannot_be_had_is_not_asked_for_at_every_message(
         assert await finder.policy("moved.test") is None
         assert web.asked == ["mta-sts.moved.test"] * 2
     assert "answered 301" in finder.trouble["moved.test"]
+
+
+async def test_an_enforced_policy_outlives_a_restart(
+    dns: Dnsmasq, ca: trustme.CA, ca_file: str, tmp_path: Path
+) -> None:
+    """The policy is kept in the store: after a restart, with its server gone (an
+    attacker blocking the fetch), a MX host whose certificate does not verify still
+    gets nothing; a policy past its max_age is dropped from the store at the next
+    logon."""
+    smtp_port = free_port(MX1)
+    path = tmp_path / "spool.sqlite3"
+    with policy_server(ca) as web:
+        opts = options(dns, smtp_port, web.port, ca_file)
+        async with (
+            mx_server(mx_context(ca), smtp_port),
+            open_spooler(opts, store=SQLiteStore(path)) as sp,
+        ):
+            assert (await send(sp, message("SMTP:bob@sts.test")))[0] is MessageState.SENT
+            # (testing.test's policy changes nothing: not kept in the store)
+            assert (await send(sp, message("SMTP:ann@testing.test")))[0] is MessageState.SENT
+    store = SQLiteStore(path)
+    await store.open()
+    kept = await store.profile_get("transport:smtp")
+    await store.close()
+    assert set(kept) == {"mta_sts:sts.test"}, kept
+    assert kept["mta_sts:sts.test"]["mx"] == ["mx1.sts.test"]
+    async with (
+        mx_server(mx_context(trustme.CA()), smtp_port) as rec,
+        open_spooler(opts, store=SQLiteStore(path)) as sp,
+    ):
+        state, [r] = await send(sp, message("SMTP:carol@sts.test"))
+        assert state is MessageState.DEFERRED, r
+        assert "as its MTA-STS policy asks (enforce (mx: mx1.sts.test))" in (r.diagnostic or "")
+        assert rec.received == []
+    # Past its max_age (written back as such): the next logon drops it.
+    store = SQLiteStore(path)
+    await store.open()
+    await store.profile_update(
+        "transport:smtp", {"mta_sts:sts.test": {**kept["mta_sts:sts.test"], "until": 1.0}}
+    )
+    await store.close()
+    async with (
+        mx_server(mx_context(trustme.CA()), smtp_port) as rec,
+        open_spooler(opts, store=SQLiteStore(path)) as sp,
+    ):
+        # Its server gone, nothing kept: sent as without MTA-STS.
+        assert (await send(sp, message("SMTP:dora@strict.test")))[0] is MessageState.SENT
+        assert (await send(sp, message("SMTP:erin@sts.test")))[0] is MessageState.SENT
+    store = SQLiteStore(path)
+    await store.open()
+    assert "mta_sts:sts.test" not in await store.profile_get("transport:smtp")
+    await store.close()

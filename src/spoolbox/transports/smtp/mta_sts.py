@@ -16,7 +16,10 @@ TLS verified for that name, no redirect followed, at most 64 KiB, ``text/plain``
 A policy is kept for its ``max_age`` (section 5.1) and used while it lasts, also when
 DNS or the policy server cannot be reached later (an attacker who blocks them gains
 nothing); the TXT record is looked at again at most every :data:`CHECK_SECONDS`, and
-a new ``id`` fetches the policy again.  A domain whose policy cannot be fetched and
+a new ``id`` fetches the policy again.  An ``enforce`` policy is also written to the
+transport's profile section in the store (``mta_sts:<domain>``), so that a restart
+does not forget it: a sender that forgets is one an attacker can strip TLS from by
+blocking the fetch after each restart.  A domain whose policy cannot be fetched and
 that has none kept is sent to as if it had none (section 5.1).
 
 What ``enforce`` does to a delivery (section 5): the MX hosts whose names no ``mx``
@@ -37,11 +40,13 @@ from __future__ import annotations
 import re
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from spoolbox.contract import ProfileSection
+
     from .mx import MXResolver
 
 __all__ = [
@@ -63,6 +68,8 @@ CHECK_SECONDS = 300.0
 #: Domains whose policies (or their absence) are kept at most (the oldest go first).
 _CACHE_SIZE = 10_000
 _ID_RE = re.compile(r"[A-Za-z0-9]{1,32}")
+#: The key of a domain's policy in the transport's profile section.
+_KEY = "mta_sts:"
 _MODES = ("enforce", "testing", "none")
 
 
@@ -169,7 +176,8 @@ class PolicyFinder:
         *,
         port: int = 443,
         timeout: float = 10.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
+        section: ProfileSection | None = None,
     ) -> None:
         try:
             import httpx
@@ -187,6 +195,24 @@ class PolicyFinder:
         self._kept: dict[str, _Kept] = {}
         #: The last reason a policy could not be had, by domain (the status object).
         self.trouble: dict[str, str] = {}
+        # The enforce policies kept in the store (a wall clock's times: they outlive
+        # the process), and the keys of those past their max_age, deleted at the next
+        # write.
+        self._section = section
+        self._stale: dict[str, None] = {}  # (written by _drop_stale and _save)
+        if section is not None:
+            self._load(section.snapshot())
+
+    def _load(self, values: Mapping[str, Any]) -> None:
+        now = self._clock()
+        for key, value in values.items():
+            if not key.startswith(_KEY):
+                continue
+            policy, until = _stored(value)
+            if policy is None or until <= now:
+                self._stale[key] = None  # expired, or not one of ours to read
+                continue
+            self._kept[key.removeprefix(_KEY)] = _Kept(policy, until, float("-inf"))
 
     def forget_checks(self) -> None:
         """Ask every domain's TXT record again at its next message (a flush); the
@@ -195,6 +221,8 @@ class PolicyFinder:
 
     async def policy(self, domain: str) -> Policy | None:
         """``domain``'s policy in force now, or None."""
+        if self._stale and self._section is not None:
+            await self._drop_stale(self._section)
         key = domain.lower().rstrip(".")
         now = self._clock()
         kept = self._kept.get(key)
@@ -221,7 +249,45 @@ class PolicyFinder:
         self.trouble.pop(key, None)
         policy = Policy(mode, mx, max_age, ident)
         self._keep(key, _Kept(policy, now + max_age, now))
+        await self._save(key, policy, now + max_age)
         return policy
+
+    async def _drop_stale(self, section: ProfileSection) -> None:
+        """The stored policies past their max_age out of the store (once, at the first
+        look after the logon; a store that fails: at the next write)."""
+        stale, self._stale = self._stale, {}
+        try:
+            await section.update(stale)
+        except Exception as exc:
+            self._stale.update(stale)
+            self.trouble["(store)"] = f"dropping expired policies failed: {_text(exc)}"
+
+    async def _save(self, domain: str, policy: Policy, until: float) -> None:
+        """An ``enforce`` policy into the store (a policy that stops being one is taken
+        out); a store that fails only leaves it in memory, said in ``trouble``."""
+        if self._section is None:
+            return
+        key = _KEY + domain
+        stored = self._section.get(key) is not None
+        if policy.mode != "enforce" and not stored and not self._stale:
+            return
+        value = (
+            {
+                "mode": policy.mode,
+                "mx": list(policy.mx),
+                "max_age": policy.max_age,
+                "id": policy.id,
+                "until": until,
+            }
+            if policy.mode == "enforce"
+            else None
+        )
+        try:
+            await self._section.update({**self._stale, key: value})
+        except Exception as exc:
+            self.trouble[domain] = f"keeping its policy in the store failed: {_text(exc)}"
+            return
+        self._stale.clear()
 
     def _as_it_was(self, key: str, live: _Kept | None, now: float) -> Policy | None:
         """Nothing new was had: the policy kept stands until its max_age, and none
@@ -288,6 +354,20 @@ class PolicyFinder:
                 if len(body) > MAX_POLICY_BYTES:
                     raise PolicyError(f"it is over {MAX_POLICY_BYTES} bytes")
         return body
+
+
+def _stored(value: Any) -> tuple[Policy | None, float]:
+    """A policy as :meth:`PolicyFinder._save` wrote it, and until when; (None, 0) for a
+    value that is not one (written by another version, or damaged)."""
+    try:
+        mx = tuple(str(m) for m in value["mx"])
+        policy = Policy(str(value["mode"]), mx, int(value["max_age"]), str(value["id"]))
+        until = float(value["until"])
+    except (KeyError, TypeError, ValueError):
+        return None, 0.0
+    if policy.mode != "enforce" or not mx:
+        return None, 0.0
+    return policy, until
 
 
 def _text(exc: BaseException) -> str:

@@ -65,7 +65,11 @@ class SMTPProvider:
                 except (OSError, ssl.SSLError) as exc:
                     raise ValueError(f"smtp option 'ca_file' ({settings.ca_file}): {exc}") from exc
                 sts = PolicyFinder(
-                    mx, verified, port=settings.mta_sts_port, timeout=settings.dns_timeout
+                    mx,
+                    verified,
+                    port=settings.mta_sts_port,
+                    timeout=settings.dns_timeout,
+                    section=support.profile_section(),
                 )
             if "." not in helo:
                 support.logger.warning(
