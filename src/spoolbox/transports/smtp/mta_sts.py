@@ -196,8 +196,7 @@ class PolicyFinder:
         #: The last reason a policy could not be had, by domain (the status object).
         self.trouble: dict[str, str] = {}
         # The enforce policies kept in the store (a wall clock's times: they outlive
-        # the process), and the keys of those past their max_age, deleted at the next
-        # write.
+        # the process), and the keys of those past their max_age, to delete.
         self._section = section
         self._stale: dict[str, None] = {}  # (written by _drop_stale and _save)
         if section is not None:
@@ -253,13 +252,13 @@ class PolicyFinder:
         return policy
 
     async def _drop_stale(self, section: ProfileSection) -> None:
-        """The stored policies past their max_age out of the store (once, at the first
-        look after the logon; a store that fails: at the next write)."""
+        """The stored policies past their max_age out of the store, once, at the first
+        look after the logon (a store that fails leaves them there: expired, they are
+        passed over at the next logon's reading and tried again then)."""
         stale, self._stale = self._stale, {}
         try:
             await section.update(stale)
         except Exception as exc:
-            self._stale.update(stale)
             self.trouble["(store)"] = f"dropping expired policies failed: {_text(exc)}"
 
     async def _save(self, domain: str, policy: Policy, until: float) -> None:
