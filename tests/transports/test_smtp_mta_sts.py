@@ -7,6 +7,7 @@ The pure parts (the TXT record, the policy's text, the MX patterns) are fed text
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.server
 import socket
@@ -415,3 +416,17 @@ async def test_an_enforced_policy_outlives_a_restart(
     await store.open()
     assert "mta_sts:sts.test" not in await store.profile_get("transport:smtp")
     await store.close()
+
+
+async def test_lanes_asking_at_once_share_one_look(
+    dns: Dnsmasq, ca: trustme.CA, ca_file: str
+) -> None:
+    """Ten lanes with the first messages to a domain: one TXT query, one fetch."""
+    resolver = MXResolver((parse_nameserver(dns.nameserver),), 3.0)
+    context = ssl.create_default_context(cafile=ca_file)
+    with policy_server(ca) as web:
+        finder = PolicyFinder(resolver, context, port=web.port)
+        found = await asyncio.gather(*(finder.policy("sts.test") for _ in range(10)))
+    assert {p.mode if p else None for p in found} == {"enforce"}
+    assert web.asked == ["mta-sts.sts.test"]
+    assert dns.queries("TXT _mta-sts.sts.test") == 1

@@ -37,6 +37,7 @@ address DNS gave for ``mta-sts.<domain>`` with that name as the TLS server name.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import ssl
 import time
@@ -193,6 +194,7 @@ class PolicyFinder:
         self._timeout = timeout
         self._clock = clock
         self._kept: dict[str, _Kept] = {}
+        self._looking: dict[str, asyncio.Lock] = {}  # by domain, while one is asked
         #: The last reason a policy could not be had, by domain (the status object).
         self.trouble: dict[str, str] = {}
         # The enforce policies kept in the store (a wall clock's times: they outlive
@@ -223,11 +225,34 @@ class PolicyFinder:
         if self._stale and self._section is not None:
             await self._drop_stale(self._section)
         key = domain.lower().rstrip(".")
+        kept = self._fresh(key)
+        if kept is not None:
+            return kept.policy
+        # One look at a time per domain: the lanes that come meanwhile (a run of
+        # messages to a new domain) take what the first one found.
+        lock = self._looking.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                kept = self._fresh(key)
+                return kept.policy if kept is not None else await self._look(key)
+        finally:
+            if not lock.locked():
+                self._looking.pop(key, None)
+
+    def _fresh(self, key: str) -> _Kept | None:
+        """What is kept of ``key`` when it is in force and its TXT record was asked
+        less than :data:`CHECK_SECONDS` ago."""
+        now = self._clock()
+        kept = self._kept.get(key)
+        if kept is not None and kept.until > now and now - kept.checked < CHECK_SECONDS:
+            return kept
+        return None
+
+    async def _look(self, key: str) -> Policy | None:
+        """Ask DNS (and the policy server, for a new id): the policy in force now."""
         now = self._clock()
         kept = self._kept.get(key)
         live = kept if kept is not None and kept.until > now else None
-        if live is not None and now - live.checked < CHECK_SECONDS:
-            return live.policy
         try:
             records = await self._resolver.txt(f"_mta-sts.{key}", key)
         except Exception as exc:  # DNS trouble: what is kept stands (section 5.1)
