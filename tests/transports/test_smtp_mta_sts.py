@@ -24,7 +24,7 @@ from smtp_servers import Recorder, aiosmtpd_server, open_spooler, send
 
 from dns_server import Dnsmasq, dnsmasq
 from spoolbox import Address, MessageState, NewMessage, SQLiteStore
-from spoolbox.transports.smtp import SMTPSettings
+from spoolbox.transports.smtp import SMTPSettings, mta_sts
 from spoolbox.transports.smtp.mta_sts import (
     Policy,
     PolicyError,
@@ -429,4 +429,23 @@ async def test_lanes_asking_at_once_share_one_look(
         found = await asyncio.gather(*(finder.policy("sts.test") for _ in range(10)))
     assert {p.mode if p else None for p in found} == {"enforce"}
     assert web.asked == ["mta-sts.sts.test"]
+    assert dns.queries("TXT _mta-sts.sts.test") == 1
+
+
+async def test_a_full_cache_forgets_domains_without_an_enforced_policy_first(
+    dns: Dnsmasq, ca: trustme.CA, ca_file: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three domains kept at most: sts.test's enforce policy stays while plain.test and
+    testing.test (none in force) make room for the newer ones."""
+    monkeypatch.setattr(mta_sts, "_CACHE_SIZE", 3)
+    now = [1000.0]
+    resolver = MXResolver((parse_nameserver(dns.nameserver),), 3.0)
+    context = ssl.create_default_context(cafile=ca_file)
+    with policy_server(ca) as web:
+        finder = PolicyFinder(resolver, context, port=web.port, clock=lambda: now[0])
+        for domain in ("sts", "plain", "testing", "moved", "html"):
+            await finder.policy(f"{domain}.test")
+        asked = list(web.asked)
+        assert (await finder.policy("sts.test") or Policy("none", (), 0)).mode == "enforce"
+    assert web.asked == asked  # still kept: not fetched again
     assert dns.queries("TXT _mta-sts.sts.test") == 1

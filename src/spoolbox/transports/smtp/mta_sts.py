@@ -324,9 +324,20 @@ class PolicyFinder:
         return policy
 
     def _keep(self, key: str, kept: _Kept) -> None:
+        """Keep ``kept``; past :data:`_CACHE_SIZE` domains, the oldest without an
+        ``enforce`` policy goes (forgetting one of those would let a blocked fetch
+        strip its TLS), the oldest of all only when every one has such a policy."""
         self._kept.pop(key, None)
         if len(self._kept) >= _CACHE_SIZE:
-            del self._kept[next(iter(self._kept))]
+            victim = next(
+                (
+                    d
+                    for d, k in self._kept.items()
+                    if k.policy is None or k.policy.mode != "enforce"
+                ),
+                next(iter(self._kept)),
+            )
+            del self._kept[victim]
         self._kept[key] = kept
 
     async def _fetch(self, domain: str) -> str:
