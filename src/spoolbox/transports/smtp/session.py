@@ -428,18 +428,8 @@ class SMTPSession(BaseTransportSession):
                 break
         if message.ref not in self._cancelled:
             self._connected(False, domain, failed)
-        failure = _nowhere(domain, failed)
-        if policy is not None:
-            failure = Failure(
-                failure.status,
-                failure.text.replace(
-                    " could be used: ",
-                    f" could be used as its MTA-STS policy asks ({policy.describe()}): ",
-                    1,
-                ),
-                connected=failure.connected,
-            )
-        raise failure
+        how = "" if policy is None else f" as its MTA-STS policy asks ({policy.describe()})"
+        raise _nowhere(domain, failed, how)
 
     async def _enforced(self, domain: str, hops: Sequence[Hop]) -> Policy | None:
         """``domain``'s MTA-STS policy when it is to be enforced (mode ``enforce``), else
@@ -809,15 +799,16 @@ class SMTPSession(BaseTransportSession):
         self.support.modify_status_row(status_string=f"logged off from {where}")
 
 
-def _nowhere(domain: str, failed: Sequence[tuple[Hop, Failure]]) -> Failure:
-    """No server of ``domain`` took the connection: the last one's failure (its status,
-    so a refused TLS stays 4.7.x), with every server's reason."""
+def _nowhere(domain: str, failed: Sequence[tuple[Hop, Failure]], how: str = "") -> Failure:
+    """No server of ``domain`` took the connection (``how``: under which rule, an
+    MTA-STS policy's): the last one's failure (its status, so a refused TLS stays
+    4.7.x), with every server's reason."""
     assert failed  # hops() returns one at least; each is tried or has its reason
     reasons = "; ".join(f.text.removeprefix("x-spoolbox; ") for _, f in failed)
     last = failed[-1][1]
     return Failure(
         last.status,
-        f"x-spoolbox; no mail server of {domain} could be used: {reasons}",
+        f"x-spoolbox; no mail server of {domain} could be used{how}: {reasons}",
         connected=False,
     )
 
