@@ -184,6 +184,16 @@ def test_without_dnspython_the_check_names_the_extra(monkeypatch: pytest.MonkeyP
     SMTPProvider.check_options({"host": "smart.example.org"})  # a relay does not need it
 
 
+def test_without_httpx_the_check_names_the_extra_unless_mta_sts_is_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "httpx", None)  # as if not installed
+    opts = {"delivery": "mx", "nameservers": ["127.0.0.1"]}
+    with pytest.raises(ValueError, match=re.escape("'mta_sts' needs httpx: pip install")):
+        SMTPProvider.check_options(opts)
+    SMTPProvider.check_options({**opts, "mta_sts": False})
+
+
 def test_no_dns_server_to_ask_is_named(tmp_path: Path) -> None:
     empty = tmp_path / "resolv.conf"
     empty.write_text("# no nameserver line\n")

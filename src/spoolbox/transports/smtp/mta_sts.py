@@ -56,6 +56,7 @@ __all__ = [
     "Policy",
     "PolicyError",
     "PolicyFinder",
+    "httpx_module",
     "parse_policy",
     "policy_id",
 ]
@@ -180,14 +181,7 @@ class PolicyFinder:
         clock: Callable[[], float] = time.time,
         section: ProfileSection | None = None,
     ) -> None:
-        try:
-            import httpx
-        except ImportError as exc:
-            raise ValueError(
-                "smtp option 'mta_sts' needs httpx: pip install 'spoolbox[mx]' "
-                f"(or mta_sts = false) ({exc})"
-            ) from None
-        self._httpx = httpx
+        self._httpx = httpx_module()
         self._resolver = resolver
         self._context = context
         self._port = port
@@ -389,6 +383,19 @@ class PolicyFinder:
                 if len(body) > MAX_POLICY_BYTES:
                     raise PolicyError(f"it is over {MAX_POLICY_BYTES} bytes")
         return body
+
+
+def httpx_module() -> Any:
+    """httpx, which fetches the policies; ValueError naming the extra without it (the
+    logon, and ``spoolbox check``, say so)."""
+    try:
+        import httpx
+    except ImportError as exc:
+        raise ValueError(
+            "smtp option 'mta_sts' needs httpx: pip install 'spoolbox[mx]' "
+            f"(or mta_sts = false) ({exc})"
+        ) from None
+    return httpx
 
 
 def _stored(value: Any) -> tuple[Policy | None, float]:

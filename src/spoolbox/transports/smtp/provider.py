@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from spoolbox.contract import LogonFlags, StatusCode, Support
 
-from .mta_sts import PolicyFinder
+from .mta_sts import PolicyFinder, httpx_module
 from .mx import MXResolver
 from .session import SMTPSession
 from .settings import SMTPSettings, tls_context, usable_helo, verified_context
@@ -31,9 +31,9 @@ class SMTPProvider:
         DNS server to ask)."""
         settings = SMTPSettings.from_config(config)
         if settings.delivery == "mx":
-            resolver = MXResolver(settings.nameservers, settings.dns_timeout)
+            MXResolver(settings.nameservers, settings.dns_timeout)
             if settings.mta_sts:
-                PolicyFinder(resolver, ssl.create_default_context())
+                httpx_module()
 
     async def logon(
         self, support: Support, config: Mapping[str, Any], flags: LogonFlags
