@@ -345,7 +345,7 @@ async def test_a_kept_policy_stands_when_its_server_and_dns_are_gone(
 
 
 async def test_a_policy_that_cannot_be_had_is_not_asked_for_at_every_message(
-    dns: Dnsmasq, ca: trustme.CA, ca_file: str
+    dns: Dnsmasq, ca: trustme.CA, ca_file: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """moved.test's policy server answers a redirect: no policy, and it is asked again
     only after five minutes, not for each message (a server that times out would
@@ -363,7 +363,13 @@ async def test_a_policy_that_cannot_be_had_is_not_asked_for_at_every_message(
         now[0] += 200  # 400 s: asked again
         assert await finder.policy("moved.test") is None
         assert web.asked == ["mta-sts.moved.test"] * 2
-    assert "answered 301" in finder.trouble["moved.test"]
+        assert "answered 301" in finder.trouble["moved.test"]
+        # Why each domain failed is kept for the latest few only (a daemon that runs
+        # for months meets many such domains).
+        monkeypatch.setattr(mta_sts, "_TROUBLE_KEPT", 2)
+        for domain in ("html", "down"):
+            assert await finder.policy(f"{domain}.test") is None
+    assert list(finder.trouble) == ["html.test", "down.test"]
 
 
 async def test_an_enforced_policy_outlives_a_restart(

@@ -69,6 +69,8 @@ MAX_AGE_LIMIT = 31_557_600
 CHECK_SECONDS = 300.0
 #: Domains whose policies (or their absence) are kept at most (the oldest go first).
 _CACHE_SIZE = 10_000
+#: Domains whose last trouble getting a policy is kept (``PolicyFinder.trouble``).
+_TROUBLE_KEPT = 100
 _ID_RE = re.compile(r"[A-Za-z0-9]{1,32}")
 #: The key of a domain's policy in the transport's profile section.
 _KEY = "mta_sts:"
@@ -250,7 +252,7 @@ class PolicyFinder:
         try:
             records = await self._resolver.txt(f"_mta-sts.{key}", key)
         except Exception as exc:  # DNS trouble: what is kept stands (section 5.1)
-            self.trouble[key] = f"the _mta-sts TXT record: {_text(exc)}"
+            self._said(key, f"the _mta-sts TXT record: {_text(exc)}")
             return self._as_it_was(key, live, now)
         ident = policy_id(records)
         if ident is None:
@@ -262,7 +264,7 @@ class PolicyFinder:
         try:
             mode, mx, max_age = parse_policy(await self._fetch(key))
         except Exception as exc:
-            self.trouble[key] = f"the policy of {key}: {_text(exc)}"
+            self._said(key, f"the policy of {key}: {_text(exc)}")
             return self._as_it_was(key, live, now)
         self.trouble.pop(key, None)
         policy = Policy(mode, mx, max_age, ident)
@@ -278,7 +280,7 @@ class PolicyFinder:
         try:
             await section.update(stale)
         except Exception as exc:
-            self.trouble["(store)"] = f"dropping expired policies failed: {_text(exc)}"
+            self._said("(store)", f"dropping expired policies failed: {_text(exc)}")
 
     async def _save(self, domain: str, policy: Policy, until: float) -> None:
         """An ``enforce`` policy into the store (a policy that stops being one is taken
@@ -303,7 +305,7 @@ class PolicyFinder:
         try:
             await self._section.update({**self._stale, key: value})
         except Exception as exc:
-            self.trouble[domain] = f"keeping its policy in the store failed: {_text(exc)}"
+            self._said(domain, f"keeping its policy in the store failed: {_text(exc)}")
             return
         self._stale.clear()
 
@@ -316,6 +318,14 @@ class PolicyFinder:
         until = now + CHECK_SECONDS if live is None or policy is None else live.until
         self._keep(key, _Kept(policy, until, now))
         return policy
+
+    def _said(self, key: str, text: str) -> None:
+        """Why ``key``'s policy could not be had, for the status object: the latest
+        :data:`_TROUBLE_KEPT` domains' (a daemon that runs for months meets many)."""
+        self.trouble.pop(key, None)
+        if len(self.trouble) >= _TROUBLE_KEPT:
+            del self.trouble[next(iter(self.trouble))]
+        self.trouble[key] = text
 
     def _keep(self, key: str, kept: _Kept) -> None:
         """Keep ``kept``; past :data:`_CACHE_SIZE` domains, the oldest without an
