@@ -253,16 +253,18 @@ def _rerouted_originals(
     a job with several recipients stands for none of them in particular, and gets
     none."""
     kept = {r.address: r.original for r in job.recipients}
-    pairs: list[tuple[Address, str | None]] = [(t, kept[t]) for t in targets if t in kept]
-    if len(job.recipients) == 1:
-        (only,) = job.recipients
-        others = [t for t in targets if t not in kept]
-        pairs += with_originals(others, only.address, only.original)
-    found: dict[Address, str] = {}
-    for target, original in pairs:
+    only = job.recipients[0] if len(job.recipients) == 1 else None
+    found: list[tuple[Address, str]] = []
+    for target in dict.fromkeys(targets):
+        if target in kept:
+            original = kept[target]
+        elif only is not None:
+            [(_, original)] = with_originals((target,), only.address, only.original)
+        else:
+            original = None
         if original is not None:
-            found.setdefault(target, original)
-    return tuple((t, found[t]) for t in dict.fromkeys(targets) if t in found)
+            found.append((target, original))
+    return tuple(found)
 
 
 def _settled(
