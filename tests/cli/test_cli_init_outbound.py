@@ -81,6 +81,15 @@ def test_direct_with_a_hostname(tmp_path: Path) -> None:
     )
     assert check.returncode == 0, check.stdout + check.stderr
     assert "internet: ok" in check.stdout
+    # The commented options are real ones: uncommented, the profile still loads.
+    path = tmp_path / "d" / "spoolbox.toml"
+    text = path.read_text()
+    for key in ("mta_sts", "destination_concurrency"):
+        assert f"# {key} = " in text
+        text = text.replace(f"# {key} = ", f"{key} = ")
+    path.write_text(text)
+    options = dict(load_profile(path).spooler.transports[-1].options)
+    assert options == {"delivery": "mx", "mta_sts": False, "destination_concurrency": 5}
     # Without --hostname on a host whose name is not qualified, init says so.
     r = init(tmp_path / "e", "--direct", "--hostname", "vm")
     assert r.returncode == 0, r.stderr

@@ -78,6 +78,17 @@ class Cheap(_Provider):
     session_class = CheapSession
 
 
+class LimitedSession(CheapSession):
+    """Says how many messages it takes at once, and how many to one destination."""
+
+    concurrency = 3
+    destination_concurrency = 2
+
+
+class Limited(_Provider):
+    session_class = LimitedSession
+
+
 class FlushingSession(CheapSession):
     """Asks for a flush (its OUTBOUND_FLUSH bit) after each message; says in its row
     which flush calls it got."""

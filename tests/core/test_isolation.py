@@ -114,6 +114,17 @@ async def test_status_rows_and_status_recips_come_from_the_child(tmp_path: Path)
         assert sp.status["iso"].counters["delivered"] == 2
 
 
+async def test_the_childs_concurrency_and_destination_concurrency_reach_the_spooler() -> None:
+    async with spooler(isolated("iso", "Limited"), isolated("plain", "Cheap")) as sp:
+        assert await sp.wait_ready(timeout=20) == {"iso": True, "plain": True}
+        host = sp.host("iso")
+        assert (host.concurrency, host.destination_concurrency) == (3, 2)
+        plain = sp.host("plain")
+        assert (plain.concurrency, plain.destination_concurrency) == (1, None)
+        info = await sp.submit(message("SMTP:bob@example.org", "SMTP:carol@example.net"))
+        assert await sp.wait_for(info.id, timeout=20) is MessageState.SENT
+
+
 async def test_a_critical_section_in_the_child_is_the_spoolers(tmp_path: Path) -> None:
     async with spooler(isolated("iso", "Cheap", critsec=True)) as sp:
         info = await sp.submit(message("SMTP:bob@example.org"))

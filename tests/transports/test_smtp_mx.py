@@ -18,6 +18,7 @@ import socket
 import ssl
 import sys
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,13 @@ def test_mx_delivery_options_and_their_defaults() -> None:
     # A relay with tls = "opportunistic" takes any certificate too.
     s = SMTPSettings.from_config({"host": "h", "tls": "opportunistic"})
     assert (s.port, s.verify) == (25, False)
+    # Half the connections for one domain (rounded up); a relay has one destination.
+    assert SMTPSettings.from_config({"delivery": "mx"}).destination_concurrency == 5
+    s = SMTPSettings.from_config({"delivery": "mx", "max_connections": 3})
+    assert (s.max_connections, s.destination_concurrency) == (3, 2)
+    s = SMTPSettings.from_config({"delivery": "mx", "destination_concurrency": 10})
+    assert s.destination_concurrency == 10
+    assert SMTPSettings.from_config({"host": "h"}).destination_concurrency is None
 
 
 @pytest.mark.parametrize(
@@ -156,6 +164,11 @@ def test_mx_delivery_options_and_their_defaults() -> None:
         ({"delivery": "mx", "username": "u", "password": "p"}, "option 'username' is for"),
         ({"host": "h", "nameservers": ["192.0.2.53"]}, "option 'nameservers' is for delivery"),
         ({"host": "h", "dns_timeout": 3}, "option 'dns_timeout' is for delivery = 'mx'"),
+        (
+            {"host": "h", "destination_concurrency": 2},
+            "option 'destination_concurrency' is for delivery = 'mx'",
+        ),
+        ({"delivery": "mx", "destination_concurrency": 0}, "option 'destination_concurrency'"),
         ({"delivery": "mx", "nameservers": ["dns.example.org"]}, "is not an IP address"),
         ({"delivery": "mx", "nameservers": ["192.0.2.53:99999"]}, "port must be a number"),
         ({"delivery": "mx", "nameservers": []}, "at least one server"),
@@ -474,6 +487,66 @@ async def test_a_servers_connection_carries_the_next_message_until_it_idles_too_
         assert session.connections_opened == 2
         assert len(servers.by_host[MX1].received) == 4
         assert servers.by_host[MX1].quits == 1
+
+
+@dataclass
+class Holding(Recorder):
+    """A server that holds every message at its final dot until ``go`` is set, then
+    takes it; counts how many it holds at once."""
+
+    go: asyncio.Event = field(default_factory=asyncio.Event)
+    holding: int = 0
+    most: int = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.holding += 1
+        self.most = max(self.most, self.holding)
+        try:
+            await self.go.wait()
+        finally:
+            self.holding -= 1
+        return await super().handle_DATA(server, session, envelope)
+
+
+async def test_a_queue_for_one_slow_domain_leaves_connections_to_the_others(
+    dns: Dnsmasq,
+) -> None:
+    """``destination_concurrency`` (2 of 4 connections here): ten messages for
+    example.test, whose server holds each at the final dot, take two connections to
+    it; a message for other.test that came after them goes on another at once."""
+    port = common_port()
+    slow = Holding()
+    fast = Recorder()
+    opts = mx_options(
+        dns,
+        port,
+        max_connections=4,
+        destination_concurrency=2,
+        timeouts={**SHORT, "data_term": 60},
+    )
+    async with (
+        aiosmtpd_server(slow, host=MX1, port=port),
+        aiosmtpd_server(fast, host=MX3, port=port),
+        open_spooler(opts) as sp,
+    ):
+        queued = [await sp.submit(message(f"SMTP:u{i}@example.test")) for i in range(10)]
+        async with asyncio.timeout(20):
+            while slow.holding < 2:
+                await asyncio.sleep(0.02)
+        other = await sp.submit(message("SMTP:bob@other.test"))
+        assert await sp.wait_for(other.id, timeout=20) is MessageState.SENT
+        assert [r.rcpt_tos for r in fast.received] == [["bob@other.test"]]
+        assert (slow.holding, slow.most, slow.received) == (2, 2, [])
+        session = sp.host("smtp").session
+        assert isinstance(session, smtp_session.SMTPSession)
+        assert session.status_object()["destination_concurrency"] == 2
+        slow.go.set()
+        for info in queued:
+            assert await sp.wait_for(info.id, timeout=30) is MessageState.SENT
+    assert slow.most == 2
+    assert sorted(r.rcpt_tos[0] for r in slow.received) == sorted(
+        f"u{i}@example.test" for i in range(10)
+    )
 
 
 async def test_cancel_stops_the_send_to_a_domains_server(dns: Dnsmasq) -> None:

@@ -13,20 +13,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..model import Address, RecipientResult, RecipientState
+from ..model import Address, RecipientResult, RecipientState, destination
 from ..store import ClaimedJob, RecipientUpdate
 from .clock import Clock
 from .policy import Policy
 
-__all__ = ["DestinationBackoff", "Hold", "destination_of"]
+__all__ = ["DestinationBackoff", "Hold", "destination_concurrency_of", "destination_of"]
 
 
 def destination_of(transport: str, address: Address) -> tuple[str, str]:
-    """The key of an address's destination: the transport and the domain (lowercase),
-    or the whole address when it has no "@"."""
-    value = address.value
-    destination = value.rpartition("@")[2].lower() if "@" in value else value
-    return (transport, destination)
+    """The key of an address's destination: the transport and the domain (ASCII
+    lower case), or the whole address when it has no "@" (:func:`.model.destination`)."""
+    return (transport, destination(address.value))
+
+
+def destination_concurrency_of(session: object) -> int | None:
+    """A session's ``destination_concurrency`` (None, its default: no limit; else at
+    least 1)."""
+    value = getattr(session, "destination_concurrency", None)
+    return None if value is None else max(1, int(value))
 
 
 @dataclass(frozen=True, slots=True)

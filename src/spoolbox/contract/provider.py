@@ -128,13 +128,20 @@ class BaseTransportSession:
 
     ``ADDRESS_TYPES`` and ``CAPABILITIES`` give the static answers; ``concurrency``
     is how many messages the spooler may have in this session at once (1, as in the
-    original, unless the transport can pipeline).  The default ``submit_message``
+    original, unless the transport can pipeline).  ``destination_concurrency``, when
+    not None, is how many of them may be for one destination at once (the domain
+    after the last "@", or the whole address: :func:`spoolbox.model.destination`):
+    a transport that connects to each domain's own servers sets it, so that a long
+    queue for one domain leaves its other connections to the mail for other
+    domains; a message for a destination at its limit waits, claimed, and the
+    spooler claims the mail behind it instead.  The default ``submit_message``
     answers not-me, so a session that does not send never gets messages.
     """
 
     ADDRESS_TYPES: ClassVar[Collection[str]] = ()
     CAPABILITIES: ClassVar[LogonCaps] = LogonCaps.NONE
     concurrency: int = 1
+    destination_concurrency: int | None = None
 
     def __init__(self, support: Support) -> None:
         self.support = support

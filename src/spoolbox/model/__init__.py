@@ -3,7 +3,7 @@
 Imports nothing else of the package.
 """
 
-from .address import Address, AddressError, smtp_value_error
+from .address import Address, AddressError, destination, smtp_value_error
 from .flags import (
     SPI_VERSION,
     EndFlags,
@@ -80,6 +80,7 @@ __all__ = [
     "ValidateFlags",
     "check_transition",
     "default_hostname",
+    "destination",
     "header_text",
     "is_hostname",
     "message_state",

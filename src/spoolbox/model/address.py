@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Address", "AddressError", "smtp_value_error"]
+__all__ = ["Address", "AddressError", "destination", "smtp_value_error"]
 
 _SMTP = "SMTP"  # the Internet mail address type
 
@@ -32,6 +32,20 @@ _MAX_VALUE = 998  # RFC 5322 line limit; no address value is ever longer
 _NOT_IN_SMTP_RE = re.compile(r"[\s<>]")
 _QUOTED_LOCAL_RE = re.compile(r'"(?:[^"\\]|\\.)*"(?=@|\Z)', re.DOTALL)  # RFC 5321 Quoted-string
 _DISPLAY_FORM_RE = re.compile(r"([^<>]*?)\s*<([^<>\s]+)>\s*", re.DOTALL)
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def destination(value: str) -> str:
+    """The destination of an address value: the domain after its last "@" in ASCII
+    lower case (``Bob@Example.ORG`` -> ``example.org``), or the whole value when it
+    has no "@" (``+15551234``).  A transport's back-off and its
+    ``destination_concurrency`` count by it; the stores compute the same in their
+    claims (only ASCII letters are folded, so that a database's own ``lower`` and
+    its collation never make a different key)."""
+    at = value.rfind("@")
+    return value if at < 0 else value[at + 1 :].translate(_ASCII_LOWER)
 
 
 def smtp_value_error(value: str) -> str | None:

@@ -67,6 +67,8 @@ def _outbound_text(outbound: Outbound) -> str:
             'delivery = "mx"                # each domain to its own mail servers (port 25)',
             "# mta_sts = false              # on by default: a domain's MTA-STS policy (RFC",
             "                               # 8461) is followed (verified TLS to its MX hosts)",
+            "# destination_concurrency = 5  # messages to one domain at once (of the 10",
+            "                               # connections): the rest for other domains",
         ]
     else:
         assert outbound.relay is not None

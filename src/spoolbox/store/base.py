@@ -278,11 +278,19 @@ class Store(Protocol):
         lease: float,
         limit: int = 1,
         ignore_retry: bool = False,
+        skip_destinations: Collection[str] = (),
     ) -> list[ClaimedJob]:
         """Claim up to ``limit`` messages' recipients routed to ``transport`` and ready
         at ``now`` (retry time and send-at time passed; ``ignore_retry`` skips the retry
         time but never send-at, for flushes).  Highest priority first, then oldest
-        ready.  One job per message, holding all its ready recipients for the transport."""
+        ready.  One job per message, holding all its ready recipients for the transport.
+
+        ``skip_destinations``: recipients whose address's destination
+        (:func:`spoolbox.model.destination`: the domain after the last "@" in ASCII
+        lower case, or the whole value) is one of these stay queued, and a message
+        with no other ready recipient is passed over (a lane whose
+        ``destination_concurrency`` these destinations have used up); the mail after
+        them in the queue is claimed instead."""
         ...
 
     async def renew(self, job: ClaimedJob, *, now: float, lease: float) -> ClaimedJob:

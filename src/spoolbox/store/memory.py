@@ -26,6 +26,7 @@ from ..model import (
     RecipientRecord,
     RecipientState,
     check_transition,
+    destination,
 )
 from . import retention, rules
 from .base import (
@@ -239,7 +240,13 @@ class MemoryStore(MemoryCluster):
         lease: float,
         limit: int = 1,
         ignore_retry: bool = False,
+        skip_destinations: Collection[str] = (),
     ) -> list[ClaimedJob]:
+        skip = frozenset(skip_destinations)
+
+        def skipped(mid: str, idx: int) -> bool:
+            return bool(skip) and destination(self._rcpts[mid][idx].address.value) in skip
+
         picked: list[str] = []
         if ignore_retry:
             candidates = sorted(
@@ -250,6 +257,7 @@ class MemoryStore(MemoryCluster):
                     if r.state is _R.QUEUED
                     and r.route == transport
                     and (self._messages[r.message_id].send_at or 0.0) <= now
+                    and not skipped(r.message_id, r.index)
                 ),
             )
             for _, mid in candidates:
@@ -260,6 +268,7 @@ class MemoryStore(MemoryCluster):
         else:
             for prio in (Priority.HIGH, Priority.NORMAL, Priority.LOW):
                 heap = self._heaps.get((transport, int(prio)))
+                passed: list[tuple[float, int, str, int, int]] = []  # skipped: kept queued
                 while heap and len(picked) < limit:
                     entry = heap[0]
                     if not self._valid(entry, transport):
@@ -268,8 +277,13 @@ class MemoryStore(MemoryCluster):
                     if entry[0] > now:
                         break
                     heapq.heappop(heap)
-                    if entry[2] not in picked:
+                    if skipped(entry[2], entry[3]):
+                        passed.append(entry)
+                    elif entry[2] not in picked:
                         picked.append(entry[2])
+                if heap is not None:
+                    for entry in passed:
+                        heapq.heappush(heap, entry)
                 if len(picked) >= limit:
                     break
         jobs: list[ClaimedJob] = []
@@ -284,6 +298,7 @@ class MemoryStore(MemoryCluster):
                     and r.route == transport
                     and (ignore_retry or self._ready_at(info, r) <= now)
                     and (info.send_at or 0.0) <= now
+                    and not skipped(mid, r.index)
                 ):
                     check_transition(r.state, _R.ACTIVE, what="claim")
                     nr = replace(r, state=_R.ACTIVE, updated_at=now)

@@ -616,6 +616,69 @@ async def _claim_priority_order(store: Store) -> None:
 
 
 @_check
+async def _claim_passes_over_destinations(store: Store) -> None:
+    # A destination is the domain after the last "@" in ASCII lower case, or the
+    # whole value without one (spoolbox.model.destination).
+    await _submit(store, "X:bob@slow.example", id="m1", now=_T0)
+    await _submit(store, "X:carol@SLOW.Example", "X:dave@fast.example", id="m2", now=_T0 + 1)
+    await _submit(store, 'X:"a@b"@slow.example', id="m3", now=_T0 + 2)
+    await _submit(store, "X:erin@fast.example", id="m4", now=_T0 + 3)
+    await _submit(store, "X:root", "X:Root", id="m5", now=_T0 + 4)
+    skip = {"slow.example", "root"}
+    jobs = await store.claim(
+        "x", owner="o1", now=_T0 + 10, lease=_LEASE, limit=10, skip_destinations=skip
+    )
+    _equal(
+        _ids(jobs),
+        ["m2", "m4", "m5"],
+        "claim(skip_destinations={'slow.example', 'root'}): the messages with a recipient "
+        "elsewhere, oldest first",
+    )
+    _equal(
+        [[r.index for r in j.recipients] for j in jobs],
+        [[1], [0], [1]],
+        "the recipients each job holds (those of a skipped destination stay queued; "
+        "'Root' is not 'root': only a domain is case-folded)",
+    )
+    _equal(
+        await _states(store, "m2"),
+        [_R.QUEUED, _R.ACTIVE],
+        "m2's recipients after the claim that passed over slow.example",
+    )
+    again = await store.claim(
+        "x", owner="o1", now=_T0 + 10, lease=_LEASE, limit=10, skip_destinations=skip
+    )
+    _equal(again, [], "the same claim again: every ready recipient is skipped or claimed")
+    rest = await store.claim("x", owner="o1", now=_T0 + 10, lease=_LEASE, limit=10)
+    _equal(
+        _ids(rest),
+        ["m1", "m2", "m3", "m5"],
+        "a claim skipping nothing takes the recipients passed over, oldest first",
+    )
+    _equal(
+        [[r.index for r in j.recipients] for j in rest],
+        [[0], [0], [0], [0]],
+        "the recipients of the claim that skipped nothing",
+    )
+    for job in [*jobs, *rest]:
+        await _settle_all(store, job, _R.QUEUED, now=_T0 + 11, retry_at=_T0 + 5000)
+    flushed = await store.claim(
+        "x",
+        owner="o1",
+        now=_T0 + 12,
+        lease=_LEASE,
+        limit=10,
+        ignore_retry=True,
+        skip_destinations={"slow.example"},
+    )
+    _equal(
+        sorted((j.message.id, [r.index for r in j.recipients]) for j in flushed),
+        [("m2", [1]), ("m4", [0]), ("m5", [0, 1])],
+        "a flush's claim (ignore_retry) passing over slow.example",
+    )
+
+
+@_check
 async def _claim_oldest_ready_first(store: Store) -> None:
     await _submit(store, "X:a", id="a", send_at=_T0 + 50, now=_T0)
     await _submit(store, "X:b", id="b", send_at=_T0 + 20, now=_T0 + 1)

@@ -77,6 +77,10 @@ class HostBase:
         self.caps = LogonCaps.NONE
         self._types: frozenset[str] | None = None
         self.concurrency = 1
+        #: How many of its messages to one destination (the domain) the session may
+        #: have at once (None: no limit of its own; see ``destination_concurrency``
+        #: in :mod:`spoolbox.contract.provider`).
+        self.destination_concurrency: int | None = None
         self.profile: ProfileSectionImpl | None = None
         self.flushing = FlushFlags.NONE
         self.wake = asyncio.Event()

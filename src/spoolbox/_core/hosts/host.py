@@ -25,6 +25,7 @@ from ...model import (
 )
 from ..clock import wait_event
 from ..config import TransportConfig
+from ..destinations import destination_concurrency_of
 from ..lifecycle import SessionLifecycle
 from ..objects import ProfileSectionImpl
 from ..rate import RateLimit
@@ -106,6 +107,7 @@ class TransportHost(HostBase):
         self.types = frozenset(t.upper() for t in types)
         self.call_sync("register_options", session.register_options)
         self.concurrency = max(1, int(getattr(session, "concurrency", 1)))
+        self.destination_concurrency = destination_concurrency_of(session)
         if not self.shown:
             self.row()
             self.set_bits(detail="provider did not create its status row in logon()")

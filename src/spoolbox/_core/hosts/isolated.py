@@ -226,6 +226,10 @@ class IsolatedSession:
     def concurrency(self) -> int:
         return self._facts.concurrency
 
+    @property
+    def destination_concurrency(self) -> int | None:
+        return self._facts.destination_concurrency
+
     def learn(self, facts: SessionFacts) -> None:
         self._facts = facts
 

@@ -42,6 +42,7 @@ from ...model import (
     ValidateFlags,
 )
 from ..config import load_provider_class
+from ..destinations import destination_concurrency_of
 from ..objects import ContentMessage, InboundWriterImpl, ProfileSectionImpl
 from .wire import (
     WIRE_VERSION,
@@ -278,6 +279,7 @@ class _Child:
             options=tuple(s.register_options()),
             concurrency=max(1, int(getattr(s, "concurrency", 1))),
             status_object=dict(s.status_object()),
+            destination_concurrency=destination_concurrency_of(s),
         )
 
     async def logon(

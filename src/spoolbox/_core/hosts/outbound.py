@@ -2,7 +2,12 @@
 the provider (``submit_message``, ``end_message``), and settle what it did.
 
 Several workers share one lane (``concurrency``); one at a time waits for work and
-claims a batch, the others take from it.  Every claimed job's lease is renewed
+claims a batch, the others take from it.  A session with a
+``destination_concurrency`` has no more than that many messages to one destination
+started at once: a worker takes the first claimed job whose destinations have room,
+and the claims pass over the destinations at their limit (the mail behind them in
+the queue goes first), as Postfix's queue manager serves the other destinations
+while one has all the connections it may have.  Every claimed job's lease is renewed
 until it is settled; a job whose lease another spooler took over is cancelled and
 its results are not written.  How an exception of ``submit_message`` or
 ``end_message`` becomes an outcome is the table in :mod:`spoolbox._core.policy`.
@@ -29,6 +34,7 @@ from ...model import (
     StatusCode,
     SubmitFlags,
     TransportNotifyFlags,
+    destination,
 )
 from ...store import ClaimedJob, LeaseLost, RecipientUpdate, StoreError, UnknownMessage
 from ...store.cluster import ClusterStore
@@ -62,12 +68,21 @@ _RATE_LOG_INTERVAL = 60.0
 _Key = tuple[str, int]
 
 
+#: The least time between two claims passing over the same full destinations when
+#: the first found nothing (``destination_concurrency``).
+_PASS_OVER_PAUSE = 1.0
+
 #: The least time between two recoveries of a lane after store failures (_recover).
 _RELEASE_INTERVAL = 1.0
 
 
 def _key(job: ClaimedJob) -> _Key:
     return (job.message.id, job.claim)
+
+
+def _destinations(job: ClaimedJob) -> frozenset[str]:
+    """The destinations of a job's recipients (:func:`spoolbox.model.destination`)."""
+    return frozenset(destination(r.address.value) for r in job.recipients)
 
 
 class OutboundLane:
@@ -77,6 +92,13 @@ class OutboundLane:
         self._host = host
         self._claim_lock = asyncio.Lock()  # one worker waits for work at a time
         self._ready: collections.deque[ClaimedJob] = collections.deque()  # claimed, not started
+        # The destinations of the jobs the workers have started and not finished
+        # (``destination_concurrency``): how many jobs each.
+        self._started: collections.Counter[str] = collections.Counter()
+        # The full destinations of the last claim, if it found nothing, and when a
+        # claim passing over the same may look again.
+        self._passed_over: frozenset[str] = frozenset()
+        self._pass_again = float("-inf")
         self._held: dict[_Key, ClaimedJob] = {}  # claimed, not settled (leases renewed)
         self.cancelled_refs: set[str] = set()  # cancelled while claimed, not started
         self.lease_lost: set[_Key] = set()  # another spooler holds them now: hands off
@@ -119,26 +141,84 @@ class OutboundLane:
             # what the claiming worker does not start itself waits in ``_ready`` for the
             # next free worker, so one store round trip feeds several.
             async with self._claim_lock:
-                if not self._ready:
+                job = self._take_ready()
+                while job is None:
                     jobs = await self._wait_for_jobs(host.runtime.policy.claim_batch)
-                    if not jobs and (not self._ready or host.stopping or host.critical_error):
+                    if not jobs and (host.stopping or host.critical_error):
                         return
                     # Held (in flight) from the claim until settled, so a flush does
                     # not see "nothing left" while jobs still wait for a worker.
                     for claimed in jobs:
                         self._held[_key(claimed)] = claimed
                     self._ready.extend(jobs)
-                job = self._ready.popleft()
+                    job = self._take_ready()
                 window = self.send_window()
                 if window is not None:  # max_rate counts a message when it starts
                     window.take(host.runtime.clock.now())
+                started = self._start(job)
             try:
                 await self._process(job)
             finally:
                 self._held.pop(_key(job), None)
+                self._finish(started)
             # Between messages the foreground always gets its turn, however short each
             # message was (one slice per message at most).
             await checkpoint()
+
+    def _take_ready(self) -> ClaimedJob | None:
+        """The next claimed job a worker may start (None: none): the first in claim
+        order, or, with a ``destination_concurrency``, the first whose destinations
+        have room."""
+        limit = self._host.destination_concurrency
+        if limit is None or not self._ready:
+            return self._ready.popleft() if self._ready else None
+        for i, job in enumerate(self._ready):
+            if all(self._started[d] < limit for d in _destinations(job)):
+                del self._ready[i]
+                return job
+        return None
+
+    def _can_start(self) -> bool:
+        """Whether a claimed job waits that a worker may start now."""
+        limit = self._host.destination_concurrency
+        if limit is None:
+            return bool(self._ready)
+        started = self._started
+        return any(all(started[d] < limit for d in _destinations(j)) for j in self._ready)
+
+    def _full_destinations(self) -> frozenset[str]:
+        """The destinations a claim passes over: those whose started and waiting jobs
+        make the ``destination_concurrency`` (none without one)."""
+        limit = self._host.destination_concurrency
+        if limit is None:
+            return frozenset()
+        counts = collections.Counter(self._started)
+        for job in self._ready:
+            counts.update(_destinations(job))
+        return frozenset(d for d, n in counts.items() if n >= limit)
+
+    def _start(self, job: ClaimedJob) -> frozenset[str]:
+        """A worker starts ``job``: its destinations count one more (returned, for
+        :meth:`_finish`)."""
+        if self._host.destination_concurrency is None:
+            return frozenset()
+        destinations = _destinations(job)
+        self._started.update(destinations)
+        return destinations
+
+    def _finish(self, destinations: frozenset[str]) -> None:
+        """A started job is done: its destinations count one less, and a destination
+        that was at its limit wakes the worker waiting for work (a job of it may wait,
+        claimed, or its queue may be claimed again)."""
+        limit = self._host.destination_concurrency
+        for d in destinations:
+            was = self._started[d]
+            if was <= 1:
+                del self._started[d]
+            else:
+                self._started[d] = was - 1
+            if limit is not None and was >= limit:
+                self._host.wake.set()
 
     @property
     def waiting(self) -> int:
@@ -445,8 +525,8 @@ class OutboundLane:
         host = self._host
         runtime = host.runtime
         while not (host.stopping or host.critical_error):
-            if self._ready:
-                return []  # handed off at submit (see hand_off)
+            if self._can_start():
+                return []  # handed off at submit (see hand_off), or a destination has room
             await host.background_gate(FlushFlags.UPLOAD)
             if host.stopping or host.critical_error:
                 break
@@ -455,9 +535,32 @@ class OutboundLane:
             if room < 1:
                 await self._wait_for_room()
                 continue
+            if len(self._ready) >= self._ready_limit():
+                # Enough claimed jobs wait for their destinations already: no more
+                # until one of them starts (a job's end wakes this).
+                await wait_event(runtime.clock, host.wake, runtime.policy.router_interval * 5)
+                continue
+            full = self._full_destinations()
+            if full and full == self._passed_over and runtime.clock.now() < self._pass_again:
+                # The last claim passing over these found nothing: new mail (each
+                # submit wakes this) is looked for once a second at most, not at every
+                # submit (a claim reads past the full destinations' queue, which can be
+                # long); a job's end changes ``full`` and claims at once.  Waiting for
+                # work meanwhile: a new message may be handed off to this lane.
+                self._waiting += 1
+                try:
+                    await wait_event(
+                        runtime.clock, host.wake, self._pass_again - runtime.clock.now()
+                    )
+                finally:
+                    self._waiting -= 1
+                continue
             try:
                 if runtime.outages.count != self._outages_seen:
                     await self._recover()
+                # Passed only when some destination is full: a store of an older
+                # protocol (no ``skip_destinations``) serves a lane without the limit.
+                more = {"skip_destinations": full} if full else {}
                 jobs = await runtime.store.claim(
                     host.name,
                     owner=runtime.owner,
@@ -467,6 +570,7 @@ class OutboundLane:
                     # A flush makes deferred mail ready once (retry_transport) instead
                     # of ignoring retry times, so a failure during it is not retried hot.
                     ignore_retry=False,
+                    **more,
                 )
                 shared = self._shared_limit()
                 if jobs and shared is not None:
@@ -483,6 +587,11 @@ class OutboundLane:
                 await wait_event(runtime.clock, host.stop_event, backoff)
                 continue
             self._store_trouble.ok()
+            if full and not jobs:
+                self._passed_over = full
+                self._pass_again = runtime.clock.now() + _PASS_OVER_PAUSE
+            else:
+                self._passed_over = frozenset()
             if jobs:
                 host.port.messages_changed()
                 return jobs
@@ -491,7 +600,9 @@ class OutboundLane:
             except Exception:
                 next_at = None
             timeout = runtime.policy.router_interval * 5
-            if next_at is not None:
+            if next_at is not None and not (full and next_at <= runtime.clock.now()):
+                # (Mail ready now that the claim passed over waits for a job's end,
+                # which wakes this, not for its ready time: that would be a busy loop.)
                 timeout = min(timeout, max(0.0, next_at - runtime.clock.now()))
             self._waiting += 1
             try:
@@ -499,6 +610,13 @@ class OutboundLane:
             finally:
                 self._waiting -= 1
         return []
+
+    def _ready_limit(self) -> int:
+        """How many claimed jobs may wait for a worker before the lane claims no more:
+        with a ``destination_concurrency``, jobs of full destinations wait among them
+        (a claim's batch may bring more of one destination than it has room for)."""
+        host = self._host
+        return 4 * host.concurrency + host.runtime.policy.claim_batch
 
     async def _process(self, job: ClaimedJob) -> None:
         """One job.  A job of a message whose earlier job is still under way in this

@@ -124,6 +124,7 @@ class SessionFacts:
     options: tuple[Any, ...]  # OptionSpec values
     concurrency: int
     status_object: Mapping[str, Any] = field(default_factory=dict)
+    destination_concurrency: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

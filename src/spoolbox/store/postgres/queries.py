@@ -164,9 +164,20 @@ _RETURNING_RECIPIENT = ", ".join(f"r.{c.strip()}" for c in RECIPIENT_COLUMNS.spl
 #: 0.34-0.45 ms now; see docs/benchmarks.md, session 15).
 _PICK = (
     "SELECT message_id, priority, ready_at, seq FROM recipients WHERE state = 'queued' "
-    "AND route = %(route)s AND priority = {priority} AND {{ready}} <= %(now)s "
+    "AND route = %(route)s AND priority = {priority} AND {{ready}} <= %(now)s{{skip}} "
     "ORDER BY ready_at, seq LIMIT {limit} FOR UPDATE SKIP LOCKED"
 )
+#: A recipient's destination (:func:`spoolbox.model.destination`) from its stored
+#: ``TYPE:value`` address: the text after the last "@" with only the ASCII letters
+#: folded (``translate``, not ``lower``: no collation makes it differ from Python's),
+#: or the value when it has no "@".
+DESTINATION = (
+    "CASE WHEN strpos(address, '@') > 0 THEN translate(substring(address from '[^@]*$'), "
+    "'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz') "
+    "ELSE substring(address from strpos(address, ':') + 1) END"
+)
+#: A claim's condition passing over the destinations in ``%(skip)s`` (a ``text[]``).
+_NOT_SKIPPED = f" AND NOT ({DESTINATION}) = ANY(%(skip)s::text[])"
 _CLAIM = (
     "WITH high AS MATERIALIZED ("
     + _PICK.format(priority=int(Priority.HIGH), limit="%(rows)s")
@@ -188,13 +199,16 @@ _CLAIM = (
     "FROM token, (SELECT c.message_id, c.idx, p.rank FROM picked AS p "
     "CROSS JOIN LATERAL (SELECT message_id, idx FROM recipients "
     "WHERE message_id = p.message_id AND state IS NOT DISTINCT FROM 'queued' "
-    "AND route IS NOT DISTINCT FROM %(route)s AND {ready} <= %(now)s "
+    "AND route IS NOT DISTINCT FROM %(route)s AND {ready} <= %(now)s{skip} "
     "ORDER BY idx FOR UPDATE SKIP LOCKED) AS c) AS t "
     "WHERE r.message_id = t.message_id AND r.idx = t.idx "
     "RETURNING t.rank AS pick_rank, " + _RETURNING_RECIPIENT
 )
-CLAIM_TAKE_READY = _CLAIM.format(ready="ready_at")
-CLAIM_TAKE_FLUSH = _CLAIM.format(ready="send_at")
+CLAIM_TAKE_READY = _CLAIM.format(ready="ready_at", skip="")
+CLAIM_TAKE_FLUSH = _CLAIM.format(ready="send_at", skip="")
+#: The same passing over the recipients of some destinations (``skip_destinations``).
+CLAIM_TAKE_READY_SKIPPING = _CLAIM.format(ready="ready_at", skip=_NOT_SKIPPED)
+CLAIM_TAKE_FLUSH_SKIPPING = _CLAIM.format(ready="send_at", skip=_NOT_SKIPPED)
 #: The hand-off (:func:`.transactions.submit_claiming`): the new message's recipients
 #: routed to one transport and ready now, claimed under one new token.
 CLAIM_OF_MESSAGE = (

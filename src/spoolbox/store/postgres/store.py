@@ -389,6 +389,7 @@ class PostgresStore(PostgresCluster):
         lease: float,
         limit: int = 1,
         ignore_retry: bool = False,
+        skip_destinations: Collection[str] = (),
     ) -> list[ClaimedJob]:
         if limit <= 0:
             return []
@@ -406,6 +407,7 @@ class PostgresStore(PostgresCluster):
                 lease=lease,
                 limit=limit,
                 ignore_retry=ignore_retry,
+                skip_destinations=frozenset(skip_destinations),
             ),
         )
         self._stats["commits"] += 1

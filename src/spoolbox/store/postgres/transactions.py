@@ -197,23 +197,26 @@ async def claim(
     lease: float,
     limit: int = 1,
     ignore_retry: bool = False,
+    skip_destinations: Collection[str] = (),
 ) -> AfterCommit[list[ClaimedJob]]:
     """Pipelined (:meth:`.connection.Database.run_reading_after_commit`): the pick
     and take (its answer read with the ``BEGIN``'s), then the messages with their
     contents, sent with the ``COMMIT`` and read after it: two waits."""
     until = now + lease
-    taken = await _all(
-        conn,
-        _q.CLAIM_TAKE_FLUSH if ignore_retry else _q.CLAIM_TAKE_READY,
-        {
-            "owner": owner,
-            "until": until,
-            "now": now,
-            "route": transport,
-            "rows": limit * _ROWS_PER_MESSAGE,
-            "limit": limit,
-        },
-    )
+    params: dict[str, object] = {
+        "owner": owner,
+        "until": until,
+        "now": now,
+        "route": transport,
+        "rows": limit * _ROWS_PER_MESSAGE,
+        "limit": limit,
+    }
+    if skip_destinations:
+        sql = _q.CLAIM_TAKE_FLUSH_SKIPPING if ignore_retry else _q.CLAIM_TAKE_READY_SKIPPING
+        params["skip"] = text_array(sorted(skip_destinations))
+    else:
+        sql = _q.CLAIM_TAKE_FLUSH if ignore_retry else _q.CLAIM_TAKE_READY
+    taken = await _all(conn, sql, params)
     if not taken:
         return AfterCommit(_nothing)
     by_message: dict[str, list[RecipientRecord]] = {}

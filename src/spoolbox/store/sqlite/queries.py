@@ -93,9 +93,21 @@ CLAIM_READY = (
     "WHERE state = 'queued' AND route = ? AND priority = ? AND ready_at <= ? "
     "ORDER BY ready_at"
 )
+#: :data:`CLAIM_READY` with each row's address, for a claim that passes over some
+#: destinations (``skip_destinations``: the address is filtered in Python).
+CLAIM_READY_ADDRESSED = (
+    "SELECT message_id, address FROM recipients INDEXED BY recipients_ready "
+    "WHERE state = 'queued' AND route = ? AND priority = ? AND ready_at <= ? "
+    "ORDER BY ready_at"
+)
 #: The same for a flush: the retry time is ignored, the send-at time never.
 CLAIM_FLUSH = (
     "SELECT message_id FROM recipients INDEXED BY recipients_ready "
+    "WHERE state = 'queued' AND route = ? AND priority = ? AND send_at <= ? "
+    "ORDER BY ready_at"
+)
+CLAIM_FLUSH_ADDRESSED = (
+    "SELECT message_id, address FROM recipients INDEXED BY recipients_ready "
     "WHERE state = 'queued' AND route = ? AND priority = ? AND send_at <= ? "
     "ORDER BY ready_at"
 )

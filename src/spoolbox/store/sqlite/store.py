@@ -386,6 +386,7 @@ class SQLiteStore(SQLiteCluster):
         lease: float,
         limit: int = 1,
         ignore_retry: bool = False,
+        skip_destinations: Collection[str] = (),
     ) -> list[ClaimedJob]:
         return await self._run(
             "claim",
@@ -397,6 +398,7 @@ class SQLiteStore(SQLiteCluster):
                 lease=lease,
                 limit=limit,
                 ignore_retry=ignore_retry,
+                skip_destinations=frozenset(skip_destinations),
             ),
         )
 

@@ -27,6 +27,7 @@ from ...model import (
     RecipientRecord,
     RecipientState,
     check_transition,
+    destination,
 )
 from .. import retention, rules
 from ..base import (
@@ -203,25 +204,70 @@ def claim(
     lease: float,
     limit: int = 1,
     ignore_retry: bool = False,
+    skip_destinations: Collection[str] = (),
 ) -> list[ClaimedJob]:
-    pick_sql = _q.CLAIM_FLUSH if ignore_retry else _q.CLAIM_READY
     rows_sql = _q.CLAIMABLE_OF_MESSAGE_FLUSH if ignore_retry else _q.CLAIMABLE_OF_MESSAGE
     until = now + lease
+    skip = frozenset(skip_destinations)
+    if skip:
+        picked = _pick_passing_over(conn, transport, now, limit, ignore_retry, skip)
+    else:
+        picked = []
+        pick_sql = _q.CLAIM_FLUSH if ignore_retry else _q.CLAIM_READY
+        for prio in _PRIORITIES:
+            if len(picked) >= limit:
+                break
+            cursor = conn.execute(pick_sql, (transport, int(prio), now))
+            try:
+                for (mid,) in cursor:
+                    if mid not in picked:
+                        picked.append(mid)
+                        if len(picked) >= limit:
+                            break
+            finally:
+                cursor.close()
+    jobs = [_claim_of(conn, mid, transport, owner, now, until, rows_sql, skip) for mid in picked]
+    return [job for job in jobs if job is not None]
+
+
+#: How many queued recipients of the destinations a claim passes over it reads at
+#: most, per priority, before it stops looking (a lane at its
+#: ``destination_concurrency`` with a long queue for one domain: the mail for other
+#: domains behind them in the queue is found within this many; the rest waits until
+#: that domain's queue is shorter, or has a free connection again).
+PASS_OVER_LIMIT: Final = 20_000
+
+
+def _pick_passing_over(
+    conn: sqlite3.Connection,
+    transport: str,
+    now: float,
+    limit: int,
+    ignore_retry: bool,
+    skip: frozenset[str],
+) -> list[str]:
+    """The messages a claim takes, oldest first, passing over the recipients whose
+    destination is in ``skip`` (:data:`PASS_OVER_LIMIT` of them at most a priority)."""
+    sql = _q.CLAIM_FLUSH_ADDRESSED if ignore_retry else _q.CLAIM_READY_ADDRESSED
     picked: list[str] = []
     for prio in _PRIORITIES:
         if len(picked) >= limit:
             break
-        cursor = conn.execute(pick_sql, (transport, int(prio), now))
+        passed = 0
+        cursor = conn.execute(sql, (transport, int(prio), now))
         try:
-            for (mid,) in cursor:
-                if mid not in picked:
+            for mid, address in cursor:
+                if destination(address.partition(":")[2]) in skip:
+                    passed += 1
+                    if passed >= PASS_OVER_LIMIT:
+                        break
+                elif mid not in picked:
                     picked.append(mid)
                     if len(picked) >= limit:
                         break
         finally:
             cursor.close()
-    jobs = [_claim_of(conn, mid, transport, owner, now, until, rows_sql) for mid in picked]
-    return [job for job in jobs if job is not None]
+    return picked
 
 
 def submit_claiming(
@@ -239,7 +285,9 @@ def submit_claiming(
     no claim transaction of its own).  Refuses (StoreError) before writing anything,
     as :func:`submit`."""
     info = submit_prepared(conn, prepared, now=now, routes=routes)
-    job = _claim_of(conn, info.id, transport, owner, now, now + lease, _q.CLAIMABLE_OF_MESSAGE)
+    job = _claim_of(
+        conn, info.id, transport, owner, now, now + lease, _q.CLAIMABLE_OF_MESSAGE, frozenset()
+    )
     return info, job
 
 
@@ -251,11 +299,15 @@ def _claim_of(
     now: float,
     until: float,
     rows_sql: str,
+    skip: frozenset[str],
 ) -> ClaimedJob | None:
-    """Claim the recipients ``rows_sql`` finds of one message (None: none)."""
+    """Claim the recipients ``rows_sql`` finds of one message (None: none), but for
+    those whose destination is in ``skip``."""
     mrow = _message_row(conn, mid)
     info = message_from_row(mrow)
     rows = conn.execute(rows_sql, (mid, transport, now)).fetchall()
+    if skip:
+        rows = [r for r in rows if destination(r["address"].partition(":")[2]) not in skip]
     if not rows:
         return None
     # The claim token: above every earlier claim's of these recipients (read under

@@ -64,6 +64,13 @@ Configuration (the transport's ``options`` in the profile):
     messages the spooler may hand this session at once (``concurrency``), i.e. the
     concurrency limit towards the smart host (docs/benchmarks.md, "Shipped
     defaults", has the measurement that chose it).
+``destination_concurrency``
+    ``delivery = "mx"`` only: how many of those messages may be for one domain at
+    once (default: half of ``max_connections``, rounded up: 5).  A long queue for
+    one domain (a newsletter to one big provider, a domain whose servers are slow)
+    then leaves the other connections to the mail for other domains: the spooler
+    claims the mail behind it in the queue instead of waiting.  Equal to
+    ``max_connections``, one domain may have them all, as before.
 ``command_timeout``, ``data_timeout``
     Seconds.  ``command_timeout`` (default 60) bounds the wait for the greeting and
     for the reply to every command (EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA, RSET,

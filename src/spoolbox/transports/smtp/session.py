@@ -104,6 +104,7 @@ class SMTPSession(BaseTransportSession):
         super().__init__(support)
         self.settings = settings
         self.concurrency = settings.max_connections
+        self.destination_concurrency = settings.destination_concurrency
         self.pool = Pool(settings, tls_context, helo_name)
         #: Delivery "mx": the resolver, and a pool per server address (and TLS mode).
         self.mx = mx
@@ -186,6 +187,11 @@ class SMTPSession(BaseTransportSession):
             "verify": s.verify,
             **mx,
             "max_connections": s.max_connections,
+            **(
+                {"destination_concurrency": s.destination_concurrency}
+                if s.destination_concurrency is not None
+                else {}
+            ),
             "connections_open": sum(p.open_count for p in self._pools()),
             "connections_opened": self.connections_opened,
             **self.counts,

@@ -1,0 +1,161 @@
+"""A session's ``destination_concurrency``: no more than that many of its messages to
+one destination (the domain) at once, and a long queue for one domain does not keep
+the mail for other domains waiting behind it: the lane claims past it.
+
+The transport here holds every message to ``slow.example`` until the test lets them
+go, and delivers the others at once; it records how many messages of each domain it
+had at the same time."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import FAST, message, until
+
+from spoolbox import AlwaysIdle, MessageState, Spooler, SpoolerConfig, TransportConfig
+from spoolbox.contract import BaseTransportSession, OutboundMessage, Support
+from spoolbox.model import LogonFlags, RecipientResult, SubmitFlags, destination
+from spoolbox.store import MemoryStore, SQLiteStore, Store
+
+SLOW = "slow.example"
+
+
+class Gate:
+    """What the sessions share with the test: the gate of slow.example, and counts."""
+
+    def __init__(self, concurrency: int, destination_concurrency: int | None) -> None:
+        self.concurrency = concurrency
+        self.destination_concurrency = destination_concurrency
+        self.open = asyncio.Event()
+        self.now: collections.Counter[str] = collections.Counter()
+        self.most: collections.Counter[str] = collections.Counter()
+        self.delivered: list[str] = []
+
+
+class GatedSession(BaseTransportSession):
+    ADDRESS_TYPES = ("SMTP",)
+
+    def __init__(self, support: Support, gate: Gate) -> None:
+        super().__init__(support)
+        self.gate = gate
+        self.concurrency = gate.concurrency
+        self.destination_concurrency = gate.destination_concurrency
+
+    def address_types(self) -> Collection[str]:
+        return self.ADDRESS_TYPES
+
+    async def submit_message(self, message: OutboundMessage, flags: SubmitFlags) -> None:
+        gate = self.gate
+        domains = {destination(r.address.value) for r in message.recipients}
+        for d in domains:
+            gate.now[d] += 1
+            gate.most[d] = max(gate.most[d], gate.now[d])
+        try:
+            if SLOW in domains:
+                await gate.open.wait()
+            await self.support.status_recips(
+                message, [RecipientResult.delivered(r, "250 ok") for r in message.recipients]
+            )
+            gate.delivered.extend(str(r.address) for r in message.recipients)
+        finally:
+            for d in domains:
+                gate.now[d] -= 1
+
+
+class GatedProvider:
+    async def logon(
+        self, support: Support, config: Mapping[str, Any], flags: LogonFlags
+    ) -> GatedSession:
+        return GatedSession(support, config["gate"])
+
+    async def shutdown(self) -> None:
+        pass
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    return MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "s.db")
+
+
+def _spooler(gate: Gate, store: Store) -> Spooler:
+    config = SpoolerConfig(
+        transports=(TransportConfig("mx", GatedProvider, options={"gate": gate}),),
+        policy=FAST,
+        node="dc",
+    )
+    return Spooler.open(config, store=store, idle=AlwaysIdle())
+
+
+async def test_mail_for_other_domains_passes_a_full_domain(store: Store) -> None:
+    gate = Gate(concurrency=4, destination_concurrency=2)
+    async with _spooler(gate, store) as sp:
+        slow = [await sp.submit(message(f"SMTP:u{i}@{SLOW}")) for i in range(12)]
+        await until(lambda: gate.now[SLOW] == 2, what="two messages to slow.example under way")
+        # Behind twelve queued for slow.example, in the order they came:
+        other = await sp.submit(message("SMTP:bob@fast.example"))
+        mixed = await sp.submit(message("SMTP:carol@Fast.Example", f"SMTP:dave@{SLOW}"))
+        await sp.wait_for(other.id, timeout=5)
+        # The message with a recipient at each: the fast one goes now, on its own job.
+        await until(
+            lambda: "SMTP:carol@Fast.Example" in gate.delivered, what="carol's part delivered"
+        )
+        assert gate.now[SLOW] == 2
+        assert gate.most[SLOW] == 2, "never more than destination_concurrency at once"
+        assert f"SMTP:dave@{SLOW}" not in gate.delivered
+        gate.open.set()
+        for info in [*slow, mixed]:
+            assert await sp.wait_for(info.id, timeout=10) is MessageState.SENT
+    assert gate.most[SLOW] == 2
+    assert sorted(gate.delivered) == sorted(
+        [f"SMTP:u{i}@{SLOW}" for i in range(12)]
+        + ["SMTP:bob@fast.example", "SMTP:carol@Fast.Example", f"SMTP:dave@{SLOW}"]
+    )
+
+
+async def test_without_a_limit_one_domain_takes_every_lane(store: Store) -> None:
+    """The default (None): as before, a queue for one domain fills the lanes and the
+    mail behind it waits."""
+    gate = Gate(concurrency=4, destination_concurrency=None)
+    async with _spooler(gate, store) as sp:
+        slow = [await sp.submit(message(f"SMTP:u{i}@{SLOW}")) for i in range(6)]
+        await until(lambda: gate.now[SLOW] == 4, what="four messages to slow.example under way")
+        other = await sp.submit(message("SMTP:bob@fast.example"))
+        with pytest.raises(TimeoutError):
+            await sp.wait_for(other.id, timeout=0.3)
+        gate.open.set()
+        for info in [*slow, other]:
+            assert await sp.wait_for(info.id, timeout=10) is MessageState.SENT
+    assert gate.most[SLOW] == 4
+
+
+async def test_a_full_domain_does_not_spin_the_claims(store: Store) -> None:
+    """Everything ready is for the full domain: the lane waits for a message of it to
+    end (or for new mail) instead of claiming again and again."""
+    gate = Gate(concurrency=4, destination_concurrency=1)
+    claims = 0
+    claim = store.claim
+
+    async def counting(*args: Any, **kw: Any) -> Any:
+        nonlocal claims
+        claims += 1
+        return await claim(*args, **kw)
+
+    store.claim = counting  # type: ignore[method-assign]
+    async with _spooler(gate, store) as sp:
+        slow = [await sp.submit(message(f"SMTP:u{i}@{SLOW}")) for i in range(5)]
+        await until(lambda: gate.now[SLOW] == 1, what="one message to slow.example under way")
+        await asyncio.sleep(0.2)
+        before = claims
+        await asyncio.sleep(0.5)
+        # The router's interval is 0.02 s here: a lane woken by its timeout claims
+        # every 0.1 s at most; a busy loop would make hundreds.
+        assert claims - before <= 10, f"{claims - before} claims in 0.5 s with nothing to take"
+        assert gate.most[SLOW] == 1
+        gate.open.set()
+        for info in slow:
+            assert await sp.wait_for(info.id, timeout=10) is MessageState.SENT
