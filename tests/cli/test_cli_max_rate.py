@@ -144,6 +144,12 @@ def test_a_restarted_daemon_keeps_the_window(
     why = "max_rate 2/h reached (2 sent in the last 1 h)"
     assert [r.get("waiting") for r in shown["recipients"]] == [why], shown
     assert f"via relay, waiting: {why}" in home.run("queue", "show", third["id"]).stdout
+    # A retry cannot make it go sooner, and says why.
+    retried = home.run("queue", "retry", third["id"])
+    assert retried.returncode == 0, retried.stderr
+    assert retried.stdout.strip() == (
+        f"{third['id']}: queued (0 recipients made ready: it waits for {why})"
+    )
     # And in the transport's row of spoolbox status.
     rows = {row["name"]: row for row in home.json("status")["rows"]}
     assert rows["relay"]["detail"] == (

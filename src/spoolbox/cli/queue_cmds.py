@@ -189,7 +189,8 @@ def _action(name: str, doc: str) -> click.Command:
 def _what_it_did(result: dict[str, Any]) -> str:
     """What an action's result says beyond the message's queue after it."""
     if "retried" in result:
-        return f" ({_plural(result['retried'], 'recipient')} made ready)"
+        waiting = f": it waits for {result['waiting']}" if "waiting" in result else ""
+        return f" ({_plural(result['retried'], 'recipient')} made ready{waiting})"
     cancelled = result.get("cancelled")
     if cancelled == 0:
         return ", nothing left to cancel"

@@ -265,7 +265,18 @@ async def queue_retry(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any
     spooler = await daemon.current()
     message_id = required(args, "id", str)
     retried = await spooler.retry(message_id)
-    return await _after(spooler, message_id, retried=retried)
+    result = await _after(spooler, message_id, retried=retried)
+    if not retried and result["state"] == "queued":
+        # Nothing waited for a retry time: say what holds it back, if max_rate does.
+        recipients = [
+            {"state": str(r.state), "route": r.route}
+            for r in await spooler.store.recipients(message_id)
+        ]
+        await _why_waiting(spooler, recipients)
+        waiting = [r["waiting"] for r in recipients if "waiting" in r]
+        if waiting:
+            result["waiting"] = waiting[0]
+    return result
 
 
 async def inbox_list(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]:
