@@ -228,12 +228,17 @@ class OutboundLane:
     def reserve_hand_off(self) -> bool:
         """Whether a new message may be claimed for this lane in its submit's
         transaction (a worker waits for work and no other hand-off fills the lane);
-        if so it is reserved until :meth:`hand_off` or :meth:`cancel_hand_off`."""
+        if so it is reserved until :meth:`hand_off` or :meth:`cancel_hand_off`.
+        Jobs claimed before it and waiting for a full destination
+        (``destination_concurrency``) do not stop it: it may go before them, as the
+        mail after them that a claim passes over them for."""
         host = self._host
         if (
             self._waiting == 0
-            or self._ready
-            or len(self._held) + self._reserved >= host.concurrency
+            or self._can_start()
+            or len(self._ready) >= self._ready_limit()
+            # (Started jobs: those held less those waiting for a worker.)
+            or len(self._held) - len(self._ready) + self._reserved >= host.concurrency
             or host.session is None
             or not host.gate_open()
         ):
