@@ -513,11 +513,19 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 
 
 class PostfixRelay(_Closing):
-    """A private Postfix instance in ``workdir`` relaying everything to ``sink_port``."""
+    """A private Postfix instance in ``workdir`` relaying everything to ``sink_port``
+    (``main_cf``: more lines for its main.cf, after the others: a key given again there
+    overrides, as Postfix takes a parameter's last line)."""
 
     name = "postfix"
 
-    def __init__(self, workdir: Path, sink_port: int, concurrency: int = 10) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        sink_port: int,
+        concurrency: int = 10,
+        main_cf: Sequence[str] = (),
+    ) -> None:
         if os.geteuid() != 0:
             raise SystemExit("bench: a private Postfix instance must be started as root")
         self.dir = workdir
@@ -559,6 +567,7 @@ maillog_file = {self.maillog}
 maillog_file_prefixes = {workdir}
 import_environment = {_import_environment()}
 """
+            + "".join(line + "\n" for line in main_cf)
         )
         (self.etc / "master.cf").write_text(_MASTER_CF.format(port=self.port))
         self._started = False

@@ -84,12 +84,17 @@ def test_direct_with_a_hostname(tmp_path: Path) -> None:
     # The commented options are real ones: uncommented, the profile still loads.
     path = tmp_path / "d" / "spoolbox.toml"
     text = path.read_text()
-    for key in ("mta_sts", "destination_concurrency"):
+    for key in ("mta_sts", "max_connections", "destination_concurrency"):
         assert f"# {key} = " in text
         text = text.replace(f"# {key} = ", f"{key} = ")
     path.write_text(text)
     options = dict(load_profile(path).spooler.transports[-1].options)
-    assert options == {"delivery": "mx", "mta_sts": False, "destination_concurrency": 5}
+    assert options == {
+        "delivery": "mx",
+        "mta_sts": False,
+        "max_connections": 100,
+        "destination_concurrency": 20,
+    }
     # Without --hostname on a host whose name is not qualified, init says so.
     r = init(tmp_path / "e", "--direct", "--hostname", "vm")
     assert r.returncode == 0, r.stderr

@@ -145,10 +145,16 @@ def test_mx_delivery_options_and_their_defaults() -> None:
     # A relay with tls = "opportunistic" takes any certificate too.
     s = SMTPSettings.from_config({"host": "h", "tls": "opportunistic"})
     assert (s.port, s.verify) == (25, False)
-    # Half the connections for one domain (rounded up); a relay has one destination.
-    assert SMTPSettings.from_config({"delivery": "mx"}).destination_concurrency == 5
+    # Postfix's defaults: 100 connections, 20 to one domain; of fewer than 40, half
+    # (rounded up).  A relay has one destination, and 10 connections.
+    s = SMTPSettings.from_config({"delivery": "mx"})
+    assert (s.max_connections, s.destination_concurrency) == (100, 20)
     s = SMTPSettings.from_config({"delivery": "mx", "max_connections": 3})
     assert (s.max_connections, s.destination_concurrency) == (3, 2)
+    s = SMTPSettings.from_config({"delivery": "mx", "max_connections": 39})
+    assert (s.max_connections, s.destination_concurrency) == (39, 20)
+    s = SMTPSettings.from_config({"host": "h"})
+    assert (s.max_connections, s.destination_concurrency) == (10, None)
     s = SMTPSettings.from_config({"delivery": "mx", "destination_concurrency": 10})
     assert s.destination_concurrency == 10
     assert SMTPSettings.from_config({"host": "h"}).destination_concurrency is None

@@ -67,8 +67,9 @@ def _outbound_text(outbound: Outbound) -> str:
             'delivery = "mx"                # each domain to its own mail servers (port 25)',
             "# mta_sts = false              # on by default: a domain's MTA-STS policy (RFC",
             "                               # 8461) is followed (verified TLS to its MX hosts)",
-            "# destination_concurrency = 5  # messages to one domain at once (of the 10",
-            "                               # connections): the rest for other domains",
+            "# max_connections = 100        # messages in flight (each on a connection)",
+            "# destination_concurrency = 20 # of them to one domain at most: the rest are",
+            "                               # for the mail to other domains",
         ]
     else:
         assert outbound.relay is not None

@@ -60,13 +60,15 @@ Configuration (the transport's ``options`` in the profile):
     The name sent in EHLO/HELO (default: the profile's ``hostname``, which the
     session reads as ``Support.hostname``).
 ``max_connections``
-    Default 10: the size of the connection pool, which is also the number of
-    messages the spooler may hand this session at once (``concurrency``), i.e. the
-    concurrency limit towards the smart host (docs/benchmarks.md, "Shipped
-    defaults", has the measurement that chose it).
+    Default 10 (100 with ``delivery = "mx"``, Postfix's ``default_process_limit``):
+    the size of the connection pool, which is also the number of messages the
+    spooler may hand this session at once (``concurrency``), i.e. the concurrency
+    limit towards the smart host (docs/benchmarks.md, "Shipped defaults", has the
+    measurement that chose it).
 ``destination_concurrency``
     ``delivery = "mx"`` only: how many of those messages may be for one domain at
-    once (default: half of ``max_connections``, rounded up: 5).  A long queue for
+    once (default 20, Postfix's ``default_destination_concurrency_limit``; half of a
+    ``max_connections`` under 40, rounded up).  A long queue for
     one domain (a newsletter to one big provider, a domain whose servers are slow)
     then leaves the other connections to the mail for other domains: the spooler
     claims the mail behind it in the queue instead of waiting.  Equal to

@@ -54,6 +54,12 @@ DEFAULT_DNS_TIMEOUT = 10.0
 #: gave no fewer.  Many submission servers refuse more than about 10 connections
 #: from one client.
 DEFAULT_MAX_CONNECTIONS = 10
+#: Delivery "mx"'s: Postfix's ``default_process_limit`` (its smtp processes, each a
+#: connection), for mail to many domains, each with its own servers.
+DEFAULT_MX_CONNECTIONS = 100
+#: Delivery "mx"'s most to one domain by default: Postfix's
+#: ``default_destination_concurrency_limit``.
+DEFAULT_DESTINATION_CONCURRENCY = 20
 _CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]+")
 _SECONDS = "a positive number of seconds"
 
@@ -219,7 +225,9 @@ class SMTPSettings:
                 "tls='implicit', or "
                 "set allow_plain_auth=true if the path to the server is trusted"
             )
-        connections = o.max_connections or DEFAULT_MAX_CONNECTIONS
+        connections = o.max_connections or (
+            DEFAULT_MX_CONNECTIONS if mx else DEFAULT_MAX_CONNECTIONS
+        )
         return cls(
             host=o.host or "",
             port=o.port or (25 if mx else _DEFAULT_PORT[tls]),
@@ -247,11 +255,11 @@ class SMTPSettings:
 
 
 def default_destination_concurrency(max_connections: int) -> int:
-    """Delivery "mx"'s default ``destination_concurrency``: half the connections,
-    rounded up (5 of the default 10), so that a long queue for one domain leaves the
-    other half to the mail for other domains (Postfix's defaults leave 80 of its 100
-    delivery processes: 20 per destination)."""
-    return (max_connections + 1) // 2
+    """Delivery "mx"'s default ``destination_concurrency``: 20 (Postfix's
+    ``default_destination_concurrency_limit``: 20 of its 100 delivery processes), or
+    half the connections, rounded up, when they are fewer than 40 (5 of 10), so that
+    a long queue for one domain leaves the rest to the mail for other domains."""
+    return min(DEFAULT_DESTINATION_CONCURRENCY, (max_connections + 1) // 2)
 
 
 def usable_helo(name: str) -> bool:
