@@ -12,13 +12,15 @@ import asyncio
 import collections
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from helpers import FAST, message, until
 
 from spoolbox import AlwaysIdle, MessageState, Spooler, SpoolerConfig, TransportConfig
 from spoolbox.contract import BaseTransportSession, OutboundMessage, Support
+from spoolbox.daemon import api_ops
+from spoolbox.daemon.api_ops import DaemonView
 from spoolbox.model import LogonFlags, RecipientResult, SubmitFlags, destination
 from spoolbox.store import MemoryStore, SQLiteStore, Store
 
@@ -132,6 +134,56 @@ async def test_mail_for_other_domains_passes_a_full_domain(store: Store) -> None
         [f"SMTP:u{i}@{SLOW}" for i in range(12)]
         + ["SMTP:bob@fast.example", "SMTP:carol@Fast.Example", f"SMTP:dave@{SLOW}"]
     )
+
+
+class _View:
+    """The daemon as the local API's operations see it: its spooler."""
+
+    def __init__(self, spooler: Spooler) -> None:
+        self.spooler = spooler
+
+    async def current(self) -> Spooler:
+        return self.spooler
+
+
+async def test_queue_show_says_which_destination_a_claimed_message_waits_for(
+    store: Store,
+) -> None:
+    gate = Gate(concurrency=4, destination_concurrency=2)
+    async with _spooler(gate, store) as sp:
+        # In one transaction: one claim (of up to eight) takes them all.
+        slow = await sp.submit_many(message(f"SMTP:u{i}@{SLOW}") for i in range(6))
+        await until(lambda: gate.now[SLOW] == 2, what="two messages to slow.example under way")
+        view = cast(DaemonView, _View(sp))
+        said: dict[str, list[str | None]] = collections.defaultdict(list)
+        for info in slow:
+            shown = await api_ops.queue_show(view, {"id": info.id})
+            [recipient] = shown["recipients"]
+            said[recipient["state"]].append(recipient.get("waiting"))
+        # Two in the transport's hands, the four others claimed with them and waiting
+        # for one of them to end.
+        why = (
+            f"{SLOW} has 2 messages under way, its destination_concurrency; claimed, "
+            "this one goes next"
+        )
+        assert sorted(said["active"], key=str) == [None, None, why, why, why, why], said
+        assert set(said) == {"active"}, said
+        # One more: claimed at its submit, in the SQLite store (a hand-off), and waiting
+        # as those; else queued, as the claims pass over its destination.
+        later = await sp.submit(message(f"SMTP:late@{SLOW}"))
+        [recipient] = (await api_ops.queue_show(view, {"id": later.id}))["recipients"]
+        if isinstance(store, SQLiteStore):
+            assert (recipient["state"], recipient["waiting"]) == ("active", why)
+        else:
+            assert (recipient["state"], recipient["waiting"]) == (
+                "queued",
+                f"{SLOW} has 2 messages under way, its destination_concurrency; queued behind them",
+            )
+        gate.open.set()
+        for info in [*slow, later]:
+            assert await sp.wait_for(info.id, timeout=10) is MessageState.SENT
+        shown = await api_ops.queue_show(view, {"id": slow[-1].id})
+        assert "waiting" not in shown["recipients"][0]
 
 
 async def test_without_a_limit_one_domain_takes_every_lane(store: Store) -> None:

@@ -201,22 +201,43 @@ async def queue_show(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any]
     now = spooler.clock.now()
     prefix = required(args, "id", str)
     shown = await selection.show(spooler.store, prefix, now=now, retention=spooler.config.retention)
-    await _why_waiting(spooler, shown["recipients"])
+    await _why_waiting(spooler, shown["id"], shown["recipients"])
     return shown
 
 
-async def _why_waiting(spooler: Spooler, recipients: list[dict[str, Any]]) -> None:
-    """Mark each queued recipient whose transport's ``max_rate`` window is full now:
-    ``waiting`` says so (it stays queued, unclaimed, until the window has room)."""
+async def _why_waiting(spooler: Spooler, message_id: str, recipients: list[dict[str, Any]]) -> None:
+    """Mark each queued recipient whose transport's ``max_rate`` window is full now,
+    and each one claimed here whose job waits for a destination at the transport's
+    ``destination_concurrency``: ``waiting`` says so (the first stays queued,
+    unclaimed, until the window has room; the second goes when a message to that
+    destination ends)."""
     full: dict[str, str | None] = {}
     for recipient in recipients:
         route = recipient["route"]
+        if recipient["state"] == "active" and route is not None:
+            try:
+                lane = spooler.host(route).outbound
+            except KeyError:
+                continue
+            why = lane.destination_wait(message_id, recipient["index"])
+            if why is not None:
+                recipient["waiting"] = why
+            continue
         if recipient["state"] != "queued" or route is None:
             continue
         if route not in full:
             full[route] = await _rate_full(spooler, route)
         if full[route] is not None:
             recipient["waiting"] = full[route]
+            continue
+        try:
+            lane = spooler.host(route).outbound
+        except KeyError:
+            continue
+        address = str(recipient.get("address", ""))
+        why = lane.destination_full(address.partition(":")[2])
+        if why is not None and (recipient.get("retry_at") or 0.0) <= spooler.clock.now():
+            recipient["waiting"] = why
 
 
 async def _rate_full(spooler: Spooler, name: str) -> str | None:
@@ -269,10 +290,10 @@ async def queue_retry(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any
     if not retried and result["state"] == "queued":
         # Nothing waited for a retry time: say what holds it back, if max_rate does.
         recipients = [
-            {"state": str(r.state), "route": r.route}
+            {"index": r.index, "state": str(r.state), "route": r.route}
             for r in await spooler.store.recipients(message_id)
         ]
-        await _why_waiting(spooler, recipients)
+        await _why_waiting(spooler, message_id, recipients)
         waiting = [r["waiting"] for r in recipients if "waiting" in r]
         if waiting:
             result["waiting"] = waiting[0]

@@ -197,6 +197,37 @@ class OutboundLane:
             counts.update(_destinations(job))
         return frozenset(d for d, n in counts.items() if n >= limit)
 
+    def destination_wait(self, message_id: str, index: int) -> str | None:
+        """Why recipient ``index`` of ``message_id``, claimed by this lane, is not
+        being sent: its job waits for a destination at its ``destination_concurrency``
+        (None: it does not, or it is not claimed here)."""
+        limit = self._host.destination_concurrency
+        if limit is None:
+            return None
+        for job in self._ready:
+            if job.message.id != message_id or all(r.index != index for r in job.recipients):
+                continue
+            full = sorted(d for d in _destinations(job) if self._started[d] >= limit)
+            if full:
+                return (
+                    f"{', '.join(full)} has {limit} messages under way, its "
+                    "destination_concurrency; claimed, this one goes next"
+                )
+        return None
+
+    def destination_full(self, value: str) -> str | None:
+        """Why a queued recipient of address value ``value`` is not claimed now: this
+        lane has as many messages to its destination under way as its
+        ``destination_concurrency`` lets it (None: it has room, or no limit)."""
+        limit = self._host.destination_concurrency
+        where = destination(value)
+        if limit is None or self._started[where] < limit:
+            return None
+        return (
+            f"{where} has {limit} messages under way, its destination_concurrency; "
+            "queued behind them"
+        )
+
     def _start(self, job: ClaimedJob) -> frozenset[str]:
         """A worker starts ``job``: its destinations count one more (returned, for
         :meth:`_finish`)."""
