@@ -148,7 +148,7 @@ def test_a_restarted_daemon_keeps_the_window(
     retried = home.run("queue", "retry", third["id"])
     assert retried.returncode == 0, retried.stderr
     assert retried.stdout.strip() == (
-        f"{third['id']}: queued (0 recipients made ready: it waits for {why})"
+        f"{third['id']}: queued (0 recipients made ready; waiting: {why})"
     )
     # And in the transport's row of spoolbox status.
     rows = {row["name"]: row for row in home.json("status")["rows"]}

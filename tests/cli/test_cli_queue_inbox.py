@@ -291,7 +291,7 @@ def test_an_action_line_says_what_the_queue_alone_does_not() -> None:
     )
     why = "max_rate 2/h reached (2 sent in the last 1 h)"
     assert _what_it_did({"id": "m", "state": "queued", "retried": 0, "waiting": why}) == (
-        f" (0 recipients made ready: it waits for {why})"
+        f" (0 recipients made ready; waiting: {why})"
     )
     assert _what_it_did({"id": "m", "state": "hold"}) == ""
 

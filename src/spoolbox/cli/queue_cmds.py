@@ -189,7 +189,7 @@ def _action(name: str, doc: str) -> click.Command:
 def _what_it_did(result: dict[str, Any]) -> str:
     """What an action's result says beyond the message's queue after it."""
     if "retried" in result:
-        waiting = f": it waits for {result['waiting']}" if "waiting" in result else ""
+        waiting = f"; waiting: {result['waiting']}" if "waiting" in result else ""
         return f" ({_plural(result['retried'], 'recipient')} made ready{waiting})"
     cancelled = result.get("cancelled")
     if cancelled == 0:
