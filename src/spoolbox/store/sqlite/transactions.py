@@ -209,23 +209,7 @@ def claim(
     rows_sql = _q.CLAIMABLE_OF_MESSAGE_FLUSH if ignore_retry else _q.CLAIMABLE_OF_MESSAGE
     until = now + lease
     skip = frozenset(skip_destinations)
-    if skip:
-        picked = _pick_passing_over(conn, transport, now, limit, ignore_retry, skip)
-    else:
-        picked = []
-        pick_sql = _q.CLAIM_FLUSH if ignore_retry else _q.CLAIM_READY
-        for prio in _PRIORITIES:
-            if len(picked) >= limit:
-                break
-            cursor = conn.execute(pick_sql, (transport, int(prio), now))
-            try:
-                for (mid,) in cursor:
-                    if mid not in picked:
-                        picked.append(mid)
-                        if len(picked) >= limit:
-                            break
-            finally:
-                cursor.close()
+    picked = _pick(conn, transport, now, limit, ignore_retry, skip)
     jobs = [_claim_of(conn, mid, transport, owner, now, until, rows_sql, skip) for mid in picked]
     return [job for job in jobs if job is not None]
 
@@ -238,7 +222,7 @@ def claim(
 PASS_OVER_LIMIT: Final = 20_000
 
 
-def _pick_passing_over(
+def _pick(
     conn: sqlite3.Connection,
     transport: str,
     now: float,
@@ -246,9 +230,13 @@ def _pick_passing_over(
     ignore_retry: bool,
     skip: frozenset[str],
 ) -> list[str]:
-    """The messages a claim takes, oldest first, passing over the recipients whose
-    destination is in ``skip`` (:data:`PASS_OVER_LIMIT` of them at most a priority)."""
-    sql = _q.CLAIM_FLUSH_ADDRESSED if ignore_retry else _q.CLAIM_READY_ADDRESSED
+    """The messages a claim takes: highest priority first, then oldest ready, passing
+    over the recipients whose destination is in ``skip`` (:data:`PASS_OVER_LIMIT` of
+    them at most a priority; their addresses are read only then)."""
+    if skip:
+        sql = _q.CLAIM_FLUSH_ADDRESSED if ignore_retry else _q.CLAIM_READY_ADDRESSED
+    else:
+        sql = _q.CLAIM_FLUSH if ignore_retry else _q.CLAIM_READY
     picked: list[str] = []
     for prio in _PRIORITIES:
         if len(picked) >= limit:
@@ -256,13 +244,13 @@ def _pick_passing_over(
         passed = 0
         cursor = conn.execute(sql, (transport, int(prio), now))
         try:
-            for mid, address in cursor:
-                if destination(address.partition(":")[2]) in skip:
+            for row in cursor:
+                if skip and destination(row[1].partition(":")[2]) in skip:
                     passed += 1
                     if passed >= PASS_OVER_LIMIT:
                         break
-                elif mid not in picked:
-                    picked.append(mid)
+                elif row[0] not in picked:
+                    picked.append(row[0])
                     if len(picked) >= limit:
                         break
         finally:
