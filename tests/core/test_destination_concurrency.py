@@ -164,7 +164,7 @@ async def test_queue_show_says_which_destination_a_claimed_message_waits_for(
         # for one of them to end.
         why = (
             f"{SLOW} has 2 messages under way, its destination_concurrency; claimed, "
-            "this one goes next"
+            "it goes when one of them is done"
         )
         assert sorted(said["active"], key=str) == [None, None, why, why, why, why], said
         assert set(said) == {"active"}, said

@@ -68,8 +68,11 @@ _RATE_LOG_INTERVAL = 60.0
 _Key = tuple[str, int]
 
 
-#: The least time between two claims passing over the same full destinations when
-#: the first found nothing (``destination_concurrency``).
+#: After a claim that passed over full destinations (``destination_concurrency``)
+#: and found nothing, the next one passing over the same waits this many times as
+#: long as it took (so that such claims, which read past the full destinations'
+#: queue, take a twentieth of the time at most), and a second at most.
+_PASS_OVER_SHARE = 20.0
 _PASS_OVER_PAUSE = 1.0
 
 #: The least time between two recoveries of a lane after store failures (_recover).
@@ -211,7 +214,7 @@ class OutboundLane:
             if full:
                 return (
                     f"{', '.join(full)} has {limit} messages under way, its "
-                    "destination_concurrency; claimed, this one goes next"
+                    "destination_concurrency; claimed, it goes when one of them is done"
                 )
         return None
 
@@ -579,10 +582,11 @@ class OutboundLane:
             full = self._full_destinations()
             if full and full == self._passed_over and runtime.clock.now() < self._pass_again:
                 # The last claim passing over these found nothing: new mail (each
-                # submit wakes this) is looked for once a second at most, not at every
-                # submit (a claim reads past the full destinations' queue, which can be
-                # long); a job's end changes ``full`` and claims at once.  Waiting for
-                # work meanwhile: a new message may be handed off to this lane.
+                # submit wakes this) is looked for after a pause as long as twenty
+                # such claims, a second at most, not at every submit (a claim reads
+                # past the full destinations' queue, which can be long); a job's end
+                # changes ``full`` and claims at once.  Waiting for work meanwhile: a
+                # new message may be handed off to this lane.
                 self._waiting += 1
                 try:
                     await wait_event(
@@ -597,6 +601,7 @@ class OutboundLane:
                 # Passed only when some destination is full: a store of an older
                 # protocol (no ``skip_destinations``) serves a lane without the limit.
                 more = {"skip_destinations": full} if full else {}
+                claimed_at = runtime.clock.now()
                 jobs = await runtime.store.claim(
                     host.name,
                     owner=runtime.owner,
@@ -625,7 +630,9 @@ class OutboundLane:
             self._store_trouble.ok()
             if full and not jobs:
                 self._passed_over = full
-                self._pass_again = runtime.clock.now() + _PASS_OVER_PAUSE
+                now = runtime.clock.now()
+                pause = min(_PASS_OVER_PAUSE, _PASS_OVER_SHARE * (now - claimed_at))
+                self._pass_again = now + pause
             else:
                 self._passed_over = frozenset()
             if jobs:
