@@ -107,8 +107,15 @@ async def test_mail_for_other_domains_passes_a_full_domain(store: Store) -> None
 
         store.submit_claiming = recording  # type: ignore[method-assign]
     async with _spooler(gate, store) as sp:
+        await sp.wait_ready(timeout=5)
+        before = sp.status["mx"].detail
         slow = [await sp.submit(message(f"SMTP:u{i}@{SLOW}")) for i in range(12)]
         await until(lambda: gate.now[SLOW] == 2, what="two messages to slow.example under way")
+        # The transport's row says so (spoolbox status).
+        assert sp.status["mx"].detail == (
+            f"{SLOW} has 2 messages under way (destination_concurrency): the mail to "
+            "other domains goes first"
+        )
         lane = sp.host("mx").outbound
         await until(lambda: lane.waiting == 1, what="the lane waits for work")
         # Behind twelve queued for slow.example, in the order they came:
@@ -129,6 +136,7 @@ async def test_mail_for_other_domains_passes_a_full_domain(store: Store) -> None
         gate.open.set()
         for info in [*slow, mixed]:
             assert await sp.wait_for(info.id, timeout=10) is MessageState.SENT
+        await until(lambda: sp.status["mx"].detail == before, what="the row's detail back")
     assert gate.most[SLOW] == 2
     assert sorted(gate.delivered) == sorted(
         [f"SMTP:u{i}@{SLOW}" for i in range(12)]

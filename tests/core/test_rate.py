@@ -270,10 +270,19 @@ async def test_the_status_row_says_while_the_lane_waits_for_room(windows: str) -
         row = sp.status["smtp"]
         sp.status.update("smtp", status_code=row.status_code | StatusCode.FAILURE, detail=failing)
         lane = sp.host("smtp").outbound
-        lane._show_rate_wait(waiting)
+        lane._show_wait(waiting)
         assert sp.status["smtp"].detail == failing
-        lane._show_rate_wait(None)
+        lane._show_wait(None, waiting)
         assert sp.status["smtp"].detail == failing
+        # A wait is taken back by its own end only: one shown since it stays (max_rate's
+        # and destination_concurrency's share the row).
+        sp.status.update("smtp", status_code=row.status_code & ~StatusCode.FAILURE, detail=None)
+        lane._show_wait("first wait")
+        lane._show_wait("second wait")
+        lane._show_wait(None, "first wait")
+        assert sp.status["smtp"].detail == "second wait"
+        lane._show_wait(None, "second wait")
+        assert sp.status["smtp"].detail is None
 
 
 @WINDOWS

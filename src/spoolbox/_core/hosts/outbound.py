@@ -120,8 +120,13 @@ class OutboundLane:
         self._outages_seen = host.runtime.outages.count
         self._next_release = float("-inf")  # one release a second at most
         self._rate_logged = float("-inf")  # when max_rate's wait was last logged
-        self._rate_shown: str | None = None  # what the status row's detail says of it
-        self._rate_hid: str | None = None  # the detail it replaced, shown again after
+        # What the status row's detail says of a wait (max_rate, or destinations at
+        # their destination_concurrency), and the detail it replaced, shown again after.
+        self._wait_shown: str | None = None
+        self._wait_hid: str | None = None
+        # The destinations with as many jobs started as destination_concurrency allows.
+        self._at_limit: set[str] = set()
+        self._at_limit_said: str | None = None  # what the row's detail was told of them
         # max_rate's window is the store's, shared by every node on it and kept across
         # restarts, when the store keeps send windows (the memory, SQLite and
         # PostgreSQL stores do); otherwise this process's own (runtime.rates).
@@ -234,10 +239,15 @@ class OutboundLane:
     def _start(self, job: ClaimedJob) -> frozenset[str]:
         """A worker starts ``job``: its destinations count one more (returned, for
         :meth:`_finish`)."""
-        if self._host.destination_concurrency is None:
+        limit = self._host.destination_concurrency
+        if limit is None:
             return frozenset()
         destinations = _destinations(job)
         self._started.update(destinations)
+        reached = {d for d in destinations if self._started[d] >= limit} - self._at_limit
+        if reached:
+            self._at_limit |= reached
+            self._show_at_limit(limit)
         return destinations
 
     def _finish(self, destinations: frozenset[str]) -> None:
@@ -253,6 +263,27 @@ class OutboundLane:
                 self._started[d] = was - 1
             if limit is not None and was >= limit:
                 self._host.wake.set()
+                if was == limit and d in self._at_limit:
+                    self._at_limit.discard(d)
+                    self._show_at_limit(limit)
+
+    def _show_at_limit(self, limit: int) -> None:
+        """The status row's detail names the destinations with as many messages under
+        way as ``destination_concurrency`` allows (``example.org has 20 messages
+        under way, ...``), or, when none has, no longer says it."""
+        if not self._at_limit:
+            if self._at_limit_said is not None:
+                self._show_wait(None, self._at_limit_said)
+            self._at_limit_said = None
+            return
+        names = sorted(self._at_limit)
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        has = "has" if len(names) == 1 else "each have"
+        self._at_limit_said = (
+            f"{shown} {has} {limit} messages under way (destination_concurrency): "
+            "the mail to other domains goes first"
+        )
+        self._show_wait(self._at_limit_said)
 
     @property
     def waiting(self) -> int:
@@ -515,13 +546,14 @@ class OutboundLane:
                 limit,
                 seconds_text(wait),
             )
-        self._show_rate_wait(f"max_rate {limit} reached: the rest stays queued until there is room")
+        said = f"max_rate {limit} reached: the rest stays queued until there is room"
+        self._show_wait(said)
         self.rate_hold = (now + wait, limit)
         try:
             await wait_event(clock, host.stop_event, wait)
         finally:
             self.rate_hold = None
-        self._show_rate_wait(None)
+        self._show_wait(None, said)
 
     async def _mail_ready(self, now: float) -> bool:
         """Whether mail for this transport is ready to send at ``now`` (what a full
@@ -532,29 +564,33 @@ class OutboundLane:
             return True
         return next_at is not None and next_at <= now
 
-    def _show_rate_wait(self, text: str | None) -> None:
-        """The status row's detail says that the lane waits for ``max_rate`` (``text``),
-        or no longer (None).  The detail holds the last finding, however old (a slow
-        slice, an error since recovered from): the wait, which is now, replaces it and
-        it comes back after.  Not over a row in FAILURE, whose text says more; taken
-        back only if the detail still says it."""
+    def _show_wait(self, text: str | None, said: str | None = None) -> None:
+        """The status row's detail says what the lane waits for (``text``: ``max_rate``,
+        or destinations at their ``destination_concurrency``), or no longer (None: the
+        wait that ``said`` that is over; nothing is taken back if another was shown
+        since).  The detail holds the last finding, however old (a slow slice, an
+        error since recovered from): the wait, which is now, replaces it and it comes
+        back after.  Not over a row in FAILURE, whose text says more; taken back only
+        if the detail still says it."""
         host = self._host
         if not host.shown:
             return
         row = host.runtime.status.get(host.name)
         detail = None if row is None else row.detail
         if text is None:
-            if self._rate_shown is not None and detail == self._rate_shown:
-                host.set_bits(detail=self._rate_hid)
-            self._rate_shown = self._rate_hid = None
+            if said is not None and said != self._wait_shown:
+                return  # another wait is shown now: it takes itself back
+            if self._wait_shown is not None and detail == self._wait_shown:
+                host.set_bits(detail=self._wait_hid)
+            self._wait_shown = self._wait_hid = None
             return
         if row is not None and row.status_code & StatusCode.FAILURE:
             return
-        if detail != self._rate_shown:
-            self._rate_hid = detail
+        if detail != self._wait_shown:
+            self._wait_hid = detail
         if detail != text:
             host.set_bits(detail=text)
-        self._rate_shown = text
+        self._wait_shown = text
 
     async def _wait_for_jobs(self, limit: int) -> list[ClaimedJob]:
         """Claim work, waiting for it (woken by routing, a retry time, a flush); an
