@@ -46,6 +46,7 @@ from ..api.wire import (
     inbox_to_dict,
     limit_of,
     message_from_args,
+    recipient_to_dict,
     required,
     unroutable_error,
 )
@@ -212,31 +213,24 @@ async def _why_waiting(spooler: Spooler, message_id: str, recipients: list[dict[
     unclaimed, until the window has room; the second goes when a message to that
     destination ends)."""
     full: dict[str, str | None] = {}
+    now = spooler.clock.now()
     for recipient in recipients:
-        route = recipient["route"]
-        if recipient["state"] == "active" and route is not None:
-            try:
-                lane = spooler.host(route).outbound
-            except KeyError:
-                continue
-            why = lane.destination_wait(message_id, recipient["index"])
-            if why is not None:
-                recipient["waiting"] = why
-            continue
-        if recipient["state"] != "queued" or route is None:
-            continue
-        if route not in full:
-            full[route] = await _rate_full(spooler, route)
-        if full[route] is not None:
-            recipient["waiting"] = full[route]
+        route, state = recipient["route"], recipient["state"]
+        if route is None or state not in ("queued", "active"):
             continue
         try:
             lane = spooler.host(route).outbound
         except KeyError:
-            continue
-        address = str(recipient.get("address", ""))
-        why = lane.destination_full(address.partition(":")[2])
-        if why is not None and (recipient.get("retry_at") or 0.0) <= spooler.clock.now():
+            continue  # a transport no longer in the profile
+        if state == "active":
+            why = lane.destination_wait(message_id, recipient["index"])
+        else:
+            if route not in full:
+                full[route] = await _rate_full(spooler, route)
+            why = full[route]
+            if why is None and (recipient["retry_at"] or 0.0) <= now:
+                why = lane.destination_full(recipient["address"].partition(":")[2])
+        if why is not None:
             recipient["waiting"] = why
 
 
@@ -288,11 +282,9 @@ async def queue_retry(daemon: DaemonView, args: dict[str, Any]) -> dict[str, Any
     retried = await spooler.retry(message_id)
     result = await _after(spooler, message_id, retried=retried)
     if not retried and result["state"] == "queued":
-        # Nothing waited for a retry time: say what holds it back, if max_rate does.
-        recipients = [
-            {"index": r.index, "state": str(r.state), "route": r.route}
-            for r in await spooler.store.recipients(message_id)
-        ]
+        # Nothing waited for a retry time: say what holds it back (max_rate, or its
+        # domain's destination_concurrency), as queue show does.
+        recipients = [recipient_to_dict(r) for r in await spooler.store.recipients(message_id)]
         await _why_waiting(spooler, message_id, recipients)
         waiting = [r["waiting"] for r in recipients if "waiting" in r]
         if waiting:
