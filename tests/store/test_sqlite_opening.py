@@ -210,6 +210,24 @@ async def test_hot_queries_do_not_scan_the_queue(tmp_path: Path, query: str) -> 
     assert not any("TEMP B-TREE FOR ORDER BY" in step for step in plan), plan
 
 
+@pytest.mark.parametrize("ready", ["ready_at", "send_at"])
+@pytest.mark.parametrize("order", ["", "DESC"])
+async def test_a_claim_passing_over_destinations_reads_the_queue_in_order(
+    tmp_path: Path, ready: str, order: str
+) -> None:
+    path = tmp_path / "spool.db"
+    async with SQLiteStore(path):
+        pass
+    condition, _ = queries.skipped(["slow.example", "Root"])
+    sql = queries.CLAIM_PASSING.format(ready=ready, order=order, skipped=condition)
+    with raw(path) as conn:
+        plan = _plan(conn, sql)
+    assert any("USING INDEX recipients_ready" in step for step in plan), plan
+    assert not any("TEMP B-TREE" in step for step in plan), plan
+    # The window is a co-routine (not flattened): the filter stays above its LIMIT.
+    assert any("CO-ROUTINE" in step for step in plan), plan
+
+
 async def test_counts_read_the_counters_not_the_queue(tmp_path: Path) -> None:
     path = tmp_path / "spool.db"
     async with SQLiteStore(path):

@@ -624,15 +624,17 @@ async def _claim_passes_over_destinations(store: Store) -> None:
     await _submit(store, 'X:"a@b"@slow.example', id="m3", now=_T0 + 2)
     await _submit(store, "X:erin@fast.example", id="m4", now=_T0 + 3)
     await _submit(store, "X:root", "X:Root", id="m5", now=_T0 + 4)
-    skip = {"slow.example", "root"}
+    # Only ASCII letters are folded (PostgreSQL: whatever the database's collation).
+    await _submit(store, "X:eve@\u00c9COLE.example", id="m6", now=_T0 + 5)
+    skip = {"slow.example", "root", "\u00c9cole.example"}
     jobs = await store.claim(
         "x", owner="o1", now=_T0 + 10, lease=_LEASE, limit=10, skip_destinations=skip
     )
     _equal(
         _ids(jobs),
         ["m2", "m4", "m5"],
-        "claim(skip_destinations={'slow.example', 'root'}): the messages with a recipient "
-        "elsewhere, oldest first",
+        "claim(skip_destinations={'slow.example', 'root', '\u00c9cole.example'}): the "
+        "messages with a recipient elsewhere, oldest first",
     )
     _equal(
         [[r.index for r in j.recipients] for j in jobs],
@@ -652,12 +654,12 @@ async def _claim_passes_over_destinations(store: Store) -> None:
     rest = await store.claim("x", owner="o1", now=_T0 + 10, lease=_LEASE, limit=10)
     _equal(
         _ids(rest),
-        ["m1", "m2", "m3", "m5"],
+        ["m1", "m2", "m3", "m5", "m6"],
         "a claim skipping nothing takes the recipients passed over, oldest first",
     )
     _equal(
         [[r.index for r in j.recipients] for j in rest],
-        [[0], [0], [0], [0]],
+        [[0], [0], [0], [0], [0]],
         "the recipients of the claim that skipped nothing",
     )
     for job in [*jobs, *rest]:
@@ -673,7 +675,7 @@ async def _claim_passes_over_destinations(store: Store) -> None:
     )
     _equal(
         sorted((j.message.id, [r.index for r in j.recipients]) for j in flushed),
-        [("m2", [1]), ("m4", [0]), ("m5", [0, 1])],
+        [("m2", [1]), ("m4", [0]), ("m5", [0, 1]), ("m6", [0])],
         "a flush's claim (ignore_retry) passing over slow.example",
     )
 

@@ -169,26 +169,59 @@ _PICK = (
 )
 #: A recipient's destination (:func:`spoolbox.model.destination`) from its stored
 #: ``TYPE:value`` address: the text after the last "@" with only the ASCII letters
-#: folded (``translate``, not ``lower``: no collation makes it differ from Python's),
-#: or the value when it has no "@".
+#: folded (``lower`` in the "C" collation folds those alone, whatever the database's
+#: collation), or the value when it has no "@".  The last part is ``split_part`` of the
+#: reversed text (PostgreSQL 13 has no negative index).  Measured per row, 100,000
+#: rows: 0.5 us; with a regular expression and ``translate``, as it was, 3.5 us.
 DESTINATION = (
-    "CASE WHEN strpos(address, '@') > 0 THEN translate(substring(address from '[^@]*$'), "
-    "'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz') "
+    "CASE WHEN strpos(address, '@') > 0 "
+    """THEN lower(reverse(split_part(reverse(address), '@', 1)) COLLATE "C") """
     "ELSE substring(address from strpos(address, ':') + 1) END"
 )
 #: A claim's condition passing over the destinations in ``%(skip)s`` (a ``text[]``).
 _NOT_SKIPPED = f" AND NOT ({DESTINATION}) = ANY(%(skip)s::text[])"
-_CLAIM = (
-    "WITH high AS MATERIALIZED ("
-    + _PICK.format(priority=int(Priority.HIGH), limit="%(rows)s")
-    + "), normal AS MATERIALIZED ("
-    + _PICK.format(priority=int(Priority.NORMAL), limit="(SELECT %(rows)s - count(*) FROM high)")
-    + "), low AS MATERIALIZED ("
-    + _PICK.format(
-        priority=int(Priority.LOW),
-        limit="(SELECT %(rows)s - count(*) FROM high) - (SELECT count(*) FROM normal)",
+#: :data:`_PICK` passing over the destinations in ``%(skip)s``, reading no more than
+#: ``%(window)s`` of the ready queue (:data:`.transactions.PASS_OVER_LIMIT`) from its
+#: oldest end (``{order}`` empty) or its newest (``DESC``): the first
+#: ``%(candidates)s`` rows of other destinations there (the window's ``LIMIT`` keeps
+#: the filter above it, so the scan stops at the candidates found or at the window's
+#: end; none of the messages ``%(taken)s``, which the claim's first statement took),
+#: each then locked through the primary key (``LATERAL``, the conditions again with
+#: ``IS NOT DISTINCT FROM`` so that no index of the queue serves it), oldest first.
+_PICK_PASSING = (
+    "SELECT r.message_id, r.priority, r.ready_at, r.seq FROM (SELECT message_id, idx "
+    "FROM (SELECT message_id, idx, address FROM recipients WHERE state = 'queued' "
+    "AND route = %(route)s AND priority = {priority} AND {{ready}} <= %(now)s "
+    "ORDER BY ready_at {{order}}, seq {{order}} LIMIT %(window)s) AS w"
+    f" WHERE NOT ({DESTINATION}) = ANY(%(skip)s::text[]) "
+    "AND NOT message_id = ANY(%(taken)s::text[]) LIMIT %(candidates)s) AS c "
+    "CROSS JOIN LATERAL (SELECT message_id, priority, ready_at, seq FROM recipients "
+    "WHERE message_id = c.message_id AND idx = c.idx "
+    "AND state IS NOT DISTINCT FROM 'queued' AND route IS NOT DISTINCT FROM %(route)s "
+    "AND {{ready}} <= %(now)s FOR UPDATE SKIP LOCKED) AS r "
+    "ORDER BY r.ready_at, r.seq LIMIT {limit}"
+)
+
+
+def _claim(pick: str) -> str:
+    """The claim statement (formatted with ``ready`` and ``skip``, and ``order`` for
+    :data:`_PICK_PASSING`) picking each priority's rows with ``pick``."""
+    return (
+        "WITH high AS MATERIALIZED ("
+        + pick.format(priority=int(Priority.HIGH), limit="%(rows)s")
+        + "), normal AS MATERIALIZED ("
+        + pick.format(priority=int(Priority.NORMAL), limit="(SELECT %(rows)s - count(*) FROM high)")
+        + "), low AS MATERIALIZED ("
+        + pick.format(
+            priority=int(Priority.LOW),
+            limit="(SELECT %(rows)s - count(*) FROM high) - (SELECT count(*) FROM normal)",
+        )
+        + _CLAIM_TAKE
     )
-    + "), locked AS (SELECT * FROM high UNION ALL SELECT * FROM normal "
+
+
+_CLAIM_TAKE = (
+    "), locked AS (SELECT * FROM high UNION ALL SELECT * FROM normal "
     "UNION ALL SELECT * FROM low), "
     "picked AS (SELECT message_id, min(rank) AS rank FROM (SELECT message_id, "
     "row_number() OVER (ORDER BY priority DESC, ready_at, seq) AS rank FROM locked) AS o "
@@ -204,11 +237,22 @@ _CLAIM = (
     "WHERE r.message_id = t.message_id AND r.idx = t.idx "
     "RETURNING t.rank AS pick_rank, " + _RETURNING_RECIPIENT
 )
-CLAIM_TAKE_READY = _CLAIM.format(ready="ready_at", skip="")
-CLAIM_TAKE_FLUSH = _CLAIM.format(ready="send_at", skip="")
-#: The same passing over the recipients of some destinations (``skip_destinations``).
-CLAIM_TAKE_READY_SKIPPING = _CLAIM.format(ready="ready_at", skip=_NOT_SKIPPED)
-CLAIM_TAKE_FLUSH_SKIPPING = _CLAIM.format(ready="send_at", skip=_NOT_SKIPPED)
+CLAIM_TAKE_READY = _claim(_PICK).format(ready="ready_at", skip="")
+CLAIM_TAKE_FLUSH = _claim(_PICK).format(ready="send_at", skip="")
+#: The same passing over the recipients of some destinations (``skip_destinations``),
+#: from the oldest end of the ready queue and from the newest (:data:`_PICK_PASSING`).
+CLAIM_TAKE_READY_SKIPPING = _claim(_PICK_PASSING).format(
+    ready="ready_at", skip=_NOT_SKIPPED, order=""
+)
+CLAIM_TAKE_FLUSH_SKIPPING = _claim(_PICK_PASSING).format(
+    ready="send_at", skip=_NOT_SKIPPED, order=""
+)
+CLAIM_TAKE_READY_SKIPPING_NEWEST = _claim(_PICK_PASSING).format(
+    ready="ready_at", skip=_NOT_SKIPPED, order="DESC"
+)
+CLAIM_TAKE_FLUSH_SKIPPING_NEWEST = _claim(_PICK_PASSING).format(
+    ready="send_at", skip=_NOT_SKIPPED, order="DESC"
+)
 #: The hand-off (:func:`.transactions.submit_claiming`): the new message's recipients
 #: routed to one transport and ready now, claimed under one new token.
 CLAIM_OF_MESSAGE = (

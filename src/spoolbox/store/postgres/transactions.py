@@ -66,6 +66,10 @@ from .wakeups import ANY, ROUTE, notify, payloads
 
 #: Recipient rows a claim locks per message it wants (a message has several).
 _ROWS_PER_MESSAGE: Final = 4
+#: How many queued recipients of the destinations a claim passes over it reads at
+#: most from each end of a priority's ready queue (as the SQLite store's
+#: :data:`spoolbox.store.sqlite.transactions.PASS_OVER_LIMIT`).
+PASS_OVER_LIMIT: Final = 20_000
 _PAGE: Final = 200  # messages read per query while filtering a listing by state
 
 _R = RecipientState
@@ -211,22 +215,42 @@ async def claim(
         "rows": limit * _ROWS_PER_MESSAGE,
         "limit": limit,
     }
+    by_message: dict[str, list[RecipientRecord]] = {}
+    rank: dict[str, tuple[int, int]] = {}
+    token: dict[str, int] = {}  # one value of the sequence a statement (_q.CLAIM_TAKE_READY)
+
+    def took(rows: list[DictRow], statement: int) -> None:
+        for row in rows:
+            r = recipient_from_row(row)
+            token[r.message_id] = int(row["claim"])
+            by_message.setdefault(r.message_id, []).append(r)
+            rank[r.message_id] = (statement, int(row["pick_rank"]))
+
     if skip_destinations:
-        sql = _q.CLAIM_TAKE_FLUSH_SKIPPING if ignore_retry else _q.CLAIM_TAKE_READY_SKIPPING
+        # Passing over some destinations: from the oldest end of the ready queue,
+        # then, when that found too little, from the newest (PASS_OVER_LIMIT).
         params["skip"] = text_array(sorted(skip_destinations))
+        params["window"] = PASS_OVER_LIMIT
+        params["candidates"] = params["rows"]
+        params["taken"] = text_array(())
+        sql = _q.CLAIM_TAKE_FLUSH_SKIPPING if ignore_retry else _q.CLAIM_TAKE_READY_SKIPPING
+        took(await _all(conn, sql, params), 0)
+        if len(by_message) < limit:
+            more = limit - len(by_message)
+            params["limit"] = more
+            params["rows"] = params["candidates"] = more * _ROWS_PER_MESSAGE
+            params["taken"] = text_array(by_message)  # one job a message, one token
+            sql = (
+                _q.CLAIM_TAKE_FLUSH_SKIPPING_NEWEST
+                if ignore_retry
+                else _q.CLAIM_TAKE_READY_SKIPPING_NEWEST
+            )
+            took(await _all(conn, sql, params), 1)
     else:
         sql = _q.CLAIM_TAKE_FLUSH if ignore_retry else _q.CLAIM_TAKE_READY
-    taken = await _all(conn, sql, params)
-    if not taken:
+        took(await _all(conn, sql, params), 0)
+    if not by_message:
         return AfterCommit(_nothing)
-    by_message: dict[str, list[RecipientRecord]] = {}
-    rank: dict[str, int] = {}
-    token = 0  # one value of the sequence for the whole statement (_q.CLAIM_TAKE_READY)
-    for row in taken:
-        token = int(row["claim"])
-        r = recipient_from_row(row)
-        by_message.setdefault(r.message_id, []).append(r)
-        rank[r.message_id] = int(row["pick_rank"])
     messages = conn.cursor()
     await messages.execute(
         _q.SELECT_MESSAGES_WITH_CONTENT, {"ids": text_array(by_message), "prefetch": PREFETCH_LIMIT}
@@ -245,7 +269,9 @@ async def claim(
             claimed = tuple(sorted(by_message[mid], key=lambda r: r.index))
             content = b"".join(chunks[mid]) if mid in chunks else None
             info = message_from_row(infos[mid])
-            out.append(ClaimedJob(info, claimed, transport, owner, until, content, claim=token))
+            out.append(
+                ClaimedJob(info, claimed, transport, owner, until, content, claim=token[mid])
+            )
         return out
 
     return AfterCommit(jobs)

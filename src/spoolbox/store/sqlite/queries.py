@@ -8,6 +8,10 @@ hot ones (claims, counts, lease and expiry scans) name their index, and a test
 
 from __future__ import annotations
 
+import string
+from collections.abc import Sequence
+from typing import Final
+
 # -- columns ------------------------------------------------------------------------
 
 MESSAGE_COLUMNS = (
@@ -93,21 +97,42 @@ CLAIM_READY = (
     "WHERE state = 'queued' AND route = ? AND priority = ? AND ready_at <= ? "
     "ORDER BY ready_at"
 )
-#: :data:`CLAIM_READY` with each row's address, for a claim that passes over some
-#: destinations (``skip_destinations``: the address is filtered in Python).
-CLAIM_READY_ADDRESSED = (
-    "SELECT message_id, address FROM recipients INDEXED BY recipients_ready "
-    "WHERE state = 'queued' AND route = ? AND priority = ? AND ready_at <= ? "
-    "ORDER BY ready_at"
+#: :data:`CLAIM_READY` passing over the recipients of some destinations
+#: (``skip_destinations``): ``{window}`` rows of the queue at most (a subquery with a
+#: ``LIMIT`` is not flattened into a query with a ``WHERE``: the filter stays above
+#: the window, and the scan stops where the caller stops reading), from the oldest
+#: ready (``{order}`` empty) or the newest (``DESC``); ``{skipped}`` is
+#: :func:`skipped`'s condition.
+CLAIM_PASSING = (
+    "SELECT message_id FROM (SELECT message_id, address FROM recipients "
+    "INDEXED BY recipients_ready WHERE state = 'queued' AND route = ? AND priority = ? "
+    "AND {ready} <= ? ORDER BY ready_at {order} LIMIT ?) WHERE NOT ({skipped})"
 )
+
+
+_ASCII_LOWER: Final = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def skipped(destinations: Sequence[str]) -> tuple[str, list[str]]:
+    """The condition (and its parameters) true of a ``TYPE:value`` address whose
+    destination (:func:`spoolbox.model.destination`) is one of ``destinations``: a
+    domain after the last "@" by ``LIKE``, which folds ASCII letters only, as the
+    destination does (a destination with an ASCII capital is no domain's); a value
+    without "@" as it is."""
+    terms: list[str] = []
+    args: list[str] = []
+    for d in destinations:
+        if d == d.translate(_ASCII_LOWER):
+            terms.append("address LIKE ? ESCAPE '\\'")
+            args.append("%@" + d.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_"))
+        terms.append("(instr(address, '@') = 0 AND substr(address, instr(address, ':') + 1) = ?)")
+        args.append(d)
+    return " OR ".join(terms) or "0", args
+
+
 #: The same for a flush: the retry time is ignored, the send-at time never.
 CLAIM_FLUSH = (
     "SELECT message_id FROM recipients INDEXED BY recipients_ready "
-    "WHERE state = 'queued' AND route = ? AND priority = ? AND send_at <= ? "
-    "ORDER BY ready_at"
-)
-CLAIM_FLUSH_ADDRESSED = (
-    "SELECT message_id, address FROM recipients INDEXED BY recipients_ready "
     "WHERE state = 'queued' AND route = ? AND priority = ? AND send_at <= ? "
     "ORDER BY ready_at"
 )

@@ -215,10 +215,12 @@ def claim(
 
 
 #: How many queued recipients of the destinations a claim passes over it reads at
-#: most, per priority, before it stops looking (a lane at its
-#: ``destination_concurrency`` with a long queue for one domain: the mail for other
-#: domains behind them in the queue is found within this many; the rest waits until
-#: that domain's queue is shorter, or has a free connection again).
+#: most from each end of a priority's ready queue before it stops looking (a lane at
+#: its ``destination_concurrency`` with a long queue for one domain): first from the
+#: oldest, then, when that found too little, from the newest, where the mail that
+#: came after the long queue is.  Mail of other destinations with more than this many
+#: passed-over recipients both before and after it waits until that queue is shorter,
+#: or its destination has room again.
 PASS_OVER_LIMIT: Final = 20_000
 
 
@@ -231,31 +233,50 @@ def _pick(
     skip: frozenset[str],
 ) -> list[str]:
     """The messages a claim takes: highest priority first, then oldest ready, passing
-    over the recipients whose destination is in ``skip`` (:data:`PASS_OVER_LIMIT` of
-    them at most a priority; their addresses are read only then)."""
+    over the recipients whose destination is in ``skip`` (see
+    :data:`PASS_OVER_LIMIT`)."""
     if skip:
-        sql = _q.CLAIM_FLUSH_ADDRESSED if ignore_retry else _q.CLAIM_READY_ADDRESSED
-    else:
-        sql = _q.CLAIM_FLUSH if ignore_retry else _q.CLAIM_READY
+        condition, skip_args = _q.skipped(sorted(skip))
+        ready = "send_at" if ignore_retry else "ready_at"
+        oldest = _q.CLAIM_PASSING.format(ready=ready, order="", skipped=condition)
+        newest = _q.CLAIM_PASSING.format(ready=ready, order="DESC", skipped=condition)
     picked: list[str] = []
     for prio in _PRIORITIES:
         if len(picked) >= limit:
             break
-        passed = 0
-        cursor = conn.execute(sql, (transport, int(prio), now))
-        try:
-            for row in cursor:
-                if skip and destination(row[1].partition(":")[2]) in skip:
-                    passed += 1
-                    if passed >= PASS_OVER_LIMIT:
-                        break
-                elif row[0] not in picked:
-                    picked.append(row[0])
-                    if len(picked) >= limit:
-                        break
-        finally:
-            cursor.close()
+        if not skip:
+            sql = _q.CLAIM_FLUSH if ignore_retry else _q.CLAIM_READY
+            _scan(conn, sql, (transport, int(prio), now), picked, limit)
+            continue
+        args = (transport, int(prio), now, PASS_OVER_LIMIT, *skip_args)
+        _scan(conn, oldest, args, picked, limit)
+        if len(picked) < limit:
+            # Then the newest end; what it found taken oldest first after the rest.
+            tail: list[str] = []
+            _scan(conn, newest, args, tail, limit - len(picked), picked)
+            picked.extend(reversed(tail))
     return picked
+
+
+def _scan(
+    conn: sqlite3.Connection,
+    sql: str,
+    args: tuple[object, ...],
+    into: list[str],
+    limit: int,
+    seen: Collection[str] = (),
+) -> None:
+    """Add to ``into`` the message ids of ``sql``'s rows, in its order, but for those
+    in ``into`` or ``seen``, until it holds ``limit``."""
+    cursor = conn.execute(sql, args)
+    try:
+        for (mid,) in cursor:
+            if mid not in into and mid not in seen:
+                into.append(mid)
+                if len(into) >= limit:
+                    break
+    finally:
+        cursor.close()
 
 
 def submit_claiming(
