@@ -79,10 +79,12 @@ class Cheap(_Provider):
 
 
 class LimitedSession(CheapSession):
-    """Says how many messages it takes at once, and how many to one destination."""
+    """Says how many messages it takes at once, how many to one destination, and the
+    least time between two to one destination."""
 
     concurrency = 3
     destination_concurrency = 2
+    destination_rate_delay = 0.25
 
 
 class Limited(_Provider):

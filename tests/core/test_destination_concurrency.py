@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -30,10 +31,18 @@ SLOW = "slow.example"
 class Gate:
     """What the sessions share with the test: the gate of slow.example, and counts."""
 
-    def __init__(self, concurrency: int, destination_concurrency: int | None) -> None:
+    def __init__(
+        self,
+        concurrency: int,
+        destination_concurrency: int | None,
+        destination_rate_delay: float | None = None,
+    ) -> None:
         self.concurrency = concurrency
         self.destination_concurrency = destination_concurrency
+        self.destination_rate_delay = destination_rate_delay
         self.open = asyncio.Event()
+        # Each domain's messages: when the transport had each (monotonic start, end).
+        self.spans: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
         self.now: collections.Counter[str] = collections.Counter()
         self.most: collections.Counter[str] = collections.Counter()
         self.delivered: list[str] = []
@@ -47,6 +56,7 @@ class GatedSession(BaseTransportSession):
         self.gate = gate
         self.concurrency = gate.concurrency
         self.destination_concurrency = gate.destination_concurrency
+        self.destination_rate_delay = gate.destination_rate_delay
 
     def address_types(self) -> Collection[str]:
         return self.ADDRESS_TYPES
@@ -54,6 +64,7 @@ class GatedSession(BaseTransportSession):
     async def submit_message(self, message: OutboundMessage, flags: SubmitFlags) -> None:
         gate = self.gate
         domains = {destination(r.address.value) for r in message.recipients}
+        began = time.monotonic()
         for d in domains:
             gate.now[d] += 1
             gate.most[d] = max(gate.most[d], gate.now[d])
@@ -67,6 +78,7 @@ class GatedSession(BaseTransportSession):
         finally:
             for d in domains:
                 gate.now[d] -= 1
+                gate.spans[d].append((began, time.monotonic()))
 
 
 class GatedProvider:
@@ -239,3 +251,39 @@ async def test_a_full_domain_does_not_spin_the_claims(store: Store) -> None:
         gate.open.set()
         for info in slow:
             assert await sp.wait_for(info.id, timeout=10) is MessageState.SENT
+
+
+async def test_a_rate_delay_spaces_one_domain_and_leaves_the_others(store: Store) -> None:
+    """``destination_rate_delay``: one message at a time to a domain (whatever
+    ``destination_concurrency`` says), the next at least the delay after the end of
+    the one before; the other domains' mail goes meanwhile (within the pause after a
+    claim that passed over the resting domain and found nothing: a second at most),
+    and ``queue show`` says why a message of the resting domain waits."""
+    delay = 2.0
+    gate = Gate(concurrency=4, destination_concurrency=4, destination_rate_delay=delay)
+    gate.open.set()
+    async with _spooler(gate, store) as sp:
+        slow = await sp.submit_many(message(f"SMTP:u{i}@{SLOW}") for i in range(2))
+        await until(lambda: len(gate.spans[SLOW]) == 1, what="the first to slow.example sent")
+        view = cast(DaemonView, _View(sp))
+        [recipient] = (await api_ops.queue_show(view, {"id": slow[1].id}))["recipients"]
+        assert recipient["waiting"].startswith(
+            f"{SLOW} gets one message every 2 s, its destination_rate_delay; claimed, it goes in "
+        ), recipient
+        # Two other domains (each has its own delay: one message to each goes now).
+        fast = [await sp.submit(message(f"SMTP:f@{d}.example")) for d in ("one", "two")]
+        for info in fast:
+            assert await sp.wait_for(info.id, timeout=5) is MessageState.SENT
+        # The other domains' mail went while slow.example rested.
+        assert len(gate.spans[SLOW]) == 1, gate.spans
+        for info in slow:
+            assert await sp.wait_for(info.id, timeout=10) is MessageState.SENT
+        # Each domain rests after its message; once every rest is over, a wait for
+        # work is bounded by its own timeout alone (the rests are forgotten).
+        lane = sp.host("mx").outbound
+        assert 0 < lane._rest_bound(60.0) <= delay
+        await asyncio.sleep(delay + 0.1)
+        assert lane._rest_bound(60.0) == 60.0
+    assert gate.most[SLOW] == 1
+    (first, second) = sorted(gate.spans[SLOW])
+    assert delay - 0.05 <= second[0] - first[1] < delay + 1.0, (first, second)

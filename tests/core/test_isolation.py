@@ -119,8 +119,10 @@ async def test_the_childs_concurrency_and_destination_concurrency_reach_the_spoo
         assert await sp.wait_ready(timeout=20) == {"iso": True, "plain": True}
         host = sp.host("iso")
         assert (host.concurrency, host.destination_concurrency) == (3, 2)
+        assert host.destination_rate_delay == 0.25
         plain = sp.host("plain")
         assert (plain.concurrency, plain.destination_concurrency) == (1, None)
+        assert plain.destination_rate_delay is None
         info = await sp.submit(message("SMTP:bob@example.org", "SMTP:carol@example.net"))
         assert await sp.wait_for(info.id, timeout=20) is MessageState.SENT
 

@@ -17,6 +17,7 @@ import re
 import socket
 import ssl
 import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,6 +159,12 @@ def test_mx_delivery_options_and_their_defaults() -> None:
     s = SMTPSettings.from_config({"delivery": "mx", "destination_concurrency": 10})
     assert s.destination_concurrency == 10
     assert SMTPSettings.from_config({"host": "h"}).destination_concurrency is None
+    # No rate delay unless asked for; 0 is none.
+    assert SMTPSettings.from_config({"delivery": "mx"}).destination_rate_delay is None
+    s = SMTPSettings.from_config({"delivery": "mx", "destination_rate_delay": 0})
+    assert s.destination_rate_delay is None
+    s = SMTPSettings.from_config({"delivery": "mx", "destination_rate_delay": 1.5})
+    assert s.destination_rate_delay == 1.5
 
 
 @pytest.mark.parametrize(
@@ -175,6 +182,12 @@ def test_mx_delivery_options_and_their_defaults() -> None:
             "option 'destination_concurrency' is for delivery = 'mx'",
         ),
         ({"delivery": "mx", "destination_concurrency": 0}, "option 'destination_concurrency'"),
+        (
+            {"host": "h", "destination_rate_delay": 1},
+            "option 'destination_rate_delay' is for delivery = 'mx'",
+        ),
+        ({"delivery": "mx", "destination_rate_delay": -1}, "option 'destination_rate_delay'"),
+        ({"delivery": "mx", "destination_rate_delay": "5s"}, "option 'destination_rate_delay'"),
         ({"delivery": "mx", "nameservers": ["dns.example.org"]}, "is not an IP address"),
         ({"delivery": "mx", "nameservers": ["192.0.2.53:99999"]}, "port must be a number"),
         ({"delivery": "mx", "nameservers": []}, "at least one server"),
@@ -736,3 +749,39 @@ async def test_check_and_status_say_how_mail_goes(
     assert "delivering by MX lookup" in row, row
     # A host name that is not fully qualified: the servers will likely refuse it.
     assert "delivery = 'mx' greets the domains' mail servers as 'vm' (EHLO)" in caplog.text
+
+
+@dataclass
+class Timing(Recorder):
+    """A server that writes down when it took each message (the final dot)."""
+
+    times: list[float] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.times.append(time.monotonic())
+        return await super().handle_DATA(server, session, envelope)
+
+
+async def test_a_rate_delay_spaces_the_messages_to_one_domain(dns: Dnsmasq) -> None:
+    """``destination_rate_delay``: three messages for example.test reach its server one
+    at a time, 0.5 s apart at least; one for other.test, after them, goes at once."""
+    port = common_port()
+    slow = Timing()
+    fast = Timing()
+    opts = mx_options(dns, port, max_connections=4, destination_rate_delay=0.5)
+    async with (
+        aiosmtpd_server(slow, host=MX1, port=port),
+        aiosmtpd_server(fast, host=MX3, port=port),
+        open_spooler(opts) as sp,
+    ):
+        queued = [await sp.submit(message(f"SMTP:u{i}@example.test")) for i in range(3)]
+        other = await sp.submit(message("SMTP:bob@other.test"))
+        for info in [*queued, other]:
+            assert await sp.wait_for(info.id, timeout=20) is MessageState.SENT
+        session = sp.host("smtp").session
+        assert isinstance(session, smtp_session.SMTPSession)
+        assert session.status_object()["destination_rate_delay"] == 0.5
+    assert len(slow.times) == 3 and len(fast.times) == 1
+    gaps = [b - a for a, b in zip(slow.times, slow.times[1:], strict=False)]
+    assert min(gaps) >= 0.45, gaps
+    assert fast.times[0] < slow.times[1], (fast.times, slow.times)

@@ -10,6 +10,7 @@ destinations of its recipients (the user says "now").
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,7 +19,13 @@ from ..store import ClaimedJob, RecipientUpdate
 from .clock import Clock
 from .policy import Policy
 
-__all__ = ["DestinationBackoff", "Hold", "destination_concurrency_of", "destination_of"]
+__all__ = [
+    "DestinationBackoff",
+    "Hold",
+    "destination_concurrency_of",
+    "destination_of",
+    "destination_rate_delay_of",
+]
 
 
 def destination_of(transport: str, address: Address) -> tuple[str, str]:
@@ -32,6 +39,18 @@ def destination_concurrency_of(session: object) -> int | None:
     least 1)."""
     value = getattr(session, "destination_concurrency", None)
     return None if value is None else max(1, int(value))
+
+
+def destination_rate_delay_of(session: object) -> float | None:
+    """A session's ``destination_rate_delay`` in seconds (None, its default, or 0:
+    none)."""
+    value = getattr(session, "destination_rate_delay", None)
+    if value is None:
+        return None
+    delay = float(value)
+    if not math.isfinite(delay) or delay < 0:
+        raise ValueError(f"destination_rate_delay must be 0 or more seconds, not {value!r}")
+    return delay or None
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,7 +134,11 @@ class BaseTransportSession:
     a transport that connects to each domain's own servers sets it, so that a long
     queue for one domain leaves its other connections to the mail for other
     domains; a message for a destination at its limit waits, claimed, and the
-    spooler claims the mail behind it instead.  The default ``submit_message``
+    spooler claims the mail behind it instead.  ``destination_rate_delay``, when
+    more than 0, is the least time in seconds between the end of one message to a
+    destination and the start of the next (one at a time to each, as Postfix's
+    ``default_destination_rate_delay``): for receivers that take mail from one
+    sender only so fast.  The default ``submit_message``
     answers not-me, so a session that does not send never gets messages.
     """
 
@@ -142,6 +146,7 @@ class BaseTransportSession:
     CAPABILITIES: ClassVar[LogonCaps] = LogonCaps.NONE
     concurrency: int = 1
     destination_concurrency: int | None = None
+    destination_rate_delay: float | None = None
 
     def __init__(self, support: Support) -> None:
         self.support = support

@@ -70,6 +70,8 @@ def _outbound_text(outbound: Outbound) -> str:
             "# max_connections = 100        # messages in flight (each on a connection)",
             "# destination_concurrency = 20 # of them to one domain at most: the rest are",
             "                               # for the mail to other domains",
+            "# destination_rate_delay = 0   # seconds between two messages to one domain",
+            "                               # (one at a time then), for slow receivers",
         ]
     else:
         assert outbound.relay is not None

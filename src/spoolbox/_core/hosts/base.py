@@ -81,6 +81,9 @@ class HostBase:
         #: have at once (None: no limit of its own; see ``destination_concurrency``
         #: in :mod:`spoolbox.contract.provider`).
         self.destination_concurrency: int | None = None
+        #: The least time between two of its messages to one destination (None:
+        #: none; see ``destination_rate_delay`` in :mod:`spoolbox.contract.provider`).
+        self.destination_rate_delay: float | None = None
         self.profile: ProfileSectionImpl | None = None
         self.flushing = FlushFlags.NONE
         self.wake = asyncio.Event()

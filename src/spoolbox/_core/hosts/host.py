@@ -25,7 +25,7 @@ from ...model import (
 )
 from ..clock import wait_event
 from ..config import TransportConfig
-from ..destinations import destination_concurrency_of
+from ..destinations import destination_concurrency_of, destination_rate_delay_of
 from ..lifecycle import SessionLifecycle
 from ..objects import ProfileSectionImpl
 from ..rate import RateLimit
@@ -108,6 +108,10 @@ class TransportHost(HostBase):
         self.call_sync("register_options", session.register_options)
         self.concurrency = max(1, int(getattr(session, "concurrency", 1)))
         self.destination_concurrency = destination_concurrency_of(session)
+        try:
+            self.destination_rate_delay = destination_rate_delay_of(session)
+        except (TypeError, ValueError) as exc:
+            raise ContractViolation(str(exc)) from None
         if not self.shown:
             self.row()
             self.set_bits(detail="provider did not create its status row in logon()")

@@ -230,6 +230,10 @@ class IsolatedSession:
     def destination_concurrency(self) -> int | None:
         return self._facts.destination_concurrency
 
+    @property
+    def destination_rate_delay(self) -> float | None:
+        return self._facts.destination_rate_delay
+
     def learn(self, facts: SessionFacts) -> None:
         self._facts = facts
 

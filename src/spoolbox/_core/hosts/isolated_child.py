@@ -42,7 +42,7 @@ from ...model import (
     ValidateFlags,
 )
 from ..config import load_provider_class
-from ..destinations import destination_concurrency_of
+from ..destinations import destination_concurrency_of, destination_rate_delay_of
 from ..objects import ContentMessage, InboundWriterImpl, ProfileSectionImpl
 from .wire import (
     WIRE_VERSION,
@@ -280,6 +280,7 @@ class _Child:
             concurrency=max(1, int(getattr(s, "concurrency", 1))),
             status_object=dict(s.status_object()),
             destination_concurrency=destination_concurrency_of(s),
+            destination_rate_delay=destination_rate_delay_of(s),
         )
 
     async def logon(

@@ -98,6 +98,9 @@ class OutboundLane:
         # The destinations of the jobs the workers have started and not finished
         # (``destination_concurrency``): how many jobs each.
         self._started: collections.Counter[str] = collections.Counter()
+        # With a ``destination_rate_delay``: when each destination a job ended for may
+        # have its next started (the clock's time; past ones pruned at claims).
+        self._rested: dict[str, float] = {}
         # The full destinations of the last claim, if it found nothing, and when a
         # claim passing over the same may look again.
         self._passed_over: frozenset[str] = frozenset()
@@ -173,77 +176,128 @@ class OutboundLane:
             # message was (one slice per message at most).
             await checkpoint()
 
+    def _limit(self) -> int | None:
+        """How many jobs to one destination may be under way at once (None: no
+        limit): the ``destination_concurrency``, or one with a
+        ``destination_rate_delay`` (as Postfix's rate delay makes its concurrency 1)."""
+        host = self._host
+        return 1 if host.destination_rate_delay else host.destination_concurrency
+
+    def _room(self, job: ClaimedJob, limit: int, now: float) -> bool:
+        """Whether each destination of ``job`` has room for one more job now: fewer
+        than ``limit`` under way, and its ``destination_rate_delay`` over."""
+        started, rested = self._started, self._rested
+        return all(started[d] < limit and rested.get(d, now) <= now for d in _destinations(job))
+
     def _take_ready(self) -> ClaimedJob | None:
         """The next claimed job a worker may start (None: none): the first in claim
         order, or, with a ``destination_concurrency``, the first whose destinations
         have room."""
-        limit = self._host.destination_concurrency
+        limit = self._limit()
         if limit is None or not self._ready:
             return self._ready.popleft() if self._ready else None
+        now = self._host.runtime.clock.now()
         for i, job in enumerate(self._ready):
-            if all(self._started[d] < limit for d in _destinations(job)):
+            if self._room(job, limit, now):
                 del self._ready[i]
                 return job
         return None
 
     def _can_start(self) -> bool:
         """Whether a claimed job waits that a worker may start now."""
-        limit = self._host.destination_concurrency
+        limit = self._limit()
         if limit is None:
             return bool(self._ready)
-        started = self._started
-        return any(all(started[d] < limit for d in _destinations(j)) for j in self._ready)
+        now = self._host.runtime.clock.now()
+        return any(self._room(j, limit, now) for j in self._ready)
 
     def _full_destinations(self) -> frozenset[str]:
         """The destinations a claim passes over: those whose started and waiting jobs
-        make the ``destination_concurrency`` (none without one)."""
-        limit = self._host.destination_concurrency
+        make the ``destination_concurrency``, and those whose
+        ``destination_rate_delay`` is not over (none without either)."""
+        limit = self._limit()
         if limit is None:
             return frozenset()
         counts = collections.Counter(self._started)
         for job in self._ready:
             counts.update(_destinations(job))
-        return frozenset(d for d, n in counts.items() if n >= limit)
+        full = {d for d, n in counts.items() if n >= limit}
+        if self._rested:
+            now = self._host.runtime.clock.now()
+            self._rested = {d: t for d, t in self._rested.items() if t > now}
+            full.update(self._rested)
+        return frozenset(full)
+
+    def _rest_bound(self, timeout: float) -> float:
+        """``timeout``, or less: until the first ``destination_rate_delay`` ends (a
+        job of it may wait, claimed, or its queue be claimed again then)."""
+        if not self._rested:
+            return timeout
+        now = self._host.runtime.clock.now()
+        self._rested = {d: t for d, t in self._rested.items() if t > now}
+        return min([timeout, *(t - now for t in self._rested.values())])
 
     def destination_wait(self, message_id: str, index: int) -> str | None:
         """Why recipient ``index`` of ``message_id``, claimed by this lane, is not
         being sent: its job waits for a destination at its ``destination_concurrency``
-        (None: it does not, or it is not claimed here)."""
-        limit = self._host.destination_concurrency
+        or in its ``destination_rate_delay`` (None: it does not, or it is not claimed
+        here)."""
+        limit = self._limit()
         if limit is None:
             return None
         for job in self._ready:
             if job.message.id != message_id or all(r.index != index for r in job.recipients):
                 continue
-            full = sorted(d for d in _destinations(job) if self._started[d] >= limit)
-            if full:
-                return (
-                    f"{', '.join(full)} has {limit} messages under way, its "
-                    "destination_concurrency; claimed, it goes when one of them is done"
-                )
+            for d in sorted(_destinations(job)):
+                why = self._why_full(d, limit)
+                if why is not None:
+                    return f"{why[0]}; claimed, it goes {why[1]}"
         return None
+
+    def _why_full(self, where: str, limit: int) -> tuple[str, str] | None:
+        """Why destination ``where`` has no room for another job now, and when it
+        will (None: it has room)."""
+        delay = self._host.destination_rate_delay
+        if delay:
+            every = seconds_text(delay)
+            reason = f"{where} gets one message every {every}, its destination_rate_delay"
+            if self._started[where]:
+                return reason, f"{every} after the one under way"
+            now = self._host.runtime.clock.now()
+            rest = self._rested.get(where, now) - now
+            return None if rest <= 0 else (reason, f"in {seconds_text(rest)}")
+        if self._started[where] < limit:
+            return None
+        return (
+            f"{where} has {limit} messages under way, its destination_concurrency",
+            "when one of them is done",
+        )
 
     def destination_full(self, value: str) -> str | None:
         """Why a queued recipient of address value ``value`` is not claimed now: this
         lane has as many messages to its destination under way as its
-        ``destination_concurrency`` lets it (None: it has room, or no limit)."""
-        limit = self._host.destination_concurrency
-        where = destination(value)
-        if limit is None or self._started[where] < limit:
+        ``destination_concurrency`` lets it, or the destination is in its
+        ``destination_rate_delay`` (None: it has room, or no limit)."""
+        limit = self._limit()
+        if limit is None:
             return None
-        return (
-            f"{where} has {limit} messages under way, its destination_concurrency; "
-            "queued behind them"
-        )
+        why = self._why_full(destination(value), limit)
+        if why is None:
+            return None
+        if self._host.destination_rate_delay:
+            return f"{why[0]}; queued, the next one goes {why[1]}"
+        return f"{why[0]}; queued behind them"
 
     def _start(self, job: ClaimedJob) -> frozenset[str]:
         """A worker starts ``job``: its destinations count one more (returned, for
         :meth:`_finish`)."""
-        limit = self._host.destination_concurrency
+        limit = self._limit()
         if limit is None:
             return frozenset()
         destinations = _destinations(job)
         self._started.update(destinations)
+        if self._host.destination_rate_delay:
+            return destinations  # every destination at its one: no news for the row
         reached = {d for d in destinations if self._started[d] >= limit} - self._at_limit
         if reached:
             self._at_limit |= reached
@@ -254,7 +308,11 @@ class OutboundLane:
         """A started job is done: its destinations count one less, and a destination
         that was at its limit wakes the worker waiting for work (a job of it may wait,
         claimed, or its queue may be claimed again)."""
-        limit = self._host.destination_concurrency
+        limit = self._limit()
+        delay = self._host.destination_rate_delay
+        if delay and destinations:
+            until = self._host.runtime.clock.now() + delay
+            self._rested.update(dict.fromkeys(destinations, until))
         for d in destinations:
             was = self._started[d]
             if was <= 1:
@@ -612,8 +670,10 @@ class OutboundLane:
                 continue
             if len(self._ready) >= self._ready_limit():
                 # Enough claimed jobs wait for their destinations already: no more
-                # until one of them starts (a job's end wakes this).
-                await wait_event(runtime.clock, host.wake, runtime.policy.router_interval * 5)
+                # until one of them starts (a job's end wakes this, as does the end of
+                # a destination_rate_delay).
+                timeout = self._rest_bound(runtime.policy.router_interval * 5)
+                await wait_event(runtime.clock, host.wake, timeout)
                 continue
             full = self._full_destinations()
             if full and full == self._passed_over and runtime.clock.now() < self._pass_again:
@@ -626,7 +686,9 @@ class OutboundLane:
                 self._waiting += 1
                 try:
                     await wait_event(
-                        runtime.clock, host.wake, self._pass_again - runtime.clock.now()
+                        runtime.clock,
+                        host.wake,
+                        self._rest_bound(self._pass_again - runtime.clock.now()),
                     )
                 finally:
                     self._waiting -= 1
@@ -683,6 +745,7 @@ class OutboundLane:
                 # (Mail ready now that the claim passed over waits for a job's end,
                 # which wakes this, not for its ready time: that would be a busy loop.)
                 timeout = min(timeout, max(0.0, next_at - runtime.clock.now()))
+            timeout = self._rest_bound(timeout)
             self._waiting += 1
             try:
                 await wait_event(runtime.clock, host.wake, timeout)

@@ -125,6 +125,7 @@ class SessionFacts:
     concurrency: int
     status_object: Mapping[str, Any] = field(default_factory=dict)
     destination_concurrency: int | None = None
+    destination_rate_delay: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,12 @@ Configuration (the transport's ``options`` in the profile):
     then leaves the other connections to the mail for other domains: the spooler
     claims the mail behind it in the queue instead of waiting.  Equal to
     ``max_connections``, one domain may have them all, as before.
+``destination_rate_delay``
+    ``delivery = "mx"`` only: seconds between the end of one message to a domain and
+    the start of the next (default 0: none), for receivers that take mail from one
+    sender only so fast; one message at a time to each domain then, whatever
+    ``destination_concurrency`` says (Postfix's ``default_destination_rate_delay``).
+    The other domains' mail goes meanwhile.
 ``command_timeout``, ``data_timeout``
     Seconds.  ``command_timeout`` (default 60) bounds the wait for the greeting and
     for the reply to every command (EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA, RSET,

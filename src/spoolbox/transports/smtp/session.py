@@ -105,6 +105,7 @@ class SMTPSession(BaseTransportSession):
         self.settings = settings
         self.concurrency = settings.max_connections
         self.destination_concurrency = settings.destination_concurrency
+        self.destination_rate_delay = settings.destination_rate_delay
         self.pool = Pool(settings, tls_context, helo_name)
         #: Delivery "mx": the resolver, and a pool per server address (and TLS mode).
         self.mx = mx
@@ -190,6 +191,11 @@ class SMTPSession(BaseTransportSession):
             **(
                 {"destination_concurrency": s.destination_concurrency}
                 if s.destination_concurrency is not None
+                else {}
+            ),
+            **(
+                {"destination_rate_delay": s.destination_rate_delay}
+                if s.destination_rate_delay is not None
                 else {}
             ),
             "connections_open": sum(p.open_count for p in self._pools()),

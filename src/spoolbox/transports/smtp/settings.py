@@ -88,6 +88,9 @@ class SMTPOptions:
     helo_name: str | None = None
     max_connections: int | None = option(None, low=1, high=1000)
     destination_concurrency: int | None = option(None, low=1, high=1000)
+    destination_rate_delay: float | None = option(
+        None, low=0, high=86400, what="seconds, from 0 (none) to 86400"
+    )
     max_message_size: int | None = option(None, low=1, high=1 << 62)
     timeouts: dict[str, float] | None = option(
         None,
@@ -124,6 +127,7 @@ class SMTPOptions:
                 "mta_sts",
                 "mta_sts_port",
                 "destination_concurrency",
+                "destination_rate_delay",
             ):
                 if getattr(self, key) is not None:
                     raise OptionError(key, "is for delivery = 'mx'")
@@ -195,6 +199,9 @@ class SMTPSettings:
     #: domain at once (None: delivery "relay", where every message goes to the one
     #: smart host).
     destination_concurrency: int | None = None
+    #: Delivery "mx": the least seconds between two messages to one domain, one at a
+    #: time (None: none).
+    destination_rate_delay: float | None = None
     max_message_size: int | None = None
     timeouts: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
 
@@ -249,6 +256,7 @@ class SMTPSettings:
                 if mx
                 else None
             ),
+            destination_rate_delay=o.destination_rate_delay or None,
             max_message_size=o.max_message_size,
             timeouts=o.timeout_table(),
         )
