@@ -141,3 +141,24 @@ async def test_postgres_folds_only_ascii_letters_whatever_the_collation(
             assert taken == [ids[1]]
     finally:
         pg_cluster.drop_database(name)
+
+
+async def test_postgres_passes_over_rows_another_claim_holds(pg_dsn: str) -> None:
+    # Another node's claim holds the mail of other domains before and after one
+    # message (its transaction open): this claim takes that one instead of finding
+    # nothing.
+    import psycopg
+
+    async with PostgresStore(pg_dsn, pool_size=2) as store:
+        await _queue(store, *(f"X:s{i}@slow.example" for i in range(3)), first=0)
+        held = await _queue(store, *(f"X:h{i}@fast.example" for i in range(6)), first=10)
+        free = await _queue(store, "X:f@other.example", first=20)
+        held += await _queue(store, *(f"X:i{i}@fast.example" for i in range(6)), first=30)
+        async with await psycopg.AsyncConnection.connect(pg_dsn) as other:
+            await other.execute(
+                "SELECT 1 FROM recipients WHERE message_id = ANY(%s) FOR UPDATE", (held,)
+            )
+            taken = await _claim(store, 1, skip_destinations={"slow.example"})
+            assert taken == free
+            await other.rollback()
+        assert await _claim(store, 20, skip_destinations={"slow.example"}) == held

@@ -182,24 +182,26 @@ DESTINATION = (
 _NOT_SKIPPED = f" AND NOT ({DESTINATION}) = ANY(%(skip)s::text[])"
 #: :data:`_PICK` passing over the destinations in ``%(skip)s``, reading no more than
 #: ``%(window)s`` of the ready queue (:data:`.transactions.PASS_OVER_LIMIT`) from its
-#: oldest end (``{order}`` empty) or its newest (``DESC``): the first
-#: ``%(candidates)s`` rows of other destinations there (the window's ``LIMIT`` keeps
-#: the filter above it, so the scan stops at the candidates found or at the window's
-#: end; none of the messages ``%(taken)s``, which the claim's first statement took),
-#: each then locked through the primary key (``LATERAL``, the conditions again with
-#: ``IS NOT DISTINCT FROM`` so that no index of the queue serves it), oldest first.
+#: oldest end (``{order}`` empty) or its newest (``DESC``): the rows of other
+#: destinations there (none of the messages ``%(taken)s``, which the claim's first
+#: statement took), in that order, each locked through the primary key (``LATERAL``,
+#: the conditions again with ``IS NOT DISTINCT FROM`` so that no index of the queue
+#: serves it) unless another node's claim holds it, until ``{limit}`` are.  No sort
+#: above the join: its ``LIMIT`` stops the scan at the rows taken (the window's
+#: ``LIMIT`` keeps the filter above it), and rows that other nodes hold are passed
+#: over as :data:`_PICK` passes over them; the jobs' order comes from the ranking
+#: after (``picked``).
 _PICK_PASSING = (
     "SELECT r.message_id, r.priority, r.ready_at, r.seq FROM (SELECT message_id, idx "
     "FROM (SELECT message_id, idx, address FROM recipients WHERE state = 'queued' "
     "AND route = %(route)s AND priority = {priority} AND {{ready}} <= %(now)s "
     "ORDER BY ready_at {{order}}, seq {{order}} LIMIT %(window)s) AS w"
     f" WHERE NOT ({DESTINATION}) = ANY(%(skip)s::text[]) "
-    "AND NOT message_id = ANY(%(taken)s::text[]) LIMIT %(candidates)s) AS c "
+    "AND NOT message_id = ANY(%(taken)s::text[])) AS c "
     "CROSS JOIN LATERAL (SELECT message_id, priority, ready_at, seq FROM recipients "
     "WHERE message_id = c.message_id AND idx = c.idx "
     "AND state IS NOT DISTINCT FROM 'queued' AND route IS NOT DISTINCT FROM %(route)s "
-    "AND {{ready}} <= %(now)s FOR UPDATE SKIP LOCKED) AS r "
-    "ORDER BY r.ready_at, r.seq LIMIT {limit}"
+    "AND {{ready}} <= %(now)s FOR UPDATE SKIP LOCKED) AS r LIMIT {limit}"
 )
 
 

@@ -231,14 +231,13 @@ async def claim(
         # then, when that found too little, from the newest (PASS_OVER_LIMIT).
         params["skip"] = text_array(sorted(skip_destinations))
         params["window"] = PASS_OVER_LIMIT
-        params["candidates"] = params["rows"]
         params["taken"] = text_array(())
         sql = _q.CLAIM_TAKE_FLUSH_SKIPPING if ignore_retry else _q.CLAIM_TAKE_READY_SKIPPING
         took(await _all(conn, sql, params), 0)
         if len(by_message) < limit:
             more = limit - len(by_message)
             params["limit"] = more
-            params["rows"] = params["candidates"] = more * _ROWS_PER_MESSAGE
+            params["rows"] = more * _ROWS_PER_MESSAGE
             params["taken"] = text_array(by_message)  # one job a message, one token
             sql = (
                 _q.CLAIM_TAKE_FLUSH_SKIPPING_NEWEST
