@@ -107,7 +107,15 @@ async def test_the_oldest_end_alone_when_it_fills_the_claim(store: Store) -> Non
     assert await _claim(store, 3, skip_destinations={"slow.example"}) == older
 
 
-async def test_a_destination_is_matched_as_it_is_never_as_a_pattern(store: Store) -> None:
+@pytest.mark.parametrize("more", [0, 1500], ids=["few", "many"])
+async def test_a_destination_is_matched_as_it_is_never_as_a_pattern(
+    store: Store, more: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ``more`` destinations besides (each store may match a long list otherwise:
+    # SQLite computes the destination in SQL; as many terms would be too deep).
+    # The whole queue within the window.
+    monkeypatch.setattr(pg_transactions, "PASS_OVER_LIMIT", 100)
+    monkeypatch.setattr(sqlite_transactions, "PASS_OVER_LIMIT", 100)
     ids = await _queue(
         store,
         "X:p@axb.example",  # "_" is no wildcard
@@ -118,11 +126,16 @@ async def test_a_destination_is_matched_as_it_is_never_as_a_pattern(store: Store
         "X:u@root",  # a domain "root" is not the value "Root"
         "X:Root",
         "X:v@sub.x%y.example",
+        'X:"w@x"@Quoted.Example',  # after the last "@"
+        "X:z@\u00c4BC.Example",  # only ASCII letters are folded
+        "X:y@\u00e4bc.example",
         first=0,
     )
     skip = {"a_b.example", "x%y.example", "back\\slash.example", "Root"}
+    skip |= {"quoted.example", "\u00c4bc.example"}
+    skip |= {f"d{i}.example" for i in range(more)}
     taken = await _claim(store, 20, skip_destinations=skip)
-    assert taken == [ids[0], ids[2], ids[5], ids[7]]
+    assert taken == [ids[0], ids[2], ids[5], ids[7], ids[10]]
 
 
 async def test_postgres_folds_only_ascii_letters_whatever_the_collation(

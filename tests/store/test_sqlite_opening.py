@@ -212,13 +212,18 @@ async def test_hot_queries_do_not_scan_the_queue(tmp_path: Path, query: str) -> 
 
 @pytest.mark.parametrize("ready", ["ready_at", "send_at"])
 @pytest.mark.parametrize("order", ["", "DESC"])
+@pytest.mark.parametrize(
+    "destinations",
+    [["slow.example", "Root"], [f"d{i}.example" for i in range(queries.LIKE_MOST + 1)]],
+    ids=["like", "in"],
+)
 async def test_a_claim_passing_over_destinations_reads_the_queue_in_order(
-    tmp_path: Path, ready: str, order: str
+    tmp_path: Path, ready: str, order: str, destinations: list[str]
 ) -> None:
     path = tmp_path / "spool.db"
     async with SQLiteStore(path):
         pass
-    condition, _ = queries.skipped(["slow.example", "Root"])
+    condition, _ = queries.skipped(destinations, 1000)
     sql = queries.CLAIM_PASSING.format(ready=ready, order=order, skipped=condition)
     with raw(path) as conn:
         plan = _plan(conn, sql)

@@ -236,7 +236,8 @@ def _pick(
     over the recipients whose destination is in ``skip`` (see
     :data:`PASS_OVER_LIMIT`)."""
     if skip:
-        condition, skip_args = _q.skipped(sorted(skip))
+        most = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 8  # 4 are the window's
+        condition, skip_args = _q.skipped(sorted(skip), most)
         ready = "send_at" if ignore_retry else "ready_at"
         oldest = _q.CLAIM_PASSING.format(ready=ready, order="", skipped=condition)
         newest = _q.CLAIM_PASSING.format(ready=ready, order="DESC", skipped=condition)
