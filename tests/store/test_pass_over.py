@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import postgres_cluster as pgc
+import psycopg
 import pytest
 
 from spoolbox.model import Address, NewMessage
@@ -160,8 +161,6 @@ async def test_postgres_passes_over_rows_another_claim_holds(pg_dsn: str) -> Non
     # Another node's claim holds the mail of other domains before and after one
     # message (its transaction open): this claim takes that one instead of finding
     # nothing.
-    import psycopg
-
     async with PostgresStore(pg_dsn, pool_size=2) as store:
         await _queue(store, *(f"X:s{i}@slow.example" for i in range(3)), first=0)
         held = await _queue(store, *(f"X:h{i}@fast.example" for i in range(6)), first=10)

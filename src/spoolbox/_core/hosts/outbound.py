@@ -222,20 +222,25 @@ class OutboundLane:
         for job in self._ready:
             counts.update(_destinations(job))
         full = {d for d, n in counts.items() if n >= limit}
+        full.update(self._resting())
+        return frozenset(full)
+
+    def _resting(self) -> dict[str, float]:
+        """The destinations in their ``destination_rate_delay`` now, and when each
+        ends (those over are forgotten)."""
         if self._rested:
             now = self._host.runtime.clock.now()
             self._rested = {d: t for d, t in self._rested.items() if t > now}
-            full.update(self._rested)
-        return frozenset(full)
+        return self._rested
 
     def _rest_bound(self, timeout: float) -> float:
         """``timeout``, or less: until the first ``destination_rate_delay`` ends (a
         job of it may wait, claimed, or its queue be claimed again then)."""
-        if not self._rested:
+        resting = self._resting()
+        if not resting:
             return timeout
         now = self._host.runtime.clock.now()
-        self._rested = {d: t for d, t in self._rested.items() if t > now}
-        return min([timeout, *(t - now for t in self._rested.values())])
+        return min(timeout, min(resting.values()) - now)
 
     def destination_wait(self, message_id: str, index: int) -> str | None:
         """Why recipient ``index`` of ``message_id``, claimed by this lane, is not
