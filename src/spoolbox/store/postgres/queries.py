@@ -171,8 +171,9 @@ _PICK = (
 #: ``TYPE:value`` address: the text after the last "@" with only the ASCII letters
 #: folded (``lower`` in the "C" collation folds those alone, whatever the database's
 #: collation), or the value when it has no "@".  The last part is ``split_part`` of the
-#: reversed text (PostgreSQL 13 has no negative index).  Measured per row, 100,000
-#: rows: 0.5 us; with a regular expression and ``translate``, as it was, 3.5 us.
+#: reversed text (PostgreSQL 13 has no negative index).  A row costs 0.45-0.47 us;
+#: with a regular expression and ``translate``, as it was, 2.5-2.6 us
+#: (``bench/pass_over.py --per-row``).
 DESTINATION = (
     "CASE WHEN strpos(address, '@') > 0 "
     """THEN lower(reverse(split_part(reverse(address), '@', 1)) COLLATE "C") """

@@ -111,11 +111,11 @@ CLAIM_PASSING = (
 
 
 _ASCII_LOWER: Final = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
-#: Up to this many destinations, :func:`skipped` matches each with ``LIKE`` (0.13 us
-#: a row and destination here); more are looked up in an ``IN`` list by the
-#: destination computed in SQL (:data:`DESTINATION`, 0.8-1.5 us a row for 1 to
-#: 20,000 of them), as an ``OR`` of many terms is slower and, past 500 of them,
-#: deeper than SQLite's expression depth (1,000).
+#: Up to this many destinations, :func:`skipped` matches each with ``LIKE`` (0.08-0.14
+#: us a row and destination); more are looked up in an ``IN`` list by the
+#: destination computed in SQL (:data:`DESTINATION`, 0.6-0.8 us a row for 17 to
+#: 20,000 of them; ``bench/pass_over.py --per-row``), as an ``OR`` of many terms is
+#: slower and, past 500 of them, deeper than SQLite's expression depth (1,000).
 LIKE_MOST: Final = 16
 #: A recipient's destination (:func:`spoolbox.model.destination`) from its stored
 #: ``TYPE:value`` address: the value when it has no "@"; else the text after the
