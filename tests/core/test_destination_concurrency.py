@@ -287,3 +287,41 @@ async def test_a_rate_delay_spaces_one_domain_and_leaves_the_others(store: Store
     assert gate.most[SLOW] == 1
     (first, second) = sorted(gate.spans[SLOW])
     assert delay - 0.05 <= second[0] - first[1] < delay + 1.0, (first, second)
+
+
+async def test_a_flush_cut_short_by_a_rate_delay_says_so(store: Store) -> None:
+    """A flush whose deadline passes while a ``destination_rate_delay`` holds the
+    rest of a domain's mail says why that mail is still queued, not only that the
+    deadline came."""
+    gate = Gate(concurrency=4, destination_concurrency=4, destination_rate_delay=30.0)
+    gate.open.set()
+    async with _spooler(gate, store) as sp:
+        await sp.submit_many(message(f"SMTP:u{i}@{SLOW}") for i in range(3))
+        report = await sp.flush(download=False, transport="mx", deadline=1.0)
+        [result] = report.results
+        assert report.timed_out and result.timed_out
+        assert len(gate.spans[SLOW]) == 1
+        assert result.delivered == 1 and result.queued == 2
+        assert result.held is not None
+        assert result.held.startswith(
+            f"{SLOW} gets one message every 30 s, its destination_rate_delay; the next one goes in "
+        ), result.held
+
+
+async def test_a_flush_cut_short_by_a_full_domain_says_so(store: Store) -> None:
+    """The same with a ``destination_concurrency`` of one and a slow domain (a
+    domain with room, whose mail went, is not named)."""
+    gate = Gate(concurrency=4, destination_concurrency=1)
+    async with _spooler(gate, store) as sp:
+        await sp.submit_many(message(f"SMTP:u{i}@{SLOW}") for i in range(2))
+        fast = await sp.submit(message("SMTP:f@fast.example"))
+        report = await sp.flush(download=False, transport="mx", deadline=1.0)
+        [result] = report.results
+        assert result.timed_out and result.queued == 2, result
+        assert result.held == (
+            f"{SLOW} has 1 message under way, its destination_concurrency; "
+            "the next one goes when one of them is done"
+        ), result.held
+        assert await sp.wait_for(fast.id, timeout=1) is MessageState.SENT
+        gate.open.set()
+        await until(lambda: len(gate.delivered) == 3, what="every message sent")

@@ -224,6 +224,19 @@ def test_reports_merge_per_transport() -> None:
     assert a.results[0].uploaded == 3  # the parts are not changed
 
 
+def test_reports_merge_keep_a_nodes_reason_for_what_is_queued() -> None:
+    """The reason one node gives for mail still queued (``held``) stays in the merged
+    report, whichever node gave it, unless another node found nothing queued."""
+    why = "slow.test gets one message every 2 s, its destination_rate_delay"
+    a = FlushReport([TransportFlushResult("mx", queued=3)])
+    b = FlushReport([TransportFlushResult("mx", queued=2, held=why)])
+    [mx] = merge_reports([a, b]).results
+    assert (mx.queued, mx.held) == (2, why)
+    c = FlushReport([TransportFlushResult("mx", queued=0)])
+    [mx] = merge_reports([b, c]).results
+    assert (mx.queued, mx.held) == (0, None)
+
+
 async def test_a_store_that_cannot_be_read_leaves_the_other_nodes_shown() -> None:
     """The other nodes did not go away because this node cannot read the store: the
     watcher reports no change (not every row removed), then the real changes."""

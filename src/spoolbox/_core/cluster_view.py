@@ -164,7 +164,8 @@ def combine_progress(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None
 def merge_reports(reports: Sequence[FlushReport]) -> FlushReport:
     """Several nodes' reports of one flush as one: per transport the counts added up,
     ``queued`` the smallest (what was left of the shared queue when the last node
-    looked), the longest time, errors joined; cancelled or timed out if any was."""
+    looked), the longest time, errors joined, the first node's reason for what is
+    still queued (``held``) while any is; cancelled or timed out if any was."""
     merged: dict[str, TransportFlushResult] = {}
     for report in reports:
         for r in report.results:
@@ -180,6 +181,10 @@ def merge_reports(reports: Sequence[FlushReport]) -> FlushReport:
             m.timed_out = m.timed_out or r.timed_out
             if r.error:
                 m.error = f"{m.error}; {r.error}" if m.error else r.error
+            m.held = m.held or r.held
+    for m in merged.values():
+        if not m.queued:
+            m.held = None  # a node's reason for mail another node found gone
     return FlushReport(
         results=list(merged.values()),
         cancelled=any(r.cancelled for r in reports),

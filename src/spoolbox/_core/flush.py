@@ -119,7 +119,10 @@ class TransportFlushResult:
     queued: int = 0
     timed_out: bool = False
     #: Why what is still queued was not sent, when the flush knows: the transport's
-    #: ``max_rate`` window is full (``max_rate 3/h reached; room again in 3,588 s``).
+    #: ``max_rate`` window is full (``max_rate 3/h reached; room again in 3,588 s``),
+    #: or a destination's ``destination_rate_delay`` or ``destination_concurrency``
+    #: holds its claimed mail (``slow.test gets one message every 2 s, its
+    #: destination_rate_delay; the next one goes in 1.2 s``).
     held: str | None = None
 
 
@@ -177,6 +180,9 @@ class FlushTarget(Protocol):
 
     @property
     def rate_hold(self) -> tuple[float, RateLimit] | None: ...  # max_rate: room at, limit
+
+    @property
+    def destination_hold(self) -> str | None: ...  # claimed mail waiting for its domain
 
     def has_bit(self, bit: StatusCode) -> bool: ...
 
@@ -330,7 +336,7 @@ class FlushHandle:
             return
         result.queued = waiting + host.inflight
         if result.queued and result.held is None:
-            result.held = _rate_held(host, self._runtime.clock.now())
+            result.held = _rate_held(host, self._runtime.clock.now()) or host.destination_hold
 
 
 async def _flush_one(

@@ -61,6 +61,12 @@ class TransportHost(HostBase):
         """While ``max_rate`` holds ready mail back: when there is room, and the limit."""
         return self.outbound.rate_hold
 
+    @property
+    def destination_hold(self) -> str | None:
+        """Why claimed mail waits for its destination's ``destination_concurrency`` or
+        ``destination_rate_delay`` (None: none does)."""
+        return self.outbound.destination_hold()
+
     def __repr__(self) -> str:
         return (
             f"<TransportHost {self.name} {self.lifecycle.phase} inflight={self.inflight} "

@@ -83,6 +83,11 @@ def _key(job: ClaimedJob) -> _Key:
     return (job.message.id, job.claim)
 
 
+def _messages(n: int) -> str:
+    """``1 message``, ``2 messages``."""
+    return f"{n} message" if n == 1 else f"{n} messages"
+
+
 def _destinations(job: ClaimedJob) -> frozenset[str]:
     """The destinations of a job's recipients (:func:`spoolbox.model.destination`)."""
     return frozenset(destination(r.address.value) for r in job.recipients)
@@ -274,9 +279,31 @@ class OutboundLane:
         if self._started[where] < limit:
             return None
         return (
-            f"{where} has {limit} messages under way, its destination_concurrency",
+            f"{where} has {_messages(limit)} under way, its destination_concurrency",
             "when one of them is done",
         )
+
+    def destination_hold(self) -> str | None:
+        """Why claimed mail of this lane waits for its destination (None: none does):
+        ``slow.test gets one message every 2 s, its destination_rate_delay; the next
+        one goes in 1.2 s``, the first such destination by name, and how many more.
+        A flush that ends with mail still queued says it."""
+        limit = self._limit()
+        if limit is None:
+            return None
+        why: dict[str, tuple[str, str]] = {}
+        for job in self._ready:
+            for d in _destinations(job):
+                if d not in why and (full := self._why_full(d, limit)) is not None:
+                    why[d] = full
+        if not why:
+            return None
+        first = min(why)
+        text = f"{why[first][0]}; the next one goes {why[first][1]}"
+        if len(why) > 1:
+            more = len(why) - 1
+            text += f"; and {more} other destination{'s' if more > 1 else ''} the same way"
+        return text
 
     def destination_full(self, value: str) -> str | None:
         """Why a queued recipient of address value ``value`` is not claimed now: this
@@ -343,7 +370,7 @@ class OutboundLane:
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         has = "has" if len(names) == 1 else "each have"
         self._at_limit_said = (
-            f"{shown} {has} {limit} messages under way (destination_concurrency): "
+            f"{shown} {has} {_messages(limit)} under way (destination_concurrency): "
             "the mail to other domains goes first"
         )
         self._show_wait(self._at_limit_said)
