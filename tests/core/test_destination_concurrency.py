@@ -281,9 +281,9 @@ async def test_a_rate_delay_spaces_one_domain_and_leaves_the_others(store: Store
         # Each domain rests after its message; once every rest is over, a wait for
         # work is bounded by its own timeout alone (the rests are forgotten).
         lane = sp.host("mx").outbound
-        assert 0 < lane._rest_bound(60.0) <= delay
+        assert 0 < lane.room.rest_bound(60.0) <= delay
         await asyncio.sleep(delay + 0.1)
-        assert lane._rest_bound(60.0) == 60.0
+        assert lane.room.rest_bound(60.0) == 60.0
     assert gate.most[SLOW] == 1
     (first, second) = sorted(gate.spans[SLOW])
     assert delay - 0.05 <= second[0] - first[1] < delay + 1.0, (first, second)

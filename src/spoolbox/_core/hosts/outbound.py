@@ -7,7 +7,8 @@ claims a batch, the others take from it.  A session with a
 started at once: a worker takes the first claimed job whose destinations have room,
 and the claims pass over the destinations at their limit (the mail behind them in
 the queue goes first), as Postfix's queue manager serves the other destinations
-while one has all the connections it may have.  Every claimed job's lease is renewed
+while one has all the connections it may have (the decisions:
+:mod:`.destination_room`).  Every claimed job's lease is renewed
 until it is settled; a job whose lease another spooler took over is cancelled and
 its results are not written.  How an exception of ``submit_message`` or
 ``end_message`` becomes an outcome is the table in :mod:`spoolbox._core.policy`.
@@ -34,7 +35,6 @@ from ...model import (
     StatusCode,
     SubmitFlags,
     TransportNotifyFlags,
-    destination,
 )
 from ...store import ClaimedJob, LeaseLost, RecipientUpdate, StoreError, UnknownMessage
 from ...store.cluster import ClusterStore
@@ -56,6 +56,7 @@ from ..preprocess import Preprocessors
 from ..rate import RateLimit, SendWindow, seconds_text, window_name
 from ..slices import checkpoint
 from .base import CURRENT_MESSAGE, HostBase, log
+from .destination_room import DestinationRoom
 from .hooked import finish_outbound, stage_outbound
 
 __all__ = ["OutboundLane"]
@@ -68,29 +69,12 @@ _RATE_LOG_INTERVAL = 60.0
 _Key = tuple[str, int]
 
 
-#: After a claim that passed over full destinations (``destination_concurrency``)
-#: and found nothing, the next one passing over the same waits this many times as
-#: long as it took (so that such claims, which read past the full destinations'
-#: queue, take a twentieth of the time at most), and a second at most.
-_PASS_OVER_SHARE = 20.0
-_PASS_OVER_PAUSE = 1.0
-
 #: The least time between two recoveries of a lane after store failures (_recover).
 _RELEASE_INTERVAL = 1.0
 
 
 def _key(job: ClaimedJob) -> _Key:
     return (job.message.id, job.claim)
-
-
-def _messages(n: int) -> str:
-    """``1 message``, ``2 messages``."""
-    return f"{n} message" if n == 1 else f"{n} messages"
-
-
-def _destinations(job: ClaimedJob) -> frozenset[str]:
-    """The destinations of a job's recipients (:func:`spoolbox.model.destination`)."""
-    return frozenset(destination(r.address.value) for r in job.recipients)
 
 
 class OutboundLane:
@@ -100,16 +84,9 @@ class OutboundLane:
         self._host = host
         self._claim_lock = asyncio.Lock()  # one worker waits for work at a time
         self._ready: collections.deque[ClaimedJob] = collections.deque()  # claimed, not started
-        # The destinations of the jobs the workers have started and not finished
-        # (``destination_concurrency``): how many jobs each.
-        self._started: collections.Counter[str] = collections.Counter()
-        # With a ``destination_rate_delay``: when each destination a job ended for may
-        # have its next started (the clock's time; past ones pruned at claims).
-        self._rested: dict[str, float] = {}
-        # The full destinations of the last claim, if it found nothing, and when a
-        # claim passing over the same may look again.
-        self._passed_over: frozenset[str] = frozenset()
-        self._pass_again = float("-inf")
+        # Each destination's room (``destination_concurrency``,
+        # ``destination_rate_delay``): the jobs started, the rests, the claims passing over.
+        self.room = DestinationRoom(host, host.runtime.clock)
         self._held: dict[_Key, ClaimedJob] = {}  # claimed, not settled (leases renewed)
         self.cancelled_refs: set[str] = set()  # cancelled while claimed, not started
         self.lease_lost: set[_Key] = set()  # another spooler holds them now: hands off
@@ -132,9 +109,8 @@ class OutboundLane:
         # their destination_concurrency), and the detail it replaced, shown again after.
         self._wait_shown: str | None = None
         self._wait_hid: str | None = None
-        # The destinations with as many jobs started as destination_concurrency allows.
-        self._at_limit: set[str] = set()
-        self._at_limit_said: str | None = None  # what the row's detail was told of them
+        # What the row's detail was told of the destinations at their concurrency.
+        self._at_limit_said: str | None = None
         # max_rate's window is the store's, shared by every node on it and kept across
         # restarts, when the store keeps send windows (the memory, SQLite and
         # PostgreSQL stores do); otherwise this process's own (runtime.rates).
@@ -157,7 +133,7 @@ class OutboundLane:
             # what the claiming worker does not start itself waits in ``_ready`` for the
             # next free worker, so one store round trip feeds several.
             async with self._claim_lock:
-                job = self._take_ready()
+                job = self.room.take(self._ready)
                 while job is None:
                     jobs = await self._wait_for_jobs(host.runtime.policy.claim_batch)
                     if not jobs and (host.stopping or host.critical_error):
@@ -167,7 +143,7 @@ class OutboundLane:
                     for claimed in jobs:
                         self._held[_key(claimed)] = claimed
                     self._ready.extend(jobs)
-                    job = self._take_ready()
+                    job = self.room.take(self._ready)
                 window = self.send_window()
                 if window is not None:  # max_rate counts a message when it starts
                     window.take(host.runtime.clock.now())
@@ -181,199 +157,55 @@ class OutboundLane:
             # message was (one slice per message at most).
             await checkpoint()
 
-    def _limit(self) -> int | None:
-        """How many jobs to one destination may be under way at once (None: no
-        limit): the ``destination_concurrency``, or one with a
-        ``destination_rate_delay`` (as Postfix's rate delay makes its concurrency 1)."""
-        host = self._host
-        return 1 if host.destination_rate_delay else host.destination_concurrency
-
-    def _room(self, job: ClaimedJob, limit: int, now: float) -> bool:
-        """Whether each destination of ``job`` has room for one more job now: fewer
-        than ``limit`` under way, and its ``destination_rate_delay`` over."""
-        started, rested = self._started, self._rested
-        return all(started[d] < limit and rested.get(d, now) <= now for d in _destinations(job))
-
-    def _take_ready(self) -> ClaimedJob | None:
-        """The next claimed job a worker may start (None: none): the first in claim
-        order, or, with a ``destination_concurrency``, the first whose destinations
-        have room."""
-        limit = self._limit()
-        if limit is None or not self._ready:
-            return self._ready.popleft() if self._ready else None
-        now = self._host.runtime.clock.now()
-        for i, job in enumerate(self._ready):
-            if self._room(job, limit, now):
-                del self._ready[i]
-                return job
-        return None
-
-    def _can_start(self) -> bool:
-        """Whether a claimed job waits that a worker may start now."""
-        limit = self._limit()
-        if limit is None:
-            return bool(self._ready)
-        now = self._host.runtime.clock.now()
-        return any(self._room(j, limit, now) for j in self._ready)
-
-    def _full_destinations(self) -> frozenset[str]:
-        """The destinations a claim passes over: those whose started and waiting jobs
-        make the ``destination_concurrency``, and those whose
-        ``destination_rate_delay`` is not over (none without either)."""
-        limit = self._limit()
-        if limit is None:
-            return frozenset()
-        counts = collections.Counter(self._started)
-        for job in self._ready:
-            counts.update(_destinations(job))
-        full = {d for d, n in counts.items() if n >= limit}
-        full.update(self._resting())
-        return frozenset(full)
-
-    def _resting(self) -> dict[str, float]:
-        """The destinations in their ``destination_rate_delay`` now, and when each
-        ends (those over are forgotten)."""
-        if self._rested:
-            now = self._host.runtime.clock.now()
-            self._rested = {d: t for d, t in self._rested.items() if t > now}
-        return self._rested
-
-    def _rest_bound(self, timeout: float) -> float:
-        """``timeout``, or less: until the first ``destination_rate_delay`` ends (a
-        job of it may wait, claimed, or its queue be claimed again then)."""
-        resting = self._resting()
-        if not resting:
-            return timeout
-        now = self._host.runtime.clock.now()
-        return min(timeout, min(resting.values()) - now)
-
     def destination_wait(self, message_id: str, index: int) -> str | None:
         """Why recipient ``index`` of ``message_id``, claimed by this lane, is not
         being sent: its job waits for a destination at its ``destination_concurrency``
         or in its ``destination_rate_delay`` (None: it does not, or it is not claimed
         here)."""
-        limit = self._limit()
-        if limit is None:
-            return None
-        for job in self._ready:
-            if job.message.id != message_id or all(r.index != index for r in job.recipients):
-                continue
-            for d in sorted(_destinations(job)):
-                why = self._why_full(d, limit)
-                if why is not None:
-                    return f"{why[0]}; claimed, it goes {why[1]}"
-        return None
-
-    def _why_full(self, where: str, limit: int) -> tuple[str, str] | None:
-        """Why destination ``where`` has no room for another job now, and when it
-        will (None: it has room)."""
-        delay = self._host.destination_rate_delay
-        if delay:
-            every = seconds_text(delay)
-            reason = f"{where} gets one message every {every}, its destination_rate_delay"
-            if self._started[where]:
-                return reason, f"{every} after the one under way"
-            now = self._host.runtime.clock.now()
-            rest = self._rested.get(where, now) - now
-            return None if rest <= 0 else (reason, f"in {seconds_text(rest)}")
-        if self._started[where] < limit:
-            return None
-        return (
-            f"{where} has {_messages(limit)} under way, its destination_concurrency",
-            "when one of them is done",
-        )
+        return self.room.job_wait(self._ready, message_id, index)
 
     def destination_hold(self) -> str | None:
-        """Why claimed mail of this lane waits for its destination (None: none does):
-        ``slow.test gets one message every 2 s, its destination_rate_delay; the next
-        one goes in 1.2 s``, the first such destination by name, and how many more.
-        A flush that ends with mail still queued says it."""
-        limit = self._limit()
-        if limit is None:
-            return None
-        why: dict[str, tuple[str, str]] = {}
-        for job in self._ready:
-            for d in _destinations(job):
-                if d not in why and (full := self._why_full(d, limit)) is not None:
-                    why[d] = full
-        if not why:
-            return None
-        first = min(why)
-        text = f"{why[first][0]}; the next one goes {why[first][1]}"
-        if len(why) > 1:
-            more = len(why) - 1
-            text += f"; and {more} other destination{'s' if more > 1 else ''} the same way"
-        return text
+        """Why claimed mail of this lane waits for its destination (None: none does);
+        a flush that ends with mail still queued says it."""
+        return self.room.hold(self._ready)
 
     def destination_full(self, value: str) -> str | None:
         """Why a queued recipient of address value ``value`` is not claimed now: this
         lane has as many messages to its destination under way as its
         ``destination_concurrency`` lets it, or the destination is in its
         ``destination_rate_delay`` (None: it has room, or no limit)."""
-        limit = self._limit()
-        if limit is None:
-            return None
-        why = self._why_full(destination(value), limit)
-        if why is None:
-            return None
-        if self._host.destination_rate_delay:
-            return f"{why[0]}; queued, the next one goes {why[1]}"
-        return f"{why[0]}; queued behind them"
+        return self.room.queued_wait(value)
 
     def _start(self, job: ClaimedJob) -> frozenset[str]:
         """A worker starts ``job``: its destinations count one more (returned, for
         :meth:`_finish`)."""
-        limit = self._limit()
-        if limit is None:
-            return frozenset()
-        destinations = _destinations(job)
-        self._started.update(destinations)
-        if self._host.destination_rate_delay:
-            return destinations  # every destination at its one: no news for the row
-        reached = {d for d in destinations if self._started[d] >= limit} - self._at_limit
+        destinations, reached = self.room.start(job)
         if reached:
-            self._at_limit |= reached
-            self._show_at_limit(limit)
+            self._show_at_limit()
         return destinations
 
     def _finish(self, destinations: frozenset[str]) -> None:
         """A started job is done: its destinations count one less, and a destination
         that was at its limit wakes the worker waiting for work (a job of it may wait,
         claimed, or its queue may be claimed again)."""
-        limit = self._limit()
-        delay = self._host.destination_rate_delay
-        if delay and destinations:
-            until = self._host.runtime.clock.now() + delay
-            self._rested.update(dict.fromkeys(destinations, until))
-        for d in destinations:
-            was = self._started[d]
-            if was <= 1:
-                del self._started[d]
-            else:
-                self._started[d] = was - 1
-            if limit is not None and was >= limit:
-                self._host.wake.set()
-                if was == limit and d in self._at_limit:
-                    self._at_limit.discard(d)
-                    self._show_at_limit(limit)
+        freed, shrank = self.room.finish(destinations)
+        if freed:
+            self._host.wake.set()
+        if shrank:
+            self._show_at_limit()
 
-    def _show_at_limit(self, limit: int) -> None:
+    def _show_at_limit(self) -> None:
         """The status row's detail names the destinations with as many messages under
-        way as ``destination_concurrency`` allows (``example.org has 20 messages
-        under way, ...``), or, when none has, no longer says it."""
-        if not self._at_limit:
+        way as ``destination_concurrency`` allows, or, when none has, no longer says
+        it."""
+        text = self.room.at_limit_text()
+        if text is None:
             if self._at_limit_said is not None:
                 self._show_wait(None, self._at_limit_said)
             self._at_limit_said = None
             return
-        names = sorted(self._at_limit)
-        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        has = "has" if len(names) == 1 else "each have"
-        self._at_limit_said = (
-            f"{shown} {has} {_messages(limit)} under way (destination_concurrency): "
-            "the mail to other domains goes first"
-        )
-        self._show_wait(self._at_limit_said)
+        self._at_limit_said = text
+        self._show_wait(text)
 
     @property
     def waiting(self) -> int:
@@ -390,7 +222,7 @@ class OutboundLane:
         host = self._host
         if (
             self._waiting == 0
-            or self._can_start()
+            or self.room.can_start(self._ready)
             or len(self._ready) >= self._ready_limit()
             # (Started jobs: those held less those waiting for a worker.)
             or len(self._held) - len(self._ready) + self._reserved >= host.concurrency
@@ -690,7 +522,7 @@ class OutboundLane:
         host = self._host
         runtime = host.runtime
         while not (host.stopping or host.critical_error):
-            if self._can_start():
+            if self.room.can_start(self._ready):
                 return []  # handed off at submit (see hand_off), or a destination has room
             await host.background_gate(FlushFlags.UPLOAD)
             if host.stopping or host.critical_error:
@@ -704,11 +536,12 @@ class OutboundLane:
                 # Enough claimed jobs wait for their destinations already: no more
                 # until one of them starts (a job's end wakes this, as does the end of
                 # a destination_rate_delay).
-                timeout = self._rest_bound(runtime.policy.router_interval * 5)
+                timeout = self.room.rest_bound(runtime.policy.router_interval * 5)
                 await wait_event(runtime.clock, host.wake, timeout)
                 continue
-            full = self._full_destinations()
-            if full and full == self._passed_over and runtime.clock.now() < self._pass_again:
+            full = self.room.full(self._ready)
+            pause = self.room.pass_over_pause(full)
+            if pause is not None:
                 # The last claim passing over these found nothing: new mail (each
                 # submit wakes this) is looked for after a pause as long as twenty
                 # such claims, a second at most, not at every submit (a claim reads
@@ -717,11 +550,7 @@ class OutboundLane:
                 # new message may be handed off to this lane.
                 self._waiting += 1
                 try:
-                    await wait_event(
-                        runtime.clock,
-                        host.wake,
-                        self._rest_bound(self._pass_again - runtime.clock.now()),
-                    )
+                    await wait_event(runtime.clock, host.wake, self.room.rest_bound(pause))
                 finally:
                     self._waiting -= 1
                 continue
@@ -758,13 +587,7 @@ class OutboundLane:
                 await wait_event(runtime.clock, host.stop_event, backoff)
                 continue
             self._store_trouble.ok()
-            if full and not jobs:
-                self._passed_over = full
-                now = runtime.clock.now()
-                pause = min(_PASS_OVER_PAUSE, _PASS_OVER_SHARE * (now - claimed_at))
-                self._pass_again = now + pause
-            else:
-                self._passed_over = frozenset()
+            self.room.claimed(full, bool(jobs), claimed_at)
             if jobs:
                 host.port.messages_changed()
                 return jobs
@@ -777,7 +600,7 @@ class OutboundLane:
                 # (Mail ready now that the claim passed over waits for a job's end,
                 # which wakes this, not for its ready time: that would be a busy loop.)
                 timeout = min(timeout, max(0.0, next_at - runtime.clock.now()))
-            timeout = self._rest_bound(timeout)
+            timeout = self.room.rest_bound(timeout)
             self._waiting += 1
             try:
                 await wait_event(runtime.clock, host.wake, timeout)
