@@ -84,7 +84,13 @@ def test_direct_with_a_hostname(tmp_path: Path) -> None:
     # The commented options are real ones: uncommented, the profile still loads.
     path = tmp_path / "d" / "spoolbox.toml"
     text = path.read_text()
-    for key in ("mta_sts", "max_connections", "destination_concurrency", "destination_rate_delay"):
+    for key in (
+        "mta_sts",
+        "dane",
+        "max_connections",
+        "destination_concurrency",
+        "destination_rate_delay",
+    ):
         assert f"# {key} = " in text
         text = text.replace(f"# {key} = ", f"{key} = ")
     path.write_text(text)
@@ -92,6 +98,7 @@ def test_direct_with_a_hostname(tmp_path: Path) -> None:
     assert options == {
         "delivery": "mx",
         "mta_sts": False,
+        "dane": True,
         "max_connections": 100,
         "destination_concurrency": 20,
         "destination_rate_delay": 0,

@@ -397,7 +397,7 @@ async def test_a_hosts_addresses_come_through_when_one_of_its_two_queries_fails(
         return None if name == "none.test" else _Answer("192.0.2.25")
 
     monkeypatch.setattr(resolver, "_query", query)
-    assert await resolver._addresses("mx.test", "test") == (["192.0.2.25"], 0.0)
+    assert await resolver._addresses("mx.test", "test") == (["192.0.2.25"], 0.0, False)
     with pytest.raises(Failure) as err:
         await resolver._addresses("none.test", "test")
     assert err.value is failure

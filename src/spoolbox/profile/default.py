@@ -67,6 +67,8 @@ def _outbound_text(outbound: Outbound) -> str:
             'delivery = "mx"                # each domain to its own mail servers (port 25)',
             "# mta_sts = false              # on by default: a domain's MTA-STS policy (RFC",
             "                               # 8461) is followed (verified TLS to its MX hosts)",
+            "# dane = true                  # DNSSEC-signed TLSA records (RFC 7672) are",
+            "                               # followed: needs a validating resolver here",
             "# max_connections = 100        # messages in flight (each on a connection)",
             "# destination_concurrency = 20 # of them to one domain at most: the rest are",
             "                               # for the mail to other domains",

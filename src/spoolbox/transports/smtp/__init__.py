@@ -48,6 +48,10 @@ Configuration (the transport's ``options`` in the profile):
     ``delivery = "mx"`` only: follow the domains' MTA-STS policies (RFC 8461; default
     true; :mod:`.mta_sts`), fetched from ``https://mta-sts.<domain>`` on this port
     (default 443).
+``dane``
+    ``delivery = "mx"`` only: follow the MX hosts' DNSSEC-signed TLSA records (RFC
+    7672; default false; :mod:`.dane`); ``nameservers`` must be a validating
+    resolver (its AD bit is trusted).
 ``ca_file``
     A PEM bundle of the certificate authorities to trust instead of the system's
     (with ``delivery = "mx"``: for MTA-STS's policy servers and the MX hosts an

@@ -22,6 +22,7 @@ from spoolbox.smtp.client import (
 )
 from spoolbox.smtp.replies import Reply, enhanced_status, reply_text
 
+from .dane import TLSA, matches
 from .failures import Failure, exception_failure, refusal
 from .settings import SMTPSettings
 
@@ -254,9 +255,9 @@ async def _open(
     offered = "starttls" in conn.machine.extensions
     if s.tls == "starttls" or (s.tls == "opportunistic" and offered):
         if not offered:
+            needs = "tls='starttls'" if s.tlsa is None else "its DANE TLSA records"
             raise Failure(
-                "4.7.10",
-                f"x-spoolbox; {where} does not offer STARTTLS, which tls='starttls' requires",
+                "4.7.10", f"x-spoolbox; {where} does not offer STARTTLS, which {needs} require"
             )
         conn.machine.starttls()
         event = await conn.event("STARTTLS", t["mail"])
@@ -269,9 +270,25 @@ async def _open(
         except OSError as exc:
             raise exception_failure(exc, "STARTTLS", t["mail"], where) from None
         conn.machine.tls_started()
+        if s.tlsa:
+            _dane_check(conn, s.tlsa, where)
         await _hello(conn, helo, "EHLO after STARTTLS", t["mail"])
     if s.username is not None:
         await _auth(conn, settings)
+
+
+def _dane_check(conn: Connection, records: tuple[TLSA, ...], where: str) -> None:
+    """DANE (:mod:`.dane`): the server's certificate matches one of its TLSA records,
+    or the connection is not used (4.7.5)."""
+    tls = conn.writer.get_extra_info("ssl_object")
+    der = tls.getpeercert(binary_form=True) if tls is not None else None
+    if not der or matches(records, der) is None:
+        shown = ", ".join(str(r) for r in records[:3])
+        raise Failure(
+            "4.7.5",
+            f"x-spoolbox; the TLS certificate of {where} matches none of its DANE TLSA "
+            f"records ({shown}{', ...' if len(records) > 3 else ''}): not sent",
+        )
 
 
 async def _hello(conn: Connection, helo: str, step: str, timeout: float) -> Reply:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from spoolbox.model.hostname import split_host_port
 
+from .dane import TLSA
 from .failures import Failure
 
 if TYPE_CHECKING:
@@ -63,10 +64,13 @@ _CACHE_SIZE = 10_000
 @dataclass(frozen=True, slots=True)
 class Hop:
     """One address to try: the mail server's name (``host``, what the results and
-    the TLS handshake name) and the IP address to connect to."""
+    the TLS handshake name) and the IP address to connect to; ``secure``: DNSSEC
+    vouched for both (the resolver said AD of the MX records and of the host's
+    addresses: DANE may apply, :mod:`.dane`)."""
 
     host: str
     address: str
+    secure: bool = False
 
 
 def order_mx(records: Sequence[tuple[int, str]], rng: random.Random) -> list[str] | None:
@@ -128,9 +132,11 @@ class MXResolver:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         resolv_conf: str = "/etc/resolv.conf",
+        dnssec: bool = False,
     ) -> None:
         try:
             import dns.asyncresolver
+            import dns.flags
             import dns.nameserver
             import dns.resolver
         except ImportError as exc:
@@ -155,11 +161,17 @@ class MXResolver:
         ]
         self._asked = ", ".join(f"[{a}]:{p}" if ":" in a else f"{a}:{p}" for a, p in servers)
         resolver.timeout = min(timeout, 5.0)  # a server that does not answer: the next one
+        #: DANE: each query asks for the AD bit (RFC 6840 section 5.7), whose answer
+        #: says whether the resolver validated it with DNSSEC.
+        self.dnssec = dnssec
+        if dnssec:
+            resolver.flags = dns.flags.RD | dns.flags.AD
         self._resolver: dns.asyncresolver.Resolver = resolver
         self.timeout = timeout
         self._rng = rng or random.Random()
         self._clock = clock
         self._cache: dict[str, tuple[float, tuple[Hop, ...]]] = {}
+        self._tlsa: dict[str, tuple[float, tuple[TLSA, ...] | None]] = {}
 
     @property
     def nameservers(self) -> list[str]:
@@ -169,6 +181,7 @@ class MXResolver:
     def forget(self) -> None:
         """Drop every answer kept (a flush asks DNS again)."""
         self._cache.clear()
+        self._tlsa.clear()
 
     async def hops(self, domain: str) -> tuple[Hop, ...]:
         """Where mail for ``domain`` may go, in order; a :class:`Failure` if nowhere."""
@@ -181,26 +194,44 @@ class MXResolver:
         if cached is not None and cached[0] > now:
             return cached[1]
         hops, ttl = await self._lookup(key)
-        if ttl > 0:
-            self._cache.pop(key, None)
-            if len(self._cache) >= _CACHE_SIZE:
-                del self._cache[next(iter(self._cache))]
-            self._cache[key] = (now + min(ttl, CACHE_SECONDS), hops)
+        _keep(self._cache, key, now, ttl, hops)
         return hops
+
+    async def tlsa(self, host: str, port: int, domain: str) -> tuple[TLSA, ...] | None:
+        """The TLSA records of MX host ``host`` for ``port`` (``_25._tcp.<host>``) when
+        DNSSEC vouches for them, every one of them (None: none, or not authenticated:
+        DANE does not apply); a :class:`Failure` when DNS cannot say (the host is
+        then not used, :mod:`.dane`)."""
+        name = f"_{port}._tcp.{host}"
+        now = self._clock()
+        cached = self._tlsa.get(name)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        answer = await self._query(name, "TLSA", domain, missing_ok=True)
+        found: tuple[TLSA, ...] | None = None
+        ttl = CACHE_SECONDS
+        if answer is not None:
+            ttl = float(answer.rrset.ttl) if answer.rrset is not None else 0.0
+            if _authenticated(answer):
+                found = tuple(
+                    TLSA(int(r.usage), int(r.selector), int(r.mtype), bytes(r.cert)) for r in answer
+                )
+        _keep(self._tlsa, name, now, ttl, found)
+        return found
 
     async def _lookup(self, domain: str) -> tuple[tuple[Hop, ...], float]:
         import dns.resolver
 
         answer = await self._query(domain, "MX", domain)
         if answer is None:  # no MX: the domain is its own mail server (implicit MX)
-            addresses, ttl = await self._addresses(domain, domain)
+            addresses, ttl, secure = await self._addresses(domain, domain)
             if not addresses:
                 raise Failure(
                     "5.1.2",
                     f"x-spoolbox; {domain} has no MX record and no address (DNS)",
                     connected=False,
                 )
-            return tuple(Hop(domain, a) for a in addresses[:ADDRESS_LIMIT]), ttl
+            return tuple(Hop(domain, a, secure) for a in addresses[:ADDRESS_LIMIT]), ttl
         assert isinstance(answer, dns.resolver.Answer)
         records = [(int(r.preference), r.exchange.to_text()) for r in answer]
         hosts = order_mx(records, self._rng)
@@ -211,6 +242,7 @@ class MXResolver:
                 connected=False,
             )
         ttl = float(answer.rrset.ttl) if answer.rrset is not None else 0.0
+        mx_secure = _authenticated(answer)
         found = await asyncio.gather(
             *(self._addresses(h, domain) for h in hosts), return_exceptions=True
         )
@@ -223,8 +255,8 @@ class MXResolver:
                 continue
             if isinstance(result, BaseException):
                 raise result
-            addresses, host_ttl = result
-            hops.extend(Hop(host, a) for a in addresses)
+            addresses, host_ttl, secure = result
+            hops.extend(Hop(host, a, mx_secure and secure) for a in addresses)
             if addresses:
                 ttl = min(ttl, host_ttl)
         if not hops and failures:
@@ -251,10 +283,11 @@ class MXResolver:
             return []
         return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
 
-    async def _addresses(self, host: str, domain: str) -> tuple[list[str], float]:
-        """The IPv4 then IPv6 addresses of ``host`` (none if it has none) and the
+    async def _addresses(self, host: str, domain: str) -> tuple[list[str], float, bool]:
+        """The IPv4 then IPv6 addresses of ``host`` (none if it has none), the
         shorter of the two answers' TTLs (0 when one of the two queries failed: the
-        addresses of the other are used, not kept).  A :class:`Failure` when a query
+        addresses of the other are used, not kept), and whether DNSSEC vouched for
+        every answer that had addresses.  A :class:`Failure` when a query
         failed and the other found nothing (a server that never answers AAAA
         queries does not stop the mail to a host with an A record)."""
         answers = await asyncio.gather(
@@ -265,6 +298,7 @@ class MXResolver:
         addresses: list[str] = []
         ttls: list[float] = []
         failures = []
+        secure = True
         for answer in answers:
             if isinstance(answer, Failure):
                 failures.append(answer)
@@ -275,11 +309,12 @@ class MXResolver:
             if answer is None:
                 continue
             addresses.extend(r.to_text() for r in answer)
+            secure = secure and _authenticated(answer)
             if answer.rrset is not None:
                 ttls.append(float(answer.rrset.ttl))
         if failures and not addresses:
             raise failures[0]
-        return addresses, min(ttls, default=0.0)
+        return addresses, min(ttls, default=0.0), secure and bool(addresses)
 
     async def _query(self, name: str, rdtype: str, domain: str, *, missing_ok: bool = False) -> Any:
         """The answer, None when the name has no record of ``rdtype`` (or, with
@@ -326,6 +361,27 @@ class MXResolver:
             raise Failure(
                 "4.4.3", f"x-spoolbox; DNS lookup of {what} failed: {exc}", connected=False
             ) from None
+
+
+def _authenticated(answer: Any) -> bool:
+    """Whether the resolver said DNSSEC vouches for ``answer`` (its AD bit)."""
+    import dns.flags
+
+    response = getattr(answer, "response", None)
+    return response is not None and bool(response.flags & dns.flags.AD)
+
+
+def _keep(
+    cache: dict[str, tuple[float, Any]], key: str, now: float, ttl: float, value: Any
+) -> None:
+    """Keep ``value`` for ``ttl`` seconds (at most :data:`CACHE_SECONDS`; not at all
+    when 0), the oldest entry dropped when the cache is full."""
+    if ttl <= 0:
+        return
+    cache.pop(key, None)
+    if len(cache) >= _CACHE_SIZE:
+        del cache[next(iter(cache))]
+    cache[key] = (now + min(ttl, CACHE_SECONDS), value)
 
 
 def _servers_said(exc: Exception) -> str:

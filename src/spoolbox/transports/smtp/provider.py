@@ -58,7 +58,7 @@ class SMTPProvider:
         sts = None
         verified = None
         if settings.delivery == "mx":
-            mx = MXResolver(settings.nameservers, settings.dns_timeout)
+            mx = MXResolver(settings.nameservers, settings.dns_timeout, dnssec=settings.dane)
             if settings.mta_sts:
                 try:
                     verified = await support.run_blocking(verified_context, settings)

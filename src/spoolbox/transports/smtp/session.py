@@ -32,11 +32,12 @@ from spoolbox.smtp.replies import Reply, enhanced_status, reply_text
 
 from .._status import ReachabilityRow, results_text
 from .connection import Connection
+from .dane import TLSA, usable
 from .failures import Failure, exception_failure, protocol_failure, reply_failure
 from .mta_sts import Policy, PolicyFinder
 from .mx import Hop, MXResolver, literal_address
 from .pool import Pool
-from .settings import SMTPSettings, usable_helo
+from .settings import SMTPSettings, dane_context, usable_helo
 
 __all__ = ["ADDRESS_TYPE", "SMTPSession", "envelope_sender"]
 
@@ -115,7 +116,8 @@ class SMTPSession(BaseTransportSession):
         self._verified_context = verified_context
         self._tls_context = tls_context
         self._helo = helo_name
-        self._hop_pools: dict[tuple[str, str, str], Pool] = {}
+        self._hop_pools: dict[tuple[str, str, str, tuple[TLSA, ...] | None], Pool] = {}
+        self._dane_context = dane_context() if settings.dane else None
         self._opened_before = 0  # connections opened by the pools forgotten since
         self._sweeper: asyncio.Task[None] | None = None  # closes idle connections
         #: Server address -> (not tried again before, why), see _MX_DEAD_FOR.
@@ -169,7 +171,8 @@ class SMTPSession(BaseTransportSession):
     def describe(self) -> str:
         s = self.settings
         if self.mx is not None:
-            return f"delivering by MX lookup (port {s.port}, tls={s.tls})"
+            dane = ", DANE" if s.dane else ""
+            return f"delivering by MX lookup (port {s.port}, tls={s.tls}{dane})"
         auth = f", AUTH as {s.username}" if s.username else ""
         return f"relaying via {s.where} (tls={s.tls}{auth})"
 
@@ -178,6 +181,7 @@ class SMTPSession(BaseTransportSession):
         mx: dict[str, Any] = {} if self.mx is None else {"nameservers": self.mx.nameservers}
         if self.mx is not None:
             mx["mta_sts"] = self.sts is not None
+            mx["dane"] = s.dane
             if self.sts is not None and self.sts.trouble:
                 mx["mta_sts_trouble"] = dict(list(self.sts.trouble.items())[-10:])
         return {
@@ -410,8 +414,13 @@ class SMTPSession(BaseTransportSession):
             if skipped is not None:
                 failed.append((hop, skipped))
                 continue
-            for tls in tries or (self.settings.tls,):
-                pool = self._hop_pool(hop, tls)
+            try:
+                tlsa = await self._dane(hop, domain)
+            except Failure as f:  # its TLSA records cannot be looked up: not used
+                failed.append((hop, f))
+                continue
+            for tls in ("dane",) if tlsa is not None else tries or (self.settings.tls,):
+                pool = self._hop_pool(hop, tls, tlsa)
                 try:
                     conn = await pool.acquire(message.ref)
                 except Failure as f:
@@ -421,7 +430,7 @@ class SMTPSession(BaseTransportSession):
                     # A server that failed only the policy's verified TLS still takes
                     # the mail of domains without one: not held back for them.
                     if message.ref not in self._cancelled and (
-                        tls != "verified" or not f.connected
+                        tls not in ("verified", "dane") or not f.connected
                     ):
                         self._mark_dead(hop, f)
                     break  # the next server
@@ -442,6 +451,16 @@ class SMTPSession(BaseTransportSession):
             self._connected(False, domain, failed)
         how = "" if policy is None else f" as its MTA-STS policy asks ({policy.describe()})"
         raise _nowhere(domain, failed, how)
+
+    async def _dane(self, hop: Hop, domain: str) -> tuple[TLSA, ...] | None:
+        """With ``dane``: the usable TLSA records of ``hop`` (none usable: an empty
+        tuple, TLS without a certificate check) when DNSSEC vouches for its MX record,
+        addresses and TLSA records; None when DANE does not apply (:mod:`.dane`); a
+        :class:`Failure` when the lookup failed."""
+        if not self.settings.dane or not hop.secure or self.mx is None:
+            return None
+        records = await self.mx.tlsa(hop.host, self.settings.port, domain)
+        return None if records is None else usable(records)
 
     async def _enforced(self, domain: str, hops: Sequence[Hop]) -> Policy | None:
         """``domain``'s MTA-STS policy when it is to be enforced (mode ``enforce``), else
@@ -481,6 +500,8 @@ class SMTPSession(BaseTransportSession):
         if made or any(f.connected for _, f in failed):
             self._unconnected.clear()
             return
+        # (A DNS failure, such as a DANE host's TLSA lookup, is no connection tried.)
+        failed = [(h, f) for h, f in failed if f.status != "4.4.3"]
         if failed:
             self._unconnected.pop(domain, None)  # (its place: the latest)
             why = failed[-1][1].text.removeprefix("x-spoolbox; ")
@@ -511,13 +532,25 @@ class SMTPSession(BaseTransportSession):
             connected=why.connected,
         )
 
-    def _hop_pool(self, hop: Hop, tls: str) -> Pool:
+    def _hop_pool(self, hop: Hop, tls: str, tlsa: tuple[TLSA, ...] | None = None) -> Pool:
         """The connections to one server in one TLS mode: ``verified`` is STARTTLS
-        required with the certificate verified for the MX host's name (MTA-STS)."""
-        key = (hop.host, hop.address, tls)
+        required with the certificate verified for the MX host's name (MTA-STS);
+        ``dane`` is STARTTLS required with the certificate matched against ``tlsa``
+        (none: not checked)."""
+        key = (hop.host, hop.address, tls, tlsa)
         pool = self._hop_pools.get(key)
         if pool is None:
-            if tls == "verified":
+            if tls == "dane":
+                settings = replace(
+                    self.settings,
+                    host=hop.host,
+                    address=hop.address,
+                    tls="starttls",
+                    verify=False,
+                    tlsa=tlsa,
+                )
+                context: ssl.SSLContext | None = self._dane_context
+            elif tls == "verified":
                 settings = replace(
                     self.settings, host=hop.host, address=hop.address, tls="starttls", verify=True
                 )

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from spoolbox.contract import Unconfigured
 from spoolbox.contract.options import OptionError, option, read_options
 
+from .dane import TLSA
 from .mx import parse_nameserver
 
 __all__ = [
@@ -78,6 +79,7 @@ class SMTPOptions:
     dns_timeout: float | None = _seconds()
     mta_sts: bool | None = None
     mta_sts_port: int | None = option(None, low=1, high=65535)
+    dane: bool | None = None
     port: int | None = option(None, low=1, high=65535)
     tls: Literal["none", "starttls", "implicit", "opportunistic"] | None = None
     verify: bool | None = None
@@ -126,6 +128,7 @@ class SMTPOptions:
                 "dns_timeout",
                 "mta_sts",
                 "mta_sts_port",
+                "dane",
                 "destination_concurrency",
                 "destination_rate_delay",
             ):
@@ -189,6 +192,12 @@ class SMTPSettings:
     #: ``https://mta-sts.<domain>`` on this port.
     mta_sts: bool = False
     mta_sts_port: int = 443
+    #: Delivery "mx": follow the MX hosts' DNSSEC-signed TLSA records (DANE, RFC
+    #: 7672, :mod:`.dane`); the ``nameservers`` must validate DNSSEC.
+    dane: bool = False
+    #: One MX host's connections under DANE: the usable TLSA records its certificate
+    #: must match, or none (TLS required, the certificate not checked); None: no DANE.
+    tlsa: tuple[TLSA, ...] | None = None
     ca_file: str | None = None
     username: str | None = None
     password: str | None = None
@@ -245,6 +254,7 @@ class SMTPSettings:
             dns_timeout=o.dns_timeout or DEFAULT_DNS_TIMEOUT,
             mta_sts=mx and o.mta_sts is not False,
             mta_sts_port=o.mta_sts_port or 443,
+            dane=mx and o.dane is True,
             ca_file=o.ca_file,
             username=o.username,
             password=o.password,
@@ -280,6 +290,15 @@ def verified_context(settings: SMTPSettings) -> ssl.SSLContext:
     (else the system's): MTA-STS's policy servers and the MX hosts its policies name.
     Blocking: run through ``support.run_blocking``."""
     return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.ca_file)
+
+
+def dane_context() -> ssl.SSLContext:
+    """The context of a connection under DANE: no CA, no name check (the certificate
+    is matched against the TLSA records after the handshake, :mod:`.dane`)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def tls_context(settings: SMTPSettings) -> ssl.SSLContext | None:
