@@ -30,9 +30,10 @@ records a host gets TLS that is not authenticated.  Usages 0 and 1 are not for S
 
 The TLSA records are looked up at the MX host's name as its MX record gives it (RFC
 7672 section 2.2.2 would try a CNAME's target first; a host whose name is a CNAME
-is looked up at its own name only).  Where a domain has both, DANE wins over MTA-STS for the hosts it covers (RFC 8461
-section 2).  :func:`parse_tlsa`, :func:`usable`, :func:`spki_of` and :func:`matches`
-are pure; the lookups are :class:`~.mx.MXResolver`'s.
+is looked up at its own name only).  Where a domain has both, DANE wins over MTA-STS
+for the hosts it covers (RFC 8461 section 2).  :func:`parse_tlsa`, :func:`usable`,
+:func:`spki_of` and :func:`matches` are pure; the lookups are
+:class:`~.mx.MXResolver`'s.
 """
 
 from __future__ import annotations
