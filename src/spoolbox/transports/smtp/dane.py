@@ -31,9 +31,8 @@ records a host gets TLS that is not authenticated.  Usages 0 and 1 are not for S
 The TLSA records are looked up at the MX host's name as its MX record gives it (RFC
 7672 section 2.2.2 would try a CNAME's target first; a host whose name is a CNAME
 is looked up at its own name only).  Where a domain has both, DANE wins over MTA-STS
-for the hosts it covers (RFC 8461 section 2).  :func:`parse_tlsa`, :func:`usable`,
-:func:`spki_of` and :func:`matches` are pure; the lookups are
-:class:`~.mx.MXResolver`'s.
+for the hosts it covers (RFC 8461 section 2).  :func:`usable`, :func:`spki_of` and
+:func:`matches` are pure; the lookups are :class:`~.mx.MXResolver`'s.
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["TLSA", "matches", "parse_tlsa", "spki_of", "usable"]
+__all__ = ["TLSA", "matches", "spki_of", "usable"]
 
 #: Certificate usage 3, DANE-EE: the server's own certificate.
 DANE_EE = 3
@@ -60,22 +59,6 @@ class TLSA:
 
     def __str__(self) -> str:
         return f"{self.usage} {self.selector} {self.mtype} {self.data.hex()[:16]}"
-
-
-def parse_tlsa(text: str) -> TLSA:
-    """A record from its presentation form (``3 1 1 5e2f...``, the data in hex, spaces
-    allowed); ValueError says what is wrong."""
-    parts = text.split()
-    if len(parts) < 4:
-        raise ValueError(f"a TLSA record is 'usage selector type data', not {text!r}")
-    try:
-        usage, selector, mtype = (int(p) for p in parts[:3])
-        data = bytes.fromhex("".join(parts[3:]))
-    except ValueError:
-        raise ValueError(f"a TLSA record is 'usage selector type hex-data', not {text!r}") from None
-    if not all(0 <= n <= 255 for n in (usage, selector, mtype)):
-        raise ValueError(f"a TLSA record's numbers are 0-255: {text!r}")
-    return TLSA(usage, selector, mtype, data)
 
 
 def usable(records: Iterable[TLSA]) -> tuple[TLSA, ...]:
