@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_smtp_mta_sts as sts
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -31,6 +32,7 @@ from unbound_server import Unbound, unbound
 
 MX1 = "127.0.0.2"  # the MX host of most domains here
 MX2 = "127.0.0.3"  # dane2.test's second MX host
+WEB = sts.WEB  # the MTA-STS policy server
 CONTENT = b"From: alice@example.org\r\nSubject: dane\r\n\r\nHello.\r\n"
 
 
@@ -141,6 +143,15 @@ class World:
             "dane2 IN MX 20 mx2.dane2.test.",
             f"mx2.dane2 IN A {MX2}",
             f"{tlsa}.mx2.dane2 IN TLSA {right}",
+            # MTA-STS policies (enforce) as well: both.test's host has a TLSA record,
+            # stsonly.test's has none.
+            "both IN MX 10 mx1.both.test.",
+            f"mx1.both IN A {MX1}",
+            f"{tlsa}.mx1.both IN TLSA {right}",
+            "stsonly IN MX 10 mx1.stsonly.test.",
+            f"mx1.stsonly IN A {MX1}",
+            *(f'_mta-sts.{d} IN TXT "v=STSv1; id=20261207"' for d in ("both", "stsonly")),
+            *(f"mta-sts.{d} IN A {WEB}" for d in ("both", "stsonly")),
         ]
         # An unsigned domain whose MX host has TLSA records its certificate does not
         # match: without DNSSEC for the MX record, DANE does not apply.
@@ -296,3 +307,29 @@ async def test_without_the_option_tlsa_records_change_nothing(world: World, dns:
         status = sp.host("smtp").session.status_object()  # type: ignore[union-attr]
     assert state is MessageState.SENT, recs
     assert rec.tls == [True] and status["dane"] is False
+
+
+async def test_where_a_domain_has_both_dane_decides_the_certificate_check(
+    world: World, dns: Unbound, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both domains have an MTA-STS policy in enforce mode, and the MX server's
+    certificate is from a CA the transport does not trust: both.test's host has a
+    matching TLSA record, so DANE checks it and the mail goes (RFC 8461 section 2);
+    stsonly.test's has none, so MTA-STS checks it against the CAs and the mail waits."""
+    for d in ("both", "stsonly"):
+        policy = f"version: STSv1\nmode: enforce\nmx: mx1.{d}.test\nmax_age: 86400\n"
+        monkeypatch.setitem(sts.POLICIES, f"mta-sts.{d}.test", (200, "text/plain", policy))
+    ca = trustme.CA()  # the policy server's: the one the transport trusts
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    with sts.policy_server(ca) as web:
+        options = world.options(dns, mta_sts=True, mta_sts_port=web.port, ca_file=str(ca_file))
+        async with mx_server(world.context(), world.port) as rec, open_spooler(options) as sp:
+            state, recs = await send(sp, message("SMTP:bob@both.test"))
+            assert state is MessageState.SENT, recs
+            state, [r] = await send(sp, message("SMTP:carol@stsonly.test"))
+            assert state is MessageState.DEFERRED, r
+            assert "as its MTA-STS policy asks" in (r.diagnostic or ""), r
+    assert sorted(web.asked) == ["mta-sts.both.test", "mta-sts.stsonly.test"]
+    assert [r.rcpt_tos for r in rec.received] == [["bob@both.test"]]
+    assert rec.tls == [True]
