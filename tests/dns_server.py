@@ -87,18 +87,26 @@ def dnsmasq(records: Sequence[str], workdir: Path) -> Iterator[Dnsmasq]:
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
     try:
-        probe = dns.message.make_query("ready.test", "A")
-        deadline = time.monotonic() + 10
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"dnsmasq exited ({proc.returncode}): {log.read_text()}")
-            try:
-                dns.query.udp(probe, "127.0.0.1", timeout=0.2, port=port)
-                break
-            except (OSError, dns.exception.Timeout):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"dnsmasq did not answer: {log.read_text()}")
+        wait_answering(proc, port, log, "dnsmasq", "ready.test")
         yield Dnsmasq(port, log)
     finally:
         proc.kill()
         proc.wait()
+
+
+def wait_answering(
+    proc: subprocess.Popen[bytes], port: int, log: Path, what: str, name: str
+) -> None:
+    """Until the DNS server ``proc`` answers a query for ``name`` on ``port`` (any
+    answer), for up to 10 s; the test fails with its log if it exits or stays mute."""
+    probe = dns.message.make_query(name, "A")
+    deadline = time.monotonic() + 10
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited ({proc.returncode}): {log.read_text()}")
+        try:
+            dns.query.udp(probe, "127.0.0.1", timeout=0.2, port=port)
+            return
+        except (OSError, dns.exception.Timeout):
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what} did not answer: {log.read_text()}")

@@ -17,17 +17,13 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import dns.exception
-import dns.message
-import dns.query
 import pytest
 
-from dns_server import _free_udp_and_tcp_port
+from dns_server import _free_udp_and_tcp_port, wait_answering
 
 UNBOUND = shutil.which("unbound") or "/usr/sbin/unbound"
 KEYGEN = shutil.which("ldns-keygen")
@@ -148,17 +144,7 @@ auth-zone:
             [UNBOUND, "-d", "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT
         )
     try:
-        probe = dns.message.make_query("test.", "SOA")
-        deadline = time.monotonic() + 10
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"unbound exited ({proc.returncode}): {log.read_text()}")
-            try:
-                dns.query.udp(probe, "127.0.0.1", timeout=0.2, port=port)
-                break
-            except (OSError, dns.exception.Timeout):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"unbound did not answer: {log.read_text()}")
+        wait_answering(proc, port, log, "unbound", "ns.test")
         yield Unbound(port, log)
     finally:
         proc.kill()
