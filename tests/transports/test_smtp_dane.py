@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
@@ -119,7 +120,7 @@ class World:
         self.cert = trustme.CA().issue_cert("mx1.dane.test", "mx2.dane2.test")
         self.port = free_port(MX1)
         key = spki(der_of(self.cert))
-        right = f"3 1 1 {hashlib.sha256(key).hexdigest()}"
+        self.right = right = f"3 1 1 {hashlib.sha256(key).hexdigest()}"
         other = trustme.CA().issue_cert("mx1.dane.test")
         wrong = f"3 1 1 {hashlib.sha256(spki(der_of(other))).hexdigest()}"
         tlsa = f"_{self.port}._tcp"
@@ -197,21 +198,29 @@ async def mx_server(
 
 
 async def test_a_certificate_that_matches_its_tlsa_record_gets_the_mail(
-    world: World, dns: Unbound
+    world: World, dns: Unbound, caplog: pytest.LogCaptureFixture
 ) -> None:
     """dane.test's MX host has a signed TLSA record of its key: the mail goes over
     STARTTLS, although no CA vouches for the certificate (and the transport's own
-    ``tls`` is opportunistic, which would take any)."""
+    ``tls`` is opportunistic, which would take any); the log says so once for the
+    connection, which the second message reuses."""
+    caplog.set_level(logging.INFO, logger="spoolbox.transport.smtp")
     async with (
         mx_server(world.context(), world.port) as rec,
         open_spooler(world.options(dns)) as sp,
     ):
-        state, recs = await send(sp, message("SMTP:bob@dane.test"))
+        for rcpt in ("SMTP:bob@dane.test", "SMTP:carol@dane.test"):
+            state, recs = await send(sp, message(rcpt))
+            assert state is MessageState.SENT, recs
         status = sp.host("smtp").session.status_object()  # type: ignore[union-attr]
-    assert state is MessageState.SENT, recs
-    assert rec.tls == [True]
-    assert [r.rcpt_tos for r in rec.received] == [["bob@dane.test"]]
+    assert rec.tls == [True, True]
+    assert [r.rcpt_tos for r in rec.received] == [["bob@dane.test"], ["carol@dane.test"]]
     assert status["dane"] is True
+    said = [r.getMessage() for r in caplog.records if "DANE" in r.getMessage()]
+    assert said == [
+        f"mx1.dane.test[{MX1}]:{world.port}: its certificate matches its DANE TLSA record "
+        f"3 1 1 {world.right[6:22]}"
+    ]
 
 
 async def test_a_certificate_that_matches_no_record_is_not_sent_to(
@@ -254,10 +263,11 @@ async def test_a_server_without_starttls_is_refused_where_tlsa_records_are(
 
 
 async def test_records_none_of_which_is_usable_still_require_tls(
-    world: World, dns: Unbound
+    world: World, dns: Unbound, caplog: pytest.LogCaptureFixture
 ) -> None:
     """ta.test has a DANE-TA record only, which this client cannot check: the mail
-    goes over TLS, its certificate not checked (RFC 7672 2.2)."""
+    goes over TLS, its certificate not checked (RFC 7672 2.2), and the log says so."""
+    caplog.set_level(logging.INFO, logger="spoolbox.transport.smtp")
     async with (
         mx_server(world.context(), world.port) as rec,
         open_spooler(world.options(dns)) as sp,
@@ -265,6 +275,9 @@ async def test_records_none_of_which_is_usable_still_require_tls(
         state, recs = await send(sp, message("SMTP:bob@ta.test"))
     assert state is MessageState.SENT, recs
     assert rec.tls == [True]
+    assert f"mx1.ta.test[{MX1}]:{world.port}: TLS required by its DANE TLSA records, " in (
+        caplog.text
+    )
 
 
 async def test_a_tlsa_lookup_that_fails_keeps_the_host_unused(world: World, dns: Unbound) -> None:

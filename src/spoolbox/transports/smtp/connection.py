@@ -55,6 +55,10 @@ class Connection:
         self.messages = 0
         self.clean = False  # the last transaction ended with 250 after the data
         self.idle_since = 0.0
+        #: Under DANE: what the TLS was checked against, for the log's one line a
+        #: connection (the TLSA record matched, or none usable); None otherwise, and
+        #: once the session logged it.
+        self.dane: str | None = None
         self._closed = False
         # The awaited reply's deadline (loop time; None while no reply is awaited) and
         # the one timer that watches it: see _await_reply.
@@ -271,24 +275,30 @@ async def _open(
             raise exception_failure(exc, "STARTTLS", t["mail"], where) from None
         conn.machine.tls_started()
         if s.tlsa:
-            _dane_check(conn, s.tlsa, where)
+            conn.dane = (
+                f"its certificate matches its DANE TLSA record {_dane_check(conn, s.tlsa, where)}"
+            )
+        elif s.tlsa is not None:
+            conn.dane = "TLS required by its DANE TLSA records, none of which can be checked"
         await _hello(conn, helo, "EHLO after STARTTLS", t["mail"])
     if s.username is not None:
         await _auth(conn, settings)
 
 
-def _dane_check(conn: Connection, records: tuple[TLSA, ...], where: str) -> None:
-    """DANE (:mod:`.dane`): the server's certificate matches one of its TLSA records,
-    or the connection is not used (4.7.5)."""
+def _dane_check(conn: Connection, records: tuple[TLSA, ...], where: str) -> TLSA:
+    """DANE (:mod:`.dane`): the TLSA record the server's certificate matches; if it
+    matches none, the connection is not used (4.7.5)."""
     tls = conn.writer.get_extra_info("ssl_object")
     der = tls.getpeercert(binary_form=True) if tls is not None else None
-    if not der or matches(records, der) is None:
+    found = matches(records, der) if der else None
+    if found is None:
         shown = ", ".join(str(r) for r in records[:3])
         raise Failure(
             "4.7.5",
             f"x-spoolbox; the TLS certificate of {where} matches none of its DANE TLSA "
             f"records ({shown}{', ...' if len(records) > 3 else ''}): not sent",
         )
+    return found
 
 
 async def _hello(conn: Connection, helo: str, step: str, timeout: float) -> Reply:

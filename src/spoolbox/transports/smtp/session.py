@@ -436,6 +436,9 @@ class SMTPSession(BaseTransportSession):
                     break  # the next server
                 self._dead.pop(hop.address, None)
                 self._connected(True, domain, failed)
+                if conn.dane is not None:  # once a connection: DANE did its part
+                    self.support.logger.info("%s: %s", conn.where, conn.dane)
+                    conn.dane = None
                 reusable = False
                 try:
                     reusable = await self._transaction(conn, message, mail_from, group, results)
