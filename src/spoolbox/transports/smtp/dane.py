@@ -28,11 +28,12 @@ only the server's own certificate (Python 3.13 adds the chain); with only such
 records a host gets TLS that is not authenticated.  Usages 0 and 1 are not for SMTP
 (section 3.1.3).
 
-The TLSA records are looked up at the MX host's name as its MX record gives it (RFC
-7672 section 2.2.2 would try a CNAME's target first; a host whose name is a CNAME
-is looked up at its own name only).  Where a domain has both, DANE wins over MTA-STS
-for the hosts it covers (RFC 8461 section 2).  :func:`usable`, :func:`spki_of` and
-:func:`matches` are pure; the lookups are :class:`~.mx.MXResolver`'s.
+The TLSA records are looked up at the MX host's name as its MX record gives it (an MX
+record must not name an alias, RFC 2181 section 10.3; for one that does, RFC 7672
+section 2.2.2 would try the alias's target first, which is not done here).  Where a
+domain has both, DANE wins over MTA-STS for the hosts it covers (RFC 8461 section 2).
+:func:`usable`, :func:`spki_of` and :func:`matches` are pure; the lookups are
+:class:`~.mx.MXResolver`'s.
 """
 
 from __future__ import annotations
