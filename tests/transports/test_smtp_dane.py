@@ -104,6 +104,10 @@ def test_dane_is_for_direct_delivery_and_off_unless_asked() -> None:
     assert SMTPSettings.from_config({"delivery": "mx", "dane": True}).dane is True
     with pytest.raises(ValueError, match=r"dane.*is for delivery = 'mx'"):
         SMTPSettings.from_config({"host": "relay.example.org", "dane": True})
+    with pytest.raises(ValueError, match=r"dane.*cannot be true with tls = 'none'"):
+        SMTPSettings.from_config({"delivery": "mx", "dane": True, "tls": "none"})
+    settings = SMTPSettings.from_config({"delivery": "mx", "dane": True, "tls": "starttls"})
+    assert settings.dane and settings.tls == "starttls"
 
 
 # -- real servers --------------------------------------------------------------------------------

@@ -148,6 +148,13 @@ class SMTPOptions:
                 "(and goes on without TLS where it is missing); tls = 'starttls' "
                 "requires TLS with a certificate that verifies",
             )
+        if self.dane and self.tls in ("none", "implicit"):
+            raise OptionError(
+                "dane",
+                f"cannot be true with tls = {self.tls!r}: DANE asks for STARTTLS on the "
+                "MX hosts that publish TLSA records (tls = 'opportunistic', the default "
+                "for delivery = 'mx', or 'starttls')",
+            )
         if self.helo_name is not None and not usable_helo(self.helo_name):
             raise OptionError("helo_name", f"must be an ASCII host name, not {self.helo_name!r}")
 
