@@ -24,6 +24,8 @@ import test_smtp_mta_sts as sts
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import given
+from hypothesis import strategies as st
 from smtp_servers import Recorder, aiosmtpd_server, open_spooler, send
 
 from spoolbox import Address, MessageState, NewMessage
@@ -63,6 +65,32 @@ def test_the_public_key_is_found_in_the_certificate(key_type: trustme.KeyType) -
     for broken in (b"", b"\x30", der[:40], b"\x02\x01\x00" + der[3:]):
         with pytest.raises(ValueError, match=r"DER|certificate"):
             spki_of(broken)
+
+
+_CERT = der_of(trustme.CA().issue_cert("mx1.dane.test"))
+
+
+def _corrupted(at: int, junk: bytes) -> bytes:
+    return _CERT[:at] + junk + _CERT[at + 1 :]
+
+
+@given(
+    st.binary(max_size=600)
+    | st.builds(_corrupted, st.integers(0, len(_CERT) - 1), st.binary(min_size=1, max_size=3))
+)
+def test_whatever_a_server_sends_as_its_certificate_the_reading_only_says_no(
+    der: bytes,
+) -> None:
+    """Hostile or broken DER: the public key is found (a part of what came) or
+    ValueError says why, and a match is found or not; nothing else is raised."""
+    try:
+        key = spki_of(der)
+    except ValueError:
+        key = None
+    if key is not None:
+        assert der.find(key) > 0
+    record = TLSA(3, 1, 1, hashlib.sha256(spki(_CERT)).digest())
+    assert matches([record], der) in (None, record)
 
 
 def test_a_certificate_matches_the_records_of_its_own_key_or_itself() -> None:
