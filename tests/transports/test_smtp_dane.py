@@ -30,7 +30,9 @@ from smtp_servers import Recorder, aiosmtpd_server, open_spooler, send
 
 from spoolbox import Address, MessageState, NewMessage
 from spoolbox.transports.smtp import SMTPSettings
+from spoolbox.transports.smtp import mx as mx_module
 from spoolbox.transports.smtp.dane import TLSA, matches, spki_of, usable
+from spoolbox.transports.smtp.mx import MXResolver, parse_nameserver
 from unbound_server import Unbound, unbound
 
 MX1 = "127.0.0.2"  # the MX host of most domains here
@@ -378,3 +380,41 @@ async def test_where_a_domain_has_both_dane_decides_the_certificate_check(
     assert sorted(web.asked) == ["mta-sts.both.test", "mta-sts.stsonly.test"]
     assert [r.rcpt_tos for r in rec.received] == [["bob@both.test"]]
     assert rec.tls == [True]
+
+
+async def test_the_resolver_says_whether_it_validates(
+    world: World, dns: Unbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``validates`` asks (the root zone's keys) stands in for any signed name: a
+    signed zone's keys come with AD (True), an unsigned zone's answer without (False),
+    and a failed lookup tells nothing (None).  (unbound here has no root zone.)"""
+    resolver = MXResolver([parse_nameserver(dns.nameserver)], 3, dnssec=True)
+    for probe, expected in (
+        (("test.", "DNSKEY"), True),
+        (("plain.", "SOA"), False),
+        ((f"{world.bogus[0]}.test.", "TLSA"), None),
+    ):
+        monkeypatch.setattr(mx_module, "DNSSEC_PROBE", probe)
+        assert await resolver.validates() is expected, probe
+
+
+async def test_check_says_dane_cannot_work_behind_a_resolver_that_does_not_validate(
+    world: World, dns: Unbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``spoolbox check``'s ValidateState: with ``dane = true`` and DNS servers that
+    answer without the AD bit, the transport cannot do what it is asked (not "ok");
+    with a validating one, or without DANE, it is fine."""
+    monkeypatch.setattr(mx_module, "DNSSEC_PROBE", ("plain.", "SOA"))  # no AD
+    async with open_spooler(world.options(dns)) as sp:
+        await sp.wait_ready(timeout=10)
+        assert await sp.validate_state(transport="smtp") == {"smtp": "error"}
+        said = sp.host("smtp").last_error or ""
+    assert "NetworkError: DANE cannot work: the DNS server(s) 127.0.0.1:" in said, said
+    assert "do not validate DNSSEC (their answer for the root zone's keys lacks" in said
+    async with open_spooler(world.options(dns, dane=False)) as sp:
+        await sp.wait_ready(timeout=10)
+        assert await sp.validate_state(transport="smtp") == {"smtp": "ok"}
+    monkeypatch.setattr(mx_module, "DNSSEC_PROBE", ("test.", "DNSKEY"))  # AD
+    async with open_spooler(world.options(dns)) as sp:
+        await sp.wait_ready(timeout=10)
+        assert await sp.validate_state(transport="smtp") == {"smtp": "ok"}

@@ -59,6 +59,9 @@ ADDRESS_LIMIT = 5
 CACHE_SECONDS = 300.0
 #: Domains whose answers are kept at most (the oldest go first).
 _CACHE_SIZE = 10_000
+#: What :meth:`MXResolver.validates` asks: the root zone's keys, which a resolver
+#: that validates DNSSEC vouches for (the AD bit), whatever the domains it serves.
+DNSSEC_PROBE = (".", "DNSKEY")
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +199,17 @@ class MXResolver:
         hops, ttl = await self._lookup(key)
         _keep(self._cache, key, now, ttl, hops)
         return hops
+
+    async def validates(self) -> bool | None:
+        """Whether the DNS servers validate DNSSEC (what DANE needs): True when they
+        vouch for the root zone's keys (the AD bit), False when they answer without
+        it, None when they give no answer (nothing can be told)."""
+        name, rdtype = DNSSEC_PROBE
+        try:
+            answer = await self._query(name, rdtype, name, missing_ok=True)
+        except Failure:
+            return None
+        return None if answer is None else _authenticated(answer)
 
     async def tlsa(self, host: str, port: int, domain: str) -> tuple[TLSA, ...] | None:
         """The TLSA records of MX host ``host`` for ``port`` (``_25._tcp.<host>``) when

@@ -233,10 +233,20 @@ class SMTPSession(BaseTransportSession):
         STARTTLS and AUTH as configured), or an idle one checked with RSET, and kept
         in the pool for the next message; the status row says the result, as after a
         send.  A host that cannot be reached raises :class:`NetworkError` with why
-        (``spoolbox check`` prints it)."""
+        (``spoolbox check`` prints it).  Delivery "mx" connects nowhere; with
+        ``dane``, DNS servers that answer without validating DNSSEC are the error."""
         if self.mx is not None:
             # No one server to try: each domain's are found when there is mail for it
-            # (the resolver was set up at logon).
+            # (the resolver was set up at logon).  With DANE, the resolver must validate
+            # DNSSEC, or DANE never applies: said, not left to look "ok".
+            if self.settings.dane and await self.mx.validates() is False:
+                raise NetworkError(
+                    0,
+                    "DANE cannot work: the DNS server(s) "
+                    f"{', '.join(self.mx.nameservers)} do not validate DNSSEC (their "
+                    "answer for the root zone's keys lacks the AD bit); point nameservers "
+                    "at a validating resolver (unbound), or set dane = false",
+                )
             self._update_status()
             return
         ref = "\0validate_state"  # no message's reference
