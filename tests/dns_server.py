@@ -45,7 +45,7 @@ class Dnsmasq:
         return self.log.read_text().count(f"query[{rdtype}] {name} from")
 
 
-def _free_udp_and_tcp_port() -> int:
+def free_udp_and_tcp_port() -> int:
     for _ in range(50):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
             u.bind(("127.0.0.1", 0))
@@ -65,7 +65,7 @@ def dnsmasq(records: Sequence[str], workdir: Path) -> Iterator[Dnsmasq]:
     ``--dns-rr=...``) until the block ends."""
     if not os.path.exists(DNSMASQ):
         pytest.skip("dnsmasq not installed: apt-get install dnsmasq-base")
-    port = _free_udp_and_tcp_port()
+    port = free_udp_and_tcp_port()
     log = workdir / f"dnsmasq-{port}.log"
     args = [
         DNSMASQ,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from dns_server import _free_udp_and_tcp_port, wait_answering
+from dns_server import free_udp_and_tcp_port, wait_answering
 
 UNBOUND = shutil.which("unbound") or "/usr/sbin/unbound"
 KEYGEN = shutil.which("ldns-keygen")
@@ -104,7 +104,7 @@ def unbound(
     zone, ds = _sign(signed, bogus, workdir)
     plain_zone = workdir / "plain.zone"
     plain_zone.write_text(_zone("plain.", plain))
-    port = _free_udp_and_tcp_port()
+    port = free_udp_and_tcp_port()
     conf = workdir / "unbound.conf"
     conf.write_text(
         f"""server:

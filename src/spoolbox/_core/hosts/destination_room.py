@@ -22,7 +22,7 @@ from ...store import ClaimedJob
 from ..clock import Clock
 from ..rate import seconds_text
 
-__all__ = ["DestinationRoom", "job_destinations"]
+__all__ = ["DestinationRoom"]
 
 #: After a claim that passed over full destinations and found nothing, the next one
 #: passing over the same waits this many times as long as it took (so that such
@@ -40,7 +40,7 @@ class Limits(Protocol):
     destination_rate_delay: float | None
 
 
-def job_destinations(job: ClaimedJob) -> frozenset[str]:
+def _job_destinations(job: ClaimedJob) -> frozenset[str]:
     """The destinations of a job's recipients."""
     return frozenset(destination(r.address.value) for r in job.recipients)
 
@@ -79,7 +79,7 @@ class DestinationRoom:
         """Whether each destination of ``job`` has room for one more job now: fewer
         than ``limit`` under way, and its rate delay over."""
         started, rested = self._started, self._rested
-        return all(started[d] < limit and rested.get(d, now) <= now for d in job_destinations(job))
+        return all(started[d] < limit and rested.get(d, now) <= now for d in _job_destinations(job))
 
     # -- which claimed job goes ------------------------------------------------------
     def take(self, ready: collections.deque[ClaimedJob]) -> ClaimedJob | None:
@@ -112,7 +112,7 @@ class DestinationRoom:
         limit = self.limit()
         if limit is None:
             return frozenset(), False
-        destinations = job_destinations(job)
+        destinations = _job_destinations(job)
         self._started.update(destinations)
         if self._limits.destination_rate_delay:
             return destinations, False
@@ -153,7 +153,7 @@ class DestinationRoom:
             return frozenset()
         counts = collections.Counter(self._started)
         for job in ready:
-            counts.update(job_destinations(job))
+            counts.update(_job_destinations(job))
         found = {d for d, n in counts.items() if n >= limit}
         found.update(self.resting())
         return frozenset(found)
@@ -224,7 +224,7 @@ class DestinationRoom:
         for job in ready:
             if job.message.id != message_id or all(r.index != index for r in job.recipients):
                 continue
-            for d in sorted(job_destinations(job)):
+            for d in sorted(_job_destinations(job)):
                 why = self.why_full(d, limit)
                 if why is not None:
                     return f"{why[0]}; claimed, it goes {why[1]}"
@@ -252,7 +252,7 @@ class DestinationRoom:
             return None
         why: dict[str, tuple[str, str]] = {}
         for job in ready:
-            for d in job_destinations(job):
+            for d in _job_destinations(job):
                 if d not in why and (full := self.why_full(d, limit)) is not None:
                     why[d] = full
         if not why:
