@@ -69,7 +69,7 @@ class Hop:
     """One address to try: the mail server's name (``host``, what the results and
     the TLS handshake name) and the IP address to connect to; ``secure``: DNSSEC
     vouched for both (the resolver said AD of the MX records and of the host's
-    addresses: DANE may apply, :mod:`.dane`)."""
+    addresses: DANE may apply, :mod:`.dane`; never without ``dnssec``)."""
 
     host: str
     address: str
@@ -256,7 +256,7 @@ class MXResolver:
                 connected=False,
             )
         ttl = float(answer.rrset.ttl) if answer.rrset is not None else 0.0
-        mx_secure = _authenticated(answer)
+        mx_secure = self.dnssec and _authenticated(answer)
         found = await asyncio.gather(
             *(self._addresses(h, domain) for h in hosts), return_exceptions=True
         )
@@ -323,7 +323,7 @@ class MXResolver:
             if answer is None:
                 continue
             addresses.extend(r.to_text() for r in answer)
-            secure = secure and _authenticated(answer)
+            secure = secure and self.dnssec and _authenticated(answer)
             if answer.rrset is not None:
                 ttls.append(float(answer.rrset.ttl))
         if failures and not addresses:
