@@ -418,3 +418,77 @@ async def test_check_says_dane_cannot_work_behind_a_resolver_that_does_not_valid
     async with open_spooler(world.options(dns)) as sp:
         await sp.wait_ready(timeout=10)
         assert await sp.validate_state(transport="smtp") == {"smtp": "ok"}
+
+
+async def _probed(sp: Any) -> Any:
+    """The smtp session, once its probe of the DNS servers has answered."""
+    session = sp.host("smtp").session
+    assert session._probe is not None, "no probe made at the first delivery"
+    await session._probe
+    return session
+
+
+async def test_the_daemon_says_when_its_dns_servers_do_not_validate(
+    world: World, dns: Unbound, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At the first delivery with ``dane = true`` the DNS servers are asked whether they
+    validate DNSSEC (as Postfix's ``dnssec_probe``).  Answering without the AD bit,
+    they leave every domain without DANE: one warning, and the status row says so
+    while the mail goes as without DANE; a flush asks again (and says nothing new); a
+    validated answer (a signed domain's MX record, here: the resolver "fixed") clears
+    it."""
+    monkeypatch.setattr(mx_module, "DNSSEC_PROBE", ("plain.", "SOA"))  # no AD
+    caplog.set_level(logging.INFO, logger="spoolbox.transport.smtp")
+    async with (
+        mx_server(world.context(), world.port) as rec,
+        open_spooler(world.options(dns)) as sp,
+    ):
+        state, _ = await send(sp, message("SMTP:carol@x.plain"))
+        assert state is MessageState.SENT
+        session = await _probed(sp)
+        row = sp.status["smtp"].status_string or ""
+        assert "1 sent; DANE does not apply: the DNS server(s) 127.0.0.1:" in row, row
+        assert "do not validate DNSSEC" in row, row
+        assert "DANE does not apply" in session.status_object()["dane_trouble"]
+        await sp.flush(download=False)
+        state, _ = await send(sp, message("SMTP:dave@x.plain"))
+        assert state is MessageState.SENT
+        await _probed(sp)
+        warned = [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno == logging.WARNING and "DANE does not apply" in r.getMessage()
+        ]
+        assert len(warned) == 1, warned
+        assert warned[0].startswith("smtp transport 'smtp': DANE does not apply: the DNS")
+        assert "mail goes as without DANE until they do" in warned[0]
+        state, _ = await send(sp, message("SMTP:bob@dane.test"))
+        assert state is MessageState.SENT
+        row = sp.status["smtp"].status_string or ""
+        assert "DANE" not in row, row
+        assert "dane_trouble" not in session.status_object()
+    assert rec.tls == [True, True, True]  # opportunistic TLS (no DANE for x.plain)
+    assert any("validate DNSSEC now: DANE applies" in r.getMessage() for r in caplog.records)
+
+
+async def test_dns_servers_that_validate_are_not_warned_about(
+    world: World, dns: Unbound, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The probe answered with the AD bit: nothing said, the row as ever; and a
+    transport without ``dane`` does not probe at all."""
+    monkeypatch.setattr(mx_module, "DNSSEC_PROBE", ("test.", "DNSKEY"))  # AD
+    caplog.set_level(logging.INFO, logger="spoolbox.transport.smtp")
+    async with mx_server(world.context(), world.port), open_spooler(world.options(dns)) as sp:
+        state, _ = await send(sp, message("SMTP:carol@x.plain"))
+        assert state is MessageState.SENT
+        await _probed(sp)
+        assert "DANE" not in (sp.status["smtp"].status_string or "")
+    assert not [r for r in caplog.records if "DNSSEC" in r.getMessage()]
+    monkeypatch.setattr(mx_module, "DNSSEC_PROBE", ("plain.", "SOA"))  # no AD
+    async with (
+        mx_server(world.context(), world.port),
+        open_spooler(world.options(dns, dane=False)) as sp,
+    ):
+        state, _ = await send(sp, message("SMTP:carol@x.plain"))
+        assert state is MessageState.SENT
+        assert sp.host("smtp").session._probe is None

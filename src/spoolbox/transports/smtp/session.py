@@ -118,6 +118,11 @@ class SMTPSession(BaseTransportSession):
         self._helo = helo_name
         self._hop_pools: dict[tuple[str, str, str, tuple[TLSA, ...] | None], Pool] = {}
         self._dane_context = dane_context() if settings.dane else None
+        #: With ``dane``: why DANE does not apply to any mail ("": nothing known against
+        #: it), from the probe of the DNS servers made at the first delivery of a logon
+        #: (and of a flush): see _probe_dnssec.
+        self.dane_trouble = ""
+        self._probe: asyncio.Task[None] | None = None
         self._opened_before = 0  # connections opened by the pools forgotten since
         self._sweeper: asyncio.Task[None] | None = None  # closes idle connections
         #: Server address -> (not tried again before, why), see _MX_DEAD_FOR.
@@ -182,6 +187,8 @@ class SMTPSession(BaseTransportSession):
         if self.mx is not None:
             mx["mta_sts"] = self.sts is not None
             mx["dane"] = s.dane
+            if self.dane_trouble:
+                mx["dane_trouble"] = self.dane_trouble
             if self.sts is not None and self.sts.trouble:
                 mx["mta_sts_trouble"] = dict(list(self.sts.trouble.items())[-10:])
         return {
@@ -216,7 +223,8 @@ class SMTPSession(BaseTransportSession):
             alive = sum(p.alive_count for p in self._hop_pools.values())
             text = f"connected to {alive} mail server(s)" if alive else "idle"
             text += f", delivering by MX lookup, {self.counts['delivered']} sent"
-            self._row.show(text + results_text(self.counts, self.last_error))
+            text += results_text(self.counts, self.last_error)
+            self._row.show(f"{text}; {self.dane_trouble}" if self.dane_trouble else text)
             return
         where = self.settings.where
         if self.unreachable:
@@ -242,10 +250,8 @@ class SMTPSession(BaseTransportSession):
             if self.settings.dane and await self.mx.validates() is False:
                 raise NetworkError(
                     0,
-                    "DANE cannot work: the DNS server(s) "
-                    f"{', '.join(self.mx.nameservers)} do not validate DNSSEC (their "
-                    "answer for the root zone's keys lacks the AD bit); point nameservers "
-                    "at a validating resolver (unbound), or set dane = false",
+                    f"DANE cannot work: {self._unvalidated()}; point nameservers at a "
+                    "validating resolver (unbound), or set dane = false",
                 )
             self._update_status()
             return
@@ -262,12 +268,58 @@ class SMTPSession(BaseTransportSession):
 
     async def flush_queues(self, flags: FlushFlags) -> None:
         """A flush is the user saying "now": delivery "mx" forgets the servers it
-        holds back and the DNS answers it keeps (the user may just have fixed them)."""
+        holds back and the DNS answers it keeps (the user may just have fixed them),
+        and with ``dane`` asks the DNS servers again whether they validate DNSSEC."""
         if flags & FlushFlags.UPLOAD and self.sts is not None:
             self.sts.forget_checks()
         if flags & FlushFlags.UPLOAD and self.mx is not None:
             self._dead.clear()
             self.mx.forget()
+            if self._probe is not None and self._probe.done():
+                self._probe = None  # the flush's first delivery probes again
+
+    # -- DANE's resolver --------------------------------------------------------------------
+    def _unvalidated(self) -> str:
+        assert self.mx is not None
+        return (
+            f"the DNS server(s) {', '.join(self.mx.nameservers)} do not validate DNSSEC "
+            "(their answer for the root zone's keys lacks the AD bit)"
+        )
+
+    def _probe_dnssec(self) -> None:
+        """With ``dane``, at the first delivery of a logon (and of a flush): ask in the
+        background whether the DNS servers validate DNSSEC, as Postfix's smtp client
+        does when it starts (``dnssec_probe``).  DNS servers that answer without
+        validating leave every domain without DANE: the mail still goes (as without
+        DANE), so this is said, not an error: a warning, and the status row keeps it
+        until a validated answer comes (:meth:`_validated`)."""
+        if self._probe is None and self.mx is not None:
+            self._probe = asyncio.get_running_loop().create_task(self._check_dnssec())
+
+    async def _check_dnssec(self) -> None:
+        assert self.mx is not None
+        validates = await self.mx.validates()
+        if validates is False and not self.dane_trouble:
+            self.dane_trouble = f"DANE does not apply: {self._unvalidated()}"
+            self.support.logger.warning(
+                "smtp transport %r: %s; mail goes as without DANE until they do: point "
+                "nameservers at a validating resolver (unbound), or set dane = false",
+                self.support.transport_name,
+                self.dane_trouble,
+            )
+            self._update_status()
+        elif validates is True:
+            self._validated()
+
+    def _validated(self) -> None:
+        """A validated answer came: DANE applies again, if it was said not to."""
+        if self.dane_trouble:
+            self.dane_trouble = ""
+            self.support.logger.info(
+                "smtp transport %r: the DNS server(s) validate DNSSEC now: DANE applies",
+                self.support.transport_name,
+            )
+            self._update_status()
 
     # -- notifications ------------------------------------------------------------------------
     async def transport_notify(self, flags: TransportNotifyFlags, ref: str | None = None) -> None:
@@ -409,7 +461,11 @@ class SMTPSession(BaseTransportSession):
         connection (greeting, EHLO, TLS); a :class:`Failure` when none does or DNS says
         no.  With tls "opportunistic" a server whose TLS fails is tried again without."""
         assert self.mx is not None
+        if self.settings.dane:
+            self._probe_dnssec()
         hops = await self.mx.hops(domain)
+        if self.dane_trouble and any(h.secure for h in hops):
+            self._validated()
         tries: tuple[str, ...] = (
             ("opportunistic", "none") if self.settings.tls == "opportunistic" else ()
         )
@@ -847,10 +903,11 @@ class SMTPSession(BaseTransportSession):
 
     # -- logoff ---------------------------------------------------------------------------------
     async def logoff(self, flags: LogoffFlags) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        for task in (self._sweeper, self._probe):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for pool in self._pools():
             await pool.close(hurry=bool(flags & LogoffFlags.HURRY))
         where = "the mail servers" if self.mx is not None else self.settings.where
