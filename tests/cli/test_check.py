@@ -310,3 +310,41 @@ host = "127.0.0.1"
     assert r.stdout.splitlines()[-1] == f"routing: warning: {said}"
     got = json.loads(home.run("check", "--no-logon", "--json").stdout)
     assert got["warnings"] == [said]
+
+
+def test_limits_each_worker_process_keeps_are_a_warning_with_workers(home: Home) -> None:
+    """With ``[daemon] workers = 2`` a transport's own ``max_connections`` and
+    ``destination_rate_delay`` hold in each of the three delivering processes: ``check``
+    says so (exit 0); without workers, or with the defaults, it says nothing."""
+    relay = """
+[[transports]]
+name = "relay"
+provider = "smtp"
+address_types = ["SMTP"]
+domains = ["corp.example"]
+[transports.options]
+delivery = "mx"
+nameservers = ["127.0.0.1"]
+max_connections = 3
+destination_rate_delay = 20
+"""
+    _append(home, relay)
+    r = home.run("check", "--no-logon")
+    assert r.returncode == 0, r.stdout
+    assert "workers:" not in r.stdout
+    text = home.profile.read_text()
+    assert "\n[daemon]\n" in text
+    home.profile.write_text(text.replace("\n[daemon]\n", "\n[daemon]\nworkers = 2\n", 1))
+    r = home.run("check", "--no-logon")
+    said = (
+        "transport 'relay': max_connections = 3 and destination_rate_delay = 20 hold in "
+        "each of the 3 delivering processes ([daemon] workers = 2), up to 3 times as much "
+        "for the daemon as a whole; divide by 3 for the same limit (max_rate is shared "
+        "by every process)"
+    )
+    assert r.returncode == 0, r.stdout
+    assert [line for line in r.stdout.splitlines() if line.startswith("workers:")] == [
+        f"workers: warning: {said}"
+    ]
+    got = json.loads(home.run("check", "--no-logon", "--json").stdout)
+    assert said in got["warnings"]

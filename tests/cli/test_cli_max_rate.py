@@ -80,12 +80,16 @@ def test_delivery_workers_share_the_rate(
 ) -> None:
     """``[daemon] workers = 2``: three processes deliver from one SQLite file, and
     ``max_rate = "4/s"`` holds for the three together (the window is the store's),
-    not four a second each."""
+    not four a second each; the relay's own ``max_connections``, which each process
+    keeps for itself, is said at start."""
     port, sink = server
     home = _home(tmp_path / "d", port, '"4/s"')
     text = home.profile.read_text()
     assert "\n[daemon]\n" in text
-    home.profile.write_text(text.replace("\n[daemon]\n", "\n[daemon]\nworkers = 2\n", 1))
+    text = text.replace("\n[daemon]\n", "\n[daemon]\nworkers = 2\n", 1)
+    at = text.index("[transports.options]", text.index('\nname = "relay"\n'))
+    at = text.index("\n", at) + 1
+    home.profile.write_text(text[:at] + "max_connections = 2\n" + text[at:])
     proc = daemons.start(home)
     wait_until(
         "the two workers logged on",
@@ -102,6 +106,11 @@ def test_delivery_workers_share_the_rate(
         assert sum(1 for u in arrived[i:] if u < t + 0.9) <= 4, arrived
     assert arrived[-1] - arrived[0] >= 1.8, arrived
     assert daemons.stop(proc) == 0
+    said = (
+        "WARNING spoolbox.daemon: transport 'relay': max_connections = 2 holds in each of "
+        "the 3 delivering processes ([daemon] workers = 2), up to 3 times as much"
+    )
+    assert daemons.logs[-1].read_text().count(said) == 1
 
 
 def test_a_restarted_daemon_keeps_the_window(

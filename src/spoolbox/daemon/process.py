@@ -61,7 +61,7 @@ from .listeners import Listeners
 from .log_format import choose_format
 from .maildrop import MaildropPickup
 from .notify import Notifier, watchdog_interval
-from .preflight import refuse_invalid_options
+from .preflight import per_process_limits, refuse_invalid_options
 from .runtime import configure_logging, event_loop_runner, set_log_level
 from .store_backend import (
     describe_store,
@@ -376,6 +376,8 @@ class Daemon:
                 missing.option,
                 missing.source,
             )
+        for warning in per_process_limits(profile, len(self.workers)):
+            log.warning("%s", warning)
         return spooler
 
     async def current(self) -> Spooler:
