@@ -25,6 +25,7 @@ from spoolbox.smtp.client import (
     Step,
     UpgradeTLS,
 )
+from spoolbox.smtp.data import DataEncoder, message_octets
 from spoolbox.smtp.replies import MAX_LINE, Reply
 
 EHLO_PIPELINING = (
@@ -635,3 +636,86 @@ def test_the_starttls_protocol_errors_say_what_happened() -> None:
     m.starttls()
     feed(m, b"220 go\r\n")
     assert feed(m, b"x") == [ProtocolError("data from the server before the TLS handshake")]
+
+
+# -- CHUNKING (RFC 3030) ------------------------------------------------------------------------
+EHLO_CHUNKING = b"250-mx.example.org hello\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 8BITMIME\r\n"
+EHLO_CHUNKING_ONLY = b"250-mx.example.org hello\r\n250 CHUNKING\r\n"
+
+
+def test_pipelined_bdat_sends_the_whole_message_with_mail_and_rcpt() -> None:
+    """MAIL, RCPT and ``BDAT <n> LAST`` with the content in one write: CRLF line
+    endings and a final CRLF, no dot stuffing (the octets a server keeps of DATA)."""
+    m = greeted(EHLO_CHUNKING)
+    assert m.chunking
+    m.transaction([b"alice@example.org"], [b"bob@example.org"], content=b"Subject: x\n\n.hi\nend")
+    octets = b"Subject: x\r\n\r\n.hi\r\nend\r\n"
+    assert m.data_to_send() == (
+        b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\n"
+        b"BDAT %d LAST\r\n" % len(octets) + octets
+    )
+    assert m.awaiting == 3
+    events = feed(m, b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.0.0 Ok: queued as X\r\n")
+    assert events == [
+        replied(Step.MAIL, 250, "2.1.0 Ok"),
+        replied(Step.RCPT, 250, "2.1.5 Ok", 0),
+        replied(Step.BDAT, 250, "2.0.0 Ok: queued as X"),
+    ]
+    assert m.in_step and m.data_to_send() == b""
+    with pytest.raises(LocalProtocolError, match="content before 354 to DATA"):
+        m.send_data(b"more")
+
+
+def test_bdat_without_pipelining_waits_for_an_accepted_rcpt() -> None:
+    m = greeted(EHLO_CHUNKING_ONLY)
+    m.transaction([b"a@x"], [b"b@x", b"c@x"], content=b"hi\r\n")
+    assert m.data_to_send() == b"MAIL FROM:<a@x>\r\n"
+    feed(m, b"250 ok\r\n")
+    assert m.data_to_send() == b"RCPT TO:<b@x>\r\n"
+    feed(m, b"550 no\r\n")
+    assert m.data_to_send() == b"RCPT TO:<c@x>\r\n"
+    feed(m, b"250 ok\r\n")
+    assert m.data_to_send() == b"BDAT 4 LAST\r\nhi\r\n"
+    assert feed(m, b"250 queued\r\n") == [replied(Step.BDAT, 250, "queued")]
+    assert m.in_step
+    # every RCPT refused: no BDAT, the transaction is over
+    m.transaction([b"a@x"], [b"b@x"], content=b"hi\r\n")
+    m.data_to_send()
+    feed(m, b"250 ok\r\n")
+    m.data_to_send()
+    assert feed(m, b"550 no\r\n") == [replied(Step.RCPT, 550, "no", 0)]
+    assert m.data_to_send() == b"" and m.in_step and m.awaiting == 0
+
+
+def test_pipelined_bdat_after_refused_rcpts_is_answered_in_order() -> None:
+    """The chunk went with the commands: the server discards it and answers BDAT
+    with an error; the dialogue stays in step."""
+    m = greeted(EHLO_CHUNKING)
+    m.transaction([b"a@x"], [b"b@x"], content=b"hi\r\n")
+    m.data_to_send()
+    events = feed(m, b"250 ok\r\n550 no\r\n554 5.5.1 no valid recipients\r\n")
+    assert events[-1] == replied(Step.BDAT, 554, "5.5.1 no valid recipients")
+    assert m.in_step and m.data_to_send() == b""
+
+
+def test_bdat_needs_the_offer() -> None:
+    m = greeted()  # PIPELINING, no CHUNKING
+    assert not m.chunking
+    with pytest.raises(LocalProtocolError, match="BDAT: the server does not offer CHUNKING"):
+        m.transaction([b"a@x"], [b"b@x"], content=b"hi\r\n")
+    assert m.data_to_send() == b"" and m.in_step
+
+
+@given(st.binary(max_size=300))
+def test_bdat_octets_are_what_a_server_keeps_of_data(content: bytes) -> None:
+    """Undo the DATA stream's dot stuffing and final dot: the same octets BDAT sends."""
+    encoder = DataEncoder()
+    stream = encoder.feed(content) + encoder.finish()
+    assert stream.endswith(b".\r\n")
+    kept = stream[:-3]
+    lines = kept.split(b"\r\n")
+    kept = b"\r\n".join(line[1:] if line.startswith(b".") else line for line in lines)
+    octets = message_octets(content)
+    assert octets == kept
+    assert not octets or octets.endswith(b"\r\n")
+    assert octets.count(b"\r") == octets.count(b"\n") == octets.count(b"\r\n")

@@ -29,6 +29,11 @@ What the machine decides on its own:
   empty message at once (RFC 2920 section 3.1) and reports the reply to that dot;
 * the DATA stream (:class:`~spoolbox.smtp.data.DataEncoder`) between ``354`` and the
   final dot;
+* CHUNKING (RFC 3030): given the whole content, :meth:`~ClientMachine.transaction`
+  sends ``BDAT <size> LAST`` and the content (:func:`~spoolbox.smtp.data.message_octets`)
+  where it would send DATA: with PIPELINING in the same write as MAIL and the RCPTs
+  (one round trip for the whole message), without it only once a RCPT was accepted;
+  its reply comes as ``Replied(Step.BDAT, ...)``;
 * no control character in a command's arguments (:class:`LocalProtocolError`).
 """
 
@@ -43,7 +48,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .data import DataEncoder
+from .data import DataEncoder, message_octets
 from .replies import Reply, ReplyError, ReplyReader, clean_text, reply_text
 
 __all__ = [
@@ -77,6 +82,7 @@ class Step(enum.Enum):
     RCPT = "RCPT"
     DATA = "DATA"
     END_OF_DATA = "end of data"
+    BDAT = "BDAT"  # the one chunk (BDAT ... LAST) with the whole message
     RSET = "RSET"
     NOOP = "NOOP"
     QUIT = "QUIT"
@@ -192,6 +198,11 @@ class ClientMachine:
     @property
     def pipelining(self) -> bool:
         return "pipelining" in self._extensions
+
+    @property
+    def chunking(self) -> bool:
+        """Whether EHLO offered CHUNKING (RFC 3030): BDAT instead of DATA."""
+        return "chunking" in self._extensions
 
     @property
     def tls(self) -> bool:
@@ -322,7 +333,7 @@ class ClientMachine:
         if not self._held or self._waiting:
             return
         step, index, line = self._held.popleft()
-        if step is Step.DATA and not self._any_accepted:
+        if (step is Step.DATA or step is Step.BDAT) and not self._any_accepted:
             return  # every RCPT refused: no DATA (the transaction is over)
         self._waiting.append((step, index))
         self._out += line
@@ -386,15 +397,19 @@ class ClientMachine:
         rcpts: Sequence[bytes],
         rcpt_options: Sequence[bytes] = (),
         each_rcpt: Sequence[Sequence[bytes]] = (),
+        content: bytes | None = None,
     ) -> None:
         """``MAIL FROM:<...> [options]`` (``mail``: the sender path and the options),
         ``RCPT TO:<...> [rcpt_options] [each_rcpt[i]]`` for each of ``rcpts``
         (``each_rcpt``: options of one recipient each, such as ``ORCPT=``; empty or one
-        per recipient), then ``DATA`` (see the module docstring for what goes out
-        when)."""
+        per recipient), then ``DATA``; or, given the whole ``content`` (the server
+        must offer CHUNKING), ``BDAT <size> LAST`` with it (see the module docstring
+        for what goes out when)."""
         self._check_ready("MAIL")
         if not rcpts:
             raise LocalProtocolError("a transaction needs at least one recipient")
+        if content is not None and not self.chunking:
+            raise LocalProtocolError("BDAT: the server does not offer CHUNKING")
         if each_rcpt and len(each_rcpt) != len(rcpts):
             raise LocalProtocolError(
                 f"{len(each_rcpt)} recipients' options for {len(rcpts)} recipients"
@@ -411,7 +426,11 @@ class ClientMachine:
             )
             for i, r in enumerate(rcpts)
         ]
-        lines.append((Step.DATA, -1, self._command(b"DATA")))
+        if content is None:
+            lines.append((Step.DATA, -1, self._command(b"DATA")))
+        else:
+            octets = message_octets(content)
+            lines.append((Step.BDAT, -1, b"BDAT %d LAST\r\n" % len(octets) + octets))
         self._any_accepted = False
         if self.pipelining:
             for step, index, line in lines:

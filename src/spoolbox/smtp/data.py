@@ -2,14 +2,16 @@
 
 Line endings become CRLF (bare CR and bare LF too), a line starting with ``.`` gets one
 more (dot stuffing), and the end is ``CRLF . CRLF`` (a CRLF first if the content did not
-end with one).
+end with one).  :func:`message_octets` is the same message for ``BDAT`` (RFC 3030):
+CRLF line endings and a final CRLF, no dot stuffing, no final dot: the octets a server
+keeps either way.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["DataEncoder"]
+__all__ = ["DataEncoder", "message_octets"]
 
 _EOL_RE = re.compile(rb"\r\n|\n|\r(?!\n)")
 
@@ -48,3 +50,13 @@ class DataEncoder:
         if not self._bol:
             out += b"\r\n"
         return out + b".\r\n"
+
+
+def message_octets(content: bytes) -> bytes:
+    """``content`` as the octets of a BDAT chunk: CRLF line endings (bare CR and bare
+    LF too), ending with CRLF; what a server keeps of the DATA stream of the same
+    content."""
+    crlf = content.count(b"\r\n")
+    if crlf != content.count(b"\n") or crlf != content.count(b"\r"):  # not all CRLF already
+        content = _EOL_RE.sub(b"\r\n", content)
+    return content if not content or content.endswith(b"\r\n") else content + b"\r\n"

@@ -9,7 +9,10 @@ is, ``<>`` when it has none (delivery reports), a local sender of another type
 ``hostname`` (``postmaster@HOST``, as Postfix appends ``myorigin`` and as ``spoolbox
 send`` writes its From), ``<>`` for one with no such form; one ``RCPT TO`` per
 recipient this transport is responsible for, then ``DATA`` with the content byte for
-byte (dot stuffed, bare CR and LF written as CRLF, as RFC 5321 asks).
+byte (dot stuffed, bare CR and LF written as CRLF, as RFC 5321 asks); to a server
+that offers CHUNKING (RFC 3030), a message held whole (up to 1 MiB) goes as ``BDAT
+<n> LAST`` with the same octets (CRLF line endings, no dot stuffing), with
+PIPELINING in the same write as MAIL and RCPT: one round trip a message.
 
 The logon reads the settings; connections are made when there is mail to send, and
 kept (``max_connections`` at most).  ``validate_state`` (``Spooler.validate_state``,
@@ -63,6 +66,11 @@ Configuration (the transport's ``options`` in the profile):
 ``helo_name``
     The name sent in EHLO/HELO (default: the profile's ``hostname``, which the
     session reads as ``Support.hostname``).
+``chunking``
+    Bool, default true: BDAT to a server that offers CHUNKING (above).  A server
+    that offers it and answers BDAT as an unknown command (500, 502, 504) gets that
+    message deferred (4.5.0, the connection closed: it may have read the content as
+    commands) and DATA from then on; ``false`` sends DATA to every server.
 ``max_connections``
     Default 10 (100 with ``delivery = "mx"``, Postfix's ``default_process_limit``):
     the size of the connection pool, which is also the number of messages the

@@ -127,6 +127,9 @@ class SMTPSession(BaseTransportSession):
         self._sweeper: asyncio.Task[None] | None = None  # closes idle connections
         #: Server address -> (not tried again before, why), see _MX_DEAD_FOR.
         self._dead: dict[str, tuple[float, Failure]] = {}
+        #: The servers (``conn.where``) that offered CHUNKING and answered BDAT as a
+        #: command they do not know: sent with DATA from then on (this logon).
+        self._no_bdat: set[str] = set()
         #: Delivery "mx": domain -> why none of its servers took a TCP connection, for
         #: the domains tried since the last connection made (see _MX_BLOCKED_DOMAINS).
         self._unconnected: dict[str, str] = {}
@@ -658,10 +661,12 @@ class SMTPSession(BaseTransportSession):
         todo: list[OutboundRecipient],
         results: dict[int, RecipientResult],
     ) -> bool:
-        """One MAIL/RCPT/DATA transaction; True when the connection may be reused.
+        """One MAIL/RCPT/DATA (or BDAT) transaction; True when the connection may be
+        reused.
 
-        With PIPELINING the machine sends MAIL, every RCPT and DATA at once; the replies
-        are read here in the same order either way, so the results are the same.
+        With PIPELINING the machine sends MAIL, every RCPT and DATA at once (or, to a
+        server that offers CHUNKING, BDAT with the whole content); the replies are read
+        here in the same order either way, so the results are the same.
         """
         where = conn.where
         mta = f"dns; {conn.host}"
@@ -720,12 +725,21 @@ class SMTPSession(BaseTransportSession):
             if any(r.original is not None for r in rcpts):
                 each_rcpt = [orcpt_option(r.original) for r in rcpts]
 
+        # CHUNKING (RFC 3030): the content held whole goes as BDAT ... LAST, with
+        # PIPELINING in the same write as MAIL and RCPT: one round trip, no dot stuffing.
+        bdat = (
+            content is not None
+            and self.settings.chunking
+            and machine.chunking
+            and where not in self._no_bdat
+        )
         mail_step = f"MAIL FROM:<{mail_from}>"
         machine.transaction(
             [mail_from.encode(enc), *options],
             [r.value.encode(enc) for r in rcpts],
             rcpt_options,
             each_rcpt,
+            content if bdat else None,
         )
         reply = await self._checked(conn, mail_step, "mail")
         if reply.code == 503:
@@ -739,7 +753,7 @@ class SMTPSession(BaseTransportSession):
             )
         if reply.code != 250:
             refused = self._unexpected(conn, reply, mail_step)
-            await self._after_refused_mail(conn, rcpts)
+            await self._after_refused_mail(conn, rcpts, bdat)
             self._settle(rcpts, results, refused)
             return True
 
@@ -749,8 +763,30 @@ class SMTPSession(BaseTransportSession):
             self._rcpt_result(conn, r, reply, results, accepted)
 
         if not accepted:  # every recipient has its result
-            await self._after_no_recipient(conn)
+            await self._after_no_recipient(conn, bdat)
             return True  # kept only if still open and in step, with an RSET before reuse
+
+        if bdat:
+            reply = await self._checked(conn, "BDAT", "data_term")
+            if reply.code in (500, 502, 504):
+                # CHUNKING offered, BDAT not known: the content may have been read as
+                # commands, so the dialogue cannot be trusted; DATA from now on.
+                self._no_bdat.add(where)
+                conn.close()
+                text = (
+                    f"x-spoolbox; {where} offers CHUNKING but refused BDAT "
+                    f"({reply_text(reply)}): sent with DATA next time"
+                )
+                for r in accepted:  # the server is up: its domain is not held back
+                    results[r.index] = RecipientResult.deferred(
+                        r, text, status="4.5.0", remote_mta=mta, recipient_only=True
+                    )
+                return False
+            if reply.code != 250:  # refused after all of it: kept, as after DATA's refusal
+                self._settle(accepted, results, self._unexpected(conn, reply, "BDAT"))
+                return True
+            self._delivered(conn, reply, accepted, results, next_hop_reports=dsn)
+            return True
 
         reply = await self._checked(conn, "DATA", "data_init")
         if reply.code != 354:
@@ -766,10 +802,14 @@ class SMTPSession(BaseTransportSession):
         self._delivered(conn, reply, accepted, results, next_hop_reports=dsn)
         return True
 
-    async def _after_refused_mail(self, conn: Connection, rcpts: list[OutboundRecipient]) -> None:
+    async def _after_refused_mail(
+        self, conn: Connection, rcpts: list[OutboundRecipient], bdat: bool
+    ) -> None:
         """MAIL was refused: read the replies to what was pipelined with it (errors such as
-        503) to stay in step, or close if we are not.  MAIL's refusal is the result."""
-        steps = [(f"RCPT TO:<{r.value}>", "rcpt") for r in rcpts] + [("DATA", "data_init")]
+        503, to BDAT too: the server discards its chunk) to stay in step, or close if we
+        are not.  MAIL's refusal is the result."""
+        last = ("BDAT", "data_term") if bdat else ("DATA", "data_init")
+        steps = [(f"RCPT TO:<{r.value}>", "rcpt") for r in rcpts] + [last]
         for step, timeout_key in steps:
             if not conn.alive or not conn.machine.awaiting:
                 return
@@ -781,12 +821,18 @@ class SMTPSession(BaseTransportSession):
                 conn.close()  # accepted without a MAIL, or not understood
                 return
 
-    async def _after_no_recipient(self, conn: Connection) -> None:
-        """Every RCPT was refused; with PIPELINING, DATA was sent all the same: read its
-        reply (after 354 the machine ends the empty message, RFC 2920 section 3.1)."""
+    async def _after_no_recipient(self, conn: Connection, bdat: bool) -> None:
+        """Every RCPT was refused; with PIPELINING, DATA (or BDAT with the content) was
+        sent all the same: read its reply (after 354 the machine ends the empty message,
+        RFC 2920 section 3.1; BDAT's chunk the server discards, RFC 3030 section 2)."""
         if not conn.machine.awaiting:
             return  # DATA was never sent
         try:
+            if bdat:
+                reply = await self._checked(conn, "BDAT", "data_term")
+                if not 400 <= reply.code <= 599:  # a message without recipients taken?
+                    conn.close()
+                return
             reply = await self._checked(conn, "DATA", "data_init")
             if reply.code == 354:
                 await self._checked(conn, "end of data", "data_term")

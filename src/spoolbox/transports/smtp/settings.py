@@ -80,6 +80,7 @@ class SMTPOptions:
     mta_sts: bool | None = None
     mta_sts_port: int | None = option(None, low=1, high=65535)
     dane: bool | None = None
+    chunking: bool = True
     port: int | None = option(None, low=1, high=65535)
     tls: Literal["none", "starttls", "implicit", "opportunistic"] | None = None
     verify: bool | None = None
@@ -210,6 +211,9 @@ class SMTPSettings:
     password: str | None = None
     allow_plain_auth: bool = False
     helo_name: str | None = None
+    #: Send a message held whole with BDAT (RFC 3030) to a server that offers
+    #: CHUNKING: with PIPELINING, one round trip for MAIL, RCPT and the content.
+    chunking: bool = True
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     #: Delivery "mx": how many of the ``max_connections`` messages may be for one
     #: domain at once (None: delivery "relay", where every message goes to the one
@@ -267,6 +271,7 @@ class SMTPSettings:
             password=o.password,
             allow_plain_auth=o.allow_plain_auth,
             helo_name=o.helo_name,
+            chunking=o.chunking,
             max_connections=connections,
             destination_concurrency=(
                 (o.destination_concurrency or default_destination_concurrency(connections))
