@@ -542,3 +542,34 @@ async def test_invalid_addresses_are_refused(spooler: Spooler) -> None:
         assert (await c.cmd("RCPT TO:<@example.org>")).startswith("5")
         assert (await c.cmd("RCPT TO:<" + "a" * 300 + "@example.org>")).startswith("5")
     assert listener.statistics()["rejected"] >= 2
+
+
+async def test_bdat_chunks_pipelined_are_queued_byte_exact(spooler: Spooler) -> None:
+    """CHUNKING is offered: MAIL, RCPT and two BDAT chunks in one write; the message is
+    the chunks' octets (no dot-unstuffing) after the Received line; a dot-leading line
+    and a line split across the chunks survive as sent."""
+    body = MESSAGE + b".a dot leads\r\n..two\r\n"
+    first, second = body[:50], body[50:]
+    async with serving(spooler.submit) as listener, client(listener.port) as c:
+        ehlo = await c.cmd("EHLO client.test")
+        assert "CHUNKING" in ehlo.split("\n")[-1] or "250-CHUNKING" in ehlo, ehlo
+        await c.send(
+            b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\n"
+            + b"BDAT %d\r\n" % len(first)
+            + first
+            + b"BDAT %d LAST\r\n" % len(second)
+            + second
+        )
+        said = await c.replies(4)
+        assert said[:3] == ["250 2.1.0 OK", "250 2.1.5 OK", "250 2.0.0 50 octets received"]
+        assert said[3].startswith("250 2.0.0 OK queued as "), said
+    [(summary, content)] = await queued(spooler)
+    assert said[3].split()[-1] == summary.info.id
+    assert content.startswith(b"Received: from ")
+    assert content.endswith(body)
+
+
+async def test_chunking_can_be_turned_off(spooler: Spooler) -> None:
+    async with serving(spooler.submit, chunking=False) as listener, client(listener.port) as c:
+        assert "CHUNKING" not in await c.cmd("EHLO client.test")
+        assert (await c.cmd("BDAT 0 LAST")).startswith('500 5.5.1 Error: command "BDAT"')

@@ -244,6 +244,33 @@ async def test_a_server_that_offers_chunking_but_does_not_know_bdat() -> None:
     assert b"DATA\r\n" in dialogues[1] and not any(c.startswith(b"BDAT") for c in dialogues[1])
 
 
+# -- spoolbox to spoolbox ------------------------------------------------------------------------
+async def test_spoolbox_relays_to_a_spoolbox_listener_with_bdat() -> None:
+    """The listener offers CHUNKING: the transport's BDAT lands in the receiving
+    spooler's store byte-exact (after its Received line), a dot-leading line included;
+    the listener counts the message, and the sender's log line says it was sent."""
+    from spoolbox import AlwaysIdle, Spooler, SpoolerConfig
+    from spoolbox.ingress import ListenerConfig, SubmissionListener
+
+    content = CONTENT + b"..two dots\r\n" + b"8bit: \xc3\xa9t\xc3\xa9\r\n"
+    async with Spooler.open(SpoolerConfig(), idle=AlwaysIdle()) as receiver:
+        listener = SubmissionListener(
+            receiver.submit, ListenerConfig(port=0, hostname="mx.test", local_domains=())
+        )
+        await listener.start()
+        try:
+            async with open_spooler(options(listener.port)) as sp:
+                state, recs = await send(sp, message("bob", content=content))
+                assert state is MessageState.SENT, recs
+        finally:
+            await listener.stop(grace=1.0)
+        [summary] = [m for m in await receiver.store.list_messages(now=0) if not m.info.is_report]
+        stored = await receiver.store.read_content(summary.info.id)
+    assert stored.startswith(b"Received: from ")
+    assert stored.endswith(b"\r\n" + content)
+    assert listener.statistics()["accepted"] == 1
+
+
 # -- a real server: Postfix's smtpd ----------------------------------------------------------
 @contextlib.contextmanager
 def postfix(relay_port: int) -> Iterator[Any]:

@@ -43,6 +43,9 @@ class ListenerConfig:
     #: DSN (RFC 3461): a client may say which delivery reports it wants (NOTIFY), how
     #: much of the message they return (RET) and an id to find them by (ENVID)
     dsn: bool = True
+    #: CHUNKING (RFC 3030): a client may send the message in BDAT chunks (with
+    #: PIPELINING, MAIL, RCPT and the message in one round trip)
+    chunking: bool = True
     #: "starttls": plain text, STARTTLS offered (with tls_cert); "implicit": TLS from
     #: the first byte (RFC 8314, the "submissions" port 465), needs tls_cert
     tls: str = "starttls"

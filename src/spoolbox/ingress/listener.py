@@ -734,6 +734,7 @@ class SubmissionListener:
             auth_without_tls=cfg.allow_plain_auth,
             smtputf8=cfg.smtputf8,
             dsn=cfg.dsn,
+            chunking=cfg.chunking,
         )
 
     # -- lifecycle --------------------------------------------------------------------

@@ -40,6 +40,16 @@ What it decides on its own:
   second message from the next hop), dot-unstuffing; the data is read to its end before
   the answer and is not kept once a limit is hit.  The buffer is scanned in bulk
   (``find``/``count``/``replace``), not line by line;
+* CHUNKING (RFC 3030, with ``chunking``): ``BDAT <n> [LAST]`` and its ``n`` octets,
+  pipelined or not, several chunks a message; each chunk is read to its end before
+  its reply (``250`` for one that is not the last; the last one's is the message's;
+  a chunk that breaks a rule ends the transaction with the refusal at once),
+  also when the command is refused (``503``/``554``: the octets are discarded, RFC
+  3030 section 2); the content gets DATA's checks (size, line length, NUL, bare CR or
+  LF), no dot-unstuffing; a chunk that does not end the message in CRLF gets one;
+  DATA after BDAT (or BDAT after DATA's refusal) is ``503``; a BDAT whose size cannot
+  be read ends the session (``501``: the octets after it could not be told from
+  commands);
 * the AUTH PLAIN and LOGIN dialogue (initial response, ``334`` challenges, ``*``,
   base64 errors); whether the credentials are good is the I/O layer's decision.
 
@@ -102,6 +112,7 @@ class State(enum.Enum):
     MAIL = "mail"  # MAIL accepted, no recipient yet
     RCPT = "rcpt"  # at least one recipient accepted
     DATA = "data"  # reading the message
+    BDAT = "bdat"  # reading a BDAT chunk
     AUTH = "auth"  # waiting for the client's answer to a 334 challenge
     CLOSED = "closed"  # after QUIT, 502, 421: nothing more is read
 
@@ -193,6 +204,7 @@ class ServerSettings:
     auth_without_tls: bool = False  # ... also on a connection without TLS
     smtputf8: bool = False  # SMTPUTF8 (RFC 6531): UTF-8 addresses in MAIL and RCPT
     dsn: bool = False  # DSN (RFC 3461): RET and ENVID on MAIL, NOTIFY and ORCPT on RCPT
+    chunking: bool = False  # CHUNKING (RFC 3030): BDAT
 
 
 _PARAM = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*(?:=[\x21-\x3c\x3e-\x7e]+)?")
@@ -200,6 +212,8 @@ _PARAM = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*(?:=[\x21-\x3c\x3e-\x7e]+)?")
 _NEEDS_UTF8 = "553 5.6.7 Error: a non-ASCII address needs SMTPUTF8 on MAIL FROM"
 _LOGIN_USER = "334 " + base64.b64encode(b"Username:").decode()
 _LOGIN_PASSWORD = "334 " + base64.b64encode(b"Password:").decode()
+#: ``BDAT <octets> [LAST]`` (RFC 3030 section 4); a size of 18 digits at most.
+_BDAT_RE = re.compile(r"([0-9]{1,18})(?:[ \t]+(LAST))?", re.IGNORECASE)
 _TOO_LONG = (
     "554 5.6.0 Line {} of the message is longer than {} octets "
     "(RFC 5322 section 2.1.1); message not queued"
@@ -242,6 +256,16 @@ class ServerMachine:
         self._lineno = 0
         self._midline = False
         self._problem: tuple[str, str] | None = None
+        # BDAT: the transaction's content came in chunks (DATA is refused then); the
+        # octets of the chunk being read still to come; whether it is the last; the
+        # refusal to send once it is read (None: taken); the start of a line not
+        # complete yet; the state to go back to after a refused chunk.
+        self._chunking = False
+        self._chunk_left = 0
+        self._chunk_last = False
+        self._chunk_refusal: tuple[str, str | None] | None = None
+        self._partial = b""
+        self._before_chunk = State.READY
         # AUTH
         self._auth_mechanism = ""
         self._auth_login: bytes | None = None
@@ -256,7 +280,7 @@ class ServerMachine:
     @property
     def in_transaction(self) -> bool:
         """A MAIL was accepted and the transaction has not ended (DATA included)."""
-        return self.state in (State.MAIL, State.RCPT, State.DATA) or isinstance(
+        return self.state in (State.MAIL, State.RCPT, State.DATA, State.BDAT) or isinstance(
             self._pending, MessageData
         )
 
@@ -287,7 +311,12 @@ class ServerMachine:
                 return PAUSED
             if self.state is State.CLOSED:
                 return NEED_DATA
-            event = self._data_step() if self.state is State.DATA else self._line_step()
+            if self.state is State.DATA:
+                event = self._data_step()
+            elif self.state is State.BDAT:
+                event = self._bdat_step()
+            else:
+                event = self._line_step()
             if event is not None:
                 return event
 
@@ -360,7 +389,9 @@ class ServerMachine:
         self._refused = 0
         self._content = io.BytesIO()
         self._problem = None
-        if self.state in (State.MAIL, State.RCPT, State.DATA):
+        self._chunking = False
+        self._partial = b""
+        if self.state in (State.MAIL, State.RCPT, State.DATA, State.BDAT):
             self.state = State.READY
 
     # -- command lines ----------------------------------------------------------------
@@ -416,15 +447,18 @@ class ServerMachine:
         verb = verb_b.decode("ascii")
         handler = _COMMANDS.get(verb)
         if handler is None:
-            self._bogus += 1
-            if self._bogus >= BOGUS_LIMIT:
-                self._reply("502 5.5.1 Too many unrecognized commands, goodbye.")
-                self._set_closed()
-                return None
-            self._reply(f'500 5.5.1 Error: command "{_printable(verb, 20)}" not recognized')
+            self._unknown(verb)
             return None
         self.activity += 1
         return handler(self, arg.strip(" \t"))
+
+    def _unknown(self, verb: str) -> None:
+        self._bogus += 1
+        if self._bogus >= BOGUS_LIMIT:
+            self._reply("502 5.5.1 Too many unrecognized commands, goodbye.")
+            self._set_closed()
+            return
+        self._reply(f'500 5.5.1 Error: command "{_printable(verb, 20)}" not recognized')
 
     def _need_helo(self) -> bool:
         if self.helo_name is None:
@@ -457,6 +491,8 @@ class ServerMachine:
             lines.append("SMTPUTF8")
         if s.dsn:
             lines.append("DSN")
+        if s.chunking:
+            lines.append("CHUNKING")
         if s.tls_available and not self.tls_active:
             lines.append("STARTTLS")
         if s.auth and (self.tls_active or s.auth_without_tls):
@@ -576,6 +612,9 @@ class ServerMachine:
         if self.state not in (State.MAIL, State.RCPT):
             self._reply("503 5.5.1 Error: need MAIL command")
             return None
+        if self._chunking:
+            self._reply("503 5.5.1 Error: RCPT after BDAT")
+            return None
         parsed = self._path(arg, "TO:")
         if parsed is None:
             return None
@@ -623,6 +662,9 @@ class ServerMachine:
                 return Refused("no_recipients")
             self._reply("503 5.5.1 Error: need RCPT command")
             return None
+        if self._chunking:
+            self._reply("503 5.5.1 Error: DATA after BDAT")
+            return None
         if arg:
             self._reply("501 5.5.4 Syntax: DATA")
             return None
@@ -633,6 +675,37 @@ class ServerMachine:
         self._midline = False
         self._problem = None
         self._reply("354 End data with <CR><LF>.<CR><LF>")
+        return None
+
+    def _bdat(self, arg: str) -> Event | None:
+        if not self.settings.chunking:
+            self._unknown("BDAT")
+            return None
+        match = _BDAT_RE.fullmatch(arg)
+        if match is None:
+            # The octets that follow cannot be told from commands: the session ends.
+            self._reply("501 5.5.4 Syntax: BDAT octets [LAST]")
+            self._set_closed()
+            return None
+        self._chunk_left = int(match[1])
+        self._chunk_last = match[2] is not None
+        self._chunk_refusal = None
+        self._before_chunk = self.state
+        if self.helo_name is None:
+            self._chunk_refusal = ("503 5.5.1 Error: send HELO first", None)
+        elif self.state is not State.RCPT:
+            if self.state is State.MAIL and self._refused:
+                self._chunk_refusal = ("554 5.5.1 No valid recipients", "no_recipients")
+            else:
+                self._chunk_refusal = ("503 5.5.1 Error: need RCPT command", None)
+        elif not self._chunking:  # the first chunk of the message
+            self._chunking = True
+            self._content = io.BytesIO()
+            self._size = 0
+            self._lineno = 0
+            self._problem = None
+            self._partial = b""
+        self.state = State.BDAT
         return None
 
     def _rset(self, arg: str) -> Event | None:
@@ -668,6 +741,7 @@ class ServerMachine:
             for name in _COMMANDS
             if (name != "STARTTLS" or self.settings.tls_available)
             and (name != "AUTH" or self.settings.auth)
+            and (name != "BDAT" or self.settings.chunking)
         )
         self._reply("214 2.0.0 Supported commands: " + " ".join(names))
         return None
@@ -808,13 +882,66 @@ class ServerMachine:
             del buf[:n]
         return NEED_DATA
 
+    # -- BDAT ---------------------------------------------------------------------------
+    def _bdat_step(self) -> Event | _Sentinel | None:
+        """Read the chunk's octets; at its end, its reply (or the message's event)."""
+        buf = self._buf
+        if self._chunk_left:
+            if not buf:
+                return NEED_DATA
+            n = min(len(buf), self._chunk_left)
+            piece = bytes(buf[:n])
+            del buf[:n]
+            self._chunk_left -= n
+            self.activity += 1
+            if self._chunk_refusal is None:
+                self._take_piece(piece)
+            if self._chunk_left:
+                return NEED_DATA
+        refusal = self._chunk_refusal
+        if refusal is not None:  # read and discarded; now the refusal (RFC 3030 section 2)
+            self._chunk_refusal = None
+            self.state = self._before_chunk
+            self._reply(refusal[0])
+            return Refused(refusal[1]) if refusal[1] is not None else None
+        if self._problem is not None:  # refused at once: the chunks after it find no
+            return self._end_of_data()  # transaction (503), their octets discarded
+        if not self._chunk_last:
+            self.state = State.RCPT
+            self._reply(f"250 2.0.0 {self._size + len(self._partial)} octets received")
+            return None
+        if self._partial:  # the message did not end with CRLF: it does now
+            self._partial, rest = b"", self._partial
+            self._take_piece(rest + b"\r\n")
+        return self._end_of_data()
+
+    def _take_piece(self, piece: bytes) -> None:
+        """Check and keep the whole lines of a chunk's octets; the start of a line that
+        goes on in the next piece is kept back (a line too long for that is refused)."""
+        data = self._partial + piece if self._partial else piece
+        last = data.rfind(b"\r\n")
+        if last >= 0:
+            self._take(data[: last + 2], stuffed=False)
+            data = data[last + 2 :]
+        if len(data) > self.settings.max_line_length + 1:  # (+1: the CR of its CRLF)
+            if self._problem is None:
+                self._lineno += 1
+                self._fail(
+                    "line_length", _TOO_LONG.format(self._lineno, self.settings.max_line_length)
+                )
+            self._size += len(data)
+            data = b""
+        self._partial = data
+
     def _fail(self, reason: str, reply: str) -> None:
         if self._problem is None:
             self._problem = (reason, reply)
             self._content = io.BytesIO()  # discarded at once: no memory held for a refused message
 
-    def _take(self, block: bytes) -> None:
-        """Check and keep a run of whole lines (CRLF-terminated, starting a line)."""
+    def _take(self, block: bytes, *, stuffed: bool = True) -> None:
+        """Check and keep a run of whole lines (CRLF-terminated, starting a line);
+        ``stuffed``: of the DATA stream (a line's leading dot is taken off), else of
+        a BDAT chunk (kept as it is)."""
         s = self.settings
         lines = block.count(b"\r\n")
         first = self._lineno + 1
@@ -829,15 +956,15 @@ class ServerMachine:
             and block.count(b"\r") == lines
             and block.count(b"\n") == lines
         ):
-            text = _unstuff(block)
+            text = _unstuff(block) if stuffed else block
             if len(text) <= s.max_line_length + 2 or (
                 max(map(len, text.split(b"\r\n"))) <= s.max_line_length
             ):
                 self._content.write(text)
                 return
-        self._take_slowly(block, first, size_before)
+        self._take_slowly(block, first, size_before, stuffed)
 
-    def _take_slowly(self, block: bytes, lineno: int, size: int) -> None:
+    def _take_slowly(self, block: bytes, lineno: int, size: int, stuffed: bool) -> None:
         """Line by line, to name the first offending line as the rules order them."""
         s = self.settings
         kept: list[bytes] = []
@@ -848,7 +975,7 @@ class ServerMachine:
                     "size", f"552 5.3.4 Message too big: the limit is {s.max_message_size} octets"
                 )
                 return
-            text = raw[1:] if raw[:1] == b"." else raw
+            text = raw[1:] if stuffed and raw[:1] == b"." else raw
             if len(text) > s.max_line_length:
                 self._fail("line_length", _TOO_LONG.format(lineno, s.max_line_length))
                 return
@@ -901,6 +1028,7 @@ def _unstuff(block: bytes) -> bytes:
 
 _COMMANDS: dict[str, Callable[[ServerMachine, str], Event | None]] = {
     "AUTH": ServerMachine._auth,
+    "BDAT": ServerMachine._bdat,
     "DATA": ServerMachine._data,
     "EHLO": ServerMachine._ehlo,
     "HELO": ServerMachine._helo,
