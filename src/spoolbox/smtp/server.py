@@ -47,7 +47,7 @@ What it decides on its own:
   also when the command is refused (``503``/``554``: the octets are discarded, RFC
   3030 section 2); the content gets DATA's checks (size, line length, NUL, bare CR or
   LF), no dot-unstuffing; a chunk that does not end the message in CRLF gets one;
-  DATA after BDAT (or BDAT after DATA's refusal) is ``503``; a BDAT whose size cannot
+  DATA or RCPT after BDAT is ``503``; a BDAT whose size cannot
   be read ends the session (``501``: the octets after it could not be told from
   commands);
 * the AUTH PLAIN and LOGIN dialogue (initial response, ``334`` challenges, ``*``,
