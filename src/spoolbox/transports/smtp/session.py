@@ -741,6 +741,8 @@ class SMTPSession(BaseTransportSession):
             each_rcpt,
             content if bdat else None,
         )
+        if bdat:  # the content goes with the commands: a data block's time to write it
+            await conn.flush("sending data", self.t["data_block"])
         reply = await self._checked(conn, mail_step, "mail")
         if reply.code == 503:
             # "Bad sequence of commands" to MAIL (Postfix's "nested MAIL command"): this
