@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_smtp_pipelining as pipelining
 from smtp_servers import (
     WAIT,
     Recorder,
@@ -35,7 +36,7 @@ from smtp_servers import (
     serve_rest,
 )
 
-from spoolbox import Address, MessageState, NewMessage, RecipientState
+from spoolbox import MessageState, NewMessage, RecipientState
 from spoolbox.smtp.data import message_octets
 
 CHUNKING_EHLO = b"250-test.invalid\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 8BITMIME\r\n"
@@ -49,11 +50,7 @@ MAIL = b"MAIL FROM:<alice@example.org>"
 
 def message(*names: str, content: bytes = CONTENT, null_sender: bool = False) -> NewMessage:
     """From alice, or from ``<>`` (no delivery report, so no extra transaction)."""
-    return NewMessage(
-        sender=None if null_sender else Address.parse("SMTP:alice@example.org"),
-        recipients=tuple(Address.parse(f"SMTP:{n}@example.org") for n in names),
-        content=content,
-    )
+    return pipelining.message(*names, content=content, null_sender=null_sender)
 
 
 async def read_bdat(reader: asyncio.StreamReader, commands: int) -> tuple[list[bytes], bytes, int]:
