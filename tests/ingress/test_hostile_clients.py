@@ -231,3 +231,79 @@ async def test_garbage_then_disconnect_leaves_the_listener_up(
     assert b"502 5.5.1 Too many unrecognized commands" in rest
     await r.close()
     await still_serves(listener, spooler)
+
+
+async def test_bdat_chunks_cannot_smuggle_commands_or_a_second_message(
+    raw: Raw, listener: SubmissionListener, spooler: Spooler
+) -> None:
+    """A refused BDAT's octets (no transaction yet) are read and dropped, never run as
+    the commands they look like; a chunk with bare LFs hiding a second message is
+    refused (554), and the chunk pipelined after it finds no transaction (503),
+    its octets dropped as well; nothing is queued, and the listener serves on."""
+    await raw.cmd(b"EHLO smuggle.test")
+    hidden = b"MAIL FROM:<ceo@example.org>\r\nRCPT TO:<victim@example.org>\r\nQUIT\r\n"
+    assert (await raw.cmd(b"BDAT %d LAST\r\n" % len(hidden) + hidden + b"NOOP")) == (
+        "503 5.5.1 Error: need RCPT command"
+    )
+    assert (await raw.reply()) == "250 2.0.0 OK"  # the NOOP: in step, QUIT never ran
+    smuggled = b"Subject: innocent\r\n\r\nhello\n.\nMAIL FROM:<ceo@example.org>\n"
+    tail = b"Subject: smuggled\r\n\r\nx\r\n"
+    await raw.send(
+        b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n"
+        + b"BDAT %d\r\n" % len(smuggled)
+        + smuggled
+        + b"BDAT %d LAST\r\n" % len(tail)
+        + tail
+    )
+    said = await raw.replies(4)
+    assert said[2].startswith("554 5.6.0 Line 3 of the message contains a bare CR or LF"), said
+    assert said[3] == "503 5.5.1 Error: need RCPT command"
+    assert await queued(spooler) == []
+    assert listener.statistics()["rejected_bad_data"] == 1
+    await still_serves(listener, spooler)
+
+
+@pytest.mark.parametrize("cut", ["in-command", "mid-chunk", "before-last"])
+async def test_dropping_the_connection_mid_bdat_queues_nothing(
+    listener: SubmissionListener, spooler: Spooler, cut: str
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    r = Raw(reader, writer)
+    await r.reply()
+    await r.cmd(b"EHLO drop.test")
+    await r.cmd(b"MAIL FROM:<a@example.org>")
+    await r.cmd(b"RCPT TO:<b@example.org>")
+    await r.send(
+        {
+            "in-command": b"BDAT 10",
+            "mid-chunk": b"BDAT %d LAST\r\n" % len(MESSAGE) + MESSAGE[:20],
+            "before-last": b"BDAT %d\r\n" % len(MESSAGE) + MESSAGE,
+        }[cut]
+    )
+    if cut == "before-last":
+        assert (await r.reply()) == f"250 2.0.0 {len(MESSAGE)} octets received"
+    await r.close()
+    await still_serves(listener, spooler)
+    [(_, content)] = await queued(spooler)  # only the good client's message
+    assert b"drop.test" not in content
+
+
+async def test_an_idle_client_in_the_middle_of_a_chunk_gets_421(spooler: Spooler) -> None:
+    """A chunk that promises more octets than ever come: the idle timeout ends it."""
+    config = ListenerConfig(port=0, hostname="mx.test", idle_timeout=0.5)
+    lst = SubmissionListener(spooler.submit, config)
+    await lst.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", lst.port)
+        r = Raw(reader, writer)
+        await r.reply()
+        await r.cmd(b"EHLO slow.test")
+        await r.cmd(b"MAIL FROM:<a@example.org>")
+        await r.cmd(b"RCPT TO:<b@example.org>")
+        await r.send(b"BDAT 1000000 LAST\r\n" + MESSAGE)
+        reply = await r.reply()
+        assert reply.startswith("421 4.4.2"), reply
+        await r.close()
+    finally:
+        await lst.stop(grace=1.0)
+    assert await queued(spooler) == []

@@ -923,7 +923,14 @@ class ServerMachine:
         if last >= 0:
             self._take(data[: last + 2], stuffed=False)
             data = data[last + 2 :]
-        if len(data) > self.settings.max_line_length + 1:  # (+1: the CR of its CRLF)
+        if (
+            data
+            and self._problem is None
+            and (b"\n" in data or b"\x00" in data or b"\r" in data[:-1])
+        ):  # a bare LF or CR, or a NUL, in the line to come: refused now, by its rules
+            self._take(data + b"\r\n", stuffed=False)
+            data = b""
+        elif len(data) > self.settings.max_line_length + 1:  # (+1: the CR of its CRLF)
             if self._problem is None:
                 self._lineno += 1
                 self._fail(
