@@ -334,7 +334,7 @@ class ClientMachine:
             return
         step, index, line = self._held.popleft()
         if (step is Step.DATA or step is Step.BDAT) and not self._any_accepted:
-            return  # every RCPT refused: no DATA (the transaction is over)
+            return  # every RCPT refused: no DATA or BDAT (the transaction is over)
         self._waiting.append((step, index))
         self._out += line
 

@@ -301,7 +301,11 @@ class SMTPSession(BaseTransportSession):
 
     async def _check_dnssec(self) -> None:
         assert self.mx is not None
-        validates = await self.mx.validates()
+        try:
+            validates = await self.mx.validates()
+        except Exception as exc:  # (validates says None for what DNS can do wrong)
+            self.support.logger.debug("smtp transport: the DNSSEC probe failed: %r", exc)
+            return
         if validates is False and not self.dane_trouble:
             self.dane_trouble = f"DANE does not apply: {self._unvalidated()}"
             self.support.logger.warning(
