@@ -242,28 +242,58 @@ async def test_a_server_that_offers_chunking_but_does_not_know_bdat() -> None:
 
 
 # -- spoolbox to spoolbox ------------------------------------------------------------------------
-async def test_spoolbox_relays_to_a_spoolbox_listener_with_bdat() -> None:
-    """The listener offers CHUNKING: the transport's BDAT lands in the receiving
-    spooler's store byte-exact (after its Received line), a dot-leading line included;
-    the listener counts the message, and the sender's log line says it was sent."""
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "starttls-auth"])
+async def test_spoolbox_relays_to_a_spoolbox_listener_with_bdat(
+    secure: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listener offers CHUNKING: the transport's BDAT (one chunk, counted at the
+    listener's machine) lands in the receiving spooler's store byte-exact (after its
+    Received line), a dot-leading line and 8-bit text included; also after STARTTLS
+    and AUTH (the listener's certificate from a CA the transport is given)."""
+    import trustme
+
     from spoolbox import AlwaysIdle, Spooler, SpoolerConfig
     from spoolbox.ingress import ListenerConfig, SubmissionListener
+    from spoolbox.smtp import server as server_machine
 
+    chunks: list[str] = []
+    bdat = server_machine._COMMANDS["BDAT"]
+
+    def counted(machine: Any, arg: str) -> Any:
+        chunks.append(arg)
+        return bdat(machine, arg)
+
+    monkeypatch.setitem(server_machine._COMMANDS, "BDAT", counted)
+    listener_options: dict[str, Any] = {}
+    sender_options: dict[str, Any] = {}
+    if secure:
+        ca = trustme.CA()
+        pem, ca_file = tmp_path / "listener.pem", tmp_path / "ca.pem"
+        ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
+        ca.cert_pem.write_to_path(str(ca_file))
+        listener_options = {"tls_cert": str(pem), "require_auth": True, "users": {"app": "pw"}}
+        sender_options = {
+            "tls": "starttls",
+            "ca_file": str(ca_file),
+            "username": "app",
+            "password": "pw",
+        }
     content = CONTENT + b"..two dots\r\n" + b"8bit: \xc3\xa9t\xc3\xa9\r\n"
     async with Spooler.open(SpoolerConfig(), idle=AlwaysIdle()) as receiver:
-        listener = SubmissionListener(
-            receiver.submit, ListenerConfig(port=0, hostname="mx.test", local_domains=())
-        )
+        config = ListenerConfig(port=0, hostname="mx.test", local_domains=(), **listener_options)
+        listener = SubmissionListener(receiver.submit, config)
         await listener.start()
         try:
-            async with open_spooler(options(listener.port)) as sp:
+            async with open_spooler({**options(listener.port), **sender_options}) as sp:
                 state, recs = await send(sp, message("bob", content=content))
                 assert state is MessageState.SENT, recs
         finally:
             await listener.stop(grace=1.0)
         [summary] = [m for m in await receiver.store.list_messages(now=0) if not m.info.is_report]
         stored = await receiver.store.read_content(summary.info.id)
+    assert chunks == [f"{len(message_octets(content))} LAST"]
     assert stored.startswith(b"Received: from ")
+    assert (b" with ESMTPSA id " in stored) is secure  # TLS and AUTH, as the trace says
     assert stored.endswith(b"\r\n" + content)
     assert listener.statistics()["accepted"] == 1
 
