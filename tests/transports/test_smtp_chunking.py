@@ -97,6 +97,8 @@ async def test_a_message_goes_in_one_write_and_one_round_trip() -> None:
         state, _ = await send(sp, message("dan", content=b"Subject: two\n\nbare LF\n"))
         assert state is MessageState.SENT
         assert srv.connections == 1
+        status = sp.host("smtp").session.status_object()  # type: ignore[union-attr]
+        assert (status["chunking"], status["sent_with_bdat"]) == (True, 2)
     (commands, octets, reads), (commands2, octets2, _) = seen
     assert commands[0].startswith(MAIL)
     assert commands[1:] == [
@@ -133,6 +135,8 @@ async def test_chunking_false_sends_data() -> None:
         opts = options(srv.port, chunking=False)
         async with open_spooler(opts) as sp:
             state, _ = await send(sp, message("bob"))
+            status = sp.host("smtp").session.status_object()  # type: ignore[union-attr]
+            assert (status["chunking"], status["sent_with_bdat"]) == (False, 0)
     assert state is MessageState.SENT
     assert seen[2] == b"DATA\r\n"
     assert seen[3] == CONTENT.replace(b"\r\n.", b"\r\n..")

@@ -70,7 +70,8 @@ Configuration (the transport's ``options`` in the profile):
     Bool, default true: BDAT to a server that offers CHUNKING (above).  A server
     that offers it and answers BDAT as an unknown command (500, 502, 504) gets that
     message deferred (4.5.0, the connection closed: it may have read the content as
-    commands) and DATA from then on; ``false`` sends DATA to every server.
+    commands) and DATA from then on; ``false`` sends DATA to every server.  The
+    status object's ``sent_with_bdat`` counts the messages taken with BDAT.
 ``max_connections``
     Default 10 (100 with ``delivery = "mx"``, Postfix's ``default_process_limit``):
     the size of the connection pool, which is also the number of messages the

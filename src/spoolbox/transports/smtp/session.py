@@ -130,6 +130,8 @@ class SMTPSession(BaseTransportSession):
         #: The servers (``conn.where``) that offered CHUNKING and answered BDAT as a
         #: command they do not know: sent with DATA from then on (this logon).
         self._no_bdat: set[str] = set()
+        #: Messages a server took with BDAT (the status object's ``sent_with_bdat``).
+        self.sent_with_bdat = 0
         #: Delivery "mx": domain -> why none of its servers took a TCP connection, for
         #: the domains tried since the last connection made (see _MX_BLOCKED_DOMAINS).
         self._unconnected: dict[str, str] = {}
@@ -202,6 +204,8 @@ class SMTPSession(BaseTransportSession):
             "verify": s.verify,
             **mx,
             "max_connections": s.max_connections,
+            "chunking": s.chunking,
+            "sent_with_bdat": self.sent_with_bdat,
             **(
                 {"destination_concurrency": s.destination_concurrency}
                 if s.destination_concurrency is not None
@@ -791,6 +795,7 @@ class SMTPSession(BaseTransportSession):
             if reply.code != 250:  # refused after all of it: kept, as after DATA's refusal
                 self._settle(accepted, results, self._unexpected(conn, reply, "BDAT"))
                 return True
+            self.sent_with_bdat += 1
             self._delivered(conn, reply, accepted, results, next_hop_reports=dsn)
             return True
 
