@@ -183,8 +183,9 @@ def smtp_server(handler: object) -> Iterator[int]:
 
 
 def relay_home(directory: Path, relay_port: int) -> Home:
-    """``spoolbox init --relay 127.0.0.1:PORT`` (the listener on any free port), the
-    relay without TLS: a test's own SMTP server is the smart host."""
+    """``spoolbox init --relay 127.0.0.1:PORT`` (the listener on any free port): a
+    test's own SMTP server is the smart host, on loopback, so without TLS as init
+    writes it."""
     relay = f"127.0.0.1:{relay_port}"
     r = subprocess.run(
         [*CLI, "init", "--dir", str(directory), "--smtp-port", "0", "--relay", relay],
@@ -195,10 +196,7 @@ def relay_home(directory: Path, relay_port: int) -> Home:
     )
     assert r.returncode == 0, r.stderr
     home = Home(directory)
-    text = home.profile.read_text()
-    old = f"port = {relay_port}\n"
-    assert old in text
-    home.profile.write_text(text.replace(old, old + 'tls = "none"\n', 1))
+    assert f'port = {relay_port}\ntls = "none"' in home.profile.read_text()
     return home
 
 

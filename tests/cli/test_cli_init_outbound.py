@@ -19,7 +19,7 @@ from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from conftest import CLI, DEADLINE, Daemons, Home, _env, wait_until
 from spoolbox.profile import load_profile
-from spoolbox.profile.default import parse_relay
+from spoolbox.profile.default import is_loopback, parse_relay
 
 
 def init(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -47,6 +47,33 @@ def test_relay_host_and_port_are_parsed() -> None:
     ]:
         with pytest.raises(ValueError, match=words.replace("[", r"\[")):
             parse_relay(bad)
+
+
+def test_a_relay_on_this_machine_is_plain_smtp_and_a_remote_one_starttls(
+    tmp_path: Path,
+) -> None:
+    """A smart host on loopback (a local MTA, a development server such as Mailpit)
+    gets ``tls = "none"`` (its port then defaults to 25); any other keeps the
+    transport's default, STARTTLS on 587, and AUTH is never allowed in plain text
+    there."""
+    for host in ("localhost", "127.0.0.1", "127.1.2.3", "::1", "LOCALHOST"):
+        assert is_loopback(host), host
+    for host in ("smtp.example.org", "192.0.2.1", "10.0.0.1", "localhost.example.org"):
+        assert not is_loopback(host), host
+    for relay, options in [
+        ("localhost", {"host": "localhost", "tls": "none"}),
+        ("[::1]:1025", {"host": "::1", "port": 1025, "tls": "none"}),
+        ("smtp.example.org", {"host": "smtp.example.org"}),
+    ]:
+        directory = tmp_path / relay.replace(":", "_").replace("[", "").replace("]", "")
+        r = init(directory, "--relay", relay)
+        assert r.returncode == 0, r.stderr
+        profile = load_profile(directory / "spoolbox.toml")
+        [table] = [t for t in profile.spooler.transports if t.name == "relay"]
+        assert dict(table.options) == options, relay
+    r = init(tmp_path / "remote-user", "--relay", "smtp.example.org", "--relay-user", "me")
+    assert r.returncode == 0, r.stderr
+    assert "allow_plain_auth" not in (tmp_path / "remote-user" / "spoolbox.toml").read_text()
 
 
 def test_without_options_no_mail_leaves_for_other_hosts(tmp_path: Path) -> None:
@@ -175,25 +202,19 @@ def test_a_relay_with_a_user_sends_once_its_password_is_in_place(
     assert f"put the smart host's password for me in {password}" in r.stdout
     doc = tomllib.loads((directory / "spoolbox.toml").read_text())
     [relay_table] = [t for t in doc["transports"] if t["name"] == "relay"]
+    # On loopback: no TLS (the mail crosses no network), so AUTH in plain text.
     assert relay_table["options"] == {
         "host": "127.0.0.1",
         "port": port,
+        "tls": "none",
         "username": "me",
         "password_file": "relay.password",
+        "allow_plain_auth": True,
     }
     home = Home(directory)
     r = home.run("check", "--no-logon")
     assert r.returncode == 1
     assert f"relay: not configured: password is not set (file {password})" in r.stdout
-    # The test's relay speaks no TLS; the profile init wrote asks for STARTTLS.
-    text = home.profile.read_text()
-    home.profile.write_text(
-        text.replace(
-            'password_file = "relay.password"',
-            'password_file = "relay.password"\ntls = "none"\nallow_plain_auth = true',
-            1,
-        )
-    )
     password.write_text("s3cret!\n")
     password.chmod(0o600)
     r = home.run("check")

@@ -49,7 +49,8 @@ if TYPE_CHECKING:
     "--relay",
     metavar="HOST[:PORT]",
     help="Send mail for other hosts (bob@example.org) through this smart host "
-    "(STARTTLS, port 587 unless given).",
+    "(STARTTLS, port 587 unless given; on this machine (localhost, 127.0.0.1) plain "
+    "SMTP, port 25 unless given).",
 )
 @click.option(
     "--relay-user",

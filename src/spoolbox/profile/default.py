@@ -48,6 +48,18 @@ def parse_relay(text: str) -> tuple[str, int | None]:
     return host, port
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine (``localhost``, 127.0.0.0/8, ``::1``): a smart
+    host there is a local MTA or a development server (Mailpit on 1025), whose mail
+    does not cross a network."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _outbound_text(outbound: Outbound) -> str:
     """The ``[[transports]]`` table of ``outbound`` (the TOML strings JSON-quoted)."""
     if not outbound.direct and outbound.relay is None:
@@ -81,11 +93,21 @@ def _outbound_text(outbound: Outbound) -> str:
         lines.append(f"host = {json.dumps(host)}")
         if port is not None:
             lines.append(f"port = {port}")
+        loopback = is_loopback(host)
+        if loopback:
+            # A local MTA offers STARTTLS with a certificate no CA signed (Debian's
+            # Postfix: snakeoil), a development server none: either way nothing to gain.
+            lines += [
+                'tls = "none"                   # on this machine: the mail crosses no',
+                "                               # network (a remote relay: STARTTLS)",
+            ]
         if outbound.user is not None:
             lines += [
                 f"username = {json.dumps(outbound.user)}",
                 f'password_file = "{RELAY_PASSWORD_FILE}"  # next to this file, mode 0600',
             ]
+            if loopback:
+                lines.append("allow_plain_auth = true        # AUTH on loopback, no TLS")
     return "\n".join(lines) + "\n\n"
 
 
