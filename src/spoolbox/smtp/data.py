@@ -16,6 +16,14 @@ __all__ = ["DataEncoder", "message_octets"]
 _EOL_RE = re.compile(rb"\r\n|\n|\r(?!\n)")
 
 
+def _crlf(data: bytes) -> bytes:
+    """``data`` with every line ending CRLF (bare CR and bare LF too)."""
+    crlf = data.count(b"\r\n")
+    if crlf != data.count(b"\n") or crlf != data.count(b"\r"):  # not all CRLF already
+        data = _EOL_RE.sub(b"\r\n", data)
+    return data
+
+
 class DataEncoder:
     """Content chunks to the DATA stream: CRLF line endings, dot stuffing, final dot.
 
@@ -34,9 +42,7 @@ class DataEncoder:
             data = data[:-1]
         if not data:
             return b""
-        crlf = data.count(b"\r\n")
-        if crlf != data.count(b"\n") or crlf != data.count(b"\r"):  # not all CRLF already
-            data = _EOL_RE.sub(b"\r\n", data)
+        data = _crlf(data)
         if self._bol and data.startswith(b"."):
             data = b"." + data
         data = data.replace(b"\r\n.", b"\r\n..")
@@ -56,7 +62,5 @@ def message_octets(content: bytes) -> bytes:
     """``content`` as the octets of a BDAT chunk: CRLF line endings (bare CR and bare
     LF too), ending with CRLF; what a server keeps of the DATA stream of the same
     content."""
-    crlf = content.count(b"\r\n")
-    if crlf != content.count(b"\n") or crlf != content.count(b"\r"):  # not all CRLF already
-        content = _EOL_RE.sub(b"\r\n", content)
+    content = _crlf(content)
     return content if not content or content.endswith(b"\r\n") else content + b"\r\n"

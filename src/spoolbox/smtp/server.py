@@ -653,15 +653,34 @@ class ServerMachine:
         self._pending = event
         return event
 
-    def _data(self, arg: str) -> Event | None:
-        if self._need_helo():
-            return None
+    def _no_content_now(self) -> tuple[str, str | None] | None:
+        """Why DATA or BDAT cannot bring a message now (the reply, and the reason a
+        :class:`Refused` reports, if any), or None: no HELO, no MAIL, no recipient."""
+        if self.helo_name is None:
+            return ("503 5.5.1 Error: send HELO first", None)
         if self.state is not State.RCPT:
             if self.state is State.MAIL and self._refused:
-                self._reply("554 5.5.1 No valid recipients")
-                return Refused("no_recipients")
-            self._reply("503 5.5.1 Error: need RCPT command")
-            return None
+                return ("554 5.5.1 No valid recipients", "no_recipients")
+            return ("503 5.5.1 Error: need RCPT command", None)
+        return None
+
+    def _refuse(self, refusal: tuple[str, str | None]) -> Event | None:
+        self._reply(refusal[0])
+        return Refused(refusal[1]) if refusal[1] is not None else None
+
+    def _start_content(self) -> None:
+        """A message's content starts (DATA, or the first BDAT chunk)."""
+        self._content = io.BytesIO()
+        self._size = 0
+        self._lineno = 0
+        self._midline = False
+        self._partial = b""
+        self._problem = None
+
+    def _data(self, arg: str) -> Event | None:
+        refusal = self._no_content_now()
+        if refusal is not None:
+            return self._refuse(refusal)
         if self._chunking:
             self._reply("503 5.5.1 Error: DATA after BDAT")
             return None
@@ -669,11 +688,7 @@ class ServerMachine:
             self._reply("501 5.5.4 Syntax: DATA")
             return None
         self.state = State.DATA
-        self._content = io.BytesIO()
-        self._size = 0
-        self._lineno = 0
-        self._midline = False
-        self._problem = None
+        self._start_content()
         self._reply("354 End data with <CR><LF>.<CR><LF>")
         return None
 
@@ -689,22 +704,12 @@ class ServerMachine:
             return None
         self._chunk_left = int(match[1])
         self._chunk_last = match[2] is not None
-        self._chunk_refusal = None
         self._before_chunk = self.state
-        if self.helo_name is None:
-            self._chunk_refusal = ("503 5.5.1 Error: send HELO first", None)
-        elif self.state is not State.RCPT:
-            if self.state is State.MAIL and self._refused:
-                self._chunk_refusal = ("554 5.5.1 No valid recipients", "no_recipients")
-            else:
-                self._chunk_refusal = ("503 5.5.1 Error: need RCPT command", None)
-        elif not self._chunking:  # the first chunk of the message
+        # Refused: sent once the chunk is read (and dropped), RFC 3030 section 2.
+        self._chunk_refusal = self._no_content_now()
+        if self._chunk_refusal is None and not self._chunking:  # the message's first
             self._chunking = True
-            self._content = io.BytesIO()
-            self._size = 0
-            self._lineno = 0
-            self._problem = None
-            self._partial = b""
+            self._start_content()
         self.state = State.BDAT
         return None
 
@@ -902,8 +907,7 @@ class ServerMachine:
         if refusal is not None:  # read and discarded; now the refusal (RFC 3030 section 2)
             self._chunk_refusal = None
             self.state = self._before_chunk
-            self._reply(refusal[0])
-            return Refused(refusal[1]) if refusal[1] is not None else None
+            return self._refuse(refusal)
         if self._problem is not None:  # refused at once: the chunks after it find no
             return self._end_of_data()  # transaction (503), their octets discarded
         if not self._chunk_last:
