@@ -374,7 +374,7 @@ event_loop = "{event_loop}"
 [policy]
 idle = "always"
 
-{_SINK_TRANSPORT.format(port=sink_port)}max_connections = {max_connections}
+{_SINK_TRANSPORT.format(port=sink_port)}max_connections = {max_connections * (workers + 1)}
 
 [listeners.submission]
 kind = "smtp"

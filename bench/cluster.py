@@ -16,7 +16,9 @@ a temporary directory, ``fsync = on``) and Postfix's ``smtp-sink -c`` (``bench/_
   each with its own profile and node name, on one database) and SQLite with one
   node and with ``workers = 1, 2, 4`` (``spoolbox run`` with delivery worker
   processes on one WAL file).  Each process relays with ``max_connections`` (default:
-  the smtp transport's own, 10, what a user gets; 4 before session 12) to the sink
+  the smtp transport's own, 10, what a user gets; 4 before session 12; the profile of
+  a daemon with workers says that many times its delivering processes, which share
+  it) to the sink
   (the ``relay`` transport of ``bench/_mta.py``).  Reported: msg/s
   from the sink's first message to its last (the drain itself, without Python's
   start-up) and seconds from the submission to the last message; then
@@ -165,7 +167,7 @@ idle = "always"
 [identities]
 senders = ["SMTP:{SENDER}"]
 
-{_SINK_TRANSPORT.format(port=sink_port)}max_connections = {args.max_connections}
+{_SINK_TRANSPORT.format(port=sink_port)}max_connections = {args.max_connections * (workers + 1)}
 """
     )
     if listener_port is not None:  # the relay part: node 1 takes smtp-source's mail

@@ -9,7 +9,8 @@ command that drains a queue filled beforehand.
 
 * spoolbox: ``spoolbox run --workers W`` starts on a fresh SQLite store (``--no-nice``;
   its profile: the ``smtp`` transport to the sink, ``tls = "none"``,
-  ``max_connections`` as given, per process) and its start-up is timed until its
+  ``max_connections`` as given, per process: the profile says that many times the
+  delivering processes, which share it) and its start-up is timed until its
   ``running`` line (which comes once the workers are ready: ``READY=1``) and every
   process's transport has logged on.  Then the
   clock starts, N messages (``drain_vs_django``'s, 2.3 KB each) are submitted through
@@ -101,7 +102,7 @@ address_types = ["SMTP"]
 host = "{HOST}"
 port = {sink_port}
 tls = "none"
-max_connections = {max_connections}
+max_connections = {max_connections * (workers + 1)}
 helo_name = "bench.example.org"
 """
     )

@@ -36,7 +36,8 @@ run (the order rotates from run to run):
   costs what direct delivery costs (a DNS answer is kept for its 60 s TTL);
 * ``spoolbox-wN`` (``--workers 1,2,4`` adds one system per value): ``spoolbox-procs``
   with ``[daemon] workers = N`` delivery worker processes (docs/operations.md,
-  "Worker processes"): N + 1 processes deliver; ``store lock held`` counts only the
+  "Worker processes"): N + 1 processes deliver, each with ``max_connections = 10``
+  (the profile says 10 times N + 1: they share it); ``store lock held`` counts only the
   daemon's and its listener processes' write transactions, not the workers';
 * ``postfix``: a private Postfix instance (own config, queue and data directories in
   the temporary directory, ``postfix -c DIR start``) with ``relayhost`` the sink and

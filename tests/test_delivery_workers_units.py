@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from spoolbox import TransportConfig
 from spoolbox.daemon import restarts
 from spoolbox.daemon.delivery_protocol import DeliverySpec, store_counters, worker_node
 from spoolbox.daemon.delivery_worker import delivery_config
 from spoolbox.daemon.log_format import make_formatter
+from spoolbox.daemon.shares import process_transports, share, shares_told
 from spoolbox.daemon.workers import (
     RESTART_LIMIT,
     STABLE_AFTER,
@@ -138,9 +140,11 @@ def test_the_spec_keeps_the_dialog_answers_off_the_command_line() -> None:
         profile="/p.toml",
         log_level="INFO",
         extra_secrets=[["relay", "password", "s3cret"]],
+        processes=3,
     )
     again = DeliverySpec.from_json(spec.to_json())
     assert again == spec
+    assert again.processes == 3
     assert again.secrets_map() == {("relay", "password"): "s3cret"}
     assert again.tag == "w1"
 
@@ -211,3 +215,120 @@ def test_a_delivery_workers_lines_carry_its_tag_in_every_format() -> None:
     obj = json.loads(make_formatter("json", delivery="w2").format(_record("sent")))
     assert (obj["worker"], obj["msg"]) == ("w2", "sent")
     assert "worker" not in json.loads(make_formatter("json").format(_record("sent")))
+
+
+@pytest.mark.parametrize(
+    ("limit", "processes", "shares"),
+    [(5, 3, [2, 2, 1]), (2, 3, [1, 1, 0]), (3, 3, [1, 1, 1]), (1, 2, [1, 0]), (7, 1, [7])],
+)
+def test_a_limit_is_shared_in_whole_parts_the_daemon_first(
+    limit: int, processes: int, shares: list[int]
+) -> None:
+    got = [share(limit, i, processes) for i in range(processes)]
+    assert got == shares
+    assert sum(got) == limit
+
+
+def test_a_share_of_a_process_that_is_not_there_is_an_error() -> None:
+    with pytest.raises(ValueError, match="process 3 of 3"):
+        share(4, 3, 3)
+    with pytest.raises(ValueError, match="process 0 of 0"):
+        share(4, 0, 0)
+
+
+def _transports(**options: object) -> tuple[TransportConfig, ...]:
+    return (
+        TransportConfig("relay", "smtp", options={"host": "mx.example", **options}),
+        TransportConfig("local", "maildir", options={"root": "mail"}),
+    )
+
+
+def _options(transports: tuple[TransportConfig, ...], name: str) -> dict[str, object] | None:
+    found = [dict(t.options) for t in transports if t.name == name]
+    return found[0] if found else None
+
+
+def test_each_process_gets_its_share_of_max_connections_and_they_add_up() -> None:
+    transports = _transports(max_connections=5)
+    parts = [process_transports(transports, i, 3) for i in range(3)]
+    relay = [_options(p, "relay") for p in parts]
+    assert relay == [{"host": "mx.example", "max_connections": n} for n in (2, 2, 1)]
+    # the transport without limits runs unchanged in every process
+    assert all(_options(p, "local") == {"root": "mail"} for p in parts)
+    # the profile's own configuration is not changed
+    assert transports[0].options["max_connections"] == 5
+
+
+def test_a_process_left_without_a_share_does_not_run_the_transport() -> None:
+    transports = _transports(max_connections=10, destination_concurrency=2)
+    parts = [process_transports(transports, i, 3) for i in range(3)]
+    assert [_options(p, "relay") for p in parts] == [
+        {"host": "mx.example", "max_connections": 5, "destination_concurrency": 1},
+        {"host": "mx.example", "max_connections": 5, "destination_concurrency": 1},
+        None,
+    ]
+    assert [t.name for t in parts[2]] == ["local"]
+
+
+def test_a_rate_delay_leaves_the_transport_to_the_daemon() -> None:
+    transports = _transports(max_connections=4, destination_rate_delay=2.5)
+    parts = [process_transports(transports, i, 3) for i in range(3)]
+    assert _options(parts[0], "relay") == {
+        "host": "mx.example",
+        "max_connections": 4,
+        "destination_rate_delay": 2.5,
+    }
+    assert _options(parts[1], "relay") is None and _options(parts[2], "relay") is None
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"max_connections": "2"},
+        {"max_connections": True},
+        {"max_connections": 0},
+        {"destination_rate_delay": 0},
+        {"destination_rate_delay": "x"},
+    ],
+)
+def test_limits_the_transport_would_refuse_or_does_not_set_are_left_alone(
+    options: dict[str, object],
+) -> None:
+    transports = _transports(**options)
+    assert process_transports(transports, 2, 3) == transports
+    assert shares_told(transports, 2) == []
+
+
+def test_one_process_or_an_inbound_only_transport_shares_nothing() -> None:
+    transports = _transports(max_connections=2)
+    assert process_transports(transports, 0, 1) == transports
+    assert shares_told(transports, 0) == []
+    inbound = (TransportConfig("box", "imap", options={"max_connections": 2}, outbound=False),)
+    assert process_transports(inbound, 2, 3) == inbound
+
+
+def test_shares_told_says_each_processs_part_and_who_is_left_out() -> None:
+    transports = _transports(max_connections=2)
+    assert shares_told(transports, 2) == [
+        "transport 'relay': its limits are for the daemon as a whole, shared by the "
+        "processes that deliver for it (the daemon, w1): max_connections = 2 as 1 + 1; "
+        "w2 does not deliver for it"
+    ]
+
+
+def test_a_workers_config_has_its_share_of_the_limits(tmp_path: Path) -> None:
+    path = _profile(tmp_path, mailbox_outbound="false")
+    path.write_text(
+        path.read_text().replace(
+            'host = "127.0.0.1"\n', 'host = "127.0.0.1"\nmax_connections = 3\n'
+        )
+    )
+    profile = load_profile(path)
+    assert [
+        t.options["max_connections"] for t in delivery_config(profile, "mx-w1", 1, 3).transports
+    ] == [1]
+    assert [
+        t.options["max_connections"] for t in delivery_config(profile, "mx-w2", 2, 4).transports
+    ] == [1]
+    assert delivery_config(profile, "mx-w3", 3, 4).transports == ()

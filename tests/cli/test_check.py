@@ -312,10 +312,12 @@ host = "127.0.0.1"
     assert got["warnings"] == [said]
 
 
-def test_limits_each_worker_process_keeps_are_a_warning_with_workers(home: Home) -> None:
+def test_check_says_how_the_worker_processes_share_a_transports_limits(home: Home) -> None:
     """With ``[daemon] workers = 2`` a transport's own ``max_connections`` and
-    ``destination_rate_delay`` hold in each of the three delivering processes: ``check``
-    says so (exit 0); without workers, or with the defaults, it says nothing."""
+    ``destination_concurrency`` are shared by the three delivering processes: ``check``
+    says each one's part (exit 0, not a warning); a ``destination_rate_delay`` leaves
+    the transport to the daemon alone; without workers, or with the defaults, nothing
+    is said."""
     relay = """
 [[transports]]
 name = "relay"
@@ -325,8 +327,26 @@ domains = ["corp.example"]
 [transports.options]
 delivery = "mx"
 nameservers = ["127.0.0.1"]
-max_connections = 3
+max_connections = 5
+destination_concurrency = 2
+
+[[transports]]
+name = "slow"
+provider = "smtp"
+address_types = ["SMTP"]
+domains = ["slow.example"]
+[transports.options]
+delivery = "mx"
+nameservers = ["127.0.0.1"]
 destination_rate_delay = 20
+
+[[transports]]
+name = "plain"
+provider = "smtp"
+address_types = ["SMTP"]
+[transports.options]
+delivery = "mx"
+nameservers = ["127.0.0.1"]
 """
     _append(home, relay)
     r = home.run("check", "--no-logon")
@@ -336,15 +356,18 @@ destination_rate_delay = 20
     assert "\n[daemon]\n" in text
     home.profile.write_text(text.replace("\n[daemon]\n", "\n[daemon]\nworkers = 2\n", 1))
     r = home.run("check", "--no-logon")
-    said = (
-        "transport 'relay': max_connections = 3 and destination_rate_delay = 20 hold in "
-        "each of the 3 delivering processes ([daemon] workers = 2), up to 3 times as much "
-        "for the daemon as a whole; divide by 3 for the same limit (max_rate is shared "
-        "by every process)"
-    )
+    said = [
+        "transport 'relay': its limits are for the daemon as a whole, shared by the "
+        "processes that deliver for it (the daemon, w1): max_connections = 5 as 3 + 2; "
+        "destination_concurrency = 2 as 1 + 1; w2 does not deliver for it",
+        "transport 'slow': its limits are for the daemon as a whole, shared by the "
+        "processes that deliver for it (the daemon): destination_rate_delay = 20 s, "
+        "between any two messages; w1, w2 do not deliver for it",
+    ]
     assert r.returncode == 0, r.stdout
     assert [line for line in r.stdout.splitlines() if line.startswith("workers:")] == [
-        f"workers: warning: {said}"
+        f"workers: {line}" for line in said
     ]
     got = json.loads(home.run("check", "--no-logon", "--json").stdout)
-    assert said in got["warnings"]
+    assert got["shared_limits"] == said
+    assert not any("workers" in w for w in got["warnings"])

@@ -80,8 +80,8 @@ def test_delivery_workers_share_the_rate(
 ) -> None:
     """``[daemon] workers = 2``: three processes deliver from one SQLite file, and
     ``max_rate = "4/s"`` holds for the three together (the window is the store's),
-    not four a second each; the relay's own ``max_connections``, which each process
-    keeps for itself, is said at start."""
+    not four a second each; how they share the relay's own ``max_connections`` is
+    said at start."""
     port, sink = server
     home = _home(tmp_path / "d", port, '"4/s"')
     text = home.profile.read_text()
@@ -107,8 +107,9 @@ def test_delivery_workers_share_the_rate(
     assert arrived[-1] - arrived[0] >= 1.8, arrived
     assert daemons.stop(proc) == 0
     said = (
-        "WARNING spoolbox.daemon: transport 'relay': max_connections = 2 holds in each of "
-        "the 3 delivering processes ([daemon] workers = 2), up to 3 times as much"
+        "INFO spoolbox.daemon: transport 'relay': its limits are for the daemon as a whole, "
+        "shared by the processes that deliver for it (the daemon, w1): max_connections = 2 "
+        "as 1 + 1; w2 does not deliver for it"
     )
     assert daemons.logs[-1].read_text().count(said) == 1
 

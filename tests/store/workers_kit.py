@@ -36,6 +36,9 @@ NODE = "wk"
 #: connections per node to the sink: at most this many deliveries of one node are in
 #: flight at once (its outbound lanes), the bound on duplicates when it is killed
 MAX_CONNECTIONS = 2
+#: the delivering processes of the daemons these tests run (``--workers 2``): they
+#: share the profile's ``max_connections``, so it says ``MAX_CONNECTIONS`` for each
+PROCESSES = 3
 _DELIVERY = re.compile(r"spoolbox\.delivery(?:\[(w\d+)\])?: \S+: to=.*status=sent")
 
 
@@ -76,7 +79,7 @@ def running_sink(sink: Sink) -> Iterator[int]:
 
 def write_profile(directory: Path, port: int, store: str, extra: str = "") -> Path:
     """A profile of node :data:`NODE` relaying SMTP: recipients to the sink on ``port``."""
-    options = f"max_connections = {MAX_CONNECTIONS}"
+    options = f"max_connections = {MAX_CONNECTIONS * PROCESSES}"
     return write_relay_profile(directory, NODE, store, port, options=options, tail=extra)
 
 

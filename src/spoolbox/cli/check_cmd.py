@@ -14,10 +14,11 @@ otherwise), then one per listener with TLS (``listener:NAME: ok (certificate val
 until ...)``: its certificate and key load, and it does not expire within 14
 days), then a ``routing: warning: ...`` line for each pair of transports limited to
 the same domain for the same address type (the second gets that mail only when the
-first declines it; a warning, not a problem), and a ``workers: warning: ...`` line
-for each transport that sets a limit each delivery worker process keeps for itself
-(``max_connections``, ``destination_concurrency``, ``destination_rate_delay``) when
-``[daemon] workers`` is set (the daemon logs it at start as well); exit 0 when all
+first declines it; a warning, not a problem), and a ``workers: ...`` line for each
+transport that sets a limit the delivering processes share when ``[daemon] workers``
+is set (``max_connections``, ``destination_concurrency``, ``destination_rate_delay``:
+each process's part, :mod:`spoolbox.daemon.shares`; the daemon logs it at start as
+well); exit 0 when all
 are good, 1 when any of them has a problem, 5 when the profile itself cannot be read
 (docs/operations.md, "Exit codes").  The logons run on a throw-away spooler over an
 empty in-memory store, outbound only: nothing is sent, and no mailbox is fetched.
@@ -61,7 +62,8 @@ def check_cmd(obj: Ctx, no_logon: bool, timeout: float, as_json: bool) -> None:
 
     The SMTP transport connects to its smart host (greeting, EHLO, STARTTLS and AUTH as
     configured); nothing is sent."""
-    from ..daemon.preflight import check_transports, per_process_limits
+    from ..daemon.preflight import check_transports
+    from ..daemon.shares import shares_told
 
     profile = obj.profile()  # a ProfileError: exit 5 (SpoolboxGroup)
     problems: dict[str, str | None] = {c.transport: c.problem for c in check_transports(profile)}
@@ -72,7 +74,7 @@ def check_cmd(obj: Ctx, no_logon: bool, timeout: float, as_json: bool) -> None:
     local_names = _check_local_names(profile)
     certificates = _check_certificates(profile)
     warnings = list(shadowed_domains(profile.spooler.declared_routes()))
-    workers = per_process_limits(profile, profile.daemon.workers)
+    shared = shares_told(profile.spooler.transports, profile.daemon.workers)
     if as_json:
         emit_json(
             {
@@ -95,7 +97,8 @@ def check_cmd(obj: Ctx, no_logon: bool, timeout: float, as_json: bool) -> None:
                     }
                     for name, c in certificates.items()
                 ],
-                "warnings": warnings + workers,
+                "warnings": warnings,
+                "shared_limits": shared,
             }
         )
     else:
@@ -110,8 +113,8 @@ def check_cmd(obj: Ctx, no_logon: bool, timeout: float, as_json: bool) -> None:
             click.echo(f"listener:{name}: {c.problem or 'ok'}{c.validity}")
         for warning in warnings:
             click.echo(f"routing: warning: {warning}")
-        for warning in workers:
-            click.echo(f"workers: warning: {warning}")
+        for line in shared:
+            click.echo(f"workers: {line}")
     bad = (
         any(problems.values())
         or any(hooks.values())

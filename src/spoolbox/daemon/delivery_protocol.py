@@ -63,6 +63,9 @@ class DeliverySpec:
     profile: str  # the profile's path: the worker reads it itself
     log_level: str
     log_format: str = "auto"  # [log] format: the worker decides "auto" itself
+    #: the daemon's delivering processes (its own spooler and its workers): the
+    #: limits a transport sets are shared among them (:mod:`.shares`)
+    processes: int = 1
     #: the logon dialog's answers, [transport, option, value] (secrets: stdin only)
     extra_secrets: list[list[str]] = field(default_factory=list)
 
@@ -81,6 +84,7 @@ class DeliverySpec:
                 "profile": self.profile,
                 "log_level": self.log_level,
                 "log_format": self.log_format,
+                "processes": self.processes,
                 "extra_secrets": self.extra_secrets,
             }
         )

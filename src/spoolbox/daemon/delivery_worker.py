@@ -34,6 +34,7 @@ from .delivery_protocol import STATS_INTERVAL, DeliverySpec, store_counters
 from .log_format import choose_format
 from .pipes import serve_control_lines, stdin_lines
 from .runtime import configure_logging, event_loop_runner, set_log_level
+from .shares import process_transports
 from .store_backend import store_from_settings, wake_on_other_nodes
 
 __all__ = ["delivery_config"]
@@ -41,15 +42,20 @@ __all__ = ["delivery_config"]
 log = logging.getLogger("spoolbox.daemon")
 
 
-def delivery_config(profile: Profile, node: str) -> SpoolerConfig:
-    """The spooler configuration of a delivery worker: the profile's, under ``node``,
-    with only the outbound transports, their inbound side off."""
+def delivery_config(
+    profile: Profile, node: str, index: int = 1, processes: int = 1
+) -> SpoolerConfig:
+    """The spooler configuration of delivery worker ``index`` of the daemon's
+    ``processes`` delivering processes: the profile's, under ``node``, with only the
+    outbound transports, their inbound side off, each with the worker's share of the
+    limits it sets (:mod:`.shares`; without those this worker does not deliver for)."""
     config = profile.spooler
     transports = tuple(
         dataclasses.replace(transport, inbound=False)
         for transport in config.transports
         if transport.outbound
     )
+    transports = process_transports(transports, index, processes)
     return dataclasses.replace(config, node=node, transports=transports)
 
 
@@ -79,7 +85,10 @@ class _DeliveryWorker:
         store = store_from_settings(profile.store, shared=True)  # with the daemon
         idle = AlwaysIdle() if profile.idle == "always" else None
         spooler = Spooler.open(
-            delivery_config(profile, self.spec.node), store=store, close_store=True, idle=idle
+            delivery_config(profile, self.spec.node, self.spec.index, self.spec.processes),
+            store=store,
+            close_store=True,
+            idle=idle,
         )
         # A node of the store like any other: its rows are in `spoolbox status`, and it
         # runs its part of a flush another node (the daemon's) records.

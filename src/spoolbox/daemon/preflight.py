@@ -21,14 +21,8 @@ from ..profile import Profile, ProfileError
 __all__ = [
     "TransportCheck",
     "check_transports",
-    "per_process_limits",
     "refuse_invalid_options",
 ]
-
-#: The options whose limits each delivering process keeps for itself (the lane's
-#: connections, its per-destination counts and rests): ``max_rate`` is the one kept
-#: in the store, for every process.
-PER_PROCESS = ("max_connections", "destination_concurrency", "destination_rate_delay")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,29 +69,3 @@ def refuse_invalid_options(profile: Profile) -> None:
     for found in check_transports(profile):
         if found.invalid and found.problem is not None:
             raise ProfileError(profile.path, found.problem, f"[transports.{found.transport}]")
-
-
-def per_process_limits(profile: Profile, workers: int) -> list[str]:
-    """With ``workers`` delivery worker processes: for each transport whose options set
-    a limit each process keeps for itself (:data:`PER_PROCESS`), a warning that it
-    holds in each of the ``workers + 1`` delivering processes, not for the daemon as a
-    whole (a relay that takes 3 connections gets up to 3 from each).  Set explicitly
-    only: the defaults are meant per process."""
-    if workers <= 0:
-        return []
-    processes = workers + 1
-    out = []
-    for transport in profile.spooler.transports:
-        if not transport.outbound:
-            continue
-        named = [f"{k} = {transport.options[k]}" for k in PER_PROCESS if k in transport.options]
-        if named:
-            these = " and ".join([", ".join(named[:-1]), named[-1]] if len(named) > 1 else named)
-            out.append(
-                f"transport {transport.name!r}: {these} "
-                f"{'holds' if len(named) == 1 else 'hold'} in each of the {processes} "
-                f"delivering processes ([daemon] workers = {workers}), up to {processes} "
-                "times as much for the daemon as a whole; divide by "
-                f"{processes} for the same limit (max_rate is shared by every process)"
-            )
-    return out

@@ -61,8 +61,9 @@ from .listeners import Listeners
 from .log_format import choose_format
 from .maildrop import MaildropPickup
 from .notify import Notifier, watchdog_interval
-from .preflight import per_process_limits, refuse_invalid_options
+from .preflight import refuse_invalid_options
 from .runtime import configure_logging, event_loop_runner, set_log_level
+from .shares import process_transports, shares_told
 from .store_backend import (
     describe_store,
     shares_store,
@@ -341,6 +342,9 @@ class Daemon:
                         profile.path, str(exc), f"[transports.{transport.name}] provider"
                     ) from None
         refuse_invalid_options(profile)
+        # With workers, the daemon's spooler delivers its share of each limit.
+        transports = process_transports(config.transports, 0, len(self.workers) + 1)
+        config = dataclasses.replace(config, transports=transports)
         if self.interactive:
             # The logon dialog may be shown: clear NO_DIALOG where the profile allows it.
             transports = tuple(
@@ -376,8 +380,8 @@ class Daemon:
                 missing.option,
                 missing.source,
             )
-        for warning in per_process_limits(profile, len(self.workers)):
-            log.warning("%s", warning)
+        for line in shares_told(profile.spooler.transports, len(self.workers)):
+            log.info("%s", line)
         return spooler
 
     async def current(self) -> Spooler:

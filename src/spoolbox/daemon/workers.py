@@ -369,6 +369,7 @@ class DeliveryWorkers:
         self._set(worker, WorkerState.STARTING)
         spec = DeliverySpec(
             index=worker.index,
+            processes=len(self._workers) + 1,
             node=worker.node,
             profile=self._profile,
             log_level=self._log_level,

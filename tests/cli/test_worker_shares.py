@@ -1,0 +1,93 @@
+"""``[daemon] workers``: a transport's ``max_connections`` holds for the daemon as a
+whole.  A real daemon with two delivery workers (three delivering processes), its
+SMTP listener, and the smtp transport to a real aiosmtpd server that takes its time
+over each message and counts how many transactions it has at once."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import smtplib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiosmtpd.smtp import SMTP as AiosmtpdSMTP
+from aiosmtpd.smtp import Envelope, Session
+
+from conftest import DEADLINE, Daemons, relay_home, smtp_server, wait_until
+
+_SENT = re.compile(r"spoolbox\.delivery(?:\[(w\d)\])?: \S+: to=<r\d+@example\.org>.*status=sent")
+
+
+class _SlowServer:
+    """Each message takes 0.1 s; ``most`` is the most transactions it had at once."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.most = 0
+        self.received = 0
+
+    async def handle_DATA(self, server: AiosmtpdSMTP, session: Session, envelope: Envelope) -> str:
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            await asyncio.sleep(0.1)
+        finally:
+            self.now -= 1
+        self.received += 1
+        return "250 2.0.0 queued"
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[int, _SlowServer]]:
+    handler = _SlowServer()
+    with smtp_server(handler) as port:
+        yield port, handler
+
+
+def test_max_connections_is_shared_by_the_daemon_and_its_workers(
+    tmp_path: Path, daemons: Daemons, server: tuple[int, _SlowServer]
+) -> None:
+    """``max_connections = 2`` with ``workers = 2``: the daemon and ``w1`` deliver
+    with one connection each and ``w2`` not at all for the relay, so the server never
+    has more than two messages at once (six before: two a process); the daemon says
+    so at start."""
+    port, sink = server
+    home = relay_home(tmp_path / "d", port)
+    text = home.profile.read_text()
+    assert "\n[daemon]\n" in text
+    text = text.replace("\n[daemon]\n", "\n[daemon]\nworkers = 2\n", 1)
+    at = text.index("[transports.options]", text.index('\nname = "relay"\n'))
+    at = text.index("\n", at) + 1
+    home.profile.write_text(text[:at] + "max_connections = 2\n" + text[at:])
+    proc = daemons.start(home)
+    wait_until(
+        "the two workers logged on",
+        lambda: all(
+            f"daemon[w{i}]: transports logged on: " in daemons.logs[-1].read_text() for i in (1, 2)
+        ),
+    )
+    log = daemons.logs[-1].read_text()
+    logged_on = {
+        m.group(1): set(m.group(2).split(", "))
+        for m in re.finditer(r"daemon\[(w\d)\]: transports logged on: (.*)\n", log)
+    }
+    # w2 runs only the transports it has a share of: the local maildir one.
+    assert logged_on == {"w1": {"relay yes", "local yes"}, "w2": {"local yes"}}, log
+    said = (
+        "INFO spoolbox.daemon: transport 'relay': its limits are for the daemon as a "
+        "whole, shared by the processes that deliver for it (the daemon, w1): "
+        "max_connections = 2 as 1 + 1; w2 does not deliver for it"
+    )
+    assert log.count(said) == 1, log
+    total = 30
+    with smtplib.SMTP("127.0.0.1", home.listener_port(), timeout=DEADLINE) as smtp:
+        for i in range(total):
+            smtp.sendmail("app@example.org", [f"r{i}@example.org"], f"Subject: {i}\r\n\r\nx\r\n")
+    wait_until("the server to have them all", lambda: sink.received == total)
+    assert daemons.stop(proc) == 0
+    assert 1 <= sink.most <= 2, sink.most
+    by = [m.group(1) or "daemon" for m in _SENT.finditer(daemons.logs[-1].read_text())]
+    assert len(by) == total, by
+    assert "w2" not in by, by
