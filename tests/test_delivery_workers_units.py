@@ -14,7 +14,7 @@ from spoolbox.daemon import restarts
 from spoolbox.daemon.delivery_protocol import DeliverySpec, store_counters, worker_node
 from spoolbox.daemon.delivery_worker import delivery_config
 from spoolbox.daemon.log_format import make_formatter
-from spoolbox.daemon.shares import process_transports, share, shares_told
+from spoolbox.daemon.shares import idle_workers, process_transports, share, shares_told
 from spoolbox.daemon.workers import (
     RESTART_LIMIT,
     STABLE_AFTER,
@@ -332,3 +332,16 @@ def test_a_workers_config_has_its_share_of_the_limits(tmp_path: Path) -> None:
         t.options["max_connections"] for t in delivery_config(profile, "mx-w2", 2, 4).transports
     ] == [1]
     assert delivery_config(profile, "mx-w3", 3, 4).transports == ()
+
+
+def test_workers_left_with_no_transport_at_all_are_named() -> None:
+    only = (TransportConfig("relay", "smtp", options={"host": "h", "max_connections": 2}),)
+    assert idle_workers(only, 2) == (
+        "w2 delivers for no transport: the limits the transports set leave no part to it "
+        "([daemon] workers = 2 is more than they use)"
+    )
+    assert idle_workers(only, 1) is None
+    assert idle_workers(_transports(max_connections=1), 2) is None  # local has no limit
+    slow = (TransportConfig("relay", "smtp", options={"destination_rate_delay": 1}),)
+    said = idle_workers(slow, 3)
+    assert said is not None and said.startswith("w1, w2, w3 deliver for no transport"), said

@@ -18,10 +18,11 @@ first declines it; a warning, not a problem), and a ``workers: ...`` line for ea
 transport that sets a limit the delivering processes share when ``[daemon] workers``
 is set (``max_connections``, ``destination_concurrency``, ``destination_rate_delay``:
 each process's part, :mod:`spoolbox.daemon.shares`; the daemon logs it at start as
-well); exit 0 when all
-are good, 1 when any of them has a problem, 5 when the profile itself cannot be read
-(docs/operations.md, "Exit codes").  The logons run on a throw-away spooler over an
-empty in-memory store, outbound only: nothing is sent, and no mailbox is fetched.
+well), and a ``workers: warning: ...`` line when those limits leave some workers
+nothing to deliver for; exit 0 when all are good, 1 when any of them has a problem,
+5 when the profile itself cannot be read (docs/operations.md, "Exit codes").  The
+logons run on a throw-away spooler over an empty in-memory store, outbound only:
+nothing is sent, and no mailbox is fetched.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def check_cmd(obj: Ctx, no_logon: bool, timeout: float, as_json: bool) -> None:
     The SMTP transport connects to its smart host (greeting, EHLO, STARTTLS and AUTH as
     configured); nothing is sent."""
     from ..daemon.preflight import check_transports
-    from ..daemon.shares import shares_told
+    from ..daemon.shares import idle_workers, shares_told
 
     profile = obj.profile()  # a ProfileError: exit 5 (SpoolboxGroup)
     problems: dict[str, str | None] = {c.transport: c.problem for c in check_transports(profile)}
@@ -75,6 +76,7 @@ def check_cmd(obj: Ctx, no_logon: bool, timeout: float, as_json: bool) -> None:
     certificates = _check_certificates(profile)
     warnings = list(shadowed_domains(profile.spooler.declared_routes()))
     shared = shares_told(profile.spooler.transports, profile.daemon.workers)
+    idle = idle_workers(profile.spooler.transports, profile.daemon.workers)
     if as_json:
         emit_json(
             {
@@ -97,7 +99,7 @@ def check_cmd(obj: Ctx, no_logon: bool, timeout: float, as_json: bool) -> None:
                     }
                     for name, c in certificates.items()
                 ],
-                "warnings": warnings,
+                "warnings": warnings + ([idle] if idle is not None else []),
                 "shared_limits": shared,
             }
         )
@@ -115,6 +117,8 @@ def check_cmd(obj: Ctx, no_logon: bool, timeout: float, as_json: bool) -> None:
             click.echo(f"routing: warning: {warning}")
         for line in shared:
             click.echo(f"workers: {line}")
+        if idle is not None:
+            click.echo(f"workers: warning: {idle}")
     bad = (
         any(problems.values())
         or any(hooks.values())

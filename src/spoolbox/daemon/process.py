@@ -63,7 +63,7 @@ from .maildrop import MaildropPickup
 from .notify import Notifier, watchdog_interval
 from .preflight import refuse_invalid_options
 from .runtime import configure_logging, event_loop_runner, set_log_level
-from .shares import process_transports, shares_told
+from .shares import idle_workers, process_transports, shares_told
 from .store_backend import (
     describe_store,
     shares_store,
@@ -382,6 +382,9 @@ class Daemon:
             )
         for line in shares_told(profile.spooler.transports, len(self.workers)):
             log.info("%s", line)
+        unused = idle_workers(profile.spooler.transports, len(self.workers))
+        if unused is not None:
+            log.warning("%s", unused)
         return spooler
 
     async def current(self) -> Spooler:

@@ -31,7 +31,15 @@ from dataclasses import dataclass
 
 from .. import TransportConfig
 
-__all__ = ["DIVIDED", "ONE_PROCESS", "TransportShare", "process_transports", "share", "shares_told"]
+__all__ = [
+    "DIVIDED",
+    "ONE_PROCESS",
+    "TransportShare",
+    "idle_workers",
+    "process_transports",
+    "share",
+    "shares_told",
+]
 
 #: Whole numbers divided among the processes that deliver for the transport.
 DIVIDED = ("max_connections", "destination_concurrency")
@@ -161,3 +169,23 @@ def shares_told(transports: tuple[TransportConfig, ...], workers: int) -> list[s
             line += f"; {left} {verb} not deliver for it"
         lines.append(line)
     return lines
+
+
+def idle_workers(transports: tuple[TransportConfig, ...], workers: int) -> str | None:
+    """A warning when some of the ``workers`` deliver for no transport at all (every
+    outbound transport's limits leave them out), else None."""
+    processes = workers + 1
+    outbound = [t for t in transports if t.outbound]
+    idle = [
+        f"w{i}"
+        for i in range(1, processes)
+        if outbound and not process_transports(tuple(outbound), i, processes)
+    ]
+    if not idle:
+        return None
+    return (
+        f"{', '.join(idle)} {'delivers' if len(idle) == 1 else 'deliver'} for no transport: "
+        "the limits the transports set leave no part to "
+        f"{'it' if len(idle) == 1 else 'them'} ([daemon] workers = {workers} is more than "
+        "they use)"
+    )
