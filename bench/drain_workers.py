@@ -7,27 +7,35 @@ with delivery worker processes (``[daemon] workers``, docs/operations.md "Worker
 processes") and the peer with its own processes, both as a user runs them: a
 command that drains a queue filled beforehand.
 
-* spoolbox: ``spoolbox run --workers W`` starts on a fresh SQLite store (``--no-nice``;
-  its profile: the ``smtp`` transport to the sink, ``tls = "none"``,
-  ``max_connections`` as given, per process: the profile says that many times the
-  delivering processes, which share it) and its start-up is timed until its
-  ``running`` line (which comes once the workers are ready: ``READY=1``) and every
-  process's transport has logged on.  Then the
-  clock starts, N messages (``drain_vs_django``'s, 2.3 KB each) are submitted through
-  the daemon in one ``Client.submit_many`` call (one transaction; every node is woken
-  at once), and the drain ends when the sink has counted N.  ``W`` workers is
-  ``W + 1`` delivering processes (the daemon's own spooler delivers too).  After the
-  drain the store is checked (N recipients delivered) and the daemon's log says
-  which process delivered what (each worker's lines are tagged ``[wN]``).
+* spoolbox (``--fill before``, the default since session 34): N messages
+  (``drain_vs_django``'s, 2.3 KB each) are queued into a fresh SQLite store while no
+  daemon runs (``Client.submit_many``: one transaction, ``via`` "store"), then the
+  clock starts and ``spoolbox run --workers W`` starts on it (``--no-nice``; its
+  profile: the ``smtp`` transport to the sink, ``tls = "none"``, ``max_connections``
+  as given, per process: the profile says that many times the delivering processes,
+  which share it); the drain ends when the sink has counted N.  Its time includes
+  starting Python and the daemon, as the peer's includes starting Django.  With
+  ``--fill running`` (the method before session 34) the daemon starts first, its
+  start-up is timed until its ``running`` line (once the workers are ready:
+  ``READY=1``) and every process's transport has logged on, and then the clock
+  starts and the N messages are submitted through the daemon in one call (every
+  node is woken at once): the time includes the daemon taking in the N messages,
+  which the peer's does not.  ``W`` workers is ``W + 1`` delivering processes (the
+  daemon's own spooler delivers too).  After the drain the store is checked (N
+  recipients delivered) and the daemon's log says which process delivered what
+  (each worker's lines are tagged ``[wN]``).
 * django-post-office: the same N messages queued with ``mail.send_many`` into a
   fresh database (WAL, ``synchronous=FULL``: ``drain_vs_django``'s project), then
   ``python manage.py send_queued_mail --processes P`` timed; checked as there.  Its
-  wall time includes starting Python and Django (about a second here), which the
-  spoolbox figure does not: the daemon was running.
+  wall time includes starting Python and Django (about a second here), as spoolbox's
+  does with ``--fill before`` (its ``start-up s`` column: seconds from the start to
+  the sink's first message) and not with ``--fill running`` (the daemon was running;
+  the column: its start-up before the clock).
 
 Reported: medians over runs (the order of the systems rotates from run to run);
 the disk's fsync rate and the load average; per spoolbox system and message
-(``_counts.per_message``): the CPU time of the daemon and its workers in the drain,
+(``_counts.per_message``): the CPU time of the daemon and its workers in the drain
+(with ``--fill before`` from their start),
 their store's commits, waits for SQLite's write lock and time holding it; and
 spoolbox's best against django-post-office's best, run by run.
 The sink is Postfix's ``smtp-sink -c`` (``apt-get install postfix``).  Run it::
@@ -147,12 +155,14 @@ def _logged_on(profile: Path, log: Path, workers: int) -> bool:
 
 
 def spoolbox_drain(
-    root: Path, sink: Sink, n: int, max_connections: int, workers: int, run: int
+    root: Path, sink: Sink, n: int, max_connections: int, workers: int, run: int, fill: str
 ) -> dict[str, Any]:
     directory = root / f"spoolbox-w{workers}-{run}"
     profile = _profile(directory, sink.port, max_connections, workers)
     log = directory / "daemon.log"
     lot = [_msg(i) for i in range(n)]
+    if fill == "before":
+        return _drain_filled(profile, directory, log, sink, lot)
     t0 = time.perf_counter()
     proc = _launch(profile, log)
     try:
@@ -195,6 +205,50 @@ def spoolbox_drain(
     }
 
 
+def _drain_filled(
+    profile: Path, directory: Path, log: Path, sink: Sink, lot: list[Any]
+) -> dict[str, Any]:
+    """The queue filled with no daemon running, then ``spoolbox run`` timed from its
+    start until the sink has every message."""
+    n = len(lot)
+    queued = Client(profile).submit_many(lot)  # no daemon: into the store directly
+    if queued["via"] != "store" or len(queued["ids"]) != n:
+        raise RuntimeError(f"queueing failed: {queued.get('via')}, {len(queued['ids'])} ids")
+    before = sink.count()
+    t0 = time.perf_counter()
+    proc = _launch(profile, log)
+    try:
+        deadline = t0 + WAIT
+        first = None  # the sink's first message: start-up, Python's included
+        while (count := sink.count() - before) < n:
+            if first is None and count > 0:
+                first = time.perf_counter() - t0
+            if proc.poll() is not None or time.perf_counter() > deadline:
+                raise RuntimeError(f"the drain stopped:\n{log.read_text()[-3000:]}")
+            time.sleep(0.01)
+        took = time.perf_counter() - t0
+        while _delivered(directory / "spool.sqlite3") < n:  # committed as delivered
+            if time.perf_counter() > deadline:
+                raise RuntimeError("not every recipient was settled delivered")
+            time.sleep(0.05)
+        cpu = cpu_seconds(process_tree(proc.pid))  # start-up included, as the time
+        counts = per_message(cpu, daemon_store_counters(profile), n)
+    finally:
+        _stop(proc)
+    by = collections.Counter(
+        m.group(1) or "daemon" for m in _DELIVERED.finditer(log.read_text(errors="replace"))
+    )
+    if sum(by.values()) != n:
+        raise RuntimeError(f"the log shows {sum(by.values())} deliveries of {n}: {by}")
+    return {
+        "drain": n / took,
+        "drain s": took,
+        "start-up s": took if first is None else first,
+        **counts,
+        "delivered by": dict(sorted(by.items())),
+    }
+
+
 def peer_drain(
     project: DjangoProject, sink: Sink, n: int, processes: int, run: int
 ) -> dict[str, Any]:
@@ -229,6 +283,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dir", type=Path, default=None, help="directory on the disk to test")
     p.add_argument("--peers-venv", type=Path, default=DEFAULT_VENV)
     p.add_argument("--no-peer", action="store_true", help="spoolbox only")
+    p.add_argument(
+        "--fill",
+        choices=("before", "running"),
+        default="before",
+        help="queue the messages before the daemon starts (as the peer's are), or "
+        "submit them through the running daemon inside the timed drain",
+    )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     if not os.path.exists(SMTP_SINK):
@@ -260,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     count = int(system.rsplit(" ", 1)[1])
                     if system.startswith("spoolbox"):
                         res[system] = spoolbox_drain(
-                            root, sink, args.messages, args.max_connections, count, r
+                            root, sink, args.messages, args.max_connections, count, r, args.fill
                         )
                     else:
                         assert project is not None
