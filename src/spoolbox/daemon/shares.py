@@ -39,6 +39,7 @@ __all__ = [
     "process_transports",
     "share",
     "shares_told",
+    "transport_share",
 ]
 
 #: Whole numbers divided among the processes that deliver for the transport.
@@ -123,8 +124,8 @@ def process_transports(
     transports: tuple[TransportConfig, ...], index: int, processes: int
 ) -> tuple[TransportConfig, ...]:
     """``transports`` as process ``index`` of ``processes`` runs them: each outbound
-    one with its share of the limits, and without those it does not deliver for
-    (never the daemon's, index 0: it serves every transport)."""
+    one with this process's share of its limits; one the process has no share of is
+    left out (never by the daemon, index 0, which serves every transport)."""
     out = []
     for transport in transports:
         found = transport_share(transport, processes)
