@@ -162,7 +162,7 @@ def spoolbox_drain(
     log = directory / "daemon.log"
     lot = [_msg(i) for i in range(n)]
     if fill == "before":
-        return _drain_filled(profile, directory, log, sink, lot)
+        return _drain_filled(profile, log, sink, lot)
     t0 = time.perf_counter()
     proc = _launch(profile, log)
     try:
@@ -177,20 +177,18 @@ def spoolbox_drain(
         queued = Client(profile).submit_many(lot)  # one transaction, through the daemon
         if queued["via"] != "daemon" or len(queued["ids"]) != n:
             raise RuntimeError(f"queueing failed: {queued.get('via')}, {len(queued['ids'])} ids")
-        deadline = t0 + WAIT
-        while sink.count() - before < n:
-            if proc.poll() is not None or time.perf_counter() > deadline:
-                raise RuntimeError(f"the drain stopped:\n{log.read_text()[-3000:]}")
-            time.sleep(0.01)
-        took = time.perf_counter() - t0
-        while _delivered(directory / "spool.sqlite3") < n:  # committed as delivered
-            if time.perf_counter() > deadline:
-                raise RuntimeError("not every recipient was settled delivered")
-            time.sleep(0.05)
+        took, _ = _drained(proc, log, sink, before, n, t0)
         cpu = cpu_seconds(process_tree(proc.pid)) - cpu0
         counts = per_message(cpu, daemon_store_counters(profile), n)
     finally:
         _stop(proc)
+    return _result(log, n, took, startup, counts)
+
+
+def _result(
+    log: Path, n: int, took: float, startup: float, counts: dict[str, float]
+) -> dict[str, Any]:
+    """The figures of one drain, once the daemon's log shows ``n`` deliveries."""
     by = collections.Counter(
         m.group(1) or "daemon" for m in _DELIVERED.finditer(log.read_text(errors="replace"))
     )
@@ -205,9 +203,7 @@ def spoolbox_drain(
     }
 
 
-def _drain_filled(
-    profile: Path, directory: Path, log: Path, sink: Sink, lot: list[Any]
-) -> dict[str, Any]:
+def _drain_filled(profile: Path, log: Path, sink: Sink, lot: list[Any]) -> dict[str, Any]:
     """The queue filled with no daemon running, then ``spoolbox run`` timed from its
     start until the sink has every message."""
     n = len(lot)
@@ -218,35 +214,34 @@ def _drain_filled(
     t0 = time.perf_counter()
     proc = _launch(profile, log)
     try:
-        deadline = t0 + WAIT
-        first = None  # the sink's first message: start-up, Python's included
-        while (count := sink.count() - before) < n:
-            if first is None and count > 0:
-                first = time.perf_counter() - t0
-            if proc.poll() is not None or time.perf_counter() > deadline:
-                raise RuntimeError(f"the drain stopped:\n{log.read_text()[-3000:]}")
-            time.sleep(0.01)
-        took = time.perf_counter() - t0
-        while _delivered(directory / "spool.sqlite3") < n:  # committed as delivered
-            if time.perf_counter() > deadline:
-                raise RuntimeError("not every recipient was settled delivered")
-            time.sleep(0.05)
+        took, first = _drained(proc, log, sink, before, n, t0)
         cpu = cpu_seconds(process_tree(proc.pid))  # start-up included, as the time
         counts = per_message(cpu, daemon_store_counters(profile), n)
     finally:
         _stop(proc)
-    by = collections.Counter(
-        m.group(1) or "daemon" for m in _DELIVERED.finditer(log.read_text(errors="replace"))
-    )
-    if sum(by.values()) != n:
-        raise RuntimeError(f"the log shows {sum(by.values())} deliveries of {n}: {by}")
-    return {
-        "drain": n / took,
-        "drain s": took,
-        "start-up s": took if first is None else first,
-        **counts,
-        "delivered by": dict(sorted(by.items())),
-    }
+    return _result(log, n, took, first, counts)
+
+
+def _drained(
+    proc: subprocess.Popen[bytes], log: Path, sink: Sink, before: int, n: int, t0: float
+) -> tuple[float, float]:
+    """Seconds from ``t0`` until the sink has counted ``n`` more than ``before``, and
+    until its first (then waits until the store has them all as delivered)."""
+    deadline = t0 + WAIT
+    first = None
+    while (count := sink.count() - before) < n:
+        if first is None and count > 0:
+            first = time.perf_counter() - t0
+        if proc.poll() is not None or time.perf_counter() > deadline:
+            raise RuntimeError(f"the drain stopped:\n{log.read_text()[-3000:]}")
+        time.sleep(0.01)
+    took = time.perf_counter() - t0
+    store = log.parent / "spool.sqlite3"
+    while _delivered(store) < n:  # committed as delivered
+        if time.perf_counter() > deadline:
+            raise RuntimeError("not every recipient was settled delivered")
+        time.sleep(0.05)
+    return took, took if first is None else first
 
 
 def peer_drain(

@@ -182,6 +182,28 @@ def smtp_server(handler: object) -> Iterator[int]:
         controller.stop()
 
 
+def with_workers(home: Home, workers: int, max_connections: int) -> None:
+    """``[daemon] workers`` and the relay transport's ``max_connections`` added to a
+    :func:`relay_home`'s profile."""
+    text = home.profile.read_text()
+    assert "\n[daemon]\n" in text
+    text = text.replace("\n[daemon]\n", f"\n[daemon]\nworkers = {workers}\n", 1)
+    at = text.index("[transports.options]", text.index('\nname = "relay"\n'))
+    at = text.index("\n", at) + 1
+    home.profile.write_text(text[:at] + f"max_connections = {max_connections}\n" + text[at:])
+
+
+def wait_workers_logged_on(daemons: Daemons, workers: int) -> None:
+    """Until each worker of the last daemon started has logged its transports on."""
+    wait_until(
+        f"the {workers} workers logged on",
+        lambda: all(
+            f"daemon[w{i}]: transports logged on: " in daemons.logs[-1].read_text()
+            for i in range(1, workers + 1)
+        ),
+    )
+
+
 def relay_home(directory: Path, relay_port: int) -> Home:
     """``spoolbox init --relay 127.0.0.1:PORT`` (the listener on any free port): a
     test's own SMTP server is the smart host, on loopback, so without TLS as init

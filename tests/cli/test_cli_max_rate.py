@@ -14,7 +14,16 @@ import pytest
 from aiosmtpd.smtp import SMTP as AiosmtpdSMTP
 from aiosmtpd.smtp import Envelope, Session
 
-from conftest import DEADLINE, Daemons, Home, relay_home, smtp_server, wait_until
+from conftest import (
+    DEADLINE,
+    Daemons,
+    Home,
+    relay_home,
+    smtp_server,
+    wait_until,
+    wait_workers_logged_on,
+    with_workers,
+)
 
 
 class _Server:
@@ -84,19 +93,9 @@ def test_delivery_workers_share_the_rate(
     said at start."""
     port, sink = server
     home = _home(tmp_path / "d", port, '"4/s"')
-    text = home.profile.read_text()
-    assert "\n[daemon]\n" in text
-    text = text.replace("\n[daemon]\n", "\n[daemon]\nworkers = 2\n", 1)
-    at = text.index("[transports.options]", text.index('\nname = "relay"\n'))
-    at = text.index("\n", at) + 1
-    home.profile.write_text(text[:at] + "max_connections = 2\n" + text[at:])
+    with_workers(home, 2, max_connections=2)
     proc = daemons.start(home)
-    wait_until(
-        "the two workers logged on",
-        lambda: all(
-            f"daemon[w{i}]: transports logged on: " in daemons.logs[-1].read_text() for i in (1, 2)
-        ),
-    )
+    wait_workers_logged_on(daemons, 2)
     with smtplib.SMTP("127.0.0.1", home.listener_port(), timeout=DEADLINE) as smtp:
         for i in range(12):
             smtp.sendmail("app@example.org", [f"r{i}@example.org"], f"Subject: {i}\r\n\r\nx\r\n")

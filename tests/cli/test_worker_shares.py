@@ -15,7 +15,15 @@ import pytest
 from aiosmtpd.smtp import SMTP as AiosmtpdSMTP
 from aiosmtpd.smtp import Envelope, Session
 
-from conftest import DEADLINE, Daemons, relay_home, smtp_server, wait_until
+from conftest import (
+    DEADLINE,
+    Daemons,
+    relay_home,
+    smtp_server,
+    wait_until,
+    wait_workers_logged_on,
+    with_workers,
+)
 
 _SENT = re.compile(r"spoolbox\.delivery(?:\[(w\d)\])?: \S+: to=<r\d+@example\.org>.*status=sent")
 
@@ -55,19 +63,9 @@ def test_max_connections_is_shared_by_the_daemon_and_its_workers(
     so at start."""
     port, sink = server
     home = relay_home(tmp_path / "d", port)
-    text = home.profile.read_text()
-    assert "\n[daemon]\n" in text
-    text = text.replace("\n[daemon]\n", "\n[daemon]\nworkers = 2\n", 1)
-    at = text.index("[transports.options]", text.index('\nname = "relay"\n'))
-    at = text.index("\n", at) + 1
-    home.profile.write_text(text[:at] + "max_connections = 2\n" + text[at:])
+    with_workers(home, 2, max_connections=2)
     proc = daemons.start(home)
-    wait_until(
-        "the two workers logged on",
-        lambda: all(
-            f"daemon[w{i}]: transports logged on: " in daemons.logs[-1].read_text() for i in (1, 2)
-        ),
-    )
+    wait_workers_logged_on(daemons, 2)
     log = daemons.logs[-1].read_text()
     logged_on = {
         m.group(1): set(m.group(2).split(", "))
