@@ -105,17 +105,17 @@ def workers_advice(workers: int, cpus: int | None, backend: str) -> str | None:
 
     On SQLite a drain is CPU-bound and every delivering process (the workers and the
     daemon's own spooler) takes its turn at one write lock: with more delivering
-    processes than CPUs, each costs more CPU per message and holds the lock longer,
-    and the drain was slower than with fewer (docs/benchmarks.md, "Delivery
-    workers").  PostgreSQL nodes are not warned about: there the server does the
-    locking."""
+    processes than CPUs, each message costs more CPU and the lock is held longer,
+    and the drain gained little or lost against as many processes as CPUs, from run
+    to run (docs/benchmarks.md, "Delivery workers" and session 34).  PostgreSQL nodes
+    are not warned about: there the server does the locking."""
     if backend != "sqlite" or workers == 0 or cpus is None or workers + 1 <= cpus:
         return None
     return (
         f"workers = {workers} on {cpus} CPU{'s' * (cpus != 1)}: {workers + 1} delivering "
-        f"processes on one SQLite file; with more of them than CPUs the drain is slower, "
-        f"not faster (docs/operations.md, 'Worker processes'): workers = {max(0, cpus - 1)} "
-        "is the most that helps on this machine"
+        "processes on one SQLite file, more than the CPUs: each message costs more CPU, "
+        f"and the drain gains little or loses against workers = {max(0, cpus - 1)} "
+        "(docs/operations.md, 'Worker processes')"
     )
 
 
