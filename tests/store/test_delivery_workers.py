@@ -2,7 +2,8 @@
 processes, on SQLite (one WAL file) and on PostgreSQL (a private cluster), relaying to
 aiosmtpd.  Every message arrives once and every worker delivers part of the lot; a
 worker killed with SIGKILL mid-batch is started again, nothing is lost, duplicates
-only for what it had in flight; SIGTERM drains the workers; SIGHUP reaches them."""
+only for what it had in flight; SIGTERM drains the workers; SIGHUP reaches them, and
+they share a transport's new limits after it."""
 
 from __future__ import annotations
 
@@ -208,6 +209,43 @@ def test_sighup_reaches_the_workers(tmp_path: Path, daemons: list[Daemon]) -> No
         assert old.received == []
         by = delivered_by(daemon.log())
         assert by["w1"] > 0 and by["w2"] > 0, by  # the workers relayed to the new port
+        assert daemon.stop() == 0
+
+
+def test_a_reload_shares_the_new_limits_among_the_workers(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """``max_connections = 2`` with ``--workers 2``: w2 has no part of the relay and
+    delivers none of a first lot; after SIGHUP with 6, each of the three processes
+    has 2 and w2 delivers part of the next lot (the daemon and each worker share the
+    new limit when they reload)."""
+    sink = Sink(delay=0.01)
+    with running_sink(sink) as port:
+        profile = write_profile(tmp_path, port, 'backend = "sqlite"')
+        text = profile.read_text()
+        assert f"max_connections = {MAX_CONNECTIONS * 3}" in text
+        profile.write_text(
+            text.replace(f"max_connections = {MAX_CONNECTIONS * 3}", "max_connections = 2")
+        )
+        daemon = Daemon(profile, "--workers", "2")
+        daemons.append(daemon)
+        Client(profile).submit_many(lot(60))
+        wait_until("the first lot at the sink", lambda: len(sink.received) >= 60)
+        first = delivered_by(daemon.log())
+        assert sum(first.values()) == 60 and first["w2"] == 0, first
+        profile.write_text(
+            profile.read_text().replace("max_connections = 2", "max_connections = 6")
+        )
+        daemon.proc.send_signal(signal.SIGHUP)
+        for tag in ("w1", "w2"):
+            wait_until(
+                f"{tag} reloaded", lambda t=tag: f"daemon[{t}]: profile reloaded" in daemon.log()
+            )
+        Client(profile).submit_many(lot(120, first=60))
+        wait_until("the second lot at the sink", lambda: len(sink.received) >= 180)
+        assert sorted(sink.received) == _expected(180)
+        second = delivered_by(daemon.log()) - first
+        assert second["w2"] > 0, second
         assert daemon.stop() == 0
 
 
