@@ -39,6 +39,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any, Protocol, runtime_checkable
@@ -56,7 +57,9 @@ from .._private import openness, private_dir
 from ..api.wire import NOT_RUNNING, ApiError
 from ..model import LogonFlags
 from ..profile import Profile, ProfileError, load_profile
+from ..store import ClusterStore, NodeRecord
 from .api_server import LocalApiServer
+from .crowding import watch_crowding
 from .listeners import Listeners
 from .log_format import choose_format
 from .maildrop import MaildropPickup
@@ -70,7 +73,7 @@ from .store_backend import (
     store_from_settings,
     wake_on_other_nodes,
 )
-from .workers import DeliveryWorkers, WakingSpooler, WorkerView, worker_row
+from .workers import DeliveryWorkers, WakingSpooler, WorkerView, usable_cpus, worker_row
 
 __all__ = [
     "Daemon",
@@ -189,6 +192,7 @@ class Daemon:
         """Run until SIGTERM/SIGINT (or :meth:`request_stop`); returns an exit status."""
         loop = asyncio.get_running_loop()
         watchdog: asyncio.Future[None] | None = None
+        crowding: asyncio.Future[None] | None = None
         self._lock()
         try:
             if self.renice and self.profile.daemon.nice:
@@ -228,6 +232,13 @@ class Daemon:
             interval = watchdog_interval()
             if interval is not None:
                 watchdog = asyncio.ensure_future(self._watchdog(interval))
+            if self.profile.store.backend == "postgres":
+                # Nodes anywhere: too many of them on this machine is a warning.
+                crowding = asyncio.ensure_future(
+                    watch_crowding(
+                        self._nodes, host=socket.gethostname(), cpus=usable_cpus(), clock=time.time
+                    )
+                )
             while not self._stop.is_set():
                 stop = asyncio.ensure_future(self._stop.wait())
                 reload = asyncio.ensure_future(self._reload.wait())
@@ -247,14 +258,20 @@ class Daemon:
             return 0
         finally:
             self._notify.send("STOPPING=1", "STATUS=stopping")
-            if watchdog is not None:
-                watchdog.cancel()
+            for task in (watchdog, crowding):
+                if task is not None:
+                    task.cancel()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)
             await self._shutdown()
             self._unlock()
             log.info("stopped")
+
+    async def _nodes(self) -> list[NodeRecord]:
+        """The store's nodes (none from a store that keeps no node records)."""
+        store = self.spooler.store if self.spooler is not None else None
+        return await store.nodes() if isinstance(store, ClusterStore) else []
 
     async def _watchdog(self, interval: float) -> None:
         """WATCHDOG=1 every ``interval`` s (half of systemd's WatchdogSec): it comes
