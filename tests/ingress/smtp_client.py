@@ -16,6 +16,17 @@ from spoolbox.ingress.local_names import LocalNames
 REPLY_TIMEOUT = 5.0
 
 
+def chunked(sender: bytes, recipient: bytes, first: bytes, last: bytes) -> bytes:
+    """MAIL, RCPT and the content in two BDAT chunks (the second ``LAST``), one write."""
+    return (
+        b"MAIL FROM:<%s>\r\nRCPT TO:<%s>\r\n" % (sender, recipient)
+        + b"BDAT %d\r\n" % len(first)
+        + first
+        + b"BDAT %d LAST\r\n" % len(last)
+        + last
+    )
+
+
 class Recorder:
     """A submit that keeps what it was given."""
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from smtp_client import Raw
+from smtp_client import Raw, chunked
 
 from spoolbox import AlwaysIdle, Spooler, SpoolerConfig
 from spoolbox.ingress import ListenerConfig, SubmissionListener
@@ -270,13 +270,7 @@ async def test_bdat_chunks_cannot_smuggle_commands_or_a_second_message(
     assert (await raw.reply()) == "250 2.0.0 OK"  # the NOOP: in step, QUIT never ran
     smuggled = b"Subject: innocent\r\n\r\nhello\n.\nMAIL FROM:<ceo@example.org>\n"
     tail = b"Subject: smuggled\r\n\r\nx\r\n"
-    await raw.send(
-        b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n"
-        + b"BDAT %d\r\n" % len(smuggled)
-        + smuggled
-        + b"BDAT %d LAST\r\n" % len(tail)
-        + tail
-    )
+    await raw.send(chunked(b"a@example.org", b"b@example.org", smuggled, tail))
     said = await raw.replies(4)
     assert said[2].startswith("554 5.6.0 Line 3 of the message contains a bare CR or LF"), said
     assert said[3] == "503 5.5.1 Error: need RCPT command"

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiosmtplib
 import pytest
-from smtp_client import Raw, serving
+from smtp_client import Raw, chunked, serving
 
 from spoolbox import Address, AlwaysIdle, NewMessage, Spooler, SpoolerConfig, StoreError
 from spoolbox.ingress import ListenerConfig, SubmissionListener
@@ -553,13 +553,7 @@ async def test_bdat_chunks_pipelined_are_queued_byte_exact(spooler: Spooler) -> 
     async with serving(spooler.submit) as listener, client(listener.port) as c:
         ehlo = await c.cmd("EHLO client.test")
         assert "CHUNKING" in ehlo.split("\n")[-1] or "250-CHUNKING" in ehlo, ehlo
-        await c.send(
-            b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\n"
-            + b"BDAT %d\r\n" % len(first)
-            + first
-            + b"BDAT %d LAST\r\n" % len(second)
-            + second
-        )
+        await c.send(chunked(b"alice@example.org", b"bob@example.org", first, second))
         said = await c.replies(4)
         assert said[:3] == ["250 2.1.0 OK", "250 2.1.5 OK", "250 2.0.0 50 octets received"]
         assert said[3].startswith("250 2.0.0 OK queued as "), said
