@@ -14,6 +14,7 @@ from spoolbox.daemon import restarts
 from spoolbox.daemon.delivery_protocol import DeliverySpec, store_counters, worker_node
 from spoolbox.daemon.delivery_worker import delivery_config
 from spoolbox.daemon.log_format import make_formatter
+from spoolbox.daemon.preflight import provider_limits
 from spoolbox.daemon.shares import idle_workers, process_transports, share, shares_told
 from spoolbox.daemon.workers import (
     RESTART_LIMIT,
@@ -348,3 +349,69 @@ def test_workers_left_with_no_transport_at_all_are_named() -> None:
     slow = (TransportConfig("relay", "smtp", options={"destination_rate_delay": 1}),)
     said = idle_workers(slow, 3)
     assert said is not None and said.startswith("w1, w2, w3 deliver for no transport"), said
+
+
+def test_a_providers_defaults_are_shared_as_the_values_set_are() -> None:
+    """With the providers' own reading (``provider_limits``) the smtp transport's
+    default ``max_connections`` (10 for a smart host) is divided as one set in the
+    profile; the maildir transport has nothing to share."""
+    transports = _transports()
+    parts = [process_transports(transports, i, 3, provider_limits) for i in range(3)]
+    assert [_options(p, "relay") for p in parts] == [
+        {"host": "mx.example", "max_connections": n} for n in (4, 3, 3)
+    ]
+    assert all(_options(p, "local") == {"root": "mail"} for p in parts)
+    assert shares_told(transports, 2, provider_limits) == [
+        "transport 'relay': its limits are for the daemon as a whole, shared by the "
+        "processes that deliver for it (the daemon, w1, w2): max_connections = 10 "
+        "(its default) as 4 + 3 + 3"
+    ]
+    # what the profile sets wins over the default, and is not called one
+    assert shares_told(_transports(max_connections=2), 2, provider_limits) == [
+        "transport 'relay': its limits are for the daemon as a whole, shared by the "
+        "processes that deliver for it (the daemon, w1): max_connections = 2 as 1 + 1; "
+        "w2 does not deliver for it"
+    ]
+    # delivery "mx": its connections and its connections to one domain
+    mx = (TransportConfig("out", "smtp", options={"delivery": "mx", "max_connections": 9}),)
+    assert [_options(process_transports(mx, i, 2, provider_limits), "out") for i in (0, 1)] == [
+        {"delivery": "mx", "max_connections": 5, "destination_concurrency": 3},
+        {"delivery": "mx", "max_connections": 4, "destination_concurrency": 2},
+    ]
+    # the webhook transport's default, 4 connections
+    options = {"endpoints": {"in": "https://h.example/in"}, "sign": False}
+    hook = (TransportConfig("hook", "webhook", options=options),)
+    assert _options(process_transports(hook, 1, 2, provider_limits), "hook") == {
+        **options,
+        "max_connections": 2,
+    }
+
+
+def test_a_modem_is_the_daemons_alone() -> None:
+    """The sms transport owns its serial port: with workers only the daemon delivers
+    for it, and nothing is added to its options."""
+    modem = TransportConfig("gsm", "sms", options={"port": "/dev/ttyUSB0"})
+    parts = [process_transports((modem,), i, 3, provider_limits) for i in range(3)]
+    assert parts == [(modem,), (), ()]
+    assert shares_told((modem,), 2, provider_limits) == [
+        "transport 'gsm': its limits are for the daemon as a whole, shared by the "
+        "processes that deliver for it (the daemon): its provider runs in one process "
+        "only; w1, w2 do not deliver for it"
+    ]
+
+
+def test_without_a_providers_word_the_profiles_limits_are_shared() -> None:
+    """``provider_limits`` asks the provider; a provider without ``process_limits``,
+    one that cannot be loaded, or options it refuses: the profile's values."""
+    assert provider_limits(_transports(max_connections=3)[0]) == {"max_connections": 3}
+    typo = TransportConfig("relay", "smtp", options={"host": "h", "max_connections": 2, "prot": 1})
+    assert provider_limits(typo) is typo.options
+    missing = TransportConfig("x", "no-such-provider", options={"max_connections": 2})
+    assert provider_limits(missing) is missing.options
+    plain = TransportConfig("p", f"{_NoLimits.__module__}:_NoLimits", options={"a": 1})
+    assert provider_limits(plain) is plain.options
+    assert provider_limits(TransportConfig("l", "maildir", options={"root": "m"})) == {}
+
+
+class _NoLimits:
+    """A provider that says nothing of its limits."""

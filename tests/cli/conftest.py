@@ -182,12 +182,15 @@ def smtp_server(handler: object) -> Iterator[int]:
         controller.stop()
 
 
-def with_workers(home: Home, workers: int, max_connections: int) -> None:
-    """``[daemon] workers`` and the relay transport's ``max_connections`` added to a
-    :func:`relay_home`'s profile."""
+def with_workers(home: Home, workers: int, max_connections: int | None) -> None:
+    """``[daemon] workers`` and the relay transport's ``max_connections`` (None: its
+    default) added to a :func:`relay_home`'s profile."""
     text = home.profile.read_text()
     assert "\n[daemon]\n" in text
     text = text.replace("\n[daemon]\n", f"\n[daemon]\nworkers = {workers}\n", 1)
+    if max_connections is None:
+        home.profile.write_text(text)
+        return
     at = text.index("[transports.options]", text.index('\nname = "relay"\n'))
     at = text.index("\n", at) + 1
     home.profile.write_text(text[:at] + f"max_connections = {max_connections}\n" + text[at:])

@@ -316,8 +316,8 @@ def test_check_says_how_the_worker_processes_share_a_transports_limits(home: Hom
     """With ``[daemon] workers = 2`` a transport's own ``max_connections`` and
     ``destination_concurrency`` are shared by the three delivering processes: ``check``
     says each one's part (exit 0, not a warning); a ``destination_rate_delay`` leaves
-    the transport to the daemon alone; without workers, or with the defaults, nothing
-    is said."""
+    the transport to the daemon alone; the smtp provider's defaults are shared as the
+    values set are; without workers nothing is said."""
     relay = """
 [[transports]]
 name = "relay"
@@ -363,6 +363,11 @@ nameservers = ["127.0.0.1"]
         "transport 'slow': its limits are for the daemon as a whole, shared by the "
         "processes that deliver for it (the daemon): destination_rate_delay = 20 s, "
         "between any two messages; w1, w2 do not deliver for it",
+        # the smtp transport's defaults (delivery "mx") are shared as well
+        "transport 'plain': its limits are for the daemon as a whole, shared by the "
+        "processes that deliver for it (the daemon, w1, w2): max_connections = 100 "
+        "(its default) as 34 + 33 + 33; destination_concurrency = 20 (its default) "
+        "as 7 + 7 + 6",
     ]
     assert r.returncode == 0, r.stdout
     assert [line for line in r.stdout.splitlines() if line.startswith("workers:")] == [

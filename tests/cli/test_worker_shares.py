@@ -29,18 +29,20 @@ _SENT = re.compile(r"spoolbox\.delivery(?:\[(w\d)\])?: \S+: to=<r\d+@example\.or
 
 
 class _SlowServer:
-    """Each message takes 0.1 s; ``most`` is the most transactions it had at once."""
+    """Each message takes ``hold`` seconds; ``most`` is the most transactions it had
+    at once."""
 
     def __init__(self) -> None:
         self.now = 0
         self.most = 0
         self.received = 0
+        self.hold = 0.1
 
     async def handle_DATA(self, server: AiosmtpdSMTP, session: Session, envelope: Envelope) -> str:
         self.now += 1
         self.most = max(self.most, self.now)
         try:
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(self.hold)
         finally:
             self.now -= 1
         self.received += 1
@@ -89,3 +91,33 @@ def test_max_connections_is_shared_by_the_daemon_and_its_workers(
     by = [m.group(1) or "daemon" for m in _SENT.finditer(daemons.logs[-1].read_text())]
     assert len(by) == total, by
     assert "w2" not in by, by
+
+
+def test_the_providers_default_connections_are_shared_too(
+    tmp_path: Path, daemons: Daemons, server: tuple[int, _SlowServer]
+) -> None:
+    """No ``max_connections`` in the profile, ``workers = 2``: the smtp transport's
+    default, 10, holds for the daemon as a whole (4 + 3 + 3), not 10 in each process
+    (30 before), while the three processes all deliver."""
+    port, sink = server
+    sink.hold = 0.3
+    home = relay_home(tmp_path / "d", port)
+    with_workers(home, 2, max_connections=None)
+    proc = daemons.start(home)
+    wait_workers_logged_on(daemons, 2)
+    said = (
+        "INFO spoolbox.daemon: transport 'relay': its limits are for the daemon as a "
+        "whole, shared by the processes that deliver for it (the daemon, w1, w2): "
+        "max_connections = 10 (its default) as 4 + 3 + 3"
+    )
+    assert daemons.logs[-1].read_text().count(said) == 1, daemons.logs[-1].read_text()
+    total = 80
+    with smtplib.SMTP("127.0.0.1", home.listener_port(), timeout=DEADLINE) as smtp:
+        for i in range(total):
+            smtp.sendmail("app@example.org", [f"r{i}@example.org"], f"Subject: {i}\r\n\r\nx\r\n")
+    wait_until("the server to have them all", lambda: sink.received == total)
+    assert daemons.stop(proc) == 0
+    assert 4 <= sink.most <= 10, sink.most
+    by = [m.group(1) or "daemon" for m in _SENT.finditer(daemons.logs[-1].read_text())]
+    assert len(by) == total, by
+    assert set(by) == {"daemon", "w1", "w2"}, by

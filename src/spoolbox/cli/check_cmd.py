@@ -63,7 +63,7 @@ def check_cmd(obj: Ctx, no_logon: bool, timeout: float, as_json: bool) -> None:
 
     The SMTP transport connects to its smart host (greeting, EHLO, STARTTLS and AUTH as
     configured); nothing is sent."""
-    from ..daemon.preflight import check_transports
+    from ..daemon.preflight import check_transports, provider_limits
     from ..daemon.shares import idle_workers, shares_told
 
     profile = obj.profile()  # a ProfileError: exit 5 (SpoolboxGroup)
@@ -75,8 +75,8 @@ def check_cmd(obj: Ctx, no_logon: bool, timeout: float, as_json: bool) -> None:
     local_names = _check_local_names(profile)
     certificates = _check_certificates(profile)
     warnings = list(shadowed_domains(profile.spooler.declared_routes()))
-    shared = shares_told(profile.spooler.transports, profile.daemon.workers)
-    idle = idle_workers(profile.spooler.transports, profile.daemon.workers)
+    shared = shares_told(profile.spooler.transports, profile.daemon.workers, provider_limits)
+    idle = idle_workers(profile.spooler.transports, profile.daemon.workers, provider_limits)
     if as_json:
         emit_json(
             {

@@ -33,6 +33,7 @@ from ..profile import Profile, ProfileError, load_profile
 from .delivery_protocol import STATS_INTERVAL, DeliverySpec, store_counters
 from .log_format import choose_format
 from .pipes import serve_control_lines, stdin_lines
+from .preflight import provider_limits
 from .runtime import configure_logging, event_loop_runner, set_log_level
 from .shares import process_transports
 from .store_backend import store_from_settings, wake_on_other_nodes
@@ -55,7 +56,7 @@ def delivery_config(
         for transport in config.transports
         if transport.outbound
     )
-    transports = process_transports(transports, index, processes)
+    transports = process_transports(transports, index, processes, provider_limits)
     return dataclasses.replace(config, node=node, transports=transports)
 
 

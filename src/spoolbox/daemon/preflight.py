@@ -8,19 +8,27 @@ start, naming the transport, the key and the known keys), or
 :class:`~spoolbox.contract.Unconfigured` for settings that are missing (the
 transport stays off-line until they are given, as for an unset password).  A
 provider without it is checked by its first logon only.
+
+A provider may also offer ``process_limits(config)`` (a static method): the limits
+one process running the transport holds to, its defaults included (the keys of
+:mod:`spoolbox.daemon.shares`: ``max_connections``, ``destination_concurrency``,
+``destination_rate_delay``, ``one_process``), so that a daemon with delivery workers
+shares them (:func:`provider_limits`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .. import load_provider_class
+from .. import TransportConfig, load_provider_class
 from ..contract import Unconfigured
 from ..profile import Profile, ProfileError
 
 __all__ = [
     "TransportCheck",
     "check_transports",
+    "provider_limits",
     "refuse_invalid_options",
 ]
 
@@ -69,3 +77,22 @@ def refuse_invalid_options(profile: Profile) -> None:
     for found in check_transports(profile):
         if found.invalid and found.problem is not None:
             raise ProfileError(profile.path, found.problem, f"[transports.{found.transport}]")
+
+
+def provider_limits(transport: TransportConfig) -> Mapping[str, object]:
+    """``transport``'s limits as its provider reads them (``process_limits``), defaults
+    included; the profile's options when the provider does not say them, cannot be
+    loaded, or refuses the options (the daemon does not start then, or the transport
+    stays off-line until it is configured)."""
+    try:
+        cls = load_provider_class(transport.provider)
+    except LookupError:
+        return transport.options
+    limits = getattr(cls, "process_limits", None)
+    if limits is None:
+        return transport.options
+    try:
+        said = limits(transport.options)
+    except (Unconfigured, ValueError):  # OptionError is a ValueError
+        return transport.options
+    return dict(said)

@@ -64,7 +64,7 @@ from .listeners import Listeners
 from .log_format import choose_format
 from .maildrop import MaildropPickup
 from .notify import Notifier, watchdog_interval
-from .preflight import refuse_invalid_options
+from .preflight import provider_limits, refuse_invalid_options
 from .runtime import configure_logging, event_loop_runner, set_log_level
 from .shares import idle_workers, process_transports, shares_told
 from .store_backend import (
@@ -360,7 +360,9 @@ class Daemon:
                     ) from None
         refuse_invalid_options(profile)
         # With workers, the daemon's spooler delivers its share of each limit.
-        transports = process_transports(config.transports, 0, len(self.workers) + 1)
+        transports = process_transports(
+            config.transports, 0, len(self.workers) + 1, provider_limits
+        )
         config = dataclasses.replace(config, transports=transports)
         if self.interactive:
             # The logon dialog may be shown: clear NO_DIALOG where the profile allows it.
@@ -397,9 +399,9 @@ class Daemon:
                 missing.option,
                 missing.source,
             )
-        for line in shares_told(profile.spooler.transports, len(self.workers)):
+        for line in shares_told(profile.spooler.transports, len(self.workers), provider_limits):
             log.info("%s", line)
-        unused = idle_workers(profile.spooler.transports, len(self.workers))
+        unused = idle_workers(profile.spooler.transports, len(self.workers), provider_limits)
         if unused is not None:
             log.warning("%s", unused)
         return spooler

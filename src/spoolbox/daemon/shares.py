@@ -15,18 +15,26 @@ however many processes deliver), so each process gets its share of it:
   destination) is delivered for by the daemon alone, so that the pause holds between
   any two messages, as with one process.
 
-Only values set in the profile are shared, as numbers the transport will take
-(anything else is left for the provider to refuse); a provider's defaults are per
-process (``max_connections`` 10 a process for the smtp transport).  ``max_rate`` is
-kept in the store and shared as it is.  Pure functions: :func:`process_transports`
-is what the daemon and each worker apply to their configuration, :func:`shares_told`
-what ``spoolbox check`` and the daemon's start say of it.
+* A transport whose provider holds something only one process may hold (``one_process``:
+  the sms transport's modem, on a serial port) is delivered for by the daemon alone.
+
+The limits shared are the transport's as its provider reads them, its defaults
+included: a provider may say them (``process_limits(config)``, a static method:
+a mapping of the keys above to what a process would hold to, e.g. the smtp
+transport's ``max_connections``, 10 unless the profile says otherwise; the bundled
+providers do, :func:`spoolbox.daemon.preflight.provider_limits` asks).  For a
+provider that does not, the values set in the profile are shared, as numbers the
+transport will take (anything else is left for the provider to refuse).
+``max_rate`` is kept in the store and shared as it is.  Pure functions (the limits
+of each transport come in through ``limits_of``): :func:`process_transports` is what
+the daemon and each worker apply to their configuration, :func:`shares_told` what
+``spoolbox check`` and the daemon's start say of it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .. import TransportConfig
@@ -34,9 +42,11 @@ from .. import TransportConfig
 __all__ = [
     "DIVIDED",
     "ONE_PROCESS",
+    "LimitsOf",
     "TransportShare",
     "idle_workers",
     "process_transports",
+    "profile_limits",
     "share",
     "shares_told",
     "transport_share",
@@ -44,8 +54,18 @@ __all__ = [
 
 #: Whole numbers divided among the processes that deliver for the transport.
 DIVIDED = ("max_connections", "destination_concurrency")
-#: Limits that hold between any two messages: one process delivers (the daemon).
-ONE_PROCESS = ("destination_rate_delay",)
+#: Limits that hold between any two messages, or a provider that runs in one process
+#: only: one process delivers (the daemon).
+ONE_PROCESS = ("destination_rate_delay", "one_process")
+
+#: A transport's limits as a process would hold to them (the profile's options, or
+#: what its provider says of them, defaults included).
+LimitsOf = Callable[[TransportConfig], Mapping[str, object]]
+
+
+def profile_limits(transport: TransportConfig) -> Mapping[str, object]:
+    """The limits the profile sets for ``transport`` (its options as written)."""
+    return transport.options
 
 
 def share(limit: int, index: int, processes: int) -> int:
@@ -70,6 +90,13 @@ def _seconds(value: object) -> float | None:
     return None
 
 
+def _one(key: str, value: object) -> float | None:
+    """A limit that leaves the transport to one process: its value, or None."""
+    if key == "one_process":
+        return 1.0 if value is True else None
+    return _seconds(value)
+
+
 @dataclass(frozen=True, slots=True)
 class TransportShare:
     """How one transport's limits are shared among ``processes`` delivering
@@ -79,8 +106,10 @@ class TransportShare:
     transport: str
     processes: int
     serving: int
-    #: the options shared: their values in the profile
+    #: the limits shared, with their values
     limits: Mapping[str, float]
+    #: those of them the profile does not set (the provider's defaults)
+    defaults: frozenset[str] = frozenset()
 
     def serves(self, index: int) -> bool:
         return index < self.serving
@@ -97,12 +126,14 @@ class TransportShare:
         }
 
 
-def transport_share(transport: TransportConfig, processes: int) -> TransportShare | None:
-    """The share of ``transport``'s limits, or None when it sets none (or only one
-    process delivers)."""
+def transport_share(
+    transport: TransportConfig, processes: int, limits_of: LimitsOf = profile_limits
+) -> TransportShare | None:
+    """The share of ``transport``'s limits (``limits_of`` says them), or None when it
+    has none (or only one process delivers)."""
     if processes <= 1 or not transport.outbound:
         return None
-    options = transport.options
+    options = limits_of(transport)
     limits: dict[str, float] = {}
     serving = processes
     for key in DIVIDED:
@@ -111,24 +142,29 @@ def transport_share(transport: TransportConfig, processes: int) -> TransportShar
             limits[key] = count
             serving = min(serving, count)
     for key in ONE_PROCESS:
-        seconds = _seconds(options.get(key))
-        if seconds is not None:
-            limits[key] = seconds
+        value = _one(key, options.get(key))
+        if value is not None:
+            limits[key] = value
             serving = 1
     if not limits:
         return None
-    return TransportShare(transport.name, processes, serving, limits)
+    written = transport.options
+    defaults = frozenset(key for key in limits if key not in written)
+    return TransportShare(transport.name, processes, serving, limits, defaults)
 
 
 def process_transports(
-    transports: tuple[TransportConfig, ...], index: int, processes: int
+    transports: tuple[TransportConfig, ...],
+    index: int,
+    processes: int,
+    limits_of: LimitsOf = profile_limits,
 ) -> tuple[TransportConfig, ...]:
     """``transports`` as process ``index`` of ``processes`` runs them: each outbound
     one with this process's share of its limits; one the process has no share of is
     left out (never by the daemon, index 0, which serves every transport)."""
     out = []
     for transport in transports:
-        found = transport_share(transport, processes)
+        found = transport_share(transport, processes, limits_of)
         if found is None:
             out.append(transport)
         elif found.serves(index):
@@ -141,23 +177,30 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-def shares_told(transports: tuple[TransportConfig, ...], workers: int) -> list[str]:
+def shares_told(
+    transports: tuple[TransportConfig, ...], workers: int, limits_of: LimitsOf = profile_limits
+) -> list[str]:
     """One line per transport whose limits are shared among the ``workers + 1``
     delivering processes, saying each process's share."""
     processes = workers + 1
     names = ["the daemon", *(f"w{i}" for i in range(1, processes))]
     lines = []
     for transport in transports:
-        found = transport_share(transport, processes)
+        found = transport_share(transport, processes, limits_of)
         if found is None:
             continue
         parts = []
         for key, value in found.limits.items():
+            default = " (its default)" if key in found.defaults else ""
+            if key in DIVIDED and default and found.serving == 1:
+                continue  # a default the one process delivering keeps whole: nothing to say
             if key in DIVIDED:
                 each = [str(found.options(i)[key]) for i in range(found.serving)]
-                parts.append(f"{key} = {_number(value)} as {' + '.join(each)}")
+                parts.append(f"{key} = {_number(value)}{default} as {' + '.join(each)}")
+            elif key == "one_process":
+                parts.append("its provider runs in one process only")
             else:
-                parts.append(f"{key} = {_number(value)} s, between any two messages")
+                parts.append(f"{key} = {_number(value)} s{default}, between any two messages")
         said = "; ".join(parts)
         who = ", ".join(names[: found.serving])
         line = (
@@ -172,7 +215,9 @@ def shares_told(transports: tuple[TransportConfig, ...], workers: int) -> list[s
     return lines
 
 
-def idle_workers(transports: tuple[TransportConfig, ...], workers: int) -> str | None:
+def idle_workers(
+    transports: tuple[TransportConfig, ...], workers: int, limits_of: LimitsOf = profile_limits
+) -> str | None:
     """A warning when some of the ``workers`` deliver for no transport at all (every
     outbound transport's limits leave them out), else None."""
     processes = workers + 1
@@ -180,7 +225,7 @@ def idle_workers(transports: tuple[TransportConfig, ...], workers: int) -> str |
     idle = [
         f"w{i}"
         for i in range(1, processes)
-        if outbound and not process_transports(tuple(outbound), i, processes)
+        if outbound and not process_transports(tuple(outbound), i, processes, limits_of)
     ]
     if not idle:
         return None

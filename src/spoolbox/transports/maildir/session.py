@@ -367,6 +367,12 @@ class MaildirProvider:
         Unconfigured say what is wrong."""
         _Settings.from_config(config)
 
+    @staticmethod
+    def process_limits(config: Mapping[str, Any]) -> dict[str, int]:
+        """None: any number of processes may write into the folders at once (a
+        daemon with delivery workers has nothing of this transport to share)."""
+        return {}
+
     async def logon(
         self, support: Support, config: Mapping[str, Any], flags: LogonFlags
     ) -> MaildirSession:

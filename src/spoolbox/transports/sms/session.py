@@ -466,6 +466,12 @@ class SMSProvider:
         """Read ``config`` as :meth:`logon` does, without opening the port."""
         read_options(SMSOptions, config, kind="sms")
 
+    @staticmethod
+    def process_limits(config: Mapping[str, Any]) -> dict[str, bool]:
+        """One process only: the modem on its serial port is this transport's (a
+        daemon with delivery workers delivers for it itself: ``spoolbox.daemon.shares``)."""
+        return {"one_process": True}
+
     async def logon(
         self, support: Support, config: Mapping[str, Any], flags: LogonFlags
     ) -> SMSSession:

@@ -35,6 +35,20 @@ class SMTPProvider:
             if settings.mta_sts:
                 httpx_module()
 
+    @staticmethod
+    def process_limits(config: Mapping[str, Any]) -> dict[str, int | float]:
+        """What one process running this transport holds to, defaults included (a
+        daemon with delivery workers shares them: ``spoolbox.daemon.shares``): its
+        connections, and with delivery "mx" its connections to one domain and the
+        pause between two messages to one domain."""
+        s = SMTPSettings.from_config(config)
+        limits: dict[str, int | float] = {"max_connections": s.max_connections}
+        if s.destination_concurrency is not None:
+            limits["destination_concurrency"] = s.destination_concurrency
+        if s.destination_rate_delay is not None:
+            limits["destination_rate_delay"] = s.destination_rate_delay
+        return limits
+
     async def logon(
         self, support: Support, config: Mapping[str, Any], flags: LogonFlags
     ) -> SMTPSession:

@@ -67,6 +67,13 @@ class WebhookProvider:
         Unconfigured say what is wrong."""
         WebhookSettings.from_config(config)
 
+    @staticmethod
+    def process_limits(config: Mapping[str, Any]) -> dict[str, int]:
+        """What one process running this transport holds to, its default included (a
+        daemon with delivery workers shares it: ``spoolbox.daemon.shares``): its
+        connections."""
+        return {"max_connections": WebhookSettings.from_config(config).max_connections}
+
     async def logon(
         self, support: Support, config: Mapping[str, Any], flags: LogonFlags
     ) -> WebhookSession:
