@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from smtp_servers import Recorder, aiosmtpd_server, open_spooler, send
 
 from spoolbox import Address, MessageState, NewMessage
+from spoolbox.cli import check_cmd
 from spoolbox.transports.smtp import SMTPSettings
 from spoolbox.transports.smtp import mx as mx_module
 from spoolbox.transports.smtp.dane import TLSA, matches, spki_of, usable
@@ -409,7 +410,16 @@ async def test_check_says_dane_cannot_work_behind_a_resolver_that_does_not_valid
         await sp.wait_ready(timeout=10)
         assert await sp.validate_state(transport="smtp") == {"smtp": "error"}
         said = sp.host("smtp").last_error or ""
-    assert "NetworkError: DANE cannot work: the DNS server(s) 127.0.0.1:" in said, said
+        # what spoolbox check prints of it: a setting that cannot work, not a server
+        # that cannot be reached
+        told = await check_cmd._validate(sp, "smtp", 10, 10)
+        assert told is not None and told.startswith(
+            "logged on, but cannot work: OptionError: smtp option 'nameservers' "
+        ), told
+    assert (
+        "OptionError: smtp option 'nameservers' cannot serve DANE (dane = true): "
+        "the DNS server(s) 127.0.0.1:"
+    ) in said, said
     assert "do not validate DNSSEC (their answer for the root zone's keys lacks" in said
     async with open_spooler(world.options(dns, dane=False)) as sp:
         await sp.wait_ready(timeout=10)

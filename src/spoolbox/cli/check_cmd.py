@@ -267,4 +267,8 @@ async def _validate(spooler: Spooler, name: str, left: float, timeout: float) ->
     if state != "error":
         return None  # "ok" ("busy" is a critical section's holder: none here)
     error: str = spooler.host(name).last_error or "validate_state failed"
-    return "logged on, but not reachable: " + error.removeprefix("validate_state raised ")
+    error = error.removeprefix("validate_state raised ")
+    # A server that cannot be reached, or (e.g. DANE behind DNS servers that do not
+    # validate DNSSEC) a setting that cannot work.
+    said = "not reachable" if error.startswith("NetworkError: ") else "cannot work"
+    return f"logged on, but {said}: {error}"

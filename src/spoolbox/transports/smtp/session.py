@@ -18,6 +18,7 @@ from spoolbox.contract import (
     LogoffFlags,
     MessageCancelled,
     NetworkError,
+    OptionError,
     OutboundMessage,
     OutboundRecipient,
     RecipientResult,
@@ -249,16 +250,18 @@ class SMTPSession(BaseTransportSession):
         in the pool for the next message; the status row says the result, as after a
         send.  A host that cannot be reached raises :class:`NetworkError` with why
         (``spoolbox check`` prints it).  Delivery "mx" connects nowhere; with
-        ``dane``, DNS servers that answer without validating DNSSEC are the error."""
+        ``dane``, DNS servers that answer without validating DNSSEC are the error
+        (an :class:`OptionError` naming ``nameservers``: they cannot serve DANE)."""
         if self.mx is not None:
             # No one server to try: each domain's are found when there is mail for it
             # (the resolver was set up at logon).  With DANE, the resolver must validate
             # DNSSEC, or DANE never applies: said, not left to look "ok".
             if self.settings.dane and await self.mx.validates() is False:
-                raise NetworkError(
-                    0,
-                    f"DANE cannot work: {self._unvalidated()}; point nameservers at a "
-                    "validating resolver (unbound), or set dane = false",
+                raise OptionError(
+                    "nameservers",
+                    f"cannot serve DANE (dane = true): {self._unvalidated()}; point "
+                    "nameservers at a validating resolver (unbound), or set dane = false",
+                    kind="smtp",
                 )
             self._update_status()
             return
