@@ -23,7 +23,10 @@ a temporary directory, ``fsync = on``) and Postfix's ``smtp-sink -c`` (``bench/_
   from the sink's first message to its last (the drain itself, without Python's
   start-up) and seconds from the submission to the last message; then
   the ratio PostgreSQL 1 node / SQLite 1 node and whether more nodes or workers were
-  ever slower than fewer.  For SQLite also, per message (``_counts.per_message``):
+  ever slower than fewer.  With ``--standby`` every node's profile says
+  ``[daemon] standby_when_crowded = true`` and the drain starts once the nodes beyond
+  the CPUs stand by (their spooler rows say ``Standing by``).  For SQLite also, per
+  message (``_counts.per_message``):
   the CPU of the daemon and its workers from the sink's first message on, the store's commits,
   waits for the write lock and time holding it; for PostgreSQL, per message from the
   sink's first message on: the nodes' CPU, the server's (the postmaster and its
@@ -159,6 +162,7 @@ node = "{node}"
 nice = 0
 log_level = "warning"
 workers = {workers}
+{"standby_when_crowded = true" if args.standby else ""}
 
 [policy]
 idle = "always"
@@ -239,6 +243,7 @@ class Running:
             ]
         self.procs: list[subprocess.Popen[bytes]] = []
         self._pg = pg
+        self._args = args
 
     def store(self) -> Any:
         if self.system.backend == "postgres":
@@ -323,6 +328,22 @@ class Running:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{profile.parent.name} of {self.system.name} not ready")
                 time.sleep(0.1)
+        if self.system.backend == "postgres" and self._args.standby:
+            # [daemon] standby_when_crowded: the nodes beyond the CPUs stand by once
+            # they have seen the others' transports (within a look or two, 10 s each).
+            expected = max(0, self.system.count - len(os.sched_getaffinity(0)))
+            while True:
+                rows = Client(self.profiles[0]).status()
+                standing = [
+                    r for r in rows if r["name"] == "spooler" and r["status"] == "Standing by"
+                ]
+                if len(standing) == expected:
+                    break
+                if time.monotonic() > deadline + 60:
+                    raise RuntimeError(
+                        f"{self.system.name}: {len(standing)} nodes stand by, not {expected}"
+                    )
+                time.sleep(0.2)
 
     def submit(self, n: int) -> None:
         """``n`` messages routed to ``relay`` through node 1's API, in one transaction."""
@@ -690,6 +711,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         default=0,
         help="drain, latency, relay: [policy] claim_batch of every process (0: its default)",
+    )
+    p.add_argument(
+        "--standby",
+        action="store_true",
+        help="drain, relay: [daemon] standby_when_crowded = true in every node's profile "
+        "(the nodes beyond the CPUs stand by; the drain starts once they do)",
     )
     p.add_argument("--claims", type=int, default=4000, help="claims: recipients per run")
     p.add_argument("--claimers", type=_ints, default=[1, 2, 4, 8])

@@ -284,6 +284,8 @@ def test_a_reload_leaves_the_log_format_event_loop_and_nice_to_the_next_start(
     )
     assert 'event_loop = "asyncio"' in text
     text = re.sub(r"^nice = \d+", "nice = 3", text, flags=re.M)
+    assert "\n[daemon]\n" in text
+    text = text.replace("\n[daemon]\n", "\n[daemon]\nstandby_when_crowded = true\n", 1)
     home.profile.write_text(text + '\n[log]\nformat = "json"\n')
     assert home.run("reload").returncode == 0
     _relay(port, home, "after-the-reload")
@@ -292,6 +294,8 @@ def test_a_reload_leaves_the_log_format_event_loop_and_nice_to_the_next_start(
     assert "[log] format changed: it takes effect at the next start" in log, log
     assert "[daemon] event_loop changed: it takes effect at the next start" in log, log
     assert "[daemon] nice changed: it takes effect at the next start" in log, log
+    said = "[daemon] standby_when_crowded changed: it takes effect at the next start"
+    assert said in log, log
     # The listener process was not restarted for them, and nothing logs in JSON yet.
     assert "restarting it" not in log, log
     assert not any(line.startswith("{") for line in log.splitlines()), log

@@ -14,16 +14,37 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from nodes import Cluster, SharedStore, Sink, wait_for
+from nodes import Cluster, SharedStore, Sink, message, wait_for
 
-from spoolbox.daemon.crowding import crowded, watch_crowding
+from spoolbox import Address, ManualIdle, NewMessage
+from spoolbox._core.idle import StandbyIdle
+from spoolbox.client import Client
+from spoolbox.daemon.crowding import (
+    STANDBY_INTERVAL,
+    crowded,
+    served_by,
+    standby_reason,
+    watch_crowding,
+)
 from spoolbox.store import NodeRecord
 
 
+def _row(name: str, *bits: str, kind: str = "transport") -> dict[str, object]:
+    return {"name": name, "resource_type": kind, "status_bits": ["AVAILABLE", *bits]}
+
+
+_RELAY = (_row("relay", "OUTBOUND_ENABLED"),)
+
+
 def _node(
-    name: str, host: str = "mx1", *, lease_until: float = 200.0, running: bool = True
+    name: str,
+    host: str = "mx1",
+    *,
+    lease_until: float = 200.0,
+    running: bool = True,
+    rows: tuple[dict[str, object], ...] = _RELAY,
 ) -> NodeRecord:
-    return NodeRecord(name, host, 1, 0.0, 90.0, lease_until, running=running)
+    return NodeRecord(name, host, 1, 0.0, 90.0, lease_until, rows=rows, running=running)
 
 
 def test_more_nodes_up_on_this_host_than_cpus_is_said_with_their_names() -> None:
@@ -80,6 +101,149 @@ def test_the_watch_warns_once_and_again_only_when_the_count_grows(
     assert any("cannot list the nodes: store down" in r.getMessage() for r in caplog.records)
 
 
+def test_what_a_node_serves_is_read_from_its_rows() -> None:
+    rows = [
+        _row("relay", "OUTBOUND_ENABLED"),
+        _row("box", "INBOUND_ENABLED"),
+        _row("both", "OUTBOUND_ENABLED", "INBOUND_ENABLED"),
+        _row("off"),  # logged off: neither side enabled
+        _row("spooler", "OUTBOUND_ENABLED", kind="spooler"),
+        {"name": "odd", "resource_type": "transport", "status_bits": "OUTBOUND_ENABLED"},
+    ]
+    assert served_by(rows) == {
+        ("relay", "out"),
+        ("box", "in"),
+        ("both", "out"),
+        ("both", "in"),
+    }
+
+
+def test_the_nodes_after_the_first_as_many_as_cpus_stand_by() -> None:
+    """Three nodes up on mx1 with two CPUs: a and b deliver, c stands by (its own
+    record not read yet: it counts itself); nodes elsewhere, lapsed or stopped do not
+    count."""
+    records = [
+        _node("b"),
+        _node("a"),
+        _node("z", "mx2"),
+        _node("old", lease_until=50.0),
+        _node("gone", running=False),
+    ]
+    mine = {("relay", "out")}
+    said = standby_reason(records, me="c", mine=mine, host="mx1", cpus=2, now=100.0)
+    assert said == (
+        "standing by: 3 spoolbox nodes are up on this machine (mx1: a, b, c) and it has "
+        "2 CPUs; a, b deliver this node's transports; it starts no new delivery or "
+        "mailbox poll (a flush still runs) until fewer are up ([daemon] "
+        "standby_when_crowded)"
+    )
+    for me in ("a", "b"):  # the first ones deliver
+        assert standby_reason(records, me=me, mine=mine, host="mx1", cpus=2, now=100.0) is None
+    for cpus in (3, None):  # room for all, or no CPU count to go by
+        assert standby_reason(records, me="c", mine=mine, host="mx1", cpus=cpus, now=100.0) is None
+    one = standby_reason(records, me="c", mine=mine, host="mx1", cpus=1, now=100.0)
+    assert one is not None and "it has 1 CPU; a delivers this node's transports" in one
+
+
+def test_a_node_whose_transports_the_first_ones_do_not_serve_delivers() -> None:
+    """Mail only this node could send (or fetch) is never left waiting: c serves an
+    sms transport, or fetches a mailbox, that a and b do not; and a transport that is
+    off-line on a does not count as served."""
+    records = [_node("a"), _node("b")]
+    for mine in ({("relay", "out"), ("gsm", "out")}, {("relay", "out"), ("box", "in")}):
+        assert standby_reason(records, me="c", mine=mine, host="mx1", cpus=2, now=100.0) is None
+    off = [_node("a", rows=(_row("relay"),))]
+    assert (
+        standby_reason(off, me="c", mine={("relay", "out")}, host="mx1", cpus=1, now=100.0) is None
+    )
+    # served between the two that deliver: enough
+    split = [_node("a"), _node("b", rows=(_row("box", "INBOUND_ENABLED"),))]
+    said = standby_reason(
+        split, me="c", mine={("relay", "out"), ("box", "in")}, host="mx1", cpus=2, now=100.0
+    )
+    assert said is not None and said.startswith("standing by: 3 spoolbox nodes")
+
+
+def test_a_standby_idle_holds_background_work_until_it_delivers_again() -> None:
+    async def main() -> None:
+        inner = ManualIdle()
+        idle = StandbyIdle(inner, standing_by=True)
+        assert not idle.is_idle()
+        assert idle.statistics()["standby"] is True
+        waiter = asyncio.ensure_future(idle.wait_idle())
+        await asyncio.sleep(0.02)
+        assert not waiter.done()
+        idle.stand_by(False)
+        await asyncio.wait_for(waiter, 1)
+        assert idle.is_idle()
+        inner.set_busy(True)  # the policy it wraps still decides
+        assert not idle.is_idle()
+        inner.set_busy(False)
+        with idle.foreground_busy():
+            assert not idle.is_idle()
+        assert idle.is_idle() and idle.statistics() == {
+            "idle": True,
+            "busy_marks": 0,
+            "standby": False,
+        }
+
+    asyncio.run(main())
+
+
+def test_the_watch_stands_by_and_delivers_again_as_the_count_changes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    crowd = [_node("a"), _node("b"), _node("c")]
+    answers: list[object] = [
+        crowd,
+        crowd,  # the same: nothing new said or done
+        OSError("store down"),  # keeps standing by
+        [_node("a"), _node("b", running=False), _node("c")],  # b stopped
+        crowd,
+    ]
+    told: list[str | None] = []
+
+    async def nodes() -> list[NodeRecord]:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        assert isinstance(answer, list)
+        return answer
+
+    async def main() -> None:
+        task = asyncio.ensure_future(
+            watch_crowding(
+                nodes,
+                host="mx1",
+                cpus=2,
+                clock=lambda: 100.0,
+                interval=0.01,
+                me="c",
+                mine=lambda: {("relay", "out")},
+                stand_by=told.append,
+            )
+        )
+        while answers:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.02)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    with caplog.at_level(logging.DEBUG, logger="spoolbox.daemon"):
+        asyncio.run(main())
+    assert [t is not None for t in told] == [True, False, True]
+    said = [(r.levelname, r.getMessage().split(":")[0]) for r in caplog.records]
+    assert [s for s in said if s[0] in ("WARNING", "INFO")] == [
+        ("WARNING", "standing by"),
+        ("INFO", "delivering again"),
+        ("WARNING", "standing by"),
+    ]
+    # the warning of the warn-only watch is not said by a node that can stand by
+    assert not any("CPUs: with more delivering" in r.getMessage() for r in caplog.records)
+    assert STANDBY_INTERVAL <= 10
+
+
 @contextlib.contextmanager
 def _one_cpu() -> Iterator[None]:
     """The processes started in the block run on one CPU (they inherit it)."""
@@ -107,6 +271,62 @@ def test_a_second_node_on_a_one_cpu_machine_warns(
         said = f"2 spoolbox nodes are up on this machine ({socket.gethostname()}: node-a, node-b)"
         wait_for("node-b's warning", lambda: said in b.log())
         assert f"WARNING spoolbox.daemon: {said} and it has 1 CPU" in b.log()
+    finally:
+        cluster.stop_all()
+    assert not [n.name for n in cluster.nodes.values() if "Traceback" in n.log()]
+
+
+def test_a_second_node_stands_by_and_takes_over_when_the_first_stops(
+    tmp_path: Path, pg_database: Callable[[], str], sink: Sink
+) -> None:
+    """``standby_when_crowded = true``, two nodes with one CPU between them: the
+    second stands by (its log, its row in ``spoolbox status``), and the mail
+    submitted through it is delivered by the first; when the first stops, the
+    second delivers again within its next look and sends what comes next."""
+    store = SharedStore.postgres(pg_database())
+    cluster = Cluster(tmp_path, store)
+    standby = "\n[daemon]\nstandby_when_crowded = true\n"
+    try:
+        with _one_cpu():
+            a = cluster.add("node-a", sink.port, transports=standby)
+            wait_for("node-a running", lambda: " running (pid" in a.log())
+            b = cluster.add("node-b", sink.port, transports=standby)
+        said = (
+            f"WARNING spoolbox.daemon: standing by: 2 spoolbox nodes are up on this machine "
+            f"({socket.gethostname()}: node-a, node-b) and it has 1 CPU; node-a delivers "
+            "this node's transports"
+        )
+        # node-b looks at its start, before node-a's relay may be on-line in the
+        # store: within a few looks
+        wait_for("node-b standing by", lambda: said in b.log(), deadline=4 * STANDBY_INTERVAL)
+        assert "standing by" not in a.log()
+        rows = {(r["node"], r["name"]): r for r in b.json("status")["rows"]}
+        assert rows[("node-b", "spooler")]["status"] == "Standing by", rows
+        client = Client(b.profile)
+        for batch in (range(10), range(10, 20)):
+            client.submit_many(
+                [
+                    NewMessage(
+                        id=mid,
+                        sender=Address.parse("SMTP:postmaster@example.org"),
+                        recipients=(Address.parse("SMTP:dora@example.org"),),
+                        content=content,
+                    )
+                    for mid, content in (message(i) for i in batch)
+                ]
+            )
+            if batch[0] == 0:
+                wait_for("the first ten delivered", lambda: len(sink.received) == 10)
+                wait_for("node-a settled them", lambda: a.log().count("status=sent") == 10)
+                assert b.log().count("status=sent") == 0
+                a.stop()
+                wait_for(
+                    "node-b delivering again",
+                    lambda: "INFO spoolbox.daemon: delivering again" in b.log(),
+                    deadline=4 * STANDBY_INTERVAL,
+                )
+        wait_for("the next ten delivered by node-b", lambda: b.log().count("status=sent") == 10)
+        assert len(sink.received) == 20
     finally:
         cluster.stop_all()
     assert not [n.name for n in cluster.nodes.values() if "Traceback" in n.log()]

@@ -10,6 +10,8 @@ wait for it.  Flushes and critical-section holders bypass it.
 * :class:`AlwaysIdle` is for the daemon, which instead runs at a lowered OS priority
   so the operating system gives the foreground the CPU.
 * :class:`ManualIdle` is for tests and hosts that know better.
+* :class:`StandbyIdle` wraps another policy for a node that stands by (the daemon's
+  ``[daemon] standby_when_crowded``): while it does, no background work starts.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-__all__ = ["LAG_WINDOW", "AlwaysIdle", "IdlePolicy", "LoopLagIdle", "ManualIdle"]
+__all__ = ["LAG_WINDOW", "AlwaysIdle", "IdlePolicy", "LoopLagIdle", "ManualIdle", "StandbyIdle"]
 
 #: How many recent ticks ``loop_lag_p99`` is taken over.
 LAG_WINDOW = 1000
@@ -166,6 +168,39 @@ class LoopLagIdle(_Marks):
             "max_loop_lag": self.max_loop_lag,
             "loop_lag_p99": _p99(self._recent),
         }
+
+
+class StandbyIdle:
+    """``inner``, except that nothing is idle while the node stands by (new claims and
+    mailbox polls wait; a flush, which bypasses idleness, still goes through)."""
+
+    def __init__(self, inner: IdlePolicy, *, standing_by: bool = False) -> None:
+        self.inner = inner
+        self.standing_by = standing_by
+        self._changed = asyncio.Event()
+
+    def stand_by(self, on: bool) -> None:
+        self.standing_by = on
+        if not on:
+            self._changed.set()
+
+    def is_idle(self) -> bool:
+        return not self.standing_by and self.inner.is_idle()
+
+    async def wait_idle(self) -> None:
+        while self.standing_by:
+            self._changed.clear()
+            await self._changed.wait()
+        await self.inner.wait_idle()
+
+    def foreground_busy(self) -> contextlib.AbstractContextManager[None]:
+        return self.inner.foreground_busy()
+
+    async def run(self) -> None:
+        await self.inner.run()
+
+    def statistics(self) -> dict[str, float | int | bool]:
+        return {**self.inner.statistics(), "idle": self.is_idle(), "standby": self.standing_by}
 
 
 def _p99(values: collections.abc.Iterable[float]) -> float:

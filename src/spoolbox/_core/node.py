@@ -49,6 +49,7 @@ from .runtime import SPOOLER_ROW
 
 __all__ = [
     "NO_WAKEUPS",
+    "STANDING_BY",
     "STORE_UNAVAILABLE",
     "NodePresence",
     "NodeSettings",
@@ -67,6 +68,8 @@ T = TypeVar("T")
 STORE_UNAVAILABLE = "store unavailable"
 #: The spooler row's detail while wake-ups from other nodes are off (then ": why").
 NO_WAKEUPS = "no wake-ups from other nodes, their work is found by polling"
+#: The spooler row's status while the node stands by (:meth:`NodePresence.stand_by`).
+STANDING_BY = "Standing by"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -209,6 +212,8 @@ class NodePresence:
         self.unavailable: str | None = None
         #: Why the store's wake-ups from other nodes are off (None: on, or none).
         self.no_wakeups: str | None = None
+        #: Why this node stands by (None: it delivers), as the daemon says.
+        self.standby: str | None = None
         self.publishes = 0
         self.flushes_served = 0
 
@@ -222,6 +227,7 @@ class NodePresence:
             "flushes_served": self.flushes_served,
             "store_unavailable": self.unavailable,
             "no_wakeups": self.no_wakeups,
+            "standby": self.standby,
         }
 
     def wakeups(self, problem: str | None) -> None:
@@ -233,9 +239,25 @@ class NodePresence:
         if self.unavailable is None and SPOOLER_ROW in self._spooler.status:
             self._spooler.status.update(SPOOLER_ROW, detail=self._detail())
 
+    def stand_by(self, reason: str | None) -> None:
+        """The node stands by (``reason``) or delivers again (None): the spooler row
+        says ``Standing by`` with the reason, unless the store is unavailable."""
+        self.standby = reason
+        self._changed = True
+        if self.unavailable is None and SPOOLER_ROW in self._spooler.status:
+            self._spooler.status.update(
+                SPOOLER_ROW, status_string=self._status_string(), detail=self._detail()
+            )
+
+    def _status_string(self) -> str | None:
+        return None if self.standby is None else STANDING_BY
+
     def _detail(self) -> str | None:
         """The spooler row's detail while the store is reachable."""
-        return None if self.no_wakeups is None else f"{NO_WAKEUPS}: {self.no_wakeups}"
+        said = [] if self.standby is None else [self.standby]
+        if self.no_wakeups is not None:
+            said.append(f"{NO_WAKEUPS}: {self.no_wakeups}")
+        return "; ".join(said) or None
 
     def wake(self) -> None:
         """Read the flush requests now (a NOTIFY said one was recorded)."""
@@ -312,7 +334,7 @@ class NodePresence:
         status = self._spooler.status
         row = status.get(SPOOLER_ROW)
         if row is not None and row.status_string == STORE_UNAVAILABLE:
-            status.update(SPOOLER_ROW, status_string=None, detail=self._detail())
+            status.update(SPOOLER_ROW, status_string=self._status_string(), detail=self._detail())
 
     # -- flushes asked by other nodes --------------------------------------------------
     async def flush_asked(self, transport: str) -> bool:

@@ -46,12 +46,16 @@ from typing import IO, Any, Protocol, runtime_checkable
 
 from .. import (
     AlwaysIdle,
+    IdlePolicy,
+    LoopLagIdle,
     MessageInfo,
     NewMessage,
     Spooler,
     __version__,
     load_provider_class,
 )
+from .._core.idle import StandbyIdle
+from .._core.node import node_of
 from .._core.rate import RateWindows
 from .._private import openness, private_dir
 from ..api.wire import NOT_RUNNING, ApiError
@@ -59,7 +63,7 @@ from ..model import LogonFlags
 from ..profile import Profile, ProfileError, load_profile
 from ..store import ClusterStore, NodeRecord
 from .api_server import LocalApiServer
-from .crowding import watch_crowding
+from .crowding import Served, served_by, watch_crowding
 from .listeners import Listeners
 from .log_format import choose_format
 from .maildrop import MaildropPickup
@@ -134,6 +138,13 @@ class Daemon:
         self.extra_secrets = dict(extra_secrets or {})
         self.spooler: Spooler | None = None
         self._rates = RateWindows()
+        #: ``[daemon] standby_when_crowded`` on a PostgreSQL store (read at start):
+        #: the spooler's idle policy can stand by, and why it does (None: it delivers)
+        self._standby_mode = (
+            profile.daemon.standby_when_crowded and profile.store.backend == "postgres"
+        )
+        self._standby: str | None = None
+        self._standby_idle: StandbyIdle | None = None
         self._ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
@@ -236,7 +247,13 @@ class Daemon:
                 # Nodes anywhere: too many of them on this machine is a warning.
                 crowding = asyncio.ensure_future(
                     watch_crowding(
-                        self._nodes, host=socket.gethostname(), cpus=usable_cpus(), clock=time.time
+                        self._nodes,
+                        host=socket.gethostname(),
+                        cpus=usable_cpus(),
+                        clock=time.time,
+                        me=self.profile.spooler.node,
+                        mine=self._served,
+                        stand_by=self._stand_by if self._standby_mode else None,
                     )
                 )
             while not self._stop.is_set():
@@ -272,6 +289,23 @@ class Daemon:
         """The store's nodes (none from a store that keeps no node records)."""
         store = self.spooler.store if self.spooler is not None else None
         return await store.nodes() if isinstance(store, ClusterStore) else []
+
+    def _served(self) -> set[Served]:
+        """The transports this node serves now, and in which direction."""
+        spooler = self.spooler
+        if spooler is None:
+            return set()
+        return served_by(row.to_dict() for row in spooler.status)
+
+    def _stand_by(self, reason: str | None) -> None:
+        """Stand by (``reason``) or deliver again (None): the spooler's idle policy
+        holds new claims and polls back, its row says so (kept across a reload)."""
+        self._standby = reason
+        if self._standby_idle is not None:
+            self._standby_idle.stand_by(reason is not None)
+        presence = node_of(self.spooler) if self.spooler is not None else None
+        if presence is not None:
+            presence.stand_by(reason)
 
     async def _watchdog(self, interval: float) -> None:
         """WATCHDOG=1 every ``interval`` s (half of systemd's WatchdogSec): it comes
@@ -378,13 +412,24 @@ class Daemon:
     async def _start_spooler(self, profile: Profile) -> Spooler:
         config = self._config(profile)
         store = store_from_settings(profile.store, shared=shares_store(profile, len(self.workers)))
-        idle = AlwaysIdle() if profile.idle == "always" else None
+        idle: IdlePolicy | None = AlwaysIdle() if profile.idle == "always" else None
+        lag: LoopLagIdle | None = None
+        self._standby_idle = None
+        if self._standby_mode:
+            if idle is None:
+                idle = lag = LoopLagIdle()
+            idle = self._standby_idle = StandbyIdle(idle, standing_by=self._standby is not None)
         cls = WakingSpooler if len(self.workers) else Spooler
         # The max_rate windows outlive a reload: sends before it still count.
         spooler = cls.open(config, store=store, close_store=True, idle=idle, rates=self._rates)
+        if lag is not None:  # as the spooler wires the LoopLagIdle it makes itself
+            lag.set_own_busy(lambda: spooler.meter.busy_time)
         # Its record and rows in the store, its flush part, the mailbox leases.
         spooler.as_node()
         await spooler.start()
+        presence = node_of(spooler)
+        if self._standby is not None and presence is not None:  # still, after a reload
+            presence.stand_by(self._standby)
         if not await wake_on_other_nodes(spooler) and isinstance(spooler, WakingSpooler):
             # No wake-ups through the store (SQLite): the workers hear of new work
             # from this daemon, over their stdin.
@@ -458,7 +503,15 @@ class Daemon:
             log.error("reload refused, keeping the running profile: %s", exc)
             self.reload_error = f"the new profile is invalid: {exc}"
             return False
-        changed = ["socket", "socket_group", "pid_file", "nice", "event_loop", "maildrop"]
+        changed = [
+            "socket",
+            "socket_group",
+            "pid_file",
+            "nice",
+            "event_loop",
+            "maildrop",
+            "standby_when_crowded",
+        ]
         changed += [] if self._workers_from_cli else ["workers"]
         for key in changed:
             if getattr(new.daemon, key) != getattr(self.profile.daemon, key):

@@ -299,6 +299,7 @@ def _daemon(dm: Table, under_data: Callable[[str], Path]) -> DaemonSettings:
         event_loop=event_loop,
         socket_group=dm.text("socket_group"),
         workers=dm.integer("workers", 0, _WORKERS),
+        standby_when_crowded=dm.flag("standby_when_crowded", False),
         maildrop=under_data(maildrop) if (maildrop := dm.pathname("maildrop", "")) else None,
     )
     if daemon.maildrop is not None and daemon.socket_group is None:

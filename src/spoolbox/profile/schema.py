@@ -69,6 +69,10 @@ class DaemonSettings:
     socket_group: str | None = None
     #: delivery worker processes besides the daemon's own spooler (0: none, as before)
     workers: int = 0
+    #: on a PostgreSQL store, stand by while more nodes are up on this machine than
+    #: it has CPUs and the first of them serve this node's transports
+    #: (:mod:`spoolbox.daemon.crowding`); False: deliver, and warn
+    standby_when_crowded: bool = False
     #: where members of ``socket_group`` leave mail while the daemon is down (None: no
     #: maildrop; :mod:`spoolbox.api.maildrop`)
     maildrop: Path | None = None
