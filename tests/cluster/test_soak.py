@@ -73,11 +73,16 @@ def _states(dsn: str) -> dict[str, int]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("standby", [False, True], ids=["all-deliver", "standby"])
 def test_three_nodes_killed_at_random_lose_nothing(
-    cluster: Cluster, smtp_sink: Any, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, smtp_sink: Any, monkeypatch: pytest.MonkeyPatch, standby: bool
 ) -> None:
+    """With ``standby`` every node has ``[daemon] standby_when_crowded = true``: on a
+    machine with fewer CPUs than nodes the last ones by name stand by, and take over
+    when a delivering one is killed (its lease runs out)."""
+    tail = "\n[daemon]\nstandby_when_crowded = true\n" if standby else ""
     nodes = [
-        cluster.add(name, smtp_sink.port, policy=POLICY, max_connections=IN_FLIGHT)
+        cluster.add(name, smtp_sink.port, policy=POLICY, max_connections=IN_FLIGHT, transports=tail)
         for name in NODES
     ]
     worker = crash_smtp.worker
@@ -124,6 +129,11 @@ def test_three_nodes_killed_at_random_lose_nothing(
     assert states == {"delivered": N}, states  # each recipient in one terminal state
     assert kills >= 3
     assert duplicates <= kills * IN_FLIGHT, (duplicates, kills)
+    logs = [node.log() for node in nodes]
+    if standby and len(os.sched_getaffinity(0)) < len(nodes):
+        assert any("standing by:" in log for log in logs), "no node stood by"
+    if not standby:
+        assert not any("standing by:" in log for log in logs)
 
 
 # -- the same with `spoolbox run --workers 2` on SQLite ------------------------------------
