@@ -53,8 +53,9 @@ POLICIES: dict[str, tuple[int, str, str]] = {
     "mta-sts.testing.test": (200, "text/plain", ENFORCE.replace("enforce", "testing")),
     "mta-sts.moved.test": (301, "text/plain", ""),
     "mta-sts.html.test": (200, "text/html", ENFORCE),
+    "mta-sts.brief.test": (200, "text/plain", ENFORCE.replace("86400", "0")),
 }
-DOMAINS = ("sts", "strict", "mismatch", "testing", "moved", "html", "down", "plain")
+DOMAINS = ("sts", "strict", "mismatch", "testing", "moved", "html", "down", "plain", "brief")
 RECORDS = [
     f"--host-record=mx1.sts.test,{MX1}",
     *(f"--mx-host={d}.test,mx1.sts.test,10" for d in DOMAINS),
@@ -436,6 +437,25 @@ async def test_lanes_asking_at_once_share_one_look(
     assert {p.mode if p else None for p in found} == {"enforce"}
     assert web.asked == ["mta-sts.sts.test"]
     assert dns.queries("TXT _mta-sts.sts.test") == 1
+
+
+async def test_a_policy_not_to_be_cached_is_fetched_once_for_the_lanes_waiting(
+    dns: Dnsmasq, ca: trustme.CA, ca_file: str
+) -> None:
+    """brief.test's policy says max_age 0: it is not kept, so the next message asks
+    again (section 3.2); but ten lanes asking at once share one fetch, instead of
+    fetching it ten times, one after the other."""
+    resolver = MXResolver((parse_nameserver(dns.nameserver),), 3.0)
+    context = ssl.create_default_context(cafile=ca_file)
+    with policy_server(ca) as web:
+        finder = PolicyFinder(resolver, context, port=web.port)
+        found = await asyncio.gather(*(finder.policy("brief.test") for _ in range(10)))
+        assert {(p.mode, p.max_age) if p else None for p in found} == {("enforce", 0)}
+        assert web.asked == ["mta-sts.brief.test"]
+        assert dns.queries("TXT _mta-sts.brief.test") == 1
+        again = await finder.policy("brief.test")
+    assert again is not None and again.mode == "enforce"
+    assert web.asked == ["mta-sts.brief.test"] * 2  # not kept: fetched again
 
 
 async def test_a_full_cache_forgets_domains_without_an_enforced_policy_first(

@@ -169,6 +169,18 @@ class _Kept:
     checked: float  # when the TXT record was last asked
 
 
+class _Look:
+    """The look at one domain under way: one lane asks, those that come meanwhile
+    wait for it and take its answer (``looks`` counts the answers had)."""
+
+    __slots__ = ("found", "lock", "looks")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.looks = 0
+        self.found: Policy | None = None
+
+
 class PolicyFinder:
     """Each domain's policy, kept (module doc).  ``context`` verifies the policy
     servers' certificates (the system's CAs, or the transport's ``ca_file``)."""
@@ -190,7 +202,7 @@ class PolicyFinder:
         self._timeout = timeout
         self._clock = clock
         self._kept: dict[str, _Kept] = {}
-        self._looking: dict[str, asyncio.Lock] = {}  # by domain, while one is asked
+        self._looking: dict[str, _Look] = {}  # by domain, while one is asked
         #: The last reason a policy could not be had, by domain (the status object).
         self.trouble: dict[str, str] = {}
         # The enforce policies kept in the store (a wall clock's times: they outlive
@@ -225,14 +237,23 @@ class PolicyFinder:
         if kept is not None:
             return kept.policy
         # One look at a time per domain: the lanes that come meanwhile (a run of
-        # messages to a new domain) take what the first one found.
-        lock = self._looking.setdefault(key, asyncio.Lock())
+        # messages to a new domain) take what the first one found, also when it is
+        # not kept (a policy whose max_age is 0 must not be cached, but the lanes
+        # that waited for its fetch use it, instead of each fetching it again in turn).
+        look = self._looking.setdefault(key, _Look())
+        before = look.looks
         try:
-            async with lock:
+            async with look.lock:
+                if look.looks != before:
+                    return look.found
                 kept = self._fresh(key)
-                return kept.policy if kept is not None else await self._look(key)
+                if kept is not None:
+                    return kept.policy
+                look.found = await self._look(key)
+                look.looks += 1
+                return look.found
         finally:
-            if not lock.locked():
+            if not look.lock.locked():
                 self._looking.pop(key, None)
 
     def _fresh(self, key: str) -> _Kept | None:
