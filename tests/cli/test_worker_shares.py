@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 import smtplib
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from aiosmtpd.smtp import Envelope, Session
 from conftest import (
     DEADLINE,
     Daemons,
+    Home,
     relay_home,
     smtp_server,
     wait_until,
@@ -56,6 +58,21 @@ def server() -> Iterator[tuple[int, _SlowServer]]:
         yield port, handler
 
 
+def _relay_and_stop(
+    home: Home, daemons: Daemons, proc: subprocess.Popen[bytes], sink: _SlowServer, total: int
+) -> list[str]:
+    """``total`` messages through the listener, until the server has them all; the
+    daemon stopped; which process delivered each (its ``status=sent`` line)."""
+    with smtplib.SMTP("127.0.0.1", home.listener_port(), timeout=DEADLINE) as smtp:
+        for i in range(total):
+            smtp.sendmail("app@example.org", [f"r{i}@example.org"], f"Subject: {i}\r\n\r\nx\r\n")
+    wait_until("the server to have them all", lambda: sink.received == total)
+    assert daemons.stop(proc) == 0
+    by = [m.group(1) or "daemon" for m in _SENT.finditer(daemons.logs[-1].read_text())]
+    assert len(by) == total, by
+    return by
+
+
 def test_max_connections_is_shared_by_the_daemon_and_its_workers(
     tmp_path: Path, daemons: Daemons, server: tuple[int, _SlowServer]
 ) -> None:
@@ -81,15 +98,8 @@ def test_max_connections_is_shared_by_the_daemon_and_its_workers(
         "max_connections = 2 as 1 + 1; w2 does not deliver for it"
     )
     assert log.count(said) == 1, log
-    total = 30
-    with smtplib.SMTP("127.0.0.1", home.listener_port(), timeout=DEADLINE) as smtp:
-        for i in range(total):
-            smtp.sendmail("app@example.org", [f"r{i}@example.org"], f"Subject: {i}\r\n\r\nx\r\n")
-    wait_until("the server to have them all", lambda: sink.received == total)
-    assert daemons.stop(proc) == 0
+    by = _relay_and_stop(home, daemons, proc, sink, 30)
     assert 1 <= sink.most <= 2, sink.most
-    by = [m.group(1) or "daemon" for m in _SENT.finditer(daemons.logs[-1].read_text())]
-    assert len(by) == total, by
     assert "w2" not in by, by
 
 
@@ -111,13 +121,6 @@ def test_the_providers_default_connections_are_shared_too(
         "max_connections = 10 (its default) as 4 + 3 + 3"
     )
     assert daemons.logs[-1].read_text().count(said) == 1, daemons.logs[-1].read_text()
-    total = 80
-    with smtplib.SMTP("127.0.0.1", home.listener_port(), timeout=DEADLINE) as smtp:
-        for i in range(total):
-            smtp.sendmail("app@example.org", [f"r{i}@example.org"], f"Subject: {i}\r\n\r\nx\r\n")
-    wait_until("the server to have them all", lambda: sink.received == total)
-    assert daemons.stop(proc) == 0
+    by = _relay_and_stop(home, daemons, proc, sink, 80)
     assert 4 <= sink.most <= 10, sink.most
-    by = [m.group(1) or "daemon" for m in _SENT.finditer(daemons.logs[-1].read_text())]
-    assert len(by) == total, by
     assert set(by) == {"daemon", "w1", "w2"}, by

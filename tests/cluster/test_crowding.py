@@ -12,6 +12,7 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nodes import Cluster, SharedStore, Sink, message, wait_for
@@ -63,15 +64,9 @@ def test_more_nodes_up_on_this_host_than_cpus_is_said_with_their_names() -> None
     assert crowded(stopped, host="mx1", cpus=1, now=100.0) is None
 
 
-def test_the_watch_warns_once_and_again_only_when_the_count_grows(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    answers: list[object] = [
-        [_node("a"), _node("b")],
-        [_node("a"), _node("b")],  # the same: no second warning
-        OSError("store down"),  # said at DEBUG, looked at again
-        [_node("a"), _node("b"), _node("c")],  # one more: warned again
-    ]
+def _watch(answers: list[object], **more: Any) -> None:
+    """``watch_crowding`` on mx1 looking at the scripted ``answers`` (node lists, or an
+    exception the store raises), one every 10 ms, until none is left."""
 
     async def nodes() -> list[NodeRecord]:
         answer = answers.pop(0)
@@ -82,7 +77,7 @@ def test_the_watch_warns_once_and_again_only_when_the_count_grows(
 
     async def main() -> None:
         task = asyncio.ensure_future(
-            watch_crowding(nodes, host="mx1", cpus=1, clock=lambda: 100.0, interval=0.01)
+            watch_crowding(nodes, host="mx1", clock=lambda: 100.0, interval=0.01, **more)
         )
         while answers:
             await asyncio.sleep(0.01)
@@ -91,8 +86,21 @@ def test_the_watch_warns_once_and_again_only_when_the_count_grows(
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
+    asyncio.run(main())
+
+
+def test_the_watch_warns_once_and_again_only_when_the_count_grows(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    answers: list[object] = [
+        [_node("a"), _node("b")],
+        [_node("a"), _node("b")],  # the same: no second warning
+        OSError("store down"),  # said at DEBUG, looked at again
+        [_node("a"), _node("b"), _node("c")],  # one more: warned again
+    ]
+
     with caplog.at_level(logging.DEBUG, logger="spoolbox.daemon"):
-        asyncio.run(main())
+        _watch(answers, cpus=1)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert [w.split(" (")[0] for w in warnings] == [
         "2 spoolbox nodes are up on this machine",
@@ -203,35 +211,8 @@ def test_the_watch_stands_by_and_delivers_again_as_the_count_changes(
     ]
     told: list[str | None] = []
 
-    async def nodes() -> list[NodeRecord]:
-        answer = answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        assert isinstance(answer, list)
-        return answer
-
-    async def main() -> None:
-        task = asyncio.ensure_future(
-            watch_crowding(
-                nodes,
-                host="mx1",
-                cpus=2,
-                clock=lambda: 100.0,
-                interval=0.01,
-                me="c",
-                mine=lambda: {("relay", "out")},
-                stand_by=told.append,
-            )
-        )
-        while answers:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.02)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
     with caplog.at_level(logging.DEBUG, logger="spoolbox.daemon"):
-        asyncio.run(main())
+        _watch(answers, cpus=2, me="c", mine=lambda: {("relay", "out")}, stand_by=told.append)
     assert [t is not None for t in told] == [True, False, True]
     said = [(r.levelname, r.getMessage().split(":")[0]) for r in caplog.records]
     assert [s for s in said if s[0] in ("WARNING", "INFO")] == [
