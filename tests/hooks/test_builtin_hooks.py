@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import re
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +212,62 @@ async def test_dkim_signature_verifies_with_dkimpy_and_opendkim(
     tampered = signed.replace(b"Body line one", b"Body line 1")
     assert not dkimpy_verifies(tampered, records)
     assert "succeeded" not in opendkim_says(tmp_path, tampered, records)
+
+
+_SIGNER = """
+import asyncio, multiprocessing, sys
+from spoolbox.contract import Change, HookFlags, HookMessage
+from spoolbox.hooks.dkim import DkimHook
+
+async def main() -> None:
+    hook = DkimHook({"domain": "example.org", "selector": "s1", "key_file": sys.argv[1]})
+    message = HookMessage("m1", HookFlags.OUTBOUND, "smtp", None, ("SMTP:b@example.net",),
+                          b"From: a@example.org\\r\\n\\r\\nHi\\r\\n")
+    assert isinstance(await hook.outbound(message), Change)
+    print(*(child.pid for child in multiprocessing.active_children()), flush=True)
+    await asyncio.sleep(60)  # killed before
+
+if __name__ == "__main__":  # (the signing process, spawned, imports this file too)
+    asyncio.run(main())
+"""
+
+
+def test_the_signing_process_ends_when_the_one_that_started_it_is_killed(
+    rsa_key: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A process that signed a message (its signing worker started) is killed with
+    SIGKILL, which leaves it no chance to stop the worker: the worker ends by itself
+    within a few seconds, instead of waiting for work for ever (one left behind by
+    each daemon killed)."""
+    key, _txt = rsa_key
+    script = tmp_path / "signer.py"
+    script.write_text(_SIGNER)
+    with subprocess.Popen(
+        [sys.executable, str(script), str(key)], stdout=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            pids = [int(pid) for pid in proc.stdout.readline().split()]
+            assert pids, "no signing process was started"
+            assert all(_alive(pid) for pid in pids)
+        finally:
+            proc.kill()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in pids if _alive(pid)]
+    for pid in left:  # (not left behind by the test either)
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], "the signing process outlived its parent"
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 async def test_dkim_key_by_from_domain_then_sender_and_unknown_domains_unsigned(

@@ -22,6 +22,9 @@ Signing runs in a worker *process* of the hook's own (started on the first messa
 stopped when the spooler closes): dkimpy's RSA is Python's big-integer ``pow``, which
 holds the GIL for tens of milliseconds, so a thread would still stall the event loop.
 A worker that dies fails that message's signing (it is retried) and is replaced.
+The worker ends by itself within a second of the process that started it (it looks
+at its parent once a second): a daemon killed with SIGKILL, which cannot stop it,
+leaves no signing process behind.
 
 Run it last among the outbound hooks, after anything that changes headers.
 """
@@ -31,6 +34,9 @@ from __future__ import annotations
 import asyncio
 import importlib
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -185,7 +191,12 @@ class DkimHook:
         if key is None:
             return KEEP
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(
+                1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=end_with_parent,
+                initargs=(os.getpid(),),
+            )
         loop = asyncio.get_running_loop()
         try:
             signed = await loop.run_in_executor(
@@ -201,6 +212,22 @@ class DkimHook:
         pool, self._pool = self._pool, None
         if pool is not None:
             await asyncio.to_thread(pool.shutdown)
+
+
+#: How often the signing process looks whether its parent is still there (seconds).
+PARENT_CHECK = 1.0
+
+
+def end_with_parent(parent: int) -> None:
+    """In the signing process, at its start: a thread that ends the process once
+    ``parent`` (the process that started it) is gone; it was re-parented then."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="spoolbox-dkim-parent", daemon=True).start()
 
 
 def sign(key: DomainKey, content: bytes, headers: Sequence[bytes]) -> bytes:
