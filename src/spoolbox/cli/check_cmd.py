@@ -15,8 +15,9 @@ until ...)``: its certificate and key load, and it does not expire within 14
 days), then a ``routing: warning: ...`` line for each pair of transports limited to
 the same domain for the same address type (the second gets that mail only when the
 first declines it; a warning, not a problem), and a ``workers: ...`` line for each
-transport that sets a limit the delivering processes share when ``[daemon] workers``
-is set (``max_connections``, ``destination_concurrency``, ``destination_rate_delay``:
+transport with a limit the delivering processes share when ``[daemon] workers`` is
+set (``max_connections``, ``destination_concurrency``, ``destination_rate_delay``, set
+in the profile or its provider's default; a provider that runs in one process only:
 each process's part, :mod:`spoolbox.daemon.shares`; the daemon logs it at start as
 well), and a ``workers: warning: ...`` line when those limits leave some workers
 nothing to deliver for; exit 0 when all are good, 1 when any of them has a problem,

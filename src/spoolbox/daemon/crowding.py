@@ -116,9 +116,7 @@ def crowded(
 ) -> tuple[int, str] | None:
     """``(count, warning)`` when more nodes are up on ``host`` than ``cpus``, else
     None (also when the CPUs are unknown)."""
-    here = sorted(
-        r.name for r in records if r.host == host and node_state(r, now=now) is NodeState.UP
-    )
+    here = sorted(_up_here(records, host, now))
     if cpus is None or len(here) <= cpus:
         return None
     return len(here), (

@@ -221,11 +221,12 @@ def idle_workers(
     """A warning when some of the ``workers`` deliver for no transport at all (every
     outbound transport's limits leave them out), else None."""
     processes = workers + 1
-    outbound = [t for t in transports if t.outbound]
+    # Each transport's share once (its limits are read once), then who it leaves out.
+    shares = [transport_share(t, processes, limits_of) for t in transports if t.outbound]
     idle = [
         f"w{i}"
         for i in range(1, processes)
-        if outbound and not process_transports(tuple(outbound), i, processes, limits_of)
+        if shares and not any(found is None or found.serves(i) for found in shares)
     ]
     if not idle:
         return None
