@@ -481,31 +481,30 @@ async def test_a_server_of_the_domain_that_is_this_host_fails_the_mail_as_a_loop
 
 
 async def test_a_servers_connection_carries_the_next_message_until_it_idles_too_long(
-    dns: Dnsmasq, monkeypatch: pytest.MonkeyPatch
+    dns: Dnsmasq,
 ) -> None:
-    async with serve([MX1]) as servers, open_spooler(mx_options(dns, servers.port)) as sp:
-        for rcpt in ("SMTP:a@example.test", "SMTP:b@example.test"):
-            assert (await send(sp, message(rcpt)))[0] is MessageState.SENT
-        session = sp.host("smtp").session
-        assert isinstance(session, smtp_session.SMTPSession)
-        assert session.connections_opened == 1
-        assert session.status_object()["connections_open"] == 1
-        monkeypatch.setattr(smtp_session, "_MX_IDLE_KEEP", 0.2)
-        assert (await send(sp, message("SMTP:c@example.test")))[0] is MessageState.SENT
-        # Idle for longer than that: closed, with QUIT, without another message (the
-        # status row says so just after the count of open connections drops).
-        idle = "idle, delivering by MX lookup, 3 sent"
-        for _ in range(100):
-            said = sp.status["smtp"].status_string or ""
-            if session.status_object()["connections_open"] == 0 and idle in said:
-                break
-            await asyncio.sleep(0.05)
-        assert session.status_object()["connections_open"] == 0
-        assert idle in (sp.status["smtp"].status_string or "")
-        assert (await send(sp, message("SMTP:d@example.test")))[0] is MessageState.SENT
-        assert session.connections_opened == 2
+    async with serve([MX1]) as servers:
+        # idle_timeout 1 s: the three messages, one after another, share a connection.
+        async with open_spooler(mx_options(dns, servers.port, idle_timeout=1.0)) as sp:
+            for rcpt in ("SMTP:a@example.test", "SMTP:b@example.test", "SMTP:c@example.test"):
+                assert (await send(sp, message(rcpt)))[0] is MessageState.SENT
+            session = sp.host("smtp").session
+            assert isinstance(session, smtp_session.SMTPSession)
+            assert session.connections_opened == 1
+            # Idle for longer than that: closed, with QUIT, without another message
+            # (the status row says so just after the count of open connections drops).
+            idle = "idle, delivering by MX lookup, 3 sent"
+            for _ in range(200):
+                said = sp.status["smtp"].status_string or ""
+                if session.status_object()["connections_open"] == 0 and idle in said:
+                    break
+                await asyncio.sleep(0.05)
+            assert session.status_object()["connections_open"] == 0
+            assert idle in (sp.status["smtp"].status_string or "")
+            assert servers.by_host[MX1].quits == 1
+            assert (await send(sp, message("SMTP:d@example.test")))[0] is MessageState.SENT
+            assert session.connections_opened == 2
         assert len(servers.by_host[MX1].received) == 4
-        assert servers.by_host[MX1].quits == 1
 
 
 @dataclass

@@ -123,6 +123,7 @@ def test_options_defaults_and_ports() -> None:
         ({"host": "h", "command_timeout": 0}, "'command_timeout'"),
         ({"host": "h", "data_timeout": "soon"}, "'data_timeout'"),
         ({"host": "h", "max_connections": 0}, "'max_connections'"),
+        ({"host": "h", "idle_timeout": 0}, "'idle_timeout' must be seconds, from 0.1 to 3600"),
         ({"host": "h", "helo_name": "a b"}, "'helo_name'"),
         ({"host": "h", "tls": "none", "username": "u", "password": "p"}, "plaintext"),
     ],
@@ -421,6 +422,52 @@ async def test_a_connection_closed_by_the_server_while_idle_is_replaced() -> Non
         assert state is MessageState.SENT
         assert srv.connections == 2
         assert [r.rcpt_tos for r in rec.received] == [["a@example.org"], ["b@example.org"]]
+
+
+async def _row_until(sp: Any, words: str, within: float) -> str:
+    """The smtp row's text once it has ``words`` (or as it is after ``within`` s)."""
+    said = ""
+    for _ in range(int(within / 0.05)):
+        said = sp.status["smtp"].status_string or ""
+        if words in said:
+            break
+        await asyncio.sleep(0.05)
+    return said
+
+
+async def test_an_idle_connection_is_closed_with_quit_after_idle_timeout() -> None:
+    rec = Recorder()
+    async with (
+        aiosmtpd_server(rec) as srv,
+        open_spooler(options(srv.port, idle_timeout=0.5)) as sp,
+    ):
+        assert (await send(sp, message("SMTP:a@example.org")))[0] is MessageState.SENT
+        session = sp.host("smtp").session
+        assert "connected to" in (sp.status["smtp"].status_string or "")
+        said = await _row_until(sp, "idle, relaying via", within=10)
+        assert said.startswith(f"idle, relaying via {HOST}:{srv.port}, 1 sent"), said
+        assert session.status_object()["connections_open"] == 0  # type: ignore[union-attr]
+        assert rec.quits == 1  # closed politely, without another message
+        # The next message opens a new connection.
+        assert (await send(sp, message("SMTP:b@example.org")))[0] is MessageState.SENT
+        assert srv.connections == 2
+
+
+async def test_the_row_stops_saying_connected_once_the_server_closed_the_connection() -> None:
+    """A server that drops an idle connection (it timed the client out, or stopped):
+    the status row stops saying "connected" within the sweep's 5 s, long before the
+    connection's own idle_timeout (30 s by default), and without a message to send."""
+    rec = Recorder()
+    async with aiosmtpd_server(rec) as srv, open_spooler(options(srv.port)) as sp:
+        assert (await send(sp, message("SMTP:a@example.org")))[0] is MessageState.SENT
+        assert (sp.status["smtp"].status_string or "").startswith("connected to")
+        for proto in srv.protocols:
+            transport = getattr(proto, "transport", None)
+            if transport is not None:
+                transport.close()
+        said = await _row_until(sp, "idle, relaying via", within=15)
+        assert said.startswith("idle, relaying via"), said
+        assert rec.quits == 0  # nothing to say QUIT to
 
 
 async def test_cancel_aborts_the_send_in_progress() -> None:

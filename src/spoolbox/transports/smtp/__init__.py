@@ -15,7 +15,8 @@ that offers CHUNKING (RFC 3030), a message held whole (up to 1 MiB) goes as ``BD
 PIPELINING in the same write as MAIL and RCPT: one round trip a message.
 
 The logon reads the settings; connections are made when there is mail to send, and
-kept (``max_connections`` at most).  ``validate_state`` (``Spooler.validate_state``,
+kept for the next message (``max_connections`` at most) until unused for
+``idle_timeout``.  ``validate_state`` (``Spooler.validate_state``,
 ``spoolbox check``) connects at once: greeting, EHLO, STARTTLS and AUTH as configured,
 the connection kept for the next message; a smart host that cannot be reached raises
 :class:`~spoolbox.contract.NetworkError` with the reason, and the status row shows
@@ -78,6 +79,13 @@ Configuration (the transport's ``options`` in the profile):
     spooler may hand this session at once (``concurrency``), i.e. the concurrency
     limit towards the smart host (docs/benchmarks.md, "Shipped defaults", has the
     measurement that chose it).
+``idle_timeout``
+    Seconds, default 30 (10 with ``delivery = "mx"``): a connection unused this long
+    is closed with QUIT, so that a smart host is not held for mail that is not
+    coming (servers drop an idle client after 60 s to 5 minutes themselves; Postfix
+    keeps one 2 s).  The idle connections are looked at every 5 s (or half the
+    ``idle_timeout``): those the server closed meanwhile are dropped then too, and
+    the status row says ``idle, relaying via ...`` instead of ``connected to ...``.
 ``destination_concurrency``
     ``delivery = "mx"`` only: how many of those messages may be for one domain at
     once (default 20, Postfix's ``default_destination_concurrency_limit``; half of a

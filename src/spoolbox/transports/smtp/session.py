@@ -52,10 +52,12 @@ _BAD_ADDRESS_RE = re.compile(r"[\s<>\x00-\x1f\x7f]")
 #: address type (``MAILDIR:postmaster``) may be to be qualified with the host name.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LOCAL_PART_RE = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*")
-#: Delivery "mx": a connection to a domain's server idle this long is closed, with
-#: QUIT (Postfix keeps one 2 s, ``smtp_connection_cache_time_limit``); one used again
-#: within it carries the next message to that server without a new greeting.
-_MX_IDLE_KEEP = 10.0
+#: The idle connections are looked at this often at most (and at half the
+#: ``idle_timeout`` when that is shorter): those unused for ``idle_timeout`` are
+#: closed with QUIT, those the server closed are dropped, and the status row is
+#: brought up to date (it said "connected" for as long as a connection the server
+#: had closed stayed in the pool).
+_SWEEP_EVERY = 5.0
 #: Delivery "mx": a server that could not be used (no connection, a refusal at the
 #: greeting, EHLO or TLS) is not tried again for this long: the next messages for its
 #: domain go to its other servers, or wait, at once, instead of each spending the
@@ -274,6 +276,7 @@ class SMTPSession(BaseTransportSession):
             raise NetworkError(0, f.text.removeprefix("x-spoolbox; ")) from None
         self.unreachable = ""
         self.pool.release(ref, conn, True)
+        self._sweep_later()
         self._update_status()
 
     async def flush_queues(self, flags: FlushFlags) -> None:
@@ -438,6 +441,7 @@ class SMTPSession(BaseTransportSession):
             reusable = await self._transaction(conn, message, mail_from, todo, results)
         finally:
             self.pool.release(message.ref, conn, reusable)
+            self._sweep_later()
 
     # -- delivery "mx" ------------------------------------------------------------------------
     async def _send_direct(
@@ -645,18 +649,22 @@ class SMTPSession(BaseTransportSession):
         return pool
 
     def _sweep_later(self) -> None:
-        """Have the idle servers' connections closed once idle too long (a task, so
-        that a connection nobody needs again is not held open until its server gives
-        up on it)."""
+        """Have idle connections closed once idle too long (a task, so that a
+        connection nobody needs again is not held open until its server gives up on
+        it, and the status row does not say "connected" after the server went)."""
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def _sweep(self) -> None:
-        """Every :data:`_MX_IDLE_KEEP` seconds while a connection is idle: close those
-        idle longer, and forget the pools left with nothing open or wanted."""
-        while any(p.idle for p in self._hop_pools.values()):
-            await asyncio.sleep(_MX_IDLE_KEEP / 2)
-            limit = time.monotonic() - _MX_IDLE_KEEP
+        """While a connection is idle, every :data:`_SWEEP_EVERY` seconds (or half the
+        ``idle_timeout``): close those idle longer than ``idle_timeout`` or closed by
+        their server, forget the domains' pools left with nothing open or wanted, and
+        update the status row."""
+        keep = self.settings.idle_timeout
+        while any(p.idle for p in self._pools()):
+            await asyncio.sleep(min(_SWEEP_EVERY, keep / 2))
+            limit = time.monotonic() - keep
+            await self.pool.quit_idle(limit)
             for key, pool in list(self._hop_pools.items()):
                 await pool.quit_idle(limit)
                 if pool.unused and self._hop_pools.get(key) is pool:

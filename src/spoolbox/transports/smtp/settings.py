@@ -19,7 +19,9 @@ __all__ = [
     "COMMAND_STEPS",
     "DATA_STEPS",
     "DEFAULT_DNS_TIMEOUT",
+    "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MX_IDLE_TIMEOUT",
     "DEFAULT_TIMEOUTS",
     "SMTPOptions",
     "SMTPSettings",
@@ -58,6 +60,13 @@ DEFAULT_MAX_CONNECTIONS = 10
 #: Delivery "mx"'s: Postfix's ``default_process_limit`` (its smtp processes, each a
 #: connection), for mail to many domains, each with its own servers.
 DEFAULT_MX_CONNECTIONS = 100
+#: Seconds a connection nobody uses is kept open before it is closed with QUIT
+#: (``idle_timeout``): to the smart host 30, long enough for a trickle of mail to
+#: reuse it, short of the 60 s to 5 minutes after which servers drop an idle client
+#: themselves; to a domain's server (delivery "mx") 10, as each is one of many
+#: (Postfix keeps either 2 s, ``smtp_connection_cache_time_limit``).
+DEFAULT_IDLE_TIMEOUT = 30.0
+DEFAULT_MX_IDLE_TIMEOUT = 10.0
 #: Delivery "mx"'s most to one domain by default: Postfix's
 #: ``default_destination_concurrency_limit``.
 DEFAULT_DESTINATION_CONCURRENCY = 20
@@ -95,6 +104,7 @@ class SMTPOptions:
         None, low=0, high=86400, what="seconds, from 0 (none) to 86400"
     )
     max_message_size: int | None = option(None, low=1, high=1 << 62)
+    idle_timeout: float | None = option(None, low=0.1, high=3600, what="seconds, from 0.1 to 3600")
     timeouts: dict[str, float] | None = option(
         None,
         positive=True,
@@ -223,6 +233,8 @@ class SMTPSettings:
     #: time (None: none).
     destination_rate_delay: float | None = None
     max_message_size: int | None = None
+    #: Seconds an unused connection stays open; then it is closed with QUIT.
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     timeouts: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
 
     @property
@@ -280,6 +292,8 @@ class SMTPSettings:
             ),
             destination_rate_delay=o.destination_rate_delay or None,
             max_message_size=o.max_message_size,
+            idle_timeout=o.idle_timeout
+            or (DEFAULT_MX_IDLE_TIMEOUT if mx else DEFAULT_IDLE_TIMEOUT),
             timeouts=o.timeout_table(),
         )
 
