@@ -68,13 +68,15 @@ async def test_the_senders_wishes_go_on_to_a_next_hop_with_dsn() -> None:
 
 async def test_orcpt_goes_on_to_a_next_hop_with_dsn_and_not_to_one_without() -> None:
     """Each recipient's ORCPT as it came (xtext encoded on the wire, '+' and '=' and a
-    space included), none for a recipient without one; a next hop without DSN gets
+    space included); a recipient without one gets its own address as it was queued
+    (as Postfix adds it), except one that is not ASCII; a next hop without DSN gets
     none (it would refuse the parameter with 555)."""
-    bob, carol = Address("SMTP", "bob@example.org"), Address("SMTP", "carol@example.org")
+    bob, carol = Address("SMTP", "bob@example.org"), Address("SMTP", "c+rol@example.org")
+    jorg = Address("SMTP", "jörg@example.org")
     original = "rfc822;B+b=x y@old.example"
     msg = NewMessage(
         Address("SMTP", "alice@example.org"),
-        (bob, carol),
+        (bob, carol, jorg),
         CONTENT,
         original_recipients=((bob, original),),
     )
@@ -85,7 +87,7 @@ async def test_orcpt_goes_on_to_a_next_hop_with_dsn_and_not_to_one_without() -> 
             assert state is MessageState.SENT
         [got] = [m for m in hop.messages if not m.is_report and m.sender is not None]
         assert [got.original_of(r) for r in got.recipients] == (
-            [original, None] if dsn else [None, None]
+            [original, "rfc822;c+rol@example.org", None] if dsn else [None, None, None]
         )
 
 

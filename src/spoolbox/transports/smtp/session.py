@@ -741,8 +741,7 @@ class SMTPSession(BaseTransportSession):
             if info.envelope_id is not None:
                 options.append(b"ENVID=" + xtext.encode(info.envelope_id).encode("ascii"))
             rcpt_options.append(b"NOTIFY=" + notify_keyword(info.notify))
-            if any(r.original is not None for r in rcpts):
-                each_rcpt = [orcpt_option(r.original) for r in rcpts]
+            each_rcpt = [orcpt_option(r.original or _as_given(r.value)) for r in rcpts]
 
         # CHUNKING (RFC 3030): the content held whole goes as BDAT ... LAST, with
         # PIPELINING in the same write as MAIL and RCPT: one round trip, no dot stuffing.
@@ -1004,6 +1003,15 @@ async def _chunks(message: OutboundMessage, content: bytes | None) -> AsyncItera
     view = memoryview(content)
     for i in range(0, len(view), _CHUNK):
         yield bytes(view[i : i + _CHUNK])
+
+
+def _as_given(address: str) -> str | None:
+    """The ORCPT of a recipient that came without one: its address as it was queued
+    (RFC 3461 section 5.2.1 lets a relay add it; Postfix does), so that the next
+    hop's reports name it even if a later one rewrites the address.  None for an
+    address that is not ASCII, which ``rfc822;`` cannot carry (RFC 6533's ``utf-8``
+    type is not used)."""
+    return f"rfc822;{address}" if address.isascii() else None
 
 
 def orcpt_option(original: str | None) -> list[bytes]:
