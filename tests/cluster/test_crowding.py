@@ -10,6 +10,8 @@ import contextlib
 import logging
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,10 @@ from spoolbox._core.idle import StandbyIdle
 from spoolbox.client import Client
 from spoolbox.daemon.crowding import (
     STANDBY_INTERVAL,
+    STANDBY_RECHECK,
     crowded,
+    pid_alive,
+    running_here,
     served_by,
     standby_reason,
     watch_crowding,
@@ -44,8 +49,9 @@ def _node(
     lease_until: float = 200.0,
     running: bool = True,
     rows: tuple[dict[str, object], ...] = _RELAY,
+    pid: int = 1,
 ) -> NodeRecord:
-    return NodeRecord(name, host, 1, 0.0, 90.0, lease_until, rows=rows, running=running)
+    return NodeRecord(name, host, pid, 0.0, 90.0, lease_until, rows=rows, running=running)
 
 
 def test_more_nodes_up_on_this_host_than_cpus_is_said_with_their_names() -> None:
@@ -225,6 +231,54 @@ def test_the_watch_stands_by_and_delivers_again_as_the_count_changes(
     assert STANDBY_INTERVAL <= 10
 
 
+def test_a_node_of_this_machine_whose_process_is_gone_is_not_counted() -> None:
+    """Its lease still runs (a crash: the lease ends 15 s after its last heartbeat),
+    but its process is not on this machine: gone now.  A node of another machine is
+    never looked for here."""
+    records = [_node("a", pid=4242), _node("b", "mx2", pid=4242), _node("c")]
+    kept = running_here(records, host="mx1", me="c", alive=lambda pid: pid != 4242)
+    assert [r.name for r in kept] == ["b", "c"]
+    # this node itself is never dropped, whatever its pid says
+    assert [r.name for r in running_here(records, host="mx1", me="a", alive=lambda _: False)] == [
+        "a",
+        "b",
+    ]
+    assert pid_alive(os.getpid()) and pid_alive(1)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert not pid_alive(gone.pid)
+
+
+def test_a_standing_node_delivers_again_once_the_process_of_one_before_it_is_gone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Node a (pid 4242) delivers, c stands by; a is killed: its record is the same
+    (its lease runs), but its process is gone, and c delivers again at its next look."""
+    dead: set[int] = set()
+    records = [_node("a", pid=4242), _node("c")]
+    told: list[str | None] = []
+
+    def alive(pid: int) -> bool:
+        return pid not in dead
+
+    def kill_a_after_standing(reason: str | None) -> None:
+        told.append(reason)
+        dead.add(4242)
+
+    with caplog.at_level(logging.INFO, logger="spoolbox.daemon"):
+        _watch(
+            [records, records],
+            cpus=1,
+            me="c",
+            mine=lambda: {("relay", "out")},
+            stand_by=kill_a_after_standing,
+            alive=alive,
+        )
+    assert [t is not None for t in told] == [True, False]
+    assert "delivering again" in caplog.records[-1].getMessage()
+    assert STANDBY_RECHECK <= 1.0 < STANDBY_INTERVAL
+
+
 @contextlib.contextmanager
 def _one_cpu() -> Iterator[None]:
     """The processes started in the block run on one CPU (they inherit it)."""
@@ -257,21 +311,27 @@ def test_a_second_node_on_a_one_cpu_machine_warns(
     assert not [n.name for n in cluster.nodes.values() if "Traceback" in n.log()]
 
 
+@pytest.mark.parametrize("how", ["stop", "kill"])
 def test_a_second_node_stands_by_and_takes_over_when_the_first_stops(
-    tmp_path: Path, pg_database: Callable[[], str], sink: Sink
+    tmp_path: Path, pg_database: Callable[[], str], sink: Sink, how: str
 ) -> None:
     """``standby_when_crowded = true``, two nodes with one CPU between them: the
     second stands by (its log, its row in ``spoolbox status``), and the mail
-    submitted through it is delivered by the first; when the first stops, the
-    second delivers again within its next look and sends what comes next."""
+    submitted through it is delivered by the first; when the first stops (or is
+    killed with SIGKILL: its process is gone, while the store still lists it up until
+    its lease runs out), the second delivers again within its next look and sends
+    what comes next."""
     store = SharedStore.postgres(pg_database())
     cluster = Cluster(tmp_path, store)
     standby = "\n[daemon]\nstandby_when_crowded = true\n"
+    # The default housekeeping: a node's lease runs 15 s after its last heartbeat,
+    # far longer than a takeover of a killed node on this machine should take.
+    policy = "housekeeping_interval = 5\nretry_base = 60\n"
     try:
         with _one_cpu():
-            a = cluster.add("node-a", sink.port, transports=standby)
+            a = cluster.add("node-a", sink.port, transports=standby, policy=policy)
             wait_for("node-a running", lambda: " running (pid" in a.log())
-            b = cluster.add("node-b", sink.port, transports=standby)
+            b = cluster.add("node-b", sink.port, transports=standby, policy=policy)
         said = (
             f"WARNING spoolbox.daemon: standing by: 2 spoolbox nodes are up on this machine "
             f"({socket.gethostname()}: node-a, node-b) and it has 1 CPU; node-a delivers "
@@ -300,12 +360,18 @@ def test_a_second_node_stands_by_and_takes_over_when_the_first_stops(
                 wait_for("the first ten delivered", lambda: len(sink.received) == 10)
                 wait_for("node-a settled them", lambda: a.log().count("status=sent") == 10)
                 assert b.log().count("status=sent") == 0
-                a.stop()
+                if how == "stop":
+                    a.stop()
+                else:
+                    a.kill()
                 wait_for(
                     "node-b delivering again",
                     lambda: "INFO spoolbox.daemon: delivering again" in b.log(),
                     deadline=4 * STANDBY_INTERVAL,
                 )
+                if how == "kill":  # taken over before node-a's lease ran out
+                    rows = {(r["node"], r["name"]): r for r in b.json("status")["rows"]}
+                    assert rows[("node-a", "spooler")]["status"] != "Gone", rows
         wait_for("the next ten delivered by node-b", lambda: b.log().count("status=sent") == 10)
         assert len(sink.received) == 20
     finally:

@@ -14,8 +14,9 @@ With ``[daemon] standby_when_crowded = true`` a node does more than warn: when t
 nodes up on its machine outnumber the CPUs, the first of them by name (as many as
 there are CPUs) deliver and a node after them *stands by* (:func:`standby_reason`):
 it starts no new claims and no mailbox polls (a flush still goes through), keeps its
-listeners and API, and looks again every :data:`STANDBY_INTERVAL` seconds; when
-fewer are up (a node stopped, or its lease ran out after a crash) it delivers again.
+listeners and API, and looks again every :data:`STANDBY_RECHECK` seconds; when
+fewer are up (a node stopped, or crashed: a node on this machine whose process is
+gone counts as gone at once, before its lease runs out) it delivers again.
 A node stands by only when the nodes that deliver serve each of its transports in
 the same direction (their published status rows say so): mail that only it could
 send is never left waiting.  Every node computes the same order from the same
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Final
 
@@ -35,8 +37,11 @@ from ..store.cluster import node_state
 __all__ = [
     "INTERVAL",
     "STANDBY_INTERVAL",
+    "STANDBY_RECHECK",
     "Served",
     "crowded",
+    "pid_alive",
+    "running_here",
     "served_by",
     "standby_reason",
     "watch_crowding",
@@ -46,12 +51,43 @@ log = logging.getLogger("spoolbox.daemon")
 
 #: seconds between two looks at the store's nodes
 INTERVAL: Final = 60.0
-#: ... with ``standby_when_crowded``: a node standing by takes over this soon after
-#: fewer nodes are up
+#: ... with ``standby_when_crowded``: while delivering, a node looks this often
+#: whether it should stand by ...
 STANDBY_INTERVAL: Final = 10.0
+#: ... and while standing by, this often whether it should deliver again: a node of
+#: this machine that crashed is taken over within about this long (its process is
+#: looked for, its lease is not waited for)
+STANDBY_RECHECK: Final = 1.0
+
 
 #: A transport and a direction ("in" or "out") a node serves.
 Served = tuple[str, str]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (signal 0: nothing is sent).  A
+    process of another user counts (EPERM); so does a pid another process took since,
+    which only leaves the node to its lease, as before."""
+    if pid <= 0:
+        return True  # not a process id we can look for: trust the lease
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def running_here(
+    records: Iterable[NodeRecord], *, host: str, me: str, alive: Callable[[int], bool]
+) -> list[NodeRecord]:
+    """``records`` without the nodes of ``host`` (other than ``me``) whose process is
+    gone: a node killed on this machine counts as gone at once, not when its lease
+    runs out (15 s after its last heartbeat).  (A node in a container of its own
+    that publishes this machine's host name looks gone from here: this node then
+    delivers rather than stands by, the safe side.)"""
+    return [r for r in records if r.host != host or r.name == me or alive(r.pid)]
 
 
 def served_by(rows: Iterable[Mapping[str, object]]) -> set[Served]:
@@ -139,9 +175,11 @@ async def watch_crowding(
     me: str = "",
     mine: Callable[[], Collection[Served]] | None = None,
     stand_by: Callable[[str | None], None] | None = None,
+    alive: Callable[[int], bool] = pid_alive,
 ) -> None:
-    """Look now and every ``interval`` s (:data:`INTERVAL`, or
-    :data:`STANDBY_INTERVAL` with ``stand_by``).
+    """Look now and every ``interval`` s (:data:`INTERVAL`, or with ``stand_by``
+    :data:`STANDBY_INTERVAL`, :data:`STANDBY_RECHECK` while standing by).  The nodes
+    of this host whose process is gone (``alive``) are not counted.
 
     Without ``stand_by``: a WARNING when the count first passes the CPUs, and again
     each time it grows.  With it (``me`` serving ``mine()``): ``stand_by(reason)``
@@ -149,13 +187,11 @@ async def watch_crowding(
     should deliver again (INFO); a node that delivers while others stand by says
     nothing.  A store that cannot answer is looked at again next time (DEBUG), and
     the node keeps doing what it did."""
-    if interval is None:
-        interval = INTERVAL if stand_by is None else STANDBY_INTERVAL
     warned = 0
     standing: str | None = None
     while True:
         try:
-            records = await nodes()
+            records = running_here(await nodes(), host=host, me=me, alive=alive)
         except Exception as exc:  # the store's trouble is reported elsewhere
             log.debug("cannot list the nodes: %s", exc)
         else:
@@ -182,4 +218,9 @@ async def watch_crowding(
                         )
                     standing = reason
                     stand_by(reason)
-        await asyncio.sleep(interval)
+        if interval is not None:
+            await asyncio.sleep(interval)
+        elif stand_by is None:
+            await asyncio.sleep(INTERVAL)
+        else:
+            await asyncio.sleep(STANDBY_INTERVAL if standing is None else STANDBY_RECHECK)
