@@ -91,6 +91,30 @@ async def test_orcpt_goes_on_to_a_next_hop_with_dsn_and_not_to_one_without() -> 
         )
 
 
+async def test_the_longest_address_goes_with_its_orcpt_within_the_line_limit() -> None:
+    """The longest address there can be (254 octets, a local part of 64 '+', each
+    three characters as xtext) with NOTIFY and the ORCPT added for it: a RCPT line
+    of about 700 characters, within the 500 more RFC 3461 allows; the next hop (the
+    spoolbox listener) takes it and keeps the ORCPT."""
+    local = "+" * 64
+    domain = ".".join(["d" * 60] * 3) + ".exampl"  # 189 octets
+    long = Address("SMTP", f"{local}@{domain}")
+    assert len(long.value) == 254
+    hop = Next()
+    async with serving(hop) as listener, open_spooler(options(listener.port)) as sp:
+        msg = NewMessage(
+            Address("SMTP", "alice@example.org"),
+            (long,),
+            CONTENT,
+            notify=Notify.SUCCESS | Notify.FAILURE | Notify.DELAY,
+        )
+        state, recs = await send(sp, msg)
+        assert state is MessageState.SENT, recs
+    [got] = hop.messages
+    assert got.recipients == (long,)
+    assert got.original_of(long) == f"rfc822;{long.value}"
+
+
 async def test_a_next_hop_with_dsn_reports_the_delivery_not_the_spooler() -> None:
     """NOTIFY=SUCCESS relayed to a server that offers DSN: that server (or the one
     after it) reports the delivery; the spooler sends no report of its own."""

@@ -1010,7 +1010,9 @@ def _as_given(address: str) -> str | None:
     (RFC 3461 section 5.2.1 lets a relay add it; Postfix does), so that the next
     hop's reports name it even if a later one rewrites the address.  None for an
     address that is not ASCII, which ``rfc822;`` cannot carry (RFC 6533's ``utf-8``
-    type is not used)."""
+    type is not used).  (An address is at most 254 octets, its local part 64: as
+    xtext at most 382, which with NOTIFY stays within the 500 characters RFC 3461
+    lets the two add to a RCPT line.)"""
     return f"rfc822;{address}" if address.isascii() else None
 
 
