@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from smtp_servers import open_spooler, options, send
+from smtp_servers import open_spooler, options, scripted_server, send
 
 from spoolbox import Address, MessageState, NewMessage, Notify
 from spoolbox.ingress.config import ListenerConfig
@@ -113,6 +113,47 @@ async def test_the_longest_address_goes_with_its_orcpt_within_the_line_limit() -
     [got] = hop.messages
     assert got.recipients == (long,)
     assert got.original_of(long) == f"rfc822;{long.value}"
+
+
+async def test_an_address_longer_than_a_path_gets_no_orcpt_added() -> None:
+    """On the wire (a scripted server that offers DSN): an address as long as a path
+    may be (254 octets) gets the ORCPT made up for it, one longer (255, which the
+    server refuses or not as it likes) gets none."""
+    domain = ".".join(["d" * 60] * 3)  # 182 octets
+    fits = Address("SMTP", "a" * 64 + "@" + domain + ".exampl")
+    over = Address("SMTP", "a" * 64 + "@" + domain + ".example")
+    assert (len(fits.value), len(over.value)) == (254, 255)
+    rcpts: list[bytes] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 test.invalid ESMTP\r\n")
+        while cmd := await reader.readline():
+            word = cmd[:4].upper()
+            if word == b"EHLO":
+                writer.write(b"250-test.invalid\r\n250-PIPELINING\r\n250 DSN\r\n")
+            elif word == b"RCPT":
+                rcpts.append(cmd)
+                writer.write(b"250 2.1.5 Ok\r\n")
+            elif word == b"DATA":
+                writer.write(b"354 go ahead\r\n")
+                while await reader.readline() != b".\r\n":
+                    pass
+                writer.write(b"250 2.0.0 Ok\r\n")
+            elif word == b"QUIT":
+                writer.write(b"221 bye\r\n")
+                break
+            else:
+                writer.write(b"250 2.0.0 Ok\r\n")
+            await writer.drain()
+
+    async with scripted_server(script) as srv, open_spooler(options(srv.port)) as sp:
+        msg = NewMessage(Address("SMTP", "alice@example.org"), (fits, over), CONTENT)
+        state, recs = await send(sp, msg)
+        assert state is MessageState.SENT, recs
+    assert len(rcpts) == 2
+    assert f"ORCPT=rfc822;{fits.value}".encode() in rcpts[0]
+    assert b"ORCPT=" not in rcpts[1]
+    assert rcpts[1].startswith(f"RCPT TO:<{over.value}> NOTIFY=FAILURE".encode())
 
 
 async def test_a_next_hop_with_dsn_reports_the_delivery_not_the_spooler() -> None:

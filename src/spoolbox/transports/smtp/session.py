@@ -52,6 +52,9 @@ _BAD_ADDRESS_RE = re.compile(r"[\s<>\x00-\x1f\x7f]")
 #: address type (``MAILDIR:postmaster``) may be to be qualified with the host name.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LOCAL_PART_RE = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*")
+#: The longest address a path may hold (RFC 5321 section 4.5.3.1.3: 256 octets
+#: with the angle brackets).
+_PATH_MAX = 254
 #: The idle connections are looked at this often at most (and at half the
 #: ``idle_timeout`` when that is shorter): those unused for ``idle_timeout`` are
 #: closed with QUIT, those the server closed are dropped, and the status row is
@@ -1010,10 +1013,13 @@ def _as_given(address: str) -> str | None:
     (RFC 3461 section 5.2.1 lets a relay add it; Postfix does), so that the next
     hop's reports name it even if a later one rewrites the address.  None for an
     address that is not ASCII, which ``rfc822;`` cannot carry (RFC 6533's ``utf-8``
-    type is not used).  (An address is at most 254 octets, its local part 64: as
-    xtext at most 382, which with NOTIFY stays within the 500 characters RFC 3461
-    lets the two add to a RCPT line.)"""
-    return f"rfc822;{address}" if address.isascii() else None
+    type is not used), and for one longer than a path may be (254 octets, RFC 5321
+    section 4.5.3.1.3), which the server refuses whatever comes with it.  (Up to that,
+    a local part of 64 octets, the xtext is at most 382 characters: with NOTIFY within
+    the 500 that RFC 3461 lets the two add to a RCPT line.)"""
+    if not address.isascii() or len(address) > _PATH_MAX:
+        return None
+    return f"rfc822;{address}"
 
 
 def orcpt_option(original: str | None) -> list[bytes]:
