@@ -484,8 +484,8 @@ async def test_a_servers_connection_carries_the_next_message_until_it_idles_too_
     dns: Dnsmasq,
 ) -> None:
     async with serve([MX1]) as servers:
-        # idle_timeout 1 s: the three messages, one after another, share a connection.
-        async with open_spooler(mx_options(dns, servers.port, idle_timeout=1.0)) as sp:
+        # idle_timeout 3 s: the three messages, one after another, share a connection.
+        async with open_spooler(mx_options(dns, servers.port, idle_timeout=3.0)) as sp:
             for rcpt in ("SMTP:a@example.test", "SMTP:b@example.test", "SMTP:c@example.test"):
                 assert (await send(sp, message(rcpt)))[0] is MessageState.SENT
             session = sp.host("smtp").session
@@ -494,7 +494,7 @@ async def test_a_servers_connection_carries_the_next_message_until_it_idles_too_
             # Idle for longer than that: closed, with QUIT, without another message
             # (the status row says so just after the count of open connections drops).
             idle = "idle, delivering by MX lookup, 3 sent"
-            for _ in range(200):
+            for _ in range(300):
                 said = sp.status["smtp"].status_string or ""
                 if session.status_object()["connections_open"] == 0 and idle in said:
                     break
