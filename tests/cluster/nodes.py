@@ -34,6 +34,8 @@ if _STORE_TESTS not in sys.path:  # relay_profile, for the importers outside tes
 
 from relay_profile import write_relay_profile  # noqa: E402 - after the path above
 
+from spoolbox import Address, NewMessage  # noqa: E402
+
 CLI = [sys.executable, "-m", "spoolbox.cli"]
 DEADLINE = 90.0
 DSN_ENV = "SPOOLBOX_TEST_PG_DSN"
@@ -256,3 +258,14 @@ def message(i: int, to: str = "SMTP:dora@example.org") -> tuple[str, bytes]:
         f"Message-ID: <{mid}@cluster.spoolbox.test>\r\n\r\nbody {i}\r\n"
     ).encode()
     return mid, content
+
+
+def new_message(i: int) -> NewMessage:
+    """:func:`message` ``i`` as a message from postmaster@example.org to dora."""
+    mid, content = message(i)
+    return NewMessage(
+        id=mid,
+        sender=Address.parse("SMTP:postmaster@example.org"),
+        recipients=(Address.parse("SMTP:dora@example.org"),),
+        content=content,
+    )

@@ -12,9 +12,8 @@ chance)."""
 from __future__ import annotations
 
 import pytest
-from nodes import Cluster, Sink, message, wait_for
+from nodes import Cluster, Sink, new_message, wait_for
 
-from spoolbox import Address, NewMessage
 from spoolbox.client import Client
 
 N = 12
@@ -42,15 +41,7 @@ def test_two_nodes_share_one_sending_rate(
     )
     # Half through each node: each is woken by its own submit (SQLite has no NOTIFY
     # to wake the other), so both have mail to claim from the start.
-    messages = [
-        NewMessage(
-            id=mid,
-            sender=Address.parse("SMTP:postmaster@example.org"),
-            recipients=(Address.parse("SMTP:dora@example.org"),),
-            content=content,
-        )
-        for mid, content in (message(i) for i in range(N))
-    ]
+    messages = [new_message(i) for i in range(N)]
     for node, half in zip(nodes, (messages[: N // 2], messages[N // 2 :]), strict=True):
         Client(node.profile).submit_many(half)
     wait_for(f"all {N} received", lambda: len(sink.received) == N)

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nodes import Cluster, SharedStore, Sink, message, wait_for
+from nodes import Cluster, SharedStore, Sink, new_message, wait_for
 
-from spoolbox import Address, ManualIdle, NewMessage
+from spoolbox import ManualIdle
 from spoolbox._core.idle import StandbyIdle
 from spoolbox.client import Client
 from spoolbox.daemon.crowding import (
@@ -345,17 +345,7 @@ def test_a_second_node_stands_by_and_takes_over_when_the_first_stops(
         assert rows[("node-b", "spooler")]["status"] == "Standing by", rows
         client = Client(b.profile)
         for batch in (range(10), range(10, 20)):
-            client.submit_many(
-                [
-                    NewMessage(
-                        id=mid,
-                        sender=Address.parse("SMTP:postmaster@example.org"),
-                        recipients=(Address.parse("SMTP:dora@example.org"),),
-                        content=content,
-                    )
-                    for mid, content in (message(i) for i in batch)
-                ]
-            )
+            client.submit_many([new_message(i) for i in batch])
             if batch[0] == 0:
                 wait_for("the first ten delivered", lambda: len(sink.received) == 10)
                 wait_for("node-a settled them", lambda: a.log().count("status=sent") == 10)

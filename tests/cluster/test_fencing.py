@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import signal
 
-from nodes import Cluster, Sink, message, wait_for
+from nodes import Cluster, Sink, new_message, wait_for
 
-from spoolbox import Address, NewMessage
 from spoolbox.client import Client
 
 POLICY = "housekeeping_interval = 1\nlease = 3\nretry_base = 600\n"
@@ -22,15 +21,7 @@ def test_a_node_stalled_past_its_lease_settles_nothing(cluster: Cluster, sink: S
     sink.handler.delays = [4.0, 12.0]  # node-a's DATA, then node-b's, each this slow
     a = cluster.add("node-a", sink.port, policy=POLICY)
     client = Client(a.profile)
-    mid, content = message(1)
-    client.submit(
-        NewMessage(
-            id=mid,
-            sender=Address.parse("SMTP:postmaster@example.org"),
-            recipients=(Address.parse("SMTP:dora@example.org"),),
-            content=content,
-        )
-    )
+    mid = client.submit(new_message(1))["id"]
     wait_for("node-a's DATA", lambda: sink.started == 1)
     a.signal(signal.SIGSTOP)  # stalled mid-delivery, holding the lease
     try:

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from nodes import Cluster, Sink, message, wait_for
+from nodes import Cluster, Sink, new_message, wait_for
 
-from spoolbox import Address, NewMessage
 from spoolbox.client import Client
 
 N = 60
@@ -25,18 +24,7 @@ def test_flush_reaches_every_node_and_adds_up(cluster: Cluster, sink: Sink) -> N
     a = cluster.add("node-a", sink.port, policy="housekeeping_interval = 1\nretry_base = 600\n")
     b = cluster.add("node-b", sink.port, policy="housekeeping_interval = 1\nretry_base = 600\n")
     client = Client(a.profile)
-    messages = []
-    for i in range(N):
-        mid, content = message(i)
-        messages.append(
-            NewMessage(
-                id=mid,
-                sender=Address.parse("SMTP:postmaster@example.org"),
-                recipients=(Address.parse("SMTP:dora@example.org"),),
-                content=content,
-            )
-        )
-    client.submit_many(messages)
+    client.submit_many([new_message(i) for i in range(N)])
     wait_for(f"{N} deferred", lambda: _deferred(client) == N)
     # node-b's relay row, not only its spooler row: a node's first record is published
     # before its transports have logged on, and a flush asks only nodes serving it.
