@@ -18,7 +18,7 @@ from webnodes_support import (
     api_rows,
     cluster,  # noqa: F401 - a fixture
     free_port,
-    message,
+    new_message,
     page_client,
     rows_of,
     sink,  # noqa: F401 - a fixture
@@ -26,7 +26,6 @@ from webnodes_support import (
     web_section,
 )
 
-from spoolbox import Address, NewMessage
 from spoolbox.client import Client
 
 #: lease 3 s (three housekeeping intervals), rows published at most once a second;
@@ -126,7 +125,7 @@ def test_send_receive_on_the_page_reaches_every_node_like_spoolbox_flush(
     with page_client(a) as page:
         csrf = page.get("/").text.split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
         mail = Client(a.profile)
-        mail.submit_many([_message(i) for i in range(n)])
+        mail.submit_many([new_message(i) for i in range(n)])
         wait_for(f"{n} deferred", lambda: _deferred(page) == n)
         wait_for("node-a to see node-b's relay", lambda: ("node-b", "relay") in api_rows(page))
         sink.refuse(False)
@@ -147,13 +146,3 @@ def test_send_receive_on_the_page_reaches_every_node_like_spoolbox_flush(
         sent_by_b = b.log().count("status=sent")
         assert 0 < sent_by_b < n, "both nodes took part"
         assert _deferred(page) == 0
-
-
-def _message(i: int) -> NewMessage:
-    mid, content = message(i)
-    return NewMessage(
-        id=mid,
-        sender=Address.parse("SMTP:postmaster@example.org"),
-        recipients=(Address.parse("SMTP:dora@example.org"),),
-        content=content,
-    )

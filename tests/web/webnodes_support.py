@@ -21,7 +21,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "cluster"))
 
-from nodes import DEADLINE, Cluster, Node, SharedStore, Sink, free_port, message, wait_for
+from nodes import (
+    DEADLINE,
+    Cluster,
+    Node,
+    SharedStore,
+    Sink,
+    free_port,
+    new_message,
+    wait_for,
+)
 
 __all__ = [
     "DEADLINE",
@@ -32,7 +41,7 @@ __all__ = [
     "api_rows",
     "cluster",
     "free_port",
-    "message",
+    "new_message",
     "page_client",
     "read_rss",
     "rows_of",
