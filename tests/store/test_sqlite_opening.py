@@ -99,7 +99,7 @@ def _modes(directory: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mode & 0o777 for p in directory.iterdir()}
 
 
-async def test_a_new_store_and_its_wal_and_shm_are_private(
+async def test_a_new_store_and_its_wal_shm_and_lock_files_are_private(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "spool.db"
@@ -110,7 +110,12 @@ async def test_a_new_store_and_its_wal_and_shm_are_private(
             modes = _modes(tmp_path)
     finally:
         os.umask(old)
-    assert modes == {"spool.db": 0o600, "spool.db-wal": 0o600, "spool.db-shm": 0o600}
+    assert modes == {
+        "spool.db": 0o600,
+        "spool.db-wal": 0o600,
+        "spool.db-shm": 0o600,
+        "spool.db-lock": 0o600,
+    }
     assert "0600" not in caplog.text  # created so, not tightened afterwards
 
 
@@ -124,7 +129,12 @@ async def test_an_existing_store_readable_by_others_is_made_private(
     async with SQLiteStore(path) as store:
         assert len(await store.list_messages(now=T0)) == 1
         modes = _modes(tmp_path)
-    assert modes == {"spool.db": 0o600, "spool.db-wal": 0o600, "spool.db-shm": 0o600}
+    assert modes == {
+        "spool.db": 0o600,
+        "spool.db-wal": 0o600,
+        "spool.db-shm": 0o600,
+        "spool.db-lock": 0o600,
+    }
     assert f"{path} was mode 0644" in caplog.text
 
 
@@ -137,7 +147,8 @@ async def test_two_stores_creating_one_file_at_once_both_open_it(tmp_path: Path)
         assert len(await stores[1].list_messages(now=T0)) == 1
         for s in stores:
             await s.close()
-        assert list(_modes(tmp_path)) == ["spool.db"]  # no temp files left
+        # No temp files left; the write lock's side file stays (see .writelock).
+        assert sorted(_modes(tmp_path)) == ["spool.db", "spool.db-lock"]
         path.unlink()
 
 

@@ -25,6 +25,7 @@ from ..base import StoreError, StoreFull
 from ..operations import OPERATIONS, Kind
 from . import schema
 from .walsync import WalSync
+from .writelock import WriteLock
 
 __all__ = ["BUSY_TIMEOUT", "Stats", "StoreFile", "disk_full", "sync_level"]
 
@@ -98,6 +99,8 @@ class StoreFile:
         # us, after the write lock is released (see .walsync): a durable commit no
         # longer makes the other processes' writers wait for the disk.
         self.wal = WalSync(path, fsync=fsync)
+        # The kernel's queue for the write lock (.writelock); None: SQLite's alone.
+        self.write_lock = WriteLock.open(path)
         late = {
             durable: sync_after_unlock and level == "FULL"
             for durable, level in ((True, self._synchronous), (False, self._progress_sync))
@@ -155,6 +158,8 @@ class StoreFile:
     def close(self) -> None:
         self.conn.close()
         self.wal.close()
+        if self.write_lock is not None:
+            self.write_lock.close()
 
     def __enter__(self) -> StoreFile:
         return self
@@ -193,22 +198,61 @@ class StoreFile:
 
     def try_begin(self) -> bool:
         """``BEGIN IMMEDIATE`` if the write lock is free (True), else nothing (False)."""
+        lock = self.write_lock
+        if lock is not None and not lock.try_acquire():
+            return False
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
+            self._release()
             if not _is_busy(exc):
                 raise
             return False
+        except BaseException:
+            self._release()
+            raise
         return True
 
     def begin_immediate(self) -> bool:
-        """``BEGIN IMMEDIATE``, waiting for another process's write lock in short
-        pauses (the connection's own busy timeout is 0), for up to ``busy_timeout``;
-        True if it had to wait."""
+        """``BEGIN IMMEDIATE``, waiting for another process's write lock for up to
+        ``busy_timeout``: in the kernel's queue of the side file (.writelock), then,
+        should a program that does not use it hold SQLite's lock, in short pauses
+        (the connection's own busy timeout is 0).  True if it had to wait."""
         if self.try_begin():
             return False
-        self._lock_wait(lambda: self.conn.execute("BEGIN IMMEDIATE"))
+        start = time.monotonic()
+        lock = self.write_lock
+        if lock is None:
+            self._lock_wait(lambda: self.conn.execute("BEGIN IMMEDIATE"), start)
+            return True
+        if not lock.acquire(self._busy_timeout):
+            raise sqlite3.OperationalError(
+                f"database is locked: another process held the store's write lock "
+                f"({lock.path}) for over {self._busy_timeout:g} s"
+            )
+        try:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                self._lock_wait(lambda: self.conn.execute("BEGIN IMMEDIATE"), start)
+                return True
+        except BaseException:
+            self._release()
+            raise
+        self.stats.lock_waits += 1
+        self.stats.lock_wait_seconds += time.monotonic() - start
         return True
+
+    def commit(self) -> None:
+        """COMMIT the write transaction begun, and let the next writer in."""
+        self.conn.execute("COMMIT")
+        self._release()
+
+    def _release(self) -> None:
+        if self.write_lock is not None:
+            self.write_lock.release()
 
     def commit_started(self, fn: Callable[[sqlite3.Connection], _T], durable: bool) -> _T:
         """``fn`` in the write transaction begun, then COMMIT (counted); on an error
@@ -216,7 +260,7 @@ class StoreFile:
         began = time.monotonic()
         try:
             result = fn(self.conn)
-            self.conn.execute("COMMIT")
+            self.commit()
         except BaseException:
             self.rollback()
             self.stats.rollbacks += 1
@@ -263,13 +307,16 @@ class StoreFile:
         except sqlite3.OperationalError as exc:
             if not _is_busy(exc):
                 raise
-            result = self._lock_wait(attempt)
+            result = self._lock_wait(attempt, time.monotonic())
         self.stats.reads += 1
         return result
 
     def rollback(self) -> None:
-        if self.conn.in_transaction:
-            self.conn.execute("ROLLBACK")
+        try:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+        finally:
+            self._release()
 
     def error(self, what: str, exc: BaseException) -> StoreError:
         """A StoreError for a failed ``what`` on this file, caused by ``exc``: a
@@ -279,9 +326,10 @@ class StoreFile:
         err.__cause__ = exc
         return err
 
-    def _lock_wait(self, attempt: Callable[[], _T]) -> _T:
+    def _lock_wait(self, attempt: Callable[[], _T], start: float) -> _T:
+        """``attempt`` again after short pauses while SQLite says busy, until
+        ``busy_timeout`` from ``start``."""
         self.stats.lock_waits += 1
-        start = time.monotonic()
         delay = _LOCK_POLL_FIRST
         while True:
             time.sleep(delay)

@@ -8,8 +8,9 @@ database) is refused too: a new store is made whole under a temporary name, sche
 included, and linked into place, so a store file without its schema was never made
 by spoolbox.  Then it switches to WAL and runs the pending migrations, each in one
 transaction.  A new store file is created mode 0600, and SQLite gives its ``-wal``
-and ``-shm`` files the mode of the database; an existing store that other users
-could read is made 0600 (the three files) when it is opened, with a warning.
+and ``-shm`` files the mode of the database (as the store does its ``-lock`` file,
+:mod:`.writelock`); an existing store that other users could read is made 0600 (with
+those files) when it is opened, with a warning.
 
 The schema version lives in ``PRAGMA user_version``.  ``MIGRATIONS[n]`` is the SQL
 script that upgrades a database at version ``n`` to version ``n + 1``, so a new file
@@ -490,9 +491,10 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def _make_private(path: Path) -> None:
-    """Mode 0600 for the store and its -wal and -shm files, if other users could read
-    or write them (a store made by an older spoolbox): queued mail is in them."""
-    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+    """Mode 0600 for the store and its -wal, -shm and -lock files, if other users could
+    read or write them (a store made by an older spoolbox): queued mail is in them (the
+    -lock file holds nothing, but another user's lock on it would hold up writers)."""
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-lock")):
         try:
             st = os.stat(p)
         except FileNotFoundError:

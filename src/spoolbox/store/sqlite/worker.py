@@ -345,7 +345,7 @@ class Worker:
                     else:
                         conn.execute("RELEASE write")
                         outcomes.append((True, result))
-                conn.execute("COMMIT")
+                db.commit()
                 self.stats.write_seconds += time.monotonic() - began
             except BaseException:
                 db.rollback()
