@@ -6,6 +6,7 @@ on SQLite's lock alone."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -286,3 +287,17 @@ def test_the_side_file_has_the_store_mode_and_is_shared_by_paths_to_one_store(
     assert lock is not None
     lock.close()
     assert Path(f"{db}-lock").stat().st_mode & 0o777 == 0o640
+    # Read access is enough to queue (flock needs no more): the side file is opened
+    # read-only, so a user of the store's group, who may read but not write it
+    # (0640), takes it as well.
+    first, second = WriteLock.open(str(db)), WriteLock.open(str(db))
+    assert first is not None and second is not None
+    try:
+        assert fcntl.fcntl(first._fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+        assert first.try_acquire() and not second.try_acquire()
+        first.release()
+        assert second.try_acquire()
+        second.release()
+    finally:
+        first.close()
+        second.close()

@@ -11,9 +11,11 @@ holder lets it go.  SQLite's lock is then free, unless a program that does not k
 the side file holds it (the ``sqlite3`` shell, ``spoolbox store compact``'s
 connection, an older spoolbox): then the writer waits for it as before.
 
-The side file holds nothing; it is made with the store's mode.  Where it cannot be
-opened (a directory or file this user may not write), the store goes on without it:
-SQLite's lock alone serialises the writers, as before.
+The side file holds nothing; it is made with the store's mode (less the umask) and
+opened read-only (``flock`` needs no more), so every user who may read it queues in
+it.  Where it cannot be opened (a directory this user may not write to create it, a
+file this user may not read), the store goes on without it: SQLite's lock alone
+serialises the writers, as before.
 
 A blocking ``flock`` has no time limit, and a writer must not wait for ever behind a
 process that was stopped (SIGSTOP) while it held the lock: a wait goes to a helper
@@ -70,7 +72,7 @@ class WriteLock:
         except OSError:
             mode = 0o600
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, mode)
         except OSError:
             return None
         return cls(fd, path)
