@@ -6,6 +6,7 @@ on SQLite's lock alone."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import signal
@@ -21,7 +22,7 @@ from sqlite_helpers import T0, new_message, raw
 
 from spoolbox.model import MessageInfo
 from spoolbox.store.base import StoreError
-from spoolbox.store.sqlite import StoreFile, transactions
+from spoolbox.store.sqlite import StoreFile, transactions, writelock
 from spoolbox.store.sqlite.connection import Stats
 from spoolbox.store.sqlite.writelock import WriteLock, lock_path
 
@@ -207,6 +208,19 @@ def test_a_store_whose_side_file_cannot_be_opened_works_on_sqlite_lock_alone(
         other.execute("ROLLBACK")
         assert _submit(db, 2).id == "m0002"
         assert db.stats.lock_waits == 1
+
+
+def test_a_file_system_without_flock_leaves_the_store_on_sqlite_lock_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_flock(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(writelock.fcntl, "flock", no_flock)
+    path = tmp_path / "spool.db"
+    with StoreFile.open(path) as db:
+        assert db.write_lock is None
+        assert _submit(db, 1).id == "m0001"
 
 
 # -- the lock itself ---------------------------------------------------------------------

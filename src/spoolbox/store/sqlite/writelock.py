@@ -14,8 +14,8 @@ connection, an older spoolbox): then the writer waits for it as before.
 The side file holds nothing; it is made with the store's mode (less the umask) and
 opened read-only (``flock`` needs no more), so every user who may read it queues in
 it.  Where it cannot be opened (a directory this user may not write to create it, a
-file this user may not read), the store goes on without it: SQLite's lock alone
-serialises the writers, as before.
+file this user may not read) or locked (a file system without ``flock``), the store
+goes on without it: SQLite's lock alone serialises the writers, as before.
 
 A blocking ``flock`` has no time limit, and a writer must not wait for ever behind a
 process that was stopped (SIGSTOP) while it held the lock: a wait goes to a helper
@@ -75,6 +75,15 @@ class WriteLock:
             fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, mode)
         except OSError:
             return None
+        try:  # a file system without flock (some network and FUSE ones) says so now
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # another process holds it: flock works here
+        except OSError:
+            os.close(fd)
+            return None
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
         return cls(fd, path)
 
     def try_acquire(self) -> bool:
