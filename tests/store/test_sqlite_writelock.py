@@ -226,66 +226,66 @@ def test_a_file_system_without_flock_leaves_the_store_on_sqlite_lock_alone(
 # -- the lock itself ---------------------------------------------------------------------
 
 
-def _pair(tmp_path: Path) -> tuple[WriteLock, WriteLock]:
+@pytest.fixture
+def locks(tmp_path: Path) -> Iterator[tuple[WriteLock, WriteLock]]:
+    """Two locks of one store (two open files, as two processes have), closed after."""
     db = str(tmp_path / "spool.db")
     Path(db).touch(mode=0o600)
     first, second = WriteLock.open(db), WriteLock.open(db)
     assert first is not None and second is not None
-    return first, second
+    yield first, second
+    first.close()
+    second.close()
 
 
-def test_a_lock_taken_is_refused_to_another_open_file_until_released(tmp_path: Path) -> None:
-    first, second = _pair(tmp_path)
-    try:
-        assert first.try_acquire() and first.held
-        assert not second.try_acquire()
-        assert not second.acquire(0.05) and not second.held
-        got: list[bool] = []
-        waiter = threading.Thread(target=lambda: got.append(second.acquire(10)))
-        waiter.start()
-        first.release()
-        waiter.join(10)
-        assert got == [True] and second.held
-        assert not first.try_acquire()
-        second.release()
-        assert first.try_acquire()
-        first.release()
-    finally:
-        first.close()
-        second.close()
+def test_a_lock_taken_is_refused_to_another_open_file_until_released(
+    locks: tuple[WriteLock, WriteLock],
+) -> None:
+    first, second = locks
+    assert first.try_acquire() and first.held
+    assert not second.try_acquire()
+    assert not second.acquire(0.05) and not second.held
+    got: list[bool] = []
+    waiter = threading.Thread(target=lambda: got.append(second.acquire(10)))
+    waiter.start()
+    first.release()
+    waiter.join(10)
+    assert got == [True] and second.held
+    assert not first.try_acquire()
+    second.release()
+    assert first.try_acquire()
+    first.release()
 
 
-def test_a_wait_given_up_lets_the_lock_go_once_the_helper_gets_it(tmp_path: Path) -> None:
-    first, second = _pair(tmp_path)
-    try:
-        assert first.try_acquire()
-        assert not second.acquire(0.05)  # its helper stays blocked in flock
-        first.release()  # the helper takes it, nobody waits for it any more: let go
-        deadline = time.monotonic() + 10
-        while not first.try_acquire():
-            assert time.monotonic() < deadline, "the helper kept the lock"
-            time.sleep(0.001)
-        first.release()
-    finally:
-        first.close()
-        second.close()
+def test_a_wait_given_up_lets_the_lock_go_once_the_helper_gets_it(
+    locks: tuple[WriteLock, WriteLock],
+) -> None:
+    first, second = locks
+    assert first.try_acquire()
+    assert not second.acquire(0.05)  # its helper stays blocked in flock
+    first.release()  # the helper takes it, nobody waits for it any more: let go
+    deadline = time.monotonic() + 10
+    while not first.try_acquire():
+        assert time.monotonic() < deadline, "the helper kept the lock"
+        time.sleep(0.001)
+    first.release()
 
 
-def test_closing_while_the_helper_waits_ends_it_and_lets_the_lock_go(tmp_path: Path) -> None:
-    first, second = _pair(tmp_path)
-    try:
-        assert first.try_acquire()
-        assert not second.acquire(0.05)
-        helpers = [t for t in _helper_threads() if t.is_alive()]
-        second.close()  # the helper is blocked in flock: it closes the file itself
-        first.release()
-        for t in helpers:
-            t.join(10)
-        assert not any(t.is_alive() for t in helpers)
-        assert first.try_acquire()
-        first.release()
-    finally:
-        first.close()
+def test_closing_while_the_helper_waits_ends_it_and_lets_the_lock_go(
+    locks: tuple[WriteLock, WriteLock],
+) -> None:
+    first, second = locks
+    assert first.try_acquire()
+    assert not second.acquire(0.05)
+    helpers = [t for t in _helper_threads() if t.is_alive()]
+    second.close()  # the helper is blocked in flock: it closes the file itself
+    second.close()  # once: closing again does nothing
+    first.release()
+    for t in helpers:
+        t.join(10)
+    assert not any(t.is_alive() for t in helpers)
+    assert first.try_acquire()
+    first.release()
 
 
 def test_the_side_file_has_the_store_mode_and_is_shared_by_paths_to_one_store(

@@ -123,9 +123,11 @@ class WriteLock:
 
     def close(self) -> None:
         """Release the lock and close the side file (by the helper, if it is still
-        blocked in a wait: closing the file under it would not wake it)."""
+        blocked in a wait: closing the file under it would not wake it); once."""
         self.release()
         with self._mu:
+            if self._closed:
+                return
             self._closed = True
             if self._requests is not None:
                 self._requests.put(_CLOSE)
