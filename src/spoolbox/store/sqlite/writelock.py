@@ -1,7 +1,7 @@
 """A queue in the kernel for the store's write lock, shared by every process.
 
 SQLite's write lock has no queue: a writer that finds it taken can only try again
-later (:mod:`.connection` tries after 50 µs, then after pauses doubled up to 1 ms),
+later (:mod:`.connection` does so after 50 µs, then after pauses doubled up to 1 ms),
 so it learns of the release up to a pause late, and the processes sharing one file
 (the daemon and its delivery workers, the listener process) wait for each other
 longer than the other holds the lock.  Each writer of spoolbox therefore first takes
