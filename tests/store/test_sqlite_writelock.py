@@ -83,8 +83,8 @@ def start_holder(tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen[str]]
         proc.stdout.close()
 
 
-def _helper_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "spoolbox-store-lock"]
+def _helper_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "spoolbox-store-lock"}
 
 
 def _commit(holder: subprocess.Popen[str]) -> None:
@@ -101,7 +101,7 @@ def _writer_waiting(
     holds the write lock; returned once the thread waits for it in flock."""
     opened, go = threading.Event(), threading.Event()
     outcome: list[object] = []
-    before = len(_helper_threads())
+    before = _helper_threads()
 
     def submit() -> None:  # a connection belongs to the thread that opened it
         with StoreFile.open(path, stats=stats) as db:
@@ -115,9 +115,9 @@ def _writer_waiting(
     holder = start_holder()
     go.set()
     deadline = time.monotonic() + 10
-    while len(_helper_threads()) == before and time.monotonic() < deadline:
+    while not _helper_threads() - before and time.monotonic() < deadline:
         time.sleep(0.001)  # until the submit waits in flock (its helper thread)
-    assert len(_helper_threads()) > before and outcome == []
+    assert _helper_threads() - before and outcome == []
     return writer, holder, outcome
 
 
@@ -277,13 +277,13 @@ def test_closing_while_the_helper_waits_ends_it_and_lets_the_lock_go(
     first, second = locks
     assert first.try_acquire()
     assert not second.acquire(0.05)
-    helpers = [t for t in _helper_threads() if t.is_alive()]
+    helper = second._helper
+    assert helper is not None and helper.is_alive()
     second.close()  # the helper is blocked in flock: it closes the file itself
     second.close()  # once: closing again does nothing
     first.release()
-    for t in helpers:
-        t.join(10)
-    assert not any(t.is_alive() for t in helpers)
+    helper.join(10)
+    assert not helper.is_alive()
     assert first.try_acquire()
     first.release()
 

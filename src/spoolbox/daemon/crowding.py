@@ -75,7 +75,7 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except OSError:
-        return True
+        pass  # EPERM: it runs, as another user
     return True
 
 
