@@ -139,7 +139,10 @@ async def test_a_recipient_address_parse_refuses_is_refused_at_rcpt(tmp_path: Pa
             dialogue, listener.port, '"john"doe x@example.org', '"john doe"@example.org'
         )
     assert replies[0][0] == 553
-    assert replies[0][1].startswith(b"5.1.3 Bad recipient address: the SMTP address")
+    assert replies[0][1] == (
+        b"5.1.3 Bad recipient address: the SMTP address '\"john\"doe x@example.org' "
+        b"contains ' ' at position 9"
+    )  # what is wrong and where, without the API's "SMTP:bob@..." advice
     assert replies[1] == (250, b"2.1.5 OK")
 
 

@@ -98,3 +98,20 @@ def test_nothing_that_is_not_an_smtp_path_is_accepted(value: str) -> None:
     address = Address.parse(f"SMTP:{value}")
     quoted = _QUOTED.match(address.value)
     assert _NOT_A_PATH.search(address.value[quoted.end() if quoted else 0 :]) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "fact"),
+    [
+        ("bad address@x", "the SMTP address 'bad address@x' contains ' ' at position 3"),
+        ("Bob <bob@example.org>", "display names are not part of an address"),
+    ],
+)
+def test_without_advice_the_reason_says_what_and_where_and_nothing_of_spoolbox_notation(
+    value: str, fact: str
+) -> None:
+    """For the listener's peer, an SMTP client: the same verdict, without the advice
+    to write ``SMTP:bob@example.org``, which only means something to spoolbox's API."""
+    advised = smtp_value_error(value)
+    assert advised is not None and advised.startswith(fact + ": ") and "SMTP:" in advised
+    assert smtp_value_error(value, advice=False) == fact

@@ -81,6 +81,7 @@ def test_two_workers_relay_every_message_once_and_each_delivers_part(
         daemons.append(daemon)
         pids = [daemon.worker_pid("w1"), daemon.worker_pid("w2")]
         assert daemon.proc.pid not in pids and pids[0] != pids[1]
+        assert "INFO spoolbox.daemon: 2 delivery workers: w1 node " in daemon.log()
         client = Client(profile)
         for first in range(0, total, 100):
             assert client.submit_many(lot(100, first))["via"] == "daemon"
@@ -190,6 +191,17 @@ def test_sigterm_drains_the_workers_then_the_rest_waits_in_the_queue(
         daemons.append(Daemon(profile, dsn=backend.dsn))
         wait_until("the rest delivered", lambda: backend.store.states() == {"delivered": total})
         assert sorted(sink.received) == _expected(total)
+
+
+def test_one_worker_is_said_as_one(tmp_path: Path, daemons: list[Daemon]) -> None:
+    with running_sink(Sink()) as port:
+        profile = write_profile(tmp_path, port, 'backend = "sqlite"')
+        daemon = Daemon(profile, "--workers", "1")
+        daemons.append(daemon)
+        pid = daemon.worker_pid("w1")
+        assert "INFO spoolbox.daemon: 1 delivery worker: w1 node " in daemon.log()
+        assert f"pid {pid}" in daemon.log()
+        assert daemon.stop() == 0
 
 
 def test_sighup_reaches_the_workers(tmp_path: Path, daemons: list[Daemon]) -> None:

@@ -288,8 +288,9 @@ class DeliveryWorkers:
         for worker in self._workers:
             self._own(self._supervise(worker))
         log.info(
-            "%d delivery workers: %s",
+            "%d delivery %s: %s",
             len(self._workers),
+            "worker" if len(self._workers) == 1 else "workers",
             ", ".join(f"{w.tag} node {w.node} pid {w.view().pid}" for w in self._workers),
         )
 

@@ -1009,7 +1009,7 @@ class SubmissionListener:
         if not value:
             raise AddressError("empty address")
         addr = Address(self.config.default_address_type, value)
-        problem = smtp_value_error(value) if addr.type == "SMTP" else None
+        problem = smtp_value_error(value, advice=False) if addr.type == "SMTP" else None
         if problem is not None:  # what Address.parse refuses (a space in a quoted local part)
             raise AddressError(problem)
         local, at, domain = value.rpartition("@")

@@ -48,8 +48,11 @@ def destination(value: str) -> str:
     return value if at < 0 else value[at + 1 :].translate(_ASCII_LOWER)
 
 
-def smtp_value_error(value: str) -> str | None:
-    """Why ``value`` cannot be the value of an ``SMTP`` address, or None if it can.
+def smtp_value_error(value: str, *, advice: bool = True) -> str | None:
+    """Why ``value`` cannot be the value of an ``SMTP`` address, or None if it can;
+    with ``advice``, what to write instead in spoolbox's own notation (the API, the
+    profile, the command line: ``SMTP:bob@example.org``), which an SMTP client, the
+    listener's peer, has no use for.
 
     The value is the address as MAIL FROM and RCPT TO carry it, without angle
     brackets (RFC 5321 ``Mailbox``): no display name, no ``<>``, no white space
@@ -66,11 +69,10 @@ def smtp_value_error(value: str) -> str | None:
     form = _DISPLAY_FORM_RE.fullmatch(value)
     if form is not None:
         what = "display names are" if form.group(1) else "angle brackets are"
-        return f"{what} not part of an address: use {_SMTP}:{form.group(2)}"
-    return (
-        f"the {_SMTP} address {value!r} contains {found.group()!r} at position "
-        f"{position}: write the bare address, e.g. {_SMTP}:bob@example.org"
-    )
+        said = f"{what} not part of an address"
+        return f"{said}: use {_SMTP}:{form.group(2)}" if advice else said
+    said = f"the {_SMTP} address {value!r} contains {found.group()!r} at position {position}"
+    return f"{said}: write the bare address, e.g. {_SMTP}:bob@example.org" if advice else said
 
 
 class AddressError(ValueError):
