@@ -178,13 +178,24 @@ def install_crash_point(point: str, n: int, transport: str = "maildir") -> None:
             return info
 
         transactions.submit_prepared = submit
-    elif point in ("claim-txn", "settle-txn"):
+    elif point == "claim-txn":
+        # Every claim of a message's recipients is written here (a lane's claim and
+        # the hand-off of a submission).
+        original_claim_of = transactions._claim_of
+
+        def claim_of(conn: Any, mid: str, *a: Any) -> Any:
+            job = original_claim_of(conn, mid, *a)
+            if job is not None and hit():
+                _die(point, mid)  # rows ACTIVE, not committed
+            return job
+
+        transactions._claim_of = claim_of
+    elif point == "settle-txn":
         original_move = transactions._move
-        wanted = RecipientState.ACTIVE if point == "claim-txn" else RecipientState.DELIVERED
 
         def move(conn: Any, old: Any, new: Any, **kw: Any) -> None:
             original_move(conn, old, new, **kw)
-            if new.state is wanted and hit():
+            if new.state is RecipientState.DELIVERED and hit():
                 _die(point, new.message_id)
 
         transactions._move = move

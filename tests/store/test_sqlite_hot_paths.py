@@ -5,16 +5,19 @@ submissions and other writes that wait together share one commit."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 from pathlib import Path
 
+import pytest
 from sqlite_helpers import later_message
 
 from spoolbox.model import Address, MessageInfo, NewMessage, RecipientState
-from spoolbox.store import ClaimedJob, LeaseLost, RecipientUpdate
+from spoolbox.store import ClaimedJob, LeaseLost, RecipientUpdate, StoreError, UnknownMessage
 from spoolbox.store.operations import Kind
 from spoolbox.store.sqlite import SQLiteStore
+from spoolbox.store.sqlite.rows import recipient_from_row
 from spoolbox.store.sqlite.transactions import PREFETCH_LIMIT
 
 T0 = 1000.0
@@ -196,3 +199,91 @@ async def test_submit_claiming_claims_in_the_same_commit_what_is_ready(tmp_path:
             [r] = await store.recipients(got.id)
             assert r.state is RecipientState.QUEUED
         assert info.id == "now"
+
+
+def _raw_recipients(path: Path, message_id: str) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute(
+            "SELECT * FROM recipients WHERE message_id = ? ORDER BY idx", (message_id,)
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+async def test_a_claim_writes_the_lease_and_leaves_the_rest_of_the_row(tmp_path: Path) -> None:
+    """A claim writes only the state, the time, the lease and the claim's token (one
+    narrow UPDATE); every other column of a recipient that was tried before (its
+    attempts, status, retry time, refusals, delay warning) stays as it was, and the
+    job's records are the rows as stored."""
+    path = tmp_path / "claim.db"
+    message = NewMessage(
+        sender=Address.parse("SMTP:alice@example.org"),
+        recipients=(Address.parse("X:bob"), Address.parse("X:carol")),
+        content=b"Subject: t\r\n\r\nx\r\n",
+        id="tried",
+    )
+    async with SQLiteStore(path) as store:
+        await store.submit(message, now=T0, lifetime=3600, routes=["x", "x"])
+        [first] = await store.claim("x", owner="n", now=T0 + 1, lease=60)
+        deferred = RecipientUpdate(
+            0,
+            RecipientState.QUEUED,
+            status="4.2.0",
+            diagnostic="451 4.2.0 try later",
+            retry_at=T0 + 100,
+            refused_by=("y",),
+            count_attempt=True,
+            delay_warned=True,
+        )
+        done = RecipientUpdate(1, RecipientState.DELIVERED, status="2.0.0", count_attempt=True)
+        await store.settle("tried", [deferred, done], owner="n", now=T0 + 2, claim=first.claim)
+        before = _raw_recipients(path, "tried")
+        [again] = await store.claim("x", owner="m", now=T0 + 200, lease=60)
+        after = _raw_recipients(path, "tried")
+    lease_columns = {"state", "updated_at", "owner", "lease_until", "claim"}
+    assert before[1] == after[1]  # delivered: not claimed again
+    old, new = dict(before[0]), dict(after[0])
+    assert {k: v for k, v in old.items() if k not in lease_columns} == {
+        k: v for k, v in new.items() if k not in lease_columns
+    }
+    assert (old["attempts"], old["status"], old["retry_at"], old["delay_warned"]) == (
+        1,
+        "4.2.0",
+        T0 + 100,
+        1,
+    )
+    assert (new["state"], new["updated_at"], new["owner"], new["lease_until"]) == (
+        "active",
+        T0 + 200,
+        "m",
+        T0 + 260,
+    )
+    assert new["claim"] == again.claim > first.claim
+    assert list(again.recipients) == [recipient_from_row(after[0])]
+
+
+async def test_a_settle_names_a_missing_recipient_or_message(tmp_path: Path) -> None:
+    """The settle reads the message and its recipients in one query: a recipient the
+    message has not is still named, an unknown message is still UnknownMessage, and
+    neither writes anything of the settle."""
+    async with SQLiteStore(tmp_path / "missing.db") as store:
+        await store.submit(_message("m", b"x\r\n"), now=T0, lifetime=3600, routes=["x"])
+        [job] = await store.claim("x", owner="n", now=T0, lease=60)
+        delivered = RecipientUpdate(0, RecipientState.DELIVERED)
+        with pytest.raises(StoreError, match=r"m has no recipient #3"):
+            await store.settle(
+                "m",
+                [delivered, RecipientUpdate(3, RecipientState.DELIVERED)],
+                owner="n",
+                now=T0,
+                claim=job.claim,
+            )
+        with pytest.raises(UnknownMessage, match="no message with id 'gone'"):
+            await store.settle("gone", [delivered], owner="n", now=T0, claim=job.claim)
+        [r] = await store.recipients("m")
+        assert r.state is RecipientState.ACTIVE
+        info = await store.settle("m", [delivered], owner="n", now=T0, claim=job.claim)
+        assert info.id == "m"
+        assert info.sender == Address.parse("SMTP:alice@example.org")

@@ -10,6 +10,7 @@ it is; it reads back as a bool from either.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -35,15 +36,29 @@ class Row(Protocol):
     def __getitem__(self, key: str, /) -> Any: ...
 
 
+@functools.lru_cache(maxsize=4096)
+def _stored_address(text: str) -> Address:
+    """An address as the store keeps it (checked when it was submitted), parsed once:
+    a message's sender and its recipients are read at the claim and again at the
+    settle, in the store's one thread.  Address is frozen: one value serves all."""
+    return Address.parse(text, strict=False)
+
+
+# The enums by value, looked up once per value (an enum call is a Python function).
+_priority = functools.lru_cache(maxsize=None)(Priority)
+_notify = functools.lru_cache(maxsize=None)(Notify)
+_state = functools.lru_cache(maxsize=None)(RecipientState)
+
+
 def message_from_row(row: Row) -> MessageInfo:
     return MessageInfo(
         id=row["id"],
-        sender=None if row["sender"] is None else Address.parse(row["sender"], strict=False),
-        priority=Priority(row["priority"]),
+        sender=None if row["sender"] is None else _stored_address(row["sender"]),
+        priority=_priority(row["priority"]),
         submitted_at=row["submitted_at"],
         send_at=row["send_at"],
         expires_at=row["expires_at"],
-        notify=Notify(row["notify"]),
+        notify=_notify(row["notify"]),
         is_report=bool(row["is_report"]),
         envelope_id=row["envelope_id"],
         return_content=_optional_flag(row["return_content"]),
@@ -78,19 +93,23 @@ def _optional_flag(value: object) -> bool | None:
     return None if value is None else bool(value)
 
 
-def recipient_from_row(row: Row) -> RecipientRecord:
+def recipient_from_row(
+    row: Row, *, state: RecipientState | None = None, updated_at: float | None = None
+) -> RecipientRecord:
+    """The recipient of ``row``; ``state`` and ``updated_at``, when given, in place of
+    the row's (a claim's record, built once)."""
     return RecipientRecord(
         message_id=row["message_id"],
         index=row["idx"],
-        address=Address.parse(row["address"], strict=False),
-        state=RecipientState(row["state"]),
+        address=_stored_address(row["address"]),
+        state=_state(row["state"]) if state is None else state,
         route=row["route"],
         refused_by=_refused_by(row["refused_by"]),
         attempts=row["attempts"],
         retry_at=row["retry_at"],
         status=row["status"],
         diagnostic=row["diagnostic"],
-        updated_at=row["updated_at"],
+        updated_at=row["updated_at"] if updated_at is None else updated_at,
         first_failed_at=row["first_failed_at"],
         delay_warned=bool(row["delay_warned"]),
         original=row["original"],

@@ -313,22 +313,22 @@ def _claim_of(
 ) -> ClaimedJob | None:
     """Claim the recipients ``rows_sql`` finds of one message (None: none), but for
     those whose destination is in ``skip``."""
-    mrow = _message_row(conn, mid)
-    info = message_from_row(mrow)
     rows = conn.execute(rows_sql, (mid, transport, now)).fetchall()
     if skip:
         rows = [r for r in rows if destination(r["address"].partition(":")[2]) not in skip]
     if not rows:
         return None
+    mrow = rows[0]  # each row holds the message's columns too
+    info = message_from_row(mrow)
     # The claim token: above every earlier claim's of these recipients (read under
     # the write lock), so a stale claim of any of them is fenced off.
     token = max(int(row["claim"]) for row in rows) + 1
-    claimed: list[RecipientRecord] = []
-    for row in rows:
-        r = recipient_from_row(row)
-        nr = replace(r, state=_R.ACTIVE, updated_at=now)
-        _move(conn, r, nr, owner=owner, lease_until=until, claim=token)
-        claimed.append(nr)
+    # ``rows_sql`` reads QUEUED recipients only: QUEUED -> ACTIVE, the lease, the token.
+    check_transition(_R.QUEUED, _R.ACTIVE)
+    claimed = [recipient_from_row(row, state=_R.ACTIVE, updated_at=now) for row in rows]
+    conn.executemany(
+        _q.CLAIM_RECIPIENT, [(now, owner, until, token, mid, r.index) for r in claimed]
+    )
     # A small message's content comes with the claim: the transport needs it next, and
     # this saves a store round trip per message.
     content = _read_blob(conn, int(mrow["blob_id"])) if info.size <= PREFETCH_LIMIT else None
@@ -365,17 +365,17 @@ def settle(
     drop_finished: Collection[MessageState] = (),
     restoring: bool = False,
 ) -> MessageInfo:
-    mrow = _message_row(conn, message_id)
+    # The message and the recipients to update, in one read (each row has both).
+    wanted = sorted({u.index for u in updates})
+    found = conn.execute(_q.settled_rows(len(wanted)), (message_id, *wanted)).fetchall()
+    rows: dict[int, sqlite3.Row] = {row["idx"]: row for row in found}
+    mrow = found[0] if found else _message_row(conn, message_id)  # UnknownMessage
     info = message_from_row(mrow)
     # Check everything first; an error anywhere rolls the whole transaction back.
-    rows: dict[int, sqlite3.Row] = {}
     for u in updates:
         row = rows.get(u.index)
         if row is None:
-            row = conn.execute(_q.SELECT_RECIPIENT, (message_id, u.index)).fetchone()
-            if row is None:
-                raise StoreError(f"{message_id} has no recipient #{u.index}")
-            rows[u.index] = row
+            raise StoreError(f"{message_id} has no recipient #{u.index}")
         state, holder, held = _R(row["state"]), row["owner"], row["claim"]
         rules.check_settle(
             message_id,
