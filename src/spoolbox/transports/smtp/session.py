@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import ssl
 import time
@@ -1031,6 +1032,7 @@ def orcpt_option(original: str | None) -> list[bytes]:
     return [b"ORCPT=" + f"{kind};{xtext.encode(value)}".encode("ascii")]
 
 
+@functools.lru_cache(maxsize=16)  # a recipient's RCPT each; eight values in all
 def notify_keyword(notify: Notify) -> bytes:
     """RFC 3461's ``NOTIFY=`` value for ``notify``: ``NEVER``, or its kinds in order."""
     words = [name for name in ("SUCCESS", "FAILURE", "DELAY") if notify & Notify[name]]
