@@ -399,7 +399,7 @@ async def test_mail_queued_before_a_transport_was_limited_to_domains_is_routed_a
     cfg = SpoolerConfig(
         transports=(transport("relay", relay), limited), policy=FAST, node="test-node"
     )
-    async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
+    async with Spooler.open(cfg, store=store, idle=AlwaysIdle(), close_store=True) as sp:
         assert await sp.wait_for(queued.id, timeout=5) is MessageState.SENT
         recipients = await sp.store.recipients(queued.id)
     assert [(r.address.value, r.route) for r in recipients] == [
@@ -450,7 +450,7 @@ async def test_mail_queued_before_a_transport_for_its_domain_was_added_goes_to_i
         policy=FAST,
         node="test-node",
     )
-    async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
+    async with Spooler.open(cfg, store=store, idle=AlwaysIdle(), close_store=True) as sp:
         assert await sp.wait_for(queued.id, timeout=5) is MessageState.SENT
         recipients = await sp.store.recipients(queued.id)
     assert [(r.address.value, r.route) for r in recipients] == [
@@ -493,7 +493,7 @@ async def test_a_recipient_a_domain_transport_declined_stays_where_it_went(
         policy=FAST,
         node="test-node",
     )
-    async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
+    async with Spooler.open(cfg, store=store, idle=AlwaysIdle(), close_store=True) as sp:
         assert await sp.wait_for(queued.id, timeout=5) is MessageState.SENT
         (bob,) = await sp.store.recipients(queued.id)
     assert (bob.route, bob.refused_by) == ("relay", ("corp",))
@@ -520,7 +520,7 @@ async def test_mail_queued_for_a_transport_that_now_serves_other_types_is_routed
         policy=FAST,
         node="test-node",
     )
-    async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
+    async with Spooler.open(cfg, store=store, idle=AlwaysIdle(), close_store=True) as sp:
         assert await sp.wait_for(queued.id, timeout=5) is MessageState.SENT
         recipients = await sp.store.recipients(queued.id)
     assert [(str(r.address), r.route) for r in recipients] == [
@@ -544,7 +544,7 @@ async def test_a_transport_that_declares_no_types_keeps_what_is_queued_for_it(
     await store.close()
     quiet = Script(("SMTP",))
     cfg = SpoolerConfig(transports=(transport("quiet", quiet),), policy=FAST, node="test-node")
-    async with Spooler.open(cfg, store=store, idle=AlwaysIdle()) as sp:
+    async with Spooler.open(cfg, store=store, idle=AlwaysIdle(), close_store=True) as sp:
         assert await sp.wait_for(queued.id, timeout=5) is MessageState.SENT
     assert "routed again" not in caplog.text
     assert quiet.sent == [(queued.id, 0)]
