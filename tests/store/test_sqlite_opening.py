@@ -139,6 +139,33 @@ async def test_an_existing_store_readable_by_others_is_made_private(
     assert f"{path} was mode 0644" in caplog.text
 
 
+async def test_a_store_reached_through_a_symlink_is_made_private_where_it_is(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The -wal, -shm and -lock files are beside the file the path resolves to, and
+    are tightened there: an older spoolbox's, readable by others."""
+    real_dir, link_dir = tmp_path / "real", tmp_path / "link"
+    real_dir.mkdir()
+    link_dir.mkdir()
+    real = real_dir / "spool.db"
+    async with SQLiteStore(real) as store:
+        await store.submit(new_message(1), now=T0, lifetime=3600)
+    (link_dir / "spool.db").symlink_to(real)
+    for name in ("spool.db", "spool.db-lock"):
+        (real_dir / name).chmod(0o644)
+    async with SQLiteStore(link_dir / "spool.db") as store:
+        assert len(await store.list_messages(now=T0)) == 1
+        modes = _modes(real_dir)
+    assert modes == {
+        "spool.db": 0o600,
+        "spool.db-wal": 0o600,
+        "spool.db-shm": 0o600,
+        "spool.db-lock": 0o600,
+    }
+    assert f"{real_dir / 'spool.db-lock'} was mode 0644" in caplog.text
+    assert sorted(p.name for p in link_dir.iterdir()) == ["spool.db"]
+
+
 async def test_two_stores_creating_one_file_at_once_both_open_it(tmp_path: Path) -> None:
     path = tmp_path / "spool.db"
     for _ in range(5):

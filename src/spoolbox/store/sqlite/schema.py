@@ -493,8 +493,10 @@ def _fsync_directory(directory: Path) -> None:
 def _make_private(path: Path) -> None:
     """Mode 0600 for the store and its -wal, -shm and -lock files, if other users could
     read or write them (a store made by an older spoolbox): queued mail is in them (the
-    -lock file holds nothing, but another user's lock on it would hold up writers)."""
-    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-lock")):
+    -lock file holds nothing, but another user's lock on it would hold up writers).
+    They are beside the file ``path`` resolves to (a store reached through a symlink)."""
+    real = os.path.realpath(path)
+    for p in (Path(real), Path(f"{real}-wal"), Path(f"{real}-shm"), Path(f"{real}-lock")):
         try:
             st = os.stat(p)
         except FileNotFoundError:
