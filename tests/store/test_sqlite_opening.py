@@ -11,6 +11,7 @@ import random
 import re
 import sqlite3
 from pathlib import Path
+from typing import Final
 
 import pytest
 from sqlite_helpers import T0, new_message, raw, snapshot_dir
@@ -96,6 +97,12 @@ async def test_a_file_without_the_spoolbox_schema_is_refused_untouched(
     assert snapshot_dir(tmp_path) == before
 
 
+#: A store's files, each 0600.
+_PRIVATE: Final = {
+    name: 0o600 for name in ("spool.db", "spool.db-wal", "spool.db-shm", "spool.db-lock")
+}
+
+
 def _modes(directory: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mode & 0o777 for p in directory.iterdir()}
 
@@ -111,12 +118,7 @@ async def test_a_new_store_and_its_wal_shm_and_lock_files_are_private(
             modes = _modes(tmp_path)
     finally:
         os.umask(old)
-    assert modes == {
-        "spool.db": 0o600,
-        "spool.db-wal": 0o600,
-        "spool.db-shm": 0o600,
-        "spool.db-lock": 0o600,
-    }
+    assert modes == _PRIVATE
     assert "0600" not in caplog.text  # created so, not tightened afterwards
 
 
@@ -130,12 +132,7 @@ async def test_an_existing_store_readable_by_others_is_made_private(
     async with SQLiteStore(path) as store:
         assert len(await store.list_messages(now=T0)) == 1
         modes = _modes(tmp_path)
-    assert modes == {
-        "spool.db": 0o600,
-        "spool.db-wal": 0o600,
-        "spool.db-shm": 0o600,
-        "spool.db-lock": 0o600,
-    }
+    assert modes == _PRIVATE
     assert f"{path} was mode 0644" in caplog.text
 
 
@@ -156,12 +153,7 @@ async def test_a_store_reached_through_a_symlink_is_made_private_where_it_is(
     async with SQLiteStore(link_dir / "spool.db") as store:
         assert len(await store.list_messages(now=T0)) == 1
         modes = _modes(real_dir)
-    assert modes == {
-        "spool.db": 0o600,
-        "spool.db-wal": 0o600,
-        "spool.db-shm": 0o600,
-        "spool.db-lock": 0o600,
-    }
+    assert modes == _PRIVATE
     assert f"{real_dir / 'spool.db-lock'} was mode 0644" in caplog.text
     assert sorted(p.name for p in link_dir.iterdir()) == ["spool.db"]
 
