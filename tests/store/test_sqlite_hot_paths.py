@@ -16,7 +16,8 @@ from sqlite_helpers import later_message
 from spoolbox.model import Address, MessageInfo, NewMessage, RecipientState
 from spoolbox.store import ClaimedJob, LeaseLost, RecipientUpdate, StoreError, UnknownMessage
 from spoolbox.store.operations import Kind
-from spoolbox.store.sqlite import SQLiteStore
+from spoolbox.store.sqlite import SQLiteStore, schema
+from spoolbox.store.sqlite import transactions as tx
 from spoolbox.store.sqlite.rows import recipient_from_row
 from spoolbox.store.sqlite.transactions import PREFETCH_LIMIT
 
@@ -287,3 +288,30 @@ async def test_a_settle_names_a_missing_recipient_or_message(tmp_path: Path) -> 
         info = await store.settle("m", [delivered], owner="n", now=T0, claim=job.claim)
         assert info.id == "m"
         assert info.sender == Address.parse("SMTP:alice@example.org")
+
+
+def test_a_settle_of_more_recipients_than_a_statement_takes_parameters(tmp_path: Path) -> None:
+    """A settle reads its recipients in queries of SETTLE_READ: one of 1,200 recipients
+    goes through on a SQLite built to take at most 999 parameters a statement."""
+    conn = schema.connect(str(tmp_path / "many.db"), synchronous="NORMAL", busy_timeout=5)
+    try:
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        n = 1200
+        message = NewMessage(
+            sender=Address.parse("SMTP:alice@example.org"),
+            recipients=tuple(Address.parse(f"X:r{i}") for i in range(n)),
+            content=b"Subject: many\r\n\r\nx\r\n",
+            id="many",
+        )
+        conn.execute("BEGIN IMMEDIATE")
+        tx.submit(conn, message, now=T0, lifetime=3600, routes=["x"] * n)
+        [job] = tx.claim(conn, "x", owner="n", now=T0, lease=60)
+        done = [RecipientUpdate(r.index, RecipientState.DELIVERED) for r in job.recipients]
+        info = tx.settle(conn, "many", done, owner="n", now=T0 + 1, claim=job.claim)
+        conn.execute("COMMIT")
+        assert info.id == "many"
+        states = conn.execute("SELECT state, count(*) FROM recipients GROUP BY state")
+        assert dict(states.fetchall()) == {"delivered": n}
+        assert n > tx.SETTLE_READ * 2  # three reads
+    finally:
+        conn.close()

@@ -365,9 +365,14 @@ def settle(
     drop_finished: Collection[MessageState] = (),
     restoring: bool = False,
 ) -> MessageInfo:
-    # The message and the recipients to update, in one read (each row has both).
+    # The message and the recipients to update, in one read (each row has both); a
+    # settle of very many recipients in reads of SETTLE_READ (SQLite's builds limit
+    # a statement's parameters, to 999 in old ones).
     wanted = sorted({u.index for u in updates})
-    found = conn.execute(_q.settled_rows(len(wanted)), (message_id, *wanted)).fetchall()
+    found: list[sqlite3.Row] = []
+    for i in range(0, len(wanted), SETTLE_READ):
+        part = wanted[i : i + SETTLE_READ]
+        found += conn.execute(_q.settled_rows(len(part)), (message_id, *part)).fetchall()
     rows: dict[int, sqlite3.Row] = {row["idx"]: row for row in found}
     mrow = found[0] if found else _message_row(conn, message_id)  # UnknownMessage
     info = message_from_row(mrow)
@@ -414,6 +419,10 @@ def settle(
     for index, rec in recs.items():
         _move(conn, before[index], rec, check=False)
     return info
+
+
+#: Recipients a settle reads in one query at most.
+SETTLE_READ: Final = 500
 
 
 def release_expired(conn: sqlite3.Connection, *, now: float) -> int:
