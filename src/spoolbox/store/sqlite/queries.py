@@ -8,7 +8,6 @@ hot ones (claims, counts, lease and expiry scans) name their index, and a test
 
 from __future__ import annotations
 
-import functools
 import string
 from collections.abc import Sequence
 from typing import Final
@@ -24,17 +23,6 @@ RECIPIENT_COLUMNS = (
     "message_id, idx, address, state, route, refused_by, attempts, retry_at, status, "
     "diagnostic, updated_at, first_failed_at, owner, lease_until, delay_warned, claim, "
     "original"
-)
-
-
-def _prefixed(alias: str, columns: str) -> str:
-    return ", ".join(f"{alias}.{c} AS {c}" for c in (c.strip() for c in columns.split(",")))
-
-
-#: A message's columns and one recipient's, in one row (no name is in both lists).
-_MESSAGE_AND_RECIPIENT = (
-    f"SELECT {_prefixed('m', MESSAGE_COLUMNS)}, {_prefixed('r', RECIPIENT_COLUMNS)} "
-    "FROM recipients AS r JOIN messages AS m ON m.id = r.message_id "
 )
 
 INBOX_COLUMNS = (
@@ -177,25 +165,14 @@ CLAIM_FLUSH = (
     "WHERE state = 'queued' AND route = ? AND priority = ? AND send_at <= ? "
     "ORDER BY ready_at"
 )
-#: A message's recipients a claim takes, each row with the message's columns too.
 CLAIMABLE_OF_MESSAGE = (
-    _MESSAGE_AND_RECIPIENT + "WHERE r.message_id = ? AND r.state = 'queued' AND r.route = ? "
-    "AND r.ready_at <= ? ORDER BY r.idx"
+    f"SELECT {RECIPIENT_COLUMNS} FROM recipients "
+    "WHERE message_id = ? AND state = 'queued' AND route = ? AND ready_at <= ? ORDER BY idx"
 )
 CLAIMABLE_OF_MESSAGE_FLUSH = (
-    _MESSAGE_AND_RECIPIENT + "WHERE r.message_id = ? AND r.state = 'queued' AND r.route = ? "
-    "AND r.send_at <= ? ORDER BY r.idx"
+    f"SELECT {RECIPIENT_COLUMNS} FROM recipients "
+    "WHERE message_id = ? AND state = 'queued' AND route = ? AND send_at <= ? ORDER BY idx"
 )
-
-
-@functools.lru_cache(maxsize=64)
-def settled_rows(n: int) -> str:
-    """The ``n`` recipients of a message a settle updates, each row with the message's
-    columns too (parameters: the message's id, then the ``n`` indexes)."""
-    marks = ", ".join("?" * n)
-    return _MESSAGE_AND_RECIPIENT + f"WHERE r.message_id = ? AND r.idx IN ({marks})"
-
-
 COUNT_READY = (
     "SELECT count(DISTINCT message_id) FROM recipients INDEXED BY recipients_ready "
     "WHERE state = 'queued' AND route = ? AND priority = ? AND ready_at <= ?"

@@ -313,13 +313,13 @@ def _claim_of(
 ) -> ClaimedJob | None:
     """Claim the recipients ``rows_sql`` finds of one message (None: none), but for
     those whose destination is in ``skip``."""
+    mrow = _message_row(conn, mid)
+    info = message_from_row(mrow)
     rows = conn.execute(rows_sql, (mid, transport, now)).fetchall()
     if skip:
         rows = [r for r in rows if destination(r["address"].partition(":")[2]) not in skip]
     if not rows:
         return None
-    mrow = rows[0]  # each row holds the message's columns too
-    info = message_from_row(mrow)
     # The claim token: above every earlier claim's of these recipients (read under
     # the write lock), so a stale claim of any of them is fenced off.
     token = max(int(row["claim"]) for row in rows) + 1
@@ -365,22 +365,17 @@ def settle(
     drop_finished: Collection[MessageState] = (),
     restoring: bool = False,
 ) -> MessageInfo:
-    # The message and the recipients to update, in one read (each row has both); a
-    # settle of very many recipients in reads of SETTLE_READ (SQLite's builds limit
-    # a statement's parameters, to 999 in old ones).
-    wanted = sorted({u.index for u in updates})
-    found: list[sqlite3.Row] = []
-    for i in range(0, len(wanted), SETTLE_READ):
-        part = wanted[i : i + SETTLE_READ]
-        found += conn.execute(_q.settled_rows(len(part)), (message_id, *part)).fetchall()
-    rows: dict[int, sqlite3.Row] = {row["idx"]: row for row in found}
-    mrow = found[0] if found else _message_row(conn, message_id)  # UnknownMessage
+    mrow = _message_row(conn, message_id)
     info = message_from_row(mrow)
     # Check everything first; an error anywhere rolls the whole transaction back.
+    rows: dict[int, sqlite3.Row] = {}
     for u in updates:
         row = rows.get(u.index)
         if row is None:
-            raise StoreError(f"{message_id} has no recipient #{u.index}")
+            row = conn.execute(_q.SELECT_RECIPIENT, (message_id, u.index)).fetchone()
+            if row is None:
+                raise StoreError(f"{message_id} has no recipient #{u.index}")
+            rows[u.index] = row
         state, holder, held = _R(row["state"]), row["owner"], row["claim"]
         rules.check_settle(
             message_id,
@@ -419,10 +414,6 @@ def settle(
     for index, rec in recs.items():
         _move(conn, before[index], rec, check=False)
     return info
-
-
-#: Recipients a settle reads in one query at most.
-SETTLE_READ: Final = 500
 
 
 def release_expired(conn: sqlite3.Connection, *, now: float) -> int:
