@@ -21,7 +21,12 @@ loop or the contention of the real system.
 Commits use ``synchronous = NORMAL`` (no fsync: the fsync's cost is the disk's, and
 ``bench/store_throughput.py`` and ``bench/relay.py`` measure it); the disk's fsync
 rate is printed beside the figures all the same.  Figures are medians over runs of
-microseconds per operation.  To compare two trees, run each with ``PYTHONPATH``::
+microseconds per operation.  Each run is a Python process of its own (with the
+tree's ``PYTHONPATH``): in one process some runs took every claim about twice as long
+as the others, at run positions that changed from process to process (not the
+garbage collector: its pauses were 1-2 ms a run), so runs in one process
+(``--same-process``, the way before session 38) compare trees badly.  To compare
+two trees, run each with ``PYTHONPATH``::
 
     .venv/bin/python bench/store_ops.py --runs 5
     PYTHONPATH=/tmp/old/src .venv/bin/python bench/store_ops.py --runs 5
@@ -32,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -112,6 +118,18 @@ def one_run(directory: Path, n: int, keep: bool = False) -> dict[str, float]:
     return {"submit": submit * 1e6, "claim": claim / n * 1e6, "settle": settle / n * 1e6}
 
 
+def _run_apart(directory: Path, n: int, keep: bool) -> dict[str, float]:
+    """:func:`one_run` in a new Python process (the same interpreter and environment)."""
+    cmd = [sys.executable, __file__, "--one-run", "--dir", str(directory), "--messages", str(n)]
+    if keep:
+        cmd.append("--keep")
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"a run failed (exit {done.returncode}):\n{done.stderr}")
+    result: dict[str, float] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="SQLite store transactions, timed alone")
     p.add_argument("--runs", type=int, default=5)
@@ -119,12 +137,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dir", type=Path, default=None, help="directory on the disk to test")
     p.add_argument("--keep", action="store_true", help="settles keep the delivered messages")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument(
+        "--same-process", action="store_true", help="every run in this process (as before)"
+    )
+    p.add_argument("--one-run", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.one_run:  # a run in a process of its own: its figures as JSON
+        print(json.dumps(one_run(args.dir, args.messages, args.keep)))
+        return 0
     runs: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         directory = Path(tmp)
         for i in range(args.runs):
-            run = one_run(directory, args.messages, args.keep)
+            if args.same_process:
+                run = one_run(directory, args.messages, args.keep)
+            else:
+                run = _run_apart(directory, args.messages, args.keep)
             run["fsync"] = fsync_rate(directory, 300)
             runs.append(run)
             print(
@@ -134,9 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    apart = "one process" if args.same_process else "a process each"
     print(
         f"\n{args.messages} messages{' (kept)' if args.keep else ''}, {args.runs} runs "
-        f"(medians), Python "
+        f"({apart}; medians), Python "
         f"{sys.version.split()[0]}, spoolbox {tx.__file__}"
     )
     print("| transaction | µs inside the write lock (median) | per run |")
