@@ -67,6 +67,7 @@ import urllib.parse
 from pathlib import Path
 
 from ..base import StoreError
+from .writelock import lock_path
 
 __all__ = [
     "APPLICATION_ID",
@@ -496,7 +497,7 @@ def _make_private(path: Path) -> None:
     -lock file holds nothing, but another user's lock on it would hold up writers).
     They are beside the file ``path`` resolves to (a store reached through a symlink)."""
     real = os.path.realpath(path)
-    for p in (Path(real), Path(f"{real}-wal"), Path(f"{real}-shm"), Path(f"{real}-lock")):
+    for p in (Path(real), Path(f"{real}-wal"), Path(f"{real}-shm"), Path(lock_path(real))):
         try:
             st = os.stat(p)
         except FileNotFoundError:
