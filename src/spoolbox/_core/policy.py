@@ -14,6 +14,7 @@ import enum
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from ..contract.errors import (
     ContractViolation,
@@ -129,6 +130,11 @@ def backoff(policy: Policy, attempts: int, rng: random.Random | None = None) -> 
     return min(delay, policy.retry_cap * (1 + j))
 
 
+_DONT_RESEND: Final = int(EndFlags.DONT_RESEND)
+_RESEND_LATER: Final = int(EndFlags.RESEND_LATER)
+_RESEND_NOW: Final = int(EndFlags.RESEND_NOW)
+
+
 class SubmitOutcome(enum.Enum):
     """What happened to a message in a transport, other than per-recipient results."""
 
@@ -146,11 +152,13 @@ class SubmitOutcome(enum.Enum):
 
     @classmethod
     def from_end_flags(cls, flags: EndFlags) -> SubmitOutcome:
-        if flags & EndFlags.DONT_RESEND:
+        # As ints: an IntFlag operator makes a member each time, once a message here.
+        bits = int(flags)
+        if bits & _DONT_RESEND:
             return cls.END_DONT_RESEND
-        if flags & EndFlags.RESEND_LATER:
+        if bits & _RESEND_LATER:
             return cls.END_RESEND_LATER
-        if flags & EndFlags.RESEND_NOW:
+        if bits & _RESEND_NOW:
             return cls.END_RESEND_NOW
         return cls.END_SENT
 

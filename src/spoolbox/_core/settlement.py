@@ -70,6 +70,8 @@ log = logging.getLogger("spoolbox.spooler")
 #: The longest wait between two tries of a settle the store failed (the first is
 #: 0.1 s, each next twice as long).
 SETTLE_RETRY_CAP = 2.0
+#: NOTIFY=DELAY, tested on every settle, as an int.
+_DELAY = int(Notify.DELAY)
 #: One INFO line per recipient outcome and per report made (docs/operations.md, "Logs").
 delivery_log = logging.getLogger(DELIVERY_LOGGER)
 
@@ -439,7 +441,7 @@ class Settlement:
         """Flag the deferrals that call for the (single) delay report of a recipient."""
         after = self._runtime.policy.delay_warning_after
         out = list(updates)
-        if after is None or not info.notify & Notify.DELAY or info.is_report:
+        if after is None or not int(info.notify) & _DELAY or info.is_report:
             return out
         by_index = {r.index: r for r in recipients}
         now = self._runtime.clock.now()

@@ -108,17 +108,22 @@ class StatusRow:
 _ROW_FIELDS: Final = tuple(f.name for f in fields(StatusRow))
 _ROW_FIELD_SET: Final = frozenset(_ROW_FIELDS)
 _NO_COLUMN: Final = object()
+#: How a frozen row's column is written while the row is made (as dataclasses do).
+_SET: Final = object.__setattr__
 
 
 def _replaced(old: StatusRow, changes: Mapping[str, Any]) -> StatusRow:
     """``dataclasses.replace(old, **changes)`` at a fraction of its cost (rows change
     several times a message while mail flows); StatusRow has no ``__post_init__``."""
-    unknown = changes.keys() - _ROW_FIELD_SET
-    if unknown:
+    if not changes.keys() <= _ROW_FIELD_SET:
+        unknown = changes.keys() - _ROW_FIELD_SET
         raise TypeError(f"StatusRow has no column {sorted(unknown)[0]!r}")
     new = object.__new__(StatusRow)
-    for name in _ROW_FIELDS:
-        object.__setattr__(new, name, changes[name] if name in changes else getattr(old, name))
+    put = _SET
+    for name in _ROW_FIELDS:  # every column copied, then the changed ones written over
+        put(new, name, getattr(old, name))
+    for name, value in changes.items():
+        put(new, name, value)
     return new
 
 

@@ -25,7 +25,7 @@ import contextvars
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from ...contract.errors import ContractViolation, MessageCancelled, WaitRetry
 from ...contract.provider import TransportSession
@@ -54,6 +54,9 @@ T = TypeVar("T")
 log = logging.getLogger("spoolbox.transport")
 #: Seconds between two "overran its slice" lines (DEBUG) of one session.
 OVERRUN_LOG_INTERVAL = 60.0
+#: Bits tested on every message, as ints.
+_UPLOAD: Final = int(FlushFlags.UPLOAD)
+_FAILURE: Final = int(StatusCode.FAILURE)
 
 #: The message (outbound or inbound) the current task is working on, for cancellation.
 CURRENT_MESSAGE: contextvars.ContextVar[OutboundMessageImpl | InboundWriterImpl | None] = (
@@ -261,6 +264,12 @@ class HostBase:
         row = self.runtime.status.get(self.name)
         return row is not None and bool(row.status_code & bit)
 
+    @property
+    def uploading(self) -> bool:
+        """An upload flush is under way (``flushing`` has UPLOAD): asked once or twice a
+        message, as an int (an IntFlag operator makes a member each time)."""
+        return bool(int(self.flushing) & _UPLOAD)
+
     def set_bits(
         self, on: StatusCode = StatusCode.NONE, off: StatusCode = StatusCode.NONE, **cols: Any
     ) -> None:
@@ -348,7 +357,7 @@ class HostBase:
 
     def call_ok(self) -> None:
         self.trouble_ok(Source.CALL)
-        if self.consecutive_failures or (self.row().status_code & StatusCode.FAILURE):
+        if self.consecutive_failures or int(self.row().status_code) & _FAILURE:
             self.consecutive_failures = 0
             self._cooldown_until = 0.0
             if self._may_clear_failure():

@@ -714,7 +714,7 @@ class OutboundLane:
             if written:
                 self._count_for_flush(mid, staged.updates)
             await finish_outbound(host, job, staged)
-            if written and host.flushing & FlushFlags.UPLOAD:
+            if written and host.uploading:
                 host.flush_done += 1
             host.job_done.set()
             return
@@ -776,7 +776,7 @@ class OutboundLane:
             expires_at=job.message.expires_at,
             delay=delay,
             reason=reason,
-            begin_deferred=bool(flags & SubmitFlags.BEGIN_DEFERRED),
+            begin_deferred=deferred,
             rng=runtime.rng,
         )
         if key in self.lease_lost:
@@ -796,7 +796,7 @@ class OutboundLane:
                 msg.refused = True
         await finish_outbound(host, job, staged)
         # A message whose lease was taken over is the new claim's to count.
-        if not msg.refused and host.flushing & FlushFlags.UPLOAD:
+        if not msg.refused and host.uploading:
             host.flush_done += 1
             host.flush_bytes += job.message.size
         host.job_done.set()
@@ -898,7 +898,7 @@ class OutboundLane:
 
     def _count_for_flush(self, message_id: str, updates: Sequence[RecipientUpdate]) -> None:
         """Settled recipients count in the report of a flush's upload phase under way."""
-        if self._host.flushing & FlushFlags.UPLOAD:
+        if self._host.uploading:
             count_outcomes(self._host.flush_outcomes, message_id, updates)
 
     def cancel(self, ref: str, *, its_other_jobs: bool = True) -> bool:
