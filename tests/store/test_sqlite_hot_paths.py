@@ -5,6 +5,7 @@ submissions and other writes that wait together share one commit."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import threading
 import time
@@ -18,7 +19,7 @@ from spoolbox.store import ClaimedJob, LeaseLost, RecipientUpdate, StoreError, U
 from spoolbox.store.operations import Kind
 from spoolbox.store.sqlite import SQLiteStore, schema
 from spoolbox.store.sqlite import transactions as tx
-from spoolbox.store.sqlite.rows import recipient_from_row
+from spoolbox.store.sqlite.rows import recipient_from_row, recipient_params, recipient_values
 from spoolbox.store.sqlite.transactions import PREFETCH_LIMIT
 
 T0 = 1000.0
@@ -313,3 +314,53 @@ def test_a_settle_of_more_recipients_than_a_statement_takes_parameters(tmp_path:
         assert dict(states.fetchall()) == {"delivered": n}
     finally:
         conn.close()
+
+
+async def test_a_settle_writes_each_column_of_the_recipient_where_it_belongs(
+    tmp_path: Path,
+) -> None:
+    """The settle's UPDATE takes its values by number (``?1`` to ``?15``): a deferral
+    with every column set differently lands each value in its own column, ``ready_at``
+    follows ``retry_at``, the lease is dropped and the claim's token kept; the tuple
+    is the named parameters' values in their order."""
+    path = tmp_path / "columns.db"
+    async with SQLiteStore(path) as store:
+        await store.submit(_message("cols", b"x\r\n"), now=T0, lifetime=3600, routes=["x"])
+        [job] = await store.claim("x", owner="n", now=T0 + 1, lease=60)
+        deferred = RecipientUpdate(
+            0,
+            RecipientState.QUEUED,
+            status="4.7.1",
+            diagnostic="smtp; 451 4.7.1 greylisted",
+            retry_at=T0 + 300,
+            refused_by=("y", "z"),
+            count_attempt=True,
+            delay_warned=True,
+        )
+        await store.settle("cols", [deferred], owner="n", now=T0 + 2, claim=job.claim)
+        [record] = await store.recipients("cols")
+    [row] = _raw_recipients(path, "cols")
+    stored = dict(row)
+    expected = {
+        "state": "queued",
+        "route": "x",
+        "refused_by": '["y", "z"]',
+        "attempts": 1,
+        "retry_at": T0 + 300,
+        "ready_at": T0 + 300,
+        "status": "4.7.1",
+        "diagnostic": "smtp; 451 4.7.1 greylisted",
+        "updated_at": T0 + 2,
+        "first_failed_at": T0 + 2,
+        "delay_warned": 1,
+        "owner": None,
+        "lease_until": None,
+        "claim": job.claim,
+    }
+    assert {k: stored[k] for k in expected} == expected
+    for owner, lease_until, claim in ((None, None, None), ("n", T0 + 9, 7)):
+        active = dataclasses.replace(record, state=RecipientState.ACTIVE)
+        for r in (record, active):
+            named = recipient_params(r, owner=owner, lease_until=lease_until, claim=claim)
+            numbered = recipient_values(r, owner=owner, lease_until=lease_until, claim=claim)
+            assert numbered == tuple(named.values())

@@ -59,13 +59,13 @@ SELECT_RECIPIENT = f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id
 SELECT_READINESS = "SELECT state, ready_at FROM recipients WHERE message_id = ?"
 SELECT_STATES = "SELECT idx, state FROM recipients WHERE message_id = ?"
 #: Writes every mutable field of one recipient; ``ready_at`` follows ``retry_at``.
+#: Numbered parameters, :func:`~.rows.recipient_values` in order (a tuple binds in
+#: about half the time of a mapping's fifteen names, once a settled recipient).
 UPDATE_RECIPIENT = (
-    "UPDATE recipients SET state = :state, route = :route, refused_by = :refused_by, "
-    "attempts = :attempts, retry_at = :retry_at, ready_at = max(send_at, :retry_at), "
-    "status = :status, diagnostic = :diagnostic, updated_at = :updated_at, "
-    "first_failed_at = :first_failed_at, owner = :owner, lease_until = :lease_until, "
-    "delay_warned = :delay_warned, claim = coalesce(:claim, claim) "
-    "WHERE message_id = :message_id AND idx = :idx"
+    "UPDATE recipients SET state = ?3, route = ?4, refused_by = ?5, attempts = ?6, "
+    "retry_at = ?7, ready_at = max(send_at, ?7), status = ?8, diagnostic = ?9, "
+    "updated_at = ?10, first_failed_at = ?11, delay_warned = ?12, owner = ?13, "
+    "lease_until = ?14, claim = coalesce(?15, claim) WHERE message_id = ?1 AND idx = ?2"
 )
 #: A claim: a QUEUED recipient (read in the same transaction) becomes ACTIVE under
 #: its owner's lease and the claim's token; nothing else of the row changes.

@@ -27,6 +27,7 @@ __all__ = [
     "message_params",
     "recipient_from_row",
     "recipient_params",
+    "recipient_values",
 ]
 
 
@@ -147,6 +148,31 @@ def recipient_params(
         "lease_until": lease_until if active else None,
         "claim": claim,
     }
+
+
+def recipient_values(
+    r: RecipientRecord, *, owner: str | None, lease_until: float | None, claim: int | None = None
+) -> tuple[object, ...]:
+    """:func:`recipient_params` as the tuple the SQLite store's ``UPDATE_RECIPIENT``
+    numbers (``?1`` to ``?15``, in the order of :func:`recipient_params`' keys)."""
+    active = r.state is RecipientState.ACTIVE
+    return (
+        r.message_id,
+        r.index,
+        r.state.value,
+        r.route,
+        json.dumps(list(r.refused_by)) if r.refused_by else "[]",
+        r.attempts,
+        r.retry_at,
+        r.status,
+        r.diagnostic,
+        r.updated_at,
+        r.first_failed_at,
+        int(r.delay_warned),
+        owner if active else None,
+        lease_until if active else None,
+        claim,
+    )
 
 
 def inbox_from_row(row: Row) -> InboxEntry:

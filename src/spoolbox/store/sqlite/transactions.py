@@ -51,7 +51,7 @@ from .rows import (
     message_from_row,
     message_params,
     recipient_from_row,
-    recipient_params,
+    recipient_values,
 )
 
 #: Messages up to this size are read in the claim's transaction (ClaimedJob.content).
@@ -674,8 +674,8 @@ def _move(
     the claim token of a claim (None keeps the recipient's)."""
     if check and new.state is not old.state:
         check_transition(old.state, new.state, what=f"{old.message_id}#{old.index}")
-    params = recipient_params(new, owner=owner, lease_until=lease_until, claim=claim)
-    conn.execute(_q.UPDATE_RECIPIENT, params)
+    values = recipient_values(new, owner=owner, lease_until=lease_until, claim=claim)
+    conn.execute(_q.UPDATE_RECIPIENT, values)
 
 
 def _unlease(conn: sqlite3.Connection, rows: Iterable[sqlite3.Row], now: float | None) -> int:
