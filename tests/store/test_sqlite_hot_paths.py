@@ -19,7 +19,12 @@ from spoolbox.store import ClaimedJob, LeaseLost, RecipientUpdate, StoreError, U
 from spoolbox.store.operations import Kind
 from spoolbox.store.sqlite import SQLiteStore, schema
 from spoolbox.store.sqlite import transactions as tx
-from spoolbox.store.sqlite.rows import recipient_from_row, recipient_params, recipient_values
+from spoolbox.store.sqlite.rows import (
+    RECIPIENT_KEYS,
+    recipient_from_row,
+    recipient_params,
+    recipient_values,
+)
 from spoolbox.store.sqlite.transactions import PREFETCH_LIMIT
 
 T0 = 1000.0
@@ -321,8 +326,8 @@ async def test_a_settle_writes_each_column_of_the_recipient_where_it_belongs(
 ) -> None:
     """The settle's UPDATE takes its values by number (``?1`` to ``?15``): a deferral
     with every column set differently lands each value in its own column, ``ready_at``
-    follows ``retry_at``, the lease is dropped and the claim's token kept; the tuple
-    is the named parameters' values in their order."""
+    follows ``retry_at``, the lease is dropped and the claim's token kept; the names
+    the PostgreSQL store binds are the same values."""
     path = tmp_path / "columns.db"
     async with SQLiteStore(path) as store:
         await store.submit(_message("cols", b"x\r\n"), now=T0, lifetime=3600, routes=["x"])
@@ -363,4 +368,6 @@ async def test_a_settle_writes_each_column_of_the_recipient_where_it_belongs(
         for r in (record, active):
             named = recipient_params(r, owner=owner, lease_until=lease_until, claim=claim)
             numbered = recipient_values(r, owner=owner, lease_until=lease_until, claim=claim)
-            assert numbered == tuple(named.values())
+            assert named == dict(zip(RECIPIENT_KEYS, numbered, strict=True))
+            assert named["state"] == r.state.value and named["claim"] == claim
+            assert named["owner"] == (owner if r.state is RecipientState.ACTIVE else None)

@@ -59,7 +59,7 @@ SELECT_RECIPIENT = f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id
 SELECT_READINESS = "SELECT state, ready_at FROM recipients WHERE message_id = ?"
 SELECT_STATES = "SELECT idx, state FROM recipients WHERE message_id = ?"
 #: Writes every mutable field of one recipient; ``ready_at`` follows ``retry_at``.
-#: Numbered parameters, :func:`~.rows.recipient_values` in order (a tuple binds in
+#: Numbered parameters, :func:`~.rows.recipient_values` (a tuple binds in
 #: about half the time of a mapping's fifteen names, once a settled recipient).
 UPDATE_RECIPIENT = (
     "UPDATE recipients SET state = ?3, route = ?4, refused_by = ?5, attempts = ?6, "

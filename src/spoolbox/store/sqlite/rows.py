@@ -13,12 +13,13 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from ...model import Address, MessageInfo, Notify, Priority, RecipientRecord, RecipientState
 from ..base import InboxEntry, JSONValue, StoreError
 
 __all__ = [
+    "RECIPIENT_KEYS",
     "Row",
     "encode_profile",
     "inbox_from_row",
@@ -123,38 +124,34 @@ def _refused_by(text: str) -> tuple[str, ...]:
     return () if text == "[]" else tuple(json.loads(text))
 
 
-def recipient_params(
-    r: RecipientRecord, *, owner: str | None, lease_until: float | None, claim: int | None = None
-) -> dict[str, object]:
-    """Every mutable column of one recipient: ``UPDATE_RECIPIENT``'s parameters.  The
-    lease (``owner``, ``lease_until``) is kept only while the recipient is ACTIVE; the
-    claim token changes only with a claim (``claim``; None keeps the last one, so a
-    later claim's token is always greater)."""
-    active = r.state is RecipientState.ACTIVE
-    return {
-        "message_id": r.message_id,
-        "idx": r.index,
-        "state": r.state.value,
-        "route": r.route,
-        "refused_by": json.dumps(list(r.refused_by)) if r.refused_by else "[]",
-        "attempts": r.attempts,
-        "retry_at": r.retry_at,
-        "status": r.status,
-        "diagnostic": r.diagnostic,
-        "updated_at": r.updated_at,
-        "first_failed_at": r.first_failed_at,
-        "delay_warned": int(r.delay_warned),
-        "owner": owner if active else None,
-        "lease_until": lease_until if active else None,
-        "claim": claim,
-    }
+#: The mutable columns of a recipient, in the order :func:`recipient_values` gives
+#: them (the SQLite store's ``UPDATE_RECIPIENT`` numbers them ``?1`` to ``?15``).
+RECIPIENT_KEYS: Final = (
+    "message_id",
+    "idx",
+    "state",
+    "route",
+    "refused_by",
+    "attempts",
+    "retry_at",
+    "status",
+    "diagnostic",
+    "updated_at",
+    "first_failed_at",
+    "delay_warned",
+    "owner",
+    "lease_until",
+    "claim",
+)
 
 
 def recipient_values(
     r: RecipientRecord, *, owner: str | None, lease_until: float | None, claim: int | None = None
 ) -> tuple[object, ...]:
-    """:func:`recipient_params` as the tuple the SQLite store's ``UPDATE_RECIPIENT``
-    numbers (``?1`` to ``?15``, in the order of :func:`recipient_params`' keys)."""
+    """Every mutable column of one recipient, in :data:`RECIPIENT_KEYS`' order.  The
+    lease (``owner``, ``lease_until``) is kept only while the recipient is ACTIVE; the
+    claim token changes only with a claim (``claim``; None keeps the last one, so a
+    later claim's token is always greater)."""
     active = r.state is RecipientState.ACTIVE
     return (
         r.message_id,
@@ -173,6 +170,14 @@ def recipient_values(
         lease_until if active else None,
         claim,
     )
+
+
+def recipient_params(
+    r: RecipientRecord, *, owner: str | None, lease_until: float | None, claim: int | None = None
+) -> dict[str, object]:
+    """:func:`recipient_values` by name (the PostgreSQL store's ``%(state)s`` ...)."""
+    values = recipient_values(r, owner=owner, lease_until=lease_until, claim=claim)
+    return dict(zip(RECIPIENT_KEYS, values, strict=True))
 
 
 def inbox_from_row(row: Row) -> InboxEntry:
