@@ -28,7 +28,7 @@ from workers_kit import (
     Sink,
     Store,
     alive,
-    delivered_by,
+    logged_deliveries,
     lot,
     running_sink,
     wait_until,
@@ -91,7 +91,7 @@ def test_two_workers_relay_every_message_once_and_each_delivers_part(
         )
         assert sorted(sink.received) == _expected(total)  # each exactly once
         assert backend.store.states() == {"delivered": total}
-        by = delivered_by(daemon.log())
+        by = logged_deliveries(daemon, total)
         assert sum(by.values()) == total, by
         assert by["w1"] > 0 and by["w2"] > 0, by  # both workers took part of the lot
 
@@ -219,7 +219,7 @@ def test_sighup_reaches_the_workers(tmp_path: Path, daemons: list[Daemon]) -> No
         Client(profile).submit_many(lot(120))
         wait_until("the lot at the new sink", lambda: len(new.received) >= 120)
         assert old.received == []
-        by = delivered_by(daemon.log())
+        by = logged_deliveries(daemon, 120)
         assert by["w1"] > 0 and by["w2"] > 0, by  # the workers relayed to the new port
         assert daemon.stop() == 0
 
@@ -243,7 +243,7 @@ def test_a_reload_shares_the_new_limits_among_the_workers(
         daemons.append(daemon)
         Client(profile).submit_many(lot(60))
         wait_until("the first lot at the sink", lambda: len(sink.received) >= 60)
-        first = delivered_by(daemon.log())
+        first = logged_deliveries(daemon, 60)
         assert sum(first.values()) == 60 and first["w2"] == 0, first
         profile.write_text(
             profile.read_text().replace("max_connections = 2", "max_connections = 6")
@@ -256,7 +256,7 @@ def test_a_reload_shares_the_new_limits_among_the_workers(
         Client(profile).submit_many(lot(120, first=60))
         wait_until("the second lot at the sink", lambda: len(sink.received) >= 180)
         assert sorted(sink.received) == _expected(180)
-        second = delivered_by(daemon.log()) - first
+        second = logged_deliveries(daemon, 180) - first
         assert second["w2"] > 0, second
         assert daemon.stop() == 0
 

@@ -179,6 +179,17 @@ def delivered_by(log: str) -> collections.Counter[str]:
     return collections.Counter(m.group(1) or "daemon" for m in _DELIVERY.finditer(log))
 
 
+def logged_deliveries(daemon: Daemon, n: int) -> collections.Counter[str]:
+    """:func:`delivered_by` once the daemon's log has ``n`` delivery lines: a line is
+    written after its settle commits, which comes after the server's 250 (and a
+    moment after the store shows the recipient delivered), so a test that saw the
+    sink or the store complete waits for the lines too."""
+    wait_until(
+        f"{n} delivery lines in the log", lambda: sum(delivered_by(daemon.log()).values()) >= n
+    )
+    return delivered_by(daemon.log())
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
