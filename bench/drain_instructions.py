@@ -83,7 +83,7 @@ def _count(valgrind: str, root: Path, sink: Sink, n: int, tag: str) -> int:
     try:
         while sink.count() - before < n:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the drain stopped; see {root / tag}.log")
+                raise SystemExit(f"the drain stopped:\n{_tail(root / f'{tag}.log')}")
             time.sleep(0.2)
         store = profile.parent / "spool.sqlite3"
         while _delivered(store) < n:  # every settle committed before the stop
@@ -95,8 +95,13 @@ def _count(valgrind: str, root: Path, sink: Sink, n: int, tag: str) -> int:
         code = proc.wait(timeout=300)
     found = re.search(r"I\s+refs:\s+([\d,]+)", vg_log.read_text(errors="replace"))
     if code != 0 or found is None:
-        raise SystemExit(f"spoolbox run under valgrind exited {code}; see {vg_log}")
+        raise SystemExit(f"spoolbox run under valgrind exited {code}:\n{_tail(vg_log)}")
     return int(found.group(1).replace(",", ""))
+
+
+def _tail(path: Path) -> str:
+    """The end of a log (the directory it is in goes away when the bench exits)."""
+    return path.read_text(errors="replace")[-3000:] if path.exists() else f"({path} is missing)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
