@@ -665,16 +665,14 @@ def _move(
     old: RecipientRecord,
     new: RecipientRecord,
     *,
-    owner: str | None = None,
-    lease_until: float | None = None,
-    claim: int | None = None,
     check: bool = True,
 ) -> None:
-    """Write ``new`` over ``old`` (checked against the transition table); ``claim``:
-    the claim token of a claim (None keeps the recipient's)."""
+    """Write ``new`` over ``old`` (checked against the transition table), leased to
+    nobody and with the claim token kept: a claim writes its lease and token itself
+    (``CLAIM_RECIPIENT``), not through here."""
     if check and new.state is not old.state:
         check_transition(old.state, new.state, what=f"{old.message_id}#{old.index}")
-    values = recipient_values(new, owner=owner, lease_until=lease_until, claim=claim)
+    values = recipient_values(new, owner=None, lease_until=None)
     conn.execute(_q.UPDATE_RECIPIENT, values)
 
 
