@@ -14,6 +14,10 @@ disk's own fsync rate to read them against.
   they dirtied, so page-granular).  The kernel adds a reaped child's counts to its
   parent's, so the sum over a tree taken before and after a batch is what the tree
   wrote meanwhile, including processes that came and went (Postfix's).
+* :func:`find_valgrind`, :func:`cachegrind` and :func:`instructions`: a command run
+  under Valgrind's cachegrind counting only instructions (``--cache-sim=no``), with a
+  fixed string hash seed (``PYTHONHASHSEED=0``: hashes decide dict probes, which move
+  the count), and the count (``I refs``) read from its report.
 * :class:`SyscallCount`: ``strace -f -c`` attached to running processes for the
   fsync family (``fsync``, ``fdatasync``, ``sync_file_range``, ``syncfs``, ``sync``,
   ``msync``), detached with SIGINT; :meth:`SyscallCount.counts` parses its summary.
@@ -39,15 +43,47 @@ __all__ = [
     "COUNT_KEYS",
     "SYNC_CALLS",
     "SyscallCount",
+    "cachegrind",
     "cpu_seconds",
     "daemon_store_counters",
+    "find_valgrind",
     "fsync_rate",
+    "instructions",
     "per_message",
     "process_tree",
     "written_bytes",
 ]
 
 SYNC_CALLS = ("fsync", "fdatasync", "sync_file_range", "syncfs", "sync", "msync")
+
+
+def find_valgrind() -> str:
+    """The ``valgrind`` program, or SystemExit saying how to install it."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit(
+            "bench: counting instructions needs valgrind (apt-get install -y valgrind)"
+        )
+    return valgrind
+
+
+def cachegrind(valgrind: str, *options: str) -> tuple[list[str], dict[str, str]]:
+    """The command prefix and environment that count a program's instructions (append
+    the program); ``options``: Valgrind's own more (``--fair-sched=yes``, a log file)."""
+    cmd = [
+        valgrind,
+        "--tool=cachegrind",
+        "--cache-sim=no",
+        "--cachegrind-out-file=/dev/null",
+        *options,
+    ]
+    return cmd, {**os.environ, "PYTHONHASHSEED": "0"}
+
+
+def instructions(report: str) -> int | None:
+    """The instruction count (``I refs``) of cachegrind's report; None if it has none."""
+    found = re.search(r"I\s+refs:\s+([\d,]+)", report)
+    return None if found is None else int(found.group(1).replace(",", ""))
 
 
 def fsync_rate(directory: Path, n: int = 300) -> float:

@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import shutil
 import signal
 import statistics
 import subprocess
@@ -45,6 +43,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from _counts import cachegrind, find_valgrind, instructions
 from drain_vs_django import Sink, _msg
 from drain_workers import CLI, _delivered, _profile
 from spoolbox.client import Client
@@ -61,20 +60,8 @@ def _count(valgrind: str, root: Path, sink: Sink, n: int, tag: str) -> int:
         raise SystemExit(f"queueing failed: {queued.get('via')}, {len(queued['ids'])} ids")
     vg_log = root / f"{tag}.valgrind"
     before = sink.count()
-    cmd = [
-        valgrind,
-        "--tool=cachegrind",
-        "--cache-sim=no",
-        "--fair-sched=yes",
-        "--cachegrind-out-file=/dev/null",
-        f"--log-file={vg_log}",
-        *CLI,
-        "--profile",
-        str(profile),
-        "run",
-        "--no-nice",
-    ]
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    prefix, env = cachegrind(valgrind, "--fair-sched=yes", f"--log-file={vg_log}")
+    cmd = [*prefix, *CLI, "--profile", str(profile), "run", "--no-nice"]
     with (root / f"{tag}.log").open("wb") as out:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
@@ -93,10 +80,10 @@ def _count(valgrind: str, root: Path, sink: Sink, n: int, tag: str) -> int:
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=300)
-    found = re.search(r"I\s+refs:\s+([\d,]+)", vg_log.read_text(errors="replace"))
-    if code != 0 or found is None:
+    count = instructions(vg_log.read_text(errors="replace"))
+    if code != 0 or count is None:
         raise SystemExit(f"spoolbox run under valgrind exited {code}:\n{_tail(vg_log)}")
-    return int(found.group(1).replace(",", ""))
+    return count
 
 
 def _tail(path: Path) -> str:
@@ -110,11 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--large", type=int, default=1200, help="messages of the larger run")
     p.add_argument("--repeat", type=int, default=2, help="pairs of runs (the median)")
     args = p.parse_args(argv)
-    valgrind = shutil.which("valgrind")
-    if valgrind is None:
-        raise SystemExit(
-            "bench: counting instructions needs valgrind (apt-get install -y valgrind)"
-        )
+    valgrind = find_valgrind()
     import spoolbox
 
     print(f"Python {sys.version.split()[0]}, spoolbox {os.path.dirname(spoolbox.__file__)}")

@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from _counts import cachegrind, find_valgrind, instructions
 
 MODES = ("submit", "claim", "settle")
 
@@ -70,26 +70,14 @@ def _program(mode: str, n: int, directory: Path) -> None:
 
 def _count(valgrind: str, mode: str, n: int) -> int:
     """Instructions of the program in ``mode`` on ``n`` messages (a fresh store)."""
+    prefix, env = cachegrind(valgrind)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [
-            valgrind,
-            "--tool=cachegrind",
-            "--cache-sim=no",
-            "--cachegrind-out-file=/dev/null",
-            sys.executable,
-            __file__,
-            "--program",
-            mode,
-            str(n),
-            tmp,
-        ]
-        # A fixed hash seed: string hashes decide dict probes, which move the count.
-        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        cmd = [*prefix, sys.executable, __file__, "--program", mode, str(n), tmp]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-    found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
-    if done.returncode != 0 or found is None:
+    count = instructions(done.stderr)
+    if done.returncode != 0 or count is None:
         raise SystemExit(f"valgrind failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
-    return int(found.group(1).replace(",", ""))
+    return count
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,11 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         mode, n, directory = args.program
         _program(mode, int(n), Path(directory))
         return 0
-    valgrind = shutil.which("valgrind")
-    if valgrind is None:
-        raise SystemExit(
-            "bench: counting instructions needs valgrind (apt-get install -y valgrind)"
-        )
+    valgrind = find_valgrind()
     counts = {
         (mode, n): _count(valgrind, mode, n) for mode in MODES for n in (args.small, args.large)
     }
