@@ -16,7 +16,10 @@ message, start-up (Python, imports, the schema) left out:
 SQLite's work and Python's are both counted; system calls are not (``synchronous =
 OFF``: no fsync). Python's string hashes are seeded the same in every run
 (``PYTHONHASHSEED=0``: they decide dictionary probes, which move the count by a few
-thousand a message otherwise). Needs ``valgrind`` (``apt-get install -y
+thousand a message otherwise). Even so the submit can come out at one of two counts
+about 11,000 apart, the claim moving the other way by as much (their sum steady):
+compare the claim and the submit together, or run each tree more than once
+(docs/benchmarks.md, "Session 39"). Needs ``valgrind`` (``apt-get install -y
 valgrind``). Run it, and the tree before with ``PYTHONPATH``::
 
     .venv/bin/python bench/store_instructions.py
