@@ -213,9 +213,11 @@ SELECT_LOST_CLAIMS = (
 
 # -- expiry and deferral ------------------------------------------------------------
 
+#: The condition of ``recipients_expiry`` written as the index writes it: SQLite uses a
+#: partial index for a query whose WHERE has that same condition.
 SELECT_EXPIRED = (
     f"SELECT {RECIPIENT_COLUMNS} FROM recipients INDEXED BY recipients_expiry "
-    "WHERE state IN ('queued', 'parked', 'held') AND expires_at <= ? "
+    "WHERE (state = 'queued' OR state = 'parked' OR state = 'held') AND expires_at <= ? "
     "ORDER BY expires_at LIMIT ?"
 )
 SELECT_PARKED = (
