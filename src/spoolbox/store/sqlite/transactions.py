@@ -46,11 +46,13 @@ from . import queries as _q
 from . import schema
 from .purge import delete_message
 from .rows import (
+    MESSAGE_AT,
+    RECIPIENT_AT,
     inbox_from_row,
     inbox_params,
-    message_from_row,
+    message_from_columns,
     message_params,
-    recipient_from_row,
+    recipient_from_columns,
     recipient_values,
 )
 
@@ -60,6 +62,9 @@ _PRIORITIES: Final = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
 _PAGE: Final = 200  # messages read per query while filtering a listing by state
 
 _R = RecipientState
+# Columns of a recipient's or a message's row, by position (see rows.RECIPIENT_AT).
+_STATE, _OWNER, _CLAIM = RECIPIENT_AT["state"], RECIPIENT_AT["owner"], RECIPIENT_AT["claim"]
+_BLOB_ID = MESSAGE_AT["blob_id"]
 #: Profile values per key as JSON text, None to delete (:func:`.rows.encode_profile`).
 Encoded = Mapping[str, str | None]
 
@@ -115,7 +120,7 @@ def submit_prepared(
     if row is not None:
         if row["fingerprint"] != fingerprint:
             raise StoreError(f"message id {message.id!r} is already used by a different message")
-        return message_from_row(row)
+        return message_from_columns(row)
     blob_id = _insert_blob(conn, message.content)
     conn.execute(_q.INSERT_MESSAGE, message_params(info, fingerprint=fingerprint, blob_id=blob_id))
     send_at = float(info.send_at or 0.0)
@@ -163,7 +168,7 @@ def unrouted(
 ) -> list[RecipientRecord]:
     mid, idx = after if after is not None else ("", -1)
     rows = conn.execute(_q.SELECT_UNROUTED, (mid, idx, max(0, limit)))
-    return [recipient_from_row(r) for r in rows]
+    return [recipient_from_columns(r) for r in rows]
 
 
 def assign_routes(conn: sqlite3.Connection, assignments: Sequence[tuple[str, int, str]]) -> None:
@@ -177,7 +182,7 @@ def reroute_missing(
 ) -> int:
     names = set(known)
     rows = [
-        recipient_from_row(r)
+        recipient_from_columns(r)
         for sql in (_q.SELECT_ROUTED_QUEUED, _q.SELECT_ROUTED_PARKED)
         for r in conn.execute(sql)
     ]
@@ -314,7 +319,7 @@ def _claim_of(
     """Claim the recipients ``rows_sql`` finds of one message (None: none), but for
     those whose destination is in ``skip``."""
     mrow = _message_row(conn, mid)
-    info = message_from_row(mrow)
+    info = message_from_columns(mrow)
     rows = conn.execute(rows_sql, (mid, transport, now)).fetchall()
     if skip:
         rows = [r for r in rows if destination(r["address"].partition(":")[2]) not in skip]
@@ -322,16 +327,16 @@ def _claim_of(
         return None
     # The claim token: above every earlier claim's of these recipients (read under
     # the write lock), so a stale claim of any of them is fenced off.
-    token = max(int(row["claim"]) for row in rows) + 1
+    token = max(int(row[_CLAIM]) for row in rows) + 1
     # ``rows_sql`` reads QUEUED recipients only: QUEUED -> ACTIVE, the lease, the token.
     check_transition(_R.QUEUED, _R.ACTIVE)
-    claimed = [recipient_from_row(row, state=_R.ACTIVE, updated_at=now) for row in rows]
+    claimed = [recipient_from_columns(row, state=_R.ACTIVE, updated_at=now) for row in rows]
     conn.executemany(
         _q.CLAIM_RECIPIENT, [(now, owner, until, token, mid, r.index) for r in claimed]
     )
     # A small message's content comes with the claim: the transport needs it next, and
     # this saves a store round trip per message.
-    content = _read_blob(conn, int(mrow["blob_id"])) if info.size <= PREFETCH_LIMIT else None
+    content = _read_blob(conn, int(mrow[_BLOB_ID])) if info.size <= PREFETCH_LIMIT else None
     return ClaimedJob(info, tuple(claimed), transport, owner, until, content, claim=token)
 
 
@@ -366,7 +371,7 @@ def settle(
     restoring: bool = False,
 ) -> MessageInfo:
     mrow = _message_row(conn, message_id)
-    info = message_from_row(mrow)
+    info = message_from_columns(mrow)
     # Check everything first; an error anywhere rolls the whole transaction back.
     rows: dict[int, sqlite3.Row] = {}
     for u in updates:
@@ -376,7 +381,7 @@ def settle(
             if row is None:
                 raise StoreError(f"{message_id} has no recipient #{u.index}")
             rows[u.index] = row
-        state, holder, held = _R(row["state"]), row["owner"], row["claim"]
+        state, holder, held = _R(row[_STATE]), row[_OWNER], row[_CLAIM]
         rules.check_settle(
             message_id,
             u.index,
@@ -393,7 +398,7 @@ def settle(
     before: dict[int, RecipientRecord] = {}
     recs: dict[int, RecipientRecord] = {}
     for u in updates:
-        r = recs.get(u.index) or recipient_from_row(rows[u.index])
+        r = recs.get(u.index) or recipient_from_columns(rows[u.index])
         before.setdefault(u.index, r)
         recs[u.index] = rules.settled(r, u, now=now, held=info.held)
     for rep in reports:
@@ -409,7 +414,7 @@ def settle(
             for r in conn.execute(_q.SELECT_STATES, (message_id,))
         ]
         if retention.dropped(states, drop_finished):
-            delete_message(conn, message_id, int(mrow["blob_id"]))
+            delete_message(conn, message_id, int(mrow[_BLOB_ID]))
             return info
     for index, rec in recs.items():
         _move(conn, before[index], rec, check=False)
@@ -438,7 +443,7 @@ def release_lost_claims(
 def retry_transport(conn: sqlite3.Connection, transport: str, *, now: float) -> int:
     rows = conn.execute(_q.SELECT_RETRYING, (transport, now)).fetchall()
     for row in rows:
-        r = recipient_from_row(row)
+        r = recipient_from_columns(row)
         _move(conn, r, replace(r, retry_at=0.0))
     return len(rows)
 
@@ -462,7 +467,7 @@ def next_ready_at(conn: sqlite3.Connection, transport: str) -> float | None:
 
 def expired(conn: sqlite3.Connection, *, now: float, limit: int) -> list[RecipientRecord]:
     rows = conn.execute(_q.SELECT_EXPIRED, (now, max(0, limit)))
-    return [recipient_from_row(r) for r in rows]
+    return [recipient_from_columns(r) for r in rows]
 
 
 # -- deferral and user operations ------------------------------------------------------
@@ -476,7 +481,7 @@ def unpark(conn: sqlite3.Connection, transport: str, message_id: str | None, *, 
         rows = conn.execute(_q.SELECT_PARKED_OF_MESSAGE, (message_id, transport)).fetchall()
     held = _HeldCache(conn)
     for row in rows:
-        r = recipient_from_row(row)
+        r = recipient_from_columns(row)
         back = _R.HELD if held(r.message_id) else _R.QUEUED
         _move(conn, r, replace(r, state=back, retry_at=0.0, updated_at=now))
     return len(rows)
@@ -526,7 +531,7 @@ def retry_now(conn: sqlite3.Connection, message_id: str, *, now: float) -> int:
 
 
 def get_message(conn: sqlite3.Connection, message_id: str) -> MessageInfo:
-    return message_from_row(_message_row(conn, message_id))
+    return message_from_columns(_message_row(conn, message_id))
 
 
 def recipients(conn: sqlite3.Connection, message_id: str) -> list[RecipientRecord]:
@@ -571,7 +576,7 @@ def list_messages(
         page = min(_PAGE, limit) if state is None else _PAGE
         rows = conn.execute(_q.SELECT_MESSAGES_AFTER, (cursor, page)).fetchall()
         for row in rows:
-            info = message_from_row(row)
+            info = message_from_columns(row)
             rcpts = _recipients_of(conn, info.id)
             st = rules.queue_of(
                 ((r.state, max(float(info.send_at or 0.0), r.retry_at)) for r in rcpts), now
@@ -644,7 +649,7 @@ def profile_update(conn: sqlite3.Connection, section: str, values: Encoded) -> N
 
 
 def _recipients_of(conn: sqlite3.Connection, message_id: str) -> list[RecipientRecord]:
-    return [recipient_from_row(r) for r in conn.execute(_q.SELECT_RECIPIENTS, (message_id,))]
+    return [recipient_from_columns(r) for r in conn.execute(_q.SELECT_RECIPIENTS, (message_id,))]
 
 
 class _HeldCache:
@@ -681,7 +686,7 @@ def _unlease(conn: sqlite3.Connection, rows: Iterable[sqlite3.Row], now: float |
     held = _HeldCache(conn)
     n = 0
     for row in rows:
-        r = recipient_from_row(row)
+        r = recipient_from_columns(row)
         back = _R.HELD if held(r.message_id) else _R.QUEUED
         _move(conn, r, replace(r, state=back, updated_at=r.updated_at if now is None else now))
         n += 1
@@ -717,7 +722,7 @@ def _read_blob(conn: sqlite3.Connection, blob_id: int) -> bytes:
     the joined copy at once: twice the message)."""
     buffer = io.BytesIO()
     for row in conn.execute(_q.SELECT_CHUNKS, (blob_id,)):
-        buffer.write(row["data"])
+        buffer.write(row[0])  # SELECT data
     return buffer.getvalue()
 
 
