@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from spoolbox._quick import quick_init
+
 from ..model import Address, RecipientRecord, RecipientState
 from ..store import ClaimedJob, RecipientUpdate
 from .destinations import Hold
@@ -137,6 +139,7 @@ def _relay(remote_mta: str | None) -> str:
     return clean_response(remote_mta, 100) or "none"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class DeliveryLine:
     """One recipient's outcome: the fields of its log line."""

@@ -40,6 +40,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from spoolbox._quick import quick_init
+
 from ..model import MessageState
 from ..store import RecipientUpdate
 
@@ -56,6 +58,7 @@ UNSURE_BEFORE: Final = 1.0
 _FAILURES_KEPT: Final = 1024
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class AckedSettle:
     """A claimed job's settle the store acknowledged at ``at``: its ``Store.settle``

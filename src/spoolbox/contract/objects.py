@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from email.message import EmailMessage, Message
 from typing import Any, Protocol
 
+from spoolbox._quick import quick_init
+
 from ..model import Address, MessageInfo, SubmitFlags
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
 ]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class OutboundRecipient:
     """A recipient this transport is responsible for. ``index`` identifies it in results."""

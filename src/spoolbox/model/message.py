@@ -26,6 +26,8 @@ from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses
 
+from spoolbox._quick import quick_init
+
 from .address import Address, AddressError
 from .flags import Priority
 from .states import MessageState, RecipientState
@@ -298,6 +300,7 @@ def _originals(
     return tuple((r, found[r]) for r in recipients if r in found)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MessageInfo:
     """A queued message's envelope, as a store keeps it."""
@@ -322,6 +325,7 @@ class MessageInfo:
         return f"message {self.id} ({self.size} bytes, {self.subject!r})"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RecipientRecord:
     """One recipient of a queued message and where it stands."""

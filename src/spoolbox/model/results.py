@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
+from spoolbox._quick import quick_init
+
 __all__ = ["Outcome", "RecipientResult", "ResultError"]
 
 _STATUS_RE = re.compile(r"^([245])\.([0-9]{1,3})\.([0-9]{1,3})\Z")  # ASCII, no final \n
@@ -42,6 +44,7 @@ def _index(recipient: int | _HasIndex) -> int:
     return recipient if isinstance(recipient, int) else recipient.index
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RecipientResult:
     """The outcome for one recipient, by its index in the message."""

@@ -33,6 +33,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from spoolbox._quick import quick_init
+
 __all__ = [
     "ANY",
     "DomainError",
@@ -154,6 +156,7 @@ class RouteEntry:
         return f"{self.name}: {what}"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Route:
     transport: str

@@ -48,6 +48,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from spoolbox._quick import quick_init
+
 from .data import DataEncoder, message_octets
 from .replies import Reply, ReplyError, ReplyReader, clean_text, reply_text
 
@@ -99,6 +101,7 @@ class _Need(enum.Enum):
 NEED_DATA = _Need.NEED_DATA
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Replied:
     """The server's reply to ``step``; ``index`` is the recipient's (0-based) for RCPT."""

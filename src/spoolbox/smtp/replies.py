@@ -13,6 +13,8 @@ import collections
 import re
 from dataclasses import dataclass
 
+from spoolbox._quick import quick_init
+
 __all__ = [
     "MAX_LINE",
     "MAX_REPLY",
@@ -32,6 +34,7 @@ _ENHANCED_RE = re.compile(r"^([245])\.([0-9]{1,3})\.([0-9]{1,3})(?![\d.])")  # A
 _CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]+")
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Reply:
     """One reply: its code and its text (the lines' texts joined by ``\\n``).

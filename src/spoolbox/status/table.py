@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final
 
+from spoolbox._quick import quick_init
+
 from ..model import Progress, ResourceMethods, ResourceType, StatusCode
 
 __all__ = [
@@ -108,8 +110,9 @@ class StatusRow:
 _ROW_FIELDS: Final = tuple(f.name for f in fields(StatusRow))
 _ROW_FIELD_SET: Final = frozenset(_ROW_FIELDS)
 _NO_COLUMN: Final = object()
-#: How a frozen row's column is written while the row is made (as dataclasses do).
-_SET: Final = object.__setattr__
+#: How a frozen row's column is written while the row is made: through its slot's own
+#: descriptor (as :func:`spoolbox._quick.quick_init` does), not ``object.__setattr__``.
+_SETTERS: Final = {name: StatusRow.__dict__[name].__set__ for name in _ROW_FIELDS}
 
 
 def _replaced(old: StatusRow, changes: Mapping[str, Any]) -> StatusRow:
@@ -119,14 +122,15 @@ def _replaced(old: StatusRow, changes: Mapping[str, Any]) -> StatusRow:
         unknown = changes.keys() - _ROW_FIELD_SET
         raise TypeError(f"StatusRow has no column {sorted(unknown)[0]!r}")
     new = object.__new__(StatusRow)
-    put = _SET
-    for name in _ROW_FIELDS:  # every column copied, then the changed ones written over
-        put(new, name, getattr(old, name))
+    setters = _SETTERS
+    for name, put in setters.items():  # every column copied, then the changed ones written over
+        put(new, getattr(old, name))
     for name, value in changes.items():
-        put(new, name, value)
+        setters[name](new, value)
     return new
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class StatusChange:
     """A row was added (``old`` None), changed, or removed (``new`` None)."""

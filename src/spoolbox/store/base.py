@@ -40,6 +40,8 @@ from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequen
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from spoolbox._quick import quick_init
+
 from ..model import (
     MessageInfo,
     MessageState,
@@ -143,6 +145,7 @@ class LeaseLost(StoreError):
     """A settle came from a spooler whose lease on the recipient expired or moved."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ClaimedJob:
     """Recipients of one message claimed for one transport, under a lease."""
@@ -160,6 +163,7 @@ class ClaimedJob:
     claim: int = 0
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RecipientUpdate:
     """A new state for one recipient, with what the transport said.

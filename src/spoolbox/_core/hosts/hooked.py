@@ -31,6 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from spoolbox._quick import quick_init
+
 from ...contract.errors import ContractViolation
 from ...contract.hooks import HookFlags, HookMessage
 from ...model import (
@@ -63,6 +65,7 @@ HOOKS_SECTION = "spoolbox.hooks:"
 _ALL = "*"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Staged:
     """What :func:`stage_outbound` made of a job."""

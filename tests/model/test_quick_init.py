@@ -1,0 +1,135 @@
+"""``spoolbox._quick.quick_init``: a frozen dataclass with slots given an ``__init__``
+that writes each field through its slot's descriptor.  For every class of spoolbox
+that has one, the quick ``__init__`` takes the same parameters (names, kinds,
+defaults) as the dataclass's own, makes the same value, calls ``__post_init__`` as it
+does, and leaves the value as frozen; classes it cannot serve exactly are refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import InitVar, dataclass, field, replace
+from typing import Any
+
+import pytest
+
+import spoolbox.routing
+import spoolbox.smtp.client
+import spoolbox.status.table
+import spoolbox.store.base
+from spoolbox._core import delivery_log, recovery
+from spoolbox._core.hosts import hooked
+from spoolbox._quick import ORIGINAL_INIT, quick_init
+from spoolbox.contract import objects
+from spoolbox.model import Address, MessageInfo, RecipientRecord, RecipientResult, RecipientState
+from spoolbox.model.results import ResultError
+from spoolbox.smtp.replies import Reply
+
+#: The modules above are imported for their classes' sake: each registers its own.
+_MODULES = (spoolbox.routing, spoolbox.smtp.client, spoolbox.status.table, spoolbox.store.base)
+_MODULES_CORE = (delivery_log, recovery, hooked, objects)
+
+
+def _parameters(init: Any) -> list[tuple[str, Any, Any]]:
+    return [(p.name, p.kind, p.default) for p in inspect.signature(init).parameters.values()]
+
+
+def test_spoolboxs_hot_values_have_a_quick_init() -> None:
+    names = {cls.__qualname__ for cls in ORIGINAL_INIT}
+    assert {"RecipientRecord", "MessageInfo", "RecipientResult", "StatusChange", "Reply"} <= names
+
+
+@pytest.mark.parametrize("cls", sorted(ORIGINAL_INIT, key=lambda c: c.__qualname__))
+def test_the_quick_init_takes_what_the_dataclasses_takes(cls: type) -> None:
+    assert _parameters(cls.__init__) == _parameters(ORIGINAL_INIT[cls])
+    assert cls.__init__.__qualname__ == f"{cls.__qualname__}.__init__"
+
+
+def test_a_value_made_quickly_is_the_value_the_dataclass_makes() -> None:
+    args: dict[str, Any] = {
+        "message_id": "m1",
+        "index": 2,
+        "address": Address.parse("X:bob"),
+        "state": RecipientState.QUEUED,
+        "attempts": 3,
+        "original": "rfc822;bob@example.org",
+    }
+    quick = RecipientRecord(**args)
+    slow = object.__new__(RecipientRecord)
+    ORIGINAL_INIT[RecipientRecord](slow, **args)
+    assert quick == slow and hash(quick) == hash(slow)
+    assert [getattr(quick, f.name) for f in dataclasses.fields(quick)] == [
+        getattr(slow, f.name) for f in dataclasses.fields(slow)
+    ]
+    assert quick.route is None and quick.refused_by == ()  # the defaults
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        quick.attempts = 4
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'state'"):
+        RecipientRecord("m1", 2, Address.parse("X:bob"))
+    with pytest.raises(TypeError, match="unexpected keyword argument"):
+        Reply(250, texts="x")
+
+
+def test_keyword_only_fields_stay_keyword_only() -> None:
+    info = dict(
+        id="m",
+        sender=None,
+        priority=1,
+        submitted_at=0.0,
+        send_at=None,
+        expires_at=1.0,
+        notify=0,
+        is_report=False,
+        envelope_id=None,
+        size=5,
+        subject="s",
+    )
+    made = MessageInfo(**info, return_content=True)
+    assert (made.return_content, made.held) == (True, False)
+    assert MessageInfo(*info.values(), True) == replace(made, return_content=None, held=True)
+    with pytest.raises(TypeError, match="positional arguments but 14 were given"):
+        MessageInfo(*info.values(), False, True)
+
+
+def test_post_init_runs_as_the_dataclasses_does() -> None:
+    from spoolbox.model import Outcome
+
+    with pytest.raises(ResultError, match="not an RFC 3463 code"):
+        RecipientResult(0, Outcome.DELIVERED, status="250")
+    assert RecipientResult(0, Outcome.DELIVERED, status="2.0.0").status == "2.0.0"
+
+
+def test_classes_it_cannot_serve_exactly_are_refused() -> None:
+    @dataclass(frozen=True)
+    class NoSlots:
+        a: int
+
+    @dataclass(slots=True)
+    class NotFrozen:
+        a: int
+
+    @dataclass(frozen=True, slots=True)
+    class Factory:
+        a: list[int] = field(default_factory=list)
+
+    @dataclass(frozen=True, slots=True)
+    class Hidden:
+        a: int = field(default=0, init=False)
+
+    @dataclass(frozen=True, slots=True)
+    class WithInitVar:
+        a: int
+        b: InitVar[int]
+
+        def __post_init__(self, b: int) -> None:
+            pass
+
+    for cls, why in (
+        (NoSlots, "not a frozen dataclass with slots"),
+        (NotFrozen, "not a frozen dataclass with slots"),
+        (Factory, "no plain place"),
+        (Hidden, "no plain place"),
+        (WithInitVar, "InitVar"),
+    ):
+        with pytest.raises(TypeError, match=why):
+            quick_init(cls)
