@@ -21,6 +21,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from spoolbox._quick import quick_init
+
 __all__ = ["Address", "AddressError", "destination", "smtp_value_error"]
 
 _SMTP = "SMTP"  # the Internet mail address type
@@ -79,6 +81,7 @@ class AddressError(ValueError):
     """An address string is malformed; the message says what and where."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True, order=True)
 class Address:
     """A typed address. Build with :meth:`parse` or :meth:`of`; ``str()`` gives it back."""

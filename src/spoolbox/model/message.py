@@ -95,6 +95,7 @@ def _check_id(value: str) -> None:
         raise MessageError(f"message id {value!r} is invalid: use 1 to 64 letters, digits or '-_.'")
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class NewMessage:
     """A message to submit. Construction validates it; nothing invalid reaches a store."""
@@ -346,6 +347,7 @@ class RecipientRecord:
     original: str | None = None  # RFC 3461 ORCPT as given ("rfc822;bob@example.org")
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MessageSummary:
     """One line of a queue listing."""

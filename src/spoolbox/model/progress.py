@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from spoolbox._quick import quick_init
+
 __all__ = ["Progress"]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Progress:
     """``done`` of ``total`` items (``total`` None = unknown), bytes, and a line of text.

@@ -162,6 +162,7 @@ class Route:
     transport: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Wait:
     """No known transport serves it yet, but some transport is not known: keep it queued."""

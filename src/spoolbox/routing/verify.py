@@ -14,11 +14,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from spoolbox._quick import quick_init
+
 from . import NoRoute, Route, RoutingTable
 
 __all__ = ["Verdict", "verify"]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """What would happen to a recipient of one address type."""

@@ -71,6 +71,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from spoolbox._quick import quick_init
+
 from . import xtext
 
 __all__ = [
@@ -131,6 +133,7 @@ NEED_DATA = _Sentinel("NEED_DATA")
 PAUSED = _Sentinel("PAUSED")
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MailFrom:
     """MAIL passed the machine's checks: accept (``2xx``) or refuse it.  ``address`` is
@@ -140,6 +143,7 @@ class MailFrom:
     params: tuple[tuple[str, str | None], ...] = ()
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RcptTo:
     """RCPT passed the machine's checks: accept (``2xx``) or refuse it.  ``params``
@@ -158,6 +162,7 @@ class AuthCredentials:
     password: bytes
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MessageData:
     """The end of DATA with a clean message (dot-unstuffed, CRLF line ends): answer with

@@ -185,6 +185,7 @@ class RecipientUpdate:
     delay_warned: bool | None = None  # None keeps the recipient's flag
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class InboundMessage:
     """A message received by a transport, ready to commit to the inbox."""
@@ -199,6 +200,7 @@ class InboundMessage:
     meta: Mapping[str, JSONValue] = field(default_factory=dict)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class InboxEntry:
     id: str

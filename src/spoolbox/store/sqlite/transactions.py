@@ -17,6 +17,8 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Final
 
+from spoolbox._quick import quick_init
+
 from ...model import (
     TERMINAL,
     MessageInfo,
@@ -72,6 +74,7 @@ Encoded = Mapping[str, str | None]
 # -- submission ------------------------------------------------------------------------
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Prepared:
     """A submission with what its rows need worked out before its transaction (no
