@@ -35,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -266,7 +266,12 @@ class SpoolboxDaemon(_Closing):
         init_without_local: bool = False,
         init_store: Sequence[str] = (),
         init_mx: str | None = None,
+        command_prefix: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        start_timeout: float = 60.0,
     ) -> None:
+        """``command_prefix``: run ``spoolbox run`` under it (Valgrind), with ``env``
+        and ``start_timeout`` seconds for its listener to open."""
         self.dir = workdir
         self.dir.mkdir(parents=True)
         self.port = free_port()
@@ -296,14 +301,15 @@ class SpoolboxDaemon(_Closing):
         self.log_path = self.dir / "daemon.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [str(SPOOLBOX), "-p", str(self.profile), "run", "--no-dialog"],
+            [*command_prefix, str(SPOOLBOX), "-p", str(self.profile), "run", "--no-dialog"],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            env=None if env is None else dict(env),
         )
         self.pid = self.proc.pid
         try:
-            wait_port(self.port, 60, self.proc)
+            wait_port(self.port, start_timeout, self.proc)
         except BaseException:
             self.close()
             log(self.log_path.read_text(errors="replace")[-2000:])

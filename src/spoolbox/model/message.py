@@ -25,6 +25,7 @@ from email.header import decode_header, make_header
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses
+from typing import Final
 
 from spoolbox._quick import quick_init
 
@@ -90,8 +91,13 @@ def new_message_id() -> str:
     return f"{time.time_ns() // 1000:013x}{os.urandom(5).hex()}"
 
 
+#: What a message id may have besides letters and digits, for str.translate to drop.
+_ID_PUNCTUATION: Final = str.maketrans("", "", "-_.")
+
+
 def _check_id(value: str) -> None:
-    if not (1 <= len(value) <= 64) or not all(c.isalnum() or c in "-_." for c in value):
+    rest = value.translate(_ID_PUNCTUATION)  # a letter or digit each: isalnum, at C speed
+    if not (1 <= len(value) <= 64) or (rest and not rest.isalnum()):
         raise MessageError(f"message id {value!r} is invalid: use 1 to 64 letters, digits or '-_.'")
 
 

@@ -457,8 +457,11 @@ class OutboundLane:
         else:
             limit = window.limit
             wait = window.next_at(now) - now
+        # The room comes at a time, not after a delay: the look at the queue below
+        # awaits the store, and the clock goes on meanwhile.
+        until = now + wait
         if not await self._mail_ready(now):
-            await wait_event(clock, host.wake, wait)  # submit and routing set it
+            await wait_event(clock, host.wake, until - clock.now())  # submit and routing set it
             return
         if now - self._rate_logged >= _RATE_LOG_INTERVAL:
             self._rate_logged = now
@@ -470,9 +473,9 @@ class OutboundLane:
             )
         said = f"max_rate {limit} reached: the rest stays queued until there is room"
         self._show_wait(said)
-        self.rate_hold = (now + wait, limit)
+        self.rate_hold = (until, limit)
         try:
-            await wait_event(clock, host.stop_event, wait)
+            await wait_event(clock, host.stop_event, until - clock.now())
         finally:
             self.rate_hold = None
         self._show_wait(None, said)
