@@ -89,13 +89,15 @@ class _Measured(Generic[T]):
         owner = self._owner
         send: Any = None
         throw: BaseException | None = None
+        critsec = meter.critsec
         while True:
-            if throw is None and meter.critsec.blocks(owner):
+            # (``holder`` first: nobody holds a critical section nearly always.)
+            if throw is None and critsec.holder is not None and critsec.blocks(owner):
                 # Held at the gate: the call's own timeout does not run meanwhile.
                 with paused():
-                    while meter.critsec.blocks(owner):
+                    while critsec.blocks(owner):
                         try:
-                            yield from meter.critsec.changed().__await__()
+                            yield from critsec.changed().__await__()
                         except GeneratorExit:
                             self._coro.close()
                             raise
@@ -208,12 +210,14 @@ class SliceMeter:
         self.busy_time += took
         if took > self.longest:
             self.longest = took
-        exempt = owner.exempt_from_budget
-        overran = took > self.budget and not exempt
-        if overran:
-            self.overruns += 1
-        if took >= self.stall_after and not exempt:
-            self._stalled(owner, took)
+        overran = False
+        if took > self.budget or took >= self.stall_after:  # rare: asked only then
+            exempt = owner.exempt_from_budget
+            overran = took > self.budget and not exempt
+            if overran:
+                self.overruns += 1
+            if took >= self.stall_after and not exempt:
+                self._stalled(owner, took)
         owner.record_slice(took, overran)
         for observe in self._observers:
             observe(owner.name, took)
