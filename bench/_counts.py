@@ -14,6 +14,8 @@ disk's own fsync rate to read them against.
   they dirtied, so page-granular).  The kernel adds a reaped child's counts to its
   parent's, so the sum over a tree taken before and after a batch is what the tree
   wrote meanwhile, including processes that came and went (Postfix's).
+* :func:`counted_tree` and :func:`pairs`: the tree compiled before it is counted,
+  and the instructions a message from pairs of runs of two sizes.
 * :func:`find_valgrind`, :func:`cachegrind` and :func:`instructions`: a command run
   under Valgrind's cachegrind counting only instructions (``--cache-sim=no``), with a
   fixed string hash seed (``PYTHONHASHSEED=0``: hashes decide dict probes, which move
@@ -27,14 +29,17 @@ disk's own fsync rate to read them against.
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
+import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -44,11 +49,13 @@ __all__ = [
     "SYNC_CALLS",
     "SyscallCount",
     "cachegrind",
+    "counted_tree",
     "cpu_seconds",
     "daemon_store_counters",
     "find_valgrind",
     "fsync_rate",
     "instructions",
+    "pairs",
     "per_message",
     "process_tree",
     "written_bytes",
@@ -78,6 +85,29 @@ def cachegrind(valgrind: str, *options: str) -> tuple[list[str], dict[str, str]]
         *options,
     ]
     return cmd, {**os.environ, "PYTHONHASHSEED": "0"}
+
+
+def counted_tree() -> None:
+    """Compile the spoolbox tree being counted (a tree's first run would compile its
+    modules: half a billion instructions) and print which tree it is."""
+    import spoolbox
+
+    where = os.path.dirname(spoolbox.__file__)
+    compileall.compile_dir(where, quiet=1)
+    print(f"Python {sys.version.split()[0]}, spoolbox {where}")
+
+
+def pairs(count: Callable[[int, str], int], small: int, large: int, repeat: int) -> float:
+    """The instructions a message, the median of ``repeat`` pairs of runs of
+    ``count(n, tag)`` (one run's instructions with ``n`` messages): the difference of
+    a pair over the difference of its sizes, start-up and shutdown left out.  Each
+    pair is printed."""
+    per: list[float] = []
+    for i in range(repeat):
+        low, high = count(small, f"s{i}"), count(large, f"l{i}")
+        per.append((high - low) / (large - small))
+        print(f"pair {i + 1}: {low:,} / {high:,} instructions: {per[-1]:,.0f} a message")
+    return statistics.median(per)
 
 
 def instructions(report: str) -> int | None:

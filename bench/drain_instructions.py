@@ -33,18 +33,14 @@ before with ``PYTHONPATH``::
 from __future__ import annotations
 
 import argparse
-import compileall
-import os
 import signal
-import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from _counts import cachegrind, find_valgrind, instructions
+from _counts import cachegrind, counted_tree, find_valgrind, instructions, pairs
 from drain_vs_django import Sink, _msg
 from drain_workers import CLI, _delivered, _profile
 from spoolbox.client import Client
@@ -99,26 +95,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=2, help="pairs of runs (the median)")
     args = p.parse_args(argv)
     valgrind = find_valgrind()
-    import spoolbox
-
-    # A tree's first run would compile its modules (half a billion instructions).
-    compileall.compile_dir(os.path.dirname(spoolbox.__file__), quiet=1)
-    print(f"Python {sys.version.split()[0]}, spoolbox {os.path.dirname(spoolbox.__file__)}")
-    per: list[float] = []
+    counted_tree()
     with tempfile.TemporaryDirectory(prefix="drain-instr-") as tmp:
         root = Path(tmp)
         (root / "sink").mkdir()
         sink = Sink(root / "sink")
         sink.start()
         try:
-            for i in range(args.repeat):
-                small = _count(valgrind, root, sink, args.small, f"s{i}")
-                large = _count(valgrind, root, sink, args.large, f"l{i}")
-                per.append((large - small) / (args.large - args.small))
-                print(f"pair {i + 1}: {small:,} / {large:,} instructions: {per[-1]:,.0f} a message")
+            per = pairs(
+                lambda n, tag: _count(valgrind, root, sink, n, tag),
+                args.small,
+                args.large,
+                args.repeat,
+            )
         finally:
             sink.stop()
-    print(f"instructions a delivered message (median of {len(per)}): {statistics.median(per):,.0f}")
+    print(f"instructions a delivered message (median of {args.repeat}): {per:,.0f}")
     return 0
 
 

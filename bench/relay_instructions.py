@@ -23,18 +23,14 @@ and the tree before with ``PYTHONPATH``::
 from __future__ import annotations
 
 import argparse
-import compileall
-import os
 import signal
 import sqlite3
-import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from _counts import cachegrind, find_valgrind, instructions
+from _counts import cachegrind, counted_tree, find_valgrind, instructions, pairs
 from _mta import Sink, SpoolboxDaemon, smtp_source
 
 #: Seconds a count may take (a relayed message takes about 0.1 s under cachegrind).
@@ -100,20 +96,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=2048, help="message size (smtp-source -l)")
     args = p.parse_args(argv)
     valgrind = find_valgrind()
-    import spoolbox
-
-    # A tree's first run would compile its modules (half a billion instructions).
-    compileall.compile_dir(os.path.dirname(spoolbox.__file__), quiet=1)
-    print(f"Python {sys.version.split()[0]}, spoolbox {os.path.dirname(spoolbox.__file__)}")
-    per: list[float] = []
+    counted_tree()
     with tempfile.TemporaryDirectory(prefix="relay-instr-") as tmp:
         root = Path(tmp)
-        for i in range(args.repeat):
-            small = _count(valgrind, root, args.small, f"s{i}", args.sessions, args.size)
-            large = _count(valgrind, root, args.large, f"l{i}", args.sessions, args.size)
-            per.append((large - small) / (args.large - args.small))
-            print(f"pair {i + 1}: {small:,} / {large:,} instructions: {per[-1]:,.0f} a message")
-    print(f"instructions a relayed message (median of {len(per)}): {statistics.median(per):,.0f}")
+        per = pairs(
+            lambda n, tag: _count(valgrind, root, n, tag, args.sessions, args.size),
+            args.small,
+            args.large,
+            args.repeat,
+        )
+    print(f"instructions a relayed message (median of {args.repeat}): {per:,.0f}")
     return 0
 
 
