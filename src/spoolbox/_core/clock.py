@@ -40,8 +40,11 @@ async def wait_event(clock: Clock, event: asyncio.Event, delay: float | None) ->
         return True
     if delay <= 0:
         return False
+    # The time to wake at, read now: the sleeper starts at the loop's next turn, and
+    # the clock may have moved by then (a test's fake clock advanced meanwhile).
+    until = clock.now() + delay
     waiter = asyncio.ensure_future(event.wait())
-    sleeper = asyncio.ensure_future(clock.sleep(delay))
+    sleeper = asyncio.ensure_future(_sleep_until(clock, until))
     try:
         await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -50,3 +53,7 @@ async def wait_event(clock: Clock, event: asyncio.Event, delay: float | None) ->
                 t.cancel()
         await asyncio.gather(waiter, sleeper, return_exceptions=True)
     return event.is_set()
+
+
+async def _sleep_until(clock: Clock, until: float) -> None:
+    await clock.sleep(until - clock.now())
