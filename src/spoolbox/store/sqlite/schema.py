@@ -17,7 +17,9 @@ script that upgrades a database at version ``n`` to version ``n + 1``, so a new 
 (version 0) runs them all and :data:`SCHEMA_VERSION` is ``len(MIGRATIONS)``.  A
 released migration is never edited: a change to the schema is a new script appended
 to the list.  Each script is split into statements with :func:`split_statements` and
-run in one transaction together with the version bump.
+run in one transaction together with the version bump, and with the Python step that
+follows it, if it has one (``_AFTER_SCRIPT``: version 10 rewrites a CHECK in a table's
+definition, which no SQL statement can).
 
 Shape of the data (the domain classes in :mod:`spoolbox.model` do not follow it):
 
