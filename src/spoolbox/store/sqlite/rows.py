@@ -68,7 +68,7 @@ class _Columns:
     query that selects the list first, in that order, as every query of the SQLite
     store that reads one does; a test pins it).  A :class:`sqlite3.Row` looks a name up
     by comparing it with each column's in turn, ignoring case: a claim and a settle
-    made sixty lookups, 4% of the daemon's instructions a message
+    made about sixty lookups, 4% of the daemon's instructions a message
     (docs/benchmarks.md, "Session 40")."""
 
     __slots__ = ("at", "by_name", "count")
