@@ -42,6 +42,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import IO, Any, Protocol, runtime_checkable
 
 from .. import (
@@ -64,6 +65,7 @@ from ..profile import Profile, ProfileError, load_profile
 from ..store import ClusterStore, NodeRecord
 from .api_server import LocalApiServer
 from .crowding import Served, served_by, watch_crowding
+from .files_watch import EXIT_FILES_GONE, FileIdentity, identities, identity, watch_files
 from .listeners import Listeners
 from .log_format import choose_format
 from .maildrop import MaildropPickup
@@ -159,6 +161,11 @@ class Daemon:
             event_loop=profile.daemon.event_loop,
         )
         self._lock_file: IO[str] | None = None
+        #: the pid file's identity once locked: the stop removes it only if it is
+        #: still this file (not one a daemon started after ours was removed made)
+        self._lock_identity: FileIdentity | None = None
+        #: what run() returns: 0, or EXIT_FILES_GONE when a file it holds went
+        self._exit_status = 0
         self._notify = Notifier()
         daemon_settings = profile.daemon
         #: ``[daemon] maildrop``: what members of socket_group leave while it is down.
@@ -204,6 +211,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         watchdog: asyncio.Future[None] | None = None
         crowding: asyncio.Future[None] | None = None
+        files: asyncio.Future[None] | None = None
         self._lock()
         try:
             if self.renice and self.profile.daemon.nice:
@@ -243,6 +251,7 @@ class Daemon:
             interval = watchdog_interval()
             if interval is not None:
                 watchdog = asyncio.ensure_future(self._watchdog(interval))
+            files = asyncio.ensure_future(watch_files(self._held_files(), self._files_gone))
             if self.profile.store.backend == "postgres":
                 # Nodes anywhere: too many of them on this machine is a warning.
                 crowding = asyncio.ensure_future(
@@ -272,10 +281,10 @@ class Daemon:
                     await self.reload()
                     self._notify.send("READY=1", "STATUS=running")
             log.info("shutting down")
-            return 0
+            return self._exit_status
         finally:
             self._notify.send("STOPPING=1", "STATUS=stopping")
-            for task in (watchdog, crowding):
+            for task in (watchdog, crowding, files):
                 if task is not None:
                     task.cancel()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -318,6 +327,28 @@ class Daemon:
         log.info("stop requested")
         self._stop.set()
 
+    def _held_files(self) -> dict[str, tuple[Path, FileIdentity]]:
+        """The files this daemon holds open for its life, as they are now: its pid
+        file (the lock) and, on SQLite, the store."""
+        paths = {"pid file": self.profile.daemon.pid_file}
+        if self.profile.store.backend == "sqlite":
+            paths["store"] = self.profile.store.path
+        return identities(paths)
+
+    def _files_gone(self, said: list[str]) -> None:
+        """A held file was removed or replaced (:mod:`.files_watch`): stop, with
+        EXIT_FILES_GONE, before more mail goes where no path leads."""
+        log.error(
+            "%s while the daemon ran: mail accepted from now on would be kept where no "
+            "path leads and lost at the next start, and another daemon could start on "
+            "this data directory; stopping (exit status %d)",
+            "; ".join(said),
+            EXIT_FILES_GONE,
+        )
+        self._notify.send(f"STATUS={'; '.join(said)}: stopping")
+        self._exit_status = EXIT_FILES_GONE
+        self._stop.set()
+
     def request_reload(self) -> None:
         log.info("reload requested")
         self._reload.set()
@@ -354,13 +385,16 @@ class Daemon:
             lock_file.close()
             raise OSError(exc.errno, exc.strerror, str(pid_file)) from exc
         self._lock_file = lock_file
+        self._lock_identity = identity(pid_file)
 
     def _unlock(self) -> None:
         lock_file = self._lock_file
         if lock_file is None:
             return
-        with contextlib.suppress(OSError):
-            os.unlink(self.profile.daemon.pid_file)
+        pid_file = self.profile.daemon.pid_file
+        if identity(pid_file) == self._lock_identity:  # not another daemon's since
+            with contextlib.suppress(OSError):
+                os.unlink(pid_file)
         with contextlib.suppress(OSError):
             fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
         lock_file.close()
