@@ -1,4 +1,4 @@
-"""Frozen values made quickly: :func:`quick_init`.
+"""Frozen values made quickly: :func:`quick_init`, and :func:`quick_replace`.
 
 A frozen dataclass's ``__init__`` writes each field with ``object.__setattr__`` (the
 class's own ``__setattr__`` refuses): a call that finds the attribute's descriptor
@@ -16,10 +16,10 @@ cannot do so for exactly (one with an ``InitVar`` or a field left out of
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar
 
-__all__ = ["ORIGINAL_INIT", "quick_init"]
+__all__ = ["ORIGINAL_INIT", "quick_init", "quick_replace"]
 
 T = TypeVar("T")
 
@@ -80,3 +80,76 @@ def quick_init(cls: type[T]) -> type[T]:
     ORIGINAL_INIT[cls] = cls.__init__
     setattr(cls, "__init__", init)  # noqa: B010 (a method of the class replaced)
     return cls
+
+
+def quick_replace(cls: type[T]) -> Callable[[T, Mapping[str, Any]], T]:
+    """A function ``replaced(old, changes)``: ``dataclasses.replace(old, **changes)``
+    for ``cls`` (a frozen dataclass with slots, every field in ``__init__``, no
+    ``__post_init__``), a column not in ``cls`` refused with TypeError as
+    ``replace`` refuses it.  The new value is made without ``__init__``: each slot
+    is written once, with the change or the old value, on an object of a plain class
+    with the same slots that then becomes a ``cls`` (:func:`_draft_of`)."""
+    params = getattr(cls, "__dataclass_params__", None)
+    if params is None or not params.frozen or "__slots__" not in cls.__dict__:
+        raise TypeError(f"quick_replace: {cls.__qualname__} is not a frozen dataclass with slots")
+    if hasattr(cls, "__post_init__"):
+        raise TypeError(f"quick_replace: {cls.__qualname__} has a __post_init__")
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    declared: dict[str, dataclasses.Field[Any]] = cls.__dataclass_fields__  # type: ignore[attr-defined]
+    if len(fields) != len(declared) or not all(f.init for f in fields):
+        raise TypeError(f"quick_replace: {cls.__qualname__} has a field outside __init__")
+    names = frozenset(f.name for f in fields)
+    draft = _draft_of(cls)
+    namespace: dict[str, Any] = {"_cls": cls, "_draft": draft, "_names": names}
+    body = [
+        "def replaced(old, changes):\n",
+        "    if not changes.keys() <= _names:\n",
+        "        _refuse(changes)\n",
+    ]
+    if draft is not None:  # every slot copied, then the changed ones written over
+        body.append("    new = object.__new__(_draft)\n")
+        body += [f"    new.{f.name} = old.{f.name}\n" for f in fields]
+        body.append("    for name, value in changes.items():\n")
+        body.append("        setattr(new, name, value)\n")
+        body.append("    new.__class__ = _cls\n")
+    else:  # each slot written once, through its descriptor
+        body.append("    new = object.__new__(_cls)\n")
+        body.append("    get = changes.get\n")
+        for f in fields:
+            namespace[f"_set_{f.name}"] = getattr(cls, f.name).__set__  # (or a base's)
+            body.append(f"    _set_{f.name}(new, get({f.name!r}, old.{f.name}))\n")
+    body.append("    return new\n")
+
+    def refuse(changes: Mapping[str, Any]) -> None:
+        unknown = sorted(changes.keys() - names)[0]
+        name = cls.__qualname__
+        raise TypeError(f"{name}.__init__() got an unexpected keyword argument {unknown!r}")
+
+    namespace["_refuse"] = refuse
+    exec("".join(body), namespace)
+    replaced: Callable[[T, Mapping[str, Any]], T] = namespace["replaced"]
+    replaced.__qualname__ = f"quick_replace.<{cls.__qualname__}>"
+    return replaced
+
+
+def _draft_of(cls: type) -> type | None:
+    """A plain class with ``cls``'s slots, in the same order, and nothing else: an
+    object of it takes each field by an ordinary attribute write (a few dozen
+    instructions, where a slot descriptor's ``__set__`` is a call of several
+    hundred), then becomes a ``cls`` by ``__class__`` assignment, which Python
+    allows between classes of the same layout.  None when ``cls`` derives from a
+    class other than ``object`` or the assignment is refused: its values are then
+    written through the descriptors."""
+    if cls.__bases__ != (object,):
+        return None
+    draft = type(
+        f"{cls.__name__}Draft",
+        (object,),
+        {"__slots__": cls.__dict__["__slots__"], "__module__": cls.__module__},
+    )
+    probe: Any = object.__new__(draft)
+    try:
+        probe.__class__ = cls
+    except TypeError:
+        return None
+    return draft

@@ -14,10 +14,10 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
-from spoolbox._quick import quick_init
+from spoolbox._quick import quick_init, quick_replace
 
 from ..model import Progress, ResourceMethods, ResourceType, StatusCode
 
@@ -107,27 +107,10 @@ class StatusRow:
         }
 
 
-_ROW_FIELDS: Final = tuple(f.name for f in fields(StatusRow))
-_ROW_FIELD_SET: Final = frozenset(_ROW_FIELDS)
+#: ``dataclasses.replace(old, **changes)`` at a fraction of its cost (rows change
+#: several times a message while mail flows); an unknown column is a TypeError.
+_replaced: Final = quick_replace(StatusRow)
 _NO_COLUMN: Final = object()
-#: How a frozen row's column is written while the row is made: through its slot's own
-#: descriptor (as :func:`spoolbox._quick.quick_init` does), not ``object.__setattr__``.
-_SETTERS: Final = {name: StatusRow.__dict__[name].__set__ for name in _ROW_FIELDS}
-
-
-def _replaced(old: StatusRow, changes: Mapping[str, Any]) -> StatusRow:
-    """``dataclasses.replace(old, **changes)`` at a fraction of its cost (rows change
-    several times a message while mail flows); StatusRow has no ``__post_init__``."""
-    if not changes.keys() <= _ROW_FIELD_SET:
-        unknown = changes.keys() - _ROW_FIELD_SET
-        raise TypeError(f"StatusRow has no column {sorted(unknown)[0]!r}")
-    new = object.__new__(StatusRow)
-    setters = _SETTERS
-    for name, put in setters.items():  # every column copied, then the changed ones written over
-        put(new, getattr(old, name))
-    for name, value in changes.items():
-        setters[name](new, value)
-    return new
 
 
 @quick_init
@@ -322,6 +305,12 @@ class StatusTable:
 
     def _publish(self, change: StatusChange) -> None:
         self.changes_published += 1
+        if self._subscribers:
+            self._offer(change)
+        if self._callbacks:
+            self._call_back(change)
+
+    def _offer(self, change: StatusChange) -> None:
         for sub in list(self._subscribers):
             if not sub._offer(change):
                 self._subscribers.remove(sub)
@@ -332,6 +321,8 @@ class StatusTable:
                     sub.name,
                     sub._queue.maxsize,
                 )
+
+    def _call_back(self, change: StatusChange) -> None:
         for cb in list(self._callbacks):
             try:
                 cb(change)
