@@ -38,6 +38,11 @@ class _Factory:
 
 _FACTORY: Final = _Factory()
 
+#: From how many fields :func:`quick_init` writes them on a draft (:func:`_draft_of`):
+#: making the object a draft and a value again costs about as much as writing four
+#: fields through their descriptors (counted in docs/benchmarks.md, "Session 41").
+DRAFT_FIELDS: Final = 5
+
 
 def quick_init(cls: type[T]) -> type[T]:
     """``cls`` (a frozen dataclass with slots) with an ``__init__`` that writes each
@@ -53,6 +58,7 @@ def quick_init(cls: type[T]) -> type[T]:
     positional: list[str] = []
     keyword: list[str] = []
     body: list[str] = []
+    values: list[tuple[str, str]] = []
     namespace["_FACTORY"] = _FACTORY
     for f in fields:
         if not f.init:
@@ -69,6 +75,21 @@ def quick_init(cls: type[T]) -> type[T]:
         (keyword if f.kw_only else positional).append(parameter)
         namespace[f"_set_{f.name}"] = cls.__dict__[f.name].__set__
         body.append(f"    _set_{f.name}(self, {value})\n")
+        values.append((f.name, value))
+    draft = _draft_of(cls) if len(fields) >= DRAFT_FIELDS else None
+    if draft is not None:
+        # Written on the object made a draft for the while (plain attribute writes),
+        # then made a ``cls`` again; a subclass's object through the descriptors.
+        namespace.update(_cls=cls, _draft=draft, _become=object.__setattr__)
+        by_descriptor = ["    " + line for line in body]
+        body = [
+            "    if type(self) is _cls:\n",
+            "        _become(self, '__class__', _draft)\n",
+            *(f"        self.{name} = {value}\n" for name, value in values),
+            "        self.__class__ = _cls\n",
+            "    else:\n",
+            *by_descriptor,
+        ]
     if hasattr(cls, "__post_init__"):
         body.append("    self.__post_init__()\n")  # as the dataclass's own does
     signature = ", ".join(["self", *positional, *(["*", *keyword] if keyword else [])])

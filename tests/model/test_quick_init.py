@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import spoolbox
-from spoolbox._quick import ORIGINAL_INIT, quick_init
+from spoolbox._quick import DRAFT_FIELDS, ORIGINAL_INIT, quick_init
 from spoolbox.model import (
     Address,
     MessageInfo,
@@ -83,6 +83,45 @@ def test_a_value_made_quickly_is_the_value_the_dataclass_makes() -> None:
         RecipientRecord("m1", 2, Address.parse("X:bob"))
     with pytest.raises(TypeError, match="unexpected keyword argument"):
         Reply(250, texts="x")
+
+
+@quick_init
+@dataclass(frozen=True, slots=True)
+class _Wide:
+    a: int
+    b: str
+    c: tuple[int, ...] = ()
+    d: float = 0.5
+    e: list[int] = field(default_factory=list)
+    f: bool = field(default=False, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if self.a < 0:
+            raise ValueError("a < 0")
+
+
+class _WideChild(_Wide):
+    __slots__ = ("extra",)
+
+
+def test_a_value_of_many_fields_is_written_on_a_draft_and_is_its_class_after() -> None:
+    assert len(dataclasses.fields(_Wide)) >= DRAFT_FIELDS
+    assert "_draft" in _Wide.__init__.__globals__  # the draft path, not the descriptors
+    made = _Wide(1, "x", (2,), e=[3], f=True)
+    slow = object.__new__(_Wide)
+    ORIGINAL_INIT[_Wide](slow, 1, "x", (2,), e=[3], f=True)
+    assert type(made) is _Wide and made == slow
+    assert (made.c, made.d, made.e, made.f) == ((2,), 0.5, [3], True)
+    assert _Wide(2, "y").e == [] and _Wide(2, "y").e is not _Wide(2, "y").e
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.a = 5  # type: ignore[misc]
+    with pytest.raises(ValueError, match="a < 0"):  # __post_init__, on the value made
+        _Wide(-1, "z")
+    # A subclass's object keeps its class (written through the descriptors).
+    child = _WideChild(4, "w")
+    assert type(child) is _WideChild and (child.a, child.b, child.e) == (4, "w", [])
+    assert RecipientRecord("m", 0, Address.parse("X:bob"), RecipientState.QUEUED).index == 0
+    assert "_draft" in RecipientRecord.__init__.__globals__  # fourteen fields
 
 
 def test_keyword_only_fields_stay_keyword_only() -> None:
