@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from spoolbox.daemon.log_format import choose_format, make_formatter, on_journal
-from spoolbox.daemon.runtime import RedactingFilter, set_log_level
+from spoolbox.daemon.runtime import RedactingFilter, configure_logging, set_log_level
 from spoolbox.profile import ProfileError, default_profile_text, load_profile
 
 
@@ -80,8 +80,18 @@ def test_json_is_one_object_a_line_with_the_structured_fields() -> None:
 
 def test_a_listener_worker_is_named_in_each_format() -> None:
     rec = _record(logging.INFO, "up")
-    assert "[listener smtp pid " in make_formatter("text", worker="smtp").format(rec)
-    assert "[listener smtp pid " in make_formatter("journald", worker="smtp").format(rec)
+    rec.process = None  # what logging.logProcesses = False leaves (configure_logging)
+    tag = f"[listener smtp pid {os.getpid()}]: up"
+    assert make_formatter("text", worker="smtp").format(rec).endswith(tag)
+    assert make_formatter("journald", worker="smtp").format(rec).endswith(tag)
+    assert (
+        make_formatter("text", worker="50%")
+        .format(rec)
+        .endswith(
+            f"[listener 50% pid {os.getpid()}]: up"  # a name with % in it, as it is
+        )
+    )
+    assert make_formatter("text", delivery="w%d").format(rec).endswith("[w%d]: up")
     obj = json.loads(make_formatter("json", worker="smtp").format(rec))
     assert (obj["listener"], obj["pid"]) == ("smtp", os.getpid())
     with pytest.raises(ValueError, match="unknown log format 'xml'"):
@@ -175,3 +185,31 @@ def test_the_database_librarys_warnings_show_at_debug_only() -> None:
     assert pool.isEnabledFor(logging.DEBUG)
     set_log_level("WARNING")
     assert not pool.isEnabledFor(logging.WARNING)
+
+
+def test_configure_logging_leaves_out_what_no_format_shows(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    switches = (logging.logThreads, logging.logProcesses, logging.logMultiprocessing)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        configure_logging("INFO", frozenset, "text", worker="smtp")
+        assert (logging.logThreads, logging.logProcesses, logging.logMultiprocessing) == (
+            False,
+            False,
+            False,
+        )
+        record = logging.getLogger("spoolbox.test").makeRecord(
+            "spoolbox.test", logging.INFO, __file__, 1, "hello", (), None
+        )
+        assert (record.thread, record.process, record.processName) == (None, None, None)
+        logging.getLogger("spoolbox.test").info("hello")
+        assert f"[listener smtp pid {os.getpid()}]: hello" in capsys.readouterr().err
+    finally:
+        logging.logThreads, logging.logProcesses, logging.logMultiprocessing = switches
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)

@@ -134,17 +134,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(obj, ensure_ascii=False, default=str)
 
 
+def _literal(text: str) -> str:
+    """``text`` as it stands in a %-style format string."""
+    return text.replace("%", "%%")
+
+
 def make_formatter(
     fmt: str, *, worker: str | None = None, delivery: str | None = None
 ) -> logging.Formatter:
     """The formatter for ``fmt`` (``text``, ``journald`` or ``json``); ``worker`` names
     a listener worker process, ``delivery`` a delivery worker (``w1``), shown in each
     line: ``spoolbox.delivery[w1]: ...``, or the ``worker`` field in JSON."""
-    tag = f" [listener {worker} pid %(process)d]" if worker else ""
-    extra: dict[str, Any] | None = {"listener": worker, "pid": os.getpid()} if worker else None
+    pid = os.getpid()  # (a constant of the process: no record's pid looked up)
+    tag = f" [listener {_literal(worker)} pid {pid}]" if worker else ""
+    extra: dict[str, Any] | None = {"listener": worker, "pid": pid} if worker else None
     if delivery:
-        tag = f"[{delivery}]"
-        extra = {"worker": delivery, "pid": os.getpid()}
+        tag = f"[{_literal(delivery)}]"
+        extra = {"worker": delivery, "pid": pid}
     if fmt == "journald":
         return JournaldFormatter(tag)
     if fmt == "json":

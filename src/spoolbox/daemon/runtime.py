@@ -67,6 +67,12 @@ def configure_logging(
     """Log to stderr in format ``fmt`` (text, journald, json; see :mod:`.log_format`)
     with the values ``secrets()`` gives redacted; ``worker`` names a listener worker,
     ``delivery`` a delivery worker."""
+    # No format of ours shows a record's thread, process or process name (a listener
+    # worker's pid is written into its format once): logging need not look them up
+    # for every record (its documented switches; a line a delivered message).
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler()
     handler.setFormatter(make_formatter(fmt, worker=worker, delivery=delivery))
     handler.addFilter(RedactingFilter(secrets))
