@@ -9,6 +9,7 @@ import re
 __all__ = ["decode", "encode"]
 
 _HEXCHAR = re.compile(r"\+([0-9A-F]{2})")
+_SPECIAL = frozenset(" +=")
 _XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*")
 
 
@@ -22,6 +23,8 @@ def decode(text: str) -> str | None:
 
 def encode(text: str) -> str:
     """``text`` as xtext (characters above FF as their UTF-8 bytes)."""
+    if text.isascii() and text.isprintable() and not _SPECIAL.intersection(text):
+        return text  # "!" to "~" (printable ASCII but the space), no "+" or "=": as it is
     out: list[str] = []
     for ch in text:
         if "!" <= ch <= "~" and ch not in "+=":
