@@ -11,6 +11,16 @@ fourteen): the same parameters, defaults and keyword-only fields, ``__post_init_
 called after them, the same values made, the class as frozen as before.  A class it
 cannot do so for exactly (one with an ``InitVar`` or a field left out of
 ``__init__``) is refused with TypeError when the module that defines it is imported.
+
+Writing through a slot's descriptor is still a call of several hundred instructions
+(its ``__set__`` is a method wrapper, called with an argument tuple), where an
+attribute write on a plain class with slots is a few dozen.  So for a class of
+:data:`DRAFT_FIELDS` fields or more, the quick ``__init__`` makes the new object, for
+the while, one of a *draft* class (:func:`_draft_of`: a plain class with the same
+slots in the same order), writes the fields as plain attributes, and makes it one of
+its class again; Python allows ``__class__`` assignment between classes of the same
+layout, and nobody sees the object in between.  A RecipientRecord of fourteen fields
+took 11,877 instructions to make through the descriptors and takes 6,389 so.
 """
 
 from __future__ import annotations
