@@ -147,3 +147,17 @@ def test_classes_it_cannot_serve_exactly_are_refused() -> None:
     for cls in (NoSlots, NotFrozen, PostInit, Hidden, WithInitVar):
         with pytest.raises(TypeError, match="quick_replace"):
             quick_replace(cls)
+
+
+def test_a_change_nobody_watches_is_counted_and_seen_by_a_later_watcher() -> None:
+    table = StatusTable(clock=lambda: 5.0)
+    table.put(_row())
+    before = table.changes_published
+    table.update("smtp", status_string="one")
+    table.update("smtp", status_string="one")  # no change: not counted
+    table.update("smtp", detail="two")
+    assert table.changes_published == before + 2  # what a node compares at its tick
+    sub = table.subscribe()
+    first = sub._queue.get_nowait()  # the current rows, as 'added' changes
+    assert first.old is None and first.new is table.get("smtp")
+    assert (first.new.status_string, first.new.detail, first.new.version) == ("one", "two", 3)

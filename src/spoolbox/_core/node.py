@@ -40,7 +40,7 @@ import weakref
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
-from ..status import StatusChange, StatusTable
+from ..status import StatusTable
 from ..store import StoreError
 from ..store.cluster import ClusterStore, FlushRequest, NodeRecord
 from .clock import Clock, wait_event
@@ -205,6 +205,8 @@ class NodePresence:
         self.pid = os.getpid()
         self.started_at = spooler.clock.now()
         self._changed = True
+        #: the status table's changes_published when the rows were last published
+        self._published_changes = -1
         self._woken = asyncio.Event()
         self._next_heartbeat = float("-inf")
         self._next_forget = float("-inf")
@@ -263,19 +265,14 @@ class NodePresence:
         """Read the flush requests now (a NOTIFY said one was recorded)."""
         self._woken.set()
 
-    def _on_change(self, change: StatusChange) -> None:
-        self._changed = True
-
     async def run(self) -> None:
         spooler = self._spooler
-        remove = spooler.status.add_observer(self._on_change)
         try:
             while True:
                 await self.tick()
                 await wait_event(spooler.clock, self._woken, self.settings.interval)
                 self._woken.clear()
         finally:
-            remove()
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._publish(running=False))
 
@@ -283,7 +280,11 @@ class NodePresence:
         """One round: publish if due, take new flush requests, forget old nodes."""
         now = self._spooler.clock.now()
         try:
-            if self._changed or now >= self._next_heartbeat:
+            # (A row changed since the last publish: the table's count of changes
+            # moved. Read at each tick, not told of each change: rows change several
+            # times a message.)
+            changed = self._spooler.status.changes_published != self._published_changes
+            if self._changed or changed or now >= self._next_heartbeat:
                 await self._publish(running=True)
             if self._last_request < 0:
                 self._last_request = await self._store.last_flush_id()
@@ -301,6 +302,7 @@ class NodePresence:
         clock = self._spooler.clock
         now = clock.now()
         self._changed = False
+        self._published_changes = self._spooler.status.changes_published
         rows = tuple(row.to_dict() for row in self._spooler.status)
         lease = self.settings.lease if running else 0.0
         await self._store.publish_node(

@@ -264,7 +264,10 @@ class StatusTable:
         changes["version"] = old.version + 1
         new = _replaced(old, changes)
         self._rows[name] = new
-        self._publish(StatusChange(name, old, new))
+        if self._subscribers or self._callbacks:
+            self._publish(StatusChange(name, old, new))
+        else:  # nobody to tell (a node reads changes_published): no change made
+            self.changes_published += 1
         return new
 
     def bump(self, name: str, counter: str, by: int = 1) -> StatusRow:
