@@ -47,6 +47,7 @@ import hmac
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from spoolbox._quick import quick_init
 
@@ -88,6 +89,25 @@ class Step(enum.Enum):
     RSET = "RSET"
     NOOP = "NOOP"
     QUIT = "QUIT"
+
+
+#: Each step as a module constant, for the machine's own code: on Python 3.11 an
+#: attribute of an Enum class is looked up through ``EnumType.__getattr__`` (about
+#: 900 instructions), where a global costs a few; the machine reads a step about 30 times
+#: a message.
+_GREETING: Final = Step.GREETING
+_EHLO: Final = Step.EHLO
+_HELO: Final = Step.HELO
+_STARTTLS: Final = Step.STARTTLS
+_AUTH: Final = Step.AUTH
+_MAIL: Final = Step.MAIL
+_RCPT: Final = Step.RCPT
+_DATA: Final = Step.DATA
+_END_OF_DATA: Final = Step.END_OF_DATA
+_BDAT: Final = Step.BDAT
+_RSET: Final = Step.RSET
+_NOOP: Final = Step.NOOP
+_QUIT: Final = Step.QUIT
 
 
 class _Need(enum.Enum):
@@ -171,9 +191,7 @@ class ClientMachine:
         self._reader = ReplyReader()
         self._out = bytearray()
         #: commands sent and not answered yet, oldest first: (step, recipient index)
-        self._waiting: collections.deque[tuple[Step, int]] = collections.deque(
-            [(Step.GREETING, -1)]
-        )
+        self._waiting: collections.deque[tuple[Step, int]] = collections.deque([(_GREETING, -1)])
         #: commands of a transaction held back until their turn (no PIPELINING)
         self._held: collections.deque[tuple[Step, int, bytes]] = collections.deque()
         self._extensions: dict[str, str] = {}
@@ -281,30 +299,30 @@ class ClientMachine:
         return self._error
 
     def _answered(self, step: Step, index: int, reply: Reply) -> Event | _Need:
-        if step is Step.EHLO and reply.code == 250:
+        if step is _EHLO and reply.code == 250:
             self._parse_ehlo(reply)
-        elif step is Step.EHLO or step is Step.HELO:  # a refused EHLO forgets, as HELO does
+        elif step is _EHLO or step is _HELO:  # a refused EHLO forgets, as HELO does
             self._forget()
-        elif step is Step.STARTTLS and reply.code == 220:
+        elif step is _STARTTLS and reply.code == 220:
             if self._reader.pending or self._reader.next_reply() is not None:
                 raise ReplyError("data from the server after 220 to STARTTLS")
             self._upgrading = True
             return UpgradeTLS(reply)
-        elif step is Step.AUTH:
+        elif step is _AUTH:
             answer = self._auth.answer(reply.text) if self._auth and reply.code == 334 else None
             if answer is not None:
-                self._line(Step.AUTH, -1, answer)
+                self._line(_AUTH, -1, answer)
                 return self.next_event()
             self._auth = None
-        elif step is Step.MAIL:
+        elif step is _MAIL:
             self._mail_accepted = reply.code == 250
             if not self._mail_accepted:
                 self._held.clear()  # no RCPT after a refused MAIL
             self._release()
-        elif step is Step.RCPT:
+        elif step is _RCPT:
             self._any_accepted = self._any_accepted or reply.code in (250, 251)
             self._release()
-        elif step is Step.DATA and reply.code == 354:
+        elif step is _DATA and reply.code == 354:
             self._encoder = DataEncoder()
             if self._mail_accepted and not self._any_accepted:  # RFC 2920 section 3.1
                 self.end_data()
@@ -336,7 +354,7 @@ class ClientMachine:
         if not self._held or self._waiting:
             return
         step, index, line = self._held.popleft()
-        if (step is Step.DATA or step is Step.BDAT) and not self._any_accepted:
+        if (step is _DATA or step is _BDAT) and not self._any_accepted:
             return  # every RCPT refused: no DATA or BDAT (the transaction is over)
         self._waiting.append((step, index))
         self._out += line
@@ -360,17 +378,17 @@ class ClientMachine:
     def hello(self, name: str) -> None:
         """``EHLO name``; after a refusal the I/O layer may try :meth:`helo`."""
         self._check_ready("EHLO")
-        self._line(Step.EHLO, -1, b"EHLO", name.encode("ascii"))
+        self._line(_EHLO, -1, b"EHLO", name.encode("ascii"))
 
     def helo(self, name: str) -> None:
         self._check_ready("HELO")
-        self._line(Step.HELO, -1, b"HELO", name.encode("ascii"))
+        self._line(_HELO, -1, b"HELO", name.encode("ascii"))
 
     def starttls(self) -> None:
         self._check_ready("STARTTLS")
         if self._tls or "starttls" not in self._extensions:
             raise LocalProtocolError("STARTTLS is not offered (or TLS is already on)")
-        self._line(Step.STARTTLS, -1, b"STARTTLS")
+        self._line(_STARTTLS, -1, b"STARTTLS")
 
     def tls_started(self) -> None:
         """The TLS handshake is done: the dialogue starts again with EHLO (RFC 3207)."""
@@ -380,7 +398,7 @@ class ClientMachine:
         self._forget()
 
     def auth(self, mechanism: str, username: str, password: str) -> None:
-        """AUTH with one of :data:`AUTH_MECHANISMS`; the final reply comes as ``Step.AUTH``."""
+        """AUTH with one of :data:`AUTH_MECHANISMS`; the final reply comes as ``_AUTH``."""
         self._check_ready("AUTH")
         mechanism = mechanism.lower()
         if mechanism not in AUTH_MECHANISMS:
@@ -388,11 +406,11 @@ class ClientMachine:
         self._auth = _Auth(mechanism, username, password)
         if mechanism == "plain":
             token = base64.b64encode(f"\0{username}\0{password}".encode())
-            self._line(Step.AUTH, -1, b"AUTH", b"PLAIN", token)
+            self._line(_AUTH, -1, b"AUTH", b"PLAIN", token)
         elif mechanism == "login":
-            self._line(Step.AUTH, -1, b"AUTH", b"LOGIN", base64.b64encode(username.encode()))
+            self._line(_AUTH, -1, b"AUTH", b"LOGIN", base64.b64encode(username.encode()))
         else:
-            self._line(Step.AUTH, -1, b"AUTH", b"CRAM-MD5")
+            self._line(_AUTH, -1, b"AUTH", b"CRAM-MD5")
 
     def transaction(
         self,
@@ -418,10 +436,10 @@ class ClientMachine:
                 f"{len(each_rcpt)} recipients' options for {len(rcpts)} recipients"
             )
         path, *options = mail
-        lines = [(Step.MAIL, -1, self._command(b"MAIL", b"FROM:<" + path + b">", *options))]
+        lines = [(_MAIL, -1, self._command(b"MAIL", b"FROM:<" + path + b">", *options))]
         lines += [
             (
-                Step.RCPT,
+                _RCPT,
                 i,
                 self._command(
                     b"RCPT", b"TO:<" + r + b">", *rcpt_options, *(each_rcpt[i] if each_rcpt else ())
@@ -430,10 +448,10 @@ class ClientMachine:
             for i, r in enumerate(rcpts)
         ]
         if content is None:
-            lines.append((Step.DATA, -1, self._command(b"DATA")))
+            lines.append((_DATA, -1, self._command(b"DATA")))
         else:
             octets = message_octets(content)
-            lines.append((Step.BDAT, -1, b"BDAT %d LAST\r\n" % len(octets) + octets))
+            lines.append((_BDAT, -1, b"BDAT %d LAST\r\n" % len(octets) + octets))
         self._any_accepted = False
         if self.pipelining:
             for step, index, line in lines:
@@ -455,16 +473,16 @@ class ClientMachine:
             raise LocalProtocolError("end of data before 354 to DATA")
         self._out += self._encoder.finish()
         self._encoder = None
-        self._waiting.append((Step.END_OF_DATA, -1))
+        self._waiting.append((_END_OF_DATA, -1))
 
     def rset(self) -> None:
         self._check_ready("RSET")
-        self._line(Step.RSET, -1, b"RSET")
+        self._line(_RSET, -1, b"RSET")
 
     def noop(self) -> None:
         self._check_ready("NOOP")
-        self._line(Step.NOOP, -1, b"NOOP")
+        self._line(_NOOP, -1, b"NOOP")
 
     def quit(self) -> None:
         self._check_ready("QUIT")
-        self._line(Step.QUIT, -1, b"QUIT")
+        self._line(_QUIT, -1, b"QUIT")
