@@ -37,6 +37,7 @@ __all__ = [
     "recipient_from_columns",
     "recipient_from_row",
     "recipient_params",
+    "recipient_state",
     "recipient_values",
 ]
 
@@ -59,6 +60,8 @@ def _stored_address(text: str) -> Address:
 _priority = functools.lru_cache(maxsize=None)(Priority)
 _notify = functools.lru_cache(maxsize=None)(Notify)
 _state = functools.lru_cache(maxsize=None)(RecipientState)
+#: A recipient's state from its column's value (the store's transactions check it).
+recipient_state: Final = _state
 
 
 class _Columns:

@@ -55,6 +55,7 @@ from .rows import (
     message_from_columns,
     message_params,
     recipient_from_columns,
+    recipient_state,
     recipient_values,
 )
 
@@ -349,7 +350,7 @@ def renew(conn: sqlite3.Connection, job: ClaimedJob, *, now: float, lease: float
         row = conn.execute(_q.SELECT_RECIPIENT, (r.message_id, r.index)).fetchone()
         if row is None:
             raise UnknownMessage(f"no recipient {r.message_id}#{r.index}")
-        state, holder, held = _R(row["state"]), row["owner"], row["claim"]
+        state, holder, held = recipient_state(row["state"]), row["owner"], row["claim"]
         rules.lease_kept(
             r.message_id, r.index, state, holder, held, owner=job.owner, claim=job.claim
         )
@@ -384,7 +385,7 @@ def settle(
             if row is None:
                 raise StoreError(f"{message_id} has no recipient #{u.index}")
             rows[u.index] = row
-        state, holder, held = _R(row[_STATE]), row[_OWNER], row[_CLAIM]
+        state, holder, held = recipient_state(row[_STATE]), row[_OWNER], row[_CLAIM]
         rules.check_settle(
             message_id,
             u.index,
@@ -413,7 +414,7 @@ def settle(
     # others when these ones are finished.
     if drop_finished and all(r.state in TERMINAL for r in recs.values()):
         states = [
-            recs[r["idx"]].state if r["idx"] in recs else _R(r["state"])
+            recs[r["idx"]].state if r["idx"] in recs else recipient_state(r["state"])
             for r in conn.execute(_q.SELECT_STATES, (message_id,))
         ]
         if retention.dropped(states, drop_finished):
@@ -562,7 +563,7 @@ def read_chunk(conn: sqlite3.Connection, blob_id: int, seq: int) -> bytes:
 def state_of(conn: sqlite3.Connection, message_id: str, *, now: float) -> MessageState:
     get_message(conn, message_id)
     rows = conn.execute(_q.SELECT_READINESS, (message_id,))
-    return rules.queue_of(((_R(r["state"]), float(r["ready_at"])) for r in rows), now)
+    return rules.queue_of(((recipient_state(r["state"]), float(r["ready_at"])) for r in rows), now)
 
 
 def list_messages(
