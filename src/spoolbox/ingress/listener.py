@@ -67,7 +67,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from email.utils import formatdate
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from ..model import (
     Address,
@@ -176,11 +176,16 @@ def _routed_local_part(address: str) -> bool:
     return not _ROUTING.isdisjoint(local)
 
 
+#: (An Enum member as a module constant: on Python 3.11 reading it off its class goes
+#: through EnumType.__getattr__, about 900 instructions; read once a recipient.)
+_FAILURE_ONLY: Final = Notify.FAILURE
+
+
 def _notify_of(params: tuple[tuple[str, str | None], ...]) -> Notify:
     """The reports a recipient's ``NOTIFY=`` asks for (the server machine checked it);
     without one, the default: failures only."""
     value = dict(params).get("NOTIFY")
-    return Notify.FAILURE if value is None else Notify.from_text(value)
+    return _FAILURE_ONLY if value is None else Notify.from_text(value)
 
 
 def _original_of(params: tuple[tuple[str, str | None], ...]) -> str | None:

@@ -50,6 +50,11 @@ from .isolated import IsolatedProvider
 
 __all__ = ["CURRENT_MESSAGE", "OVERRUN_LOG_INTERVAL", "HostBase", "log"]
 
+#: (An Enum member as a module constant: on Python 3.11 reading it off its class goes
+#: through EnumType.__getattr__, about 900 instructions; read twice a message.)
+_RECOVERED: Final = Change.RECOVERED
+
+
 T = TypeVar("T")
 log = logging.getLogger("spoolbox.transport")
 #: Seconds between two "overran its slice" lines (DEBUG) of one session.
@@ -312,7 +317,7 @@ class HostBase:
         """A success of ``source``: an INFO if it ends a streak of that source."""
         failures = self.trouble.failures
         self.trouble, change = self.trouble.succeeded(source)
-        if change is Change.RECOVERED:
+        if change is _RECOVERED:
             log.info("%s", recovered_line(self.name, failures))
 
     def provider_failure(self, failing: bool, reason: str) -> None:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from ...contract.errors import ContractViolation, InvalidObject
 from ...contract.hooks import PreprocessInfoRemover, Preprocessor
@@ -33,6 +33,10 @@ from .base import HostBase, log
 from .outbound import OutboundLane
 
 __all__ = ["SupportImpl"]
+
+#: (An Enum member as a module constant: on Python 3.11 reading it off its class goes
+#: through EnumType.__getattr__, about 900 instructions; read three times a message.)
+_LOGGED_OFF: Final = Phase.LOGGED_OFF
 
 _FAILURE = int(StatusCode.FAILURE)
 
@@ -69,7 +73,7 @@ class SupportImpl:
         return self._host.runtime.clock.now()
 
     def _alive(self, what: str) -> None:
-        if self._lifecycle.phase is Phase.LOGGED_OFF or self._lifecycle is not self._host.lifecycle:
+        if self._lifecycle.phase is _LOGGED_OFF or self._lifecycle is not self._host.lifecycle:
             raise InvalidObject(
                 f"{what}() called by {self._host.name!r} after logoff: the support object is dead"
             )

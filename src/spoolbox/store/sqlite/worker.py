@@ -34,6 +34,11 @@ from .connection import Stats, StoreFile
 
 __all__ = ["Job", "Outbox", "Reply", "Worker"]
 
+#: (An Enum member as a module constant: on Python 3.11 reading it off its class goes
+#: through EnumType.__getattr__, about 900 instructions; read twice or more a message.)
+_READ: Final = Kind.READ
+_WRITE: Final = Kind.WRITE
+
 _WRITE_BATCH: Final = 64  # writes sharing one transaction at most (group commit)
 
 
@@ -116,12 +121,12 @@ class Job:
 
     @property
     def writes(self) -> bool:
-        return self.kind is not Kind.READ
+        return self.kind is not _READ
 
     @property
     def durable(self) -> bool:
         """False for progress (committed at ``progress_synchronous``)."""
-        return self.kind is Kind.WRITE
+        return self.kind is _WRITE
 
 
 @dataclass(slots=True)
