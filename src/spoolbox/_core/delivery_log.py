@@ -21,7 +21,7 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from spoolbox._quick import quick_init
 
@@ -44,6 +44,10 @@ __all__ = [
     "outcome_of",
     "show_address",
 ]
+
+# Enum members read for every message, as module constants: on Python 3.11 reading a
+# member off its class goes through EnumType.__getattr__ (about 900 instructions).
+_DELIVERED: Final = RecipientState.DELIVERED
 
 DELIVERY_LOGGER = "spoolbox.delivery"
 INBOUND_LOGGER = "spoolbox.inbound"
@@ -76,7 +80,7 @@ def outcome_of(update: RecipientUpdate) -> str | None:
     held back by its destination's back-off gets its line from :func:`log_suspended`.
     """
     state = update.state
-    if state is RecipientState.DELIVERED:
+    if state is _DELIVERED:
         return "sent"
     if state is RecipientState.FAILED:
         return "expired" if update.status == "5.4.7" else "bounced"

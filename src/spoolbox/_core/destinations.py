@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from ..model import Address, RecipientResult, RecipientState, destination
 from ..store import ClaimedJob, RecipientUpdate
@@ -26,6 +27,11 @@ __all__ = [
     "destination_of",
     "destination_rate_delay_of",
 ]
+
+# Enum members read for every message, as module constants: on Python 3.11 reading a
+# member off its class goes through EnumType.__getattr__ (about 900 instructions).
+_DELIVERED: Final = RecipientState.DELIVERED
+_QUEUED: Final = RecipientState.QUEUED
 
 
 def destination_of(transport: str, address: Address) -> tuple[str, str]:
@@ -117,9 +123,7 @@ class DestinationBackoff:
             if recipient is None or not update.count_attempt:
                 continue  # only real attempts teach us about a destination
             key = destination_of(job.transport, recipient.address)
-            if update.state is RecipientState.DELIVERED or (
-                update.state is RecipientState.QUEUED and update.index in alone
-            ):
+            if update.state is _DELIVERED or (update.state is _QUEUED and update.index in alone):
                 self._until.pop(key, None)
                 delivered.add(key)
             elif (

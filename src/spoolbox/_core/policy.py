@@ -42,6 +42,11 @@ __all__ = [
     "plan_result",
 ]
 
+# Enum members read for every message, as module constants: on Python 3.11 reading a
+# member off its class goes through EnumType.__getattr__ (about 900 instructions).
+_DELIVERED: Final = Outcome.DELIVERED
+_RECIPIENT_DELIVERED: Final = RecipientState.DELIVERED
+
 #: The diagnostic of a recipient parked by END_DONT_RESEND.  When it comes back
 #: after NOTIFY_SENTDEFERRED, this note is how the spooler knows to pass
 #: BEGIN_DEFERRED (it survives a restart, being in the store).
@@ -338,10 +343,10 @@ def plan_result(
     rng: random.Random | None = None,
 ) -> RecipientUpdate:
     """The update for one per-recipient result reported with status_recips."""
-    if result.outcome is Outcome.DELIVERED:
+    if result.outcome is _DELIVERED:
         return RecipientUpdate(
             result.index,
-            RecipientState.DELIVERED,
+            _RECIPIENT_DELIVERED,
             status=result.status,
             diagnostic=result.diagnostic,
             count_attempt=True,

@@ -19,7 +19,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Final
 
 from ..model import (
     TRANSITIONS,
@@ -64,6 +64,15 @@ from .recovery import AckedSettle
 from .runtime import SPOOLER_ROW, Runtime
 
 __all__ = ["SETTLE_RETRY_CAP", "Settlement"]
+
+# Enum members read for every message, as module constants: on Python 3.11 reading a
+# member off its class goes through EnumType.__getattr__ (about 900 instructions).
+_FAILED: Final = RecipientState.FAILED
+_DELIVERED: Final = RecipientState.DELIVERED
+#: The final states the spooler row counts.
+_COUNTED: Final = frozenset(
+    (RecipientState.DELIVERED, RecipientState.FAILED, RecipientState.CANCELLED)
+)
 
 log = logging.getLogger("spoolbox.spooler")
 
@@ -284,11 +293,7 @@ class Settlement:
     def _after_settle(self, updates: Sequence[RecipientUpdate], reports: int) -> None:
         counters = self._counters
         for update in updates:
-            if update.state in (
-                RecipientState.DELIVERED,
-                RecipientState.FAILED,
-                RecipientState.CANCELLED,
-            ):
+            if update.state in _COUNTED:
                 counters[str(update.state)] += 1
         counters["reports"] += reports
         status = self._runtime.status
@@ -321,10 +326,10 @@ class Settlement:
                 continue
             until: float | None = None
             code = update.status
-            if update.state is RecipientState.FAILED:
+            if update.state is _FAILED:
                 kind = ReportKind.FAILURE
                 status = code if code and code[0] in "45" else "5.0.0"
-            elif update.state is RecipientState.DELIVERED:
+            elif update.state is _DELIVERED:
                 if update.index in passed_on:
                     continue
                 kind = ReportKind.SUCCESS

@@ -21,7 +21,7 @@ import collections
 import contextlib
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import cast
+from typing import Final, cast
 
 from ...contract.errors import ContractViolation, InvalidObject
 from ...contract.objects import OutboundMessage
@@ -60,6 +60,18 @@ from .destination_room import DestinationRoom
 from .hooked import finish_outbound, stage_outbound
 
 __all__ = ["OutboundLane"]
+
+# Enum members read for every message, as module constants: on Python 3.11 reading a
+# member off its class goes through EnumType.__getattr__ (about 900 instructions).
+_NO_FLAGS: Final = SubmitFlags.NONE
+_BEGIN_DEFERRED: Final = SubmitFlags.BEGIN_DEFERRED
+_OUTBOUND_ACTIVE: Final = StatusCode.OUTBOUND_ACTIVE
+_END_SENT: Final = SubmitOutcome.END_SENT
+_NOT_ME: Final = SubmitOutcome.NOT_ME
+_END_RESEND_NOW: Final = SubmitOutcome.END_RESEND_NOW
+_SENT: Final = EndFlags.SENT  # what end_message returns nearly always
+#: A result's counter in the transport's row (the others count as deferred).
+_COUNTED_AS: Final = {Outcome.DELIVERED: "delivered", Outcome.FAILED: "failed"}
 
 #: The shortest pause between two log lines saying that ``max_rate`` holds mail back.
 _RATE_LOG_INTERVAL = 60.0
@@ -722,16 +734,16 @@ class OutboundLane:
             host.job_done.set()
             return
         deferred = any(r.diagnostic == PARKED_NOTE for r in job.recipients)
-        flags = SubmitFlags.BEGIN_DEFERRED if deferred else SubmitFlags.NONE
+        flags = _BEGIN_DEFERRED if deferred else _NO_FLAGS
         msg = OutboundMessageImpl(
             job, runtime.store, host.implicit_yield, flags, content=staged.content
         )
         host.active[mid] = msg
         self.sending += 1
         host.counters["submitted"] += 1
-        host.set_bits(on=StatusCode.OUTBOUND_ACTIVE)
+        host.set_bits(on=_OUTBOUND_ACTIVE)
         token = CURRENT_MESSAGE.set(msg)
-        outcome = SubmitOutcome.END_SENT
+        outcome = _END_SENT
         delay: float | None = None
         reason = ""
         try:
@@ -754,7 +766,10 @@ class OutboundLane:
                         end = await host.call("end_message", session.end_message(msg))
                         if not isinstance(end, int):
                             raise ContractViolation(f"end_message() returned {end!r}, not EndFlags")
-                        outcome = SubmitOutcome.from_end_flags(EndFlags(end))
+                        if end is _SENT:  # what nearly every transport answers
+                            outcome = _END_SENT
+                        else:
+                            outcome = SubmitOutcome.from_end_flags(EndFlags(end))
                         host.call_ok()
                     except Exception as exc:
                         rung = outcome_of(exc, END_MESSAGE_LADDER)
@@ -769,7 +784,7 @@ class OutboundLane:
             host.active.pop(mid, None)
             self.sending -= 1
             if self.sending == 0:
-                host.set_bits(off=StatusCode.OUTBOUND_ACTIVE)
+                host.set_bits(off=_OUTBOUND_ACTIVE)
         updates = plan_after_submit(
             outcome,
             pending=msg.pending(),
@@ -791,9 +806,9 @@ class OutboundLane:
         if updates:
             if await port.settle(job, updates):
                 self._count_for_flush(mid, updates)
-                if outcome in (SubmitOutcome.END_SENT, SubmitOutcome.NOT_ME):
+                if outcome is _END_SENT or outcome is _NOT_ME:
                     port.routing_changed()
-                if outcome is SubmitOutcome.END_RESEND_NOW:
+                if outcome is _END_RESEND_NOW:
                     host.wake.set()
             else:
                 msg.refused = True
@@ -892,9 +907,7 @@ class OutboundLane:
             return
         self._count_for_flush(message.job.message.id, updates)
         for r in results:
-            key = {Outcome.DELIVERED: "delivered", Outcome.FAILED: "failed"}.get(
-                r.outcome, "deferred"
-            )
+            key = _COUNTED_AS.get(r.outcome, "deferred")
             host.counters[key] += 1
         if host.shown:
             runtime.status.update(host.name, counters=dict(host.counters))

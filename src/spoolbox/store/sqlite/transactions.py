@@ -65,6 +65,10 @@ _PRIORITIES: Final = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
 _PAGE: Final = 200  # messages read per query while filtering a listing by state
 
 _R = RecipientState
+# Members read in every claim, as module constants: on Python 3.11 reading a member
+# off its class goes through EnumType.__getattr__ (about 900 instructions).
+_QUEUED: Final = _R.QUEUED
+_ACTIVE: Final = _R.ACTIVE
 # Columns of a recipient's or a message's row, by position (see rows.RECIPIENT_AT).
 _STATE, _OWNER, _CLAIM = RECIPIENT_AT["state"], RECIPIENT_AT["owner"], RECIPIENT_AT["claim"]
 _BLOB_ID = MESSAGE_AT["blob_id"]
@@ -333,8 +337,8 @@ def _claim_of(
     # the write lock), so a stale claim of any of them is fenced off.
     token = max(int(row[_CLAIM]) for row in rows) + 1
     # ``rows_sql`` reads QUEUED recipients only: QUEUED -> ACTIVE, the lease, the token.
-    check_transition(_R.QUEUED, _R.ACTIVE)
-    claimed = [recipient_from_columns(row, state=_R.ACTIVE, updated_at=now) for row in rows]
+    check_transition(_QUEUED, _ACTIVE)
+    claimed = [recipient_from_columns(row, state=_ACTIVE, updated_at=now) for row in rows]
     conn.executemany(
         _q.CLAIM_RECIPIENT, [(now, owner, until, token, mid, r.index) for r in claimed]
     )
