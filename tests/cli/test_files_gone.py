@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import smtplib
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import Daemons, Home
+from conftest import Daemons, Home, wait_until
+from spoolbox.client import Client
 from spoolbox.daemon.files_watch import (
     EXIT_FILES_GONE,
     INTERVAL,
@@ -79,6 +82,44 @@ def test_a_replaced_pid_file_stops_the_daemon_and_is_left_in_place(
     assert pid_file.read_text() == "99999\n"  # not ours: not removed at the stop
 
 
+def test_after_a_reload_onto_another_store_the_new_one_is_watched(
+    home: Home, daemons: Daemons
+) -> None:
+    proc = daemons.start(home)
+    client = Client(home.profile)
+    old, new = home.path / "spool.sqlite3", home.path / "other.sqlite3"
+    text = home.profile.read_text()
+    assert 'path = "spool.sqlite3"' in text
+    home.profile.write_text(text.replace('path = "spool.sqlite3"', 'path = "other.sqlite3"'))
+    proc.send_signal(signal.SIGHUP)
+    wait_until("the reload", lambda: client.ping()["reloads"] == 1)
+    assert new.exists()
+    for suffix in ("", "-wal", "-shm", "-lock"):  # the old store, not used any more
+        Path(f"{old}{suffix}").unlink(missing_ok=True)
+    time.sleep(2 * INTERVAL + 1)
+    assert proc.poll() is None, _log(daemons)  # the old store's going is no stop
+    new.unlink()
+    assert _exit_status(proc) == EXIT_FILES_GONE
+    assert f"the store {new} was removed" in _log(daemons)
+
+
+def test_a_reload_naming_another_pid_file_leaves_the_locked_one_watched_and_removed(
+    home: Home, daemons: Daemons
+) -> None:
+    proc = daemons.start(home)
+    locked, named = home.path / "spoolbox.pid", home.path / "next.pid"
+    text = home.profile.read_text()
+    home.profile.write_text(text.replace('pid_file = "spoolbox.pid"', 'pid_file = "next.pid"'))
+    proc.send_signal(signal.SIGHUP)
+    wait_until("the reload", lambda: "pid_file changed: it takes effect" in _log(daemons))
+    time.sleep(INTERVAL + 1)
+    assert proc.poll() is None  # the new name, not made yet, is not looked for
+    named.write_text("not ours\n")
+    assert daemons.stop(proc) == 0
+    assert not locked.exists()  # the file it locked, removed at its stop
+    assert named.read_text() == "not ours\n"
+
+
 def test_a_stop_with_the_files_in_place_exits_0(home: Home, daemons: Daemons) -> None:
     proc = daemons.start(home)
     assert daemons.stop(proc) == 0
@@ -123,6 +164,6 @@ def test_watch_files_calls_gone_once_and_returns(tmp_path: Path) -> None:
         if len(looks) == 3:
             f.unlink()
 
-    asyncio.run(watch_files(watched, told.append, interval=0.5, sleep=sleep))
+    asyncio.run(watch_files(lambda: watched, told.append, interval=0.5, sleep=sleep))
     assert looks == [0.5, 0.5, 0.5]
     assert told == [[f"the store {f} was removed"]]

@@ -9,7 +9,8 @@ the lock it would have met is on the removed file.  Postfix's daemons stop when
 their queue directory goes; so does spoolbox's.
 
 The daemon records each watched file's identity (device and inode) once it has
-opened it, looks again every :data:`INTERVAL` seconds, and when one of them is
+opened it (and again after a reload, whose profile may name another store), looks
+again every :data:`INTERVAL` seconds, and when one of them is
 missing or is another file, logs an error that says which and what it means, and
 stops with exit status :data:`EXIT_FILES_GONE` (``EX_IOERR``; systemd's
 ``Restart=on-failure`` starts it again, on whatever is at the path then).
@@ -92,17 +93,19 @@ def changes(
 
 
 async def watch_files(
-    watched: Mapping[str, tuple[Path, FileIdentity]],
+    watched: Callable[[], Mapping[str, tuple[Path, FileIdentity]]],
     gone: Callable[[list[str]], None],
     *,
     interval: float = INTERVAL,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
 ) -> None:
-    """Look at the watched files every ``interval`` seconds; when one is missing or
-    replaced, call ``gone`` with what happened (once) and return."""
+    """Look at the files ``watched()`` gives (the daemon records them again at a
+    reload, which may open another store) every ``interval`` seconds; when one is
+    missing or replaced, call ``gone`` with what happened (once) and return."""
     while True:
         await sleep(interval)
-        said = changes(watched, {what: identity(path) for what, (path, _) in watched.items()})
+        now = watched()
+        said = changes(now, {what: identity(path) for what, (path, _) in now.items()})
         if said:
             gone(said)
             return

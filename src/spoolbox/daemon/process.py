@@ -164,6 +164,10 @@ class Daemon:
         #: the pid file's identity once locked: the stop removes it only if it is
         #: still this file (not one a daemon started after ours was removed made)
         self._lock_identity: FileIdentity | None = None
+        #: the pid file locked (a reload's new pid_file takes effect at the next start)
+        self._lock_path: Path | None = None
+        #: the files looked after (files_watch), recorded again at each reload
+        self._watched: dict[str, tuple[Path, FileIdentity]] = {}
         #: what run() returns: 0, or EXIT_FILES_GONE when a file it holds went
         self._exit_status = 0
         self._notify = Notifier()
@@ -251,7 +255,8 @@ class Daemon:
             interval = watchdog_interval()
             if interval is not None:
                 watchdog = asyncio.ensure_future(self._watchdog(interval))
-            files = asyncio.ensure_future(watch_files(self._held_files(), self._files_gone))
+            self._watched = self._held_files()
+            files = asyncio.ensure_future(watch_files(lambda: self._watched, self._files_gone))
             if self.profile.store.backend == "postgres":
                 # Nodes anywhere: too many of them on this machine is a warning.
                 crowding = asyncio.ensure_future(
@@ -330,7 +335,7 @@ class Daemon:
     def _held_files(self) -> dict[str, tuple[Path, FileIdentity]]:
         """The files this daemon holds open for its life, as they are now: its pid
         file (the lock) and, on SQLite, the store."""
-        paths = {"pid file": self.profile.daemon.pid_file}
+        paths = {"pid file": self._lock_path or self.profile.daemon.pid_file}
         if self.profile.store.backend == "sqlite":
             paths["store"] = self.profile.store.path
         return identities(paths)
@@ -385,13 +390,14 @@ class Daemon:
             lock_file.close()
             raise OSError(exc.errno, exc.strerror, str(pid_file)) from exc
         self._lock_file = lock_file
+        self._lock_path = pid_file
         self._lock_identity = identity(pid_file)
 
     def _unlock(self) -> None:
         lock_file = self._lock_file
         if lock_file is None:
             return
-        pid_file = self.profile.daemon.pid_file
+        pid_file = self._lock_path or self.profile.daemon.pid_file
         if identity(pid_file) == self._lock_identity:  # not another daemon's since
             with contextlib.suppress(OSError):
                 os.unlink(pid_file)
@@ -505,6 +511,8 @@ class Daemon:
             raise
         finally:
             self.reload_attempts += 1
+            if self._watched:  # the store the spooler has now (its path may have changed)
+                self._watched = self._held_files()
         return done
 
     def _reload_logging(self, old: Profile, new: Profile) -> None:
