@@ -48,8 +48,12 @@ def test_removing_the_store_stops_the_daemon_with_74(home: Home, daemons: Daemon
     store.unlink()
     assert _exit_status(proc) == EXIT_FILES_GONE
     log = _log(daemons)
-    assert f"the store {store} was removed while the daemon ran" in log
-    assert "stopping (exit status 74)" in log
+    assert (
+        f"the store {store} was removed while the daemon ran: mail accepted from now on "
+        "would be kept where no path leads and lost at the next start; stopping "
+        "(exit status 74)"
+    ) in log
+    assert "another daemon could start" not in log  # its pid file is still there
     # Its listener stopped with it: no mail goes into the removed file.
     with pytest.raises(ConnectionRefusedError):
         smtplib.SMTP("127.0.0.1", port, timeout=5).quit()
@@ -64,8 +68,12 @@ def test_moving_the_data_directory_away_stops_the_daemon(
     os.rename(home.path, moved)
     assert _exit_status(proc) == EXIT_FILES_GONE
     log = (moved / daemons.logs[-1].name).read_text(errors="replace")
-    assert f"the pid file {home.path / 'spoolbox.pid'} was removed" in log
-    assert f"the store {home.path / 'spool.sqlite3'} was removed" in log
+    assert (
+        f"the pid file {home.path / 'spoolbox.pid'} was removed; the store "
+        f"{home.path / 'spool.sqlite3'} was removed while the daemon ran: mail accepted "
+        "from now on would be kept where no path leads and lost at the next start, and "
+        "another daemon could start on this data directory"
+    ) in log
     daemons.logs.clear()  # (moved with the directory: read above)
 
 
@@ -78,7 +86,10 @@ def test_a_replaced_pid_file_stops_the_daemon_and_is_left_in_place(
     other.write_text("99999\n")
     os.replace(other, pid_file)  # as a daemon started after ours was removed would
     assert _exit_status(proc) == EXIT_FILES_GONE
-    assert f"the pid file {pid_file} was replaced by another file" in _log(daemons)
+    assert (
+        f"the pid file {pid_file} was replaced by another file while the daemon ran: "
+        "another daemon could start on this data directory; stopping"
+    ) in _log(daemons)
     assert pid_file.read_text() == "99999\n"  # not ours: not removed at the stop
 
 
@@ -135,16 +146,16 @@ def test_changes_name_each_file_removed_or_replaced(tmp_path: Path) -> None:
         p.write_text("x")
     watched = identities({"store": a, "pid file": b, "other": c, "absent": tmp_path / "none"})
     assert set(watched) == {"store", "pid file", "other"}  # a missing one is not watched
-    assert changes(watched, {w: identity(p) for w, (p, _) in watched.items()}) == []
+    assert changes(watched, {w: identity(p) for w, (p, _) in watched.items()}) == {}
     a.unlink()
     b.unlink()
     b.write_text("new")  # another inode at the same path
     now = {w: identity(p) for w, (p, _) in watched.items()}
     assert now["pid file"] is not None and now["pid file"] != watched["pid file"][1]
-    assert changes(watched, now) == [
-        f"the store {a} was removed",
-        f"the pid file {b} was replaced by another file",
-    ]
+    assert changes(watched, now) == {
+        "store": f"the store {a} was removed",
+        "pid file": f"the pid file {b} was replaced by another file",
+    }
 
 
 def test_a_path_under_a_file_counts_as_removed(tmp_path: Path) -> None:
@@ -157,7 +168,7 @@ def test_watch_files_calls_gone_once_and_returns(tmp_path: Path) -> None:
     f.write_text("x")
     watched = {"store": (f, FileIdentity(os.stat(f).st_dev, os.stat(f).st_ino))}
     looks: list[float] = []
-    told: list[list[str]] = []
+    told: list[dict[str, str]] = []
 
     async def sleep(seconds: float) -> None:
         looks.append(seconds)
@@ -166,4 +177,4 @@ def test_watch_files_calls_gone_once_and_returns(tmp_path: Path) -> None:
 
     asyncio.run(watch_files(lambda: watched, told.append, interval=0.5, sleep=sleep))
     assert looks == [0.5, 0.5, 0.5]
-    assert told == [[f"the store {f} was removed"]]
+    assert told == [{"store": f"the store {f} was removed"}]

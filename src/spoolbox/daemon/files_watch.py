@@ -77,24 +77,25 @@ def identities(paths: Mapping[str, Path]) -> dict[str, tuple[Path, FileIdentity]
 def changes(
     watched: Mapping[str, tuple[Path, FileIdentity]],
     now: Mapping[str, FileIdentity | None],
-) -> list[str]:
-    """What became of the watched files, in words (empty: each is still there): ``now``
-    holds each one's identity at its path as just looked up (None: missing)."""
-    said: list[str] = []
+) -> dict[str, str]:
+    """What became of each watched file that is not there any more, in words, by its
+    name (empty: each is still there): ``now`` holds each one's identity at its path
+    as just looked up (None: missing)."""
+    said: dict[str, str] = {}
     for what, (path, was) in watched.items():
         if what not in now:
             continue
         current = now[what]
         if current is None:
-            said.append(f"the {what} {path} was removed")
+            said[what] = f"the {what} {path} was removed"
         elif current != was:
-            said.append(f"the {what} {path} was replaced by another file")
+            said[what] = f"the {what} {path} was replaced by another file"
     return said
 
 
 async def watch_files(
     watched: Callable[[], Mapping[str, tuple[Path, FileIdentity]]],
-    gone: Callable[[list[str]], None],
+    gone: Callable[[dict[str, str]], None],
     *,
     interval: float = INTERVAL,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,

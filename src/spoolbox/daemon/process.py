@@ -340,17 +340,25 @@ class Daemon:
             paths["store"] = self.profile.store.path
         return identities(paths)
 
-    def _files_gone(self, said: list[str]) -> None:
+    def _files_gone(self, said: Mapping[str, str]) -> None:
         """A held file was removed or replaced (:mod:`.files_watch`): stop, with
         EXIT_FILES_GONE, before more mail goes where no path leads."""
+        why = []
+        if "store" in said:
+            why.append(
+                "mail accepted from now on would be kept where no path leads and lost "
+                "at the next start"
+            )
+        if "pid file" in said:
+            why.append("another daemon could start on this data directory")
+        what = "; ".join(said.values())
         log.error(
-            "%s while the daemon ran: mail accepted from now on would be kept where no "
-            "path leads and lost at the next start, and another daemon could start on "
-            "this data directory; stopping (exit status %d)",
-            "; ".join(said),
+            "%s while the daemon ran: %s; stopping (exit status %d)",
+            what,
+            ", and ".join(why),
             EXIT_FILES_GONE,
         )
-        self._notify.send(f"STATUS={'; '.join(said)}: stopping")
+        self._notify.send(f"STATUS={what}: stopping")
         self._exit_status = EXIT_FILES_GONE
         self._stop.set()
 
