@@ -45,8 +45,8 @@ __all__ = [
     "show_address",
 ]
 
-# Enum members read for every message, as module constants: on Python 3.11 reading a
-# member off its class goes through EnumType.__getattr__ (about 900 instructions).
+# Enum members read for every message, as module constants (docs/design.md,
+# "Enum members on the hot path").
 _DELIVERED: Final = RecipientState.DELIVERED
 
 DELIVERY_LOGGER = "spoolbox.delivery"

@@ -42,8 +42,8 @@ __all__ = [
     "plan_result",
 ]
 
-# Enum members read for every message, as module constants: on Python 3.11 reading a
-# member off its class goes through EnumType.__getattr__ (about 900 instructions).
+# Enum members read for every message, as module constants (docs/design.md,
+# "Enum members on the hot path").
 _DELIVERED: Final = Outcome.DELIVERED
 _RECIPIENT_DELIVERED: Final = RecipientState.DELIVERED
 

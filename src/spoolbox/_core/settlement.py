@@ -65,8 +65,8 @@ from .runtime import SPOOLER_ROW, Runtime
 
 __all__ = ["SETTLE_RETRY_CAP", "Settlement"]
 
-# Enum members read for every message, as module constants: on Python 3.11 reading a
-# member off its class goes through EnumType.__getattr__ (about 900 instructions).
+# Enum members read for every message, as module constants (docs/design.md,
+# "Enum members on the hot path").
 _FAILED: Final = RecipientState.FAILED
 _DELIVERED: Final = RecipientState.DELIVERED
 #: The final states the spooler row counts.

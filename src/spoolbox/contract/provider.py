@@ -60,8 +60,8 @@ __all__ = [
     "TransportSession",
 ]
 
-# The usual answer of end_message, as a module constant: on Python 3.11 reading a member
-# off its class goes through EnumType.__getattr__ (about 900 instructions).
+# Enum members read for every message, as module constants (docs/design.md,
+# "Enum members on the hot path").
 _SENT: Final = EndFlags.SENT
 
 

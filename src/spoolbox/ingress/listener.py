@@ -176,8 +176,8 @@ def _routed_local_part(address: str) -> bool:
     return not _ROUTING.isdisjoint(local)
 
 
-#: (An Enum member as a module constant: on Python 3.11 reading it off its class goes
-#: through EnumType.__getattr__, about 900 instructions; read once a recipient.)
+# Enum members read for every message, as module constants (docs/design.md,
+# "Enum members on the hot path").
 _FAILURE_ONLY: Final = Notify.FAILURE
 
 

@@ -91,10 +91,8 @@ class Step(enum.Enum):
     QUIT = "QUIT"
 
 
-#: Each step as a module constant, for the machine's own code: on Python 3.11 an
-#: attribute of an Enum class is looked up through ``EnumType.__getattr__`` (about
-#: 900 instructions), where a global costs a few; the machine reads a step about 30 times
-#: a message.
+# Enum members read for every message, as module constants (docs/design.md,
+# "Enum members on the hot path").
 _GREETING: Final = Step.GREETING
 _EHLO: Final = Step.EHLO
 _HELO: Final = Step.HELO

@@ -120,10 +120,8 @@ class State(enum.Enum):
     CLOSED = "closed"  # after QUIT, 502, 421: nothing more is read
 
 
-#: Each state as a module constant, for the machine's own code: on Python 3.11 an
-#: attribute of an Enum class is looked up through ``EnumType.__getattr__`` (about
-#: 900 instructions), where a global costs a few; the machine reads the state about 65 times
-#: a message.
+# Enum members read for every message, as module constants (docs/design.md,
+# "Enum members on the hot path").
 _GREETED: Final = State.GREETED
 _READY: Final = State.READY
 _MAIL: Final = State.MAIL

@@ -27,8 +27,8 @@ from .base import LeaseLost, RecipientUpdate
 __all__ = ["accepted", "check_settle", "fingerprint", "lease_kept", "queue_of", "settled"]
 
 _R = RecipientState
-# Members read in every claim and settle, as module constants: on Python 3.11 reading
-# a member off its class goes through EnumType.__getattr__ (about 900 instructions).
+# Enum members read for every message, as module constants (docs/design.md,
+# "Enum members on the hot path").
 _QUEUED: Final = _R.QUEUED
 _HELD: Final = _R.HELD
 _ACTIVE: Final = _R.ACTIVE

@@ -50,8 +50,8 @@ from .isolated import IsolatedProvider
 
 __all__ = ["CURRENT_MESSAGE", "OVERRUN_LOG_INTERVAL", "HostBase", "log"]
 
-#: (An Enum member as a module constant: on Python 3.11 reading it off its class goes
-#: through EnumType.__getattr__, about 900 instructions; read twice a message.)
+# Enum members read for every message, as module constants (docs/design.md,
+# "Enum members on the hot path").
 _RECOVERED: Final = Change.RECOVERED
 
 

@@ -61,8 +61,8 @@ from .hooked import finish_outbound, stage_outbound
 
 __all__ = ["OutboundLane"]
 
-# Enum members read for every message, as module constants: on Python 3.11 reading a
-# member off its class goes through EnumType.__getattr__ (about 900 instructions).
+# Enum members read for every message, as module constants (docs/design.md,
+# "Enum members on the hot path").
 _NO_FLAGS: Final = SubmitFlags.NONE
 _BEGIN_DEFERRED: Final = SubmitFlags.BEGIN_DEFERRED
 _OUTBOUND_ACTIVE: Final = StatusCode.OUTBOUND_ACTIVE

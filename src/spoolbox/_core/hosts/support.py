@@ -34,8 +34,8 @@ from .outbound import OutboundLane
 
 __all__ = ["SupportImpl"]
 
-#: (An Enum member as a module constant: on Python 3.11 reading it off its class goes
-#: through EnumType.__getattr__, about 900 instructions; read three times a message.)
+# Enum members read for every message, as module constants (docs/design.md,
+# "Enum members on the hot path").
 _LOGGED_OFF: Final = Phase.LOGGED_OFF
 
 _FAILURE = int(StatusCode.FAILURE)

@@ -41,8 +41,8 @@ __all__ = [
     "recipient_values",
 ]
 
-# Enum members read for every message, as module constants: on Python 3.11 reading a
-# member off its class goes through EnumType.__getattr__ (about 900 instructions).
+# Enum members read for every message, as module constants (docs/design.md,
+# "Enum members on the hot path").
 _ACTIVE: Final = RecipientState.ACTIVE
 
 
@@ -63,9 +63,8 @@ def _stored_address(text: str) -> Address:
 # The enums by value, looked up once per value (an enum call is a Python function).
 _priority = functools.lru_cache(maxsize=None)(Priority)
 _notify = functools.lru_cache(maxsize=None)(Notify)
-_state = functools.lru_cache(maxsize=None)(RecipientState)
-#: A recipient's state from its column's value (the store's transactions check it).
-recipient_state: Final = _state
+#: A recipient's state from its column's value (the store's transactions check it too).
+recipient_state: Final = functools.lru_cache(maxsize=None)(RecipientState)
 
 
 class _Columns:
@@ -211,7 +210,7 @@ def _recipient(
         message_id=message_id,
         index=idx,
         address=_stored_address(address),
-        state=_state(row_state) if state is None else state,
+        state=recipient_state(row_state) if state is None else state,
         route=route,
         refused_by=_refused_by(refused_by),
         attempts=attempts,

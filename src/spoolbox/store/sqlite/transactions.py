@@ -65,8 +65,8 @@ _PRIORITIES: Final = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
 _PAGE: Final = 200  # messages read per query while filtering a listing by state
 
 _R = RecipientState
-# Members read in every claim, as module constants: on Python 3.11 reading a member
-# off its class goes through EnumType.__getattr__ (about 900 instructions).
+# Enum members read for every message, as module constants (docs/design.md,
+# "Enum members on the hot path").
 _QUEUED: Final = _R.QUEUED
 _ACTIVE: Final = _R.ACTIVE
 # Columns of a recipient's or a message's row, by position (see rows.RECIPIENT_AT).

@@ -34,8 +34,8 @@ from .connection import Stats, StoreFile
 
 __all__ = ["Job", "Outbox", "Reply", "Worker"]
 
-#: (An Enum member as a module constant: on Python 3.11 reading it off its class goes
-#: through EnumType.__getattr__, about 900 instructions; read twice or more a message.)
+# Enum members read for every message, as module constants (docs/design.md,
+# "Enum members on the hot path").
 _READ: Final = Kind.READ
 _WRITE: Final = Kind.WRITE
 
