@@ -58,6 +58,12 @@ def test_removing_the_store_stops_the_daemon_with_74(home: Home, daemons: Daemon
     with pytest.raises(ConnectionRefusedError):
         smtplib.SMTP("127.0.0.1", port, timeout=5).quit()
     assert not (home.path / "spoolbox.pid").exists()  # its own pid file, removed at the stop
+    # Its write-ahead log is left: a start (systemd's restart) does not replay it into
+    # a new, empty store, and says what to do.
+    again = home.run("run", "--no-nice")
+    assert again.returncode == EXIT_FILES_GONE
+    assert f"the store {store} is missing but its write-ahead log {store}-wal" in again.stderr
+    assert not store.exists()
 
 
 def test_moving_the_data_directory_away_stops_the_daemon(

@@ -10,6 +10,8 @@ import os
 import random
 import re
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Final
 
@@ -170,6 +172,65 @@ async def test_two_stores_creating_one_file_at_once_both_open_it(tmp_path: Path)
         # No temp files left; the write lock's side file stays (see .writelock).
         assert sorted(_modes(tmp_path)) == ["spool.db", "spool.db-lock"]
         path.unlink()
+
+
+def _leave_a_removed_store_with_its_log(path: Path) -> None:
+    """What a daemon killed after its store file was removed leaves: a store with
+    three messages, its file unlinked while open, the process gone without closing
+    (a close would checkpoint the log and delete it)."""
+    script = f"""
+import asyncio, os, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from sqlite_helpers import T0, new_message
+from spoolbox.store.sqlite import SQLiteStore
+
+async def main():
+    store = SQLiteStore({str(path)!r})
+    await store.open()
+    for i in range(3):
+        await store.submit(new_message(i), now=T0, lifetime=3600)
+    os.unlink({str(path)!r})
+    os._exit(0)
+
+asyncio.run(main())
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+
+
+async def test_a_removed_store_whose_log_is_left_is_not_created_anew(tmp_path: Path) -> None:
+    """SQLite would replay the left log into a new, empty file: part of the removed
+    store back, possibly corrupt.  Refused, naming both files and both ways out;
+    nothing is created."""
+    path = tmp_path / "spool.db"
+    _leave_a_removed_store_with_its_log(path)
+    wal = tmp_path / "spool.db-wal"
+    assert not path.exists() and wal.stat().st_size > 32
+    before = snapshot_dir(tmp_path)
+    with pytest.raises(StoreError) as info:
+        await SQLiteStore(path).open()
+    message = str(info.value)
+    assert f"the store {path} is missing" in message
+    assert f"write-ahead log {wal} ({wal.stat().st_size} bytes)" in message
+    assert f"Put the store file back at {path}" in message
+    assert f"move {wal} and {path}-shm out of the way" in message
+    assert snapshot_dir(tmp_path) == before
+    # Moved aside as the message says: a new, empty store.
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for name in ("spool.db-wal", "spool.db-shm"):
+        (tmp_path / name).rename(aside / name)
+    async with SQLiteStore(path) as store:
+        assert await store.list_messages(now=T0) == []
+
+
+async def test_a_log_with_no_changes_left_without_its_store_is_no_obstacle(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "spool.db"
+    (tmp_path / "spool.db-wal").write_bytes(b"")
+    async with SQLiteStore(path) as store:
+        await store.submit(new_message(1), now=T0, lifetime=3600)
+        assert len(await store.list_messages(now=T0)) == 1
 
 
 # -- schema, migrations, indexes --------------------------------------------------------

@@ -456,6 +456,7 @@ def _create_if_missing(path: Path) -> None:
     first, that one is used."""
     if os.path.lexists(path):
         return
+    _refuse_an_orphaned_log(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.new")
     try:
         os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
@@ -482,6 +483,36 @@ def _create_if_missing(path: Path) -> None:
                 os.unlink(tmp)
     except (OSError, sqlite3.Error) as exc:
         raise StoreError(f"cannot create the store {path}: {exc}") from exc
+
+
+# A write-ahead log holds at least its 32-byte header and one frame when it holds
+# changes; an empty or header-only log left behind holds none.
+_WAL_HEADER_BYTES: Final = 32
+
+
+def _refuse_an_orphaned_log(path: Path) -> None:
+    """Refuse to create a store at ``path`` where the ``-wal`` of a store that was
+    there is left with changes in it: SQLite would replay that log into the new, empty
+    file and bring back part of the removed store, possibly corrupt (the pages already
+    checkpointed into the removed file would be missing)."""
+    wal = Path(f"{path}-wal")
+    try:
+        size = wal.stat().st_size
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot create the store {path}: cannot look at {wal}: {exc}") from exc
+    if size <= _WAL_HEADER_BYTES:
+        return
+    raise StoreError(
+        f"the store {path} is missing but its write-ahead log {wal} ({size} bytes) is "
+        "still there: the store file was removed or moved while it was open (a daemon "
+        "may still be writing to the log). A new store was not created: SQLite would "
+        "replay that log into it and bring back part of the old store, possibly "
+        f"corrupt. Put the store file back at {path}; or, to start with an empty "
+        f"store, move {wal} and {path}-shm out of the way (they hold only part of the "
+        "old store)"
+    )
 
 
 def _prepare(conn: sqlite3.Connection, path: str, synchronous: str) -> None:
