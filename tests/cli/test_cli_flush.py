@@ -179,8 +179,10 @@ def test_refused_auth_defers_then_a_fixed_host_delivers(home: Home, daemons: Dae
         r = home.run("flush", "--upload", "-t", "relay", timeout=120)
         assert r.returncode == EXIT_DEFERRED, (r.stdout, r.stderr)
         lines = r.stdout.splitlines()
-        assert lines[0].startswith("relay: 0 delivered, 1 deferred, 1 still queued ("), lines
-        assert lines[-1] == "flush: 0 delivered, 1 deferred, 1 still queued", lines
+        assert lines[0].startswith("relay: 0 delivered, 1 deferred, 1 message still queued ("), (
+            lines
+        )
+        assert lines[-1] == "flush: 0 delivered, 1 deferred, 1 message still queued", lines
         assert r.stderr == ""  # no bars (off a terminal rich draws them without glyphs)
         assert "\x1b" not in r.stdout and "━" not in r.stdout, r.stdout
         assert host.received == []
@@ -350,5 +352,5 @@ def test_on_a_terminal_the_bar_ends_with_the_outcome_in_a_warning_colour(
     assert code == EXIT_DEFERRED, out
     assert "━" in out  # the bar
     # The bar's status and the summary say it, in yellow (SGR 33).
-    assert "\x1b[33m0 delivered, 1 deferred, 1 still queued" in out, repr(out)
-    assert "relay: 0 delivered, 1 deferred, 1 still queued (" in out
+    assert "\x1b[33m0 delivered, 1 deferred, 1 message still queued" in out, repr(out)
+    assert "relay: 0 delivered, 1 deferred, 1 message still queued (" in out

@@ -169,7 +169,7 @@ def test_a_restarted_daemon_keeps_the_window(
     r = home.run("flush", "--upload", "--timeout", "30")
     assert time.monotonic() - started < 20, r.stdout
     assert r.returncode == 75, r.stdout
-    line = re.search(r"^relay: 0 delivered, 1 still queued \(.*\)$", r.stdout, re.M)
+    line = re.search(r"^relay: 0 delivered, 1 message still queued \(.*\)$", r.stdout, re.M)
     assert line is not None, r.stdout
     assert re.search(r"; max_rate 2/h reached; room again in 3,[0-9]{3} s\)$", line.group(0))
     assert "deadline" not in r.stdout, r.stdout

@@ -95,17 +95,23 @@ def test_phrases_and_lines() -> None:
     assert outcome_phrase(result(deferred=1)) == "0 delivered, 1 deferred"
     assert (
         outcome_phrase(result(delivered=2, deferred=1, failed=3, queued=4), received=5)
-        == "2 delivered, 1 deferred, 3 failed, 4 still queued, 5 received"
+        == "2 delivered, 1 deferred, 3 failed, 4 messages still queued, 5 received"
     )
     assert outcome_phrase(result(), received=2) == "2 received"
+    # One message to three recipients, all deferred: the counts' units differ, named.
+    assert outcome_phrase(result(deferred=3, queued=1)) == (
+        "0 delivered, 3 deferred, 1 message still queued"
+    )
     assert result_line(result(delivered=1)) == "relay: 1 delivered (1.2 s)"
     assert (
         result_line(result(queued=1, timed_out=True, cancelled=True, error="offline"))
-        == "relay: 0 delivered, 1 still queued (1.2 s; flush deadline reached; error: offline)"
+        == "relay: 0 delivered, 1 message still queued "
+        "(1.2 s; flush deadline reached; error: offline)"
     )
     assert result_line(result(cancelled=True)) == "relay: nothing to do (1.2 s; cancelled)"
     assert result_line(result(queued=2, held="max_rate 3/h reached; room again in 3,588 s")) == (
-        "relay: 0 delivered, 2 still queued (1.2 s; max_rate 3/h reached; room again in 3,588 s)"
+        "relay: 0 delivered, 2 messages still queued "
+        "(1.2 s; max_rate 3/h reached; room again in 3,588 s)"
     )
     # An error before anything was done is not "nothing to do".
     assert result_line(result(error="imap: connection reset")) == (
@@ -113,7 +119,7 @@ def test_phrases_and_lines() -> None:
     )
     assert result_line(result(downloaded=3, error="x")) == "relay: 3 received (1.2 s; error: x)"
     both = report(result(delivered=1, downloaded=2), result(transport="b", deferred=1, queued=1))
-    assert total_line(both) == "flush: 1 delivered, 1 deferred, 1 still queued, 2 received"
+    assert total_line(both) == "flush: 1 delivered, 1 deferred, 1 message still queued, 2 received"
     assert total_line({**report(), "timed_out": True}) == (
         "flush: nothing to do (the flush deadline passed; what is left stays queued)"
     )

@@ -45,14 +45,17 @@ def _count(part: Mapping[str, Any], key: str) -> int:
 
 
 def outcome_phrase(part: Mapping[str, Any], *, received: int = 0) -> str:
-    """``"2 delivered, 1 deferred"``: the counts of a result or of the totals (those that
-    are not zero; ``delivered`` always once anything was sent or is waiting)."""
+    """``"2 delivered, 1 deferred, 1 message still queued"``: the counts of a result or
+    of the totals (those that are not zero; ``delivered`` always once anything was
+    sent or is waiting); recipients delivered, deferred and failed, messages queued."""
     words: list[str] = []
     if any(_count(part, key) for key in _UPLOAD_COUNTS):
         words.append(f"{_count(part, 'delivered')} delivered")
         words += [f"{_count(part, key)} {key}" for key in ("deferred", "failed") if part.get(key)]
-        if part.get("queued"):
-            words.append(f"{_count(part, 'queued')} still queued")
+        if queued := _count(part, "queued"):
+            # Messages, where the counts before are recipients': named, as one
+            # message of three recipients is 3 deferred and 1 still queued.
+            words.append(f"{queued} message{'s' if queued > 1 else ''} still queued")
     if received:
         words.append(f"{received} received")
     return ", ".join(words) or "nothing to do"
@@ -74,8 +77,8 @@ def severity(result: Mapping[str, Any]) -> Severity:
 
 
 def result_line(result: Mapping[str, Any]) -> str:
-    """One transport's line: ``relay: 0 delivered, 1 deferred, 1 still queued (2.1 s)``,
-    with why it was cut short, if it was."""
+    """One transport's line: ``relay: 0 delivered, 1 deferred, 1 message still queued
+    (2.1 s)``, with why it was cut short, if it was."""
     words = outcome_phrase(result, received=_count(result, "downloaded"))
     if result.get("error") and words == "nothing to do":
         words = "nothing done"  # not "nothing to do": the transport could not say

@@ -179,8 +179,9 @@ async function watchFlush(id) {
   }
   const report = state.report;
   const totals = report.totals || {};
-  let text = "delivered " + (totals.delivered || 0) + ", deferred " + (totals.deferred || 0)
-    + ", failed " + (totals.failed || 0) + ", still queued " + (totals.queued || 0);
+  let text = "recipients delivered " + (totals.delivered || 0) + ", deferred "
+    + (totals.deferred || 0) + ", failed " + (totals.failed || 0)
+    + "; messages still queued " + (totals.queued || 0);
   if (report.cancelled) text += " (cancelled)";
   if (report.timed_out) text += " (timed out)";
   for (const result of report.results || []) {
