@@ -102,6 +102,16 @@ class ReplyReader:
     def _parse(self) -> Reply | None:
         """One whole reply off the front of the buffer, or None."""
         buf = self._buffer
+        end = buf.find(b"\n")
+        if end == -1:
+            return None
+        if end < MAX_LINE and buf[3:4] != b"-" and buf[:3].isdigit():
+            # A reply of one line (nearly every one): what the loop below makes of it.
+            line = bytes(buf[: end + 1])
+            del buf[: end + 1]
+            return Reply(
+                int(line[:3]), line[4:].strip(b" \t\r\n").decode("utf-8", "surrogateescape")
+            )
         texts: list[bytes] = []
         offset = 0
         while (end := buf.find(b"\n", offset)) != -1:

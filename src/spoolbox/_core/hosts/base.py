@@ -267,7 +267,7 @@ class HostBase:
 
     def has_bit(self, bit: StatusCode) -> bool:
         row = self.runtime.status.get(self.name)
-        return row is not None and bool(row.status_code & bit)
+        return row is not None and bool(int(row.status_code) & int(bit))  # ints: see set_bits
 
     @property
     def uploading(self) -> bool:

@@ -741,7 +741,10 @@ class OutboundLane:
         host.active[mid] = msg
         self.sending += 1
         host.counters["submitted"] += 1
-        host.set_bits(on=_OUTBOUND_ACTIVE)
+        if not host.has_bit(_OUTBOUND_ACTIVE):
+            host.set_bits(on=_OUTBOUND_ACTIVE)
+        # (With the bit on already, as while other messages are under way, the row is
+        # not made again for the counter alone: the message's results publish it.)
         token = CURRENT_MESSAGE.set(msg)
         outcome = _END_SENT
         delay: float | None = None

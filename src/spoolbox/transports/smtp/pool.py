@@ -49,6 +49,11 @@ class Pool:
     def alive_count(self) -> int:
         return sum(c.alive for c in self.idle) + len(self.busy)
 
+    @property
+    def any_alive(self) -> bool:
+        """``alive_count > 0``, asked after every message: a busy one answers it."""
+        return bool(self.busy) or any(c.alive for c in self.idle)
+
     async def acquire(self, ref: str) -> Connection:
         """A connection for message ``ref``: an idle one that still answers, or a new one."""
         self._users += 1

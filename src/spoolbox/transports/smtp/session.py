@@ -245,7 +245,7 @@ class SMTPSession(BaseTransportSession):
             # Every message is deferred until a connection is made: FAILURE, and why.
             self._row.show(f"cannot relay via {where}: {self.unreachable}", unreachable=True)
             return
-        text = f"connected to {where}" if self.pool.alive_count else f"idle, relaying via {where}"
+        text = f"connected to {where}" if self.pool.any_alive else f"idle, relaying via {where}"
         text += f", {self.counts['delivered']} sent"
         self._row.show(text + results_text(self.counts, self.last_error))
 
