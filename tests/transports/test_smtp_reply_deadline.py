@@ -13,6 +13,7 @@ later (it is brought forward).
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,7 +21,7 @@ import pytest
 from smtp_servers import HOST, line, scripted_server
 
 from spoolbox.smtp.client import ClientMachine
-from spoolbox.transports.smtp.connection import Connection
+from spoolbox.transports.smtp.connection import Connection, open_link
 from spoolbox.transports.smtp.failures import Failure
 
 #: The server's answers, one for each NOOP, after the delay the test puts in the queue.
@@ -41,8 +42,10 @@ async def connection(replies: Replies) -> AsyncIterator[Connection]:
             await writer.drain()
 
     async with scripted_server(script) as srv:
-        reader, writer = await asyncio.open_connection(HOST, srv.port)
-        conn = Connection(reader, writer, ClientMachine(tls=False), f"{HOST}:{srv.port}", 1)
+        sock = socket.create_connection((HOST, srv.port))
+        sock.setblocking(False)
+        link = await open_link(ClientMachine(tls=False), sock=sock)
+        conn = Connection(link, f"{HOST}:{srv.port}", 1)
         try:
             assert (await conn.reply("the greeting", 5.0)).code == 220
             conn.machine.hello("client.test")

@@ -718,6 +718,31 @@ async def test_tls_with_an_unknown_ca_defers_with_a_certificate_error(
     assert rec.received == []
 
 
+@pytest.mark.parametrize("mode", ["starttls", "implicit"])
+def test_tls_on_uvloop_delivers_and_checks_the_certificate(
+    mode: str, server_ctx: ssl.SSLContext, ca_file: str
+) -> None:
+    """The daemon's default loop is uvloop, whose transports and TLS hand-over
+    (``loop.start_tls``) are its own: the connection's link works on it too."""
+    import uvloop  # a test dependency (pyproject.toml): missing, the test fails
+
+    async def main() -> None:
+        assert "uvloop" in type(asyncio.get_running_loop()).__module__
+        rec = Recorder()
+        async with tls_server(mode, server_ctx, rec) as srv:
+            state, recs, _ = await send_with(
+                options(srv.port, tls=mode, ca_file=ca_file), message("SMTP:bob@example.org")
+            )
+            assert state is MessageState.SENT, recs[0].diagnostic
+            state, recs, _ = await send_with(
+                options(srv.port, tls=mode), message("SMTP:carol@example.org")
+            )
+            assert (recs[0].state, recs[0].status) == (RecipientState.QUEUED, "4.7.5")
+        assert [r.content for r in rec.received] == [CONTENT]
+
+    uvloop.run(main())
+
+
 async def test_verify_false_delivers_and_warns(
     server_ctx: ssl.SSLContext, caplog: pytest.LogCaptureFixture
 ) -> None:

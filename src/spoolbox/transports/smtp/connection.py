@@ -1,6 +1,12 @@
-"""One connection to the smart host: the client machine (:mod:`spoolbox.smtp.client`) over
-asyncio streams, every network step within its timeout, and the opening dialogue
+"""One connection to the smart host: the client machine (:mod:`spoolbox.smtp.client`) on
+an asyncio transport, every network step within its timeout, and the opening dialogue
 (connect, implicit TLS or STARTTLS, the greeting, EHLO/HELO, AUTH).
+
+The bytes go between the transport and the machine through :class:`Link`, an asyncio
+protocol (the public ``asyncio.Protocol`` interface), not through asyncio's streams: a
+relayed message waits for two replies, and a ``StreamReader`` in between (its buffer,
+its waiter, its checks at every read) ran about 400 bytecodes a message
+(docs/benchmarks.md, "Session 42").
 
 Every failure comes out as a :class:`~.failures.Failure` with the connection closed.
 """
@@ -10,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from typing import cast
 
 from spoolbox.smtp.client import (
     NEED_DATA,
@@ -26,29 +33,116 @@ from .dane import TLSA, matches
 from .failures import Failure, exception_failure, refusal
 from .settings import SMTPSettings
 
-__all__ = ["Connection", "connect"]
+__all__ = ["Connection", "Link", "connect", "open_link"]
 
-_READ = 65536
 #: AUTH mechanisms in order of preference, over TLS and (allow_plain_auth) without it.
 _AUTH_TLS = ("plain", "login", "cram-md5")
 _AUTH_PLAIN = ("cram-md5", "plain", "login")
 
 
-class Connection:
-    """One open connection of the pool: the streams, the machine, and what the pool notes."""
+class Link(asyncio.Protocol):
+    """The transport under a connection: what arrives goes to the client machine at
+    once; a reader waits for more (:meth:`wait`), a writer for room in a full buffer
+    (:meth:`drained`).  The end of the connection (the server's EOF, a reset, an
+    abort) is told to the machine once, as ``receive_data(b"")``."""
 
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        machine: ClientMachine,
-        where: str,
-        number: int,
-        host: str = "",
-    ) -> None:
-        self.reader = reader
-        self.writer = writer
+    def __init__(self, machine: ClientMachine) -> None:
         self.machine = machine
+        self.transport: asyncio.Transport | None = None
+        self.ended = False  # the server closed its side, or the connection was lost
+        self.error: BaseException | None = None  # what connection_lost said, if anything
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+        self._drain: asyncio.Future[None] | None = None
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream transport (uvloop's too, which are not asyncio.Transport subclasses).
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.machine.receive_data(data)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def eof_received(self) -> bool:
+        self._end(None)
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(exc)
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            drain.set_result(None)  # the writer finds the transport closing
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    # -- for the connection -----------------------------------------------------------
+    def _end(self, exc: BaseException | None) -> None:
+        if exc is not None and self.error is None:
+            self.error = exc
+        if not self.ended:
+            self.ended = True
+            self.machine.receive_data(b"")
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until more data came or the connection ended (at once if it has ended)."""
+        if self.ended:
+            return
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    async def drained(self) -> None:
+        """Until the transport's buffer has room again (or the connection is lost)."""
+        while self._paused and self.transport is not None and not self.transport.is_closing():
+            drain = self._drain = asyncio.get_running_loop().create_future()
+            await drain
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+
+async def open_link(
+    machine: ClientMachine,
+    *,
+    sock: socket.socket,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> Link:
+    """A :class:`Link` on the connected socket ``sock`` (TLS from the start with
+    ``ssl_context``: the handshake done when this returns)."""
+    link = Link(machine)
+    await asyncio.get_running_loop().create_connection(
+        lambda: link, sock=sock, ssl=ssl_context, server_hostname=server_hostname
+    )
+    return link
+
+
+class Connection:
+    """One open connection of the pool: its link, the machine, and what the pool notes."""
+
+    def __init__(self, link: Link, where: str, number: int, host: str = "") -> None:
+        assert link.transport is not None, "a Link whose connection was made"
+        self.link = link
+        self.transport: asyncio.Transport = link.transport
+        self.machine = link.machine
         self.where = where
         self.host = host  # the server's name, as the results' Remote-MTA gives it
         self.number = number
@@ -69,7 +163,7 @@ class Connection:
 
     @property
     def alive(self) -> bool:
-        return not self._closed and not self.writer.is_closing() and not self.reader.at_eof()
+        return not self._closed and not self.link.ended and not self.transport.is_closing()
 
     def close(self) -> None:
         """Drop the connection at once (a send waiting on it fails at its next await)."""
@@ -78,16 +172,21 @@ class Connection:
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
-        self.writer.transport.abort()
+        self.transport.abort()
 
     async def write(self, data: bytes, step: str, timeout: float) -> None:
-        """Write ``data``; wait (within ``timeout``) only if the kernel did not take it all."""
+        """Write ``data``; wait (within ``timeout``) only while the transport's buffer is
+        above its high-water mark (flow control)."""
+        link = self.link
         try:
-            self.writer.write(data)
-            transport = self.writer.transport
-            if transport.is_closing() or transport.get_write_buffer_size():
+            if self.transport.is_closing():
+                raise self._lost()
+            self.transport.write(data)
+            if link.paused:
                 async with asyncio.timeout(timeout):
-                    await self.writer.drain()  # flow control
+                    await link.drained()
+                if self.transport.is_closing():
+                    raise self._lost()
         except OSError as exc:  # TimeoutError included
             self.close()
             raise exception_failure(exc, step, timeout, self.where) from None
@@ -141,18 +240,22 @@ class Connection:
             self._watch = loop.call_at(deadline, self._on_watch)
             self._watch_at = deadline
         machine = self.machine
+        link = self.link
         try:
             while True:  # the caller found the machine needing data
                 answer = machine.data_to_send()  # to an AUTH challenge
                 if answer:
-                    self.writer.write(answer)
-                data = await self.reader.read(_READ)
+                    self.transport.write(answer)
+                await link.wait()  # the link hands what comes to the machine
                 if self._timed_out:
                     raise TimeoutError
-                machine.receive_data(data)
+                if link.error is not None and isinstance(link.error, OSError):
+                    raise link.error  # a reset, a TLS error: said as such
                 event = machine.next_event()
                 if event is not NEED_DATA:
                     return event
+                if link.ended:  # nothing more will come (the machine waits for TLS)
+                    return ConnectionClosed()
         except OSError as exc:  # TimeoutError included
             cause: OSError = TimeoutError() if self._timed_out else exc
             self.close()
@@ -171,12 +274,24 @@ class Connection:
             self._watch_at = deadline
             return
         self._timed_out = True
-        self.writer.transport.abort()  # the read ends (EOF); _await_reply says why
+        self.transport.abort()  # the wait ends (the connection is lost); _await_reply says why
 
     async def reply(self, step: str, timeout: float) -> Reply:
         """The reply to the command ``step`` (it is the next event but for STARTTLS)."""
         event = await self.event(step, timeout)
         return event.reply
+
+    def start_tls(self, transport: asyncio.Transport | None) -> None:
+        """From now on the link's transport is ``transport``: the TLS layer over the
+        connection (``loop.start_tls``)."""
+        if transport is None:  # the loop closed the connection meanwhile
+            raise ConnectionResetError("the connection was closed during the TLS handshake")
+        self.link.transport = self.transport = transport
+
+    def _lost(self) -> OSError:
+        """What a write to a closed connection raises: why it was lost, if known."""
+        error = self.link.error
+        return error if isinstance(error, OSError) else ConnectionResetError("Connection lost")
 
 
 async def _tcp_connect(host: str, port: int, timeout: float) -> socket.socket:
@@ -226,9 +341,10 @@ async def connect(
     implicit = s.tls == "implicit"
     try:
         async with asyncio.timeout(t["greeting"]):  # the TLS handshake (implicit TLS)
-            reader, writer = await asyncio.open_connection(
+            link = await open_link(
+                ClientMachine(tls=implicit),
                 sock=sock,
-                ssl=tls_context if implicit else None,
+                ssl_context=tls_context if implicit else None,
                 server_hostname=s.host if implicit else None,
             )
     except OSError as exc:
@@ -237,7 +353,7 @@ async def connect(
     except BaseException:
         sock.close()
         raise
-    conn = Connection(reader, writer, ClientMachine(tls=implicit), where, number, s.host)
+    conn = Connection(link, where, number, s.host)
     try:
         await _open(conn, settings, tls_context, helo)
     except BaseException:
@@ -270,7 +386,11 @@ async def _open(
         assert tls_context is not None  # made for every tls but "none"
         try:
             async with asyncio.timeout(t["mail"]):
-                await conn.writer.start_tls(tls_context, server_hostname=s.host)
+                conn.start_tls(
+                    await asyncio.get_running_loop().start_tls(
+                        conn.transport, conn.link, tls_context, server_hostname=s.host
+                    )
+                )
         except OSError as exc:
             raise exception_failure(exc, "STARTTLS", t["mail"], where) from None
         conn.machine.tls_started()
@@ -288,7 +408,7 @@ async def _open(
 def _dane_check(conn: Connection, records: tuple[TLSA, ...], where: str) -> TLSA:
     """DANE (:mod:`.dane`): the TLSA record the server's certificate matches; if it
     matches none, the connection is not used (4.7.5)."""
-    tls = conn.writer.get_extra_info("ssl_object")
+    tls = conn.transport.get_extra_info("ssl_object")
     der = tls.getpeercert(binary_form=True) if tls is not None else None
     found = matches(records, der) if der else None
     if found is None:

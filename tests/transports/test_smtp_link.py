@@ -1,0 +1,180 @@
+"""The bytes under an SMTP connection (``Link``, an asyncio protocol): what the server
+sends reaches the client machine, a write waits while the kernel's buffers are full
+and no longer than its timeout, and the ways a connection ends (the server's close,
+a reset) each come out as a Failure that says which.
+
+Real servers on loopback, run by the test as scripts; on both event loops the daemon
+may use (asyncio's and uvloop, whose transports are their own)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from smtp_servers import HOST, Script, line, scripted_server
+
+from spoolbox.smtp.client import ClientMachine
+from spoolbox.transports.smtp.connection import Connection, open_link
+from spoolbox.transports.smtp.failures import Failure
+
+LOOPS = ["asyncio", "uvloop"]
+
+
+def run_on(loop: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    if loop == "asyncio":
+        asyncio.run(main())
+        return
+    import uvloop  # a test dependency (pyproject.toml): missing, the test fails
+
+    uvloop.run(main())
+
+
+@asynccontextmanager
+async def greeted(script: Script) -> AsyncIterator[Connection]:
+    """A connection to a server that greets, answers EHLO, then runs ``script``."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 test.invalid ESMTP\r\n")
+        await line(reader)  # EHLO
+        writer.write(b"250-test.invalid\r\n250 PIPELINING\r\n")
+        await writer.drain()
+        await script(reader, writer)
+
+    async with scripted_server(serve) as srv:
+        sock = socket.create_connection((HOST, srv.port))
+        sock.setblocking(False)
+        conn = Connection(await open_link(ClientMachine(tls=False), sock=sock), "test", 1)
+        try:
+            assert (await conn.reply("the greeting", 5.0)).code == 220
+            conn.machine.hello("client.test")
+            assert (await conn.reply("EHLO", 5.0)).code == 250
+            yield conn
+        finally:
+            conn.close()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_write_larger_than_the_buffers_waits_for_a_slow_reader(loop: str) -> None:
+    size = 16 * 1024 * 1024  # far more than the socket buffers and the high-water mark
+    got = bytearray()
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while len(got) < size:
+            chunk = await reader.read(256 * 1024)
+            if not chunk:
+                return
+            got.extend(chunk)
+            await asyncio.sleep(0.005)
+        writer.write(b"250 2.0.0 all of it\r\n")
+        await writer.drain()
+
+    async def main() -> None:
+        async with greeted(slow) as conn:
+            await conn.write(b"x" * size, "sending data", 30.0)
+            assert conn.link.paused is False
+            conn.machine.noop()  # a command whose reply is the server's 250
+            await conn.flush("NOOP", 5.0)
+            reply = await conn.reply("NOOP", 30.0)
+            assert (reply.code, reply.text) == (250, "2.0.0 all of it")
+            assert conn.alive
+
+    run_on(loop, main)
+    assert len(got) == size + len(b"NOOP\r\n")
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_write_to_a_server_that_stops_reading_times_out(loop: str) -> None:
+    async def stuck(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)
+
+    async def main() -> None:
+        async with greeted(stuck) as conn:
+            start = asyncio.get_running_loop().time()
+            with pytest.raises(Failure) as caught:
+                await conn.write(b"x" * (64 * 1024 * 1024), "sending data", 0.5)
+            took = asyncio.get_running_loop().time() - start
+            assert caught.value.status == "4.4.1"
+            assert caught.value.text == (
+                "x-spoolbox; timed out after 0.5 s waiting for test to take the message data"
+            )
+            assert 0.4 <= took < 10
+            assert not conn.alive
+
+    run_on(loop, main)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_the_server_closing_while_a_reply_is_awaited_is_a_lost_connection(loop: str) -> None:
+    async def closes(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await line(reader)  # the NOOP, unanswered
+        writer.close()
+
+    async def main() -> None:
+        async with greeted(closes) as conn:
+            conn.machine.noop()
+            with pytest.raises(Failure) as caught:
+                await conn.reply("NOOP", 5.0)
+            assert caught.value.status == "4.4.2"
+            assert caught.value.text == (
+                "x-spoolbox; connection to test lost (NOOP): the server closed the connection"
+            )
+            assert not conn.alive
+            # A write after it: refused at once, not queued into a closed transport.
+            with pytest.raises(Failure):
+                await conn.write(b"RSET\r\n", "RSET", 5.0)
+
+    run_on(loop, main)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_reset_is_said_as_such(loop: str) -> None:
+    async def resets(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await line(reader)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # closed with linger 0: an RST
+
+    async def main() -> None:
+        async with greeted(resets) as conn:
+            conn.machine.noop()
+            with pytest.raises(Failure) as caught:
+                await conn.reply("NOOP", 5.0)
+            assert caught.value.status.startswith("4.")
+            assert "test" in caught.value.text
+            assert "reset" in caught.value.text.lower() or "closed" in caught.value.text
+            assert not conn.alive
+
+    run_on(loop, main)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_replies_cut_anywhere_come_out_whole(loop: str) -> None:
+    answers = [b"250-first\r\n250 ok\r\n", b"250 2.0.0 second\r\n", b"550 5.0.0 third\r\n"]
+
+    async def dribbles(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for answer in answers:
+            await line(reader)
+            for byte in answer:  # one octet a write: the reply arrives in pieces
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.001)
+
+    async def main() -> None:
+        async with greeted(dribbles) as conn:
+            replies = []
+            for _ in answers:
+                conn.machine.noop()
+                replies.append(await conn.reply("NOOP", 5.0))
+            assert [(r.code, r.text) for r in replies] == [
+                (250, "first\nok"),
+                (250, "2.0.0 second"),
+                (550, "5.0.0 third"),
+            ]
+            assert conn.alive and conn.machine.in_step
+
+    run_on(loop, main)
