@@ -178,3 +178,23 @@ def test_replies_cut_anywhere_come_out_whole(loop: str) -> None:
             assert conn.alive and conn.machine.in_step
 
     run_on(loop, main)
+
+
+def test_a_second_reader_at_once_is_refused_not_left_waiting_forever() -> None:
+    """One transaction at a time uses a connection; a second wait at once would take
+    the first one's wake-up and leave it to its timeout, so it is refused."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)
+
+    async def main() -> None:
+        async with greeted(silent) as conn:
+            first = asyncio.ensure_future(conn.link.wait())
+            await asyncio.sleep(0)
+            with pytest.raises(RuntimeError, match="already waiting"):
+                await conn.link.wait()
+            assert not first.done()
+            conn.close()  # the first wait ends with the connection
+            await asyncio.wait_for(first, 5)
+
+    run_on("asyncio", main)

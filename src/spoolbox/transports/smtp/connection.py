@@ -102,6 +102,8 @@ class Link(asyncio.Protocol):
         """Until more data came or the connection ended (at once if it has ended)."""
         if self.ended:
             return
+        if self._waiter is not None:  # one reader at a time: a second would never wake
+            raise RuntimeError("another coroutine is already waiting for this connection's data")
         waiter = self._waiter = asyncio.get_running_loop().create_future()
         try:
             await waiter
