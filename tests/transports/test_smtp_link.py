@@ -198,3 +198,53 @@ def test_a_second_reader_at_once_is_refused_not_left_waiting_forever() -> None:
             await asyncio.wait_for(first, 5)
 
     run_on("asyncio", main)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_reply_that_came_before_a_reset_is_read(loop: str) -> None:
+    """A server that answers and then resets the connection (one that crashes after
+    its 250, say): the answer counts, as the server gave it; the connection is then
+    no longer alive."""
+
+    async def answers_then_resets(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await line(reader)
+        writer.write(b"250 2.0.0 Ok: queued\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the answer is on its way before the reset
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    async def main() -> None:
+        async with greeted(answers_then_resets) as conn:
+            conn.machine.noop()
+            assert (await conn.reply("NOOP", 5.0)).text == "2.0.0 Ok: queued"
+            await asyncio.sleep(0.5)  # the reset has come meanwhile
+            assert not conn.alive
+            assert isinstance(conn.link.error, ConnectionResetError)
+
+    run_on(loop, main)
+
+
+def test_a_reply_and_a_reset_in_one_turn_of_the_loop_give_the_reply() -> None:
+    """The reply and the reset reach the link before the waiting reader runs again
+    (driven by hand here, as the loop does when both are read at once): the reply."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)
+
+    async def main() -> None:
+        async with greeted(silent) as conn:
+            conn.machine.noop()
+            await conn.flush("NOOP", 5.0)
+            waiting = asyncio.ensure_future(conn.reply("NOOP", 5.0))
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+            conn.link.data_received(b"250 2.0.0 Ok: queued\r\n")
+            conn.link.connection_lost(ConnectionResetError("Connection reset by peer"))
+            assert (await waiting).text == "2.0.0 Ok: queued"
+            assert not conn.alive
+
+    run_on("asyncio", main)

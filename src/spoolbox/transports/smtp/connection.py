@@ -251,9 +251,11 @@ class Connection:
                 await link.wait()  # the link hands what comes to the machine
                 if self._timed_out:
                     raise TimeoutError
-                if link.error is not None and isinstance(link.error, OSError):
-                    raise link.error  # a reset, a TLS error: said as such
                 event = machine.next_event()
+                if isinstance(event, Replied | UpgradeTLS):
+                    return event  # a reply that came before a reset still counts
+                if isinstance(link.error, OSError):
+                    raise link.error  # a reset, a TLS error: said as such
                 if event is not NEED_DATA:
                     return event
                 if link.ended:  # nothing more will come (the machine waits for TLS)
