@@ -44,6 +44,8 @@ from spoolbox import (
     TransportConfig,
 )
 from spoolbox.model import RecipientRecord
+from spoolbox.smtp.client import ClientMachine
+from spoolbox.transports.smtp.connection import Connection, open_link
 
 HOST = "127.0.0.1"
 
@@ -230,6 +232,32 @@ async def scripted_server(
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         await server.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def greeted_connection(script: Script) -> AsyncIterator[Connection]:
+    """A client connection (the smtp transport's own, on its ``Link``) to a scripted
+    server that greets and answers EHLO, then runs ``script``; greeted and EHLO'd."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 test.invalid ESMTP\r\n")
+        await line(reader)  # EHLO
+        writer.write(b"250-test.invalid\r\n250 PIPELINING\r\n")
+        await writer.drain()
+        await script(reader, writer)
+
+    async with scripted_server(serve) as srv:
+        sock = socket.create_connection((HOST, srv.port))
+        sock.setblocking(False)
+        link = await open_link(ClientMachine(tls=False), sock=sock)
+        conn = Connection(link, f"{HOST}:{srv.port}", 1)
+        try:
+            assert (await conn.reply("the greeting", 5.0)).code == 220
+            conn.machine.hello("client.test")
+            assert (await conn.reply("EHLO", 5.0)).code == 250
+            yield conn
+        finally:
+            conn.close()
 
 
 # -- script pieces ------------------------------------------------------------------------------

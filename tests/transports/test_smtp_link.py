@@ -11,15 +11,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
-from smtp_servers import HOST, Script, line, scripted_server
+from smtp_servers import greeted_connection, line
 
-from spoolbox.smtp.client import ClientMachine
-from spoolbox.transports.smtp.connection import Connection, open_link
 from spoolbox.transports.smtp.failures import Failure
 
 LOOPS = ["asyncio", "uvloop"]
@@ -32,30 +29,6 @@ def run_on(loop: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     import uvloop  # a test dependency (pyproject.toml): missing, the test fails
 
     uvloop.run(main())
-
-
-@asynccontextmanager
-async def greeted(script: Script) -> AsyncIterator[Connection]:
-    """A connection to a server that greets, answers EHLO, then runs ``script``."""
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 test.invalid ESMTP\r\n")
-        await line(reader)  # EHLO
-        writer.write(b"250-test.invalid\r\n250 PIPELINING\r\n")
-        await writer.drain()
-        await script(reader, writer)
-
-    async with scripted_server(serve) as srv:
-        sock = socket.create_connection((HOST, srv.port))
-        sock.setblocking(False)
-        conn = Connection(await open_link(ClientMachine(tls=False), sock=sock), "test", 1)
-        try:
-            assert (await conn.reply("the greeting", 5.0)).code == 220
-            conn.machine.hello("client.test")
-            assert (await conn.reply("EHLO", 5.0)).code == 250
-            yield conn
-        finally:
-            conn.close()
 
 
 @pytest.mark.parametrize("loop", LOOPS)
@@ -74,7 +47,7 @@ def test_a_write_larger_than_the_buffers_waits_for_a_slow_reader(loop: str) -> N
         await writer.drain()
 
     async def main() -> None:
-        async with greeted(slow) as conn:
+        async with greeted_connection(slow) as conn:
             await conn.write(b"x" * size, "sending data", 30.0)
             assert conn.link.paused is False
             conn.machine.noop()  # a command whose reply is the server's 250
@@ -93,14 +66,15 @@ def test_a_write_to_a_server_that_stops_reading_times_out(loop: str) -> None:
         await asyncio.sleep(30)
 
     async def main() -> None:
-        async with greeted(stuck) as conn:
+        async with greeted_connection(stuck) as conn:
             start = asyncio.get_running_loop().time()
             with pytest.raises(Failure) as caught:
                 await conn.write(b"x" * (64 * 1024 * 1024), "sending data", 0.5)
             took = asyncio.get_running_loop().time() - start
             assert caught.value.status == "4.4.1"
             assert caught.value.text == (
-                "x-spoolbox; timed out after 0.5 s waiting for test to take the message data"
+                f"x-spoolbox; timed out after 0.5 s waiting for {conn.where} to take the "
+                "message data"
             )
             assert 0.4 <= took < 10
             assert not conn.alive
@@ -115,13 +89,14 @@ def test_the_server_closing_while_a_reply_is_awaited_is_a_lost_connection(loop: 
         writer.close()
 
     async def main() -> None:
-        async with greeted(closes) as conn:
+        async with greeted_connection(closes) as conn:
             conn.machine.noop()
             with pytest.raises(Failure) as caught:
                 await conn.reply("NOOP", 5.0)
             assert caught.value.status == "4.4.2"
             assert caught.value.text == (
-                "x-spoolbox; connection to test lost (NOOP): the server closed the connection"
+                f"x-spoolbox; connection to {conn.where} lost (NOOP): "
+                "the server closed the connection"
             )
             assert not conn.alive
             # A write after it: refused at once, not queued into a closed transport.
@@ -140,12 +115,12 @@ def test_a_reset_is_said_as_such(loop: str) -> None:
         writer.transport.abort()  # closed with linger 0: an RST
 
     async def main() -> None:
-        async with greeted(resets) as conn:
+        async with greeted_connection(resets) as conn:
             conn.machine.noop()
             with pytest.raises(Failure) as caught:
                 await conn.reply("NOOP", 5.0)
             assert caught.value.status.startswith("4.")
-            assert "test" in caught.value.text
+            assert conn.where in caught.value.text
             assert "reset" in caught.value.text.lower() or "closed" in caught.value.text
             assert not conn.alive
 
@@ -165,7 +140,7 @@ def test_replies_cut_anywhere_come_out_whole(loop: str) -> None:
                 await asyncio.sleep(0.001)
 
     async def main() -> None:
-        async with greeted(dribbles) as conn:
+        async with greeted_connection(dribbles) as conn:
             replies = []
             for _ in answers:
                 conn.machine.noop()
@@ -188,7 +163,7 @@ def test_a_second_reader_at_once_is_refused_not_left_waiting_forever() -> None:
         await asyncio.sleep(30)
 
     async def main() -> None:
-        async with greeted(silent) as conn:
+        async with greeted_connection(silent) as conn:
             first = asyncio.ensure_future(conn.link.wait())
             await asyncio.sleep(0)
             with pytest.raises(RuntimeError, match="already waiting"):
@@ -218,7 +193,7 @@ def test_a_reply_that_came_before_a_reset_is_read(loop: str) -> None:
         writer.transport.abort()
 
     async def main() -> None:
-        async with greeted(answers_then_resets) as conn:
+        async with greeted_connection(answers_then_resets) as conn:
             conn.machine.noop()
             assert (await conn.reply("NOOP", 5.0)).text == "2.0.0 Ok: queued"
             await asyncio.sleep(0.5)  # the reset has come meanwhile
@@ -236,7 +211,7 @@ def test_a_reply_and_a_reset_in_one_turn_of_the_loop_give_the_reply() -> None:
         await asyncio.sleep(30)
 
     async def main() -> None:
-        async with greeted(silent) as conn:
+        async with greeted_connection(silent) as conn:
             conn.machine.noop()
             await conn.flush("NOOP", 5.0)
             waiting = asyncio.ensure_future(conn.reply("NOOP", 5.0))

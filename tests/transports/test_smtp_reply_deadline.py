@@ -13,15 +13,13 @@ later (it is brought forward).
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
-from smtp_servers import HOST, line, scripted_server
+from smtp_servers import greeted_connection, line
 
-from spoolbox.smtp.client import ClientMachine
-from spoolbox.transports.smtp.connection import Connection, open_link
+from spoolbox.transports.smtp.connection import Connection
 from spoolbox.transports.smtp.failures import Failure
 
 #: The server's answers, one for each NOOP, after the delay the test puts in the queue.
@@ -33,26 +31,13 @@ async def connection(replies: Replies) -> AsyncIterator[Connection]:
     """A connection greeted and EHLO'd; each NOOP is answered after the next delay."""
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 test.invalid ESMTP\r\n")
-        await line(reader)  # EHLO
-        writer.write(b"250 test.invalid\r\n")
         while (await line(reader)).upper().startswith(b"NOOP"):
             await asyncio.sleep(await replies.get())
             writer.write(b"250 2.0.0 Ok\r\n")
             await writer.drain()
 
-    async with scripted_server(script) as srv:
-        sock = socket.create_connection((HOST, srv.port))
-        sock.setblocking(False)
-        link = await open_link(ClientMachine(tls=False), sock=sock)
-        conn = Connection(link, f"{HOST}:{srv.port}", 1)
-        try:
-            assert (await conn.reply("the greeting", 5.0)).code == 220
-            conn.machine.hello("client.test")
-            assert (await conn.reply("EHLO", 5.0)).code == 250
-            yield conn
-        finally:
-            conn.close()
+    async with greeted_connection(script) as conn:
+        yield conn
 
 
 async def noop(conn: Connection, timeout: float) -> float:
