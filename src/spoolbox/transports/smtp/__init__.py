@@ -160,8 +160,8 @@ a refused ``MAIL`` the replies to the RCPTs and DATA sent with it are read (and 
 connection kept if they are errors, as they should be); when every recipient was
 refused but ``DATA`` got ``354`` only the final dot is sent (RFC 2920 section 3.1).
 The dialogue is :class:`spoolbox.smtp.client.ClientMachine` (pure, tested by feeding it
-bytes); this package is its I/O on asyncio streams.  Without PIPELINING each command
-waits for the reply to the one before.
+bytes); this package is its I/O on an asyncio protocol (``connection.Link``).  Without
+PIPELINING each command waits for the reply to the one before.
 
 Connections are pooled: a connection is reused for the next message (after an
 ``RSET`` that also proves it still alive; a dead one is replaced silently), dropped
@@ -196,7 +196,7 @@ minutes); a connection to a server is kept for the next message to it and closed
 server), and the transport's row never shows FAILURE for one domain's servers.
 
 The package: ``settings`` (the options), ``failures`` (replies and network errors as
-results), ``connection`` (one connection: the machine over asyncio streams, with its
+results), ``connection`` (one connection: the machine on its ``Link`` protocol, with its
 timeouts, and the opening dialogue), ``pool`` (the connection pool), ``mx`` (a
 domain's servers from DNS), ``session`` (a message's transaction and its results),
 ``provider`` (logon).
