@@ -164,8 +164,9 @@ class Daemon:
         #: the pid file's identity once locked: the stop removes it only if it is
         #: still this file (not one a daemon started after ours was removed made)
         self._lock_identity: FileIdentity | None = None
-        #: the pid file locked (a reload's new pid_file takes effect at the next start)
-        self._lock_path: Path | None = None
+        #: the pid file this daemon locks: the start's (a reload's new pid_file takes
+        #: effect at the next start)
+        self._lock_path: Path = profile.daemon.pid_file
         #: the files looked after (files_watch), recorded again at each reload
         self._watched: dict[str, tuple[Path, FileIdentity]] = {}
         #: what run() returns: 0, or EXIT_FILES_GONE when a file it holds went
@@ -335,7 +336,7 @@ class Daemon:
     def _held_files(self) -> dict[str, tuple[Path, FileIdentity]]:
         """The files this daemon holds open for its life, as they are now: its pid
         file (the lock) and, on SQLite, the store."""
-        paths = {"pid file": self._lock_path or self.profile.daemon.pid_file}
+        paths = {"pid file": self._lock_path}
         if self.profile.store.backend == "sqlite":
             paths["store"] = self.profile.store.path
         return identities(paths)
@@ -377,7 +378,7 @@ class Daemon:
                 why,
                 data_dir,
             )
-        pid_file = self.profile.daemon.pid_file
+        pid_file = self._lock_path
         private_dir(pid_file.parent)
         lock_file = open(pid_file, "a+")  # noqa: SIM115 - held open for the daemon's life
         try:
@@ -398,14 +399,13 @@ class Daemon:
             lock_file.close()
             raise OSError(exc.errno, exc.strerror, str(pid_file)) from exc
         self._lock_file = lock_file
-        self._lock_path = pid_file
         self._lock_identity = identity(pid_file)
 
     def _unlock(self) -> None:
         lock_file = self._lock_file
         if lock_file is None:
             return
-        pid_file = self._lock_path or self.profile.daemon.pid_file
+        pid_file = self._lock_path
         if identity(pid_file) == self._lock_identity:  # not another daemon's since
             with contextlib.suppress(OSError):
                 os.unlink(pid_file)
