@@ -46,9 +46,12 @@ class Link(asyncio.Protocol):
     (:meth:`drained`).  The end of the connection (the server's EOF, a reset, an
     abort) is told to the machine once, as ``receive_data(b"")``."""
 
+    #: Set when the connection is made (``open_link`` returns after that); after
+    #: STARTTLS, the TLS layer over it (:meth:`Connection.start_tls`).
+    transport: asyncio.Transport
+
     def __init__(self, machine: ClientMachine) -> None:
         self.machine = machine
-        self.transport: asyncio.Transport | None = None
         self.ended = False  # the server closed its side, or the connection was lost
         self.error: BaseException | None = None  # what connection_lost said, if anything
         self._waiter: asyncio.Future[None] | None = None
@@ -112,7 +115,7 @@ class Link(asyncio.Protocol):
 
     async def drained(self) -> None:
         """Until the transport's buffer has room again (or the connection is lost)."""
-        while self._paused and self.transport is not None and not self.transport.is_closing():
+        while self._paused and not self.ended:
             drain = self._drain = asyncio.get_running_loop().create_future()
             await drain
 
@@ -141,9 +144,7 @@ class Connection:
     """One open connection of the pool: its link, the machine, and what the pool notes."""
 
     def __init__(self, link: Link, where: str, number: int, host: str = "") -> None:
-        assert link.transport is not None, "a Link whose connection was made"
         self.link = link
-        self.transport: asyncio.Transport = link.transport
         self.machine = link.machine
         self.where = where
         self.host = host  # the server's name, as the results' Remote-MTA gives it
@@ -165,7 +166,7 @@ class Connection:
 
     @property
     def alive(self) -> bool:
-        return not self._closed and not self.link.ended and not self.transport.is_closing()
+        return not self._closed and not self.link.ended and not self.link.transport.is_closing()
 
     def close(self) -> None:
         """Drop the connection at once (a send waiting on it fails at its next await)."""
@@ -174,20 +175,20 @@ class Connection:
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
-        self.transport.abort()
+        self.link.transport.abort()
 
     async def write(self, data: bytes, step: str, timeout: float) -> None:
         """Write ``data``; wait (within ``timeout``) only while the transport's buffer is
         above its high-water mark (flow control)."""
         link = self.link
         try:
-            if self.transport.is_closing():
+            if link.transport.is_closing():
                 raise self._lost()
-            self.transport.write(data)
+            link.transport.write(data)
             if link.paused:
                 async with asyncio.timeout(timeout):
                     await link.drained()
-                if self.transport.is_closing():
+                if link.transport.is_closing():
                     raise self._lost()
         except OSError as exc:  # TimeoutError included
             self.close()
@@ -247,7 +248,7 @@ class Connection:
             while True:  # the caller found the machine needing data
                 answer = machine.data_to_send()  # to an AUTH challenge
                 if answer:
-                    self.transport.write(answer)
+                    link.transport.write(answer)
                 await link.wait()  # the link hands what comes to the machine
                 if self._timed_out:
                     raise TimeoutError
@@ -278,7 +279,7 @@ class Connection:
             self._watch_at = deadline
             return
         self._timed_out = True
-        self.transport.abort()  # the wait ends (the connection is lost); _await_reply says why
+        self.link.transport.abort()  # the wait ends (connection lost); _await_reply says why
 
     async def reply(self, step: str, timeout: float) -> Reply:
         """The reply to the command ``step`` (it is the next event but for STARTTLS)."""
@@ -290,7 +291,7 @@ class Connection:
         connection (``loop.start_tls``)."""
         if transport is None:  # the loop closed the connection meanwhile
             raise ConnectionResetError("the connection was closed during the TLS handshake")
-        self.link.transport = self.transport = transport
+        self.link.transport = transport
 
     def _lost(self) -> OSError:
         """What a write to a closed connection raises: why it was lost, if known."""
@@ -392,7 +393,7 @@ async def _open(
             async with asyncio.timeout(t["mail"]):
                 conn.start_tls(
                     await asyncio.get_running_loop().start_tls(
-                        conn.transport, conn.link, tls_context, server_hostname=s.host
+                        conn.link.transport, conn.link, tls_context, server_hostname=s.host
                     )
                 )
         except OSError as exc:
@@ -412,7 +413,7 @@ async def _open(
 def _dane_check(conn: Connection, records: tuple[TLSA, ...], where: str) -> TLSA:
     """DANE (:mod:`.dane`): the TLSA record the server's certificate matches; if it
     matches none, the connection is not used (4.7.5)."""
-    tls = conn.transport.get_extra_info("ssl_object")
+    tls = conn.link.transport.get_extra_info("ssl_object")
     der = tls.getpeercert(binary_form=True) if tls is not None else None
     found = matches(records, der) if der else None
     if found is None:
